@@ -1,0 +1,150 @@
+"""A grammar compiled for one vocabulary: lexeme DFAs, parser tables, token table."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from .automaton import to_dfa
+from .earley import EarleyParser, EarleySet, build_tables
+from .errors import CompileBudgetExceeded, ConstraintError
+from .grammar import Grammar, Rule, Terminal
+from .lexer import Lexer
+from .mask import MaskComputer, TokenTable
+from .regex import parse_regex
+from .regex_ast import alt, literal
+
+DEFAULT_COMPILE_BUDGET_S = 30.0
+
+
+class CompiledGrammar:
+    """A grammar ready to drive ``Matcher`` objects; share one across sequences.
+
+    ``vocab`` may be None for text-only use (``accepts_text``). Compile work that is
+    proportional to the vocabulary happens lazily, once per lexer state, and is cached
+    here, so the first masks of a new constraint cost more than later ones.
+    """
+
+    def __init__(self, grammar: Grammar, vocab=None, *, budget_s: float = DEFAULT_COMPILE_BUDGET_S):
+        start = time.perf_counter()
+        grammar.validate()
+        self.grammar = grammar
+        self.vocab = vocab
+        grammar = _split_empty_terminals(grammar, self._terminal_dfas(grammar, start, budget_s))
+        self.lexeme_names = list(grammar.terminals)
+        lexeme_ids = {n: i for i, n in enumerate(self.lexeme_names)}
+        dfas = [self._dfa_cache[n] for n in self.lexeme_names]
+        ignore = frozenset(lexeme_ids[n] for n in grammar.ignore)
+        self.tables = build_tables(grammar, lexeme_ids, ignore)
+        self.lexer = Lexer(dfas)
+        self.parser = EarleyParser(self.tables)
+        self.initial = self.parser.initial()
+        self.lock = threading.RLock()  # caches are shared across matchers and threads
+        self.masks = None
+        if vocab is not None:
+            self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids))
+        self.compile_seconds = time.perf_counter() - start
+
+    def _terminal_dfas(self, grammar: Grammar, start: float, budget_s: float) -> dict:
+        self._dfa_cache = {}
+        for name, term in grammar.terminals.items():
+            if time.perf_counter() - start > budget_s:
+                raise CompileBudgetExceeded(f"compiling terminals took over {budget_s:.0f} s")
+            node = term.pattern
+            if isinstance(node, str):
+                try:
+                    node = literal(node) if term.literal else parse_regex(node)
+                except ConstraintError as e:
+                    raise ConstraintError(f"terminal {name}: {e.message}", e.location or name) from e
+            self._dfa_cache[name] = to_dfa(node)
+        return self._dfa_cache
+
+    def accepts_text(self, data: bytes | str) -> bool:
+        """Is ``data`` a complete sentence of the grammar? (no tokenizer involved)"""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        state = self.advance_bytes((self.initial, 0), data)
+        return state is not None and self.can_end(*state)
+
+    def advance_bytes(self, state: tuple[EarleySet, int], data: bytes) -> tuple[EarleySet, int] | None:
+        """The (column, lexer state) after ``data``, or None if ``data`` cannot be read."""
+        col, s = state
+        lex = self.lexer.for_lexemes(col.allowed)
+        for b in data:
+            nxt = lex.rows[s][b]
+            if nxt < 0:
+                if not lex.accepting[s]:
+                    return None
+                col = self.parser.scan(col, lex.accepts[s])
+                if col is None:
+                    return None
+                lex = self.lexer.for_lexemes(col.allowed)
+                nxt = lex.rows[0][b]
+                if nxt < 0:
+                    return None
+            s = nxt
+        return col, s
+
+    def can_end(self, col: EarleySet, s: int) -> bool:
+        if s == 0:
+            return col.accepting
+        lex = self.lexer.for_lexemes(col.allowed)
+        if not lex.accepting[s]:
+            return False
+        nxt = self.parser.scan(col, lex.accepts[s])
+        return nxt is not None and nxt.accepting
+
+    def scanned_lexemes(self, col: EarleySet) -> list[frozenset[str]]:
+        """The lexemes read to reach ``col``, as sets of terminal names (for probabilities)."""
+        out = []
+        while col.parent is not None:
+            out.append(frozenset(self.lexeme_names[i] for i in col.lexemes))
+            col = col.parent
+        return out[::-1]
+
+
+def _split_empty_terminals(grammar: Grammar, dfas: dict) -> Grammar:
+    """Lexemes must be non-empty: a terminal T that matches "" becomes T? over a non-empty T."""
+    empty = {n for n, d in dfas.items() if d.accepting[0]}
+    if not empty:
+        return grammar
+    rules = []
+    for r in grammar.rules:
+        rules.append(Rule(r.lhs, tuple(f"{s}?ε" if s in empty else s for s in r.rhs), r.weight))
+    for n in empty:
+        rules.append(Rule(f"{n}?ε", (n,)))
+        rules.append(Rule(f"{n}?ε", ()))
+    terminals: dict[str, Terminal] = dict(grammar.terminals)
+    return Grammar(grammar.start, rules, terminals, list(grammar.ignore), grammar.source)
+
+
+def _token_table(vocab) -> TokenTable:
+    cached = getattr(vocab, "_sgl_token_table", None)
+    if cached is None:
+        cached = TokenTable(list(vocab.token_bytes), vocab.n_vocab)
+        try:
+            vocab._sgl_token_table = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def compile_ir(grammar: Grammar, vocab=None, **options) -> CompiledGrammar:
+    """Compile a grammar IR for ``vocab``."""
+    return CompiledGrammar(grammar, vocab, **options)
+
+
+def choices_grammar(choices: Sequence[str]) -> Grammar:
+    """A grammar accepting exactly one of ``choices``."""
+    from .grammar import GrammarBuilder
+
+    if not choices:
+        raise ConstraintError("choices must not be empty")
+    for c in choices:
+        if not isinstance(c, str):
+            raise ConstraintError(f"choice {c!r} is not a string")
+    b = GrammarBuilder()
+    # one lexeme for all choices: a single DFA (a trie of the choices) does the work
+    b.rule("start", (b.terminal(alt(*(literal(c) for c in choices)), hint="choice"),))
+    return b.build("start", source="choices")

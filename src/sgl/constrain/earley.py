@@ -1,0 +1,170 @@
+"""An Earley parser over lexemes, with persistent (immutable, shared) parse states.
+
+Every ``EarleySet`` is one chart column. Scanning a set of lexemes from a column gives
+a new column whose items point back at older columns, so a column is a complete parse
+state: matchers keep a stack of columns for rollback, copies share them, and masks can
+be cached on the column. Nullable nonterminals are handled the Aycock-Horspool way
+(predicting a nullable symbol also advances over it), so completions never have to
+look into the column being built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConstraintError
+from .grammar import Grammar
+
+START = "<start>"
+
+
+@dataclass
+class ParserTables:
+    """The grammar as integer tables. Terminal ids are the compiled grammar's lexeme ids."""
+
+    lhs: list[int]  # rule -> nonterminal id
+    rhs: list[tuple[int, ...]]  # rule -> symbols; a symbol >= 0 is a nonterminal, ~lexeme otherwise
+    rules_of: list[list[int]]  # nonterminal -> its rules
+    nullable: list[bool]
+    nonterminals: list[str]
+    start_rule: int
+    ignore: frozenset[int]
+
+
+def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset[int]) -> ParserTables:
+    """Index the grammar, dropping rules that cannot derive any text or are unreachable."""
+    productive = _productive_nonterminals(grammar, lexeme_ids)
+    if grammar.start not in productive:
+        raise ConstraintError(f"the grammar's start symbol {grammar.start!r} derives no text")
+    rules = [
+        r
+        for r in grammar.rules
+        if r.lhs in productive and all(s in productive or s in lexeme_ids for s in r.rhs)
+    ]
+    rules = _reachable_rules(rules, grammar.start)
+    names = [START] + sorted({r.lhs for r in rules})
+    nt_id = {n: i for i, n in enumerate(names)}
+    lhs = [0]
+    rhs: list[tuple[int, ...]] = [(nt_id[grammar.start],)]
+    for r in rules:
+        lhs.append(nt_id[r.lhs])
+        rhs.append(tuple(nt_id[s] if s in nt_id else ~lexeme_ids[s] for s in r.rhs))
+    rules_of: list[list[int]] = [[] for _ in names]
+    for i, a in enumerate(lhs):
+        rules_of[a].append(i)
+    nullable = [False] * len(names)
+    changed = True
+    while changed:
+        changed = False
+        for i, a in enumerate(lhs):
+            if not nullable[a] and all(s >= 0 and nullable[s] for s in rhs[i]):
+                nullable[a] = changed = True
+    return ParserTables(lhs, rhs, rules_of, nullable, names, 0, ignore)
+
+
+def _productive_nonterminals(grammar: Grammar, lexeme_ids: dict[str, int]) -> set[str]:
+    productive: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for r in grammar.rules:
+            if r.lhs not in productive and all(s in productive or s in lexeme_ids for s in r.rhs):
+                productive.add(r.lhs)
+                changed = True
+    return productive
+
+
+def _reachable_rules(rules, start):
+    by_lhs: dict[str, list] = {}
+    for r in rules:
+        by_lhs.setdefault(r.lhs, []).append(r)
+    seen, todo = {start}, [start]
+    while todo:
+        for r in by_lhs.get(todo.pop(), []):
+            for s in r.rhs:
+                if s in by_lhs and s not in seen:
+                    seen.add(s)
+                    todo.append(s)
+    return [r for r in rules if r.lhs in seen]
+
+
+class EarleySet:
+    """One chart column: the parse state after some sequence of lexemes."""
+
+    __slots__ = ("parent", "lexemes", "items", "waiting", "scannable", "allowed", "accepting",
+                 "children", "mask_cache", "depth", "__weakref__")
+
+    def __init__(self, parent: EarleySet | None, lexemes: frozenset[int] | None, depth: int):
+        self.parent = parent  # the column this one was scanned from (None for the first)
+        self.lexemes = lexemes  # the lexeme ids scanned to get here
+        self.items: set = set()
+        self.waiting: dict[int, list] = {}  # nonterminal -> items whose next symbol it is
+        self.scannable: dict[int, list] = {}  # lexeme id -> items whose next symbol it is
+        self.allowed: frozenset[int] = frozenset()  # lexemes that may come next (incl. ignored)
+        self.accepting = False  # the lexemes so far form a complete sentence
+        self.children: dict[frozenset[int], EarleySet | None] = {}
+        self.mask_cache: dict = {}
+        self.depth = depth
+
+
+class EarleyParser:
+    def __init__(self, tables: ParserTables):
+        self.t = tables
+
+    def initial(self) -> EarleySet:
+        col = EarleySet(None, None, 0)
+        self._close(col, [(self.t.start_rule, 0, col)])
+        return col
+
+    def scan(self, col: EarleySet, lexemes: frozenset[int]) -> EarleySet | None:
+        """The column after ``lexemes`` (one span read as any of them), or None if impossible."""
+        hit = col.children.get(lexemes, False)
+        if hit is not False:
+            return hit
+        kernel = [(r, d + 1, o) for lex in lexemes for (r, d, o) in col.scannable.get(lex, ())]
+        if kernel:
+            nxt = EarleySet(col, lexemes, col.depth + 1)
+            self._close(nxt, kernel)
+        elif lexemes & self.t.ignore:
+            nxt = col  # an ignored lexeme (e.g. whitespace) leaves the parse state as it was
+        else:
+            nxt = None
+        col.children[lexemes] = nxt
+        return nxt
+
+    def _close(self, col: EarleySet, kernel: list) -> None:
+        t = self.t
+        rhs_of, lhs_of, rules_of, nullable = t.rhs, t.lhs, t.rules_of, t.nullable
+        items, waiting, scannable = col.items, col.waiting, col.scannable
+        predicted: set[int] = set()
+        agenda = list(kernel)
+        while agenda:
+            item = agenda.pop()
+            if item in items:
+                continue
+            items.add(item)
+            rule, dot, origin = item
+            rhs = rhs_of[rule]
+            if dot == len(rhs):
+                if origin is col:
+                    continue  # nullable completion: already advanced at prediction time
+                for r2, d2, o2 in origin.waiting.get(lhs_of[rule], ()):
+                    agenda.append((r2, d2 + 1, o2))
+                continue
+            sym = rhs[dot]
+            if sym < 0:
+                scannable.setdefault(~sym, []).append(item)
+                continue
+            waiting.setdefault(sym, []).append(item)
+            if sym not in predicted:
+                predicted.add(sym)
+                for r in rules_of[sym]:
+                    agenda.append((r, 0, col))
+            if nullable[sym]:
+                agenda.append((rule, dot + 1, origin))
+        col.accepting = any(
+            r == t.start_rule and d == 1 and o.parent is None and o.lexemes is None
+            for (r, d, o) in items
+            if r == t.start_rule
+        )
+        col.allowed = frozenset(scannable) | t.ignore

@@ -1,0 +1,206 @@
+"""The per-sequence matcher: token masks, advance, rollback, forced tokens."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .compiled import CompiledGrammar
+from .earley import EarleySet
+
+MAX_FORCED_BYTES = 256
+
+
+def allocate_bitmask(batch: int, n_vocab: int) -> np.ndarray:
+    """An int32 bitmask of shape ``(batch, (n_vocab + 31) // 32)``; bit set = allowed."""
+    return np.zeros((batch, (n_vocab + 31) // 32), dtype=np.int32)
+
+
+class Matcher:
+    """Follows one sequence through a compiled constraint, token by token.
+
+    The state is a stack of (Earley column, lexer state) pairs, one per accepted token;
+    columns are immutable and shared, so ``copy`` and ``rollback`` are cheap.
+    """
+
+    def __init__(self, compiled: CompiledGrammar):
+        if compiled.masks is None:
+            raise ValueError("this grammar was compiled without a vocabulary")
+        self.compiled = compiled
+        self.vocab = compiled.vocab
+        self._eos = frozenset(compiled.vocab.eos_token_ids)
+        self.reset()
+
+    def reset(self) -> None:
+        self._stack: list[tuple[EarleySet, int]] = [(self.compiled.initial, 0)]
+        self._tokens: list[int] = []
+        self._terminated = False
+
+    def copy(self) -> Matcher:
+        other = Matcher.__new__(Matcher)
+        other.compiled, other.vocab, other._eos = self.compiled, self.vocab, self._eos
+        other._stack = list(self._stack)
+        other._tokens = list(self._tokens)
+        other._terminated = self._terminated
+        return other
+
+    # -- masks ---------------------------------------------------------------------
+    def allowed_words(self) -> np.ndarray:
+        """The current mask as uint32 words (read-only, shared with the cache)."""
+        if self._terminated:
+            return np.zeros(self.compiled.masks.tokens.n_words, dtype=np.uint32)
+        col, s = self._stack[-1]
+        with self.compiled.lock:
+            return self.compiled.masks.mask(col, s)
+
+    def fill_bitmask(self, out: np.ndarray, row: int = 0) -> None:
+        """Write the allowed tokens into ``out[row]`` (int32 words, bit set = allowed)."""
+        words = self.allowed_words()
+        n = min(out.shape[1], words.shape[0])
+        out[row, :n] = words[:n].view(np.int32)
+        out[row, n:] = 0
+
+    def is_allowed(self, token_id: int) -> bool:
+        words = self.allowed_words()
+        return bool((int(words[token_id >> 5]) >> (token_id & 31)) & 1)
+
+    # -- state -----------------------------------------------------------------------
+    def advance(self, token_id: int) -> bool:
+        """Consume one token; False (and no change) if the constraint forbids it."""
+        if self._terminated:
+            return False
+        col, s = self._stack[-1]
+        if token_id in self._eos:
+            with self.compiled.lock:
+                ok = self.compiled.can_end(col, s)
+            if ok:
+                self._stack.append((col, s))
+                self._tokens.append(token_id)
+                self._terminated = True
+            return ok
+        if not 0 <= token_id < len(self.vocab.token_bytes):
+            return False
+        data = self.vocab.token_bytes[token_id]
+        if not data:
+            return False
+        with self.compiled.lock:
+            nxt = self.compiled.advance_bytes((col, s), data)
+        if nxt is None:
+            return False
+        self._stack.append(nxt)
+        self._tokens.append(token_id)
+        return True
+
+    def consume_tokens(self, token_ids) -> int:
+        """Advance over several tokens; returns how many were accepted before the first refusal."""
+        for i, t in enumerate(token_ids):
+            if not self.advance(int(t)):
+                return i
+        return len(token_ids)
+
+    def rollback(self, n: int = 1) -> None:
+        """Undo the last ``n`` tokens."""
+        if n < 0 or n > len(self._tokens):
+            raise ValueError(f"cannot roll back {n} tokens: only {len(self._tokens)} consumed")
+        if n:
+            del self._stack[-n:]
+            del self._tokens[-n:]
+            self._terminated = False
+
+    def is_accepting(self) -> bool:
+        """Is the text so far a complete match (EOS allowed now, or already taken)?"""
+        if self._terminated:
+            return True
+        col, s = self._stack[-1]
+        with self.compiled.lock:
+            return self.compiled.can_end(col, s)
+
+    def is_terminated(self) -> bool:
+        """Has EOS been consumed, or can nothing follow the text so far?"""
+        if self._terminated:
+            return True
+        col, s = self._stack[-1]
+        return s == 0 and col.accepting and not (col.allowed - self.compiled.tables.ignore)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._tokens)
+
+    # -- forced text -------------------------------------------------------------------
+    def forced_bytes(self) -> bytes:
+        """The bytes the constraint forces next (only one possible byte at each step)."""
+        if self._terminated:
+            return b""
+        state = self._stack[-1]
+        out = bytearray()
+        with self.compiled.lock:
+            while len(out) < MAX_FORCED_BYTES:
+                if self.compiled.can_end(*state):
+                    break
+                nxt_bytes = self._next_bytes(state)
+                if len(nxt_bytes) != 1:
+                    break
+                b = nxt_bytes[0]
+                state = self.compiled.advance_bytes(state, bytes([b]))
+                out.append(b)
+        return bytes(out)
+
+    def _next_bytes(self, state) -> list[int]:
+        """Bytes that may come next (greedy lexing: continue the lexeme, or start the next)."""
+        cg = self.compiled
+        col, s = state
+        lex = cg.lexer.for_lexemes(col.allowed)
+        live = lex.table[s] >= 0
+        if lex.accepting[s] and (nxt := cg.parser.scan(col, lex.accepts[s])) is not None:
+            live = live | (cg.lexer.for_lexemes(nxt.allowed).table[0] >= 0)
+        return np.nonzero(live)[0][:2].tolist()
+
+    def forced_tokens(self) -> list[int]:
+        """Canonical tokens of the forced text that the model could not tokenize otherwise.
+
+        The forced text is tokenized on its own; its last token is held back unless the
+        text ends the constraint, since free text that follows could merge with it.
+        """
+        data = self.forced_bytes()
+        text = data.decode("utf-8", errors="ignore")
+        while text and text.encode("utf-8") != data[: len(text.encode("utf-8"))]:
+            text = text[:-1]
+        if not text:
+            return []
+        ids = self.vocab.encode(text)
+        probe = self.copy()
+        accepted = probe.consume_tokens(ids)
+        ids = ids[:accepted]
+        ends_here = accepted == len(ids) and probe.is_terminated()
+        return ids if ends_here else ids[:-1]
+
+    # -- probabilities -------------------------------------------------------------------
+    def grammar_logprob(self) -> float:
+        """Log-probability of the lexemes read so far under the (weighted) grammar.
+
+        The sentence probability once the text is complete, the prefix probability
+        (Stolcke) before that.
+        """
+        from .stolcke import StolckeParser
+
+        cg = self.compiled
+        parser = getattr(cg, "_stolcke", None)
+        if parser is None:
+            parser = cg._stolcke = StolckeParser(cg.grammar)
+        col, s = self._stack[-1]
+        with cg.lock:
+            if s != 0:
+                lex = cg.lexer.for_lexemes(col.allowed)
+                if lex.accepting[s] and (nxt := cg.parser.scan(col, lex.accepts[s])) is not None:
+                    col = nxt
+            seq = [frozenset(x) - set(cg.grammar.ignore) for x in cg.scanned_lexemes(col)]
+        seq = [x for x in seq if x]
+        st = parser.start()
+        for lexemes in seq:
+            st = parser.advance(st, lexemes)
+            if st is None:
+                return -math.inf
+        if self.is_accepting():
+            return parser.sentence_logprob(st)
+        return parser.prefix_logprob(st)

