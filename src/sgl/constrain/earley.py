@@ -162,9 +162,7 @@ class EarleyParser:
                     agenda.append((r, 0, col))
             if nullable[sym]:
                 agenda.append((rule, dot + 1, origin))
-        col.accepting = any(
-            r == t.start_rule and d == 1 and o.parent is None and o.lexemes is None
-            for (r, d, o) in items
-            if r == t.start_rule
-        )
+        # the start rule is only ever predicted in the first column, so any completed
+        # start item spans the whole text
+        col.accepting = any(r == t.start_rule and d == 1 for (r, d, _o) in items)
         col.allowed = frozenset(scannable) | t.ignore

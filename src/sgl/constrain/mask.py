@@ -28,6 +28,7 @@ from .lexer import Lexer, LexerDFA
 @dataclass
 class WalkResult:
     inside: np.ndarray  # token ids read completely without leaving the current lexeme
+    # (for whole-vocabulary walks: the same set as packed uint32 words)
     boundary_ids: np.ndarray  # token ids whose current lexeme completes before their end
     boundary_pos: np.ndarray  # byte offset in the token where the next lexeme starts
     boundary_state: np.ndarray  # the accepting lexer state the current lexeme ended in
@@ -103,6 +104,7 @@ class MaskComputer:
         if res is None:
             ids = self.tokens.real_ids
             res = walk(self.tokens, lexer, state, ids, np.zeros(ids.shape, dtype=np.int32))
+            res.inside = self._pack(res.inside)
             lexer.walk_cache[state] = res
         return res
 
@@ -110,18 +112,17 @@ class MaskComputer:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
         words = col.mask_cache.get(state)
         if words is None:
-            allowed = np.zeros(self.tokens.n_words * 32, dtype=bool)
             lexer = self.lexer_for(col)
             res = self.full_walk(lexer, state)
-            allowed[res.inside] = True
-            self._boundaries(col, lexer, res, allowed)
+            extra: list[np.ndarray] = []
+            self._boundaries(col, lexer, res, extra)
             if self.eos_ids.size and self.can_end(col, lexer, state):
-                allowed[self.eos_ids] = True
-            words = np.packbits(allowed, bitorder="little").view(np.uint32)
+                extra.append(self.eos_ids)
+            words = res.inside | self._pack(np.concatenate(extra)) if extra else res.inside
             col.mask_cache[state] = words
         return words
 
-    def _boundaries(self, col: EarleySet, lexer: LexerDFA, res: WalkResult, allowed: np.ndarray) -> None:
+    def _boundaries(self, col: EarleySet, lexer: LexerDFA, res: WalkResult, extra: list) -> None:
         if not res.boundary_ids.size:
             return
         for acc_state in np.unique(res.boundary_state):
@@ -131,8 +132,13 @@ class MaskComputer:
                 continue
             nxt_lexer = self.lexer_for(nxt_col)
             sub = walk(self.tokens, nxt_lexer, 0, res.boundary_ids[sel], res.boundary_pos[sel])
-            allowed[sub.inside] = True
-            self._boundaries(nxt_col, nxt_lexer, sub, allowed)
+            extra.append(sub.inside)
+            self._boundaries(nxt_col, nxt_lexer, sub, extra)
+
+    def _pack(self, ids: np.ndarray) -> np.ndarray:
+        allowed = np.zeros(self.tokens.n_words * 32, dtype=bool)
+        allowed[ids] = True
+        return np.packbits(allowed, bitorder="little").view(np.uint32)
 
     def can_end(self, col: EarleySet, lexer: LexerDFA, state: int) -> bool:
         """May the text end here (EOS)?"""

@@ -1,0 +1,207 @@
+"""Lark grammar text -> the grammar IR.
+
+Lark's own loader does the heavy lifting (``%import common.X``, ``%ignore``, ``?rule``,
+``[..]``, ``*``/``+``/``?``, ranges ``"a".."z"``, templates, priorities): we read the
+compiled BNF rules and terminal patterns it produces. Terminals stay lexemes, as in
+Lark's lexer; priorities are dropped (the IR's weights are probabilities, Lark's
+priorities are not), so every rule keeps weight 1.0.
+
+Terminal regexes are Python ``re`` syntax. What a longest-match lexer cannot honour
+is refused, naming the terminal: lookarounds, anchors, backreferences, lazy or
+possessive quantifiers, and terminals that match the empty string. One well-known
+exception is rewritten instead of refused: ``common.ESCAPED_STRING``, whose
+lookbehind-and-lazy regex describes exactly ``"(?:[^"\\\\\\n]|\\\\[^\\n])*"``.
+"""
+
+from __future__ import annotations
+
+import re
+import re._constants as sre_c
+import re._parser as sre_parse
+
+from lark.exceptions import GrammarError, LarkError, UnexpectedInput
+from lark.lexer import PatternStr, TerminalDef
+from lark.load_grammar import load_grammar
+
+from .errors import ConstraintError
+from .grammar import Grammar, Rule, Terminal
+
+# Lazy-quantifier idioms, rewritten into the longest-match regex that matches the same
+# lexemes. Lark's lexer runs ``re.match``, so ``".*?"`` ends at the first closing quote;
+# a longest-match lexer needs ``"[^"\n]*"`` instead. Each rewrite applies only where the
+# idiom ends the pattern (up to closing groups and an optional ``(?:i)?`` flag suffix),
+# so no later failure could make ``re`` backtrack the lazy part further.
+_AT_END = r"(?=(?:\)|\(\?:i\)\?)*$)"
+
+
+def _escaped_string(m: re.Match, dotall: bool) -> str:
+    # a quote, then characters where a quote or backslash appears only escaped, a quote
+    return r'"(?:[^"\\]|\\[\s\S])*"' if dotall else r'"(?:[^"\\\n]|\\[^\n])*"'
+
+
+def _delimited(m: re.Match, dotall: bool) -> str:
+    q = m.group(1)
+    return f"{q}[^{q}]*{q}" if dotall else f"{q}[^{q}\\n]*{q}"
+
+
+_LAZY_IDIOMS: list[tuple[re.Pattern, object]] = [
+    # common.lark ESCAPED_STRING: ".*?(?<!\\)(\\\\)*?" (closing quote not escaped)
+    (re.compile(r'(?<!")"\.\*\?\(\?<!\\\\\)\(\\\\\\\\\)\*\?"' + _AT_END), _escaped_string),
+    # "(?:[^"\\]|\\.)*?" : the body cannot hold an unescaped quote, so lazy == greedy
+    # wherever it stands (backtracking could never move the closing quote)
+    (re.compile(r'"\(\?:\[\^"\\\\\]\|\\\\\.\)\*\?"'), lambda m, d: r'"(?:[^"\\]|\\.)*"'),
+    # "...", `...`, '...' written with .*? : up to the first closing delimiter
+    (re.compile(r'(?<![\'"`])([\'"`])\.\*\?\1' + _AT_END), _delimited),
+    # C block comment /\*(.|\n)*?\*/ : up to the first */
+    (re.compile(r"\\/\\\*\(\.\|\n\)\*\?\\\*\\/" + _AT_END), lambda m, d: r"\/\*(?:[^*]|\*+[^*/])*\*+\/"),
+]
+
+_LOCATION_RE = re.compile(r"line (\d+),? column (\d+)")
+
+
+def lark_grammar(text: str, start: str = "start") -> Grammar:
+    """Compile Lark grammar ``text`` into the grammar IR, starting at rule ``start``.
+
+    Raises ``ConstraintError`` (with ``line L, column C`` where Lark knows it) for a
+    grammar Lark rejects, a missing start rule, a ``%declare``d terminal with no
+    pattern, or a terminal regex a longest-match lexer cannot honour.
+    """
+    terminals, rules, ignore = _load(text, start)
+    term_defs = {t.name: t for t in terminals}
+    _check_declared(rules, ignore, term_defs, text)
+    ir_terminals = {name: _terminal(td) for name, td in term_defs.items()}
+    ir_rules = [Rule(r.origin.name, tuple(s.name for s in r.expansion)) for r in rules]
+    if not any(r.lhs == start for r in ir_rules):
+        raise ConstraintError(f"start rule {start!r} is not defined in the Lark grammar")
+    g = Grammar(start, ir_rules, ir_terminals, list(ignore), source="lark")
+    g.validate()
+    return g
+
+
+def _load(text: str, start: str):
+    try:
+        grammar, _ = load_grammar(text, "<grammar>", [], True)
+        return grammar.compile([start], set())
+    except UnexpectedInput as e:
+        raise ConstraintError(
+            f"Lark grammar syntax error: {_first_line(e)}", f"line {e.line}, column {e.column}"
+        ) from None
+    except (GrammarError, LarkError) as e:
+        msg = str(e)
+        m = _LOCATION_RE.search(msg)
+        where = f"line {m.group(1)}, column {m.group(2)}" if m else _guess_location(msg, text)
+        raise ConstraintError(f"Lark grammar error: {_first_line(e)}", where) from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[0].strip() if lines else type(e).__name__
+
+
+def _guess_location(msg: str, text: str) -> str | None:
+    """Lark names the symbol in some errors but not its place: find its first use."""
+    m = re.search(r"(?:Terminal|NonTerminal)\('([^']+)'\)|: ([A-Za-z_][A-Za-z_0-9]*)\s*$", msg)
+    if not m:
+        return None
+    return _locate(m.group(1) or m.group(2), text)
+
+
+def _locate(name: str, text: str) -> str | None:
+    m = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text)
+    if not m:
+        return None
+    line = text.count("\n", 0, m.start()) + 1
+    col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+    return f"line {line}, column {col}"
+
+
+def _check_declared(rules, ignore, term_defs: dict[str, TerminalDef], text: str) -> None:
+    used = {s.name for r in rules for s in r.expansion if s.is_term} | set(ignore)
+    missing = sorted(used - set(term_defs))
+    if missing:
+        raise ConstraintError(
+            f"terminal(s) {', '.join(missing)} have no pattern (declared with %declare for "
+            "a postlexer such as Lark's Indenter, which a constraint cannot run)",
+            _locate(missing[0], text),
+        )
+
+
+def _terminal(td: TerminalDef) -> Terminal:
+    p = td.pattern
+    if isinstance(p, PatternStr) and not p.flags:
+        return Terminal(td.name, p.value, literal=True)
+    regexp = _rewrite_lazy_idioms(p.to_regexp(), dotall="s" in p.flags)
+    _check_regex(td.name, regexp)
+    return Terminal(td.name, regexp)
+
+
+def _rewrite_lazy_idioms(regexp: str, dotall: bool) -> str:
+    dotall = dotall or "(?s" in regexp
+    for pattern, rewrite in _LAZY_IDIOMS:
+        regexp = pattern.sub(lambda m, f=rewrite: f(m, dotall), regexp)
+    return regexp
+
+
+# sre opcodes a longest-match lexer cannot honour, with the reason shown to the user.
+_REFUSED_OPS = {
+    sre_c.ASSERT: "a lookahead/lookbehind",
+    sre_c.ASSERT_NOT: "a negative lookahead/lookbehind",
+    sre_c.AT: "an anchor (^, $, \\b, \\A, \\Z)",
+    sre_c.GROUPREF: "a backreference",
+    sre_c.GROUPREF_EXISTS: "a conditional group",
+    sre_c.MIN_REPEAT: "a lazy quantifier (*?, +?, ??) whose shortest-match meaning a longest-match lexer cannot keep",
+}
+for _name in ("POSSESSIVE_REPEAT", "ATOMIC_GROUP"):
+    if hasattr(sre_c, _name):
+        _REFUSED_OPS[getattr(sre_c, _name)] = "a possessive quantifier or atomic group"
+
+
+def _check_regex(name: str, regexp: str) -> None:
+    try:
+        tree = sre_parse.parse(regexp)
+    except re.error as e:
+        raise ConstraintError(f"terminal {name}: invalid regex {regexp!r}: {e}") from None
+    bad = _find_refused(tree)
+    if bad:
+        raise ConstraintError(f"terminal {name} uses {bad}, which is not supported: /{regexp}/")
+    if re.fullmatch(regexp, ""):
+        raise ConstraintError(
+            f"terminal {name} matches the empty string; a lexeme must consume at least one "
+            f"character: /{regexp}/"
+        )
+    _check_with_regex_frontend(name, regexp)
+
+
+def _find_refused(tree) -> str | None:
+    for op, arg in tree:
+        if op in _REFUSED_OPS:
+            return _REFUSED_OPS[op]
+        for sub in _subpatterns(op, arg):
+            bad = _find_refused(sub)
+            if bad:
+                return bad
+    return None
+
+
+def _subpatterns(op, arg):
+    if op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT) or getattr(sre_c, "POSSESSIVE_REPEAT", None) == op:
+        return [arg[2]]
+    if op == sre_c.SUBPATTERN:
+        return [arg[3]]
+    if op == sre_c.BRANCH:
+        return list(arg[1])
+    if op == getattr(sre_c, "ATOMIC_GROUP", None):
+        return [arg]
+    return []
+
+
+def _check_with_regex_frontend(name: str, regexp: str) -> None:
+    """Refuse now, naming the terminal, what the regex frontend would refuse later."""
+    from .regex import parse_regex
+
+    try:
+        parse_regex(regexp)
+    except NotImplementedError:  # the regex frontend is not there yet
+        return
+    except ConstraintError as e:
+        raise ConstraintError(f"terminal {name}: {e.message}", e.location) from None

@@ -1,0 +1,552 @@
+"""Exact regexes for JSON numbers inside numeric bounds.
+
+``number_regex(NumPiece(...))`` builds a ``regex_ast`` node that matches the JSON
+spellings of exactly the numbers in an interval (``minimum``, ``maximum``,
+``exclusiveMinimum``, ``exclusiveMaximum``), optionally restricted to multiples of
+``10**-scale`` (``type: integer`` is scale 0, ``multipleOf: 0.01`` is scale 2) or to
+non-integers (what ``not: {type: integer}`` leaves).
+
+What is matched, exactly:
+
+* plain decimals ``-?(0|[1-9][0-9]*)(\\.[0-9]+)?``: every spelling whose value is in
+  the set, trailing zeros included (``5``, ``5.0``, ``5.000`` are all 5);
+* exponent forms: with no bound at all, or a bound of 0 only, every JSON exponent form
+  of the right sign; with other bounds only normalised mantissas ``[1-9](\\.[0-9]+)?``
+  (what ``json.dumps``/``repr`` write, e.g. ``1e-05``, ``1.5e+16``) plus zero mantissas,
+  each exactly when its value is in the set. ``12e3`` (non-normalised) is refused when
+  a non-zero bound is present;
+* with a scale (integers, ``multipleOf: 10**-k``) an exponent form is accepted when its
+  value is provably a multiple, for mantissas of up to ``MAX_EXP_DIGITS`` significant
+  fraction digits (``1.5e+16`` yes; a 40-digit mantissa no);
+* non-integers accept exponent forms only with negative exponents (``1.5e-05``).
+
+Numbers are compared exactly as decimals (``decimal.Decimal``), never as floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+
+from .regex_ast import EMPTY, NOTHING, Node, alt, chars, literal, optional, repeat, seq
+
+# Significant fraction digits of a mantissa checked for integrality in exponent form
+# (json.dumps writes at most 17 significant digits).
+MAX_EXP_DIGITS = 20
+
+DIGIT = chars((0x30, 0x39))
+NONZERO = chars((0x31, 0x39))
+DOT = literal(".")
+EXP_MARK = chars((0x45, 0x45), (0x65, 0x65))  # e | E
+
+
+def digits(lo: int, hi: int) -> Node:
+    """One decimal digit in ``lo..hi``."""
+    return chars((0x30 + lo, 0x30 + hi))
+
+
+# ---------------------------------------------------------------------------
+# Number sets: a union of pieces, each an interval with a kind
+
+
+@dataclass(frozen=True)
+class NumPiece:
+    """Numbers in an interval: ``lo``/``hi`` are ``Decimal`` or None (unbounded).
+
+    ``kind`` is ``"any"``, ``"scale"`` (multiples of ``10**-scale``; scale 0 = integers)
+    or ``"nonint"`` (numbers with a non-zero fractional part).
+    """
+
+    lo: Decimal | None = None
+    hi: Decimal | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    kind: str = "any"
+    scale: int = 0
+
+    def is_empty(self) -> bool:
+        if self.lo is not None and self.hi is not None:
+            if self.lo > self.hi or (self.lo == self.hi and (self.lo_open or self.hi_open)):
+                return True
+            if self.kind == "scale":
+                q = Decimal(1).scaleb(-self.scale)
+                first = _ceil_to(self.lo, q, self.lo_open)
+                return first > self.hi or (first == self.hi and self.hi_open)
+            if self.kind == "nonint" and self.lo == self.hi:
+                return self.lo == self.lo.to_integral_value()
+        return False
+
+    def contains(self, x: Decimal) -> bool:
+        """Is the number ``x`` in this piece? (used by tests and enum filtering)"""
+        if self.lo is not None and (x < self.lo or (x == self.lo and self.lo_open)):
+            return False
+        if self.hi is not None and (x > self.hi or (x == self.hi and self.hi_open)):
+            return False
+        if self.kind == "scale":
+            return (x.scaleb(self.scale) % 1) == 0
+        if self.kind == "nonint":
+            return (x % 1) != 0
+        return True
+
+
+def _ceil_to(x: Decimal, q: Decimal, strict: bool) -> Decimal:
+    """The smallest multiple of ``q`` that is >= x (> x when strict)."""
+    n = (x / q).to_integral_value(rounding="ROUND_CEILING")
+    if strict and n * q == x:
+        n += 1
+    return n * q
+
+
+def intersect_pieces(a: NumPiece, b: NumPiece) -> NumPiece | None:
+    """The intersection of two pieces, or None when it is empty or not representable."""
+    lo, lo_open = _max_bound(a.lo, a.lo_open, b.lo, b.lo_open)
+    hi, hi_open = _min_bound(a.hi, a.hi_open, b.hi, b.hi_open)
+    kinds = {a.kind, b.kind}
+    if kinds == {"any"}:
+        kind, scale = "any", 0
+    elif "nonint" in kinds and "scale" in kinds:
+        sc = a.scale if a.kind == "scale" else b.scale
+        if sc <= 0:
+            return None  # integers and non-integers: disjoint
+        raise ValueError("non-integer multiples of 10**-k are not supported")
+    elif "nonint" in kinds:
+        kind, scale = "nonint", 0
+    else:
+        kind = "scale"
+        scale = min(p.scale for p in (a, b) if p.kind == "scale")
+    p = NumPiece(lo, hi, lo_open, hi_open, kind, scale)
+    return None if p.is_empty() else p
+
+
+def _max_bound(x, xo, y, yo):
+    if x is None:
+        return y, yo
+    if y is None:
+        return x, xo
+    if x != y:
+        return (x, xo) if x > y else (y, yo)
+    return x, xo or yo
+
+
+def _min_bound(x, xo, y, yo):
+    if x is None:
+        return y, yo
+    if y is None:
+        return x, xo
+    if x != y:
+        return (x, xo) if x < y else (y, yo)
+    return x, xo or yo
+
+
+def complement_piece(p: NumPiece) -> list[NumPiece]:
+    """All numbers not in ``p``, as pieces (raises ValueError for scales other than 0)."""
+    out: list[NumPiece] = []
+    if p.lo is not None:
+        out.append(NumPiece(None, p.lo, False, not p.lo_open))
+    if p.hi is not None:
+        out.append(NumPiece(p.hi, None, not p.hi_open, False))
+    if p.kind == "scale":
+        if p.scale != 0:
+            raise ValueError("the complement of a multipleOf constraint is not supported")
+        out.append(NumPiece(p.lo, p.hi, p.lo_open, p.hi_open, "nonint"))
+    elif p.kind == "nonint":
+        out.append(NumPiece(p.lo, p.hi, p.lo_open, p.hi_open, "scale", 0))
+    return [q for q in out if not q.is_empty()]
+
+
+def to_decimal(x: int | float | Decimal) -> Decimal:
+    """A JSON number as an exact decimal (floats through their shortest repr)."""
+    if isinstance(x, Decimal):
+        return x
+    if isinstance(x, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(x, int):
+        return Decimal(x)
+    return Decimal(repr(float(x)))
+
+
+# ---------------------------------------------------------------------------
+# Unsigned integers
+
+
+def _same_length_range(s: str, t: str) -> Node:
+    """Digit strings of len(s) == len(t) between s and t (inclusive), leading zeros allowed."""
+    if s == t:
+        return literal(s)
+    n = len(s)
+    if n == 1:
+        return digits(int(s), int(t))
+    if s[1:] == "0" * (n - 1) and t[1:] == "9" * (n - 1):
+        return seq(digits(int(s[0]), int(t[0])), repeat(DIGIT, n - 1, n - 1))
+    if s[0] == t[0]:
+        return seq(literal(s[0]), _same_length_range(s[1:], t[1:]))
+    parts = []
+    lo_first, hi_first = int(s[0]), int(t[0])
+    if s[1:] == "0" * (n - 1):
+        lo_mid = lo_first
+    else:
+        parts.append(seq(literal(s[0]), _same_length_range(s[1:], "9" * (n - 1))))
+        lo_mid = lo_first + 1
+    if t[1:] == "9" * (n - 1):
+        hi_mid = hi_first
+        tail = None
+    else:
+        hi_mid = hi_first - 1
+        tail = seq(literal(t[0]), _same_length_range("0" * (n - 1), t[1:]))
+    if lo_mid <= hi_mid:
+        parts.append(seq(digits(lo_mid, hi_mid), repeat(DIGIT, n - 1, n - 1)))
+    if tail is not None:
+        parts.append(tail)
+    return alt(*parts)
+
+
+@lru_cache(maxsize=4096)
+def uint_range(lo: int, hi: int | None) -> Node:
+    """Canonical decimal spellings (no leading zeros) of the integers in ``[lo, hi]``.
+
+    ``lo >= 0``; ``hi=None`` means unbounded.
+    """
+    if hi is not None and lo > hi:
+        return NOTHING
+    parts = []
+    if lo == 0:
+        parts.append(literal("0"))
+        lo = 1
+        if hi is not None and hi < 1:
+            return parts[0]
+    length = len(str(lo))
+    while True:
+        top = 10**length - 1
+        if hi is not None and hi <= top:
+            parts.append(_same_length_range(str(lo), str(hi)))
+            break
+        parts.append(_same_length_range(str(lo), str(top)))
+        lo = top + 1
+        length += 1
+        if hi is None:
+            parts.append(seq(NONZERO, repeat(DIGIT, length - 1, None)))
+            break
+    return alt(*parts)
+
+
+# ---------------------------------------------------------------------------
+# Fraction digits
+
+
+@lru_cache(maxsize=4096)
+def frac_range(
+    lo: str | None, lo_open: bool, hi: str | None, hi_open: bool, max_sig: int | None
+) -> tuple[Node, bool]:
+    """Digit strings ``s`` with ``lo <= 0.s <= hi`` (``<`` where open).
+
+    ``lo``/``hi`` are fraction digit strings without trailing zeros ("" = 0) or None
+    (unbounded). ``max_sig`` (or None) requires every digit after position ``max_sig``
+    to be 0. Returns ``(node for the non-empty strings, whether "" is in the set)``.
+    """
+    if lo == "" and not lo_open:
+        lo = None
+    if max_sig == 0:
+        # only zeros: the value is 0
+        ok = (lo is None) and not (hi == "" and hi_open)
+        return (repeat(literal("0"), 1, None) if ok else NOTHING), ok
+    if lo is None and hi is None:
+        if max_sig is None:
+            return repeat(DIGIT, 1, None), True
+        return alt(seq(repeat(DIGIT, 1, max_sig), repeat(literal("0"), 0, None))), True
+    if hi == "":
+        if hi_open or lo is not None:
+            return NOTHING, False  # 0 <= 0.s < 0, or 0 < 0.s <= 0
+        return repeat(literal("0"), 1, None), True
+    empty_ok = lo is None  # "" is 0: fits iff 0 >= lo; hi is non-empty here so 0 < hi
+    groups: dict[tuple, list[int]] = {}
+    for c in range(10):
+        if lo is None:
+            nlo: str | None = None
+        elif lo == "":  # strict > 0
+            nlo = None if c > 0 else ""
+        else:
+            d = int(lo[0])
+            if c < d:
+                continue
+            nlo = None if c > d else lo[1:]
+        nlo_open = lo_open if nlo is not None else False
+        if hi is None:
+            nhi: str | None = None
+        else:
+            d = int(hi[0])
+            if c > d:
+                continue
+            nhi = None if c < d else hi[1:]
+        nhi_open = hi_open if nhi is not None else False
+        groups.setdefault((nlo, nlo_open, nhi, nhi_open), []).append(c)
+    nxt = None if max_sig is None else max_sig - 1
+    parts = []
+    for (nlo, nlo_open, nhi, nhi_open), cs in groups.items():
+        node, empty = frac_range(nlo, nlo_open, nhi, nhi_open, nxt)
+        rest = alt(node, EMPTY) if empty else node
+        if rest == NOTHING:
+            continue
+        for a, b in _runs(cs):
+            parts.append(seq(digits(a, b), rest))
+    return alt(*parts) if parts else NOTHING, empty_ok
+
+
+def _runs(values: list[int]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for v in values:
+        if out and out[-1][1] + 1 == v:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return [(a, b) for a, b in out]
+
+
+def _fraction(node: Node, empty_ok: bool) -> Node:
+    """The optional ``.digits`` part of a number from a ``frac_range`` result."""
+    dotted = seq(DOT, node) if node != NOTHING else NOTHING
+    if empty_ok:
+        return optional(dotted) if dotted != NOTHING else EMPTY
+    return dotted
+
+
+def _split(x: Decimal) -> tuple[int, str]:
+    """A non-negative decimal as (integer part, fraction digits without trailing zeros)."""
+    ip = int(x.to_integral_value(rounding="ROUND_FLOOR"))
+    frac = x - ip
+    if frac == 0:
+        return ip, ""
+    text = format(frac, "f")  # "0.0075"
+    return ip, text.split(".", 1)[1].rstrip("0")
+
+
+# ---------------------------------------------------------------------------
+# Positive decimals without exponent
+
+
+def _positive_plain(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, max_sig: int | None, nonint: bool) -> Node:
+    """Plain spellings of the numbers in the interval, where ``lo >= 0``.
+
+    With ``nonint`` the fraction must contain a non-zero digit.
+    """
+    ia, fa = _split(lo)
+    if nonint and fa == "":
+        fa_open = True  # > ia.0 : fraction non-zero
+    else:
+        fa_open = lo_open
+    zero_open = nonint  # fraction > 0 in the middle part when non-integers only
+    if hi is not None:
+        ib, fb = _split(hi)
+        if ia == ib:
+            node, empty = frac_range(fa, fa_open, fb, hi_open, max_sig)
+            return seq(literal(str(ia)), _fraction(node, empty))
+        if fb == "" and not hi_open and not nonint:
+            # x <= ib: the ib part is ib with an all-zero fraction
+            top = seq(literal(str(ib)), _fraction(*frac_range(None, False, "", False, max_sig)))
+        else:
+            top = seq(literal(str(ib)), _fraction(*frac_range("" if nonint else None, nonint, fb, hi_open, max_sig)))
+        mid = uint_range(ia + 1, ib - 1) if ib - 1 >= ia + 1 else NOTHING
+    else:
+        top = NOTHING
+        mid = uint_range(ia + 1, None)
+    bottom = seq(literal(str(ia)), _fraction(*frac_range(fa, fa_open, None, False, max_sig)))
+    parts = [bottom]
+    if mid != NOTHING:
+        parts.append(seq(mid, _fraction(*frac_range("" if zero_open else None, zero_open, None, False, max_sig))))
+    if top != NOTHING:
+        parts.append(top)
+    return alt(*(p for p in parts if not _is_nothing(p)))
+
+
+def _is_nothing(node: Node) -> bool:
+    if node == NOTHING:
+        return True
+    if hasattr(node, "items") and type(node).__name__ == "Seq":
+        return any(_is_nothing(it) for it in node.items)
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Exponents
+
+
+def exponent_range(lo: int | None, hi: int | None) -> Node:
+    """Spellings of the signed exponents in ``[lo, hi]``: ``[+-]?[0-9]+``, leading zeros ok."""
+    if lo is not None and hi is not None and lo > hi:
+        return NOTHING
+    zeros = repeat(literal("0"), 0, None)
+    parts = []
+    # non-negative part
+    nlo = 0 if lo is None else max(lo, 0)
+    if hi is None or hi >= nlo:
+        plus = optional(literal("+"))
+        if nlo == 0:
+            parts.append(seq(plus, repeat(literal("0"), 1, None)))
+            nlo = 1
+        if hi is None or hi >= nlo:
+            parts.append(seq(plus, zeros, uint_range(nlo, hi)))
+    # negative part: -k with k in [max(1, -hi), -lo]
+    klo = 1 if hi is None else max(1, -hi)
+    khi = None if lo is None else -lo
+    if khi is None or khi >= klo:
+        parts.append(seq(literal("-"), zeros, uint_range(klo, khi)))
+    if lo is None or lo <= 0 <= (hi if hi is not None else 0):
+        parts.append(seq(literal("-"), repeat(literal("0"), 1, None)))
+    return alt(*parts) if parts else NOTHING
+
+
+def _norm(x: Decimal) -> tuple[Decimal, int]:
+    """x > 0 as (mantissa in [1, 10), exponent)."""
+    e = x.adjusted()
+    return x.scaleb(-e), e
+
+
+def _mantissa(lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bool, max_sig: int | None) -> Node:
+    """Normalised mantissas ``[1-9](\\.[0-9]+)?`` in the given bounds."""
+    lo_ = Decimal(1) if lo is None else lo
+    hi_ = Decimal(10) if hi is None else hi
+    return _positive_plain(lo_, lo_open if lo is not None else False, hi_, hi_open if hi is not None else True, max_sig, False)
+
+
+def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kind: str, scale: int) -> Node:
+    """Normalised exponent spellings of the numbers in the interval, ``lo >= 0``."""
+    if lo == 0:
+        ea = None
+        ma = None
+    else:
+        ma, ea = _norm(lo)
+    if hi is None:
+        eb, mb = None, None
+    else:
+        if hi == 0:
+            return NOTHING
+        mb, eb = _norm(hi)
+
+    def sig(e: int) -> int | None:
+        """max significant fraction digits for exponent e, or -1 when impossible."""
+        if kind == "any":
+            return None
+        if kind == "nonint":
+            return None if e < 0 else -1
+        return e + scale if e + scale >= 0 else -1
+
+    parts = []
+
+    def add(e: int, mlo, mlo_open, mhi, mhi_open):
+        s = sig(e)
+        if s is not None and s < 0:
+            return
+        if s is not None and s > MAX_EXP_DIGITS:
+            s = MAX_EXP_DIGITS
+        m = _mantissa(mlo, mlo_open, mhi, mhi_open, s)
+        if m != NOTHING:
+            parts.append(seq(m, EXP_MARK, exponent_range(e, e)))
+
+    # boundary exponents, with bounded mantissas
+    if ea is not None and eb is not None and ea == eb:
+        add(ea, ma, lo_open, mb, hi_open)
+        return alt(*parts) if parts else NOTHING
+    if ea is not None:
+        add(ea, ma, lo_open, None, False)
+    if eb is not None:
+        add(eb, None, False, mb, hi_open)
+    # interior exponents (ea, eb): any mantissa
+    ilo = None if ea is None else ea + 1
+    ihi = None if eb is None else eb - 1
+    if kind == "any":
+        parts.append(seq(_mantissa(None, False, None, False, None), EXP_MARK, exponent_range(ilo, ihi)))
+    elif kind == "nonint":
+        top = -1 if ihi is None else min(ihi, -1)
+        parts.append(seq(_mantissa(None, False, None, False, None), EXP_MARK, exponent_range(ilo, top)))
+    else:
+        # exponents where the digit count matters one by one, then the rest capped
+        first = -scale if ilo is None else max(ilo, -scale)
+        last_explicit = -scale + MAX_EXP_DIGITS - 1
+        e = first
+        while e <= last_explicit and (ihi is None or e <= ihi):
+            add(e, None, False, None, False)
+            e += 1
+        if ihi is None or e <= ihi:
+            m = _mantissa(None, False, None, False, MAX_EXP_DIGITS)
+            parts.append(seq(m, EXP_MARK, exponent_range(e, ihi)))
+    parts = [p for p in parts if not _is_nothing(p)]
+    return alt(*parts) if parts else NOTHING
+
+
+# ---------------------------------------------------------------------------
+# Whole pieces
+
+
+def _zero_forms(kind: str) -> Node:
+    """Every JSON spelling of zero (not allowed for non-integers)."""
+    if kind == "nonint":
+        return NOTHING
+    return seq(
+        optional(literal("-")),
+        literal("0"),
+        optional(seq(DOT, repeat(literal("0"), 1, None))),
+        optional(seq(EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))),
+    )
+
+
+FULL_NUMBER = seq(
+    optional(literal("-")),
+    alt(literal("0"), seq(NONZERO, repeat(DIGIT, 0, None))),
+    optional(seq(DOT, repeat(DIGIT, 1, None))),
+    optional(seq(EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))),
+)
+
+
+def _positive_any_exponent() -> Node:
+    """Every exponent spelling with a non-zero mantissa (normalised or not)."""
+    mant = alt(
+        seq(NONZERO, repeat(DIGIT, 0, None), optional(seq(DOT, repeat(DIGIT, 1, None)))),
+        seq(literal("0"), DOT, repeat(literal("0"), 0, None), NONZERO, repeat(DIGIT, 0, None)),
+    )
+    return seq(mant, EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))
+
+
+def _positive(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kind: str, scale: int) -> Node:
+    """Spellings of the positive (> 0) numbers of a piece; ``lo >= 0``."""
+    if lo == 0:
+        lo_open = True
+    max_sig = scale if kind == "scale" else None
+    if kind == "scale" and scale < 0:
+        raise ValueError("multipleOf above 1 is not supported here")
+    plain = _positive_plain(lo, lo_open, hi, hi_open, max_sig, kind == "nonint")
+    if kind == "any" and lo == 0 and hi is None:
+        exp = _positive_any_exponent()  # only the sign matters: every spelling works
+    else:
+        exp = _positive_exp(lo, lo_open, hi, hi_open, kind, scale)
+    return alt(*(p for p in (plain, exp) if not _is_nothing(p))) if not (_is_nothing(plain) and _is_nothing(exp)) else NOTHING
+
+
+def number_regex(piece: NumPiece) -> Node:
+    """A regex for the JSON spellings of exactly the numbers in ``piece``."""
+    if piece.is_empty():
+        return NOTHING
+    if piece.kind == "any" and piece.lo is None and piece.hi is None:
+        return FULL_NUMBER
+    parts = []
+    lo, hi = piece.lo, piece.hi
+    # zero
+    if piece.contains(Decimal(0)):
+        parts.append(_zero_forms(piece.kind))
+    # positive numbers
+    if hi is None or hi > 0:
+        plo, plo_open = (lo, piece.lo_open) if lo is not None and lo > 0 else (Decimal(0), True)
+        parts.append(_positive(plo, plo_open, hi, piece.hi_open, piece.kind, piece.scale))
+    # negative numbers: -x with x in the mirrored interval
+    if lo is None or lo < 0:
+        nlo, nlo_open = (-hi, piece.hi_open) if hi is not None and hi < 0 else (Decimal(0), True)
+        nhi = None if lo is None else -lo
+        parts.append(seq(literal("-"), _positive(nlo, nlo_open, nhi, piece.lo_open, piece.kind, piece.scale)))
+    parts = [p for p in parts if not _is_nothing(p)]
+    return alt(*parts) if parts else NOTHING
+
+
+def numbers_regex(pieces: list[NumPiece]) -> Node:
+    """The union of ``number_regex`` over pieces."""
+    parts = [number_regex(p) for p in pieces]
+    parts = [p for p in parts if not _is_nothing(p)]
+    return alt(*parts) if parts else NOTHING

@@ -1,0 +1,171 @@
+"""The functions a program calls: ``sgl.function``, ``sgl.gen``, ``sgl.select``, roles.
+
+Names and positional order follow SGLang's ``sglang/api.py`` so SGLang programs run
+unchanged; SGLang-only sampling options (penalties, logprob settings) are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .choices import ChoicesSamplingMethod, token_length_normalized
+from .expr import ExprList, GenExpr, RoleBegin, RoleEnd, SelectExpr, SglExpr
+from .function import SglFunction
+
+
+def function(func: Callable | None = None, *, num_api_spec_tokens: int | None = None) -> Any:
+    """Decorate ``def prog(s, ...)`` as an SGL program (``@sgl.function`` or ``@sgl.function()``).
+
+    ``num_api_spec_tokens`` is accepted for SGLang compatibility and ignored.
+    """
+    if func is not None:
+        return SglFunction(func)
+    return SglFunction
+
+
+def gen(
+    name: str | None = None,
+    max_tokens: int | None = None,
+    min_tokens: int | None = None,
+    stop: str | Sequence[str] | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    min_p: float | None = None,
+    *,
+    seed: int | None = None,
+    regex: str | None = None,
+    json_schema: Any = None,
+    grammar: str | None = None,
+    grammar_syntax: str = "lark",
+    choices: Sequence[str] | None = None,
+    choices_method: ChoicesSamplingMethod | str | None = None,
+    dtype: type | str | None = None,
+    timeout: float | None = None,
+) -> SglExpr:
+    """Generate text into variable ``name``.
+
+    At most one constraint: ``regex``, ``json_schema`` (dict, JSON string or pydantic
+    model class), ``grammar`` (``grammar_syntax`` "lark", "gbnf" or "ebnf") or
+    ``dtype`` (int, float, str, bool: the parsed value is stored). ``choices`` makes
+    this a ``select`` (as in SGLang). ``timeout`` bounds this one call in seconds.
+    """
+    if choices is not None:
+        return select(
+            name,
+            choices,
+            0.0 if temperature is None else temperature,
+            choices_method or token_length_normalized,
+            seed=seed,
+            timeout=timeout,
+        )
+    return GenExpr(
+        name=name,
+        max_tokens=max_tokens,
+        min_tokens=min_tokens,
+        stop=stop,
+        stop_token_ids=stop_token_ids,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        seed=seed,
+        regex=regex,
+        json_schema=json_schema,
+        grammar=grammar,
+        grammar_syntax=grammar_syntax,
+        dtype=dtype,
+        timeout=timeout,
+    )
+
+
+def gen_int(name: str | None = None, max_tokens: int | None = None, min_tokens: int | None = None, **kwargs: Any) -> SglExpr:
+    """``gen(..., dtype=int)``: an integer, stored as ``int``."""
+    return gen(name, max_tokens, min_tokens, dtype=int, **kwargs)
+
+
+def gen_string(name: str | None = None, max_tokens: int | None = None, min_tokens: int | None = None, **kwargs: Any) -> SglExpr:
+    """``gen(..., dtype=str)``: a double-quoted string; the unquoted value is stored."""
+    return gen(name, max_tokens, min_tokens, dtype=str, **kwargs)
+
+
+def select(
+    name: str | None = None,
+    choices: Sequence[str] | None = None,
+    temperature: float = 0.0,
+    choices_method: ChoicesSamplingMethod | str = token_length_normalized,
+    *,
+    seed: int | None = None,
+    timeout: float | None = None,
+) -> SglExpr:
+    """Choose one of ``choices`` (scored by ``choices_method``) into variable ``name``.
+
+    ``temperature`` 0 takes the best-scoring choice; above 0 samples with
+    probabilities ∝ exp(score / temperature).
+    """
+    return SelectExpr(name, choices, temperature, choices_method, seed, timeout)
+
+
+def _role(role: str, expr: Any = None) -> ExprList:
+    if expr is None:
+        return ExprList([RoleBegin(role), RoleEnd(role)])
+    return ExprList([RoleBegin(role)]) + expr + RoleEnd(role)
+
+
+def system(expr: Any = None) -> ExprList:
+    """``expr`` as a system message."""
+    return _role("system", expr)
+
+
+def user(expr: Any = None) -> ExprList:
+    """``expr`` as a user message."""
+    return _role("user", expr)
+
+
+def assistant(expr: Any = None) -> ExprList:
+    """``expr`` as an assistant message."""
+    return _role("assistant", expr)
+
+
+def system_begin() -> RoleBegin:
+    return RoleBegin("system")
+
+
+def system_end() -> RoleEnd:
+    return RoleEnd("system")
+
+
+def user_begin() -> RoleBegin:
+    return RoleBegin("user")
+
+
+def user_end() -> RoleEnd:
+    return RoleEnd("user")
+
+
+def assistant_begin() -> RoleBegin:
+    return RoleBegin("assistant")
+
+
+def assistant_end() -> RoleEnd:
+    return RoleEnd("assistant")
+
+
+UNSUPPORTED = ("image", "video", "separate_reasoning")
+
+
+def image(*args: Any, **kwargs: Any) -> SglExpr:
+    """Refused: SGL runs text-only models."""
+    raise NotImplementedError("sgl.image is not supported: SGL runs text-only models")
+
+
+def video(*args: Any, **kwargs: Any) -> SglExpr:
+    """Refused: SGL runs text-only models."""
+    raise NotImplementedError("sgl.video is not supported: SGL runs text-only models")
+
+
+def separate_reasoning(*args: Any, **kwargs: Any) -> SglExpr:
+    """Refused: no reasoning parsers in SGL."""
+    raise NotImplementedError("sgl.separate_reasoning is not supported")

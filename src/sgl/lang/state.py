@@ -1,0 +1,312 @@
+"""``ProgramState``: the ``s`` a program appends to; text, variables, messages, forks.
+
+A state executes what is appended to it at once (through its interpreter), except a
+fork, which queues work on its own thread so that forks decode in parallel, and a
+streamed run, whose program runs on a background thread while the caller reads
+``text_iter()``. Text only ever grows, so readers can follow it by offset.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+from .expr import (
+    ConcatAndAppend,
+    RoleBegin,
+    RoleEnd,
+    SglExpr,
+    VarScopeBegin,
+    VarScopeEnd,
+)
+
+
+class ProgramState:
+    """The state of one program run (SGLang's ``ProgramState``)."""
+
+    def __init__(self, interpreter: Any, *, stream: bool = False):
+        self._interp = interpreter
+        self._stream = stream
+        self._cond = threading.Condition(threading.RLock())
+        self._text = ""
+        self._vars: dict[str, Any] = {}
+        self._meta: dict[str, dict] = {}
+        self._messages: list[dict[str, str]] = []
+        self._role: str | None = None
+        self._role_start = 0
+        self._scopes: dict[str, int] = {}
+        self._fork_start = 0
+        self._streaming_vars: set[str] = set()
+        self._error: BaseException | None = None
+        self._background = False  # program running on another thread (stream=True)
+        self._finished = False
+        self._worker: ThreadPoolExecutor | None = None  # forks queue their work here
+        self._pending: list[Future] = []
+        self.ret_value: Any = None
+
+    # --- appending -----------------------------------------------------------
+    def __iadd__(self, other: Any) -> ProgramState:
+        if other is None:
+            raise ValueError("tried to append None to the state")
+        if self._worker is not None:
+            self._pending.append(self._worker.submit(self._interp.execute, self, other))
+        else:
+            self._interp.execute(self, other)
+        return self
+
+    def gen(self, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``s += sgl.gen(name, ...)``; returns the variable's value."""
+        from .api import gen
+
+        self += gen(name, *args, **kwargs)
+        return self.get_var(name) if name is not None else None
+
+    def select(self, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``s += sgl.select(name, ...)``; returns the chosen string."""
+        from .api import select
+
+        self += select(name, *args, **kwargs)
+        return self.get_var(name) if name is not None else None
+
+    def _role_common(self, role: str, expr: Any = None) -> Any:
+        if expr is not None:
+            self += RoleBegin(role) + expr + RoleEnd(role)
+            return None
+        return self._role_scope(role)
+
+    @contextmanager
+    def _role_scope(self, role: str) -> Iterator[None]:
+        self += RoleBegin(role)
+        yield
+        self += RoleEnd(role)
+
+    def system(self, expr: Any = None) -> Any:
+        """Append ``expr`` as a system message, or ``with s.system():``."""
+        return self._role_common("system", expr)
+
+    def user(self, expr: Any = None) -> Any:
+        """Append ``expr`` as a user message, or ``with s.user():``."""
+        return self._role_common("user", expr)
+
+    def assistant(self, expr: Any = None) -> Any:
+        """Append ``expr`` as an assistant message, or ``with s.assistant():``."""
+        return self._role_common("assistant", expr)
+
+    @contextmanager
+    def var_scope(self, name: str) -> Iterator[None]:
+        """Capture the text appended inside the block into variable ``name``."""
+        self += VarScopeBegin(name)
+        yield
+        self += VarScopeEnd(name)
+
+    # --- forks ---------------------------------------------------------------
+    def fork(self, size: int = 1, position_ids_offset: Any = None) -> ProgramStateGroup:
+        """``size`` copies of this state that run in parallel until ``join()``."""
+        self.sync()
+        children = []
+        for _ in range(int(size)):
+            child = ProgramState(self._interp)
+            with self._cond:
+                child._text = self._text
+                child._vars = dict(self._vars)
+                child._messages = list(self._messages)
+                child._role, child._role_start = self._role, self._role_start
+                child._fork_start = len(self._text)
+            child._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgl-fork")
+            children.append(child)
+        return ProgramStateGroup(children, self)
+
+    @contextmanager
+    def copy(self, position_ids_offset: Any = None) -> Iterator[ProgramState]:
+        """A single fork, joined when the block ends."""
+        group = self.fork(1)
+        try:
+            yield group[0]
+        finally:
+            group.join()
+
+    # --- reading -------------------------------------------------------------
+    def sync(self) -> None:
+        """Wait for queued work (forks) or the background run (streams); re-raise its error."""
+        pending, self._pending = self._pending, []
+        for fut in pending:
+            fut.result()
+        if self._background:
+            with self._cond:
+                self._cond.wait_for(lambda: self._finished)
+            if self._error is not None:
+                raise self._error
+
+    def text(self) -> str:
+        """All text so far (prompt and generations)."""
+        self._sync_quietly()
+        return self._text
+
+    def messages(self) -> list[dict[str, str]]:
+        """The role messages so far, in the OpenAI format."""
+        self._sync_quietly()
+        return [dict(m) for m in self._messages]
+
+    def variables(self) -> dict[str, Any]:
+        """A copy of all variables."""
+        self._sync_quietly()
+        return dict(self._vars)
+
+    def get_var(self, name: str) -> Any:
+        """The value of variable ``name`` (waits for it in a streamed run)."""
+        if self._pending:
+            self.sync()
+        with self._cond:
+            if self._background:
+                self._cond.wait_for(lambda: self._finished or (name in self._vars and name not in self._streaming_vars))
+            if name not in self._vars:
+                known = ", ".join(sorted(self._vars)) or "none"
+                raise KeyError(f"variable {name!r} is not defined (defined: {known})")
+            return self._vars[name]
+
+    def set_var(self, name: str, value: Any) -> None:
+        with self._cond:
+            self._vars[name] = value
+            self._cond.notify_all()
+
+    def get_meta_info(self, name: str) -> dict | None:
+        """What the backend reported for variable ``name`` (finish reason, scores, ...)."""
+        self._sync_quietly()
+        return self._meta.get(name)
+
+    def error(self) -> BaseException | None:
+        """The error that stopped this run, if any."""
+        return self._error
+
+    def __getitem__(self, name: str) -> Any:
+        return self.get_var(name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.set_var(name, value)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._vars
+
+    def __repr__(self) -> str:
+        return f"ProgramState({self._text!r})"
+
+    def text_iter(self, var_name: str | None = None) -> Iterator[str]:
+        """Text as it is produced (``run(stream=True)``); of one variable if ``var_name``.
+
+        Without streaming, yields the whole text (or value) once. Re-raises the run's
+        error after the text produced before it.
+        """
+        if not self._background:
+            yield self.text() if var_name is None else str(self.get_var(var_name))
+            return
+        pos = 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._finished or len(self._current(var_name)) > pos)
+                out = self._current(var_name)[pos:]
+                done = self._finished or (var_name is not None and var_name in self._vars and var_name not in self._streaming_vars)
+            pos += len(out)
+            if out:
+                yield out
+            if done and pos >= len(self._current(var_name)):
+                break
+        if self._error is not None:
+            raise self._error
+
+    def _current(self, var_name: str | None) -> str:
+        if var_name is None:
+            return self._text
+        value = self._vars.get(var_name, "")
+        return value if isinstance(value, str) else ""
+
+    def _sync_quietly(self) -> None:
+        # Readers of text/messages want what exists; errors surface via error()/sync().
+        pending, self._pending = self._pending, []
+        for fut in pending:
+            if fut.exception() is not None and self._error is None:
+                self._error = fut.exception()
+
+    # --- used by the interpreter ---------------------------------------------
+    def _append(self, text: str) -> None:
+        with self._cond:
+            self._text += text
+            self._cond.notify_all()
+
+    def _append_to_var(self, name: str | None, delta: str) -> None:
+        """Stream ``delta`` into the text and variable ``name`` together."""
+        with self._cond:
+            self._text += delta
+            if name is not None:
+                self._vars[name] = self._vars.get(name, "") + delta
+            self._cond.notify_all()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            if error is not None and self._error is None:
+                self._error = error
+            self._finished = True
+            self._cond.notify_all()
+
+
+class ProgramStateGroup:
+    """The states returned by ``s.fork(n)``: ``forks[i]``, ``forks += ...``, ``forks.join()``."""
+
+    def __init__(self, states: list[ProgramState], src_state: ProgramState):
+        self.states = states
+        self.src_state = src_state
+
+    def __getitem__(self, i: int) -> ProgramState:
+        return self.states[i]
+
+    def __setitem__(self, i: int, value: ProgramState) -> None:
+        # ``forks[i] += x`` re-assigns the same object
+        if value is not self.states[i]:
+            raise TypeError("cannot replace a fork; append to it with forks[i] += ...")
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __iter__(self) -> Iterator[ProgramState]:
+        return iter(self.states)
+
+    def __iadd__(self, other: Any) -> ProgramStateGroup:
+        if isinstance(other, SglExpr | str):
+            for state in self.states:
+                state += other
+        elif isinstance(other, list | tuple):
+            if len(other) != len(self.states):
+                raise ValueError(f"{len(other)} values for {len(self.states)} forks")
+            for state, value in zip(self.states, other, strict=True):
+                state += value
+        elif isinstance(other, Callable):
+            for i, state in enumerate(self.states):
+                state += other(i)
+        else:
+            raise TypeError(f"cannot append {type(other).__name__} to forks")
+        return self
+
+    def join(self, mode: str = "gather_variable") -> None:
+        """Wait for all forks; then gather their new variables into lists on the source
+        state (``"gather_variable"``) or append their new text (``"concate_and_append"``)."""
+        if mode not in ("gather_variable", "concate_and_append"):
+            raise ValueError(f"invalid join mode {mode!r}")
+        try:
+            for state in self.states:
+                state.sync()
+        finally:
+            for state in self.states:
+                if state._worker is not None:
+                    state._worker.shutdown(wait=True)
+                    state._worker = None
+        if mode == "gather_variable":
+            src_vars = self.src_state._vars
+            before = set(src_vars)
+            for state in self.states:
+                for key, value in state._vars.items():
+                    if key not in before:
+                        src_vars.setdefault(key, []).append(value)
+        else:
+            self.src_state += ConcatAndAppend(list(self.states))

@@ -1,0 +1,362 @@
+"""Runs SGL programs: calls the Python function with a ProgramState and turns each
+appended ``gen``/``select``/role into backend calls (SGLang's StreamExecutor, eager).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from sgl.backends.base import Backend, ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.constrain.errors import ConstraintError
+from sgl.lang.dtypes import DTYPE_REGEX, parse_value
+from sgl.lang.expr import (
+    ConcatAndAppend,
+    Constant,
+    ExprList,
+    GenExpr,
+    RoleBegin,
+    RoleEnd,
+    SelectExpr,
+    SglExpr,
+    VarScopeBegin,
+    VarScopeEnd,
+)
+from sgl.lang.state import ProgramState
+
+from .errors import BackendError, GenerationTimeout, ProgramError, SglError
+
+# --- the default backend ------------------------------------------------------
+_default_backend: Backend | None = None
+_default_lock = threading.Lock()
+
+
+def set_default_backend(backend: Backend | None) -> None:
+    """The backend used when ``run`` gets none (SGLang's name)."""
+    global _default_backend
+    _default_backend = backend
+
+
+def get_default_backend() -> Backend:
+    """The default backend; a ``LocalModel()`` is created on first use if none was set."""
+    global _default_backend
+    with _default_lock:
+        if _default_backend is None:
+            try:
+                from sgl.backends.local import LocalModel
+            except ImportError as e:
+                raise BackendError(f"no backend: call sgl.set_default_backend(...) or pass backend= ({e})") from e
+            _default_backend = LocalModel()
+        return _default_backend
+
+
+# --- run-level defaults -------------------------------------------------------
+@dataclass
+class RunDefaults:
+    """Sampling settings given to ``run``; each ``gen`` may override them."""
+
+    max_new_tokens: int = 128
+    min_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        self.stop_token_ids = tuple(self.stop_token_ids or ())
+
+
+RUN_OPTIONS = tuple(f.name for f in fields(RunDefaults) if f.name != "extra")
+
+# SGLang's run() takes these too; SGL has no such sampling features. Neutral values pass.
+SGLANG_ONLY_OPTIONS = {
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "ignore_eos": False,
+    "return_logprob": None,
+    "logprob_start_len": None,
+    "top_logprobs_num": None,
+    "return_text_in_logprobs": None,
+}
+
+
+def split_run_options(kwargs: dict[str, Any]) -> tuple[RunDefaults, dict[str, Any]]:
+    """Separate sampling options from program arguments (both arrive as ``run`` kwargs)."""
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in RUN_OPTIONS}
+    for name, neutral in SGLANG_ONLY_OPTIONS.items():
+        if name in kwargs:
+            value = kwargs.pop(name)
+            if value != neutral:
+                raise ProgramError(f"{name}={value!r} is not supported by SGL")
+    return RunDefaults(**options), kwargs
+
+
+# --- the interpreter ----------------------------------------------------------
+class Interpreter:
+    """Executes appended expressions for the states of one run."""
+
+    def __init__(self, backend: Backend, defaults: RunDefaults, deadline: float | None = None):
+        self.backend = backend
+        self.defaults = defaults
+        self.deadline = deadline  # time.monotonic() value, for the whole run
+
+    def execute(self, state: ProgramState, expr: Any) -> None:
+        if isinstance(expr, str):
+            state._append(expr)
+        elif isinstance(expr, Constant):
+            state._append(expr.value)
+        elif isinstance(expr, ExprList):
+            for item in expr.items:
+                self.execute(state, item)
+        elif isinstance(expr, GenExpr):
+            self._gen(state, expr)
+        elif isinstance(expr, SelectExpr):
+            self._select(state, expr)
+        elif isinstance(expr, RoleBegin):
+            self._role_begin(state, expr.role)
+        elif isinstance(expr, RoleEnd):
+            self._role_end(state, expr.role)
+        elif isinstance(expr, VarScopeBegin):
+            state._scopes[expr.name] = len(state._text)
+        elif isinstance(expr, VarScopeEnd):
+            state.set_var(expr.name, state._text[state._scopes.pop(expr.name) :])
+        elif isinstance(expr, ConcatAndAppend):
+            state._append("".join(s._text[s._fork_start :] for s in expr.states))
+        elif isinstance(expr, SglExpr):
+            raise ProgramError(f"cannot execute {type(expr).__name__}")
+        else:
+            raise TypeError(f"cannot append {type(expr).__name__} to the state; use str(...) for values")
+
+    # --- gen ---
+    def request_for(self, state: ProgramState, g: GenExpr) -> GenerateRequest:
+        d = self.defaults
+
+        def pick(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        top_k = pick(g.top_k, d.top_k)
+        params = SamplingParams(
+            max_tokens=pick(g.max_tokens, d.max_new_tokens),
+            min_tokens=pick(g.min_tokens, d.min_tokens),
+            stop=pick(g.stop, d.stop),
+            stop_token_ids=pick(g.stop_token_ids, d.stop_token_ids),
+            temperature=pick(g.temperature, d.temperature),
+            top_p=pick(g.top_p, d.top_p),
+            top_k=max(0, top_k),  # SGLang spells "off" as -1
+            min_p=pick(g.min_p, d.min_p),
+            seed=pick(g.seed, d.seed),
+        )
+        regex = DTYPE_REGEX[g.dtype] if g.dtype else g.regex
+        constraint = ConstraintSpec(regex=regex, json_schema=g.json_schema, grammar=g.grammar, grammar_syntax=g.grammar_syntax)
+        return GenerateRequest(prompt=state._text, params=params, constraint=None if constraint.is_empty() else constraint)
+
+    def _gen(self, state: ProgramState, g: GenExpr) -> None:
+        request = self.request_for(state, g)
+        deadline = self._deadline(g.timeout)
+        what = f"gen {g.name!r}" if g.name else "gen"
+        if state._stream or deadline is not None:
+            meta = self._gen_streaming(state, g.name, request, deadline, what)
+            text = meta.pop("text")
+        else:
+            result = self._call(lambda: self.backend.generate(request), state, what, None)
+            text = result.text
+            meta = {"finish_reason": result.finish_reason, "completion_tokens": len(result.token_ids), **result.meta}
+            if result.logprobs is not None:
+                meta["logprobs"] = result.logprobs
+            state._append(text)
+        if g.name is None:
+            return
+        value: Any = text
+        if g.dtype:
+            try:
+                value = parse_value(g.dtype, text)
+            except ValueError as e:
+                meta["dtype_error"] = str(e)  # keep the raw text (e.g. cut by max_tokens)
+        with state._cond:
+            state._meta[g.name] = meta
+        state.set_var(g.name, value)
+
+    def _gen_streaming(self, state: ProgramState, name: str | None, request: GenerateRequest, deadline: float | None, what: str) -> dict:
+        """Stream deltas into the state as they come; stop reading at the deadline."""
+        cancelled = threading.Event()
+        collected: list[str] = []
+        if name is not None:
+            with state._cond:
+                state._vars[name] = ""
+                state._streaming_vars.add(name)
+
+        def consume() -> None:
+            stream = self.backend.generate_stream(request)
+            try:
+                for delta in stream:
+                    with state._cond:  # checked under the lock: no delta lands after a timeout
+                        if cancelled.is_set():
+                            break
+                        collected.append(delta)
+                        state._append_to_var(name, delta)
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()  # lets a backend stop decoding early
+
+        try:
+            self._call(consume, state, what, deadline, on_timeout=cancelled.set)
+        finally:
+            with state._cond:
+                state._streaming_vars.discard(name)
+                state._cond.notify_all()
+        return {"finish_reason": "stream", "text": "".join(collected)}
+
+    # --- select ---
+    def _select(self, state: ProgramState, sel: SelectExpr) -> None:
+        prompt = state._text
+        result = self._call(
+            lambda: self.backend.select(prompt, sel.choices, sel.method),
+            state,
+            f"select {sel.name!r}" if sel.name else "select",
+            self._deadline(sel.timeout),
+        )
+        index = result.index
+        if sel.temperature > 0 and result.scores:
+            index = _sample_index(result.scores, sel.temperature, sel.seed if sel.seed is not None else self.defaults.seed)
+        choice = sel.choices[index]
+        state._append(choice)
+        if sel.name is not None:
+            with state._cond:
+                state._meta[sel.name] = {"scores": list(result.scores), "index": index, "method": sel.method}
+            state.set_var(sel.name, choice)
+
+    # --- roles ---
+    def _role_begin(self, state: ProgramState, role: str) -> None:
+        if state._role is not None:
+            raise ProgramError(f"cannot open role {role!r} inside role {state._role!r}: roles do not nest", state)
+        default_system = getattr(self.backend, "default_system_prompt", None)
+        if not state._messages and role != "system" and default_system:
+            self._role_begin(state, "system")
+            state._append(default_system)
+            self._role_end(state, "system")
+        prefix, _ = self.backend.role_text(role, "")
+        state._append(prefix)
+        state._role, state._role_start = role, len(state._text)
+
+    def _role_end(self, state: ProgramState, role: str) -> None:
+        if state._role != role:
+            raise ProgramError(f"role {role!r} ended but the open role is {state._role!r}", state)
+        content = state._text[state._role_start :]
+        _, suffix = self.backend.role_text(role, content)
+        state._append(suffix)
+        state._messages.append({"role": role, "content": content.lstrip()})
+        state._role = None
+
+    # --- calling the backend ---
+    def _deadline(self, call_timeout: float | None) -> float | None:
+        if call_timeout is None:
+            return self.deadline
+        call_deadline = time.monotonic() + call_timeout
+        return call_deadline if self.deadline is None else min(call_deadline, self.deadline)
+
+    def _call(self, fn: Callable[[], Any], state: ProgramState, what: str, deadline: float | None, on_timeout: Callable[[], None] | None = None) -> Any:
+        """``fn()`` with backend errors typed; with a deadline, run it on a helper thread
+        and give up waiting at the deadline (the text so far stays in ``state``)."""
+        if deadline is None:
+            return self._typed(fn, state, what)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GenerationTimeout(f"timed out before {what}", state)
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                box["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name="sgl-call", daemon=True).start()
+        if not done.wait(remaining):
+            if on_timeout is not None:
+                on_timeout()
+            raise GenerationTimeout(f"{what} did not finish within the timeout", state)
+        if "error" in box:
+            self._raise_typed(box["error"], state, what)
+        return box["value"]
+
+    def _typed(self, fn: Callable[[], Any], state: ProgramState, what: str) -> Any:
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - re-raised typed
+            self._raise_typed(e, state, what)
+
+    @staticmethod
+    def _raise_typed(error: BaseException, state: ProgramState, what: str) -> None:
+        if isinstance(error, SglError):
+            if error.state is None:
+                error.state = state
+            raise error
+        if isinstance(error, ConstraintError):
+            error.state = state  # the text so far is never lost
+            raise error
+        raise BackendError(f"backend failed during {what}: {type(error).__name__}: {error}", state) from error
+
+
+def _sample_index(scores: list[float], temperature: float, seed: int | None) -> int:
+    top = max(scores)
+    weights = [math.exp((s - top) / temperature) for s in scores]
+    return random.Random(seed).choices(range(len(scores)), weights=weights)[0]
+
+
+# --- running a program ----------------------------------------------------------
+def run_program(
+    func: Callable[..., Any],
+    args: tuple,
+    kwargs: dict[str, Any],
+    *,
+    backend: Backend | None,
+    defaults: RunDefaults,
+    stream: bool = False,
+    timeout: float | None = None,
+    raise_errors: bool = True,
+) -> ProgramState:
+    """Run ``func(state, *args, **kwargs)``; a streamed run returns at once."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    interp = Interpreter(backend or get_default_backend(), defaults, deadline)
+    state = ProgramState(interp, stream=stream)
+    if stream:
+        state._background = True
+        threading.Thread(target=_run_body, args=(func, state, args, kwargs), name="sgl-stream", daemon=True).start()
+        return state
+    error = _run_body(func, state, args, kwargs)
+    if error is not None and raise_errors:
+        raise error
+    return state
+
+
+def _run_body(func: Callable[..., Any], state: ProgramState, args: tuple, kwargs: dict) -> BaseException | None:
+    error: BaseException | None = None
+    try:
+        state.ret_value = func(state, *args, **kwargs)
+    except SglError as e:
+        if e.state is None:
+            e.state = state
+        error = e
+    except ConstraintError as e:
+        e.state = state
+        error = e
+    except Exception as e:  # noqa: BLE001 - the program's own bug, typed with its state
+        wrapped = ProgramError(f"{type(e).__name__} in program: {e}", state)
+        wrapped.__cause__ = e
+        error = wrapped
+    state._finish(error)
+    return error
