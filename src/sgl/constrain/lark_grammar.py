@@ -8,9 +8,10 @@ priorities are not), so every rule keeps weight 1.0.
 
 Terminal regexes are Python ``re`` syntax. What a longest-match lexer cannot honour
 is refused, naming the terminal: lookarounds, anchors, backreferences, lazy or
-possessive quantifiers, and terminals that match the empty string. One well-known
-exception is rewritten instead of refused: ``common.ESCAPED_STRING``, whose
-lookbehind-and-lazy regex describes exactly ``"(?:[^"\\\\\\n]|\\\\[^\\n])*"``.
+possessive quantifiers. A few common lazy idioms are rewritten instead of refused,
+into a greedy regex that gives the same lexemes, e.g. ``common.ESCAPED_STRING``
+(a lazy ``.*?`` and a lookbehind) becomes "quote, then non-quote-non-backslash
+characters or backslash escapes, then quote".
 """
 
 from __future__ import annotations
@@ -164,11 +165,6 @@ def _check_regex(name: str, regexp: str) -> None:
     bad = _find_refused(tree)
     if bad:
         raise ConstraintError(f"terminal {name} uses {bad}, which is not supported: /{regexp}/")
-    if re.fullmatch(regexp, ""):
-        raise ConstraintError(
-            f"terminal {name} matches the empty string; a lexeme must consume at least one "
-            f"character: /{regexp}/"
-        )
     _check_with_regex_frontend(name, regexp)
 
 

@@ -54,40 +54,57 @@ class LexerCore:
     """
 
     def __init__(self, dfas: list[ByteDFA]):
-        start = tuple((i, 0) for i in range(len(dfas)))
-        index: dict[tuple, int] = {start: 0}
-        states = [start]
+        # All component DFAs live in one table of "global" states (component offset +
+        # state); a product state is the vector of its components' global states, and
+        # its identity is that vector read as a mixed-radix number (0 digit = dead).
+        k = len(dfas)
+        sizes = np.array([d.n_states for d in dfas], dtype=np.int64)
+        offsets = (np.cumsum(sizes) - sizes).astype(np.int64)
+        dead_row = int(sizes.sum())
+        big = np.full((dead_row + 1, 256), dead_row, dtype=np.int64)
+        for d, off in zip(dfas, offsets, strict=True):
+            big[off : off + d.n_states] = np.where(d.table >= 0, d.table + off, dead_row)
+        acc_global = np.concatenate([d.accepting for d in dfas] + [np.array([False])])
+        owner = np.concatenate([np.full(d.n_states, j) for j, d in enumerate(dfas)] + [np.array([-1])])
+        radix = sizes + 1
+        if float(np.prod(radix.astype(float))) >= 2.0**62:
+            raise CompileBudgetExceeded(f"lexer for {k} lexemes is too large to build")
+        mult = (np.cumprod(radix) // radix).astype(np.int64)
+        local_plus1 = np.zeros(dead_row + 1, dtype=np.int64)  # global state -> local + 1 (dead -> 0)
+        local_plus1[:dead_row] = np.arange(dead_row) - np.repeat(offsets, sizes) + 1
+
+        start = offsets.copy()
+        index = {int((local_plus1[start] * mult).sum()): 0}
+        comps = [start]
         rows: list[np.ndarray] = []
         i = 0
-        while i < len(states):
-            comp = states[i]
+        while i < len(comps):
+            comp = comps[i]
             i += 1
-            if not comp:
-                rows.append(np.full(256, DEAD, dtype=np.int32))
-                continue
-            nxt = np.stack([dfas[k].table[s] for k, s in comp])  # (k, 256)
-            cols, inverse = np.unique(nxt, axis=1, return_inverse=True)
-            targets = np.empty(cols.shape[1], dtype=np.int32)
-            for j in range(cols.shape[1]):
-                key = tuple((k, int(s)) for (k, _), s in zip(comp, cols[:, j], strict=True) if s >= 0)
-                if not key:
+            nxt = big[comp]  # (k, 256) global states
+            keys = (local_plus1[nxt] * mult[:, None]).sum(axis=0)
+            uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            targets = np.empty(uniq.size, dtype=np.int32)
+            for j, (key, col) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
+                if key == 0:
                     targets[j] = DEAD
                     continue
                 t = index.get(key)
                 if t is None:
-                    t = index[key] = len(states)
-                    states.append(key)
-                    if len(states) > MAX_LEXER_STATES:
+                    t = index[key] = len(comps)
+                    comps.append(nxt[:, col])
+                    if len(comps) > MAX_LEXER_STATES:
                         raise CompileBudgetExceeded(
-                            f"lexer for {len(dfas)} lexemes exceeds {MAX_LEXER_STATES} states"
+                            f"lexer for {k} lexemes exceeds {MAX_LEXER_STATES} states"
                         )
                 targets[j] = t
             rows.append(targets[inverse.reshape(-1)])
         self.table = np.stack(rows).astype(np.int32)
-        self.accepts = [tuple(k for k, s in comp if dfas[k].accepting[s]) for comp in states]
+        self.accepts = [tuple(int(owner[g]) for g in comp if acc_global[g]) for comp in comps]
         self.accepting = np.array([bool(a) for a in self.accepts])
+        self.flat_table = self.table.astype(np.int64).ravel()
         self.rows = self.table.tolist()
-        self.n_states = len(states)
+        self.n_states = len(comps)
         self.walk_cache: dict = {}
 
 

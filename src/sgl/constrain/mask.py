@@ -41,36 +41,65 @@ class TokenTable:
         lengths = np.array([len(b) if b else 0 for b in token_bytes], dtype=np.int32)
         width = max(1, int(lengths.max(initial=0)))
         # one extra zero column so that reading at position == length never overflows
+        joined = np.frombuffer(b"".join(b for b in token_bytes if b), dtype=np.uint8)
+        rows = np.repeat(np.arange(len(token_bytes)), lengths)
+        starts = np.cumsum(lengths) - lengths
+        cols = np.arange(joined.size) - np.repeat(starts, lengths)
         mat = np.zeros((len(token_bytes), width + 1), dtype=np.uint8)
-        for i, b in enumerate(token_bytes):
-            if b:
-                mat[i, : len(b)] = np.frombuffer(b, dtype=np.uint8)
-        self.bytes = mat
+        mat[rows, cols] = joined
+        self.n_tokens = len(token_bytes)
+        # position-major, flattened: byte ``p`` of token ``i`` is ``flat_bytes[p * n_tokens + i]``
+        self.flat_bytes = np.ascontiguousarray(mat.T).ravel()
         self.lengths = lengths
         self.n_vocab = n_vocab
         self.n_words = (n_vocab + 31) // 32
         self.real_ids = np.nonzero(lengths > 0)[0].astype(np.int64)
+        # tokens grouped by first byte, so a walk can skip every group whose byte is dead
+        first = mat[self.real_ids, 0]
+        self.by_first = self.real_ids[np.argsort(first, kind="stable")]
+        self.first_starts = np.searchsorted(first[np.argsort(first, kind="stable")], np.arange(257))
+        # which byte values occur in each token, as 4 x 64-bit sets
+        bits = np.zeros((len(token_bytes), 4), dtype=np.uint64)
+        byte_vals = joined.astype(np.uint64)
+        np.bitwise_or.at(bits, (rows, (byte_vals >> 6).astype(np.int64)), np.uint64(1) << (byte_vals & np.uint64(63)))
+        self.byte_sets = bits
+
+    def with_first_byte(self, byte_values: np.ndarray) -> np.ndarray:
+        """The real tokens whose first byte is one of ``byte_values``."""
+        parts = [self.by_first[self.first_starts[b] : self.first_starts[b + 1]] for b in byte_values]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def only_bytes(self, ids: np.ndarray, byte_values: np.ndarray) -> np.ndarray:
+        """A boolean mask over ``ids``: tokens made only of ``byte_values``."""
+        member = np.zeros(256, dtype=bool)
+        member[byte_values] = True
+        allowed = np.packbits(member, bitorder="little").view(np.uint64)
+        sets = self.byte_sets
+        outside = (sets[:, 0] & ~allowed[0]) | (sets[:, 1] & ~allowed[1])
+        outside |= (sets[:, 2] & ~allowed[2]) | (sets[:, 3] & ~allowed[3])
+        return outside.take(ids) == 0
 
 
 def walk(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
     """Run tokens ``ids`` from byte offsets ``pos`` through ``lexer`` starting in ``state``."""
-    table, accepting = lexer.table, lexer.accepting
-    lengths, mat = tokens.lengths, tokens.bytes
-    cur = np.full(ids.shape, state, dtype=np.int32)
-    pos = pos.copy()
+    # flat 1-D ``take`` is several times faster than 2-D fancy indexing here
+    table, accepting = lexer.core.flat_table, lexer.accepting
+    lengths, flat_bytes, n = tokens.lengths, tokens.flat_bytes, tokens.n_tokens
+    cur = np.full(ids.shape, state, dtype=np.int64)
+    pos = pos.astype(np.int64)
     inside, b_ids, b_pos, b_state = [], [], [], []
     while ids.size:
-        done = pos >= lengths[ids]
+        done = pos >= lengths.take(ids)
         if done.any():
             inside.append(ids[done])
             keep = ~done
             ids, pos, cur = ids[keep], pos[keep], cur[keep]
             if not ids.size:
                 break
-        nxt = table[cur, mat[ids, pos]]
+        nxt = table.take(cur * 256 + flat_bytes.take(pos * n + ids))
         dead = nxt < 0
         if dead.any():
-            ends = dead & accepting[cur]
+            ends = dead & accepting.take(cur)
             if ends.any():
                 b_ids.append(ids[ends])
                 b_pos.append(pos[ends])
@@ -80,7 +109,7 @@ def walk(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.ndarray, pos: 
         cur = nxt
         pos += 1
     cat = _concat
-    return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int32), cat(b_state, np.int32))
+    return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int64), cat(b_state, np.int64))
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -100,12 +129,35 @@ class MaskComputer:
         return self.lexer.for_lexemes(col.allowed)
 
     def full_walk(self, lexer: LexerDFA, state: int) -> WalkResult:
+        """The walk of the whole vocabulary from ``state``, cached on the shared lexer core."""
         res = lexer.walk_cache.get(state)
         if res is None:
-            ids = self.tokens.real_ids
-            res = walk(self.tokens, lexer, state, ids, np.zeros(ids.shape, dtype=np.int32))
+            res = self._walk_vocabulary(lexer, state)
             res.inside = self._pack(res.inside)
             lexer.walk_cache[state] = res
+        return res
+
+    def _walk_vocabulary(self, lexer: LexerDFA, state: int) -> WalkResult:
+        tokens = self.tokens
+        row = lexer.table[state]
+        live_first = np.nonzero(row >= 0)[0]
+        ids = tokens.with_first_byte(live_first)
+        inside = []
+        # bytes that loop on this state (e.g. a string body): tokens made only of them stay here
+        loop = np.nonzero(row == state)[0]
+        if loop.size >= 16 and ids.size:
+            stays = tokens.only_bytes(ids, loop)
+            inside.append(ids[stays])
+            ids = ids[~stays]
+        res = walk(tokens, lexer, state, ids, np.zeros(ids.shape, dtype=np.int64))
+        if lexer.accepting[state]:
+            # the current lexeme may end right here: tokens starting with a dead byte
+            dead_first = tokens.with_first_byte(np.nonzero(row < 0)[0])
+            res.boundary_ids = np.concatenate([res.boundary_ids, dead_first])
+            res.boundary_pos = np.concatenate([res.boundary_pos, np.zeros(dead_first.shape, np.int64)])
+            res.boundary_state = np.concatenate([res.boundary_state, np.full(dead_first.shape, state, np.int64)])
+        if inside:
+            res.inside = np.concatenate([res.inside, *inside])
         return res
 
     def mask(self, col: EarleySet, state: int) -> np.ndarray:
@@ -136,6 +188,11 @@ class MaskComputer:
             self._boundaries(nxt_col, nxt_lexer, sub, extra)
 
     def _pack(self, ids: np.ndarray) -> np.ndarray:
+        """Token ids as uint32 bitmask words."""
+        if ids.size < 2048:
+            words = np.zeros(self.tokens.n_words, dtype=np.uint32)
+            np.bitwise_or.at(words, ids >> 5, np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
+            return words
         allowed = np.zeros(self.tokens.n_words * 32, dtype=bool)
         allowed[ids] = True
         return np.packbits(allowed, bitorder="little").view(np.uint32)

@@ -120,8 +120,9 @@ class Matcher:
         """Has EOS been consumed, or can nothing follow the text so far?"""
         if self._terminated:
             return True
-        col, s = self._stack[-1]
-        return s == 0 and col.accepting and not (col.allowed - self.compiled.tables.ignore)
+        state = self._stack[-1]
+        with self.compiled.lock:
+            return self.compiled.can_end(*state) and not self._next_bytes(state)
 
     @property
     def num_tokens(self) -> int:

@@ -254,6 +254,15 @@ def frac_range(
         if max_sig is None:
             return repeat(DIGIT, 1, None), True
         return alt(seq(repeat(DIGIT, 1, max_sig), repeat(literal("0"), 0, None))), True
+    if lo == "" and hi is None:
+        # strictly positive: some digit within the first max_sig positions is non-zero
+        if max_sig is None:
+            return seq(repeat(literal("0"), 0, None), NONZERO, repeat(DIGIT, 0, None)), False
+        opts = [
+            seq(repeat(literal("0"), k, k), NONZERO, repeat(DIGIT, 0, max_sig - k - 1), repeat(literal("0"), 0, None))
+            for k in range(max_sig)
+        ]
+        return alt(*opts), False
     if hi == "":
         if hi_open or lo is not None:
             return NOTHING, False  # 0 <= 0.s < 0, or 0 < 0.s <= 0
@@ -390,7 +399,7 @@ def exponent_range(lo: int | None, hi: int | None) -> Node:
     khi = None if lo is None else -lo
     if khi is None or khi >= klo:
         parts.append(seq(literal("-"), zeros, uint_range(klo, khi)))
-    if lo is None or lo <= 0 <= (hi if hi is not None else 0):
+    if (lo is None or lo <= 0) and (hi is None or hi >= 0):
         parts.append(seq(literal("-"), repeat(literal("0"), 1, None)))
     return alt(*parts) if parts else NOTHING
 

@@ -20,8 +20,8 @@ def function(func: Callable | None = None, *, num_api_spec_tokens: int | None = 
     ``num_api_spec_tokens`` is accepted for SGLang compatibility and ignored.
     """
     if func is not None:
-        return SglFunction(func)
-    return SglFunction
+        return SglFunction(func, num_api_spec_tokens)
+    return lambda f: SglFunction(f, num_api_spec_tokens)
 
 
 def gen(

@@ -77,6 +77,14 @@ class RoleMarker:
     loc: Loc | None = None
 
 
+@dataclass
+class Concat:
+    """``a + b`` outside an append, where a part is an SGL value."""
+
+    parts: list[Any]
+    loc: Loc | None = None
+
+
 # --- statements ------------------------------------------------------------------
 @dataclass
 class Append:
@@ -103,6 +111,15 @@ class VarScope:
 
     name: str | Expr
     target: str
+    body: list[Any]
+    loc: Loc | None = None
+
+
+@dataclass
+class With:
+    """Any other ``with`` block."""
+
+    header: Expr
     body: list[Any]
     loc: Loc | None = None
 

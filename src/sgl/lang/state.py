@@ -205,9 +205,9 @@ class ProgramState:
         pos = 0
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._finished or len(self._current(var_name)) > pos)
+                self._cond.wait_for(lambda p=pos: self._stream_done(var_name) or len(self._current(var_name)) > p)
                 out = self._current(var_name)[pos:]
-                done = self._finished or (var_name is not None and var_name in self._vars and var_name not in self._streaming_vars)
+                done = self._stream_done(var_name)
             pos += len(out)
             if out:
                 yield out
@@ -215,6 +215,11 @@ class ProgramState:
                 break
         if self._error is not None:
             raise self._error
+
+    def _stream_done(self, var_name: str | None) -> bool:
+        if self._finished:
+            return True
+        return var_name is not None and var_name in self._vars and var_name not in self._streaming_vars
 
     def _current(self, var_name: str | None) -> str:
         if var_name is None:

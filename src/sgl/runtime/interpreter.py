@@ -8,7 +8,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -90,11 +90,12 @@ SGLANG_ONLY_OPTIONS = {
 }
 
 
-def split_run_options(kwargs: dict[str, Any]) -> tuple[RunDefaults, dict[str, Any]]:
-    """Separate sampling options from program arguments (both arrive as ``run`` kwargs)."""
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k in RUN_OPTIONS}
+def split_run_options(kwargs: dict[str, Any], program_args: Sequence[str] = ()) -> tuple[RunDefaults, dict[str, Any]]:
+    """Separate sampling options from program arguments (both arrive as ``run`` kwargs);
+    a name the program itself takes (say ``seed``) stays a program argument."""
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in RUN_OPTIONS and k not in program_args}
     for name, neutral in SGLANG_ONLY_OPTIONS.items():
-        if name in kwargs:
+        if name in kwargs and name not in program_args:
             value = kwargs.pop(name)
             if value != neutral:
                 raise ProgramError(f"{name}={value!r} is not supported by SGL")

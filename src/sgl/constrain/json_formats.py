@@ -1,0 +1,926 @@
+"""String languages for the JSON Schema frontend: JSON escaping, formats, patterns.
+
+Everything here works on *decoded* strings first (a ``regex_ast`` node over code
+points, as a pattern means it), then ``json_string_node`` turns such a node into the
+lexeme for the *encoded* JSON string, quotes included. What the encoded form accepts
+for a decoded character ``c`` (documented contract of the string lexemes):
+
+* printable ASCII other than ``"`` and ``\\`` (0x20-0x7E): ``c`` itself only
+  (``/`` also as ``\\/``), never a ``\\uXXXX`` spelling;
+* ``"`` and ``\\``: ``\\"``/``\\\\`` and ``\\u0022``/``\\u005c``;
+* control characters (0x00-0x1F): the short escape where JSON has one
+  (``\\b \\f \\n \\r \\t``) and ``\\u00XX``;
+* DEL and non-ASCII: the raw UTF-8 character and ``\\uXXXX`` (astral characters as a
+  surrogate pair ``\\uD8xx\\uDCxx``), as ``json.dumps`` writes with or without
+  ``ensure_ascii``.
+
+Hex digits in ``\\u`` escapes may be upper or lower case; lone surrogates are never
+accepted.
+
+Intersections and complements (``pattern`` + ``maxLength``, ``not: {pattern}``,
+"any key except the declared ones") use ``LAnd``/``LNot`` expression nodes, which
+``materialize`` turns back into a plain ``regex_ast`` node through a Brzozowski
+derivative DFA and state elimination, within a size budget.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .errors import CompileBudgetExceeded, ConstraintError
+from .regex_ast import (
+    EMPTY,
+    MAX_CODEPOINT,
+    NOTHING,
+    Alt,
+    Bytes,
+    Chars,
+    Node,
+    Repeat,
+    Seq,
+    chars,
+    literal,
+    normalize_ranges,
+)
+
+ANY_CHAR = Chars(((0, MAX_CODEPOINT),))
+ANY_STRING = Repeat(ANY_CHAR, 0, None)
+QUOTE = literal('"')
+
+# ---------------------------------------------------------------------------
+# Smart constructors (canonical enough for derivatives to terminate)
+
+
+@dataclass(frozen=True)
+class LAnd:
+    """Strings matched by every item (an intersection)."""
+
+    items: tuple
+
+
+@dataclass(frozen=True)
+class LNot:
+    """Strings not matched by ``item`` (complement over all strings)."""
+
+    item: object
+
+
+Expr = Node | LAnd | LNot
+
+_KEYS: dict = {}
+
+
+def _key(e) -> str:
+    k = _KEYS.get(e)
+    if k is None:
+        if len(_KEYS) > 200_000:
+            _KEYS.clear()
+        k = _KEYS[e] = repr(e)
+    return k
+
+
+def mk_seq(*items) -> Expr:
+    flat: list = []
+    for it in items:
+        if isinstance(it, Seq):
+            flat.extend(it.items)
+        elif it == NOTHING:
+            return NOTHING
+        elif it != EMPTY:
+            flat.append(it)
+    if not flat:
+        return EMPTY
+    return flat[0] if len(flat) == 1 else Seq(tuple(flat))
+
+
+def mk_alt(*items) -> Expr:
+    flat: list = []
+    char_ranges: list = []
+    for it in items:
+        if isinstance(it, Alt):
+            for sub in it.items:
+                (char_ranges.extend(sub.ranges) if isinstance(sub, Chars) else flat.append(sub))
+        elif isinstance(it, Chars):
+            char_ranges.extend(it.ranges)
+        elif it != NOTHING:
+            flat.append(it)
+    if char_ranges:
+        flat.append(Chars(normalize_ranges(char_ranges)))
+    uniq = {(_key(x)): x for x in flat}
+    out = [uniq[k] for k in sorted(uniq)]
+    if not out:
+        return NOTHING
+    return out[0] if len(out) == 1 else Alt(tuple(out))
+
+
+def mk_and(*items) -> Expr:
+    flat: list = []
+    for it in items:
+        if isinstance(it, LAnd):
+            flat.extend(it.items)
+        elif it == NOTHING:
+            return NOTHING
+        elif it != ANY_STRING:
+            flat.append(it)
+    uniq = {(_key(x)): x for x in flat}
+    out = [uniq[k] for k in sorted(uniq)]
+    if not out:
+        return ANY_STRING
+    return out[0] if len(out) == 1 else LAnd(tuple(out))
+
+
+def mk_not(item) -> Expr:
+    if isinstance(item, LNot):
+        return item.item
+    return LNot(item)
+
+
+def mk_repeat(item, lo: int, hi: int | None) -> Expr:
+    if hi is not None and (hi < lo or hi == 0):
+        return EMPTY if hi == 0 and lo == 0 else NOTHING
+    if item == NOTHING:
+        return EMPTY if lo == 0 else NOTHING
+    if item == EMPTY:
+        return EMPTY
+    if nullable(item):
+        lo = 0
+    if lo == 1 and hi == 1:
+        return item
+    return Repeat(item, lo, hi)
+
+
+@lru_cache(maxsize=100_000)
+def nullable(e) -> bool:
+    if isinstance(e, Chars | Bytes):
+        return False
+    if isinstance(e, Seq):
+        return all(nullable(i) for i in e.items)
+    if isinstance(e, Alt):
+        return any(nullable(i) for i in e.items)
+    if isinstance(e, Repeat):
+        return e.min == 0 or nullable(e.item)
+    if isinstance(e, LAnd):
+        return all(nullable(i) for i in e.items)
+    if isinstance(e, LNot):
+        return not nullable(e.item)
+    raise TypeError(e)
+
+
+def has_boolean_ops(e) -> bool:
+    if isinstance(e, LAnd | LNot):
+        return True
+    if isinstance(e, Seq | Alt):
+        return any(has_boolean_ops(i) for i in e.items)
+    if isinstance(e, Repeat):
+        return has_boolean_ops(e.item)
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Derivatives
+
+
+def _contains(cs: Chars, c: int) -> bool:
+    i = bisect_right(cs.ranges, (c, MAX_CODEPOINT + 1)) - 1
+    return i >= 0 and cs.ranges[i][0] <= c <= cs.ranges[i][1]
+
+
+def derivative(e, c: int):
+    """The strings ``w`` such that ``chr(c) + w`` is in ``e``."""
+    if isinstance(e, Chars):
+        return EMPTY if _contains(e, c) else NOTHING
+    if isinstance(e, Seq):
+        head, rest = e.items[0], mk_seq(*e.items[1:])
+        d = mk_seq(derivative(head, c), rest)
+        if nullable(head):
+            return mk_alt(d, derivative(rest, c))
+        return d
+    if isinstance(e, Alt):
+        return mk_alt(*(derivative(i, c) for i in e.items))
+    if isinstance(e, Repeat):
+        if e.max == 0:
+            return NOTHING
+        rest = mk_repeat(e.item, max(e.min - 1, 0), None if e.max is None else e.max - 1)
+        return mk_seq(derivative(e.item, c), rest)
+    if isinstance(e, LAnd):
+        return mk_and(*(derivative(i, c) for i in e.items))
+    if isinstance(e, LNot):
+        return mk_not(derivative(e.item, c))
+    if isinstance(e, Bytes):
+        raise ConstraintError("byte-level patterns cannot be combined")
+    raise TypeError(e)
+
+
+def _firsts(e, out: list) -> None:
+    """Collect the character sets that can start ``e`` (an over-approximation)."""
+    if isinstance(e, Chars):
+        out.append(e)
+    elif isinstance(e, Seq):
+        for it in e.items:
+            _firsts(it, out)
+            if not nullable(it):
+                break
+    elif isinstance(e, Alt | LAnd):
+        for it in e.items:
+            _firsts(it, out)
+    elif isinstance(e, Repeat):
+        _firsts(e.item, out)
+    elif isinstance(e, LNot):
+        _firsts(e.item, out)
+
+
+def _classes(e) -> list[tuple[int, int]]:
+    """Elementary intervals on which every derivative of ``e`` is constant."""
+    sets: list[Chars] = []
+    _firsts(e, sets)
+    cuts = {0, MAX_CODEPOINT + 1}
+    for cs in sets:
+        for lo, hi in cs.ranges:
+            cuts.add(lo)
+            cuts.add(hi + 1)
+    pts = sorted(cuts)
+    return [(pts[i], pts[i + 1] - 1) for i in range(len(pts) - 1)]
+
+
+@dataclass
+class CharDFA:
+    """A DFA over code points: ``edges[s]`` = [(Chars, target)], start 0."""
+
+    edges: list[list[tuple[Chars, int]]]
+    accepting: list[bool]
+
+
+def expr_dfa(e, max_states: int = 2000) -> CharDFA:
+    """The derivative DFA of an expression, dead states removed."""
+    states = [e]
+    index = {e: 0}
+    edges: list[list[tuple[Chars, int]]] = []
+    i = 0
+    while i < len(states):
+        cur = states[i]
+        i += 1
+        by_target: dict[int, list[tuple[int, int]]] = {}
+        for lo, hi in _classes(cur):
+            d = derivative(cur, lo)
+            if d == NOTHING:
+                continue
+            t = index.get(d)
+            if t is None:
+                t = index[d] = len(states)
+                states.append(d)
+                if len(states) > max_states:
+                    raise CompileBudgetExceeded(f"string constraint needs over {max_states} automaton states")
+            by_target.setdefault(t, []).append((lo, hi))
+        edges.append([(Chars(normalize_ranges(r)), t) for t, r in by_target.items()])
+    accepting = [nullable(s) for s in states]
+    # keep only states that can reach acceptance
+    live = [a for a in accepting]
+    changed = True
+    while changed:
+        changed = False
+        for s, out in enumerate(edges):
+            if not live[s] and any(live[t] for _, t in out):
+                live[s] = changed = True
+    if not live[0]:
+        return CharDFA([[]], [False])
+    keep = [s for s in range(len(states)) if live[s]]
+    renum = {s: k for k, s in enumerate(keep)}
+    new_edges = [[(cs, renum[t]) for cs, t in edges[s] if live[t]] for s in keep]
+    return CharDFA(new_edges, [accepting[s] for s in keep])
+
+
+def _size(node, memo: dict) -> int:
+    k = id(node)
+    got = memo.get(k)
+    if got is not None:
+        return got[0]
+    if isinstance(node, Seq | Alt):
+        n = 1 + sum(_size(i, memo) for i in node.items)
+    elif isinstance(node, Repeat):
+        n = 1 + _size(node.item, memo)
+    else:
+        n = 1
+    memo[k] = (n, node)
+    return n
+
+
+def dfa_to_node(dfa: CharDFA, max_size: int = 20_000) -> Node:
+    """State elimination: a regex for the DFA's language (raises when it grows too big)."""
+    n = len(dfa.edges)
+    start, final = n, n + 1
+    out: dict[int, dict[int, Node]] = {s: {} for s in range(n + 2)}
+    inc: dict[int, set[int]] = {s: set() for s in range(n + 2)}
+
+    def add(i: int, j: int, node) -> None:
+        if node == NOTHING:
+            return
+        old = out[i].get(j)
+        out[i][j] = node if old is None else mk_alt(old, node)
+        inc[j].add(i)
+
+    add(start, 0, EMPTY)
+    for s, es in enumerate(dfa.edges):
+        for cs, t in es:
+            add(s, t, cs)
+        if dfa.accepting[s]:
+            add(s, final, EMPTY)
+    memo: dict = {}
+    remaining = set(range(n))
+    while remaining:
+        k = min(remaining, key=lambda s: (len(inc[s] - {s}) * len(set(out[s]) - {s}), s))
+        remaining.discard(k)
+        loop = out[k].pop(k, None)
+        inc[k].discard(k)
+        star = mk_repeat(loop, 0, None) if loop is not None else EMPTY
+        preds = [(i, out[i].pop(k)) for i in sorted(inc[k])]
+        succs = sorted(out[k].items())
+        for j, _ in succs:
+            inc[j].discard(k)
+        for i, rin in preds:
+            for j, rout in succs:
+                node = mk_seq(rin, star, rout)
+                add(i, j, node)
+                if _size(out[i][j], memo) > max_size:
+                    raise CompileBudgetExceeded("string constraint is too complex to combine into one regex")
+        out[k] = {}
+        inc[k] = set()
+    return out[start].get(final, NOTHING)
+
+
+def materialize(e, max_states: int = 2000, max_size: int = 20_000) -> Node:
+    """A plain ``regex_ast`` node for an expression that may contain ``LAnd``/``LNot``."""
+    if not has_boolean_ops(e):
+        return e
+    return dfa_to_node(expr_dfa(e, max_states), max_size)
+
+
+# ---------------------------------------------------------------------------
+# Length restrictions
+
+
+@lru_cache(maxsize=50_000)
+def length_range(e) -> tuple[int, int | None]:
+    """(min, max) length in characters of the strings of a plain node (max None = unbounded)."""
+    if isinstance(e, Chars | Bytes):
+        return (1, 1) if e.ranges else (0, 0)
+    if isinstance(e, Seq):
+        lo, hi = 0, 0
+        for it in e.items:
+            a, b = length_range(it)
+            lo += a
+            hi = None if hi is None or b is None else hi + b
+        return lo, hi
+    if isinstance(e, Alt):
+        if not e.items:
+            return 0, 0
+        rs = [length_range(i) for i in e.items]
+        return min(r[0] for r in rs), (None if any(r[1] is None for r in rs) else max(r[1] for r in rs))
+    if isinstance(e, Repeat):
+        a, b = length_range(e.item)
+        hi = None if e.max is None or b is None else b * e.max
+        return a * e.min, hi
+    raise TypeError(e)
+
+
+def restrict_length(e: Node, lo: int, hi: int | None) -> tuple[Node, bool]:
+    """The strings of ``e`` with length in ``[lo, hi]``: ``(node, exact)``.
+
+    Exact when the constraint is implied, or the node has a single variable-length
+    repetition of fixed-width items; otherwise tries the automaton construction and
+    falls back to a sound under-approximation (a subset: repetitions get smaller
+    bounds), reported with ``exact=False``.
+    """
+    mn, mx = length_range(e)
+    if mn >= lo and (hi is None or (mx is not None and mx <= hi)):
+        return e, True
+    if (hi is not None and mn > hi) or (mx is not None and mx < lo):
+        return NOTHING, True
+    got = _restrict_simple(e, lo, hi)
+    if got is not None:
+        return got, True
+    try:
+        return materialize(mk_and(e, Repeat(ANY_CHAR, lo, hi)), max_states=3000, max_size=30_000), True
+    except CompileBudgetExceeded:
+        pass
+    approx = _restrict_sound(e, lo, hi)
+    if approx is None:
+        raise CompileBudgetExceeded("cannot combine this pattern with minLength/maxLength")
+    return approx, False
+
+
+def _restrict_simple(e: Node, lo: int, hi: int | None) -> Node | None:
+    if isinstance(e, Alt):
+        parts = [restrict_length(i, lo, hi) for i in e.items]
+        if all(ok for _, ok in parts):
+            return mk_alt(*(p for p, _ in parts))
+        return None
+    items = list(e.items) if isinstance(e, Seq) else [e]
+    var = [i for i, it in enumerate(items) if length_range(it)[0] != length_range(it)[1]]
+    if len(var) != 1:
+        return None
+    r = items[var[0]]
+    if not isinstance(r, Repeat):
+        return None
+    w, w2 = length_range(r.item)
+    if w != w2 or w == 0:
+        return None
+    fixed = sum(length_range(it)[0] for k, it in enumerate(items) if k != var[0])
+    cmin = max(r.min, -(-(lo - fixed) // w))
+    cmax = r.max
+    if hi is not None:
+        top = (hi - fixed) // w
+        cmax = top if cmax is None else min(cmax, top)
+    items[var[0]] = mk_repeat(r.item, max(cmin, 0), cmax)
+    return mk_seq(*items)
+
+
+def _restrict_sound(e: Node, lo: int, hi: int | None) -> Node | None:
+    """A subset of the strings of ``e`` with lengths in ``[lo, hi]``, or None."""
+    items = list(e.items) if isinstance(e, Seq) else [e]
+    if isinstance(e, Alt):
+        parts = [_restrict_sound(i, lo, hi) for i in e.items]
+        return mk_alt(*(p for p in parts if p is not None)) if any(p is not None for p in parts) else None
+    ranges = [length_range(it) for it in items]
+    var = [i for i, (a, b) in enumerate(ranges) if a != b]
+    # every variable item must be a repetition of fixed-width items
+    for i in var:
+        it = items[i]
+        if not isinstance(it, Repeat):
+            return None
+        a, b = length_range(it.item)
+        if a != b or a == 0:
+            return None
+    fixed = sum(a for (a, b) in ranges)  # minimum total length
+    if hi is not None and fixed > hi:
+        return NOTHING
+    slack = None if hi is None else hi - fixed
+    need = max(0, lo - sum(ranges[i][1] or 0 for i in range(len(items)) if i not in var) - sum(
+        length_range(items[i])[0] for i in var))
+    share = None if slack is None else slack // max(len(var), 1)
+    for n, i in enumerate(var):
+        r = items[i]
+        w = length_range(r.item)[0]
+        cmin = r.min + (-(-need // w) if n == 0 else 0)
+        cmax = r.max
+        if share is not None:
+            extra = share // w
+            cmax = r.min + extra if cmax is None else min(cmax, r.min + extra)
+        if cmax is not None and cmin > cmax:
+            return None
+        items[i] = mk_repeat(r.item, cmin, cmax)
+    return mk_seq(*items)
+
+
+# ---------------------------------------------------------------------------
+# JSON string encoding
+
+HEX_CLASS = [chars((0x30 + v, 0x30 + v)) if v < 10 else chars((0x61 + v - 10, 0x61 + v - 10), (0x41 + v - 10, 0x41 + v - 10)) for v in range(16)]
+
+
+def _hex_digits(lo: int, hi: int) -> Node:
+    return mk_alt(*(HEX_CLASS[v] for v in range(lo, hi + 1)))
+
+
+def _hex_same_width(lo: int, hi: int, width: int) -> Node:
+    """Hex spellings (either case) of the ``width``-digit numbers in ``[lo, hi]``."""
+    if width == 0:
+        return EMPTY
+    base = 16 ** (width - 1)
+    a, b = lo // base, hi // base
+    if a == b:
+        return mk_seq(_hex_digits(a, a), _hex_same_width(lo % base, hi % base, width - 1))
+    if lo % base == 0 and hi % base == base - 1:
+        return mk_seq(_hex_digits(a, b), mk_repeat(_hex_digits(0, 15), width - 1, width - 1))
+    parts = []
+    first, last = a, b
+    if lo % base != 0:
+        parts.append(mk_seq(_hex_digits(a, a), _hex_same_width(lo % base, base - 1, width - 1)))
+        first = a + 1
+    if hi % base != base - 1:
+        parts.append(mk_seq(_hex_digits(b, b), _hex_same_width(0, hi % base, width - 1)))
+        last = b - 1
+    if first <= last:
+        parts.append(mk_seq(_hex_digits(first, last), mk_repeat(_hex_digits(0, 15), width - 1, width - 1)))
+    return mk_alt(*parts)
+
+
+_U = literal("\\u")
+_SHORT = {0x22: '\\"', 0x5C: "\\\\", 0x2F: "\\/", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+_RAW = ((0x20, 0x21), (0x23, 0x5B), (0x5D, 0xD7FF), (0xE000, MAX_CODEPOINT))
+_UESC = ((0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0x7F, 0xD7FF), (0xE000, 0xFFFF))
+
+
+def _intersect(a, b) -> list[tuple[int, int]]:
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+@lru_cache(maxsize=4096)
+def json_chars(cs: Chars) -> Node:
+    """Every JSON-encoded spelling of one character of ``cs`` (see the module docstring)."""
+    parts: list = []
+    raw = _intersect(cs.ranges, _RAW)
+    if raw:
+        parts.append(Chars(tuple(raw)))
+    for c, esc in _SHORT.items():
+        if _contains(cs, c):
+            parts.append(literal(esc))
+    uesc = _intersect(cs.ranges, _UESC)
+    if uesc:
+        parts.append(mk_seq(_U, mk_alt(*(_hex_same_width(lo, hi, 4) for lo, hi in uesc))))
+    astral = _intersect(cs.ranges, ((0x10000, MAX_CODEPOINT),))
+    for lo, hi in astral:
+        parts.append(_surrogate_pairs(lo, hi))
+    return mk_alt(*parts)
+
+
+def _surrogate_pairs(lo: int, hi: int) -> Node:
+    def split(c):
+        v = c - 0x10000
+        return 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF)
+
+    (h1, l1), (h2, l2) = split(lo), split(hi)
+
+    def pair(h_lo, h_hi, l_lo, l_hi):
+        return mk_seq(_U, _hex_same_width(h_lo, h_hi, 4), _U, _hex_same_width(l_lo, l_hi, 4))
+
+    if h1 == h2:
+        return pair(h1, h1, l1, l2)
+    parts = [pair(h1, h1, l1, 0xDFFF), pair(h2, h2, 0xDC00, l2)]
+    if h1 + 1 <= h2 - 1:
+        parts.append(pair(h1 + 1, h2 - 1, 0xDC00, 0xDFFF))
+    return mk_alt(*parts)
+
+
+def jsonify(node: Node) -> Node:
+    """Map a node over decoded characters to a node over their JSON-escaped spellings."""
+    memo: dict = {}
+
+    def go(n):
+        got = memo.get(id(n))
+        if got is not None:
+            return got[0]
+        if isinstance(n, Chars):
+            r = json_chars(n) if n.ranges else NOTHING
+        elif isinstance(n, Seq):
+            r = mk_seq(*(go(i) for i in n.items))
+        elif isinstance(n, Alt):
+            r = _alt_keep_order(go(i) for i in n.items)
+        elif isinstance(n, Repeat):
+            r = mk_repeat(go(n.item), n.min, n.max)
+        else:
+            raise ConstraintError("a JSON string constraint cannot contain raw bytes")
+        memo[id(n)] = (r, n)
+        return r
+
+    return go(node)
+
+
+def _alt_keep_order(items) -> Node:
+    out = [i for i in items if i != NOTHING]
+    if not out:
+        return NOTHING
+    return out[0] if len(out) == 1 else Alt(tuple(out))
+
+
+def json_string_node(decoded) -> Node:
+    """The lexeme (quotes included) for the JSON strings whose decoded value is in ``decoded``."""
+    inner = materialize(decoded)
+    if inner == NOTHING:
+        return NOTHING
+    return mk_seq(QUOTE, jsonify(inner), QUOTE)
+
+
+ANY_JSON_STRING = None  # filled lazily by any_string_lexeme()
+
+
+def any_string_lexeme() -> Node:
+    global ANY_JSON_STRING
+    if ANY_JSON_STRING is None:
+        ANY_JSON_STRING = json_string_node(ANY_STRING)
+    return ANY_JSON_STRING
+
+
+def literal_string(text: str) -> Node:
+    """The decoded-level node for exactly ``text``."""
+    return EMPTY if text == "" else literal(text)
+
+
+def string_set(texts) -> Node:
+    """A decoded-level node for a finite set of strings, built as a trie (shared prefixes)."""
+    trie: dict = {}
+    for t in texts:
+        node = trie
+        for ch in t:
+            node = node.setdefault(ch, {})
+        node[""] = True
+
+    def build(node: dict) -> Node:
+        end = node.get("") is True
+        kids = [(ch, sub) for ch, sub in node.items() if ch != ""]
+        # group children with identical subtrees into one character class
+        groups: dict[str, list[int]] = {}
+        built: dict[str, Node] = {}
+        for ch, sub in kids:
+            b = build(sub)
+            k = _key(b)
+            built[k] = b
+            groups.setdefault(k, []).append(ord(ch))
+        parts = [mk_seq(chars(*((c, c) for c in cps)), built[k]) for k, cps in groups.items()]
+        if end:
+            parts.append(EMPTY)
+        return mk_alt(*parts) if parts else NOTHING
+
+    import sys
+
+    old = sys.getrecursionlimit()
+    depth = max((len(t) for t in texts), default=0) * 3 + 100
+    if depth > old:
+        sys.setrecursionlimit(depth)
+    try:
+        return build(trie)
+    finally:
+        sys.setrecursionlimit(old)
+
+
+# ---------------------------------------------------------------------------
+# Patterns (ECMA-262 flavour, search semantics)
+
+
+def _translate_ecma(pattern: str) -> str:
+    """ECMA-262 -> Python ``re`` for the differences that matter here.
+
+    ``\\d`` and ``\\w`` are ASCII-only in ECMA-262 (Python's are Unicode); ``\\D``/``\\W``
+    likewise; ``\\cX`` control escapes, ``(?<name>`` groups and ``\\uXXXX`` escapes
+    are rewritten; ``$`` only ever means end of input.
+    """
+    out = []
+    i = 0
+    in_class = False
+    n = len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            d = pattern[i + 1]
+            if d == "d":
+                out.append("0-9" if in_class else "[0-9]")
+            elif d == "w":
+                out.append("A-Za-z0-9_" if in_class else "[A-Za-z0-9_]")
+            elif d == "D" and not in_class:
+                out.append("[^0-9]")
+            elif d == "W" and not in_class:
+                out.append("[^A-Za-z0-9_]")
+            elif d == "c" and i + 2 < n and pattern[i + 2].isalpha():
+                out.append("\\x%02x" % (ord(pattern[i + 2]) % 32))
+                i += 3
+                continue
+            elif d == "u" and i + 2 < n and pattern[i + 2] == "{":
+                end = pattern.find("}", i)
+                if end < 0:
+                    raise ConstraintError("bad \\u{...} escape in pattern", str(i))
+                out.append("\\U%08x" % int(pattern[i + 3 : end], 16))
+                i = end + 1
+                continue
+            else:
+                out.append(c + d)
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+            out.append(c)
+        elif c == "[":
+            in_class = True
+            out.append(c)
+            if pattern.startswith("^", i + 1):
+                out.append("^")
+                i += 1
+            if pattern.startswith("]", i + 1):  # ECMA: [] is empty, []...] not a literal ]
+                out.append("\\]")
+                i += 1
+        elif c == "(" and pattern.startswith("(?<", i) and not pattern.startswith(("(?<=", "(?<!"), i):
+            out.append("(?P<")
+            i += 3
+            continue
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _split_top_alternatives(pattern: str) -> list[str]:
+    parts, depth, start, i, in_class = [], 0, 0, 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            parts.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    parts.append(pattern[start:])
+    return parts
+
+
+def _ends_with_anchor(p: str) -> bool:
+    if not p.endswith("$"):
+        return False
+    k = len(p) - 2
+    slashes = 0
+    while k >= 0 and p[k] == "\\":
+        slashes += 1
+        k -= 1
+    return slashes % 2 == 0
+
+
+@lru_cache(maxsize=1024)
+def pattern_node(pattern: str) -> Node:
+    """The decoded strings in which ECMA-262 ``pattern`` finds a match (``re.search``).
+
+    ``^`` and ``$`` are honoured at the start/end of each top-level alternative;
+    anchors elsewhere, lookarounds and backreferences are refused.
+    """
+    from .regex import parse_regex
+
+    alts = []
+    for part in _split_top_alternatives(pattern):
+        start = part.startswith("^")
+        end = _ends_with_anchor(part)
+        body = part[1 if start else 0 : len(part) - 1 if end else len(part)]
+        # a group wrapping the whole alternative with anchors inside: ^(...)$ handled above
+        try:
+            node = parse_regex(_translate_ecma(body))
+        except ConstraintError as e:
+            raise ConstraintError(f"unsupported pattern {pattern!r}: {e.message}") from e
+        except (NotImplementedError, re.error, ValueError) as e:
+            raise ConstraintError(f"unsupported pattern {pattern!r}: {e}") from e
+        alts.append(mk_seq(EMPTY if start else ANY_STRING, node, EMPTY if end else ANY_STRING))
+    return mk_alt(*alts)
+
+
+# ---------------------------------------------------------------------------
+# Formats (RFC 3339, 5321, 1123, 3986, 4122, 6570, 6901)
+
+_DEC_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_DEC_OCTET}(?:\.{_DEC_OCTET}){{3}}"
+_H16 = r"[0-9A-Fa-f]{1,4}"
+_LS32 = rf"(?:{_H16}:{_H16}|{_IPV4})"
+
+
+def _ipv6() -> str:
+    """RFC 3986 IPv6address, line by line."""
+    tails = [
+        rf"(?:{_H16}:){{4}}{_LS32}",
+        rf"(?:{_H16}:){{3}}{_LS32}",
+        rf"(?:{_H16}:){{2}}{_LS32}",
+        rf"{_H16}:{_LS32}",
+        _LS32,
+        _H16,
+        "",
+    ]
+    alts = [rf"(?:{_H16}:){{6}}{_LS32}", rf"::(?:{_H16}:){{5}}{_LS32}"]
+    for j, tail in enumerate(tails):
+        head = rf"(?:(?:{_H16}:){{0,{j}}}{_H16})?" if j else rf"(?:{_H16})?"
+        alts.append(rf"{head}::{tail}")
+    return "(?:" + "|".join(alts) + ")"
+
+
+_IPV6 = _ipv6()
+_DAY31 = r"(?:0[1-9]|[12][0-9]|3[01])"
+_DAY30 = r"(?:0[1-9]|[12][0-9]|30)"
+_LEAP_YEAR = r"(?:[0-9]{2}(?:[02468][48]|[13579][26]|[2468]0)|(?:[02468][048]|[13579][26])00)"
+_DATE = (
+    rf"(?:[0-9]{{4}}-(?:(?:0[13578]|1[02])-{_DAY31}|(?:0[469]|11)-{_DAY30}|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    rf"|{_LEAP_YEAR}-02-29)"
+)
+_OFFSET = r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+# A leap second (:60) is accepted at 23:59 UTC only (Z, +00:00, -00:00): exact leap
+# seconds with other offsets would need ~1,500 automaton states per lexeme.
+_TIME = (
+    rf"(?:(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?{_OFFSET})"
+    r"|23:59:60(?:\.[0-9]+)?(?:[Zz]|[+-]00:00))"
+)
+_DURATION = (
+    r"P(?:(?:[0-9]+D|[0-9]+M(?:[0-9]+D)?|[0-9]+Y(?:[0-9]+M(?:[0-9]+D)?)?)(?:T(?:[0-9]+H(?:[0-9]+M(?:[0-9]+S)?)?|[0-9]+M(?:[0-9]+S)?|[0-9]+S))?"
+    r"|T(?:[0-9]+H(?:[0-9]+M(?:[0-9]+S)?)?|[0-9]+M(?:[0-9]+S)?|[0-9]+S)|[0-9]+W)"
+)
+_LD = "A-Za-z0-9"
+# RFC 1123 labels; a label with "--" in positions 3-4 is an IDNA A-label ("xn--"),
+# whose Punycode a regex cannot check, so such labels are refused. The 253-character
+# total length is not checked.
+_LABEL = rf"[{_LD}](?:|[{_LD}]|[{_LD}-][{_LD}]|[{_LD}-][{_LD}-][{_LD}]|[{_LD}-](?:[{_LD}][{_LD}-]|-[{_LD}])[{_LD}-]{{0,58}}[{_LD}])"
+_HOSTNAME = rf"{_LABEL}(?:\.{_LABEL})*"
+_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
+_EMAIL = (
+    rf"(?:{_ATEXT}+(?:\.{_ATEXT}+)*|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")"
+    rf"@(?:[{_LD}](?:[{_LD}-]*[{_LD}])?(?:\.[{_LD}](?:[{_LD}-]*[{_LD}])?)*|\[(?:{_IPV4}|IPv6:{_IPV6})\])"
+)
+_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+
+# RFC 3986
+_UNRESERVED = r"A-Za-z0-9\-._~"
+_SUB_DELIMS = r"!$&'()*+,;="
+_PCT = r"%[0-9A-Fa-f]{2}"
+
+
+def _uri_parts(extra: str = "") -> dict[str, str]:
+    """RFC 3986 productions; ``extra`` adds characters (IRI's ucschar) to unreserved."""
+    unres = _UNRESERVED + extra
+    pchar = rf"(?:[{unres}{_SUB_DELIMS}:@]|{_PCT})"
+    seg = rf"{pchar}*"
+    seg_nz = rf"{pchar}+"
+    seg_nz_nc = rf"(?:[{unres}{_SUB_DELIMS}@]|{_PCT})+"
+    ip_future = rf"[vV][0-9A-Fa-f]+\.[{_UNRESERVED}{_SUB_DELIMS}:]+"
+    host = rf"(?:\[(?:{_IPV6}|{ip_future})\]|{_IPV4}|(?:[{unres}{_SUB_DELIMS}]|{_PCT})*)"
+    userinfo = rf"(?:[{unres}{_SUB_DELIMS}:]|{_PCT})*"
+    authority = rf"(?:{userinfo}@)?{host}(?::[0-9]*)?"
+    query = rf"(?:{pchar}|[/?]" + ("|[\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd]" if extra else "") + ")*"
+    fragment = rf"(?:{pchar}|[/?])*"
+    path_abempty = rf"(?:/{seg})*"
+    path_absolute = rf"/(?:{seg_nz}(?:/{seg})*)?"
+    path_rootless = rf"{seg_nz}(?:/{seg})*"
+    path_noscheme = rf"{seg_nz_nc}(?:/{seg})*"
+    hier = rf"(?://{authority}{path_abempty}|{path_absolute}|{path_rootless}|)"
+    rel = rf"(?://{authority}{path_abempty}|{path_absolute}|{path_noscheme}|)"
+    scheme = r"[A-Za-z][A-Za-z0-9+\-.]*"
+    uri = rf"{scheme}:{hier}(?:\?{query})?(?:#{fragment})?"
+    relative = rf"{rel}(?:\?{query})?(?:#{fragment})?"
+    return {"uri": uri, "uri-reference": rf"(?:{uri}|{relative})"}
+
+
+_UCSCHAR = (
+    "\u00a0-\ud7ff\uf900-\ufdcf\ufdf0-\uffef\U00010000-\U0001fffd\U00020000-\U0002fffd"
+    "\U00030000-\U0003fffd\U00040000-\U0004fffd\U00050000-\U0005fffd\U00060000-\U0006fffd"
+    "\U00070000-\U0007fffd\U00080000-\U0008fffd\U00090000-\U0009fffd\U000a0000-\U000afffd"
+    "\U000b0000-\U000bfffd\U000c0000-\U000cfffd\U000d0000-\U000dfffd\U000e1000-\U000efffd"
+)
+_URI = _uri_parts()
+_IRI = _uri_parts(_UCSCHAR)
+_JSON_POINTER = r"(?:/(?:[^/~]|~[01])*)*"
+_REL_JSON_POINTER = rf"(?:0|[1-9][0-9]*)(?:#|{_JSON_POINTER})"
+_URI_TEMPLATE_LITERAL = (
+    r"(?:[\x21\x23\x24\x26-\x3b\x3d\x3f-\x5b\x5d\x5f\x61-\x7a\x7e" + _UCSCHAR
+    + "\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd]|%[0-9A-Fa-f]{2})"
+)
+_VARNAME = r"(?:[A-Za-z0-9_]|%[0-9A-Fa-f]{2})(?:\.?(?:[A-Za-z0-9_]|%[0-9A-Fa-f]{2}))*"
+_VARSPEC = rf"{_VARNAME}(?::[1-9][0-9]{{0,3}}|\*)?"
+_URI_TEMPLATE = rf"(?:{_URI_TEMPLATE_LITERAL}|\{{[+#./;?&=,!@|]?{_VARSPEC}(?:,{_VARSPEC})*\}})*"
+
+FORMAT_REGEXES: dict[str, str] = {
+    "date": _DATE,
+    "time": _TIME,
+    "date-time": rf"{_DATE}[Tt]{_TIME}",
+    "duration": _DURATION,
+    "email": _EMAIL,
+    "hostname": _HOSTNAME,
+    "ipv4": _IPV4,
+    "ipv6": _IPV6,
+    "uuid": _UUID,
+    "uri": _URI["uri"],
+    "uri-reference": _URI["uri-reference"],
+    "iri": _IRI["uri"],
+    "iri-reference": _IRI["uri-reference"],
+    "json-pointer": _JSON_POINTER,
+    "relative-json-pointer": _REL_JSON_POINTER,
+    "uri-template": _URI_TEMPLATE,
+}
+
+# Formats the specifications define but a regex cannot check: refused, not ignored.
+UNSUPPORTED_FORMATS = frozenset({"idn-email", "idn-hostname", "regex"})
+
+
+@lru_cache(maxsize=64)
+def format_node(name: str) -> Node | None:
+    """The decoded strings valid for ``format``; None for an unknown (ignored) format.
+
+    Raises ``ConstraintError`` for a known format that cannot be checked by a regex.
+    """
+    from .regex import parse_regex
+
+    if name in UNSUPPORTED_FORMATS:
+        raise ConstraintError(f"format {name!r} cannot be enforced by a regular expression")
+    text = FORMAT_REGEXES.get(name)
+    if text is None:
+        return None
+    return parse_regex(text)

@@ -1,0 +1,916 @@
+"""Token vocabularies: the exact bytes every token of a model's tokenizer stands for.
+
+Constrained decoding works on bytes, so the matcher needs, for each token id the
+model can emit, the bytes that token appends to the output. ``Vocabulary``
+extracts them from the common tokenizer formats:
+
+* byte-level BPE (GPT-2's byte<->unicode map: GPT-2, Llama-3, Qwen, SmolLM2, ...),
+* SentencePiece-style vocabularies (``▁`` stands for a space, ``<0xNN>`` pieces
+  for single bytes when byte fallback is on),
+* tiktoken rank files (the tokens are the raw bytes),
+* GGUF model files (``tokenizer.ggml.*`` metadata).
+
+Special / control tokens have no bytes (``None``); so do ids past the end of the
+tokenizer when the model's logit count (``n_vocab``) is larger.
+
+Nothing here imports the rest of ``sgl``; ``tokenizers`` and ``transformers``
+are imported lazily, the latter never (transformers tokenizers are recognised by
+their attributes).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Vocabulary", "WELL_KNOWN_EOS", "bytes_to_unicode", "cache_dir"]
+
+log = logging.getLogger(__name__)
+
+# Bumped whenever the extraction rules change, so stale disk caches are ignored.
+_FORMAT_VERSION = 1
+
+# Names that end generation in common chat / base models, used when nothing in
+# the tokenizer's own configuration says which token is EOS.
+WELL_KNOWN_EOS = (
+    "<|end_of_text|>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "</s>",
+    "<|end|>",
+    "<eos>",
+    "<end_of_turn>",
+)
+
+# --------------------------------------------------------------------------- patterns
+# tiktoken's own pattern, except `\p{N}{1,3}+`: in Oniguruma (which `tokenizers`
+# uses) `{n,m}+` is not possessive but "one or more times", so it is dropped
+# (possessiveness makes no difference there).
+CL100K_PATTERN = (
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"
+)
+O200K_PATTERN = "|".join([
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"\p{N}{1,3}",
+    r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
+    r"\s*[\r\n]+",
+    r"\s+(?!\S)",
+    r"\s+",
+])
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN35_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _llama3_specials() -> dict[str, int]:
+    named = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 6: "<|start_header_id|>",
+             7: "<|end_header_id|>", 9: "<|eot_id|>"}
+    out, reserved = {}, 0
+    for i in range(256):
+        if i in named:
+            out[named[i]] = 128000 + i
+        else:
+            out[f"<|reserved_special_token_{reserved}|>"] = 128000 + i
+            reserved += 1
+    return out
+
+
+_QWEN35_NAMES = (
+    "<|endoftext|> <|im_start|> <|im_end|> <|object_ref_start|> <|object_ref_end|> <|box_start|> "
+    "<|box_end|> <|quad_start|> <|quad_end|> <|vision_start|> <|vision_end|> <|vision_pad|> "
+    "<|image_pad|> <|video_pad|> <tool_call> </tool_call> <|fim_prefix|> <|fim_middle|> "
+    "<|fim_suffix|> <|fim_pad|> <|repo_name|> <|file_sep|> <tool_response> </tool_response> "
+    "<think> </think> <|audio_start|> <|audio_end|> <tts_pad> <tts_text_bos> <tts_text_eod> "
+    "<tts_text_bos_single> <|audio_pad|>"
+).split()
+
+
+@dataclass(frozen=True)
+class _TiktokenPreset:
+    pattern: str
+    specials: Callable[[], dict[str, int]]
+    nfc: bool = False
+
+
+# tiktoken rank files say nothing about their split regex or special tokens;
+# these presets supply them for the well-known files (matched on the file name,
+# or for Llama-3's tokenizer.model on its 128,000 ranks).
+_TIKTOKEN_PRESETS: dict[str, _TiktokenPreset] = {
+    "cl100k": _TiktokenPreset(CL100K_PATTERN, lambda: {
+        "<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
+        "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276}),
+    "o200k": _TiktokenPreset(O200K_PATTERN, lambda: {"<|endoftext|>": 199999,
+                                                     "<|endofprompt|>": 200018}),
+    "qwen3": _TiktokenPreset(QWEN35_PATTERN, lambda: {
+        name: 248044 + i for i, name in enumerate(_QWEN35_NAMES)}, nfc=True),
+    "qwen": _TiktokenPreset(QWEN_PATTERN, lambda: {
+        name: 151643 + i for i, name in enumerate(
+            ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{k}|>" for k in range(205)])
+    }, nfc=True),
+    "llama3": _TiktokenPreset(LLAMA3_PATTERN, _llama3_specials),
+}
+
+
+# --------------------------------------------------------------------------- byte-level map
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes are moved,
+    in order, to code points 256 and up.
+    """
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {b: chr(b) for b in keep}
+    shifted = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shifted)
+            shifted += 1
+    return dict(sorted(table.items()))
+
+
+_BYTE_TO_CHAR = bytes_to_unicode()
+# str.translate table: byte-level char -> its byte (as a Latin-1 code point).
+# Latin-1 chars that are NOT byte-level chars go to U+0100+, so that the
+# following .encode("latin-1") fails on any string that is not byte-level.
+_CHAR_TO_BYTE = {ord(c): b for b, c in _BYTE_TO_CHAR.items()}
+_CHAR_TO_BYTE.update({b: 0x100 for b in range(256) if b not in _CHAR_TO_BYTE})
+_TO_BYTELEVEL = {b: ord(c) for b, c in _BYTE_TO_CHAR.items()}
+
+
+def _bytelevel_decode(piece: str) -> bytes | None:
+    """Bytes of a byte-level BPE token string, or None if it is not one."""
+    try:
+        return piece.translate(_CHAR_TO_BYTE).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+def _bytelevel_encode(data: bytes) -> str:
+    return data.decode("latin-1").translate(_TO_BYTELEVEL)
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _sentencepiece_decode(piece: str, space: str, byte_fallback: bool) -> bytes:
+    if byte_fallback and len(piece) == 6:
+        m = _BYTE_PIECE.fullmatch(piece)
+        if m:
+            return bytes([int(m.group(1), 16)])
+    return piece.replace(space, " ").encode("utf-8")
+
+
+# --------------------------------------------------------------------------- disk cache
+def cache_dir() -> Path:
+    """Where vocabulary caches live: ``$SGL_CACHE_DIR/vocab`` (default ``~/.cache/sgl/vocab``)."""
+    root = os.environ.get("SGL_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "sgl"
+    return base / "vocab"
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz so that readers never see a half-written file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:  # a read-only or full cache must not break decoding
+        log.warning("could not write vocabulary cache %s: %s", path, exc)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, KeyError) as exc:
+        if path.exists():
+            log.warning("ignoring unreadable vocabulary cache %s: %s", path, exc)
+        return None
+
+
+def _pack(token_bytes: Sequence[bytes | None]) -> tuple[np.ndarray, bytes]:
+    """Lengths (-1 for None) and the concatenation of all token bytes."""
+    lengths = np.fromiter(
+        (-1 if t is None else len(t) for t in token_bytes), dtype=np.int32, count=len(token_bytes)
+    )
+    return lengths, b"".join(t for t in token_bytes if t is not None)
+
+
+def _unpack(lengths: np.ndarray, flat: bytes) -> list[bytes | None]:
+    ends = np.cumsum(np.maximum(lengths, 0)).tolist()
+    out: list[bytes | None] = []
+    start = 0
+    for n, end in zip(lengths.tolist(), ends, strict=True):
+        out.append(None if n < 0 else flat[start:end])
+        start = end
+    return out
+
+
+# --------------------------------------------------------------------------- encoders
+class _LazyEncoder:
+    """Builds its tokenizer on first use: encoding is rare next to mask computation."""
+
+    def __init__(self, build: Callable[[], Callable[[str], list[int]]]) -> None:
+        self._build = build
+        self._fn: Callable[[str], list[int]] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> list[int]:
+        if self._fn is None:
+            with self._lock:
+                if self._fn is None:
+                    self._fn = self._build()
+        return self._fn(text)
+
+
+def _walk(cfg: Any) -> Iterator[dict[str, Any]]:
+    """Every component of a (possibly nested Sequence) tokenizer.json config."""
+    if isinstance(cfg, dict):
+        yield cfg
+        for key in ("normalizers", "pretokenizers", "decoders", "processors"):
+            for sub in cfg.get(key) or ():
+                yield from _walk(sub)
+
+
+def _strip_prefix_space(cfg: Any) -> Any:
+    """A normalizer / pre-tokenizer config that no longer prepends a space."""
+    if not isinstance(cfg, dict):
+        return cfg
+    cfg = dict(cfg)
+    kind = cfg.get("type")
+    if kind == "Sequence":
+        for key in ("normalizers", "pretokenizers"):
+            if key in cfg:
+                subs = [_strip_prefix_space(sub) for sub in cfg[key]]
+                cfg[key] = [sub for sub in subs if sub is not None]
+    elif kind == "Prepend":
+        return None
+    elif kind == "Metaspace":
+        cfg["prepend_scheme"] = "never"
+        if "add_prefix_space" in cfg:
+            cfg["add_prefix_space"] = False
+    elif kind == "ByteLevel":
+        cfg["add_prefix_space"] = False
+    return cfg
+
+
+def _continuation_patch(config: dict[str, Any]) -> dict[str, Any]:
+    """The tokenizer.json entries to replace so that text is tokenized as a continuation.
+
+    SentencePiece-style tokenizers add a dummy prefix space (``Prepend("▁")`` or
+    ``Metaspace(prepend_scheme="always")``), some byte-level ones
+    ``add_prefix_space``; ``encode("x")`` must give the tokens of exactly "x".
+    Empty when the tokenizer needs no change.
+    """
+    patch = {}
+    for key in ("normalizer", "pre_tokenizer"):
+        old = config.get(key)
+        new = _strip_prefix_space(old)
+        if new != old:
+            patch[key] = new
+    return patch
+
+
+def _tokenizers_encoder(text: Callable[[], str], patch: dict[str, Any]) -> _LazyEncoder:
+    def build() -> Callable[[str], list[int]]:
+        from tokenizers import Tokenizer
+
+        source = text()
+        if patch:
+            config = json.loads(source)
+            config.update(patch)
+            source = json.dumps(config)
+        tok = Tokenizer.from_str(source)
+        if hasattr(tok, "encode_special_tokens"):
+            tok.encode_special_tokens = True  # "<|eot_id|>" in the text is text, not EOS
+        return lambda t: tok.encode(t, add_special_tokens=False).ids
+
+    return _LazyEncoder(build)
+
+
+def _tiktoken_merges(ranks: Mapping[bytes, int], strings: Mapping[int, str]) -> list[tuple[str, str]]:
+    """BPE merges equivalent to tiktoken's rule (merge the adjacent pair whose
+    concatenation has the lowest rank): every split of every token into two
+    tokens, ordered by the rank of the merged token. ``strings`` maps rank ->
+    byte-level string."""
+    get = ranks.get
+    found = []
+    for token, rank in ranks.items():
+        for i in range(1, len(token)):
+            left = get(token[:i])
+            if left is not None:
+                right = get(token[i:])
+                if right is not None:
+                    found.append((rank, left, right))
+    found.sort()
+    return [(strings[left], strings[right]) for _, left, right in found]
+
+
+def _tiktoken_tokenizer(ranks: Mapping[bytes, int], pattern: str, nfc: bool) -> Any:
+    """A tokenizers.Tokenizer that encodes like tiktoken with these ranks and split regex."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    strings = {r: _bytelevel_encode(b) for b, r in ranks.items()}
+    vocab = {text: r for r, text in strings.items()}
+    merges = _tiktoken_merges(ranks, strings)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    if nfc:  # Qwen's tiktoken tokenizer NFC-normalises before splitting
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _no_encoder(text: str) -> list[int]:
+    raise RuntimeError("this Vocabulary was built without a tokenizer and cannot encode")
+
+
+# --------------------------------------------------------------------------- Vocabulary
+@dataclass(eq=False, repr=False)
+class Vocabulary:
+    """The bytes of every token id a model can emit, plus its EOS / special ids.
+
+    Build one with ``Vocabulary.from_tokenizer`` (or ``from_gguf``). Attributes:
+
+    * ``token_bytes[i]``: the exact bytes token ``i`` appends to the output,
+      ``None`` for special/control tokens and for unused ids; ``len == n_vocab``.
+    * ``n_vocab``: the model's logit count (may exceed the tokenizer's size).
+    * ``eos_token_ids``: the ids that end generation.
+    * ``special_token_ids``: ids of special/control tokens (EOS included).
+    * ``special_tokens``: their names -> ids.
+    """
+
+    token_bytes: list[bytes | None]
+    eos_token_ids: tuple[int, ...]
+    special_token_ids: frozenset[int]
+    special_tokens: dict[str, int] = field(default_factory=dict)
+    _encode_fn: Callable[[str], list[int]] = field(default=_no_encoder)
+    _fingerprint: str | None = field(default=None, init=False)
+    _matrix: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False)
+    _by_bytes: dict[bytes, int] | None = field(default=None, init=False)
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def n_vocab(self) -> int:
+        """The number of token ids (the model's logit count)."""
+        return len(self.token_bytes)
+
+    def __len__(self) -> int:
+        return len(self.token_bytes)
+
+    def __repr__(self) -> str:
+        n_text = sum(t is not None for t in self.token_bytes)
+        return (
+            f"Vocabulary(n_vocab={self.n_vocab}, text_tokens={n_text}, "
+            f"special={len(self.special_token_ids)}, eos={list(self.eos_token_ids)}, "
+            f"fingerprint={self.fingerprint[:12]})"
+        )
+
+    def encode(self, text: str) -> list[int]:
+        """Canonical token ids of ``text`` as a continuation.
+
+        No BOS, no special tokens (special-token names in ``text`` are encoded as
+        plain text), no SentencePiece dummy prefix: ``decode(encode(t)) == t``.
+        """
+        return self._encode_fn(text)
+
+    def decode(self, ids: Iterable[int]) -> bytes:
+        """Concatenated bytes of ``ids``; special and unused ids contribute nothing."""
+        tb = self.token_bytes
+        return b"".join(b for b in (tb[i] for i in ids) if b is not None)
+
+    def token_id(self, text: str | bytes) -> int | None:
+        """The id of a special token by name, or of the token whose bytes are ``text``."""
+        if isinstance(text, str) and text in self.special_tokens:
+            return self.special_tokens[text]
+        if self._by_bytes is None:
+            by_bytes: dict[bytes, int] = {}
+            for i, b in enumerate(self.token_bytes):
+                if b is not None:
+                    by_bytes.setdefault(b, i)
+            self._by_bytes = by_bytes
+        key = text.encode("utf-8") if isinstance(text, str) else text
+        return self._by_bytes.get(key)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the token bytes, n_vocab and the EOS ids (hex)."""
+        if self._fingerprint is None:
+            lengths, flat = _pack(self.token_bytes)
+            h = hashlib.sha256()
+            h.update(f"sgl-vocab-v{_FORMAT_VERSION}|{self.n_vocab}|{list(self.eos_token_ids)}|".encode())
+            h.update(lengths.astype("<i4").tobytes())
+            h.update(flat)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    # ----------------------------------------------------------------- byte matrix
+    def byte_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(bytes uint8[n_vocab, max_len], lengths int32[n_vocab])``, zero-padded.
+
+        Row ``i`` holds ``token_bytes[i]`` (length 0 for None tokens). Computed
+        once, kept on the object and in ``cache_dir()/<fingerprint>.npz``.
+        Treat the arrays as read-only: they are shared.
+        """
+        if self._matrix is None:
+            self._matrix = self._load_or_build_matrix()
+        return self._matrix
+
+    def _load_or_build_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        path = cache_dir() / f"{self.fingerprint}.npz"
+        data = _load_npz(path)
+        if data is not None and self._matrix_ok(data):
+            mat, lengths = data["bytes"], data["lengths"]
+        else:
+            mat, lengths = self._build_matrix()
+            _atomic_savez(path, bytes=mat, lengths=lengths)
+        mat.flags.writeable = False
+        lengths.flags.writeable = False
+        return mat, lengths
+
+    def _matrix_ok(self, data: dict[str, np.ndarray]) -> bool:
+        mat, lengths = data.get("bytes"), data.get("lengths")
+        return (
+            mat is not None and lengths is not None and mat.dtype == np.uint8
+            and lengths.dtype == np.int32 and mat.ndim == 2
+            and mat.shape[0] == lengths.shape[0] == self.n_vocab
+        )
+
+    def _build_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        signed, flat = _pack(self.token_bytes)
+        lengths = np.maximum(signed, 0).astype(np.int32)
+        width = max(int(lengths.max(initial=0)), 1)
+        mat = np.zeros((self.n_vocab, width), dtype=np.uint8)
+        # Row-major order of the mask is exactly the order of the concatenation.
+        mat[np.arange(width)[None, :] < lengths[:, None]] = np.frombuffer(flat, dtype=np.uint8)
+        return mat, lengths
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def from_tokenizer(
+        cls,
+        tok: Any,
+        n_vocab: int | None = None,
+        *,
+        eos_token_ids: Iterable[int] | None = None,
+        special_tokens: Mapping[str, int] | None = None,
+        pattern: str | None = None,
+        use_cache: bool = True,
+    ) -> Vocabulary:
+        """Build the vocabulary of ``tok``.
+
+        ``tok`` may be a ``tokenizers.Tokenizer``, a transformers tokenizer (fast
+        or slow), a tiktoken-style ``Encoding`` object, or a path to a
+        ``tokenizer.json``, a directory holding one, a ``.tiktoken`` rank file
+        (optionally ``.gz``) or a ``.gguf`` model. ``n_vocab`` is the model's
+        logit count (default: the tokenizer's size); extra ids get ``None``.
+        ``eos_token_ids`` overrides EOS detection (tokenizer_config.json /
+        generation_config.json next to a tokenizer.json, the tokenizer object's
+        own eos, GGUF metadata, else the ``WELL_KNOWN_EOS`` names present).
+        ``special_tokens`` and ``pattern`` describe a tiktoken file that is not
+        one of the known ones (cl100k, o200k, Qwen, Llama-3). Path inputs are
+        cached on disk (keyed by the file's content), see ``cache_dir()``.
+        """
+        eos = None if eos_token_ids is None else tuple(int(i) for i in eos_token_ids)
+        if isinstance(tok, (str, os.PathLike)):
+            return _from_path(Path(tok), n_vocab, eos, special_tokens, pattern, use_cache)
+        if hasattr(tok, "to_str") and hasattr(tok, "get_vocab_size"):  # tokenizers.Tokenizer
+            return _from_source(tok.to_str().encode(), "tokenizer.json", n_vocab, eos,
+                                _well_known_eos, None, None, use_cache)
+        if hasattr(tok, "backend_tokenizer"):  # transformers fast tokenizer
+            return _from_source(tok.backend_tokenizer.to_str().encode(), "tokenizer.json", n_vocab,
+                                eos or _transformers_eos(tok), _well_known_eos, None, None, use_cache)
+        if hasattr(tok, "encode_ordinary"):  # tiktoken.Encoding and look-alikes
+            return _from_tiktoken_encoding(tok, n_vocab, eos)
+        if hasattr(tok, "convert_ids_to_tokens"):  # transformers slow tokenizer
+            return _from_slow_transformers(tok, n_vocab, eos)
+        raise TypeError(f"cannot build a Vocabulary from {type(tok).__name__}")
+
+    @classmethod
+    def from_gguf(
+        cls, path: str | Path, n_vocab: int | None = None, *,
+        eos_token_ids: Iterable[int] | None = None,
+    ) -> Vocabulary:
+        """The vocabulary of a GGUF model file (its ``tokenizer.ggml.*`` metadata).
+
+        EOS defaults to the file's eos/eot/eom ids. Encoding uses
+        ``gguf_tokenizer.load_gguf_tokenizer`` (byte-level "gpt2" GGUFs only).
+        """
+        from .gguf_tokenizer import (
+            TOKEN_TYPE_BYTE,
+            TOKEN_TYPE_NORMAL,
+            TOKEN_TYPE_USER_DEFINED,
+            load_gguf_tokenizer,
+            read_gguf_vocab,
+        )
+
+        gv = read_gguf_vocab(path)
+        byte_level = gv.model == "gpt2"
+        if not byte_level and gv.model != "llama":
+            raise NotImplementedError(f"{path}: GGUF tokenizer model {gv.model!r} is not supported")
+        base: list[bytes | None] = []
+        specials: dict[str, int] = {}
+        for i, (piece, ttype) in enumerate(zip(gv.tokens, gv.token_types.tolist(), strict=True)):
+            if ttype == TOKEN_TYPE_USER_DEFINED:
+                base.append(piece.encode("utf-8"))  # stored as plain text by llama.cpp
+            elif ttype in (TOKEN_TYPE_NORMAL, TOKEN_TYPE_BYTE):
+                if byte_level:
+                    b = _bytelevel_decode(piece)
+                    base.append(b if b is not None else piece.encode("utf-8"))
+                else:
+                    base.append(_sentencepiece_decode(piece, "\u2581", True))
+            else:  # control, unknown, unused
+                base.append(None)
+                specials.setdefault(piece, i)
+        if eos_token_ids is not None:
+            eos = tuple(int(i) for i in eos_token_ids)
+        else:
+            eos = gv.eos_token_ids or _well_known_eos(specials)
+        encoder: Callable[[str], list[int]] = _no_encoder
+        if byte_level:
+            def build() -> Callable[[str], list[int]]:
+                tok = load_gguf_tokenizer(path)
+                tok.encode_special_tokens = True
+                return lambda text: tok.encode(text, add_special_tokens=False).ids
+
+            encoder = _LazyEncoder(build)
+        return _finish(base, specials, eos, n_vocab, encoder)
+
+
+# --------------------------------------------------------------------------- assembly
+def _well_known_eos(specials: Mapping[str, int]) -> tuple[int, ...]:
+    return tuple(specials[name] for name in WELL_KNOWN_EOS if name in specials)
+
+
+def _finish(
+    base: list[bytes | None],
+    specials: Mapping[str, int],
+    eos: Sequence[int],
+    n_vocab: int | None,
+    encoder: Callable[[str], list[int]],
+) -> Vocabulary:
+    size = len(base)
+    n = size if n_vocab is None else int(n_vocab)
+    if n < size:
+        # A model with fewer logits than tokenizer entries can only drop ids it
+        # could never emit anyway; dropping text tokens would break encode().
+        if any(b is not None for b in base[n:]):
+            raise ValueError(f"n_vocab={n} is smaller than the tokenizer ({size} tokens)")
+        base = base[:n]
+    elif n > size:
+        base = base + [None] * (n - size)
+    specials = {name: i for name, i in specials.items() if 0 <= i < n}
+    eos_ids = tuple(dict.fromkeys(int(i) for i in eos))
+    bad = [i for i in eos_ids if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"EOS ids {bad} are outside the vocabulary (n_vocab={n})")
+    if not eos_ids:
+        log.warning("no EOS token found; pass eos_token_ids=")
+    special_ids = frozenset(specials.values()) | frozenset(eos_ids)
+    return Vocabulary(
+        token_bytes=base,
+        eos_token_ids=eos_ids,
+        special_token_ids=special_ids,
+        special_tokens=dict(specials),
+        _encode_fn=encoder,
+    )
+
+
+def _detect_style(config: dict[str, Any]) -> tuple[str, str, bool]:
+    """("bytelevel" | "sentencepiece" | "plain", the ▁ replacement char, byte_fallback)."""
+    decoders = list(_walk(config.get("decoder")))
+    others = list(_walk(config.get("pre_tokenizer"))) + list(_walk(config.get("normalizer")))
+    byte_fallback = bool((config.get("model") or {}).get("byte_fallback")) or any(
+        c.get("type") == "ByteFallback" for c in decoders
+    )
+    if any(c.get("type") == "ByteLevel" for c in decoders):
+        return "bytelevel", "", byte_fallback
+    for c in decoders + others:
+        kind = c.get("type")
+        if kind == "Metaspace":
+            return "sentencepiece", c.get("replacement", "\u2581"), byte_fallback
+        if kind == "Replace":
+            pattern = (c.get("pattern") or {}).get("String")
+            content = c.get("content")
+            if pattern == "\u2581" and content == " ":
+                return "sentencepiece", "\u2581", byte_fallback
+            if pattern == " " and content == "\u2581":
+                return "sentencepiece", "\u2581", byte_fallback
+    if any(c.get("type") == "ByteLevel" for c in others):
+        return "bytelevel", "", byte_fallback
+    return "plain", "", byte_fallback
+
+
+def _json_token_bytes(config: dict[str, Any]) -> tuple[list[bytes | None], dict[str, int]]:
+    """Token bytes and special tokens of a parsed tokenizer.json."""
+    model = config.get("model") or {}
+    kind = model.get("type") or ("BPE" if "merges" in model else "")
+    vocab = model.get("vocab")
+    if kind in ("WordPiece", "WordLevel"):
+        raise ValueError(f"{kind} tokenizers are not supported for generation (no byte mapping)")
+    if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+        pieces: Iterable[tuple[str, int]] = ((p[0], i) for i, p in enumerate(vocab))
+        n_model = len(vocab)
+    elif isinstance(vocab, dict):
+        pieces = vocab.items()
+        n_model = max(vocab.values(), default=-1) + 1
+    else:
+        raise ValueError("tokenizer.json has no model vocabulary")
+    added = config.get("added_tokens") or []
+    size = max([n_model] + [a["id"] + 1 for a in added])
+    style, space, byte_fallback = _detect_style(config)
+    base: list[bytes | None] = [None] * size
+    model_piece: dict[int, str] = {}
+    for piece, i in pieces:
+        model_piece[i] = piece
+        if style == "bytelevel":
+            b = _bytelevel_decode(piece)
+            base[i] = b if b is not None else piece.encode("utf-8")
+        elif style == "sentencepiece":
+            base[i] = _sentencepiece_decode(piece, space, byte_fallback)
+        else:
+            base[i] = piece.encode("utf-8")
+    specials: dict[str, int] = {}
+    for a in added:
+        i, content = a["id"], a["content"]
+        if a.get("special"):
+            base[i] = None
+            specials.setdefault(content, i)
+        elif model_piece.get(i) != content:
+            base[i] = content.encode("utf-8")  # added text token: decodes to its content
+    unk = model.get("unk_token")
+    unk_id = model.get("unk_id") if isinstance(vocab, list) else (vocab or {}).get(unk)
+    if isinstance(unk_id, int) and 0 <= unk_id < size:
+        base[unk_id] = None  # <unk> stands for "some unknown text": never emit it
+        specials.setdefault(unk if isinstance(unk, str) else model_piece.get(unk_id, "<unk>"), unk_id)
+    return base, specials
+
+
+def _config_file_eos(folder: Path, specials: Mapping[str, int]) -> tuple[int, ...]:
+    """EOS ids from generation_config.json and tokenizer_config.json in ``folder``."""
+    ids: list[int] = []
+    try:
+        gen = json.loads((folder / "generation_config.json").read_text())
+        value = gen.get("eos_token_id")
+        ids += [value] if isinstance(value, int) else [int(v) for v in value or []]
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    try:
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        value = cfg.get("eos_token")
+        name = value.get("content") if isinstance(value, dict) else value
+        if isinstance(name, str) and name in specials:
+            ids.append(specials[name])
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    return tuple(dict.fromkeys(ids))
+
+
+# --------------------------------------------------------------------------- tiktoken
+def _read_tiktoken(data: bytes) -> dict[bytes, int]:
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def _is_tiktoken_file(data: bytes) -> bool:
+    first = data[:200].split(b"\n", 1)[0].split()
+    return len(first) == 2 and first[1].isdigit() and re.fullmatch(rb"[A-Za-z0-9+/=]+", first[0]) is not None
+
+
+def _tiktoken_preset(name: str, n_ranks: int) -> _TiktokenPreset | None:
+    name = name.lower()
+    for key, preset in _TIKTOKEN_PRESETS.items():
+        if key in name:
+            return preset
+    if n_ranks == 128000:
+        return _TIKTOKEN_PRESETS["llama3"]
+    return None
+
+
+def _ranks_base(ranks: Mapping[bytes, int], specials: Mapping[str, int]) -> list[bytes | None]:
+    size = max([max(ranks.values(), default=-1) + 1] + [i + 1 for i in specials.values()])
+    base: list[bytes | None] = [None] * size
+    for token, rank in ranks.items():
+        base[rank] = token
+    for i in specials.values():
+        base[i] = None
+    return base
+
+
+def _from_tiktoken_encoding(enc: Any, n_vocab: int | None, eos: tuple[int, ...] | None) -> Vocabulary:
+    ranks = getattr(enc, "_mergeable_ranks", None) or getattr(enc, "_ranks", None)
+    specials = getattr(enc, "_special_tokens", None) or getattr(enc, "_special", None) or {}
+    if ranks is None:
+        raise TypeError(f"{type(enc).__name__} has encode_ordinary but no mergeable ranks")
+    specials = dict(specials)
+    if eos is None:
+        eos = _well_known_eos(specials)
+    return _finish(_ranks_base(ranks, specials), specials, eos, n_vocab, enc.encode_ordinary)
+
+
+# --------------------------------------------------------------------------- transformers
+def _transformers_eos(tok: Any) -> tuple[int, ...] | None:
+    eos = getattr(tok, "eos_token_id", None)
+    if isinstance(eos, int):
+        return (eos,)
+    if isinstance(eos, (list, tuple)) and eos:
+        return tuple(int(i) for i in eos)
+    return None
+
+
+def _from_slow_transformers(tok: Any, n_vocab: int | None, eos: tuple[int, ...] | None) -> Vocabulary:
+    """Python ("slow") transformers tokenizers: tiktoken ranks, GPT-2 byte map or SentencePiece."""
+    special_ids = set(getattr(tok, "all_special_ids", []) or [])
+    added = getattr(tok, "added_tokens_decoder", {}) or {}
+    special_ids |= {i for i, a in added.items() if getattr(a, "special", False)}
+    size = len(tok)
+    pieces = tok.convert_ids_to_tokens(list(range(size)))
+    ranks = getattr(tok, "mergeable_ranks", None)
+    decoder = getattr(tok, "byte_decoder", None)
+    is_sp = hasattr(tok, "sp_model")
+    base: list[bytes | None] = []
+    specials: dict[str, int] = {}
+    inverse_ranks = {r: b for b, r in ranks.items()} if isinstance(ranks, dict) else None
+    for i, piece in enumerate(pieces):
+        if i in special_ids or piece is None:
+            base.append(None)
+            if isinstance(piece, str):
+                specials.setdefault(piece, i)
+        elif isinstance(piece, bytes):
+            base.append(piece)
+        elif inverse_ranks is not None and i in inverse_ranks:
+            base.append(inverse_ranks[i])
+        elif i in added:
+            base.append(str(added[i]).encode("utf-8"))
+        elif decoder is not None:
+            b = _bytelevel_decode(piece)
+            base.append(b if b is not None else piece.encode("utf-8"))
+        elif is_sp:
+            base.append(_sentencepiece_decode(piece, "\u2581", True))
+        else:
+            base.append(piece.encode("utf-8"))
+    if eos is None:
+        eos = _transformers_eos(tok) or _well_known_eos(specials)
+
+    def encode(text: str) -> list[int]:
+        ids = list(tok.encode(text, add_special_tokens=False))
+        if is_sp and not text.startswith(" ") and ids:
+            # SentencePiece adds a dummy prefix space; encode after a sentinel
+            # token and drop it so the ids spell exactly ``text``.
+            sentinel = list(tok.encode("\n", add_special_tokens=False))
+            both = list(tok.encode("\n" + text, add_special_tokens=False))
+            if both[: len(sentinel)] == sentinel:
+                ids = both[len(sentinel):]
+        return ids
+
+    return _finish(base, specials, eos, n_vocab, encode)
+
+
+# --------------------------------------------------------------------------- sources
+def _from_path(
+    path: Path,
+    n_vocab: int | None,
+    eos: tuple[int, ...] | None,
+    special_tokens: Mapping[str, int] | None,
+    pattern: str | None,
+    use_cache: bool,
+) -> Vocabulary:
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if path.suffix.lower() == ".gguf":
+        return Vocabulary.from_gguf(path, n_vocab, eos_token_ids=eos)
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+
+    def default_eos(specials: Mapping[str, int]) -> tuple[int, ...]:
+        return _config_file_eos(path.parent, specials) or _well_known_eos(specials)
+
+    return _from_source(data, path.name, n_vocab, eos, default_eos, special_tokens, pattern,
+                        use_cache)
+
+
+def _from_source(
+    data: bytes,
+    name: str,
+    n_vocab: int | None,
+    eos: tuple[int, ...] | None,
+    default_eos: Callable[[Mapping[str, int]], tuple[int, ...]],
+    special_tokens: Mapping[str, int] | None,
+    pattern: str | None,
+    use_cache: bool,
+) -> Vocabulary:
+    """A vocabulary from tokenizer.json text or a tiktoken rank file, through the disk cache."""
+    key = None
+    if use_cache:
+        h = hashlib.sha256(data)
+        params = (_FORMAT_VERSION, name, n_vocab, eos, sorted((special_tokens or {}).items()), pattern)
+        h.update(repr(params).encode())
+        key = h.hexdigest()
+        cached = _load_source_cache(key, data)
+        if cached is not None:
+            return cached
+    ranks = None
+    if data.lstrip()[:1] == b"{":
+        config = json.loads(data)
+        base, specials = _json_token_bytes(config)
+        spec: dict[str, Any] = {"kind": "json", "patch": _continuation_patch(config)}
+    elif _is_tiktoken_file(data):
+        ranks = _read_tiktoken(data)
+        preset = _tiktoken_preset(name, len(ranks))
+        specials = dict(special_tokens) if special_tokens is not None else (
+            preset.specials() if preset else {})
+        spec = {"kind": "tiktoken", "pattern": pattern or (preset.pattern if preset else CL100K_PATTERN),
+                "nfc": bool(preset and preset.nfc)}
+        base = _ranks_base(ranks, specials)
+    else:
+        raise ValueError(f"{name}: not a tokenizer.json, tiktoken rank file or GGUF model")
+    vocab = _finish(base, specials, eos if eos is not None else default_eos(specials), n_vocab,
+                    _source_encoder(spec, data, ranks))
+    if key is not None:
+        _save_source_cache(key, vocab, spec)
+    return vocab
+
+
+def _source_encoder(spec: dict[str, Any], data: bytes, ranks: Mapping[bytes, int] | None) -> _LazyEncoder:
+    if spec["kind"] == "json":
+        return _tokenizers_encoder(lambda: data.decode("utf-8"), spec.get("patch") or {})
+
+    def build() -> Callable[[str], list[int]]:
+        tok = _tiktoken_tokenizer(ranks or _read_tiktoken(data), spec["pattern"], spec["nfc"])
+        return lambda t: tok.encode(t, add_special_tokens=False).ids
+
+    return _LazyEncoder(build)
+
+
+def _save_source_cache(key: str, vocab: Vocabulary, spec: dict[str, Any]) -> None:
+    lengths, flat = _pack(vocab.token_bytes)
+    meta = {"spec": spec, "specials": vocab.special_tokens, "eos": list(vocab.eos_token_ids),
+            "fingerprint": vocab.fingerprint}
+    _atomic_savez(
+        cache_dir() / f"src-{key}.npz",
+        lengths=lengths,
+        flat=np.frombuffer(flat, dtype=np.uint8),
+        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+    )
+
+
+def _load_source_cache(key: str, data: bytes) -> Vocabulary | None:
+    arrays = _load_npz(cache_dir() / f"src-{key}.npz")
+    if arrays is None:
+        return None
+    try:
+        meta = json.loads(arrays["meta"].tobytes())
+        base = _unpack(arrays["lengths"], arrays["flat"].tobytes())
+        specials = {str(k): int(v) for k, v in meta["specials"].items()}
+        eos = tuple(int(i) for i in meta["eos"])
+        encoder = _source_encoder(meta["spec"], data, None)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    vocab = Vocabulary(
+        token_bytes=base,
+        eos_token_ids=eos,
+        special_token_ids=frozenset(specials.values()) | frozenset(eos),
+        special_tokens=specials,
+        _encode_fn=encoder,
+    )
+    vocab._fingerprint = meta.get("fingerprint")
+    return vocab

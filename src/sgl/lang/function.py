@@ -1,0 +1,109 @@
+"""``SglFunction``: what ``@sgl.function`` returns; ``run``, ``run_batch``, ``bind``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+class SglFunction:
+    """An SGL program. Call it (or ``.run``) to execute it once; ``.run_batch`` for many."""
+
+    def __init__(self, func: Callable[..., Any], num_api_spec_tokens: int | None = None, bind_arguments: dict | None = None):
+        self.func = func
+        self.num_api_spec_tokens = num_api_spec_tokens  # SGLang compatibility; unused
+        self.bind_arguments = dict(bind_arguments or {})
+        params = list(inspect.signature(func).parameters.values())
+        self.arg_names = [p.name for p in params[1:] if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        self.arg_defaults = [p.default for p in params[1:] if p.default is not p.empty]
+        self._compiled: Any = None
+        self._compile_lock = threading.Lock()
+        functools.update_wrapper(self, func)
+
+    def __repr__(self) -> str:
+        return f"<SglFunction {self.func.__qualname__}>"
+
+    def bind(self, **kwargs: Any) -> SglFunction:
+        """A copy with some program arguments fixed."""
+        unknown = [k for k in kwargs if k not in self.arg_names]
+        if unknown:
+            raise TypeError(f"{self.__name__}() has no argument {unknown[0]!r}")
+        bound = SglFunction(self.func, self.num_api_spec_tokens, {**self.bind_arguments, **kwargs})
+        bound._compiled = self._compiled
+        return bound
+
+    def compile(self) -> Any:
+        """The CompiledProgram (IR and diagnostics), computed once."""
+        with self._compile_lock:
+            if self._compiled is None:
+                from .compiler import compile as compile_program
+
+                self._compiled = compile_program(self)
+            return self._compiled
+
+    def check(self) -> None:
+        """Raise ProgramError if the compiler found errors."""
+        from sgl.runtime.errors import ProgramError
+
+        compiled = self.compile()
+        if not compiled.ok:
+            raise ProgramError(f"{self.__name__} does not compile:\n{compiled.format()}", diagnostics=compiled.errors)
+
+    def run(
+        self,
+        *args: Any,
+        backend: Any = None,
+        stream: bool = False,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run once. Sampling options (``max_new_tokens``, ``temperature``, ``top_p``,
+        ``top_k``, ``min_p``, ``stop``, ``stop_token_ids``, ``min_tokens``, ``seed``) set
+        defaults for every gen; other kwargs are the program's arguments. ``timeout``
+        (seconds) bounds the whole run. Raises ProgramError / BackendError /
+        GenerationTimeout with ``.state``; with ``stream=True`` returns at once (read
+        ``state.text_iter()``)."""
+        from sgl.runtime.interpreter import run_program, split_run_options
+
+        self.check()
+        defaults, program_kwargs = split_run_options(dict(kwargs), self.arg_names)
+        program_kwargs.update(self.bind_arguments)
+        return run_program(self.func, args, program_kwargs, backend=backend, defaults=defaults, stream=stream, timeout=timeout)
+
+    def run_batch(
+        self,
+        batch_kwargs: Sequence[dict[str, Any] | Sequence[Any]],
+        *,
+        backend: Any = None,
+        num_threads: int | str = "auto",
+        progress_bar: bool = False,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> list[Any]:
+        """Run once per kwargs dict (or tuple of positional values) on a thread pool.
+        Results come back in order; a failed run keeps its partial state and its error
+        (``state.error()``) while the others go on. ``timeout`` is per run."""
+        from sgl.runtime.batch import run_batch
+        from sgl.runtime.interpreter import split_run_options
+
+        self.check()
+        defaults, rest = split_run_options(dict(options))
+        if rest:
+            raise TypeError(f"run_batch got unexpected options: {', '.join(rest)}")
+        items = [self._as_kwargs(item) for item in batch_kwargs]
+        return run_batch(self.func, items, backend=backend, defaults=defaults, num_threads=num_threads, progress_bar=progress_bar, timeout=timeout)
+
+    def _as_kwargs(self, item: dict[str, Any] | Sequence[Any]) -> dict[str, Any]:
+        if isinstance(item, dict):
+            return {**item, **self.bind_arguments}
+        if not isinstance(item, list | tuple):
+            raise TypeError(f"run_batch items must be dicts or tuples, not {type(item).__name__}")
+        if len(item) > len(self.arg_names):
+            raise TypeError(f"{self.__name__}() takes {len(self.arg_names)} arguments ({len(item)} given)")
+        return {**dict(zip(self.arg_names, item, strict=False)), **self.bind_arguments}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.run(*args, **kwargs)

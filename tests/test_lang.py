@@ -1,0 +1,544 @@
+"""The language and its interpreter, against a scripted backend (the model is not under
+test here: tests/test_lang_model.py runs the same features on SmolLM2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+import sgl
+from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
+from sgl.lang.dtypes import DTYPE_REGEX
+
+
+class ScriptedBackend(Backend):
+    """Canned answers: ``outputs`` in order, or ``respond(request)``; records every call."""
+
+    def __init__(
+        self,
+        outputs: list[str] | None = None,
+        respond: Callable[[GenerateRequest], str] | None = None,
+        choose: Callable[[str, list[str]], int] | None = None,
+        delay: float = 0.0,
+        chunk: int = 2,
+    ):
+        self.outputs = list(outputs or [])
+        self.respond = respond
+        self.choose = choose or (lambda prompt, choices: 0)
+        self.delay = delay
+        self.chunk = chunk
+        self.requests: list[GenerateRequest] = []
+        self.selects: list[tuple[str, list[str], str]] = []
+        self.lock = threading.Lock()
+
+    def _answer(self, request: GenerateRequest) -> str:
+        with self.lock:
+            self.requests.append(request)
+            if self.respond is None:
+                return self.outputs.pop(0)
+        return self.respond(request)  # outside the lock: responders may block (barriers)
+
+    def generate(self, request: GenerateRequest) -> GenerateResult:
+        text = self._answer(request)
+        time.sleep(self.delay)
+        return GenerateResult(text, token_ids=list(range(len(text))), finish_reason="stop", meta={"scripted": True})
+
+    def generate_stream(self, request: GenerateRequest):
+        text = self._answer(request)
+        for i in range(0, len(text), self.chunk):
+            time.sleep(self.delay)
+            yield text[i : i + self.chunk]
+
+    def select(self, prompt, choices, method="token_length_normalized"):
+        self.selects.append((prompt, list(choices), method))
+        index = self.choose(prompt, list(choices))
+        return SelectResult(index, [0.0 if i == index else -1.0 for i in range(len(choices))])
+
+    def role_text(self, role, content):
+        return f"<|{role}|>", "<|end|>\n"
+
+
+# --- text, gen, sampling parameters ----------------------------------------------
+def test_few_shot_gen_sends_text_so_far_and_stop():
+    @sgl.function
+    def few_shot_qa(s, question):
+        s += "Q: What is the capital of France?\nA: Paris\n"
+        s += "Q: " + question + "\n"
+        s += "A:" + sgl.gen("answer", stop="\n", temperature=0)
+
+    backend = ScriptedBackend([" Washington"])
+    state = few_shot_qa.run(question="Capital of the USA?", backend=backend)
+    assert state["answer"] == " Washington"
+    assert state.text().endswith("Q: Capital of the USA?\nA: Washington")
+    (req,) = backend.requests
+    assert req.prompt == "Q: What is the capital of France?\nA: Paris\nQ: Capital of the USA?\nA:"
+    assert req.params.stop == ("\n",)
+    assert req.params.temperature == 0
+    assert req.constraint is None
+
+
+def test_run_defaults_and_gen_overrides():
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("a")
+        s += sgl.gen("b", 5, 2, ["x", "y"], [7], 0.3, 0.9, -1, 0.05, seed=11)
+
+    backend = ScriptedBackend(["1", "2"])
+    prog.run(backend=backend, temperature=0.7, max_new_tokens=33, top_k=4, seed=3, stop="!")
+    a, b = (r.params for r in backend.requests)
+    assert (a.max_tokens, a.temperature, a.top_k, a.seed, a.stop) == (33, 0.7, 4, 3, ("!",))
+    assert (b.max_tokens, b.min_tokens, b.stop, b.stop_token_ids) == (5, 2, ("x", "y"), (7,))
+    assert (b.temperature, b.top_p, b.top_k, b.min_p, b.seed) == (0.3, 0.9, 0, 0.05, 11)  # top_k -1 = off = 0
+
+
+def test_sglang_only_run_options_are_refused_unless_neutral():
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("a")
+
+    prog.run(backend=ScriptedBackend(["x"]), frequency_penalty=0.0, ignore_eos=False)
+    with pytest.raises(sgl.ProgramError, match="frequency_penalty"):
+        prog.run(backend=ScriptedBackend(["x"]), frequency_penalty=0.5)
+
+
+def test_constraints_reach_the_backend():
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        population: int
+
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("r", regex=r"[0-9]+")
+        s += sgl.gen("j", json_schema={"type": "object"})
+        s += sgl.gen("p", json_schema=City)
+        s += sgl.gen("g", grammar='start: "a"', grammar_syntax="lark")
+
+    backend = ScriptedBackend(["12", "{}", '{"name": "x", "population": 1}', "a"])
+    prog.run(backend=backend)
+    r, j, p, g = (req.constraint for req in backend.requests)
+    assert r.regex == "[0-9]+" and r.json_schema is None
+    assert j.json_schema == {"type": "object"}
+    assert p.json_schema["properties"]["population"]["type"] == "integer"
+    assert (g.grammar, g.grammar_syntax) == ('start: "a"', "lark")
+
+
+def test_at_most_one_constraint():
+    with pytest.raises(ValueError, match="at most one"):
+        sgl.gen("x", regex="a", json_schema={})
+
+
+@pytest.mark.parametrize(
+    ("dtype", "text", "value"),
+    [(int, "24", 24), ("int", "-3", -3), (float, "3.14", 3.14), (bool, "True", True), (str, '"a \\"b\\""', 'a "b"')],
+)
+def test_dtype_constrains_and_parses(dtype, text, value):
+    @sgl.function
+    def prog(s):
+        s += "v = " + sgl.gen("v", dtype=dtype)
+
+    backend = ScriptedBackend([text])
+    state = prog.run(backend=backend)
+    assert state["v"] == value and type(state["v"]) is type(value)
+    assert state.text() == "v = " + text  # the text keeps what the model wrote
+    assert backend.requests[0].constraint.regex == DTYPE_REGEX[sgl.lang.dtypes.normalize_dtype(dtype)]
+
+
+def test_gen_int_and_gen_string():
+    @sgl.function
+    def prog(s):
+        s += sgl.gen_int("hours") + " " + sgl.gen_string("name")
+
+    state = prog.run(backend=ScriptedBackend(["24", '"Ann"']))
+    assert (state["hours"], state["name"]) == (24, "Ann")
+
+
+def test_dtype_text_that_does_not_parse_is_kept_raw():
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("n", dtype=int)
+
+    state = prog.run(backend=ScriptedBackend(["12x"]))
+    assert state["n"] == "12x"
+    assert "dtype_error" in state.get_meta_info("n")
+
+
+# --- select ------------------------------------------------------------------------
+def test_select_sets_variable_and_method_names():
+    @sgl.function
+    def prog(s, statement):
+        s += "Statement: " + statement + "\nAnswer:"
+        s += sgl.select("answer", ["True", "False", "Unknown"])
+        s += "\n" + sgl.select("m1", ["a", "b"], choices_method=sgl.greedy_token_selection)
+        s += sgl.select("m2", ["a", "b"], choices_method="unconditional_likelihood_normalized")
+        s += sgl.gen("m3", choices=["x", "y"])  # SGLang: gen with choices is a select
+
+    backend = ScriptedBackend(choose=lambda prompt, choices: len(choices) - 1)
+    state = prog.run(statement="Paris is in France.", backend=backend)
+    assert state["answer"] == "Unknown"
+    assert state.text().endswith("Answer:Unknown\nbby")
+    assert [m for _, _, m in backend.selects] == [
+        "token_length_normalized",
+        "greedy_token_selection",
+        "unconditional_likelihood_normalized",
+        "token_length_normalized",
+    ]
+    assert backend.selects[0][0] == "Statement: Paris is in France.\nAnswer:"
+    assert state.get_meta_info("answer")["scores"] == [-1.0, -1.0, 0.0]
+
+
+def test_select_with_temperature_samples_by_score_with_seed():
+    @sgl.function
+    def prog(s, seed):
+        s += sgl.select("c", ["a", "b", "c"], temperature=1.0, seed=seed)
+
+    backend = ScriptedBackend(choose=lambda p, c: 0)
+    picks = [prog.run(seed=i, backend=backend)["c"] for i in range(60)]
+    assert set(picks) == {"a", "b", "c"}  # not always the argmax
+    assert picks.count("a") > picks.count("b")  # but the best score most often
+    assert picks == [prog.run(seed=i, backend=backend)["c"] for i in range(60)]  # seeded
+
+
+def test_select_rejects_empty_and_non_string_choices():
+    with pytest.raises(ValueError, match="at least one choice"):
+        sgl.select("x", [])
+    with pytest.raises(TypeError, match="strings"):
+        sgl.select("x", ["a", 1])
+    with pytest.raises(ValueError, match="choices_method"):
+        sgl.select("x", ["a"], choices_method="best")
+
+
+# --- roles ---------------------------------------------------------------------------
+def test_roles_wrap_with_backend_role_text_and_build_messages():
+    @sgl.function
+    def chat(s, q1, q2):
+        s += sgl.system("Be brief.")
+        s += sgl.user(q1)
+        s += sgl.assistant(sgl.gen("a1"))
+        with s.user():
+            s += q2
+        with s.assistant():
+            s += sgl.gen("a2")
+        s += sgl.user_begin() + "bye" + sgl.user_end()
+
+    backend = ScriptedBackend(["one", "two"])
+    state = chat.run(q1="hi", q2="more", backend=backend)
+    assert state.text() == (
+        "<|system|>Be brief.<|end|>\n<|user|>hi<|end|>\n<|assistant|>one<|end|>\n"
+        "<|user|>more<|end|>\n<|assistant|>two<|end|>\n<|user|>bye<|end|>\n"
+    )
+    assert backend.requests[0].prompt.endswith("<|assistant|>")
+    assert [m["role"] for m in state.messages()] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert state.messages()[4] == {"role": "assistant", "content": "two"}
+
+
+def test_default_system_prompt_is_inserted_like_sglang():
+    class WithSystem(ScriptedBackend):
+        default_system_prompt = "You are helpful."
+
+    @sgl.function
+    def chat(s):
+        s += sgl.user("hi")
+
+    state = chat.run(backend=WithSystem())
+    assert state.messages() == [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "hi"}]
+
+
+def test_nested_roles_are_an_error_with_partial_state():
+    @sgl.function
+    def bad(s):
+        with s.user():
+            s += "x"
+            s += sgl.assistant("y")
+
+    with pytest.raises(sgl.ProgramError, match="do not nest") as info:
+        bad.run(backend=ScriptedBackend())
+    assert info.value.state.text() == "<|user|>x"
+
+
+# --- variables -----------------------------------------------------------------------
+def test_var_scope_getitem_setitem_and_state_methods():
+    @sgl.function
+    def prog(s):
+        with s.var_scope("json_output"):
+            s += '{"name": ' + sgl.gen_string() + "}"
+        s["extra"] = 5
+        got = s.gen("word", max_tokens=2)
+        s += "|" + got + "|" + s["word"]
+        s.select("pick", ["p", "q"])
+
+    state = prog.run(backend=ScriptedBackend(['"Ann"', "w"]))
+    assert json.loads(state["json_output"]) == {"name": "Ann"}
+    assert state["extra"] == 5 and "extra" in state and "nope" not in state
+    assert state.text().endswith("w|w|wp")
+    assert state["pick"] == "p"
+
+
+def test_reading_a_missing_variable_is_a_program_error():
+    @sgl.function
+    def prog(s, name):
+        s += "x"
+        s += s.get_var(name)  # not a literal: the compiler cannot know, the runtime must say
+
+    with pytest.raises(sgl.ProgramError, match="'nope' is not defined") as info:
+        prog.run(name="nope", backend=ScriptedBackend())
+    assert info.value.state.text() == "x"
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_bind_and_positional_arguments():
+    @sgl.function
+    def prog(s, a, b="B"):
+        s += a + b
+
+    bound = prog.bind(b="!")
+    assert bound.run("x", backend=ScriptedBackend()).text() == "x!"
+    assert prog("y", backend=ScriptedBackend()).text() == "yB"
+    with pytest.raises(TypeError):
+        prog.bind(c=1)
+
+
+# --- fork / join -------------------------------------------------------------------------
+def test_forks_run_in_parallel_and_gather_variables():
+    n = 4
+    barrier = threading.Barrier(n, timeout=10)  # only passes if all n calls are in flight at once
+
+    def respond(req):
+        barrier.wait()
+        return "tip" + req.prompt[-1]
+
+    @sgl.function
+    def parallel(s):
+        s += "Tips:"
+        forks = s.fork(n)
+        for i in range(n):
+            forks[i] += f"\n{i}"
+            forks[i] += sgl.gen("detail", max_tokens=8)
+        forks.join()
+        s += "\nSummary: " + ", ".join(forks[i]["detail"] for i in range(n))
+
+    state = parallel.run(backend=ScriptedBackend(respond=respond))
+    assert state["detail"] == ["tip0", "tip1", "tip2", "tip3"]
+    assert state.text() == "Tips:\nSummary: tip0, tip1, tip2, tip3"
+
+
+def test_forks_iadd_lambda_list_and_concat_join():
+    @sgl.function
+    def prog(s, ctx):
+        s += "Facts:\n"
+        forks = s.fork(len(ctx))
+        forks += lambda i: f"Statement {i}: " + ctx[i] + "\n"
+        forks.join(mode="concate_and_append")
+        s += "Q?"
+
+    state = prog.run(ctx=["a", "b", "c"], backend=ScriptedBackend())
+    assert state.text() == "Facts:\nStatement 0: a\nStatement 1: b\nStatement 2: c\nQ?"
+
+
+def test_fork_error_surfaces_at_join():
+    def respond(req):
+        if req.prompt.endswith("bad"):
+            raise RuntimeError("boom")
+        return "ok"
+
+    @sgl.function
+    def prog(s):
+        forks = s.fork(2)
+        forks += ["good", "bad"]
+        forks += sgl.gen("x")
+        forks.join()
+
+    with pytest.raises(sgl.BackendError, match="boom"):
+        prog.run(backend=ScriptedBackend(respond=respond))
+
+
+# --- run_batch -------------------------------------------------------------------------
+def test_run_batch_keeps_order_and_failures_do_not_stop_others():
+    def respond(req):
+        if "q3" in req.prompt:
+            raise RuntimeError("model exploded")
+        time.sleep(0.01 * (5 - int(req.prompt[-3])))  # later items finish first
+        return "A" + req.prompt[-3]
+
+    @sgl.function
+    def qa(s, q):
+        s += q + ": " + sgl.gen("answer")
+
+    backend = ScriptedBackend(respond=respond)
+    states = qa.run_batch([{"q": f"q{i}"} for i in range(5)], backend=backend, num_threads=5, progress_bar=True)
+    assert [st.error() is None for st in states] == [True, True, True, False, True]
+    assert [st["answer"] for i, st in enumerate(states) if i != 3] == ["A0", "A1", "A2", "A4"]
+    assert isinstance(states[3].error(), sgl.BackendError)
+    assert states[3].text() == "q3: "  # partial state kept
+    assert qa.run_batch([], backend=backend) == []
+
+
+def test_run_batch_positional_tuples_and_single_thread():
+    @sgl.function
+    def prog(s, a, b):
+        s += a + b
+
+    states = prog.run_batch([("x", "1"), ("y", "2")], backend=ScriptedBackend(), num_threads=1)
+    assert [st.text() for st in states] == ["x1", "y2"]
+
+
+# --- streaming -------------------------------------------------------------------------
+def test_stream_text_iter_yields_deltas_of_the_text_and_of_a_variable():
+    @sgl.function
+    def qa(s, question):
+        s += sgl.user(question)
+        s += sgl.assistant(sgl.gen("answer"))
+
+    backend = ScriptedBackend(respond=lambda r: "Hawaii is lovely.", delay=0.01, chunk=3)
+    state = qa.run(question="Trip?", backend=backend, stream=True)
+    chunks = list(state.text_iter())
+    assert len(chunks) > 3
+    assert "".join(chunks) == state.text() == "<|user|>Trip?<|end|>\n<|assistant|>Hawaii is lovely.<|end|>\n"
+
+    state = qa.run(question="Trip?", backend=backend, stream=True)
+    chunks = list(state.text_iter("answer"))
+    assert chunks[0] == "Haw" and "".join(chunks) == "Hawaii is lovely."
+    assert state["answer"] == "Hawaii is lovely."
+
+
+def test_text_iter_without_stream_yields_once():
+    @sgl.function
+    def prog(s):
+        s += "a" + sgl.gen("x")
+
+    state = prog.run(backend=ScriptedBackend(["b"]))
+    assert list(state.text_iter()) == ["ab"] and list(state.text_iter("x")) == ["b"]
+
+
+def test_stream_error_is_raised_after_the_text():
+    def respond(req):
+        raise RuntimeError("down")
+
+    @sgl.function
+    def prog(s):
+        s += "hello "
+        s += sgl.gen("x")
+
+    state = prog.run(backend=ScriptedBackend(respond=respond), stream=True)
+    seen = []
+    with pytest.raises(sgl.BackendError):
+        for chunk in state.text_iter():
+            seen.append(chunk)
+    assert "".join(seen) == "hello "
+    assert isinstance(state.error(), sgl.BackendError)
+
+
+# --- timeouts and errors -------------------------------------------------------------------
+def test_run_timeout_keeps_text_so_far():
+    @sgl.function
+    def prog(s):
+        s += "start " + sgl.gen("a")
+        s += " then " + sgl.gen("b")
+
+    backend = ScriptedBackend(respond=lambda r: "xxxxxxxxxxxxxxxxxxxx", delay=0.05, chunk=4)
+    start = time.monotonic()
+    with pytest.raises(sgl.GenerationTimeout) as info:
+        prog.run(backend=backend, timeout=0.4)
+    assert time.monotonic() - start < 2.0
+    text = info.value.state.text()
+    assert text.startswith("start xxxxxxxxxxxxxxxxxxxx then ")  # first gen done, second partly
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_per_call_timeout_and_batch_timeout():
+    @sgl.function
+    def prog(s, slow):
+        s += "p:" + sgl.gen("a", timeout=0.2 if slow else None)
+
+    backend = ScriptedBackend(respond=lambda r: "ok", delay=0.5)
+    with pytest.raises(sgl.GenerationTimeout) as info:
+        prog.run(slow=True, backend=backend)
+    assert info.value.state.text() == "p:"
+    states = prog.run_batch([{"slow": False}, {"slow": True}], backend=ScriptedBackend(respond=lambda r: "ok", delay=0.3), timeout=5)
+    assert states[0]["a"] == "ok" and isinstance(states[1].error(), sgl.GenerationTimeout)
+
+
+def test_backend_error_and_constraint_error_keep_state():
+    def respond(req):
+        if req.constraint is not None:
+            raise sgl.ConstraintError("bad regex", location="3")
+        raise OSError("gone")
+
+    @sgl.function
+    def prog(s, constrained):
+        s += "before "
+        s += sgl.gen("x", regex="a(" if constrained else None)
+
+    backend = ScriptedBackend(respond=respond)
+    with pytest.raises(sgl.BackendError, match="OSError: gone") as info:
+        prog.run(constrained=False, backend=backend)
+    assert info.value.state.text() == "before "
+    with pytest.raises(sgl.ConstraintError) as cinfo:
+        prog.run(constrained=True, backend=backend)
+    assert cinfo.value.state.text() == "before "
+
+
+def test_program_exception_becomes_program_error():
+    @sgl.function
+    def prog(s):
+        s += "x"
+        raise ValueError("mine")
+
+    with pytest.raises(sgl.ProgramError, match="ValueError in program: mine") as info:
+        prog.run(backend=ScriptedBackend())
+    assert isinstance(info.value.__cause__, ValueError) and info.value.state.text() == "x"
+
+
+def test_run_compiles_first_and_refuses_bad_programs_before_any_call():
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("a", max_token=3)  # noqa: the typo is the test
+
+    backend = ScriptedBackend(["never"])
+    with pytest.raises(sgl.ProgramError) as info:
+        prog.run(backend=backend)
+    assert backend.requests == []
+    assert "unknown argument 'max_token' to gen (did you mean 'max_tokens'?)" in str(info.value)
+    assert info.value.diagnostics[0].file == __file__
+
+
+def test_appending_non_text_is_refused():
+    @sgl.function
+    def prog(s):
+        s += 5
+
+    with pytest.raises(sgl.ProgramError, match="str"):
+        prog.run(backend=ScriptedBackend())
+
+
+def test_images_are_refused():
+    with pytest.raises(NotImplementedError, match="text-only"):
+        sgl.image("cat.png")
+
+
+# --- default backend, import cost ---------------------------------------------------------
+def test_set_default_backend_is_used():
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("a")
+
+    backend = ScriptedBackend(["d"])
+    sgl.set_default_backend(backend)
+    try:
+        assert prog.run()["a"] == "d"
+        assert sgl.get_default_backend() is backend
+    finally:
+        sgl.set_default_backend(None)
+
+
+def test_import_sgl_does_not_import_torch():
+    code = "import sys, sgl; sgl.gen; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,399 @@
+"""The regex frontend (``parse_regex``) and the byte automaton (``to_dfa``).
+
+The oracle is Python's own ``re.fullmatch``: every check compares the DFA's
+verdict on the UTF-8 bytes of a string with ``re``'s verdict on the string.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from sgl.constrain.automaton import to_dfa, utf8_sequences
+from sgl.constrain.dfa import ByteDFA
+from sgl.constrain.errors import CompileBudgetExceeded, ConstraintError
+from sgl.constrain.regex import parse_regex, regex_grammar
+from sgl.constrain.regex_ast import (
+    EMPTY,
+    NOTHING,
+    Bytes,
+    Chars,
+    Repeat,
+    alt,
+    literal,
+    repeat,
+    seq,
+)
+
+PATTERNS = [
+    r"[\w.+-]+@[\w-]+\.[\w.]+",  # e-mail
+    r"\d{4}-\d{2}-\d{2}",  # ISO date
+    r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}",  # IPv4
+    r'[^"\\]*',
+    r'"(?:[^"\\]|\\.)*"',  # a JSON-ish string
+    r"\d{3}-\d{4}",
+    r"(a|b)*?c",
+    r"[\u00e0-\u00ff]+",
+    r"(?i)hello",
+    r".{2,5}",
+    r"\w+@\w+\.com",
+    r"[^a]",
+    r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?",  # JSON number
+    r"(true|false|null)",
+    r"[A-Z][a-z]*( [A-Z][a-z]*)*",
+    r"\s*\S+\s*",
+    r"(?i)[a-z]+",
+    r"(?i)[^k]*",
+    r"(?i)stra(ss|ß)e",
+    r"(?i)[ſk-m]x",
+    r"(?s).{0,3}",
+    r"a{2,}",
+    r"(ab|a)*b?",
+    r"x?y?z?",
+    r"(?:)",
+    r"[^\x00-\x7f]+",
+    r"[😀-😂]+",
+    r"中文?",
+    r"^\d+$",
+    r"\A(a|b)\Z",
+    r"(?a)\w+\d",
+    r"\W+",
+    r"[\d_]*",
+    r"(?x) a + b  # a comment",
+    r"(?i:ab)c",
+    r"[a-c][^a-c]",
+    r"(a|)+",
+    r"((a|b)c?){2,3}",
+    r"\((\d+,)*\d+\)",
+    r"[-+]?\d*\.?\d+",
+    r"https?://[a-z0-9.-]+(/[a-z0-9._-]*)*",
+    r"(?m)^ab$",
+    r".*",
+    r"[\s\S]",
+    r"\D\d",
+    r"\u00e9|e\u0301",
+]
+
+# Characters worth trying against every pattern: ASCII classes, Latin-1, CJK,
+# astral, and the case-folding traps (Kelvin sign, long s, dotless i, sharp s).
+BASE_ALPHABET = 'ab cxyz019_@.-\n\t"\\AKSZké\u00e0\u00ff中文😀😁\u212aſıİßẞΣσς٣²\u00a0\u2028'
+
+
+def _alphabet(pattern: str) -> list[str]:
+    return sorted(set(BASE_ALPHABET) | {c for c in pattern if not 0xD800 <= ord(c) <= 0xDFFF})
+
+
+@functools.cache
+def compiled(pattern: str) -> ByteDFA:
+    return to_dfa(parse_regex(pattern))
+
+
+def agree(pattern: str, text: str) -> None:
+    assume(not any(0xD800 <= ord(c) <= 0xDFFF for c in text))
+    expected = re.fullmatch(pattern, text) is not None
+    assert compiled(pattern).matches(text.encode("utf-8")) == expected, (pattern, text)
+
+
+@st.composite
+def near_misses(draw, pattern: str) -> str:
+    """A string ``re`` generates for ``pattern``, then maybe one random edit."""
+    text = draw(st.from_regex(re.compile(pattern), fullmatch=True))
+    alphabet = _alphabet(pattern)
+    edit = draw(st.sampled_from(["none", "insert", "delete", "replace"]))
+    if edit == "none":
+        return text
+    if edit == "insert":
+        i = draw(st.integers(0, len(text)))
+        return text[:i] + draw(st.sampled_from(alphabet)) + text[i:]
+    if not text:
+        return text
+    i = draw(st.integers(0, len(text) - 1))
+    if edit == "delete":
+        return text[:i] + text[i + 1 :]
+    return text[:i] + draw(st.sampled_from(alphabet)) + text[i + 1 :]
+
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@FAST
+@given(data=st.data())
+def test_matches_re_fullmatch_on_random_text(pattern: str, data) -> None:
+    text = data.draw(st.text(alphabet=_alphabet(pattern), max_size=10))
+    agree(pattern, text)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@FAST
+@given(data=st.data())
+def test_matches_re_fullmatch_near_the_language(pattern: str, data) -> None:
+    agree(pattern, data.draw(near_misses(pattern)))
+
+
+def test_patterns_are_exercised_both_ways() -> None:
+    """Guard against a vacuous oracle: the fixed probes hit both verdicts often."""
+    hits = {True: 0, False: 0}
+    for pattern in PATTERNS:
+        for text in ["", "a", "ab", "abc", "hello", "123-4567", "2024-01-31", "é", "😀😁"]:
+            verdict = re.fullmatch(pattern, text) is not None
+            assert compiled(pattern).matches(text.encode()) == verdict, (pattern, text)
+            hits[verdict] += 1
+    assert hits[True] > 30 and hits[False] > 100
+
+
+# -- structural properties -----------------------------------------------------
+
+
+def _coreachable(d: ByteDFA) -> np.ndarray:
+    ok = d.accepting.copy()
+    while True:
+        succ_ok = np.where(d.table >= 0, ok[d.table.clip(0)], False).any(axis=1)
+        new = ok | succ_ok
+        if (new == ok).all():
+            return ok
+        ok = new
+
+
+def _reachable(d: ByteDFA) -> np.ndarray:
+    seen = np.zeros(d.n_states, dtype=bool)
+    seen[0] = True
+    frontier = [0]
+    while frontier:
+        nxt = {int(t) for s in frontier for t in d.table[s] if t >= 0 and not seen[t]}
+        for t in nxt:
+            seen[t] = True
+        frontier = list(nxt)
+    return seen
+
+
+def _n_equivalence_classes(d: ByteDFA) -> int:
+    """Moore's refinement from scratch: the size of the minimal equivalent DFA."""
+    part = d.accepting.astype(np.int64)
+    count = len(np.unique(part))
+    while True:
+        succ = np.where(d.table >= 0, part[d.table.clip(0)], -1)
+        sig = np.concatenate([part[:, None], succ], axis=1)
+        _, part = np.unique(sig, axis=0, return_inverse=True)
+        part = part.reshape(-1)
+        if len(np.unique(part)) == count:
+            return count
+        count = len(np.unique(part))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_dfa_is_minimal_trim_and_well_formed(pattern: str) -> None:
+    d = compiled(pattern)
+    assert d.table.dtype == np.int32 and d.table.shape == (d.n_states, 256)
+    assert d.accepting.dtype == bool and d.accepting.shape == (d.n_states,)
+    assert d.table.min() >= -1 and d.table.max() < d.n_states
+    assert _reachable(d).all()
+    assert _coreachable(d).all(), "a state that cannot reach acceptance survived"
+    assert _n_equivalence_classes(d) == d.n_states, "two states are equivalent"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "n_states"),
+    [
+        ("(a|b)*", 1),
+        ("a*", 1),
+        ("(a|b)*?", 1),
+        (r"(?:)", 1),
+        ("a|b", 2),
+        ("(a*)*b", 2),
+        ("(ab)*", 2),
+        ("a{3}", 4),
+        ("a{0,3}", 4),
+        ("[ab]c|[ab]d", 3),
+        ("é", 3),  # two UTF-8 bytes
+        ("😀", 5),
+        (r"(?s).", 9),  # all of UTF-8: E0, ED, F0, F4 need their own second-byte states
+    ],
+)
+def test_minimal_state_counts(pattern: str, n_states: int) -> None:
+    assert compiled(pattern).n_states == n_states
+
+
+def test_empty_language_is_a_single_rejecting_state() -> None:
+    for node in (NOTHING, seq(literal("a"), NOTHING), Chars(())):
+        d = to_dfa(node)
+        assert d.n_states == 1 and not d.accepting[0] and (d.table == -1).all()
+    d = to_dfa(EMPTY)
+    assert d.n_states == 1 and d.accepting[0] and (d.table == -1).all()
+
+
+def test_bytes_nodes_match_raw_bytes() -> None:
+    d = to_dfa(seq(Bytes(((0x80, 0xFF),)), literal("a")))
+    assert d.matches(b"\xffa") and d.matches(b"\x80a")
+    assert not d.matches(b"aa") and not d.matches("éa".encode())
+
+
+def test_surrogates_are_never_emitted() -> None:
+    d = to_dfa(Chars(((0xD000, 0xE000),)))
+    assert d.matches("\ud7ff".encode()) and d.matches("\ue000".encode())
+    assert not d.matches(b"\xed\xa0\x80")  # what U+D800 would encode to
+    assert not d.matches(b"\xed\xbf\xbf")
+    assert to_dfa(Chars(((0xD800, 0xDFFF),))).table.max() == -1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 0x10FFFF),
+    st.integers(0, 0x10FFFF),
+    st.lists(st.integers(0, 0x10FFFF), min_size=1, max_size=20),
+)
+def test_utf8_sequences_cover_exactly_the_range(a: int, b: int, probes: list[int]) -> None:
+    lo, hi = min(a, b), max(a, b)
+    seqs = utf8_sequences(lo, hi)
+    probes += [lo, hi, 0x7F, 0x80, 0x7FF, 0x800, 0xFFFF, 0x10000]
+    for cp in probes:
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        enc = chr(cp).encode()
+        hits = sum(
+            len(s) == len(enc) and all(r0 <= x <= r1 for x, (r0, r1) in zip(enc, s, strict=True))
+            for s in seqs
+        )
+        assert hits == (1 if lo <= cp <= hi else 0), (lo, hi, cp)
+
+
+# -- Python semantics details -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"\d", r"\w", r"\s", r"\D", r"\W", r"\S", r"(?a)\d", r"(?a)\w", r"(?a)\s", r"[^\W\d]"],
+)
+def test_unicode_categories_follow_python(pattern: str) -> None:
+    probes = "0٣९²½Ⅻ_aZéß中ª\u00a0\u2028\u3000\u200b\x1c\x85\t\n -😀𝟘"
+    for c in probes:
+        assert compiled(pattern).matches(c.encode()) == bool(re.fullmatch(pattern, c)), (pattern, c)
+
+
+@pytest.mark.parametrize(
+    "pattern", ["(?i)k", "(?i)s", "(?i)i", "(?i)ß", "(?i)σ", "(?i)µ", "(?i)[^s]"]
+)
+def test_ignorecase_folds_like_python(pattern: str) -> None:
+    probes = "kK\u212asSſiIıİßẞσΣςµμΜxǅǄǆ"
+    for c in probes:
+        assert compiled(pattern).matches(c.encode()) == bool(re.fullmatch(pattern, c)), (pattern, c)
+
+
+def test_dollar_does_not_absorb_a_trailing_newline() -> None:
+    d = compiled("a$")
+    assert d.matches(b"a") and not d.matches(b"a\n")
+    assert re.fullmatch("a$", "a\n") is None
+
+
+def test_dot_excludes_newline_unless_dotall() -> None:
+    assert not compiled(".").matches(b"\n") and compiled("(?s).").matches(b"\n")
+
+
+def test_regex_grammar_has_one_terminal() -> None:
+    g = regex_grammar(r"\d+")
+    assert g.start == "start" and list(g.terminals) == ["T"]
+    assert [r.rhs for r in g.rules] == [("T",)]
+    assert to_dfa(g.terminals["T"].pattern).matches(b"42")
+    assert [r.rhs for r in regex_grammar(r"\d*").rules] == [("T",), ()]
+
+
+# -- refusals and errors ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "keyword", "offset"),
+    [
+        ("ab(?=c)", "lookahead", 2),
+        ("x(?!y)", "neg_lookahead", 1),
+        ("(?<=a)b", "lookbehind", 0),
+        ("a|(?<!a)b", "neg_lookbehind", 2),
+        (r"(a)b\1", "backref", 4),
+        (r"[\1](a)\1", "backref", 7),  # \1 inside a class is an octal escape
+        ("(?P<x>a)(?P=x)", "backref", 8),
+        ("(a)?(?(1)b|c)", "conditional", 4),
+        (r"foo\bbar", "boundary", 3),
+        (r"[\b]x\B", "nonboundary", 5),
+        ("(?>ab)c", "atomic", 0),
+        ("ab*+", "possessive", 2),
+        ("a^b", "anchor", 1),
+        ("^a|b$c", "anchor", 4),
+        (r"a\Zb", "anchor", 1),
+    ],
+)
+def test_unsupported_constructs_are_refused_with_offset(
+    pattern: str, keyword: str, offset: int
+) -> None:
+    with pytest.raises(ConstraintError) as info:
+        parse_regex(pattern)
+    assert info.value.keyword == keyword
+    assert info.value.location == f"offset {offset}"
+    assert "not supported" in str(info.value) or "only supported" in str(info.value)
+
+
+@pytest.mark.parametrize(("pattern", "offset"), [("ab(", 2), ("a{2,1}", 2), ("[a-", 1), (r"\q", 0)])
+def test_bad_syntax_reports_re_error_position(pattern: str, offset: int) -> None:
+    with pytest.raises(ConstraintError) as info:
+        parse_regex(pattern)
+    assert info.value.location == f"offset {offset}"
+    assert "invalid regex" in str(info.value)
+
+
+def test_edge_anchors_are_no_ops() -> None:
+    for pattern in [r"^ab$", r"\Aab\Z", r"^(?:ab)$", r"(?:^ab|^ab$)", "^^ab$$"]:
+        d = to_dfa(parse_regex(pattern))
+        assert d.matches(b"ab") and not d.matches(b"ab\n") and not d.matches(b"a")
+
+
+# -- budgets and speed ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        Repeat(Repeat(literal("b"), 1000, 1000), 1000, 1000),  # b{1000}{1000}
+        Repeat(Repeat(Repeat(literal("a"), 100, 100), 100, 100), 100, 100),
+        seq(
+            repeat(alt(literal("a"), literal("b"))),
+            literal("a"),
+            Repeat(alt(literal("a"), literal("b")), 20, 20),
+        ),
+        Repeat(Repeat(literal("a"), 0, 1), 5000, 5000),  # (a?){5000}: quadratic closures
+    ],
+    ids=["nested-1000", "triple-100", "nth-from-end-20", "optional-chain"],
+)
+def test_hostile_patterns_hit_the_budget_quickly(node) -> None:
+    t0 = time.process_time()
+    with pytest.raises(CompileBudgetExceeded):
+        to_dfa(node)
+    assert time.process_time() - t0 < 2.0
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"(a|b)*a(a|b){20}", r".*a.{40}", r"(x{1000}){1000}", r"\w{1000}"]
+)
+def test_hostile_regex_text_raises_budget_error(pattern: str) -> None:
+    t0 = time.process_time()
+    with pytest.raises(CompileBudgetExceeded):
+        to_dfa(parse_regex(pattern))
+    assert time.process_time() - t0 < 2.0
+
+
+def test_small_budget_is_honoured() -> None:
+    with pytest.raises(CompileBudgetExceeded):
+        to_dfa(parse_regex("a{100}"), max_states=50)
+    assert to_dfa(parse_regex("a{40}"), max_states=50).n_states == 41
+
+
+def test_thousand_state_dfa_builds_fast() -> None:
+    t0 = time.process_time()
+    d = to_dfa(parse_regex(r"(a|aa)*b{1000}"))  # large but benign: 1001 states
+    elapsed = time.process_time() - t0
+    assert d.n_states == 1001
+    assert d.matches(b"aaa" + b"b" * 1000) and not d.matches(b"a" + b"b" * 999)
+    assert elapsed < 0.1, elapsed
