@@ -302,9 +302,10 @@ class _Closures:
     directly when the union of the targets' sets is small, the common case.
     """
 
-    def __init__(self, eps: list[list[int]], important) -> None:
+    def __init__(self, eps: list[list[int]], important, max_work: int) -> None:
         self.eps = eps
         self.important = important
+        self.max_work = max_work
         self.node_of: dict[int, int] = {}  # NFA state -> component node
         self.own: list[list[int]] = []  # node -> its important NFA states
         self.kids: list[list[int]] = []  # node -> nodes it reaches directly
@@ -393,6 +394,10 @@ class _Closures:
             closure = frozenset(own).union(*[self.sets[k] for k in kids])
             self.sets.append(closure)
             self.work += len(closure)
+            if self.work > self.max_work:
+                raise CompileBudgetExceeded(
+                    f"regex is too expensive to determinize (work budget {self.max_work} exceeded)"
+                )
         for m in members:
             node_of[m] = node
 
@@ -403,7 +408,7 @@ def _determinize(
     """Subset construction over byte classes; rows[i][c] = next state or -1."""
     important = {s for s, out in enumerate(nfa.edges) if out}
     important.add(accept)
-    closure = _Closures(nfa.eps, important.__contains__)
+    closure = _Closures(nfa.eps, important.__contains__, max_work)
     # flat[s] = ((class, target component node), ...) for NFA states with byte edges:
     # expanded once so the hot loop below is a plain scan
     bounds = classes.bounds

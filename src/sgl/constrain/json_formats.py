@@ -690,7 +690,7 @@ def _translate_ecma(pattern: str) -> str:
                 end = pattern.find("}", i)
                 if end < 0:
                     raise ConstraintError("bad \\u{...} escape in pattern", str(i))
-                out.append("\\U%08x" % int(pattern[i + 3 : end], 16))
+                out.append(f"\\U{int(pattern[i + 3 : end], 16):08x}")
                 i = end + 1
                 continue
             else:

@@ -32,6 +32,7 @@ class WalkResult:
     boundary_ids: np.ndarray  # token ids whose current lexeme completes before their end
     boundary_pos: np.ndarray  # byte offset in the token where the next lexeme starts
     boundary_state: np.ndarray  # the accepting lexer state the current lexeme ended in
+    starts_next: np.ndarray | None = None  # words: tokens that begin the next lexeme (if state accepts)
 
 
 class TokenTable:
@@ -56,16 +57,21 @@ class TokenTable:
         self.real_ids = np.nonzero(lengths > 0)[0].astype(np.int64)
         # tokens grouped by first byte, so a walk can skip every group whose byte is dead
         first = mat[self.real_ids, 0]
+        self.first_byte = mat[:, 0].copy()
         self.by_first = self.real_ids[np.argsort(first, kind="stable")]
         self.first_starts = np.searchsorted(first[np.argsort(first, kind="stable")], np.arange(257))
         # which byte values occur in each token, as 4 x 64-bit sets
         bits = np.zeros((len(token_bytes), 4), dtype=np.uint64)
         byte_vals = joined.astype(np.uint64)
         np.bitwise_or.at(bits, (rows, (byte_vals >> 6).astype(np.int64)), np.uint64(1) << (byte_vals & np.uint64(63)))
-        self.byte_sets = bits
+        self.byte_sets = [np.ascontiguousarray(bits[:, i]) for i in range(4)]
 
     def with_first_byte(self, byte_values: np.ndarray) -> np.ndarray:
         """The real tokens whose first byte is one of ``byte_values``."""
+        if len(byte_values) > 16:
+            live = np.zeros(256, dtype=bool)
+            live[byte_values] = True
+            return self.real_ids[live.take(self.first_byte.take(self.real_ids))]
         parts = [self.by_first[self.first_starts[b] : self.first_starts[b + 1]] for b in byte_values]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
@@ -75,8 +81,8 @@ class TokenTable:
         member[byte_values] = True
         allowed = np.packbits(member, bitorder="little").view(np.uint64)
         sets = self.byte_sets
-        outside = (sets[:, 0] & ~allowed[0]) | (sets[:, 1] & ~allowed[1])
-        outside |= (sets[:, 2] & ~allowed[2]) | (sets[:, 3] & ~allowed[3])
+        outside = (sets[0] & ~allowed[0]) | (sets[1] & ~allowed[1])
+        outside |= (sets[2] & ~allowed[2]) | (sets[3] & ~allowed[3])
         return outside.take(ids) == 0
 
 
@@ -151,11 +157,9 @@ class MaskComputer:
             ids = ids[~stays]
         res = walk(tokens, lexer, state, ids, np.zeros(ids.shape, dtype=np.int64))
         if lexer.accepting[state]:
-            # the current lexeme may end right here: tokens starting with a dead byte
-            dead_first = tokens.with_first_byte(np.nonzero(row < 0)[0])
-            res.boundary_ids = np.concatenate([res.boundary_ids, dead_first])
-            res.boundary_pos = np.concatenate([res.boundary_pos, np.zeros(dead_first.shape, np.int64)])
-            res.boundary_state = np.concatenate([res.boundary_state, np.full(dead_first.shape, state, np.int64)])
+            # The current lexeme may end right here; tokens starting with a dead byte then
+            # start the next lexeme, which is exactly the next column's own mask.
+            res.starts_next = self._pack(tokens.with_first_byte(np.nonzero(row < 0)[0]))
         if inside:
             res.inside = np.concatenate([res.inside, *inside])
         return res
@@ -166,11 +170,17 @@ class MaskComputer:
         if words is None:
             lexer = self.lexer_for(col)
             res = self.full_walk(lexer, state)
+            words = res.inside
             extra: list[np.ndarray] = []
             self._boundaries(col, lexer, res, extra)
+            if res.starts_next is not None:
+                nxt_col = self.parser.scan(col, lexer.accepts[state])
+                if nxt_col is not None:
+                    words = words | (self.mask(nxt_col, 0) & res.starts_next)
             if self.eos_ids.size and self.can_end(col, lexer, state):
                 extra.append(self.eos_ids)
-            words = res.inside | self._pack(np.concatenate(extra)) if extra else res.inside
+            words = words | self._pack(np.concatenate(extra)) if extra else words
+            words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state] = words
         return words
 

@@ -201,6 +201,7 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
@@ -219,12 +220,16 @@ def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def _pack(token_bytes: Sequence[bytes | None]) -> tuple[np.ndarray, bytes]:
-    """Lengths (-1 for None) and the concatenation of all token bytes."""
-    lengths = np.fromiter(
+def _pack_lengths(token_bytes: Sequence[bytes | None]) -> np.ndarray:
+    """Token lengths, -1 for None."""
+    return np.fromiter(
         (-1 if t is None else len(t) for t in token_bytes), dtype=np.int32, count=len(token_bytes)
     )
-    return lengths, b"".join(t for t in token_bytes if t is not None)
+
+
+def _pack(token_bytes: Sequence[bytes | None]) -> tuple[np.ndarray, bytes]:
+    """Lengths (-1 for None) and the concatenation of all token bytes."""
+    return _pack_lengths(token_bytes), b"".join(t for t in token_bytes if t is not None)
 
 
 def _unpack(lengths: np.ndarray, flat: bytes) -> list[bytes | None]:
@@ -468,6 +473,8 @@ class Vocabulary:
             mat is not None and lengths is not None and mat.dtype == np.uint8
             and lengths.dtype == np.int32 and mat.ndim == 2
             and mat.shape[0] == lengths.shape[0] == self.n_vocab
+            # cheap content check: a valid npz from an interrupted or foreign writer
+            and np.array_equal(lengths, np.maximum(_pack_lengths(self.token_bytes), 0))
         )
 
     def _build_matrix(self) -> tuple[np.ndarray, np.ndarray]:
