@@ -471,45 +471,46 @@ def _determinize(
 
 
 def _minimize(rows: list[list[int]], accepting: list[bool], classes: _Classes) -> ByteDFA:
-    n = len(rows)
-    sink = n  # explicit dead state completes the automaton
-    k = classes.n
-    # inv[c][t] = states with a c-transition into t
-    inv: list[dict[int, list[int]]] = [{} for _ in range(k)]
-    for s, row in enumerate(rows):
-        for c, t in enumerate(row):
-            if t < 0:
-                t = sink
-            d = inv[c]
-            lst = d.get(t)
-            if lst is None:
-                d[t] = [s]
-            else:
-                lst.append(s)
-    for c in range(k):
-        inv[c].setdefault(sink, []).append(sink)
+    """Hopcroft minimisation, then the dead block is dropped and states renumbered."""
+    table = np.array(rows, dtype=np.int64).reshape(len(rows), classes.n)
+    # classes that behave identically in every state are one column from here on
+    table, col_of_class = np.unique(table, axis=1, return_inverse=True)
+    col_of_byte = col_of_class.reshape(-1)[classes.of_byte]
+    block_of = _hopcroft(table, np.array(accepting, dtype=bool))
+    return _renumber(table, accepting, block_of, col_of_byte)
 
-    acc = {s for s in range(n) if accepting[s]}
+
+def _hopcroft(table: np.ndarray, accepting: np.ndarray) -> list[int]:
+    """Block id of every state of the completed DFA; index ``n`` is the added sink."""
+    n, k = table.shape
+    sink = n
+    # all transitions of the completed DFA, grouped by target state
+    target = np.concatenate([np.where(table < 0, sink, table).ravel(), np.full(k, sink)])
+    source = np.concatenate([np.repeat(np.arange(n), k), np.full(k, sink)])
+    label = np.concatenate([np.tile(np.arange(k), n), np.arange(k)])
+    order = np.argsort(target, kind="stable")
+    first_in = np.searchsorted(target[order], np.arange(n + 2)).tolist()
+    in_src = source[order].tolist()
+    in_lbl = label[order].tolist()
+
+    acc = set(np.flatnonzero(accepting).tolist())
     rej = set(range(n + 1)) - acc
     blocks: list[set[int]] = [b for b in (acc, rej) if b]
     block_of = [0] * (n + 1)
     for b, members in enumerate(blocks):
-        for s in members:
-            block_of[s] = b
-    work = set(range(len(blocks)))
+        for q in members:
+            block_of[q] = b
+    # Hopcroft: one of the two initial blocks suffices as the first splitter
+    work = {min(range(len(blocks)), key=lambda b: len(blocks[b]))}
     while work:
-        splitter = list(blocks[work.pop()])
-        for c in range(k):
-            d = inv[c]
-            touched: dict[int, list[int]] = {}
-            for q in splitter:
-                for p in d.get(q, ()):
-                    b = block_of[p]
-                    lst = touched.get(b)
-                    if lst is None:
-                        touched[b] = [p]
-                    else:
-                        lst.append(p)
+        by_label: defaultdict[int, list[int]] = defaultdict(list)
+        for q in blocks[work.pop()]:
+            for j in range(first_in[q], first_in[q + 1]):
+                by_label[in_lbl[j]].append(in_src[j])
+        for preimage in by_label.values():
+            touched: defaultdict[int, list[int]] = defaultdict(list)
+            for p in preimage:
+                touched[block_of[p]].append(p)
             for b, inside in touched.items():
                 members = blocks[b]
                 if len(inside) == len(members):
@@ -524,42 +525,40 @@ def _minimize(rows: list[list[int]], accepting: list[bool], classes: _Classes) -
                     work.add(nb)
                 else:
                     work.add(nb if len(moved) <= len(members) else b)
-    return _renumber(rows, accepting, block_of, sink, classes)
+    return block_of
 
 
 def _renumber(
-    rows: list[list[int]], accepting: list[bool], block_of: list[int], sink: int, classes: _Classes
+    table: np.ndarray, accepting: list[bool], block_of: list[int], col_of_byte: np.ndarray
 ) -> ByteDFA:
     """Quotient by the blocks, drop the dead block, number states in BFS order from start."""
-    dead = block_of[sink]
-    rep: dict[int, int] = {}  # block -> a representative state
-    for s in range(len(rows)):
-        rep.setdefault(block_of[s], s)
-    k = classes.n
+    n, k = table.shape
+    dead = block_of[n]
     if block_of[0] == dead:
         return ByteDFA(np.full((1, 256), -1, dtype=np.int32), np.zeros(1, dtype=bool))
+    rep: dict[int, int] = {}  # block -> a representative state
+    for q in range(n):
+        rep.setdefault(block_of[q], q)
+    rows = table.tolist()
     order = [block_of[0]]
     new_id = {block_of[0]: 0}
     out_rows: list[list[int]] = []
     i = 0
     while i < len(order):
-        row = rows[rep[order[i]]]
-        i += 1
-        out = [-1] * k
-        for c in range(k):
-            t = row[c]
-            if t < 0:
-                continue
-            b = block_of[t]
+        out = []
+        for t in rows[rep[order[i]]]:
+            b = dead if t < 0 else block_of[t]
             if b == dead:
+                out.append(-1)
                 continue
             j = new_id.get(b)
             if j is None:
                 j = new_id[b] = len(order)
                 order.append(b)
-            out[c] = j
+            out.append(j)
         out_rows.append(out)
-    cls_table = np.array(out_rows, dtype=np.int32).reshape(len(order), k)
-    table = np.ascontiguousarray(cls_table[:, classes.of_byte])
+        i += 1
+    col_table = np.array(out_rows, dtype=np.int32).reshape(len(order), k)
+    table_out = np.ascontiguousarray(col_table[:, col_of_byte])
     acc = np.array([accepting[rep[b]] for b in order], dtype=bool)
-    return ByteDFA(table, acc)
+    return ByteDFA(table_out, acc)

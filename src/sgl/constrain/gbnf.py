@@ -858,36 +858,21 @@ class _Lowering:
     def violations(self, g: Grammar, lexemes: dict[str, _Lexeme]) -> set:
         """Candidates whose lexemes greedy lexing could cut at the wrong place.
 
-        At a lexeme boundary the lexemes allowed next are among FOLLOW(previous lexeme)
-        (or FIRST(start)). For each such group and each lexeme ``t`` in it, no byte that
-        may start what follows ``t`` may extend a complete match of ``t`` within any
-        lexeme ``s`` of the group (``s`` = ``t`` included); single characters extend
-        nothing, so only merged ``s`` matter.
+        Two lexemes are *co-allowed* when both may be allowed at the same lexeme
+        boundary. For each merged lexeme ``s`` and each ``t`` co-allowed with it (``t`` =
+        ``s`` included), no byte that may start what follows ``t`` may extend a complete
+        match of ``t`` within ``s``. Single characters extend nothing, so only merged
+        ``s`` matter.
         """
         merged = [t for t, lx in lexemes.items() if lx.candidates]
         if not merged:
             return set()
-        first_sets, follow = _first_follow(g)
-        first_bytes = {t: _lead_bytes(lx.automaton.first_chars) for t, lx in lexemes.items()}
-        follow_bytes = {t: 0 for t in lexemes}
-        for t, after in follow.items():
-            for u in after:
-                if u in lexemes and t in lexemes:
-                    follow_bytes[t] |= first_bytes[u]
-        # groups a lexeme belongs to, as a bitset: two lexemes may be allowed at the
-        # same place only if their bitsets intersect
-        groups: dict[frozenset, int] = {}
-        member_of = {t: 0 for t in lexemes}
-        for group in [first_sets[g.start], *follow.values()]:
-            bit = 1 << groups.setdefault(frozenset(group), len(groups))
-            for t in group:
-                if t in member_of:
-                    member_of[t] |= bit
+        co_allowed, follow_bytes, first_bytes = _co_allowed(g, lexemes)
         bad: set = set()
         for s in merged:
             ls = lexemes[s]
             for t, lt in lexemes.items():
-                if not (first_bytes[t] & first_bytes[s] and follow_bytes[t] and member_of[t] & member_of[s]):
+                if not (first_bytes[t] & first_bytes[s] and follow_bytes[t] and s in co_allowed[t]):
                     continue
                 key = (lt.ident, ls.ident)
                 if key not in self.cross:
@@ -895,6 +880,62 @@ class _Lowering:
                 if self.cross[key] & follow_bytes[t]:
                     bad |= ls.candidates | lt.candidates
         return bad
+
+
+def _co_allowed(g: Grammar, lexemes: dict[str, _Lexeme]):
+    """Which lexemes may be allowed at the same boundary (an over-approximation).
+
+    The lexemes allowed after a boundary are among FOLLOW(p) for the lexemes ``p``
+    just scanned, and the parser scans *every* allowed lexeme that matched the text,
+    so two co-allowed lexemes that may match the same text (here: may start with the
+    same byte) make their FOLLOW sets co-allowed too. Iterated to a fixed point.
+    """
+    first_sets, follow = _first_follow(g)
+    names = list(lexemes)
+    index = {t: i for i, t in enumerate(names)}
+    first_bytes = {t: _lead_bytes(lx.automaton.first_chars) for t, lx in lexemes.items()}
+    follow_bits = {t: 0 for t in names}
+    follow_bytes = {t: 0 for t in names}
+    for t, after in follow.items():
+        if t in index:
+            for u in after:
+                if u in index:
+                    follow_bits[t] |= 1 << index[u]
+                    follow_bytes[t] |= first_bytes[u]
+    same_start = {
+        t: sum(1 << index[u] for u in names if first_bytes[u] & first_bytes[t]) for t in names
+    }
+    co = {t: 0 for t in names}
+    start_bits = sum(1 << index[u] for u in first_sets[g.start] if u in index)
+    for u in first_sets[g.start]:
+        if u in co:
+            co[u] |= start_bits
+    for q in names:
+        for t in _members(follow_bits[q], names):
+            co[t] |= follow_bits[q]
+    changed = True
+    while changed:
+        changed = False
+        for q in names:
+            partners = co[q] & same_start[q]
+            together = 0
+            for r in _members(partners, names):
+                together |= follow_bits[r]
+            for t in _members(follow_bits[q], names):
+                if together & ~co[t]:
+                    co[t] |= together
+                    changed = True
+    co_sets = {t: set(_members(co[t], names)) for t in names}
+    return co_sets, follow_bytes, first_bytes
+
+
+def _members(bits: int, names: list[str]):
+    i = 0
+    while bits:
+        if bits & 1:
+            yield names[i]
+        bits >>= 1
+        i += 1
 
 
 _END = "$end"

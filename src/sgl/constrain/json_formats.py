@@ -193,6 +193,8 @@ def derivative(e, c: int):
     if isinstance(e, Chars):
         return EMPTY if _contains(e, c) else NOTHING
     if isinstance(e, Seq):
+        if not e.items:
+            return NOTHING
         head, rest = e.items[0], mk_seq(*e.items[1:])
         d = mk_seq(derivative(head, c), rest)
         if nullable(head):

@@ -101,7 +101,7 @@ def _first_line(e: Exception) -> str:
 
 def _guess_location(msg: str, text: str) -> str | None:
     """Lark names the symbol in some errors but not its place: find its first use."""
-    m = re.search(r"(?:Terminal|NonTerminal)\('([^']+)'\)|: ([A-Za-z_][A-Za-z_0-9]*)\s*$", msg)
+    m = re.search(r"'([A-Za-z_][A-Za-z_0-9]*)'|: ([A-Za-z_][A-Za-z_0-9]*)\s*$", msg)
     if not m:
         return None
     return _locate(m.group(1) or m.group(2), text)

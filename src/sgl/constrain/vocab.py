@@ -535,7 +535,9 @@ class Vocabulary:
         """The vocabulary of a GGUF model file (its ``tokenizer.ggml.*`` metadata).
 
         EOS defaults to the file's eos/eot/eom ids. Encoding uses
-        ``gguf_tokenizer.load_gguf_tokenizer`` (byte-level "gpt2" GGUFs only).
+        ``gguf_tokenizer.load_gguf_tokenizer`` (byte-level "gpt2" GGUFs); for
+        SentencePiece ("llama") GGUFs only the token bytes are available and
+        ``encode`` raises.
         """
         from .gguf_tokenizer import (
             TOKEN_TYPE_BYTE,
