@@ -100,7 +100,9 @@ def _min_lengths(rules: list[tuple[str, tuple[str, ...], float]]) -> dict[str, f
     return size | {s: 1 for _, rhs, _ in rules for s in rhs if s not in nts}
 
 
-def enumerate_prefix(spec: Spec, w: list, start: str = "S", tol: float = 1e-10, budget: int = 400_000):
+def enumerate_prefix(
+    spec: Spec, w: list, start: str = "S", tol: float = 1e-10, budget: int = 400_000
+):
     """(resolved, unexplored): mass of leftmost derivations whose sentence starts with w."""
     rules = normalized(spec)
     by_lhs: dict[str, list[tuple[tuple[str, ...], float]]] = {}
@@ -149,7 +151,9 @@ def enumerate_prefix(spec: Spec, w: list, start: str = "S", tol: float = 1e-10, 
     return resolved, sum(pending.values())
 
 
-def check_sentence(parser: StolckeParser, spec: Spec, w: list, tol: float, start: str = "S") -> None:
+def check_sentence(
+    parser: StolckeParser, spec: Spec, w: list, tol: float, start: str = "S"
+) -> None:
     got = parser.sentence_logprob_of(w)
     want = inside(spec, w, start)
     if want == 0.0:
@@ -164,6 +168,17 @@ def check_prefix(parser: StolckeParser, spec: Spec, w: list, start: str = "S") -
     assert gap < 1e-8, f"enumeration did not converge for {w}: {gap}"
     p = 0.0 if got == -math.inf else math.exp(got)
     assert lo - 1e-9 <= p <= lo + gap + 1e-9, (w, p, lo, gap)
+
+
+def check_mass_split(parser: StolckeParser, w: list, alphabet: list[str]) -> None:
+    """Consistent grammar: P(w...) = P(w) + sum over t of P(w t...)."""
+
+    def p(x: float) -> float:
+        return 0.0 if x == -math.inf else math.exp(x)
+
+    parts = p(parser.sentence_logprob_of(w))
+    parts += sum(p(parser.prefix_logprob_of(w + [t])) for t in alphabet)
+    assert parts == pytest.approx(p(parser.prefix_logprob_of(w)), rel=1e-9, abs=1e-12), w
 
 
 def all_strings(alphabet: list[str], max_len: int):
@@ -184,7 +199,9 @@ def test_ambiguous_catalan_exact():
     parser = StolckeParser(make_grammar(AMBIG))
     for n in range(1, 13):
         w = ["a"] * n
-        assert math.exp(parser.sentence_logprob_of(w)) == pytest.approx(catalan_sentence(n), rel=1e-9)
+        assert math.exp(parser.sentence_logprob_of(w)) == pytest.approx(
+            catalan_sentence(n), rel=1e-9
+        )
         # Proper and consistent (0.3 < 0.5): prefix = 1 - P(shorter sentences).
         prefix = 1.0 - sum(catalan_sentence(m) for m in range(1, n))
         assert math.exp(parser.prefix_logprob_of(w)) == pytest.approx(prefix, rel=1e-9)
@@ -197,29 +214,44 @@ def test_ambiguous_long_input_no_underflow():
     parser = StolckeParser(make_grammar(AMBIG))
     n = 90
     want = (
-        math.lgamma(2 * n - 1) - 2 * math.lgamma(n) - math.log(n)
-        + (n - 1) * math.log(0.3) + n * math.log(0.7)
+        math.lgamma(2 * n - 1)
+        - 2 * math.lgamma(n)
+        - math.log(n)
+        + (n - 1) * math.log(0.3)
+        + n * math.log(0.7)
     )
     assert parser.sentence_logprob_of(["a"] * n) == pytest.approx(want, rel=1e-9)
 
 
 EXPR: Spec = [
-    ("E", "E + T", 1), ("E", "T", 2),
-    ("T", "T * F", 1), ("T", "F", 2),
-    ("F", "( E )", 1), ("F", "x", 3),
+    ("E", "E + T", 1),
+    ("E", "T", 2),
+    ("T", "T * F", 1),
+    ("T", "F", 2),
+    ("F", "( E )", 1),
+    ("F", "x", 3),
 ]
 
 
 def test_left_recursive_expressions_against_oracles():
     parser = StolckeParser(make_grammar(EXPR, start="E"))
     cases = [
-        "x", "x + x", "x * x + x", "( x )", "( x + x ) * x", "x + x * ( x )", "x x", "+ x",
-        "( ( x ) )", "x * x * x",
+        "x",
+        "x + x",
+        "x * x + x",
+        "( x )",
+        "( x + x ) * x",
+        "x + x * ( x )",
+        "x x",
+        "+ x",
+        "( ( x ) )",
+        "x * x * x",
     ]
     for text in cases:
         check_sentence(parser, EXPR, text.split(), 1e-9, start="E")
     for text in ["x", "x +", "( x", "x * ( x +", "( (", "x x", "+"]:
         check_prefix(parser, EXPR, text.split(), start="E")
+        check_mass_split(parser, text.split(), ["x", "+", "*", "(", ")"])
 
 
 def test_left_recursion_long_input_scaled():
@@ -239,9 +271,13 @@ def test_left_recursion_long_input_scaled():
 
 
 UNIT_CYCLE: Spec = [
-    ("S", "A", 1), ("S", "S ; A", 1),
-    ("A", "B", 2), ("A", "a", 1),
-    ("B", "A", 1), ("B", "b", 1), ("B", "A B", 1),
+    ("S", "A", 1),
+    ("S", "S ; A", 1),
+    ("A", "B", 2),
+    ("A", "a", 1),
+    ("B", "A", 1),
+    ("B", "b", 1),
+    ("B", "A B", 1),
 ]
 
 
@@ -250,8 +286,9 @@ def test_unit_production_cycle():
     for w in all_strings(["a", "b"], 4):
         check_sentence(parser, UNIT_CYCLE, w, 1e-9)
     for w in [["a"], ["b"], ["a", ";"], ["b", "a"], ["a", "b", ";", "b"]]:
-        check_sentence(parser, UNIT_CYCLE, [s for s in w], 1e-9)
+        check_sentence(parser, UNIT_CYCLE, w, 1e-9)
         check_prefix(parser, UNIT_CYCLE, w)
+        check_mass_split(parser, w, ["a", "b", ";"])
 
 
 def test_pure_unit_cycle_brief_example():
@@ -264,10 +301,15 @@ def test_pure_unit_cycle_brief_example():
 
 
 NULLABLE: Spec = [
-    ("S", "N S N", 1), ("S", "t", 2), ("S", "A", 1),  # hidden left recursion through N
-    ("N", "", 2), ("N", "n", 1),
-    ("A", "A M", 1), ("A", "a", 2),  # A -> A M with M nullable: a unit loop after ε-removal
-    ("M", "", 1), ("M", "m M", 1),
+    ("S", "N S N", 1),
+    ("S", "t", 2),
+    ("S", "A", 1),  # hidden left recursion through N
+    ("N", "", 2),
+    ("N", "n", 1),
+    ("A", "A M", 1),
+    ("A", "a", 2),  # A -> A M with M nullable: a unit loop after ε-removal
+    ("M", "", 1),
+    ("M", "m M", 1),
 ]
 
 
@@ -277,6 +319,8 @@ def test_nullable_rules():
         check_sentence(parser, NULLABLE, w, 1e-8)
     for w in [["t"], ["n"], ["n", "t"], ["a", "m"], ["n", "a", "m", "n"], ["a"], ["m"]]:
         check_prefix(parser, NULLABLE, w)
+    for w in [[], ["n"], ["a", "m"], ["n", "n", "t"]]:
+        check_mass_split(parser, w, ["t", "n", "a", "m"])
 
 
 def test_nullable_start_and_empty_sentence():
@@ -286,7 +330,9 @@ def test_nullable_start_and_empty_sentence():
     assert parser.sentence_logprob_of([]) == pytest.approx(math.log(0.6), rel=1e-12)
     for n in range(1, 6):
         w = ["a"] * n
-        assert parser.sentence_logprob_of(w) == pytest.approx(n * math.log(0.4) + math.log(0.6), rel=1e-12)
+        assert parser.sentence_logprob_of(w) == pytest.approx(
+            n * math.log(0.4) + math.log(0.6), rel=1e-12
+        )
         assert parser.prefix_logprob_of(w) == pytest.approx(n * math.log(0.4), rel=1e-12)
 
 
@@ -299,10 +345,16 @@ def test_many_nullables_in_one_rule_is_binarized():
 
 
 FINITE: Spec = [
-    ("S", "A B", 2), ("S", "C", 1), ("S", "A C", 1),
-    ("A", "a", 1), ("A", "a a", 1), ("A", "", 1),
-    ("B", "b", 3), ("B", "a b", 1),
-    ("C", "a b", 1), ("C", "B", 1),
+    ("S", "A B", 2),
+    ("S", "C", 1),
+    ("S", "A C", 1),
+    ("A", "a", 1),
+    ("A", "a a", 1),
+    ("A", "", 1),
+    ("B", "b", 3),
+    ("B", "a b", 1),
+    ("C", "a b", 1),
+    ("C", "B", 1),
 ]
 
 
@@ -328,7 +380,9 @@ def test_set_valued_positions_sum_over_readings():
     want = inside(FINITE, ["a", "b"]) + inside(FINITE, ["b", "b"])
     assert math.exp(parser.sentence_logprob_of(both)) == pytest.approx(want, rel=1e-12)
     assert want == pytest.approx(inside(FINITE, both), rel=1e-12)
-    pre = math.exp(parser.prefix_logprob_of(["a", "a"])) + math.exp(parser.prefix_logprob_of(["b", "a"]))
+    pre = math.exp(parser.prefix_logprob_of(["a", "a"])) + math.exp(
+        parser.prefix_logprob_of(["b", "a"])
+    )
     assert math.exp(parser.prefix_logprob_of([{"a", "b"}, "a"])) == pytest.approx(pre, rel=1e-12)
     # Unknown alternatives are simply no reading.
     assert parser.sentence_logprob_of([{"a", "zzz"}, "b"]) == parser.sentence_logprob_of(["a", "b"])

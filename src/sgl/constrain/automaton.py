@@ -471,37 +471,56 @@ def _determinize(
 
 
 def _minimize(rows: list[list[int]], accepting: list[bool], classes: _Classes) -> ByteDFA:
-    """Hopcroft minimisation, then the dead block is dropped and states renumbered."""
+    """Drop dead states, minimise (Hopcroft), renumber in BFS order from the start."""
     table = np.array(rows, dtype=np.int64).reshape(len(rows), classes.n)
     # classes that behave identically in every state are one column from here on
     table, col_of_class = np.unique(table, axis=1, return_inverse=True)
     col_of_byte = col_of_class.reshape(-1)[classes.of_byte]
     block_of = _hopcroft(table, np.array(accepting, dtype=bool))
+    if block_of[0] < 0:  # the start state is dead: the language is empty
+        return ByteDFA(np.full((1, 256), -1, dtype=np.int32), np.zeros(1, dtype=bool))
     return _renumber(table, accepting, block_of, col_of_byte)
 
 
 def _hopcroft(table: np.ndarray, accepting: np.ndarray) -> list[int]:
-    """Block id of every state of the completed DFA; index ``n`` is the added sink."""
+    """Block id of every state (-1 for states that cannot reach acceptance).
+
+    Runs on the partial transition function, with no sink state: dead states
+    are removed first, after which two live states are equivalent exactly when
+    Hopcroft's refinement (started from both initial blocks, as partial DFAs
+    require) leaves them together. This avoids iterating over the many
+    transitions into the sink.
+    """
     n, k = table.shape
-    sink = n
-    # all transitions of the completed DFA, grouped by target state
-    target = np.concatenate([np.where(table < 0, sink, table).ravel(), np.full(k, sink)])
-    source = np.concatenate([np.repeat(np.arange(n), k), np.full(k, sink)])
-    label = np.concatenate([np.tile(np.arange(k), n), np.arange(k)])
+    flat = table.ravel()
+    has = flat >= 0
+    target = flat[has]
+    source = np.repeat(np.arange(n), k)[has]
+    label = np.tile(np.arange(k), n)[has]
     order = np.argsort(target, kind="stable")
-    first_in = np.searchsorted(target[order], np.arange(n + 2)).tolist()
+    first_in = np.searchsorted(target[order], np.arange(n + 1)).tolist()
     in_src = source[order].tolist()
     in_lbl = label[order].tolist()
 
-    acc = set(np.flatnonzero(accepting).tolist())
-    rej = set(range(n + 1)) - acc
+    # live states: those that reach acceptance (reverse search over in-edges)
+    live = accepting.tolist()
+    stack = [q for q in range(n) if live[q]]
+    while stack:
+        q = stack.pop()
+        for j in range(first_in[q], first_in[q + 1]):
+            p = in_src[j]
+            if not live[p]:
+                live[p] = True
+                stack.append(p)
+
+    acc = {q for q in range(n) if accepting[q]}
+    rej = {q for q in range(n) if live[q] and not accepting[q]}
     blocks: list[set[int]] = [b for b in (acc, rej) if b]
-    block_of = [0] * (n + 1)
+    block_of = [-1] * n
     for b, members in enumerate(blocks):
         for q in members:
             block_of[q] = b
-    # Hopcroft: one of the two initial blocks suffices as the first splitter
-    work = {min(range(len(blocks)), key=lambda b: len(blocks[b]))}
+    work = set(range(len(blocks)))
     while work:
         by_label: defaultdict[int, list[int]] = defaultdict(list)
         for q in blocks[work.pop()]:
@@ -531,11 +550,8 @@ def _hopcroft(table: np.ndarray, accepting: np.ndarray) -> list[int]:
 def _renumber(
     table: np.ndarray, accepting: list[bool], block_of: list[int], col_of_byte: np.ndarray
 ) -> ByteDFA:
-    """Quotient by the blocks, drop the dead block, number states in BFS order from start."""
+    """Quotient by the blocks, number states in BFS order from the start."""
     n, k = table.shape
-    dead = block_of[n]
-    if block_of[0] == dead:
-        return ByteDFA(np.full((1, 256), -1, dtype=np.int32), np.zeros(1, dtype=bool))
     rep: dict[int, int] = {}  # block -> a representative state
     for q in range(n):
         rep.setdefault(block_of[q], q)
@@ -547,8 +563,8 @@ def _renumber(
     while i < len(order):
         out = []
         for t in rows[rep[order[i]]]:
-            b = dead if t < 0 else block_of[t]
-            if b == dead:
+            b = -1 if t < 0 else block_of[t]
+            if b < 0:
                 out.append(-1)
                 continue
             j = new_id.get(b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from .automaton import to_dfa
@@ -51,13 +52,10 @@ class CompiledGrammar:
         for name, term in grammar.terminals.items():
             if time.perf_counter() - start > budget_s:
                 raise CompileBudgetExceeded(f"compiling terminals took over {budget_s:.0f} s")
-            node = term.pattern
-            if isinstance(node, str):
-                try:
-                    node = literal(node) if term.literal else parse_regex(node)
-                except ConstraintError as e:
-                    raise ConstraintError(f"terminal {name}: {e.message}", e.location or name) from e
-            self._dfa_cache[name] = to_dfa(node)
+            try:
+                self._dfa_cache[name] = terminal_dfa(term.pattern, term.literal)
+            except ConstraintError as e:
+                raise type(e)(f"terminal {name}: {e.message}", e.location or name, keyword=e.keyword) from e
         return self._dfa_cache
 
     def accepts_text(self, data: bytes | str) -> bool:
@@ -104,6 +102,30 @@ class CompiledGrammar:
         return out[::-1]
 
 
+_dfa_cache: OrderedDict = OrderedDict()
+_dfa_cache_lock = threading.Lock()
+DFA_CACHE_SIZE = 8192
+
+
+def terminal_dfa(pattern, is_literal: bool = False):
+    """The DFA of a terminal pattern, shared across grammars (JSON lexemes repeat a lot)."""
+    key = (pattern, is_literal)
+    with _dfa_cache_lock:
+        dfa = _dfa_cache.get(key)
+        if dfa is not None:
+            _dfa_cache.move_to_end(key)
+            return dfa
+    node = pattern
+    if isinstance(pattern, str):
+        node = literal(pattern) if is_literal else parse_regex(pattern)
+    dfa = to_dfa(node)
+    with _dfa_cache_lock:
+        _dfa_cache[key] = dfa
+        while len(_dfa_cache) > DFA_CACHE_SIZE:
+            _dfa_cache.popitem(last=False)
+    return dfa
+
+
 def _split_empty_terminals(grammar: Grammar, dfas: dict) -> Grammar:
     """Lexemes must be non-empty: a terminal T that matches "" becomes T? over a non-empty T."""
     empty = {n for n, d in dfas.items() if d.accepting[0]}
@@ -122,7 +144,10 @@ def _split_empty_terminals(grammar: Grammar, dfas: dict) -> Grammar:
 def _token_table(vocab) -> TokenTable:
     cached = getattr(vocab, "_sgl_token_table", None)
     if cached is None:
-        cached = TokenTable(list(vocab.token_bytes), vocab.n_vocab)
+        if hasattr(vocab, "byte_matrix"):
+            cached = TokenTable(*vocab.byte_matrix(), vocab.n_vocab)
+        else:
+            cached = TokenTable.from_token_bytes(list(vocab.token_bytes), vocab.n_vocab)
         try:
             vocab._sgl_token_table = cached
         except AttributeError:

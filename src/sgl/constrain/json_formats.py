@@ -68,7 +68,27 @@ class LNot:
     item: object
 
 
-Expr = Node | LAnd | LNot
+@dataclass(frozen=True, eq=False)
+class DfaSpec:
+    """A small DFA over code points used inside expressions (compared by identity)."""
+
+    edges: tuple  # per state: ((Chars, target), ...)
+    accepting: tuple  # per state: bool
+    name: str = "dfa"  # for a deterministic order inside expressions
+
+    def __repr__(self) -> str:
+        return f"DfaSpec({self.name})"
+
+
+@dataclass(frozen=True)
+class LDfa:
+    """The strings ``spec`` accepts from ``state`` (an automaton inside an expression)."""
+
+    spec: DfaSpec
+    state: int
+
+
+Expr = Node | LAnd | LNot | LDfa
 
 _KEYS: dict = {}
 
@@ -166,11 +186,13 @@ def nullable(e) -> bool:
         return all(nullable(i) for i in e.items)
     if isinstance(e, LNot):
         return not nullable(e.item)
+    if isinstance(e, LDfa):
+        return e.spec.accepting[e.state]
     raise TypeError(e)
 
 
 def has_boolean_ops(e) -> bool:
-    if isinstance(e, LAnd | LNot):
+    if isinstance(e, LAnd | LNot | LDfa):
         return True
     if isinstance(e, Seq | Alt):
         return any(has_boolean_ops(i) for i in e.items)
@@ -211,6 +233,11 @@ def derivative(e, c: int):
         return mk_and(*(derivative(i, c) for i in e.items))
     if isinstance(e, LNot):
         return mk_not(derivative(e.item, c))
+    if isinstance(e, LDfa):
+        for cs, t in e.spec.edges[e.state]:
+            if _contains(cs, c):
+                return LDfa(e.spec, t)
+        return NOTHING
     if isinstance(e, Bytes):
         raise ConstraintError("byte-level patterns cannot be combined")
     raise TypeError(e)
@@ -232,6 +259,8 @@ def _firsts(e, out: list) -> None:
         _firsts(e.item, out)
     elif isinstance(e, LNot):
         _firsts(e.item, out)
+    elif isinstance(e, LDfa):
+        out.extend(cs for cs, _ in e.spec.edges[e.state])
 
 
 def _classes(e) -> list[tuple[int, int]]:

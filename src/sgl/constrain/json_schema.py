@@ -1701,8 +1701,8 @@ class JsonSchemaCompiler:
         start = self.value_nt(root)
         if start is None:
             raise ConstraintError("the schema matches no JSON value", "#")
-        grammar = self.b.build(start, source="json_schema")
-        return _prune(grammar)
+        # states of the unrolled counters may have no rules (dead ends): prune, then validate
+        return _prune(Grammar(start, self.b.rules, self.b.terminals, [], "json_schema"))
 
 
 def _has_bool(e) -> bool:

@@ -38,33 +38,41 @@ class WalkResult:
 class TokenTable:
     """The vocabulary as a padded byte matrix, the input of every walk."""
 
-    def __init__(self, token_bytes: list[bytes | None], n_vocab: int):
-        lengths = np.array([len(b) if b else 0 for b in token_bytes], dtype=np.int32)
-        width = max(1, int(lengths.max(initial=0)))
+    def __init__(self, matrix: np.ndarray, lengths: np.ndarray, n_vocab: int):
+        """``matrix``: uint8 (n_tokens, max_len) zero-padded token bytes; ``lengths`` per token."""
+        n = matrix.shape[0]
         # one extra zero column so that reading at position == length never overflows
-        joined = np.frombuffer(b"".join(b for b in token_bytes if b), dtype=np.uint8)
-        rows = np.repeat(np.arange(len(token_bytes)), lengths)
-        starts = np.cumsum(lengths) - lengths
-        cols = np.arange(joined.size) - np.repeat(starts, lengths)
-        mat = np.zeros((len(token_bytes), width + 1), dtype=np.uint8)
-        mat[rows, cols] = joined
-        self.n_tokens = len(token_bytes)
+        mat = np.zeros((n, matrix.shape[1] + 1), dtype=np.uint8)
+        mat[:, : matrix.shape[1]] = matrix
+        self.n_tokens = n
         # position-major, flattened: byte ``p`` of token ``i`` is ``flat_bytes[p * n_tokens + i]``
         self.flat_bytes = np.ascontiguousarray(mat.T).ravel()
-        self.lengths = lengths
+        self.lengths = np.asarray(lengths, dtype=np.int32)
         self.n_vocab = n_vocab
         self.n_words = (n_vocab + 31) // 32
-        self.real_ids = np.nonzero(lengths > 0)[0].astype(np.int64)
+        self.real_ids = np.nonzero(self.lengths > 0)[0].astype(np.int64)
         # tokens grouped by first byte, so a walk can skip every group whose byte is dead
-        first = mat[self.real_ids, 0]
         self.first_byte = mat[:, 0].copy()
-        self.by_first = self.real_ids[np.argsort(first, kind="stable")]
-        self.first_starts = np.searchsorted(first[np.argsort(first, kind="stable")], np.arange(257))
+        first = self.first_byte[self.real_ids]
+        order = np.argsort(first, kind="stable")
+        self.by_first = self.real_ids[order]
+        self.first_starts = np.searchsorted(first[order], np.arange(257))
         # which byte values occur in each token, as 4 x 64-bit sets
-        bits = np.zeros((len(token_bytes), 4), dtype=np.uint64)
-        byte_vals = joined.astype(np.uint64)
-        np.bitwise_or.at(bits, (rows, (byte_vals >> 6).astype(np.int64)), np.uint64(1) << (byte_vals & np.uint64(63)))
+        present = np.zeros((n, 256), dtype=bool)
+        in_token = np.arange(mat.shape[1])[None, :] < self.lengths[:, None]
+        rows = np.broadcast_to(np.arange(n)[:, None], mat.shape)
+        present[rows[in_token], mat[in_token]] = True
+        bits = np.packbits(present, axis=1, bitorder="little").view(np.uint64)
         self.byte_sets = [np.ascontiguousarray(bits[:, i]) for i in range(4)]
+
+    @classmethod
+    def from_token_bytes(cls, token_bytes: list[bytes | None], n_vocab: int) -> TokenTable:
+        lengths = np.array([len(b) if b else 0 for b in token_bytes], dtype=np.int32)
+        mat = np.zeros((len(token_bytes), max(1, int(lengths.max(initial=0)))), dtype=np.uint8)
+        for i, b in enumerate(token_bytes):
+            if b:
+                mat[i, : len(b)] = np.frombuffer(b, dtype=np.uint8)
+        return cls(mat, lengths, n_vocab)
 
     def with_first_byte(self, byte_values: np.ndarray) -> np.ndarray:
         """The real tokens whose first byte is one of ``byte_values``."""

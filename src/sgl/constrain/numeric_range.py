@@ -25,7 +25,8 @@ Numbers are compared exactly as decimals (``decimal.Decimal``), never as floats.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import lru_cache
 
@@ -64,13 +65,14 @@ class NumPiece:
     hi_open: bool = False
     kind: str = "any"
     scale: int = 0
+    mult: int = 1  # with kind "scale": multiples of mult * 10**-scale
 
     def is_empty(self) -> bool:
         if self.lo is not None and self.hi is not None:
             if self.lo > self.hi or (self.lo == self.hi and (self.lo_open or self.hi_open)):
                 return True
             if self.kind == "scale":
-                q = Decimal(1).scaleb(-self.scale)
+                q = Decimal(self.mult).scaleb(-self.scale)
                 first = _ceil_to(self.lo, q, self.lo_open)
                 return first > self.hi or (first == self.hi and self.hi_open)
             if self.kind == "nonint" and self.lo == self.hi:
@@ -84,7 +86,8 @@ class NumPiece:
         if self.hi is not None and (x > self.hi or (x == self.hi and self.hi_open)):
             return False
         if self.kind == "scale":
-            return (x.scaleb(self.scale) % 1) == 0
+            y = x.scaleb(self.scale)
+            return (y % 1) == 0 and (y % self.mult) == 0
         if self.kind == "nonint":
             return (x % 1) != 0
         return True
@@ -114,7 +117,18 @@ def intersect_pieces(a: NumPiece, b: NumPiece) -> NumPiece | None:
         kind, scale = "nonint", 0
     else:
         kind = "scale"
-        scale = min(p.scale for p in (a, b) if p.kind == "scale")
+        scaled = [p for p in (a, b) if p.kind == "scale"]
+        scale = max(p.scale for p in scaled)
+        # multiples of both: lcm over the common denominator 10**scale
+        mult = 1
+        for p in scaled:
+            m = p.mult * 10 ** (scale - p.scale)
+            mult = mult * m // math.gcd(mult, m)
+        while scale > 0 and mult % 10 == 0:
+            mult //= 10
+            scale -= 1
+        p = NumPiece(lo, hi, lo_open, hi_open, kind, scale, mult)
+        return None if p.is_empty() else p
     p = NumPiece(lo, hi, lo_open, hi_open, kind, scale)
     return None if p.is_empty() else p
 
@@ -147,7 +161,7 @@ def complement_piece(p: NumPiece) -> list[NumPiece]:
     if p.hi is not None:
         out.append(NumPiece(p.hi, None, not p.hi_open, False))
     if p.kind == "scale":
-        if p.scale != 0:
+        if p.scale != 0 or p.mult != 1:
             raise ValueError("the complement of a multipleOf constraint is not supported")
         out.append(NumPiece(p.lo, p.hi, p.lo_open, p.hi_open, "nonint"))
     elif p.kind == "nonint":
@@ -531,9 +545,19 @@ def _positive(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kin
 
 
 def number_regex(piece: NumPiece) -> Node:
-    """A regex for the JSON spellings of exactly the numbers in ``piece``."""
+    """A regex for the JSON spellings of exactly the numbers in ``piece``.
+
+    Multiples of an integer other than a power of ten (``multipleOf: 5``, ``1.5``)
+    accept plain spellings only (no exponent form); raises ``CompileBudgetExceeded``
+    when the divisibility automaton makes the regex too large.
+    """
     if piece.is_empty():
         return NOTHING
+    if piece.kind == "scale" and piece.mult > 1:
+        from .json_formats import LDfa, materialize, mk_and
+
+        base = number_regex(replace(piece, mult=1))
+        return materialize(mk_and(base, LDfa(_divisibility_dfa(piece.mult, piece.scale), 0)), max_states=4000, max_size=60_000)
     if piece.kind == "any" and piece.lo is None and piece.hi is None:
         return FULL_NUMBER
     parts = []
@@ -559,3 +583,57 @@ def numbers_regex(pieces: list[NumPiece]) -> Node:
     parts = [number_regex(p) for p in pieces]
     parts = [p for p in parts if not _is_nothing(p)]
     return alt(*parts) if parts else NOTHING
+
+
+@lru_cache(maxsize=64)
+def _divisibility_dfa(c: int, s: int):
+    """Digits (sign and '.' skipped) whose value times 10**s is a multiple of c.
+
+    States: ("int", r) while reading the integer part, ("frac", r, j) after j fraction
+    digits (j <= s), ("zeros", r) past s fraction digits (only zeros may follow).
+    ``r`` is the remainder mod c of the digits read so far. Anything else ('e') is dead.
+    """
+    from .json_formats import DfaSpec
+
+    index: dict = {}
+    edges: list = []
+    accepting: list = []
+    todo: list = []
+
+    def sid(st) -> int:
+        if st not in index:
+            index[st] = len(edges)
+            edges.append(None)
+            r = st[1]
+            pending = 0 if st[0] == "zeros" else (s - st[2] if st[0] == "frac" else s)
+            accepting.append((r * 10**pending) % c == 0)
+            todo.append(st)
+        return index[st]
+
+    sid(("start", 0))
+    while todo:
+        st = todo.pop()
+        out = []
+        kind, r = st[0], st[1]
+        if kind == "start":
+            out.append((chars((0x2D, 0x2D)), sid(("int", 0))))
+        if kind in ("start", "int"):
+            for d in range(10):
+                out.append((digits(d, d), sid(("int", (10 * r + d) % c))))
+            if kind == "int":
+                out.append((chars((0x2E, 0x2E)), sid(("frac", r, 0))))
+        elif kind == "frac":
+            j = st[2]
+            for d in range(10):
+                nxt = ("frac", (10 * r + d) % c, j + 1) if j < s else None
+                if nxt is None:
+                    if d == 0:
+                        out.append((digits(0, 0), sid(("zeros", r))))
+                else:
+                    out.append((digits(d, d), sid(nxt)))
+        elif kind == "zeros":
+            out.append((digits(0, 0), sid(("zeros", r))))
+        edges[index[st]] = tuple(out)
+    # integer-part start states must not accept the empty/sign-only string
+    accepting[index[("start", 0)]] = False
+    return DfaSpec(tuple(edges), tuple(accepting), name=f"mod{c}e-{s}")

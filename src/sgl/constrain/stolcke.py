@@ -344,9 +344,7 @@ def _rule_probs(grammar: Grammar) -> list[_PRule]:
         if not math.isfinite(r.weight):
             raise ConstraintError(f"rule {r.lhs!r} has a non-finite weight {r.weight!r}")
         totals[r.lhs] = totals.get(r.lhs, 0.0) + r.weight
-    return [
-        (r.lhs, tuple(r.rhs), r.weight / totals[r.lhs]) for r in grammar.rules if r.weight > 0
-    ]
+    return [(r.lhs, tuple(r.rhs), r.weight / totals[r.lhs]) for r in grammar.rules if r.weight > 0]
 
 
 def _prune(rules: list[_PRule], start: str, terminals: set[str]) -> list[_PRule]:
@@ -359,7 +357,11 @@ def _prune(rules: list[_PRule], start: str, terminals: set[str]) -> list[_PRule]
             if lhs not in productive and all(s in terminals or s in productive for s in rhs):
                 productive.add(lhs)
                 changed = True
-    rules = [r for r in rules if r[0] in productive and all(s in terminals or s in productive for s in r[1])]
+    rules = [
+        r
+        for r in rules
+        if r[0] in productive and all(s in terminals or s in productive for s in r[1])
+    ]
     by_lhs: dict[str, list[_PRule]] = {}
     for r in rules:
         by_lhs.setdefault(r[0], []).append(r)
