@@ -186,3 +186,20 @@ def test_apply_bitmask_to_logits(llama3_vocab):
     finite = set(torch.nonzero(torch.isfinite(logits[0])).flatten().tolist())
     assert finite == allowed_ids(m, vocab.n_vocab)
     assert vocab.encode("yes")[0] in finite
+
+
+def test_grammar_logprob_follows_rule_weights(llama3_vocab):
+    import math
+
+    # S -> "a" S (0.25) | "b" (0.75): P("aab") = 0.25 * 0.25 * 0.75
+    g = Grammar(
+        "s",
+        [Rule("s", ("A", "s"), 1.0), Rule("s", ("B",), 3.0)],
+        {"A": Terminal("A", "a", literal=True), "B": Terminal("B", "b", literal=True)},
+    )
+    m = Matcher(compile_ir(g, llama3_vocab))
+    for ch in "aa":
+        assert m.advance(llama3_vocab.encode(ch)[0])
+    assert math.isclose(m.grammar_logprob(), math.log(0.25 * 0.25), rel_tol=1e-9)
+    assert m.advance(llama3_vocab.encode("b")[0])
+    assert math.isclose(m.grammar_logprob(), math.log(0.25 * 0.25 * 0.75), rel_tol=1e-9)

@@ -336,7 +336,9 @@ def test_unsupported_constructs_are_refused_with_offset(
     assert "not supported" in str(info.value) or "only supported" in str(info.value)
 
 
-@pytest.mark.parametrize(("pattern", "offset"), [("ab(", 2), ("a{2,1}", 2), ("xy[a-", 2), (r"a\q", 1)])
+@pytest.mark.parametrize(
+    ("pattern", "offset"), [("ab(", 2), ("a{2,1}", 2), ("xy[a-", 2), (r"a\q", 1)]
+)
 def test_bad_syntax_reports_re_error_position(pattern: str, offset: int) -> None:
     with pytest.raises(re.error) as expected:
         re.compile(pattern)

@@ -338,17 +338,69 @@ def _size(node, memo: dict) -> int:
     return n
 
 
+def minimize(dfa: CharDFA) -> CharDFA:
+    """Moore's partition refinement over the DFA's elementary character intervals."""
+    n = len(dfa.edges)
+    cuts = {0, MAX_CODEPOINT + 1}
+    for es in dfa.edges:
+        for cs, _ in es:
+            for lo, hi in cs.ranges:
+                cuts.add(lo)
+                cuts.add(hi + 1)
+    pts = sorted(cuts)
+    reps = pts[:-1]
+
+    def target(s: int, c: int) -> int:
+        for cs, t in dfa.edges[s]:
+            if _contains(cs, c):
+                return t
+        return -1
+
+    table = [[target(s, c) for c in reps] for s in range(n)]
+    cls = [int(a) for a in dfa.accepting]
+    while True:
+        sigs: dict = {}
+        new = [sigs.setdefault((cls[s], tuple(cls[t] if t >= 0 else -1 for t in table[s])), len(sigs)) for s in range(n)]
+        if len(sigs) == len(set(cls)):
+            break
+        cls = new
+    order: dict[int, int] = {}
+    for s in range(n):  # number classes by first state, so the start stays 0
+        order.setdefault(cls[s], len(order))
+    m = len(order)
+    edges: list = [None] * m
+    accepting = [False] * m
+    for s in range(n):
+        k = order[cls[s]]
+        if edges[k] is not None:
+            continue
+        by_t: dict[int, list] = {}
+        for i, t in enumerate(table[s]):
+            if t >= 0:
+                by_t.setdefault(order[cls[t]], []).append((pts[i], pts[i + 1] - 1))
+        edges[k] = [(Chars(normalize_ranges(r)), t) for t, r in by_t.items()]
+        accepting[k] = bool(dfa.accepting[s])
+    return CharDFA(edges, accepting)
+
+
 def dfa_to_node(dfa: CharDFA, max_size: int = 20_000) -> Node:
     """State elimination: a regex for the DFA's language (raises when it grows too big)."""
+    dfa = minimize(dfa)
     n = len(dfa.edges)
     start, final = n, n + 1
     out: dict[int, dict[int, Node]] = {s: {} for s in range(n + 2)}
     inc: dict[int, set[int]] = {s: set() for s in range(n + 2)}
+    memo: dict = {}
+
+    def too_big() -> CompileBudgetExceeded:
+        return CompileBudgetExceeded("string constraint is too complex to combine into one regex")
 
     def add(i: int, j: int, node) -> None:
         if node == NOTHING:
             return
         old = out[i].get(j)
+        if old is not None and _size(old, memo) + _size(node, memo) > max_size:
+            raise too_big()
         out[i][j] = node if old is None else mk_alt(old, node)
         inc[j].add(i)
 
@@ -358,7 +410,6 @@ def dfa_to_node(dfa: CharDFA, max_size: int = 20_000) -> Node:
             add(s, t, cs)
         if dfa.accepting[s]:
             add(s, final, EMPTY)
-    memo: dict = {}
     remaining = set(range(n))
     while remaining:
         k = min(remaining, key=lambda s: (len(inc[s] - {s}) * len(set(out[s]) - {s}), s))
@@ -370,12 +421,13 @@ def dfa_to_node(dfa: CharDFA, max_size: int = 20_000) -> Node:
         succs = sorted(out[k].items())
         for j, _ in succs:
             inc[j].discard(k)
+        total = 0
         for i, rin in preds:
             for j, rout in succs:
-                node = mk_seq(rin, star, rout)
-                add(i, j, node)
-                if _size(out[i][j], memo) > max_size:
-                    raise CompileBudgetExceeded("string constraint is too complex to combine into one regex")
+                total += _size(rin, memo) + _size(star, memo) + _size(rout, memo)
+                if total > 4 * max_size:
+                    raise too_big()
+                add(i, j, mk_seq(rin, star, rout))
         out[k] = {}
         inc[k] = set()
     return out[start].get(final, NOTHING)

@@ -73,32 +73,36 @@ class LexerCore:
         local_plus1 = np.zeros(dead_row + 1, dtype=np.int64)  # global state -> local + 1 (dead -> 0)
         local_plus1[:dead_row] = np.arange(dead_row) - np.repeat(offsets, sizes) + 1
 
+        # breadth-first over the product, one whole frontier per numpy pass
         start = offsets.copy()
         index = {int((local_plus1[start] * mult).sum()): 0}
         comps = [start]
         rows: list[np.ndarray] = []
-        i = 0
-        while i < len(comps):
-            comp = comps[i]
-            i += 1
-            nxt = big[comp]  # (k, 256) global states
-            keys = (local_plus1[nxt] * mult[:, None]).sum(axis=0)
+        frontier = [0]
+        while frontier:
+            comp_mat = np.stack([comps[f] for f in frontier], axis=1)  # (k, F)
+            nxt = big[comp_mat]  # (k, F, 256) global states
+            keys = (local_plus1[nxt] * mult[:, None, None]).sum(axis=0)  # (F, 256)
             uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
             targets = np.empty(uniq.size, dtype=np.int32)
-            for j, (key, col) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
+            new_frontier = []
+            for j, (key, flat) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
                 if key == 0:
                     targets[j] = DEAD
                     continue
                 t = index.get(key)
                 if t is None:
                     t = index[key] = len(comps)
-                    comps.append(nxt[:, col])
+                    f, b = divmod(flat, 256)
+                    comps.append(nxt[:, f, b])
+                    new_frontier.append(t)
                     if len(comps) > MAX_LEXER_STATES:
                         raise CompileBudgetExceeded(
                             f"lexer for {k} lexemes exceeds {MAX_LEXER_STATES} states"
                         )
                 targets[j] = t
-            rows.append(targets[inverse.reshape(-1)])
+            rows.extend(targets[inverse.reshape(len(frontier), 256)])
+            frontier = new_frontier
         self.table = np.stack(rows).astype(np.int32)
         self.accepts = [tuple(int(owner[g]) for g in comp if acc_global[g]) for comp in comps]
         self.accepting = np.array([bool(a) for a in self.accepts])

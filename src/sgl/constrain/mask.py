@@ -193,13 +193,19 @@ class MaskComputer:
         return words
 
     def _boundaries(self, col: EarleySet, lexer: LexerDFA, res: WalkResult, extra: list) -> None:
+        """Tokens whose current lexeme ends inside them: scan it, walk the rest from there."""
         if not res.boundary_ids.size:
             return
-        for acc_state in np.unique(res.boundary_state):
-            sel = res.boundary_state == acc_state
-            nxt_col = self.parser.scan(col, lexer.accepts[int(acc_state)])
+        # states that complete the same lexemes lead to the same column: walk them together
+        states = np.unique(res.boundary_state)
+        groups: dict[frozenset[int], list[int]] = {}
+        for st in states.tolist():
+            groups.setdefault(lexer.accepts[st], []).append(st)
+        for lexemes, group in groups.items():
+            nxt_col = self.parser.scan(col, lexemes)
             if nxt_col is None:
                 continue
+            sel = np.isin(res.boundary_state, group) if len(groups) > 1 else slice(None)
             nxt_lexer = self.lexer_for(nxt_col)
             sub = walk(self.tokens, nxt_lexer, 0, res.boundary_ids[sel], res.boundary_pos[sel])
             extra.append(sub.inside)

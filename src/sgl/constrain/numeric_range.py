@@ -554,10 +554,7 @@ def number_regex(piece: NumPiece) -> Node:
     if piece.is_empty():
         return NOTHING
     if piece.kind == "scale" and piece.mult > 1:
-        from .json_formats import LDfa, materialize, mk_and
-
-        base = number_regex(replace(piece, mult=1))
-        return materialize(mk_and(base, LDfa(_divisibility_dfa(piece.mult, piece.scale), 0)), max_states=4000, max_size=60_000)
+        return _multiples_regex(piece)
     if piece.kind == "any" and piece.lo is None and piece.hi is None:
         return FULL_NUMBER
     parts = []
@@ -585,55 +582,126 @@ def numbers_regex(pieces: list[NumPiece]) -> Node:
     return alt(*parts) if parts else NOTHING
 
 
-@lru_cache(maxsize=64)
-def _divisibility_dfa(c: int, s: int):
-    """Digits (sign and '.' skipped) whose value times 10**s is a multiple of c.
+# ---------------------------------------------------------------------------
+# multipleOf other than a power of ten
 
-    States: ("int", r) while reading the integer part, ("frac", r, j) after j fraction
-    digits (j <= s), ("zeros", r) past s fraction digits (only zeros may follow).
-    ``r`` is the remainder mod c of the digits read so far. Anything else ('e') is dead.
+MAX_ENUMERATED_MULTIPLES = 1000
+MAX_DIVISIBILITY_REGEX = 6000
+
+
+def points_regex(values: list[Decimal], exact_limit: int = 64) -> Node:
+    """The spellings of a finite set of numbers.
+
+    Up to ``exact_limit`` values every spelling (``number_regex``); beyond, a trie of the
+    plain decimal spellings (with trailing zeros), which stays small for big enums.
     """
-    from .json_formats import DfaSpec
+    values = sorted(set(values))
+    if len(values) <= exact_limit:
+        return alt(*(number_regex(NumPiece(v, v)) for v in values)) if values else NOTHING
+    from .json_formats import string_set
+
+    spell = []
+    for v in values:
+        text = format(v.normalize(), "f")
+        if text in ("-0", "0"):
+            text = "0"
+        spell.append(text)
+    plain = string_set(sorted(set(spell)))
+    zeros = repeat(literal("0"), 0, None)
+    # integers may be followed by ".0*", decimals by more zeros
+    ints = [t for t in spell if "." not in t]
+    decs = [t for t in spell if "." in t]
+    parts = []
+    if ints:
+        parts.append(seq(string_set(sorted(set(ints))), optional(seq(DOT, repeat(literal("0"), 1, None)))))
+    if decs:
+        parts.append(seq(string_set(sorted(set(decs))), zeros))
+    return alt(*parts) if parts else plain
+
+
+def _multiples_regex(piece: NumPiece) -> Node:
+    """Multiples of ``mult * 10**-scale``: enumerated when the interval is small, else
+    plain spellings through a divisibility automaton (sign bounds only)."""
+    q = Decimal(piece.mult).scaleb(-piece.scale)
+    if piece.lo is not None and piece.hi is not None:
+        first = _ceil_to(piece.lo, q, piece.lo_open)
+        count = int((piece.hi - first) / q) + 1 if first <= piece.hi else 0
+        if count <= MAX_ENUMERATED_MULTIPLES:
+            vals = [first + i * q for i in range(count)]
+            vals = [v for v in vals if piece.contains(v)]
+            return points_regex(vals)
+    if piece.lo not in (None, Decimal(0)) or piece.hi not in (None, Decimal(0)):
+        raise ValueError("multipleOf (other than 10**-k) together with bounds other than 0 is not supported")
+    parts = []
+    if piece.contains(Decimal(0)):
+        parts.append(_zero_forms("scale"))
+    positive = _positive_multiples(piece.mult, piece.scale)
+    if piece.hi is None:
+        parts.append(positive)
+    if piece.lo is None:
+        parts.append(seq(literal("-"), positive))
+    return alt(*parts) if parts else NOTHING
+
+
+@lru_cache(maxsize=64)
+def _positive_multiples(c: int, s: int) -> Node:
+    """Plain unsigned spellings ``(0|[1-9][0-9]*)(\.[0-9]+)?`` of the positive multiples
+    of ``c * 10**-s``, via a remainder automaton turned into a regex.
+
+    States: ("z",) integer part "0"; ("i", r) integer part with remainder r; ("f", r, j, nz)
+    after j fraction digits (j <= s); ("t", r, nz) past s fraction digits, zeros only.
+    ``nz`` = a non-zero digit was seen (zero itself is spelled elsewhere).
+    """
+    from .json_formats import CharDFA, dfa_to_node
 
     index: dict = {}
     edges: list = []
     accepting: list = []
     todo: list = []
 
+    def ok(r: int, pending: int) -> bool:
+        return (r * 10**pending) % c == 0
+
     def sid(st) -> int:
         if st not in index:
             index[st] = len(edges)
-            edges.append(None)
-            r = st[1]
-            pending = 0 if st[0] == "zeros" else (s - st[2] if st[0] == "frac" else s)
-            accepting.append((r * 10**pending) % c == 0)
+            edges.append([])
+            kind = st[0]
+            if kind == "i":
+                acc = ok(st[1], s)
+            elif kind == "f":
+                acc = st[2] >= 1 and st[3] and ok(st[1], s - st[2])
+            elif kind == "t":
+                acc = st[2] and st[1] % c == 0
+            else:
+                acc = False
+            accepting.append(acc)
             todo.append(st)
         return index[st]
 
-    sid(("start", 0))
+    sid(("start",))
     while todo:
         st = todo.pop()
-        out = []
-        kind, r = st[0], st[1]
+        out = edges[index[st]]
+        kind = st[0]
         if kind == "start":
-            out.append((chars((0x2D, 0x2D)), sid(("int", 0))))
-        if kind in ("start", "int"):
+            out.append((digits(0, 0), sid(("z",))))
+            for d in range(1, 10):
+                out.append((digits(d, d), sid(("i", d % c))))
+        elif kind == "z":
+            out.append((DOT, sid(("f", 0, 0, False))))
+        elif kind == "i":
             for d in range(10):
-                out.append((digits(d, d), sid(("int", (10 * r + d) % c))))
-            if kind == "int":
-                out.append((chars((0x2E, 0x2E)), sid(("frac", r, 0))))
-        elif kind == "frac":
-            j = st[2]
+                out.append((digits(d, d), sid(("i", (10 * st[1] + d) % c))))
+            out.append((DOT, sid(("f", st[1], 0, True))))
+        elif kind == "f":
+            _, r, j, nz = st
             for d in range(10):
-                nxt = ("frac", (10 * r + d) % c, j + 1) if j < s else None
-                if nxt is None:
-                    if d == 0:
-                        out.append((digits(0, 0), sid(("zeros", r))))
-                else:
-                    out.append((digits(d, d), sid(nxt)))
-        elif kind == "zeros":
-            out.append((digits(0, 0), sid(("zeros", r))))
-        edges[index[st]] = tuple(out)
-    # integer-part start states must not accept the empty/sign-only string
-    accepting[index[("start", 0)]] = False
-    return DfaSpec(tuple(edges), tuple(accepting), name=f"mod{c}e-{s}")
+                if j < s:
+                    out.append((digits(d, d), sid(("f", (10 * r + d) % c, j + 1, nz or d > 0))))
+                elif d == 0:
+                    out.append((digits(0, 0), sid(("t", r, nz))))
+        elif kind == "t":
+            out.append((digits(0, 0), sid(("t", st[1], st[2]))))
+    dfa = CharDFA([list(e) for e in edges], accepting)
+    return dfa_to_node(dfa, max_size=MAX_DIVISIBILITY_REGEX)
