@@ -89,9 +89,13 @@ def _bit(mask: np.ndarray, token: int) -> bool:
     return bool((int(mask[0, token >> 5]) >> (token & 31)) & 1)
 
 
-def walk_instance(eng: Any, compiled: Any, tokens: list[int]) -> dict:
-    """Run one token stream through a fresh matcher; returns verdict and per-step mask times."""
-    clock = time.perf_counter_ns
+def walk_instance(eng: Any, compiled: Any, tokens: list[int], cpu_clock: bool = False) -> dict:
+    """Run one token stream through a fresh matcher; returns verdict and per-step mask times.
+
+    Mask times are wall time (`perf_counter_ns`), or this thread's CPU time with
+    `cpu_clock` (robust to other load on the machine, slightly coarser).
+    """
+    clock = time.thread_time_ns if cpu_clock else time.perf_counter_ns
     state = eng.start(compiled)
     times: list[int] = []
     out: dict[str, Any] = {"ntok": len(tokens)}
@@ -121,9 +125,8 @@ def run_worker(args: argparse.Namespace) -> None:
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything a native library prints goes to stderr, not the result stream
     sys.path.insert(0, str(HERE))
-    from tokenizers import Tokenizer
-
     import engines
+    from tokenizers import Tokenizer
 
     def emit(**kw: Any) -> None:
         out.write(json.dumps(kw) + "\n")
@@ -153,25 +156,26 @@ def run_worker(args: argparse.Namespace) -> None:
         with open(path, encoding="utf-8") as f:
             case = json.load(f)
         key = os.path.basename(case.get("source_file", path))
-        emit(ev="begin", i=i, key=key)
+        emit(ev="begin", i=i, key=key, cpu=time.process_time())
         t = time.perf_counter_ns()
         try:
             compiled = eng.compile(load_schema(path, case))
         except Exception as e:  # noqa: BLE001 - any refusal counts as a compile error
-            emit(ev="compile_error", i=i, error=f"{type(e).__name__}: {e}"[:500], rss_kb=_rss_kb())
+            emit(ev="compile_error", i=i, error=f"{type(e).__name__}: {e}"[:500], rss_kb=_rss_kb(),
+                 cpu=time.process_time())
             continue
-        emit(ev="compiled", i=i, compile_ns=time.perf_counter_ns() - t)
+        emit(ev="compiled", i=i, compile_ns=time.perf_counter_ns() - t, cpu=time.process_time())
         for j, test in enumerate(case.get("tests", [])):
             text = json.dumps(test["data"], ensure_ascii=not args.utf8, separators=separators)
             ids = tok.encode(text, add_special_tokens=False).ids
             try:
-                res = walk_instance(eng, compiled, ids)
+                res = walk_instance(eng, compiled, ids, args.clock == "cpu")
             except Exception as e:  # noqa: BLE001 - an engine exception rejects the instance
                 res = {"ntok": len(ids), "accepted": False, "pos": -1, "mask_ns": [],
                        "note": f"exception {type(e).__name__}: {e}"[:300]}
             emit(ev="test", i=i, j=j, valid=bool(test["valid"]), **res)
-        emit(ev="end", i=i, rss_kb=_rss_kb())
-    emit(ev="done", rss_kb=_rss_kb())
+        emit(ev="end", i=i, rss_kb=_rss_kb(), cpu=time.process_time())
+    emit(ev="done", rss_kb=_rss_kb(), cpu=time.process_time())
 
 
 # --------------------------------------------------------------------------- parent
@@ -211,7 +215,19 @@ class EngineRun:
     rss_init_kb: int = 0
     rss_peak_kb: int = 0
     wall_s: float = 0.0
+    cpu_s: float = 0.0
     unavailable: str = ""
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User+system CPU seconds of a live process (all threads), from /proc; 0 if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the ")" closing the command name, utime and stime are fields 12 and 13.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _vm_hwm_kb(pid: int) -> tuple[int, int]:
@@ -246,6 +262,7 @@ class WorkerDriver:
                "--cases-file", self.cases_file, "--start", str(start),
                "--tokenizer", self.args.tokenizer, "--eos", str(self.args.eos)]
         cmd += ["--compact"] * self.args.compact + ["--utf8"] * self.args.utf8
+        cmd += ["--clock", self.args.clock]
         env = dict(os.environ)
         # Single-threaded engines, as the published MaskBench numbers.
         for var in ("OMP_NUM_THREADS", "RAYON_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM"):
@@ -274,6 +291,8 @@ class WorkerDriver:
         cur: int | None = None
         phase = "init"
         phase_t = time.monotonic()
+        phase_cpu = 0.0
+        self.worker_cpu = 0.0
         next_start = len(self.cases)
         try:
             while True:
@@ -286,13 +305,19 @@ class WorkerDriver:
                         line, buf = buf.split(b"\n", 1)
                         ev = json.loads(line)
                         cur, phase = self._on_event(ev, cur, phase)
-                        phase_t = time.monotonic() if ev["ev"] in ("begin", "compiled") else phase_t
+                        if ev["ev"] in ("begin", "compiled"):
+                            phase_t, phase_cpu = time.monotonic(), ev["cpu"]
                         if ev["ev"] in ("done", "unavailable"):
                             proc.wait()
+                            self.run.cpu_s += self.worker_cpu
                             return len(self.cases)
                 rss, hwm = _vm_hwm_kb(proc.pid)
                 self.run.rss_peak_kb = max(self.run.rss_peak_kb, hwm)
-                elapsed = time.monotonic() - phase_t
+                # Timeouts count the worker's CPU seconds, so other load on the machine
+                # does not turn into timeouts; wall time only backs that up (x3).
+                cpu_now = _proc_cpu_s(proc.pid)
+                self.worker_cpu = max(self.worker_cpu, cpu_now)
+                elapsed = max(cpu_now - phase_cpu, (time.monotonic() - phase_t) / 3)
                 limit = {"compile": self.args.compile_timeout, "test": self.args.schema_timeout,
                          "init": 600.0}.get(phase)
                 if cur is not None and rss > self.args.mem_limit_mb * 1024:
@@ -300,7 +325,7 @@ class WorkerDriver:
                     return cur + 1
                 if cur is not None and limit is not None and elapsed > limit:
                     status = "compile_timeout" if phase == "compile" else "test_timeout"
-                    self._kill(proc, cur, status, f"{phase} over {limit:g} s")
+                    self._kill(proc, cur, status, f"{phase} over {limit:g} CPU s")
                     return cur + 1
                 self._progress()
         finally:
@@ -314,6 +339,8 @@ class WorkerDriver:
         rec = self.run.records[ev["i"]] if "i" in ev else None
         if "rss_kb" in ev:
             self.run.rss_peak_kb = max(self.run.rss_peak_kb, ev["rss_kb"])
+        if "cpu" in ev:
+            self.worker_cpu = max(self.worker_cpu, ev["cpu"])
         if kind == "unavailable":
             self.run.unavailable = ev["error"]
         elif kind == "ready":
@@ -345,12 +372,14 @@ class WorkerDriver:
         except ProcessLookupError:
             pass
         proc.wait()
+        self.run.cpu_s += self.worker_cpu
         rec = self.run.records[cur]
         rec.status, rec.error = status, why
         print(f"[{self.name}] {rec.subset}/{Path(rec.path).name}: {status} ({why})", file=sys.stderr)
 
     def _worker_died(self, proc: subprocess.Popen, cur: int | None, next_start: int) -> int:
         rc = proc.wait()
+        self.run.cpu_s += self.worker_cpu
         if cur is None:
             if rc != 0 and not self.run.info:
                 self.run.unavailable = f"worker exited with status {rc} before it was ready"
@@ -419,6 +448,7 @@ def engine_summary(run: EngineRun) -> dict:
         rss_peak_mb=round(run.rss_peak_kb / 1024, 1),
         rss_growth_mb=round((run.rss_peak_kb - run.rss_init_kb) / 1024, 1),
         wall_s=round(run.wall_s, 1),
+        worker_cpu_s=round(run.cpu_s, 1),
     )
     return s
 
@@ -538,9 +568,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--utf8", action="store_true",
                     help="instances with ensure_ascii=False (raw UTF-8, as llguidance's own runs) "
                          "instead of json.dumps' default \\uXXXX escapes")
-    ap.add_argument("--compile-timeout", type=float, default=20.0, help="seconds per compile")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="mask timer: wall (perf_counter_ns) or the worker thread's CPU time "
+                         "(use cpu on a loaded machine)")
+    ap.add_argument("--compile-timeout", type=float, default=20.0,
+                    help="CPU seconds per compile (wall backstop: 3x)")
     ap.add_argument("--schema-timeout", type=float, default=60.0,
-                    help="seconds for all instances of one schema")
+                    help="CPU seconds for all instances of one schema (wall backstop: 3x)")
     ap.add_argument("--mem-limit-mb", type=int, default=8192, help="worker RSS limit")
     ap.add_argument("--jobs", type=int, default=1,
                     help="engines run at once (>1 is faster but timings then share CPUs)")
@@ -627,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
                      "text": "json.dumps(data" + (", separators=(',', ':')" if args.compact else "")
                      + (", ensure_ascii=False" if args.utf8 else "") + ")",
                      "compile_timeout_s": args.compile_timeout, "schema_timeout_s": args.schema_timeout,
-                     "jobs": args.jobs, "python": sys.version.split()[0], "cpus": os.cpu_count()},
+                     "jobs": args.jobs, "clock": args.clock, "python": sys.version.split()[0], "cpus": os.cpu_count()},
             "engines": {r.name: {"info": r.info, "summary": summaries[r.name],
                                  "subsets": subset_rows[r.name],
                                  "schemas": [vars(x) for x in r.records]} for r in ok},

@@ -18,4 +18,4 @@ class ConstraintError(ValueError):
 
 
 class CompileBudgetExceeded(ConstraintError):
-    """Compilation would exceed its state or time budget (e.g. ``(a|aa)*b{1000}``)."""
+    """Compilation would exceed its state or time budget (e.g. ``(x{1000}){1000}``)."""

@@ -61,7 +61,7 @@ from .numeric_range import (
     complement_piece,
     intersect_pieces,
     number_regex,
-    numbers_regex,
+    points_regex,
     to_decimal,
 )
 from .regex_ast import NOTHING, Chars, Node, Repeat, alt, chars, literal, repeat, seq
@@ -811,24 +811,12 @@ class JsonSchemaCompiler:
                     hi, hi_open = d, True
         piece = NumPiece(lo, hi, lo_open, hi_open, "scale" if integer else "any", 0)
         if "multipleOf" in node:
-            m = to_decimal(node["multipleOf"])
-            scale = self._scale_of(m)
-            if scale is None:
-                self.refuse(
-                    f"multipleOf {node['multipleOf']} is not supported (only powers of ten: 1, 0.1, 0.01, ...)",
-                    f"{p}/multipleOf", "multipleOf",
-                )
-            else:
-                piece = intersect_pieces(piece, NumPiece(kind="scale", scale=scale)) or NumPiece(Decimal(1), Decimal(0))
+            m = to_decimal(node["multipleOf"]).normalize()
+            sign, digs, exp = m.as_tuple()
+            c = int("".join(map(str, digs)))
+            mult = NumPiece(kind="scale", scale=max(-exp, 0), mult=c * 10 ** max(exp, 0))
+            piece = intersect_pieces(piece, mult) or NumPiece(Decimal(1), Decimal(0))
         return () if piece.is_empty() else (piece,)
-
-    @staticmethod
-    def _scale_of(m: Decimal) -> int | None:
-        """k when m == 10**-k for k >= 0, else None."""
-        m = m.normalize()
-        if m.as_tuple().digits == (1,) and m.as_tuple().exponent <= 0:
-            return -m.as_tuple().exponent
-        return None
 
     def string_facet(self, s: Sub):
         node, p = s.node, s.ptr
@@ -1252,7 +1240,7 @@ class JsonSchemaCompiler:
             if v in f.bools:
                 out.append((self.b.literal("true" if v else "false"),))
         if f.nums:
-            node = self.number_node(f.nums)
+            node = self.number_node(f.nums, ptr)
             if node != NOTHING:
                 out.append((self.b.terminal(node, hint="number"),))
         if f.strs is not None:
@@ -1271,26 +1259,17 @@ class JsonSchemaCompiler:
             out.append((self.exact_nt(v),))
         return out
 
-    def number_node(self, pieces: tuple) -> Node:
-        points = [p for p in pieces if p.lo is not None and p.lo == p.hi and p.kind == "any"]
-        if len(points) > MAX_EXACT_NUMBER_POINTS:
-            # many enum numbers: a trie of their plain spellings (+ trailing zeros)
-            others = [p for p in pieces if p not in points]
-            spell = []
-            for p in points:
-                d = p.lo
-                text = format(d.normalize(), "f")
-                if "." in text:
-                    spell.append(text)
-                else:
-                    spell.append(text)
-                    spell.append(text + ".0")
-            trie = string_set(sorted(set(spell)))
-            return alt(trie, numbers_regex(others)) if others else trie
-        try:
-            return numbers_regex(list(pieces))
-        except ValueError as e:
-            raise ConstraintError(str(e), keyword="multipleOf") from None
+    def number_node(self, pieces: tuple, ptr: str) -> Node:
+        points = [p.lo for p in pieces if p.lo is not None and p.lo == p.hi and p.kind == "any"]
+        others = [p for p in pieces if not (p.lo is not None and p.lo == p.hi and p.kind == "any")]
+        parts = [points_regex(points, MAX_EXACT_NUMBER_POINTS)] if points else []
+        for p in others:
+            try:
+                parts.append(number_regex(p))
+            except (ValueError, CompileBudgetExceeded) as e:
+                self.refuse(f"multipleOf: {e}", ptr, "multipleOf")
+                parts.append(number_regex(replace(p, kind="any") if p.scale else replace(p, mult=1)))
+        return alt(*parts) if parts else NOTHING
 
     def string_node(self, expr, ptr: str) -> Node:
         """The lexeme for a string-language expression (length folded into the pattern)."""

@@ -110,6 +110,7 @@ class LexerCore:
         self.rows = self.table.tolist()
         self.n_states = len(comps)
         self.walk_cache: dict = {}
+        self.key: tuple = ()
 
 
 class LexerDFA:
@@ -135,6 +136,7 @@ def _shared_core(key: tuple, dfas: list[ByteDFA]) -> LexerCore:
             _cores.move_to_end(key)
             return core
     core = LexerCore(dfas)
+    core.key = key
     with _cores_lock:
         _cores[key] = core
         while len(_cores) > MAX_SHARED_CORES:

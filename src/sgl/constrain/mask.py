@@ -17,7 +17,7 @@ The final mask for (P, s) is cached on the Earley column P.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +33,9 @@ class WalkResult:
     boundary_pos: np.ndarray  # byte offset in the token where the next lexeme starts
     boundary_state: np.ndarray  # the accepting lexer state the current lexeme ended in
     starts_next: np.ndarray | None = None  # words: tokens that begin the next lexeme (if state accepts)
+    # walks of the boundary tokens' rest, by (boundary states, next lexer): they depend on
+    # lexers only, so columns with the same lexers share them
+    subs: dict = field(default_factory=dict)
 
 
 class TokenTable:
@@ -205,9 +208,13 @@ class MaskComputer:
             nxt_col = self.parser.scan(col, lexemes)
             if nxt_col is None:
                 continue
-            sel = np.isin(res.boundary_state, group) if len(groups) > 1 else slice(None)
             nxt_lexer = self.lexer_for(nxt_col)
-            sub = walk(self.tokens, nxt_lexer, 0, res.boundary_ids[sel], res.boundary_pos[sel])
+            key = (tuple(group), nxt_lexer.core.key)
+            sub = res.subs.get(key)
+            if sub is None:
+                sel = np.isin(res.boundary_state, group) if len(groups) > 1 else slice(None)
+                sub = walk(self.tokens, nxt_lexer, 0, res.boundary_ids[sel], res.boundary_pos[sel])
+                res.subs[key] = sub
             extra.append(sub.inside)
             self._boundaries(nxt_col, nxt_lexer, sub, extra)
 

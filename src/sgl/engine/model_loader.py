@@ -282,54 +282,7 @@ def _gguf_tensors(reader: Any, config: dict, arch: str) -> dict[str, np.ndarray]
 
 
 def gguf_tokenizer(gguf_path: Path, meta: dict[str, Any]) -> Any:
-    """The ``tokenizers.Tokenizer`` stored in a GGUF file.
+    """The ``tokenizers.Tokenizer`` stored in a GGUF file (byte-level BPE models)."""
+    from sgl.constrain.gguf_tokenizer import load_gguf_tokenizer
 
-    Uses the shared `sgl.constrain.gguf_tokenizer.load_gguf_tokenizer` when it exists;
-    otherwise builds a byte-level BPE tokenizer from the metadata (``gpt2`` models).
-    """
-    try:
-        from sgl.constrain.gguf_tokenizer import load_gguf_tokenizer
-    except ImportError:
-        load_gguf_tokenizer = None
-    if load_gguf_tokenizer is not None:
-        return load_gguf_tokenizer(str(gguf_path))
-    return _build_bpe_tokenizer(meta)
-
-
-# Pre-tokenizer regexes by GGUF ``tokenizer.ggml.pre`` (llama.cpp's names).
-_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-
-def _build_bpe_tokenizer(meta: dict[str, Any]) -> Any:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    if meta.get("tokenizer.ggml.model") != "gpt2":
-        raise ValueError(f"tokenizer model {meta.get('tokenizer.ggml.model')!r} is not supported (gpt2 BPE)")
-    tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
-    types: list[int] = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
-    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    pre = meta.get("tokenizer.ggml.pre", "default")
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    if pre in ("llama-bpe", "llama3", "smaug-bpe"):
-        split = pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated")
-        tok.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
-    elif pre in ("smollm", "starcoder", "refact", "codeshell"):
-        # Digits one by one, then the GPT-2 split (what SmolLM's tokenizer.json does).
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-        )
-    else:
-        split = pre_tokenizers.Split(Regex(_GPT2_SPLIT), behavior="isolated")
-        tok.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
-    tok.decoder = decoders.ByteLevel()
-    # GGUF token types: 3 = control (special), 4 = user defined (added, not special).
-    pairs = list(zip(tokens, types, strict=True))
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in pairs if ty == 3])
-    tok.add_tokens([AddedToken(t, normalized=False) for t, ty in pairs if ty == 4])
-    return tok
+    return load_gguf_tokenizer(str(gguf_path))

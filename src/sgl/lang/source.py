@@ -8,7 +8,9 @@ import ast
 import inspect
 import linecache
 import os
+import re
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,9 +174,12 @@ def sgl_functions(tree: ast.Module, names: ApiNames) -> list[ast.FunctionDef]:
     return sorted(found, key=lambda n: (n.lineno, n.col_offset))
 
 
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]*\}|[0-7]{1,3}|\n|.)", re.S)
+
+
 def literal_position(src: Source, node: ast.expr, offset: int) -> tuple[int, int] | None:
-    """The ast-relative (line, 0-based column) of character ``offset`` inside string
-    literal ``node``, when its source spells the value verbatim (no escapes)."""
+    """The ast-relative (line, 0-based column) of character ``offset`` of the value of
+    string literal ``node`` (escapes decoded); None if the source cannot be mapped."""
     if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
         return None
     segment = ast.get_source_segment(src.text, node)
@@ -185,13 +190,41 @@ def literal_position(src: Source, node: ast.expr, offset: int) -> tuple[int, int
         i += 1
     prefix = segment[:i].lower()
     quote = segment[i : i + 3] if segment[i : i + 3] in ('"""', "'''") else segment[i : i + 1]
-    body = segment[i + len(quote) : len(segment) - len(quote)]
-    if body != node.value or ("\\" in body and "r" not in prefix):
-        return None
-    offset = max(0, min(offset, len(body)))
-    before = body[:offset]
+    start = i + len(quote)
+    body = segment[start : len(segment) - len(quote)]
+    source_index = _value_to_source(body, raw="r" in prefix)
+    if source_index is None or len(source_index) != len(node.value) + 1:
+        return None  # implicit concatenation or something unexpected: no mapping
+    at = start + source_index[max(0, min(offset, len(node.value)))]
+    before = segment[:at]
     newlines = before.count("\n")
     if newlines:
-        return node.lineno + newlines, offset - before.rfind("\n") - 1
+        return node.lineno + newlines, at - before.rfind("\n") - 1
     start_col = len(src.lines[node.lineno - 1].encode("utf-8")[: node.col_offset].decode("utf-8", errors="replace"))
-    return node.lineno, start_col + i + len(quote) + offset
+    return node.lineno, start_col + at
+
+
+def _value_to_source(body: str, raw: bool) -> list[int] | None:
+    """For each character of the literal's value, its index in ``body`` (plus the end)."""
+    if raw:
+        return list(range(len(body) + 1))  # a raw literal's value is its source
+    index: list[int] = []
+    i = 0
+    while i < len(body):
+        if body[i] != "\\":
+            index.append(i)
+            i += 1
+            continue
+        m = _ESCAPE.match(body, i)
+        if m is None:
+            return None
+        try:
+            with warnings.catch_warnings():  # "\d" in a plain literal warns, and stays two chars
+                warnings.simplefilter("ignore")
+                produced = "" if m.group() == "\\\n" else ast.literal_eval('"' + m.group() + '"')
+        except (ValueError, SyntaxError):
+            return None
+        index += [i] * len(produced)
+        i = m.end()
+    index.append(len(body))
+    return index

@@ -1,0 +1,91 @@
+"""``sgl serve``: run the OpenAI-compatible server (also ``python -m sgl.server``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 30000
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sgl serve``."""
+    parser.add_argument("--model", metavar="PATH", help="model for sgl.LocalModel (default: the packaged SmolLM2-135M)")
+    parser.add_argument("--backend", metavar="MODULE:ATTR", help="serve this Backend (or factory) instead, e.g. mypkg.backends:make or file.py:Backend")
+    parser.add_argument("--model-name", help="the model id clients send and /v1/models lists (default: from the model)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"interface to listen on (default: {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    parser.add_argument("--api-key", default=os.environ.get("SGL_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $SGL_API_KEY, else none)")
+    parser.add_argument("--max-running", type=int, default=8, help="concurrent generations (default: 8)")
+    parser.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask for (default: 4096)")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit; larger gets 413 (default: 1 MiB)")
+    parser.add_argument("--max-constraint-bytes", type=int, default=64 << 10, help="schema/regex/grammar size limit (default: 64 KiB)")
+    parser.add_argument("--compile-timeout", type=float, default=10.0, help="seconds a constraint may take to compile (default: 10)")
+    parser.add_argument("--trace", metavar="PATH", help="append per-request JSON-lines traces here (also $SGL_TRACE)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def build_backend(args: argparse.Namespace) -> Any:
+    """``--backend`` > ``--model`` > the packaged default model."""
+    from sgl.cli import make_backend
+
+    backend = make_backend(args)
+    if backend is None:
+        from sgl.backends.local import LocalModel
+
+        backend = LocalModel(args.model) if args.model else LocalModel()
+    return backend
+
+
+def served_name(args: argparse.Namespace, backend: Any) -> str:
+    if args.model_name:
+        return args.model_name
+    for attr in ("model_name", "name"):
+        value = getattr(backend, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    if args.model:
+        return Path(args.model).stem
+    return "SmolLM2-135M-Instruct" if type(backend).__name__ == "LocalModel" else "sgl"
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load the backend and serve it until interrupted; returns an exit status."""
+    import uvicorn
+
+    from .app import ServerSettings, create_app
+
+    if args.max_running < 1:
+        print("sgl serve: --max-running must be at least 1", file=sys.stderr)
+        return 2
+    backend = build_backend(args)
+    settings = ServerSettings(
+        model_name=served_name(args, backend),
+        api_key=args.api_key or None,
+        max_running=args.max_running,
+        max_tokens_limit=args.max_tokens_limit,
+        max_body_bytes=args.max_body_bytes,
+        max_constraint_bytes=args.max_constraint_bytes,
+        compile_timeout_s=args.compile_timeout,
+        trace_path=args.trace,
+    )
+    app = create_app(backend, settings)
+    print(f"sgl serve: {settings.model_name} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        backend.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sgl serve", description="OpenAI-compatible server with structured outputs")
+    add_serve_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+__all__ = ["add_serve_arguments", "main", "serve"]
