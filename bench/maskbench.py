@@ -35,6 +35,8 @@ REPO = HERE.parent
 DEFAULT_ENGINES = "sgl,llguidance,xgrammar,outlines"
 DEFAULT_EOS = 128001  # <|end_of_text|> in the Llama-3 vocabulary
 POLL_S = 0.05
+_LIVE: set[subprocess.Popen] = set()  # running workers, killed if the parent is interrupted
+_STOP = False
 
 
 # --------------------------------------------------------------------------- data
@@ -268,13 +270,14 @@ class WorkerDriver:
         for var in ("OMP_NUM_THREADS", "RAYON_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM"):
             env[var] = "false" if var == "TOKENIZERS_PARALLELISM" else "1"
         stderr = None if self.args.verbose else subprocess.DEVNULL
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env)
+        _LIVE.add(proc)
+        return proc
 
     def execute(self) -> EngineRun:
         self.t_start = time.monotonic()
         start = 0
-        while start < len(self.cases):
+        while start < len(self.cases) and not _STOP:
             start = self._one_worker(start)
             if self.run.unavailable:
                 break
@@ -333,6 +336,7 @@ class WorkerDriver:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            _LIVE.discard(proc)
 
     def _on_event(self, ev: dict, cur: int | None, phase: str) -> tuple[int | None, str]:
         kind = ev["ev"]
@@ -367,10 +371,7 @@ class WorkerDriver:
     def _kill(self, proc: subprocess.Popen, cur: int, status: str, why: str) -> None:
         _, hwm = _vm_hwm_kb(proc.pid)
         self.run.rss_peak_kb = max(self.run.rss_peak_kb, hwm)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        proc.kill()
         proc.wait()
         self.run.cpu_s += self.worker_cpu
         rec = self.run.records[cur]
@@ -598,9 +599,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    """Stop starting work, kill the running workers, and let the drivers wind down."""
+    global _STOP
+    _STOP = True
+    for proc in list(_LIVE):
+        if proc.poll() is None:
+            proc.kill()
+    raise SystemExit(f"interrupted (signal {signum})")
+
+
 def run_engines(names: list[str], cases: list[dict], args: argparse.Namespace) -> list[EngineRun]:
     """One WorkerDriver per engine, `--jobs` at a time (threads only wait on pipes)."""
     from concurrent.futures import ThreadPoolExecutor
+
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cases, f)

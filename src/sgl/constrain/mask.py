@@ -54,6 +54,9 @@ class TokenTable:
         self.n_vocab = n_vocab
         self.n_words = (n_vocab + 31) // 32
         self.real_ids = np.nonzero(self.lengths > 0)[0].astype(np.int64)
+        # real tokens longest first: at byte position k the tokens still being read are a prefix
+        self.by_length = self.real_ids[np.argsort(-self.lengths[self.real_ids], kind="stable")]
+        self.max_len = mat.shape[1] - 1
         # tokens grouped by first byte, so a walk can skip every group whose byte is dead
         self.first_byte = mat[:, 0].copy()
         first = self.first_byte[self.real_ids]
@@ -76,6 +79,10 @@ class TokenTable:
             if b:
                 mat[i, : len(b)] = np.frombuffer(b, dtype=np.uint8)
         return cls(mat, lengths, n_vocab)
+
+    def byte_row(self, k: int) -> np.ndarray:
+        """Byte ``k`` of every token (0 past a token's end)."""
+        return self.flat_bytes[k * self.n_tokens : (k + 1) * self.n_tokens]
 
     def with_first_byte(self, byte_values: np.ndarray) -> np.ndarray:
         """The real tokens whose first byte is one of ``byte_values``."""
@@ -129,6 +136,38 @@ def walk(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.ndarray, pos: 
     return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int64), cat(b_state, np.int64))
 
 
+def walk_from_start(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.ndarray) -> WalkResult:
+    """``walk`` for tokens read from their first byte, given longest first.
+
+    All tokens are at the same byte position, and those still unread form a prefix of
+    ``ids``, so each step is a few ``take`` calls and a truncation.
+    """
+    table, accepting = lexer.core.flat_table, lexer.accepting
+    neg_len = -tokens.lengths.take(ids)  # ascending
+    cur = np.full(ids.shape, state, dtype=np.int64)
+    inside, b_ids, b_pos, b_state = [], [], [], []
+    for k in range(tokens.max_len + 1):
+        active = int(np.searchsorted(neg_len, -k, side="left"))  # tokens longer than k
+        if active < ids.size:
+            inside.append(ids[active:])
+            ids, cur, neg_len = ids[:active], cur[:active], neg_len[:active]
+        if not active:
+            break
+        nxt = table.take(cur * 256 + tokens.byte_row(k).take(ids))
+        dead = nxt < 0
+        if dead.any():
+            ends = dead & accepting.take(cur)
+            if ends.any():
+                b_ids.append(ids[ends])
+                b_pos.append(np.full(int(ends.sum()), k, dtype=np.int64))
+                b_state.append(cur[ends])
+            live = ~dead
+            ids, nxt, neg_len = ids[live], nxt[live], neg_len[live]
+        cur = nxt
+    cat = _concat
+    return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int64), cat(b_state, np.int64))
+
+
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
@@ -157,8 +196,8 @@ class MaskComputer:
     def _walk_vocabulary(self, lexer: LexerDFA, state: int) -> WalkResult:
         tokens = self.tokens
         row = lexer.table[state]
-        live_first = np.nonzero(row >= 0)[0]
-        ids = tokens.with_first_byte(live_first)
+        ids = tokens.by_length
+        ids = ids[(row >= 0).take(tokens.first_byte.take(ids))]
         inside = []
         # bytes that loop on this state (e.g. a string body): tokens made only of them stay here
         loop = np.nonzero(row == state)[0]
@@ -166,7 +205,7 @@ class MaskComputer:
             stays = tokens.only_bytes(ids, loop)
             inside.append(ids[stays])
             ids = ids[~stays]
-        res = walk(tokens, lexer, state, ids, np.zeros(ids.shape, dtype=np.int64))
+        res = walk_from_start(tokens, lexer, state, ids)
         if lexer.accepting[state]:
             # The current lexeme may end right here; tokens starting with a dead byte then
             # start the next lexeme, which is exactly the next column's own mask.

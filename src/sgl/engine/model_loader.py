@@ -149,7 +149,7 @@ def _write_folder(folder: Path, gguf_path: Path, meta: dict, config: dict, tenso
 
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer = gguf_tokenizer(gguf_path, meta)
+    tokenizer = gguf_tokenizer(gguf_path)
     tokenizer.save(str(folder / "tokenizer.json"))
     tokens = meta.get("tokenizer.ggml.tokens") or []
 
@@ -281,7 +281,7 @@ def _gguf_tensors(reader: Any, config: dict, arch: str) -> dict[str, np.ndarray]
 # ---------------------------------------------------------------------- tokenizer
 
 
-def gguf_tokenizer(gguf_path: Path, meta: dict[str, Any]) -> Any:
+def gguf_tokenizer(gguf_path: Path) -> Any:
     """The ``tokenizers.Tokenizer`` stored in a GGUF file (byte-level BPE models)."""
     from sgl.constrain.gguf_tokenizer import load_gguf_tokenizer
 

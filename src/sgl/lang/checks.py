@@ -342,7 +342,7 @@ class FunctionChecker(ast.NodeVisitor):
             self.warning(f"could not check regex: {err}", node)
             return
         offset = _int_location(err.location)
-        self.error_in_literal(f"invalid regex: {err.message}", node, offset)
+        self.error_in_literal(_prefixed("invalid regex", err.message), node, offset)
 
     def check_schema(self, node: ast.expr) -> None:
         ok, schema = self.names.literal(node)
@@ -368,7 +368,7 @@ class FunctionChecker(ast.NodeVisitor):
             return
         target = _pointer_node(node, err.location) or node
         where = f" at {err.location}" if err.location else ""
-        self.error(f"invalid json_schema{where}: {err.message}", target)
+        self.error(_prefixed(f"invalid json_schema{where}", err.message), target)
 
     def check_grammar(self, node: ast.expr, syntax: str) -> None:
         ok, text = self.names.literal(node)
@@ -388,7 +388,7 @@ class FunctionChecker(ast.NodeVisitor):
             self.warning(f"could not check {syntax} grammar: {err}", node)
             return
         offset = _text_location(text, err.location)
-        self.error_in_literal(f"invalid {syntax} grammar: {err.message}", node, offset)
+        self.error_in_literal(_prefixed(f"invalid {syntax} grammar", err.message), node, offset)
 
     def error_in_literal(self, message: str, node: ast.expr, offset: int | None) -> None:
         """Point inside the string literal when the offset maps onto its source."""
@@ -397,6 +397,11 @@ class FunctionChecker(ast.NodeVisitor):
             self.error(message, node)
         else:
             self.diagnostics.append(self.src.diagnostic_at("error", message, *pos))
+
+
+def _prefixed(prefix: str, message: str) -> str:
+    # engines often start their messages with "invalid regex: ..." already
+    return message if message.lower().startswith(prefix.split(" at ")[0].lower()) else f"{prefix}: {message}"
 
 
 def _matches(pattern: str | re.Pattern | None, name: str) -> bool:

@@ -375,7 +375,7 @@ class _Server:
             raise APIError(400, f"the constraint did not compile within {self.settings.compile_timeout_s:g} s",
                            param=param, code="constraint_too_complex") from None
         except ConstraintError as e:
-            raise APIError(400, f"invalid {param}: {e}", param=param, code="invalid_constraint",
+            raise APIError(400, f"{param}: {e}", param=param, code="invalid_constraint",
                            location=e.location) from None
 
     # --- running ---
@@ -648,6 +648,15 @@ def constraint_of(body: SamplingFields) -> tuple[ConstraintSpec | None, str | No
         value = getattr(body, name)
         if value is not None:
             found.append((name, make(value)))
+    for key, value in (body.structured_outputs or {}).items():
+        make = {"regex": lambda v: ConstraintSpec(regex=v), "choice": lambda v: ConstraintSpec(choices=list(v)),
+                "grammar": lambda v: ConstraintSpec(grammar=v, grammar_syntax="gbnf"),
+                "json": lambda v: ConstraintSpec(json_schema=v)}.get(key)
+        if make is None:
+            raise APIError(400, f"structured_outputs.{key} is not supported (use regex, choice, grammar or json)",
+                           param=f"structured_outputs.{key}")
+        if value is not None:
+            found.append((f"structured_outputs.{key}", make(value)))
     if len(found) > 1:
         raise APIError(400, f"one constraint per request, got {', '.join(n for n, _ in found)}", param=found[1][0])
     if not found:

@@ -19,6 +19,7 @@ field               meaning
 ``guided_choice``,  ``guided_grammar`` = GBNF/EBNF grammar)
 ``guided_grammar``,
 ``guided_json``
+``structured_outputs``  vLLM >= 0.12: ``{"regex"|"choice"|"grammar"|"json": ...}``
 ==================  ================================================================
 """
 
@@ -66,6 +67,7 @@ class ConstraintFields(_Lenient):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     guided_json: dict[str, Any] | str | None = None
+    structured_outputs: dict[str, Any] | None = None  # vLLM >= 0.12: {"json"|"regex"|"choice"|"grammar": ...}
 
 
 class SamplingFields(ConstraintFields):

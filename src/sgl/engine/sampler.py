@@ -1,0 +1,105 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p.
+
+One `Sampler` per request: it owns the request's ``torch.Generator``, so a seeded
+request gives the same tokens whatever else runs in the same batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+try:  # the constraint engine's helper (disallowed -> -inf, in place)
+    from sgl.constrain import apply_bitmask as _constrain_apply_bitmask
+except ImportError:  # pragma: no cover - sgl.constrain ships with sgl
+    _constrain_apply_bitmask = None
+
+_SHIFTS = torch.arange(32, dtype=torch.int32)
+
+
+def bitmask_to_bool(bitmask: np.ndarray | torch.Tensor, n_vocab: int) -> torch.Tensor:
+    """Unpack int32 words (bit ``i % 32`` of word ``i // 32`` set = token allowed) to bools."""
+    words = torch.as_tensor(bitmask, dtype=torch.int32)
+    bits = (words.unsqueeze(-1) >> _SHIFTS.to(words.device)) & 1
+    return bits.flatten(-2)[..., :n_vocab].bool()
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: np.ndarray) -> None:
+    """Set the logits of disallowed tokens to -inf, in place (``logits``: ``[V]`` or ``[B, V]``)."""
+    if _constrain_apply_bitmask is not None:
+        _constrain_apply_bitmask(logits, bitmask)
+        return
+    allowed = bitmask_to_bool(bitmask, logits.shape[-1]).to(logits.device)
+    logits.masked_fill_(~allowed.view(logits.shape), float("-inf"))
+
+
+@dataclass
+class Sampler:
+    """Sampling settings of one request, with its own random generator.
+
+    ``temperature == 0`` (or ``top_k == 1``) is greedy decoding. ``seed=None`` seeds
+    the generator from the OS, so unseeded requests differ from run to run.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+    device: str | torch.device = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        self.generator = torch.Generator(device=self.device)
+        if self.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(self.seed)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """Pick a token id from one row of logits (``[V]``, float32; may hold -inf)."""
+        if self.greedy:
+            return int(torch.argmax(logits))
+        return int(torch.multinomial(self.probs(logits), 1, generator=self.generator))
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution actually sampled from, after temperature and truncation."""
+        x = logits / self.temperature
+        vocab = x.shape[-1]
+        if 0 < self.top_k < vocab:
+            kth = torch.topk(x, self.top_k).values[-1]
+            x = x.masked_fill(x < kth, float("-inf"))
+        if self.top_p < 1.0:
+            x = _top_p(x, self.top_p)
+        probs = torch.softmax(x, dim=-1)
+        if self.min_p > 0.0:
+            probs = probs.masked_fill(probs < self.min_p * probs.max(), 0.0)
+        return probs
+
+
+def _top_p(x: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches ``top_p``."""
+    sorted_x, order = torch.sort(x, descending=True)
+    p = torch.softmax(sorted_x, dim=-1)
+    # A token is dropped when the tokens before it already reach top_p (the first stays).
+    drop_sorted = (p.cumsum(-1) - p) >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return x.masked_fill(drop, float("-inf"))
+
+
+def token_logprob(logits: torch.Tensor, token_id: int) -> float:
+    """log p(token) under the model's own distribution (no temperature, no masks)."""
+    return float(logits[token_id] - torch.logsumexp(logits, dim=-1))
