@@ -72,7 +72,7 @@ class GrammarBuilder:
     def __init__(self) -> None:
         self.rules: list[Rule] = []
         self.terminals: dict[str, Terminal] = {}
-        self._literal_names: dict[str, str] = {}
+        self._literal_names: dict[tuple, str] = {}
         self._counter = 0
 
     def fresh(self, hint: str = "r") -> str:
@@ -83,7 +83,7 @@ class GrammarBuilder:
         self.rules.append(Rule(lhs, tuple(rhs), weight))
 
     def terminal(self, pattern: str | Node, hint: str = "T", literal: bool = False) -> str:
-        key = ("L:" if literal else "R:") + repr(pattern)
+        key = (literal, pattern)  # nodes are hashable; repr() of a big node would be slow
         if key in self._literal_names:
             return self._literal_names[key]
         name = self.fresh(hint)
