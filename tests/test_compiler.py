@@ -40,7 +40,9 @@ def test_unknown_gen_argument_with_did_you_mean(tmp_path):
 
 
 def test_unknown_argument_without_suggestion_and_to_select(tmp_path):
-    compiled = check(tmp_path, 's += sgl.gen("a", colour=1)\ns += sgl.select("b", ["x"], temprature=0)\n')
+    compiled = check(
+        tmp_path, 's += sgl.gen("a", colour=1)\ns += sgl.select("b", ["x"], temprature=0)\n'
+    )
     assert [where(d) for d in compiled.errors] == [
         (5, 23, "unknown argument 'colour' to gen"),
         (6, 33, "unknown argument 'temprature' to select (did you mean 'temperature'?)"),
@@ -48,7 +50,10 @@ def test_unknown_argument_without_suggestion_and_to_select(tmp_path):
 
 
 def test_sglang_only_argument_and_too_many_positionals(tmp_path):
-    compiled = check(tmp_path, 's += sgl.gen("a", ignore_eos=True)\ns += sgl.select("b", ["x"], 0, "greedy_token_selection", 1)\n')
+    compiled = check(
+        tmp_path,
+        's += sgl.gen("a", ignore_eos=True)\ns += sgl.select("b", ["x"], 0, "greedy_token_selection", 1)\n',
+    )
     assert [where(d) for d in compiled.errors] == [
         (5, 23, "argument 'ignore_eos' to gen is SGLang-only and not supported by SGL"),
         (6, 62, "select takes at most 4 positional arguments (5 given)"),
@@ -56,7 +61,10 @@ def test_sglang_only_argument_and_too_many_positionals(tmp_path):
 
 
 def test_select_with_empty_or_missing_choices(tmp_path):
-    compiled = check(tmp_path, 's += sgl.select("a", [])\ns += sgl.select("b", choices=())\ns += sgl.select("c")\ns += sgl.select("d", ["x", 3])\n')
+    compiled = check(
+        tmp_path,
+        's += sgl.select("a", [])\ns += sgl.select("b", choices=())\ns += sgl.select("c")\ns += sgl.select("d", ["x", 3])\n',
+    )
     assert [where(d) for d in compiled.errors] == [
         (5, 26, "select with empty choices"),
         (6, 34, "select with empty choices"),
@@ -94,7 +102,11 @@ def test_variables_defined_by_var_scope_setitem_forks_and_fstrings(tmp_path):
     s += s["js"] + str(s["mine"]) + s["action_1"] + str(s["tip"]) + s["other_1"]
     """
     d = only_error(check(tmp_path, body))
-    assert where(d) == (13, 69, "variable 'other_1' is read but no gen, select or var_scope defines it")
+    assert where(d) == (
+        13,
+        69,
+        "variable 'other_1' is read but no gen, select or var_scope defines it",
+    )
 
 
 def test_var_scope_is_defined_only_after_its_block(tmp_path):
@@ -114,7 +126,11 @@ def test_not_an_sgl_function(tmp_path):
 
     path.write_text("import sgl\n\n@sgl.function\ndef prog():\n    pass\n")
     d = only_error(sgl.compile(path))
-    assert where(d) == (4, 5, "SGL function 'prog' needs the program state as its first parameter (def prog(s, ...))")
+    assert where(d) == (
+        4,
+        5,
+        "SGL function 'prog' needs the program state as its first parameter (def prog(s, ...))",
+    )
 
     def plain(s):
         s += "x"
@@ -142,14 +158,22 @@ def test_refused_api_and_bad_numbers_and_dtype(tmp_path):
         (5, 72, "temperature must be a number >= 0, got -1"),
         (6, 29, "unsupported dtype 'complex' (expected int, float, str or bool)"),
         (6, 61, "unsupported dtype list (expected int, float, str or bool)"),
-        (7, 34, "gen takes at most one of regex, json_schema, grammar, dtype, choices (got regex, json_schema)"),
+        (
+            7,
+            34,
+            "gen takes at most one of regex, json_schema, grammar, dtype, choices (got regex, json_schema)",
+        ),
         (8, 60, "grammar_syntax must be one of lark, gbnf, ebnf, not 'yacc'"),
     ]
 
 
 def test_invalid_json_in_schema_string_points_into_the_literal(tmp_path):
-    d = only_error(check(tmp_path, "s += sgl.gen(\"a\", json_schema='{\"type\": \"object\",}')\n"))
-    assert where(d) == (5, 54, "json_schema is not valid JSON: Expecting property name enclosed in double quotes")
+    d = only_error(check(tmp_path, 's += sgl.gen("a", json_schema=\'{"type": "object",}\')\n'))
+    assert where(d) == (
+        5,
+        54,
+        "json_schema is not valid JSON: Expecting property name enclosed in double quotes",
+    )
 
 
 def test_choices_method_names(tmp_path):
@@ -158,7 +182,9 @@ def test_choices_method_names(tmp_path):
     s += sgl.select("b", ["x"], choices_method="most_likely")
     """
     d = only_error(check(tmp_path, body))
-    assert d.line == 6 and d.col == 48 and d.message.startswith("unknown choices_method 'most_likely'")
+    assert (
+        d.line == 6 and d.col == 48 and d.message.startswith("unknown choices_method 'most_likely'")
+    )
 
 
 # --- constraint checks through the constraint engine -------------------------------------
@@ -195,7 +221,9 @@ def test_lark_grammar_from_a_module_constant(tmp_path):
 
 def test_gbnf_error_location_maps_through_escapes(tmp_path):
     _engine("sgl.constrain.gbnf", "gbnf_grammar", 'root ::= "a"\n')
-    d = only_error(check(tmp_path, "s += sgl.gen('a', grammar='root ::= \"a\" b\\n', grammar_syntax='gbnf')\n"))
+    d = only_error(
+        check(tmp_path, "s += sgl.gen('a', grammar='root ::= \"a\" b\\n', grammar_syntax='gbnf')\n")
+    )
     assert (d.line, d.col) == (5, 45)  # the undefined "b", after the "\\n" escape mapping
     assert "undefined rule 'b'" in d.message
 
@@ -234,7 +262,9 @@ def test_compile_nested_function_reports_real_file_and_line():
 
 def test_compile_with_sglang_import_alias_and_from_import(tmp_path):
     path = tmp_path / "prog.sgl"
-    path.write_text("import sglang as sg\nfrom sgl import gen as g\n\n@sg.function\ndef p(s):\n    s += g('a', stops=1)\n")
+    path.write_text(
+        "import sglang as sg\nfrom sgl import gen as g\n\n@sg.function\ndef p(s):\n    s += g('a', stops=1)\n"
+    )
     d = only_error(sgl.compile(path))
     assert where(d) == (6, 17, "unknown argument 'stops' to gen (did you mean 'stop'?)")
 
@@ -264,7 +294,7 @@ def test_clean_program_has_no_diagnostics(tmp_path):
 
 
 # --- IR and printer ---------------------------------------------------------------------
-PROGRAM = '''\
+PROGRAM = """\
 import sgl
 
 @sgl.function
@@ -288,7 +318,7 @@ def tips(s, topic, n=3):
     else:
         s += sgl.gen("other", regex=r"[a-z]+", temperature=0)
     return s["best"]
-'''
+"""
 
 PRINTED = """\
 function tips(s, topic, n)  # <string>:4
@@ -318,20 +348,42 @@ def test_ir_structure():
     compiled = sgl.compile(PROGRAM)
     assert compiled.ok, compiled.format()
     fn = compiled.ir.function("tips")
-    assert (fn.params, fn.state_param, fn.loc) == (["s", "topic", "n"], "s", ir.Loc("<string>", 4, 1))
+    assert (fn.params, fn.state_param, fn.loc) == (
+        ["s", "topic", "n"],
+        "s",
+        ir.Loc("<string>", 4, 1),
+    )
     append, loop, fork, loop2, join, user, assistant, scope, setvar, branch, ret = fn.body
-    assert isinstance(append, ir.Append) and [type(p) for p in append.parts] == [ir.Text, ir.Expr, ir.Text]
+    assert isinstance(append, ir.Append) and [type(p) for p in append.parts] == [
+        ir.Text,
+        ir.Expr,
+        ir.Text,
+    ]
     gen = loop.body[0].parts[1]
-    assert isinstance(gen, ir.Gen) and gen.name is None and gen.args == {"max_tokens": 16, "stop": [".", "\n"]}
+    assert (
+        isinstance(gen, ir.Gen)
+        and gen.name is None
+        and gen.args == {"max_tokens": 16, "stop": [".", "\n"]}
+    )
     assert gen.loc == ir.Loc("<string>", 7, 24)
     assert (fork.name, fork.source, fork.n.source) == ("forks", "s", "n")
     assert loop2.body[0].target == "forks[i]" and loop2.body[0].parts[-1].args == {"max_tokens": 64}
     assert (join.forks, join.mode) == ("forks", "gather_variable")
-    assert isinstance(user, ir.Role) and user.role == "user" and user.body[0].parts[0].value == "Pick one"
+    assert (
+        isinstance(user, ir.Role)
+        and user.role == "user"
+        and user.body[0].parts[0].value == "Pick one"
+    )
     select = assistant.body[0].parts[0]
     assert isinstance(select, ir.Select) and select.name == "best" and select.choices == ["a", "b"]
-    assert isinstance(scope, ir.VarScope) and scope.name == "json" and scope.body[0].parts[1].kind == "gen_int"
-    assert isinstance(setvar, ir.SetVar) and setvar.value == ir.VarRef("k", "s", ir.Loc("<string>", 18, 15))
+    assert (
+        isinstance(scope, ir.VarScope)
+        and scope.name == "json"
+        and scope.body[0].parts[1].kind == "gen_int"
+    )
+    assert isinstance(setvar, ir.SetVar) and setvar.value == ir.VarRef(
+        "k", "s", ir.Loc("<string>", 18, 15)
+    )
     assert isinstance(branch, ir.If) and isinstance(branch.body[0].parts[0], ir.RoleText)
     assert branch.orelse[0].parts[0].args == {"regex": "[a-z]+", "temperature": 0}
     assert isinstance(ret, ir.Return) and ret.value.name == "best"
@@ -345,5 +397,7 @@ def test_printer_shortens_long_literals_and_keeps_opaque_python():
     src = "import sgl\n@sgl.function\ndef p(s):\n    x = compute()\n    s += sgl.gen('j', json_schema={'type': 'object', 'properties': {'a': {'type': 'string', 'maxLength': 100000}, 'b': {'type': 'integer', 'minimum': 0}, 'c': {}}})\n"
     printed = sgl.compile(src).pretty().splitlines()
     assert printed[1] == "  x = `compute()`"
-    assert printed[2].startswith("  s += gen j(json_schema={'type': 'object'") and printed[2].endswith(" ...})")
+    assert printed[2].startswith("  s += gen j(json_schema={'type': 'object'") and printed[
+        2
+    ].endswith(" ...})")
     assert len(printed[2]) < 140

@@ -47,7 +47,9 @@ class ScriptedBackend(Backend):
     def generate(self, request: GenerateRequest) -> GenerateResult:
         text = self._answer(request)
         time.sleep(self.delay)
-        return GenerateResult(text, token_ids=list(range(len(text))), finish_reason="stop", meta={"scripted": True})
+        return GenerateResult(
+            text, token_ids=list(range(len(text))), finish_reason="stop", meta={"scripted": True}
+        )
 
     def generate_stream(self, request: GenerateRequest):
         text = self._answer(request)
@@ -94,7 +96,13 @@ def test_run_defaults_and_gen_overrides():
     a, b = (r.params for r in backend.requests)
     assert (a.max_tokens, a.temperature, a.top_k, a.seed, a.stop) == (33, 0.7, 4, 3, ("!",))
     assert (b.max_tokens, b.min_tokens, b.stop, b.stop_token_ids) == (5, 2, ("x", "y"), (7,))
-    assert (b.temperature, b.top_p, b.top_k, b.min_p, b.seed) == (0.3, 0.9, 0, 0.05, 11)  # top_k -1 = off = 0
+    assert (b.temperature, b.top_p, b.top_k, b.min_p, b.seed) == (
+        0.3,
+        0.9,
+        0,
+        0.05,
+        11,
+    )  # top_k -1 = off = 0
 
 
 def test_sglang_only_run_options_are_refused_unless_neutral():
@@ -137,7 +145,13 @@ def test_at_most_one_constraint():
 
 @pytest.mark.parametrize(
     ("dtype", "text", "value"),
-    [(int, "24", 24), ("int", "-3", -3), (float, "3.14", 3.14), (bool, "True", True), (str, '"a \\"b\\""', 'a "b"')],
+    [
+        (int, "24", 24),
+        ("int", "-3", -3),
+        (float, "3.14", 3.14),
+        (bool, "True", True),
+        (str, '"a \\"b\\""', 'a "b"'),
+    ],
 )
 def test_dtype_constrains_and_parses(dtype, text, value):
     @sgl.function
@@ -148,7 +162,9 @@ def test_dtype_constrains_and_parses(dtype, text, value):
     state = prog.run(backend=backend)
     assert state["v"] == value and type(state["v"]) is type(value)
     assert state.text() == "v = " + text  # the text keeps what the model wrote
-    assert backend.requests[0].constraint.regex == DTYPE_REGEX[sgl.lang.dtypes.normalize_dtype(dtype)]
+    assert (
+        backend.requests[0].constraint.regex == DTYPE_REGEX[sgl.lang.dtypes.normalize_dtype(dtype)]
+    )
 
 
 def test_gen_int_and_gen_string():
@@ -235,7 +251,14 @@ def test_roles_wrap_with_backend_role_text_and_build_messages():
         "<|user|>more<|end|>\n<|assistant|>two<|end|>\n<|user|>bye<|end|>\n"
     )
     assert backend.requests[0].prompt.endswith("<|assistant|>")
-    assert [m["role"] for m in state.messages()] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["role"] for m in state.messages()] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
     assert state.messages()[4] == {"role": "assistant", "content": "two"}
 
 
@@ -248,7 +271,10 @@ def test_default_system_prompt_is_inserted_like_sglang():
         s += sgl.user("hi")
 
     state = chat.run(backend=WithSystem())
-    assert state.messages() == [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "hi"}]
+    assert state.messages() == [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "hi"},
+    ]
 
 
 def test_nested_roles_are_an_error_with_partial_state():
@@ -372,12 +398,41 @@ def test_run_batch_keeps_order_and_failures_do_not_stop_others():
         s += q + ": " + sgl.gen("answer")
 
     backend = ScriptedBackend(respond=respond)
-    states = qa.run_batch([{"q": f"q{i}"} for i in range(5)], backend=backend, num_threads=5, progress_bar=True)
+    states = qa.run_batch(
+        [{"q": f"q{i}"} for i in range(5)], backend=backend, num_threads=5, progress_bar=True
+    )
     assert [st.error() is None for st in states] == [True, True, True, False, True]
     assert [st["answer"] for i, st in enumerate(states) if i != 3] == ["A0", "A1", "A2", "A4"]
     assert isinstance(states[3].error(), sgl.BackendError)
     assert states[3].text() == "q3: "  # partial state kept
     assert qa.run_batch([], backend=backend) == []
+
+
+def test_run_batch_gathers_concurrent_requests_into_generate_batch():
+    class Batching(ScriptedBackend):
+        def __init__(self):
+            super().__init__(respond=lambda r: r.prompt.upper())
+            self.sizes = []
+
+        def generate_batch(self, requests):
+            self.sizes.append(len(requests))
+            time.sleep(0.05)  # meanwhile the other threads queue up
+            if any("bad" in r.prompt for r in requests):
+                raise RuntimeError("one bad request spoils the batch")
+            return [self.generate(r) for r in requests]
+
+    @sgl.function
+    def prog(s, w):
+        s += w + sgl.gen("a") + "|" + sgl.gen("b")
+
+    backend = Batching()
+    words = [f"w{i}" for i in range(12)] + ["bad"]
+    states = prog.run_batch([{"w": w} for w in words], backend=backend, num_threads=13)
+    assert max(backend.sizes) > 1 and max(backend.sizes) <= 8
+    assert [st["b"] for st in states[:-1]] == [f"{w}{w.upper()}|".upper() for w in words[:-1]]
+    assert (
+        states[-1].error() is None and states[-1]["a"] == "BAD"
+    )  # retried alone, and it works alone
 
 
 def test_run_batch_positional_tuples_and_single_thread():
@@ -400,7 +455,11 @@ def test_stream_text_iter_yields_deltas_of_the_text_and_of_a_variable():
     state = qa.run(question="Trip?", backend=backend, stream=True)
     chunks = list(state.text_iter())
     assert len(chunks) > 3
-    assert "".join(chunks) == state.text() == "<|user|>Trip?<|end|>\n<|assistant|>Hawaii is lovely.<|end|>\n"
+    assert (
+        "".join(chunks)
+        == state.text()
+        == "<|user|>Trip?<|end|>\n<|assistant|>Hawaii is lovely.<|end|>\n"
+    )
 
     state = qa.run(question="Trip?", backend=backend, stream=True)
     chunks = list(state.text_iter("answer"))
@@ -461,7 +520,11 @@ def test_per_call_timeout_and_batch_timeout():
     with pytest.raises(sgl.GenerationTimeout) as info:
         prog.run(slow=True, backend=backend)
     assert info.value.state.text() == "p:"
-    states = prog.run_batch([{"slow": False}, {"slow": True}], backend=ScriptedBackend(respond=lambda r: "ok", delay=0.3), timeout=5)
+    states = prog.run_batch(
+        [{"slow": False}, {"slow": True}],
+        backend=ScriptedBackend(respond=lambda r: "ok", delay=0.3),
+        timeout=5,
+    )
     assert states[0]["a"] == "ok" and isinstance(states[1].error(), sgl.GenerationTimeout)
 
 
@@ -499,7 +562,7 @@ def test_program_exception_becomes_program_error():
 def test_run_compiles_first_and_refuses_bad_programs_before_any_call():
     @sgl.function
     def prog(s):
-        s += sgl.gen("a", max_token=3)  # noqa: the typo is the test
+        s += sgl.gen("a", max_token=3)  # the typo is the point
 
     backend = ScriptedBackend(["never"])
     with pytest.raises(sgl.ProgramError) as info:
@@ -542,3 +605,13 @@ def test_import_sgl_does_not_import_torch():
     code = "import sys, sgl; sgl.gen; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_program_without_source_still_runs():
+    namespace = {"sgl": sgl}
+    exec(
+        "@sgl.function\ndef prog(s):\n    s += 'a' + sgl.gen('x')\n", namespace
+    )  # no file behind it
+    compiled = namespace["prog"].compile()
+    assert not compiled.source_available and compiled.ok
+    assert namespace["prog"].run(backend=ScriptedBackend(["b"])).text() == "ab"

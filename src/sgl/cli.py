@@ -44,11 +44,27 @@ def cmd_check(args: argparse.Namespace) -> int:
 def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("program", help="an SGL program (.py or .sgl)")
     p.add_argument("--fn", help="the @sgl.function to run (needed if the file has several)")
-    p.add_argument("--arg", action="append", default=[], metavar="K=V", help="a program argument; V is JSON if it parses, else a string")
-    p.add_argument("--batch", metavar="ARGS.jsonl", help="one JSON object of arguments per line; runs them all with run_batch")
+    p.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a program argument; V is JSON if it parses, else a string",
+    )
+    p.add_argument(
+        "--batch",
+        metavar="ARGS.jsonl",
+        help="one JSON object of arguments per line; runs them all with run_batch",
+    )
     p.add_argument("--out", metavar="RESULTS.jsonl", help="write results here (default: stdout)")
-    p.add_argument("--model", metavar="PATH", help="model for sgl.LocalModel (default: the packaged SmolLM2)")
-    p.add_argument("--backend", metavar="MODULE:ATTR", help="a Backend (or a factory for one), e.g. mypkg.backends:make or path/to/file.py:Backend")
+    p.add_argument(
+        "--model", metavar="PATH", help="model for sgl.LocalModel (default: the packaged SmolLM2)"
+    )
+    p.add_argument(
+        "--backend",
+        metavar="MODULE:ATTR",
+        help="a Backend (or a factory for one), e.g. mypkg.backends:make or path/to/file.py:Backend",
+    )
     p.add_argument("--threads", default="auto", help="run_batch threads (default: auto)")
     p.add_argument("--temperature", type=float, help="default temperature for every gen")
     p.add_argument("--max-new-tokens", type=int, help="default max_tokens for every gen")
@@ -83,19 +99,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             items = read_jsonl(Path(args.batch))
             threads = args.threads if args.threads == "auto" else int(args.threads)
             start = time.perf_counter()
-            states = fn.run_batch(items, backend=backend, num_threads=threads, progress_bar=not args.no_progress, timeout=args.timeout, **options)
+            states = fn.run_batch(
+                items,
+                backend=backend,
+                num_threads=threads,
+                progress_bar=not args.no_progress,
+                timeout=args.timeout,
+                **options,
+            )
             elapsed = time.perf_counter() - start
         else:
             items = [parse_args(args.arg)]
             start = time.perf_counter()
-            states = fn.run_batch(items, backend=backend, num_threads=1, timeout=args.timeout, **options)
+            states = fn.run_batch(
+                items, backend=backend, num_threads=1, timeout=args.timeout, **options
+            )
             elapsed = time.perf_counter() - start
     except SglError as e:
         print(f"sgl run: {e}", file=sys.stderr)
         return 1
     failed = write_results(states, items, args.out)
     if args.batch or failed:
-        print(f"sgl run: {len(states) - failed}/{len(states)} runs ok in {elapsed:.1f} s", file=sys.stderr)
+        print(
+            f"sgl run: {len(states) - failed}/{len(states)} runs ok in {elapsed:.1f} s",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 
@@ -106,7 +134,9 @@ def load_program(path: Path) -> Any:
     spec = importlib.util.spec_from_loader(name, loader)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look modules up here
-    sys.path.insert(0, str(path.resolve().parent))  # its sibling imports work as with `python prog.py`
+    sys.path.insert(
+        0, str(path.resolve().parent)
+    )  # its sibling imports work as with `python prog.py`
     try:
         loader.exec_module(module)
     finally:
@@ -120,11 +150,18 @@ def pick_function(module: Any, name: str | None, path: Path) -> Any:
     found = {k: v for k, v in vars(module).items() if isinstance(v, SglFunction)}
     if name is not None:
         if name not in found:
-            print(f"sgl run: no @sgl.function named {name!r} in {path} (found: {', '.join(found) or 'none'})", file=sys.stderr)
+            print(
+                f"sgl run: no @sgl.function named {name!r} in {path} (found: {', '.join(found) or 'none'})",
+                file=sys.stderr,
+            )
             return None
         return found[name]
     if len(found) != 1:
-        what = "no @sgl.function" if not found else f"several SGL functions ({', '.join(found)}); pick one with --fn"
+        what = (
+            "no @sgl.function"
+            if not found
+            else f"several SGL functions ({', '.join(found)}); pick one with --fn"
+        )
         print(f"sgl run: {what} in {path}", file=sys.stderr)
         return None
     return next(iter(found.values()))
@@ -136,7 +173,11 @@ def make_backend(args: argparse.Namespace) -> Any:
         target, _, attr = args.backend.rpartition(":")
         if not target:
             raise SystemExit("sgl run: --backend wants MODULE:ATTR or FILE.py:ATTR")
-        module = load_program(Path(target)) if target.endswith(".py") else importlib.import_module(target)
+        module = (
+            load_program(Path(target))
+            if target.endswith(".py")
+            else importlib.import_module(target)
+        )
         obj = getattr(module, attr)
         from sgl.backends.base import Backend
 
@@ -167,7 +208,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if line.strip():
             item = json.loads(line)
             if not isinstance(item, dict):
-                raise SystemExit(f"sgl run: {path}:{i}: each line must be a JSON object of arguments")
+                raise SystemExit(
+                    f"sgl run: {path}:{i}: each line must be a JSON object of arguments"
+                )
             items.append(item)
     return items
 
@@ -198,7 +241,9 @@ def write_results(states: list[Any], items: list[dict[str, Any]], out: str | Non
 
 
 # --- entry point ----------------------------------------------------------------
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+COMMANDS: dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {
     "run": ("run an SGL program once or over a batch", configure_run, cmd_run),
     "check": ("check an SGL program without running it", configure_check, cmd_check),
 }

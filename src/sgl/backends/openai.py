@@ -90,6 +90,7 @@ class _Outcome:
     logprobs: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    finished: bool = False  # a finish_reason arrived: the stream was not cut short
 
 
 class OpenAI(Backend):
@@ -275,6 +276,9 @@ class OpenAI(Backend):
                                            partial_text=outcome.text, attempts=attempt + 1) from e
                 self._sleep(attempt, None)
                 continue
+            if not outcome.finished:
+                raise HTTPBackendError(f"the response from {self.base_url}{path} ended before the generation did",
+                                       partial_text=outcome.text, attempts=attempt + 1)
             if unwrap is not None:
                 outcome.text = unwrap(outcome.text)
                 if outcome.text:
@@ -300,6 +304,7 @@ class OpenAI(Backend):
             else:
                 delta += choice.get("text") or ""
             if choice.get("finish_reason"):
+                outcome.finished = True
                 outcome.finish_reason = "length" if choice["finish_reason"] == "length" else "stop"
             outcome.logprobs.extend(_chunk_logprobs(choice.get("logprobs")))
         return delta
@@ -420,7 +425,10 @@ class OpenAI(Backend):
         if response.status_code in RETRY_STATUS:
             raise _Retryable(f"HTTP {response.status_code}: {message}", response.status_code, _retry_after(response))
         if response.status_code == 400 and detail.get("code") == "invalid_constraint":
-            raise ConstraintError(message, detail.get("location"))
+            location = detail.get("location")
+            if location:  # the server's message already ends with it; ConstraintError adds it back
+                message = message.removesuffix(f" (at {location})")
+            raise ConstraintError(message, location)
         raise HTTPBackendError(f"HTTP {response.status_code} from {response.request.url}: {message}",
                                status_code=response.status_code, attempts=attempt + 1, body=detail)
 

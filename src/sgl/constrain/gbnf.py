@@ -121,7 +121,10 @@ class _Parser:
 
     # -- errors and low-level helpers --------------------------------------
     def error(self, message: str, pos: int | None = None) -> ConstraintError:
-        return ConstraintError(f"{self.dialect.upper()}: {message}", _line_col(self.text, self.pos if pos is None else pos))
+        return ConstraintError(
+            f"{self.dialect.upper()}: {message}",
+            _line_col(self.text, self.pos if pos is None else pos),
+        )
 
     def peek(self, k: int = 0) -> str:
         i = self.pos + k
@@ -209,7 +212,9 @@ class _Parser:
                 self.skip_space(newline_ok=True)
                 inner = self.parse_alternates(nested=True)
                 if self.peek() != ")":
-                    raise self.error(f"expected ')' to close the '(' at {_line_col(self.text, open_pos)}, got {self.describe()}")
+                    raise self.error(
+                        f"expected ')' to close the '(' at {_line_col(self.text, open_pos)}, got {self.describe()}"
+                    )
                 self.pos += 1
                 items.append(inner)
             elif c and _is_name_char(c):
@@ -321,7 +326,9 @@ class _Parser:
                 self.pos += 1
                 hi = self.parse_char()
                 if hi < lo:
-                    raise self.error(f"bad range {chr(lo)!r}-{chr(hi)!r} in character class", open_pos)
+                    raise self.error(
+                        f"bad range {chr(lo)!r}-{chr(hi)!r} in character class", open_pos
+                    )
             ranges.append((lo, hi))
         self.pos += 1
         norm = normalize_ranges(ranges)
@@ -481,13 +488,11 @@ class _Glushkov:
 
     def __init__(self, node: Node):
         self.chars: list[tuple[tuple[int, int], ...]] = []
-        self.follow: list[frozenset[int]] = []
-        follow: list[set[int]] = []
-        self._follow = follow
+        self._follow: list[set[int]] = []  # filled by build(), frozen below
         self.nullable, first, last = self.build(node)
         self.first = frozenset(first)
         self.last = frozenset(last)
-        self.follow = [frozenset(f) for f in follow]
+        self.follow = [frozenset(f) for f in self._follow]
         self.first_chars = normalize_ranges(r for p in self.first for r in self.chars[p])
         self.literal = _literal_text(node)  # the one string it matches, if so
 
@@ -545,6 +550,16 @@ class _Glushkov:
         for p in state:
             out |= self.follow[p]
         return frozenset(out)
+
+    def accepts(self, text: str) -> bool:
+        state = _START
+        for c in map(ord, text):
+            state = frozenset(
+                p for p in self.step(state) if any(lo <= c <= hi for lo, hi in self.chars[p])
+            )
+            if not state:
+                return False
+        return self.accepting(state)
 
     def accepting(self, state: frozenset[int]) -> bool:
         return self.nullable if state is _START else not self.last.isdisjoint(state)
@@ -902,26 +917,31 @@ def _co_allowed(g: Grammar, lexemes: dict[str, _Lexeme]):
                 if u in index:
                     follow_bits[t] |= 1 << index[u]
                     follow_bytes[t] |= first_bytes[u]
-    same_start = {
-        t: sum(1 << index[u] for u in names if first_bytes[u] & first_bytes[t]) for t in names
-    }
+    same_text = {t: 0 for t in names}
+    for i, t in enumerate(names):
+        at = lexemes[t].automaton
+        for j in range(i, len(names)):
+            u = names[j]
+            if first_bytes[u] & first_bytes[t] and _may_match_same_text(at, lexemes[u].automaton):
+                same_text[t] |= 1 << j
+                same_text[u] |= 1 << i
     co = {t: 0 for t in names}
     start_bits = sum(1 << index[u] for u in first_sets[g.start] if u in index)
     for u in first_sets[g.start]:
         if u in co:
             co[u] |= start_bits
+    follow_list = {q: list(_members(follow_bits[q], names)) for q in names}
     for q in names:
-        for t in _members(follow_bits[q], names):
+        for t in follow_list[q]:
             co[t] |= follow_bits[q]
     changed = True
     while changed:
         changed = False
         for q in names:
-            partners = co[q] & same_start[q]
             together = 0
-            for r in _members(partners, names):
+            for r in _members(co[q] & same_text[q], names):
                 together |= follow_bits[r]
-            for t in _members(follow_bits[q], names):
+            for t in follow_list[q]:
                 if together & ~co[t]:
                     co[t] |= together
                     changed = True
@@ -929,13 +949,23 @@ def _co_allowed(g: Grammar, lexemes: dict[str, _Lexeme]):
     return co_sets, follow_bytes, first_bytes
 
 
+def _may_match_same_text(a: _Glushkov, b: _Glushkov) -> bool:
+    """Could two lexemes match one string? (over-approximated beyond literals)"""
+    if a is b:
+        return True
+    if a.literal is not None and b.literal is not None:
+        return a.literal == b.literal
+    if a.literal is not None or b.literal is not None:
+        text, other = (a.literal, b) if a.literal is not None else (b.literal, a)
+        return other.accepts(text)
+    return _overlap(a.first_chars, b.first_chars)
+
+
 def _members(bits: int, names: list[str]):
-    i = 0
     while bits:
-        if bits & 1:
-            yield names[i]
-        bits >>= 1
-        i += 1
+        low = bits & -bits
+        yield names[low.bit_length() - 1]
+        bits ^= low
 
 
 _END = "$end"

@@ -191,14 +191,21 @@ def nullable(e) -> bool:
     raise TypeError(e)
 
 
-def has_boolean_ops(e) -> bool:
+def has_boolean_ops(e, memo: dict | None = None) -> bool:
     if isinstance(e, LAnd | LNot | LDfa):
         return True
+    if isinstance(e, Chars | Bytes):
+        return False
+    memo = {} if memo is None else memo
+    got = memo.get(id(e))
+    if got is not None:
+        return got
     if isinstance(e, Seq | Alt):
-        return any(has_boolean_ops(i) for i in e.items)
-    if isinstance(e, Repeat):
-        return has_boolean_ops(e.item)
-    return False
+        r = any(has_boolean_ops(i, memo) for i in e.items)
+    else:
+        r = has_boolean_ops(e.item, memo)
+    memo[id(e)] = r
+    return r
 
 
 # ---------------------------------------------------------------------------
@@ -658,7 +665,8 @@ def jsonify(node: Node) -> Node:
         if isinstance(n, Chars):
             r = json_chars(n) if n.ranges else NOTHING
         elif isinstance(n, Seq):
-            r = mk_seq(*(go(i) for i in n.items))
+            items = tuple(go(i) for i in n.items)  # structure kept: flattening is quadratic
+            r = NOTHING if any(i == NOTHING for i in items) else Seq(items)
         elif isinstance(n, Alt):
             r = _alt_keep_order(go(i) for i in n.items)
         elif isinstance(n, Repeat):
@@ -702,40 +710,49 @@ def literal_string(text: str) -> Node:
 
 
 def string_set(texts) -> Node:
-    """A decoded-level node for a finite set of strings, built as a trie (shared prefixes)."""
+    """A decoded-level node for a finite set of strings: a trie whose identical subtrees
+    are shared (a minimal acyclic automaton), built bottom-up without recursion."""
     trie: dict = {}
     for t in texts:
         node = trie
         for ch in t:
             node = node.setdefault(ch, {})
         node[""] = True
-
-    def build(node: dict) -> Node:
+    interned: dict[tuple, int] = {}
+    built: list[Node] = []
+    result: dict[int, int] = {}  # id(trie node) -> interned index
+    stack = [(trie, False)]
+    while stack:
+        node, ready = stack.pop()
+        if not ready:
+            stack.append((node, True))
+            stack.extend((sub, False) for ch, sub in node.items() if ch != "")
+            continue
         end = node.get("") is True
-        kids = [(ch, sub) for ch, sub in node.items() if ch != ""]
-        # group children with identical subtrees into one character class
-        groups: dict[str, list[int]] = {}
-        built: dict[str, Node] = {}
-        for ch, sub in kids:
-            b = build(sub)
-            k = _key(b)
-            built[k] = b
-            groups.setdefault(k, []).append(ord(ch))
-        parts = [mk_seq(chars(*((c, c) for c in cps)), built[k]) for k, cps in groups.items()]
-        if end:
-            parts.append(EMPTY)
-        return mk_alt(*parts) if parts else NOTHING
-
-    import sys
-
-    old = sys.getrecursionlimit()
-    depth = max((len(t) for t in texts), default=0) * 3 + 100
-    if depth > old:
-        sys.setrecursionlimit(depth)
-    try:
-        return build(trie)
-    finally:
-        sys.setrecursionlimit(old)
+        if len(node) == 1 and not end:  # the common chain node: one child
+            (ch, sub), = node.items()
+            key: tuple = (False, ((result[id(sub)], (ord(ch),)),))
+        else:
+            groups: dict[int, list[int]] = {}
+            for ch, sub in node.items():
+                if ch != "":
+                    groups.setdefault(result[id(sub)], []).append(ord(ch))
+            key = (end, tuple(sorted((k, tuple(sorted(v))) for k, v in groups.items())))
+        idx = interned.get(key)
+        if idx is None:
+            parts: list[Node] = []
+            for k, cps in key[1]:
+                head = Chars(((cps[0], cps[0]),)) if len(cps) == 1 else chars(*((c, c) for c in cps))
+                tail = built[k]
+                # nested, not flattened: flattening copies tuples (quadratic in length)
+                parts.append(head if tail is EMPTY or tail == EMPTY else Seq((head, tail)))
+            if end:
+                parts.append(EMPTY)
+            nd = NOTHING if not parts else parts[0] if len(parts) == 1 else Alt(tuple(parts))
+            idx = interned[key] = len(built)
+            built.append(nd)
+        result[id(node)] = idx
+    return built[result[id(trie)]]
 
 
 # ---------------------------------------------------------------------------

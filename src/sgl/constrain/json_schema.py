@@ -29,17 +29,19 @@ values are annotations and are ignored, as validators do.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import time
 import warnings as _warnings
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from functools import lru_cache
 from itertools import combinations
 from urllib.parse import quote, unquote, urldefrag, urljoin
 
 from .errors import CompileBudgetExceeded, ConstraintError
-from .grammar import Grammar, GrammarBuilder
+from .grammar import Grammar, GrammarBuilder, Terminal
 from .json_formats import (
     ANY_CHAR as _ANY_CHAR,
 )
@@ -64,7 +66,7 @@ from .numeric_range import (
     points_regex,
     to_decimal,
 )
-from .regex_ast import NOTHING, Chars, Node, Repeat, alt, chars, literal, repeat, seq
+from .regex_ast import NOTHING, Alt, Chars, Node, Repeat, alt, chars, literal, repeat, seq
 
 TYPES = ("null", "boolean", "object", "array", "number", "integer", "string")
 DEFAULT_BASE = "https://sgl.invalid/schema.json"
@@ -182,8 +184,14 @@ class Layer:
     patterns: tuple = ()  # ((pattern, ref), ...)
     additional: object = TRUE
 
+    def __post_init__(self):
+        by_name: dict = {}
+        for n, r in self.props:
+            by_name.setdefault(n, []).append(r)
+        object.__setattr__(self, "_by_name", by_name)
+
     def schema_for(self, name: str):
-        refs = [r for n, r in self.props if n == name]
+        refs = list(self._by_name.get(name, ()))
         refs += [r for p, r in self.patterns if _pattern_search(p, name)]
         return mk_sand(*refs) if refs else self.additional
 
@@ -380,6 +388,10 @@ class JsonSchemaCompiler:
         self.pending: list = []
         self.validators: dict = {}
         self._punct: dict[str, str] = {}
+        self._terms: dict[int, tuple] = {}
+        self._strings: dict = {}  # string expression -> lexeme node
+        self._keys: dict[str, str] = {}  # property name -> key terminal
+        self._extra_keys: dict = {}  # (declared, patterns...) -> key terminal for other keys
 
     # -- errors ------------------------------------------------------------------
     def refuse(self, message: str, ptr: str, keyword: str | None = None) -> None:
@@ -762,7 +774,7 @@ class JsonSchemaCompiler:
                 others.append(v)
         f.bools = frozenset(bools)
         if strings:
-            f.strs = string_set(sorted(set(strings)))
+            f.strs = _string_set(tuple(sorted(set(strings))))
         uniq = sorted(set(numbers))
         f.nums = tuple(NumPiece(d, d) for d in uniq)
         f.values = tuple(others)
@@ -792,7 +804,7 @@ class JsonSchemaCompiler:
         return f
 
     def number_facet(self, s: Sub, integer: bool) -> tuple:
-        node, p = s.node, s.ptr
+        node, _p = s.node, s.ptr
         lo = hi = None
         lo_open = hi_open = False
         if "minimum" in node:
@@ -862,6 +874,8 @@ class JsonSchemaCompiler:
             applicators = {"allOf", "anyOf", "oneOf", "not", "if", "$ref", "$dynamicRef"} & node.keys()
             if applicators:
                 self.refuse("unevaluatedItems next to in-place applicators is not supported", f"{p}/unevaluatedItems", "unevaluatedItems")
+            elif "contains" in node:
+                self.refuse("unevaluatedItems next to contains is not supported", f"{p}/unevaluatedItems", "unevaluatedItems")
             elif "items" not in node or isinstance(node.get("items"), list) and "additionalItems" not in node:
                 items = self.sub(node["unevaluatedItems"], s, f"{p}/unevaluatedItems")
         mn = int(node.get("minItems", 0))
@@ -1209,6 +1223,17 @@ class JsonSchemaCompiler:
         self._punct[which] = name
         return name
 
+    def term(self, node: Node, hint: str) -> str:
+        """A terminal for ``node``, deduplicated by identity (GrammarBuilder keys by repr,
+        which is slow for big nodes; equal nodes from our caches are the same object)."""
+        got = self._terms.get(id(node))
+        if got is not None:
+            return got[0]
+        name = self.b.fresh(hint)
+        self.b.terminals[name] = Terminal(name, node)
+        self._terms[id(node)] = (name, node)
+        return name
+
     def value_nt(self, ref) -> str | None:
         """The nonterminal for values of ``ref`` (None when no value is possible)."""
         key = ref.key
@@ -1242,11 +1267,13 @@ class JsonSchemaCompiler:
         if f.nums:
             node = self.number_node(f.nums, ptr)
             if node != NOTHING:
-                out.append((self.b.terminal(node, hint="number"),))
+                out.append((self.term(node, "number"),))
         if f.strs is not None:
-            node = self.string_node(f.strs, ptr)
-            if node != NOTHING:
-                out.append((self.b.terminal(node, hint="string"),))
+            pieces = f.strs.items if id(f.strs) in _CHUNKED else (f.strs,)
+            for piece in pieces:
+                node = self.string_node(piece, ptr)
+                if node != NOTHING:
+                    out.append((self.term(node, "string"),))
         for spec in f.arrays:
             nt = self.array_nt(spec, ptr)
             if nt is not None:
@@ -1273,6 +1300,12 @@ class JsonSchemaCompiler:
 
     def string_node(self, expr, ptr: str) -> Node:
         """The lexeme for a string-language expression (length folded into the pattern)."""
+        got = self._strings.get(expr)
+        if got is None:
+            got = self._strings[expr] = self._string_node(expr, ptr)
+        return got
+
+    def _string_node(self, expr, ptr: str) -> Node:
         from .json_formats import LAnd, length_range, restrict_length
 
         items = list(expr.items) if isinstance(expr, LAnd) else [expr]
@@ -1452,7 +1485,10 @@ class JsonSchemaCompiler:
     def _key_lexeme(self, name: str) -> str:
         if all(0x20 <= ord(ch) < 0x7F and ch not in '"\\/' for ch in name):
             return self.b.literal(json.dumps(name))
-        return self.b.terminal(json_string_node(literal_string(name)), hint="key")
+        got = self._keys.get(name)
+        if got is None:
+            got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")
+        return got
 
     def _object_rules(self, name: str, spec: ObjectSpec, ptr: str) -> bool:
         colon = self.punct(":")
@@ -1514,18 +1550,22 @@ class JsonSchemaCompiler:
                 except ConstraintError as e:
                     self.refuse(e.message, ptr, "patternProperties")
                     continue
-                try:
-                    key_node = json_string_node(mk_and(*lang_parts))
-                except CompileBudgetExceeded as e:
-                    self.refuse(f"key constraints too complex: {e.message}", ptr, "patternProperties")
-                    continue
-                if key_node == NOTHING:
+                cache_key = (tuple(declared), chosen, tuple(patterns), tuple(r.key for r in spec.names))
+                key_term = self._extra_keys.get(cache_key)
+                if key_term is None:
+                    try:
+                        key_node = json_string_node(mk_and(*lang_parts))
+                    except CompileBudgetExceeded as e:
+                        self.refuse(f"key constraints too complex: {e.message}", ptr, "patternProperties")
+                        continue
+                    key_term = self._extra_keys[cache_key] = "" if key_node == NOTHING else self.term(key_node, "key")
+                if not key_term:
                     continue
                 v = self.value_nt(ref)
                 if v is None:
                     continue
                 kv = f"{name}@x{len(out)}"
-                self.b.rule(kv, (self.b.terminal(key_node, hint="key"), colon, v))
+                self.b.rule(kv, (key_term, colon, v))
                 out.append(kv)
         return out
 
@@ -1643,9 +1683,9 @@ class JsonSchemaCompiler:
             return self.b.literal("true" if value else "false")
         if t == "number":
             d = to_decimal(value)
-            return self.b.terminal(number_regex(NumPiece(d, d)), hint="number")
+            return self.term(number_regex(NumPiece(d, d)), "number")
         if t == "string":
-            return self.b.terminal(json_string_node(literal_string(value)), hint="string")
+            return self.term(self.string_node(literal_string(value), ""), "string")
         key = ("exact", json.dumps(value, sort_keys=True))
         if key in self.value_memo:
             return self.value_memo[key]
@@ -1676,6 +1716,9 @@ class JsonSchemaCompiler:
 
     # -- entry --------------------------------------------------------------------------
     def build(self) -> Grammar:
+        meta = self.root.get("$schema") if isinstance(self.root, dict) else None
+        if isinstance(meta, str) and "json-schema.org" not in meta:
+            self.refuse(f"unknown meta-schema {meta!r}: its vocabularies cannot be checked", "/$schema", "$schema")
         root = self.root_sub()
         start = self.value_nt(root)
         if start is None:
@@ -1690,7 +1733,36 @@ def _has_bool(e) -> bool:
     return has_boolean_ops(e)
 
 
-def _not_in_set(names: list[str]) -> Node:
+# Alternations of big string tries that become one lexeme per item (the automaton
+# compiler budgets the size of one lexeme; the lexer runs the pieces in parallel).
+_CHUNKED: dict[int, Node] = {}
+ENUM_CHUNK_CHARS = 30_000
+
+
+@lru_cache(maxsize=1024)
+def _string_set(strings: tuple) -> Node:
+    chunks, cur, size = [], [], 0
+    for t in strings:
+        cur.append(t)
+        size += len(t) + 2
+        if size > ENUM_CHUNK_CHARS:
+            chunks.append(cur)
+            cur, size = [], 0
+    if cur:
+        chunks.append(cur)
+    if len(chunks) == 1:
+        return string_set(strings)
+    node = Alt(tuple(string_set(c) for c in chunks))
+    _CHUNKED[id(node)] = node
+    return node
+
+
+def _not_in_set(names) -> Node:
+    return _not_in_set_cached(tuple(names))
+
+
+@lru_cache(maxsize=1024)
+def _not_in_set_cached(names: tuple) -> Node:
     """Decoded strings other than ``names`` (a complemented trie, built directly)."""
     if not names:
         return ANY_STRING
@@ -1726,21 +1798,37 @@ def _complement_ranges(used: tuple) -> tuple:
 
 
 def _prune(g: Grammar) -> Grammar:
-    """Drop rules that cannot derive text (e.g. ``false`` subschemas) and unreachable ones."""
+    """Drop rules that cannot derive text (e.g. ``false`` subschemas) and unreachable ones.
+
+    Linear time: each rule counts its not-yet-productive nonterminals (worklist).
+    """
+    missing = []
+    users: dict[str, list[int]] = {}
     productive: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for r in g.rules:
-            if r.lhs not in productive and all(s in g.terminals or s in productive for s in r.rhs):
-                productive.add(r.lhs)
-                changed = True
+    queue = []
+    terms = g.terminals
+    for i, r in enumerate(g.rules):
+        nts = {s for s in r.rhs if s not in terms} if r.rhs else ()
+        missing.append(len(nts))
+        for s in nts:
+            users.setdefault(s, []).append(i)
+        if not nts and r.lhs not in productive:
+            productive.add(r.lhs)
+            queue.append(r.lhs)
+    while queue:
+        sym = queue.pop()
+        for i in users.get(sym, ()):
+            missing[i] -= 1
+            lhs = g.rules[i].lhs
+            if missing[i] == 0 and lhs not in productive:
+                productive.add(lhs)
+                queue.append(lhs)
     if g.start not in productive:
         raise ConstraintError("the schema matches no JSON value", "#")
-    rules = [r for r in g.rules if r.lhs in productive and all(s in g.terminals or s in productive for s in r.rhs)]
     by_lhs: dict[str, list] = {}
-    for r in rules:
-        by_lhs.setdefault(r.lhs, []).append(r)
+    for i, r in enumerate(g.rules):
+        if missing[i] == 0:
+            by_lhs.setdefault(r.lhs, []).append(r)
     reach, stack = {g.start}, [g.start]
     while stack:
         for r in by_lhs.get(stack.pop(), []):
@@ -1748,7 +1836,7 @@ def _prune(g: Grammar) -> Grammar:
                 if s not in reach and s not in g.terminals:
                     reach.add(s)
                     stack.append(s)
-    rules = [r for r in rules if r.lhs in reach]
+    rules = [r for i, r in enumerate(g.rules) if missing[i] == 0 and r.lhs in reach]
     used = {s for r in rules for s in r.rhs if s in g.terminals}
     terminals = {k: v for k, v in g.terminals.items() if k in used}
     out = Grammar(g.start, rules, terminals, [], g.source)
@@ -1796,4 +1884,11 @@ def json_schema_grammar(
     if isinstance(schema, dict) and len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
         raise CompileBudgetExceeded(f"schema is larger than {MAX_SCHEMA_BYTES} bytes")
     opts = Options(any_order, lenient, whitespace, max_whitespace, warnings)
-    return JsonSchemaCompiler(schema, opts).build()
+    # millions of small immutable nodes: the cyclic GC would rescan them over and over
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return JsonSchemaCompiler(schema, opts).build()
+    finally:
+        if was_enabled:
+            gc.enable()

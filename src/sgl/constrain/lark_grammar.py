@@ -54,7 +54,10 @@ _LAZY_IDIOMS: list[tuple[re.Pattern, object]] = [
     # "...", `...`, '...' written with .*? : up to the first closing delimiter
     (re.compile(r'(?<![\'"`])([\'"`])\.\*\?\1' + _AT_END), _delimited),
     # C block comment /\*(.|\n)*?\*/ : up to the first */
-    (re.compile(r"\\/\\\*\(\.\|\n\)\*\?\\\*\\/" + _AT_END), lambda m, d: r"\/\*(?:[^*]|\*+[^*/])*\*+\/"),
+    (
+        re.compile(r"\\/\\\*\(\.\|\n\)\*\?\\\*\\/" + _AT_END),
+        lambda m, d: r"\/\*(?:[^*]|\*+[^*/])*\*+\/",
+    ),
 ]
 
 _LOCATION_RE = re.compile(r"line (\d+),? column (\d+)")
@@ -180,7 +183,10 @@ def _find_refused(tree) -> str | None:
 
 
 def _subpatterns(op, arg):
-    if op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT) or getattr(sre_c, "POSSESSIVE_REPEAT", None) == op:
+    if (
+        op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT)
+        or getattr(sre_c, "POSSESSIVE_REPEAT", None) == op
+    ):
         return [arg[2]]
     if op == sre_c.SUBPATTERN:
         return [arg[3]]

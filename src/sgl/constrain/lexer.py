@@ -66,35 +66,51 @@ class LexerCore:
             big[off : off + d.n_states] = np.where(d.table >= 0, d.table + off, dead_row)
         acc_global = np.concatenate([d.accepting for d in dfas] + [np.array([False])])
         owner = np.concatenate([np.full(d.n_states, j) for j, d in enumerate(dfas)] + [np.array([-1])])
-        radix = sizes + 1
-        if float(np.prod(radix.astype(float))) >= 2.0**62:
-            raise CompileBudgetExceeded(f"lexer for {k} lexemes is too large to build")
-        mult = (np.cumprod(radix) // radix).astype(np.int64)
         local_plus1 = np.zeros(dead_row + 1, dtype=np.int64)  # global state -> local + 1 (dead -> 0)
         local_plus1[:dead_row] = np.arange(dead_row) - np.repeat(offsets, sizes) + 1
+        # A product state's key: its components read as a mixed-radix number when that fits
+        # in 62 bits (exact); otherwise a 64-bit hash, checked for collisions, with the
+        # component bytes as the exact identity.
+        radix = sizes + 1
+        exact = float(np.prod(radix.astype(float))) < 2.0**62
+        if exact:
+            mult = (np.cumprod(radix) // radix).astype(np.int64)
+        else:
+            mult = np.random.default_rng(0).integers(1, 2**62, size=k, dtype=np.int64) | 1
+
+        def identity(key: int, comp: np.ndarray):
+            return key if exact else comp.tobytes()
 
         # breadth-first over the product, one whole frontier per numpy pass
         start = offsets.copy()
-        index = {int((local_plus1[start] * mult).sum()): 0}
+        index = {identity(int((local_plus1[start] * mult).sum()), start): 0}
         comps = [start]
         rows: list[np.ndarray] = []
         frontier = [0]
         while frontier:
             comp_mat = np.stack([comps[f] for f in frontier], axis=1)  # (k, F)
             nxt = big[comp_mat]  # (k, F, 256) global states
-            keys = (local_plus1[nxt] * mult[:, None, None]).sum(axis=0)  # (F, 256)
+            live = local_plus1[nxt]
+            with np.errstate(over="ignore"):
+                keys = (live * mult[:, None, None]).sum(axis=0)  # (F, 256)
             uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            if not exact:
+                flat = nxt.reshape(k, -1)
+                if not (flat[:, first[inverse.reshape(-1)]] == flat).all():
+                    raise CompileBudgetExceeded(f"lexer for {k} lexemes: state hash collision")
             targets = np.empty(uniq.size, dtype=np.int32)
             new_frontier = []
-            for j, (key, flat) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
-                if key == 0:
+            for j, (key, flat_at) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
+                f, b = divmod(flat_at, 256)
+                if not live[:, f, b].any():
                     targets[j] = DEAD
                     continue
-                t = index.get(key)
+                comp = nxt[:, f, b]
+                ident = identity(key, comp)
+                t = index.get(ident)
                 if t is None:
-                    t = index[key] = len(comps)
-                    f, b = divmod(flat, 256)
-                    comps.append(nxt[:, f, b])
+                    t = index[ident] = len(comps)
+                    comps.append(comp)
                     new_frontier.append(t)
                     if len(comps) > MAX_LEXER_STATES:
                         raise CompileBudgetExceeded(

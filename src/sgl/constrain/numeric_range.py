@@ -26,11 +26,39 @@ Numbers are compared exactly as decimals (``decimal.Decimal``), never as floats.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 
-from .regex_ast import EMPTY, NOTHING, Node, alt, chars, literal, optional, repeat, seq
+from .regex_ast import EMPTY, NOTHING, Alt, Node, Seq, chars, literal, optional, repeat
+
+
+def seq(*items: Node) -> Node:
+    """Concatenation; NOTHING anywhere makes NOTHING (cheap: no deep comparisons)."""
+    flat: list[Node] = []
+    for it in items:
+        if it is NOTHING or (isinstance(it, Alt) and not it.items):
+            return NOTHING
+        if isinstance(it, Seq):
+            flat.extend(it.items)
+        else:
+            flat.append(it)
+    return flat[0] if len(flat) == 1 else Seq(tuple(flat))
+
+
+def alt(*items: Node) -> Node:
+    """Union; drops NOTHING, flattens, dedups by identity only."""
+    flat: list[Node] = []
+    seen: set[int] = set()
+    for it in items:
+        subs = it.items if isinstance(it, Alt) else (it,)
+        for x in subs:
+            if id(x) not in seen:
+                seen.add(id(x))
+                flat.append(x)
+    if not flat:
+        return NOTHING
+    return flat[0] if len(flat) == 1 else Alt(tuple(flat))
 
 # Significant fraction digits of a mantissa checked for integrality in exponent form
 # (json.dumps writes at most 17 significant digits).
@@ -347,6 +375,7 @@ def _split(x: Decimal) -> tuple[int, str]:
 # Positive decimals without exponent
 
 
+@lru_cache(maxsize=8192)
 def _positive_plain(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, max_sig: int | None, nonint: bool) -> Node:
     """Plain spellings of the numbers in the interval, where ``lo >= 0``.
 
@@ -382,17 +411,14 @@ def _positive_plain(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: boo
 
 
 def _is_nothing(node: Node) -> bool:
-    if node == NOTHING:
-        return True
-    if hasattr(node, "items") and type(node).__name__ == "Seq":
-        return any(_is_nothing(it) for it in node.items)
-    return False
+    return isinstance(node, Alt) and not node.items
 
 
 # ---------------------------------------------------------------------------
 # Exponents
 
 
+@lru_cache(maxsize=8192)
 def exponent_range(lo: int | None, hi: int | None) -> Node:
     """Spellings of the signed exponents in ``[lo, hi]``: ``[+-]?[0-9]+``, leading zeros ok."""
     if lo is not None and hi is not None and lo > hi:
@@ -424,6 +450,7 @@ def _norm(x: Decimal) -> tuple[Decimal, int]:
     return x.scaleb(-e), e
 
 
+@lru_cache(maxsize=8192)
 def _mantissa(lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bool, max_sig: int | None) -> Node:
     """Normalised mantissas ``[1-9](\\.[0-9]+)?`` in the given bounds."""
     lo_ = Decimal(1) if lo is None else lo
@@ -431,6 +458,7 @@ def _mantissa(lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bo
     return _positive_plain(lo_, lo_open if lo is not None else False, hi_, hi_open if hi is not None else True, max_sig, False)
 
 
+@lru_cache(maxsize=8192)
 def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kind: str, scale: int) -> Node:
     """Normalised exponent spellings of the numbers in the interval, ``lo >= 0``."""
     if lo == 0:
@@ -476,24 +504,32 @@ def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool,
     # interior exponents (ea, eb): any mantissa
     ilo = None if ea is None else ea + 1
     ihi = None if eb is None else eb - 1
-    if kind == "any":
-        parts.append(seq(_mantissa(None, False, None, False, None), EXP_MARK, exponent_range(ilo, ihi)))
-    elif kind == "nonint":
-        top = -1 if ihi is None else min(ihi, -1)
-        parts.append(seq(_mantissa(None, False, None, False, None), EXP_MARK, exponent_range(ilo, top)))
-    else:
-        # exponents where the digit count matters one by one, then the rest capped
-        first = -scale if ilo is None else max(ilo, -scale)
-        last_explicit = -scale + MAX_EXP_DIGITS - 1
-        e = first
-        while e <= last_explicit and (ihi is None or e <= ihi):
-            add(e, None, False, None, False)
-            e += 1
-        if ihi is None or e <= ihi:
-            m = _mantissa(None, False, None, False, MAX_EXP_DIGITS)
-            parts.append(seq(m, EXP_MARK, exponent_range(e, ihi)))
+    parts.append(_interior_exp(ilo, ihi, kind, scale))
     parts = [p for p in parts if not _is_nothing(p)]
     return alt(*parts) if parts else NOTHING
+
+
+@lru_cache(maxsize=4096)
+def _interior_exp(ilo: int | None, ihi: int | None, kind: str, scale: int) -> Node:
+    """Exponent spellings with exponent in ``[ilo, ihi]`` and any normalised mantissa."""
+    if kind == "any":
+        return seq(_mantissa(None, False, None, False, None), EXP_MARK, exponent_range(ilo, ihi))
+    if kind == "nonint":
+        top = -1 if ihi is None else min(ihi, -1)
+        return seq(_mantissa(None, False, None, False, None), EXP_MARK, exponent_range(ilo, top))
+    # exponents where the digit count matters one by one, then the rest capped
+    parts = []
+    first = -scale if ilo is None else max(ilo, -scale)
+    last_explicit = -scale + MAX_EXP_DIGITS - 1
+    e = first
+    while e <= last_explicit and (ihi is None or e <= ihi):
+        m = _mantissa(None, False, None, False, e + scale)
+        parts.append(seq(m, EXP_MARK, exponent_range(e, e)))
+        e += 1
+    if ihi is None or e <= ihi:
+        m = _mantissa(None, False, None, False, MAX_EXP_DIGITS)
+        parts.append(seq(m, EXP_MARK, exponent_range(e, ihi)))
+    return alt(*parts)
 
 
 # ---------------------------------------------------------------------------
@@ -529,6 +565,7 @@ def _positive_any_exponent() -> Node:
     return seq(mant, EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))
 
 
+@lru_cache(maxsize=8192)
 def _positive(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kind: str, scale: int) -> Node:
     """Spellings of the positive (> 0) numbers of a piece; ``lo >= 0``."""
     if lo == 0:
@@ -544,6 +581,7 @@ def _positive(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kin
     return alt(*(p for p in (plain, exp) if not _is_nothing(p))) if not (_is_nothing(plain) and _is_nothing(exp)) else NOTHING
 
 
+@lru_cache(maxsize=4096)
 def number_regex(piece: NumPiece) -> Node:
     """A regex for the JSON spellings of exactly the numbers in ``piece``.
 
@@ -587,6 +625,7 @@ def numbers_regex(pieces: list[NumPiece]) -> Node:
 
 MAX_ENUMERATED_MULTIPLES = 1000
 MAX_DIVISIBILITY_REGEX = 6000
+MAX_DIVISIBILITY_STATES = 400
 
 
 def points_regex(values: list[Decimal], exact_limit: int = 64) -> Node:
@@ -632,6 +671,8 @@ def _multiples_regex(piece: NumPiece) -> Node:
             return points_regex(vals)
     if piece.lo not in (None, Decimal(0)) or piece.hi not in (None, Decimal(0)):
         raise ValueError("multipleOf (other than 10**-k) together with bounds other than 0 is not supported")
+    if piece.mult * (piece.scale + 3) > MAX_DIVISIBILITY_STATES:
+        raise ValueError(f"multipleOf {q} needs too large a divisibility automaton")
     parts = []
     if piece.contains(Decimal(0)):
         parts.append(_zero_forms("scale"))
@@ -645,7 +686,7 @@ def _multiples_regex(piece: NumPiece) -> Node:
 
 @lru_cache(maxsize=64)
 def _positive_multiples(c: int, s: int) -> Node:
-    """Plain unsigned spellings ``(0|[1-9][0-9]*)(\.[0-9]+)?`` of the positive multiples
+    r"""Plain unsigned spellings ``(0|[1-9][0-9]*)(\.[0-9]+)?`` of the positive multiples
     of ``c * 10**-s``, via a remainder automaton turned into a regex.
 
     States: ("z",) integer part "0"; ("i", r) integer part with remainder r; ("f", r, j, nz)

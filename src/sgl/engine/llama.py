@@ -55,6 +55,10 @@ class LlamaConfig:
         heads = d["num_attention_heads"]
         eos = d.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        # transformers >= 5 writes rotary settings as one "rope_parameters" dictionary.
+        rope = dict(d.get("rope_parameters") or {})
+        theta = d.get("rope_theta", rope.pop("rope_theta", 10000.0))
+        scaling = d.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
         return cls(
             vocab_size=d["vocab_size"],
             hidden_size=d["hidden_size"],
@@ -64,8 +68,8 @@ class LlamaConfig:
             num_key_value_heads=d.get("num_key_value_heads") or heads,
             head_dim=d.get("head_dim") or d["hidden_size"] // heads,
             rms_norm_eps=d.get("rms_norm_eps", 1e-5),
-            rope_theta=d.get("rope_theta", 10000.0),
-            rope_scaling=d.get("rope_scaling"),
+            rope_theta=theta,
+            rope_scaling=scaling,
             max_position_embeddings=d.get("max_position_embeddings", 2048),
             tie_word_embeddings=d.get("tie_word_embeddings", False),
             bos_token_id=d.get("bos_token_id"),
@@ -214,33 +218,30 @@ class Llama:
         def get(name: str) -> torch.Tensor:
             return state[name].to(device=self.device, dtype=dtype)
 
+        def fused(names: list[str], heads: list[int | None]) -> torch.Tensor:
+            return _fused_transposed([state[n] for n in names], heads, self.device, dtype)
+
         self.embed = get("model.embed_tokens.weight")  # [vocab, hidden]
-        lm_head = self.embed if "lm_head.weight" not in state else get("lm_head.weight")
-        # Stored transposed ([in, out]): on CPU, x @ w streams w row by row, which is
-        # markedly faster for a single token than F.linear's transposed access.
-        self.lm_head_t = lm_head.t().contiguous()
+        # Matrices are stored transposed ([in, out]): on CPU, x @ w streams w row by
+        # row, which is markedly faster for one token than F.linear's [out, in] access.
+        self.lm_head_t = fused(["lm_head.weight" if "lm_head.weight" in state else "model.embed_tokens.weight"], [None])
         self.norm = get("model.norm.weight")
         self.layers: list[LayerWeights] = []
+        nh, nkv = c.num_attention_heads, c.num_key_value_heads
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
-            q = interleave_rotary(get(p + "self_attn.q_proj.weight"), c.num_attention_heads)
-            k = interleave_rotary(get(p + "self_attn.k_proj.weight"), c.num_key_value_heads)
-            v = get(p + "self_attn.v_proj.weight")
+            attn = [p + f"self_attn.{x}_proj." for x in "qkv"]
             bias = None
-            if p + "self_attn.q_proj.bias" in state:
-                bias = torch.cat([
-                    interleave_rotary(get(p + "self_attn.q_proj.bias"), c.num_attention_heads),
-                    interleave_rotary(get(p + "self_attn.k_proj.bias"), c.num_key_value_heads),
-                    get(p + "self_attn.v_proj.bias"),
-                ])
+            if attn[0] + "bias" in state:
+                bias = fused([a + "bias" for a in attn], [nh, nkv, None])[0]
             self.layers.append(LayerWeights(
                 norm_attn=get(p + "input_layernorm.weight"),
-                qkv=torch.cat([q, k, v]).t().contiguous(),
+                qkv=fused([a + "weight" for a in attn], [nh, nkv, None]),
                 qkv_bias=bias,
-                o=get(p + "self_attn.o_proj.weight").t().contiguous(),
+                o=fused([p + "self_attn.o_proj.weight"], [None]),
                 norm_mlp=get(p + "post_attention_layernorm.weight"),
-                gate_up=torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]).t().contiguous(),
-                down=get(p + "mlp.down_proj.weight").t().contiguous(),
+                gate_up=fused([p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], [None, None]),
+                down=fused([p + "mlp.down_proj.weight"], [None]),
             ))
         self._inv_freq = rope_inv_freq(c)
         self._rope = torch.empty(0, c.head_dim // 2, dtype=torch.complex64, device=self.device)
@@ -347,6 +348,28 @@ class Llama:
         # A padding query sees itself, so no row of the softmax is all -inf (NaN).
         mask = mask[None] & (valid[:, None, :] | (key[None, None, :] == query[None, :, None]))
         return mask.unsqueeze(1)  # [b, 1, t, end]
+
+
+def _fused_transposed(parts: list[torch.Tensor], heads: list[int | None], device: torch.device,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """``cat(parts).t()`` as one contiguous ``[in, sum(out)]`` tensor, in one copy per part.
+
+    Parts with a head count get their rows interleaved for rotary (`interleave_rotary`).
+    1-D parts (biases) come back as ``[1, sum(out)]``.
+    """
+    parts = [p if p.dim() == 2 else p[:, None] for p in parts]
+    out = torch.empty(parts[0].shape[1], sum(p.shape[0] for p in parts), device=device, dtype=dtype)
+    col = 0
+    for p, n_heads in zip(parts, heads, strict=True):
+        rows = p.shape[0]
+        dst = out[:, col : col + rows]
+        if n_heads is None:
+            dst.copy_(p.t())
+        else:  # dst[:, h, j, r] = p[h, r, j, :]: pairs (first half, second half) side by side
+            half = rows // n_heads // 2
+            dst.view(-1, n_heads, half, 2).copy_(p.view(n_heads, 2, half, -1).permute(3, 0, 2, 1))
+        col += rows
+    return out
 
 
 def _rotate(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:

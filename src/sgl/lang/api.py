@@ -81,12 +81,22 @@ def gen(
     )
 
 
-def gen_int(name: str | None = None, max_tokens: int | None = None, min_tokens: int | None = None, **kwargs: Any) -> SglExpr:
+def gen_int(
+    name: str | None = None,
+    max_tokens: int | None = None,
+    min_tokens: int | None = None,
+    **kwargs: Any,
+) -> SglExpr:
     """``gen(..., dtype=int)``: an integer, stored as ``int``."""
     return gen(name, max_tokens, min_tokens, dtype=int, **kwargs)
 
 
-def gen_string(name: str | None = None, max_tokens: int | None = None, min_tokens: int | None = None, **kwargs: Any) -> SglExpr:
+def gen_string(
+    name: str | None = None,
+    max_tokens: int | None = None,
+    min_tokens: int | None = None,
+    **kwargs: Any,
+) -> SglExpr:
     """``gen(..., dtype=str)``: a double-quoted string; the unquoted value is stored."""
     return gen(name, max_tokens, min_tokens, dtype=str, **kwargs)
 

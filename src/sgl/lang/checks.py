@@ -18,14 +18,40 @@ from .dtypes import DTYPE_REGEX
 from .expr import GRAMMAR_SYNTAXES
 from .source import ApiNames, Source, literal_position
 
-GEN_POSITIONAL = ("name", "max_tokens", "min_tokens", "stop", "stop_token_ids", "temperature", "top_p", "top_k", "min_p")
-GEN_KEYWORD = ("seed", "regex", "json_schema", "grammar", "grammar_syntax", "choices", "choices_method", "dtype", "timeout")
+GEN_POSITIONAL = (
+    "name",
+    "max_tokens",
+    "min_tokens",
+    "stop",
+    "stop_token_ids",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+)
+GEN_KEYWORD = (
+    "seed",
+    "regex",
+    "json_schema",
+    "grammar",
+    "grammar_syntax",
+    "choices",
+    "choices_method",
+    "dtype",
+    "timeout",
+)
 SELECT_POSITIONAL = ("name", "choices", "temperature", "choices_method")
 SELECT_KEYWORD = ("seed", "timeout")
 SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "gen": (GEN_POSITIONAL, GEN_KEYWORD),
-    "gen_int": (GEN_POSITIONAL[:3], tuple(k for k in GEN_POSITIONAL[3:] + GEN_KEYWORD if k != "dtype")),
-    "gen_string": (GEN_POSITIONAL[:3], tuple(k for k in GEN_POSITIONAL[3:] + GEN_KEYWORD if k != "dtype")),
+    "gen_int": (
+        GEN_POSITIONAL[:3],
+        tuple(k for k in GEN_POSITIONAL[3:] + GEN_KEYWORD if k != "dtype"),
+    ),
+    "gen_string": (
+        GEN_POSITIONAL[:3],
+        tuple(k for k in GEN_POSITIONAL[3:] + GEN_KEYWORD if k != "dtype"),
+    ),
     "select": (SELECT_POSITIONAL, SELECT_KEYWORD),
 }
 SGLANG_ONLY = (
@@ -82,7 +108,11 @@ class FunctionChecker(ast.NodeVisitor):
         if isinstance(self.fn, ast.AsyncFunctionDef):
             self.error(f"SGL function '{self.fn.name}' cannot be async", self.fn, name_only=True)
         if self.state is None:
-            self.error(f"SGL function '{self.fn.name}' needs the program state as its first parameter (def {self.fn.name}(s, ...))", self.fn, name_only=True)
+            self.error(
+                f"SGL function '{self.fn.name}' needs the program state as its first parameter (def {self.fn.name}(s, ...))",
+                self.fn,
+                name_only=True,
+            )
         for stmt in self.fn.body:
             self.visit(stmt)
         self.check_reads()
@@ -100,7 +130,11 @@ class FunctionChecker(ast.NodeVisitor):
             # point at the function's name, not its first decorator
             line = self.src.lines[node.lineno - 1] if node.lineno - 1 < len(self.src.lines) else ""
             m = re.compile(rf"def\s+({re.escape(node.name)})\b").search(line, node.col_offset)
-            self.diagnostics.append(self.src.diagnostic_at(severity, message, node.lineno, m.start(1) if m else node.col_offset))
+            self.diagnostics.append(
+                self.src.diagnostic_at(
+                    severity, message, node.lineno, m.start(1) if m else node.col_offset
+                )
+            )
             return
         self.diagnostics.append(self.src.diagnostic(severity, message, node))
 
@@ -163,7 +197,11 @@ class FunctionChecker(ast.NodeVisitor):
     def is_state_target(self, node: ast.expr) -> bool:
         if isinstance(node, ast.Name):
             return node.id == self.state
-        return isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in self.fork_groups
+        return (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in self.fork_groups
+        )
 
     def is_state_call(self, node: ast.expr, method: str | None = None) -> bool:
         return (
@@ -174,7 +212,11 @@ class FunctionChecker(ast.NodeVisitor):
         )
 
     def state_subscript(self, node: ast.expr) -> ast.expr | None:
-        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == self.state:
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == self.state
+        ):
             return node.slice
         return None
 
@@ -186,7 +228,9 @@ class FunctionChecker(ast.NodeVisitor):
         if ok and isinstance(value, str):
             return value
         if isinstance(node, ast.JoinedStr):  # f"action_{i}": literal parts, anything between
-            parts = [re.escape(v.value) if isinstance(v, ast.Constant) else ".*" for v in node.values]
+            parts = [
+                re.escape(v.value) if isinstance(v, ast.Constant) else ".*" for v in node.values
+            ]
             return re.compile("".join(parts), re.S)
         return None
 
@@ -203,7 +247,11 @@ class FunctionChecker(ast.NodeVisitor):
         for r in self.reads:
             if not any(d.pos <= r.pos and _matches(d.name, r.name) for d in self.defs):
                 later = any(_matches(d.name, r.name) for d in self.defs)
-                why = "before it is generated" if later else "but no gen, select or var_scope defines it"
+                why = (
+                    "before it is generated"
+                    if later
+                    else "but no gen, select or var_scope defines it"
+                )
                 self.error(f"variable '{r.name}' is read {why}", r.node)
 
     # --- gen / select ---
@@ -216,14 +264,19 @@ class FunctionChecker(ast.NodeVisitor):
             if isinstance(arg, ast.Starred):
                 return None  # *args: cannot bind statically
             if i >= len(positional):
-                self.error(f"{api} takes at most {len(positional)} positional arguments ({len(node.args)} given)", arg)
+                self.error(
+                    f"{api} takes at most {len(positional)} positional arguments ({len(node.args)} given)",
+                    arg,
+                )
                 break
             args[positional[i]] = where[positional[i]] = arg
         for kw in node.keywords:
             if kw.arg is None:
                 return None  # **kwargs
             if kw.arg in SGLANG_ONLY:
-                self.error(f"argument '{kw.arg}' to {api} is SGLang-only and not supported by SGL", kw)
+                self.error(
+                    f"argument '{kw.arg}' to {api} is SGLang-only and not supported by SGL", kw
+                )
             elif kw.arg not in valid:
                 close = difflib.get_close_matches(kw.arg, valid, n=1, cutoff=0.6)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -268,7 +321,10 @@ class FunctionChecker(ast.NodeVisitor):
             if ok and isinstance(value, str):
                 name = value
             if name is not None and name not in METHOD_NAMES:
-                self.error(f"unknown choices_method '{name}' (expected one of {', '.join(METHOD_NAMES)})", method)
+                self.error(
+                    f"unknown choices_method '{name}' (expected one of {', '.join(METHOD_NAMES)})",
+                    method,
+                )
 
     def check_numbers(self, call: BoundCall) -> None:
         rules = {
@@ -297,7 +353,10 @@ class FunctionChecker(ast.NodeVisitor):
         if call.api in ("gen_int", "gen_string"):
             given = ["dtype", *given]
         if len(given) > 1:
-            self.error(f"{call.api} takes at most one of regex, json_schema, grammar, dtype, choices (got {', '.join(given)})", call.arg_nodes.get(given[1], call.node))
+            self.error(
+                f"{call.api} takes at most one of regex, json_schema, grammar, dtype, choices (got {', '.join(given)})",
+                call.arg_nodes.get(given[1], call.node),
+            )
             return
         if "dtype" in call.args:
             self.check_dtype(call.args["dtype"])
@@ -305,7 +364,10 @@ class FunctionChecker(ast.NodeVisitor):
         if "grammar_syntax" in call.args:
             ok, value = self.names.literal(call.args["grammar_syntax"])
             if ok and value not in GRAMMAR_SYNTAXES:
-                self.error(f"grammar_syntax must be one of {', '.join(GRAMMAR_SYNTAXES)}, not {value!r}", call.args["grammar_syntax"])
+                self.error(
+                    f"grammar_syntax must be one of {', '.join(GRAMMAR_SYNTAXES)}, not {value!r}",
+                    call.args["grammar_syntax"],
+                )
                 return
             syntax = value if ok else None
         if "regex" in call.args:
@@ -321,7 +383,14 @@ class FunctionChecker(ast.NodeVisitor):
         ok, value = self.names.literal(node)
         if ok and value is not None and value not in DTYPE_NAMES:
             self.error(f"unsupported dtype {value!r} (expected int, float, str or bool)", node)
-        elif isinstance(node, ast.Name) and node.id in ("list", "dict", "tuple", "bytes", "complex", "set"):
+        elif isinstance(node, ast.Name) and node.id in (
+            "list",
+            "dict",
+            "tuple",
+            "bytes",
+            "complex",
+            "set",
+        ):
             self.error(f"unsupported dtype {node.id} (expected int, float, str or bool)", node)
 
     # --- constraints (checked with the constraint engine when it is installed) ---
@@ -377,7 +446,11 @@ class FunctionChecker(ast.NodeVisitor):
         if not isinstance(text, str):
             self.error(f"grammar must be a string, not {type(text).__name__}", node)
             return
-        module, func = {"lark": ("sgl.constrain.lark_grammar", "lark_grammar"), "gbnf": ("sgl.constrain.gbnf", "gbnf_grammar"), "ebnf": ("sgl.constrain.gbnf", "ebnf_grammar")}[syntax]
+        module, func = {
+            "lark": ("sgl.constrain.lark_grammar", "lark_grammar"),
+            "gbnf": ("sgl.constrain.gbnf", "gbnf_grammar"),
+            "ebnf": ("sgl.constrain.gbnf", "ebnf_grammar"),
+        }[syntax]
         to_grammar = _optional(module, func)
         if to_grammar is None:
             return
@@ -401,7 +474,11 @@ class FunctionChecker(ast.NodeVisitor):
 
 def _prefixed(prefix: str, message: str) -> str:
     # engines often start their messages with "invalid regex: ..." already
-    return message if message.lower().startswith(prefix.split(" at ")[0].lower()) else f"{prefix}: {message}"
+    return (
+        message
+        if message.lower().startswith(prefix.split(" at ")[0].lower())
+        else f"{prefix}: {message}"
+    )
 
 
 def _matches(pattern: str | re.Pattern | None, name: str) -> bool:
@@ -452,7 +529,9 @@ def _text_location(text: str, location: Any) -> int | None:
     """Offset in ``text`` of a "line L, column C" location (1-based), or a bare offset."""
     if location is None:
         return None
-    m = re.search(r"line\s+(\d+)\D+?(\d+)", str(location)) or re.fullmatch(r"\s*(\d+):(\d+)\s*", str(location))
+    m = re.search(r"line\s+(\d+)\D+?(\d+)", str(location)) or re.fullmatch(
+        r"\s*(\d+):(\d+)\s*", str(location)
+    )
     if not m:
         return _int_location(location)
     line, col = int(m.group(1)), int(m.group(2))
@@ -465,18 +544,33 @@ def _text_location(text: str, location: Any) -> int | None:
 def _pointer_node(node: ast.expr, pointer: Any) -> ast.AST | None:
     """The key (or item) a JSON pointer such as ``/properties/age/minimum`` names in a
     dict literal; the deepest one found."""
-    if not isinstance(pointer, str) or not pointer.startswith("/") or not isinstance(node, ast.Dict):
+    if (
+        not isinstance(pointer, str)
+        or not pointer.startswith("/")
+        or not isinstance(node, ast.Dict)
+    ):
         return None
     found: ast.AST | None = None
     current: ast.AST = node
     for token in pointer.split("/")[1:]:
         token = token.replace("~1", "/").replace("~0", "~")
         if isinstance(current, ast.Dict):
-            pair = next(((k, v) for k, v in zip(current.keys, current.values, strict=True) if isinstance(k, ast.Constant) and k.value == token), None)
+            pair = next(
+                (
+                    (k, v)
+                    for k, v in zip(current.keys, current.values, strict=True)
+                    if isinstance(k, ast.Constant) and k.value == token
+                ),
+                None,
+            )
             if pair is None:
                 break
             found, current = pair[0], pair[1]
-        elif isinstance(current, ast.List | ast.Tuple) and token.isdigit() and int(token) < len(current.elts):
+        elif (
+            isinstance(current, ast.List | ast.Tuple)
+            and token.isdigit()
+            and int(token) < len(current.elts)
+        ):
             found = current = current.elts[int(token)]
         else:
             break

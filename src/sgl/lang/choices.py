@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METHOD_NAMES = ("token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized")
+METHOD_NAMES = (
+    "token_length_normalized",
+    "greedy_token_selection",
+    "unconditional_likelihood_normalized",
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,9 @@ def method_name(method: ChoicesSamplingMethod | str | None) -> str:
         name = type(method).__name__
     name = _camel_to_snake(name)
     if name not in METHOD_NAMES:
-        raise ValueError(f"unknown choices_method {method!r}; expected one of {', '.join(METHOD_NAMES)}")
+        raise ValueError(
+            f"unknown choices_method {method!r}; expected one of {', '.join(METHOD_NAMES)}"
+        )
     return name
 
 

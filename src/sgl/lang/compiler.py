@@ -69,7 +69,9 @@ def compile(program: Any, *, name: str | None = None) -> CompiledProgram:  # noq
     elif isinstance(program, str):
         src = parse("<string>", program)
     else:
-        raise TypeError(f"cannot compile {type(program).__name__}: pass an SGL function, a path or source text")
+        raise TypeError(
+            f"cannot compile {type(program).__name__}: pass an SGL function, a path or source text"
+        )
     return _compile_source(src, name)
 
 
@@ -92,7 +94,14 @@ def _compile_function(func: Any, decorated: bool) -> CompiledProgram:
     names = ApiNames(src.tree)
     diagnostics = []
     if not decorated and not any(names.is_sgl_decorator(d) for d in node.decorator_list):
-        diagnostics.append(src.diagnostic("error", f"'{node.name}' is not an SGL function (decorate it with @sgl.function)", node, end=False))
+        diagnostics.append(
+            src.diagnostic(
+                "error",
+                f"'{node.name}' is not an SGL function (decorate it with @sgl.function)",
+                node,
+                end=False,
+            )
+        )
     fn_ir, found = _compile_one(src, names, node)
     return CompiledProgram(ir.Module(src.file, [fn_ir]), diagnostics + found)
 
@@ -116,7 +125,9 @@ def _compile_source(src: Source, name: str | None) -> CompiledProgram:
     return CompiledProgram(module, diagnostics)
 
 
-def _compile_one(src: Source, names: ApiNames, node: ast.FunctionDef) -> tuple[ir.FunctionDef, list[Diagnostic]]:
+def _compile_one(
+    src: Source, names: ApiNames, node: ast.FunctionDef
+) -> tuple[ir.FunctionDef, list[Diagnostic]]:
     diagnostics = FunctionChecker(src, names, node).run()
     diagnostics.sort(key=lambda d: (d.line, d.col))
     return Lowerer(src, names, node).lower(), diagnostics
@@ -134,8 +145,12 @@ class Lowerer(ast.NodeVisitor):
         self.fork_groups: set[str] = set()
 
     def lower(self) -> ir.FunctionDef:
-        params = [a.arg for a in self.fn.args.posonlyargs + self.fn.args.args + self.fn.args.kwonlyargs]
-        return ir.FunctionDef(self.fn.name, params, self.state, self.block(self.fn.body), self.loc(self.fn))
+        params = [
+            a.arg for a in self.fn.args.posonlyargs + self.fn.args.args + self.fn.args.kwonlyargs
+        ]
+        return ir.FunctionDef(
+            self.fn.name, params, self.state, self.block(self.fn.body), self.loc(self.fn)
+        )
 
     # --- helpers ---
     def loc(self, node: ast.AST) -> ir.Loc:
@@ -158,11 +173,19 @@ class Lowerer(ast.NodeVisitor):
     def is_target(self, node: ast.expr) -> bool:
         if isinstance(node, ast.Name):
             return node.id == self.state or node.id in self.fork_groups
-        return isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in self.fork_groups
+        return (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in self.fork_groups
+        )
 
     def state_method(self, node: ast.expr) -> tuple[str, str] | None:
         """(target source, method) for ``s.method(...)`` / ``forks[i].method(...)``."""
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and self.is_target(node.func.value):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and self.is_target(node.func.value)
+        ):
             return self.text_of(node.func.value), node.func.attr
         return None
 
@@ -183,7 +206,11 @@ class Lowerer(ast.NodeVisitor):
             if name in ("gen", "select"):
                 return ir.Append(target, [self.api_call(name, call)], self.loc(node))
             if name in ROLES and call.args:
-                return ir.Append(target, [ir.RoleText(name, self.parts(call.args[0]), self.loc(call))], self.loc(node))
+                return ir.Append(
+                    target,
+                    [ir.RoleText(name, self.parts(call.args[0]), self.loc(call))],
+                    self.loc(node),
+                )
             if name == "join" and target in self.fork_groups:
                 return self.join(target, call, node)
         if (
@@ -198,7 +225,11 @@ class Lowerer(ast.NodeVisitor):
 
     def join(self, forks: str, call: ast.Call, node: ast.AST) -> ir.Join:
         mode = "gather_variable"
-        mode_node = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "mode"), None)
+        mode_node = (
+            call.args[0]
+            if call.args
+            else next((k.value for k in call.keywords if k.arg == "mode"), None)
+        )
         ok, value = self.names.literal(mode_node)
         if ok and isinstance(value, str):
             mode = value
@@ -212,12 +243,22 @@ class Lowerer(ast.NodeVisitor):
         if isinstance(target, ast.Name) and method is not None and method[1] == "fork":
             self.fork_groups.add(target.id)
             call = node.value
-            n_node = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "size"), None)
+            n_node = (
+                call.args[0]
+                if call.args
+                else next((k.value for k in call.keywords if k.arg == "size"), None)
+            )
             ok, n = self.names.literal(n_node)
             n_value = n if ok else (self.opaque(n_node) if n_node is not None else 1)
             return ir.Fork(target.id, method[0], n_value, self.loc(node))
-        if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) and target.value.id == self.state:
-            return ir.SetVar(self.var_name(target.slice), self.value(node.value), self.state, self.loc(node))
+        if (
+            isinstance(target, ast.Subscript)
+            and isinstance(target.value, ast.Name)
+            and target.value.id == self.state
+        ):
+            return ir.SetVar(
+                self.var_name(target.slice), self.value(node.value), self.state, self.loc(node)
+            )
         return ir.Assign(self.text_of(target), self.value(node.value), self.loc(node))
 
     def visit_With(self, node: ast.With) -> Any:
@@ -227,18 +268,30 @@ class Lowerer(ast.NodeVisitor):
             if method is not None and method[1] in ROLES and not call.args:
                 return ir.Role(method[1], method[0], self.block(node.body), self.loc(node))
             if method is not None and method[1] == "var_scope" and call.args:
-                return ir.VarScope(self.var_name(call.args[0]), method[0], self.block(node.body), self.loc(node))
+                return ir.VarScope(
+                    self.var_name(call.args[0]), method[0], self.block(node.body), self.loc(node)
+                )
         header = ", ".join(self.text_of(item) for item in node.items)
         return ir.With(ir.Expr(header, self.loc(node)), self.block(node.body), self.loc(node))
 
     def visit_If(self, node: ast.If) -> Any:
-        return ir.If(self.opaque(node.test), self.block(node.body), self.block(node.orelse), self.loc(node))
+        return ir.If(
+            self.opaque(node.test), self.block(node.body), self.block(node.orelse), self.loc(node)
+        )
 
     def visit_For(self, node: ast.For) -> Any:
-        return ir.For(self.text_of(node.target), self.opaque(node.iter), self.block(node.body), self.block(node.orelse), self.loc(node))
+        return ir.For(
+            self.text_of(node.target),
+            self.opaque(node.iter),
+            self.block(node.body),
+            self.block(node.orelse),
+            self.loc(node),
+        )
 
     def visit_While(self, node: ast.While) -> Any:
-        return ir.While(self.opaque(node.test), self.block(node.body), self.block(node.orelse), self.loc(node))
+        return ir.While(
+            self.opaque(node.test), self.block(node.body), self.block(node.orelse), self.loc(node)
+        )
 
     def visit_Return(self, node: ast.Return) -> Any:
         return ir.Return(self.value(node.value) if node.value is not None else None, self.loc(node))
@@ -258,7 +311,11 @@ class Lowerer(ast.NodeVisitor):
             return self.parts(node.left) + self.parts(node.right)
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             return [ir.Text(node.value, self.loc(node))]
-        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == self.state:
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == self.state
+        ):
             return [ir.VarRef(self.var_name(node.slice), self.state, self.loc(node))]
         if isinstance(node, ast.Call):
             api = self.names.api_name(node.func)

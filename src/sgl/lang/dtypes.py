@@ -13,7 +13,15 @@ DTYPE_REGEX = {
     "str": r'"([^"\\\n]|\\["\\/nt])*"',
 }
 
-_ALIASES = {int: "int", float: "float", bool: "bool", str: "str", "string": "str", "integer": "int", "boolean": "bool"}
+_ALIASES = {
+    int: "int",
+    float: "float",
+    bool: "bool",
+    str: "str",
+    "string": "str",
+    "integer": "int",
+    "boolean": "bool",
+}
 
 
 def normalize_dtype(dtype: Any) -> str | None:

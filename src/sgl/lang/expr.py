@@ -30,7 +30,9 @@ def _as_expr(value: Any) -> SglExpr:
         return value
     if isinstance(value, str):
         return Constant(value)
-    raise TypeError(f"cannot concatenate {type(value).__name__} with an SGL expression; use str(...)")
+    raise TypeError(
+        f"cannot concatenate {type(value).__name__} with an SGL expression; use str(...)"
+    )
 
 
 def _items(expr: SglExpr) -> list[SglExpr]:
@@ -78,10 +80,16 @@ class GenExpr(SglExpr):
         self.json_schema = schema_of(self.json_schema)
         self.dtype = normalize_dtype(self.dtype)
         if self.grammar_syntax not in GRAMMAR_SYNTAXES:
-            raise ValueError(f"grammar_syntax must be one of {', '.join(GRAMMAR_SYNTAXES)}, not {self.grammar_syntax!r}")
-        given = [k for k in ("regex", "json_schema", "grammar", "dtype") if getattr(self, k) is not None]
+            raise ValueError(
+                f"grammar_syntax must be one of {', '.join(GRAMMAR_SYNTAXES)}, not {self.grammar_syntax!r}"
+            )
+        given = [
+            k for k in ("regex", "json_schema", "grammar", "dtype") if getattr(self, k) is not None
+        ]
         if len(given) > 1:
-            raise ValueError(f"gen accepts at most one of regex, json_schema, grammar, dtype (got {', '.join(given)})")
+            raise ValueError(
+                f"gen accepts at most one of regex, json_schema, grammar, dtype (got {', '.join(given)})"
+            )
 
 
 @dataclass(eq=False)
@@ -139,7 +147,9 @@ def schema_of(schema: Any) -> dict | str | None:
     to_schema = getattr(schema, "model_json_schema", None)
     if callable(to_schema):
         return to_schema()
-    raise TypeError(f"json_schema must be a dict, a JSON string or a pydantic model class, not {type(schema).__name__}")
+    raise TypeError(
+        f"json_schema must be a dict, a JSON string or a pydantic model class, not {type(schema).__name__}"
+    )
 
 
 __all__ = [

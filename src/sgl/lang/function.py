@@ -12,12 +12,21 @@ from typing import Any
 class SglFunction:
     """An SGL program. Call it (or ``.run``) to execute it once; ``.run_batch`` for many."""
 
-    def __init__(self, func: Callable[..., Any], num_api_spec_tokens: int | None = None, bind_arguments: dict | None = None):
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        num_api_spec_tokens: int | None = None,
+        bind_arguments: dict | None = None,
+    ):
         self.func = func
         self.num_api_spec_tokens = num_api_spec_tokens  # SGLang compatibility; unused
         self.bind_arguments = dict(bind_arguments or {})
         params = list(inspect.signature(func).parameters.values())
-        self.arg_names = [p.name for p in params[1:] if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        self.arg_names = [
+            p.name
+            for p in params[1:]
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
         self.arg_defaults = [p.default for p in params[1:] if p.default is not p.empty]
         self._compiled: Any = None
         self._compile_lock = threading.Lock()
@@ -50,7 +59,10 @@ class SglFunction:
 
         compiled = self.compile()
         if not compiled.ok:
-            raise ProgramError(f"{self.__name__} does not compile:\n{compiled.format()}", diagnostics=compiled.errors)
+            raise ProgramError(
+                f"{self.__name__} does not compile:\n{compiled.format()}",
+                diagnostics=compiled.errors,
+            )
 
     def run(
         self,
@@ -71,7 +83,15 @@ class SglFunction:
         self.check()
         defaults, program_kwargs = split_run_options(dict(kwargs), self.arg_names)
         program_kwargs.update(self.bind_arguments)
-        return run_program(self.func, args, program_kwargs, backend=backend, defaults=defaults, stream=stream, timeout=timeout)
+        return run_program(
+            self.func,
+            args,
+            program_kwargs,
+            backend=backend,
+            defaults=defaults,
+            stream=stream,
+            timeout=timeout,
+        )
 
     def run_batch(
         self,
@@ -94,7 +114,15 @@ class SglFunction:
         if rest:
             raise TypeError(f"run_batch got unexpected options: {', '.join(rest)}")
         items = [self._as_kwargs(item) for item in batch_kwargs]
-        return run_batch(self.func, items, backend=backend, defaults=defaults, num_threads=num_threads, progress_bar=progress_bar, timeout=timeout)
+        return run_batch(
+            self.func,
+            items,
+            backend=backend,
+            defaults=defaults,
+            num_threads=num_threads,
+            progress_bar=progress_bar,
+            timeout=timeout,
+        )
 
     def _as_kwargs(self, item: dict[str, Any] | Sequence[Any]) -> dict[str, Any]:
         if isinstance(item, dict):
@@ -102,7 +130,9 @@ class SglFunction:
         if not isinstance(item, list | tuple):
             raise TypeError(f"run_batch items must be dicts or tuples, not {type(item).__name__}")
         if len(item) > len(self.arg_names):
-            raise TypeError(f"{self.__name__}() takes {len(self.arg_names)} arguments ({len(item)} given)")
+            raise TypeError(
+                f"{self.__name__}() takes {len(self.arg_names)} arguments ({len(item)} given)"
+            )
         return {**dict(zip(self.arg_names, item, strict=False)), **self.bind_arguments}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -20,7 +20,9 @@ MAX_LITERAL = 100  # long literals (schemas) are cut so each IR line stays reada
 
 def format_module(module: ir.Module) -> str:
     """Every function of ``module``, separated by blank lines."""
-    return "\n\n".join(format_function(fn) for fn in module.functions) + ("\n" if module.functions else "")
+    return "\n\n".join(format_function(fn) for fn in module.functions) + (
+        "\n" if module.functions else ""
+    )
 
 
 def format_function(fn: ir.FunctionDef) -> str:
@@ -46,7 +48,9 @@ def _stmt(node: Any, depth: int) -> list[str]:
     if isinstance(node, ir.Role):
         return [f"{pad}role {node.role} on {node.target}:"] + _block(node.body, depth + 1)
     if isinstance(node, ir.VarScope):
-        return [f"{pad}var_scope {_name(node.name)} on {node.target}:"] + _block(node.body, depth + 1)
+        return [f"{pad}var_scope {_name(node.name)} on {node.target}:"] + _block(
+            node.body, depth + 1
+        )
     if isinstance(node, ir.With):
         return [f"{pad}with {_value(node.header)}:"] + _block(node.body, depth + 1)
     if isinstance(node, ir.Fork):

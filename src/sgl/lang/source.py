@@ -18,7 +18,18 @@ from typing import Any
 from .diagnostics import Diagnostic
 
 SGL_MODULES = ("sgl", "sglang")
-STATE_METHODS = ("gen", "select", "system", "user", "assistant", "var_scope", "fork", "copy", "set_var", "get_var")
+STATE_METHODS = (
+    "gen",
+    "select",
+    "system",
+    "user",
+    "assistant",
+    "var_scope",
+    "fork",
+    "copy",
+    "set_var",
+    "get_var",
+)
 
 
 @dataclass
@@ -46,7 +57,9 @@ class Source:
         """The real (line, 1-based character column) of an ast position."""
         i = lineno - 1
         raw = self.lines[i] if 0 <= i < len(self.lines) else ""
-        col = len(raw.encode("utf-8")[:col_offset].decode("utf-8", errors="replace"))  # ast counts bytes
+        col = len(
+            raw.encode("utf-8")[:col_offset].decode("utf-8", errors="replace")
+        )  # ast counts bytes
         return lineno + self.line_offset, col + 1 + self.col_offset
 
     def diagnostic(self, severity: str, message: str, node: Any, end: bool = True) -> Diagnostic:
@@ -59,7 +72,14 @@ class Source:
     def diagnostic_at(self, severity: str, message: str, line: int, col: int) -> Diagnostic:
         """A diagnostic at an ast-relative (line, 0-based character column)."""
         real_line = line + self.line_offset
-        return Diagnostic(severity, message, self.file, real_line, col + 1 + self.col_offset, self.line_text(real_line))
+        return Diagnostic(
+            severity,
+            message,
+            self.file,
+            real_line,
+            col + 1 + self.col_offset,
+            self.line_text(real_line),
+        )
 
 
 def parse(file: str, text: str, **kwargs: Any) -> Source:
@@ -69,7 +89,9 @@ def parse(file: str, text: str, **kwargs: Any) -> Source:
     except SyntaxError as e:
         line = (e.lineno or 1) + src.line_offset
         col = (e.offset or 1) + src.col_offset
-        src.syntax_error = Diagnostic("error", f"syntax error: {e.msg}", file, line, col, src.line_text(line))
+        src.syntax_error = Diagnostic(
+            "error", f"syntax error: {e.msg}", file, line, col, src.line_text(line)
+        )
     return src
 
 
@@ -125,11 +147,18 @@ class ApiNames:
                 for alias in node.names:
                     if alias.name.split(".")[0] in SGL_MODULES:
                         self.modules.add(alias.asname or alias.name.split(".")[0])
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in SGL_MODULES:
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").split(".")[0] in SGL_MODULES
+            ):
                 for alias in node.names:
                     self.imported[alias.asname or alias.name] = alias.name
         for node in tree.body:  # module-level constants only: NAME = literal, assigned once
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+            ):
                 name = node.targets[0].id
                 assigned[name] = assigned.get(name, 0) + 1
                 try:
@@ -142,7 +171,11 @@ class ApiNames:
 
     def api_name(self, func: ast.expr) -> str | None:
         """``sgl.gen`` / ``gen`` (imported from sgl) → ``"gen"``; otherwise None."""
-        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in self.modules:
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in self.modules
+        ):
             return func.attr
         if isinstance(func, ast.Name) and func.id in self.imported:
             return self.imported[func.id]
@@ -169,12 +202,15 @@ def sgl_functions(tree: ast.Module, names: ApiNames) -> list[ast.FunctionDef]:
     found = [
         n
         for n in ast.walk(tree)
-        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and any(names.is_sgl_decorator(d) for d in n.decorator_list)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        and any(names.is_sgl_decorator(d) for d in n.decorator_list)
     ]
     return sorted(found, key=lambda n: (n.lineno, n.col_offset))
 
 
-_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]*\}|[0-7]{1,3}|\n|.)", re.S)
+_ESCAPE = re.compile(
+    r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]*\}|[0-7]{1,3}|\n|.)", re.S
+)
 
 
 def literal_position(src: Source, node: ast.expr, offset: int) -> tuple[int, int] | None:
@@ -200,7 +236,11 @@ def literal_position(src: Source, node: ast.expr, offset: int) -> tuple[int, int
     newlines = before.count("\n")
     if newlines:
         return node.lineno + newlines, at - before.rfind("\n") - 1
-    start_col = len(src.lines[node.lineno - 1].encode("utf-8")[: node.col_offset].decode("utf-8", errors="replace"))
+    start_col = len(
+        src.lines[node.lineno - 1]
+        .encode("utf-8")[: node.col_offset]
+        .decode("utf-8", errors="replace")
+    )
     return node.lineno, start_col + at
 
 

@@ -161,7 +161,11 @@ class ProgramState:
             self.sync()
         with self._cond:
             if self._background:
-                self._cond.wait_for(lambda: self._finished or (name in self._vars and name not in self._streaming_vars))
+                self._cond.wait_for(
+                    lambda: (
+                        self._finished or (name in self._vars and name not in self._streaming_vars)
+                    )
+                )
             if name not in self._vars:
                 known = ", ".join(sorted(self._vars)) or "none"
                 raise KeyError(f"variable {name!r} is not defined (defined: {known})")
@@ -205,7 +209,9 @@ class ProgramState:
         pos = 0
         while True:
             with self._cond:
-                self._cond.wait_for(lambda p=pos: self._stream_done(var_name) or len(self._current(var_name)) > p)
+                self._cond.wait_for(
+                    lambda p=pos: self._stream_done(var_name) or len(self._current(var_name)) > p
+                )
                 out = self._current(var_name)[pos:]
                 done = self._stream_done(var_name)
             pos += len(out)
@@ -219,7 +225,9 @@ class ProgramState:
     def _stream_done(self, var_name: str | None) -> bool:
         if self._finished:
             return True
-        return var_name is not None and var_name in self._vars and var_name not in self._streaming_vars
+        return (
+            var_name is not None and var_name in self._vars and var_name not in self._streaming_vars
+        )
 
     def _current(self, var_name: str | None) -> str:
         if var_name is None:

@@ -3,14 +3,96 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from sgl.backends.base import Backend
+from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
 from sgl.lang.state import ProgramState
 
 from .interpreter import RunDefaults, get_default_backend, run_program
+
+
+class RequestBatcher(Backend):
+    """Gathers the ``generate`` calls that run_batch's threads make at the same time
+    into ``backend.generate_batch`` calls, for backends that batch (the local engine
+    pads a batch and decodes it in one forward pass per step). Everything else is
+    passed through."""
+
+    def __init__(self, backend: Backend, max_batch: int = 8):
+        self.backend = backend
+        self.closed = False
+        self.max_batch = max(1, max_batch)
+        self.queue: queue.Queue[tuple[GenerateRequest, Future] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._dispatch, name="sgl-batcher", daemon=True)
+        self.thread.start()
+
+    def __getattr__(self, name: str) -> Any:  # default_system_prompt, encode, ...
+        if name == "backend":
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+    def generate(self, request: GenerateRequest) -> GenerateResult:
+        if self.closed:  # a state used after its run_batch ended
+            return self.backend.generate(request)
+        fut: Future = Future()
+        self.queue.put((request, fut))
+        return fut.result()
+
+    def generate_stream(self, request: GenerateRequest) -> Iterator[str]:
+        return self.backend.generate_stream(request)
+
+    def select(
+        self, prompt: str, choices: Sequence[str], method: str = "token_length_normalized"
+    ) -> SelectResult:
+        return self.backend.select(prompt, choices, method)
+
+    def role_text(self, role: str, content: str) -> tuple[str, str]:
+        return self.backend.role_text(role, content)
+
+    def close(self) -> None:
+        """Stop the dispatcher (the wrapped backend stays open)."""
+        self.closed = True
+        self.queue.put(None)
+        self.thread.join()
+
+    def _dispatch(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            batch = [item]
+            # whatever queued up while the previous batch ran joins this one
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.queue.put(None)
+                    break
+                batch.append(nxt)
+            self._run(batch)
+
+    def _run(self, batch: list[tuple[GenerateRequest, Future]]) -> None:
+        try:
+            results = self.backend.generate_batch([req for req, _ in batch])
+        except Exception:  # noqa: BLE001 - retry one by one so only the bad request fails
+            for req, fut in batch:
+                try:
+                    fut.set_result(self.backend.generate(req))
+                except Exception as e:  # noqa: BLE001 - handed to the waiting program
+                    fut.set_exception(e)
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            fut.set_result(result)
+
+
+def batches(backend: Backend) -> bool:
+    """Does ``backend`` implement a real ``generate_batch`` (not the one-by-one default)?"""
+    return type(backend).generate_batch is not Backend.generate_batch
 
 
 def resolve_threads(num_threads: int | str, n_items: int) -> int:
@@ -39,9 +121,20 @@ def run_batch(
         return []
     backend = backend or get_default_backend()  # once, before the threads race for it
     threads = resolve_threads(num_threads, len(batch_kwargs))
+    batcher = None
+    if threads > 1 and batches(backend):
+        batcher = backend = RequestBatcher(backend, getattr(backend, "max_batch", 8))
 
     def one(kwargs: dict[str, Any]) -> ProgramState:
-        return run_program(func, (), dict(kwargs), backend=backend, defaults=defaults, timeout=timeout, raise_errors=False)
+        return run_program(
+            func,
+            (),
+            dict(kwargs),
+            backend=backend,
+            defaults=defaults,
+            timeout=timeout,
+            raise_errors=False,
+        )
 
     bar = None
     if progress_bar:
@@ -65,3 +158,5 @@ def run_batch(
     finally:
         if bar is not None:
             bar.close()
+        if batcher is not None:
+            batcher.close()

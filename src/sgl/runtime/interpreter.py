@@ -50,7 +50,9 @@ def get_default_backend() -> Backend:
             try:
                 from sgl.backends.local import LocalModel
             except ImportError as e:
-                raise BackendError(f"no backend: call sgl.set_default_backend(...) or pass backend= ({e})") from e
+                raise BackendError(
+                    f"no backend: call sgl.set_default_backend(...) or pass backend= ({e})"
+                ) from e
             _default_backend = LocalModel()
         return _default_backend
 
@@ -90,7 +92,9 @@ SGLANG_ONLY_OPTIONS = {
 }
 
 
-def split_run_options(kwargs: dict[str, Any], program_args: Sequence[str] = ()) -> tuple[RunDefaults, dict[str, Any]]:
+def split_run_options(
+    kwargs: dict[str, Any], program_args: Sequence[str] = ()
+) -> tuple[RunDefaults, dict[str, Any]]:
     """Separate sampling options from program arguments (both arrive as ``run`` kwargs);
     a name the program itself takes (say ``seed``) stays a program argument."""
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in RUN_OPTIONS and k not in program_args}
@@ -136,7 +140,9 @@ class Interpreter:
         elif isinstance(expr, SglExpr):
             raise ProgramError(f"cannot execute {type(expr).__name__}")
         else:
-            raise TypeError(f"cannot append {type(expr).__name__} to the state; use str(...) for values")
+            raise TypeError(
+                f"cannot append {type(expr).__name__} to the state; use str(...) for values"
+            )
 
     # --- gen ---
     def request_for(self, state: ProgramState, g: GenExpr) -> GenerateRequest:
@@ -158,8 +164,17 @@ class Interpreter:
             seed=pick(g.seed, d.seed),
         )
         regex = DTYPE_REGEX[g.dtype] if g.dtype else g.regex
-        constraint = ConstraintSpec(regex=regex, json_schema=g.json_schema, grammar=g.grammar, grammar_syntax=g.grammar_syntax)
-        return GenerateRequest(prompt=state._text, params=params, constraint=None if constraint.is_empty() else constraint)
+        constraint = ConstraintSpec(
+            regex=regex,
+            json_schema=g.json_schema,
+            grammar=g.grammar,
+            grammar_syntax=g.grammar_syntax,
+        )
+        return GenerateRequest(
+            prompt=state._text,
+            params=params,
+            constraint=None if constraint.is_empty() else constraint,
+        )
 
     def _gen(self, state: ProgramState, g: GenExpr) -> None:
         request = self.request_for(state, g)
@@ -171,7 +186,11 @@ class Interpreter:
         else:
             result = self._call(lambda: self.backend.generate(request), state, what, None)
             text = result.text
-            meta = {"finish_reason": result.finish_reason, "completion_tokens": len(result.token_ids), **result.meta}
+            meta = {
+                "finish_reason": result.finish_reason,
+                "completion_tokens": len(result.token_ids),
+                **result.meta,
+            }
             if result.logprobs is not None:
                 meta["logprobs"] = result.logprobs
             state._append(text)
@@ -187,7 +206,14 @@ class Interpreter:
             state._meta[g.name] = meta
         state.set_var(g.name, value)
 
-    def _gen_streaming(self, state: ProgramState, name: str | None, request: GenerateRequest, deadline: float | None, what: str) -> dict:
+    def _gen_streaming(
+        self,
+        state: ProgramState,
+        name: str | None,
+        request: GenerateRequest,
+        deadline: float | None,
+        what: str,
+    ) -> dict:
         """Stream deltas into the state as they come; stop reading at the deadline."""
         cancelled = threading.Event()
         collected: list[str] = []
@@ -229,18 +255,28 @@ class Interpreter:
         )
         index = result.index
         if sel.temperature > 0 and result.scores:
-            index = _sample_index(result.scores, sel.temperature, sel.seed if sel.seed is not None else self.defaults.seed)
+            index = _sample_index(
+                result.scores,
+                sel.temperature,
+                sel.seed if sel.seed is not None else self.defaults.seed,
+            )
         choice = sel.choices[index]
         state._append(choice)
         if sel.name is not None:
             with state._cond:
-                state._meta[sel.name] = {"scores": list(result.scores), "index": index, "method": sel.method}
+                state._meta[sel.name] = {
+                    "scores": list(result.scores),
+                    "index": index,
+                    "method": sel.method,
+                }
             state.set_var(sel.name, choice)
 
     # --- roles ---
     def _role_begin(self, state: ProgramState, role: str) -> None:
         if state._role is not None:
-            raise ProgramError(f"cannot open role {role!r} inside role {state._role!r}: roles do not nest", state)
+            raise ProgramError(
+                f"cannot open role {role!r} inside role {state._role!r}: roles do not nest", state
+            )
         default_system = getattr(self.backend, "default_system_prompt", None)
         if not state._messages and role != "system" and default_system:
             self._role_begin(state, "system")
@@ -266,7 +302,14 @@ class Interpreter:
         call_deadline = time.monotonic() + call_timeout
         return call_deadline if self.deadline is None else min(call_deadline, self.deadline)
 
-    def _call(self, fn: Callable[[], Any], state: ProgramState, what: str, deadline: float | None, on_timeout: Callable[[], None] | None = None) -> Any:
+    def _call(
+        self,
+        fn: Callable[[], Any],
+        state: ProgramState,
+        what: str,
+        deadline: float | None,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> Any:
         """``fn()`` with backend errors typed; with a deadline, run it on a helper thread
         and give up waiting at the deadline (the text so far stays in ``state``)."""
         if deadline is None:
@@ -309,7 +352,9 @@ class Interpreter:
         if isinstance(error, ConstraintError):
             error.state = state  # the text so far is never lost
             raise error
-        raise BackendError(f"backend failed during {what}: {type(error).__name__}: {error}", state) from error
+        raise BackendError(
+            f"backend failed during {what}: {type(error).__name__}: {error}", state
+        ) from error
 
 
 def _sample_index(scores: list[float], temperature: float, seed: int | None) -> int:
@@ -336,7 +381,9 @@ def run_program(
     state = ProgramState(interp, stream=stream)
     if stream:
         state._background = True
-        threading.Thread(target=_run_body, args=(func, state, args, kwargs), name="sgl-stream", daemon=True).start()
+        threading.Thread(
+            target=_run_body, args=(func, state, args, kwargs), name="sgl-stream", daemon=True
+        ).start()
         return state
     error = _run_body(func, state, args, kwargs)
     if error is not None and raise_errors:
@@ -344,7 +391,9 @@ def run_program(
     return state
 
 
-def _run_body(func: Callable[..., Any], state: ProgramState, args: tuple, kwargs: dict) -> BaseException | None:
+def _run_body(
+    func: Callable[..., Any], state: ProgramState, args: tuple, kwargs: dict
+) -> BaseException | None:
     error: BaseException | None = None
     try:
         state.ret_value = func(state, *args, **kwargs)

@@ -381,7 +381,8 @@ class _Server:
     # --- running ---
     async def _call(self, fn: Callable[[], Any], rid: str) -> Any:
         def run() -> Any:
-            with trace.request_context(rid):  # the engine's trace lines carry this id
+            # counted as running while the worker thread works, even after its client left
+            with trace.request_context(rid), self.metrics.track_running():  # the engine's trace lines carry rid
                 return fn()
 
         return await anyio.to_thread.run_sync(run, limiter=self.limiter)
@@ -394,28 +395,25 @@ class _Server:
         else:
             def fn() -> list[GenerateResult]:
                 return list(self.backend.generate_batch(job.requests))
-        with self.metrics.track_running():
-            task = asyncio.ensure_future(self._call(fn, job.rid))
-            try:
-                while True:
-                    done, _ = await asyncio.wait({task}, timeout=0.25)
-                    if done:
-                        break
-                    if await request.is_disconnected():
-                        # a blocking generate cannot be interrupted; its slot stays taken
-                        # until it ends, and its answer is dropped
-                        task.add_done_callback(_swallow)
-                        self.metrics.observe_status("cancelled")
-                        raise ClientGone
-                results = task.result()
-            except ClientGone:
-                raise APIError(499, "client disconnected", code="client_closed") from None
-            except APIError:
-                raise
-            except Exception as e:  # noqa: BLE001 - reported to the client as a 500
-                self.metrics.observe_status("error")
-                log.exception("generation failed")
-                raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error") from None
+        task = asyncio.ensure_future(self._call(fn, job.rid))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    # a blocking generate cannot be interrupted; its slot stays taken
+                    # until it ends, and its answer is dropped
+                    task.add_done_callback(_swallow)
+                    self.metrics.observe_status("cancelled")
+                    raise ClientGone
+            results = task.result()
+        except ClientGone:
+            raise APIError(499, "client disconnected", code="client_closed") from None
+        except Exception as e:  # noqa: BLE001 - reported to the client as a 500
+            self.metrics.observe_status("error")
+            log.exception("generation failed")
+            raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error") from None
         latency = time.perf_counter() - job.started
         outcomes = [await self._check_output(job, r.text, _finish(r)) for r in results]
         prompt_tokens = sum(int(r.meta.get("prompt_tokens", 0)) for r in results)
@@ -474,26 +472,25 @@ class _Server:
                     close()  # lets the backend stop decoding
             put(("done", result))
 
-        with self.metrics.track_running():
-            worker = asyncio.ensure_future(self._call(pump, job.rid))
-            worker.add_done_callback(_swallow)
-            try:
-                while True:
-                    try:
-                        kind, value = await asyncio.wait_for(queue.get(), timeout=0.5)
-                    except TimeoutError:
-                        if await request.is_disconnected():
-                            raise ClientGone from None
-                        continue
-                    if kind == "error":
-                        raise value
-                    yield kind, value
-                    if kind == "done":
-                        return
+        worker = asyncio.ensure_future(self._call(pump, job.rid))
+        worker.add_done_callback(_swallow)
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(queue.get(), timeout=0.5)
+                except TimeoutError:
                     if await request.is_disconnected():
-                        raise ClientGone
-            finally:
-                cancel.set()
+                        raise ClientGone from None
+                    continue
+                if kind == "error":
+                    raise value
+                yield kind, value
+                if kind == "done":
+                    return
+                if await request.is_disconnected():
+                    raise ClientGone
+        finally:
+            cancel.set()  # the worker closes the backend's stream at its next delta
 
     async def _stream_events(self, job: _Job, request: Request, make_chunk: Callable[[str, str | None, Usage | None], dict],
                              first: dict | None = None) -> AsyncIterator[dict]:
@@ -525,9 +522,11 @@ class _Server:
                                                   type="server_error")).model_dump()
             return
         text = "".join(pieces)
-        finish = _finish(result) if result is not None else "stop"
-        completion_tokens = len(result.token_ids) if result is not None else 0
-        prompt_tokens = int(result.meta.get("prompt_tokens", 0)) if result is not None else 0
+        if result is None:
+            result = self._estimate_result(job.requests[0], text)
+        finish = _finish(result)
+        completion_tokens = len(result.token_ids)
+        prompt_tokens = int(result.meta.get("prompt_tokens", 0))
         yield make_chunk("", finish, None)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                       total_tokens=prompt_tokens + completion_tokens)
@@ -561,6 +560,18 @@ class _Server:
         first = chunk(echo, None, None) if echo else None
         return self._stream_events(job, request, chunk, first)
 
+    def _estimate_result(self, request: GenerateRequest, text: str) -> GenerateResult:
+        """A stand-in result for a backend whose stream returned none: token counts by
+        re-encoding (``backend.encode``, when it has one), "length" when they reach
+        max_tokens. Backends should return their GenerateResult from the generator."""
+        encode = getattr(self.backend, "encode", None)
+        if encode is None:
+            return GenerateResult(text=text)
+        ids = list(encode(text))
+        finish = "length" if len(ids) >= request.params.max_tokens else "stop"
+        return GenerateResult(text=text, token_ids=ids, finish_reason=finish,
+                              meta={"prompt_tokens": len(encode(request.prompt)), "estimated": True})
+
     @staticmethod
     def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
         async def body() -> AsyncIterator[bytes]:
@@ -573,9 +584,15 @@ class _Server:
 
     # --- logprobs ---
     def _token_text(self, token_id: int) -> str:
-        decode = getattr(self.backend, "decode_token", None)
+        decode_token = getattr(self.backend, "decode_token", None)
+        if decode_token is not None:
+            return decode_token(token_id)
+        decode = getattr(self.backend, "decode", None)  # LocalModel: decode(ids) -> str
         if decode is not None:
-            return decode(token_id)
+            try:
+                return decode([token_id])
+            except (TypeError, ValueError):
+                pass
         return f"token_id:{token_id}"  # vLLM's spelling when text is unavailable
 
     def _completion_logprobs(self, result: GenerateResult, job: _Job) -> CompletionLogprobs | None:

