@@ -706,3 +706,11 @@ def test_gbnf_random_grammars_match_char_level_oracle():
         for s in strings:
             assert cg.accepts_text(s) == _earley_accepts(bnf, "root", s), (text, s)
         tested += 1
+
+
+def test_gbnf_rule_name_at_end_of_input_is_an_error_not_a_hang():
+    from sgl.constrain import ConstraintError
+    from sgl.constrain.gbnf import gbnf_grammar
+
+    with pytest.raises(ConstraintError, match="b"):
+        gbnf_grammar('root ::= "a" b')

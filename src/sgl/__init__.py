@@ -40,7 +40,13 @@ from sgl.runtime.interpreter import get_default_backend, set_default_backend
 
 __version__ = "0.1.0"
 
-_LAZY = {"LocalModel": "sgl.backends.local"}
+_LAZY = {
+    "LocalModel": "sgl.backends.local",
+    "OpenAI": "sgl.backends.openai",
+    "RuntimeEndpoint": "sgl.backends.openai",
+    "get_stats": "sgl.runtime.metrics",
+    "OptimalSampler": "sgl.decode.optimal",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -53,6 +59,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "LocalModel",
+    "OpenAI",
+    "OptimalSampler",
+    "RuntimeEndpoint",
+    "get_stats",
     "BackendError",
     "CompiledProgram",
     "ConstraintError",

@@ -249,6 +249,22 @@ COMMANDS: dict[
 }
 
 
+def _lazy_command(module: str, configure: str, handler: str):
+    """Subcommands whose modules import heavy packages load them only when chosen."""
+
+    def configure_fn(parser: argparse.ArgumentParser) -> None:
+        getattr(importlib.import_module(module), configure)(parser)
+
+    def handler_fn(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), handler)(args) or 0
+
+    return configure_fn, handler_fn
+
+
+COMMANDS["serve"] = ("serve an OpenAI-compatible HTTP API", *_lazy_command("sgl.server.main", "add_serve_arguments", "serve"))
+COMMANDS["viz"] = ("render a generation trace as HTML", *_lazy_command("sgl.viz.main", "add_viz_arguments", "viz"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sgl import __version__
 

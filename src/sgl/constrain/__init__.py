@@ -20,7 +20,6 @@ from .errors import CompileBudgetExceeded, ConstraintError
 from .grammar import Grammar, Rule, Terminal
 from .matcher import Matcher, allocate_bitmask
 from .torch_utils import apply_bitmask
-
 from .vocab import Vocabulary
 
 __all__ = [

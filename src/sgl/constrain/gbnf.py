@@ -108,7 +108,7 @@ _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
 
 
 def _is_name_char(c: str) -> bool:
-    return c.isascii() and (c.isalnum() or c in "_-")
+    return c != "" and c.isascii() and (c.isalnum() or c in "_-")  # "" is end of input
 
 
 class _Parser:
