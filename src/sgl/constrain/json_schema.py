@@ -83,6 +83,10 @@ MAX_UNION = 64  # alternatives kept when intersecting unions
 MAX_UNIQUE_VALUES = 8  # uniqueItems over a finite element set of at most this size
 MAX_EXACT_NUMBER_POINTS = 64  # enum numbers spelled every way; beyond, plain spellings
 
+SCALAR_KEYWORDS = frozenset(
+    "type nullable minimum maximum exclusiveMinimum exclusiveMaximum multipleOf minLength "
+    "maxLength pattern".split()
+)
 ANNOTATIONS = frozenset(
     "$schema $id $anchor $dynamicAnchor $comment $defs definitions $vocabulary title description "
     "default examples deprecated readOnly writeOnly contentMediaType contentEncoding "
@@ -746,15 +750,23 @@ class JsonSchemaCompiler:
 
     # -- enum / const -------------------------------------------------------------------
     def value_facets(self, s: Sub) -> Facets:
+        return self.facets_of_values(self.enum_values(s), s.ptr)
+
+    def enum_values(self, s: Sub) -> list:
+        """The values of ``enum``/``const`` that satisfy the schema's other keywords."""
         node = s.node
         values = list(node["enum"]) if "enum" in node else None
         if "const" in node:
             c = node["const"]
             values = [c] if values is None else [v for v in values if json_equal(v, c)]
-        rest = [k for k in node if k not in ANNOTATIONS and k not in ("enum", "const")]
-        if rest:  # other keywords narrow the list: validate each value exactly
+        rest = {k for k in node if k not in ANNOTATIONS and k not in ("enum", "const")}
+        if rest and rest <= SCALAR_KEYWORDS:
+            # type and scalar bounds only: our own facets decide (fast for big enums)
+            own = self.own_facets(s)
+            values = [v for v in values if self.facets_contains(own, v)]
+        elif rest:  # other keywords narrow the list: validate each value exactly
             values = [v for v in values if self.ref_contains(s, v)]
-        return self.facets_of_values(values, s.ptr)
+        return values
 
     def facets_of_values(self, values: list, ptr: str) -> Facets:
         f = Facets()
@@ -1456,6 +1468,14 @@ class JsonSchemaCompiler:
         return True
 
     def _finite_values(self, ref) -> list | None:
+        if isinstance(ref, Sub) and isinstance(ref.node, dict) and ("enum" in ref.node or "const" in ref.node):
+            if self.draft >= 2019 or "$ref" not in ref.node:
+                self.facets(ref)  # keyword checks
+                vals: list = []
+                for v in self.enum_values(ref):
+                    if not any(json_equal(v, w) for w in vals):
+                        vals.append(v)
+                return vals
         f = self.facets(ref)
         if f.arrays or f.objects:
             return None
@@ -1533,7 +1553,9 @@ class JsonSchemaCompiler:
             f = self.facets(r)
             name_langs.append(f.strs if f.strs is not None else NOTHING)
         out = []
-        not_declared = _not_in_set(declared)
+        not_declared, exact = _not_in_set(declared)
+        if not exact:
+            self.note("many declared properties: other keys sharing a long prefix with them are not allowed", ptr)
         for size in range(len(patterns) + 1):
             for chosen in combinations(patterns, size):
                 refs = []
@@ -1757,23 +1779,44 @@ def _string_set(strings: tuple) -> Node:
     return node
 
 
-def _not_in_set(names) -> Node:
+MAX_KEY_TRIE_NODES = 300  # each costs ~300 automaton states once JSON-escaped
+
+
+def _not_in_set(names) -> tuple[Node, bool]:
     return _not_in_set_cached(tuple(names))
 
 
 @lru_cache(maxsize=1024)
-def _not_in_set_cached(names: tuple) -> Node:
-    """Decoded strings other than ``names`` (a complemented trie, built directly)."""
+def _not_in_set_cached(names: tuple) -> tuple[Node, bool]:
+    """Decoded strings other than ``names`` (a complemented trie, built directly).
+
+    Returns ``(node, exact)``. The trie is cut at the depth where it would exceed
+    ``MAX_KEY_TRIE_NODES``: below the cut every string is excluded, which is sound
+    (other keys that share a long prefix with a declared name are refused).
+    """
     if not names:
-        return ANY_STRING
+        return ANY_STRING, True
     trie: dict = {}
     for t in names:
         node = trie
         for ch in t:
             node = node.setdefault(ch, {})
         node[""] = True
+    # deepest level that keeps the trie within budget
+    level, count, depth = [trie], 1, 0
+    while level and depth < 200:
+        nxt = [sub for nd in level for ch, sub in nd.items() if ch != ""]
+        if count + len(nxt) > MAX_KEY_TRIE_NODES:
+            break
+        count += len(nxt)
+        level = nxt
+        depth += 1
+    cut = depth if level and any(len(nd) > ("" in nd) for nd in level) else None
+    exact = cut is None
 
-    def build(node: dict) -> Node:
+    def build(node: dict, d: int) -> Node:
+        if cut is not None and d >= cut:
+            return NOTHING
         kids = sorted(ch for ch in node if ch != "")
         parts = []
         if "" not in node:
@@ -1783,12 +1826,12 @@ def _not_in_set_cached(names: tuple) -> Node:
         if others.ranges:
             parts.append(seq(others, ANY_STRING))
         for ch in kids:
-            rest = build(node[ch])
+            rest = build(node[ch], d + 1)
             if rest != NOTHING:
                 parts.append(seq(literal(ch), rest))
         return alt(*parts) if parts else NOTHING
 
-    return build(trie)
+    return build(trie, 0), exact
 
 
 def _complement_ranges(used: tuple) -> tuple:
@@ -1815,6 +1858,7 @@ def _prune(g: Grammar) -> Grammar:
         if not nts and r.lhs not in productive:
             productive.add(r.lhs)
             queue.append(r.lhs)
+    found = list(queue)  # nonterminals in the order they became productive
     while queue:
         sym = queue.pop()
         for i in users.get(sym, ()):
@@ -1823,6 +1867,7 @@ def _prune(g: Grammar) -> Grammar:
             if missing[i] == 0 and lhs not in productive:
                 productive.add(lhs)
                 queue.append(lhs)
+                found.append(lhs)
     if g.start not in productive:
         raise ConstraintError("the schema matches no JSON value", "#")
     by_lhs: dict[str, list] = {}
@@ -1836,7 +1881,11 @@ def _prune(g: Grammar) -> Grammar:
                 if s not in reach and s not in g.terminals:
                     reach.add(s)
                     stack.append(s)
+    # rules ordered bottom-up (dependencies first), so a one-pass fixpoint downstream
+    # (e.g. a productivity check in the parser tables) converges immediately
+    rank = {sym: k for k, sym in enumerate(found)}
     rules = [r for i, r in enumerate(g.rules) if missing[i] == 0 and r.lhs in reach]
+    rules.sort(key=lambda r: rank[r.lhs])
     used = {s for r in rules for s in r.rhs if s in g.terminals}
     terminals = {k: v for k, v in g.terminals.items() if k in used}
     out = Grammar(g.start, rules, terminals, [], g.source)

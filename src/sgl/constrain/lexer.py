@@ -50,7 +50,7 @@ class LexerCore:
     ``table[state, byte]`` -> state or -1; ``accepts[state]`` holds the *positions* (in
     the tuple) of the lexemes complete in that state. ``rows`` is the table as Python
     lists for the per-byte path, where numpy scalar access would be slow.
-    ``walk_cache`` keeps, per state, the walk of the whole vocabulary (see ``mask.py``).
+    ``walk_cache`` keeps, per (token table, state), the walk of the whole vocabulary (see ``mask.py``).
     """
 
     def __init__(self, dfas: list[ByteDFA]):

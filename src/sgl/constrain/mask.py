@@ -186,11 +186,13 @@ class MaskComputer:
 
     def full_walk(self, lexer: LexerDFA, state: int) -> WalkResult:
         """The walk of the whole vocabulary from ``state``, cached on the shared lexer core."""
-        res = lexer.walk_cache.get(state)
+        # lexer cores are shared across grammars *and vocabularies*: key by both
+        key = (self.tokens, state)
+        res = lexer.walk_cache.get(key)
         if res is None:
             res = self._walk_vocabulary(lexer, state)
             res.inside = self._pack(res.inside)
-            lexer.walk_cache[state] = res
+            lexer.walk_cache[key] = res
         return res
 
     def _walk_vocabulary(self, lexer: LexerDFA, state: int) -> WalkResult:
