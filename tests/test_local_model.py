@@ -224,7 +224,7 @@ def test_greedy_answer_and_determinism(smol):
 
 def test_seeded_sampling_is_reproducible(smol):
     prompt = chat(smol, "Tell me a story.")
-    params = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.95, seed=123)
+    params = SamplingParams(max_tokens=8, temperature=0.9, top_p=0.95, seed=123)
     runs = [smol.generate(GenerateRequest(prompt, params)).token_ids for _ in range(2)]
     assert runs[0] == runs[1]
 
@@ -237,10 +237,9 @@ def test_max_tokens_and_logprobs(smol):
 
 def test_stop_string_is_cut_and_not_included(smol):
     prompt = chat(smol, "Write a poem about the sea.")
-    full = smol.generate(GenerateRequest(prompt, greedy(20))).text
-    words = full.split()
-    stop = words[3]
-    cut = smol.generate(GenerateRequest(prompt, greedy(20, stop=(stop,))))
+    full = smol.generate(GenerateRequest(prompt, greedy(12))).text
+    stop = full.split()[3]
+    cut = smol.generate(GenerateRequest(prompt, greedy(12, stop=(stop,))))
     assert cut.finish_reason == "stop"
     assert cut.text == full[: full.index(stop)]
 
@@ -255,11 +254,11 @@ def test_min_tokens_delays_eos(smol):
 
 
 def test_stream_and_batch_agree_with_generate(smol):
-    prompts = [chat(smol, "What is the capital of France?"), chat(smol, "Name a color."), "The sky is"]
-    singles = [smol.generate(GenerateRequest(p, greedy(12))) for p in prompts]
-    batch = smol.generate_batch([GenerateRequest(p, greedy(12)) for p in prompts])
+    prompts = [chat(smol, "What is the capital of France?"), "The sky is"]
+    deltas = list(smol.generate_stream(GenerateRequest(prompts[0], greedy(8))))
+    singles = [smol.generate(GenerateRequest(p, greedy(8))) for p in prompts]
+    batch = smol.generate_batch([GenerateRequest(p, greedy(8)) for p in prompts])
     assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
-    deltas = list(smol.generate_stream(GenerateRequest(prompts[0], greedy(12))))
     assert "".join(deltas) == singles[0].text and len(deltas) > 1
 
 
@@ -275,11 +274,12 @@ def test_choices_and_json_constraints(smol):
     r = smol.generate(GenerateRequest(chat(smol, "Is the sky blue? Answer yes or no."), greedy(8),
                                       ConstraintSpec(choices=["yes", "no"])))
     assert r.text in ("yes", "no")
-    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
-    r = smol.generate(GenerateRequest(chat(smol, "How old is Bob? Reply in JSON."), greedy(24),
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"],
+              "additionalProperties": False}
+    r = smol.generate(GenerateRequest(chat(smol, "How old is Bob? Reply in JSON."), greedy(16),
                                       ConstraintSpec(json_schema=schema)))
-    if r.finish_reason != "length":
-        assert isinstance(json.loads(r.text)["age"], int)
+    assert r.finish_reason in ("stop", "eos"), r
+    assert isinstance(json.loads(r.text)["age"], int)
 
 
 @pytest.mark.parametrize("method", ["token_length_normalized", "greedy_token_selection",
@@ -292,22 +292,32 @@ def test_select(smol, method):
         assert res.index == 0
     with pytest.raises(ValueError):
         smol.select("x", [], method)
+    empty = smol.select("", ["The", "zzqx"], method)  # no prompt: scored after the start token
+    assert len(empty.scores) == 2
+    if method != "unconditional_likelihood_normalized":
+        assert empty.index == 0
 
 
 @needs_transformers
 def test_logits_and_greedy_tokens_match_transformers(smol):
+    """Same logits as transformers on the converted checkpoint, and the same greedy tokens.
+
+    One transformers forward over prompt + our 20 greedy tokens gives its logits at every
+    step; its greedy choice at each generated position must be our token.
+    """
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(smol.path, dtype=torch.float32).eval()
     prompt = chat(smol, "Write a poem about the sea.")
     ids = smol.encode(prompt)
+    r = smol.generate(GenerateRequest(prompt, greedy(20)))
+    assert len(r.token_ids) == 20
+    seq = torch.tensor([ids + r.token_ids])
     with torch.inference_mode():
-        ref = hf(torch.tensor([ids])).logits[0]
-        ours = smol.model.forward(torch.tensor([ids]), smol.model.new_cache(len(ids)), all_logits=True)[0]
-        assert (ref - ours).abs().max().item() < 1e-3
-        hf_tokens = hf.generate(torch.tensor([ids]), max_new_tokens=20, min_new_tokens=20, do_sample=False)
-    r = smol.generate(GenerateRequest(prompt, greedy(20, min_tokens=20)))
-    assert r.token_ids == hf_tokens[0, len(ids):].tolist()
+        ref = hf(seq).logits[0]
+        ours = smol.model.forward(seq, smol.model.new_cache(seq.shape[1]), all_logits=True)[0]
+    assert (ref - ours).abs().max().item() < 1e-3
+    assert ref[len(ids) - 1 : -1].argmax(-1).tolist() == r.token_ids
 
 
 @needs_transformers

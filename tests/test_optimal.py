@@ -157,7 +157,7 @@ def test_constructor_checks(model, llama3_vocab) -> None:
 
 @pytest.mark.slow
 def test_fixed_alpha_ends_are_the_single_models(model) -> None:
-    n = 5
+    n = 4
     base_only = OptimalSampler(model, model, alpha_method="fixed", fixed_alpha=0.0, teacher_prompt=SYSTEM)
     prompts = [USER, "The capital of France is"]  # different lengths: left padding in the batch
     r = base_only.generate(prompts, max_tokens=n, temperature=0.0)
@@ -218,15 +218,27 @@ def _masked_first_step(model, sampler, pattern):
 
 @pytest.mark.slow
 def test_other_rules_and_generate_one(model) -> None:
+    import torch
+
     from sgl.backends.base import GenerateResult, SamplingParams
 
-    for method in ("ess_balance", "entropy"):
-        sampler = OptimalSampler(model, model, alpha_method=method, teacher_prompt=SYSTEM,
-                                 constraint_to_target=True, target_top_k=5)
-        r = sampler.generate(USER, max_tokens=3, temperature=1.0, seed=0, collect_diagnostics=True)
-        assert r.num_tokens[0] == 3
-        assert all(0.5 <= a <= 1.0 for a in r.alphas[0])  # default clamp [0.5, 1]
-    res = sampler.generate_one(USER, SamplingParams(max_tokens=3, temperature=0.0, seed=1))
+    with torch.inference_mode():
+        lb = model.session().prefill(model.encode_prompt(USER))[None]
+        lt = model.session().prefill(model.encode_prompt(SYSTEM + USER))[None]
+    pb, pt = torch.softmax(lb.double(), -1).numpy(), torch.softmax(lt.double(), -1).numpy()
+    entropy = OptimalSampler(model, model, alpha_method="entropy", teacher_prompt=SYSTEM)
+    assert entropy.mix(lb, lt).alpha[0] == pytest.approx(alpha_entropy(pb[0], pt[0], 0.5, 1.0), abs=1e-9)
+
+    sampler = OptimalSampler(model, model, alpha_method="ess_balance", teacher_prompt=SYSTEM,
+                             constraint_to_target=True, target_top_k=5)
+    step = sampler.mix(lb, lt)
+    assert step.alpha[0] == pytest.approx(alpha_ess_balance(pb[0], pt[0], 0.5, 1.0), abs=1e-5)
+    # sampling support: the teacher's 5 best tokens only
+    assert set(np.nonzero(np.isfinite(step.logq[0]))[0]) <= set(np.argsort(-pt[0])[:5].tolist())
+    r = sampler.generate(USER, max_tokens=3, temperature=1.0, seed=0, collect_diagnostics=True)
+    assert r.num_tokens[0] == 3
+    assert all(0.5 <= a <= 1.0 for a in r.alphas[0])  # default clamp [0.5, 1]
+    res = sampler.generate_one(USER, SamplingParams(max_tokens=2, temperature=0.0, seed=1))
     assert isinstance(res, GenerateResult)
-    assert len(res.meta["alphas"]) == len(res.token_ids) == 3
+    assert len(res.meta["alphas"]) == len(res.token_ids) == 2
     assert res.text == model.decode(res.token_ids)

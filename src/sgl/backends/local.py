@@ -96,11 +96,7 @@ class LocalModel(Backend):
         return self.vocab.decode(ids).decode("utf-8", errors="replace")
 
     def _prompt_ids(self, prompt: str) -> list[int]:
-        ids = self.encode(prompt)
-        if not ids:  # the model needs one token to predict from
-            start = self.config.bos_token_id
-            ids = [start if start is not None else self.eos_token_ids[0]]
-        return ids
+        return self.encode(prompt) or [self._start_token()]  # the model needs a token to predict from
 
     # -------------------------------------------------------------- generation
 
@@ -214,18 +210,24 @@ class LocalModel(Backend):
         The two are tokenized together, as the model would see them; a token that
         spans the boundary counts as the choice's.
         """
-        full = self._prompt_ids(prompt + choice)
+        full = self.encode(prompt + choice)
         prompt_ids = self.encode(prompt)
         k = 0
         while k < min(len(prompt_ids), len(full)) and prompt_ids[k] == full[k]:
             k += 1
         return full, k
 
+    def _start_token(self) -> int:
+        start = self.config.bos_token_id
+        return start if start is not None else self.eos_token_ids[0]
+
     def _choice_logprobs(self, prompt: str, choices: Sequence[str]) -> list[list[float]]:
         """log p(token | everything before) for each choice's tokens."""
         tokenized = [self._choice_tokens(prompt, c) for c in choices]
+        if min(k for _, k in tokenized) == 0:  # nothing to predict the first token from
+            tokenized = [([self._start_token(), *full], k + 1) for full, k in tokenized]
         # A shared prefix runs once; every choice continues from it (truncate = rollback).
-        shared = max(1, min(k for _, k in tokenized))
+        shared = min(k for _, k in tokenized)
         first = tokenized[0][0][:shared]
         longest = max(len(f) for f, _ in tokenized)
         cache = self.model.new_cache(longest + 1)
@@ -240,7 +242,7 @@ class LocalModel(Backend):
             logits = self.model.forward(torch.tensor([rest], device=self.model.device), cache, all_logits=True)[0]
             logp = torch.cat([last[None], logits[:-1]]).log_softmax(-1)
             token_lp = logp.gather(-1, torch.tensor(rest, device=logp.device)[:, None])[:, 0]
-            out.append(token_lp[max(k, shared) - shared :].tolist())
+            out.append(token_lp[k - shared :].tolist())
         return out
 
     def _unconditional_logprobs(self, prompt: str, choice: str) -> list[float]:

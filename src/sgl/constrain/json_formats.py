@@ -5,8 +5,9 @@ points, as a pattern means it), then ``json_string_node`` turns such a node into
 lexeme for the *encoded* JSON string, quotes included. What the encoded form accepts
 for a decoded character ``c`` (documented contract of the string lexemes):
 
-* printable ASCII other than ``"`` and ``\\`` (0x20-0x7E): ``c`` itself only
-  (``/`` also as ``\\/``), never a ``\\uXXXX`` spelling;
+* printable ASCII other than ``"`` and ``\\`` (0x20-0x7E): ``c`` itself (``/`` also
+  as ``\\/``); its ``\\uXXXX`` spelling only where the character set contains all of
+  printable ASCII (unconstrained strings, ``.``), which keeps those automata small;
 * ``"`` and ``\\``: ``\\"``/``\\\\`` and ``\\u0022``/``\\u005c``;
 * control characters (0x00-0x1F): the short escape where JSON has one
   (``\\b \\f \\n \\r \\t``) and ``\\u00XX``;
@@ -444,7 +445,10 @@ def materialize(e, max_states: int = 2000, max_size: int = 20_000) -> Node:
     """A plain ``regex_ast`` node for an expression that may contain ``LAnd``/``LNot``."""
     if not has_boolean_ops(e):
         return e
-    return dfa_to_node(expr_dfa(e, max_states), max_size)
+    try:
+        return dfa_to_node(expr_dfa(e, max_states), max_size)
+    except RecursionError:
+        raise CompileBudgetExceeded("string constraint nests too deeply to combine into one regex") from None
 
 
 # ---------------------------------------------------------------------------
@@ -502,29 +506,80 @@ def restrict_length(e: Node, lo: int, hi: int | None) -> tuple[Node, bool]:
 
 
 def _restrict_simple(e: Node, lo: int, hi: int | None) -> Node | None:
+    """Exact length restriction by structure, or None.
+
+    Handles alternations branch by branch, and sequences with at most one unbounded
+    part (a repetition of fixed-width items) plus a few bounded variable parts, whose
+    lengths are enumerated (``https?://.+`` with maxLength: two alternatives).
+    """
     if isinstance(e, Alt):
         parts = [restrict_length(i, lo, hi) for i in e.items]
         if all(ok for _, ok in parts):
             return mk_alt(*(p for p, _ in parts))
         return None
+    if isinstance(e, Repeat):
+        w, w2 = length_range(e.item)
+        if w != w2 or w == 0:
+            return None
+        cmin = max(e.min, -(-lo // w))
+        cmax = None if hi is None else hi // w
+        if e.max is not None:
+            cmax = e.max if cmax is None else min(cmax, e.max)
+        return NOTHING if cmax is not None and cmax < cmin else mk_repeat(e.item, cmin, cmax)
     items = list(e.items) if isinstance(e, Seq) else [e]
-    var = [i for i, it in enumerate(items) if length_range(it)[0] != length_range(it)[1]]
-    if len(var) != 1:
+    ranges = [length_range(it) for it in items]
+    var = [i for i, (a, b) in enumerate(ranges) if a != b]
+    unbounded = [i for i in var if ranges[i][1] is None]
+    bounded = [i for i in var if ranges[i][1] is not None]
+    if len(unbounded) > 1:
         return None
-    r = items[var[0]]
-    if not isinstance(r, Repeat):
+    options = 1
+    for i in bounded:
+        options *= ranges[i][1] - ranges[i][0] + 1
+    if options > 64:
         return None
-    w, w2 = length_range(r.item)
-    if w != w2 or w == 0:
-        return None
-    fixed = sum(length_range(it)[0] for k, it in enumerate(items) if k != var[0])
-    cmin = max(r.min, -(-(lo - fixed) // w))
-    cmax = r.max
-    if hi is not None:
-        top = (hi - fixed) // w
-        cmax = top if cmax is None else min(cmax, top)
-    items[var[0]] = mk_repeat(r.item, max(cmin, 0), cmax)
-    return mk_seq(*items)
+    if unbounded:
+        r = items[unbounded[0]]
+        if not isinstance(r, Repeat):
+            return None
+        w, w2 = length_range(r.item)
+        if w != w2 or w == 0:
+            return None
+    fixed = sum(a for k, (a, b) in enumerate(ranges) if k not in var)
+    combos: list[tuple] = [()]
+    for i in bounded:
+        combos = [c + ((i, n),) for c in combos for n in range(ranges[i][0], ranges[i][1] + 1)]
+    alts = []
+    for combo in combos:
+        new = list(items)
+        total = fixed
+        ok = True
+        for k, n in combo:
+            node, exact = restrict_length(items[k], n, n)
+            if not exact:
+                return None
+            if node == NOTHING:
+                ok = False
+                break
+            new[k] = node
+            total += n
+        if not ok:
+            continue
+        if unbounded:
+            k = unbounded[0]
+            r = items[k]
+            w = length_range(r.item)[0]
+            cmin = max(r.min, -(-(lo - total) // w))
+            cmax = None if hi is None else (hi - total) // w
+            if cmax is not None and r.max is not None:
+                cmax = min(cmax, r.max)
+            if cmax is not None and cmax < cmin:
+                continue
+            new[k] = mk_repeat(r.item, max(cmin, 0), cmax)
+        elif total < lo or (hi is not None and total > hi):
+            continue
+        alts.append(mk_seq(*new))
+    return mk_alt(*alts) if alts else NOTHING
 
 
 def _restrict_sound(e: Node, lo: int, hi: int | None) -> Node | None:
@@ -627,24 +682,33 @@ def _intersect(a, b) -> list[tuple[int, int]]:
 
 @lru_cache(maxsize=4096)
 def json_chars(cs: Chars) -> Node:
-    """Every JSON-encoded spelling of one character of ``cs`` (see the module docstring)."""
-    parts: list = []
+    """Every JSON-encoded spelling of one character of ``cs`` (see the module docstring).
+
+    Shaped as ``raw | \\ (short | u hex4 | u hi-surrogate \\u lo-surrogate)`` so the
+    backslash and ``u`` are shared: this node is repeated once per counted character.
+    """
     raw = _intersect(cs.ranges, _RAW)
-    if raw:
-        parts.append(Chars(tuple(raw)))
-    for c, esc in _SHORT.items():
-        if _contains(cs, c):
-            parts.append(literal(esc))
-    uesc = _intersect(cs.ranges, _UESC)
-    if uesc:
-        parts.append(mk_seq(_U, mk_alt(*(_hex_same_width(lo, hi, 4) for lo, hi in uesc))))
-    astral = _intersect(cs.ranges, ((0x10000, MAX_CODEPOINT),))
-    for lo, hi in astral:
-        parts.append(_surrogate_pairs(lo, hi))
+    after_backslash: list = []
+    short = [ord(esc[1]) for c, esc in _SHORT.items() if _contains(cs, c)]
+    if short:
+        after_backslash.append(chars(*((c, c) for c in short)))
+    # a set with every printable ASCII character takes all its \u spellings: same
+    # decoded language, far smaller automaton (two hex ranges instead of five)
+    has_ascii = _intersect(cs.ranges, ((0x20, 0x7E),)) == [(0x20, 0x7E)]
+    uesc = _intersect(cs.ranges, ((0, 0xD7FF), (0xE000, 0xFFFF)) if has_ascii else _UESC)
+    after_u: list = [_hex_same_width(lo, hi, 4) for lo, hi in uesc]
+    after_u += [_surrogate_pairs(lo, hi) for lo, hi in _intersect(cs.ranges, ((0x10000, MAX_CODEPOINT),))]
+    if after_u:
+        after_backslash.append(mk_seq(literal("u"), mk_alt(*after_u)))
+    parts: list = [Chars(tuple(raw))] if raw else []
+    if after_backslash:
+        parts.append(mk_seq(literal("\\"), mk_alt(*after_backslash)))
     return mk_alt(*parts)
 
 
 def _surrogate_pairs(lo: int, hi: int) -> Node:
+    """Surrogate-pair spellings of ``[lo, hi]`` (astral), without the leading ``\\u``."""
+
     def split(c):
         v = c - 0x10000
         return 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF)
@@ -652,13 +716,20 @@ def _surrogate_pairs(lo: int, hi: int) -> Node:
     (h1, l1), (h2, l2) = split(lo), split(hi)
 
     def pair(h_lo, h_hi, l_lo, l_hi):
-        return mk_seq(_U, _hex_same_width(h_lo, h_hi, 4), _U, _hex_same_width(l_lo, l_hi, 4))
+        return mk_seq(_hex_same_width(h_lo, h_hi, 4), _U, _hex_same_width(l_lo, l_hi, 4))
 
     if h1 == h2:
         return pair(h1, h1, l1, l2)
-    parts = [pair(h1, h1, l1, 0xDFFF), pair(h2, h2, 0xDC00, l2)]
-    if h1 + 1 <= h2 - 1:
-        parts.append(pair(h1 + 1, h2 - 1, 0xDC00, 0xDFFF))
+    parts = []
+    first, last = h1, h2
+    if l1 != 0xDC00:
+        parts.append(pair(h1, h1, l1, 0xDFFF))
+        first = h1 + 1
+    if l2 != 0xDFFF:
+        parts.append(pair(h2, h2, 0xDC00, l2))
+        last = h2 - 1
+    if first <= last:
+        parts.append(pair(first, last, 0xDC00, 0xDFFF))
     return mk_alt(*parts)
 
 
@@ -694,9 +765,9 @@ def _alt_keep_order(items) -> Node:
     return out[0] if len(out) == 1 else Alt(tuple(out))
 
 
-def json_string_node(decoded) -> Node:
+def json_string_node(decoded, max_states: int = 2000, max_size: int = 20_000) -> Node:
     """The lexeme (quotes included) for the JSON strings whose decoded value is in ``decoded``."""
-    inner = materialize(decoded)
+    inner = materialize(decoded, max_states, max_size)
     if inner == NOTHING:
         return NOTHING
     return mk_seq(QUOTE, jsonify(inner), QUOTE)
@@ -718,8 +789,12 @@ def literal_string(text: str) -> Node:
 
 
 def string_set(texts) -> Node:
-    """A decoded-level node for a finite set of strings: a trie whose identical subtrees
-    are shared (a minimal acyclic automaton), built bottom-up without recursion."""
+    """A decoded-level node for a finite set of strings: a radix trie whose identical
+    subtrees are shared (a minimal acyclic automaton), built bottom-up without recursion.
+
+    Runs of single-child nodes become one flat ``Seq`` (nesting depth = branching
+    depth, not string length, so deep strings never hit Python's recursion limit).
+    """
     trie: dict = {}
     for t in texts:
         node = trie
@@ -728,7 +803,20 @@ def string_set(texts) -> Node:
         node[""] = True
     interned: dict[tuple, int] = {}
     built: list[Node] = []
-    result: dict[int, int] = {}  # id(trie node) -> interned index
+    result: dict[int, int] = {}  # id(branching or leaf trie node) -> interned index
+
+    def is_chain(nd: dict) -> bool:
+        return len(nd) == 1 and "" not in nd
+
+    def follow(ch: str, sub: dict) -> tuple[list[Node], int]:
+        """The characters from an edge down to the next branching node, and its index."""
+        items = [Chars(((ord(ch), ord(ch)),))]
+        while is_chain(sub):
+            (c2, nxt), = sub.items()
+            items.append(Chars(((ord(c2), ord(c2)),)))
+            sub = nxt
+        return items, result[id(sub)]
+
     stack = [(trie, False)]
     while stack:
         node, ready = stack.pop()
@@ -736,24 +824,28 @@ def string_set(texts) -> Node:
             stack.append((node, True))
             stack.extend((sub, False) for ch, sub in node.items() if ch != "")
             continue
+        if is_chain(node) and node is not trie:
+            continue  # folded into the edge that reaches it
         end = node.get("") is True
-        if len(node) == 1 and not end:  # the common chain node: one child
-            (ch, sub), = node.items()
-            key: tuple = (False, ((result[id(sub)], (ord(ch),)),))
-        else:
-            groups: dict[int, list[int]] = {}
-            for ch, sub in node.items():
-                if ch != "":
-                    groups.setdefault(result[id(sub)], []).append(ord(ch))
-            key = (end, tuple(sorted((k, tuple(sorted(v))) for k, v in groups.items())))
+        edges: dict[tuple, list[int]] = {}
+        for ch, sub in node.items():
+            if ch == "":
+                continue
+            items, target = follow(ch, sub)
+            # group edges whose rest (after the first char) is identical
+            rest_key = (tuple(it.ranges[0][0] for it in items[1:]), target)
+            edges.setdefault(rest_key, []).append(ord(ch))
+        key = (end, tuple(sorted((k, tuple(sorted(v))) for k, v in edges.items())))
         idx = interned.get(key)
         if idx is None:
             parts: list[Node] = []
-            for k, cps in key[1]:
+            for (rest, target), cps in key[1]:
                 head = Chars(((cps[0], cps[0]),)) if len(cps) == 1 else chars(*((c, c) for c in cps))
-                tail = built[k]
-                # nested, not flattened: flattening copies tuples (quadratic in length)
-                parts.append(head if tail is EMPTY or tail == EMPTY else Seq((head, tail)))
+                tail = built[target]
+                seq_items = [head] + [Chars(((c, c),)) for c in rest]
+                if tail != EMPTY:
+                    seq_items.append(tail)
+                parts.append(seq_items[0] if len(seq_items) == 1 else Seq(tuple(seq_items)))
             if end:
                 parts.append(EMPTY)
             nd = NOTHING if not parts else parts[0] if len(parts) == 1 else Alt(tuple(parts))
@@ -794,6 +886,16 @@ def _translate_ecma(pattern: str) -> str:
                 out.append("\\x%02x" % (ord(pattern[i + 2]) % 32))
                 i += 3
                 continue
+            elif d in "pP" and i + 2 < n and pattern[i + 2] == "{":
+                end = pattern.find("}", i)
+                if end < 0:
+                    raise ConstraintError("bad \\p{...} escape in pattern", str(i))
+                body = _category_class(pattern[i + 3 : end])
+                if d == "P" and in_class:
+                    raise ConstraintError("\\P{...} inside a character class is not supported", str(i))
+                out.append(body if in_class else ("[^" if d == "P" else "[") + body + "]")
+                i = end + 1
+                continue
             elif d == "u" and i + 2 < n and pattern[i + 2] == "{":
                 end = pattern.find("}", i)
                 if end < 0:
@@ -826,6 +928,45 @@ def _translate_ecma(pattern: str) -> str:
             out.append(c)
         i += 1
     return "".join(out)
+
+
+_CATEGORY_NAMES = {
+    "Letter": "L", "Cased_Letter": "LC", "Uppercase_Letter": "Lu", "Lowercase_Letter": "Ll",
+    "Titlecase_Letter": "Lt", "Modifier_Letter": "Lm", "Other_Letter": "Lo", "Mark": "M",
+    "Nonspacing_Mark": "Mn", "Spacing_Mark": "Mc", "Enclosing_Mark": "Me", "Number": "N",
+    "Decimal_Number": "Nd", "digit": "Nd", "Letter_Number": "Nl", "Other_Number": "No",
+    "Punctuation": "P", "punct": "P", "Connector_Punctuation": "Pc", "Dash_Punctuation": "Pd",
+    "Open_Punctuation": "Ps", "Close_Punctuation": "Pe", "Initial_Punctuation": "Pi",
+    "Final_Punctuation": "Pf", "Other_Punctuation": "Po", "Symbol": "S", "Math_Symbol": "Sm",
+    "Currency_Symbol": "Sc", "Modifier_Symbol": "Sk", "Other_Symbol": "So", "Separator": "Z",
+    "Space_Separator": "Zs", "Line_Separator": "Zl", "Paragraph_Separator": "Zp", "Other": "C",
+    "Control": "Cc", "cntrl": "Cc", "Format": "Cf", "Surrogate": "Cs", "Private_Use": "Co",
+    "Unassigned": "Cn",
+}
+
+
+@lru_cache(maxsize=64)
+def _category_class(name: str) -> str:
+    """``\\p{name}`` (a Unicode general category) as the body of a Python class."""
+    import unicodedata
+
+    for prefix in ("General_Category=", "gc="):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+    cat = _CATEGORY_NAMES.get(name, name)
+    valid = {v for v in _CATEGORY_NAMES.values()} | {c[0] for c in _CATEGORY_NAMES.values()}
+    if cat not in valid:
+        raise ConstraintError(f"Unicode property \\p{{{name}}} is not supported (general categories only)")
+    want = {"Lu", "Ll", "Lt"} if cat == "LC" else None
+    ranges: list[list[int]] = []
+    for cp in range(MAX_CODEPOINT + 1):
+        c = unicodedata.category(chr(cp))
+        if (c in want) if want else (c == cat or c[0] == cat):
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1][1] = cp
+            else:
+                ranges.append([cp, cp])
+    return "".join(f"\\U{lo:08x}" + (f"-\\U{hi:08x}" if hi > lo else "") for lo, hi in ranges)
 
 
 def _split_top_alternatives(pattern: str) -> list[str]:

@@ -619,7 +619,13 @@ class JsonSchemaCompiler:
                 for r in ref.items[1:]:
                     f = self.intersect(f, self.facets(r), getattr(r, "ptr", ""))
             elif isinstance(ref, SNot):
-                f = self.complement(self.facets(ref.item), getattr(ref.item, "ptr", ""))
+                inner = self.facets(ref.item)
+                try:
+                    f = self.complement(inner, getattr(ref.item, "ptr", ""))
+                except _Refused as e:
+                    # reached from contains/maxContains or oneOf: cannot negate the subschema
+                    self.refuse(f"cannot negate a subschema ({e})", getattr(ref.item, "ptr", "") or "#", "not")
+                    f = any_facets()
             else:
                 f = self.sub_facets(ref)
         finally:
@@ -660,9 +666,9 @@ class JsonSchemaCompiler:
             f = self.intersect(f, self.union(branches), p)
         if "oneOf" in node:
             subs = [self.sub(sch, s, f"{p}/oneOf/{i}") for i, sch in enumerate(node["oneOf"])]
-            one = self.one_of(subs, f"{p}/oneOf")
+            one = self.one_of(subs, f"{p}/oneOf", f)
             if one is not None:
-                f = self.intersect(f, one, p)
+                f = one
         if "not" in node:
             neg = self.try_complement(self.sub(node["not"], s, f"{p}/not"), f"{p}/not", "not")
             if neg is not None:
@@ -882,14 +888,16 @@ class JsonSchemaCompiler:
                 prefix = [self.sub(x, s, f"{p}/prefixItems/{i}") for i, x in enumerate(node["prefixItems"])]
             if "items" in node:
                 items = self.sub(node["items"], s, f"{p}/items")
+        uneval = None
         if "unevaluatedItems" in node and not is_true(self.sub(node["unevaluatedItems"], s, p)):
-            applicators = {"allOf", "anyOf", "oneOf", "not", "if", "$ref", "$dynamicRef"} & node.keys()
-            if applicators:
-                self.refuse("unevaluatedItems next to in-place applicators is not supported", f"{p}/unevaluatedItems", "unevaluatedItems")
-            elif "contains" in node:
-                self.refuse("unevaluatedItems next to contains is not supported", f"{p}/unevaluatedItems", "unevaluatedItems")
-            elif "items" not in node or isinstance(node.get("items"), list) and "additionalItems" not in node:
-                items = self.sub(node["unevaluatedItems"], s, f"{p}/unevaluatedItems")
+            seen = self._evaluated(s, "items")
+            if seen is None:
+                self.refuse(
+                    "unevaluatedItems is only supported next to allOf/$ref (not anyOf/oneOf/not/if/contains)",
+                    f"{p}/unevaluatedItems", "unevaluatedItems",
+                )
+            elif seen is not True:
+                uneval = ArraySpec(prefix=(TRUE,) * seen, items=self.sub(node["unevaluatedItems"], s, f"{p}/unevaluatedItems"))
         mn = int(node.get("minItems", 0))
         mx = int(node["maxItems"]) if "maxItems" in node else None
         contains = ()
@@ -901,7 +909,7 @@ class JsonSchemaCompiler:
         spec = ArraySpec(tuple(prefix), items, mn, mx, contains, unique)
         if mx is not None and mn > mx:
             return None
-        return spec
+        return spec if uneval is None else self.merge_arrays(spec, uneval)
 
     def object_spec(self, s: Sub) -> ObjectSpec | None:
         node, p = s.node, s.ptr
@@ -915,17 +923,19 @@ class JsonSchemaCompiler:
         additional = TRUE
         if "additionalProperties" in node:
             additional = self.sub(node["additionalProperties"], s, f"{p}/additionalProperties")
-        elif "unevaluatedProperties" in node:
+        layers = [Layer(props, patterns, additional)]
+        if "unevaluatedProperties" in node and "additionalProperties" not in node:
             un = self.sub(node["unevaluatedProperties"], s, f"{p}/unevaluatedProperties")
-            applicators = {"allOf", "anyOf", "oneOf", "not", "if", "$ref", "$dynamicRef", "dependentSchemas"} & node.keys()
             if not is_true(un):
-                if applicators:
+                seen = self._evaluated(s, "properties")
+                if seen is None:
                     self.refuse(
-                        "unevaluatedProperties next to in-place applicators is not supported",
+                        "unevaluatedProperties is only supported next to allOf/$ref (not anyOf/oneOf/not/if/dependentSchemas)",
                         f"{p}/unevaluatedProperties", "unevaluatedProperties",
                     )
-                else:
-                    additional = un
+                elif seen is not True:
+                    names, pats = seen
+                    layers.append(Layer(tuple((n, TRUE) for n in names), tuple((q, TRUE) for q in pats), un))
         required = tuple(dict.fromkeys(node.get("required", [])))
         names = ()
         if "propertyNames" in node:
@@ -934,7 +944,54 @@ class JsonSchemaCompiler:
         mx = int(node["maxProperties"]) if "maxProperties" in node else None
         if mx is not None and (mn > mx or len(required) > mx):
             return None
-        return ObjectSpec((Layer(props, patterns, additional),), required, mn, mx, names)
+        return ObjectSpec(tuple(layers), required, mn, mx, names)
+
+    def _evaluated(self, s: Sub, what: str, depth: int = 0):
+        """What the in-place applicators of ``s`` evaluate, for unevaluated*.
+
+        ``what="properties"``: (names, patterns) or True (all); ``"items"``: the evaluated
+        prefix length or True. None when an applicator makes it depend on the instance
+        (anyOf, oneOf, not, if, dependentSchemas, contains, $dynamicRef).
+        """
+        node = s.node
+        if depth > 32:
+            return None
+        if isinstance(node, bool):  # boolean schemas produce no annotations
+            return ((), ()) if what == "properties" else 0
+        if {"anyOf", "oneOf", "not", "if", "dependentSchemas", "$dynamicRef"} & node.keys():
+            return None
+        if what == "items" and "contains" in node:
+            return None
+        if what == "properties":
+            if "additionalProperties" in node or (depth and "unevaluatedProperties" in node):
+                return True
+            names = list(node.get("properties", {}))
+            pats = list(node.get("patternProperties", {}))
+        else:
+            if (depth and "unevaluatedItems" in node) or ("items" in node and not isinstance(node["items"], list)):
+                return True
+            if isinstance(node.get("items"), list):
+                if "additionalItems" in node:
+                    return True
+                count = len(node["items"])
+            else:
+                count = len(node.get("prefixItems", []))
+        kids = [self.sub(x, s, f"{s.ptr}/allOf/{i}") for i, x in enumerate(node.get("allOf", []))]
+        if "$ref" in node:
+            target = self.resolve(node["$ref"], s)
+            if target is None:
+                return None
+            kids.append(target)
+        for k in kids:
+            got = self._evaluated(k, what, depth + 1)
+            if got is None or got is True:
+                return got
+            if what == "properties":
+                names += [n for n in got[0] if n not in names]
+                pats += [q for q in got[1] if q not in pats]
+            else:
+                count = max(count, got)
+        return (tuple(names), tuple(pats)) if what == "properties" else count
 
     # -- dependencies, if/then/else, oneOf ------------------------------------------
     def dependency_facets(self, s: Sub) -> list[Facets]:
@@ -976,13 +1033,17 @@ class JsonSchemaCompiler:
             return None
         return self.union([self.intersect(fc, self.facets(then), p), self.intersect(neg, self.facets(other), p)])
 
-    def one_of(self, subs: list, ptr: str) -> Facets | None:
-        fs = [self.facets(x) for x in subs]
+    def one_of(self, subs: list, ptr: str, context: Facets) -> Facets | None:
+        """``context`` ∧ (exactly one branch). Branches are first restricted to the
+        context (the sibling keywords), which often makes them disjoint: oneOf of objects
+        next to ``type: object`` no longer overlaps on strings."""
+        raw = [self.facets(x) for x in subs]
+        fs = [self.intersect(context, g, ptr) for g in raw]
         if all(self.disjoint(fs[i], fs[j]) for i in range(len(fs)) for j in range(i)):
             return self.union(fs)
         # exact: each branch minus all the others
         try:
-            negs = [self.complement(f, ptr) for f in fs]
+            negs = [self.complement(g, ptr) for g in raw]
             parts = []
             for i, f in enumerate(fs):
                 g = f
@@ -993,7 +1054,7 @@ class JsonSchemaCompiler:
             return self.union(parts)
         except _Refused as e:
             self.refuse(f"oneOf branches may overlap and cannot be separated ({e})", ptr, "oneOf")
-            return self.union(fs) if self.opts.lenient else None
+            return self.union(fs) if self.opts.lenient else context
 
     def try_complement(self, ref, ptr: str, keyword: str) -> Facets | None:
         try:
@@ -1576,7 +1637,7 @@ class JsonSchemaCompiler:
                 key_term = self._extra_keys.get(cache_key)
                 if key_term is None:
                     try:
-                        key_node = json_string_node(mk_and(*lang_parts))
+                        key_node = json_string_node(mk_and(*lang_parts), max_states=600, max_size=8000)
                     except CompileBudgetExceeded as e:
                         self.refuse(f"key constraints too complex: {e.message}", ptr, "patternProperties")
                         continue
@@ -1804,7 +1865,7 @@ def _not_in_set_cached(names: tuple) -> tuple[Node, bool]:
         node[""] = True
     # deepest level that keeps the trie within budget
     level, count, depth = [trie], 1, 0
-    while level and depth < 200:
+    while level and depth < 60:
         nxt = [sub for nd in level for ch, sub in nd.items() if ch != ""]
         if count + len(nxt) > MAX_KEY_TRIE_NODES:
             break

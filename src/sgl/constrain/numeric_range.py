@@ -16,8 +16,9 @@ What is matched, exactly:
   each exactly when its value is in the set. ``12e3`` (non-normalised) is refused when
   a non-zero bound is present;
 * with a scale (integers, ``multipleOf: 10**-k``) an exponent form is accepted when its
-  value is provably a multiple, for mantissas of up to ``MAX_EXP_DIGITS`` significant
-  fraction digits (``1.5e+16`` yes; a 40-digit mantissa no);
+  value is provably a multiple: from exponent ``16 - scale`` on, for mantissas of up to
+  16 significant fraction digits (``1e+16``, ``1.5e+16`` yes; ``1e5`` and a 40-digit
+  mantissa no) -- what ``json.dumps`` writes for integral floats;
 * non-integers accept exponent forms only with negative exponents (``1.5e-05``).
 
 Numbers are compared exactly as decimals (``decimal.Decimal``), never as floats.
@@ -62,7 +63,12 @@ def alt(*items: Node) -> Node:
 
 # Significant fraction digits of a mantissa checked for integrality in exponent form
 # (json.dumps writes at most 17 significant digits).
-MAX_EXP_DIGITS = 20
+# Multiples of 10**-scale (integers: scale 0) accept exponent spellings only from
+# exponent 16 - scale on, with at most 16 significant fraction digits: exactly the
+# integral floats json.dumps writes in exponent form (1e+16, 1.2345e+20). Smaller
+# integers in exponent form ("1e5") are refused; a per-exponent regex would be big.
+EXP_INTEGRAL_FROM = 16
+MAX_EXP_DIGITS = EXP_INTEGRAL_FROM
 
 DIGIT = chars((0x30, 0x39))
 NONZERO = chars((0x31, 0x39))
@@ -479,7 +485,7 @@ def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool,
             return None
         if kind == "nonint":
             return None if e < 0 else -1
-        return e + scale if e + scale >= 0 else -1
+        return MAX_EXP_DIGITS if e + scale >= EXP_INTEGRAL_FROM else -1
 
     parts = []
 
@@ -517,19 +523,10 @@ def _interior_exp(ilo: int | None, ihi: int | None, kind: str, scale: int) -> No
     if kind == "nonint":
         top = -1 if ihi is None else min(ihi, -1)
         return seq(_mantissa(None, False, None, False, None), EXP_MARK, exponent_range(ilo, top))
-    # exponents where the digit count matters one by one, then the rest capped
-    parts = []
-    first = -scale if ilo is None else max(ilo, -scale)
-    last_explicit = -scale + MAX_EXP_DIGITS - 1
-    e = first
-    while e <= last_explicit and (ihi is None or e <= ihi):
-        m = _mantissa(None, False, None, False, e + scale)
-        parts.append(seq(m, EXP_MARK, exponent_range(e, e)))
-        e += 1
-    if ihi is None or e <= ihi:
-        m = _mantissa(None, False, None, False, MAX_EXP_DIGITS)
-        parts.append(seq(m, EXP_MARK, exponent_range(e, ihi)))
-    return alt(*parts)
+    first = EXP_INTEGRAL_FROM - scale if ilo is None else max(ilo, EXP_INTEGRAL_FROM - scale)
+    if ihi is not None and first > ihi:
+        return NOTHING
+    return seq(_mantissa(None, False, None, False, MAX_EXP_DIGITS), EXP_MARK, exponent_range(first, ihi))
 
 
 # ---------------------------------------------------------------------------

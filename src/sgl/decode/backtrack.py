@@ -20,11 +20,9 @@ client wrapper) or a ``LogitModel``.
 from __future__ import annotations
 
 import collections
-import functools
 import inspect
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -350,21 +348,11 @@ def model_caller(model: Any, prompt: str, max_new_tokens: int, temperature: floa
                     "a Backend, or an object with .generate(text)")
 
 
-@functools.lru_cache(maxsize=1)
 def default_draft_model() -> Any:
-    """``sgl.backends.local.LocalModel()`` as a ``LogitModel``, or the default checkpoint."""
-    from .optimal import load_logit_model, resolve_logit_model
+    """The default draft: ``sgl.backends.local.LocalModel()`` (loaded once per process)."""
+    from .optimal import load_logit_model
 
-    try:
-        from sgl.backends.local import LocalModel
-    except ImportError:
-        return load_logit_model()
-    try:
-        return resolve_logit_model(LocalModel())
-    except TypeError as e:
-        warnings.warn(f"LocalModel cannot serve as a draft model ({e}); loading the checkpoint directly",
-                      stacklevel=2)
-        return load_logit_model()
+    return load_logit_model()
 
 
 class _Repairer:

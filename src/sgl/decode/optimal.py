@@ -287,6 +287,7 @@ class LogitModel:
     vocab: Any
     tokenizer: Any = None
     name: str = "model"
+    source: Any = None  # the object this view was made from (e.g. the LocalModel)
     _sessions: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -493,7 +494,17 @@ def _nucleus(logits: Any, top_p: float) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def load_logit_model(path: str | None = None) -> LogitModel:
-    """Load a checkpoint (``None``: SmolLM2-135M-Instruct) once per process."""
+    """The model at ``path`` (``None``: SmolLM2-135M-Instruct), loaded once per process.
+
+    Through ``sgl.backends.local.LocalModel`` when it is available (same vocabulary, EOS
+    ids and weights as the local backend), else straight from the checkpoint.
+    """
+    try:
+        from sgl.backends.local import LocalModel
+    except ImportError:
+        LocalModel = None
+    if LocalModel is not None:
+        return _adapt_local_model(LocalModel(path))
     from tokenizers import Tokenizer
 
     from sgl.constrain.vocab import Vocabulary
@@ -554,7 +565,7 @@ def _adapt_local_model(obj: Any) -> LogitModel:
         if tokenizer is None:
             raise TypeError(f"cannot use {type(obj).__name__} as a local model: no vocabulary or tokenizer")
         vocab = Vocabulary.from_tokenizer(tokenizer, n_vocab=llama.config.vocab_size)
-    return LogitModel(llama, vocab, tokenizer, name=type(obj).__name__)
+    return LogitModel(llama, vocab, tokenizer, name=type(obj).__name__, source=obj)
 
 
 def check_same_vocabulary(a: LogitModel, b: LogitModel) -> None:

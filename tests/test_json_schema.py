@@ -1,0 +1,488 @@
+"""The JSON Schema frontend: numeric ranges, string lexemes, formats, grammar shape,
+errors, budgets, and random outputs checked with ``jsonschema``."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+import warnings
+from decimal import Decimal
+
+import jsonschema
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sgl.constrain import (
+    CompileBudgetExceeded,
+    ConstraintError,
+    Matcher,
+    allocate_bitmask,
+    compile_json_schema,
+)
+from sgl.constrain.automaton import to_dfa
+from sgl.constrain.json_formats import (
+    ANY_STRING,
+    FORMAT_REGEXES,
+    format_node,
+    json_string_node,
+    literal_string,
+    pattern_node,
+    restrict_length,
+)
+from sgl.constrain.json_schema import json_schema_grammar
+from sgl.constrain.numeric_range import (
+    EXP_INTEGRAL_FROM,
+    MAX_EXP_DIGITS,
+    NumPiece,
+    number_regex,
+    uint_range,
+)
+
+
+def accepts(schema, value, **options) -> bool:
+    return compile_json_schema(schema, None, **options).accepts_text(json.dumps(value))
+
+
+def accepts_raw(schema, text: str, **options) -> bool:
+    return compile_json_schema(schema, None, **options).accepts_text(text)
+
+
+# ---------------------------------------------------------------------------
+# numeric ranges
+
+
+def test_uint_range_is_exact_on_small_numbers():
+    for lo, hi in [(0, 0), (0, 9), (3, 47), (10, 99), (7, 1234), (99, 101), (0, None), (55, None)]:
+        dfa = to_dfa(uint_range(lo, hi))
+        for n in range(0, 1500):
+            assert dfa.matches(str(n).encode()) == (lo <= n and (hi is None or n <= hi)), (lo, hi, n)
+        assert not dfa.matches(b"01") and not dfa.matches(b"")
+
+
+_NUM = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
+
+
+def _spelling_accepted(p: NumPiece, text: str) -> bool:
+    """The documented spelling rules of ``numeric_range`` (exponent forms)."""
+    m = _NUM.match(text)
+    if not m.group(3):
+        return True
+    val = Decimal(text)
+    if val == 0:
+        return p.kind != "nonint"
+    mant = text.lstrip("-").lower().split("e")[0]
+    half_free = p.kind == "any" and (
+        (val > 0 and (p.lo is None or p.lo <= 0) and p.hi is None)
+        or (val < 0 and (p.hi is None or p.hi >= 0) and p.lo is None)
+    )
+    if half_free:
+        return True
+    if not re.match(r"[1-9](\.\d+)?$", mant):
+        return False
+    e = int(text.lower().split("e")[1])
+    if p.kind == "nonint":
+        return e < 0
+    if p.kind == "scale":
+        frac = mant.split(".")[1].rstrip("0") if "." in mant else ""
+        return e + p.scale >= EXP_INTEGRAL_FROM and len(frac) <= MAX_EXP_DIGITS
+    return True
+
+
+_BOUNDS = st.one_of(
+    st.none(),
+    st.sampled_from(["0", "1", "-1", "2.5", "-2.5", "10", "0.01", "100", "-0.5", "7", "1.05", "1E+3", "0.001", "-37"]).map(Decimal),
+)
+_NUMBER_TEXT = st.one_of(
+    st.integers(-3000, 3000).map(str),
+    st.floats(-5000, 5000, allow_nan=False, allow_infinity=False).map(json.dumps),
+    st.floats(1e-7, 1e-4).map(json.dumps),  # json.dumps writes these as 1e-05 style
+    st.tuples(st.integers(1, 9), st.integers(0, 99), st.sampled_from(["e", "E"]), st.sampled_from(["", "+", "-"]), st.integers(0, 4)).map(
+        lambda t: f"{t[0]}.{t[1]}{t[2]}{t[3]}{t[4]}"
+    ),
+    st.sampled_from(["0.0", "-0", "0e5", "12e3", "0.5e1", "5.000", "1e+16", "1.5e+16"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_BOUNDS, _BOUNDS, st.booleans(), st.booleans(), st.sampled_from(["any", "scale", "nonint"]), st.sampled_from([0, 1, 2]), st.lists(_NUMBER_TEXT, min_size=20, max_size=20))
+def test_number_regex_agrees_with_decimal_comparisons(lo, hi, lo_open, hi_open, kind, scale, texts):
+    piece = NumPiece(lo, hi, lo_open, hi_open, kind, scale if kind == "scale" else 0)
+    dfa = to_dfa(number_regex(piece))
+    for text in texts:
+        want = piece.contains(Decimal(text)) and _spelling_accepted(piece, text)
+        assert dfa.matches(text.encode()) == want, (piece, text)
+
+
+def test_integer_bounds_and_spellings():
+    s = {"type": "integer", "minimum": 3, "exclusiveMaximum": 120}
+    assert all(accepts(s, v) for v in (3, 119, 50))
+    assert not any(accepts(s, v) for v in (2, 120, 3.5, "3"))
+    assert accepts_raw(s, "50.0") and not accepts_raw(s, "050") and not accepts_raw(s, "5e1")  # integers in exponent form only from 1e16
+    big = {"type": "integer", "minimum": 0}
+    assert accepts_raw(big, "1e+16") and accepts_raw(big, "1.5e+16") and not accepts_raw(big, "1.5e+0")
+
+
+def test_multiple_of():
+    cents = {"type": "number", "multipleOf": 0.01, "minimum": 0}
+    assert accepts(cents, 12.34) and accepts(cents, 5) and not accepts(cents, 12.345)
+    even = {"type": "integer", "multipleOf": 2}
+    assert accepts(even, 10) and accepts(even, -4) and accepts(even, 0) and not accepts(even, 7)
+    halves = {"multipleOf": 1.5}
+    assert accepts(halves, 4.5) and accepts(halves, 0) and not accepts(halves, 35)
+    small_range = {"type": "integer", "multipleOf": 7, "minimum": 10, "maximum": 100}
+    assert accepts(small_range, 14) and accepts(small_range, 98) and not accepts(small_range, 7) and not accepts(small_range, 20)
+    with pytest.raises(ConstraintError) as e:
+        compile_json_schema({"type": "integer", "multipleOf": 0.123456789})
+    assert e.value.keyword == "multipleOf"
+
+
+# ---------------------------------------------------------------------------
+# string lexemes
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=12))
+def test_any_string_lexeme_accepts_json_dumps_both_ways(text):
+    dfa = _any_string_dfa()
+    assert dfa.matches(json.dumps(text).encode())
+    assert dfa.matches(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass")) or any(
+        0xD800 <= ord(c) <= 0xDFFF for c in text
+    )
+
+
+_DFA_CACHE: dict = {}
+
+
+def _any_string_dfa():
+    if "any" not in _DFA_CACHE:
+        _DFA_CACHE["any"] = to_dfa(json_string_node(ANY_STRING))
+    return _DFA_CACHE["any"]
+
+
+def test_string_escape_contract():
+    dfa = _any_string_dfa()
+    assert dfa.matches(b'"a\\/b"') and dfa.matches(b'"\\u00E9\\u00e9"') and dfa.matches(b'"\\ud83d\\ude00"')
+    assert not dfa.matches(b'"\\ud800"')  # lone surrogate
+    assert dfa.matches(b'"\\u0041"')  # a set with all printable ASCII takes \u spellings too
+    az = to_dfa(json_string_node(pattern_node("^[a-z]+$")))
+    assert az.matches(b'"ab"') and not az.matches(b'"\\u0061b"')  # else ASCII appears literally
+    assert not dfa.matches(b'"a\nb"') and not dfa.matches(b'"a\\x"')
+    quote = to_dfa(json_string_node(literal_string('"\\\n')))
+    assert quote.matches(json.dumps('"\\\n').encode()) and quote.matches(b'"\\u0022\\u005C\\u000a"')
+
+
+def test_length_counts_code_points_in_every_spelling():
+    s = {"type": "string", "minLength": 2, "maxLength": 3}
+    for text in ("ab", "😀😀😀", "é\n\""):
+        assert accepts(s, text) and accepts_raw(s, json.dumps(text, ensure_ascii=False))
+    assert not accepts(s, "a") and not accepts(s, "😀😀😀😀")
+
+
+def test_pattern_is_a_search_unless_anchored():
+    assert accepts({"pattern": "a+"}, "xaax") and not accepts({"pattern": "a+"}, "xyz")
+    assert accepts({"pattern": "^a+$"}, "aaa") and not accepts({"pattern": "^a+$"}, "aab")
+    assert accepts({"pattern": "^\\d{3}-\\d{4}$"}, "555-1234") and not accepts({"pattern": "^\\d{3}$"}, "١٢٣")  # ECMA \d is ASCII
+    assert accepts({"pattern": '^"\\\\'}, '"\\x')  # decoded-level: quote and backslash, escaped in JSON
+    assert accepts({"pattern": "^é"}, "étoile")  # json.dumps writes \u00e9
+    assert accepts({"pattern": "^a|b$"}, "ax") and accepts({"pattern": "^a|b$"}, "xb") and not accepts({"pattern": "^a|b$"}, "xa")
+
+
+def test_pattern_with_length_is_exact_for_simple_repeats():
+    node, exact = restrict_length(pattern_node("^[a-z]+$"), 0, 5)
+    assert exact
+    dfa = to_dfa(json_string_node(node))
+    assert dfa.matches(b'"abcde"') and not dfa.matches(b'"abcdef"') and not dfa.matches(b'""')
+    s = {"type": "string", "pattern": "^[a-z]+@[a-z]+$", "maxLength": 8}
+    assert accepts(s, "ab@cd") and not accepts(s, "abcd@efgh")
+
+
+_FORMAT_EXAMPLES = {
+    "date": (["2020-02-29", "1963-06-19"], ["2021-02-29", "2020-13-01", "20-01-01"]),
+    "time": (["08:30:06Z", "23:59:60Z", "12:34:56.5+05:30"], ["24:00:00Z", "12:00:00", "22:59:60Z"]),
+    "date-time": (["1963-06-19T08:30:06.283185Z", "1963-06-19t08:30:06z"], ["1990-02-31T15:59:59Z", "1963-06-19T08:30:06"]),
+    "duration": (["P4DT12H30M5S", "P2W", "PT1M"], ["PT", "P1Y2W", "P1D2H"]),
+    "email": (["joe.bloggs@example.com", '"joe bloggs"@example.com', "a@[127.0.0.1]"], ["2962", "te..st@example.com", "a@"]),
+    "hostname": (["www.example.com", "a--b.com"], ["-host", "host_name", "example."]),
+    "ipv4": (["192.168.0.1", "0.0.0.0"], ["256.1.1.1", "1.2.3", "01.2.3.4"]),
+    "ipv6": (["::1", "1:2:3:4:5:6:7:8", "::ffff:192.168.0.1"], ["12345::", "1::2::3", "1:2:3:4:5:6:7"]),
+    "uuid": (["2eb8aa08-aa98-11ea-b4aa-73b441d16380"], ["2eb8aa08aa9811eab4aa73b441d16380"]),
+    "uri": (["http://foo.bar/?baz=qux#quux", "urn:isbn:0451450523"], ["//foo.bar", "\\\\WINDOWS\\share", "http:// x"]),
+    "uri-reference": (["/abc", "#frag", "http://x.y"], ["\\\\WINDOWS", "#frag#x"]),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(_FORMAT_EXAMPLES))
+def test_format_regexes_on_examples(fmt):
+    good, bad = _FORMAT_EXAMPLES[fmt]
+    dfa = to_dfa(json_string_node(format_node(fmt)))
+    for text in good:
+        assert dfa.matches(json.dumps(text).encode()), (fmt, text)
+    for text in bad:
+        assert not dfa.matches(json.dumps(text).encode()), (fmt, text)
+
+
+def test_every_listed_format_compiles_and_unknown_formats_are_ignored():
+    for fmt in FORMAT_REGEXES:
+        assert format_node(fmt) is not None
+    assert format_node("no-such-format") is None
+    assert accepts({"type": "string", "format": "no-such-format"}, "anything")
+    with pytest.raises(ConstraintError) as e:
+        compile_json_schema({"format": "idn-email"})
+    assert e.value.keyword == "format" and e.value.location == "/format"
+
+
+# ---------------------------------------------------------------------------
+# grammar shape and layout
+
+
+OBJ = {"name": "x", "tags": ["a", "b"], "n": {"k": 1.5, "z": None}, "ok": True}
+OBJ_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "n": {"type": "object", "properties": {"k": {"type": "number"}, "z": {"type": "null"}}},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["name"],
+}
+
+
+def test_compact_whitespace_is_exactly_json_dumps():
+    cg = compile_json_schema(OBJ_SCHEMA, None, whitespace="compact")
+    assert cg.accepts_text(json.dumps(OBJ))
+    assert not cg.accepts_text(json.dumps(OBJ, separators=(",", ":")))
+    assert not cg.accepts_text(json.dumps(OBJ, indent=2))
+
+
+def test_flexible_whitespace_accepts_indented_output_and_is_bounded():
+    cg = compile_json_schema(OBJ_SCHEMA, None)
+    for text in (json.dumps(OBJ), json.dumps(OBJ, indent=2), json.dumps(OBJ, indent=4), json.dumps(OBJ, separators=(",", ":"))):
+        assert cg.accepts_text(text), text
+    nested = {"a": {"b": {"c": {"d": {"e": [1]}}}}}
+    assert compile_json_schema(True, None).accepts_text(json.dumps(nested, indent=2))
+    assert not cg.accepts_text('{"name":' + " " * 40 + '"x"}')
+    assert not cg.accepts_text(' {"name": "x"}')  # nothing before the value
+
+
+def test_keys_are_literal_lexemes_with_quotes():
+    g = json_schema_grammar(OBJ_SCHEMA)
+    literals = {t.pattern for t in g.terminals.values() if t.literal}
+    assert {'"name"', '"tags"', '"n"', '"ok"', '"k"', '"z"'} <= literals
+    # one string lexeme covers a whole JSON string, quotes included
+    assert not any(t.pattern == '"' for t in g.terminals.values())
+
+
+def test_property_order_and_any_order():
+    s = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}
+    assert accepts(s, {"a": 1, "b": 2}) and not accepts(s, {"b": 2, "a": 1})
+    assert accepts(s, {"b": 2, "a": 1}, any_order=True)
+    assert not accepts(s, {"a": 1}, any_order=True)
+    assert not accepts_raw(s, '{"a": 1, "a": 2, "b": 3}', any_order=True)  # each key at most once
+    extra = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}
+    assert accepts(extra, {"a": 1, "x": "anything", "b": 2})  # other keys between declared ones
+    assert not accepts(extra, {"a": 1, "b": "not an integer"})
+    assert not accepts(extra, {"x": 1, "a": "declared keys never take the extra path"})
+
+
+def test_additional_and_pattern_properties_partition_keys():
+    s = {
+        "type": "object",
+        "properties": {"id": {"type": "integer"}},
+        "patternProperties": {"^x-": {"type": "string"}},
+        "additionalProperties": {"type": "boolean"},
+    }
+    assert accepts(s, {"id": 1, "x-a": "s", "other": True})
+    assert not accepts(s, {"x-a": True}) and not accepts(s, {"other": "s"}) and not accepts(s, {"id": True})
+
+
+def test_recursive_refs_become_recursive_rules():
+    tree = {
+        "$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}, "required": ["v"], "additionalProperties": False}},
+        "$ref": "#/$defs/node",
+    }
+    deep: dict = {"v": 0}
+    for i in range(1, 25):
+        deep = {"v": i, "kids": [deep, {"v": -i}]}
+    assert accepts(tree, deep)
+    deep["kids"][1]["w"] = 1
+    assert not accepts(tree, deep)
+
+
+def test_combinators():
+    assert accepts({"anyOf": [{"type": "string"}, {"type": "integer"}]}, 3)
+    one = {"type": "object", "oneOf": [{"required": ["a"]}, {"required": ["b"]}]}
+    assert accepts(one, {"a": 1}) and not accepts(one, {"a": 1, "b": 2}, any_order=True)
+    all_of = {"allOf": [{"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}}, {"properties": {"a": {"maximum": 5}}, "required": ["a"]}]}
+    assert accepts(all_of, {"a": 3}) and not accepts(all_of, {"a": 7}) and not accepts(all_of, {})
+    assert accepts({"not": {"type": "integer"}}, 1.5) and not accepts({"not": {"type": "integer"}}, 2)
+    ite = {"if": {"properties": {"k": {"const": "n"}}}, "then": {"properties": {"v": {"type": "number"}}}, "else": {"properties": {"v": {"type": "string"}}}}
+    assert accepts(ite, {"k": "n", "v": 1}) and not accepts(ite, {"k": "s", "v": 1}) and accepts(ite, {"k": "s", "v": "x"})
+    dep = {"type": "object", "dependentRequired": {"card": ["billing"]}}
+    assert accepts(dep, {"card": 1, "billing": 2}) and not accepts(dep, {"card": 1}) and accepts(dep, {"x": 1})
+
+
+def test_arrays_counting_and_contains():
+    s = {"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "integer"}, "minItems": 2, "maxItems": 4, "contains": {"const": 7}, "maxContains": 1}
+    assert accepts(s, ["a", 7]) and accepts(s, ["a", 1, 7, 2])
+    assert not accepts(s, ["a", 1]) and not accepts(s, ["a", 7, 7]) and not accepts(s, ["a", 7, 1, 2, 3]) and not accepts(s, [1, 7])
+    u = {"type": "array", "items": {"enum": ["x", "y", "z"]}, "uniqueItems": True}
+    assert accepts(u, ["z", "x"]) and not accepts(u, ["x", "x"])
+
+
+def test_enum_and_const_use_json_equality():
+    s = {"enum": ["a", 1, None, {"x": [1, 2]}, [True]]}
+    assert accepts(s, 1.0) and accepts(s, {"x": [1.0, 2]}) and accepts(s, [True])
+    assert not accepts(s, True) and not accepts(s, {"x": [2, 1]}) and not accepts(s, "b")
+    assert accepts({"const": {"a": 1, "b": 2}}, {"b": 2, "a": 1}, any_order=True)
+    assert accepts({"type": "string", "enum": ["ab", "abc", 3], "maxLength": 2}, "ab")
+    assert not accepts({"type": "string", "enum": ["ab", "abc", 3], "maxLength": 2}, "abc")
+
+
+# ---------------------------------------------------------------------------
+# errors, leniency, budgets
+
+
+@pytest.mark.parametrize(
+    "schema, location, keyword",
+    [
+        ({"properties": {"a": {"minLength": -1}}}, "/properties/a/minLength", "minLength"),
+        ({"type": "strin"}, "/type", "type"),
+        ({"required": "a"}, "/required", "required"),
+        ({"items": {"pattern": 3}}, "/items/pattern", "pattern"),
+        ({"$ref": "http://example.com/other.json"}, "#", "$ref"),
+        ({"$ref": "#/$defs/missing"}, "#", "$ref"),
+        ({"properties": {"a": {"pattern": "(?<=x)a"}}}, "/properties/a/pattern", "pattern"),
+        ({"type": "array", "items": {"type": "object"}, "uniqueItems": True}, "#", "uniqueItems"),
+    ],
+)
+def test_refusals_carry_a_pointer_and_keyword(schema, location, keyword):
+    with pytest.raises(ConstraintError) as e:
+        json_schema_grammar(schema)
+    assert e.value.location == location and e.value.keyword == keyword, (e.value.location, e.value.keyword, e.value)
+
+
+def test_lenient_records_warnings_and_drops_the_keyword():
+    schema = {"type": "array", "items": {"type": "object"}, "uniqueItems": True}
+    got: list = []
+    with pytest.warns(UserWarning, match="uniqueItems"):
+        g = json_schema_grammar(schema, lenient=True, warnings=got)
+    assert got and "uniqueItems" in got[0]
+    assert g.rules
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert accepts(schema, [{}, {}], lenient=True)
+
+
+def test_false_schema_and_cycles_are_refused():
+    with pytest.raises(ConstraintError):
+        json_schema_grammar(False)
+    with pytest.raises(ConstraintError):
+        json_schema_grammar({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"})
+    with pytest.raises(ConstraintError):
+        json_schema_grammar({"type": "object", "required": ["a"], "properties": {"a": False}})
+
+
+def test_big_enum_compiles_in_seconds():
+    values = [f"code-{i:05d}" for i in range(10_000)] + list(range(2000))
+    t = time.perf_counter()
+    cg = compile_json_schema({"enum": values}, None)
+    assert time.perf_counter() - t < 20
+    assert cg.accepts_text('"code-09999"') and cg.accepts_text("1999") and not cg.accepts_text('"code-10000"')
+
+
+def test_megabyte_schema_compiles_in_seconds():
+    def item(i):
+        return {
+            "type": "object",
+            "description": "d" * 3000,
+            "properties": {"a": {"type": "string", "maxLength": 20}, "b": {"type": "integer", "minimum": i}, "c": {"enum": ["x", "y"]}},
+            "required": ["a"],
+        }
+
+    schema = {"type": "object", "properties": {f"field_{i}": item(i) for i in range(300)}, "required": ["field_0"]}
+    assert len(json.dumps(schema)) > 900_000
+    t = time.perf_counter()
+    cg = compile_json_schema(schema, None)
+    assert time.perf_counter() - t < 30
+    assert cg.accepts_text(json.dumps({"field_0": {"a": "x"}, "field_7": {"a": "y", "b": 7, "c": "x"}}))
+    assert not cg.accepts_text(json.dumps({"field_7": {"a": "y"}}))
+    assert not cg.accepts_text(json.dumps({"field_0": {"a": "x"}, "field_7": {"a": "y", "b": 6}}))
+    # the frontend alone on 3,000 sibling properties (1 MB)
+    wide = {"type": "object", "properties": {f"field_{i}": dict(item(0), description="d" * 200) for i in range(3000)}}
+    t = time.perf_counter()
+    g = json_schema_grammar(wide)
+    assert time.perf_counter() - t < 15 and len(g.rules) > 3000
+
+
+def test_explosive_combinations_hit_the_budget():
+    branch = {"anyOf": [{"type": "object", "properties": {f"p{i}": {"type": "integer"}}} for i in range(4)]}
+    with pytest.raises(CompileBudgetExceeded):
+        json_schema_grammar({"allOf": [branch] * 10})
+
+
+# ---------------------------------------------------------------------------
+# random outputs through the real tokenizer are valid
+
+
+SAMPLE_SCHEMAS = [
+    {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 130},
+            "email": {"type": "string", "format": "email", "maxLength": 30},
+            "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3},
+        },
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 3,
+        "items": {"oneOf": [{"type": "number", "minimum": -5, "exclusiveMaximum": 5}, {"type": "boolean"}, {"type": "null"}]},
+    },
+    {
+        "$defs": {"n": {"type": "object", "properties": {"v": {"type": "integer", "minimum": 0, "maximum": 9}, "next": {"$ref": "#/$defs/n"}}, "required": ["v"], "additionalProperties": False}},
+        "$ref": "#/$defs/n",
+    },
+    {"type": "object", "properties": {"when": {"type": "string", "format": "date-time"}, "id": {"type": "string", "format": "uuid"}}, "required": ["when", "id"], "additionalProperties": False},
+]
+
+
+def _allowed(m: Matcher, n_vocab: int) -> np.ndarray:
+    bm = allocate_bitmask(1, n_vocab)
+    m.fill_bitmask(bm)
+    bits = np.unpackbits(bm[0].view(np.uint8), bitorder="little")[:n_vocab]
+    return np.nonzero(bits)[0]
+
+
+@pytest.mark.parametrize("k", range(len(SAMPLE_SCHEMAS)))
+def test_random_walks_from_the_mask_are_valid(llama3_vocab, k):
+    schema = SAMPLE_SCHEMAS[k]
+    cg = compile_json_schema(schema, llama3_vocab, whitespace="compact")
+    eos = set(llama3_vocab.eos_token_ids)
+    rng = random.Random(k)
+    finished = 0
+    for _ in range(4):
+        m = Matcher(cg)
+        ids: list[int] = []
+        for _step in range(300):
+            allowed = [t for t in _allowed(m, llama3_vocab.n_vocab).tolist() if t not in eos]
+            if m.is_accepting() and (not allowed or rng.random() < 0.3):
+                break
+            assert allowed, llama3_vocab.decode(ids)
+            t = rng.choice(allowed)
+            assert m.advance(t)
+            ids.append(t)
+        if not m.is_accepting():
+            continue  # a long string or number: the walk was cut, nothing to validate
+        finished += 1
+        value = json.loads(llama3_vocab.decode(ids))
+        jsonschema.validate(value, schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    assert finished >= 1
