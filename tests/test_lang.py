@@ -615,3 +615,23 @@ def test_program_without_source_still_runs():
     compiled = namespace["prog"].compile()
     assert not compiled.source_available and compiled.ok
     assert namespace["prog"].run(backend=ScriptedBackend(["b"])).text() == "ab"
+
+
+def test_gen_with_a_sampler_bypasses_the_backend():
+    """``sgl.gen(..., sampler=...)`` hands the request to the sampler (e.g. OptimalSampler)."""
+    calls = []
+
+    class EchoSampler:
+        def generate_one(self, prompt, params, constraint):
+            calls.append((prompt, params.max_tokens, constraint.regex if constraint else None))
+            return GenerateResult("42", token_ids=[1, 2], finish_reason="stop")
+
+    @sgl.function
+    def prog(s):
+        s += "Answer: " + sgl.gen("x", max_tokens=5, regex=r"\d+", sampler=EchoSampler())
+
+    backend = ScriptedBackend(outputs=[])
+    state = prog.run(backend=backend)
+    assert state["x"] == "42" and state.text() == "Answer: 42"
+    assert calls == [("Answer: ", 5, r"\d+")]
+    assert backend.requests == []

@@ -44,6 +44,7 @@ def gen(
     choices_method: ChoicesSamplingMethod | str | None = None,
     dtype: type | str | None = None,
     timeout: float | None = None,
+    sampler: Any = None,
 ) -> SglExpr:
     """Generate text into variable ``name``.
 
@@ -51,6 +52,8 @@ def gen(
     model class), ``grammar`` (``grammar_syntax`` "lark", "gbnf" or "ebnf") or
     ``dtype`` (int, float, str, bool: the parsed value is stored). ``choices`` makes
     this a ``select`` (as in SGLang). ``timeout`` bounds this one call in seconds.
+    ``sampler`` (e.g. ``sgl.OptimalSampler``) generates instead of the backend: any object
+    with ``generate_one(prompt, params, constraint)`` returning a ``GenerateResult``.
     """
     if choices is not None:
         return select(
@@ -78,6 +81,7 @@ def gen(
         grammar_syntax=grammar_syntax,
         dtype=dtype,
         timeout=timeout,
+        sampler=sampler,
     )
 
 

@@ -39,6 +39,7 @@ GEN_KEYWORD = (
     "choices_method",
     "dtype",
     "timeout",
+    "sampler",
 )
 SELECT_POSITIONAL = ("name", "choices", "temperature", "choices_method")
 SELECT_KEYWORD = ("seed", "timeout")

@@ -69,6 +69,7 @@ class GenExpr(SglExpr):
     grammar_syntax: str = "lark"
     dtype: str | None = None
     timeout: float | None = None
+    sampler: Any = None  # generates instead of the backend (e.g. an OptimalSampler)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -180,11 +180,15 @@ class Interpreter:
         request = self.request_for(state, g)
         deadline = self._deadline(g.timeout)
         what = f"gen {g.name!r}" if g.name else "gen"
-        if state._stream or deadline is not None:
+        if g.sampler is None and (state._stream or deadline is not None):
             meta = self._gen_streaming(state, g.name, request, deadline, what)
             text = meta.pop("text")
         else:
-            result = self._call(lambda: self.backend.generate(request), state, what, None)
+            if g.sampler is not None:
+                call = lambda: g.sampler.generate_one(request.prompt, request.params, request.constraint)  # noqa: E731
+            else:
+                call = lambda: self.backend.generate(request)  # noqa: E731
+            result = self._call(call, state, what, None)
             text = result.text
             meta = {
                 "finish_reason": result.finish_reason,
