@@ -351,3 +351,27 @@ def test_checkpoint_folder_matches_transformers(tmp_path, kind):
         ref = model.eval()(ids).logits[0]
         got = ours.forward(ids, KVCache.allocate(ours.config, 40), all_logits=True)[0]
     assert (ref - got).abs().max().item() < 1e-4
+
+
+def test_trace_records_every_token_with_its_kind(smol, tmp_path):
+    """With tracing on, the engine writes one record per token; the viz renders them."""
+    from sgl.runtime import trace as tracing
+    from sgl.viz.html import render_trace
+
+    path = tmp_path / "trace.jsonl"
+    tracing.configure_trace(path)
+    try:
+        r = smol.generate(GenerateRequest(chat(smol, "Pick a colour."), greedy(8),
+                                          ConstraintSpec(choices=["blue-green", "red"])))
+    finally:
+        tracing.configure_trace(None)
+        tracing.reset_trace_config()
+    records = [rec for rec in tracing.read_trace(path) if rec.get("tokens")]
+    assert records, "no trace line was written"
+    tokens = records[-1]["tokens"]
+    assert len(tokens) == len(r.token_ids)
+    assert "".join(t["text"] for t in tokens).startswith(r.text)
+    assert {t["kind"] for t in tokens} <= {"sampled", "forced"}
+    assert r.meta["masks"] >= 1 and r.meta["mask_time_s"] >= 0
+    html = render_trace(records)
+    assert r.text.split("-")[0] in html

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from .sampler import Sampler, apply_bitmask, token_logprob
@@ -103,11 +104,17 @@ class _Row:
     out: SeqOutput
     emitted: int = 0
     done: bool = False
+    trace: Any = None  # a runtime.trace.RequestTrace when tracing is on (SGL_TRACE)
 
     def finish(self, reason: str, text: str | None = None) -> None:
         self.done = True
         self.out.finish_reason = reason
         self.out.text = self.tracker.text if text is None else text
+        if self.trace is not None:
+            from sgl.runtime import trace as tracing
+
+            tracing.end_trace(self.trace, reason)
+            self.trace = None
 
 
 class Generation:
@@ -146,7 +153,12 @@ class Generation:
         stops = (p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ())
         out = SeqOutput(logprobs=[] if p.logprobs else None, meta={"prompt_tokens": n_prompt})
         max_tokens = max(0, min(p.max_tokens, self.max_context - n_prompt))
-        return _Row(req, sampler, TextTracker(stops), ban, max_tokens, out)
+        row = _Row(req, sampler, TextTracker(stops), ban, max_tokens, out)
+        from sgl.runtime import trace as tracing
+
+        if tracing.trace_enabled():
+            row.trace = tracing.begin_trace(constraint={"constrained": req.matcher is not None})
+        return row
 
     def run(self) -> list[SeqOutput]:
         """Generate everything; return the outputs."""
@@ -211,12 +223,16 @@ class Generation:
             if matcher.is_terminated():
                 row.finish("stop")
                 return None
+            t_mask = time.perf_counter()
             bitmask = self._bitmask(matcher)
+            out.meta["mask_time_s"] = out.meta.get("mask_time_s", 0.0) + time.perf_counter() - t_mask
+            out.meta["masks"] = out.meta.get("masks", 0) + 1
             if not bitmask.any():
                 row.out.meta["error"] = "the constraint allows no token"
                 row.finish("error")
                 return None
-        raw = logits.clone() if out.logprobs is not None and (banned or matcher) else logits
+        keep_raw = row.trace is not None or (out.logprobs is not None and (banned or matcher))
+        raw = logits.clone() if keep_raw else logits
         if matcher is not None:
             apply_bitmask(logits, bitmask)
         if banned:
@@ -232,6 +248,8 @@ class Generation:
         out.token_ids.append(tok)
         if out.logprobs is not None:
             out.logprobs.append(token_logprob(raw, tok))
+        if row.trace is not None:
+            self._trace_token(row, raw, tok, bitmask if matcher is not None else None)
         if tok in self.eos_ids:
             row.finish("eos")
             return tok
@@ -246,6 +264,19 @@ class Generation:
         elif len(out.token_ids) >= row.max_tokens:
             row.finish("length")
         return tok
+
+    def _trace_token(self, row: _Row, raw: torch.Tensor, tok: int, bitmask: Any) -> None:
+        """Record how ``tok`` came: forced when the constraint allowed nothing else."""
+        from sgl.runtime import trace as tracing
+
+        forced = bitmask is not None and int(np.unpackbits(bitmask[0].view(np.uint8)).sum()) == 1
+        data = self.token_bytes[tok] or b""
+        tracing.record_token_from_logits(
+            row.trace, raw, tok, data.decode("utf-8", errors="replace"),
+            tracing.FORCED if forced else tracing.SAMPLED,
+            allowed=None if bitmask is None else bitmask[0],
+            decode=lambda i: (self.token_bytes[i] or b"").decode("utf-8", errors="replace"),
+        )
 
     def _bitmask(self, matcher: Matcher) -> Any:
         from sgl.constrain import allocate_bitmask
