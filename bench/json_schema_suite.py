@@ -20,6 +20,7 @@ import collections
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -84,6 +85,9 @@ def accepts_tokens(compiled, vocab, text: str) -> bool:
     return m.is_accepting()
 
 
+REFUSALS: collections.Counter = collections.Counter()  # refusal message kinds, for the report
+
+
 def run_group(group: dict, vocab, by_tokens: bool) -> dict[str, str]:
     """Category of each test of one group."""
     tests = group["tests"]
@@ -91,7 +95,8 @@ def run_group(group: dict, vocab, by_tokens: bool) -> dict[str, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             compiled = compile_json_schema(group["schema"], vocab if by_tokens else None, any_order=True)
-    except ConstraintError:
+    except ConstraintError as e:
+        REFUSALS[re.sub(r"'[^']*'", "'…'", e.message.split(" (")[0])[:90]] += len(tests)
         label = "compile_error_all_invalid" if not any(t["valid"] for t in tests) else "compile_error_valid"
         return {t["description"]: label for t in tests}
     out = {}
@@ -175,6 +180,9 @@ def report(ours: dict, peer: dict | None, seconds: float, by_tokens: bool) -> st
             f"| {cat} | {cc['pass']} | {cc['false_negative']} | {cc['false_positive']} | {refused} | "
             + (f"{pcc['pass']} / {prefused} |" if peer else "- |")
         )
+    lines += ["", "## Why schemas were refused (tests per reason)", ""]
+    for msg, n in REFUSALS.most_common():
+        lines.append(f"- {n}: {msg}")
     bad, known = deviations(ours)
     lines += ["", "## Wrong answers", ""]
     if not bad and not known:

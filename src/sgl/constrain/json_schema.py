@@ -1670,10 +1670,21 @@ class JsonSchemaCompiler:
                 self.b.rule(extra_nt, (kv,))
         n = len(members)
         any_order = self.opts.any_order and n > 1
+        relaxed = False
         if any_order and (2**n) * (n + 1) * (K + 1) > MAX_ANY_ORDER_RULES:
-            self.note(f"any_order: {n} properties are too many for free order; schema order is used", ptr)
+            r = sum(1 for m in members if m[2])
+            if not counting and (2**r) * (r + 3) <= MAX_ANY_ORDER_RULES:
+                self.note(
+                    f"any_order: {n} properties are too many to track; optional ones may repeat "
+                    "(duplicate keys, each occurrence valid)", ptr,
+                )
+                relaxed = True
+            else:
+                self.note(f"any_order: {n} properties are too many for free order; schema order is used", ptr)
             any_order = False
-        if any_order:
+        if relaxed:
+            self._relaxed_any_order_rules(name, members, extra_nt, lbrace, rbrace, comma)
+        elif any_order:
             self._any_order_rules(name, members, extra_nt, K, counting, mn, mx, lbrace, rbrace, comma)
         else:
             if (n + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
@@ -1727,6 +1738,35 @@ class JsonSchemaCompiler:
                 self.b.rule(o(i, c), (o(i + 1, c),))
                 todo.append(("O", i + 1, c))
         self.b.rule(name, (lbrace, e(0, 0)))
+
+    def _relaxed_any_order_rules(self, name, members, extra_nt, lbrace, rbrace, comma) -> None:
+        """Any order for many properties: the set of required ones seen is tracked
+        exactly; optional ones (and extras) may come at any point, even twice."""
+        req = [m for m in members if m[2]]
+        opt_nt = None
+        if len(req) < len(members) or extra_nt is not None:
+            opt_nt = f"{name}@opt"
+            for _, kv, r in members:
+                if not r:
+                    self.b.rule(opt_nt, (kv,))
+            if extra_nt is not None:
+                self.b.rule(opt_nt, (extra_nt,))
+        full = (1 << len(req)) - 1
+
+        def st(used, first):
+            return f"{name}@R{used}.{int(first)}"
+
+        for used in range(full + 1):
+            for first in (True, False):
+                sep = () if first else (comma,)
+                if used == full:
+                    self.b.rule(st(used, first), (rbrace,))
+                for i, (_, kv, _) in enumerate(req):
+                    if not used & (1 << i):
+                        self.b.rule(st(used, first), sep + (kv, st(used | (1 << i), False)))
+                if opt_nt is not None:
+                    self.b.rule(st(used, first), sep + (opt_nt, st(used, False)))
+        self.b.rule(name, (lbrace, st(0, True)))
 
     def _any_order_rules(self, name, members, extra_nt, K, counting, mn, mx, lbrace, rbrace, comma) -> None:
         """Declared properties in any order, each at most once (state = the set used)."""
