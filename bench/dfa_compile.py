@@ -61,7 +61,9 @@ def shared_data_dir() -> Path:
 def sample_schemas(root: Path, limit: int, seed: int) -> list[Path]:
     """``limit`` schemas per subset (0 = all), a seeded sample, in a stable order."""
     if not root.is_dir():
-        raise SystemExit(f"JSONSchemaBench folder not found: {root} (set --data or SGL_SHARED_DATA)")
+        raise SystemExit(
+            f"JSONSchemaBench folder not found: {root} (set --data or SGL_SHARED_DATA)"
+        )
     out: list[Path] = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         files = sorted(sub.glob("*.json"))
@@ -143,10 +145,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", type=int, default=0, help="print the top N cProfile rows")
     ap.add_argument("--slowest", type=int, default=8, help="list the N slowest terminals")
     ap.add_argument("--json", type=Path, default=None, help="write the numbers here")
-    ap.add_argument("--save", type=Path, default=None,
-                    help="pickle the collected terminals here (to time later code on the same set)")
-    ap.add_argument("--load", type=Path, default=None,
-                    help="time the terminals pickled by --save instead of collecting anew")
+    ap.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="pickle the collected terminals here (to time later code on the same set)",
+    )
+    ap.add_argument(
+        "--load",
+        type=Path,
+        default=None,
+        help="time the terminals pickled by --save instead of collecting anew",
+    )
     args = ap.parse_args(argv)
 
     if args.load:
@@ -165,8 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     # walking it on every collection, which would bill its size to each to_dfa call.
     gc.collect()
     gc.freeze()
-    print(f"{len(files)} schemas ({skipped} skipped), {len(lexemes)} terminals, "
-          f"{len({lx.key for lx in lexemes})} distinct patterns")
+    print(
+        f"{len(files)} schemas ({skipped} skipped), {len(lexemes)} terminals, "
+        f"{len({lx.key for lx in lexemes})} distinct patterns"
+    )
 
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
@@ -176,14 +188,23 @@ def main(argv: list[str] | None = None) -> None:
         profiler.disable()
     cold, warm = per_schema(lexemes, seconds)
 
-    report = {"terminal": stats_ms(seconds), "schema_cold": stats_ms(cold),
-              "schema_warm": stats_ms(warm), "refused": refused}
+    report = {
+        "terminal": stats_ms(seconds),
+        "schema_cold": stats_ms(cold),
+        "schema_warm": stats_ms(warm),
+        "refused": refused,
+    }
     print(f"{'ms':<16}{'n':>6}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}{'total':>10}")
-    for label, key in (("per terminal", "terminal"), ("schema (cold)", "schema_cold"),
-                       ("schema (warm)", "schema_warm")):
+    for label, key in (
+        ("per terminal", "terminal"),
+        ("schema (cold)", "schema_cold"),
+        ("schema (warm)", "schema_warm"),
+    ):
         r = report[key]
-        print(f"{label:<16}{r['n']:>6}{r['median']:>9.3f}{r['p90']:>9.3f}{r['p99']:>9.3f}"
-              f"{r['max']:>9.2f}{r['total']:>10.1f}")
+        print(
+            f"{label:<16}{r['n']:>6}{r['median']:>9.3f}{r['p90']:>9.3f}{r['p99']:>9.3f}"
+            f"{r['max']:>9.2f}{r['total']:>10.1f}"
+        )
     print(f"refused with a budget error: {refused}")
     for i in np.argsort(-seconds)[: args.slowest]:
         lx = lexemes[i]

@@ -7,24 +7,35 @@ verdict on the UTF-8 bytes of a string with ``re``'s verdict on the string.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import require_shared
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from sgl.constrain.automaton import to_dfa, utf8_sequences
+from sgl.constrain.automaton import (
+    DEFAULT_MAX_NFA,
+    DEFAULT_MAX_WORK,
+    _Compiler,
+    to_dfa,
+    utf8_sequences,
+)
 from sgl.constrain.dfa import ByteDFA
 from sgl.constrain.errors import CompileBudgetExceeded, ConstraintError
 from sgl.constrain.regex import parse_regex, regex_grammar
 from sgl.constrain.regex_ast import (
     EMPTY,
     NOTHING,
+    Alt,
     Bytes,
     Chars,
     Repeat,
+    Seq,
     alt,
     literal,
     repeat,
@@ -78,6 +89,23 @@ PATTERNS = [
     r"[\s\S]",
     r"\D\d",
     r"\u00e9|e\u0301",
+    # shapes of JSON-Schema lexemes (bounded strings, keys, formats, ranges, punctuation)
+    r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4}){0,40}"',
+    r'"(?:[^"\\]|\\.){2,5}"',
+    r'"(?:|[^"\\a](?:[^"\\]|\\.)*|\\.(?:[^"\\]|\\.)*|a(?:|[^"\\b](?:[^"\\]|\\.)*|b(?:[^"\\]|\\.)+))"',
+    r'"(?:red|green|blue|gr[ae]y|\u00e9t\u00e9)"',
+    r"-?(?:[1-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5])",
+    r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})",
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    r"[ \t\n\r]{0,8},[ \t\n\r]{0,8}",
+    # counters over items that can come back to their start, or end early
+    r"(?:a*b)?",
+    r"(?:a*b){0,3}c",
+    r"(?:[a-z]*@){2,}",
+    r"(?:(?:ab)*c){1,2}",
+    r"(?:ab|c){2,}",
+    r"(?:a|ab){2,4}b?",
+    r"(?:x(?:dx)*c)",
 ]
 
 # Characters worth trying against every pattern: ASCII classes, Latin-1, CJK,
@@ -402,3 +430,170 @@ def test_thousand_state_dfa_builds_fast() -> None:
     assert d.n_states == 1001
     assert d.matches(b"aaa" + b"b" * 1000) and not d.matches(b"a" + b"b" * 999)
     assert elapsed < 0.1, elapsed
+
+
+# -- the compositional construction: fast paths against the general one -----------------
+
+
+def _canonical(d: ByteDFA) -> tuple:
+    """States renumbered in BFS order over bytes: equal iff the DFAs are isomorphic."""
+    order, new = [0], {0: 0}
+    rows = d.table.tolist()
+    for s in order:
+        for t in rows[s]:
+            if t >= 0 and t not in new:
+                new[t] = len(order)
+                order.append(t)
+    table = [[new[t] if t >= 0 else -1 for t in rows[s]] for s in order]
+    return tuple(map(tuple, table)), tuple(bool(d.accepting[s]) for s in order)
+
+
+def _general(node, max_states: int = 50_000) -> ByteDFA:
+    """``to_dfa`` without the fast paths: no literal/counter chains, no gluing of
+    sequences, Hopcroft for every minimisation, no cross-call cache."""
+    compiler = _Compiler(max_states, DEFAULT_MAX_NFA, DEFAULT_MAX_WORK, fast=False)
+    return compiler.dfa(node).to_byte_dfa()
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_fast_paths_match_the_general_construction(pattern: str) -> None:
+    node = parse_regex(pattern)
+    assert _canonical(to_dfa(node)) == _canonical(_general(node)), pattern
+
+
+# Random trees over a few leaves whose UTF-8 encodings overlap (ASCII, a two-byte
+# letter, all non-ASCII, raw high bytes): counters, nesting and empty pieces.
+_LEAVES = [
+    literal("a"),
+    literal("b"),
+    Chars(((ord("a"), ord("c")),)),
+    literal("é"),
+    Chars(((0x80, 0x10FFFF),)),
+    Chars(((ord("a"), ord("a")), (0x4E2D, 0x4E2D))),
+    Bytes(((0x80, 0xFF),)),
+    Chars(()),
+    EMPTY,
+]
+
+
+def _trees(leaves=_LEAVES):
+    def extend(inner):
+        counts = st.tuples(st.integers(0, 3), st.sampled_from([None, 0, 1, 2, 3]))
+        return st.one_of(
+            st.lists(inner, max_size=3).map(lambda xs: Seq(tuple(xs))),
+            st.lists(inner, max_size=3).map(lambda xs: Alt(tuple(xs))),
+            st.tuples(inner, counts).map(
+                lambda t: Repeat(t[0], t[1][0], None if t[1][1] is None else t[1][0] + t[1][1])
+            ),
+        )
+
+    return st.recursive(st.sampled_from(leaves), extend, max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_trees())
+def test_random_trees_fast_equals_general_and_minimal(node) -> None:
+    d = to_dfa(node)
+    assert _canonical(d) == _canonical(_general(node))
+    assert _reachable(d).all()
+    if d.accepting.any():
+        assert _coreachable(d).all()
+    assert _n_equivalence_classes(d) == d.n_states
+
+
+def _as_re(node) -> str:
+    """A Python regex for a Chars-only tree (the oracle for random trees)."""
+    if isinstance(node, Chars):
+        if not node.ranges:
+            return "(?!)"
+        return "[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in node.ranges) + "]"
+    if isinstance(node, Seq):
+        return "(?:" + "".join(map(_as_re, node.items)) + ")"
+    if isinstance(node, Alt):
+        return "(?:" + "|".join(map(_as_re, node.items)) + ")" if node.items else "(?!)"
+    hi = "" if node.max is None else node.max
+    return f"(?:{_as_re(node.item)}){{{node.min},{hi}}}"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_trees([leaf for leaf in _LEAVES if not isinstance(leaf, Bytes)]), st.data())
+def test_random_trees_match_re(node, data) -> None:
+    d = to_dfa(node)
+    oracle = re.compile(_as_re(node), re.DOTALL)
+    for _ in range(10):
+        text = data.draw(st.text(alphabet="abcé中\x80ÿ", max_size=8))
+        assert d.matches(text.encode()) == (oracle.fullmatch(text) is not None), (node, text)
+
+
+def _schema_lexemes(limit_per_subset: int = 2) -> list:
+    """Terminal patterns of real schemas (the first few of each JSONSchemaBench subset)."""
+    from sgl.constrain.json_schema import json_schema_grammar
+
+    root = require_shared("jsonschemabench", "dev")
+    out = {}  # distinct patterns, in order
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(sub.glob("*.json"))[:limit_per_subset]:
+            try:
+                grammar = json_schema_grammar(json.loads(f.read_text(encoding="utf-8")))
+            except Exception:  # noqa: BLE001 - schemas the frontend refuses are not the subject
+                continue
+            for term in grammar.terminals.values():
+                p = term.pattern
+                node = (literal(p) if term.literal else parse_regex(p)) if isinstance(p, str) else p
+                out.setdefault(node, None)
+    return list(out)
+
+
+def test_real_schema_lexemes_fast_equals_general() -> None:
+    nodes = _schema_lexemes()
+    assert len(nodes) > 100
+    checked = 0
+    for node in nodes:
+        try:
+            d = to_dfa(node)
+        except CompileBudgetExceeded:
+            continue  # a few real patterns are too large; both paths share that check
+        if d.n_states <= 1000:  # the general path is slow on long counter chains
+            assert _canonical(d) == _canonical(_general(node))
+            checked += 1
+    assert checked > 100
+
+
+def test_json_lexemes_compile_fast() -> None:
+    """Bounded strings, many property names, formats: compositional builds are quick."""
+    from sgl.constrain.json_schema import json_schema_grammar
+
+    schemas = [
+        {"type": "string", "maxLength": 300},
+        {"type": "object", "properties": {f"property_{i}": {"type": "integer"} for i in range(30)}},
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "email"},
+        {"type": "string", "format": "uri"},
+        {"type": "integer", "minimum": -12345, "maximum": 678901},
+    ]
+    t0 = time.process_time()
+    longest = 0
+    for schema in schemas:
+        for term in json_schema_grammar(schema).terminals.values():
+            p = term.pattern
+            node = (literal(p) if term.literal else parse_regex(p)) if isinstance(p, str) else p
+            longest = max(longest, to_dfa(node).n_states)
+    assert longest > 3000  # the 300-character string: a long counter chain
+    assert time.process_time() - t0 < 1.5
+
+
+def test_budgets_apply_to_cached_items() -> None:
+    node = Repeat(Repeat(literal("a"), 100, 100), 0, None)  # (a{100})*, item cached
+    assert to_dfa(node).n_states == 100
+    with pytest.raises(CompileBudgetExceeded):
+        to_dfa(node, max_states=50)
+    with pytest.raises(CompileBudgetExceeded):
+        to_dfa(node, max_nfa=100)
+
+
+def test_concurrent_calls_agree() -> None:
+    patterns = PATTERNS[-15:] * 2  # the JSON-like lexemes and counters
+    expected = {p: _canonical(to_dfa(parse_regex(p))) for p in patterns}
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda p: _canonical(to_dfa(parse_regex(p))), patterns))
+    assert got == [expected[p] for p in patterns]

@@ -83,7 +83,9 @@ class LexerCore:
 
         # breadth-first over the product, one whole frontier per numpy pass
         start = offsets.copy()
-        index = {identity(int((local_plus1[start] * mult).sum()), start): 0}
+        with np.errstate(over="ignore"):  # hashed keys wrap around on purpose
+            start_key = int((local_plus1[start] * mult).sum())
+        index = {identity(start_key, start): 0}
         comps = [start]
         rows: list[np.ndarray] = []
         frontier = [0]
