@@ -203,7 +203,5 @@ def _check_with_regex_frontend(name: str, regexp: str) -> None:
 
     try:
         parse_regex(regexp)
-    except NotImplementedError:  # the regex frontend is not there yet
-        return
     except ConstraintError as e:
         raise ConstraintError(f"terminal {name}: {e.message}", e.location) from None

@@ -31,20 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 
-from .regex_ast import EMPTY, NOTHING, Alt, Node, Seq, chars, literal, optional, repeat
-
-
-def seq(*items: Node) -> Node:
-    """Concatenation; NOTHING anywhere makes NOTHING (cheap: no deep comparisons)."""
-    flat: list[Node] = []
-    for it in items:
-        if it is NOTHING or (isinstance(it, Alt) and not it.items):
-            return NOTHING
-        if isinstance(it, Seq):
-            flat.extend(it.items)
-        else:
-            flat.append(it)
-    return flat[0] if len(flat) == 1 else Seq(tuple(flat))
+from .regex_ast import EMPTY, NOTHING, Alt, Node, chars, literal, optional, repeat, seq
 
 
 def alt(*items: Node) -> Node:

@@ -91,8 +91,11 @@ def literal(text: str) -> Node:
 
 
 def seq(*items: Node) -> Node:
+    """Concatenation; an empty alternative (NOTHING) anywhere makes the whole NOTHING."""
     flat: list[Node] = []
     for it in items:
+        if isinstance(it, Alt) and not it.items:
+            return NOTHING
         if isinstance(it, Seq):
             flat.extend(it.items)
         else:
