@@ -17,6 +17,7 @@ same permutation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -277,15 +278,21 @@ class Llama:
 
     # -- forward
 
-    def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
-        """An empty `KVCache` for this model."""
-        return KVCache.allocate(self.config, capacity, batch=batch, device=self.device, dtype=self.dtype)
+    def new_cache(self, capacity: int, batch: int = 1, n_layers: int | None = None) -> KVCache:
+        """An empty `KVCache` for this model (for its first ``n_layers`` layers only, if given)."""
+        config = self.config
+        if n_layers is not None:
+            config = dataclasses.replace(config, num_hidden_layers=n_layers)
+        return KVCache.allocate(config, capacity, batch=batch, device=self.device, dtype=self.dtype)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache, all_logits: bool = False) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: KVCache, all_logits: bool = False,
+                n_layers: int | None = None) -> torch.Tensor:
         """Run ``input_ids`` ([batch, T]) after the cache's content and append their KV.
 
         Returns float32 logits ``[batch, T, vocab]`` if ``all_logits`` else ``[batch, vocab]``
         for the last position only (the output projection is the costliest matmul).
+        ``n_layers``: run only the first layers, then the final norm and output
+        projection (an early-exit draft model; its cache needs only that many layers).
         """
         c = self.config
         bsz, t = input_ids.shape
@@ -304,7 +311,7 @@ class Llama:
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         group = nh // nkv
         eps = c.rms_norm_eps
-        for i, lw in enumerate(self.layers):
+        for i, lw in enumerate(self.layers[:n_layers]):
             x = F.rms_norm(h, (c.hidden_size,), lw.norm_attn, eps)
             qkv = x @ lw.qkv
             if lw.qkv_bias is not None:
