@@ -12,6 +12,15 @@ from .earley import EarleySet
 MAX_FORCED_BYTES = 256
 
 
+def utf8_prefix(data: bytes) -> bytes:
+    """The longest prefix of ``data`` made of whole, valid UTF-8 characters."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return data[: e.start]  # e.start: where the first bad or incomplete character begins
+    return data
+
+
 def allocate_bitmask(batch: int, n_vocab: int) -> np.ndarray:
     """An int32 bitmask of shape ``(batch, (n_vocab + 31) // 32)``; bit set = allowed."""
     return np.zeros((batch, (n_vocab + 31) // 32), dtype=np.int32)
@@ -163,18 +172,29 @@ class Matcher:
         The forced text is tokenized on its own; its last token is held back unless the
         text ends the constraint, since free text that follows could merge with it.
         """
-        data = self.forced_bytes()
-        text = data.decode("utf-8", errors="ignore")
-        while text and text.encode("utf-8") != data[: len(text.encode("utf-8"))]:
-            text = text[:-1]
+        return self.canonical_tokens(self.forced_bytes())
+
+    def canonical_tokens(self, data: bytes) -> list[int]:
+        """The tokenizer's own tokens for appending (a prefix of) ``data`` here.
+
+        ``data`` is cut at a UTF-8 boundary and encoded on its own. Tokens are kept while
+        their bytes follow ``data`` (a normalizing tokenizer may change the text) and the
+        constraint accepts them; the last kept one is held back unless all of ``data`` was
+        kept and the constraint ends there, since text that follows could merge with it.
+        """
+        text = utf8_prefix(data).decode("utf-8")
         if not text:
             return []
         ids = self.vocab.encode(text)
-        probe = self.copy()
-        accepted = probe.consume_tokens(ids)
-        ids = ids[:accepted]
-        ends_here = accepted == len(ids) and probe.is_terminated()
-        return ids if ends_here else ids[:-1]
+        probe, pos, kept = self.copy(), 0, 0
+        for t in ids:
+            piece = self.vocab.token_bytes[t]
+            if not piece or not data.startswith(piece, pos) or not probe.advance(t):
+                break
+            pos, kept = pos + len(piece), kept + 1
+        if kept == len(ids) and probe.is_terminated():
+            return ids
+        return ids[: max(kept - 1, 0)]
 
     # -- probabilities -------------------------------------------------------------------
     def grammar_logprob(self) -> float:
