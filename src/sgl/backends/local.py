@@ -22,9 +22,10 @@ from sgl.backends.base import (
     GenerateResult,
     SelectResult,
 )
-from sgl.engine.generate import Generation, SeqOutput, SeqRequest
+from sgl.engine.generate import SeqOutput, SeqRequest
 from sgl.engine.llama import Llama
 from sgl.engine.model_loader import resolve_checkpoint
+from sgl.engine.scheduler import Engine, EngineConfig
 
 SELECT_METHODS = ("token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized")
 _CONTENT_MARK = "\x1fSGL-CONTENT\x1f"  # stands for the content when rendering a chat template
@@ -40,10 +41,21 @@ class LocalModel(Backend):
         device: a torch device (``"cpu"``, ``"cuda"``, ...).
         dtype: weights and activations; float32 on CPU by default, bfloat16 elsewhere.
         max_context: the longest prompt + output, at most the model's own limit.
-        max_batch: how many requests `generate_batch` runs in one padded batch.
+        max_batch: how many sequences decode together (continuous batching; 1 = none).
+        kv_budget_mb: memory of the paged KV cache, prefix cache included; a batch that
+            outgrows it preempts sequences (they resume later) instead of failing.
+        prefix_cache, jump_forward, lazy_masks: the engine's optimisations, on by default
+            (see `sgl.engine.scheduler.EngineConfig`).
+        token_healing: for ``gen`` without a constraint, back up over the prompt's last
+            token and make the first generated token(s) re-write it, so a prompt that
+            ends inside a word or a URL (``"https:"``) does not force an odd split.
+        engine: a full `EngineConfig` (overrides the flags above).
 
-    All methods are thread-safe: one lock serialises the use of the model.
+    All methods are thread-safe. Generation goes through one engine thread that batches
+    every concurrent request (from `run_batch` threads, forks, server clients).
     """
+
+    continuous_batching = True  # concurrent generate() calls share the engine's batch
 
     def __init__(
         self,
@@ -51,7 +63,13 @@ class LocalModel(Backend):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         max_context: int | None = None,
-        max_batch: int = 8,
+        max_batch: int = 32,
+        kv_budget_mb: float = 512.0,
+        prefix_cache: bool = True,
+        jump_forward: bool = True,
+        lazy_masks: bool = True,
+        token_healing: bool = True,
+        engine: EngineConfig | None = None,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -76,6 +94,12 @@ class LocalModel(Backend):
         limit = self.config.max_position_embeddings
         self.max_context = min(max_context or limit, limit)
         self.max_batch = max(1, max_batch)
+        self.token_healing = token_healing
+        self.engine_config = engine or EngineConfig(
+            kv_budget_mb=kv_budget_mb, max_running=self.max_batch, prefix_cache=prefix_cache,
+            jump_forward=jump_forward, lazy_masks=lazy_masks)
+        self.engine = Engine(self.model, self.vocab.token_bytes, self.eos_token_ids, self.engine_config,
+                             max_context=self.max_context, vocab=self.vocab)
         self._lock = threading.RLock()
         self._grammar_lock = threading.Lock()
         self._grammars: dict[tuple[str, str], Any] = {}
@@ -105,32 +129,53 @@ class LocalModel(Backend):
         return self.generate_batch([request])[0]
 
     def generate_stream(self, request: GenerateRequest) -> Iterator[str]:
-        """Yield text deltas as they become final (stop strings are never yielded)."""
-        seq = self._seq_request(request)
-        with self._lock:
-            gen = Generation(self.model, self.vocab.token_bytes, self.eos_token_ids, [seq], self.max_context)
-            for _, delta in gen:
-                yield delta
+        """Yield text deltas as they become final (stop strings are never yielded).
+
+        Closing the iterator early cancels the request.
+        """
+        handle = self.engine.submit(self._seq_request(request))
+        try:
+            yield from handle.stream()
+        finally:
+            handle.cancel()
 
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
-        """Generate for several requests, ``max_batch`` at a time in one padded batch."""
+        """Generate for several requests; they join the engine's running batch together."""
         seqs = [self._seq_request(r) for r in requests]
-        results: list[GenerateResult] = []
-        with self._lock:
-            for i in range(0, len(seqs), self.max_batch):
-                chunk = seqs[i : i + self.max_batch]
-                gen = Generation(self.model, self.vocab.token_bytes, self.eos_token_ids, chunk, self.max_context)
-                results.extend(_result(o) for o in gen.run())
-        return results
+        return [_result(o) for o in self.engine.generate(seqs)]
+
+    def submit(self, request: GenerateRequest) -> Any:
+        """Queue ``request`` and return its `sgl.engine.scheduler.RequestHandle` at once
+        (``result()``, ``stream()``, ``cancel()``)."""
+        return self.engine.submit(self._seq_request(request))
+
+    def get_stats(self) -> dict[str, Any]:
+        """The engine's counters: steps, tokens, prefix-cache hit rate, preemptions, mask time."""
+        st = self.engine.stats
+        return {
+            "steps": st.steps, "forward_tokens": st.forward_tokens, "prompt_tokens": st.prompt_tokens,
+            "cached_prompt_tokens": st.cached_prompt_tokens, "prefix_hit_rate": st.prefix_hit_rate,
+            "generated_tokens": st.generated_tokens, "forced_tokens": st.forced_tokens,
+            "preemptions": st.preemptions, "mask_time_s": st.mask_time_s, "masks": st.masks,
+            "lazy_mask_hits": st.lazy_hits, "kv_blocks_free": self.engine.pool.n_free,
+            "kv_blocks": self.engine.pool.n_blocks,
+        }
 
     def _seq_request(self, request: GenerateRequest) -> SeqRequest:
         cg = self.compile_constraint(request.constraint)
-        matcher = None
+        prompt_ids = self._prompt_ids(request.prompt)
         if cg is not None:
             from sgl.constrain import Matcher
 
-            matcher = Matcher(cg)
-        return SeqRequest(self._prompt_ids(request.prompt), request.params, matcher)
+            return SeqRequest(prompt_ids, request.params, Matcher(cg))
+        healing = None
+        if self.token_healing:
+            from sgl.engine.token_healing import heal_prompt
+
+            healed = heal_prompt(prompt_ids, self.vocab)
+            if healed.healed:
+                prompt_ids, healing = healed.prompt_ids, healed.constraint()
+        return SeqRequest(prompt_ids, request.params, None, healing=healing)
 
     # ------------------------------------------------------------- constraints
 

@@ -41,6 +41,7 @@ class SeqRequest:
     prompt_ids: list[int]
     params: SamplingParams
     matcher: Matcher | None = None
+    healing: Any = None  # a token_healing.HealingConstraint: the first tokens re-write the prompt's end
 
 
 @dataclass

