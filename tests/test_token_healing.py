@@ -300,8 +300,8 @@ def test_end_to_end_greedy_healing(smol_model):
     healing = heal_prompt(ids, lm.vocab)
     assert healing.prefix == b":"
     hc = healing.constraint()
-    healed = greedy_continue(lm, healing.prompt_ids, 8, hc)
-    plain = greedy_continue(lm, ids, 8, None)
+    healed = greedy_continue(lm, healing.prompt_ids, 6, hc)
+    plain = greedy_continue(lm, ids, 6, None)
     assert hc.done
     short_text = lm.vocab.decode(healing.prompt_ids)
     generated = lm.vocab.decode(healed)
