@@ -169,7 +169,9 @@ class LocalModel(Backend):
 
             return SeqRequest(prompt_ids, request.params, Matcher(cg))
         healing = None
-        if self.token_healing:
+        # A prompt that ends with the assistant header of the chat template is left alone:
+        # the template's own split is the one the model was trained on.
+        if self.token_healing and not request.prompt.endswith(self.role_text("assistant", "")[0]):
             from sgl.engine.token_healing import heal_prompt
 
             healed = heal_prompt(prompt_ids, self.vocab)
