@@ -66,7 +66,7 @@ def test_radix_match_is_block_granular_and_counts_hits():
 def test_radix_eviction_is_lru_leaves_first_and_spares_pinned_nodes():
     tree, freed = _tree()
     a = tree.extend(None, [1, 2], 10)
-    b = tree.extend(a, [3, 4], 11)
+    tree.extend(a, [3, 4], 11)
     c = tree.extend(None, [5, 6], 12)
     d = tree.extend(c, [7, 8], 13)
     tree.match([5, 6, 7, 8])  # c, d now more recent than a, b
