@@ -74,6 +74,26 @@ class Matcher:
         words = self.allowed_words()
         return bool((int(words[token_id >> 5]) >> (token_id & 31)) & 1)
 
+    def accepts_token(self, token_id: int) -> bool:
+        """Would ``advance(token_id)`` succeed? Reads one token, never the whole mask.
+
+        ``is_allowed`` builds the mask, which can walk the whole vocabulary on a cache
+        miss; this only runs the token's bytes through the lexer and parser.
+        """
+        if self._terminated:
+            return False
+        col, s = self._stack[-1]
+        if token_id in self._eos:
+            with self.compiled.lock:
+                return self.compiled.can_end(col, s)
+        if not 0 <= token_id < len(self.vocab.token_bytes):
+            return False
+        data = self.vocab.token_bytes[token_id]
+        if not data:
+            return False
+        with self.compiled.lock:
+            return self.compiled.advance_bytes((col, s), data) is not None
+
     # -- state -----------------------------------------------------------------------
     def advance(self, token_id: int) -> bool:
         """Consume one token; False (and no change) if the constraint forbids it."""
