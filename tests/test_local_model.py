@@ -371,7 +371,7 @@ def test_trace_records_every_token_with_its_kind(smol, tmp_path):
     tokens = records[-1]["tokens"]
     assert len(tokens) == len(r.token_ids)
     assert "".join(t["text"] for t in tokens).startswith(r.text)
-    assert {t["kind"] for t in tokens} <= {"sampled", "forced"}
+    assert {t["kind"] for t in tokens} <= {"sampled", "forced", "jump_forward"}
     assert r.meta["masks"] >= 1 and r.meta["mask_time_s"] >= 0
     html = render_trace(records)
     assert r.text.split("-")[0] in html

@@ -556,6 +556,8 @@ class Engine:
             del seq.tokens[-jf.replace:]
             if seq.out.logprobs is not None:
                 del seq.out.logprobs[-jf.replace:]
+            if seq.trace is not None:
+                del seq.trace.tokens[-jf.replace:]
         else:
             old = b""
         new = jf.tokens[: room + jf.replace]
