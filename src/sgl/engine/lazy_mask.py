@@ -21,10 +21,11 @@ samples from exactly the distribution of the full path, or says it cannot:
   on the total allowed mass, which only the full mask gives (bounds from the tokens
   seen could settle it sometimes; not done), so it falls back.
 
-The random draws differ from the full path's, the distribution does not. Every rule
-falls back (``token=None``: build the full mask) rather than guess: when
-``max_candidates`` tokens were refused, when the walk meets a NaN or reaches -inf
-logits, when the draws run out.
+The random draws differ from the full path's, the distribution does not (up to float
+rounding exactly at a top-p or min-p boundary: the full path normalises over the whole
+vector, this over the candidates). Every rule falls back (``token=None``: build the
+full mask) rather than guess: when ``max_candidates`` tokens were checked without an
+answer, when the walk meets a NaN or only -inf logits are left, when the draws run out.
 """
 
 from __future__ import annotations
