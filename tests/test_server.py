@@ -467,6 +467,27 @@ def test_real_client_disconnect_cancels_generation(server):
 
 
 @pytest.mark.slow
+def test_real_client_disconnect_cancels_non_streamed_generation(server):
+    """A client that gives up on a plain (non-streamed) request frees its engine slot too."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": server["model"], "messages": [{"role": "user", "content": "Write a long story about a ship."}],
+            "max_tokens": 64, "min_tokens": 64, "temperature": 0, "n": 4}
+
+    def running() -> float:
+        text = httpx.get(server["base"] + "/metrics", headers=headers).text
+        match = re.search(r"^sgl_requests_running (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server["url"] + "/chat/completions", json=body, headers=headers, timeout=1.0)
+    left = time.monotonic()
+    # 4 x 64 tokens take many seconds on a CPU; cancelled requests end at the next step
+    while running() > 0:
+        assert time.monotonic() < left + 2.5, "the server kept generating after the client left"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
 def test_sgl_program_through_openai_backend(server):
     import sgl
     from sgl.backends.openai import OpenAI

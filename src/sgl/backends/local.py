@@ -144,10 +144,9 @@ class LocalModel(Backend):
         seqs = [self._seq_request(r) for r in requests]
         return [_result(o) for o in self.engine.generate(seqs)]
 
-    def submit(self, request: GenerateRequest) -> Any:
-        """Queue ``request`` and return its `sgl.engine.scheduler.RequestHandle` at once
-        (``result()``, ``stream()``, ``cancel()``)."""
-        return self.engine.submit(self._seq_request(request))
+    def submit(self, request: GenerateRequest) -> LocalHandle:
+        """Queue ``request`` and return at once a handle to wait for it, stream it or cancel it."""
+        return LocalHandle(self.engine.submit(self._seq_request(request)))
 
     def get_stats(self) -> dict[str, Any]:
         """The engine's counters: steps, tokens, prefix-cache hit rate, preemptions, mask time."""
@@ -309,6 +308,25 @@ class LocalModel(Backend):
         if role not in self._roles:
             self._roles[role] = _template_affixes(self.chat_template, role) or (f"<|im_start|>{role}\n", "<|im_end|>\n")
         return self._roles[role]
+
+
+class LocalHandle:
+    """A request running in the local engine (from `LocalModel.submit`)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def result(self, timeout: float | None = None) -> GenerateResult:
+        """Wait for the request; a cancelled one returns what it had generated."""
+        return _result(self._handle.result(timeout))
+
+    def stream(self) -> Iterator[str]:
+        """Text deltas as they become final."""
+        return self._handle.stream()
+
+    def cancel(self) -> None:
+        """Stop generating at the next engine step."""
+        self._handle.cancel()
 
 
 # ---------------------------------------------------------------------- helpers

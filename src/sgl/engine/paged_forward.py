@@ -42,9 +42,18 @@ class _Plan:
     rope: torch.Tensor  # [N, 1, head_dim/2] complex
     last: torch.Tensor  # [rows] index of each row's last new token in the flat batch
     decode_idx: torch.Tensor | None  # [D] flat index of the one-token rows
-    decode_slots: torch.Tensor | None  # [D, L] slots of their whole context (padded)
+    decode_slots: torch.Tensor | slice | None  # [D, L] slots of their whole context (padded)
     decode_mask: torch.Tensor | None  # [D, 1, 1, L] True = a real key
-    extends: list[tuple[int, int, torch.Tensor, torch.Tensor | None]]  # (flat start, T, slots, mask)
+    extends: list[tuple[int, int, torch.Tensor | slice, torch.Tensor | None]]  # (flat start, T, slots, mask)
+
+
+def _contiguous(slots: torch.Tensor) -> torch.Tensor | slice:
+    """A slice when the slots are consecutive: then attention reads the pool in place
+    instead of gathering a copy (a lone sequence's blocks usually are consecutive)."""
+    first, n = int(slots[0]), slots.shape[0]
+    if int(slots[-1]) - first == n - 1 and bool((slots.diff() == 1).all()):
+        return slice(first, first + n)
+    return slots
 
 
 def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
@@ -61,7 +70,7 @@ def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
         if t == 1:
             decode_rows.append((offset, row))
         else:
-            slots = pool.slots(row.blocks, 0, row.end).to(device)
+            slots = _contiguous(pool.slots(row.blocks, 0, row.end).to(device))
             mask = None
             if row.start:  # causal, offset by the cached prefix
                 key = torch.arange(row.end, device=device)
@@ -77,7 +86,13 @@ def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
         rope=model._rope[positions].unsqueeze(1), last=torch.tensor(last, device=device),
         decode_idx=None, decode_slots=None, decode_mask=None, extends=extends,
     )
-    if decode_rows:
+    if len(decode_rows) == 1:  # a lone decode row: no padding, no mask
+        offset, r = decode_rows[0]
+        plan.decode_idx = torch.tensor([offset], device=device)
+        plan.decode_slots = _contiguous(pool.slots(r.blocks, 0, r.end).to(device))
+        if not isinstance(plan.decode_slots, slice):
+            plan.decode_slots = plan.decode_slots[None]
+    elif decode_rows:
         width = max(r.end for _, r in decode_rows)
         slots = torch.zeros(len(decode_rows), width, dtype=torch.long)
         mask = torch.zeros(len(decode_rows), width, dtype=torch.bool)
@@ -115,8 +130,8 @@ def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tens
             d = plan.decode_idx.shape[0]
             # The query heads of one KV group attend as a "sequence" of `group` rows.
             q = qk[plan.decode_idx, :nh].reshape(d, nkv, group, hd)
-            keys = k_pool[plan.decode_slots].transpose(1, 2)  # [D, nkv, L, hd]
-            values = v_pool[plan.decode_slots].transpose(1, 2)
+            keys = _rows(k_pool, plan.decode_slots).transpose(1, 2)  # [D, nkv, L, hd]
+            values = _rows(v_pool, plan.decode_slots).transpose(1, 2)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=plan.decode_mask)
             attn[plan.decode_idx] = out.reshape(d, nh, hd)
         for start, t, slots, mask in plan.extends:
@@ -132,3 +147,8 @@ def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tens
         h = h + (F.silu(gate) * up) @ lw.down
     h = F.rms_norm(h[plan.last], (c.hidden_size,), model.norm, eps)
     return (h @ model.lm_head_t).float()
+
+
+def _rows(layer_pool: torch.Tensor, slots: torch.Tensor | slice) -> torch.Tensor:
+    """``[D, L, kv_heads, head_dim]`` keys or values at ``slots`` (a slice: one row, a view)."""
+    return layer_pool[slots][None] if isinstance(slots, slice) else layer_pool[slots]

@@ -341,6 +341,9 @@ class Engine:
             seq.out.meta["cached_tokens"] = min(seq.cached, n_prompt)
             self.stats.prompt_tokens += n_prompt
             self.stats.cached_prompt_tokens += min(seq.cached, n_prompt)
+            from sgl.runtime.metrics import get_metrics
+
+            get_metrics().set_prefix_cache_hit_rate(self.stats.prefix_hit_rate)
 
     def _reserve(self, seq: Sequence_, n_tokens: int, preempt: bool = True) -> bool:
         """Make ``seq.blocks`` cover ``n_tokens``: evict cached blocks, then preempt newer sequences."""

@@ -389,7 +389,13 @@ class _Server:
 
     async def _generate(self, job: _Job, request: Request) -> list[GenerateResult]:
         """Run a non-streaming job; stop waiting (and drop the answer) if the client leaves."""
-        if len(job.requests) == 1:
+        submit = getattr(self.backend, "submit", None)
+        handles: list[Any] = []  # requests a disconnecting client can cancel
+        if submit is not None:
+            def fn() -> list[GenerateResult]:
+                handles.extend(submit(r) for r in job.requests)
+                return [h.result() for h in handles]
+        elif len(job.requests) == 1:
             def fn() -> list[GenerateResult]:
                 return [self.backend.generate(job.requests[0])]
         else:
@@ -402,8 +408,10 @@ class _Server:
                 if done:
                     break
                 if await request.is_disconnected():
-                    # a blocking generate cannot be interrupted; its slot stays taken
-                    # until it ends, and its answer is dropped
+                    # the engine stops the requests at its next step; a backend without
+                    # submit() cannot be interrupted: its answer is dropped when it ends
+                    for handle in list(handles):
+                        handle.cancel()
                     task.add_done_callback(_swallow)
                     self.metrics.observe_status("cancelled")
                     raise ClientGone
