@@ -20,7 +20,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"interface to listen on (default: {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     parser.add_argument("--api-key", default=os.environ.get("SGL_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $SGL_API_KEY, else none)")
-    parser.add_argument("--max-running", type=int, default=8, help="concurrent generations (default: 8)")
+    parser.add_argument("--max-running", type=int, default=32, help="requests generating at once, batched together by the engine (default: 32)")
+    parser.add_argument("--kv-budget-mb", type=float, default=512.0, help="KV cache memory of the local engine, prefix cache included (default: 512)")
     parser.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask for (default: 4096)")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit; larger gets 413 (default: 1 MiB)")
     parser.add_argument("--max-constraint-bytes", type=int, default=64 << 10, help="schema/regex/grammar size limit (default: 64 KiB)")
@@ -37,7 +38,8 @@ def build_backend(args: argparse.Namespace) -> Any:
     if backend is None:
         from sgl.backends.local import LocalModel
 
-        backend = LocalModel(args.model) if args.model else LocalModel()
+        backend = LocalModel(args.model, max_batch=args.max_running,
+                             kv_budget_mb=getattr(args, "kv_budget_mb", 512.0))
     return backend
 
 
