@@ -282,10 +282,16 @@ def test_real_model_lazy_masks_on_equal_off_and_jump_forward_saves_steps(lm):
     tokenized canonically. So the test asks for valid outputs and fewer forward passes."""
     import jsonschema
 
+    from sgl.constrain.compiled import CompiledGrammar
+    from sgl.constrain.json_schema import json_schema_grammar
+
     reqs = _character_requests(lm, 3)
     runs = {}
     for jf, lazy in ((False, False), (False, True), (True, True)):
         m = _local(lm, jump_forward=jf, lazy_masks=lazy)
+        # cold masks for each run (compile_json_schema would share one warm grammar)
+        m._grammars[("json_schema", json.dumps(CHARACTER_SCHEMA, sort_keys=True))] = CompiledGrammar(
+            json_schema_grammar(CHARACTER_SCHEMA), lm.vocab)
         try:
             runs[jf, lazy] = ([r.text for r in m.generate_batch(reqs)], m.engine.stats)
         finally:

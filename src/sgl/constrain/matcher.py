@@ -70,6 +70,13 @@ class Matcher:
         out[row, :n] = words[:n].view(np.int32)
         out[row, n:] = 0
 
+    def mask_is_cached(self) -> bool:
+        """Is the current state's full mask already computed (so reading it costs nothing)?"""
+        if self._terminated:
+            return True
+        col, s = self._stack[-1]
+        return s in col.mask_cache
+
     def is_allowed(self, token_id: int) -> bool:
         words = self.allowed_words()
         return bool((int(words[token_id >> 5]) >> (token_id & 31)) & 1)

@@ -439,7 +439,10 @@ class Engine:
         if matcher is not None and matcher.is_terminated():
             self._finish(seq, "stop")
             return
+        t0 = time.perf_counter()
         tok, bitmask, raw = self._choose(seq, logits)
+        if matcher is not None:  # what the constraint costs: mask (or lazy checks) + sampling
+            self._count_mask(seq, time.perf_counter() - t0)
         if tok is None:
             return
         if matcher is not None and not matcher.advance(tok):
@@ -467,14 +470,13 @@ class Engine:
             apply_bitmask(logits, self._mask_buffer())
         bitmask = None
         if matcher is not None:
-            t0 = time.perf_counter()
             tok = None
-            if self.config.lazy_masks and seq.trace is None:
+            # A cached mask is cheaper to apply than even a few candidate checks.
+            if self.config.lazy_masks and seq.trace is None and not matcher.mask_is_cached():
                 tok = self._lazy_token(seq, logits)
             if tok is None:
                 bitmask = self._mask_buffer()
                 matcher.fill_bitmask(bitmask, 0)
-            self._count_mask(seq, time.perf_counter() - t0)
             if tok is not None:
                 return tok, None, raw
             if not bitmask.any():
