@@ -338,3 +338,24 @@ def test_real_model_token_healing(lm):
     assert healed.text == lm.decode(healed.token_ids)[1:]
     assert not healed.text.startswith(":")
     print(repr(healed.text), repr(unhealed.text))
+
+
+def test_real_model_speculative_flag_gives_the_engine_output(lm):
+    from sgl.backends.local import LocalModel
+
+    text = ("Alice Smith, 34, lives at 12 Oak Street in Springfield and works as a nurse. "
+            "Her email is alice.smith@example.com.")
+    before, after = lm.role_text("user", "")
+    prompt = (before + f"Copy the person's details from this text as JSON.\n\n{text}" + after
+              + lm.role_text("assistant", "")[0])
+    req = GenerateRequest(prompt, SamplingParams(max_tokens=40, temperature=0, stop=["email"]))
+    spec = LocalModel(speculative="ngram")
+    try:
+        fast, plain = spec.generate(req), lm.generate(req)
+    finally:
+        spec.engine.close()
+    assert fast.text == plain.text and fast.finish_reason == plain.finish_reason
+    assert fast.meta["accepted_draft_tokens"] > 0
+    assert fast.meta["forward_passes"] < len(fast.token_ids)
+    with pytest.raises(ValueError, match="early_exit"):
+        LocalModel(speculative="early_exit:99")

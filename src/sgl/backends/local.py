@@ -50,6 +50,10 @@ class LocalModel(Backend):
             token and make the first generated token(s) re-write it, so a prompt that
             ends inside a word or a URL (``"https:"``) does not force an odd split.
         engine: a full `EngineConfig` (overrides the flags above).
+        speculative: speculative decoding for single requests (`generate`): ``"ngram"``
+            (prompt lookup), ``"early_exit:N"`` (the first N layers draft), or the path of
+            a smaller model sharing the vocabulary. ``speculative_k`` drafts per step.
+            Batches, streams and requests with ``min_tokens`` still go through the engine.
 
     All methods are thread-safe. Generation goes through one engine thread that batches
     every concurrent request (from `run_batch` threads, forks, server clients).
@@ -70,6 +74,8 @@ class LocalModel(Backend):
         lazy_masks: bool = True,
         token_healing: bool = True,
         engine: EngineConfig | None = None,
+        speculative: str | None = None,
+        speculative_k: int = 4,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -101,6 +107,10 @@ class LocalModel(Backend):
         self.engine = Engine(self.model, self.vocab.token_bytes, self.eos_token_ids, self.engine_config,
                              max_context=self.max_context, vocab=self.vocab)
         self._lock = threading.RLock()
+        self.speculative_k = speculative_k
+        self._drafter_spec = speculative
+        if speculative is not None:
+            self._make_drafter()  # fail now on a bad spec, not at the first request
         self._grammar_lock = threading.Lock()
         self._grammars: dict[tuple[str, str], Any] = {}
         self._roles: dict[str, tuple[str, str]] = {}
@@ -126,7 +136,62 @@ class LocalModel(Backend):
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
         """Generate a completion of ``request.prompt``."""
+        if self._drafter_spec is not None and request.params.min_tokens == 0:
+            return self._generate_speculative(request)
         return self.generate_batch([request])[0]
+
+    def _make_drafter(self) -> Any:
+        from sgl.engine import speculative as spec
+
+        kind = self._drafter_spec
+        if kind == "ngram":
+            return spec.NgramDrafter()
+        if kind.startswith("early_exit:"):
+            n = int(kind.split(":", 1)[1])
+            if not 0 < n < self.config.num_hidden_layers:
+                raise ValueError(f"early_exit needs 0 < N < {self.config.num_hidden_layers} layers, got {n}")
+            return spec.EarlyExitDrafter(self.model, n)
+        draft = Llama.from_folder(resolve_checkpoint(kind).folder, device=self.model.device, dtype=self.model.dtype)
+        spec.check_vocab(self.model, draft)
+        return spec.ModelDrafter(draft)
+
+    def _generate_speculative(self, request: GenerateRequest) -> GenerateResult:
+        """One request by speculative decoding (drafts verified by the model in one pass)."""
+        from sgl.engine.generate import TextTracker
+        from sgl.engine.sampler import Sampler
+        from sgl.engine.speculative import speculative_generate
+
+        p = request.params
+        cg = self.compile_constraint(request.constraint)
+        matcher = None
+        if cg is not None:
+            from sgl.constrain import Matcher
+
+            matcher = Matcher(cg)
+        prompt_ids = self._prompt_ids(request.prompt)
+        max_tokens = max(0, min(p.max_tokens, self.max_context - len(prompt_ids) - self.speculative_k - 1))
+        sampler = Sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.seed, device=self.model.device)
+        with self._lock:
+            out = speculative_generate(self.model, self._make_drafter(), prompt_ids, max_tokens, sampler,
+                                       self.eos_token_ids, k=self.speculative_k, matcher=matcher,
+                                       stop_token_ids=p.stop_token_ids)
+        # Stop strings are applied afterwards: the text is the same, drafts past one are dropped.
+        tracker = TextTracker((p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ()))
+        ids, reason, text = [], out.finish_reason, None
+        for tok in out.token_ids:
+            ids.append(tok)
+            if tok in self.eos_token_ids or tok in p.stop_token_ids:
+                break
+            at = tracker.push(self.vocab.token_bytes[tok] or b"")
+            if at is not None:
+                reason, text = "stop", tracker.text[:at]
+                break
+        meta = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids), "forward_passes": out.forward_passes,
+                "draft_tokens": out.proposed, "accepted_draft_tokens": out.accepted}
+        if out.error:
+            meta["error"] = out.error
+        return GenerateResult(text=tracker.text if text is None else text, token_ids=ids,
+                              finish_reason=reason, meta=meta)
 
     def generate_stream(self, request: GenerateRequest) -> Iterator[str]:
         """Yield text deltas as they become final (stop strings are never yielded).
