@@ -80,11 +80,11 @@ def draft_model() -> Llama:
 
 
 @pytest.fixture(autouse=True)
-def one_thread(request):
-    """Tiny models are all overhead: extra threads only add synchronisation (~3x slower)."""
+def one_thread():
+    """One torch thread: tiny models are all overhead, and on a shared 2-core machine the
+    real model ran ~5x faster too (two threads stall whenever one core is busy elsewhere)."""
     n = torch.get_num_threads()
-    if "smol" not in request.fixturenames:
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
 
@@ -257,7 +257,10 @@ def sample_pairs(target: Llama, make_drafter, prompt: list[int], sampler: Sample
     return counts, total
 
 
-N_SAMPLES = 3000
+# 2000 samples keep the suite fast and still have ample power: with the residual
+# step broken (sampling from p instead of max(0, p - q)) the statistic was ~620
+# against a critical value of ~130.
+N_SAMPLES = 2000
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.8, top_k=5, top_p=0.95)],
@@ -339,7 +342,7 @@ EXTRACTION = (
 def real_drafters(lm) -> dict[str, object]:
     return {
         "ngram": NgramDrafter(n=3),
-        "early-exit": EarlyExitDrafter(lm.model, 10),
+        "early-exit": EarlyExitDrafter(lm.model, 20),
         "self": ModelDrafter(lm.model),
     }
 
@@ -349,7 +352,8 @@ def test_real_greedy_equals_plain_extraction(smol):
     ref = plain_generate(smol.model, prompt, 32, greedy(), smol.eos_token_ids)
     assert "Dubois" in smol.decode(ref.token_ids)
     for name, d in real_drafters(smol).items():
-        out = speculative_generate(smol.model, d, prompt, 32, greedy(), smol.eos_token_ids, k=5)
+        k = 2 if name == "early-exit" else 5  # early exit rarely agrees: short drafts are cheaper
+        out = speculative_generate(smol.model, d, prompt, 32, greedy(), smol.eos_token_ids, k=k)
         assert (out.token_ids, out.finish_reason) == (ref.token_ids, ref.finish_reason), name
         if name == "ngram":
             assert out.acceptance_rate > 0.3 and out.forward_passes < ref.forward_passes
@@ -363,7 +367,7 @@ def test_real_greedy_equals_plain_open_prompt(smol):
     for name, d in real_drafters(smol).items():
         if name == "self":
             continue  # covered above; the slowest drafter
-        out = speculative_generate(smol.model, d, prompt, 24, greedy(), smol.eos_token_ids, k=4)
+        out = speculative_generate(smol.model, d, prompt, 24, greedy(), smol.eos_token_ids, k=2)
         assert out.token_ids == ref.token_ids, name
 
 
@@ -380,7 +384,7 @@ def test_real_greedy_with_json_schema(smol):
     for name, d in real_drafters(smol).items():
         if name == "self":
             continue
-        out = speculative_generate(smol.model, d, prompt, 32, greedy(), smol.eos_token_ids, k=4,
+        out = speculative_generate(smol.model, d, prompt, 32, greedy(), smol.eos_token_ids, k=3,
                                    matcher=Matcher(compiled))
         assert (out.token_ids, out.finish_reason) == (ref.token_ids, ref.finish_reason), name
         if name == "ngram":

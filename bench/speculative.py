@@ -1,0 +1,151 @@
+"""Speculative decoding on an extraction task: plain greedy vs each drafter.
+
+The default model (SmolLM2-135M-Instruct) reads a paragraph about a person and fills
+in a JSON template with values copied from it, greedy, ``--tokens`` new tokens at most (EOS ends a run early; every
+configuration produces the same tokens, which is checked). Each configuration runs
+``--repeats`` times, interleaved so that all see the same machine load; the table
+shows medians. Wall time covers prefill + decode; tokens/s = new tokens / wall time.
+
+Drafters: n-gram prompt lookup (``k`` = 2, 4, 8), early exit after 1/3 and 1/2 of the
+target's layers (``k`` = 2), and `ModelDrafter` with the target itself as the draft model (there is
+no second small model on disk: a sanity check whose acceptance must be ~100%, and whose
+cost shows the ceiling of a draft model as expensive as the target).
+
+    python bench/speculative.py                      # 128 tokens, 3 repeats, ~3 minutes
+    python bench/speculative.py --json-schema        # the same under a JSON Schema constraint
+    python bench/speculative.py --only plain,ngram-k4 --tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+PARAGRAPH = (
+    "Dr. Eleanor Whitfield is a marine biologist at the Northern Atlantic Research "
+    "Institute in Halifax, Nova Scotia. She was born on 14 September 1979 in Bristol, England, "
+    "and holds a PhD from the University of Edinburgh. Her research focuses on deep-sea coral "
+    "ecosystems and ocean acidification. Her email address is eleanor.whitfield@narinstitute.ca "
+    "and her phone number is +1 902 555 0147."
+)
+FIELDS = ("name", "job", "employer", "city", "born", "birthplace", "university", "research", "email", "phone")
+QUESTION = (
+    f"{PARAGRAPH}\n\nFill in this JSON with values copied from the text:\n"
+    + "{" + ", ".join(f'"{f}": ""' for f in FIELDS) + "}"
+)
+SCHEMA = {
+    "type": "object",
+    "properties": {f: {"type": "string"} for f in FIELDS},
+    "required": list(FIELDS),
+    "additionalProperties": False,
+}
+
+
+@dataclass
+class Row:
+    name: str
+    wall_s: list[float]
+    tokens: int = 0
+    passes: int = 0
+    acceptance: float = 0.0
+    same_output: bool = True
+
+
+def configs(model) -> dict[str, Callable[[], object] | None]:
+    """Name -> drafter factory (None = plain decoding) and ``k``."""
+    from sgl.engine.speculative import EarlyExitDrafter, ModelDrafter, NgramDrafter
+
+    n = model.config.num_hidden_layers
+    return {
+        "plain": None,
+        "ngram-k2": (lambda: NgramDrafter(n=3), 2),
+        "ngram-k4": (lambda: NgramDrafter(n=3), 4),
+        "ngram-k8": (lambda: NgramDrafter(n=3), 8),
+        # k=2: a plain (not early-exit trained) model's first layers rarely agree with
+        # the last one, so longer drafts only cost more
+        f"early-exit-{n // 3}of{n}-k2": (lambda: EarlyExitDrafter(model, n // 3), 2),
+        f"early-exit-{n // 2}of{n}-k2": (lambda: EarlyExitDrafter(model, n // 2), 2),
+        "self-model-k4": (lambda: ModelDrafter(model), 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="GGUF file or checkpoint folder (default: SmolLM2-135M)")
+    ap.add_argument("--tokens", type=int, default=128, help="new tokens at most per run")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--json-schema", action="store_true", help="constrain the output with a JSON Schema")
+    ap.add_argument("--only", default="", help="comma-separated configuration names")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from sgl.backends.local import LocalModel
+    from sgl.constrain import Matcher, compile_json_schema
+    from sgl.engine.sampler import Sampler
+    from sgl.engine.speculative import plain_generate, speculative_generate
+
+    lm = LocalModel(args.model)
+    user = lm.role_text("user", QUESTION)
+    prompt = lm.encode(user[0] + QUESTION + user[1] + lm.role_text("assistant", "")[0])
+    compiled = compile_json_schema(SCHEMA, lm.vocab) if args.json_schema else None
+    table = configs(lm.model)
+    if args.only:
+        table = {k: v for k, v in table.items() if k in args.only.split(",")}
+
+    def run(entry):
+        matcher = Matcher(compiled) if compiled is not None else None
+        common = dict(max_tokens=args.tokens, sampler=Sampler(temperature=0.0),
+                      eos_ids=lm.eos_token_ids, matcher=matcher)
+        start = time.perf_counter()
+        if entry is None:
+            out = plain_generate(lm.model, prompt, **common)
+        else:
+            make, k = entry
+            out = speculative_generate(lm.model, make(), prompt, k=k, **common)
+        return time.perf_counter() - start, out
+
+    rows = {name: Row(name, []) for name in table}
+    reference: list[int] | None = None
+    run(None)  # warm-up (allocator, rotary table, first-call overheads)
+    for _ in range(args.repeats):
+        for name, entry in table.items():
+            wall, out = run(entry)
+            row = rows[name]
+            row.wall_s.append(wall)
+            row.tokens, row.passes, row.acceptance = len(out.token_ids), out.forward_passes, out.acceptance_rate
+            if reference is None:
+                reference = out.token_ids
+                print(f"output ({len(out.token_ids)} tokens): {lm.decode(out.token_ids)!r}", file=sys.stderr)
+            row.same_output &= out.token_ids == reference
+    print_table(rows.values(), args, len(prompt), torch.get_num_threads())
+    return 0
+
+
+def print_table(rows, args, n_prompt: int, threads: int) -> None:
+    cmd = "python bench/speculative.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(f"\n`{cmd.strip()}`: {n_prompt}-token prompt, greedy, <= {args.tokens} new tokens, "
+          f"median of {args.repeats}, torch {torch.__version__}, {threads} threads"
+          f"{', JSON Schema constraint' if args.json_schema else ''}\n")
+    print("| config | wall s | tokens/s | speedup | target passes | tokens/pass | acceptance | same output |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    base = None
+    for r in rows:
+        wall = statistics.median(r.wall_s)
+        tps = r.tokens / wall
+        base = base or tps
+        per_pass = r.tokens / r.passes if r.passes else 0.0
+        print(f"| {r.name} | {wall:.2f} | {tps:.1f} | {tps / base:.2f}x | {r.passes} | {per_pass:.2f} "
+              f"| {r.acceptance:.0%} | {'yes' if r.same_output else 'NO'} |")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
