@@ -10,6 +10,8 @@ Sections (default model, CPU):
   (mean, and until the last request got its first token) and the cache hit rate.
 * ``batching``: generated tokens per second with continuous batching at 1, 8 and 32
   sequences at once (fixed-length outputs: EOS is banned by ``min_tokens``).
+* ``characters``: ``examples/characters.py`` itself; the share of wall time spent
+  choosing constrained tokens (masks, lazy checks, sampling).
 * ``jump``: the characters schema (examples/characters.py), greedy, with and without
   jump-forward: forward passes and wall time; lazy masks on and off in the same way
   (mask time per token). Every output is validated against the schema.
@@ -162,9 +164,32 @@ def bench_jump(lm, n: int, batch: int) -> list[str]:
             f"{walls[configs[4]] / walls[configs[5]]:.2f}× (compact whitespace, lazy on).", ""]
 
 
+def bench_characters(lm, n: int) -> list[str]:
+    """examples/characters.py as run by users (run_batch, temperature 0.9): the share of
+    the generation's wall time spent choosing constrained tokens (masks + sampling)."""
+    import tempfile
+
+    import characters
+
+    m = engine_copy(lm)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        status = characters.main(["--n", str(n), "--out", f"{tmp}/c.jsonl"], backend=m)
+        wall = time.perf_counter() - t0
+    st = m.engine.stats
+    m.engine.close()
+    return ["### Mask share in examples/characters.py", "",
+            "| characters | valid | wall | tokens | constrained-token selection | share of wall |",
+            "|--:|---|--:|--:|--:|--:|",
+            f"| {n} | {'all' if status == 0 else 'NOT all'} | {wall:.1f} s | {st.generated_tokens} | "
+            f"{st.mask_time_s:.2f} s ({1e6 * st.mask_time_s / max(1, st.masks):.0f} µs/token) | "
+            f"{st.mask_time_s / wall:.1%} |", ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="prefix,batching,jump")
+    ap.add_argument("--only", default="prefix,batching,jump,characters")
+    ap.add_argument("--example-characters", type=int, default=32, help="characters for the mask-share run")
     ap.add_argument("--prefix-requests", type=int, default=64)
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--batch-tokens", type=int, default=32)
@@ -184,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(out[-8:]), flush=True)
     if "jump" in only:
         out += bench_jump(lm, args.characters, args.jump_batch)
+    if "characters" in only:
+        out += bench_characters(lm, args.example_characters)
     print("\n".join(out))
     return 0
 

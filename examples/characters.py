@@ -45,6 +45,10 @@ CHARACTER_SCHEMA = {
     },
     "required": ["name", "description", "metadata"],
     "additionalProperties": False,
+    # json.dumps' separators, no newlines (llguidance's spelling): a small model sampling
+    # at temperature 0.9 can otherwise wander into long whitespace runs, and the keys
+    # become longer forced runs that the engine appends without sampling (jump-forward).
+    "x-guidance": {"whitespace_flexible": False},
 }
 
 # A nudge per character; the seed does the rest.

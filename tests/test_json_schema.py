@@ -491,3 +491,17 @@ def test_random_walks_from_the_mask_are_valid(llama3_vocab, k):
         value = json.loads(llama3_vocab.decode(ids))
         jsonschema.validate(value, schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     assert finished >= 1
+
+
+def test_schema_can_ask_for_compact_whitespace_llguidance_style():
+    from sgl.constrain.compiled import CompiledGrammar
+    from sgl.constrain.json_schema import json_schema_grammar
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    compact = CompiledGrammar(json_schema_grammar({**schema, "x-guidance": {"whitespace_flexible": False}}))
+    flexible = CompiledGrammar(json_schema_grammar({**schema, "x-guidance": {"whitespace_flexible": True}}))
+    assert compact.accepts_text('{"a": 1}') and not compact.accepts_text('{\n  "a": 1\n}')
+    assert flexible.accepts_text('{"a": 1}') and flexible.accepts_text('{\n  "a": 1\n}')
+    with pytest.raises(ConstraintError) as e:
+        json_schema_grammar({**schema, "x-guidance": {"whitespace_flexible": "no"}})
+    assert "#/x-guidance/whitespace_flexible" in str(e.value)

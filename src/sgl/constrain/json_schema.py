@@ -2013,7 +2013,8 @@ def json_schema_grammar(
     (``", "`` and ``": "``, no newlines); ``"flexible"`` accepts up to
     ``max_whitespace`` spaces/tabs, or one newline plus up to ``4*max_whitespace``
     spaces/tabs, after ``{ [ , :`` and before ``} ] , :`` (``json.dumps(indent=2)``
-    output up to depth 16). ``lenient=True`` turns refusals into warnings (appended to
+    output up to depth 16); a root ``"x-guidance": {"whitespace_flexible": false}`` (llguidance's
+    spelling) asks for compact from inside the schema. ``lenient=True`` turns refusals into warnings (appended to
     ``warnings`` and issued with ``warnings.warn``); otherwise an unsupported keyword
     raises ``ConstraintError`` with its JSON pointer. Budgets raise
     ``CompileBudgetExceeded``.
@@ -2033,6 +2034,7 @@ def json_schema_grammar(
         raise ConstraintError(f"a schema must be an object or a boolean, not {type(schema).__name__}", "#")
     if isinstance(schema, dict) and len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
         raise CompileBudgetExceeded(f"schema is larger than {MAX_SCHEMA_BYTES} bytes")
+    whitespace = _schema_whitespace(schema, whitespace)
     opts = Options(any_order, lenient, whitespace, max_whitespace, warnings)
     # millions of small immutable nodes: the cyclic GC would rescan them over and over
     was_enabled = gc.isenabled()
@@ -2042,3 +2044,19 @@ def json_schema_grammar(
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _schema_whitespace(schema: dict | bool, default: str) -> str:
+    """The whitespace style a schema asks for itself, llguidance's way:
+    ``"x-guidance": {"whitespace_flexible": false}`` at the root means compact.
+
+    It lets a schema travel with its style through APIs that take only a schema (a
+    program's ``gen(json_schema=...)``, an OpenAI ``response_format``).
+    """
+    ext = schema.get("x-guidance") if isinstance(schema, dict) else None
+    if not isinstance(ext, dict) or "whitespace_flexible" not in ext:
+        return default
+    flexible = ext["whitespace_flexible"]
+    if not isinstance(flexible, bool):
+        raise ConstraintError("whitespace_flexible must be true or false", "#/x-guidance/whitespace_flexible")
+    return "flexible" if flexible else "compact"
