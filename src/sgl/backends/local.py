@@ -50,6 +50,9 @@ class LocalModel(Backend):
             token and make the first generated token(s) re-write it, so a prompt that
             ends inside a word or a URL (``"https:"``) does not force an odd split.
         engine: a full `EngineConfig` (overrides the flags above).
+        weights: ``"auto"`` keeps a Q4_0/Q4_1 GGUF model's layer matrices packed in 4
+            bits on the CPU (the default model: ~2.5x faster decoding, bfloat16
+            activations in those matmuls); ``"float"`` dequantizes everything to ``dtype``.
         speculative: speculative decoding for single requests (`generate`): ``"ngram"``
             (prompt lookup), ``"early_exit:N"`` (the first N layers draft), or the path of
             a smaller model sharing the vocabulary. ``speculative_k`` drafts per step.
@@ -76,6 +79,7 @@ class LocalModel(Backend):
         engine: EngineConfig | None = None,
         speculative: str | None = None,
         speculative_k: int = 4,
+        weights: str = "auto",
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -88,6 +92,12 @@ class LocalModel(Backend):
         self.path = ckpt.folder
         self.source = ckpt.source
         self.model = Llama.from_folder(ckpt.folder, device=device, dtype=dtype)
+        if weights not in ("auto", "float"):
+            raise ValueError(f"weights must be 'auto' or 'float', not {weights!r}")
+        if weights == "auto" and str(ckpt.source).endswith(".gguf") and dtype == torch.float32:
+            from sgl.engine.int4 import use_int4_weights
+
+            use_int4_weights(self.model, ckpt.source, cache=ckpt.folder / "int4-layers.pt")
         self.config = self.model.config
         tokenizer_file = ckpt.folder / "tokenizer.json"
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
@@ -117,7 +127,8 @@ class LocalModel(Backend):
         self.load_time_s = time.perf_counter() - t0
 
     def __repr__(self) -> str:
-        return f"LocalModel({self.source!r}, device={self.model.device}, dtype={self.model.dtype})"
+        return (f"LocalModel({self.source!r}, device={self.model.device}, dtype={self.model.dtype}, "
+                f"weights={self.model.weights!r})")
 
     # ------------------------------------------------------------------ tokens
 

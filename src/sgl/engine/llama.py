@@ -163,12 +163,13 @@ class KVCache:
 @dataclass
 class LayerWeights:
     norm_attn: torch.Tensor
-    qkv: torch.Tensor  # [hidden, (heads + 2 kv_heads) * head_dim], stored for x @ w
+    # Matrices are [in, out] float tensors (x @ w), or packed int4 (engine/int4.py).
+    qkv: Any  # [hidden, (heads + 2 kv_heads) * head_dim]
     qkv_bias: torch.Tensor | None
-    o: torch.Tensor  # [heads * head_dim, hidden]
+    o: Any  # [heads * head_dim, hidden]
     norm_mlp: torch.Tensor
-    gate_up: torch.Tensor  # [hidden, 2 * intermediate]
-    down: torch.Tensor  # [intermediate, hidden]
+    gate_up: Any  # [hidden, 2 * intermediate]
+    down: Any  # [intermediate, hidden]
 
 
 def interleave_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -214,6 +215,7 @@ class Llama:
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
+        self.weights = "float"  # "int4" once engine/int4.py packs the layer matrices
         c = config
 
         def get(name: str) -> torch.Tensor:
@@ -313,7 +315,7 @@ class Llama:
         eps = c.rms_norm_eps
         for i, lw in enumerate(self.layers[:n_layers]):
             x = F.rms_norm(h, (c.hidden_size,), lw.norm_attn, eps)
-            qkv = x @ lw.qkv
+            qkv = matmul(x, lw.qkv)
             if lw.qkv_bias is not None:
                 qkv += lw.qkv_bias
             qkv = qkv.view(bsz, t, nh + 2 * nkv, hd)
@@ -331,10 +333,10 @@ class Llama:
                 q = qk[:, :, :nh].transpose(1, 2)
                 attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
                 attn = attn.transpose(1, 2)
-            h = h + attn.reshape(bsz, t, nh * hd) @ lw.o
+            h = h + matmul(attn.reshape(bsz, t, nh * hd), lw.o)
             x = F.rms_norm(h, (c.hidden_size,), lw.norm_mlp, eps)
-            gate, up = (x @ lw.gate_up).chunk(2, dim=-1)
-            h = h + (F.silu(gate) * up) @ lw.down
+            gate, up = matmul(x, lw.gate_up).chunk(2, dim=-1)
+            h = h + matmul(F.silu(gate) * up, lw.down)
         cache.length = end
         if not all_logits:
             h = h[:, -1]
@@ -377,6 +379,11 @@ def _fused_transposed(parts: list[torch.Tensor], heads: list[int | None], device
             dst.view(-1, n_heads, half, 2).copy_(p.view(n_heads, 2, half, -1).permute(3, 0, 2, 1))
         col += rows
     return out
+
+
+def matmul(x: torch.Tensor, w: Any) -> torch.Tensor:
+    """``x @ w`` for a float matrix, or a packed one (`sgl.engine.int4.Int4Weight`)."""
+    return x @ w if isinstance(w, torch.Tensor) else w.matmul(x)
 
 
 def _rotate(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .kv_pool import KVPool
-from .llama import Llama, _rotate
+from .llama import Llama, _rotate, matmul
 
 
 @dataclass
@@ -117,7 +117,7 @@ def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tens
     h = F.embedding(plan.ids, model.embed)  # [N, hidden]
     for i, lw in enumerate(model.layers):
         x = F.rms_norm(h, (c.hidden_size,), lw.norm_attn, eps)
-        qkv = x @ lw.qkv
+        qkv = matmul(x, lw.qkv)
         if lw.qkv_bias is not None:
             qkv += lw.qkv_bias
         qkv = qkv.view(n, nh + 2 * nkv, hd)
@@ -141,10 +141,10 @@ def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tens
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                                  is_causal=mask is None, enable_gqa=True)
             attn[start:start + t] = out[0].transpose(0, 1)
-        h = h + attn.reshape(n, nh * hd) @ lw.o
+        h = h + matmul(attn.reshape(n, nh * hd), lw.o)
         x = F.rms_norm(h, (c.hidden_size,), lw.norm_mlp, eps)
-        gate, up = (x @ lw.gate_up).chunk(2, dim=-1)
-        h = h + (F.silu(gate) * up) @ lw.down
+        gate, up = matmul(x, lw.gate_up).chunk(2, dim=-1)
+        h = h + matmul(F.silu(gate) * up, lw.down)
     h = F.rms_norm(h[plan.last], (c.hidden_size,), model.norm, eps)
     return (h @ model.lm_head_t).float()
 
