@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--weights", default="auto", choices=["auto", "float"],
+                    help="SGL's layer weights: auto = int4 packed from the Q4_1 GGUF (default), float = float32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     ap.add_argument("--no-transformers", action="store_true", help="measure SGL only")
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from sgl.backends.local import LocalModel
 
     t0 = time.perf_counter()
-    sgl_model = LocalModel(args.model, device=args.device, dtype=dtype)
+    sgl_model = LocalModel(args.model, device=args.device, dtype=dtype, weights=args.weights)
     sgl_load = time.perf_counter() - t0
     user = sgl_model.role_text("user", PROMPT)
     prompt = user[0] + PROMPT + user[1] + sgl_model.role_text("assistant", "")[0]
@@ -91,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     name = os.path.basename(str(sgl_model.source))
     if hf is None:
-        print(f"| {name} | {args.device} | {args.dtype} | {len(prompt_ids)} | {args.tokens} | {sgl_tps:.1f} "
+        print(f"| {name} | {args.device} | {args.dtype}, {sgl_model.model.weights} layers | {len(prompt_ids)} | {args.tokens} | {sgl_tps:.1f} "
               f"| - | - | {sgl_load:.2f} | - | - |")
         return 0
     hf_tps = args.tokens / statistics.median(hf_times)
-    print(f"| {name} | {args.device} | {args.dtype} | {len(prompt_ids)} | {args.tokens} | {sgl_tps:.1f} "
+    print(f"| {name} | {args.device} | {args.dtype}, {sgl_model.model.weights} layers | {len(prompt_ids)} | {args.tokens} | {sgl_tps:.1f} "
           f"| {hf_tps:.1f} | {sgl_tps / hf_tps:.2f}x | {sgl_load:.2f} | {hf_load:.2f} | {'yes' if same else 'no'} |")
     return 0
 
