@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
-from sgl.engine.generate import TextTracker
 from sgl.engine.llama import KVCache, Llama, LlamaConfig, interleave_rotary, rope_inv_freq
 from sgl.engine.model_loader import unpermute_rotary
+from sgl.engine.request import TextTracker
 from sgl.engine.sampler import Sampler, apply_bitmask, bitmask_to_bool
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None

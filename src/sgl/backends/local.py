@@ -22,9 +22,9 @@ from sgl.backends.base import (
     GenerateResult,
     SelectResult,
 )
-from sgl.engine.generate import SeqOutput, SeqRequest
 from sgl.engine.llama import Llama
 from sgl.engine.model_loader import resolve_checkpoint
+from sgl.engine.request import SeqOutput, SeqRequest
 from sgl.engine.scheduler import Engine, EngineConfig
 
 SELECT_METHODS = ("token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized")
@@ -168,7 +168,7 @@ class LocalModel(Backend):
 
     def _generate_speculative(self, request: GenerateRequest) -> GenerateResult:
         """One request by speculative decoding (drafts verified by the model in one pass)."""
-        from sgl.engine.generate import TextTracker
+        from sgl.engine.request import TextTracker
         from sgl.engine.sampler import Sampler
         from sgl.engine.speculative import speculative_generate
 

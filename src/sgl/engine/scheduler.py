@@ -13,11 +13,10 @@ evicted, then the most recently admitted sequence is preempted: its blocks are f
 and it goes back to the front of the queue with everything it generated, to resume
 later (its prefix is often still cached).
 
-Per sequence and step, the decode logic is the one of `generate.Generation` (stops,
-min_tokens, constraint masks, logprobs, traces), plus: lazy masks (try the likely
-tokens against the matcher before building a full mask), token healing (the first
-tokens must start with the prompt text backed over) and jump-forward (text the
-constraint forces is appended without sampling).
+Per sequence and step: EOS, stop tokens and stop strings, min_tokens, constraint masks,
+logprobs, traces; lazy masks (try the likely tokens against the matcher before building
+a full mask), token healing (the first tokens must start with the prompt text backed
+over) and jump-forward (text the constraint forces is appended without sampling).
 """
 
 from __future__ import annotations
@@ -35,11 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .generate import SeqOutput, SeqRequest, TextTracker
 from .kv_pool import KVPool
 from .llama import Llama
 from .paged_forward import RowInput, forward_rows
 from .radix_cache import Node, RadixCache
+from .request import SeqOutput, SeqRequest, TextTracker
 from .sampler import Sampler, apply_bitmask, token_logprob
 
 log = logging.getLogger(__name__)
