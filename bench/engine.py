@@ -191,6 +191,7 @@ def bench_characters(lm, n: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="prefix,batching,jump,characters")
+    ap.add_argument("--weights", default="auto", choices=["auto", "float"], help="LocalModel(weights=...)")
     ap.add_argument("--example-characters", type=int, default=32, help="characters for the mask-share run")
     ap.add_argument("--prefix-requests", type=int, default=64)
     ap.add_argument("--batch-sizes", default="1,8,32")
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from sgl.backends.local import LocalModel
 
-    lm = LocalModel()
+    lm = LocalModel(weights=args.weights)
     out = [f"`python bench/engine.py {' '.join(argv if argv is not None else sys.argv[1:])}`".strip(), ""]
     only = set(args.only.split(","))
     if "prefix" in only:
