@@ -505,3 +505,18 @@ def test_schema_can_ask_for_compact_whitespace_llguidance_style():
     with pytest.raises(ConstraintError) as e:
         json_schema_grammar({**schema, "x-guidance": {"whitespace_flexible": "no"}})
     assert "#/x-guidance/whitespace_flexible" in str(e.value)
+
+
+def test_optional_declared_keys_may_come_out_of_schema_order_where_other_keys_may():
+    """JSON objects have no order: a declared optional key after the others is still valid
+    (with its own schema), as long as other keys are allowed there at all."""
+    from sgl.constrain.compiled import CompiledGrammar
+    from sgl.constrain.json_schema import json_schema_grammar
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+              "required": ["b"]}
+    cg = CompiledGrammar(json_schema_grammar(schema))
+    assert cg.accepts_text('{"b": "x", "a": 1}')
+    assert not cg.accepts_text('{"b": "x", "a": "not an integer"}')
+    closed = CompiledGrammar(json_schema_grammar({**schema, "additionalProperties": False}))
+    assert closed.accepts_text('{"a": 1, "b": "x"}') and not closed.accepts_text('{"b": "x", "a": 1}')

@@ -1668,6 +1668,14 @@ class JsonSchemaCompiler:
             extra_nt = f"{name}@extra"
             for kv in extras:
                 self.b.rule(extra_nt, (kv,))
+            if not counting:
+                # Where other keys may come, an optional declared key may come too, out of
+                # schema order, with its own schema (JSON objects have no order). A key
+                # given twice this way is valid as parsed (each occurrence is); with
+                # min/maxProperties the count would be off, so not there.
+                for _, kv, req in members:
+                    if not req:
+                        self.b.rule(extra_nt, (kv,))
         n = len(members)
         any_order = self.opts.any_order and n > 1
         relaxed = False
