@@ -21,11 +21,13 @@ over) and jump-forward (text the constraint forces is appended without sampling)
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +48,14 @@ log = logging.getLogger(__name__)
 _END = object()  # the last item of a sequence's delta queue
 SMALL_STEP_TOKENS = 8  # steps with fewer new tokens run torch on one thread (see _pick_threads)
 _PROCESS_THREADS = torch.get_num_threads()  # before any engine changes it: big steps use these
+_LIVE_ENGINES: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_engines() -> None:
+    """Stop engine threads before the interpreter tears torch down under them."""
+    for engine in list(_LIVE_ENGINES):
+        engine.close()
 
 
 @dataclass
@@ -194,6 +204,7 @@ class Engine:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="sgl-engine", daemon=True)
                 self._thread.start()
+                _LIVE_ENGINES.add(self)
         return RequestHandle(self, seq)
 
     def generate(self, requests: Sequence[SeqRequest]) -> list[SeqOutput]:
