@@ -401,20 +401,20 @@ def test_edge_anchors_are_no_ops() -> None:
     ids=["nested-1000", "triple-100", "nth-from-end-20", "optional-chain"],
 )
 def test_hostile_patterns_hit_the_budget_quickly(node) -> None:
-    t0 = time.process_time()
+    t0 = time.thread_time()
     with pytest.raises(CompileBudgetExceeded):
         to_dfa(node)
-    assert time.process_time() - t0 < 2.0
+    assert time.thread_time() - t0 < 2.0
 
 
 @pytest.mark.parametrize(
     "pattern", [r"(a|b)*a(a|b){20}", r".*a.{40}", r"(x{1000}){1000}", r"\w{1000}"]
 )
 def test_hostile_regex_text_raises_budget_error(pattern: str) -> None:
-    t0 = time.process_time()
+    t0 = time.thread_time()
     with pytest.raises(CompileBudgetExceeded):
         to_dfa(parse_regex(pattern))
-    assert time.process_time() - t0 < 2.0
+    assert time.thread_time() - t0 < 2.0
 
 
 def test_small_budget_is_honoured() -> None:
@@ -424,12 +424,12 @@ def test_small_budget_is_honoured() -> None:
 
 
 def test_thousand_state_dfa_builds_fast() -> None:
-    t0 = time.process_time()
+    t0 = time.thread_time()
     d = to_dfa(parse_regex(r"(a|aa)*b{1000}"))  # large but benign: 1001 states
-    elapsed = time.process_time() - t0
+    elapsed = time.thread_time() - t0
     assert d.n_states == 1001
     assert d.matches(b"aaa" + b"b" * 1000) and not d.matches(b"a" + b"b" * 999)
-    assert elapsed < 0.1, elapsed
+    assert elapsed < 1.0, elapsed  # a guard against blow-ups; speed itself is in bench/dfa_compile.py
 
 
 # -- the compositional construction: fast paths against the general one -----------------
@@ -571,7 +571,7 @@ def test_json_lexemes_compile_fast() -> None:
         {"type": "string", "format": "uri"},
         {"type": "integer", "minimum": -12345, "maximum": 678901},
     ]
-    t0 = time.process_time()
+    t0 = time.thread_time()
     longest = 0
     for schema in schemas:
         for term in json_schema_grammar(schema).terminals.values():
@@ -579,7 +579,7 @@ def test_json_lexemes_compile_fast() -> None:
             node = (literal(p) if term.literal else parse_regex(p)) if isinstance(p, str) else p
             longest = max(longest, to_dfa(node).n_states)
     assert longest > 3000  # the 300-character string: a long counter chain
-    assert time.process_time() - t0 < 1.5
+    assert time.thread_time() - t0 < 1.5
 
 
 def test_budgets_apply_to_cached_items() -> None:
