@@ -87,45 +87,34 @@ class Matcher:
         ``is_allowed`` builds the mask, which can walk the whole vocabulary on a cache
         miss; this only runs the token's bytes through the lexer and parser.
         """
+        return self._next_state(token_id) is not None
+
+    def _next_state(self, token_id: int):
+        """The state after ``token_id`` (unchanged for an accepted EOS), None if forbidden."""
         if self._terminated:
-            return False
+            return None
         col, s = self._stack[-1]
         if token_id in self._eos:
             with self.compiled.lock:
-                return self.compiled.can_end(col, s)
+                return (col, s) if self.compiled.can_end(col, s) else None
         if not 0 <= token_id < len(self.vocab.token_bytes):
-            return False
+            return None
         data = self.vocab.token_bytes[token_id]
         if not data:
-            return False
+            return None
         with self.compiled.lock:
-            return self.compiled.advance_bytes((col, s), data) is not None
+            return self.compiled.advance_bytes((col, s), data)
 
     # -- state -----------------------------------------------------------------------
     def advance(self, token_id: int) -> bool:
         """Consume one token; False (and no change) if the constraint forbids it."""
-        if self._terminated:
-            return False
-        col, s = self._stack[-1]
-        if token_id in self._eos:
-            with self.compiled.lock:
-                ok = self.compiled.can_end(col, s)
-            if ok:
-                self._stack.append((col, s))
-                self._tokens.append(token_id)
-                self._terminated = True
-            return ok
-        if not 0 <= token_id < len(self.vocab.token_bytes):
-            return False
-        data = self.vocab.token_bytes[token_id]
-        if not data:
-            return False
-        with self.compiled.lock:
-            nxt = self.compiled.advance_bytes((col, s), data)
+        nxt = self._next_state(token_id)
         if nxt is None:
             return False
         self._stack.append(nxt)
         self._tokens.append(token_id)
+        if token_id in self._eos:
+            self._terminated = True
         return True
 
     def consume_tokens(self, token_ids) -> int:
