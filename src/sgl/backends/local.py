@@ -119,6 +119,7 @@ class LocalModel(Backend):
         self._lock = threading.RLock()
         self.speculative_k = speculative_k
         self._drafter_spec = speculative
+        self._draft_model: Llama | None = None  # loaded once, for a draft-model path
         if speculative is not None:
             self._make_drafter()  # fail now on a bad spec, not at the first request
         self._grammar_lock = threading.Lock()
@@ -152,19 +153,24 @@ class LocalModel(Backend):
         return self.generate_batch([request])[0]
 
     def _make_drafter(self) -> Any:
+        """A fresh drafter for one speculative request (a draft model's weights load once)."""
         from sgl.engine import speculative as spec
 
         kind = self._drafter_spec
         if kind == "ngram":
             return spec.NgramDrafter()
         if kind.startswith("early_exit:"):
-            n = int(kind.split(":", 1)[1])
-            if not 0 < n < self.config.num_hidden_layers:
-                raise ValueError(f"early_exit needs 0 < N < {self.config.num_hidden_layers} layers, got {n}")
-            return spec.EarlyExitDrafter(self.model, n)
-        draft = Llama.from_folder(resolve_checkpoint(kind).folder, device=self.model.device, dtype=self.model.dtype)
-        spec.check_vocab(self.model, draft)
-        return spec.ModelDrafter(draft)
+            n_text = kind.split(":", 1)[1]
+            layers = self.config.num_hidden_layers
+            if not n_text.isdigit() or not 0 < int(n_text) < layers:
+                raise ValueError(f"speculative='early_exit:N' needs a whole N with 0 < N < {layers}, got {n_text!r}")
+            return spec.EarlyExitDrafter(self.model, int(n_text))
+        if self._draft_model is None:
+            draft = Llama.from_folder(resolve_checkpoint(kind).folder, device=self.model.device,
+                                      dtype=self.model.dtype)
+            spec.check_vocab(self.model, draft)
+            self._draft_model = draft
+        return spec.ModelDrafter(self._draft_model)
 
     def _generate_speculative(self, request: GenerateRequest) -> GenerateResult:
         """One request by speculative decoding (drafts verified by the model in one pass)."""
