@@ -132,10 +132,6 @@ class RadixCache:
         self.stats.evicted_blocks += freed
         return freed
 
-    def clear(self) -> int:
-        """Evict every unpinned block; returns how many were freed."""
-        return self.evict(self.n_nodes)
-
     def _nodes(self):
         stack = list(self.root.children.values())
         while stack:

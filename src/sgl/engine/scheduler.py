@@ -83,7 +83,7 @@ class EngineConfig:
 
 @dataclass
 class EngineStats:
-    """Counters since the engine started (or since `Engine.reset_stats`)."""
+    """Counters since the engine started."""
 
     steps: int = 0
     forward_tokens: int = 0
@@ -102,7 +102,7 @@ class EngineStats:
 
 
 @dataclass(eq=False)
-class Sequence_:
+class EngineSeq:
     """A request inside the engine."""
 
     req: SeqRequest
@@ -135,7 +135,7 @@ class Sequence_:
 class RequestHandle:
     """A submitted request: wait for its output, stream its text, or cancel it."""
 
-    def __init__(self, engine: Engine, seq: Sequence_) -> None:
+    def __init__(self, engine: Engine, seq: EngineSeq) -> None:
         self._engine, self._seq = engine, seq
 
     def result(self, timeout: float | None = None) -> SeqOutput:
@@ -178,10 +178,10 @@ class Engine:
                            device=model.device, dtype=model.dtype)
         self.cache = RadixCache(cfg.block_size, lambda b: self.pool.release([b]))
         self.stats = EngineStats()
-        self.waiting: deque[Sequence_] = deque()
-        self.running: list[Sequence_] = []
-        self._inbox: list[Sequence_] = []
-        self._cancels: list[Sequence_] = []
+        self.waiting: deque[EngineSeq] = deque()
+        self.running: list[EngineSeq] = []
+        self._inbox: list[EngineSeq] = []
+        self._cancels: list[EngineSeq] = []
         self._cv = threading.Condition()
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
@@ -212,7 +212,7 @@ class Engine:
         handles = [self.submit(r) for r in requests]
         return [h.result() for h in handles]
 
-    def cancel(self, seq: Sequence_) -> None:
+    def cancel(self, seq: EngineSeq) -> None:
         with self._cv:
             self._cancels.append(seq)
             self._cv.notify()
@@ -224,15 +224,6 @@ class Engine:
             self._cv.notify()
         if self._thread is not None:
             self._thread.join()
-
-    def clear_prefix_cache(self) -> None:
-        """Drop every cached prefix no running request uses (for measurements)."""
-        with self._cv:
-            self.cache.clear()
-
-    def reset_stats(self) -> None:
-        self.stats = EngineStats()
-        self.cache.stats = type(self.cache.stats)()
 
     # -------------------------------------------------------------- the thread
 
@@ -265,7 +256,7 @@ class Engine:
         self.waiting.clear()
         self._inbox.clear()
 
-    def _cancel(self, seq: Sequence_) -> None:
+    def _cancel(self, seq: EngineSeq) -> None:
         if seq.done:
             return
         seq.cancelled = True
@@ -317,10 +308,10 @@ class Engine:
         if want != torch.get_num_threads():
             torch.set_num_threads(want)
 
-    def _schedule(self) -> list[tuple[Sequence_, int]]:
+    def _schedule(self) -> list[tuple[EngineSeq, int]]:
         """Pick the rows of the next forward pass and make sure their KV blocks exist."""
         budget = self.config.max_step_tokens
-        batch: list[tuple[Sequence_, int]] = []
+        batch: list[tuple[EngineSeq, int]] = []
         for seq in sorted(self.running, key=lambda s: s.order):  # oldest first: preemption takes the newest
             if seq not in self.running:
                 continue  # preempted for an older sequence's blocks
@@ -352,7 +343,7 @@ class Engine:
             budget -= n
         return batch
 
-    def _match_prefix(self, seq: Sequence_) -> None:
+    def _match_prefix(self, seq: EngineSeq) -> None:
         """Start ``seq`` from the longest cached prefix of its tokens (one token stays to feed)."""
         first_time = seq.out.meta.get("cached_tokens") is None
         if self.config.prefix_cache:
@@ -371,7 +362,7 @@ class Engine:
 
             get_metrics().set_prefix_cache_hit_rate(self.stats.prefix_hit_rate)
 
-    def _reserve(self, seq: Sequence_, n_tokens: int, preempt: bool = True) -> bool:
+    def _reserve(self, seq: EngineSeq, n_tokens: int, preempt: bool = True) -> bool:
         """Make ``seq.blocks`` cover ``n_tokens``: evict cached blocks, then preempt newer sequences."""
         need = self.pool.blocks_for(n_tokens) - len(seq.blocks)
         while need > 0:
@@ -393,11 +384,11 @@ class Engine:
             self._preempt(victim)
         return True
 
-    def _preemption_victim(self, seq: Sequence_) -> Sequence_ | None:
+    def _preemption_victim(self, seq: EngineSeq) -> EngineSeq | None:
         later = [s for s in self.running if s is not seq and s.order > seq.order]
         return max(later, key=lambda s: s.order) if later else None
 
-    def _preempt(self, seq: Sequence_) -> None:
+    def _preempt(self, seq: EngineSeq) -> None:
         """Free ``seq``'s KV and queue it again, first, with what it generated."""
         self.running.remove(seq)
         self._release(seq)
@@ -406,7 +397,7 @@ class Engine:
         self.stats.preemptions += 1
         seq.out.meta["preemptions"] = seq.out.meta.get("preemptions", 0) + 1
 
-    def _publish(self, seq: Sequence_) -> None:
+    def _publish(self, seq: EngineSeq) -> None:
         """Hand ``seq``'s newly completed full blocks to the prefix cache."""
         if not (self.config.prefix_cache and seq.published_all):
             return
@@ -420,13 +411,13 @@ class Engine:
             RadixCache.pin([node])
             seq.nodes.append(node)
 
-    def _retire(self, seq: Sequence_) -> None:
+    def _retire(self, seq: EngineSeq) -> None:
         """Take a finished ``seq`` out of the batch and free what it holds."""
         if seq in self.running:
             self.running.remove(seq)
         self._release(seq)
 
-    def _release(self, seq: Sequence_) -> None:
+    def _release(self, seq: EngineSeq) -> None:
         """Unpin ``seq``'s cached prefix and free the blocks it owns."""
         self.cache.unpin(seq.nodes)
         self.pool.release(seq.blocks[len(seq.nodes):])
@@ -434,7 +425,7 @@ class Engine:
 
     # --------------------------------------------------------- per sequence
 
-    def _sequence(self, req: SeqRequest) -> Sequence_:
+    def _sequence(self, req: SeqRequest) -> EngineSeq:
         p = req.params
         n_prompt = len(req.prompt_ids)
         if n_prompt == 0:
@@ -447,7 +438,7 @@ class Engine:
         stops = (p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ())
         out = SeqOutput(logprobs=[] if p.logprobs else None, meta={"prompt_tokens": n_prompt})
         max_tokens = max(0, min(p.max_tokens, self.max_context - n_prompt))
-        seq = Sequence_(req=req, order=next(self._order), tokens=list(req.prompt_ids), sampler=sampler,
+        seq = EngineSeq(req=req, order=next(self._order), tokens=list(req.prompt_ids), sampler=sampler,
                         tracker=TextTracker(stops), ban=ban, max_tokens=max_tokens, out=out,
                         submitted=time.perf_counter(),
                         hidden=len(req.healing.prefix) if req.healing is not None else 0)
@@ -459,7 +450,7 @@ class Engine:
             self._finish(seq, "length")
         return seq
 
-    def _decode(self, seq: Sequence_, logits: torch.Tensor) -> None:
+    def _decode(self, seq: EngineSeq, logits: torch.Tensor) -> None:
         """Choose, record and check the next token of ``seq`` (then jump forward)."""
         matcher, healing = seq.req.matcher, seq.req.healing
         if matcher is not None and matcher.is_terminated():
@@ -481,7 +472,7 @@ class Engine:
         if not seq.done and matcher is not None and self.config.jump_forward:
             self._jump_forward(seq)
 
-    def _choose(self, seq: Sequence_, logits: torch.Tensor) -> tuple[int | None, Any, Any]:
+    def _choose(self, seq: EngineSeq, logits: torch.Tensor) -> tuple[int | None, Any, Any]:
         """The next token (None if the sequence ended), its mask (if built) and the raw logits."""
         out, matcher = seq.out, seq.req.matcher
         healing = seq.req.healing if seq.req.healing is not None and not seq.req.healing.done else None
@@ -515,7 +506,7 @@ class Engine:
                 apply_bitmask(logits, bitmask)
         return seq.sampler.sample(logits), bitmask, raw
 
-    def _lazy_token(self, seq: Sequence_, logits: torch.Tensor) -> int | None:
+    def _lazy_token(self, seq: EngineSeq, logits: torch.Tensor) -> int | None:
         from .lazy_mask import sample_with_lazy_mask
 
         res = sample_with_lazy_mask(logits, seq.sampler, seq.req.matcher)
@@ -524,7 +515,7 @@ class Engine:
             seq.out.meta["lazy_masks"] = seq.out.meta.get("lazy_masks", 0) + 1
         return res.token
 
-    def _count_mask(self, seq: Sequence_, seconds: float) -> None:
+    def _count_mask(self, seq: EngineSeq, seconds: float) -> None:
         meta = seq.out.meta
         meta["mask_time_s"] = meta.get("mask_time_s", 0.0) + seconds
         meta["masks"] = meta.get("masks", 0) + 1
@@ -538,7 +529,7 @@ class Engine:
             self._bitmask = allocate_bitmask(1, self.model.config.vocab_size)
         return self._bitmask
 
-    def _append(self, seq: Sequence_, tok: int, raw: torch.Tensor | None, bitmask: Any,
+    def _append(self, seq: EngineSeq, tok: int, raw: torch.Tensor | None, bitmask: Any,
                 kind: str | None = None) -> None:
         """Record ``tok`` as generated and check every end condition."""
         out, params = seq.out, seq.req.params
@@ -557,7 +548,7 @@ class Engine:
             return
         self._push_text(seq, self.token_bytes[tok] or b"")
 
-    def _push_text(self, seq: Sequence_, data: bytes) -> None:
+    def _push_text(self, seq: EngineSeq, data: bytes) -> None:
         if seq.hidden:  # token healing: the prompt already holds the backed-over bytes
             cut = min(seq.hidden, len(data))
             data, seq.hidden = data[cut:], seq.hidden - cut
@@ -571,7 +562,7 @@ class Engine:
         elif len(seq.out.token_ids) >= seq.max_tokens:
             self._finish(seq, "length")
 
-    def _jump_forward(self, seq: Sequence_) -> None:
+    def _jump_forward(self, seq: EngineSeq) -> None:
         """Append the text the constraint forces now, tokenized canonically, unsampled."""
         from .jump_forward import jump_forward
 
@@ -610,7 +601,7 @@ class Engine:
             raise RuntimeError("jump-forward changed text that was already generated")
         self._push_text(seq, data[len(old):])
 
-    def _trace_token(self, seq: Sequence_, raw: Any, tok: int, bitmask: Any, kind: str | None) -> None:
+    def _trace_token(self, seq: EngineSeq, raw: Any, tok: int, bitmask: Any, kind: str | None) -> None:
         from sgl.runtime import trace as tracing
 
         text = (self.token_bytes[tok] or b"").decode("utf-8", errors="replace")
@@ -626,7 +617,7 @@ class Engine:
             decode=lambda i: (self.token_bytes[i] or b"").decode("utf-8", errors="replace"),
         )
 
-    def _emit(self, seq: Sequence_) -> None:
+    def _emit(self, seq: EngineSeq) -> None:
         """Queue the text of ``seq`` that is final and not yet streamed."""
         end = len(seq.out.text) if seq.done else seq.tracker.stable_len()
         text = seq.out.text if seq.done else seq.tracker.text
@@ -634,7 +625,7 @@ class Engine:
             seq.deltas.put(text[seq.emitted:end])
             seq.emitted = end
 
-    def _finish(self, seq: Sequence_, reason: str, text: str | None = None) -> None:
+    def _finish(self, seq: EngineSeq, reason: str, text: str | None = None) -> None:
         if seq.done:
             return
         seq.done = True
