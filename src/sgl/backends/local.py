@@ -97,7 +97,8 @@ class LocalModel(Backend):
         if weights == "auto" and str(ckpt.source).endswith(".gguf") and dtype == torch.float32:
             from sgl.engine.int4 import use_int4_weights
 
-            use_int4_weights(self.model, ckpt.source, cache=ckpt.folder / "int4-layers.pt")
+            # the packed layout is torch's own: one cache file per torch version
+            use_int4_weights(self.model, ckpt.source, cache=ckpt.folder / f"int4-layers-torch{torch.__version__}.pt")
         self.config = self.model.config
         tokenizer_file = ckpt.folder / "tokenizer.json"
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))

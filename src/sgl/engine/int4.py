@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-GROUP = 32  # GGUF's Q4_0 / Q4_1 block size
+GROUP = 32  # GGUF's Q4_0 / Q4_1 block size, in weights
+_BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20}  # fp16 scale (+ fp16 min), then 16 bytes of nibbles
 _LAYER_MATRICES = {  # Llama's fused matrix -> the GGUF tensors it is made of, in order
     "qkv": ("attn_q", "attn_k", "attn_v"),
     "o": ("attn_output",),
@@ -59,8 +60,7 @@ def _blocks(tensor: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     kind = tensor.tensor_type.name
     raw = np.asarray(tensor.data, dtype=np.uint8)
     rows = raw.shape[0]
-    size = {"Q4_0": 18, "Q4_1": 20}[kind]
-    blocks = raw.reshape(rows, -1, size)
+    blocks = raw.reshape(rows, -1, _BLOCK_BYTES[kind])
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
     if kind == "Q4_1":
         m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
@@ -102,9 +102,7 @@ def gguf_int4_layers(gguf_path: str | Path, n_layers: int) -> list[dict[str, Int
         layer = {}
         for fused, names in _LAYER_MATRICES.items():
             parts = [tensors.get(f"blk.{i}.{n}.weight") for n in names]
-            if any(t is None or t.tensor_type.name not in ("Q4_0", "Q4_1") for t in parts):
-                return None
-            if parts[0].data.shape[1] * 32 // {"Q4_0": 18, "Q4_1": 20}[parts[0].tensor_type.name] % GROUP:
+            if any(t is None or t.tensor_type.name not in _BLOCK_BYTES for t in parts):
                 return None
             layer[fused] = _pack([_blocks(t) for t in parts])
         layers.append(layer)
