@@ -15,10 +15,11 @@ from .api import (
     compile_json_schema,
     compile_regex,
 )
+from .bitmask import allocate_bitmask, fill_next_token_bitmasks
 from .compiled import CompiledGrammar, compile_ir
 from .errors import CompileBudgetExceeded, ConstraintError
 from .grammar import Grammar, Rule, Terminal
-from .matcher import Matcher, allocate_bitmask
+from .matcher import Matcher
 from .torch_utils import apply_bitmask
 from .vocab import Vocabulary
 
@@ -38,4 +39,5 @@ __all__ = [
     "compile_ir",
     "compile_json_schema",
     "compile_regex",
+    "fill_next_token_bitmasks",
 ]

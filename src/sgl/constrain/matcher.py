@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .bitmask import fill_bitmask
 from .compiled import CompiledGrammar
 from .earley import EarleySet
 
@@ -19,11 +20,6 @@ def utf8_prefix(data: bytes) -> bytes:
     except UnicodeDecodeError as e:
         return data[: e.start]  # e.start: where the first bad or incomplete character begins
     return data
-
-
-def allocate_bitmask(batch: int, n_vocab: int) -> np.ndarray:
-    """An int32 bitmask of shape ``(batch, (n_vocab + 31) // 32)``; bit set = allowed."""
-    return np.zeros((batch, (n_vocab + 31) // 32), dtype=np.int32)
 
 
 class Matcher:
@@ -63,12 +59,12 @@ class Matcher:
         with self.compiled.lock:
             return self.compiled.masks.mask(col, s)
 
-    def fill_bitmask(self, out: np.ndarray, row: int = 0) -> None:
-        """Write the allowed tokens into ``out[row]`` (int32 words, bit set = allowed)."""
-        words = self.allowed_words()
-        n = min(out.shape[1], words.shape[0])
-        out[row, :n] = words[:n].view(np.int32)
-        out[row, n:] = 0
+    def fill_bitmask(self, out, row: int = 0) -> None:
+        """Write the allowed tokens into ``out[row]`` (int32 words, bit set = allowed).
+
+        ``out``: a numpy array or a torch tensor (CPU, or CUDA through a pinned buffer).
+        """
+        fill_bitmask(self, out, row)
 
     def mask_is_cached(self) -> bool:
         """Is the current state's full mask already computed (so reading it costs nothing)?"""

@@ -1,0 +1,133 @@
+"""Token bitmasks: allocate them and fill them from matchers, one row or a whole batch.
+
+Layout (the one llguidance and XGrammar use): int32 words of shape
+``(batch, (n_vocab + 31) // 32)``; bit ``i % 32`` of word ``i // 32`` set = token ``i``
+allowed. The destination may be a numpy array or a torch tensor (CPU, or CUDA through a
+pinned CPU staging buffer and one asynchronous copy per batch). torch is never imported
+here: a tensor is recognised by its type's module.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+
+def allocate_bitmask(batch: int, n_vocab: int) -> np.ndarray:
+    """An int32 bitmask of shape ``(batch, (n_vocab + 31) // 32)``; bit set = allowed."""
+    return np.zeros((batch, (n_vocab + 31) // 32), dtype=np.int32)
+
+
+def is_torch_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def write_row(out: Any, row: int, words: np.ndarray) -> None:
+    """Write uint32 ``words`` into ``out[row]`` (numpy or CPU torch), zero past their end."""
+    dest = out.numpy() if is_torch_tensor(out) else out
+    if dest.ndim == 1:
+        if row != 0:
+            raise IndexError(f"row {row} of a one-row bitmask")
+        dest = dest[None, :]
+    n = min(dest.shape[1], words.shape[0])
+    dest[row, :n] = words[:n].view(np.int32)
+    dest[row, n:] = 0
+
+
+class _Staging:
+    """Pinned CPU buffers for CUDA bitmasks, one per (shape, device), reused across steps.
+
+    Before a buffer is written again, the event recorded after its last copy is awaited,
+    so a copy still in flight never reads half-written words.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, like: Any):
+        import torch
+
+        key = (tuple(like.shape), str(like.device))
+        with self._lock:
+            entry = self._buffers.get(key)
+            if entry is None:
+                buf = torch.zeros(like.shape, dtype=torch.int32, pin_memory=True)
+                entry = self._buffers[key] = (buf, None)
+        buf, event = entry
+        if event is not None:
+            event.synchronize()
+        return buf
+
+    def copy_to(self, dest: Any, buf: Any) -> None:
+        import torch
+
+        dest.copy_(buf, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        with self._lock:
+            self._buffers[(tuple(dest.shape), str(dest.device))] = (buf, event)
+
+
+_staging = _Staging()
+
+
+def fill_bitmask(matcher: Any, out: Any, row: int = 0) -> None:
+    """``matcher``'s mask into ``out[row]``: numpy, CPU tensor, or CUDA tensor (staged)."""
+    if is_torch_tensor(out) and out.device.type != "cpu":
+        buf = _staging.get(out)
+        buf.copy_(out)  # keep the other rows as the caller left them
+        write_row(buf, row, matcher.allowed_words())
+        _staging.copy_to(out, buf)
+        return
+    write_row(out, row, matcher.allowed_words())
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < threads:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sgl-mask")
+        return _pool
+
+
+def fill_next_token_bitmasks(matchers: list, bitmask: Any, *, indices: list[int] | None = None,
+                             threads: int | None = None) -> None:
+    """Fill row ``indices[i]`` (default ``i``) of ``bitmask`` from ``matchers[i]``.
+
+    A ``None`` matcher leaves its row all-allowed (an unconstrained sequence in a mixed
+    batch). Rows are computed on a thread pool: the native mask kernel releases the GIL
+    while it walks the vocabulary, so cache misses of different grammars overlap.
+    A CUDA ``bitmask`` is filled in a pinned CPU buffer and copied once, asynchronously.
+    """
+    rows = list(range(len(matchers))) if indices is None else list(indices)
+    if len(rows) != len(matchers):
+        raise ValueError(f"{len(matchers)} matchers but {len(rows)} row indices")
+    on_gpu = is_torch_tensor(bitmask) and bitmask.device.type != "cpu"
+    host = _staging.get(bitmask) if on_gpu else bitmask
+    if on_gpu:
+        host.copy_(bitmask)
+    dest = host.numpy() if is_torch_tensor(host) else host
+
+    def one(i: int) -> None:
+        m, r = matchers[i], rows[i]
+        if m is None:
+            dest[r, :] = -1
+        else:
+            write_row(dest, r, m.allowed_words())
+
+    n_threads = min(threads or 8, len(matchers))
+    if n_threads <= 1:
+        for i in range(len(matchers)):
+            one(i)
+    else:
+        list(_executor(n_threads).map(one, range(len(matchers))))
+    if on_gpu:
+        _staging.copy_to(bitmask, host)
