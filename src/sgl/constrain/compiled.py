@@ -70,7 +70,7 @@ class CompiledGrammar:
         col, s = state
         lex = self.lexer.for_lexemes(col.allowed)
         for b in data:
-            nxt = lex.rows[s][b]
+            nxt = lex.row(s)[b]
             if nxt < 0:
                 if not lex.accepting[s]:
                     return None
@@ -78,7 +78,7 @@ class CompiledGrammar:
                 if col is None:
                     return None
                 lex = self.lexer.for_lexemes(col.allowed)
-                nxt = lex.rows[0][b]
+                nxt = lex.row(0)[b]
                 if nxt < 0:
                     return None
             s = nxt

@@ -44,13 +44,24 @@ def dfa_key(dfa: ByteDFA) -> bytes:
     return h.digest()
 
 
-class LexerCore:
-    """The product DFA of an ordered tuple of lexeme DFAs; shared by content.
+EXPAND_AHEAD = 256  # rows built per expansion, beyond the ones asked for (see LexerCore.expand)
+UNKNOWN = -2  # a table entry of a state whose row is not built yet
 
-    ``table[state, byte]`` -> state or -1; ``accepts[state]`` holds the *positions* (in
-    the tuple) of the lexemes complete in that state. ``rows`` is the table as Python
-    lists for the per-byte path, where numpy scalar access would be slow.
-    ``walk_cache`` keeps, per (token table, state), the walk of the whole vocabulary (see ``mask.py``).
+
+class LexerCore:
+    """The product DFA of an ordered tuple of lexeme DFAs; shared by content; built lazily.
+
+    A product state gets an id (and its ``accepts``) when a built row first leads to it;
+    its own row is built on first use (``row``, ``table_row``, ``expand``). Until then its
+    row in ``table`` holds ``UNKNOWN``, which the native kernel reports back so that the
+    caller expands those states and resumes the walk. So a lexer costs what is visited,
+    not the size of the whole product (which explodes for many overlapping lexemes).
+
+    ``table[state, byte]`` -> state, -1 (dead) or ``UNKNOWN``; ``accepts[state]`` holds the
+    *positions* (in the tuple) of the lexemes complete in that state; ``accepting`` and
+    ``accepting_u8`` say whether any is. ``walk_cache`` keeps, per (token table, state),
+    the walk of the whole vocabulary (see ``mask.py``). Thread-safe: cores are shared
+    across grammars, and so across the grammars' locks.
     """
 
     def __init__(self, dfas: list[ByteDFA]):
@@ -64,71 +75,158 @@ class LexerCore:
         big = np.full((dead_row + 1, 256), dead_row, dtype=np.int64)
         for d, off in zip(dfas, offsets, strict=True):
             big[off : off + d.n_states] = np.where(d.table >= 0, d.table + off, dead_row)
-        acc_global = np.concatenate([d.accepting for d in dfas] + [np.array([False])])
-        owner = np.concatenate([np.full(d.n_states, j) for j, d in enumerate(dfas)] + [np.array([-1])])
+        self._big = big
+        self._acc_global = np.concatenate([d.accepting for d in dfas] + [np.array([False])])
+        self._owner = np.concatenate([np.full(d.n_states, j) for j, d in enumerate(dfas)] + [np.array([-1])])
         local_plus1 = np.zeros(dead_row + 1, dtype=np.int64)  # global state -> local + 1 (dead -> 0)
         local_plus1[:dead_row] = np.arange(dead_row) - np.repeat(offsets, sizes) + 1
+        self._local_plus1 = local_plus1
         # A product state's key: its components read as a mixed-radix number when that fits
         # in 62 bits (exact); otherwise a 64-bit hash, checked for collisions, with the
         # component bytes as the exact identity.
         radix = sizes + 1
-        exact = float(np.prod(radix.astype(float))) < 2.0**62
-        if exact:
-            mult = (np.cumprod(radix) // radix).astype(np.int64)
+        self._exact = float(np.prod(radix.astype(float))) < 2.0**62
+        if self._exact:
+            self._mult = (np.cumprod(radix) // radix).astype(np.int64)
         else:
-            mult = np.random.default_rng(0).integers(1, 2**62, size=k, dtype=np.int64) | 1
-
-        def identity(key: int, comp: np.ndarray):
-            return key if exact else comp.tobytes()
-
-        # breadth-first over the product, one whole frontier per numpy pass
-        start = offsets.copy()
+            self._mult = np.random.default_rng(0).integers(1, 2**62, size=k, dtype=np.int64) | 1
+        self._k = k
+        self._lock = threading.RLock()
+        self._index: dict = {}
+        self._comps: list[np.ndarray] = []
+        self._expanded: list[bool] = []
+        self._rows: list[list[int] | None] = []
+        self.accepts: list[tuple[int, ...]] = []
+        self.table = np.full((16, 256), UNKNOWN, dtype=np.int32)
+        self.accepting = np.zeros(16, dtype=bool)
+        self.accepting_u8 = np.zeros(16, dtype=np.uint8)
+        self.n_states = 0
+        self._flat: np.ndarray | None = None
         with np.errstate(over="ignore"):  # hashed keys wrap around on purpose
-            start_key = int((local_plus1[start] * mult).sum())
-        index = {identity(start_key, start): 0}
-        comps = [start]
-        rows: list[np.ndarray] = []
-        frontier = [0]
-        while frontier:
-            comp_mat = np.stack([comps[f] for f in frontier], axis=1)  # (k, F)
-            nxt = big[comp_mat]  # (k, F, 256) global states
-            live = local_plus1[nxt]
-            with np.errstate(over="ignore"):
-                keys = (live * mult[:, None, None]).sum(axis=0)  # (F, 256)
-            uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-            if not exact:
-                flat = nxt.reshape(k, -1)
-                if not (flat[:, first[inverse.reshape(-1)]] == flat).all():
-                    raise CompileBudgetExceeded(f"lexer for {k} lexemes: state hash collision")
-            targets = np.empty(uniq.size, dtype=np.int32)
-            new_frontier = []
-            for j, (key, flat_at) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
-                f, b = divmod(flat_at, 256)
-                if not live[:, f, b].any():
-                    targets[j] = DEAD
-                    continue
-                comp = nxt[:, f, b]
-                ident = identity(key, comp)
-                t = index.get(ident)
-                if t is None:
-                    t = index[ident] = len(comps)
-                    comps.append(comp)
-                    new_frontier.append(t)
-                    if len(comps) > MAX_LEXER_STATES:
-                        raise CompileBudgetExceeded(
-                            f"lexer for {k} lexemes exceeds {MAX_LEXER_STATES} states"
-                        )
-                targets[j] = t
-            rows.extend(targets[inverse.reshape(len(frontier), 256)])
-            frontier = new_frontier
-        self.table = np.stack(rows).astype(np.int32)
-        self.accepts = [tuple(int(owner[g]) for g in comp if acc_global[g]) for comp in comps]
-        self.accepting = np.array([bool(a) for a in self.accepts])
-        self.flat_table = self.table.astype(np.int64).ravel()
-        self.rows = self.table.tolist()
-        self.n_states = len(comps)
+            start_key = int((local_plus1[offsets] * self._mult).sum())
+        self._register(start_key, offsets.copy())
         self.walk_cache: dict = {}
         self.key: tuple = ()
+
+    def _identity(self, key: int, comp: np.ndarray):
+        return key if self._exact else comp.tobytes()
+
+    def _register(self, key: int, comp: np.ndarray) -> int:
+        """A new product state: its id and accepts; its row stays UNKNOWN."""
+        t = self.n_states
+        if t >= MAX_LEXER_STATES:
+            raise CompileBudgetExceeded(f"lexer for {self._k} lexemes exceeds {MAX_LEXER_STATES} states")
+        self._index[self._identity(key, comp)] = t
+        self._comps.append(comp)
+        self._expanded.append(False)
+        self._rows.append(None)
+        acc = tuple(int(self._owner[g]) for g in comp if self._acc_global[g])
+        self.accepts.append(acc)
+        if t >= self.table.shape[0]:  # grow by doubling: new arrays, old ones stay valid for readers
+            cap = 2 * self.table.shape[0]
+            table = np.full((cap, 256), UNKNOWN, dtype=np.int32)
+            table[:t] = self.table[:t]
+            accepting = np.zeros(cap, dtype=bool)
+            accepting[:t] = self.accepting[:t]
+            self.table, self.accepting = table, accepting
+            self.accepting_u8 = accepting.astype(np.uint8)
+        self.accepting[t] = bool(acc)
+        self.accepting_u8[t] = bool(acc)
+        self.n_states = t + 1
+        return t
+
+    def expand(self, states, ahead: int = EXPAND_AHEAD) -> None:
+        """Build the rows of ``states``, then of the states they lead to, breadth first,
+        until about ``ahead`` rows are built: a walk rarely stops at one new state, and
+        one numpy pass per level is far cheaper than one per state."""
+        with self._lock:
+            todo = [s for s in dict.fromkeys(int(x) for x in states) if not self._expanded[s]]
+            built = 0
+            while todo:
+                new = self._expand_level(todo)
+                built += len(todo)
+                todo = new[: max(0, ahead - built)]
+
+    def _expand_level(self, todo: list[int]) -> list[int]:
+        """Build the rows of ``todo`` (all unbuilt); returns the states first seen here."""
+        first_new = self.n_states
+        k, mult = self._k, self._mult
+        comp_mat = np.stack([self._comps[f] for f in todo], axis=1)  # (k, F)
+        nxt = self._big[comp_mat]  # (k, F, 256) global states
+        live = self._local_plus1[nxt]
+        with np.errstate(over="ignore"):
+            keys = (live * mult[:, None, None]).sum(axis=0)  # (F, 256)
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        if not self._exact:
+            flat = nxt.reshape(k, -1)
+            if not (flat[:, first[inverse.reshape(-1)]] == flat).all():
+                raise CompileBudgetExceeded(f"lexer for {k} lexemes: state hash collision")
+        any_live = live.any(axis=0).reshape(-1)
+        targets = np.empty(uniq.size, dtype=np.int32)
+        for j, (key, flat_at) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
+            if not any_live[flat_at]:
+                targets[j] = DEAD
+                continue
+            f, b = divmod(flat_at, 256)
+            comp = nxt[:, f, b]
+            t = self._index.get(self._identity(key, comp))
+            targets[j] = self._register(key, comp) if t is None else t
+        rows = targets[inverse.reshape(len(todo), 256)]
+        self.table[todo] = rows
+        for s, row in zip(todo, rows.tolist(), strict=True):
+            self._rows[s] = row
+            self._expanded[s] = True
+        return list(range(first_new, self.n_states))
+
+    def expand_all(self) -> None:
+        """Build every reachable state (the numpy walks need the whole table)."""
+        while True:
+            with self._lock:
+                todo = [s for s in range(self.n_states) if not self._expanded[s]]
+            if not todo:
+                return
+            self.expand(todo, ahead=len(todo))
+
+    def row(self, state: int) -> list[int]:
+        """The row of ``state`` as a Python list (targets or -1), built if needed."""
+        row = self._rows[state]
+        if row is None:
+            self.expand([state])
+            row = self._rows[state]
+        return row
+
+    def table_row(self, state: int) -> np.ndarray:
+        """The row of ``state`` as a numpy array, built if needed."""
+        self.row(state)
+        return self.table[state]
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(table, accepting_u8)`` read together, for a native walk."""
+        with self._lock:
+            return self.table, self.accepting_u8
+
+    @property
+    def flat_table(self) -> np.ndarray:
+        """The whole table as int64, flat (for the numpy walks): builds every state."""
+        self.expand_all()
+        with self._lock:
+            if self._flat is None or self._flat.size != self.n_states * 256:
+                self._flat = self.table[: self.n_states].astype(np.int64).ravel()
+            return self._flat
+
+
+class _Accepts:
+    """``accepts[state]`` of a ``LexerDFA``: a core's lexeme positions as grammar lexeme ids."""
+
+    def __init__(self, core: LexerCore, order: list[int]):
+        self._core, self._order = core, order
+        self._cache: dict[int, frozenset[int]] = {}
+
+    def __getitem__(self, state: int) -> frozenset[int]:
+        out = self._cache.get(state)
+        if out is None:
+            out = self._cache[state] = frozenset(self._order[k] for k in self._core.accepts[state])
+        return out
 
 
 class LexerDFA:
@@ -137,9 +235,14 @@ class LexerDFA:
     def __init__(self, lexemes: frozenset[int], core: LexerCore, order: list[int]):
         self.lexemes = lexemes
         self.core = core
-        self.table, self.rows, self.accepting = core.table, core.rows, core.accepting
         self.walk_cache = core.walk_cache
-        self.accepts = [frozenset(order[k] for k in acc) for acc in core.accepts]
+        self.accepts = _Accepts(core, order)
+        self.row = core.row
+        self.table_row = core.table_row
+
+    @property
+    def accepting(self) -> np.ndarray:
+        return self.core.accepting
 
 
 _cores: OrderedDict[tuple, LexerCore] = OrderedDict()

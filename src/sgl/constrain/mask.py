@@ -13,10 +13,16 @@ starting there. The walk is split in two so that almost everything is cached:
    token is walked from the next lexer, recursively; there are few such tokens.
 
 The final mask for (P, s) is cached on the Earley column P.
+
+Both walks have a compiled twin in ``_native.c`` (a depth-first walk of a byte trie of
+the vocabulary, which skips a whole subtree at its first dead byte); the numpy
+functions here are the fallback when the extension is not built, and the reference
+the tests compare it with. ``SGL_NATIVE=0`` forces the fallback.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,11 +30,20 @@ import numpy as np
 from .earley import EarleyParser, EarleySet
 from .lexer import Lexer, LexerDFA
 
+try:
+    from . import _native
+except ImportError:  # no C compiler at install time: the numpy walks below do the work
+    _native = None
+
+
+def native_enabled() -> bool:
+    """Is the compiled mask kernel in use? (built, and not disabled by ``SGL_NATIVE=0``)"""
+    return _native is not None and os.environ.get("SGL_NATIVE", "1") != "0"
+
 
 @dataclass
 class WalkResult:
-    inside: np.ndarray  # token ids read completely without leaving the current lexeme
-    # (for whole-vocabulary walks: the same set as packed uint32 words)
+    inside: np.ndarray  # packed uint32 words: tokens read completely inside the current lexeme
     boundary_ids: np.ndarray  # token ids whose current lexeme completes before their end
     boundary_pos: np.ndarray  # byte offset in the token where the next lexeme starts
     boundary_state: np.ndarray  # the accepting lexer state the current lexeme ended in
@@ -70,6 +85,32 @@ class TokenTable:
         present[rows[in_token], mat[in_token]] = True
         bits = np.packbits(present, axis=1, bitorder="little").view(np.uint64)
         self.byte_sets = [np.ascontiguousarray(bits[:, i]) for i in range(4)]
+        # token-major bytes for the native kernel: token i is tok_bytes[tok_off[i]:tok_off[i+1]]
+        self.tok_bytes = np.ascontiguousarray(mat[in_token])
+        self.tok_off = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)]).astype(np.int64)
+        self._trie = None
+        self._roots = None
+
+    @property
+    def trie_roots(self) -> np.ndarray:
+        """The trie's depth-1 nodes (one per first byte), where a whole-vocabulary walk starts."""
+        if self._roots is None:
+            self._roots = np.ascontiguousarray(np.nonzero(self.trie[1] == 1)[0], dtype=np.int32)
+        return self._roots
+
+    @property
+    def trie(self) -> tuple[np.ndarray, ...]:
+        """The real tokens as a byte trie in preorder, for the native kernel (built once).
+
+        ``(byte u8, depth i32, end i32, tok i32, ids i64)`` per node: its byte, its depth
+        (1 = a token's first byte), the index just past its subtree, and ``tok[i] ..
+        tok[i+1]`` the positions in ``ids`` (tokens sorted by bytes) of the tokens that end
+        at node i; ``tok[i] .. tok[end[i]]`` are all the tokens of its subtree.
+        """
+        if self._trie is None:
+            self._trie = build_trie(self.tok_bytes, self.tok_off, self.real_ids)
+        return self._trie
+
 
     @classmethod
     def from_token_bytes(cls, token_bytes: list[bytes | None], n_vocab: int) -> TokenTable:
@@ -102,6 +143,45 @@ class TokenTable:
         outside = (sets[0] & ~allowed[0]) | (sets[1] & ~allowed[1])
         outside |= (sets[2] & ~allowed[2]) | (sets[3] & ~allowed[3])
         return outside.take(ids) == 0
+
+
+def build_trie(tok_bytes: np.ndarray, tok_off: np.ndarray, real_ids: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The preorder byte trie of tokens ``real_ids`` (see ``TokenTable.trie``)."""
+    raw = tok_bytes.tobytes()
+    data = {int(i): raw[tok_off[i] : tok_off[i + 1]] for i in real_ids.tolist()}
+    ids = sorted(data, key=lambda i: (data[i], i))
+    node_byte: list[int] = []
+    node_depth: list[int] = []
+    node_end: list[int] = []
+    term: list[int] = []  # terminal node of each sorted token
+    path: list[int] = []  # nodes on the current prefix
+    prev = b""
+    for i in ids:
+        b = data[i]
+        common = 0
+        limit = min(len(b), len(prev))
+        while common < limit and b[common] == prev[common]:
+            common += 1
+        while len(path) > common:
+            node_end[path.pop()] = len(node_byte)
+        for k in range(common, len(b)):
+            path.append(len(node_byte))
+            node_byte.append(b[k])
+            node_depth.append(k + 1)
+            node_end.append(0)
+        term.append(path[-1])
+        prev = b
+    while path:
+        node_end[path.pop()] = len(node_byte)
+    n = len(node_byte)
+    tok = np.searchsorted(np.array(term, dtype=np.int64), np.arange(n + 1), side="left").astype(np.int32)
+    return (
+        np.array(node_byte, dtype=np.uint8),
+        np.array(node_depth, dtype=np.int32),
+        np.array(node_end, dtype=np.int32),
+        tok,
+        np.array(ids, dtype=np.int64),
+    )
 
 
 def walk(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
@@ -168,6 +248,13 @@ def walk_from_start(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.nda
     return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int64), cat(b_state, np.int64))
 
 
+def _walk_result(words: np.ndarray, parts: list[tuple[np.ndarray, ...]]) -> WalkResult:
+    """A native walk's rounds (one per lexer expansion) as one result."""
+    if len(parts) == 1:
+        return WalkResult(words, *parts[0])
+    return WalkResult(words, *(_concat([p[i] for p in parts], np.int64) for i in range(3)))
+
+
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
@@ -191,13 +278,25 @@ class MaskComputer:
         res = lexer.walk_cache.get(key)
         if res is None:
             res = self._walk_vocabulary(lexer, state)
-            res.inside = self._pack(res.inside)
             lexer.walk_cache[key] = res
         return res
 
     def _walk_vocabulary(self, lexer: LexerDFA, state: int) -> WalkResult:
         tokens = self.tokens
-        row = lexer.table[state]
+        row = lexer.table_row(state)
+        if native_enabled() and tokens.max_len < 1024:
+            roots = tokens.trie_roots
+            res = self._native_walk(lexer.core, roots, np.full(roots.shape, state, dtype=np.int32))
+        else:
+            res = self._numpy_walk_vocabulary(lexer, state, row)
+        if lexer.accepting[state]:
+            # The current lexeme may end right here; tokens starting with a dead byte then
+            # start the next lexeme, which is exactly the next column's own mask.
+            res.starts_next = self._pack(tokens.with_first_byte(np.nonzero(row < 0)[0]))
+        return res
+
+    def _numpy_walk_vocabulary(self, lexer: LexerDFA, state: int, row: np.ndarray) -> WalkResult:
+        tokens = self.tokens
         ids = tokens.by_length
         ids = ids[(row >= 0).take(tokens.first_byte.take(ids))]
         inside = []
@@ -208,13 +307,48 @@ class MaskComputer:
             inside.append(ids[stays])
             ids = ids[~stays]
         res = walk_from_start(tokens, lexer, state, ids)
-        if lexer.accepting[state]:
-            # The current lexeme may end right here; tokens starting with a dead byte then
-            # start the next lexeme, which is exactly the next column's own mask.
-            res.starts_next = self._pack(tokens.with_first_byte(np.nonzero(row < 0)[0]))
-        if inside:
-            res.inside = np.concatenate([res.inside, *inside])
+        res.inside = self._pack(np.concatenate([res.inside, *inside]))
         return res
+
+    def _walk_rest(self, lexer: LexerDFA, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
+        """Tokens ``ids`` from byte offsets ``pos``, through ``lexer`` from its start state."""
+        if native_enabled():
+            return self._native_rest(lexer.core, ids, pos)
+        res = walk(self.tokens, lexer, 0, ids, pos)
+        res.inside = self._pack(res.inside)
+        return res
+
+    def _native_walk(self, core, nodes: np.ndarray, states: np.ndarray) -> WalkResult:
+        """Trie subtrees ``nodes`` from lexer ``states``, building lexer rows as the walk needs them."""
+        words = np.zeros(self.tokens.n_words, dtype=np.uint32)
+        parts: list[tuple[np.ndarray, ...]] = []
+        while nodes.size:
+            table, accepting = core.snapshot()
+            found = _native.walk_trie(*self.tokens.trie, table, accepting, nodes, states, words)
+            b_ids, b_pos, b_state, p_nodes, p_states = (np.frombuffer(b, dtype=np.int64) for b in found)
+            parts.append((b_ids, b_pos, b_state))
+            if p_nodes.size:
+                core.expand(np.unique(p_states).tolist())
+            nodes, states = p_nodes.astype(np.int32), p_states.astype(np.int32)
+        return _walk_result(words, parts)
+
+    def _native_rest(self, core, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
+        """``walk`` from the start state, natively, building lexer rows as needed."""
+        tokens = self.tokens
+        words = np.zeros(tokens.n_words, dtype=np.uint32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        pos = np.ascontiguousarray(pos, dtype=np.int64)
+        states = np.zeros(ids.shape, dtype=np.int32)
+        parts: list[tuple[np.ndarray, ...]] = []
+        while ids.size:
+            table, accepting = core.snapshot()
+            found = _native.walk_tokens(tokens.tok_bytes, tokens.tok_off, ids, pos, states, table, accepting, words)
+            b_ids, b_pos, b_state, p_ids, p_pos, p_states = (np.frombuffer(b, dtype=np.int64) for b in found)
+            parts.append((b_ids, b_pos, b_state))
+            if p_ids.size:
+                core.expand(np.unique(p_states).tolist())
+            ids, pos, states = p_ids, p_pos, p_states.astype(np.int32)
+        return _walk_result(words, parts)
 
     def mask(self, col: EarleySet, state: int) -> np.ndarray:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
@@ -222,16 +356,15 @@ class MaskComputer:
         if words is None:
             lexer = self.lexer_for(col)
             res = self.full_walk(lexer, state)
-            words = res.inside
-            extra: list[np.ndarray] = []
+            extra: list[np.ndarray] = [res.inside]
             self._boundaries(col, lexer, res, extra)
             if res.starts_next is not None:
                 nxt_col = self.parser.scan(col, lexer.accepts[state])
                 if nxt_col is not None:
-                    words = words | (self.mask(nxt_col, 0) & res.starts_next)
+                    extra.append(self.mask(nxt_col, 0) & res.starts_next)
             if self.eos_ids.size and self.can_end(col, lexer, state):
-                extra.append(self.eos_ids)
-            words = words | self._pack(np.concatenate(extra)) if extra else words
+                extra.append(self._pack(self.eos_ids))
+            words = np.bitwise_or.reduce(extra) if len(extra) > 1 else extra[0].copy()
             words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state] = words
         return words
@@ -254,7 +387,7 @@ class MaskComputer:
             sub = res.subs.get(key)
             if sub is None:
                 sel = np.isin(res.boundary_state, group) if len(groups) > 1 else slice(None)
-                sub = walk(self.tokens, nxt_lexer, 0, res.boundary_ids[sel], res.boundary_pos[sel])
+                sub = self._walk_rest(nxt_lexer, res.boundary_ids[sel], res.boundary_pos[sel])
                 res.subs[key] = sub
             extra.append(sub.inside)
             self._boundaries(nxt_col, nxt_lexer, sub, extra)

@@ -173,9 +173,9 @@ class Matcher:
         cg = self.compiled
         col, s = state
         lex = cg.lexer.for_lexemes(col.allowed)
-        live = lex.table[s] >= 0
+        live = lex.table_row(s) >= 0
         if lex.accepting[s] and (nxt := cg.parser.scan(col, lex.accepts[s])) is not None:
-            live = live | (cg.lexer.for_lexemes(nxt.allowed).table[0] >= 0)
+            live = live | (cg.lexer.for_lexemes(nxt.allowed).table_row(0) >= 0)
         return np.nonzero(live)[0][:2].tolist()
 
     def forced_tokens(self) -> list[int]:

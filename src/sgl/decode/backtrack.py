@@ -113,7 +113,7 @@ def _walk_bytes(cg: Any, data: bytes, state: tuple | None = None) -> tuple[int, 
     lex = cg.lexer.for_lexemes(col.allowed)
     start = 0
     for i, b in enumerate(data):
-        nxt = lex.rows[s][b]
+        nxt = lex.row(s)[b]
         if nxt < 0:
             if not lex.accepting[s]:
                 return i, (col, s), start
@@ -121,7 +121,7 @@ def _walk_bytes(cg: Any, data: bytes, state: tuple | None = None) -> tuple[int, 
             if ncol is None:
                 return i, (col, s), start
             nlex = cg.lexer.for_lexemes(ncol.allowed)
-            nxt = nlex.rows[0][b]
+            nxt = nlex.row(0)[b]
             if nxt < 0:
                 return i, (col, s), start
             col, lex, start = ncol, nlex, i
@@ -173,7 +173,7 @@ def first_own_lexeme_end(cg: Any, state: tuple, data: bytes) -> int | None:
     ignore = cg.tables.ignore
     own = s == 0  # False: the lexeme in progress at ``state`` began before ``data``
     for i, b in enumerate(data):
-        nxt = lex.rows[s][b]
+        nxt = lex.row(s)[b]
         if nxt < 0:
             if not lex.accepting[s]:
                 return None
@@ -183,12 +183,12 @@ def first_own_lexeme_end(cg: Any, state: tuple, data: bytes) -> int | None:
             if col is None:
                 return None
             lex = cg.lexer.for_lexemes(col.allowed)
-            nxt = lex.rows[0][b]
+            nxt = lex.row(0)[b]
             if nxt < 0:
                 return None
             own = True
         s = nxt
-    whole = own and bool(lex.accepting[s]) and not lex.accepts[s] <= ignore and max(lex.rows[s]) < 0
+    whole = own and bool(lex.accepting[s]) and not lex.accepts[s] <= ignore and max(lex.row(s)) < 0
     return len(data) if whole else None
 
 
@@ -203,7 +203,7 @@ def _shortest_examples(lex: Any, start: int) -> dict[int, bytes]:
         for lid in lex.accepts[s]:
             if lid not in found:
                 found[lid] = _path(parent, s)
-        row = lex.rows[s]
+        row = lex.row(s)
         for b in _BYTE_ORDER:
             t = row[b]
             if t >= 0 and t not in parent:
@@ -236,7 +236,7 @@ def candidates_at(cg: Any, state: tuple) -> list[Candidate]:
         if nxt_col is not None:
             nlex = cg.lexer.for_lexemes(nxt_col.allowed)
             for lid, ex in _shortest_examples(nlex, 0).items():
-                if ex and (s == 0 or lex.rows[s][ex[0]] < 0):  # else it would extend the current lexeme
+                if ex and (s == 0 or lex.row(s)[ex[0]] < 0):  # else it would extend the current lexeme
                     examples.setdefault(lid, ex)
     out = []
     for lid in sorted(examples):

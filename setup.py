@@ -1,0 +1,18 @@
+"""Builds the optional C mask kernel; everything else is configured in pyproject.toml.
+
+The extension is optional: without a C compiler the install still succeeds and
+``sgl.constrain`` uses its numpy walk (same masks, slower on cache misses).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "sgl.constrain._native",
+            ["src/sgl/constrain/_native.c"],
+            extra_compile_args=["-O3"],
+            optional=True,
+        )
+    ]
+)
