@@ -110,6 +110,26 @@ class EarleySet:
 class EarleyParser:
     def __init__(self, tables: ParserTables):
         self.t = tables
+        self._predictions: dict[int, tuple[tuple[tuple[int, int], ...], frozenset[int]]] = {}
+
+    def _add_prediction(self, col: EarleySet, sym: int, predicted: set[int]) -> None:
+        """Add the prediction set of ``sym`` to ``col`` (items with origin ``col``)."""
+        pred_items, pred_syms = self._prediction(sym)
+        predicted |= pred_syms
+        rhs_of, items, waiting, scannable = self.t.rhs, col.items, col.waiting, col.scannable
+        for r, d in pred_items:
+            item = (r, d, col)
+            if item in items:
+                continue
+            items.add(item)
+            rhs = rhs_of[r]
+            if d == len(rhs):
+                continue  # nullable completion: already advanced over at prediction time
+            s = rhs[d]
+            if s < 0:
+                scannable.setdefault(~s, []).append(item)
+            else:
+                waiting.setdefault(s, []).append(item)
 
     def initial(self) -> EarleySet:
         col = EarleySet(None, None, 0)
@@ -132,9 +152,43 @@ class EarleyParser:
         col.children[lexemes] = nxt
         return nxt
 
+    def _prediction(self, sym: int) -> tuple[tuple[tuple[int, int], ...], frozenset[int]]:
+        """What predicting ``sym`` adds to any column: its (rule, dot) items (origin: that
+        column), nullable symbols stepped over, and the nonterminals predicted on the way.
+
+        The same for every column, so computed once per symbol: a column's closure then
+        adds whole prediction sets instead of deriving them item by item.
+        """
+        hit = self._predictions.get(sym)
+        if hit is not None:
+            return hit
+        t = self.t
+        seen: set[tuple[int, int]] = set()
+        order: list[tuple[int, int]] = []
+        syms = {sym}
+        agenda = [(r, 0) for r in t.rules_of[sym]]
+        while agenda:
+            item = agenda.pop()
+            if item in seen:
+                continue
+            seen.add(item)
+            order.append(item)
+            rule, dot = item
+            rhs = t.rhs[rule]
+            if dot == len(rhs) or rhs[dot] < 0:
+                continue
+            nxt = rhs[dot]
+            if nxt not in syms:
+                syms.add(nxt)
+                agenda.extend((r, 0) for r in t.rules_of[nxt])
+            if t.nullable[nxt]:
+                agenda.append((rule, dot + 1))
+        hit = self._predictions[sym] = (tuple(order), frozenset(syms))
+        return hit
+
     def _close(self, col: EarleySet, kernel: list) -> None:
         t = self.t
-        rhs_of, lhs_of, rules_of, nullable = t.rhs, t.lhs, t.rules_of, t.nullable
+        rhs_of, lhs_of, nullable = t.rhs, t.lhs, t.nullable
         items, waiting, scannable = col.items, col.waiting, col.scannable
         predicted: set[int] = set()
         agenda = list(kernel)
@@ -146,8 +200,6 @@ class EarleyParser:
             rule, dot, origin = item
             rhs = rhs_of[rule]
             if dot == len(rhs):
-                if origin is col:
-                    continue  # nullable completion: already advanced at prediction time
                 for r2, d2, o2 in origin.waiting.get(lhs_of[rule], ()):
                     agenda.append((r2, d2 + 1, o2))
                 continue
@@ -157,9 +209,7 @@ class EarleyParser:
                 continue
             waiting.setdefault(sym, []).append(item)
             if sym not in predicted:
-                predicted.add(sym)
-                for r in rules_of[sym]:
-                    agenda.append((r, 0, col))
+                self._add_prediction(col, sym, predicted)
             if nullable[sym]:
                 agenda.append((rule, dot + 1, origin))
         # the start rule is only ever predicted in the first column, so any completed

@@ -48,36 +48,134 @@ EXPAND_AHEAD = 256  # rows built per expansion, beyond the ones asked for (see L
 UNKNOWN = -2  # a table entry of a state whose row is not built yet
 
 
+def _global_states(dfas: list[ByteDFA]):
+    """All component DFAs in one table of "global" states (component offset + state).
+
+    Returns ``(big, acc_global, owner, offsets, sizes)``: ``big[g, byte]`` the next global
+    state (row ``G = sum(sizes)`` is the dead state, looping on itself), which states
+    accept, which component owns each, and where each component starts.
+    """
+    sizes = np.array([d.n_states for d in dfas], dtype=np.int64)
+    offsets = (np.cumsum(sizes) - sizes).astype(np.int64)
+    dead_row = int(sizes.sum())
+    big = np.full((dead_row + 1, 256), dead_row, dtype=np.int64)
+    for d, off in zip(dfas, offsets, strict=True):
+        big[off : off + d.n_states] = np.where(d.table >= 0, d.table + off, dead_row)
+    acc_global = np.concatenate([d.accepting for d in dfas] + [np.array([False])])
+    owner = np.concatenate([np.full(d.n_states, j) for j, d in enumerate(dfas)] + [np.array([-1])])
+    return big, acc_global, owner, offsets, sizes
+
+
+def make_core(dfas: list[ByteDFA]) -> LexerCore | NativeLexerCore:
+    """The product lexer of ``dfas``: compiled when the native kernel is in use."""
+    from .mask import native_enabled  # mask imports this module
+
+    # no lexemes (the text must end here): one state, nothing to walk natively
+    return NativeLexerCore(dfas) if native_enabled() and dfas else LexerCore(dfas)
+
+
+class NativeLexerCore:
+    """``LexerCore``'s twin over the C ``Product`` (same interface, same language).
+
+    The C walks build rows as they reach them, with no round trip to Python.
+    """
+
+    def __init__(self, dfas: list[ByteDFA]):
+        from . import _native
+
+        big, acc_global, owner, offsets, _ = _global_states(dfas)
+        self._acc_global, self._owner = acc_global, owner
+        self.product = _native.Product(
+            big.astype(np.int32), acc_global.astype(np.uint8), offsets.astype(np.int32), MAX_LEXER_STATES
+        )
+        self._rows: dict[int, list[int]] = {}
+        self.accepts = _NativeAccepts(self)
+        self.accepting = _NativeAccepting(self.product)
+        self.walk_cache: dict = {}
+        self.key: tuple = ()
+        self._k = len(dfas)
+
+    def _budget(self, e: OverflowError):
+        return CompileBudgetExceeded(f"lexer for {self._k} lexemes exceeds {MAX_LEXER_STATES} states")
+
+    def row(self, state: int) -> list[int]:
+        row = self._rows.get(state)
+        if row is None:
+            row = self._rows[state] = self.table_row(state).tolist()
+        return row
+
+    def table_row(self, state: int) -> np.ndarray:
+        try:
+            return np.frombuffer(self.product.row(state), dtype=np.int32)
+        except OverflowError as e:
+            raise self._budget(e) from e
+
+    @property
+    def n_states(self) -> int:
+        return self.product.n_states
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(table (n, 256) int32, accepting bool)`` with every reachable row built."""
+        try:
+            self.product.expand_all()
+        except OverflowError as e:
+            raise self._budget(e) from e
+        table, acc = self.product.arrays()
+        return np.frombuffer(table, dtype=np.int32).reshape(-1, 256), np.frombuffer(acc, dtype=np.uint8).astype(bool)
+
+    @property
+    def flat_table(self) -> np.ndarray:
+        return self.arrays()[0].astype(np.int64).ravel()
+
+    def accepting_array(self) -> np.ndarray:
+        return self.arrays()[1]
+
+
+class _NativeAccepting:
+    def __init__(self, product):
+        self._product = product
+
+    def __getitem__(self, state) -> bool:
+        return self._product.accepting(int(state))
+
+
+class _NativeAccepts:
+    def __init__(self, core: NativeLexerCore):
+        self._core = core
+        self._cache: dict[int, tuple[int, ...]] = {}
+
+    def __getitem__(self, state: int) -> tuple[int, ...]:
+        out = self._cache.get(state)
+        if out is None:
+            comp = np.frombuffer(self._core.product.comp(int(state)), dtype=np.int32)
+            core = self._core
+            out = self._cache[state] = tuple(int(core._owner[g]) for g in comp if core._acc_global[g])
+        return out
+
+
 class LexerCore:
     """The product DFA of an ordered tuple of lexeme DFAs; shared by content; built lazily.
 
     A product state gets an id (and its ``accepts``) when a built row first leads to it;
-    its own row is built on first use (``row``, ``table_row``, ``expand``). Until then its
-    row in ``table`` holds ``UNKNOWN``, which the native kernel reports back so that the
-    caller expands those states and resumes the walk. So a lexer costs what is visited,
-    not the size of the whole product (which explodes for many overlapping lexemes).
+    its own row is built on first use (``row``, ``table_row``, ``expand``), so a lexer
+    costs what is visited, not the size of the whole product (which explodes for many
+    overlapping lexemes). This is the pure-Python implementation; ``NativeLexerCore``
+    is its compiled twin.
 
-    ``table[state, byte]`` -> state, -1 (dead) or ``UNKNOWN``; ``accepts[state]`` holds the
-    *positions* (in the tuple) of the lexemes complete in that state; ``accepting`` and
-    ``accepting_u8`` say whether any is. ``walk_cache`` keeps, per (token table, state),
+    ``table[state, byte]`` -> state, -1 (dead) or ``UNKNOWN`` (not built); ``accepts[state]``
+    holds the *positions* (in the tuple) of the lexemes complete in that state;
+    ``accepting`` says whether any is. ``walk_cache`` keeps, per (token table, state),
     the walk of the whole vocabulary (see ``mask.py``). Thread-safe: cores are shared
     across grammars, and so across the grammars' locks.
     """
 
     def __init__(self, dfas: list[ByteDFA]):
-        # All component DFAs live in one table of "global" states (component offset +
-        # state); a product state is the vector of its components' global states, and
-        # its identity is that vector read as a mixed-radix number (0 digit = dead).
+        # A product state is the vector of its components' global states; its identity
+        # is that vector read as a mixed-radix number (0 digit = dead).
         k = len(dfas)
-        sizes = np.array([d.n_states for d in dfas], dtype=np.int64)
-        offsets = (np.cumsum(sizes) - sizes).astype(np.int64)
+        big, self._acc_global, self._owner, offsets, sizes = _global_states(dfas)
         dead_row = int(sizes.sum())
-        big = np.full((dead_row + 1, 256), dead_row, dtype=np.int64)
-        for d, off in zip(dfas, offsets, strict=True):
-            big[off : off + d.n_states] = np.where(d.table >= 0, d.table + off, dead_row)
         self._big = big
-        self._acc_global = np.concatenate([d.accepting for d in dfas] + [np.array([False])])
-        self._owner = np.concatenate([np.full(d.n_states, j) for j, d in enumerate(dfas)] + [np.array([-1])])
         local_plus1 = np.zeros(dead_row + 1, dtype=np.int64)  # global state -> local + 1 (dead -> 0)
         local_plus1[:dead_row] = np.arange(dead_row) - np.repeat(offsets, sizes) + 1
         self._local_plus1 = local_plus1
@@ -99,7 +197,6 @@ class LexerCore:
         self.accepts: list[tuple[int, ...]] = []
         self.table = np.full((16, 256), UNKNOWN, dtype=np.int32)
         self.accepting = np.zeros(16, dtype=bool)
-        self.accepting_u8 = np.zeros(16, dtype=np.uint8)
         self.n_states = 0
         self._flat: np.ndarray | None = None
         with np.errstate(over="ignore"):  # hashed keys wrap around on purpose
@@ -129,9 +226,7 @@ class LexerCore:
             accepting = np.zeros(cap, dtype=bool)
             accepting[:t] = self.accepting[:t]
             self.table, self.accepting = table, accepting
-            self.accepting_u8 = accepting.astype(np.uint8)
         self.accepting[t] = bool(acc)
-        self.accepting_u8[t] = bool(acc)
         self.n_states = t + 1
         return t
 
@@ -200,10 +295,10 @@ class LexerCore:
         self.row(state)
         return self.table[state]
 
-    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(table, accepting_u8)`` read together, for a native walk."""
-        with self._lock:
-            return self.table, self.accepting_u8
+    def accepting_array(self) -> np.ndarray:
+        """``accepting`` for every reachable state (for the numpy walks)."""
+        self.expand_all()
+        return self.accepting[: self.n_states]
 
     @property
     def flat_table(self) -> np.ndarray:
@@ -256,7 +351,7 @@ def _shared_core(key: tuple, dfas: list[ByteDFA]) -> LexerCore:
         if core is not None:
             _cores.move_to_end(key)
             return core
-    core = LexerCore(dfas)
+    core = make_core(dfas)
     core.key = key
     with _cores_lock:
         _cores[key] = core

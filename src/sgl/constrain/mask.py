@@ -51,6 +51,19 @@ class WalkResult:
     # walks of the boundary tokens' rest, by (boundary states, next lexer): they depend on
     # lexers only, so columns with the same lexers share them
     subs: dict = field(default_factory=dict)
+    groups: list | None = None  # boundary states grouped by the lexemes they complete
+
+
+def _group_boundaries(core, res: WalkResult) -> list[tuple[tuple[int, ...], np.ndarray | slice]]:
+    """Boundary states that complete the same lexemes lead to the same column: one group
+    each, with the selection of its tokens (computed once per walk, then cached)."""
+    states = np.unique(res.boundary_state)
+    by_lexemes: dict[tuple[int, ...], list[int]] = {}
+    for st in states.tolist():
+        by_lexemes.setdefault(tuple(core.accepts[st]), []).append(st)
+    if len(by_lexemes) == 1:
+        return [(tuple(states.tolist()), slice(None))]
+    return [(tuple(g), np.isin(res.boundary_state, g)) for g in by_lexemes.values()]
 
 
 class TokenTable:
@@ -90,6 +103,8 @@ class TokenTable:
         self.tok_off = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)]).astype(np.int64)
         self._trie = None
         self._roots = None
+        if native_enabled():
+            self.trie  # noqa: B018 - built with the vocabulary (as a token trie is), not on the first mask
 
     @property
     def trie_roots(self) -> np.ndarray:
@@ -146,48 +161,54 @@ class TokenTable:
 
 
 def build_trie(tok_bytes: np.ndarray, tok_off: np.ndarray, real_ids: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The preorder byte trie of tokens ``real_ids`` (see ``TokenTable.trie``)."""
+    """The preorder byte trie of tokens ``real_ids`` (see ``TokenTable.trie``), in numpy.
+
+    Sorted by bytes, each token adds one node per byte past its common prefix with the
+    token before it (``lcp``); a node at depth d made by token j ends where the first later
+    token with ``lcp < d`` starts adding nodes.
+    """
     raw = tok_bytes.tobytes()
-    data = {int(i): raw[tok_off[i] : tok_off[i + 1]] for i in real_ids.tolist()}
-    ids = sorted(data, key=lambda i: (data[i], i))
-    node_byte: list[int] = []
-    node_depth: list[int] = []
-    node_end: list[int] = []
-    term: list[int] = []  # terminal node of each sorted token
-    path: list[int] = []  # nodes on the current prefix
-    prev = b""
-    for i in ids:
-        b = data[i]
-        common = 0
-        limit = min(len(b), len(prev))
-        while common < limit and b[common] == prev[common]:
-            common += 1
-        while len(path) > common:
-            node_end[path.pop()] = len(node_byte)
-        for k in range(common, len(b)):
-            path.append(len(node_byte))
-            node_byte.append(b[k])
-            node_depth.append(k + 1)
-            node_end.append(0)
-        term.append(path[-1])
-        prev = b
-    while path:
-        node_end[path.pop()] = len(node_byte)
-    n = len(node_byte)
-    tok = np.searchsorted(np.array(term, dtype=np.int64), np.arange(n + 1), side="left").astype(np.int32)
-    return (
-        np.array(node_byte, dtype=np.uint8),
-        np.array(node_depth, dtype=np.int32),
-        np.array(node_end, dtype=np.int32),
-        tok,
-        np.array(ids, dtype=np.int64),
-    )
+    off = tok_off.tolist()
+    pairs = sorted((raw[off[i] : off[i + 1]], i) for i in real_ids.tolist())
+    ids = np.array([i for _, i in pairs], dtype=np.int64)
+    n = ids.size
+    lengths = (tok_off[ids + 1] - tok_off[ids]).astype(np.int64)
+    width = int(lengths.max(initial=0))
+    mat = np.zeros((n, width + 1), dtype=np.int16)  # -1 past the end: never equal to a byte
+    mat[:] = -1
+    cols = np.arange(width)
+    inside = cols[None, :] < lengths[:, None]
+    mat[:, :width][inside] = tok_bytes[(tok_off[ids][:, None] + cols[None, :])[inside]]
+    lcp = np.zeros(n, dtype=np.int64)
+    if n > 1:
+        differ = mat[1:] != mat[:-1]  # the -1 column guarantees a difference
+        lcp[1:] = np.minimum(differ.argmax(axis=1), np.minimum(lengths[1:], lengths[:-1]))
+    added = lengths - lcp  # nodes each token adds
+    start = np.concatenate([[0], np.cumsum(added)])  # first node each token adds
+    n_nodes = int(start[-1])
+    owner = np.repeat(np.arange(n), added)  # the token that added each node
+    depth = (np.arange(n_nodes) - start[owner] + lcp[owner] + 1).astype(np.int32)
+    node_byte = mat[owner, depth - 1].astype(np.uint8)
+    node_end = np.empty(n_nodes, dtype=np.int32)
+    for d in range(1, width + 1):
+        at = np.nonzero(depth == d)[0]
+        if not at.size:
+            continue
+        cut = np.nonzero(lcp < d)[0]  # tokens that leave every depth-d node before them
+        nxt = np.searchsorted(cut, owner[at], side="right")
+        nxt_tok = np.append(cut, n)[nxt]
+        node_end[at] = np.append(start[:-1], n_nodes)[nxt_tok]
+    # a token ends at its last added node; one that adds none repeats its predecessor's bytes
+    term = np.where(added > 0, start[1:] - 1, -1)
+    term = np.maximum.accumulate(term)
+    tok = np.searchsorted(term, np.arange(n_nodes + 1), side="left").astype(np.int32)
+    return node_byte, depth, node_end, tok, ids.astype(np.int64)
 
 
 def walk(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
     """Run tokens ``ids`` from byte offsets ``pos`` through ``lexer`` starting in ``state``."""
     # flat 1-D ``take`` is several times faster than 2-D fancy indexing here
-    table, accepting = lexer.core.flat_table, lexer.accepting
+    table, accepting = lexer.core.flat_table, lexer.core.accepting_array()
     lengths, flat_bytes, n = tokens.lengths, tokens.flat_bytes, tokens.n_tokens
     cur = np.full(ids.shape, state, dtype=np.int64)
     pos = pos.astype(np.int64)
@@ -222,7 +243,7 @@ def walk_from_start(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.nda
     All tokens are at the same byte position, and those still unread form a prefix of
     ``ids``, so each step is a few ``take`` calls and a truncation.
     """
-    table, accepting = lexer.core.flat_table, lexer.accepting
+    table, accepting = lexer.core.flat_table, lexer.core.accepting_array()
     neg_len = -tokens.lengths.take(ids)  # ascending
     cur = np.full(ids.shape, state, dtype=np.int64)
     inside, b_ids, b_pos, b_state = [], [], [], []
@@ -248,11 +269,9 @@ def walk_from_start(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.nda
     return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int64), cat(b_state, np.int64))
 
 
-def _walk_result(words: np.ndarray, parts: list[tuple[np.ndarray, ...]]) -> WalkResult:
-    """A native walk's rounds (one per lexer expansion) as one result."""
-    if len(parts) == 1:
-        return WalkResult(words, *parts[0])
-    return WalkResult(words, *(_concat([p[i] for p in parts], np.int64) for i in range(3)))
+def _is_native(core) -> bool:
+    """Is ``core`` the C product (walked by the C kernel)?"""
+    return hasattr(core, "product")
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -284,7 +303,7 @@ class MaskComputer:
     def _walk_vocabulary(self, lexer: LexerDFA, state: int) -> WalkResult:
         tokens = self.tokens
         row = lexer.table_row(state)
-        if native_enabled() and tokens.max_len < 1024:
+        if _is_native(lexer.core) and tokens.max_len < 1024:
             roots = tokens.trie_roots
             res = self._native_walk(lexer.core, roots, np.full(roots.shape, state, dtype=np.int32))
         else:
@@ -312,43 +331,26 @@ class MaskComputer:
 
     def _walk_rest(self, lexer: LexerDFA, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
         """Tokens ``ids`` from byte offsets ``pos``, through ``lexer`` from its start state."""
-        if native_enabled():
+        if _is_native(lexer.core):
             return self._native_rest(lexer.core, ids, pos)
         res = walk(self.tokens, lexer, 0, ids, pos)
         res.inside = self._pack(res.inside)
         return res
 
     def _native_walk(self, core, nodes: np.ndarray, states: np.ndarray) -> WalkResult:
-        """Trie subtrees ``nodes`` from lexer ``states``, building lexer rows as the walk needs them."""
+        """Trie subtrees ``nodes`` from lexer ``states`` (the C product builds rows on the way)."""
         words = np.zeros(self.tokens.n_words, dtype=np.uint32)
-        parts: list[tuple[np.ndarray, ...]] = []
-        while nodes.size:
-            table, accepting = core.snapshot()
-            found = _native.walk_trie(*self.tokens.trie, table, accepting, nodes, states, words)
-            b_ids, b_pos, b_state, p_nodes, p_states = (np.frombuffer(b, dtype=np.int64) for b in found)
-            parts.append((b_ids, b_pos, b_state))
-            if p_nodes.size:
-                core.expand(np.unique(p_states).tolist())
-            nodes, states = p_nodes.astype(np.int32), p_states.astype(np.int32)
-        return _walk_result(words, parts)
+        found = _native.walk_trie(*self.tokens.trie, core.product, nodes, states, words)
+        return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found))
 
     def _native_rest(self, core, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
-        """``walk`` from the start state, natively, building lexer rows as needed."""
+        """``walk`` from the start state, natively."""
         tokens = self.tokens
         words = np.zeros(tokens.n_words, dtype=np.uint32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         pos = np.ascontiguousarray(pos, dtype=np.int64)
-        states = np.zeros(ids.shape, dtype=np.int32)
-        parts: list[tuple[np.ndarray, ...]] = []
-        while ids.size:
-            table, accepting = core.snapshot()
-            found = _native.walk_tokens(tokens.tok_bytes, tokens.tok_off, ids, pos, states, table, accepting, words)
-            b_ids, b_pos, b_state, p_ids, p_pos, p_states = (np.frombuffer(b, dtype=np.int64) for b in found)
-            parts.append((b_ids, b_pos, b_state))
-            if p_ids.size:
-                core.expand(np.unique(p_states).tolist())
-            ids, pos, states = p_ids, p_pos, p_states.astype(np.int32)
-        return _walk_result(words, parts)
+        found = _native.walk_tokens(tokens.tok_bytes, tokens.tok_off, ids, pos, core.product, 0, words)
+        return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found))
 
     def mask(self, col: EarleySet, state: int) -> np.ndarray:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
@@ -373,20 +375,16 @@ class MaskComputer:
         """Tokens whose current lexeme ends inside them: scan it, walk the rest from there."""
         if not res.boundary_ids.size:
             return
-        # states that complete the same lexemes lead to the same column: walk them together
-        states = np.unique(res.boundary_state)
-        groups: dict[frozenset[int], list[int]] = {}
-        for st in states.tolist():
-            groups.setdefault(lexer.accepts[st], []).append(st)
-        for lexemes, group in groups.items():
-            nxt_col = self.parser.scan(col, lexemes)
+        if res.groups is None:
+            res.groups = _group_boundaries(lexer.core, res)
+        for group, sel in res.groups:
+            nxt_col = self.parser.scan(col, lexer.accepts[group[0]])
             if nxt_col is None:
                 continue
             nxt_lexer = self.lexer_for(nxt_col)
-            key = (tuple(group), nxt_lexer.core.key)
+            key = (group, nxt_lexer.core.key)
             sub = res.subs.get(key)
             if sub is None:
-                sel = np.isin(res.boundary_state, group) if len(groups) > 1 else slice(None)
                 sub = self._walk_rest(nxt_lexer, res.boundary_ids[sel], res.boundary_pos[sel])
                 res.subs[key] = sub
             extra.append(sub.inside)
