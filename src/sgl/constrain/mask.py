@@ -340,7 +340,10 @@ class MaskComputer:
     def _native_walk(self, core, nodes: np.ndarray, states: np.ndarray) -> WalkResult:
         """Trie subtrees ``nodes`` from lexer ``states`` (the C product builds rows on the way)."""
         words = np.zeros(self.tokens.n_words, dtype=np.uint32)
-        found = _native.walk_trie(*self.tokens.trie, core.product, nodes, states, words)
+        try:
+            found = _native.walk_trie(*self.tokens.trie, core.product, nodes, states, words)
+        except OverflowError as e:
+            raise core._budget(e) from e
         return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found))
 
     def _native_rest(self, core, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
@@ -349,7 +352,10 @@ class MaskComputer:
         words = np.zeros(tokens.n_words, dtype=np.uint32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         pos = np.ascontiguousarray(pos, dtype=np.int64)
-        found = _native.walk_tokens(tokens.tok_bytes, tokens.tok_off, ids, pos, core.product, 0, words)
+        try:
+            found = _native.walk_tokens(tokens.tok_bytes, tokens.tok_off, ids, pos, core.product, 0, words)
+        except OverflowError as e:
+            raise core._budget(e) from e
         return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found))
 
     def mask(self, col: EarleySet, state: int) -> np.ndarray:

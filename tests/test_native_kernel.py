@@ -1,0 +1,290 @@
+"""The native mask kernel against its numpy fallback, and random walks through every frontend.
+
+The C kernel (``sgl/constrain/_native.c``: trie walk, token walks, lazy product lexer)
+and the numpy walks with the pure-Python lexer must give bit-identical masks. Each case
+walks a seeded random path of allowed tokens with the native kernel, then replays it
+with ``SGL_NATIVE=0`` on fresh lexers, comparing the mask at every step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import zlib
+
+import jsonschema
+import numpy as np
+import pytest
+from conftest import require_shared, shared_data
+
+from sgl.constrain import Matcher, lexer
+from sgl.constrain.compiled import CompiledGrammar, choices_grammar
+from sgl.constrain.gbnf import ebnf_grammar, gbnf_grammar
+from sgl.constrain.json_schema import json_schema_grammar
+from sgl.constrain.lark_grammar import lark_grammar
+from sgl.constrain.mask import _native, build_trie, native_enabled
+from sgl.constrain.regex import regex_grammar
+
+
+def test_ci_builds_the_extension():
+    if _native is None:
+        if os.environ.get("CI"):
+            pytest.fail("the C mask kernel was not built in CI (setup.py ext_modules)")
+        pytest.skip("the C mask kernel is not built here (no compiler at install): numpy fallback in use")
+    assert native_enabled() or os.environ.get("SGL_NATIVE") == "0"
+
+
+def _needs_native():
+    if _native is None:
+        pytest.skip("the C mask kernel is not built (no compiler at install)")
+
+
+# ---------------------------------------------------------------------------- cases
+
+REGEXES = [
+    r"[0-9]{3}-[0-9]{4}",
+    r"(cat|dog|bird)s?( and (cat|dog|bird)s?)*",
+    r"[A-Za-z_][A-Za-z0-9_]{0,30}",
+    r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?",
+    r'"([^"\\]|\\.)*"',
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z",
+    r"(a|ab|abc)+c",
+    r"[\u00e0-\u00ff\u4e00-\u4e0f]{1,8}",
+]
+
+SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+     "required": ["name", "age"]},
+    {"type": "array", "items": {"type": "number"}, "maxItems": 4},
+    {"type": "object", "properties": {"tags": {"type": "array", "items": {"enum": ["a", "bc", "def"]}},
+                                      "ok": {"type": "boolean"}, "note": {"type": ["string", "null"]}}},
+    {"anyOf": [{"type": "string", "maxLength": 5}, {"type": "integer", "minimum": 10}]},
+    {"type": "string", "pattern": "^[a-z]+@[a-z]+\\.(com|org)$"},
+]
+
+
+def _grammar_cases() -> list[tuple[str, str]]:
+    root = shared_data() / "grammars"
+    if not root.exists():
+        return []
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".lark", ".gbnf", ".ebnf"))
+    return [(p.suffix[1:], str(p.relative_to(root))) for p in files]
+
+
+def _maskbench_schemas(limit: int = 24) -> list[str]:
+    root = shared_data() / "maskbench" / "dev"
+    if not root.exists():
+        return []
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.json"))
+    return random.Random(7).sample(files, min(limit, len(files)))
+
+
+def _load_maskbench(rel: str):
+    path = require_shared("maskbench", "dev") / rel
+    case = json.loads(path.read_text(encoding="utf-8"))
+    if "schema" in case:
+        return case["schema"]
+    for parent in path.resolve().parents:
+        candidate = parent / case["schema_file"]
+        if candidate.is_file():
+            return json.loads(candidate.read_text(encoding="utf-8"))
+    pytest.skip(f"schema file of {rel} not found")
+
+
+def _ir(kind: str, spec):
+    from sgl.constrain.errors import ConstraintError
+
+    try:
+        if kind == "regex":
+            return regex_grammar(spec)
+        if kind == "json":
+            return json_schema_grammar(spec)
+        if kind == "choices":
+            return choices_grammar(spec)
+        text = (require_shared("grammars") / spec).read_text(encoding="utf-8")
+        return {"lark": lark_grammar, "gbnf": gbnf_grammar, "ebnf": ebnf_grammar}[kind](text)
+    except ConstraintError as e:
+        pytest.skip(f"refused by the frontend (covered elsewhere): {e}")
+
+
+# ---------------------------------------------------------------------------- walks
+
+
+def _fresh(ir, vocab, native: bool, monkeypatch) -> Matcher:
+    """A matcher over lexers built from scratch with (or without) the native kernel."""
+    from sgl.constrain.errors import ConstraintError
+
+    monkeypatch.setenv("SGL_NATIVE", "1" if native else "0")
+    with lexer._cores_lock:
+        lexer._cores.clear()
+    try:
+        return Matcher(CompiledGrammar(ir, vocab))
+    except ConstraintError as e:
+        pytest.skip(f"refused at compile (covered elsewhere): {e}")
+
+
+def _allowed(words: np.ndarray) -> np.ndarray:
+    return np.nonzero(np.unpackbits(words.view(np.uint8), bitorder="little"))[0]
+
+
+def _random_walk(m: Matcher, seed: int, steps: int, eos: set[int]) -> tuple[list[int], list[np.ndarray]]:
+    rng = random.Random(seed)
+    tokens, masks = [], []
+    for _ in range(steps):
+        words = m.allowed_words().copy()
+        masks.append(words)
+        choices = [t for t in _allowed(words).tolist() if t not in eos]
+        if not choices:
+            break
+        t = rng.choice(choices)
+        assert m.advance(t), f"the mask allowed token {t} but advance refused it"
+        tokens.append(t)
+    return tokens, masks
+
+
+def _check_identical(ir, vocab, monkeypatch, seed: int, steps: int = 24) -> None:
+    eos = set(vocab.eos_token_ids)
+    tokens, native_masks = _random_walk(_fresh(ir, vocab, True, monkeypatch), seed, steps, eos)
+    m = _fresh(ir, vocab, False, monkeypatch)
+    for i, want in enumerate(native_masks):
+        got = m.allowed_words()
+        if not np.array_equal(got, want):
+            diff = np.nonzero(np.unpackbits((got ^ want).view(np.uint8), bitorder="little"))[0][:5]
+            pieces = [vocab.token_bytes[t] for t in diff]
+            pytest.fail(f"step {i}: native and numpy masks differ on tokens {diff.tolist()} {pieces}")
+        if i < len(tokens):
+            assert m.advance(tokens[i])
+
+
+@pytest.mark.parametrize("pattern", REGEXES)
+def test_native_equals_numpy_regex(pattern, llama3_vocab, monkeypatch):
+    _needs_native()
+    _check_identical(_ir("regex", pattern), llama3_vocab, monkeypatch, zlib.crc32(pattern.encode()))
+
+
+@pytest.mark.parametrize("i", range(len(SCHEMAS)))
+def test_native_equals_numpy_schema(i, llama3_vocab, monkeypatch):
+    _needs_native()
+    _check_identical(_ir("json", SCHEMAS[i]), llama3_vocab, monkeypatch, i)
+
+
+@pytest.mark.parametrize("rel", _maskbench_schemas() or ["<no maskbench data>"])
+def test_native_equals_numpy_maskbench(rel, llama3_vocab, monkeypatch):
+    _needs_native()
+    _check_identical(_ir("json", _load_maskbench(rel)), llama3_vocab, monkeypatch, zlib.crc32(rel.encode()))
+
+
+@pytest.mark.parametrize("kind,rel", _grammar_cases() or [("lark", "<no grammar data>")])
+def test_native_equals_numpy_grammar_files(kind, rel, llama3_vocab, monkeypatch):
+    _needs_native()
+    _check_identical(_ir(kind, rel), llama3_vocab, monkeypatch, zlib.crc32(rel.encode()), steps=12)
+
+
+def test_native_equals_numpy_choices(llama3_vocab, monkeypatch):
+    _needs_native()
+    words = ["apple", "apple pie", "banana", "band", "bandana", "Zürich", "日本", "a b c"]
+    _check_identical(_ir("choices", words), llama3_vocab, monkeypatch, 3)
+
+
+def test_trie_matches_sorted_tokens(llama3_vocab):
+    """Every token is found at the end of its bytes' path in the trie, subtrees nest."""
+    from sgl.constrain.compiled import _token_table
+
+    table = _token_table(llama3_vocab)
+    node_byte, depth, end, tok, ids = build_trie(table.tok_bytes, table.tok_off, table.real_ids)
+    assert sorted(ids.tolist()) == sorted(table.real_ids.tolist())
+    rng = random.Random(0)
+    for i in rng.sample(range(len(node_byte)), 2000):
+        assert i < end[i] <= len(node_byte)
+        # children are one deeper; the subtree's nodes are all deeper than i
+        assert (depth[i + 1 : end[i]] > depth[i]).all()
+        for t in ids[tok[i] : tok[i + 1]].tolist():
+            data = llama3_vocab.token_bytes[t]
+            assert len(data) == depth[i] and data[-1] == node_byte[i]
+
+
+def test_lexer_budget_is_a_constraint_error(llama3_vocab, monkeypatch):
+    """A product lexer over its state budget fails with CompileBudgetExceeded, natively too."""
+    from sgl.constrain.errors import CompileBudgetExceeded
+
+    _needs_native()
+    monkeypatch.setattr(lexer, "MAX_LEXER_STATES", 20)
+    m = _fresh(_ir("regex", r"[a-z]{0,40}"), llama3_vocab, True, monkeypatch)
+    with pytest.raises(CompileBudgetExceeded, match="exceeds 20 states"):
+        m.allowed_words()
+
+
+# ---------------------------------------------------------------------------- soundness
+
+
+def _walk_to_end(m: Matcher, vocab, seed: int, max_steps: int = 80) -> bytes | None:
+    """Random allowed tokens (EOS taken when allowed after half the steps, and checks
+    of disallowed tokens along the way); the text if the walk ended, else None."""
+    rng = random.Random(seed)
+    eos = set(vocab.eos_token_ids)
+    out = bytearray()
+    for step in range(max_steps):
+        words = m.allowed_words()
+        allowed = _allowed(words)
+        assert allowed.size, f"dead end after {bytes(out)!r}: nothing allowed, not accepting"
+        if step >= max_steps // 2 and any(t in eos for t in allowed.tolist()):
+            assert m.is_accepting()
+            return bytes(out)
+        # the mask and the one-token check agree, on allowed and on forbidden tokens
+        for t in rng.sample(range(vocab.n_vocab), 20):
+            if t < len(vocab.token_bytes) and vocab.token_bytes[t]:
+                assert m.accepts_token(t) == bool((int(words[t >> 5]) >> (t & 31)) & 1)
+        choices = [t for t in allowed.tolist() if t not in eos] or allowed.tolist()
+        t = rng.choice(choices)
+        assert m.advance(t)
+        if t in eos:
+            return bytes(out)
+        out += vocab.token_bytes[t]
+    return None
+
+
+@pytest.mark.parametrize("i", range(len(SCHEMAS)))
+def test_random_walk_schema_outputs_validate(i, llama3_vocab):
+    from sgl.constrain import compile_json_schema
+
+    m = Matcher(compile_json_schema(SCHEMAS[i], llama3_vocab))
+    for seed in range(4):
+        text = _walk_to_end(m.copy(), llama3_vocab, seed)
+        if text is not None:
+            jsonschema.validate(json.loads(text), SCHEMAS[i])
+
+
+@pytest.mark.parametrize("pattern", REGEXES)
+def test_random_walk_regex_outputs_match(pattern, llama3_vocab):
+    from sgl.constrain import compile_regex
+
+    m = Matcher(compile_regex(pattern, llama3_vocab))
+    for seed in range(4):
+        text = _walk_to_end(m.copy(), llama3_vocab, seed)
+        if text is not None:
+            assert re.fullmatch(pattern, text.decode("utf-8")), text
+
+
+@pytest.mark.parametrize("kind,rel", [c for c in _grammar_cases() if "json" in c[1] or "arith" in c[1]][:6]
+                         or [("lark", "<no grammar data>")])
+def test_random_walk_grammar_no_dead_end(kind, rel, llama3_vocab):
+    from sgl.constrain.errors import ConstraintError
+
+    try:
+        m = Matcher(CompiledGrammar(_ir(kind, rel), llama3_vocab))
+    except ConstraintError as e:
+        pytest.skip(f"refused at compile: {e}")
+    for seed in range(2):
+        _walk_to_end(m.copy(), llama3_vocab, seed, max_steps=40)
+
+
+def test_choices_walk_ends_in_a_choice(llama3_vocab):
+    from sgl.constrain import compile_choices
+
+    words = ["apple", "apple pie", "banana", "band", "bandana"]
+    m = Matcher(compile_choices(words, llama3_vocab))
+    for seed in range(6):
+        text = _walk_to_end(m.copy(), llama3_vocab, seed, max_steps=10)
+        assert text is None or text.decode() in words
