@@ -133,6 +133,8 @@ def test_sampling_parameters_reach_the_backend(scripted):
     "extra, field, value",
     [
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}, "strict": True}}},
+         "json_schema", {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False}),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}, "strict": False}}},
          "json_schema", {"type": "object", "properties": {"a": {"type": "integer"}}}),
         ({"response_format": {"type": "json_object"}}, "json_schema", {"type": "object"}),
         ({"regex": r"\d+"}, "regex", r"\d+"),
@@ -184,7 +186,13 @@ def test_constraint_compile_errors_are_400_with_location(scripted, extra, param,
         ({"n": 9}, 400, "n=9"),
         ({"presence_penalty": 0.5}, 400, "presence_penalty"),
         ({"logit_bias": {"1": 5}}, 400, "logit_bias"),
-        ({"tools": [{"type": "function"}]}, 400, "tools"),
+        ({"tools": [{"type": "function"}]}, 422, "tools.0.function"),
+        ({"tool_choice": "required"}, 400, "tool_choice needs tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+         400, "'g', which is not in tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "regex": "a"}, 400, "regex cannot be combined with tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}], "tool_choice": "required"},
+         400, "tools: "),
         ({"model": "gpt-4"}, 404, "'gpt-4' is not served here"),
         ({"choices": []}, 400, "choices is empty"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, 400, "needs json_schema.schema"),
@@ -281,6 +289,106 @@ def test_metrics_count_requests_and_constraint_outcomes(scripted):
     text = client.get("/metrics").text
     assert 'sgl_constrained_requests_total{outcome="violated"} 1' in text
     assert "sgl_request_latency_seconds_count 3" in text
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                            "required": ["city"]}}}
+ADD = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+CALL_TEXT = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_call_required_and_named(scripted, choice):
+    client, backend, _ = scripted
+    backend.text = CALL_TEXT
+    r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER, ADD], tool_choice=choice))
+    assert r.status_code == 200, r.text
+    choice0 = r.json()["choices"][0]
+    assert choice0["finish_reason"] == "tool_calls" and choice0["message"]["content"] is None
+    (call,) = choice0["message"]["tool_calls"]
+    assert call["id"].startswith("call_") and call["type"] == "function"
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    request = backend.requests[-1]
+    schema = request.constraint.json_schema
+    named = isinstance(choice, dict)
+    calls = [schema] if named else schema["anyOf"][0]["anyOf"]  # required + parallel: one call or an array
+    assert [c["properties"]["name"]["const"] for c in calls] == (["get_weather"] if named else ["get_weather", "add"])
+    assert calls[0]["properties"]["arguments"]["additionalProperties"] is False  # strict by default
+    assert "get_weather" in request.prompt and '{"name": <function name>' in request.prompt
+
+
+def test_tool_choice_auto_answers_or_calls(scripted):
+    client, backend, _ = scripted
+    r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER]))  # auto by default
+    message = r.json()["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "Hello there, world"} and r.json()["choices"][0]["finish_reason"] == "stop"
+    assert backend.requests[-1].constraint.regex is not None and len(backend.requests) == 1
+    backend.text = " " + CALL_TEXT
+    body = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER], tool_choice="auto")).json()
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    first, second = backend.requests[-2:]
+    assert first.constraint.regex is not None and second.constraint.json_schema is not None
+    assert body["usage"]["completion_tokens"] == 2 * len(CALL_TEXT.split())  # both passes count
+    r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER], tool_choice="none"))
+    assert r.json()["choices"][0]["message"]["content"] == " " + CALL_TEXT  # no tools: plain text
+    assert backend.requests[-1].constraint is None and "get_weather" not in backend.requests[-1].prompt
+
+
+def stream_events(client, body):
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+
+
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_tool_call_streamed(scripted, choice):
+    client, backend, _ = scripted
+    backend.text = CALL_TEXT
+    events = stream_events(client, chat_body(tools=[WEATHER], tool_choice=choice, stream=True, n=2))
+    for index in (0, 1):
+        mine = [e["choices"][0] for e in events if e["choices"] and e["choices"][0]["index"] == index]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+        assert not any(c["delta"].get("content") for c in mine[1:])  # the call is not sent as text
+        calls = [t for c in mine for t in c["delta"].get("tool_calls", [])]
+        assert [(t["index"], t["function"]["name"], t["function"]["arguments"]) for t in calls] == [(0, "get_weather", '{"city": "Paris"}')]
+        assert calls[0]["id"].startswith("call_") and mine[-1]["finish_reason"] == "tool_calls"
+    backend.text = "Sunny, I think."
+    events = stream_events(client, chat_body(tools=[WEATHER], stream=True))
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "Sunny, I think."
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_tool_results_go_back_into_the_prompt(scripted):
+    client, backend, _ = scripted
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
+    ]
+    r = client.post("/v1/chat/completions", json=chat_body(messages=messages, tools=[WEATHER]))
+    assert r.status_code == 200, r.text
+    prompt = backend.requests[-1].prompt
+    assert prompt.startswith("<system>Be brief.\n\nYou can call these functions:\n")
+    assert ('<assistant>{"name": "get_weather", "arguments": {"city": "Paris"}}</assistant>\n'
+            "<tool>18 C, sunny</tool>\n<assistant>") in prompt
+
+
+def test_strict_schema_default_is_a_setting(scripted):
+    client, backend, settings = scripted
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}}}}
+    client.post("/v1/chat/completions", json=chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}))
+    strict = backend.requests[-1].constraint.json_schema
+    assert strict["additionalProperties"] is False and strict["properties"]["a"]["additionalProperties"] is False
+    assert "additionalProperties" not in schema  # the request's own dict is not changed
+    settings.strict_schemas = False
+    client.post("/v1/chat/completions", json=chat_body(guided_json=schema))
+    assert backend.requests[-1].constraint.json_schema == schema
+    client.post("/v1/chat/completions", json=chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}))
+    assert backend.requests[-1].constraint.json_schema == strict
 
 
 def test_trace_log_has_one_line_per_request(tmp_path):
@@ -392,6 +500,51 @@ def test_real_json_schema(server, client):
     content = r.choices[0].message.content
     assert r.choices[0].finish_reason == "stop", content
     jsonschema.validate(json.loads(content), schema)
+
+
+REAL_WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_real_tool_calls(server, client, choice):
+    question = "What is the weather in Paris?"
+    r = ask(server, client, question, max_tokens=40, tools=[REAL_WEATHER], tool_choice=choice)
+    assert r.choices[0].finish_reason == "tool_calls", r.choices[0].message
+    calls = r.choices[0].message.tool_calls
+    assert calls and all(c.function.name == "get_weather" and c.id.startswith("call_") for c in calls)
+    arguments = json.loads(calls[0].function.arguments)
+    assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
+    # streamed: the same call, as tool_call deltas
+    chunks = list(ask(server, client, question, max_tokens=40, tools=[REAL_WEATHER], tool_choice=choice, stream=True))
+    deltas = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
+    assert [json.loads(d.function.arguments) for d in deltas] == [json.loads(c.function.arguments) for c in calls]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # the call and its result go back into the conversation; auto lets the model answer
+    messages = [{"role": "user", "content": question}, r.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": calls[0].id, "content": "18 degrees and sunny"}]
+    followup = client.chat.completions.create(model=server["model"], messages=messages, tools=[REAL_WEATHER],
+                                              max_tokens=24, temperature=0)
+    assert followup.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["TOOLS", "JSON_SCHEMA"])
+def test_real_instructor(server, client, mode):
+    instructor = pytest.importorskip("instructor", reason="instructor is in the test extra")
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=20)
+        country: str = Field(max_length=20)
+
+    patched = instructor.from_openai(client, mode=getattr(instructor.Mode, mode))
+    city = patched.chat.completions.create(
+        model=server["model"], response_model=City, max_retries=0, max_tokens=64, temperature=0,
+        messages=[{"role": "user", "content": "Name the capital of France and its country."}])
+    assert isinstance(city, City) and city.name and city.country
 
 
 @pytest.mark.slow
