@@ -51,8 +51,10 @@ class ScriptedBackend(Backend):
 
     def _result(self, request: GenerateRequest, text: str) -> GenerateResult:
         n = len(text.split())
+        k = request.params.top_logprobs
         return GenerateResult(text=text, token_ids=list(range(10, 10 + n)), finish_reason="eos",
                               logprobs=[-0.25] * n if request.params.logprobs else None,
+                              top_logprobs=[[(t, -0.25), (t + 100, -2.0)][:k] for t in range(10, 10 + n)] if k else None,
                               meta={"prompt_tokens": len(request.prompt.split())})
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
@@ -275,6 +277,30 @@ def test_chat_logprobs(scripted):
     body = client.post("/v1/chat/completions", json=chat_body(logprobs=True)).json()
     content = body["choices"][0]["logprobs"]["content"]
     assert [(t["token"], t["logprob"]) for t in content] == [("w10", -0.25), ("w11", -0.25), ("w12", -0.25)]
+
+
+def test_top_logprobs_plain_and_streamed(scripted):
+    client, _, _ = scripted
+    content = client.post("/v1/chat/completions", json=chat_body(logprobs=True, top_logprobs=2)).json()["choices"][0]["logprobs"]["content"]
+    assert [t["token"] for t in content] == ["w10", "w11", "w12"]
+    assert content[0]["top_logprobs"] == [{"token": "w10", "logprob": -0.25, "bytes": [119, 49, 48]},
+                                          {"token": "w110", "logprob": -2.0, "bytes": [119, 49, 49, 48]}]
+    assert client.post("/v1/chat/completions", json=chat_body(top_logprobs=2)).status_code == 400  # needs logprobs
+    body = client.post("/v1/completions", json={"prompt": "x", "logprobs": 2}).json()
+    assert body["choices"][0]["logprobs"]["top_logprobs"][1] == {"w11": -0.25, "w111": -2.0}
+    # streamed, n=2: every choice's logprobs arrive (a backend without live output sends them last)
+    events = stream_events(client, chat_body(logprobs=True, top_logprobs=1, stream=True, n=2))
+    for index in (0, 1):
+        mine = [e["choices"][0] for e in events if e["choices"] and e["choices"][0]["index"] == index]
+        tokens = [t for c in mine if c.get("logprobs") for t in c["logprobs"]["content"]]
+        assert [(t["token"], len(t["top_logprobs"])) for t in tokens] == [("w10", 1), ("w11", 1), ("w12", 1)]
+        assert "".join(c["delta"].get("content", "") for c in mine) == "Hello there, world"
+    with client.stream("POST", "/v1/completions", json={"prompt": ["a", "b"], "n": 2, "stream": True, "logprobs": 1}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    texts = {}
+    for e in events:
+        texts[e["choices"][0]["index"]] = texts.get(e["choices"][0]["index"], "") + e["choices"][0]["text"]
+    assert texts == {i: "Hello there, world" for i in range(4)}
 
 
 def test_metrics_count_requests_and_constraint_outcomes(scripted):
@@ -545,6 +571,30 @@ def test_real_instructor(server, client, mode):
         model=server["model"], response_model=City, max_retries=0, max_tokens=64, temperature=0,
         messages=[{"role": "user", "content": "Name the capital of France and its country."}])
     assert isinstance(city, City) and city.name and city.country
+
+
+@pytest.mark.slow
+def test_real_top_logprobs(server, client):
+    question = "Name a colour."
+    r = ask(server, client, question, max_tokens=6, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    for t in content:  # greedy: the chosen token is the most likely one, listed first
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token
+        assert t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-4)
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
+    chunks = list(ask(server, client, question, max_tokens=6, logprobs=True, top_logprobs=3, stream=True, n=2))
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        streamed = [t for c in mine if c.logprobs for t in c.logprobs.content]
+        assert [(t.token, t.top_logprobs[1].token) for t in streamed] == [(t.token, t.top_logprobs[1].token) for t in content]
+        assert sum(1 for c in mine if c.logprobs and c.logprobs.content) >= 3  # sent with their text, not all at the end
+    c = client.completions.create(model=server["model"], prompt="The sky is", max_tokens=4, temperature=0, logprobs=3)
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.top_logprobs) and all(len(top) == 3 for top in lp.top_logprobs)
+    # greedy: the most likely token (after the first, which token healing may constrain)
+    assert all(max(top, key=top.get) == token for token, top in zip(lp.tokens[1:], lp.top_logprobs[1:], strict=True))
+    assert all(top[t] == pytest.approx(x) for t, x, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True) if t in top)
 
 
 @pytest.mark.slow

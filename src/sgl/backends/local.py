@@ -411,6 +411,11 @@ class LocalHandle:
         """Stop generating at the next engine step."""
         self._handle.cancel()
 
+    @property
+    def output(self) -> SeqOutput:
+        """The live output (token ids, logprobs so far); the engine thread appends to it."""
+        return self._handle.output
+
 
 # ---------------------------------------------------------------------- helpers
 
@@ -418,7 +423,7 @@ class LocalHandle:
 def _result(out: SeqOutput) -> GenerateResult:
     return GenerateResult(
         text=out.text, token_ids=out.token_ids, finish_reason=out.finish_reason,
-        logprobs=out.logprobs, meta=out.meta,
+        logprobs=out.logprobs, top_logprobs=out.top_logprobs, meta=out.meta,
     )
 
 
