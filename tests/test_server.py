@@ -98,6 +98,28 @@ def test_models_and_health(scripted):
     assert [m["id"] for m in models["data"]] == ["scripted"] and models["data"][0]["owned_by"] == "sgl"
 
 
+def test_model_card_by_id(scripted):
+    client, _, _ = scripted
+    assert client.get("/v1/models/scripted").json()["id"] == "scripted"
+    r = client.get("/v1/models/gpt-4")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_serve_flags_take_vllm_and_sglang_spellings():
+    from sgl.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["serve", "my/model", "--served-model-name", "m", "--max-num-seqs", "4", "--max-model-len", "512",
+                              "--dtype", "bfloat16", "--device", "cpu", "--seed", "7", "--no-strict-schemas"])
+    assert (args.model_pos, args.model_name, args.max_running, args.max_context, args.dtype, args.seed, args.strict_schemas) == (
+        "my/model", "m", 4, 512, "bfloat16", 7, False)
+    args = parser.parse_args(["serve", "--model-path", "p", "--max-running-requests", "3", "--context-length", "256"])
+    assert (args.model, args.max_running, args.max_context, args.strict_schemas) == ("p", 3, 256, True)
+    for argv in (["serve", "--model-na", "x"], ["serve", "--max-num", "2"]):  # no prefix matching
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+
+
 def test_chat_prompt_is_built_with_role_text(scripted):
     client, backend, _ = scripted
     r = client.post("/v1/chat/completions", json=chat_body(messages=[
@@ -455,7 +477,7 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
     trace_path = folder / "trace.jsonl"
     log = open(folder / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    cmd = [sys.executable, "-m", "sgl.server", "--port", str(port), "--api-key", KEY, "--max-tokens-limit", "64",
+    cmd = [sys.executable, "-m", "sgl.server", "--port", str(port), "--api-key", KEY, "--max-tokens-limit", "64", "--max-num-seqs", "8", "--seed", "0",
            "--max-body-bytes", "100000", "--trace", str(trace_path), "--log-level", "warning"]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -688,6 +710,31 @@ def test_real_client_disconnect_cancels_non_streamed_generation(server):
     while running() > 0:
         assert time.monotonic() < left + 2.5, "the server kept generating after the client left"
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_real_proxy_forwards_model_logprobs_and_usage(server):
+    """``sgl serve --backend`` over sgl.OpenAI: a proxy in front of the real server."""
+    from sgl.backends.openai import OpenAI
+    from sgl.server.main import served_name
+
+    upstream = OpenAI(base_url=server["url"], api_key=KEY, timeout=60, max_retries=0)
+    args = type("Args", (), {"model_name": None, "model": None})()
+    name = served_name(args, upstream)
+    assert name == server["model"]
+    with TestClient(create_app(upstream, ServerSettings(model_name=name, metrics=Metrics()))) as proxy:
+        body = {"model": name, "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 5,
+                "temperature": 0, "logprobs": True, "top_logprobs": 2}
+        answer = proxy.post("/v1/chat/completions", json=body).json()
+        assert answer["model"] == server["model"] and answer["usage"]["completion_tokens"] > 0
+        content = answer["choices"][0]["logprobs"]["content"]
+        assert "".join(t["token"] for t in content) == answer["choices"][0]["message"]["content"]
+        assert all(len(t["top_logprobs"]) == 2 for t in content)
+        events = stream_events(proxy, body | {"stream": True, "stream_options": {"include_usage": True}})
+        assert events[-1]["usage"]["completion_tokens"] == answer["usage"]["completion_tokens"]
+        streamed = [t["token"] for e in events if e["choices"] and e["choices"][0].get("logprobs") for t in e["choices"][0]["logprobs"]["content"]]
+        assert streamed == [t["token"] for t in content]
+    upstream.close()
 
 
 @pytest.mark.slow

@@ -386,6 +386,13 @@ class LocalModel(Backend):
 
     # -------------------------------------------------------------------- chat
 
+    def set_chat_template(self, template: str) -> None:
+        """Use this Jinja chat template instead of the model's (``sgl serve --chat-template``)."""
+        if _template_affixes(template, "user") is None:
+            raise ValueError("the chat template does not render a user message (it must use messages[i].role/content)")
+        self.chat_template = template
+        self._roles = {}
+
     def role_text(self, role: str, content: str) -> tuple[str, str]:
         """The text before and after a message of ``role`` in this model's chat template."""
         if role not in self._roles:

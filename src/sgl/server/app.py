@@ -145,6 +145,13 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
     async def models() -> dict[str, Any]:
         return ModelList(data=[ModelCard(id=settings.model_name)]).model_dump()
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != settings.model_name:
+            raise APIError(404, f"model {model_id!r} is not served here; this server serves {settings.model_name!r}",
+                           param="model", code="model_not_found")
+        return ModelCard(id=settings.model_name).model_dump()
+
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(server.metrics.render_prometheus(), media_type="text/plain; version=0.0.4")
@@ -675,10 +682,14 @@ class _Server:
         if result.logprobs is None:
             return []
         texts = result.meta.get("token_texts")  # a proxy knows texts, not ids
+        text_tops = result.meta.get("top_logprob_texts")
         tops = result.top_logprobs or []
         out = []
         for j in range(start, len(result.logprobs)):
-            top = [(self._token_text(t), lp) for t, lp in tops[j]] if j < len(tops) else []
+            if text_tops is not None:
+                top = list(text_tops[j]) if j < len(text_tops) else []
+            else:
+                top = [(self._token_text(t), lp) for t, lp in tops[j]] if j < len(tops) else []
             if texts is not None and j < len(texts):
                 text = texts[j]
             elif j < len(result.token_ids):
