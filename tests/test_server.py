@@ -168,6 +168,9 @@ def test_sampling_parameters_reach_the_backend(scripted):
         ({"guided_choice": ["a", "b"]}, "choices", ["a", "b"]),
         ({"grammar": 'start: "x"', "grammar_syntax": "lark"}, "grammar", 'start: "x"'),
         ({"ebnf": 'root ::= "x"'}, "grammar", 'root ::= "x"'),
+        ({"guided_grammar": 'root ::= "x"  # GBNF'}, "grammar", 'root ::= "x"  # GBNF'),
+        ({"guided_grammar": 'start: "x"  // Lark', "guided_decoding_backend": "auto"}, "grammar", 'start: "x"  // Lark'),
+        ({"structured_outputs": {"grammar": 'start: "x"'}}, "grammar", 'start: "x"'),
     ],
 )
 def test_constraint_fields_reach_the_backend(scripted, extra, field, value):
@@ -177,8 +180,8 @@ def test_constraint_fields_reach_the_backend(scripted, extra, field, value):
     spec = backend.requests[-1].constraint
     got = getattr(spec, field)
     assert (list(got) if field == "choices" else got) == value
-    if "ebnf" in extra:
-        assert spec.grammar_syntax == "gbnf"
+    if field == "grammar" and "grammar_syntax" not in extra:  # vLLM's rule: "::=" means GBNF, else Lark
+        assert spec.grammar_syntax == ("gbnf" if "::=" in value else "lark")
 
 
 @pytest.mark.parametrize(
@@ -221,6 +224,9 @@ def test_constraint_compile_errors_are_400_with_location(scripted, extra, param,
         ({"choices": []}, 400, "choices is empty"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, 400, "needs json_schema.schema"),
         ({"structured_outputs": {"whitespace_pattern": " "}}, 400, "structured_outputs.whitespace_pattern"),
+        ({"guided_json": {"type": "object"}, "guided_whitespace_pattern": " "}, 400, "guided_whitespace_pattern"),
+        ({"guided_regex": "a", "guided_decoding_backend": "xgrammar"}, 400, "guided_decoding_backend 'xgrammar'"),
+        ({"structural_tag": {"type": "structural_tag", "structures": [], "triggers": []}}, 400, "structural_tag"),
         ({"temperature": 5}, 422, "temperature"),
         ({"messages": [{"role": "robot", "content": "x"}]}, 422, "messages.0.role"),
         ({"messages": []}, 422, "messages"),

@@ -918,7 +918,7 @@ def constraint_of(body: SamplingFields, strict_default: bool = True) -> tuple[Co
         ("guided_regex", lambda v: ConstraintSpec(regex=v)),
         ("grammar", lambda v: ConstraintSpec(grammar=v, grammar_syntax=body.grammar_syntax)),
         ("ebnf", lambda v: ConstraintSpec(grammar=v, grammar_syntax="gbnf")),  # SGLang's (xgrammar) EBNF = GBNF
-        ("guided_grammar", lambda v: ConstraintSpec(grammar=v, grammar_syntax="gbnf")),
+        ("guided_grammar", lambda v: ConstraintSpec(grammar=v, grammar_syntax=guess_grammar_syntax(v))),
         ("choices", lambda v: ConstraintSpec(choices=list(v))),
         ("guided_choice", lambda v: ConstraintSpec(choices=list(v))),
         ("json_schema", lambda v: schema(v, "json_schema")),
@@ -929,13 +929,17 @@ def constraint_of(body: SamplingFields, strict_default: bool = True) -> tuple[Co
             found.append((name, make(value)))
     for key, value in (body.structured_outputs or {}).items():
         make = {"regex": lambda v: ConstraintSpec(regex=v), "choice": lambda v: ConstraintSpec(choices=list(v)),
-                "grammar": lambda v: ConstraintSpec(grammar=v, grammar_syntax="gbnf"),
+                "grammar": lambda v: ConstraintSpec(grammar=v, grammar_syntax=guess_grammar_syntax(v)),
                 "json": lambda v: schema(v, "structured_outputs.json")}.get(key)
         if make is None:
             raise APIError(400, f"structured_outputs.{key} is not supported (use regex, choice, grammar or json)",
                            param=f"structured_outputs.{key}")
         if value is not None:
             found.append((f"structured_outputs.{key}", make(value)))
+    _check_guided_options(body)
+    if body.structural_tag is not None or (rf is not None and rf.type == "structural_tag"):
+        param = "structural_tag" if body.structural_tag is not None else "response_format"
+        raise APIError(400, f"{param}: structural tags are not supported yet (use tools, or one constraint)", param=param)
     if len(found) > 1:
         raise APIError(400, f"one constraint per request, got {', '.join(n for n, _ in found)}", param=found[1][0])
     if not found:
@@ -944,6 +948,30 @@ def constraint_of(body: SamplingFields, strict_default: bool = True) -> tuple[Co
     if spec.choices is not None and not spec.choices:
         raise APIError(400, f"{name} is empty", param=name)
     return spec, name
+
+
+def guess_grammar_syntax(text: str) -> str:
+    """vLLM's rule for ``guided_grammar``: a grammar with ``::=`` outside comments is
+    GBNF/EBNF, any other is Lark."""
+    for line in text.splitlines():
+        code = line.split("#", 1)[0] if not line.lstrip().startswith("//") else ""
+        if "::=" in code:
+            return "gbnf"
+    return "lark"
+
+
+GUIDED_BACKENDS = ("auto", "sgl")
+
+
+def _check_guided_options(body: SamplingFields) -> None:
+    """vLLM's ``guided_*`` options that change how, not what: honoured or refused."""
+    if body.guided_whitespace_pattern is not None:
+        raise APIError(400, "guided_whitespace_pattern is not supported; a schema can ask for compact JSON with "
+                       '"x-guidance": {"whitespace_flexible": false}', param="guided_whitespace_pattern")
+    backend = body.guided_decoding_backend
+    if backend is not None and backend.split(":", 1)[0] not in GUIDED_BACKENDS:
+        raise APIError(400, f"guided_decoding_backend {backend!r} is not available here; this server decodes with its own "
+                       f"engine ({' or '.join(GUIDED_BACKENDS)})", param="guided_decoding_backend")
 
 
 def compile_constraint(spec: ConstraintSpec) -> Any:
