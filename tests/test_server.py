@@ -341,8 +341,8 @@ def test_metrics_count_requests_and_constraint_outcomes(scripted):
     assert stats["requests"]["ok"] == 3
     assert stats["constraint"] == {"satisfied": 2, "violated": 1, "truncated": 0}
     text = client.get("/metrics").text
-    assert 'sgl_constrained_requests_total{outcome="violated"} 1' in text
-    assert "sgl_request_latency_seconds_count 3" in text
+    assert 'sgl:constrained_requests_total{outcome="violated"} 1.0' in text
+    assert "sgl:e2e_request_latency_seconds_count 3.0" in text and "sgl:num_requests_running 0.0" in text
 
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
@@ -678,7 +678,7 @@ def test_real_client_disconnect_cancels_generation(server):
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
         return float(match.group(1)) if match else 0.0
 
-    before = metric('sgl_requests_total{status="cancelled"}')
+    before = metric('sgl:requests_total{status="cancelled"}')
     stamps = []
     with httpx.stream("POST", server["url"] + "/chat/completions", json=body, headers=headers, timeout=60) as r:
         for line in r.iter_lines():
@@ -690,7 +690,7 @@ def test_real_client_disconnect_cancels_generation(server):
     left = time.monotonic()
     # the rest of the story (~58 tokens) would take 58 * per_token; the server must stop well before
     deadline = left + max(3.0, 20 * per_token)
-    while metric('sgl_requests_total{status="cancelled"}') == before or metric("sgl_requests_running") > 0:
+    while metric('sgl:requests_total{status="cancelled"}') == before or metric("sgl:num_requests_running") > 0:
         assert time.monotonic() < deadline, "the server kept generating after the client left"
         time.sleep(0.1)
     records = [r for r in trace.read_trace(server["trace"]) if r.get("type") == "request"]
@@ -706,7 +706,7 @@ def test_real_client_disconnect_cancels_non_streamed_generation(server):
 
     def running() -> float:
         text = httpx.get(server["base"] + "/metrics", headers=headers).text
-        match = re.search(r"^sgl_requests_running (\S+)$", text, re.M)
+        match = re.search(r"^sgl:num_requests_running (\S+)$", text, re.M)
         return float(match.group(1)) if match else 0.0
 
     with pytest.raises(httpx.TimeoutException):

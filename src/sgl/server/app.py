@@ -154,6 +154,11 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
+        stats = getattr(backend, "get_stats", None)
+        if stats is not None:  # the local engine's KV use, read when scraped
+            engine = stats()
+            if engine.get("kv_blocks"):
+                server.metrics.set_kv_cache_usage(1.0 - engine["kv_blocks_free"] / engine["kv_blocks"])
         return PlainTextResponse(server.metrics.render_prometheus(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/completions")
@@ -431,12 +436,23 @@ class _Server:
 
     # --- running ---
     async def _call(self, fn: Callable[[], Any], rid: str) -> Any:
+        queued = time.perf_counter()
+        started = False
+        self.metrics.start_waiting()
+
         def run() -> Any:
+            nonlocal started
+            started = True
+            self.metrics.stop_waiting(time.perf_counter() - queued)
             # counted as running while the worker thread works, even after its client left
             with trace.request_context(rid), self.metrics.track_running():  # the engine's trace lines carry rid
                 return fn()
 
-        return await anyio.to_thread.run_sync(run, limiter=self.limiter)
+        try:
+            return await anyio.to_thread.run_sync(run, limiter=self.limiter)
+        finally:
+            if not started:  # cancelled while waiting for a slot
+                self.metrics.stop_waiting(None)
 
     async def _generate(self, job: _Job, request: Request) -> list[GenerateResult]:
         """Run a non-streaming job (both passes of auto tool calls), then record it."""
