@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in samples:
         if not s.ok:
             print(f"FAILED {s.kind}: {s.error}", file=sys.stderr)
-    wanted = ("sgl_constraint_satisfaction_rate", "sgl_requests_total", "sgl_request_latency_seconds{")
+    wanted = ("sgl:constraint_satisfaction_rate", "sgl:requests_total", "sgl:e2e_request_latency_seconds_")
     print("\nserver-side /metrics:\n" + "\n".join(line for line in metrics.splitlines() if line.startswith(wanted)))
     if args.json:
         Path(args.json).write_text(json.dumps({"wall_s": wall, "samples": [s.__dict__ for s in samples]}, indent=1))

@@ -101,25 +101,40 @@ def test_gauges_mask_time_and_running():
 
 
 def test_prometheus_text_is_well_formed():
+    from prometheus_client.parser import text_string_to_metric_families
+
     m = Metrics()
     for lat in (0.2, 0.4, 0.6):
         m.observe_request(latency_s=lat, ttft_s=0.1, prompt_tokens=3, completion_tokens=6, constraint="satisfied")
     m.observe_request(latency_s=1.0, completion_tokens=6, constraint="violated")
     m.observe_status("cancelled")
     m.set_prefix_cache_hit_rate(0.5)
-    families = parse_prometheus(m.render_prometheus())
-    lat = families["sgl_request_latency_seconds"]
-    assert lat["type"] == "summary"
-    assert lat["samples"][("sgl_request_latency_seconds", '{quantile="0.5"}')] == pytest.approx(0.5)
-    assert lat["samples"][("sgl_request_latency_seconds_count", "")] == 4
-    assert lat["samples"][("sgl_request_latency_seconds_sum", "")] == pytest.approx(2.2)
-    assert families["sgl_requests_total"]["type"] == "counter"
-    assert families["sgl_requests_total"]["samples"][("sgl_requests_total", '{status="cancelled"}')] == 1
-    assert families["sgl_completion_tokens_total"]["samples"][("sgl_completion_tokens_total", "")] == 24
-    assert families["sgl_constraint_satisfaction_rate"]["samples"][("sgl_constraint_satisfaction_rate", "")] == 0.75
-    assert families["sgl_prefix_cache_hit_rate"]["samples"][("sgl_prefix_cache_hit_rate", "")] == 0.5
-    mask = families["sgl_mask_time_seconds"]["samples"][("sgl_mask_time_seconds", '{quantile="0.99"}')]
-    assert math.isnan(mask)  # no samples yet: NaN, as Prometheus summaries do
+    m.start_waiting()
+    m.observe_mask_time(3e-4)
+    families = {f.name: f for f in text_string_to_metric_families(m.render_prometheus())}
+
+    def value(family: str, sample: str, **labels) -> float:
+        return next(s.value for s in families[family].samples if s.name == sample and s.labels == labels)
+
+    e2e = "sgl:e2e_request_latency_seconds"
+    assert families[e2e].type == "histogram"
+    assert value(e2e, e2e + "_count") == 4 and value(e2e, e2e + "_sum") == pytest.approx(2.2)
+    assert value(e2e, e2e + "_bucket", le="0.5") == 2  # 0.2 and 0.4
+    tpot = "sgl:time_per_output_token_seconds"
+    assert value(tpot, tpot + "_sum") == pytest.approx((0.1 + 0.3 + 0.5) / 5)  # (latency - ttft) / (tokens - 1)
+    assert value("sgl:time_to_first_token_seconds", "sgl:time_to_first_token_seconds_count") == 3
+    assert value("sgl:grammar_mask_time_seconds", "sgl:grammar_mask_time_seconds_bucket", le="0.0005") == 1
+    assert families["sgl:requests"].type == "counter"
+    assert value("sgl:requests", "sgl:requests_total", status="cancelled") == 1
+    assert value("sgl:generation_tokens", "sgl:generation_tokens_total") == 24
+    assert value("sgl:constrained_requests", "sgl:constrained_requests_total", outcome="truncated") == 0
+    assert value("sgl:constraint_satisfaction_rate", "sgl:constraint_satisfaction_rate") == 0.75
+    assert value("sgl:prefix_cache_hit_rate", "sgl:prefix_cache_hit_rate") == 0.5
+    assert value("sgl:num_requests_waiting", "sgl:num_requests_waiting") == 1
+    m.stop_waiting(0.2)
+    families = {f.name: f for f in text_string_to_metric_families(m.render_prometheus())}
+    assert value("sgl:num_requests_waiting", "sgl:num_requests_waiting") == 0
+    assert value("sgl:request_queue_time_seconds", "sgl:request_queue_time_seconds_sum") == pytest.approx(0.2)
 
 
 def test_process_wide_metrics_feed_get_stats():

@@ -51,8 +51,10 @@ class ScriptedBackend(Backend):
 
     def _result(self, request: GenerateRequest, text: str) -> GenerateResult:
         n = len(text.split())
+        k = request.params.top_logprobs
         return GenerateResult(text=text, token_ids=list(range(10, 10 + n)), finish_reason="eos",
                               logprobs=[-0.25] * n if request.params.logprobs else None,
+                              top_logprobs=[[(t, -0.25), (t + 100, -2.0)][:k] for t in range(10, 10 + n)] if k else None,
                               meta={"prompt_tokens": len(request.prompt.split())})
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
@@ -96,6 +98,28 @@ def test_models_and_health(scripted):
     assert [m["id"] for m in models["data"]] == ["scripted"] and models["data"][0]["owned_by"] == "sgl"
 
 
+def test_model_card_by_id(scripted):
+    client, _, _ = scripted
+    assert client.get("/v1/models/scripted").json()["id"] == "scripted"
+    r = client.get("/v1/models/gpt-4")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_serve_flags_take_vllm_and_sglang_spellings():
+    from sgl.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["serve", "my/model", "--served-model-name", "m", "--max-num-seqs", "4", "--max-model-len", "512",
+                              "--dtype", "bfloat16", "--device", "cpu", "--seed", "7", "--no-strict-schemas"])
+    assert (args.model_pos, args.model_name, args.max_running, args.max_context, args.dtype, args.seed, args.strict_schemas) == (
+        "my/model", "m", 4, 512, "bfloat16", 7, False)
+    args = parser.parse_args(["serve", "--model-path", "p", "--max-running-requests", "3", "--context-length", "256"])
+    assert (args.model, args.max_running, args.max_context, args.strict_schemas) == ("p", 3, 256, True)
+    for argv in (["serve", "--model-na", "x"], ["serve", "--max-num", "2"]):  # no prefix matching
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+
+
 def test_chat_prompt_is_built_with_role_text(scripted):
     client, backend, _ = scripted
     r = client.post("/v1/chat/completions", json=chat_body(messages=[
@@ -133,6 +157,8 @@ def test_sampling_parameters_reach_the_backend(scripted):
     "extra, field, value",
     [
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}, "strict": True}}},
+         "json_schema", {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False}),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}, "strict": False}}},
          "json_schema", {"type": "object", "properties": {"a": {"type": "integer"}}}),
         ({"response_format": {"type": "json_object"}}, "json_schema", {"type": "object"}),
         ({"regex": r"\d+"}, "regex", r"\d+"),
@@ -142,6 +168,9 @@ def test_sampling_parameters_reach_the_backend(scripted):
         ({"guided_choice": ["a", "b"]}, "choices", ["a", "b"]),
         ({"grammar": 'start: "x"', "grammar_syntax": "lark"}, "grammar", 'start: "x"'),
         ({"ebnf": 'root ::= "x"'}, "grammar", 'root ::= "x"'),
+        ({"guided_grammar": 'root ::= "x"  # GBNF'}, "grammar", 'root ::= "x"  # GBNF'),
+        ({"guided_grammar": 'start: "x"  // Lark', "guided_decoding_backend": "auto"}, "grammar", 'start: "x"  // Lark'),
+        ({"structured_outputs": {"grammar": 'start: "x"'}}, "grammar", 'start: "x"'),
     ],
 )
 def test_constraint_fields_reach_the_backend(scripted, extra, field, value):
@@ -151,8 +180,8 @@ def test_constraint_fields_reach_the_backend(scripted, extra, field, value):
     spec = backend.requests[-1].constraint
     got = getattr(spec, field)
     assert (list(got) if field == "choices" else got) == value
-    if "ebnf" in extra:
-        assert spec.grammar_syntax == "gbnf"
+    if field == "grammar" and "grammar_syntax" not in extra:  # vLLM's rule: "::=" means GBNF, else Lark
+        assert spec.grammar_syntax == ("gbnf" if "::=" in value else "lark")
 
 
 @pytest.mark.parametrize(
@@ -184,11 +213,20 @@ def test_constraint_compile_errors_are_400_with_location(scripted, extra, param,
         ({"n": 9}, 400, "n=9"),
         ({"presence_penalty": 0.5}, 400, "presence_penalty"),
         ({"logit_bias": {"1": 5}}, 400, "logit_bias"),
-        ({"tools": [{"type": "function"}]}, 400, "tools"),
+        ({"tools": [{"type": "function"}]}, 422, "tools.0.function"),
+        ({"tool_choice": "required"}, 400, "tool_choice needs tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+         400, "'g', which is not in tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "regex": "a"}, 400, "regex cannot be combined with tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}], "tool_choice": "required"},
+         400, "tools: "),
         ({"model": "gpt-4"}, 404, "'gpt-4' is not served here"),
         ({"choices": []}, 400, "choices is empty"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, 400, "needs json_schema.schema"),
         ({"structured_outputs": {"whitespace_pattern": " "}}, 400, "structured_outputs.whitespace_pattern"),
+        ({"guided_json": {"type": "object"}, "guided_whitespace_pattern": " "}, 400, "guided_whitespace_pattern"),
+        ({"guided_regex": "a", "guided_decoding_backend": "xgrammar"}, 400, "guided_decoding_backend 'xgrammar'"),
+        ({"structural_tag": {"type": "structural_tag", "structures": [], "triggers": []}}, 400, "structural_tag"),
         ({"temperature": 5}, 422, "temperature"),
         ({"messages": [{"role": "robot", "content": "x"}]}, 422, "messages.0.role"),
         ({"messages": []}, 422, "messages"),
@@ -269,6 +307,30 @@ def test_chat_logprobs(scripted):
     assert [(t["token"], t["logprob"]) for t in content] == [("w10", -0.25), ("w11", -0.25), ("w12", -0.25)]
 
 
+def test_top_logprobs_plain_and_streamed(scripted):
+    client, _, _ = scripted
+    content = client.post("/v1/chat/completions", json=chat_body(logprobs=True, top_logprobs=2)).json()["choices"][0]["logprobs"]["content"]
+    assert [t["token"] for t in content] == ["w10", "w11", "w12"]
+    assert content[0]["top_logprobs"] == [{"token": "w10", "logprob": -0.25, "bytes": [119, 49, 48]},
+                                          {"token": "w110", "logprob": -2.0, "bytes": [119, 49, 49, 48]}]
+    assert client.post("/v1/chat/completions", json=chat_body(top_logprobs=2)).status_code == 400  # needs logprobs
+    body = client.post("/v1/completions", json={"prompt": "x", "logprobs": 2}).json()
+    assert body["choices"][0]["logprobs"]["top_logprobs"][1] == {"w11": -0.25, "w111": -2.0}
+    # streamed, n=2: every choice's logprobs arrive (a backend without live output sends them last)
+    events = stream_events(client, chat_body(logprobs=True, top_logprobs=1, stream=True, n=2))
+    for index in (0, 1):
+        mine = [e["choices"][0] for e in events if e["choices"] and e["choices"][0]["index"] == index]
+        tokens = [t for c in mine if c.get("logprobs") for t in c["logprobs"]["content"]]
+        assert [(t["token"], len(t["top_logprobs"])) for t in tokens] == [("w10", 1), ("w11", 1), ("w12", 1)]
+        assert "".join(c["delta"].get("content", "") for c in mine) == "Hello there, world"
+    with client.stream("POST", "/v1/completions", json={"prompt": ["a", "b"], "n": 2, "stream": True, "logprobs": 1}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    texts = {}
+    for e in events:
+        texts[e["choices"][0]["index"]] = texts.get(e["choices"][0]["index"], "") + e["choices"][0]["text"]
+    assert texts == {i: "Hello there, world" for i in range(4)}
+
+
 def test_metrics_count_requests_and_constraint_outcomes(scripted):
     client, _, settings = scripted
     client.post("/v1/chat/completions", json=chat_body(regex=r"Hello there, world"))  # satisfied
@@ -279,8 +341,108 @@ def test_metrics_count_requests_and_constraint_outcomes(scripted):
     assert stats["requests"]["ok"] == 3
     assert stats["constraint"] == {"satisfied": 2, "violated": 1, "truncated": 0}
     text = client.get("/metrics").text
-    assert 'sgl_constrained_requests_total{outcome="violated"} 1' in text
-    assert "sgl_request_latency_seconds_count 3" in text
+    assert 'sgl:constrained_requests_total{outcome="violated"} 1.0' in text
+    assert "sgl:e2e_request_latency_seconds_count 3.0" in text and "sgl:num_requests_running 0.0" in text
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                            "required": ["city"]}}}
+ADD = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+CALL_TEXT = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_call_required_and_named(scripted, choice):
+    client, backend, _ = scripted
+    backend.text = CALL_TEXT
+    r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER, ADD], tool_choice=choice))
+    assert r.status_code == 200, r.text
+    choice0 = r.json()["choices"][0]
+    assert choice0["finish_reason"] == "tool_calls" and choice0["message"]["content"] is None
+    (call,) = choice0["message"]["tool_calls"]
+    assert call["id"].startswith("call_") and call["type"] == "function"
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    request = backend.requests[-1]
+    schema = request.constraint.json_schema
+    named = isinstance(choice, dict)
+    calls = [schema] if named else schema["anyOf"][0]["anyOf"]  # required + parallel: one call or an array
+    assert [c["properties"]["name"]["const"] for c in calls] == (["get_weather"] if named else ["get_weather", "add"])
+    assert calls[0]["properties"]["arguments"]["additionalProperties"] is False  # strict by default
+    assert "get_weather" in request.prompt and '{"name": <function name>' in request.prompt
+
+
+def test_tool_choice_auto_answers_or_calls(scripted):
+    client, backend, _ = scripted
+    r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER]))  # auto by default
+    message = r.json()["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "Hello there, world"} and r.json()["choices"][0]["finish_reason"] == "stop"
+    assert backend.requests[-1].constraint.regex is not None and len(backend.requests) == 1
+    backend.text = " " + CALL_TEXT
+    body = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER], tool_choice="auto")).json()
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    first, second = backend.requests[-2:]
+    assert first.constraint.regex is not None and second.constraint.json_schema is not None
+    assert body["usage"]["completion_tokens"] == 2 * len(CALL_TEXT.split())  # both passes count
+    r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER], tool_choice="none"))
+    assert r.json()["choices"][0]["message"]["content"] == " " + CALL_TEXT  # no tools: plain text
+    assert backend.requests[-1].constraint is None and "get_weather" not in backend.requests[-1].prompt
+
+
+def stream_events(client, body):
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+
+
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_tool_call_streamed(scripted, choice):
+    client, backend, _ = scripted
+    backend.text = CALL_TEXT
+    events = stream_events(client, chat_body(tools=[WEATHER], tool_choice=choice, stream=True, n=2))
+    for index in (0, 1):
+        mine = [e["choices"][0] for e in events if e["choices"] and e["choices"][0]["index"] == index]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+        assert not any(c["delta"].get("content") for c in mine[1:])  # the call is not sent as text
+        calls = [t for c in mine for t in c["delta"].get("tool_calls", [])]
+        assert [(t["index"], t["function"]["name"], t["function"]["arguments"]) for t in calls] == [(0, "get_weather", '{"city": "Paris"}')]
+        assert calls[0]["id"].startswith("call_") and mine[-1]["finish_reason"] == "tool_calls"
+    backend.text = "Sunny, I think."
+    events = stream_events(client, chat_body(tools=[WEATHER], stream=True))
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "Sunny, I think."
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_tool_results_go_back_into_the_prompt(scripted):
+    client, backend, _ = scripted
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
+    ]
+    r = client.post("/v1/chat/completions", json=chat_body(messages=messages, tools=[WEATHER]))
+    assert r.status_code == 200, r.text
+    prompt = backend.requests[-1].prompt
+    assert prompt.startswith("<system>Be brief.\n\nYou can call these functions:\n")
+    assert ('<assistant>{"name": "get_weather", "arguments": {"city": "Paris"}}</assistant>\n'
+            "<tool>18 C, sunny</tool>\n<assistant>") in prompt
+
+
+def test_strict_schema_default_is_a_setting(scripted):
+    client, backend, settings = scripted
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}}}}
+    client.post("/v1/chat/completions", json=chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}))
+    strict = backend.requests[-1].constraint.json_schema
+    assert strict["additionalProperties"] is False and strict["properties"]["a"]["additionalProperties"] is False
+    assert "additionalProperties" not in schema  # the request's own dict is not changed
+    settings.strict_schemas = False
+    client.post("/v1/chat/completions", json=chat_body(guided_json=schema))
+    assert backend.requests[-1].constraint.json_schema == schema
+    client.post("/v1/chat/completions", json=chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}))
+    assert backend.requests[-1].constraint.json_schema == strict
 
 
 def test_trace_log_has_one_line_per_request(tmp_path):
@@ -321,7 +483,7 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
     trace_path = folder / "trace.jsonl"
     log = open(folder / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    cmd = [sys.executable, "-m", "sgl.server", "--port", str(port), "--api-key", KEY, "--max-tokens-limit", "64",
+    cmd = [sys.executable, "-m", "sgl.server", "--port", str(port), "--api-key", KEY, "--max-tokens-limit", "64", "--max-num-seqs", "8", "--seed", "0",
            "--max-body-bytes", "100000", "--trace", str(trace_path), "--log-level", "warning"]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -394,6 +556,75 @@ def test_real_json_schema(server, client):
     jsonschema.validate(json.loads(content), schema)
 
 
+REAL_WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_real_tool_calls(server, client, choice):
+    question = "What is the weather in Paris?"
+    r = ask(server, client, question, max_tokens=40, tools=[REAL_WEATHER], tool_choice=choice)
+    assert r.choices[0].finish_reason == "tool_calls", r.choices[0].message
+    calls = r.choices[0].message.tool_calls
+    assert calls and all(c.function.name == "get_weather" and c.id.startswith("call_") for c in calls)
+    arguments = json.loads(calls[0].function.arguments)
+    assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
+    # streamed: the same call, as tool_call deltas
+    chunks = list(ask(server, client, question, max_tokens=40, tools=[REAL_WEATHER], tool_choice=choice, stream=True))
+    deltas = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
+    assert [json.loads(d.function.arguments) for d in deltas] == [json.loads(c.function.arguments) for c in calls]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # the call and its result go back into the conversation; auto lets the model answer
+    messages = [{"role": "user", "content": question}, r.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": calls[0].id, "content": "18 degrees and sunny"}]
+    followup = client.chat.completions.create(model=server["model"], messages=messages, tools=[REAL_WEATHER],
+                                              max_tokens=24, temperature=0)
+    assert followup.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["TOOLS", "JSON_SCHEMA"])
+def test_real_instructor(server, client, mode):
+    instructor = pytest.importorskip("instructor", reason="instructor is in the test extra")
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=20)
+        country: str = Field(max_length=20)
+
+    patched = instructor.from_openai(client, mode=getattr(instructor.Mode, mode))
+    city = patched.chat.completions.create(
+        model=server["model"], response_model=City, max_retries=0, max_tokens=64, temperature=0,
+        messages=[{"role": "user", "content": "Name the capital of France and its country."}])
+    assert isinstance(city, City) and city.name and city.country
+
+
+@pytest.mark.slow
+def test_real_top_logprobs(server, client):
+    question = "Name a colour."
+    r = ask(server, client, question, max_tokens=6, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    for t in content:  # greedy: the chosen token is the most likely one, listed first
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token
+        assert t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-4)
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
+    chunks = list(ask(server, client, question, max_tokens=6, logprobs=True, top_logprobs=3, stream=True, n=2))
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        streamed = [t for c in mine if c.logprobs for t in c.logprobs.content]
+        assert [(t.token, t.top_logprobs[1].token) for t in streamed] == [(t.token, t.top_logprobs[1].token) for t in content]
+        assert sum(1 for c in mine if c.logprobs and c.logprobs.content) >= 3  # sent with their text, not all at the end
+    c = client.completions.create(model=server["model"], prompt="The sky is", max_tokens=4, temperature=0, logprobs=3)
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.top_logprobs) and all(len(top) == 3 for top in lp.top_logprobs)
+    # greedy: the most likely token (after the first, which token healing may constrain)
+    assert all(max(top, key=top.get) == token for token, top in zip(lp.tokens[1:], lp.top_logprobs[1:], strict=True))
+    assert all(top[t] == pytest.approx(x) for t, x, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True) if t in top)
+
+
 @pytest.mark.slow
 def test_real_regex_choices_and_grammar(server, client):
     pattern = r"(yes|no), [0-9]{1,2}"
@@ -447,7 +678,7 @@ def test_real_client_disconnect_cancels_generation(server):
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
         return float(match.group(1)) if match else 0.0
 
-    before = metric('sgl_requests_total{status="cancelled"}')
+    before = metric('sgl:requests_total{status="cancelled"}')
     stamps = []
     with httpx.stream("POST", server["url"] + "/chat/completions", json=body, headers=headers, timeout=60) as r:
         for line in r.iter_lines():
@@ -459,7 +690,7 @@ def test_real_client_disconnect_cancels_generation(server):
     left = time.monotonic()
     # the rest of the story (~58 tokens) would take 58 * per_token; the server must stop well before
     deadline = left + max(3.0, 20 * per_token)
-    while metric('sgl_requests_total{status="cancelled"}') == before or metric("sgl_requests_running") > 0:
+    while metric('sgl:requests_total{status="cancelled"}') == before or metric("sgl:num_requests_running") > 0:
         assert time.monotonic() < deadline, "the server kept generating after the client left"
         time.sleep(0.1)
     records = [r for r in trace.read_trace(server["trace"]) if r.get("type") == "request"]
@@ -475,7 +706,7 @@ def test_real_client_disconnect_cancels_non_streamed_generation(server):
 
     def running() -> float:
         text = httpx.get(server["base"] + "/metrics", headers=headers).text
-        match = re.search(r"^sgl_requests_running (\S+)$", text, re.M)
+        match = re.search(r"^sgl:num_requests_running (\S+)$", text, re.M)
         return float(match.group(1)) if match else 0.0
 
     with pytest.raises(httpx.TimeoutException):
@@ -485,6 +716,31 @@ def test_real_client_disconnect_cancels_non_streamed_generation(server):
     while running() > 0:
         assert time.monotonic() < left + 2.5, "the server kept generating after the client left"
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_real_proxy_forwards_model_logprobs_and_usage(server):
+    """``sgl serve --backend`` over sgl.OpenAI: a proxy in front of the real server."""
+    from sgl.backends.openai import OpenAI
+    from sgl.server.main import served_name
+
+    upstream = OpenAI(base_url=server["url"], api_key=KEY, timeout=60, max_retries=0)
+    args = type("Args", (), {"model_name": None, "model": None})()
+    name = served_name(args, upstream)
+    assert name == server["model"]
+    with TestClient(create_app(upstream, ServerSettings(model_name=name, metrics=Metrics()))) as proxy:
+        body = {"model": name, "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 5,
+                "temperature": 0, "logprobs": True, "top_logprobs": 2}
+        answer = proxy.post("/v1/chat/completions", json=body).json()
+        assert answer["model"] == server["model"] and answer["usage"]["completion_tokens"] > 0
+        content = answer["choices"][0]["logprobs"]["content"]
+        assert "".join(t["token"] for t in content) == answer["choices"][0]["message"]["content"]
+        assert all(len(t["top_logprobs"]) == 2 for t in content)
+        events = stream_events(proxy, body | {"stream": True, "stream_options": {"include_usage": True}})
+        assert events[-1]["usage"]["completion_tokens"] == answer["usage"]["completion_tokens"]
+        streamed = [t["token"] for e in events if e["choices"] and e["choices"][0].get("logprobs") for t in e["choices"][0]["logprobs"]["content"]]
+        assert streamed == [t["token"] for t in content]
+    upstream.close()
 
 
 @pytest.mark.slow

@@ -268,11 +268,11 @@ COMMANDS["viz"] = ("render a generation trace as HTML", *_lazy_command("sgl.viz.
 def build_parser() -> argparse.ArgumentParser:
     from sgl import __version__
 
-    parser = argparse.ArgumentParser(prog="sgl", description="SGL: structured generation for LLMs")
+    parser = argparse.ArgumentParser(prog="sgl", description="SGL: structured generation for LLMs", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"sgl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, configure, handler) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)  # no prefix matching
         configure(p)
         p.set_defaults(handler=handler)
     return parser

@@ -20,6 +20,7 @@ class SamplingParams:
     min_p: float = 0.0
     seed: int | None = None
     logprobs: bool = False
+    top_logprobs: int = 0  # with logprobs: also the k most likely tokens at each step
 
 
 @dataclass
@@ -49,6 +50,8 @@ class GenerateResult:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = "stop"  # "stop" | "length" | "eos" | "error"
     logprobs: list[float] | None = None
+    # with params.top_logprobs: per token, the (token id, logprob) pairs of the most likely tokens
+    top_logprobs: list[list[tuple[int, float]]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # timings, forced-token counts, ...
 
 

@@ -386,6 +386,13 @@ class LocalModel(Backend):
 
     # -------------------------------------------------------------------- chat
 
+    def set_chat_template(self, template: str) -> None:
+        """Use this Jinja chat template instead of the model's (``sgl serve --chat-template``)."""
+        if _template_affixes(template, "user") is None:
+            raise ValueError("the chat template does not render a user message (it must use messages[i].role/content)")
+        self.chat_template = template
+        self._roles = {}
+
     def role_text(self, role: str, content: str) -> tuple[str, str]:
         """The text before and after a message of ``role`` in this model's chat template."""
         if role not in self._roles:
@@ -411,6 +418,11 @@ class LocalHandle:
         """Stop generating at the next engine step."""
         self._handle.cancel()
 
+    @property
+    def output(self) -> SeqOutput:
+        """The live output (token ids, logprobs so far); the engine thread appends to it."""
+        return self._handle.output
+
 
 # ---------------------------------------------------------------------- helpers
 
@@ -418,7 +430,7 @@ class LocalHandle:
 def _result(out: SeqOutput) -> GenerateResult:
     return GenerateResult(
         text=out.text, token_ids=out.token_ids, finish_reason=out.finish_reason,
-        logprobs=out.logprobs, meta=out.meta,
+        logprobs=out.logprobs, top_logprobs=out.top_logprobs, meta=out.meta,
     )
 
 

@@ -88,6 +88,8 @@ class _Outcome:
     text: str = ""
     finish_reason: str = "stop"
     logprobs: list[float] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # the text of each logprob's token
+    top: list[list[tuple[str, float]]] = field(default_factory=list)  # top_logprobs, as (text, logprob)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finished: bool = False  # a finish_reason arrived: the stream was not cut short
@@ -306,7 +308,10 @@ class OpenAI(Backend):
             if choice.get("finish_reason"):
                 outcome.finished = True
                 outcome.finish_reason = "length" if choice["finish_reason"] == "length" else "stop"
-            outcome.logprobs.extend(_chunk_logprobs(choice.get("logprobs")))
+            for token, logprob, top in _chunk_logprobs(choice.get("logprobs")):
+                outcome.tokens.append(token)
+                outcome.logprobs.append(logprob)
+                outcome.top.append(top)
         return delta
 
     def _result(self, request: GenerateRequest, outcome: _Outcome) -> GenerateResult:
@@ -316,7 +321,8 @@ class OpenAI(Backend):
             finish_reason=outcome.finish_reason,
             logprobs=outcome.logprobs if request.params.logprobs and outcome.logprobs else None,
             meta={"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
-                  "server_kind": self.server_kind},
+                  "server_kind": self.server_kind, "token_texts": outcome.tokens,
+                  "top_logprob_texts": outcome.top if request.params.top_logprobs else None},
         )
 
     # --- request bodies ---
@@ -349,11 +355,13 @@ class OpenAI(Backend):
             body["max_completion_tokens" if kind == "openai" else "max_tokens"] = p.max_tokens
             if p.logprobs:
                 body["logprobs"] = True
+                if p.top_logprobs:
+                    body["top_logprobs"] = p.top_logprobs
             return "/chat/completions", body, unwrap
         body["prompt"] = request.prompt
         body["max_tokens"] = p.max_tokens
         if p.logprobs:
-            body["logprobs"] = 1
+            body["logprobs"] = max(1, p.top_logprobs)
         return "/completions", body, unwrap
 
     def _constraint_fields(self, c: ConstraintSpec, kind: str, body: dict) -> Any:
@@ -529,12 +537,22 @@ def _sse_events(response: httpx.Response) -> Iterator[dict]:
         yield json.loads("\n".join(data))
 
 
-def _chunk_logprobs(logprobs: Any) -> list[float]:
+def _chunk_logprobs(logprobs: Any) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """(token text, logprob, top logprobs) of each token in one chunk's ``logprobs``."""
     if not logprobs:
         return []
     if isinstance(logprobs.get("content"), list):  # chat
-        return [float(t.get("logprob", 0.0)) for t in logprobs["content"]]
-    return [float(x) for x in logprobs.get("token_logprobs") or () if x is not None]  # completions
+        return [(str(t.get("token", "")), float(t.get("logprob", 0.0)),
+                 [(str(a.get("token", "")), float(a.get("logprob", 0.0))) for a in t.get("top_logprobs") or ()])
+                for t in logprobs["content"]]
+    tokens = logprobs.get("tokens") or []  # completions
+    tops = logprobs.get("top_logprobs") or []
+    out = []
+    for i, x in enumerate(logprobs.get("token_logprobs") or ()):
+        if x is not None:
+            top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+            out.append((str(tokens[i]) if i < len(tokens) else "", float(x), [(k, float(v)) for k, v in top.items()]))
+    return out
 
 
 def _error_message(response: httpx.Response) -> tuple[str, dict]:

@@ -42,6 +42,7 @@ class SeqOutput:
     text: str = ""
     finish_reason: str = "length"  # "stop" | "length" | "eos" | "error"
     logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per token, with params.top_logprobs
     meta: dict[str, Any] = field(default_factory=dict)
 
 

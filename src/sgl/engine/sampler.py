@@ -103,3 +103,10 @@ def _top_p(x: torch.Tensor, top_p: float) -> torch.Tensor:
 def token_logprob(logits: torch.Tensor, token_id: int) -> float:
     """log p(token) under the model's own distribution (no temperature, no masks)."""
     return float(logits[token_id] - torch.logsumexp(logits, dim=-1))
+
+
+def top_logprobs(logits: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    """The ``k`` most likely tokens and their log p under the model's own distribution."""
+    logp = logits.float() - torch.logsumexp(logits.float(), dim=-1)
+    values, ids = torch.topk(logp, min(k, logp.shape[-1]))
+    return [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]

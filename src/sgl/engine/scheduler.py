@@ -41,7 +41,7 @@ from .llama import Llama
 from .paged_forward import RowInput, forward_rows
 from .radix_cache import Node, RadixCache
 from .request import SeqOutput, SeqRequest, TextTracker
-from .sampler import Sampler, apply_bitmask, token_logprob
+from .sampler import Sampler, apply_bitmask, token_logprob, top_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +436,9 @@ class Engine:
         ban = torch.tensor(sorted(self.eos_ids | set(p.stop_token_ids)), dtype=torch.long,
                            device=self.model.device)
         stops = (p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ())
-        out = SeqOutput(logprobs=[] if p.logprobs else None, meta={"prompt_tokens": n_prompt})
+        want_top = p.logprobs and getattr(p, "top_logprobs", 0) > 0
+        out = SeqOutput(logprobs=[] if p.logprobs else None, top_logprobs=[] if want_top else None,
+                        meta={"prompt_tokens": n_prompt})
         max_tokens = max(0, min(p.max_tokens, self.max_context - n_prompt))
         seq = EngineSeq(req=req, order=next(self._order), tokens=list(req.prompt_ids), sampler=sampler,
                         tracker=TextTracker(stops), ban=ban, max_tokens=max_tokens, out=out,
@@ -538,6 +540,8 @@ class Engine:
         self.stats.generated_tokens += 1
         if out.logprobs is not None:
             out.logprobs.append(token_logprob(raw, tok) if raw is not None else 0.0)
+        if out.top_logprobs is not None:
+            out.top_logprobs.append(top_logprobs(raw, params.top_logprobs) if raw is not None else [(tok, 0.0)])
         if seq.trace is not None:
             self._trace_token(seq, raw, tok, bitmask, kind)
         if tok in self.eos_ids:
@@ -578,6 +582,8 @@ class Engine:
             del seq.tokens[-jf.replace:]
             if seq.out.logprobs is not None:
                 del seq.out.logprobs[-jf.replace:]
+            if seq.out.top_logprobs is not None:
+                del seq.out.top_logprobs[-jf.replace:]
             if seq.trace is not None:
                 del seq.trace.tokens[-jf.replace:]
         else:
@@ -590,6 +596,8 @@ class Engine:
         seq.tokens.extend(new)
         if seq.out.logprobs is not None:
             seq.out.logprobs.extend([0.0] * len(new))  # forced: probability 1 under the constraint
+        if seq.out.top_logprobs is not None:
+            seq.out.top_logprobs.extend([(t, 0.0)] for t in new)
         n_forced = max(0, len(new) - jf.replace)
         self.stats.forced_tokens += n_forced
         self.stats.generated_tokens += len(new) - jf.replace

@@ -3,9 +3,16 @@ satisfaction, prefix-cache hit rate, mask time; Prometheus text and ``get_stats(
 
 One process-wide ``Metrics`` (``get_metrics()``) collects everything: the HTTP server
 records each request, the local engine may record mask times and set the prefix-cache
-gauge. Percentiles are over the most recent ``window`` samples (10,000 by default), so
-they follow the current load and memory stays bounded; ``_sum``/``_count`` and the
-counters cover the whole life of the process, as Prometheus expects.
+gauge. ``snapshot()`` (``get_stats()``) gives percentiles over the most recent
+``window`` samples (10,000 by default). ``render_prometheus()`` exports, through
+``prometheus_client`` (one registry per ``Metrics``), vLLM-style families with an
+``sgl:`` prefix: histograms ``sgl:time_to_first_token_seconds``,
+``sgl:time_per_output_token_seconds``, ``sgl:e2e_request_latency_seconds``,
+``sgl:request_queue_time_seconds``, ``sgl:grammar_mask_time_seconds``; counters
+``sgl:requests_total{status}``, ``sgl:prompt_tokens_total``,
+``sgl:generation_tokens_total``, ``sgl:constrained_requests_total{outcome}``; gauges
+``sgl:num_requests_running``, ``sgl:num_requests_waiting``, ``sgl:kv_cache_usage_perc``,
+``sgl:prefix_cache_hit_rate``, ``sgl:constraint_satisfaction_rate``.
 
 Per-request JSON-lines trace logs live in ``sgl.runtime.trace`` (``SGL_TRACE=path``).
 """
@@ -20,6 +27,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -73,6 +82,35 @@ class Metrics:
         self._window = window
         self.reset()
 
+    def _make_prometheus(self) -> None:
+        self.registry = r = CollectorRegistry()
+        latency_buckets = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+        self._ttft = Histogram("sgl:time_to_first_token_seconds", "Time from request to the first output token.",
+                               buckets=latency_buckets, registry=r)
+        self._tpot = Histogram("sgl:time_per_output_token_seconds", "Time per output token after the first.",
+                               buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r)
+        self._e2e = Histogram("sgl:e2e_request_latency_seconds", "Request latency, received to last byte.",
+                              buckets=latency_buckets, registry=r)
+        self._queue = Histogram("sgl:request_queue_time_seconds", "Time a request waited for a free generation slot.",
+                                buckets=latency_buckets, registry=r)
+        self._mask = Histogram("sgl:grammar_mask_time_seconds", "Time to compute one grammar token mask.",
+                               buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1), registry=r)
+        self._requests = Counter("sgl:requests", "Requests by final status.", ["status"], registry=r)
+        self._prompt = Counter("sgl:prompt_tokens", "Prompt tokens processed.", registry=r)
+        self._generation = Counter("sgl:generation_tokens", "Completion tokens generated.", registry=r)
+        self._constrained = Counter("sgl:constrained_requests", "Constrained requests by outcome (output checked "
+                                    "against its constraint).", ["outcome"], registry=r)
+        for outcome in ("satisfied", "violated", "truncated"):
+            self._constrained.labels(outcome)
+        self._running = Gauge("sgl:num_requests_running", "Requests generating.", registry=r)
+        self._waiting = Gauge("sgl:num_requests_waiting", "Requests waiting for a generation slot.", registry=r)
+        self._kv = Gauge("sgl:kv_cache_usage_perc", "Share of the KV cache in use, 0..1 (set by the engine).", registry=r)
+        self._hit = Gauge("sgl:prefix_cache_hit_rate", "Share of prompt tokens served from the prefix cache.", registry=r)
+        self._hit.set(math.nan)
+        self._satisfaction = Gauge("sgl:constraint_satisfaction_rate", "Satisfied / (satisfied + violated) constrained outputs.",
+                                   registry=r)
+        self._satisfaction.set_function(lambda: math.nan if (v := self.constraint_satisfaction_rate()) is None else v)
+
     def reset(self) -> None:
         with self._lock:
             w = self._window
@@ -86,7 +124,9 @@ class Metrics:
             self.constraint: dict[str, int] = {"satisfied": 0, "violated": 0, "truncated": 0}
             self.prefix_cache_hit_rate: float | None = None
             self.running = 0
+            self.waiting = 0
             self.started = time.time()
+            self._make_prometheus()
 
     # --- recording ---
     def observe_request(
@@ -104,11 +144,18 @@ class Metrics:
         (unconstrained, or not checked)."""
         with self._lock:
             self.requests[status] = self.requests.get(status, 0) + 1
+            self._requests.labels(status).inc()
             if status != "ok":
                 return
             self.latency.add(latency_s)
+            self._e2e.observe(latency_s)
+            self._prompt.inc(prompt_tokens)
+            self._generation.inc(completion_tokens)
             if ttft_s is not None:
                 self.ttft.add(ttft_s)
+                self._ttft.observe(ttft_s)
+                if completion_tokens > 1:
+                    self._tpot.observe(max(0.0, latency_s - ttft_s) / (completion_tokens - 1))
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
             if completion_tokens and latency_s > 0:
@@ -117,16 +164,37 @@ class Metrics:
                 if constraint not in self.constraint:
                     raise ValueError(f"unknown constraint outcome {constraint!r}")
                 self.constraint[constraint] += 1
+                self._constrained.labels(constraint).inc()
 
     def observe_status(self, status: str) -> None:
         """Count a request that ended before generating (rejected, failed, cancelled)."""
         with self._lock:
             self.requests[status] = self.requests.get(status, 0) + 1
+            self._requests.labels(status).inc()
 
     def observe_mask_time(self, seconds: float) -> None:
         """Time to compute one grammar mask (the engine calls this per constrained step)."""
         with self._lock:
             self.mask_time.add(seconds)
+            self._mask.observe(seconds)
+
+    def set_kv_cache_usage(self, fraction: float) -> None:
+        """The engine's KV-cache use, 0..1."""
+        self._kv.set(fraction)
+
+    def start_waiting(self) -> None:
+        """A request now waits for a generation slot."""
+        with self._lock:
+            self.waiting += 1
+            self._waiting.inc()
+
+    def stop_waiting(self, queued_s: float | None) -> None:
+        """The request stopped waiting after ``queued_s`` seconds (None: it gave up)."""
+        with self._lock:
+            self.waiting -= 1
+            self._waiting.dec()
+        if queued_s is not None:
+            self._queue.observe(queued_s)
 
     def set_prefix_cache_hit_rate(self, rate: float) -> None:
         """The engine's prefix-cache hit rate (0..1): cached prompt tokens / prompt tokens."""
@@ -134,17 +202,20 @@ class Metrics:
             raise ValueError(f"a hit rate is between 0 and 1, got {rate}")
         with self._lock:
             self.prefix_cache_hit_rate = rate
+            self._hit.set(rate)
 
     @contextlib.contextmanager
     def track_running(self) -> Iterator[None]:
         """Count a request as in flight for the duration of the block."""
         with self._lock:
             self.running += 1
+            self._running.inc()
         try:
             yield
         finally:
             with self._lock:
                 self.running -= 1
+                self._running.dec()
 
     # --- reading ---
     def constraint_satisfaction_rate(self) -> float | None:
@@ -158,6 +229,7 @@ class Metrics:
             return {
                 "requests": dict(self.requests),
                 "running": self.running,
+                "waiting": self.waiting,
                 "latency_s": self.latency.summary(),
                 "ttft_s": self.ttft.summary(),
                 "tokens_per_s": self.tokens_per_s.summary(),
@@ -170,63 +242,9 @@ class Metrics:
                 "uptime_s": time.time() - self.started,
             }
 
-    def render_prometheus(self, prefix: str = "sgl") -> str:
-        """The metrics in Prometheus text exposition format (version 0.0.4)."""
-        with self._lock:
-            out: list[str] = []
-            for name, help_text, dist in (
-                ("request_latency_seconds", "Request latency, received to last byte.", self.latency),
-                ("time_to_first_token_seconds", "Time from request to the first output text.", self.ttft),
-                ("request_tokens_per_second", "Completion tokens per second of request latency.", self.tokens_per_s),
-                ("mask_time_seconds", "Time to compute one grammar token mask.", self.mask_time),
-            ):
-                _summary(out, f"{prefix}_{name}", help_text, dist)
-            _metric(out, f"{prefix}_requests_total", "counter", "Requests by final status.",
-                    [({"status": s}, n) for s, n in sorted(self.requests.items())] or [({"status": "ok"}, 0)])
-            _metric(out, f"{prefix}_prompt_tokens_total", "counter", "Prompt tokens processed.", [({}, self.prompt_tokens)])
-            _metric(out, f"{prefix}_completion_tokens_total", "counter", "Completion tokens generated.", [({}, self.completion_tokens)])
-            _metric(out, f"{prefix}_constrained_requests_total", "counter",
-                    "Constrained requests by outcome (output checked against its constraint).",
-                    [({"outcome": k}, v) for k, v in self.constraint.items()])
-            rate = self.constraint_satisfaction_rate()
-            _metric(out, f"{prefix}_constraint_satisfaction_rate", "gauge",
-                    "Satisfied / (satisfied + violated) constrained outputs.", [({}, math.nan if rate is None else rate)])
-            hit = self.prefix_cache_hit_rate
-            _metric(out, f"{prefix}_prefix_cache_hit_rate", "gauge",
-                    "Share of prompt tokens served from the prefix cache (set by the engine).", [({}, math.nan if hit is None else hit)])
-            _metric(out, f"{prefix}_requests_running", "gauge", "Requests in flight.", [({}, self.running)])
-            return "\n".join(out) + "\n"
-
-
-def _summary(out: list[str], name: str, help_text: str, dist: Distribution) -> None:
-    out.append(f"# HELP {name} {help_text}")
-    out.append(f"# TYPE {name} summary")
-    for q, v in dist.quantiles().items():
-        out.append(f'{name}{{quantile="{q}"}} {_num(v)}')
-    out.append(f"{name}_sum {_num(dist.total)}")
-    out.append(f"{name}_count {dist.count}")
-
-
-def _metric(out: list[str], name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
-    out.append(f"# HELP {name} {help_text}")
-    out.append(f"# TYPE {name} {kind}")
-    for labels, value in samples:
-        label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-        out.append(f"{name}{{{label_text}}} {_num(value)}" if label_text else f"{name} {_num(value)}")
-
-
-def _num(v: float) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "NaN"
-        if math.isinf(v):
-            return "+Inf" if v > 0 else "-Inf"
-        return repr(v)
-    return str(v)
-
-
-def _escape(v: str) -> str:
-    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    def render_prometheus(self) -> str:
+        """The metrics in Prometheus text exposition format (``prometheus_client``)."""
+        return generate_latest(self.registry).decode()
 
 
 _default = Metrics()

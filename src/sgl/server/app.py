@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -27,7 +28,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from fastapi import FastAPI, Request
@@ -57,7 +58,9 @@ from .protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    DeltaFunction,
     DeltaMessage,
+    DeltaToolCall,
     ErrorDetail,
     ErrorResponse,
     ModelCard,
@@ -68,6 +71,17 @@ from .protocol import (
     Usage,
     new_id,
     now,
+)
+from .schemas import resolve_strict
+from .tools import (
+    AUTO_FIRST_PASS,
+    ToolError,
+    ToolPlan,
+    opened_call,
+    parse_calls,
+    plan_tools,
+    render_calls,
+    system_text,
 )
 
 log = logging.getLogger("sgl.server")
@@ -88,6 +102,7 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20  # request bodies above this get 413
     max_constraint_bytes: int = 64 << 10  # schema / regex / grammar / choices text
     compile_timeout_s: float = 10.0  # a constraint that compiles longer is refused
+    strict_schemas: bool = True  # a schema without "strict" forbids undeclared keys (see sgl.server.schemas)
     trace_path: str | None = None  # JSON-lines trace log (also SGL_TRACE)
     metrics: Metrics | None = field(default=None, repr=False)  # None: the process-wide one
 
@@ -130,8 +145,20 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
     async def models() -> dict[str, Any]:
         return ModelList(data=[ModelCard(id=settings.model_name)]).model_dump()
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != settings.model_name:
+            raise APIError(404, f"model {model_id!r} is not served here; this server serves {settings.model_name!r}",
+                           param="model", code="model_not_found")
+        return ModelCard(id=settings.model_name).model_dump()
+
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
+        stats = getattr(backend, "get_stats", None)
+        if stats is not None:  # the local engine's KV use, read when scraped
+            engine = stats()
+            if engine.get("kv_blocks"):
+                server.metrics.set_kv_cache_usage(1.0 - engine["kv_blocks_free"] / engine["kv_blocks"])
         return PlainTextResponse(server.metrics.render_prometheus(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/completions")
@@ -239,7 +266,15 @@ class _Job:
     top_logprobs: int
     rid: str
     endpoint: str
+    tools: ToolPlan | None = None
+    call_spec: ConstraintSpec | None = None  # tools: the constraint of a call
+    call_checker: Any = None
     started: float = field(default_factory=time.perf_counter)
+    ttft: float | None = None  # streaming: seconds to the first delta
+
+    def is_call(self, result: GenerateResult) -> bool:
+        """Was ``result`` generated under the tool-call constraint?"""
+        return self.tools is not None and (self.tools.mode == "required" or bool(result.meta.get("tool_call_pass")))
 
 
 class _Server:
@@ -261,37 +296,40 @@ class _Server:
             raise APIError(400, "prompt is empty", param="prompt")
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         job = await self._job(body, prompts, max_tokens, "completions", bool(body.logprobs is not None), body.logprobs or 0)
+        echoes = [prompts[i // body.n] if body.echo else "" for i in range(len(job.requests))]
         if job.stream:
-            if len(job.requests) != 1:
-                raise APIError(400, "streaming supports one prompt and n=1", param="n")
-            return self._sse(self._stream_completion(job, body, request, prompts[0] if body.echo else ""))
+            return self._sse(self._guarded(job, self._stream_completion(job, request, echoes)))
         results = await self._generate(job, request)
-        choices = []
-        for i, result in enumerate(results):
-            text = (prompts[i // body.n] if body.echo else "") + result.text
-            choices.append(CompletionChoice(index=i, text=text, finish_reason=_finish(result),
-                                            logprobs=self._completion_logprobs(result, job) if job.want_logprobs else None))
+        choices = [CompletionChoice(index=i, text=echoes[i] + r.text, finish_reason=_finish(r),
+                                    logprobs=self._completion_logprobs(self._result_tokens(r)) if job.want_logprobs else None)
+                   for i, r in enumerate(results)]
         return CompletionResponse(model=self.settings.model_name, choices=choices, usage=_usage(results)).model_dump()
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Any:
         self._check_common(body)
-        if body.tools:
-            raise APIError(400, "tools are not supported", param="tools")
-        prompt = self._chat_prompt(body)
+        try:
+            plan = plan_tools(body, self.settings.strict_schemas)
+        except ToolError as e:
+            raise APIError(400, str(e), param=e.param) from None
+        prompt = self._chat_prompt(body, plan)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_tokens = self.settings.default_max_tokens if max_tokens is None else max_tokens
-        job = await self._job(body, [prompt], max_tokens, "chat", body.logprobs, body.top_logprobs or 0)
+        if body.top_logprobs and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        job = await self._job(body, [prompt], max_tokens, "chat", body.logprobs, body.top_logprobs or 0, plan)
         if job.stream:
-            if body.n != 1:
-                raise APIError(400, "streaming supports n=1", param="n")
-            return self._sse(self._stream_chat(job, request))
+            return self._sse(self._guarded(job, self._stream_chat(job, request)))
         results = await self._generate(job, request)
-        choices = [
-            ChatChoice(index=i, message=ResponseMessage(content=r.text), finish_reason=_finish(r),
-                       logprobs=self._chat_logprobs(r, job) if job.want_logprobs else None)
-            for i, r in enumerate(results)
-        ]
+        choices = [self._chat_choice(i, r, job) for i, r in enumerate(results)]
         return ChatCompletionResponse(model=self.settings.model_name, choices=choices, usage=_usage(results)).model_dump()
+
+    def _chat_choice(self, index: int, result: GenerateResult, job: _Job) -> ChatChoice:
+        calls = parse_calls(result.text) if job.is_call(result) else None
+        if calls:
+            return ChatChoice(index=index, message=ResponseMessage(content=None, tool_calls=calls), finish_reason="tool_calls")
+        logprobs = self._chat_logprobs(self._result_tokens(result)) if job.want_logprobs else None
+        return ChatChoice(index=index, message=ResponseMessage(content=result.text), finish_reason=_finish(result),
+                          logprobs=logprobs)
 
     # --- validation ---
     def _check_common(self, body: SamplingFields) -> None:
@@ -306,20 +344,30 @@ class _Server:
         if body.n > self.settings.max_n:
             raise APIError(400, f"n={body.n} is above the limit of {self.settings.max_n}", param="n")
 
-    def _chat_prompt(self, body: ChatCompletionRequest) -> str:
-        """The messages in the backend's chat template, plus the assistant's prefix."""
+    def _chat_prompt(self, body: ChatCompletionRequest, plan: ToolPlan | None) -> str:
+        """The messages in the backend's chat template, plus the assistant's prefix.
+
+        The tools (if any) are described at the end of the system message (one is added
+        if the conversation has none)."""
         messages = list(body.messages)
         default_system = getattr(self.backend, "default_system_prompt", None)
+        tool_text = system_text(plan) if plan is not None else None
+        has_system = messages[0].role in ("system", "developer")
         parts = []
-        if default_system and messages[0].role not in ("system", "developer"):
-            prefix, suffix = self.backend.role_text("system", default_system)
-            parts.append(prefix + default_system + suffix)
+        if not has_system and (default_system or tool_text):
+            content = "\n\n".join(x for x in (default_system, tool_text) if x)
+            prefix, suffix = self.backend.role_text("system", content)
+            parts.append(prefix + content + suffix)
         last = len(messages) - 1
         for i, m in enumerate(messages):
             role = "system" if m.role == "developer" else m.role
-            if role == "tool":
-                raise APIError(400, "tool messages are not supported", param=f"messages.{i}.role")
             content = _message_text(m.content, i)
+            if i == 0 and has_system and tool_text:
+                content = f"{content}\n\n{tool_text}" if content else tool_text
+            if m.tool_calls:
+                if role != "assistant":
+                    raise APIError(400, "only assistant messages have tool_calls", param=f"messages.{i}.tool_calls")
+                content = (content + "\n" if content else "") + render_calls(m.tool_calls)
             prefix, suffix = self.backend.role_text(role, content)
             if body.continue_final_message and i == last:
                 if role != "assistant":
@@ -332,14 +380,21 @@ class _Server:
         return "".join(parts)
 
     async def _job(self, body: SamplingFields, prompts: list[str], max_tokens: int, endpoint: str,
-                   want_logprobs: bool, top_logprobs: int) -> _Job:
+                   want_logprobs: bool, top_logprobs: int, tools: ToolPlan | None = None) -> _Job:
         if max_tokens > self.settings.max_tokens_limit:
             raise APIError(400, f"max_tokens={max_tokens} is above the limit of {self.settings.max_tokens_limit}",
                            param="max_tokens")
-        spec, param = constraint_of(body)
+        spec, param = constraint_of(body, self.settings.strict_schemas)
+        call_spec = call_checker = None
+        if tools is not None:
+            if spec is not None:
+                raise APIError(400, f"{param} cannot be combined with tools (unless tool_choice is 'none')", param=param)
+            call_spec = ConstraintSpec(json_schema=tools.call_schema)
+            call_checker = await self._compile(call_spec, "tools")
+            spec, param = (call_spec, "tools") if tools.mode == "required" else (ConstraintSpec(regex=AUTO_FIRST_PASS), "tools")
         checker = None
         if spec is not None:
-            checker = await self._compile(spec, param)
+            checker = call_checker if spec is call_spec else await self._compile(spec, param)
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         requests = []
         for prompt in prompts:
@@ -355,11 +410,12 @@ class _Server:
                     min_p=body.min_p,
                     seed=None if body.seed is None else body.seed + k,  # n samples must differ
                     logprobs=want_logprobs,
+                    top_logprobs=top_logprobs if want_logprobs else 0,
                 )
                 requests.append(GenerateRequest(prompt=prompt, params=params, constraint=spec))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _Job(requests, checker, body.stream, include_usage, want_logprobs, top_logprobs,
-                    trace.new_request_id(endpoint), endpoint)
+                    trace.new_request_id(endpoint), endpoint, tools, call_spec, call_checker)
 
     async def _compile(self, spec: ConstraintSpec, param: str) -> Any:
         size = _constraint_size(spec)
@@ -380,27 +436,58 @@ class _Server:
 
     # --- running ---
     async def _call(self, fn: Callable[[], Any], rid: str) -> Any:
+        queued = time.perf_counter()
+        started = False
+        self.metrics.start_waiting()
+
         def run() -> Any:
+            nonlocal started
+            started = True
+            self.metrics.stop_waiting(time.perf_counter() - queued)
             # counted as running while the worker thread works, even after its client left
             with trace.request_context(rid), self.metrics.track_running():  # the engine's trace lines carry rid
                 return fn()
 
-        return await anyio.to_thread.run_sync(run, limiter=self.limiter)
+        try:
+            return await anyio.to_thread.run_sync(run, limiter=self.limiter)
+        finally:
+            if not started:  # cancelled while waiting for a slot
+                self.metrics.stop_waiting(None)
 
     async def _generate(self, job: _Job, request: Request) -> list[GenerateResult]:
-        """Run a non-streaming job; stop waiting (and drop the answer) if the client leaves."""
+        """Run a non-streaming job (both passes of auto tool calls), then record it."""
+        results = await self._run(job, job.requests, request)
+        if job.tools is not None and job.tools.mode == "auto":
+            redo = [i for i, r in enumerate(results) if opened_call(r.text)]
+            if redo:
+                again = await self._run(job, [self._call_request(job, job.requests[i]) for i in redo], request)
+                for i, r in zip(redo, again, strict=True):
+                    results[i] = _second_pass(results[i], r)
+        latency = time.perf_counter() - job.started
+        outcomes = [await self._check_output(job, r, _finish(r)) for r in results]
+        ttft = results[0].meta.get("ttft_s") if results else None
+        self._observe(job, results, outcomes, latency, ttft)
+        return results
+
+    @staticmethod
+    def _call_request(job: _Job, first: GenerateRequest) -> GenerateRequest:
+        """The second (call) pass of an auto tool-call request."""
+        return dataclasses.replace(first, constraint=job.call_spec)
+
+    async def _run(self, job: _Job, requests: list[GenerateRequest], request: Request) -> list[GenerateResult]:
+        """Generate ``requests``; stop waiting (and drop the answers) if the client leaves."""
         submit = getattr(self.backend, "submit", None)
         handles: list[Any] = []  # requests a disconnecting client can cancel
         if submit is not None:
             def fn() -> list[GenerateResult]:
-                handles.extend(submit(r) for r in job.requests)
+                handles.extend(submit(r) for r in requests)
                 return [h.result() for h in handles]
-        elif len(job.requests) == 1:
+        elif len(requests) == 1:
             def fn() -> list[GenerateResult]:
-                return [self.backend.generate(job.requests[0])]
+                return [self.backend.generate(requests[0])]
         else:
             def fn() -> list[GenerateResult]:
-                return list(self.backend.generate_batch(job.requests))
+                return list(self.backend.generate_batch(requests))
         task = asyncio.ensure_future(self._call(fn, job.rid))
         try:
             while True:
@@ -415,111 +502,46 @@ class _Server:
                     task.add_done_callback(_swallow)
                     self.metrics.observe_status("cancelled")
                     raise ClientGone
-            results = task.result()
+            return task.result()
         except ClientGone:
             raise APIError(499, "client disconnected", code="client_closed") from None
         except Exception as e:  # noqa: BLE001 - reported to the client as a 500
             self.metrics.observe_status("error")
             log.exception("generation failed")
             raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error") from None
-        latency = time.perf_counter() - job.started
-        outcomes = [await self._check_output(job, r.text, _finish(r)) for r in results]
-        prompt_tokens = sum(int(r.meta.get("prompt_tokens", 0)) for r in results)
-        completion_tokens = sum(len(r.token_ids) for r in results)
-        ttft = results[0].meta.get("ttft_s") if results else None
-        self.metrics.observe_request(latency_s=latency, ttft_s=ttft, prompt_tokens=prompt_tokens,
-                                     completion_tokens=completion_tokens, constraint=_worst(outcomes))
+
+    def _observe(self, job: _Job, results: list[GenerateResult], outcomes: list[str | None], latency: float,
+                 ttft: float | None) -> None:
+        """Metrics and the trace line of a finished request."""
+        usage = _usage(results)
+        self.metrics.observe_request(latency_s=latency, ttft_s=ttft, prompt_tokens=usage.prompt_tokens,
+                                     completion_tokens=usage.completion_tokens, constraint=_worst(outcomes))
         for r in results:
             mask_time = r.meta.get("mask_time_s")
             if isinstance(mask_time, (int, float)) and r.meta.get("masks"):
                 self.metrics.observe_mask_time(mask_time / max(1, int(r.meta["masks"])))
         self._log_request(job, [r.text for r in results], [_finish(r) for r in results], latency, ttft,
-                          prompt_tokens, completion_tokens, outcomes)
-        return results
+                          usage.prompt_tokens, usage.completion_tokens, outcomes)
 
-    async def _check_output(self, job: _Job, text: str, finish_reason: str) -> str | None:
+    async def _check_output(self, job: _Job, result: GenerateResult, finish_reason: str) -> str | None:
         """Does the output satisfy its constraint? (the server's own check, for metrics)"""
-        if job.checker is None:
+        checker = job.call_checker if job.is_call(result) else job.checker
+        if checker is None:
             return None
-        ok = await anyio.to_thread.run_sync(job.checker.accepts_text, text)
+        ok = await anyio.to_thread.run_sync(checker.accepts_text, result.text)
         if ok:
             return "satisfied"
         return "truncated" if finish_reason == "length" else "violated"
 
-    async def _stream(self, job: _Job, request: Request) -> AsyncIterator[tuple[str, Any]]:
-        """("delta", text)... then ("done", GenerateResult | None); the backend's stream
-        runs on one worker thread and is closed early when the client goes away."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-        gen_request = job.requests[0]
-
-        def put(item: tuple[str, Any]) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def pump() -> None:
-            stream = self.backend.generate_stream(gen_request)
-            result = None
-            try:
-                while not cancel.is_set():
-                    try:
-                        delta = next(stream)
-                    except StopIteration as stop:
-                        # a backend may return its GenerateResult from the generator
-                        result = stop.value if isinstance(stop.value, GenerateResult) else None
-                        break
-                    if delta:
-                        put(("delta", delta))
-            except Exception as e:  # noqa: BLE001 - handed to the event loop
-                put(("error", e))
-                return
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()  # lets the backend stop decoding
-            put(("done", result))
-
-        worker = asyncio.ensure_future(self._call(pump, job.rid))
-        worker.add_done_callback(_swallow)
+    # --- streaming ---
+    async def _guarded(self, job: _Job, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+        """``chunks``, with a client that leaves counted as cancelled and a failure
+        reported in-stream as an error event."""
         try:
-            while True:
-                try:
-                    kind, value = await asyncio.wait_for(queue.get(), timeout=0.5)
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        raise ClientGone from None
-                    continue
-                if kind == "error":
-                    raise value
-                yield kind, value
-                if kind == "done":
-                    return
-                if await request.is_disconnected():
-                    raise ClientGone
-        finally:
-            cancel.set()  # the worker closes the backend's stream at its next delta
-
-    async def _stream_events(self, job: _Job, request: Request, make_chunk: Callable[[str, str | None, Usage | None], dict],
-                             first: dict | None = None) -> AsyncIterator[dict]:
-        """The chunks of one streamed request, with metrics and the trace line."""
-        pieces: list[str] = []
-        ttft = None
-        result: GenerateResult | None = None
-        try:
-            if first is not None:
-                yield first
-            async for kind, value in self._stream(job, request):
-                if kind == "delta":
-                    if ttft is None:
-                        ttft = time.perf_counter() - job.started
-                    pieces.append(value)
-                    yield make_chunk(value, None, None)
-                else:
-                    result = value
+            async for chunk in chunks:
+                yield chunk
         except ClientGone:
             self.metrics.observe_status("cancelled")
-            return
         except (asyncio.CancelledError, GeneratorExit):
             self.metrics.observe_status("cancelled")
             raise
@@ -528,45 +550,113 @@ class _Server:
             log.exception("streamed generation failed")
             yield ErrorResponse(error=ErrorDetail(message=f"generation failed: {type(e).__name__}: {e}",
                                                   type="server_error")).model_dump()
-            return
-        text = "".join(pieces)
-        if result is None:
-            result = self._estimate_result(job.requests[0], text)
-        finish = _finish(result)
-        completion_tokens = len(result.token_ids)
-        prompt_tokens = int(result.meta.get("prompt_tokens", 0))
-        yield make_chunk("", finish, None)
-        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                      total_tokens=prompt_tokens + completion_tokens)
-        if job.include_usage:
-            yield make_chunk("", None, usage) | {"choices": []}
-        latency = time.perf_counter() - job.started
-        outcome = await self._check_output(job, text, finish)
-        self.metrics.observe_request(latency_s=latency, ttft_s=ttft, prompt_tokens=prompt_tokens,
-                                     completion_tokens=completion_tokens, constraint=outcome)
-        self._log_request(job, [text], [finish], latency, ttft, prompt_tokens, completion_tokens, [outcome])
+        finally:
+            await chunks.aclose()
 
-    def _stream_chat(self, job: _Job, request: Request) -> AsyncIterator[dict]:
+    async def _stream_events(self, job: _Job, request: Request, choices: list[_StreamChoice]
+                             ) -> AsyncIterator[tuple[_StreamChoice, str, Any]]:
+        """``(choice, "delta", (text, tokens))`` and ``(choice, "done", result)`` of every
+        choice, streamed at once; an auto tool-call choice that opens a call gets its second
+        pass here (its deltas follow). Also notes the time to the first token."""
+        streams = _Streams(self, job, request)
+        for c in choices:
+            streams.start(c.index, job.requests[c.index])
+        async for index, kind, value in streams.events():
+            c = choices[index]
+            if kind == "delta":
+                text, progress = value
+                if job.ttft is None:
+                    job.ttft = time.perf_counter() - job.started
+                c.emitted += len(text)
+                yield c, "delta", (text, self._progress_tokens(c, progress))
+                continue
+            result = value if value is not None else self._estimate_result(job.requests[index], "".join(c.pieces))
+            if job.tools is not None and job.tools.mode == "auto" and not c.call_pass and opened_call(result.text):
+                c.begin_call_pass(result)
+                streams.start(index, self._call_request(job, job.requests[index]))
+                continue
+            if c.first is not None:
+                result = _second_pass(c.first, result)
+            c.result = result
+            yield c, "done", result
+
+    async def _stream_chat(self, job: _Job, request: Request) -> AsyncIterator[dict]:
         cid, created, model = new_id("chatcmpl"), now(), self.settings.model_name
 
-        def chunk(text: str, finish: str | None, usage: Usage | None) -> dict:
-            delta = DeltaMessage(content=text) if text or finish is None else DeltaMessage()
-            return ChatCompletionChunk(id=cid, created=created, model=model, usage=usage,
-                                       choices=[ChatChunkChoice(delta=delta, finish_reason=finish)]).model_dump(exclude_none=True)
+        def chunk(index: int, delta: DeltaMessage, finish: str | None = None,
+                  logprobs: ChoiceLogprobs | None = None) -> dict:
+            return ChatCompletionChunk(id=cid, created=created, model=model, choices=[
+                ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)]).model_dump(exclude_none=True)
 
-        first = ChatCompletionChunk(id=cid, created=created, model=model,
-                                    choices=[ChatChunkChoice(delta=DeltaMessage(role="assistant", content=""))]).model_dump(exclude_none=True)
-        return self._stream_events(job, request, chunk, first)
+        choices = [_StreamChoice(i) for i in range(len(job.requests))]
+        for c in choices:
+            yield chunk(c.index, DeltaMessage(role="assistant", content=""))
+        required = job.tools is not None and job.tools.mode == "required"
+        async for c, kind, value in self._stream_events(job, request, choices):
+            if kind == "delta":
+                text, tokens = value
+                c.pieces.append(text)
+                if required or c.call_pass or c.opening:
+                    continue  # a call is sent whole when it is complete
+                c.held += text
+                c.held_tokens += tokens
+                if job.tools is not None and not c.decided:
+                    if not c.held.strip():
+                        continue  # whitespace: does a call or an answer follow?
+                    c.decided, c.opening = True, opened_call(c.held)
+                    if c.opening:
+                        continue  # the first pass ends here; the call pass follows
+                yield chunk(c.index, DeltaMessage(content=c.held), logprobs=self._stream_logprobs(job, c.held_tokens, True))
+                c.held, c.held_tokens = "", []
+                continue
+            result = value
+            calls = parse_calls(result.text) if job.is_call(result) else None
+            if calls:
+                for k, call in enumerate(calls):
+                    delta = DeltaToolCall(index=k, id=call.id, type="function",
+                                          function=DeltaFunction(name=call.function.name, arguments=call.function.arguments))
+                    yield chunk(c.index, DeltaMessage(tool_calls=[delta]))
+                yield chunk(c.index, DeltaMessage(), "tool_calls")
+                continue
+            rest = "".join(c.pieces) if (required or c.call_pass) else c.held  # not sent yet
+            tokens = c.held_tokens + self._rest_tokens(c, result)
+            if rest:
+                yield chunk(c.index, DeltaMessage(content=rest), logprobs=self._stream_logprobs(job, tokens, True))
+                tokens = []
+            yield chunk(c.index, DeltaMessage(), _finish(result), self._stream_logprobs(job, tokens, True) if tokens else None)
+        usage = await self._end_stream(job, choices)
+        if job.include_usage:
+            yield ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage).model_dump(exclude_none=True)
 
-    def _stream_completion(self, job: _Job, body: CompletionRequest, request: Request, echo: str) -> AsyncIterator[dict]:
+    async def _stream_completion(self, job: _Job, request: Request, echoes: list[str]) -> AsyncIterator[dict]:
         cid, created, model = new_id("cmpl"), now(), self.settings.model_name
 
-        def chunk(text: str, finish: str | None, usage: Usage | None) -> dict:
-            return CompletionChunk(id=cid, created=created, model=model, usage=usage,
-                                   choices=[CompletionChoice(index=0, text=text, finish_reason=finish)]).model_dump()
+        def chunk(index: int, text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None) -> dict:
+            return CompletionChunk(id=cid, created=created, model=model, choices=[
+                CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)]).model_dump()
 
-        first = chunk(echo, None, None) if echo else None
-        return self._stream_events(job, request, chunk, first)
+        choices = [_StreamChoice(i) for i in range(len(job.requests))]
+        for c in choices:
+            if echoes[c.index]:
+                yield chunk(c.index, echoes[c.index])
+        async for c, kind, value in self._stream_events(job, request, choices):
+            if kind == "delta":
+                text, tokens = value
+                c.pieces.append(text)
+                yield chunk(c.index, text, logprobs=self._stream_logprobs(job, tokens, False))
+            else:
+                tokens = self._rest_tokens(c, value)
+                yield chunk(c.index, "", _finish(value), self._stream_logprobs(job, tokens, False) if tokens else None)
+        usage = await self._end_stream(job, choices)
+        if job.include_usage:
+            yield CompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage).model_dump()
+
+    async def _end_stream(self, job: _Job, choices: list[_StreamChoice]) -> Usage:
+        """Record a finished stream (metrics, trace); its usage."""
+        results = [c.result or GenerateResult(text="".join(c.pieces)) for c in choices]
+        outcomes = [await self._check_output(job, r, _finish(r)) for r in results]
+        self._observe(job, results, outcomes, time.perf_counter() - job.started, job.ttft)
+        return _usage(results)
 
     def _estimate_result(self, request: GenerateRequest, text: str) -> GenerateResult:
         """A stand-in result for a backend whose stream returned none: token counts by
@@ -603,25 +693,72 @@ class _Server:
                 pass
         return f"token_id:{token_id}"  # vLLM's spelling when text is unavailable
 
-    def _completion_logprobs(self, result: GenerateResult, job: _Job) -> CompletionLogprobs | None:
+    def _result_tokens(self, result: GenerateResult, start: int = 0) -> list[_Tok]:
+        """The result's tokens from ``start`` with their logprobs (and top logprobs)."""
         if result.logprobs is None:
+            return []
+        texts = result.meta.get("token_texts")  # a proxy knows texts, not ids
+        text_tops = result.meta.get("top_logprob_texts")
+        tops = result.top_logprobs or []
+        out = []
+        for j in range(start, len(result.logprobs)):
+            if text_tops is not None:
+                top = list(text_tops[j]) if j < len(text_tops) else []
+            else:
+                top = [(self._token_text(t), lp) for t, lp in tops[j]] if j < len(tops) else []
+            if texts is not None and j < len(texts):
+                text = texts[j]
+            elif j < len(result.token_ids):
+                text = self._token_text(result.token_ids[j])
+            else:
+                break
+            out.append(_Tok(text, _finite(result.logprobs[j]), top))
+        return out
+
+    def _progress_tokens(self, c: _StreamChoice, progress: Any) -> list[_Tok]:
+        """The tokens whose text has been streamed by now (``progress``: a snapshot of the
+        backend's live output, None when it has none: then all come with the last chunk)."""
+        if progress is None:
+            return []
+        ids, lps, tops = progress
+        out = []
+        while c.reported < min(len(ids), len(lps)):
+            j = c.reported
+            text = self._token_text(ids[j])
+            if c.covered + len(text) > c.emitted:
+                break
+            c.covered += len(text)
+            c.reported += 1
+            top = [(self._token_text(t), lp) for t, lp in tops[j]] if j < len(tops) else []
+            out.append(_Tok(text, _finite(lps[j]), top))
+        return out
+
+    def _rest_tokens(self, c: _StreamChoice, result: GenerateResult) -> list[_Tok]:
+        tokens = self._result_tokens(result, c.reported)
+        c.reported += len(tokens)
+        return tokens
+
+    def _stream_logprobs(self, job: _Job, tokens: list[_Tok], chat: bool) -> Any:
+        if not job.want_logprobs:
             return None
-        tokens = [self._token_text(t) for t in result.token_ids]
+        return self._chat_logprobs(tokens) if chat else self._completion_logprobs(tokens)
+
+    def _completion_logprobs(self, tokens: list[_Tok]) -> CompletionLogprobs:
         offsets, pos = [], 0
         for t in tokens:
             offsets.append(pos)
-            pos += len(t)
-        return CompletionLogprobs(tokens=tokens, token_logprobs=[_finite(x) for x in result.logprobs],
-                                  top_logprobs=None, text_offset=offsets)
+            pos += len(t.text)
+        tops = [{text: lp for text, lp in t.top} for t in tokens] if any(t.top for t in tokens) else None
+        return CompletionLogprobs(tokens=[t.text for t in tokens], token_logprobs=[t.logprob for t in tokens],
+                                  top_logprobs=tops, text_offset=offsets)
 
-    def _chat_logprobs(self, result: GenerateResult, job: _Job) -> ChoiceLogprobs | None:
-        if result.logprobs is None:
-            return None
-        content = []
-        for token_id, lp in zip(result.token_ids, result.logprobs, strict=False):
-            text = self._token_text(token_id)
-            content.append(TokenLogprob(token=text, logprob=_finite(lp) or -9999.0, bytes=list(text.encode())))
-        return ChoiceLogprobs(content=content)
+    def _chat_logprobs(self, tokens: list[_Tok]) -> ChoiceLogprobs:
+        def entry(text: str, lp: float | None) -> dict[str, Any]:
+            return {"token": text, "logprob": -9999.0 if lp is None else lp, "bytes": list(text.encode())}
+
+        return ChoiceLogprobs(content=[
+            TokenLogprob(**entry(t.text, t.logprob), top_logprobs=[entry(text, _finite(lp)) for text, lp in t.top])
+            for t in tokens])
 
     # --- observability ---
     def _log_request(self, job: _Job, texts: list[str], finishes: list[str], latency: float, ttft: float | None,
@@ -648,15 +785,148 @@ class _Server:
         })
 
 
+# --- streaming helpers ------------------------------------------------------------------
+class _Tok(NamedTuple):
+    """One generated token for logprobs: its text, logprob and most likely alternatives."""
+
+    text: str
+    logprob: float | None
+    top: list[tuple[str, float]]
+
+
+@dataclass
+class _StreamChoice:
+    """The streaming state of one choice."""
+
+    index: int
+    pieces: list[str] = field(default_factory=list)  # text of the current pass
+    emitted: int = 0  # characters streamed by the backend in this pass
+    covered: int = 0  # characters of the tokens whose logprobs are out
+    reported: int = 0  # tokens whose logprobs are out
+    held: str = ""  # chat text not sent yet (auto tools: until it is not a call)
+    held_tokens: list[_Tok] = field(default_factory=list)
+    decided: bool = False  # auto tools: answer or call is known
+    opening: bool = False  # auto tools: the first pass opened a call
+    call_pass: bool = False  # auto tools: in the second (call) pass
+    first: GenerateResult | None = None  # auto tools: the first pass
+    result: GenerateResult | None = None
+
+    def begin_call_pass(self, first: GenerateResult) -> None:
+        self.first, self.call_pass = first, True
+        self.pieces, self.held, self.held_tokens = [], "", []
+        self.emitted = self.covered = self.reported = 0
+
+
+class _Streams:
+    """The backend streams of one request's choices, each on a worker thread, merged
+    into one queue; closed early when the client goes away."""
+
+    def __init__(self, server: _Server, job: _Job, request: Request):
+        self.server, self.job, self.request = server, job, request
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancel = threading.Event()
+        self.live = 0
+
+    def start(self, index: int, gen_request: GenerateRequest) -> None:
+        self.live += 1
+        worker = asyncio.ensure_future(self.server._call(lambda: self._pump(index, gen_request), self.job.rid))
+        worker.add_done_callback(_swallow)
+
+    def _put(self, item: tuple[int, str, Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def _pump(self, index: int, gen_request: GenerateRequest) -> None:
+        backend = self.server.backend
+        submit = getattr(backend, "submit", None)
+        handle = stream = None
+        result = None
+        try:
+            # a handle (LocalModel) gives the real result and the live output (logprobs)
+            handle = submit(gen_request) if submit is not None else None
+            stream = handle.stream() if handle is not None else backend.generate_stream(gen_request)
+            live = getattr(handle, "output", None) if self.job.want_logprobs else None
+            while not self.cancel.is_set():
+                try:
+                    delta = next(stream)
+                except StopIteration as stop:
+                    # a backend may return its GenerateResult from the generator
+                    result = stop.value if isinstance(stop.value, GenerateResult) else None
+                    break
+                if delta:
+                    self._put((index, "delta", (delta, _snapshot(live))))
+            if handle is not None:
+                if self.cancel.is_set():
+                    handle.cancel()
+                result = handle.result()
+        except Exception as e:  # noqa: BLE001 - handed to the event loop
+            self._put((index, "error", e))
+            return
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # lets the backend stop decoding
+            if handle is not None and self.cancel.is_set():
+                handle.cancel()
+        self._put((index, "done", result))
+
+    async def events(self) -> AsyncIterator[tuple[int, str, Any]]:
+        try:
+            while self.live:
+                try:
+                    index, kind, value = await asyncio.wait_for(self.queue.get(), timeout=0.5)
+                except TimeoutError:
+                    if await self.request.is_disconnected():
+                        raise ClientGone from None
+                    continue
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    self.live -= 1
+                yield index, kind, value
+                if await self.request.is_disconnected():
+                    raise ClientGone
+        finally:
+            self.cancel.set()  # the workers close the backend's streams at their next delta
+
+
+def _snapshot(live: Any) -> tuple[list[int], list[float], list[Any]] | None:
+    """A copy of a backend's live output (token ids, logprobs, top logprobs)."""
+    if live is None:
+        return None
+    return list(live.token_ids), list(live.logprobs or ()), list(getattr(live, "top_logprobs", None) or ())
+
+
+def _second_pass(first: GenerateResult, second: GenerateResult) -> GenerateResult:
+    """The result of an auto tool-call request whose second pass wrote the call."""
+    second.meta["tool_call_pass"] = True
+    second.meta["first_pass_tokens"] = _completion_tokens(first)
+    return second
+
+
 # --- constraints ------------------------------------------------------------------------
-def constraint_of(body: SamplingFields) -> tuple[ConstraintSpec | None, str | None]:
-    """The request's one constraint and the name of the field that gave it."""
+def constraint_of(body: SamplingFields, strict_default: bool = True) -> tuple[ConstraintSpec | None, str | None]:
+    """The request's one constraint and the name of the field that gave it.
+
+    A JSON Schema is made strict (undeclared keys forbidden) when the request says
+    ``strict: true``, or says nothing and ``strict_default`` is on (see ``schemas``)."""
+
+    def schema(value: Any, name: str, strict: bool | None = None) -> ConstraintSpec:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise APIError(400, f"{name}: the schema is not valid JSON: {e.msg}", param=name, code="invalid_constraint",
+                               location=f"line {e.lineno}, column {e.colno}") from None
+        return ConstraintSpec(json_schema=resolve_strict(value, strict, strict_default))
+
     found: list[tuple[str, ConstraintSpec]] = []
     rf = body.response_format
     if rf is not None and rf.type == "json_schema":
         if rf.json_schema is None or rf.json_schema.schema_ is None:
             raise APIError(400, "response_format of type json_schema needs json_schema.schema", param="response_format")
-        found.append(("response_format", ConstraintSpec(json_schema=rf.json_schema.schema_)))
+        found.append(("response_format", schema(rf.json_schema.schema_, "response_format", rf.json_schema.strict)))
     elif rf is not None and rf.type == "json_object":
         found.append(("response_format", ConstraintSpec(json_schema=dict(JSON_OBJECT_SCHEMA))))
     for name, make in (
@@ -664,24 +934,28 @@ def constraint_of(body: SamplingFields) -> tuple[ConstraintSpec | None, str | No
         ("guided_regex", lambda v: ConstraintSpec(regex=v)),
         ("grammar", lambda v: ConstraintSpec(grammar=v, grammar_syntax=body.grammar_syntax)),
         ("ebnf", lambda v: ConstraintSpec(grammar=v, grammar_syntax="gbnf")),  # SGLang's (xgrammar) EBNF = GBNF
-        ("guided_grammar", lambda v: ConstraintSpec(grammar=v, grammar_syntax="gbnf")),
+        ("guided_grammar", lambda v: ConstraintSpec(grammar=v, grammar_syntax=guess_grammar_syntax(v))),
         ("choices", lambda v: ConstraintSpec(choices=list(v))),
         ("guided_choice", lambda v: ConstraintSpec(choices=list(v))),
-        ("json_schema", lambda v: ConstraintSpec(json_schema=v)),
-        ("guided_json", lambda v: ConstraintSpec(json_schema=v)),
+        ("json_schema", lambda v: schema(v, "json_schema")),
+        ("guided_json", lambda v: schema(v, "guided_json")),
     ):
         value = getattr(body, name)
         if value is not None:
             found.append((name, make(value)))
     for key, value in (body.structured_outputs or {}).items():
         make = {"regex": lambda v: ConstraintSpec(regex=v), "choice": lambda v: ConstraintSpec(choices=list(v)),
-                "grammar": lambda v: ConstraintSpec(grammar=v, grammar_syntax="gbnf"),
-                "json": lambda v: ConstraintSpec(json_schema=v)}.get(key)
+                "grammar": lambda v: ConstraintSpec(grammar=v, grammar_syntax=guess_grammar_syntax(v)),
+                "json": lambda v: schema(v, "structured_outputs.json")}.get(key)
         if make is None:
             raise APIError(400, f"structured_outputs.{key} is not supported (use regex, choice, grammar or json)",
                            param=f"structured_outputs.{key}")
         if value is not None:
             found.append((f"structured_outputs.{key}", make(value)))
+    _check_guided_options(body)
+    if body.structural_tag is not None or (rf is not None and rf.type == "structural_tag"):
+        param = "structural_tag" if body.structural_tag is not None else "response_format"
+        raise APIError(400, f"{param}: structural tags are not supported yet (use tools, or one constraint)", param=param)
     if len(found) > 1:
         raise APIError(400, f"one constraint per request, got {', '.join(n for n, _ in found)}", param=found[1][0])
     if not found:
@@ -690,6 +964,30 @@ def constraint_of(body: SamplingFields) -> tuple[ConstraintSpec | None, str | No
     if spec.choices is not None and not spec.choices:
         raise APIError(400, f"{name} is empty", param=name)
     return spec, name
+
+
+def guess_grammar_syntax(text: str) -> str:
+    """vLLM's rule for ``guided_grammar``: a grammar with ``::=`` outside comments is
+    GBNF/EBNF, any other is Lark."""
+    for line in text.splitlines():
+        code = line.split("#", 1)[0] if not line.lstrip().startswith("//") else ""
+        if "::=" in code:
+            return "gbnf"
+    return "lark"
+
+
+GUIDED_BACKENDS = ("auto", "sgl")
+
+
+def _check_guided_options(body: SamplingFields) -> None:
+    """vLLM's ``guided_*`` options that change how, not what: honoured or refused."""
+    if body.guided_whitespace_pattern is not None:
+        raise APIError(400, "guided_whitespace_pattern is not supported; a schema can ask for compact JSON with "
+                       '"x-guidance": {"whitespace_flexible": false}', param="guided_whitespace_pattern")
+    backend = body.guided_decoding_backend
+    if backend is not None and backend.split(":", 1)[0] not in GUIDED_BACKENDS:
+        raise APIError(400, f"guided_decoding_backend {backend!r} is not available here; this server decodes with its own "
+                       f"engine ({' or '.join(GUIDED_BACKENDS)})", param="guided_decoding_backend")
 
 
 def compile_constraint(spec: ConstraintSpec) -> Any:
@@ -742,9 +1040,16 @@ def _finish(result: GenerateResult) -> str:
     return "length" if result.finish_reason == "length" else "stop"
 
 
+def _completion_tokens(result: GenerateResult) -> int:
+    """Generated tokens: the ids, else the count a proxied server reported; plus a first
+    pass (auto tool calls)."""
+    n = len(result.token_ids) or int(result.meta.get("completion_tokens", 0))
+    return n + int(result.meta.get("first_pass_tokens", 0))
+
+
 def _usage(results: list[GenerateResult]) -> Usage:
     prompt = sum(int(r.meta.get("prompt_tokens", 0)) for r in results)
-    completion = sum(len(r.token_ids) for r in results)
+    completion = sum(_completion_tokens(r) for r in results)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 

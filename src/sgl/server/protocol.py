@@ -2,7 +2,9 @@
 
 Requests accept unknown fields and ignore them (clients send many optional OpenAI
 fields); fields SGL cannot honour with a non-neutral value (penalties, logit_bias,
-tools, ...) are rejected by the server with a 400 that names them.
+best_of, ...) are rejected by the server with a 400 that names them. Tool calls
+(``tools``, ``tool_choice``, ``parallel_tool_calls``) are described in
+``sgl.server.tools``.
 
 Structured-output fields, beyond OpenAI's ``response_format``:
 
@@ -20,7 +22,14 @@ field               meaning
 ``guided_grammar``,
 ``guided_json``
 ``structured_outputs``  vLLM >= 0.12: ``{"regex"|"choice"|"grammar"|"json": ...}``
+``structural_tag``  SGLang's / vLLM's free text with tagged JSON segments:
+                    ``{"type": "structural_tag", "structures": [{"begin", "schema",
+                    "end"}], "triggers": [...]}`` (also as ``response_format``)
 ==================  ================================================================
+
+``guided_grammar`` and ``structured_outputs.grammar`` are read as Lark when they look
+like Lark (vLLM's rule), else as GBNF. ``guided_decoding_backend`` may be ``auto`` or
+``sgl``; ``guided_whitespace_pattern`` is refused (use ``x-guidance``).
 """
 
 from __future__ import annotations
@@ -45,8 +54,10 @@ class JsonSchemaFormat(_Lenient):
 
 
 class ResponseFormat(_Lenient):
-    type: Literal["text", "json_object", "json_schema"]
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
     json_schema: JsonSchemaFormat | None = None
+    structures: list[dict[str, Any]] | None = None  # type structural_tag
+    triggers: list[str] | None = None
 
 
 class StreamOptions(_Lenient):
@@ -68,6 +79,9 @@ class ConstraintFields(_Lenient):
     guided_grammar: str | None = None
     guided_json: dict[str, Any] | str | None = None
     structured_outputs: dict[str, Any] | None = None  # vLLM >= 0.12: {"json"|"regex"|"choice"|"grammar": ...}
+    structural_tag: dict[str, Any] | str | None = None  # vLLM's extra field (dict or JSON text)
+    guided_whitespace_pattern: str | None = None
+    guided_decoding_backend: str | None = None
 
 
 class SamplingFields(ConstraintFields):
@@ -102,10 +116,44 @@ class ContentPart(_Lenient):
     text: str | None = None
 
 
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str = "{}"  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Lenient):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message answers this call
+
+
+class FunctionDef(_Lenient):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema of the arguments object
+    strict: bool | None = None
+
+
+class Tool(_Lenient):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -113,7 +161,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     add_generation_prompt: bool = True
     continue_final_message: bool = False
 
@@ -167,9 +217,16 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
 
 
+class ResponseToolCall(BaseModel):
+    id: str
+    type: str = "function"
+    function: FunctionCall
+
+
 class ResponseMessage(BaseModel):
     role: str = "assistant"
     content: str | None = None
+    tool_calls: list[ResponseToolCall] | None = Field(default=None, exclude_if=lambda v: v is None)  # absent when none
 
 
 class ChatChoice(BaseModel):
@@ -188,9 +245,22 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage | None = None
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: DeltaFunction
+
+
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -1,0 +1,152 @@
+"""Tool calls for ``/v1/chat/completions``: the prompt, the constraint, the parsing.
+
+The format (what the model writes, enforced by a grammar): one call is the JSON object
+``{"name": NAME, "arguments": {...}}`` whose arguments match that function's
+``parameters`` schema; several calls (``parallel_tool_calls``, the default) may be a
+JSON array of such objects. The functions and this format are described to the model
+in the system message.
+
+``tool_choice``:
+
+* ``"none"`` (or no ``tools``): plain chat; the tools are not shown to the model.
+* ``"required"``: the answer is one call (or, with ``parallel_tool_calls``, an array
+  of calls) of any listed function: one JSON-Schema constraint (an ``anyOf`` of one
+  call object per function, compact whitespace).
+* ``{"type": "function", "function": {"name": F}}``: exactly one call of ``F``.
+* ``"auto"`` (the default with tools): free text or calls, in two constrained passes:
+  the first pass allows either text that does not start with ``{``/``[`` or only that
+  opening bracket (``AUTO_FIRST_PASS``); if the model opened a call, a second pass
+  generates it under the ``"required"`` constraint. So in auto mode a plain answer
+  cannot start with ``{`` or ``[``.
+
+The answer becomes ``message.tool_calls`` (ids ``call_...``, ``arguments`` as JSON
+text) with ``finish_reason: "tool_calls"``. Earlier calls (assistant messages with
+``tool_calls``) are written back into the prompt in the same format; ``tool``
+messages are rendered in the backend's ``tool`` role.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .protocol import ChatCompletionRequest, FunctionCall, ResponseToolCall, ToolCall
+from .schemas import resolve_strict
+
+AUTO_FIRST_PASS = r"\s*(?:[\[{]|[^\[{\s][\s\S]*)?"  # a plain answer, or the opening of a call
+COMPACT = {"whitespace_flexible": False}  # llguidance's spelling, read by sgl.constrain
+
+
+@dataclass
+class ToolPlan:
+    """What a request's ``tools`` and ``tool_choice`` ask for."""
+
+    mode: str  # "auto" or "required" (a named function is "required" with one function)
+    functions: list[dict[str, Any]]  # the functions shown to the model (name, description, parameters)
+    call_schema: dict[str, Any]  # the JSON Schema of a call (or of calls)
+    parallel: bool
+
+
+class ToolError(ValueError):
+    """A bad ``tools``/``tool_choice``; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def plan_tools(body: ChatCompletionRequest, strict_default: bool) -> ToolPlan | None:
+    """The request's tool plan, or None for plain chat (no tools, or tool_choice none)."""
+    choice = body.tool_choice
+    if not body.tools:
+        if choice not in (None, "none"):
+            raise ToolError("tool_choice needs tools", "tool_choice")
+        return None
+    if choice == "none":
+        return None
+    names = [t.function.name for t in body.tools]
+    if len(set(names)) != len(names):
+        raise ToolError("tools have duplicate function names", "tools")
+    functions = [_function(t.function, strict_default) for t in body.tools]
+    mode, parallel = "required", body.parallel_tool_calls
+    if choice is None or choice == "auto":
+        mode = "auto"
+    elif not isinstance(choice, str):
+        if choice.function.name not in names:
+            raise ToolError(f"tool_choice names function {choice.function.name!r}, which is not in tools",
+                            "tool_choice")
+        functions = [f for f in functions if f["name"] == choice.function.name]
+        parallel = False
+    return ToolPlan(mode, functions, calls_schema(functions, parallel), parallel)
+
+
+def _function(fn: Any, strict_default: bool) -> dict[str, Any]:
+    params = fn.parameters if fn.parameters is not None else {"type": "object", "properties": {}}
+    return {"name": fn.name, "description": fn.description,
+            "parameters": resolve_strict(params, fn.strict, strict_default)}
+
+
+def calls_schema(functions: list[dict[str, Any]], parallel: bool) -> dict[str, Any]:
+    """The JSON Schema of the model's answer: one call, or (``parallel``) also an array."""
+    calls = [{"type": "object",
+              "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
+              "required": ["name", "arguments"], "additionalProperties": False} for f in functions]
+    one = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    if not parallel:
+        return one | {"x-guidance": COMPACT}
+    return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}], "x-guidance": COMPACT}
+
+
+def system_text(plan: ToolPlan) -> str:
+    """The instructions that tell the model about the functions and the format."""
+    listing = "\n".join(json.dumps({k: v for k, v in f.items() if v is not None}, ensure_ascii=False)
+                        for f in plan.functions)
+    how = 'To call a function, reply with only a JSON object {"name": <function name>, "arguments": <arguments object>}'
+    if plan.parallel:
+        how += ", or a JSON array of such objects to call several"
+    if plan.mode == "auto":
+        how += ". Otherwise answer in plain text"
+    return f"You can call these functions:\n{listing}\n{how}."
+
+
+def opened_call(text: str) -> bool:
+    """Did a first (auto) pass open a call?"""
+    return text.lstrip()[:1] in ("{", "[")
+
+
+def parse_calls(text: str) -> list[ResponseToolCall] | None:
+    """The calls in the model's answer, or None when it is not a complete call."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or "arguments" not in item:
+            return None
+        arguments = json.dumps(item["arguments"], ensure_ascii=False)
+        calls.append(ResponseToolCall(id=new_call_id(), function=FunctionCall(name=item["name"], arguments=arguments)))
+    return calls or None
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def render_calls(calls: list[ToolCall]) -> str:
+    """Earlier calls, written back into the prompt in the model's own format."""
+    objects = []
+    for call in calls:
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except json.JSONDecodeError:
+            arguments = call.function.arguments  # kept as the client sent it
+        objects.append({"name": call.function.name, "arguments": arguments})
+    return json.dumps(objects[0] if len(objects) == 1 else objects, ensure_ascii=False)
+
+
+__all__ = ["AUTO_FIRST_PASS", "ToolError", "ToolPlan", "calls_schema", "opened_call", "parse_calls", "plan_tools",
+           "render_calls", "system_text"]
