@@ -42,6 +42,8 @@ class SeqOutput:
     text: str = ""
     finish_reason: str = "length"  # "stop" | "length" | "eos" | "error"
     logprobs: list[float] | None = None
+    # with params.top_logprobs_num: per generated token, the most likely (id, logprob)s
+    top_logprobs: list[list[tuple[int, float]]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 

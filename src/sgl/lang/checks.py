@@ -40,6 +40,15 @@ GEN_KEYWORD = (
     "dtype",
     "timeout",
     "sampler",
+    # SGLang's later gen arguments: keyword-only in SGL
+    "n",
+    "frequency_penalty",
+    "presence_penalty",
+    "ignore_eos",
+    "return_logprob",
+    "logprob_start_len",
+    "top_logprobs_num",
+    "return_text_in_logprobs",
 )
 SELECT_POSITIONAL = ("name", "choices", "temperature", "choices_method")
 SELECT_KEYWORD = ("seed", "timeout")
@@ -55,19 +64,9 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "select": (SELECT_POSITIONAL, SELECT_KEYWORD),
 }
-SGLANG_ONLY = (
-    "frequency_penalty",
-    "presence_penalty",
-    "ignore_eos",
-    "return_logprob",
-    "logprob_start_len",
-    "top_logprobs_num",
-    "return_text_in_logprobs",
-)
 REFUSED_API = {
     "image": "sgl.image is not supported: SGL runs text-only models",
     "video": "sgl.video is not supported: SGL runs text-only models",
-    "separate_reasoning": "sgl.separate_reasoning is not supported",
 }
 CONSTRAINT_ARGS = ("regex", "json_schema", "grammar", "dtype", "choices")
 DTYPE_NAMES = set(DTYPE_REGEX) | {"string", "integer", "boolean"}
@@ -274,11 +273,7 @@ class FunctionChecker(ast.NodeVisitor):
         for kw in node.keywords:
             if kw.arg is None:
                 return None  # **kwargs
-            if kw.arg in SGLANG_ONLY:
-                self.error(
-                    f"argument '{kw.arg}' to {api} is SGLang-only and not supported by SGL", kw
-                )
-            elif kw.arg not in valid:
+            if kw.arg not in valid:
                 close = difflib.get_close_matches(kw.arg, valid, n=1, cutoff=0.6)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 self.error(f"unknown argument '{kw.arg}' to {api}{hint}", kw)
@@ -329,7 +324,11 @@ class FunctionChecker(ast.NodeVisitor):
 
     def check_numbers(self, call: BoundCall) -> None:
         rules = {
-            "max_tokens": lambda v: isinstance(v, int) and v >= 1,
+            "max_tokens": lambda v: isinstance(v, int) and v >= 0,
+            "n": lambda v: isinstance(v, int) and v >= 1,
+            "frequency_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
+            "presence_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
+            "top_logprobs_num": lambda v: isinstance(v, int) and v >= 0,
             "min_tokens": lambda v: isinstance(v, int) and v >= 0,
             "temperature": lambda v: isinstance(v, int | float) and v >= 0,
             "top_p": lambda v: isinstance(v, int | float) and 0 < v <= 1,
@@ -337,7 +336,11 @@ class FunctionChecker(ast.NodeVisitor):
             "timeout": lambda v: isinstance(v, int | float) and v > 0,
         }
         wants = {
-            "max_tokens": "a positive integer",
+            "max_tokens": "a non-negative integer",
+            "n": "a positive integer",
+            "frequency_penalty": "a number in [-2, 2]",
+            "presence_penalty": "a number in [-2, 2]",
+            "top_logprobs_num": "a non-negative integer",
             "min_tokens": "a non-negative integer",
             "temperature": "a number >= 0",
             "top_p": "a number in (0, 1]",

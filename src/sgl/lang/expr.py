@@ -70,8 +70,20 @@ class GenExpr(SglExpr):
     dtype: str | None = None
     timeout: float | None = None
     sampler: Any = None  # generates instead of the backend (e.g. an OptimalSampler)
+    n: int | None = None  # SGLang: n samples, the variable becomes a list
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    ignore_eos: bool | None = None
+    return_logprob: bool | None = None
+    logprob_start_len: int | None = None
+    top_logprobs_num: int | None = None
+    return_text_in_logprobs: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.n is not None and (isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1):
+            raise ValueError(f"n must be a positive integer, got {self.n!r}")
+        if self.max_tokens is not None and self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         elif self.stop is not None:

@@ -8,8 +8,9 @@ streamed run, whose program runs on a background thread while the caller reads
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -221,6 +222,31 @@ class ProgramState:
                 break
         if self._error is not None:
             raise self._error
+
+    async def text_async_iter(
+        self, var_name: str | None = None, return_meta_data: bool = False
+    ) -> AsyncIterator[Any]:
+        """`text_iter` for asyncio: ``async for chunk in state.text_async_iter("answer")``.
+
+        With ``return_meta_data`` each chunk comes as ``(chunk, meta)``, ``meta`` being
+        the variable's meta info so far (None until the backend reported it).
+        """
+        loop = asyncio.get_running_loop()
+        chunks = self.text_iter(var_name)
+        done = object()
+        try:
+            while True:
+                # the blocking wait for the next chunk runs on a worker thread
+                chunk = await loop.run_in_executor(None, next, chunks, done)
+                if chunk is done:
+                    return
+                if return_meta_data:
+                    meta = self._meta.get(var_name) if var_name is not None else None
+                    yield chunk, meta
+                else:
+                    yield chunk
+        finally:
+            chunks.close()
 
     def _stream_done(self, var_name: str | None) -> bool:
         if self._finished:
