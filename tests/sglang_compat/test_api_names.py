@@ -242,3 +242,23 @@ def test_verbosity_prints_the_text(scripted, capsys):
     finally:
         sgl.global_config.verbosity = 0
     assert "hi there" in capsys.readouterr().out
+
+
+def test_logprobs_from_a_backend_without_them_are_a_clear_error(scripted):
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("a", return_logprob=True)
+
+    with pytest.raises(sgl.ProgramError, match="does not return logprobs"):
+        prog.run(backend=scripted(["x"]))
+
+
+def test_gen_n_on_a_plain_backend_batches_n_requests(scripted):
+    @sgl.function
+    def prog(s):
+        s += "x" + sgl.gen("a", n=2, seed=5)
+
+    backend = scripted(["one", "two"])
+    state = prog.run(backend=backend)
+    assert state["a"] == ["one", "two"] and state.text() == "xone"
+    assert [r.params.seed for r in backend.requests] == [5, 6]
