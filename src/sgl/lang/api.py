@@ -12,7 +12,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .choices import ChoicesSamplingMethod, token_length_normalized
-from .expr import ExprList, GenExpr, RoleBegin, RoleEnd, SelectExpr, SglExpr
+from .expr import (
+    ExprList,
+    GenExpr,
+    RoleBegin,
+    RoleEnd,
+    SelectExpr,
+    SeparateReasoning,
+    SglExpr,
+)
 from .function import SglFunction
 
 
@@ -192,7 +200,7 @@ def assistant_end() -> RoleEnd:
     return RoleEnd("assistant")
 
 
-UNSUPPORTED = ("image", "video", "separate_reasoning")
+UNSUPPORTED = ("image", "video")
 
 
 def image(*args: Any, **kwargs: Any) -> SglExpr:
@@ -205,6 +213,12 @@ def video(*args: Any, **kwargs: Any) -> SglExpr:
     raise NotImplementedError("sgl.video is not supported: SGL runs text-only models")
 
 
-def separate_reasoning(*args: Any, **kwargs: Any) -> SglExpr:
-    """Refused: no reasoning parsers in SGL."""
-    raise NotImplementedError("sgl.separate_reasoning is not supported")
+def separate_reasoning(expr: SglExpr | None = None, model_type: str | None = None) -> ExprList:
+    """``expr`` (a gen or select, or a list of them), then split each value into the
+    answer (kept in its variable and the text) and the reasoning, stored as
+    ``<name>_reasoning_content``. ``model_type`` is one of SGLang's reasoning parser
+    names (``deepseek-r1``, ``qwen3``, ... see `sgl.lang.reasoning.REASONING_FORMATS`);
+    an unknown one is an error when the program runs, as in SGLang."""
+    if expr is None:
+        raise ValueError("separate_reasoning needs the gen or select whose output it splits")
+    return ExprList([expr, SeparateReasoning(model_type, expr)])

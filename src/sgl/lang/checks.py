@@ -187,11 +187,39 @@ class FunctionChecker(ast.NodeVisitor):
                 self.read(node.args[0], node)
         if api in REFUSED_API:
             self.error(REFUSED_API[api], node)
+        elif api == "separate_reasoning":
+            self.check_separate_reasoning(node)
         elif api in SIGNATURES:
             bound = self.bind(api, node)
             if bound is not None:
                 self.check_call(bound)
         self.generic_visit(node)
+
+    def check_separate_reasoning(self, node: ast.Call) -> None:
+        """A known model_type; the ``<name>_reasoning_content`` variables it defines."""
+        from .reasoning import REASONING_FORMATS, REASONING_SUFFIX
+
+        args = dict(zip(("expr", "model_type"), node.args, strict=False))
+        args.update({kw.arg: kw.value for kw in node.keywords if kw.arg})
+        model_type = args.get("model_type")
+        ok, value = self.names.literal(model_type) if model_type is not None else (True, None)
+        if ok and value not in REASONING_FORMATS:
+            self.error(
+                f"separate_reasoning needs model_type, one of {', '.join(REASONING_FORMATS)} (got {value!r})",
+                model_type if model_type is not None else node,
+            )
+        stmt = self.stmt_stack[-1] if self.stmt_stack else node
+        end = (getattr(stmt, "end_lineno", stmt.lineno), getattr(stmt, "end_col_offset", 0))
+        for inner in ast.walk(args.get("expr", node)):
+            if not isinstance(inner, ast.Call):
+                continue
+            if self.names.api_name(inner.func) not in ("gen", "gen_int", "gen_string", "select"):
+                continue
+            name_node = inner.args[0] if inner.args else next(
+                (kw.value for kw in inner.keywords if kw.arg == "name"), None)
+            ok, name = self.names.literal(name_node) if name_node is not None else (False, None)
+            if ok and isinstance(name, str):
+                self.defs.append(VarEvent(name + REASONING_SUFFIX, end))
 
     # --- state helpers ---
     def is_state_target(self, node: ast.expr) -> bool:

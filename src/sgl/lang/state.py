@@ -3,7 +3,8 @@
 A state executes what is appended to it at once (through its interpreter), except a
 fork, which queues work on its own thread so that forks decode in parallel, and a
 streamed run, whose program runs on a background thread while the caller reads
-``text_iter()``. Text only ever grows, so readers can follow it by offset.
+``text_iter()``. Text only ever grows while a reader can follow it by offset (a
+streamed run); only `separate_reasoning` in an unstreamed run rewrites its tail.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ProgramState:
         self._role: str | None = None
         self._role_start = 0
         self._scopes: dict[str, int] = {}
+        self._spans: dict[str, tuple[int, int]] = {}  # where each gen/select value sits in the text
         self._fork_start = 0
         self._streaming_vars: set[str] = set()
         self._error: BaseException | None = None

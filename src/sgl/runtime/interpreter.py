@@ -29,6 +29,7 @@ from sgl.lang.expr import (
     RoleBegin,
     RoleEnd,
     SelectExpr,
+    SeparateReasoning,
     SglExpr,
     VarScopeBegin,
     VarScopeEnd,
@@ -155,6 +156,8 @@ class Interpreter:
             state._scopes[expr.name] = len(state._text)
         elif isinstance(expr, VarScopeEnd):
             state.set_var(expr.name, state._text[state._scopes.pop(expr.name) :])
+        elif isinstance(expr, SeparateReasoning):
+            self._separate_reasoning(state, expr)
         elif isinstance(expr, ConcatAndAppend):
             state._append("".join(s._text[s._fork_start :] for s in expr.states))
         elif isinstance(expr, SglExpr):
@@ -206,6 +209,7 @@ class Interpreter:
         deadline = self._deadline(g.timeout)
         what = f"gen {g.name!r}" if g.name else "gen"
         n = g.n or 1
+        start = len(state._text)
         if n == 1 and g.sampler is None and (state._stream or deadline is not None):
             meta = self._gen_streaming(state, g.name, request, deadline, what)
             texts, metas = [meta.pop("text")], [meta]
@@ -219,6 +223,7 @@ class Interpreter:
             return
         values = [self._value(g, text, meta) for text, meta in zip(texts, metas, strict=True)]
         with state._cond:
+            state._spans[g.name] = (start, len(state._text))
             state._meta[g.name] = metas[0] if n == 1 else metas
         state.set_var(g.name, values[0] if n == 1 else values)
 
@@ -334,9 +339,11 @@ class Interpreter:
                 sel.seed if sel.seed is not None else self.defaults.seed,
             )
         choice = sel.choices[index]
+        start = len(state._text)
         state._append(choice)
         if sel.name is not None:
             with state._cond:
+                state._spans[sel.name] = (start, len(state._text))
                 state._meta[sel.name] = {
                     **result.meta,
                     "scores": list(result.scores),
@@ -344,6 +351,35 @@ class Interpreter:
                     "method": sel.method,
                 }
             state.set_var(sel.name, choice)
+
+    # --- separate_reasoning ---
+    def _separate_reasoning(self, state: ProgramState, expr: SeparateReasoning) -> None:
+        """Split each target's value into answer (variable, text) and reasoning.
+
+        The text is rewritten only where the value is still the end of the text and the
+        run is not streamed (a streamed reader has already seen it): then the state's
+        text and the open role's message hold the answer alone, as in SGLang.
+        """
+        from sgl.lang.reasoning import split_reasoning
+
+        for target in expr.targets():
+            name = target.name
+            value = state._vars.get(name)
+            if not isinstance(value, str):
+                raise ProgramError(
+                    f"separate_reasoning needs the text of {name!r}, not {type(value).__name__}", state
+                )
+            try:
+                reasoning, answer = split_reasoning(value, expr.model_type)
+            except ValueError as e:
+                raise ProgramError(str(e), state) from e
+            with state._cond:
+                span = state._spans.get(name)
+                if span is not None and span[1] == len(state._text) and not state._stream:
+                    state._text = state._text[: span[0]] + answer
+                    state._spans[name] = (span[0], len(state._text))
+            state.set_var(expr.process_name_for_reasoning(name), reasoning)
+            state.set_var(name, answer)
 
     # --- roles ---
     def _role_begin(self, state: ProgramState, role: str) -> None:
