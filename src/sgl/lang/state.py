@@ -41,6 +41,7 @@ class ProgramState:
         self._role_start = 0
         self._scopes: dict[str, int] = {}
         self._spans: dict[str, tuple[int, int]] = {}  # where each gen/select value sits in the text
+        self._truncated: dict[str, str] = {}  # variables cut by max_tokens: reading one raises
         self._fork_start = 0
         self._streaming_vars: set[str] = set()
         self._error: BaseException | None = None
@@ -172,11 +173,16 @@ class ProgramState:
             if name not in self._vars:
                 known = ", ".join(sorted(self._vars)) or "none"
                 raise KeyError(f"variable {name!r} is not defined (defined: {known})")
+            if name in self._truncated:
+                from sgl.runtime.errors import ProgramError
+
+                raise ProgramError(self._truncated[name], self)
             return self._vars[name]
 
     def set_var(self, name: str, value: Any) -> None:
         with self._cond:
             self._vars[name] = value
+            self._truncated.pop(name, None)  # a value the program sets itself is whole
             self._cond.notify_all()
 
     def get_meta_info(self, name: str) -> dict | None:

@@ -219,13 +219,24 @@ class Interpreter:
             texts = [r.text for r in results]
             metas = [self._result_meta(g, req, r) for req, r in zip(requests, results, strict=True)]
             state._append(texts[0])  # as SGLang: with n samples, the text continues with the first
+        if g.dtype == "str":  # a string cut short is closed, never left unterminated
+            closings = [_close_string(text) for text in texts]
+            if closings[0]:
+                state._append(closings[0])
+            texts = [text + closing for text, closing in zip(texts, closings, strict=True)]
+            for meta, closing in zip(metas, closings, strict=True):
+                if closing:
+                    meta.update(truncated=True, closed_with=closing)
         if g.name is None:
             return
         values = [self._value(g, text, meta) for text, meta in zip(texts, metas, strict=True)]
+        cut = [_cut_value_error(g, request, text, meta) for text, meta in zip(texts, metas, strict=True)]
         with state._cond:
             state._spans[g.name] = (start, len(state._text))
             state._meta[g.name] = metas[0] if n == 1 else metas
-        state.set_var(g.name, values[0] if n == 1 else values)
+            state.set_var(g.name, values[0] if n == 1 else values)
+            if any(cut):
+                state._truncated[g.name] = "; ".join(c for c in cut if c)
 
     def _generate(self, g: GenExpr, requests: list[GenerateRequest]) -> list[GenerateResult]:
         if g.sampler is not None:
@@ -465,6 +476,60 @@ class Interpreter:
         raise BackendError(
             f"backend failed during {what}: {type(error).__name__}: {error}", state
         ) from error
+
+
+def _close_string(text: str) -> str:
+    """What closes ``text``, a JSON string the ``str`` dtype's regex started ("" if complete).
+
+    The shortest completion: a closing quote, after finishing a half-written escape
+    (a lone backslash becomes an escaped backslash).
+    """
+    if text == "":
+        return '""'  # cut before the opening quote
+    if not text.startswith('"'):
+        return ""
+    body = text[1:]
+    i, n = 0, len(body)
+    while i < n:
+        if body[i] == "\\":
+            if i + 1 == n:
+                return '\\"'
+            i += 2
+        elif body[i] == '"':
+            return ""  # closed
+        else:
+            i += 1
+    return '"'
+
+
+def _cut_value_error(g: GenExpr, request: GenerateRequest, text: str, meta: dict) -> str | None:
+    """Why a constrained value cut by ``max_tokens`` is broken, or None if it is whole."""
+    if meta.get("finish_reason") != "length" or request.constraint is None:
+        return None
+    if g.dtype:
+        if "dtype_error" not in meta:
+            return None
+    elif g.regex is not None:
+        import re
+
+        try:
+            if re.fullmatch(g.regex, text) is not None:
+                return None
+        except re.error:
+            return None  # a regex only the constraint engine reads: cannot tell
+    elif g.json_schema is not None:
+        import json
+
+        try:
+            json.loads(text)
+            return None
+        except ValueError:
+            pass
+    else:
+        return None  # a grammar: no Python-side check
+    meta["truncated"] = True
+    return (f"the value of {g.name!r} was cut by max_tokens={request.params.max_tokens} before the "
+            f"constraint was complete ({text[-40:]!r}); raise max_tokens (the raw text is in the state's text)")
 
 
 def _nth_sample(request: GenerateRequest, i: int) -> GenerateRequest:
