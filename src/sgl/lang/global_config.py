@@ -2,8 +2,9 @@
 
 ``default_backend`` is the same setting as `sgl.set_default_backend` (None until one is
 set or first needed). ``verbosity >= 2`` prints each program's text when it finishes.
-The other flags are SGLang's; SGL keeps them so code that sets them runs, and they
-change nothing (docs/sglang_compat.md says why for each).
+``enable_precache_with_tracing``: ``run_batch`` prefills the program's traced prefix
+before its runs (backends with a prefix cache). The other flags are SGLang's; SGL keeps
+them so code that sets them runs, and they change nothing (docs/sglang_compat.md).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ class GlobalConfig:
 
     def __init__(self) -> None:
         self.verbosity = 0
-        # SGLang flags without an effect here: the local prefix cache already shares
-        # prefixes, forks append text, and special tokens never reach generated text.
         self.enable_precache_with_tracing = True
+        # SGLang flags without an effect here: forks join by text, and special tokens
+        # never reach generated text.
         self.enable_parallel_encoding = True
         self.skip_special_tokens_in_output = True
         self.spaces_between_special_tokens_in_out = True
