@@ -49,13 +49,14 @@ def test_unknown_argument_without_suggestion_and_to_select(tmp_path):
     ]
 
 
-def test_sglang_only_argument_and_too_many_positionals(tmp_path):
+def test_sglang_arguments_are_checked_and_too_many_positionals(tmp_path):
     compiled = check(
         tmp_path,
-        's += sgl.gen("a", ignore_eos=True)\ns += sgl.select("b", ["x"], 0, "greedy_token_selection", 1)\n',
+        's += sgl.gen("a", ignore_eos=True, n=0, frequency_penalty=3)\ns += sgl.select("b", ["x"], 0, "greedy_token_selection", 1)\n',
     )
     assert [where(d) for d in compiled.errors] == [
-        (5, 23, "argument 'ignore_eos' to gen is SGLang-only and not supported by SGL"),
+        (5, 42, "n must be a positive integer, got 0"),
+        (5, 63, "frequency_penalty must be a number in [-2, 2], got 3"),
         (6, 62, "select takes at most 4 positional arguments (5 given)"),
     ]
 
@@ -147,15 +148,15 @@ def test_syntax_error_is_a_diagnostic(tmp_path):
 
 def test_refused_api_and_bad_numbers_and_dtype(tmp_path):
     body = """\
-    s += sgl.image("cat.png") + sgl.gen("a", max_tokens=0, temperature=-1)
+    s += sgl.image("cat.png") + sgl.gen("a", max_tokens=-1, temperature=-1)
     s += sgl.gen("b", dtype="complex") + sgl.gen("c", dtype=list)
     s += sgl.gen("d", regex="a", json_schema={})
     s += sgl.gen("e", grammar='start: "a"', grammar_syntax="yacc")
     """
     assert [where(d) for d in check(tmp_path, body).errors] == [
         (5, 10, "sgl.image is not supported: SGL runs text-only models"),
-        (5, 57, "max_tokens must be a positive integer, got 0"),
-        (5, 72, "temperature must be a number >= 0, got -1"),
+        (5, 57, "max_tokens must be a non-negative integer, got -1"),
+        (5, 73, "temperature must be a number >= 0, got -1"),
         (6, 29, "unsupported dtype 'complex' (expected int, float, str or bool)"),
         (6, 61, "unsupported dtype list (expected int, float, str or bool)"),
         (

@@ -105,14 +105,16 @@ def test_run_defaults_and_gen_overrides():
     )  # top_k -1 = off = 0
 
 
-def test_sglang_only_run_options_are_refused_unless_neutral():
+def test_sglang_run_options_reach_the_request_and_gen_overrides_them():
     @sgl.function
     def prog(s):
-        s += sgl.gen("a")
+        s += sgl.gen("a") + sgl.gen("b", frequency_penalty=0.0, ignore_eos=False)
 
-    prog.run(backend=ScriptedBackend(["x"]), frequency_penalty=0.0, ignore_eos=False)
-    with pytest.raises(sgl.ProgramError, match="frequency_penalty"):
-        prog.run(backend=ScriptedBackend(["x"]), frequency_penalty=0.5)
+    backend = ScriptedBackend(["x", "y"])
+    prog.run(backend=backend, frequency_penalty=0.5, presence_penalty=-0.25, ignore_eos=True)
+    a, b = (r.params for r in backend.requests)
+    assert (a.frequency_penalty, a.presence_penalty, a.ignore_eos) == (0.5, -0.25, True)
+    assert (b.frequency_penalty, b.presence_penalty, b.ignore_eos) == (0.0, -0.25, False)
 
 
 def test_constraints_reach_the_backend():

@@ -34,9 +34,15 @@ from sgl.lang.choices import (
 from sgl.lang.compiler import CompiledProgram, compile
 from sgl.lang.diagnostics import Diagnostic
 from sgl.lang.function import SglFunction
+from sgl.lang.global_config import global_config
 from sgl.lang.state import ProgramState, ProgramStateGroup
 from sgl.runtime.errors import BackendError, GenerationTimeout, ProgramError, SglError
-from sgl.runtime.interpreter import get_default_backend, set_default_backend
+from sgl.runtime.interpreter import (
+    flush_cache,
+    get_default_backend,
+    get_server_info,
+    set_default_backend,
+)
 
 __version__ = "0.1.0"
 
@@ -44,6 +50,8 @@ _LAZY = {
     "LocalModel": "sgl.backends.local",
     "OpenAI": "sgl.backends.openai",
     "RuntimeEndpoint": "sgl.backends.openai",
+    "Runtime": "sgl.backends.runtime",
+    "Engine": "sgl.backends.runtime",
     "get_stats": "sgl.runtime.metrics",
     "OptimalSampler": "sgl.decode.optimal",
 }
@@ -59,7 +67,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Engine",
     "LocalModel",
+    "Runtime",
     "OpenAI",
     "OptimalSampler",
     "RuntimeEndpoint",
@@ -79,11 +89,14 @@ __all__ = [
     "assistant_begin",
     "assistant_end",
     "compile",
+    "flush_cache",
     "function",
     "gen",
     "gen_int",
     "gen_string",
     "get_default_backend",
+    "get_server_info",
+    "global_config",
     "greedy_token_selection",
     "image",
     "select",

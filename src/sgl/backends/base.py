@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0  # with logprobs: also the k most likely tokens at each step
+    frequency_penalty: float = 0.0  # subtracted per earlier occurrence in the output
+    presence_penalty: float = 0.0  # subtracted once a token occurred in the output
+    ignore_eos: bool = False  # EOS cannot be sampled (stop tokens and strings still stop)
 
 
 @dataclass
@@ -59,6 +63,34 @@ class GenerateResult:
 class SelectResult:
     index: int
     scores: list[float]  # one per choice, higher is better
+    # SGLang's select meta where the backend has it: input_token_logprobs (per choice,
+    # (logprob, token_id, text) tuples), normalized_prompt_logprobs, ...
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class TokenUsage:
+    """Tokens a backend has processed (SGLang's ``backend.token_usage``); thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
+        with self._lock:
+            self.prompt_tokens += int(prompt_tokens)
+            self.completion_tokens += int(completion_tokens)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.prompt_tokens = 0
+            self.completion_tokens = 0
+
+    def __repr__(self) -> str:
+        return f"TokenUsage(prompt_tokens={self.prompt_tokens}, completion_tokens={self.completion_tokens})"
+
+
+_USAGE_LOCK = threading.Lock()
 
 
 class Backend(ABC):
@@ -83,3 +115,34 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    def shutdown(self) -> None:
+        """SGLang's name for `close`: release the backend (its engine thread, connections)."""
+        self.close()
+
+    @property
+    def token_usage(self) -> TokenUsage:
+        """Prompt and completion tokens of every generation so far (``.reset()`` to restart)."""
+        usage = self.__dict__.get("_token_usage")
+        if usage is None:
+            with _USAGE_LOCK:
+                usage = self.__dict__.setdefault("_token_usage", TokenUsage())
+        return usage
+
+    def count_usage(self, result: GenerateResult) -> GenerateResult:
+        """Add ``result``'s token counts (its meta, else its token ids) to `token_usage`."""
+        meta = result.meta
+        self.token_usage.add(meta.get("prompt_tokens") or 0,
+                             meta.get("completion_tokens", len(result.token_ids)) or 0)
+        return result
+
+    def flush_cache(self, empty_cache: bool = True) -> bool:
+        """Drop cached prompt prefixes; False where the backend has none to drop."""
+        return False
+
+    def get_server_info(self) -> dict[str, Any]:
+        """What the backend runs (SGLang's ``get_server_info``)."""
+        return {"backend": type(self).__name__}
+
+    def cache_prefix(self, prefix: str) -> None:  # noqa: B027 - optional hook
+        """Compute and keep the KV of ``prefix`` where the backend caches prefixes."""

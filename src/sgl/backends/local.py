@@ -20,6 +20,7 @@ from sgl.backends.base import (
     ConstraintSpec,
     GenerateRequest,
     GenerateResult,
+    SamplingParams,
     SelectResult,
 )
 from sgl.engine.llama import Llama
@@ -149,8 +150,8 @@ class LocalModel(Backend):
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
         """Generate a completion of ``request.prompt``."""
-        if self._drafter_spec is not None and request.params.min_tokens == 0:
-            return self._generate_speculative(request)
+        if self._drafter_spec is not None and _speculative_ok(request.params):
+            return self.count_usage(self._generate_speculative(request))
         return self.generate_batch([request])[0]
 
     def _make_drafter(self) -> Any:
@@ -221,11 +222,64 @@ class LocalModel(Backend):
             yield from handle.stream()
         finally:
             handle.cancel()
+            self.count_usage(_result(handle.result()))
 
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
         """Generate for several requests; they join the engine's running batch together."""
         seqs = [self._seq_request(r) for r in requests]
-        return [_result(o) for o in self.engine.generate(seqs)]
+        return [self.count_usage(_result(o)) for o in self.engine.generate(seqs)]
+
+    # -------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Stop the engine thread (requests still running end with an error)."""
+        self.engine.close()
+
+    def flush_cache(self, empty_cache: bool = True) -> bool:
+        """Drop every cached prompt prefix that no running request is using (on the
+        engine thread, between steps). ``empty_cache`` is SGLang's flag for the CUDA
+        allocator; torch's CPU memory has no such cache."""
+        self.engine.flush_cache()
+        return True
+
+    def cache_prefix(self, prefix: str) -> None:
+        """Prefill ``prefix`` so later prompts that start with it reuse its KV."""
+        self.generate(GenerateRequest(prefix, SamplingParams(max_tokens=0)))
+
+    def pin_prefix(self, prefix: str) -> PinnedPrefix:
+        """Prefill ``prefix`` and keep its cached blocks from eviction until `unpin_prefix`."""
+        self.cache_prefix(prefix)
+        ids = self._prompt_ids(prefix)
+        engine = self.engine
+
+        def pin() -> list[Any]:
+            nodes = engine.cache.match(ids)
+            engine.cache.pin(nodes)
+            return nodes
+
+        nodes = engine.call(pin)
+        return PinnedPrefix(prefix, len(nodes) * engine.pool.block_size, nodes)
+
+    def unpin_prefix(self, pinned: PinnedPrefix) -> None:
+        """Let the blocks of a `pin_prefix` be evicted again (once; later calls do nothing)."""
+        nodes, pinned.nodes = pinned.nodes, []
+        if nodes:
+            self.engine.call(lambda: self.engine.cache.unpin(nodes))
+
+    def get_server_info(self) -> dict[str, Any]:
+        """The model, the engine's settings and its counters (SGLang's ``get_server_info``)."""
+        import sgl
+
+        cfg = self.engine_config
+        return {
+            "backend": "LocalModel", "version": sgl.__version__, "model_path": str(self.source),
+            "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
+            "weights": self.model.weights, "context_length": self.max_context,
+            "max_running_requests": self.max_batch, "kv_budget_mb": cfg.kv_budget_mb,
+            "disable_radix_cache": not cfg.prefix_cache, "jump_forward": cfg.jump_forward,
+            "lazy_masks": cfg.lazy_masks, "token_healing": self.token_healing,
+            "speculative": self._drafter_spec, "stats": self.get_stats(),
+        }
 
     def submit(self, request: GenerateRequest) -> LocalHandle:
         """Queue ``request`` and return at once a handle to wait for it, stream it or cancel it."""
@@ -260,6 +314,81 @@ class LocalModel(Backend):
             if healed.healed:
                 prompt_ids, healing = healed.prompt_ids, healed.constraint()
         return SeqRequest(prompt_ids, request.params, None, healing=healing)
+
+    # --------------------------------------------------------------- logprobs
+
+    def logprob_meta(self, prompt: str, result: GenerateResult, logprob_start_len: int | None = None,
+                     top_logprobs_num: int = 0, return_text_in_logprobs: bool = False) -> dict[str, Any]:
+        """SGLang's logprob fields of ``meta_info`` for ``result`` (generated from ``prompt``).
+
+        ``output_token_logprobs``: a ``(logprob, token_id, text)`` per generated token
+        (text None unless ``return_text_in_logprobs``); text the constraint forced
+        (jump-forward) has logprob 0. ``input_token_logprobs`` for the prompt tokens
+        from ``logprob_start_len`` on (None or -1: none), the first prompt token's
+        logprob being None; ``normalized_prompt_logprob`` is their mean. With
+        ``top_logprobs_num``, ``output_top_logprobs`` / ``input_top_logprobs`` hold the
+        most likely tokens at each position.
+        """
+        if result.logprobs is None:
+            raise ValueError("the request did not ask for logprobs (SamplingParams.logprobs)")
+        entries = self._logprob_entries
+        text = return_text_in_logprobs
+        meta: dict[str, Any] = {"output_token_logprobs": entries(result.token_ids, result.logprobs, text)}
+        if top_logprobs_num:
+            tops = result.top_logprobs or [[] for _ in result.token_ids]
+            meta["output_top_logprobs"] = [self._top_entries(top[:top_logprobs_num], text) for top in tops]
+        inputs: list[Any] = []
+        input_tops: list[Any] = []
+        if logprob_start_len is not None and logprob_start_len >= 0:
+            ids = self._prompt_ids(prompt)
+            start = min(logprob_start_len, len(ids))
+            lps, tops = self._prompt_logprobs(ids, top_logprobs_num)
+            inputs = [(lp, t, self.token_text(t) if text else None) for t, lp in zip(ids, lps, strict=True)][start:]
+            input_tops = [self._top_entries(top, text) for top in tops][start:]
+            scored = [lp for lp, _, _ in inputs if lp is not None]
+            meta["normalized_prompt_logprob"] = _mean(scored)
+        meta["input_token_logprobs"] = inputs
+        if top_logprobs_num:
+            meta["input_top_logprobs"] = input_tops
+        return meta
+
+    def _top_entries(self, top: Sequence[tuple[int, float]], with_text: bool) -> list[tuple[float, int, str | None]]:
+        return [(float(lp), int(t), self.token_text(t) if with_text else None) for t, lp in top]
+
+    def _prompt_logprobs(self, ids: Sequence[int], top_n: int = 0
+                         ) -> tuple[list[float | None], list[list[tuple[int, float]]]]:
+        """log p(token | the tokens before) of each prompt token (None for the first),
+        and the ``top_n`` most likely tokens at each position ([] for the first)."""
+        from sgl.engine.sampler import top_logprobs
+
+        with self._lock, torch.inference_mode():
+            cache = self.model.new_cache(len(ids))
+            logits = self.model.forward(torch.tensor([list(ids)], device=self.model.device), cache,
+                                        all_logits=True)[0].float()
+        logp = logits[:-1].log_softmax(-1)
+        picked = logp.gather(-1, torch.tensor(ids[1:], device=logp.device)[:, None])[:, 0].tolist()
+        tops = [[]] + [top_logprobs(row, top_n) for row in logits[:-1]] if top_n else [[] for _ in ids]
+        return [None, *picked], tops
+
+    def sglang_output(self, result: GenerateResult, request: GenerateRequest, *, return_logprob: bool = False,
+                      logprob_start_len: int | None = None, top_logprobs_num: int = 0,
+                      return_text_in_logprobs: bool = False) -> dict[str, Any]:
+        """``result`` as SGLang's ``/generate`` (and ``Engine.generate``) answer it."""
+        meta = {
+            "finish_reason": sglang_finish_reason(result, request.params.stop_token_ids),
+            "prompt_tokens": result.meta.get("prompt_tokens", 0),
+            "completion_tokens": result.meta.get("completion_tokens", len(result.token_ids)),
+            "cached_tokens": result.meta.get("cached_tokens", 0),
+            "e2e_latency": result.meta.get("latency_s"),
+        }
+        if return_logprob:
+            meta.update(self.logprob_meta(request.prompt, result, logprob_start_len, top_logprobs_num,
+                                          return_text_in_logprobs))
+        return {"text": result.text, "meta_info": meta}
+
+    def decode_prompt(self, ids: Sequence[int]) -> str:
+        """Prompt token ids back to text, special tokens included (re-encoded as the same ids)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     # ------------------------------------------------------------- constraints
 
@@ -316,22 +445,49 @@ class LocalModel(Backend):
           the score is how many positions a choice survived.
         * ``unconditional_likelihood_normalized``: mean of log p(token | prompt) minus
           log p(token | the choice alone), the first token's unconditional term being 0.
+
+        ``meta`` holds SGLang's select meta: ``input_token_logprobs`` (per choice, a
+        ``(logprob, token_id, text)`` per token), ``normalized_prompt_logprobs``,
+        ``output_token_logprobs`` (empty: nothing is generated).
         """
+        from sgl.lang.choices import get_method
+
         if not choices:
             raise ValueError("select needs at least one choice")
         if method not in SELECT_METHODS:
             raise ValueError(f"unknown choices method {method!r}; use one of {', '.join(SELECT_METHODS)}")
+        scorer = get_method(method)
         with self._lock, torch.inference_mode():
             cond = self._choice_logprobs(prompt, choices)
-            if method == "token_length_normalized":
-                scores = [_mean(lp) for lp in cond]
-            elif method == "greedy_token_selection":
-                scores = _greedy_scores(cond)
-            else:
+            uncond = None
+            if scorer.requires_unconditional_logprobs:
                 uncond = [self._unconditional_logprobs(prompt, c) for c in choices]
-                scores = [_mean([a - b for a, b in zip(lp, u, strict=True)]) for lp, u in zip(cond, uncond, strict=True)]
+            lps = [lp for _, lp in cond]
+            scores = scorer.scores(lps, None if uncond is None else [lp for _, lp in uncond])
         best = max(range(len(scores)), key=lambda i: scores[i])
-        return SelectResult(index=best, scores=scores)
+        meta = {
+            "input_token_logprobs": [self._logprob_entries(ids, lp) for ids, lp in cond],
+            "output_token_logprobs": [[] for _ in choices],
+            "normalized_prompt_logprobs": [_mean(lp) for lp in lps],
+        }
+        if uncond is not None:
+            meta["unconditional_token_logprobs"] = [
+                [(None if i == 0 else v, t, self.token_text(t)) for i, (t, v) in enumerate(zip(ids, lp, strict=True))]
+                for ids, lp in uncond]
+        return SelectResult(index=best, scores=scores, meta=meta)
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token (special tokens by name)."""
+        data = self.vocab.token_bytes[token_id]
+        if data is None:
+            return self.tokenizer.id_to_token(token_id) or ""
+        return data.decode("utf-8", errors="replace")
+
+    def _logprob_entries(self, ids: Sequence[int], logprobs: Sequence[float],
+                         with_text: bool = True) -> list[tuple[float, int, str | None]]:
+        """SGLang's ``(logprob, token_id, text)`` entries."""
+        return [(float(lp), int(t), self.token_text(t) if with_text else None)
+                for t, lp in zip(ids, logprobs, strict=True)]
 
     def _choice_tokens(self, prompt: str, choice: str) -> tuple[list[int], int]:
         """Ids of ``prompt + choice`` and where the choice's tokens start.
@@ -350,8 +506,8 @@ class LocalModel(Backend):
         start = self.config.bos_token_id
         return start if start is not None else self.eos_token_ids[0]
 
-    def _choice_logprobs(self, prompt: str, choices: Sequence[str]) -> list[list[float]]:
-        """log p(token | everything before) for each choice's tokens."""
+    def _choice_logprobs(self, prompt: str, choices: Sequence[str]) -> list[tuple[list[int], list[float]]]:
+        """Each choice's token ids and log p(token | everything before) of each."""
         tokenized = [self._choice_tokens(prompt, c) for c in choices]
         if min(k for _, k in tokenized) == 0:  # nothing to predict the first token from
             tokenized = [([self._start_token(), *full], k + 1) for full, k in tokenized]
@@ -366,23 +522,23 @@ class LocalModel(Backend):
             cache.truncate(shared)
             rest = full[shared:]
             if not rest:
-                out.append([])
+                out.append(([], []))
                 continue
             logits = self.model.forward(torch.tensor([rest], device=self.model.device), cache, all_logits=True)[0]
             logp = torch.cat([last[None], logits[:-1]]).log_softmax(-1)
             token_lp = logp.gather(-1, torch.tensor(rest, device=logp.device)[:, None])[:, 0]
-            out.append(token_lp[k - shared :].tolist())
+            out.append((full[k:], token_lp[k - shared :].tolist()))
         return out
 
-    def _unconditional_logprobs(self, prompt: str, choice: str) -> list[float]:
+    def _unconditional_logprobs(self, prompt: str, choice: str) -> tuple[list[int], list[float]]:
         full, k = self._choice_tokens(prompt, choice)
         ids = full[k:]
         if not ids:
-            return []
+            return [], []
         cache = self.model.new_cache(len(ids))
         logits = self.model.forward(torch.tensor([ids], device=self.model.device), cache, all_logits=True)[0]
         logp = logits[:-1].log_softmax(-1).gather(-1, torch.tensor(ids[1:], device=logits.device)[:, None])[:, 0]
-        return [0.0, *logp.tolist()]
+        return ids, [0.0, *logp.tolist()]
 
     # -------------------------------------------------------------------- chat
 
@@ -398,6 +554,18 @@ class LocalModel(Backend):
         if role not in self._roles:
             self._roles[role] = _template_affixes(self.chat_template, role) or (f"<|im_start|>{role}\n", "<|im_end|>\n")
         return self._roles[role]
+
+
+class PinnedPrefix:
+    """A prefix kept in the prefix cache by `LocalModel.pin_prefix`."""
+
+    def __init__(self, prefix: str, cached_tokens: int, nodes: list[Any]) -> None:
+        self.prefix = prefix
+        self.cached_tokens = cached_tokens  # whole KV blocks only: a partial last block is not cached
+        self.nodes = nodes
+
+    def __repr__(self) -> str:
+        return f"PinnedPrefix({len(self.prefix)} chars, {self.cached_tokens} tokens cached)"
 
 
 class LocalHandle:
@@ -434,30 +602,27 @@ def _result(out: SeqOutput) -> GenerateResult:
     )
 
 
+def sglang_finish_reason(result: GenerateResult, stop_token_ids: Sequence[int] = ()) -> dict[str, Any] | None:
+    """SGLang's ``meta_info["finish_reason"]``: ``{"type": "stop"|"length"|"abort", ...}``."""
+    reason = result.finish_reason
+    if reason == "length":
+        return {"type": "length", "length": len(result.token_ids)}
+    if reason in ("eos", "stop"):
+        last = result.token_ids[-1] if result.token_ids else None
+        matched = last if reason == "eos" or last in stop_token_ids else None
+        return {"type": "stop", "matched": matched}
+    return {"type": "abort", "message": result.meta.get("error", reason)}
+
+
+def _speculative_ok(p: SamplingParams) -> bool:
+    """Whether speculative decoding can serve ``p`` (it has no min_tokens, penalties,
+    ignore_eos or logprobs; a prefill-only request must go through the prefix cache)."""
+    return (p.min_tokens == 0 and p.max_tokens > 0 and not p.ignore_eos and not p.logprobs
+            and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0)
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
-
-
-def _greedy_scores(logprobs: Sequence[Sequence[float]]) -> list[float]:
-    """Position by position, keep the choices tied for the best log-probability.
-
-    A choice shorter than the longest is padded with its own mean. The score of a
-    choice is the number of positions it survived (the winner's is the largest).
-    """
-    width = max((len(lp) for lp in logprobs), default=0)
-    rows = [list(lp) + [_mean(lp)] * (width - len(lp)) for lp in logprobs]
-    alive = list(range(len(rows)))
-    scores = [0.0] * len(rows)
-    for j in range(width):
-        best = max(rows[i][j] for i in alive)
-        for i in alive:
-            scores[i] = j + (1.0 if rows[i][j] == best else 0.0)
-        alive = [i for i in alive if rows[i][j] == best]
-        if len(alive) == 1:
-            break
-    for i in alive:
-        scores[i] = width + 1.0
-    return scores
 
 
 def _generation_config_eos(folder: Path) -> set[int]:

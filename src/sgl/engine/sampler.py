@@ -1,4 +1,5 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p.
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p, and
+OpenAI/SGLang frequency and presence penalties over the tokens generated so far.
 
 One `Sampler` per request: it owns the request's ``torch.Generator``, so a seeded
 request gives the same tokens whatever else runs in the same batch.
@@ -6,6 +7,7 @@ request gives the same tokens whatever else runs in the same batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,8 +51,13 @@ class Sampler:
     min_p: float = 0.0
     seed: int | None = None
     device: str | torch.device = "cpu"
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -64,6 +71,20 @@ class Sampler:
             self.generator.seed()
         else:
             self.generator.manual_seed(self.seed)
+
+    @property
+    def penalized(self) -> bool:
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+    def apply_penalties(self, logits: torch.Tensor, generated: Sequence[int]) -> None:
+        """Lower (in place) the logits of tokens already generated: ``frequency_penalty``
+        per occurrence plus ``presence_penalty`` once (the OpenAI definition)."""
+        if not self.penalized or not generated:
+            return
+        vocab = logits.shape[-1]
+        ids = torch.as_tensor(generated, dtype=torch.long, device=logits.device)
+        counts = torch.bincount(ids[ids < vocab], minlength=vocab).to(logits.dtype)
+        logits -= self.frequency_penalty * counts + self.presence_penalty * (counts > 0).to(logits.dtype)
 
     @property
     def greedy(self) -> bool:

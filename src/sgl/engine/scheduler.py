@@ -30,6 +30,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +111,8 @@ class EngineSeq:
     tokens: list[int]  # prompt + generated; KV exists for tokens[:cached]
     sampler: Sampler
     tracker: TextTracker
-    ban: torch.Tensor
+    ban: torch.Tensor  # EOS and stop tokens: banned until min_tokens
+    eos_ban: torch.Tensor | None  # EOS: banned throughout with ignore_eos
     max_tokens: int
     out: SeqOutput
     cached: int = 0
@@ -182,6 +184,7 @@ class Engine:
         self.running: list[EngineSeq] = []
         self._inbox: list[EngineSeq] = []
         self._cancels: list[EngineSeq] = []
+        self._calls: list[tuple[Any, Future]] = []  # run on the engine thread between steps
         self._cv = threading.Condition()
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
@@ -194,8 +197,6 @@ class Engine:
     def submit(self, req: SeqRequest) -> RequestHandle:
         """Queue a request; the engine thread starts on first use."""
         seq = self._sequence(req)
-        if seq.done:  # nothing to generate (max_tokens 0)
-            return RequestHandle(self, seq)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -211,6 +212,26 @@ class Engine:
         """Submit ``requests`` together and wait for all of them."""
         handles = [self.submit(r) for r in requests]
         return [h.result() for h in handles]
+
+    def call(self, fn: Any) -> Any:
+        """Run ``fn()`` on the engine thread between two steps and return its result.
+
+        The prefix cache and the KV pool belong to the engine thread; anything else
+        that reads or changes them (flushing, pinning a prefix) goes through here.
+        """
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            if self._thread is None:  # no engine thread yet: nothing else touches the cache
+                return fn()
+            self._calls.append((fn, fut))
+            self._cv.notify()
+        return fut.result()
+
+    def flush_cache(self) -> int:
+        """Drop every cached prefix block no running request uses; how many were dropped."""
+        return self.call(lambda: self.cache.evict(self.pool.n_blocks))
 
     def cancel(self, seq: EngineSeq) -> None:
         with self._cv:
@@ -230,9 +251,13 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not (self._inbox or self._cancels or self.running or self.waiting or self._closed):
+                while not (self._inbox or self._cancels or self._calls or self.running or self.waiting
+                           or self._closed):
                     self._cv.wait()
+                calls, self._calls = self._calls, []
                 if self._closed:
+                    for _, fut in calls:
+                        fut.set_exception(RuntimeError("the engine is closed"))
                     self._fail_all("the engine was closed")
                     return
                 self.waiting.extend(self._inbox)
@@ -240,6 +265,11 @@ class Engine:
                 cancels, self._cancels = self._cancels, []
             for seq in cancels:
                 self._cancel(seq)
+            for fn, fut in calls:
+                try:
+                    fut.set_result(fn())
+                except Exception as e:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(e)
             try:
                 with torch.inference_mode():
                     self.step()
@@ -291,6 +321,10 @@ class Engine:
                 continue  # a prompt chunk: more to feed before sampling
             if seq.first_token is None:
                 seq.first_token = now
+            if seq.max_tokens == 0:  # prefill only (it warms the prefix cache)
+                self._finish(seq, "length")
+                self._retire(seq)
+                continue
             self._decode(seq, row_logits)
             self._emit(seq)
             if seq.done:
@@ -432,24 +466,26 @@ class Engine:
             raise ValueError("the prompt has no tokens")
         if n_prompt >= self.max_context:
             raise ValueError(f"the prompt has {n_prompt} tokens; the context holds {self.max_context}")
-        sampler = Sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.seed, device=self.model.device)
-        ban = torch.tensor(sorted(self.eos_ids | set(p.stop_token_ids)), dtype=torch.long,
-                           device=self.model.device)
+        sampler = Sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.seed, device=self.model.device,
+                          frequency_penalty=getattr(p, "frequency_penalty", 0.0),
+                          presence_penalty=getattr(p, "presence_penalty", 0.0))
+        device = self.model.device
+        ban = torch.tensor(sorted(self.eos_ids | set(p.stop_token_ids)), dtype=torch.long, device=device)
+        eos_ban = (torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=device)
+                   if getattr(p, "ignore_eos", False) and self.eos_ids else None)
         stops = (p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ())
         want_top = p.logprobs and getattr(p, "top_logprobs", 0) > 0
         out = SeqOutput(logprobs=[] if p.logprobs else None, top_logprobs=[] if want_top else None,
                         meta={"prompt_tokens": n_prompt})
         max_tokens = max(0, min(p.max_tokens, self.max_context - n_prompt))
         seq = EngineSeq(req=req, order=next(self._order), tokens=list(req.prompt_ids), sampler=sampler,
-                        tracker=TextTracker(stops), ban=ban, max_tokens=max_tokens, out=out,
+                        tracker=TextTracker(stops), ban=ban, eos_ban=eos_ban, max_tokens=max_tokens, out=out,
                         submitted=time.perf_counter(),
                         hidden=len(req.healing.prefix) if req.healing is not None else 0)
         from sgl.runtime import trace as tracing
 
         if tracing.trace_enabled():
             seq.trace = tracing.begin_trace(constraint={"constrained": req.matcher is not None})
-        if max_tokens == 0:
-            self._finish(seq, "length")
         return seq
 
     def _decode(self, seq: EngineSeq, logits: torch.Tensor) -> None:
@@ -478,12 +514,17 @@ class Engine:
         """The next token (None if the sequence ended), its mask (if built) and the raw logits."""
         out, matcher = seq.out, seq.req.matcher
         healing = seq.req.healing if seq.req.healing is not None and not seq.req.healing.done else None
-        banned = len(out.token_ids) < seq.req.params.min_tokens
-        keep_raw = seq.trace is not None or (out.logprobs is not None and (banned or matcher or healing))
+        # EOS and stop tokens until min_tokens; EOS throughout with ignore_eos
+        ban = seq.ban if len(out.token_ids) < seq.req.params.min_tokens else seq.eos_ban
+        penalized = seq.sampler.penalized
+        keep_raw = seq.trace is not None or (
+            out.logprobs is not None and (ban is not None or matcher or healing or penalized))
         raw = logits.clone() if keep_raw else logits
-        if banned:
-            saved = logits[seq.ban].clone()
-            logits[seq.ban] = float("-inf")
+        if penalized:
+            seq.sampler.apply_penalties(logits, out.token_ids)
+        if ban is not None:
+            saved = logits[ban].clone()
+            logits[ban] = float("-inf")
         if healing is not None:  # no EOS either until the backed-over text is written again
             healing.fill_bitmask(self._mask_buffer(), 0)
             apply_bitmask(logits, self._mask_buffer())
@@ -503,8 +544,8 @@ class Engine:
                 self._finish(seq, "error")
                 return None, None, raw
             apply_bitmask(logits, bitmask)
-            if banned and bool(torch.isneginf(logits).all()):
-                logits[seq.ban] = saved  # the constraint can only end here: it wins over min_tokens
+            if ban is not None and bool(torch.isneginf(logits).all()):
+                logits[ban] = saved  # the constraint can only end here: it wins over min_tokens/ignore_eos
                 apply_bitmask(logits, bitmask)
         return seq.sampler.sample(logits), bitmask, raw
 

@@ -1,7 +1,9 @@
 """The functions a program calls: ``sgl.function``, ``sgl.gen``, ``sgl.select``, roles.
 
-Names and positional order follow SGLang's ``sglang/api.py`` so SGLang programs run
-unchanged; SGLang-only sampling options (penalties, logprob settings) are refused.
+Names follow SGLang's ``sglang/api.py`` so SGLang programs run unchanged; SGLang's
+later additions to ``gen`` (``n``, penalties, ``ignore_eos``, logprob settings) are
+keyword-only here, so SGL's positional order (``name, max_tokens, min_tokens, stop, ...``)
+stays as it was (docs/sglang_compat.md).
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .choices import ChoicesSamplingMethod, token_length_normalized
-from .expr import ExprList, GenExpr, RoleBegin, RoleEnd, SelectExpr, SglExpr
+from .expr import (
+    ExprList,
+    GenExpr,
+    RoleBegin,
+    RoleEnd,
+    SelectExpr,
+    SeparateReasoning,
+    SglExpr,
+)
 from .function import SglFunction
 
 
@@ -45,6 +55,14 @@ def gen(
     dtype: type | str | None = None,
     timeout: float | None = None,
     sampler: Any = None,
+    n: int | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    ignore_eos: bool | None = None,
+    return_logprob: bool | None = None,
+    logprob_start_len: int | None = None,
+    top_logprobs_num: int | None = None,
+    return_text_in_logprobs: bool | None = None,
 ) -> SglExpr:
     """Generate text into variable ``name``.
 
@@ -54,6 +72,13 @@ def gen(
     this a ``select`` (as in SGLang). ``timeout`` bounds this one call in seconds.
     ``sampler`` (e.g. ``sgl.OptimalSampler``) generates instead of the backend: any object
     with ``generate_one(prompt, params, constraint)`` returning a ``GenerateResult``.
+
+    SGLang's options (keyword-only here): ``n`` samples (the variable becomes a list of
+    ``n`` values, the text gets the first), ``frequency_penalty`` / ``presence_penalty``
+    (in [-2, 2]), ``ignore_eos``, and ``return_logprob`` with ``logprob_start_len``,
+    ``top_logprobs_num``, ``return_text_in_logprobs`` (the logprobs go to the
+    variable's meta info, as SGLang's ``meta_info``). ``max_tokens=0`` only reads the
+    prompt (its logprobs, the prefix cache).
     """
     if choices is not None:
         return select(
@@ -82,6 +107,14 @@ def gen(
         dtype=dtype,
         timeout=timeout,
         sampler=sampler,
+        n=n,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        ignore_eos=ignore_eos,
+        return_logprob=return_logprob,
+        logprob_start_len=logprob_start_len,
+        top_logprobs_num=top_logprobs_num,
+        return_text_in_logprobs=return_text_in_logprobs,
     )
 
 
@@ -167,7 +200,7 @@ def assistant_end() -> RoleEnd:
     return RoleEnd("assistant")
 
 
-UNSUPPORTED = ("image", "video", "separate_reasoning")
+UNSUPPORTED = ("image", "video")
 
 
 def image(*args: Any, **kwargs: Any) -> SglExpr:
@@ -180,6 +213,12 @@ def video(*args: Any, **kwargs: Any) -> SglExpr:
     raise NotImplementedError("sgl.video is not supported: SGL runs text-only models")
 
 
-def separate_reasoning(*args: Any, **kwargs: Any) -> SglExpr:
-    """Refused: no reasoning parsers in SGL."""
-    raise NotImplementedError("sgl.separate_reasoning is not supported")
+def separate_reasoning(expr: SglExpr | None = None, model_type: str | None = None) -> ExprList:
+    """``expr`` (a gen or select, or a list of them), then split each value into the
+    answer (kept in its variable and the text) and the reasoning, stored as
+    ``<name>_reasoning_content``. ``model_type`` is one of SGLang's reasoning parser
+    names (``deepseek-r1``, ``qwen3``, ... see `sgl.lang.reasoning.REASONING_FORMATS`);
+    an unknown one is an error when the program runs, as in SGLang."""
+    if expr is None:
+        raise ValueError("separate_reasoning needs the gen or select whose output it splits")
+    return ExprList([expr, SeparateReasoning(model_type, expr)])

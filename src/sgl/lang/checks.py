@@ -40,6 +40,15 @@ GEN_KEYWORD = (
     "dtype",
     "timeout",
     "sampler",
+    # SGLang's later gen arguments: keyword-only in SGL
+    "n",
+    "frequency_penalty",
+    "presence_penalty",
+    "ignore_eos",
+    "return_logprob",
+    "logprob_start_len",
+    "top_logprobs_num",
+    "return_text_in_logprobs",
 )
 SELECT_POSITIONAL = ("name", "choices", "temperature", "choices_method")
 SELECT_KEYWORD = ("seed", "timeout")
@@ -55,19 +64,9 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "select": (SELECT_POSITIONAL, SELECT_KEYWORD),
 }
-SGLANG_ONLY = (
-    "frequency_penalty",
-    "presence_penalty",
-    "ignore_eos",
-    "return_logprob",
-    "logprob_start_len",
-    "top_logprobs_num",
-    "return_text_in_logprobs",
-)
 REFUSED_API = {
     "image": "sgl.image is not supported: SGL runs text-only models",
     "video": "sgl.video is not supported: SGL runs text-only models",
-    "separate_reasoning": "sgl.separate_reasoning is not supported",
 }
 CONSTRAINT_ARGS = ("regex", "json_schema", "grammar", "dtype", "choices")
 DTYPE_NAMES = set(DTYPE_REGEX) | {"string", "integer", "boolean"}
@@ -188,11 +187,39 @@ class FunctionChecker(ast.NodeVisitor):
                 self.read(node.args[0], node)
         if api in REFUSED_API:
             self.error(REFUSED_API[api], node)
+        elif api == "separate_reasoning":
+            self.check_separate_reasoning(node)
         elif api in SIGNATURES:
             bound = self.bind(api, node)
             if bound is not None:
                 self.check_call(bound)
         self.generic_visit(node)
+
+    def check_separate_reasoning(self, node: ast.Call) -> None:
+        """A known model_type; the ``<name>_reasoning_content`` variables it defines."""
+        from .reasoning import REASONING_FORMATS, REASONING_SUFFIX
+
+        args = dict(zip(("expr", "model_type"), node.args, strict=False))
+        args.update({kw.arg: kw.value for kw in node.keywords if kw.arg})
+        model_type = args.get("model_type")
+        ok, value = self.names.literal(model_type) if model_type is not None else (True, None)
+        if ok and value not in REASONING_FORMATS:
+            self.error(
+                f"separate_reasoning needs model_type, one of {', '.join(REASONING_FORMATS)} (got {value!r})",
+                model_type if model_type is not None else node,
+            )
+        stmt = self.stmt_stack[-1] if self.stmt_stack else node
+        end = (getattr(stmt, "end_lineno", stmt.lineno), getattr(stmt, "end_col_offset", 0))
+        for inner in ast.walk(args.get("expr", node)):
+            if not isinstance(inner, ast.Call):
+                continue
+            if self.names.api_name(inner.func) not in ("gen", "gen_int", "gen_string", "select"):
+                continue
+            name_node = inner.args[0] if inner.args else next(
+                (kw.value for kw in inner.keywords if kw.arg == "name"), None)
+            ok, name = self.names.literal(name_node) if name_node is not None else (False, None)
+            if ok and isinstance(name, str):
+                self.defs.append(VarEvent(name + REASONING_SUFFIX, end))
 
     # --- state helpers ---
     def is_state_target(self, node: ast.expr) -> bool:
@@ -274,11 +301,7 @@ class FunctionChecker(ast.NodeVisitor):
         for kw in node.keywords:
             if kw.arg is None:
                 return None  # **kwargs
-            if kw.arg in SGLANG_ONLY:
-                self.error(
-                    f"argument '{kw.arg}' to {api} is SGLang-only and not supported by SGL", kw
-                )
-            elif kw.arg not in valid:
+            if kw.arg not in valid:
                 close = difflib.get_close_matches(kw.arg, valid, n=1, cutoff=0.6)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 self.error(f"unknown argument '{kw.arg}' to {api}{hint}", kw)
@@ -329,7 +352,11 @@ class FunctionChecker(ast.NodeVisitor):
 
     def check_numbers(self, call: BoundCall) -> None:
         rules = {
-            "max_tokens": lambda v: isinstance(v, int) and v >= 1,
+            "max_tokens": lambda v: isinstance(v, int) and v >= 0,
+            "n": lambda v: isinstance(v, int) and v >= 1,
+            "frequency_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
+            "presence_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
+            "top_logprobs_num": lambda v: isinstance(v, int) and v >= 0,
             "min_tokens": lambda v: isinstance(v, int) and v >= 0,
             "temperature": lambda v: isinstance(v, int | float) and v >= 0,
             "top_p": lambda v: isinstance(v, int | float) and 0 < v <= 1,
@@ -337,7 +364,11 @@ class FunctionChecker(ast.NodeVisitor):
             "timeout": lambda v: isinstance(v, int | float) and v > 0,
         }
         wants = {
-            "max_tokens": "a positive integer",
+            "max_tokens": "a non-negative integer",
+            "n": "a positive integer",
+            "frequency_penalty": "a number in [-2, 2]",
+            "presence_penalty": "a number in [-2, 2]",
+            "top_logprobs_num": "a non-negative integer",
             "min_tokens": "a non-negative integer",
             "temperature": "a number >= 0",
             "top_p": "a number in (0, 1]",

@@ -33,6 +33,27 @@ class CompiledProgram:
     ir: ir.Module
     diagnostics: list[Diagnostic] = field(default_factory=list)
     source_available: bool = True
+    function: Any = field(default=None, repr=False, compare=False)  # the SglFunction, if any
+    backend: Any = field(default=None, repr=False, compare=False)  # from compile(backend=...)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the compiled function (SGLang's ``f.compile().run(...)``)."""
+        kwargs.setdefault("backend", self.backend)
+        return self._function().run(*args, **kwargs)
+
+    def run_batch(self, batch_kwargs: Any, **kwargs: Any) -> Any:
+        """Run the compiled function once per item (SGLang's ``compile().run_batch``)."""
+        kwargs.setdefault("backend", self.backend)
+        return self._function().run_batch(batch_kwargs, **kwargs)
+
+    def print_graph(self) -> None:
+        """Print the IR (SGLang's name)."""
+        print(self.pretty(), end="")
+
+    def _function(self) -> Any:
+        if self.function is None:
+            raise TypeError("this program was compiled from source text; only an @sgl.function runs")
+        return self.function
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -63,7 +84,10 @@ def compile(program: Any, *, name: str | None = None) -> CompiledProgram:  # noq
     ``.py``/``.sgl`` file, or source text. ``name`` keeps only that function."""
     func = getattr(program, "func", program)
     if callable(func) and not isinstance(program, str | os.PathLike):
-        return _compile_function(func, decorated=hasattr(program, "func"))
+        compiled = _compile_function(func, decorated=hasattr(program, "func"))
+        if hasattr(program, "run"):
+            compiled.function = program
+        return compiled
     if isinstance(program, os.PathLike) or (isinstance(program, str) and _looks_like_path(program)):
         src = load_path(program)
     elif isinstance(program, str):

@@ -43,6 +43,17 @@ def _items(expr: SglExpr) -> list[SglExpr]:
 class ExprList(SglExpr):
     items: list[SglExpr]
 
+    @property
+    def expr_list(self) -> list[SglExpr]:
+        """SGLang's name for ``items``."""
+        return self.items
+
+
+def _flatten(expr: SglExpr) -> list[SglExpr]:
+    if isinstance(expr, ExprList):
+        return [leaf for item in expr.items for leaf in _flatten(item)]
+    return [expr]
+
 
 @dataclass(eq=False)
 class Constant(SglExpr):
@@ -70,8 +81,20 @@ class GenExpr(SglExpr):
     dtype: str | None = None
     timeout: float | None = None
     sampler: Any = None  # generates instead of the backend (e.g. an OptimalSampler)
+    n: int | None = None  # SGLang: n samples, the variable becomes a list
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    ignore_eos: bool | None = None
+    return_logprob: bool | None = None
+    logprob_start_len: int | None = None
+    top_logprobs_num: int | None = None
+    return_text_in_logprobs: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.n is not None and (isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1):
+            raise ValueError(f"n must be a positive integer, got {self.n!r}")
+        if self.max_tokens is not None and self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         elif self.stop is not None:
@@ -134,6 +157,31 @@ class VarScopeEnd(SglExpr):
     name: str
 
 
+class SeparateReasoning(SglExpr):
+    """After ``expr`` ran: split each of its gen/select values into the answer (kept in
+    the variable and the text) and the reasoning (``<name>_reasoning_content``)."""
+
+    def __init__(self, model_type: str | None, expr: SglExpr) -> None:
+        self.model_type = model_type
+        self.expr = expr
+        self.name: str | None = None
+        for item in self.targets():
+            self.name = self.process_name_for_reasoning(item.name)
+
+    @staticmethod
+    def process_name_for_reasoning(name: str) -> str:
+        from .reasoning import REASONING_SUFFIX
+
+        return f"{name}{REASONING_SUFFIX}"
+
+    def targets(self) -> list[GenExpr | SelectExpr]:
+        """The named gen/select expressions whose values are split."""
+        return [i for i in _flatten(self.expr) if isinstance(i, GenExpr | SelectExpr) and i.name is not None]
+
+    def __repr__(self) -> str:
+        return f"SeparateReasoning(model_type={self.model_type}, name={self.name})"
+
+
 @dataclass(eq=False)
 class ConcatAndAppend(SglExpr):
     """Append the text each fork added since the fork point (``join("concate_and_append")``)."""
@@ -162,6 +210,7 @@ __all__ = [
     "RoleBegin",
     "RoleEnd",
     "SelectExpr",
+    "SeparateReasoning",
     "SglExpr",
     "VarScopeBegin",
     "VarScopeEnd",

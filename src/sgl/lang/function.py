@@ -30,6 +30,7 @@ class SglFunction:
         self.arg_defaults = [p.default for p in params[1:] if p.default is not p.empty]
         self._compiled: Any = None
         self._compile_lock = threading.Lock()
+        self._pinned: Any = None  # (backend, handle) of pin()
         functools.update_wrapper(self, func)
 
     def __repr__(self) -> str:
@@ -44,14 +45,62 @@ class SglFunction:
         bound._compiled = self._compiled
         return bound
 
-    def compile(self) -> Any:
-        """The CompiledProgram (IR and diagnostics), computed once."""
+    def compile(self, *, backend: Any = None) -> Any:
+        """The CompiledProgram (IR and diagnostics, computed once); its ``run`` and
+        ``run_batch`` run this function (on ``backend`` unless given another)."""
+        import dataclasses
+
         with self._compile_lock:
             if self._compiled is None:
                 from .compiler import compile as compile_program
 
                 self._compiled = compile_program(self)
-            return self._compiled
+            return dataclasses.replace(self._compiled, function=self, backend=backend)
+
+    def trace(self, *args: Any, backend: Any = None, **kwargs: Any) -> Any:
+        """The expressions this program appends, recorded without any model call
+        (a `sgl.lang.tracer.ProgramTrace`). Arguments not given are placeholders;
+        tracing stops where the program needs a generated value."""
+        from .tracer import trace_program
+
+        return trace_program(self.func, self.arg_names, args, {**kwargs, **self.bind_arguments},
+                             name=self.__name__)
+
+    def prefix(self, backend: Any = None) -> str:
+        """The text every run of this program starts with (bound arguments included)."""
+        from .tracer import StopTracing, trace_program
+
+        # as SGLang: a placeholder used where only a real value works ends the prefix
+        trace = trace_program(self.func, self.arg_names, (), dict(self.bind_arguments),
+                              name=self.__name__, stop_on=(StopTracing, TypeError, AttributeError))
+        return trace.prefix(backend)
+
+    def cache(self, backend: Any = None) -> str:
+        """Prefill the program's constant prefix into the backend's prefix cache (no
+        effect on backends without one); returns the prefix."""
+        backend = _backend(backend)
+        prefix = self.prefix(backend)
+        if prefix:
+            backend.cache_prefix(prefix)
+        return prefix
+
+    def pin(self, backend: Any = None) -> Any:
+        """Like `cache`, and keep the prefix from eviction until `unpin`."""
+        from sgl.runtime.errors import BackendError
+
+        backend = _backend(backend)
+        if not hasattr(backend, "pin_prefix"):
+            raise BackendError(f"{type(backend).__name__} cannot pin prefixes")
+        self.unpin()
+        prefix = self.prefix(backend)
+        self._pinned = (backend, backend.pin_prefix(prefix)) if prefix else None
+        return self._pinned[1] if self._pinned else None
+
+    def unpin(self, backend: Any = None) -> None:
+        """Release what `pin` kept (nothing if nothing is pinned)."""
+        pinned, self._pinned = getattr(self, "_pinned", None), None
+        if pinned is not None:
+            pinned[0].unpin_prefix(pinned[1])
 
     def check(self) -> None:
         """Raise ProgramError if the compiler found errors."""
@@ -114,6 +163,7 @@ class SglFunction:
         if rest:
             raise TypeError(f"run_batch got unexpected options: {', '.join(rest)}")
         items = [self._as_kwargs(item) for item in batch_kwargs]
+        self._precache(backend, len(items))
         return run_batch(
             self.func,
             items,
@@ -135,5 +185,35 @@ class SglFunction:
             )
         return {**dict(zip(self.arg_names, item, strict=False)), **self.bind_arguments}
 
+    def _precache(self, backend: Any, n_runs: int) -> None:
+        """As SGLang: before a batch, prefill the shared prefix once, so the runs that
+        start together all find it cached (``global_config.enable_precache_with_tracing``)."""
+        from sgl.backends.base import Backend
+
+        from .global_config import global_config
+
+        if n_runs < 2 or not global_config.enable_precache_with_tracing:
+            return
+        resolved = _backend(backend)
+        if type(resolved).cache_prefix is Backend.cache_prefix:
+            return  # nothing to warm: skip tracing the program
+        self.cache(resolved)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .tracer import current_trace
+
+        outer = current_trace()
+        if outer is not None:  # called from a program being traced: trace this one too
+            from .tracer import Call, TracerState
+
+            sub = self.trace(*args, **{k: v for k, v in kwargs.items() if k != "backend"})
+            outer.nodes.append((0, Call(self.__name__, sub)))
+            state = TracerState(sub)
+            return state
         return self.run(*args, **kwargs)
+
+
+def _backend(backend: Any) -> Any:
+    from sgl.runtime.interpreter import get_default_backend, resolve_backend
+
+    return resolve_backend(backend) if backend is not None else get_default_backend()

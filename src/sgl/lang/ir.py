@@ -9,6 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# SGLang's regexes for typed values (``from sglang.lang.ir import REGEX_INT``), same text.
+# ``gen(dtype=...)`` uses SGL's own, stricter ones (sgl.lang.dtypes.DTYPE_REGEX).
+REGEX_INT = r"[-+]?[0-9]+[ \n]*"
+REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
+REGEX_BOOL = r"(True|False)"
+REGEX_STR = r"\"[\w\d\s]*\""
+
 
 @dataclass(frozen=True)
 class Loc:

@@ -3,13 +3,15 @@
 A state executes what is appended to it at once (through its interpreter), except a
 fork, which queues work on its own thread so that forks decode in parallel, and a
 streamed run, whose program runs on a background thread while the caller reads
-``text_iter()``. Text only ever grows, so readers can follow it by offset.
+``text_iter()``. Text only ever grows while a reader can follow it by offset (a
+streamed run); only `separate_reasoning` in an unstreamed run rewrites its tail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -38,6 +40,8 @@ class ProgramState:
         self._role: str | None = None
         self._role_start = 0
         self._scopes: dict[str, int] = {}
+        self._spans: dict[str, tuple[int, int]] = {}  # where each gen/select value sits in the text
+        self._truncated: dict[str, str] = {}  # variables cut by max_tokens: reading one raises
         self._fork_start = 0
         self._streaming_vars: set[str] = set()
         self._error: BaseException | None = None
@@ -169,11 +173,16 @@ class ProgramState:
             if name not in self._vars:
                 known = ", ".join(sorted(self._vars)) or "none"
                 raise KeyError(f"variable {name!r} is not defined (defined: {known})")
+            if name in self._truncated:
+                from sgl.runtime.errors import ProgramError
+
+                raise ProgramError(self._truncated[name], self)
             return self._vars[name]
 
     def set_var(self, name: str, value: Any) -> None:
         with self._cond:
             self._vars[name] = value
+            self._truncated.pop(name, None)  # a value the program sets itself is whole
             self._cond.notify_all()
 
     def get_meta_info(self, name: str) -> dict | None:
@@ -221,6 +230,31 @@ class ProgramState:
                 break
         if self._error is not None:
             raise self._error
+
+    async def text_async_iter(
+        self, var_name: str | None = None, return_meta_data: bool = False
+    ) -> AsyncIterator[Any]:
+        """`text_iter` for asyncio: ``async for chunk in state.text_async_iter("answer")``.
+
+        With ``return_meta_data`` each chunk comes as ``(chunk, meta)``, ``meta`` being
+        the variable's meta info so far (None until the backend reported it).
+        """
+        loop = asyncio.get_running_loop()
+        chunks = self.text_iter(var_name)
+        done = object()
+        try:
+            while True:
+                # the blocking wait for the next chunk runs on a worker thread
+                chunk = await loop.run_in_executor(None, next, chunks, done)
+                if chunk is done:
+                    return
+                if return_meta_data:
+                    meta = self._meta.get(var_name) if var_name is not None else None
+                    yield chunk, meta
+                else:
+                    yield chunk
+        finally:
+            chunks.close()
 
     def _stream_done(self, var_name: str | None) -> bool:
         if self._finished:

@@ -12,7 +12,7 @@ from typing import Any
 from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
 from sgl.lang.state import ProgramState
 
-from .interpreter import RunDefaults, get_default_backend, run_program
+from .interpreter import RunDefaults, get_default_backend, resolve_backend, run_program
 
 
 class RequestBatcher(Backend):
@@ -126,7 +126,8 @@ def run_batch(
     its error (``state.error()``); the others go on. ``timeout`` is per run."""
     if not batch_kwargs:
         return []
-    backend = backend or get_default_backend()  # once, before the threads race for it
+    # once, before the threads race for it
+    backend = resolve_backend(backend) if backend is not None else get_default_backend()
     threads = resolve_threads(num_threads, len(batch_kwargs))
     batcher = None
     if threads > 1 and batches(backend):

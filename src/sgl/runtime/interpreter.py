@@ -9,10 +9,16 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sgl.backends.base import Backend, ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.backends.base import (
+    Backend,
+    ConstraintSpec,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+)
 from sgl.constrain.errors import ConstraintError
 from sgl.lang.dtypes import DTYPE_REGEX, parse_value
 from sgl.lang.expr import (
@@ -23,6 +29,7 @@ from sgl.lang.expr import (
     RoleBegin,
     RoleEnd,
     SelectExpr,
+    SeparateReasoning,
     SglExpr,
     VarScopeBegin,
     VarScopeEnd,
@@ -54,7 +61,31 @@ def get_default_backend() -> Backend:
                     f"no backend: call sgl.set_default_backend(...) or pass backend= ({e})"
                 ) from e
             _default_backend = LocalModel()
-        return _default_backend
+        return resolve_backend(_default_backend)
+
+
+def resolve_backend(backend: Any) -> Backend:
+    """``backend`` itself, or the backend behind an ``sgl.Runtime``/``sgl.Engine``
+    (SGLang's ``.endpoint``)."""
+    endpoint = getattr(backend, "endpoint", None)
+    return endpoint if isinstance(endpoint, Backend) else backend
+
+
+def flush_cache(backend: Any = None, empty_cache: bool = True) -> bool:
+    """Drop the backend's cached prompt prefixes (SGLang's ``sgl.flush_cache``); False
+    when there is no backend yet or it caches nothing."""
+    backend = backend if backend is not None else _default_backend
+    if backend is None:
+        return False
+    return bool(resolve_backend(backend).flush_cache(empty_cache=empty_cache))
+
+
+def get_server_info(backend: Any = None) -> dict[str, Any] | None:
+    """What the backend runs (SGLang's ``sgl.get_server_info``); None with no backend."""
+    backend = backend if backend is not None else _default_backend
+    if backend is None:
+        return None
+    return resolve_backend(backend).get_server_info()
 
 
 # --- run-level defaults -------------------------------------------------------
@@ -71,6 +102,13 @@ class RunDefaults:
     top_k: int = 0
     min_p: float = 0.0
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    ignore_eos: bool = False
+    return_logprob: bool | None = None
+    logprob_start_len: int | None = None
+    top_logprobs_num: int | None = None
+    return_text_in_logprobs: bool | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,29 +118,12 @@ class RunDefaults:
 
 RUN_OPTIONS = tuple(f.name for f in fields(RunDefaults) if f.name != "extra")
 
-# SGLang's run() takes these too; SGL has no such sampling features. Neutral values pass.
-SGLANG_ONLY_OPTIONS = {
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-    "ignore_eos": False,
-    "return_logprob": None,
-    "logprob_start_len": None,
-    "top_logprobs_num": None,
-    "return_text_in_logprobs": None,
-}
-
-
 def split_run_options(
     kwargs: dict[str, Any], program_args: Sequence[str] = ()
 ) -> tuple[RunDefaults, dict[str, Any]]:
     """Separate sampling options from program arguments (both arrive as ``run`` kwargs);
     a name the program itself takes (say ``seed``) stays a program argument."""
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in RUN_OPTIONS and k not in program_args}
-    for name, neutral in SGLANG_ONLY_OPTIONS.items():
-        if name in kwargs and name not in program_args:
-            value = kwargs.pop(name)
-            if value != neutral:
-                raise ProgramError(f"{name}={value!r} is not supported by SGL")
     return RunDefaults(**options), kwargs
 
 
@@ -135,6 +156,8 @@ class Interpreter:
             state._scopes[expr.name] = len(state._text)
         elif isinstance(expr, VarScopeEnd):
             state.set_var(expr.name, state._text[state._scopes.pop(expr.name) :])
+        elif isinstance(expr, SeparateReasoning):
+            self._separate_reasoning(state, expr)
         elif isinstance(expr, ConcatAndAppend):
             state._append("".join(s._text[s._fork_start :] for s in expr.states))
         elif isinstance(expr, SglExpr):
@@ -162,6 +185,11 @@ class Interpreter:
             top_k=max(0, top_k),  # SGLang spells "off" as -1
             min_p=pick(g.min_p, d.min_p),
             seed=pick(g.seed, d.seed),
+            frequency_penalty=pick(g.frequency_penalty, d.frequency_penalty),
+            presence_penalty=pick(g.presence_penalty, d.presence_penalty),
+            ignore_eos=bool(pick(g.ignore_eos, d.ignore_eos)),
+            logprobs=bool(pick(g.return_logprob, d.return_logprob)),
+            top_logprobs=int(pick(g.top_logprobs_num, d.top_logprobs_num) or 0),
         )
         regex = DTYPE_REGEX[g.dtype] if g.dtype else g.regex
         constraint = ConstraintSpec(
@@ -180,35 +208,92 @@ class Interpreter:
         request = self.request_for(state, g)
         deadline = self._deadline(g.timeout)
         what = f"gen {g.name!r}" if g.name else "gen"
-        if g.sampler is None and (state._stream or deadline is not None):
+        n = g.n or 1
+        start = len(state._text)
+        if n == 1 and g.sampler is None and (state._stream or deadline is not None):
             meta = self._gen_streaming(state, g.name, request, deadline, what)
-            text = meta.pop("text")
+            texts, metas = [meta.pop("text")], [meta]
         else:
-            if g.sampler is not None:
-                call = lambda: g.sampler.generate_one(request.prompt, request.params, request.constraint)  # noqa: E731
-            else:
-                call = lambda: self.backend.generate(request)  # noqa: E731
-            result = self._call(call, state, what, None)
-            text = result.text
-            meta = {
-                "finish_reason": result.finish_reason,
-                "completion_tokens": len(result.token_ids),
-                **result.meta,
-            }
-            if result.logprobs is not None:
-                meta["logprobs"] = result.logprobs
-            state._append(text)
+            requests = [request] if n == 1 else [_nth_sample(request, i) for i in range(n)]
+            results = self._call(lambda: self._generate(g, requests), state, what, deadline)
+            texts = [r.text for r in results]
+            metas = [self._result_meta(g, req, r) for req, r in zip(requests, results, strict=True)]
+            state._append(texts[0])  # as SGLang: with n samples, the text continues with the first
+        if g.dtype == "str":  # a string cut short is closed, never left unterminated
+            closings = [_close_string(text) for text in texts]
+            if closings[0]:
+                state._append(closings[0])
+            texts = [text + closing for text, closing in zip(texts, closings, strict=True)]
+            for meta, closing in zip(metas, closings, strict=True):
+                if closing:
+                    meta.update(truncated=True, closed_with=closing)
         if g.name is None:
             return
-        value: Any = text
-        if g.dtype:
-            try:
-                value = parse_value(g.dtype, text)
-            except ValueError as e:
-                meta["dtype_error"] = str(e)  # keep the raw text (e.g. cut by max_tokens)
+        values = [self._value(g, text, meta) for text, meta in zip(texts, metas, strict=True)]
+        cut = [_cut_value_error(g, request, text, meta) for text, meta in zip(texts, metas, strict=True)]
         with state._cond:
-            state._meta[g.name] = meta
-        state.set_var(g.name, value)
+            state._spans[g.name] = (start, len(state._text))
+            state._meta[g.name] = metas[0] if n == 1 else metas
+            state.set_var(g.name, values[0] if n == 1 else values)
+            if any(cut):
+                state._truncated[g.name] = "; ".join(c for c in cut if c)
+
+    def _generate(self, g: GenExpr, requests: list[GenerateRequest]) -> list[GenerateResult]:
+        if g.sampler is not None:
+            return [g.sampler.generate_one(r.prompt, r.params, r.constraint) for r in requests]
+        if len(requests) == 1:
+            return [self.backend.generate(requests[0])]
+        return self.backend.generate_batch(requests)
+
+    def _result_meta(self, g: GenExpr, request: GenerateRequest, result: GenerateResult) -> dict:
+        meta = {
+            "finish_reason": result.finish_reason,
+            "completion_tokens": len(result.token_ids),
+            **result.meta,
+        }
+        if result.logprobs is not None:
+            meta["logprobs"] = result.logprobs
+        if request.params.logprobs:
+            meta.update(self._logprob_meta(g, request, result))
+        return meta
+
+    def _logprob_meta(self, g: GenExpr, request: GenerateRequest, result: GenerateResult) -> dict:
+        """SGLang's logprob fields, from the backend (token text, prompt logprobs) where it can."""
+        d = self.defaults
+
+        def pick(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        start = pick(g.logprob_start_len, d.logprob_start_len)
+        top_n = request.params.top_logprobs
+        with_text = bool(pick(g.return_text_in_logprobs, d.return_text_in_logprobs))
+        if result.logprobs is None:
+            raise ProgramError(f"{type(self.backend).__name__} does not return logprobs")
+        full = getattr(self.backend, "logprob_meta", None)
+        if full is not None and g.sampler is None:
+            return full(request.prompt, result, start, top_n, with_text)
+        if (start is not None and start >= 0) or top_n or with_text:
+            raise ProgramError(
+                f"{type(self.backend).__name__} returns output token logprobs only "
+                "(no logprob_start_len, top_logprobs_num or return_text_in_logprobs)"
+            )
+        return {
+            "output_token_logprobs": [
+                (lp, t, None) for t, lp in zip(result.token_ids, result.logprobs, strict=False)
+            ],
+            "input_token_logprobs": [],
+        }
+
+    @staticmethod
+    def _value(g: GenExpr, text: str, meta: dict) -> Any:
+        """The variable's value: the text, or for ``dtype`` the parsed value."""
+        if not g.dtype:
+            return text
+        try:
+            return parse_value(g.dtype, text)
+        except ValueError as e:
+            meta["dtype_error"] = str(e)  # keep the raw text (e.g. cut by max_tokens)
+            return text
 
     def _gen_streaming(
         self,
@@ -265,15 +350,47 @@ class Interpreter:
                 sel.seed if sel.seed is not None else self.defaults.seed,
             )
         choice = sel.choices[index]
+        start = len(state._text)
         state._append(choice)
         if sel.name is not None:
             with state._cond:
+                state._spans[sel.name] = (start, len(state._text))
                 state._meta[sel.name] = {
+                    **result.meta,
                     "scores": list(result.scores),
                     "index": index,
                     "method": sel.method,
                 }
             state.set_var(sel.name, choice)
+
+    # --- separate_reasoning ---
+    def _separate_reasoning(self, state: ProgramState, expr: SeparateReasoning) -> None:
+        """Split each target's value into answer (variable, text) and reasoning.
+
+        The text is rewritten only where the value is still the end of the text and the
+        run is not streamed (a streamed reader has already seen it): then the state's
+        text and the open role's message hold the answer alone, as in SGLang.
+        """
+        from sgl.lang.reasoning import split_reasoning
+
+        for target in expr.targets():
+            name = target.name
+            value = state._vars.get(name)
+            if not isinstance(value, str):
+                raise ProgramError(
+                    f"separate_reasoning needs the text of {name!r}, not {type(value).__name__}", state
+                )
+            try:
+                reasoning, answer = split_reasoning(value, expr.model_type)
+            except ValueError as e:
+                raise ProgramError(str(e), state) from e
+            with state._cond:
+                span = state._spans.get(name)
+                if span is not None and span[1] == len(state._text) and not state._stream:
+                    state._text = state._text[: span[0]] + answer
+                    state._spans[name] = (span[0], len(state._text))
+            state.set_var(expr.process_name_for_reasoning(name), reasoning)
+            state.set_var(name, answer)
 
     # --- roles ---
     def _role_begin(self, state: ProgramState, role: str) -> None:
@@ -361,6 +478,67 @@ class Interpreter:
         ) from error
 
 
+def _close_string(text: str) -> str:
+    """What closes ``text``, a JSON string the ``str`` dtype's regex started ("" if complete).
+
+    The shortest completion: a closing quote, after finishing a half-written escape
+    (a lone backslash becomes an escaped backslash).
+    """
+    if text == "":
+        return '""'  # cut before the opening quote
+    if not text.startswith('"'):
+        return ""
+    body = text[1:]
+    i, n = 0, len(body)
+    while i < n:
+        if body[i] == "\\":
+            if i + 1 == n:
+                return '\\"'
+            i += 2
+        elif body[i] == '"':
+            return ""  # closed
+        else:
+            i += 1
+    return '"'
+
+
+def _cut_value_error(g: GenExpr, request: GenerateRequest, text: str, meta: dict) -> str | None:
+    """Why a constrained value cut by ``max_tokens`` is broken, or None if it is whole."""
+    if meta.get("finish_reason") != "length" or request.constraint is None:
+        return None
+    if g.dtype:
+        if "dtype_error" not in meta:
+            return None
+    elif g.regex is not None:
+        import re
+
+        try:
+            if re.fullmatch(g.regex, text) is not None:
+                return None
+        except re.error:
+            return None  # a regex only the constraint engine reads: cannot tell
+    elif g.json_schema is not None:
+        import json
+
+        try:
+            json.loads(text)
+            return None
+        except ValueError:
+            pass
+    else:
+        return None  # a grammar: no Python-side check
+    meta["truncated"] = True
+    return (f"the value of {g.name!r} was cut by max_tokens={request.params.max_tokens} before the "
+            f"constraint was complete ({text[-40:]!r}); raise max_tokens (the raw text is in the state's text)")
+
+
+def _nth_sample(request: GenerateRequest, i: int) -> GenerateRequest:
+    """Sample ``i`` of ``gen(n=...)``: a seeded request gets seed + i (reproducible, distinct)."""
+    seed = request.params.seed
+    params = replace(request.params, seed=None if seed is None else seed + i)
+    return replace(request, params=params)
+
+
 def _sample_index(scores: list[float], temperature: float, seed: int | None) -> int:
     top = max(scores)
     weights = [math.exp((s - top) / temperature) for s in scores]
@@ -381,7 +559,8 @@ def run_program(
 ) -> ProgramState:
     """Run ``func(state, *args, **kwargs)``; a streamed run returns at once."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    interp = Interpreter(backend or get_default_backend(), defaults, deadline)
+    backend = resolve_backend(backend) if backend is not None else get_default_backend()
+    interp = Interpreter(backend, defaults, deadline)
     state = ProgramState(interp, stream=stream)
     if stream:
         state._background = True
@@ -413,4 +592,8 @@ def _run_body(
         wrapped.__cause__ = e
         error = wrapped
     state._finish(error)
+    from sgl.lang.global_config import global_config
+
+    if global_config.verbosity >= 2:
+        print(state._text)
     return error
