@@ -27,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .architectures import check_architecture
+
 
 @dataclass
 class LlamaConfig:
@@ -50,7 +52,18 @@ class LlamaConfig:
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> LlamaConfig:
-        """Read a Hugging Face ``config.json`` dictionary."""
+        """Read a Hugging Face ``config.json`` dictionary.
+
+        Raises ValueError for an architecture the engine does not implement
+        (`sgl.engine.architectures`) or a config feature it would not reproduce exactly.
+        """
+        model_type = check_architecture(d)
+        window = d.get("sliding_window")
+        if model_type == "qwen2" and not d.get("use_sliding_window", False):
+            window = None
+        if window is not None and window < d.get("max_position_embeddings", 2048):
+            raise ValueError(
+                f"{model_type}: sliding-window attention (sliding_window={window}) is not supported yet")
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported activation {d.get('hidden_act')!r} (expected silu)")
         heads = d["num_attention_heads"]
@@ -75,7 +88,7 @@ class LlamaConfig:
             tie_word_embeddings=d.get("tie_word_embeddings", False),
             bos_token_id=d.get("bos_token_id"),
             eos_token_ids=eos_ids,
-            model_type=d.get("model_type", "llama"),
+            model_type=model_type,
         )
 
 
@@ -218,10 +231,14 @@ class Llama:
         self.weights = "float"  # "int4" once engine/int4.py packs the layer matrices
         c = config
 
+        used: set[str] = set()
+
         def get(name: str) -> torch.Tensor:
+            used.add(name)
             return state[name].to(device=self.device, dtype=dtype)
 
         def fused(names: list[str], heads: list[int | None]) -> torch.Tensor:
+            used.update(names)
             return _fused_transposed([state[n] for n in names], heads, self.device, dtype)
 
         self.embed = get("model.embed_tokens.weight")  # [vocab, hidden]
@@ -246,6 +263,7 @@ class Llama:
                 gate_up=fused([p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], [None, None]),
                 down=fused([p + "mlp.down_proj.weight"], [None]),
             ))
+        _check_all_used(state, used | {"lm_head.weight"})
         self._inv_freq = rope_inv_freq(c)
         self._rope = torch.empty(0, c.head_dim // 2, dtype=torch.complex64, device=self.device)
         self._extend_rope(min(c.max_position_embeddings, 4096))
@@ -357,6 +375,17 @@ class Llama:
         # A padding query sees itself, so no row of the softmax is all -inf (NaN).
         mask = mask[None] & (valid[:, None, :] | (key[None, None, :] == query[None, :, None]))
         return mask.unsqueeze(1)  # [b, 1, t, end]
+
+
+def _check_all_used(state: dict[str, torch.Tensor], used: set[str]) -> None:
+    """Refuse a checkpoint with tensors the forward pass would not read (a bias, a norm):
+    dropping them silently would give wrong logits."""
+    unused = sorted(k for k in state if k not in used and not k.endswith("rotary_emb.inv_freq"))
+    if unused:
+        more = f" and {len(unused) - 3} more" if len(unused) > 3 else ""
+        raise ValueError(
+            f"the checkpoint has tensors the local engine does not use ({', '.join(unused[:3])}{more}): "
+            "this architecture or configuration is not supported exactly")
 
 
 def _fused_transposed(parts: list[torch.Tensor], heads: list[int | None], device: torch.device,

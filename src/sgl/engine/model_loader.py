@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .architectures import check_gguf_architecture
+
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the converted folder's format changes, so old caches are not reused.
 CONVERTER_VERSION = "1"
@@ -185,8 +187,7 @@ def _gguf_metadata(reader: Any) -> dict[str, Any]:
 def _gguf_config(meta: dict[str, Any]) -> dict[str, Any]:
     """An HF ``config.json`` from GGUF metadata (llama and qwen2 architectures)."""
     arch = meta["general.architecture"]
-    if arch not in ("llama", "qwen2"):
-        raise ValueError(f"GGUF architecture {arch!r} is not supported (llama, qwen2)")
+    hf_class = check_gguf_architecture(arch)
 
     def m(key: str, default: Any = None) -> Any:
         return meta.get(f"{arch}.{key}", default)
@@ -195,7 +196,7 @@ def _gguf_config(meta: dict[str, Any]) -> dict[str, Any]:
     n_heads = int(m("attention.head_count"))
     n_vocab = int(m("vocab_size", 0) or len(meta["tokenizer.ggml.tokens"]))
     config: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
+        "architectures": [hf_class],
         "model_type": arch,
         "vocab_size": n_vocab,
         "hidden_size": hidden,
