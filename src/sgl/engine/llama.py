@@ -111,7 +111,7 @@ class LlamaConfig:
             kw = dict(norm_layout="post", qk_norm="proj")
         act = d.get("hidden_activation", "gelu_pytorch_tanh") if gemma else d.get("hidden_act", "silu")
         if act not in _ACTIVATIONS:
-            raise ValueError(f"{model_type}: unsupported activation {act!r} (supported: {', '.join(_ACTIVATIONS)})")
+            raise ValueError(f"{model_type}: activation {act!r} is not supported (supported: {', '.join(_ACTIVATIONS)})")
         return cls(
             vocab_size=d["vocab_size"],
             hidden_size=d["hidden_size"],
