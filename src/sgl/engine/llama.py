@@ -1,8 +1,11 @@
-"""A Llama-family decoder in plain torch, with its own KV cache.
+"""A decoder-only transformer in plain torch, with its own KV cache.
 
-Covers Llama 1-3, Mistral (full attention), Qwen2 (q/k/v bias) and SmolLM:
+Covers the architectures in `sgl.engine.architectures` (docs/models.md): Llama 1-3 and
+SmolLM, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 (text), Phi-3, OLMo 2. The base is Llama's:
 RMSNorm, rotary embeddings (``rope_theta``, linear and llama3 scaling), grouped-query
-attention, SwiGLU MLP, tied or separate output embeddings.
+attention, SwiGLU MLP, tied or separate output embeddings; `LlamaConfig` switches on
+what the others add (q/k norms, sandwich or post norms, soft caps, sliding windows,
+GELU, partial rotary, ...).
 
 The forward pass is a plain function over tensors (no ``nn.Module`` call overhead):
 a decode step at batch 1 is memory bound on a CPU, so each layer does few, large

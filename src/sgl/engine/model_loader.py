@@ -7,8 +7,8 @@ Two kinds of input are supported:
   (``$SGL_CACHE_DIR``, default ``~/.cache/sgl/models/<name>-<hash>/``) holding
   ``model.safetensors``, ``config.json``, ``tokenizer.json`` and
   ``tokenizer_config.json``; later loads read that folder (about a second).
-* a checkpoint folder (``config.json`` + ``*.safetensors`` + ``tokenizer.json``) of a
-  Llama-family model: Llama, Mistral, Qwen2 (q/k/v bias), SmolLM.
+* a checkpoint folder (``config.json`` + ``*.safetensors`` + ``tokenizer.json``) of an
+  architecture listed in `sgl.engine.architectures` (docs/models.md).
 
 The converted folder uses the Hugging Face layout (rotary "rotate_half" convention),
 so transformers can load it too; that is how the tests check our model numerically.
