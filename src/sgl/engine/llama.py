@@ -403,9 +403,11 @@ class Llama:
         return self._take(name).to(device=self.device, dtype=self.dtype)
 
     def _norm_weight(self, name: str, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """An RMSNorm weight as used (Gemma's ``1 + w`` added once here, in float32)."""
-        w = self._take(name).float() + self.config.norm_weight_offset
-        return (w if rows is None else w[rows]).to(device=self.device, dtype=self.dtype)
+        """An RMSNorm weight as used. Gemma's ``1 + w`` is added once here and kept in
+        float32: transformers normalizes and scales in float32 and rounds once after."""
+        offset = self.config.norm_weight_offset
+        w = self._take(name).float() + offset
+        return (w if rows is None else w[rows]).to(device=self.device, dtype=torch.float32 if offset else self.dtype)
 
     def _fused(self, parts: list[torch.Tensor], heads: list[int | None]) -> torch.Tensor:
         return _fused_transposed(parts, heads, self.device, self.dtype, self.config.rotary_dim)
@@ -516,7 +518,7 @@ class Llama:
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Float32 logits of final hidden states: last norm, output projection, soft cap."""
         c = self.config
-        out = (F.rms_norm(h, (c.hidden_size,), self.norm, c.rms_norm_eps) @ self.lm_head_t).float()
+        out = (_rms_norm(h, self.norm, c.rms_norm_eps) @ self.lm_head_t).float()
         if c.final_softcap is not None:
             out = torch.tanh(out / c.final_softcap) * c.final_softcap
         return out
@@ -534,31 +536,31 @@ class Llama:
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         eps = c.rms_norm_eps
         lead = h.shape[:-1]
-        x = h if lw.norm_attn is None else F.rms_norm(h, (c.hidden_size,), lw.norm_attn, eps)
+        x = h if lw.norm_attn is None else _rms_norm(h, lw.norm_attn, eps)
         qkv = matmul(x, lw.qkv)
         if lw.qkv_bias is not None:
             qkv += lw.qkv_bias
         if lw.q_norm is not None:  # OLMo 2: over the whole q and k projections
-            q = F.rms_norm(qkv[..., : nh * hd], (nh * hd,), lw.q_norm, eps)
-            k = F.rms_norm(qkv[..., nh * hd : (nh + nkv) * hd], (nkv * hd,), lw.k_norm, eps)
+            q = _rms_norm(qkv[..., : nh * hd], lw.q_norm, eps)
+            k = _rms_norm(qkv[..., nh * hd : (nh + nkv) * hd], lw.k_norm, eps)
             qk = torch.cat([q, k], dim=-1).view(*lead, nh + nkv, hd)
         qkv = qkv.view(*lead, nh + 2 * nkv, hd)
         if lw.q_norm is None:
             qk = qkv[..., : nh + nkv, :]
             if lw.qk_norm is not None:  # Qwen3, Gemma 3: each head on its own
-                qk = F.rms_norm(qk, (hd,), None, eps) * lw.qk_norm
+                qk = (F.rms_norm(qk.to(lw.qk_norm.dtype), (hd,), None, eps) * lw.qk_norm).to(qkv.dtype)
         qk = _rotate(qk, ropes[lw.rope])
         out = matmul(attend(i, lw, qk, qkv[..., nh + nkv :, :]).reshape(*lead, nh * hd), lw.o)
         if lw.o_bias is not None:
             out += lw.o_bias
         if lw.norm_attn_out is not None:
-            out = F.rms_norm(out, (c.hidden_size,), lw.norm_attn_out, eps)
+            out = _rms_norm(out, lw.norm_attn_out, eps)
         h = h + out
-        x = h if lw.norm_mlp is None else F.rms_norm(h, (c.hidden_size,), lw.norm_mlp, eps)
+        x = h if lw.norm_mlp is None else _rms_norm(h, lw.norm_mlp, eps)
         gate, up = matmul(x, lw.gate_up).chunk(2, dim=-1)
         out = matmul(_activate(c.hidden_act, gate) * up, lw.down)
         if lw.norm_mlp_out is not None:
-            out = F.rms_norm(out, (c.hidden_size,), lw.norm_mlp_out, eps)
+            out = _rms_norm(out, lw.norm_mlp_out, eps)
         return h + out
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache, all_logits: bool = False,
@@ -656,6 +658,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension; with a float32 weight on lower-precision
+    activations (Gemma), computed in float32 and rounded once."""
+    if w.dtype == x.dtype:
+        return F.rms_norm(x, (w.shape[-1],), w, eps)
+    return F.rms_norm(x.float(), (w.shape[-1],), w, eps).to(x.dtype)
 
 
 def _activate(kind: str, x: torch.Tensor) -> torch.Tensor:
