@@ -5,7 +5,7 @@ small sizes, ``from_config``, ``save_pretrained``) next to a small byte-level
 tokenizer, and loaded by ``LocalModel``. The configs switch on what makes each
 architecture differ (sliding windows shorter than the input, soft caps that bite,
 q/k norms, Gemma 3's separate local rotary base with linear scaling on the global
-layers, Phi-3's partial rotary), so a feature the engine ignored would show.
+layers, Phi-3's partial rotary and longrope), so a feature the engine ignored would show.
 Checked: last-position logits within 1e-4 of transformers' (float32) on an input
 longer than any window; greedy tokens equal to transformers' ``generate`` through the
 contiguous-cache forward pass and through the batching engine (two requests of
@@ -51,6 +51,10 @@ ARCHS = {
                                      SLIDING: {"rope_type": "default", "rope_theta": 1000.0}})),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(sliding_window=WINDOW)),
     "phi3-partial-rotary": ("Phi3Config", "Phi3ForCausalLM", dict(partial_rotary_factor=0.5)),
+    "phi3-longrope": ("Phi3Config", "Phi3ForCausalLM", dict(
+        original_max_position_embeddings=64, partial_rotary_factor=0.75,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                         "short_factor": [1.0, 1.3, 1.7, 2.0, 2.5, 3.0], "long_factor": [4.0] * 6})),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
 }
 
@@ -138,7 +142,7 @@ def test_batching_engine_matches_transformers(arch):
     lm = LocalModel(folder, weights="float", kv_budget_mb=4, prefix_cache=True, token_healing=False)
     try:
         shared = bytes(range(65, 65 + 20)).decode()
-        prompts = [shared + "tail one", shared + "a somewhat longer second tail"]
+        prompts = [shared + "tail one", shared + "a longer second tail"]
         expected = [_hf_greedy(hf, lm.encode(p), 16) for p in prompts]
         params = SamplingParams(max_tokens=16, temperature=0.0)
         for _ in range(2):  # the second round finds the first one's prompts in the prefix cache
@@ -182,7 +186,9 @@ def _write_config(folder, **config) -> None:
     ({}, "names no architecture"),
     (dict(architectures=["LlamaForCausalLM"], model_type="llama",
           rope_scaling={"rope_type": "yarn", "factor": 4.0}), "'yarn'"),
-    (dict(architectures=["Phi3ForCausalLM"], model_type="phi3",
+    (dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2",
+          rope_scaling={"rope_type": "dynamic", "factor": 2.0}), "'dynamic'"),
+    (dict(architectures=["LlamaForCausalLM"], model_type="llama",
           rope_scaling={"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8}), "'longrope'"),
     (dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="relu"), "activation 'relu'"),
     (dict(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text", attn_logit_softcapping=50.0),
@@ -201,6 +207,23 @@ def test_unsupported_configs_are_refused_clearly(tmp_path, config, message):
     byte_tokenizer().save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(ValueError, match=message.replace("'", ".").replace("(", ".").replace(")", ".")):
         LocalModel(tmp_path, weights="float", kv_budget_mb=4)
+
+
+def test_longrope_context_is_capped_where_it_stays_exact(tmp_path):
+    """Phi-3's longrope switches to its long factors past original_max_position_embeddings,
+    recomputing the whole sequence; the engine stops there instead of drifting."""
+    make_checkpoint("phi3-longrope", tmp_path)
+    ours = Llama.from_folder(tmp_path)
+    assert ours.config.max_position_embeddings == 64
+    cache = ours.new_cache(70)
+    ours.forward(torch.tensor([_ids(64, 5)]), cache)
+    with pytest.raises(ValueError, match="longrope: .* past the exact range of 64"):
+        ours.forward(torch.tensor([[1]]), cache)
+    lm = LocalModel(tmp_path, weights="float", kv_budget_mb=4)
+    try:
+        assert lm.max_context == 64
+    finally:
+        lm.engine.close()
 
 
 def test_unknown_tensors_are_refused_not_dropped(tmp_path):

@@ -126,7 +126,8 @@ class LlamaConfig:
             rms_norm_eps=d.get("rms_norm_eps", 1e-6 if gemma else 1e-5),
             rope_theta=theta,
             rope_scaling=scaling,
-            max_position_embeddings=d.get("max_position_embeddings", 2048),
+            max_position_embeddings=(scaling or {}).get("original_max_position_embeddings")
+            if _rope_kind(scaling) == "longrope" else d.get("max_position_embeddings", 2048),
             tie_word_embeddings=d.get("tie_word_embeddings", gemma),
             bos_token_id=d.get("bos_token_id"),
             eos_token_ids=eos_ids,
@@ -170,13 +171,34 @@ def _rope_settings(d: dict[str, Any], model_type: str) -> tuple[float, dict | No
     partial = float(params.pop("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)))
     scaling = d.get("rope_scaling") if model_type != "gemma3_text" else None
     scaling = scaling or (params if _rope_kind(params) != "default" else None)
-    if _rope_kind(scaling) not in _ROPE_TYPES:
+    if model_type == "phi3" and _rope_kind(scaling) in ("longrope", "su", "yarn"):  # transformers' Phi-3 names
+        scaling = _phi3_longrope(d, scaling)
+    elif _rope_kind(scaling) not in _ROPE_TYPES:
         raise ValueError(f"{model_type}: rope scaling {_rope_kind(scaling)!r} is not supported "
-                         f"(supported: {', '.join(_ROPE_TYPES)})")
-    if partial != 1.0 and (model_type != "phi3" or scaling is not None):
-        raise ValueError(f"{model_type}: partial_rotary_factor={partial} is not supported here "
-                         "(only for phi3 with plain rotary)")
+                         f"(supported: {', '.join(_ROPE_TYPES)}; longrope for phi3)")
+    if partial != 1.0 and model_type != "phi3":
+        raise ValueError(f"{model_type}: partial_rotary_factor={partial} is not supported (only for phi3)")
     return theta, scaling, local_theta, partial
+
+
+def _phi3_longrope(d: dict[str, Any], scaling: dict[str, Any]) -> dict[str, Any]:
+    """Phi-3's "longrope" rotary, in its short regime only.
+
+    transformers switches the whole sequence to ``long_factor`` once it grows past
+    ``original_max_position_embeddings`` (and drops the KV cache to recompute it);
+    a KV cache cannot follow that, so the context is capped there (see ``from_hf``)
+    and ``short_factor`` with its attention factor is always exact.
+    """
+    original = scaling.get("original_max_position_embeddings") or d.get("original_max_position_embeddings")
+    if not original or "short_factor" not in scaling:
+        raise ValueError("phi3: longrope without short_factor and original_max_position_embeddings "
+                         "is not supported")
+    factor = scaling.get("factor") or d.get("max_position_embeddings", 2048) / original
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return {"rope_type": "longrope", "short_factor": list(scaling["short_factor"]),
+            "original_max_position_embeddings": int(original), "attention_factor": float(attention)}
 
 
 def _sliding_settings(d: dict[str, Any], model_type: str, layers: int) -> tuple[int | None, tuple[bool, ...]]:
@@ -345,6 +367,9 @@ def rope_inv_freq(config: LlamaConfig, local: bool = False) -> torch.Tensor:
         return inv
     if kind == "linear":
         return inv / scaling["factor"]
+    if kind == "longrope":  # short regime only: the context is capped at its end
+        short = torch.tensor(scaling["short_factor"], dtype=torch.float64)
+        return 1.0 / (short * theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     if kind == "llama3":
         factor = scaling["factor"]
         low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
@@ -491,12 +516,17 @@ class Llama:
         """
         if n <= self._ropes[0].shape[0]:
             return
+        if _rope_kind(self.config.rope_scaling) == "longrope" and n > self.config.max_position_embeddings:
+            raise ValueError(f"longrope: {n} positions are past the exact range of "
+                             f"{self.config.max_position_embeddings} (original_max_position_embeddings)")
         n = max(n, 2 * self._ropes[0].shape[0])
         half = self.config.head_dim // 2
         for j, inv in enumerate(self._inv_freqs):
             angles = torch.outer(torch.arange(n, dtype=torch.float64), inv)
             table = torch.ones(n, half, dtype=torch.complex128)
-            table[:, : inv.shape[0]] = torch.polar(torch.ones_like(angles), angles)
+            # longrope scales cos and sin (so each rotated q and k) by its attention factor
+            scale = (self.config.rope_scaling or {}).get("attention_factor", 1.0) if j == 0 else 1.0
+            table[:, : inv.shape[0]] = torch.polar(torch.full_like(angles, scale), angles)
             self._ropes[j] = table.to(torch.complex64).to(self.device)
 
     # -- forward
