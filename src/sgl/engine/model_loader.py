@@ -7,8 +7,8 @@ Two kinds of input are supported:
   (``$SGL_CACHE_DIR``, default ``~/.cache/sgl/models/<name>-<hash>/``) holding
   ``model.safetensors``, ``config.json``, ``tokenizer.json`` and
   ``tokenizer_config.json``; later loads read that folder (about a second).
-* a checkpoint folder (``config.json`` + ``*.safetensors`` + ``tokenizer.json``) of a
-  Llama-family model: Llama, Mistral, Qwen2 (q/k/v bias), SmolLM.
+* a checkpoint folder (``config.json`` + ``*.safetensors`` + ``tokenizer.json``) of an
+  architecture listed in `sgl.engine.architectures` (docs/models.md).
 
 The converted folder uses the Hugging Face layout (rotary "rotate_half" convention),
 so transformers can load it too; that is how the tests check our model numerically.
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .architectures import check_gguf_architecture
 
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the converted folder's format changes, so old caches are not reused.
@@ -185,8 +187,7 @@ def _gguf_metadata(reader: Any) -> dict[str, Any]:
 def _gguf_config(meta: dict[str, Any]) -> dict[str, Any]:
     """An HF ``config.json`` from GGUF metadata (llama and qwen2 architectures)."""
     arch = meta["general.architecture"]
-    if arch not in ("llama", "qwen2"):
-        raise ValueError(f"GGUF architecture {arch!r} is not supported (llama, qwen2)")
+    hf_class = check_gguf_architecture(arch)
 
     def m(key: str, default: Any = None) -> Any:
         return meta.get(f"{arch}.{key}", default)
@@ -195,7 +196,7 @@ def _gguf_config(meta: dict[str, Any]) -> dict[str, Any]:
     n_heads = int(m("attention.head_count"))
     n_vocab = int(m("vocab_size", 0) or len(meta["tokenizer.ggml.tokens"]))
     config: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
+        "architectures": [hf_class],
         "model_type": arch,
         "vocab_size": n_vocab,
         "hidden_size": hidden,

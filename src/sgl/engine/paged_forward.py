@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .kv_pool import KVPool
-from .llama import Llama, _rotate, matmul
+from .llama import LayerWeights, Llama, attention
 
 
 @dataclass
@@ -39,12 +38,14 @@ class _Plan:
 
     ids: torch.Tensor  # [N] the new tokens, flattened
     write: torch.Tensor  # [N] their pool slots
-    rope: torch.Tensor  # [N, 1, head_dim/2] complex
+    ropes: list[torch.Tensor]  # per rotary table: [N, 1, head_dim/2] complex
     last: torch.Tensor  # [rows] index of each row's last new token in the flat batch
     decode_idx: torch.Tensor | None  # [D] flat index of the one-token rows
     decode_slots: torch.Tensor | slice | None  # [D, L] slots of their whole context (padded)
-    decode_mask: torch.Tensor | None  # [D, 1, 1, L] True = a real key
-    extends: list[tuple[int, int, torch.Tensor | slice, torch.Tensor | None]]  # (flat start, T, slots, mask)
+    # By layer kind (False: full attention, True: sliding window): [D, 1, 1, L] True = may attend
+    decode_mask: dict[bool, torch.Tensor | None]
+    # (flat start, T, slots, mask by layer kind; a None mask: plain causal)
+    extends: list[tuple[int, int, torch.Tensor | slice, dict[bool, torch.Tensor | None]]]
 
 
 def _contiguous(slots: torch.Tensor) -> torch.Tensor | slice:
@@ -56,9 +57,22 @@ def _contiguous(slots: torch.Tensor) -> torch.Tensor | slice:
     return slots
 
 
+def _extend_masks(row: RowInput, window: int | None, device: torch.device) -> dict[bool, torch.Tensor | None]:
+    """Masks of a row of several new tokens after ``row.start`` cached ones."""
+    key = torch.arange(row.end, device=device)
+    query = torch.arange(row.start, row.end, device=device)
+    causal = key[None, :] <= query[:, None]
+    masks = {False: causal[None, None] if row.start else None}  # None: SDPA's own causal mask
+    if window is not None:
+        masks[True] = (causal & (key[None, :] > query[:, None] - window))[None, None] if row.end > window \
+            else masks[False]
+    return masks
+
+
 def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
     """Flatten ``rows`` and precompute every index the layers need."""
     device = model.device
+    window = model.config.sliding_window
     ids, write, pos, last = [], [], [], []
     decode_rows, extends = [], []
     offset = 0
@@ -71,37 +85,37 @@ def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
             decode_rows.append((offset, row))
         else:
             slots = _contiguous(pool.slots(row.blocks, 0, row.end).to(device))
-            mask = None
-            if row.start:  # causal, offset by the cached prefix
-                key = torch.arange(row.end, device=device)
-                query = torch.arange(row.start, row.end, device=device)
-                mask = (key[None, :] <= query[:, None])[None, None]
-            extends.append((offset, t, slots, mask))
+            extends.append((offset, t, slots, _extend_masks(row, window, device)))
         offset += t
         last.append(offset - 1)
     model._extend_rope(max(r.end for r in rows))
     positions = torch.cat(pos).to(device)
     plan = _Plan(
         ids=torch.tensor(ids, device=device), write=torch.cat(write).to(device),
-        rope=model._rope[positions].unsqueeze(1), last=torch.tensor(last, device=device),
-        decode_idx=None, decode_slots=None, decode_mask=None, extends=extends,
+        ropes=[r[positions].unsqueeze(1) for r in model._ropes], last=torch.tensor(last, device=device),
+        decode_idx=None, decode_slots=None, decode_mask={False: None, True: None}, extends=extends,
     )
-    if len(decode_rows) == 1:  # a lone decode row: no padding, no mask
-        offset, r = decode_rows[0]
-        plan.decode_idx = torch.tensor([offset], device=device)
+    if not decode_rows:
+        return plan
+    plan.decode_idx = torch.tensor([o for o, _ in decode_rows], device=device)
+    if len(decode_rows) == 1:  # a lone decode row: no padding
+        r = decode_rows[0][1]
         plan.decode_slots = _contiguous(pool.slots(r.blocks, 0, r.end).to(device))
         if not isinstance(plan.decode_slots, slice):
             plan.decode_slots = plan.decode_slots[None]
-    elif decode_rows:
+    else:
         width = max(r.end for _, r in decode_rows)
         slots = torch.zeros(len(decode_rows), width, dtype=torch.long)
-        mask = torch.zeros(len(decode_rows), width, dtype=torch.bool)
         for i, (_, r) in enumerate(decode_rows):
             slots[i, : r.end] = pool.slots(r.blocks, 0, r.end)
-            mask[i, : r.end] = True
-        plan.decode_idx = torch.tensor([o for o, _ in decode_rows], device=device)
         plan.decode_slots = slots.to(device)
-        plan.decode_mask = mask.to(device)[:, None, None, :]
+    ends = torch.tensor([r.end for _, r in decode_rows], device=device)[:, None]
+    key = torch.arange(max(r.end for _, r in decode_rows), device=device)[None, :]
+    if len(decode_rows) > 1:
+        plan.decode_mask[False] = (key < ends)[:, None, None, :]
+    plan.decode_mask[True] = plan.decode_mask[False]
+    if window is not None and int(ends.max()) > window:
+        plan.decode_mask[True] = ((key < ends) & (key >= ends - window))[:, None, None, :]
     return plan
 
 
@@ -113,40 +127,33 @@ def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tens
     n = plan.ids.shape[0]
     nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     group = nh // nkv
-    eps = c.rms_norm_eps
-    h = F.embedding(plan.ids, model.embed)  # [N, hidden]
-    for i, lw in enumerate(model.layers):
-        x = F.rms_norm(h, (c.hidden_size,), lw.norm_attn, eps)
-        qkv = matmul(x, lw.qkv)
-        if lw.qkv_bias is not None:
-            qkv += lw.qkv_bias
-        qkv = qkv.view(n, nh + 2 * nkv, hd)
-        qk = _rotate(qkv[:, : nh + nkv], plan.rope)  # [N, nh + nkv, hd]
+
+    def attend(i: int, lw: LayerWeights, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_pool, v_pool = pool.k[i], pool.v[i]  # [slots, nkv, hd]
         k_pool[plan.write] = qk[:, nh:]
-        v_pool[plan.write] = qkv[:, nh + nkv:]
-        attn = torch.empty(n, nh, hd, device=h.device, dtype=h.dtype)
+        v_pool[plan.write] = v
+        attn = torch.empty(n, nh, hd, device=qk.device, dtype=qk.dtype)
         if plan.decode_idx is not None:
             d = plan.decode_idx.shape[0]
             # The query heads of one KV group attend as a "sequence" of `group` rows.
             q = qk[plan.decode_idx, :nh].reshape(d, nkv, group, hd)
             keys = _rows(k_pool, plan.decode_slots).transpose(1, 2)  # [D, nkv, L, hd]
             values = _rows(v_pool, plan.decode_slots).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=plan.decode_mask)
+            out = attention(q, keys, values, plan.decode_mask[lw.sliding], c)
             attn[plan.decode_idx] = out.reshape(d, nh, hd)
-        for start, t, slots, mask in plan.extends:
+        for start, t, slots, masks in plan.extends:
             q = qk[start:start + t, :nh].transpose(0, 1)[None]  # [1, nh, T, hd]
             keys = k_pool[slots].transpose(0, 1)[None]  # [1, nkv, L, hd]
             values = v_pool[slots].transpose(0, 1)[None]
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                                 is_causal=mask is None, enable_gqa=True)
+            mask = masks[lw.sliding]
+            out = attention(q, keys, values, mask, c, is_causal=mask is None)
             attn[start:start + t] = out[0].transpose(0, 1)
-        h = h + matmul(attn.reshape(n, nh * hd), lw.o)
-        x = F.rms_norm(h, (c.hidden_size,), lw.norm_mlp, eps)
-        gate, up = matmul(x, lw.gate_up).chunk(2, dim=-1)
-        h = h + matmul(F.silu(gate) * up, lw.down)
-    h = F.rms_norm(h[plan.last], (c.hidden_size,), model.norm, eps)
-    return (h @ model.lm_head_t).float()
+        return attn
+
+    h = model.embed_tokens(plan.ids)  # [N, hidden]
+    for i in range(len(model.layers)):
+        h = model.layer(i, h, plan.ropes, attend)
+    return model.logits(h[plan.last])
 
 
 def _rows(layer_pool: torch.Tensor, slots: torch.Tensor | slice) -> torch.Tensor:
