@@ -17,7 +17,7 @@ from sgl.constrain import (
 
 
 def compile_constraint(
-    vocab: Vocabulary,
+    vocab: Vocabulary | None,
     *,
     json_schema: Any = None,
     regex: str | None = None,
@@ -26,7 +26,7 @@ def compile_constraint(
     choices: Sequence[str] | None = None,
     json_options: Mapping[str, Any] | None = None,
 ) -> CompiledGrammar:
-    """Compile exactly one constraint for ``vocab``.
+    """Compile exactly one constraint for ``vocab`` (None: text only, to validate it).
 
     ``json_schema``: a dict, JSON text, ``True`` (any JSON value) or a pydantic model
     class; ``grammar`` is Lark, GBNF or EBNF text (``grammar_syntax``). ``json_options``
@@ -51,3 +51,16 @@ def compile_constraint(
     if isinstance(choices, str) or not choices:
         raise ConstraintError("choices must be a non-empty list of strings")
     return compile_choices(list(choices), vocab)
+
+
+def guess_grammar_syntax(text: str) -> str:
+    """``"gbnf"`` for GBNF/EBNF text (``name ::= ...`` rules), else ``"lark"``."""
+    return "gbnf" if "::=" in text else "lark"
+
+
+def text_of(data: bytes) -> str | None:
+    """``data`` up to its last whole UTF-8 character, as text; None when that is empty."""
+    from sgl.constrain.matcher import utf8_prefix
+
+    text = utf8_prefix(data).decode("utf-8")
+    return text or None
