@@ -132,6 +132,18 @@ def test_beam_search_follows_reordered_rows(hf):
         assert re.fullmatch(r"(ha|ho)+!|(ha|ho)*h?", text), text
 
 
+def test_assisted_generation_rolls_back_rejected_candidates(hf):
+    model, tok = hf
+    ask = 'Repeat this JSON exactly: {"name":"Ann","age":30}'
+    inputs = chat_batch(tok, [ask])
+    for kwargs in ({"prompt_lookup_num_tokens": 4}, {"assistant_model": model}):
+        proc = SGLLogitsProcessor(tok, json_schema=SCHEMA, json_options=COMPACT)
+        out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=30, do_sample=False,
+                             **kwargs)
+        (text,) = completions(tok, inputs, out)
+        jsonschema.validate(json.loads(text), SCHEMA)
+
+
 # -- the processor called directly, the way generate calls it ---------------------------
 def test_logits_wider_than_the_tokenizer_and_finished_rows(hf):
     _, tok = hf

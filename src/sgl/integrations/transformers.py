@@ -12,9 +12,13 @@ tokens each row gained since the last call (the prompt, left padding included, i
 skipped), advances that row's matcher and masks the row's logits to the tokens the
 constraint allows; EOS is allowed once the text is complete. A row that has finished
 (it took EOS, or ``generate`` pads it after its end) is left alone. Greedy search,
-sampling (the warpers run after this processor) and beam search (rows reordered between
-steps follow their parent's matcher) all work. A processor notices a new ``generate``
-call (the prompt changed) and starts over, so one instance can be reused.
+sampling (the warpers run after this processor), beam search (rows reordered between
+steps follow their parent's matcher) and assisted generation (``assistant_model=`` or
+``prompt_lookup_num_tokens=``: rejected candidates are rolled back) all work.
+
+A processor starts over when a call's prompts differ from the previous call's, so one
+instance can serve several ``generate`` calls; call `reset` between calls whose new
+prompts extend the old ones (a chat's next turn), which would look like a continuation.
 """
 
 from __future__ import annotations
@@ -98,10 +102,18 @@ class SGLLogitsProcessor(LogitsProcessor):
     def reset(self) -> None:
         """Forget the current generation (the next call starts a new one)."""
         self.matchers: list[Matcher] = []
-        self.finished: list[bool] = []
+        # per row, per generated position: did the matcher take that token?
+        self._taken: list[list[bool]] = []
+        # per row: after how many generated tokens the row finished (None: still going)
+        self._done_at: list[int | None] = []
         self._prompt_len = 0
         self._prev: torch.Tensor | None = None
         self._bitmask: Any = None
+
+    @property
+    def finished(self) -> list[bool]:
+        """Per row of the current batch: has it finished (EOS taken, or padded)?"""
+        return [d is not None for d in self._done_at]
 
     # -- the LogitsProcessor interface ------------------------------------------------
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -121,57 +133,85 @@ class SGLLogitsProcessor(LogitsProcessor):
 
     # -- following the batch ------------------------------------------------------------
     def _follow(self, input_ids: torch.Tensor) -> None:
-        """Bring one matcher per row up to ``input_ids``."""
+        """Bring one matcher per row up to ``input_ids``.
+
+        Usually each row gained one token. Beam search reorders rows (each follows the
+        row it came from); assisted generation goes back to the last accepted candidate
+        (the row is rewound to where the ids differ).
+        """
         prev = self._prev
-        if not self._continues(input_ids):
+        if not self._same_prompts(input_ids):
             self._start(input_ids)
             return
         assert prev is not None
-        seen = prev.shape[1]
-        if not torch.equal(input_ids[:, :seen], prev):
-            self._reorder(input_ids[:, :seen], prev)
-        for row, tokens in enumerate(input_ids[:, seen:].tolist()):
-            self._advance(row, tokens)
+        n = min(prev.shape[1], input_ids.shape[1])
+        before = prev[:, :n]
+        if not torch.equal(input_ids[:, :n], before):
+            before = self._reorder(input_ids[:, :n], before)
+        differs = input_ids[:, :n] != before
+        first = torch.where(differs.any(dim=1), differs.to(torch.int8).argmax(dim=1), n).tolist()
+        for row, pos in enumerate(first):
+            self._rewind(row, pos - self._prompt_len)
+            start = self._prompt_len + len(self._taken[row])
+            self._advance(row, input_ids[row, start:].tolist())
         self._prev = input_ids
 
-    def _continues(self, input_ids: torch.Tensor) -> bool:
-        """Is ``input_ids`` a later step of the generation seen so far (same prompts)?"""
+    def _same_prompts(self, input_ids: torch.Tensor) -> bool:
+        """Is ``input_ids`` a step of the generation seen so far (same batch, same prompts)?"""
         prev = self._prev
-        if prev is None or prev.shape[0] != input_ids.shape[0] or input_ids.shape[1] <= prev.shape[1]:
-            return False
-        if prev.device != input_ids.device:
-            return False
         p = self._prompt_len
-        return torch.equal(input_ids[:, :p], prev[:, :p])
+        if prev is None or prev.shape[0] != input_ids.shape[0] or input_ids.shape[1] <= p:
+            return False
+        return prev.device == input_ids.device and torch.equal(input_ids[:, :p], prev[:, :p])
 
     def _start(self, input_ids: torch.Tensor) -> None:
         fresh = Matcher(self.compiled)
-        self.matchers = [fresh.copy() for _ in range(input_ids.shape[0])]
-        self.finished = [False] * input_ids.shape[0]
+        batch = input_ids.shape[0]
+        self.matchers = [fresh.copy() for _ in range(batch)]
+        self._taken = [[] for _ in range(batch)]
+        self._done_at = [None] * batch
         self._prompt_len = input_ids.shape[1]
         self._prev = input_ids
 
-    def _reorder(self, now: torch.Tensor, prev: torch.Tensor) -> None:
-        """Rows were permuted or duplicated (beam search): each follows the row it came from."""
-        same = (now[:, None, :] == prev[None, :, :]).all(dim=-1)  # (row now, row before)
+    def _reorder(self, now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+        """Beam search permutes and duplicates rows: when every row equals an earlier
+        row, each continues from that row's state. Returns the earlier ids in the new
+        row order (unchanged when the rows are not a reordering)."""
+        same = (now[:, None, :] == before[None, :, :]).all(dim=-1)  # (row now, row before)
         if not bool(same.any(dim=1).all()):
-            raise ConstraintError("the batch changed between steps in a way SGLLogitsProcessor cannot "
-                                  "follow (use one processor per generate call, or call reset())")
+            return before
         parents = same.to(torch.int8).argmax(dim=1).tolist()
         self.matchers = [self.matchers[p].copy() for p in parents]
-        self.finished = [self.finished[p] for p in parents]
+        self._taken = [list(self._taken[p]) for p in parents]
+        self._done_at = [self._done_at[p] for p in parents]
+        return before[parents]
+
+    def _rewind(self, row: int, keep: int) -> None:
+        """Forget row ``row``'s generated tokens after the first ``keep``."""
+        taken = self._taken[row]
+        if keep >= len(taken):
+            return
+        self.matchers[row].rollback(sum(taken[keep:]))
+        del taken[keep:]
+        done = self._done_at[row]
+        if done is not None and done > keep:
+            self._done_at[row] = None
 
     def _advance(self, row: int, tokens: list[int]) -> None:
-        matcher = self.matchers[row]
+        matcher, taken = self.matchers[row], self._taken[row]
         for t in tokens:
-            if self.finished[row]:
-                return
+            if self._done_at[row] is not None:
+                taken.append(False)
+                continue
             if matcher.advance(t):
-                self.finished[row] = matcher.is_terminated() and t in self._end_ids
+                taken.append(True)
+                if t in self._end_ids and matcher.is_terminated():
+                    self._done_at[row] = len(taken)
                 continue
             if t in self._end_ids:  # generate stopped this row (a stopping criterion) and pads it
-                self.finished[row] = True
-                return
+                taken.append(False)
+                self._done_at[row] = len(taken)
+                continue
             raise ConstraintError(
                 f"row {row} took token {t}, which the constraint does not allow: was another "
                 "logits processor applied after this one, or the scores changed after it?"
