@@ -321,3 +321,38 @@ def test_logits_processor_rejects_bad_requests():
     with pytest.raises(ConstraintError, match="one of"):
         SGLLogitsProcessor.validate_params(two)
     SGLLogitsProcessor.validate_params(SimpleNamespace(extra_args={"other": 1}))  # not ours
+
+
+def test_install_makes_the_manager_build_an_sgl_backend(hf, monkeypatch):
+    """install() patches StructuredOutputManager.grammar_init (a fake of vLLM's module)."""
+    import sys
+    import types
+
+    class StructuredOutputManager:  # vLLM's, reduced to what install() touches
+        def __init__(self, config, tokenizer):
+            self.backend, self.vllm_config, self.tokenizer = None, config, tokenizer
+
+        def grammar_init(self, request):
+            if request.structured_output_request is None:
+                return
+            if self.backend is None:
+                raise AssertionError("vLLM would build its own backend here")
+            kind, spec = request.structured_output_request.structured_output_key
+            request.structured_output_request.grammar = self.backend.compile_grammar(kind, spec)
+
+    module = types.ModuleType("vllm.v1.structured_output")
+    module.StructuredOutputManager = StructuredOutputManager
+    for name in ("vllm", "vllm.v1"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "vllm.v1.structured_output", module)
+    from sgl.integrations.vllm import install
+
+    install()
+    install()  # idempotent
+    manager = StructuredOutputManager(vllm_config(hf), hf.tok)
+    request = SimpleNamespace(structured_output_request=SimpleNamespace(
+        structured_output_key=(StructuredOutputOptions.REGEX, "[0-9]+"), grammar=None))
+    manager.grammar_init(request)
+    assert isinstance(manager.backend, SGLBackend)
+    assert isinstance(request.structured_output_request.grammar, SGLGrammar)
+    manager.grammar_init(SimpleNamespace(structured_output_request=None))  # not structured

@@ -67,6 +67,7 @@ def test_py_typed_is_shipped():
 def test_core_imports_without_torch_or_server_packages():
     r = run_without({"torch", "fastapi", "uvicorn", "safetensors", "gguf", "transformers"},
                     "import sgl, sgl.constrain, sgl.integrations, sys\n"
+                    "import sgl.integrations.vllm, sgl.integrations.sglang\n"
                     "assert 'torch' not in sys.modules\nprint('ok')")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
