@@ -279,8 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sgl._extras import MissingExtraError
+
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except MissingExtraError as e:  # a part not installed: the message says what to install
+        print(f"sgl {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,7 +13,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError as e:  # the core install has no torch: say which extra adds it
+    from sgl._extras import MissingExtraError
+
+    raise MissingExtraError("sgl.LocalModel (the local engine)", "local", [e.name or "torch"]) from e
 
 from sgl.backends.base import (
     Backend,

@@ -124,6 +124,9 @@ def convert_gguf(gguf_path: str | os.PathLike, out: Path | None = None) -> Path:
     out = out or converted_folder(gguf_path)
     if (out / "model.safetensors").exists():
         return out
+    from sgl._extras import require
+
+    require("reading a GGUF model", "local", "gguf")
     from gguf import GGUFReader
 
     print(f"sgl: converting {gguf_path.name} to safetensors in {out} (once) ...", file=sys.stderr, flush=True)

@@ -30,10 +30,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import anyio
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+try:
+    import anyio
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+except ModuleNotFoundError as e:  # the core install has no fastapi: say which extra adds it
+    from sgl._extras import MissingExtraError
+
+    raise MissingExtraError("the SGL server (sgl serve)", "server", [e.name or "fastapi"]) from e
 
 from sgl.backends.base import (
     Backend,

@@ -94,6 +94,9 @@ def served_name(args: argparse.Namespace, backend: Any) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     """Load the backend and serve it until interrupted; returns an exit status."""
+    from sgl._extras import require
+
+    require("the SGL server (sgl serve)", "server", "fastapi", "uvicorn")
     import uvicorn
 
     from .app import ServerSettings, create_app

@@ -1,0 +1,218 @@
+"""SGL constraints in Hugging Face transformers: a batch-aware ``LogitsProcessor``.
+
+::
+
+    from sgl.integrations.transformers import SGLLogitsProcessor
+
+    proc = SGLLogitsProcessor(tokenizer, json_schema=Character)   # or regex=, grammar=, choices=
+    out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=200)
+
+Every row of the batch gets its own `Matcher`. At each step the processor reads the
+tokens each row gained since the last call (the prompt, left padding included, is
+skipped), advances that row's matcher and masks the row's logits to the tokens the
+constraint allows; EOS is allowed once the text is complete. A row that has finished
+(it took EOS, or ``generate`` pads it after its end) is left alone. Greedy search,
+sampling (the warpers run after this processor), beam search (rows reordered between
+steps follow their parent's matcher) and assisted generation (``assistant_model=`` or
+``prompt_lookup_num_tokens=``: rejected candidates are rolled back) all work.
+
+A processor starts over when a call's prompts differ from the previous call's, so one
+instance can serve several ``generate`` calls; call `reset` between calls whose new
+prompts extend the old ones (a chat's next turn), which would look like a continuation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sgl._extras import require
+
+require("sgl.integrations.transformers", "transformers", "torch", "transformers")
+
+import torch  # noqa: E402
+from transformers import LogitsProcessor  # noqa: E402
+
+from sgl.constrain import (  # noqa: E402
+    CompiledGrammar,
+    ConstraintError,
+    Matcher,
+    Vocabulary,
+    allocate_bitmask,
+    apply_bitmask,
+    fill_next_token_bitmasks,
+)
+from sgl.integrations._common import compile_constraint  # noqa: E402
+
+
+def _ids(value: int | Iterable[int] | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+class SGLLogitsProcessor(LogitsProcessor):
+    """Constrain ``model.generate`` to a JSON Schema, pydantic model, regex, grammar or choices.
+
+    ``tokenizer``: the model's transformers tokenizer. Give exactly one of
+    ``json_schema`` (dict, JSON text or pydantic model class), ``regex``, ``grammar``
+    (Lark by default, or ``grammar_syntax="gbnf"`` / ``"ebnf"``) or ``choices``;
+    ``json_options`` go to `compile_json_schema` (e.g. ``{"whitespace": "compact"}``).
+    ``eos_token_id``: the ids that end generation, when the model's
+    ``generation_config`` uses others than the tokenizer's ``eos_token_id``.
+    Raises `ConstraintError` for a constraint that does not compile.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        json_schema: Any = None,
+        regex: str | None = None,
+        grammar: str | None = None,
+        grammar_syntax: str = "lark",
+        choices: Sequence[str] | None = None,
+        json_options: Mapping[str, Any] | None = None,
+        eos_token_id: int | Iterable[int] | None = None,
+    ) -> None:
+        eos = _ids(eos_token_id) or None
+        vocab = Vocabulary.from_tokenizer(tokenizer, eos_token_ids=eos)
+        compiled = compile_constraint(vocab, json_schema=json_schema, regex=regex, grammar=grammar,
+                                      grammar_syntax=grammar_syntax, choices=choices,
+                                      json_options=json_options)
+        self._init(compiled, pad_token_id=getattr(tokenizer, "pad_token_id", None))
+
+    @classmethod
+    def from_compiled(cls, compiled: CompiledGrammar, pad_token_id: int | None = None) -> SGLLogitsProcessor:
+        """A processor for a constraint already compiled with a vocabulary."""
+        self = cls.__new__(cls)
+        self._init(compiled, pad_token_id=pad_token_id)
+        return self
+
+    def _init(self, compiled: CompiledGrammar, pad_token_id: int | None) -> None:
+        if compiled.vocab is None:
+            raise ConstraintError("the constraint was compiled without a vocabulary")
+        self.compiled = compiled
+        # tokens a row may take past the constraint's end: generate pads finished rows
+        self._end_ids = frozenset(compiled.vocab.eos_token_ids) | frozenset(_ids(pad_token_id))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current generation (the next call starts a new one)."""
+        self.matchers: list[Matcher] = []
+        # per row, per generated position: did the matcher take that token?
+        self._taken: list[list[bool]] = []
+        # per row: after how many generated tokens the row finished (None: still going)
+        self._done_at: list[int | None] = []
+        self._prompt_len = 0
+        self._prev: torch.Tensor | None = None
+        self._bitmask: Any = None
+
+    @property
+    def finished(self) -> list[bool]:
+        """Per row of the current batch: has it finished (EOS taken, or padded)?"""
+        return [d is not None for d in self._done_at]
+
+    # -- the LogitsProcessor interface ------------------------------------------------
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Mask ``scores`` (batch, vocab) in place to the tokens each row may take next."""
+        if input_ids.dim() != 2 or scores.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
+            raise ValueError(f"expected input_ids (batch, len) and scores (batch, vocab), got "
+                             f"{tuple(input_ids.shape)} and {tuple(scores.shape)}")
+        self._follow(input_ids)
+        batch, width = scores.shape
+        if self._bitmask is None or self._bitmask.shape != (batch, (width + 31) // 32):
+            # sized by the logits, which may be wider than the tokenizer: the extra ids stay masked
+            self._bitmask = allocate_bitmask(batch, width)
+        rows = [None if done else m for m, done in zip(self.matchers, self.finished, strict=True)]
+        fill_next_token_bitmasks(rows, self._bitmask)
+        apply_bitmask(scores, self._bitmask)
+        return scores
+
+    # -- following the batch ------------------------------------------------------------
+    def _follow(self, input_ids: torch.Tensor) -> None:
+        """Bring one matcher per row up to ``input_ids``.
+
+        Usually each row gained one token. Beam search reorders rows (each follows the
+        row it came from); assisted generation goes back to the last accepted candidate
+        (the row is rewound to where the ids differ).
+        """
+        prev = self._prev
+        if not self._same_prompts(input_ids):
+            self._start(input_ids)
+            return
+        assert prev is not None
+        n = min(prev.shape[1], input_ids.shape[1])
+        before = prev[:, :n]
+        if not torch.equal(input_ids[:, :n], before):
+            before = self._reorder(input_ids[:, :n], before)
+        differs = input_ids[:, :n] != before
+        first = torch.where(differs.any(dim=1), differs.to(torch.int8).argmax(dim=1), n).tolist()
+        for row, pos in enumerate(first):
+            self._rewind(row, pos - self._prompt_len)
+            start = self._prompt_len + len(self._taken[row])
+            self._advance(row, input_ids[row, start:].tolist())
+        self._prev = input_ids
+
+    def _same_prompts(self, input_ids: torch.Tensor) -> bool:
+        """Is ``input_ids`` a step of the generation seen so far (same batch, same prompts)?"""
+        prev = self._prev
+        p = self._prompt_len
+        if prev is None or prev.shape[0] != input_ids.shape[0] or input_ids.shape[1] <= p:
+            return False
+        return prev.device == input_ids.device and torch.equal(input_ids[:, :p], prev[:, :p])
+
+    def _start(self, input_ids: torch.Tensor) -> None:
+        fresh = Matcher(self.compiled)
+        batch = input_ids.shape[0]
+        self.matchers = [fresh.copy() for _ in range(batch)]
+        self._taken = [[] for _ in range(batch)]
+        self._done_at = [None] * batch
+        self._prompt_len = input_ids.shape[1]
+        self._prev = input_ids
+
+    def _reorder(self, now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+        """Beam search permutes and duplicates rows: when every row equals an earlier
+        row, each continues from that row's state. Returns the earlier ids in the new
+        row order (unchanged when the rows are not a reordering)."""
+        same = (now[:, None, :] == before[None, :, :]).all(dim=-1)  # (row now, row before)
+        if not bool(same.any(dim=1).all()):
+            return before
+        parents = same.to(torch.int8).argmax(dim=1).tolist()
+        self.matchers = [self.matchers[p].copy() for p in parents]
+        self._taken = [list(self._taken[p]) for p in parents]
+        self._done_at = [self._done_at[p] for p in parents]
+        return before[parents]
+
+    def _rewind(self, row: int, keep: int) -> None:
+        """Forget row ``row``'s generated tokens after the first ``keep``."""
+        taken = self._taken[row]
+        if keep >= len(taken):
+            return
+        self.matchers[row].rollback(sum(taken[keep:]))
+        del taken[keep:]
+        done = self._done_at[row]
+        if done is not None and done > keep:
+            self._done_at[row] = None
+
+    def _advance(self, row: int, tokens: list[int]) -> None:
+        matcher, taken = self.matchers[row], self._taken[row]
+        for t in tokens:
+            if self._done_at[row] is not None:
+                taken.append(False)
+                continue
+            if matcher.advance(t):
+                taken.append(True)
+                if t in self._end_ids and matcher.is_terminated():
+                    self._done_at[row] = len(taken)
+                continue
+            if t in self._end_ids:  # generate stopped this row (a stopping criterion) and pads it
+                taken.append(False)
+                self._done_at[row] = len(taken)
+                continue
+            raise ConstraintError(
+                f"row {row} took token {t}, which the constraint does not allow: was another "
+                "logits processor applied after this one, or the scores changed after it?"
+            )

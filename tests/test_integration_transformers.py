@@ -1,0 +1,192 @@
+"""sgl.integrations.transformers: SGLLogitsProcessor inside real ``model.generate``.
+
+The model is the packaged SmolLM2-135M-Instruct (the GGUF the local engine converts to a
+Hugging Face folder), loaded by transformers itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+jsonschema = pytest.importorskip("jsonschema")
+
+from sgl.constrain import ConstraintError  # noqa: E402
+from sgl.integrations.transformers import SGLLogitsProcessor  # noqa: E402
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 16},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+COMPACT = {"whitespace": "compact"}
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """(model, tokenizer) of the packaged model, on one torch thread (the CPU is shared)."""
+    from sgl.engine.model_loader import resolve_checkpoint
+
+    try:
+        folder = resolve_checkpoint(None).folder
+    except FileNotFoundError as e:
+        pytest.skip(f"the packaged model is not installed: {e}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tok = transformers.AutoTokenizer.from_pretrained(folder, padding_side="left")
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    yield model, tok
+    torch.set_num_threads(threads)
+
+
+def chat_batch(tok, asks):
+    prompts = [tok.apply_chat_template([{"role": "user", "content": a}], tokenize=False,
+                                       add_generation_prompt=True) for a in asks]
+    return tok(prompts, return_tensors="pt", padding=True)
+
+
+def completions(tok, inputs, out):
+    n = inputs["input_ids"].shape[1]
+    return [tok.decode(row[n:], skip_special_tokens=True) for row in out]
+
+
+ASKS = ["Invent a pirate. Reply in JSON.", "Describe an old robot as JSON with a name and age."]
+
+
+def test_greedy_batch_is_valid_json(hf):
+    model, tok = hf
+    proc = SGLLogitsProcessor(tok, json_schema=SCHEMA, json_options=COMPACT)
+    inputs = chat_batch(tok, ASKS)
+    out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=40, do_sample=False)
+    texts = completions(tok, inputs, out)
+    assert len(texts) == 2
+    for text in texts:
+        jsonschema.validate(json.loads(text), SCHEMA)
+    # every row ended with EOS (the constraint completed), not at the token limit
+    n = inputs["input_ids"].shape[1]
+    assert all(tok.eos_token_id in row[n:].tolist() for row in out)
+
+
+def test_sampled_batch_with_warpers_is_valid_json(hf):
+    model, tok = hf
+    proc = SGLLogitsProcessor(tok, json_schema=SCHEMA, json_options=COMPACT)
+    inputs = chat_batch(tok, ASKS + ["A wizard, as JSON."])
+    torch.manual_seed(0)
+    out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=40, do_sample=True,
+                         temperature=1.3, top_k=40, top_p=0.95, num_return_sequences=2)
+    texts = completions(tok, inputs, out)
+    assert len(texts) == 6
+    for text in texts:
+        jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_pydantic_model_and_reuse_across_generate_calls(hf):
+    pydantic = pytest.importorskip("pydantic")
+
+    class Pet(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")  # additionalProperties: false
+        name: str = pydantic.Field(max_length=12)
+        legs: int = pydantic.Field(ge=0, le=8)
+
+    model, tok = hf
+    proc = SGLLogitsProcessor(tok, json_schema=Pet, json_options=COMPACT)
+    for asks in (["A cat as JSON."], ["A spider as JSON.", "A bird as JSON, please, with its name."]):
+        inputs = chat_batch(tok, asks)
+        out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=30, do_sample=False)
+        for text in completions(tok, inputs, out):
+            Pet.model_validate_json(text)
+
+
+def test_regex_choices_and_grammar(hf):
+    model, tok = hf
+    inputs = chat_batch(tok, ["What is 2+3?", "Name a colour."])
+    cases = [
+        (dict(regex=r"[0-9]{1,3}( apples)?"), lambda t: re.fullmatch(r"[0-9]{1,3}( apples)?", t)),
+        (dict(choices=["red", "green", "blue"]), lambda t: t in ("red", "green", "blue")),
+        (dict(grammar='start: "yes" | "no" | "maybe " /[a-z]{1,8}/'),
+         lambda t: re.fullmatch(r"yes|no|maybe [a-z]{1,8}", t)),
+    ]
+    for kwargs, ok in cases:
+        proc = SGLLogitsProcessor(tok, **kwargs)
+        out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=12, do_sample=False)
+        for text in completions(tok, inputs, out):
+            assert ok(text), (kwargs, text)
+
+
+def test_beam_search_follows_reordered_rows(hf):
+    model, tok = hf
+    proc = SGLLogitsProcessor(tok, regex=r"(ha|ho)+!", eos_token_id=tok.eos_token_id)
+    inputs = chat_batch(tok, ["Laugh."])
+    out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=8, num_beams=3,
+                         num_return_sequences=3, do_sample=False)
+    for text in completions(tok, inputs, out):
+        # beams may stop at the length limit: each is a prefix of a match
+        assert re.fullmatch(r"(ha|ho)+!|(ha|ho)*h?", text), text
+
+
+def test_assisted_generation_rolls_back_rejected_candidates(hf):
+    model, tok = hf
+    ask = 'Repeat this JSON exactly: {"name":"Ann","age":30}'
+    inputs = chat_batch(tok, [ask])
+    for kwargs in ({"prompt_lookup_num_tokens": 4}, {"assistant_model": model}):
+        proc = SGLLogitsProcessor(tok, json_schema=SCHEMA, json_options=COMPACT)
+        out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=30, do_sample=False,
+                             **kwargs)
+        (text,) = completions(tok, inputs, out)
+        jsonschema.validate(json.loads(text), SCHEMA)
+
+
+# -- the processor called directly, the way generate calls it ---------------------------
+def test_logits_wider_than_the_tokenizer_and_finished_rows(hf):
+    _, tok = hf
+    proc = SGLLogitsProcessor(tok, choices=["yes"])
+    width = len(tok) + 64  # models often pad their embedding past the tokenizer
+    prompt = torch.tensor([[5, 6, 7], [5, 6, 8]])
+    scores = proc(prompt, torch.zeros(2, width))
+    allowed = torch.isfinite(scores)
+    yes = tok.encode("yes")
+    assert allowed[:, len(tok):].sum() == 0
+    assert allowed[0, yes[0]] and allowed[1, yes[0]]
+    # row 0 finishes (its text, then EOS); row 1 goes on
+    eos = tok.eos_token_id
+    step = torch.cat([prompt, torch.tensor([[yes[0]], [yes[0]]])], dim=1)
+    if len(yes) == 1:
+        scores = proc(step, torch.zeros(2, width))
+        assert torch.isfinite(scores[0]).sum() == 1 and torch.isfinite(scores[0, eos])
+        step = torch.cat([step, torch.tensor([[eos], [eos]])], dim=1)
+        scores = proc(step, torch.zeros(2, width))
+        assert proc.finished == [True, True]
+        assert torch.isfinite(scores).all()  # finished rows are left alone
+        # generate pads finished rows; they stay alone
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        step = torch.cat([step, torch.tensor([[pad], [pad]])], dim=1)
+        assert torch.isfinite(proc(step, torch.zeros(2, width))).all()
+
+
+def test_a_token_the_constraint_refuses_is_an_error(hf):
+    _, tok = hf
+    proc = SGLLogitsProcessor(tok, regex="[0-9]+")
+    proc(torch.tensor([[5, 6]]), torch.zeros(1, len(tok)))
+    letter = tok.encode("x")[0]
+    with pytest.raises(ConstraintError, match="does not allow"):
+        proc(torch.tensor([[5, 6, letter]]), torch.zeros(1, len(tok)))
+
+
+def test_bad_constraints_are_constraint_errors(hf):
+    _, tok = hf
+    with pytest.raises(ConstraintError, match="exactly one"):
+        SGLLogitsProcessor(tok, regex="a", choices=["b"])
+    with pytest.raises(ConstraintError, match="exactly one"):
+        SGLLogitsProcessor(tok)
+    with pytest.raises(ConstraintError):
+        SGLLogitsProcessor(tok, regex="(unclosed")
+    with pytest.raises(ConstraintError):
+        SGLLogitsProcessor(tok, json_schema='{"type": "object",')
