@@ -1653,13 +1653,14 @@ class JsonSchemaCompiler:
         return out
 
     def _member_rules(self, name: str, spec: ObjectSpec, members: list, extras: list, ptr: str) -> bool:
-        lbrace, rbrace, comma = self.punct("{"), self.punct("}"), self.punct(",")
         mn, mx = spec.min_props, spec.max_props
         n_req = sum(1 for m in members if m[2])
         if mx is not None and n_req > mx:
             return False
         if not extras and mn > len(members):
             return False
+        if mn <= n_req:
+            mn = 0  # implied by the required members: no need to count for it
         # count cap: counts beyond K behave the same
         counting = mn > 0 or mx is not None
         K = (mx if mx is not None else mn) if counting else 1
@@ -1668,142 +1669,106 @@ class JsonSchemaCompiler:
             extra_nt = f"{name}@extra"
             for kv in extras:
                 self.b.rule(extra_nt, (kv,))
-            if not counting:
-                # Where other keys may come, an optional declared key may come too, out of
-                # schema order, with its own schema (JSON objects have no order). A key
-                # given twice this way is valid as parsed (each occurrence is); with
-                # min/maxProperties the count would be off, so not there.
-                for _, kv, req in members:
-                    if not req:
-                        self.b.rule(extra_nt, (kv,))
-        n = len(members)
-        any_order = self.opts.any_order and n > 1
-        relaxed = False
-        if any_order and (2**n) * (n + 1) * (K + 1) > MAX_ANY_ORDER_RULES:
-            r = sum(1 for m in members if m[2])
-            if not counting and (2**r) * (r + 3) <= MAX_ANY_ORDER_RULES:
-                self.note(
-                    f"any_order: {n} properties are too many to track; optional ones may repeat "
-                    "(duplicate keys, each occurrence valid)", ptr,
-                )
-                relaxed = True
-            else:
-                self.note(f"any_order: {n} properties are too many for free order; schema order is used", ptr)
-            any_order = False
-        if relaxed:
-            self._relaxed_any_order_rules(name, members, extra_nt, lbrace, rbrace, comma)
-        elif any_order:
-            self._any_order_rules(name, members, extra_nt, K, counting, mn, mx, lbrace, rbrace, comma)
-        else:
-            if (n + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
-                self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
-                K, counting, mn, mx = 1, False, 0, None
-            self._ordered_rules(name, members, extra_nt, K, counting, mn, mx, lbrace, rbrace, comma)
+        tracks, free = self._order_plan(members, K, ptr)
+        if len(tracks) == 1 and not free and (len(members) + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
+            self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
+            K, mn, mx = 1, 0, None
+        self._order_rules(name, members, tracks, free, extra_nt, K, mn, mx)
         self._check_size()
         return True
 
-    def _ordered_rules(self, name, members, extra_nt, K, counting, mn, mx, lbrace, rbrace, comma) -> None:
-        """Properties in schema order, each optional one skippable; extras after any member.
+    def _order_plan(self, members: list, K: int, ptr: str) -> tuple[list, list]:
+        """Which declared members keep their schema order (``tracks``: lists of member
+        indices, each in schema order, interleaved freely) and which may come in any
+        order (``free``). Every declared key comes at most once whatever the plan.
 
-        E(i, c): extras may follow (reached at the start and right after a member);
-        O(i, c): the next declared member is i or later. c = members so far (capped at K).
+        Default: required members in schema order; optional ones anywhere among them, in
+        any order while they are few, else in their own schema order (an object is
+        unordered, so a model writing an optional key late is not refused). With
+        ``any_order``: every member in any order; when there are too many to track, the
+        required ones in any order and the optional ones in schema order among themselves.
+        Beyond the budget: plain schema order.
         """
         n = len(members)
+        req = [i for i, m in enumerate(members) if m[2]]
+        opt = [i for i, m in enumerate(members) if not m[2]]
+        if self.opts.any_order and n > 1:
+            plans = [([], list(range(n)), None), ([opt], req, "optional ones keep their schema order among themselves")]
+        else:
+            plans = [([req], opt, None), ([req, opt], [], None)]
+        for tracks, free, note in plans:
+            tracks = [t for t in tracks if t]
+            if _order_cost(tracks, free, K) <= MAX_ANY_ORDER_RULES:
+                if note:
+                    self.note(f"any_order: {n} properties are too many to track in any order; {note}", ptr)
+                return tracks, free
+        if self.opts.any_order and n > 1:
+            self.note(f"any_order: {n} properties are too many for free order; schema order is used", ptr)
+        return ([list(range(n))] if n else []), []
 
-        def e(i, c):
-            return f"{name}@E{i}.{c}"
+    def _order_rules(self, name, members, tracks, free, extra_nt, K, mn, mx) -> None:
+        """The members of one object as a state machine over (position in each track, set of
+        free members used, members so far ``c`` capped at ``K``); see ``_order_plan``.
 
-        def o(i, c):
-            return f"{name}@O{i}.{c}"
+        S(state): other keys (``extra_nt``) may follow, or any free member not used yet, or
+        the next member of a track through T; ``}`` once every required member is in and
+        ``c >= mn``. T(t, state): the member at track t's position, or (if it is optional)
+        T at the next position. Each key sequence has one derivation.
+        """
+        lbrace, rbrace, comma = self.punct("{"), self.punct("}"), self.punct(",")
+        req_free = sum(1 << b for b, j in enumerate(free) if members[j][2])
+        # tail_ok[t][p]: the members of track t from position p on are all optional
+        tail_ok = []
+        for track in tracks:
+            ok = [True] * (len(track) + 1)
+            for p in range(len(track) - 1, -1, -1):
+                ok[p] = ok[p + 1] and not members[track[p]][2]
+            tail_ok.append(ok)
 
-        def bump(c):
-            return min(c + 1, K)
-
-        made: set = set()
-        todo = [("E", 0, 0)]
-        while todo:
-            kind, i, c = todo.pop()
-            if (kind, i, c) in made:
-                continue
-            made.add((kind, i, c))
-            sep = (comma,) if c > 0 else ()
-            if kind == "E":
-                if extra_nt is not None and (mx is None or c < mx):
-                    self.b.rule(e(i, c), sep + (extra_nt, e(i, bump(c))))
-                    todo.append(("E", i, bump(c)))
-                self.b.rule(e(i, c), (o(i, c),))
-                todo.append(("O", i, c))
-                continue
-            if i == n:
-                if c >= mn:
-                    self.b.rule(o(i, c), (rbrace,))
-                continue
-            _, kv, req = members[i]
-            if mx is None or c < mx:
-                self.b.rule(o(i, c), sep + (kv, e(i + 1, bump(c))))
-                todo.append(("E", i + 1, bump(c)))
-            if not req:
-                self.b.rule(o(i, c), (o(i + 1, c),))
-                todo.append(("O", i + 1, c))
-        self.b.rule(name, (lbrace, e(0, 0)))
-
-    def _relaxed_any_order_rules(self, name, members, extra_nt, lbrace, rbrace, comma) -> None:
-        """Any order for many properties: the set of required ones seen is tracked
-        exactly; optional ones (and extras) may come at any point, even twice."""
-        req = [m for m in members if m[2]]
-        opt_nt = None
-        if len(req) < len(members) or extra_nt is not None:
-            opt_nt = f"{name}@opt"
-            for _, kv, r in members:
-                if not r:
-                    self.b.rule(opt_nt, (kv,))
-            if extra_nt is not None:
-                self.b.rule(opt_nt, (extra_nt,))
-        full = (1 << len(req)) - 1
-
-        def st(used, first):
-            return f"{name}@R{used}.{int(first)}"
-
-        for used in range(full + 1):
-            for first in (True, False):
-                sep = () if first else (comma,)
-                if used == full:
-                    self.b.rule(st(used, first), (rbrace,))
-                for i, (_, kv, _) in enumerate(req):
-                    if not used & (1 << i):
-                        self.b.rule(st(used, first), sep + (kv, st(used | (1 << i), False)))
-                if opt_nt is not None:
-                    self.b.rule(st(used, first), sep + (opt_nt, st(used, False)))
-        self.b.rule(name, (lbrace, st(0, True)))
-
-    def _any_order_rules(self, name, members, extra_nt, K, counting, mn, mx, lbrace, rbrace, comma) -> None:
-        """Declared properties in any order, each at most once (state = the set used)."""
-        required = sum(1 << i for i, m in enumerate(members) if m[2])
-
-        def st(used, c):
-            return f"{name}@S{used}.{c}"
+        def key(pos, used, c):
+            return ".".join(map(str, pos)) + f"u{used}c{c}"
 
         made: set = set()
-        todo = [(0, 0)]
+        chains: set = set()
+        todo = [((0,) * len(tracks), 0, 0)]
         while todo:
-            used, c = todo.pop()
-            if (used, c) in made:
+            state = todo.pop()
+            if state in made:
                 continue
-            made.add((used, c))
+            made.add(state)
+            pos, used, c = state
+            s = f"{name}@S{key(*state)}"
             sep = (comma,) if c > 0 else ()
             nc = min(c + 1, K)
-            if used & required == required and c >= mn:
-                self.b.rule(st(used, c), (rbrace,))
+            if c >= mn and used & req_free == req_free and all(tail_ok[t][p] for t, p in enumerate(pos)):
+                self.b.rule(s, (rbrace,))
             if mx is not None and c >= mx:
                 continue
-            for i, (_, kv, _) in enumerate(members):
-                if not used & (1 << i):
-                    self.b.rule(st(used, c), sep + (kv, st(used | (1 << i), nc)))
-                    todo.append((used | (1 << i), nc))
             if extra_nt is not None:
-                self.b.rule(st(used, c), sep + (extra_nt, st(used, nc)))
-                todo.append((used, nc))
-        self.b.rule(name, (lbrace, st(0, 0)))
+                self.b.rule(s, sep + (extra_nt, f"{name}@S{key(pos, used, nc)}"))
+                todo.append((pos, used, nc))
+            for b, j in enumerate(free):
+                if not used >> b & 1:
+                    self.b.rule(s, sep + (members[j][1], f"{name}@S{key(pos, used | 1 << b, nc)}"))
+                    todo.append((pos, used | 1 << b, nc))
+            for t, track in enumerate(tracks):
+                p = pos[t]
+                if p < len(track):
+                    self.b.rule(s, (f"{name}@T{t}.{key(pos, used, c)}",))
+                while p < len(track):
+                    here = pos[:t] + (p,) + pos[t + 1:]
+                    tname = f"{name}@T{t}.{key(here, used, c)}"
+                    if tname in chains:
+                        break
+                    chains.add(tname)
+                    nxt = pos[:t] + (p + 1,) + pos[t + 1:]
+                    self.b.rule(tname, sep + (members[track[p]][1], f"{name}@S{key(nxt, used, nc)}"))
+                    todo.append((nxt, used, nc))
+                    if members[track[p]][2] or p + 1 == len(track):
+                        break
+                    self.b.rule(tname, (f"{name}@T{t}.{key(nxt, used, c)}",))
+                    p += 1
+        self.b.rule(name, (lbrace, f"{name}@S{key((0,) * len(tracks), 0, 0)}"))
 
     # -- exact values (enum/const arrays and objects) -------------------------------
     def exact_nt(self, value) -> str:
@@ -1832,17 +1797,14 @@ class JsonSchemaCompiler:
             rhs.append(rb)
             self.b.rule(name, tuple(rhs))
             return name
-        lbrace, rbrace, comma, colon = self.punct("{"), self.punct("}"), self.punct(","), self.punct(":")
+        colon = self.punct(":")
         members = []
         for i, (k, v) in enumerate(value.items()):
             kv = f"{name}@kv{i}"
             self.b.rule(kv, (self._key_lexeme(k), colon, self.exact_nt(v)))
             members.append((k, kv, True))
-        n = len(members)
-        if self.opts.any_order and 1 < n and (2**n) * (n + 1) <= MAX_ANY_ORDER_RULES:
-            self._any_order_rules(name, members, None, 1, False, 0, None, lbrace, rbrace, comma)
-        else:
-            self._ordered_rules(name, members, None, 1, False, 0, None, lbrace, rbrace, comma)
+        tracks, free = self._order_plan(members, 1, "")
+        self._order_rules(name, members, tracks, free, None, 1, 0, None)
         return name
 
     # -- entry --------------------------------------------------------------------------
@@ -1856,6 +1818,14 @@ class JsonSchemaCompiler:
             raise ConstraintError("the schema matches no JSON value", "#")
         # states of the unrolled counters may have no rules (dead ends): prune, then validate
         return _prune(Grammar(start, self.b.rules, self.b.terminals, [], "json_schema"))
+
+
+def _order_cost(tracks: list, free: list, K: int) -> int:
+    """About how many rules ``_order_rules`` makes for this plan."""
+    states = 2 ** len(free) * (K + 1)
+    for t in tracks:
+        states *= len(t) + 1
+    return states * (2 * len(tracks) + len(free) + 2)
 
 
 def _has_bool(e) -> bool:
