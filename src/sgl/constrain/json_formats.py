@@ -1156,17 +1156,24 @@ FORMAT_REGEXES: dict[str, str] = {
 }
 
 # Formats the specifications define but a regex cannot check: refused, not ignored.
-UNSUPPORTED_FORMATS = frozenset({"idn-email", "idn-hostname", "regex"})
+UNSUPPORTED_FORMATS = frozenset({"idn-email", "idn-hostname"})
+# Formats no regular language can check and that are not worth a refusal: any string is
+# accepted (an over-approximation, recorded as a note). "regex": ECMA-262 syntax nests
+# parentheses without bound; llguidance accepts any string for it too (lenient mode).
+UNCHECKED_FORMATS = frozenset({"regex"})
 
 
 @lru_cache(maxsize=64)
 def format_node(name: str) -> Node | None:
-    """The decoded strings valid for ``format``; None for an unknown (ignored) format.
+    """The decoded strings valid for ``format``; None for an unknown (ignored) format
+    and for ``UNCHECKED_FORMATS`` (any string).
 
     Raises ``ConstraintError`` for a known format that cannot be checked by a regex.
     """
     from .regex import parse_regex
 
+    if name in UNCHECKED_FORMATS:
+        return None
     if name in UNSUPPORTED_FORMATS:
         raise ConstraintError(f"format {name!r} cannot be enforced by a regular expression")
     text = FORMAT_REGEXES.get(name)

@@ -23,7 +23,8 @@ whitespace is merged only *after* ``{ [ , :`` and *before* ``} ] , :``.
 A keyword that cannot be honoured raises ``ConstraintError(message, location=<JSON
 pointer>, keyword=...)``; with ``lenient=True`` the keyword is dropped instead (the
 output may then violate it) and a warning is recorded (``warnings`` list, and
-``warnings.warn``). Never silently ignored. Unknown keywords and unknown ``format``
+``warnings.warn``); ``lenient={"uniqueItems", ...}`` does so for the named keywords
+only. Never silently ignored. Unknown keywords and unknown ``format``
 values are annotations and are ignored, as validators do.
 """
 
@@ -34,6 +35,7 @@ import json
 import re
 import time
 import warnings as _warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import lru_cache
@@ -47,6 +49,7 @@ from .json_formats import (
 )
 from .json_formats import (
     ANY_STRING,
+    UNCHECKED_FORMATS,
     derivative,
     format_node,
     json_string_node,
@@ -76,7 +79,8 @@ _PTR_SAFE = "/~!$&'()*+,;=:@"
 MAX_SCHEMA_BYTES = 8_000_000
 MAX_RULES = 400_000
 MAX_SECONDS = 20.0
-MAX_ANY_ORDER_RULES = 6_000  # subsets x properties for any_order=True
+MAX_ANY_ORDER_RULES = 6_000  # object member-order rules per object with any_order=True
+MAX_DEFAULT_ORDER_RULES = 2_000  # the same by default (see JsonSchemaCompiler._order_plan)
 MAX_COUNT_STATES = 20_000  # unrolled minItems/maxItems/min/maxProperties states
 MAX_PATTERN_PROPERTIES = 4  # key regions are 2**k
 MAX_UNION = 64  # alternatives kept when intersecting unions
@@ -352,7 +356,7 @@ def _expr_matches(expr, text: str) -> bool:
 @dataclass
 class Options:
     any_order: bool = False
-    lenient: bool = False
+    lenient: bool | frozenset = False  # True, or the keywords whose refusals become warnings
     whitespace: str = "flexible"
     max_whitespace: int = 8
     warnings: list | None = None
@@ -400,15 +404,21 @@ class JsonSchemaCompiler:
     # -- errors ------------------------------------------------------------------
     def refuse(self, message: str, ptr: str, keyword: str | None = None) -> None:
         """Raise, or with ``lenient`` record a warning and let the caller drop the keyword."""
-        if not self.opts.lenient:
+        if not self.lenient_about(keyword):
             raise ConstraintError(message, ptr or "#", keyword=keyword)
         text = f"{message} (at {ptr or '#'}); keyword ignored, output may not satisfy it"
         if self.opts.warnings is not None:
             self.opts.warnings.append(text)
         _warnings.warn(text, stacklevel=3)
 
+    def lenient_about(self, keyword: str | None) -> bool:
+        """Does a refusal of ``keyword`` become a warning? (``lenient``: True or a set of keywords)"""
+        lenient = self.opts.lenient
+        return lenient is True or (isinstance(lenient, frozenset) and keyword in lenient)
+
     def note(self, message: str, ptr: str) -> None:
-        """Record a sound restriction (output still valid, but fewer outputs allowed)."""
+        """Record a documented deviation that is not a refusal: a sound restriction (output
+        still valid, fewer outputs allowed) or a documented over-approximation (format "regex")."""
         text = f"{message} (at {ptr or '#'})"
         if self.opts.warnings is not None and text not in self.opts.warnings:
             self.opts.warnings.append(text)
@@ -869,6 +879,8 @@ class JsonSchemaCompiler:
                 fnode = None
             if fnode is not None:
                 parts.append(fnode)
+            elif fmt in UNCHECKED_FORMATS:
+                self.note(f"format {fmt!r} is not checked (no regular language can): any string is accepted", f"{p}/format")
         return mk_and(*parts) if parts else ANY_STRING
 
     def array_spec(self, s: Sub) -> ArraySpec | None:
@@ -1054,7 +1066,7 @@ class JsonSchemaCompiler:
             return self.union(parts)
         except _Refused as e:
             self.refuse(f"oneOf branches may overlap and cannot be separated ({e})", ptr, "oneOf")
-            return self.union(fs) if self.opts.lenient else context
+            return self.union(fs) if self.lenient_about("oneOf") else context
 
     def try_complement(self, ref, ptr: str, keyword: str) -> Facets | None:
         try:
@@ -1682,28 +1694,29 @@ class JsonSchemaCompiler:
         indices, each in schema order, interleaved freely) and which may come in any
         order (``free``). Every declared key comes at most once whatever the plan.
 
-        Default: required members in schema order; optional ones anywhere among them, in
-        any order while they are few, else in their own schema order (an object is
-        unordered, so a model writing an optional key late is not refused). With
-        ``any_order``: every member in any order; when there are too many to track, the
-        required ones in any order and the optional ones in schema order among themselves.
-        Beyond the budget: plain schema order.
+        An object has no order, so a valid instance must not be refused for writing its
+        keys in another order than the schema's (models often write the keys that
+        ``required`` lists, or that ``oneOf``/``anyOf`` branches require, first). The
+        first plan within the budget wins: all members in any order; required ones in any
+        order and optional ones in schema order among themselves; required ones in schema
+        order and optional ones in any order; both in schema order among themselves;
+        plain schema order (noted in ``warnings``). ``any_order=True`` spends a larger
+        budget (``MAX_ANY_ORDER_RULES``, against ``MAX_DEFAULT_ORDER_RULES``).
         """
         n = len(members)
         req = [i for i, m in enumerate(members) if m[2]]
         opt = [i for i, m in enumerate(members) if not m[2]]
-        if self.opts.any_order and n > 1:
-            plans = [([], list(range(n)), None), ([opt], req, "optional ones keep their schema order among themselves")]
-        else:
-            plans = [([req], opt, None), ([req, opt], [], None)]
-        for tracks, free, note in plans:
+        budget = MAX_ANY_ORDER_RULES if self.opts.any_order else MAX_DEFAULT_ORDER_RULES
+        plans = [([], list(range(n))), ([opt], req), ([req], opt), ([req, opt], [])]
+        for tracks, free in plans:
             tracks = [t for t in tracks if t]
-            if _order_cost(tracks, free, K) <= MAX_ANY_ORDER_RULES:
-                if note:
-                    self.note(f"any_order: {n} properties are too many to track in any order; {note}", ptr)
+            if _order_cost(tracks, free, K) <= budget:
+                kept = [what for what, group in (("required", req), ("optional", opt)) if group in tracks and len(group) > 1]
+                if kept:
+                    self.note(f"{n} properties are too many to track in any order: {' and '.join(kept)} ones "
+                              "keep their schema order among themselves", ptr)
                 return tracks, free
-        if self.opts.any_order and n > 1:
-            self.note(f"any_order: {n} properties are too many for free order; schema order is used", ptr)
+        self.note(f"{n} properties are too many for free order: schema order is used", ptr)
         return ([list(range(n))] if n else []), []
 
     def _order_rules(self, name, members, tracks, free, extra_nt, K, mn, mx) -> None:
@@ -1976,7 +1989,7 @@ def json_schema_grammar(
     schema: dict | str | bool,
     *,
     any_order: bool = False,
-    lenient: bool = False,
+    lenient: bool | Iterable[str] = False,
     whitespace: str = "flexible",
     max_whitespace: int = 8,
     warnings: list | None = None,
@@ -1985,15 +1998,21 @@ def json_schema_grammar(
 
     ``schema`` is a dict, a bool, or JSON text. ``any_order`` lets declared properties
     come in any order (each at most once; falls back to schema order, with a note in
-    ``warnings``, when an object has too many properties for that); by default they
-    follow the schema's order, optional ones skippable, other keys allowed between
-    them. ``whitespace="compact"`` accepts exactly ``json.dumps``' default separators
+    ``warnings``, when an object has too many properties for that); by default required
+    properties follow the schema's order and optional ones may come anywhere among them
+    (in any order while they are few, else in schema order among themselves), other keys
+    allowed between them. A declared key never comes twice; a key that only
+    ``additionalProperties``/``patternProperties`` allow can (no context-free grammar
+    can track an unbounded set of names; llguidance and XGrammar neither). ``whitespace="compact"`` accepts exactly ``json.dumps``' default separators
     (``", "`` and ``": "``, no newlines); ``"flexible"`` accepts up to
     ``max_whitespace`` spaces/tabs, or one newline plus up to ``4*max_whitespace``
     spaces/tabs, after ``{ [ , :`` and before ``} ] , :`` (``json.dumps(indent=2)``
     output up to depth 16); a root ``"x-guidance": {"whitespace_flexible": false}`` (llguidance's
     spelling) asks for compact from inside the schema. ``lenient=True`` turns refusals into warnings (appended to
-    ``warnings`` and issued with ``warnings.warn``); otherwise an unsupported keyword
+    ``warnings`` and issued with ``warnings.warn``), dropping the keyword (the output may
+    then violate it, as llguidance's ``lenient``); ``lenient`` may instead name the keywords
+    to relax, e.g. ``lenient=["uniqueItems"]`` (arrays of objects or free strings cannot be
+    kept unique by a grammar); otherwise an unsupported keyword
     raises ``ConstraintError`` with its JSON pointer. Budgets raise
     ``CompileBudgetExceeded``.
     """
@@ -2013,7 +2032,7 @@ def json_schema_grammar(
     if isinstance(schema, dict) and len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
         raise CompileBudgetExceeded(f"schema is larger than {MAX_SCHEMA_BYTES} bytes")
     whitespace = _schema_whitespace(schema, whitespace)
-    opts = Options(any_order, lenient, whitespace, max_whitespace, warnings)
+    opts = Options(any_order, _lenient_option(lenient), whitespace, max_whitespace, warnings)
     # millions of small immutable nodes: the cyclic GC would rescan them over and over
     was_enabled = gc.isenabled()
     gc.disable()
@@ -2022,6 +2041,15 @@ def json_schema_grammar(
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _lenient_option(lenient) -> bool | frozenset:
+    """``lenient`` as True/False or a frozenset of keyword names."""
+    if isinstance(lenient, bool):
+        return lenient
+    if isinstance(lenient, str) or not isinstance(lenient, Iterable) or not all(isinstance(k, str) for k in lenient):
+        raise ConstraintError("lenient must be true/false or a list of keyword names, e.g. ['uniqueItems']")
+    return frozenset(lenient)
 
 
 def _schema_whitespace(schema: dict | bool, default: str) -> str:
