@@ -42,7 +42,6 @@ KNOWN_DEVIATIONS: dict[tuple[str, str, str], str] = {
     ("optional/format/hostname", "validation of A-label (punycode) host names", "*"): "IDNA A-labels (xn--) are refused: Punycode cannot be checked by a regex",
     ("optional/format/time", "*", "valid leap second, "): "leap seconds only at 23:59:60 UTC (exact offsets would need ~1,500 states)",
     ("optional/format/date-time", "*", "valid date-time with a leap second, with minus offset"): "leap seconds only at 23:59:60 UTC",
-    ("optional/format/regex", "*", "unclosed parens is invalid"): "format 'regex' is not checked: any string (no regular language can check regex syntax; llguidance neither)",
 }
 
 

@@ -49,7 +49,7 @@ from .json_formats import (
 )
 from .json_formats import (
     ANY_STRING,
-    UNCHECKED_FORMATS,
+    APPROXIMATE_FORMATS,
     derivative,
     format_node,
     json_string_node,
@@ -879,8 +879,8 @@ class JsonSchemaCompiler:
                 fnode = None
             if fnode is not None:
                 parts.append(fnode)
-            elif fmt in UNCHECKED_FORMATS:
-                self.note(f"format {fmt!r} is not checked (no regular language can): any string is accepted", f"{p}/format")
+            if fmt in APPROXIMATE_FORMATS:
+                self.note(f"format {fmt!r} is checked up to a nesting depth (no regular language can check it exactly)", f"{p}/format")
         return mk_and(*parts) if parts else ANY_STRING
 
     def array_spec(self, s: Sub) -> ArraySpec | None:
