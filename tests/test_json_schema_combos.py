@@ -300,11 +300,16 @@ def test_pydantic_model_never_writes_a_key_twice(llama3_vocab):
 # fewer refusals: format "regex", uniqueItems relaxed by name
 
 
-def test_format_regex_accepts_any_string_and_says_so():
+def test_format_regex_is_ecma_syntax_up_to_a_nesting_depth():
     w: list = []
     cg = compile_json_schema({"type": "string", "format": "regex"}, None, warnings=w)
-    assert cg.accepts_text(json.dumps("^[a-z]+$")) and cg.accepts_text(json.dumps("(unclosed"))
-    assert any("format 'regex' is not checked" in x and "/format" in x for x in w)
+    for good in ["^[a-z]+$", r"^\d{4}-\d{2}$", "(?<n>a)\\k<n>", "(?<=a+)b", "[^]", r"\cA", r"^https?\:\/\/", "x|"]:
+        assert cg.accepts_text(json.dumps(good)), good
+    for bad in ["(unclosed", "a)b", r"\a", "(?i)abc", "(?P<n>x)", "*a", "a**"]:
+        assert not cg.accepts_text(json.dumps(bad)), bad
+    # deeper than the depth followed: accepted whatever is inside (the over-approximation)
+    assert cg.accepts_text(json.dumps("((((a(b))))"))
+    assert any("format 'regex'" in x and "/format" in x for x in w)
 
 
 def test_lenient_can_name_the_keywords_it_relaxes():
