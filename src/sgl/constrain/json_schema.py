@@ -1363,8 +1363,11 @@ class JsonSchemaCompiler:
             nt = self.array_nt(spec, ptr)
             if nt is not None:
                 out.append((nt,))
+        # one of several object alternatives (anyOf/oneOf/if/not/dependencies): no key is
+        # forced at the start anyway, so required keys may come in any order too
+        several = len(f.objects) + any(isinstance(v, dict) for v in f.values) > 1
         for spec in f.objects:
-            nt = self.object_nt(spec, ptr)
+            nt = self.object_nt(spec, ptr, free_required=several)
             if nt is not None:
                 out.append((nt,))
         for v in f.values:
@@ -1563,13 +1566,13 @@ class JsonSchemaCompiler:
         return vals
 
     # -- objects --------------------------------------------------------------------------
-    def object_nt(self, spec: ObjectSpec, ptr: str) -> str | None:
-        key = ("object", spec)
+    def object_nt(self, spec: ObjectSpec, ptr: str, free_required: bool = False) -> str | None:
+        key = ("object", spec, free_required)
         if key in self.value_memo:
             return self.value_memo[key]
         name = self.b.fresh("object")
         self.value_memo[key] = name
-        if not self._object_rules(name, spec, ptr):
+        if not self._object_rules(name, spec, ptr, free_required):
             self.value_memo[key] = None
             self.b.rules = [r for r in self.b.rules if r.lhs != name and not r.lhs.startswith(name + "@")]
             return None
@@ -1583,7 +1586,7 @@ class JsonSchemaCompiler:
             got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")
         return got
 
-    def _object_rules(self, name: str, spec: ObjectSpec, ptr: str) -> bool:
+    def _object_rules(self, name: str, spec: ObjectSpec, ptr: str, free_required: bool = False) -> bool:
         colon = self.punct(":")
         # declared names: properties of every layer, then required-only names
         declared: list[str] = []
@@ -1608,7 +1611,7 @@ class JsonSchemaCompiler:
             self.b.rule(kv, (self._key_lexeme(n), colon, v))
             members.append((n, kv, req))
         extras = self._extra_members(name, spec, declared, ptr)
-        return self._member_rules(name, spec, members, extras, ptr)
+        return self._member_rules(name, spec, members, extras, ptr, free_required)
 
     def _extra_members(self, name: str, spec: ObjectSpec, declared: list[str], ptr: str) -> list[str]:
         """kv nonterminals for keys other than the declared ones, one per key region."""
@@ -1664,7 +1667,9 @@ class JsonSchemaCompiler:
                 out.append(kv)
         return out
 
-    def _member_rules(self, name: str, spec: ObjectSpec, members: list, extras: list, ptr: str) -> bool:
+    def _member_rules(
+        self, name: str, spec: ObjectSpec, members: list, extras: list, ptr: str, free_required: bool = False
+    ) -> bool:
         mn, mx = spec.min_props, spec.max_props
         n_req = sum(1 for m in members if m[2])
         if mx is not None and n_req > mx:
@@ -1681,7 +1686,7 @@ class JsonSchemaCompiler:
             extra_nt = f"{name}@extra"
             for kv in extras:
                 self.b.rule(extra_nt, (kv,))
-        tracks, free = self._order_plan(members, K, ptr)
+        tracks, free = self._order_plan(members, K, ptr, free_required)
         if len(tracks) == 1 and not free and (len(members) + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
             self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
             K, mn, mx = 1, 0, None
@@ -1689,30 +1694,34 @@ class JsonSchemaCompiler:
         self._check_size()
         return True
 
-    def _order_plan(self, members: list, K: int, ptr: str) -> tuple[list, list]:
+    def _order_plan(self, members: list, K: int, ptr: str, free_required: bool = False) -> tuple[list, list]:
         """Which declared members keep their schema order (``tracks``: lists of member
         indices, each in schema order, interleaved freely) and which may come in any
         order (``free``). Every declared key comes at most once whatever the plan.
 
-        An object has no order, so a valid instance must not be refused for writing its
-        keys in another order than the schema's (models often write the keys that
-        ``required`` lists, or that ``oneOf``/``anyOf`` branches require, first). The
-        first plan within the budget wins: all members in any order; required ones in any
-        order and optional ones in schema order among themselves; required ones in schema
-        order and optional ones in any order; both in schema order among themselves;
-        plain schema order (noted in ``warnings``). ``any_order=True`` spends a larger
-        budget (``MAX_ANY_ORDER_RULES``, against ``MAX_DEFAULT_ORDER_RULES``).
+        An object has no order. By default required members keep their schema order (so
+        a closed object's next required key can be forced: jump-forward) and optional
+        ones may come anywhere among them: in any order while they are few, else in
+        schema order among themselves. With ``any_order``, or for one of several object
+        alternatives (``free_required``: the required keys of ``oneOf``/``anyOf``
+        branches, often written first), the required ones may come in any order too:
+        the first plan within the budget wins among all members in any order; required
+        ones in any order and optional ones in schema order among themselves; then the
+        default plans. Past every budget: plain schema order. Plans that keep some order
+        are noted in ``warnings``; see docs/json_schema_objects.md.
         """
         n = len(members)
         req = [i for i, m in enumerate(members) if m[2]]
         opt = [i for i, m in enumerate(members) if not m[2]]
         budget = MAX_ANY_ORDER_RULES if self.opts.any_order else MAX_DEFAULT_ORDER_RULES
-        plans = [([], list(range(n))), ([opt], req), ([req], opt), ([req, opt], [])]
+        plans = [([req], opt), ([req, opt], [])]
+        if self.opts.any_order or free_required:
+            plans = [([], list(range(n))), ([opt], req)] + plans
         for tracks, free in plans:
             tracks = [t for t in tracks if t]
             if _order_cost(tracks, free, K) <= budget:
                 kept = [what for what, group in (("required", req), ("optional", opt)) if group in tracks and len(group) > 1]
-                if kept:
+                if kept and (self.opts.any_order or free_required or kept != ["required"]):
                     self.note(f"{n} properties are too many to track in any order: {' and '.join(kept)} ones "
                               "keep their schema order among themselves", ptr)
                 return tracks, free
@@ -1999,9 +2008,11 @@ def json_schema_grammar(
     ``schema`` is a dict, a bool, or JSON text. ``any_order`` lets declared properties
     come in any order (each at most once; falls back to schema order, with a note in
     ``warnings``, when an object has too many properties for that); by default required
-    properties follow the schema's order and optional ones may come anywhere among them
-    (in any order while they are few, else in schema order among themselves), other keys
-    allowed between them. A declared key never comes twice; a key that only
+    properties follow the schema's order (except in one of several object alternatives,
+    e.g. ``oneOf`` branches requiring different keys, where they are free too) and
+    optional ones may come anywhere among them (in any order while they are few, else in
+    schema order among themselves), other keys allowed between them
+    (docs/json_schema_objects.md). A declared key never comes twice; a key that only
     ``additionalProperties``/``patternProperties`` allow can (no context-free grammar
     can track an unbounded set of names; llguidance and XGrammar neither). ``whitespace="compact"`` accepts exactly ``json.dumps``' default separators
     (``", "`` and ``": "``, no newlines); ``"flexible"`` accepts up to
