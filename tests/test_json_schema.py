@@ -279,7 +279,8 @@ def test_keys_are_literal_lexemes_with_quotes():
 
 def test_property_order_and_any_order():
     s = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}
-    assert accepts(s, {"a": 1, "b": 2}) and not accepts(s, {"b": 2, "a": 1})
+    assert accepts(s, {"a": 1, "b": 2}) and not accepts(s, {"b": 2, "a": 1})  # required keys: schema order
+    assert not accepts_raw(s, '{"a": 1, "a": 2, "b": 3}')
     assert accepts(s, {"b": 2, "a": 1}, any_order=True)
     assert not accepts(s, {"a": 1}, any_order=True)
     assert not accepts_raw(s, '{"a": 1, "a": 2, "b": 3}', any_order=True)  # each key at most once
@@ -507,9 +508,9 @@ def test_schema_can_ask_for_compact_whitespace_llguidance_style():
     assert "#/x-guidance/whitespace_flexible" in str(e.value)
 
 
-def test_optional_declared_keys_may_come_out_of_schema_order_where_other_keys_may():
+def test_optional_declared_keys_may_come_out_of_schema_order_but_never_twice():
     """JSON objects have no order: a declared optional key after the others is still valid
-    (with its own schema), as long as other keys are allowed there at all."""
+    (with its own schema), open object or closed; a key never comes twice (issue 15)."""
     from sgl.constrain.compiled import CompiledGrammar
     from sgl.constrain.json_schema import json_schema_grammar
 
@@ -519,4 +520,7 @@ def test_optional_declared_keys_may_come_out_of_schema_order_where_other_keys_ma
     assert cg.accepts_text('{"b": "x", "a": 1}')
     assert not cg.accepts_text('{"b": "x", "a": "not an integer"}')
     closed = CompiledGrammar(json_schema_grammar({**schema, "additionalProperties": False}))
-    assert closed.accepts_text('{"a": 1, "b": "x"}') and not closed.accepts_text('{"b": "x", "a": 1}')
+    assert closed.accepts_text('{"a": 1, "b": "x"}') and closed.accepts_text('{"b": "x", "a": 1}')
+    for g in (cg, closed):
+        assert not g.accepts_text('{"a": 1, "b": "x", "a": 2}')
+        assert not g.accepts_text('{"a": 1, "a": 2, "b": "x"}')

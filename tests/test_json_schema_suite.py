@@ -39,9 +39,10 @@ def test_no_unexpected_wrong_answers(results):
     bad, known = suite.deviations(results)
     assert not bad, "\n".join(map(str, bad))
     counts = suite.counts(results)
-    # invalid accepted only where a documented regex limit allows it
+    # invalid accepted only where a documented regex limit allows it (hostname length,
+    # format "regex")
     fp = [k for k in known if k[3] == "false_positive"]
-    assert len(fp) == counts["false_positive"] <= 1
+    assert len(fp) == counts["false_positive"] <= 2
     # the bulk of the suite compiles
     compiled = counts["pass"] + counts["false_negative"] + counts["false_positive"]
     assert compiled >= 1500, counts

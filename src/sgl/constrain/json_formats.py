@@ -1136,6 +1136,35 @@ _VARNAME = r"(?:[A-Za-z0-9_]|%[0-9A-Fa-f]{2})(?:\.?(?:[A-Za-z0-9_]|%[0-9A-Fa-f]{
 _VARSPEC = rf"{_VARNAME}(?::[1-9][0-9]{{0,3}}|\*)?"
 _URI_TEMPLATE = rf"(?:{_URI_TEMPLATE_LITERAL}|\{{[+#./;?&=,!@|]?{_VARSPEC}(?:,{_VARSPEC})*\}})*"
 
+# format "regex": ECMA-262 pattern syntax (letter escapes as ECMA-262 defines them, so
+# no Python-only ``\a``/``\Z``; any other character may be escaped, as Annex B and most
+# validators allow; no Python-only groups or inline flags). Groups nest without bound, which no regular
+# language can check: nesting is followed _REGEX_DEPTH deep, and anything is accepted
+# inside a deeper group (an over-approximation only there). Also over-approximated:
+# ``{``, ``}`` and ``]`` as literals (Annex B), quantifier bounds, class range order and
+# backreference targets.
+_REGEX_DEPTH = 3
+_REGEX_NAME = r"[A-Za-z_$][A-Za-z0-9_$]*"
+_REGEX_CHAR_ESCAPE = (
+    r"(?:[fnrtv0dDsSwW]|c[A-Za-z]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|u\{[0-9A-Fa-f]+\}"
+    r"|[pP]\{[A-Za-z0-9_=]+\}|[^0-9A-Za-z])"
+)
+_REGEX_ATOM_ESCAPE = rf"\\(?:{_REGEX_CHAR_ESCAPE}|[1-9][0-9]*|k<{_REGEX_NAME}>)"
+_REGEX_CLASS = rf"\[\^?(?:[^\\\]]|\\(?:{_REGEX_CHAR_ESCAPE}|[bB0-9-]))*\]"
+_REGEX_QUANTIFIER = r"(?:[*+?]|\{[0-9]+(?:,[0-9]*)?\})\??"
+_REGEX_GROUP_OPEN = rf"\((?:\?(?::|=|!|<=|<!|<{_REGEX_NAME}>))?"
+
+
+def _regex_syntax(depth: int) -> str:
+    """ECMA-262 pattern syntax with groups nested at most ``depth`` deep (then anything)."""
+    if depth == 0:
+        return r"[\s\S]*"
+    inner = _regex_syntax(depth - 1)
+    atom = rf"(?:[^^$\\.*+?()\[|]|\.|{_REGEX_ATOM_ESCAPE}|{_REGEX_CLASS}|{_REGEX_GROUP_OPEN}{inner}\))"
+    term = rf"(?:\^|\$|\\[bB]|{atom}(?:{_REGEX_QUANTIFIER})?)"
+    return rf"(?:{term}|\|)*"
+
+
 FORMAT_REGEXES: dict[str, str] = {
     "date": _DATE,
     "time": _TIME,
@@ -1153,10 +1182,13 @@ FORMAT_REGEXES: dict[str, str] = {
     "json-pointer": _JSON_POINTER,
     "relative-json-pointer": _REL_JSON_POINTER,
     "uri-template": _URI_TEMPLATE,
+    "regex": _regex_syntax(_REGEX_DEPTH),
 }
 
 # Formats the specifications define but a regex cannot check: refused, not ignored.
-UNSUPPORTED_FORMATS = frozenset({"idn-email", "idn-hostname", "regex"})
+UNSUPPORTED_FORMATS = frozenset({"idn-email", "idn-hostname"})
+# Formats a regular language can only over-approximate (recorded as a note when used).
+APPROXIMATE_FORMATS = frozenset({"regex"})
 
 
 @lru_cache(maxsize=64)

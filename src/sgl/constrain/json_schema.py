@@ -23,7 +23,8 @@ whitespace is merged only *after* ``{ [ , :`` and *before* ``} ] , :``.
 A keyword that cannot be honoured raises ``ConstraintError(message, location=<JSON
 pointer>, keyword=...)``; with ``lenient=True`` the keyword is dropped instead (the
 output may then violate it) and a warning is recorded (``warnings`` list, and
-``warnings.warn``). Never silently ignored. Unknown keywords and unknown ``format``
+``warnings.warn``); ``lenient={"uniqueItems", ...}`` does so for the named keywords
+only. Never silently ignored. Unknown keywords and unknown ``format``
 values are annotations and are ignored, as validators do.
 """
 
@@ -34,6 +35,7 @@ import json
 import re
 import time
 import warnings as _warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import lru_cache
@@ -47,6 +49,7 @@ from .json_formats import (
 )
 from .json_formats import (
     ANY_STRING,
+    APPROXIMATE_FORMATS,
     derivative,
     format_node,
     json_string_node,
@@ -76,7 +79,8 @@ _PTR_SAFE = "/~!$&'()*+,;=:@"
 MAX_SCHEMA_BYTES = 8_000_000
 MAX_RULES = 400_000
 MAX_SECONDS = 20.0
-MAX_ANY_ORDER_RULES = 6_000  # subsets x properties for any_order=True
+MAX_ANY_ORDER_RULES = 6_000  # object member-order rules per object with any_order=True
+MAX_DEFAULT_ORDER_RULES = 2_000  # the same by default (see JsonSchemaCompiler._order_plan)
 MAX_COUNT_STATES = 20_000  # unrolled minItems/maxItems/min/maxProperties states
 MAX_PATTERN_PROPERTIES = 4  # key regions are 2**k
 MAX_UNION = 64  # alternatives kept when intersecting unions
@@ -352,7 +356,7 @@ def _expr_matches(expr, text: str) -> bool:
 @dataclass
 class Options:
     any_order: bool = False
-    lenient: bool = False
+    lenient: bool | frozenset = False  # True, or the keywords whose refusals become warnings
     whitespace: str = "flexible"
     max_whitespace: int = 8
     warnings: list | None = None
@@ -400,15 +404,21 @@ class JsonSchemaCompiler:
     # -- errors ------------------------------------------------------------------
     def refuse(self, message: str, ptr: str, keyword: str | None = None) -> None:
         """Raise, or with ``lenient`` record a warning and let the caller drop the keyword."""
-        if not self.opts.lenient:
+        if not self.lenient_about(keyword):
             raise ConstraintError(message, ptr or "#", keyword=keyword)
         text = f"{message} (at {ptr or '#'}); keyword ignored, output may not satisfy it"
         if self.opts.warnings is not None:
             self.opts.warnings.append(text)
         _warnings.warn(text, stacklevel=3)
 
+    def lenient_about(self, keyword: str | None) -> bool:
+        """Does a refusal of ``keyword`` become a warning? (``lenient``: True or a set of keywords)"""
+        lenient = self.opts.lenient
+        return lenient is True or (isinstance(lenient, frozenset) and keyword in lenient)
+
     def note(self, message: str, ptr: str) -> None:
-        """Record a sound restriction (output still valid, but fewer outputs allowed)."""
+        """Record a documented deviation that is not a refusal: a sound restriction (output
+        still valid, fewer outputs allowed) or a documented over-approximation (format "regex")."""
         text = f"{message} (at {ptr or '#'})"
         if self.opts.warnings is not None and text not in self.opts.warnings:
             self.opts.warnings.append(text)
@@ -869,6 +879,8 @@ class JsonSchemaCompiler:
                 fnode = None
             if fnode is not None:
                 parts.append(fnode)
+            if fmt in APPROXIMATE_FORMATS:
+                self.note(f"format {fmt!r} is checked up to a nesting depth (no regular language can check it exactly)", f"{p}/format")
         return mk_and(*parts) if parts else ANY_STRING
 
     def array_spec(self, s: Sub) -> ArraySpec | None:
@@ -1054,7 +1066,7 @@ class JsonSchemaCompiler:
             return self.union(parts)
         except _Refused as e:
             self.refuse(f"oneOf branches may overlap and cannot be separated ({e})", ptr, "oneOf")
-            return self.union(fs) if self.opts.lenient else context
+            return self.union(fs) if self.lenient_about("oneOf") else context
 
     def try_complement(self, ref, ptr: str, keyword: str) -> Facets | None:
         try:
@@ -1351,8 +1363,11 @@ class JsonSchemaCompiler:
             nt = self.array_nt(spec, ptr)
             if nt is not None:
                 out.append((nt,))
+        # one of several object alternatives (anyOf/oneOf/if/not/dependencies): no key is
+        # forced at the start anyway, so required keys may come in any order too
+        several = len(f.objects) + any(isinstance(v, dict) for v in f.values) > 1
         for spec in f.objects:
-            nt = self.object_nt(spec, ptr)
+            nt = self.object_nt(spec, ptr, free_required=several)
             if nt is not None:
                 out.append((nt,))
         for v in f.values:
@@ -1551,13 +1566,13 @@ class JsonSchemaCompiler:
         return vals
 
     # -- objects --------------------------------------------------------------------------
-    def object_nt(self, spec: ObjectSpec, ptr: str) -> str | None:
-        key = ("object", spec)
+    def object_nt(self, spec: ObjectSpec, ptr: str, free_required: bool = False) -> str | None:
+        key = ("object", spec, free_required)
         if key in self.value_memo:
             return self.value_memo[key]
         name = self.b.fresh("object")
         self.value_memo[key] = name
-        if not self._object_rules(name, spec, ptr):
+        if not self._object_rules(name, spec, ptr, free_required):
             self.value_memo[key] = None
             self.b.rules = [r for r in self.b.rules if r.lhs != name and not r.lhs.startswith(name + "@")]
             return None
@@ -1571,7 +1586,7 @@ class JsonSchemaCompiler:
             got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")
         return got
 
-    def _object_rules(self, name: str, spec: ObjectSpec, ptr: str) -> bool:
+    def _object_rules(self, name: str, spec: ObjectSpec, ptr: str, free_required: bool = False) -> bool:
         colon = self.punct(":")
         # declared names: properties of every layer, then required-only names
         declared: list[str] = []
@@ -1596,7 +1611,7 @@ class JsonSchemaCompiler:
             self.b.rule(kv, (self._key_lexeme(n), colon, v))
             members.append((n, kv, req))
         extras = self._extra_members(name, spec, declared, ptr)
-        return self._member_rules(name, spec, members, extras, ptr)
+        return self._member_rules(name, spec, members, extras, ptr, free_required)
 
     def _extra_members(self, name: str, spec: ObjectSpec, declared: list[str], ptr: str) -> list[str]:
         """kv nonterminals for keys other than the declared ones, one per key region."""
@@ -1652,14 +1667,17 @@ class JsonSchemaCompiler:
                 out.append(kv)
         return out
 
-    def _member_rules(self, name: str, spec: ObjectSpec, members: list, extras: list, ptr: str) -> bool:
-        lbrace, rbrace, comma = self.punct("{"), self.punct("}"), self.punct(",")
+    def _member_rules(
+        self, name: str, spec: ObjectSpec, members: list, extras: list, ptr: str, free_required: bool = False
+    ) -> bool:
         mn, mx = spec.min_props, spec.max_props
         n_req = sum(1 for m in members if m[2])
         if mx is not None and n_req > mx:
             return False
         if not extras and mn > len(members):
             return False
+        if mn <= n_req:
+            mn = 0  # implied by the required members: no need to count for it
         # count cap: counts beyond K behave the same
         counting = mn > 0 or mx is not None
         K = (mx if mx is not None else mn) if counting else 1
@@ -1668,142 +1686,111 @@ class JsonSchemaCompiler:
             extra_nt = f"{name}@extra"
             for kv in extras:
                 self.b.rule(extra_nt, (kv,))
-            if not counting:
-                # Where other keys may come, an optional declared key may come too, out of
-                # schema order, with its own schema (JSON objects have no order). A key
-                # given twice this way is valid as parsed (each occurrence is); with
-                # min/maxProperties the count would be off, so not there.
-                for _, kv, req in members:
-                    if not req:
-                        self.b.rule(extra_nt, (kv,))
-        n = len(members)
-        any_order = self.opts.any_order and n > 1
-        relaxed = False
-        if any_order and (2**n) * (n + 1) * (K + 1) > MAX_ANY_ORDER_RULES:
-            r = sum(1 for m in members if m[2])
-            if not counting and (2**r) * (r + 3) <= MAX_ANY_ORDER_RULES:
-                self.note(
-                    f"any_order: {n} properties are too many to track; optional ones may repeat "
-                    "(duplicate keys, each occurrence valid)", ptr,
-                )
-                relaxed = True
-            else:
-                self.note(f"any_order: {n} properties are too many for free order; schema order is used", ptr)
-            any_order = False
-        if relaxed:
-            self._relaxed_any_order_rules(name, members, extra_nt, lbrace, rbrace, comma)
-        elif any_order:
-            self._any_order_rules(name, members, extra_nt, K, counting, mn, mx, lbrace, rbrace, comma)
-        else:
-            if (n + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
-                self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
-                K, counting, mn, mx = 1, False, 0, None
-            self._ordered_rules(name, members, extra_nt, K, counting, mn, mx, lbrace, rbrace, comma)
+        tracks, free = self._order_plan(members, K, ptr, free_required)
+        if len(tracks) == 1 and not free and (len(members) + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
+            self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
+            K, mn, mx = 1, 0, None
+        self._order_rules(name, members, tracks, free, extra_nt, K, mn, mx)
         self._check_size()
         return True
 
-    def _ordered_rules(self, name, members, extra_nt, K, counting, mn, mx, lbrace, rbrace, comma) -> None:
-        """Properties in schema order, each optional one skippable; extras after any member.
+    def _order_plan(self, members: list, K: int, ptr: str, free_required: bool = False) -> tuple[list, list]:
+        """Which declared members keep their schema order (``tracks``: lists of member
+        indices, each in schema order, interleaved freely) and which may come in any
+        order (``free``). Every declared key comes at most once whatever the plan.
 
-        E(i, c): extras may follow (reached at the start and right after a member);
-        O(i, c): the next declared member is i or later. c = members so far (capped at K).
+        An object has no order. By default required members keep their schema order (so
+        a closed object's next required key can be forced: jump-forward) and optional
+        ones may come anywhere among them: in any order while they are few, else in
+        schema order among themselves. With ``any_order``, or for one of several object
+        alternatives (``free_required``: the required keys of ``oneOf``/``anyOf``
+        branches, often written first), the required ones may come in any order too:
+        the first plan within the budget wins among all members in any order; required
+        ones in any order and optional ones in schema order among themselves; then the
+        default plans. Past every budget: plain schema order. Plans that keep some order
+        are noted in ``warnings``; see docs/json_schema_objects.md.
         """
         n = len(members)
+        req = [i for i, m in enumerate(members) if m[2]]
+        opt = [i for i, m in enumerate(members) if not m[2]]
+        budget = MAX_ANY_ORDER_RULES if self.opts.any_order else MAX_DEFAULT_ORDER_RULES
+        plans = [([req], opt), ([req, opt], [])]
+        if self.opts.any_order or free_required:
+            plans = [([], list(range(n))), ([opt], req)] + plans
+        for tracks, free in plans:
+            tracks = [t for t in tracks if t]
+            if _order_cost(tracks, free, K) <= budget:
+                kept = [what for what, group in (("required", req), ("optional", opt)) if group in tracks and len(group) > 1]
+                if kept and (self.opts.any_order or free_required or kept != ["required"]):
+                    self.note(f"{n} properties are too many to track in any order: {' and '.join(kept)} ones "
+                              "keep their schema order among themselves", ptr)
+                return tracks, free
+        self.note(f"{n} properties are too many for free order: schema order is used", ptr)
+        return ([list(range(n))] if n else []), []
 
-        def e(i, c):
-            return f"{name}@E{i}.{c}"
+    def _order_rules(self, name, members, tracks, free, extra_nt, K, mn, mx) -> None:
+        """The members of one object as a state machine over (position in each track, set of
+        free members used, members so far ``c`` capped at ``K``); see ``_order_plan``.
 
-        def o(i, c):
-            return f"{name}@O{i}.{c}"
+        S(state): other keys (``extra_nt``) may follow, or any free member not used yet, or
+        the next member of a track through T; ``}`` once every required member is in and
+        ``c >= mn``. T(t, state): the member at track t's position, or (if it is optional)
+        T at the next position. Each key sequence has one derivation.
+        """
+        lbrace, rbrace, comma = self.punct("{"), self.punct("}"), self.punct(",")
+        req_free = sum(1 << b for b, j in enumerate(free) if members[j][2])
+        # tail_ok[t][p]: the members of track t from position p on are all optional
+        tail_ok = []
+        for track in tracks:
+            ok = [True] * (len(track) + 1)
+            for p in range(len(track) - 1, -1, -1):
+                ok[p] = ok[p + 1] and not members[track[p]][2]
+            tail_ok.append(ok)
 
-        def bump(c):
-            return min(c + 1, K)
-
-        made: set = set()
-        todo = [("E", 0, 0)]
-        while todo:
-            kind, i, c = todo.pop()
-            if (kind, i, c) in made:
-                continue
-            made.add((kind, i, c))
-            sep = (comma,) if c > 0 else ()
-            if kind == "E":
-                if extra_nt is not None and (mx is None or c < mx):
-                    self.b.rule(e(i, c), sep + (extra_nt, e(i, bump(c))))
-                    todo.append(("E", i, bump(c)))
-                self.b.rule(e(i, c), (o(i, c),))
-                todo.append(("O", i, c))
-                continue
-            if i == n:
-                if c >= mn:
-                    self.b.rule(o(i, c), (rbrace,))
-                continue
-            _, kv, req = members[i]
-            if mx is None or c < mx:
-                self.b.rule(o(i, c), sep + (kv, e(i + 1, bump(c))))
-                todo.append(("E", i + 1, bump(c)))
-            if not req:
-                self.b.rule(o(i, c), (o(i + 1, c),))
-                todo.append(("O", i + 1, c))
-        self.b.rule(name, (lbrace, e(0, 0)))
-
-    def _relaxed_any_order_rules(self, name, members, extra_nt, lbrace, rbrace, comma) -> None:
-        """Any order for many properties: the set of required ones seen is tracked
-        exactly; optional ones (and extras) may come at any point, even twice."""
-        req = [m for m in members if m[2]]
-        opt_nt = None
-        if len(req) < len(members) or extra_nt is not None:
-            opt_nt = f"{name}@opt"
-            for _, kv, r in members:
-                if not r:
-                    self.b.rule(opt_nt, (kv,))
-            if extra_nt is not None:
-                self.b.rule(opt_nt, (extra_nt,))
-        full = (1 << len(req)) - 1
-
-        def st(used, first):
-            return f"{name}@R{used}.{int(first)}"
-
-        for used in range(full + 1):
-            for first in (True, False):
-                sep = () if first else (comma,)
-                if used == full:
-                    self.b.rule(st(used, first), (rbrace,))
-                for i, (_, kv, _) in enumerate(req):
-                    if not used & (1 << i):
-                        self.b.rule(st(used, first), sep + (kv, st(used | (1 << i), False)))
-                if opt_nt is not None:
-                    self.b.rule(st(used, first), sep + (opt_nt, st(used, False)))
-        self.b.rule(name, (lbrace, st(0, True)))
-
-    def _any_order_rules(self, name, members, extra_nt, K, counting, mn, mx, lbrace, rbrace, comma) -> None:
-        """Declared properties in any order, each at most once (state = the set used)."""
-        required = sum(1 << i for i, m in enumerate(members) if m[2])
-
-        def st(used, c):
-            return f"{name}@S{used}.{c}"
+        def key(pos, used, c):
+            return ".".join(map(str, pos)) + f"u{used}c{c}"
 
         made: set = set()
-        todo = [(0, 0)]
+        chains: set = set()
+        todo = [((0,) * len(tracks), 0, 0)]
         while todo:
-            used, c = todo.pop()
-            if (used, c) in made:
+            state = todo.pop()
+            if state in made:
                 continue
-            made.add((used, c))
+            made.add(state)
+            pos, used, c = state
+            s = f"{name}@S{key(*state)}"
             sep = (comma,) if c > 0 else ()
             nc = min(c + 1, K)
-            if used & required == required and c >= mn:
-                self.b.rule(st(used, c), (rbrace,))
+            if c >= mn and used & req_free == req_free and all(tail_ok[t][p] for t, p in enumerate(pos)):
+                self.b.rule(s, (rbrace,))
             if mx is not None and c >= mx:
                 continue
-            for i, (_, kv, _) in enumerate(members):
-                if not used & (1 << i):
-                    self.b.rule(st(used, c), sep + (kv, st(used | (1 << i), nc)))
-                    todo.append((used | (1 << i), nc))
             if extra_nt is not None:
-                self.b.rule(st(used, c), sep + (extra_nt, st(used, nc)))
-                todo.append((used, nc))
-        self.b.rule(name, (lbrace, st(0, 0)))
+                self.b.rule(s, sep + (extra_nt, f"{name}@S{key(pos, used, nc)}"))
+                todo.append((pos, used, nc))
+            for b, j in enumerate(free):
+                if not used >> b & 1:
+                    self.b.rule(s, sep + (members[j][1], f"{name}@S{key(pos, used | 1 << b, nc)}"))
+                    todo.append((pos, used | 1 << b, nc))
+            for t, track in enumerate(tracks):
+                p = pos[t]
+                if p < len(track):
+                    self.b.rule(s, (f"{name}@T{t}.{key(pos, used, c)}",))
+                while p < len(track):
+                    here = pos[:t] + (p,) + pos[t + 1:]
+                    tname = f"{name}@T{t}.{key(here, used, c)}"
+                    if tname in chains:
+                        break
+                    chains.add(tname)
+                    nxt = pos[:t] + (p + 1,) + pos[t + 1:]
+                    self.b.rule(tname, sep + (members[track[p]][1], f"{name}@S{key(nxt, used, nc)}"))
+                    todo.append((nxt, used, nc))
+                    if members[track[p]][2] or p + 1 == len(track):
+                        break
+                    self.b.rule(tname, (f"{name}@T{t}.{key(nxt, used, c)}",))
+                    p += 1
+        self.b.rule(name, (lbrace, f"{name}@S{key((0,) * len(tracks), 0, 0)}"))
 
     # -- exact values (enum/const arrays and objects) -------------------------------
     def exact_nt(self, value) -> str:
@@ -1832,17 +1819,14 @@ class JsonSchemaCompiler:
             rhs.append(rb)
             self.b.rule(name, tuple(rhs))
             return name
-        lbrace, rbrace, comma, colon = self.punct("{"), self.punct("}"), self.punct(","), self.punct(":")
+        colon = self.punct(":")
         members = []
         for i, (k, v) in enumerate(value.items()):
             kv = f"{name}@kv{i}"
             self.b.rule(kv, (self._key_lexeme(k), colon, self.exact_nt(v)))
             members.append((k, kv, True))
-        n = len(members)
-        if self.opts.any_order and 1 < n and (2**n) * (n + 1) <= MAX_ANY_ORDER_RULES:
-            self._any_order_rules(name, members, None, 1, False, 0, None, lbrace, rbrace, comma)
-        else:
-            self._ordered_rules(name, members, None, 1, False, 0, None, lbrace, rbrace, comma)
+        tracks, free = self._order_plan(members, 1, "")
+        self._order_rules(name, members, tracks, free, None, 1, 0, None)
         return name
 
     # -- entry --------------------------------------------------------------------------
@@ -1856,6 +1840,14 @@ class JsonSchemaCompiler:
             raise ConstraintError("the schema matches no JSON value", "#")
         # states of the unrolled counters may have no rules (dead ends): prune, then validate
         return _prune(Grammar(start, self.b.rules, self.b.terminals, [], "json_schema"))
+
+
+def _order_cost(tracks: list, free: list, K: int) -> int:
+    """About how many rules ``_order_rules`` makes for this plan."""
+    states = 2 ** len(free) * (K + 1)
+    for t in tracks:
+        states *= len(t) + 1
+    return states * (2 * len(tracks) + len(free) + 2)
 
 
 def _has_bool(e) -> bool:
@@ -2006,7 +1998,7 @@ def json_schema_grammar(
     schema: dict | str | bool,
     *,
     any_order: bool = False,
-    lenient: bool = False,
+    lenient: bool | Iterable[str] = False,
     whitespace: str = "flexible",
     max_whitespace: int = 8,
     warnings: list | None = None,
@@ -2015,15 +2007,23 @@ def json_schema_grammar(
 
     ``schema`` is a dict, a bool, or JSON text. ``any_order`` lets declared properties
     come in any order (each at most once; falls back to schema order, with a note in
-    ``warnings``, when an object has too many properties for that); by default they
-    follow the schema's order, optional ones skippable, other keys allowed between
-    them. ``whitespace="compact"`` accepts exactly ``json.dumps``' default separators
+    ``warnings``, when an object has too many properties for that); by default required
+    properties follow the schema's order (except in one of several object alternatives,
+    e.g. ``oneOf`` branches requiring different keys, where they are free too) and
+    optional ones may come anywhere among them (in any order while they are few, else in
+    schema order among themselves), other keys allowed between them
+    (docs/json_schema_objects.md). A declared key never comes twice; a key that only
+    ``additionalProperties``/``patternProperties`` allow can (no context-free grammar
+    can track an unbounded set of names; llguidance and XGrammar neither). ``whitespace="compact"`` accepts exactly ``json.dumps``' default separators
     (``", "`` and ``": "``, no newlines); ``"flexible"`` accepts up to
     ``max_whitespace`` spaces/tabs, or one newline plus up to ``4*max_whitespace``
     spaces/tabs, after ``{ [ , :`` and before ``} ] , :`` (``json.dumps(indent=2)``
     output up to depth 16); a root ``"x-guidance": {"whitespace_flexible": false}`` (llguidance's
     spelling) asks for compact from inside the schema. ``lenient=True`` turns refusals into warnings (appended to
-    ``warnings`` and issued with ``warnings.warn``); otherwise an unsupported keyword
+    ``warnings`` and issued with ``warnings.warn``), dropping the keyword (the output may
+    then violate it, as llguidance's ``lenient``); ``lenient`` may instead name the keywords
+    to relax, e.g. ``lenient=["uniqueItems"]`` (arrays of objects or free strings cannot be
+    kept unique by a grammar); otherwise an unsupported keyword
     raises ``ConstraintError`` with its JSON pointer. Budgets raise
     ``CompileBudgetExceeded``.
     """
@@ -2043,7 +2043,7 @@ def json_schema_grammar(
     if isinstance(schema, dict) and len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
         raise CompileBudgetExceeded(f"schema is larger than {MAX_SCHEMA_BYTES} bytes")
     whitespace = _schema_whitespace(schema, whitespace)
-    opts = Options(any_order, lenient, whitespace, max_whitespace, warnings)
+    opts = Options(any_order, _lenient_option(lenient), whitespace, max_whitespace, warnings)
     # millions of small immutable nodes: the cyclic GC would rescan them over and over
     was_enabled = gc.isenabled()
     gc.disable()
@@ -2052,6 +2052,15 @@ def json_schema_grammar(
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _lenient_option(lenient) -> bool | frozenset:
+    """``lenient`` as True/False or a frozenset of keyword names."""
+    if isinstance(lenient, bool):
+        return lenient
+    if isinstance(lenient, str) or not isinstance(lenient, Iterable) or not all(isinstance(k, str) for k in lenient):
+        raise ConstraintError("lenient must be true/false or a list of keyword names, e.g. ['uniqueItems']")
+    return frozenset(lenient)
 
 
 def _schema_whitespace(schema: dict | bool, default: str) -> str:
