@@ -5,21 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def unpack_bitmask(bitmask, n_vocab: int):
-    """A bool tensor ``(batch, n_vocab)`` from int32 words (bit set = allowed)."""
-    import torch
-
-    # numpy's unpackbits is a single cheap pass; torch shift-and-mask was ~100x slower on CPU
-    words = np.ascontiguousarray(bitmask, dtype=np.int32)
-    bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
-    return torch.from_numpy(bits[:, :n_vocab].astype(bool))
-
-
 def apply_bitmask(logits, bitmask) -> None:
     """Set disallowed logits to -inf in place. ``logits``: (batch, V) or (V,) tensor."""
     squeeze = logits.dim() == 1
     view = logits.unsqueeze(0) if squeeze else logits
-    bm = np.asarray(bitmask)
+    if type(bitmask).__module__.startswith("torch") and bitmask.device.type != "cpu":
+        _apply_on_device(view, bitmask)
+        return
+    bm = bitmask.numpy() if type(bitmask).__module__.startswith("torch") else np.asarray(bitmask)
     if bm.ndim == 1:
         bm = bm[None, :]
     import torch
@@ -29,7 +22,22 @@ def apply_bitmask(logits, bitmask) -> None:
         # numpy, single-threaded: torch's parallel masked_fill_ stalls badly on a busy CPU
         bits = np.unpackbits(np.ascontiguousarray(bm, dtype=np.int32).view(np.uint8), axis=-1, bitorder="little")
         arr = view.numpy()
-        arr[bits[:, : arr.shape[-1]] == 0] = -np.inf
+        width = min(arr.shape[-1], bits.shape[-1])
+        arr[:, :width][bits[:, :width] == 0] = -np.inf
+        arr[:, width:] = -np.inf  # logits wider than the mask: those tokens are not allowed
         return
-    allowed = unpack_bitmask(bm, view.shape[-1]).to(view.device)
+    _apply_on_device(view, torch.from_numpy(np.ascontiguousarray(bm, dtype=np.int32)))
+
+
+def _apply_on_device(view, bitmask) -> None:
+    """Unpack and apply a bitmask that lives on the logits' device (no host round trip)."""
+    import torch
+
+    words = bitmask if bitmask.dim() == 2 else bitmask.unsqueeze(0)
+    words = words.to(device=view.device, dtype=torch.int32)
+    shifts = torch.arange(32, device=view.device, dtype=torch.int32)
+    allowed = ((words.unsqueeze(-1) >> shifts) & 1).flatten(-2)[:, : view.shape[-1]].bool()
+    if allowed.shape[-1] < view.shape[-1]:  # logits wider than the mask: the rest is disallowed
+        pad = torch.zeros(allowed.shape[0], view.shape[-1] - allowed.shape[-1], dtype=torch.bool, device=view.device)
+        allowed = torch.cat([allowed, pad], dim=-1)
     view.masked_fill_(~allowed, float("-inf"))
