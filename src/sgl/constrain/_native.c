@@ -89,7 +89,8 @@ typedef struct {
     int32_t dead, k;
     int32_t *comps;    /* n x k */
     int32_t *table;    /* n x 256: target, -1 dead, UNKNOWN not built */
-    uint8_t *accepting, *built;
+    uint8_t *accepting, *built; /* built: 0 not yet, 1 built, 2 built and "loopy" */
+    uint64_t *loops;              /* n x 4: the bytes on which a built state loops to itself */
     Py_ssize_t n, cap, max_states;
     int32_t *slots;    /* open addressing: state id or -1 */
     Py_ssize_t n_slots;
@@ -146,7 +147,9 @@ static int32_t product_intern(Product *p, const int32_t *c) {
         if (acc) p->accepting = acc;
         uint8_t *built = realloc(p->built, cap);
         if (built) p->built = built;
-        if (!comps || !table || !acc || !built) return -3;
+        uint64_t *loops = realloc(p->loops, cap * 4 * sizeof(uint64_t));
+        if (loops) p->loops = loops;
+        if (!comps || !table || !acc || !built || !loops) return -3;
         p->cap = cap;
     }
     int32_t s = (int32_t)p->n++;
@@ -172,7 +175,14 @@ static int product_build(Product *p, int32_t s) {
         if (t < -1) return t;
         p->table[(Py_ssize_t)s * 256 + b] = t; /* after intern: it may move p->table */
     }
-    p->built[s] = 1;
+    /* A state that loops on most bytes (a string body) lets a walk take whole subtrees
+     * made only of those bytes at once (see walk_trie). */
+    uint64_t *lp = p->loops + (Py_ssize_t)s * 4;
+    int n_loop = 0;
+    lp[0] = lp[1] = lp[2] = lp[3] = 0;
+    for (int b = 0; b < 256; b++)
+        if (p->table[(Py_ssize_t)s * 256 + b] == s) lp[b >> 6] |= (uint64_t)1 << (b & 63), n_loop++;
+    p->built[s] = n_loop >= 64 ? 2 : 1;
     return 0;
 }
 
@@ -194,7 +204,7 @@ static void product_lock(Product *p) {
 
 static void Product_dealloc(Product *p) {
     free(p->big); free(p->acc_global); free(p->comps); free(p->table); free(p->accepting);
-    free(p->built); free(p->slots); free(p->scratch);
+    free(p->built); free(p->loops); free(p->slots); free(p->scratch);
     if (p->lock) PyThread_free_lock(p->lock);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
@@ -232,9 +242,10 @@ static PyObject *Product_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     p->table = malloc(p->cap * 256 * sizeof(int32_t));
     p->accepting = malloc(p->cap);
     p->built = malloc(p->cap);
+    p->loops = malloc(p->cap * 4 * sizeof(uint64_t));
     p->scratch = malloc(k * sizeof(int32_t));
     p->lock = PyThread_allocate_lock();
-    if (!p->big || !p->acc_global || !p->comps || !p->table || !p->accepting || !p->built || !p->scratch ||
+    if (!p->big || !p->acc_global || !p->comps || !p->table || !p->accepting || !p->built || !p->loops || !p->scratch ||
         !p->lock || product_rehash(p, 64)) {
         Py_DECREF(p);
         p = NULL;
@@ -299,15 +310,47 @@ static PyObject *Product_arrays(Product *p, PyObject *unused) {
 static PyObject *Product_comp(Product *p, PyObject *arg) {
     Py_ssize_t s = PyLong_AsSsize_t(arg);
     if (s == -1 && PyErr_Occurred()) return NULL;
-    if (product_check_state(p, s)) return NULL;
-    return PyBytes_FromStringAndSize((char *)(p->comps + s * p->k), p->k * sizeof(int32_t));
+    product_lock(p); /* a walk on another thread may be growing the arrays */
+    PyObject *res = product_check_state(p, s) ? NULL
+        : PyBytes_FromStringAndSize((char *)(p->comps + s * p->k), p->k * sizeof(int32_t));
+    PyThread_release_lock(p->lock);
+    return res;
+}
+
+/* intern(comp int32 bytes) -> the id of that product state (registered if new; -1 if all dead) */
+static PyObject *Product_intern(Product *p, PyObject *arg) {
+    Py_buffer cb;
+    if (PyObject_GetBuffer(arg, &cb, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *res = NULL;
+    if (cb.len != p->k * (Py_ssize_t)sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "intern: expected k int32 states");
+    } else {
+        int bad = 0;
+        for (int32_t j = 0; j < p->k; j++) {
+            int32_t v = ((int32_t *)cb.buf)[j];
+            if (v < 0 || v > p->dead) bad = 1;
+        }
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "intern: state out of range");
+        } else {
+            product_lock(p);
+            int32_t t = product_intern(p, cb.buf);
+            PyThread_release_lock(p->lock);
+            if (t < -1) product_error(t);
+            else res = PyLong_FromLong(t);
+        }
+    }
+    PyBuffer_Release(&cb);
+    return res;
 }
 
 static PyObject *Product_accepting(Product *p, PyObject *arg) {
     Py_ssize_t s = PyLong_AsSsize_t(arg);
     if (s == -1 && PyErr_Occurred()) return NULL;
-    if (product_check_state(p, s)) return NULL;
-    return PyBool_FromLong(p->accepting[s]);
+    product_lock(p);
+    PyObject *res = product_check_state(p, s) ? NULL : PyBool_FromLong(p->accepting[s]);
+    PyThread_release_lock(p->lock);
+    return res;
 }
 
 static PyObject *Product_n_states(Product *p, void *unused) { return PyLong_FromSsize_t(p->n); }
@@ -317,6 +360,7 @@ static PyMethodDef Product_methods[] = {
     {"expand_all", (PyCFunction)Product_expand_all, METH_NOARGS, "Build every reachable row."},
     {"arrays", (PyCFunction)Product_arrays, METH_NOARGS, "(table, accepting) as bytes."},
     {"comp", (PyCFunction)Product_comp, METH_O, "A state's component states, int32 bytes."},
+    {"intern", (PyCFunction)Product_intern, METH_O, "The id of a vector of component states."},
     {"accepting", (PyCFunction)Product_accepting, METH_O, "Does any lexeme accept in this state?"},
     {NULL, NULL, 0, NULL},
 };
@@ -338,65 +382,116 @@ static PyTypeObject ProductType = {
     .tp_new = Product_new,
 };
 
-/* walk_trie(node_byte u8[N], node_depth i32[N], node_end i32[N], node_tok i32[N+1],
- *           tok_ids i64[T], product, start_nodes i32[P], start_states i32[P], words u32[W])
- *   -> (boundary ids, pos, state) as int64 bytes; allowed tokens OR-ed into words.
- * Walks the subtree of each start node, whose parent (the byte before it) left the lexer
- * in the given state. node_tok[i]..node_tok[i+1] are the tokens ending at node i;
- * node_tok[i]..node_tok[node_end[i]] the tokens of its subtree (preorder). Tokens whose
- * first byte is dead are skipped (the caller handles them as starting the next lexeme).
- * Lexer rows are built on the way, as the walk reaches them. */
-static PyObject *walk_trie(PyObject *self, PyObject *args) {
-    Py_buffer nb, nd, ne, nt, ti, sn, ss, wo;
-    Product *P;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*O!y*y*w*", &nb, &nd, &ne, &nt, &ti, &ProductType, &P, &sn, &ss, &wo))
+/* One trie node, packed (12 bytes): its subtree ends before node `end`; tokens
+ * tok .. next node's tok end here; `depth` 1 = a token's first byte. */
+typedef struct {
+    int32_t end;
+    int32_t tok;
+    uint16_t depth;
+    uint8_t byte;
+    uint8_t pad;
+} Node;
+
+/* check_trie(nodes Node[N+1], n_tok) -> None: validates a trie once, so that walks can
+ * trust it (every index in range, subtrees nested, depths consistent). */
+static PyObject *check_trie(PyObject *self, PyObject *args) {
+    Py_buffer nb;
+    Py_ssize_t n_tok;
+    if (!PyArg_ParseTuple(args, "y*n", &nb, &n_tok)) return NULL;
+    const Node *nd = nb.buf;
+    Py_ssize_t n = nb.len / (Py_ssize_t)sizeof(Node) - 1;
+    int bad = nb.len % sizeof(Node) || n < 0 || nd[n].tok != n_tok;
+    for (Py_ssize_t i = 0; i < n && !bad; i++) {
+        bad = nd[i].depth < 1 || nd[i].depth >= 1024 || nd[i].end <= i || nd[i].end > n ||
+              nd[i].tok < 0 || nd[i + 1].tok < nd[i].tok || nd[i].tok > n_tok ||
+              (i + 1 < n && nd[i + 1].depth > nd[i].depth + 1) || (i == 0 && nd[i].depth != 1);
+    }
+    PyBuffer_Release(&nb);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "check_trie: malformed trie");
         return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* walk_trie(nodes Node[N+1] (checked), subtree_bytes u64[N*4], tok_ids i64[T], product, start_nodes i32[P],
+ *           start_states i32[P], words u32[W]) -> (boundary ids, pos, state) as int64 bytes.
+ * Walks the subtree of each start node, whose parent (the byte before it) left the lexer
+ * in the given state; tokens read without leaving the lexeme are OR-ed into words.
+ * Tokens whose first byte is dead are skipped (the caller handles them as starting the
+ * next lexeme). Lexer rows are built on the way, as the walk reaches them. */
+static PyObject *walk_trie(PyObject *self, PyObject *args) {
+    Py_buffer nb, sb, ti, sn, ss, wo;
+    Product *P;
+    if (!PyArg_ParseTuple(args, "y*y*y*O!y*y*w*", &nb, &sb, &ti, &ProductType, &P, &sn, &ss, &wo)) return NULL;
     PyObject *res = NULL;
-    Py_ssize_t n_nodes = nb.len, n_words = wo.len / 4, n_points = sn.len / 4;
+    Py_ssize_t n_nodes = nb.len / (Py_ssize_t)sizeof(Node) - 1, n_words = wo.len / 4, n_points = sn.len / 4;
+    Py_ssize_t n_tok = ti.len / 8;
     Bounds b = {0};
-    if (check_buf(&nd, 4, n_nodes, "node_depth") || check_buf(&ne, 4, n_nodes, "node_end") ||
-        check_buf(&nt, 4, n_nodes + 1, "node_tok") || check_buf(&ti, 8, 0, "tok_ids") ||
-        check_buf(&sn, 4, 0, "start_nodes") || check_buf(&ss, 4, n_points, "start_states"))
+    if (check_buf(&sn, 4, 0, "start_nodes") || check_buf(&ss, 4, n_points, "start_states") ||
+        check_buf(&sb, 32, n_nodes, "subtree_bytes"))
         goto done;
+    if (n_nodes < 0 || ((const Node *)nb.buf)[n_nodes].tok != n_tok) {
+        PyErr_SetString(PyExc_ValueError, "walk_trie: trie and token ids disagree");
+        goto done;
+    }
     {
-        const uint8_t *byte = nb.buf;
-        const int32_t *depth = nd.buf, *end = ne.buf, *tok = nt.buf;
-        const int32_t *start_nodes = sn.buf, *start_states = ss.buf;
+        const Node *nd = nb.buf;
+        const uint64_t *sub = sb.buf;
         const int64_t *ids = ti.buf;
+        const int32_t *start_nodes = sn.buf, *start_states = ss.buf;
         uint32_t *words = wo.buf;
-        Py_ssize_t n_tok = ti.len / 8;
         int32_t stk[1024];
         int bad = 0, code = 0;
+        for (Py_ssize_t t = 0; t < n_tok; t++) bad |= ids[t] < 0 || (ids[t] >> 5) >= n_words;
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "walk_trie: token id beyond the bitmask");
+            goto done;
+        }
         product_lock(P);
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t pt = 0; pt < n_points && !bad && !code; pt++) {
             Py_ssize_t i = start_nodes[pt];
             int32_t p0 = start_states[pt];
-            if (i < 0 || i >= n_nodes || p0 < 0 || p0 >= P->n || depth[i] < 1 || depth[i] >= 1024) { bad = 1; break; }
+            if (i < 0 || i >= n_nodes || p0 < 0 || p0 >= P->n) { bad = 1; break; }
             if ((code = product_build(P, p0))) break;
-            Py_ssize_t stop = end[i];
-            stk[depth[i] - 1] = p0;
+            const int32_t *tbl = P->table;
+            const uint8_t *acc = P->accepting, *built = P->built;
+            const uint64_t *loops = P->loops;
+            Py_ssize_t stop = nd[i].end;
+            stk[nd[i].depth - 1] = p0;
             while (i < stop) {
-                int32_t d = depth[i];
-                if (d < 1 || d >= 1024 || end[i] <= i || end[i] > n_nodes || tok[i] < 0 ||
-                    tok[end[i]] > n_tok || tok[i + 1] < tok[i]) { bad = 1; break; }
+                const Node *x = nd + i;
+                int32_t d = x->depth;
                 int32_t p = stk[d - 1];
-                int32_t nx = P->table[(Py_ssize_t)p * 256 + byte[i]];
+                if (built[p] == 2) {
+                    /* every byte of the subtree loops on p: all its tokens end inside */
+                    const uint64_t *lp = loops + (Py_ssize_t)p * 4, *sp = sub + i * 4;
+                    if (!(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) && !(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])) {
+                        for (int32_t t = x->tok, e = nd[x->end].tok; t < e; t++) {
+                            int64_t id = ids[t];
+                            words[id >> 5] |= (uint32_t)1 << (id & 31);
+                        }
+                        i = x->end;
+                        continue;
+                    }
+                }
+                int32_t nx = tbl[(Py_ssize_t)p * 256 + x->byte];
                 if (nx < 0) {
-                    if (d > 1 && P->accepting[p])
-                        for (int32_t t = tok[i]; t < tok[end[i]]; t++) bounds_push(&b, ids[t], d - 1, p);
-                    i = end[i];
+                    if (d > 1 && acc[p])
+                        for (int32_t t = x->tok; t < nd[x->end].tok; t++) bounds_push(&b, ids[t], d - 1, p);
+                    i = x->end;
                     continue;
                 }
-                /* the children read nx's row */
-                if (end[i] > i + 1 && !P->built[nx] && (code = product_build(P, nx))) break;
+                if (!built[nx] && x->end > i + 1) { /* the children read nx's row */
+                    if ((code = product_build(P, nx))) break;
+                    tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops; /* may have moved */
+                }
                 stk[d] = nx;
-                for (int32_t t = tok[i]; t < tok[i + 1]; t++) {
+                for (int32_t t = x->tok, e = x[1].tok; t < e; t++) {
                     int64_t id = ids[t];
-                    if (id < 0 || (id >> 5) >= n_words) { bad = 1; break; }
                     words[id >> 5] |= (uint32_t)1 << (id & 31);
                 }
-                if (bad) break;
                 i++;
             }
         }
@@ -407,15 +502,15 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
             goto done;
         }
         if (bad) {
-            PyErr_SetString(PyExc_ValueError, "walk_trie: malformed trie");
+            PyErr_SetString(PyExc_ValueError, "walk_trie: start point out of range");
             goto done;
         }
     }
     res = result3(&b);
 done:
     bounds_free(&b);
-    PyBuffer_Release(&nb); PyBuffer_Release(&nd); PyBuffer_Release(&ne); PyBuffer_Release(&nt);
-    PyBuffer_Release(&ti); PyBuffer_Release(&sn); PyBuffer_Release(&ss); PyBuffer_Release(&wo);
+    PyBuffer_Release(&nb); PyBuffer_Release(&sb); PyBuffer_Release(&ti); PyBuffer_Release(&sn);
+    PyBuffer_Release(&ss); PyBuffer_Release(&wo);
     return res;
 }
 
@@ -480,7 +575,8 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"walk_trie", walk_trie, METH_VARARGS, "Walk the whole token trie from one lexer state."},
+    {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
+    {"walk_trie", walk_trie, METH_VARARGS, "Walk token trie subtrees from lexer states."},
     {"walk_tokens", walk_tokens, METH_VARARGS, "Walk given tokens from given byte offsets."},
     {NULL, NULL, 0, NULL},
 };

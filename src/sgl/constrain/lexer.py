@@ -83,8 +83,9 @@ class NativeLexerCore:
     def __init__(self, dfas: list[ByteDFA]):
         from . import _native
 
-        big, acc_global, owner, offsets, _ = _global_states(dfas)
+        big, acc_global, owner, offsets, sizes = _global_states(dfas)
         self._acc_global, self._owner = acc_global, owner
+        self._offsets, self._dead = offsets, int(sizes.sum())
         self.product = _native.Product(
             big.astype(np.int32), acc_global.astype(np.uint8), offsets.astype(np.int32), MAX_LEXER_STATES
         )
@@ -94,6 +95,17 @@ class NativeLexerCore:
         self.walk_cache: dict = {}
         self.key: tuple = ()
         self._k = len(dfas)
+
+    def components(self, state: int) -> np.ndarray:
+        """The product state's component (global) states."""
+        return np.frombuffer(self.product.comp(int(state)), dtype=np.int32)
+
+    def state_of_local(self, q: int) -> int:
+        """For a one-lexeme core: the state id of its DFA's state ``q``."""
+        try:
+            return self.product.intern(np.array([q], dtype=np.int32).tobytes())
+        except OverflowError as e:
+            raise self._budget(e) from e
 
     def _budget(self, e: OverflowError):
         return CompileBudgetExceeded(f"lexer for {self._k} lexemes exceeds {MAX_LEXER_STATES} states")
@@ -129,6 +141,22 @@ class NativeLexerCore:
 
     def accepting_array(self) -> np.ndarray:
         return self.arrays()[1]
+
+
+def single_live(core, state: int) -> tuple[int, int] | None:
+    """``(position, local state)`` when exactly one lexeme of ``core`` is still alive in
+    ``state`` (the others are dead and stay dead), else None. Cached per core."""
+    cache = core.__dict__.setdefault("_single", {})
+    if state in cache:
+        return cache[state]
+    comp = core.components(state)
+    live = np.nonzero(comp != core._dead)[0]
+    out = None
+    if live.size == 1:
+        j = int(live[0])
+        out = (j, int(comp[j]) - int(core._offsets[j]))
+    cache[state] = out
+    return out
 
 
 class _NativeAccepting:
@@ -175,6 +203,7 @@ class LexerCore:
         k = len(dfas)
         big, self._acc_global, self._owner, offsets, sizes = _global_states(dfas)
         dead_row = int(sizes.sum())
+        self._offsets, self._dead = offsets, dead_row
         self._big = big
         local_plus1 = np.zeros(dead_row + 1, dtype=np.int64)  # global state -> local + 1 (dead -> 0)
         local_plus1[:dead_row] = np.arange(dead_row) - np.repeat(offsets, sizes) + 1
@@ -273,6 +302,19 @@ class LexerCore:
             self._expanded[s] = True
         return list(range(first_new, self.n_states))
 
+    def components(self, state: int) -> np.ndarray:
+        """The product state's component (global) states."""
+        return self._comps[state]
+
+    def state_of_local(self, q: int) -> int:
+        """For a one-lexeme core: the state id of its DFA's state ``q``."""
+        comp = np.array([q], dtype=np.int64)
+        with np.errstate(over="ignore"):
+            key = int((self._local_plus1[comp] * self._mult).sum())
+        with self._lock:
+            t = self._index.get(self._identity(key, comp))
+            return self._register(key, comp) if t is None else t
+
     def expand_all(self) -> None:
         """Build every reachable state (the numpy walks need the whole table)."""
         while True:
@@ -330,6 +372,7 @@ class LexerDFA:
     def __init__(self, lexemes: frozenset[int], core: LexerCore, order: list[int]):
         self.lexemes = lexemes
         self.core = core
+        self.order = order  # core position -> grammar lexeme id
         self.walk_cache = core.walk_cache
         self.accepts = _Accepts(core, order)
         self.row = core.row

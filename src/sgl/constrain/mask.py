@@ -28,12 +28,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .earley import EarleyParser, EarleySet
-from .lexer import Lexer, LexerDFA
+from .lexer import Lexer, LexerDFA, single_live
 
 try:
     from . import _native
 except ImportError:  # no C compiler at install time: the numpy walks below do the work
     _native = None
+
+
+# one trie node for the native kernel (the C struct Node in _native.c)
+NODE_DTYPE = np.dtype([("end", "<i4"), ("tok", "<i4"), ("depth", "<u2"), ("byte", "u1"), ("pad", "u1")])
 
 
 def native_enabled() -> bool:
@@ -103,8 +107,31 @@ class TokenTable:
         self.tok_off = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)]).astype(np.int64)
         self._trie = None
         self._roots = None
-        if native_enabled():
-            self.trie  # noqa: B018 - built with the vocabulary (as a token trie is), not on the first mask
+        self._packed = None
+        self._subtree_bytes = None
+        if native_enabled() and self.max_len < 1024:
+            # built with the vocabulary (as a token trie is), not on the first mask
+            self.packed_trie  # noqa: B018
+            self.subtree_bytes  # noqa: B018
+
+    @property
+    def packed_trie(self) -> np.ndarray:
+        """The trie as the native kernel's packed node records, checked once."""
+        if self._packed is None:
+            node_byte, depth, end, tok, ids = self.trie
+            n = node_byte.size
+            packed = np.zeros(n + 1, dtype=NODE_DTYPE)  # a sentinel last: its tok ends the last node
+            packed["end"][:n], packed["tok"], packed["depth"][:n], packed["byte"][:n] = end, tok, depth, node_byte
+            _native.check_trie(packed, ids.size)
+            self._packed = packed
+        return self._packed
+
+    @property
+    def subtree_bytes(self) -> np.ndarray:
+        """Per trie node, the byte values in its subtree, as 4 x 64 bits (uint64 (n, 4))."""
+        if self._subtree_bytes is None:
+            self._subtree_bytes = subtree_byte_sets(*self.trie[:3])
+        return self._subtree_bytes
 
     @property
     def trie_roots(self) -> np.ndarray:
@@ -203,6 +230,23 @@ def build_trie(tok_bytes: np.ndarray, tok_off: np.ndarray, real_ids: np.ndarray)
     term = np.maximum.accumulate(term)
     tok = np.searchsorted(term, np.arange(n_nodes + 1), side="left").astype(np.int32)
     return node_byte, depth, node_end, tok, ids.astype(np.int64)
+
+
+def subtree_byte_sets(node_byte: np.ndarray, depth: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """For each trie node, the set of byte values in its subtree (uint64 (n, 4) bit sets)."""
+    n = node_byte.size
+    sets = np.zeros((n, 4), dtype=np.uint64)
+    sets[np.arange(n), node_byte >> 6] = np.left_shift(np.uint64(1), (node_byte & 63).astype(np.uint64))
+    # a node's parent is the last node before it one level up
+    parent = np.full(n, -1, dtype=np.int64)
+    for d in range(2, int(depth.max(initial=0)) + 1):
+        here, above = np.nonzero(depth == d)[0], np.nonzero(depth == d - 1)[0]
+        parent[here] = above[np.searchsorted(above, here) - 1]
+    for d in range(int(depth.max(initial=0)), 1, -1):  # deepest first: children into parents
+        here = np.nonzero(depth == d)[0]
+        for w in range(4):
+            np.bitwise_or.at(sets[:, w], parent[here], sets[here, w])
+    return sets
 
 
 def walk(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
@@ -340,8 +384,10 @@ class MaskComputer:
     def _native_walk(self, core, nodes: np.ndarray, states: np.ndarray) -> WalkResult:
         """Trie subtrees ``nodes`` from lexer ``states`` (the C product builds rows on the way)."""
         words = np.zeros(self.tokens.n_words, dtype=np.uint32)
+        tokens = self.tokens
         try:
-            found = _native.walk_trie(*self.tokens.trie, core.product, nodes, states, words)
+            found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.trie[4], core.product,
+                                      nodes, states, words)
         except OverflowError as e:
             raise core._budget(e) from e
         return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found))
@@ -362,7 +408,8 @@ class MaskComputer:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
         words = col.mask_cache.get(state)
         if words is None:
-            lexer = self.lexer_for(col)
+            lexer, state_key = self.lexer_for(col), state
+            lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
             extra: list[np.ndarray] = [res.inside]
             self._boundaries(col, lexer, res, extra)
@@ -374,8 +421,24 @@ class MaskComputer:
                 extra.append(self._pack(self.eos_ids))
             words = np.bitwise_or.reduce(extra) if len(extra) > 1 else extra[0].copy()
             words.flags.writeable = False  # shared by every matcher in this state
-            col.mask_cache[state] = words
+            col.mask_cache[state_key] = words
         return words
+
+    def _one_lexeme(self, lexer: LexerDFA, state: int) -> tuple[LexerDFA, int]:
+        """Where only one lexeme is still alive, the same state in that lexeme's own lexer.
+
+        Its future bytes, boundaries and lexemes are the same, and that lexer is shared
+        by every grammar and lexeme set containing the lexeme, so its vocabulary walks
+        (e.g. inside a string) are done once, not once per combination of lexemes.
+        """
+        if len(lexer.order) < 2 or state == 0:
+            return lexer, state
+        one = single_live(lexer.core, state)
+        if one is None:
+            return lexer, state
+        j, q = one
+        single = self.lexer.for_lexemes(frozenset((lexer.order[j],)))
+        return single, single.core.state_of_local(q)
 
     def _boundaries(self, col: EarleySet, lexer: LexerDFA, res: WalkResult, extra: list) -> None:
         """Tokens whose current lexeme ends inside them: scan it, walk the rest from there."""
