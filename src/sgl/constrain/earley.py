@@ -92,9 +92,12 @@ class EarleySet:
     """One chart column: the parse state after some sequence of lexemes."""
 
     __slots__ = ("parent", "lexemes", "items", "waiting", "scannable", "allowed", "accepting",
-                 "children", "mask_cache", "depth", "__weakref__")
+                 "children", "mask_cache", "depth", "uid", "__weakref__")
 
-    def __init__(self, parent: EarleySet | None, lexemes: frozenset[int] | None, depth: int):
+    def __init__(self, parent: EarleySet | None, lexemes: frozenset[int] | None, depth: int, uid: int = 0):
+        # Items are (rule, dot, origin uid): tuples of ints only, which the garbage
+        # collector stops tracking, so millions of cached items cost no GC pauses.
+        self.uid = uid  # index in the parser's ``columns``
         self.parent = parent  # the column this one was scanned from (None for the first)
         self.lexemes = lexemes  # the lexeme ids scanned to get here
         self.items: set = set()
@@ -111,14 +114,21 @@ class EarleyParser:
     def __init__(self, tables: ParserTables):
         self.t = tables
         self._predictions: dict[int, tuple[tuple[tuple[int, int], ...], frozenset[int]]] = {}
+        self.columns: list[EarleySet] = []  # by uid; an item's origin is an index here
+
+    def _new_column(self, parent: EarleySet | None, lexemes: frozenset[int] | None) -> EarleySet:
+        col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, len(self.columns))
+        self.columns.append(col)
+        return col
 
     def _add_prediction(self, col: EarleySet, sym: int, predicted: set[int]) -> None:
         """Add the prediction set of ``sym`` to ``col`` (items with origin ``col``)."""
         pred_items, pred_syms = self._prediction(sym)
         predicted |= pred_syms
         rhs_of, items, waiting, scannable = self.t.rhs, col.items, col.waiting, col.scannable
+        uid = col.uid
         for r, d in pred_items:
-            item = (r, d, col)
+            item = (r, d, uid)
             if item in items:
                 continue
             items.add(item)
@@ -132,8 +142,8 @@ class EarleyParser:
                 waiting.setdefault(s, []).append(item)
 
     def initial(self) -> EarleySet:
-        col = EarleySet(None, None, 0)
-        self._close(col, [(self.t.start_rule, 0, col)])
+        col = self._new_column(None, None)
+        self._close(col, [(self.t.start_rule, 0, col.uid)])
         return col
 
     def scan(self, col: EarleySet, lexemes: frozenset[int]) -> EarleySet | None:
@@ -143,7 +153,7 @@ class EarleyParser:
             return hit
         kernel = [(r, d + 1, o) for lex in lexemes for (r, d, o) in col.scannable.get(lex, ())]
         if kernel:
-            nxt = EarleySet(col, lexemes, col.depth + 1)
+            nxt = self._new_column(col, lexemes)
             self._close(nxt, kernel)
         elif lexemes & self.t.ignore:
             nxt = col  # an ignored lexeme (e.g. whitespace) leaves the parse state as it was
@@ -188,7 +198,7 @@ class EarleyParser:
 
     def _close(self, col: EarleySet, kernel: list) -> None:
         t = self.t
-        rhs_of, lhs_of, nullable = t.rhs, t.lhs, t.nullable
+        rhs_of, lhs_of, nullable, columns = t.rhs, t.lhs, t.nullable, self.columns
         items, waiting, scannable = col.items, col.waiting, col.scannable
         predicted: set[int] = set()
         agenda = list(kernel)
@@ -200,7 +210,7 @@ class EarleyParser:
             rule, dot, origin = item
             rhs = rhs_of[rule]
             if dot == len(rhs):
-                for r2, d2, o2 in origin.waiting.get(lhs_of[rule], ()):
+                for r2, d2, o2 in columns[origin].waiting.get(lhs_of[rule], ()):
                     agenda.append((r2, d2 + 1, o2))
                 continue
             sym = rhs[dot]

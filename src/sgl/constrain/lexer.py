@@ -58,9 +58,13 @@ def _global_states(dfas: list[ByteDFA]):
     sizes = np.array([d.n_states for d in dfas], dtype=np.int64)
     offsets = (np.cumsum(sizes) - sizes).astype(np.int64)
     dead_row = int(sizes.sum())
-    big = np.full((dead_row + 1, 256), dead_row, dtype=np.int64)
+    # int32, filled in place: a long maxLength makes component tables of 100k+ states
+    big = np.empty((dead_row + 1, 256), dtype=np.int32)
+    big[dead_row] = dead_row
     for d, off in zip(dfas, offsets, strict=True):
-        big[off : off + d.n_states] = np.where(d.table >= 0, d.table + off, dead_row)
+        part = big[off : off + d.n_states]
+        np.add(d.table, int(off), out=part, casting="unsafe")
+        part[d.table < 0] = dead_row
     acc_global = np.concatenate([d.accepting for d in dfas] + [np.array([False])])
     owner = np.concatenate([np.full(d.n_states, j) for j, d in enumerate(dfas)] + [np.array([-1])])
     return big, acc_global, owner, offsets, sizes
@@ -86,9 +90,7 @@ class NativeLexerCore:
         big, acc_global, owner, offsets, sizes = _global_states(dfas)
         self._acc_global, self._owner = acc_global, owner
         self._offsets, self._dead = offsets, int(sizes.sum())
-        self.product = _native.Product(
-            big.astype(np.int32), acc_global.astype(np.uint8), offsets.astype(np.int32), MAX_LEXER_STATES
-        )
+        self.product = _native.Product(big, acc_global.astype(np.uint8), offsets.astype(np.int32), MAX_LEXER_STATES)
         self._rows: dict[int, list[int]] = {}
         self.accepts = _NativeAccepts(self)
         self.accepting = _NativeAccepting(self.product)
