@@ -61,13 +61,18 @@ class WalkResult:
 def _group_boundaries(core, res: WalkResult) -> list[tuple[tuple[int, ...], np.ndarray | slice]]:
     """Boundary states that complete the same lexemes lead to the same column: one group
     each, with the selection of its tokens (computed once per walk, then cached)."""
-    states = np.unique(res.boundary_state)
+    bs = res.boundary_state
+    states = np.flatnonzero(np.bincount(bs))  # states are small ints: cheaper than np.unique
     by_lexemes: dict[tuple[int, ...], list[int]] = {}
     for st in states.tolist():
         by_lexemes.setdefault(tuple(core.accepts[st]), []).append(st)
     if len(by_lexemes) == 1:
         return [(tuple(states.tolist()), slice(None))]
-    return [(tuple(g), np.isin(res.boundary_state, g)) for g in by_lexemes.values()]
+    group_of = np.empty(int(states[-1]) + 1, dtype=np.int32)
+    for g, members in enumerate(by_lexemes.values()):
+        group_of[members] = g
+    of_token = group_of[bs]
+    return [(tuple(members), of_token == g) for g, members in enumerate(by_lexemes.values())]
 
 
 class TokenTable:
