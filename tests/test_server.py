@@ -248,10 +248,12 @@ def test_compile_time_limit(scripted):
     assert r.status_code == 400 and r.json()["error"]["code"] == "constraint_too_complex"
 
 
-def test_malformed_json_is_422(scripted):
+def test_malformed_json_is_400(scripted):
     client, _, _ = scripted
     r = client.post("/v1/chat/completions", content=b'{"messages": [', headers={"Content-Type": "application/json"})
-    assert r.status_code == 422 and "invalid request" in r.json()["error"]["message"]
+    error = r.json()["error"]
+    assert r.status_code == 400 and "not valid JSON" in error["message"] and "line 1, column 15" in error["message"]
+    assert error["param"] is None and error["code"] == "invalid_json"
 
 
 def test_body_limit_413_and_api_key_401(scripted):
