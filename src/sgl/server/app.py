@@ -53,6 +53,7 @@ from sgl.constrain.errors import ConstraintError
 from sgl.runtime import trace
 from sgl.runtime.metrics import Metrics, get_metrics
 
+from .compile_pool import CompilePool, PoolChecker, compile_constraint, try_compile
 from .protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -109,6 +110,9 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20  # request bodies above this get 413
     max_constraint_bytes: int = 64 << 10  # schema / regex / grammar / choices text
     compile_timeout_s: float = 10.0  # a constraint that compiles longer is refused
+    # processes that compile constraints (killed at the timeout); 0: threads, which cannot
+    # be stopped (a timed-out compile runs on), at most 2 at once
+    compile_workers: int = 0
     read_timeout_s: float = 30.0  # a request body not received within this gets 408
     max_json_depth: int = 128  # request bodies nested deeper are refused (400)
     strict_schemas: bool = True  # a schema without "strict" forbids undeclared keys (see sgl.server.schemas)
@@ -120,9 +124,10 @@ class APIError(Exception):
     """A request the server refuses; becomes an OpenAI-style error body."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 location: str | None = None, type_: str = "invalid_request_error"):
+                 location: str | None = None, type_: str = "invalid_request_error", counted: bool = False):
         super().__init__(message)
         self.status = status
+        self.counted = counted  # already in the metrics (a failed or cancelled generation)
         self.detail = ErrorDetail(message=message, type=type_, param=param, code=code, location=location)
 
     def response(self) -> JSONResponse:
@@ -140,7 +145,13 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
     if settings.trace_path:
         trace.configure_trace(settings.trace_path)
     server = _Server(backend, settings)
-    app = FastAPI(title="SGL", version="0.1.0", docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if server.compile_pool is not None:
+            server.compile_pool.close()
+
+    app = FastAPI(title="SGL", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.sgl = server
 
     app.add_exception_handler(APIError, _api_error)
@@ -182,11 +193,13 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
         return await server.chat(await read_body(request, ChatCompletionRequest, settings.max_json_depth), request)
 
     app.add_middleware(GuardMiddleware, max_bytes=settings.max_body_bytes, api_key=settings.api_key,
-                       read_timeout_s=settings.read_timeout_s)
+                       read_timeout_s=settings.read_timeout_s, metrics=server.metrics)
     return app
 
 
-async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    if not exc.counted:  # refused before generating: requests_total{status="rejected"}
+        request.app.state.sgl.metrics.observe_status("rejected" if exc.status < 500 else "error")
     return exc.response()
 
 
@@ -214,6 +227,7 @@ async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
 async def _server_bug(request: Request, exc: Exception) -> JSONResponse:
     """A bug of the server (never a client's mistake): logged with an id the client sees."""
     rid = trace.new_request_id("error")
+    request.app.state.sgl.metrics.observe_status("error")
     log.error("internal error %s on %s %s", rid, request.method, request.url.path, exc_info=exc)
     return APIError(500, f"internal server error (request id {rid})", type_="server_error", code="internal_error").response()
 
@@ -302,8 +316,10 @@ class GuardMiddleware:
     the error rather than a connection reset. ``/health`` needs no key.
     """
 
-    def __init__(self, app: Any, max_bytes: int, api_key: str | None, read_timeout_s: float = 30.0):
+    def __init__(self, app: Any, max_bytes: int, api_key: str | None, read_timeout_s: float = 30.0,
+                 metrics: Metrics | None = None):
         self.app = app
+        self.metrics = metrics
         self.max_bytes = max_bytes
         self.api_key = api_key
         self.read_timeout_s = read_timeout_s
@@ -326,12 +342,14 @@ class GuardMiddleware:
                 with anyio.fail_after(self.read_timeout_s):
                     refusal = await self._read(receive, body, refusal)
             except TimeoutError:
+                self._count("rejected")
                 await _send_error(scope, receive, send, 408, f"the request body did not arrive within {self.read_timeout_s:g} s",
                                   "request_timeout", close=True)
                 return
             except ClientGone:
                 return
         if refusal is not None:
+            self._count("rejected")
             await _send_error(scope, receive, send, *refusal, close=has_body)
             return
         replayed = False
@@ -344,6 +362,10 @@ class GuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def _count(self, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_status(status)
 
     async def _read(self, receive: Callable, body: bytearray, refusal: tuple[int, str, str] | None
                     ) -> tuple[int, str, str] | None:
@@ -400,6 +422,7 @@ class _Job:
     call_checker: Any = None
     started: float = field(default_factory=time.perf_counter)
     ttft: float | None = None  # streaming: seconds to the first delta
+    param: str | None = None  # the field that gave the constraint
 
     def is_call(self, result: GenerateResult) -> bool:
         """Was ``result`` generated under the tool-call constraint?"""
@@ -412,6 +435,9 @@ class _Server:
         self.settings = settings
         self.metrics = settings.metrics or get_metrics()
         self.limiter = anyio.CapacityLimiter(settings.max_running)
+        self.compile_pool = CompilePool(settings.compile_workers) if settings.compile_workers > 0 else None
+        # compiles at once: one client cannot take every core
+        self.compile_limiter = anyio.CapacityLimiter(settings.compile_workers or 2)
 
     # --- endpoints ---
     async def completions(self, body: CompletionRequest, request: Request) -> Any:
@@ -544,33 +570,42 @@ class _Server:
                 requests.append(GenerateRequest(prompt=prompt, params=params, constraint=spec))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _Job(requests, checker, body.stream, include_usage, want_logprobs, top_logprobs,
-                    trace.new_request_id(endpoint), endpoint, tools, call_spec, call_checker)
+                    trace.new_request_id(endpoint), endpoint, tools, call_spec, call_checker, param=param)
 
     async def _compile(self, spec: ConstraintSpec, param: str) -> Any:
         size = _constraint_size(spec)
         if size > self.settings.max_constraint_bytes:
             raise APIError(400, f"the constraint is {size} bytes, above the limit of {self.settings.max_constraint_bytes}",
                            param=param, code="constraint_too_large")
-        try:
-            with anyio.fail_after(self.settings.compile_timeout_s):
-                # a compile cannot be interrupted: on timeout its thread is abandoned and
-                # finishes (bounded by the compiler's own budget) in the background
-                return await anyio.to_thread.run_sync(compile_constraint, spec, abandon_on_cancel=True)
-        except TimeoutError:
-            raise APIError(400, f"the constraint did not compile within {self.settings.compile_timeout_s:g} s",
-                           param=param, code="constraint_too_complex") from None
-        except ConstraintError as e:
-            raise APIError(400, f"{param}: {e}", param=param, code="invalid_constraint",
-                           location=e.location) from None
-        except (RecursionError, MemoryError):
-            raise APIError(400, f"{param}: the constraint is too complex to compile (nested too deeply, or a range too large)", param=param,
-                           code="constraint_too_complex") from None
-        except Exception as e:  # noqa: BLE001 - the compiler failed on this client's input
-            # a compiler bug, but triggered by (and only affecting) this request: the client
-            # learns its constraint is not supported; the traceback goes to the log
-            log.warning("compiling %s failed on %s", param, describe_constraint(spec), exc_info=True)
-            raise APIError(400, f"{param}: the constraint cannot be compiled ({type(e).__name__}: {e})", param=param,
-                           code="unsupported_constraint") from None
+        budget = self.settings.compile_timeout_s
+        if self.compile_pool is not None:
+            pool, asked = self.compile_pool, time.monotonic()
+            try:
+                with anyio.fail_after(budget):  # waiting for a free worker counts against the budget
+                    outcome = await anyio.to_thread.run_sync(
+                        lambda: pool.compile(spec, budget - (time.monotonic() - asked)), limiter=self.compile_limiter)
+            except TimeoutError:
+                outcome = None
+            compiled = PoolChecker(pool, spec, budget) if outcome is not None else None
+        else:
+            try:
+                with anyio.fail_after(budget):
+                    # a compile thread cannot be interrupted: on timeout it is abandoned and
+                    # finishes (bounded by the compiler's own budget) in the background
+                    compiled, outcome = await anyio.to_thread.run_sync(try_compile, spec, abandon_on_cancel=True,
+                                                                       limiter=self.compile_limiter)
+            except TimeoutError:
+                outcome = None
+        if outcome is None:
+            raise APIError(400, f"{param}: the constraint did not compile within the budget of {budget:g} s", param=param,
+                           code="constraint_too_complex")
+        kind = outcome[0]
+        if kind == "invalid":
+            raise APIError(400, f"{param}: {outcome[1]}", param=param, code="invalid_constraint", location=outcome[2])
+        if kind != "ok":
+            code = "constraint_too_complex" if kind == "complex" else "unsupported_constraint"
+            raise APIError(400, f"{param}: {outcome[1]}", param=param, code=code)
+        return compiled
 
     # --- running ---
     async def _call(self, fn: Callable[[], Any], rid: str) -> Any:
@@ -643,18 +678,22 @@ class _Server:
                     raise ClientGone
             results = task.result()
         except ClientGone:
-            raise APIError(499, "client disconnected", code="client_closed") from None
+            raise APIError(499, "client disconnected", code="client_closed", counted=True) from None
         except _Refused as e:
             self.metrics.observe_status("error")
-            raise e.api_error() from None
+            error = e.api_error()
+            error.counted = True
+            raise error from None
         except Exception as e:  # noqa: BLE001 - reported to the client as a 500
             self.metrics.observe_status("error")
             log.exception("generation failed")
-            raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error") from None
+            raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error", counted=True) from None
         for r in results:
             if r.finish_reason == "error":  # never shown as an empty "stop"
                 self.metrics.observe_status("error")
-                raise generation_error(r)
+                error = generation_error(r, job.param)
+                error.counted = True
+                raise error
         return results
 
     def _observe(self, job: _Job, results: list[GenerateResult], outcomes: list[str | None], latency: float,
@@ -675,7 +714,9 @@ class _Server:
         checker = job.call_checker if job.is_call(result) else job.checker
         if checker is None:
             return None
-        ok = await anyio.to_thread.run_sync(checker.accepts_text, result.text)
+        ok = await anyio.to_thread.run_sync(checker.accepts_text, result.text, limiter=self.compile_limiter)
+        if ok is None:  # undecided (a compile worker ran out of time)
+            return None
         if ok:
             return "satisfied"
         return "truncated" if finish_reason == "length" else "violated"
@@ -1141,19 +1182,6 @@ def _check_guided_options(body: SamplingFields) -> None:
                        f"engine ({' or '.join(GUIDED_BACKENDS)})", param="guided_decoding_backend")
 
 
-def compile_constraint(spec: ConstraintSpec) -> Any:
-    """Compile ``spec`` without a vocabulary (validates it; checks outputs later)."""
-    from sgl.constrain import compile_choices, compile_grammar, compile_json_schema, compile_regex
-
-    if spec.json_schema is not None:
-        return compile_json_schema(spec.json_schema)
-    if spec.regex is not None:
-        return compile_regex(spec.regex)
-    if spec.grammar is not None:
-        return compile_grammar(spec.grammar, syntax=spec.grammar_syntax)
-    return compile_choices(list(spec.choices or ()))
-
-
 def describe_constraint(spec: ConstraintSpec | None) -> dict[str, Any] | None:
     if spec is None:
         return None
@@ -1209,14 +1237,15 @@ def _refusing(submit: Callable[[GenerateRequest], Any], request: GenerateRequest
         raise _Refused(str(e)) from None
 
 
-def generation_error(result: GenerateResult) -> APIError:
+def generation_error(result: GenerateResult, param: str | None = None) -> APIError:
     """The error of a generation that ended with finish_reason "error": the engine's own
     failure is a 500; a constraint that allows no output, or a request larger than the
     engine's budget, is the request's (400)."""
     message = str(result.meta.get("error") or "the generation failed")
     if message.startswith("engine error"):
         return APIError(500, f"generation failed: {message}", type_="server_error", code="generation_failed")
-    return APIError(400, f"generation failed: {message}", code="generation_failed")
+    return APIError(400, f"generation failed: {message}", code="generation_failed",
+                    param=param if "constraint" in message else None)
 
 
 def _completion_tokens(result: GenerateResult) -> int:
