@@ -323,3 +323,17 @@ def test_sampling_params_tiny_temperature_is_greedy():
     assert SamplingParams(temperature=1e-300).temperature == 0.0
     assert SamplingParams(temperature=0.7).temperature == 0.7
     assert SamplingParams(seed=2**64 - 1).seed == 2**64 - 1
+
+
+def test_python_api_refuses_nan_temperature_instead_of_empty_text():
+    import sgl
+    from test_lang import ScriptedBackend as LangBackend
+
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("a", temperature=math.nan)
+
+    backend = LangBackend(["never"])
+    with pytest.raises(Exception, match="temperature must be a finite number"):
+        prog.run(backend=backend)["a"]
+    assert backend.requests == []
