@@ -326,8 +326,9 @@ def test_sampling_params_tiny_temperature_is_greedy():
 
 
 def test_python_api_refuses_nan_temperature_instead_of_empty_text():
-    import sgl
     from test_lang import ScriptedBackend as LangBackend
+
+    import sgl
 
     @sgl.function
     def prog(s):
@@ -337,3 +338,17 @@ def test_python_api_refuses_nan_temperature_instead_of_empty_text():
     with pytest.raises(Exception, match="temperature must be a finite number"):
         prog.run(backend=backend)["a"]
     assert backend.requests == []
+
+
+@pytest.mark.slow
+def test_connections_over_the_limit_get_503(server):
+    held = [_raw(server) for _ in range(64)]  # the server's --max-connections
+    try:
+        time.sleep(0.3)
+        r = post(server, chat(max_tokens=2), timeout=10)
+        assert r.status_code == 503  # uvicorn's limit_concurrency
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.3)
+    assert_alive(server)

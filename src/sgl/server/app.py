@@ -26,6 +26,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -95,6 +96,7 @@ from .tools import (
 log = logging.getLogger("sgl.server")
 
 JSON_OBJECT_SCHEMA = {"type": "object"}  # response_format json_object: any JSON object
+KNOWN_OK_SIZE = 256  # constraints remembered as valid
 
 
 @dataclass
@@ -436,6 +438,8 @@ class _Server:
         self.metrics = settings.metrics or get_metrics()
         self.limiter = anyio.CapacityLimiter(settings.max_running)
         self.compile_pool = CompilePool(settings.compile_workers) if settings.compile_workers > 0 else None
+        # constraints that compiled before (pool mode): not queued behind other compiles again
+        self.known_ok: OrderedDict[str, None] = OrderedDict()
         # compiles at once: one client cannot take every core
         self.compile_limiter = anyio.CapacityLimiter(settings.compile_workers or 2)
 
@@ -580,6 +584,10 @@ class _Server:
         budget = self.settings.compile_timeout_s
         if self.compile_pool is not None:
             pool, asked = self.compile_pool, time.monotonic()
+            key = json.dumps(describe_constraint(spec), sort_keys=True)
+            if key in self.known_ok:
+                self.known_ok.move_to_end(key)
+                return PoolChecker(pool, spec, budget)
             try:
                 with anyio.fail_after(budget):  # waiting for a free worker counts against the budget
                     outcome = await anyio.to_thread.run_sync(
@@ -587,6 +595,10 @@ class _Server:
             except TimeoutError:
                 outcome = None
             compiled = PoolChecker(pool, spec, budget) if outcome is not None else None
+            if outcome is not None and outcome[0] == "ok":
+                self.known_ok[key] = None
+                while len(self.known_ok) > KNOWN_OK_SIZE:
+                    self.known_ok.popitem(last=False)
         else:
             try:
                 with anyio.fail_after(budget):
@@ -680,7 +692,7 @@ class _Server:
         except ClientGone:
             raise APIError(499, "client disconnected", code="client_closed", counted=True) from None
         except _Refused as e:
-            self.metrics.observe_status("error")
+            self.metrics.observe_status("rejected")
             error = e.api_error()
             error.counted = True
             raise error from None
@@ -690,8 +702,8 @@ class _Server:
             raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error", counted=True) from None
         for r in results:
             if r.finish_reason == "error":  # never shown as an empty "stop"
-                self.metrics.observe_status("error")
                 error = generation_error(r, job.param)
+                self.metrics.observe_status("rejected" if error.status < 500 else "error")
                 error.counted = True
                 raise error
         return results
@@ -731,8 +743,8 @@ class _Server:
         except ClientGone:
             self.metrics.observe_status("cancelled")
         except (APIError, _Refused) as e:  # the request's own fault, or a failed generation
-            self.metrics.observe_status("error")
             error = e if isinstance(e, APIError) else e.api_error()
+            self.metrics.observe_status("rejected" if error.status < 500 else "error")
             yield ErrorResponse(error=error.detail).model_dump()
         except (asyncio.CancelledError, GeneratorExit):
             self.metrics.observe_status("cancelled")

@@ -26,6 +26,7 @@ from sgl.backends.base import ConstraintSpec
 
 log = logging.getLogger("sgl.server")
 
+ACCEPTS_TIMEOUT_S = 2.0  # at most this long to check an output against its constraint
 Outcome = tuple  # ("ok", value) | ("invalid", message, location) | ("complex", message) | ("unsupported", message)
 
 
@@ -166,7 +167,9 @@ class PoolChecker:
     ``CompiledGrammar``'s (None when undecided in time)."""
 
     def __init__(self, pool: CompilePool, spec: ConstraintSpec, timeout_s: float):
-        self.pool, self.spec, self.timeout_s = pool, spec, timeout_s
+        # short: the check only feeds /metrics, and must not hold the response long
+        # behind other compiles (undecided: no outcome is counted)
+        self.pool, self.spec, self.timeout_s = pool, spec, min(timeout_s, ACCEPTS_TIMEOUT_S)
 
     def accepts_text(self, text: str) -> bool | None:
         return self.pool.accepts(self.spec, text, self.timeout_s)
