@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -351,4 +352,19 @@ def test_connections_over_the_limit_get_503(server):
         for s in held:
             s.close()
     time.sleep(0.3)
+    assert_alive(server)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's RSS from /proc (Linux)")
+def test_schema_with_1000_properties_is_fine(server):
+    def rss_mb() -> float:
+        status = Path(f"/proc/{server['proc'].pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+    before = rss_mb()
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(1000)}}  # 28 KB
+    r = post(server, with_schema(schema) | {"max_tokens": 8})
+    assert r.status_code == 200, r.text
+    assert rss_mb() - before < 300  # the lexer used to allocate 2 GB for this schema
     assert_alive(server)
