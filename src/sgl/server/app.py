@@ -11,8 +11,14 @@
 
 Every constraint is compiled (text-only, no vocabulary) before the model is called, so
 a bad schema, regex or grammar is a 400 whose ``error.location`` says where it is
-wrong. Blocking backend calls run on worker threads, at most ``max_running`` at once;
-a streaming client that disconnects stops its generation at the next chunk.
+wrong; compiles are bounded (``compile_workers`` killable processes, or threads) and
+stopped at ``compile_timeout_s``. Blocking backend calls run on worker threads, at most
+``max_running`` at once; a streaming client that disconnects stops its generation at
+the next chunk.
+
+Every client mistake is a 4xx with OpenAI's error object (bodies are parsed here as
+strict JSON: see ``read_body``); a 500 is the server's own bug, logged with the request
+id it names. A generation that fails is an error, never an empty ``"stop"``.
 """
 
 from __future__ import annotations
