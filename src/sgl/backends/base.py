@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+GREEDY_TEMPERATURE = 1e-5  # a smaller temperature samples greedily (vLLM's _SAMPLING_EPS)
 
 
 @dataclass
@@ -25,6 +28,20 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # subtracted per earlier occurrence in the output
     presence_penalty: float = 0.0  # subtracted once a token occurred in the output
     ignore_eos: bool = False  # EOS cannot be sampled (stop tokens and strings still stop)
+
+    def __post_init__(self) -> None:
+        # refused here, not deep in the engine: a NaN temperature used to sample from NaN
+        # probabilities and end the request with no text and no error
+        for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature < GREEDY_TEMPERATURE:  # logits / 1e-300 overflow: treated as greedy (as vLLM)
+            self.temperature = 0.0
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise ValueError(f"seed must fit in 64 bits, got {self.seed}")
 
 
 @dataclass

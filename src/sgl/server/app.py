@@ -11,8 +11,14 @@
 
 Every constraint is compiled (text-only, no vocabulary) before the model is called, so
 a bad schema, regex or grammar is a 400 whose ``error.location`` says where it is
-wrong. Blocking backend calls run on worker threads, at most ``max_running`` at once;
-a streaming client that disconnects stops its generation at the next chunk.
+wrong; compiles are bounded (``compile_workers`` killable processes, or threads) and
+stopped at ``compile_timeout_s``. Blocking backend calls run on worker threads, at most
+``max_running`` at once; a streaming client that disconnects stops its generation at
+the next chunk.
+
+Every client mistake is a 4xx with OpenAI's error object (bodies are parsed here as
+strict JSON: see ``read_body``); a 500 is the server's own bug, logged with the request
+id it names. A generation that fails is an error, never an empty ``"stop"``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -35,6 +42,8 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from pydantic import ValidationError
+    from starlette.exceptions import HTTPException
 except ModuleNotFoundError as e:  # the core install has no fastapi: say which extra adds it
     from sgl._extras import MissingExtraError
 
@@ -51,6 +60,7 @@ from sgl.constrain.errors import ConstraintError
 from sgl.runtime import trace
 from sgl.runtime.metrics import Metrics, get_metrics
 
+from .compile_pool import CompilePool, PoolChecker, compile_constraint, try_compile
 from .protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -92,6 +102,7 @@ from .tools import (
 log = logging.getLogger("sgl.server")
 
 JSON_OBJECT_SCHEMA = {"type": "object"}  # response_format json_object: any JSON object
+KNOWN_OK_SIZE = 256  # constraints remembered as valid
 
 
 @dataclass
@@ -107,6 +118,11 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20  # request bodies above this get 413
     max_constraint_bytes: int = 64 << 10  # schema / regex / grammar / choices text
     compile_timeout_s: float = 10.0  # a constraint that compiles longer is refused
+    # processes that compile constraints (killed at the timeout); 0: threads, which cannot
+    # be stopped (a timed-out compile runs on), at most 2 at once
+    compile_workers: int = 0
+    read_timeout_s: float = 30.0  # a request body not received within this gets 408
+    max_json_depth: int = 128  # request bodies nested deeper are refused (400)
     strict_schemas: bool = True  # a schema without "strict" forbids undeclared keys (see sgl.server.schemas)
     trace_path: str | None = None  # JSON-lines trace log (also SGL_TRACE)
     metrics: Metrics | None = field(default=None, repr=False)  # None: the process-wide one
@@ -116,9 +132,10 @@ class APIError(Exception):
     """A request the server refuses; becomes an OpenAI-style error body."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 location: str | None = None, type_: str = "invalid_request_error"):
+                 location: str | None = None, type_: str = "invalid_request_error", counted: bool = False):
         super().__init__(message)
         self.status = status
+        self.counted = counted  # already in the metrics (a failed or cancelled generation)
         self.detail = ErrorDetail(message=message, type=type_, param=param, code=code, location=location)
 
     def response(self) -> JSONResponse:
@@ -136,11 +153,19 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
     if settings.trace_path:
         trace.configure_trace(settings.trace_path)
     server = _Server(backend, settings)
-    app = FastAPI(title="SGL", version="0.1.0", docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if server.compile_pool is not None:
+            server.compile_pool.close()
+
+    app = FastAPI(title="SGL", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.sgl = server
 
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _server_bug)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -166,73 +191,174 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
                 server.metrics.set_kv_cache_usage(1.0 - engine["kv_blocks_free"] / engine["kv_blocks"])
         return PlainTextResponse(server.metrics.render_prometheus(), media_type="text/plain; version=0.0.4")
 
+    # the bodies are parsed here, not by FastAPI: strict JSON, OpenAI error objects
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Any:
-        return await server.completions(body, request)
+    async def completions(request: Request) -> Any:
+        return await server.completions(await read_body(request, CompletionRequest, settings.max_json_depth), request)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        return await server.chat(body, request)
+    async def chat_completions(request: Request) -> Any:
+        return await server.chat(await read_body(request, ChatCompletionRequest, settings.max_json_depth), request)
 
-    app.add_middleware(GuardMiddleware, max_bytes=settings.max_body_bytes, api_key=settings.api_key)
+    app.add_middleware(GuardMiddleware, max_bytes=settings.max_body_bytes, api_key=settings.api_key,
+                       read_timeout_s=settings.read_timeout_s, metrics=server.metrics)
     return app
 
 
-async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    if not exc.counted:  # refused before generating: requests_total{status="rejected"}
+        request.app.state.sgl.metrics.observe_status("rejected" if exc.status < 500 else "error")
     return exc.response()
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _invalid_fields(exc.errors()).response()
+
+
+def _invalid_fields(errors: Any) -> APIError:
+    """A 422 naming every field that failed validation (pydantic's ``errors()``)."""
     problems = []
-    for err in exc.errors():
+    for err in errors:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         problems.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
-    first = exc.errors()[0] if exc.errors() else {}
+    first = errors[0] if errors else {}
     param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    detail = ErrorDetail(message="invalid request: " + "; ".join(problems), param=param, code="invalid_request", location=param)
-    return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=422)
+    return APIError(422, "invalid request: " + "; ".join(problems), param=param, code="invalid_request", location=param)
+
+
+async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method) in the OpenAI shape."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return APIError(exc.status_code, str(exc.detail), code=code).response()
+
+
+async def _server_bug(request: Request, exc: Exception) -> JSONResponse:
+    """A bug of the server (never a client's mistake): logged with an id the client sees."""
+    rid = trace.new_request_id("error")
+    request.app.state.sgl.metrics.observe_status("error")
+    log.error("internal error %s on %s %s", rid, request.method, request.url.path, exc_info=exc)
+    return APIError(500, f"internal server error (request id {rid})", type_="server_error", code="internal_error").response()
+
+
+async def read_body(request: Request, model: type[SamplingFields], max_depth: int) -> Any:
+    """The request body as ``model``: strict UTF-8 JSON (no NaN / Infinity, no lone
+    surrogates, nested at most ``max_depth`` deep), then field validation (422)."""
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise APIError(400, f"the body is not valid UTF-8 (byte {e.start})", code="invalid_json") from None
+    try:
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as e:
+        raise APIError(400, f"the body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
+                       code="invalid_json", location=f"line {e.lineno}, column {e.colno}") from None
+    except _BadNumber as e:
+        raise APIError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, f"the body is nested deeper than {max_depth} levels", code="invalid_json") from None
+    problem = _json_problem(data, max_depth)
+    if problem is not None:
+        message, param = problem
+        raise APIError(400, message, param=param, code="invalid_json")
+    if not isinstance(data, dict):
+        raise APIError(400, f"the body must be a JSON object, not {type(data).__name__}", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise _invalid_fields(e.errors()) from None
+
+
+class _BadNumber(ValueError):
+    """A JSON number Python would read as NaN or infinity."""
+
+
+def _no_constant(name: str) -> float:
+    raise _BadNumber(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadNumber(f"{text} is out of the range of a double")
+    return value
+
+
+def _json_problem(value: Any, max_depth: int, path: str = "") -> tuple[str, str | None] | None:
+    """The first lone surrogate or too deep nesting in parsed JSON: (message, where)."""
+    stack = [(value, path, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, str):
+            if not _utf8_ok(item):
+                return f"{where or 'body'}: the text has a lone surrogate (not valid Unicode)", where or None
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth >= max_depth:
+            field = where.split(".", 1)[0] or None  # the top-level field (the full path can be huge)
+            return f"the body is nested deeper than {max_depth} levels (in {field or 'body'})", field
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in pairs:
+            name = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and not _utf8_ok(key):
+                return f"{name}: a key has a lone surrogate (not valid Unicode)", where or None
+            stack.append((child, name, depth + 1))
+    return None
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class GuardMiddleware:
-    """The outermost layer: 413 for bodies over ``max_bytes``, then 401 for a wrong key.
+    """The outermost layer: 401 for a wrong key (before the body is read), then 413 for
+    bodies over ``max_bytes``, 408 for a body not received within ``read_timeout_s``.
 
-    The body is read here (requests are small JSON) and replayed to the app. An oversize
-    body is drained, up to a hard cap, so that the client reads the 413 rather than a
-    connection reset. ``/health`` needs no key.
+    The body is read here (requests are small JSON) and replayed to the app. A refused
+    body is drained, up to a hard cap and within the deadline, so that the client reads
+    the error rather than a connection reset. ``/health`` needs no key.
     """
 
-    def __init__(self, app: Any, max_bytes: int, api_key: str | None):
+    def __init__(self, app: Any, max_bytes: int, api_key: str | None, read_timeout_s: float = 30.0,
+                 metrics: Metrics | None = None):
         self.app = app
+        self.metrics = metrics
         self.max_bytes = max_bytes
         self.api_key = api_key
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        body = bytearray()
-        if scope["method"] in ("POST", "PUT", "PATCH"):
-            declared = headers.get("content-length", "")
-            too_big = declared.isdigit() and int(declared) > self.max_bytes
-            seen, more = 0, True
-            while more and seen <= 16 * self.max_bytes:  # past that, stop reading a hostile upload
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                more = message.get("more_body", False)
-                seen += len(chunk)
-                too_big = too_big or seen > self.max_bytes
-                if not too_big:
-                    body += chunk
-            if too_big:
-                await _send_error(scope, receive, send, 413, f"request body is larger than the limit of {self.max_bytes} bytes",
-                                  "request_too_large")
-                return
+        has_body = scope["method"] in ("POST", "PUT", "PATCH")
+        refusal: tuple[int, str, str] | None = None
         if self.api_key and scope["path"] != "/health" and not key_ok(headers, self.api_key):
-            await _send_error(scope, receive, send, 401, "missing or incorrect API key (send 'Authorization: Bearer KEY')",
-                              "invalid_api_key")
+            refusal = (401, "missing or incorrect API key (send 'Authorization: Bearer KEY')", "invalid_api_key")
+        body = bytearray()
+        if has_body:
+            declared = headers.get("content-length", "")
+            if refusal is None and declared.isdigit() and int(declared) > self.max_bytes:
+                refusal = (413, f"request body is larger than the limit of {self.max_bytes} bytes", "request_too_large")
+            try:
+                with anyio.fail_after(self.read_timeout_s):
+                    refusal = await self._read(receive, body, refusal)
+            except TimeoutError:
+                self._count("rejected")
+                await _send_error(scope, receive, send, 408, f"the request body did not arrive within {self.read_timeout_s:g} s",
+                                  "request_timeout", close=True)
+                return
+            except ClientGone:
+                return
+        if refusal is not None:
+            self._count("rejected")
+            await _send_error(scope, receive, send, *refusal, close=has_body)
             return
         replayed = False
 
@@ -245,9 +371,37 @@ class GuardMiddleware:
 
         await self.app(scope, replay, send)
 
+    def _count(self, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_status(status)
 
-async def _send_error(scope: dict, receive: Callable, send: Callable, status: int, message: str, code: str) -> None:
-    await APIError(status, message, code=code).response()(scope, receive, send)
+    async def _read(self, receive: Callable, body: bytearray, refusal: tuple[int, str, str] | None
+                    ) -> tuple[int, str, str] | None:
+        """Read the body into ``body`` (only while it is accepted); the refusal, if any."""
+        seen, more = 0, True
+        while more and seen <= 16 * self.max_bytes:  # past that, stop reading a hostile upload
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            seen += len(chunk)
+            if refusal is None and seen > self.max_bytes:
+                refusal = (413, f"request body is larger than the limit of {self.max_bytes} bytes", "request_too_large")
+                body.clear()
+            if refusal is None:
+                body += chunk
+        return refusal
+
+
+async def _send_error(scope: dict, receive: Callable, send: Callable, status: int, message: str, code: str,
+                      close: bool = False) -> None:
+    """An error answered by the middleware; ``close``: the connection is not reused (its
+    request body may be unread)."""
+    response = APIError(status, message, code=code).response()
+    if close:
+        response.headers["Connection"] = "close"
+    await response(scope, receive, send)
 
 
 def key_ok(headers: dict[str, str], key: str) -> bool:
@@ -276,6 +430,7 @@ class _Job:
     call_checker: Any = None
     started: float = field(default_factory=time.perf_counter)
     ttft: float | None = None  # streaming: seconds to the first delta
+    param: str | None = None  # the field that gave the constraint
 
     def is_call(self, result: GenerateResult) -> bool:
         """Was ``result`` generated under the tool-call constraint?"""
@@ -288,6 +443,11 @@ class _Server:
         self.settings = settings
         self.metrics = settings.metrics or get_metrics()
         self.limiter = anyio.CapacityLimiter(settings.max_running)
+        self.compile_pool = CompilePool(settings.compile_workers) if settings.compile_workers > 0 else None
+        # constraints that compiled before (pool mode): not queued behind other compiles again
+        self.known_ok: OrderedDict[str, None] = OrderedDict()
+        # compiles at once: one client cannot take every core
+        self.compile_limiter = anyio.CapacityLimiter(settings.compile_workers or 2)
 
     # --- endpoints ---
     async def completions(self, body: CompletionRequest, request: Request) -> Any:
@@ -413,31 +573,57 @@ class _Server:
                     top_p=body.top_p,
                     top_k=max(0, body.top_k),
                     min_p=body.min_p,
-                    seed=None if body.seed is None else body.seed + k,  # n samples must differ
+                    seed=None if body.seed is None else (body.seed + k) % 2**64,  # n samples differ (64 bits)
                     logprobs=want_logprobs,
                     top_logprobs=top_logprobs if want_logprobs else 0,
                 )
                 requests.append(GenerateRequest(prompt=prompt, params=params, constraint=spec))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _Job(requests, checker, body.stream, include_usage, want_logprobs, top_logprobs,
-                    trace.new_request_id(endpoint), endpoint, tools, call_spec, call_checker)
+                    trace.new_request_id(endpoint), endpoint, tools, call_spec, call_checker, param=param)
 
     async def _compile(self, spec: ConstraintSpec, param: str) -> Any:
         size = _constraint_size(spec)
         if size > self.settings.max_constraint_bytes:
             raise APIError(400, f"the constraint is {size} bytes, above the limit of {self.settings.max_constraint_bytes}",
                            param=param, code="constraint_too_large")
-        try:
-            with anyio.fail_after(self.settings.compile_timeout_s):
-                # a compile cannot be interrupted: on timeout its thread is abandoned and
-                # finishes (bounded by the compiler's own budget) in the background
-                return await anyio.to_thread.run_sync(compile_constraint, spec, abandon_on_cancel=True)
-        except TimeoutError:
-            raise APIError(400, f"the constraint did not compile within {self.settings.compile_timeout_s:g} s",
-                           param=param, code="constraint_too_complex") from None
-        except ConstraintError as e:
-            raise APIError(400, f"{param}: {e}", param=param, code="invalid_constraint",
-                           location=e.location) from None
+        budget = self.settings.compile_timeout_s
+        if self.compile_pool is not None:
+            pool, asked = self.compile_pool, time.monotonic()
+            key = json.dumps(describe_constraint(spec), sort_keys=True)
+            if key in self.known_ok:
+                self.known_ok.move_to_end(key)
+                return PoolChecker(pool, spec, budget)
+            try:
+                with anyio.fail_after(budget):  # waiting for a free worker counts against the budget
+                    outcome = await anyio.to_thread.run_sync(
+                        lambda: pool.compile(spec, budget - (time.monotonic() - asked)), limiter=self.compile_limiter)
+            except TimeoutError:
+                outcome = None
+            compiled = PoolChecker(pool, spec, budget) if outcome is not None else None
+            if outcome is not None and outcome[0] == "ok":
+                self.known_ok[key] = None
+                while len(self.known_ok) > KNOWN_OK_SIZE:
+                    self.known_ok.popitem(last=False)
+        else:
+            try:
+                with anyio.fail_after(budget):
+                    # a compile thread cannot be interrupted: on timeout it is abandoned and
+                    # finishes (bounded by the compiler's own budget) in the background
+                    compiled, outcome = await anyio.to_thread.run_sync(try_compile, spec, abandon_on_cancel=True,
+                                                                       limiter=self.compile_limiter)
+            except TimeoutError:
+                outcome = None
+        if outcome is None:
+            raise APIError(400, f"{param}: the constraint did not compile within the budget of {budget:g} s", param=param,
+                           code="constraint_too_complex")
+        kind = outcome[0]
+        if kind == "invalid":
+            raise APIError(400, f"{param}: {outcome[1]}", param=param, code="invalid_constraint", location=outcome[2])
+        if kind != "ok":
+            code = "constraint_too_complex" if kind == "complex" else "unsupported_constraint"
+            raise APIError(400, f"{param}: {outcome[1]}", param=param, code=code)
+        return compiled
 
     # --- running ---
     async def _call(self, fn: Callable[[], Any], rid: str) -> Any:
@@ -485,7 +671,8 @@ class _Server:
         handles: list[Any] = []  # requests a disconnecting client can cancel
         if submit is not None:
             def fn() -> list[GenerateResult]:
-                handles.extend(submit(r) for r in requests)
+                for r in requests:
+                    handles.append(_refusing(submit, r))
                 return [h.result() for h in handles]
         elif len(requests) == 1:
             def fn() -> list[GenerateResult]:
@@ -507,13 +694,25 @@ class _Server:
                     task.add_done_callback(_swallow)
                     self.metrics.observe_status("cancelled")
                     raise ClientGone
-            return task.result()
+            results = task.result()
         except ClientGone:
-            raise APIError(499, "client disconnected", code="client_closed") from None
+            raise APIError(499, "client disconnected", code="client_closed", counted=True) from None
+        except _Refused as e:
+            self.metrics.observe_status("rejected")
+            error = e.api_error()
+            error.counted = True
+            raise error from None
         except Exception as e:  # noqa: BLE001 - reported to the client as a 500
             self.metrics.observe_status("error")
             log.exception("generation failed")
-            raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error") from None
+            raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error", counted=True) from None
+        for r in results:
+            if r.finish_reason == "error":  # never shown as an empty "stop"
+                error = generation_error(r, job.param)
+                self.metrics.observe_status("rejected" if error.status < 500 else "error")
+                error.counted = True
+                raise error
+        return results
 
     def _observe(self, job: _Job, results: list[GenerateResult], outcomes: list[str | None], latency: float,
                  ttft: float | None) -> None:
@@ -533,7 +732,9 @@ class _Server:
         checker = job.call_checker if job.is_call(result) else job.checker
         if checker is None:
             return None
-        ok = await anyio.to_thread.run_sync(checker.accepts_text, result.text)
+        ok = await anyio.to_thread.run_sync(checker.accepts_text, result.text, limiter=self.compile_limiter)
+        if ok is None:  # undecided (a compile worker ran out of time)
+            return None
         if ok:
             return "satisfied"
         return "truncated" if finish_reason == "length" else "violated"
@@ -547,6 +748,10 @@ class _Server:
                 yield chunk
         except ClientGone:
             self.metrics.observe_status("cancelled")
+        except (APIError, _Refused) as e:  # the request's own fault, or a failed generation
+            error = e if isinstance(e, APIError) else e.api_error()
+            self.metrics.observe_status("rejected" if error.status < 500 else "error")
+            yield ErrorResponse(error=error.detail).model_dump()
         except (asyncio.CancelledError, GeneratorExit):
             self.metrics.observe_status("cancelled")
             raise
@@ -849,7 +1054,7 @@ class _Streams:
         result = None
         try:
             # a handle (LocalModel) gives the real result and the live output (logprobs)
-            handle = submit(gen_request) if submit is not None else None
+            handle = _refusing(submit, gen_request) if submit is not None else None
             stream = handle.stream() if handle is not None else backend.generate_stream(gen_request)
             live = getattr(handle, "output", None) if self.job.want_logprobs else None
             while not self.cancel.is_set():
@@ -995,19 +1200,6 @@ def _check_guided_options(body: SamplingFields) -> None:
                        f"engine ({' or '.join(GUIDED_BACKENDS)})", param="guided_decoding_backend")
 
 
-def compile_constraint(spec: ConstraintSpec) -> Any:
-    """Compile ``spec`` without a vocabulary (validates it; checks outputs later)."""
-    from sgl.constrain import compile_choices, compile_grammar, compile_json_schema, compile_regex
-
-    if spec.json_schema is not None:
-        return compile_json_schema(spec.json_schema)
-    if spec.regex is not None:
-        return compile_regex(spec.regex)
-    if spec.grammar is not None:
-        return compile_grammar(spec.grammar, syntax=spec.grammar_syntax)
-    return compile_choices(list(spec.choices or ()))
-
-
 def describe_constraint(spec: ConstraintSpec | None) -> dict[str, Any] | None:
     if spec is None:
         return None
@@ -1041,8 +1233,37 @@ def _message_text(content: Any, index: int) -> str:
 
 
 def _finish(result: GenerateResult) -> str:
-    # OpenAI's vocabulary: "stop" (EOS, stop string, grammar complete) or "length"
+    # OpenAI's vocabulary: "stop" (EOS, stop string, grammar complete) or "length";
+    # a failed generation is an error (see generation_error), never an empty "stop"
+    if result.finish_reason == "error":
+        raise generation_error(result)
     return "length" if result.finish_reason == "length" else "stop"
+
+
+class _Refused(Exception):
+    """The backend refused a request when it was submitted (e.g. a prompt too long)."""
+
+    def api_error(self) -> APIError:
+        return APIError(400, str(self), code="invalid_request")
+
+
+def _refusing(submit: Callable[[GenerateRequest], Any], request: GenerateRequest) -> Any:
+    """``submit(request)``; a ValueError (the backend's check of the request) is a _Refused."""
+    try:
+        return submit(request)
+    except (ValueError, ConstraintError) as e:
+        raise _Refused(str(e)) from None
+
+
+def generation_error(result: GenerateResult, param: str | None = None) -> APIError:
+    """The error of a generation that ended with finish_reason "error": the engine's own
+    failure is a 500; a constraint that allows no output, or a request larger than the
+    engine's budget, is the request's (400)."""
+    message = str(result.meta.get("error") or "the generation failed")
+    if message.startswith("engine error"):
+        return APIError(500, f"generation failed: {message}", type_="server_error", code="generation_failed")
+    return APIError(400, f"generation failed: {message}", code="generation_failed",
+                    param=param if "constraint" in message else None)
 
 
 def _completion_tokens(result: GenerateResult) -> int:

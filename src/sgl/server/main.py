@@ -37,6 +37,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit; larger gets 413 (default: 1 MiB)")
     parser.add_argument("--max-constraint-bytes", type=int, default=64 << 10, help="schema/regex/grammar size limit (default: 64 KiB)")
     parser.add_argument("--compile-timeout", type=float, default=10.0, help="seconds a constraint may take to compile (default: 10)")
+    parser.add_argument("--compile-workers", type=int, default=2,
+                        help="processes that compile constraints, killed when a compile runs past --compile-timeout; "
+                             "0: compile on threads, which cannot be stopped (default: 2)")
+    parser.add_argument("--read-timeout", type=float, default=30.0,
+                        help="seconds a client has to send its headers, and then its body, before it is cut off (default: 30)")
+    parser.add_argument("--max-connections", "--limit-concurrency", type=int, default=256,
+                        help="open connections at most; more are answered 503 (default: 256)")
     parser.add_argument("--strict-schemas", action=argparse.BooleanOptionalAction, default=True,
                         help="JSON Schemas of requests that do not say 'strict' forbid undeclared keys, as with strict: true (default: on)")
     parser.add_argument("--trace", metavar="PATH", help="append per-request JSON-lines traces here (also $SGL_TRACE)")
@@ -120,16 +127,59 @@ def serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_constraint_bytes=args.max_constraint_bytes,
         compile_timeout_s=args.compile_timeout,
+        compile_workers=args.compile_workers,
+        read_timeout_s=args.read_timeout,
         strict_schemas=args.strict_schemas,
         trace_path=args.trace,
     )
     app = create_app(backend, settings)
     print(f"sgl serve: {settings.model_name} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                    http=header_deadline_protocol(args.read_timeout), limit_concurrency=args.max_connections,
+                    timeout_keep_alive=5)
     finally:
         backend.close()
     return 0
+
+
+def header_deadline_protocol(timeout_s: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request line and headers are
+    not complete ``timeout_s`` after it opened (or after its last response).
+
+    uvicorn itself waits forever for headers that trickle in (its keep-alive timer
+    restarts on every byte); the body's deadline is the app's (``GuardMiddleware``)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_deadline(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            if not self.transport.is_closing():
+                self._header_timer = self.loop.call_later(timeout_s, self._header_deadline)
+
+        def _header_deadline(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # no complete request yet: cut off
+
+    return HeaderDeadlineProtocol
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,7 +95,7 @@ class SamplingFields(ConstraintFields):
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a signed 64-bit integer, as vLLM
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = 0.0
