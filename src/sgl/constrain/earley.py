@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .errors import ConstraintError
 from .grammar import Grammar
+from .native import _native, native_enabled
 
 START = "<start>"
 
@@ -115,6 +116,17 @@ class EarleyParser:
         self.t = tables
         self._predictions: dict[int, tuple[tuple[tuple[int, int], ...], frozenset[int]]] = {}
         self.columns: list[EarleySet] = []  # by uid; an item's origin is an index here
+        # the compiled closure keeps the items itself; the Python one below is its twin
+        self._c = _native_tables(tables) if native_enabled() else None
+
+    def _native_column(self, parent: EarleySet | None, lexemes, found) -> EarleySet:
+        uid, allowed, accepting = found
+        col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, uid)
+        col.allowed = frozenset(allowed) | self.t.ignore
+        col.accepting = accepting
+        assert uid == len(self.columns)
+        self.columns.append(col)
+        return col
 
     def _new_column(self, parent: EarleySet | None, lexemes: frozenset[int] | None) -> EarleySet:
         col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, len(self.columns))
@@ -142,6 +154,8 @@ class EarleyParser:
                 waiting.setdefault(s, []).append(item)
 
     def initial(self) -> EarleySet:
+        if self._c is not None:
+            return self._native_column(None, None, self._c.initial())
         col = self._new_column(None, None)
         self._close(col, [(self.t.start_rule, 0, col.uid)])
         return col
@@ -151,6 +165,14 @@ class EarleyParser:
         hit = col.children.get(lexemes, False)
         if hit is not False:
             return hit
+        if self._c is not None:
+            found = self._c.scan(col.uid, tuple(lexemes))
+            if found is not None:
+                nxt = self._native_column(col, lexemes, found)
+            else:
+                nxt = col if lexemes & self.t.ignore else None
+            col.children[lexemes] = nxt
+            return nxt
         kernel = [(r, d + 1, o) for lex in lexemes for (r, d, o) in col.scannable.get(lex, ())]
         if kernel:
             nxt = self._new_column(col, lexemes)
@@ -226,3 +248,20 @@ class EarleyParser:
         # start item spans the whole text
         col.accepting = any(r == t.start_rule and d == 1 for (r, d, _o) in items)
         col.allowed = frozenset(scannable) | t.ignore
+
+
+def _native_tables(t: ParserTables):
+    """The grammar tables as the arrays of the compiled ``Earley``; None when they exceed
+    its item packing (2^21 rules, 1,022 symbols in a rule), which the Python parser handles."""
+    import numpy as np
+
+    if len(t.lhs) >= 1 << 21 or any(len(r) >= 1022 for r in t.rhs):
+        return None
+    rhs_off = np.zeros(len(t.rhs) + 1, dtype=np.int32)
+    rhs_off[1:] = np.cumsum([len(r) for r in t.rhs])
+    rhs = np.fromiter((s for r in t.rhs for s in r), dtype=np.int32, count=int(rhs_off[-1]))
+    rules_off = np.zeros(len(t.rules_of) + 1, dtype=np.int32)
+    rules_off[1:] = np.cumsum([len(r) for r in t.rules_of])
+    rules = np.fromiter((r for rs in t.rules_of for r in rs), dtype=np.int32, count=int(rules_off[-1]))
+    return _native.Earley(np.asarray(t.lhs, dtype=np.int32), rhs_off, rhs, rules_off, rules,
+                          np.asarray(t.nullable, dtype=np.uint8), t.start_rule)

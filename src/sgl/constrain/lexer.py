@@ -17,6 +17,7 @@ import numpy as np
 
 from .dfa import DEAD, ByteDFA
 from .errors import CompileBudgetExceeded
+from .native import native_enabled
 
 MAX_LEXER_STATES = 200_000
 
@@ -72,8 +73,6 @@ def _global_states(dfas: list[ByteDFA]):
 
 def make_core(dfas: list[ByteDFA]) -> LexerCore | NativeLexerCore:
     """The product lexer of ``dfas``: compiled when the native kernel is in use."""
-    from .mask import native_enabled  # mask imports this module
-
     # no lexemes (the text must end here): one state, nothing to walk natively
     return NativeLexerCore(dfas) if native_enabled() and dfas else LexerCore(dfas)
 
@@ -85,7 +84,7 @@ class NativeLexerCore:
     """
 
     def __init__(self, dfas: list[ByteDFA]):
-        from . import _native
+        from .native import _native
 
         big, acc_global, owner, offsets, sizes = _global_states(dfas)
         self._acc_global, self._owner = acc_global, owner

@@ -22,27 +22,16 @@ the tests compare it with. ``SGL_NATIVE=0`` forces the fallback.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .earley import EarleyParser, EarleySet
 from .lexer import Lexer, LexerDFA, single_live
-
-try:
-    from . import _native
-except ImportError:  # no C compiler at install time: the numpy walks below do the work
-    _native = None
-
+from .native import _native, native_enabled
 
 # one trie node for the native kernel (the C struct Node in _native.c)
 NODE_DTYPE = np.dtype([("end", "<i4"), ("tok", "<i4"), ("depth", "<u2"), ("byte", "u1"), ("pad", "u1")])
-
-
-def native_enabled() -> bool:
-    """Is the compiled mask kernel in use? (built, and not disabled by ``SGL_NATIVE=0``)"""
-    return _native is not None and os.environ.get("SGL_NATIVE", "1") != "0"
 
 
 @dataclass
