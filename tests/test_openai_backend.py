@@ -312,8 +312,13 @@ def test_hosted_api_gets_regex_and_choices_wrapped_in_json_schema():
             be.generate(req(constraint=REGEX))  # the server broke the pattern: checked locally
     first = server.posts[0]["body"]
     assert first["response_format"]["json_schema"]["schema"]["properties"]["value"] == {"type": "string", "enum": ["yes", "no (maybe)"]}
-    assert server.posts[1]["body"]["response_format"]["json_schema"]["schema"]["properties"]["value"]["pattern"] == r"\d{3}"
+    # JSON Schema patterns match anywhere: the whole-text regex goes anchored
+    assert server.posts[1]["body"]["response_format"]["json_schema"]["schema"]["properties"]["value"]["pattern"] == r"^(?:\d{3})$"
     assert "max_completion_tokens" in first and "top_k" not in first  # only fields OpenAI knows
+    # the wrapper's own tokens come on top of the user's budget
+    from sgl.backends.openai import WRAPPER_TOKENS
+
+    assert first["max_completion_tokens"] == req(constraint=CHOICES).params.max_tokens + WRAPPER_TOKENS
 
 
 def test_grammar_and_unknown_sampling_params_refused_for_hosted_api():

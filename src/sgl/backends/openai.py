@@ -57,6 +57,7 @@ from sgl.constrain.errors import ConstraintError
 from sgl.runtime.errors import BackendError
 
 SERVER_KINDS = ("openai", "sgl", "sglang", "vllm", "vllm-legacy")
+WRAPPER_TOKENS = 16  # `{"value": ...}` around a regex/choice value, with escapes to spare
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 ROLE_START = "<|im_start|>"
 ROLE_END = "<|im_end|>\n"
@@ -347,19 +348,21 @@ class OpenAI(Backend):
         unwrap = None
         if request.constraint is not None and not request.constraint.is_empty():
             unwrap = self._constraint_fields(request.constraint, kind, body)
+        # a wrapped value (hosted APIs): the wrapper's own tokens are not the user's budget
+        max_tokens = p.max_tokens + (WRAPPER_TOKENS if unwrap is not None else 0)
         if self.api == "chat":
             messages, continue_final = prompt_to_messages(request.prompt)
             body["messages"] = messages
             if continue_final and kind != "openai":
                 body.update(continue_final_message=True, add_generation_prompt=False)
-            body["max_completion_tokens" if kind == "openai" else "max_tokens"] = p.max_tokens
+            body["max_completion_tokens" if kind == "openai" else "max_tokens"] = max_tokens
             if p.logprobs:
                 body["logprobs"] = True
                 if p.top_logprobs:
                     body["top_logprobs"] = p.top_logprobs
             return "/chat/completions", body, unwrap
         body["prompt"] = request.prompt
-        body["max_tokens"] = p.max_tokens
+        body["max_tokens"] = max_tokens
         if p.logprobs:
             body["logprobs"] = max(1, p.top_logprobs)
         return "/completions", body, unwrap
@@ -399,7 +402,9 @@ class OpenAI(Backend):
             if c.grammar is not None:
                 raise ConstraintError("grammar constraints need a server that takes them (sgl, SGLang or vLLM); "
                                       "server kind 'openai' only takes JSON Schema")
-            value = {"type": "string", "pattern": c.regex} if c.regex is not None else {"type": "string", "enum": list(c.choices or ())}
+            # JSON Schema patterns match anywhere in the string: anchor the whole-text regex
+            value = ({"type": "string", "pattern": f"^(?:{c.regex})$"} if c.regex is not None
+                     else {"type": "string", "enum": list(c.choices or ())})
             wrapper = {"type": "object", "properties": {"value": value}, "required": ["value"], "additionalProperties": False}
             body["response_format"] = _json_schema_format(wrapper, True)
             return lambda text: _unwrap_value(text, c)
