@@ -404,7 +404,9 @@ def test_hostile_patterns_hit_the_budget_quickly(node) -> None:
     t0 = time.thread_time()
     with pytest.raises(CompileBudgetExceeded):
         to_dfa(node)
-    assert time.thread_time() - t0 < 2.0
+    # a bound for "no hang" (the budget stops it after ~1 s of work), not a speed figure:
+    # this thread's CPU time still grows on a machine whose other jobs fill the caches
+    assert time.thread_time() - t0 < 6.0
 
 
 @pytest.mark.parametrize(

@@ -98,14 +98,20 @@ typedef struct {
     PyThread_type_lock lock;
 } Product;
 
-static uint64_t comp_hash(const int32_t *c, int32_t k) {
-    uint64_t h = 1469598103934665603ULL;
-    for (int32_t j = 0; j < k; j++) {
-        h ^= (uint32_t)c[j];
-        h *= 1099511628211ULL;
-        h ^= h >> 29;
-    }
-    return h;
+/* A vector's hash sums a mix of each live (position, state) pair, dead ones adding
+ * nothing: a row build that knows which positions are live hashes only those. */
+static inline uint64_t pair_mix(int32_t j, int32_t v) {
+    uint64_t x = ((uint64_t)(uint32_t)j << 32 | (uint32_t)v) * 0x9E3779B97F4A7C15ULL;
+    return x ^ (x >> 31);
+}
+
+static inline uint64_t hash_finish(uint64_t h) { return h * 0xBF58476D1CE4E5B9ULL ^ (h >> 27); }
+
+static uint64_t comp_hash(const int32_t *c, int32_t k, int32_t dead) {
+    uint64_t h = 0;
+    for (int32_t j = 0; j < k; j++)
+        if (c[j] != dead) h += pair_mix(j, c[j]);
+    return hash_finish(h);
 }
 
 static int product_rehash(Product *p, Py_ssize_t n_slots) {
@@ -113,7 +119,7 @@ static int product_rehash(Product *p, Py_ssize_t n_slots) {
     if (!slots) return -1;
     memset(slots, 0xff, n_slots * sizeof(int32_t));
     for (Py_ssize_t s = 0; s < p->n; s++) {
-        Py_ssize_t h = (Py_ssize_t)(comp_hash(p->comps + s * p->k, p->k) & (uint64_t)(n_slots - 1));
+        Py_ssize_t h = (Py_ssize_t)(comp_hash(p->comps + s * p->k, p->k, p->dead) & (uint64_t)(n_slots - 1));
         while (slots[h] >= 0) h = (h + 1) & (n_slots - 1);
         slots[h] = (int32_t)s;
     }
@@ -125,11 +131,18 @@ static int product_rehash(Product *p, Py_ssize_t n_slots) {
 
 /* The id of product state `c` (k global states), registering it if new.
  * Returns -1 for the all-dead vector, -2 on the state budget, -3 out of memory. */
+static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv);
+
 static int32_t product_intern(Product *p, const int32_t *c) {
-    int32_t k = p->k, live = 0;
-    for (int32_t j = 0; j < k; j++) live |= (c[j] != p->dead);
+    int32_t live = 0;
+    for (int32_t j = 0; j < p->k; j++) live |= (c[j] != p->dead);
     if (!live) return -1;
-    uint64_t hv = comp_hash(c, k);
+    return product_intern_h(p, c, comp_hash(c, p->k, p->dead));
+}
+
+/* product_intern with the vector known live and its hash known */
+static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
+    int32_t k = p->k;
     Py_ssize_t h = (Py_ssize_t)(hv & (uint64_t)(p->n_slots - 1));
     while (p->slots[h] >= 0) {
         int32_t s = p->slots[h];
@@ -167,11 +180,24 @@ static int32_t product_intern(Product *p, const int32_t *c) {
 /* Build the row of state s: 0, or -2 (budget) / -3 (memory). */
 static int product_build(Product *p, int32_t s) {
     if (p->built[s]) return 0;
-    int32_t k = p->k, *c = p->scratch;
+    /* Only the live components move (dead ones stay dead): iterate over those. */
+    int32_t k = p->k, dead = p->dead, *c = p->scratch, *live = p->scratch + k, n_live = 0;
+    const int32_t *src0 = p->comps + (Py_ssize_t)s * k;
+    for (int32_t j = 0; j < k; j++) {
+        c[j] = dead;
+        if (src0[j] != dead) live[n_live++] = j;
+    }
     for (int b = 0; b < 256; b++) {
-        const int32_t *src = p->comps + (Py_ssize_t)s * k;
-        for (int32_t j = 0; j < k; j++) c[j] = p->big[(Py_ssize_t)src[j] * 256 + b];
-        int32_t t = product_intern(p, c);
+        const int32_t *src = p->comps + (Py_ssize_t)s * k; /* intern may move comps */
+        uint64_t h = 0;
+        int any = 0;
+        for (int32_t i = 0; i < n_live; i++) {
+            int32_t j = live[i], v = p->big[(Py_ssize_t)src[j] * 256 + b];
+            c[j] = v;
+            if (v != dead) h += pair_mix(j, v), any = 1;
+        }
+        int32_t t = any ? product_intern_h(p, c, hash_finish(h)) : -1;
+        for (int32_t i = 0; i < n_live; i++) c[live[i]] = dead;
         if (t < -1) return t;
         p->table[(Py_ssize_t)s * 256 + b] = t; /* after intern: it may move p->table */
     }
@@ -243,7 +269,7 @@ static PyObject *Product_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     p->accepting = malloc(p->cap);
     p->built = malloc(p->cap);
     p->loops = malloc(p->cap * 4 * sizeof(uint64_t));
-    p->scratch = malloc(k * sizeof(int32_t));
+    p->scratch = malloc(2 * k * sizeof(int32_t)); /* a vector, then the live positions */
     p->lock = PyThread_allocate_lock();
     if (!p->big || !p->acc_global || !p->comps || !p->table || !p->accepting || !p->built || !p->loops || !p->scratch ||
         !p->lock || product_rehash(p, 64)) {
@@ -392,21 +418,25 @@ typedef struct {
     uint8_t pad;
 } Node;
 
-/* check_trie(nodes Node[N+1], n_tok) -> None: validates a trie once, so that walks can
- * trust it (every index in range, subtrees nested, depths consistent). */
+/* check_trie(nodes Node[N+1], ids i64[T], n_words) -> None: validates a trie once, so
+ * that walks can trust it (every index in range, subtrees nested, depths consistent,
+ * token ids within a bitmask of n_words words). */
 static PyObject *check_trie(PyObject *self, PyObject *args) {
-    Py_buffer nb;
-    Py_ssize_t n_tok;
-    if (!PyArg_ParseTuple(args, "y*n", &nb, &n_tok)) return NULL;
+    Py_buffer nb, ib;
+    Py_ssize_t n_words;
+    if (!PyArg_ParseTuple(args, "y*y*n", &nb, &ib, &n_words)) return NULL;
     const Node *nd = nb.buf;
-    Py_ssize_t n = nb.len / (Py_ssize_t)sizeof(Node) - 1;
-    int bad = nb.len % sizeof(Node) || n < 0 || nd[n].tok != n_tok;
+    const int64_t *ids = ib.buf;
+    Py_ssize_t n = nb.len / (Py_ssize_t)sizeof(Node) - 1, n_tok = ib.len / 8;
+    int bad = nb.len % sizeof(Node) || ib.len % 8 || n < 0 || nd[n].tok != n_tok;
+    for (Py_ssize_t t = 0; t < n_tok && !bad; t++) bad = ids[t] < 0 || (ids[t] >> 5) >= n_words;
     for (Py_ssize_t i = 0; i < n && !bad; i++) {
         bad = nd[i].depth < 1 || nd[i].depth >= 1024 || nd[i].end <= i || nd[i].end > n ||
               nd[i].tok < 0 || nd[i + 1].tok < nd[i].tok || nd[i].tok > n_tok ||
               (i + 1 < n && nd[i + 1].depth > nd[i].depth + 1) || (i == 0 && nd[i].depth != 1);
     }
     PyBuffer_Release(&nb);
+    PyBuffer_Release(&ib);
     if (bad) {
         PyErr_SetString(PyExc_ValueError, "check_trie: malformed trie");
         return NULL;
@@ -415,7 +445,7 @@ static PyObject *check_trie(PyObject *self, PyObject *args) {
 }
 
 /* walk_trie(nodes Node[N+1] (checked), subtree_bytes u64[N*4], tok_ids i64[T], product, start_nodes i32[P],
- *           start_states i32[P], words u32[W]) -> (boundary ids, pos, state) as int64 bytes.
+ *           start_states i32[P], words u32[W]) -> (boundary nodes, pos, state) as int64 bytes.
  * Walks the subtree of each start node, whose parent (the byte before it) left the lexer
  * in the given state; tokens read without leaving the lexeme are OR-ed into words.
  * Tokens whose first byte is dead are skipped (the caller handles them as starting the
@@ -443,11 +473,7 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
         uint32_t *words = wo.buf;
         int32_t stk[1024];
         int bad = 0, code = 0;
-        for (Py_ssize_t t = 0; t < n_tok; t++) bad |= ids[t] < 0 || (ids[t] >> 5) >= n_words;
-        if (bad) {
-            PyErr_SetString(PyExc_ValueError, "walk_trie: token id beyond the bitmask");
-            goto done;
-        }
+        (void)n_words; /* ids were checked against the bitmask width by check_trie */
         product_lock(P);
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t pt = 0; pt < n_points && !bad && !code; pt++) {
@@ -478,8 +504,9 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
                 }
                 int32_t nx = tbl[(Py_ssize_t)p * 256 + x->byte];
                 if (nx < 0) {
-                    if (d > 1 && acc[p])
-                        for (int32_t t = x->tok; t < nd[x->end].tok; t++) bounds_push(&b, ids[t], d - 1, p);
+                    /* the lexeme ends before this byte: the whole subtree's tokens go on
+                     * in the next lexeme, which the caller walks from this node */
+                    if (d > 1 && acc[p] && nd[x->end].tok > x->tok) bounds_push(&b, i, d - 1, p);
                     i = x->end;
                     continue;
                 }

@@ -45,6 +45,9 @@ class WalkResult:
     # lexers only, so columns with the same lexers share them
     subs: dict = field(default_factory=dict)
     groups: list | None = None  # boundary states grouped by the lexemes they complete
+    # native walks report trie nodes in boundary_ids (all tokens below the node go on
+    # from its byte, boundary_pos = its depth - 1); numpy walks report token ids
+    by_node: bool = False
 
 
 def _group_boundaries(core, res: WalkResult) -> list[tuple[tuple[int, ...], np.ndarray | slice]]:
@@ -116,7 +119,7 @@ class TokenTable:
             n = node_byte.size
             packed = np.zeros(n + 1, dtype=NODE_DTYPE)  # a sentinel last: its tok ends the last node
             packed["end"][:n], packed["tok"], packed["depth"][:n], packed["byte"][:n] = end, tok, depth, node_byte
-            _native.check_trie(packed, ids.size)
+            _native.check_trie(packed, ids, self.n_words)
             self._packed = packed
         return self._packed
 
@@ -126,6 +129,15 @@ class TokenTable:
         if self._subtree_bytes is None:
             self._subtree_bytes = subtree_byte_sets(*self.trie[:3])
         return self._subtree_bytes
+
+    def subtree_tokens(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens below trie ``nodes`` and the byte offset of each node in them."""
+        _, depth, end, tok, ids = self.trie
+        starts, stops = tok[nodes], tok[end[nodes]]
+        counts = (stops - starts).astype(np.int64)
+        offsets = np.repeat(starts.astype(np.int64) - np.cumsum(counts) + counts, counts)
+        picks = np.arange(int(counts.sum()), dtype=np.int64) + offsets
+        return ids[picks], np.repeat(depth[nodes].astype(np.int64) - 1, counts)
 
     @property
     def trie_roots(self) -> np.ndarray:
@@ -367,13 +379,19 @@ class MaskComputer:
         res.inside = self._pack(np.concatenate([res.inside, *inside]))
         return res
 
-    def _walk_rest(self, lexer: LexerDFA, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
-        """Tokens ``ids`` from byte offsets ``pos``, through ``lexer`` from its start state."""
+    def _walk_rest(self, lexer: LexerDFA, res: WalkResult, sel) -> WalkResult:
+        """The boundary tokens ``sel`` of ``res``, from where their lexeme ended, through
+        ``lexer`` from its start state."""
+        where = res.boundary_ids[sel]
+        if res.by_node and _is_native(lexer.core):  # whole subtrees, walked in the trie
+            nodes = np.ascontiguousarray(where, dtype=np.int32)
+            return self._native_walk(lexer.core, nodes, np.zeros(nodes.shape, dtype=np.int32))
+        ids, pos = self.tokens.subtree_tokens(where) if res.by_node else (where, res.boundary_pos[sel])
         if _is_native(lexer.core):
             return self._native_rest(lexer.core, ids, pos)
-        res = walk(self.tokens, lexer, 0, ids, pos)
-        res.inside = self._pack(res.inside)
-        return res
+        sub = walk(self.tokens, lexer, 0, ids, pos)
+        sub.inside = self._pack(sub.inside)
+        return sub
 
     def _native_walk(self, core, nodes: np.ndarray, states: np.ndarray) -> WalkResult:
         """Trie subtrees ``nodes`` from lexer ``states`` (the C product builds rows on the way)."""
@@ -384,7 +402,7 @@ class MaskComputer:
                                       nodes, states, words)
         except OverflowError as e:
             raise core._budget(e) from e
-        return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found))
+        return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
 
     def _native_rest(self, core, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
         """``walk`` from the start state, natively."""
@@ -448,7 +466,7 @@ class MaskComputer:
             key = (group, nxt_lexer.core.key)
             sub = res.subs.get(key)
             if sub is None:
-                sub = self._walk_rest(nxt_lexer, res.boundary_ids[sel], res.boundary_pos[sel])
+                sub = self._walk_rest(nxt_lexer, res, sel)
                 res.subs[key] = sub
             extra.append(sub.inside)
             self._boundaries(nxt_col, nxt_lexer, sub, extra)
