@@ -76,7 +76,7 @@ def _run_batch(names: list[str], engine: str, limits: Limits, workdir: str, resu
         q: queue.Queue = queue.Queue()
         threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True).start()
         err: list[str] = []
-        threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
+        threading.Thread(target=err.extend, args=(proc.stderr,), daemon=True).start()
         current, deadline = None, time.monotonic() + STARTUP_S
         while True:
             try:

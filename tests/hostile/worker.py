@@ -28,9 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-import numpy as np  # noqa: E402
-
 import corpus  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def llama3_tokenizer_path() -> str:

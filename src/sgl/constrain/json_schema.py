@@ -43,7 +43,7 @@ from itertools import combinations
 from urllib.parse import quote, unquote, urldefrag, urljoin
 
 from .errors import CompileBudgetExceeded, ConstraintError
-from .grammar import Grammar, GrammarBuilder, Terminal
+from .grammar import Grammar, GrammarBuilder, Terminal, prune
 from .json_formats import (
     ANY_CHAR as _ANY_CHAR,
 )
@@ -1839,7 +1839,10 @@ class JsonSchemaCompiler:
         if start is None:
             raise ConstraintError("the schema matches no JSON value", "#")
         # states of the unrolled counters may have no rules (dead ends): prune, then validate
-        return _prune(Grammar(start, self.b.rules, self.b.terminals, [], "json_schema"))
+        return prune(
+            Grammar(start, self.b.rules, self.b.terminals, [], "json_schema"),
+            refusal=ConstraintError("the schema matches no JSON value", "#"),
+        )
 
 
 def _order_cost(tracks: list, free: list, K: int) -> int:
@@ -1939,59 +1942,6 @@ def _complement_ranges(used: tuple) -> tuple:
     from .regex_ast import negate, normalize_ranges
 
     return negate(Chars(normalize_ranges(used))).ranges
-
-
-def _prune(g: Grammar) -> Grammar:
-    """Drop rules that cannot derive text (e.g. ``false`` subschemas) and unreachable ones.
-
-    Linear time: each rule counts its not-yet-productive nonterminals (worklist).
-    """
-    missing = []
-    users: dict[str, list[int]] = {}
-    productive: set[str] = set()
-    queue = []
-    terms = g.terminals
-    for i, r in enumerate(g.rules):
-        nts = {s for s in r.rhs if s not in terms} if r.rhs else ()
-        missing.append(len(nts))
-        for s in nts:
-            users.setdefault(s, []).append(i)
-        if not nts and r.lhs not in productive:
-            productive.add(r.lhs)
-            queue.append(r.lhs)
-    found = list(queue)  # nonterminals in the order they became productive
-    while queue:
-        sym = queue.pop()
-        for i in users.get(sym, ()):
-            missing[i] -= 1
-            lhs = g.rules[i].lhs
-            if missing[i] == 0 and lhs not in productive:
-                productive.add(lhs)
-                queue.append(lhs)
-                found.append(lhs)
-    if g.start not in productive:
-        raise ConstraintError("the schema matches no JSON value", "#")
-    by_lhs: dict[str, list] = {}
-    for i, r in enumerate(g.rules):
-        if missing[i] == 0:
-            by_lhs.setdefault(r.lhs, []).append(r)
-    reach, stack = {g.start}, [g.start]
-    while stack:
-        for r in by_lhs.get(stack.pop(), []):
-            for s in r.rhs:
-                if s not in reach and s not in g.terminals:
-                    reach.add(s)
-                    stack.append(s)
-    # rules ordered bottom-up (dependencies first), so a one-pass fixpoint downstream
-    # (e.g. a productivity check in the parser tables) converges immediately
-    rank = {sym: k for k, sym in enumerate(found)}
-    rules = [r for i, r in enumerate(g.rules) if missing[i] == 0 and r.lhs in reach]
-    rules.sort(key=lambda r: rank[r.lhs])
-    used = {s for r in rules for s in r.rhs if s in g.terminals}
-    terminals = {k: v for k, v in g.terminals.items() if k in used}
-    out = Grammar(g.start, rules, terminals, [], g.source)
-    out.validate()
-    return out
 
 
 def json_schema_grammar(
