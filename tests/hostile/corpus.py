@@ -224,11 +224,9 @@ def _words(n: int, seed: int, length: tuple[int, int] = (3, 12), alphabet: str =
 
 
 def _big_schema(target_bytes: int) -> dict:
-    props = {}
-    i = 0
-    while len(json.dumps(props)) < target_bytes:
-        props[f"field_{i}"] = {"type": "string", "description": "x" * 400, "maxLength": 20}
-        i += 1
+    one = {"type": "string", "description": "x" * 400, "maxLength": 20}
+    count = target_bytes // (len(json.dumps(one)) + 16) + 1
+    props = {f"field_{i}": dict(one) for i in range(count)}
     return {"type": "object", "properties": props, "additionalProperties": False}
 
 

@@ -59,7 +59,9 @@ class SGLAdapter:
         self.refusals: tuple[type[BaseException], ...] = (sc.ConstraintError,)
 
     def compile_case(self, case: corpus.Case, payload):
-        sc, kw = self.sc, dict(case.kwargs)
+        # the corpus runs under a tighter compile budget than the default 30 s, so that
+        # a slow case is refused well within the runner's time limit
+        sc, kw = self.sc, {"budget": sc_budget(self.sc), **case.kwargs}
         if case.kind == "regex":
             return sc.compile_regex(payload, self.vocab, **kw)
         if case.kind == "json":
@@ -83,6 +85,14 @@ class SGLAdapter:
 
     def is_accepting(self, state) -> bool:
         return state.is_accepting()
+
+
+def sgl_budget_seconds() -> float:
+    return float(os.environ.get("SGL_HOSTILE_BUDGET_S", "8"))
+
+
+def sc_budget(sc):
+    return sc.CompileBudget(seconds=sgl_budget_seconds())
 
 
 def walk(eng, compiled, steps: int, rng: np.random.Generator) -> tuple[str, str, int]:

@@ -13,18 +13,20 @@ import json
 import math
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .compiled import CompileBudget, CompiledGrammar, choices_grammar
-from .errors import CompileBudgetExceeded, ConstraintError
+from .errors import CompileBudgetExceeded, ConstraintError, set_deadline
 
 _CACHE_SIZE = 64
 _cache: OrderedDict = OrderedDict()
 _cache_lock = threading.Lock()
 
 MAX_NESTING = 1000  # schema objects inside schema objects (a JSON pointer names the first too deep)
+MAX_TEXT_NESTING = 500  # parenthesised groups inside each other in grammar or regex text
 _DEEP_STACK_BYTES = 512 << 20  # the compile thread's stack: deep grammars recurse in C too
 _DEEP_RECURSION_LIMIT = 40_000
 _JSON_OPTIONS = {"any_order": bool, "lenient": object, "whitespace": str, "max_whitespace": int}
@@ -52,17 +54,21 @@ _deep_active = 0
 _saved_limit = 0
 
 
-def run_deep(fn: Callable[[], T], what: str) -> T:
+def run_deep(fn: Callable[[], T], what: str, budget: CompileBudget | None = None) -> T:
     """``fn()`` on a thread with a large stack and a raised recursion limit.
 
     Frontends and analyses recurse over the input's nesting; this lets them go as deep
     as the documented limits without touching the caller's stack, and turns a
-    ``RecursionError`` beyond that into a ``ConstraintError`` about ``what``.
+    ``RecursionError`` beyond that into a ``ConstraintError`` about ``what``. The
+    thread's compile deadline (``errors.check_deadline``) is ``budget.seconds`` away.
     """
     global _deep_active, _saved_limit
     out: dict[str, Any] = {}
 
+    seconds = (budget or CompileBudget()).seconds
+
     def target() -> None:
+        set_deadline(time.monotonic() + seconds)
         try:
             out["value"] = fn()
         except BaseException as e:  # re-raised in the caller's thread below
@@ -114,9 +120,10 @@ def compile_regex(pattern: str, vocab=None, *, budget: CompileBudget | None = No
     if not isinstance(pattern, str):
         raise ConstraintError(f"regex must be a string, not {type(pattern).__name__}")
     budget = _check_budget(budget)
+    check_nesting(pattern, "regex")
     return _cached(
         ("regex", pattern, budget, _vocab_key(vocab)),
-        lambda: run_deep(lambda: CompiledGrammar(regex_grammar(pattern), vocab, budget=budget), "the regex"),
+        lambda: run_deep(lambda: CompiledGrammar(regex_grammar(pattern), vocab, budget=budget), "the regex", budget),
     )
 
 
@@ -141,7 +148,7 @@ def compile_json_schema(schema, vocab=None, *, budget: CompileBudget | None = No
         key = ("json", json.dumps(tree, sort_keys=True), json.dumps(options, sort_keys=True), budget, _vocab_key(vocab))
         return _cached(key, lambda: CompiledGrammar(json_schema_grammar(tree, **options), vocab, budget=budget))
 
-    return run_deep(build, "the schema")
+    return run_deep(build, "the schema", budget)
 
 
 def _load_schema(schema) -> dict | bool:
@@ -189,6 +196,48 @@ def check_json_value(value, max_depth: int) -> None:
             raise ConstraintError(f"a {type(v).__name__} is not a JSON value", f"#{ptr}")
 
 
+def check_nesting(text: str, syntax: str) -> str:
+    """Refuse grammar or regex text whose groups nest deeper than ``MAX_TEXT_NESTING``,
+    naming the place (parsers and analyses spend time per level and per nested level).
+
+    Parentheses inside quotes, character classes and Lark ``/regex/`` terminals are
+    skipped the way each syntax writes them; an unbalanced text is left to its parser.
+    """
+    depth, i, n = 0, 0, len(text)
+    quotes = "\"'" if syntax != "regex" else ""
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if (syntax == "lark" and text.startswith("//", i)) or (syntax in ("gbnf", "ebnf") and c == "#"):
+            end = text.find("\n", i)  # a comment, to the end of its line
+            i = n if end < 0 else end + 1
+            continue
+        if c in quotes or (syntax == "lark" and c == "/" and text[i + 1:i + 2] not in ("/", "")):
+            end = text.find(c, i + 1)
+            while end > 0 and text[end - 1] == "\\" and text[end - 2:end] != "\\\\":
+                end = text.find(c, end + 1)
+            i = n if end < 0 else end + 1
+            continue
+        if c == "[":
+            end = text.find("]", i + 2)
+            i = n if end < 0 else end + 1
+            continue
+        if c == "(":
+            depth += 1
+            if depth > MAX_TEXT_NESTING:
+                line = text.count("\n", 0, i) + 1
+                col = i - (text.rfind("\n", 0, i) + 1) + 1
+                raise ConstraintError(
+                    f"groups nest more than {MAX_TEXT_NESTING} deep", f"line {line}, column {col}"
+                )
+        elif c == ")":
+            depth = max(0, depth - 1)
+        i += 1
+    return text
+
+
 def compile_grammar(
     text: str, vocab=None, syntax: str = "lark", start: str | None = None, *, budget: CompileBudget | None = None
 ) -> CompiledGrammar:
@@ -212,7 +261,10 @@ def compile_grammar(
     start = start or _SYNTAXES[syntax]
     key = ("grammar", syntax, text, start, budget, _vocab_key(vocab))
     return _cached(
-        key, lambda: run_deep(lambda: CompiledGrammar(frontend(text, start=start), vocab, budget=budget), "the grammar")
+        key, lambda: run_deep(
+            lambda: CompiledGrammar(frontend(check_nesting(text, syntax), start=start), vocab, budget=budget),
+            "the grammar", budget,
+        )
     )
 
 
@@ -231,5 +283,5 @@ def compile_choices(choices: Sequence[str], vocab=None, *, budget: CompileBudget
     items = tuple(choices)
     return _cached(
         ("choices", items, budget, _vocab_key(vocab)),
-        lambda: CompiledGrammar(choices_grammar(list(items)), vocab, budget=budget),
+        lambda: run_deep(lambda: CompiledGrammar(choices_grammar(list(items)), vocab, budget=budget), "the choices", budget),
     )

@@ -40,7 +40,7 @@ from functools import cached_property
 import numpy as np
 
 from .dfa import ByteDFA
-from .errors import CompileBudgetExceeded
+from .errors import CompileBudgetExceeded, check_deadline
 from .regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 
 # Pattern size we are willing to compile, in Thompson-NFA states+edges.
@@ -49,7 +49,7 @@ DEFAULT_MAX_NFA = 400_000
 # proxy for time that catches huge epsilon closures even with few DFA states.
 DEFAULT_MAX_WORK = 5_000_000
 # Total bytes of the literal strings of one alternation compiled as a trie (choices, enums).
-DEFAULT_MAX_TRIE_BYTES = 8_000_000
+DEFAULT_MAX_TRIE_BYTES = 4_000_000
 
 _SURROGATES = (0xD800, 0xDFFF)
 
@@ -449,7 +449,7 @@ def _glue(a: _Dfa, b: _Dfa) -> _Dfa | None:
 def _too_many_states(max_states: int) -> CompileBudgetExceeded:
     return CompileBudgetExceeded(
         f"regex needs more than {max_states} DFA states; "
-        "simplify it (e.g. bound fewer repetitions after a wildcard)"
+        "simplify it (e.g. bound fewer repetitions after a wildcard) (budget: dfa_states)"
     )
 
 
@@ -673,7 +673,8 @@ class LiteralAlt(Alt):
 def _alternative_words(node: Alt) -> list[bytes] | None:
     """The UTF-8 strings of an Alt whose items are all literal strings, else None."""
     if isinstance(node, LiteralAlt):
-        return [w.encode("utf-8") for w in node.words]
+        # a word with a lone surrogate has no UTF-8 form: it matches nothing
+        return [w.encode("utf-8") for w in node.words if not _has_surrogate(w)]
     words = []
     for it in node.items:
         if isinstance(it, Chars) and len(it.ranges) == 1 and it.ranges[0][0] == it.ranges[0][1]:
@@ -687,6 +688,14 @@ def _alternative_words(node: Alt) -> list[bytes] | None:
             return None
         words.append(data)
     return words
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _trie_dfa(words: list[bytes]) -> _Dfa:
@@ -1127,7 +1136,9 @@ class _Determinizer:
         rows: list[np.ndarray] = []
         max_states = self.c.max_states
         none = np.full(self.k, -1, dtype=np.int64)
-        for cur in queue:
+        for n_done, cur in enumerate(queue):
+            if n_done & 255 == 0:
+                check_deadline("building a lexeme's automaton")
             live = [self.term_row(t) for t in self.sets[cur] if t != _FINAL]
             if not live:
                 rows.append(none)

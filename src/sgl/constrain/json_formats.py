@@ -31,7 +31,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import CompileBudgetExceeded, ConstraintError
+from .errors import CompileBudgetExceeded, ConstraintError, check_deadline
 from .regex_ast import (
     EMPTY,
     MAX_CODEPOINT,
@@ -741,6 +741,8 @@ def jsonify(node: Node) -> Node:
         got = memo.get(id(n))
         if got is not None:
             return got[0]
+        if len(memo) & 4095 == 0:
+            check_deadline("escaping strings for JSON")
         if isinstance(n, Chars):
             r = json_chars(n) if n.ranges else NOTHING
         elif isinstance(n, Seq):
@@ -796,7 +798,9 @@ def string_set(texts) -> Node:
     depth, not string length, so deep strings never hit Python's recursion limit).
     """
     trie: dict = {}
-    for t in texts:
+    for k, t in enumerate(texts):
+        if k & 4095 == 0:
+            check_deadline("building the set of enum strings")
         node = trie
         for ch in t:
             node = node.setdefault(ch, {})

@@ -42,7 +42,7 @@ from functools import lru_cache
 from itertools import combinations
 from urllib.parse import quote, unquote, urldefrag, urljoin
 
-from .errors import CompileBudgetExceeded, ConstraintError
+from .errors import CompileBudgetExceeded, ConstraintError, check_deadline
 from .grammar import Grammar, GrammarBuilder, Terminal, prune
 from .json_formats import (
     ANY_CHAR as _ANY_CHAR,
@@ -84,6 +84,7 @@ MAX_DEFAULT_ORDER_RULES = 2_000  # the same by default (see JsonSchemaCompiler._
 MAX_COUNT_STATES = 20_000  # unrolled minItems/maxItems/min/maxProperties states
 MAX_PATTERN_PROPERTIES = 4  # key regions are 2**k
 MAX_UNION = 64  # alternatives kept when intersecting unions
+MAX_ONE_OF_EXACT = 64  # overlapping oneOf branches separated exactly (each minus all the others)
 MAX_UNIQUE_VALUES = 8  # uniqueItems over a finite element set of at most this size
 MAX_EXACT_NUMBER_POINTS = 64  # enum numbers spelled every way; beyond, plain spellings
 
@@ -427,6 +428,7 @@ class JsonSchemaCompiler:
         return ConstraintError(f"malformed schema: {message}", ptr or "#", keyword=keyword)
 
     def check_time(self) -> None:
+        check_deadline("compiling the schema")
         if time.perf_counter() - self.t0 > MAX_SECONDS:
             raise CompileBudgetExceeded(f"JSON schema compilation exceeded {MAX_SECONDS:.0f} s")
 
@@ -1051,10 +1053,12 @@ class JsonSchemaCompiler:
         next to ``type: object`` no longer overlaps on strings."""
         raw = [self.facets(x) for x in subs]
         fs = [self.intersect(context, g, ptr) for g in raw]
-        if all(self.disjoint(fs[i], fs[j]) for i in range(len(fs)) for j in range(i)):
+        if all(self.disjoint_from_earlier(fs, i) for i in range(len(fs))):
             return self.union(fs)
         # exact: each branch minus all the others
         try:
+            if len(fs) > MAX_ONE_OF_EXACT:  # quadratic in the branches
+                raise _Refused(f"{len(fs)} branches, over the {MAX_ONE_OF_EXACT} separated exactly (budget)")
             negs = [self.complement(g, ptr) for g in raw]
             parts = []
             for i, f in enumerate(fs):
@@ -1067,6 +1071,10 @@ class JsonSchemaCompiler:
         except _Refused as e:
             self.refuse(f"oneOf branches may overlap and cannot be separated ({e})", ptr, "oneOf")
             return self.union(fs) if self.lenient_about("oneOf") else context
+
+    def disjoint_from_earlier(self, fs: list, i: int) -> bool:
+        self.check_time()  # n branches: n*(n-1)/2 checks
+        return all(self.disjoint(fs[i], fs[j]) for j in range(i))
 
     def try_complement(self, ref, ptr: str, keyword: str) -> Facets | None:
         try:
