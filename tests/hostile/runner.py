@@ -28,7 +28,7 @@ import corpus  # noqa: E402
 
 WORKER = os.path.join(HERE, "worker.py")
 STARTUP_S = 120.0  # loading the engine and the vocabulary
-OUTCOMES = ("compiled", "refused", "crash", "hang", "memory", "dead_end")
+OUTCOMES = ("compiled", "refused", "crash", "hang", "memory", "dead_end", "n/a")
 _MEMORY_HINTS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory", "memory allocation")
 
 

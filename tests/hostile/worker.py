@@ -8,7 +8,8 @@ that the runner knows which case hung or took the process down.
 Outcomes: ``compiled`` (compiled, then ``--steps`` random allowed tokens were masked
 and advanced), ``refused`` (the engine's refusal), ``crash`` (any other exception, or
 an allowed token the engine would not advance), ``memory`` (MemoryError),
-``dead_end`` (compiled, but a mask allowed nothing, not even EOS).
+``dead_end`` (compiled, but a mask allowed nothing, not even EOS), ``n/a`` (the
+adapter raised ``NotApplicable``: no API for that input).
 
 ``--engine module:Class`` picks an adapter (default: ``SGLAdapter`` below); the
 adapter surface is the one ``bench/engines.py`` uses, plus ``compile_case``.
@@ -30,6 +31,10 @@ if HERE not in sys.path:
 
 import corpus  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+class NotApplicable(Exception):
+    """The engine has no API for this kind of input (outcome ``n/a``)."""
 
 
 def llama3_tokenizer_path() -> str:
@@ -124,6 +129,8 @@ def run_case(eng, case: corpus.Case, steps: int, seed: int) -> dict:
         t1 = time.perf_counter()
         out["outcome"], out["detail"], out["steps"] = walk(eng, compiled, steps, np.random.default_rng(seed))
         out["mask_s"] = round(time.perf_counter() - t1, 4)
+    except NotApplicable as e:
+        out["outcome"], out["detail"] = "n/a", str(e)
     except eng.refusals as e:
         out["outcome"], out["detail"] = "refused", str(e)[:300]
     except MemoryError:
@@ -148,6 +155,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    # adapters elsewhere (bench/hostile.py) ``import worker``: let that be this module
+    sys.modules.setdefault("worker", sys.modules["__main__"])
     names = json.loads(sys.stdin.read())
     cases = corpus.by_name()
     eng = load_engine(args.engine, llama3_tokenizer_path())

@@ -29,7 +29,7 @@ MAX_NESTING = 1000  # schema objects inside schema objects (a JSON pointer names
 MAX_TEXT_NESTING = 500  # parenthesised groups inside each other in grammar or regex text
 _DEEP_STACK_BYTES = 512 << 20  # the compile thread's stack: deep grammars recurse in C too
 _DEEP_RECURSION_LIMIT = 40_000
-_JSON_OPTIONS = {"any_order": bool, "lenient": object, "whitespace": str, "max_whitespace": int}
+_JSON_OPTIONS = {"any_order": bool, "lenient": object, "whitespace": str, "max_whitespace": int, "warnings": list}
 _SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root"}
 
 T = TypeVar("T")
@@ -130,7 +130,7 @@ def compile_regex(pattern: str, vocab=None, *, budget: CompileBudget | None = No
 def compile_json_schema(schema, vocab=None, *, budget: CompileBudget | None = None, **options) -> CompiledGrammar:
     """Compile a JSON Schema (dict, JSON text or bool). See ``json_schema.json_schema_grammar``.
 
-    ``options``: ``any_order``, ``lenient``, ``whitespace``, ``max_whitespace``;
+    ``options``: ``any_order``, ``lenient``, ``whitespace``, ``max_whitespace``, ``warnings``;
     ``budget`` (a ``CompileBudget``) overrides the default compile limits.
     """
     from .json_schema import json_schema_grammar
@@ -145,7 +145,7 @@ def compile_json_schema(schema, vocab=None, *, budget: CompileBudget | None = No
 
     def build() -> CompiledGrammar:
         tree = _load_schema(schema)
-        key = ("json", json.dumps(tree, sort_keys=True), json.dumps(options, sort_keys=True), budget, _vocab_key(vocab))
+        key = ("json", json.dumps(tree, sort_keys=True), json.dumps(options, sort_keys=True, default=str), budget, _vocab_key(vocab))
         return _cached(key, lambda: CompiledGrammar(json_schema_grammar(tree, **options), vocab, budget=budget))
 
     return run_deep(build, "the schema", budget)

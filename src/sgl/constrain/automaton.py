@@ -49,7 +49,7 @@ DEFAULT_MAX_NFA = 400_000
 # proxy for time that catches huge epsilon closures even with few DFA states.
 DEFAULT_MAX_WORK = 5_000_000
 # Total bytes of the literal strings of one alternation compiled as a trie (choices, enums).
-DEFAULT_MAX_TRIE_BYTES = 4_000_000
+DEFAULT_MAX_TRIE_BYTES = 1_500_000
 
 _SURROGATES = (0xD800, 0xDFFF)
 

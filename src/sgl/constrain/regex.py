@@ -93,7 +93,7 @@ def parse_regex(pattern: str, flags: int = 0) -> Node:
     """
     if not isinstance(pattern, str):
         raise ConstraintError("a regex constraint must be a str pattern")
-    if len(pattern) > _WORD_LIST_MIN and not flags and _WORD_LIST.fullmatch(pattern):
+    if len(pattern) > _WORD_LIST_MIN and not flags and "|" in pattern and _WORD_LIST.fullmatch(pattern):
         # ``one|two|three|...`` with thousands of words: straight to a trie of them
         # (sre's parse and the lowering would cost seconds per 10,000 words)
         return LiteralAlt(tuple(pattern.split("|")))
