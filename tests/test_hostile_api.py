@@ -160,7 +160,7 @@ def test_a_long_word_list_regex_goes_through_the_trie_with_re_semantics():
 
 
 @pytest.mark.parametrize("budget, call", [
-    ("choice_bytes", lambda b: compile_choices(_words(100, 4), budget=b)),
+    ("choice_states", lambda b: compile_choices(_words(100, 4), budget=b)),
     ("lexemes", lambda b: compile_grammar('start: "a" "b"', budget=b)),
     ("rules", lambda b: compile_grammar('start: a | b\na: "a"\nb: "b"', budget=b)),
     ("dfa_states", lambda b: compile_regex("[ab]*a[ab]{12}", budget=b)),
@@ -169,7 +169,7 @@ def test_a_long_word_list_regex_goes_through_the_trie_with_re_semantics():
 def test_a_compile_over_budget_names_the_budget(budget, call):
     small = CompileBudget(seconds=0.0 if budget == "seconds" else 30.0, rules=2 if budget == "rules" else 1000,
                           lexemes=1 if budget == "lexemes" else 1000, dfa_states=100 if budget == "dfa_states" else 50_000,
-                          choice_bytes=50 if budget == "choice_bytes" else 1_000_000)
+                          choice_states=50 if budget == "choice_states" else 1_000_000)
     with pytest.raises(CompileBudgetExceeded) as e:
         call(small)
     assert budget in str(e.value)

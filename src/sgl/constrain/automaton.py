@@ -48,8 +48,9 @@ DEFAULT_MAX_NFA = 400_000
 # Total size of all state sets and closures built by subset constructions: a
 # proxy for time that catches huge epsilon closures even with few DFA states.
 DEFAULT_MAX_WORK = 5_000_000
-# Total bytes of the literal strings of one alternation compiled as a trie (choices, enums).
-DEFAULT_MAX_TRIE_BYTES = 1_500_000
+# States of the trie of one alternation of literal strings (choices, enums): one per
+# byte not shared as a prefix with another string.
+DEFAULT_MAX_TRIE_STATES = 1_500_000
 
 _SURROGATES = (0xD800, 0xDFFF)
 
@@ -60,7 +61,7 @@ def to_dfa(
     *,
     max_nfa: int = DEFAULT_MAX_NFA,
     max_work: int = DEFAULT_MAX_WORK,
-    max_trie_bytes: int = DEFAULT_MAX_TRIE_BYTES,
+    max_trie_states: int = DEFAULT_MAX_TRIE_STATES,
 ) -> ByteDFA:
     """Compile ``node`` into a minimal ``ByteDFA`` with no dead states (start = 0).
 
@@ -72,7 +73,7 @@ def to_dfa(
     compiled Repeat items and leaves are cached across calls (results are not:
     the caller owns that).
     """
-    return _Compiler(max_states, max_nfa, max_work, max_trie_bytes=max_trie_bytes).dfa(node).to_byte_dfa()
+    return _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states).dfa(node).to_byte_dfa()
 
 
 # ---------------------------------------------------------------------------
@@ -472,13 +473,13 @@ class _Compiler:
 
     def __init__(
         self, max_states: int, max_nfa: int, max_work: int, *, fast: bool = True,
-        max_trie_bytes: int = DEFAULT_MAX_TRIE_BYTES,
+        max_trie_states: int = DEFAULT_MAX_TRIE_STATES,
     ):
         self.max_states = max_states
         self.max_nfa = max_nfa
         self.max_work = max_work
         self.fast = fast  # False: no chains or glue, for tests of the general path
-        self.max_trie_bytes = max_trie_bytes
+        self.max_trie_states = max_trie_states
         self.work = 0
         self.leaves = _leaves()
         self.memo: dict[int, tuple[_Dfa, int]] = {}  # id(node) -> (minimal DFA, cost)
@@ -555,13 +556,8 @@ class _Compiler:
     def trie(self, words: list[bytes]) -> tuple[_Dfa, int]:
         """Alternatives that are all literal strings (choices, enums): a trie, minimised
         bottom-up. Linear in their total size, where the general path is quadratic."""
-        total = sum(map(len, words)) + len(words)
-        if total > self.max_trie_bytes:
-            raise CompileBudgetExceeded(
-                f"{len(words)} alternative strings of {total} bytes in all exceed the "
-                f"budget of {self.max_trie_bytes} bytes (budget: choice_bytes)"
-            )
-        return _trie_dfa(words), total
+        d = _trie_dfa(words, self.max_trie_states)
+        return d, d.n
 
     def glued(self, node: Seq) -> tuple[_Dfa, int] | None:
         """The items' minimal DFAs glued end to start, or None if one glue is impossible."""
@@ -698,9 +694,12 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def _trie_dfa(words: list[bytes]) -> _Dfa:
+def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> _Dfa:
     """The minimal DFA of a finite set of strings: a trie, then states with the same
-    right language merged height by height (children are always merged first)."""
+    right language merged height by height (children are always merged first).
+
+    Raises ``CompileBudgetExceeded`` when the trie needs more than ``max_states``
+    states (one per byte not shared as a prefix with another string)."""
     words = sorted(set(words))
     src: list[int] = []
     dst: list[int] = []
@@ -712,6 +711,11 @@ def _trie_dfa(words: list[bytes]) -> _Dfa:
         while k < m and w[k] == prev[k]:
             k += 1
         del path[k + 1:]
+        if len(final) + len(w) - k > max_states:
+            raise CompileBudgetExceeded(
+                f"the {len(words)} alternative strings need a trie of more than {max_states} "
+                "states (budget: choice_states)"
+            )
         for b in w[k:]:
             n = len(final)
             src.append(path[-1])

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from .automaton import DEFAULT_MAX_TRIE_BYTES, LiteralAlt, to_dfa
+from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, to_dfa
 from .earley import EarleyParser, EarleySet, build_tables
 from .errors import CompileBudgetExceeded, ConstraintError
 from .grammar import Grammar, Rule, Terminal, prune
@@ -32,15 +32,15 @@ class CompileBudget:
     - ``rules``: grammar rules after the frontend (the schema/grammar's size).
     - ``lexemes``: distinct terminals (each gets its own DFA).
     - ``dfa_states``: states one construction step of one lexeme's DFA may build.
-    - ``choice_bytes``: total bytes of one alternation of literal strings compiled as
-      a trie (choices, enums, ``a|b|c`` regexes).
+    - ``choice_states``: states of the trie of one alternation of literal strings
+      (choices, enums, ``a|b|c`` regexes): one per byte not shared as a prefix.
     """
 
     seconds: float = DEFAULT_COMPILE_BUDGET_S
     rules: int = 500_000
     lexemes: int = 20_000
     dfa_states: int = 50_000
-    choice_bytes: int = DEFAULT_MAX_TRIE_BYTES
+    choice_states: int = DEFAULT_MAX_TRIE_STATES
 
     def over(self, name: str, value, limit) -> CompileBudgetExceeded:
         return CompileBudgetExceeded(f"the constraint needs {value} {name.replace('_', ' ')}, over the budget of {limit} (budget: {name})")
@@ -151,7 +151,7 @@ DFA_CACHE_SIZE = 8192
 
 def terminal_dfa(pattern, is_literal: bool = False, budget: CompileBudget | None = None):
     """The DFA of a terminal pattern, shared across grammars (JSON lexemes repeat a lot)."""
-    limits = {} if budget is None else {"max_states": budget.dfa_states, "max_trie_bytes": budget.choice_bytes}
+    limits = {} if budget is None else {"max_states": budget.dfa_states, "max_trie_states": budget.choice_states}
     key = (pattern, is_literal, tuple(sorted(limits.items())))
     with _dfa_cache_lock:
         dfa = _dfa_cache.get(key)

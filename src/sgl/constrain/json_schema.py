@@ -42,6 +42,7 @@ from functools import lru_cache
 from itertools import combinations
 from urllib.parse import quote, unquote, urldefrag, urljoin
 
+from .automaton import LiteralAlt
 from .errors import CompileBudgetExceeded, ConstraintError, check_deadline
 from .grammar import Grammar, GrammarBuilder, Terminal, prune
 from .json_formats import (
@@ -1875,6 +1876,9 @@ ENUM_CHUNK_CHARS = 30_000
 
 @lru_cache(maxsize=1024)
 def _string_set(strings: tuple) -> Node:
+    node = string_set(strings)
+    if isinstance(node, LiteralAlt):  # one trie lexeme, however large: no chunks needed
+        return node
     chunks, cur, size = [], [], 0
     for t in strings:
         cur.append(t)
@@ -1885,7 +1889,7 @@ def _string_set(strings: tuple) -> Node:
     if cur:
         chunks.append(cur)
     if len(chunks) == 1:
-        return string_set(strings)
+        return node
     node = Alt(tuple(string_set(c) for c in chunks))
     _CHUNKED[id(node)] = node
     return node
