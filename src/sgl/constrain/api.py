@@ -22,13 +22,14 @@ from .compiled import CompileBudget, CompiledGrammar, choices_grammar
 from .errors import CompileBudgetExceeded, ConstraintError, set_deadline
 
 _CACHE_SIZE = 64
+_CACHE_BYTES = 512 << 20  # lexeme DFA tables of the cached grammars, in all
 _cache: OrderedDict = OrderedDict()
 _cache_lock = threading.Lock()
 
 MAX_NESTING = 1000  # schema objects inside schema objects (a JSON pointer names the first too deep)
 MAX_TEXT_NESTING = 500  # parenthesised groups inside each other in grammar or regex text
-_DEEP_STACK_BYTES = 512 << 20  # the compile thread's stack: deep grammars recurse in C too
-_DEEP_RECURSION_LIMIT = 40_000
+_DEEP_STACK_BYTES = 256 << 20  # the compile thread's stack: deep grammars recurse in C too
+_DEEP_RECURSION_LIMIT = 20_000
 _JSON_OPTIONS = {"any_order": bool, "lenient": object, "whitespace": str, "max_whitespace": int, "warnings": list}
 _SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root"}
 
@@ -42,10 +43,15 @@ def _cached(key, build) -> CompiledGrammar:
             _cache.move_to_end(key)
             return hit
     compiled = build()
+    size = getattr(compiled, "nbytes", 0)
+    if size > _CACHE_BYTES // 4:
+        return compiled  # a huge grammar would push out everything else: not kept
     with _cache_lock:
         _cache[key] = compiled
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+        total = sum(getattr(c, "nbytes", 0) for c in _cache.values())
+        while len(_cache) > _CACHE_SIZE or (total > _CACHE_BYTES and len(_cache) > 1):
+            _, old = _cache.popitem(last=False)
+            total -= getattr(old, "nbytes", 0)
     return compiled
 
 
@@ -83,10 +89,15 @@ def run_deep(fn: Callable[[], T], what: str, budget: CompileBudget | None = None
         try:
             thread = threading.Thread(target=target, name="sgl-compile", daemon=True)
             thread.start()
+        except RuntimeError:  # no room for the stack (an address-space limit): run here
+            thread = None
         finally:
             threading.stack_size(old_size)
+    if thread is None:
+        target()
     try:
-        thread.join()
+        if thread is not None:
+            thread.join()
     finally:
         with _deep_lock:
             _deep_active -= 1

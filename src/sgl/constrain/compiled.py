@@ -76,6 +76,7 @@ class CompiledGrammar:
         self.lexeme_names = list(grammar.terminals)
         lexeme_ids = {n: i for i, n in enumerate(self.lexeme_names)}
         dfas = [self._dfa_cache[n] for n in self.lexeme_names]
+        self.nbytes = sum(d.table.nbytes for d in dfas)  # for caches that weigh grammars
         ignore = frozenset(lexeme_ids[n] for n in grammar.ignore)
         self.tables = build_tables(grammar, lexeme_ids, ignore)
         self.lexer = Lexer(dfas)
@@ -147,6 +148,8 @@ class CompiledGrammar:
 _dfa_cache: OrderedDict = OrderedDict()
 _dfa_cache_lock = threading.Lock()
 DFA_CACHE_SIZE = 8192
+DFA_CACHE_BYTES = 256 << 20
+_dfa_cache_bytes = 0
 
 
 def terminal_dfa(pattern, is_literal: bool = False, budget: CompileBudget | None = None):
@@ -162,10 +165,16 @@ def terminal_dfa(pattern, is_literal: bool = False, budget: CompileBudget | None
     if isinstance(pattern, str):
         node = literal(pattern) if is_literal else parse_regex(pattern)
     dfa = to_dfa(node, **limits)
+    if dfa.table.nbytes > DFA_CACHE_BYTES // 4:
+        return dfa  # a huge lexeme (100,000 choices) would push out every other one
     with _dfa_cache_lock:
+        global _dfa_cache_bytes
+        old = _dfa_cache.pop(key, None)
+        _dfa_cache_bytes += dfa.table.nbytes - (0 if old is None else old.table.nbytes)
         _dfa_cache[key] = dfa
-        while len(_dfa_cache) > DFA_CACHE_SIZE:
-            _dfa_cache.popitem(last=False)
+        while len(_dfa_cache) > DFA_CACHE_SIZE or _dfa_cache_bytes > DFA_CACHE_BYTES:
+            _, old = _dfa_cache.popitem(last=False)
+            _dfa_cache_bytes -= old.table.nbytes
     return dfa
 
 
