@@ -13,8 +13,10 @@ time limit), memory (MemoryError or killed for memory), dead_end (compiled, then
 a mask allowed nothing), n/a (the engine has no API for the input: Lark for
 XGrammar is supported, GBNF for llguidance goes through its gbnf_to_lark; the
 wrong-type cases of the ``types`` group only make sense for SGL's Python API).
-For the peers, ValueError and RuntimeError at compile count as refusals (they have
-no dedicated error type); for SGL only ``ConstraintError`` does. SGL runs with its
+For the peers, ValueError and RuntimeError count as refusals (they have no dedicated
+error type; llguidance reports some limits as a matcher error on the first masks or
+tokens, counted as refusals too; its GBNF converter's GbnfToLarkError as well); for
+SGL only ``ConstraintError`` does. SGL runs with its
 compile budget at 8 s (``SGL_HOSTILE_BUDGET_S``), below the 15 s case limit.
 """
 
@@ -62,11 +64,12 @@ def _escape(text: str) -> str:
 class LLGuidanceHostile(engines.LLGuidanceEngine):
     """llguidance ``LLMatcher``: JSON Schema, Lark, regex; GBNF through ``gbnf_to_lark``."""
 
-    refusals = (ValueError, RuntimeError, engines.CompileRefused)
-
     def __init__(self, tokenizer_path: str) -> None:
+        from llguidance.gbnf_to_lark import GbnfToLarkError
+
         super().__init__(tokenizer_path, LLAMA3_EOS)
         self.eos = [LLAMA3_EOS]
+        self.refusals = (ValueError, RuntimeError, engines.CompileRefused, GbnfToLarkError)
 
     def compile_case(self, case: corpus.Case, payload):
         text = _peer_payload(case, payload)
@@ -91,6 +94,14 @@ class LLGuidanceHostile(engines.LLGuidanceEngine):
         if state.is_error():
             raise RuntimeError(f"matcher error while masking: {state.get_error()}")
         return self.mask[0]
+
+    def advance(self, state, token: int) -> bool:
+        # llguidance reports some limits late, as a matcher error on the first tokens:
+        # a refusal (counted as such), not a wrong mask
+        ok = super().advance(state, token)
+        if not ok and state.is_error():
+            raise RuntimeError(f"matcher error while advancing: {state.get_error()}")
+        return ok
 
 
 class XGrammarHostile(engines.XGrammarEngine):
