@@ -17,7 +17,7 @@ For the peers, ValueError and RuntimeError count as refusals (they have no dedic
 error type; llguidance reports some limits as a matcher error on the first masks or
 tokens, counted as refusals too; its GBNF converter's GbnfToLarkError as well); for
 SGL only ``ConstraintError`` does. SGL runs with its
-compile budget at 8 s (``SGL_HOSTILE_BUDGET_S``), below the 15 s case limit.
+compile budget at 8 s (``--sgl-budget-s``), below the 15 s case limit.
 """
 
 from __future__ import annotations
@@ -159,12 +159,14 @@ def main() -> None:
     ap.add_argument("--filter", default="", help="only cases whose name contains this")
     ap.add_argument("--case-s", type=float, default=15.0, help="wall-time limit per case")
     ap.add_argument("--memory-gb", type=float, default=4.0, help="address-space limit per worker")
+    ap.add_argument("--sgl-budget-s", type=float, default=8.0, help="SGL's compile budget (CompileBudget.seconds)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", help="write every result here")
     args = ap.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
     names = [c.name for c in corpus.all_cases() if args.filter in c.name]
-    limits = runner.Limits(case_s=args.case_s, memory_bytes=int(args.memory_gb * (1 << 30)))
+    limits = runner.Limits(case_s=args.case_s, memory_bytes=int(args.memory_gb * (1 << 30)),
+                           sgl_budget_s=args.sgl_budget_s)
     results = {}
     for eng in args.engines.split(","):
         t = time.time()

@@ -34,11 +34,13 @@ _MEMORY_HINTS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of m
 
 @dataclass
 class Limits:
-    """Per-case wall time, per-process address space, masked steps per case."""
+    """Per-case wall time, per-process address space, masked steps per case, and SGL's
+    compile budget in seconds (below ``case_s``, so a slow compile ends as a refusal)."""
 
     case_s: float = 15.0
     memory_bytes: int = 4 << 30
     steps: int = 50
+    sgl_budget_s: float = 8.0
 
 
 def _limit_memory(memory_bytes: int):
@@ -54,8 +56,9 @@ def _reader(stream, q: queue.Queue) -> None:
     q.put(None)
 
 
-def _worker_env() -> dict:
+def _worker_env(limits: Limits) -> dict:
     env = dict(os.environ)
+    env["SGL_HOSTILE_BUDGET_S"] = str(limits.sgl_budget_s)
     # one thread per library: the limits are per process, and the machine is shared
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
         env[var] = "1"
@@ -69,7 +72,7 @@ def _run_batch(names: list[str], engine: str, limits: Limits, workdir: str, resu
         proc = subprocess.Popen(
             [sys.executable, WORKER, "--engine", engine, "--steps", str(limits.steps)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=workdir, env=_worker_env(), preexec_fn=_limit_memory(limits.memory_bytes),
+            cwd=workdir, env=_worker_env(limits), preexec_fn=_limit_memory(limits.memory_bytes),
         )
         proc.stdin.write(json.dumps(pending))
         proc.stdin.close()
