@@ -16,7 +16,7 @@ from .api import (
     compile_regex,
 )
 from .bitmask import allocate_bitmask, fill_next_token_bitmasks
-from .compiled import CompiledGrammar, compile_ir
+from .compiled import CompileBudget, CompiledGrammar, compile_ir
 from .errors import CompileBudgetExceeded, ConstraintError
 from .grammar import Grammar, Rule, Terminal
 from .matcher import Matcher
@@ -24,6 +24,7 @@ from .torch_utils import apply_bitmask
 from .vocab import Vocabulary
 
 __all__ = [
+    "CompileBudget",
     "CompileBudgetExceeded",
     "CompiledGrammar",
     "ConstraintError",

@@ -1,18 +1,39 @@
-"""The public compile functions, with a small cache keyed by content and vocabulary."""
+"""The public compile functions, with a small cache keyed by content and vocabulary.
+
+Every input is checked here before any frontend sees it: a wrong type, a NaN or an
+infinity in a schema, an unknown option, nesting deeper than ``MAX_NESTING`` schema
+levels is a ``ConstraintError`` naming what and where (issue 14). Compiles run on a
+thread with a large stack and a raised recursion limit, so nesting up to the
+documented limits works; nesting beyond what that allows is refused, not crashed.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from .compiled import CompiledGrammar, choices_grammar
-from .errors import ConstraintError
+from .compiled import CompileBudget, CompiledGrammar, choices_grammar
+from .errors import CompileBudgetExceeded, ConstraintError, set_deadline
 
 _CACHE_SIZE = 64
+_CACHE_BYTES = 512 << 20  # lexeme DFA tables of the cached grammars, in all
 _cache: OrderedDict = OrderedDict()
 _cache_lock = threading.Lock()
+
+MAX_NESTING = 1000  # schema objects inside schema objects (a JSON pointer names the first too deep)
+MAX_TEXT_NESTING = 500  # parenthesised groups inside each other in grammar or regex text
+_DEEP_STACK_BYTES = 256 << 20  # the compile thread's stack: deep grammars recurse in C too
+_DEEP_RECURSION_LIMIT = 20_000
+_JSON_OPTIONS = {"any_order": bool, "lenient": object, "whitespace": str, "max_whitespace": int, "warnings": list}
+_SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root"}
+
+T = TypeVar("T")
 
 
 def _cached(key, build) -> CompiledGrammar:
@@ -22,60 +43,256 @@ def _cached(key, build) -> CompiledGrammar:
             _cache.move_to_end(key)
             return hit
     compiled = build()
+    size = getattr(compiled, "nbytes", 0)
+    if size > _CACHE_BYTES // 4:
+        return compiled  # a huge grammar would push out everything else: not kept
     with _cache_lock:
         _cache[key] = compiled
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+        total = sum(getattr(c, "nbytes", 0) for c in _cache.values())
+        while len(_cache) > _CACHE_SIZE or (total > _CACHE_BYTES and len(_cache) > 1):
+            _, old = _cache.popitem(last=False)
+            total -= getattr(old, "nbytes", 0)
     return compiled
+
+
+_deep_lock = threading.Lock()
+_deep_active = 0
+_saved_limit = 0
+
+
+def run_deep(fn: Callable[[], T], what: str, budget: CompileBudget | None = None) -> T:
+    """``fn()`` on a thread with a large stack and a raised recursion limit.
+
+    Frontends and analyses recurse over the input's nesting; this lets them go as deep
+    as the documented limits without touching the caller's stack, and turns a
+    ``RecursionError`` beyond that into a ``ConstraintError`` about ``what``. The
+    thread's compile deadline (``errors.check_deadline``) is ``budget.seconds`` away.
+    """
+    global _deep_active, _saved_limit
+    out: dict[str, Any] = {}
+
+    seconds = (budget or CompileBudget()).seconds
+
+    def target() -> None:
+        set_deadline(time.monotonic() + seconds)
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread below
+            out["error"] = e
+
+    with _deep_lock:
+        if _deep_active == 0:
+            _saved_limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(_saved_limit, _DEEP_RECURSION_LIMIT))
+        _deep_active += 1
+        old_size = threading.stack_size(_DEEP_STACK_BYTES)
+        try:
+            thread = threading.Thread(target=target, name="sgl-compile", daemon=True)
+            thread.start()
+        except RuntimeError:  # no room for the stack (an address-space limit): run here
+            thread = None
+        finally:
+            threading.stack_size(old_size)
+    if thread is None:
+        target()
+    try:
+        if thread is not None:
+            thread.join()
+    finally:
+        with _deep_lock:
+            _deep_active -= 1
+            if _deep_active == 0:
+                sys.setrecursionlimit(_saved_limit)
+    err = out.get("error")
+    if isinstance(err, RecursionError):
+        raise ConstraintError(f"{what} is nested too deeply to compile") from None
+    if err is not None:
+        raise err
+    return out["value"]
 
 
 def _vocab_key(vocab) -> str:
     return "" if vocab is None else getattr(vocab, "fingerprint", str(id(vocab)))
 
 
-def compile_regex(pattern: str, vocab=None) -> CompiledGrammar:
-    """Compile a Python ``re`` pattern (whole-text match, as ``re.fullmatch``)."""
+def _check_budget(budget) -> CompileBudget | None:
+    if budget is not None and not isinstance(budget, CompileBudget):
+        raise ConstraintError(f"budget must be a CompileBudget, not {type(budget).__name__}")
+    return budget
+
+
+def compile_regex(pattern: str, vocab=None, *, budget: CompileBudget | None = None) -> CompiledGrammar:
+    """Compile a Python ``re`` pattern (whole-text match, as ``re.fullmatch``).
+
+    ``budget`` (a ``CompileBudget``) overrides the default compile limits.
+    """
     from .regex import regex_grammar
 
     if not isinstance(pattern, str):
         raise ConstraintError(f"regex must be a string, not {type(pattern).__name__}")
-    return _cached(("regex", pattern, _vocab_key(vocab)), lambda: CompiledGrammar(regex_grammar(pattern), vocab))
+    budget = _check_budget(budget)
+    check_nesting(pattern, "regex")
+    return _cached(
+        ("regex", pattern, budget, _vocab_key(vocab)),
+        lambda: run_deep(lambda: CompiledGrammar(regex_grammar(pattern), vocab, budget=budget), "the regex", budget),
+    )
 
 
-def compile_json_schema(schema, vocab=None, **options) -> CompiledGrammar:
-    """Compile a JSON Schema (dict, JSON text or bool). See ``json_schema.json_schema_grammar``."""
+def compile_json_schema(schema, vocab=None, *, budget: CompileBudget | None = None, **options) -> CompiledGrammar:
+    """Compile a JSON Schema (dict, JSON text or bool). See ``json_schema.json_schema_grammar``.
+
+    ``options``: ``any_order``, ``lenient``, ``whitespace``, ``max_whitespace``, ``warnings``;
+    ``budget`` (a ``CompileBudget``) overrides the default compile limits.
+    """
     from .json_schema import json_schema_grammar
 
+    for name, value in options.items():
+        kind = _JSON_OPTIONS.get(name)
+        if kind is None:
+            raise ConstraintError(f"unknown JSON Schema option {name!r} (known: {', '.join(_JSON_OPTIONS)})")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConstraintError(f"option {name} must be {kind.__name__}, not {type(value).__name__}")
+    budget = _check_budget(budget)
+
+    def build() -> CompiledGrammar:
+        tree = _load_schema(schema)
+        key = ("json", json.dumps(tree, sort_keys=True), json.dumps(options, sort_keys=True, default=str), budget, _vocab_key(vocab))
+        return _cached(key, lambda: CompiledGrammar(json_schema_grammar(tree, **options), vocab, budget=budget))
+
+    return run_deep(build, "the schema", budget)
+
+
+def _load_schema(schema) -> dict | bool:
+    """The schema as a checked JSON value: text parsed, NaN/Infinity refused, depth bounded."""
+    from .json_schema import MAX_SCHEMA_BYTES
+
     if isinstance(schema, str):
+        if len(schema) > MAX_SCHEMA_BYTES:
+            raise CompileBudgetExceeded(f"schema text is larger than {MAX_SCHEMA_BYTES} bytes (budget: schema size)")
         try:
-            schema = json.loads(schema)
+            schema = json.loads(schema, parse_constant=_refuse_constant)
         except json.JSONDecodeError as e:
             raise ConstraintError(f"schema is not valid JSON: {e.msg}", f"line {e.lineno}, column {e.colno}") from e
-    key = ("json", json.dumps(schema, sort_keys=True), json.dumps(options, sort_keys=True, default=str), _vocab_key(vocab))
-    return _cached(key, lambda: CompiledGrammar(json_schema_grammar(schema, **options), vocab))
+    if not isinstance(schema, dict | bool):
+        raise ConstraintError(f"a schema must be an object or a boolean, not {type(schema).__name__}", "#")
+    check_json_value(schema, MAX_NESTING)
+    return schema
 
 
-def compile_grammar(text: str, vocab=None, syntax: str = "lark", start: str | None = None) -> CompiledGrammar:
-    """Compile a context-free grammar in Lark, GBNF (llama.cpp) or EBNF syntax."""
+def _refuse_constant(name: str):
+    raise ConstraintError(f"{name} is not a JSON number")
+
+
+def check_json_value(value, max_depth: int) -> None:
+    """Refuse what is not plain JSON (NaN, infinities, non-string keys, bytes, sets...) and
+    objects nested more than ``max_depth`` deep, naming the JSON pointer. Iterative."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        v, ptr, depth = stack.pop()
+        if isinstance(v, dict):
+            if depth >= max_depth:
+                raise ConstraintError(f"schema is nested more than {max_depth} objects deep", f"#{ptr}")
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise ConstraintError(f"object key {k!r} is not a string", f"#{ptr}")
+                stack.append((item, f"{ptr}/{k.replace('~', '~0').replace('/', '~1')}", depth + 1))
+        elif isinstance(v, list | tuple):
+            if len(ptr) > 64 * max_depth:  # lists of lists: bound them the same way
+                raise ConstraintError(f"schema is nested more than {max_depth} levels deep", f"#{ptr[:200]}...")
+            stack.extend((item, f"{ptr}/{i}", depth) for i, item in enumerate(v))
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ConstraintError(f"{v} is not a JSON number", f"#{ptr}")
+        elif not (v is None or isinstance(v, str | int)):
+            raise ConstraintError(f"a {type(v).__name__} is not a JSON value", f"#{ptr}")
+
+
+def check_nesting(text: str, syntax: str) -> str:
+    """Refuse grammar or regex text whose groups nest deeper than ``MAX_TEXT_NESTING``,
+    naming the place (parsers and analyses spend time per level and per nested level).
+
+    Parentheses inside quotes, character classes and Lark ``/regex/`` terminals are
+    skipped the way each syntax writes them; an unbalanced text is left to its parser.
+    """
+    depth, i, n = 0, 0, len(text)
+    quotes = "\"'" if syntax != "regex" else ""
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if (syntax == "lark" and text.startswith("//", i)) or (syntax in ("gbnf", "ebnf") and c == "#"):
+            end = text.find("\n", i)  # a comment, to the end of its line
+            i = n if end < 0 else end + 1
+            continue
+        if c in quotes or (syntax == "lark" and c == "/" and text[i + 1:i + 2] not in ("/", "")):
+            end = text.find(c, i + 1)
+            while end > 0 and text[end - 1] == "\\" and text[end - 2:end] != "\\\\":
+                end = text.find(c, end + 1)
+            i = n if end < 0 else end + 1
+            continue
+        if c == "[":
+            end = text.find("]", i + 2)
+            i = n if end < 0 else end + 1
+            continue
+        if c == "(":
+            depth += 1
+            if depth > MAX_TEXT_NESTING:
+                line = text.count("\n", 0, i) + 1
+                col = i - (text.rfind("\n", 0, i) + 1) + 1
+                raise ConstraintError(
+                    f"groups nest more than {MAX_TEXT_NESTING} deep", f"line {line}, column {col}"
+                )
+        elif c == ")":
+            depth = max(0, depth - 1)
+        i += 1
+    return text
+
+
+def compile_grammar(
+    text: str, vocab=None, syntax: str = "lark", start: str | None = None, *, budget: CompileBudget | None = None
+) -> CompiledGrammar:
+    """Compile a context-free grammar in Lark, GBNF (llama.cpp) or EBNF syntax.
+
+    ``budget`` (a ``CompileBudget``) overrides the default compile limits.
+    """
+    if not isinstance(text, str):
+        raise ConstraintError(f"grammar text must be a string, not {type(text).__name__}")
+    if not isinstance(syntax, str) or syntax not in _SYNTAXES:
+        raise ConstraintError(f"unknown grammar syntax {syntax!r} (use 'lark', 'gbnf' or 'ebnf')")
+    if start is not None and not isinstance(start, str):
+        raise ConstraintError(f"start must be a rule name, not {type(start).__name__}")
+    budget = _check_budget(budget)
     if syntax == "lark":
         from .lark_grammar import lark_grammar as frontend
-
-        default_start = "start"
     elif syntax == "gbnf":
         from .gbnf import gbnf_grammar as frontend
-
-        default_start = "root"
-    elif syntax == "ebnf":
-        from .gbnf import ebnf_grammar as frontend
-
-        default_start = "root"
     else:
-        raise ConstraintError(f"unknown grammar syntax {syntax!r} (use 'lark', 'gbnf' or 'ebnf')")
-    start = start or default_start
-    key = ("grammar", syntax, text, start, _vocab_key(vocab))
-    return _cached(key, lambda: CompiledGrammar(frontend(text, start=start), vocab))
+        from .gbnf import ebnf_grammar as frontend
+    start = start or _SYNTAXES[syntax]
+    key = ("grammar", syntax, text, start, budget, _vocab_key(vocab))
+    return _cached(
+        key, lambda: run_deep(
+            lambda: CompiledGrammar(frontend(check_nesting(text, syntax), start=start), vocab, budget=budget),
+            "the grammar", budget,
+        )
+    )
 
 
-def compile_choices(choices: Sequence[str], vocab=None) -> CompiledGrammar:
-    """Compile a list of alternative strings; the output is exactly one of them."""
-    return _cached(("choices", tuple(choices), _vocab_key(vocab)), lambda: CompiledGrammar(choices_grammar(list(choices)), vocab))
+def compile_choices(choices: Sequence[str], vocab=None, *, budget: CompileBudget | None = None) -> CompiledGrammar:
+    """Compile a list of alternative strings; the output is exactly one of them.
+
+    Any number of choices compiles through one trie (100,000 in a few seconds);
+    ``budget`` (a ``CompileBudget``) overrides the default compile limits.
+    """
+    if not isinstance(choices, list | tuple):
+        raise ConstraintError(f"choices must be a list of strings, not {type(choices).__name__}")
+    for i, c in enumerate(choices):
+        if not isinstance(c, str):
+            raise ConstraintError(f"choice {i} is a {type(c).__name__}, not a string", f"choice {i}")
+    budget = _check_budget(budget)
+    items = tuple(choices)
+    return _cached(
+        ("choices", items, budget, _vocab_key(vocab)),
+        lambda: run_deep(lambda: CompiledGrammar(choices_grammar(list(items)), vocab, budget=budget), "the choices", budget),
+    )

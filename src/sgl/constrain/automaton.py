@@ -40,7 +40,7 @@ from functools import cached_property
 import numpy as np
 
 from .dfa import ByteDFA
-from .errors import CompileBudgetExceeded
+from .errors import CompileBudgetExceeded, check_deadline
 from .regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 
 # Pattern size we are willing to compile, in Thompson-NFA states+edges.
@@ -48,6 +48,9 @@ DEFAULT_MAX_NFA = 400_000
 # Total size of all state sets and closures built by subset constructions: a
 # proxy for time that catches huge epsilon closures even with few DFA states.
 DEFAULT_MAX_WORK = 5_000_000
+# States of the trie of one alternation of literal strings (choices, enums): one per
+# byte not shared as a prefix with another string.
+DEFAULT_MAX_TRIE_STATES = 1_500_000
 
 _SURROGATES = (0xD800, 0xDFFF)
 
@@ -58,6 +61,7 @@ def to_dfa(
     *,
     max_nfa: int = DEFAULT_MAX_NFA,
     max_work: int = DEFAULT_MAX_WORK,
+    max_trie_states: int = DEFAULT_MAX_TRIE_STATES,
 ) -> ByteDFA:
     """Compile ``node`` into a minimal ``ByteDFA`` with no dead states (start = 0).
 
@@ -69,7 +73,7 @@ def to_dfa(
     compiled Repeat items and leaves are cached across calls (results are not:
     the caller owns that).
     """
-    return _Compiler(max_states, max_nfa, max_work).dfa(node).to_byte_dfa()
+    return _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states).dfa(node).to_byte_dfa()
 
 
 # ---------------------------------------------------------------------------
@@ -446,7 +450,7 @@ def _glue(a: _Dfa, b: _Dfa) -> _Dfa | None:
 def _too_many_states(max_states: int) -> CompileBudgetExceeded:
     return CompileBudgetExceeded(
         f"regex needs more than {max_states} DFA states; "
-        "simplify it (e.g. bound fewer repetitions after a wildcard)"
+        "simplify it (e.g. bound fewer repetitions after a wildcard) (budget: dfa_states)"
     )
 
 
@@ -467,11 +471,15 @@ _FINAL = 0  # the term "the whole pattern has matched"
 class _Compiler:
     """One ``to_dfa`` call: budgets, shared leaves, memoised sub-results."""
 
-    def __init__(self, max_states: int, max_nfa: int, max_work: int, *, fast: bool = True):
+    def __init__(
+        self, max_states: int, max_nfa: int, max_work: int, *, fast: bool = True,
+        max_trie_states: int = DEFAULT_MAX_TRIE_STATES,
+    ):
         self.max_states = max_states
         self.max_nfa = max_nfa
         self.max_work = max_work
         self.fast = fast  # False: no chains or glue, for tests of the general path
+        self.max_trie_states = max_trie_states
         self.work = 0
         self.leaves = _leaves()
         self.memo: dict[int, tuple[_Dfa, int]] = {}  # id(node) -> (minimal DFA, cost)
@@ -520,6 +528,10 @@ class _Compiler:
                 return _empty_language(), 2
             return self.leaves.dfa(start), self.leaves.cost(start)
         if self.fast:
+            if isinstance(node, LiteralAlt) or (isinstance(node, Alt) and len(node.items) > 8):
+                words = _alternative_words(node)
+                if words is not None:
+                    return self.trie(words)
             data = _literal_bytes(node)
             if data is not None:
                 cost = 3 + 2 * len(data) + 2 * len(node.items)  # Seq of one-character leaves
@@ -540,6 +552,12 @@ class _Compiler:
         table, accepting = _Determinizer(ir, self).run(root)
         d = _Dfa(table, accepting, ir.bounds, minimal=False, finite=ir.finite)
         return d, ir.cost[root]
+
+    def trie(self, words: list[bytes]) -> tuple[_Dfa, int]:
+        """Alternatives that are all literal strings (choices, enums): a trie, minimised
+        bottom-up. Linear in their total size, where the general path is quadratic."""
+        d = _trie_dfa(words, self.max_trie_states)
+        return d, d.n
 
     def glued(self, node: Seq) -> tuple[_Dfa, int] | None:
         """The items' minimal DFAs glued end to start, or None if one glue is impossible."""
@@ -613,6 +631,140 @@ class _ItemCache:
 
 
 _ITEMS = _ItemCache(64 << 20)
+
+
+class LiteralAlt(Alt):
+    """An alternation of literal strings (choices, enums), made from the strings.
+
+    It hashes and compares by its strings and builds its ``items`` only if someone
+    asks: 100,000 choices as nodes would cost seconds to build and to hash, and
+    ``to_dfa`` compiles it straight from the strings, as a trie.
+    """
+
+    def __init__(self, words: tuple[str, ...]):  # noqa: D107 (the dataclass init is bypassed)
+        object.__setattr__(self, "words", tuple(dict.fromkeys(words)))
+        object.__setattr__(self, "_hash", hash(("LiteralAlt", self.words)))
+
+    @property
+    def items(self) -> tuple[Node, ...]:  # type: ignore[override]
+        got = self.__dict__.get("_items")
+        if got is None:
+            got = tuple(Seq(tuple(Chars(((ord(c), ord(c)),)) for c in w)) if len(w) != 1
+                        else Chars(((ord(w), ord(w)),)) for w in self.words)
+            object.__setattr__(self, "_items", got)
+        return got
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, LiteralAlt):
+            return self.words == other.words
+        return isinstance(other, Alt) and self.items == other.items
+
+    def __repr__(self) -> str:
+        return f"LiteralAlt({len(self.words)} strings)"
+
+
+def _alternative_words(node: Alt) -> list[bytes] | None:
+    """The UTF-8 strings of an Alt whose items are all literal strings, else None."""
+    if isinstance(node, LiteralAlt):
+        # a word with a lone surrogate has no UTF-8 form: it matches nothing
+        return [w.encode("utf-8") for w in node.words if not _has_surrogate(w)]
+    words = []
+    for it in node.items:
+        if isinstance(it, Chars) and len(it.ranges) == 1 and it.ranges[0][0] == it.ranges[0][1]:
+            cp = it.ranges[0][0]
+            if _SURROGATES[0] <= cp <= _SURROGATES[1]:
+                return None
+            words.append(chr(cp).encode("utf-8"))
+            continue
+        data = b"" if isinstance(it, Seq) and not it.items else _literal_bytes(it)
+        if data is None:
+            return None
+        words.append(data)
+    return words
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> _Dfa:
+    """The minimal DFA of a finite set of strings: a trie, then states with the same
+    right language merged height by height (children are always merged first).
+
+    Raises ``CompileBudgetExceeded`` when the trie needs more than ``max_states``
+    states (one per byte not shared as a prefix with another string)."""
+    words = sorted(set(words))
+    src: list[int] = []
+    dst: list[int] = []
+    lab = bytearray()
+    final = [False]
+    path, prev = [0], b""
+    for w in words:
+        k, m = 0, min(len(w), len(prev))
+        while k < m and w[k] == prev[k]:
+            k += 1
+        del path[k + 1:]
+        if len(final) + len(w) - k > max_states:
+            raise CompileBudgetExceeded(
+                f"the {len(words)} alternative strings need a trie of more than {max_states} "
+                "states (budget: choice_states)"
+            )
+        for b in w[k:]:
+            n = len(final)
+            src.append(path[-1])
+            dst.append(n)
+            lab.append(b)
+            final.append(False)
+            path.append(n)
+        final[path[-1]] = True
+        prev = w
+    n = len(final)
+    height = [0] * n
+    for s, d in zip(reversed(src), reversed(dst), strict=True):  # children have larger ids
+        if height[d] + 1 > height[s]:
+            height[s] = height[d] + 1
+    labels = np.frombuffer(bytes(lab), dtype=np.uint8).astype(np.int64)
+    bounds = np.unique(np.concatenate([_ALL_BYTES, labels, labels + 1]))
+    table = np.full((n, len(bounds) - 1), -1, dtype=np.int64)
+    table[np.asarray(src, dtype=np.int64), np.searchsorted(bounds, labels)] = np.asarray(dst, dtype=np.int64)
+    accepting = np.asarray(final, dtype=bool)
+    heights = np.asarray(height)
+    canon = np.full(n, -1, dtype=np.int64)
+    out_rows, out_acc = [], []
+    for level in np.unique(heights):  # canonical ids, level by level from the leaves up
+        nodes = np.flatnonzero(heights == level)
+        rows = table[nodes]
+        rows = np.where(rows >= 0, canon[rows.clip(0)], -1)
+        first, inv = _unique_rows(np.column_stack([accepting[nodes], rows]))
+        canon[nodes] = len(out_acc) + inv.reshape(-1)
+        out_rows.append(rows[first])
+        out_acc.extend(accepting[nodes[first]])
+    table = np.concatenate(out_rows)
+    acc = np.asarray(out_acc, dtype=bool)
+    start = int(canon[0])  # the root has the greatest height: it is the last state
+    perm = np.arange(len(acc))
+    perm[[0, start]] = perm[[start, 0]]
+    table = np.where(table >= 0, perm[table.clip(0)], -1)[perm]
+    return _merge_equal_columns(_Dfa(table, acc[perm], bounds, minimal=True, finite=True))
+
+
+def _unique_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each distinct row's first copy, row -> its distinct row) by a random
+    linear hash, checked; exact sorting if two rows ever collide."""
+    if sig.shape[1] <= len(_HASH_WEIGHTS):
+        _, first, inv = np.unique(sig @ _HASH_WEIGHTS[: sig.shape[1]], return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        if (sig == sig[first[inv]]).all():
+            return first, inv
+    _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
+    return first, inv.reshape(-1)
 
 
 def _literal_bytes(node: Node) -> bytes | None:
@@ -988,7 +1140,9 @@ class _Determinizer:
         rows: list[np.ndarray] = []
         max_states = self.c.max_states
         none = np.full(self.k, -1, dtype=np.int64)
-        for cur in queue:
+        for n_done, cur in enumerate(queue):
+            if n_done & 255 == 0:
+                check_deadline("building a lexeme's automaton")
             live = [self.term_row(t) for t in self.sets[cur] if t != _FINAL]
             if not live:
                 rows.append(none)

@@ -6,17 +6,44 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from .automaton import to_dfa
+from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, to_dfa
 from .earley import EarleyParser, EarleySet, build_tables
 from .errors import CompileBudgetExceeded, ConstraintError
-from .grammar import Grammar, Rule, Terminal
+from .grammar import Grammar, Rule, Terminal, prune
 from .lexer import Lexer
 from .mask import MaskComputer, TokenTable
 from .regex import parse_regex
-from .regex_ast import alt, literal
+from .regex_ast import literal
 
 DEFAULT_COMPILE_BUDGET_S = 30.0
+
+
+@dataclass(frozen=True)
+class CompileBudget:
+    """Limits on one compile; a constraint over any of them is refused with a
+    ``CompileBudgetExceeded`` (a ``ConstraintError``) naming the budget.
+
+    Pass one to the ``compile_*`` functions (``budget=CompileBudget(seconds=5)``) to
+    tighten or loosen the defaults:
+
+    - ``seconds``: wall time of the compile (checked between its phases and lexemes).
+    - ``rules``: grammar rules after the frontend (the schema/grammar's size).
+    - ``lexemes``: distinct terminals (each gets its own DFA).
+    - ``dfa_states``: states one construction step of one lexeme's DFA may build.
+    - ``choice_states``: states of the trie of one alternation of literal strings
+      (choices, enums, ``a|b|c`` regexes): one per byte not shared as a prefix.
+    """
+
+    seconds: float = DEFAULT_COMPILE_BUDGET_S
+    rules: int = 500_000
+    lexemes: int = 20_000
+    dfa_states: int = 50_000
+    choice_states: int = DEFAULT_MAX_TRIE_STATES
+
+    def over(self, name: str, value, limit) -> CompileBudgetExceeded:
+        return CompileBudgetExceeded(f"the constraint needs {value} {name.replace('_', ' ')}, over the budget of {limit} (budget: {name})")
 
 
 class CompiledGrammar:
@@ -24,18 +51,32 @@ class CompiledGrammar:
 
     ``vocab`` may be None for text-only use (``accepts_text``). Compile work that is
     proportional to the vocabulary happens lazily, once per lexer state, and is cached
-    here, so the first masks of a new constraint cost more than later ones.
+    here, so the first masks of a new constraint cost more than later ones. ``budget``
+    bounds the compile (``CompileBudget``; ``budget_s`` is the older spelling of its
+    ``seconds``). A grammar that matches no text is refused: it could only dead-end.
     """
 
-    def __init__(self, grammar: Grammar, vocab=None, *, budget_s: float = DEFAULT_COMPILE_BUDGET_S):
+    def __init__(self, grammar: Grammar, vocab=None, *, budget: CompileBudget | None = None,
+                 budget_s: float | None = None):
         start = time.perf_counter()
+        budget = budget or CompileBudget()
+        if budget_s is not None:
+            budget = replace(budget, seconds=budget_s)
         grammar.validate()
+        if len(grammar.rules) > budget.rules:
+            raise budget.over("rules", len(grammar.rules), budget.rules)
+        if len(grammar.terminals) > budget.lexemes:
+            raise budget.over("lexemes", len(grammar.terminals), budget.lexemes)
         self.grammar = grammar
         self.vocab = vocab
-        grammar = _split_empty_terminals(grammar, self._terminal_dfas(grammar, start, budget_s))
+        dfas = self._terminal_dfas(grammar, start, budget)
+        # a terminal with an empty language (``[]``, a lone surrogate) kills its rules
+        grammar = prune(grammar, frozenset(n for n, d in dfas.items() if not d.accepting.any()))
+        grammar = _split_empty_terminals(grammar, dfas)
         self.lexeme_names = list(grammar.terminals)
         lexeme_ids = {n: i for i, n in enumerate(self.lexeme_names)}
         dfas = [self._dfa_cache[n] for n in self.lexeme_names]
+        self.nbytes = sum(d.table.nbytes for d in dfas)  # for caches that weigh grammars
         ignore = frozenset(lexeme_ids[n] for n in grammar.ignore)
         self.tables = build_tables(grammar, lexeme_ids, ignore)
         self.lexer = Lexer(dfas)
@@ -46,14 +87,16 @@ class CompiledGrammar:
         if vocab is not None:
             self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids))
         self.compile_seconds = time.perf_counter() - start
+        if self.compile_seconds > budget.seconds:
+            raise budget.over("seconds", f"{self.compile_seconds:.1f}", budget.seconds)
 
-    def _terminal_dfas(self, grammar: Grammar, start: float, budget_s: float) -> dict:
+    def _terminal_dfas(self, grammar: Grammar, start: float, budget: CompileBudget) -> dict:
         self._dfa_cache = {}
         for name, term in grammar.terminals.items():
-            if time.perf_counter() - start > budget_s:
-                raise CompileBudgetExceeded(f"compiling terminals took over {budget_s:.0f} s")
+            if time.perf_counter() - start > budget.seconds:
+                raise budget.over("seconds", f"over {budget.seconds:.0f}", budget.seconds)
             try:
-                self._dfa_cache[name] = terminal_dfa(term.pattern, term.literal)
+                self._dfa_cache[name] = terminal_dfa(term.pattern, term.literal, budget)
             except ConstraintError as e:
                 raise type(e)(f"terminal {name}: {e.message}", e.location or name, keyword=e.keyword) from e
         return self._dfa_cache
@@ -105,11 +148,14 @@ class CompiledGrammar:
 _dfa_cache: OrderedDict = OrderedDict()
 _dfa_cache_lock = threading.Lock()
 DFA_CACHE_SIZE = 8192
+DFA_CACHE_BYTES = 256 << 20
+_dfa_cache_bytes = 0
 
 
-def terminal_dfa(pattern, is_literal: bool = False):
+def terminal_dfa(pattern, is_literal: bool = False, budget: CompileBudget | None = None):
     """The DFA of a terminal pattern, shared across grammars (JSON lexemes repeat a lot)."""
-    key = (pattern, is_literal)
+    limits = {} if budget is None else {"max_states": budget.dfa_states, "max_trie_states": budget.choice_states}
+    key = (pattern, is_literal, tuple(sorted(limits.items())))
     with _dfa_cache_lock:
         dfa = _dfa_cache.get(key)
         if dfa is not None:
@@ -118,11 +164,17 @@ def terminal_dfa(pattern, is_literal: bool = False):
     node = pattern
     if isinstance(pattern, str):
         node = literal(pattern) if is_literal else parse_regex(pattern)
-    dfa = to_dfa(node)
+    dfa = to_dfa(node, **limits)
+    if dfa.table.nbytes > DFA_CACHE_BYTES // 4:
+        return dfa  # a huge lexeme (100,000 choices) would push out every other one
     with _dfa_cache_lock:
+        global _dfa_cache_bytes
+        old = _dfa_cache.pop(key, None)
+        _dfa_cache_bytes += dfa.table.nbytes - (0 if old is None else old.table.nbytes)
         _dfa_cache[key] = dfa
-        while len(_dfa_cache) > DFA_CACHE_SIZE:
-            _dfa_cache.popitem(last=False)
+        while len(_dfa_cache) > DFA_CACHE_SIZE or _dfa_cache_bytes > DFA_CACHE_BYTES:
+            _, old = _dfa_cache.popitem(last=False)
+            _dfa_cache_bytes -= old.table.nbytes
     return dfa
 
 
@@ -169,7 +221,12 @@ def choices_grammar(choices: Sequence[str]) -> Grammar:
     for c in choices:
         if not isinstance(c, str):
             raise ConstraintError(f"choice {c!r} is not a string")
+    for i, c in enumerate(choices):
+        try:
+            c.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConstraintError(f"choice {i} holds a lone surrogate, which no text can contain", f"choice {i}") from None
     b = GrammarBuilder()
     # one lexeme for all choices: a single DFA (a trie of the choices) does the work
-    b.rule("start", (b.terminal(alt(*(literal(c) for c in choices)), hint="choice"),))
+    b.rule("start", (b.terminal(LiteralAlt(tuple(choices)), hint="choice"),))
     return b.build("start", source="choices")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 
 class ConstraintError(ValueError):
     """A constraint (regex, JSON Schema, grammar, choices) that cannot be honoured.
@@ -19,3 +22,22 @@ class ConstraintError(ValueError):
 
 class CompileBudgetExceeded(ConstraintError):
     """Compilation would exceed its state or time budget (e.g. ``(x{1000}){1000}``)."""
+
+
+_local = threading.local()
+
+
+def set_deadline(deadline: float | None) -> None:
+    """Give this thread's compile a ``time.monotonic()`` deadline (None: none)."""
+    _local.deadline = deadline
+
+
+def check_deadline(what: str = "compiling the constraint") -> None:
+    """Raise ``CompileBudgetExceeded`` if this thread's compile is past its deadline.
+
+    Long loops of the frontends and the automaton construction call it, so a compile
+    budget in seconds holds inside them too, not only between phases.
+    """
+    deadline = getattr(_local, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise CompileBudgetExceeded(f"{what} ran over its time budget (budget: seconds)")

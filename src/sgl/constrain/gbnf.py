@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConstraintError
+from .errors import CompileBudgetExceeded, ConstraintError, check_deadline
 from .grammar import Grammar, GrammarBuilder, Terminal
 from .regex_ast import (
     MAX_CODEPOINT,
@@ -75,6 +75,8 @@ class GRep:
 
 GExpr = GChars | GRef | GSeq | GAlt | GRep
 
+MAX_NESTED_COPIES = 2_000  # a repetition lowered to rules, times the ones nested in it
+MAX_CHECKED_LEXEMES = 3_000  # lexemes of one grammar checked pairwise for safe merging
 _MAX_REPEAT = 10_000  # a {m,n} bound beyond this is surely a mistake, and would explode
 
 
@@ -744,6 +746,7 @@ class _Lowering:
         emitted: set[str] = set()
         self.todo = [self.start]
         while self.todo:
+            check_deadline(f"lowering the {self.dialect.upper()} grammar")
             name = self.todo.pop()
             if name not in emitted:
                 emitted.add(name)
@@ -847,6 +850,14 @@ class _Lowering:
         return lhs
 
     def lower_repeat(self, e: GRep) -> str:
+        copies = _repeat_copies(e)
+        if copies > MAX_NESTED_COPIES:
+            # X{0,100} inside {0,100} is a chain of optionals in a chain of optionals:
+            # 10,000 ways to split "x"*k, which parsing (not compiling) would pay for
+            raise CompileBudgetExceeded(
+                f"nested repetitions in the {self.dialect.upper()} grammar multiply to {copies} "
+                f"copies, over the budget of {MAX_NESTED_COPIES} (budget: rules)"
+            )
         x = self.lower_group(e.item)
         lhs = self.b.fresh("rep")
         prefix = [x] * e.min
@@ -882,6 +893,11 @@ class _Lowering:
         merged = [t for t, lx in lexemes.items() if lx.candidates]
         if not merged:
             return set()
+        if len(lexemes) > MAX_CHECKED_LEXEMES:  # the check below is quadratic in them
+            raise CompileBudgetExceeded(
+                f"the {self.dialect.upper()} grammar needs {len(lexemes)} lexemes, over the "
+                f"{MAX_CHECKED_LEXEMES} whose tokenization can be checked (budget: lexemes)"
+            )
         co_allowed, follow_bytes, first_bytes = _co_allowed(g, lexemes)
         bad: set = set()
         for s in merged:
@@ -895,6 +911,15 @@ class _Lowering:
                 if self.cross[key] & follow_bytes[t]:
                     bad |= ls.candidates | lt.candidates
         return bad
+
+
+def _repeat_copies(e: GExpr) -> int:
+    """How many copies of its innermost items nested bounded repetitions make."""
+    if isinstance(e, GRep):
+        return max(1, e.max if e.max is not None else e.min) * _repeat_copies(e.item)
+    if isinstance(e, GSeq | GAlt):
+        return max((_repeat_copies(it) for it in e.items), default=1)
+    return 1
 
 
 def _co_allowed(g: Grammar, lexemes: dict[str, _Lexeme]):

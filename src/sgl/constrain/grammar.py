@@ -98,3 +98,60 @@ class GrammarBuilder:
         g = Grammar(start, self.rules, self.terminals, ignore or [], source)
         g.validate()
         return g
+
+
+def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintError | None = None) -> Grammar:
+    """Drop rules that cannot derive text (e.g. ``false`` subschemas, or a terminal in
+    ``dead``: one whose language is empty) and unreachable ones.
+
+    Raises ``refusal`` (default: "the grammar matches no text") when the start symbol
+    derives no text: such a constraint could only dead-end generation. Linear time:
+    each rule counts its not-yet-productive symbols (worklist). The rules come out
+    bottom-up (dependencies first), so a one-pass fixpoint downstream (the parser's
+    productivity and nullability checks) converges at once.
+    """
+    missing = []
+    users: dict[str, list[int]] = {}
+    productive: set[str] = set()
+    queue = []
+    terms = g.terminals
+    for i, r in enumerate(g.rules):
+        nts = {s for s in r.rhs if s not in terms or s in dead} if r.rhs else ()
+        missing.append(len(nts))
+        for s in nts:
+            users.setdefault(s, []).append(i)
+        if not nts and r.lhs not in productive:
+            productive.add(r.lhs)
+            queue.append(r.lhs)
+    found = list(queue)  # nonterminals in the order they became productive
+    while queue:
+        sym = queue.pop()
+        for i in users.get(sym, ()):
+            missing[i] -= 1
+            lhs = g.rules[i].lhs
+            if missing[i] == 0 and lhs not in productive:
+                productive.add(lhs)
+                queue.append(lhs)
+                found.append(lhs)
+    if g.start not in productive:
+        raise refusal or ConstraintError(f"the grammar matches no text (its start symbol {g.start!r} derives none)")
+    by_lhs: dict[str, list] = {}
+    for i, r in enumerate(g.rules):
+        if missing[i] == 0:
+            by_lhs.setdefault(r.lhs, []).append(r)
+    reach, stack = {g.start}, [g.start]
+    while stack:
+        for r in by_lhs.get(stack.pop(), []):
+            for s in r.rhs:
+                if s not in reach and s not in g.terminals:
+                    reach.add(s)
+                    stack.append(s)
+    rank = {sym: k for k, sym in enumerate(found)}
+    rules = [r for i, r in enumerate(g.rules) if missing[i] == 0 and r.lhs in reach]
+    rules.sort(key=lambda r: rank[r.lhs])
+    ignore = [n for n in g.ignore if n not in dead]
+    used = {s for r in rules for s in r.rhs if s in g.terminals} | set(ignore)
+    terminals = {k: v for k, v in g.terminals.items() if k in used}
+    out = Grammar(g.start, rules, terminals, ignore, g.source)
+    out.validate()
+    return out

@@ -31,7 +31,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import CompileBudgetExceeded, ConstraintError
+from .automaton import LiteralAlt
+from .errors import CompileBudgetExceeded, ConstraintError, check_deadline
 from .regex_ast import (
     EMPTY,
     MAX_CODEPOINT,
@@ -741,6 +742,8 @@ def jsonify(node: Node) -> Node:
         got = memo.get(id(n))
         if got is not None:
             return got[0]
+        if len(memo) & 4095 == 0:
+            check_deadline("escaping strings for JSON")
         if isinstance(n, Chars):
             r = json_chars(n) if n.ranges else NOTHING
         elif isinstance(n, Seq):
@@ -765,8 +768,16 @@ def _alt_keep_order(items) -> Node:
     return out[0] if len(out) == 1 else Alt(tuple(out))
 
 
+# printable ASCII but for " \ and / (each of which has a second, escaped spelling)
+_ONE_SPELLING = re.compile(r"[\x20\x21\x23-\x2e\x30-\x5b\x5d-\x7e]*")
+LITERAL_SET_MIN = 64  # a string set this large, all of one spelling, becomes a trie lexeme
+
+
 def json_string_node(decoded, max_states: int = 2000, max_size: int = 20_000) -> Node:
     """The lexeme (quotes included) for the JSON strings whose decoded value is in ``decoded``."""
+    if isinstance(decoded, LiteralAlt) and all(_ONE_SPELLING.fullmatch(w) for w in decoded.words):
+        # every character has one JSON spelling: the JSON texts are the quoted words
+        return LiteralAlt(tuple(f'"{w}"' for w in decoded.words))
     inner = materialize(decoded, max_states, max_size)
     if inner == NOTHING:
         return NOTHING
@@ -794,9 +805,16 @@ def string_set(texts) -> Node:
 
     Runs of single-child nodes become one flat ``Seq`` (nesting depth = branching
     depth, not string length, so deep strings never hit Python's recursion limit).
+    A large set of strings whose characters each have one JSON spelling is a
+    ``LiteralAlt`` instead: ``json_string_node`` compiles it as one trie, in linear time.
     """
+    texts = list(texts)
+    if len(texts) >= LITERAL_SET_MIN and all(_ONE_SPELLING.fullmatch(t) for t in texts):
+        return LiteralAlt(tuple(texts))
     trie: dict = {}
-    for t in texts:
+    for k, t in enumerate(texts):
+        if k & 4095 == 0:
+            check_deadline("building the set of enum strings")
         node = trie
         for ch in t:
             node = node.setdefault(ch, {})

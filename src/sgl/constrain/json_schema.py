@@ -42,8 +42,9 @@ from functools import lru_cache
 from itertools import combinations
 from urllib.parse import quote, unquote, urldefrag, urljoin
 
-from .errors import CompileBudgetExceeded, ConstraintError
-from .grammar import Grammar, GrammarBuilder, Terminal
+from .automaton import LiteralAlt
+from .errors import CompileBudgetExceeded, ConstraintError, check_deadline
+from .grammar import Grammar, GrammarBuilder, Terminal, prune
 from .json_formats import (
     ANY_CHAR as _ANY_CHAR,
 )
@@ -84,6 +85,7 @@ MAX_DEFAULT_ORDER_RULES = 2_000  # the same by default (see JsonSchemaCompiler._
 MAX_COUNT_STATES = 20_000  # unrolled minItems/maxItems/min/maxProperties states
 MAX_PATTERN_PROPERTIES = 4  # key regions are 2**k
 MAX_UNION = 64  # alternatives kept when intersecting unions
+MAX_ONE_OF_EXACT = 64  # overlapping oneOf branches separated exactly (each minus all the others)
 MAX_UNIQUE_VALUES = 8  # uniqueItems over a finite element set of at most this size
 MAX_EXACT_NUMBER_POINTS = 64  # enum numbers spelled every way; beyond, plain spellings
 
@@ -427,6 +429,7 @@ class JsonSchemaCompiler:
         return ConstraintError(f"malformed schema: {message}", ptr or "#", keyword=keyword)
 
     def check_time(self) -> None:
+        check_deadline("compiling the schema")
         if time.perf_counter() - self.t0 > MAX_SECONDS:
             raise CompileBudgetExceeded(f"JSON schema compilation exceeded {MAX_SECONDS:.0f} s")
 
@@ -1051,10 +1054,12 @@ class JsonSchemaCompiler:
         next to ``type: object`` no longer overlaps on strings."""
         raw = [self.facets(x) for x in subs]
         fs = [self.intersect(context, g, ptr) for g in raw]
-        if all(self.disjoint(fs[i], fs[j]) for i in range(len(fs)) for j in range(i)):
+        if all(self.disjoint_from_earlier(fs, i) for i in range(len(fs))):
             return self.union(fs)
         # exact: each branch minus all the others
         try:
+            if len(fs) > MAX_ONE_OF_EXACT:  # quadratic in the branches
+                raise _Refused(f"{len(fs)} branches, over the {MAX_ONE_OF_EXACT} separated exactly (budget)")
             negs = [self.complement(g, ptr) for g in raw]
             parts = []
             for i, f in enumerate(fs):
@@ -1067,6 +1072,10 @@ class JsonSchemaCompiler:
         except _Refused as e:
             self.refuse(f"oneOf branches may overlap and cannot be separated ({e})", ptr, "oneOf")
             return self.union(fs) if self.lenient_about("oneOf") else context
+
+    def disjoint_from_earlier(self, fs: list, i: int) -> bool:
+        self.check_time()  # n branches: n*(n-1)/2 checks
+        return all(self.disjoint(fs[i], fs[j]) for j in range(i))
 
     def try_complement(self, ref, ptr: str, keyword: str) -> Facets | None:
         try:
@@ -1839,7 +1848,10 @@ class JsonSchemaCompiler:
         if start is None:
             raise ConstraintError("the schema matches no JSON value", "#")
         # states of the unrolled counters may have no rules (dead ends): prune, then validate
-        return _prune(Grammar(start, self.b.rules, self.b.terminals, [], "json_schema"))
+        return prune(
+            Grammar(start, self.b.rules, self.b.terminals, [], "json_schema"),
+            refusal=ConstraintError("the schema matches no JSON value", "#"),
+        )
 
 
 def _order_cost(tracks: list, free: list, K: int) -> int:
@@ -1864,6 +1876,9 @@ ENUM_CHUNK_CHARS = 30_000
 
 @lru_cache(maxsize=1024)
 def _string_set(strings: tuple) -> Node:
+    node = string_set(strings)
+    if isinstance(node, LiteralAlt):  # one trie lexeme, however large: no chunks needed
+        return node
     chunks, cur, size = [], [], 0
     for t in strings:
         cur.append(t)
@@ -1874,7 +1889,7 @@ def _string_set(strings: tuple) -> Node:
     if cur:
         chunks.append(cur)
     if len(chunks) == 1:
-        return string_set(strings)
+        return node
     node = Alt(tuple(string_set(c) for c in chunks))
     _CHUNKED[id(node)] = node
     return node
@@ -1939,59 +1954,6 @@ def _complement_ranges(used: tuple) -> tuple:
     from .regex_ast import negate, normalize_ranges
 
     return negate(Chars(normalize_ranges(used))).ranges
-
-
-def _prune(g: Grammar) -> Grammar:
-    """Drop rules that cannot derive text (e.g. ``false`` subschemas) and unreachable ones.
-
-    Linear time: each rule counts its not-yet-productive nonterminals (worklist).
-    """
-    missing = []
-    users: dict[str, list[int]] = {}
-    productive: set[str] = set()
-    queue = []
-    terms = g.terminals
-    for i, r in enumerate(g.rules):
-        nts = {s for s in r.rhs if s not in terms} if r.rhs else ()
-        missing.append(len(nts))
-        for s in nts:
-            users.setdefault(s, []).append(i)
-        if not nts and r.lhs not in productive:
-            productive.add(r.lhs)
-            queue.append(r.lhs)
-    found = list(queue)  # nonterminals in the order they became productive
-    while queue:
-        sym = queue.pop()
-        for i in users.get(sym, ()):
-            missing[i] -= 1
-            lhs = g.rules[i].lhs
-            if missing[i] == 0 and lhs not in productive:
-                productive.add(lhs)
-                queue.append(lhs)
-                found.append(lhs)
-    if g.start not in productive:
-        raise ConstraintError("the schema matches no JSON value", "#")
-    by_lhs: dict[str, list] = {}
-    for i, r in enumerate(g.rules):
-        if missing[i] == 0:
-            by_lhs.setdefault(r.lhs, []).append(r)
-    reach, stack = {g.start}, [g.start]
-    while stack:
-        for r in by_lhs.get(stack.pop(), []):
-            for s in r.rhs:
-                if s not in reach and s not in g.terminals:
-                    reach.add(s)
-                    stack.append(s)
-    # rules ordered bottom-up (dependencies first), so a one-pass fixpoint downstream
-    # (e.g. a productivity check in the parser tables) converges immediately
-    rank = {sym: k for k, sym in enumerate(found)}
-    rules = [r for i, r in enumerate(g.rules) if missing[i] == 0 and r.lhs in reach]
-    rules.sort(key=lambda r: rank[r.lhs])
-    used = {s for r in rules for s in r.rhs if s in g.terminals}
-    terminals = {k: v for k, v in g.terminals.items() if k in used}
-    out = Grammar(g.start, rules, terminals, [], g.source)
-    out.validate()
-    return out
 
 
 def json_schema_grammar(

@@ -22,7 +22,7 @@ import re._parser as sre_parse
 
 from lark.exceptions import GrammarError, LarkError, UnexpectedInput
 from lark.lexer import PatternStr, TerminalDef
-from lark.load_grammar import load_grammar
+from lark.load_grammar import GrammarBuilder
 
 from .errors import ConstraintError
 from .grammar import Grammar, Rule, Terminal
@@ -82,15 +82,35 @@ def lark_grammar(text: str, start: str = "start") -> Grammar:
     return g
 
 
+class _BundledImportsOnly(GrammarBuilder):
+    """Lark's grammar loader, with ``%import`` limited to the bundled ``common`` grammar.
+
+    A constraint comes from a request: it must never read files (``%import .evil``
+    would read ``evil.lark`` next to the working directory, ``%import x.y`` would
+    search ``x/y.lark``). Library imports of ``common`` are read from Lark's package.
+    """
+
+    def do_import(self, dotted_path, base_path, aliases, base_mangle=None) -> None:
+        if base_path is not None or tuple(dotted_path) != ("common",):
+            shown = ("." if base_path is not None else "") + ".".join(dotted_path)
+            names = ", ".join(aliases)
+            raise ConstraintError(
+                f"%import {shown} ({names}) is not allowed: a grammar may only import Lark's "
+                "bundled common grammar (e.g. %import common.NUMBER)"
+            )
+        super().do_import(dotted_path, base_path, aliases, base_mangle)
+
+
 def _load(text: str, start: str):
     try:
-        grammar, _ = load_grammar(text, "<grammar>", [], True)
-        return grammar.compile([start], set())
+        builder = _BundledImportsOnly(True, [])
+        builder.load_grammar(text, "<grammar>")
+        return builder.build().compile([start], set())
     except UnexpectedInput as e:
         raise ConstraintError(
             f"Lark grammar syntax error: {_first_line(e)}", f"line {e.line}, column {e.column}"
         ) from None
-    except (GrammarError, LarkError) as e:
+    except (GrammarError, LarkError, AssertionError) as e:  # Lark asserts on some bad grammars
         msg = str(e)
         m = _LOCATION_RE.search(msg)
         where = f"line {m.group(1)}, column {m.group(2)}" if m else _guess_location(msg, text)

@@ -1,0 +1,193 @@
+"""Issue 14 (and 16, constrain side), the direct checks: typed validation at the API,
+nesting limits, Lark imports, large choices through a trie, compile budgets, empty
+languages refused. The subprocess corpus is tests/hostile/."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import string
+import sys
+import time
+
+import pytest
+
+from sgl.constrain import (
+    CompileBudget,
+    CompileBudgetExceeded,
+    ConstraintError,
+    compile_choices,
+    compile_grammar,
+    compile_json_schema,
+    compile_regex,
+)
+from sgl.constrain.api import MAX_NESTING, MAX_TEXT_NESTING
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: compile_grammar(b'start: "a"'),
+        lambda: compile_grammar(None, syntax="gbnf"),
+        lambda: compile_grammar('start: "a"', syntax=None),
+        lambda: compile_grammar('start: "a"', start=5),
+        lambda: compile_choices(None),
+        lambda: compile_choices("yes"),
+        lambda: compile_choices([1, 2]),
+        lambda: compile_choices(["ok", "\ud800"]),
+        lambda: compile_regex(b"a+"),
+        lambda: compile_json_schema(None),
+        lambda: compile_json_schema(b"{}"),
+        lambda: compile_json_schema({"type": "object", "properties": {1: {}}}),
+        lambda: compile_json_schema({"enum": [{"a", "b"}]}),
+        lambda: compile_json_schema({"type": "string"}, frobnicate=True),
+        lambda: compile_json_schema({"type": "object"}, any_order="yes"),
+        lambda: compile_json_schema({"type": "string"}, budget=30),
+    ],
+)
+def test_wrong_types_are_constraint_errors(call):
+    with pytest.raises(ConstraintError):
+        call()
+
+
+@pytest.mark.parametrize(
+    "schema, where",
+    [
+        ({"type": "number", "minimum": math.nan}, "#/minimum"),
+        ({"type": "number", "maximum": math.inf}, "#/maximum"),
+        ({"enum": [1, -math.inf]}, "#/enum/1"),
+        ({"properties": {"a": {"const": math.nan}}}, "#/properties/a/const"),
+        ('{"type": "number", "maximum": NaN}', None),
+        ('{"enum": [Infinity]}', None),
+        ('{"minimum": 1e99999}', "#/minimum"),
+    ],
+)
+def test_nan_and_infinity_are_refused_with_their_place(schema, where):
+    with pytest.raises(ConstraintError) as e:
+        compile_json_schema(schema)
+    assert e.value.location == where
+
+
+def test_schema_nesting_works_to_the_limit_and_is_refused_beyond_with_a_pointer():
+    def nest(depth):
+        s = {"type": "integer"}
+        for _ in range(depth):
+            s = {"type": "array", "items": s, "maxItems": 1}
+        return s
+
+    g = compile_json_schema(nest(300))  # 600 objects deep, well past Python's recursion limit
+    assert g.accepts_text("[" * 300 + "7" + "]" * 300)
+    with pytest.raises(ConstraintError, match="nested more than") as e:
+        compile_json_schema(nest(MAX_NESTING))
+    assert e.value.location.startswith("#/items/items/")
+    assert sys.getrecursionlimit() < 5000  # the raised limit lives only while compiling
+
+
+@pytest.mark.parametrize("syntax, text", [
+    ("regex", "(" * 400 + "a" + ")" * 400),
+    ("gbnf", "root ::= " + "(" * 400 + '"a"' + ")" * 400),
+    ("lark", "start: " + "(" * 300 + '"a"' + ")" * 300),
+])
+def test_text_nesting_works_to_the_limit_and_is_refused_beyond(syntax, text):
+    compile = (lambda t: compile_regex(t)) if syntax == "regex" else (lambda t: compile_grammar(t, syntax=syntax))
+    assert compile(text).accepts_text("a")
+    deeper = text.replace("(", "((", 1).replace(")", "))", 1)
+    deeper = deeper.replace("(", "(" * (MAX_TEXT_NESTING - text.count("(") + 2), 1)
+    deeper = deeper.replace(")", ")" * (MAX_TEXT_NESTING - text.count(")") + 2), 1)
+    with pytest.raises(ConstraintError, match="nest more than") as e:
+        compile(deeper)
+    assert e.value.location.startswith("line 1, column")
+
+
+def test_parentheses_in_quotes_and_classes_do_not_count():
+    text = 'root ::= "' + "(" * 2000 + '" [(]'
+    assert compile_grammar(text, syntax="gbnf").accepts_text("(" * 2001)
+
+
+def test_lark_imports_only_the_bundled_common_grammar(tmp_path, monkeypatch):
+    (tmp_path / "evil.lark").write_text('SECRET: "top-secret"\n')
+    monkeypatch.chdir(tmp_path)
+    for text in ("%import .evil (SECRET)\nstart: SECRET", "%import evil.SECRET\nstart: SECRET",
+                 "%import os.path\nstart: \"a\""):
+        with pytest.raises(ConstraintError, match="%import .*is not allowed"):
+            compile_grammar(text)
+    g = compile_grammar("%import common (INT, WS)\n%ignore WS\nstart: INT+")
+    assert g.accepts_text("12 34")
+
+
+def _words(n, seed):
+    rng = random.Random(seed)
+    out = set()
+    while len(out) < n:
+        out.add("".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 12))))
+    return sorted(out)
+
+
+def test_ten_thousand_choices_compile_well_under_a_second(llama3_vocab):
+    words = _words(10_000, 1)
+    compile_choices(["warm", "up"], llama3_vocab)
+    t = time.perf_counter()
+    g = compile_choices(words, llama3_vocab)
+    assert time.perf_counter() - t < 1.0
+    for w in words[::997]:
+        assert g.accepts_text(w)
+        assert not g.accepts_text(w + "!") and not g.accepts_text(w[:-1] + "!")
+
+
+def test_a_hundred_thousand_choices_compile_in_seconds():
+    words = _words(100_000, 2)
+    t = time.perf_counter()
+    g = compile_choices(words)
+    assert time.perf_counter() - t < 10.0
+    assert all(g.accepts_text(w) for w in words[::9973])
+    assert not g.accepts_text("zzzzzzzzzzzzzzz")
+
+
+def test_choices_that_are_prefixes_of_each_other_and_the_empty_string():
+    g = compile_choices(["", "a", "ab", "abc", "b"])
+    for text, ok in [("", True), ("a", True), ("abc", True), ("ac", False), ("abcd", False)]:
+        assert g.accepts_text(text) is ok
+
+
+def test_a_long_word_list_regex_goes_through_the_trie_with_re_semantics():
+    words = _words(3_000, 3) + ["with space", "naïve", "日本"]
+    pattern = "|".join(words)
+    assert len(pattern) > 10_000
+    g = compile_regex(pattern)
+    for probe in words[::101] + ["with", "naïv", "日本語", "zz"]:
+        assert g.accepts_text(probe) is bool(re.fullmatch(pattern, probe)), probe
+
+
+@pytest.mark.parametrize("budget, call", [
+    ("choice_states", lambda b: compile_choices(_words(100, 4), budget=b)),
+    ("lexemes", lambda b: compile_grammar('start: "a" "b"', budget=b)),
+    ("rules", lambda b: compile_grammar('start: a | b\na: "a"\nb: "b"', budget=b)),
+    ("dfa_states", lambda b: compile_regex("[ab]*a[ab]{12}", budget=b)),
+    ("seconds", lambda b: compile_json_schema({"type": "object", "properties": {"a": {"type": "string"}}}, budget=b)),
+])
+def test_a_compile_over_budget_names_the_budget(budget, call):
+    small = CompileBudget(seconds=0.0 if budget == "seconds" else 30.0, rules=2 if budget == "rules" else 1000,
+                          lexemes=1 if budget == "lexemes" else 1000, dfa_states=100 if budget == "dfa_states" else 50_000,
+                          choice_states=50 if budget == "choice_states" else 1_000_000)
+    with pytest.raises(CompileBudgetExceeded) as e:
+        call(small)
+    assert budget in str(e.value)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: compile_grammar("root ::= []", syntax="gbnf"),
+    lambda: compile_grammar(r'root ::= "\uD800"', syntax="gbnf"),
+    lambda: compile_grammar('root ::= "a" [] "b"', syntax="gbnf"),
+    lambda: compile_regex("\x00\ud800"),
+    lambda: compile_regex(r"[^\s\S]"),
+    lambda: compile_grammar('start: a\na: "(" a ")"'),
+])
+def test_empty_languages_are_refused_at_compile(call):
+    with pytest.raises(ConstraintError, match="matches no text"):
+        call()
+
+
+def test_a_dead_branch_is_pruned_not_offered():
+    g = compile_grammar('root ::= "a" | "b" []', syntax="gbnf")
+    assert g.accepts_text("a") and not g.accepts_text("b")
