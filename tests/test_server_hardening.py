@@ -164,9 +164,7 @@ def _lark_imports_refused() -> bool:
 
 @pytest.mark.slow
 def test_lark_import_does_not_read_the_servers_files(server):
-    if not _lark_imports_refused():
-        pytest.xfail("the Lark frontend still resolves %import against the working directory "
-                     "(fixed in sgl.constrain by another change, not in this branch)")
+    assert _lark_imports_refused(), "the Lark frontend resolved %import against the working directory"
     r = post(server, chat(grammar="%import .evil (SECRET)\nstart: SECRET", max_tokens=8))
     error = assert_error(r, 400, "import")
     assert error["param"] == "grammar" and SECRET not in r.text
