@@ -8,6 +8,7 @@ log-probabilities into one score per choice (`ChoicesSamplingMethod.scores`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,19 +50,19 @@ def _argmax_first(values: Sequence[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
-class ChoicesSamplingMethod:
+class ChoicesSamplingMethod(ABC):
     """A scoring method for ``sgl.select``; backends receive it (or its ``name``)."""
 
     name = ""
     requires_unconditional_logprobs = False
 
+    @abstractmethod
     def scores(
         self,
         token_logprobs: Sequence[Sequence[float]],
         unconditional_logprobs: Sequence[Sequence[float]] | None = None,
     ) -> list[float]:
         """One score per choice (higher is better) from each choice's token log-probabilities."""
-        raise NotImplementedError
 
     def __call__(
         self,
