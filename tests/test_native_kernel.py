@@ -288,3 +288,23 @@ def test_choices_walk_ends_in_a_choice(llama3_vocab):
     for seed in range(6):
         text = _walk_to_end(m.copy(), llama3_vocab, seed, max_steps=10)
         assert text is None or text.decode() in words
+
+
+def test_lexers_of_both_kinds_mixed_give_the_same_masks(llama3_vocab, monkeypatch):
+    """Native lexers cached before ``SGL_NATIVE=0`` meet Python ones made after it (their
+    boundary results are trie nodes, continued as tokens by the numpy walk)."""
+    _needs_native()
+    ir = _ir("json", SCHEMAS[2])
+    eos = set(llama3_vocab.eos_token_ids)
+    native = _fresh(ir, llama3_vocab, True, monkeypatch)
+    _random_walk(native, 5, 6, eos)  # warms some native lexers, leaves others unbuilt
+    monkeypatch.setenv("SGL_NATIVE", "0")
+    mixed = Matcher(CompiledGrammar(ir, llama3_vocab))  # shares the cached native lexers
+    tokens, mixed_masks = _random_walk(mixed, 11, 24, eos)
+    kinds = {type(c).__name__ for c in lexer._cores.values()}
+    assert kinds == {"NativeLexerCore", "LexerCore"}, kinds  # the walk did cross both kinds
+    pure = _fresh(ir, llama3_vocab, False, monkeypatch)
+    for i, want in enumerate(mixed_masks):
+        assert np.array_equal(pure.allowed_words(), want), f"step {i}"
+        if i < len(tokens):
+            assert pure.advance(tokens[i])

@@ -1,18 +1,18 @@
 /* The mask kernel: token walks against a lexer DFA, in C.
  *
- * Two entry points, each the compiled twin of a numpy function in mask.py (which stays
- * the fallback, and the reference the tests compare against):
- *
- *   walk_trie   <-> walk_from_start: the whole vocabulary from one lexer state. Tokens
- *                   live in a byte trie (preorder; tokens sorted by bytes), walked depth
- *                   first; a dead byte skips its whole subtree at once.
- *   walk_tokens <-> walk: given tokens from given byte offsets (the rest of tokens
- *                   whose lexeme ended inside them).
+ * walk_trie is the compiled twin of mask.py's numpy walks (which stay the fallback, and
+ * the reference the tests compare against): token-trie subtrees from lexer states, the
+ * whole vocabulary from one state or the rest of tokens whose lexeme ended inside them.
+ * Tokens live in a byte trie (preorder; tokens sorted by bytes), walked depth first; a
+ * dead byte skips its whole subtree at once.
  *
  * Results: tokens read without leaving the lexeme are OR-ed into a uint32 bitmask;
- * "boundary" tokens (the lexeme completed at some byte, more bytes follow) come back as
- * three int64 byte strings (token id, byte offset, accepting state). The GIL is released
+ * "boundary" subtrees (the lexeme completed before a node's byte) come back as three
+ * int64 byte strings (trie node, byte offset, accepting state). The GIL is released
  * while walking, so masks of different sequences can be built on several threads.
+ *
+ * Also here: Product, the lexer's product DFA built lazily (twin of lexer.LexerCore),
+ * and Earley, the parser's columns and closure (twin of earley.EarleyParser).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -541,67 +541,6 @@ done:
     return res;
 }
 
-/* walk_tokens(tok_bytes u8[], tok_off i64[V+1], ids i64[K], pos i64[K], product, state,
- *             words u32[W]) -> (boundary ids, pos, state).
- * Token ids[j] is read from byte pos[j] on, the lexer starting in `state`. */
-static PyObject *walk_tokens(PyObject *self, PyObject *args) {
-    Py_buffer by, of, ib, pb, wo;
-    Product *P;
-    int state0;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*O!iw*", &by, &of, &ib, &pb, &ProductType, &P, &state0, &wo))
-        return NULL;
-    PyObject *res = NULL;
-    Py_ssize_t n_words = wo.len / 4, n_vocab = of.len / 8 - 1, k = ib.len / 8;
-    Bounds b = {0};
-    if (check_buf(&of, 8, 1, "tok_off") || check_buf(&ib, 8, 0, "ids") || check_buf(&pb, 8, k, "pos"))
-        goto done;
-    if (state0 < 0 || state0 >= P->n) {
-        PyErr_SetString(PyExc_ValueError, "walk_tokens: state out of range");
-        goto done;
-    }
-    {
-        const uint8_t *bytes = by.buf;
-        const int64_t *off = of.buf, *ids = ib.buf, *pos = pb.buf;
-        uint32_t *words = wo.buf;
-        int bad = 0, code = 0;
-        product_lock(P);
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t j = 0; j < k && !bad && !code; j++) {
-            int64_t id = ids[j];
-            if (id < 0 || id >= n_vocab || (id >> 5) >= n_words || off[id + 1] > by.len || pos[j] < 0) { bad = 1; break; }
-            int64_t start = off[id], stop = off[id + 1], q = start + pos[j];
-            int32_t cur = state0;
-            for (;; q++) {
-                if (q >= stop) { words[id >> 5] |= (uint32_t)1 << (id & 31); break; }
-                if (!P->built[cur] && (code = product_build(P, cur))) break;
-                int32_t nx = P->table[(Py_ssize_t)cur * 256 + bytes[q]];
-                if (nx < 0) {
-                    if (P->accepting[cur]) bounds_push(&b, id, q - start, cur);
-                    break;
-                }
-                cur = nx;
-            }
-        }
-        PyThread_release_lock(P->lock);
-        Py_END_ALLOW_THREADS
-        if (code) {
-            product_error(code);
-            goto done;
-        }
-        if (bad) {
-            PyErr_SetString(PyExc_ValueError, "walk_tokens: malformed tokens");
-            goto done;
-        }
-    }
-    res = result3(&b);
-done:
-    bounds_free(&b);
-    PyBuffer_Release(&by); PyBuffer_Release(&of); PyBuffer_Release(&ib); PyBuffer_Release(&pb);
-    PyBuffer_Release(&wo);
-    return res;
-}
-
-
 /* ------------------------------------------------------------------------------------
  * Earley: the parser's columns and their closure (the twin of earley.py's EarleyParser).
  *
@@ -968,7 +907,6 @@ static PyTypeObject EarleyType = {
 static PyMethodDef methods[] = {
     {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
     {"walk_trie", walk_trie, METH_VARARGS, "Walk token trie subtrees from lexer states."},
-    {"walk_tokens", walk_tokens, METH_VARARGS, "Walk given tokens from given byte offsets."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -386,9 +386,8 @@ class MaskComputer:
         if res.by_node and _is_native(lexer.core):  # whole subtrees, walked in the trie
             nodes = np.ascontiguousarray(where, dtype=np.int32)
             return self._native_walk(lexer.core, nodes, np.zeros(nodes.shape, dtype=np.int32))
+        # token ids: a numpy walk's result, or a lexer of the other kind (SGL_NATIVE changed)
         ids, pos = self.tokens.subtree_tokens(where) if res.by_node else (where, res.boundary_pos[sel])
-        if _is_native(lexer.core):
-            return self._native_rest(lexer.core, ids, pos)
         sub = walk(self.tokens, lexer, 0, ids, pos)
         sub.inside = self._pack(sub.inside)
         return sub
@@ -403,18 +402,6 @@ class MaskComputer:
         except OverflowError as e:
             raise core._budget(e) from e
         return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
-
-    def _native_rest(self, core, ids: np.ndarray, pos: np.ndarray) -> WalkResult:
-        """``walk`` from the start state, natively."""
-        tokens = self.tokens
-        words = np.zeros(tokens.n_words, dtype=np.uint32)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        pos = np.ascontiguousarray(pos, dtype=np.int64)
-        try:
-            found = _native.walk_tokens(tokens.tok_bytes, tokens.tok_off, ids, pos, core.product, 0, words)
-        except OverflowError as e:
-            raise core._budget(e) from e
-        return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found))
 
     def mask(self, col: EarleySet, state: int) -> np.ndarray:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
