@@ -91,3 +91,25 @@ def stop_server(proc, log) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="module")
+def packaged_hf():
+    """The packaged model in transformers (model, tok (left padding), folder, vocab_size),
+    on one torch thread while the module runs (the CPU is shared)."""
+    from types import SimpleNamespace
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from sgl.engine.model_loader import resolve_checkpoint
+
+    try:
+        folder = resolve_checkpoint(None).folder
+    except FileNotFoundError as e:
+        pytest.skip(f"the packaged model is not installed: {e}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tok = transformers.AutoTokenizer.from_pretrained(folder, padding_side="left")
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    yield SimpleNamespace(model=model, tok=tok, folder=folder, vocab_size=model.config.vocab_size)
+    torch.set_num_threads(threads)

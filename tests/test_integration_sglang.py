@@ -33,19 +33,8 @@ SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def hf():
-    from sgl.engine.model_loader import resolve_checkpoint
-
-    try:
-        folder = resolve_checkpoint(None).folder
-    except FileNotFoundError as e:
-        pytest.skip(f"the packaged model is not installed: {e}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tok = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
-    yield SimpleNamespace(model=model, tok=tok, vocab_size=model.config.vocab_size)
-    torch.set_num_threads(threads)
+def hf(packaged_hf):
+    return packaged_hf
 
 
 @dataclass

@@ -31,20 +31,9 @@ COMPACT = {"whitespace": "compact"}
 
 
 @pytest.fixture(scope="module")
-def hf():
-    """(model, tokenizer) of the packaged model, on one torch thread (the CPU is shared)."""
-    from sgl.engine.model_loader import resolve_checkpoint
-
-    try:
-        folder = resolve_checkpoint(None).folder
-    except FileNotFoundError as e:
-        pytest.skip(f"the packaged model is not installed: {e}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tok = transformers.AutoTokenizer.from_pretrained(folder, padding_side="left")
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
-    yield model, tok
-    torch.set_num_threads(threads)
+def hf(packaged_hf):
+    """(model, tokenizer) of the packaged model."""
+    return packaged_hf.model, packaged_hf.tok
 
 
 def chat_batch(tok, asks):
