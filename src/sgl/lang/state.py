@@ -26,7 +26,43 @@ from .expr import (
 )
 
 
-class ProgramState:
+class RoleMethods:
+    """``system`` / ``user`` / ``assistant`` (an expression, or ``with`` a block) and
+    ``var_scope``, built on ``self += expr``: shared by running and tracing states."""
+
+    def _role_common(self, role: str, expr: Any = None) -> Any:
+        if expr is not None:
+            self += RoleBegin(role) + expr + RoleEnd(role)
+            return None
+        return self._role_scope(role)
+
+    @contextmanager
+    def _role_scope(self, role: str) -> Iterator[None]:
+        self += RoleBegin(role)
+        yield
+        self += RoleEnd(role)
+
+    def system(self, expr: Any = None) -> Any:
+        """Append ``expr`` as a system message, or ``with s.system():``."""
+        return self._role_common("system", expr)
+
+    def user(self, expr: Any = None) -> Any:
+        """Append ``expr`` as a user message, or ``with s.user():``."""
+        return self._role_common("user", expr)
+
+    def assistant(self, expr: Any = None) -> Any:
+        """Append ``expr`` as an assistant message, or ``with s.assistant():``."""
+        return self._role_common("assistant", expr)
+
+    @contextmanager
+    def var_scope(self, name: str) -> Iterator[None]:
+        """Capture the text appended inside the block into variable ``name``."""
+        self += VarScopeBegin(name)
+        yield
+        self += VarScopeEnd(name)
+
+
+class ProgramState(RoleMethods):
     """The state of one program run (SGLang's ``ProgramState``)."""
 
     def __init__(self, interpreter: Any, *, stream: bool = False):
@@ -74,37 +110,6 @@ class ProgramState:
 
         self += select(name, *args, **kwargs)
         return self.get_var(name) if name is not None else None
-
-    def _role_common(self, role: str, expr: Any = None) -> Any:
-        if expr is not None:
-            self += RoleBegin(role) + expr + RoleEnd(role)
-            return None
-        return self._role_scope(role)
-
-    @contextmanager
-    def _role_scope(self, role: str) -> Iterator[None]:
-        self += RoleBegin(role)
-        yield
-        self += RoleEnd(role)
-
-    def system(self, expr: Any = None) -> Any:
-        """Append ``expr`` as a system message, or ``with s.system():``."""
-        return self._role_common("system", expr)
-
-    def user(self, expr: Any = None) -> Any:
-        """Append ``expr`` as a user message, or ``with s.user():``."""
-        return self._role_common("user", expr)
-
-    def assistant(self, expr: Any = None) -> Any:
-        """Append ``expr`` as an assistant message, or ``with s.assistant():``."""
-        return self._role_common("assistant", expr)
-
-    @contextmanager
-    def var_scope(self, name: str) -> Iterator[None]:
-        """Capture the text appended inside the block into variable ``name``."""
-        self += VarScopeBegin(name)
-        yield
-        self += VarScopeEnd(name)
 
     # --- forks ---------------------------------------------------------------
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> ProgramStateGroup:

@@ -25,6 +25,7 @@ from .expr import (
     VarScopeBegin,
     VarScopeEnd,
 )
+from .state import RoleMethods
 
 
 class StopTracing(Exception):
@@ -93,7 +94,7 @@ class Call(SglExpr):
         return f"Call({self.name})"
 
 
-class TracerState:
+class TracerState(RoleMethods):
     """What a traced program appends to (the ``s`` of a trace)."""
 
     def __init__(self, trace: ProgramTrace) -> None:
@@ -129,33 +130,6 @@ class TracerState:
 
         self += select(name, *args, **kwargs)
         return None if name is None else TracedVariable(name, self.id)
-
-    def _role(self, role: str, expr: Any = None) -> Any:
-        if expr is not None:
-            self += RoleBegin(role) + expr + RoleEnd(role)
-            return None
-        return self._role_scope(role)
-
-    @contextmanager
-    def _role_scope(self, role: str) -> Iterator[None]:
-        self += RoleBegin(role)
-        yield
-        self += RoleEnd(role)
-
-    def system(self, expr: Any = None) -> Any:
-        return self._role("system", expr)
-
-    def user(self, expr: Any = None) -> Any:
-        return self._role("user", expr)
-
-    def assistant(self, expr: Any = None) -> Any:
-        return self._role("assistant", expr)
-
-    @contextmanager
-    def var_scope(self, name: str) -> Iterator[None]:
-        self += VarScopeBegin(name)
-        yield
-        self += VarScopeEnd(name)
 
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> TracerStateGroup:
         children = [TracerState(self._trace) for _ in range(int(size))]
