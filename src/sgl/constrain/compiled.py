@@ -13,7 +13,7 @@ from .earley import EarleyParser, EarleySet, build_tables
 from .errors import CompileBudgetExceeded, ConstraintError
 from .grammar import Grammar, Rule, Terminal, prune
 from .lexer import Lexer
-from .mask import MaskComputer, TokenTable
+from .mask import DEFAULT_MASK_SECONDS, MaskComputer, TokenTable
 from .regex import parse_regex
 from .regex_ast import literal
 
@@ -34,6 +34,8 @@ class CompileBudget:
     - ``dfa_states``: states one construction step of one lexeme's DFA may build.
     - ``choice_states``: states of the trie of one alternation of literal strings
       (choices, enums, ``a|b|c`` regexes): one per byte not shared as a prefix.
+    - ``mask_seconds``: wall time of computing one token mask (checked between the
+      parser's scans and the vocabulary walks), when masking, not compiling.
     """
 
     seconds: float = DEFAULT_COMPILE_BUDGET_S
@@ -41,6 +43,7 @@ class CompileBudget:
     lexemes: int = 20_000
     dfa_states: int = 50_000
     choice_states: int = DEFAULT_MAX_TRIE_STATES
+    mask_seconds: float = DEFAULT_MASK_SECONDS
 
     def over(self, name: str, value, limit) -> CompileBudgetExceeded:
         return CompileBudgetExceeded(f"the constraint needs {value} {name.replace('_', ' ')}, over the budget of {limit} (budget: {name})")
@@ -85,7 +88,8 @@ class CompiledGrammar:
         self.lock = threading.RLock()  # caches are shared across matchers and threads
         self.masks = None
         if vocab is not None:
-            self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids))
+            self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids),
+                                      budget.mask_seconds)
         self.compile_seconds = time.perf_counter() - start
         if self.compile_seconds > budget.seconds:
             raise budget.over("seconds", f"{self.compile_seconds:.1f}", budget.seconds)
