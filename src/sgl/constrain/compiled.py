@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, to_dfa
+from .counters import split_counters
 from .earley import EarleyParser, EarleySet, build_tables
 from .errors import CompileBudgetExceeded, ConstraintError
 from .grammar import Grammar, Rule, Terminal, prune
@@ -70,6 +71,8 @@ class CompiledGrammar:
             raise budget.over("rules", len(grammar.rules), budget.rules)
         if len(grammar.terminals) > budget.lexemes:
             raise budget.over("lexemes", len(grammar.terminals), budget.lexemes)
+        # large counted repetitions become chunk lexemes counted by rules (not unrolled)
+        grammar = split_counters(grammar, lambda node: terminal_dfa(node, False, budget))
         self.grammar = grammar
         self.vocab = vocab
         dfas = self._terminal_dfas(grammar, start, budget)

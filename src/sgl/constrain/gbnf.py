@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .counters import LARGE_COUNT
 from .errors import CompileBudgetExceeded, ConstraintError, check_deadline
 from .grammar import Grammar, GrammarBuilder, Terminal
 from .regex_ast import (
@@ -77,7 +78,7 @@ GExpr = GChars | GRef | GSeq | GAlt | GRep
 
 MAX_NESTED_COPIES = 2_000  # a repetition lowered to rules, times the ones nested in it
 MAX_CHECKED_LEXEMES = 3_000  # lexemes of one grammar checked pairwise for safe merging
-_MAX_REPEAT = 10_000  # a {m,n} bound beyond this is surely a mistake, and would explode
+_MAX_REPEAT = 10_000_000  # a {m,n} bound beyond this is surely a mistake; large regular ones are counted by rules (counters.py)
 
 
 def gbnf_grammar(text: str, start: str = "root") -> Grammar:
@@ -485,10 +486,28 @@ class _Opt:
     item: Node
 
 
+def _positions(n) -> int:
+    """How many positions ``_Glushkov`` would make for ``n`` (capped just past the limit)."""
+    if isinstance(n, Chars):
+        return 1 if n.ranges else 0
+    if isinstance(n, Alt | Seq):
+        total = 0
+        for it in n.items:
+            total += _positions(it)
+            if total > _MAX_POSITIONS:
+                break
+        return total
+    if isinstance(n, Repeat):
+        return min(_positions(n.item) * max(1, n.max if n.max is not None else n.min + 1), _MAX_POSITIONS + 1)
+    return 0
+
+
 class _Glushkov:
     """Position automaton of a regex (one position per character class occurrence)."""
 
     def __init__(self, node: Node):
+        if _positions(node) > _MAX_POSITIONS:
+            raise _TooBig  # before building: a long chain of optionals builds in quadratic time
         self.chars: list[tuple[tuple[int, int], ...]] = []
         self._follow: list[set[int]] = []  # filled by build(), frozen below
         self.nullable, first, last = self.build(node)
@@ -840,6 +859,16 @@ class _Lowering:
             return [lhs]
         return [self.lower_repeat(e)]
 
+    def counted_terminal(self, e: GRep) -> str:
+        """``[class]{m,n}`` with a large count: one terminal, which the compiler counts
+        by rules over chunk lexemes (``counters``) instead of unrolling it."""
+        x = Chars(e.item.ranges)
+        name = self.b.terminal(Repeat(x, e.min, e.max), hint="[count]")
+        if name not in self.lexemes:
+            # for the merge check, X+ stands for it: a superset, so the check stays safe
+            self.lexemes[name] = _Lexeme(_Glushkov(Repeat(x, 1, None)), repr((x, e.min, e.max)), set())
+        return name
+
     def lower_group(self, e: GExpr) -> str:
         """One symbol for ``e`` (a fresh rule when it lowers to several)."""
         syms = self.lower_item(e)
@@ -850,6 +879,8 @@ class _Lowering:
         return lhs
 
     def lower_repeat(self, e: GRep) -> str:
+        if isinstance(e.item, GChars) and e.item.ranges and max(e.min, e.max or 0) > LARGE_COUNT:
+            return self.counted_terminal(e)
         copies = _repeat_copies(e)
         if copies > MAX_NESTED_COPIES:
             # X{0,100} inside {0,100} is a chain of optionals in a chain of optionals:
