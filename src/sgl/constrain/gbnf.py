@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import analysis
 from .counters import LARGE_COUNT
 from .errors import CompileBudgetExceeded, ConstraintError, check_deadline
 from .grammar import Grammar, GrammarBuilder, Terminal
@@ -39,6 +40,7 @@ from .regex_ast import (
     Repeat,
     Seq,
     normalize_ranges,
+    nullable,
 )
 
 # ---------------------------------------------------------------------------
@@ -417,18 +419,6 @@ def _to_regex(e: GExpr, rules: dict[str, GExpr], memo: dict[str, Node]) -> Node:
     return Repeat(_to_regex(e.item, rules, memo), e.min, e.max)
 
 
-def _nullable(n: Node) -> bool:
-    if isinstance(n, Chars):
-        return False
-    if isinstance(n, Seq):
-        return all(_nullable(i) for i in n.items)
-    if isinstance(n, Alt):
-        return any(_nullable(i) for i in n.items)
-    if isinstance(n, Repeat):
-        return n.min == 0 or _nullable(n.item)
-    return False
-
-
 def _is_nothing(n: Node) -> bool:
     if isinstance(n, Chars):
         return not n.ranges
@@ -443,7 +433,7 @@ def _is_nothing(n: Node) -> bool:
 
 def _non_empty(n: Node) -> Node:
     """A node for ``L(n)`` minus the empty string (a lexeme must consume something)."""
-    if not _nullable(n):
+    if not nullable(n):
         return n
     if isinstance(n, Alt):
         items = (_non_empty(i) for i in n.items)
@@ -755,7 +745,7 @@ class _Lowering:
             automaton = _Glushkov(pattern)
         except _TooBig:
             return None
-        return _Candidate(node, pattern, _nullable(node), repr(pattern), automaton)
+        return _Candidate(node, pattern, nullable(node), repr(pattern), automaton)
 
     # -- generation ------------------------------------------------------
     def generate(self) -> tuple[Grammar, dict[str, _Lexeme]]:
@@ -961,7 +951,7 @@ def _co_allowed(g: Grammar, lexemes: dict[str, _Lexeme]):
     so two co-allowed lexemes that may match the same text (here: may start with the
     same byte) make their FOLLOW sets co-allowed too. Iterated to a fixed point.
     """
-    first_sets, follow = _first_follow(g)
+    first_sets, follow = analysis.first_follow(analysis.pairs(g.rules), g.start, g.terminals.__contains__)
     names = list(lexemes)
     index = {t: i for i, t in enumerate(names)}
     first_bytes = {t: _lead_bytes(lx.automaton.first_chars) for t, lx in lexemes.items()}
@@ -1023,56 +1013,3 @@ def _members(bits: int, names: list[str]):
         yield names[low.bit_length() - 1]
         bits ^= low
 
-
-_END = "$end"
-
-
-def _first_follow(g: Grammar) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """FIRST sets of nonterminals and FOLLOW sets of terminals (terminal names)."""
-    terms = g.terminals
-    nullable: set[str] = set()
-    first: dict[str, set[str]] = {r.lhs: set() for r in g.rules}
-    changed = True
-    while changed:
-        changed = False
-        for r in g.rules:
-            f = first[r.lhs]
-            before = len(f)
-            all_null = True
-            for s in r.rhs:
-                if s in terms:
-                    f.add(s)
-                    all_null = False
-                    break
-                f |= first[s]
-                if s not in nullable:
-                    all_null = False
-                    break
-            if all_null and r.lhs not in nullable:
-                nullable.add(r.lhs)
-                changed = True
-            changed = changed or len(f) != before
-
-    follow_nt: dict[str, set[str]] = {nt: set() for nt in first}
-    follow_nt[g.start].add(_END)
-    follow_t: dict[str, set[str]] = {}
-    changed = True
-    while changed:
-        changed = False
-        for r in g.rules:
-            # walk right to left carrying FIRST of the suffix
-            suffix: set[str] = set(follow_nt[r.lhs])
-            for s in reversed(r.rhs):
-                if s in terms:
-                    target = follow_t.setdefault(s, set())
-                    if not suffix <= target:
-                        target |= suffix
-                        changed = True
-                    suffix = {s}
-                else:
-                    target = follow_nt[s]
-                    if not suffix <= target:
-                        target |= suffix
-                        changed = True
-                    suffix = first[s] | suffix if s in nullable else set(first[s])
-    return first, follow_t
