@@ -198,6 +198,17 @@ def _leaves() -> _Leaves:
     return _shared_leaves
 
 
+def literal_dfa(data: bytes) -> ByteDFA:
+    """The minimal ``ByteDFA`` of exactly ``data`` (a chain), built directly: literal
+    lexemes are the most common kind, thousands to a grammar."""
+    n = len(data)
+    table = np.full((n + 1, 256), -1, dtype=np.int32)
+    table[np.arange(n), np.frombuffer(data, dtype=np.uint8)] = np.arange(1, n + 1, dtype=np.int32)
+    accepting = np.zeros(n + 1, dtype=bool)
+    accepting[n] = True
+    return ByteDFA(table, accepting)
+
+
 def _literal_dfa(data: bytes) -> _Dfa:
     """The chain of one string's bytes (minimal: one word)."""
     b = np.frombuffer(data, dtype=np.uint8).astype(np.int64)

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, to_dfa
+from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, literal_dfa, to_dfa
 from .counters import split_counters
 from .earley import EarleyParser, EarleySet, build_tables
 from .errors import CompileBudgetExceeded, ConstraintError
@@ -16,7 +16,6 @@ from .grammar import Grammar, Rule, Terminal, prune
 from .lexer import Lexer
 from .mask import DEFAULT_MASK_SECONDS, MaskComputer, TokenTable
 from .regex import parse_regex
-from .regex_ast import literal
 
 DEFAULT_COMPILE_BUDGET_S = 30.0
 
@@ -168,10 +167,10 @@ def terminal_dfa(pattern, is_literal: bool = False, budget: CompileBudget | None
         if dfa is not None:
             _dfa_cache.move_to_end(key)
             return dfa
-    node = pattern
-    if isinstance(pattern, str):
-        node = literal(pattern) if is_literal else parse_regex(pattern)
-    dfa = to_dfa(node, **limits)
+    if isinstance(pattern, str) and is_literal:
+        dfa = literal_dfa(pattern.encode("utf-8"))
+    else:
+        dfa = to_dfa(parse_regex(pattern) if isinstance(pattern, str) else pattern, **limits)
     if dfa.table.nbytes > DFA_CACHE_BYTES // 4:
         return dfa  # a huge lexeme (100,000 choices) would push out every other one
     with _dfa_cache_lock:
@@ -234,6 +233,20 @@ def choices_grammar(choices: Sequence[str]) -> Grammar:
         except UnicodeEncodeError:
             raise ConstraintError(f"choice {i} holds a lone surrogate, which no text can contain", f"choice {i}") from None
     b = GrammarBuilder()
-    # one lexeme for all choices: a single DFA (a trie of the choices) does the work
-    b.rule("start", (b.terminal(LiteralAlt(tuple(choices)), hint="choice"),))
+    short = [c for c in choices if len(c) <= LONG_CHOICE]
+    if short:
+        # one lexeme for all short choices: a single DFA (a trie of them) does the work
+        b.rule("start", (b.terminal(LiteralAlt(tuple(short)), hint="choice"),))
+    for c in dict.fromkeys(c for c in choices if len(c) > LONG_CHOICE):
+        b.rule("start", tuple(b.literal(c[i:i + CHOICE_CHUNK]) for i in range(0, len(c), CHOICE_CHUNK)))
     return b.build("start", source="choices")
+
+
+# Choices longer than this are not put in the trie but spelled as literal chunks of
+# CHOICE_CHUNK characters (rules over shared chunk lexemes): a trie of 1,000 strings of
+# 750 characters is a 745,000-state DFA, too large to walk the vocabulary through at
+# every state. Exact with greedy lexing: chunks are the same length in characters
+# (UTF-8 is prefix-free, so none is a proper prefix of another) except a string's last
+# one, after which only the end of the text comes.
+LONG_CHOICE = 256
+CHOICE_CHUNK = 64

@@ -40,7 +40,12 @@ def with_fresh_start(dfa: ByteDFA) -> ByteDFA:
 def dfa_key(dfa: ByteDFA) -> bytes:
     """A content hash of a DFA: equal DFAs share lexers (and their token walks) across grammars."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(np.ascontiguousarray(dfa.table).tobytes())
+    # the live entries only: most of a table is dead, and grammars have thousands of lexemes
+    flat = dfa.table.reshape(-1)
+    live = np.flatnonzero(flat >= 0)
+    h.update(np.int64(dfa.table.shape[0]).tobytes())
+    h.update(live.tobytes())
+    h.update(np.ascontiguousarray(flat[live]).tobytes())
     h.update(np.ascontiguousarray(dfa.accepting).tobytes())
     return h.digest()
 
