@@ -34,8 +34,9 @@ from .native import _native, native_enabled
 
 # one trie node for the native kernel (the C struct Node in _native.c)
 NODE_DTYPE = np.dtype([("end", "<i4"), ("tok", "<i4"), ("depth", "<u2"), ("byte", "u1"), ("pad", "u1")])
-# wall time one mask may take (``CompileBudget.mask_seconds``)
-DEFAULT_MASK_SECONDS = 5.0
+# wall time one mask may take (``CompileBudget.mask_seconds``): generous, because the
+# pure-Python fallback (SGL_NATIVE=0) takes seconds for the first masks of large grammars
+DEFAULT_MASK_SECONDS = 20.0
 
 
 @dataclass
