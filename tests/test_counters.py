@@ -93,3 +93,11 @@ def test_masks_are_exact_across_chunks_and_at_the_bounds(llama3_vocab):
         assert m.advance(pick)
         text += vocab.token_bytes[pick]
     assert len(text) == hi + 1 and checked > 100
+
+
+def test_not_split_when_another_lexeme_may_start_the_same_way():
+    # "abc" may be lexed where the count starts: chunks would end where the whole
+    # repetition would not, so the terminal stays whole (and exact)
+    g = compile_grammar('root ::= [a-z]{3000} | "abc" "d"', syntax="gbnf")
+    assert not any("#L" in n for n in g.lexeme_names)
+    assert g.accepts_text("q" * 3000) and g.accepts_text("abcd") and not g.accepts_text("q" * 2999)

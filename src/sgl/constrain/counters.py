@@ -19,9 +19,10 @@ prefix-free code), so the greedy lexer ends every chunk exactly after ``C`` unit
 partial chunk and the pieces around the repetition never compete for a byte because
 the split is only made when no lexeme before a boundary can be extended by a byte
 that may start the lexeme after it (including what may follow the terminal in the
-grammar: FOLLOW), and only in grammars without ignored lexemes (they could appear
-between two pieces). Otherwise the terminal is left alone (compiled, or refused by
-its budgets, as before).
+grammar: FOLLOW), when no other terminal may start with a byte a piece starts with
+(so inside the terminal only its own pieces are alive after the first byte), and only
+in grammars without ignored lexemes (they could appear between two pieces).
+Otherwise the terminal is left alone (compiled, or refused by its budgets, as before).
 """
 
 from __future__ import annotations
@@ -52,19 +53,28 @@ def split_counters(g: Grammar, dfa_of: DfaOf) -> Grammar:
     for name, t in g.terminals.items():
         node = _pattern_node(t)
         if node is not None and _has_large_count(node):
-            candidates[name] = Terminal(name, node)
+            candidates[name] = node
     if not candidates:
         return g
-    follow = _follow_bytes(g, candidates, dfa_of)
+    pieces = {name: _pieces(node, dfa_of) for name, node in candidates.items()}
+    # what may start each terminal: a split one's pieces, the others' DFAs
+    starts = {name: np.any([p.first for p in ps], axis=0) if ps else np.ones(256, dtype=bool)
+              for name, ps in pieces.items()}
+    for name, t in g.terminals.items():
+        if name not in starts:
+            starts[name] = _first_bytes(dfa_of(_pattern_node(t, always=True)))
+    follow = _follow_bytes(g, candidates, starts)
     rules, terminals = list(g.rules), {n: t for n, t in g.terminals.items() if n not in candidates}
     split_any = False
-    for name, term in candidates.items():
-        pieces = _pieces(term.pattern, dfa_of)
-        if pieces is None or not _boundaries_safe(pieces, follow[name]):
-            terminals[name] = term
+    for name, ps in pieces.items():
+        # no other lexeme may start with a byte a piece starts with: then at every
+        # column inside the terminal only its own pieces are alive after the first byte
+        others = np.any([v for n, v in starts.items() if n != name], axis=0) if len(starts) > 1 else np.zeros(256, bool)
+        if ps is None or (others & starts[name]).any() or not _boundaries_safe(ps, follow[name]):
+            terminals[name] = g.terminals[name]
             continue
         split_any = True
-        _Lowering(name, rules, terminals).terminal(pieces)
+        _Lowering(name, rules, terminals).terminal(ps)
     if not split_any:
         return g
     used = {s for r in rules for s in r.rhs}
@@ -95,13 +105,14 @@ def _has_large_count(node: Node) -> bool:
     return _is_large(node)
 
 
-def _pattern_node(t: Terminal) -> Node | None:
-    """The terminal's pattern as a node; None for literals and regex text with no count."""
+def _pattern_node(t: Terminal, always: bool = False) -> Node | None:
+    """The terminal's pattern as a node; unless ``always``, None for literals and regex
+    text with no count (they cannot hold a large one)."""
     if not isinstance(t.pattern, str):
         return t.pattern
-    if t.literal or "{" not in t.pattern:
-        return None
-    return parse_regex(t.pattern)
+    if t.literal:
+        return literal(t.pattern) if always else None
+    return parse_regex(t.pattern) if always or "{" in t.pattern else None
 
 
 @dataclass
@@ -156,20 +167,15 @@ def _boundaries_safe(pieces: list[_Piece], follow: np.ndarray) -> bool:
     return True
 
 
-def _follow_bytes(g: Grammar, names, dfa_of: DfaOf) -> dict[str, np.ndarray]:
+def _follow_bytes(g: Grammar, names, starts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """For each terminal in ``names``: the bytes that may start a lexeme after it."""
-    is_term = g.terminals.__contains__
-    _first, follow = analysis.first_follow(analysis.pairs(g.rules), g.start, is_term)
+    _first, follow = analysis.first_follow(analysis.pairs(g.rules), g.start, g.terminals.__contains__)
     out = {}
     for name in names:
         acc = np.zeros(256, dtype=bool)
         for t in follow.get(name, ()):
             if t != analysis.END:
-                term = g.terminals[t]
-                node = term.pattern
-                if isinstance(node, str):
-                    node = literal(node) if term.literal else parse_regex(node)
-                acc |= _first_bytes(dfa_of(node))
+                acc |= starts[t]
         out[name] = acc
     return out
 
