@@ -15,13 +15,14 @@ import pytest
 import torch
 from test_local_model import tiny_config, tiny_state
 
-from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.engine.kv_pool import KVPool
 from sgl.engine.llama import Llama
 from sgl.engine.paged_forward import RowInput, forward_rows
 from sgl.engine.radix_cache import RadixCache
 from sgl.engine.request import SeqRequest
 from sgl.engine.scheduler import Engine, EngineConfig
+from sgl.types import ConstraintSpec, SamplingParams
 
 # ------------------------------------------------------------------ KV pool
 
