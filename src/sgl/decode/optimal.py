@@ -223,29 +223,6 @@ def geometric_mixture(p_base: Any, p_teacher: Any, alpha: float) -> np.ndarray:
     return q[0] if np.ndim(p_base) == 1 else q
 
 
-def kl_divergence(p: Any, q: Any) -> float:
-    """KL(p‖q) in nats (inf when p has mass where q has none)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    on = p > 0
-    if (q[on] <= 0).any():
-        return math.inf
-    return float(np.sum(p[on] * (np.log(p[on]) - np.log(q[on]))))
-
-
-def effective_sample_size(p_target: Any, q_proposal: Any) -> float:
-    """Normalised ESS ∈ (0, 1] of importance weights p/q under q: 1 / Σ p²/q over q's support.
-
-    Target mass outside q's support is unreachable by sampling from q; it is left out
-    (the estimator is then biased, which the number does not show).
-    """
-    p = np.asarray(p_target, dtype=np.float64)
-    q = np.asarray(q_proposal, dtype=np.float64)
-    on = q > 0
-    s = float(np.sum(p[on] ** 2 / q[on]))
-    return 1.0 / s if s > 0 else 0.0
-
-
 def choose_alpha_logp(method: str, logp_base: np.ndarray, logp_teacher: np.ndarray,
                       alpha_min: float, alpha_max: float, fixed_alpha: float | None = None) -> np.ndarray:
     """α per row for ``method`` (one of ``ALPHA_METHODS``) from log-probabilities (rows, V)."""

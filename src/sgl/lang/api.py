@@ -200,9 +200,6 @@ def assistant_end() -> RoleEnd:
     return RoleEnd("assistant")
 
 
-UNSUPPORTED = ("image", "video")
-
-
 def image(*args: Any, **kwargs: Any) -> SglExpr:
     """Refused: SGL runs text-only models."""
     raise NotImplementedError("sgl.image is not supported: SGL runs text-only models")
