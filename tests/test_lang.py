@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 import sgl
-from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
+from sgl.backends.base import Backend, Capabilities, GenerateRequest, GenerateResult, SelectResult
 from sgl.lang.dtypes import DTYPE_REGEX
 
 
@@ -412,6 +412,8 @@ def test_run_batch_keeps_order_and_failures_do_not_stop_others():
 
 def test_run_batch_gathers_concurrent_requests_into_generate_batch():
     class Batching(ScriptedBackend):
+        capabilities = Capabilities(gathers_batches=True, max_batch=8)  # opts in
+
         def __init__(self):
             super().__init__(respond=lambda r: r.prompt.upper())
             self.sizes = []
@@ -435,6 +437,26 @@ def test_run_batch_gathers_concurrent_requests_into_generate_batch():
     assert (
         states[-1].error() is None and states[-1]["a"] == "BAD"
     )  # retried alone, and it works alone
+
+
+def test_run_batch_does_not_gather_without_the_capability():
+    class NotOptedIn(ScriptedBackend):
+        def __init__(self):
+            super().__init__(respond=lambda r: "x")
+            self.batch_calls = 0
+
+        def generate_batch(self, requests):
+            self.batch_calls += 1
+            return [self.generate(r) for r in requests]
+
+    @sgl.function
+    def prog(s, w):
+        s += w + sgl.gen("a")
+
+    backend = NotOptedIn()
+    states = prog.run_batch([{"w": str(i)} for i in range(6)], backend=backend, num_threads=6)
+    assert [st["a"] for st in states] == ["x"] * 6
+    assert backend.batch_calls == 0  # each run called generate() itself
 
 
 def test_run_batch_positional_tuples_and_single_thread():

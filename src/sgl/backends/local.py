@@ -22,6 +22,7 @@ except ModuleNotFoundError as e:  # the core install has no torch: say which ext
 
 from sgl.backends.base import (
     Backend,
+    Capabilities,
     ConstraintSpec,
     GenerateRequest,
     GenerateResult,
@@ -68,7 +69,8 @@ class LocalModel(Backend):
     every concurrent request (from `run_batch` threads, forks, server clients).
     """
 
-    continuous_batching = True  # concurrent generate() calls share the engine's batch
+    # concurrent generate() calls share the engine's batch
+    capabilities = Capabilities(continuous_batching=True, prompt_logprobs=True, prefix_cache=True)
 
     def __init__(
         self,

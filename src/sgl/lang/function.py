@@ -188,14 +188,12 @@ class SglFunction:
     def _precache(self, backend: Any, n_runs: int) -> None:
         """As SGLang: before a batch, prefill the shared prefix once, so the runs that
         start together all find it cached (``global_config.enable_precache_with_tracing``)."""
-        from sgl.backends.base import Backend
-
         from .global_config import global_config
 
         if n_runs < 2 or not global_config.enable_precache_with_tracing:
             return
         resolved = _backend(backend)
-        if type(resolved).cache_prefix is Backend.cache_prefix:
+        if not resolved.capabilities.prefix_cache:
             return  # nothing to warm: skip tracing the program
         self.cache(resolved)
 

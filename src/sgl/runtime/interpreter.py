@@ -269,9 +269,8 @@ class Interpreter:
         with_text = bool(pick(g.return_text_in_logprobs, d.return_text_in_logprobs))
         if result.logprobs is None:
             raise ProgramError(f"{type(self.backend).__name__} does not return logprobs")
-        full = getattr(self.backend, "logprob_meta", None)
-        if full is not None and g.sampler is None:
-            return full(request.prompt, result, start, top_n, with_text)
+        if self.backend.capabilities.prompt_logprobs and g.sampler is None:
+            return self.backend.logprob_meta(request.prompt, result, start, top_n, with_text)
         if (start is not None and start >= 0) or top_n or with_text:
             raise ProgramError(
                 f"{type(self.backend).__name__} returns output token logprobs only "
@@ -398,7 +397,7 @@ class Interpreter:
             raise ProgramError(
                 f"cannot open role {role!r} inside role {state._role!r}: roles do not nest", state
             )
-        default_system = getattr(self.backend, "default_system_prompt", None)
+        default_system = self.backend.default_system_prompt
         if not state._messages and role != "system" and default_system:
             self._role_begin(state, "system")
             state._append(default_system)
