@@ -846,14 +846,14 @@ class OptimalSampler:
                 if not active[i]:
                     tokens[i] = pad_token
                     continue
-                tok = int(tokens[i])
-                if collect_diagnostics:
+                n_before = len(out_ids[i])
+                active[i], reasons[i] = self._accept(int(tokens[i]), out_ids[i],
+                                                     matchers[i] if matchers else None, eos, stop)
+                if collect_diagnostics and len(out_ids[i]) > n_before:  # one entry per token: not the EOS step
                     for key, arr in (("alphas", mix.alpha), ("ess_ratios", mix.ess_teacher),
                                      ("ess_base", mix.ess_base), ("kl_base", mix.kl_base),
                                      ("kl_teacher", mix.kl_teacher)):
                         diag[key][i].append(float(arr[i]))
-                active[i], reasons[i] = self._accept(tok, out_ids[i], matchers[i] if matchers else None,
-                                                     eos, stop)
             if not any(active):
                 break
             if step + 1 < max_tokens:
