@@ -6,7 +6,13 @@ small local draft model; ``obtain_correction_pairs`` gives the longest valid pre
 text and the lexemes allowed after it.
 """
 
-from sgl.decode.backtrack import BacktrackError, Candidate, GuideResult, guide, obtain_correction_pairs
+from sgl.decode.backtrack import (
+    BacktrackError,
+    Candidate,
+    GuideResult,
+    guide,
+    obtain_correction_pairs,
+)
 from sgl.decode.correction_log import Correction, CorrectionLog
 
 __all__ = [
