@@ -131,7 +131,7 @@ def model():
 
 
 def _greedy(model, prompt: str, n: int) -> list[int]:
-    ids, _ = model.session().generate(model.encode_prompt(prompt), n, 0.0)
+    ids, _ = model.session().generate(model.encode_prompt(prompt), n)
     return ids
 
 

@@ -9,8 +9,8 @@ token masks (``sgl.constrain.Matcher``), a few tokens up to the next lexeme boun
 
 Token healing: if the valid prefix ends inside a lexeme that is not complete (``tru`` of
 ``true``), the repair starts at that lexeme's start; and the draft model re-generates
-the last token of the prefix (its first token must start with that token's bytes), so
-it never has to continue from an unnatural token boundary.
+the last token of the prefix (the engine's ``HealingConstraint``: its output must begin
+with that token's bytes), so it never has to continue from an unnatural token boundary.
 
 ``guide`` accepts any ``Callable[[str], str]`` (the continuation of the text it is
 given), an SGL ``Backend``, an object with ``.generate(text, ...)`` (an OpenAI-compatible
@@ -330,13 +330,13 @@ class _Repairer:
         self.model: Any = None
 
     def _load(self) -> None:
-        from .optimal import resolve_logit_model, torch_generator
+        from .optimal import engine_sampler, resolve_logit_model
 
         self.model = default_draft_model() if self.draft is None else resolve_logit_model(self.draft)
         self.cg = compile_text_grammar(self.grammar, self.grammar_syntax, self.model.vocab)
         self.session = self.model.session()
         self.prompt_ids = self.model.encode_prompt(self.prompt)
-        self.generator = torch_generator(self.seed)
+        self.sampler = engine_sampler(self.temperature, seed=self.seed)
 
     @property
     def reused_tokens(self) -> int:
@@ -363,9 +363,8 @@ class _Repairer:
             data = vocab.decode(out)
             return first_own_lexeme_end(self.text_grammar, state, data[len(healed):]) is not None
 
-        out, reason = self.session.generate(self.prompt_ids + ids, self.max_tokens, self.temperature,
-                                            matcher=matcher, generator=self.generator,
-                                            first_token_prefix=healed, should_stop=done)
+        out, reason = self.session.generate(self.prompt_ids + ids, self.max_tokens, self.sampler,
+                                            matcher=matcher, healed_prefix=healed, should_stop=done)
         data = vocab.decode(out)[len(healed):]
         end = first_own_lexeme_end(self.text_grammar, state, data)
         if end is not None and reason != "eos":
