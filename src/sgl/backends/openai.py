@@ -52,17 +52,10 @@ from typing import Any
 
 import httpx
 
-from sgl.backends.base import (
-    Backend,
-    Capabilities,
-    ConstraintSpec,
-    GenerateRequest,
-    GenerateResult,
-    SamplingParams,
-    SelectResult,
-)
+from sgl.backends.base import Backend, Capabilities, GenerateRequest, GenerateResult, SelectResult
 from sgl.constrain.errors import ConstraintError
-from sgl.runtime.errors import BackendError
+from sgl.errors import BackendError
+from sgl.types import ConstraintSpec, SamplingParams
 
 SERVER_KINDS = ("openai", "sgl", "sglang", "vllm", "vllm-legacy")
 WRAPPER_TOKENS = 16  # `{"value": ...}` around a regex/choice value, with escapes to spare
