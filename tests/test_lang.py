@@ -659,3 +659,29 @@ def test_gen_with_a_sampler_bypasses_the_backend():
     assert state["x"] == "42" and state.text() == "Answer: 42"
     assert calls == [("Answer: ", 5, r"\d+")]
     assert backend.requests == []
+
+
+def test_runtime_writes_program_state_only_through_its_api():
+    """Issue 10: the interpreter used to read and write ~36 private attributes of the
+    state; now no module outside lang/state.py touches one (checked in the source)."""
+    import ast
+    from pathlib import Path
+
+    src = Path(sgl.__file__).parent
+    state_tree = ast.parse((src / "lang" / "state.py").read_text())
+    private = {
+        node.attr
+        for node in ast.walk(state_tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+        and node.attr.startswith("_") and not node.attr.startswith("__")
+    }
+    assert {"_text", "_vars", "_cond", "_role"} <= private  # the check sees the state's fields
+    offenders = []
+    for path in sorted(src.rglob("*.py")):
+        if path == src / "lang" / "state.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in private
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                offenders.append(f"{path.relative_to(src)}:{node.lineno} {ast.unparse(node)}")
+    assert offenders == []
