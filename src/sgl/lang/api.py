@@ -57,8 +57,9 @@ def gen(
     """Generate text into variable ``name``.
 
     At most one constraint: ``regex``, ``json_schema`` (dict, JSON string or pydantic
-    model class), ``grammar`` (``grammar_syntax`` "lark", "gbnf" or "ebnf") or
-    ``dtype`` (int, float, str, bool: the parsed value is stored). ``choices`` makes
+    model class: the variable is the text, ``state.parsed(name)`` the parsed value or
+    model instance), ``grammar`` (``grammar_syntax`` "lark", "gbnf" or "ebnf") or
+    ``dtype`` (int, float, str, bool or a pydantic model class: the parsed value is stored). ``choices`` makes
     this a ``select`` (as in SGLang). ``timeout`` bounds this one call in seconds.
     ``sampler`` (e.g. ``sgl.OptimalSampler``) generates instead of the backend: any object
     with ``generate_one(prompt, params, constraint)`` returning a ``GenerateResult``.

@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sgl.errors import ProgramError
@@ -26,6 +27,15 @@ from .expr import (
     VarScopeBegin,
     VarScopeEnd,
 )
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The structured reading of a generated value (`ProgramState.parsed`): ``value``,
+    or ``error`` saying why the text does not parse or validate."""
+
+    value: Any = None
+    error: str | None = None
 
 
 class RoleMethods:
@@ -80,6 +90,7 @@ class ProgramState(RoleMethods):
         self._scopes: dict[str, int] = {}
         self._spans: dict[str, tuple[int, int]] = {}  # where each gen/select value sits in the text
         self._truncated: dict[str, str] = {}  # variables cut by max_tokens: reading one raises
+        self._parsed: dict[str, Parsed] = {}  # gen(json_schema=..., dtype=...): the structured value
         self._fork_start = 0
         self._streaming_vars: set[str] = set()
         self._error: BaseException | None = None
@@ -188,7 +199,25 @@ class ProgramState(RoleMethods):
         with self._cond:
             self._vars[name] = value
             self._truncated.pop(name, None)  # a value the program sets itself is whole
+            self._parsed.pop(name, None)  # ... and has no structured reading
             self._cond.notify_all()
+
+    def parsed(self, name: str) -> Any:
+        """The structured value of variable ``name``: the pydantic model instance for
+        ``gen(json_schema=Model)`` / ``gen(dtype=Model)``, the JSON value for a schema
+        dict or JSON text, the typed value for ``dtype=int`` etc. (``state[name]`` stays
+        the text for ``json_schema``). Raises ProgramError if the value was cut by
+        ``max_tokens`` or does not parse or validate, KeyError if it is not defined."""
+        self.get_var(name)  # waits for it; raises if it is undefined or was cut short
+        with self._cond:
+            reading = self._parsed.get(name)
+        if reading is None:
+            raise ProgramError(
+                f"variable {name!r} has no parsed value: generate it with json_schema= or dtype=", self
+            )
+        if reading.error is not None:
+            raise ProgramError(f"the value of {name!r} does not parse: {reading.error}", self)
+        return reading.value
 
     def get_meta_info(self, name: str) -> dict | None:
         """What the backend reported for variable ``name`` (finish reason, scores, ...)."""
@@ -344,16 +373,20 @@ class ProgramState(RoleMethods):
             self._streaming_vars.discard(name)
             self._cond.notify_all()
 
-    def record_var(self, name: str, value: Any, meta: Any, start: int, truncated: str | None = None) -> None:
+    def record_var(self, name: str, value: Any, meta: Any, start: int, *, truncated: str | None = None,
+                   parsed: Parsed | None = None) -> None:
         """Set a generated variable: its value, its meta info and its span (from text
         offset ``start`` to the end of the text), all at once. ``truncated``: why the
-        value is incomplete (reading it then raises ProgramError with that message)."""
+        value is incomplete (reading it then raises ProgramError with that message);
+        ``parsed``: its structured reading (`parsed`)."""
         with self._cond:
             self._spans[name] = (start, len(self._text))
             self._meta[name] = meta
             self.set_var(name, value)
             if truncated:
                 self._truncated[name] = truncated
+            if parsed is not None:
+                self._parsed[name] = parsed
 
     def rewrite_value_text(self, name: str, text: str) -> bool:
         """Replace the text of ``name``'s value with ``text`` where that value still ends

@@ -4,6 +4,7 @@ appended ``gen``/``select``/role into backend calls (SGLang's StreamExecutor, ea
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -29,7 +30,7 @@ from sgl.lang.expr import (
     VarScopeEnd,
 )
 from sgl.lang.global_config import global_config
-from sgl.lang.state import ProgramState
+from sgl.lang.state import Parsed, ProgramState
 from sgl.types import ConstraintSpec, SamplingParams
 
 # --- the default backend ------------------------------------------------------
@@ -222,8 +223,11 @@ class Interpreter:
             return
         values = [self._value(g, text, meta) for text, meta in zip(texts, metas, strict=True)]
         cut = [_cut_value_error(g, request, text, meta) for text, meta in zip(texts, metas, strict=True)]
+        readings = [_reading(g, text, value, meta) for text, value, meta in zip(texts, values, metas, strict=True)]
+        if g.value_is_model:  # dtype=Model: the variable holds the instance where it validated
+            values = [r.value if r is not None and r.error is None else v for r, v in zip(readings, values, strict=True)]
         state.record_var(g.name, values[0] if n == 1 else values, metas[0] if n == 1 else metas, start,
-                         truncated="; ".join(c for c in cut if c) or None)
+                         truncated="; ".join(c for c in cut if c) or None, parsed=_one_reading(readings))
 
     def _generate(self, g: GenExpr, requests: list[GenerateRequest]) -> list[GenerateResult]:
         if g.sampler is not None:
@@ -474,8 +478,6 @@ def _cut_value_error(g: GenExpr, request: GenerateRequest, text: str, meta: dict
         except re.error:
             return None  # a regex only the constraint engine reads: cannot tell
     elif g.json_schema is not None:
-        import json
-
         try:
             json.loads(text)
             return None
@@ -486,6 +488,34 @@ def _cut_value_error(g: GenExpr, request: GenerateRequest, text: str, meta: dict
     meta["truncated"] = True
     return (f"the value of {g.name!r} was cut by max_tokens={request.params.max_tokens} before the "
             f"constraint was complete ({text[-40:]!r}); raise max_tokens (the raw text is in the state's text)")
+
+
+def _reading(g: GenExpr, text: str, value: Any, meta: dict) -> Parsed | None:
+    """The structured reading of one generated value (None for plain text)."""
+    if g.model is not None:
+        try:
+            return Parsed(g.model.model_validate_json(text))
+        except ValueError as e:  # pydantic's ValidationError is a ValueError
+            meta["parse_error"] = str(e)
+            return Parsed(error=str(e))
+    if g.json_schema is not None:
+        try:
+            return Parsed(json.loads(text))
+        except ValueError as e:
+            meta["parse_error"] = str(e)
+            return Parsed(error=f"not JSON: {e}")
+    if g.dtype:
+        error = meta.get("dtype_error")
+        return Parsed(error=error) if error else Parsed(value)
+    return None
+
+
+def _one_reading(readings: list[Parsed | None]) -> Parsed | None:
+    """The reading of ``gen``'s variable: of its one value, or a list for ``n`` samples."""
+    if len(readings) == 1 or readings[0] is None:
+        return readings[0]
+    errors = [r.error for r in readings if r.error is not None]
+    return Parsed(error="; ".join(errors)) if errors else Parsed([r.value for r in readings])
 
 
 def _nth_sample(request: GenerateRequest, i: int) -> GenerateRequest:
