@@ -148,6 +148,28 @@ def test_json_by_schema(model):
     jsonschema.validate(json.loads(state["person"]), schema)
 
 
+def test_typed_result_with_a_pydantic_model(model):
+    pydantic = pytest.importorskip("pydantic", reason="typed results need pydantic models")
+
+    class Person(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        name: str = pydantic.Field(max_length=12)
+        age: int = pydantic.Field(ge=0, le=120)
+
+    @sgl.function
+    def person(s):
+        s += sgl.user("Describe a person as JSON with a name and an age.")
+        s += sgl.assistant(sgl.gen("text", max_tokens=40, json_schema=Person))
+        s += sgl.user("Another one.")
+        s += sgl.assistant(sgl.gen("obj", max_tokens=40, dtype=Person))
+
+    state = person.run(backend=model, temperature=0)
+    assert isinstance(state["text"], str)
+    first = state.parsed("text")
+    assert isinstance(first, Person) and first == Person.model_validate_json(state["text"])
+    assert isinstance(state["obj"], Person) and state.parsed("obj") is state["obj"]
+
+
 def test_ipv4_regex(model):
     @sgl.function
     def regex_gen(s):

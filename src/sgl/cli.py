@@ -75,7 +75,7 @@ def configure_run(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sgl.errors import SglError
-    from sgl.lang.function import SglFunction
+    from sgl.runtime.function import SglFunction
 
     path = Path(args.program)
     if not path.is_file():
@@ -145,7 +145,7 @@ def load_program(path: Path) -> Any:
 
 
 def pick_function(module: Any, name: str | None, path: Path) -> Any:
-    from sgl.lang.function import SglFunction
+    from sgl.runtime.function import SglFunction
 
     found = {k: v for k, v in vars(module).items() if isinstance(v, SglFunction)}
     if name is not None:

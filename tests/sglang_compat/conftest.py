@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
+from sgl.backends.base import Backend, Capabilities, GenerateRequest, GenerateResult, SelectResult
 
 
 def require_model_package() -> None:
@@ -67,6 +67,8 @@ class ScriptedBackend(Backend):
 
     def role_text(self, role, content):
         return f"<|{role}|>", "<|end|>\n"
+
+    capabilities = Capabilities(prefix_cache=True)  # records the prefixes run_batch warms
 
     def cache_prefix(self, prefix: str) -> None:
         self.prefixes.append(prefix)
