@@ -181,6 +181,45 @@ def test_constraint_fields_reach_the_backend(scripted, extra, field, value):
         assert spec.grammar_syntax == ("gbnf" if "::=" in value else "lark")
 
 
+ST_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+ST_LEGACY = {"type": "structural_tag", "triggers": ["<function="],
+             "structures": [{"begin": "<function=get_weather>", "schema": ST_SCHEMA, "end": "</function>"}]}
+ST_FORMAT = {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": ["<function="], "tags": [
+    {"begin": "<function=get_weather>", "content": {"type": "json_schema", "json_schema": ST_SCHEMA}, "end": "</function>"}]}}
+
+
+@pytest.mark.parametrize("extra", [
+    {"response_format": ST_LEGACY},
+    {"response_format": ST_FORMAT},
+    {"structural_tag": ST_LEGACY},
+    {"structural_tag": json.dumps(ST_LEGACY)},  # vLLM sends JSON text
+    {"structured_outputs": {"structural_tag": json.dumps(ST_FORMAT)}},
+], ids=["response_format", "response_format-xgrammar", "extra-field", "extra-field-text", "structured_outputs"])
+def test_structural_tag_fields_reach_the_backend(scripted, extra):
+    """Every spelling becomes one structural-tag constraint, its schemas made strict."""
+    client, backend, _ = scripted
+    r = client.post("/v1/chat/completions", json=chat_body(**extra))
+    assert r.status_code == 200, r.text
+    spec = backend.requests[-1].constraint
+    assert spec.grammar_syntax == "structural_tag"
+    tag = json.loads(spec.grammar)
+    schema = tag["structures"][0]["schema"] if "structures" in tag else tag["format"]["tags"][0]["content"]["json_schema"]
+    assert schema["additionalProperties"] is False  # the server's strict default
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"structural_tag": "{not json"}, "not valid JSON"),
+    ({"structural_tag": ST_LEGACY | {"triggers": ["<tool>"]}}, "does not start with a trigger"),
+    ({"response_format": {"type": "structural_tag", "triggers": ["<f"]}}, "structures must be a non-empty list"),
+    ({"structural_tag": ST_LEGACY, "regex": "a"}, "one constraint per request"),
+])
+def test_bad_structural_tags_are_400(scripted, extra, needle):
+    client, backend, _ = scripted
+    r = client.post("/v1/chat/completions", json=chat_body(**extra))
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+    assert backend.requests == []
+
+
 @pytest.mark.parametrize(
     "extra, param, location",
     [
@@ -521,6 +560,34 @@ def test_real_json_schema(server, client):
     content = r.choices[0].message.content
     assert r.choices[0].finish_reason == "stop", content
     jsonschema.validate(json.loads(content), schema)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at_least_one", [False, True])
+def test_real_structural_tag(server, client, at_least_one):
+    """Free text with tagged calls (SGLang's / vLLM's structural_tag): every tagged
+    segment matches its schema; with at_least_one (XGrammar's format) a call is there."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"],
+              "additionalProperties": False}
+    if at_least_one:
+        response_format = {"type": "structural_tag", "format": {
+            "type": "triggered_tags", "triggers": ["<function="], "at_least_one": True, "stop_after_first": True,
+            "tags": [{"begin": "<function=get_weather>", "content": {"type": "json_schema", "json_schema": schema},
+                      "end": "</function>"}]}}
+    else:
+        response_format = {"type": "structural_tag", "triggers": ["<function="], "structures": [
+            {"begin": "<function=get_weather>", "schema": schema, "end": "</function>"}]}
+    question = ("To get the weather, write <function=get_weather>{\"city\": CITY}</function>. "
+                "What is the weather in Paris?")
+    r = ask(server, client, question, max_tokens=48, response_format=response_format)
+    text = r.choices[0].message.content
+    segments = re.findall(r"<function=get_weather>(.*?)</function>", text, flags=re.S)
+    if at_least_one:
+        assert r.choices[0].finish_reason == "stop" and len(segments) == 1 and text.endswith("</function>"), text
+    for segment in segments:
+        jsonschema.validate(json.loads(segment), schema)
+    if r.choices[0].finish_reason == "stop":  # a complete answer has no dangling trigger
+        assert text.count("<function=") == len(segments), text
 
 
 REAL_WEATHER = {"type": "function", "function": {

@@ -1151,16 +1151,21 @@ def constraint_of(body: SamplingFields, strict_default: bool = True) -> tuple[Co
     for key, value in (body.structured_outputs or {}).items():
         make = {"regex": lambda v: ConstraintSpec(regex=v), "choice": lambda v: ConstraintSpec(choices=list(v)),
                 "grammar": lambda v: ConstraintSpec(grammar=v, grammar_syntax=guess_grammar_syntax(v)),
-                "json": lambda v: schema(v, "structured_outputs.json")}.get(key)
+                "json": lambda v: schema(v, "structured_outputs.json"),
+                "structural_tag": lambda v: structural_tag_spec(v, "structured_outputs.structural_tag", strict_default),
+                }.get(key)
         if make is None:
-            raise APIError(400, f"structured_outputs.{key} is not supported (use regex, choice, grammar or json)",
+            raise APIError(400, f"structured_outputs.{key} is not supported (use regex, choice, grammar, json or "
+                           "structural_tag)",
                            param=f"structured_outputs.{key}")
         if value is not None:
             found.append((f"structured_outputs.{key}", make(value)))
     _check_guided_options(body)
-    if body.structural_tag is not None or (rf is not None and rf.type == "structural_tag"):
-        param = "structural_tag" if body.structural_tag is not None else "response_format"
-        raise APIError(400, f"{param}: structural tags are not supported yet (use tools, or one constraint)", param=param)
+    if rf is not None and rf.type == "structural_tag":
+        found.append(("response_format", structural_tag_spec(rf.model_dump(exclude_none=True), "response_format",
+                                                             strict_default)))
+    if body.structural_tag is not None:
+        found.append(("structural_tag", structural_tag_spec(body.structural_tag, "structural_tag", strict_default)))
     if len(found) > 1:
         raise APIError(400, f"one constraint per request, got {', '.join(n for n, _ in found)}", param=found[1][0])
     if not found:
@@ -1169,6 +1174,46 @@ def constraint_of(body: SamplingFields, strict_default: bool = True) -> tuple[Co
     if spec.choices is not None and not spec.choices:
         raise APIError(400, f"{name} is empty", param=name)
     return spec, name
+
+
+def structural_tag_spec(value: Any, param: str, strict_default: bool) -> ConstraintSpec:
+    """A structural tag (SGLang's / vLLM's, a dict or JSON text) as a constraint: its JSON
+    text in ``grammar_syntax="structural_tag"`` (compiled by ``sgl.constrain.structural_tag``);
+    each tag's JSON Schema made strict as a ``response_format`` schema would be."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise APIError(400, f"{param}: the structural tag is not valid JSON: {e.msg}", param=param,
+                           code="invalid_constraint", location=f"line {e.lineno}, column {e.colno}") from None
+    if not isinstance(value, dict):
+        raise APIError(400, f"{param}: a structural tag must be an object", param=param, code="invalid_constraint")
+    value = dict(value)
+    value.setdefault("type", "structural_tag")
+    if isinstance(value.get("structures"), list):
+        value["structures"] = [_strict_schema_in(s, "schema", strict_default) for s in value["structures"]]
+    fmt = value.get("format")
+    if isinstance(fmt, dict):
+        if isinstance(fmt.get("tags"), list):
+            fmt = fmt | {"tags": [_strict_content(t, strict_default) for t in fmt["tags"]]}
+        elif fmt.get("type") == "tag":
+            fmt = _strict_content(fmt, strict_default)
+        value["format"] = fmt
+    return ConstraintSpec(grammar=json.dumps(value, ensure_ascii=False, sort_keys=True), grammar_syntax="structural_tag")
+
+
+def _strict_content(tag: Any, strict_default: bool) -> Any:
+    if isinstance(tag, dict) and isinstance(tag.get("content"), dict):
+        return tag | {"content": _strict_schema_in(tag["content"], "json_schema", strict_default)}
+    return tag
+
+
+def _strict_schema_in(holder: Any, key: str, strict_default: bool) -> Any:
+    """``holder`` with its schema under ``key`` resolved for strictness (a malformed
+    holder is left to the compiler, which names what is wrong)."""
+    if isinstance(holder, dict) and isinstance(holder.get(key), dict | bool):
+        return holder | {key: resolve_strict(holder[key], None, strict_default)}
+    return holder
 
 
 def guess_grammar_syntax(text: str) -> str:
