@@ -452,6 +452,46 @@ def test_tool_call_streamed(scripted, choice):
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+ANSWER = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("text, is_call", [('{"answer": "sunny"}', False), ('{"name": "get_weather", "arguments": {"city": "Oslo"}}', True)])
+def test_tools_with_response_format_call_or_answer(scripted, text, is_call, stream):
+    """tool_choice auto + response_format: one pass under 'a call or the format'."""
+    client, backend, _ = scripted
+    backend.text = text
+    body = chat_body(tools=[WEATHER], response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": ANSWER}},
+                     stream=stream)
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert len(backend.requests) == 1  # no second pass
+    schema = backend.requests[0].constraint.json_schema
+    assert len(schema["anyOf"]) == 2 and schema["anyOf"][1]["additionalProperties"] is False  # strict answer
+    assert "JSON in the requested format" in backend.requests[0].prompt
+    if stream:
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        deltas = [e["choices"][0]["delta"] for e in events if e.get("choices")]
+        calls = [t for d in deltas for t in d.get("tool_calls") or []]
+        content = "".join(d.get("content") or "" for d in deltas)
+        finish = events[-1]["choices"][0]["finish_reason"]
+    else:
+        message = r.json()["choices"][0]["message"]
+        calls, content, finish = message.get("tool_calls") or [], message["content"] or "", r.json()["choices"][0]["finish_reason"]
+    if is_call:
+        assert finish == "tool_calls" and calls[0]["function"]["name"] == "get_weather" and not content
+    else:
+        assert finish == "stop" and not calls and json.loads(content) == {"answer": "sunny"}
+
+
+def test_tools_with_a_format_need_auto(scripted):
+    client, backend, _ = scripted
+    rf = {"type": "json_object"}
+    r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER], tool_choice="required", response_format=rf))
+    assert r.status_code == 400 and "tool_choice 'auto'" in r.json()["error"]["message"]
+    assert backend.requests == []
+
+
 def test_tool_results_go_back_into_the_prompt(scripted):
     client, backend, _ = scripted
     messages = [
@@ -616,6 +656,23 @@ def test_real_tool_calls(server, client, choice):
     followup = client.chat.completions.create(model=server["model"], messages=messages, tools=[REAL_WEATHER],
                                               max_tokens=24, temperature=0)
     assert followup.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("question", ["What is the weather in Paris?", "What is 2 + 2? Answer in JSON."])
+def test_real_tools_with_response_format(server, client, question):
+    """tool_choice auto + response_format: a valid call, or an answer valid in the format."""
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20}}, "required": ["answer"],
+              "additionalProperties": False}
+    r = ask(server, client, question, max_tokens=40, tools=[REAL_WEATHER],
+            response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}})
+    choice = r.choices[0]
+    if choice.finish_reason == "tool_calls":
+        arguments = json.loads(choice.message.tool_calls[0].function.arguments)
+        jsonschema.validate(arguments, REAL_WEATHER["function"]["parameters"])
+    else:
+        assert choice.finish_reason == "stop", choice.message
+        jsonschema.validate(json.loads(choice.message.content), schema)
 
 
 @pytest.mark.slow

@@ -87,6 +87,7 @@ from .tools import (
     AUTO_FIRST_PASS,
     ToolError,
     ToolPlan,
+    call_or_answer_schema,
     opened_call,
     parse_calls,
     plan_tools,
@@ -426,10 +427,26 @@ class _Job:
     started: float = field(default_factory=time.perf_counter)
     ttft: float | None = None  # streaming: seconds to the first delta
     param: str | None = None  # the field that gave the constraint
+    # auto tools with a response_format: one pass, a call or an answer in the format
+    with_format: bool = False
 
     def is_call(self, result: GenerateResult) -> bool:
-        """Was ``result`` generated under the tool-call constraint?"""
-        return self.tools is not None and (self.tools.mode == "required" or bool(result.meta.get("tool_call_pass")))
+        """Was ``result`` generated under the tool-call constraint (or, with a format, is it a call)?"""
+        if self.tools is None:
+            return False
+        if self.with_format:
+            return parse_calls(result.text, self.tools.names) is not None
+        return self.tools.mode == "required" or bool(result.meta.get("tool_call_pass"))
+
+    @property
+    def two_pass(self) -> bool:
+        """Auto tools without a format: a first pass, then a call pass if it opened one."""
+        return self.tools is not None and self.tools.mode == "auto" and not self.with_format
+
+    @property
+    def whole_answer(self) -> bool:
+        """Streamed only when complete (it may be a call, which is sent whole)?"""
+        return self.tools is not None and (self.tools.mode == "required" or self.with_format)
 
 
 class _Server:
@@ -546,12 +563,18 @@ class _Server:
                            param="max_tokens")
         spec, param = constraint_of(body, self.settings.strict_schemas)
         call_spec = call_checker = None
+        with_format = False
         if tools is not None:
-            if spec is not None:
-                raise APIError(400, f"{param} cannot be combined with tools (unless tool_choice is 'none')", param=param)
+            answer_format = answer_schema(spec, param, tools)
             call_spec = ConstraintSpec(json_schema=tools.call_schema)
             call_checker = await self._compile(call_spec, "tools")
-            spec, param = (call_spec, "tools") if tools.mode == "required" else (ConstraintSpec(regex=AUTO_FIRST_PASS), "tools")
+            if tools.mode == "required":
+                spec, param = call_spec, "tools"
+            elif answer_format is not None:  # one pass: a call or an answer in the format
+                spec, param, with_format = ConstraintSpec(json_schema=call_or_answer_schema(tools, answer_format)), \
+                    "response_format", True
+            else:
+                spec, param = ConstraintSpec(regex=AUTO_FIRST_PASS), "tools"
         checker = None
         if spec is not None:
             checker = call_checker if spec is call_spec else await self._compile(spec, param)
@@ -575,7 +598,8 @@ class _Server:
                 requests.append(GenerateRequest(prompt=prompt, params=params, constraint=spec))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _Job(requests, checker, body.stream, include_usage, want_logprobs, top_logprobs,
-                    trace.new_request_id(endpoint), endpoint, tools, call_spec, call_checker, param=param)
+                    trace.new_request_id(endpoint), endpoint, tools, call_spec, call_checker, param=param,
+                    with_format=with_format)
 
     async def _compile(self, spec: ConstraintSpec, param: str) -> Any:
         size = _constraint_size(spec)
@@ -643,7 +667,7 @@ class _Server:
     async def _generate(self, job: _Job, request: Request) -> list[GenerateResult]:
         """Run a non-streaming job (both passes of auto tool calls), then record it."""
         results = await self._run(job, job.requests, request)
-        if job.tools is not None and job.tools.mode == "auto":
+        if job.two_pass:
             redo = [i for i, r in enumerate(results) if opened_call(r.text)]
             if redo:
                 again = await self._run(job, [self._call_request(job, job.requests[i]) for i in redo], request)
@@ -776,7 +800,7 @@ class _Server:
                 yield c, "delta", (text, self._progress_tokens(c, progress))
                 continue
             result = value if value is not None else self._estimate_result(job.requests[index], "".join(c.pieces))
-            if job.tools is not None and job.tools.mode == "auto" and not c.call_pass and opened_call(result.text):
+            if job.two_pass and not c.call_pass and opened_call(result.text):
                 c.begin_call_pass(result)
                 streams.start(index, self._call_request(job, job.requests[index]))
                 continue
@@ -796,12 +820,12 @@ class _Server:
         choices = [_StreamChoice(i) for i in range(len(job.requests))]
         for c in choices:
             yield chunk(c.index, DeltaMessage(role="assistant", content=""))
-        required = job.tools is not None and job.tools.mode == "required"
+        whole = job.whole_answer
         async for c, kind, value in self._stream_events(job, request, choices):
             if kind == "delta":
                 text, tokens = value
                 c.pieces.append(text)
-                if required or c.call_pass or c.opening:
+                if whole or c.call_pass or c.opening:
                     continue  # a call is sent whole when it is complete
                 c.held += text
                 c.held_tokens += tokens
@@ -823,7 +847,7 @@ class _Server:
                     yield chunk(c.index, DeltaMessage(tool_calls=[delta]))
                 yield chunk(c.index, DeltaMessage(), "tool_calls")
                 continue
-            rest = "".join(c.pieces) if (required or c.call_pass) else c.held  # not sent yet
+            rest = "".join(c.pieces) if (whole or c.call_pass) else c.held  # not sent yet
             tokens = c.held_tokens + self._rest_tokens(c, result)
             if rest:
                 yield chunk(c.index, DeltaMessage(content=rest), logprobs=self._stream_logprobs(job, tokens, True))
@@ -1174,6 +1198,21 @@ def constraint_of(body: SamplingFields, strict_default: bool = True) -> tuple[Co
     if spec.choices is not None and not spec.choices:
         raise APIError(400, f"{name} is empty", param=name)
     return spec, name
+
+
+def answer_schema(spec: ConstraintSpec | None, param: str | None, tools: ToolPlan) -> dict | bool | None:
+    """The JSON Schema of a non-call answer when a request has tools and a constraint:
+    only a ``response_format`` (json_schema / json_object) with ``tool_choice`` auto may
+    be combined with tools (vLLM's rule: a call, or an answer in the format)."""
+    if spec is None:
+        return None
+    if param != "response_format" or spec.json_schema is None:
+        raise APIError(400, f"{param} cannot be combined with tools (response_format can; or tool_choice 'none')",
+                       param=param)
+    if tools.mode != "auto":
+        raise APIError(400, "response_format cannot be combined with a required or named tool_choice (the answer is a "
+                       "call); use tool_choice 'auto'", param="response_format")
+    return spec.json_schema
 
 
 def structural_tag_spec(value: Any, param: str, strict_default: bool) -> ConstraintSpec:
