@@ -117,6 +117,30 @@ def test_serve_flags_take_vllm_and_sglang_spellings():
             parser.parse_args(argv)
 
 
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_model_flags_reach_the_engine(command):
+    """Issue 10: `sgl serve --model PATH --max-running 4` (and `sgl run`) build the
+    LocalModel through one factory that passes every engine flag on."""
+    pytest.importorskip("torch")
+    from sgl.cli import build_parser, make_backend
+    from sgl.engine.model_loader import resolve_checkpoint
+    from sgl.server.main import build_backend
+
+    try:
+        folder = str(resolve_checkpoint(None).folder)
+    except FileNotFoundError as e:
+        pytest.skip(f"the packaged model is not installed: {e}")
+    argv = [command, *(["program.py"] if command == "run" else []), "--model", folder, "--max-running", "4",
+            "--kv-budget-mb", "64", "--max-context", "512"]
+    args = build_parser().parse_args(argv)
+    backend = build_backend(args) if command == "serve" else make_backend(args)
+    try:
+        info = backend.get_server_info()
+        assert (info["max_running_requests"], info["kv_budget_mb"], info["context_length"]) == (4, 64.0, 512)
+    finally:
+        backend.close()
+
+
 def test_chat_prompt_is_built_with_role_text(scripted):
     client, backend, _ = scripted
     r = client.post("/v1/chat/completions", json=chat_body(messages=[
