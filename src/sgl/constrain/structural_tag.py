@@ -160,13 +160,16 @@ def structural_tag_grammar(text: Any, start: str = "start") -> Grammar:
     any_trigger = alt(*(literal(t) for t in spec.triggers))
     early = mk_seq(ANY_STRING, any_trigger, ANY_CHAR, ANY_STRING)  # a trigger with text after it
     bare, after_text = b.fresh("tag"), b.fresh("text_tag")  # a tag right here; free text, then a tag
+    upto: dict[str, str] = {}  # trigger -> the lexeme "free text, then this trigger" (built once)
     for i, tag in enumerate(spec.tags):
         trigger = max((t for t in spec.triggers if tag.begin.startswith(t)), key=len)
         body = _tag_body(b, tag, trigger, i)
         b.rule(bare, [b.literal(trigger), *body])
         if spec.free_text:
-            b.rule(after_text, [b.terminal(_plain(mk_and(mk_seq(ANY_STRING, literal(trigger)), mk_not(early))),
-                                           "upto_trigger"), *body])
+            if trigger not in upto:
+                upto[trigger] = b.terminal(_plain(mk_and(mk_seq(ANY_STRING, literal(trigger)), mk_not(early))),
+                                           "upto_trigger")
+            b.rule(after_text, [upto[trigger], *body])
     ends: list[list[str]] = [[]]  # what may follow the tags: nothing, or free text without a trigger
     if spec.free_text:
         nonempty = mk_seq(ANY_CHAR, ANY_STRING)
