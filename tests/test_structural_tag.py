@@ -77,6 +77,14 @@ def test_content_kinds(content, good, bad):
     assert g.accepts_text(good) and not g.accepts_text(bad)
 
 
+def test_overlapping_triggers():
+    """A trigger that starts another: the shorter one, written first, opens the tag."""
+    tag = LEGACY | {"triggers": ["<f", "<function="]}
+    g = compiled(tag)
+    assert g.accepts_text(f"say {CALL} then") and g.accepts_text(f"<f{CALL[2:]}")
+    assert not g.accepts_text("say <fun") and g.accepts_text("say <g")
+
+
 def test_single_tag_format_is_the_whole_output():
     g = compiled({"type": "structural_tag", "format": {"type": "tag", "begin": "<x>", "end": "</x>",
                                                        "content": {"type": "json_schema", "json_schema": ADD}}})

@@ -162,7 +162,8 @@ def structural_tag_grammar(text: Any, start: str = "start") -> Grammar:
     bare, after_text = b.fresh("tag"), b.fresh("text_tag")  # a tag right here; free text, then a tag
     upto: dict[str, str] = {}  # trigger -> the lexeme "free text, then this trigger" (built once)
     for i, tag in enumerate(spec.tags):
-        trigger = max((t for t in spec.triggers if tag.begin.startswith(t)), key=len)
+        # the shortest trigger: in free text, it is the first one to appear
+        trigger = min((t for t in spec.triggers if tag.begin.startswith(t)), key=len)
         body = _tag_body(b, tag, trigger, i)
         b.rule(bare, [b.literal(trigger), *body])
         if spec.free_text:
