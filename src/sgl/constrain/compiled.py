@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, to_dfa
+from .counters import split_counters
 from .earley import EarleyParser, EarleySet, build_tables
 from .errors import CompileBudgetExceeded, ConstraintError
 from .grammar import Grammar, Rule, Terminal, prune
 from .lexer import Lexer
-from .mask import MaskComputer, TokenTable
+from .mask import DEFAULT_MASK_SECONDS, MaskComputer, TokenTable
 from .regex import parse_regex
 from .regex_ast import literal
 
@@ -34,6 +35,8 @@ class CompileBudget:
     - ``dfa_states``: states one construction step of one lexeme's DFA may build.
     - ``choice_states``: states of the trie of one alternation of literal strings
       (choices, enums, ``a|b|c`` regexes): one per byte not shared as a prefix.
+    - ``mask_seconds``: wall time of computing one token mask (checked between the
+      parser's scans and the vocabulary walks), when masking, not compiling.
     """
 
     seconds: float = DEFAULT_COMPILE_BUDGET_S
@@ -41,6 +44,7 @@ class CompileBudget:
     lexemes: int = 20_000
     dfa_states: int = 50_000
     choice_states: int = DEFAULT_MAX_TRIE_STATES
+    mask_seconds: float = DEFAULT_MASK_SECONDS
 
     def over(self, name: str, value, limit) -> CompileBudgetExceeded:
         return CompileBudgetExceeded(f"the constraint needs {value} {name.replace('_', ' ')}, over the budget of {limit} (budget: {name})")
@@ -67,6 +71,8 @@ class CompiledGrammar:
             raise budget.over("rules", len(grammar.rules), budget.rules)
         if len(grammar.terminals) > budget.lexemes:
             raise budget.over("lexemes", len(grammar.terminals), budget.lexemes)
+        # large counted repetitions become chunk lexemes counted by rules (not unrolled)
+        grammar = split_counters(grammar, lambda node: terminal_dfa(node, False, budget))
         self.grammar = grammar
         self.vocab = vocab
         dfas = self._terminal_dfas(grammar, start, budget)
@@ -85,7 +91,8 @@ class CompiledGrammar:
         self.lock = threading.RLock()  # caches are shared across matchers and threads
         self.masks = None
         if vocab is not None:
-            self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids))
+            self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids),
+                                      budget.mask_seconds)
         self.compile_seconds = time.perf_counter() - start
         if self.compile_seconds > budget.seconds:
             raise budget.over("seconds", f"{self.compile_seconds:.1f}", budget.seconds)

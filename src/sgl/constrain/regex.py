@@ -45,9 +45,9 @@ from .regex_ast import (
     Chars,
     Node,
     Repeat,
-    Seq,
     negate,
     normalize_ranges,
+    nullable,
     seq,
 )
 
@@ -114,7 +114,7 @@ def regex_grammar(pattern: str, flags: int = 0) -> Grammar:
     """
     node = parse_regex(pattern, flags)
     rules = [Rule("start", ("T",))]
-    if _nullable(node):
+    if nullable(node):
         rules.append(Rule("start", ()))
     g = Grammar("start", rules, {"T": Terminal("T", node)}, source=pattern)
     g.validate()
@@ -123,18 +123,6 @@ def regex_grammar(pattern: str, flags: int = 0) -> Grammar:
 
 _WORD_LIST_MIN = 10_000
 _WORD_LIST = re.compile(r"[^\\\[\](){}.*+?^$|]*(?:\|[^\\\[\](){}.*+?^$|]*)*")
-
-
-def _nullable(node: Node) -> bool:
-    if isinstance(node, LiteralAlt):
-        return "" in node.words
-    if isinstance(node, Seq):
-        return all(_nullable(it) for it in node.items)
-    if isinstance(node, Alt):
-        return any(_nullable(it) for it in node.items)
-    if isinstance(node, Repeat):
-        return node.min == 0 or _nullable(node.item)
-    return False
 
 
 def _offset(pos: int | None) -> str | None:
