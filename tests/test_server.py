@@ -501,6 +501,8 @@ def test_tools_with_a_format_need_auto(scripted):
     rf = {"type": "json_object"}
     r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER], tool_choice="required", response_format=rf))
     assert r.status_code == 400 and "tool_choice 'auto'" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER], response_format=ST_LEGACY))
+    assert r.status_code == 400 and "a json_schema or json_object response_format can" in r.json()["error"]["message"]
     assert backend.requests == []
 
 

@@ -90,8 +90,8 @@ def answer_schema(spec: ConstraintSpec | None, param: str | None, tools: ToolPla
     if spec is None:
         return None
     if param != "response_format" or spec.json_schema is None:
-        raise APIError(400, f"{param} cannot be combined with tools (response_format can; or tool_choice 'none')",
-                       param=param)
+        raise APIError(400, f"{param} cannot be combined with tools (a json_schema or json_object response_format "
+                       "can; or use tool_choice 'none')", param=param)
     if tools.mode != "auto":
         raise APIError(400, "response_format cannot be combined with a required or named tool_choice (the answer is a "
                        "call); use tool_choice 'auto'", param="response_format")
