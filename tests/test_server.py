@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from scripted import ScriptedBackend
 
-from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
+from sgl.backends.base import GenerateRequest, GenerateResult, SelectResult
 from sgl.server.app import ServerSettings, create_app
 from sgl.telemetry import trace
 from sgl.telemetry.metrics import Metrics
@@ -21,20 +22,21 @@ REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-test-key"
 
 
-class ScriptedBackend(Backend):
-    """Answers ``text`` (or the last allowed choice) and records every request."""
+class ServerScripted(ScriptedBackend):
+    """The shared scripted backend, answering as a chat model would: ``text`` (or the last
+    allowed choice) in whole words, with logprobs when asked, EOS at the end."""
 
     default_system_prompt = "You are scripted."
 
     def __init__(self, text: str = "Hello there, world") -> None:
+        super().__init__(respond=self._respond, chunk=1)
         self.text = text
-        self.requests: list[GenerateRequest] = []
 
-    def _answer(self, request: GenerateRequest) -> str:
+    def _respond(self, request: GenerateRequest) -> str:
         c = request.constraint
         return c.choices[-1] if c is not None and c.choices else self.text
 
-    def _result(self, request: GenerateRequest, text: str) -> GenerateResult:
+    def result(self, request: GenerateRequest, text: str) -> GenerateResult:
         n = len(text.split())
         k = request.params.top_logprobs
         return GenerateResult(text=text, token_ids=list(range(10, 10 + n)), finish_reason="eos",
@@ -42,15 +44,10 @@ class ScriptedBackend(Backend):
                               top_logprobs=[[(t, -0.25), (t + 100, -2.0)][:k] for t in range(10, 10 + n)] if k else None,
                               meta={"prompt_tokens": len(request.prompt.split())})
 
-    def generate(self, request: GenerateRequest) -> GenerateResult:
-        self.requests.append(request)
-        return self._result(request, self._answer(request))
-
     def generate_stream(self, request: GenerateRequest) -> Iterator[str]:
-        self.requests.append(request)
-        text = self._answer(request)
+        text = self.answer(request)
         yield from re.findall(r"\S+\s*", text)
-        return self._result(request, text)
+        return self.result(request, text)
 
     def select(self, prompt, choices, method="token_length_normalized"):
         return SelectResult(0, [0.0] * len(choices))
@@ -64,7 +61,7 @@ class ScriptedBackend(Backend):
 
 @pytest.fixture
 def scripted():
-    backend = ScriptedBackend()
+    backend = ServerScripted()
     settings = ServerSettings(model_name="scripted", api_key=KEY, max_tokens_limit=100, max_body_bytes=20_000,
                               max_constraint_bytes=2_000, metrics=Metrics())
     with TestClient(create_app(backend, settings)) as client:
@@ -539,7 +536,7 @@ def test_strict_schema_default_is_a_setting(scripted):
 
 def test_trace_log_has_one_line_per_request(tmp_path):
     path = tmp_path / "server-trace.jsonl"
-    backend = ScriptedBackend()
+    backend = ServerScripted()
     try:
         with TestClient(create_app(backend, ServerSettings(model_name="m", trace_path=str(path), metrics=Metrics()))) as client:
             client.post("/v1/chat/completions", json=chat_body(model="m", regex="Hello.*"))
