@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, literal_dfa, to_dfa
 from .counters import split_counters
@@ -47,6 +48,17 @@ class CompileBudget:
 
     def over(self, name: str, value, limit) -> CompileBudgetExceeded:
         return CompileBudgetExceeded(f"the constraint needs {value} {name.replace('_', ' ')}, over the budget of {limit} (budget: {name})")
+
+
+class Walk(NamedTuple):
+    """What `CompiledGrammar.walk` read: ``consumed`` bytes (all of them if the data is
+    a valid prefix), the (column, lexer state) after them, the byte where the lexeme in
+    progress started, and ``(byte offset, lexeme ids)`` where each earlier lexeme ended."""
+
+    consumed: int
+    state: tuple[EarleySet, int]
+    lexeme_start: int
+    lexeme_ends: list[tuple[int, frozenset[int]]]
 
 
 class CompiledGrammar:
@@ -132,6 +144,50 @@ class CompiledGrammar:
                     return None
             s = nxt
         return col, s
+
+    def walk(self, data: bytes, state: tuple[EarleySet, int] | None = None) -> Walk:
+        """Read ``data`` from ``state`` (default: the start) as far as the grammar allows.
+
+        The greedy lexing of `advance_bytes` (a lexeme continues while it can; it ends
+        where the next byte only starts another), reporting where it stopped and where
+        each lexeme ended: a `Walk`. ``walk(data).consumed == len(data)`` means ``data``
+        is a valid prefix.
+        """
+        col, s = state or (self.initial, 0)
+        lex = self.lexer.for_lexemes(col.allowed)
+        start, ends = 0, []
+        for i, b in enumerate(data):
+            nxt = lex.row(s)[b]
+            if nxt < 0:
+                if not lex.accepting[s]:
+                    return Walk(i, (col, s), start, ends)
+                ncol = self.parser.scan(col, lex.accepts[s])
+                if ncol is None:
+                    return Walk(i, (col, s), start, ends)
+                nlex = self.lexer.for_lexemes(ncol.allowed)
+                nxt = nlex.row(0)[b]
+                if nxt < 0:
+                    return Walk(i, (col, s), start, ends)
+                ends.append((i, frozenset(lex.accepts[s])))
+                col, lex, start = ncol, nlex, i
+            s = nxt
+        return Walk(len(data), (col, s), start, ends)
+
+    def lexeme_complete(self, state: tuple[EarleySet, int]) -> bool:
+        """Whether the lexeme in progress at ``state`` could end here (True between lexemes)."""
+        col, s = state
+        return s == 0 or bool(self.lexer.for_lexemes(col.allowed).accepting[s])
+
+    def lexeme_maximal(self, state: tuple[EarleySet, int]) -> bool:
+        """Whether the lexeme in progress at ``state`` is complete and no byte extends it."""
+        col, s = state
+        lex = self.lexer.for_lexemes(col.allowed)
+        return s != 0 and bool(lex.accepting[s]) and max(lex.row(s)) < 0
+
+    def lexeme_ids(self, state: tuple[EarleySet, int]) -> frozenset[int]:
+        """The lexemes the text in progress at ``state`` would end as (empty if none)."""
+        col, s = state
+        return frozenset(self.lexer.for_lexemes(col.allowed).accepts[s]) if s else frozenset()
 
     def can_end(self, col: EarleySet, s: int) -> bool:
         if s == 0:

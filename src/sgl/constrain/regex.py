@@ -22,18 +22,12 @@ character-level AST:
 
 from __future__ import annotations
 
+import _sre
 import functools
 import re
 from collections import defaultdict
-
-try:  # Python >= 3.11
-    from re import _constants as _c
-    from re import _parser as _sre_parse
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _c  # type: ignore[no-redef]
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
-
-import _sre
+from re import _constants as _c
+from re import _parser as _sre_parse
 
 from .automaton import LiteralAlt
 from .errors import ConstraintError
