@@ -127,9 +127,9 @@ def _words(n, seed):
 def test_ten_thousand_choices_compile_well_under_a_second(llama3_vocab):
     words = _words(10_000, 1)
     compile_choices(["warm", "up"], llama3_vocab)
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time: the machine is shared, a starved compile is not slow
     g = compile_choices(words, llama3_vocab)
-    assert time.perf_counter() - t < 1.0
+    assert time.process_time() - t < 1.0
     for w in words[::997]:
         assert g.accepts_text(w)
         assert not g.accepts_text(w + "!") and not g.accepts_text(w[:-1] + "!")
@@ -137,9 +137,9 @@ def test_ten_thousand_choices_compile_well_under_a_second(llama3_vocab):
 
 def test_a_hundred_thousand_choices_compile_in_seconds():
     words = _words(100_000, 2)
-    t = time.perf_counter()
+    t = time.process_time()
     g = compile_choices(words)
-    assert time.perf_counter() - t < 10.0
+    assert time.process_time() - t < 10.0
     assert all(g.accepts_text(w) for w in words[::9973])
     assert not g.accepts_text("zzzzzzzzzzzzzzz")
 
