@@ -418,7 +418,11 @@ class MaskComputer:
                     extra.append(self.mask(nxt_col, 0) & res.starts_next)
             if self.eos_ids.size and self.can_end(col, lexer, state):
                 extra.append(self._pack(self.eos_ids))
-            words = np.bitwise_or.reduce(extra) if len(extra) > 1 else extra[0].copy()
+            # in place, pairwise: ``np.bitwise_or.reduce`` of a list first stacks it into a
+            # new 2-D array, which cost more than the walks on cache hits
+            words = extra[0].copy()
+            for part in extra[1:]:
+                np.bitwise_or(words, part, out=words)
             words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state_key] = words
         return words
