@@ -216,6 +216,38 @@ def test_lexer_budget_is_a_constraint_error(llama3_vocab, monkeypatch):
         m.allowed_words()
 
 
+def test_native_dfa_and_product_reject_bad_input():
+    """The C ``Dfa`` checks every target once; ``Product`` takes only ``Dfa`` objects and
+    checks the states it is asked to intern: bad input is a Python exception, not a crash."""
+    _needs_native()
+    table = np.full((2, 256), -1, dtype=np.int32)
+    table[0, ord("a")] = 1
+    acc = np.array([0, 1], dtype=np.uint8)
+    with pytest.raises(ValueError, match="bad target"):
+        bad = table.copy()
+        bad[1, 0] = 2
+        _native.Dfa(bad, acc)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _native.Dfa(table[:1], acc)
+    with pytest.raises(TypeError):
+        _native.Product((table,), 10)
+    with pytest.raises(ValueError):
+        _native.Product((), 10)
+    dfa = _native.Dfa(table, acc)
+    assert dfa.n_states == 2
+    prod = _native.Product((dfa, dfa), 10)
+    row = np.frombuffer(prod.row(0), dtype=np.int32)
+    assert row[ord("a")] == 1 and (np.delete(row, ord("a")) == -1).all()
+    assert prod.accepting(1) and not prod.accepting(0)
+    assert np.frombuffer(prod.comp(1), dtype=np.int32).tolist() == [1, 1]
+    assert prod.intern(np.array([-1, 1], dtype=np.int32).tobytes()) == 2
+    assert prod.intern(np.array([-1, -1], dtype=np.int32).tobytes()) == -1
+    with pytest.raises(ValueError, match="out of range"):
+        prod.intern(np.array([2, 0], dtype=np.int32).tobytes())
+    with pytest.raises(IndexError):
+        prod.row(99)
+
+
 # ---------------------------------------------------------------------------- soundness
 
 

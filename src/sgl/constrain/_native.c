@@ -16,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,17 +77,83 @@ static int check_buf(Py_buffer *buf, Py_ssize_t itemsize, Py_ssize_t min_items, 
 /* ------------------------------------------------------------------------------------
  * Product: the lexer's product DFA over k lexeme DFAs, built lazily, row by row.
  *
- * All component DFAs share one table of "global" states, `big` ((G+1) x 256; row G is
- * the dead state, looping on itself). A product state is the vector of its components'
- * global states; a hash table maps vectors to ids. A state gets an id when a built row
- * first leads to it; its own row is built on first use, by the walks below (inline, no
- * round trip to Python) or by `expand`.
+ * The components are Dfa objects (one lexeme's table, checked and copied once, shared
+ * by every product that contains the lexeme: building a product copies nothing). A
+ * product state is the vector of its components' states (-1 = that component is dead);
+ * a hash table maps vectors to ids. A state gets an id when a built row first leads to
+ * it; its own row is built on first use, by the walks below (inline, no round trip to
+ * Python) or by `expand`.
  * ------------------------------------------------------------------------------------ */
 typedef struct {
     PyObject_HEAD
-    int32_t *big;
-    uint8_t *acc_global;
-    int32_t dead, k;
+    int32_t n;        /* states */
+    int32_t *table;   /* n x 256: next state or -1 */
+    uint8_t *accepting;
+    PyObject *weakreflist; /* lexer.py keeps one Dfa per content in a weak dictionary */
+} Dfa;
+
+static void Dfa_dealloc(Dfa *d) {
+    if (d->weakreflist) PyObject_ClearWeakRefs((PyObject *)d);
+    free(d->table); free(d->accepting);
+    Py_TYPE(d)->tp_free((PyObject *)d);
+}
+
+/* Dfa(table int32[n*256], accepting u8[n]): every target checked to be -1 or a state */
+static PyObject *Dfa_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Py_buffer tb, ab;
+    if (!PyArg_ParseTuple(args, "y*y*", &tb, &ab)) return NULL;
+    Dfa *d = NULL;
+    Py_ssize_t n = ab.len;
+    if (n < 1 || n >= INT32_MAX / 256 || tb.len != n * 256 * 4) {
+        PyErr_SetString(PyExc_ValueError, "Dfa: inconsistent arrays");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n * 256; i++) {
+        int32_t v = ((int32_t *)tb.buf)[i];
+        if (v < -1 || v >= n) { PyErr_SetString(PyExc_ValueError, "Dfa: bad target"); goto done; }
+    }
+    d = (Dfa *)type->tp_alloc(type, 0);
+    if (!d) goto done;
+    d->n = (int32_t)n;
+    d->table = malloc(tb.len);
+    d->accepting = malloc(n);
+    if (!d->table || !d->accepting) {
+        Py_DECREF(d);
+        d = NULL;
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(d->table, tb.buf, tb.len);
+    for (Py_ssize_t i = 0; i < n; i++) d->accepting[i] = ((uint8_t *)ab.buf)[i] != 0;
+done:
+    PyBuffer_Release(&tb); PyBuffer_Release(&ab);
+    return (PyObject *)d;
+}
+
+static PyObject *Dfa_n_states(Dfa *d, void *unused) { return PyLong_FromLong(d->n); }
+
+static PyGetSetDef Dfa_getset[] = {
+    {"n_states", (getter)Dfa_n_states, NULL, "states", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject DfaType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sgl.constrain._native.Dfa",
+    .tp_basicsize = sizeof(Dfa),
+    .tp_dealloc = (destructor)Dfa_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One lexeme's DFA, checked once, shared by products.",
+    .tp_getset = Dfa_getset,
+    .tp_weaklistoffset = offsetof(Dfa, weakreflist),
+    .tp_new = Dfa_new,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *dfa_tuple; /* the k Dfa objects, kept alive */
+    Dfa **dfas;
+    int32_t k;
     int32_t *comps;    /* n x k */
     int32_t *table;    /* n x 256: target, -1 dead, UNKNOWN not built */
     uint8_t *accepting, *built; /* built: 0 not yet, 1 built, 2 built and "loopy" */
@@ -107,10 +174,10 @@ static inline uint64_t pair_mix(int32_t j, int32_t v) {
 
 static inline uint64_t hash_finish(uint64_t h) { return h * 0xBF58476D1CE4E5B9ULL ^ (h >> 27); }
 
-static uint64_t comp_hash(const int32_t *c, int32_t k, int32_t dead) {
+static uint64_t comp_hash(const int32_t *c, int32_t k) {
     uint64_t h = 0;
     for (int32_t j = 0; j < k; j++)
-        if (c[j] != dead) h += pair_mix(j, c[j]);
+        if (c[j] >= 0) h += pair_mix(j, c[j]);
     return hash_finish(h);
 }
 
@@ -119,7 +186,7 @@ static int product_rehash(Product *p, Py_ssize_t n_slots) {
     if (!slots) return -1;
     memset(slots, 0xff, n_slots * sizeof(int32_t));
     for (Py_ssize_t s = 0; s < p->n; s++) {
-        Py_ssize_t h = (Py_ssize_t)(comp_hash(p->comps + s * p->k, p->k, p->dead) & (uint64_t)(n_slots - 1));
+        Py_ssize_t h = (Py_ssize_t)(comp_hash(p->comps + s * p->k, p->k) & (uint64_t)(n_slots - 1));
         while (slots[h] >= 0) h = (h + 1) & (n_slots - 1);
         slots[h] = (int32_t)s;
     }
@@ -135,9 +202,9 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv);
 
 static int32_t product_intern(Product *p, const int32_t *c) {
     int32_t live = 0;
-    for (int32_t j = 0; j < p->k; j++) live |= (c[j] != p->dead);
+    for (int32_t j = 0; j < p->k; j++) live |= (c[j] >= 0);
     if (!live) return -1;
-    return product_intern_h(p, c, comp_hash(c, p->k, p->dead));
+    return product_intern_h(p, c, comp_hash(c, p->k));
 }
 
 /* product_intern with the vector known live and its hash known */
@@ -168,7 +235,7 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
     int32_t s = (int32_t)p->n++;
     memcpy(p->comps + (Py_ssize_t)s * k, c, k * sizeof(int32_t));
     uint8_t acc = 0;
-    for (int32_t j = 0; j < k; j++) acc |= p->acc_global[c[j]];
+    for (int32_t j = 0; j < k; j++) acc |= c[j] >= 0 && p->dfas[j]->accepting[c[j]];
     p->accepting[s] = acc;
     p->built[s] = 0;
     for (int b = 0; b < 256; b++) p->table[(Py_ssize_t)s * 256 + b] = UNKNOWN;
@@ -181,23 +248,23 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
 static int product_build(Product *p, int32_t s) {
     if (p->built[s]) return 0;
     /* Only the live components move (dead ones stay dead): iterate over those. */
-    int32_t k = p->k, dead = p->dead, *c = p->scratch, *live = p->scratch + k, n_live = 0;
+    int32_t k = p->k, *c = p->scratch, *live = p->scratch + k, n_live = 0;
     const int32_t *src0 = p->comps + (Py_ssize_t)s * k;
     for (int32_t j = 0; j < k; j++) {
-        c[j] = dead;
-        if (src0[j] != dead) live[n_live++] = j;
+        c[j] = -1;
+        if (src0[j] >= 0) live[n_live++] = j;
     }
     for (int b = 0; b < 256; b++) {
         const int32_t *src = p->comps + (Py_ssize_t)s * k; /* intern may move comps */
         uint64_t h = 0;
         int any = 0;
         for (int32_t i = 0; i < n_live; i++) {
-            int32_t j = live[i], v = p->big[(Py_ssize_t)src[j] * 256 + b];
+            int32_t j = live[i], v = p->dfas[j]->table[(Py_ssize_t)src[j] * 256 + b];
             c[j] = v;
-            if (v != dead) h += pair_mix(j, v), any = 1;
+            if (v >= 0) h += pair_mix(j, v), any = 1;
         }
         int32_t t = any ? product_intern_h(p, c, hash_finish(h)) : -1;
-        for (int32_t i = 0; i < n_live; i++) c[live[i]] = dead;
+        for (int32_t i = 0; i < n_live; i++) c[live[i]] = -1;
         if (t < -1) return t;
         p->table[(Py_ssize_t)s * 256 + b] = t; /* after intern: it may move p->table */
     }
@@ -229,7 +296,7 @@ static void product_lock(Product *p) {
 }
 
 static void Product_dealloc(Product *p) {
-    free(p->big); free(p->acc_global); free(p->comps); free(p->table); free(p->accepting);
+    Py_XDECREF(p->dfa_tuple); free(p->dfas); free(p->comps); free(p->table); free(p->accepting);
     free(p->built); free(p->loops); free(p->slots); free(p->scratch);
     if (p->lock) PyThread_free_lock(p->lock);
     Py_TYPE(p)->tp_free((PyObject *)p);
@@ -237,33 +304,29 @@ static void Product_dealloc(Product *p) {
 
 static PyTypeObject ProductType;
 
-/* Product(big int32[(G+1)*256], acc_global u8[G+1], start int32[k], max_states) */
+/* Product(dfas tuple of Dfa, max_states): starts in every component's state 0 */
 static PyObject *Product_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    Py_buffer bg, ag, st;
+    PyObject *tup;
     Py_ssize_t max_states;
-    if (!PyArg_ParseTuple(args, "y*y*y*n", &bg, &ag, &st, &max_states)) return NULL;
-    Product *p = NULL;
-    Py_ssize_t g1 = ag.len, k = st.len / 4;
-    if (bg.len != g1 * 256 * 4 || k < 1 || st.len % 4 || g1 < 1) {
-        PyErr_SetString(PyExc_ValueError, "Product: inconsistent arrays");
-        goto done;
+    if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &tup, &max_states)) return NULL;
+    Py_ssize_t k = PyTuple_GET_SIZE(tup);
+    if (k < 1 || k > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "Product: expected 1 or more Dfa");
+        return NULL;
     }
-    for (Py_ssize_t i = 0; i < g1 * 256; i++) {
-        int32_t v = ((int32_t *)bg.buf)[i];
-        if (v < 0 || v >= g1) { PyErr_SetString(PyExc_ValueError, "Product: bad target"); goto done; }
-    }
-    for (Py_ssize_t j = 0; j < k; j++) {
-        int32_t v = ((int32_t *)st.buf)[j];
-        if (v < 0 || v >= g1) { PyErr_SetString(PyExc_ValueError, "Product: bad start"); goto done; }
-    }
-    p = (Product *)type->tp_alloc(type, 0);
-    if (!p) goto done;
-    p->dead = (int32_t)(g1 - 1);
+    for (Py_ssize_t j = 0; j < k; j++)
+        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(tup, j), &DfaType)) {
+            PyErr_SetString(PyExc_TypeError, "Product: components must be Dfa objects");
+            return NULL;
+        }
+    Product *p = (Product *)type->tp_alloc(type, 0);
+    if (!p) return NULL;
+    Py_INCREF(tup);
+    p->dfa_tuple = tup;
     p->k = (int32_t)k;
     p->cap = 16;
     p->max_states = max_states;
-    p->big = malloc(bg.len);
-    p->acc_global = malloc(g1);
+    p->dfas = malloc(k * sizeof(Dfa *));
     p->comps = malloc(p->cap * k * sizeof(int32_t));
     p->table = malloc(p->cap * 256 * sizeof(int32_t));
     p->accepting = malloc(p->cap);
@@ -271,22 +334,19 @@ static PyObject *Product_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     p->loops = malloc(p->cap * 4 * sizeof(uint64_t));
     p->scratch = malloc(2 * k * sizeof(int32_t)); /* a vector, then the live positions */
     p->lock = PyThread_allocate_lock();
-    if (!p->big || !p->acc_global || !p->comps || !p->table || !p->accepting || !p->built || !p->loops || !p->scratch ||
+    if (!p->dfas || !p->comps || !p->table || !p->accepting || !p->built || !p->loops || !p->scratch ||
         !p->lock || product_rehash(p, 64)) {
         Py_DECREF(p);
-        p = NULL;
-        PyErr_NoMemory();
-        goto done;
+        return PyErr_NoMemory();
     }
-    memcpy(p->big, bg.buf, bg.len);
-    memcpy(p->acc_global, ag.buf, g1);
-    if (product_intern(p, st.buf) != 0) {
+    for (Py_ssize_t j = 0; j < k; j++) {
+        p->dfas[j] = (Dfa *)PyTuple_GET_ITEM(tup, j);
+        p->scratch[j] = 0;
+    }
+    if (product_intern(p, p->scratch) != 0) {
         Py_DECREF(p);
-        p = NULL;
-        PyErr_SetString(PyExc_ValueError, "Product: the start state is dead");
+        return PyErr_NoMemory();
     }
-done:
-    PyBuffer_Release(&bg); PyBuffer_Release(&ag); PyBuffer_Release(&st);
     return (PyObject *)p;
 }
 
@@ -332,7 +392,7 @@ static PyObject *Product_arrays(Product *p, PyObject *unused) {
     return res;
 }
 
-/* comp(state) -> the component global states, int32 bytes */
+/* comp(state) -> each component's state (-1 dead), int32 bytes */
 static PyObject *Product_comp(Product *p, PyObject *arg) {
     Py_ssize_t s = PyLong_AsSsize_t(arg);
     if (s == -1 && PyErr_Occurred()) return NULL;
@@ -343,7 +403,8 @@ static PyObject *Product_comp(Product *p, PyObject *arg) {
     return res;
 }
 
-/* intern(comp int32 bytes) -> the id of that product state (registered if new; -1 if all dead) */
+/* intern(comp int32 bytes: each component's state, -1 dead) -> the id of that product
+ * state (registered if new; -1 if all dead) */
 static PyObject *Product_intern(Product *p, PyObject *arg) {
     Py_buffer cb;
     if (PyObject_GetBuffer(arg, &cb, PyBUF_SIMPLE) < 0) return NULL;
@@ -354,7 +415,7 @@ static PyObject *Product_intern(Product *p, PyObject *arg) {
         int bad = 0;
         for (int32_t j = 0; j < p->k; j++) {
             int32_t v = ((int32_t *)cb.buf)[j];
-            if (v < 0 || v > p->dead) bad = 1;
+            if (v < -1 || v >= p->dfas[j]->n) bad = 1;
         }
         if (bad) {
             PyErr_SetString(PyExc_ValueError, "intern: state out of range");
@@ -913,12 +974,18 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "SGL's mask kernel.", -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&ProductType) < 0 || PyType_Ready(&EarleyType) < 0) return NULL;
+    if (PyType_Ready(&DfaType) < 0 || PyType_Ready(&ProductType) < 0 || PyType_Ready(&EarleyType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&ProductType);
     if (PyModule_AddObject(m, "Product", (PyObject *)&ProductType) < 0) {
         Py_DECREF(&ProductType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&DfaType);
+    if (PyModule_AddObject(m, "Dfa", (PyObject *)&DfaType) < 0) {
+        Py_DECREF(&DfaType);
         Py_DECREF(m);
         return NULL;
     }
