@@ -156,12 +156,13 @@ typedef struct {
     int32_t k;
     int32_t *comps;    /* n x k */
     int32_t *table;    /* n x 256: target, -1 dead, UNKNOWN not built */
-    uint8_t *accepting, *built; /* built: 0 not yet, 1 built, 2 built and "loopy" */
+    uint8_t *accepting, *built; /* built: 0 not yet, 1 built, 2 built and "loopy", 3 loopy and UTF-8 loopy */
     uint64_t *loops;              /* n x 4: the bytes on which a built state loops to itself */
     Py_ssize_t n, cap, max_states;
     int32_t *slots;    /* open addressing: state id or -1 */
     Py_ssize_t n_slots;
     int32_t *scratch;  /* k */
+    int in_utf8_check; /* rows built for a UTF-8 check get no check of their own (bounded depth) */
     PyThread_type_lock lock;
 } Product;
 
@@ -244,6 +245,82 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
     return s;
 }
 
+static int product_build(Product *p, int32_t s);
+
+/* The state after byte b from s (s's row built first): >= -1, or -2/-3 as product_build. */
+static int32_t product_step(Product *p, int32_t s, int b) {
+    if (!p->built[s]) {
+        int code = product_build(p, s);
+        if (code) return code;
+    }
+    return p->table[(Py_ssize_t)s * 256 + b];
+}
+
+/* Do all continuation bytes 80..BF lead from s into `to` (to_n ids)? 1 yes, 0 no, <0 error */
+static int conts_lead_to(Product *p, int32_t s, int lo, int hi, const int32_t *to, int to_n) {
+    if (s < 0) return 0;
+    for (int c = lo; c <= hi; c++) {
+        int32_t t = product_step(p, s, c);
+        if (t < -1) return t;
+        int found = 0;
+        for (int i = 0; i < to_n; i++) found |= t == to[i];
+        if (!found) return 0;
+    }
+    return 1;
+}
+
+/* Does every well-formed UTF-8 character of 2 to 4 bytes lead from s back to s? (then a
+ * walk takes a subtree of well-formed UTF-8 whose ASCII bytes loop on s at once, as the
+ * inside of a JSON string). 1 yes, 0 no, <0 error. Builds the rows on the way. */
+static int product_utf8_loops(Product *p, int32_t s) {
+    int32_t one[8], two[8]; /* states that return to s after 1 (2) more continuation bytes */
+    int n_one = 0, n_two = 0;
+    for (int b = 0xC2; b <= 0xF4; b++) {
+        int32_t t = product_step(p, s, b);
+        if (t < -1) return t;
+        if (t < 0) return 0;
+        int lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80;
+        int hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
+        int need = b < 0xE0 ? 1 : b < 0xF0 ? 2 : 3; /* continuation bytes after b */
+        int32_t *set = need == 1 ? NULL : need == 2 ? one : two;
+        int *set_n = need == 2 ? &n_one : &n_two;
+        if (need == 1) {
+            int r = conts_lead_to(p, t, lo, hi, &s, 1);
+            if (r <= 0) return r;
+            continue;
+        }
+        /* t's continuations lead to states that must each be in `set` (verified on entry) */
+        for (int c = lo; c <= hi; c++) {
+            int32_t t2 = product_step(p, t, c);
+            if (t2 < -1) return t2;
+            if (t2 < 0) return 0;
+            int known = 0;
+            for (int i = 0; i < *set_n; i++) known |= set[i] == t2;
+            if (known) continue;
+            if (*set_n == 8) return 0;
+            int r = need == 2 ? conts_lead_to(p, t2, 0x80, 0xBF, &s, 1) : conts_lead_to(p, t2, 0x80, 0xBF, one, n_one);
+            if (r <= 0 && need == 3 && r == 0) {
+                /* t2's continuations may reach states not verified yet: verify them first */
+                for (int c2 = 0x80; c2 <= 0xBF; c2++) {
+                    int32_t t3 = product_step(p, t2, c2);
+                    if (t3 < -1) return t3;
+                    int k2 = 0;
+                    for (int i = 0; i < n_one; i++) k2 |= one[i] == t3;
+                    if (k2) continue;
+                    if (n_one == 8) return 0;
+                    int r3 = conts_lead_to(p, t3, 0x80, 0xBF, &s, 1);
+                    if (r3 <= 0) return r3;
+                    one[n_one++] = t3;
+                }
+                r = 1;
+            }
+            if (r <= 0) return r;
+            set[(*set_n)++] = t2;
+        }
+    }
+    return 1;
+}
+
 /* Build the row of state s: 0, or -2 (budget) / -3 (memory). */
 static int product_build(Product *p, int32_t s) {
     if (p->built[s]) return 0;
@@ -276,6 +353,13 @@ static int product_build(Product *p, int32_t s) {
     for (int b = 0; b < 256; b++)
         if (p->table[(Py_ssize_t)s * 256 + b] == s) lp[b >> 6] |= (uint64_t)1 << (b & 63), n_loop++;
     p->built[s] = n_loop >= 64 ? 2 : 1;
+    if (n_loop >= 64 && !p->in_utf8_check) {
+        p->in_utf8_check = 1;
+        int u = product_utf8_loops(p, s);
+        p->in_utf8_check = 0;
+        if (u < 0) return u;
+        if (u) p->built[s] = 3;
+    }
     return 0;
 }
 
@@ -476,7 +560,7 @@ typedef struct {
     int32_t tok;
     uint16_t depth;
     uint8_t byte;
-    uint8_t pad;
+    uint8_t utf8; /* the subtree from this byte on is well-formed UTF-8 (see mask.py) */
 } Node;
 
 /* check_trie(nodes Node[N+1], ids i64[T], n_words) -> None: validates a trie once, so
@@ -551,10 +635,13 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
                 const Node *x = nd + i;
                 int32_t d = x->depth;
                 int32_t p = stk[d - 1];
-                if (built[p] == 2) {
-                    /* every byte of the subtree loops on p: all its tokens end inside */
+                if (built[p] >= 2) {
+                    /* every byte of the subtree loops on p, or (a UTF-8 loopy p) its ASCII
+                     * bytes loop on p and the rest is well-formed UTF-8, every character
+                     * of which leads back to p: all its tokens end inside */
                     const uint64_t *lp = loops + (Py_ssize_t)p * 4, *sp = sub + i * 4;
-                    if (!(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) && !(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])) {
+                    if (!(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) &&
+                        ((built[p] == 3 && x->utf8) || (!(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])))) {
                         for (int32_t t = x->tok, e = nd[x->end].tok; t < e; t++) {
                             int64_t id = ids[t];
                             words[id >> 5] |= (uint32_t)1 << (id & 31);
