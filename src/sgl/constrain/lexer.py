@@ -430,12 +430,34 @@ def _shared_core(key: tuple, dfas: list[ByteDFA]) -> LexerCore:
     return core
 
 
+_prepared_dfas: OrderedDict[int, tuple] = OrderedDict()
+
+
+def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
+    """``with_fresh_start(dfa)`` and its ``dfa_key``, remembered per DFA object: the
+    compile cache hands out the same objects for repeated lexemes, and hashing a large
+    table again on every compile cost more than the rest of the lexer's setup."""
+    with _cores_lock:
+        hit = _prepared_dfas.get(id(dfa))
+        if hit is not None and hit[0]() is dfa:
+            _prepared_dfas.move_to_end(id(dfa))
+            return hit[1], hit[2]
+    fresh = with_fresh_start(dfa)
+    key = dfa_key(fresh)
+    with _cores_lock:
+        _prepared_dfas[id(dfa)] = (weakref.ref(dfa), fresh, key)
+        while len(_prepared_dfas) > MAX_SHARED_CORES:
+            _prepared_dfas.popitem(last=False)
+    return fresh, key
+
+
 class Lexer:
     """Builds and caches one ``LexerDFA`` per set of allowed lexemes."""
 
     def __init__(self, dfas: list[ByteDFA]):
-        self.dfas = [with_fresh_start(d) for d in dfas]
-        self.keys = [dfa_key(d) for d in self.dfas]
+        prepared = [_prepared(d) for d in dfas]
+        self.dfas = [p[0] for p in prepared]
+        self.keys = [p[1] for p in prepared]
         self._cache: dict[frozenset[int], LexerDFA] = {}
 
     def for_lexemes(self, lexemes: frozenset[int]) -> LexerDFA:
