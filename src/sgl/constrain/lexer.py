@@ -10,6 +10,7 @@ byte of the current lexeme read yet".
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import weakref
 from collections import OrderedDict
@@ -121,6 +122,7 @@ class NativeLexerCore:
         self.accepting = _NativeAccepting(self.product)
         self.walk_cache: dict = {}
         self.key: tuple = ()
+        self.uid = -1
         self._k = len(dfas)
 
     def components(self, state: int) -> np.ndarray:
@@ -260,6 +262,7 @@ class LexerCore:
         self._register(start_key, offsets.copy())
         self.walk_cache: dict = {}
         self.key: tuple = ()
+        self.uid = -1
 
     def _identity(self, key: int, comp: np.ndarray):
         return key if self._exact else comp.tobytes()
@@ -412,6 +415,7 @@ class LexerDFA:
 
 _cores: OrderedDict[tuple, LexerCore] = OrderedDict()
 _cores_lock = threading.Lock()
+_core_uids = itertools.count()
 MAX_SHARED_CORES = 4096
 
 
@@ -423,6 +427,7 @@ def _shared_core(key: tuple, dfas: list[ByteDFA]) -> LexerCore:
             return core
     core = make_core(dfas, key)
     core.key = key
+    core.uid = next(_core_uids)  # never reused, unlike id(): names the core in walk caches
     with _cores_lock:
         _cores[key] = core
         while len(_cores) > MAX_SHARED_CORES:

@@ -379,6 +379,7 @@ class MaskComputer:
         self.lexer = lexer
         self.parser = parser
         self.eos_ids = np.array([i for i in eos_ids if i < tokens.n_vocab], dtype=np.int64)
+        self._eos_words = self._pack(self.eos_ids)
 
     def lexer_for(self, col: EarleySet) -> LexerDFA:
         return self.lexer.for_lexemes(col.allowed)
@@ -460,7 +461,7 @@ class MaskComputer:
                 if nxt_col is not None:
                     extra.append(self.mask(nxt_col, 0) & res.starts_next)
             if self.eos_ids.size and self.can_end(col, lexer, state):
-                extra.append(self._pack(self.eos_ids))
+                extra.append(self._eos_words)
             # in place, pairwise: ``np.bitwise_or.reduce`` of a list first stacks it into a
             # new 2-D array, which cost more than the walks on cache hits
             words = extra[0].copy()
@@ -497,7 +498,7 @@ class MaskComputer:
             if nxt_col is None:
                 continue
             nxt_lexer = self.lexer_for(nxt_col)
-            key = (group, nxt_lexer.core.key)
+            key = (group, nxt_lexer.core.uid)  # a small int: cheaper to hash than the content key
             sub = res.subs.get(key)
             if sub is None:
                 sub = self._walk_rest(nxt_lexer, res, sel)
