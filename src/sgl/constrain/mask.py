@@ -22,11 +22,13 @@ the tests compare it with. ``SGL_NATIVE=0`` forces the fallback.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .earley import EarleyParser, EarleySet
+from .errors import CompileBudgetExceeded
 from .lexer import Lexer, LexerDFA, single_live
 from .native import _native, native_enabled
 
@@ -34,6 +36,8 @@ from .native import _native, native_enabled
 # ``utf8``: 1 when every token below the node, read from the node's byte on, is well-formed
 # (possibly cut short) UTF-8 starting at a character boundary (see ``utf8_subtrees``)
 NODE_DTYPE = np.dtype([("end", "<i4"), ("tok", "<i4"), ("depth", "<u2"), ("byte", "u1"), ("utf8", "u1")])
+# wall time one mask may take (``CompileBudget.mask_seconds``)
+DEFAULT_MASK_SECONDS = 5.0
 
 
 @dataclass
@@ -374,12 +378,15 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
 class MaskComputer:
     """Computes (and caches) the allowed-token bitmask for a parser column and lexer state."""
 
-    def __init__(self, tokens: TokenTable, lexer: Lexer, parser: EarleyParser, eos_ids: tuple[int, ...]):
+    def __init__(self, tokens: TokenTable, lexer: Lexer, parser: EarleyParser, eos_ids: tuple[int, ...],
+                 max_seconds: float = DEFAULT_MASK_SECONDS):
         self.tokens = tokens
         self.lexer = lexer
         self.parser = parser
         self.eos_ids = np.array([i for i in eos_ids if i < tokens.n_vocab], dtype=np.int64)
         self._eos_words = self._pack(self.eos_ids)
+        self.max_seconds = max_seconds
+        self._deadline: float | None = None  # of the mask being computed (callers hold the grammar's lock)
 
     def lexer_for(self, col: EarleySet) -> LexerDFA:
         return self.lexer.for_lexemes(col.allowed)
@@ -451,6 +458,13 @@ class MaskComputer:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
         words = col.mask_cache.get(state)
         if words is None:
+            if self._deadline is None:  # the outermost call: the budget starts here
+                self._deadline = time.monotonic() + self.max_seconds
+                try:
+                    return self.mask(col, state)
+                finally:
+                    self._deadline = None
+            self._check_budget()
             lexer, state_key = self.lexer_for(col), state
             lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
@@ -494,6 +508,7 @@ class MaskComputer:
         if res.groups is None:
             res.groups = _group_boundaries(lexer.core, res)
         for group, sel in res.groups:
+            self._check_budget()
             nxt_col = self.parser.scan(col, lexer.accepts[group[0]])
             if nxt_col is None:
                 continue
@@ -505,6 +520,14 @@ class MaskComputer:
                 res.subs[key] = sub
             extra.append(sub.inside)
             self._boundaries(nxt_col, nxt_lexer, sub, extra)
+
+    def _check_budget(self) -> None:
+        # between scans and walks: a mask over many boundaries (huge ambiguous grammars,
+        # thousands of lexemes) stops with a clear error instead of running for seconds;
+        # nothing half-built is cached (caches are written when a part is complete)
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise CompileBudgetExceeded(
+                f"computing one token mask ran over its time budget of {self.max_seconds:g} s (budget: mask_seconds)")
 
     def _pack(self, ids: np.ndarray) -> np.ndarray:
         """Token ids as uint32 bitmask words."""
