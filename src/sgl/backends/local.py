@@ -180,8 +180,10 @@ class LocalModel(Backend):
         return spec.ModelDrafter(self._draft_model)
 
     def _generate_speculative(self, request: GenerateRequest) -> GenerateResult:
-        """One request by speculative decoding (drafts verified by the model in one pass)."""
-        from sgl.engine.request import TextTracker
+        """One request by speculative decoding (drafts verified by the model in one pass).
+
+        Ends (EOS, stop tokens, stop strings, ``stop_regex``) are the engine's own step's.
+        """
         from sgl.engine.sampler import Sampler
         from sgl.engine.speculative import speculative_generate
 
@@ -198,24 +200,14 @@ class LocalModel(Backend):
         with self._lock:
             out = speculative_generate(self.model, self._make_drafter(), prompt_ids, max_tokens, sampler,
                                        self.eos_token_ids, k=self.speculative_k, matcher=matcher,
-                                       stop_token_ids=p.stop_token_ids)
-        # Stop strings are applied afterwards: the text is the same, drafts past one are dropped.
-        tracker = TextTracker((p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ()))
-        ids, reason, text = [], out.finish_reason, None
-        for tok in out.token_ids:
-            ids.append(tok)
-            if tok in self.eos_token_ids or tok in p.stop_token_ids:
-                break
-            at = tracker.push(self.vocab.token_bytes[tok] or b"")
-            if at is not None:
-                reason, text = "stop", tracker.text[:at]
-                break
-        meta = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids), "forward_passes": out.forward_passes,
-                "draft_tokens": out.proposed, "accepted_draft_tokens": out.accepted}
+                                       stop_token_ids=p.stop_token_ids, params=p,
+                                       token_bytes=self.vocab.token_bytes)
+        meta = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(out.token_ids),
+                "forward_passes": out.forward_passes, "draft_tokens": out.proposed,
+                "accepted_draft_tokens": out.accepted}
         if out.error:
             meta["error"] = out.error
-        return GenerateResult(text=tracker.text if text is None else text, token_ids=ids,
-                              finish_reason=reason, meta=meta)
+        return GenerateResult(text=out.text, token_ids=out.token_ids, finish_reason=out.finish_reason, meta=meta)
 
     def generate_stream(self, request: GenerateRequest) -> Iterator[str]:
         """Yield text deltas as they become final (stop strings are never yielded).
