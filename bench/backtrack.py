@@ -60,7 +60,8 @@ def run_backtracking(model: Any, max_new_tokens: int) -> dict[str, Any]:
 
 
 def run_constrained(model: Any, max_new_tokens: int) -> dict[str, Any]:
-    from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+    from sgl.backends.base import GenerateRequest
+    from sgl.types import ConstraintSpec, SamplingParams
 
     t0 = time.perf_counter()
     if hasattr(model.source, "generate"):  # the LocalModel the LogitModel wraps

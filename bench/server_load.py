@@ -30,7 +30,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sgl.runtime.metrics import percentile  # noqa: E402
+from sgl.telemetry.metrics import percentile  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "rank": {"type": "integer", "minimum": 1, "maximum": 99}},
           "required": ["city", "rank"], "additionalProperties": False}

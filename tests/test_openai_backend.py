@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.backends.openai import HTTPBackendError, OpenAI, RuntimeEndpoint, prompt_to_messages
 from sgl.constrain.errors import ConstraintError
-from sgl.runtime.errors import BackendError
+from sgl.errors import BackendError
+from sgl.types import ConstraintSpec, SamplingParams
 
 # --- a scripted server ------------------------------------------------------------------
 Reply = Callable[[BaseHTTPRequestHandler], None]

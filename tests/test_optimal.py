@@ -187,7 +187,7 @@ def test_adaptive_alpha_with_constraint_and_diagnostics(model) -> None:
     assert step.alpha[0] == pytest.approx(alpha_kl_symmetry(pb, pt), abs=1e-5)
 
     pattern = r"(red|green|blue|yellow)"
-    from sgl.backends.base import ConstraintSpec
+    from sgl.types import ConstraintSpec
 
     r = sampler.generate(USER, max_tokens=6, temperature=0.7, seed=3, collect_diagnostics=True,
                          constraint=ConstraintSpec(regex=pattern))
@@ -220,7 +220,8 @@ def _masked_first_step(model, sampler, pattern):
 def test_other_rules_and_generate_one(model) -> None:
     import torch
 
-    from sgl.backends.base import GenerateResult, SamplingParams
+    from sgl.backends.base import GenerateResult
+    from sgl.types import SamplingParams
 
     with torch.inference_mode():
         lb = model.session().prefill(model.encode_prompt(USER))[None]

@@ -22,9 +22,9 @@ from conftest import start_server, stop_server
 from fastapi.testclient import TestClient
 
 from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
-from sgl.runtime import trace
-from sgl.runtime.metrics import Metrics
 from sgl.server.app import ServerSettings, create_app
+from sgl.telemetry import trace
+from sgl.telemetry.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-test-key"

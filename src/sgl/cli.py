@@ -74,8 +74,8 @@ def configure_run(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sgl.errors import SglError
     from sgl.lang.function import SglFunction
-    from sgl.runtime.errors import SglError
 
     path = Path(args.program)
     if not path.is_file():
@@ -266,7 +266,7 @@ COMMANDS["viz"] = ("render a generation trace as HTML", *_lazy_command("sgl.viz.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sgl import __version__
+    from sgl._version import __version__
 
     parser = argparse.ArgumentParser(prog="sgl", description="SGL: structured generation for LLMs", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"sgl {__version__}")

@@ -52,9 +52,10 @@ from typing import Any
 
 import httpx
 
-from sgl.backends.base import Backend, ConstraintSpec, GenerateRequest, GenerateResult, SelectResult
+from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
 from sgl.constrain.errors import ConstraintError
-from sgl.runtime.errors import BackendError
+from sgl.errors import BackendError
+from sgl.types import ConstraintSpec
 
 SERVER_KINDS = ("openai", "sgl", "sglang", "vllm", "vllm-legacy")
 WRAPPER_TOKENS = 16  # `{"value": ...}` around a regex/choice value, with escapes to spare
@@ -231,7 +232,7 @@ class OpenAI(Backend):
         choices = list(choices)
         if not choices:
             raise ValueError("select needs at least one choice")
-        from sgl.backends.base import SamplingParams
+        from sgl.types import SamplingParams
 
         longest = max(len(c.encode()) for c in choices)
         params = SamplingParams(max_tokens=min(4096, longest + 8), temperature=0.0, logprobs=True)

@@ -296,3 +296,49 @@ def compile_choices(choices: Sequence[str], vocab=None, *, budget: CompileBudget
         ("choices", items, budget, _vocab_key(vocab)),
         lambda: run_deep(lambda: CompiledGrammar(choices_grammar(list(items)), vocab, budget=budget), "the choices", budget),
     )
+
+
+_SPEC_KINDS = ("json_schema", "regex", "grammar", "choices")
+
+
+def schema_of(schema: Any) -> dict | str | bool | None:
+    """A JSON Schema from a dict, JSON text, a bool or a pydantic model class."""
+    if schema is None or isinstance(schema, dict | str | bool):
+        return schema
+    to_schema = getattr(schema, "model_json_schema", None)
+    if callable(to_schema):
+        return to_schema()
+    raise ConstraintError(
+        f"json_schema must be a dict, a JSON string or a pydantic model class, not {type(schema).__name__}"
+    )
+
+
+def compile_spec(
+    spec: Any, vocab=None, *, budget: CompileBudget | None = None, json_options: dict | None = None
+) -> CompiledGrammar | None:
+    """Compile a constraint spec (``sgl.types.ConstraintSpec`` or any object with its
+    fields) for ``vocab``: the one place a spec becomes a grammar.
+
+    Exactly one of ``json_schema`` (a dict, JSON text, a bool or a pydantic model
+    class), ``regex``, ``grammar`` (in ``grammar_syntax``) or ``choices`` may be set;
+    none set (or ``spec`` None) gives None. Compiles are cached, bounded in entries and
+    bytes, by content and vocabulary.
+    """
+    if spec is None:
+        return None
+    given = [k for k in _SPEC_KINDS if getattr(spec, k, None) is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise ConstraintError(f"give one constraint, not {' and '.join(given)}")
+    kind = given[0]
+    value = getattr(spec, kind)
+    if kind == "json_schema":
+        return compile_json_schema(schema_of(value), vocab, budget=budget, **dict(json_options or {}))
+    if kind == "regex":
+        return compile_regex(value, vocab, budget=budget)
+    if kind == "grammar":
+        return compile_grammar(value, vocab, syntax=getattr(spec, "grammar_syntax", "lark"), budget=budget)
+    if isinstance(value, str):
+        raise ConstraintError("choices must be a list of strings, not one string")
+    return compile_choices(list(value), vocab, budget=budget)

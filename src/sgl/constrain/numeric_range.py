@@ -621,7 +621,7 @@ def points_regex(values: list[Decimal], exact_limit: int = 64) -> Node:
     values = sorted(set(values))
     if len(values) <= exact_limit:
         return alt(*(number_regex(NumPiece(v, v)) for v in values)) if values else NOTHING
-    from .json_formats import string_set
+    from .json_strings import string_set
 
     spell = []
     for v in values:
@@ -677,7 +677,7 @@ def _positive_multiples(c: int, s: int) -> Node:
     after j fraction digits (j <= s); ("t", r, nz) past s fraction digits, zeros only.
     ``nz`` = a non-zero digit was seen (zero itself is spelled elsewhere).
     """
-    from .json_formats import CharDFA, dfa_to_node
+    from .derivatives import CharDFA, dfa_to_node
 
     index: dict = {}
     edges: list = []

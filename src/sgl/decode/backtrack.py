@@ -257,8 +257,8 @@ def _is_gbnf(text: str) -> bool:
 def compile_text_grammar(grammar: Any, grammar_syntax: str | None = None, vocab: Any = None) -> Any:
     """A ``CompiledGrammar`` from Lark/GBNF text, a JSON Schema dict, a ``ConstraintSpec``
     or a ``CompiledGrammar`` (recompiled when ``vocab`` differs from its own)."""
-    from sgl.backends.base import ConstraintSpec
-    from sgl.constrain import CompiledGrammar, compile_grammar, compile_json_schema, compile_regex
+    from sgl.constrain import CompiledGrammar, compile_grammar, compile_json_schema, compile_spec
+    from sgl.types import ConstraintSpec
 
     if isinstance(grammar, CompiledGrammar):
         if vocab is None or (grammar.vocab is not None and grammar.vocab.fingerprint == vocab.fingerprint):
@@ -267,13 +267,9 @@ def compile_text_grammar(grammar: Any, grammar_syntax: str | None = None, vocab:
     if isinstance(grammar, Mapping):
         return compile_json_schema(dict(grammar), vocab)
     if isinstance(grammar, ConstraintSpec):
-        if grammar.json_schema is not None:
-            return compile_json_schema(grammar.json_schema, vocab)
-        if grammar.regex is not None:
-            return compile_regex(grammar.regex, vocab)
-        if grammar.grammar is not None:
-            return compile_grammar(grammar.grammar, vocab, syntax=grammar.grammar_syntax)
-        raise ValueError("the ConstraintSpec holds no grammar, schema or regex")
+        if grammar.choices is not None or grammar.is_empty():
+            raise ValueError("the ConstraintSpec holds no grammar, schema or regex")
+        return compile_spec(grammar, vocab)
     if isinstance(grammar, str):
         syntax = grammar_syntax or ("gbnf" if _is_gbnf(grammar) else "lark")
         return compile_grammar(grammar, vocab, syntax=syntax)
@@ -325,7 +321,8 @@ def _as_text(out: Any) -> str:
 def model_caller(model: Any, prompt: str, max_new_tokens: int, temperature: float,
                  stop_at: str | None) -> Callable[[str], str]:
     """``fn(text) -> continuation of prompt + text`` for any supported kind of model."""
-    from sgl.backends.base import Backend, GenerateRequest, SamplingParams
+    from sgl.backends.base import Backend, GenerateRequest
+    from sgl.types import SamplingParams
 
     from .optimal import LogitModel
 

@@ -783,14 +783,8 @@ class OptimalSampler:
         return tp(prompt) if callable(tp) else tp + prompt
 
     def _compile(self, constraint: Any) -> Any:
-        from sgl.backends.base import ConstraintSpec
-        from sgl.constrain import (
-            CompiledGrammar,
-            compile_choices,
-            compile_grammar,
-            compile_json_schema,
-            compile_regex,
-        )
+        from sgl.constrain import CompiledGrammar, compile_json_schema, compile_spec
+        from sgl.types import ConstraintSpec
 
         vocab = self.vocab
         if constraint is None:
@@ -802,18 +796,7 @@ class OptimalSampler:
         if isinstance(constraint, Mapping):
             return compile_json_schema(dict(constraint), vocab)
         if isinstance(constraint, ConstraintSpec):
-            if constraint.is_empty():
-                return None
-            if constraint.regex is not None:
-                return compile_regex(constraint.regex, vocab)
-            if constraint.json_schema is not None:
-                schema = constraint.json_schema
-                if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
-                    schema = schema.model_json_schema()
-                return compile_json_schema(schema, vocab)
-            if constraint.grammar is not None:
-                return compile_grammar(constraint.grammar, vocab, syntax=constraint.grammar_syntax)
-            return compile_choices(list(constraint.choices), vocab)
+            return compile_spec(constraint, vocab)
         raise TypeError(f"constraint must be a ConstraintSpec, CompiledGrammar or JSON schema dict, "
                         f"not {type(constraint).__name__}")
 
@@ -917,7 +900,8 @@ class OptimalSampler:
         top_p, seed, stop are honoured); ``constraint_spec``: ``ConstraintSpec`` or None.
         Diagnostics go to ``meta`` ("alphas", "ess_ratios", "alpha_method").
         """
-        from sgl.backends.base import GenerateResult, SamplingParams
+        from sgl.backends.base import GenerateResult
+        from sgl.types import SamplingParams
 
         params = params or SamplingParams()
         stop = tuple(params.stop) if not isinstance(params.stop, str) else (params.stop,)

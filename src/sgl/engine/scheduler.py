@@ -386,7 +386,7 @@ class Engine:
             seq.out.meta["cached_tokens"] = min(seq.cached, n_prompt)
             self.stats.prompt_tokens += n_prompt
             self.stats.cached_prompt_tokens += min(seq.cached, n_prompt)
-            from sgl.runtime.metrics import get_metrics
+            from sgl.telemetry.metrics import get_metrics
 
             get_metrics().set_prefix_cache_hit_rate(self.stats.prefix_hit_rate)
 
@@ -461,7 +461,7 @@ class Engine:
             raise ValueError(f"the prompt has {n_prompt} tokens; the context holds {self.max_context}")
         max_tokens = max(0, min(req.params.max_tokens, self.max_context - n_prompt))
         state = SeqState(self.step_context, req.prompt_ids, req.params, max_tokens, req.matcher, req.healing)
-        from sgl.runtime import trace as tracing
+        from sgl.telemetry import trace as tracing
 
         if tracing.trace_enabled():
             state.trace = tracing.begin_trace(constraint={"constrained": req.matcher is not None})

@@ -157,7 +157,7 @@ class SeqState:
         out.text = self.tracker.text if text is None else text
         out.meta["completion_tokens"] = len(out.token_ids)
         if self.trace is not None:
-            from sgl.runtime import trace as tracing
+            from sgl.telemetry import trace as tracing
 
             tracing.end_trace(self.trace, reason)
             self.trace = None
@@ -322,7 +322,7 @@ class SeqState:
             del self.trace.tokens[-n:]
 
     def _trace_token(self, raw: Any, tok: int, bitmask: Any) -> None:
-        from sgl.runtime import trace as tracing
+        from sgl.telemetry import trace as tracing
 
         token_bytes = self.ctx.token_bytes
         text = (token_bytes[tok] or b"").decode("utf-8", errors="replace")

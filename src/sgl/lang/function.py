@@ -86,7 +86,7 @@ class SglFunction:
 
     def pin(self, backend: Any = None) -> Any:
         """Like `cache`, and keep the prefix from eviction until `unpin`."""
-        from sgl.runtime.errors import BackendError
+        from sgl.errors import BackendError
 
         backend = _backend(backend)
         if not hasattr(backend, "pin_prefix"):
@@ -104,7 +104,7 @@ class SglFunction:
 
     def check(self) -> None:
         """Raise ProgramError if the compiler found errors."""
-        from sgl.runtime.errors import ProgramError
+        from sgl.errors import ProgramError
 
         compiled = self.compile()
         if not compiled.ok:

@@ -179,7 +179,7 @@ class ProgramState(RoleMethods):
                 known = ", ".join(sorted(self._vars)) or "none"
                 raise KeyError(f"variable {name!r} is not defined (defined: {known})")
             if name in self._truncated:
-                from sgl.runtime.errors import ProgramError
+                from sgl.errors import ProgramError
 
                 raise ProgramError(self._truncated[name], self)
             return self._vars[name]

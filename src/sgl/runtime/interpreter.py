@@ -12,14 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sgl.backends.base import (
-    Backend,
-    ConstraintSpec,
-    GenerateRequest,
-    GenerateResult,
-    SamplingParams,
-)
-from sgl.constrain.errors import ConstraintError
+from sgl.backends.base import Backend, GenerateRequest, GenerateResult
+from sgl.errors import BackendError, ConstraintError, GenerationTimeout, ProgramError, SglError
 from sgl.lang.dtypes import DTYPE_REGEX, parse_value
 from sgl.lang.expr import (
     ConcatAndAppend,
@@ -35,8 +29,7 @@ from sgl.lang.expr import (
     VarScopeEnd,
 )
 from sgl.lang.state import ProgramState
-
-from .errors import BackendError, GenerationTimeout, ProgramError, SglError
+from sgl.types import ConstraintSpec, SamplingParams
 
 # --- the default backend ------------------------------------------------------
 _default_backend: Backend | None = None

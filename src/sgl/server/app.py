@@ -49,16 +49,11 @@ except ModuleNotFoundError as e:  # the core install has no fastapi: say which e
 
     raise MissingExtraError("the SGL server (sgl serve)", "server", [e.name or "fastapi"]) from e
 
-from sgl.backends.base import (
-    Backend,
-    ConstraintSpec,
-    GenerateRequest,
-    GenerateResult,
-    SamplingParams,
-)
+from sgl.backends.base import Backend, GenerateRequest, GenerateResult
 from sgl.constrain.errors import ConstraintError
-from sgl.runtime import trace
-from sgl.runtime.metrics import Metrics, get_metrics
+from sgl.telemetry import trace
+from sgl.telemetry.metrics import Metrics, get_metrics
+from sgl.types import ConstraintSpec, SamplingParams
 
 from .compile_pool import CompilePool, PoolChecker, compile_constraint, try_compile
 from .protocol import (
