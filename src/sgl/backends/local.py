@@ -571,7 +571,7 @@ def _speculative_ok(p: SamplingParams) -> bool:
     """Whether speculative decoding can serve ``p`` (it has no min_tokens, penalties,
     ignore_eos or logprobs; a prefill-only request must go through the prefix cache)."""
     return (p.min_tokens == 0 and p.max_tokens > 0 and not p.ignore_eos and not p.logprobs
-            and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0)
+            and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0 and p.repetition_penalty == 1.0)
 
 
 def _mean(values: Sequence[float]) -> float:
