@@ -418,3 +418,22 @@ def test_generate_batch_runs_requests_concurrently():
         elapsed = time.perf_counter() - start
     assert [r.text for r in results] == ["x"] * 4
     assert elapsed < 1.0  # 4 x 0.3 s in sequence would be 1.2 s
+
+
+# --- SGLang's repetition_penalty and stop_regex -------------------------------------------------
+@pytest.mark.parametrize("kind", ["sgl", "sglang", "vllm"])
+def test_repetition_penalty_is_sent_where_the_server_takes_it(kind):
+    with FakeServer([sse(["x"])]) as server:
+        backend(server, server_kind=kind).generate(req(repetition_penalty=1.3))
+    assert server.posts[0]["body"]["repetition_penalty"] == 1.3
+
+
+def test_stop_regex_goes_to_sglang_and_is_refused_elsewhere():
+    with FakeServer([sse(["x"])]) as server:
+        backend(server, server_kind="sglang").generate(req(stop_regex=r"\d+"))
+        for kind in ("openai", "sgl", "vllm"):
+            with pytest.raises(HTTPBackendError, match=f"stop_regex is not supported by server kind '{kind}'"):
+                backend(server, server_kind=kind).generate(req(stop_regex=r"\d+"))
+        with pytest.raises(HTTPBackendError, match="repetition_penalty is not supported by server kind 'openai'"):
+            backend(server, server_kind="openai").generate(req(repetition_penalty=1.2))
+    assert len(server.posts) == 1 and server.posts[0]["body"]["stop_regex"] == [r"\d+"]
