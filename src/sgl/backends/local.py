@@ -348,16 +348,28 @@ class LocalModel(Backend):
                          ) -> tuple[list[float | None], list[list[tuple[int, float]]]]:
         """log p(token | the tokens before) of each prompt token (None for the first),
         and the ``top_n`` most likely tokens at each position ([] for the first)."""
-        from sgl.engine.sampler import top_logprobs
+        out = self.score_prompts([(ids, 0)], top_n)[0]
+        return out.prompt_logprobs, out.prompt_top_logprobs
 
-        with self._lock, torch.inference_mode():
-            cache = self.model.new_cache(len(ids))
-            logits = self.model.forward(torch.tensor([list(ids)], device=self.model.device), cache,
-                                        all_logits=True)[0].float()
-        logp = logits[:-1].log_softmax(-1)
-        picked = logp.gather(-1, torch.tensor(ids[1:], device=logp.device)[:, None])[:, 0].tolist()
-        tops = [[]] + [top_logprobs(row, top_n) for row in logits[:-1]] if top_n else [[] for _ in ids]
-        return [None, *picked], tops
+    def score_prompts(self, prompts: Sequence[tuple[Sequence[int], int]], top_n: int = 0,
+                      shared_prefix: Sequence[int] = ()) -> list[SeqOutput]:
+        """Prompt logprobs of each ``(token ids, start)`` from ``start`` on, computed by the
+        engine in the prompts' own prefill (``SeqOutput.prompt_logprobs``), batched.
+
+        ``shared_prefix`` (tokens every prompt starts with) is prefilled first, once, so
+        that the prompts take it from the prefix cache.
+        """
+        from sgl.engine.request import PromptLogprobs
+
+        params = SamplingParams(max_tokens=0, temperature=0)
+        if len(shared_prefix) > self.engine.pool.block_size:
+            self.engine.generate([SeqRequest(list(shared_prefix), params)])
+        reqs = [SeqRequest(list(ids), params, prompt_logprobs=PromptLogprobs(start, top_n)) for ids, start in prompts]
+        outs = self.engine.generate(reqs)
+        for out in outs:
+            if out.finish_reason == "error":
+                raise RuntimeError(f"scoring the prompt failed: {out.meta.get('error')}")
+        return outs
 
     def sglang_output(self, result: GenerateResult, request: GenerateRequest, *, return_logprob: bool = False,
                       logprob_start_len: int | None = None, top_logprobs_num: int = 0,
@@ -410,13 +422,9 @@ class LocalModel(Backend):
         if method not in SELECT_METHODS:
             raise ValueError(f"unknown choices method {method!r}; use one of {', '.join(SELECT_METHODS)}")
         scorer = get_method(method)
-        with self._lock, torch.inference_mode():
-            cond = self._choice_logprobs(prompt, choices)
-            uncond = None
-            if scorer.requires_unconditional_logprobs:
-                uncond = [self._unconditional_logprobs(prompt, c) for c in choices]
-            lps = [lp for _, lp in cond]
-            scores = scorer.scores(lps, None if uncond is None else [lp for _, lp in uncond])
+        cond, uncond = self._choice_logprobs(prompt, choices, scorer.requires_unconditional_logprobs)
+        lps = [lp for _, lp in cond]
+        scores = scorer.scores(lps, None if uncond is None else [lp for _, lp in uncond])
         best = max(range(len(scores)), key=lambda i: scores[i])
         meta = {
             "input_token_logprobs": [self._logprob_entries(ids, lp) for ids, lp in cond],
@@ -459,39 +467,27 @@ class LocalModel(Backend):
         start = self.config.bos_token_id
         return start if start is not None else self.eos_token_ids[0]
 
-    def _choice_logprobs(self, prompt: str, choices: Sequence[str]) -> list[tuple[list[int], list[float]]]:
-        """Each choice's token ids and log p(token | everything before) of each."""
+    def _choice_logprobs(self, prompt: str, choices: Sequence[str], unconditional: bool = False
+                         ) -> tuple[list[tuple[list[int], list[float]]], list[tuple[list[int], list[float]]] | None]:
+        """Each choice's token ids and log p(token | everything before) of each; with
+        ``unconditional`` also log p(token | the choice alone) (the first token: 0).
+
+        All of them are engine requests in one batch (prompt-logprobs mode); the prompt
+        is prefilled once and shared through the prefix cache.
+        """
         tokenized = [self._choice_tokens(prompt, c) for c in choices]
         if min(k for _, k in tokenized) == 0:  # nothing to predict the first token from
             tokenized = [([self._start_token(), *full], k + 1) for full, k in tokenized]
-        # A shared prefix runs once; every choice continues from it (truncate = rollback).
         shared = min(k for _, k in tokenized)
-        first = tokenized[0][0][:shared]
-        longest = max(len(f) for f, _ in tokenized)
-        cache = self.model.new_cache(longest + 1)
-        last = self.model.forward(torch.tensor([first], device=self.model.device), cache)[0]
-        out = []
-        for full, k in tokenized:
-            cache.truncate(shared)
-            rest = full[shared:]
-            if not rest:
-                out.append(([], []))
-                continue
-            logits = self.model.forward(torch.tensor([rest], device=self.model.device), cache, all_logits=True)[0]
-            logp = torch.cat([last[None], logits[:-1]]).log_softmax(-1)
-            token_lp = logp.gather(-1, torch.tensor(rest, device=logp.device)[:, None])[:, 0]
-            out.append((full[k:], token_lp[k - shared :].tolist()))
-        return out
-
-    def _unconditional_logprobs(self, prompt: str, choice: str) -> tuple[list[int], list[float]]:
-        full, k = self._choice_tokens(prompt, choice)
-        ids = full[k:]
-        if not ids:
-            return [], []
-        cache = self.model.new_cache(len(ids))
-        logits = self.model.forward(torch.tensor([ids], device=self.model.device), cache, all_logits=True)[0]
-        logp = logits[:-1].log_softmax(-1).gather(-1, torch.tensor(ids[1:], device=logits.device)[:, None])[:, 0]
-        return ids, [0.0, *logp.tolist()]
+        jobs = [(full, k) for full, k in tokenized if full[k:]]
+        own = [full[k:] for full, k in tokenized] if unconditional else []
+        jobs += [(ids, 0) for ids in own if ids]
+        outs = iter(self.score_prompts(jobs, shared_prefix=tokenized[0][0][:shared]))
+        cond = [(full[k:], list(next(outs).prompt_logprobs)) if full[k:] else ([], []) for full, k in tokenized]
+        if not unconditional:
+            return cond, None
+        uncond = [(ids, [0.0, *next(outs).prompt_logprobs[1:]]) if ids else ([], []) for ids in own]
+        return cond, uncond
 
     # -------------------------------------------------------------------- chat
 

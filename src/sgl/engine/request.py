@@ -18,6 +18,18 @@ if TYPE_CHECKING:
 
 
 
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """Score the prompt: log p(token | the tokens before) of prompt tokens ``start ..``.
+
+    The engine computes them in the request's own prefill (the prefix cache is used only
+    before ``start``); ``top_n`` > 0 also keeps the most likely tokens at each position.
+    """
+
+    start: int = 0
+    top_n: int = 0
+
+
 @dataclass
 class SeqRequest:
     """One sequence to generate: prompt token ids, sampling parameters, an optional matcher.
@@ -29,6 +41,7 @@ class SeqRequest:
     params: SamplingParams
     matcher: Matcher | None = None
     healing: Any = None  # a token_healing.HealingConstraint: the first tokens re-write the prompt's end
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 @dataclass
@@ -44,6 +57,9 @@ class SeqOutput:
     finish_reason: str = "length"  # "stop" | "length" | "eos" | "error"
     logprobs: list[float] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per token, with params.top_logprobs
+    # with SeqRequest.prompt_logprobs: per prompt token from its start (None: the first token)
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 

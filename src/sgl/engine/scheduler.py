@@ -307,8 +307,13 @@ class Engine:
                                          f"holds {self.pool.capacity_tokens}")
                 self._finish(seq, "error")
             return
-        rows = [RowInput(seq.tokens[seq.cached:seq.cached + n], seq.cached, seq.blocks) for seq, n in batch]
+        rows = [RowInput(seq.tokens[seq.cached:seq.cached + n], seq.cached, seq.blocks,
+                         all_logits=seq.state.wants_logits(seq.cached, n)) for seq, n in batch]
         logits = self.runner.forward(rows)
+        for (seq, _), row in zip(batch, rows, strict=True):
+            if row.logits is not None:
+                seq.state.score_prompt(row.start, row.logits)
+                row.logits = None
         self.stats.steps += 1
         self.stats.forward_tokens += sum(n for _, n in batch)
         now = time.perf_counter()
@@ -375,7 +380,7 @@ class Engine:
         """Start ``seq`` from the longest cached prefix of its tokens (one token stays to feed)."""
         first_time = seq.out.meta.get("cached_tokens") is None
         if self.config.prefix_cache:
-            nodes = self.cache.match(seq.tokens[:-1])
+            nodes = self.cache.match(seq.tokens[:seq.state.cacheable_prefix()])
             RadixCache.pin(nodes)
             seq.nodes = nodes
             seq.blocks = [node.block for node in nodes]
@@ -460,7 +465,8 @@ class Engine:
         if n_prompt >= self.max_context:
             raise ValueError(f"the prompt has {n_prompt} tokens; the context holds {self.max_context}")
         max_tokens = max(0, min(req.params.max_tokens, self.max_context - n_prompt))
-        state = SeqState(self.step_context, req.prompt_ids, req.params, max_tokens, req.matcher, req.healing)
+        state = SeqState(self.step_context, req.prompt_ids, req.params, max_tokens, req.matcher, req.healing,
+                         prompt_logprobs=req.prompt_logprobs)
         from sgl.telemetry import trace as tracing
 
         if tracing.trace_enabled():

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .request import SeqOutput, TextTracker
+from .request import PromptLogprobs, SeqOutput, TextTracker
 from .sampler import Sampler, apply_bitmask, token_logprob, top_logprobs
 
 if TYPE_CHECKING:
@@ -77,7 +77,8 @@ class SeqState:
     """
 
     def __init__(self, ctx: StepContext, prompt_ids: Sequence[int], params: Any, max_tokens: int,
-                 matcher: Matcher | None = None, healing: Any = None, sampler: Sampler | None = None) -> None:
+                 matcher: Matcher | None = None, healing: Any = None, sampler: Sampler | None = None,
+                 prompt_logprobs: PromptLogprobs | None = None) -> None:
         self.ctx, self.params, self.matcher, self.healing = ctx, params, matcher, healing
         self.prompt_len = len(prompt_ids)
         self.tokens = list(prompt_ids)
@@ -101,6 +102,47 @@ class SeqState:
         self.hidden = len(healing.prefix) if healing is not None else 0  # bytes the prompt already holds
         self.done = False
         self.trace: Any = None
+        self.scoring = prompt_logprobs
+        self.scored_upto = 0  # prompt positions whose logits were used (scoring the next token)
+        if prompt_logprobs is not None:
+            start = min(max(prompt_logprobs.start, 0), self.prompt_len)
+            self.scoring = PromptLogprobs(start, prompt_logprobs.top_n)
+            self.out.prompt_logprobs = [None] * (self.prompt_len - start)
+            self.out.prompt_top_logprobs = [[] for _ in range(self.prompt_len - start)]
+            self.scored_upto = max(start, 1) - 1
+
+    # ------------------------------------------------------------ prompt scoring
+
+    def cacheable_prefix(self) -> int:
+        """How many leading tokens may come from the prefix cache: all but the last,
+        or, while prompt logprobs are still to compute, none whose logits are needed."""
+        if self.scoring is not None and self.scored_upto < self.prompt_len - 1:
+            return self.scored_upto
+        return len(self.tokens) - 1
+
+    def wants_logits(self, first_pos: int, n: int) -> bool:
+        """Whether feeding positions ``first_pos ..`` (``n`` of them) needs every logit row."""
+        return (self.scoring is not None and first_pos + n > self.scored_upto
+                and first_pos < self.prompt_len - 1)
+
+    def score_prompt(self, first_pos: int, logits: torch.Tensor) -> None:
+        """Record the prompt logprobs that ``logits`` (the rows of positions ``first_pos ..``) give."""
+        a = max(first_pos, self.scored_upto)
+        b = min(first_pos + logits.shape[0], self.prompt_len - 1)
+        if b <= a:
+            return
+        logp = logits[a - first_pos:b - first_pos].float().log_softmax(-1)
+        nxt = torch.tensor(self.tokens[a + 1:b + 1], device=logp.device)
+        picked = logp.gather(-1, nxt[:, None])[:, 0].tolist()
+        start, top_n, out = self.scoring.start, self.scoring.top_n, self.out
+        if top_n:
+            values, ids = torch.topk(logp, min(top_n, logp.shape[-1]))
+            tops = [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+        for k, p in enumerate(range(a, b)):
+            out.prompt_logprobs[p + 1 - start] = picked[k]
+            if top_n:
+                out.prompt_top_logprobs[p + 1 - start] = tops[k]
+        self.scored_upto = b
 
     # ------------------------------------------------------------------ the step
 
