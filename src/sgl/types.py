@@ -31,6 +31,7 @@ class SamplingParams:
     ignore_eos: bool = False  # EOS cannot be sampled (stop tokens and strings still stop)
     repetition_penalty: float = 1.0  # HF/SGLang: logits of ids in the prompt or output scaled (1 = off)
     stop_regex: str | tuple[str, ...] | None = None  # SGLang's: stop at the first match in the text
+    logprob_start_len: int | None = None  # with logprobs: also the prompt's, from this token on (None/-1: no)
 
     def __post_init__(self) -> None:
         # refused here, not deep in the engine: a NaN temperature used to sample from NaN

@@ -287,22 +287,31 @@ class LocalModel(Backend):
         }
 
     def _seq_request(self, request: GenerateRequest) -> SeqRequest:
+        from sgl.engine.request import PromptLogprobs
+
         cg = self.compile_constraint(request.constraint)
         prompt_ids = self._prompt_ids(request.prompt)
+        p = request.params
+        scoring = None
+        if p.logprobs and p.logprob_start_len is not None and p.logprob_start_len >= 0:
+            # SGLang's input logprobs, computed in this request's own prefill
+            scoring = PromptLogprobs(min(p.logprob_start_len, len(prompt_ids)), p.top_logprobs)
         if cg is not None:
             from sgl.constrain import Matcher
 
-            return SeqRequest(prompt_ids, request.params, Matcher(cg))
+            return SeqRequest(prompt_ids, p, Matcher(cg), prompt_logprobs=scoring)
         healing = None
         # A prompt that ends with the assistant header of the chat template is left alone:
-        # the template's own split is the one the model was trained on.
-        if self.token_healing and not request.prompt.endswith(self.role_text("assistant", "")[0]):
+        # the template's own split is the one the model was trained on. Scored prompts
+        # are left whole too (their logprobs are of the prompt as written).
+        if (self.token_healing and scoring is None
+                and not request.prompt.endswith(self.role_text("assistant", "")[0])):
             from sgl.engine.token_healing import heal_prompt
 
             healed = heal_prompt(prompt_ids, self.vocab)
             if healed.healed:
                 prompt_ids, healing = healed.prompt_ids, healed.constraint()
-        return SeqRequest(prompt_ids, request.params, None, healing=healing)
+        return SeqRequest(prompt_ids, p, None, healing=healing, prompt_logprobs=scoring)
 
     # --------------------------------------------------------------- logprobs
 
@@ -331,9 +340,13 @@ class LocalModel(Backend):
         if logprob_start_len is not None and logprob_start_len >= 0:
             ids = self._prompt_ids(prompt)
             start = min(logprob_start_len, len(ids))
-            lps, tops = self._prompt_logprobs(ids, top_logprobs_num)
-            inputs = [(lp, t, self.token_text(t) if text else None) for t, lp in zip(ids, lps, strict=True)][start:]
-            input_tops = [self._top_entries(top, text) for top in tops][start:]
+            lps, tops = result.prompt_logprobs, result.prompt_top_logprobs
+            if lps is None or len(lps) != len(ids) - start or (top_logprobs_num and not any(tops)):
+                # not scored with the generation (another start, or the request did not ask)
+                out = self.score_prompts([(ids, start)], top_logprobs_num)[0]
+                lps, tops = out.prompt_logprobs, out.prompt_top_logprobs
+            inputs = [(lp, t, self.token_text(t) if text else None) for t, lp in zip(ids[start:], lps, strict=True)]
+            input_tops = [self._top_entries(top[:top_logprobs_num], text) for top in tops]
             scored = [lp for lp, _, _ in inputs if lp is not None]
             meta["normalized_prompt_logprob"] = _mean(scored)
         meta["input_token_logprobs"] = inputs
@@ -343,13 +356,6 @@ class LocalModel(Backend):
 
     def _top_entries(self, top: Sequence[tuple[int, float]], with_text: bool) -> list[tuple[float, int, str | None]]:
         return [(float(lp), int(t), self.token_text(t) if with_text else None) for t, lp in top]
-
-    def _prompt_logprobs(self, ids: Sequence[int], top_n: int = 0
-                         ) -> tuple[list[float | None], list[list[tuple[int, float]]]]:
-        """log p(token | the tokens before) of each prompt token (None for the first),
-        and the ``top_n`` most likely tokens at each position ([] for the first)."""
-        out = self.score_prompts([(ids, 0)], top_n)[0]
-        return out.prompt_logprobs, out.prompt_top_logprobs
 
     def score_prompts(self, prompts: Sequence[tuple[Sequence[int], int]], top_n: int = 0,
                       shared_prefix: Sequence[int] = ()) -> list[SeqOutput]:
@@ -547,7 +553,8 @@ class LocalHandle:
 def _result(out: SeqOutput) -> GenerateResult:
     return GenerateResult(
         text=out.text, token_ids=out.token_ids, finish_reason=out.finish_reason,
-        logprobs=out.logprobs, top_logprobs=out.top_logprobs, meta=out.meta,
+        logprobs=out.logprobs, top_logprobs=out.top_logprobs, prompt_logprobs=out.prompt_logprobs,
+        prompt_top_logprobs=out.prompt_top_logprobs, meta=out.meta,
     )
 
 

@@ -155,7 +155,8 @@ class Engine(Runtime):
             raise ValueError(f"{len(params)} sampling_params for {len(prompts)} prompts")
         logprobs = dict(return_logprob=return_logprob, logprob_start_len=logprob_start_len,
                         top_logprobs_num=top_logprobs_num or 0, return_text_in_logprobs=return_text_in_logprobs)
-        requests = [engine_request(p, sp, top_logprobs_num=logprobs["top_logprobs_num"], logprobs=return_logprob)
+        requests = [engine_request(p, sp, top_logprobs_num=logprobs["top_logprobs_num"], logprobs=return_logprob,
+                                   logprob_start_len=logprob_start_len if return_logprob else None)
                     for p, sp in zip(prompts, params, strict=True)]
         if stream:
             if not single:
@@ -185,9 +186,9 @@ NEUTRAL_SAMPLING_KEYS = {"skip_special_tokens": True, "spaces_between_special_to
 
 
 def engine_request(prompt: str, sampling_params: dict[str, Any] | None, *, logprobs: bool = False,
-                   top_logprobs_num: int = 0) -> GenerateRequest:
+                   top_logprobs_num: int = 0, logprob_start_len: int | None = None) -> GenerateRequest:
     """A GenerateRequest from SGLang's ``sampling_params`` dict."""
-    params = SamplingParams(logprobs=logprobs, top_logprobs=top_logprobs_num)
+    params = SamplingParams(logprobs=logprobs, top_logprobs=top_logprobs_num, logprob_start_len=logprob_start_len)
     constraint = ConstraintSpec()
     for key, value in (sampling_params or {}).items():
         if value is None:

@@ -187,6 +187,7 @@ class Interpreter:
             stop_regex=pick(g.stop_regex, d.stop_regex),
             logprobs=bool(pick(g.return_logprob, d.return_logprob)),
             top_logprobs=int(pick(g.top_logprobs_num, d.top_logprobs_num) or 0),
+            logprob_start_len=pick(g.logprob_start_len, d.logprob_start_len),
         )
         regex = DTYPE_REGEX[g.dtype] if g.dtype else g.regex
         constraint = ConstraintSpec(
