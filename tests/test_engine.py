@@ -398,3 +398,17 @@ def test_real_model_speculative_flag_gives_the_engine_output(lm):
     assert fast.meta["forward_passes"] < len(fast.token_ids)
     with pytest.raises(ValueError, match="early_exit"):
         LocalModel(speculative="early_exit:99")
+
+
+def test_the_scheduler_is_bookkeeping_only():
+    """No tensor work in the scheduler (nano-vllm's split): torch stays in the runner and the step."""
+    import ast
+    import inspect
+
+    from sgl.engine import scheduler
+
+    tree = ast.parse(inspect.getsource(scheduler))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"torch", "numpy"}
