@@ -12,7 +12,6 @@ from sgl.lang.api import (
     assistant,
     assistant_begin,
     assistant_end,
-    function,
     gen,
     gen_int,
     gen_string,
@@ -34,9 +33,9 @@ from sgl.lang.choices import (
 )
 from sgl.lang.compiler import CompiledProgram, compile
 from sgl.lang.diagnostics import Diagnostic
-from sgl.lang.function import SglFunction
 from sgl.lang.global_config import global_config
 from sgl.lang.state import ProgramState, ProgramStateGroup
+from sgl.runtime.function import SglFunction, function
 from sgl.runtime.interpreter import (
     flush_cache,
     get_default_backend,

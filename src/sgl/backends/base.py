@@ -66,8 +66,29 @@ class TokenUsage:
 _USAGE_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend offers beyond the `Backend` methods; the runtime reads these
+    instead of probing attributes. The defaults describe a plain one-call-at-a-time model."""
+
+    # concurrent generate() calls share one running batch (an engine with continuous
+    # batching, an HTTP server): callers just call concurrently
+    continuous_batching: bool = False
+    # generate_batch() is faster than one generate() per request, and concurrent calls
+    # gain from being gathered into it (opt-in: run_batch then uses a RequestBatcher)
+    gathers_batches: bool = False
+    max_batch: int = 1  # the most requests one generate_batch() call should get
+    # logprob_meta(): prompt logprobs, top-k logprobs and token text (SGLang's meta fields)
+    prompt_logprobs: bool = False
+    prefix_cache: bool = False  # cache_prefix() keeps a prefix's KV for later requests
+
+
 class Backend(ABC):
     """A model the interpreter can call. Implementations must be thread-safe."""
+
+    capabilities: Capabilities = Capabilities()
+    # a system message inserted before the first non-system role (a chat template's default)
+    default_system_prompt: str | None = None
 
     @abstractmethod
     def generate(self, request: GenerateRequest) -> GenerateResult: ...
@@ -119,3 +140,8 @@ class Backend(ABC):
 
     def cache_prefix(self, prefix: str) -> None:  # noqa: B027 - optional hook
         """Compute and keep the KV of ``prefix`` where the backend caches prefixes."""
+
+    def logprob_meta(self, prompt: str, result: GenerateResult, logprob_start_len: int | None = None,
+                     top_logprobs_num: int = 0, return_text_in_logprobs: bool = False) -> dict[str, Any]:
+        """SGLang's logprob fields of ``meta_info`` (``capabilities.prompt_logprobs``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not report prompt logprobs")

@@ -20,7 +20,7 @@ except ModuleNotFoundError as e:  # the core install has no torch: say which ext
 
     raise MissingExtraError("sgl.LocalModel (the local engine)", "local", [e.name or "torch"]) from e
 
-from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
+from sgl.backends.base import Backend, Capabilities, GenerateRequest, GenerateResult, SelectResult
 from sgl.engine.llama import Llama
 from sgl.engine.model_loader import resolve_checkpoint
 from sgl.engine.request import SeqOutput, SeqRequest
@@ -62,7 +62,8 @@ class LocalModel(Backend):
     every concurrent request (from `run_batch` threads, forks, server clients).
     """
 
-    continuous_batching = True  # concurrent generate() calls share the engine's batch
+    # concurrent generate() calls share the engine's batch
+    capabilities = Capabilities(continuous_batching=True, prompt_logprobs=True, prefix_cache=True)
 
     def __init__(
         self,

@@ -31,7 +31,7 @@ MAX_TEXT_NESTING = 500  # parenthesised groups inside each other in grammar or r
 _DEEP_STACK_BYTES = 256 << 20  # the compile thread's stack: deep grammars recurse in C too
 _DEEP_RECURSION_LIMIT = 20_000
 _JSON_OPTIONS = {"any_order": bool, "lenient": object, "whitespace": str, "max_whitespace": int, "warnings": list}
-_SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root"}
+_SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root", "structural_tag": "start"}
 
 T = TypeVar("T")
 
@@ -252,14 +252,15 @@ def check_nesting(text: str, syntax: str) -> str:
 def compile_grammar(
     text: str, vocab=None, syntax: str = "lark", start: str | None = None, *, budget: CompileBudget | None = None
 ) -> CompiledGrammar:
-    """Compile a context-free grammar in Lark, GBNF (llama.cpp) or EBNF syntax.
+    """Compile a context-free grammar in Lark, GBNF (llama.cpp) or EBNF syntax, or a
+    structural tag (``syntax="structural_tag"``: its JSON text; see ``structural_tag``).
 
     ``budget`` (a ``CompileBudget``) overrides the default compile limits.
     """
     if not isinstance(text, str):
         raise ConstraintError(f"grammar text must be a string, not {type(text).__name__}")
     if not isinstance(syntax, str) or syntax not in _SYNTAXES:
-        raise ConstraintError(f"unknown grammar syntax {syntax!r} (use 'lark', 'gbnf' or 'ebnf')")
+        raise ConstraintError(f"unknown grammar syntax {syntax!r} (use 'lark', 'gbnf', 'ebnf' or 'structural_tag')")
     if start is not None and not isinstance(start, str):
         raise ConstraintError(f"start must be a rule name, not {type(start).__name__}")
     budget = _check_budget(budget)
@@ -267,6 +268,8 @@ def compile_grammar(
         from .lark_grammar import lark_grammar as frontend
     elif syntax == "gbnf":
         from .gbnf import gbnf_grammar as frontend
+    elif syntax == "structural_tag":
+        from .structural_tag import structural_tag_grammar as frontend
     else:
         from .gbnf import ebnf_grammar as frontend
     start = start or _SYNTAXES[syntax]
