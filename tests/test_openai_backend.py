@@ -462,3 +462,22 @@ def test_run_batch_over_http_is_not_convoyed():
     assert [st["answer"] for st in states] == ["done"] * 32
     # in waves of 8 it takes 4 x 0.8 = 3.2 s; concurrently about 0.8 s (+ loopback overhead)
     assert elapsed < 2 * slow_s, elapsed
+
+
+# --- SGLang's repetition_penalty and stop_regex -------------------------------------------------
+@pytest.mark.parametrize("kind", ["sgl", "sglang", "vllm"])
+def test_repetition_penalty_is_sent_where_the_server_takes_it(kind):
+    with FakeServer([sse(["x"])]) as server:
+        backend(server, server_kind=kind).generate(req(repetition_penalty=1.3))
+    assert server.posts[0]["body"]["repetition_penalty"] == 1.3
+
+
+def test_stop_regex_goes_to_sglang_and_is_refused_elsewhere():
+    with FakeServer([sse(["x"])]) as server:
+        backend(server, server_kind="sglang").generate(req(stop_regex=r"\d+"))
+        for kind in ("openai", "sgl", "vllm"):
+            with pytest.raises(HTTPBackendError, match=f"stop_regex is not supported by server kind '{kind}'"):
+                backend(server, server_kind=kind).generate(req(stop_regex=r"\d+"))
+        with pytest.raises(HTTPBackendError, match="repetition_penalty is not supported by server kind 'openai'"):
+            backend(server, server_kind="openai").generate(req(repetition_penalty=1.2))
+    assert len(server.posts) == 1 and server.posts[0]["body"]["stop_regex"] == [r"\d+"]

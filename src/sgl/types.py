@@ -29,14 +29,21 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # subtracted per earlier occurrence in the output
     presence_penalty: float = 0.0  # subtracted once a token occurred in the output
     ignore_eos: bool = False  # EOS cannot be sampled (stop tokens and strings still stop)
+    repetition_penalty: float = 1.0  # HF/SGLang: logits of ids in the prompt or output scaled (1 = off)
+    stop_regex: str | tuple[str, ...] | None = None  # SGLang's: stop at the first match in the text
+    logprob_start_len: int | None = None  # with logprobs: also the prompt's, from this token on (None/-1: no)
 
     def __post_init__(self) -> None:
         # refused here, not deep in the engine: a NaN temperature used to sample from NaN
         # probabilities and end the request with no text and no error
-        for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty"):
+        for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not 0 < self.repetition_penalty <= 2:
+            raise ValueError(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}")
+        if isinstance(self.stop_regex, list):
+            self.stop_regex = tuple(self.stop_regex)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.temperature < GREEDY_TEMPERATURE:  # logits / 1e-300 overflow: treated as greedy (as vLLM)

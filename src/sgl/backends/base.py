@@ -26,6 +26,9 @@ class GenerateResult:
     logprobs: list[float] | None = None
     # with params.top_logprobs: per token, the (token id, logprob) pairs of the most likely tokens
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    # with params.logprob_start_len: per prompt token from there (None: the first token), and its top tokens
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # timings, forced-token counts, ...
 
 

@@ -344,6 +344,15 @@ class OpenAI(Backend):
                 body["stop_token_ids"] = list(p.stop_token_ids)
         if p.stop:
             body["stop"] = list(p.stop)
+        if p.repetition_penalty != 1.0:  # an extra parameter of vLLM's and SGLang's servers
+            if kind == "openai":
+                raise HTTPBackendError("repetition_penalty is not supported by server kind 'openai'")
+            body["repetition_penalty"] = p.repetition_penalty
+        if p.stop_regex:  # only SGLang's server takes it
+            if kind != "sglang":
+                raise HTTPBackendError(f"stop_regex is not supported by server kind {kind!r} (only 'sglang' "
+                                       "and the local engine take it)")
+            body["stop_regex"] = [p.stop_regex] if isinstance(p.stop_regex, str) else list(p.stop_regex)
         if p.seed is not None:
             body["seed"] = p.seed
         unwrap = None

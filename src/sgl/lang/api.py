@@ -49,6 +49,8 @@ def gen(
     frequency_penalty: float | None = None,
     presence_penalty: float | None = None,
     ignore_eos: bool | None = None,
+    repetition_penalty: float | None = None,
+    stop_regex: str | Sequence[str] | None = None,
     return_logprob: bool | None = None,
     logprob_start_len: int | None = None,
     top_logprobs_num: int | None = None,
@@ -66,7 +68,9 @@ def gen(
 
     SGLang's options (keyword-only here): ``n`` samples (the variable becomes a list of
     ``n`` values, the text gets the first), ``frequency_penalty`` / ``presence_penalty``
-    (in [-2, 2]), ``ignore_eos``, and ``return_logprob`` with ``logprob_start_len``,
+    (in [-2, 2]), ``repetition_penalty`` (in (0, 2]; HF's rule over the prompt and the
+    output), ``stop_regex`` (stop at the first match of a Python regex in the output,
+    which is cut where the match starts), ``ignore_eos``, and ``return_logprob`` with ``logprob_start_len``,
     ``top_logprobs_num``, ``return_text_in_logprobs`` (the logprobs go to the
     variable's meta info, as SGLang's ``meta_info``). ``max_tokens=0`` only reads the
     prompt (its logprobs, the prefix cache).
@@ -102,6 +106,8 @@ def gen(
         frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty,
         ignore_eos=ignore_eos,
+        repetition_penalty=repetition_penalty,
+        stop_regex=stop_regex,
         return_logprob=return_logprob,
         logprob_start_len=logprob_start_len,
         top_logprobs_num=top_logprobs_num,

@@ -85,6 +85,8 @@ class GenExpr(SglExpr):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     ignore_eos: bool | None = None
+    repetition_penalty: float | None = None
+    stop_regex: Any = None  # a pattern or a list of them
     return_logprob: bool | None = None
     logprob_start_len: int | None = None
     top_logprobs_num: int | None = None

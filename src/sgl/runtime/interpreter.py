@@ -97,6 +97,8 @@ class RunDefaults:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     ignore_eos: bool = False
+    repetition_penalty: float = 1.0
+    stop_regex: Any = None
     return_logprob: bool | None = None
     logprob_start_len: int | None = None
     top_logprobs_num: int | None = None
@@ -180,8 +182,11 @@ class Interpreter:
             frequency_penalty=pick(g.frequency_penalty, d.frequency_penalty),
             presence_penalty=pick(g.presence_penalty, d.presence_penalty),
             ignore_eos=bool(pick(g.ignore_eos, d.ignore_eos)),
+            repetition_penalty=pick(g.repetition_penalty, d.repetition_penalty),
+            stop_regex=pick(g.stop_regex, d.stop_regex),
             logprobs=bool(pick(g.return_logprob, d.return_logprob)),
             top_logprobs=int(pick(g.top_logprobs_num, d.top_logprobs_num) or 0),
+            logprob_start_len=pick(g.logprob_start_len, d.logprob_start_len),
         )
         regex = DTYPE_REGEX[g.dtype] if g.dtype else g.regex
         constraint = ConstraintSpec(
