@@ -23,6 +23,7 @@ MAX_ANY_ORDER_RULES = 6_000  # object member-order rules per object with any_ord
 MAX_DEFAULT_ORDER_RULES = 2_000  # the same by default (see JsonSchemaCompiler._order_plan)
 MAX_COUNT_STATES = 20_000  # unrolled minItems/maxItems/min/maxProperties states
 MAX_PATTERN_PROPERTIES = 4  # key regions are 2**k
+MAX_LEXEME_LENGTH = 1_000  # longer length bounds on plain strings are counted by the grammar
 MAX_UNION = 64  # alternatives kept when intersecting unions
 MAX_ONE_OF_EXACT = 64  # overlapping oneOf branches separated exactly (each minus all the others)
 MAX_UNIQUE_VALUES = 8  # uniqueItems over a finite element set of at most this size
