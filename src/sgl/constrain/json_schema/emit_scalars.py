@@ -98,11 +98,8 @@ class ScalarEmitter:
             nt = self.array_nt(spec, ptr)
             if nt is not None:
                 out.append((nt,))
-        # one of several object alternatives (anyOf/oneOf/if/not/dependencies): no key is
-        # forced at the start anyway, so required keys may come in any order too
-        several = len(f.objects) + any(isinstance(v, dict) for v in f.values) > 1
         for spec in f.objects:
-            nt = self.object_nt(spec, ptr, free_required=several)
+            nt = self.object_nt(spec, ptr)
             if nt is not None:
                 out.append((nt,))
         for v in f.values:
