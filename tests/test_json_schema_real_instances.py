@@ -26,13 +26,13 @@ FIXED = [
     "JsonSchemaStore/aiproj-1.1",
     "MCPspec/ServerRequest",  # 8 members of an anyOf branch, written in any order
     "WashingtonPost/wp_29_Normalized",
+    "Github_medium/o30911",  # other keys extending declared ones ("builtin "): the key trie was cut
 ]
 STILL_REJECTED = {
     "Github_hard/o83850": "a compose service: ~80 optional keys, a few written out of order",
     "JsonSchemaStore/detekt-1.22.0": "objects of 9+ optional keys, two of them swapped",
     "Github_ultra/o21840": "composer.json: 'config' after 'scripts' among ~40 optional keys",
     "Github_ultra/o41081": "composer.json: 'config' after 'scripts' among ~40 optional keys",
-    "Github_medium/o30911": "other keys sharing a long prefix with declared ones (the key trie is cut)",
 }
 
 
@@ -105,7 +105,7 @@ def _objects(value):
             yield from _objects(v)
 
 
-@pytest.mark.parametrize("name", FIXED)
+@pytest.mark.parametrize("name", [n for n in FIXED if n != "Github_medium/o30911"])  # its keys: all extra
 def test_no_object_repeats_a_declared_key(name):
     """Every object of every valid instance, each of its declared keys repeated: refused.
     (A key that only additionalProperties/patternProperties allows can repeat, a

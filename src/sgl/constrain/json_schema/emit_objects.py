@@ -6,10 +6,10 @@ import json
 from functools import lru_cache
 from itertools import combinations
 
-from ..derivatives import ANY_STRING, mk_and, mk_not
+from ..derivatives import ANY_STRING, _contains, mk_and, mk_not
 from ..errors import CompileBudgetExceeded, ConstraintError
 from ..json_strings import json_string_node, literal_string, pattern_node
-from ..regex_ast import NOTHING, Chars, Node, alt, literal, negate, normalize_ranges, seq
+from ..regex_ast import NOTHING, Chars, Node, Repeat, alt, literal, negate, normalize_ranges, seq
 from .common import (
     MAX_ANY_ORDER_RULES,
     MAX_COUNT_STATES,
@@ -89,6 +89,10 @@ class ObjectEmitter:
             name_langs.append(f.strs if f.strs is not None else NOTHING)
         out = []
         not_declared, exact = _not_in_set(declared)
+        if not exact and not patterns and not spec.names:  # cut trie: the exact one if it fits
+            exact_node = _not_in_names(tuple(declared))
+            if exact_node is not None:
+                not_declared, exact = exact_node, True
         if not exact:
             self.note("many declared properties: other keys sharing a long prefix with them are not allowed", ptr)
         for size in range(len(patterns) + 1):
@@ -283,6 +287,53 @@ def _order_cost(tracks: list, free: list, K: int) -> int:
 
 
 MAX_KEY_TRIE_NODES = 300  # each costs ~300 automaton states once JSON-escaped
+
+
+# printable ASCII but for " \ and /: the characters JSON writes one way only (raw)
+ONE_SPELLING = Chars(((0x20, 0x21), (0x23, 0x2E), (0x30, 0x5B), (0x5D, 0x7E)))
+MAX_EXACT_KEY_TRIE_NODES = 50_000
+MAX_EXACT_KEY_LENGTH = 256  # the trie is built recursively
+
+
+@lru_cache(maxsize=1024)
+def _not_in_names(names: tuple) -> Node | None:
+    """Decoded strings other than ``names``, exactly, or None when a name has a character
+    outside ``ONE_SPELLING`` or the names are too many or too long.
+
+    Two disjoint parts: strings of one-spelling characters off the names' trie (each trie
+    node: another such character, then any of them), and strings with some other
+    character (a shared suffix). Only the first grows with the names, and with raw
+    characters only its automaton stays about as small as the trie, where a complement
+    of the trie over all characters costs every node the JSON escape sequences.
+    """
+    if not names or any(len(n) > MAX_EXACT_KEY_LENGTH for n in names):
+        return None
+    if not all(_contains(ONE_SPELLING, ord(ch)) for n in names for ch in n):
+        return None
+    trie: dict = {}
+    count = 0
+    for t in names:
+        node = trie
+        for ch in t:
+            if ch not in node:
+                count += 1
+            node = node.setdefault(ch, {})
+        node[""] = True
+    if count > MAX_EXACT_KEY_TRIE_NODES:
+        return None
+    rest = Repeat(ONE_SPELLING, 0, None)
+    other_char = negate(ONE_SPELLING)
+
+    def build(node: dict) -> Node:
+        kids = sorted(ch for ch in node if ch != "")
+        parts = [] if "" in node else [seq()]
+        others = negate(Chars(normalize_ranges(other_char.ranges + tuple((ord(c), ord(c)) for c in kids))))
+        if others.ranges:
+            parts.append(seq(others, rest))
+        parts += [seq(literal(ch), build(node[ch])) for ch in kids]
+        return alt(*parts) if parts else NOTHING
+
+    return alt(build(trie), seq(rest, other_char, ANY_STRING))
 
 
 def _not_in_set(names) -> tuple[Node, bool]:
