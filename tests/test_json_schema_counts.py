@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from sgl.constrain import Matcher, allocate_bitmask, compile_json_schema
+from sgl.constrain import ConstraintError, Matcher, allocate_bitmask, compile_json_schema
 from sgl.constrain.compiled import compile_ir
 from sgl.constrain.grammar import Grammar, GrammarBuilder
 from sgl.constrain.json_schema.counting import CountedRepeat
@@ -79,3 +79,13 @@ def test_random_walk_over_a_long_string_keeps_a_valid_prefix(llama3_vocab):
         assert m.advance(rng.choice(ids))
     m2 = Matcher(cg)
     assert all(m2.advance(t) for t in llama3_vocab.encode('{"s": "' + "ab" * 1500 + '"}')) and m2.is_accepting()
+
+
+def test_a_counted_string_never_competes_with_another_string_lexeme():
+    """Inside ``contains`` two element rules share a position: a quote lexeme next to a
+    whole-string lexeme would refuse valid strings, so that case is refused instead."""
+    with pytest.raises(ConstraintError, match="contains"):
+        compile_json_schema({"type": "array", "contains": {"type": "string", "maxLength": 5000}, "items": {"type": "string"}}, None)
+    cg = compile_json_schema({"type": "array", "contains": {"type": "string", "maxLength": 5000},
+                              "items": {"anyOf": [{"type": "string", "maxLength": 3}, {"type": "integer"}]}}, None)
+    assert cg.accepts_text('["ab", 1]') and not cg.accepts_text("[1]") and not cg.accepts_text('["abcd"]')

@@ -7,8 +7,10 @@ from itertools import combinations
 
 from .common import MAX_COUNT_STATES, MAX_UNIQUE_VALUES, json_equal
 from .counting import CountedRepeat
+from .emit_scalars import is_counted_string
 from .facets import ArraySpec
 from .refs import Sub, mk_sand, mk_snot
+from .values import _CHUNKED
 
 
 class ArrayEmitter:
@@ -54,6 +56,11 @@ class ArrayEmitter:
             L = min(L, P)
             mx = None
             mn = min(mn, L)
+        if c_ref is not None and self._counted_strings_compete(spec, c_ref):
+            # two element nonterminals at one position: a quote lexeme next to another
+            # string lexeme would make greedy lexing refuse valid strings
+            self.refuse("a string length over the lexeme budget is not supported inside 'contains'", ptr, "contains")
+            return False
         elems: dict = {}
 
         def elem(i: int, counted: bool | None):
@@ -107,6 +114,16 @@ class ArrayEmitter:
         self.b.rule(name, (lb, state(0, 0)))
         self._check_size()
         return True
+
+    def _counted_strings_compete(self, spec: ArraySpec, c_ref) -> bool:
+        """Would an element matching or not matching ``contains`` be a counted string?"""
+        for base in {*spec.prefix, spec.items}:
+            for ref in (mk_sand(base, c_ref), mk_sand(base, mk_snot(c_ref))):
+                f = self.facets(ref)
+                pieces = () if f.strs is None else f.strs.items if id(f.strs) in _CHUNKED else (f.strs,)
+                if any(is_counted_string(p) for p in pieces):
+                    return True
+        return False
 
     def _counted_array(self, name: str, spec: ArraySpec) -> bool:
         """minItems/maxItems too large to unroll (no ``contains``): the prefix items one by

@@ -126,9 +126,9 @@ class ScalarEmitter:
         The opening quote is a lexeme of its own, so another string lexeme allowed at the
         same place could make greedy lexing refuse a valid string; in a value position
         the only string lexemes are this value's own (``f.strs`` is one expression)."""
-        lo, hi, rest = _length_parts(expr)
-        if rest or max(lo, hi or 0) <= MAX_LEXEME_LENGTH or (hi is not None and lo > hi):
+        if not is_counted_string(expr):
             return None
+        lo, hi, _ = _length_parts(expr)
         key = ("counted string", lo, hi)
         got = self.value_memo.get(key)
         if got is None:
@@ -168,6 +168,12 @@ class ScalarEmitter:
         except CompileBudgetExceeded as e:
             self.refuse(f"string constraints too complex to combine: {e.message}", ptr, "pattern")
             return json_string_node(ANY_STRING)
+
+
+def is_counted_string(expr) -> bool:
+    """Is ``expr`` a plain length bound too large for one lexeme (``counted_string_nt``)?"""
+    lo, hi, rest = _length_parts(expr)
+    return not rest and max(lo, hi or 0) > MAX_LEXEME_LENGTH and (hi is None or lo <= hi)
 
 
 def _length_parts(expr) -> tuple[int, int | None, list]:
