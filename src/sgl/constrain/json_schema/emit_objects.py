@@ -178,13 +178,16 @@ class ObjectEmitter:
         opt = [i for i, m in enumerate(members) if not m[2]]
         budget = MAX_ANY_ORDER_RULES if self.opts.any_order else MAX_DEFAULT_ORDER_RULES
         # the whole schema's budget bounds compile time: the first objects (root first)
-        # get free orders, later ones small plans once it is spent
-        budget = min(budget, max(self.order_rules_left, MIN_ORDER_RULES))
-        plans = [([], list(range(n)))]
-        k = _most_free(req, opt, K, budget)
-        if k is not None and len(opt) <= 2 * k + 2:  # a few free among many: not worth the rules
-            plans.append(([opt[k:]], req + opt[:k]))
-        plans += [([opt], req), ([req], opt), ([req, opt], [])]
+        # get free orders, later ones the small plans used before issue 9 once it is spent
+        if self.order_rules_left <= 0:  # spent: required keep their order, small plans only
+            budget, plans = MIN_ORDER_RULES, [([req], opt), ([req, opt], [])]
+        else:
+            budget = min(budget, max(self.order_rules_left, MIN_ORDER_RULES))
+            plans = [([], list(range(n)))]
+            k = _most_free(req, opt, K, budget)
+            if k is not None and len(opt) <= 2 * k + 2:  # a few free among many: not worth the rules
+                plans.append(([opt[k:]], req + opt[:k]))
+            plans += [([opt], req), ([req], opt), ([req, opt], [])]
         for tracks, free in plans:
             tracks = [t for t in tracks if t]
             cost = _order_cost(tracks, free, K)
