@@ -10,7 +10,7 @@ setup(
     ext_modules=[
         Extension(
             "sgl.constrain._native",
-            ["src/sgl/constrain/_native.c"],
+            ["src/sgl/constrain/_native.c", "src/sgl/constrain/_native_earley.c"],
             extra_compile_args=["-O3"],
             optional=True,
         )

@@ -15,13 +15,14 @@ import pytest
 import torch
 from test_local_model import tiny_config, tiny_state
 
-from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.engine.kv_pool import KVPool
 from sgl.engine.llama import Llama
 from sgl.engine.paged_forward import RowInput, forward_rows
 from sgl.engine.radix_cache import RadixCache
-from sgl.engine.request import SeqRequest
+from sgl.engine.request import PromptLogprobs, SeqRequest
 from sgl.engine.scheduler import Engine, EngineConfig
+from sgl.types import ConstraintSpec, SamplingParams
 
 # ------------------------------------------------------------------ KV pool
 
@@ -194,6 +195,38 @@ def test_a_request_larger_than_the_budget_fails_clearly_and_others_go_on(tiny):
         eng.close()
 
 
+def test_prompt_logprobs_come_from_the_prefill_chunked_and_after_cached_prefixes(tiny):
+    """Prompt-logprobs mode: the engine's own prefill (chunked, behind a cached prefix,
+    batched with other requests) gives the plain forward pass's log-softmax."""
+    prompts = _prompts(4, shared=13)
+    starts = [0, 5, 14, 2]
+    expected = []
+    for p in prompts:
+        logits = tiny.forward(torch.tensor([p]), tiny.new_cache(len(p)), all_logits=True)[0]
+        logp = logits[:-1].log_softmax(-1)
+        picked = logp.gather(-1, torch.tensor(p[1:])[:, None])[:, 0]
+        top = torch.topk(logp, 3)
+        expected.append(([None, *picked.tolist()], [[], *[list(zip(i, v, strict=True)) for i, v in
+                                                         zip(top.indices.tolist(), top.values.tolist(), strict=True)]]))
+    eng = _engine(tiny, block_size=4, max_step_tokens=6)  # prompts go in several chunks
+    try:
+        eng.generate([SeqRequest(prompts[0], _greedy(0))])  # the shared prefix is cached
+        reqs = [SeqRequest(p, _greedy(2), prompt_logprobs=PromptLogprobs(s, top_n=3))
+                for p, s in zip(prompts, starts, strict=True)]
+        outs = eng.generate(reqs)
+    finally:
+        eng.close()
+    for out, (lps, tops), s in zip(outs, expected, starts, strict=True):
+        assert len(out.prompt_logprobs) == len(lps) - s
+        for got, want in zip(out.prompt_logprobs, lps[s:], strict=True):
+            assert (got is None) == (want is None) and (want is None or abs(got - want) < 1e-4)
+        for got, want in zip(out.prompt_top_logprobs, tops[s:], strict=True):
+            assert [t for t, _ in got] == [t for t, _ in want]
+        assert len(out.token_ids) == 2  # generation goes on after the scored prefill
+    assert outs[2].meta["cached_tokens"] >= 12  # scoring from 14 on: the prefix before it was reused
+    assert outs[0].meta["cached_tokens"] == 0  # scoring from 0: nothing could come from the cache
+
+
 def test_concurrent_submitters_and_cancel(tiny):
     eng = _engine(tiny, block_size=4)
     prompts = _prompts(8)
@@ -243,8 +276,17 @@ def _local(lm, **flags):
     other.engine_config = cfg
     other.engine = Engine(lm.model, lm.vocab.token_bytes, lm.eos_token_ids, cfg,
                           max_context=lm.max_context, vocab=lm.vocab)
-    other._grammars = {}  # fresh masks: one side must not warm the other's cache
+    # cold masks: one side must not warm the other's (the shared compile cache would)
+    other.compile_constraint = lambda spec: _cold_compile(spec, lm.vocab)
     return other
+
+
+def _cold_compile(spec, vocab):
+    """A fresh CompiledGrammar for ``spec`` (empty mask caches), outside the shared cache."""
+    from sgl.constrain import CompiledGrammar, compile_spec
+
+    text_only = compile_spec(spec)  # the grammar, without a vocabulary's mask caches
+    return None if text_only is None else CompiledGrammar(text_only.grammar, vocab)
 
 
 CHARACTER_SCHEMA = {
@@ -284,16 +326,11 @@ def test_real_model_lazy_masks_on_equal_off_and_jump_forward_saves_steps(lm):
     tokenized canonically. So the test asks for valid outputs and fewer forward passes."""
     import jsonschema
 
-    from sgl.constrain.compiled import CompiledGrammar
-    from sgl.constrain.json_schema import json_schema_grammar
 
     reqs = _character_requests(lm, 3)
     runs = {}
     for jf, lazy in ((False, False), (False, True), (True, True)):
-        m = _local(lm, jump_forward=jf, lazy_masks=lazy)
-        # cold masks for each run (compile_json_schema would share one warm grammar)
-        m._grammars[("json_schema", json.dumps(CHARACTER_SCHEMA, sort_keys=True))] = CompiledGrammar(
-            json_schema_grammar(CHARACTER_SCHEMA), lm.vocab)
+        m = _local(lm, jump_forward=jf, lazy_masks=lazy)  # cold masks for each run
         try:
             runs[jf, lazy] = ([r.text for r in m.generate_batch(reqs)], m.engine.stats)
         finally:
@@ -361,3 +398,17 @@ def test_real_model_speculative_flag_gives_the_engine_output(lm):
     assert fast.meta["forward_passes"] < len(fast.token_ids)
     with pytest.raises(ValueError, match="early_exit"):
         LocalModel(speculative="early_exit:99")
+
+
+def test_the_scheduler_is_bookkeeping_only():
+    """No tensor work in the scheduler (nano-vllm's split): torch stays in the runner and the step."""
+    import ast
+    import inspect
+
+    from sgl.engine import scheduler
+
+    tree = ast.parse(inspect.getsource(scheduler))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"torch", "numpy"}

@@ -127,9 +127,9 @@ def _words(n, seed):
 def test_ten_thousand_choices_compile_well_under_a_second(llama3_vocab):
     words = _words(10_000, 1)
     compile_choices(["warm", "up"], llama3_vocab)
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time: the machine is shared, a starved compile is not slow
     g = compile_choices(words, llama3_vocab)
-    assert time.perf_counter() - t < 1.0
+    assert time.process_time() - t < 1.0
     for w in words[::997]:
         assert g.accepts_text(w)
         assert not g.accepts_text(w + "!") and not g.accepts_text(w[:-1] + "!")
@@ -137,9 +137,9 @@ def test_ten_thousand_choices_compile_well_under_a_second(llama3_vocab):
 
 def test_a_hundred_thousand_choices_compile_in_seconds():
     words = _words(100_000, 2)
-    t = time.perf_counter()
+    t = time.process_time()
     g = compile_choices(words)
-    assert time.perf_counter() - t < 10.0
+    assert time.process_time() - t < 10.0
     assert all(g.accepts_text(w) for w in words[::9973])
     assert not g.accepts_text("zzzzzzzzzzzzzzz")
 
@@ -191,3 +191,73 @@ def test_empty_languages_are_refused_at_compile(call):
 def test_a_dead_branch_is_pruned_not_offered():
     g = compile_grammar('root ::= "a" | "b" []', syntax="gbnf")
     assert g.accepts_text("a") and not g.accepts_text("b")
+
+
+def test_a_mask_over_its_time_budget_names_the_budget(llama3_vocab):
+    """The per-mask budget: an ambiguous grammar's mask stops with a clear error when
+    over ``mask_seconds`` (0 here, so any mask not cached yet is over), and masks
+    within the default budget."""
+    from sgl.constrain import Matcher, allocate_bitmask
+
+    text = 'start: s\ns: s s | "a"'
+    out = allocate_bitmask(1, llama3_vocab.n_vocab)
+    tight = Matcher(compile_grammar(text, llama3_vocab, budget=CompileBudget(mask_seconds=0.0)))
+    with pytest.raises(CompileBudgetExceeded, match=r"one token mask .*\(budget: mask_seconds\)"):
+        tight.fill_bitmask(out)
+    m = Matcher(compile_grammar(text, llama3_vocab))
+    aa = llama3_vocab.token_id(b"aa")
+    for _ in range(100):
+        m.fill_bitmask(out)
+        assert (out[0, aa >> 5] >> (aa & 31)) & 1
+        assert m.advance(aa)
+    assert m.is_accepting()
+
+
+def _long_choices() -> list[str]:
+    rng = random.Random(7)
+    base = "".join(rng.choices("abcdé日😀 ", k=700))
+    return [base, base + "z", base[:300], base[:650] + "q" * 100, "".join(rng.choices("xyz", k=500)), "short"]
+
+
+def test_long_choices_are_exact():
+    choices = _long_choices()
+    g = compile_choices(choices)
+    for c in choices:
+        assert g.accepts_text(c)
+        assert not g.accepts_text(c + "!")
+        assert g.accepts_text(c[:-1]) is (c[:-1] in choices)
+    assert not g.accepts_text(choices[0][:64]) and not g.accepts_text(choices[0][:400])
+
+
+def test_long_choices_masks_are_the_prefix_tokens(llama3_vocab):
+    """Each mask (from the start to the end of a long choice) allows exactly the tokens
+    that keep the text a prefix of some choice, and EOS exactly on a choice."""
+    import numpy as np
+
+    from sgl.constrain import Matcher, allocate_bitmask
+
+    choices = [c.encode() for c in _long_choices()]
+    vocab, n_vocab = llama3_vocab, llama3_vocab.n_vocab
+    eos = set(vocab.eos_token_ids)
+    pieces = {c[i:j] for c in choices for i in range(len(c)) for j in range(i + 1, min(i + 33, len(c) + 1))}
+    cands = [t for t, b in enumerate(vocab.token_bytes[:n_vocab]) if b and b in pieces]
+    m = Matcher(compile_choices([c.decode() for c in choices], vocab))
+    out = allocate_bitmask(1, n_vocab)
+    text, rng = b"", random.Random(3)
+    for _ in range(200):
+        m.fill_bitmask(out)
+        bits = np.unpackbits(out[0].view(np.uint8), bitorder="little")[:n_vocab]
+        allowed = set(np.nonzero(bits)[0].tolist())
+        want = {t for t in cands if any(c.startswith(text + vocab.token_bytes[t]) for c in choices)}
+        if text in choices:
+            want |= eos
+        assert allowed == want, (len(text), sorted(allowed ^ want)[:5])
+        body = sorted(t for t in allowed if t not in eos)
+        if not body:
+            break
+        # along the longest choice, through the ends of the others and several chunks
+        on_path = [t for t in body if choices[1].startswith(text + vocab.token_bytes[t])] or body
+        pick = max(on_path, key=lambda t: len(vocab.token_bytes[t])) if rng.random() < 0.5 else rng.choice(on_path)
+        assert m.advance(pick)
+        text += vocab.token_bytes[pick]
+    assert len(text) > 3 * 64  # past several chunks of a long choice

@@ -216,6 +216,64 @@ def test_lexer_budget_is_a_constraint_error(llama3_vocab, monkeypatch):
         m.allowed_words()
 
 
+def _utf8_prefix_ok(data: bytes) -> bool:
+    import codecs
+
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_utf8_subtree_flags_match_a_decoder():
+    """The per-node UTF-8 flag (the walk's shortcut for string bodies) says exactly whether
+    every token below the node, from the node's byte on, is (cut-short) well-formed UTF-8."""
+    from sgl.constrain.mask import _trie_parents, utf8_subtrees
+
+    toks = [b"a", b"ab", "é".encode(), "é".encode()[:1], "€x".encode(), b"\xed\xa0\x80", b"\xc0\xaf",
+            "𝄞".encode(), "𝄞".encode()[:2], b"\x80a", b"a\xff", "ü!".encode(), b"\xf4\x90\x80\x80", b"\xe0\x80"]
+    raw = b"".join(toks)
+    off = np.concatenate([[0], np.cumsum([len(t) for t in toks])]).astype(np.int64)
+    node_byte, depth, end, tok, ids = build_trie(np.frombuffer(raw, dtype=np.uint8), off, np.arange(len(toks)))
+    flags = utf8_subtrees(node_byte, depth, _trie_parents(depth))
+    for i in range(node_byte.size):
+        below = [toks[int(t)] for t in ids[tok[i] : tok[end[i]]]]
+        assert bool(flags[i]) == all(_utf8_prefix_ok(b[depth[i] - 1 :]) for b in below), i
+
+
+def test_native_dfa_and_product_reject_bad_input():
+    """The C ``Dfa`` checks every target once; ``Product`` takes only ``Dfa`` objects and
+    checks the states it is asked to intern: bad input is a Python exception, not a crash."""
+    _needs_native()
+    table = np.full((2, 256), -1, dtype=np.int32)
+    table[0, ord("a")] = 1
+    acc = np.array([0, 1], dtype=np.uint8)
+    with pytest.raises(ValueError, match="bad target"):
+        bad = table.copy()
+        bad[1, 0] = 2
+        _native.Dfa(bad, acc)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _native.Dfa(table[:1], acc)
+    with pytest.raises(TypeError):
+        _native.Product((table,), 10)
+    with pytest.raises(ValueError):
+        _native.Product((), 10)
+    dfa = _native.Dfa(table, acc)
+    assert dfa.n_states == 2
+    prod = _native.Product((dfa, dfa), 10)
+    row = np.frombuffer(prod.row(0), dtype=np.int32)
+    assert row[ord("a")] == 1 and (np.delete(row, ord("a")) == -1).all()
+    assert prod.accepting(1) and not prod.accepting(0)
+    assert np.frombuffer(prod.comp(1), dtype=np.int32).tolist() == [1, 1]
+    assert prod.intern(np.array([-1, 1], dtype=np.int32).tobytes()) == 2
+    assert prod.intern(np.array([-1, -1], dtype=np.int32).tobytes()) == -1
+    with pytest.raises(ValueError, match="out of range"):
+        prod.intern(np.array([2, 0], dtype=np.int32).tobytes())
+    with pytest.raises(IndexError):
+        prod.row(99)
+
+
 # ---------------------------------------------------------------------------- soundness
 
 

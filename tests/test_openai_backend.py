@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.backends.openai import HTTPBackendError, OpenAI, RuntimeEndpoint, prompt_to_messages
 from sgl.constrain.errors import ConstraintError
-from sgl.runtime.errors import BackendError
+from sgl.errors import BackendError
+from sgl.types import ConstraintSpec, SamplingParams
 
 # --- a scripted server ------------------------------------------------------------------
 Reply = Callable[[BaseHTTPRequestHandler], None]
@@ -417,3 +418,66 @@ def test_generate_batch_runs_requests_concurrently():
         elapsed = time.perf_counter() - start
     assert [r.text for r in results] == ["x"] * 4
     assert elapsed < 1.0  # 4 x 0.3 s in sequence would be 1.2 s
+
+
+def test_run_batch_over_http_is_not_convoyed():
+    """32 runs, 8 of them slow: the fast ones finish while the slow ones are still
+    decoding (the server batches concurrent requests), so the batch takes about one slow
+    request, not one per wave of 8 (issue 10: 5.0 s instead of 1.0 s)."""
+    slow_s = 0.8
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            time.sleep(slow_s if b"slow" in body else 0.02)
+            sse(["done"])(self)
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 64  # the default backlog of 5 would delay connections by 1 s
+        daemon_threads = True
+
+    import sgl
+
+    @sgl.function
+    def prog(s, kind):
+        s += kind + ": " + sgl.gen("answer", max_tokens=4)
+
+    kinds = ["slow" if i % 4 == 0 else "fast" for i in range(32)]  # 2 slow in every 8
+    httpd = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        http = OpenAI(model="fake-model", base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+                      api_key="sk-test", server_kind="sgl", timeout=10.0)
+        assert not http.capabilities.gathers_batches
+        start = time.perf_counter()
+        states = prog.run_batch([{"kind": k} for k in kinds], backend=http)
+        elapsed = time.perf_counter() - start
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert [st.error() for st in states] == [None] * 32
+    assert [st["answer"] for st in states] == ["done"] * 32
+    # in waves of 8 it takes 4 x 0.8 = 3.2 s; concurrently about 0.8 s (+ loopback overhead)
+    assert elapsed < 2 * slow_s, elapsed
+
+
+# --- SGLang's repetition_penalty and stop_regex -------------------------------------------------
+@pytest.mark.parametrize("kind", ["sgl", "sglang", "vllm"])
+def test_repetition_penalty_is_sent_where_the_server_takes_it(kind):
+    with FakeServer([sse(["x"])]) as server:
+        backend(server, server_kind=kind).generate(req(repetition_penalty=1.3))
+    assert server.posts[0]["body"]["repetition_penalty"] == 1.3
+
+
+def test_stop_regex_goes_to_sglang_and_is_refused_elsewhere():
+    with FakeServer([sse(["x"])]) as server:
+        backend(server, server_kind="sglang").generate(req(stop_regex=r"\d+"))
+        for kind in ("openai", "sgl", "vllm"):
+            with pytest.raises(HTTPBackendError, match=f"stop_regex is not supported by server kind '{kind}'"):
+                backend(server, server_kind=kind).generate(req(stop_regex=r"\d+"))
+        with pytest.raises(HTTPBackendError, match="repetition_penalty is not supported by server kind 'openai'"):
+            backend(server, server_kind="openai").generate(req(repetition_penalty=1.2))
+    assert len(server.posts) == 1 and server.posts[0]["body"]["stop_regex"] == [r"\d+"]

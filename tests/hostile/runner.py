@@ -65,6 +65,29 @@ def _worker_env(limits: Limits) -> dict:
     return env
 
 
+WALL_FACTOR = 6.0  # a case may take this many times its limit in wall time on a starved CPU
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (Linux ``/proc``); None elsewhere."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _still_within(pid: int, case_start: tuple[float, float | None], limit_s: float) -> float:
+    """Seconds more a running case may wait: its limit counts CPU time (the machine is
+    shared, and a starved worker is not hung), capped at ``WALL_FACTOR`` × the limit."""
+    wall0, cpu0 = case_start
+    cpu = _cpu_seconds(pid)
+    if cpu is None or cpu0 is None:
+        return 0.0
+    wall_left = wall0 + WALL_FACTOR * limit_s - time.monotonic()
+    return max(0.0, min(limit_s - (cpu - cpu0), wall_left))
+
+
 def _run_batch(names: list[str], engine: str, limits: Limits, workdir: str, results: dict) -> None:
     """Run ``names`` in order in one worker, restarting it after a hang or a death."""
     pending = list(names)
@@ -81,15 +104,20 @@ def _run_batch(names: list[str], engine: str, limits: Limits, workdir: str, resu
         err: list[str] = []
         threading.Thread(target=err.extend, args=(proc.stderr,), daemon=True).start()
         current, deadline = None, time.monotonic() + STARTUP_S
+        case_start: tuple[float, float | None] = (time.monotonic(), None)
         while True:
             try:
                 line = q.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
+                more = _still_within(proc.pid, case_start, limits.case_s) if current is not None else 0.0
+                if more > 0.05:
+                    deadline = time.monotonic() + more
+                    continue
                 proc.kill()
                 proc.wait()
                 if current is None:
                     raise RuntimeError(f"worker did not start within {STARTUP_S} s: {''.join(err)[-2000:]}") from None
-                results[current] = {"name": current, "outcome": "hang", "detail": f"over {limits.case_s} s"}
+                results[current] = {"name": current, "outcome": "hang", "detail": f"over {limits.case_s} s of CPU time"}
                 pending.remove(current)
                 break
             if line is None:  # the worker exited
@@ -106,6 +134,7 @@ def _run_batch(names: list[str], engine: str, limits: Limits, workdir: str, resu
             msg = json.loads(line)
             if "start" in msg:
                 current, deadline = msg["start"], time.monotonic() + limits.case_s
+                case_start = (time.monotonic(), _cpu_seconds(proc.pid))
             elif "name" in msg:
                 results[msg["name"]] = msg
                 pending.remove(msg["name"])

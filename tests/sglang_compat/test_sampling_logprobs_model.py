@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import sgl
-from sgl.backends.base import GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.engine.sampler import Sampler
+from sgl.types import SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +172,19 @@ def test_engine_generate_with_logprobs(model_package):
         assert meta["input_token_logprobs"][0][0] is None
     finally:
         engine.shutdown()
+
+
+def test_prompt_logprobs_come_with_the_generation_itself(model):
+    """``logprob_start_len`` makes the generation's own prefill score the prompt: the
+    result carries them, equal to a scoring-only engine request (max_tokens 0)."""
+    prompt = _chat(model, "Name a colour.")
+    ids = model.encode(prompt)
+    r = model.generate(GenerateRequest(prompt, SamplingParams(max_tokens=4, temperature=0, logprobs=True,
+                                                              top_logprobs=2, logprob_start_len=3)))
+    assert r.prompt_logprobs is not None and len(r.prompt_logprobs) == len(ids) - 3
+    alone = model.score_prompts([(ids, 3)], top_n=2)[0]
+    assert r.prompt_logprobs == pytest.approx(alone.prompt_logprobs, abs=1e-4)
+    assert [[t for t, _ in top] for top in r.prompt_top_logprobs] == [
+        [t for t, _ in top] for top in alone.prompt_top_logprobs]
+    meta = model.logprob_meta(prompt, r, 3, 2)
+    assert [lp for lp, _, _ in meta["input_token_logprobs"]] == r.prompt_logprobs

@@ -20,18 +20,12 @@ except ModuleNotFoundError as e:  # the core install has no torch: say which ext
 
     raise MissingExtraError("sgl.LocalModel (the local engine)", "local", [e.name or "torch"]) from e
 
-from sgl.backends.base import (
-    Backend,
-    ConstraintSpec,
-    GenerateRequest,
-    GenerateResult,
-    SamplingParams,
-    SelectResult,
-)
+from sgl.backends.base import Backend, Capabilities, GenerateRequest, GenerateResult, SelectResult
 from sgl.engine.llama import Llama
 from sgl.engine.model_loader import resolve_checkpoint
 from sgl.engine.request import SeqOutput, SeqRequest
 from sgl.engine.scheduler import Engine, EngineConfig
+from sgl.types import ConstraintSpec, SamplingParams
 
 SELECT_METHODS = ("token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized")
 _CONTENT_MARK = "\x1fSGL-CONTENT\x1f"  # stands for the content when rendering a chat template
@@ -68,7 +62,8 @@ class LocalModel(Backend):
     every concurrent request (from `run_batch` threads, forks, server clients).
     """
 
-    continuous_batching = True  # concurrent generate() calls share the engine's batch
+    # concurrent generate() calls share the engine's batch
+    capabilities = Capabilities(continuous_batching=True, prompt_logprobs=True, prefix_cache=True)
 
     def __init__(
         self,
@@ -129,8 +124,6 @@ class LocalModel(Backend):
         self._draft_model: Llama | None = None  # loaded once, for a draft-model path
         if speculative is not None:
             self._make_drafter()  # fail now on a bad spec, not at the first request
-        self._grammar_lock = threading.Lock()
-        self._grammars: dict[tuple[str, str], Any] = {}
         self._roles: dict[str, tuple[str, str]] = {}
         self.load_time_s = time.perf_counter() - t0
 
@@ -180,8 +173,10 @@ class LocalModel(Backend):
         return spec.ModelDrafter(self._draft_model)
 
     def _generate_speculative(self, request: GenerateRequest) -> GenerateResult:
-        """One request by speculative decoding (drafts verified by the model in one pass)."""
-        from sgl.engine.request import TextTracker
+        """One request by speculative decoding (drafts verified by the model in one pass).
+
+        Ends (EOS, stop tokens, stop strings, ``stop_regex``) are the engine's own step's.
+        """
         from sgl.engine.sampler import Sampler
         from sgl.engine.speculative import speculative_generate
 
@@ -198,24 +193,14 @@ class LocalModel(Backend):
         with self._lock:
             out = speculative_generate(self.model, self._make_drafter(), prompt_ids, max_tokens, sampler,
                                        self.eos_token_ids, k=self.speculative_k, matcher=matcher,
-                                       stop_token_ids=p.stop_token_ids)
-        # Stop strings are applied afterwards: the text is the same, drafts past one are dropped.
-        tracker = TextTracker((p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ()))
-        ids, reason, text = [], out.finish_reason, None
-        for tok in out.token_ids:
-            ids.append(tok)
-            if tok in self.eos_token_ids or tok in p.stop_token_ids:
-                break
-            at = tracker.push(self.vocab.token_bytes[tok] or b"")
-            if at is not None:
-                reason, text = "stop", tracker.text[:at]
-                break
-        meta = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids), "forward_passes": out.forward_passes,
-                "draft_tokens": out.proposed, "accepted_draft_tokens": out.accepted}
+                                       stop_token_ids=p.stop_token_ids, params=p,
+                                       token_bytes=self.vocab.token_bytes)
+        meta = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(out.token_ids),
+                "forward_passes": out.forward_passes, "draft_tokens": out.proposed,
+                "accepted_draft_tokens": out.accepted}
         if out.error:
             meta["error"] = out.error
-        return GenerateResult(text=tracker.text if text is None else text, token_ids=ids,
-                              finish_reason=reason, meta=meta)
+        return GenerateResult(text=out.text, token_ids=out.token_ids, finish_reason=out.finish_reason, meta=meta)
 
     def generate_stream(self, request: GenerateRequest) -> Iterator[str]:
         """Yield text deltas as they become final (stop strings are never yielded).
@@ -273,11 +258,11 @@ class LocalModel(Backend):
 
     def get_server_info(self) -> dict[str, Any]:
         """The model, the engine's settings and its counters (SGLang's ``get_server_info``)."""
-        import sgl
+        from sgl._version import __version__
 
         cfg = self.engine_config
         return {
-            "backend": "LocalModel", "version": sgl.__version__, "model_path": str(self.source),
+            "backend": "LocalModel", "version": __version__, "model_path": str(self.source),
             "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
             "weights": self.model.weights, "context_length": self.max_context,
             "max_running_requests": self.max_batch, "kv_budget_mb": cfg.kv_budget_mb,
@@ -303,22 +288,31 @@ class LocalModel(Backend):
         }
 
     def _seq_request(self, request: GenerateRequest) -> SeqRequest:
+        from sgl.engine.request import PromptLogprobs
+
         cg = self.compile_constraint(request.constraint)
         prompt_ids = self._prompt_ids(request.prompt)
+        p = request.params
+        scoring = None
+        if p.logprobs and p.logprob_start_len is not None and p.logprob_start_len >= 0:
+            # SGLang's input logprobs, computed in this request's own prefill
+            scoring = PromptLogprobs(min(p.logprob_start_len, len(prompt_ids)), p.top_logprobs)
         if cg is not None:
             from sgl.constrain import Matcher
 
-            return SeqRequest(prompt_ids, request.params, Matcher(cg))
+            return SeqRequest(prompt_ids, p, Matcher(cg), prompt_logprobs=scoring)
         healing = None
         # A prompt that ends with the assistant header of the chat template is left alone:
-        # the template's own split is the one the model was trained on.
-        if self.token_healing and not request.prompt.endswith(self.role_text("assistant", "")[0]):
+        # the template's own split is the one the model was trained on. Scored prompts
+        # are left whole too (their logprobs are of the prompt as written).
+        if (self.token_healing and scoring is None
+                and not request.prompt.endswith(self.role_text("assistant", "")[0])):
             from sgl.engine.token_healing import heal_prompt
 
             healed = heal_prompt(prompt_ids, self.vocab)
             if healed.healed:
                 prompt_ids, healing = healed.prompt_ids, healed.constraint()
-        return SeqRequest(prompt_ids, request.params, None, healing=healing)
+        return SeqRequest(prompt_ids, p, None, healing=healing, prompt_logprobs=scoring)
 
     # --------------------------------------------------------------- logprobs
 
@@ -347,9 +341,13 @@ class LocalModel(Backend):
         if logprob_start_len is not None and logprob_start_len >= 0:
             ids = self._prompt_ids(prompt)
             start = min(logprob_start_len, len(ids))
-            lps, tops = self._prompt_logprobs(ids, top_logprobs_num)
-            inputs = [(lp, t, self.token_text(t) if text else None) for t, lp in zip(ids, lps, strict=True)][start:]
-            input_tops = [self._top_entries(top, text) for top in tops][start:]
+            lps, tops = result.prompt_logprobs, result.prompt_top_logprobs
+            if lps is None or len(lps) != len(ids) - start or (top_logprobs_num and not any(tops)):
+                # not scored with the generation (another start, or the request did not ask)
+                out = self.score_prompts([(ids, start)], top_logprobs_num)[0]
+                lps, tops = out.prompt_logprobs, out.prompt_top_logprobs
+            inputs = [(lp, t, self.token_text(t) if text else None) for t, lp in zip(ids[start:], lps, strict=True)]
+            input_tops = [self._top_entries(top[:top_logprobs_num], text) for top in tops]
             scored = [lp for lp, _, _ in inputs if lp is not None]
             meta["normalized_prompt_logprob"] = _mean(scored)
         meta["input_token_logprobs"] = inputs
@@ -360,20 +358,25 @@ class LocalModel(Backend):
     def _top_entries(self, top: Sequence[tuple[int, float]], with_text: bool) -> list[tuple[float, int, str | None]]:
         return [(float(lp), int(t), self.token_text(t) if with_text else None) for t, lp in top]
 
-    def _prompt_logprobs(self, ids: Sequence[int], top_n: int = 0
-                         ) -> tuple[list[float | None], list[list[tuple[int, float]]]]:
-        """log p(token | the tokens before) of each prompt token (None for the first),
-        and the ``top_n`` most likely tokens at each position ([] for the first)."""
-        from sgl.engine.sampler import top_logprobs
+    def score_prompts(self, prompts: Sequence[tuple[Sequence[int], int]], top_n: int = 0,
+                      shared_prefix: Sequence[int] = ()) -> list[SeqOutput]:
+        """Prompt logprobs of each ``(token ids, start)`` from ``start`` on, computed by the
+        engine in the prompts' own prefill (``SeqOutput.prompt_logprobs``), batched.
 
-        with self._lock, torch.inference_mode():
-            cache = self.model.new_cache(len(ids))
-            logits = self.model.forward(torch.tensor([list(ids)], device=self.model.device), cache,
-                                        all_logits=True)[0].float()
-        logp = logits[:-1].log_softmax(-1)
-        picked = logp.gather(-1, torch.tensor(ids[1:], device=logp.device)[:, None])[:, 0].tolist()
-        tops = [[]] + [top_logprobs(row, top_n) for row in logits[:-1]] if top_n else [[] for _ in ids]
-        return [None, *picked], tops
+        ``shared_prefix`` (tokens every prompt starts with) is prefilled first, once, so
+        that the prompts take it from the prefix cache.
+        """
+        from sgl.engine.request import PromptLogprobs
+
+        params = SamplingParams(max_tokens=0, temperature=0)
+        if len(shared_prefix) > self.engine.pool.block_size:
+            self.engine.generate([SeqRequest(list(shared_prefix), params)])
+        reqs = [SeqRequest(list(ids), params, prompt_logprobs=PromptLogprobs(start, top_n)) for ids, start in prompts]
+        outs = self.engine.generate(reqs)
+        for out in outs:
+            if out.finish_reason == "error":
+                raise RuntimeError(f"scoring the prompt failed: {out.meta.get('error')}")
+        return outs
 
     def sglang_output(self, result: GenerateResult, request: GenerateRequest, *, return_logprob: bool = False,
                       logprob_start_len: int | None = None, top_logprobs_num: int = 0,
@@ -399,45 +402,9 @@ class LocalModel(Backend):
 
     def compile_constraint(self, spec: ConstraintSpec | None) -> Any:
         """The compiled grammar of ``spec`` for this model's vocabulary (cached), or None."""
-        if spec is None or spec.is_empty():
-            return None
-        from sgl.constrain import (
-            ConstraintError,
-            compile_choices,
-            compile_grammar,
-            compile_json_schema,
-            compile_regex,
-        )
+        from sgl.constrain import compile_spec
 
-        given = [k for k in ("regex", "json_schema", "grammar", "choices") if getattr(spec, k) is not None]
-        if len(given) > 1:
-            raise ConstraintError(f"give one constraint, not {' and '.join(given)}")
-        kind = given[0]
-        value = getattr(spec, kind)
-        if kind == "json_schema":
-            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        elif kind == "choices":
-            text = json.dumps(list(value))
-        elif kind == "grammar":
-            kind, text = f"grammar:{spec.grammar_syntax}", value
-        else:
-            text = value
-        key = (kind, text)
-        with self._grammar_lock:
-            hit = self._grammars.get(key)
-        if hit is not None:
-            return hit
-        if kind == "regex":
-            cg = compile_regex(value, self.vocab)
-        elif kind == "json_schema":
-            cg = compile_json_schema(value, self.vocab)
-        elif kind == "choices":
-            cg = compile_choices(list(value), self.vocab)
-        else:
-            cg = compile_grammar(value, self.vocab, syntax=spec.grammar_syntax)
-        with self._grammar_lock:
-            self._grammars[key] = cg
-        return cg
+        return compile_spec(spec, self.vocab)  # cached there, bounded in entries and bytes
 
     # ------------------------------------------------------------------ select
 
@@ -455,20 +422,16 @@ class LocalModel(Backend):
         ``(logprob, token_id, text)`` per token), ``normalized_prompt_logprobs``,
         ``output_token_logprobs`` (empty: nothing is generated).
         """
-        from sgl.lang.choices import get_method
+        from sgl.backends.choices import get_method
 
         if not choices:
             raise ValueError("select needs at least one choice")
         if method not in SELECT_METHODS:
             raise ValueError(f"unknown choices method {method!r}; use one of {', '.join(SELECT_METHODS)}")
         scorer = get_method(method)
-        with self._lock, torch.inference_mode():
-            cond = self._choice_logprobs(prompt, choices)
-            uncond = None
-            if scorer.requires_unconditional_logprobs:
-                uncond = [self._unconditional_logprobs(prompt, c) for c in choices]
-            lps = [lp for _, lp in cond]
-            scores = scorer.scores(lps, None if uncond is None else [lp for _, lp in uncond])
+        cond, uncond = self._choice_logprobs(prompt, choices, scorer.requires_unconditional_logprobs)
+        lps = [lp for _, lp in cond]
+        scores = scorer.scores(lps, None if uncond is None else [lp for _, lp in uncond])
         best = max(range(len(scores)), key=lambda i: scores[i])
         meta = {
             "input_token_logprobs": [self._logprob_entries(ids, lp) for ids, lp in cond],
@@ -511,39 +474,27 @@ class LocalModel(Backend):
         start = self.config.bos_token_id
         return start if start is not None else self.eos_token_ids[0]
 
-    def _choice_logprobs(self, prompt: str, choices: Sequence[str]) -> list[tuple[list[int], list[float]]]:
-        """Each choice's token ids and log p(token | everything before) of each."""
+    def _choice_logprobs(self, prompt: str, choices: Sequence[str], unconditional: bool = False
+                         ) -> tuple[list[tuple[list[int], list[float]]], list[tuple[list[int], list[float]]] | None]:
+        """Each choice's token ids and log p(token | everything before) of each; with
+        ``unconditional`` also log p(token | the choice alone) (the first token: 0).
+
+        All of them are engine requests in one batch (prompt-logprobs mode); the prompt
+        is prefilled once and shared through the prefix cache.
+        """
         tokenized = [self._choice_tokens(prompt, c) for c in choices]
         if min(k for _, k in tokenized) == 0:  # nothing to predict the first token from
             tokenized = [([self._start_token(), *full], k + 1) for full, k in tokenized]
-        # A shared prefix runs once; every choice continues from it (truncate = rollback).
         shared = min(k for _, k in tokenized)
-        first = tokenized[0][0][:shared]
-        longest = max(len(f) for f, _ in tokenized)
-        cache = self.model.new_cache(longest + 1)
-        last = self.model.forward(torch.tensor([first], device=self.model.device), cache)[0]
-        out = []
-        for full, k in tokenized:
-            cache.truncate(shared)
-            rest = full[shared:]
-            if not rest:
-                out.append(([], []))
-                continue
-            logits = self.model.forward(torch.tensor([rest], device=self.model.device), cache, all_logits=True)[0]
-            logp = torch.cat([last[None], logits[:-1]]).log_softmax(-1)
-            token_lp = logp.gather(-1, torch.tensor(rest, device=logp.device)[:, None])[:, 0]
-            out.append((full[k:], token_lp[k - shared :].tolist()))
-        return out
-
-    def _unconditional_logprobs(self, prompt: str, choice: str) -> tuple[list[int], list[float]]:
-        full, k = self._choice_tokens(prompt, choice)
-        ids = full[k:]
-        if not ids:
-            return [], []
-        cache = self.model.new_cache(len(ids))
-        logits = self.model.forward(torch.tensor([ids], device=self.model.device), cache, all_logits=True)[0]
-        logp = logits[:-1].log_softmax(-1).gather(-1, torch.tensor(ids[1:], device=logits.device)[:, None])[:, 0]
-        return ids, [0.0, *logp.tolist()]
+        jobs = [(full, k) for full, k in tokenized if full[k:]]
+        own = [full[k:] for full, k in tokenized] if unconditional else []
+        jobs += [(ids, 0) for ids in own if ids]
+        outs = iter(self.score_prompts(jobs, shared_prefix=tokenized[0][0][:shared]))
+        cond = [(full[k:], list(next(outs).prompt_logprobs)) if full[k:] else ([], []) for full, k in tokenized]
+        if not unconditional:
+            return cond, None
+        uncond = [(ids, [0.0, *next(outs).prompt_logprobs[1:]]) if ids else ([], []) for ids in own]
+        return cond, uncond
 
     # -------------------------------------------------------------------- chat
 
@@ -603,7 +554,8 @@ class LocalHandle:
 def _result(out: SeqOutput) -> GenerateResult:
     return GenerateResult(
         text=out.text, token_ids=out.token_ids, finish_reason=out.finish_reason,
-        logprobs=out.logprobs, top_logprobs=out.top_logprobs, meta=out.meta,
+        logprobs=out.logprobs, top_logprobs=out.top_logprobs, prompt_logprobs=out.prompt_logprobs,
+        prompt_top_logprobs=out.prompt_top_logprobs, meta=out.meta,
     )
 
 
@@ -623,7 +575,7 @@ def _speculative_ok(p: SamplingParams) -> bool:
     """Whether speculative decoding can serve ``p`` (it has no min_tokens, penalties,
     ignore_eos or logprobs; a prefill-only request must go through the prefix cache)."""
     return (p.min_tokens == 0 and p.max_tokens > 0 and not p.ignore_eos and not p.logprobs
-            and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0)
+            and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0 and p.repetition_penalty == 1.0)
 
 
 def _mean(values: Sequence[float]) -> float:

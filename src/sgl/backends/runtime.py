@@ -9,11 +9,13 @@ an equivalent; the ones that only tune a GPU server are accepted and have no eff
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.backends.local import LocalModel
+from sgl.types import ConstraintSpec, SamplingParams
 
 # SGLang ServerArgs name -> LocalModel argument
 SERVER_ARG_MAP = {
@@ -153,7 +155,8 @@ class Engine(Runtime):
             raise ValueError(f"{len(params)} sampling_params for {len(prompts)} prompts")
         logprobs = dict(return_logprob=return_logprob, logprob_start_len=logprob_start_len,
                         top_logprobs_num=top_logprobs_num or 0, return_text_in_logprobs=return_text_in_logprobs)
-        requests = [engine_request(p, sp, top_logprobs_num=logprobs["top_logprobs_num"], logprobs=return_logprob)
+        requests = [engine_request(p, sp, top_logprobs_num=logprobs["top_logprobs_num"], logprobs=return_logprob,
+                                   logprob_start_len=logprob_start_len if return_logprob else None)
                     for p, sp in zip(prompts, params, strict=True)]
         if stream:
             if not single:
@@ -175,17 +178,17 @@ SAMPLING_KEYS = {
     "stop_token_ids": "stop_token_ids", "temperature": "temperature", "top_p": "top_p",
     "top_k": "top_k", "min_p": "min_p", "frequency_penalty": "frequency_penalty",
     "presence_penalty": "presence_penalty", "ignore_eos": "ignore_eos", "seed": "seed",
-    "sampling_seed": "seed",
+    "sampling_seed": "seed", "repetition_penalty": "repetition_penalty", "stop_regex": "stop_regex",
 }
 CONSTRAINT_KEYS = {"regex": "regex", "json_schema": "json_schema", "ebnf": "grammar"}
 NEUTRAL_SAMPLING_KEYS = {"skip_special_tokens": True, "spaces_between_special_tokens": True,
-                         "n": 1, "repetition_penalty": 1.0, "no_stop_trim": False}
+                         "n": 1, "no_stop_trim": False}
 
 
 def engine_request(prompt: str, sampling_params: dict[str, Any] | None, *, logprobs: bool = False,
-                   top_logprobs_num: int = 0) -> GenerateRequest:
+                   top_logprobs_num: int = 0, logprob_start_len: int | None = None) -> GenerateRequest:
     """A GenerateRequest from SGLang's ``sampling_params`` dict."""
-    params = SamplingParams(logprobs=logprobs, top_logprobs=top_logprobs_num)
+    params = SamplingParams(logprobs=logprobs, top_logprobs=top_logprobs_num, logprob_start_len=logprob_start_len)
     constraint = ConstraintSpec()
     for key, value in (sampling_params or {}).items():
         if value is None:
@@ -193,7 +196,7 @@ def engine_request(prompt: str, sampling_params: dict[str, Any] | None, *, logpr
         if key in SAMPLING_KEYS:
             if key == "stop":
                 value = (value,) if isinstance(value, str) else tuple(value)
-            elif key == "stop_token_ids":
+            elif key in ("stop_token_ids", "stop_regex") and not isinstance(value, str):
                 value = tuple(value)
             elif key == "top_k":
                 value = max(0, int(value))  # SGLang spells "off" as -1
@@ -207,4 +210,5 @@ def engine_request(prompt: str, sampling_params: dict[str, Any] | None, *, logpr
                 raise ValueError(f"sampling_params {key}={value!r} is not supported")
         else:
             raise ValueError(f"unknown sampling_params key {key!r}")
+    params = dataclasses.replace(params)  # validate the values set above (ranges, finiteness)
     return GenerateRequest(prompt, params, None if constraint.is_empty() else constraint)

@@ -12,10 +12,11 @@
  * while walking, so masks of different sequences can be built on several threads.
  *
  * Also here: Product, the lexer's product DFA built lazily (twin of lexer.LexerCore),
- * and Earley, the parser's columns and closure (twin of earley.EarleyParser).
+ * and Earley, the parser's columns and closure (twin of earley.EarleyParser), in _native_earley.c.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,25 +77,92 @@ static int check_buf(Py_buffer *buf, Py_ssize_t itemsize, Py_ssize_t min_items, 
 /* ------------------------------------------------------------------------------------
  * Product: the lexer's product DFA over k lexeme DFAs, built lazily, row by row.
  *
- * All component DFAs share one table of "global" states, `big` ((G+1) x 256; row G is
- * the dead state, looping on itself). A product state is the vector of its components'
- * global states; a hash table maps vectors to ids. A state gets an id when a built row
- * first leads to it; its own row is built on first use, by the walks below (inline, no
- * round trip to Python) or by `expand`.
+ * The components are Dfa objects (one lexeme's table, checked and copied once, shared
+ * by every product that contains the lexeme: building a product copies nothing). A
+ * product state is the vector of its components' states (-1 = that component is dead);
+ * a hash table maps vectors to ids. A state gets an id when a built row first leads to
+ * it; its own row is built on first use, by the walks below (inline, no round trip to
+ * Python) or by `expand`.
  * ------------------------------------------------------------------------------------ */
 typedef struct {
     PyObject_HEAD
-    int32_t *big;
-    uint8_t *acc_global;
-    int32_t dead, k;
+    int32_t n;        /* states */
+    int32_t *table;   /* n x 256: next state or -1 */
+    uint8_t *accepting;
+    PyObject *weakreflist; /* lexer.py keeps one Dfa per content in a weak dictionary */
+} Dfa;
+
+static void Dfa_dealloc(Dfa *d) {
+    if (d->weakreflist) PyObject_ClearWeakRefs((PyObject *)d);
+    free(d->table); free(d->accepting);
+    Py_TYPE(d)->tp_free((PyObject *)d);
+}
+
+/* Dfa(table int32[n*256], accepting u8[n]): every target checked to be -1 or a state */
+static PyObject *Dfa_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Py_buffer tb, ab;
+    if (!PyArg_ParseTuple(args, "y*y*", &tb, &ab)) return NULL;
+    Dfa *d = NULL;
+    Py_ssize_t n = ab.len;
+    if (n < 1 || n >= INT32_MAX / 256 || tb.len != n * 256 * 4) {
+        PyErr_SetString(PyExc_ValueError, "Dfa: inconsistent arrays");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n * 256; i++) {
+        int32_t v = ((int32_t *)tb.buf)[i];
+        if (v < -1 || v >= n) { PyErr_SetString(PyExc_ValueError, "Dfa: bad target"); goto done; }
+    }
+    d = (Dfa *)type->tp_alloc(type, 0);
+    if (!d) goto done;
+    d->n = (int32_t)n;
+    d->table = malloc(tb.len);
+    d->accepting = malloc(n);
+    if (!d->table || !d->accepting) {
+        Py_DECREF(d);
+        d = NULL;
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(d->table, tb.buf, tb.len);
+    for (Py_ssize_t i = 0; i < n; i++) d->accepting[i] = ((uint8_t *)ab.buf)[i] != 0;
+done:
+    PyBuffer_Release(&tb); PyBuffer_Release(&ab);
+    return (PyObject *)d;
+}
+
+static PyObject *Dfa_n_states(Dfa *d, void *unused) { return PyLong_FromLong(d->n); }
+
+static PyGetSetDef Dfa_getset[] = {
+    {"n_states", (getter)Dfa_n_states, NULL, "states", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject DfaType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sgl.constrain._native.Dfa",
+    .tp_basicsize = sizeof(Dfa),
+    .tp_dealloc = (destructor)Dfa_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One lexeme's DFA, checked once, shared by products.",
+    .tp_getset = Dfa_getset,
+    .tp_weaklistoffset = offsetof(Dfa, weakreflist),
+    .tp_new = Dfa_new,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *dfa_tuple; /* the k Dfa objects, kept alive */
+    Dfa **dfas;
+    int32_t k;
     int32_t *comps;    /* n x k */
     int32_t *table;    /* n x 256: target, -1 dead, UNKNOWN not built */
-    uint8_t *accepting, *built; /* built: 0 not yet, 1 built, 2 built and "loopy" */
+    uint8_t *accepting, *built; /* built: 0 not yet, 1 built, 2 built and "loopy", 3 loopy and UTF-8 loopy */
     uint64_t *loops;              /* n x 4: the bytes on which a built state loops to itself */
     Py_ssize_t n, cap, max_states;
     int32_t *slots;    /* open addressing: state id or -1 */
     Py_ssize_t n_slots;
     int32_t *scratch;  /* k */
+    int in_utf8_check; /* rows built for a UTF-8 check get no check of their own (bounded depth) */
     PyThread_type_lock lock;
 } Product;
 
@@ -107,10 +175,10 @@ static inline uint64_t pair_mix(int32_t j, int32_t v) {
 
 static inline uint64_t hash_finish(uint64_t h) { return h * 0xBF58476D1CE4E5B9ULL ^ (h >> 27); }
 
-static uint64_t comp_hash(const int32_t *c, int32_t k, int32_t dead) {
+static uint64_t comp_hash(const int32_t *c, int32_t k) {
     uint64_t h = 0;
     for (int32_t j = 0; j < k; j++)
-        if (c[j] != dead) h += pair_mix(j, c[j]);
+        if (c[j] >= 0) h += pair_mix(j, c[j]);
     return hash_finish(h);
 }
 
@@ -119,7 +187,7 @@ static int product_rehash(Product *p, Py_ssize_t n_slots) {
     if (!slots) return -1;
     memset(slots, 0xff, n_slots * sizeof(int32_t));
     for (Py_ssize_t s = 0; s < p->n; s++) {
-        Py_ssize_t h = (Py_ssize_t)(comp_hash(p->comps + s * p->k, p->k, p->dead) & (uint64_t)(n_slots - 1));
+        Py_ssize_t h = (Py_ssize_t)(comp_hash(p->comps + s * p->k, p->k) & (uint64_t)(n_slots - 1));
         while (slots[h] >= 0) h = (h + 1) & (n_slots - 1);
         slots[h] = (int32_t)s;
     }
@@ -135,9 +203,9 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv);
 
 static int32_t product_intern(Product *p, const int32_t *c) {
     int32_t live = 0;
-    for (int32_t j = 0; j < p->k; j++) live |= (c[j] != p->dead);
+    for (int32_t j = 0; j < p->k; j++) live |= (c[j] >= 0);
     if (!live) return -1;
-    return product_intern_h(p, c, comp_hash(c, p->k, p->dead));
+    return product_intern_h(p, c, comp_hash(c, p->k));
 }
 
 /* product_intern with the vector known live and its hash known */
@@ -168,7 +236,7 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
     int32_t s = (int32_t)p->n++;
     memcpy(p->comps + (Py_ssize_t)s * k, c, k * sizeof(int32_t));
     uint8_t acc = 0;
-    for (int32_t j = 0; j < k; j++) acc |= p->acc_global[c[j]];
+    for (int32_t j = 0; j < k; j++) acc |= c[j] >= 0 && p->dfas[j]->accepting[c[j]];
     p->accepting[s] = acc;
     p->built[s] = 0;
     for (int b = 0; b < 256; b++) p->table[(Py_ssize_t)s * 256 + b] = UNKNOWN;
@@ -177,27 +245,103 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
     return s;
 }
 
+static int product_build(Product *p, int32_t s);
+
+/* The state after byte b from s (s's row built first): >= -1, or -2/-3 as product_build. */
+static int32_t product_step(Product *p, int32_t s, int b) {
+    if (!p->built[s]) {
+        int code = product_build(p, s);
+        if (code) return code;
+    }
+    return p->table[(Py_ssize_t)s * 256 + b];
+}
+
+/* Do all continuation bytes 80..BF lead from s into `to` (to_n ids)? 1 yes, 0 no, <0 error */
+static int conts_lead_to(Product *p, int32_t s, int lo, int hi, const int32_t *to, int to_n) {
+    if (s < 0) return 0;
+    for (int c = lo; c <= hi; c++) {
+        int32_t t = product_step(p, s, c);
+        if (t < -1) return t;
+        int found = 0;
+        for (int i = 0; i < to_n; i++) found |= t == to[i];
+        if (!found) return 0;
+    }
+    return 1;
+}
+
+/* Does every well-formed UTF-8 character of 2 to 4 bytes lead from s back to s? (then a
+ * walk takes a subtree of well-formed UTF-8 whose ASCII bytes loop on s at once, as the
+ * inside of a JSON string). 1 yes, 0 no, <0 error. Builds the rows on the way. */
+static int product_utf8_loops(Product *p, int32_t s) {
+    int32_t one[8], two[8]; /* states that return to s after 1 (2) more continuation bytes */
+    int n_one = 0, n_two = 0;
+    for (int b = 0xC2; b <= 0xF4; b++) {
+        int32_t t = product_step(p, s, b);
+        if (t < -1) return t;
+        if (t < 0) return 0;
+        int lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80;
+        int hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
+        int need = b < 0xE0 ? 1 : b < 0xF0 ? 2 : 3; /* continuation bytes after b */
+        int32_t *set = need == 1 ? NULL : need == 2 ? one : two;
+        int *set_n = need == 2 ? &n_one : &n_two;
+        if (need == 1) {
+            int r = conts_lead_to(p, t, lo, hi, &s, 1);
+            if (r <= 0) return r;
+            continue;
+        }
+        /* t's continuations lead to states that must each be in `set` (verified on entry) */
+        for (int c = lo; c <= hi; c++) {
+            int32_t t2 = product_step(p, t, c);
+            if (t2 < -1) return t2;
+            if (t2 < 0) return 0;
+            int known = 0;
+            for (int i = 0; i < *set_n; i++) known |= set[i] == t2;
+            if (known) continue;
+            if (*set_n == 8) return 0;
+            int r = need == 2 ? conts_lead_to(p, t2, 0x80, 0xBF, &s, 1) : conts_lead_to(p, t2, 0x80, 0xBF, one, n_one);
+            if (r <= 0 && need == 3 && r == 0) {
+                /* t2's continuations may reach states not verified yet: verify them first */
+                for (int c2 = 0x80; c2 <= 0xBF; c2++) {
+                    int32_t t3 = product_step(p, t2, c2);
+                    if (t3 < -1) return t3;
+                    int k2 = 0;
+                    for (int i = 0; i < n_one; i++) k2 |= one[i] == t3;
+                    if (k2) continue;
+                    if (n_one == 8) return 0;
+                    int r3 = conts_lead_to(p, t3, 0x80, 0xBF, &s, 1);
+                    if (r3 <= 0) return r3;
+                    one[n_one++] = t3;
+                }
+                r = 1;
+            }
+            if (r <= 0) return r;
+            set[(*set_n)++] = t2;
+        }
+    }
+    return 1;
+}
+
 /* Build the row of state s: 0, or -2 (budget) / -3 (memory). */
 static int product_build(Product *p, int32_t s) {
     if (p->built[s]) return 0;
     /* Only the live components move (dead ones stay dead): iterate over those. */
-    int32_t k = p->k, dead = p->dead, *c = p->scratch, *live = p->scratch + k, n_live = 0;
+    int32_t k = p->k, *c = p->scratch, *live = p->scratch + k, n_live = 0;
     const int32_t *src0 = p->comps + (Py_ssize_t)s * k;
     for (int32_t j = 0; j < k; j++) {
-        c[j] = dead;
-        if (src0[j] != dead) live[n_live++] = j;
+        c[j] = -1;
+        if (src0[j] >= 0) live[n_live++] = j;
     }
     for (int b = 0; b < 256; b++) {
         const int32_t *src = p->comps + (Py_ssize_t)s * k; /* intern may move comps */
         uint64_t h = 0;
         int any = 0;
         for (int32_t i = 0; i < n_live; i++) {
-            int32_t j = live[i], v = p->big[(Py_ssize_t)src[j] * 256 + b];
+            int32_t j = live[i], v = p->dfas[j]->table[(Py_ssize_t)src[j] * 256 + b];
             c[j] = v;
-            if (v != dead) h += pair_mix(j, v), any = 1;
+            if (v >= 0) h += pair_mix(j, v), any = 1;
         }
         int32_t t = any ? product_intern_h(p, c, hash_finish(h)) : -1;
-        for (int32_t i = 0; i < n_live; i++) c[live[i]] = dead;
+        for (int32_t i = 0; i < n_live; i++) c[live[i]] = -1;
         if (t < -1) return t;
         p->table[(Py_ssize_t)s * 256 + b] = t; /* after intern: it may move p->table */
     }
@@ -209,6 +353,13 @@ static int product_build(Product *p, int32_t s) {
     for (int b = 0; b < 256; b++)
         if (p->table[(Py_ssize_t)s * 256 + b] == s) lp[b >> 6] |= (uint64_t)1 << (b & 63), n_loop++;
     p->built[s] = n_loop >= 64 ? 2 : 1;
+    if (n_loop >= 64 && !p->in_utf8_check) {
+        p->in_utf8_check = 1;
+        int u = product_utf8_loops(p, s);
+        p->in_utf8_check = 0;
+        if (u < 0) return u;
+        if (u) p->built[s] = 3;
+    }
     return 0;
 }
 
@@ -229,7 +380,7 @@ static void product_lock(Product *p) {
 }
 
 static void Product_dealloc(Product *p) {
-    free(p->big); free(p->acc_global); free(p->comps); free(p->table); free(p->accepting);
+    Py_XDECREF(p->dfa_tuple); free(p->dfas); free(p->comps); free(p->table); free(p->accepting);
     free(p->built); free(p->loops); free(p->slots); free(p->scratch);
     if (p->lock) PyThread_free_lock(p->lock);
     Py_TYPE(p)->tp_free((PyObject *)p);
@@ -237,33 +388,29 @@ static void Product_dealloc(Product *p) {
 
 static PyTypeObject ProductType;
 
-/* Product(big int32[(G+1)*256], acc_global u8[G+1], start int32[k], max_states) */
+/* Product(dfas tuple of Dfa, max_states): starts in every component's state 0 */
 static PyObject *Product_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    Py_buffer bg, ag, st;
+    PyObject *tup;
     Py_ssize_t max_states;
-    if (!PyArg_ParseTuple(args, "y*y*y*n", &bg, &ag, &st, &max_states)) return NULL;
-    Product *p = NULL;
-    Py_ssize_t g1 = ag.len, k = st.len / 4;
-    if (bg.len != g1 * 256 * 4 || k < 1 || st.len % 4 || g1 < 1) {
-        PyErr_SetString(PyExc_ValueError, "Product: inconsistent arrays");
-        goto done;
+    if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &tup, &max_states)) return NULL;
+    Py_ssize_t k = PyTuple_GET_SIZE(tup);
+    if (k < 1 || k > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "Product: expected 1 or more Dfa");
+        return NULL;
     }
-    for (Py_ssize_t i = 0; i < g1 * 256; i++) {
-        int32_t v = ((int32_t *)bg.buf)[i];
-        if (v < 0 || v >= g1) { PyErr_SetString(PyExc_ValueError, "Product: bad target"); goto done; }
-    }
-    for (Py_ssize_t j = 0; j < k; j++) {
-        int32_t v = ((int32_t *)st.buf)[j];
-        if (v < 0 || v >= g1) { PyErr_SetString(PyExc_ValueError, "Product: bad start"); goto done; }
-    }
-    p = (Product *)type->tp_alloc(type, 0);
-    if (!p) goto done;
-    p->dead = (int32_t)(g1 - 1);
+    for (Py_ssize_t j = 0; j < k; j++)
+        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(tup, j), &DfaType)) {
+            PyErr_SetString(PyExc_TypeError, "Product: components must be Dfa objects");
+            return NULL;
+        }
+    Product *p = (Product *)type->tp_alloc(type, 0);
+    if (!p) return NULL;
+    Py_INCREF(tup);
+    p->dfa_tuple = tup;
     p->k = (int32_t)k;
     p->cap = 16;
     p->max_states = max_states;
-    p->big = malloc(bg.len);
-    p->acc_global = malloc(g1);
+    p->dfas = malloc(k * sizeof(Dfa *));
     p->comps = malloc(p->cap * k * sizeof(int32_t));
     p->table = malloc(p->cap * 256 * sizeof(int32_t));
     p->accepting = malloc(p->cap);
@@ -271,22 +418,19 @@ static PyObject *Product_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     p->loops = malloc(p->cap * 4 * sizeof(uint64_t));
     p->scratch = malloc(2 * k * sizeof(int32_t)); /* a vector, then the live positions */
     p->lock = PyThread_allocate_lock();
-    if (!p->big || !p->acc_global || !p->comps || !p->table || !p->accepting || !p->built || !p->loops || !p->scratch ||
+    if (!p->dfas || !p->comps || !p->table || !p->accepting || !p->built || !p->loops || !p->scratch ||
         !p->lock || product_rehash(p, 64)) {
         Py_DECREF(p);
-        p = NULL;
-        PyErr_NoMemory();
-        goto done;
+        return PyErr_NoMemory();
     }
-    memcpy(p->big, bg.buf, bg.len);
-    memcpy(p->acc_global, ag.buf, g1);
-    if (product_intern(p, st.buf) != 0) {
+    for (Py_ssize_t j = 0; j < k; j++) {
+        p->dfas[j] = (Dfa *)PyTuple_GET_ITEM(tup, j);
+        p->scratch[j] = 0;
+    }
+    if (product_intern(p, p->scratch) != 0) {
         Py_DECREF(p);
-        p = NULL;
-        PyErr_SetString(PyExc_ValueError, "Product: the start state is dead");
+        return PyErr_NoMemory();
     }
-done:
-    PyBuffer_Release(&bg); PyBuffer_Release(&ag); PyBuffer_Release(&st);
     return (PyObject *)p;
 }
 
@@ -332,7 +476,7 @@ static PyObject *Product_arrays(Product *p, PyObject *unused) {
     return res;
 }
 
-/* comp(state) -> the component global states, int32 bytes */
+/* comp(state) -> each component's state (-1 dead), int32 bytes */
 static PyObject *Product_comp(Product *p, PyObject *arg) {
     Py_ssize_t s = PyLong_AsSsize_t(arg);
     if (s == -1 && PyErr_Occurred()) return NULL;
@@ -343,7 +487,8 @@ static PyObject *Product_comp(Product *p, PyObject *arg) {
     return res;
 }
 
-/* intern(comp int32 bytes) -> the id of that product state (registered if new; -1 if all dead) */
+/* intern(comp int32 bytes: each component's state, -1 dead) -> the id of that product
+ * state (registered if new; -1 if all dead) */
 static PyObject *Product_intern(Product *p, PyObject *arg) {
     Py_buffer cb;
     if (PyObject_GetBuffer(arg, &cb, PyBUF_SIMPLE) < 0) return NULL;
@@ -354,7 +499,7 @@ static PyObject *Product_intern(Product *p, PyObject *arg) {
         int bad = 0;
         for (int32_t j = 0; j < p->k; j++) {
             int32_t v = ((int32_t *)cb.buf)[j];
-            if (v < 0 || v > p->dead) bad = 1;
+            if (v < -1 || v >= p->dfas[j]->n) bad = 1;
         }
         if (bad) {
             PyErr_SetString(PyExc_ValueError, "intern: state out of range");
@@ -415,7 +560,7 @@ typedef struct {
     int32_t tok;
     uint16_t depth;
     uint8_t byte;
-    uint8_t pad;
+    uint8_t utf8; /* the subtree from this byte on is well-formed UTF-8 (see mask.py) */
 } Node;
 
 /* check_trie(nodes Node[N+1], ids i64[T], n_words) -> None: validates a trie once, so
@@ -490,10 +635,13 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
                 const Node *x = nd + i;
                 int32_t d = x->depth;
                 int32_t p = stk[d - 1];
-                if (built[p] == 2) {
-                    /* every byte of the subtree loops on p: all its tokens end inside */
+                if (built[p] >= 2) {
+                    /* every byte of the subtree loops on p, or (a UTF-8 loopy p) its ASCII
+                     * bytes loop on p and the rest is well-formed UTF-8, every character
+                     * of which leads back to p: all its tokens end inside */
                     const uint64_t *lp = loops + (Py_ssize_t)p * 4, *sp = sub + i * 4;
-                    if (!(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) && !(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])) {
+                    if (!(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) &&
+                        ((built[p] == 3 && x->utf8) || (!(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])))) {
                         for (int32_t t = x->tok, e = nd[x->end].tok; t < e; t++) {
                             int64_t id = ids[t];
                             words[id >> 5] |= (uint32_t)1 << (id & 31);
@@ -541,368 +689,8 @@ done:
     return res;
 }
 
-/* ------------------------------------------------------------------------------------
- * Earley: the parser's columns and their closure (the twin of earley.py's EarleyParser).
- *
- * An item is (rule, dot, origin column) packed in 64 bits. A column keeps, sorted by
- * symbol, the items waiting for each nonterminal (completions look them up later) and
- * the items that can scan each lexeme. Prediction sets (what predicting a nonterminal
- * adds to any column) are computed once per symbol, as in the Python version.
- * ------------------------------------------------------------------------------------ */
-#define ITEM(r, d, o) (((uint64_t)(uint32_t)(r) << 42) | ((uint64_t)(uint32_t)(d) << 32) | (uint32_t)(o))
-#define I_RULE(x) ((int32_t)((x) >> 42))
-#define I_DOT(x) ((int32_t)(((x) >> 32) & 1023))
-#define I_ORIGIN(x) ((int32_t)((x) & 0xffffffffu))
-
-typedef struct { int32_t sym; uint64_t item; } SymItem;
-
-typedef struct {
-    SymItem *waiting, *scannable; /* sorted by sym */
-    Py_ssize_t n_waiting, n_scannable;
-} Column;
-
-typedef struct {
-    PyObject_HEAD
-    int32_t n_rules, n_nt, start_rule;
-    int32_t *lhs, *rhs_off, *rhs, *rules_of_off, *rules_of;
-    uint8_t *nullable;
-    int32_t **pred;      /* per nonterminal: (rule, dot) pairs, or NULL until computed */
-    int32_t *pred_len;
-    int32_t **pred_syms; /* per nonterminal: the nonterminals predicted with it */
-    int32_t *pred_syms_len;
-    Column *cols;
-    Py_ssize_t n_cols, cap_cols;
-} Earley;
-
-static PyTypeObject EarleyType;
-
-static void earley_dealloc(Earley *e) {
-    free(e->lhs); free(e->rhs_off); free(e->rhs); free(e->rules_of_off); free(e->rules_of); free(e->nullable);
-    if (e->pred) for (int32_t a = 0; a < e->n_nt; a++) { free(e->pred[a]); free(e->pred_syms[a]); }
-    free(e->pred); free(e->pred_len); free(e->pred_syms); free(e->pred_syms_len);
-    for (Py_ssize_t c = 0; c < e->n_cols; c++) { free(e->cols[c].waiting); free(e->cols[c].scannable); }
-    free(e->cols);
-    Py_TYPE(e)->tp_free((PyObject *)e);
-}
-
-static int32_t *copy_i32(Py_buffer *b) {
-    int32_t *out = malloc(b->len ? b->len : 1);
-    if (out) memcpy(out, b->buf, b->len);
-    return out;
-}
-
-/* Earley(lhs i32[R], rhs_off i32[R+1], rhs i32[], rules_of_off i32[N+1], rules_of i32[], nullable u8[N], start_rule) */
-static PyObject *earley_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    Py_buffer bl, bo, br, bro, brs, bn;
-    int start_rule;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*i", &bl, &bo, &br, &bro, &brs, &bn, &start_rule)) return NULL;
-    Earley *e = NULL;
-    Py_ssize_t n_rules = bl.len / 4, n_nt = bn.len;
-    int ok = bl.len % 4 == 0 && bo.len == (n_rules + 1) * 4 && bro.len == (n_nt + 1) * 4 && n_rules < (1 << 21) &&
-             start_rule >= 0 && start_rule < n_rules;
-    if (ok) {
-        const int32_t *off = bo.buf, *rhs = br.buf, *lhs = bl.buf, *roff = bro.buf, *rof = brs.buf;
-        ok = off[0] == 0 && off[n_rules] == br.len / 4 && roff[0] == 0 && roff[n_nt] == brs.len / 4;
-        for (Py_ssize_t r = 0; ok && r < n_rules; r++) {
-            ok = lhs[r] >= 0 && lhs[r] < n_nt && off[r + 1] >= off[r] && off[r + 1] - off[r] < 1023;
-            for (int32_t i = off[r]; ok && i < off[r + 1]; i++) ok = rhs[i] < n_nt;
-        }
-        for (Py_ssize_t a = 0; ok && a < n_nt; a++) {
-            ok = roff[a + 1] >= roff[a];
-            for (int32_t i = roff[a]; ok && i < roff[a + 1]; i++) ok = rof[i] >= 0 && rof[i] < n_rules;
-        }
-    }
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "Earley: inconsistent grammar tables");
-        goto done;
-    }
-    e = (Earley *)type->tp_alloc(type, 0);
-    if (!e) goto done;
-    e->n_rules = (int32_t)n_rules;
-    e->n_nt = (int32_t)n_nt;
-    e->start_rule = start_rule;
-    e->lhs = copy_i32(&bl); e->rhs_off = copy_i32(&bo); e->rhs = copy_i32(&br);
-    e->rules_of_off = copy_i32(&bro); e->rules_of = copy_i32(&brs);
-    e->nullable = malloc(n_nt ? n_nt : 1);
-    e->pred = calloc(n_nt ? n_nt : 1, sizeof(int32_t *));
-    e->pred_len = calloc(n_nt ? n_nt : 1, sizeof(int32_t));
-    e->pred_syms = calloc(n_nt ? n_nt : 1, sizeof(int32_t *));
-    e->pred_syms_len = calloc(n_nt ? n_nt : 1, sizeof(int32_t));
-    if (!e->lhs || !e->rhs_off || !e->rhs || !e->rules_of_off || !e->rules_of || !e->nullable || !e->pred ||
-        !e->pred_len || !e->pred_syms || !e->pred_syms_len) {
-        Py_DECREF(e);
-        e = NULL;
-        PyErr_NoMemory();
-        goto done;
-    }
-    memcpy(e->nullable, bn.buf, n_nt);
-done:
-    PyBuffer_Release(&bl); PyBuffer_Release(&bo); PyBuffer_Release(&br); PyBuffer_Release(&bro);
-    PyBuffer_Release(&brs); PyBuffer_Release(&bn);
-    return (PyObject *)e;
-}
-
-/* growable arrays */
-typedef struct { uint64_t *v; Py_ssize_t n, cap; } U64Vec;
-typedef struct { SymItem *v; Py_ssize_t n, cap; } SIVec;
-typedef struct { int32_t *v; Py_ssize_t n, cap; } I32Vec;
-
-static int u64_push(U64Vec *a, uint64_t x) {
-    if (a->n == a->cap) {
-        Py_ssize_t cap = a->cap ? 2 * a->cap : 64;
-        uint64_t *v = realloc(a->v, cap * sizeof(uint64_t));
-        if (!v) return -1;
-        a->v = v, a->cap = cap;
-    }
-    a->v[a->n++] = x;
-    return 0;
-}
-
-static int si_push(SIVec *a, int32_t sym, uint64_t item) {
-    if (a->n == a->cap) {
-        Py_ssize_t cap = a->cap ? 2 * a->cap : 64;
-        SymItem *v = realloc(a->v, cap * sizeof(SymItem));
-        if (!v) return -1;
-        a->v = v, a->cap = cap;
-    }
-    a->v[a->n].sym = sym;
-    a->v[a->n++].item = item;
-    return 0;
-}
-
-static int i32_push(I32Vec *a, int32_t x) {
-    if (a->n == a->cap) {
-        Py_ssize_t cap = a->cap ? 2 * a->cap : 64;
-        int32_t *v = realloc(a->v, cap * sizeof(int32_t));
-        if (!v) return -1;
-        a->v = v, a->cap = cap;
-    }
-    a->v[a->n++] = x;
-    return 0;
-}
-
-/* a set of 64-bit items: open addressing, key+1 stored (0 = empty) */
-typedef struct { uint64_t *slots; Py_ssize_t n, cap; } ItemSet;
-
-static int set_add(ItemSet *s, uint64_t x) { /* 1 added, 0 present, -1 memory */
-    if (2 * (s->n + 1) > s->cap) {
-        Py_ssize_t cap = s->cap ? 2 * s->cap : 256;
-        uint64_t *slots = calloc(cap, sizeof(uint64_t));
-        if (!slots) return -1;
-        for (Py_ssize_t i = 0; i < s->cap; i++) {
-            uint64_t y = s->slots[i];
-            if (!y) continue;
-            Py_ssize_t h = (Py_ssize_t)(((y - 1) * 0x9E3779B97F4A7C15ULL) >> 20) & (cap - 1);
-            while (slots[h]) h = (h + 1) & (cap - 1);
-            slots[h] = y;
-        }
-        free(s->slots);
-        s->slots = slots, s->cap = cap;
-    }
-    Py_ssize_t h = (Py_ssize_t)((x * 0x9E3779B97F4A7C15ULL) >> 20) & (s->cap - 1);
-    while (s->slots[h]) {
-        if (s->slots[h] == x + 1) return 0;
-        h = (h + 1) & (s->cap - 1);
-    }
-    s->slots[h] = x + 1;
-    s->n++;
-    return 1;
-}
-
-/* The prediction set of nonterminal a (computed once): (rule, dot) pairs, predicted syms. */
-static int earley_prediction(Earley *e, int32_t a) {
-    if (e->pred[a]) return 0;
-    ItemSet seen = {0};
-    U64Vec order = {0}, agenda = {0};
-    I32Vec syms = {0};
-    uint8_t *has = calloc(e->n_nt, 1);
-    int rc = has ? 0 : -1;
-    if (!rc) { has[a] = 1; rc = i32_push(&syms, a); }
-    for (int32_t i = e->rules_of_off[a]; !rc && i < e->rules_of_off[a + 1]; i++) rc = u64_push(&agenda, ITEM(e->rules_of[i], 0, 0));
-    while (!rc && agenda.n) {
-        uint64_t it = agenda.v[--agenda.n];
-        int added = set_add(&seen, it);
-        if (added < 0) { rc = -1; break; }
-        if (!added) continue;
-        if ((rc = u64_push(&order, it))) break;
-        int32_t r = I_RULE(it), d = I_DOT(it);
-        if (d == e->rhs_off[r + 1] - e->rhs_off[r]) continue;
-        int32_t nx = e->rhs[e->rhs_off[r] + d];
-        if (nx < 0) continue;
-        if (!has[nx]) {
-            has[nx] = 1;
-            if ((rc = i32_push(&syms, nx))) break;
-            for (int32_t i = e->rules_of_off[nx]; !rc && i < e->rules_of_off[nx + 1]; i++)
-                rc = u64_push(&agenda, ITEM(e->rules_of[i], 0, 0));
-        }
-        if (!rc && e->nullable[nx]) rc = u64_push(&agenda, ITEM(r, d + 1, 0));
-    }
-    if (!rc) {
-        int32_t *pairs = malloc((order.n ? order.n : 1) * 2 * sizeof(int32_t));
-        if (!pairs) rc = -1;
-        else {
-            for (Py_ssize_t i = 0; i < order.n; i++) pairs[2 * i] = I_RULE(order.v[i]), pairs[2 * i + 1] = I_DOT(order.v[i]);
-            e->pred[a] = pairs;
-            e->pred_len[a] = (int32_t)order.n;
-            e->pred_syms[a] = syms.v;
-            e->pred_syms_len[a] = (int32_t)syms.n;
-            syms.v = NULL;
-        }
-    }
-    free(seen.slots); free(order.v); free(agenda.v); free(syms.v); free(has);
-    return rc;
-}
-
-static int cmp_symitem(const void *a, const void *b) {
-    int32_t x = ((const SymItem *)a)->sym, y = ((const SymItem *)b)->sym;
-    return (x > y) - (x < y);
-}
-
-/* [lo, hi) of sym in a sorted SymItem array */
-static void sym_range(const SymItem *v, Py_ssize_t n, int32_t sym, Py_ssize_t *lo, Py_ssize_t *hi) {
-    Py_ssize_t a = 0, b = n;
-    while (a < b) { Py_ssize_t m = (a + b) / 2; if (v[m].sym < sym) a = m + 1; else b = m; }
-    *lo = a;
-    b = n;
-    while (a < b) { Py_ssize_t m = (a + b) / 2; if (v[m].sym <= sym) a = m + 1; else b = m; }
-    *hi = a;
-}
-
-/* Close a new column over its kernel items; appends it. Returns (uid, allowed lexemes, accepting). */
-static PyObject *earley_close(Earley *e, U64Vec *agenda) {
-    if (e->n_cols == e->cap_cols) {
-        Py_ssize_t cap = e->cap_cols ? 2 * e->cap_cols : 64;
-        Column *cols = realloc(e->cols, cap * sizeof(Column));
-        if (!cols) return PyErr_NoMemory();
-        e->cols = cols, e->cap_cols = cap;
-    }
-    int32_t uid = (int32_t)e->n_cols;
-    ItemSet items = {0};
-    SIVec waiting = {0}, scannable = {0};
-    uint8_t *predicted = calloc(e->n_nt ? e->n_nt : 1, 1);
-    int rc = predicted ? 0 : -1, accepting = 0;
-    while (!rc && agenda->n) {
-        uint64_t it = agenda->v[--agenda->n];
-        int added = set_add(&items, it);
-        if (added < 0) { rc = -1; break; }
-        if (!added) continue;
-        int32_t r = I_RULE(it), d = I_DOT(it), o = I_ORIGIN(it);
-        int32_t len = e->rhs_off[r + 1] - e->rhs_off[r];
-        if (r == e->start_rule && d == 1) accepting = 1;
-        if (d == len) {
-            if (o == uid) continue; /* nullable completion: advanced over at prediction time */
-            Py_ssize_t lo, hi;
-            const Column *oc = e->cols + o;
-            sym_range(oc->waiting, oc->n_waiting, e->lhs[r], &lo, &hi);
-            for (Py_ssize_t i = lo; !rc && i < hi; i++) {
-                uint64_t w = oc->waiting[i].item;
-                rc = u64_push(agenda, ITEM(I_RULE(w), I_DOT(w) + 1, I_ORIGIN(w)));
-            }
-            continue;
-        }
-        int32_t sym = e->rhs[e->rhs_off[r] + d];
-        if (sym < 0) { rc = si_push(&scannable, ~sym, it); continue; }
-        if ((rc = si_push(&waiting, sym, it))) break;
-        if (!predicted[sym]) {
-            if ((rc = earley_prediction(e, sym))) break;
-            for (int32_t i = 0; i < e->pred_syms_len[sym]; i++) predicted[e->pred_syms[sym][i]] = 1;
-            const int32_t *pairs = e->pred[sym];
-            for (int32_t i = 0; !rc && i < e->pred_len[sym]; i++) {
-                int32_t pr = pairs[2 * i], pd = pairs[2 * i + 1];
-                uint64_t pit = ITEM(pr, pd, uid);
-                int a2 = set_add(&items, pit);
-                if (a2 < 0) { rc = -1; break; }
-                if (!a2) continue;
-                if (pr == e->start_rule && pd == 1) accepting = 1;
-                if (pd == e->rhs_off[pr + 1] - e->rhs_off[pr]) continue;
-                int32_t s2 = e->rhs[e->rhs_off[pr] + pd];
-                rc = s2 < 0 ? si_push(&scannable, ~s2, pit) : si_push(&waiting, s2, pit);
-            }
-        }
-        if (!rc && e->nullable[sym]) rc = u64_push(agenda, ITEM(r, d + 1, o));
-    }
-    free(items.slots);
-    free(predicted);
-    if (rc) {
-        free(waiting.v); free(scannable.v);
-        return PyErr_NoMemory();
-    }
-    qsort(waiting.v, waiting.n, sizeof(SymItem), cmp_symitem);
-    qsort(scannable.v, scannable.n, sizeof(SymItem), cmp_symitem);
-    Column *c = e->cols + e->n_cols++;
-    c->waiting = waiting.v, c->n_waiting = waiting.n;
-    c->scannable = scannable.v, c->n_scannable = scannable.n;
-    PyObject *allowed = PyList_New(0);
-    for (Py_ssize_t i = 0; allowed && i < scannable.n; i++) {
-        if (i && scannable.v[i].sym == scannable.v[i - 1].sym) continue;
-        PyObject *x = PyLong_FromLong(scannable.v[i].sym);
-        if (!x || PyList_Append(allowed, x)) { Py_XDECREF(x); Py_CLEAR(allowed); break; }
-        Py_DECREF(x);
-    }
-    if (!allowed) return NULL;
-    return Py_BuildValue("(iNO)", uid, allowed, accepting ? Py_True : Py_False);
-}
-
-/* initial() -> (uid, allowed, accepting) of the first column */
-static PyObject *earley_initial(Earley *e, PyObject *unused) {
-    U64Vec agenda = {0};
-    if (u64_push(&agenda, ITEM(e->start_rule, 0, e->n_cols))) return PyErr_NoMemory();
-    PyObject *res = earley_close(e, &agenda);
-    free(agenda.v);
-    return res;
-}
-
-/* scan(uid, lexemes) -> (uid, allowed, accepting) of the column after one span read as
- * any of `lexemes`, or None when no item can scan them. */
-static PyObject *earley_scan(Earley *e, PyObject *args) {
-    int uid;
-    PyObject *lexemes;
-    if (!PyArg_ParseTuple(args, "iO", &uid, &lexemes)) return NULL;
-    if (uid < 0 || uid >= e->n_cols) {
-        PyErr_SetString(PyExc_IndexError, "Earley.scan: unknown column");
-        return NULL;
-    }
-    PyObject *seq = PySequence_Fast(lexemes, "lexemes must be iterable");
-    if (!seq) return NULL;
-    U64Vec agenda = {0};
-    int rc = 0;
-    for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(seq) && !rc; j++) {
-        long lex = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, j));
-        if (lex == -1 && PyErr_Occurred()) { rc = -2; break; }
-        const Column *c = e->cols + uid;
-        Py_ssize_t lo, hi;
-        sym_range(c->scannable, c->n_scannable, (int32_t)lex, &lo, &hi);
-        for (Py_ssize_t i = lo; !rc && i < hi; i++) {
-            uint64_t it = c->scannable[i].item;
-            rc = u64_push(&agenda, ITEM(I_RULE(it), I_DOT(it) + 1, I_ORIGIN(it)));
-        }
-    }
-    Py_DECREF(seq);
-    PyObject *res;
-    if (rc == -2) res = NULL;
-    else if (rc) res = PyErr_NoMemory();
-    else if (!agenda.n) { Py_INCREF(Py_None); res = Py_None; }
-    else res = earley_close(e, &agenda);
-    free(agenda.v);
-    return res;
-}
-
-static PyMethodDef Earley_methods[] = {
-    {"initial", (PyCFunction)earley_initial, METH_NOARGS, "The first column: (uid, allowed, accepting)."},
-    {"scan", (PyCFunction)earley_scan, METH_VARARGS, "The column after lexemes, or None."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject EarleyType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "sgl.constrain._native.Earley",
-    .tp_basicsize = sizeof(Earley),
-    .tp_dealloc = (destructor)earley_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Earley columns and their closure.",
-    .tp_methods = Earley_methods,
-    .tp_new = earley_new,
-};
+/* Earley (the parser's columns and closure) is in _native_earley.c */
+extern PyTypeObject EarleyType;
 
 static PyMethodDef methods[] = {
     {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
@@ -913,12 +701,18 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "SGL's mask kernel.", -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&ProductType) < 0 || PyType_Ready(&EarleyType) < 0) return NULL;
+    if (PyType_Ready(&DfaType) < 0 || PyType_Ready(&ProductType) < 0 || PyType_Ready(&EarleyType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&ProductType);
     if (PyModule_AddObject(m, "Product", (PyObject *)&ProductType) < 0) {
         Py_DECREF(&ProductType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&DfaType);
+    if (PyModule_AddObject(m, "Dfa", (PyObject *)&DfaType) < 0) {
+        Py_DECREF(&DfaType);
         Py_DECREF(m);
         return NULL;
     }

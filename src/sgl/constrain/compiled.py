@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
-from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, to_dfa
+from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, literal_dfa, to_dfa
+from .counters import split_counters
 from .earley import EarleyParser, EarleySet, build_tables
 from .errors import CompileBudgetExceeded, ConstraintError
 from .grammar import Grammar, Rule, Terminal, prune
 from .lexer import Lexer
-from .mask import MaskComputer, TokenTable
+from .mask import DEFAULT_MASK_SECONDS, MaskComputer, TokenTable
 from .regex import parse_regex
-from .regex_ast import literal
 
 DEFAULT_COMPILE_BUDGET_S = 30.0
 
@@ -34,6 +37,8 @@ class CompileBudget:
     - ``dfa_states``: states one construction step of one lexeme's DFA may build.
     - ``choice_states``: states of the trie of one alternation of literal strings
       (choices, enums, ``a|b|c`` regexes): one per byte not shared as a prefix.
+    - ``mask_seconds``: wall time of computing one token mask (checked between the
+      parser's scans and the vocabulary walks), when masking, not compiling.
     """
 
     seconds: float = DEFAULT_COMPILE_BUDGET_S
@@ -41,9 +46,21 @@ class CompileBudget:
     lexemes: int = 20_000
     dfa_states: int = 50_000
     choice_states: int = DEFAULT_MAX_TRIE_STATES
+    mask_seconds: float = DEFAULT_MASK_SECONDS
 
     def over(self, name: str, value, limit) -> CompileBudgetExceeded:
         return CompileBudgetExceeded(f"the constraint needs {value} {name.replace('_', ' ')}, over the budget of {limit} (budget: {name})")
+
+
+class Walk(NamedTuple):
+    """What `CompiledGrammar.walk` read: ``consumed`` bytes (all of them if the data is
+    a valid prefix), the (column, lexer state) after them, the byte where the lexeme in
+    progress started, and ``(byte offset, lexeme ids)`` where each earlier lexeme ended."""
+
+    consumed: int
+    state: tuple[EarleySet, int]
+    lexeme_start: int
+    lexeme_ends: list[tuple[int, frozenset[int]]]
 
 
 class CompiledGrammar:
@@ -67,6 +84,8 @@ class CompiledGrammar:
             raise budget.over("rules", len(grammar.rules), budget.rules)
         if len(grammar.terminals) > budget.lexemes:
             raise budget.over("lexemes", len(grammar.terminals), budget.lexemes)
+        # large counted repetitions become chunk lexemes counted by rules (not unrolled)
+        grammar = split_counters(grammar, lambda node: terminal_dfa(node, False, budget))
         self.grammar = grammar
         self.vocab = vocab
         dfas = self._terminal_dfas(grammar, start, budget)
@@ -85,10 +104,12 @@ class CompiledGrammar:
         self.lock = threading.RLock()  # caches are shared across matchers and threads
         self.masks = None
         if vocab is not None:
-            self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids))
+            self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids),
+                                      budget.mask_seconds)
         self.compile_seconds = time.perf_counter() - start
         if self.compile_seconds > budget.seconds:
             raise budget.over("seconds", f"{self.compile_seconds:.1f}", budget.seconds)
+        settle_garbage_collector()
 
     def _terminal_dfas(self, grammar: Grammar, start: float, budget: CompileBudget) -> dict:
         self._dfa_cache = {}
@@ -127,6 +148,50 @@ class CompiledGrammar:
             s = nxt
         return col, s
 
+    def walk(self, data: bytes, state: tuple[EarleySet, int] | None = None) -> Walk:
+        """Read ``data`` from ``state`` (default: the start) as far as the grammar allows.
+
+        The greedy lexing of `advance_bytes` (a lexeme continues while it can; it ends
+        where the next byte only starts another), reporting where it stopped and where
+        each lexeme ended: a `Walk`. ``walk(data).consumed == len(data)`` means ``data``
+        is a valid prefix.
+        """
+        col, s = state or (self.initial, 0)
+        lex = self.lexer.for_lexemes(col.allowed)
+        start, ends = 0, []
+        for i, b in enumerate(data):
+            nxt = lex.row(s)[b]
+            if nxt < 0:
+                if not lex.accepting[s]:
+                    return Walk(i, (col, s), start, ends)
+                ncol = self.parser.scan(col, lex.accepts[s])
+                if ncol is None:
+                    return Walk(i, (col, s), start, ends)
+                nlex = self.lexer.for_lexemes(ncol.allowed)
+                nxt = nlex.row(0)[b]
+                if nxt < 0:
+                    return Walk(i, (col, s), start, ends)
+                ends.append((i, frozenset(lex.accepts[s])))
+                col, lex, start = ncol, nlex, i
+            s = nxt
+        return Walk(len(data), (col, s), start, ends)
+
+    def lexeme_complete(self, state: tuple[EarleySet, int]) -> bool:
+        """Whether the lexeme in progress at ``state`` could end here (True between lexemes)."""
+        col, s = state
+        return s == 0 or bool(self.lexer.for_lexemes(col.allowed).accepting[s])
+
+    def lexeme_maximal(self, state: tuple[EarleySet, int]) -> bool:
+        """Whether the lexeme in progress at ``state`` is complete and no byte extends it."""
+        col, s = state
+        lex = self.lexer.for_lexemes(col.allowed)
+        return s != 0 and bool(lex.accepting[s]) and max(lex.row(s)) < 0
+
+    def lexeme_ids(self, state: tuple[EarleySet, int]) -> frozenset[int]:
+        """The lexemes the text in progress at ``state`` would end as (empty if none)."""
+        col, s = state
+        return frozenset(self.lexer.for_lexemes(col.allowed).accepts[s]) if s else frozenset()
+
     def can_end(self, col: EarleySet, s: int) -> bool:
         if s == 0:
             return col.accepting
@@ -145,6 +210,34 @@ class CompiledGrammar:
         return out[::-1]
 
 
+GC_FULL_EVERY = 64  # compiles between full collections while frozen (see settle_garbage_collector)
+_gc_lock = threading.Lock()
+_gc_compiles = 0
+
+
+def settle_garbage_collector() -> None:
+    """After a compile: move every object alive now out of the cyclic collector's scans.
+
+    What a compile leaves (grammar IR and regex trees kept as cache keys, parser tables)
+    lives as long as its caches, but each full collection of CPython's cyclic collector
+    walks all of it again: with a few dozen grammars cached that was a pause of hundreds
+    of ms, taken by whichever call happened to allocate at that moment, often a mask.
+    ``gc.freeze()`` exempts the survivors; freed objects are still released by reference
+    counting. Cycles frozen as garbage are reclaimed every ``GC_FULL_EVERY`` compiles by
+    one full collection, here, on the compile path rather than the mask path.
+    ``SGL_GC_FREEZE=0`` leaves the collector alone.
+    """
+    global _gc_compiles
+    if os.environ.get("SGL_GC_FREEZE", "1") == "0" or not gc.isenabled():
+        return
+    with _gc_lock:
+        _gc_compiles += 1
+        if _gc_compiles % GC_FULL_EVERY == 0:
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
+
+
 _dfa_cache: OrderedDict = OrderedDict()
 _dfa_cache_lock = threading.Lock()
 DFA_CACHE_SIZE = 8192
@@ -161,10 +254,10 @@ def terminal_dfa(pattern, is_literal: bool = False, budget: CompileBudget | None
         if dfa is not None:
             _dfa_cache.move_to_end(key)
             return dfa
-    node = pattern
-    if isinstance(pattern, str):
-        node = literal(pattern) if is_literal else parse_regex(pattern)
-    dfa = to_dfa(node, **limits)
+    if isinstance(pattern, str) and is_literal:
+        dfa = literal_dfa(pattern.encode("utf-8"))
+    else:
+        dfa = to_dfa(parse_regex(pattern) if isinstance(pattern, str) else pattern, **limits)
     if dfa.table.nbytes > DFA_CACHE_BYTES // 4:
         return dfa  # a huge lexeme (100,000 choices) would push out every other one
     with _dfa_cache_lock:
@@ -227,6 +320,20 @@ def choices_grammar(choices: Sequence[str]) -> Grammar:
         except UnicodeEncodeError:
             raise ConstraintError(f"choice {i} holds a lone surrogate, which no text can contain", f"choice {i}") from None
     b = GrammarBuilder()
-    # one lexeme for all choices: a single DFA (a trie of the choices) does the work
-    b.rule("start", (b.terminal(LiteralAlt(tuple(choices)), hint="choice"),))
+    short = [c for c in choices if len(c) <= LONG_CHOICE]
+    if short:
+        # one lexeme for all short choices: a single DFA (a trie of them) does the work
+        b.rule("start", (b.terminal(LiteralAlt(tuple(short)), hint="choice"),))
+    for c in dict.fromkeys(c for c in choices if len(c) > LONG_CHOICE):
+        b.rule("start", tuple(b.literal(c[i:i + CHOICE_CHUNK]) for i in range(0, len(c), CHOICE_CHUNK)))
     return b.build("start", source="choices")
+
+
+# Choices longer than this are not put in the trie but spelled as literal chunks of
+# CHOICE_CHUNK characters (rules over shared chunk lexemes): a trie of 1,000 strings of
+# 750 characters is a 745,000-state DFA, too large to walk the vocabulary through at
+# every state. Exact with greedy lexing: chunks are the same length in characters
+# (UTF-8 is prefix-free, so none is a proper prefix of another) except a string's last
+# one, after which only the end of the text comes.
+LONG_CHOICE = 256
+CHOICE_CHUNK = 64

@@ -10,7 +10,9 @@ byte of the current lexeme read yet".
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -40,7 +42,12 @@ def with_fresh_start(dfa: ByteDFA) -> ByteDFA:
 def dfa_key(dfa: ByteDFA) -> bytes:
     """A content hash of a DFA: equal DFAs share lexers (and their token walks) across grammars."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(np.ascontiguousarray(dfa.table).tobytes())
+    # the live entries only: most of a table is dead, and grammars have thousands of lexemes
+    flat = dfa.table.reshape(-1)
+    live = np.flatnonzero(flat >= 0)
+    h.update(np.int64(dfa.table.shape[0]).tobytes())
+    h.update(live.tobytes())
+    h.update(np.ascontiguousarray(flat[live]).tobytes())
     h.update(np.ascontiguousarray(dfa.accepting).tobytes())
     return h.digest()
 
@@ -71,10 +78,32 @@ def _global_states(dfas: list[ByteDFA]):
     return big, acc_global, owner, offsets, sizes
 
 
-def make_core(dfas: list[ByteDFA]) -> LexerCore | NativeLexerCore:
-    """The product lexer of ``dfas``: compiled when the native kernel is in use."""
+def make_core(dfas: list[ByteDFA], keys: tuple = ()) -> LexerCore | NativeLexerCore:
+    """The product lexer of ``dfas`` (``keys``: their ``dfa_key``s, if known): compiled
+    when the native kernel is in use."""
     # no lexemes (the text must end here): one state, nothing to walk natively
-    return NativeLexerCore(dfas) if native_enabled() and dfas else LexerCore(dfas)
+    return NativeLexerCore(dfas, keys) if native_enabled() and dfas else LexerCore(dfas)
+
+
+_native_dfas: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_native_dfas_lock = threading.Lock()
+
+
+def native_dfa(dfa: ByteDFA, key: bytes | None = None):
+    """``dfa`` as a checked C ``Dfa``; one per content while any product holds it, so a
+    new lexeme set shares its lexemes' tables instead of copying them."""
+    from .native import _native
+
+    if key is not None:
+        with _native_dfas_lock:
+            hit = _native_dfas.get(key)
+        if hit is not None:
+            return hit
+    out = _native.Dfa(np.ascontiguousarray(dfa.table, dtype=np.int32), np.ascontiguousarray(dfa.accepting, dtype=np.uint8))
+    if key is not None:
+        with _native_dfas_lock:
+            out = _native_dfas.setdefault(key, out)
+    return out
 
 
 class NativeLexerCore:
@@ -83,18 +112,22 @@ class NativeLexerCore:
     The C walks build rows as they reach them, with no round trip to Python.
     """
 
-    def __init__(self, dfas: list[ByteDFA]):
+    def __init__(self, dfas: list[ByteDFA], keys: tuple = ()):
         from .native import _native
 
-        big, acc_global, owner, offsets, sizes = _global_states(dfas)
-        self._acc_global, self._owner = acc_global, owner
-        self._offsets, self._dead = offsets, int(sizes.sum())
-        self.product = _native.Product(big, acc_global.astype(np.uint8), offsets.astype(np.int32), MAX_LEXER_STATES)
+        keys = keys if len(keys) == len(dfas) else (None,) * len(dfas)
+        self._acc = [np.asarray(d.accepting, dtype=bool) for d in dfas]
+        # components are local states, -1 dead (``single_live`` reads them like global
+        # states at offset 0 with a dead state of -1)
+        self._offsets, self._dead = np.zeros(len(dfas), dtype=np.int64), -1
+        parts = tuple(native_dfa(d, k) for d, k in zip(dfas, keys, strict=True))
+        self.product = _native.Product(parts, MAX_LEXER_STATES)
         self._rows: dict[int, list[int]] = {}
         self.accepts = _NativeAccepts(self)
         self.accepting = _NativeAccepting(self.product)
         self.walk_cache: dict = {}
         self.key: tuple = ()
+        self.uid = -1
         self._k = len(dfas)
 
     def components(self, state: int) -> np.ndarray:
@@ -178,7 +211,7 @@ class _NativeAccepts:
         if out is None:
             comp = np.frombuffer(self._core.product.comp(int(state)), dtype=np.int32)
             core = self._core
-            out = self._cache[state] = tuple(int(core._owner[g]) for g in comp if core._acc_global[g])
+            out = self._cache[state] = tuple(j for j, q in enumerate(comp.tolist()) if q >= 0 and core._acc[j][q])
         return out
 
 
@@ -234,6 +267,7 @@ class LexerCore:
         self._register(start_key, offsets.copy())
         self.walk_cache: dict = {}
         self.key: tuple = ()
+        self.uid = -1
 
     def _identity(self, key: int, comp: np.ndarray):
         return key if self._exact else comp.tobytes()
@@ -386,6 +420,7 @@ class LexerDFA:
 
 _cores: OrderedDict[tuple, LexerCore] = OrderedDict()
 _cores_lock = threading.Lock()
+_core_uids = itertools.count()
 MAX_SHARED_CORES = 4096
 
 
@@ -395,8 +430,9 @@ def _shared_core(key: tuple, dfas: list[ByteDFA]) -> LexerCore:
         if core is not None:
             _cores.move_to_end(key)
             return core
-    core = make_core(dfas)
+    core = make_core(dfas, key)
     core.key = key
+    core.uid = next(_core_uids)  # never reused, unlike id(): names the core in walk caches
     with _cores_lock:
         _cores[key] = core
         while len(_cores) > MAX_SHARED_CORES:
@@ -404,12 +440,34 @@ def _shared_core(key: tuple, dfas: list[ByteDFA]) -> LexerCore:
     return core
 
 
+_prepared_dfas: OrderedDict[int, tuple] = OrderedDict()
+
+
+def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
+    """``with_fresh_start(dfa)`` and its ``dfa_key``, remembered per DFA object: the
+    compile cache hands out the same objects for repeated lexemes, and hashing a large
+    table again on every compile cost more than the rest of the lexer's setup."""
+    with _cores_lock:
+        hit = _prepared_dfas.get(id(dfa))
+        if hit is not None and hit[0]() is dfa:
+            _prepared_dfas.move_to_end(id(dfa))
+            return hit[1], hit[2]
+    fresh = with_fresh_start(dfa)
+    key = dfa_key(fresh)
+    with _cores_lock:
+        _prepared_dfas[id(dfa)] = (weakref.ref(dfa), fresh, key)
+        while len(_prepared_dfas) > MAX_SHARED_CORES:
+            _prepared_dfas.popitem(last=False)
+    return fresh, key
+
+
 class Lexer:
     """Builds and caches one ``LexerDFA`` per set of allowed lexemes."""
 
     def __init__(self, dfas: list[ByteDFA]):
-        self.dfas = [with_fresh_start(d) for d in dfas]
-        self.keys = [dfa_key(d) for d in self.dfas]
+        prepared = [_prepared(d) for d in dfas]
+        self.dfas = [p[0] for p in prepared]
+        self.keys = [p[1] for p in prepared]
         self._cache: dict[frozenset[int], LexerDFA] = {}
 
     def for_lexemes(self, lexemes: frozenset[int]) -> LexerDFA:

@@ -22,16 +22,23 @@ the tests compare it with. ``SGL_NATIVE=0`` forces the fallback.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .earley import EarleyParser, EarleySet
+from .errors import CompileBudgetExceeded
 from .lexer import Lexer, LexerDFA, single_live
 from .native import _native, native_enabled
 
 # one trie node for the native kernel (the C struct Node in _native.c)
-NODE_DTYPE = np.dtype([("end", "<i4"), ("tok", "<i4"), ("depth", "<u2"), ("byte", "u1"), ("pad", "u1")])
+# ``utf8``: 1 when every token below the node, read from the node's byte on, is well-formed
+# (possibly cut short) UTF-8 starting at a character boundary (see ``utf8_subtrees``)
+NODE_DTYPE = np.dtype([("end", "<i4"), ("tok", "<i4"), ("depth", "<u2"), ("byte", "u1"), ("utf8", "u1")])
+# wall time one mask may take (``CompileBudget.mask_seconds``): generous, because the
+# pure-Python fallback (SGL_NATIVE=0) takes seconds for the first masks of large grammars
+DEFAULT_MASK_SECONDS = 20.0
 
 
 @dataclass
@@ -119,6 +126,7 @@ class TokenTable:
             n = node_byte.size
             packed = np.zeros(n + 1, dtype=NODE_DTYPE)  # a sentinel last: its tok ends the last node
             packed["end"][:n], packed["tok"], packed["depth"][:n], packed["byte"][:n] = end, tok, depth, node_byte
+            packed["utf8"][:n] = utf8_subtrees(node_byte, depth, _trie_parents(depth))
             _native.check_trie(packed, ids, self.n_words)
             self._packed = packed
         return self._packed
@@ -238,16 +246,56 @@ def build_trie(tok_bytes: np.ndarray, tok_off: np.ndarray, real_ids: np.ndarray)
     return node_byte, depth, node_end, tok, ids.astype(np.int64)
 
 
+def _trie_parents(depth: np.ndarray) -> np.ndarray:
+    """Each preorder trie node's parent (the last node before it one level up; -1 at depth 1)."""
+    parent = np.full(depth.size, -1, dtype=np.int64)
+    for d in range(2, int(depth.max(initial=0)) + 1):
+        here, above = np.nonzero(depth == d)[0], np.nonzero(depth == d - 1)[0]
+        parent[here] = above[np.searchsorted(above, here) - 1]
+    return parent
+
+
+def _utf8_decoder() -> np.ndarray:
+    """UTF-8 well-formedness as a DFA (int8 (8, 256), -1 = invalid): state 0 is a character
+    boundary; the others wait for continuation bytes (with RFC 3629's narrower second-byte
+    ranges after E0, ED, F0 and F4)."""
+    t = np.full((8, 256), -1, dtype=np.int8)
+    t[0, 0x00:0x80], t[0, 0xC2:0xE0], t[0, 0xE1:0xF0], t[0, 0xF1:0xF4] = 0, 1, 2, 3
+    t[0, 0xE0], t[0, 0xED], t[0, 0xF0], t[0, 0xF4] = 4, 5, 6, 7
+    t[1, 0x80:0xC0], t[2, 0x80:0xC0], t[3, 0x80:0xC0] = 0, 1, 2
+    t[4, 0xA0:0xC0], t[5, 0x80:0xA0], t[6, 0x90:0xC0], t[7, 0x80:0x90] = 1, 1, 2, 2
+    return t
+
+
+def utf8_subtrees(node_byte: np.ndarray, depth: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """Per trie node, 1 if every token below it, read from the node's byte on, is
+    well-formed UTF-8 from a character boundary (cut short at the token's end allowed).
+
+    A lexer state that reads every UTF-8 character back to itself then keeps such a
+    subtree alive without a walk (``walk_trie``'s shortcut). Bottom up: a node is fine
+    from decoder state u if its byte is, and all its children are from the state after it.
+    """
+    dec = _utf8_decoder()
+    n = node_byte.size
+    kids_ok = np.ones((dec.shape[0], n), dtype=bool)  # all children fine, per decoder state
+    for d in range(int(depth.max(initial=0)), 0, -1):  # deepest first
+        here = np.nonzero(depth == d)[0]
+        nxt = dec[:, node_byte[here]].astype(np.int64)  # (8, len(here))
+        ok = (nxt >= 0) & kids_ok[np.maximum(nxt, 0), here[None, :]]
+        if d > 1:
+            up = parent[here]
+            for u in range(dec.shape[0]):  # a parent is fine only if every child is
+                np.logical_and.at(kids_ok[u], up, ok[u])
+        kids_ok[:, here] = ok  # from now on: this node's own verdict
+    return kids_ok[0].astype(np.uint8)
+
+
 def subtree_byte_sets(node_byte: np.ndarray, depth: np.ndarray, end: np.ndarray) -> np.ndarray:
     """For each trie node, the set of byte values in its subtree (uint64 (n, 4) bit sets)."""
     n = node_byte.size
     sets = np.zeros((n, 4), dtype=np.uint64)
     sets[np.arange(n), node_byte >> 6] = np.left_shift(np.uint64(1), (node_byte & 63).astype(np.uint64))
-    # a node's parent is the last node before it one level up
-    parent = np.full(n, -1, dtype=np.int64)
-    for d in range(2, int(depth.max(initial=0)) + 1):
-        here, above = np.nonzero(depth == d)[0], np.nonzero(depth == d - 1)[0]
-        parent[here] = above[np.searchsorted(above, here) - 1]
+    parent = _trie_parents(depth)
     for d in range(int(depth.max(initial=0)), 1, -1):  # deepest first: children into parents
         here = np.nonzero(depth == d)[0]
         for w in range(4):
@@ -331,11 +379,15 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
 class MaskComputer:
     """Computes (and caches) the allowed-token bitmask for a parser column and lexer state."""
 
-    def __init__(self, tokens: TokenTable, lexer: Lexer, parser: EarleyParser, eos_ids: tuple[int, ...]):
+    def __init__(self, tokens: TokenTable, lexer: Lexer, parser: EarleyParser, eos_ids: tuple[int, ...],
+                 max_seconds: float = DEFAULT_MASK_SECONDS):
         self.tokens = tokens
         self.lexer = lexer
         self.parser = parser
         self.eos_ids = np.array([i for i in eos_ids if i < tokens.n_vocab], dtype=np.int64)
+        self._eos_words = self._pack(self.eos_ids)
+        self.max_seconds = max_seconds
+        self._deadline: float | None = None  # of the mask being computed (callers hold the grammar's lock)
 
     def lexer_for(self, col: EarleySet) -> LexerDFA:
         return self.lexer.for_lexemes(col.allowed)
@@ -407,6 +459,13 @@ class MaskComputer:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
         words = col.mask_cache.get(state)
         if words is None:
+            if self._deadline is None:  # the outermost call: the budget starts here
+                self._deadline = time.monotonic() + self.max_seconds
+                try:
+                    return self.mask(col, state)
+                finally:
+                    self._deadline = None
+            self._check_budget()
             lexer, state_key = self.lexer_for(col), state
             lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
@@ -417,8 +476,12 @@ class MaskComputer:
                 if nxt_col is not None:
                     extra.append(self.mask(nxt_col, 0) & res.starts_next)
             if self.eos_ids.size and self.can_end(col, lexer, state):
-                extra.append(self._pack(self.eos_ids))
-            words = np.bitwise_or.reduce(extra) if len(extra) > 1 else extra[0].copy()
+                extra.append(self._eos_words)
+            # in place, pairwise: ``np.bitwise_or.reduce`` of a list first stacks it into a
+            # new 2-D array, which cost more than the walks on cache hits
+            words = extra[0].copy()
+            for part in extra[1:]:
+                np.bitwise_or(words, part, out=words)
             words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state_key] = words
         return words
@@ -446,17 +509,26 @@ class MaskComputer:
         if res.groups is None:
             res.groups = _group_boundaries(lexer.core, res)
         for group, sel in res.groups:
+            self._check_budget()
             nxt_col = self.parser.scan(col, lexer.accepts[group[0]])
             if nxt_col is None:
                 continue
             nxt_lexer = self.lexer_for(nxt_col)
-            key = (group, nxt_lexer.core.key)
+            key = (group, nxt_lexer.core.uid)  # a small int: cheaper to hash than the content key
             sub = res.subs.get(key)
             if sub is None:
                 sub = self._walk_rest(nxt_lexer, res, sel)
                 res.subs[key] = sub
             extra.append(sub.inside)
             self._boundaries(nxt_col, nxt_lexer, sub, extra)
+
+    def _check_budget(self) -> None:
+        # between scans and walks: a mask over many boundaries (huge ambiguous grammars,
+        # thousands of lexemes) stops with a clear error instead of running for seconds;
+        # nothing half-built is cached (caches are written when a part is complete)
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise CompileBudgetExceeded(
+                f"computing one token mask ran over its time budget of {self.max_seconds:g} s (budget: mask_seconds)")
 
     def _pack(self, ids: np.ndarray) -> np.ndarray:
         """Token ids as uint32 bitmask words."""

@@ -1,4 +1,4 @@
-"""The optional C extension (``_native.c``): mask walks, the lazy product lexer, the
+"""The optional C extension (``_native.c``, ``_native_earley.c``): mask walks, the lazy product lexer, the
 Earley closure. Every user keeps a pure-Python twin with the same results; this module
 says whether the compiled one is in use (built at install, and not disabled by
 ``SGL_NATIVE=0``, which the tests use to compare the two)."""

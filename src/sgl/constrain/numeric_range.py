@@ -597,13 +597,6 @@ def number_regex(piece: NumPiece) -> Node:
     return alt(*parts) if parts else NOTHING
 
 
-def numbers_regex(pieces: list[NumPiece]) -> Node:
-    """The union of ``number_regex`` over pieces."""
-    parts = [number_regex(p) for p in pieces]
-    parts = [p for p in parts if not _is_nothing(p)]
-    return alt(*parts) if parts else NOTHING
-
-
 # ---------------------------------------------------------------------------
 # multipleOf other than a power of ten
 

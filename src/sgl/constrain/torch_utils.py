@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .bitmask import unpack_bitmask
+
 
 def apply_bitmask(logits, bitmask) -> None:
     """Set disallowed logits to -inf in place. ``logits``: (batch, V) or (V,) tensor."""
@@ -20,11 +22,8 @@ def apply_bitmask(logits, bitmask) -> None:
     numpy_ok = view.dtype in (torch.float32, torch.float64, torch.float16)
     if numpy_ok and view.device.type == "cpu" and view.is_contiguous() and not view.requires_grad:
         # numpy, single-threaded: torch's parallel masked_fill_ stalls badly on a busy CPU
-        bits = np.unpackbits(np.ascontiguousarray(bm, dtype=np.int32).view(np.uint8), axis=-1, bitorder="little")
         arr = view.numpy()
-        width = min(arr.shape[-1], bits.shape[-1])
-        arr[:, :width][bits[:, :width] == 0] = -np.inf
-        arr[:, width:] = -np.inf  # logits wider than the mask: those tokens are not allowed
+        arr[~unpack_bitmask(bm, arr.shape[-1])] = -np.inf  # logits wider than the mask: not allowed
         return
     _apply_on_device(view, torch.from_numpy(np.ascontiguousarray(bm, dtype=np.int32)))
 

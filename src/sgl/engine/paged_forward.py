@@ -21,11 +21,17 @@ from .llama import LayerWeights, Llama, attention
 
 @dataclass
 class RowInput:
-    """New tokens of one sequence: ``tokens`` at positions ``start ..``, KV in ``blocks``."""
+    """New tokens of one sequence: ``tokens`` at positions ``start ..``, KV in ``blocks``.
+
+    ``all_logits``: `forward_rows` also sets ``logits`` to the logits at every new token
+    (``[len(tokens), vocab]``, float32): a prompt whose tokens are scored.
+    """
 
     tokens: list[int]
     start: int
     blocks: list[int]
+    all_logits: bool = False
+    logits: torch.Tensor | None = None
 
     @property
     def end(self) -> int:
@@ -121,7 +127,8 @@ def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
 
 def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tensor:
     """Run every row's new tokens, write their KV into the pool, return float32 logits
-    ``[len(rows), vocab]`` at each row's last new token."""
+    ``[len(rows), vocab]`` at each row's last new token (and every token's, in
+    ``row.logits``, for rows with ``all_logits``)."""
     c = model.config
     plan = plan_step(model, pool, rows)
     n = plan.ids.shape[0]
@@ -153,6 +160,11 @@ def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tens
     h = model.embed_tokens(plan.ids)  # [N, hidden]
     for i in range(len(model.layers)):
         h = model.layer(i, h, plan.ropes, attend)
+    end = 0
+    for row in rows:
+        end += len(row.tokens)
+        if row.all_logits:
+            row.logits = model.logits(h[end - len(row.tokens):end])
     return model.logits(h[plan.last])
 
 

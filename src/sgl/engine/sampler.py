@@ -1,5 +1,6 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p, and
-OpenAI/SGLang frequency and presence penalties over the tokens generated so far.
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p,
+OpenAI/SGLang frequency and presence penalties over the tokens generated so far, and
+the HF/SGLang repetition penalty over the prompt and the generated tokens.
 
 One `Sampler` per request: it owns the request's ``torch.Generator``, so a seeded
 request gives the same tokens whatever else runs in the same batch.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +55,11 @@ class Sampler:
     device: str | torch.device = "cpu"
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.repetition_penalty <= 2.0:
+            raise ValueError(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}")
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
@@ -74,17 +79,18 @@ class Sampler:
 
     @property
     def penalized(self) -> bool:
-        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0 or self.repetition_penalty != 1.0
 
-    def apply_penalties(self, logits: torch.Tensor, generated: Sequence[int]) -> None:
-        """Lower (in place) the logits of tokens already generated: ``frequency_penalty``
-        per occurrence plus ``presence_penalty`` once (the OpenAI definition)."""
-        if not self.penalized or not generated:
-            return
-        vocab = logits.shape[-1]
-        ids = torch.as_tensor(generated, dtype=torch.long, device=logits.device)
-        counts = torch.bincount(ids[ids < vocab], minlength=vocab).to(logits.dtype)
-        logits -= self.frequency_penalty * counts + self.presence_penalty * (counts > 0).to(logits.dtype)
+    def apply_penalties(self, logits: torch.Tensor, tokens: Sequence[int], prompt_len: int = 0) -> None:
+        """Penalize (in place) the logits of tokens seen before.
+
+        ``tokens`` is the prompt (its first ``prompt_len`` ids) and what was generated.
+        The repetition penalty (HF's and SGLang's rule) divides a positive logit and
+        multiplies a negative one by ``repetition_penalty``, for every token id in the
+        prompt or the output. ``frequency_penalty`` per occurrence in the output plus
+        ``presence_penalty`` once (OpenAI's definition) are then subtracted.
+        """
+        apply_penalties_batch(logits[None], [tokens], [prompt_len], [self])
 
     @property
     def greedy(self) -> bool:
@@ -109,6 +115,42 @@ class Sampler:
         if self.min_p > 0.0:
             probs = probs.masked_fill(probs < self.min_p * probs.max(), 0.0)
         return probs
+
+
+def apply_penalties_batch(logits: torch.Tensor, tokens: Sequence[Sequence[int]], prompt_lens: Sequence[int],
+                          samplers: Sequence[Sampler]) -> None:
+    """`Sampler.apply_penalties` for the rows of ``logits`` (``[B, V]``) in one pass."""
+    if not tokens:
+        return
+    vocab, device = logits.shape[-1], logits.device
+    dtype = logits.dtype
+    rep_row = [i for i, s in enumerate(samplers) if s.repetition_penalty != 1.0]
+    if rep_row:
+        seen = _counts([list(tokens[i]) for i in rep_row], vocab, device, dtype) > 0
+        pen = torch.tensor([samplers[i].repetition_penalty for i in rep_row], dtype=dtype, device=device)[:, None]
+        idx = torch.tensor(rep_row, device=device)
+        x = logits[idx]
+        scaled = torch.where(x > 0, x / pen, x * pen)
+        logits[idx] = torch.where(seen, scaled, x)
+    out_row = [i for i, s in enumerate(samplers) if s.frequency_penalty or s.presence_penalty]
+    if out_row:  # counts of each id in each row's output
+        ids = [list(tokens[i][prompt_lens[i]:]) for i in out_row]
+        counts = _counts(ids, vocab, device, dtype)
+        freq = torch.tensor([samplers[i].frequency_penalty for i in out_row], dtype=dtype, device=device)[:, None]
+        pres = torch.tensor([samplers[i].presence_penalty for i in out_row], dtype=dtype, device=device)[:, None]
+        idx = torch.tensor(out_row, device=device)
+        logits[idx] -= freq * counts + pres * (counts > 0).to(dtype)
+
+
+def _counts(ids: list[list[int]], vocab: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
+    """``[len(ids), vocab]``: how often each id occurs in each list (ids >= vocab ignored)."""
+    out = torch.zeros(len(ids), vocab, dtype=dtype, device=device)
+    for r, row in enumerate(ids):
+        if row:
+            t = torch.as_tensor(row, dtype=torch.long, device=device)
+            t = t[t < vocab]
+            out[r].index_add_(0, t, torch.ones(t.shape[0], dtype=dtype, device=device))
+    return out
 
 
 def _top_p(x: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -18,8 +18,11 @@ every draft was accepted), and both KV caches roll back to what was accepted.
 * Constraints: drafters propose under the `Matcher`'s mask, and the target's ``p`` at
   each verified position is masked with the matcher state after the tokens before it.
 
-`plain_generate` is the non-speculative loop over the same helpers (masking,
-sampling, end checks); tests and ``bench/speculative.py`` compare against it.
+Masking, end checks (EOS, stop tokens, stop strings, constraint complete, length) and
+the recording of tokens are the engine's own `step.SeqState`; this module adds only
+drafting, the verification pass and the acceptance rule. `plain_generate` is the
+non-speculative loop over the same state; tests and ``bench/speculative.py`` compare
+against it.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .sampler import Sampler, apply_bitmask
+from .step import SeqState, StepContext, plain_params
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,6 +68,7 @@ class SpecResult:
 
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = "length"  # "eos" | "stop" | "length" | "error"
+    text: str = ""  # the generated text, cut at a stop string
     forward_passes: int = 0
     proposed: int = 0
     accepted: int = 0
@@ -289,8 +294,15 @@ def check_vocab(target: Llama, draft: Llama) -> None:
 # ------------------------------------------------------------------ the decode loops
 
 
+class _NoText:
+    """Token bytes when the caller has no vocabulary: every token is textless."""
+
+    def __getitem__(self, i: int) -> None:
+        return None
+
+
 class _Sequence:
-    """One sequence being decoded: history, target cache, matcher, output and end checks.
+    """One sequence being decoded: the engine's `SeqState` plus the target's own cache.
 
     Invariant between steps: the target cache holds ``history[:-1]``; the last token is
     pending (fed at the start of the next forward pass).
@@ -298,28 +310,38 @@ class _Sequence:
 
     def __init__(self, target: Llama, prompt_ids: Sequence[int], max_tokens: int, sampler: Sampler,
                  eos_ids: Collection[int], matcher: Matcher | None, stop_token_ids: Collection[int],
-                 extra_capacity: int = 0) -> None:
+                 extra_capacity: int = 0, params: Any = None, token_bytes: Sequence[bytes | None] | None = None
+                 ) -> None:
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
         self.target = target
-        self.history = list(prompt_ids)
-        self.max_tokens = max_tokens
-        self.sampler = sampler
-        self.eos_ids = frozenset(eos_ids)
-        self.stop_ids = frozenset(stop_token_ids)
-        self.matcher = matcher
+        ctx = StepContext(token_bytes if token_bytes is not None else _NoText(), frozenset(eos_ids),
+                          lazy_masks=False, jump_forward=False, device=target.device)
+        self.state = SeqState(ctx, prompt_ids, params if params is not None else plain_params(
+            max_tokens, stop_token_ids), max_tokens, matcher, sampler=sampler)
+        self.sampler, self.matcher = sampler, matcher
+        self.eos_ids = ctx.eos_ids
+        self.stop_ids = self.state.stop_token_ids
         self.out = SpecResult()
-        self.done = max_tokens <= 0
-        self._bitmask: np.ndarray | None = None
-        self.cache = target.new_cache(len(self.history) + max(max_tokens, 0) + extra_capacity + 1)
+        if max_tokens <= 0:
+            self.state.finish("length")
+        self.cache = target.new_cache(len(prompt_ids) + max(max_tokens, 0) + extra_capacity + 1)
         t0 = time.perf_counter()
-        if len(self.history) > 1 and not self.done:
-            target.forward(torch.tensor([self.history[:-1]], device=target.device), self.cache)
+        if len(prompt_ids) > 1 and not self.done:
+            target.forward(torch.tensor([list(prompt_ids[:-1])], device=target.device), self.cache)
         self.out.prefill_time_s = time.perf_counter() - t0
 
     @property
+    def history(self) -> list[int]:
+        return self.state.tokens
+
+    @property
+    def done(self) -> bool:
+        return self.state.done
+
+    @property
     def remaining(self) -> int:
-        return self.max_tokens - len(self.out.token_ids)
+        return self.state.remaining
 
     def forward(self, drafts: Sequence[int] = ()) -> torch.Tensor:
         """Logits ``[1 + len(drafts), V]`` for the pending token and the drafts after it."""
@@ -329,46 +351,25 @@ class _Sequence:
 
     def masked(self, logits: torch.Tensor) -> torch.Tensor | None:
         """``logits`` with the constraint's mask applied (in place); None if it allows nothing."""
-        if self.matcher is None:
-            return logits
-        if self._bitmask is None:
-            from sgl.constrain import allocate_bitmask
-
-            self._bitmask = allocate_bitmask(1, logits.shape[-1])
-        self.matcher.fill_bitmask(self._bitmask, 0)
-        if not self._bitmask.any():
-            self.finish("error", "the constraint allows no token")
-            return None
-        apply_bitmask(logits, self._bitmask)
-        return logits
+        return None if self.state.constrain(logits) is False else logits
 
     def check_terminated(self) -> bool:
         """Finish (``stop``) when the constraint is complete and nothing can follow."""
         if self.matcher is not None and self.matcher.is_terminated():
-            self.finish("stop")
+            self.state.finish("stop")
         return self.done
 
     def emit(self, tok: int) -> bool:
         """Append one chosen token, advance the matcher, check the ends; True when done."""
-        if self.matcher is not None and not self.matcher.advance(tok):
-            self.finish("error", f"the constraint rejected token {tok}")
-            return True
-        self.out.token_ids.append(tok)
-        self.history.append(tok)
-        if tok in self.eos_ids:
-            self.finish("eos")
-        elif tok in self.stop_ids:
-            self.finish("stop")
-        elif self.matcher is not None and self.matcher.is_terminated():
-            self.finish("stop")
-        elif self.remaining <= 0:
-            self.finish("length")
-        return self.done
+        return self.state.accept(tok)
 
-    def finish(self, reason: str, error: str | None = None) -> None:
-        self.done = True
-        self.out.finish_reason = reason
-        self.out.error = error
+    def result(self) -> SpecResult:
+        """The counters with the state's tokens, finish reason and text."""
+        out, st = self.out, self.state.out
+        out.token_ids, out.text = list(st.token_ids), st.text
+        out.finish_reason = st.finish_reason if self.done else "length"
+        out.error = st.meta.get("error")
+        return out
 
     def sync_cache(self) -> None:
         """Roll the target cache back to ``history[:-1]`` (drop rejected drafts' keys)."""
@@ -390,12 +391,13 @@ def plain_generate(target: Llama, prompt_ids: Sequence[int], max_tokens: int, sa
             if logits is not None:
                 seq.emit(sampler.sample(logits))
             seq.out.verify_time_s += time.perf_counter() - t0
-        return seq.out
+        return seq.result()
 
 
 def speculative_generate(target: Llama, drafter: Drafter, prompt_ids: Sequence[int], max_tokens: int,
                          sampler: Sampler, eos_ids: Collection[int], k: int = 4,
-                         matcher: Matcher | None = None, stop_token_ids: Collection[int] = ()) -> SpecResult:
+                         matcher: Matcher | None = None, stop_token_ids: Collection[int] = (),
+                         params: Any = None, token_bytes: Sequence[bytes | None] | None = None) -> SpecResult:
     """Generate up to ``max_tokens`` tokens after ``prompt_ids`` with speculative decoding.
 
     Per step ``drafter`` proposes up to ``k`` tokens, the target verifies them in one
@@ -404,19 +406,21 @@ def speculative_generate(target: Llama, drafter: Drafter, prompt_ids: Sequence[i
     otherwise. ``matcher`` (optional, advanced over the generated tokens) constrains
     both the drafts and the target. Generation ends at an ``eos_ids`` or
     ``stop_token_ids`` token (included in the output), when the constraint is complete,
-    or after ``max_tokens`` tokens.
+    or after ``max_tokens`` tokens. With ``params`` (a `SamplingParams`: stop strings,
+    ``stop_regex``, ``min_tokens``) and ``token_bytes`` (the vocabulary's), the text
+    ends exactly as in the engine.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     with torch.inference_mode():
         seq = _Sequence(target, prompt_ids, max_tokens, sampler, eos_ids, matcher, stop_token_ids,
-                        extra_capacity=k)
+                        extra_capacity=k, params=params, token_bytes=token_bytes)
         t0 = time.perf_counter()
         drafter.start(target, prompt_ids, seq.eos_ids | seq.stop_ids, capacity=seq.cache.capacity)
         seq.out.prefill_time_s += time.perf_counter() - t0
         while not seq.done and not seq.check_terminated():
             _speculative_step(seq, drafter, k)
-        return seq.out
+        return seq.result()
 
 
 def _speculative_step(seq: _Sequence, drafter: Drafter, k: int) -> None:

@@ -1,4 +1,5 @@
-"""The functions a program calls: ``sgl.function``, ``sgl.gen``, ``sgl.select``, roles.
+"""The functions a program calls: ``sgl.gen``, ``sgl.select``, roles (``sgl.function``
+is `sgl.runtime.function.function`: a decorated program runs on the interpreter).
 
 Names follow SGLang's ``sglang/api.py`` so SGLang programs run unchanged; SGLang's
 later additions to ``gen`` (``n``, penalties, ``ignore_eos``, logprob settings) are
@@ -8,7 +9,7 @@ stays as it was (docs/sglang_compat.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .choices import ChoicesSamplingMethod, token_length_normalized
@@ -21,17 +22,6 @@ from .expr import (
     SeparateReasoning,
     SglExpr,
 )
-from .function import SglFunction
-
-
-def function(func: Callable | None = None, *, num_api_spec_tokens: int | None = None) -> Any:
-    """Decorate ``def prog(s, ...)`` as an SGL program (``@sgl.function`` or ``@sgl.function()``).
-
-    ``num_api_spec_tokens`` is accepted for SGLang compatibility and ignored.
-    """
-    if func is not None:
-        return SglFunction(func, num_api_spec_tokens)
-    return lambda f: SglFunction(f, num_api_spec_tokens)
 
 
 def gen(
@@ -59,6 +49,8 @@ def gen(
     frequency_penalty: float | None = None,
     presence_penalty: float | None = None,
     ignore_eos: bool | None = None,
+    repetition_penalty: float | None = None,
+    stop_regex: str | Sequence[str] | None = None,
     return_logprob: bool | None = None,
     logprob_start_len: int | None = None,
     top_logprobs_num: int | None = None,
@@ -67,15 +59,18 @@ def gen(
     """Generate text into variable ``name``.
 
     At most one constraint: ``regex``, ``json_schema`` (dict, JSON string or pydantic
-    model class), ``grammar`` (``grammar_syntax`` "lark", "gbnf" or "ebnf") or
-    ``dtype`` (int, float, str, bool: the parsed value is stored). ``choices`` makes
+    model class: the variable is the text, ``state.parsed(name)`` the parsed value or
+    model instance), ``grammar`` (``grammar_syntax`` "lark", "gbnf" or "ebnf") or
+    ``dtype`` (int, float, str, bool or a pydantic model class: the parsed value is stored). ``choices`` makes
     this a ``select`` (as in SGLang). ``timeout`` bounds this one call in seconds.
     ``sampler`` (e.g. ``sgl.OptimalSampler``) generates instead of the backend: any object
     with ``generate_one(prompt, params, constraint)`` returning a ``GenerateResult``.
 
     SGLang's options (keyword-only here): ``n`` samples (the variable becomes a list of
     ``n`` values, the text gets the first), ``frequency_penalty`` / ``presence_penalty``
-    (in [-2, 2]), ``ignore_eos``, and ``return_logprob`` with ``logprob_start_len``,
+    (in [-2, 2]), ``repetition_penalty`` (in (0, 2]; HF's rule over the prompt and the
+    output), ``stop_regex`` (stop at the first match of a Python regex in the output,
+    which is cut where the match starts), ``ignore_eos``, and ``return_logprob`` with ``logprob_start_len``,
     ``top_logprobs_num``, ``return_text_in_logprobs`` (the logprobs go to the
     variable's meta info, as SGLang's ``meta_info``). ``max_tokens=0`` only reads the
     prompt (its logprobs, the prefix cache).
@@ -111,6 +106,8 @@ def gen(
         frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty,
         ignore_eos=ignore_eos,
+        repetition_penalty=repetition_penalty,
+        stop_regex=stop_regex,
         return_logprob=return_logprob,
         logprob_start_len=logprob_start_len,
         top_logprobs_num=top_logprobs_num,
@@ -198,9 +195,6 @@ def assistant_begin() -> RoleBegin:
 
 def assistant_end() -> RoleEnd:
     return RoleEnd("assistant")
-
-
-UNSUPPORTED = ("image", "video")
 
 
 def image(*args: Any, **kwargs: Any) -> SglExpr:
