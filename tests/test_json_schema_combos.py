@@ -327,3 +327,16 @@ def test_lenient_can_name_the_keywords_it_relaxes():
     assert e.value.keyword == "not"
     with pytest.raises(ConstraintError):
         compile_json_schema(schema, None, lenient="uniqueItems")
+
+
+def test_other_keys_may_extend_declared_names_however_many():
+    """Other keys are "any string but a declared name", exactly, even when the declared
+    names make a large trie (it used to be cut, refusing keys that share a long prefix
+    with a declared one: MaskBench o30911's "builtin ")."""
+    words = ["cert", "client", "header", "issuer", "subject", "serial", "digest", "session"]
+    names = [a + b + c for a in words for b in words for c in words[:2]]  # 128 names, ~700 trie nodes
+    cg = _compile({"type": "object", "properties": {n: INT for n in names}})
+    assert cg.accepts_text(json.dumps({names[0] + " ": "x", names[5]: 1, "certclient": [], "": None}))
+    assert cg.accepts_text(json.dumps({names[0][:-1] + "é": "x", names[7] + "\n": "x"}))
+    assert not cg.accepts_text(json.dumps({names[0]: "x"}))  # a declared name takes its own schema
+    assert not cg.accepts_text(f'{{"{names[3]}": 1, "{names[3]}": 2}}')

@@ -152,8 +152,10 @@ def test_json_char_by_char_model(vocab, whitespace):
     m = Matcher(compile_json_schema(CHARACTER, vocab, whitespace=whitespace))
     tokens, jumps = simulate(m, vocab, INSTANCE, char_model)
     assert jumps and m.is_accepting()
-    if whitespace == "compact":  # `"` + `, "metadata"...` and `}` + `}` are re-tokenized
-        assert [j.replace for j in jumps] == [0, 1, 1]
+    if whitespace == "compact":
+        # required keys may come in any order: the first key is not forced, the rest of
+        # it is; every jump re-tokenizes the token pending before it
+        assert [j.replace for j in jumps] == [1, 1, 1]
     assert vocab.decode(tokens) == INSTANCE.encode()
 
 

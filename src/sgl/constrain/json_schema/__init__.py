@@ -61,13 +61,11 @@ def json_schema_grammar(
 ) -> Grammar:
     """The grammar IR of the JSON texts valid against ``schema``.
 
-    ``schema`` is a dict, a bool, or JSON text. ``any_order`` lets declared properties
-    come in any order (each at most once; falls back to schema order, with a note in
-    ``warnings``, when an object has too many properties for that); by default required
-    properties follow the schema's order (except in one of several object alternatives,
-    e.g. ``oneOf`` branches requiring different keys, where they are free too) and
-    optional ones may come anywhere among them (in any order while they are few, else in
-    schema order among themselves), other keys allowed between them
+    ``schema`` is a dict, a bool, or JSON text. Declared properties may come in any order
+    (each at most once) while an object's budget allows it: every member free for up to
+    about 8 members, else the required ones and as many optional ones as fit, the others
+    in schema order among themselves (with a note in ``warnings``); ``any_order`` raises
+    the budget. Other keys are allowed between them
     (docs/json_schema_objects.md). A declared key never comes twice; a key that only
     ``additionalProperties``/``patternProperties`` allow can (no context-free grammar
     can track an unbounded set of names; llguidance and XGrammar neither). ``whitespace="compact"`` accepts exactly ``json.dumps``' default separators

@@ -20,9 +20,12 @@ MAX_SCHEMA_BYTES = 8_000_000
 MAX_RULES = 400_000
 MAX_SECONDS = 20.0
 MAX_ANY_ORDER_RULES = 6_000  # object member-order rules per object with any_order=True
-MAX_DEFAULT_ORDER_RULES = 2_000  # the same by default (see JsonSchemaCompiler._order_plan)
+MAX_DEFAULT_ORDER_RULES = 2_000  # the same by default (see ObjectEmitter._order_plan)
+MAX_SCHEMA_ORDER_RULES = 5_000  # member-order rules per schema (x3 with any_order=True)
+MIN_ORDER_RULES = 500  # per object once the schema's budget is spent (required in schema order)
 MAX_COUNT_STATES = 20_000  # unrolled minItems/maxItems/min/maxProperties states
 MAX_PATTERN_PROPERTIES = 4  # key regions are 2**k
+MAX_LEXEME_LENGTH = 1_000  # longer length bounds on plain strings are counted by the grammar
 MAX_UNION = 64  # alternatives kept when intersecting unions
 MAX_ONE_OF_EXACT = 64  # overlapping oneOf branches separated exactly (each minus all the others)
 MAX_UNIQUE_VALUES = 8  # uniqueItems over a finite element set of at most this size

@@ -8,7 +8,7 @@ from urllib.parse import urldefrag, urljoin
 
 from ..errors import CompileBudgetExceeded, ConstraintError, check_deadline
 from ..grammar import Grammar, GrammarBuilder, prune
-from .common import DEFAULT_BASE, MAX_SECONDS, Options
+from .common import DEFAULT_BASE, MAX_SCHEMA_ORDER_RULES, MAX_SECONDS, Options
 from .emit_arrays import ArrayEmitter
 from .emit_objects import ObjectEmitter
 from .emit_scalars import ScalarEmitter
@@ -51,6 +51,7 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
         self._strings: dict = {}  # string expression -> lexeme node
         self._keys: dict[str, str] = {}  # property name -> key terminal
         self._extra_keys: dict = {}  # (declared, patterns...) -> key terminal for other keys
+        self.order_rules_left = MAX_SCHEMA_ORDER_RULES * (3 if opts.any_order else 1)
 
     # -- errors ------------------------------------------------------------------
     def refuse(self, message: str, ptr: str, keyword: str | None = None) -> None:

@@ -6,8 +6,11 @@ from dataclasses import replace
 from itertools import combinations
 
 from .common import MAX_COUNT_STATES, MAX_UNIQUE_VALUES, json_equal
+from .counting import CountedRepeat
+from .emit_scalars import is_counted_string
 from .facets import ArraySpec
 from .refs import Sub, mk_sand, mk_snot
+from .values import _CHUNKED
 
 
 class ArrayEmitter:
@@ -46,11 +49,18 @@ class ArrayEmitter:
         # positions matter up to L; counts up to K
         L = max(P, mn, 1) if mx is None else mx  # >= 1: state 0 is "nothing written yet"
         K = c_min if c_max is None else c_max + 1
+        if (L + 1) * (K + 1) > MAX_COUNT_STATES and c_ref is None and P < MAX_COUNT_STATES:
+            return self._counted_array(name, spec)
         if (L + 1) * (K + 1) > MAX_COUNT_STATES:
             self.refuse("minItems/maxItems/prefixItems/contains too large to unroll", ptr, "maxItems")
             L = min(L, P)
             mx = None
             mn = min(mn, L)
+        if c_ref is not None and self._counted_strings_compete(spec, c_ref):
+            # two element nonterminals at one position: a quote lexeme next to another
+            # string lexeme would make greedy lexing refuse valid strings
+            self.refuse("a string length over the lexeme budget is not supported inside 'contains'", ptr, "contains")
+            return False
         elems: dict = {}
 
         def elem(i: int, counted: bool | None):
@@ -102,6 +112,46 @@ class ArrayEmitter:
                 self.b.rule(sname, sep + (nt, state(ni, nc)))
                 todo.append((ni, nc))
         self.b.rule(name, (lb, state(0, 0)))
+        self._check_size()
+        return True
+
+    def _counted_strings_compete(self, spec: ArraySpec, c_ref) -> bool:
+        """Would an element matching or not matching ``contains`` be a counted string?"""
+        for base in {*spec.prefix, spec.items}:
+            for ref in (mk_sand(base, c_ref), mk_sand(base, mk_snot(c_ref))):
+                f = self.facets(ref)
+                pieces = () if f.strs is None else f.strs.items if id(f.strs) in _CHUNKED else (f.strs,)
+                if any(is_counted_string(p) for p in pieces):
+                    return True
+        return False
+
+    def _counted_array(self, name: str, spec: ArraySpec) -> bool:
+        """minItems/maxItems too large to unroll (no ``contains``): the prefix items one by
+        one, then ``", " item`` counted in binary (``CountedRepeat``), exact for any count."""
+        lb, rb, comma = self.punct("["), self.punct("]"), self.punct(",")
+        P, mn, mx = len(spec.prefix), spec.min_items, spec.max_items
+        item = self.value_nt(spec.items)
+        for i in range(P):  # S_i: i prefix elements written
+            here = f"{name}@{i}"
+            if i >= mn:
+                self.b.rule(here, (rb,))
+            nt = self.value_nt(spec.prefix[i])
+            if nt is not None and (mx is None or i < mx):
+                self.b.rule(here, (() if i == 0 else (comma,)) + (nt, f"{name}@{i + 1}"))
+        tail = f"{name}@{P}"
+        lo, hi = max(mn - P, 0), None if mx is None else mx - P
+        if item is None or hi == 0:
+            if lo == 0:
+                self.b.rule(tail, (rb,))
+        elif P == 0:  # the first item has no comma before it
+            if lo == 0:
+                self.b.rule(tail, (rb,))
+            rest = CountedRepeat(self.b, name, (comma, item))
+            self.b.rule(tail, (item, *rest.between(max(lo - 1, 0), None if hi is None else hi - 1), rb))
+        else:
+            rest = CountedRepeat(self.b, name, (comma, item))
+            self.b.rule(tail, (*rest.between(lo, hi), rb))
+        self.b.rule(name, (lb, f"{name}@0"))
         self._check_size()
         return True
 

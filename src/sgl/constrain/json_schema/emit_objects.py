@@ -6,15 +6,16 @@ import json
 from functools import lru_cache
 from itertools import combinations
 
-from ..derivatives import ANY_STRING, mk_and, mk_not
+from ..derivatives import ANY_STRING, _contains, mk_and, mk_not
 from ..errors import CompileBudgetExceeded, ConstraintError
 from ..json_strings import json_string_node, literal_string, pattern_node
-from ..regex_ast import NOTHING, Chars, Node, alt, literal, negate, normalize_ranges, seq
+from ..regex_ast import NOTHING, Chars, Node, Repeat, alt, literal, negate, normalize_ranges, seq
 from .common import (
     MAX_ANY_ORDER_RULES,
     MAX_COUNT_STATES,
     MAX_DEFAULT_ORDER_RULES,
     MAX_PATTERN_PROPERTIES,
+    MIN_ORDER_RULES,
 )
 from .facets import ObjectSpec
 from .refs import TRUE, is_false, mk_sand
@@ -24,13 +25,13 @@ class ObjectEmitter:
     """Object rules (a mixin of ``JsonSchemaCompiler``)."""
 
     # -- objects --------------------------------------------------------------------------
-    def object_nt(self, spec: ObjectSpec, ptr: str, free_required: bool = False) -> str | None:
-        key = ("object", spec, free_required)
+    def object_nt(self, spec: ObjectSpec, ptr: str) -> str | None:
+        key = ("object", spec)
         if key in self.value_memo:
             return self.value_memo[key]
         name = self.b.fresh("object")
         self.value_memo[key] = name
-        if not self._object_rules(name, spec, ptr, free_required):
+        if not self._object_rules(name, spec, ptr):
             self.value_memo[key] = None
             self.b.rules = [r for r in self.b.rules if r.lhs != name and not r.lhs.startswith(name + "@")]
             return None
@@ -44,7 +45,7 @@ class ObjectEmitter:
             got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")
         return got
 
-    def _object_rules(self, name: str, spec: ObjectSpec, ptr: str, free_required: bool = False) -> bool:
+    def _object_rules(self, name: str, spec: ObjectSpec, ptr: str) -> bool:
         colon = self.punct(":")
         # declared names: properties of every layer, then required-only names
         declared: list[str] = []
@@ -69,7 +70,7 @@ class ObjectEmitter:
             self.b.rule(kv, (self._key_lexeme(n), colon, v))
             members.append((n, kv, req))
         extras = self._extra_members(name, spec, declared, ptr)
-        return self._member_rules(name, spec, members, extras, ptr, free_required)
+        return self._member_rules(name, spec, members, extras, ptr)
 
     def _extra_members(self, name: str, spec: ObjectSpec, declared: list[str], ptr: str) -> list[str]:
         """kv nonterminals for keys other than the declared ones, one per key region."""
@@ -88,6 +89,10 @@ class ObjectEmitter:
             name_langs.append(f.strs if f.strs is not None else NOTHING)
         out = []
         not_declared, exact = _not_in_set(declared)
+        if not exact and not patterns and not spec.names:  # cut trie: the exact one if it fits
+            exact_node = _not_in_names(tuple(declared))
+            if exact_node is not None:
+                not_declared, exact = exact_node, True
         if not exact:
             self.note("many declared properties: other keys sharing a long prefix with them are not allowed", ptr)
         for size in range(len(patterns) + 1):
@@ -126,7 +131,7 @@ class ObjectEmitter:
         return out
 
     def _member_rules(
-        self, name: str, spec: ObjectSpec, members: list, extras: list, ptr: str, free_required: bool = False
+        self, name: str, spec: ObjectSpec, members: list, extras: list, ptr: str
     ) -> bool:
         mn, mx = spec.min_props, spec.max_props
         n_req = sum(1 for m in members if m[2])
@@ -144,7 +149,7 @@ class ObjectEmitter:
             extra_nt = f"{name}@extra"
             for kv in extras:
                 self.b.rule(extra_nt, (kv,))
-        tracks, free = self._order_plan(members, K, ptr, free_required)
+        tracks, free = self._order_plan(members, K, ptr)
         if len(tracks) == 1 and not free and (len(members) + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
             self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
             K, mn, mx = 1, 0, None
@@ -152,34 +157,45 @@ class ObjectEmitter:
         self._check_size()
         return True
 
-    def _order_plan(self, members: list, K: int, ptr: str, free_required: bool = False) -> tuple[list, list]:
+    def _order_plan(self, members: list, K: int, ptr: str) -> tuple[list, list]:
         """Which declared members keep their schema order (``tracks``: lists of member
         indices, each in schema order, interleaved freely) and which may come in any
         order (``free``). Every declared key comes at most once whatever the plan.
 
-        An object has no order. By default required members keep their schema order (so
-        a closed object's next required key can be forced: jump-forward) and optional
-        ones may come anywhere among them: in any order while they are few, else in
-        schema order among themselves. With ``any_order``, or for one of several object
-        alternatives (``free_required``: the required keys of ``oneOf``/``anyOf``
-        branches, often written first), the required ones may come in any order too:
-        the first plan within the budget wins among all members in any order; required
-        ones in any order and optional ones in schema order among themselves; then the
-        default plans. Past every budget: plain schema order. Plans that keep some order
-        are noted in ``warnings``; see docs/json_schema_objects.md.
+        An object has no order, and a valid instance may write its keys in any order
+        (models often follow ``required``'s order, or put a discriminating key first).
+        The first plan within the budget wins: every member in any order; required ones
+        and as many optional ones as fit (in schema order) in any order, the other
+        optional ones in schema order among themselves; required ones in schema order and
+        optional ones in any order; each group in schema order, interleaved freely. Past
+        every budget: plain schema order. ``any_order`` raises the budget. A free order
+        costs states exponential in the number of free members (a set of used keys),
+        hence the budget; plans that keep some order are noted in ``warnings``; see
+        docs/json_schema_objects.md.
         """
         n = len(members)
         req = [i for i, m in enumerate(members) if m[2]]
         opt = [i for i, m in enumerate(members) if not m[2]]
         budget = MAX_ANY_ORDER_RULES if self.opts.any_order else MAX_DEFAULT_ORDER_RULES
-        plans = [([req], opt), ([req, opt], [])]
-        if self.opts.any_order or free_required:
-            plans = [([], list(range(n))), ([opt], req)] + plans
+        # the whole schema's budget bounds compile time: the first objects (root first)
+        # get free orders, later ones the small plans used before issue 9 once it is spent
+        if self.order_rules_left <= 0:  # spent: required keep their order, small plans only
+            budget, plans = MIN_ORDER_RULES, [([req], opt), ([req, opt], [])]
+        else:
+            budget = min(budget, max(self.order_rules_left, MIN_ORDER_RULES))
+            plans = [([], list(range(n)))]
+            k = _most_free(req, opt, K, budget)
+            if k is not None and len(opt) <= 2 * k + 2:  # a few free among many: not worth the rules
+                plans.append(([opt[k:]], req + opt[:k]))
+            plans += [([opt], req), ([req], opt), ([req, opt], [])]
         for tracks, free in plans:
             tracks = [t for t in tracks if t]
-            if _order_cost(tracks, free, K) <= budget:
-                kept = [what for what, group in (("required", req), ("optional", opt)) if group in tracks and len(group) > 1]
-                if kept and (self.opts.any_order or free_required or kept != ["required"]):
+            cost = _order_cost(tracks, free, K)
+            if cost <= budget:
+                self.order_rules_left -= cost
+                kept = [what for what, group in (("required", req), ("optional", opt)) if len(group) > 1
+                        and any(len([i for i in t if i in group]) > 1 for t in tracks)]
+                if kept:
                     self.note(f"{n} properties are too many to track in any order: {' and '.join(kept)} ones "
                               "keep their schema order among themselves", ptr)
                 return tracks, free
@@ -251,15 +267,76 @@ class ObjectEmitter:
         self.b.rule(name, (lbrace, f"{name}@S{key((0,) * len(tracks), 0, 0)}"))
 
 
+def _most_free(req: list, opt: list, K: int, budget: int) -> int | None:
+    """How many optional members (in schema order) can be free next to the free required
+    ones, the others kept in one schema-order track, within ``budget``; None if none."""
+    best = None
+    for k in range(len(opt) + 1):
+        if _order_cost([t for t in [opt[k:]] if t], req + opt[:k], K) > budget:
+            break
+        best = k
+    return best
+
+
 def _order_cost(tracks: list, free: list, K: int) -> int:
-    """About how many rules ``_order_rules`` makes for this plan."""
-    states = 2 ** len(free) * (K + 1)
+    """About how many rules ``_order_rules`` makes for this plan: its states (the free
+    members used, a position per track, the count when ``K > 1`` counts members) times
+    the rules of a state (the free members not used yet, half on average; two per track;
+    ``}`` and other keys)."""
+    states = 2 ** len(free) * (K + 1 if K > 1 else 1)
     for t in tracks:
         states *= len(t) + 1
-    return states * (2 * len(tracks) + len(free) + 2)
+    return states * (len(free) // 2 + 2 * len(tracks) + 2)
 
 
 MAX_KEY_TRIE_NODES = 300  # each costs ~300 automaton states once JSON-escaped
+
+
+# printable ASCII but for " \ and /: the characters JSON writes one way only (raw)
+ONE_SPELLING = Chars(((0x20, 0x21), (0x23, 0x2E), (0x30, 0x5B), (0x5D, 0x7E)))
+MAX_EXACT_KEY_TRIE_NODES = 50_000
+MAX_EXACT_KEY_LENGTH = 256  # the trie is built recursively
+
+
+@lru_cache(maxsize=1024)
+def _not_in_names(names: tuple) -> Node | None:
+    """Decoded strings other than ``names``, exactly, or None when a name has a character
+    outside ``ONE_SPELLING`` or the names are too many or too long.
+
+    Two disjoint parts: strings of one-spelling characters off the names' trie (each trie
+    node: another such character, then any of them), and strings with some other
+    character (a shared suffix). Only the first grows with the names, and with raw
+    characters only its automaton stays about as small as the trie, where a complement
+    of the trie over all characters costs every node the JSON escape sequences.
+    """
+    if not names or any(len(n) > MAX_EXACT_KEY_LENGTH for n in names):
+        return None
+    if not all(_contains(ONE_SPELLING, ord(ch)) for n in names for ch in n):
+        return None
+    trie: dict = {}
+    count = 0
+    for t in names:
+        node = trie
+        for ch in t:
+            if ch not in node:
+                count += 1
+            node = node.setdefault(ch, {})
+        node[""] = True
+    if count > MAX_EXACT_KEY_TRIE_NODES:
+        return None
+    rest = Repeat(ONE_SPELLING, 0, None)
+    other_char = negate(ONE_SPELLING)
+
+    def build(node: dict) -> Node:
+        kids = sorted(ch for ch in node if ch != "")
+        parts = [] if "" in node else [seq()]
+        others = negate(Chars(normalize_ranges(other_char.ranges + tuple((ord(c), ord(c)) for c in kids))))
+        if others.ranges:
+            parts.append(seq(others, rest))
+        parts += [seq(literal(ch), build(node[ch])) for ch in kids]
+        return alt(*parts) if parts else NOTHING
+
+    return alt(build(trie), seq(rest, other_char, ANY_STRING))
 
 
 def _not_in_set(names) -> tuple[Node, bool]:

@@ -8,10 +8,11 @@ from ..derivatives import ANY_CHAR as _ANY_CHAR
 from ..derivatives import ANY_STRING, LAnd, has_boolean_ops, length_range, mk_and, restrict_length
 from ..errors import CompileBudgetExceeded
 from ..grammar import Terminal
-from ..json_strings import json_string_node
+from ..json_strings import json_chars, json_string_node
 from ..numeric_range import number_regex, points_regex
 from ..regex_ast import NOTHING, Node, Repeat, alt, chars, literal, repeat, seq
-from .common import MAX_EXACT_NUMBER_POINTS, MAX_RULES
+from .common import MAX_EXACT_NUMBER_POINTS, MAX_LEXEME_LENGTH, MAX_RULES
+from .counting import CountedRepeat
 from .refs import Sub
 from .values import _CHUNKED
 
@@ -86,6 +87,10 @@ class ScalarEmitter:
         if f.strs is not None:
             pieces = f.strs.items if id(f.strs) in _CHUNKED else (f.strs,)
             for piece in pieces:
+                counted = self.counted_string_nt(piece)
+                if counted is not None:
+                    out.append((counted,))
+                    continue
                 node = self.string_node(piece, ptr)
                 if node != NOTHING:
                     out.append((self.term(node, "string"),))
@@ -93,11 +98,8 @@ class ScalarEmitter:
             nt = self.array_nt(spec, ptr)
             if nt is not None:
                 out.append((nt,))
-        # one of several object alternatives (anyOf/oneOf/if/not/dependencies): no key is
-        # forced at the start anyway, so required keys may come in any order too
-        several = len(f.objects) + any(isinstance(v, dict) for v in f.values) > 1
         for spec in f.objects:
-            nt = self.object_nt(spec, ptr, free_required=several)
+            nt = self.object_nt(spec, ptr)
             if nt is not None:
                 out.append((nt,))
         for v in f.values:
@@ -116,6 +118,26 @@ class ScalarEmitter:
                 parts.append(number_regex(replace(p, kind="any") if p.scale else replace(p, mult=1)))
         return alt(*parts) if parts else NOTHING
 
+    def counted_string_nt(self, expr) -> str | None:
+        """A string with only a length bound too large for one lexeme's automaton
+        (``maxLength: 10**9``): quotes and one lexeme per character, the characters counted
+        in binary by the grammar (``CountedRepeat``), exact. None for other strings.
+
+        The opening quote is a lexeme of its own, so another string lexeme allowed at the
+        same place could make greedy lexing refuse a valid string; in a value position
+        the only string lexemes are this value's own (``f.strs`` is one expression)."""
+        if not is_counted_string(expr):
+            return None
+        lo, hi, _ = _length_parts(expr)
+        key = ("counted string", lo, hi)
+        got = self.value_memo.get(key)
+        if got is None:
+            got = self.value_memo[key] = self.b.fresh("string")
+            quote = self.b.literal('"')
+            char = self.term(json_chars(_ANY_CHAR), "char")
+            self.b.rule(got, (quote, *CountedRepeat(self.b, got, (char,)).between(lo, hi), quote))
+        return got
+
     def string_node(self, expr, ptr: str) -> Node:
         """The lexeme for a string-language expression (length folded into the pattern)."""
         got = self._strings.get(expr)
@@ -125,15 +147,7 @@ class ScalarEmitter:
 
     def _string_node(self, expr, ptr: str) -> Node:
 
-        items = list(expr.items) if isinstance(expr, LAnd) else [expr]
-        lo, hi = 0, None
-        rest = []
-        for it in items:
-            if isinstance(it, Repeat) and it.item == _ANY_CHAR:
-                lo = max(lo, it.min)
-                hi = it.max if hi is None else (hi if it.max is None else min(hi, it.max))
-            else:
-                rest.append(it)
+        lo, hi, rest = _length_parts(expr)
         if hi is not None and lo > hi:
             return NOTHING
         try:
@@ -154,6 +168,26 @@ class ScalarEmitter:
         except CompileBudgetExceeded as e:
             self.refuse(f"string constraints too complex to combine: {e.message}", ptr, "pattern")
             return json_string_node(ANY_STRING)
+
+
+def is_counted_string(expr) -> bool:
+    """Is ``expr`` a plain length bound too large for one lexeme (``counted_string_nt``)?"""
+    lo, hi, rest = _length_parts(expr)
+    return not rest and max(lo, hi or 0) > MAX_LEXEME_LENGTH and (hi is None or lo <= hi)
+
+
+def _length_parts(expr) -> tuple[int, int | None, list]:
+    """A string expression as (min length, max length or None, the other constraints)."""
+    items = list(expr.items) if isinstance(expr, LAnd) else [expr]
+    lo, hi = 0, None
+    rest = []
+    for it in items:
+        if isinstance(it, Repeat) and it.item == _ANY_CHAR:
+            lo = max(lo, it.min)
+            hi = it.max if hi is None else (hi if it.max is None else min(hi, it.max))
+        else:
+            rest.append(it)
+    return lo, hi, rest
 
 
 def _has_bool(e) -> bool:
