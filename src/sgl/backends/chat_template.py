@@ -38,7 +38,7 @@ _CONTEXTS: dict[str, tuple[list[dict[str, str]], ...]] = {
     "user": ([_SYSTEM], [], [_USER, _ASSISTANT]),
     "assistant": ([_SYSTEM, _USER], [_USER]),
 }
-_OTHER_CONTEXTS = ([_SYSTEM, _USER, _ASSISTANT], [_USER, _ASSISTANT], [_SYSTEM], [])
+_OTHER_CONTEXTS: tuple[list[dict[str, str]], ...] = ([_SYSTEM, _USER, _ASSISTANT], [_USER, _ASSISTANT], [_SYSTEM], [])
 
 
 def _render_errors() -> tuple[type[Exception], ...]:

@@ -13,7 +13,7 @@ class ConstraintError(ValueError):
     such as ``"/properties/age/minimum"`` for a schema, a character offset for a regex.
     """
 
-    def __init__(self, message: str, location: str | None = None, *, keyword: str | None = None):
+    def __init__(self, message: str, location: str | None = None, *, keyword: str | None = None) -> None:
         self.message = message
         self.location = location
         self.keyword = keyword

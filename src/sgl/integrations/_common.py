@@ -43,6 +43,7 @@ def compile_constraint(
         )
     if json_schema is not None:
         schema = json_schema if isinstance(json_schema, bool) else schema_of(json_schema)
+        assert schema is not None  # json_schema is not None here
         return compile_json_schema(schema, vocab, **dict(json_options or {}))
     if regex is not None:
         return compile_regex(regex, vocab)
