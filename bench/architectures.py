@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from test_architectures import ARCHS, ENGINE_NEW_TOKENS, ENGINE_PROMPTS, EOS, _ids, make_checkpoint
 
-from sgl.backends.base import GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.backends.local import LocalModel
 from sgl.engine.llama import Llama
+from sgl.types import SamplingParams
 
 
 def hf_greedy(model, prompt: list[int], device: str, n: int = 16) -> list[int]:

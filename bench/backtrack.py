@@ -60,7 +60,8 @@ def run_backtracking(model: Any, max_new_tokens: int) -> dict[str, Any]:
 
 
 def run_constrained(model: Any, max_new_tokens: int) -> dict[str, Any]:
-    from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+    from sgl.backends.base import GenerateRequest
+    from sgl.types import ConstraintSpec, SamplingParams
 
     t0 = time.perf_counter()
     if hasattr(model.source, "generate"):  # the LocalModel the LogitModel wraps
@@ -71,7 +72,7 @@ def run_constrained(model: Any, max_new_tokens: int) -> dict[str, Any]:
         from sgl.constrain import Matcher, compile_json_schema
 
         matcher = Matcher(compile_json_schema(SCHEMA, model.vocab))
-        ids, _ = model.session().generate(model.encode_prompt(PROMPT), max_new_tokens, 0.0, matcher=matcher)
+        ids, _ = model.session().generate(model.encode_prompt(PROMPT), max_new_tokens, matcher=matcher)
         text, how = model.decode(ids), "engine Llama + Matcher (sgl.backends.local absent)"
     return {"method": f"fully constrained ({how})", "wall_s": time.perf_counter() - t0, "text": text,
             "corrections": 0}

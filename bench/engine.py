@@ -62,7 +62,8 @@ def engine_copy(lm, **flags):
 
 
 def bench_prefix(lm, n: int) -> list[str]:
-    from sgl.backends.base import GenerateRequest, SamplingParams
+    from sgl.backends.base import GenerateRequest
+    from sgl.types import SamplingParams
 
     reqs = [GenerateRequest(FEW_SHOT + f"Topic: {TOPICS[i % len(TOPICS)]} #{i}. Generate a story about it. Story:",
                             SamplingParams(max_tokens=4, temperature=0)) for i in range(n)]
@@ -88,7 +89,8 @@ def bench_prefix(lm, n: int) -> list[str]:
 
 
 def bench_batching(lm, sizes: list[int], tokens: int) -> list[str]:
-    from sgl.backends.base import GenerateRequest, SamplingParams
+    from sgl.backends.base import GenerateRequest
+    from sgl.types import SamplingParams
 
     rows, base = [], None
     for b in sizes:
@@ -114,9 +116,10 @@ def bench_jump(lm, n: int, batch: int) -> list[str]:
     import jsonschema
     from characters import CHARACTER_SCHEMA
 
-    from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+    from sgl.backends.base import GenerateRequest
     from sgl.constrain.compiled import CompiledGrammar
     from sgl.constrain.json_schema import json_schema_grammar
+    from sgl.types import ConstraintSpec, SamplingParams
 
     sys_b, sys_a = lm.role_text("system", "")
     u_b, u_a = lm.role_text("user", "")

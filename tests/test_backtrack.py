@@ -81,6 +81,34 @@ def test_correction_pairs_json() -> None:
     assert prefix == '{"n": "x"' and any("}" in c.example for c in cands)
 
 
+def test_public_name_is_sgl_backtrack() -> None:
+    import sgl.decode.backtrack as impl
+    from sgl.backtrack import guide as public_guide
+    from sgl.backtrack import obtain_correction_pairs as public_pairs
+
+    assert public_guide is impl.guide and public_pairs is impl.obtain_correction_pairs
+    assert public_pairs('{"a": 1,}', SMALL_JSON)[0] == '{"a": 1,'
+
+
+def test_compiled_grammar_walk_reports_stop_and_lexeme_ends() -> None:
+    from sgl.decode.backtrack import compile_text_grammar
+
+    cg = compile_text_grammar(SMALL_JSON)
+    whole = cg.walk(b'{"a": 12}')
+    assert whole.consumed == 9 and cg.can_end(*whole.state)
+    assert whole.state == cg.advance_bytes((cg.initial, 0), b'{"a": 12}')
+    # lexemes end before '"a"', ':', ' ' (ignored), '12' and '}'; the last is in progress
+    assert [end for end, _ in whole.lexeme_ends] == [1, 4, 5, 6, 8] and whole.lexeme_start == 8
+    ignore = cg.tables.ignore
+    assert [lexemes <= ignore for _, lexemes in whole.lexeme_ends] == [False, False, False, True, False]
+    cut = cg.walk(b'{"a": tru!}')
+    assert cut.consumed == len(b'{"a": tru') and cut.lexeme_start == len(b'{"a": ')
+    assert not cg.lexeme_complete(cut.state)
+    # from a state: the walk continues there
+    rest = cg.walk(b"e}", cut.state)
+    assert rest.consumed == 2 and cg.can_end(*rest.state)
+
+
 def test_gives_up_without_loading_a_draft(sql_grammar: str) -> None:
     box = Scripted([], "SELECT TOP 5 name FROM t;")
     with pytest.raises(BacktrackError) as info:

@@ -72,3 +72,20 @@ def test_fill_next_token_bitmasks_threads_agree(matchers, llama3_vocab):
     out = allocate_bitmask(12, llama3_vocab.n_vocab)
     fill_next_token_bitmasks([m.copy() for m in matchers * 4], out, threads=4)
     assert np.array_equal(out, ref)
+
+
+@pytest.mark.parametrize("n_vocab", [1, 31, 32, 33, 1000])
+def test_pack_unpack_count_round_trip(n_vocab):
+    """The one pack/unpack/count of the bitmask layout agree with each other and with
+    a hand-set bit; tokens past the mask's end are never allowed."""
+    from sgl.constrain.bitmask import count_allowed, pack_bools, unpack_bitmask
+
+    rng = np.random.default_rng(n_vocab)
+    allowed = rng.random((2, n_vocab)) < 0.3
+    allowed[1, n_vocab - 1] = True
+    words = pack_bools(allowed)
+    assert words.shape == (2, (n_vocab + 31) // 32)
+    assert bool(words[1, (n_vocab - 1) // 32] >> ((n_vocab - 1) % 32) & 1)
+    assert (unpack_bitmask(words, n_vocab) == allowed).all()
+    assert count_allowed(words) == int(allowed.sum())
+    assert not unpack_bitmask(words, n_vocab + 40)[:, n_vocab:].any()

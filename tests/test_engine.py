@@ -15,13 +15,14 @@ import pytest
 import torch
 from test_local_model import tiny_config, tiny_state
 
-from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.engine.kv_pool import KVPool
 from sgl.engine.llama import Llama
 from sgl.engine.paged_forward import RowInput, forward_rows
 from sgl.engine.radix_cache import RadixCache
 from sgl.engine.request import SeqRequest
 from sgl.engine.scheduler import Engine, EngineConfig
+from sgl.types import ConstraintSpec, SamplingParams
 
 # ------------------------------------------------------------------ KV pool
 
@@ -243,8 +244,17 @@ def _local(lm, **flags):
     other.engine_config = cfg
     other.engine = Engine(lm.model, lm.vocab.token_bytes, lm.eos_token_ids, cfg,
                           max_context=lm.max_context, vocab=lm.vocab)
-    other._grammars = {}  # fresh masks: one side must not warm the other's cache
+    # cold masks: one side must not warm the other's (the shared compile cache would)
+    other.compile_constraint = lambda spec: _cold_compile(spec, lm.vocab)
     return other
+
+
+def _cold_compile(spec, vocab):
+    """A fresh CompiledGrammar for ``spec`` (empty mask caches), outside the shared cache."""
+    from sgl.constrain import CompiledGrammar, compile_spec
+
+    text_only = compile_spec(spec)  # the grammar, without a vocabulary's mask caches
+    return None if text_only is None else CompiledGrammar(text_only.grammar, vocab)
 
 
 CHARACTER_SCHEMA = {
@@ -284,16 +294,11 @@ def test_real_model_lazy_masks_on_equal_off_and_jump_forward_saves_steps(lm):
     tokenized canonically. So the test asks for valid outputs and fewer forward passes."""
     import jsonschema
 
-    from sgl.constrain.compiled import CompiledGrammar
-    from sgl.constrain.json_schema import json_schema_grammar
 
     reqs = _character_requests(lm, 3)
     runs = {}
     for jf, lazy in ((False, False), (False, True), (True, True)):
-        m = _local(lm, jump_forward=jf, lazy_masks=lazy)
-        # cold masks for each run (compile_json_schema would share one warm grammar)
-        m._grammars[("json_schema", json.dumps(CHARACTER_SCHEMA, sort_keys=True))] = CompiledGrammar(
-            json_schema_grammar(CHARACTER_SCHEMA), lm.vocab)
+        m = _local(lm, jump_forward=jf, lazy_masks=lazy)  # cold masks for each run
         try:
             runs[jf, lazy] = ([r.text for r in m.generate_batch(reqs)], m.engine.stats)
         finally:

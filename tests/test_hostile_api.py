@@ -191,3 +191,23 @@ def test_empty_languages_are_refused_at_compile(call):
 def test_a_dead_branch_is_pruned_not_offered():
     g = compile_grammar('root ::= "a" | "b" []', syntax="gbnf")
     assert g.accepts_text("a") and not g.accepts_text("b")
+
+
+def test_a_mask_over_its_time_budget_names_the_budget(llama3_vocab):
+    """The per-mask budget: an ambiguous grammar's mask stops with a clear error when
+    over ``mask_seconds`` (0 here, so any mask not cached yet is over), and masks
+    within the default budget."""
+    from sgl.constrain import Matcher, allocate_bitmask
+
+    text = 'start: s\ns: s s | "a"'
+    out = allocate_bitmask(1, llama3_vocab.n_vocab)
+    tight = Matcher(compile_grammar(text, llama3_vocab, budget=CompileBudget(mask_seconds=0.0)))
+    with pytest.raises(CompileBudgetExceeded, match=r"one token mask .*\(budget: mask_seconds\)"):
+        tight.fill_bitmask(out)
+    m = Matcher(compile_grammar(text, llama3_vocab))
+    aa = llama3_vocab.token_id(b"aa")
+    for _ in range(100):
+        m.fill_bitmask(out)
+        assert (out[0, aa >> 5] >> (aa & 31)) & 1
+        assert m.advance(aa)
+    assert m.is_accepting()

@@ -24,16 +24,10 @@ from sgl.constrain import (
     compile_json_schema,
 )
 from sgl.constrain.automaton import to_dfa
-from sgl.constrain.json_formats import (
-    ANY_STRING,
-    FORMAT_REGEXES,
-    format_node,
-    json_string_node,
-    literal_string,
-    pattern_node,
-    restrict_length,
-)
+from sgl.constrain.derivatives import ANY_STRING, restrict_length
+from sgl.constrain.json_formats import FORMAT_REGEXES, format_node
 from sgl.constrain.json_schema import json_schema_grammar
+from sgl.constrain.json_strings import json_string_node, literal_string, pattern_node
 from sgl.constrain.numeric_range import (
     EXP_INTEGRAL_FROM,
     MAX_EXP_DIGITS,

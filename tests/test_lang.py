@@ -8,62 +8,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
+from scripted import ScriptedBackend
 
 import sgl
-from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
+from sgl.backends.base import Capabilities, GenerateResult
 from sgl.lang.dtypes import DTYPE_REGEX
-
-
-class ScriptedBackend(Backend):
-    """Canned answers: ``outputs`` in order, or ``respond(request)``; records every call."""
-
-    def __init__(
-        self,
-        outputs: list[str] | None = None,
-        respond: Callable[[GenerateRequest], str] | None = None,
-        choose: Callable[[str, list[str]], int] | None = None,
-        delay: float = 0.0,
-        chunk: int = 2,
-    ):
-        self.outputs = list(outputs or [])
-        self.respond = respond
-        self.choose = choose or (lambda prompt, choices: 0)
-        self.delay = delay
-        self.chunk = chunk
-        self.requests: list[GenerateRequest] = []
-        self.selects: list[tuple[str, list[str], str]] = []
-        self.lock = threading.Lock()
-
-    def _answer(self, request: GenerateRequest) -> str:
-        with self.lock:
-            self.requests.append(request)
-            if self.respond is None:
-                return self.outputs.pop(0)
-        return self.respond(request)  # outside the lock: responders may block (barriers)
-
-    def generate(self, request: GenerateRequest) -> GenerateResult:
-        text = self._answer(request)
-        time.sleep(self.delay)
-        return GenerateResult(
-            text, token_ids=list(range(len(text))), finish_reason="stop", meta={"scripted": True}
-        )
-
-    def generate_stream(self, request: GenerateRequest):
-        text = self._answer(request)
-        for i in range(0, len(text), self.chunk):
-            time.sleep(self.delay)
-            yield text[i : i + self.chunk]
-
-    def select(self, prompt, choices, method="token_length_normalized"):
-        self.selects.append((prompt, list(choices), method))
-        index = self.choose(prompt, list(choices))
-        return SelectResult(index, [0.0 if i == index else -1.0 for i in range(len(choices))])
-
-    def role_text(self, role, content):
-        return f"<|{role}|>", "<|end|>\n"
 
 
 # --- text, gen, sampling parameters ----------------------------------------------
@@ -412,6 +363,8 @@ def test_run_batch_keeps_order_and_failures_do_not_stop_others():
 
 def test_run_batch_gathers_concurrent_requests_into_generate_batch():
     class Batching(ScriptedBackend):
+        capabilities = Capabilities(gathers_batches=True, max_batch=8)  # opts in
+
         def __init__(self):
             super().__init__(respond=lambda r: r.prompt.upper())
             self.sizes = []
@@ -435,6 +388,26 @@ def test_run_batch_gathers_concurrent_requests_into_generate_batch():
     assert (
         states[-1].error() is None and states[-1]["a"] == "BAD"
     )  # retried alone, and it works alone
+
+
+def test_run_batch_does_not_gather_without_the_capability():
+    class NotOptedIn(ScriptedBackend):
+        def __init__(self):
+            super().__init__(respond=lambda r: "x")
+            self.batch_calls = 0
+
+        def generate_batch(self, requests):
+            self.batch_calls += 1
+            return [self.generate(r) for r in requests]
+
+    @sgl.function
+    def prog(s, w):
+        s += w + sgl.gen("a")
+
+    backend = NotOptedIn()
+    states = prog.run_batch([{"w": str(i)} for i in range(6)], backend=backend, num_threads=6)
+    assert [st["a"] for st in states] == ["x"] * 6
+    assert backend.batch_calls == 0  # each run called generate() itself
 
 
 def test_run_batch_positional_tuples_and_single_thread():
@@ -637,3 +610,121 @@ def test_gen_with_a_sampler_bypasses_the_backend():
     assert state["x"] == "42" and state.text() == "Answer: 42"
     assert calls == [("Answer: ", 5, r"\d+")]
     assert backend.requests == []
+
+
+def test_runtime_writes_program_state_only_through_its_api():
+    """Issue 10: the interpreter used to read and write ~36 private attributes of the
+    state; now no module outside lang/state.py touches one (checked in the source)."""
+    import ast
+    from pathlib import Path
+
+    src = Path(sgl.__file__).parent
+    state_tree = ast.parse((src / "lang" / "state.py").read_text())
+    private = {
+        node.attr
+        for node in ast.walk(state_tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+        and node.attr.startswith("_") and not node.attr.startswith("__")
+    }
+    assert {"_text", "_vars", "_cond", "_role"} <= private  # the check sees the state's fields
+    offenders = []
+    for path in sorted(src.rglob("*.py")):
+        if path == src / "lang" / "state.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in private
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                offenders.append(f"{path.relative_to(src)}:{node.lineno} {ast.unparse(node)}")
+    assert offenders == []
+
+
+# --- typed results (issue 13 item 7) -----------------------------------------------------
+def _finishing(outputs, finish_reason="stop"):
+    """Scripted answers that end with a chosen finish reason."""
+    return ScriptedBackend(outputs, finish_reason=finish_reason)
+
+
+def test_json_schema_model_keeps_the_text_and_parses_the_model():
+    pydantic = pytest.importorskip("pydantic", reason="typed results need pydantic models")
+
+    class City(pydantic.BaseModel):
+        name: str
+        population: int
+
+    @sgl.function
+    def prog(s):
+        s += "City: " + sgl.gen("city", json_schema=City, max_tokens=32)
+        s += " / " + sgl.gen("raw", json_schema={"type": "array"}, max_tokens=8)
+        s += " / " + sgl.gen("n", dtype=int)
+        s += " / " + sgl.gen("free")
+
+    answer = '{"name": "Paris", "population": 2100000}'
+    backend = _finishing([answer, "[1, 2]", "42", "hello"])
+    state = prog.run(backend=backend)
+    assert state["city"] == answer and answer in state.text()  # the variable is the text
+    city = state.parsed("city")
+    assert isinstance(city, City) and city == City(name="Paris", population=2100000)
+    assert backend.requests[0].constraint.json_schema == City.model_json_schema()
+    assert state.parsed("raw") == [1, 2]  # a schema dict: the JSON value
+    assert state["n"] == 42 and state.parsed("n") == 42
+    with pytest.raises(sgl.ProgramError, match="no parsed value"):
+        state.parsed("free")
+    with pytest.raises(KeyError):
+        state.parsed("missing")
+
+
+def test_dtype_model_stores_the_instance():
+    pydantic = pytest.importorskip("pydantic", reason="typed results need pydantic models")
+
+    class Point(pydantic.BaseModel):
+        x: int
+        y: int
+
+    @sgl.function
+    def prog(s):
+        s += "P = " + sgl.gen("p", dtype=Point, max_tokens=16)
+
+    backend = _finishing(['{"x": 1, "y": -2}'])
+    state = prog.run(backend=backend)
+    assert state["p"] == Point(x=1, y=-2) and state.parsed("p") is state["p"]
+    assert state.text() == 'P = {"x": 1, "y": -2}'
+    assert backend.requests[0].constraint.json_schema == Point.model_json_schema()
+    with pytest.raises(ValueError, match="at most one"):
+        sgl.gen("p", dtype=Point, json_schema={"type": "object"})
+
+
+def test_truncated_or_invalid_model_value_raises_where_it_is_read():
+    pydantic = pytest.importorskip("pydantic", reason="typed results need pydantic models")
+
+    class Item(pydantic.BaseModel):
+        qty: int = pydantic.Field(ge=1)  # a bound JSON Schema states; the check runs in pydantic
+
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("item", json_schema=Item, max_tokens=4)
+
+    cut = prog.run(backend=_finishing(['{"qty": '], finish_reason="length"))
+    with pytest.raises(sgl.ProgramError, match="cut by max_tokens=4"):
+        cut.parsed("item")
+    with pytest.raises(sgl.ProgramError, match="cut by max_tokens=4"):
+        cut["item"]
+    assert cut.get_meta_info("item")["truncated"] is True
+
+    invalid = prog.run(backend=_finishing(['{"qty": 0}']))
+    assert invalid["item"] == '{"qty": 0}'  # the text is kept
+    with pytest.raises(sgl.ProgramError, match="(?s)does not parse.*greater than or equal to 1"):
+        invalid.parsed("item")
+    assert "parse_error" in invalid.get_meta_info("item")
+
+
+def test_compiler_accepts_a_model_class_as_dtype():
+    pydantic = pytest.importorskip("pydantic", reason="typed results need pydantic models")
+
+    class Point(pydantic.BaseModel):
+        x: int
+
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("p", dtype=Point) + sgl.gen("q", json_schema=Point)
+
+    assert prog.compile().ok, prog.compile().format()

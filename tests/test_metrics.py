@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sgl.runtime import trace
-from sgl.runtime.metrics import Distribution, Metrics, get_metrics, get_stats, percentile
+from sgl.telemetry import trace
+from sgl.telemetry.metrics import Distribution, Metrics, get_metrics, get_stats, percentile
 
 # One Prometheus sample line: name{labels} value (text format 0.0.4)
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? (\S+)$')
@@ -167,7 +167,7 @@ def test_tracing_is_off_by_default_and_costs_nothing(monkeypatch):
 def test_sgl_trace_env_var_enables_tracing(tmp_path):
     path = tmp_path / "env-trace.jsonl"
     code = (
-        "from sgl.runtime import trace as t\n"
+        "from sgl.telemetry import trace as t\n"
         "tr = t.begin_trace('p', {'kind': 'regex', 'value': 'a+'}, request_id='r1')\n"
         "t.record_token(tr, 7, 'a', 'forced', -0.1, [('a', -0.1), ('b', -2.5)], 0.3)\n"
         "t.end_trace(tr, 'stop', masks=1)\n"

@@ -121,7 +121,7 @@ USER = "<|im_start|>user\nName a color.<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(model_package):
     from sgl.decode.optimal import load_logit_model
 
     try:
@@ -131,7 +131,7 @@ def model():
 
 
 def _greedy(model, prompt: str, n: int) -> list[int]:
-    ids, _ = model.session().generate(model.encode_prompt(prompt), n, 0.0)
+    ids, _ = model.session().generate(model.encode_prompt(prompt), n)
     return ids
 
 
@@ -187,7 +187,7 @@ def test_adaptive_alpha_with_constraint_and_diagnostics(model) -> None:
     assert step.alpha[0] == pytest.approx(alpha_kl_symmetry(pb, pt), abs=1e-5)
 
     pattern = r"(red|green|blue|yellow)"
-    from sgl.backends.base import ConstraintSpec
+    from sgl.types import ConstraintSpec
 
     r = sampler.generate(USER, max_tokens=6, temperature=0.7, seed=3, collect_diagnostics=True,
                          constraint=ConstraintSpec(regex=pattern))
@@ -220,7 +220,8 @@ def _masked_first_step(model, sampler, pattern):
 def test_other_rules_and_generate_one(model) -> None:
     import torch
 
-    from sgl.backends.base import GenerateResult, SamplingParams
+    from sgl.backends.base import GenerateResult
+    from sgl.types import SamplingParams
 
     with torch.inference_mode():
         lb = model.session().prefill(model.encode_prompt(USER))[None]
@@ -242,3 +243,16 @@ def test_other_rules_and_generate_one(model) -> None:
     assert isinstance(res, GenerateResult)
     assert len(res.meta["alphas"]) == len(res.token_ids) == 2
     assert res.text == model.decode(res.token_ids)
+
+
+def test_one_alpha_per_token_when_the_text_ends_with_eos(model) -> None:
+    """Issue 10: the EOS step used to add an α (12 tokens, 13 alphas)."""
+    prompt = "<|im_start|>user\nSay yes.<|im_end|>\n<|im_start|>assistant\n"
+    sampler = OptimalSampler(model, model, teacher_prompt=SYSTEM)
+    r = sampler.generate([prompt, USER], max_tokens=40, temperature=0.0, collect_diagnostics=True)
+    assert "eos" in r.finish_reasons  # the case under test happens
+    for i in range(2):
+        n = r.num_tokens[i]
+        assert n == len(r.generated_ids[i])
+        for key in ("alphas", "ess_ratios", "ess_base", "kl_base", "kl_teacher"):
+            assert len(getattr(r, key)[i]) == n, key

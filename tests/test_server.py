@@ -1,52 +1,42 @@
-"""The OpenAI-compatible server.
-
-Part 1 runs the app in-process over a scripted Backend (protocol: request mapping,
-errors, limits, streaming format, metrics, traces). Part 2 starts ``python -m
-sgl.server`` as a real process on loopback with the real SmolLM2 model and talks to it
-with the official ``openai`` client and with SGL programs through ``sgl.OpenAI``.
-"""
+"""The OpenAI-compatible server in-process over a scripted Backend: request mapping,
+errors, limits, streaming format, metrics, traces (the real model in a real server
+process: test_server_real.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import jsonschema
 import pytest
-from conftest import start_server, stop_server
 from fastapi.testclient import TestClient
+from scripted import ScriptedBackend
 
-from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
-from sgl.runtime import trace
-from sgl.runtime.metrics import Metrics
+from sgl.backends.base import GenerateRequest, GenerateResult, SelectResult
 from sgl.server.app import ServerSettings, create_app
+from sgl.telemetry import trace
+from sgl.telemetry.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-test-key"
 
 
-# =====================================================================================
-# Part 1: in-process, scripted backend
-# =====================================================================================
-class ScriptedBackend(Backend):
-    """Answers ``text`` (or the last allowed choice) and records every request."""
+class ServerScripted(ScriptedBackend):
+    """The shared scripted backend, answering as a chat model would: ``text`` (or the last
+    allowed choice) in whole words, with logprobs when asked, EOS at the end."""
 
     default_system_prompt = "You are scripted."
 
     def __init__(self, text: str = "Hello there, world") -> None:
+        super().__init__(respond=self._respond, chunk=1)
         self.text = text
-        self.requests: list[GenerateRequest] = []
 
-    def _answer(self, request: GenerateRequest) -> str:
+    def _respond(self, request: GenerateRequest) -> str:
         c = request.constraint
         return c.choices[-1] if c is not None and c.choices else self.text
 
-    def _result(self, request: GenerateRequest, text: str) -> GenerateResult:
+    def result(self, request: GenerateRequest, text: str) -> GenerateResult:
         n = len(text.split())
         k = request.params.top_logprobs
         return GenerateResult(text=text, token_ids=list(range(10, 10 + n)), finish_reason="eos",
@@ -54,15 +44,10 @@ class ScriptedBackend(Backend):
                               top_logprobs=[[(t, -0.25), (t + 100, -2.0)][:k] for t in range(10, 10 + n)] if k else None,
                               meta={"prompt_tokens": len(request.prompt.split())})
 
-    def generate(self, request: GenerateRequest) -> GenerateResult:
-        self.requests.append(request)
-        return self._result(request, self._answer(request))
-
     def generate_stream(self, request: GenerateRequest) -> Iterator[str]:
-        self.requests.append(request)
-        text = self._answer(request)
+        text = self.answer(request)
         yield from re.findall(r"\S+\s*", text)
-        return self._result(request, text)
+        return self.result(request, text)
 
     def select(self, prompt, choices, method="token_length_normalized"):
         return SelectResult(0, [0.0] * len(choices))
@@ -76,7 +61,7 @@ class ScriptedBackend(Backend):
 
 @pytest.fixture
 def scripted():
-    backend = ScriptedBackend()
+    backend = ServerScripted()
     settings = ServerSettings(model_name="scripted", api_key=KEY, max_tokens_limit=100, max_body_bytes=20_000,
                               max_constraint_bytes=2_000, metrics=Metrics())
     with TestClient(create_app(backend, settings)) as client:
@@ -115,6 +100,30 @@ def test_serve_flags_take_vllm_and_sglang_spellings():
     for argv in (["serve", "--model-na", "x"], ["serve", "--max-num", "2"]):  # no prefix matching
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_model_flags_reach_the_engine(command):
+    """Issue 10: `sgl serve --model PATH --max-running 4` (and `sgl run`) build the
+    LocalModel through one factory that passes every engine flag on."""
+    pytest.importorskip("torch")
+    from sgl.cli import build_parser, make_backend
+    from sgl.engine.model_loader import resolve_checkpoint
+    from sgl.server.main import build_backend
+
+    try:
+        folder = str(resolve_checkpoint(None).folder)
+    except FileNotFoundError as e:
+        pytest.skip(f"the packaged model is not installed: {e}")
+    argv = [command, *(["program.py"] if command == "run" else []), "--model", folder, "--max-running", "4",
+            "--kv-budget-mb", "64", "--max-context", "512"]
+    args = build_parser().parse_args(argv)
+    backend = build_backend(args) if command == "serve" else make_backend(args)
+    try:
+        info = backend.get_server_info()
+        assert (info["max_running_requests"], info["kv_budget_mb"], info["context_length"]) == (4, 64.0, 512)
+    finally:
+        backend.close()
 
 
 def test_chat_prompt_is_built_with_role_text(scripted):
@@ -179,6 +188,45 @@ def test_constraint_fields_reach_the_backend(scripted, extra, field, value):
     assert (list(got) if field == "choices" else got) == value
     if field == "grammar" and "grammar_syntax" not in extra:  # vLLM's rule: "::=" means GBNF, else Lark
         assert spec.grammar_syntax == ("gbnf" if "::=" in value else "lark")
+
+
+ST_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+ST_LEGACY = {"type": "structural_tag", "triggers": ["<function="],
+             "structures": [{"begin": "<function=get_weather>", "schema": ST_SCHEMA, "end": "</function>"}]}
+ST_FORMAT = {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": ["<function="], "tags": [
+    {"begin": "<function=get_weather>", "content": {"type": "json_schema", "json_schema": ST_SCHEMA}, "end": "</function>"}]}}
+
+
+@pytest.mark.parametrize("extra", [
+    {"response_format": ST_LEGACY},
+    {"response_format": ST_FORMAT},
+    {"structural_tag": ST_LEGACY},
+    {"structural_tag": json.dumps(ST_LEGACY)},  # vLLM sends JSON text
+    {"structured_outputs": {"structural_tag": json.dumps(ST_FORMAT)}},
+], ids=["response_format", "response_format-xgrammar", "extra-field", "extra-field-text", "structured_outputs"])
+def test_structural_tag_fields_reach_the_backend(scripted, extra):
+    """Every spelling becomes one structural-tag constraint, its schemas made strict."""
+    client, backend, _ = scripted
+    r = client.post("/v1/chat/completions", json=chat_body(**extra))
+    assert r.status_code == 200, r.text
+    spec = backend.requests[-1].constraint
+    assert spec.grammar_syntax == "structural_tag"
+    tag = json.loads(spec.grammar)
+    schema = tag["structures"][0]["schema"] if "structures" in tag else tag["format"]["tags"][0]["content"]["json_schema"]
+    assert schema["additionalProperties"] is False  # the server's strict default
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"structural_tag": "{not json"}, "not valid JSON"),
+    ({"structural_tag": ST_LEGACY | {"triggers": ["<tool>"]}}, "does not start with a trigger"),
+    ({"response_format": {"type": "structural_tag", "triggers": ["<f"]}}, "structures must be a non-empty list"),
+    ({"structural_tag": ST_LEGACY, "regex": "a"}, "one constraint per request"),
+])
+def test_bad_structural_tags_are_400(scripted, extra, needle):
+    client, backend, _ = scripted
+    r = client.post("/v1/chat/completions", json=chat_body(**extra))
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+    assert backend.requests == []
 
 
 @pytest.mark.parametrize(
@@ -413,6 +461,48 @@ def test_tool_call_streamed(scripted, choice):
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+ANSWER = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("text, is_call", [('{"answer": "sunny"}', False), ('{"name": "get_weather", "arguments": {"city": "Oslo"}}', True)])
+def test_tools_with_response_format_call_or_answer(scripted, text, is_call, stream):
+    """tool_choice auto + response_format: one pass under 'a call or the format'."""
+    client, backend, _ = scripted
+    backend.text = text
+    body = chat_body(tools=[WEATHER], response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": ANSWER}},
+                     stream=stream)
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert len(backend.requests) == 1  # no second pass
+    schema = backend.requests[0].constraint.json_schema
+    assert len(schema["anyOf"]) == 2 and schema["anyOf"][1]["additionalProperties"] is False  # strict answer
+    assert "JSON in the requested format" in backend.requests[0].prompt
+    if stream:
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        deltas = [e["choices"][0]["delta"] for e in events if e.get("choices")]
+        calls = [t for d in deltas for t in d.get("tool_calls") or []]
+        content = "".join(d.get("content") or "" for d in deltas)
+        finish = events[-1]["choices"][0]["finish_reason"]
+    else:
+        message = r.json()["choices"][0]["message"]
+        calls, content, finish = message.get("tool_calls") or [], message["content"] or "", r.json()["choices"][0]["finish_reason"]
+    if is_call:
+        assert finish == "tool_calls" and calls[0]["function"]["name"] == "get_weather" and not content
+    else:
+        assert finish == "stop" and not calls and json.loads(content) == {"answer": "sunny"}
+
+
+def test_tools_with_a_format_need_auto(scripted):
+    client, backend, _ = scripted
+    rf = {"type": "json_object"}
+    r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER], tool_choice="required", response_format=rf))
+    assert r.status_code == 400 and "tool_choice 'auto'" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER], response_format=ST_LEGACY))
+    assert r.status_code == 400 and "a json_schema or json_object response_format can" in r.json()["error"]["message"]
+    assert backend.requests == []
+
+
 def test_tool_results_go_back_into_the_prompt(scripted):
     client, backend, _ = scripted
     messages = [
@@ -446,7 +536,7 @@ def test_strict_schema_default_is_a_setting(scripted):
 
 def test_trace_log_has_one_line_per_request(tmp_path):
     path = tmp_path / "server-trace.jsonl"
-    backend = ScriptedBackend()
+    backend = ServerScripted()
     try:
         with TestClient(create_app(backend, ServerSettings(model_name="m", trace_path=str(path), metrics=Metrics()))) as client:
             client.post("/v1/chat/completions", json=chat_body(model="m", regex="Hello.*"))
@@ -460,276 +550,3 @@ def test_trace_log_has_one_line_per_request(tmp_path):
     assert first["type"] == "request" and first["outputs"] == ["Hello there, world"]
     assert first["constraint"] == {"kind": "regex", "value": "Hello.*"} and first["constraint_outcomes"] == ["satisfied"]
     assert first["latency_s"] > 0 and records[1]["ttft_s"] is not None
-
-
-# =====================================================================================
-# Part 2: a real server process with the real model, through the openai client
-# =====================================================================================
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``python -m sgl.server`` with the default model (SmolLM2-135M) on a free port."""
-    if importlib.util.find_spec("sgl.backends.local") is None:
-        pytest.skip("sgl.backends.local is not available")
-    folder = tmp_path_factory.mktemp("server")
-    trace_path = folder / "trace.jsonl"
-    proc, base, log = start_server(folder, "--api-key", KEY, "--max-tokens-limit", "64", "--max-num-seqs", "8", "--seed", "0",
-                                   "--max-body-bytes", "100000", "--trace", str(trace_path), "--log-level", "warning")
-    model = httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]["id"]
-    yield {"base": base, "url": base + "/v1", "model": model, "trace": trace_path, "proc": proc}
-    stop_server(proc, log)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    import openai
-
-    return openai.OpenAI(base_url=server["url"], api_key=KEY, max_retries=0, timeout=120)
-
-
-def ask(server, client, question: str, max_tokens: int = 16, **kwargs):
-    kwargs.setdefault("temperature", 0)
-    return client.chat.completions.create(model=server["model"], messages=[{"role": "user", "content": question}],
-                                          max_tokens=max_tokens, **kwargs)
-
-
-@pytest.mark.slow
-def test_real_chat(server, client):
-    r = ask(server, client, "What is the capital of France?", max_tokens=8)
-    assert r.choices[0].message.role == "assistant"
-    assert "Paris" in r.choices[0].message.content
-    assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 8
-
-
-@pytest.mark.slow
-def test_real_streaming(server, client):
-    question = "Name three fruits."
-    stream = ask(server, client, question, max_tokens=12, stream=True, stream_options={"include_usage": True})
-    chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 3  # really incremental
-    assert chunks[-1].usage.completion_tokens > 0 and chunks[-2].choices[0].finish_reason in ("stop", "length")
-    whole = ask(server, client, question, max_tokens=12).choices[0].message.content
-    assert text == whole  # greedy: the stream is the same answer, delivered in pieces
-
-
-@pytest.mark.slow
-def test_real_json_schema(server, client):
-    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
-              "required": ["name", "age"], "additionalProperties": False}
-    r = ask(server, client, "Invent a person. Reply in JSON with name and age.", max_tokens=32,
-            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}})
-    content = r.choices[0].message.content
-    assert r.choices[0].finish_reason == "stop", content
-    jsonschema.validate(json.loads(content), schema)
-
-
-REAL_WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
-def test_real_tool_calls(server, client, choice):
-    question = "What is the weather in Paris?"
-    r = ask(server, client, question, max_tokens=40, tools=[REAL_WEATHER], tool_choice=choice)
-    assert r.choices[0].finish_reason == "tool_calls", r.choices[0].message
-    calls = r.choices[0].message.tool_calls
-    assert calls and all(c.function.name == "get_weather" and c.id.startswith("call_") for c in calls)
-    arguments = json.loads(calls[0].function.arguments)
-    assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
-    # streamed: the same call, as tool_call deltas
-    chunks = list(ask(server, client, question, max_tokens=40, tools=[REAL_WEATHER], tool_choice=choice, stream=True))
-    deltas = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
-    assert [json.loads(d.function.arguments) for d in deltas] == [json.loads(c.function.arguments) for c in calls]
-    assert chunks[-1].choices[0].finish_reason == "tool_calls"
-    # the call and its result go back into the conversation; auto lets the model answer
-    messages = [{"role": "user", "content": question}, r.choices[0].message.model_dump(exclude_none=True),
-                {"role": "tool", "tool_call_id": calls[0].id, "content": "18 degrees and sunny"}]
-    followup = client.chat.completions.create(model=server["model"], messages=messages, tools=[REAL_WEATHER],
-                                              max_tokens=24, temperature=0)
-    assert followup.choices[0].finish_reason in ("stop", "length", "tool_calls")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["TOOLS", "JSON_SCHEMA"])
-def test_real_instructor(server, client, mode):
-    instructor = pytest.importorskip("instructor", reason="instructor is in the test extra")
-    from pydantic import BaseModel, Field
-
-    class City(BaseModel):
-        name: str = Field(max_length=20)
-        country: str = Field(max_length=20)
-
-    patched = instructor.from_openai(client, mode=getattr(instructor.Mode, mode))
-    city = patched.chat.completions.create(
-        model=server["model"], response_model=City, max_retries=0, max_tokens=64, temperature=0,
-        messages=[{"role": "user", "content": "Name the capital of France and its country."}])
-    assert isinstance(city, City) and city.name and city.country
-
-
-@pytest.mark.slow
-def test_real_top_logprobs(server, client):
-    question = "Name a colour."
-    r = ask(server, client, question, max_tokens=6, logprobs=True, top_logprobs=3)
-    content = r.choices[0].logprobs.content
-    assert "".join(t.token for t in content) == r.choices[0].message.content
-    for t in content:  # greedy: the chosen token is the most likely one, listed first
-        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token
-        assert t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-4)
-        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
-    chunks = list(ask(server, client, question, max_tokens=6, logprobs=True, top_logprobs=3, stream=True, n=2))
-    for index in (0, 1):
-        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
-        streamed = [t for c in mine if c.logprobs for t in c.logprobs.content]
-        assert [(t.token, t.top_logprobs[1].token) for t in streamed] == [(t.token, t.top_logprobs[1].token) for t in content]
-        assert sum(1 for c in mine if c.logprobs and c.logprobs.content) >= 3  # sent with their text, not all at the end
-    c = client.completions.create(model=server["model"], prompt="The sky is", max_tokens=4, temperature=0, logprobs=3)
-    lp = c.choices[0].logprobs
-    assert len(lp.tokens) == len(lp.top_logprobs) and all(len(top) == 3 for top in lp.top_logprobs)
-    # greedy: the most likely token (after the first, which token healing may constrain)
-    assert all(max(top, key=top.get) == token for token, top in zip(lp.tokens[1:], lp.top_logprobs[1:], strict=True))
-    assert all(top[t] == pytest.approx(x) for t, x, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True) if t in top)
-
-
-@pytest.mark.slow
-def test_real_regex_choices_and_grammar(server, client):
-    pattern = r"(yes|no), [0-9]{1,2}"
-    r = ask(server, client, "Is water wet? Answer yes or no, then a number.", max_tokens=8, extra_body={"regex": pattern})
-    assert re.fullmatch(pattern, r.choices[0].message.content), r.choices[0].message.content
-    colours = ["red", "green", "blue"]
-    r = ask(server, client, "What colour is the sky?", max_tokens=4, extra_body={"choices": colours})
-    assert r.choices[0].message.content in colours
-    grammar = 'start: "The answer is " NUMBER "."\nNUMBER: /[0-9]{1,3}/\n'
-    r = ask(server, client, "What is 2 + 2?", max_tokens=12, extra_body={"grammar": grammar})
-    content = r.choices[0].message.content
-    assert re.fullmatch(r"The answer is [0-9]{1,3}\.", content), content
-    r = client.completions.create(model=server["model"], prompt="The year the Berlin wall fell: ", max_tokens=6,
-                                  temperature=0, extra_body={"regex": r"1[0-9]{3}"})
-    assert re.fullmatch(r"1[0-9]{3}", r.choices[0].text)
-
-
-@pytest.mark.slow
-def test_real_error_statuses(server, client):
-    import openai
-
-    with pytest.raises(openai.BadRequestError) as info:
-        ask(server, client, "x", extra_body={"regex": "(ab"})
-    assert info.value.body["location"] == "offset 0" or "offset" in info.value.body["location"]
-    with pytest.raises(openai.BadRequestError) as info:
-        ask(server, client, "x", response_format={"type": "json_schema", "json_schema": {
-            "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nope"}}}}})
-    assert info.value.body["location"].startswith("/properties/a")
-    with pytest.raises(openai.BadRequestError) as info:
-        ask(server, client, "x", extra_body={"grammar": "start: a\n"})
-    assert "line 1" in info.value.body["location"]
-    with pytest.raises(openai.UnprocessableEntityError) as info:
-        ask(server, client, "x", temperature=9)
-    assert "temperature" in info.value.body["message"]
-    with pytest.raises(openai.APIStatusError) as info:
-        ask(server, client, "x" * 120_000)
-    assert info.value.status_code == 413
-    bad_key = openai.OpenAI(base_url=server["url"], api_key="wrong", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
-        bad_key.models.list()
-
-
-@pytest.mark.slow
-def test_real_client_disconnect_cancels_generation(server):
-    headers = {"Authorization": f"Bearer {KEY}"}
-    body = {"model": server["model"], "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
-            "max_tokens": 64, "stream": True}
-
-    def metric(name: str) -> float:
-        text = httpx.get(server["base"] + "/metrics", headers=headers).text
-        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-        return float(match.group(1)) if match else 0.0
-
-    before = metric('sgl:requests_total{status="cancelled"}')
-    stamps = []
-    with httpx.stream("POST", server["url"] + "/chat/completions", json=body, headers=headers, timeout=60) as r:
-        for line in r.iter_lines():
-            if line.startswith("data: {"):
-                stamps.append(time.monotonic())
-            if len(stamps) >= 6:  # the role chunk and 5 tokens, then hang up
-                break
-    per_token = (stamps[-1] - stamps[1]) / 4
-    left = time.monotonic()
-    # the rest of the story (~58 tokens) would take 58 * per_token; the server must stop well before
-    deadline = left + max(3.0, 20 * per_token)
-    while metric('sgl:requests_total{status="cancelled"}') == before or metric("sgl:num_requests_running") > 0:
-        assert time.monotonic() < deadline, "the server kept generating after the client left"
-        time.sleep(0.1)
-    records = [r for r in trace.read_trace(server["trace"]) if r.get("type") == "request"]
-    assert all(len(r["outputs"][0]) < 400 for r in records)  # the story was never finished and logged
-
-
-@pytest.mark.slow
-def test_real_client_disconnect_cancels_non_streamed_generation(server):
-    """A client that gives up on a plain (non-streamed) request frees its engine slot too."""
-    headers = {"Authorization": f"Bearer {KEY}"}
-    body = {"model": server["model"], "messages": [{"role": "user", "content": "Write a long story about a ship."}],
-            "max_tokens": 64, "min_tokens": 64, "temperature": 0, "n": 4}
-
-    def running() -> float:
-        text = httpx.get(server["base"] + "/metrics", headers=headers).text
-        match = re.search(r"^sgl:num_requests_running (\S+)$", text, re.M)
-        return float(match.group(1)) if match else 0.0
-
-    with pytest.raises(httpx.TimeoutException):
-        httpx.post(server["url"] + "/chat/completions", json=body, headers=headers, timeout=1.0)
-    left = time.monotonic()
-    # 4 x 64 tokens take many seconds on a CPU; cancelled requests end at the next step
-    while running() > 0:
-        assert time.monotonic() < left + 2.5, "the server kept generating after the client left"
-        time.sleep(0.05)
-
-
-@pytest.mark.slow
-def test_real_proxy_forwards_model_logprobs_and_usage(server):
-    """``sgl serve --backend`` over sgl.OpenAI: a proxy in front of the real server."""
-    from sgl.backends.openai import OpenAI
-    from sgl.server.main import served_name
-
-    upstream = OpenAI(base_url=server["url"], api_key=KEY, timeout=60, max_retries=0)
-    args = type("Args", (), {"model_name": None, "model": None})()
-    name = served_name(args, upstream)
-    assert name == server["model"]
-    with TestClient(create_app(upstream, ServerSettings(model_name=name, metrics=Metrics()))) as proxy:
-        body = {"model": name, "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 5,
-                "temperature": 0, "logprobs": True, "top_logprobs": 2}
-        answer = proxy.post("/v1/chat/completions", json=body).json()
-        assert answer["model"] == server["model"] and answer["usage"]["completion_tokens"] > 0
-        content = answer["choices"][0]["logprobs"]["content"]
-        assert "".join(t["token"] for t in content) == answer["choices"][0]["message"]["content"]
-        assert all(len(t["top_logprobs"]) == 2 for t in content)
-        events = stream_events(proxy, body | {"stream": True, "stream_options": {"include_usage": True}})
-        assert events[-1]["usage"]["completion_tokens"] == answer["usage"]["completion_tokens"]
-        streamed = [t["token"] for e in events if e["choices"] and e["choices"][0].get("logprobs") for t in e["choices"][0]["logprobs"]["content"]]
-        assert streamed == [t["token"] for t in content]
-    upstream.close()
-
-
-@pytest.mark.slow
-def test_sgl_program_through_openai_backend(server):
-    import sgl
-    from sgl.backends.openai import OpenAI
-
-    @sgl.function
-    def profile(s, name):
-        s += sgl.user(f"Describe {name} briefly.")
-        s += sgl.assistant("Age: " + sgl.gen("age", regex=r"[1-9][0-9]", max_tokens=4)
-                           + ". Mood: " + sgl.select("mood", choices=["happy", "sad", "calm"]))
-        s += sgl.user("One word for them?")
-        s += sgl.assistant(sgl.gen("word", max_tokens=4, temperature=0))
-
-    backend = OpenAI(model=server["model"], base_url=server["url"], api_key=KEY, timeout=60, max_retries=1)
-    assert backend.server_kind == "sgl"
-    state = profile.run(name="Ada", backend=backend)
-    assert state.error() is None, state.error()
-    assert re.fullmatch(r"[1-9][0-9]", state["age"])
-    assert state["mood"] in ("happy", "sad", "calm")
-    assert state["word"].strip()
-    endpoint = sgl.RuntimeEndpoint(server["base"], api_key=KEY) if hasattr(sgl, "RuntimeEndpoint") else None
-    if endpoint is not None:
-        assert endpoint.model == server["model"]

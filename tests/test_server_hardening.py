@@ -22,9 +22,9 @@ import pytest
 from conftest import start_server, stop_server
 from fastapi.testclient import TestClient
 
-from sgl.backends.base import SamplingParams
-from sgl.runtime.metrics import Metrics
 from sgl.server.app import ServerSettings, create_app
+from sgl.telemetry.metrics import Metrics
+from sgl.types import SamplingParams
 
 KEY = "sk-hardening"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sgl.runtime import trace
+from sgl.telemetry import trace
 from sgl.viz.html import render_trace
 from sgl.viz.main import main as viz_main
 

@@ -6,12 +6,12 @@ SGLang's frontend language: ``import sgl`` where SGLang programs say
 
 from typing import Any
 
-from sgl.constrain.errors import ConstraintError
+from sgl._version import __version__
+from sgl.errors import BackendError, ConstraintError, GenerationTimeout, ProgramError, SglError
 from sgl.lang.api import (
     assistant,
     assistant_begin,
     assistant_end,
-    function,
     gen,
     gen_int,
     gen_string,
@@ -33,10 +33,9 @@ from sgl.lang.choices import (
 )
 from sgl.lang.compiler import CompiledProgram, compile
 from sgl.lang.diagnostics import Diagnostic
-from sgl.lang.function import SglFunction
 from sgl.lang.global_config import global_config
 from sgl.lang.state import ProgramState, ProgramStateGroup
-from sgl.runtime.errors import BackendError, GenerationTimeout, ProgramError, SglError
+from sgl.runtime.function import SglFunction, function
 from sgl.runtime.interpreter import (
     flush_cache,
     get_default_backend,
@@ -44,15 +43,13 @@ from sgl.runtime.interpreter import (
     set_default_backend,
 )
 
-__version__ = "0.1.0"
-
 _LAZY = {
     "LocalModel": "sgl.backends.local",
     "OpenAI": "sgl.backends.openai",
     "RuntimeEndpoint": "sgl.backends.openai",
     "Runtime": "sgl.backends.runtime",
     "Engine": "sgl.backends.runtime",
-    "get_stats": "sgl.runtime.metrics",
+    "get_stats": "sgl.telemetry.metrics",
     "OptimalSampler": "sgl.decode.optimal",
 }
 

@@ -57,14 +57,7 @@ def configure_run(p: argparse.ArgumentParser) -> None:
         help="one JSON object of arguments per line; runs them all with run_batch",
     )
     p.add_argument("--out", metavar="RESULTS.jsonl", help="write results here (default: stdout)")
-    p.add_argument(
-        "--model", metavar="PATH", help="model for sgl.LocalModel (default: the packaged SmolLM2)"
-    )
-    p.add_argument(
-        "--backend",
-        metavar="MODULE:ATTR",
-        help="a Backend (or a factory for one), e.g. mypkg.backends:make or path/to/file.py:Backend",
-    )
+    add_backend_arguments(p)
     p.add_argument("--threads", default="auto", help="run_batch threads (default: auto)")
     p.add_argument("--temperature", type=float, help="default temperature for every gen")
     p.add_argument("--max-new-tokens", type=int, help="default max_tokens for every gen")
@@ -74,8 +67,8 @@ def configure_run(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sgl.lang.function import SglFunction
-    from sgl.runtime.errors import SglError
+    from sgl.errors import SglError
+    from sgl.runtime.function import SglFunction
 
     path = Path(args.program)
     if not path.is_file():
@@ -145,7 +138,7 @@ def load_program(path: Path) -> Any:
 
 
 def pick_function(module: Any, name: str | None, path: Path) -> Any:
-    from sgl.lang.function import SglFunction
+    from sgl.runtime.function import SglFunction
 
     found = {k: v for k, v in vars(module).items() if isinstance(v, SglFunction)}
     if name is not None:
@@ -167,8 +160,37 @@ def pick_function(module: Any, name: str | None, path: Path) -> Any:
     return next(iter(found.values()))
 
 
-def make_backend(args: argparse.Namespace) -> Any:
-    """``--backend`` > ``--model`` > whatever the program set > the lazy default."""
+# --- the backend, for sgl run and sgl serve ----------------------------------------
+DTYPES = {"auto": None, "float32": "float32", "float": "float32", "bfloat16": "bfloat16", "float16": "float16", "half": "float16"}
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that choose and configure the backend, shared by ``sgl run`` and
+    ``sgl serve`` (vLLM's and SGLang's spellings are aliases); ``make_backend`` reads them."""
+    p.add_argument("--model", "--model-path", metavar="PATH",
+                   help="model for sgl.LocalModel (default: the packaged SmolLM2-135M)")
+    p.add_argument("--backend", metavar="MODULE:ATTR",
+                   help="a Backend (or a factory for one), e.g. mypkg.backends:make or path/to/file.py:Backend")
+    p.add_argument("--max-running", "--max-num-seqs", "--max-running-requests", type=int, default=32,
+                   help="requests generating at once, batched together by the engine (default: 32)")
+    p.add_argument("--max-context", "--max-model-len", "--context-length", type=int, metavar="TOKENS",
+                   help="longest prompt + output (default: the model's own limit)")
+    p.add_argument("--dtype", default="auto", choices=sorted(DTYPES),
+                   help="weights and activations (default: auto: float32 on CPU, bfloat16 elsewhere)")
+    p.add_argument("--device", default="cpu", help="torch device of the local model (default: cpu)")
+    p.add_argument("--chat-template", metavar="FILE|TEMPLATE",
+                   help="a Jinja chat template (a file, or the template text) instead of the model's")
+    p.add_argument("--kv-budget-mb", type=float, default=512.0,
+                   help="KV cache memory of the local engine, prefix cache included (default: 512)")
+
+
+def make_backend(args: argparse.Namespace, default_model: bool = False) -> Any:
+    """The one backend factory of ``sgl run`` and ``sgl serve``: ``--backend`` >
+    ``--model`` (a ``LocalModel`` given every engine option of ``add_backend_arguments``)
+    > with ``default_model``, the packaged model; else None (the program's own backend,
+    or the lazy default)."""
+    if args.max_running < 1:
+        raise SystemExit("--max-running must be at least 1")
     if args.backend:
         target, _, attr = args.backend.rpartition(":")
         if not target:
@@ -182,11 +204,29 @@ def make_backend(args: argparse.Namespace) -> Any:
         from sgl.backends.base import Backend
 
         return obj if isinstance(obj, Backend) else obj()
-    if args.model:
-        from sgl.backends.local import LocalModel
+    if not args.model and not default_model:
+        return None
+    import torch
 
-        return LocalModel(args.model)
-    return None
+    from sgl.backends.local import LocalModel
+
+    dtype = DTYPES[args.dtype]
+    backend = LocalModel(args.model, device=args.device, dtype=getattr(torch, dtype) if dtype else None,
+                         max_context=args.max_context, max_batch=args.max_running, kv_budget_mb=args.kv_budget_mb)
+    if args.chat_template:
+        try:
+            backend.set_chat_template(read_template(args.chat_template))
+        except ValueError as e:
+            raise SystemExit(f"--chat-template: {e}") from None
+    return backend
+
+
+def read_template(value: str) -> str:
+    """``--chat-template``: a file's text, or the value itself when it is a template."""
+    path = Path(value)
+    if "{" not in value and not path.is_file():
+        raise SystemExit(f"--chat-template: no such file: {value}")
+    return path.read_text(encoding="utf-8") if "{" not in value else value
 
 
 def parse_args(pairs: list[str]) -> dict[str, Any]:
@@ -266,7 +306,7 @@ COMMANDS["viz"] = ("render a generation trace as HTML", *_lazy_command("sgl.viz.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sgl import __version__
+    from sgl._version import __version__
 
     parser = argparse.ArgumentParser(prog="sgl", description="SGL: structured generation for LLMs", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"sgl {__version__}")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 import sgl
-from sgl.backends.base import GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
+from sgl.types import SamplingParams
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import sgl
-from sgl.backends.base import GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.engine.sampler import Sampler
+from sgl.types import SamplingParams
 
 pytestmark = pytest.mark.slow
 

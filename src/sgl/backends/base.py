@@ -2,60 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-GREEDY_TEMPERATURE = 1e-5  # a smaller temperature samples greedily (vLLM's _SAMPLING_EPS)
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 128
-    min_tokens: int = 0
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    min_p: float = 0.0
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0  # with logprobs: also the k most likely tokens at each step
-    frequency_penalty: float = 0.0  # subtracted per earlier occurrence in the output
-    presence_penalty: float = 0.0  # subtracted once a token occurred in the output
-    ignore_eos: bool = False  # EOS cannot be sampled (stop tokens and strings still stop)
-
-    def __post_init__(self) -> None:
-        # refused here, not deep in the engine: a NaN temperature used to sample from NaN
-        # probabilities and end the request with no text and no error
-        for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.temperature < GREEDY_TEMPERATURE:  # logits / 1e-300 overflow: treated as greedy (as vLLM)
-            self.temperature = 0.0
-        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
-            raise ValueError(f"seed must fit in 64 bits, got {self.seed}")
-
-
-@dataclass
-class ConstraintSpec:
-    """A constraint as the user wrote it; each backend compiles it for its vocabulary."""
-
-    regex: str | None = None
-    json_schema: dict | str | None = None
-    grammar: str | None = None
-    grammar_syntax: str = "lark"  # "lark" | "gbnf" | "ebnf"
-    choices: Sequence[str] | None = None
-
-    def is_empty(self) -> bool:
-        return all(v is None for v in (self.regex, self.json_schema, self.grammar, self.choices))
+from sgl.types import ConstraintSpec, SamplingParams
 
 
 @dataclass
@@ -110,8 +63,29 @@ class TokenUsage:
 _USAGE_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend offers beyond the `Backend` methods; the runtime reads these
+    instead of probing attributes. The defaults describe a plain one-call-at-a-time model."""
+
+    # concurrent generate() calls share one running batch (an engine with continuous
+    # batching, an HTTP server): callers just call concurrently
+    continuous_batching: bool = False
+    # generate_batch() is faster than one generate() per request, and concurrent calls
+    # gain from being gathered into it (opt-in: run_batch then uses a RequestBatcher)
+    gathers_batches: bool = False
+    max_batch: int = 1  # the most requests one generate_batch() call should get
+    # logprob_meta(): prompt logprobs, top-k logprobs and token text (SGLang's meta fields)
+    prompt_logprobs: bool = False
+    prefix_cache: bool = False  # cache_prefix() keeps a prefix's KV for later requests
+
+
 class Backend(ABC):
     """A model the interpreter can call. Implementations must be thread-safe."""
+
+    capabilities: Capabilities = Capabilities()
+    # a system message inserted before the first non-system role (a chat template's default)
+    default_system_prompt: str | None = None
 
     @abstractmethod
     def generate(self, request: GenerateRequest) -> GenerateResult: ...
@@ -163,3 +137,8 @@ class Backend(ABC):
 
     def cache_prefix(self, prefix: str) -> None:  # noqa: B027 - optional hook
         """Compute and keep the KV of ``prefix`` where the backend caches prefixes."""
+
+    def logprob_meta(self, prompt: str, result: GenerateResult, logprob_start_len: int | None = None,
+                     top_logprobs_num: int = 0, return_text_in_logprobs: bool = False) -> dict[str, Any]:
+        """SGLang's logprob fields of ``meta_info`` (``capabilities.prompt_logprobs``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not report prompt logprobs")

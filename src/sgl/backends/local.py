@@ -20,19 +20,13 @@ except ModuleNotFoundError as e:  # the core install has no torch: say which ext
 
     raise MissingExtraError("sgl.LocalModel (the local engine)", "local", [e.name or "torch"]) from e
 
-from sgl.backends.base import (
-    Backend,
-    ConstraintSpec,
-    GenerateRequest,
-    GenerateResult,
-    SamplingParams,
-    SelectResult,
-)
+from sgl.backends.base import Backend, Capabilities, GenerateRequest, GenerateResult, SelectResult
 from sgl.backends.chat_template import ChatTemplate, role_affixes, special_tokens
 from sgl.engine.llama import Llama
 from sgl.engine.model_loader import resolve_checkpoint
 from sgl.engine.request import SeqOutput, SeqRequest
 from sgl.engine.scheduler import Engine, EngineConfig
+from sgl.types import ConstraintSpec, SamplingParams
 
 SELECT_METHODS = ("token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized")
 
@@ -68,7 +62,8 @@ class LocalModel(Backend):
     every concurrent request (from `run_batch` threads, forks, server clients).
     """
 
-    continuous_batching = True  # concurrent generate() calls share the engine's batch
+    # concurrent generate() calls share the engine's batch
+    capabilities = Capabilities(continuous_batching=True, prompt_logprobs=True, prefix_cache=True)
 
     def __init__(
         self,
@@ -130,8 +125,6 @@ class LocalModel(Backend):
         self._draft_model: Llama | None = None  # loaded once, for a draft-model path
         if speculative is not None:
             self._make_drafter()  # fail now on a bad spec, not at the first request
-        self._grammar_lock = threading.Lock()
-        self._grammars: dict[tuple[str, str], Any] = {}
         self._roles: dict[str, tuple[str, str]] = {}
         self.load_time_s = time.perf_counter() - t0
 
@@ -274,11 +267,11 @@ class LocalModel(Backend):
 
     def get_server_info(self) -> dict[str, Any]:
         """The model, the engine's settings and its counters (SGLang's ``get_server_info``)."""
-        import sgl
+        from sgl._version import __version__
 
         cfg = self.engine_config
         return {
-            "backend": "LocalModel", "version": sgl.__version__, "model_path": str(self.source),
+            "backend": "LocalModel", "version": __version__, "model_path": str(self.source),
             "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
             "weights": self.model.weights, "context_length": self.max_context,
             "max_running_requests": self.max_batch, "kv_budget_mb": cfg.kv_budget_mb,
@@ -400,45 +393,9 @@ class LocalModel(Backend):
 
     def compile_constraint(self, spec: ConstraintSpec | None) -> Any:
         """The compiled grammar of ``spec`` for this model's vocabulary (cached), or None."""
-        if spec is None or spec.is_empty():
-            return None
-        from sgl.constrain import (
-            ConstraintError,
-            compile_choices,
-            compile_grammar,
-            compile_json_schema,
-            compile_regex,
-        )
+        from sgl.constrain import compile_spec
 
-        given = [k for k in ("regex", "json_schema", "grammar", "choices") if getattr(spec, k) is not None]
-        if len(given) > 1:
-            raise ConstraintError(f"give one constraint, not {' and '.join(given)}")
-        kind = given[0]
-        value = getattr(spec, kind)
-        if kind == "json_schema":
-            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        elif kind == "choices":
-            text = json.dumps(list(value))
-        elif kind == "grammar":
-            kind, text = f"grammar:{spec.grammar_syntax}", value
-        else:
-            text = value
-        key = (kind, text)
-        with self._grammar_lock:
-            hit = self._grammars.get(key)
-        if hit is not None:
-            return hit
-        if kind == "regex":
-            cg = compile_regex(value, self.vocab)
-        elif kind == "json_schema":
-            cg = compile_json_schema(value, self.vocab)
-        elif kind == "choices":
-            cg = compile_choices(list(value), self.vocab)
-        else:
-            cg = compile_grammar(value, self.vocab, syntax=spec.grammar_syntax)
-        with self._grammar_lock:
-            self._grammars[key] = cg
-        return cg
+        return compile_spec(spec, self.vocab)  # cached there, bounded in entries and bytes
 
     # ------------------------------------------------------------------ select
 
@@ -456,7 +413,7 @@ class LocalModel(Backend):
         ``(logprob, token_id, text)`` per token), ``normalized_prompt_logprobs``,
         ``output_token_logprobs`` (empty: nothing is generated).
         """
-        from sgl.lang.choices import get_method
+        from sgl.backends.choices import get_method
 
         if not choices:
             raise ValueError("select needs at least one choice")

@@ -52,9 +52,10 @@ from typing import Any
 
 import httpx
 
-from sgl.backends.base import Backend, ConstraintSpec, GenerateRequest, GenerateResult, SelectResult
+from sgl.backends.base import Backend, Capabilities, GenerateRequest, GenerateResult, SelectResult
 from sgl.constrain.errors import ConstraintError
-from sgl.runtime.errors import BackendError
+from sgl.errors import BackendError
+from sgl.types import ConstraintSpec, SamplingParams
 
 SERVER_KINDS = ("openai", "sgl", "sglang", "vllm", "vllm-legacy")
 WRAPPER_TOKENS = 16  # `{"value": ...}` around a regex/choice value, with escapes to spare
@@ -107,6 +108,9 @@ class OpenAI(Backend):
     ``"completions"``. ``strict``: the ``strict`` flag sent with JSON schemas.
     """
 
+    # the server batches concurrent requests: run_batch's threads just call it at once
+    capabilities = Capabilities(continuous_batching=True)
+
     def __init__(
         self,
         model: str | None = None,
@@ -144,7 +148,6 @@ class OpenAI(Backend):
             all_headers["Authorization"] = f"Bearer {self.api_key}"
         self._client = httpx.Client(base_url=self.base_url, headers=all_headers, timeout=timeout, transport=transport)
         self._discover_lock = threading.Lock()
-        self.default_system_prompt = None  # the server applies its own template
 
     # --- discovery ---
     @property
@@ -231,8 +234,6 @@ class OpenAI(Backend):
         choices = list(choices)
         if not choices:
             raise ValueError("select needs at least one choice")
-        from sgl.backends.base import SamplingParams
-
         longest = max(len(c.encode()) for c in choices)
         params = SamplingParams(max_tokens=min(4096, longest + 8), temperature=0.0, logprobs=True)
         result = self.generate(GenerateRequest(prompt=prompt, params=params, constraint=ConstraintSpec(choices=choices)))

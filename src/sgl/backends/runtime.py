@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sgl.backends.base import ConstraintSpec, GenerateRequest, SamplingParams
+from sgl.backends.base import GenerateRequest
 from sgl.backends.local import LocalModel
+from sgl.types import ConstraintSpec, SamplingParams
 
 # SGLang ServerArgs name -> LocalModel argument
 SERVER_ARG_MAP = {

@@ -14,6 +14,7 @@ from .api import (
     compile_grammar,
     compile_json_schema,
     compile_regex,
+    compile_spec,
 )
 from .bitmask import allocate_bitmask, fill_next_token_bitmasks
 from .compiled import CompileBudget, CompiledGrammar, compile_ir
@@ -40,5 +41,6 @@ __all__ = [
     "compile_ir",
     "compile_json_schema",
     "compile_regex",
+    "compile_spec",
     "fill_next_token_bitmasks",
 ]

@@ -34,7 +34,7 @@ MAX_TEXT_NESTING = 500  # parenthesised groups inside each other in grammar or r
 _DEEP_STACK_BYTES = 256 << 20  # the compile thread's stack: deep grammars recurse in C too
 _DEEP_RECURSION_LIMIT = 20_000
 _JSON_OPTIONS = {"any_order": bool, "lenient": object, "whitespace": str, "max_whitespace": int, "warnings": list}
-_SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root"}
+_SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root", "structural_tag": "start"}
 
 T = TypeVar("T")
 
@@ -256,14 +256,15 @@ def check_nesting(text: str, syntax: str) -> str:
 def compile_grammar(
     text: str, vocab: Vocabulary | None = None, syntax: str = "lark", start: str | None = None, *, budget: CompileBudget | None = None
 ) -> CompiledGrammar:
-    """Compile a context-free grammar in Lark, GBNF (llama.cpp) or EBNF syntax.
+    """Compile a context-free grammar in Lark, GBNF (llama.cpp) or EBNF syntax, or a
+    structural tag (``syntax="structural_tag"``: its JSON text; see ``structural_tag``).
 
     ``budget`` (a ``CompileBudget``) overrides the default compile limits.
     """
     if not isinstance(text, str):
         raise ConstraintError(f"grammar text must be a string, not {type(text).__name__}")
     if not isinstance(syntax, str) or syntax not in _SYNTAXES:
-        raise ConstraintError(f"unknown grammar syntax {syntax!r} (use 'lark', 'gbnf' or 'ebnf')")
+        raise ConstraintError(f"unknown grammar syntax {syntax!r} (use 'lark', 'gbnf', 'ebnf' or 'structural_tag')")
     if start is not None and not isinstance(start, str):
         raise ConstraintError(f"start must be a rule name, not {type(start).__name__}")
     budget = _check_budget(budget)
@@ -271,6 +272,8 @@ def compile_grammar(
         from .lark_grammar import lark_grammar as frontend
     elif syntax == "gbnf":
         from .gbnf import gbnf_grammar as frontend
+    elif syntax == "structural_tag":
+        from .structural_tag import structural_tag_grammar as frontend
     else:
         from .gbnf import ebnf_grammar as frontend
     start = start or _SYNTAXES[syntax]
@@ -300,3 +303,49 @@ def compile_choices(choices: Sequence[str], vocab: Vocabulary | None = None, *, 
         ("choices", items, budget, _vocab_key(vocab)),
         lambda: run_deep(lambda: CompiledGrammar(choices_grammar(list(items)), vocab, budget=budget), "the choices", budget),
     )
+
+
+_SPEC_KINDS = ("json_schema", "regex", "grammar", "choices")
+
+
+def schema_of(schema: Any) -> dict | str | bool | None:
+    """A JSON Schema from a dict, JSON text, a bool or a pydantic model class."""
+    if schema is None or isinstance(schema, dict | str | bool):
+        return schema
+    to_schema = getattr(schema, "model_json_schema", None)
+    if callable(to_schema):
+        return to_schema()
+    raise ConstraintError(
+        f"json_schema must be a dict, a JSON string or a pydantic model class, not {type(schema).__name__}"
+    )
+
+
+def compile_spec(
+    spec: Any, vocab=None, *, budget: CompileBudget | None = None, json_options: dict | None = None
+) -> CompiledGrammar | None:
+    """Compile a constraint spec (``sgl.types.ConstraintSpec`` or any object with its
+    fields) for ``vocab``: the one place a spec becomes a grammar.
+
+    Exactly one of ``json_schema`` (a dict, JSON text, a bool or a pydantic model
+    class), ``regex``, ``grammar`` (in ``grammar_syntax``) or ``choices`` may be set;
+    none set (or ``spec`` None) gives None. Compiles are cached, bounded in entries and
+    bytes, by content and vocabulary.
+    """
+    if spec is None:
+        return None
+    given = [k for k in _SPEC_KINDS if getattr(spec, k, None) is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise ConstraintError(f"give one constraint, not {' and '.join(given)}")
+    kind = given[0]
+    value = getattr(spec, kind)
+    if kind == "json_schema":
+        return compile_json_schema(schema_of(value), vocab, budget=budget, **dict(json_options or {}))
+    if kind == "regex":
+        return compile_regex(value, vocab, budget=budget)
+    if kind == "grammar":
+        return compile_grammar(value, vocab, syntax=getattr(spec, "grammar_syntax", "lark"), budget=budget)
+    if isinstance(value, str):
+        raise ConstraintError("choices must be a list of strings, not one string")
+    return compile_choices(list(value), vocab, budget=budget)

@@ -21,6 +21,32 @@ def allocate_bitmask(batch: int, n_vocab: int) -> np.ndarray:
     return np.zeros((batch, (n_vocab + 31) // 32), dtype=np.int32)
 
 
+def pack_bools(allowed: np.ndarray) -> np.ndarray:
+    """Bools (``[..., V]``) -> uint32 words (``[..., (V + 31) // 32]``) in the layout above."""
+    allowed = np.asarray(allowed, dtype=bool)
+    pad = (-allowed.shape[-1]) % 32
+    if pad:
+        allowed = np.concatenate([allowed, np.zeros(allowed.shape[:-1] + (pad,), dtype=bool)], axis=-1)
+    return np.packbits(allowed, axis=-1, bitorder="little").view("<u4").astype(np.uint32)
+
+
+def unpack_bitmask(words: Any, n_vocab: int) -> np.ndarray:
+    """Bitmask words (numpy or CPU torch, ``[..., W]``) -> bools ``[..., n_vocab]``;
+    tokens past the mask's end are not allowed."""
+    arr = words.numpy() if is_torch_tensor(words) else np.asarray(words)
+    bits = np.unpackbits(np.ascontiguousarray(arr, dtype="<i4").view(np.uint8), axis=-1, bitorder="little")
+    out = bits[..., :n_vocab].astype(bool)
+    if out.shape[-1] < n_vocab:
+        out = np.concatenate([out, np.zeros(out.shape[:-1] + (n_vocab - out.shape[-1],), dtype=bool)], axis=-1)
+    return out
+
+
+def count_allowed(words: Any) -> int:
+    """How many tokens a bitmask (any shape) allows."""
+    arr = words.numpy() if is_torch_tensor(words) else np.asarray(words)
+    return int(np.unpackbits(np.ascontiguousarray(arr, dtype="<i4").view(np.uint8)).sum())
+
+
 def is_torch_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 

@@ -7,21 +7,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import NamedTuple
 
 from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, to_dfa
+from .counters import split_counters
 from .earley import EarleyParser, EarleySet, build_tables
 from .errors import CompileBudgetExceeded, ConstraintError
 from .grammar import Grammar, Rule, Terminal, prune
 from .lexer import Lexer
-from .mask import MaskComputer, TokenTable
+from .mask import DEFAULT_MASK_SECONDS, MaskComputer, TokenTable
 from .regex import parse_regex
 from .regex_ast import literal
-
-if TYPE_CHECKING:
-    from .dfa import ByteDFA
-    from .regex_ast import Node
-    from .vocab import Vocabulary
 
 DEFAULT_COMPILE_BUDGET_S = 30.0
 
@@ -40,6 +36,8 @@ class CompileBudget:
     - ``dfa_states``: states one construction step of one lexeme's DFA may build.
     - ``choice_states``: states of the trie of one alternation of literal strings
       (choices, enums, ``a|b|c`` regexes): one per byte not shared as a prefix.
+    - ``mask_seconds``: wall time of computing one token mask (checked between the
+      parser's scans and the vocabulary walks), when masking, not compiling.
     """
 
     seconds: float = DEFAULT_COMPILE_BUDGET_S
@@ -47,9 +45,21 @@ class CompileBudget:
     lexemes: int = 20_000
     dfa_states: int = 50_000
     choice_states: int = DEFAULT_MAX_TRIE_STATES
+    mask_seconds: float = DEFAULT_MASK_SECONDS
 
-    def over(self, name: str, value: object, limit: object) -> CompileBudgetExceeded:
+    def over(self, name: str, value, limit) -> CompileBudgetExceeded:
         return CompileBudgetExceeded(f"the constraint needs {value} {name.replace('_', ' ')}, over the budget of {limit} (budget: {name})")
+
+
+class Walk(NamedTuple):
+    """What `CompiledGrammar.walk` read: ``consumed`` bytes (all of them if the data is
+    a valid prefix), the (column, lexer state) after them, the byte where the lexeme in
+    progress started, and ``(byte offset, lexeme ids)`` where each earlier lexeme ended."""
+
+    consumed: int
+    state: tuple[EarleySet, int]
+    lexeme_start: int
+    lexeme_ends: list[tuple[int, frozenset[int]]]
 
 
 class CompiledGrammar:
@@ -62,8 +72,8 @@ class CompiledGrammar:
     ``seconds``). A grammar that matches no text is refused: it could only dead-end.
     """
 
-    def __init__(self, grammar: Grammar, vocab: Vocabulary | None = None, *, budget: CompileBudget | None = None,
-                 budget_s: float | None = None) -> None:
+    def __init__(self, grammar: Grammar, vocab=None, *, budget: CompileBudget | None = None,
+                 budget_s: float | None = None):
         start = time.perf_counter()
         budget = budget or CompileBudget()
         if budget_s is not None:
@@ -73,6 +83,8 @@ class CompiledGrammar:
             raise budget.over("rules", len(grammar.rules), budget.rules)
         if len(grammar.terminals) > budget.lexemes:
             raise budget.over("lexemes", len(grammar.terminals), budget.lexemes)
+        # large counted repetitions become chunk lexemes counted by rules (not unrolled)
+        grammar = split_counters(grammar, lambda node: terminal_dfa(node, False, budget))
         self.grammar = grammar
         self.vocab = vocab
         dfas = self._terminal_dfas(grammar, start, budget)
@@ -91,7 +103,8 @@ class CompiledGrammar:
         self.lock = threading.RLock()  # caches are shared across matchers and threads
         self.masks = None
         if vocab is not None:
-            self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids))
+            self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids),
+                                      budget.mask_seconds)
         self.compile_seconds = time.perf_counter() - start
         if self.compile_seconds > budget.seconds:
             raise budget.over("seconds", f"{self.compile_seconds:.1f}", budget.seconds)
@@ -133,6 +146,50 @@ class CompiledGrammar:
             s = nxt
         return col, s
 
+    def walk(self, data: bytes, state: tuple[EarleySet, int] | None = None) -> Walk:
+        """Read ``data`` from ``state`` (default: the start) as far as the grammar allows.
+
+        The greedy lexing of `advance_bytes` (a lexeme continues while it can; it ends
+        where the next byte only starts another), reporting where it stopped and where
+        each lexeme ended: a `Walk`. ``walk(data).consumed == len(data)`` means ``data``
+        is a valid prefix.
+        """
+        col, s = state or (self.initial, 0)
+        lex = self.lexer.for_lexemes(col.allowed)
+        start, ends = 0, []
+        for i, b in enumerate(data):
+            nxt = lex.row(s)[b]
+            if nxt < 0:
+                if not lex.accepting[s]:
+                    return Walk(i, (col, s), start, ends)
+                ncol = self.parser.scan(col, lex.accepts[s])
+                if ncol is None:
+                    return Walk(i, (col, s), start, ends)
+                nlex = self.lexer.for_lexemes(ncol.allowed)
+                nxt = nlex.row(0)[b]
+                if nxt < 0:
+                    return Walk(i, (col, s), start, ends)
+                ends.append((i, frozenset(lex.accepts[s])))
+                col, lex, start = ncol, nlex, i
+            s = nxt
+        return Walk(len(data), (col, s), start, ends)
+
+    def lexeme_complete(self, state: tuple[EarleySet, int]) -> bool:
+        """Whether the lexeme in progress at ``state`` could end here (True between lexemes)."""
+        col, s = state
+        return s == 0 or bool(self.lexer.for_lexemes(col.allowed).accepting[s])
+
+    def lexeme_maximal(self, state: tuple[EarleySet, int]) -> bool:
+        """Whether the lexeme in progress at ``state`` is complete and no byte extends it."""
+        col, s = state
+        lex = self.lexer.for_lexemes(col.allowed)
+        return s != 0 and bool(lex.accepting[s]) and max(lex.row(s)) < 0
+
+    def lexeme_ids(self, state: tuple[EarleySet, int]) -> frozenset[int]:
+        """The lexemes the text in progress at ``state`` would end as (empty if none)."""
+        col, s = state
+        return frozenset(self.lexer.for_lexemes(col.allowed).accepts[s]) if s else frozenset()
+
     def can_end(self, col: EarleySet, s: int) -> bool:
         if s == 0:
             return col.accepting
@@ -158,7 +215,7 @@ DFA_CACHE_BYTES = 256 << 20
 _dfa_cache_bytes = 0
 
 
-def terminal_dfa(pattern: str | Node, is_literal: bool = False, budget: CompileBudget | None = None) -> ByteDFA:
+def terminal_dfa(pattern, is_literal: bool = False, budget: CompileBudget | None = None):
     """The DFA of a terminal pattern, shared across grammars (JSON lexemes repeat a lot)."""
     limits = {} if budget is None else {"max_states": budget.dfa_states, "max_trie_states": budget.choice_states}
     key = (pattern, is_literal, tuple(sorted(limits.items())))
@@ -167,7 +224,9 @@ def terminal_dfa(pattern: str | Node, is_literal: bool = False, budget: CompileB
         if dfa is not None:
             _dfa_cache.move_to_end(key)
             return dfa
-    node = (literal(pattern) if is_literal else parse_regex(pattern)) if isinstance(pattern, str) else pattern
+    node = pattern
+    if isinstance(pattern, str):
+        node = literal(pattern) if is_literal else parse_regex(pattern)
     dfa = to_dfa(node, **limits)
     if dfa.table.nbytes > DFA_CACHE_BYTES // 4:
         return dfa  # a huge lexeme (100,000 choices) would push out every other one
@@ -197,7 +256,7 @@ def _split_empty_terminals(grammar: Grammar, dfas: dict) -> Grammar:
     return Grammar(grammar.start, rules, terminals, list(grammar.ignore), grammar.source)
 
 
-def _token_table(vocab: Vocabulary) -> TokenTable:
+def _token_table(vocab) -> TokenTable:
     cached = getattr(vocab, "_sgl_token_table", None)
     if cached is None:
         if hasattr(vocab, "byte_matrix"):
@@ -211,7 +270,7 @@ def _token_table(vocab: Vocabulary) -> TokenTable:
     return cached
 
 
-def compile_ir(grammar: Grammar, vocab: Vocabulary | None = None, **options: Any) -> CompiledGrammar:
+def compile_ir(grammar: Grammar, vocab=None, **options) -> CompiledGrammar:
     """Compile a grammar IR for ``vocab``."""
     return CompiledGrammar(grammar, vocab, **options)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import analysis
 from .errors import ConstraintError
 from .grammar import Grammar
 from .native import _native, native_enabled
@@ -34,15 +35,10 @@ class ParserTables:
 
 def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset[int]) -> ParserTables:
     """Index the grammar, dropping rules that cannot derive any text or are unreachable."""
-    productive = _productive_nonterminals(grammar, lexeme_ids)
-    if grammar.start not in productive:
+    keep = analysis.trim(analysis.pairs(grammar.rules), grammar.start, lexeme_ids.__contains__)
+    if not keep:
         raise ConstraintError(f"the grammar's start symbol {grammar.start!r} derives no text")
-    rules = [
-        r
-        for r in grammar.rules
-        if r.lhs in productive and all(s in productive or s in lexeme_ids for s in r.rhs)
-    ]
-    rules = _reachable_rules(rules, grammar.start)
+    rules = [grammar.rules[i] for i in keep]
     names = [START] + sorted({r.lhs for r in rules})
     nt_id = {n: i for i, n in enumerate(names)}
     lhs = [0]
@@ -53,40 +49,9 @@ def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset
     rules_of: list[list[int]] = [[] for _ in names]
     for i, a in enumerate(lhs):
         rules_of[a].append(i)
-    nullable = [False] * len(names)
-    changed = True
-    while changed:
-        changed = False
-        for i, a in enumerate(lhs):
-            if not nullable[a] and all(s >= 0 and nullable[s] for s in rhs[i]):
-                nullable[a] = changed = True
+    null = analysis.nullable(list(zip(lhs, rhs, strict=True)))
+    nullable = [a in null for a in range(len(names))]
     return ParserTables(lhs, rhs, rules_of, nullable, names, 0, ignore)
-
-
-def _productive_nonterminals(grammar: Grammar, lexeme_ids: dict[str, int]) -> set[str]:
-    productive: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for r in grammar.rules:
-            if r.lhs not in productive and all(s in productive or s in lexeme_ids for s in r.rhs):
-                productive.add(r.lhs)
-                changed = True
-    return productive
-
-
-def _reachable_rules(rules, start):
-    by_lhs: dict[str, list] = {}
-    for r in rules:
-        by_lhs.setdefault(r.lhs, []).append(r)
-    seen, todo = {start}, [start]
-    while todo:
-        for r in by_lhs.get(todo.pop(), []):
-            for s in r.rhs:
-                if s in by_lhs and s not in seen:
-                    seen.add(s)
-                    todo.append(s)
-    return [r for r in rules if r.lhs in seen]
 
 
 class EarleySet:

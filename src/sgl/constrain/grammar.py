@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from . import analysis
 from .errors import ConstraintError
 from .regex_ast import Node
 
@@ -110,44 +111,17 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
     bottom-up (dependencies first), so a one-pass fixpoint downstream (the parser's
     productivity and nullability checks) converges at once.
     """
-    missing = []
-    users: dict[str, list[int]] = {}
-    productive: set[str] = set()
-    queue = []
     terms = g.terminals
-    for i, r in enumerate(g.rules):
-        nts = {s for s in r.rhs if s not in terms or s in dead} if r.rhs else ()
-        missing.append(len(nts))
-        for s in nts:
-            users.setdefault(s, []).append(i)
-        if not nts and r.lhs not in productive:
-            productive.add(r.lhs)
-            queue.append(r.lhs)
-    found = list(queue)  # nonterminals in the order they became productive
-    while queue:
-        sym = queue.pop()
-        for i in users.get(sym, ()):
-            missing[i] -= 1
-            lhs = g.rules[i].lhs
-            if missing[i] == 0 and lhs not in productive:
-                productive.add(lhs)
-                queue.append(lhs)
-                found.append(lhs)
+    pairs = analysis.pairs(g.rules)
+    found = analysis.productive(pairs, lambda s: s in terms and s not in dead)
+    productive = set(found)
     if g.start not in productive:
         raise refusal or ConstraintError(f"the grammar matches no text (its start symbol {g.start!r} derives none)")
-    by_lhs: dict[str, list] = {}
-    for i, r in enumerate(g.rules):
-        if missing[i] == 0:
-            by_lhs.setdefault(r.lhs, []).append(r)
-    reach, stack = {g.start}, [g.start]
-    while stack:
-        for r in by_lhs.get(stack.pop(), []):
-            for s in r.rhs:
-                if s not in reach and s not in g.terminals:
-                    reach.add(s)
-                    stack.append(s)
+    keep = [r for r in g.rules if r.lhs in productive
+            and all(s in productive or (s in terms and s not in dead) for s in r.rhs)]
+    reach = analysis.reachable(analysis.pairs(keep), g.start)
     rank = {sym: k for k, sym in enumerate(found)}
-    rules = [r for i, r in enumerate(g.rules) if missing[i] == 0 and r.lhs in reach]
+    rules = [r for r in keep if r.lhs in reach]
     rules.sort(key=lambda r: rank[r.lhs])
     ignore = [n for n in g.ignore if n not in dead]
     used = {s for r in rules for s in r.rhs if s in g.terminals} | set(ignore)

@@ -22,16 +22,20 @@ the tests compare it with. ``SGL_NATIVE=0`` forces the fallback.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .earley import EarleyParser, EarleySet
+from .errors import CompileBudgetExceeded
 from .lexer import Lexer, LexerDFA, single_live
 from .native import _native, native_enabled
 
 # one trie node for the native kernel (the C struct Node in _native.c)
 NODE_DTYPE = np.dtype([("end", "<i4"), ("tok", "<i4"), ("depth", "<u2"), ("byte", "u1"), ("pad", "u1")])
+# wall time one mask may take (``CompileBudget.mask_seconds``)
+DEFAULT_MASK_SECONDS = 5.0
 
 
 @dataclass
@@ -331,11 +335,14 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
 class MaskComputer:
     """Computes (and caches) the allowed-token bitmask for a parser column and lexer state."""
 
-    def __init__(self, tokens: TokenTable, lexer: Lexer, parser: EarleyParser, eos_ids: tuple[int, ...]):
+    def __init__(self, tokens: TokenTable, lexer: Lexer, parser: EarleyParser, eos_ids: tuple[int, ...],
+                 max_seconds: float = DEFAULT_MASK_SECONDS):
         self.tokens = tokens
         self.lexer = lexer
         self.parser = parser
         self.eos_ids = np.array([i for i in eos_ids if i < tokens.n_vocab], dtype=np.int64)
+        self.max_seconds = max_seconds
+        self._deadline: float | None = None  # of the mask being computed (callers hold the grammar's lock)
 
     def lexer_for(self, col: EarleySet) -> LexerDFA:
         return self.lexer.for_lexemes(col.allowed)
@@ -407,6 +414,13 @@ class MaskComputer:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
         words = col.mask_cache.get(state)
         if words is None:
+            if self._deadline is None:  # the outermost call: the budget starts here
+                self._deadline = time.monotonic() + self.max_seconds
+                try:
+                    return self.mask(col, state)
+                finally:
+                    self._deadline = None
+            self._check_budget()
             lexer, state_key = self.lexer_for(col), state
             lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
@@ -446,6 +460,7 @@ class MaskComputer:
         if res.groups is None:
             res.groups = _group_boundaries(lexer.core, res)
         for group, sel in res.groups:
+            self._check_budget()
             nxt_col = self.parser.scan(col, lexer.accepts[group[0]])
             if nxt_col is None:
                 continue
@@ -457,6 +472,14 @@ class MaskComputer:
                 res.subs[key] = sub
             extra.append(sub.inside)
             self._boundaries(nxt_col, nxt_lexer, sub, extra)
+
+    def _check_budget(self) -> None:
+        # between scans and walks: a mask over many boundaries (huge ambiguous grammars,
+        # thousands of lexemes) stops with a clear error instead of running for seconds;
+        # nothing half-built is cached (caches are written when a part is complete)
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise CompileBudgetExceeded(
+                f"computing one token mask ran over its time budget of {self.max_seconds:g} s (budget: mask_seconds)")
 
     def _pack(self, ids: np.ndarray) -> np.ndarray:
         """Token ids as uint32 bitmask words."""

@@ -597,13 +597,6 @@ def number_regex(piece: NumPiece) -> Node:
     return alt(*parts) if parts else NOTHING
 
 
-def numbers_regex(pieces: list[NumPiece]) -> Node:
-    """The union of ``number_regex`` over pieces."""
-    parts = [number_regex(p) for p in pieces]
-    parts = [p for p in parts if not _is_nothing(p)]
-    return alt(*parts) if parts else NOTHING
-
-
 # ---------------------------------------------------------------------------
 # multipleOf other than a power of ten
 
@@ -621,7 +614,7 @@ def points_regex(values: list[Decimal], exact_limit: int = 64) -> Node:
     values = sorted(set(values))
     if len(values) <= exact_limit:
         return alt(*(number_regex(NumPiece(v, v)) for v in values)) if values else NOTHING
-    from .json_formats import string_set
+    from .json_strings import string_set
 
     spell = []
     for v in values:
@@ -677,7 +670,7 @@ def _positive_multiples(c: int, s: int) -> Node:
     after j fraction digits (j <= s); ("t", r, nz) past s fraction digits, zeros only.
     ``nz`` = a non-zero digit was seen (zero itself is spelled elsewhere).
     """
-    from .json_formats import CharDFA, dfa_to_node
+    from .derivatives import CharDFA, dfa_to_node
 
     index: dict = {}
     edges: list = []

@@ -22,18 +22,12 @@ character-level AST:
 
 from __future__ import annotations
 
+import _sre
 import functools
 import re
 from collections import defaultdict
-
-try:  # Python >= 3.11
-    from re import _constants as _c
-    from re import _parser as _sre_parse
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _c  # type: ignore[no-redef]
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
-
-import _sre
+from re import _constants as _c
+from re import _parser as _sre_parse
 
 from .automaton import LiteralAlt
 from .errors import ConstraintError
@@ -45,9 +39,9 @@ from .regex_ast import (
     Chars,
     Node,
     Repeat,
-    Seq,
     negate,
     normalize_ranges,
+    nullable,
     seq,
 )
 
@@ -114,7 +108,7 @@ def regex_grammar(pattern: str, flags: int = 0) -> Grammar:
     """
     node = parse_regex(pattern, flags)
     rules = [Rule("start", ("T",))]
-    if _nullable(node):
+    if nullable(node):
         rules.append(Rule("start", ()))
     g = Grammar("start", rules, {"T": Terminal("T", node)}, source=pattern)
     g.validate()
@@ -123,18 +117,6 @@ def regex_grammar(pattern: str, flags: int = 0) -> Grammar:
 
 _WORD_LIST_MIN = 10_000
 _WORD_LIST = re.compile(r"[^\\\[\](){}.*+?^$|]*(?:\|[^\\\[\](){}.*+?^$|]*)*")
-
-
-def _nullable(node: Node) -> bool:
-    if isinstance(node, LiteralAlt):
-        return "" in node.words
-    if isinstance(node, Seq):
-        return all(_nullable(it) for it in node.items)
-    if isinstance(node, Alt):
-        return any(_nullable(it) for it in node.items)
-    if isinstance(node, Repeat):
-        return node.min == 0 or _nullable(node.item)
-    return False
 
 
 def _offset(pos: int | None) -> str | None:

@@ -50,6 +50,20 @@ EMPTY = Seq(())  # matches the empty string
 NOTHING = Alt(())  # matches no string at all
 
 
+def nullable(node: Node) -> bool:
+    """Does ``node`` match the empty string?"""
+    words = getattr(node, "words", None)  # automaton.LiteralAlt: don't expand its items
+    if words is not None:
+        return "" in words
+    if isinstance(node, Seq):
+        return all(nullable(i) for i in node.items)
+    if isinstance(node, Alt):
+        return any(nullable(i) for i in node.items)
+    if isinstance(node, Repeat):
+        return node.min == 0 or nullable(node.item)
+    return False
+
+
 def normalize_ranges(ranges) -> tuple[tuple[int, int], ...]:
     """Sort and merge overlapping or adjacent ranges."""
     out: list[list[int]] = []

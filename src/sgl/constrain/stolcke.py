@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import analysis
 from .errors import ConstraintError
 from .grammar import Grammar
 
@@ -349,43 +350,11 @@ def _rule_probs(grammar: Grammar) -> list[_PRule]:
 
 def _prune(rules: list[_PRule], start: str, terminals: set[str]) -> list[_PRule]:
     """Keep rules that use only productive symbols and are reachable from ``start``."""
-    productive: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for lhs, rhs, _ in rules:
-            if lhs not in productive and all(s in terminals or s in productive for s in rhs):
-                productive.add(lhs)
-                changed = True
-    rules = [
-        r
-        for r in rules
-        if r[0] in productive and all(s in terminals or s in productive for s in r[1])
-    ]
-    by_lhs: dict[str, list[_PRule]] = {}
-    for r in rules:
-        by_lhs.setdefault(r[0], []).append(r)
-    seen = {start} if start in by_lhs else set()
-    todo = list(seen)
-    while todo:
-        for _, rhs, _ in by_lhs[todo.pop()]:
-            for s in rhs:
-                if s in by_lhs and s not in seen:
-                    seen.add(s)
-                    todo.append(s)
-    return [r for r in rules if r[0] in seen]
+    return [rules[i] for i in analysis.trim([(r[0], r[1]) for r in rules], start, terminals.__contains__)]
 
 
 def _structural_nullable(rules: list[_PRule], terminals: set[str]) -> set[str]:
-    nullable: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for lhs, rhs, _ in rules:
-            if lhs not in nullable and all(s in nullable for s in rhs):
-                nullable.add(lhs)
-                changed = True
-    return nullable
+    return analysis.nullable([(r[0], r[1]) for r in rules])
 
 
 def _binarize(rules: list[_PRule], nullable: set[str], terminals: set[str]) -> list[_PRule]:

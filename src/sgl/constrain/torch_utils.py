@@ -2,39 +2,33 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
+from .bitmask import unpack_bitmask
 
 
-def apply_bitmask(logits: torch.Tensor, bitmask: np.ndarray | torch.Tensor) -> None:
+def apply_bitmask(logits, bitmask) -> None:
     """Set disallowed logits to -inf in place. ``logits``: (batch, V) or (V,) tensor."""
-    import torch
-
     squeeze = logits.dim() == 1
     view = logits.unsqueeze(0) if squeeze else logits
-    if isinstance(bitmask, torch.Tensor) and bitmask.device.type != "cpu":
+    if type(bitmask).__module__.startswith("torch") and bitmask.device.type != "cpu":
         _apply_on_device(view, bitmask)
         return
-    bm = bitmask.numpy() if isinstance(bitmask, torch.Tensor) else np.asarray(bitmask)
+    bm = bitmask.numpy() if type(bitmask).__module__.startswith("torch") else np.asarray(bitmask)
     if bm.ndim == 1:
         bm = bm[None, :]
+    import torch
+
     numpy_ok = view.dtype in (torch.float32, torch.float64, torch.float16)
     if numpy_ok and view.device.type == "cpu" and view.is_contiguous() and not view.requires_grad:
         # numpy, single-threaded: torch's parallel masked_fill_ stalls badly on a busy CPU
-        bits = np.unpackbits(np.ascontiguousarray(bm, dtype=np.int32).view(np.uint8), axis=-1, bitorder="little")
         arr = view.numpy()
-        width = min(arr.shape[-1], bits.shape[-1])
-        arr[:, :width][bits[:, :width] == 0] = -np.inf
-        arr[:, width:] = -np.inf  # logits wider than the mask: those tokens are not allowed
+        arr[~unpack_bitmask(bm, arr.shape[-1])] = -np.inf  # logits wider than the mask: not allowed
         return
     _apply_on_device(view, torch.from_numpy(np.ascontiguousarray(bm, dtype=np.int32)))
 
 
-def _apply_on_device(view: torch.Tensor, bitmask: torch.Tensor) -> None:
+def _apply_on_device(view, bitmask) -> None:
     """Unpack and apply a bitmask that lives on the logits' device (no host round trip)."""
     import torch
 

@@ -9,8 +9,8 @@ token masks (``sgl.constrain.Matcher``), a few tokens up to the next lexeme boun
 
 Token healing: if the valid prefix ends inside a lexeme that is not complete (``tru`` of
 ``true``), the repair starts at that lexeme's start; and the draft model re-generates
-the last token of the prefix (its first token must start with that token's bytes), so
-it never has to continue from an unnatural token boundary.
+the last token of the prefix (the engine's ``HealingConstraint``: its output must begin
+with that token's bytes), so it never has to continue from an unnatural token boundary.
 
 ``guide`` accepts any ``Callable[[str], str]`` (the continuation of the text it is
 given), an SGL ``Backend``, an object with ``.generate(text, ...)`` (an OpenAI-compatible
@@ -103,32 +103,6 @@ class _Position:
     whole: bool  # the whole text is a valid prefix
 
 
-def _walk_bytes(cg: Any, data: bytes, state: tuple | None = None) -> tuple[int, tuple, int]:
-    """(valid bytes, state after them, byte where the lexeme in progress started).
-
-    The same greedy lexing as ``CompiledGrammar.advance_bytes``, keeping track of where
-    each lexeme starts.
-    """
-    col, s = state or (cg.initial, 0)
-    lex = cg.lexer.for_lexemes(col.allowed)
-    start = 0
-    for i, b in enumerate(data):
-        nxt = lex.row(s)[b]
-        if nxt < 0:
-            if not lex.accepting[s]:
-                return i, (col, s), start
-            ncol = cg.parser.scan(col, lex.accepts[s])
-            if ncol is None:
-                return i, (col, s), start
-            nlex = cg.lexer.for_lexemes(ncol.allowed)
-            nxt = nlex.row(0)[b]
-            if nxt < 0:
-                return i, (col, s), start
-            col, lex, start = ncol, nlex, i
-        s = nxt
-    return len(data), (col, s), start
-
-
 def _chars_within(text: str, n_bytes: int) -> int:
     """The most characters of ``text`` whose UTF-8 fits in ``n_bytes``."""
     if n_bytes >= len(text.encode("utf-8")):
@@ -139,11 +113,11 @@ def _chars_within(text: str, n_bytes: int) -> int:
 def locate(cg: Any, text: str) -> _Position:
     """The longest valid prefix of ``text`` and the state after it."""
     data = text.encode("utf-8")
-    n, state, start = _walk_bytes(cg, data)
-    chars = _chars_within(text, n)
-    if len(text[:chars].encode("utf-8")) != n:  # stopped inside a character: back off to it
-        n, state, start = _walk_bytes(cg, text[:chars].encode("utf-8"))
-    return _Position(chars, state, _chars_within(text, start), chars == len(text))
+    walked = cg.walk(data)
+    chars = _chars_within(text, walked.consumed)
+    if len(text[:chars].encode("utf-8")) != walked.consumed:  # stopped inside a character: back off
+        walked = cg.walk(text[:chars].encode("utf-8"))
+    return _Position(chars, walked.state, _chars_within(text, walked.lexeme_start), chars == len(text))
 
 
 def _can_end(cg: Any, state: tuple) -> bool:
@@ -153,13 +127,11 @@ def _can_end(cg: Any, state: tuple) -> bool:
 def heal_point(cg: Any, text: str, pos: _Position) -> tuple[int, tuple]:
     """Where a repair starts: before the lexeme in progress if it is not complete (and
     not longer than ``MAX_HEAL_CHARS``), else at the end of the valid prefix."""
-    col, s = pos.state
-    lex = cg.lexer.for_lexemes(col.allowed)
-    if s == 0 or lex.accepting[s] or pos.lexeme_start >= pos.valid or pos.valid - pos.lexeme_start > MAX_HEAL_CHARS:
+    if (cg.lexeme_complete(pos.state) or pos.lexeme_start >= pos.valid
+            or pos.valid - pos.lexeme_start > MAX_HEAL_CHARS):
         return pos.valid, pos.state
     cut = pos.lexeme_start
-    n, state, _ = _walk_bytes(cg, text[:cut].encode("utf-8"))
-    return cut, state
+    return cut, cg.walk(text[:cut].encode("utf-8")).state
 
 
 def first_own_lexeme_end(cg: Any, state: tuple, data: bytes) -> int | None:
@@ -168,27 +140,16 @@ def first_own_lexeme_end(cg: Any, state: tuple, data: bytes) -> int | None:
 
     A lexeme is whole once the next byte starts another one, or when nothing can extend it.
     """
-    col, s = state
-    lex = cg.lexer.for_lexemes(col.allowed)
     ignore = cg.tables.ignore
-    own = s == 0  # False: the lexeme in progress at ``state`` began before ``data``
-    for i, b in enumerate(data):
-        nxt = lex.row(s)[b]
-        if nxt < 0:
-            if not lex.accepting[s]:
-                return None
-            if own and not lex.accepts[s] <= ignore:
-                return i
-            col = cg.parser.scan(col, lex.accepts[s])
-            if col is None:
-                return None
-            lex = cg.lexer.for_lexemes(col.allowed)
-            nxt = lex.row(0)[b]
-            if nxt < 0:
-                return None
-            own = True
-        s = nxt
-    whole = own and bool(lex.accepting[s]) and not lex.accepts[s] <= ignore and max(lex.row(s)) < 0
+    walked = cg.walk(data, state)
+    for k, (end, lexemes) in enumerate(walked.lexeme_ends):
+        # the first lexeme to end may have begun before ``data`` (then it is not ours)
+        if (k > 0 or state[1] == 0) and not lexemes <= ignore:
+            return end
+    if walked.consumed < len(data):
+        return None
+    own = bool(walked.lexeme_ends) or state[1] == 0
+    whole = own and cg.lexeme_maximal(walked.state) and not cg.lexeme_ids(walked.state) <= ignore
     return len(data) if whole else None
 
 
@@ -257,8 +218,8 @@ def _is_gbnf(text: str) -> bool:
 def compile_text_grammar(grammar: Any, grammar_syntax: str | None = None, vocab: Any = None) -> Any:
     """A ``CompiledGrammar`` from Lark/GBNF text, a JSON Schema dict, a ``ConstraintSpec``
     or a ``CompiledGrammar`` (recompiled when ``vocab`` differs from its own)."""
-    from sgl.backends.base import ConstraintSpec
-    from sgl.constrain import CompiledGrammar, compile_grammar, compile_json_schema, compile_regex
+    from sgl.constrain import CompiledGrammar, compile_grammar, compile_json_schema, compile_spec
+    from sgl.types import ConstraintSpec
 
     if isinstance(grammar, CompiledGrammar):
         if vocab is None or (grammar.vocab is not None and grammar.vocab.fingerprint == vocab.fingerprint):
@@ -267,13 +228,9 @@ def compile_text_grammar(grammar: Any, grammar_syntax: str | None = None, vocab:
     if isinstance(grammar, Mapping):
         return compile_json_schema(dict(grammar), vocab)
     if isinstance(grammar, ConstraintSpec):
-        if grammar.json_schema is not None:
-            return compile_json_schema(grammar.json_schema, vocab)
-        if grammar.regex is not None:
-            return compile_regex(grammar.regex, vocab)
-        if grammar.grammar is not None:
-            return compile_grammar(grammar.grammar, vocab, syntax=grammar.grammar_syntax)
-        raise ValueError("the ConstraintSpec holds no grammar, schema or regex")
+        if grammar.choices is not None or grammar.is_empty():
+            raise ValueError("the ConstraintSpec holds no grammar, schema or regex")
+        return compile_spec(grammar, vocab)
     if isinstance(grammar, str):
         syntax = grammar_syntax or ("gbnf" if _is_gbnf(grammar) else "lark")
         return compile_grammar(grammar, vocab, syntax=syntax)
@@ -325,7 +282,8 @@ def _as_text(out: Any) -> str:
 def model_caller(model: Any, prompt: str, max_new_tokens: int, temperature: float,
                  stop_at: str | None) -> Callable[[str], str]:
     """``fn(text) -> continuation of prompt + text`` for any supported kind of model."""
-    from sgl.backends.base import Backend, GenerateRequest, SamplingParams
+    from sgl.backends.base import Backend, GenerateRequest
+    from sgl.types import SamplingParams
 
     from .optimal import LogitModel
 
@@ -369,13 +327,13 @@ class _Repairer:
         self.model: Any = None
 
     def _load(self) -> None:
-        from .optimal import resolve_logit_model, torch_generator
+        from .optimal import engine_sampler, resolve_logit_model
 
         self.model = default_draft_model() if self.draft is None else resolve_logit_model(self.draft)
         self.cg = compile_text_grammar(self.grammar, self.grammar_syntax, self.model.vocab)
         self.session = self.model.session()
         self.prompt_ids = self.model.encode_prompt(self.prompt)
-        self.generator = torch_generator(self.seed)
+        self.sampler = engine_sampler(self.temperature, seed=self.seed)
 
     @property
     def reused_tokens(self) -> int:
@@ -402,9 +360,8 @@ class _Repairer:
             data = vocab.decode(out)
             return first_own_lexeme_end(self.text_grammar, state, data[len(healed):]) is not None
 
-        out, reason = self.session.generate(self.prompt_ids + ids, self.max_tokens, self.temperature,
-                                            matcher=matcher, generator=self.generator,
-                                            first_token_prefix=healed, should_stop=done)
+        out, reason = self.session.generate(self.prompt_ids + ids, self.max_tokens, self.sampler,
+                                            matcher=matcher, healed_prefix=healed, should_stop=done)
         data = vocab.decode(out)[len(healed):]
         end = first_own_lexeme_end(self.text_grammar, state, data)
         if end is not None and reason != "eos":

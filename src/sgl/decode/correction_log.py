@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 CONTEXT_CHARS = 40  # how much of the text before a repair the views show
@@ -71,9 +71,6 @@ class CorrectionLog:
 
     def __bool__(self) -> bool:
         return bool(self.corrections)
-
-    def to_dicts(self) -> list[dict[str, Any]]:
-        return [asdict(c) for c in self.corrections]
 
     # -- terminal -----------------------------------------------------------------
     def format(self, color: bool = False) -> str:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sgl.backends.base import SamplingParams
     from sgl.constrain import Matcher
+    from sgl.types import SamplingParams
 
 
 

@@ -392,7 +392,7 @@ class Engine:
             seq.out.meta["cached_tokens"] = min(seq.cached, n_prompt)
             self.stats.prompt_tokens += n_prompt
             self.stats.cached_prompt_tokens += min(seq.cached, n_prompt)
-            from sgl.runtime.metrics import get_metrics
+            from sgl.telemetry.metrics import get_metrics
 
             get_metrics().set_prefix_cache_hit_rate(self.stats.prefix_hit_rate)
 
@@ -482,7 +482,7 @@ class Engine:
                         tracker=TextTracker(stops), ban=ban, eos_ban=eos_ban, max_tokens=max_tokens, out=out,
                         submitted=time.perf_counter(),
                         hidden=len(req.healing.prefix) if req.healing is not None else 0)
-        from sgl.runtime import trace as tracing
+        from sgl.telemetry import trace as tracing
 
         if tracing.trace_enabled():
             seq.trace = tracing.begin_trace(constraint={"constrained": req.matcher is not None})
@@ -651,7 +651,7 @@ class Engine:
         self._push_text(seq, data[len(old):])
 
     def _trace_token(self, seq: EngineSeq, raw: Any, tok: int, bitmask: Any, kind: str | None) -> None:
-        from sgl.runtime import trace as tracing
+        from sgl.telemetry import trace as tracing
 
         text = (self.token_bytes[tok] or b"").decode("utf-8", errors="replace")
         if raw is None:
@@ -686,7 +686,7 @@ class Engine:
         if seq.first_token is not None:
             out.meta["ttft_s"] = seq.first_token - seq.submitted
         if seq.trace is not None:
-            from sgl.runtime import trace as tracing
+            from sgl.telemetry import trace as tracing
 
             tracing.end_trace(seq.trace, reason)
             seq.trace = None

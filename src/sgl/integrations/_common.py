@@ -9,10 +9,7 @@ from sgl.constrain import (
     CompiledGrammar,
     ConstraintError,
     Vocabulary,
-    compile_choices,
-    compile_grammar,
-    compile_json_schema,
-    compile_regex,
+    compile_spec,
 )
 
 
@@ -32,26 +29,19 @@ def compile_constraint(
     class; ``grammar`` is Lark, GBNF or EBNF text (``grammar_syntax``). ``json_options``
     go to `compile_json_schema` (e.g. ``{"whitespace": "compact"}``).
     """
-    from sgl.lang.expr import schema_of
+    from sgl.types import ConstraintSpec
 
-    given = [name for name, value in (("json_schema", json_schema), ("regex", regex),
-                                      ("grammar", grammar), ("choices", choices)) if value is not None]
+    spec = ConstraintSpec(regex=regex, json_schema=json_schema, grammar=grammar,
+                          grammar_syntax=grammar_syntax, choices=choices)
+    given = [k for k in ("json_schema", "regex", "grammar", "choices") if getattr(spec, k) is not None]
     if len(given) != 1:
         raise ConstraintError(
             "give exactly one of json_schema, regex, grammar, choices"
             + (f" (got {', '.join(given)})" if given else "")
         )
-    if json_schema is not None:
-        schema = json_schema if isinstance(json_schema, bool) else schema_of(json_schema)
-        assert schema is not None  # json_schema is not None here
-        return compile_json_schema(schema, vocab, **dict(json_options or {}))
-    if regex is not None:
-        return compile_regex(regex, vocab)
-    if grammar is not None:
-        return compile_grammar(grammar, vocab, syntax=grammar_syntax)
-    if isinstance(choices, str) or not choices:
+    if isinstance(choices, str) or (choices is not None and not choices):
         raise ConstraintError("choices must be a non-empty list of strings")
-    return compile_choices(list(choices), vocab)
+    return compile_spec(spec, vocab, json_options=dict(json_options or {}))
 
 
 def guess_grammar_syntax(text: str) -> str:

@@ -1,4 +1,5 @@
-"""The functions a program calls: ``sgl.function``, ``sgl.gen``, ``sgl.select``, roles.
+"""The functions a program calls: ``sgl.gen``, ``sgl.select``, roles (``sgl.function``
+is `sgl.runtime.function.function`: a decorated program runs on the interpreter).
 
 Names follow SGLang's ``sglang/api.py`` so SGLang programs run unchanged; SGLang's
 later additions to ``gen`` (``n``, penalties, ``ignore_eos``, logprob settings) are
@@ -8,7 +9,7 @@ stays as it was (docs/sglang_compat.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .choices import ChoicesSamplingMethod, token_length_normalized
@@ -21,17 +22,6 @@ from .expr import (
     SeparateReasoning,
     SglExpr,
 )
-from .function import SglFunction
-
-
-def function(func: Callable | None = None, *, num_api_spec_tokens: int | None = None) -> Any:
-    """Decorate ``def prog(s, ...)`` as an SGL program (``@sgl.function`` or ``@sgl.function()``).
-
-    ``num_api_spec_tokens`` is accepted for SGLang compatibility and ignored.
-    """
-    if func is not None:
-        return SglFunction(func, num_api_spec_tokens)
-    return lambda f: SglFunction(f, num_api_spec_tokens)
 
 
 def gen(
@@ -67,8 +57,9 @@ def gen(
     """Generate text into variable ``name``.
 
     At most one constraint: ``regex``, ``json_schema`` (dict, JSON string or pydantic
-    model class), ``grammar`` (``grammar_syntax`` "lark", "gbnf" or "ebnf") or
-    ``dtype`` (int, float, str, bool: the parsed value is stored). ``choices`` makes
+    model class: the variable is the text, ``state.parsed(name)`` the parsed value or
+    model instance), ``grammar`` (``grammar_syntax`` "lark", "gbnf" or "ebnf") or
+    ``dtype`` (int, float, str, bool or a pydantic model class: the parsed value is stored). ``choices`` makes
     this a ``select`` (as in SGLang). ``timeout`` bounds this one call in seconds.
     ``sampler`` (e.g. ``sgl.OptimalSampler``) generates instead of the backend: any object
     with ``generate_one(prompt, params, constraint)`` returning a ``GenerateResult``.
@@ -198,9 +189,6 @@ def assistant_begin() -> RoleBegin:
 
 def assistant_end() -> RoleEnd:
     return RoleEnd("assistant")
-
-
-UNSUPPORTED = ("image", "video")
 
 
 def image(*args: Any, **kwargs: Any) -> SglExpr:

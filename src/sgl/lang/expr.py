@@ -89,6 +89,10 @@ class GenExpr(SglExpr):
     logprob_start_len: int | None = None
     top_logprobs_num: int | None = None
     return_text_in_logprobs: bool | None = None
+    # the pydantic model class given as json_schema= or dtype=: the value is parsed into it
+    # (`ProgramState.parsed`); with dtype= the variable holds the instance, not the text
+    model: Any = field(default=None, repr=False)
+    value_is_model: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.n is not None and (isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1):
@@ -101,6 +105,13 @@ class GenExpr(SglExpr):
             self.stop = tuple(self.stop)
         if self.stop_token_ids is not None:
             self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+        if is_model_class(self.dtype):  # dtype=Model: JSON under the model's schema, stored parsed
+            if self.json_schema is not None:
+                raise ValueError("gen accepts at most one of regex, json_schema, grammar, dtype "
+                                 "(got json_schema, dtype)")
+            self.json_schema, self.dtype, self.value_is_model = self.dtype, None, True
+        if is_model_class(self.json_schema):
+            self.model = self.json_schema
         self.json_schema = schema_of(self.json_schema)
         self.dtype = normalize_dtype(self.dtype)
         if self.grammar_syntax not in GRAMMAR_SYNTAXES:
@@ -187,6 +198,12 @@ class ConcatAndAppend(SglExpr):
     """Append the text each fork added since the fork point (``join("concate_and_append")``)."""
 
     states: list[Any] = field(default_factory=list)
+
+
+def is_model_class(obj: Any) -> bool:
+    """Whether ``obj`` is a pydantic model class (it has a schema and parses JSON)."""
+    return isinstance(obj, type) and callable(getattr(obj, "model_json_schema", None)) \
+        and callable(getattr(obj, "model_validate_json", None))
 
 
 def schema_of(schema: Any) -> dict | str | None:

@@ -16,6 +16,9 @@ class GlobalConfig:
     """Process-wide frontend settings (SGLang's ``global_config``)."""
 
     def __init__(self) -> None:
+        # the backend ``run`` uses when given none (None until one is set or first needed);
+        # the runtime reads and fills it (`sgl.set_default_backend`, `get_default_backend`)
+        self.default_backend: Any = None
         self.verbosity = 0
         self.enable_precache_with_tracing = True
         # SGLang flags without an effect here: forks join by text, and special tokens
@@ -23,19 +26,6 @@ class GlobalConfig:
         self.enable_parallel_encoding = True
         self.skip_special_tokens_in_output = True
         self.spaces_between_special_tokens_in_out = True
-
-    @property
-    def default_backend(self) -> Any:
-        """The backend ``run`` uses when given none (None if none is set yet)."""
-        from sgl.runtime import interpreter
-
-        return interpreter._default_backend
-
-    @default_backend.setter
-    def default_backend(self, backend: Any) -> None:
-        from sgl.runtime.interpreter import set_default_backend
-
-        set_default_backend(backend)
 
     def __repr__(self) -> str:
         return f"GlobalConfig(default_backend={self.default_backend!r}, verbosity={self.verbosity})"

@@ -18,18 +18,6 @@ from typing import Any
 from .diagnostics import Diagnostic
 
 SGL_MODULES = ("sgl", "sglang")
-STATE_METHODS = (
-    "gen",
-    "select",
-    "system",
-    "user",
-    "assistant",
-    "var_scope",
-    "fork",
-    "copy",
-    "set_var",
-    "get_var",
-)
 
 
 @dataclass

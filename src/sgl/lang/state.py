@@ -14,7 +14,10 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+
+from sgl.errors import ProgramError
 
 from .expr import (
     ConcatAndAppend,
@@ -24,6 +27,15 @@ from .expr import (
     VarScopeBegin,
     VarScopeEnd,
 )
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The structured reading of a generated value (`ProgramState.parsed`): ``value``,
+    or ``error`` saying why the text does not parse or validate."""
+
+    value: Any = None
+    error: str | None = None
 
 
 class RoleMethods:
@@ -78,10 +90,11 @@ class ProgramState(RoleMethods):
         self._scopes: dict[str, int] = {}
         self._spans: dict[str, tuple[int, int]] = {}  # where each gen/select value sits in the text
         self._truncated: dict[str, str] = {}  # variables cut by max_tokens: reading one raises
+        self._parsed: dict[str, Parsed] = {}  # gen(json_schema=..., dtype=...): the structured value
         self._fork_start = 0
         self._streaming_vars: set[str] = set()
         self._error: BaseException | None = None
-        self._background = False  # program running on another thread (stream=True)
+        self._background = stream  # the program runs on another thread (run(stream=True))
         self._finished = False
         self._worker: ThreadPoolExecutor | None = None  # forks queue their work here
         self._pending: list[Future] = []
@@ -179,8 +192,6 @@ class ProgramState(RoleMethods):
                 known = ", ".join(sorted(self._vars)) or "none"
                 raise KeyError(f"variable {name!r} is not defined (defined: {known})")
             if name in self._truncated:
-                from sgl.runtime.errors import ProgramError
-
                 raise ProgramError(self._truncated[name], self)
             return self._vars[name]
 
@@ -188,7 +199,25 @@ class ProgramState(RoleMethods):
         with self._cond:
             self._vars[name] = value
             self._truncated.pop(name, None)  # a value the program sets itself is whole
+            self._parsed.pop(name, None)  # ... and has no structured reading
             self._cond.notify_all()
+
+    def parsed(self, name: str) -> Any:
+        """The structured value of variable ``name``: the pydantic model instance for
+        ``gen(json_schema=Model)`` / ``gen(dtype=Model)``, the JSON value for a schema
+        dict or JSON text, the typed value for ``dtype=int`` etc. (``state[name]`` stays
+        the text for ``json_schema``). Raises ProgramError if the value was cut by
+        ``max_tokens`` or does not parse or validate, KeyError if it is not defined."""
+        self.get_var(name)  # waits for it; raises if it is undefined or was cut short
+        with self._cond:
+            reading = self._parsed.get(name)
+        if reading is None:
+            raise ProgramError(
+                f"variable {name!r} has no parsed value: generate it with json_schema= or dtype=", self
+            )
+        if reading.error is not None:
+            raise ProgramError(f"the value of {name!r} does not parse: {reading.error}", self)
+        return reading.value
 
     def get_meta_info(self, name: str) -> dict | None:
         """What the backend reported for variable ``name`` (finish reason, scores, ...)."""
@@ -281,21 +310,123 @@ class ProgramState(RoleMethods):
             if fut.exception() is not None and self._error is None:
                 self._error = fut.exception()
 
-    # --- used by the interpreter ---------------------------------------------
-    def _append(self, text: str) -> None:
+    # --- the interpreter's API ----------------------------------------------------
+    # Every write to a state goes through these (the interpreter touches no private
+    # attribute). None of them waits for queued fork work: the interpreter calls them
+    # from that work itself.
+    @property
+    def streamed(self) -> bool:
+        """Whether this run streams (readers may already have seen the text)."""
+        return self._stream
+
+    @property
+    def current_role(self) -> str | None:
+        """The role opened and not yet closed, if any."""
+        return self._role
+
+    @property
+    def message_count(self) -> int:
+        """How many role messages were closed so far."""
+        return len(self._messages)
+
+    def current_text(self) -> str:
+        """The text so far, without waiting for anything (the interpreter's prompt)."""
+        return self._text
+
+    def current_value(self, name: str) -> Any:
+        """Variable ``name`` as it is now (None if unset), without waiting or raising."""
+        return self._vars.get(name)
+
+    def fork_text(self) -> str:
+        """The text this fork added after it was forked."""
+        return self._text[self._fork_start :]
+
+    def append(self, text: str) -> None:
+        """Append ``text`` (a constant, a role marker, a chosen value)."""
         with self._cond:
             self._text += text
             self._cond.notify_all()
 
-    def _append_to_var(self, name: str | None, delta: str) -> None:
-        """Stream ``delta`` into the text and variable ``name`` together."""
+    def begin_stream(self, name: str | None) -> None:
+        """A value will be streamed into variable ``name`` (readers wait for its end)."""
+        if name is None:
+            return
         with self._cond:
+            self._vars[name] = ""
+            self._streaming_vars.add(name)
+
+    def stream_delta(self, name: str | None, delta: str, cancelled: threading.Event) -> bool:
+        """Append ``delta`` to the text and to variable ``name`` together, unless
+        ``cancelled`` is set (checked under the lock: nothing lands after a timeout)."""
+        with self._cond:
+            if cancelled.is_set():
+                return False
             self._text += delta
             if name is not None:
                 self._vars[name] = self._vars.get(name, "") + delta
             self._cond.notify_all()
+            return True
 
-    def _finish(self, error: BaseException | None = None) -> None:
+    def end_stream(self, name: str | None) -> None:
+        """The streamed value of ``name`` is complete (or abandoned)."""
+        with self._cond:
+            self._streaming_vars.discard(name)
+            self._cond.notify_all()
+
+    def record_var(self, name: str, value: Any, meta: Any, start: int, *, truncated: str | None = None,
+                   parsed: Parsed | None = None) -> None:
+        """Set a generated variable: its value, its meta info and its span (from text
+        offset ``start`` to the end of the text), all at once. ``truncated``: why the
+        value is incomplete (reading it then raises ProgramError with that message);
+        ``parsed``: its structured reading (`parsed`)."""
+        with self._cond:
+            self._spans[name] = (start, len(self._text))
+            self._meta[name] = meta
+            self.set_var(name, value)
+            if truncated:
+                self._truncated[name] = truncated
+            if parsed is not None:
+                self._parsed[name] = parsed
+
+    def rewrite_value_text(self, name: str, text: str) -> bool:
+        """Replace the text of ``name``'s value with ``text`` where that value still ends
+        the text and the run is not streamed (no reader has seen it); False otherwise."""
+        with self._cond:
+            span = self._spans.get(name)
+            if span is None or span[1] != len(self._text) or self._stream:
+                return False
+            self._text = self._text[: span[0]] + text
+            self._spans[name] = (span[0], len(self._text))
+            return True
+
+    def open_role(self, role: str, prefix: str) -> None:
+        """Append the role's ``prefix`` and start its message (roles do not nest)."""
+        if self._role is not None:
+            raise ProgramError(f"cannot open role {role!r} inside role {self._role!r}: roles do not nest", self)
+        self.append(prefix)
+        with self._cond:
+            self._role, self._role_start = role, len(self._text)
+
+    def close_role(self, role: str, suffix_for: Callable[[str], str]) -> None:
+        """End the open ``role``: append ``suffix_for(content)`` and record the message."""
+        if self._role != role:
+            raise ProgramError(f"role {role!r} ended but the open role is {self._role!r}", self)
+        content = self._text[self._role_start :]
+        self.append(suffix_for(content))
+        with self._cond:
+            self._messages.append({"role": role, "content": content.lstrip()})
+            self._role = None
+
+    def begin_scope(self, name: str) -> None:
+        """Start capturing the text appended from here into variable ``name``."""
+        self._scopes[name] = len(self._text)
+
+    def end_scope(self, name: str) -> None:
+        """Set variable ``name`` to the text appended since `begin_scope`."""
+        self.set_var(name, self._text[self._scopes.pop(name) :])
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The program returned (or failed with ``error``): wake every reader."""
         with self._cond:
             if error is not None and self._error is None:
                 self._error = error

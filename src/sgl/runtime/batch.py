@@ -17,12 +17,14 @@ from .interpreter import RunDefaults, get_default_backend, resolve_backend, run_
 
 class RequestBatcher(Backend):
     """Gathers the ``generate`` calls that run_batch's threads make at the same time
-    into ``backend.generate_batch`` calls, for backends that batch (the local engine
-    pads a batch and decodes it in one forward pass per step). Everything else is
-    passed through."""
+    into ``backend.generate_batch`` calls, for backends that declare
+    ``capabilities.gathers_batches`` (a model that pads a batch and decodes it in one
+    forward pass per step). Everything else is passed through."""
 
     def __init__(self, backend: Backend, max_batch: int = 8):
         self.backend = backend
+        self.capabilities = backend.capabilities
+        self.default_system_prompt = backend.default_system_prompt
         self.closed = False
         self.max_batch = max(1, max_batch)
         self.queue: queue.Queue[tuple[GenerateRequest, Future] | None] = queue.Queue()
@@ -93,13 +95,12 @@ class RequestBatcher(Backend):
 def batches(backend: Backend) -> bool:
     """Should run_batch gather concurrent calls into ``generate_batch`` calls?
 
-    Yes for a backend with a real ``generate_batch``, unless it batches concurrent
-    ``generate`` calls itself (continuous batching: gathering would only make requests
-    wait for the slowest of their group).
+    Only where the backend opts in (``capabilities.gathers_batches``) and does not batch
+    concurrent ``generate`` calls itself: with continuous batching (the local engine, an
+    HTTP server) gathering would only make each request wait for the slowest of its group.
     """
-    if getattr(backend, "continuous_batching", False):
-        return False
-    return type(backend).generate_batch is not Backend.generate_batch
+    caps = backend.capabilities
+    return caps.gathers_batches and not caps.continuous_batching
 
 
 def resolve_threads(num_threads: int | str, n_items: int) -> int:
@@ -131,7 +132,7 @@ def run_batch(
     threads = resolve_threads(num_threads, len(batch_kwargs))
     batcher = None
     if threads > 1 and batches(backend):
-        batcher = backend = RequestBatcher(backend, getattr(backend, "max_batch", 8))
+        batcher = backend = RequestBatcher(backend, backend.capabilities.max_batch)
 
     def one(kwargs: dict[str, Any]) -> ProgramState:
         return run_program(

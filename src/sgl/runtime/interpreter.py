@@ -4,6 +4,7 @@ appended ``gen``/``select``/role into backend calls (SGLang's StreamExecutor, ea
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -12,14 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sgl.backends.base import (
-    Backend,
-    ConstraintSpec,
-    GenerateRequest,
-    GenerateResult,
-    SamplingParams,
-)
-from sgl.constrain.errors import ConstraintError
+from sgl.backends.base import Backend, GenerateRequest, GenerateResult
+from sgl.errors import BackendError, ConstraintError, GenerationTimeout, ProgramError, SglError
 from sgl.lang.dtypes import DTYPE_REGEX, parse_value
 from sgl.lang.expr import (
     ConcatAndAppend,
@@ -34,34 +29,31 @@ from sgl.lang.expr import (
     VarScopeBegin,
     VarScopeEnd,
 )
-from sgl.lang.state import ProgramState
-
-from .errors import BackendError, GenerationTimeout, ProgramError, SglError
+from sgl.lang.global_config import global_config
+from sgl.lang.state import Parsed, ProgramState
+from sgl.types import ConstraintSpec, SamplingParams
 
 # --- the default backend ------------------------------------------------------
-_default_backend: Backend | None = None
-_default_lock = threading.Lock()
+_default_lock = threading.Lock()  # the default backend lives in global_config
 
 
 def set_default_backend(backend: Backend | None) -> None:
     """The backend used when ``run`` gets none (SGLang's name)."""
-    global _default_backend
-    _default_backend = backend
+    global_config.default_backend = backend
 
 
 def get_default_backend() -> Backend:
     """The default backend; a ``LocalModel()`` is created on first use if none was set."""
-    global _default_backend
     with _default_lock:
-        if _default_backend is None:
+        if global_config.default_backend is None:
             try:
                 from sgl.backends.local import LocalModel
             except ImportError as e:
                 raise BackendError(
                     f"no backend: call sgl.set_default_backend(...) or pass backend= ({e})"
                 ) from e
-            _default_backend = LocalModel()
-        return resolve_backend(_default_backend)
+            global_config.default_backend = LocalModel()
+        return resolve_backend(global_config.default_backend)
 
 
 def resolve_backend(backend: Any) -> Backend:
@@ -74,7 +66,7 @@ def resolve_backend(backend: Any) -> Backend:
 def flush_cache(backend: Any = None, empty_cache: bool = True) -> bool:
     """Drop the backend's cached prompt prefixes (SGLang's ``sgl.flush_cache``); False
     when there is no backend yet or it caches nothing."""
-    backend = backend if backend is not None else _default_backend
+    backend = backend if backend is not None else global_config.default_backend
     if backend is None:
         return False
     return bool(resolve_backend(backend).flush_cache(empty_cache=empty_cache))
@@ -82,7 +74,7 @@ def flush_cache(backend: Any = None, empty_cache: bool = True) -> bool:
 
 def get_server_info(backend: Any = None) -> dict[str, Any] | None:
     """What the backend runs (SGLang's ``sgl.get_server_info``); None with no backend."""
-    backend = backend if backend is not None else _default_backend
+    backend = backend if backend is not None else global_config.default_backend
     if backend is None:
         return None
     return resolve_backend(backend).get_server_info()
@@ -138,9 +130,9 @@ class Interpreter:
 
     def execute(self, state: ProgramState, expr: Any) -> None:
         if isinstance(expr, str):
-            state._append(expr)
+            state.append(expr)
         elif isinstance(expr, Constant):
-            state._append(expr.value)
+            state.append(expr.value)
         elif isinstance(expr, ExprList):
             for item in expr.items:
                 self.execute(state, item)
@@ -153,13 +145,13 @@ class Interpreter:
         elif isinstance(expr, RoleEnd):
             self._role_end(state, expr.role)
         elif isinstance(expr, VarScopeBegin):
-            state._scopes[expr.name] = len(state._text)
+            state.begin_scope(expr.name)
         elif isinstance(expr, VarScopeEnd):
-            state.set_var(expr.name, state._text[state._scopes.pop(expr.name) :])
+            state.end_scope(expr.name)
         elif isinstance(expr, SeparateReasoning):
             self._separate_reasoning(state, expr)
         elif isinstance(expr, ConcatAndAppend):
-            state._append("".join(s._text[s._fork_start :] for s in expr.states))
+            state.append("".join(s.fork_text() for s in expr.states))
         elif isinstance(expr, SglExpr):
             raise ProgramError(f"cannot execute {type(expr).__name__}")
         else:
@@ -199,7 +191,7 @@ class Interpreter:
             grammar_syntax=g.grammar_syntax,
         )
         return GenerateRequest(
-            prompt=state._text,
+            prompt=state.current_text(),
             params=params,
             constraint=None if constraint.is_empty() else constraint,
         )
@@ -209,8 +201,8 @@ class Interpreter:
         deadline = self._deadline(g.timeout)
         what = f"gen {g.name!r}" if g.name else "gen"
         n = g.n or 1
-        start = len(state._text)
-        if n == 1 and g.sampler is None and (state._stream or deadline is not None):
+        start = len(state.current_text())
+        if n == 1 and g.sampler is None and (state.streamed or deadline is not None):
             meta = self._gen_streaming(state, g.name, request, deadline, what)
             texts, metas = [meta.pop("text")], [meta]
         else:
@@ -218,11 +210,11 @@ class Interpreter:
             results = self._call(lambda: self._generate(g, requests), state, what, deadline)
             texts = [r.text for r in results]
             metas = [self._result_meta(g, req, r) for req, r in zip(requests, results, strict=True)]
-            state._append(texts[0])  # as SGLang: with n samples, the text continues with the first
+            state.append(texts[0])  # as SGLang: with n samples, the text continues with the first
         if g.dtype == "str":  # a string cut short is closed, never left unterminated
             closings = [_close_string(text) for text in texts]
             if closings[0]:
-                state._append(closings[0])
+                state.append(closings[0])
             texts = [text + closing for text, closing in zip(texts, closings, strict=True)]
             for meta, closing in zip(metas, closings, strict=True):
                 if closing:
@@ -231,12 +223,11 @@ class Interpreter:
             return
         values = [self._value(g, text, meta) for text, meta in zip(texts, metas, strict=True)]
         cut = [_cut_value_error(g, request, text, meta) for text, meta in zip(texts, metas, strict=True)]
-        with state._cond:
-            state._spans[g.name] = (start, len(state._text))
-            state._meta[g.name] = metas[0] if n == 1 else metas
-            state.set_var(g.name, values[0] if n == 1 else values)
-            if any(cut):
-                state._truncated[g.name] = "; ".join(c for c in cut if c)
+        readings = [_reading(g, text, value, meta) for text, value, meta in zip(texts, values, metas, strict=True)]
+        if g.value_is_model:  # dtype=Model: the variable holds the instance where it validated
+            values = [r.value if r is not None and r.error is None else v for r, v in zip(readings, values, strict=True)]
+        state.record_var(g.name, values[0] if n == 1 else values, metas[0] if n == 1 else metas, start,
+                         truncated="; ".join(c for c in cut if c) or None, parsed=_one_reading(readings))
 
     def _generate(self, g: GenExpr, requests: list[GenerateRequest]) -> list[GenerateResult]:
         if g.sampler is not None:
@@ -269,9 +260,8 @@ class Interpreter:
         with_text = bool(pick(g.return_text_in_logprobs, d.return_text_in_logprobs))
         if result.logprobs is None:
             raise ProgramError(f"{type(self.backend).__name__} does not return logprobs")
-        full = getattr(self.backend, "logprob_meta", None)
-        if full is not None and g.sampler is None:
-            return full(request.prompt, result, start, top_n, with_text)
+        if self.backend.capabilities.prompt_logprobs and g.sampler is None:
+            return self.backend.logprob_meta(request.prompt, result, start, top_n, with_text)
         if (start is not None and start >= 0) or top_n or with_text:
             raise ProgramError(
                 f"{type(self.backend).__name__} returns output token logprobs only "
@@ -306,20 +296,15 @@ class Interpreter:
         """Stream deltas into the state as they come; stop reading at the deadline."""
         cancelled = threading.Event()
         collected: list[str] = []
-        if name is not None:
-            with state._cond:
-                state._vars[name] = ""
-                state._streaming_vars.add(name)
+        state.begin_stream(name)
 
         def consume() -> None:
             stream = self.backend.generate_stream(request)
             try:
                 for delta in stream:
-                    with state._cond:  # checked under the lock: no delta lands after a timeout
-                        if cancelled.is_set():
-                            break
-                        collected.append(delta)
-                        state._append_to_var(name, delta)
+                    if not state.stream_delta(name, delta, cancelled):
+                        break
+                    collected.append(delta)
             finally:
                 close = getattr(stream, "close", None)
                 if close is not None:
@@ -328,14 +313,12 @@ class Interpreter:
         try:
             self._call(consume, state, what, deadline, on_timeout=cancelled.set)
         finally:
-            with state._cond:
-                state._streaming_vars.discard(name)
-                state._cond.notify_all()
+            state.end_stream(name)
         return {"finish_reason": "stream", "text": "".join(collected)}
 
     # --- select ---
     def _select(self, state: ProgramState, sel: SelectExpr) -> None:
-        prompt = state._text
+        prompt = state.current_text()
         result = self._call(
             lambda: self.backend.select(prompt, sel.choices, sel.method),
             state,
@@ -350,18 +333,11 @@ class Interpreter:
                 sel.seed if sel.seed is not None else self.defaults.seed,
             )
         choice = sel.choices[index]
-        start = len(state._text)
-        state._append(choice)
+        start = len(state.current_text())
+        state.append(choice)
         if sel.name is not None:
-            with state._cond:
-                state._spans[sel.name] = (start, len(state._text))
-                state._meta[sel.name] = {
-                    **result.meta,
-                    "scores": list(result.scores),
-                    "index": index,
-                    "method": sel.method,
-                }
-            state.set_var(sel.name, choice)
+            meta = {**result.meta, "scores": list(result.scores), "index": index, "method": sel.method}
+            state.record_var(sel.name, choice, meta, start)
 
     # --- separate_reasoning ---
     def _separate_reasoning(self, state: ProgramState, expr: SeparateReasoning) -> None:
@@ -375,7 +351,7 @@ class Interpreter:
 
         for target in expr.targets():
             name = target.name
-            value = state._vars.get(name)
+            value = state.current_value(name)
             if not isinstance(value, str):
                 raise ProgramError(
                     f"separate_reasoning needs the text of {name!r}, not {type(value).__name__}", state
@@ -384,37 +360,21 @@ class Interpreter:
                 reasoning, answer = split_reasoning(value, expr.model_type)
             except ValueError as e:
                 raise ProgramError(str(e), state) from e
-            with state._cond:
-                span = state._spans.get(name)
-                if span is not None and span[1] == len(state._text) and not state._stream:
-                    state._text = state._text[: span[0]] + answer
-                    state._spans[name] = (span[0], len(state._text))
+            state.rewrite_value_text(name, answer)
             state.set_var(expr.process_name_for_reasoning(name), reasoning)
             state.set_var(name, answer)
 
     # --- roles ---
     def _role_begin(self, state: ProgramState, role: str) -> None:
-        if state._role is not None:
-            raise ProgramError(
-                f"cannot open role {role!r} inside role {state._role!r}: roles do not nest", state
-            )
-        default_system = getattr(self.backend, "default_system_prompt", None)
-        if not state._messages and role != "system" and default_system:
+        default_system = self.backend.default_system_prompt
+        if state.current_role is None and not state.message_count and role != "system" and default_system:
             self._role_begin(state, "system")
-            state._append(default_system)
+            state.append(default_system)
             self._role_end(state, "system")
-        prefix, _ = self.backend.role_text(role, "")
-        state._append(prefix)
-        state._role, state._role_start = role, len(state._text)
+        state.open_role(role, self.backend.role_text(role, "")[0])
 
     def _role_end(self, state: ProgramState, role: str) -> None:
-        if state._role != role:
-            raise ProgramError(f"role {role!r} ended but the open role is {state._role!r}", state)
-        content = state._text[state._role_start :]
-        _, suffix = self.backend.role_text(role, content)
-        state._append(suffix)
-        state._messages.append({"role": role, "content": content.lstrip()})
-        state._role = None
+        state.close_role(role, lambda content: self.backend.role_text(role, content)[1])
 
     # --- calling the backend ---
     def _deadline(self, call_timeout: float | None) -> float | None:
@@ -518,8 +478,6 @@ def _cut_value_error(g: GenExpr, request: GenerateRequest, text: str, meta: dict
         except re.error:
             return None  # a regex only the constraint engine reads: cannot tell
     elif g.json_schema is not None:
-        import json
-
         try:
             json.loads(text)
             return None
@@ -530,6 +488,34 @@ def _cut_value_error(g: GenExpr, request: GenerateRequest, text: str, meta: dict
     meta["truncated"] = True
     return (f"the value of {g.name!r} was cut by max_tokens={request.params.max_tokens} before the "
             f"constraint was complete ({text[-40:]!r}); raise max_tokens (the raw text is in the state's text)")
+
+
+def _reading(g: GenExpr, text: str, value: Any, meta: dict) -> Parsed | None:
+    """The structured reading of one generated value (None for plain text)."""
+    if g.model is not None:
+        try:
+            return Parsed(g.model.model_validate_json(text))
+        except ValueError as e:  # pydantic's ValidationError is a ValueError
+            meta["parse_error"] = str(e)
+            return Parsed(error=str(e))
+    if g.json_schema is not None:
+        try:
+            return Parsed(json.loads(text))
+        except ValueError as e:
+            meta["parse_error"] = str(e)
+            return Parsed(error=f"not JSON: {e}")
+    if g.dtype:
+        error = meta.get("dtype_error")
+        return Parsed(error=error) if error else Parsed(value)
+    return None
+
+
+def _one_reading(readings: list[Parsed | None]) -> Parsed | None:
+    """The reading of ``gen``'s variable: of its one value, or a list for ``n`` samples."""
+    if len(readings) == 1 or readings[0] is None:
+        return readings[0]
+    errors = [r.error for r in readings if r.error is not None]
+    return Parsed(error="; ".join(errors)) if errors else Parsed([r.value for r in readings])
 
 
 def _nth_sample(request: GenerateRequest, i: int) -> GenerateRequest:
@@ -563,7 +549,6 @@ def run_program(
     interp = Interpreter(backend, defaults, deadline)
     state = ProgramState(interp, stream=stream)
     if stream:
-        state._background = True
         threading.Thread(
             target=_run_body, args=(func, state, args, kwargs), name="sgl-stream", daemon=True
         ).start()
@@ -591,9 +576,7 @@ def _run_body(
         wrapped = ProgramError(f"{type(e).__name__} in program: {e}", state)
         wrapped.__cause__ = e
         error = wrapped
-    state._finish(error)
-    from sgl.lang.global_config import global_config
-
+    state.finish(error)
     if global_config.verbosity >= 2:
-        print(state._text)
+        print(state.current_text())
     return error

@@ -16,9 +16,15 @@ stopped at ``compile_timeout_s``. Blocking backend calls run on worker threads, 
 ``max_running`` at once; a streaming client that disconnects stops its generation at
 the next chunk.
 
-Every client mistake is a 4xx with OpenAI's error object (bodies are parsed here as
-strict JSON: see ``read_body``); a 500 is the server's own bug, logged with the request
+Every client mistake is a 4xx with OpenAI's error object (bodies are parsed as strict
+JSON: see ``guard.read_body``); a 500 is the server's own bug, logged with the request
 id it names. A generation that fails is an error, never an empty ``"stop"``.
+
+This module has the routes and the request flow (``_Server``); the rest is by concern:
+``guard`` (body parsing, API key, size and read deadlines), ``api_errors`` (error
+mapping), ``constraints`` (which field gives the constraint), ``tools`` (tool calls),
+``streaming`` (streamed choices), ``logprobs`` (OpenAI's logprob shapes),
+``compile_pool`` (bounded compiles), ``protocol`` (the request/response models).
 """
 
 from __future__ import annotations
@@ -26,41 +32,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
-import math
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 try:
     import anyio
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-    from pydantic import ValidationError
-    from starlette.exceptions import HTTPException
+    from fastapi.responses import PlainTextResponse, StreamingResponse
 except ModuleNotFoundError as e:  # the core install has no fastapi: say which extra adds it
     from sgl._extras import MissingExtraError
 
     raise MissingExtraError("the SGL server (sgl serve)", "server", [e.name or "fastapi"]) from e
 
-from sgl.backends.base import (
-    Backend,
-    ConstraintSpec,
-    GenerateRequest,
-    GenerateResult,
-    SamplingParams,
-)
-from sgl.constrain.errors import ConstraintError
-from sgl.runtime import trace
-from sgl.runtime.metrics import Metrics, get_metrics
+from sgl.backends.base import Backend, GenerateRequest, GenerateResult
+from sgl.telemetry import trace
+from sgl.telemetry.metrics import Metrics, get_metrics
+from sgl.types import ConstraintSpec, SamplingParams
 
+from .api_errors import (
+    APIError,
+    ClientGone,
+    Refused,
+    generation_error,
+    install_error_handlers,
+    openai_finish,
+    refusing,
+)
 from .compile_pool import CompilePool, PoolChecker, compile_constraint, try_compile
+from .constraints import answer_schema, constraint_of, constraint_size, describe_constraint
+from .guard import GuardMiddleware, read_body
+from .logprobs import TokenLogprobs
 from .protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -82,16 +88,16 @@ from .protocol import (
     ModelList,
     ResponseMessage,
     SamplingFields,
-    TokenLogprob,
     Usage,
     new_id,
     now,
 )
-from .schemas import resolve_strict
+from .streaming import StreamChoice, Streams, swallow
 from .tools import (
     AUTO_FIRST_PASS,
     ToolError,
     ToolPlan,
+    call_or_answer_schema,
     opened_call,
     parse_calls,
     plan_tools,
@@ -101,7 +107,6 @@ from .tools import (
 
 log = logging.getLogger("sgl.server")
 
-JSON_OBJECT_SCHEMA = {"type": "object"}  # response_format json_object: any JSON object
 KNOWN_OK_SIZE = 256  # constraints remembered as valid
 
 
@@ -128,24 +133,6 @@ class ServerSettings:
     metrics: Metrics | None = field(default=None, repr=False)  # None: the process-wide one
 
 
-class APIError(Exception):
-    """A request the server refuses; becomes an OpenAI-style error body."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 location: str | None = None, type_: str = "invalid_request_error", counted: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.counted = counted  # already in the metrics (a failed or cancelled generation)
-        self.detail = ErrorDetail(message=message, type=type_, param=param, code=code, location=location)
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(ErrorResponse(error=self.detail).model_dump(), status_code=self.status)
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
-
-
 # --- the app ------------------------------------------------------------------------
 def create_app(backend: Backend, settings: ServerSettings | None = None) -> FastAPI:
     """An OpenAI-compatible FastAPI app serving ``backend`` (see the module docstring)."""
@@ -162,10 +149,7 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
     app = FastAPI(title="SGL", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.sgl = server
 
-    app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _server_bug)
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -205,213 +189,6 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
     return app
 
 
-async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    if not exc.counted:  # refused before generating: requests_total{status="rejected"}
-        request.app.state.sgl.metrics.observe_status("rejected" if exc.status < 500 else "error")
-    return exc.response()
-
-
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _invalid_fields(exc.errors()).response()
-
-
-def _invalid_fields(errors: Any) -> APIError:
-    """A 422 naming every field that failed validation (pydantic's ``errors()``)."""
-    problems = []
-    for err in errors:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        problems.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
-    first = errors[0] if errors else {}
-    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    return APIError(422, "invalid request: " + "; ".join(problems), param=param, code="invalid_request", location=param)
-
-
-async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-    """Starlette's own errors (unknown route, wrong method) in the OpenAI shape."""
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return APIError(exc.status_code, str(exc.detail), code=code).response()
-
-
-async def _server_bug(request: Request, exc: Exception) -> JSONResponse:
-    """A bug of the server (never a client's mistake): logged with an id the client sees."""
-    rid = trace.new_request_id("error")
-    request.app.state.sgl.metrics.observe_status("error")
-    log.error("internal error %s on %s %s", rid, request.method, request.url.path, exc_info=exc)
-    return APIError(500, f"internal server error (request id {rid})", type_="server_error", code="internal_error").response()
-
-
-async def read_body(request: Request, model: type[SamplingFields], max_depth: int) -> Any:
-    """The request body as ``model``: strict UTF-8 JSON (no NaN / Infinity, no lone
-    surrogates, nested at most ``max_depth`` deep), then field validation (422)."""
-    raw = await request.body()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise APIError(400, f"the body is not valid UTF-8 (byte {e.start})", code="invalid_json") from None
-    try:
-        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as e:
-        raise APIError(400, f"the body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
-                       code="invalid_json", location=f"line {e.lineno}, column {e.colno}") from None
-    except _BadNumber as e:
-        raise APIError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
-    except RecursionError:
-        raise APIError(400, f"the body is nested deeper than {max_depth} levels", code="invalid_json") from None
-    problem = _json_problem(data, max_depth)
-    if problem is not None:
-        message, param = problem
-        raise APIError(400, message, param=param, code="invalid_json")
-    if not isinstance(data, dict):
-        raise APIError(400, f"the body must be a JSON object, not {type(data).__name__}", code="invalid_json")
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise _invalid_fields(e.errors()) from None
-
-
-class _BadNumber(ValueError):
-    """A JSON number Python would read as NaN or infinity."""
-
-
-def _no_constant(name: str) -> float:
-    raise _BadNumber(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _BadNumber(f"{text} is out of the range of a double")
-    return value
-
-
-def _json_problem(value: Any, max_depth: int, path: str = "") -> tuple[str, str | None] | None:
-    """The first lone surrogate or too deep nesting in parsed JSON: (message, where)."""
-    stack = [(value, path, 0)]
-    while stack:
-        item, where, depth = stack.pop()
-        if isinstance(item, str):
-            if not _utf8_ok(item):
-                return f"{where or 'body'}: the text has a lone surrogate (not valid Unicode)", where or None
-            continue
-        if not isinstance(item, (dict, list)):
-            continue
-        if depth >= max_depth:
-            field = where.split(".", 1)[0] or None  # the top-level field (the full path can be huge)
-            return f"the body is nested deeper than {max_depth} levels (in {field or 'body'})", field
-        pairs = item.items() if isinstance(item, dict) else enumerate(item)
-        for key, child in pairs:
-            name = f"{where}.{key}" if where else str(key)
-            if isinstance(key, str) and not _utf8_ok(key):
-                return f"{name}: a key has a lone surrogate (not valid Unicode)", where or None
-            stack.append((child, name, depth + 1))
-    return None
-
-
-def _utf8_ok(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-class GuardMiddleware:
-    """The outermost layer: 401 for a wrong key (before the body is read), then 413 for
-    bodies over ``max_bytes``, 408 for a body not received within ``read_timeout_s``.
-
-    The body is read here (requests are small JSON) and replayed to the app. A refused
-    body is drained, up to a hard cap and within the deadline, so that the client reads
-    the error rather than a connection reset. ``/health`` needs no key.
-    """
-
-    def __init__(self, app: Any, max_bytes: int, api_key: str | None, read_timeout_s: float = 30.0,
-                 metrics: Metrics | None = None):
-        self.app = app
-        self.metrics = metrics
-        self.max_bytes = max_bytes
-        self.api_key = api_key
-        self.read_timeout_s = read_timeout_s
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        has_body = scope["method"] in ("POST", "PUT", "PATCH")
-        refusal: tuple[int, str, str] | None = None
-        if self.api_key and scope["path"] != "/health" and not key_ok(headers, self.api_key):
-            refusal = (401, "missing or incorrect API key (send 'Authorization: Bearer KEY')", "invalid_api_key")
-        body = bytearray()
-        if has_body:
-            declared = headers.get("content-length", "")
-            if refusal is None and declared.isdigit() and int(declared) > self.max_bytes:
-                refusal = (413, f"request body is larger than the limit of {self.max_bytes} bytes", "request_too_large")
-            try:
-                with anyio.fail_after(self.read_timeout_s):
-                    refusal = await self._read(receive, body, refusal)
-            except TimeoutError:
-                self._count("rejected")
-                await _send_error(scope, receive, send, 408, f"the request body did not arrive within {self.read_timeout_s:g} s",
-                                  "request_timeout", close=True)
-                return
-            except ClientGone:
-                return
-        if refusal is not None:
-            self._count("rejected")
-            await _send_error(scope, receive, send, *refusal, close=has_body)
-            return
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    def _count(self, status: str) -> None:
-        if self.metrics is not None:
-            self.metrics.observe_status(status)
-
-    async def _read(self, receive: Callable, body: bytearray, refusal: tuple[int, str, str] | None
-                    ) -> tuple[int, str, str] | None:
-        """Read the body into ``body`` (only while it is accepted); the refusal, if any."""
-        seen, more = 0, True
-        while more and seen <= 16 * self.max_bytes:  # past that, stop reading a hostile upload
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            more = message.get("more_body", False)
-            seen += len(chunk)
-            if refusal is None and seen > self.max_bytes:
-                refusal = (413, f"request body is larger than the limit of {self.max_bytes} bytes", "request_too_large")
-                body.clear()
-            if refusal is None:
-                body += chunk
-        return refusal
-
-
-async def _send_error(scope: dict, receive: Callable, send: Callable, status: int, message: str, code: str,
-                      close: bool = False) -> None:
-    """An error answered by the middleware; ``close``: the connection is not reused (its
-    request body may be unread)."""
-    response = APIError(status, message, code=code).response()
-    if close:
-        response.headers["Connection"] = "close"
-    await response(scope, receive, send)
-
-
-def key_ok(headers: dict[str, str], key: str) -> bool:
-    """``Authorization: Bearer KEY`` (or ``X-API-Key: KEY``) matches, in constant time."""
-    scheme, _, given = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        given = headers.get("x-api-key", "")
-    return hmac.compare_digest(given.strip().encode(), key.encode())
-
-
 # --- requests -> backend calls --------------------------------------------------------
 @dataclass
 class _Job:
@@ -431,16 +208,33 @@ class _Job:
     started: float = field(default_factory=time.perf_counter)
     ttft: float | None = None  # streaming: seconds to the first delta
     param: str | None = None  # the field that gave the constraint
+    # auto tools with a response_format: one pass, a call or an answer in the format
+    with_format: bool = False
 
     def is_call(self, result: GenerateResult) -> bool:
-        """Was ``result`` generated under the tool-call constraint?"""
-        return self.tools is not None and (self.tools.mode == "required" or bool(result.meta.get("tool_call_pass")))
+        """Was ``result`` generated under the tool-call constraint (or, with a format, is it a call)?"""
+        if self.tools is None:
+            return False
+        if self.with_format:
+            return parse_calls(result.text, self.tools.names) is not None
+        return self.tools.mode == "required" or bool(result.meta.get("tool_call_pass"))
+
+    @property
+    def two_pass(self) -> bool:
+        """Auto tools without a format: a first pass, then a call pass if it opened one."""
+        return self.tools is not None and self.tools.mode == "auto" and not self.with_format
+
+    @property
+    def whole_answer(self) -> bool:
+        """Streamed only when complete (it may be a call, which is sent whole)?"""
+        return self.tools is not None and (self.tools.mode == "required" or self.with_format)
 
 
 class _Server:
     def __init__(self, backend: Backend, settings: ServerSettings):
         self.backend = backend
         self.settings = settings
+        self.lp = TokenLogprobs(backend)  # token texts and logprobs in OpenAI's shapes
         self.metrics = settings.metrics or get_metrics()
         self.limiter = anyio.CapacityLimiter(settings.max_running)
         self.compile_pool = CompilePool(settings.compile_workers) if settings.compile_workers > 0 else None
@@ -465,8 +259,8 @@ class _Server:
         if job.stream:
             return self._sse(self._guarded(job, self._stream_completion(job, request, echoes)))
         results = await self._generate(job, request)
-        choices = [CompletionChoice(index=i, text=echoes[i] + r.text, finish_reason=_finish(r),
-                                    logprobs=self._completion_logprobs(self._result_tokens(r)) if job.want_logprobs else None)
+        choices = [CompletionChoice(index=i, text=echoes[i] + r.text, finish_reason=openai_finish(r),
+                                    logprobs=self.lp.completion_logprobs(self.lp.result_tokens(r)) if job.want_logprobs else None)
                    for i, r in enumerate(results)]
         return CompletionResponse(model=self.settings.model_name, choices=choices, usage=_usage(results)).model_dump()
 
@@ -492,8 +286,8 @@ class _Server:
         calls = parse_calls(result.text) if job.is_call(result) else None
         if calls:
             return ChatChoice(index=index, message=ResponseMessage(content=None, tool_calls=calls), finish_reason="tool_calls")
-        logprobs = self._chat_logprobs(self._result_tokens(result)) if job.want_logprobs else None
-        return ChatChoice(index=index, message=ResponseMessage(content=result.text), finish_reason=_finish(result),
+        logprobs = self.lp.chat_logprobs(self.lp.result_tokens(result)) if job.want_logprobs else None
+        return ChatChoice(index=index, message=ResponseMessage(content=result.text), finish_reason=openai_finish(result),
                           logprobs=logprobs)
 
     # --- validation ---
@@ -551,12 +345,18 @@ class _Server:
                            param="max_tokens")
         spec, param = constraint_of(body, self.settings.strict_schemas)
         call_spec = call_checker = None
+        with_format = False
         if tools is not None:
-            if spec is not None:
-                raise APIError(400, f"{param} cannot be combined with tools (unless tool_choice is 'none')", param=param)
+            answer_format = answer_schema(spec, param, tools)
             call_spec = ConstraintSpec(json_schema=tools.call_schema)
             call_checker = await self._compile(call_spec, "tools")
-            spec, param = (call_spec, "tools") if tools.mode == "required" else (ConstraintSpec(regex=AUTO_FIRST_PASS), "tools")
+            if tools.mode == "required":
+                spec, param = call_spec, "tools"
+            elif answer_format is not None:  # one pass: a call or an answer in the format
+                spec, param, with_format = ConstraintSpec(json_schema=call_or_answer_schema(tools, answer_format)), \
+                    "response_format", True
+            else:
+                spec, param = ConstraintSpec(regex=AUTO_FIRST_PASS), "tools"
         checker = None
         if spec is not None:
             checker = call_checker if spec is call_spec else await self._compile(spec, param)
@@ -580,10 +380,11 @@ class _Server:
                 requests.append(GenerateRequest(prompt=prompt, params=params, constraint=spec))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _Job(requests, checker, body.stream, include_usage, want_logprobs, top_logprobs,
-                    trace.new_request_id(endpoint), endpoint, tools, call_spec, call_checker, param=param)
+                    trace.new_request_id(endpoint), endpoint, tools, call_spec, call_checker, param=param,
+                    with_format=with_format)
 
     async def _compile(self, spec: ConstraintSpec, param: str) -> Any:
-        size = _constraint_size(spec)
+        size = constraint_size(spec)
         if size > self.settings.max_constraint_bytes:
             raise APIError(400, f"the constraint is {size} bytes, above the limit of {self.settings.max_constraint_bytes}",
                            param=param, code="constraint_too_large")
@@ -626,7 +427,7 @@ class _Server:
         return compiled
 
     # --- running ---
-    async def _call(self, fn: Callable[[], Any], rid: str) -> Any:
+    async def call_backend(self, fn: Callable[[], Any], rid: str) -> Any:
         queued = time.perf_counter()
         started = False
         self.metrics.start_waiting()
@@ -648,14 +449,14 @@ class _Server:
     async def _generate(self, job: _Job, request: Request) -> list[GenerateResult]:
         """Run a non-streaming job (both passes of auto tool calls), then record it."""
         results = await self._run(job, job.requests, request)
-        if job.tools is not None and job.tools.mode == "auto":
+        if job.two_pass:
             redo = [i for i, r in enumerate(results) if opened_call(r.text)]
             if redo:
                 again = await self._run(job, [self._call_request(job, job.requests[i]) for i in redo], request)
                 for i, r in zip(redo, again, strict=True):
                     results[i] = _second_pass(results[i], r)
         latency = time.perf_counter() - job.started
-        outcomes = [await self._check_output(job, r, _finish(r)) for r in results]
+        outcomes = [await self._check_output(job, r, openai_finish(r)) for r in results]
         ttft = results[0].meta.get("ttft_s") if results else None
         self._observe(job, results, outcomes, latency, ttft)
         return results
@@ -672,7 +473,7 @@ class _Server:
         if submit is not None:
             def fn() -> list[GenerateResult]:
                 for r in requests:
-                    handles.append(_refusing(submit, r))
+                    handles.append(refusing(submit, r))
                 return [h.result() for h in handles]
         elif len(requests) == 1:
             def fn() -> list[GenerateResult]:
@@ -680,7 +481,7 @@ class _Server:
         else:
             def fn() -> list[GenerateResult]:
                 return list(self.backend.generate_batch(requests))
-        task = asyncio.ensure_future(self._call(fn, job.rid))
+        task = asyncio.ensure_future(self.call_backend(fn, job.rid))
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=0.25)
@@ -691,13 +492,13 @@ class _Server:
                     # submit() cannot be interrupted: its answer is dropped when it ends
                     for handle in list(handles):
                         handle.cancel()
-                    task.add_done_callback(_swallow)
+                    task.add_done_callback(swallow)
                     self.metrics.observe_status("cancelled")
                     raise ClientGone
             results = task.result()
         except ClientGone:
             raise APIError(499, "client disconnected", code="client_closed", counted=True) from None
-        except _Refused as e:
+        except Refused as e:
             self.metrics.observe_status("rejected")
             error = e.api_error()
             error.counted = True
@@ -724,7 +525,7 @@ class _Server:
             mask_time = r.meta.get("mask_time_s")
             if isinstance(mask_time, (int, float)) and r.meta.get("masks"):
                 self.metrics.observe_mask_time(mask_time / max(1, int(r.meta["masks"])))
-        self._log_request(job, [r.text for r in results], [_finish(r) for r in results], latency, ttft,
+        self._log_request(job, [r.text for r in results], [openai_finish(r) for r in results], latency, ttft,
                           usage.prompt_tokens, usage.completion_tokens, outcomes)
 
     async def _check_output(self, job: _Job, result: GenerateResult, finish_reason: str) -> str | None:
@@ -748,7 +549,7 @@ class _Server:
                 yield chunk
         except ClientGone:
             self.metrics.observe_status("cancelled")
-        except (APIError, _Refused) as e:  # the request's own fault, or a failed generation
+        except (APIError, Refused) as e:  # the request's own fault, or a failed generation
             error = e if isinstance(e, APIError) else e.api_error()
             self.metrics.observe_status("rejected" if error.status < 500 else "error")
             yield ErrorResponse(error=error.detail).model_dump()
@@ -763,12 +564,12 @@ class _Server:
         finally:
             await chunks.aclose()
 
-    async def _stream_events(self, job: _Job, request: Request, choices: list[_StreamChoice]
-                             ) -> AsyncIterator[tuple[_StreamChoice, str, Any]]:
+    async def _stream_events(self, job: _Job, request: Request, choices: list[StreamChoice]
+                             ) -> AsyncIterator[tuple[StreamChoice, str, Any]]:
         """``(choice, "delta", (text, tokens))`` and ``(choice, "done", result)`` of every
         choice, streamed at once; an auto tool-call choice that opens a call gets its second
         pass here (its deltas follow). Also notes the time to the first token."""
-        streams = _Streams(self, job, request)
+        streams = Streams(self, job, request)
         for c in choices:
             streams.start(c.index, job.requests[c.index])
         async for index, kind, value in streams.events():
@@ -778,10 +579,10 @@ class _Server:
                 if job.ttft is None:
                     job.ttft = time.perf_counter() - job.started
                 c.emitted += len(text)
-                yield c, "delta", (text, self._progress_tokens(c, progress))
+                yield c, "delta", (text, self.lp.progress_tokens(c, progress))
                 continue
             result = value if value is not None else self._estimate_result(job.requests[index], "".join(c.pieces))
-            if job.tools is not None and job.tools.mode == "auto" and not c.call_pass and opened_call(result.text):
+            if job.two_pass and not c.call_pass and opened_call(result.text):
                 c.begin_call_pass(result)
                 streams.start(index, self._call_request(job, job.requests[index]))
                 continue
@@ -798,15 +599,15 @@ class _Server:
             return ChatCompletionChunk(id=cid, created=created, model=model, choices=[
                 ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)]).model_dump(exclude_none=True)
 
-        choices = [_StreamChoice(i) for i in range(len(job.requests))]
+        choices = [StreamChoice(i) for i in range(len(job.requests))]
         for c in choices:
             yield chunk(c.index, DeltaMessage(role="assistant", content=""))
-        required = job.tools is not None and job.tools.mode == "required"
+        whole = job.whole_answer
         async for c, kind, value in self._stream_events(job, request, choices):
             if kind == "delta":
                 text, tokens = value
                 c.pieces.append(text)
-                if required or c.call_pass or c.opening:
+                if whole or c.call_pass or c.opening:
                     continue  # a call is sent whole when it is complete
                 c.held += text
                 c.held_tokens += tokens
@@ -816,7 +617,7 @@ class _Server:
                     c.decided, c.opening = True, opened_call(c.held)
                     if c.opening:
                         continue  # the first pass ends here; the call pass follows
-                yield chunk(c.index, DeltaMessage(content=c.held), logprobs=self._stream_logprobs(job, c.held_tokens, True))
+                yield chunk(c.index, DeltaMessage(content=c.held), logprobs=self.lp.stream_logprobs(job, c.held_tokens, True))
                 c.held, c.held_tokens = "", []
                 continue
             result = value
@@ -828,12 +629,12 @@ class _Server:
                     yield chunk(c.index, DeltaMessage(tool_calls=[delta]))
                 yield chunk(c.index, DeltaMessage(), "tool_calls")
                 continue
-            rest = "".join(c.pieces) if (required or c.call_pass) else c.held  # not sent yet
-            tokens = c.held_tokens + self._rest_tokens(c, result)
+            rest = "".join(c.pieces) if (whole or c.call_pass) else c.held  # not sent yet
+            tokens = c.held_tokens + self.lp.rest_tokens(c, result)
             if rest:
-                yield chunk(c.index, DeltaMessage(content=rest), logprobs=self._stream_logprobs(job, tokens, True))
+                yield chunk(c.index, DeltaMessage(content=rest), logprobs=self.lp.stream_logprobs(job, tokens, True))
                 tokens = []
-            yield chunk(c.index, DeltaMessage(), _finish(result), self._stream_logprobs(job, tokens, True) if tokens else None)
+            yield chunk(c.index, DeltaMessage(), openai_finish(result), self.lp.stream_logprobs(job, tokens, True) if tokens else None)
         usage = await self._end_stream(job, choices)
         if job.include_usage:
             yield ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage).model_dump(exclude_none=True)
@@ -845,7 +646,7 @@ class _Server:
             return CompletionChunk(id=cid, created=created, model=model, choices=[
                 CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)]).model_dump()
 
-        choices = [_StreamChoice(i) for i in range(len(job.requests))]
+        choices = [StreamChoice(i) for i in range(len(job.requests))]
         for c in choices:
             if echoes[c.index]:
                 yield chunk(c.index, echoes[c.index])
@@ -853,18 +654,18 @@ class _Server:
             if kind == "delta":
                 text, tokens = value
                 c.pieces.append(text)
-                yield chunk(c.index, text, logprobs=self._stream_logprobs(job, tokens, False))
+                yield chunk(c.index, text, logprobs=self.lp.stream_logprobs(job, tokens, False))
             else:
-                tokens = self._rest_tokens(c, value)
-                yield chunk(c.index, "", _finish(value), self._stream_logprobs(job, tokens, False) if tokens else None)
+                tokens = self.lp.rest_tokens(c, value)
+                yield chunk(c.index, "", openai_finish(value), self.lp.stream_logprobs(job, tokens, False) if tokens else None)
         usage = await self._end_stream(job, choices)
         if job.include_usage:
             yield CompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage).model_dump()
 
-    async def _end_stream(self, job: _Job, choices: list[_StreamChoice]) -> Usage:
+    async def _end_stream(self, job: _Job, choices: list[StreamChoice]) -> Usage:
         """Record a finished stream (metrics, trace); its usage."""
         results = [c.result or GenerateResult(text="".join(c.pieces)) for c in choices]
-        outcomes = [await self._check_output(job, r, _finish(r)) for r in results]
+        outcomes = [await self._check_output(job, r, openai_finish(r)) for r in results]
         self._observe(job, results, outcomes, time.perf_counter() - job.started, job.ttft)
         return _usage(results)
 
@@ -889,86 +690,6 @@ class _Server:
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    # --- logprobs ---
-    def _token_text(self, token_id: int) -> str:
-        decode_token = getattr(self.backend, "decode_token", None)
-        if decode_token is not None:
-            return decode_token(token_id)
-        decode = getattr(self.backend, "decode", None)  # LocalModel: decode(ids) -> str
-        if decode is not None:
-            try:
-                return decode([token_id])
-            except (TypeError, ValueError):
-                pass
-        return f"token_id:{token_id}"  # vLLM's spelling when text is unavailable
-
-    def _result_tokens(self, result: GenerateResult, start: int = 0) -> list[_Tok]:
-        """The result's tokens from ``start`` with their logprobs (and top logprobs)."""
-        if result.logprobs is None:
-            return []
-        texts = result.meta.get("token_texts")  # a proxy knows texts, not ids
-        text_tops = result.meta.get("top_logprob_texts")
-        tops = result.top_logprobs or []
-        out = []
-        for j in range(start, len(result.logprobs)):
-            if text_tops is not None:
-                top = list(text_tops[j]) if j < len(text_tops) else []
-            else:
-                top = [(self._token_text(t), lp) for t, lp in tops[j]] if j < len(tops) else []
-            if texts is not None and j < len(texts):
-                text = texts[j]
-            elif j < len(result.token_ids):
-                text = self._token_text(result.token_ids[j])
-            else:
-                break
-            out.append(_Tok(text, _finite(result.logprobs[j]), top))
-        return out
-
-    def _progress_tokens(self, c: _StreamChoice, progress: Any) -> list[_Tok]:
-        """The tokens whose text has been streamed by now (``progress``: a snapshot of the
-        backend's live output, None when it has none: then all come with the last chunk)."""
-        if progress is None:
-            return []
-        ids, lps, tops = progress
-        out = []
-        while c.reported < min(len(ids), len(lps)):
-            j = c.reported
-            text = self._token_text(ids[j])
-            if c.covered + len(text) > c.emitted:
-                break
-            c.covered += len(text)
-            c.reported += 1
-            top = [(self._token_text(t), lp) for t, lp in tops[j]] if j < len(tops) else []
-            out.append(_Tok(text, _finite(lps[j]), top))
-        return out
-
-    def _rest_tokens(self, c: _StreamChoice, result: GenerateResult) -> list[_Tok]:
-        tokens = self._result_tokens(result, c.reported)
-        c.reported += len(tokens)
-        return tokens
-
-    def _stream_logprobs(self, job: _Job, tokens: list[_Tok], chat: bool) -> Any:
-        if not job.want_logprobs:
-            return None
-        return self._chat_logprobs(tokens) if chat else self._completion_logprobs(tokens)
-
-    def _completion_logprobs(self, tokens: list[_Tok]) -> CompletionLogprobs:
-        offsets, pos = [], 0
-        for t in tokens:
-            offsets.append(pos)
-            pos += len(t.text)
-        tops = [{text: lp for text, lp in t.top} for t in tokens] if any(t.top for t in tokens) else None
-        return CompletionLogprobs(tokens=[t.text for t in tokens], token_logprobs=[t.logprob for t in tokens],
-                                  top_logprobs=tops, text_offset=offsets)
-
-    def _chat_logprobs(self, tokens: list[_Tok]) -> ChoiceLogprobs:
-        def entry(text: str, lp: float | None) -> dict[str, Any]:
-            return {"token": text, "logprob": -9999.0 if lp is None else lp, "bytes": list(text.encode())}
-
-        return ChoiceLogprobs(content=[
-            TokenLogprob(**entry(t.text, t.logprob), top_logprobs=[entry(text, _finite(lp)) for text, lp in t.top])
-            for t in tokens])
 
     # --- observability ---
     def _log_request(self, job: _Job, texts: list[str], finishes: list[str], latency: float, ttft: float | None,
@@ -995,226 +716,11 @@ class _Server:
         })
 
 
-# --- streaming helpers ------------------------------------------------------------------
-class _Tok(NamedTuple):
-    """One generated token for logprobs: its text, logprob and most likely alternatives."""
-
-    text: str
-    logprob: float | None
-    top: list[tuple[str, float]]
-
-
-@dataclass
-class _StreamChoice:
-    """The streaming state of one choice."""
-
-    index: int
-    pieces: list[str] = field(default_factory=list)  # text of the current pass
-    emitted: int = 0  # characters streamed by the backend in this pass
-    covered: int = 0  # characters of the tokens whose logprobs are out
-    reported: int = 0  # tokens whose logprobs are out
-    held: str = ""  # chat text not sent yet (auto tools: until it is not a call)
-    held_tokens: list[_Tok] = field(default_factory=list)
-    decided: bool = False  # auto tools: answer or call is known
-    opening: bool = False  # auto tools: the first pass opened a call
-    call_pass: bool = False  # auto tools: in the second (call) pass
-    first: GenerateResult | None = None  # auto tools: the first pass
-    result: GenerateResult | None = None
-
-    def begin_call_pass(self, first: GenerateResult) -> None:
-        self.first, self.call_pass = first, True
-        self.pieces, self.held, self.held_tokens = [], "", []
-        self.emitted = self.covered = self.reported = 0
-
-
-class _Streams:
-    """The backend streams of one request's choices, each on a worker thread, merged
-    into one queue; closed early when the client goes away."""
-
-    def __init__(self, server: _Server, job: _Job, request: Request):
-        self.server, self.job, self.request = server, job, request
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.cancel = threading.Event()
-        self.live = 0
-
-    def start(self, index: int, gen_request: GenerateRequest) -> None:
-        self.live += 1
-        worker = asyncio.ensure_future(self.server._call(lambda: self._pump(index, gen_request), self.job.rid))
-        worker.add_done_callback(_swallow)
-
-    def _put(self, item: tuple[int, str, Any]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-    def _pump(self, index: int, gen_request: GenerateRequest) -> None:
-        backend = self.server.backend
-        submit = getattr(backend, "submit", None)
-        handle = stream = None
-        result = None
-        try:
-            # a handle (LocalModel) gives the real result and the live output (logprobs)
-            handle = _refusing(submit, gen_request) if submit is not None else None
-            stream = handle.stream() if handle is not None else backend.generate_stream(gen_request)
-            live = getattr(handle, "output", None) if self.job.want_logprobs else None
-            while not self.cancel.is_set():
-                try:
-                    delta = next(stream)
-                except StopIteration as stop:
-                    # a backend may return its GenerateResult from the generator
-                    result = stop.value if isinstance(stop.value, GenerateResult) else None
-                    break
-                if delta:
-                    self._put((index, "delta", (delta, _snapshot(live))))
-            if handle is not None:
-                if self.cancel.is_set():
-                    handle.cancel()
-                result = handle.result()
-        except Exception as e:  # noqa: BLE001 - handed to the event loop
-            self._put((index, "error", e))
-            return
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()  # lets the backend stop decoding
-            if handle is not None and self.cancel.is_set():
-                handle.cancel()
-        self._put((index, "done", result))
-
-    async def events(self) -> AsyncIterator[tuple[int, str, Any]]:
-        try:
-            while self.live:
-                try:
-                    index, kind, value = await asyncio.wait_for(self.queue.get(), timeout=0.5)
-                except TimeoutError:
-                    if await self.request.is_disconnected():
-                        raise ClientGone from None
-                    continue
-                if kind == "error":
-                    raise value
-                if kind == "done":
-                    self.live -= 1
-                yield index, kind, value
-                if await self.request.is_disconnected():
-                    raise ClientGone
-        finally:
-            self.cancel.set()  # the workers close the backend's streams at their next delta
-
-
-def _snapshot(live: Any) -> tuple[list[int], list[float], list[Any]] | None:
-    """A copy of a backend's live output (token ids, logprobs, top logprobs)."""
-    if live is None:
-        return None
-    return list(live.token_ids), list(live.logprobs or ()), list(getattr(live, "top_logprobs", None) or ())
-
-
 def _second_pass(first: GenerateResult, second: GenerateResult) -> GenerateResult:
     """The result of an auto tool-call request whose second pass wrote the call."""
     second.meta["tool_call_pass"] = True
     second.meta["first_pass_tokens"] = _completion_tokens(first)
     return second
-
-
-# --- constraints ------------------------------------------------------------------------
-def constraint_of(body: SamplingFields, strict_default: bool = True) -> tuple[ConstraintSpec | None, str | None]:
-    """The request's one constraint and the name of the field that gave it.
-
-    A JSON Schema is made strict (undeclared keys forbidden) when the request says
-    ``strict: true``, or says nothing and ``strict_default`` is on (see ``schemas``)."""
-
-    def schema(value: Any, name: str, strict: bool | None = None) -> ConstraintSpec:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise APIError(400, f"{name}: the schema is not valid JSON: {e.msg}", param=name, code="invalid_constraint",
-                               location=f"line {e.lineno}, column {e.colno}") from None
-        return ConstraintSpec(json_schema=resolve_strict(value, strict, strict_default))
-
-    found: list[tuple[str, ConstraintSpec]] = []
-    rf = body.response_format
-    if rf is not None and rf.type == "json_schema":
-        if rf.json_schema is None or rf.json_schema.schema_ is None:
-            raise APIError(400, "response_format of type json_schema needs json_schema.schema", param="response_format")
-        found.append(("response_format", schema(rf.json_schema.schema_, "response_format", rf.json_schema.strict)))
-    elif rf is not None and rf.type == "json_object":
-        found.append(("response_format", ConstraintSpec(json_schema=dict(JSON_OBJECT_SCHEMA))))
-    for name, make in (
-        ("regex", lambda v: ConstraintSpec(regex=v)),
-        ("guided_regex", lambda v: ConstraintSpec(regex=v)),
-        ("grammar", lambda v: ConstraintSpec(grammar=v, grammar_syntax=body.grammar_syntax)),
-        ("ebnf", lambda v: ConstraintSpec(grammar=v, grammar_syntax="gbnf")),  # SGLang's (xgrammar) EBNF = GBNF
-        ("guided_grammar", lambda v: ConstraintSpec(grammar=v, grammar_syntax=guess_grammar_syntax(v))),
-        ("choices", lambda v: ConstraintSpec(choices=list(v))),
-        ("guided_choice", lambda v: ConstraintSpec(choices=list(v))),
-        ("json_schema", lambda v: schema(v, "json_schema")),
-        ("guided_json", lambda v: schema(v, "guided_json")),
-    ):
-        value = getattr(body, name)
-        if value is not None:
-            found.append((name, make(value)))
-    for key, value in (body.structured_outputs or {}).items():
-        make = {"regex": lambda v: ConstraintSpec(regex=v), "choice": lambda v: ConstraintSpec(choices=list(v)),
-                "grammar": lambda v: ConstraintSpec(grammar=v, grammar_syntax=guess_grammar_syntax(v)),
-                "json": lambda v: schema(v, "structured_outputs.json")}.get(key)
-        if make is None:
-            raise APIError(400, f"structured_outputs.{key} is not supported (use regex, choice, grammar or json)",
-                           param=f"structured_outputs.{key}")
-        if value is not None:
-            found.append((f"structured_outputs.{key}", make(value)))
-    _check_guided_options(body)
-    if body.structural_tag is not None or (rf is not None and rf.type == "structural_tag"):
-        param = "structural_tag" if body.structural_tag is not None else "response_format"
-        raise APIError(400, f"{param}: structural tags are not supported yet (use tools, or one constraint)", param=param)
-    if len(found) > 1:
-        raise APIError(400, f"one constraint per request, got {', '.join(n for n, _ in found)}", param=found[1][0])
-    if not found:
-        return None, None
-    name, spec = found[0]
-    if spec.choices is not None and not spec.choices:
-        raise APIError(400, f"{name} is empty", param=name)
-    return spec, name
-
-
-def guess_grammar_syntax(text: str) -> str:
-    """vLLM's rule for ``guided_grammar``: a grammar with ``::=`` outside comments is
-    GBNF/EBNF, any other is Lark."""
-    for line in text.splitlines():
-        code = line.split("#", 1)[0] if not line.lstrip().startswith("//") else ""
-        if "::=" in code:
-            return "gbnf"
-    return "lark"
-
-
-GUIDED_BACKENDS = ("auto", "sgl")
-
-
-def _check_guided_options(body: SamplingFields) -> None:
-    """vLLM's ``guided_*`` options that change how, not what: honoured or refused."""
-    if body.guided_whitespace_pattern is not None:
-        raise APIError(400, "guided_whitespace_pattern is not supported; a schema can ask for compact JSON with "
-                       '"x-guidance": {"whitespace_flexible": false}', param="guided_whitespace_pattern")
-    backend = body.guided_decoding_backend
-    if backend is not None and backend.split(":", 1)[0] not in GUIDED_BACKENDS:
-        raise APIError(400, f"guided_decoding_backend {backend!r} is not available here; this server decodes with its own "
-                       f"engine ({' or '.join(GUIDED_BACKENDS)})", param="guided_decoding_backend")
-
-
-def describe_constraint(spec: ConstraintSpec | None) -> dict[str, Any] | None:
-    if spec is None:
-        return None
-    if spec.json_schema is not None:
-        return {"kind": "json_schema", "value": spec.json_schema}
-    if spec.regex is not None:
-        return {"kind": "regex", "value": spec.regex}
-    if spec.grammar is not None:
-        return {"kind": "grammar", "syntax": spec.grammar_syntax, "value": spec.grammar}
-    return {"kind": "choices", "value": list(spec.choices or ())}
-
-
-def _constraint_size(spec: ConstraintSpec) -> int:
-    value = spec.json_schema if spec.json_schema is not None else spec.regex or spec.grammar or spec.choices
-    return len(value.encode()) if isinstance(value, str) else len(json.dumps(value).encode())
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -1230,40 +736,6 @@ def _message_text(content: Any, index: int) -> str:
                            param=f"messages.{index}.content")
         texts.append(part.text)
     return "".join(texts)
-
-
-def _finish(result: GenerateResult) -> str:
-    # OpenAI's vocabulary: "stop" (EOS, stop string, grammar complete) or "length";
-    # a failed generation is an error (see generation_error), never an empty "stop"
-    if result.finish_reason == "error":
-        raise generation_error(result)
-    return "length" if result.finish_reason == "length" else "stop"
-
-
-class _Refused(Exception):
-    """The backend refused a request when it was submitted (e.g. a prompt too long)."""
-
-    def api_error(self) -> APIError:
-        return APIError(400, str(self), code="invalid_request")
-
-
-def _refusing(submit: Callable[[GenerateRequest], Any], request: GenerateRequest) -> Any:
-    """``submit(request)``; a ValueError (the backend's check of the request) is a _Refused."""
-    try:
-        return submit(request)
-    except (ValueError, ConstraintError) as e:
-        raise _Refused(str(e)) from None
-
-
-def generation_error(result: GenerateResult, param: str | None = None) -> APIError:
-    """The error of a generation that ended with finish_reason "error": the engine's own
-    failure is a 500; a constraint that allows no output, or a request larger than the
-    engine's budget, is the request's (400)."""
-    message = str(result.meta.get("error") or "the generation failed")
-    if message.startswith("engine error"):
-        return APIError(500, f"generation failed: {message}", type_="server_error", code="generation_failed")
-    return APIError(400, f"generation failed: {message}", code="generation_failed",
-                    param=param if "constraint" in message else None)
 
 
 def _completion_tokens(result: GenerateResult) -> int:
@@ -1284,15 +756,6 @@ def _worst(outcomes: list[str | None]) -> str | None:
         if outcome in outcomes:
             return outcome
     return None
-
-
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _swallow(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved, so asyncio does not log it as lost
 
 
 __all__ = ["APIError", "GuardMiddleware", "ServerSettings", "compile_constraint", "constraint_of", "create_app"]

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from sgl.backends.base import ConstraintSpec
+from sgl.types import ConstraintSpec
 
 log = logging.getLogger("sgl.server")
 
@@ -32,15 +32,11 @@ Outcome = tuple  # ("ok", value) | ("invalid", message, location) | ("complex", 
 
 def compile_constraint(spec: ConstraintSpec) -> Any:
     """Compile ``spec`` without a vocabulary (validates it; checks outputs later)."""
-    from sgl.constrain import compile_choices, compile_grammar, compile_json_schema, compile_regex
+    from sgl.constrain import compile_spec
 
-    if spec.json_schema is not None:
-        return compile_json_schema(spec.json_schema)
-    if spec.regex is not None:
-        return compile_regex(spec.regex)
-    if spec.grammar is not None:
-        return compile_grammar(spec.grammar, syntax=spec.grammar_syntax)
-    return compile_choices(list(spec.choices or ()))
+    if spec.is_empty():
+        spec = ConstraintSpec(choices=[])  # refused by the compiler with its own message
+    return compile_spec(spec)
 
 
 def try_compile(spec: ConstraintSpec) -> tuple[Any, Outcome]:

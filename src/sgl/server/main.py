@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sgl.cli import add_backend_arguments, make_backend
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 30000
 
@@ -18,21 +20,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     ``parser`` should be made with ``allow_abbrev=False``: a misspelt flag is an error,
     not a prefix match."""
     parser.add_argument("model_pos", nargs="?", metavar="MODEL", help="the model (as vLLM's `vllm serve MODEL`); same as --model")
-    parser.add_argument("--model", "--model-path", metavar="PATH", help="model for sgl.LocalModel (default: the packaged SmolLM2-135M)")
-    parser.add_argument("--backend", metavar="MODULE:ATTR", help="serve this Backend (or factory) instead, e.g. mypkg.backends:make or file.py:Backend")
+    add_backend_arguments(parser)  # --model, --backend and the engine's options, as sgl run
     parser.add_argument("--model-name", "--served-model-name", help="the model id clients send and /v1/models lists (default: from the model)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"interface to listen on (default: {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     parser.add_argument("--api-key", default=os.environ.get("SGL_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $SGL_API_KEY, else none)")
-    parser.add_argument("--max-running", "--max-num-seqs", "--max-running-requests", type=int, default=32,
-                        help="requests generating at once, batched together by the engine (default: 32)")
-    parser.add_argument("--max-context", "--max-model-len", "--context-length", type=int, metavar="TOKENS",
-                        help="longest prompt + output (default: the model's own limit)")
-    parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="weights and activations (default: auto: float32 on CPU, bfloat16 elsewhere)")
-    parser.add_argument("--device", default="cpu", help="torch device of the local model (default: cpu)")
-    parser.add_argument("--chat-template", metavar="FILE|TEMPLATE", help="a Jinja chat template (a file, or the template text) instead of the model's")
     parser.add_argument("--seed", type=int, help="seed the random generators (requests without a seed then repeat across runs)")
-    parser.add_argument("--kv-budget-mb", type=float, default=512.0, help="KV cache memory of the local engine, prefix cache included (default: 512)")
     parser.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask for (default: 4096)")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit; larger gets 413 (default: 1 MiB)")
     parser.add_argument("--max-constraint-bytes", type=int, default=64 << 10, help="schema/regex/grammar size limit (default: 64 KiB)")
@@ -50,41 +43,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
-DTYPES = {"auto": None, "float32": "float32", "float": "float32", "bfloat16": "bfloat16", "float16": "float16", "half": "float16"}
-
-
 def build_backend(args: argparse.Namespace) -> Any:
-    """``--backend`` > ``--model`` > the packaged default model."""
-    from sgl.cli import make_backend
-
+    """The served backend, from ``sgl.cli.make_backend`` (the factory ``sgl run`` uses):
+    ``--backend`` > ``--model`` (or the positional MODEL) > the packaged default model."""
     if getattr(args, "model_pos", None):
         if args.model and args.model != args.model_pos:
             raise SystemExit(f"sgl serve: two models given: {args.model_pos!r} and --model {args.model!r}")
         args.model = args.model_pos
-    if args.backend:
-        return make_backend(args)
-    import torch
-
-    from sgl.backends.local import LocalModel
-
-    dtype = DTYPES[getattr(args, "dtype", "auto")]
-    backend = LocalModel(args.model, device=getattr(args, "device", "cpu"),
-                         dtype=getattr(torch, dtype) if dtype else None, max_context=getattr(args, "max_context", None),
-                         max_batch=args.max_running, kv_budget_mb=getattr(args, "kv_budget_mb", 512.0))
-    if getattr(args, "chat_template", None):
-        try:
-            backend.set_chat_template(read_template(args.chat_template))
-        except ValueError as e:
-            raise SystemExit(f"sgl serve: --chat-template: {e}") from None
-    return backend
-
-
-def read_template(value: str) -> str:
-    """``--chat-template``: a file's text, or the value itself when it is a template."""
-    path = Path(value)
-    if "{" not in value and not path.is_file():
-        raise SystemExit(f"sgl serve: --chat-template: no such file: {value}")
-    return path.read_text(encoding="utf-8") if "{" not in value else value
+    try:
+        return make_backend(args, default_model=True)
+    except SystemExit as e:
+        raise SystemExit(f"sgl serve: {e}") from None
 
 
 def served_name(args: argparse.Namespace, backend: Any) -> str:
@@ -108,7 +77,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from .app import ServerSettings, create_app
 
-    if args.max_running < 1:
+    if args.max_running < 1:  # refused before the model loads
         print("sgl serve: --max-running must be at least 1", file=sys.stderr)
         return 2
     if args.seed is not None:

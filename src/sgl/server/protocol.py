@@ -13,7 +13,7 @@ field               meaning
 ==================  ================================================================
 ``regex``           the output matches this Python ``re`` pattern (whole text)
 ``grammar``         a context-free grammar; ``grammar_syntax`` is ``lark`` (default),
-                    ``gbnf`` or ``ebnf``
+                    ``gbnf``, ``ebnf`` or ``structural_tag`` (the tag's JSON text)
 ``choices``         the output is exactly one of these strings
 ``json_schema``     a JSON Schema (dict or JSON text), as SGLang's extra field
 ``ebnf``            SGLang's spelling of a GBNF/EBNF grammar
@@ -21,10 +21,11 @@ field               meaning
 ``guided_choice``,  ``guided_grammar`` = GBNF/EBNF grammar)
 ``guided_grammar``,
 ``guided_json``
-``structured_outputs``  vLLM >= 0.12: ``{"regex"|"choice"|"grammar"|"json": ...}``
+``structured_outputs``  vLLM >= 0.12: ``{"regex"|"choice"|"grammar"|"json"|"structural_tag": ...}``
 ``structural_tag``  SGLang's / vLLM's free text with tagged JSON segments:
                     ``{"type": "structural_tag", "structures": [{"begin", "schema",
-                    "end"}], "triggers": [...]}`` (also as ``response_format``)
+                    "end"}], "triggers": [...]}`` or XGrammar's ``"format":
+                    {"type": "triggered_tags", ...}`` (also as ``response_format``)
 ==================  ================================================================
 
 ``guided_grammar`` and ``structured_outputs.grammar`` are read as Lark when they look
@@ -70,7 +71,7 @@ class ConstraintFields(_Lenient):
     response_format: ResponseFormat | None = None
     regex: str | None = None
     grammar: str | None = None
-    grammar_syntax: Literal["lark", "gbnf", "ebnf"] = "lark"
+    grammar_syntax: Literal["lark", "gbnf", "ebnf", "structural_tag"] = "lark"
     choices: list[str] | None = None
     json_schema: dict[str, Any] | str | None = None
     ebnf: str | None = None

@@ -18,6 +18,10 @@ in the system message.
   opening bracket (``AUTO_FIRST_PASS``); if the model opened a call, a second pass
   generates it under the ``"required"`` constraint. So in auto mode a plain answer
   cannot start with ``{`` or ``[``.
+* ``"auto"`` with a ``response_format`` (``json_schema``/``json_object``; vLLM's rule):
+  a call or an answer in that format, in one pass under one JSON Schema
+  (``call_or_answer_schema``); an answer that is exactly ``{"name": F, "arguments": ...}``
+  with ``F`` a listed function is read as a call. Streamed, it is sent when complete.
 
 The answer becomes ``message.tool_calls`` (ids ``call_...``, ``arguments`` as JSON
 text) with ``finish_reason: "tool_calls"``. Earlier calls (assistant messages with
@@ -47,6 +51,12 @@ class ToolPlan:
     functions: list[dict[str, Any]]  # the functions shown to the model (name, description, parameters)
     call_schema: dict[str, Any]  # the JSON Schema of a call (or of calls)
     parallel: bool
+    json_answer: bool = False  # auto with a response_format: a non-call answer is JSON in that format
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The names of the functions the model may call."""
+        return frozenset(f["name"] for f in self.functions)
 
 
 class ToolError(ValueError):
@@ -79,7 +89,9 @@ def plan_tools(body: ChatCompletionRequest, strict_default: bool) -> ToolPlan | 
                             "tool_choice")
         functions = [f for f in functions if f["name"] == choice.function.name]
         parallel = False
-    return ToolPlan(mode, functions, calls_schema(functions, parallel), parallel)
+    rf = body.response_format
+    json_answer = mode == "auto" and rf is not None and rf.type in ("json_schema", "json_object")
+    return ToolPlan(mode, functions, calls_schema(functions, parallel), parallel, json_answer)
 
 
 def _function(fn: Any, strict_default: bool) -> dict[str, Any]:
@@ -99,6 +111,20 @@ def calls_schema(functions: list[dict[str, Any]], parallel: bool) -> dict[str, A
     return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}], "x-guidance": COMPACT}
 
 
+def call_or_answer_schema(plan: ToolPlan, answer: dict | bool) -> dict[str, Any]:
+    """``tool_choice`` auto with a ``response_format``: the JSON Schema of a call (or
+    calls) or of an answer matching ``answer``, in one pass. The answer's ``$defs`` /
+    ``definitions`` move to the root, where its ``#/$defs/...`` references point."""
+    calls = {k: v for k, v in plan.call_schema.items() if k != "x-guidance"}
+    out: dict[str, Any] = {"x-guidance": COMPACT}
+    if isinstance(answer, dict):
+        answer = dict(answer)
+        for key in ("$defs", "definitions"):
+            if key in answer:
+                out[key] = answer.pop(key)
+    return out | {"anyOf": [calls, answer]}
+
+
 def system_text(plan: ToolPlan) -> str:
     """The instructions that tell the model about the functions and the format."""
     listing = "\n".join(json.dumps({k: v for k, v in f.items() if v is not None}, ensure_ascii=False)
@@ -107,7 +133,7 @@ def system_text(plan: ToolPlan) -> str:
     if plan.parallel:
         how += ", or a JSON array of such objects to call several"
     if plan.mode == "auto":
-        how += ". Otherwise answer in plain text"
+        how += ". Otherwise answer with JSON in the requested format" if plan.json_answer else ". Otherwise answer in plain text"
     return f"You can call these functions:\n{listing}\n{how}."
 
 
@@ -116,8 +142,10 @@ def opened_call(text: str) -> bool:
     return text.lstrip()[:1] in ("{", "[")
 
 
-def parse_calls(text: str) -> list[ResponseToolCall] | None:
-    """The calls in the model's answer, or None when it is not a complete call."""
+def parse_calls(text: str, names: frozenset[str] | None = None) -> list[ResponseToolCall] | None:
+    """The calls in the model's answer, or None when it is not a complete call. With
+    ``names`` (an answer that may also be JSON in a response format), only objects of
+    exactly ``name`` (one of ``names``) and ``arguments`` are calls."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -126,6 +154,8 @@ def parse_calls(text: str) -> list[ResponseToolCall] | None:
     calls = []
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or "arguments" not in item:
+            return None
+        if names is not None and (set(item) != {"name", "arguments"} or item["name"] not in names):
             return None
         arguments = json.dumps(item["arguments"], ensure_ascii=False)
         calls.append(ResponseToolCall(id=new_call_id(), function=FunctionCall(name=item["name"], arguments=arguments)))
@@ -148,5 +178,5 @@ def render_calls(calls: list[ToolCall]) -> str:
     return json.dumps(objects[0] if len(objects) == 1 else objects, ensure_ascii=False)
 
 
-__all__ = ["AUTO_FIRST_PASS", "ToolError", "ToolPlan", "calls_schema", "opened_call", "parse_calls", "plan_tools",
+__all__ = ["AUTO_FIRST_PASS", "ToolError", "ToolPlan", "call_or_answer_schema", "calls_schema", "opened_call", "parse_calls", "plan_tools",
            "render_calls", "system_text"]

@@ -6,7 +6,7 @@ hover) and the side panel give the token id, its log-probability, the model's to
 alternatives and how much probability mass the grammar's mask removed, which also
 shows as a red underline whose strength is that mass.
 
-Input: the records of a trace file (``sgl.runtime.trace``): ``generation`` records
+Input: the records of a trace file (``sgl.telemetry.trace``): ``generation`` records
 carry tokens; ``request`` records (from the server) add endpoint, latency and
 constraint. Records are grouped by ``request_id``; a request traced without tokens
 shows its output text as one untraced span.
@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from sgl.runtime.trace import TOKEN_KINDS, RequestTrace, TokenRecord
+from sgl.telemetry.trace import TOKEN_KINDS, RequestTrace, TokenRecord
 
 KIND_LABELS = {
     "sampled": "sampled by the model",

@@ -18,7 +18,7 @@ def add_viz_arguments(parser: argparse.ArgumentParser) -> None:
 
 def viz(args: argparse.Namespace) -> int:
     """Render ``args.trace`` to ``args.output``; returns an exit status."""
-    from sgl.runtime.trace import read_trace
+    from sgl.telemetry.trace import read_trace
 
     from .html import render_trace
 

@@ -1,12 +1,35 @@
-"""``SglFunction``: what ``@sgl.function`` returns; ``run``, ``run_batch``, ``bind``."""
+"""``@sgl.function`` and the ``SglFunction`` it returns: ``run``, ``run_batch``, ``bind``.
+
+Here in ``runtime`` (not ``lang``): running a program needs the interpreter, and the
+language layer imports nothing from the runtime.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from sgl.errors import BackendError, ProgramError
+from sgl.lang.compiler import compile as compile_program
+from sgl.lang.global_config import global_config
+from sgl.lang.tracer import Call, StopTracing, TracerState, current_trace, trace_program
+
+from .batch import run_batch
+from .interpreter import get_default_backend, resolve_backend, run_program, split_run_options
+
+
+def function(func: Callable | None = None, *, num_api_spec_tokens: int | None = None) -> Any:
+    """Decorate ``def prog(s, ...)`` as an SGL program (``@sgl.function`` or ``@sgl.function()``).
+
+    ``num_api_spec_tokens`` is accepted for SGLang compatibility and ignored.
+    """
+    if func is not None:
+        return SglFunction(func, num_api_spec_tokens)
+    return lambda f: SglFunction(f, num_api_spec_tokens)
 
 
 class SglFunction:
@@ -48,12 +71,8 @@ class SglFunction:
     def compile(self, *, backend: Any = None) -> Any:
         """The CompiledProgram (IR and diagnostics, computed once); its ``run`` and
         ``run_batch`` run this function (on ``backend`` unless given another)."""
-        import dataclasses
-
         with self._compile_lock:
             if self._compiled is None:
-                from .compiler import compile as compile_program
-
                 self._compiled = compile_program(self)
             return dataclasses.replace(self._compiled, function=self, backend=backend)
 
@@ -61,15 +80,11 @@ class SglFunction:
         """The expressions this program appends, recorded without any model call
         (a `sgl.lang.tracer.ProgramTrace`). Arguments not given are placeholders;
         tracing stops where the program needs a generated value."""
-        from .tracer import trace_program
-
         return trace_program(self.func, self.arg_names, args, {**kwargs, **self.bind_arguments},
                              name=self.__name__)
 
     def prefix(self, backend: Any = None) -> str:
         """The text every run of this program starts with (bound arguments included)."""
-        from .tracer import StopTracing, trace_program
-
         # as SGLang: a placeholder used where only a real value works ends the prefix
         trace = trace_program(self.func, self.arg_names, (), dict(self.bind_arguments),
                               name=self.__name__, stop_on=(StopTracing, TypeError, AttributeError))
@@ -86,8 +101,6 @@ class SglFunction:
 
     def pin(self, backend: Any = None) -> Any:
         """Like `cache`, and keep the prefix from eviction until `unpin`."""
-        from sgl.runtime.errors import BackendError
-
         backend = _backend(backend)
         if not hasattr(backend, "pin_prefix"):
             raise BackendError(f"{type(backend).__name__} cannot pin prefixes")
@@ -104,8 +117,6 @@ class SglFunction:
 
     def check(self) -> None:
         """Raise ProgramError if the compiler found errors."""
-        from sgl.runtime.errors import ProgramError
-
         compiled = self.compile()
         if not compiled.ok:
             raise ProgramError(
@@ -127,8 +138,6 @@ class SglFunction:
         (seconds) bounds the whole run. Raises ProgramError / BackendError /
         GenerationTimeout with ``.state``; with ``stream=True`` returns at once (read
         ``state.text_iter()``)."""
-        from sgl.runtime.interpreter import run_program, split_run_options
-
         self.check()
         defaults, program_kwargs = split_run_options(dict(kwargs), self.arg_names)
         program_kwargs.update(self.bind_arguments)
@@ -155,9 +164,6 @@ class SglFunction:
         """Run once per kwargs dict (or tuple of positional values) on a thread pool.
         Results come back in order; a failed run keeps its partial state and its error
         (``state.error()``) while the others go on. ``timeout`` is per run."""
-        from sgl.runtime.batch import run_batch
-        from sgl.runtime.interpreter import split_run_options
-
         self.check()
         defaults, rest = split_run_options(dict(options))
         if rest:
@@ -188,24 +194,16 @@ class SglFunction:
     def _precache(self, backend: Any, n_runs: int) -> None:
         """As SGLang: before a batch, prefill the shared prefix once, so the runs that
         start together all find it cached (``global_config.enable_precache_with_tracing``)."""
-        from sgl.backends.base import Backend
-
-        from .global_config import global_config
-
         if n_runs < 2 or not global_config.enable_precache_with_tracing:
             return
         resolved = _backend(backend)
-        if type(resolved).cache_prefix is Backend.cache_prefix:
+        if not resolved.capabilities.prefix_cache:
             return  # nothing to warm: skip tracing the program
         self.cache(resolved)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .tracer import current_trace
-
         outer = current_trace()
         if outer is not None:  # called from a program being traced: trace this one too
-            from .tracer import Call, TracerState
-
             sub = self.trace(*args, **{k: v for k, v in kwargs.items() if k != "backend"})
             outer.nodes.append((0, Call(self.__name__, sub)))
             state = TracerState(sub)
@@ -214,6 +212,4 @@ class SglFunction:
 
 
 def _backend(backend: Any) -> Any:
-    from sgl.runtime.interpreter import get_default_backend, resolve_backend
-
     return resolve_backend(backend) if backend is not None else get_default_backend()

@@ -14,7 +14,7 @@ gauge. ``snapshot()`` (``get_stats()``) gives percentiles over the most recent
 ``sgl:num_requests_running``, ``sgl:num_requests_waiting``, ``sgl:kv_cache_usage_perc``,
 ``sgl:prefix_cache_hit_rate``, ``sgl:constraint_satisfaction_rate``.
 
-Per-request JSON-lines trace logs live in ``sgl.runtime.trace`` (``SGL_TRACE=path``).
+Per-request JSON-lines trace logs live in ``sgl.telemetry.trace`` (``SGL_TRACE=path``).
 """
 
 from __future__ import annotations

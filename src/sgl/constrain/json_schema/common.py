@@ -1,0 +1,126 @@
+"""Constants, budgets, options and small helpers shared by the JSON Schema compiler."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..derivatives import derivative, nullable
+from ..errors import ConstraintError
+from ..json_strings import _translate_ecma
+from ..numeric_range import to_decimal
+from ..regex_ast import NOTHING
+
+TYPES = ("null", "boolean", "object", "array", "number", "integer", "string")
+DEFAULT_BASE = "https://sgl.invalid/schema.json"
+_PTR_SAFE = "/~!$&'()*+,;=:@"
+
+# Budgets: compile in seconds on hostile inputs (CompileBudgetExceeded beyond).
+MAX_SCHEMA_BYTES = 8_000_000
+MAX_RULES = 400_000
+MAX_SECONDS = 20.0
+MAX_ANY_ORDER_RULES = 6_000  # object member-order rules per object with any_order=True
+MAX_DEFAULT_ORDER_RULES = 2_000  # the same by default (see JsonSchemaCompiler._order_plan)
+MAX_COUNT_STATES = 20_000  # unrolled minItems/maxItems/min/maxProperties states
+MAX_PATTERN_PROPERTIES = 4  # key regions are 2**k
+MAX_UNION = 64  # alternatives kept when intersecting unions
+MAX_ONE_OF_EXACT = 64  # overlapping oneOf branches separated exactly (each minus all the others)
+MAX_UNIQUE_VALUES = 8  # uniqueItems over a finite element set of at most this size
+MAX_EXACT_NUMBER_POINTS = 64  # enum numbers spelled every way; beyond, plain spellings
+
+SCALAR_KEYWORDS = frozenset(
+    "type nullable minimum maximum exclusiveMinimum exclusiveMaximum multipleOf minLength "
+    "maxLength pattern".split()
+)
+ANNOTATIONS = frozenset(
+    "$schema $id $anchor $dynamicAnchor $comment $defs definitions $vocabulary title description "
+    "default examples deprecated readOnly writeOnly contentMediaType contentEncoding "
+    "contentSchema format".split()
+)
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+
+
+def _pattern_search(pattern: str, text: str) -> bool:
+    try:
+        return _compiled_pattern(pattern).search(text) is not None
+    except re.error:
+        return False
+
+
+_PATTERN_CACHE: dict[str, re.Pattern] = {}
+
+
+def _compiled_pattern(pattern: str) -> re.Pattern:
+    got = _PATTERN_CACHE.get(pattern)
+    if got is None:
+
+        got = _PATTERN_CACHE[pattern] = re.compile(_translate_ecma(pattern))
+    return got
+
+
+def _is_int(x) -> bool:
+    return (isinstance(x, int) and not isinstance(x, bool)) or (isinstance(x, float) and x.is_integer())
+
+
+def _is_num(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _json_type(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int | float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    raise ConstraintError(f"not a JSON value: {v!r}")
+
+
+def json_equal(a, b) -> bool:
+    """JSON Schema equality: numbers by value, objects unordered, no bool/number mixing."""
+    ta, tb = _json_type(a), _json_type(b)
+    if ta != tb:
+        return False
+    if ta == "number":
+        return to_decimal(a) == to_decimal(b)
+    if ta == "array":
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if ta == "object":
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _ptr_escape(s: str) -> str:
+    return s.replace("~", "~0").replace("/", "~1")
+
+
+def _expr_matches(expr, text: str) -> bool:
+    """Is the decoded string ``text`` in a string-language expression?"""
+    e = expr
+    for ch in text:
+        e = derivative(e, ord(ch))
+        if e == NOTHING:
+            return False
+    return nullable(e)
+
+
+@dataclass
+class Options:
+    any_order: bool = False
+    lenient: bool | frozenset = False  # True, or the keywords whose refusals become warnings
+    whitespace: str = "flexible"
+    max_whitespace: int = 8
+    warnings: list | None = None
+
+
+class _Refused(Exception):
+    """Internal: a construct is refused; converted to ConstraintError or a warning."""

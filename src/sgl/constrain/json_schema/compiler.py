@@ -1,0 +1,98 @@
+"""The JSON Schema compiler: one class assembled from the concern mixins of this package."""
+
+from __future__ import annotations
+
+import time
+import warnings as _warnings
+from urllib.parse import urldefrag, urljoin
+
+from ..errors import CompileBudgetExceeded, ConstraintError, check_deadline
+from ..grammar import Grammar, GrammarBuilder, prune
+from .common import DEFAULT_BASE, MAX_SECONDS, Options
+from .emit_arrays import ArrayEmitter
+from .emit_objects import ObjectEmitter
+from .emit_scalars import ScalarEmitter
+from .facets import FacetAlgebra
+from .keywords import KeywordFacets
+from .refs import RefResolver
+from .values import ValueSets
+
+# ---------------------------------------------------------------------------
+# The compiler
+
+
+class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, ScalarEmitter, ArrayEmitter, ObjectEmitter):
+    """Compiles one schema document; see ``json_schema_grammar``."""
+
+    def __init__(self, schema, opts: Options):
+        self.opts = opts
+        self.t0 = time.perf_counter()
+        self.root = schema
+        self.draft = self._draft(schema)
+        self.resources: dict[str, tuple] = {}  # uri (no fragment) -> (node, ptr)
+        self.anchors: dict[str, tuple] = {}  # uri#anchor -> (node, base, ptr)
+        self.dynamic_anchors: dict[str, int] = {}
+        self.base_of: dict[int, str] = {}
+        self.ptr_of: dict[int, str] = {}
+        root_base = DEFAULT_BASE
+        if isinstance(schema, dict) and isinstance(schema.get("$id"), str):
+            root_base = urldefrag(urljoin(DEFAULT_BASE, schema["$id"]))[0]
+        self.root_base = root_base
+        self.resources[DEFAULT_BASE] = (schema, "")
+        self._scan(schema, root_base, "", root=True)
+        self.facets_memo: dict = {}
+        self.in_progress: set = set()
+        self.b = GrammarBuilder()
+        self.value_memo: dict = {}
+        self.pending: list = []
+        self.validators: dict = {}
+        self._punct: dict[str, str] = {}
+        self._terms: dict[int, tuple] = {}
+        self._strings: dict = {}  # string expression -> lexeme node
+        self._keys: dict[str, str] = {}  # property name -> key terminal
+        self._extra_keys: dict = {}  # (declared, patterns...) -> key terminal for other keys
+
+    # -- errors ------------------------------------------------------------------
+    def refuse(self, message: str, ptr: str, keyword: str | None = None) -> None:
+        """Raise, or with ``lenient`` record a warning and let the caller drop the keyword."""
+        if not self.lenient_about(keyword):
+            raise ConstraintError(message, ptr or "#", keyword=keyword)
+        text = f"{message} (at {ptr or '#'}); keyword ignored, output may not satisfy it"
+        if self.opts.warnings is not None:
+            self.opts.warnings.append(text)
+        _warnings.warn(text, stacklevel=3)
+
+    def lenient_about(self, keyword: str | None) -> bool:
+        """Does a refusal of ``keyword`` become a warning? (``lenient``: True or a set of keywords)"""
+        lenient = self.opts.lenient
+        return lenient is True or (isinstance(lenient, frozenset) and keyword in lenient)
+
+    def note(self, message: str, ptr: str) -> None:
+        """Record a documented deviation that is not a refusal: a sound restriction (output
+        still valid, fewer outputs allowed) or a documented over-approximation (format "regex")."""
+        text = f"{message} (at {ptr or '#'})"
+        if self.opts.warnings is not None and text not in self.opts.warnings:
+            self.opts.warnings.append(text)
+
+    def malformed(self, message: str, ptr: str, keyword: str | None = None):
+        return ConstraintError(f"malformed schema: {message}", ptr or "#", keyword=keyword)
+
+    def check_time(self) -> None:
+        check_deadline("compiling the schema")
+        if time.perf_counter() - self.t0 > MAX_SECONDS:
+            raise CompileBudgetExceeded(f"JSON schema compilation exceeded {MAX_SECONDS:.0f} s")
+
+    # -- entry --------------------------------------------------------------------------
+    def build(self) -> Grammar:
+        meta = self.root.get("$schema") if isinstance(self.root, dict) else None
+        if isinstance(meta, str) and "json-schema.org" not in meta:
+            self.refuse(f"unknown meta-schema {meta!r}: its vocabularies cannot be checked", "/$schema", "$schema")
+        root = self.root_sub()
+        start = self.value_nt(root)
+        if start is None:
+            raise ConstraintError("the schema matches no JSON value", "#")
+        # states of the unrolled counters may have no rules (dead ends): prune, then validate
+        return prune(
+            Grammar(start, self.b.rules, self.b.terminals, [], "json_schema"),
+            refusal=ConstraintError("the schema matches no JSON value", "#"),
+        )

@@ -1,0 +1,153 @@
+"""Grammar emission for arrays: counted items, prefixItems, contains, uniqueItems."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from itertools import combinations
+
+from .common import MAX_COUNT_STATES, MAX_UNIQUE_VALUES, json_equal
+from .facets import ArraySpec
+from .refs import Sub, mk_sand, mk_snot
+
+
+class ArrayEmitter:
+    """Array rules (a mixin of ``JsonSchemaCompiler``)."""
+
+    # -- arrays -------------------------------------------------------------------------
+    def array_nt(self, spec: ArraySpec, ptr: str) -> str | None:
+        key = ("array", spec)
+        if key in self.value_memo:
+            return self.value_memo[key]
+        name = self.b.fresh("array")
+        self.value_memo[key] = name
+        ok = self._array_rules(name, spec, ptr)
+        if not ok:
+            self.value_memo[key] = None
+            self.b.rules = [r for r in self.b.rules if r.lhs != name]
+            return None
+        return name
+
+    def _array_rules(self, name: str, spec: ArraySpec, ptr: str) -> bool:
+        if spec.unique and (spec.max_items is None or spec.max_items > 1):
+            got = self._unique_array(name, spec, ptr)
+            if got is not None:
+                return got
+            spec = replace(spec, unique=False)
+        contains = spec.contains
+        if len(contains) > 1:
+            self.refuse("several 'contains' constraints on one array are not supported", ptr, "contains")
+            contains = contains[:1]
+        lb, rb, comma = self.punct("["), self.punct("]"), self.punct(",")
+        P = len(spec.prefix)
+        mn, mx = spec.min_items, spec.max_items
+        c_ref, c_min, c_max = contains[0] if contains else (None, 0, None)
+        if c_ref is not None and c_max is not None and c_min > c_max:
+            return False
+        # positions matter up to L; counts up to K
+        L = max(P, mn, 1) if mx is None else mx  # >= 1: state 0 is "nothing written yet"
+        K = c_min if c_max is None else c_max + 1
+        if (L + 1) * (K + 1) > MAX_COUNT_STATES:
+            self.refuse("minItems/maxItems/prefixItems/contains too large to unroll", ptr, "maxItems")
+            L = min(L, P)
+            mx = None
+            mn = min(mn, L)
+        elems: dict = {}
+
+        def elem(i: int, counted: bool | None):
+            """Nonterminal of element i: counted (matches contains), uncounted, or plain (None)."""
+            k = (min(i, L if mx is None else i), counted)
+            if k in elems:
+                return elems[k]
+            base = spec.elem(i)
+            if counted is True:
+                ref = mk_sand(base, c_ref)
+            elif counted is False:
+                ref = mk_sand(base, mk_snot(c_ref))
+            else:
+                ref = base
+            elems[k] = self.value_nt(ref)
+            return elems[k]
+
+        def state(i: int, c: int) -> str:
+            return f"{name}@{i}.{c}"
+
+        made: set = set()
+        todo = [(0, 0)]
+        # Next(i, c): i elements written, c of them counted; next is "]" or ", elem"
+        while todo:
+            i, c = todo.pop()
+            if (i, c) in made:
+                continue
+            made.add((i, c))
+            sname = state(i, c)
+            sep = () if i == 0 else (comma,)
+            if i >= mn and c >= c_min:
+                self.b.rule(sname, (rb,))
+            if mx is not None and i >= mx:
+                continue
+            ni = i + 1 if (mx is not None or i < L) else i  # past L all positions are alike
+            options = []
+            if c_ref is None:
+                options.append((elem(i, None), c))
+            else:
+                sat = c_max is None and c >= c_min
+                if sat:
+                    options.append((elem(i, None), c))
+                else:
+                    options.append((elem(i, True), min(c + 1, K)))
+                    options.append((elem(i, False) if c_max is not None else elem(i, None), c))
+            for nt, nc in options:
+                if nt is None or (c_max is not None and nc > c_max):
+                    continue
+                self.b.rule(sname, sep + (nt, state(ni, nc)))
+                todo.append((ni, nc))
+        self.b.rule(name, (lb, state(0, 0)))
+        self._check_size()
+        return True
+
+    def _unique_array(self, name: str, spec: ArraySpec, ptr: str) -> bool | None:
+        """uniqueItems over a small finite set of element values: subsets of distinct values."""
+        if spec.prefix or spec.contains:
+            self.refuse("uniqueItems with prefixItems/contains is not supported", ptr, "uniqueItems")
+            return None
+        values = self._finite_values(spec.items)
+        if values is None or len(values) > MAX_UNIQUE_VALUES:
+            self.refuse("uniqueItems is only supported for items with a few possible values", ptr, "uniqueItems")
+            return None
+        lb, rb, comma = self.punct("["), self.punct("]"), self.punct(",")
+        nts = [self.exact_nt(v) for v in values]
+        mx = len(values) if spec.max_items is None else min(spec.max_items, len(values))
+        for size in range(len(values) + 1):
+            for used in combinations(range(len(values)), size):
+                sname = f"{name}@u{'.'.join(map(str, used))}"
+                if size >= spec.min_items:
+                    self.b.rule(sname, (rb,))
+                if size < mx:
+                    for j in range(len(values)):
+                        if j not in used:
+                            nxt = f"{name}@u{'.'.join(map(str, sorted(used + (j,))))}"
+                            self.b.rule(sname, ((comma,) if size else ()) + (nts[j], nxt))
+        self.b.rule(name, (lb, f"{name}@u"))
+        return True
+
+    def _finite_values(self, ref) -> list | None:
+        if isinstance(ref, Sub) and isinstance(ref.node, dict) and ("enum" in ref.node or "const" in ref.node):
+            if self.draft >= 2019 or "$ref" not in ref.node:
+                self.facets(ref)  # keyword checks
+                vals: list = []
+                for v in self.enum_values(ref):
+                    if not any(json_equal(v, w) for w in vals):
+                        vals.append(v)
+                return vals
+        f = self.facets(ref)
+        if f.arrays or f.objects:
+            return None
+        if f.strs is not None:
+            return None  # could be finite, but we do not enumerate languages
+        if any(p.lo is None or p.lo != p.hi for p in f.nums):
+            return None
+        vals: list = [None] if f.null else []
+        vals += sorted(f.bools)
+        vals += [int(p.lo) if p.lo == p.lo.to_integral_value() else float(p.lo) for p in f.nums]
+        vals += list(f.values)
+        return vals

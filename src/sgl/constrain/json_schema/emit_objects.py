@@ -1,0 +1,319 @@
+"""Grammar emission for objects: members, other keys, and key-order planning (no key repeated)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from itertools import combinations
+
+from ..derivatives import ANY_STRING, mk_and, mk_not
+from ..errors import CompileBudgetExceeded, ConstraintError
+from ..json_strings import json_string_node, literal_string, pattern_node
+from ..regex_ast import NOTHING, Chars, Node, alt, literal, negate, normalize_ranges, seq
+from .common import (
+    MAX_ANY_ORDER_RULES,
+    MAX_COUNT_STATES,
+    MAX_DEFAULT_ORDER_RULES,
+    MAX_PATTERN_PROPERTIES,
+)
+from .facets import ObjectSpec
+from .refs import TRUE, is_false, mk_sand
+
+
+class ObjectEmitter:
+    """Object rules (a mixin of ``JsonSchemaCompiler``)."""
+
+    # -- objects --------------------------------------------------------------------------
+    def object_nt(self, spec: ObjectSpec, ptr: str, free_required: bool = False) -> str | None:
+        key = ("object", spec, free_required)
+        if key in self.value_memo:
+            return self.value_memo[key]
+        name = self.b.fresh("object")
+        self.value_memo[key] = name
+        if not self._object_rules(name, spec, ptr, free_required):
+            self.value_memo[key] = None
+            self.b.rules = [r for r in self.b.rules if r.lhs != name and not r.lhs.startswith(name + "@")]
+            return None
+        return name
+
+    def _key_lexeme(self, name: str) -> str:
+        if all(0x20 <= ord(ch) < 0x7F and ch not in '"\\/' for ch in name):
+            return self.b.literal(json.dumps(name))
+        got = self._keys.get(name)
+        if got is None:
+            got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")
+        return got
+
+    def _object_rules(self, name: str, spec: ObjectSpec, ptr: str, free_required: bool = False) -> bool:
+        colon = self.punct(":")
+        # declared names: properties of every layer, then required-only names
+        declared: list[str] = []
+        for la in spec.layers:
+            for n, _ in la.props:
+                if n not in declared:
+                    declared.append(n)
+        for n in spec.required:
+            if n not in declared:
+                declared.append(n)
+        members = []  # (name, kv_nonterminal, required)
+        for n in declared:
+            req = n in spec.required
+            ok_name = all(self.ref_contains(r, n) for r in spec.names)
+            ref = mk_sand(*(la.schema_for(n) for la in spec.layers)) if spec.layers else TRUE
+            v = self.value_nt(ref) if ok_name else None
+            if v is None:
+                if req:
+                    return False
+                continue
+            kv = f"{name}@kv{len(members)}"
+            self.b.rule(kv, (self._key_lexeme(n), colon, v))
+            members.append((n, kv, req))
+        extras = self._extra_members(name, spec, declared, ptr)
+        return self._member_rules(name, spec, members, extras, ptr, free_required)
+
+    def _extra_members(self, name: str, spec: ObjectSpec, declared: list[str], ptr: str) -> list[str]:
+        """kv nonterminals for keys other than the declared ones, one per key region."""
+        colon = self.punct(":")
+        patterns: list[str] = []
+        for la in spec.layers:
+            for p, _ in la.patterns:
+                if p not in patterns:
+                    patterns.append(p)
+        if len(patterns) > MAX_PATTERN_PROPERTIES:
+            self.refuse(f"more than {MAX_PATTERN_PROPERTIES} patternProperties on one object", ptr, "patternProperties")
+            patterns = patterns[:MAX_PATTERN_PROPERTIES]
+        name_langs = []
+        for r in spec.names:
+            f = self.facets(r)
+            name_langs.append(f.strs if f.strs is not None else NOTHING)
+        out = []
+        not_declared, exact = _not_in_set(declared)
+        if not exact:
+            self.note("many declared properties: other keys sharing a long prefix with them are not allowed", ptr)
+        for size in range(len(patterns) + 1):
+            for chosen in combinations(patterns, size):
+                refs = []
+                for la in spec.layers:
+                    hit = [r for p, r in la.patterns if p in chosen]
+                    refs.extend(hit if hit else [la.additional])
+                ref = mk_sand(*refs)
+                if is_false(ref):
+                    continue
+                lang_parts = [not_declared] + name_langs
+                try:
+                    lang_parts += [pattern_node(p) for p in chosen]
+                    lang_parts += [mk_not(pattern_node(p)) for p in patterns if p not in chosen]
+                except ConstraintError as e:
+                    self.refuse(e.message, ptr, "patternProperties")
+                    continue
+                cache_key = (tuple(declared), chosen, tuple(patterns), tuple(r.key for r in spec.names))
+                key_term = self._extra_keys.get(cache_key)
+                if key_term is None:
+                    try:
+                        key_node = json_string_node(mk_and(*lang_parts), max_states=600, max_size=8000)
+                    except CompileBudgetExceeded as e:
+                        self.refuse(f"key constraints too complex: {e.message}", ptr, "patternProperties")
+                        continue
+                    key_term = self._extra_keys[cache_key] = "" if key_node == NOTHING else self.term(key_node, "key")
+                if not key_term:
+                    continue
+                v = self.value_nt(ref)
+                if v is None:
+                    continue
+                kv = f"{name}@x{len(out)}"
+                self.b.rule(kv, (key_term, colon, v))
+                out.append(kv)
+        return out
+
+    def _member_rules(
+        self, name: str, spec: ObjectSpec, members: list, extras: list, ptr: str, free_required: bool = False
+    ) -> bool:
+        mn, mx = spec.min_props, spec.max_props
+        n_req = sum(1 for m in members if m[2])
+        if mx is not None and n_req > mx:
+            return False
+        if not extras and mn > len(members):
+            return False
+        if mn <= n_req:
+            mn = 0  # implied by the required members: no need to count for it
+        # count cap: counts beyond K behave the same
+        counting = mn > 0 or mx is not None
+        K = (mx if mx is not None else mn) if counting else 1
+        extra_nt = None
+        if extras:
+            extra_nt = f"{name}@extra"
+            for kv in extras:
+                self.b.rule(extra_nt, (kv,))
+        tracks, free = self._order_plan(members, K, ptr, free_required)
+        if len(tracks) == 1 and not free and (len(members) + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
+            self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
+            K, mn, mx = 1, 0, None
+        self._order_rules(name, members, tracks, free, extra_nt, K, mn, mx)
+        self._check_size()
+        return True
+
+    def _order_plan(self, members: list, K: int, ptr: str, free_required: bool = False) -> tuple[list, list]:
+        """Which declared members keep their schema order (``tracks``: lists of member
+        indices, each in schema order, interleaved freely) and which may come in any
+        order (``free``). Every declared key comes at most once whatever the plan.
+
+        An object has no order. By default required members keep their schema order (so
+        a closed object's next required key can be forced: jump-forward) and optional
+        ones may come anywhere among them: in any order while they are few, else in
+        schema order among themselves. With ``any_order``, or for one of several object
+        alternatives (``free_required``: the required keys of ``oneOf``/``anyOf``
+        branches, often written first), the required ones may come in any order too:
+        the first plan within the budget wins among all members in any order; required
+        ones in any order and optional ones in schema order among themselves; then the
+        default plans. Past every budget: plain schema order. Plans that keep some order
+        are noted in ``warnings``; see docs/json_schema_objects.md.
+        """
+        n = len(members)
+        req = [i for i, m in enumerate(members) if m[2]]
+        opt = [i for i, m in enumerate(members) if not m[2]]
+        budget = MAX_ANY_ORDER_RULES if self.opts.any_order else MAX_DEFAULT_ORDER_RULES
+        plans = [([req], opt), ([req, opt], [])]
+        if self.opts.any_order or free_required:
+            plans = [([], list(range(n))), ([opt], req)] + plans
+        for tracks, free in plans:
+            tracks = [t for t in tracks if t]
+            if _order_cost(tracks, free, K) <= budget:
+                kept = [what for what, group in (("required", req), ("optional", opt)) if group in tracks and len(group) > 1]
+                if kept and (self.opts.any_order or free_required or kept != ["required"]):
+                    self.note(f"{n} properties are too many to track in any order: {' and '.join(kept)} ones "
+                              "keep their schema order among themselves", ptr)
+                return tracks, free
+        self.note(f"{n} properties are too many for free order: schema order is used", ptr)
+        return ([list(range(n))] if n else []), []
+
+    def _order_rules(self, name, members, tracks, free, extra_nt, K, mn, mx) -> None:
+        """The members of one object as a state machine over (position in each track, set of
+        free members used, members so far ``c`` capped at ``K``); see ``_order_plan``.
+
+        S(state): other keys (``extra_nt``) may follow, or any free member not used yet, or
+        the next member of a track through T; ``}`` once every required member is in and
+        ``c >= mn``. T(t, state): the member at track t's position, or (if it is optional)
+        T at the next position. Each key sequence has one derivation.
+        """
+        lbrace, rbrace, comma = self.punct("{"), self.punct("}"), self.punct(",")
+        req_free = sum(1 << b for b, j in enumerate(free) if members[j][2])
+        # tail_ok[t][p]: the members of track t from position p on are all optional
+        tail_ok = []
+        for track in tracks:
+            ok = [True] * (len(track) + 1)
+            for p in range(len(track) - 1, -1, -1):
+                ok[p] = ok[p + 1] and not members[track[p]][2]
+            tail_ok.append(ok)
+
+        def key(pos, used, c):
+            return ".".join(map(str, pos)) + f"u{used}c{c}"
+
+        made: set = set()
+        chains: set = set()
+        todo = [((0,) * len(tracks), 0, 0)]
+        while todo:
+            state = todo.pop()
+            if state in made:
+                continue
+            made.add(state)
+            pos, used, c = state
+            s = f"{name}@S{key(*state)}"
+            sep = (comma,) if c > 0 else ()
+            nc = min(c + 1, K)
+            if c >= mn and used & req_free == req_free and all(tail_ok[t][p] for t, p in enumerate(pos)):
+                self.b.rule(s, (rbrace,))
+            if mx is not None and c >= mx:
+                continue
+            if extra_nt is not None:
+                self.b.rule(s, sep + (extra_nt, f"{name}@S{key(pos, used, nc)}"))
+                todo.append((pos, used, nc))
+            for b, j in enumerate(free):
+                if not used >> b & 1:
+                    self.b.rule(s, sep + (members[j][1], f"{name}@S{key(pos, used | 1 << b, nc)}"))
+                    todo.append((pos, used | 1 << b, nc))
+            for t, track in enumerate(tracks):
+                p = pos[t]
+                if p < len(track):
+                    self.b.rule(s, (f"{name}@T{t}.{key(pos, used, c)}",))
+                while p < len(track):
+                    here = pos[:t] + (p,) + pos[t + 1:]
+                    tname = f"{name}@T{t}.{key(here, used, c)}"
+                    if tname in chains:
+                        break
+                    chains.add(tname)
+                    nxt = pos[:t] + (p + 1,) + pos[t + 1:]
+                    self.b.rule(tname, sep + (members[track[p]][1], f"{name}@S{key(nxt, used, nc)}"))
+                    todo.append((nxt, used, nc))
+                    if members[track[p]][2] or p + 1 == len(track):
+                        break
+                    self.b.rule(tname, (f"{name}@T{t}.{key(nxt, used, c)}",))
+                    p += 1
+        self.b.rule(name, (lbrace, f"{name}@S{key((0,) * len(tracks), 0, 0)}"))
+
+
+def _order_cost(tracks: list, free: list, K: int) -> int:
+    """About how many rules ``_order_rules`` makes for this plan."""
+    states = 2 ** len(free) * (K + 1)
+    for t in tracks:
+        states *= len(t) + 1
+    return states * (2 * len(tracks) + len(free) + 2)
+
+
+MAX_KEY_TRIE_NODES = 300  # each costs ~300 automaton states once JSON-escaped
+
+
+def _not_in_set(names) -> tuple[Node, bool]:
+    return _not_in_set_cached(tuple(names))
+
+
+@lru_cache(maxsize=1024)
+def _not_in_set_cached(names: tuple) -> tuple[Node, bool]:
+    """Decoded strings other than ``names`` (a complemented trie, built directly).
+
+    Returns ``(node, exact)``. The trie is cut at the depth where it would exceed
+    ``MAX_KEY_TRIE_NODES``: below the cut every string is excluded, which is sound
+    (other keys that share a long prefix with a declared name are refused).
+    """
+    if not names:
+        return ANY_STRING, True
+    trie: dict = {}
+    for t in names:
+        node = trie
+        for ch in t:
+            node = node.setdefault(ch, {})
+        node[""] = True
+    # deepest level that keeps the trie within budget
+    level, count, depth = [trie], 1, 0
+    while level and depth < 60:
+        nxt = [sub for nd in level for ch, sub in nd.items() if ch != ""]
+        if count + len(nxt) > MAX_KEY_TRIE_NODES:
+            break
+        count += len(nxt)
+        level = nxt
+        depth += 1
+    cut = depth if level and any(len(nd) > ("" in nd) for nd in level) else None
+    exact = cut is None
+
+    def build(node: dict, d: int) -> Node:
+        if cut is not None and d >= cut:
+            return NOTHING
+        kids = sorted(ch for ch in node if ch != "")
+        parts = []
+        if "" not in node:
+            parts.append(seq())  # this prefix itself is not a name
+        used = tuple((ord(c), ord(c)) for c in kids)
+        others = Chars(_complement_ranges(used))
+        if others.ranges:
+            parts.append(seq(others, ANY_STRING))
+        for ch in kids:
+            rest = build(node[ch], d + 1)
+            if rest != NOTHING:
+                parts.append(seq(literal(ch), rest))
+        return alt(*parts) if parts else NOTHING
+
+    return build(trie, 0), exact
+
+
+def _complement_ranges(used: tuple) -> tuple:
+
+    return negate(Chars(normalize_ranges(used))).ranges

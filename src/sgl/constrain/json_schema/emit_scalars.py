@@ -1,0 +1,161 @@
+"""Grammar emission: punctuation, terminals, value nonterminals, number and string lexemes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..derivatives import ANY_CHAR as _ANY_CHAR
+from ..derivatives import ANY_STRING, LAnd, has_boolean_ops, length_range, mk_and, restrict_length
+from ..errors import CompileBudgetExceeded
+from ..grammar import Terminal
+from ..json_strings import json_string_node
+from ..numeric_range import number_regex, points_regex
+from ..regex_ast import NOTHING, Node, Repeat, alt, chars, literal, repeat, seq
+from .common import MAX_EXACT_NUMBER_POINTS, MAX_RULES
+from .refs import Sub
+from .values import _CHUNKED
+
+
+class ScalarEmitter:
+    """Value nonterminals and scalar lexemes (a mixin of ``JsonSchemaCompiler``)."""
+
+    # -- grammar -----------------------------------------------------------------------
+    def punct(self, which: str) -> str:
+        """Punctuation lexemes, whitespace merged (after ``{ [ , :``, before ``} ] , :``)."""
+        got = self._punct.get(which)
+        if got is not None:
+            return got
+        if self.opts.whitespace == "compact":
+            text = {"{": "{", "}": "}", "[": "[", "]": "]", ",": ", ", ":": ": "}[which]
+            name = self.b.literal(text)
+        else:
+            n = self.opts.max_whitespace
+            sp = repeat(chars((0x20, 0x20), (0x09, 0x09)), 0, n)
+            ws = alt(sp, seq(sp, repeat(literal("\r"), 0, 1), literal("\n"), repeat(chars((0x20, 0x20), (0x09, 0x09)), 0, 4 * n)))
+            c = literal(which)
+            node = {"{": seq(c, ws), "[": seq(c, ws), "}": seq(ws, c), "]": seq(ws, c), ",": seq(ws, c, ws), ":": seq(ws, c, ws)}[which]
+            name = self.b.terminal(node, hint=f"'{which}'")
+        self._punct[which] = name
+        return name
+
+    def term(self, node: Node, hint: str) -> str:
+        """A terminal for ``node``, deduplicated by identity (GrammarBuilder keys by repr,
+        which is slow for big nodes; equal nodes from our caches are the same object)."""
+        got = self._terms.get(id(node))
+        if got is not None:
+            return got[0]
+        name = self.b.fresh(hint)
+        self.b.terminals[name] = Terminal(name, node)
+        self._terms[id(node)] = (name, node)
+        return name
+
+    def value_nt(self, ref) -> str | None:
+        """The nonterminal for values of ``ref`` (None when no value is possible)."""
+        key = ref.key
+        if key in self.value_memo:
+            return self.value_memo[key]
+        name = self.b.fresh("value")
+        self.value_memo[key] = name
+        alts = self.value_alternatives(ref)
+        if not alts:
+            self.value_memo[key] = None
+            return None
+        for rhs in alts:
+            self.b.rule(name, rhs)
+        self._check_size()
+        return name
+
+    def _check_size(self) -> None:
+        if len(self.b.rules) > MAX_RULES:
+            raise CompileBudgetExceeded(f"the grammar for this schema exceeds {MAX_RULES} rules")
+        self.check_time()
+
+    def value_alternatives(self, ref) -> list[tuple]:
+        f = self.facets(ref)
+        ptr = getattr(ref, "ptr", "") if isinstance(ref, Sub) else ""
+        out: list[tuple] = []
+        if f.null:
+            out.append((self.b.literal("null"),))
+        for v in (True, False):
+            if v in f.bools:
+                out.append((self.b.literal("true" if v else "false"),))
+        if f.nums:
+            node = self.number_node(f.nums, ptr)
+            if node != NOTHING:
+                out.append((self.term(node, "number"),))
+        if f.strs is not None:
+            pieces = f.strs.items if id(f.strs) in _CHUNKED else (f.strs,)
+            for piece in pieces:
+                node = self.string_node(piece, ptr)
+                if node != NOTHING:
+                    out.append((self.term(node, "string"),))
+        for spec in f.arrays:
+            nt = self.array_nt(spec, ptr)
+            if nt is not None:
+                out.append((nt,))
+        # one of several object alternatives (anyOf/oneOf/if/not/dependencies): no key is
+        # forced at the start anyway, so required keys may come in any order too
+        several = len(f.objects) + any(isinstance(v, dict) for v in f.values) > 1
+        for spec in f.objects:
+            nt = self.object_nt(spec, ptr, free_required=several)
+            if nt is not None:
+                out.append((nt,))
+        for v in f.values:
+            out.append((self.exact_nt(v),))
+        return out
+
+    def number_node(self, pieces: tuple, ptr: str) -> Node:
+        points = [p.lo for p in pieces if p.lo is not None and p.lo == p.hi and p.kind == "any"]
+        others = [p for p in pieces if not (p.lo is not None and p.lo == p.hi and p.kind == "any")]
+        parts = [points_regex(points, MAX_EXACT_NUMBER_POINTS)] if points else []
+        for p in others:
+            try:
+                parts.append(number_regex(p))
+            except (ValueError, CompileBudgetExceeded) as e:
+                self.refuse(f"multipleOf: {e}", ptr, "multipleOf")
+                parts.append(number_regex(replace(p, kind="any") if p.scale else replace(p, mult=1)))
+        return alt(*parts) if parts else NOTHING
+
+    def string_node(self, expr, ptr: str) -> Node:
+        """The lexeme for a string-language expression (length folded into the pattern)."""
+        got = self._strings.get(expr)
+        if got is None:
+            got = self._strings[expr] = self._string_node(expr, ptr)
+        return got
+
+    def _string_node(self, expr, ptr: str) -> Node:
+
+        items = list(expr.items) if isinstance(expr, LAnd) else [expr]
+        lo, hi = 0, None
+        rest = []
+        for it in items:
+            if isinstance(it, Repeat) and it.item == _ANY_CHAR:
+                lo = max(lo, it.min)
+                hi = it.max if hi is None else (hi if it.max is None else min(hi, it.max))
+            else:
+                rest.append(it)
+        if hi is not None and lo > hi:
+            return NOTHING
+        try:
+            if len(rest) == 1 and not _has_bool(rest[0]):
+                if lo == 0 and hi is None:
+                    node = rest[0]
+                else:
+                    node, exact = restrict_length(rest[0], lo, hi)
+                    if not exact:
+                        self.note("pattern/format combined with minLength/maxLength: long strings are restricted further", ptr)
+                    length_range(node)
+            elif not rest:
+                node = Repeat(_ANY_CHAR, lo, hi)
+            else:
+                length = [Repeat(_ANY_CHAR, lo, hi)] if (lo or hi is not None) else []
+                node = mk_and(*rest, *length)
+            return json_string_node(node)
+        except CompileBudgetExceeded as e:
+            self.refuse(f"string constraints too complex to combine: {e.message}", ptr, "pattern")
+            return json_string_node(ANY_STRING)
+
+
+def _has_bool(e) -> bool:
+
+    return has_boolean_ops(e)

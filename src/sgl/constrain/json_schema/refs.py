@@ -1,0 +1,204 @@
+"""Schema references: ``Sub``/``SAnd``/``SNot`` handles and ``$id``/``$anchor``/``$ref`` resolution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urldefrag, urljoin
+
+from .common import _ptr_escape
+
+# ---------------------------------------------------------------------------
+# Schema references
+
+
+class Sub:
+    """A schema of the document: the JSON node, its base URI and its JSON pointer."""
+
+    __slots__ = ("node", "base", "ptr", "uri")
+
+    def __init__(self, node, base: str, ptr: str, uri: str = ""):
+        self.node, self.base, self.ptr, self.uri = node, base, ptr, uri
+
+    @property
+    def key(self):
+        return ("b", self.node) if isinstance(self.node, bool) else ("s", id(self.node))
+
+    def __eq__(self, other):
+        return isinstance(other, Sub) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __repr__(self):
+        return f"Sub({self.ptr or '#'})"
+
+
+@dataclass(frozen=True)
+class SAnd:
+    items: tuple
+
+    @property
+    def key(self):
+        return ("and",) + tuple(i.key for i in self.items)
+
+
+@dataclass(frozen=True)
+class SNot:
+    item: object
+
+    @property
+    def key(self):
+        return ("not", self.item.key)
+
+
+TRUE = Sub(True, "", "")
+FALSE = Sub(False, "", "")
+
+
+def mk_sand(*refs):
+    flat: dict = {}
+    for r in refs:
+        if isinstance(r, SAnd):
+            for i in r.items:
+                flat[i.key] = i
+        elif isinstance(r, Sub) and r.node is True:
+            continue
+        elif isinstance(r, Sub) and r.node is False:
+            return FALSE
+        else:
+            flat[r.key] = r
+    items = [flat[k] for k in sorted(flat, key=repr)]
+    if not items:
+        return TRUE
+    return items[0] if len(items) == 1 else SAnd(tuple(items))
+
+
+def mk_snot(ref):
+    if isinstance(ref, SNot):
+        return ref.item
+    if isinstance(ref, Sub) and isinstance(ref.node, bool):
+        return FALSE if ref.node else TRUE
+    return SNot(ref)
+
+
+def is_true(ref) -> bool:
+    return isinstance(ref, Sub) and ref.node is True
+
+
+def is_false(ref) -> bool:
+    return isinstance(ref, Sub) and ref.node is False
+
+
+class RefResolver:
+    """Documents, ``$id`` resources, anchors and ``$ref`` resolution (a mixin of ``JsonSchemaCompiler``)."""
+
+    # -- documents, $id, $anchor, $ref ------------------------------------------------
+    @staticmethod
+    def _draft(schema) -> int:
+        if isinstance(schema, dict):
+            s = schema.get("$schema", "")
+            if isinstance(s, str):
+                for d in ("draft-03", "draft-04", "draft-06", "draft-07"):
+                    if d in s:
+                        return int(d[-2:])
+                if "2019-09" in s:
+                    return 2019
+        return 2020
+
+    def _scan(self, node, base: str, ptr: str, root: bool = False) -> None:
+        """Register ``$id`` resources and anchors; remember each schema's base and pointer."""
+        if not isinstance(node, dict):
+            return
+        sid = node.get("$id")
+        if isinstance(sid, str) and not (self.draft < 2019 and "$ref" in node):
+            uri, frag = urldefrag(urljoin(base, sid))
+            if frag and not uri.rstrip("#"):
+                uri = base
+            if frag and self.draft < 2019:  # draft-07 "$id": "#foo" is an anchor
+                self.anchors[f"{urldefrag(base)[0]}#{frag}"] = (node, base, ptr)
+            else:
+                base = uri
+                self.resources.setdefault(uri, (node, ptr))
+        elif root:
+            self.resources.setdefault(base, (node, ptr))
+        self.base_of[id(node)] = base
+        self.ptr_of[id(node)] = ptr
+        for key in ("$anchor", "$dynamicAnchor"):
+            a = node.get(key)
+            if isinstance(a, str):
+                self.anchors[f"{base}#{a}"] = (node, base, ptr)
+                if key == "$dynamicAnchor":
+                    self.dynamic_anchors[a] = self.dynamic_anchors.get(a, 0) + 1
+        for kw, val in node.items():
+            p = f"{ptr}/{_ptr_escape(kw)}"
+            if kw in ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas"):
+                if isinstance(val, dict):
+                    for k, v in val.items():
+                        self._scan(v, base, f"{p}/{_ptr_escape(k)}")
+            elif kw == "dependencies" and isinstance(val, dict):
+                for k, v in val.items():
+                    self._scan(v, base, f"{p}/{_ptr_escape(k)}")
+            elif kw in ("allOf", "anyOf", "oneOf", "prefixItems") or (kw == "items" and isinstance(val, list)):
+                if isinstance(val, list):
+                    for i, v in enumerate(val):
+                        self._scan(v, base, f"{p}/{i}")
+            elif kw in (
+                "not", "if", "then", "else", "items", "additionalItems", "contains", "additionalProperties",
+                "propertyNames", "unevaluatedItems", "unevaluatedProperties",
+            ):
+                self._scan(val, base, p)
+
+    def sub(self, node, parent: Sub | None, ptr: str) -> Sub:
+        """A handle for a child schema (its base is known from the scan)."""
+        if isinstance(node, bool):
+            return TRUE if node else FALSE
+        base = self.base_of.get(id(node))
+        if base is None:
+            base = parent.base if parent is not None else self.root_base
+        return Sub(node, base, self.ptr_of.get(id(node), ptr))
+
+    def root_sub(self) -> Sub:
+        return self.sub(self.root, None, "")
+
+    def resolve(self, ref: str, at: Sub, keyword: str = "$ref") -> Sub | None:
+        """The schema a ``$ref`` points to; None (after ``refuse``) when unresolvable."""
+        target = urljoin(at.base, ref)
+        uri, frag = urldefrag(target)
+        if not uri:
+            uri = at.base
+        if frag and not frag.startswith("/"):
+            got = self.anchors.get(f"{uri}#{frag}")
+            if got is None:
+                self.refuse(f"$ref {ref!r}: anchor not found", at.ptr, keyword)
+                return None
+            node, base, ptr = got
+            return Sub(node, base, ptr) if not isinstance(node, bool) else (TRUE if node else FALSE)
+        res = self.resources.get(uri)
+        if res is None:
+            self.refuse(f"remote $ref {ref!r} is not supported (only references inside the schema)", at.ptr, keyword)
+            return None
+        node, ptr = res
+        base = uri
+        if frag:
+            for raw in frag.split("/")[1:]:
+                tok = unquote(raw).replace("~1", "/").replace("~0", "~")
+                if isinstance(node, dict) and tok in node:
+                    node = node[tok]
+                elif isinstance(node, list) and tok.isdigit() and int(tok) < len(node):
+                    node = node[int(tok)]
+                else:
+                    self.refuse(f"$ref {ref!r}: JSON pointer does not resolve", at.ptr, keyword)
+                    return None
+                ptr = f"{ptr}/{_ptr_escape(tok)}"
+                if isinstance(node, dict) and id(node) in self.base_of:
+                    base = self.base_of[id(node)]
+        if isinstance(node, bool):
+            return TRUE if node else FALSE
+        if not isinstance(node, dict):
+            self.refuse(f"$ref {ref!r} does not point to a schema", at.ptr, keyword)
+            return None
+        return Sub(node, self.base_of.get(id(node), base), self.ptr_of.get(id(node), ptr))
+
+    def _static_dynamic_ref(self, ref: str) -> bool:
+        frag = urldefrag(ref)[1]
+        return not frag or frag.startswith("/") or self.dynamic_anchors.get(frag, 0) <= 1
