@@ -321,7 +321,7 @@ def schema_of(schema: Any) -> dict | str | bool | None:
 
 
 def compile_spec(
-    spec: Any, vocab=None, *, budget: CompileBudget | None = None, json_options: dict | None = None
+    spec: Any, vocab: Vocabulary | None = None, *, budget: CompileBudget | None = None, json_options: dict | None = None
 ) -> CompiledGrammar | None:
     """Compile a constraint spec (``sgl.types.ConstraintSpec`` or any object with its
     fields) for ``vocab``: the one place a spec becomes a grammar.
