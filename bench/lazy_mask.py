@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 from sgl.backends.local import LocalModel
-from sgl.constrain import CompiledGrammar, Matcher, allocate_bitmask
+from sgl.constrain import CompiledGrammar, Matcher, allocate_bitmask, apply_bitmask
 from sgl.constrain.json_schema import json_schema_grammar
 from sgl.engine.lazy_mask import sample_with_lazy_mask
-from sgl.engine.sampler import Sampler, apply_bitmask
+from sgl.engine.sampler import Sampler
 
 SYSTEM = "You write short character sheets for a fantasy story, as JSON."
 QUESTION = (

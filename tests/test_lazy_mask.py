@@ -15,9 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from sgl.constrain import Matcher, Vocabulary, allocate_bitmask, compile_json_schema, compile_regex
+from sgl.constrain import (
+    Matcher,
+    Vocabulary,
+    allocate_bitmask,
+    apply_bitmask,
+    compile_json_schema,
+    compile_regex,
+)
 from sgl.engine.lazy_mask import LazyResult, sample_with_lazy_mask
-from sgl.engine.sampler import Sampler, apply_bitmask
+from sgl.engine.sampler import Sampler
 
 SCHEMA = {
     "type": "object",

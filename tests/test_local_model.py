@@ -16,10 +16,12 @@ import pytest
 import torch
 
 from sgl.backends.base import GenerateRequest
+from sgl.constrain import apply_bitmask
+from sgl.constrain.bitmask import unpack_bitmask
 from sgl.engine.llama import KVCache, Llama, LlamaConfig, interleave_rotary, rope_inv_freq
 from sgl.engine.model_loader import unpermute_rotary
 from sgl.engine.request import TextTracker
-from sgl.engine.sampler import Sampler, apply_bitmask, bitmask_to_bool
+from sgl.engine.sampler import Sampler
 from sgl.types import ConstraintSpec, SamplingParams
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
@@ -152,7 +154,7 @@ def test_bitmask_unpacks_and_masks():
     for i in np.flatnonzero(allowed):
         words[0, i // 32] |= np.uint32(1 << (i % 32))
     bitmask = words.view(np.int32)
-    assert bitmask_to_bool(bitmask, 70)[0].numpy().tolist() == allowed.tolist()
+    assert unpack_bitmask(bitmask, 70)[0].tolist() == allowed.tolist()
     logits = torch.zeros(70)
     apply_bitmask(logits, bitmask)
     assert torch.isinf(logits).numpy().tolist() == (~allowed).tolist()

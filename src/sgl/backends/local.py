@@ -21,6 +21,7 @@ except ModuleNotFoundError as e:  # the core install has no torch: say which ext
     raise MissingExtraError("sgl.LocalModel (the local engine)", "local", [e.name or "torch"]) from e
 
 from sgl.backends.base import Backend, Capabilities, GenerateRequest, GenerateResult, SelectResult
+from sgl.backends.chat_template import ChatTemplate, role_affixes, special_tokens
 from sgl.engine.llama import Llama
 from sgl.engine.model_loader import resolve_checkpoint
 from sgl.engine.request import SeqOutput, SeqRequest
@@ -28,7 +29,6 @@ from sgl.engine.scheduler import Engine, EngineConfig
 from sgl.types import ConstraintSpec, SamplingParams
 
 SELECT_METHODS = ("token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized")
-_CONTENT_MARK = "\x1fSGL-CONTENT\x1f"  # stands for the content when rendering a chat template
 
 
 class LocalModel(Backend):
@@ -109,6 +109,7 @@ class LocalModel(Backend):
         )
         self.eos_token_ids = tuple(self.vocab.eos_token_ids)
         self.chat_template = ckpt.chat_template
+        self._template_tokens = special_tokens(ckpt.folder)
         limit = self.config.max_position_embeddings
         self.max_context = min(max_context or limit, limit)
         self.max_batch = max(1, max_batch)
@@ -499,16 +500,19 @@ class LocalModel(Backend):
     # -------------------------------------------------------------------- chat
 
     def set_chat_template(self, template: str) -> None:
-        """Use this Jinja chat template instead of the model's (``sgl serve --chat-template``)."""
-        if _template_affixes(template, "user") is None:
-            raise ValueError("the chat template does not render a user message (it must use messages[i].role/content)")
+        """Use this Jinja chat template instead of the model's (``sgl serve --chat-template``).
+
+        Raises `ChatTemplateError` (a ValueError) when it cannot render a user message."""
+        ChatTemplate(template, **self._template_tokens, name="--chat-template").role_affixes("user")
         self.chat_template = template
         self._roles = {}
 
     def role_text(self, role: str, content: str) -> tuple[str, str]:
-        """The text before and after a message of ``role`` in this model's chat template."""
+        """The text before and after a message of ``role`` in this model's own chat template
+        (``tokenizer_config.json``; ChatML when the model has none). Raises `ChatTemplateError`
+        (a ValueError) for a role the template cannot render, e.g. ``system`` for Gemma."""
         if role not in self._roles:
-            self._roles[role] = _template_affixes(self.chat_template, role) or (f"<|im_start|>{role}\n", "<|im_end|>\n")
+            self._roles[role] = role_affixes(self.chat_template, role, **self._template_tokens)
         return self._roles[role]
 
 
@@ -588,43 +592,3 @@ def _generation_config_eos(folder: Path) -> set[int]:
         return set()
     eos = json.loads(f.read_text()).get("eos_token_id")
     return set(eos) if isinstance(eos, list) else ({eos} if isinstance(eos, int) else set())
-
-
-def _template_affixes(template: str | None, role: str) -> tuple[str, str] | None:
-    """(prefix, suffix) of a ``role`` message, from rendering the Jinja chat template.
-
-    The template is rendered with and without the message (after a system message
-    or a user turn, so templates that insist on an order accept it); the difference
-    is the message block, split at the content.
-    """
-    if not template:
-        return None
-    try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:
-        return None
-
-    def raise_exception(message: str) -> None:
-        raise ValueError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    before = {
-        "system": [],
-        "user": [{"role": "system", "content": "S"}],
-        "assistant": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
-    }.get(role, [{"role": "system", "content": "S"}])
-    try:
-        tmpl = env.from_string(template)
-
-        def render(messages: list[dict[str, str]]) -> str:
-            return tmpl.render(messages=messages, add_generation_prompt=False, bos_token="", eos_token="")
-
-        head = render(before)
-        full = render([*before, {"role": role, "content": _CONTENT_MARK}])
-    except Exception:  # a template that cannot render this: fall back to ChatML
-        return None
-    if not full.startswith(head) or _CONTENT_MARK not in full[len(head) :]:
-        return None
-    prefix, suffix = full[len(head) :].split(_CONTENT_MARK, 1)
-    return prefix, suffix

@@ -16,10 +16,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .compiled import CompileBudget, CompiledGrammar, choices_grammar
 from .errors import CompileBudgetExceeded, ConstraintError, set_deadline
+
+if TYPE_CHECKING:
+    from .vocab import Vocabulary
 
 _CACHE_SIZE = 64
 _CACHE_BYTES = 512 << 20  # lexeme DFA tables of the cached grammars, in all
@@ -36,7 +39,7 @@ _SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root", "structural_tag": 
 T = TypeVar("T")
 
 
-def _cached(key, build) -> CompiledGrammar:
+def _cached(key: tuple, build: Callable[[], CompiledGrammar]) -> CompiledGrammar:
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
@@ -111,17 +114,17 @@ def run_deep(fn: Callable[[], T], what: str, budget: CompileBudget | None = None
     return out["value"]
 
 
-def _vocab_key(vocab) -> str:
+def _vocab_key(vocab: Vocabulary | None) -> str:
     return "" if vocab is None else getattr(vocab, "fingerprint", str(id(vocab)))
 
 
-def _check_budget(budget) -> CompileBudget | None:
+def _check_budget(budget: object) -> CompileBudget | None:
     if budget is not None and not isinstance(budget, CompileBudget):
         raise ConstraintError(f"budget must be a CompileBudget, not {type(budget).__name__}")
     return budget
 
 
-def compile_regex(pattern: str, vocab=None, *, budget: CompileBudget | None = None) -> CompiledGrammar:
+def compile_regex(pattern: str, vocab: Vocabulary | None = None, *, budget: CompileBudget | None = None) -> CompiledGrammar:
     """Compile a Python ``re`` pattern (whole-text match, as ``re.fullmatch``).
 
     ``budget`` (a ``CompileBudget``) overrides the default compile limits.
@@ -138,7 +141,8 @@ def compile_regex(pattern: str, vocab=None, *, budget: CompileBudget | None = No
     )
 
 
-def compile_json_schema(schema, vocab=None, *, budget: CompileBudget | None = None, **options) -> CompiledGrammar:
+def compile_json_schema(schema: dict | bool | str | bytes, vocab: Vocabulary | None = None, *,
+                        budget: CompileBudget | None = None, **options: Any) -> CompiledGrammar:
     """Compile a JSON Schema (dict, JSON text or bool). See ``json_schema.json_schema_grammar``.
 
     ``options``: ``any_order``, ``lenient``, ``whitespace``, ``max_whitespace``, ``warnings``;
@@ -162,7 +166,7 @@ def compile_json_schema(schema, vocab=None, *, budget: CompileBudget | None = No
     return run_deep(build, "the schema", budget)
 
 
-def _load_schema(schema) -> dict | bool:
+def _load_schema(schema: object) -> dict | bool:
     """The schema as a checked JSON value: text parsed, NaN/Infinity refused, depth bounded."""
     from .json_schema import MAX_SCHEMA_BYTES
 
@@ -183,7 +187,7 @@ def _refuse_constant(name: str):
     raise ConstraintError(f"{name} is not a JSON number")
 
 
-def check_json_value(value, max_depth: int) -> None:
+def check_json_value(value: object, max_depth: int) -> None:
     """Refuse what is not plain JSON (NaN, infinities, non-string keys, bytes, sets...) and
     objects nested more than ``max_depth`` deep, naming the JSON pointer. Iterative."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
@@ -250,7 +254,7 @@ def check_nesting(text: str, syntax: str) -> str:
 
 
 def compile_grammar(
-    text: str, vocab=None, syntax: str = "lark", start: str | None = None, *, budget: CompileBudget | None = None
+    text: str, vocab: Vocabulary | None = None, syntax: str = "lark", start: str | None = None, *, budget: CompileBudget | None = None
 ) -> CompiledGrammar:
     """Compile a context-free grammar in Lark, GBNF (llama.cpp) or EBNF syntax, or a
     structural tag (``syntax="structural_tag"``: its JSON text; see ``structural_tag``).
@@ -282,7 +286,7 @@ def compile_grammar(
     )
 
 
-def compile_choices(choices: Sequence[str], vocab=None, *, budget: CompileBudget | None = None) -> CompiledGrammar:
+def compile_choices(choices: Sequence[str], vocab: Vocabulary | None = None, *, budget: CompileBudget | None = None) -> CompiledGrammar:
     """Compile a list of alternative strings; the output is exactly one of them.
 
     Any number of choices compiles through one trie (100,000 in a few seconds);
@@ -317,7 +321,7 @@ def schema_of(schema: Any) -> dict | str | bool | None:
 
 
 def compile_spec(
-    spec: Any, vocab=None, *, budget: CompileBudget | None = None, json_options: dict | None = None
+    spec: Any, vocab: Vocabulary | None = None, *, budget: CompileBudget | None = None, json_options: dict | None = None
 ) -> CompiledGrammar | None:
     """Compile a constraint spec (``sgl.types.ConstraintSpec`` or any object with its
     fields) for ``vocab``: the one place a spec becomes a grammar.

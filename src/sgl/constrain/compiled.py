@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, literal_dfa, to_dfa
 from .counters import split_counters
@@ -19,6 +19,11 @@ from .grammar import Grammar, Rule, Terminal, prune
 from .lexer import Lexer
 from .mask import DEFAULT_MASK_SECONDS, MaskComputer, TokenTable
 from .regex import parse_regex
+
+if TYPE_CHECKING:
+    from .dfa import ByteDFA
+    from .regex_ast import Node
+    from .vocab import Vocabulary
 
 DEFAULT_COMPILE_BUDGET_S = 30.0
 
@@ -48,7 +53,7 @@ class CompileBudget:
     choice_states: int = DEFAULT_MAX_TRIE_STATES
     mask_seconds: float = DEFAULT_MASK_SECONDS
 
-    def over(self, name: str, value, limit) -> CompileBudgetExceeded:
+    def over(self, name: str, value: object, limit: object) -> CompileBudgetExceeded:
         return CompileBudgetExceeded(f"the constraint needs {value} {name.replace('_', ' ')}, over the budget of {limit} (budget: {name})")
 
 
@@ -73,8 +78,8 @@ class CompiledGrammar:
     ``seconds``). A grammar that matches no text is refused: it could only dead-end.
     """
 
-    def __init__(self, grammar: Grammar, vocab=None, *, budget: CompileBudget | None = None,
-                 budget_s: float | None = None):
+    def __init__(self, grammar: Grammar, vocab: Vocabulary | None = None, *, budget: CompileBudget | None = None,
+                 budget_s: float | None = None) -> None:
         start = time.perf_counter()
         budget = budget or CompileBudget()
         if budget_s is not None:
@@ -245,7 +250,7 @@ DFA_CACHE_BYTES = 256 << 20
 _dfa_cache_bytes = 0
 
 
-def terminal_dfa(pattern, is_literal: bool = False, budget: CompileBudget | None = None):
+def terminal_dfa(pattern: str | Node, is_literal: bool = False, budget: CompileBudget | None = None) -> ByteDFA:
     """The DFA of a terminal pattern, shared across grammars (JSON lexemes repeat a lot)."""
     limits = {} if budget is None else {"max_states": budget.dfa_states, "max_trie_states": budget.choice_states}
     key = (pattern, is_literal, tuple(sorted(limits.items())))
@@ -286,7 +291,7 @@ def _split_empty_terminals(grammar: Grammar, dfas: dict) -> Grammar:
     return Grammar(grammar.start, rules, terminals, list(grammar.ignore), grammar.source)
 
 
-def _token_table(vocab) -> TokenTable:
+def _token_table(vocab: Vocabulary) -> TokenTable:
     cached = getattr(vocab, "_sgl_token_table", None)
     if cached is None:
         if hasattr(vocab, "byte_matrix"):
@@ -300,7 +305,7 @@ def _token_table(vocab) -> TokenTable:
     return cached
 
 
-def compile_ir(grammar: Grammar, vocab=None, **options) -> CompiledGrammar:
+def compile_ir(grammar: Grammar, vocab: Vocabulary | None = None, **options: Any) -> CompiledGrammar:
     """Compile a grammar IR for ``vocab``."""
     return CompiledGrammar(grammar, vocab, **options)
 

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .bitmask import unpack_bitmask
 
-
-def apply_bitmask(logits, bitmask) -> None:
-    """Set disallowed logits to -inf in place. ``logits``: (batch, V) or (V,) tensor."""
-    squeeze = logits.dim() == 1
-    view = logits.unsqueeze(0) if squeeze else logits
-    if type(bitmask).__module__.startswith("torch") and bitmask.device.type != "cpu":
-        _apply_on_device(view, bitmask)
-        return
-    bm = bitmask.numpy() if type(bitmask).__module__.startswith("torch") else np.asarray(bitmask)
-    if bm.ndim == 1:
-        bm = bm[None, :]
+if TYPE_CHECKING:
     import torch
 
+
+def apply_bitmask(logits: torch.Tensor, bitmask: np.ndarray | torch.Tensor) -> None:
+    """Set disallowed logits to -inf in place. ``logits``: (batch, V) or (V,) tensor."""
+    import torch
+
+    squeeze = logits.dim() == 1
+    view = logits.unsqueeze(0) if squeeze else logits
+    if isinstance(bitmask, torch.Tensor) and bitmask.device.type != "cpu":
+        _apply_on_device(view, bitmask)
+        return
+    bm = bitmask.numpy() if isinstance(bitmask, torch.Tensor) else np.asarray(bitmask)
+    if bm.ndim == 1:
+        bm = bm[None, :]
     numpy_ok = view.dtype in (torch.float32, torch.float64, torch.float16)
     if numpy_ok and view.device.type == "cpu" and view.is_contiguous() and not view.requires_grad:
         # numpy, single-threaded: torch's parallel masked_fill_ stalls badly on a busy CPU
@@ -28,7 +33,7 @@ def apply_bitmask(logits, bitmask) -> None:
     _apply_on_device(view, torch.from_numpy(np.ascontiguousarray(bm, dtype=np.int32)))
 
 
-def _apply_on_device(view, bitmask) -> None:
+def _apply_on_device(view: torch.Tensor, bitmask: torch.Tensor) -> None:
     """Unpack and apply a bitmask that lives on the logits' device (no host round trip)."""
     import torch
 

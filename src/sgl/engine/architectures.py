@@ -27,7 +27,16 @@ ARCHITECTURES: dict[str, str] = {
 }
 
 # GGUF general.architecture -> the Hugging Face class its converted folder uses.
-GGUF_ARCHITECTURES: dict[str, str] = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# llama.cpp writes Mistral as "llama" and has no sliding window there; OLMo 2 is not
+# mapped (its tensor conventions are not checked against transformers here).
+GGUF_ARCHITECTURES: dict[str, str] = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+}
 
 
 def supported_list() -> str:

@@ -12,31 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-
-try:  # the constraint engine's helper (disallowed -> -inf, in place)
-    from sgl.constrain import apply_bitmask as _constrain_apply_bitmask
-except ImportError:  # pragma: no cover - sgl.constrain ships with sgl
-    _constrain_apply_bitmask = None
-
-_SHIFTS = torch.arange(32, dtype=torch.int32)
-
-
-def bitmask_to_bool(bitmask: np.ndarray | torch.Tensor, n_vocab: int) -> torch.Tensor:
-    """Unpack int32 words (bit ``i % 32`` of word ``i // 32`` set = token allowed) to bools."""
-    words = torch.as_tensor(bitmask, dtype=torch.int32)
-    bits = (words.unsqueeze(-1) >> _SHIFTS.to(words.device)) & 1
-    return bits.flatten(-2)[..., :n_vocab].bool()
-
-
-def apply_bitmask(logits: torch.Tensor, bitmask: np.ndarray) -> None:
-    """Set the logits of disallowed tokens to -inf, in place (``logits``: ``[V]`` or ``[B, V]``)."""
-    if _constrain_apply_bitmask is not None:
-        _constrain_apply_bitmask(logits, bitmask)
-        return
-    allowed = bitmask_to_bool(bitmask, logits.shape[-1]).to(logits.device)
-    logits.masked_fill_(~allowed.view(logits.shape), float("-inf"))
 
 
 @dataclass

@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .sampler import Sampler, apply_bitmask
+from sgl.constrain.torch_utils import apply_bitmask
+
+from .sampler import Sampler
 from .step import SeqState, StepContext, plain_params
 
 if TYPE_CHECKING:

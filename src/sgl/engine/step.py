@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from sgl.constrain.bitmask import count_allowed
+from sgl.constrain.torch_utils import apply_bitmask
+
 from .request import PromptLogprobs, SeqOutput, TextTracker
-from .sampler import Sampler, apply_bitmask, token_logprob, top_logprobs
+from .sampler import Sampler, token_logprob, top_logprobs
 
 if TYPE_CHECKING:
     from sgl.constrain import Matcher, Vocabulary
@@ -371,7 +374,7 @@ class SeqState:
         if raw is None:
             tracing.record_token(self.trace, tok, text, tracing.JUMP_FORWARD)
             return
-        forced = bitmask is not None and int(np.unpackbits(bitmask[0].view(np.uint8)).sum()) == 1
+        forced = bitmask is not None and count_allowed(bitmask[0]) == 1
         healed = self.healing is not None and len(self.out.token_ids) == 1
         kind = tracing.HEALED if healed else tracing.FORCED if forced else tracing.SAMPLED
         tracing.record_token_from_logits(

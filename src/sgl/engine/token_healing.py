@@ -33,17 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from sgl.constrain.bitmask import pack_bools
+
 __all__ = ["Healing", "HealingConstraint", "HealingIndex", "heal_prompt"]
 
 _MASK_CACHE_SIZE = 256  # remaining-prefix masks kept per index (a few KiB each)
-
-
-def _pack_bool(allowed: np.ndarray) -> np.ndarray:
-    """Bools → uint32 words, bit ``i % 32`` of word ``i // 32`` set = token ``i`` allowed."""
-    n_words = (allowed.shape[0] + 31) // 32
-    padded = np.zeros(n_words * 32, dtype=bool)
-    padded[: allowed.shape[0]] = allowed
-    return np.packbits(padded, bitorder="little").view("<u4").astype(np.uint32)
 
 
 def _prefix_upper_bound(prefix: bytes) -> bytes | None:
@@ -87,7 +81,7 @@ class HealingIndex:
         self.max_token_len = max((len(b) for b in self._sorted_bytes), default=0)
         self._masks: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self._all_words = _pack_bool(np.ones(self.n_vocab, dtype=bool))
+        self._all_words = pack_bools(np.ones(self.n_vocab, dtype=bool))
         self._all_words.flags.writeable = False
 
     # ------------------------------------------------------------------ construction
@@ -172,7 +166,7 @@ class HealingIndex:
         allowed = np.zeros(self.n_vocab, dtype=bool)
         allowed[self.extending(remaining)] = True  # no np.unique: ' ' alone starts ~1/4 of all
         allowed[self.proper_prefix_ids(remaining)] = True
-        words = _pack_bool(allowed)
+        words = pack_bools(allowed)
         words.flags.writeable = False
         with self._lock:
             self._masks[remaining] = words
@@ -348,7 +342,7 @@ class HealingConstraint:
 
     def fill_bitmask(self, out: np.ndarray, row: int = 0) -> None:
         """Write the allowed tokens into ``out[row]`` (int32 words, bit set = allowed),
-        the layout of `sgl.constrain.allocate_bitmask` and `sgl.engine.sampler.apply_bitmask`."""
+        the layout of `sgl.constrain.allocate_bitmask` and `sgl.constrain.apply_bitmask`."""
         words = self.allowed_words()
         n = min(out.shape[1], words.shape[0])
         out[row, :n] = words[:n].view(np.int32)
