@@ -103,5 +103,11 @@ def test_engine_generate_like_sglang(model_package):
         assert len(outs) == 2 and all(set(o["text"]) <= set("0123456789 ,") for o in outs)
         with pytest.raises(ValueError, match="unknown sampling_params"):
             engine.generate("x", {"bogus": 1})
+        # n samples per prompt, flat and in prompt order, as SGLang returns them
+        outs = engine.generate(["1, 2, 3,", "a, b, c,"],
+                               {"max_new_tokens": 3, "temperature": 1.0, "n": 3, "regex": "[0-9a-z ,]+"})
+        assert len(outs) == 6 and all(o["meta_info"]["completion_tokens"] <= 3 for o in outs)
+        with pytest.raises(ValueError, match="positive integer"):
+            engine.generate("x", {"n": 0})
     finally:
         engine.shutdown()

@@ -155,16 +155,20 @@ class Engine(Runtime):
             raise ValueError(f"{len(params)} sampling_params for {len(prompts)} prompts")
         logprobs = dict(return_logprob=return_logprob, logprob_start_len=logprob_start_len,
                         top_logprobs_num=top_logprobs_num or 0, return_text_in_logprobs=return_text_in_logprobs)
-        requests = [engine_request(p, sp, top_logprobs_num=logprobs["top_logprobs_num"], logprobs=return_logprob,
+        counts = [_samples_per_prompt(sp) for sp in params]
+        # n samples of a prompt are n requests in the same batch (as SGLang: outputs flat,
+        # each prompt's n in a row); they share the prompt's prefix in the cache
+        requests = [engine_request(p, {k: v for k, v in (sp or {}).items() if k != "n"},
+                                   top_logprobs_num=logprobs["top_logprobs_num"], logprobs=return_logprob,
                                    logprob_start_len=logprob_start_len if return_logprob else None)
-                    for p, sp in zip(prompts, params, strict=True)]
+                    for p, sp, n in zip(prompts, params, counts, strict=True) for _ in range(n)]
         if stream:
-            if not single:
-                raise ValueError("stream=True takes one prompt")
+            if len(requests) != 1:
+                raise ValueError("stream=True takes one prompt and n=1")
             return self._stream(requests[0])
         results = self.endpoint.generate_batch(requests)
         outs = [self.endpoint.sglang_output(r, req, **logprobs) for r, req in zip(results, requests, strict=True)]
-        return outs[0] if single else outs
+        return outs[0] if single and len(outs) == 1 else outs
 
     def _stream(self, request: GenerateRequest) -> Iterator[dict[str, Any]]:
         text = ""
@@ -182,7 +186,15 @@ SAMPLING_KEYS = {
 }
 CONSTRAINT_KEYS = {"regex": "regex", "json_schema": "json_schema", "ebnf": "grammar"}
 NEUTRAL_SAMPLING_KEYS = {"skip_special_tokens": True, "spaces_between_special_tokens": True,
-                         "n": 1, "no_stop_trim": False}
+                         "no_stop_trim": False}
+
+
+def _samples_per_prompt(sampling_params: dict[str, Any] | None) -> int:
+    """SGLang's ``n``: how many samples of one prompt (a positive integer)."""
+    n = (sampling_params or {}).get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"sampling_params n must be a positive integer, got {n!r}")
+    return n
 
 
 def engine_request(prompt: str, sampling_params: dict[str, Any] | None, *, logprobs: bool = False,
