@@ -85,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from sgl.constrain import compile_json_schema
-    from sgl.decode.optimal import load_logit_model
+    from sgl.decode.logit_model import load_logit_model
 
     t0 = time.perf_counter()
     model = load_logit_model()

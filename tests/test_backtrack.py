@@ -31,7 +31,7 @@ def sql_grammar() -> str:
 
 @pytest.fixture(scope="module")
 def draft():
-    from sgl.decode.optimal import load_logit_model
+    from sgl.decode.logit_model import load_logit_model
 
     try:
         return load_logit_model()

@@ -10,14 +10,14 @@ import re
 import numpy as np
 import pytest
 
-from sgl.decode.optimal import (
-    OptimalSampler,
+from sgl.decode.alpha import (
     alpha_entropy,
     alpha_ess_balance,
     alpha_kl_symmetry,
     choose_alpha_logp,
     geometric_mixture,
 )
+from sgl.decode.optimal import OptimalSampler
 
 GRID = np.linspace(0.0, 1.0, 20001)
 STEP = GRID[1] - GRID[0]
@@ -122,7 +122,7 @@ USER = "<|im_start|>user\nName a color.<|im_end|>\n<|im_start|>assistant\n"
 
 @pytest.fixture(scope="module")
 def model(model_package):
-    from sgl.decode.optimal import load_logit_model
+    from sgl.decode.logit_model import load_logit_model
 
     try:
         return load_logit_model()
@@ -136,7 +136,7 @@ def _greedy(model, prompt: str, n: int) -> list[int]:
 
 
 def test_constructor_checks(model, llama3_vocab) -> None:
-    from sgl.decode.optimal import LogitModel
+    from sgl.decode.logit_model import LogitModel
 
     with pytest.raises(ValueError, match="fixed_alpha"):
         OptimalSampler(model, model, alpha_method="fixed")

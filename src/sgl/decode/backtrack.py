@@ -285,7 +285,7 @@ def model_caller(model: Any, prompt: str, max_new_tokens: int, temperature: floa
     from sgl.backends.base import Backend, GenerateRequest
     from sgl.types import SamplingParams
 
-    from .optimal import LogitModel
+    from .logit_model import LogitModel
 
     stop = (stop_at,) if stop_at else ()
     if isinstance(model, Backend):
@@ -308,7 +308,7 @@ def model_caller(model: Any, prompt: str, max_new_tokens: int, temperature: floa
 
 def default_draft_model() -> Any:
     """The default draft: ``sgl.backends.local.LocalModel()`` (loaded once per process)."""
-    from .optimal import load_logit_model
+    from .logit_model import load_logit_model
 
     return load_logit_model()
 
@@ -327,7 +327,7 @@ class _Repairer:
         self.model: Any = None
 
     def _load(self) -> None:
-        from .optimal import engine_sampler, resolve_logit_model
+        from .logit_model import engine_sampler, resolve_logit_model
 
         self.model = default_draft_model() if self.draft is None else resolve_logit_model(self.draft)
         self.cg = compile_text_grammar(self.grammar, self.grammar_syntax, self.model.vocab)

@@ -5,525 +5,33 @@ the same vocabulary; the sampler draws from
 
     q_α(x) ∝ p_base(x)^(1-α) · p_teacher(x)^α
 
-with ``α`` chosen per token from the two distributions (see ``docs/decoding.md`` for the
-rules and why they are well defined):
-
-* ``kl_symmetry``: the α where KL(q_α‖p_base) = KL(q_α‖p_teacher) (the Chernoff point);
-* ``ess_balance``: the α where importance sampling from q_α is equally efficient for
-  either target: ESS(p_base/q_α) = ESS(p_teacher/q_α);
-* ``entropy``: α = H_base / (H_base + H_teacher);
-* ``fixed``: a constant α.
-
-The rules are pure functions on probability vectors (``alpha_kl_symmetry`` ...), tested
-against a grid search. ``OptimalSampler`` runs both models batched over prompts, each with
-its own KV cache, optionally under a constraint (one ``sgl.constrain.Matcher`` per
-sequence, the mask applied to both models before α is chosen).
-
-The module also holds ``LogitModel``, the few pieces of a local model the decoders here
-need (forward with a KV cache, tokenizer, vocabulary); it adapts ``LocalModel`` objects
-and loads checkpoints on its own when the local backend is not available.
+with ``α`` chosen per token from the two distributions by one of the rules in
+`alpha` (``kl_symmetry``, ``ess_balance``, ``entropy``, ``fixed``; see
+``docs/decoding.md``). ``OptimalSampler`` runs both models batched over prompts, each
+with its own KV cache, optionally under a constraint (one ``sgl.constrain.Matcher`` per
+sequence, the mask applied to both models before α is chosen). Each sequence is the
+engine's `SeqState`: it masks, advances the matcher and checks every end (EOS, stop
+strings, constraint complete, length); the mixture replaces only the sampling
+distribution.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-ALPHA_METHODS = ("kl_symmetry", "ess_balance", "entropy", "fixed")
-GREEDY_TEMPERATURE = 1e-5  # temperatures at or below this mean argmax
-ALPHA_TOL = 1e-6  # bisection tolerance while sampling (~20 halvings)
-
-
-# =========================================================================== α rules
-#
-# Internally everything works on log-probabilities of shape (rows, V) on the *common
-# support* of the two distributions (tokens both give positive probability), each
-# renormalised there: for 0 < α < 1 the mixture lives on that set only, and under a
-# constraint both models are masked identically, so nothing is lost.
-
-
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    """Row-wise log Σ exp over the last axis; rows must have a finite entry."""
-    m = np.max(x, axis=-1, keepdims=True)
-    with np.errstate(under="ignore"):
-        return (m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True)))[..., 0]
-
-
-@dataclass
-class _Pair:
-    """Two distributions on their common support, as log-probabilities (rows, V)."""
-
-    lb: np.ndarray  # log p_base, 0 outside the support (never read there)
-    lt: np.ndarray  # log p_teacher, likewise
-    support: np.ndarray  # bool (rows, V)
-
-    @classmethod
-    def from_logp(cls, logp_base: np.ndarray, logp_teacher: np.ndarray) -> _Pair:
-        lb = np.atleast_2d(np.asarray(logp_base, dtype=np.float64))
-        lt = np.atleast_2d(np.asarray(logp_teacher, dtype=np.float64))
-        if lb.shape != lt.shape:
-            raise ValueError(f"distributions differ in shape: {lb.shape} vs {lt.shape}")
-        support = np.isfinite(lb) & np.isfinite(lt)
-        if not support.any(axis=-1).all():
-            raise ValueError("the two distributions share no token with positive probability")
-        lb = np.where(support, lb, -np.inf)
-        lt = np.where(support, lt, -np.inf)
-        lb = lb - _logsumexp(lb)[:, None]
-        lt = lt - _logsumexp(lt)[:, None]
-        return cls(np.where(support, lb, 0.0), np.where(support, lt, 0.0), support)
-
-    def log_mixture(self, alpha: np.ndarray) -> np.ndarray:
-        """log q_α per row (normalised), -inf outside the support."""
-        a = np.asarray(alpha, dtype=np.float64).reshape(-1, 1)
-        x = np.where(self.support, (1.0 - a) * self.lb + a * self.lt, -np.inf)
-        return x - _logsumexp(x)[:, None]
-
-    def kl_gap(self, alpha: np.ndarray) -> np.ndarray:
-        """KL(q‖p_base) − KL(q‖p_teacher) = E_q[log p_teacher − log p_base]; increasing in α."""
-        q = np.exp(self.log_mixture(alpha))
-        return np.sum(q * (self.lt - self.lb), axis=-1)
-
-    def log_inv_ess(self, logp: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-        """log(1 / ESS) of weights p/q_α under q_α: log Σ p²/q_α."""
-        logq = self.log_mixture(alpha)
-        x = np.where(self.support, 2.0 * logp - logq, -np.inf)
-        return _logsumexp(x)
-
-    def ess_gap(self, alpha: np.ndarray) -> np.ndarray:
-        """log ESS_base − log ESS_teacher; decreasing in α."""
-        return self.log_inv_ess(self.lt, alpha) - self.log_inv_ess(self.lb, alpha)
-
-
-def _bisect(fn: Callable[[np.ndarray], np.ndarray], rows: int, lo: float, hi: float,
-            increasing: bool, tol: float) -> np.ndarray:
-    """Per row, the root of the monotone ``fn`` in [lo, hi]; the nearer end when it has none."""
-    sign = 1.0 if increasing else -1.0
-    a = np.full(rows, lo)
-    b = np.full(rows, hi)
-    f_lo = sign * fn(a)
-    f_hi = sign * fn(b)
-    below = f_lo >= 0  # root at or left of lo: clamp to lo
-    above = f_hi <= 0  # root at or right of hi: clamp to hi
-    for _ in range(max(1, math.ceil(math.log2(max(hi - lo, tol) / tol)))):
-        mid = 0.5 * (a + b)
-        neg = sign * fn(mid) < 0
-        a = np.where(neg, mid, a)
-        b = np.where(neg, b, mid)
-    out = 0.5 * (a + b)
-    out = np.where(above, hi, out)
-    return np.where(below, lo, out)
-
-
-def _check_range(alpha_min: float, alpha_max: float) -> None:
-    if not 0.0 <= alpha_min <= alpha_max <= 1.0:
-        raise ValueError(f"need 0 <= alpha_min <= alpha_max <= 1, got {alpha_min}, {alpha_max}")
-
-
-def _to_logp(p: Any) -> np.ndarray:
-    p = np.asarray(p, dtype=np.float64)
-    if (p < 0).any() or not np.isfinite(p).all():
-        raise ValueError("probabilities must be finite and non-negative")
-    with np.errstate(divide="ignore"):
-        return np.log(p)
-
-
-def _shape_out(x: np.ndarray, like: Any) -> float | np.ndarray:
-    return float(x[0]) if np.ndim(like) == 1 else x
-
-
-def kl_symmetry_alpha_logp(logp_base: np.ndarray, logp_teacher: np.ndarray, alpha_min: float = 0.0,
-                           alpha_max: float = 1.0, tol: float = 1e-7) -> np.ndarray:
-    """``alpha_kl_symmetry`` on log-probabilities of shape (rows, V); returns (rows,)."""
-    _check_range(alpha_min, alpha_max)
-    pair = _Pair.from_logp(logp_base, logp_teacher)
-    return _bisect(pair.kl_gap, pair.lb.shape[0], alpha_min, alpha_max, True, tol)
-
-
-def ess_balance_alpha_logp(logp_base: np.ndarray, logp_teacher: np.ndarray, alpha_min: float = 0.0,
-                           alpha_max: float = 1.0, tol: float = 1e-7) -> np.ndarray:
-    """``alpha_ess_balance`` on log-probabilities of shape (rows, V); returns (rows,)."""
-    _check_range(alpha_min, alpha_max)
-    pair = _Pair.from_logp(logp_base, logp_teacher)
-    return _bisect(pair.ess_gap, pair.lb.shape[0], alpha_min, alpha_max, False, tol)
-
-
-def entropy_alpha_logp(logp_base: np.ndarray, logp_teacher: np.ndarray, alpha_min: float = 0.0,
-                       alpha_max: float = 1.0) -> np.ndarray:
-    """``alpha_entropy`` on log-probabilities of shape (rows, V); returns (rows,)."""
-    _check_range(alpha_min, alpha_max)
-    hb = _entropy_logp(np.atleast_2d(logp_base))
-    ht = _entropy_logp(np.atleast_2d(logp_teacher))
-    total = hb + ht
-    with np.errstate(invalid="ignore", divide="ignore"):
-        alpha = np.where(total > 0, hb / np.where(total > 0, total, 1.0), 0.5)
-    return np.clip(alpha, alpha_min, alpha_max)
-
-
-def _entropy_logp(logp: np.ndarray) -> np.ndarray:
-    logp = np.asarray(logp, dtype=np.float64)
-    finite = np.isfinite(logp)
-    return -np.sum(np.where(finite, np.exp(np.where(finite, logp, 0.0)) * np.where(finite, logp, 0.0), 0.0), axis=-1)
-
-
-def alpha_kl_symmetry(p_base: Any, p_teacher: Any, alpha_min: float = 0.0, alpha_max: float = 1.0,
-                      tol: float = 1e-7) -> float | np.ndarray:
-    """The α in [alpha_min, alpha_max] where KL(q_α‖p_base) = KL(q_α‖p_teacher).
-
-    ``p_base``, ``p_teacher``: probability vectors (V,) or rows (n, V). The gap
-    KL(q_α‖p_base) − KL(q_α‖p_teacher) = E_{q_α}[log p_teacher − log p_base] increases
-    with α (its derivative is a variance), from −KL(p_base‖p_teacher) at 0 to
-    KL(p_teacher‖p_base) at 1, so the root in [0, 1] exists and bisection finds it;
-    outside [alpha_min, alpha_max] the nearer end is returned.
-    """
-    out = kl_symmetry_alpha_logp(_to_logp(p_base), _to_logp(p_teacher), alpha_min, alpha_max, tol)
-    return _shape_out(out, p_base)
-
-
-def alpha_ess_balance(p_base: Any, p_teacher: Any, alpha_min: float = 0.0, alpha_max: float = 1.0,
-                      tol: float = 1e-7) -> float | np.ndarray:
-    """The α in [alpha_min, alpha_max] where ESS(p_base/q_α) = ESS(p_teacher/q_α).
-
-    ESS is the normalised effective sample size of importance weights w = p/q under the
-    proposal q: ESS = (E_q w)² / E_q w² = 1 / Σ_x p(x)²/q(x) ∈ (0, 1] (Kish's
-    (Σw)²/(nΣw²) in the limit of many samples). log ESS_base − log ESS_teacher equals
-    A(2−α) − A(−α) with A the (convex) log-partition of the mixture family, so it
-    decreases in α, from ≥ 0 at α=0 to ≤ 0 at α=1: bisection, clamped like the KL rule.
-    """
-    out = ess_balance_alpha_logp(_to_logp(p_base), _to_logp(p_teacher), alpha_min, alpha_max, tol)
-    return _shape_out(out, p_base)
-
-
-def alpha_entropy(p_base: Any, p_teacher: Any, alpha_min: float = 0.0,
-                  alpha_max: float = 1.0) -> float | np.ndarray:
-    """α = H_base / (H_base + H_teacher), clamped (0.5 when both are deterministic).
-
-    Trust the teacher in proportion to how unsure the base is and vice versa: the
-    exponents satisfy α·H_teacher = (1−α)·H_base. Entropies (nats) of each model's full
-    distribution.
-    """
-    out = entropy_alpha_logp(_to_logp(p_base), _to_logp(p_teacher), alpha_min, alpha_max)
-    return _shape_out(out, p_base)
-
-
-def geometric_mixture(p_base: Any, p_teacher: Any, alpha: float) -> np.ndarray:
-    """q_α ∝ p_base^(1−α) · p_teacher^α on the common support (α = 0 or 1: that model alone)."""
-    lb, lt = _to_logp(p_base), _to_logp(p_teacher)
-    if alpha <= 0.0:
-        return np.asarray(p_base, dtype=np.float64) / np.sum(p_base, axis=-1, keepdims=True)
-    if alpha >= 1.0:
-        return np.asarray(p_teacher, dtype=np.float64) / np.sum(p_teacher, axis=-1, keepdims=True)
-    pair = _Pair.from_logp(lb, lt)
-    q = np.exp(pair.log_mixture(np.full(pair.lb.shape[0], alpha)))
-    return q[0] if np.ndim(p_base) == 1 else q
-
-
-def choose_alpha_logp(method: str, logp_base: np.ndarray, logp_teacher: np.ndarray,
-                      alpha_min: float, alpha_max: float, fixed_alpha: float | None = None) -> np.ndarray:
-    """α per row for ``method`` (one of ``ALPHA_METHODS``) from log-probabilities (rows, V)."""
-    pair = None if method in ("fixed", "entropy") else _Pair.from_logp(logp_base, logp_teacher)
-    return _choose_alpha(method, pair, logp_base, logp_teacher, alpha_min, alpha_max, fixed_alpha)
-
-
-def _choose_alpha(method: str, pair: _Pair | None, logp_base: np.ndarray, logp_teacher: np.ndarray,
-                  alpha_min: float, alpha_max: float, fixed_alpha: float | None) -> np.ndarray:
-    rows = np.atleast_2d(logp_base).shape[0]
-    if method == "fixed":
-        if fixed_alpha is None:
-            raise ValueError("alpha_method='fixed' needs fixed_alpha")
-        return np.full(rows, float(fixed_alpha))
-    if method == "entropy":
-        return entropy_alpha_logp(logp_base, logp_teacher, alpha_min, alpha_max)
-    _check_range(alpha_min, alpha_max)
-    if method == "kl_symmetry":
-        return _bisect(pair.kl_gap, rows, alpha_min, alpha_max, True, ALPHA_TOL)
-    if method == "ess_balance":
-        return _bisect(pair.ess_gap, rows, alpha_min, alpha_max, False, ALPHA_TOL)
-    raise ValueError(f"unknown alpha_method {method!r} (use one of {', '.join(ALPHA_METHODS)})")
-
-
-# ===================================================================== local models
-
-
-@dataclass
-class LogitModel:
-    """What the decoders here need from a local model: logits with a KV cache, and text.
-
-    ``llama`` is an ``sgl.engine.llama.Llama``; ``vocab`` the ``Vocabulary`` of its
-    logits; ``tokenizer`` a ``tokenizers.Tokenizer`` for prompts (special tokens such as
-    ``<|im_start|>`` written in the prompt are recognised), or None to use ``vocab``.
-    Build one with ``resolve_logit_model``.
-    """
-
-    llama: Any
-    vocab: Any
-    tokenizer: Any = None
-    name: str = "model"
-    source: Any = None  # the object this view was made from (e.g. the LocalModel)
-    _sessions: dict = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def n_vocab(self) -> int:
-        return int(self.llama.config.vocab_size)
-
-    def encode_prompt(self, text: str) -> list[int]:
-        """Token ids of a prompt (no BOS added; special-token names are special tokens)."""
-        if self.tokenizer is not None:
-            return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
-        return self.vocab.encode(text)
-
-    def encode_text(self, text: str) -> list[int]:
-        """Canonical ids of generated text (special-token names stay plain text)."""
-        return self.vocab.encode(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.vocab.decode(ids).decode("utf-8", errors="replace")
-
-    def session(self, capacity: int = 512) -> DecodeSession:
-        """A fresh single-sequence decoding session with its own KV cache."""
-        return DecodeSession(self, capacity)
-
-    def complete(self, text: str, max_tokens: int = 64, temperature: float = 0.0,
-                 stop: Sequence[str] = (), seed: int | None = None, session: str = "default") -> str:
-        """The model's unconstrained continuation of ``text`` (a black-box style call).
-
-        Calls with the same ``session`` name reuse the KV cache of the previous call's
-        context as far as the new context starts with it.
-        """
-        with self._lock:
-            sess = self._sessions.get(session)
-            if sess is None:
-                sess = self._sessions[session] = self.session()
-            ids, _reason = sess.generate(self.encode_prompt(text), max_tokens, engine_sampler(temperature, seed=seed),
-                                         stop_texts=tuple(stop))
-        out = self.decode(ids)
-        return _cut_at_stop(out, stop)
-
-    def as_black_box(self, max_tokens: int = 64, temperature: float = 0.0,
-                     stop: Sequence[str] = ()) -> Callable[[str], str]:
-        """``fn(text) -> continuation`` over this model, with its own KV session."""
-        name = f"black-box-{id(object())}"
-
-        def fn(text: str) -> str:
-            return self.complete(text, max_tokens, temperature, stop, session=name)
-
-        return fn
-
-
-def engine_sampler(temperature: float, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Any:
-    """The engine's `sgl.engine.sampler.Sampler` (one greedy rule, top-k and top-p for every
-    decoder); a temperature at or below ``GREEDY_TEMPERATURE`` means argmax."""
-    from sgl.engine.sampler import Sampler
-
-    return Sampler(temperature if temperature > GREEDY_TEMPERATURE else 0.0, top_k, top_p, seed=seed)
-
-
-def sample_rows(sampler: Any, logits: Any) -> Any:
-    """One token id per row of ``logits`` ([B, V] tensor) from ``sampler``."""
-    import torch
-
-    return torch.tensor([sampler.sample(row) for row in logits.float()], dtype=torch.long)
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
-    return text if cut < 0 else text[:cut]
-
-
-class DecodeSession:
-    """One sequence's KV cache, kept between calls.
-
-    ``prefill(ids)`` runs only the part of ``ids`` after the longest common prefix with
-    what the cache already holds (``KVCache.truncate`` drops the rest), which is how
-    repeated calls on a growing text (black-box resumption, repairs) stay cheap. The
-    engine has no shared prefix cache yet; this is per session.
-    """
-
-    def __init__(self, model: LogitModel, capacity: int = 512):
-        self.model = model
-        self.cache = model.llama.new_cache(capacity, batch=1)
-        self.ids: list[int] = []
-        self.reused_tokens = 0  # positions served from the cache, over all prefills
-        self.computed_tokens = 0  # positions run through the model
-
-    def prefill(self, ids: Sequence[int]) -> Any:
-        """Logits ([V] float32) of the next token after ``ids``."""
-        import torch
-
-        ids = list(ids)
-        if not ids:
-            raise ValueError("cannot decode from an empty context")
-        n = 0
-        limit = min(len(ids) - 1, len(self.ids))  # always run one token to get its logits
-        while n < limit and self.ids[n] == ids[n]:
-            n += 1
-        self.cache.truncate(n)
-        self.reused_tokens += n
-        self.computed_tokens += len(ids) - n
-        with torch.inference_mode():
-            logits = self.model.llama.forward(torch.tensor([ids[n:]]), self.cache)[0]
-        self.ids = ids
-        return logits
-
-    def step(self, token: int) -> Any:
-        """Append one token; the logits after it."""
-        import torch
-
-        with torch.inference_mode():
-            logits = self.model.llama.forward(torch.tensor([[int(token)]]), self.cache)[0]
-        self.ids.append(int(token))
-        self.computed_tokens += 1
-        return logits
-
-    def generate(self, context: Sequence[int], max_tokens: int, sampler: Any = None, *,
-                 matcher: Any = None, stop_texts: Sequence[str] = (), healed_prefix: bytes = b"",
-                 should_stop: Callable[[list[int]], bool] | None = None) -> tuple[list[int], str]:
-        """Sample up to ``max_tokens`` after ``context``; returns (new ids without EOS, reason).
-
-        ``sampler``: an engine ``Sampler`` (`engine_sampler`; default greedy).
-        ``matcher``: an ``sgl.constrain.Matcher`` already in the state after the
-        context's constrained part; its mask is applied and it is advanced.
-        ``healed_prefix``: token healing (the engine's ``HealingConstraint``): the
-        generated bytes must begin with these bytes (the context's removed last token).
-        ``should_stop(ids)`` is asked after every token. Reasons: "eos", "stop", "length".
-        """
-        from sgl.constrain import allocate_bitmask, apply_bitmask
-        from sgl.engine.token_healing import HealingConstraint, HealingIndex
-
-        vocab = self.model.vocab
-        eos = set(vocab.eos_token_ids)
-        sampler = sampler if sampler is not None else engine_sampler(0.0)
-        healing = HealingConstraint(healed_prefix, HealingIndex.for_vocab(vocab)) if healed_prefix else None
-        out: list[int] = []
-        if max_tokens <= 0:
-            return out, "length"
-        logits = self.prefill(context)
-        bitmask = allocate_bitmask(1, self.model.n_vocab) if matcher is not None or healing is not None else None
-        for i in range(max_tokens):
-            logits = logits.clone()
-            if matcher is not None:
-                matcher.fill_bitmask(bitmask, 0)
-                apply_bitmask(logits, bitmask[0])
-            if healing is not None and not healing.done:
-                healing.fill_bitmask(bitmask, 0)
-                apply_bitmask(logits, bitmask[0])
-            token = sampler.sample(logits.float())
-            if healing is not None:
-                healing.advance(token)
-            if token in eos:
-                if matcher is not None:
-                    matcher.advance(token)
-                return out, "eos"
-            if matcher is not None and not matcher.advance(token):
-                raise RuntimeError(f"sampled token {token} that the constraint refuses")
-            out.append(token)
-            if stop_texts and any(s in self.model.decode(out) for s in stop_texts if s):
-                return out, "stop"
-            if should_stop is not None and should_stop(out):
-                return out, "stop"
-            if matcher is not None and matcher.is_terminated():
-                return out, "eos"
-            if i + 1 < max_tokens:
-                logits = self.step(token)
-        return out, "length"
-
-
-@functools.lru_cache(maxsize=4)
-def load_logit_model(path: str | None = None) -> LogitModel:
-    """The model at ``path`` (``None``: SmolLM2-135M-Instruct), loaded once per process.
-
-    Through ``sgl.backends.local.LocalModel`` when it is available (same vocabulary, EOS
-    ids and weights as the local backend), else straight from the checkpoint.
-    """
-    try:
-        from sgl.backends.local import LocalModel
-    except ImportError:
-        LocalModel = None
-    if LocalModel is not None:
-        return _adapt_local_model(LocalModel(path))
-    from tokenizers import Tokenizer
-
-    from sgl.constrain.vocab import Vocabulary
-    from sgl.engine.llama import Llama
-    from sgl.engine.model_loader import resolve_checkpoint
-
-    ck = resolve_checkpoint(path)
-    llama = Llama.from_folder(ck.folder)
-    tok_file = ck.folder / "tokenizer.json"
-    vocab = Vocabulary.from_tokenizer(str(tok_file), n_vocab=llama.config.vocab_size)
-    return LogitModel(llama, vocab, Tokenizer.from_file(str(tok_file)), name=ck.folder.name)
-
-
-def resolve_logit_model(model: Any = None) -> LogitModel:
-    """A ``LogitModel`` from None (the default model), a path, a ``LogitModel``, a
-    ``LocalModel``-like object (attributes holding a ``Llama`` and a tokenizer/vocabulary),
-    or a ``(llama, vocab[, tokenizer])`` tuple.
-    """
-    import os
-
-    if isinstance(model, LogitModel):
-        return model
-    if model is None or isinstance(model, (str, os.PathLike)):
-        return load_logit_model(None if model is None else str(model))
-    if isinstance(model, tuple):
-        return LogitModel(*model)
-    return _adapt_local_model(model)
-
-
-def _find(obj: Any, names: Sequence[str], pred: Callable[[Any], bool]) -> Any:
-    for name in names:
-        cur = obj
-        for part in name.split("."):
-            cur = getattr(cur, part, None)
-            if cur is None:
-                break
-        if cur is not None and pred(cur):
-            return cur
-    return None
-
-
-def _adapt_local_model(obj: Any) -> LogitModel:
-    """Duck-typed view of a ``LocalModel`` (the local backend) as a ``LogitModel``."""
-    from sgl.constrain.vocab import Vocabulary
-    from sgl.engine.llama import Llama
-
-    llama = _find(obj, ("llama", "model", "runner.model", "engine.model", "model_runner.model",
-                        "engine.runner.model"), lambda x: isinstance(x, Llama))
-    if llama is None:
-        raise TypeError(
-            f"cannot use {type(obj).__name__} as a local model: no sgl.engine.llama.Llama found "
-            "(expected an attribute .model / .llama / .runner.model)"
-        )
-    vocab = _find(obj, ("vocab", "vocabulary", "engine.vocab", "runner.vocab"), lambda x: isinstance(x, Vocabulary))
-    tokenizer = _find(obj, ("tokenizer", "hf_tokenizer", "engine.tokenizer"),
-                      lambda x: hasattr(x, "encode") and hasattr(x, "get_vocab_size"))
-    if vocab is None:
-        if tokenizer is None:
-            raise TypeError(f"cannot use {type(obj).__name__} as a local model: no vocabulary or tokenizer")
-        vocab = Vocabulary.from_tokenizer(tokenizer, n_vocab=llama.config.vocab_size)
-    return LogitModel(llama, vocab, tokenizer, name=type(obj).__name__, source=obj)
-
-
-def check_same_vocabulary(a: LogitModel, b: LogitModel) -> None:
-    """Raise ValueError unless the two models' logits index the same tokens."""
-    if a.n_vocab != b.n_vocab or a.vocab.n_vocab != b.vocab.n_vocab:
-        raise ValueError(
-            f"models do not share a vocabulary: {a.name} has {a.n_vocab} logits, {b.name} has {b.n_vocab}"
-        )
-    if a.vocab is not b.vocab and a.vocab.fingerprint != b.vocab.fingerprint:
-        raise ValueError(
-            f"models do not share a vocabulary: fingerprints {a.vocab.fingerprint[:12]} ({a.name}) "
-            f"and {b.vocab.fingerprint[:12]} ({b.name}) differ"
-        )
-
-
-# ======================================================================= the sampler
+from .alpha import ALPHA_METHODS, LogPair, check_alpha_range, choose_alpha, logsumexp_rows
+from .logit_model import (
+    LogitModel,
+    check_same_vocabulary,
+    cut_at_stop,
+    engine_sampler,
+    resolve_logit_model,
+    sample_rows,
+)
 
 
 @dataclass
@@ -626,7 +134,7 @@ class OptimalSampler:
         if alpha_method == "fixed":
             if fixed_alpha is None or not 0.0 <= fixed_alpha <= 1.0:
                 raise ValueError("alpha_method='fixed' needs 0 <= fixed_alpha <= 1")
-        _check_range(alpha_min, alpha_max)
+        check_alpha_range(alpha_min, alpha_max)
         if target_top_k is not None and target_top_k < 1:
             raise ValueError("target_top_k must be >= 1")
         if target_top_p is not None and not 0.0 < target_top_p <= 1.0:
@@ -664,15 +172,15 @@ class OptimalSampler:
             apply_bitmask(lt_logits, bitmask)
         lb = torch.log_softmax(lb_logits, dim=-1).numpy()
         lt = torch.log_softmax(lt_logits, dim=-1).numpy()
-        pair = _Pair.from_logp(lb, lt)
-        alpha = _choose_alpha(self.alpha_method, pair, lb, lt, self.alpha_min, self.alpha_max, self.fixed_alpha)
+        pair = LogPair.from_logp(lb, lt)
+        alpha = choose_alpha(self.alpha_method, pair, lb, lt, self.alpha_min, self.alpha_max, self.fixed_alpha)
         logq = self._log_mixture(pair, lb, lt, alpha)
         if self.restrict:
             logq = self._restrict_to_target(logq, lt)
         return StepMix(logq, alpha, *self._diagnostics(logq, lb, lt))
 
     @staticmethod
-    def _log_mixture(pair: _Pair, lb: np.ndarray, lt: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    def _log_mixture(pair: LogPair, lb: np.ndarray, lt: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         logq = pair.log_mixture(np.clip(alpha, 0.0, 1.0))
         # the ends are exactly one model, on its own support (not the common one)
         logq = np.where((alpha <= 0.0)[:, None], lb, logq)
@@ -688,7 +196,7 @@ class OptimalSampler:
         out = np.where(keep, logq, -np.inf)
         empty = ~keep.any(axis=-1)
         out[empty] = logq[empty]  # the teacher's top tokens all refused: keep q as it was
-        return out - _logsumexp(out)[:, None]
+        return out - logsumexp_rows(out)[:, None]
 
     @staticmethod
     def _diagnostics(logq: np.ndarray, lb: np.ndarray, lt: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -699,7 +207,7 @@ class OptimalSampler:
         def ess(logp: np.ndarray) -> np.ndarray:
             both = on & np.isfinite(logp)  # q > 0 but p = 0 adds nothing to Σ p²/q
             x = np.where(both, 2.0 * np.where(both, logp, 0.0) - np.where(both, logq, 0.0), -np.inf)
-            return np.exp(-_logsumexp(x))
+            return np.exp(-logsumexp_rows(x))
 
         def kl(logp: np.ndarray) -> np.ndarray:
             gap = np.where(on, np.where(on, logq, 0.0) - np.where(np.isfinite(logp), logp, -np.inf), 0.0)
@@ -746,6 +254,7 @@ class OptimalSampler:
         import torch
 
         from sgl.constrain import Matcher, allocate_bitmask
+        from sgl.engine.step import SeqState, StepContext, plain_params
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -758,72 +267,58 @@ class OptimalSampler:
         if any(not ids for ids in base_ids + teacher_ids):
             raise ValueError("prompts must not be empty")
         compiled = self._compile(constraint)
-        matchers = [Matcher(compiled) for _ in prompts] if compiled is not None else None
         B = len(prompts)
+        # one sampler for the batch (one random stream, drawn row by row as always)
         sampler = engine_sampler(temperature, top_k, top_p, seed)
+        vocab = self.vocab
+        ctx = StepContext(vocab.token_bytes, frozenset(vocab.eos_token_ids), lazy_masks=False, jump_forward=False)
+        params = plain_params(max_tokens, stop=stop)
+        states = [SeqState(ctx, ids, params, max_tokens, Matcher(compiled) if compiled is not None else None,
+                           sampler=sampler) for ids in base_ids]
         base_run = _BatchRun(self.base, base_ids, max_tokens)
         teacher_run = _BatchRun(self.teacher, teacher_ids, max_tokens)
-        eos = set(self.vocab.eos_token_ids)
-        pad_token = next(iter(eos), 0)
-        out_ids: list[list[int]] = [[] for _ in range(B)]
-        reasons = ["length"] * B
-        active = [True] * B
+        pad_token = next(iter(ctx.eos_ids), 0)
         diag: dict[str, list[list[float]]] = {k: [[] for _ in range(B)] for k in
                                               ("alphas", "ess_ratios", "ess_base", "kl_base", "kl_teacher")}
-        bitmask = allocate_bitmask(B, self.vocab.n_vocab) if matchers else None
-        for step in range(max_tokens):
-            if matchers:
-                for i in range(B):
-                    if active[i]:
-                        matchers[i].fill_bitmask(bitmask, i)
-                    else:
-                        bitmask[i] = -1  # finished rows: anything, so no row is all -inf
-            mix = self.mix(base_run.logits, teacher_run.logits, bitmask)
-            tokens = sample_rows(sampler, torch.from_numpy(mix.logq))
-            for i in range(B):
-                if not active[i]:
-                    tokens[i] = pad_token
-                    continue
-                n_before = len(out_ids[i])
-                active[i], reasons[i] = self._accept(int(tokens[i]), out_ids[i],
-                                                     matchers[i] if matchers else None, eos, stop)
-                if collect_diagnostics and len(out_ids[i]) > n_before:  # one entry per token: not the EOS step
-                    for key, arr in (("alphas", mix.alpha), ("ess_ratios", mix.ess_teacher),
-                                     ("ess_base", mix.ess_base), ("kl_base", mix.kl_base),
-                                     ("kl_teacher", mix.kl_teacher)):
-                        diag[key][i].append(float(arr[i]))
-            if not any(active):
-                break
-            if step + 1 < max_tokens:
-                base_run.step(tokens)
-                teacher_run.step(tokens)
-        texts = []
-        for i in range(B):
-            text = self.base.decode(out_ids[i])
-            if stop and reasons[i] == "stop":
-                text = _cut_at_stop(text, stop)
-            texts.append(text)
-        result = OptimalResult(texts, out_ids, [len(x) for x in out_ids], reasons)
+        bitmask = allocate_bitmask(B, vocab.n_vocab) if compiled is not None else None
+        with torch.inference_mode():  # the masks are applied to the logits in place
+            for step in range(max_tokens):
+                if bitmask is not None:
+                    _mask_rows(states, base_run.logits, teacher_run.logits, bitmask)
+                mix = self.mix(base_run.logits, teacher_run.logits)
+                tokens = sample_rows(sampler, torch.from_numpy(mix.logq))
+                for i, st in enumerate(states):
+                    if st.done:
+                        tokens[i] = pad_token
+                    elif _accept(st, int(tokens[i])) and collect_diagnostics:
+                        for key, arr in (("alphas", mix.alpha), ("ess_ratios", mix.ess_teacher),
+                                         ("ess_base", mix.ess_base), ("kl_base", mix.kl_base),
+                                         ("kl_teacher", mix.kl_teacher)):
+                            diag[key][i].append(float(arr[i]))
+                if all(st.done for st in states):
+                    break
+                if step + 1 < max_tokens:
+                    base_run.step(tokens)
+                    teacher_run.step(tokens)
+        result = self._result(states, stop)
         if collect_diagnostics:
             for key, values in diag.items():
                 setattr(result, key, values)
         return result
 
-    def _accept(self, tok: int, ids: list[int], matcher: Any, eos: set[int],
-                stop: Sequence[str]) -> tuple[bool, str]:
-        """Record a sampled token; (still active, finish reason)."""
-        if tok in eos:
-            if matcher is not None:
-                matcher.advance(tok)
-            return False, "eos"
-        if matcher is not None and not matcher.advance(tok):
-            raise RuntimeError(f"sampled token {tok} that the constraint refuses")
-        ids.append(tok)
-        if stop and any(s in self.base.decode(ids) for s in stop if s):
-            return False, "stop"
-        if matcher is not None and matcher.is_terminated():
-            return False, "eos"
-        return True, "length"
+    def _result(self, states: Sequence[Any], stop: Sequence[str]) -> OptimalResult:
+        """Texts, ids (without EOS) and reasons: "eos" when the text ended itself (EOS or
+        the constraint complete), else "stop" or "length"."""
+        ids, texts, reasons = [], [], []
+        for st in states:
+            out = st.out
+            own = out.token_ids[:-1] if out.finish_reason == "eos" else list(out.token_ids)
+            reason = "eos" if st.ended_itself else out.finish_reason if st.done else "length"
+            text = self.base.decode(own)
+            ids.append(own)
+            texts.append(cut_at_stop(text, stop) if stop and reason == "stop" else text)
+            reasons.append(reason)
+        return OptimalResult(texts, ids, [len(x) for x in ids], reasons)
 
     def generate_one(self, prompt: str, params: Any = None, constraint_spec: Any = None) -> Any:
         """The runtime's entry point: one ``gen`` call as a ``GenerateResult``.
@@ -844,3 +339,27 @@ class OptimalSampler:
                 "sampler": "optimal"}
         return GenerateResult(text=r.generated_texts[0], token_ids=r.generated_ids[0],
                               finish_reason=r.finish_reasons[0], meta=meta)
+
+
+def _mask_rows(states: Sequence[Any], logits_base: Any, logits_teacher: Any, bitmask: np.ndarray) -> None:
+    """Each running sequence's constraint (its `SeqState`) on both models' rows, in place;
+    ``bitmask`` gets the rows (finished rows allow anything, so no row is all -inf)."""
+    from sgl.constrain import apply_bitmask
+
+    for i, st in enumerate(states):
+        if st.done:
+            bitmask[i] = -1
+            continue
+        row = st.constrain(logits_base[i])
+        if row is False:
+            raise RuntimeError(f"the constraint allows no token (sequence {i})")
+        bitmask[i] = row[0]
+        apply_bitmask(logits_teacher[i], bitmask[i:i + 1])
+
+
+def _accept(state: Any, tok: int) -> bool:
+    """Record a sampled token in its sequence; whether it is a generated token (not EOS)."""
+    state.accept(tok)
+    if state.out.finish_reason == "error":
+        raise RuntimeError(f"sampled token {tok} that the constraint refuses")
+    return tok not in state.ctx.eos_ids

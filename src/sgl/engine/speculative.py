@@ -357,8 +357,7 @@ class _Sequence:
 
     def check_terminated(self) -> bool:
         """Finish (``stop``) when the constraint is complete and nothing can follow."""
-        if self.matcher is not None and self.matcher.is_terminated():
-            self.state.finish("stop")
+        self.state.finish_if_complete()
         return self.done
 
     def emit(self, tok: int) -> bool:

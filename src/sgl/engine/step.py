@@ -104,6 +104,7 @@ class SeqState:
                              meta={"prompt_tokens": self.prompt_len})
         self.hidden = len(healing.prefix) if healing is not None else 0  # bytes the prompt already holds
         self.done = False
+        self.completed = False  # ended because the constraint was complete
         self.trace: Any = None
         self.scoring = prompt_logprobs
         self.scored_upto = 0  # prompt positions whose logits were used (scoring the next token)
@@ -156,10 +157,9 @@ class SeqState:
         ``penalized``: the caller already applied this sequence's penalties (batched,
         `sampler.apply_penalties_batch`); ``raw`` then holds the logits before them.
         """
-        matcher = self.matcher
-        if matcher is not None and matcher.is_terminated():
-            self.finish("stop")
+        if self.finish_if_complete():
             return
+        matcher = self.matcher
         t0 = time.perf_counter()
         tok, bitmask, raw = self._choose(logits, raw, penalized)
         if matcher is not None:  # what the constraint costs: mask (or lazy checks) + sampling
@@ -191,6 +191,21 @@ class SeqState:
             self.healing.advance(tok)
         self._append(tok, raw, bitmask)
         return self.done
+
+    def finish_if_complete(self) -> bool:
+        """End the sequence ("stop", ``completed``) when its constraint is complete and
+        nothing can follow; whether it did."""
+        if self.matcher is None or not self.matcher.is_terminated():
+            return False
+        self.completed = True
+        self.finish("stop")
+        return True
+
+    @property
+    def ended_itself(self) -> bool:
+        """Whether the text ended on its own (an EOS token or a complete constraint),
+        not at a stop string, a stop token, the length limit or an error."""
+        return self.out.finish_reason == "eos" or self.completed
 
     def finish(self, reason: str, text: str | None = None) -> None:
         """End the sequence (once): finish reason, final text, token count, trace."""
@@ -314,9 +329,7 @@ class SeqState:
         stop_at = self.tracker.push(data, check_stops=len(self.out.token_ids) > self.min_tokens)
         if stop_at is not None:
             self.finish("stop", self.tracker.text[:stop_at])
-        elif self.matcher is not None and self.matcher.is_terminated():
-            self.finish("stop")
-        elif len(self.out.token_ids) >= self.max_tokens:
+        elif not self.finish_if_complete() and len(self.out.token_ids) >= self.max_tokens:
             self.finish("length")
 
     def jump_forward(self) -> None:
@@ -384,8 +397,10 @@ class SeqState:
         )
 
 
-def plain_params(max_tokens: int, stop_token_ids: Collection[int] = ()) -> Any:
-    """Minimal parameters for a `SeqState` driven by an explicit `Sampler` (tests, speculative)."""
+def plain_params(max_tokens: int, stop_token_ids: Collection[int] = (), stop: Sequence[str] = ()) -> Any:
+    """Minimal parameters for a `SeqState` driven by an explicit `Sampler` (speculative
+    decoding, the decoders of `sgl.decode`): token ids and stop strings that end it."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids), min_tokens=0)
+    return SimpleNamespace(max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids), min_tokens=0,
+                           stop=tuple(stop))
