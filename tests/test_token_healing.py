@@ -263,15 +263,6 @@ def test_newline_is_healed(smol_vocab):
 # ------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def smol_model():
-    if not HAS_SMOLLM2:
-        pytest.skip(SMOLLM2_MISSING)
-    from sgl.backends.local import LocalModel
-
-    return LocalModel()
-
-
 def greedy_continue(lm, prompt_ids: list[int], n: int, hc: HealingConstraint | None) -> list[int]:
     """Greedy tokens after ``prompt_ids``, masked by ``hc`` until it is done."""
     model, out = lm.model, []
@@ -293,8 +284,8 @@ def greedy_continue(lm, prompt_ids: list[int], n: int, hc: HealingConstraint | N
     return out
 
 
-def test_end_to_end_greedy_healing(smol_model):
-    lm = smol_model
+def test_end_to_end_greedy_healing(local_model):
+    lm = local_model
     prompt = "The website is at https:"
     ids = lm.encode(prompt)
     healing = heal_prompt(ids, lm.vocab)

@@ -39,10 +39,6 @@ class CacheStats:
     hit_tokens: int = 0
     evicted_blocks: int = 0
 
-    @property
-    def hit_rate(self) -> float:
-        return self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0
-
 
 class RadixCache:
     """Longest-prefix lookup of cached KV blocks, with pinning and LRU eviction.

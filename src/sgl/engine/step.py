@@ -223,10 +223,6 @@ class SeqState:
             self.trace = None
 
     @property
-    def n_generated(self) -> int:
-        return len(self.out.token_ids)
-
-    @property
     def remaining(self) -> int:
         return self.max_tokens - len(self.out.token_ids)
 
