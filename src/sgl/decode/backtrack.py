@@ -120,10 +120,6 @@ def locate(cg: Any, text: str) -> _Position:
     return _Position(chars, walked.state, _chars_within(text, walked.lexeme_start), chars == len(text))
 
 
-def _can_end(cg: Any, state: tuple) -> bool:
-    return cg.can_end(*state)
-
-
 def heal_point(cg: Any, text: str, pos: _Position) -> tuple[int, tuple]:
     """Where a repair starts: before the lexeme in progress if it is not complete (and
     not longer than ``MAX_HEAL_CHARS``), else at the end of the valid prefix."""
@@ -211,31 +207,18 @@ def candidates_at(cg: Any, state: tuple) -> list[Candidate]:
 # ====================================================================== grammars
 
 
-def _is_gbnf(text: str) -> bool:
-    return "::=" in text
-
-
 def compile_text_grammar(grammar: Any, grammar_syntax: str | None = None, vocab: Any = None) -> Any:
     """A ``CompiledGrammar`` from Lark/GBNF text, a JSON Schema dict, a ``ConstraintSpec``
     or a ``CompiledGrammar`` (recompiled when ``vocab`` differs from its own)."""
-    from sgl.constrain import CompiledGrammar, compile_grammar, compile_json_schema, compile_spec
     from sgl.types import ConstraintSpec
 
-    if isinstance(grammar, CompiledGrammar):
-        if vocab is None or (grammar.vocab is not None and grammar.vocab.fingerprint == vocab.fingerprint):
-            return grammar
-        return CompiledGrammar(grammar.grammar, vocab)
-    if isinstance(grammar, Mapping):
-        return compile_json_schema(dict(grammar), vocab)
-    if isinstance(grammar, ConstraintSpec):
-        if grammar.choices is not None or grammar.is_empty():
-            raise ValueError("the ConstraintSpec holds no grammar, schema or regex")
-        return compile_spec(grammar, vocab)
-    if isinstance(grammar, str):
-        syntax = grammar_syntax or ("gbnf" if _is_gbnf(grammar) else "lark")
-        return compile_grammar(grammar, vocab, syntax=syntax)
-    raise TypeError(f"grammar must be Lark/GBNF text, a JSON Schema dict or a CompiledGrammar, "
-                    f"not {type(grammar).__name__}")
+    from .logit_model import compile_for
+
+    if isinstance(grammar, ConstraintSpec) and (grammar.choices is not None or grammar.is_empty()):
+        raise ValueError("the ConstraintSpec holds no grammar, schema or regex")
+    if grammar is None:
+        raise TypeError("a grammar is needed: Lark/GBNF text, a JSON Schema dict or a CompiledGrammar")
+    return compile_for(grammar, vocab, grammar_syntax)
 
 
 def obtain_correction_pairs(text: str, grammar: Any,
@@ -306,13 +289,6 @@ def model_caller(model: Any, prompt: str, max_new_tokens: int, temperature: floa
                     "a Backend, or an object with .generate(text)")
 
 
-def default_draft_model() -> Any:
-    """The default draft: ``sgl.backends.local.LocalModel()`` (loaded once per process)."""
-    from .logit_model import load_logit_model
-
-    return load_logit_model()
-
-
 class _Repairer:
     """The draft model writing short constrained repairs; loaded on the first repair."""
 
@@ -329,7 +305,7 @@ class _Repairer:
     def _load(self) -> None:
         from .logit_model import engine_sampler, resolve_logit_model
 
-        self.model = default_draft_model() if self.draft is None else resolve_logit_model(self.draft)
+        self.model = resolve_logit_model(self.draft)  # None: the default model, loaded once
         self.cg = compile_text_grammar(self.grammar, self.grammar_syntax, self.model.vocab)
         self.session = self.model.session()
         self.prompt_ids = self.model.encode_prompt(self.prompt)
@@ -430,7 +406,7 @@ def guide(model: Any, grammar: Any, prompt: str, draft_model: Any = None, max_gr
             cont, stopped = cont[: cont.index(stop_at)], True
         candidate = text + cont
         pos = locate(cg, candidate)
-        if _can_end(cg, pos.state):  # complete; whatever the model wrote past it is dropped
+        if cg.can_end(*pos.state):  # complete; whatever the model wrote past it is dropped
             return finish(candidate[: pos.valid], candidate[pos.valid:])
         if pos.whole and cont and not stopped and resumes < max_resumes:
             resumes += 1  # valid so far, cut short (e.g. by the model's token limit): go on

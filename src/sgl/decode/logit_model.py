@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,8 +226,7 @@ def load_logit_model(path: str | None = None) -> LogitModel:
 
 def resolve_logit_model(model: Any = None) -> LogitModel:
     """A ``LogitModel`` from None (the default model), a path, a ``LogitModel``, a
-    ``LocalModel``-like object (attributes holding a ``Llama`` and a tokenizer/vocabulary),
-    or a ``(llama, vocab[, tokenizer])`` tuple.
+    ``LocalModel`` (see `_adapt_local_model`), or a ``(llama, vocab[, tokenizer])`` tuple.
     """
     import os
 
@@ -240,34 +239,17 @@ def resolve_logit_model(model: Any = None) -> LogitModel:
     return _adapt_local_model(model)
 
 
-def _find(obj: Any, names: Sequence[str], pred: Callable[[Any], bool]) -> Any:
-    for name in names:
-        cur = obj
-        for part in name.split("."):
-            cur = getattr(cur, part, None)
-            if cur is None:
-                break
-        if cur is not None and pred(cur):
-            return cur
-    return None
-
-
 def _adapt_local_model(obj: Any) -> LogitModel:
-    """Duck-typed view of a ``LocalModel`` (the local backend) as a ``LogitModel``."""
+    """A ``LocalModel`` (or any object with its ``.model``, a ``Llama``, and its ``.vocab``
+    or ``.tokenizer``) viewed as a ``LogitModel``."""
     from sgl.constrain.vocab import Vocabulary
     from sgl.engine.llama import Llama
 
-    llama = _find(obj, ("llama", "model", "runner.model", "engine.model", "model_runner.model",
-                        "engine.runner.model"), lambda x: isinstance(x, Llama))
-    if llama is None:
-        raise TypeError(
-            f"cannot use {type(obj).__name__} as a local model: no sgl.engine.llama.Llama found "
-            "(expected an attribute .model / .llama / .runner.model)"
-        )
-    vocab = _find(obj, ("vocab", "vocabulary", "engine.vocab", "runner.vocab"), lambda x: isinstance(x, Vocabulary))
-    tokenizer = _find(obj, ("tokenizer", "hf_tokenizer", "engine.tokenizer"),
-                      lambda x: hasattr(x, "encode") and hasattr(x, "get_vocab_size"))
-    if vocab is None:
+    llama = getattr(obj, "model", None)
+    if not isinstance(llama, Llama):
+        raise TypeError(f"cannot use {type(obj).__name__} as a local model: its .model is no sgl.engine.llama.Llama")
+    vocab, tokenizer = getattr(obj, "vocab", None), getattr(obj, "tokenizer", None)
+    if not isinstance(vocab, Vocabulary):
         if tokenizer is None:
             raise TypeError(f"cannot use {type(obj).__name__} as a local model: no vocabulary or tokenizer")
         vocab = Vocabulary.from_tokenizer(tokenizer, n_vocab=llama.config.vocab_size)
@@ -285,3 +267,28 @@ def check_same_vocabulary(a: LogitModel, b: LogitModel) -> None:
             f"models do not share a vocabulary: fingerprints {a.vocab.fingerprint[:12]} ({a.name}) "
             f"and {b.vocab.fingerprint[:12]} ({b.name}) differ"
         )
+
+
+def compile_for(constraint: Any, vocab: Any, grammar_syntax: str | None = None) -> Any:
+    """The ``CompiledGrammar`` of a decoder's constraint for ``vocab`` (None for None).
+
+    ``constraint``: a ``ConstraintSpec``, a JSON Schema dict, Lark/GBNF text (GBNF when
+    it has ``::=``, or as ``grammar_syntax`` says) or a ``CompiledGrammar`` (compiled
+    again when its vocabulary is another). Through `constrain.compile_spec` and its cache.
+    """
+    from sgl.constrain import CompiledGrammar, compile_spec
+    from sgl.types import ConstraintSpec
+
+    if isinstance(constraint, CompiledGrammar):
+        if vocab is None or (constraint.vocab is not None and constraint.vocab.fingerprint == vocab.fingerprint):
+            return constraint
+        return CompiledGrammar(constraint.grammar, vocab)
+    if isinstance(constraint, Mapping):
+        constraint = ConstraintSpec(json_schema=dict(constraint))
+    elif isinstance(constraint, str):
+        syntax = grammar_syntax or ("gbnf" if "::=" in constraint else "lark")
+        constraint = ConstraintSpec(grammar=constraint, grammar_syntax=syntax)
+    elif constraint is not None and not isinstance(constraint, ConstraintSpec):
+        raise TypeError(f"a constraint must be a ConstraintSpec, Lark/GBNF text, a JSON Schema dict or a "
+                        f"CompiledGrammar, not {type(constraint).__name__}")
+    return compile_spec(constraint, vocab)

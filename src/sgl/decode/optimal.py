@@ -17,7 +17,7 @@ distribution.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from .alpha import ALPHA_METHODS, LogPair, check_alpha_range, choose_alpha, logs
 from .logit_model import (
     LogitModel,
     check_same_vocabulary,
+    compile_for,
     cut_at_stop,
     engine_sampler,
     resolve_logit_model,
@@ -81,6 +82,11 @@ class StepMix:
     ess_base: np.ndarray
     kl_base: np.ndarray
     kl_teacher: np.ndarray
+
+
+# result field -> the StepMix array it is read from, one value per generated token
+_DIAGNOSTICS = {"alphas": "alpha", "ess_ratios": "ess_teacher", "ess_base": "ess_base", "kl_base": "kl_base",
+                "kl_teacher": "kl_teacher"}
 
 
 class _BatchRun:
@@ -222,24 +228,6 @@ class OptimalSampler:
             return prompt
         return tp(prompt) if callable(tp) else tp + prompt
 
-    def _compile(self, constraint: Any) -> Any:
-        from sgl.constrain import CompiledGrammar, compile_json_schema, compile_spec
-        from sgl.types import ConstraintSpec
-
-        vocab = self.vocab
-        if constraint is None:
-            return None
-        if isinstance(constraint, CompiledGrammar):
-            if constraint.vocab is None or constraint.vocab.fingerprint != vocab.fingerprint:
-                return CompiledGrammar(constraint.grammar, vocab)
-            return constraint
-        if isinstance(constraint, Mapping):
-            return compile_json_schema(dict(constraint), vocab)
-        if isinstance(constraint, ConstraintSpec):
-            return compile_spec(constraint, vocab)
-        raise TypeError(f"constraint must be a ConstraintSpec, CompiledGrammar or JSON schema dict, "
-                        f"not {type(constraint).__name__}")
-
     def generate(self, prompts: str | Sequence[str], max_tokens: int = 100, temperature: float = 1.0,
                  collect_diagnostics: bool = False, constraint: Any = None, seed: int | None = None, *,
                  teacher_prompts: Sequence[str] | None = None, top_k: int = 0, top_p: float = 1.0,
@@ -253,7 +241,7 @@ class OptimalSampler:
         """
         import torch
 
-        from sgl.constrain import Matcher, allocate_bitmask
+        from sgl.constrain import Matcher
         from sgl.engine.step import SeqState, StepContext, plain_params
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -266,40 +254,33 @@ class OptimalSampler:
         teacher_ids = [self.teacher.encode_prompt(p) for p in t_prompts]
         if any(not ids for ids in base_ids + teacher_ids):
             raise ValueError("prompts must not be empty")
-        compiled = self._compile(constraint)
-        B = len(prompts)
+        compiled = compile_for(constraint, self.vocab)
         # one sampler for the batch (one random stream, drawn row by row as always)
         sampler = engine_sampler(temperature, top_k, top_p, seed)
-        vocab = self.vocab
-        ctx = StepContext(vocab.token_bytes, frozenset(vocab.eos_token_ids), lazy_masks=False, jump_forward=False)
+        ctx = StepContext(self.vocab.token_bytes, frozenset(self.vocab.eos_token_ids), lazy_masks=False,
+                          jump_forward=False)
         params = plain_params(max_tokens, stop=stop)
         states = [SeqState(ctx, ids, params, max_tokens, Matcher(compiled) if compiled is not None else None,
                            sampler=sampler) for ids in base_ids]
         base_run = _BatchRun(self.base, base_ids, max_tokens)
         teacher_run = _BatchRun(self.teacher, teacher_ids, max_tokens)
         pad_token = next(iter(ctx.eos_ids), 0)
-        diag: dict[str, list[list[float]]] = {k: [[] for _ in range(B)] for k in
-                                              ("alphas", "ess_ratios", "ess_base", "kl_base", "kl_teacher")}
-        bitmask = allocate_bitmask(B, vocab.n_vocab) if compiled is not None else None
+        diag: dict[str, list[list[float]]] = {k: [[] for _ in prompts] for k in _DIAGNOSTICS}
         with torch.inference_mode():  # the masks are applied to the logits in place
-            for step in range(max_tokens):
-                if bitmask is not None:
-                    _mask_rows(states, base_run.logits, teacher_run.logits, bitmask)
+            for _ in range(max_tokens):
+                _mask_rows(states, base_run.logits, teacher_run.logits)
                 mix = self.mix(base_run.logits, teacher_run.logits)
                 tokens = sample_rows(sampler, torch.from_numpy(mix.logq))
                 for i, st in enumerate(states):
                     if st.done:
                         tokens[i] = pad_token
                     elif _accept(st, int(tokens[i])) and collect_diagnostics:
-                        for key, arr in (("alphas", mix.alpha), ("ess_ratios", mix.ess_teacher),
-                                         ("ess_base", mix.ess_base), ("kl_base", mix.kl_base),
-                                         ("kl_teacher", mix.kl_teacher)):
-                            diag[key][i].append(float(arr[i]))
-                if all(st.done for st in states):
+                        for key, attr in _DIAGNOSTICS.items():
+                            diag[key][i].append(float(getattr(mix, attr)[i]))
+                if all(st.done for st in states):  # at the latest after max_tokens steps
                     break
-                if step + 1 < max_tokens:
-                    base_run.step(tokens)
-                    teacher_run.step(tokens)
+                base_run.step(tokens)
+                teacher_run.step(tokens)
         result = self._result(states, stop)
         if collect_diagnostics:
             for key, values in diag.items():
@@ -341,20 +322,17 @@ class OptimalSampler:
                               finish_reason=r.finish_reasons[0], meta=meta)
 
 
-def _mask_rows(states: Sequence[Any], logits_base: Any, logits_teacher: Any, bitmask: np.ndarray) -> None:
-    """Each running sequence's constraint (its `SeqState`) on both models' rows, in place;
-    ``bitmask`` gets the rows (finished rows allow anything, so no row is all -inf)."""
+def _mask_rows(states: Sequence[Any], logits_base: Any, logits_teacher: Any) -> None:
+    """Each running sequence's constraint (its `SeqState`) on both models' rows, in place
+    (finished rows are left as they are: anything goes, no row is all -inf)."""
     from sgl.constrain import apply_bitmask
 
     for i, st in enumerate(states):
-        if st.done:
-            bitmask[i] = -1
-            continue
-        row = st.constrain(logits_base[i])
+        row = None if st.done else st.constrain(logits_base[i])
         if row is False:
             raise RuntimeError(f"the constraint allows no token (sequence {i})")
-        bitmask[i] = row[0]
-        apply_bitmask(logits_teacher[i], bitmask[i:i + 1])
+        if row is not None:
+            apply_bitmask(logits_teacher[i], row)
 
 
 def _accept(state: Any, tok: int) -> bool:

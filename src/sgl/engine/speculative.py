@@ -296,13 +296,6 @@ def check_vocab(target: Llama, draft: Llama) -> None:
 # ------------------------------------------------------------------ the decode loops
 
 
-class _NoText:
-    """Token bytes when the caller has no vocabulary: every token is textless."""
-
-    def __getitem__(self, i: int) -> None:
-        return None
-
-
 class _Sequence:
     """One sequence being decoded: the engine's `SeqState` plus the target's own cache.
 
@@ -317,8 +310,9 @@ class _Sequence:
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
         self.target = target
-        ctx = StepContext(token_bytes if token_bytes is not None else _NoText(), frozenset(eos_ids),
-                          lazy_masks=False, jump_forward=False, device=target.device)
+        if token_bytes is None:  # no vocabulary: every token is textless
+            token_bytes = [None] * target.config.vocab_size
+        ctx = StepContext(token_bytes, frozenset(eos_ids), lazy_masks=False, jump_forward=False, device=target.device)
         self.state = SeqState(ctx, prompt_ids, params if params is not None else plain_params(
             max_tokens, stop_token_ids), max_tokens, matcher, sampler=sampler)
         self.sampler, self.matcher = sampler, matcher
