@@ -99,6 +99,12 @@ def arch(request, tmp_path_factory):
     return request.param, make_checkpoint(request.param, folder), folder
 
 
+@pytest.fixture(scope="module")
+def ours(arch) -> Llama:
+    """SGL's model of ``arch``'s checkpoint, loaded once for the tests that only read it."""
+    return Llama.from_folder(arch[2])
+
+
 def _ids(n: int, seed: int) -> list[int]:
     return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
@@ -122,9 +128,8 @@ def _our_greedy(model: Llama, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def test_logits_match_transformers(arch):
+def test_logits_match_transformers(arch, ours):
     name, hf, folder = arch
-    ours = Llama.from_folder(folder)
     c = ours.config
     if ARCHS[name][2].get("sliding_window"):
         assert c.sliding_window == WINDOW and any(c.sliding_layers), "the window must be on for this check"
@@ -136,9 +141,8 @@ def test_logits_match_transformers(arch):
     assert (ref - got).abs().max().item() < 1e-4
 
 
-def test_greedy_generation_matches_transformers(arch):
+def test_greedy_generation_matches_transformers(arch, ours):
     name, hf, folder = arch
-    ours = Llama.from_folder(folder)
     prompt = _ids(30, 2)
     assert _our_greedy(ours, prompt, 16) == _hf_greedy(hf, prompt, 16)
 

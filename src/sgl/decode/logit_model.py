@@ -91,13 +91,6 @@ def engine_sampler(temperature: float, top_k: int = 0, top_p: float = 1.0, seed:
     return Sampler(temperature if temperature > GREEDY_TEMPERATURE else 0.0, top_k, top_p, seed=seed)
 
 
-def sample_rows(sampler: Any, logits: Any) -> Any:
-    """One token id per row of ``logits`` ([B, V] tensor) from ``sampler``."""
-    import torch
-
-    return torch.tensor([sampler.sample(row) for row in logits.float()], dtype=torch.long)
-
-
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """``text`` up to the first of the ``stop`` strings in it."""
     cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)

@@ -31,7 +31,6 @@ from .logit_model import (
     cut_at_stop,
     engine_sampler,
     resolve_logit_model,
-    sample_rows,
 )
 
 
@@ -270,7 +269,7 @@ class OptimalSampler:
             for _ in range(max_tokens):
                 _mask_rows(states, base_run.logits, teacher_run.logits)
                 mix = self.mix(base_run.logits, teacher_run.logits)
-                tokens = sample_rows(sampler, torch.from_numpy(mix.logq))
+                tokens = torch.tensor([sampler.sample(row) for row in torch.from_numpy(mix.logq).float()])
                 for i, st in enumerate(states):
                     if st.done:
                         tokens[i] = pad_token

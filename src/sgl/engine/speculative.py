@@ -335,10 +335,6 @@ class _Sequence:
     def done(self) -> bool:
         return self.state.done
 
-    @property
-    def remaining(self) -> int:
-        return self.state.remaining
-
     def forward(self, drafts: Sequence[int] = ()) -> torch.Tensor:
         """Logits ``[1 + len(drafts), V]`` for the pending token and the drafts after it."""
         ids = torch.tensor([[self.history[-1], *drafts]], device=self.target.device)
@@ -353,10 +349,6 @@ class _Sequence:
         """Finish (``stop``) when the constraint is complete and nothing can follow."""
         self.state.finish_if_complete()
         return self.done
-
-    def emit(self, tok: int) -> bool:
-        """Append one chosen token, advance the matcher, check the ends; True when done."""
-        return self.state.accept(tok)
 
     def result(self) -> SpecResult:
         """The counters with the state's tokens, finish reason and text."""
@@ -384,7 +376,7 @@ def plain_generate(target: Llama, prompt_ids: Sequence[int], max_tokens: int, sa
             t0 = time.perf_counter()
             logits = seq.masked(seq.forward()[0])
             if logits is not None:
-                seq.emit(sampler.sample(logits))
+                seq.state.accept(sampler.sample(logits))
             seq.out.verify_time_s += time.perf_counter() - t0
         return seq.result()
 
@@ -422,7 +414,7 @@ def _speculative_step(seq: _Sequence, drafter: Drafter, k: int) -> None:
     """Draft, verify in one target pass, emit the accepted tokens plus one, roll back."""
     t0 = time.perf_counter()
     # The target always adds one token of its own, so drafting past remaining - 1 is waste.
-    n_draft = min(k, seq.remaining - 1)
+    n_draft = min(k, seq.state.remaining - 1)
     draft = drafter.propose(seq.history, n_draft, seq.sampler, seq.matcher) if n_draft > 0 else Draft()
     del draft.tokens[n_draft:]
     t1 = time.perf_counter()
@@ -449,12 +441,12 @@ def _verify(seq: _Sequence, logits: torch.Tensor, draft: Draft) -> int:
             return i
         q = None if draft.q is None else draft.q[i]
         tok, ok = _accept_or_correct(seq.sampler, p_logits, d, q)
-        if seq.emit(tok) or not ok:
+        if seq.state.accept(tok) or not ok:
             return i + ok
     # Every draft was accepted: the last position gives a bonus token for free.
     p_logits = seq.masked(logits[len(draft.tokens)])
     if p_logits is not None:
-        seq.emit(seq.sampler.sample(p_logits))
+        seq.state.accept(seq.sampler.sample(p_logits))
     return len(draft.tokens)
 
 
