@@ -103,7 +103,7 @@ class DecodeSession:
     ``prefill(ids)`` runs only the part of ``ids`` after the longest common prefix with
     what the cache already holds (``KVCache.truncate`` drops the rest), which is how
     repeated calls on a growing text (black-box resumption, repairs) stay cheap. The
-    engine has no shared prefix cache yet; this is per session.
+    reuse is per session (the engine's shared prefix cache is not used here).
     """
 
     def __init__(self, model: LogitModel, capacity: int = 512):

@@ -28,7 +28,6 @@ from .logit_model import (
     LogitModel,
     check_same_vocabulary,
     compile_for,
-    cut_at_stop,
     engine_sampler,
     resolve_logit_model,
 )
@@ -280,13 +279,13 @@ class OptimalSampler:
                     break
                 base_run.step(tokens)
                 teacher_run.step(tokens)
-        result = self._result(states, stop)
+        result = self._result(states)
         if collect_diagnostics:
             for key, values in diag.items():
                 setattr(result, key, values)
         return result
 
-    def _result(self, states: Sequence[Any], stop: Sequence[str]) -> OptimalResult:
+    def _result(self, states: Sequence[Any]) -> OptimalResult:
         """Texts, ids (without EOS) and reasons: "eos" when the text ended itself (EOS or
         the constraint complete), else "stop" or "length"."""
         ids, texts, reasons = [], [], []
@@ -294,9 +293,8 @@ class OptimalSampler:
             out = st.out
             own = out.token_ids[:-1] if out.finish_reason == "eos" else list(out.token_ids)
             reason = "eos" if st.ended_itself else out.finish_reason if st.done else "length"
-            text = self.base.decode(own)
             ids.append(own)
-            texts.append(cut_at_stop(text, stop) if stop and reason == "stop" else text)
+            texts.append(out.text if reason == "stop" else self.base.decode(own))  # cut at the stop string
             reasons.append(reason)
         return OptimalResult(texts, ids, [len(x) for x in ids], reasons)
 

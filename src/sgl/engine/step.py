@@ -393,10 +393,9 @@ class SeqState:
         )
 
 
-def plain_params(max_tokens: int, stop_token_ids: Collection[int] = (), stop: Sequence[str] = ()) -> Any:
+def plain_params(max_tokens: int, stop_token_ids: Collection[int] = (), stop: str | Sequence[str] = ()) -> Any:
     """Minimal parameters for a `SeqState` driven by an explicit `Sampler` (speculative
     decoding, the decoders of `sgl.decode`): token ids and stop strings that end it."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids), min_tokens=0,
-                           stop=tuple(stop))
+    return SimpleNamespace(max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids), min_tokens=0, stop=stop)
