@@ -69,8 +69,9 @@ class LogitModel:
                 sess = self._sessions[session] = self.session()
             ids, _reason = sess.generate(self.encode_prompt(text), max_tokens, engine_sampler(temperature, seed=seed),
                                          stop_texts=tuple(stop))
-        out = self.decode(ids)
-        return cut_at_stop(out, stop)
+        text = self.decode(ids)
+        cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
+        return text[:cut]
 
     def as_black_box(self, max_tokens: int = 64, temperature: float = 0.0,
                      stop: Sequence[str] = ()) -> Callable[[str], str]:
@@ -89,12 +90,6 @@ def engine_sampler(temperature: float, top_k: int = 0, top_p: float = 1.0, seed:
     from sgl.engine.sampler import Sampler
 
     return Sampler(temperature if temperature > GREEDY_TEMPERATURE else 0.0, top_k, top_p, seed=seed)
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """``text`` up to the first of the ``stop`` strings in it."""
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
-    return text if cut < 0 else text[:cut]
 
 
 class DecodeSession:

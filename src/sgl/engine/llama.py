@@ -504,11 +504,6 @@ class Llama:
 
     # -- rotary
 
-    @property
-    def _rope(self) -> torch.Tensor:
-        """The rotary table of the (global) layers."""
-        return self._ropes[0]
-
     def _extend_rope(self, n: int) -> None:
         """Make the rotary tables cover positions ``0..n-1`` (cos + i sin, complex64).
 
