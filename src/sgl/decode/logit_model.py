@@ -93,49 +93,34 @@ def engine_sampler(temperature: float, top_k: int = 0, top_p: float = 1.0, seed:
 
 
 class DecodeSession:
-    """One sequence's KV cache, kept between calls.
+    """One sequence's KV cache, kept between calls (the engine's `CachedSequence`).
 
     ``prefill(ids)`` runs only the part of ``ids`` after the longest common prefix with
-    what the cache already holds (``KVCache.truncate`` drops the rest), which is how
-    repeated calls on a growing text (black-box resumption, repairs) stay cheap. The
-    reuse is per session (the engine's shared prefix cache is not used here).
+    what the cache already holds, which is how repeated calls on a growing text
+    (black-box resumption, repairs) stay cheap. The reuse is per session (the engine's
+    shared prefix cache is not used here).
     """
 
     def __init__(self, model: LogitModel, capacity: int = 512):
+        from sgl.engine.speculative import CachedSequence
+
         self.model = model
-        self.cache = model.llama.new_cache(capacity, batch=1)
-        self.ids: list[int] = []
-        self.reused_tokens = 0  # positions served from the cache, over all prefills
-        self.computed_tokens = 0  # positions run through the model
+        self.seq = CachedSequence(model.llama, capacity)
+
+    @property
+    def reused_tokens(self) -> int:
+        """Context positions served from the cache, over all prefills."""
+        return self.seq.reused_tokens
 
     def prefill(self, ids: Sequence[int]) -> Any:
         """Logits ([V] float32) of the next token after ``ids``."""
-        import torch
-
-        ids = list(ids)
         if not ids:
             raise ValueError("cannot decode from an empty context")
-        n = 0
-        limit = min(len(ids) - 1, len(self.ids))  # always run one token to get its logits
-        while n < limit and self.ids[n] == ids[n]:
-            n += 1
-        self.cache.truncate(n)
-        self.reused_tokens += n
-        self.computed_tokens += len(ids) - n
-        with torch.inference_mode():
-            logits = self.model.llama.forward(torch.tensor([ids[n:]]), self.cache)[0]
-        self.ids = ids
-        return logits
+        return self.seq.catch_up(list(ids))
 
     def step(self, token: int) -> Any:
         """Append one token; the logits after it."""
-        import torch
-
-        with torch.inference_mode():
-            logits = self.model.llama.forward(torch.tensor([[int(token)]]), self.cache)[0]
-        self.ids.append(int(token))
-        self.computed_tokens += 1
-        return logits
+        return self.seq.feed([int(token)])
 
     def generate(self, context: Sequence[int], max_tokens: int, sampler: Any = None, *,
                  matcher: Any = None, stop_texts: Sequence[str] = (), healed_prefix: bytes = b"",

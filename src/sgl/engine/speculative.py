@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from sgl.constrain import Matcher
 
-    from .llama import KVCache, Llama
+    from .llama import Llama
 
 
 @dataclass
@@ -120,35 +120,65 @@ class Drafter(ABC):
         """Only the first ``n_tokens`` tokens of the history are confirmed; forget the rest."""
 
 
+class CachedSequence:
+    """One sequence's contiguous KV cache, kept between calls: a new history runs only
+    what follows its longest common prefix with the tokens the cache already holds."""
+
+    def __init__(self, model: Llama, capacity: int, n_layers: int | None = None) -> None:
+        self.model, self.n_layers = model, n_layers
+        self.cache = model.new_cache(capacity, n_layers=n_layers)
+        self.ids: list[int] = []  # the tokens whose keys/values are in the cache
+        self.reused_tokens = 0  # positions served from the cache, over all catch-ups
+        self.computed_tokens = 0  # positions run through the model
+
+    def rollback(self, n_tokens: int) -> None:
+        """Keep only the first ``n_tokens`` tokens in the cache."""
+        n = min(n_tokens, len(self.ids))
+        del self.ids[n:]
+        self.cache.truncate(n)
+
+    def catch_up(self, history: Sequence[int]) -> torch.Tensor:
+        """Logits ``[V]`` after ``history``: keep the cached common prefix, feed the rest."""
+        keep = min(_common_prefix(self.ids, history), len(history) - 1)  # at least one token must run to get logits
+        self.rollback(keep)
+        self.reused_tokens += keep
+        return self.feed(list(history[keep:]))
+
+    def feed(self, ids: list[int]) -> torch.Tensor:
+        """Run ``ids`` through the model; return the last position's logits ``[V]``."""
+        with torch.inference_mode():
+            logits = self.model.forward(torch.tensor([ids], device=self.model.device), self.cache,
+                                        n_layers=self.n_layers)[0]
+        self.ids.extend(ids)
+        self.computed_tokens += len(ids)
+        return logits
+
+
 class _LlamaDrafter(Drafter):
     """A drafter that runs a `Llama` (whole, or its first layers) with its own cache."""
 
     def __init__(self, model: Llama, n_layers: int | None = None) -> None:
         self.model = model
         self.n_layers = n_layers
-        self.cache: KVCache | None = None
-        self.ids: list[int] = []  # the tokens whose keys/values are in the cache
+        self.seq: CachedSequence | None = None
         self._bitmask: np.ndarray | None = None
 
     def start(self, target: Llama, prompt_ids: Sequence[int], end_ids: Collection[int] = (),
               capacity: int = 0) -> None:
         super().start(target, prompt_ids, end_ids, capacity)
         check_vocab(target, self.model)
-        self.cache = self.model.new_cache(max(capacity, len(prompt_ids) + 1), n_layers=self.n_layers)
-        self.ids = []
+        self.seq = CachedSequence(self.model, max(capacity, len(prompt_ids) + 1), self.n_layers)
         if len(prompt_ids) > 1:  # the last prompt token is fed by the first propose
-            self._feed(list(prompt_ids[:-1]))
+            self.seq.feed(list(prompt_ids[:-1]))
 
     def rollback(self, n_tokens: int) -> None:
-        n = min(n_tokens, len(self.ids))
-        del self.ids[n:]
-        self.cache.truncate(n)
+        self.seq.rollback(n_tokens)
 
     def propose(self, history: Sequence[int], k: int, sampler: Sampler,
                 matcher: Matcher | None = None) -> Draft:
-        if self.cache is None:
+        if self.seq is None:
             raise RuntimeError("call start() before propose()")
-        logits = self._catch_up(history)
+        logits = self.seq.catch_up(history)
         probe = matcher.copy() if matcher is not None else None
         draft = Draft()
         qs: list[torch.Tensor] = []
@@ -167,22 +197,9 @@ class _LlamaDrafter(Drafter):
             draft.tokens.append(tok)
             if tok in self.end_ids or step == k - 1:
                 break  # the last draft is never fed: the target may reject it anyway
-            logits = self._feed([tok])
+            logits = self.seq.feed([tok])
         draft.q = torch.stack(qs) if qs else None
         return draft
-
-    def _catch_up(self, history: Sequence[int]) -> torch.Tensor:
-        """Logits after ``history``: keep the cached common prefix, feed the rest."""
-        keep = min(_common_prefix(self.ids, history), len(history) - 1)  # at least one token must run to get logits
-        self.rollback(keep)
-        return self._feed(list(history[keep:]))
-
-    def _feed(self, ids: list[int]) -> torch.Tensor:
-        """Run ``ids`` through the model; return the last position's logits ``[V]``."""
-        x = torch.tensor([ids], device=self.model.device)
-        logits = self.model.forward(x, self.cache, n_layers=self.n_layers)[0]
-        self.ids.extend(ids)
-        return logits
 
     def _mask(self, logits: torch.Tensor, matcher: Matcher) -> bool:
         """Apply ``matcher``'s mask in place; False when it allows nothing (stop drafting)."""
