@@ -8,6 +8,7 @@ from itertools import combinations
 
 from ..derivatives import ANY_STRING, _contains, mk_and, mk_not
 from ..errors import CompileBudgetExceeded, ConstraintError
+from ..json_keys import KeyNotIn, not_in_set
 from ..json_strings import json_string_node, literal_string, pattern_node
 from ..regex_ast import NOTHING, Chars, Node, Repeat, alt, literal, negate, normalize_ranges, seq
 from .common import (
@@ -89,10 +90,11 @@ class ObjectEmitter:
             name_langs.append(f.strs if f.strs is not None else NOTHING)
         out = []
         not_declared, exact = _not_in_set(declared)
+        direct = bool(declared)  # KeyNotIn is not_declared's lexeme (no names: any string)
         if not exact and not patterns and not spec.names:  # cut trie: the exact one if it fits
             exact_node = _not_in_names(tuple(declared))
             if exact_node is not None:
-                not_declared, exact = exact_node, True
+                not_declared, exact, direct = exact_node, True, False
         if not exact:
             self.note("many declared properties: other keys sharing a long prefix with them are not allowed", ptr)
         for size in range(len(patterns) + 1):
@@ -115,7 +117,14 @@ class ObjectEmitter:
                 key_term = self._extra_keys.get(cache_key)
                 if key_term is None:
                     try:
-                        key_node = json_string_node(mk_and(*lang_parts), max_states=600, max_size=8000)
+                        if lang_parts == [not_declared] and not patterns and not spec.names and direct:
+                            # the common case, "any key but the declared": its DFA built
+                            # from the key trie, not by escaping and determinising
+                            key_node = KeyNotIn(tuple(declared), MAX_KEY_TRIE_NODES)
+                            if key_node.cut == 0:  # cut at the root: no other key
+                                key_node = NOTHING
+                        else:
+                            key_node = json_string_node(mk_and(*lang_parts), max_states=600, max_size=8000)
                     except CompileBudgetExceeded as e:
                         self.refuse(f"key constraints too complex: {e.message}", ptr, "patternProperties")
                         continue
@@ -340,57 +349,5 @@ def _not_in_names(names: tuple) -> Node | None:
 
 
 def _not_in_set(names) -> tuple[Node, bool]:
-    return _not_in_set_cached(tuple(names))
-
-
-@lru_cache(maxsize=1024)
-def _not_in_set_cached(names: tuple) -> tuple[Node, bool]:
-    """Decoded strings other than ``names`` (a complemented trie, built directly).
-
-    Returns ``(node, exact)``. The trie is cut at the depth where it would exceed
-    ``MAX_KEY_TRIE_NODES``: below the cut every string is excluded, which is sound
-    (other keys that share a long prefix with a declared name are refused).
-    """
-    if not names:
-        return ANY_STRING, True
-    trie: dict = {}
-    for t in names:
-        node = trie
-        for ch in t:
-            node = node.setdefault(ch, {})
-        node[""] = True
-    # deepest level that keeps the trie within budget
-    level, count, depth = [trie], 1, 0
-    while level and depth < 60:
-        nxt = [sub for nd in level for ch, sub in nd.items() if ch != ""]
-        if count + len(nxt) > MAX_KEY_TRIE_NODES:
-            break
-        count += len(nxt)
-        level = nxt
-        depth += 1
-    cut = depth if level and any(len(nd) > ("" in nd) for nd in level) else None
-    exact = cut is None
-
-    def build(node: dict, d: int) -> Node:
-        if cut is not None and d >= cut:
-            return NOTHING
-        kids = sorted(ch for ch in node if ch != "")
-        parts = []
-        if "" not in node:
-            parts.append(seq())  # this prefix itself is not a name
-        used = tuple((ord(c), ord(c)) for c in kids)
-        others = Chars(_complement_ranges(used))
-        if others.ranges:
-            parts.append(seq(others, ANY_STRING))
-        for ch in kids:
-            rest = build(node[ch], d + 1)
-            if rest != NOTHING:
-                parts.append(seq(literal(ch), rest))
-        return alt(*parts) if parts else NOTHING
-
-    return build(trie, 0), exact
-
-
-def _complement_ranges(used: tuple) -> tuple:
-
-    return negate(Chars(normalize_ranges(used))).ranges
+    """Decoded strings other than ``names`` and whether that is exact (see ``json_keys``)."""
+    return not_in_set(tuple(names), MAX_KEY_TRIE_NODES)
