@@ -38,7 +38,7 @@ import numpy as np
 
 from .automaton import to_dfa
 from .derivatives import ANY_CHAR, ANY_STRING
-from .dfa import ByteDFA, _Dfa, _merge_equal_columns, _minimize, _too_many_states
+from .dfa import ByteDFA, _too_many_states
 from .regex_ast import NOTHING, Alt, Chars, Node, Seq, alt, literal, negate, normalize_ranges, seq
 
 _QUOTE = 0x22
@@ -180,145 +180,250 @@ class _Reader:
         self.sink = int(acc[0])
 
 
+class _Bottom:
+    """What every construction shares, built once: the any-string lexeme without its
+    start and the restricted reader's states (each leading back into it when its
+    character is done), merged where equivalent into one minimal DFA ("the bottom").
+
+    ``table`` holds its rows (ids 1.., id 0 left for the start of a construction);
+    ``start_rows[restricted]`` is the row of a character boundary inside a key before
+    the closing quote is decided; ``extra`` marks the restricted reader's own states,
+    kept in a result only where it reaches them.
+    """
+
+    def __init__(self) -> None:
+        from .json_strings import any_string_lexeme, json_chars
+
+        g_dfa = to_dfa(any_string_lexeme())
+        # any set lacking part of printable ASCII reads it without \u spellings
+        restricted = Alt((json_chars(Chars(((0, 0x1F), (0x7F, ANY_CHAR.ranges[0][1])))),
+                          json_chars(Chars(((0x20, 0x4F),))), json_chars(Chars(((0x50, 0x7E),)))))
+        full, res = _Reader(to_dfa(json_chars(ANY_CHAR))), _Reader(to_dfa(restricted))
+        g = g_dfa.table.astype(np.int64)
+        body = int(g[0, _QUOTE])
+        self.end_g = int(g[body, _QUOTE])
+        # ids: 0 unused (a construction's start), G states 1..ng-1 (G's start dropped),
+        # then the restricted reader's states but its start and end
+        ng = len(g)
+        gid = np.arange(ng + 1)  # G state s -> id s (s >= 1); index -1 -> -1
+        gid[-1] = -1
+        res_states = [r for r in range(len(res.table)) if r not in (0, res.sink)]
+        rid = np.full(len(res.table) + 1, -1, dtype=np.int64)
+        rid[res_states] = ng + np.arange(len(res_states))
+        rid[res.sink] = body
+        n = ng + len(res_states)
+        table = np.full((n, 256), -1, dtype=np.int64)
+        table[1:ng] = gid[g[1:]]
+        table[ng:] = rid[res.table[res_states]]
+        accepting = np.zeros(n, dtype=bool)
+        accepting[:ng] = g_dfa.accepting
+        accepting[0] = False
+        # the reader's states on top of the (minimal) lexeme: merging equal rows is exact
+        canon = np.arange(n)
+        while True:
+            sig = np.column_stack([accepting, np.where(table >= 0, canon[table.clip(0)], -1)])
+            _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
+            new = first[inv.reshape(-1)]
+            new[0] = 0  # row 0 is a placeholder, kept apart
+            if (new == canon).all():
+                break
+            canon = new
+        keep = np.flatnonzero(canon == np.arange(n))
+        renum = np.full(n + 1, -1, dtype=np.int64)
+        renum[keep] = np.arange(len(keep))
+        to_id = renum[canon]  # old id -> new id
+        to_id = np.append(to_id, -1)
+        self.table = to_id[np.where(table[keep] >= 0, table[keep], -1)]
+        self.accepting = accepting[keep]
+        self.body, self.end = int(to_id[body]), int(to_id[self.end_g])
+        # a class keeps its first member: the lexeme's states come first, so the
+        # reader's own states are the ones after them
+        self.extra = keep >= ng
+        # a character boundary: the full reader is the lexeme's own body state; the
+        # restricted one, its start's row into the bottom
+        f2a = _full_to_any(full, g, body)
+        full_row = np.where(full.table[0] == full.sink, body, -1)
+        mid = (full.table[0] >= 0) & (full.table[0] != full.sink)
+        full_row[mid] = [f2a[x] for x in full.table[0][mid].tolist()]
+        self.start_rows = {False: to_id[np.where(full_row >= 0, full_row, -1)],
+                           True: to_id[rid[res.table[0]]]}
+        self.start_rows[False][_QUOTE] = -1  # the closing quote: decided per state
+        self.start_rows[True][_QUOTE] = -1
+
+
+def _full_to_any(full: _Reader, g: np.ndarray, body: int) -> dict:
+    """Full reader state -> any-string lexeme state reached by the same bytes from the
+    body (the lexeme is quotes around a repeat of that reader)."""
+    out, todo = {0: body}, [0]
+    while todo:
+        s = todo.pop()
+        for b in np.flatnonzero(full.table[s] >= 0).tolist():
+            t = int(full.table[s, b])
+            if t not in out:
+                out[t] = int(g[out[s], b])
+                todo.append(t)
+    out[full.sink] = body
+    return out
+
+
 _lock = threading.Lock()
-_shared: dict = {}
 
 
-def _readers() -> dict:
-    """The any-string lexeme and the two character readers, built once."""
+@lru_cache(maxsize=1)
+def _bottom() -> _Bottom:
     with _lock:
-        if not _shared:
-            from .json_strings import any_string_lexeme, json_chars
-
-            # any set lacking part of printable ASCII reads it without \u spellings
-            restricted = Alt((json_chars(Chars(((0, 0x1F), (0x7F, ANY_CHAR.ranges[0][1])))),
-                              json_chars(Chars(((0x20, 0x4F),))), json_chars(Chars(((0x50, 0x7E),)))))
-            _shared["any"] = to_dfa(any_string_lexeme())
-            _shared["full"] = _Reader(to_dfa(json_chars(ANY_CHAR)))
-            _shared["restricted"] = _Reader(to_dfa(restricted))
-        return _shared
+        return _Bottom()
 
 
-@lru_cache(maxsize=4096)
-def _spellings(cp: int) -> _Reader:
-    """The encodings of the one character ``cp``, as the regex path spells a trie edge."""
-    from .json_strings import json_chars
+class _Spellings:
+    """Rests of spellings of trie-edge characters, interned by their language.
 
-    return _Reader(to_dfa(json_chars(Chars(((cp, cp),)))))
+    A rest is a finite set of byte strings; id ``DONE`` is {""} (the character is
+    complete: encodings are prefix-free, so nothing else is in a set with it). Each
+    other id has its ``edges``: (byte, rest) pairs. Unions are interned too, so two
+    local states that read the same rests into the same targets get the same key.
+    """
+
+    DONE = 0
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple, int] = {(): self.DONE}
+        self.edges: list[tuple] = [()]
+        self.unions: dict[tuple[int, int], int] = {}
+        self.lock = threading.Lock()
+
+    def intern(self, edges: tuple) -> int:
+        got = self.ids.get(edges)
+        if got is None:
+            with self.lock:
+                got = self.ids.get(edges)
+                if got is None:
+                    got = self.ids[edges] = len(self.edges)
+                    self.edges.append(edges)
+        return got
+
+    @lru_cache(maxsize=4096)  # noqa: B019 (one instance, alive as long as the module)
+    def of_char(self, cp: int) -> int:
+        """All spellings of the character ``cp``, as the regex path spells a trie edge."""
+        from .json_strings import json_chars
+
+        d = _Reader(to_dfa(json_chars(Chars(((cp, cp),)))))
+        memo: dict[int, int] = {}
+
+        def rest(s: int) -> int:
+            got = memo.get(s)
+            if got is None:
+                if s == d.sink:
+                    got = self.DONE
+                else:
+                    row = d.table[s]
+                    got = self.intern(tuple((b, rest(int(row[b]))) for b in np.flatnonzero(row >= 0).tolist()))
+                memo[s] = got
+            return got
+
+        return rest(0)
+
+    def union(self, a: int, b: int) -> int:
+        if a == b:
+            return a
+        key = (a, b) if a < b else (b, a)
+        got = self.unions.get(key)
+        if got is None:
+            merged: dict[int, int] = dict(self.edges[a])
+            for byte, r in self.edges[b]:
+                merged[byte] = self.union(merged[byte], r) if byte in merged else r
+            got = self.unions[key] = self.intern(tuple(sorted(merged.items())))
+        return got
+
+
+_SPELLINGS = _Spellings()
 
 
 class _Builder:
-    """One construction: rows appended as states are found, hash-consed by key."""
+    """One construction: the bottom's rows, then one row per state found, hash-consed
+    by what the state still reads (so the result is minimal by construction: equal
+    subtries are one state, and a state's key decides its language)."""
 
     def __init__(self, trie: dict, cut: int | None, max_states: int):
         self.trie, self.cut, self.max_states = trie, cut, max_states
-        shared = _readers()
-        any_dfa = shared["any"]
-        self.full, self.res = shared["full"], shared["restricted"]
-        g = any_dfa.table.astype(np.int64)
-        self.body = int(g[0, _QUOTE])  # inside the string, at a character boundary
-        self.end = int(g[self.body, _QUOTE])
-        # a copy of the any-string lexeme but its start (never reached again), ids 1..
-        keep = [s for s in range(len(g)) if s != 0]
-        self.gmap = np.full(len(g) + 1, -1, dtype=np.int64)  # index -1 (dead) stays -1
-        self.gmap[keep] = np.arange(1, len(keep) + 1)
-        self.rows: list[np.ndarray] = [np.full(256, -1, dtype=np.int64)]  # 0: the start
-        self.accepting: list[bool] = [False]
-        for s in keep:
-            self.rows.append(self.gmap[g[s]])
-            self.accepting.append(bool(any_dfa.accepting[s]))
+        self.bottom = _bottom()
+        self.rows: list[np.ndarray] = []
         self.memo: dict = {}
-        self.f2a = _full_to_any_map()
-        # the restricted reader's states, made on first use, each leading back into
-        # the copy when its character is done
-        self.res_map = np.full(len(self.res.table) + 1, -2, dtype=np.int64)
-        self.res_map[-1] = -1
-        self.res_map[self.res.sink] = self.gmap[self.body]
 
-    def _res(self, targets: np.ndarray) -> np.ndarray:
-        """The restricted reader's states ``targets`` as states here (made if new)."""
-        for r in np.unique(targets[self.res_map[targets] == -2]).tolist():
-            if self.res_map[r] == -2:  # not made meanwhile, as a shared descendant
-                self.res_map[r] = self._add(self._res(self.res.table[r]), False)
-        return self.res_map[targets]
-
-    def _add(self, row: np.ndarray, accepting: bool) -> int:
-        if len(self.rows) >= self.max_states:
+    def _add(self, row: np.ndarray) -> int:
+        if len(self.bottom.accepting) + len(self.rows) >= self.max_states:
             raise _too_many_states(self.max_states)
         self.rows.append(row)
-        self.accepting.append(accepting)
-        return len(self.rows) - 1
+        return len(self.bottom.accepting) + len(self.rows) - 1
 
     def run(self) -> ByteDFA:
+        bot = self.bottom
         root = self.node(self.trie, 0)
         if root < 0:  # cut at the root: no string at all
             return ByteDFA(np.full((1, 256), -1, dtype=np.int32), np.zeros(1, dtype=bool))
-        self.rows[0][_QUOTE] = root
-        table = np.stack(self.rows)
-        d = _Dfa(table, self.accepting, np.arange(257), minimal=False, finite=False, acyclic_top=True)
-        # the part above the any-string copy is acyclic and the copy minimal: merging
-        # equal rows until none are left is exact (dfa._minimize)
-        d = _merge_equal_columns(d)
-        d.acyclic_top = True  # (the merge makes a new _Dfa without the flag)
-        return _minimize(d).to_byte_dfa()
+        table = np.concatenate([bot.table, np.stack(self.rows)])
+        table[0] = -1
+        table[0, _QUOTE] = root
+        accepting = np.concatenate([bot.accepting, np.zeros(len(self.rows), dtype=bool)])
+        # the restricted reader's own states where no key reaches them: dropped
+        n_bot = len(bot.accepting)
+        used = np.zeros(len(accepting), dtype=bool)
+        used[np.unique(table[n_bot:])] = True  # (index -1: the last row, a key state, kept)
+        extra = np.flatnonzero(bot.extra)
+        changed = True
+        while changed:  # a few states deep: \ u hex hex ...
+            reach = np.unique(table[extra[used[extra]]])
+            changed = not used[reach].all()
+            used[reach] = True
+        drop = bot.extra.copy()
+        drop[extra] = ~used[extra]
+        if drop.any():
+            keep = np.flatnonzero(~np.concatenate([drop, np.zeros(len(self.rows), dtype=bool)]))
+            renum = np.full(len(accepting) + 1, -1, dtype=np.int64)
+            renum[keep] = np.arange(len(keep))
+            table = renum[table[keep]]
+            accepting = accepting[keep]
+        return ByteDFA(table.astype(np.int32), accepting)
 
     def node(self, trie: dict, depth: int) -> int:
         """The state at a trie node (-1 below the cut: nothing goes on from there)."""
         if self.cut is not None and depth >= self.cut:
             return -1
         kids = sorted(ch for ch in trie if ch != "")
-        live = tuple((ord(ch), 0, self.node(trie[ch], depth + 1)) for ch in kids)
+        live = _group((self.node(trie[ch], depth + 1), _SPELLINGS.of_char(ord(ch))) for ch in kids)
         restricted = any(_PRINTABLE[0] <= ord(ch) <= _PRINTABLE[1] for ch in kids)
-        return self.state(restricted, None, live, "" not in trie)
+        return self.state((restricted,), live, "" not in trie)
 
-    def state(self, restricted: bool, r: int | None, live: tuple, closable: bool) -> int:
-        """The state reading one character: the reader at ``r`` (None: at its start),
-        children's spellings at ``live`` = ((code point, spelling state, target), ...)."""
-        key = (restricted, r, live, closable)
+    def state(self, at: tuple | int, live: tuple, closable: bool) -> int:
+        """The state reading one character from ``at`` (a bottom id, or ``(restricted,)``
+        at a boundary); ``live``: ((target, rest of the spellings leading there), ...)
+        from ``_group``; ``closable``: a closing quote may come here."""
+        key = (at, live, closable)
         got = self.memo.get(key)
         if got is not None:
             return got
-        reader = self.res if restricted else self.full
-        at = 0 if r is None else r
+        bot = self.bottom
+        base = bot.start_rows[at[0]] if isinstance(at, tuple) else bot.table[at]
+        row = base.copy()
+        if isinstance(at, tuple) and closable:
+            row[_QUOTE] = bot.end
         by_byte: dict[int, list] = {}  # bytes that go on in a child's spelling
-        for cp, s, target in live:
-            spell = _spellings(cp)
-            for b in np.flatnonzero(spell.table[s] >= 0).tolist():
-                by_byte.setdefault(b, []).append((cp, int(spell.table[s, b]), target))
-        nxt = reader.table[at].copy()
-        nxt[list(by_byte)] = -1  # set below (no state made for them here: unreachable)
-        if restricted:
-            row = self._res(nxt)
-        else:  # the full reader is the copy's own: its end is the boundary
-            row = np.where(nxt == reader.sink, self.gmap[self.body], -1)
-            mid = (nxt >= 0) & (nxt != reader.sink)
-            if mid.any():
-                row[mid] = self.gmap[[self.f2a[s] for s in nxt[mid].tolist()]]
-        if r is None:  # at a character boundary: the closing quote, where allowed
-            row[_QUOTE] = self.gmap[self.end] if closable else -1
+        for target, rest in live:
+            for b, nxt in _SPELLINGS.edges[rest]:
+                if nxt == _Spellings.DONE:  # a child's character read: on to the child
+                    row[b] = target
+                else:
+                    by_byte.setdefault(b, []).append((target, nxt))
         for b, moved in by_byte.items():
-            done = [t for cp, s, t in moved if s == _spellings(cp).sink]
-            if done:  # encodings are prefix-free: one character completed, no other alive
-                row[b] = done[0]
-            else:
-                row[b] = self.state(restricted, int(reader.table[at, b]), tuple(moved), True)
-        got = self.memo[key] = self._add(row, False) if (row >= 0).any() else -1
+            row[b] = self.state(int(base[b]), _group(moved), True)
+        got = self.memo[key] = self._add(row) if (row >= 0).any() else -1
         return got
 
 
-@lru_cache(maxsize=1)
-def _full_to_any_map() -> dict:
-    """Full reader state -> any-string lexeme state reached by the same bytes from the
-    boundary (the lexeme is quotes around a repeat of that reader)."""
-    shared = _readers()
-    f, g = shared["full"].table, shared["any"].table.astype(np.int64)
-    body = int(g[0, _QUOTE])
-    out, todo = {0: body}, [0]
-    while todo:
-        s = todo.pop()
-        for b in np.flatnonzero(f[s] >= 0).tolist():
-            t = int(f[s, b])
-            if t not in out:
-                out[t] = int(g[out[s], b])
-                todo.append(t)
-    return out
+def _group(pairs) -> tuple:
+    """(target, spelling rest) pairs as one canonical key: one union per target."""
+    by_target: dict[int, int] = {}
+    for target, rest in pairs:
+        got = by_target.get(target)
+        by_target[target] = rest if got is None else _SPELLINGS.union(got, rest)
+    return tuple(sorted(by_target.items()))

@@ -8,7 +8,7 @@ from itertools import combinations
 
 from ..derivatives import ANY_STRING, _contains, mk_and, mk_not
 from ..errors import CompileBudgetExceeded, ConstraintError
-from ..json_keys import KeyNotIn, not_in_set
+from ..json_keys import KeyNotIn, key_trie, not_in_set
 from ..json_strings import json_string_node, literal_string, pattern_node
 from ..regex_ast import NOTHING, Chars, Node, Repeat, alt, literal, negate, normalize_ranges, seq
 from .common import (
@@ -89,8 +89,13 @@ class ObjectEmitter:
             f = self.facets(r)
             name_langs.append(f.strs if f.strs is not None else NOTHING)
         out = []
-        not_declared, exact = _not_in_set(declared)
-        direct = bool(declared)  # KeyNotIn is not_declared's lexeme (no names: any string)
+        # the common case, "any key but the declared": its lexeme is a KeyNotIn, whose DFA
+        # is built from the key trie (json_keys), and the decoded node is not needed
+        direct = bool(declared) and not patterns and not spec.names
+        if direct:
+            not_declared, exact = None, key_trie(tuple(declared), MAX_KEY_TRIE_NODES)[1] is None
+        else:
+            not_declared, exact = _not_in_set(declared)
         if not exact and not patterns and not spec.names:  # cut trie: the exact one if it fits
             exact_node = _not_in_names(tuple(declared))
             if exact_node is not None:
@@ -117,9 +122,7 @@ class ObjectEmitter:
                 key_term = self._extra_keys.get(cache_key)
                 if key_term is None:
                     try:
-                        if lang_parts == [not_declared] and not patterns and not spec.names and direct:
-                            # the common case, "any key but the declared": its DFA built
-                            # from the key trie, not by escaping and determinising
+                        if direct:  # no patterns, no propertyNames: lang_parts is [not_declared]
                             key_node = KeyNotIn(tuple(declared), MAX_KEY_TRIE_NODES)
                             if key_node.cut == 0:  # cut at the root: no other key
                                 key_node = NOTHING
