@@ -35,7 +35,10 @@ class ParserTables:
 
 def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset[int]) -> ParserTables:
     """Index the grammar, dropping rules that cannot derive any text or are unreachable."""
-    keep = analysis.trim(analysis.pairs(grammar.rules), grammar.start, lexeme_ids.__contains__)
+    if grammar.is_trimmed() and all(t in lexeme_ids for t in grammar.terminals):
+        keep = list(range(len(grammar.rules)))  # pruned already (grammar.prune)
+    else:
+        keep = analysis.trim(analysis.pairs(grammar.rules), grammar.start, lexeme_ids.__contains__)
     if not keep:
         raise ConstraintError(f"the grammar's start symbol {grammar.start!r} derives no text")
     rules = [grammar.rules[i] for i in keep]

@@ -44,6 +44,18 @@ class Grammar:
     ignore: list[str] = field(default_factory=list)  # terminals allowed between any two lexemes
     source: str = ""  # what it was compiled from, for messages
 
+    def mark_trimmed(self) -> None:
+        """Record that every rule is productive and reachable (``prune`` does), so later
+        steps skip re-checking it; any change to the rules or terminals voids it."""
+        self._trimmed = self._shape()
+
+    def is_trimmed(self) -> bool:
+        """Did ``prune`` (or ``mark_trimmed``) vouch for these very rules and terminals?"""
+        return getattr(self, "_trimmed", None) == self._shape()
+
+    def _shape(self) -> tuple:
+        return (id(self.rules), len(self.rules), id(self.terminals), len(self.terminals), self.start)
+
     def validate(self) -> None:
         """Raise ``ConstraintError`` for undefined symbols or a missing start rule."""
         lhs = {r.lhs for r in self.rules}
@@ -128,4 +140,5 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
     terminals = {k: v for k, v in g.terminals.items() if k in used}
     out = Grammar(g.start, rules, terminals, ignore, g.source)
     out.validate()
+    out.mark_trimmed()
     return out
