@@ -103,3 +103,25 @@ def test_direct_dfa_rows_stay_within_the_budget():
     with pytest.raises(CompileBudgetExceeded):
         KeyNotIn(names, 10_000).direct_byte_dfa(max_states=50)
     assert np.asarray(KeyNotIn(names, 10_000).direct_byte_dfa().accepting).sum() == 1
+
+
+def test_regex_nodes_hash_once_and_pickle_without_the_cached_hash():
+    import pickle
+
+    from sgl.constrain.regex_ast import Chars, Repeat, Seq
+
+    a = Seq((Chars(((1, 2),)), Repeat(Chars(((3, 3),)), 0, None)))
+    b = Seq((Chars(((1, 2),)), Repeat(Chars(((3, 3),)), 0, None)))
+    assert a == b and hash(a) == hash(b) and a is not b
+    assert hash(a) != hash(Seq((Chars(((1, 2),)),)))
+    assert "_hash_once" not in a.__getstate__()
+    back = pickle.loads(pickle.dumps(a))
+    assert back == a and hash(back) == hash(a)
+
+
+def test_key_lexeme_is_not_escaped_unless_walked():
+    key = KeyNotIn(("alpha", "beta"), 300)
+    (body,) = key.items  # what split_counters looks at
+    assert "_items" not in body.__dict__
+    to_dfa(key)
+    assert "_items" not in body.__dict__

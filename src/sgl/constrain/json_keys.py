@@ -59,7 +59,6 @@ class KeyNotIn(Seq):
         object.__setattr__(self, "names", tuple(names))
         object.__setattr__(self, "max_nodes", max_nodes)
         object.__setattr__(self, "cut", key_trie(self.names, max_nodes)[1])
-        object.__setattr__(self, "_hash", hash(("KeyNotIn", self.names, max_nodes)))
 
     @property
     def decoded(self) -> Node:
@@ -69,10 +68,10 @@ class KeyNotIn(Seq):
     @property
     def items(self) -> tuple[Node, ...]:  # type: ignore[override]
         # one lazy item: split_counters looks at a Seq's items but not inside an Alt
-        return (_Escaped(self.decoded),)
+        return (_Escaped(self),)
 
-    def __hash__(self) -> int:
-        return self._hash
+    def __hash__(self) -> int:  # not stored: str hashes differ between processes (pickling)
+        return hash(("KeyNotIn", self.names, self.max_nodes))
 
     def __eq__(self, other) -> bool:
         if isinstance(other, KeyNotIn):
@@ -143,10 +142,10 @@ def not_in_set(names: tuple[str, ...], max_nodes: int) -> tuple[Node, bool]:
 
 
 class _Escaped(Alt):
-    """``json_string_node(decoded)`` as an Alt of one item, built on first use."""
+    """``json_string_node(key.decoded)`` as an Alt of one item, built on first use."""
 
-    def __init__(self, decoded: Node):  # noqa: D107
-        object.__setattr__(self, "decoded", decoded)
+    def __init__(self, key: KeyNotIn):  # noqa: D107
+        object.__setattr__(self, "key", key)
 
     @property
     def items(self) -> tuple[Node, ...]:  # type: ignore[override]
@@ -154,20 +153,20 @@ class _Escaped(Alt):
         if got is None:
             from .json_strings import json_string_node
 
-            got = (json_string_node(self.decoded),)
+            got = (json_string_node(self.key.decoded),)
             object.__setattr__(self, "_items", got)
         return got
 
     def __hash__(self) -> int:
-        return hash(("_Escaped", self.decoded))
+        return hash(("_Escaped", self.key))
 
     def __eq__(self, other) -> bool:
         if isinstance(other, _Escaped):
-            return self.decoded == other.decoded
+            return self.key == other.key
         return isinstance(other, Alt) and self.items == other.items
 
     def __repr__(self) -> str:
-        return "_Escaped(...)"
+        return f"_Escaped({self.key!r})"
 
 
 class _Reader:
