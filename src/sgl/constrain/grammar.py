@@ -125,7 +125,7 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
     """
     terms = g.terminals
     pairs = analysis.pairs(g.rules)
-    found = analysis.productive(pairs, lambda s: s in terms and s not in dead)
+    found = analysis.productive(pairs, terms.keys() - dead)
     productive = set(found)
     if g.start not in productive:
         raise refusal or ConstraintError(f"the grammar matches no text (its start symbol {g.start!r} derives none)")
