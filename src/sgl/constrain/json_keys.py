@@ -367,13 +367,12 @@ class _Builder:
         # the restricted reader's own states where no key reaches them: dropped
         n_bot = len(bot.accepting)
         used = np.zeros(len(accepting), dtype=bool)
-        used[np.unique(table[n_bot:])] = True  # (index -1: the last row, a key state, kept)
+        used[table[n_bot:].ravel()] = True  # (index -1: the last row, a key state, kept)
         extra = np.flatnonzero(bot.extra)
-        changed = True
-        while changed:  # a few states deep: \ u hex hex ...
-            reach = np.unique(table[extra[used[extra]]])
-            changed = not used[reach].all()
-            used[reach] = True
+        count = -1
+        while count != used[extra].sum():  # a few states deep: \ u hex hex ...
+            count = used[extra].sum()
+            used[table[extra[used[extra]]].ravel()] = True
         drop = bot.extra.copy()
         drop[extra] = ~used[extra]
         if drop.any():
