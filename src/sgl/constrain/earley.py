@@ -52,7 +52,8 @@ def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset
     rules_of: list[list[int]] = [[] for _ in names]
     for i, a in enumerate(lhs):
         rules_of[a].append(i)
-    null = analysis.nullable(list(zip(lhs, rhs, strict=True)))
+    # a rule with a lexeme (a negative id) never derives the empty string: left out
+    null = analysis.nullable([(a, r) for a, r in zip(lhs, rhs, strict=True) if not r or min(r) >= 0])
     nullable = [a in null for a in range(len(names))]
     return ParserTables(lhs, rhs, rules_of, nullable, names, 0, ignore)
 

@@ -123,14 +123,14 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
     bottom-up (dependencies first), so a one-pass fixpoint downstream (the parser's
     productivity and nullability checks) converges at once.
     """
-    terms = g.terminals
+    live_terms = g.terminals.keys() - dead
     pairs = analysis.pairs(g.rules)
-    found = analysis.productive(pairs, terms.keys() - dead)
+    found = analysis.productive(pairs, live_terms)
     productive = set(found)
     if g.start not in productive:
         raise refusal or ConstraintError(f"the grammar matches no text (its start symbol {g.start!r} derives none)")
-    keep = [r for r in g.rules if r.lhs in productive
-            and all(s in productive or (s in terms and s not in dead) for s in r.rhs)]
+    alive = productive | live_terms
+    keep = [r for r in g.rules if r.lhs in productive and alive.issuperset(r.rhs)]
     reach = analysis.reachable(analysis.pairs(keep), g.start)
     rank = {sym: k for k, sym in enumerate(found)}
     rules = [r for r in keep if r.lhs in reach]
