@@ -44,11 +44,13 @@ def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset
     rules = [grammar.rules[i] for i in keep]
     names = [START] + sorted({r.lhs for r in rules})
     nt_id = {n: i for i, n in enumerate(names)}
+    sym_id = {s: ~i for s, i in lexeme_ids.items()}  # lexemes negative, nonterminals from 0
+    sym_id.update(nt_id)
     lhs = [0]
     rhs: list[tuple[int, ...]] = [(nt_id[grammar.start],)]
     for r in rules:
         lhs.append(nt_id[r.lhs])
-        rhs.append(tuple(nt_id[s] if s in nt_id else ~lexeme_ids[s] for s in r.rhs))
+        rhs.append(tuple(map(sym_id.__getitem__, r.rhs)))
     rules_of: list[list[int]] = [[] for _ in names]
     for i, a in enumerate(lhs):
         rules_of[a].append(i)
