@@ -39,12 +39,18 @@ def derivable(rules: Sequence[RulePair], ground: Callable[[S], bool] | AbstractS
     found: list[S] = []
     done: set[S] = set()
     is_set = isinstance(ground, AbstractSet)
+    users_of = users.get
     for i, (lhs, rhs) in enumerate(rules):
         need = set(rhs).difference(ground) if is_set else {s for s in rhs if not ground(s)}
         missing.append(len(need))
-        for s in need:
-            users.setdefault(s, []).append(i)
-        if not need and lhs not in done:
+        if need:
+            for s in need:
+                got = users_of(s)
+                if got is None:
+                    users[s] = [i]
+                else:
+                    got.append(i)
+        elif lhs not in done:
             done.add(lhs)
             found.append(lhs)
     k = 0
