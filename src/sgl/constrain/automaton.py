@@ -550,7 +550,7 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
     states (one per byte not shared as a prefix with another string)."""
     words = sorted(set(words))
     if sum(map(len, words)) <= SMALL_TRIE_BYTES:
-        return _small_trie_dfa(words)
+        return _small_trie_dfa(words, max_states)
     src: list[int] = []
     dst: list[int] = []
     lab = bytearray()
@@ -610,15 +610,25 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
 SMALL_TRIE_BYTES = 2048
 
 
-def _small_trie_dfa(words: list[bytes]) -> _Dfa:
+def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> _Dfa:
     """``_trie_dfa`` for a small sorted set: states hash-consed bottom-up by (accepting,
     moves to already-consed states), which is the minimal DFA of a finite language."""
     trie: dict = {}
+    n = 1
     for w in words:
         at = trie
         for b in w:
-            at = at.setdefault(b, {})
+            nxt = at.get(b)
+            if nxt is None:
+                nxt = at[b] = {}
+                n += 1
+            at = nxt
         at[-1] = True
+    if n > max_states:
+        raise CompileBudgetExceeded(
+            f"the {len(words)} alternative strings need a trie of more than {max_states} "
+            "states (budget: choice_states)"
+        )
     ids: dict[tuple, int] = {}
     sigs: list[tuple] = []
     canon: dict[int, int] = {}  # id(trie node) -> state
