@@ -15,7 +15,7 @@ from sgl.constrain.dfa import ByteDFA
 from sgl.constrain.json_keys import KeyNotIn
 from sgl.constrain.json_strings import json_string_node
 
-ALPHABET = ["a", "b", "c", "A", "_", "-", " ", "/", '"', "\\", "\n", "\x00", "\x7f", "é", "ü", "\u2028", "😀"]
+ALPHABET = ["a", "b", "c", "A", "_", "-", " ", "/", '"', "\\", "\n", "\x00", "\x7f", "é", "ü", "\u2028", "😀", "\udfff"]
 
 
 def _regex_path(key: KeyNotIn) -> ByteDFA:
@@ -51,6 +51,7 @@ def _check(names: tuple[str, ...], max_nodes: int = 300) -> None:
 @pytest.mark.parametrize("names", [
     ("a",), ("",), ("ab", "ac", "b"), ("userId", "groupId", "id"), ("/", '"', "\\"),
     ("é", "éa", "x"), ("\n", "a\tb"), ("😀", "a😀"), ("\x7f", "ü"), ("a/b", "a\\b", 'a"b'),
+    ("\udfff",), ("a\ud800b", "ab"),  # lone surrogates: no JSON spelling
 ])
 def test_direct_dfa_is_the_regex_paths(names):
     _check(names)

@@ -302,11 +302,15 @@ class _Spellings:
         return got
 
     @lru_cache(maxsize=4096)  # noqa: B019 (one instance, alive as long as the module)
-    def of_char(self, cp: int) -> int:
-        """All spellings of the character ``cp``, as the regex path spells a trie edge."""
+    def of_char(self, cp: int) -> int | None:
+        """All spellings of the character ``cp``, as the regex path spells a trie edge
+        (None for a lone surrogate: JSON text cannot hold one)."""
         from .json_strings import json_chars
 
-        d = _Reader(to_dfa(json_chars(Chars(((cp, cp),)))))
+        dfa = to_dfa(json_chars(Chars(((cp, cp),))))
+        if not dfa.accepting.any():
+            return None
+        d = _Reader(dfa)
         memo: dict[int, int] = {}
 
         def rest(s: int) -> int:
@@ -360,14 +364,15 @@ class _Builder:
         root = self.node(self.trie, 0)
         if root < 0:  # cut at the root: no string at all
             return ByteDFA(np.full((1, 256), -1, dtype=np.int32), np.zeros(1, dtype=bool))
-        table = np.concatenate([bot.table, np.stack(self.rows)])
+        table = np.concatenate([bot.table] + ([np.stack(self.rows)] if self.rows else []))
         table[0] = -1
         table[0, _QUOTE] = root
         accepting = np.concatenate([bot.accepting, np.zeros(len(self.rows), dtype=bool)])
         # the restricted reader's own states where no key reaches them: dropped
         n_bot = len(bot.accepting)
         used = np.zeros(len(accepting), dtype=bool)
-        used[table[n_bot:].ravel()] = True  # (index -1: the last row, a key state, kept)
+        used[table[n_bot:].ravel()] = True  # (index -1: the last row, kept anyway)
+        used[root] = True
         extra = np.flatnonzero(bot.extra)
         count = -1
         while count != used[extra].sum():  # a few states deep: \ u hex hex ...
@@ -387,9 +392,13 @@ class _Builder:
         """The state at a trie node (-1 below the cut: nothing goes on from there)."""
         if self.cut is not None and depth >= self.cut:
             return -1
-        kids = sorted(ch for ch in trie if ch != "")
-        live = _group((self.node(trie[ch], depth + 1), _SPELLINGS.of_char(ord(ch))) for ch in kids)
+        kids = sorted(ch for ch in trie if ch != "" and _SPELLINGS.of_char(ord(ch)) is not None)
+        body = self.bottom.body
+        # a child from which any string goes on is what the reader does anyway: left out
+        live = _group((t, _SPELLINGS.of_char(ord(ch))) for ch in kids if (t := self.node(trie[ch], depth + 1)) != body)
         restricted = any(_PRINTABLE[0] <= ord(ch) <= _PRINTABLE[1] for ch in kids)
+        if not live and not restricted and "" not in trie:  # nothing excluded: any string
+            return body
         return self.state((restricted,), live, "" not in trie)
 
     def state(self, at: tuple | int, live: tuple, closable: bool) -> int:
