@@ -94,8 +94,9 @@ class ObjectEmitter:
         direct = bool(declared) and not patterns and not spec.names
         if direct:
             max_nodes = MAX_KEY_TRIE_NODES
-            if key_trie(tuple(declared), max_nodes)[1] is not None and max(map(len, declared)) <= MAX_EXACT_KEY_LENGTH:
-                max_nodes = MAX_EXACT_KEY_TRIE_NODES  # its DFA grows like the trie, not faster
+            if (key_trie(tuple(declared), max_nodes)[1] is not None and max(map(len, declared)) <= MAX_EXACT_KEY_LENGTH
+                    and key_trie(tuple(declared), MAX_EXACT_KEY_TRIE_NODES)[1] is None):
+                max_nodes = MAX_EXACT_KEY_TRIE_NODES  # exact: its DFA grows like the trie, not faster
             not_declared, exact = None, key_trie(tuple(declared), max_nodes)[1] is None
         else:
             not_declared, exact = _not_in_set(declared)
