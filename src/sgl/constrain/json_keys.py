@@ -199,6 +199,7 @@ class _Bottom:
                           json_chars(Chars(((0x20, 0x4F),))), json_chars(Chars(((0x50, 0x7E),)))))
         full, res = _Reader(to_dfa(json_chars(ANY_CHAR))), _Reader(to_dfa(restricted))
         g = g_dfa.table.astype(np.int64)
+        assert not (g == 0).any(), "the any-string lexeme never comes back to its start"
         body = int(g[0, _QUOTE])
         self.end_g = int(g[body, _QUOTE])
         # ids: 0 unused (a construction's start), G states 1..ng-1 (G's start dropped),
