@@ -126,3 +126,12 @@ def test_key_lexeme_is_not_escaped_unless_walked():
     assert "_items" not in body.__dict__
     to_dfa(key)
     assert "_items" not in body.__dict__
+
+
+def test_key_lexeme_pickles():
+    import pickle
+
+    key = KeyNotIn(("a", "bc"), 300)
+    back = pickle.loads(pickle.dumps(key))
+    assert back == key and hash(back) == hash(key)
+    assert _same_language(to_dfa(back), to_dfa(key))
