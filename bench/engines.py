@@ -324,6 +324,8 @@ class SGLEngine(Engine):
         from sgl.constrain.compiled import _token_table
 
         _token_table(self.vocab)
+        # the JSON Schema frontend is imported on first use; importing it is not a compile
+        import sgl.constrain.json_schema  # noqa: F401
         # compile_json_schema keeps a small content-keyed cache; MaskBench has a few
         # duplicate schemas, and a cache hit would report a lookup as a compile.
         self._cache = getattr(sys.modules.get("sgl.constrain.api"), "_cache", None)

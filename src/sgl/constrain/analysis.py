@@ -10,6 +10,7 @@ well under a second.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TypeVar
 
 S = TypeVar("S", bound=Hashable)
@@ -23,11 +24,12 @@ def pairs(rules: Iterable) -> list[tuple]:
     return [(r.lhs, r.rhs) for r in rules]
 
 
-def derivable(rules: Sequence[RulePair], ground: Callable[[S], bool]) -> list[S]:
+def derivable(rules: Sequence[RulePair], ground: Callable[[S], bool] | AbstractSet[S]) -> list[S]:
     """Nonterminals that derive a string of ``ground`` symbols, in the order found.
 
     ``ground = is_terminal`` gives the productive nonterminals (they derive some text);
     ``ground = lambda s: False`` the nullable ones (they derive the empty string).
+    ``ground`` may also be the set of those symbols (faster: no call per symbol).
     Each rule counts its symbols not yet known to derive; a nonterminal is found when
     one of its rules reaches zero. The order is bottom-up: a rule's symbols are found
     before its left-hand side.
@@ -36,12 +38,19 @@ def derivable(rules: Sequence[RulePair], ground: Callable[[S], bool]) -> list[S]
     users: dict[S, list[int]] = {}
     found: list[S] = []
     done: set[S] = set()
+    is_set = isinstance(ground, AbstractSet)
+    users_of = users.get
     for i, (lhs, rhs) in enumerate(rules):
-        need = {s for s in rhs if not ground(s)}
+        need = set(rhs).difference(ground) if is_set else {s for s in rhs if not ground(s)}
         missing.append(len(need))
-        for s in need:
-            users.setdefault(s, []).append(i)
-        if not need and lhs not in done:
+        if need:
+            for s in need:
+                got = users_of(s)
+                if got is None:
+                    users[s] = [i]
+                else:
+                    got.append(i)
+        elif lhs not in done:
             done.add(lhs)
             found.append(lhs)
     k = 0
@@ -57,14 +66,14 @@ def derivable(rules: Sequence[RulePair], ground: Callable[[S], bool]) -> list[S]
     return found
 
 
-def productive(rules: Sequence[RulePair], is_terminal: Callable[[S], bool]) -> list[S]:
+def productive(rules: Sequence[RulePair], is_terminal: Callable[[S], bool] | AbstractSet[S]) -> list[S]:
     """Nonterminals that derive some string of terminals, bottom-up (see ``derivable``)."""
     return derivable(rules, is_terminal)
 
 
 def nullable(rules: Sequence[RulePair]) -> set:
     """Nonterminals that derive the empty string."""
-    return set(derivable(rules, lambda _s: False))
+    return set(derivable(rules, frozenset()))
 
 
 def reachable(rules: Iterable[RulePair], start: S) -> set[S]:

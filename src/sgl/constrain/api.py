@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import sys
 import threading
 import time
@@ -61,6 +62,46 @@ def _cached(key: tuple, build: Callable[[], CompiledGrammar]) -> CompiledGrammar
 _deep_lock = threading.Lock()
 _deep_active = 0
 _saved_limit = 0
+_MAX_IDLE_WORKERS = 4  # big-stack threads kept for the next compiles
+
+
+class _DeepWorker:
+    """A thread with a large stack that runs compiles one after another.
+
+    Starting such a thread (a 256 MiB stack mapped and unmapped) cost ~0.5 ms of CPU
+    per compile, a tenth of a typical one; idle workers wait for the next compile
+    instead (at most ``_MAX_IDLE_WORKERS``; more callers at once start more).
+    """
+
+    idle: list[_DeepWorker] = []
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        old_size = threading.stack_size(_DEEP_STACK_BYTES)
+        try:
+            threading.Thread(target=self.loop, name="sgl-compile", daemon=True).start()
+        finally:
+            threading.stack_size(old_size)
+
+    def loop(self) -> None:
+        while True:
+            job = self.jobs.get()
+            job()
+            with _deep_lock:
+                if len(self.idle) >= _MAX_IDLE_WORKERS:
+                    return
+                self.idle.append(self)
+
+    @classmethod
+    def take(cls) -> _DeepWorker | None:
+        """An idle worker or a new one (None when no thread with that stack can start).
+        Call with ``_deep_lock`` held."""
+        if cls.idle:
+            return cls.idle.pop()
+        try:
+            return cls()
+        except RuntimeError:  # no room for the stack (an address-space limit)
+            return None
 
 
 def run_deep(fn: Callable[[], T], what: str, budget: CompileBudget | None = None) -> T:
@@ -73,7 +114,7 @@ def run_deep(fn: Callable[[], T], what: str, budget: CompileBudget | None = None
     """
     global _deep_active, _saved_limit
     out: dict[str, Any] = {}
-
+    done = threading.Event()
     seconds = (budget or CompileBudget()).seconds
 
     def target() -> None:
@@ -82,25 +123,21 @@ def run_deep(fn: Callable[[], T], what: str, budget: CompileBudget | None = None
             out["value"] = fn()
         except BaseException as e:  # re-raised in the caller's thread below
             out["error"] = e
+        finally:
+            done.set()
 
     with _deep_lock:
         if _deep_active == 0:
             _saved_limit = sys.getrecursionlimit()
             sys.setrecursionlimit(max(_saved_limit, _DEEP_RECURSION_LIMIT))
         _deep_active += 1
-        old_size = threading.stack_size(_DEEP_STACK_BYTES)
-        try:
-            thread = threading.Thread(target=target, name="sgl-compile", daemon=True)
-            thread.start()
-        except RuntimeError:  # no room for the stack (an address-space limit): run here
-            thread = None
-        finally:
-            threading.stack_size(old_size)
-    if thread is None:
-        target()
+        worker = _DeepWorker.take()  # never the caller's own: a busy worker is not idle
     try:
-        if thread is not None:
-            thread.join()
+        if worker is None:
+            target()
+        else:
+            worker.jobs.put(target)
+            done.wait()
     finally:
         with _deep_lock:
             _deep_active -= 1

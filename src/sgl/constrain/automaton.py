@@ -85,6 +85,9 @@ def to_dfa(
     compiled Repeat items and leaves are cached across calls (results are not:
     the caller owns that).
     """
+    direct = getattr(node, "direct_byte_dfa", None)  # a node that builds its own (json_keys)
+    if direct is not None:
+        return direct(max_states)
     return _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states).dfa(node).to_byte_dfa()
 
 
@@ -546,6 +549,8 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
     Raises ``CompileBudgetExceeded`` when the trie needs more than ``max_states``
     states (one per byte not shared as a prefix with another string)."""
     words = sorted(set(words))
+    if sum(map(len, words)) <= SMALL_TRIE_BYTES:
+        return _small_trie_dfa(words, max_states)
     src: list[int] = []
     dst: list[int] = []
     lab = bytearray()
@@ -598,6 +603,62 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
     perm[[0, start]] = perm[[start, 0]]
     table = np.where(table >= 0, perm[table.clip(0)], -1)[perm]
     return _merge_equal_columns(_Dfa(table, acc[perm], bounds, minimal=True, finite=True))
+
+
+# Up to this many bytes in all, a word set's DFA is built in plain Python: the numpy
+# construction's fixed costs per height level dominated small enums (~0.4 ms for three).
+SMALL_TRIE_BYTES = 2048
+
+
+def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> _Dfa:
+    """``_trie_dfa`` for a small sorted set: states hash-consed bottom-up by (accepting,
+    moves to already-consed states), which is the minimal DFA of a finite language."""
+    trie: dict = {}
+    n = 1
+    for w in words:
+        at = trie
+        for b in w:
+            nxt = at.get(b)
+            if nxt is None:
+                nxt = at[b] = {}
+                n += 1
+            at = nxt
+        at[-1] = True
+    if n > max_states:
+        raise CompileBudgetExceeded(
+            f"the {len(words)} alternative strings need a trie of more than {max_states} "
+            "states (budget: choice_states)"
+        )
+    ids: dict[tuple, int] = {}
+    sigs: list[tuple] = []
+    canon: dict[int, int] = {}  # id(trie node) -> state
+    stack = [(trie, False)]
+    while stack:  # post-order without recursion (words may be long)
+        node, ready = stack.pop()
+        if not ready:
+            stack.append((node, True))
+            stack.extend((sub, False) for b, sub in node.items() if b >= 0)
+            continue
+        sig = (-1 in node, tuple(sorted((b, canon[id(sub)]) for b, sub in node.items() if b >= 0)))
+        got = ids.get(sig)
+        if got is None:
+            got = ids[sig] = len(sigs)
+            sigs.append(sig)
+        canon[id(node)] = got
+    start = canon[id(trie)]
+    order = [start] + [i for i in range(len(sigs)) if i != start]  # the start first
+    new = {old: k for k, old in enumerate(order)}
+    labels = sorted({b for _, moves in sigs for b, _ in moves})
+    bounds = np.unique(np.array([0, 256] + labels + [b + 1 for b in labels], dtype=np.int64))
+    col = {b: int(np.searchsorted(bounds, b, side="right")) - 1 for b in labels}
+    table = np.full((len(sigs), len(bounds) - 1), -1, dtype=np.int64)
+    accepting = np.zeros(len(sigs), dtype=bool)
+    for k, old in enumerate(order):
+        final, moves = sigs[old]
+        accepting[k] = final
+        for b, t in moves:
+            table[k, col[b]] = new[t]
+    return _merge_equal_columns(_Dfa(table, accepting, bounds, minimal=True, finite=True))
 
 
 def _unique_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -95,7 +95,9 @@ class CompiledGrammar:
         self.vocab = vocab
         dfas = self._terminal_dfas(grammar, start, budget)
         # a terminal with an empty language (``[]``, a lone surrogate) kills its rules
-        grammar = prune(grammar, frozenset(n for n, d in dfas.items() if not d.accepting.any()))
+        dead = frozenset(n for n, d in dfas.items() if not d.accepting.any())
+        if dead or not grammar.is_trimmed():  # frontends hand over pruned grammars
+            grammar = prune(grammar, dead)
         grammar = _split_empty_terminals(grammar, dfas)
         self.lexeme_names = list(grammar.terminals)
         lexeme_ids = {n: i for i, n in enumerate(self.lexeme_names)}
@@ -288,7 +290,10 @@ def _split_empty_terminals(grammar: Grammar, dfas: dict) -> Grammar:
         rules.append(Rule(f"{n}?ε", (n,)))
         rules.append(Rule(f"{n}?ε", ()))
     terminals: dict[str, Terminal] = dict(grammar.terminals)
-    return Grammar(grammar.start, rules, terminals, list(grammar.ignore), grammar.source)
+    out = Grammar(grammar.start, rules, terminals, list(grammar.ignore), grammar.source)
+    if grammar.is_trimmed():  # T?ε is used where T was, and derives text as T does
+        out.mark_trimmed()
+    return out
 
 
 def _token_table(vocab: Vocabulary) -> TokenTable:

@@ -35,21 +35,27 @@ class ParserTables:
 
 def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset[int]) -> ParserTables:
     """Index the grammar, dropping rules that cannot derive any text or are unreachable."""
-    keep = analysis.trim(analysis.pairs(grammar.rules), grammar.start, lexeme_ids.__contains__)
+    if grammar.is_trimmed() and all(t in lexeme_ids for t in grammar.terminals):
+        keep = list(range(len(grammar.rules)))  # pruned already (grammar.prune)
+    else:
+        keep = analysis.trim(analysis.pairs(grammar.rules), grammar.start, lexeme_ids.__contains__)
     if not keep:
         raise ConstraintError(f"the grammar's start symbol {grammar.start!r} derives no text")
     rules = [grammar.rules[i] for i in keep]
     names = [START] + sorted({r.lhs for r in rules})
     nt_id = {n: i for i, n in enumerate(names)}
+    sym_id = {s: ~i for s, i in lexeme_ids.items()}  # lexemes negative, nonterminals from 0
+    sym_id.update(nt_id)
     lhs = [0]
     rhs: list[tuple[int, ...]] = [(nt_id[grammar.start],)]
     for r in rules:
         lhs.append(nt_id[r.lhs])
-        rhs.append(tuple(nt_id[s] if s in nt_id else ~lexeme_ids[s] for s in r.rhs))
+        rhs.append(tuple(map(sym_id.__getitem__, r.rhs)))
     rules_of: list[list[int]] = [[] for _ in names]
     for i, a in enumerate(lhs):
         rules_of[a].append(i)
-    null = analysis.nullable(list(zip(lhs, rhs, strict=True)))
+    # a rule with a lexeme (a negative id) never derives the empty string: left out
+    null = analysis.nullable([(a, r) for a, r in zip(lhs, rhs, strict=True) if not r or min(r) >= 0])
     nullable = [a in null for a in range(len(names))]
     return ParserTables(lhs, rhs, rules_of, nullable, names, 0, ignore)
 

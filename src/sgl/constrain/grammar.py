@@ -44,6 +44,18 @@ class Grammar:
     ignore: list[str] = field(default_factory=list)  # terminals allowed between any two lexemes
     source: str = ""  # what it was compiled from, for messages
 
+    def mark_trimmed(self) -> None:
+        """Record that every rule is productive and reachable (``prune`` does), so later
+        steps skip re-checking it; any change to the rules or terminals voids it."""
+        self._trimmed = self._shape()
+
+    def is_trimmed(self) -> bool:
+        """Did ``prune`` (or ``mark_trimmed``) vouch for these very rules and terminals?"""
+        return getattr(self, "_trimmed", None) == self._shape()
+
+    def _shape(self) -> tuple:
+        return (id(self.rules), len(self.rules), id(self.terminals), len(self.terminals), self.start)
+
     def validate(self) -> None:
         """Raise ``ConstraintError`` for undefined symbols or a missing start rule."""
         lhs = {r.lhs for r in self.rules}
@@ -111,14 +123,14 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
     bottom-up (dependencies first), so a one-pass fixpoint downstream (the parser's
     productivity and nullability checks) converges at once.
     """
-    terms = g.terminals
+    live_terms = g.terminals.keys() - dead
     pairs = analysis.pairs(g.rules)
-    found = analysis.productive(pairs, lambda s: s in terms and s not in dead)
+    found = analysis.productive(pairs, live_terms)
     productive = set(found)
     if g.start not in productive:
         raise refusal or ConstraintError(f"the grammar matches no text (its start symbol {g.start!r} derives none)")
-    keep = [r for r in g.rules if r.lhs in productive
-            and all(s in productive or (s in terms and s not in dead) for s in r.rhs)]
+    alive = productive | live_terms
+    keep = [r for r in g.rules if r.lhs in productive and alive.issuperset(r.rhs)]
     reach = analysis.reachable(analysis.pairs(keep), g.start)
     rank = {sym: k for k, sym in enumerate(found)}
     rules = [r for r in keep if r.lhs in reach]
@@ -128,4 +140,5 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
     terminals = {k: v for k, v in g.terminals.items() if k in used}
     out = Grammar(g.start, rules, terminals, ignore, g.source)
     out.validate()
+    out.mark_trimmed()
     return out

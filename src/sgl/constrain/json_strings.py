@@ -176,7 +176,7 @@ def _alt_keep_order(items) -> Node:
 
 # printable ASCII but for " \ and / (each of which has a second, escaped spelling)
 _ONE_SPELLING = re.compile(r"[\x20\x21\x23-\x2e\x30-\x5b\x5d-\x7e]*")
-LITERAL_SET_MIN = 64  # a string set this large, all of one spelling, becomes a trie lexeme
+LITERAL_SET_MIN = 2  # a string set this large, all of one spelling, becomes a trie lexeme (linear, no subset construction)
 
 
 def json_string_node(decoded, max_states: int = 2000, max_size: int = 20_000) -> Node:

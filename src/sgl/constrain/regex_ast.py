@@ -13,11 +13,31 @@ from dataclasses import dataclass
 MAX_CODEPOINT = 0x10FFFF
 
 
+def _hash_once(self) -> int:
+    """A node's hash, computed once: nodes are immutable and serve as cache keys all
+    over the compiler (a lexeme's DFA, compiled items, derivatives), and the generated
+    dataclass hash walked the whole tree at every lookup."""
+    got = self.__dict__.get("_hash_once")
+    if got is None:
+        got = hash((type(self).__name__, *(getattr(self, f) for f in self.__dataclass_fields__)))
+        object.__setattr__(self, "_hash_once", got)
+    return got
+
+
+def _state_without_hash(self) -> dict:
+    """Pickled state without the cached hash: str hashes differ between processes."""
+    state = dict(self.__dict__)
+    state.pop("_hash_once", None)
+    return state
+
+
 @dataclass(frozen=True)
 class Chars:
     """A set of code points as sorted, disjoint, non-adjacent inclusive ranges."""
 
     ranges: tuple[tuple[int, int], ...]
+    __hash__ = _hash_once
+    __getstate__ = _state_without_hash
 
 
 @dataclass(frozen=True)
@@ -25,16 +45,22 @@ class Bytes:
     """A set of raw byte values (0..255) as sorted, disjoint inclusive ranges."""
 
     ranges: tuple[tuple[int, int], ...]
+    __hash__ = _hash_once
+    __getstate__ = _state_without_hash
 
 
 @dataclass(frozen=True)
 class Seq:
     items: tuple[Node, ...]
+    __hash__ = _hash_once
+    __getstate__ = _state_without_hash
 
 
 @dataclass(frozen=True)
 class Alt:
     items: tuple[Node, ...]
+    __hash__ = _hash_once
+    __getstate__ = _state_without_hash
 
 
 @dataclass(frozen=True)
@@ -42,6 +68,8 @@ class Repeat:
     item: Node
     min: int
     max: int | None  # None = unbounded
+    __hash__ = _hash_once
+    __getstate__ = _state_without_hash
 
 
 Node = Chars | Bytes | Seq | Alt | Repeat

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from itertools import combinations
 
-from ..derivatives import ANY_STRING, _contains, mk_and, mk_not
+from ..derivatives import mk_and, mk_not
 from ..errors import CompileBudgetExceeded, ConstraintError
+from ..json_keys import KeyNotIn, key_trie, not_in_set
 from ..json_strings import json_string_node, literal_string, pattern_node
-from ..regex_ast import NOTHING, Chars, Node, Repeat, alt, literal, negate, normalize_ranges, seq
+from ..regex_ast import NOTHING, Node
 from .common import (
     MAX_ANY_ORDER_RULES,
     MAX_COUNT_STATES,
@@ -88,11 +88,18 @@ class ObjectEmitter:
             f = self.facets(r)
             name_langs.append(f.strs if f.strs is not None else NOTHING)
         out = []
-        not_declared, exact = _not_in_set(declared)
-        if not exact and not patterns and not spec.names:  # cut trie: the exact one if it fits
-            exact_node = _not_in_names(tuple(declared))
-            if exact_node is not None:
-                not_declared, exact = exact_node, True
+        # the common case, "any key but the declared": its lexeme is a KeyNotIn, whose DFA
+        # is built from the key trie (json_keys), exactly unless the trie is huge; the
+        # decoded node is not needed
+        direct = bool(declared) and not patterns and not spec.names
+        if direct:
+            max_nodes = MAX_KEY_TRIE_NODES
+            if (key_trie(tuple(declared), max_nodes)[1] is not None and max(map(len, declared)) <= MAX_EXACT_KEY_LENGTH
+                    and key_trie(tuple(declared), MAX_EXACT_KEY_TRIE_NODES)[1] is None):
+                max_nodes = MAX_EXACT_KEY_TRIE_NODES  # exact: its DFA grows like the trie, not faster
+            not_declared, exact = None, key_trie(tuple(declared), max_nodes)[1] is None
+        else:
+            not_declared, exact = _not_in_set(declared)
         if not exact:
             self.note("many declared properties: other keys sharing a long prefix with them are not allowed", ptr)
         for size in range(len(patterns) + 1):
@@ -115,7 +122,12 @@ class ObjectEmitter:
                 key_term = self._extra_keys.get(cache_key)
                 if key_term is None:
                     try:
-                        key_node = json_string_node(mk_and(*lang_parts), max_states=600, max_size=8000)
+                        if direct:  # no patterns, no propertyNames: lang_parts is [not_declared]
+                            key_node = KeyNotIn(tuple(declared), max_nodes)
+                            if key_node.cut == 0:  # cut at the root: no other key
+                                key_node = NOTHING
+                        else:
+                            key_node = json_string_node(mk_and(*lang_parts), max_states=600, max_size=8000)
                     except CompileBudgetExceeded as e:
                         self.refuse(f"key constraints too complex: {e.message}", ptr, "patternProperties")
                         continue
@@ -292,105 +304,10 @@ def _order_cost(tracks: list, free: list, K: int) -> int:
 MAX_KEY_TRIE_NODES = 300  # each costs ~300 automaton states once JSON-escaped
 
 
-# printable ASCII but for " \ and /: the characters JSON writes one way only (raw)
-ONE_SPELLING = Chars(((0x20, 0x21), (0x23, 0x2E), (0x30, 0x5B), (0x5D, 0x7E)))
-MAX_EXACT_KEY_TRIE_NODES = 50_000
+MAX_EXACT_KEY_TRIE_NODES = 50_000  # with no patternProperties: the direct DFA (json_keys)
 MAX_EXACT_KEY_LENGTH = 256  # the trie is built recursively
 
 
-@lru_cache(maxsize=1024)
-def _not_in_names(names: tuple) -> Node | None:
-    """Decoded strings other than ``names``, exactly, or None when a name has a character
-    outside ``ONE_SPELLING`` or the names are too many or too long.
-
-    Two disjoint parts: strings of one-spelling characters off the names' trie (each trie
-    node: another such character, then any of them), and strings with some other
-    character (a shared suffix). Only the first grows with the names, and with raw
-    characters only its automaton stays about as small as the trie, where a complement
-    of the trie over all characters costs every node the JSON escape sequences.
-    """
-    if not names or any(len(n) > MAX_EXACT_KEY_LENGTH for n in names):
-        return None
-    if not all(_contains(ONE_SPELLING, ord(ch)) for n in names for ch in n):
-        return None
-    trie: dict = {}
-    count = 0
-    for t in names:
-        node = trie
-        for ch in t:
-            if ch not in node:
-                count += 1
-            node = node.setdefault(ch, {})
-        node[""] = True
-    if count > MAX_EXACT_KEY_TRIE_NODES:
-        return None
-    rest = Repeat(ONE_SPELLING, 0, None)
-    other_char = negate(ONE_SPELLING)
-
-    def build(node: dict) -> Node:
-        kids = sorted(ch for ch in node if ch != "")
-        parts = [] if "" in node else [seq()]
-        others = negate(Chars(normalize_ranges(other_char.ranges + tuple((ord(c), ord(c)) for c in kids))))
-        if others.ranges:
-            parts.append(seq(others, rest))
-        parts += [seq(literal(ch), build(node[ch])) for ch in kids]
-        return alt(*parts) if parts else NOTHING
-
-    return alt(build(trie), seq(rest, other_char, ANY_STRING))
-
-
 def _not_in_set(names) -> tuple[Node, bool]:
-    return _not_in_set_cached(tuple(names))
-
-
-@lru_cache(maxsize=1024)
-def _not_in_set_cached(names: tuple) -> tuple[Node, bool]:
-    """Decoded strings other than ``names`` (a complemented trie, built directly).
-
-    Returns ``(node, exact)``. The trie is cut at the depth where it would exceed
-    ``MAX_KEY_TRIE_NODES``: below the cut every string is excluded, which is sound
-    (other keys that share a long prefix with a declared name are refused).
-    """
-    if not names:
-        return ANY_STRING, True
-    trie: dict = {}
-    for t in names:
-        node = trie
-        for ch in t:
-            node = node.setdefault(ch, {})
-        node[""] = True
-    # deepest level that keeps the trie within budget
-    level, count, depth = [trie], 1, 0
-    while level and depth < 60:
-        nxt = [sub for nd in level for ch, sub in nd.items() if ch != ""]
-        if count + len(nxt) > MAX_KEY_TRIE_NODES:
-            break
-        count += len(nxt)
-        level = nxt
-        depth += 1
-    cut = depth if level and any(len(nd) > ("" in nd) for nd in level) else None
-    exact = cut is None
-
-    def build(node: dict, d: int) -> Node:
-        if cut is not None and d >= cut:
-            return NOTHING
-        kids = sorted(ch for ch in node if ch != "")
-        parts = []
-        if "" not in node:
-            parts.append(seq())  # this prefix itself is not a name
-        used = tuple((ord(c), ord(c)) for c in kids)
-        others = Chars(_complement_ranges(used))
-        if others.ranges:
-            parts.append(seq(others, ANY_STRING))
-        for ch in kids:
-            rest = build(node[ch], d + 1)
-            if rest != NOTHING:
-                parts.append(seq(literal(ch), rest))
-        return alt(*parts) if parts else NOTHING
-
-    return build(trie, 0), exact
-
-
-def _complement_ranges(used: tuple) -> tuple:
-
-    return negate(Chars(normalize_ranges(used))).ranges
+    """Decoded strings other than ``names`` and whether that is exact (see ``json_keys``)."""
+    return not_in_set(tuple(names), MAX_KEY_TRIE_NODES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 
 from ..derivatives import ANY_CHAR as _ANY_CHAR
 from ..derivatives import ANY_STRING, LAnd, has_boolean_ops, length_range, mk_and, restrict_length
@@ -30,12 +31,7 @@ class ScalarEmitter:
             text = {"{": "{", "}": "}", "[": "[", "]": "]", ",": ", ", ":": ": "}[which]
             name = self.b.literal(text)
         else:
-            n = self.opts.max_whitespace
-            sp = repeat(chars((0x20, 0x20), (0x09, 0x09)), 0, n)
-            ws = alt(sp, seq(sp, repeat(literal("\r"), 0, 1), literal("\n"), repeat(chars((0x20, 0x20), (0x09, 0x09)), 0, 4 * n)))
-            c = literal(which)
-            node = {"{": seq(c, ws), "[": seq(c, ws), "}": seq(ws, c), "]": seq(ws, c), ",": seq(ws, c, ws), ":": seq(ws, c, ws)}[which]
-            name = self.b.terminal(node, hint=f"'{which}'")
+            name = self.b.terminal(_punct_node(which, self.opts.max_whitespace), hint=f"'{which}'")
         self._punct[which] = name
         return name
 
@@ -193,3 +189,13 @@ def _length_parts(expr) -> tuple[int, int | None, list]:
 def _has_bool(e) -> bool:
 
     return has_boolean_ops(e)
+
+
+@lru_cache(maxsize=64)
+def _punct_node(which: str, n: int) -> Node:
+    """A punctuation lexeme with the whitespace around it, one object per kind: equal
+    lexemes of later compiles find their DFA in the cache by identity."""
+    sp = repeat(chars((0x20, 0x20), (0x09, 0x09)), 0, n)
+    ws = alt(sp, seq(sp, repeat(literal("\r"), 0, 1), literal("\n"), repeat(chars((0x20, 0x20), (0x09, 0x09)), 0, 4 * n)))
+    c = literal(which)
+    return {"{": seq(c, ws), "[": seq(c, ws), "}": seq(ws, c), "]": seq(ws, c), ",": seq(ws, c, ws), ":": seq(ws, c, ws)}[which]
