@@ -12,8 +12,8 @@ import pytest
 
 from sgl.constrain import ConstraintError, Matcher, allocate_bitmask, compile_json_schema
 from sgl.constrain.compiled import compile_ir
-from sgl.constrain.grammar import Grammar, GrammarBuilder
 from sgl.constrain.counters import CountedRepeat
+from sgl.constrain.grammar import Grammar, GrammarBuilder
 
 
 @pytest.mark.parametrize("lo,hi", [(0, 0), (0, 1), (1, 1), (0, 7), (3, 8), (5, 5), (6, 37), (16, 16), (9, None), (0, None)])

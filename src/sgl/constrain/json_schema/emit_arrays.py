@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import combinations
 
-from .common import MAX_COUNT_STATES, MAX_UNIQUE_VALUES, json_equal
 from ..counters import CountedRepeat
+from .common import MAX_COUNT_STATES, MAX_UNIQUE_VALUES, json_equal
 from .emit_scalars import is_counted_string
 from .facets import ArraySpec
 from .refs import Sub, mk_sand, mk_snot

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..counters import CountedRepeat
 from ..derivatives import ANY_CHAR as _ANY_CHAR
 from ..derivatives import ANY_STRING, LAnd, has_boolean_ops, length_range, mk_and, restrict_length
 from ..errors import CompileBudgetExceeded
@@ -12,7 +13,6 @@ from ..json_strings import json_chars, json_string_node
 from ..numeric_range import number_regex, points_regex
 from ..regex_ast import NOTHING, Node, Repeat, alt, chars, literal, repeat, seq
 from .common import MAX_EXACT_NUMBER_POINTS, MAX_LEXEME_LENGTH, MAX_RULES
-from ..counters import CountedRepeat
 from .refs import Sub
 from .values import _CHUNKED
 
