@@ -22,6 +22,7 @@ from .compiled import CompileBudget, CompiledGrammar, choices_grammar
 from .errors import CompileBudgetExceeded, ConstraintError, set_deadline
 
 if TYPE_CHECKING:
+    from .grammar import Grammar
     from .vocab import Vocabulary
 
 _CACHE_SIZE = 64
@@ -137,8 +138,28 @@ def compile_regex(pattern: str, vocab: Vocabulary | None = None, *, budget: Comp
     check_nesting(pattern, "regex")
     return _cached(
         ("regex", pattern, budget, _vocab_key(vocab)),
-        lambda: run_deep(lambda: CompiledGrammar(regex_grammar(pattern), vocab, budget=budget), "the regex", budget),
+        lambda: run_deep(lambda: _regex_or_chars(regex_grammar(pattern), vocab, budget), "the regex", budget),
     )
+
+
+def _regex_or_chars(g: Grammar, vocab: Vocabulary | None, budget: CompileBudget) -> CompiledGrammar:
+    """The regex as one lexeme; when its DFA is over the state budget, as a grammar of
+    one-character lexemes instead (``counters.char_grammar``: the parser runs it as an
+    NFA), or the first refusal if that fails too."""
+    from .counters import char_grammar
+
+    try:
+        return CompiledGrammar(g, vocab, budget=budget)
+    except CompileBudgetExceeded as e:
+        if "(budget: dfa_states)" not in e.message:
+            raise
+        chars = char_grammar(g.terminals["T"].pattern, g.source)
+        if chars is None:
+            raise
+        try:
+            return CompiledGrammar(chars, vocab, budget=budget)
+        except ConstraintError:
+            raise e from None
 
 
 def compile_json_schema(schema: dict | bool | str | bytes, vocab: Vocabulary | None = None, *,

@@ -34,9 +34,9 @@ import numpy as np
 
 from . import analysis
 from .dfa import ByteDFA
-from .grammar import Grammar, Rule, Terminal
+from .grammar import Grammar, GrammarBuilder, Rule, Terminal
 from .regex import parse_regex
-from .regex_ast import Bytes, Chars, Node, Repeat, Seq, literal
+from .regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq, literal
 
 LARGE_COUNT = 2048  # repetitions counting up to more units than this are split
 CHUNK = 256  # units per chunk lexeme
@@ -320,3 +320,53 @@ class _Lowering:
         if r:
             self.add(sym, (*full, self.lexeme(Repeat(x, 1, r))))
         return sym
+
+
+# ---------------------------------------------------------------------------
+# A regex whose DFA is over budget, as a grammar of one-character lexemes
+
+
+def char_grammar(node: Node, source: str = "") -> Grammar | None:
+    """``node`` as a grammar over one-code-point lexemes (its character classes), or None
+    when it has raw-byte classes.
+
+    For regexes whose minimal DFA is exponential (``(a|b)*a(a|b){15}``,
+    ``[\\s\\S]*a[\\s\\S]{20}``): the Earley parser then runs the regex as an NFA, with as
+    many items per column as the regex has positions, instead of the lexer holding the
+    DFA. Exact: every lexeme is one code point (UTF-8 is prefix-free, so no lexeme can
+    extend another's match and greedy lexing never cuts one short); several lexemes that
+    accept the same character all go to the parser. Counts use ``CountedRepeat``.
+    """
+    b = GrammarBuilder()
+    ok = True
+
+    def lower(n: Node) -> tuple[str, ...]:
+        nonlocal ok
+        if isinstance(n, Chars):
+            return (b.terminal(n, "C"),) if n.ranges else (_nothing(b),)
+        if isinstance(n, Seq):
+            return tuple(s for item in n.items for s in lower(item))
+        if isinstance(n, Alt):
+            name = b.fresh("alt")
+            for item in n.items:
+                b.rule(name, lower(item))
+            if not n.items:
+                b.rule(name, (_nothing(b),))
+            return (name,)
+        if isinstance(n, Repeat):
+            unit = lower(n.item)
+            return CountedRepeat(b.rule, b.fresh("rep"), unit).between(n.min, n.max)
+        ok = False  # Bytes: a one-byte lexeme could end inside another's character
+        return ()
+
+    b.rule("start", lower(node))
+    if not ok:
+        return None
+    g = Grammar("start", b.rules, b.terminals, [], source)
+    g.validate()
+    return g
+
+
+def _nothing(b: GrammarBuilder) -> str:
+    """A terminal with no string (its rules are pruned at compile)."""
+    return b.terminal(Chars(()), "none")
