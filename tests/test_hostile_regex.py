@@ -23,7 +23,8 @@ from sgl.constrain.counters import char_grammar
 from sgl.constrain.regex import parse_regex, regex_grammar
 
 PATTERNS = [r"(a|b)*a(a|b){3}", r"[a-z]{0,3}[a-y]{0,2}[b-z]{1,3}", r"x(ab|a)*b?", r"(é|e)+\d{2,4}|日本",
-            r"[^a]*a.{2}", r"(?:foo|fo|f)*o", r"a{0,5}?b*", r"", r"(a|)(b|)c{0,0}"]
+            r"[^a]*a.{2}", r"(?:foo|fo|f)*o", r"a{0,5}?b*", r"", r"(a|)(b|)c{0,0}", r"(a?)*b", r"(a*|b){2,}c?",
+            r"(?:(?:ab){0,3}|c)+"]
 ALPHABET = ["a", "b", "c", "e", "é", "f", "o", "x", "z", "1", "2", "日", "本", "\n"]
 
 
@@ -82,3 +83,11 @@ def test_a_regex_over_every_budget_is_still_refused():
     # the character grammar is over the rules budget too: the DFA's refusal is the answer
     with pytest.raises(CompileBudgetExceeded, match="dfa_states"):
         compile_regex(r"(a|b)*a(a|b){15}", budget=CompileBudget(seconds=600, dfa_states=100, rules=3))
+
+
+def test_a_word_list_over_its_trie_budget_is_refused_not_spelled_out():
+    words = [f"w{i}x" for i in range(300)]
+    with pytest.raises(CompileBudgetExceeded, match="choice_states"):
+        compile_regex("|".join(words), budget=CompileBudget(choice_states=50))
+    big = parse_regex("|".join(f"{w}[0-9]" for w in [f"v{i}" for i in range(5000)]))
+    assert char_grammar(big) is None  # over MAX_CHAR_GRAMMAR_NODES

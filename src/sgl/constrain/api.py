@@ -138,21 +138,26 @@ def compile_regex(pattern: str, vocab: Vocabulary | None = None, *, budget: Comp
     check_nesting(pattern, "regex")
     return _cached(
         ("regex", pattern, budget, _vocab_key(vocab)),
-        lambda: run_deep(lambda: _regex_or_chars(regex_grammar(pattern), vocab, budget), "the regex", budget),
+        lambda: run_deep(lambda: _regex_or_chars(regex_grammar(pattern), vocab, budget or CompileBudget()),
+                         "the regex", budget),
     )
 
 
 def _regex_or_chars(g: Grammar, vocab: Vocabulary | None, budget: CompileBudget) -> CompiledGrammar:
-    """The regex as one lexeme; when its DFA is over the state budget, as a grammar of
-    one-character lexemes instead (``counters.char_grammar``: the parser runs it as an
-    NFA), or the first refusal if that fails too."""
+    """The regex as one lexeme; when its DFA is over a size budget or takes more than
+    half the time budget to build, as a grammar of one-character lexemes instead
+    (``counters.char_grammar``: the parser runs it as an NFA), or the first refusal if
+    that fails too."""
     from .counters import char_grammar
 
+    start = time.monotonic()
+    set_deadline(start + budget.seconds / 2)
     try:
         return CompiledGrammar(g, vocab, budget=budget)
     except CompileBudgetExceeded as e:
-        if "(budget: dfa_states)" not in e.message:
-            raise
+        if "(budget: choice_states)" in e.message:
+            raise  # a list of words: one character per lexeme would not be smaller
+        set_deadline(start + budget.seconds)
         chars = char_grammar(g.terminals["T"].pattern, g.source)
         if chars is None:
             raise
@@ -160,6 +165,8 @@ def _regex_or_chars(g: Grammar, vocab: Vocabulary | None, budget: CompileBudget)
             return CompiledGrammar(chars, vocab, budget=budget)
         except ConstraintError:
             raise e from None
+    finally:
+        set_deadline(start + budget.seconds)
 
 
 def compile_json_schema(schema: dict | bool | str | bytes, vocab: Vocabulary | None = None, *,

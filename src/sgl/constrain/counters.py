@@ -326,9 +326,12 @@ class _Lowering:
 # A regex whose DFA is over budget, as a grammar of one-character lexemes
 
 
+MAX_CHAR_GRAMMAR_NODES = 20_000  # a larger regex (a long word list) would not mask faster this way
+
+
 def char_grammar(node: Node, source: str = "") -> Grammar | None:
     """``node`` as a grammar over one-code-point lexemes (its character classes), or None
-    when it has raw-byte classes.
+    when it has raw-byte classes or more than ``MAX_CHAR_GRAMMAR_NODES`` nodes.
 
     For regexes whose minimal DFA is exponential (``(a|b)*a(a|b){15}``,
     ``[\\s\\S]*a[\\s\\S]{20}``): the Earley parser then runs the regex as an NFA, with as
@@ -338,10 +341,14 @@ def char_grammar(node: Node, source: str = "") -> Grammar | None:
     accept the same character all go to the parser. Counts use ``CountedRepeat``.
     """
     b = GrammarBuilder()
-    ok = True
+    ok, size = True, 0
 
     def lower(n: Node) -> tuple[str, ...]:
-        nonlocal ok
+        nonlocal ok, size
+        size += 1 + len(getattr(n, "words", ()))  # a word list (LiteralAlt): before its items are built
+        if not ok or size > MAX_CHAR_GRAMMAR_NODES:
+            ok = False
+            return ()
         if isinstance(n, Chars):
             return (b.terminal(n, "C"),) if n.ranges else (_nothing(b),)
         if isinstance(n, Seq):
