@@ -14,6 +14,7 @@ import pytest
 from sgl.constrain import (
     CompileBudget,
     CompileBudgetExceeded,
+    ConstraintError,
     Matcher,
     allocate_bitmask,
     compile_regex,
@@ -91,3 +92,25 @@ def test_a_word_list_over_its_trie_budget_is_refused_not_spelled_out():
         compile_regex("|".join(words), budget=CompileBudget(choice_states=50))
     big = parse_regex("|".join(f"{w}[0-9]" for w in [f"v{i}" for i in range(5000)]))
     assert char_grammar(big) is None  # over MAX_CHAR_GRAMMAR_NODES
+
+
+@pytest.mark.parametrize("pattern, want", [
+    ("a{0,4294967295}", (0, 4294967295)),
+    ("a{4294967296}", (4294967296, 4294967296)),
+    ("a{,4294967296}", (0, 4294967296)),
+    ("a{99999999999999999999,}", (99999999999999999999, None)),
+])
+def test_counts_past_sres_limit_are_exact(pattern, want):
+    node = parse_regex(pattern)
+    assert (node.min, node.max) == want
+
+
+def test_big_counts_leave_classes_escapes_and_other_numbers_alone():
+    node = parse_regex(r"[{0,4294967295}]\{4294967296}4294967294x{5,4294967295}")
+    rep = node.items[-1]
+    assert (rep.min, rep.max) == (5, 4294967295)  # the stand-in was not a number written in it
+    assert node.items[0].ranges == ((44, 44), (48, 48), (50, 50), (52, 55), (57, 57), (123, 123), (125, 125))
+    g = compile_regex("x{0,4294967295}y")
+    assert g.accepts_text("x" * 5000 + "y") and g.accepts_text("y") and not g.accepts_text("xx")
+    with pytest.raises(ConstraintError, match="min repeat greater than max"):
+        parse_regex("a{4294967296,5}")
