@@ -148,8 +148,11 @@ def _regex_or_chars(g: Grammar, vocab: Vocabulary | None, budget: CompileBudget)
     half the time budget to build, as a grammar of one-character lexemes instead
     (``counters.char_grammar``: the parser runs it as an NFA), or the first refusal if
     that fails too."""
-    from .counters import char_grammar
+    from .counters import MAX_CHAR_GRAMMAR_NODES, char_grammar
 
+    node = g.terminals["T"].pattern
+    if len(g.source) > MAX_CHAR_GRAMMAR_NODES or getattr(node, "words", None) is not None:
+        return CompiledGrammar(g, vocab, budget=budget)  # no fallback (see char_grammar): all the time
     start = time.monotonic()
     set_deadline(start + budget.seconds / 2)
     try:
@@ -158,13 +161,16 @@ def _regex_or_chars(g: Grammar, vocab: Vocabulary | None, budget: CompileBudget)
         if "(budget: choice_states)" in e.message:
             raise  # a list of words: one character per lexeme would not be smaller
         set_deadline(start + budget.seconds)
-        chars = char_grammar(g.terminals["T"].pattern, g.source)
+        chars = char_grammar(node, g.source)
         if chars is None:
             raise
         try:
-            return CompiledGrammar(chars, vocab, budget=budget)
+            out = CompiledGrammar(chars, vocab, budget=budget)
         except ConstraintError:
             raise e from None
+        if time.monotonic() - start > budget.seconds:  # both attempts together
+            raise budget.over("seconds", f"{time.monotonic() - start:.1f}", budget.seconds) from None
+        return out
     finally:
         set_deadline(start + budget.seconds)
 

@@ -331,7 +331,7 @@ MAX_CHAR_GRAMMAR_NODES = 20_000  # a larger regex (a long word list) would not m
 
 def char_grammar(node: Node, source: str = "") -> Grammar | None:
     """``node`` as a grammar over one-code-point lexemes (its character classes), or None
-    when it has raw-byte classes or more than ``MAX_CHAR_GRAMMAR_NODES`` nodes.
+    when it has raw-byte classes, a word list or more than ``MAX_CHAR_GRAMMAR_NODES`` nodes.
 
     For regexes whose minimal DFA is exponential (``(a|b)*a(a|b){15}``,
     ``[\\s\\S]*a[\\s\\S]{20}``): the Earley parser then runs the regex as an NFA, with as
@@ -345,8 +345,9 @@ def char_grammar(node: Node, source: str = "") -> Grammar | None:
 
     def lower(n: Node) -> tuple[str, ...]:
         nonlocal ok, size
-        size += 1 + len(getattr(n, "words", ()))  # a word list (LiteralAlt): before its items are built
-        if not ok or size > MAX_CHAR_GRAMMAR_NODES:
+        size += 1
+        # a word list (LiteralAlt, before its items are built): its trie is the better lexeme
+        if not ok or size > MAX_CHAR_GRAMMAR_NODES or getattr(n, "words", None) is not None:
             ok = False
             return ()
         if isinstance(n, Chars):
