@@ -102,3 +102,58 @@ def test_not_split_when_another_lexeme_may_start_the_same_way():
     g = compile_grammar('root ::= [a-z]{3000} | "abc" "d"', syntax="gbnf")
     assert not any("#L" in n for n in g.lexeme_names)
     assert g.accepts_text("q" * 3000) and g.accepts_text("abcd") and not g.accepts_text("q" * 2999)
+
+
+# ---------------------------------------------------------------------------
+# The one binary-counting construction (CountedRepeat), shared with JSON Schema:
+# every count in range has exactly one derivation, every other count none
+
+
+def _derivations(rules, start: str, lengths: dict[str, range], n_max: int) -> np.ndarray:
+    """Derivations of ``start`` per text length 0..n_max (capped at 2), for a grammar
+    whose terminals have the lengths ``lengths`` (a unary view of the language)."""
+    ways = {t: np.isin(np.arange(n_max + 1), list(r)).astype(np.int64) for t, r in lengths.items()}
+    lhs = {r.lhs for r in rules}
+    ways.update({a: np.zeros(n_max + 1, np.int64) for a in lhs})
+    for _ in range(4 * n_max + 10):
+        new = {a: np.zeros(n_max + 1, np.int64) for a in lhs}
+        for r in rules:
+            acc = np.zeros(n_max + 1, np.int64)
+            acc[0] = 1
+            for s in r.rhs:
+                acc = np.minimum(np.convolve(acc, ways[s])[: n_max + 1], 2)
+            new[r.lhs] = np.minimum(new[r.lhs] + acc, 2)
+        if all((new[a] == ways[a]).all() for a in lhs):
+            return ways[start]
+        ways.update(new)
+    raise AssertionError("no fixpoint")
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 0), (0, 1), (1, 1), (0, 7), (3, 8), (5, 5), (6, 37), (16, 16), (9, None), (0, None), (31, 64)])
+@pytest.mark.parametrize("unit", [("a",), ("a", "a")])
+def test_counted_repeat_has_one_derivation_per_count_in_range(lo, hi, unit):
+    from sgl.constrain.counters import CountedRepeat
+    from sgl.constrain.grammar import Rule
+
+    rules: list[Rule] = []
+    rep = CountedRepeat(lambda lhs, rhs: rules.append(Rule(lhs, tuple(rhs))), "r", unit)
+    rules.append(Rule("S", rep.between(lo, hi)))
+    got = _derivations(rules, "S", {"a": range(1, 2)}, 80)
+    w = len(unit)
+    want = [int(n % w == 0 and n // w >= lo and (hi is None or n // w <= hi)) for n in range(81)]
+    assert got.tolist() == want
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 3 * CHUNK), (CHUNK, CHUNK), (2 * CHUNK + 5, None), (7, 4 * CHUNK + 3),
+                                    (CHUNK - 1, 2 * CHUNK + 1), (3 * CHUNK, 5 * CHUNK - 1)])
+def test_chunk_lowering_derives_each_length_once(lo, hi):
+    from sgl.constrain.counters import _Lowering
+    from sgl.constrain.regex_ast import Chars, Repeat
+
+    rules, terminals = [], {}
+    sym = _Lowering("T", rules, terminals).counter(Repeat(Chars(((97, 97),)), lo, hi))
+    n_max = 6 * CHUNK
+    lengths = {n: range(t.pattern.min, min(t.pattern.max or n_max, n_max) + 1) for n, t in terminals.items()}
+    got = _derivations(rules, sym, lengths, n_max)
+    want = [int(n >= lo and (hi is None or n <= hi)) for n in range(n_max + 1)]
+    assert got.tolist() == want

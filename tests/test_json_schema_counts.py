@@ -1,6 +1,6 @@
 """Large counts in JSON Schema (issue 14): ``maxLength: 10**9``, ``minItems: 10**5``
 compile in milliseconds and stay exact, counted in binary by the grammar
-(``json_schema/counting.py``) instead of unrolled states or one huge lexeme."""
+(``constrain/counters.py``'s ``CountedRepeat``) instead of unrolled states or one huge lexeme."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import pytest
 
 from sgl.constrain import ConstraintError, Matcher, allocate_bitmask, compile_json_schema
 from sgl.constrain.compiled import compile_ir
+from sgl.constrain.counters import CountedRepeat
 from sgl.constrain.grammar import Grammar, GrammarBuilder
-from sgl.constrain.json_schema.counting import CountedRepeat
 
 
 @pytest.mark.parametrize("lo,hi", [(0, 0), (0, 1), (1, 1), (0, 7), (3, 8), (5, 5), (6, 37), (16, 16), (9, None), (0, None)])
 def test_counted_repeat_derives_exactly_the_counts_in_range(lo, hi):
     b = GrammarBuilder()
     a, sep = b.literal("a"), b.literal(",")
-    rep = CountedRepeat(b, "r", (sep, a))
+    rep = CountedRepeat(b.rule, "r", (sep, a))
     b.rule("start", (b.literal("["), *rep.between(lo, hi), b.literal("]")))
     cg = compile_ir(Grammar("start", b.rules, b.terminals, [], "counted"))
     for n in range(0, 45):

@@ -23,6 +23,7 @@ from .compiled import CompileBudget, CompiledGrammar, choices_grammar
 from .errors import CompileBudgetExceeded, ConstraintError, set_deadline
 
 if TYPE_CHECKING:
+    from .grammar import Grammar
     from .vocab import Vocabulary
 
 _CACHE_SIZE = 64
@@ -174,8 +175,41 @@ def compile_regex(pattern: str, vocab: Vocabulary | None = None, *, budget: Comp
     check_nesting(pattern, "regex")
     return _cached(
         ("regex", pattern, budget, _vocab_key(vocab)),
-        lambda: run_deep(lambda: CompiledGrammar(regex_grammar(pattern), vocab, budget=budget), "the regex", budget),
+        lambda: run_deep(lambda: _regex_or_chars(regex_grammar(pattern), vocab, budget or CompileBudget()),
+                         "the regex", budget),
     )
+
+
+def _regex_or_chars(g: Grammar, vocab: Vocabulary | None, budget: CompileBudget) -> CompiledGrammar:
+    """The regex as one lexeme; when its DFA is over a size budget or takes more than
+    half the time budget to build, as a grammar of one-character lexemes instead
+    (``counters.char_grammar``: the parser runs it as an NFA), or the first refusal if
+    that fails too."""
+    from .counters import MAX_CHAR_GRAMMAR_NODES, char_grammar
+
+    node = g.terminals["T"].pattern
+    if len(g.source) > MAX_CHAR_GRAMMAR_NODES or getattr(node, "words", None) is not None:
+        return CompiledGrammar(g, vocab, budget=budget)  # no fallback (see char_grammar): all the time
+    start = time.monotonic()
+    set_deadline(start + budget.seconds / 2)
+    try:
+        return CompiledGrammar(g, vocab, budget=budget)
+    except CompileBudgetExceeded as e:
+        if "(budget: choice_states)" in e.message:
+            raise  # a list of words: one character per lexeme would not be smaller
+        set_deadline(start + budget.seconds)
+        chars = char_grammar(node, g.source)
+        if chars is None:
+            raise
+        try:
+            out = CompiledGrammar(chars, vocab, budget=budget)
+        except ConstraintError:
+            raise e from None
+        if time.monotonic() - start > budget.seconds:  # both attempts together
+            raise budget.over("seconds", f"{time.monotonic() - start:.1f}", budget.seconds) from None
+        return out
+    finally:
+        set_deadline(start + budget.seconds)
 
 
 def compile_json_schema(schema: dict | bool | str | bytes, vocab: Vocabulary | None = None, *,

@@ -9,8 +9,8 @@ fixed-width unit (a character class, or a fixed-length run of them) and a count 
   ``X{r}`` / ``X{1,r}`` (the remainder of a bound) and ``X+`` (an unbounded tail);
 - the number of chunks is counted by grammar rules in binary: ``E_i`` derives
   ``F^(2^i)`` (``E_i -> E_{i-1} E_{i-1}``), exactly ``K`` chunks is the ``E_i`` of
-  ``K``'s bits, and "at most ``K``" walks ``K``'s bits from the top, either staying
-  on ``K`` (tight) or dropping below it (then any bits follow). Every length has
+  ``K``'s bits, and "at most ``K``" chooses, block by block from the largest,
+  whether each block is there (``CountedRepeat``). Every length has
   exactly one parse, so the Earley parser keeps O(log^2 count) items per column,
   and there are O(log count) rules.
 
@@ -34,9 +34,9 @@ import numpy as np
 
 from . import analysis
 from .dfa import ByteDFA
-from .grammar import Grammar, Rule, Terminal
+from .grammar import Grammar, GrammarBuilder, Rule, Terminal
 from .regex import parse_regex
-from .regex_ast import Bytes, Chars, Node, Repeat, Seq, literal
+from .regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq, literal
 
 LARGE_COUNT = 2048  # repetitions counting up to more units than this are split
 CHUNK = 256  # units per chunk lexeme
@@ -184,6 +184,79 @@ def _follow_bytes(g: Grammar, names, starts: dict[str, np.ndarray]) -> dict[str,
 # The rules
 
 
+class CountedRepeat:
+    """Counted repetition of one unit (a tuple of grammar symbols) with O(log n) rules.
+
+    The one binary-counting construction of ``constrain``: chunk counts here, and
+    ``minItems``/``maxLength`` in the JSON Schema frontend. ``X_k`` derives exactly
+    ``2**k`` units (``X_k -> X_{k-1} X_{k-1}``), so exactly ``a`` units is the sequence of
+    the ``X_k`` of ``a``'s one bits, and "at most ``m``" chooses, block by block from the
+    largest, whether each block is there. Each count has exactly one derivation (the
+    grammar is unambiguous) and the language is exact: no count outside ``[lo, hi]``.
+    An Earley parser keeps O(log² n) items per column for it. Rules are added through
+    ``add(lhs, rhs)``, with names ``prefix@...`` (the prefix must be fresh).
+    """
+
+    def __init__(self, add: Callable[[str, tuple[str, ...]], None], prefix: str, unit: tuple[str, ...]):
+        self.add, self.prefix, self.unit = add, prefix, unit
+        self._blocks: list[str] = [unit[0]] if len(unit) == 1 else []  # a lone symbol is X_0
+        self._below: dict[int, str] = {}
+        self._at_most: dict[int, str] = {}
+        self._star: str | None = None
+
+    def block(self, k: int) -> str:
+        """``X_k``: exactly ``2**k`` units."""
+        while len(self._blocks) <= k:
+            j = len(self._blocks)
+            name = f"{self.prefix}@X{j}"
+            self.add(name, self.unit if j == 0 else (self._blocks[j - 1], self._blocks[j - 1]))
+            self._blocks.append(name)
+        return self._blocks[k]
+
+    def exactly(self, a: int) -> tuple[str, ...]:
+        """Symbols deriving exactly ``a`` units (largest block first)."""
+        return tuple(self.block(k) for k in range(a.bit_length() - 1, -1, -1) if a >> k & 1)
+
+    def below(self, k: int) -> str:
+        """``L_k``: 0 to ``2**k - 1`` units (``L_k -> L_{k-1} | X_{k-1} L_{k-1}``)."""
+        got = self._below.get(k)
+        if got is None:
+            got = self._below[k] = f"{self.prefix}@L{k}"
+            if k == 0:
+                self.add(got, ())
+            else:
+                inner = self.below(k - 1)
+                self.add(got, (inner,))
+                self.add(got, (self.block(k - 1), inner))
+        return got
+
+    def at_most(self, m: int) -> str:
+        """0 to ``m`` units: fewer than the top block, or the top block and at most the rest."""
+        got = self._at_most.get(m)
+        if got is None:
+            got = self._at_most[m] = f"{self.prefix}@M{m}"
+            if m == 0:
+                self.add(got, ())
+            else:
+                k = m.bit_length() - 1
+                self.add(got, (self.below(k),))
+                self.add(got, (self.block(k), self.at_most(m - (1 << k))))
+        return got
+
+    def star(self) -> str:
+        """Any number of units, left-recursive (linear for an Earley parser)."""
+        if self._star is None:
+            name = self._star = f"{self.prefix}@R"
+            self.add(name, ())
+            self.add(name, (name, *self.unit))
+        return self._star
+
+    def between(self, lo: int, hi: int | None) -> tuple[str, ...]:
+        """Symbols deriving ``lo`` to ``hi`` units (``hi`` None: no upper bound)."""
+        tail = self.star() if hi is None else self.at_most(hi - lo)
+        return self.exactly(lo) + (tail,)
+
+
 class _Lowering:
     """Rules for one terminal ``name``, added to ``rules``/``terminals`` in place."""
 
@@ -196,6 +269,9 @@ class _Lowering:
         self.k += 1
         return f"{self.name}#{hint}{self.k}"
 
+    def add(self, lhs: str, rhs: tuple[str, ...]) -> None:
+        self.rules.append(Rule(lhs, rhs))
+
     def lexeme(self, node: Node) -> str:
         n = self.lexemes.get(node)
         if n is None:
@@ -205,70 +281,100 @@ class _Lowering:
 
     def terminal(self, pieces: list[_Piece]) -> None:
         rhs = [self.counter(p.node) if p.counted else self.lexeme(p.node) for p in pieces]
-        self.rules.append(Rule(self.name, tuple(rhs)))
+        self.add(self.name, tuple(rhs))
 
     def counter(self, rep: Repeat) -> str:
-        """A nonterminal deriving ``X{n,m}`` over chunk lexemes."""
+        """A nonterminal deriving ``X{n,m}``: whole chunks ``F = X{CHUNK}`` counted in
+        binary, then the remainder (an exact ``X{r}``, a partial chunk, or ``X+``)."""
         x, n, m = rep.item, rep.min, rep.max
-        f = self.lexeme(Repeat(x, CHUNK, CHUNK))
-        powers: list[str] = []  # powers[i] derives F^(2^i)
+        chunks = CountedRepeat(self.add, self.fresh("chunks"), (self.lexeme(Repeat(x, CHUNK, CHUNK)),))
         q, r0 = divmod(n, CHUNK)
-        rhs = self.exactly(q, f, powers)
+        rhs = list(chunks.exactly(q))
         if r0:
             rhs.append(self.lexeme(Repeat(x, r0, r0)))
         if m is None:
             tail = self.fresh("star")
-            self.rules += [Rule(tail, ()), Rule(tail, (self.lexeme(Repeat(x, 1, None)),))]
+            self.add(tail, ())
+            self.add(tail, (self.lexeme(Repeat(x, 1, None)),))
             rhs.append(tail)
         elif m > n:
-            rhs.append(self.at_most(x, m - n, f, powers))
+            rhs.append(self.at_most(x, m - n, chunks))
         sym = self.fresh("count")
-        self.rules.append(Rule(sym, tuple(rhs)))
+        self.add(sym, tuple(rhs))
         return sym
 
-    def power(self, i: int, f: str, powers: list[str]) -> str:
-        while len(powers) <= i:
-            if not powers:
-                powers.append(f)
-            else:
-                e = self.fresh(f"E{len(powers)}_")
-                self.rules.append(Rule(e, (powers[-1], powers[-1])))
-                powers.append(e)
-        return powers[i]
-
-    def exactly(self, count: int, f: str, powers: list[str]) -> list[str]:
-        """Symbols deriving exactly ``count`` chunks."""
-        return [self.power(i, f, powers) for i in reversed(range(count.bit_length())) if count >> i & 1]
-
-    def at_most(self, x: Node, k: int, f: str, powers: list[str]) -> str:
-        """A nonterminal deriving ``X{0,k}``: full chunks, then a partial one."""
+    def at_most(self, x: Node, k: int, chunks: CountedRepeat) -> str:
+        """A nonterminal deriving ``X{0,k}``: fewer than ``k // CHUNK`` whole chunks and
+        maybe a partial one, or exactly ``k // CHUNK`` and at most the remainder."""
         big, r = divmod(k, CHUNK)
         sym = self.fresh("upto")
         if big == 0:
-            self.rules += [Rule(sym, ()), Rule(sym, (self.lexeme(Repeat(x, 1, r)),))]
+            self.add(sym, ())
+            self.add(sym, (self.lexeme(Repeat(x, 1, r)),))
             return sym
-        below = self.chunks_at_most(big - 1, f, powers)
-        partial = self.lexeme(Repeat(x, 1, CHUNK - 1))
-        full = tuple(self.exactly(big, f, powers))
-        self.rules += [Rule(sym, below), Rule(sym, (*below, partial)), Rule(sym, full)]
+        below = chunks.at_most(big - 1)
+        full = chunks.exactly(big)
+        self.add(sym, (below,))
+        self.add(sym, (below, self.lexeme(Repeat(x, 1, CHUNK - 1))))
+        self.add(sym, full)
         if r:
-            self.rules.append(Rule(sym, (*full, self.lexeme(Repeat(x, 1, r)))))
+            self.add(sym, (*full, self.lexeme(Repeat(x, 1, r))))
         return sym
 
-    def chunks_at_most(self, k: int, f: str, powers: list[str]) -> tuple[str, ...]:
-        """Symbols deriving 0 to ``k`` chunks, each count once: ``k``'s bits from the
-        top, staying on them (tight) or, at a 1 bit, taking 0 and then any bits below."""
-        if k == 0:
+
+# ---------------------------------------------------------------------------
+# A regex whose DFA is over budget, as a grammar of one-character lexemes
+
+
+MAX_CHAR_GRAMMAR_NODES = 20_000  # a larger regex (a long word list) would not mask faster this way
+
+
+def char_grammar(node: Node, source: str = "") -> Grammar | None:
+    """``node`` as a grammar over one-code-point lexemes (its character classes), or None
+    when it has raw-byte classes, a word list or more than ``MAX_CHAR_GRAMMAR_NODES`` nodes.
+
+    For regexes whose minimal DFA is exponential (``(a|b)*a(a|b){15}``,
+    ``[\\s\\S]*a[\\s\\S]{20}``): the Earley parser then runs the regex as an NFA, with as
+    many items per column as the regex has positions, instead of the lexer holding the
+    DFA. Exact: every lexeme is one code point (UTF-8 is prefix-free, so no lexeme can
+    extend another's match and greedy lexing never cuts one short); several lexemes that
+    accept the same character all go to the parser. Counts use ``CountedRepeat``.
+    """
+    b = GrammarBuilder()
+    ok, size = True, 0
+
+    def lower(n: Node) -> tuple[str, ...]:
+        nonlocal ok, size
+        size += 1
+        # a word list (LiteralAlt, before its items are built): its trie is the better lexeme
+        if not ok or size > MAX_CHAR_GRAMMAR_NODES or getattr(n, "words", None) is not None:
+            ok = False
             return ()
-        free: list[tuple[str, ...]] = [()]  # free[i+1]: any count below 2^(i+1)
-        for i in range(k.bit_length()):
-            sym = self.fresh("free")
-            self.rules += [Rule(sym, (self.power(i, f, powers), *free[-1])), Rule(sym, free[-1])]
-            free.append((sym,))
-        tight: tuple[str, ...] = ()  # counts up to k's low bits
-        for i in range(k.bit_length()):
-            if k >> i & 1:
-                sym = self.fresh("tight")
-                self.rules += [Rule(sym, (self.power(i, f, powers), *tight)), Rule(sym, free[i])]
-                tight = (sym,)
-        return tight
+        if isinstance(n, Chars):
+            return (b.terminal(n, "C"),) if n.ranges else (_nothing(b),)
+        if isinstance(n, Seq):
+            return tuple(s for item in n.items for s in lower(item))
+        if isinstance(n, Alt):
+            name = b.fresh("alt")
+            for item in n.items:
+                b.rule(name, lower(item))
+            if not n.items:
+                b.rule(name, (_nothing(b),))
+            return (name,)
+        if isinstance(n, Repeat):
+            unit = lower(n.item)
+            return CountedRepeat(b.rule, b.fresh("rep"), unit).between(n.min, n.max)
+        ok = False  # Bytes: a one-byte lexeme could end inside another's character
+        return ()
+
+    b.rule("start", lower(node))
+    if not ok:
+        return None
+    g = Grammar("start", b.rules, b.terminals, [], source)
+    g.validate()
+    return g
+
+
+def _nothing(b: GrammarBuilder) -> str:
+    """A terminal with no string (its rules are pruned at compile)."""
+    return b.terminal(Chars(()), "none")

@@ -3,7 +3,7 @@
 Expressions are ``regex_ast`` nodes over code points plus ``LAnd`` (intersection),
 ``LNot`` (complement) and ``LDfa`` (a small DFA inside an expression). ``derivative``
 is Brzozowski's derivative; ``expr_dfa`` builds the derivative DFA (states created as
-they are reached, within a budget), ``minimize`` is Moore's refinement, and
+they are reached, within a budget), ``minimize`` is ``dfa.py``'s minimiser, and
 ``dfa_to_node``/``materialize`` turn the automaton back into a plain node by state
 elimination. ``restrict_length`` intersects a node with a length range, structurally
 where it can. The JSON Schema frontend uses these for ``pattern`` + ``maxLength``,
@@ -16,6 +16,9 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
+from .dfa import _Dfa, _minimize
 from .errors import CompileBudgetExceeded, ConstraintError
 from .regex_ast import (
     EMPTY,
@@ -275,7 +278,7 @@ class CharDFA:
 
 
 def expr_dfa(e, max_states: int = 2000) -> CharDFA:
-    """The derivative DFA of an expression, dead states removed."""
+    """The derivative DFA of an expression (every state reachable from the start)."""
     states = [e]
     index = {e: 0}
     edges: list[list[tuple[Chars, int]]] = []
@@ -296,21 +299,7 @@ def expr_dfa(e, max_states: int = 2000) -> CharDFA:
                     raise CompileBudgetExceeded(f"string constraint needs over {max_states} automaton states")
             by_target.setdefault(t, []).append((lo, hi))
         edges.append([(Chars(normalize_ranges(r)), t) for t, r in by_target.items()])
-    accepting = [nullable(s) for s in states]
-    # keep only states that can reach acceptance
-    live = [a for a in accepting]
-    changed = True
-    while changed:
-        changed = False
-        for s, out in enumerate(edges):
-            if not live[s] and any(live[t] for _, t in out):
-                live[s] = changed = True
-    if not live[0]:
-        return CharDFA([[]], [False])
-    keep = [s for s in range(len(states)) if live[s]]
-    renum = {s: k for k, s in enumerate(keep)}
-    new_edges = [[(cs, renum[t]) for cs, t in edges[s] if live[t]] for s in keep]
-    return CharDFA(new_edges, [accepting[s] for s in keep])
+    return CharDFA(edges, [nullable(s) for s in states])
 
 
 def _size(node, memo: dict) -> int:
@@ -328,49 +317,49 @@ def _size(node, memo: dict) -> int:
     return n
 
 
+def _trim(dfa: CharDFA) -> CharDFA:
+    """Only the states that can reach acceptance (all of them stay reachable)."""
+    live = list(dfa.accepting)
+    changed = True
+    while changed:
+        changed = False
+        for s, out in enumerate(dfa.edges):
+            if not live[s] and any(live[t] for _, t in out):
+                live[s] = changed = True
+    if not live[0]:
+        return CharDFA([[]], [False])
+    keep = [s for s in range(len(dfa.edges)) if live[s]]
+    renum = {s: k for k, s in enumerate(keep)}
+    return CharDFA([[(cs, renum[t]) for cs, t in dfa.edges[s] if live[t]] for s in keep],
+                   [dfa.accepting[s] for s in keep])
+
+
 def minimize(dfa: CharDFA) -> CharDFA:
-    """Moore's partition refinement over the DFA's elementary character intervals."""
-    n = len(dfa.edges)
+    """The minimal DFA (start 0) of a DFA whose states are all reachable from the start:
+    states that cannot reach acceptance are dropped (the minimiser wants a trim DFA),
+    then ``dfa.py``'s minimiser runs over the elementary code-point intervals."""
+    dfa = _trim(dfa)
     cuts = {0, MAX_CODEPOINT + 1}
     for es in dfa.edges:
         for cs, _ in es:
             for lo, hi in cs.ranges:
                 cuts.add(lo)
                 cuts.add(hi + 1)
-    pts = sorted(cuts)
-    reps = pts[:-1]
-
-    def target(s: int, c: int) -> int:
-        for cs, t in dfa.edges[s]:
-            if _contains(cs, c):
-                return t
-        return -1
-
-    table = [[target(s, c) for c in reps] for s in range(n)]
-    cls = [int(a) for a in dfa.accepting]
-    while True:
-        sigs: dict = {}
-        new = [sigs.setdefault((cls[s], tuple(cls[t] if t >= 0 else -1 for t in table[s])), len(sigs)) for s in range(n)]
-        if len(sigs) == len(set(cls)):
-            break
-        cls = new
-    order: dict[int, int] = {}
-    for s in range(n):  # number classes by first state, so the start stays 0
-        order.setdefault(cls[s], len(order))
-    m = len(order)
-    edges: list = [None] * m
-    accepting = [False] * m
-    for s in range(n):
-        k = order[cls[s]]
-        if edges[k] is not None:
-            continue
+    bounds = np.array(sorted(cuts))
+    table = np.full((len(dfa.edges), len(bounds) - 1), -1, dtype=np.int32)
+    for s, es in enumerate(dfa.edges):
+        for cs, t in es:
+            for lo, hi in cs.ranges:
+                table[s, np.searchsorted(bounds, lo):np.searchsorted(bounds, hi + 1)] = t
+    m = _minimize(_Dfa(table, dfa.accepting, bounds, minimal=False, finite=False))
+    edges = []
+    for row in m.table.tolist():
         by_t: dict[int, list] = {}
-        for i, t in enumerate(table[s]):
+        for c, t in enumerate(row):
             if t >= 0:
-                by_t.setdefault(order[cls[t]], []).append((pts[i], pts[i + 1] - 1))
-        edges[k] = [(Chars(normalize_ranges(r)), t) for t, r in by_t.items()]
-        accepting[k] = bool(dfa.accepting[s])
-    return CharDFA(edges, accepting)
+                by_t.setdefault(t, []).append((int(m.bounds[c]), int(m.bounds[c + 1]) - 1))
+        edges.append([(Chars(normalize_ranges(r)), t) for t, r in by_t.items()])
+    return CharDFA(edges, m.accepting.tolist())
 
 
 def dfa_to_node(dfa: CharDFA, max_size: int = 20_000) -> Node:

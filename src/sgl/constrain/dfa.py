@@ -340,5 +340,5 @@ def _merge_equal_columns(d: _Dfa) -> _Dfa:
     keep[1:] = (t[:, 1:] != t[:, :-1]).any(axis=0)
     if keep.all():
         return d
-    bounds = np.append(d.bounds[:-1][keep], 256)
+    bounds = np.append(d.bounds[:-1][keep], d.bounds[-1])  # 256, or past the code points
     return _Dfa(t[:, keep], d.accepting, bounds, minimal=d.minimal, finite=d.finite)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import _sre
 import functools
+import itertools
 import re
 from collections import defaultdict
 from re import _constants as _c
@@ -91,13 +92,46 @@ def parse_regex(pattern: str, flags: int = 0) -> Node:
         # ``one|two|three|...`` with thousands of words: straight to a trie of them
         # (sre's parse and the lowering would cost seconds per 10,000 words)
         return LiteralAlt(tuple(pattern.split("|")))
+    counts: dict[int, int] = {}
     try:
-        parsed = _sre_parse.parse(pattern, flags)
+        try:
+            parsed = _sre_parse.parse(pattern, flags)
+        except OverflowError:  # a count past sre's 2**32 - 2: parse it with stand-ins
+            pattern, counts = _big_counts(pattern)
+            parsed = _sre_parse.parse(pattern, flags)
     except re.error as e:
         raise ConstraintError(f"invalid regex: {e.msg}", _offset(e.pos)) from None
     except (ValueError, OverflowError, RecursionError) as e:
         raise ConstraintError(f"invalid regex: {e}") from None
-    return _Lowering(pattern, parsed.state.flags).lower(parsed)
+    lowering = _Lowering(pattern, parsed.state.flags)
+    lowering.counts = counts
+    return lowering.lower(parsed)
+
+
+_COUNT_OR_SKIP = re.compile(r"\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|\{(\d*)(,?)(\d*)\}", re.S)
+
+
+def _big_counts(pattern: str) -> tuple[str, dict[int, int]]:
+    """``pattern`` with every repetition count sre cannot hold replaced by a stand-in
+    below its limit (in the same order, and not written elsewhere in the pattern), and
+    the counts the stand-ins mean. Escapes and classes are skipped, so only counts are
+    touched; the counts are exact in the grammar (``counters``)."""
+    big = sorted({int(n) for m in _COUNT_OR_SKIP.finditer(pattern) if m.group(0)[0] == "{"
+                  for n in (m.group(1), m.group(3)) if n and int(n) >= _c.MAXREPEAT})
+    written = {int(n) for n in re.findall(r"\d+", pattern)}
+    stand_ins = list(itertools.islice((n for n in itertools.count(_c.MAXREPEAT - 1, -1) if n not in written), len(big)))[::-1]
+    of = dict(zip(big, stand_ins, strict=True))
+
+    def stand_in(n: str) -> str:
+        return str(of.get(int(n), n)) if n else ""
+
+    def swap(m: re.Match) -> str:
+        if m.group(0)[0] != "{":
+            return m.group(0)
+        lo, comma, hi = m.groups("")
+        return "{" + stand_in(lo) + comma + stand_in(hi) + "}"
+
+    return _COUNT_OR_SKIP.sub(swap, pattern), {v: k for k, v in of.items()}
 
 
 def regex_grammar(pattern: str, flags: int = 0) -> Grammar:
@@ -132,6 +166,7 @@ class _Lowering:
         self.pattern = pattern
         self.global_flags = flags
         self.anchors_seen = 0
+        self.counts: dict[int, int] = {}  # stand-in -> the count it means (``_big_counts``)
         self._positions: dict[str, list[int]] | None = None
 
     def lower(self, parsed) -> Node:
@@ -187,7 +222,8 @@ class _Lowering:
             )
         if op is _c.MAX_REPEAT or op is _c.MIN_REPEAT:
             lo, hi, sub = av
-            hi = None if hi is _c.MAXREPEAT or hi == _c.MAXREPEAT else int(hi)
+            hi = None if hi is _c.MAXREPEAT or hi == _c.MAXREPEAT else self.counts.get(int(hi), int(hi))
+            lo = self.counts.get(int(lo), int(lo))
             # an anchor inside a repeat is only at the edge if it cannot run twice
             once = hi is not None and hi <= 1
             body = self.items(list(sub), flags, at_start and once, at_end and once)

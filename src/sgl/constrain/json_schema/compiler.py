@@ -41,7 +41,9 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
         self.resources[DEFAULT_BASE] = (schema, "")
         self._scan(schema, root_base, "", root=True)
         self.facets_memo: dict = {}
-        self.in_progress: set = set()
+        self.in_progress: dict = {}  # schema key -> negations around it when entered
+        self.negations = 0  # not / oneOf / if around the schema being computed
+        self.cut_at = 1 << 30  # a cycle was cut at this depth of in_progress (keywords.any_of_branch)
         self.b = GrammarBuilder()
         self.value_memo: dict = {}
         self.pending: list = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import combinations
 
+from ..counters import CountedRepeat
 from .common import MAX_COUNT_STATES, MAX_UNIQUE_VALUES, json_equal
-from .counting import CountedRepeat
 from .emit_scalars import is_counted_string
 from .facets import ArraySpec
 from .refs import Sub, mk_sand, mk_snot
@@ -146,10 +146,10 @@ class ArrayEmitter:
         elif P == 0:  # the first item has no comma before it
             if lo == 0:
                 self.b.rule(tail, (rb,))
-            rest = CountedRepeat(self.b, name, (comma, item))
+            rest = CountedRepeat(self.b.rule, name, (comma, item))
             self.b.rule(tail, (item, *rest.between(max(lo - 1, 0), None if hi is None else hi - 1), rb))
         else:
-            rest = CountedRepeat(self.b, name, (comma, item))
+            rest = CountedRepeat(self.b.rule, name, (comma, item))
             self.b.rule(tail, (*rest.between(lo, hi), rb))
         self.b.rule(name, (lb, f"{name}@0"))
         self._check_size()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from functools import lru_cache
 from itertools import combinations
 
-from ..derivatives import mk_and, mk_not
+from ..derivatives import ANY_STRING, _contains, mk_and, mk_not
 from ..errors import CompileBudgetExceeded, ConstraintError
 from ..json_keys import KeyNotIn, key_trie, not_in_set
 from ..json_strings import json_string_node, literal_string, pattern_node
-from ..regex_ast import NOTHING, Node
+from ..regex_ast import NOTHING, Chars, Node, Repeat, alt, literal, negate, normalize_ranges, seq
 from .common import (
     MAX_ANY_ORDER_RULES,
     MAX_COUNT_STATES,
@@ -80,8 +82,10 @@ class ObjectEmitter:
             for p, _ in la.patterns:
                 if p not in patterns:
                     patterns.append(p)
-        if len(patterns) > MAX_PATTERN_PROPERTIES:
-            self.refuse(f"more than {MAX_PATTERN_PROPERTIES} patternProperties on one object", ptr, "patternProperties")
+        regions = _prefix_regions(patterns) if len(patterns) > MAX_PATTERN_PROPERTIES else None
+        if len(patterns) > MAX_PATTERN_PROPERTIES and regions is None:
+            self.refuse(f"more than {MAX_PATTERN_PROPERTIES} patternProperties on one object "
+                        "(other than literal prefixes ^abc)", ptr, "patternProperties")
             patterns = patterns[:MAX_PATTERN_PROPERTIES]
         name_langs = []
         for r in spec.names:
@@ -102,44 +106,42 @@ class ObjectEmitter:
             not_declared, exact = _not_in_set(declared)
         if not exact:
             self.note("many declared properties: other keys sharing a long prefix with them are not allowed", ptr)
-        for size in range(len(patterns) + 1):
-            for chosen in combinations(patterns, size):
-                refs = []
-                for la in spec.layers:
-                    hit = [r for p, r in la.patterns if p in chosen]
-                    refs.extend(hit if hit else [la.additional])
-                ref = mk_sand(*refs)
-                if is_false(ref):
-                    continue
-                lang_parts = [not_declared] + name_langs
+        if regions is None:
+            regions = (r for size in range(len(patterns) + 1) for r in _pattern_regions(patterns, size))
+        for chosen, region in regions:
+            refs = []
+            for la in spec.layers:
+                hit = [r for p, r in la.patterns if p in chosen]
+                refs.extend(hit if hit else [la.additional])
+            ref = mk_sand(*refs)
+            if is_false(ref):
+                continue
+            cache_key = (tuple(declared), chosen, tuple(patterns), tuple(r.key for r in spec.names))
+            key_term = self._extra_keys.get(cache_key)
+            if key_term is None:
                 try:
-                    lang_parts += [pattern_node(p) for p in chosen]
-                    lang_parts += [mk_not(pattern_node(p)) for p in patterns if p not in chosen]
+                    if direct:  # no patterns, no propertyNames: the language is not_declared
+                        key_node = KeyNotIn(tuple(declared), max_nodes)
+                        if key_node.cut == 0:  # cut at the root: no other key
+                            key_node = NOTHING
+                    else:
+                        key_node = json_string_node(mk_and(not_declared, *name_langs, *region()),
+                                                    max_states=600, max_size=8000)
+                except CompileBudgetExceeded as e:
+                    self.refuse(f"key constraints too complex: {e.message}", ptr, "patternProperties")
+                    continue
                 except ConstraintError as e:
                     self.refuse(e.message, ptr, "patternProperties")
                     continue
-                cache_key = (tuple(declared), chosen, tuple(patterns), tuple(r.key for r in spec.names))
-                key_term = self._extra_keys.get(cache_key)
-                if key_term is None:
-                    try:
-                        if direct:  # no patterns, no propertyNames: lang_parts is [not_declared]
-                            key_node = KeyNotIn(tuple(declared), max_nodes)
-                            if key_node.cut == 0:  # cut at the root: no other key
-                                key_node = NOTHING
-                        else:
-                            key_node = json_string_node(mk_and(*lang_parts), max_states=600, max_size=8000)
-                    except CompileBudgetExceeded as e:
-                        self.refuse(f"key constraints too complex: {e.message}", ptr, "patternProperties")
-                        continue
-                    key_term = self._extra_keys[cache_key] = "" if key_node == NOTHING else self.term(key_node, "key")
-                if not key_term:
-                    continue
-                v = self.value_nt(ref)
-                if v is None:
-                    continue
-                kv = f"{name}@x{len(out)}"
-                self.b.rule(kv, (key_term, colon, v))
-                out.append(kv)
+                key_term = self._extra_keys[cache_key] = "" if key_node == NOTHING else self.term(key_node, "key")
+            if not key_term:
+                continue
+            v = self.value_nt(ref)
+            if v is None:
+                continue
+            kv = f"{name}@x{len(out)}"
+            self.b.rule(kv, (key_term, colon, v))
+            out.append(kv)
         return out
 
     def _member_rules(
@@ -304,8 +306,94 @@ def _order_cost(tracks: list, free: list, K: int) -> int:
 MAX_KEY_TRIE_NODES = 300  # each costs ~300 automaton states once JSON-escaped
 
 
+# printable ASCII but for " \ and /: the characters JSON writes one way only (raw)
+ONE_SPELLING = Chars(((0x20, 0x21), (0x23, 0x2E), (0x30, 0x5B), (0x5D, 0x7E)))
 MAX_EXACT_KEY_TRIE_NODES = 50_000  # with no patternProperties: the direct DFA (json_keys)
 MAX_EXACT_KEY_LENGTH = 256  # the trie is built recursively
+
+
+def _pattern_regions(patterns: list[str], size: int):
+    """The key regions that match exactly ``size`` of the patterns: (chosen, parts of
+    the region's language, given lazily: a pattern may be refused)."""
+    for chosen in combinations(patterns, size):
+        yield chosen, lambda chosen=chosen: [pattern_node(p) for p in chosen] + [
+            mk_not(pattern_node(p)) for p in patterns if p not in chosen]
+
+
+_LITERAL_PREFIX = re.compile(rf"\^([^\\.^$*+?{{}}\[\]|()]{{0,{MAX_EXACT_KEY_LENGTH}}})")
+
+
+def _prefix_regions(patterns: list[str]) -> list | None:
+    """Key regions of patterns that are all literal prefixes (``^x-``), or None.
+
+    A key matches the patterns that are prefixes of it: one chain, named by its longest
+    one. So there are as many regions as patterns plus one (no pattern), not ``2**k``,
+    and each is a plain node: the longest prefix, then anything that does not start
+    with a longer pattern's rest (strings off a trie, built directly).
+    """
+    prefixes = []
+    for p in patterns:
+        m = _LITERAL_PREFIX.fullmatch(p)
+        if m is None or not all(_contains(ONE_SPELLING, ord(ch)) for ch in m.group(1)):
+            return None
+        prefixes.append(m.group(1))
+    if sum(map(len, prefixes)) > MAX_EXACT_KEY_TRIE_NODES:
+        return None
+    of = dict(zip(prefixes, patterns, strict=True))
+    regions: list = [((), lambda: [_not_in_names(tuple(prefixes), prefixes=True)])]
+    for p in prefixes:
+        chosen = tuple(of[q] for q in prefixes if p.startswith(q))
+        longer = [q[len(p):] for q in prefixes if q != p and q.startswith(p)]
+        regions.append((chosen, lambda p=p, longer=tuple(longer): [
+            seq(literal_string(p), _not_in_names(longer, prefixes=True) if longer else ANY_STRING)]))
+    return regions
+
+
+@lru_cache(maxsize=1024)
+def _not_in_names(names: tuple, prefixes: bool = False) -> Node | None:
+    """Decoded strings other than ``names`` (with ``prefixes``: that start with none of
+    them), exactly, or None when a name has a character outside ``ONE_SPELLING`` or the
+    names are too many or too long.
+
+    Two disjoint parts: strings of one-spelling characters off the names' trie (each trie
+    node: another such character, then any of them), and strings with some other
+    character (a shared suffix). Only the first grows with the names, and with raw
+    characters only its automaton stays about as small as the trie, where a complement
+    of the trie over all characters costs every node the JSON escape sequences. (A string
+    starts with a one-spelling prefix exactly when its run of one-spelling characters does.)
+    """
+    if not names or any(len(n) > MAX_EXACT_KEY_LENGTH for n in names):
+        return None
+    if not all(_contains(ONE_SPELLING, ord(ch)) for n in names for ch in n):
+        return None
+    trie: dict = {}
+    count = 0
+    for t in names:
+        node = trie
+        for ch in t:
+            if ch not in node:
+                count += 1
+            node = node.setdefault(ch, {})
+        node[""] = True
+    if count > MAX_EXACT_KEY_TRIE_NODES:
+        return None
+    rest = Repeat(ONE_SPELLING, 0, None)
+    other_char = negate(ONE_SPELLING)
+
+    def build(node: dict) -> Node:
+        if prefixes and "" in node:
+            return NOTHING  # everything from here on starts with a prefix
+        kids = sorted(ch for ch in node if ch != "")
+        parts = [] if "" in node else [seq()]
+        others = negate(Chars(normalize_ranges(other_char.ranges + tuple((ord(c), ord(c)) for c in kids))))
+        if others.ranges:
+            parts.append(seq(others, rest))
+        parts += [seq(literal(ch), build(node[ch])) for ch in kids]
+        return alt(*parts) if parts else NOTHING
+
+    if prefixes:
+        return seq(build(trie), alt(seq(), seq(other_char, ANY_STRING)))
+    return alt(build(trie), seq(rest, other_char, ANY_STRING))
 
 
 def _not_in_set(names) -> tuple[Node, bool]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 
+from ..counters import CountedRepeat
 from ..derivatives import ANY_CHAR as _ANY_CHAR
 from ..derivatives import ANY_STRING, LAnd, has_boolean_ops, length_range, mk_and, restrict_length
 from ..errors import CompileBudgetExceeded
@@ -13,7 +14,6 @@ from ..json_strings import json_chars, json_string_node
 from ..numeric_range import number_regex, points_regex
 from ..regex_ast import NOTHING, Node, Repeat, alt, chars, literal, repeat, seq
 from .common import MAX_EXACT_NUMBER_POINTS, MAX_LEXEME_LENGTH, MAX_RULES
-from .counting import CountedRepeat
 from .refs import Sub
 from .values import _CHUNKED
 
@@ -131,7 +131,7 @@ class ScalarEmitter:
             got = self.value_memo[key] = self.b.fresh("string")
             quote = self.b.literal('"')
             char = self.term(json_chars(_ANY_CHAR), "char")
-            self.b.rule(got, (quote, *CountedRepeat(self.b, got, (char,)).between(lo, hi), quote))
+            self.b.rule(got, (quote, *CountedRepeat(self.b.rule, got, (char,)).between(lo, hi), quote))
         return got
 
     def string_node(self, expr, ptr: str) -> Node:

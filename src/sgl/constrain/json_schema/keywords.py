@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from decimal import Decimal
 
 from ..derivatives import ANY_CHAR as _ANY_CHAR
@@ -24,6 +25,17 @@ from .common import (
 from .facets import ArraySpec, Facets, Layer, ObjectSpec, any_facets
 from .refs import FALSE, TRUE, SAnd, SNot, Sub, is_true
 
+_NO_CUT = 1 << 30
+
+
+class _Cycle(ConstraintError):
+    """A schema that refers to itself without going through a property or item."""
+
+    def __init__(self, key, monotone: bool, ptr: str) -> None:
+        super().__init__("circular $ref: a schema refers to itself without going through a property or item",
+                         ptr, keyword="$ref")
+        self.key, self.monotone = key, monotone
+
 
 class KeywordFacets:
     """The facets of a schema from its keywords (a mixin of ``JsonSchemaCompiler``)."""
@@ -35,12 +47,9 @@ class KeywordFacets:
         if got is not None:
             return got
         if key in self.in_progress:
-            raise ConstraintError(
-                "circular $ref: a schema refers to itself without going through a property or item",
-                getattr(ref, "ptr", "#") or "#",
-                keyword="$ref",
-            )
-        self.in_progress.add(key)
+            raise _Cycle(key, self.in_progress[key] == self.negations, getattr(ref, "ptr", "#") or "#")
+        depth = len(self.in_progress)
+        self.in_progress[key] = self.negations
         try:
             self.check_time()
             if isinstance(ref, SAnd):
@@ -48,7 +57,8 @@ class KeywordFacets:
                 for r in ref.items[1:]:
                     f = self.intersect(f, self.facets(r), getattr(r, "ptr", ""))
             elif isinstance(ref, SNot):
-                inner = self.facets(ref.item)
+                with self.negated():
+                    inner = self.facets(ref.item)
                 try:
                     f = self.complement(inner, getattr(ref.item, "ptr", ""))
                 except _Refused as e:
@@ -58,9 +68,36 @@ class KeywordFacets:
             else:
                 f = self.sub_facets(ref)
         finally:
-            self.in_progress.discard(key)
-        self.facets_memo[key] = f
+            del self.in_progress[key]
+        # facets computed with a cycle cut below an outer schema are that schema's
+        # first iterate, not this one's: only the cycle's head keeps them
+        if depth <= self.cut_at:
+            self.cut_at = _NO_CUT
+            self.facets_memo[key] = f
         return f
+
+    @contextmanager
+    def negated(self):
+        """Around subschemas that are not monotone in the outer ones (not, oneOf, if):
+        a cycle through them has no least fixpoint, and stays refused."""
+        self.negations += 1
+        try:
+            yield
+        finally:
+            self.negations -= 1
+
+    def any_of_branch(self, ref) -> Facets:
+        """A branch of anyOf. A branch that comes back to a schema being computed, through
+        allOf/anyOf/$ref only, adds nothing to it: ``X = A ∪ (B ∩ X)`` has the least
+        fixpoint ``A``, so the branch counts as empty (what a validator that terminates
+        accepts); every other circular $ref is refused."""
+        try:
+            return self.facets(ref)
+        except _Cycle as e:
+            if not e.monotone or e.key not in self.in_progress:
+                raise
+            self.cut_at = min(self.cut_at, list(self.in_progress).index(e.key))
+            return Facets()
 
     def sub_facets(self, s: Sub) -> Facets:
         node = s.node
@@ -91,23 +128,24 @@ class KeywordFacets:
             for i, sch in enumerate(node["allOf"]):
                 f = self.intersect(f, self.facets(self.sub(sch, s, f"{p}/allOf/{i}")), p)
         if "anyOf" in node:
-            branches = [self.facets(self.sub(sch, s, f"{p}/anyOf/{i}")) for i, sch in enumerate(node["anyOf"])]
+            branches = [self.any_of_branch(self.sub(sch, s, f"{p}/anyOf/{i}")) for i, sch in enumerate(node["anyOf"])]
             f = self.intersect(f, self.union(branches), p)
-        if "oneOf" in node:
-            subs = [self.sub(sch, s, f"{p}/oneOf/{i}") for i, sch in enumerate(node["oneOf"])]
-            one = self.one_of(subs, f"{p}/oneOf", f)
-            if one is not None:
-                f = one
-        if "not" in node:
-            neg = self.try_complement(self.sub(node["not"], s, f"{p}/not"), f"{p}/not", "not")
-            if neg is not None:
-                f = self.intersect(f, neg, p)
-        if "if" in node and ("then" in node or "else" in node):
-            cond = self.if_then_else(s)
-            if cond is not None:
-                f = self.intersect(f, cond, p)
-        for dep in self.dependency_facets(s):
-            f = self.intersect(f, dep, p)
+        with self.negated():
+            if "oneOf" in node:
+                subs = [self.sub(sch, s, f"{p}/oneOf/{i}") for i, sch in enumerate(node["oneOf"])]
+                one = self.one_of(subs, f"{p}/oneOf", f)
+                if one is not None:
+                    f = one
+            if "not" in node:
+                neg = self.try_complement(self.sub(node["not"], s, f"{p}/not"), f"{p}/not", "not")
+                if neg is not None:
+                    f = self.intersect(f, neg, p)
+            if "if" in node and ("then" in node or "else" in node):
+                cond = self.if_then_else(s)
+                if cond is not None:
+                    f = self.intersect(f, cond, p)
+            for dep in self.dependency_facets(s):
+                f = self.intersect(f, dep, p)
         return f
 
     # -- keyword checks --------------------------------------------------------------
