@@ -149,6 +149,26 @@ static PyTypeObject DfaType = {
     .tp_new = Dfa_new,
 };
 
+/* What a state does on characters, for counting states (a string with maxLength: each
+ * character moves one state on, none loops). Filled on demand (product_step_info,
+ * product_count), never by a plain row build. */
+typedef struct {
+    int32_t len;   /* chars of the class known to be readable from this state... */
+    int32_t at;    /* ...which lead to this state */
+    uint8_t done;  /* 0 not fully known, 1 it breaks after len chars, 2 it never breaks */
+} Chain;
+
+typedef struct {
+    uint64_t set[2];  /* the ASCII bytes that step to step_to (at least MIN_STEP_BYTES) */
+    int32_t step_to;
+    uint8_t step_kind; /* 0 unknown, 1 no step, 2 its ASCII step bytes lead to step_to */
+    uint8_t utf8;      /* 0 unknown, 1 no, 2 every UTF-8 char of 2-4 bytes leads to step_to too */
+    Chain chain[2];    /* reading ASCII step bytes only [0], or UTF-8 characters too [1] */
+} Count;
+
+#define MIN_STEP_BYTES 16
+#define MAX_CHARS 255 /* per-node char counts saturate here (mask.py's max_chars) */
+
 typedef struct {
     PyObject_HEAD
     PyObject *dfa_tuple; /* the k Dfa objects, kept alive */
@@ -158,6 +178,7 @@ typedef struct {
     int32_t *table;    /* n x 256: target, -1 dead, UNKNOWN not built */
     uint8_t *accepting, *built; /* built: 0 not yet, 1 built, 2 built and "loopy", 3 loopy and UTF-8 loopy */
     uint64_t *loops;              /* n x 4: the bytes on which a built state loops to itself */
+    Count *cnt;                   /* n: counting-state facts, filled on demand */
     Py_ssize_t n, cap, max_states;
     int32_t *slots;    /* open addressing: state id or -1 */
     Py_ssize_t n_slots;
@@ -230,7 +251,9 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
         if (built) p->built = built;
         uint64_t *loops = realloc(p->loops, cap * 4 * sizeof(uint64_t));
         if (loops) p->loops = loops;
-        if (!comps || !table || !acc || !built || !loops) return -3;
+        Count *cnt = realloc(p->cnt, cap * sizeof(Count));
+        if (cnt) p->cnt = cnt;
+        if (!comps || !table || !acc || !built || !loops || !cnt) return -3;
         p->cap = cap;
     }
     int32_t s = (int32_t)p->n++;
@@ -239,6 +262,8 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
     for (int32_t j = 0; j < k; j++) acc |= c[j] >= 0 && p->dfas[j]->accepting[c[j]];
     p->accepting[s] = acc;
     p->built[s] = 0;
+    memset(p->cnt + s, 0, sizeof(Count));
+    p->cnt[s].chain[0].at = p->cnt[s].chain[1].at = s;
     for (int b = 0; b < 256; b++) p->table[(Py_ssize_t)s * 256 + b] = UNKNOWN;
     p->slots[h] = s;
     if (2 * p->n > p->n_slots && product_rehash(p, p->n_slots * 2)) return -3;
@@ -269,11 +294,12 @@ static int conts_lead_to(Product *p, int32_t s, int lo, int hi, const int32_t *t
     return 1;
 }
 
-/* Does every well-formed UTF-8 character of 2 to 4 bytes lead from s back to s? (then a
- * walk takes a subtree of well-formed UTF-8 whose ASCII bytes loop on s at once, as the
- * inside of a JSON string). 1 yes, 0 no, <0 error. Builds the rows on the way. */
-static int product_utf8_loops(Product *p, int32_t s) {
-    int32_t one[8], two[8]; /* states that return to s after 1 (2) more continuation bytes */
+/* Does every well-formed UTF-8 character of 2 to 4 bytes lead from s to `target`? With
+ * target s (a loop), a walk takes a subtree of well-formed UTF-8 whose ASCII bytes loop
+ * on s at once, as the inside of a JSON string; with another target, s counts characters
+ * (see product_count). 1 yes, 0 no, <0 error. Builds the rows on the way. */
+static int product_utf8_leads(Product *p, int32_t s, int32_t target) {
+    int32_t one[8], two[8]; /* states that reach target after 1 (2) more continuation bytes */
     int n_one = 0, n_two = 0;
     for (int b = 0xC2; b <= 0xF4; b++) {
         int32_t t = product_step(p, s, b);
@@ -285,7 +311,7 @@ static int product_utf8_loops(Product *p, int32_t s) {
         int32_t *set = need == 1 ? NULL : need == 2 ? one : two;
         int *set_n = need == 2 ? &n_one : &n_two;
         if (need == 1) {
-            int r = conts_lead_to(p, t, lo, hi, &s, 1);
+            int r = conts_lead_to(p, t, lo, hi, &target, 1);
             if (r <= 0) return r;
             continue;
         }
@@ -298,7 +324,7 @@ static int product_utf8_loops(Product *p, int32_t s) {
             for (int i = 0; i < *set_n; i++) known |= set[i] == t2;
             if (known) continue;
             if (*set_n == 8) return 0;
-            int r = need == 2 ? conts_lead_to(p, t2, 0x80, 0xBF, &s, 1) : conts_lead_to(p, t2, 0x80, 0xBF, one, n_one);
+            int r = need == 2 ? conts_lead_to(p, t2, 0x80, 0xBF, &target, 1) : conts_lead_to(p, t2, 0x80, 0xBF, one, n_one);
             if (r <= 0 && need == 3 && r == 0) {
                 /* t2's continuations may reach states not verified yet: verify them first */
                 for (int c2 = 0x80; c2 <= 0xBF; c2++) {
@@ -308,7 +334,7 @@ static int product_utf8_loops(Product *p, int32_t s) {
                     for (int i = 0; i < n_one; i++) k2 |= one[i] == t3;
                     if (k2) continue;
                     if (n_one == 8) return 0;
-                    int r3 = conts_lead_to(p, t3, 0x80, 0xBF, &s, 1);
+                    int r3 = conts_lead_to(p, t3, 0x80, 0xBF, &target, 1);
                     if (r3 <= 0) return r3;
                     one[n_one++] = t3;
                 }
@@ -355,12 +381,99 @@ static int product_build(Product *p, int32_t s) {
     p->built[s] = n_loop >= 64 ? 2 : 1;
     if (n_loop >= 64 && !p->in_utf8_check) {
         p->in_utf8_check = 1;
-        int u = product_utf8_loops(p, s);
+        int u = product_utf8_leads(p, s, s);
         p->in_utf8_check = 0;
         if (u < 0) return u;
         if (u) p->built[s] = 3;
     }
     return 0;
+}
+
+/* Fill s's step facts (cnt[s]: do most ASCII bytes that do not loop lead to one state?).
+ * 0, or <0 as product_build. */
+static int product_step_info(Product *p, int32_t s) {
+    if (p->cnt[s].step_kind) return 0;
+    int code = product_build(p, s);
+    if (code) return code;
+    const int32_t *row = p->table + (Py_ssize_t)s * 256;
+    int32_t cand[8];
+    int votes[8], n_cand = 0, best = -1;
+    for (int b = 0; b < 128; b++) {
+        int32_t t = row[b];
+        if (t < 0 || t == s) continue;
+        int c = 0;
+        while (c < n_cand && cand[c] != t) c++;
+        if (c == n_cand) {
+            if (n_cand == 8) continue;
+            cand[n_cand] = t, votes[n_cand++] = 0;
+        }
+        if (++votes[c] >= MIN_STEP_BYTES && (best < 0 || votes[c] > votes[best])) best = c;
+    }
+    Count *c = p->cnt + s;
+    c->step_kind = 1;
+    if (best >= 0) {
+        c->step_to = cand[best];
+        c->set[0] = c->set[1] = 0;
+        for (int b = 0; b < 128; b++)
+            if (row[b] == c->step_to) c->set[b >> 6] |= (uint64_t)1 << (b & 63);
+        c->step_kind = 2;
+    }
+    return 0;
+}
+
+/* cnt[s].utf8 (s steps): does every UTF-8 character of 2-4 bytes lead to step_to too?
+ * Checked only when a walk meets non-ASCII bytes there (it builds a dozen rows). */
+static int product_step_utf8(Product *p, int32_t s) {
+    if (p->cnt[s].utf8) return 0;
+    int saved = p->in_utf8_check;
+    p->in_utf8_check = 1; /* rows built for the check get no check of their own */
+    int u = product_utf8_leads(p, s, p->cnt[s].step_to);
+    p->in_utf8_check = saved;
+    if (u < 0) return u;
+    p->cnt[s].utf8 = u ? 2 : 1; /* after the check: it may have moved cnt */
+    return 0;
+}
+
+/* Can m characters of s's step class (its ASCII step bytes, and with `utf` every UTF-8
+ * character) be read from s, one after the other, without dying? Each moves to the next
+ * state of a chain that must step on the same class (a maxLength string's states: n
+ * chars left), or may end in a state that loops on it. Then a walk takes at once a
+ * subtree whose tokens are all at most m such characters. 1 yes, 0 no, <0 error. The
+ * chain is followed as far as asked and remembered per state. s must step (step_kind 2). */
+static int product_count(Product *p, int32_t s, int m, int utf) {
+    Chain *ch = p->cnt[s].chain + utf;
+    if (ch->len >= m || ch->done == 2) return 1;
+    if (ch->done == 1) return 0;
+    uint64_t a0 = p->cnt[s].set[0], a1 = p->cnt[s].set[1];
+    int32_t q = ch->at, len = ch->len;
+    int done = 0, code = 0;
+    while (len < m) {
+        if ((code = product_step_info(p, q))) return code;
+        if (p->built[q] >= 2) { /* a loop that reads the whole class: no limit from here */
+            const uint64_t *lp = p->loops + (Py_ssize_t)q * 4;
+            if (!(a0 & ~lp[0]) && !(a1 & ~lp[1]) && (!utf || p->built[q] == 3)) {
+                done = 2;
+                break;
+            }
+        }
+        const Count *cq = p->cnt + q;
+        if (cq->step_kind != 2 || (a0 & ~cq->set[0]) || (a1 & ~cq->set[1])) {
+            done = 1;
+            break;
+        }
+        if (utf) {
+            if ((code = product_step_utf8(p, q))) return code;
+            if (p->cnt[q].utf8 != 2) {
+                done = 1;
+                break;
+            }
+        }
+        q = p->cnt[q].step_to;
+        len++;
+    }
+    ch = p->cnt[s].chain + utf; /* the steps may have moved cnt */
+    ch->len = len, ch->at = q, ch->done = (uint8_t)done;
+    return len >= m || done == 2;
 }
 
 static int product_error(int code) {
@@ -381,7 +494,7 @@ static void product_lock(Product *p) {
 
 static void Product_dealloc(Product *p) {
     Py_XDECREF(p->dfa_tuple); free(p->dfas); free(p->comps); free(p->table); free(p->accepting);
-    free(p->built); free(p->loops); free(p->slots); free(p->scratch);
+    free(p->built); free(p->loops); free(p->cnt); free(p->slots); free(p->scratch);
     if (p->lock) PyThread_free_lock(p->lock);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
@@ -416,9 +529,10 @@ static PyObject *Product_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     p->accepting = malloc(p->cap);
     p->built = malloc(p->cap);
     p->loops = malloc(p->cap * 4 * sizeof(uint64_t));
+    p->cnt = malloc(p->cap * sizeof(Count));
     p->scratch = malloc(2 * k * sizeof(int32_t)); /* a vector, then the live positions */
     p->lock = PyThread_allocate_lock();
-    if (!p->dfas || !p->comps || !p->table || !p->accepting || !p->built || !p->loops || !p->scratch ||
+    if (!p->dfas || !p->comps || !p->table || !p->accepting || !p->built || !p->loops || !p->cnt || !p->scratch ||
         !p->lock || product_rehash(p, 64)) {
         Py_DECREF(p);
         return PyErr_NoMemory();
@@ -589,22 +703,25 @@ static PyObject *check_trie(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* walk_trie(nodes Node[N+1] (checked), subtree_bytes u64[N*4], tok_ids i64[T], product, start_nodes i32[P],
- *           start_states i32[P], words u32[W]) -> (boundary nodes, pos, state) as int64 bytes.
+/* walk_trie(nodes Node[N+1] (checked), subtree_bytes u64[N*4], max_chars u8[N], tok_ids i64[T], product,
+ *           start_nodes i32[P], start_states i32[P], words u32[W]) -> (boundary nodes, pos, state) as int64 bytes.
+ * max_chars: per node, the most characters (UTF-8 lead or ASCII bytes) any token below it
+ * holds from the node's byte on, MAX_CHARS meaning that many or more.
  * Walks the subtree of each start node, whose parent (the byte before it) left the lexer
  * in the given state; tokens read without leaving the lexeme are OR-ed into words.
  * Tokens whose first byte is dead are skipped (the caller handles them as starting the
  * next lexeme). Lexer rows are built on the way, as the walk reaches them. */
 static PyObject *walk_trie(PyObject *self, PyObject *args) {
-    Py_buffer nb, sb, ti, sn, ss, wo;
+    Py_buffer nb, sb, mb, ti, sn, ss, wo;
     Product *P;
-    if (!PyArg_ParseTuple(args, "y*y*y*O!y*y*w*", &nb, &sb, &ti, &ProductType, &P, &sn, &ss, &wo)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*O!y*y*w*", &nb, &sb, &mb, &ti, &ProductType, &P, &sn, &ss, &wo))
+        return NULL;
     PyObject *res = NULL;
     Py_ssize_t n_nodes = nb.len / (Py_ssize_t)sizeof(Node) - 1, n_words = wo.len / 4, n_points = sn.len / 4;
     Py_ssize_t n_tok = ti.len / 8;
     Bounds b = {0};
     if (check_buf(&sn, 4, 0, "start_nodes") || check_buf(&ss, 4, n_points, "start_states") ||
-        check_buf(&sb, 32, n_nodes, "subtree_bytes"))
+        check_buf(&sb, 32, n_nodes, "subtree_bytes") || check_buf(&mb, 1, n_nodes, "max_chars"))
         goto done;
     if (n_nodes < 0 || ((const Node *)nb.buf)[n_nodes].tok != n_tok) {
         PyErr_SetString(PyExc_ValueError, "walk_trie: trie and token ids disagree");
@@ -613,6 +730,7 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
     {
         const Node *nd = nb.buf;
         const uint64_t *sub = sb.buf;
+        const uint8_t *max_chars = mb.buf;
         const int64_t *ids = ti.buf;
         const int32_t *start_nodes = sn.buf, *start_states = ss.buf;
         uint32_t *words = wo.buf;
@@ -629,26 +747,46 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
             const int32_t *tbl = P->table;
             const uint8_t *acc = P->accepting, *built = P->built;
             const uint64_t *loops = P->loops;
+            const Count *cnt = P->cnt;
             Py_ssize_t stop = nd[i].end;
             stk[nd[i].depth - 1] = p0;
             while (i < stop) {
                 const Node *x = nd + i;
                 int32_t d = x->depth;
                 int32_t p = stk[d - 1];
+                const uint64_t *sp = sub + i * 4;
+                int take = 0;
                 if (built[p] >= 2) {
                     /* every byte of the subtree loops on p, or (a UTF-8 loopy p) its ASCII
                      * bytes loop on p and the rest is well-formed UTF-8, every character
                      * of which leads back to p: all its tokens end inside */
-                    const uint64_t *lp = loops + (Py_ssize_t)p * 4, *sp = sub + i * 4;
-                    if (!(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) &&
-                        ((built[p] == 3 && x->utf8) || (!(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])))) {
-                        for (int32_t t = x->tok, e = nd[x->end].tok; t < e; t++) {
-                            int64_t id = ids[t];
-                            words[id >> 5] |= (uint32_t)1 << (id & 31);
-                        }
-                        i = x->end;
-                        continue;
+                    const uint64_t *lp = loops + (Py_ssize_t)p * 4;
+                    take = !(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) &&
+                           ((built[p] == 3 && x->utf8) || (!(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])));
+                }
+                if (!take && cnt[p].step_kind != 1 && x->end > i + 1 && max_chars[i] < MAX_CHARS) {
+                    /* a counting state (each character moves one state on): a subtree of
+                     * its characters, no token longer than the chain, is all inside */
+                    if (!cnt[p].step_kind) {
+                        if ((code = product_step_info(P, p))) break;
+                        tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt;
                     }
+                    const Count *c = cnt + p;
+                    int utf = (sp[2] | sp[3]) != 0; /* non-ASCII bytes: well-formed UTF-8 only */
+                    if (c->step_kind == 2 && !(sp[0] & ~c->set[0]) && !(sp[1] & ~c->set[1]) && (!utf || x->utf8)) {
+                        int r = product_count(P, p, max_chars[i], utf);
+                        if (r < 0) { code = r; break; }
+                        tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt;
+                        take = r;
+                    }
+                }
+                if (take) {
+                    for (int32_t t = x->tok, e = nd[x->end].tok; t < e; t++) {
+                        int64_t id = ids[t];
+                        words[id >> 5] |= (uint32_t)1 << (id & 31);
+                    }
+                    i = x->end;
+                    continue;
                 }
                 int32_t nx = tbl[(Py_ssize_t)p * 256 + x->byte];
                 if (nx < 0) {
@@ -660,7 +798,7 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
                 }
                 if (!built[nx] && x->end > i + 1) { /* the children read nx's row */
                     if ((code = product_build(P, nx))) break;
-                    tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops; /* may have moved */
+                    tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt; /* may have moved */
                 }
                 stk[d] = nx;
                 for (int32_t t = x->tok, e = x[1].tok; t < e; t++) {
@@ -684,7 +822,7 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
     res = result3(&b);
 done:
     bounds_free(&b);
-    PyBuffer_Release(&nb); PyBuffer_Release(&sb); PyBuffer_Release(&ti); PyBuffer_Release(&sn);
+    PyBuffer_Release(&nb); PyBuffer_Release(&sb); PyBuffer_Release(&mb); PyBuffer_Release(&ti); PyBuffer_Release(&sn);
     PyBuffer_Release(&ss); PyBuffer_Release(&wo);
     return res;
 }

@@ -113,10 +113,12 @@ class TokenTable:
         self._roots = None
         self._packed = None
         self._subtree_bytes = None
+        self._max_chars = None
         if native_enabled() and self.max_len < 1024:
             # built with the vocabulary (as a token trie is), not on the first mask
             self.packed_trie  # noqa: B018
             self.subtree_bytes  # noqa: B018
+            self.max_chars  # noqa: B018
 
     @property
     def packed_trie(self) -> np.ndarray:
@@ -137,6 +139,15 @@ class TokenTable:
         if self._subtree_bytes is None:
             self._subtree_bytes = subtree_byte_sets(*self.trie[:3])
         return self._subtree_bytes
+
+    @property
+    def max_chars(self) -> np.ndarray:
+        """Per trie node, the most characters any token below it holds from the node's byte
+        on (uint8, saturated at ``MAX_CHARS``; see ``max_chars_below``)."""
+        if self._max_chars is None:
+            node_byte, depth = self.trie[:2]
+            self._max_chars = max_chars_below(node_byte, depth, _trie_parents(depth))
+        return self._max_chars
 
     def subtree_tokens(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tokens below trie ``nodes`` and the byte offset of each node in them."""
@@ -288,6 +299,28 @@ def utf8_subtrees(node_byte: np.ndarray, depth: np.ndarray, parent: np.ndarray) 
                 np.logical_and.at(kids_ok[u], up, ok[u])
         kids_ok[:, here] = ok  # from now on: this node's own verdict
     return kids_ok[0].astype(np.uint8)
+
+
+MAX_CHARS = 255  # max_chars saturates here (the C walk's MAX_CHARS: "too many to count")
+
+
+def max_chars_below(node_byte: np.ndarray, depth: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """Per trie node, the most characters (bytes that are not UTF-8 continuation bytes) in
+    any token below it, from the node's byte on, saturated at ``MAX_CHARS``.
+
+    A counting lexer state (a string with ``maxLength``: each character moves one state on)
+    takes a subtree of its characters at once when this is at most the characters it can
+    still read (``walk_trie``'s counting shortcut). Bottom up, like ``utf8_subtrees``.
+    """
+    starts = ((node_byte & 0xC0) != 0x80).astype(np.int64)
+    below = np.zeros(node_byte.size, dtype=np.int64)  # the most below each node's children
+    out = np.zeros(node_byte.size, dtype=np.int64)
+    for d in range(int(depth.max(initial=0)), 0, -1):  # deepest first
+        here = np.nonzero(depth == d)[0]
+        out[here] = starts[here] + below[here]
+        if d > 1:
+            np.maximum.at(below, parent[here], out[here])
+    return np.minimum(out, MAX_CHARS).astype(np.uint8)
 
 
 def subtree_byte_sets(node_byte: np.ndarray, depth: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -449,8 +482,8 @@ class MaskComputer:
         words = np.zeros(self.tokens.n_words, dtype=np.uint32)
         tokens = self.tokens
         try:
-            found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.trie[4], core.product,
-                                      nodes, states, words)
+            found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4],
+                                      core.product, nodes, states, words)
         except OverflowError as e:
             raise core._budget(e) from e
         return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
