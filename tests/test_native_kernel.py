@@ -276,8 +276,21 @@ def test_native_dfa_and_product_reject_bad_input():
         bad = table.copy()
         bad[1, 0] = 2
         _native.Dfa(bad, acc)
+    with pytest.raises(ValueError, match="bad target"):
+        bad.flags.writeable = False  # a read-only table is used in place: checked the same
+        _native.Dfa(bad, acc)
+    with pytest.raises(ValueError, match="bad target"):
+        bad = table.copy()
+        bad[0, 5] = -3
+        bad.flags.writeable = False
+        _native.Dfa(bad, acc)
     with pytest.raises(ValueError, match="inconsistent"):
         _native.Dfa(table[:1], acc)
+    frozen = table.copy()
+    frozen.flags.writeable = False
+    held = _native.Dfa(frozen, acc)
+    del frozen  # the Dfa keeps the buffer alive
+    assert np.frombuffer(_native.Product((held,), 4).row(0), dtype=np.int32)[ord("a")] == 1
     with pytest.raises(TypeError):
         _native.Product((table,), 10)
     with pytest.raises(ValueError):
