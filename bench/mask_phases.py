@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from collections import defaultdict
@@ -73,7 +74,7 @@ def main() -> None:
     if not args.no_phases:
         instrument()
     tok = Tokenizer.from_file(tok_path)
-    recs = []  # (total ns, walk, scan, lexer, schema key, position)
+    recs = []  # (total ns, walk, scan, lexer, schema key, position, minor page faults)
     for case_ref in cases:
         path = case_ref["path"]
         with open(path, encoding="utf-8") as f:
@@ -88,13 +89,15 @@ def main() -> None:
             state = eng.start(compiled)
             for pos in range(len(ids) + 1):
                 before = dict(_acc)
+                faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
                 t = time.thread_time_ns()
                 try:
                     eng.fill(state)
                 except Exception:  # noqa: BLE001
                     break
                 total = time.thread_time_ns() - t
-                recs.append((total, *(_acc[p] - before[p] for p in PHASES), key, pos))
+                faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults
+                recs.append((total, *(_acc[p] - before[p] for p in PHASES), key, pos, faults))
                 if pos == len(ids) or not maskbench._bit(eng.mask, ids[pos]) or not eng.advance(state, ids[pos]):
                     break
     report(recs, args.top)
@@ -109,13 +112,13 @@ def report(recs: list, top: int) -> None:
     print(f"masks {len(t)}  mean {t.mean():.0f} us  p50 {np.percentile(t, 50):.0f}  p90 {np.percentile(t, 90):.0f}"
           f"  p99 {np.percentile(t, 99):.0f}  max {t.max():.0f}")
     bands = [(0, 20), (20, 100), (100, 1000), (1000, 10000), (10000, 1e12)]
-    print("| band us | count | CPU ms | walk | scan | lexer | rest |")
+    print("| band us | count | CPU ms | walk | scan | lexer | rest | page faults |")
     for lo, hi in bands:
         sel = [r for r in recs if lo <= r[0] / 1000 < hi]
         tot = sum(r[0] for r in sel) / 1e6
         ph = [sum(r[1 + i] for r in sel) / 1e6 for i in range(3)]
         print(f"| {lo}-{hi:g} | {len(sel)} | {tot:.0f} | " + " | ".join(f"{x:.0f}" for x in ph)
-              + f" | {tot - sum(ph):.0f} |")
+              + f" | {tot - sum(ph):.0f} | {sum(r[6] for r in sel)} |")
     by_key = defaultdict(float)
     for r in recs:
         by_key[r[4]] += r[0] / 1e6
