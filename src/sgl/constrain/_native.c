@@ -206,6 +206,7 @@ typedef struct {
     Py_ssize_t n_slots;
     int32_t *scratch;  /* k */
     int in_utf8_check; /* rows built for a UTF-8 check get no check of their own (bounded depth) */
+    int direct;        /* one lexeme: state ids are its DFA's states, rows its table (nothing to build) */
     PyThread_type_lock lock;
 } Product;
 
@@ -245,6 +246,7 @@ static int product_rehash(Product *p, Py_ssize_t n_slots) {
 static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv);
 
 static int32_t product_intern(Product *p, const int32_t *c) {
+    if (p->direct) return c[0] >= 0 ? c[0] : -1;
     int32_t live = 0;
     for (int32_t j = 0; j < p->k; j++) live |= (c[j] >= 0);
     if (!live) return -1;
@@ -284,8 +286,6 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
     for (int32_t j = 0; j < k; j++) acc |= c[j] >= 0 && p->dfas[j]->accepting[c[j]];
     p->accepting[s] = acc;
     p->built[s] = 0;
-    memset(p->cnt + s, 0, sizeof(Count));
-    p->cnt[s].chain[0].at = p->cnt[s].chain[1].at = s;
     for (int b = 0; b < 256; b++) p->table[(Py_ssize_t)s * 256 + b] = UNKNOWN;
     p->slots[h] = s;
     if (2 * p->n > p->n_slots && product_rehash(p, p->n_slots * 2)) return -3;
@@ -293,6 +293,8 @@ static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
 }
 
 static int product_build(Product *p, int32_t s);
+static int product_fill_row(Product *p, int32_t s);
+static int product_loop_facts(Product *p, int32_t s);
 
 /* The state after byte b from s (s's row built first): >= -1, or -2/-3 as product_build. */
 static int32_t product_step(Product *p, int32_t s, int b) {
@@ -372,6 +374,17 @@ static int product_utf8_leads(Product *p, int32_t s, int32_t target) {
 /* Build the row of state s: 0, or -2 (budget) / -3 (memory). */
 static int product_build(Product *p, int32_t s) {
     if (p->built[s]) return 0;
+    memset(p->cnt + s, 0, sizeof(Count)); /* valid from now on (see Count) */
+    p->cnt[s].chain[0].at = p->cnt[s].chain[1].at = s;
+    if (!p->direct) {
+        int code = product_fill_row(p, s);
+        if (code) return code;
+    }
+    return product_loop_facts(p, s);
+}
+
+/* The row of s (not direct): each byte's target vector, interned. 0, or -2 / -3. */
+static int product_fill_row(Product *p, int32_t s) {
     /* Only the live components move (dead ones stay dead): iterate over those. */
     int32_t k = p->k, *c = p->scratch, *live = p->scratch + k, n_live = 0;
     const int32_t *src0 = p->comps + (Py_ssize_t)s * k;
@@ -393,6 +406,11 @@ static int product_build(Product *p, int32_t s) {
         if (t < -1) return t;
         p->table[(Py_ssize_t)s * 256 + b] = t; /* after intern: it may move p->table */
     }
+    return 0;
+}
+
+/* Which bytes s loops on, and whether every UTF-8 character does too (built[s] 1-3). */
+static int product_loop_facts(Product *p, int32_t s) {
     /* A state that loops on most bytes (a string body) lets a walk take whole subtrees
      * made only of those bytes at once (see walk_trie). */
     uint64_t *lp = p->loops + (Py_ssize_t)s * 4;
@@ -414,9 +432,9 @@ static int product_build(Product *p, int32_t s) {
 /* Fill s's step facts (cnt[s]: do most ASCII bytes that do not loop lead to one state?).
  * 0, or <0 as product_build. */
 static int product_step_info(Product *p, int32_t s) {
-    if (p->cnt[s].step_kind) return 0;
-    int code = product_build(p, s);
+    int code = product_build(p, s); /* first: cnt[s] is valid once s is built */
     if (code) return code;
+    if (p->cnt[s].step_kind) return 0;
     const int32_t *row = p->table + (Py_ssize_t)s * 256;
     int32_t cand[8];
     int votes[8], n_cand = 0, best = -1;
@@ -515,7 +533,8 @@ static void product_lock(Product *p) {
 }
 
 static void Product_dealloc(Product *p) {
-    Py_XDECREF(p->dfa_tuple); free(p->dfas); free(p->comps); free(p->table); free(p->accepting);
+    if (!p->direct) free(p->table); /* a direct product reads its Dfa's table */
+    Py_XDECREF(p->dfa_tuple); free(p->dfas); free(p->comps); free(p->accepting);
     free(p->built); free(p->loops); free(p->cnt); free(p->slots); free(p->scratch);
     if (p->lock) PyThread_free_lock(p->lock);
     Py_TYPE(p)->tp_free((PyObject *)p);
@@ -545,9 +564,18 @@ static PyObject *Product_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     p->k = (int32_t)k;
     p->cap = 16;
     p->max_states = max_states;
+    /* One lexeme within the budget: its DFA is the product, every state has its id and
+     * its row already (first walks of a maxLength string built ~1,000 rows, ~2 us each);
+     * only the per-state facts (loops, steps) are computed as walks reach them. */
+    Dfa *d0 = (Dfa *)PyTuple_GET_ITEM(tup, 0);
+    if (k == 1 && d0->n <= max_states) {
+        p->direct = 1;
+        p->cap = d0->n;
+        p->table = (int32_t *)d0->table; /* never written: product_build fills no row */
+    }
     p->dfas = malloc(k * sizeof(Dfa *));
     p->comps = malloc(p->cap * k * sizeof(int32_t));
-    p->table = malloc(p->cap * 256 * sizeof(int32_t));
+    if (!p->direct) p->table = malloc(p->cap * 256 * sizeof(int32_t));
     p->accepting = malloc(p->cap);
     p->built = malloc(p->cap);
     p->loops = malloc(p->cap * 4 * sizeof(uint64_t));
@@ -563,7 +591,12 @@ static PyObject *Product_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         p->dfas[j] = (Dfa *)PyTuple_GET_ITEM(tup, j);
         p->scratch[j] = 0;
     }
-    if (product_intern(p, p->scratch) != 0) {
+    if (p->direct) {
+        p->n = p->cap;
+        for (Py_ssize_t s = 0; s < p->n; s++) p->comps[s] = (int32_t)s;
+        memcpy(p->accepting, d0->accepting, p->n);
+        memset(p->built, 0, p->n);
+    } else if (product_intern(p, p->scratch) != 0) {
         Py_DECREF(p);
         return PyErr_NoMemory();
     }
