@@ -819,9 +819,14 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
                     take = !(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) &&
                            ((built[p] == 3 && x->utf8) || (!(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])));
                 }
-                if (!take && cnt[p].step_kind != 1 && x->end > i + 1 && max_chars[i] < MAX_CHARS) {
-                    /* a counting state (each character moves one state on): a subtree of
-                     * its characters, no token longer than the chain, is all inside */
+                /* a counting state (each character moves one state on): a subtree of its
+                 * characters, no token longer than the chain, is all inside. A chain known
+                 * too short (ASCII's is the longest; below 2 chars nothing worth taking) is
+                 * rejected before reading the node's counts and byte set: cache misses,
+                 * where walks start at scattered nodes (a one-char lexeme's boundaries). */
+                if (!take && cnt[p].step_kind != 1 && x->end > i + 1 &&
+                    !(cnt[p].chain[0].done == 1 && cnt[p].chain[0].len < 2) && max_chars[i] < MAX_CHARS &&
+                    !(cnt[p].chain[0].done == 1 && cnt[p].chain[0].len < max_chars[i])) {
                     if (!cnt[p].step_kind) {
                         if ((code = product_step_info(P, p))) break;
                         tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt;

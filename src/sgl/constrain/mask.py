@@ -41,9 +41,33 @@ NODE_DTYPE = np.dtype([("end", "<i4"), ("tok", "<i4"), ("depth", "<u2"), ("byte"
 DEFAULT_MASK_SECONDS = 20.0
 
 
+# a walk's words with at most this many nonzero words are kept as (indices, words) pairs:
+# most walks (boundary continuations, keys, punctuation) allow a few tokens, and their
+# results are cached for the process; as full 16 KB arrays (Llama-3) they made most of
+# the page faults of mask misses (~2 us each here), more than the OR-ing they save
+SPARSE_WORDS = 64
+
+Words = np.ndarray | tuple  # dense uint32 words, or (indices, words) of the nonzero ones
+
+
+def compact(words: np.ndarray) -> Words:
+    """``words`` as (indices, values) of its nonzero words when there are few."""
+    nz = np.flatnonzero(words)
+    return words if nz.size > SPARSE_WORDS else (nz, words[nz])
+
+
+def or_into(acc: np.ndarray, part: Words) -> None:
+    """``acc |= part`` in place, for dense or compact ``part``."""
+    if type(part) is tuple:
+        if part[0].size:
+            acc[part[0]] |= part[1]
+    else:
+        np.bitwise_or(acc, part, out=acc)
+
+
 @dataclass
 class WalkResult:
-    inside: np.ndarray  # packed uint32 words: tokens read completely inside the current lexeme
+    inside: Words  # packed uint32 words (maybe compact): tokens read completely inside the current lexeme
     boundary_ids: np.ndarray  # token ids whose current lexeme completes before their end
     boundary_pos: np.ndarray  # byte offset in the token where the next lexeme starts
     boundary_state: np.ndarray  # the accepting lexer state the current lexeme ended in
@@ -486,7 +510,7 @@ class MaskComputer:
                                       core.product, nodes, states, words)
         except OverflowError as e:
             raise core._budget(e) from e
-        return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
+        return WalkResult(compact(words), *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
 
     def mask(self, col: EarleySet, state: int) -> np.ndarray:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
@@ -502,7 +526,7 @@ class MaskComputer:
             lexer, state_key = self.lexer_for(col), state
             lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
-            extra: list[np.ndarray] = [res.inside]
+            extra: list[Words] = [res.inside]
             self._boundaries(col, lexer, res, extra)
             if res.starts_next is not None:
                 nxt_col = self.parser.scan(col, lexer.accepts[state])
@@ -512,9 +536,14 @@ class MaskComputer:
                 extra.append(self._eos_words)
             # in place, pairwise: ``np.bitwise_or.reduce`` of a list first stacks it into a
             # new 2-D array, which cost more than the walks on cache hits
-            words = extra[0].copy()
+            first = extra[0]
+            if type(first) is tuple:
+                words = np.zeros(self.tokens.n_words, dtype=np.uint32)
+                or_into(words, first)
+            else:
+                words = first.copy()
             for part in extra[1:]:
-                np.bitwise_or(words, part, out=words)
+                or_into(words, part)
             words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state_key] = words
         return words
