@@ -565,24 +565,33 @@ class MaskComputer:
         return single, single.core.state_of_local(q)
 
     def _boundaries(self, col: EarleySet, lexer: LexerDFA, res: WalkResult, extra: list) -> None:
-        """Tokens whose current lexeme ends inside them: scan it, walk the rest from there."""
+        """Tokens whose current lexeme ends inside them: scan it, walk the rest from there.
+
+        The hot loop of mask misses (a few groups per level, a few levels per token):
+        attribute lookups are hoisted, and the budget is checked once per level and
+        before each walk rather than per group."""
         if not res.boundary_ids.size:
             return
-        if res.groups is None:
-            res.groups = _group_boundaries(lexer.core, res)
-        for group, sel in res.groups:
-            self._check_budget()
-            nxt_col = self.parser.scan(col, lexer.accepts[group[0]])
+        groups = res.groups
+        if groups is None:
+            groups = res.groups = _group_boundaries(lexer.core, res)
+        self._check_budget()
+        scan, accepts, for_lexemes, subs = self.parser.scan, lexer.accepts, self.lexer.for_lexemes, res.subs
+        for group, sel in groups:
+            nxt_col = scan(col, accepts[group[0]])
             if nxt_col is None:
                 continue
-            nxt_lexer = self.lexer_for(nxt_col)
+            nxt_lexer = for_lexemes(nxt_col.allowed)
             key = (group, nxt_lexer.core.uid)  # a small int: cheaper to hash than the content key
-            sub = res.subs.get(key)
+            sub = subs.get(key)
             if sub is None:
-                sub = self._walk_rest(nxt_lexer, res, sel)
-                res.subs[key] = sub
-            extra.append(sub.inside)
-            self._boundaries(nxt_col, nxt_lexer, sub, extra)
+                self._check_budget()
+                sub = subs[key] = self._walk_rest(nxt_lexer, res, sel)
+            inside = sub.inside
+            if type(inside) is not tuple or inside[0].size:
+                extra.append(inside)
+            if sub.boundary_ids.size:
+                self._boundaries(nxt_col, nxt_lexer, sub, extra)
 
     def _check_budget(self) -> None:
         # between scans and walks: a mask over many boundaries (huge ambiguous grammars,
