@@ -392,16 +392,23 @@ static int product_fill_row(Product *p, int32_t s) {
         c[j] = -1;
         if (src0[j] >= 0) live[n_live++] = j;
     }
+    int32_t prev_t = -1;
     for (int b = 0; b < 256; b++) {
         const int32_t *src = p->comps + (Py_ssize_t)s * k; /* intern may move comps */
         uint64_t h = 0;
-        int any = 0;
+        int any = 0, same = b > 0;
         for (int32_t i = 0; i < n_live; i++) {
-            int32_t j = live[i], v = p->dfas[j]->table[(Py_ssize_t)src[j] * 256 + b];
+            int32_t j = live[i];
+            const int32_t *row = p->dfas[j]->table + (Py_ssize_t)src[j] * 256;
+            int32_t v = row[b];
             c[j] = v;
+            same &= b > 0 && v == row[b - 1];
             if (v >= 0) h += pair_mix(j, v), any = 1;
         }
-        int32_t t = any ? product_intern_h(p, c, hash_finish(h)) : -1;
+        /* bytes of one class (letters, digits...) lead every component alike: the same
+         * target as the byte before, without hashing and comparing the vector again */
+        int32_t t = same ? prev_t : any ? product_intern_h(p, c, hash_finish(h)) : -1;
+        prev_t = t;
         for (int32_t i = 0; i < n_live; i++) c[live[i]] = -1;
         if (t < -1) return t;
         p->table[(Py_ssize_t)s * 256 + b] = t; /* after intern: it may move p->table */
