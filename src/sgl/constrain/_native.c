@@ -818,10 +818,12 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
                 int32_t p = stk[d - 1];
                 const uint64_t *sp = sub + i * 4;
                 int take = 0;
-                if (built[p] >= 2) {
+                if (built[p] >= 2 && x->end > i + 1) {
                     /* every byte of the subtree loops on p, or (a UTF-8 loopy p) its ASCII
                      * bytes loop on p and the rest is well-formed UTF-8, every character
-                     * of which leads back to p: all its tokens end inside */
+                     * of which leads back to p: all its tokens end inside. (Not for a
+                     * leaf: its one byte is read as cheaply, without loading its byte set,
+                     * a cache miss in most walks.) */
                     const uint64_t *lp = loops + (Py_ssize_t)p * 4;
                     take = !(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) &&
                            ((built[p] == 3 && x->utf8) || (!(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])));
