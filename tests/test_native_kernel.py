@@ -52,6 +52,11 @@ REGEXES = [
     r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z",
     r"(a|ab|abc)+c",
     r"[\u00e0-\u00ff\u4e00-\u4e0f]{1,8}",
+    # counting states (the walk's counting shortcut): ASCII, mixed with a loop, and
+    # a class whose characters are not all ASCII
+    r"[a-z ]{2,20}!",
+    r"[a-zA-Z]{3}[a-z0-9]*",
+    r"[^\n]{0,25}\n",
 ]
 
 SCHEMAS = [
@@ -62,6 +67,8 @@ SCHEMAS = [
                                       "ok": {"type": "boolean"}, "note": {"type": ["string", "null"]}}},
     {"anyOf": [{"type": "string", "maxLength": 5}, {"type": "integer", "minimum": 10}]},
     {"type": "string", "pattern": "^[a-z]+@[a-z]+\\.(com|org)$"},
+    {"type": "object", "properties": {"s": {"type": "string", "maxLength": 40},
+                                      "t": {"type": "string", "minLength": 3, "maxLength": 9}}},
 ]
 
 
@@ -242,6 +249,22 @@ def test_utf8_subtree_flags_match_a_decoder():
         assert bool(flags[i]) == all(_utf8_prefix_ok(b[depth[i] - 1 :]) for b in below), i
 
 
+def test_max_chars_below_counts_characters():
+    """The per-node character count (the counting shortcut's bound) is the most
+    characters (UTF-8 lead or ASCII bytes) of any token below the node, from its byte on."""
+    from sgl.constrain.mask import MAX_CHARS, _trie_parents, max_chars_below
+
+    toks = [b"a", b"abc", "é".encode(), "éa".encode(), "€€x".encode(), b"\x80\x80", "ab日本".encode(), b"z" * 300]
+    raw = b"".join(toks)
+    off = np.concatenate([[0], np.cumsum([len(t) for t in toks])]).astype(np.int64)
+    node_byte, depth, end, tok, ids = build_trie(np.frombuffer(raw, dtype=np.uint8), off, np.arange(len(toks)))
+    counts = max_chars_below(node_byte, depth, _trie_parents(depth))
+    for i in range(node_byte.size):
+        below = [toks[int(t)][depth[i] - 1 :] for t in ids[tok[i] : tok[end[i]]]]
+        want = max(sum((c & 0xC0) != 0x80 for c in b) for b in below)
+        assert counts[i] == min(want, MAX_CHARS), i
+
+
 def test_native_dfa_and_product_reject_bad_input():
     """The C ``Dfa`` checks every target once; ``Product`` takes only ``Dfa`` objects and
     checks the states it is asked to intern: bad input is a Python exception, not a crash."""
@@ -253,8 +276,21 @@ def test_native_dfa_and_product_reject_bad_input():
         bad = table.copy()
         bad[1, 0] = 2
         _native.Dfa(bad, acc)
+    with pytest.raises(ValueError, match="bad target"):
+        bad.flags.writeable = False  # a read-only table is used in place: checked the same
+        _native.Dfa(bad, acc)
+    with pytest.raises(ValueError, match="bad target"):
+        bad = table.copy()
+        bad[0, 5] = -3
+        bad.flags.writeable = False
+        _native.Dfa(bad, acc)
     with pytest.raises(ValueError, match="inconsistent"):
         _native.Dfa(table[:1], acc)
+    frozen = table.copy()
+    frozen.flags.writeable = False
+    held = _native.Dfa(frozen, acc)
+    del frozen  # the Dfa keeps the buffer alive
+    assert np.frombuffer(_native.Product((held,), 4).row(0), dtype=np.int32)[ord("a")] == 1
     with pytest.raises(TypeError):
         _native.Product((table,), 10)
     with pytest.raises(ValueError):

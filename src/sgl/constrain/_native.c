@@ -11,18 +11,15 @@
  * int64 byte strings (trie node, byte offset, accepting state). The GIL is released
  * while walking, so masks of different sequences can be built on several threads.
  *
- * Also here: Product, the lexer's product DFA built lazily (twin of lexer.LexerCore),
- * and Earley, the parser's columns and closure (twin of earley.EarleyParser), in _native_earley.c.
+ * Elsewhere: Product, the lexer's product DFA built lazily (twin of lexer.LexerCore), in
+ * _native_product.c; Earley, the parser's columns and closure (twin of
+ * earley.EarleyParser), in _native_earley.c.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_native_product.h" /* first: it includes Python.h */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pythread.h>
-
-#define UNKNOWN (-2) /* a row not built yet */
 
 typedef struct {
     int64_t *ids, *pos, *state;
@@ -72,487 +69,6 @@ static int check_buf(Py_buffer *buf, Py_ssize_t itemsize, Py_ssize_t min_items, 
     return 0;
 }
 
-
-
-/* ------------------------------------------------------------------------------------
- * Product: the lexer's product DFA over k lexeme DFAs, built lazily, row by row.
- *
- * The components are Dfa objects (one lexeme's table, checked and copied once, shared
- * by every product that contains the lexeme: building a product copies nothing). A
- * product state is the vector of its components' states (-1 = that component is dead);
- * a hash table maps vectors to ids. A state gets an id when a built row first leads to
- * it; its own row is built on first use, by the walks below (inline, no round trip to
- * Python) or by `expand`.
- * ------------------------------------------------------------------------------------ */
-typedef struct {
-    PyObject_HEAD
-    int32_t n;        /* states */
-    int32_t *table;   /* n x 256: next state or -1 */
-    uint8_t *accepting;
-    PyObject *weakreflist; /* lexer.py keeps one Dfa per content in a weak dictionary */
-} Dfa;
-
-static void Dfa_dealloc(Dfa *d) {
-    if (d->weakreflist) PyObject_ClearWeakRefs((PyObject *)d);
-    free(d->table); free(d->accepting);
-    Py_TYPE(d)->tp_free((PyObject *)d);
-}
-
-/* Dfa(table int32[n*256], accepting u8[n]): every target checked to be -1 or a state */
-static PyObject *Dfa_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    Py_buffer tb, ab;
-    if (!PyArg_ParseTuple(args, "y*y*", &tb, &ab)) return NULL;
-    Dfa *d = NULL;
-    Py_ssize_t n = ab.len;
-    if (n < 1 || n >= INT32_MAX / 256 || tb.len != n * 256 * 4) {
-        PyErr_SetString(PyExc_ValueError, "Dfa: inconsistent arrays");
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n * 256; i++) {
-        int32_t v = ((int32_t *)tb.buf)[i];
-        if (v < -1 || v >= n) { PyErr_SetString(PyExc_ValueError, "Dfa: bad target"); goto done; }
-    }
-    d = (Dfa *)type->tp_alloc(type, 0);
-    if (!d) goto done;
-    d->n = (int32_t)n;
-    d->table = malloc(tb.len);
-    d->accepting = malloc(n);
-    if (!d->table || !d->accepting) {
-        Py_DECREF(d);
-        d = NULL;
-        PyErr_NoMemory();
-        goto done;
-    }
-    memcpy(d->table, tb.buf, tb.len);
-    for (Py_ssize_t i = 0; i < n; i++) d->accepting[i] = ((uint8_t *)ab.buf)[i] != 0;
-done:
-    PyBuffer_Release(&tb); PyBuffer_Release(&ab);
-    return (PyObject *)d;
-}
-
-static PyObject *Dfa_n_states(Dfa *d, void *unused) { return PyLong_FromLong(d->n); }
-
-static PyGetSetDef Dfa_getset[] = {
-    {"n_states", (getter)Dfa_n_states, NULL, "states", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject DfaType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "sgl.constrain._native.Dfa",
-    .tp_basicsize = sizeof(Dfa),
-    .tp_dealloc = (destructor)Dfa_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One lexeme's DFA, checked once, shared by products.",
-    .tp_getset = Dfa_getset,
-    .tp_weaklistoffset = offsetof(Dfa, weakreflist),
-    .tp_new = Dfa_new,
-};
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *dfa_tuple; /* the k Dfa objects, kept alive */
-    Dfa **dfas;
-    int32_t k;
-    int32_t *comps;    /* n x k */
-    int32_t *table;    /* n x 256: target, -1 dead, UNKNOWN not built */
-    uint8_t *accepting, *built; /* built: 0 not yet, 1 built, 2 built and "loopy", 3 loopy and UTF-8 loopy */
-    uint64_t *loops;              /* n x 4: the bytes on which a built state loops to itself */
-    Py_ssize_t n, cap, max_states;
-    int32_t *slots;    /* open addressing: state id or -1 */
-    Py_ssize_t n_slots;
-    int32_t *scratch;  /* k */
-    int in_utf8_check; /* rows built for a UTF-8 check get no check of their own (bounded depth) */
-    PyThread_type_lock lock;
-} Product;
-
-/* A vector's hash sums a mix of each live (position, state) pair, dead ones adding
- * nothing: a row build that knows which positions are live hashes only those. */
-static inline uint64_t pair_mix(int32_t j, int32_t v) {
-    uint64_t x = ((uint64_t)(uint32_t)j << 32 | (uint32_t)v) * 0x9E3779B97F4A7C15ULL;
-    return x ^ (x >> 31);
-}
-
-static inline uint64_t hash_finish(uint64_t h) { return h * 0xBF58476D1CE4E5B9ULL ^ (h >> 27); }
-
-static uint64_t comp_hash(const int32_t *c, int32_t k) {
-    uint64_t h = 0;
-    for (int32_t j = 0; j < k; j++)
-        if (c[j] >= 0) h += pair_mix(j, c[j]);
-    return hash_finish(h);
-}
-
-static int product_rehash(Product *p, Py_ssize_t n_slots) {
-    int32_t *slots = malloc(n_slots * sizeof(int32_t));
-    if (!slots) return -1;
-    memset(slots, 0xff, n_slots * sizeof(int32_t));
-    for (Py_ssize_t s = 0; s < p->n; s++) {
-        Py_ssize_t h = (Py_ssize_t)(comp_hash(p->comps + s * p->k, p->k) & (uint64_t)(n_slots - 1));
-        while (slots[h] >= 0) h = (h + 1) & (n_slots - 1);
-        slots[h] = (int32_t)s;
-    }
-    free(p->slots);
-    p->slots = slots;
-    p->n_slots = n_slots;
-    return 0;
-}
-
-/* The id of product state `c` (k global states), registering it if new.
- * Returns -1 for the all-dead vector, -2 on the state budget, -3 out of memory. */
-static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv);
-
-static int32_t product_intern(Product *p, const int32_t *c) {
-    int32_t live = 0;
-    for (int32_t j = 0; j < p->k; j++) live |= (c[j] >= 0);
-    if (!live) return -1;
-    return product_intern_h(p, c, comp_hash(c, p->k));
-}
-
-/* product_intern with the vector known live and its hash known */
-static int32_t product_intern_h(Product *p, const int32_t *c, uint64_t hv) {
-    int32_t k = p->k;
-    Py_ssize_t h = (Py_ssize_t)(hv & (uint64_t)(p->n_slots - 1));
-    while (p->slots[h] >= 0) {
-        int32_t s = p->slots[h];
-        if (!memcmp(p->comps + (Py_ssize_t)s * k, c, k * sizeof(int32_t))) return s;
-        h = (h + 1) & (p->n_slots - 1);
-    }
-    if (p->n >= p->max_states) return -2;
-    if (p->n == p->cap) {
-        Py_ssize_t cap = p->cap * 2;
-        int32_t *comps = realloc(p->comps, cap * k * sizeof(int32_t));
-        if (comps) p->comps = comps;
-        int32_t *table = realloc(p->table, cap * 256 * sizeof(int32_t));
-        if (table) p->table = table;
-        uint8_t *acc = realloc(p->accepting, cap);
-        if (acc) p->accepting = acc;
-        uint8_t *built = realloc(p->built, cap);
-        if (built) p->built = built;
-        uint64_t *loops = realloc(p->loops, cap * 4 * sizeof(uint64_t));
-        if (loops) p->loops = loops;
-        if (!comps || !table || !acc || !built || !loops) return -3;
-        p->cap = cap;
-    }
-    int32_t s = (int32_t)p->n++;
-    memcpy(p->comps + (Py_ssize_t)s * k, c, k * sizeof(int32_t));
-    uint8_t acc = 0;
-    for (int32_t j = 0; j < k; j++) acc |= c[j] >= 0 && p->dfas[j]->accepting[c[j]];
-    p->accepting[s] = acc;
-    p->built[s] = 0;
-    for (int b = 0; b < 256; b++) p->table[(Py_ssize_t)s * 256 + b] = UNKNOWN;
-    p->slots[h] = s;
-    if (2 * p->n > p->n_slots && product_rehash(p, p->n_slots * 2)) return -3;
-    return s;
-}
-
-static int product_build(Product *p, int32_t s);
-
-/* The state after byte b from s (s's row built first): >= -1, or -2/-3 as product_build. */
-static int32_t product_step(Product *p, int32_t s, int b) {
-    if (!p->built[s]) {
-        int code = product_build(p, s);
-        if (code) return code;
-    }
-    return p->table[(Py_ssize_t)s * 256 + b];
-}
-
-/* Do all continuation bytes 80..BF lead from s into `to` (to_n ids)? 1 yes, 0 no, <0 error */
-static int conts_lead_to(Product *p, int32_t s, int lo, int hi, const int32_t *to, int to_n) {
-    if (s < 0) return 0;
-    for (int c = lo; c <= hi; c++) {
-        int32_t t = product_step(p, s, c);
-        if (t < -1) return t;
-        int found = 0;
-        for (int i = 0; i < to_n; i++) found |= t == to[i];
-        if (!found) return 0;
-    }
-    return 1;
-}
-
-/* Does every well-formed UTF-8 character of 2 to 4 bytes lead from s back to s? (then a
- * walk takes a subtree of well-formed UTF-8 whose ASCII bytes loop on s at once, as the
- * inside of a JSON string). 1 yes, 0 no, <0 error. Builds the rows on the way. */
-static int product_utf8_loops(Product *p, int32_t s) {
-    int32_t one[8], two[8]; /* states that return to s after 1 (2) more continuation bytes */
-    int n_one = 0, n_two = 0;
-    for (int b = 0xC2; b <= 0xF4; b++) {
-        int32_t t = product_step(p, s, b);
-        if (t < -1) return t;
-        if (t < 0) return 0;
-        int lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80;
-        int hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
-        int need = b < 0xE0 ? 1 : b < 0xF0 ? 2 : 3; /* continuation bytes after b */
-        int32_t *set = need == 1 ? NULL : need == 2 ? one : two;
-        int *set_n = need == 2 ? &n_one : &n_two;
-        if (need == 1) {
-            int r = conts_lead_to(p, t, lo, hi, &s, 1);
-            if (r <= 0) return r;
-            continue;
-        }
-        /* t's continuations lead to states that must each be in `set` (verified on entry) */
-        for (int c = lo; c <= hi; c++) {
-            int32_t t2 = product_step(p, t, c);
-            if (t2 < -1) return t2;
-            if (t2 < 0) return 0;
-            int known = 0;
-            for (int i = 0; i < *set_n; i++) known |= set[i] == t2;
-            if (known) continue;
-            if (*set_n == 8) return 0;
-            int r = need == 2 ? conts_lead_to(p, t2, 0x80, 0xBF, &s, 1) : conts_lead_to(p, t2, 0x80, 0xBF, one, n_one);
-            if (r <= 0 && need == 3 && r == 0) {
-                /* t2's continuations may reach states not verified yet: verify them first */
-                for (int c2 = 0x80; c2 <= 0xBF; c2++) {
-                    int32_t t3 = product_step(p, t2, c2);
-                    if (t3 < -1) return t3;
-                    int k2 = 0;
-                    for (int i = 0; i < n_one; i++) k2 |= one[i] == t3;
-                    if (k2) continue;
-                    if (n_one == 8) return 0;
-                    int r3 = conts_lead_to(p, t3, 0x80, 0xBF, &s, 1);
-                    if (r3 <= 0) return r3;
-                    one[n_one++] = t3;
-                }
-                r = 1;
-            }
-            if (r <= 0) return r;
-            set[(*set_n)++] = t2;
-        }
-    }
-    return 1;
-}
-
-/* Build the row of state s: 0, or -2 (budget) / -3 (memory). */
-static int product_build(Product *p, int32_t s) {
-    if (p->built[s]) return 0;
-    /* Only the live components move (dead ones stay dead): iterate over those. */
-    int32_t k = p->k, *c = p->scratch, *live = p->scratch + k, n_live = 0;
-    const int32_t *src0 = p->comps + (Py_ssize_t)s * k;
-    for (int32_t j = 0; j < k; j++) {
-        c[j] = -1;
-        if (src0[j] >= 0) live[n_live++] = j;
-    }
-    for (int b = 0; b < 256; b++) {
-        const int32_t *src = p->comps + (Py_ssize_t)s * k; /* intern may move comps */
-        uint64_t h = 0;
-        int any = 0;
-        for (int32_t i = 0; i < n_live; i++) {
-            int32_t j = live[i], v = p->dfas[j]->table[(Py_ssize_t)src[j] * 256 + b];
-            c[j] = v;
-            if (v >= 0) h += pair_mix(j, v), any = 1;
-        }
-        int32_t t = any ? product_intern_h(p, c, hash_finish(h)) : -1;
-        for (int32_t i = 0; i < n_live; i++) c[live[i]] = -1;
-        if (t < -1) return t;
-        p->table[(Py_ssize_t)s * 256 + b] = t; /* after intern: it may move p->table */
-    }
-    /* A state that loops on most bytes (a string body) lets a walk take whole subtrees
-     * made only of those bytes at once (see walk_trie). */
-    uint64_t *lp = p->loops + (Py_ssize_t)s * 4;
-    int n_loop = 0;
-    lp[0] = lp[1] = lp[2] = lp[3] = 0;
-    for (int b = 0; b < 256; b++)
-        if (p->table[(Py_ssize_t)s * 256 + b] == s) lp[b >> 6] |= (uint64_t)1 << (b & 63), n_loop++;
-    p->built[s] = n_loop >= 64 ? 2 : 1;
-    if (n_loop >= 64 && !p->in_utf8_check) {
-        p->in_utf8_check = 1;
-        int u = product_utf8_loops(p, s);
-        p->in_utf8_check = 0;
-        if (u < 0) return u;
-        if (u) p->built[s] = 3;
-    }
-    return 0;
-}
-
-static int product_error(int code) {
-    if (code == -2) PyErr_SetString(PyExc_OverflowError, "lexer state budget exceeded");
-    else PyErr_NoMemory();
-    return -1;
-}
-
-/* Lock a product without ever waiting for it while holding the GIL (a walker holds the
- * lock with the GIL released, and needs the GIL back before it lets go). */
-static void product_lock(Product *p) {
-    if (!PyThread_acquire_lock(p->lock, NOWAIT_LOCK)) {
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(p->lock, WAIT_LOCK);
-        Py_END_ALLOW_THREADS
-    }
-}
-
-static void Product_dealloc(Product *p) {
-    Py_XDECREF(p->dfa_tuple); free(p->dfas); free(p->comps); free(p->table); free(p->accepting);
-    free(p->built); free(p->loops); free(p->slots); free(p->scratch);
-    if (p->lock) PyThread_free_lock(p->lock);
-    Py_TYPE(p)->tp_free((PyObject *)p);
-}
-
-static PyTypeObject ProductType;
-
-/* Product(dfas tuple of Dfa, max_states): starts in every component's state 0 */
-static PyObject *Product_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    PyObject *tup;
-    Py_ssize_t max_states;
-    if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &tup, &max_states)) return NULL;
-    Py_ssize_t k = PyTuple_GET_SIZE(tup);
-    if (k < 1 || k > (1 << 20)) {
-        PyErr_SetString(PyExc_ValueError, "Product: expected 1 or more Dfa");
-        return NULL;
-    }
-    for (Py_ssize_t j = 0; j < k; j++)
-        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(tup, j), &DfaType)) {
-            PyErr_SetString(PyExc_TypeError, "Product: components must be Dfa objects");
-            return NULL;
-        }
-    Product *p = (Product *)type->tp_alloc(type, 0);
-    if (!p) return NULL;
-    Py_INCREF(tup);
-    p->dfa_tuple = tup;
-    p->k = (int32_t)k;
-    p->cap = 16;
-    p->max_states = max_states;
-    p->dfas = malloc(k * sizeof(Dfa *));
-    p->comps = malloc(p->cap * k * sizeof(int32_t));
-    p->table = malloc(p->cap * 256 * sizeof(int32_t));
-    p->accepting = malloc(p->cap);
-    p->built = malloc(p->cap);
-    p->loops = malloc(p->cap * 4 * sizeof(uint64_t));
-    p->scratch = malloc(2 * k * sizeof(int32_t)); /* a vector, then the live positions */
-    p->lock = PyThread_allocate_lock();
-    if (!p->dfas || !p->comps || !p->table || !p->accepting || !p->built || !p->loops || !p->scratch ||
-        !p->lock || product_rehash(p, 64)) {
-        Py_DECREF(p);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t j = 0; j < k; j++) {
-        p->dfas[j] = (Dfa *)PyTuple_GET_ITEM(tup, j);
-        p->scratch[j] = 0;
-    }
-    if (product_intern(p, p->scratch) != 0) {
-        Py_DECREF(p);
-        return PyErr_NoMemory();
-    }
-    return (PyObject *)p;
-}
-
-static int product_check_state(Product *p, Py_ssize_t s) {
-    if (s < 0 || s >= p->n) {
-        PyErr_Format(PyExc_IndexError, "lexer state %zd out of range", s);
-        return -1;
-    }
-    return 0;
-}
-
-/* row(state) -> the state's row as int32 bytes (built if needed) */
-static PyObject *Product_row(Product *p, PyObject *arg) {
-    Py_ssize_t s = PyLong_AsSsize_t(arg);
-    if (s == -1 && PyErr_Occurred()) return NULL;
-    PyObject *res = NULL;
-    product_lock(p);
-    if (!product_check_state(p, s)) {
-        int code = product_build(p, (int32_t)s);
-        if (code) product_error(code);
-        else res = PyBytes_FromStringAndSize((char *)(p->table + s * 256), 256 * sizeof(int32_t));
-    }
-    PyThread_release_lock(p->lock);
-    return res;
-}
-
-/* expand_all() -> builds every reachable row (for the numpy walks) */
-static PyObject *Product_expand_all(Product *p, PyObject *unused) {
-    int code = 0;
-    product_lock(p);
-    for (Py_ssize_t s = 0; s < p->n && !code; s++) code = product_build(p, (int32_t)s);
-    PyThread_release_lock(p->lock);
-    if (code) return product_error(code), NULL;
-    Py_RETURN_NONE;
-}
-
-/* arrays() -> (table int32 bytes n*256, accepting u8 bytes n): a copy, for numpy */
-static PyObject *Product_arrays(Product *p, PyObject *unused) {
-    product_lock(p);
-    PyObject *res = Py_BuildValue("(y#y#)", (char *)p->table, p->n * 256 * (Py_ssize_t)sizeof(int32_t),
-                                  (char *)p->accepting, p->n);
-    PyThread_release_lock(p->lock);
-    return res;
-}
-
-/* comp(state) -> each component's state (-1 dead), int32 bytes */
-static PyObject *Product_comp(Product *p, PyObject *arg) {
-    Py_ssize_t s = PyLong_AsSsize_t(arg);
-    if (s == -1 && PyErr_Occurred()) return NULL;
-    product_lock(p); /* a walk on another thread may be growing the arrays */
-    PyObject *res = product_check_state(p, s) ? NULL
-        : PyBytes_FromStringAndSize((char *)(p->comps + s * p->k), p->k * sizeof(int32_t));
-    PyThread_release_lock(p->lock);
-    return res;
-}
-
-/* intern(comp int32 bytes: each component's state, -1 dead) -> the id of that product
- * state (registered if new; -1 if all dead) */
-static PyObject *Product_intern(Product *p, PyObject *arg) {
-    Py_buffer cb;
-    if (PyObject_GetBuffer(arg, &cb, PyBUF_SIMPLE) < 0) return NULL;
-    PyObject *res = NULL;
-    if (cb.len != p->k * (Py_ssize_t)sizeof(int32_t)) {
-        PyErr_SetString(PyExc_ValueError, "intern: expected k int32 states");
-    } else {
-        int bad = 0;
-        for (int32_t j = 0; j < p->k; j++) {
-            int32_t v = ((int32_t *)cb.buf)[j];
-            if (v < -1 || v >= p->dfas[j]->n) bad = 1;
-        }
-        if (bad) {
-            PyErr_SetString(PyExc_ValueError, "intern: state out of range");
-        } else {
-            product_lock(p);
-            int32_t t = product_intern(p, cb.buf);
-            PyThread_release_lock(p->lock);
-            if (t < -1) product_error(t);
-            else res = PyLong_FromLong(t);
-        }
-    }
-    PyBuffer_Release(&cb);
-    return res;
-}
-
-static PyObject *Product_accepting(Product *p, PyObject *arg) {
-    Py_ssize_t s = PyLong_AsSsize_t(arg);
-    if (s == -1 && PyErr_Occurred()) return NULL;
-    product_lock(p);
-    PyObject *res = product_check_state(p, s) ? NULL : PyBool_FromLong(p->accepting[s]);
-    PyThread_release_lock(p->lock);
-    return res;
-}
-
-static PyObject *Product_n_states(Product *p, void *unused) { return PyLong_FromSsize_t(p->n); }
-
-static PyMethodDef Product_methods[] = {
-    {"row", (PyCFunction)Product_row, METH_O, "The row of a state (built if needed), int32 bytes."},
-    {"expand_all", (PyCFunction)Product_expand_all, METH_NOARGS, "Build every reachable row."},
-    {"arrays", (PyCFunction)Product_arrays, METH_NOARGS, "(table, accepting) as bytes."},
-    {"comp", (PyCFunction)Product_comp, METH_O, "A state's component states, int32 bytes."},
-    {"intern", (PyCFunction)Product_intern, METH_O, "The id of a vector of component states."},
-    {"accepting", (PyCFunction)Product_accepting, METH_O, "Does any lexeme accept in this state?"},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef Product_getset[] = {
-    {"n_states", (getter)Product_n_states, NULL, "states with an id so far", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject ProductType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "sgl.constrain._native.Product",
-    .tp_basicsize = sizeof(Product),
-    .tp_dealloc = (destructor)Product_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A lexer product DFA, built lazily.",
-    .tp_methods = Product_methods,
-    .tp_getset = Product_getset,
-    .tp_new = Product_new,
-};
-
 /* One trie node, packed (12 bytes): its subtree ends before node `end`; tokens
  * tok .. next node's tok end here; `depth` 1 = a token's first byte. */
 typedef struct {
@@ -589,22 +105,25 @@ static PyObject *check_trie(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* walk_trie(nodes Node[N+1] (checked), subtree_bytes u64[N*4], tok_ids i64[T], product, start_nodes i32[P],
- *           start_states i32[P], words u32[W]) -> (boundary nodes, pos, state) as int64 bytes.
+/* walk_trie(nodes Node[N+1] (checked), subtree_bytes u64[N*4], max_chars u8[N], tok_ids i64[T], product,
+ *           start_nodes i32[P], start_states i32[P], words u32[W]) -> (boundary nodes, pos, state) as int64 bytes.
+ * max_chars: per node, the most characters (UTF-8 lead or ASCII bytes) any token below it
+ * holds from the node's byte on, MAX_CHARS meaning that many or more.
  * Walks the subtree of each start node, whose parent (the byte before it) left the lexer
  * in the given state; tokens read without leaving the lexeme are OR-ed into words.
  * Tokens whose first byte is dead are skipped (the caller handles them as starting the
  * next lexeme). Lexer rows are built on the way, as the walk reaches them. */
 static PyObject *walk_trie(PyObject *self, PyObject *args) {
-    Py_buffer nb, sb, ti, sn, ss, wo;
+    Py_buffer nb, sb, mb, ti, sn, ss, wo;
     Product *P;
-    if (!PyArg_ParseTuple(args, "y*y*y*O!y*y*w*", &nb, &sb, &ti, &ProductType, &P, &sn, &ss, &wo)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*O!y*y*w*", &nb, &sb, &mb, &ti, &ProductType, &P, &sn, &ss, &wo))
+        return NULL;
     PyObject *res = NULL;
     Py_ssize_t n_nodes = nb.len / (Py_ssize_t)sizeof(Node) - 1, n_words = wo.len / 4, n_points = sn.len / 4;
     Py_ssize_t n_tok = ti.len / 8;
     Bounds b = {0};
     if (check_buf(&sn, 4, 0, "start_nodes") || check_buf(&ss, 4, n_points, "start_states") ||
-        check_buf(&sb, 32, n_nodes, "subtree_bytes"))
+        check_buf(&sb, 32, n_nodes, "subtree_bytes") || check_buf(&mb, 1, n_nodes, "max_chars"))
         goto done;
     if (n_nodes < 0 || ((const Node *)nb.buf)[n_nodes].tok != n_tok) {
         PyErr_SetString(PyExc_ValueError, "walk_trie: trie and token ids disagree");
@@ -613,6 +132,7 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
     {
         const Node *nd = nb.buf;
         const uint64_t *sub = sb.buf;
+        const uint8_t *max_chars = mb.buf;
         const int64_t *ids = ti.buf;
         const int32_t *start_nodes = sn.buf, *start_states = ss.buf;
         uint32_t *words = wo.buf;
@@ -629,26 +149,53 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
             const int32_t *tbl = P->table;
             const uint8_t *acc = P->accepting, *built = P->built;
             const uint64_t *loops = P->loops;
+            const Count *cnt = P->cnt;
             Py_ssize_t stop = nd[i].end;
             stk[nd[i].depth - 1] = p0;
             while (i < stop) {
                 const Node *x = nd + i;
                 int32_t d = x->depth;
                 int32_t p = stk[d - 1];
-                if (built[p] >= 2) {
+                const uint64_t *sp = sub + i * 4;
+                int take = 0;
+                if (built[p] >= 2 && x->end > i + 1) {
                     /* every byte of the subtree loops on p, or (a UTF-8 loopy p) its ASCII
                      * bytes loop on p and the rest is well-formed UTF-8, every character
-                     * of which leads back to p: all its tokens end inside */
-                    const uint64_t *lp = loops + (Py_ssize_t)p * 4, *sp = sub + i * 4;
-                    if (!(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) &&
-                        ((built[p] == 3 && x->utf8) || (!(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])))) {
-                        for (int32_t t = x->tok, e = nd[x->end].tok; t < e; t++) {
-                            int64_t id = ids[t];
-                            words[id >> 5] |= (uint32_t)1 << (id & 31);
-                        }
-                        i = x->end;
-                        continue;
+                     * of which leads back to p: all its tokens end inside. (Not for a
+                     * leaf: its one byte is read as cheaply, without loading its byte set,
+                     * a cache miss in most walks.) */
+                    const uint64_t *lp = loops + (Py_ssize_t)p * 4;
+                    take = !(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) &&
+                           ((built[p] == 3 && x->utf8) || (!(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])));
+                }
+                /* a counting state (each character moves one state on): a subtree of its
+                 * characters, no token longer than the chain, is all inside. A chain known
+                 * too short (ASCII's is the longest; below 2 chars nothing worth taking) is
+                 * rejected before reading the node's counts and byte set: cache misses,
+                 * where walks start at scattered nodes (a one-char lexeme's boundaries). */
+                if (!take && cnt[p].step_kind != 1 && x->end > i + 1 &&
+                    !(cnt[p].chain[0].done == 1 && cnt[p].chain[0].len < 2) && max_chars[i] < MAX_CHARS &&
+                    !(cnt[p].chain[0].done == 1 && cnt[p].chain[0].len < max_chars[i])) {
+                    if (!cnt[p].step_kind) {
+                        if ((code = product_step_info(P, p))) break;
+                        tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt;
                     }
+                    const Count *c = cnt + p;
+                    int utf = (sp[2] | sp[3]) != 0; /* non-ASCII bytes: well-formed UTF-8 only */
+                    if (c->step_kind == 2 && !(sp[0] & ~c->set[0]) && !(sp[1] & ~c->set[1]) && (!utf || x->utf8)) {
+                        int r = product_count(P, p, max_chars[i], utf);
+                        if (r < 0) { code = r; break; }
+                        tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt;
+                        take = r;
+                    }
+                }
+                if (take) {
+                    for (int32_t t = x->tok, e = nd[x->end].tok; t < e; t++) {
+                        int64_t id = ids[t];
+                        words[id >> 5] |= (uint32_t)1 << (id & 31);
+                    }
+                    i = x->end;
+                    continue;
                 }
                 int32_t nx = tbl[(Py_ssize_t)p * 256 + x->byte];
                 if (nx < 0) {
@@ -660,7 +207,7 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
                 }
                 if (!built[nx] && x->end > i + 1) { /* the children read nx's row */
                     if ((code = product_build(P, nx))) break;
-                    tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops; /* may have moved */
+                    tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt; /* may have moved */
                 }
                 stk[d] = nx;
                 for (int32_t t = x->tok, e = x[1].tok; t < e; t++) {
@@ -684,7 +231,7 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
     res = result3(&b);
 done:
     bounds_free(&b);
-    PyBuffer_Release(&nb); PyBuffer_Release(&sb); PyBuffer_Release(&ti); PyBuffer_Release(&sn);
+    PyBuffer_Release(&nb); PyBuffer_Release(&sb); PyBuffer_Release(&mb); PyBuffer_Release(&ti); PyBuffer_Release(&sn);
     PyBuffer_Release(&ss); PyBuffer_Release(&wo);
     return res;
 }

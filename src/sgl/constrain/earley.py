@@ -87,13 +87,20 @@ class EarleyParser:
         self.t = tables
         self._predictions: dict[int, tuple[tuple[tuple[int, int], ...], frozenset[int]]] = {}
         self.columns: list[EarleySet] = []  # by uid; an item's origin is an index here
+        # allowed-lexeme sets by content: columns share one frozenset object, whose hash is
+        # then computed once (the lexer cache is keyed by it on every mask miss)
+        self._allowed_sets: dict[tuple[int, ...], frozenset[int]] = {}
         # the compiled closure keeps the items itself; the Python one below is its twin
         self._c = _native_tables(tables) if native_enabled() else None
 
     def _native_column(self, parent: EarleySet | None, lexemes, found) -> EarleySet:
         uid, allowed, accepting = found
         col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, uid)
-        col.allowed = frozenset(allowed) | self.t.ignore
+        key = tuple(allowed)
+        got = self._allowed_sets.get(key)
+        if got is None:
+            got = self._allowed_sets[key] = frozenset(allowed) | self.t.ignore
+        col.allowed = got
         col.accepting = accepting
         assert uid == len(self.columns)
         self.columns.append(col)

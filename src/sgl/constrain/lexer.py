@@ -99,7 +99,11 @@ def native_dfa(dfa: ByteDFA, key: bytes | None = None):
             hit = _native_dfas.get(key)
         if hit is not None:
             return hit
-    out = _native.Dfa(np.ascontiguousarray(dfa.table, dtype=np.int32), np.ascontiguousarray(dfa.accepting, dtype=np.uint8))
+    table = np.ascontiguousarray(dfa.table, dtype=np.int32)
+    # read-only: the C Dfa then uses it in place instead of copying megabytes (a DFA is
+    # never changed once built; its tables are shared by the compile caches anyway)
+    table.flags.writeable = False
+    out = _native.Dfa(table, np.ascontiguousarray(dfa.accepting, dtype=np.uint8))
     if key is not None:
         with _native_dfas_lock:
             out = _native_dfas.setdefault(key, out)

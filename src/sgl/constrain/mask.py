@@ -41,9 +41,33 @@ NODE_DTYPE = np.dtype([("end", "<i4"), ("tok", "<i4"), ("depth", "<u2"), ("byte"
 DEFAULT_MASK_SECONDS = 20.0
 
 
+# a walk's words with at most this many nonzero words are kept as (indices, words) pairs:
+# most walks (boundary continuations, keys, punctuation) allow a few tokens, and their
+# results are cached for the process; as full 16 KB arrays (Llama-3) they made most of
+# the page faults of mask misses (~2 us each here), more than the OR-ing they save
+SPARSE_WORDS = 64
+
+Words = np.ndarray | tuple  # dense uint32 words, or (indices, words) of the nonzero ones
+
+
+def compact(words: np.ndarray) -> Words:
+    """``words`` as (indices, values) of its nonzero words when there are few."""
+    nz = np.flatnonzero(words)
+    return words if nz.size > SPARSE_WORDS else (nz, words[nz])
+
+
+def or_into(acc: np.ndarray, part: Words) -> None:
+    """``acc |= part`` in place, for dense or compact ``part``."""
+    if type(part) is tuple:
+        if part[0].size:
+            acc[part[0]] |= part[1]
+    else:
+        np.bitwise_or(acc, part, out=acc)
+
+
 @dataclass
 class WalkResult:
-    inside: np.ndarray  # packed uint32 words: tokens read completely inside the current lexeme
+    inside: Words  # packed uint32 words (maybe compact): tokens read completely inside the current lexeme
     boundary_ids: np.ndarray  # token ids whose current lexeme completes before their end
     boundary_pos: np.ndarray  # byte offset in the token where the next lexeme starts
     boundary_state: np.ndarray  # the accepting lexer state the current lexeme ended in
@@ -113,10 +137,12 @@ class TokenTable:
         self._roots = None
         self._packed = None
         self._subtree_bytes = None
+        self._max_chars = None
         if native_enabled() and self.max_len < 1024:
             # built with the vocabulary (as a token trie is), not on the first mask
             self.packed_trie  # noqa: B018
             self.subtree_bytes  # noqa: B018
+            self.max_chars  # noqa: B018
 
     @property
     def packed_trie(self) -> np.ndarray:
@@ -137,6 +163,15 @@ class TokenTable:
         if self._subtree_bytes is None:
             self._subtree_bytes = subtree_byte_sets(*self.trie[:3])
         return self._subtree_bytes
+
+    @property
+    def max_chars(self) -> np.ndarray:
+        """Per trie node, the most characters any token below it holds from the node's byte
+        on (uint8, saturated at ``MAX_CHARS``; see ``max_chars_below``)."""
+        if self._max_chars is None:
+            node_byte, depth = self.trie[:2]
+            self._max_chars = max_chars_below(node_byte, depth, _trie_parents(depth))
+        return self._max_chars
 
     def subtree_tokens(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tokens below trie ``nodes`` and the byte offset of each node in them."""
@@ -288,6 +323,28 @@ def utf8_subtrees(node_byte: np.ndarray, depth: np.ndarray, parent: np.ndarray) 
                 np.logical_and.at(kids_ok[u], up, ok[u])
         kids_ok[:, here] = ok  # from now on: this node's own verdict
     return kids_ok[0].astype(np.uint8)
+
+
+MAX_CHARS = 255  # max_chars saturates here (the C walk's MAX_CHARS: "too many to count")
+
+
+def max_chars_below(node_byte: np.ndarray, depth: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """Per trie node, the most characters (bytes that are not UTF-8 continuation bytes) in
+    any token below it, from the node's byte on, saturated at ``MAX_CHARS``.
+
+    A counting lexer state (a string with ``maxLength``: each character moves one state on)
+    takes a subtree of its characters at once when this is at most the characters it can
+    still read (``walk_trie``'s counting shortcut). Bottom up, like ``utf8_subtrees``.
+    """
+    starts = ((node_byte & 0xC0) != 0x80).astype(np.int64)
+    below = np.zeros(node_byte.size, dtype=np.int64)  # the most below each node's children
+    out = np.zeros(node_byte.size, dtype=np.int64)
+    for d in range(int(depth.max(initial=0)), 0, -1):  # deepest first
+        here = np.nonzero(depth == d)[0]
+        out[here] = starts[here] + below[here]
+        if d > 1:
+            np.maximum.at(below, parent[here], out[here])
+    return np.minimum(out, MAX_CHARS).astype(np.uint8)
 
 
 def subtree_byte_sets(node_byte: np.ndarray, depth: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -449,11 +506,11 @@ class MaskComputer:
         words = np.zeros(self.tokens.n_words, dtype=np.uint32)
         tokens = self.tokens
         try:
-            found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.trie[4], core.product,
-                                      nodes, states, words)
+            found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4],
+                                      core.product, nodes, states, words)
         except OverflowError as e:
             raise core._budget(e) from e
-        return WalkResult(words, *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
+        return WalkResult(compact(words), *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
 
     def mask(self, col: EarleySet, state: int) -> np.ndarray:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
@@ -469,7 +526,7 @@ class MaskComputer:
             lexer, state_key = self.lexer_for(col), state
             lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
-            extra: list[np.ndarray] = [res.inside]
+            extra: list[Words] = [res.inside]
             self._boundaries(col, lexer, res, extra)
             if res.starts_next is not None:
                 nxt_col = self.parser.scan(col, lexer.accepts[state])
@@ -479,9 +536,14 @@ class MaskComputer:
                 extra.append(self._eos_words)
             # in place, pairwise: ``np.bitwise_or.reduce`` of a list first stacks it into a
             # new 2-D array, which cost more than the walks on cache hits
-            words = extra[0].copy()
+            first = extra[0]
+            if type(first) is tuple:
+                words = np.zeros(self.tokens.n_words, dtype=np.uint32)
+                or_into(words, first)
+            else:
+                words = first.copy()
             for part in extra[1:]:
-                np.bitwise_or(words, part, out=words)
+                or_into(words, part)
             words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state_key] = words
         return words
@@ -503,24 +565,33 @@ class MaskComputer:
         return single, single.core.state_of_local(q)
 
     def _boundaries(self, col: EarleySet, lexer: LexerDFA, res: WalkResult, extra: list) -> None:
-        """Tokens whose current lexeme ends inside them: scan it, walk the rest from there."""
+        """Tokens whose current lexeme ends inside them: scan it, walk the rest from there.
+
+        The hot loop of mask misses (a few groups per level, a few levels per token):
+        attribute lookups are hoisted, and the budget is checked once per level and
+        before each walk rather than per group."""
         if not res.boundary_ids.size:
             return
-        if res.groups is None:
-            res.groups = _group_boundaries(lexer.core, res)
-        for group, sel in res.groups:
-            self._check_budget()
-            nxt_col = self.parser.scan(col, lexer.accepts[group[0]])
+        groups = res.groups
+        if groups is None:
+            groups = res.groups = _group_boundaries(lexer.core, res)
+        self._check_budget()
+        scan, accepts, for_lexemes, subs = self.parser.scan, lexer.accepts, self.lexer.for_lexemes, res.subs
+        for group, sel in groups:
+            nxt_col = scan(col, accepts[group[0]])
             if nxt_col is None:
                 continue
-            nxt_lexer = self.lexer_for(nxt_col)
+            nxt_lexer = for_lexemes(nxt_col.allowed)
             key = (group, nxt_lexer.core.uid)  # a small int: cheaper to hash than the content key
-            sub = res.subs.get(key)
+            sub = subs.get(key)
             if sub is None:
-                sub = self._walk_rest(nxt_lexer, res, sel)
-                res.subs[key] = sub
-            extra.append(sub.inside)
-            self._boundaries(nxt_col, nxt_lexer, sub, extra)
+                self._check_budget()
+                sub = subs[key] = self._walk_rest(nxt_lexer, res, sel)
+            inside = sub.inside
+            if type(inside) is not tuple or inside[0].size:
+                extra.append(inside)
+            if sub.boundary_ids.size:
+                self._boundaries(nxt_col, nxt_lexer, sub, extra)
 
     def _check_budget(self) -> None:
         # between scans and walks: a mask over many boundaries (huge ambiguous grammars,

@@ -1,5 +1,5 @@
-"""The optional C extension (``_native.c``, ``_native_earley.c``): mask walks, the lazy product lexer, the
-Earley closure. Every user keeps a pure-Python twin with the same results; this module
+"""The optional C extension (``_native.c``, ``_native_product.c``, ``_native_earley.c``): mask
+walks, the lazy product lexer, the Earley closure. Every user keeps a pure-Python twin with the same results; this module
 says whether the compiled one is in use (built at install, and not disabled by
 ``SGL_NATIVE=0``, which the tests use to compare the two)."""
 
