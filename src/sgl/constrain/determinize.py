@@ -407,7 +407,7 @@ class _Determinizer:
                 state_of = grown
             row = state_of[ids]
             if (row == -2).any():
-                for s in np.unique(ids[row == -2]).tolist():
+                for s in sorted(set(ids[row == -2].tolist())):  # np.unique's order, less overhead
                     state_of[s] = len(queue)
                     queue.append(s)
                 if len(queue) > max_states:
