@@ -90,15 +90,6 @@ class EarleyParser:
         # the compiled closure keeps the items itself; the Python one below is its twin
         self._c = _native_tables(tables) if native_enabled() else None
 
-    def __del__(self) -> None:
-        # Chart columns point at each other (a child's parent, the parent's children):
-        # a cycle per scan, which after gc.freeze() (compiled.settle_garbage_collector)
-        # only the periodic full collection would free, walking every frozen object.
-        # Nothing scans without this parser (matchers hold the grammar, which holds
-        # it), so the links go here and reference counting frees the chart at once.
-        for col in getattr(self, "columns", ()):
-            col.children.clear()
-
     def _native_column(self, parent: EarleySet | None, lexemes, found) -> EarleySet:
         uid, allowed, accepting = found
         col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, uid)
