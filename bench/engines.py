@@ -324,7 +324,12 @@ class SGLEngine(Engine):
         from sgl.constrain.compiled import _token_table
 
         _token_table(self.vocab)
-        # the JSON Schema frontend is imported on first use; importing it is not a compile
+        # the JSON Schema frontend is imported on first use, and so is the validator
+        # library it checks enum/const values against subschemas with (~55 ms): importing
+        # them is a per-process cost, not a compile
+        import jsonschema  # noqa: F401
+        import referencing.jsonschema  # noqa: F401
+
         import sgl.constrain.json_schema  # noqa: F401
         # compile_json_schema keeps a small content-keyed cache; MaskBench has a few
         # duplicate schemas, and a cache hit would report a lookup as a compile.

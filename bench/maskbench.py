@@ -179,6 +179,9 @@ def run_worker(args: argparse.Namespace) -> None:
                 res = {"ntok": len(ids), "accepted": False, "pos": -1, "mask_ns": [],
                        "note": f"exception {type(e).__name__}: {e}"[:300]}
             emit(ev="test", i=i, j=j, valid=bool(test["valid"]), **res)
+        # freeing this schema's grammar is not part of compiling the next one: an
+        # assignment to ``compiled`` there would free it inside that compile's timing
+        compiled = None
         emit(ev="end", i=i, rss_kb=_rss_kb(), cpu=time.process_time())
     emit(ev="done", rss_kb=_rss_kb(), cpu=time.process_time())
 

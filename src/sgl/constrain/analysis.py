@@ -30,27 +30,31 @@ def derivable(rules: Sequence[RulePair], ground: Callable[[S], bool] | AbstractS
     ``ground = is_terminal`` gives the productive nonterminals (they derive some text);
     ``ground = lambda s: False`` the nullable ones (they derive the empty string).
     ``ground`` may also be the set of those symbols (faster: no call per symbol).
-    Each rule counts its symbols not yet known to derive; a nonterminal is found when
-    one of its rules reaches zero. The order is bottom-up: a rule's symbols are found
-    before its left-hand side.
+    Each rule counts its occurrences of symbols not yet known to derive (a repeated
+    symbol counts, and is counted down, once per occurrence: no set per rule); a
+    nonterminal is found when one of its rules reaches zero. The order is bottom-up: a
+    rule's symbols are found before its left-hand side.
     """
     missing: list[int] = []
     users: dict[S, list[int]] = {}
     found: list[S] = []
     done: set[S] = set()
-    is_set = isinstance(ground, AbstractSet)
+    if not isinstance(ground, AbstractSet):
+        is_ground = ground
+        ground = {s for _, rhs in rules for s in rhs if is_ground(s)}
     users_of = users.get
     for i, (lhs, rhs) in enumerate(rules):
-        need = set(rhs).difference(ground) if is_set else {s for s in rhs if not ground(s)}
-        missing.append(len(need))
-        if need:
-            for s in need:
+        need = 0
+        for s in rhs:
+            if s not in ground:
+                need += 1
                 got = users_of(s)
                 if got is None:
                     users[s] = [i]
                 else:
                     got.append(i)
-        elif lhs not in done:
+        missing.append(need)
+        if not need and lhs not in done:
             done.add(lhs)
             found.append(lhs)
     k = 0
@@ -59,10 +63,11 @@ def derivable(rules: Sequence[RulePair], ground: Callable[[S], bool] | AbstractS
         k += 1
         for i in users.get(sym, ()):
             missing[i] -= 1
-            lhs = rules[i][0]
-            if missing[i] == 0 and lhs not in done:
-                done.add(lhs)
-                found.append(lhs)
+            if missing[i] == 0:
+                lhs = rules[i][0]
+                if lhs not in done:
+                    done.add(lhs)
+                    found.append(lhs)
     return found
 
 

@@ -88,6 +88,9 @@ class _DeepWorker:
         while True:
             job = self.jobs.get()
             job()
+            # the job's closure holds its result: kept here, the last compiled grammar
+            # would live until the next compile, and be freed inside it
+            job = None
             with _deep_lock:
                 if len(self.idle) >= _MAX_IDLE_WORKERS:
                     return

@@ -343,9 +343,11 @@ class _Determinizer:
                 got[c0:c1] = self.arrive(automaton, nxt, cont)
         else:
             row = self.tables[automaton][state]
-            targets = np.unique(row[row >= 0]).tolist()
+            targets = set(row.tolist())  # a few distinct ones in a short row: no np.unique
+            targets.discard(-1)
             lut = np.full(len(self.acc[automaton]) + 1, -1, dtype=np.int64)  # lut[-1] = -1
-            lut[targets] = [self.arrive(automaton, nxt, cont) for nxt in targets]
+            for nxt in targets:
+                lut[nxt] = self.arrive(automaton, nxt, cont)
             got = lut[row]
         self.term_rows[t] = got
         return got
@@ -405,7 +407,7 @@ class _Determinizer:
                 state_of = grown
             row = state_of[ids]
             if (row == -2).any():
-                for s in np.unique(ids[row == -2]).tolist():
+                for s in sorted(set(ids[row == -2].tolist())):  # np.unique's order, less overhead
                     state_of[s] = len(queue)
                     queue.append(s)
                 if len(queue) > max_states:

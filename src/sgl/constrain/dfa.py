@@ -250,43 +250,79 @@ def _minimize(d: _Dfa, *, by_shape: bool = True) -> _Dfa:
 _HASH_WEIGHTS = np.random.default_rng(0).integers(1, 2**62, size=4096, dtype=np.int64)
 
 
+def _equal_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inv)``: the first row of each distinct row of ``sig``, and each row's
+    group, numbered in the order of the groups' hash (or rows).
+
+    Rows are grouped by a random linear hash, then checked against their group's first
+    row; a collision (never seen, but possible) falls back to exact sorting.
+    """
+    if sig.shape[1] <= len(_HASH_WEIGHTS):
+        _, first, inv = np.unique(sig @ _HASH_WEIGHTS[: sig.shape[1]], return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        if len(first) == len(sig) or (sig == sig[first[inv]]).all():  # distinct hashes: distinct rows
+            return first, inv
+    _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
+    return first, inv.reshape(-1)
+
+
 def _merge_equal_rows(table: np.ndarray, accepting: np.ndarray, start: int):
     """One round of merging states with equal acceptance and rows, or None if all differ.
 
-    Returns the merged (table, accepting, start). Rows are grouped by a random
-    linear hash, then checked against their group's first row; a collision
-    (never seen, but possible) falls back to exact sorting.
+    Returns the merged (table, accepting, start).
     """
-    n = len(accepting)
-    sig = np.column_stack([accepting, table])
-    weights = _HASH_WEIGHTS[: sig.shape[1]] if sig.shape[1] <= 4096 else None
-    if weights is not None:
-        _, first, inv = np.unique(sig @ weights, return_index=True, return_inverse=True)
-        inv = inv.reshape(-1)
-        if len(first) == n:
-            return None
-        if not (sig == sig[first[inv]]).all():
-            weights = None
-    if weights is None:
-        _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
-        inv = inv.reshape(-1)
-        if len(first) == n:
-            return None
+    first, inv = _equal_rows(np.column_stack([accepting, table]))
+    if len(first) == len(accepting):
+        return None
     rows = table[first]
     return np.where(rows >= 0, inv[rows.clip(0)], -1), accepting[first], int(inv[start])
 
 
-def _hopcroft(table: np.ndarray, accepting: np.ndarray) -> list[int]:
+MOORE_ROUNDS = 48  # vectorised refinement rounds before Hopcroft's worklist takes over
+
+
+def _hopcroft(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
     """Block id of every state of a trim DFA (equivalent states share one).
 
-    Runs on the partial transition function, with no sink state: Hopcroft's
-    refinement started from both initial blocks, as partial DFAs require. This
-    avoids iterating over the many transitions into the sink.
+    Runs on the partial transition function, with no sink state (a trim DFA has no
+    state equivalent to a missing transition). First up to ``MOORE_ROUNDS`` rounds of
+    Moore's refinement in numpy: each splits blocks by the blocks their rows lead to,
+    and most lexeme DFAs are stable within a few dozen rounds. A DFA that needs more
+    (long chains: each round only tells apart one more state) goes on from the
+    partition reached with Hopcroft's worklist, whose result is the same coarsest
+    stable refinement.
     """
-    n, k = table.shape
     # classes that behave identically in every state are one label
-    table = np.unique(table, axis=1)
-    k = table.shape[1]
+    table = table[:, np.sort(_equal_rows(table.T)[0])]
+    block, stable = _moore_blocks(table, accepting, MOORE_ROUNDS)
+    if stable:
+        return block
+    return np.array(_hopcroft_from(table, block.tolist()))
+
+
+def _moore_blocks(table: np.ndarray, accepting: np.ndarray, rounds: int) -> tuple[np.ndarray, bool]:
+    """Block ids after at most ``rounds`` refinements, and whether they are stable.
+
+    Every round refines the last (a state's own block is part of its signature), so an
+    unchanged block count means an unchanged partition: the coarsest stable one.
+    """
+    _, block = np.unique(accepting, return_inverse=True)
+    block = block.reshape(-1).astype(np.int64)
+    count = int(block.max()) + 1
+    for _ in range(rounds):
+        succ = np.where(table >= 0, block[table.clip(0)], -1)
+        _, block = _equal_rows(np.column_stack([block, succ]))
+        new_count = int(block.max()) + 1
+        if new_count == count:
+            return block, True
+        count = new_count
+    return block, False
+
+
+def _hopcroft_from(table: np.ndarray, block0: list[int]) -> list[int]:
+    """Hopcroft's refinement of the partition ``block0`` (ids ``0..m-1``), all of its
+    blocks in the worklist; started from accepting/rejecting, the minimal DFA's blocks."""
+    n, k = table.shape
     flat = table.ravel()
     has = flat >= 0
     target = flat[has]
@@ -297,13 +333,10 @@ def _hopcroft(table: np.ndarray, accepting: np.ndarray) -> list[int]:
     in_src = source[order].tolist()
     in_lbl = label[order].tolist()
 
-    acc = set(np.flatnonzero(accepting).tolist())
-    rej = set(range(n)) - acc
-    blocks: list[set[int]] = [b for b in (acc, rej) if b]
-    block_of = [0] * n
-    for b, members in enumerate(blocks):
-        for q in members:
-            block_of[q] = b
+    blocks: list[set[int]] = [set() for _ in range(max(block0) + 1)]
+    for q, b in enumerate(block0):
+        blocks[b].add(q)
+    block_of = list(block0)
     work = set(range(len(blocks)))
     while work:
         by_label: defaultdict[int, list[int]] = defaultdict(list)
