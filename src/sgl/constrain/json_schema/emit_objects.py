@@ -340,60 +340,43 @@ def _prefix_regions(patterns: list[str]) -> list | None:
     if sum(map(len, prefixes)) > MAX_EXACT_KEY_TRIE_NODES:
         return None
     of = dict(zip(prefixes, patterns, strict=True))
-    regions: list = [((), lambda: [_not_in_names(tuple(prefixes), prefixes=True)])]
+    regions: list = [((), lambda: [_not_starting_with(tuple(prefixes))])]
     for p in prefixes:
         chosen = tuple(of[q] for q in prefixes if p.startswith(q))
         longer = [q[len(p):] for q in prefixes if q != p and q.startswith(p)]
         regions.append((chosen, lambda p=p, longer=tuple(longer): [
-            seq(literal_string(p), _not_in_names(longer, prefixes=True) if longer else ANY_STRING)]))
+            seq(literal_string(p), _not_starting_with(longer) if longer else ANY_STRING)]))
     return regions
 
 
 @lru_cache(maxsize=1024)
-def _not_in_names(names: tuple, prefixes: bool = False) -> Node | None:
-    """Decoded strings other than ``names`` (with ``prefixes``: that start with none of
-    them), exactly, or None when a name has a character outside ``ONE_SPELLING`` or the
-    names are too many or too long.
+def _not_starting_with(prefixes: tuple[str, ...]) -> Node:
+    """Decoded strings that start with none of ``prefixes`` (checked by ``_prefix_regions``:
+    one-spelling characters, the trie within ``MAX_EXACT_KEY_TRIE_NODES``), exactly.
 
-    Two disjoint parts: strings of one-spelling characters off the names' trie (each trie
-    node: another such character, then any of them), and strings with some other
-    character (a shared suffix). Only the first grows with the names, and with raw
-    characters only its automaton stays about as small as the trie, where a complement
-    of the trie over all characters costs every node the JSON escape sequences. (A string
-    starts with a one-spelling prefix exactly when its run of one-spelling characters does.)
+    Two disjoint parts: strings of one-spelling characters off the prefixes' trie (each
+    trie node: another such character, then any of them), and strings with some other
+    character. With raw characters only, the automaton stays about as small as the trie,
+    where a complement over all characters costs every node the JSON escape sequences.
+    (A string starts with a one-spelling prefix exactly when its run of one-spelling
+    characters does.)
     """
-    if not names or any(len(n) > MAX_EXACT_KEY_LENGTH for n in names):
-        return None
-    if not all(_contains(ONE_SPELLING, ord(ch)) for n in names for ch in n):
-        return None
-    trie: dict = {}
-    count = 0
-    for t in names:
-        node = trie
-        for ch in t:
-            if ch not in node:
-                count += 1
-            node = node.setdefault(ch, {})
-        node[""] = True
-    if count > MAX_EXACT_KEY_TRIE_NODES:
-        return None
+    trie = key_trie(prefixes, MAX_EXACT_KEY_TRIE_NODES)[0]
     rest = Repeat(ONE_SPELLING, 0, None)
     other_char = negate(ONE_SPELLING)
 
     def build(node: dict) -> Node:
-        if prefixes and "" in node:
+        if "" in node:
             return NOTHING  # everything from here on starts with a prefix
         kids = sorted(ch for ch in node if ch != "")
-        parts = [] if "" in node else [seq()]
+        parts = [seq()]
         others = negate(Chars(normalize_ranges(other_char.ranges + tuple((ord(c), ord(c)) for c in kids))))
         if others.ranges:
             parts.append(seq(others, rest))
         parts += [seq(literal(ch), build(node[ch])) for ch in kids]
-        return alt(*parts) if parts else NOTHING
+        return alt(*parts)
 
-    if prefixes:
-        return seq(build(trie), alt(seq(), seq(other_char, ANY_STRING)))
-    return alt(build(trie), seq(rest, other_char, ANY_STRING))
+    return seq(build(trie), alt(seq(), seq(other_char, ANY_STRING)))
 
 
 def _not_in_set(names) -> tuple[Node, bool]:
