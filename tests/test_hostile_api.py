@@ -161,6 +161,8 @@ def test_a_long_word_list_regex_goes_through_the_trie_with_re_semantics():
 
 @pytest.mark.parametrize("budget, call", [
     ("choice_states", lambda b: compile_choices(_words(100, 4), budget=b)),
+    # a word list inside a regex: refused as the trie's budget, no fallback to characters
+    ("choice_states", lambda b: compile_regex("(?:" + "|".join(_words(100, 4)) + ")x", budget=b)),
     ("lexemes", lambda b: compile_grammar('start: "a" "b"', budget=b)),
     ("rules", lambda b: compile_grammar('start: a | b\na: "a"\nb: "b"', budget=b)),
     # (compile_regex would fall back to a grammar of characters: a grammar's terminal does not)
@@ -174,6 +176,7 @@ def test_a_compile_over_budget_names_the_budget(budget, call):
     with pytest.raises(CompileBudgetExceeded) as e:
         call(small)
     assert budget in str(e.value)
+    assert e.value.budget == budget
 
 
 @pytest.mark.parametrize("call", [

@@ -34,7 +34,15 @@ class ConstraintError(SglError, ValueError):
 
 
 class CompileBudgetExceeded(ConstraintError):
-    """Compilation would exceed its state or time budget (e.g. ``(x{1000}){1000}``)."""
+    """Compilation would exceed its state or time budget (e.g. ``(x{1000}){1000}``).
+
+    ``budget`` names the budget when one field of ``CompileBudget`` was exceeded
+    (``"choice_states"``, ``"seconds"``, ...)."""
+
+    def __init__(self, message: str, location: str | None = None, *, keyword: str | None = None,
+                 budget: str | None = None):
+        super().__init__(message, location, keyword=keyword)
+        self.budget = budget
 
 
 class ProgramError(SglError):

@@ -564,7 +564,7 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
         if len(final) + len(w) - k > max_states:
             raise CompileBudgetExceeded(
                 f"the {len(words)} alternative strings need a trie of more than {max_states} "
-                "states (budget: choice_states)"
+                "states (budget: choice_states)", budget="choice_states"
             )
         for b in w[k:]:
             n = len(final)
@@ -627,7 +627,7 @@ def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATE
     if n > max_states:
         raise CompileBudgetExceeded(
             f"the {len(words)} alternative strings need a trie of more than {max_states} "
-            "states (budget: choice_states)"
+            "states (budget: choice_states)", budget="choice_states"
         )
     ids: dict[tuple, int] = {}
     sigs: list[tuple] = []

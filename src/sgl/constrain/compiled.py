@@ -54,7 +54,8 @@ class CompileBudget:
     mask_seconds: float = DEFAULT_MASK_SECONDS
 
     def over(self, name: str, value: object, limit: object) -> CompileBudgetExceeded:
-        return CompileBudgetExceeded(f"the constraint needs {value} {name.replace('_', ' ')}, over the budget of {limit} (budget: {name})")
+        return CompileBudgetExceeded(f"the constraint needs {value} {name.replace('_', ' ')}, over the budget of {limit} "
+                                     f"(budget: {name})", budget=name)
 
 
 class Walk(NamedTuple):
@@ -126,7 +127,8 @@ class CompiledGrammar:
             try:
                 self._dfa_cache[name] = terminal_dfa(term.pattern, term.literal, budget)
             except ConstraintError as e:
-                raise type(e)(f"terminal {name}: {e.message}", e.location or name, keyword=e.keyword) from e
+                extra = {"budget": e.budget} if isinstance(e, CompileBudgetExceeded) else {}
+                raise type(e)(f"terminal {name}: {e.message}", e.location or name, keyword=e.keyword, **extra) from e
         return self._dfa_cache
 
     def accepts_text(self, data: bytes | str) -> bool:

@@ -207,7 +207,7 @@ def _common_bounds(*dfas: _Dfa) -> np.ndarray:
 def _too_many_states(max_states: int) -> CompileBudgetExceeded:
     return CompileBudgetExceeded(
         f"regex needs more than {max_states} DFA states; "
-        "simplify it (e.g. bound fewer repetitions after a wildcard) (budget: dfa_states)"
+        "simplify it (e.g. bound fewer repetitions after a wildcard) (budget: dfa_states)", budget="dfa_states"
     )
 
 

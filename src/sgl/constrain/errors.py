@@ -26,4 +26,4 @@ def check_deadline(what: str = "compiling the constraint") -> None:
     """
     deadline = getattr(_local, "deadline", None)
     if deadline is not None and time.monotonic() > deadline:
-        raise CompileBudgetExceeded(f"{what} ran over its time budget (budget: seconds)")
+        raise CompileBudgetExceeded(f"{what} ran over its time budget (budget: seconds)", budget="seconds")

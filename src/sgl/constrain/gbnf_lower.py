@@ -286,7 +286,7 @@ class _Lowering:
             # 10,000 ways to split "x"*k, which parsing (not compiling) would pay for
             raise CompileBudgetExceeded(
                 f"nested repetitions in the {self.dialect.upper()} grammar multiply to {copies} "
-                f"copies, over the budget of {MAX_NESTED_COPIES} (budget: rules)"
+                f"copies, over the budget of {MAX_NESTED_COPIES} (budget: rules)", budget="rules"
             )
         x = self.lower_group(e.item)
         lhs = self.b.fresh("rep")
@@ -326,7 +326,7 @@ class _Lowering:
         if len(lexemes) > MAX_CHECKED_LEXEMES:  # the check below is quadratic in them
             raise CompileBudgetExceeded(
                 f"the {self.dialect.upper()} grammar needs {len(lexemes)} lexemes, over the "
-                f"{MAX_CHECKED_LEXEMES} whose tokenization can be checked (budget: lexemes)"
+                f"{MAX_CHECKED_LEXEMES} whose tokenization can be checked (budget: lexemes)", budget="lexemes"
             )
         co_allowed, follow_bytes, first_bytes = _co_allowed(g, lexemes)
         bad: set = set()

@@ -599,7 +599,7 @@ class MaskComputer:
         # nothing half-built is cached (caches are written when a part is complete)
         if self._deadline is not None and time.monotonic() > self._deadline:
             raise CompileBudgetExceeded(
-                f"computing one token mask ran over its time budget of {self.max_seconds:g} s (budget: mask_seconds)")
+                f"computing one token mask ran over its time budget of {self.max_seconds:g} s (budget: mask_seconds)", budget="mask_seconds")
 
     def _pack(self, ids: np.ndarray) -> np.ndarray:
         """Token ids as uint32 bitmask words."""
