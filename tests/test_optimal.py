@@ -254,3 +254,48 @@ def test_one_alpha_per_token_when_the_text_ends_with_eos(model) -> None:
         assert n == len(r.generated_ids[i])
         for key in ("alphas", "ess_ratios", "ess_base", "kl_base", "kl_teacher"):
             assert len(getattr(r, key)[i]) == n, key
+
+
+def test_a_mixture_request_decodes_in_the_same_engine_steps_as_a_plain_request(model, local_model) -> None:
+    """Issue 10: OptimalSampler's sequences are requests in the engine's batch, not a second runtime."""
+    from sgl.engine.request import SeqRequest
+    from sgl.types import SamplingParams
+
+    n = 6
+    sampler = OptimalSampler(model, model, alpha_method="kl_symmetry", teacher_prompt=SYSTEM)
+    alone = sampler.generate(USER, max_tokens=n, temperature=0.0, collect_diagnostics=True)
+    engine = model.engine
+    assert engine is local_model.engine  # the LocalModel's own engine, no second one
+    plain = SeqRequest(local_model.encode("The capital of France is"),
+                       SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True))
+    before = engine.stats.steps
+    plain_alone = engine.generate([plain])[0]
+    steps_plain = engine.stats.steps - before
+
+    (mixed,) = sampler.requests(USER, max_tokens=n, temperature=0.0)
+    plain = SeqRequest(plain.prompt_ids, plain.params)
+    before, generated = engine.stats.steps, engine.stats.generated_tokens
+    out_plain, out_base, _ = engine.generate([plain, mixed.base, mixed.teacher])
+    together = engine.stats.steps - before
+    # the engine sampled the mixture's tokens itself (the teacher only follows)
+    assert engine.stats.generated_tokens - generated == len(out_plain.token_ids) + len(out_base.token_ids)
+    # one forward pass per token for all three sequences: no more steps than the plain one alone
+    assert together <= steps_plain
+    assert out_plain.token_ids == plain_alone.token_ids
+    own = out_base.token_ids[: alone.num_tokens[0]]
+    assert own == alone.generated_ids[0]
+    assert [float(m.alpha[0]) for m in mixed.pairing.infos[: len(own)]] == pytest.approx(alone.alphas[0])
+
+
+def test_a_teacher_in_another_engine_gives_the_same_tokens(model) -> None:
+    """A teacher that is another model runs in its own engine, stepped in lockstep."""
+    from sgl.decode.logit_model import LogitModel
+
+    other = LogitModel(model.llama, model.vocab, model.tokenizer, name="twin")  # its own engine
+    assert other.engine is not model.engine
+    prompts = [USER, "The capital of France is"]
+    same = OptimalSampler(model, model, teacher_prompt=SYSTEM).generate(prompts, max_tokens=5, temperature=0.0)
+    two = OptimalSampler(model, other, teacher_prompt=SYSTEM).generate(prompts, max_tokens=5, temperature=0.0)
+    assert two.generated_ids == same.generated_ids
+    assert two.finish_reasons == same.finish_reasons
+    other.engine.close()

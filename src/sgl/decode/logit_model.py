@@ -33,6 +33,7 @@ class LogitModel:
     name: str = "model"
     source: Any = None  # the object this view was made from (e.g. the LocalModel)
     _sessions: dict = field(default_factory=dict, repr=False)
+    _engine: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -51,6 +52,21 @@ class LogitModel:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.vocab.decode(ids).decode("utf-8", errors="replace")
+
+    @property
+    def engine(self) -> Any:
+        """The continuous-batching engine running this model: the ``LocalModel``'s own
+        when the view was made from one, else one made on first use."""
+        engine = getattr(self.source, "engine", None)
+        if engine is not None:
+            return engine
+        with self._lock:
+            if self._engine is None:
+                from sgl.engine.scheduler import Engine, EngineConfig
+
+                self._engine = Engine(self.llama, self.vocab.token_bytes, self.vocab.eos_token_ids,
+                                      EngineConfig(kv_budget_mb=128.0), vocab=self.vocab)
+            return self._engine
 
     def session(self, capacity: int = 512) -> DecodeSession:
         """A fresh single-sequence decoding session with its own KV cache."""

@@ -7,12 +7,13 @@ the same vocabulary; the sampler draws from
 
 with ``α`` chosen per token from the two distributions by one of the rules in
 `alpha` (``kl_symmetry``, ``ess_balance``, ``entropy``, ``fixed``; see
-``docs/decoding.md``). ``OptimalSampler`` runs both models batched over prompts, each
-with its own KV cache, optionally under a constraint (one ``sgl.constrain.Matcher`` per
-sequence, the mask applied to both models before α is chosen). Each sequence is the
-engine's `SeqState`: it masks, advances the matcher and checks every end (EOS, stop
-strings, constraint complete, length); the mixture replaces only the sampling
-distribution.
+``docs/decoding.md``). Each prompt is two requests in the engines' continuous batches
+(the base prompt in the base model's engine, the teacher prompt in the teacher's; one
+engine when both are the same model) joined by an `sgl.engine.pairing.Pairing`, whose
+logits policy is the mixture: the engine's step masks (one ``sgl.constrain.Matcher``
+per sequence, the mask applied to both models before α is chosen), advances the
+matcher and checks every end (EOS, stop strings, constraint complete, length); the
+mixture replaces only the sampling distribution.
 """
 
 from __future__ import annotations
@@ -24,13 +25,7 @@ from typing import Any
 import numpy as np
 
 from .alpha import ALPHA_METHODS, LogPair, check_alpha_range, choose_alpha, logsumexp_rows
-from .logit_model import (
-    LogitModel,
-    check_same_vocabulary,
-    compile_for,
-    engine_sampler,
-    resolve_logit_model,
-)
+from .logit_model import check_same_vocabulary, compile_for, engine_sampler, resolve_logit_model
 
 
 @dataclass
@@ -87,30 +82,18 @@ _DIAGNOSTICS = {"alphas": "alpha", "ess_ratios": "ess_teacher", "ess_base": "ess
                 "kl_teacher": "kl_teacher"}
 
 
-class _BatchRun:
-    """One model over a batch of prompts: left-padded prefill, then one token per row per step."""
+@dataclass
+class MixtureRequest:
+    """One prompt of `OptimalSampler` as two engine requests joined by a `Pairing`.
 
-    def __init__(self, model: LogitModel, prompts: list[list[int]], extra: int):
-        import torch
+    ``base`` (sampled from the mixture) runs in the base model's engine, ``teacher``
+    (the teacher's prompt, fed the same tokens) in the teacher's; both share the
+    engines' continuous batches with any other request.
+    """
 
-        self.model = model
-        width = max(len(p) for p in prompts)
-        pad = [width - len(p) for p in prompts]
-        ids = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, pad[i]:] = torch.tensor(p, dtype=torch.long)
-        self.cache = model.llama.new_cache(width + extra + 1, batch=len(prompts))
-        if any(pad):
-            self.cache.pad = torch.tensor(pad, dtype=torch.long)
-        with torch.inference_mode():
-            self.logits = model.llama.forward(ids, self.cache)
-
-    def step(self, tokens: Any) -> Any:
-        import torch
-
-        with torch.inference_mode():
-            self.logits = self.model.llama.forward(tokens.view(-1, 1), self.cache)
-        return self.logits
+    base: Any  # sgl.engine.request.SeqRequest
+    teacher: Any
+    pairing: Any  # sgl.engine.pairing.Pairing
 
 
 class OptimalSampler:
@@ -226,25 +209,16 @@ class OptimalSampler:
             return prompt
         return tp(prompt) if callable(tp) else tp + prompt
 
-    def generate(self, prompts: str | Sequence[str], max_tokens: int = 100, temperature: float = 1.0,
-                 collect_diagnostics: bool = False, constraint: Any = None, seed: int | None = None, *,
-                 teacher_prompts: Sequence[str] | None = None, top_k: int = 0, top_p: float = 1.0,
-                 stop: Sequence[str] = ()) -> OptimalResult:
-        """Generate a continuation of each prompt, batched; both models keep KV caches.
-
-        ``constraint``: a ``ConstraintSpec``, ``CompiledGrammar`` or JSON-schema dict,
-        enforced per sequence on both models' distributions before α is chosen.
-        ``temperature`` (→ 0: argmax), ``top_k``, ``top_p`` apply to q. ``teacher_prompts``
-        overrides the teacher's prompts (default: ``teacher_prompt`` applied to each).
-        """
-        import torch
-
+    def requests(self, prompts: str | Sequence[str], max_tokens: int = 100, temperature: float = 1.0,
+                 constraint: Any = None, seed: int | None = None, *, teacher_prompts: Sequence[str] | None = None,
+                 top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] = ()) -> list[MixtureRequest]:
+        """The engine requests of `generate` (same arguments), to submit with other work."""
         from sgl.constrain import Matcher
-        from sgl.engine.step import SeqState, StepContext, plain_params
+        from sgl.engine.pairing import Pairing
+        from sgl.engine.request import SeqRequest
+        from sgl.types import SamplingParams
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            return OptimalResult([], [], [], [])
         t_prompts = list(teacher_prompts) if teacher_prompts is not None else [self._teacher_text(p) for p in prompts]
         if len(t_prompts) != len(prompts):
             raise ValueError("teacher_prompts must have one entry per prompt")
@@ -253,36 +227,48 @@ class OptimalSampler:
         if any(not ids for ids in base_ids + teacher_ids):
             raise ValueError("prompts must not be empty")
         compiled = compile_for(constraint, self.vocab)
-        # one sampler for the batch (one random stream, drawn row by row as always)
-        sampler = engine_sampler(temperature, top_k, top_p, seed)
-        ctx = StepContext(self.vocab.token_bytes, frozenset(self.vocab.eos_token_ids), lazy_masks=False,
-                          jump_forward=False)
-        params = plain_params(max_tokens, stop=stop)
-        states = [SeqState(ctx, ids, params, max_tokens, Matcher(compiled) if compiled is not None else None,
-                           sampler=sampler) for ids in base_ids]
-        base_run = _BatchRun(self.base, base_ids, max_tokens)
-        teacher_run = _BatchRun(self.teacher, teacher_ids, max_tokens)
-        pad_token = next(iter(ctx.eos_ids), 0)
-        diag: dict[str, list[list[float]]] = {k: [[] for _ in prompts] for k in _DIAGNOSTICS}
-        with torch.inference_mode():  # the masks are applied to the logits in place
-            for _ in range(max_tokens):
-                _mask_rows(states, base_run.logits, teacher_run.logits)
-                mix = self.mix(base_run.logits, teacher_run.logits)
-                tokens = torch.tensor([sampler.sample(row) for row in torch.from_numpy(mix.logq).float()])
-                for i, st in enumerate(states):
-                    if st.done:
-                        tokens[i] = pad_token
-                    elif _accept(st, int(tokens[i])) and collect_diagnostics:
-                        for key, attr in _DIAGNOSTICS.items():
-                            diag[key][i].append(float(getattr(mix, attr)[i]))
-                if all(st.done for st in states):  # at the latest after max_tokens steps
-                    break
-                base_run.step(tokens)
-                teacher_run.step(tokens)
-        result = self._result(states)
+        params = SamplingParams(max_tokens=max_tokens, stop=tuple(stop), temperature=temperature, top_p=top_p,
+                                top_k=top_k, seed=seed)
+        out = []
+        for b_ids, t_ids in zip(base_ids, teacher_ids, strict=True):
+            pairing = Pairing(self._combine)
+            matcher = Matcher(compiled) if compiled is not None else None
+            out.append(MixtureRequest(SeqRequest(b_ids, params, matcher, pairing=pairing),
+                                      SeqRequest(t_ids, params, pairing=pairing, follows=True), pairing))
+        return out
+
+    def _combine(self, lead: Any, other: Any) -> tuple[Any, StepMix]:
+        """`Pairing`'s policy: the mixture of one base row and one teacher row (both masked)."""
+        import torch
+
+        mix = self.mix(lead[None].cpu(), other[None].cpu())
+        return torch.from_numpy(mix.logq[0]), mix
+
+    def generate(self, prompts: str | Sequence[str], max_tokens: int = 100, temperature: float = 1.0,
+                 collect_diagnostics: bool = False, constraint: Any = None, seed: int | None = None, *,
+                 teacher_prompts: Sequence[str] | None = None, top_k: int = 0, top_p: float = 1.0,
+                 stop: Sequence[str] = ()) -> OptimalResult:
+        """Generate a continuation of each prompt in the models' engines (continuous batching).
+
+        ``constraint``: a ``ConstraintSpec``, ``CompiledGrammar`` or JSON-schema dict,
+        enforced per sequence on both models' distributions before α is chosen.
+        ``temperature`` (→ 0: argmax), ``top_k``, ``top_p`` apply to q (each prompt has
+        its own sampler, seeded with ``seed``). ``teacher_prompts`` overrides the
+        teacher's prompts (default: ``teacher_prompt`` applied to each).
+        """
+        reqs = self.requests(prompts, max_tokens, temperature, constraint, seed, teacher_prompts=teacher_prompts,
+                             top_k=top_k, top_p=top_p, stop=stop)
+        if not reqs:
+            return OptimalResult([], [], [], [])
+        handles = [(self.base.engine.submit(r.base), self.teacher.engine.submit(r.teacher)) for r in reqs]
+        for base, teacher in handles:
+            base.result()
+            teacher.result()
+        result = self._result([r.pairing.leader for r in reqs])
         if collect_diagnostics:
-            for key, values in diag.items():
-                setattr(result, key, values)
+            for key, attr in _DIAGNOSTICS.items():
+                setattr(result, key, [[float(getattr(m, attr)[0]) for m in r.pairing.infos[:n]]
+                                      for r, n in zip(reqs, result.num_tokens, strict=True)])
         return result
 
     def _result(self, states: Sequence[Any]) -> OptimalResult:
@@ -291,8 +277,10 @@ class OptimalSampler:
         ids, texts, reasons = [], [], []
         for st in states:
             out = st.out
+            if out.finish_reason == "error":
+                raise RuntimeError(out.meta.get("error", "generation failed"))
             own = out.token_ids[:-1] if out.finish_reason == "eos" else list(out.token_ids)
-            reason = "eos" if st.ended_itself else out.finish_reason if st.done else "length"
+            reason = "eos" if st.ended_itself else out.finish_reason
             ids.append(own)
             texts.append(out.text if reason == "stop" else self.base.decode(own))  # cut at the stop string
             reasons.append(reason)
@@ -317,24 +305,3 @@ class OptimalSampler:
                 "sampler": "optimal"}
         return GenerateResult(text=r.generated_texts[0], token_ids=r.generated_ids[0],
                               finish_reason=r.finish_reasons[0], meta=meta)
-
-
-def _mask_rows(states: Sequence[Any], logits_base: Any, logits_teacher: Any) -> None:
-    """Each running sequence's constraint (its `SeqState`) on both models' rows, in place
-    (finished rows are left as they are: anything goes, no row is all -inf)."""
-    from sgl.constrain import apply_bitmask
-
-    for i, st in enumerate(states):
-        row = None if st.done else st.constrain(logits_base[i])
-        if row is False:
-            raise RuntimeError(f"the constraint allows no token (sequence {i})")
-        if row is not None:
-            apply_bitmask(logits_teacher[i], row)
-
-
-def _accept(state: Any, tok: int) -> bool:
-    """Record a sampled token in its sequence; whether it is a generated token (not EOS)."""
-    state.accept(tok)
-    if state.out.finish_reason == "error":
-        raise RuntimeError(f"sampled token {tok} that the constraint refuses")
-    return tok not in state.ctx.eos_ids

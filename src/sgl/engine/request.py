@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from sgl.constrain import Matcher
     from sgl.types import SamplingParams
 
+    from .pairing import Pairing
+
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class SeqRequest:
     matcher: Matcher | None = None
     healing: Any = None  # a token_healing.HealingConstraint: the first tokens re-write the prompt's end
     prompt_logprobs: PromptLogprobs | None = None
+    # two sequences as one request (`pairing.Pairing`): the leader samples from a mix of
+    # its logits and its partner's; the partner (``follows``) only feeds the same tokens
+    pairing: Pairing | None = None
+    follows: bool = False
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from .kv_pool import KVPool
 from .llama import Llama
 from .paged_forward import RowInput, forward_rows
+from .pairing import Pairing
 from .sampler import apply_penalties_batch
 from .step import SeqState
 
@@ -56,6 +57,10 @@ class ModelRunner:
                 state.step(row, penalized=True, raw=raws.get(i))
             else:
                 state.step(row)
+
+    def deposit(self, pairing: Pairing, state: SeqState, logits: torch.Tensor) -> None:
+        """Leave a paired sequence's row of logits with its `Pairing` (the step waits for both)."""
+        pairing.deposit(state, logits)
 
     def pick_threads(self, n_tokens: int) -> None:
         """One intra-op thread for small steps, all of them for big ones.

@@ -232,6 +232,11 @@ class Engine:
         """Drop every cached prefix block no running request uses; how many were dropped."""
         return self.call(lambda: self.cache.evict(self.pool.n_blocks))
 
+    def wake(self) -> None:
+        """Make the engine thread look at its sequences again (a partner's row came in)."""
+        with self._cv:
+            self._cv.notify()
+
     def cancel(self, seq: EngineSeq) -> None:
         with self._cv:
             self._cancels.append(seq)
@@ -271,10 +276,15 @@ class Engine:
                     fut.set_exception(e)
             try:
                 with self.runner.session():
-                    self.step()
+                    busy = self.step()
             except Exception as e:  # noqa: BLE001 - a bug must not leave callers waiting forever
                 log.exception("engine step failed")
                 self._fail_all(f"engine error: {type(e).__name__}: {e}")
+                busy = True
+            if not busy:  # every running sequence waits for its partner in another engine
+                with self._cv:
+                    if not (self._inbox or self._cancels or self._calls or self._closed):
+                        self._cv.wait(0.05)  # `wake` cuts it short
 
     def _fail_all(self, message: str) -> None:
         for seq in [*self.running, *self.waiting, *self._inbox]:
@@ -296,8 +306,10 @@ class Engine:
 
     # --------------------------------------------------------------- one step
 
-    def step(self) -> None:
-        """Schedule one batch, run one forward pass, sample for every sequence that needs it."""
+    def step(self) -> bool:
+        """Schedule one batch, run one forward pass, sample for every sequence that needs
+        it; whether anything happened."""
+        paired = self._advance_pairs()
         batch = self._schedule()
         if not batch:
             if self.waiting and not self.running:  # nothing fits even in an empty pool
@@ -306,7 +318,8 @@ class Engine:
                 seq.out.meta["error"] = (f"the request needs {need} tokens of KV cache; the budget "
                                          f"holds {self.pool.capacity_tokens}")
                 self._finish(seq, "error")
-            return
+                return True
+            return paired
         rows = [RowInput(seq.tokens[seq.cached:seq.cached + n], seq.cached, seq.blocks,
                          all_logits=seq.state.wants_logits(seq.cached, n)) for seq, n in batch]
         logits = self.runner.forward(rows)
@@ -329,17 +342,34 @@ class Engine:
                 self._finish(seq, "length")
                 self._retire(seq)
                 continue
+            if seq.req.pairing is not None:  # its step waits for the partner's row (`_advance_pairs`)
+                self.runner.deposit(seq.req.pairing, seq.state, logits[i])
+                continue
             sampling.append(seq)
             rows_idx.append(i)
         if sampling:
             self.runner.sample([seq.state for seq in sampling], logits[rows_idx] if len(rows_idx) < len(batch)
                                else logits)
         for seq in sampling:
-            if seq.done:
-                self._finish(seq, seq.out.finish_reason)
-                self._retire(seq)
-            else:
-                self._emit(seq)
+            self._after_step(seq)
+        return True
+
+    def _advance_pairs(self) -> bool:
+        """Step the paired leaders whose partner's row is in; end a half whose other half
+        ended (`pairing.Pairing.advance`). Whether any changed."""
+        changed = False
+        for seq in [s for s in self.running if s.req.pairing is not None]:
+            if seq.req.pairing.advance(seq.state):
+                changed = True
+                self._after_step(seq)
+        return changed
+
+    def _after_step(self, seq: EngineSeq) -> None:
+        if seq.done:
+            self._finish(seq, seq.out.finish_reason)
+            self._retire(seq)
+        else:
+            self._emit(seq)
 
     def _schedule(self) -> list[tuple[EngineSeq, int]]:
         """Pick the rows of the next forward pass and make sure their KV blocks exist."""
@@ -466,7 +496,9 @@ class Engine:
             raise ValueError(f"the prompt has {n_prompt} tokens; the context holds {self.max_context}")
         max_tokens = max(0, min(req.params.max_tokens, self.max_context - n_prompt))
         state = SeqState(self.step_context, req.prompt_ids, req.params, max_tokens, req.matcher, req.healing,
-                         prompt_logprobs=req.prompt_logprobs)
+                         prompt_logprobs=req.prompt_logprobs, policy=None if req.follows else req.pairing)
+        if req.pairing is not None:
+            req.pairing.bind(state, leader=not req.follows, wake=self.wake)
         from sgl.telemetry import trace as tracing
 
         if tracing.trace_enabled():

@@ -33,6 +33,8 @@ from .sampler import Sampler, token_logprob, top_logprobs
 if TYPE_CHECKING:
     from sgl.constrain import Matcher, Vocabulary
 
+    from .pairing import Pairing
+
 
 @dataclass
 class StepCounters:
@@ -81,8 +83,9 @@ class SeqState:
 
     def __init__(self, ctx: StepContext, prompt_ids: Sequence[int], params: Any, max_tokens: int,
                  matcher: Matcher | None = None, healing: Any = None, sampler: Sampler | None = None,
-                 prompt_logprobs: PromptLogprobs | None = None) -> None:
+                 prompt_logprobs: PromptLogprobs | None = None, policy: Pairing | None = None) -> None:
         self.ctx, self.params, self.matcher, self.healing = ctx, params, matcher, healing
+        self.policy = policy  # a logits policy (`pairing.Pairing`): what is sampled from
         self.prompt_len = len(prompt_ids)
         self.tokens = list(prompt_ids)
         self.max_tokens = max_tokens
@@ -167,7 +170,8 @@ class SeqState:
         if tok is None:
             return
         self.accept(tok, raw, bitmask)
-        if not self.done and matcher is not None and self.ctx.jump_forward:
+        if (not self.done and matcher is not None and self.ctx.jump_forward
+                and (self.policy is None or self.policy.jump_forward)):
             self.jump_forward()
 
     def constrain(self, logits: torch.Tensor) -> np.ndarray | None | bool:
@@ -273,11 +277,12 @@ class SeqState:
                        or self.eos_ban is not None or len(out.token_ids) < self.min_tokens)
             keep_raw = self.trace is not None or (out.logprobs is not None and changes)
             raw = logits.clone() if keep_raw else logits
-        tok, bitmask = self._prepare(logits, lazy=True, penalized=penalized)
+        policy = self.policy
+        tok, bitmask = self._prepare(logits, lazy=policy is None or policy.lazy_masks, penalized=penalized)
         if bitmask is False:
             return None, None, raw
         if tok is None:
-            tok = self.sampler.sample(logits)
+            tok = self.sampler.sample(logits if policy is None else policy.logits(logits, bitmask))
         return tok, bitmask, raw
 
     def _lazy_token(self, logits: torch.Tensor) -> int | None:

@@ -1,0 +1,109 @@
+"""Two sequences decoded as one request: a logits policy that mixes two rows of logits.
+
+A `Pairing` joins a *leader* and a *partner* sequence. Both are ordinary requests in an
+engine's continuous batch (the partner may run in another engine, on another model).
+After each forward pass both leave their row of logits here; once the rows of the same
+position are in, the leader takes one step (`step.SeqState.step`: bans, constraint
+mask, every end condition) in which the token is sampled from
+``combine(leader row, partner row)`` (the constraint's mask applied to both first), and
+the token is appended to the partner too, so both feed it at the next forward pass.
+The partner never samples; it ends when the leader does.
+
+`sgl.decode.optimal.OptimalSampler` is the user: its ``combine`` is the two-model
+mixture (the teacher's prompt is the partner). The step always runs on the leader's
+engine thread; the partner's engine only deposits rows and retires the partner.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sgl.constrain.torch_utils import apply_bitmask
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .step import SeqState
+
+# combine(leader logits [V], partner logits [V]) -> (logits to sample from [V], what to keep per token)
+Combine = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]]
+
+
+class Pairing:
+    """The leader samples from ``combine`` of its logits and the partner's; see the module.
+
+    ``infos`` holds what ``combine`` returned for each sampled token, in order.
+    """
+
+    # the policy needs the full mask on both rows, and every token sampled (no forced runs)
+    lazy_masks = False
+    jump_forward = False
+
+    def __init__(self, combine: Combine) -> None:
+        self.combine = combine
+        self.leader: SeqState | None = None
+        self.partner: SeqState | None = None
+        self.infos: list[Any] = []
+        self._wake: dict[int, Callable[[], None]] = {}  # id(state) -> wake its engine
+        self._rows: dict[int, tuple[int, torch.Tensor]] = {}  # id(state) -> (position, logits)
+        self._lock = threading.Lock()
+
+    def bind(self, state: SeqState, leader: bool, wake: Callable[[], None]) -> None:
+        """Called by the engine that runs ``state`` (``wake`` makes it look again)."""
+        if leader:
+            self.leader = state
+        else:
+            self.partner = state
+        self._wake[id(state)] = wake
+
+    def deposit(self, state: SeqState, logits: torch.Tensor) -> None:
+        """``state``'s logits for its next token (a row of this step's forward pass)."""
+        with self._lock:
+            self._rows[id(state)] = (len(state.tokens), logits.clone())
+        if state is self.partner and self.leader is not None:
+            self._wake[id(self.leader)]()
+
+    def _row(self, state: SeqState | None) -> torch.Tensor | None:
+        entry = None if state is None else self._rows.get(id(state))
+        return entry[1] if entry is not None and entry[0] == len(state.tokens) else None
+
+    def advance(self, state: SeqState) -> bool:
+        """The engine's turn for ``state`` (between steps, on its engine's thread): step
+        the leader when both rows are in; end a sequence whose other half ended.
+        Whether ``state`` changed."""
+        leader, partner = self.leader, self.partner
+        if state.done or leader is None or partner is None:
+            return False
+        if state is partner:
+            if leader.done:
+                state.finish(leader.out.finish_reason)
+                return True
+            return False
+        if partner.done:
+            state.out.meta["error"] = f"the paired sequence ended ({partner.out.finish_reason})"
+            state.finish("error")
+            return True
+        with self._lock:
+            row = self._row(leader)
+            ready = row is not None and self._row(partner) is not None
+        if not ready:
+            return False
+        n = len(leader.tokens)
+        leader.step(row)
+        if not leader.done:
+            partner.tokens.extend(leader.tokens[n:])
+        self._wake[id(partner)]()
+        return True
+
+    def logits(self, lead: torch.Tensor, bitmask: np.ndarray | None) -> torch.Tensor:
+        """What the leader samples from: ``combine`` of its (masked) row and the partner's."""
+        other = self._row(self.partner)
+        if bitmask is not None:
+            apply_bitmask(other, bitmask)
+        out, info = self.combine(lead, other)
+        self.infos.append(info)
+        return out.to(lead.device, torch.float32)
