@@ -5,7 +5,7 @@ Task: a JSON object of exactly 10 string-valued keys (JSON Schema with
 prompted with "Here is a really long JSON object, with 10 keys, using only string values".
 
 * backtracking: the default model (SmolLM2-135M-Instruct) as a black box
-  ``fn(str) -> str`` (greedy, its own KV session reused across calls), repaired by the
+  ``fn(str) -> str`` (greedy, in the model's engine: its prefix cache serves what calls share), repaired by the
   same model as the draft (``sgl.decode.backtrack.guide``);
 * constrained: the same model decoding under the schema's token masks (``LocalModel``
   with a ``ConstraintSpec`` when ``sgl.backends.local`` exists, else the same Matcher
@@ -72,7 +72,7 @@ def run_constrained(model: Any, max_new_tokens: int) -> dict[str, Any]:
         from sgl.constrain import Matcher, compile_json_schema
 
         matcher = Matcher(compile_json_schema(SCHEMA, model.vocab))
-        ids, _ = model.session().generate(model.encode_prompt(PROMPT), max_new_tokens, matcher=matcher)
+        ids = model.generate(model.encode_prompt(PROMPT), max_new_tokens, matcher=matcher).ids
         text, how = model.decode(ids), "engine Llama + Matcher (sgl.backends.local absent)"
     return {"method": f"fully constrained ({how})", "wall_s": time.perf_counter() - t0, "text": text,
             "corrections": 0}

@@ -165,23 +165,6 @@ def test_batching_engine_matches_transformers(arch):
         lm.engine.close()
 
 
-def test_left_padded_batch_with_windows_and_soft_caps(tmp_path):
-    """The contiguous cache's left padding combines with the sliding window (Gemma 2)."""
-    make_checkpoint("gemma2", tmp_path)
-    ours = Llama.from_folder(tmp_path)
-    prompts = [_ids(30, 3), _ids(17, 4)]
-    width = max(map(len, prompts))
-    cache = ours.new_cache(width + 2, batch=2)
-    cache.pad = torch.tensor([width - len(p) for p in prompts])
-    first = ours.forward(torch.tensor([[PAD] * (width - len(p)) + p for p in prompts]), cache)
-    second = ours.forward(torch.tensor([[5], [6]]), cache)
-    for b, p in enumerate(prompts):
-        single = ours.new_cache(width + 2)
-        torch.testing.assert_close(first[b], ours.forward(torch.tensor([p]), single)[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(second[b], ours.forward(torch.tensor([[5 + b]]), single)[0],
-                                   atol=1e-5, rtol=1e-5)
-
-
 # ------------------------------------------------------------------- refusals
 
 

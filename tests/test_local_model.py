@@ -98,20 +98,6 @@ def test_truncate_and_fork_roll_back_exactly(tiny):
         cache.truncate(99)
 
 
-def test_left_padded_batch_matches_single_rows(tiny):
-    prompts = [[4, 8, 15, 16, 23, 42], [3, 1], [9, 9, 9]]
-    width = max(map(len, prompts))
-    cache = tiny.new_cache(width + 2, batch=3)
-    cache.pad = torch.tensor([width - len(p) for p in prompts])
-    batch_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    first = tiny.forward(batch_ids, cache)
-    second = tiny.forward(torch.tensor([[5], [6], [7]]), cache)
-    for b, p in enumerate(prompts):
-        single = tiny.new_cache(8)
-        torch.testing.assert_close(first[b], tiny.forward(torch.tensor([p]), single)[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(second[b], tiny.forward(torch.tensor([[5 + b]]), single)[0], atol=1e-5, rtol=1e-5)
-
-
 def test_rotary_permutation_roundtrip():
     w = torch.arange(4 * 8 * 3, dtype=torch.float32).reshape(32, 3)
     inter = interleave_rotary(w, n_heads=4)

@@ -129,8 +129,16 @@ def model(local_model):
 
 
 def _greedy(model, prompt: str, n: int) -> list[int]:
-    ids, _ = model.session().generate(model.encode_prompt(prompt), n)
-    return ids
+    return model.generate(model.encode_prompt(prompt), n).ids
+
+
+def _first_logits(model, prompt: str):
+    """The model's logits for the first token after ``prompt`` (a plain forward pass)."""
+    import torch
+
+    ids = model.encode_prompt(prompt)
+    with torch.inference_mode():
+        return model.llama.forward(torch.tensor([ids]), model.llama.new_cache(len(ids)))[0]
 
 
 def test_constructor_checks(model, llama3_vocab) -> None:
@@ -176,9 +184,7 @@ def test_adaptive_alpha_with_constraint_and_diagnostics(model) -> None:
     sampler = OptimalSampler(model, model, alpha_method="kl_symmetry", alpha_min=0.0, alpha_max=1.0,
                              teacher_prompt=SYSTEM, teacher_temperature=0.8)
     # the α of the first step is the pure rule applied to the two models' first logits
-    with torch.inference_mode():
-        lb = model.session().prefill(model.encode_prompt(USER))
-        lt = model.session().prefill(model.encode_prompt(SYSTEM + USER))
+    lb, lt = _first_logits(model, USER), _first_logits(model, SYSTEM + USER)
     step = sampler.mix(lb[None], lt[None])
     pb = torch.softmax(lb.double(), -1).numpy()
     pt = torch.softmax(lt.double() / 0.8, -1).numpy()
@@ -208,7 +214,7 @@ def _masked_first_step(model, sampler, pattern):
     Matcher(compile_regex(pattern, model.vocab)).fill_bitmask(bm, 0)
     out = []
     for prompt, temp in ((USER, 1.0), (SYSTEM + USER, 0.8)):
-        logits = model.session().prefill(model.encode_prompt(prompt)).double()[None] / temp
+        logits = _first_logits(model, prompt).double()[None] / temp
         apply_bitmask(logits, bm)
         out.append(torch.log_softmax(logits, -1).numpy())
     return out
@@ -221,9 +227,7 @@ def test_other_rules_and_generate_one(model) -> None:
     from sgl.backends.base import GenerateResult
     from sgl.types import SamplingParams
 
-    with torch.inference_mode():
-        lb = model.session().prefill(model.encode_prompt(USER))[None]
-        lt = model.session().prefill(model.encode_prompt(SYSTEM + USER))[None]
+    lb, lt = _first_logits(model, USER)[None], _first_logits(model, SYSTEM + USER)[None]
     pb, pt = torch.softmax(lb.double(), -1).numpy(), torch.softmax(lt.double(), -1).numpy()
     entropy = OptimalSampler(model, model, alpha_method="entropy", teacher_prompt=SYSTEM)
     assert entropy.mix(lb, lt).alpha[0] == pytest.approx(alpha_entropy(pb[0], pt[0], 0.5, 1.0), abs=1e-9)

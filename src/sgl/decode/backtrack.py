@@ -277,8 +277,7 @@ def model_caller(model: Any, prompt: str, max_new_tokens: int, temperature: floa
             return model.generate(GenerateRequest(prompt=prompt + text, params=params)).text
         return call_backend
     if isinstance(model, LogitModel):
-        session = f"guide-{id(object())}"
-        return lambda text: model.complete(prompt + text, max_new_tokens, temperature, stop, session=session)
+        return lambda text: model.complete(prompt + text, max_new_tokens, temperature, stop)
     if callable(model):
         return lambda text: _as_text(model(prompt + text))
     if hasattr(model, "generate"):
@@ -301,19 +300,14 @@ class _Repairer:
         self.prompt = prompt
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
         self.model: Any = None
+        self.reused_tokens = 0  # context tokens the draft's engine took from its prefix cache
 
     def _load(self) -> None:
-        from .logit_model import engine_sampler, resolve_logit_model
+        from .logit_model import resolve_logit_model
 
         self.model = resolve_logit_model(self.draft)  # None: the default model, loaded once
         self.cg = compile_text_grammar(self.grammar, self.grammar_syntax, self.model.vocab)
-        self.session = self.model.session()
         self.prompt_ids = self.model.encode_prompt(self.prompt)
-        self.sampler = engine_sampler(self.temperature, seed=self.seed)
-
-    @property
-    def reused_tokens(self) -> int:
-        return 0 if self.model is None else self.session.reused_tokens
 
     def repair(self, prefix: str, state: tuple) -> tuple[str, int, bool]:
         """Text to append to ``prefix`` (whose grammar state is ``state``):
@@ -336,8 +330,9 @@ class _Repairer:
             data = vocab.decode(out)
             return first_own_lexeme_end(self.text_grammar, state, data[len(healed):]) is not None
 
-        out, reason = self.session.generate(self.prompt_ids + ids, self.max_tokens, self.sampler,
-                                            matcher=matcher, healed_prefix=healed, should_stop=done)
+        out, reason, cached = self.model.generate(self.prompt_ids + ids, self.max_tokens, self.temperature,
+                                                  self.seed, matcher=matcher, healed_prefix=healed, should_stop=done)
+        self.reused_tokens += cached
         data = vocab.decode(out)[len(healed):]
         end = first_own_lexeme_end(self.text_grammar, state, data)
         if end is not None and reason != "eos":

@@ -9,7 +9,7 @@ with ``α`` chosen per token from the two distributions by one of the rules in
 `alpha` (``kl_symmetry``, ``ess_balance``, ``entropy``, ``fixed``; see
 ``docs/decoding.md``). Each prompt is two requests in the engines' continuous batches
 (the base prompt in the base model's engine, the teacher prompt in the teacher's; one
-engine when both are the same model) joined by an `sgl.engine.pairing.Pairing`, whose
+engine when both are the same model) joined by an `sgl.engine.policy.Pairing`, whose
 logits policy is the mixture: the engine's step masks (one ``sgl.constrain.Matcher``
 per sequence, the mask applied to both models before α is chosen), advances the
 matcher and checks every end (EOS, stop strings, constraint complete, length); the
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .alpha import ALPHA_METHODS, LogPair, check_alpha_range, choose_alpha, logsumexp_rows
-from .logit_model import check_same_vocabulary, compile_for, engine_sampler, resolve_logit_model
+from .logit_model import check_same_vocabulary, compile_for, resolve_logit_model
 
 
 @dataclass
@@ -93,7 +93,7 @@ class MixtureRequest:
 
     base: Any  # sgl.engine.request.SeqRequest
     teacher: Any
-    pairing: Any  # sgl.engine.pairing.Pairing
+    pairing: Any  # sgl.engine.policy.Pairing
 
 
 class OptimalSampler:
@@ -177,7 +177,9 @@ class OptimalSampler:
         """Keep q only on the teacher's top-k / top-p tokens (the engine's truncation), renormalised."""
         import torch
 
-        cut = engine_sampler(1.0, self.target_top_k or 0, self.target_top_p or 1.0, seed=0)
+        from sgl.engine.sampler import Sampler
+
+        cut = Sampler(1.0, self.target_top_k or 0, self.target_top_p or 1.0, seed=0)
         kept = torch.stack([cut.probs(row) > 0 for row in torch.from_numpy(lt)]).numpy()
         keep = kept & np.isfinite(lt) & np.isfinite(logq)
         out = np.where(keep, logq, -np.inf)
@@ -214,7 +216,7 @@ class OptimalSampler:
                  top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] = ()) -> list[MixtureRequest]:
         """The engine requests of `generate` (same arguments), to submit with other work."""
         from sgl.constrain import Matcher
-        from sgl.engine.pairing import Pairing
+        from sgl.engine.policy import Pairing
         from sgl.engine.request import SeqRequest
         from sgl.types import SamplingParams
 
@@ -233,8 +235,8 @@ class OptimalSampler:
         for b_ids, t_ids in zip(base_ids, teacher_ids, strict=True):
             pairing = Pairing(self._combine)
             matcher = Matcher(compiled) if compiled is not None else None
-            out.append(MixtureRequest(SeqRequest(b_ids, params, matcher, pairing=pairing),
-                                      SeqRequest(t_ids, params, pairing=pairing, follows=True), pairing))
+            out.append(MixtureRequest(SeqRequest(b_ids, params, matcher, policy=pairing),
+                                      SeqRequest(t_ids, params, policy=pairing, follows=True), pairing))
         return out
 
     def _combine(self, lead: Any, other: Any) -> tuple[Any, StepMix]:

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -241,11 +241,9 @@ class KVCache:
     """Keys and values of a batch of sequences, preallocated.
 
     ``k`` and ``v`` have shape ``[layers, batch, kv_heads, capacity, head_dim]``; the
-    first ``length`` positions are filled. Rows of a batch share ``length``: prompts of
-    different lengths are left-padded and ``pad[b]`` tells how many leading positions
-    of row ``b`` are padding (masked out of attention).
+    first ``length`` positions are filled (rows of a batch share ``length``).
 
-    A cache is owned by one sequence (or one padded batch). ``truncate(n)`` rolls back
+    A cache is owned by one sequence (or one batch of equal lengths). ``truncate(n)`` rolls back
     (speculative decoding, grammar backtracking); ``fork()`` copies the filled prefix
     (``s.fork()`` in programs); ``copy_prefix_from(other, n)`` takes another cache's
     first ``n`` positions, which is how a prefix cache hands over shared KV.
@@ -254,8 +252,6 @@ class KVCache:
     k: torch.Tensor
     v: torch.Tensor
     length: int = 0
-    pad: torch.Tensor | None = None  # int64 [batch], None = no padding
-    _mask_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def allocate(
@@ -295,7 +291,6 @@ class KVCache:
         """An independent copy of the filled prefix, with room for ``extra_capacity`` more."""
         out = KVCache.allocate_like(self, self.length + max(extra_capacity, 1))
         out.copy_prefix_from(self, self.length)
-        out.pad = None if self.pad is None else self.pad.clone()
         return out
 
     @classmethod
@@ -603,14 +598,10 @@ class Llama:
         end = start + t
         cache.ensure_capacity(end)
         self._extend_rope(end)
-        if cache.pad is None:
-            ropes = [r[start:end].view(1, t, 1, -1) for r in self._ropes]
-        else:
-            pos = (torch.arange(start, end, device=self.device)[None, :] - cache.pad[:, None]).clamp_(min=0)
-            ropes = [r[pos].unsqueeze(2) for r in self._ropes]
-        masks = {False: self._attention_mask(cache, start, t)}
+        ropes = [r[start:end].view(1, t, 1, -1) for r in self._ropes]
+        masks = {False: self._attention_mask(start, t)}
         if c.sliding_window is not None:
-            masks[True] = self._attention_mask(cache, start, t, c.sliding_window)
+            masks[True] = self._attention_mask(start, t, c.sliding_window)
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         group = nh // nkv
 
@@ -635,25 +626,20 @@ class Llama:
             h = h[:, -1]
         return self.logits(h)
 
-    def _attention_mask(self, cache: KVCache, start: int, t: int, window: int | None = None) -> torch.Tensor | None:
+    def _attention_mask(self, start: int, t: int, window: int | None = None) -> torch.Tensor | None:
         """Boolean mask (True = may attend), or None when every cached key is visible.
 
         ``window``: a query sees only the last ``window`` positions, itself included.
         """
         end = start + t
-        if t == 1 and cache.pad is None and (window is None or end <= window):
+        if t == 1 and (window is None or end <= window):
             return None
         key = torch.arange(end, device=self.device)
         query = torch.arange(start, end, device=self.device)
         mask = key[None, :] <= query[:, None]  # [t, end] causal, offset by the cache
         if window is not None:
             mask &= key[None, :] > query[:, None] - window
-        if cache.pad is None:
-            return mask
-        valid = key[None, :] >= cache.pad[:, None]  # [b, end]: real tokens, not padding
-        # A padding query sees itself, so no row of the softmax is all -inf (NaN).
-        mask = mask[None] & (valid[:, None, :] | (key[None, None, :] == query[None, :, None]))
-        return mask.unsqueeze(1)  # [b, 1, t, end]
+        return mask
 
 
 AttendFn = Callable[[int, LayerWeights, torch.Tensor, torch.Tensor], torch.Tensor]

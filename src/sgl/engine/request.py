@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from sgl.constrain import Matcher
     from sgl.types import SamplingParams
 
-    from .pairing import Pairing
+    from .policy import LogitsPolicy
 
 
 
@@ -44,9 +44,10 @@ class SeqRequest:
     matcher: Matcher | None = None
     healing: Any = None  # a token_healing.HealingConstraint: the first tokens re-write the prompt's end
     prompt_logprobs: PromptLogprobs | None = None
-    # two sequences as one request (`pairing.Pairing`): the leader samples from a mix of
-    # its logits and its partner's; the partner (``follows``) only feeds the same tokens
-    pairing: Pairing | None = None
+    # what the step samples from and when it stops (`policy.LogitsPolicy`); a `policy.Pairing`
+    # makes two requests one: the leader samples from a mix of its logits and its
+    # partner's, the partner (``follows``) only feeds the same tokens
+    policy: LogitsPolicy | None = None
     follows: bool = False
 
 

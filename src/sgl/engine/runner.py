@@ -15,7 +15,7 @@ import torch
 from .kv_pool import KVPool
 from .llama import Llama
 from .paged_forward import RowInput, forward_rows
-from .pairing import Pairing
+from .policy import Pairing
 from .sampler import apply_penalties_batch
 from .step import SeqState
 

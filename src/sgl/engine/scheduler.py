@@ -112,6 +112,10 @@ class EngineSeq:
     finished: threading.Event = field(default_factory=threading.Event)
 
     @property
+    def paired(self) -> bool:
+        return self.req.policy is not None and self.req.policy.paired
+
+    @property
     def unfed(self) -> int:
         return len(self.state.tokens) - self.cached
 
@@ -342,8 +346,8 @@ class Engine:
                 self._finish(seq, "length")
                 self._retire(seq)
                 continue
-            if seq.req.pairing is not None:  # its step waits for the partner's row (`_advance_pairs`)
-                self.runner.deposit(seq.req.pairing, seq.state, logits[i])
+            if seq.paired:  # its step waits for the partner's row (`_advance_pairs`)
+                self.runner.deposit(seq.req.policy, seq.state, logits[i])
                 continue
             sampling.append(seq)
             rows_idx.append(i)
@@ -356,10 +360,10 @@ class Engine:
 
     def _advance_pairs(self) -> bool:
         """Step the paired leaders whose partner's row is in; end a half whose other half
-        ended (`pairing.Pairing.advance`). Whether any changed."""
+        ended (`policy.Pairing.advance`). Whether any changed."""
         changed = False
-        for seq in [s for s in self.running if s.req.pairing is not None]:
-            if seq.req.pairing.advance(seq.state):
+        for seq in [s for s in self.running if s.paired]:
+            if seq.req.policy.advance(seq.state):
                 changed = True
                 self._after_step(seq)
         return changed
@@ -496,9 +500,9 @@ class Engine:
             raise ValueError(f"the prompt has {n_prompt} tokens; the context holds {self.max_context}")
         max_tokens = max(0, min(req.params.max_tokens, self.max_context - n_prompt))
         state = SeqState(self.step_context, req.prompt_ids, req.params, max_tokens, req.matcher, req.healing,
-                         prompt_logprobs=req.prompt_logprobs, policy=None if req.follows else req.pairing)
-        if req.pairing is not None:
-            req.pairing.bind(state, leader=not req.follows, wake=self.wake)
+                         prompt_logprobs=req.prompt_logprobs, policy=None if req.follows else req.policy)
+        if req.policy is not None and req.policy.paired:
+            req.policy.bind(state, leader=not req.follows, wake=self.wake)
         from sgl.telemetry import trace as tracing
 
         if tracing.trace_enabled():

@@ -128,8 +128,6 @@ class CachedSequence:
         self.model, self.n_layers = model, n_layers
         self.cache = model.new_cache(capacity, n_layers=n_layers)
         self.ids: list[int] = []  # the tokens whose keys/values are in the cache
-        self.reused_tokens = 0  # positions served from the cache, over all catch-ups
-        self.computed_tokens = 0  # positions run through the model
 
     def rollback(self, n_tokens: int) -> None:
         """Keep only the first ``n_tokens`` tokens in the cache."""
@@ -141,7 +139,6 @@ class CachedSequence:
         """Logits ``[V]`` after ``history``: keep the cached common prefix, feed the rest."""
         keep = min(_common_prefix(self.ids, history), len(history) - 1)  # at least one token must run to get logits
         self.rollback(keep)
-        self.reused_tokens += keep
         return self.feed(list(history[keep:]))
 
     def feed(self, ids: list[int]) -> torch.Tensor:
@@ -150,7 +147,6 @@ class CachedSequence:
             logits = self.model.forward(torch.tensor([ids], device=self.model.device), self.cache,
                                         n_layers=self.n_layers)[0]
         self.ids.extend(ids)
-        self.computed_tokens += len(ids)
         return logits
 
 

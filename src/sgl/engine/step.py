@@ -33,7 +33,7 @@ from .sampler import Sampler, token_logprob, top_logprobs
 if TYPE_CHECKING:
     from sgl.constrain import Matcher, Vocabulary
 
-    from .pairing import Pairing
+    from .policy import LogitsPolicy
 
 
 @dataclass
@@ -83,9 +83,9 @@ class SeqState:
 
     def __init__(self, ctx: StepContext, prompt_ids: Sequence[int], params: Any, max_tokens: int,
                  matcher: Matcher | None = None, healing: Any = None, sampler: Sampler | None = None,
-                 prompt_logprobs: PromptLogprobs | None = None, policy: Pairing | None = None) -> None:
+                 prompt_logprobs: PromptLogprobs | None = None, policy: LogitsPolicy | None = None) -> None:
         self.ctx, self.params, self.matcher, self.healing = ctx, params, matcher, healing
-        self.policy = policy  # a logits policy (`pairing.Pairing`): what is sampled from
+        self.policy = policy  # a logits policy (`policy.Pairing`): what is sampled from
         self.prompt_len = len(prompt_ids)
         self.tokens = list(prompt_ids)
         self.max_tokens = max_tokens
@@ -170,8 +170,10 @@ class SeqState:
         if tok is None:
             return
         self.accept(tok, raw, bitmask)
-        if (not self.done and matcher is not None and self.ctx.jump_forward
-                and (self.policy is None or self.policy.jump_forward)):
+        policy = self.policy
+        if policy is not None and not self.done and policy.should_stop(self.out.token_ids):
+            self.finish("stop")
+        if not self.done and matcher is not None and self.ctx.jump_forward and (policy is None or policy.jump_forward):
             self.jump_forward()
 
     def constrain(self, logits: torch.Tensor) -> np.ndarray | None | bool:

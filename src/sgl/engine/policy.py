@@ -1,4 +1,8 @@
-"""Two sequences decoded as one request: a logits policy that mixes two rows of logits.
+"""Per-request logits policies: what a request changes in the engine's step.
+
+A `LogitsPolicy` may replace the distribution a token is sampled from, switch off the
+engine's lazy masks and jump-forward for its request, and end the request on a
+condition of its own (`StopWhen`: the decoders' "stop once this holds").
 
 A `Pairing` joins a *leader* and a *partner* sequence. Both are ordinary requests in an
 engine's continuous batch (the partner may run in another engine, on another model).
@@ -33,7 +37,37 @@ if TYPE_CHECKING:
 Combine = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]]
 
 
-class Pairing:
+class LogitsPolicy:
+    """The default policy: sample from the (masked) logits, end as the engine does."""
+
+    lazy_masks = True  # may the step try likely tokens before building a full mask
+    jump_forward = True  # may the step append constraint-forced text unsampled
+    paired = False  # a `Pairing`: the engine steps the request when both rows are in
+
+    def logits(self, logits: torch.Tensor, bitmask: np.ndarray | None) -> torch.Tensor:
+        """The logits to sample from, given the request's own (bans, penalties and mask applied)."""
+        return logits
+
+    def should_stop(self, token_ids: list[int]) -> bool:
+        """Whether the request ends ("stop") after its generated ``token_ids``."""
+        return False
+
+
+class StopWhen(LogitsPolicy):
+    """Every token sampled (no lazy masks, no forced runs), ending when ``predicate(ids)``
+    holds: the decoders of `sgl.decode`, whose drafts must stay the model's own choices."""
+
+    lazy_masks = False
+    jump_forward = False
+
+    def __init__(self, predicate: Callable[[list[int]], bool] | None = None) -> None:
+        self.predicate = predicate
+
+    def should_stop(self, token_ids: list[int]) -> bool:
+        return self.predicate is not None and bool(token_ids) and self.predicate(token_ids)
+
+
+class Pairing(LogitsPolicy):
     """The leader samples from ``combine`` of its logits and the partner's; see the module.
 
     ``infos`` holds what ``combine`` returned for each sampled token, in order.
@@ -42,6 +76,7 @@ class Pairing:
     # the policy needs the full mask on both rows, and every token sampled (no forced runs)
     lazy_masks = False
     jump_forward = False
+    paired = True
 
     def __init__(self, combine: Combine) -> None:
         self.combine = combine
