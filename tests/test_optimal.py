@@ -283,8 +283,9 @@ def test_a_mixture_request_decodes_in_the_same_engine_steps_as_a_plain_request(m
     together = engine.stats.steps - before
     # the engine sampled the mixture's tokens itself (the teacher only follows)
     assert engine.stats.generated_tokens - generated == len(out_plain.token_ids) + len(out_base.token_ids)
-    # one forward pass per token for all three sequences: no more steps than the plain one alone
-    assert together <= steps_plain
+    # one forward pass per token for all three sequences: the plain one's steps (one more if the
+    # engine thread ran a step before the others were submitted), not the sum (>= steps_plain + n)
+    assert together <= steps_plain + 1 < steps_plain + n
     assert out_plain.token_ids == plain_alone.token_ids
     own = out_base.token_ids[: alone.num_tokens[0]]
     assert own == alone.generated_ids[0]

@@ -162,6 +162,30 @@ def test_tiny_greedy_with_matcher(target, draft_model, tiny_vocab):
             assert m.num_tokens == len(out.token_ids)
 
 
+def test_speculative_and_plain_requests_share_the_engine_batch(target, draft_model):
+    """Issue 10: drafts are verified in the engine's batch, beside other requests."""
+    from sgl.engine.request import SeqRequest
+    from sgl.engine.scheduler import Engine, EngineConfig
+    from sgl.engine.speculative import Speculation
+    from sgl.engine.step import plain_params
+
+    engine = Engine(target, [None] * V, (), EngineConfig(kv_budget_mb=1, prefix_cache=False, jump_forward=False))
+    try:
+        spec = Speculation(ModelDrafter(draft_model), k=3)
+        reqs = [SeqRequest(PROMPTS[0], plain_params(20), sampler=greedy(), acceptor=spec),
+                SeqRequest(PROMPTS[1], plain_params(20), sampler=greedy())]
+        outs = engine.generate(reqs)
+        steps = engine.stats.steps
+    finally:
+        engine.close()
+    assert outs[0].token_ids == plain_generate(target, PROMPTS[0], 20, greedy(), eos_ids=()).token_ids
+    assert outs[1].token_ids == plain_generate(target, PROMPTS[1], 20, greedy(), eos_ids=()).token_ids
+    assert outs[0].meta["forward_passes"] == spec.forward_passes and spec.accepted > 0
+    # both in the same forward passes: the plain request's 20 (one more if the engine thread
+    # ran a step before the second request was submitted), not the sum of the two
+    assert steps <= 21 < 20 + spec.forward_passes
+
+
 def test_zero_max_tokens(target):
     out = speculative_generate(target, NgramDrafter(), [1, 2], 0, greedy(), ())
     assert out.token_ids == [] and out.finish_reason == "length" and out.forward_passes == 0
@@ -248,7 +272,8 @@ def sample_pairs(target: Llama, make_drafter, prompt: list[int], sampler: Sample
     counts = torch.zeros(V, V)
     total = SpecResult()
     for _ in range(n):
-        # 3 tokens with k=2: two drafts are verified, and the third is the bonus position
+        # 3 tokens with k=2: two drafts (proposed with the prompt's prefill) are verified, and
+        # the third is the bonus position
         out = speculative_generate(target, make_drafter(), prompt, 3, sampler, (), k=k)
         counts[out.token_ids[0], out.token_ids[1]] += 1
         total.proposed += out.proposed

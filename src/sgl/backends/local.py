@@ -7,7 +7,6 @@ package, converted once to safetensors) on the CPU: no GPU, no server, no downlo
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -53,10 +52,11 @@ class LocalModel(Backend):
         weights: ``"auto"`` keeps a Q4_0/Q4_1 GGUF model's layer matrices packed in 4
             bits on the CPU (the default model: ~2.5x faster decoding, bfloat16
             activations in those matmuls); ``"float"`` dequantizes everything to ``dtype``.
-        speculative: speculative decoding for single requests (`generate`): ``"ngram"``
-            (prompt lookup), ``"early_exit:N"`` (the first N layers draft), or the path of
-            a smaller model sharing the vocabulary. ``speculative_k`` drafts per step.
-            Batches, streams and requests with ``min_tokens`` still go through the engine.
+        speculative: speculative decoding, in the engine's batch: ``"ngram"`` (prompt
+            lookup), ``"early_exit:N"`` (the first N layers draft), or the path of a
+            smaller model sharing the vocabulary. ``speculative_k`` drafts per step.
+            Requests with ``min_tokens``, penalties, ``ignore_eos`` or logprobs decode
+            without drafts.
 
     All methods are thread-safe. Generation goes through one engine thread that batches
     every concurrent request (from `run_batch` threads, forks, server clients).
@@ -119,7 +119,6 @@ class LocalModel(Backend):
             jump_forward=jump_forward, lazy_masks=lazy_masks)
         self.engine = Engine(self.model, self.vocab.token_bytes, self.eos_token_ids, self.engine_config,
                              max_context=self.max_context, vocab=self.vocab)
-        self._lock = threading.RLock()
         self.speculative_k = speculative_k
         self._drafter_spec = speculative
         self._draft_model: Llama | None = None  # loaded once, for a draft-model path
@@ -149,8 +148,6 @@ class LocalModel(Backend):
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
         """Generate a completion of ``request.prompt``."""
-        if self._drafter_spec is not None and _speculative_ok(request.params):
-            return self.count_usage(self._generate_speculative(request))
         return self.generate_batch([request])[0]
 
     def _make_drafter(self) -> Any:
@@ -172,36 +169,6 @@ class LocalModel(Backend):
             spec.check_vocab(self.model, draft)
             self._draft_model = draft
         return spec.ModelDrafter(self._draft_model)
-
-    def _generate_speculative(self, request: GenerateRequest) -> GenerateResult:
-        """One request by speculative decoding (drafts verified by the model in one pass).
-
-        Ends (EOS, stop tokens, stop strings, ``stop_regex``) are the engine's own step's.
-        """
-        from sgl.engine.sampler import Sampler
-        from sgl.engine.speculative import speculative_generate
-
-        p = request.params
-        cg = self.compile_constraint(request.constraint)
-        matcher = None
-        if cg is not None:
-            from sgl.constrain import Matcher
-
-            matcher = Matcher(cg)
-        prompt_ids = self._prompt_ids(request.prompt)
-        max_tokens = max(0, min(p.max_tokens, self.max_context - len(prompt_ids) - self.speculative_k - 1))
-        sampler = Sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.seed, device=self.model.device)
-        with self._lock:
-            out = speculative_generate(self.model, self._make_drafter(), prompt_ids, max_tokens, sampler,
-                                       self.eos_token_ids, k=self.speculative_k, matcher=matcher,
-                                       stop_token_ids=p.stop_token_ids, params=p,
-                                       token_bytes=self.vocab.token_bytes)
-        meta = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(out.token_ids),
-                "forward_passes": out.forward_passes, "draft_tokens": out.proposed,
-                "accepted_draft_tokens": out.accepted}
-        if out.error:
-            meta["error"] = out.error
-        return GenerateResult(text=out.text, token_ids=out.token_ids, finish_reason=out.finish_reason, meta=meta)
 
     def generate_stream(self, request: GenerateRequest) -> Iterator[str]:
         """Yield text deltas as they become final (stop strings are never yielded).
@@ -298,10 +265,15 @@ class LocalModel(Backend):
         if p.logprobs and p.logprob_start_len is not None and p.logprob_start_len >= 0:
             # SGLang's input logprobs, computed in this request's own prefill
             scoring = PromptLogprobs(min(p.logprob_start_len, len(prompt_ids)), p.top_logprobs)
+        acceptor = None
+        if self._drafter_spec is not None and _speculative_ok(p):
+            from sgl.engine.speculative import Speculation
+
+            acceptor = Speculation(self._make_drafter(), self.speculative_k)
         if cg is not None:
             from sgl.constrain import Matcher
 
-            return SeqRequest(prompt_ids, p, Matcher(cg), prompt_logprobs=scoring)
+            return SeqRequest(prompt_ids, p, Matcher(cg), prompt_logprobs=scoring, acceptor=acceptor)
         healing = None
         # A prompt that ends with the assistant header of the chat template is left alone:
         # the template's own split is the one the model was trained on. Scored prompts
@@ -313,7 +285,7 @@ class LocalModel(Backend):
             healed = heal_prompt(prompt_ids, self.vocab)
             if healed.healed:
                 prompt_ids, healing = healed.prompt_ids, healed.constraint()
-        return SeqRequest(prompt_ids, p, None, healing=healing, prompt_logprobs=scoring)
+        return SeqRequest(prompt_ids, p, None, healing=healing, prompt_logprobs=scoring, acceptor=acceptor)
 
     # --------------------------------------------------------------- logprobs
 

@@ -131,28 +131,12 @@ class Generated(NamedTuple):
 
 @functools.lru_cache(maxsize=4)
 def load_logit_model(path: str | None = None) -> LogitModel:
-    """The model at ``path`` (``None``: SmolLM2-135M-Instruct), loaded once per process.
+    """The model at ``path`` (``None``: SmolLM2-135M-Instruct), loaded once per process, as
+    a ``sgl.backends.local.LocalModel`` (same vocabulary, EOS ids, weights and engine as
+    the local backend; without torch, `MissingExtraError` says which extra to install)."""
+    from sgl.backends.local import LocalModel
 
-    Through ``sgl.backends.local.LocalModel`` when it is available (same vocabulary, EOS
-    ids and weights as the local backend), else straight from the checkpoint.
-    """
-    try:
-        from sgl.backends.local import LocalModel
-    except ImportError:
-        LocalModel = None
-    if LocalModel is not None:
-        return _adapt_local_model(LocalModel(path))
-    from tokenizers import Tokenizer
-
-    from sgl.constrain.vocab import Vocabulary
-    from sgl.engine.llama import Llama
-    from sgl.engine.model_loader import resolve_checkpoint
-
-    ck = resolve_checkpoint(path)
-    llama = Llama.from_folder(ck.folder)
-    tok_file = ck.folder / "tokenizer.json"
-    vocab = Vocabulary.from_tokenizer(str(tok_file), n_vocab=llama.config.vocab_size)
-    return LogitModel(llama, vocab, Tokenizer.from_file(str(tok_file)), name=ck.folder.name)
+    return _adapt_local_model(LocalModel(path))
 
 
 def resolve_logit_model(model: Any = None) -> LogitModel:

@@ -238,15 +238,11 @@ def _sliding_settings(d: dict[str, Any], model_type: str, layers: int) -> tuple[
 
 @dataclass
 class KVCache:
-    """Keys and values of a batch of sequences, preallocated.
+    """Keys and values of one sequence, preallocated, contiguous (the engine's batch uses
+    the paged `KVPool`; this cache serves drafters and reference forward passes).
 
-    ``k`` and ``v`` have shape ``[layers, batch, kv_heads, capacity, head_dim]``; the
-    first ``length`` positions are filled (rows of a batch share ``length``).
-
-    A cache is owned by one sequence (or one batch of equal lengths). ``truncate(n)`` rolls back
-    (speculative decoding, grammar backtracking); ``fork()`` copies the filled prefix
-    (``s.fork()`` in programs); ``copy_prefix_from(other, n)`` takes another cache's
-    first ``n`` positions, which is how a prefix cache hands over shared KV.
+    ``k`` and ``v`` have shape ``[layers, 1, kv_heads, capacity, head_dim]``; the first
+    ``length`` positions are filled. ``truncate(n)`` rolls back (a drafter's rejected drafts).
     """
 
     k: torch.Tensor
@@ -254,21 +250,15 @@ class KVCache:
     length: int = 0
 
     @classmethod
-    def allocate(
-        cls, config: LlamaConfig, capacity: int, batch: int = 1,
-        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-    ) -> KVCache:
-        """An empty cache for ``batch`` sequences of up to ``capacity`` tokens."""
-        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, capacity, config.head_dim)
+    def allocate(cls, config: LlamaConfig, capacity: int, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> KVCache:
+        """An empty cache for up to ``capacity`` tokens."""
+        shape = (config.num_hidden_layers, 1, config.num_key_value_heads, capacity, config.head_dim)
         return cls(k=torch.empty(shape, device=device, dtype=dtype), v=torch.empty(shape, device=device, dtype=dtype))
 
     @property
     def capacity(self) -> int:
         return self.k.shape[3]
-
-    @property
-    def batch(self) -> int:
-        return self.k.shape[1]
 
     def ensure_capacity(self, n: int) -> None:
         """Grow (by doubling, copying the filled part) to hold at least ``n`` positions."""
@@ -287,23 +277,6 @@ class KVCache:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
         self.length = n
 
-    def fork(self, extra_capacity: int = 0) -> KVCache:
-        """An independent copy of the filled prefix, with room for ``extra_capacity`` more."""
-        out = KVCache.allocate_like(self, self.length + max(extra_capacity, 1))
-        out.copy_prefix_from(self, self.length)
-        return out
-
-    @classmethod
-    def allocate_like(cls, other: KVCache, capacity: int) -> KVCache:
-        shape = (*other.k.shape[:3], capacity, other.k.shape[4])
-        return cls(k=other.k.new_empty(shape), v=other.v.new_empty(shape))
-
-    def copy_prefix_from(self, other: KVCache, n: int) -> None:
-        """Make this cache hold ``other``'s first ``n`` positions (same batch size)."""
-        self.ensure_capacity(n)
-        self.k[:, :, :, :n] = other.k[:, :, :, :n]
-        self.v[:, :, :, :n] = other.v[:, :, :, :n]
-        self.length = n
 
 
 # ------------------------------------------------------------------------ weights
@@ -521,12 +494,12 @@ class Llama:
 
     # -- forward
 
-    def new_cache(self, capacity: int, batch: int = 1, n_layers: int | None = None) -> KVCache:
+    def new_cache(self, capacity: int, n_layers: int | None = None) -> KVCache:
         """An empty `KVCache` for this model (for its first ``n_layers`` layers only, if given)."""
         config = self.config
         if n_layers is not None:
             config = dataclasses.replace(config, num_hidden_layers=n_layers)
-        return KVCache.allocate(config, capacity, batch=batch, device=self.device, dtype=self.dtype)
+        return KVCache.allocate(config, capacity, device=self.device, dtype=self.dtype)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """The input embeddings of token ids (Gemma's scaled by sqrt(hidden_size))."""

@@ -23,14 +23,15 @@ from .llama import LayerWeights, Llama, attention
 class RowInput:
     """New tokens of one sequence: ``tokens`` at positions ``start ..``, KV in ``blocks``.
 
-    ``all_logits``: `forward_rows` also sets ``logits`` to the logits at every new token
-    (``[len(tokens), vocab]``, float32): a prompt whose tokens are scored.
+    ``logits_tail``: `forward_rows` also sets ``logits`` to the logits at the last
+    ``logits_tail`` new tokens (``[logits_tail, vocab]``, float32): a prompt whose tokens
+    are scored, or a pending token and the drafts after it (speculative decoding).
     """
 
     tokens: list[int]
     start: int
     blocks: list[int]
-    all_logits: bool = False
+    logits_tail: int = 0
     logits: torch.Tensor | None = None
 
     @property
@@ -128,7 +129,7 @@ def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
 def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tensor:
     """Run every row's new tokens, write their KV into the pool, return float32 logits
     ``[len(rows), vocab]`` at each row's last new token (and every token's, in
-    ``row.logits``, for rows with ``all_logits``)."""
+    ``row.logits``, for rows with ``logits_tail``)."""
     c = model.config
     plan = plan_step(model, pool, rows)
     n = plan.ids.shape[0]
@@ -163,8 +164,8 @@ def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tens
     end = 0
     for row in rows:
         end += len(row.tokens)
-        if row.all_logits:
-            row.logits = model.logits(h[end - len(row.tokens):end])
+        if row.logits_tail:
+            row.logits = model.logits(h[end - row.logits_tail:end])
     return model.logits(h[plan.last])
 
 

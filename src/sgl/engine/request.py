@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from sgl.types import SamplingParams
 
     from .policy import LogitsPolicy
+    from .sampler import Sampler
+    from .speculative import Speculation
 
 
 
@@ -49,6 +51,9 @@ class SeqRequest:
     # partner's, the partner (``follows``) only feeds the same tokens
     policy: LogitsPolicy | None = None
     follows: bool = False
+    # speculative decoding (`speculative.Speculation`): drafts fed with the pending token, then verified
+    acceptor: Speculation | None = None
+    sampler: Sampler | None = None  # instead of one made from ``params`` (shares a random stream)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from .llama import Llama
 from .paged_forward import RowInput, forward_rows
 from .policy import Pairing
 from .sampler import apply_penalties_batch
+from .speculative import Speculation
 from .step import SeqState
 
 SMALL_STEP_TOKENS = 8  # steps with fewer new tokens run torch on one thread (see pick_threads)
@@ -57,6 +58,11 @@ class ModelRunner:
                 state.step(row, penalized=True, raw=raws.get(i))
             else:
                 state.step(row)
+
+    def verify(self, acceptor: Speculation, state: SeqState, logits: torch.Tensor) -> int:
+        """A speculative sequence's step: its drafts checked against ``logits`` (one row per
+        fed position from the pending token on); how many were accepted."""
+        return acceptor.verify(state, logits)
 
     def deposit(self, pairing: Pairing, state: SeqState, logits: torch.Tensor) -> None:
         """Leave a paired sequence's row of logits with its `Pairing` (the step waits for both)."""

@@ -104,6 +104,7 @@ class EngineSeq:
     blocks: list[int] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)  # pinned prefix-cache nodes (blocks[:len])
     published_all: bool = True  # False once a block could not go to the prefix cache
+    drafts: list[int] = field(default_factory=list)  # fed after the pending token this step (speculative)
     emitted: int = 0
     cancelled: bool = False
     submitted: float = 0.0
@@ -324,18 +325,18 @@ class Engine:
                 self._finish(seq, "error")
                 return True
             return paired
-        rows = [RowInput(seq.tokens[seq.cached:seq.cached + n], seq.cached, seq.blocks,
-                         all_logits=seq.state.wants_logits(seq.cached, n)) for seq, n in batch]
+        rows = [RowInput(seq.tokens[seq.cached:seq.cached + n] + seq.drafts, seq.cached, seq.blocks,
+                         logits_tail=self._logits_tail(seq, n)) for seq, n in batch]
         logits = self.runner.forward(rows)
         for (seq, _), row in zip(batch, rows, strict=True):
-            if row.logits is not None:
+            if row.logits is not None and not seq.drafts:
                 seq.state.score_prompt(row.start, row.logits)
                 row.logits = None
         self.stats.steps += 1
         self.stats.forward_tokens += sum(n for _, n in batch)
         now = time.perf_counter()
-        sampling, rows_idx = [], []
-        for i, (seq, n) in enumerate(batch):
+        sampling, rows_idx, verified = [], [], []
+        for i, ((seq, n), row) in enumerate(zip(batch, rows, strict=True)):
             seq.cached += n
             self._publish(seq)
             if seq.unfed:
@@ -349,14 +350,33 @@ class Engine:
             if seq.paired:  # its step waits for the partner's row (`_advance_pairs`)
                 self.runner.deposit(seq.req.policy, seq.state, logits[i])
                 continue
+            if seq.req.acceptor is not None:
+                self._verify(seq, logits[i][None] if row.logits is None else row.logits)
+                verified.append(seq)
+                continue
             sampling.append(seq)
             rows_idx.append(i)
         if sampling:
             self.runner.sample([seq.state for seq in sampling], logits[rows_idx] if len(rows_idx) < len(batch)
                                else logits)
-        for seq in sampling:
+        for seq in [*verified, *sampling]:
             self._after_step(seq)
         return True
+
+    @staticmethod
+    def _logits_tail(seq: EngineSeq, n: int) -> int:
+        """How many rows of logits a row of ``n`` new tokens (and its drafts) needs beyond the last."""
+        if seq.drafts:  # the pending token's and each draft's
+            return 1 + len(seq.drafts)
+        return n if seq.state.wants_logits(seq.cached, n) else 0
+
+    def _verify(self, seq: EngineSeq, logits: Any) -> None:
+        """A speculative sequence's step: keep the accepted drafts' KV, not the rejected ones'."""
+        fed = seq.cached  # the pending token is fed; the drafts' KV follows it
+        accepted = self.runner.verify(seq.req.acceptor, seq.state, logits)
+        seq.drafts = []
+        seq.cached = min(fed + accepted, len(seq.tokens) - 1)  # the newest token is the next pending one
+        self._publish(seq)
 
     def _advance_pairs(self) -> bool:
         """Step the paired leaders whose partner's row is in; end a half whose other half
@@ -385,10 +405,15 @@ class Engine:
             n = min(seq.unfed, max(budget, 1 if seq.unfed == 1 else 0))
             if n == 0:
                 continue
-            if not self._reserve(seq, seq.cached + n):
+            if not self._draft(seq, n):
+                self._finish(seq, "error")
+                self._retire(seq)
+                continue
+            if not self._reserve(seq, seq.cached + n + len(seq.drafts)):
+                self._drop_drafts(seq)
                 continue
             batch.append((seq, n))
-            budget -= n
+            budget -= n + len(seq.drafts)
         batch = [(s, n) for s, n in batch if s in self.running]
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running:
             seq = self.waiting[0]
@@ -400,15 +425,35 @@ class Engine:
                 continue
             self._match_prefix(seq)
             n = min(seq.unfed, budget)
-            if not self._reserve(seq, seq.cached + n, preempt=False):
+            if not self._draft(seq, n):
+                self.waiting.popleft()
+                self._release(seq)
+                self._finish(seq, "error")
+                continue
+            if not self._reserve(seq, seq.cached + n + len(seq.drafts), preempt=False):
+                self._drop_drafts(seq)
                 self._release(seq)
                 seq.cached = 0
                 break
             self.waiting.popleft()
             self.running.append(seq)
             batch.append((seq, n))
-            budget -= n
+            budget -= n + len(seq.drafts)
         return batch
+
+    def _draft(self, seq: EngineSeq, n: int) -> bool:
+        """Set the drafts ``seq`` feeds after its pending token this step (speculative
+        requests whose row reaches the pending token); False when drafting failed."""
+        acceptor = seq.req.acceptor
+        drafting = acceptor is not None and n == seq.unfed and not seq.state.wants_logits(seq.cached, n)
+        seq.drafts = acceptor.propose(seq.state, self.model) if drafting else []
+        return not seq.done
+
+    def _drop_drafts(self, seq: EngineSeq) -> None:
+        """The row was not scheduled: its drafts are forgotten."""
+        if seq.drafts:
+            seq.req.acceptor.cancel(seq.state)
+            seq.drafts = []
 
     def _match_prefix(self, seq: EngineSeq) -> None:
         """Start ``seq`` from the longest cached prefix of its tokens (one token stays to feed)."""
@@ -460,6 +505,7 @@ class Engine:
         self.running.remove(seq)
         self._release(seq)
         seq.cached = 0
+        seq.drafts = []
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
         seq.out.meta["preemptions"] = seq.out.meta.get("preemptions", 0) + 1
@@ -500,7 +546,8 @@ class Engine:
             raise ValueError(f"the prompt has {n_prompt} tokens; the context holds {self.max_context}")
         max_tokens = max(0, min(req.params.max_tokens, self.max_context - n_prompt))
         state = SeqState(self.step_context, req.prompt_ids, req.params, max_tokens, req.matcher, req.healing,
-                         prompt_logprobs=req.prompt_logprobs, policy=None if req.follows else req.policy)
+                         sampler=req.sampler, prompt_logprobs=req.prompt_logprobs,
+                         policy=None if req.follows else req.policy)
         if req.policy is not None and req.policy.paired:
             req.policy.bind(state, leader=not req.follows, wake=self.wake)
         from sgl.telemetry import trace as tracing

@@ -19,15 +19,17 @@ every draft was accepted), and both KV caches roll back to what was accepted.
   each verified position is masked with the matcher state after the tokens before it.
 
 Masking, end checks (EOS, stop tokens, stop strings, constraint complete, length) and
-the recording of tokens are the engine's own `step.SeqState`; this module adds only
-drafting, the verification pass and the acceptance rule. `plain_generate` is the
-non-speculative loop over the same state; tests and ``bench/speculative.py`` compare
-against it.
+the recording of tokens are the engine's own `step.SeqState`, and a speculative request
+is a request in the engine's continuous batch (`Speculation`, its acceptor: the row of
+a step feeds the pending token and the drafts, and the engine keeps the KV of what was
+accepted). This module adds only drafting and the acceptance rule. `plain_generate` and
+`speculative_generate` run one request in an engine of their own (tests and
+``bench/speculative.py`` compare the two).
 """
 
 from __future__ import annotations
 
-import time
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ import torch
 from sgl.constrain.torch_utils import apply_bitmask
 
 from .sampler import Sampler
-from .step import SeqState, StepContext, plain_params
+from .step import SeqState, plain_params
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,9 +76,6 @@ class SpecResult:
     forward_passes: int = 0
     proposed: int = 0
     accepted: int = 0
-    prefill_time_s: float = 0.0
-    draft_time_s: float = 0.0
-    verify_time_s: float = 0.0
     error: str | None = None
 
     @property
@@ -306,74 +305,93 @@ def check_vocab(target: Llama, draft: Llama) -> None:
         )
 
 
-# ------------------------------------------------------------------ the decode loops
+# ------------------------------------------------------------------ in the engine
 
 
-class _Sequence:
-    """One sequence being decoded: the engine's `SeqState` plus the target's own cache.
+class Speculation:
+    """A request's acceptor in the engine's batch: drafts, then verification.
 
-    Invariant between steps: the target cache holds ``history[:-1]``; the last token is
-    pending (fed at the start of the next forward pass).
+    Before the sequence's row is scheduled (one pending token, the prompt fed), the
+    drafter proposes up to ``k`` tokens (`propose`); the row feeds the pending token and
+    the drafts, with the logits of every position; `verify` then keeps the longest
+    acceptable prefix and adds one token of the target's own, and the engine keeps the
+    KV of what was accepted. Every token of the request goes through `verify`
+    (``drafter=None``: plain decoding, one token per pass, counted the same way).
     """
 
-    def __init__(self, target: Llama, prompt_ids: Sequence[int], max_tokens: int, sampler: Sampler,
-                 eos_ids: Collection[int], matcher: Matcher | None, stop_token_ids: Collection[int],
-                 extra_capacity: int = 0, params: Any = None, token_bytes: Sequence[bytes | None] | None = None
-                 ) -> None:
-        if not prompt_ids:
-            raise ValueError("the prompt has no tokens")
-        self.target = target
-        if token_bytes is None:  # no vocabulary: every token is textless
-            token_bytes = [None] * target.config.vocab_size
-        ctx = StepContext(token_bytes, frozenset(eos_ids), lazy_masks=False, jump_forward=False, device=target.device)
-        self.state = SeqState(ctx, prompt_ids, params if params is not None else plain_params(
-            max_tokens, stop_token_ids), max_tokens, matcher, sampler=sampler)
-        self.sampler, self.matcher = sampler, matcher
-        self.eos_ids = ctx.eos_ids
-        self.stop_ids = self.state.stop_token_ids
-        self.out = SpecResult()
-        if max_tokens <= 0:
-            self.state.finish("length")
-        self.cache = target.new_cache(len(prompt_ids) + max(max_tokens, 0) + extra_capacity + 1)
-        t0 = time.perf_counter()
-        if len(prompt_ids) > 1 and not self.done:
-            target.forward(torch.tensor([list(prompt_ids[:-1])], device=target.device), self.cache)
-        self.out.prefill_time_s = time.perf_counter() - t0
+    def __init__(self, drafter: Drafter | None, k: int = 4) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.drafter, self.k = drafter, k
+        self.draft = Draft()
+        self._started = False
+        self.forward_passes = self.proposed = self.accepted = 0
 
-    @property
-    def history(self) -> list[int]:
-        return self.state.tokens
+    def propose(self, state: SeqState, target: Llama) -> list[int]:
+        """The drafts to feed after ``state``'s pending token."""
+        self.draft = Draft()
+        n = min(self.k, state.remaining - 1)  # the target adds one token of its own
+        if self.drafter is None or n <= 0 or state.done or (state.matcher and state.matcher.is_terminated()):
+            return []
+        try:
+            if not self._started:
+                self._started = True
+                self.drafter.start(target, state.tokens[:state.prompt_len], state.ctx.eos_ids | state.stop_token_ids,
+                                   capacity=len(state.tokens) + state.remaining + self.k + 1)
+            with torch.inference_mode():
+                self.draft = self.drafter.propose(state.tokens, n, state.sampler, state.matcher)
+        except Exception as e:  # noqa: BLE001 - this request fails, not the engine's whole batch
+            state.out.meta["error"] = f"drafting failed: {type(e).__name__}: {e}"
+            state.finish("error")
+            return []
+        del self.draft.tokens[n:]
+        return self.draft.tokens
 
-    @property
-    def done(self) -> bool:
-        return self.state.done
+    def cancel(self, state: SeqState) -> None:
+        """The row was not scheduled: forget the drafts."""
+        if self.draft.tokens:
+            self.drafter.rollback(len(state.tokens))
+        self.draft = Draft()
 
-    def forward(self, drafts: Sequence[int] = ()) -> torch.Tensor:
-        """Logits ``[1 + len(drafts), V]`` for the pending token and the drafts after it."""
-        ids = torch.tensor([[self.history[-1], *drafts]], device=self.target.device)
-        self.out.forward_passes += 1
-        return self.target.forward(ids, self.cache, all_logits=True)[0]
+    def verify(self, state: SeqState, logits: torch.Tensor) -> int:
+        """Emit the accepted drafts and one token of the target's own from ``logits``
+        (``[1 + len(drafts), V]``: after the pending token, then after each draft);
+        how many drafts were accepted."""
+        if state.finish_if_complete():
+            return 0
+        confirmed = len(state.tokens)
+        draft, self.draft = self.draft, Draft()
+        self.forward_passes += 1
+        self.proposed += len(draft.tokens)
+        accepted = _verify(state, logits, draft)
+        self.accepted += accepted
+        if self._started:
+            self.drafter.rollback(confirmed + accepted)
+        if self.drafter is not None:
+            state.out.meta.update(forward_passes=self.forward_passes, draft_tokens=self.proposed,
+                                  accepted_draft_tokens=self.accepted)
+        return accepted
 
-    def masked(self, logits: torch.Tensor) -> torch.Tensor | None:
-        """``logits`` with the constraint's mask applied (in place); None if it allows nothing."""
-        return None if self.state.constrain(logits) is False else logits
 
-    def check_terminated(self) -> bool:
-        """Finish (``stop``) when the constraint is complete and nothing can follow."""
-        self.state.finish_if_complete()
-        return self.done
+def _verify(state: SeqState, logits: torch.Tensor, draft: Draft) -> int:
+    """Emit the accepted drafts and the target's own next token; return how many were accepted.
 
-    def result(self) -> SpecResult:
-        """The counters with the state's tokens, finish reason and text."""
-        out, st = self.out, self.state.out
-        out.token_ids, out.text = list(st.token_ids), st.text
-        out.finish_reason = st.finish_reason if self.done else "length"
-        out.error = st.meta.get("error")
-        return out
-
-    def sync_cache(self) -> None:
-        """Roll the target cache back to ``history[:-1]`` (drop rejected drafts' keys)."""
-        self.cache.truncate(min(self.cache.length, len(self.history) - 1))
+    ``logits[i]`` is the target's prediction after the history and ``draft.tokens[:i]``;
+    the matcher advances as tokens are emitted, so each mask matches its position.
+    """
+    sampler = state.sampler
+    for i, d in enumerate(draft.tokens):
+        if state.constrain(logits[i]) is False:
+            return i
+        q = None if draft.q is None else draft.q[i]
+        tok, ok = _accept_or_correct(sampler, logits[i], d, q)
+        if state.accept(tok) or not ok:
+            return i + ok
+    # Every draft was accepted: the last position gives a bonus token for free.
+    last = logits[len(draft.tokens)]
+    if state.constrain(last) is not False:
+        state.accept(sampler.sample(last))
+    return len(draft.tokens)
 
 
 def plain_generate(target: Llama, prompt_ids: Sequence[int], max_tokens: int, sampler: Sampler,
@@ -383,15 +401,7 @@ def plain_generate(target: Llama, prompt_ids: Sequence[int], max_tokens: int, sa
 
     ``matcher`` (optional) is advanced over the generated tokens.
     """
-    with torch.inference_mode():
-        seq = _Sequence(target, prompt_ids, max_tokens, sampler, eos_ids, matcher, stop_token_ids)
-        while not seq.done and not seq.check_terminated():
-            t0 = time.perf_counter()
-            logits = seq.masked(seq.forward()[0])
-            if logits is not None:
-                seq.state.accept(sampler.sample(logits))
-            seq.out.verify_time_s += time.perf_counter() - t0
-        return seq.result()
+    return _alone(target, Speculation(None), prompt_ids, max_tokens, sampler, eos_ids, matcher, stop_token_ids)
 
 
 def speculative_generate(target: Llama, drafter: Drafter, prompt_ids: Sequence[int], max_tokens: int,
@@ -408,59 +418,44 @@ def speculative_generate(target: Llama, drafter: Drafter, prompt_ids: Sequence[i
     ``stop_token_ids`` token (included in the output), when the constraint is complete,
     or after ``max_tokens`` tokens. With ``params`` (a `SamplingParams`: stop strings,
     ``stop_regex``, ``min_tokens``) and ``token_bytes`` (the vocabulary's), the text
-    ends exactly as in the engine.
+    ends exactly as in the engine. One request in an engine of its own; a `LocalModel`
+    puts `Speculation` requests in its shared engine instead.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    with torch.inference_mode():
-        seq = _Sequence(target, prompt_ids, max_tokens, sampler, eos_ids, matcher, stop_token_ids,
-                        extra_capacity=k, params=params, token_bytes=token_bytes)
-        t0 = time.perf_counter()
-        drafter.start(target, prompt_ids, seq.eos_ids | seq.stop_ids, capacity=seq.cache.capacity)
-        seq.out.prefill_time_s += time.perf_counter() - t0
-        while not seq.done and not seq.check_terminated():
-            _speculative_step(seq, drafter, k)
-        return seq.result()
+    if isinstance(drafter, _LlamaDrafter):  # refused here, before the engine runs it
+        check_vocab(target, drafter.model)
+    return _alone(target, Speculation(drafter, k), prompt_ids, max_tokens, sampler, eos_ids, matcher,
+                  stop_token_ids, params, token_bytes)
 
 
-def _speculative_step(seq: _Sequence, drafter: Drafter, k: int) -> None:
-    """Draft, verify in one target pass, emit the accepted tokens plus one, roll back."""
-    t0 = time.perf_counter()
-    # The target always adds one token of its own, so drafting past remaining - 1 is waste.
-    n_draft = min(k, seq.state.remaining - 1)
-    draft = drafter.propose(seq.history, n_draft, seq.sampler, seq.matcher) if n_draft > 0 else Draft()
-    del draft.tokens[n_draft:]
-    t1 = time.perf_counter()
-    confirmed = len(seq.history)
-    logits = seq.forward(draft.tokens)
-    seq.out.proposed += len(draft.tokens)
-    accepted = _verify(seq, logits, draft)
-    seq.out.accepted += accepted
-    seq.sync_cache()
-    drafter.rollback(confirmed + accepted)
-    seq.out.draft_time_s += t1 - t0
-    seq.out.verify_time_s += time.perf_counter() - t1
+def _alone(target: Llama, acceptor: Speculation, prompt_ids: Sequence[int], max_tokens: int, sampler: Sampler,
+           eos_ids: Collection[int], matcher: Matcher | None, stop_token_ids: Collection[int],
+           params: Any = None, token_bytes: Sequence[bytes | None] | None = None) -> SpecResult:
+    """``acceptor``'s request in an engine of its own (every token sampled, nothing cached)."""
+    from .kv_pool import bytes_per_token
+    from .request import SeqRequest
+    from .scheduler import Engine, EngineConfig
 
-
-def _verify(seq: _Sequence, logits: torch.Tensor, draft: Draft) -> int:
-    """Emit the accepted drafts and the target's own next token; return how many were accepted.
-
-    ``logits[i]`` is the target's prediction after the history and ``draft.tokens[:i]``;
-    the matcher advances as tokens are emitted, so each mask matches its position.
-    """
-    for i, d in enumerate(draft.tokens):
-        p_logits = seq.masked(logits[i])
-        if p_logits is None:
-            return i
-        q = None if draft.q is None else draft.q[i]
-        tok, ok = _accept_or_correct(seq.sampler, p_logits, d, q)
-        if seq.state.accept(tok) or not ok:
-            return i + ok
-    # Every draft was accepted: the last position gives a bonus token for free.
-    p_logits = seq.masked(logits[len(draft.tokens)])
-    if p_logits is not None:
-        seq.state.accept(seq.sampler.sample(p_logits))
-    return len(draft.tokens)
+    if not prompt_ids:
+        raise ValueError("the prompt has no tokens")
+    if params is None:
+        params = plain_params(max_tokens, stop_token_ids)
+    else:
+        params = copy.copy(params)
+        params.max_tokens = max_tokens
+    if token_bytes is None:  # no vocabulary: every token is textless
+        token_bytes = [None] * target.config.vocab_size
+    block = 16
+    room = (len(prompt_ids) + max(max_tokens, 0) + acceptor.k + 2 * block) * bytes_per_token(target.config,
+                                                                                           target.dtype)
+    config = EngineConfig(kv_budget_mb=room / 2**20, block_size=block, max_running=1, prefix_cache=False,
+                          jump_forward=False, lazy_masks=False)
+    engine = Engine(target, token_bytes, eos_ids, config)
+    try:
+        out = engine.generate([SeqRequest(list(prompt_ids), params, matcher, sampler=sampler, acceptor=acceptor)])[0]
+    finally:
+        engine.close()
+    return SpecResult(list(out.token_ids), out.finish_reason, out.text, acceptor.forward_passes, acceptor.proposed,
+                      acceptor.accepted, out.meta.get("error"))
 
 
 def _accept_or_correct(sampler: Sampler, p_logits: torch.Tensor, d: int,
