@@ -167,13 +167,13 @@ def test_speculative_and_plain_requests_share_the_engine_batch(target, draft_mod
     from sgl.engine.request import SeqRequest
     from sgl.engine.scheduler import Engine, EngineConfig
     from sgl.engine.speculative import Speculation
-    from sgl.engine.step import plain_params
+    from sgl.types import SamplingParams
 
     engine = Engine(target, [None] * V, (), EngineConfig(kv_budget_mb=1, prefix_cache=False, jump_forward=False))
     try:
         spec = Speculation(ModelDrafter(draft_model), k=3)
-        reqs = [SeqRequest(PROMPTS[0], plain_params(20), sampler=greedy(), acceptor=spec),
-                SeqRequest(PROMPTS[1], plain_params(20), sampler=greedy())]
+        reqs = [SeqRequest(PROMPTS[0], SamplingParams(max_tokens=20), sampler=greedy(), acceptor=spec),
+                SeqRequest(PROMPTS[1], SamplingParams(max_tokens=20), sampler=greedy())]
         outs = engine.generate(reqs)
         steps = engine.stats.steps
     finally:
@@ -184,6 +184,29 @@ def test_speculative_and_plain_requests_share_the_engine_batch(target, draft_mod
     # both in the same forward passes: the plain request's 20 (one more if the engine thread
     # ran a step before the second request was submitted), not the sum of the two
     assert steps <= 21 < 20 + spec.forward_passes
+
+
+def test_speculative_requests_keep_logprobs_penalties_and_min_tokens(target, draft_model):
+    """Verification is the engine's step: bans, penalties and logprobs as for a plain request."""
+    from sgl.engine.request import SeqRequest
+    from sgl.engine.scheduler import Engine, EngineConfig
+    from sgl.engine.speculative import Speculation
+    from sgl.types import SamplingParams
+
+    params = SamplingParams(max_tokens=16, temperature=0.0, logprobs=True, top_logprobs=2, min_tokens=6,
+                            repetition_penalty=1.3)
+    engine = Engine(target, [None] * V, (EOS,), EngineConfig(kv_budget_mb=1, jump_forward=False))
+    try:
+        for prompt in PROMPTS:
+            plain = engine.generate([SeqRequest(prompt, params)])[0]
+            spec = Speculation(ModelDrafter(draft_model), k=3)
+            fast = engine.generate([SeqRequest(prompt, params, acceptor=spec)])[0]
+            assert fast.token_ids == plain.token_ids and fast.finish_reason == plain.finish_reason
+            assert fast.logprobs == pytest.approx(plain.logprobs, abs=1e-4)
+            assert [[t for t, _ in top] for top in fast.top_logprobs] == [[t for t, _ in top] for top in plain.top_logprobs]
+            assert spec.proposed > 0
+    finally:
+        engine.close()
 
 
 def test_zero_max_tokens(target):

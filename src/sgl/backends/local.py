@@ -55,8 +55,6 @@ class LocalModel(Backend):
         speculative: speculative decoding, in the engine's batch: ``"ngram"`` (prompt
             lookup), ``"early_exit:N"`` (the first N layers draft), or the path of a
             smaller model sharing the vocabulary. ``speculative_k`` drafts per step.
-            Requests with ``min_tokens``, penalties, ``ignore_eos`` or logprobs decode
-            without drafts.
 
     All methods are thread-safe. Generation goes through one engine thread that batches
     every concurrent request (from `run_batch` threads, forks, server clients).
@@ -266,7 +264,7 @@ class LocalModel(Backend):
             # SGLang's input logprobs, computed in this request's own prefill
             scoring = PromptLogprobs(min(p.logprob_start_len, len(prompt_ids)), p.top_logprobs)
         acceptor = None
-        if self._drafter_spec is not None and _speculative_ok(p):
+        if self._drafter_spec is not None:
             from sgl.engine.speculative import Speculation
 
             acceptor = Speculation(self._make_drafter(), self.speculative_k)
@@ -545,13 +543,6 @@ def sglang_finish_reason(result: GenerateResult, stop_token_ids: Sequence[int] =
         matched = last if reason == "eos" or last in stop_token_ids else None
         return {"type": "stop", "matched": matched}
     return {"type": "abort", "message": result.meta.get("error", reason)}
-
-
-def _speculative_ok(p: SamplingParams) -> bool:
-    """Whether speculative decoding can serve ``p`` (it has no min_tokens, penalties,
-    ignore_eos or logprobs; a prefill-only request must go through the prefix cache)."""
-    return (p.min_tokens == 0 and p.max_tokens > 0 and not p.ignore_eos and not p.logprobs
-            and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0 and p.repetition_penalty == 1.0)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -123,22 +123,6 @@ def _shape_out(x: np.ndarray, like: Any) -> float | np.ndarray:
     return float(x[0]) if np.ndim(like) == 1 else x
 
 
-def kl_symmetry_alpha_logp(logp_base: np.ndarray, logp_teacher: np.ndarray, alpha_min: float = 0.0,
-                           alpha_max: float = 1.0, tol: float = 1e-7) -> np.ndarray:
-    """``alpha_kl_symmetry`` on log-probabilities of shape (rows, V); returns (rows,)."""
-    check_alpha_range(alpha_min, alpha_max)
-    pair = LogPair.from_logp(logp_base, logp_teacher)
-    return _bisect(pair.kl_gap, pair.lb.shape[0], alpha_min, alpha_max, True, tol)
-
-
-def ess_balance_alpha_logp(logp_base: np.ndarray, logp_teacher: np.ndarray, alpha_min: float = 0.0,
-                           alpha_max: float = 1.0, tol: float = 1e-7) -> np.ndarray:
-    """``alpha_ess_balance`` on log-probabilities of shape (rows, V); returns (rows,)."""
-    check_alpha_range(alpha_min, alpha_max)
-    pair = LogPair.from_logp(logp_base, logp_teacher)
-    return _bisect(pair.ess_gap, pair.lb.shape[0], alpha_min, alpha_max, False, tol)
-
-
 def entropy_alpha_logp(logp_base: np.ndarray, logp_teacher: np.ndarray, alpha_min: float = 0.0,
                        alpha_max: float = 1.0) -> np.ndarray:
     """``alpha_entropy`` on log-probabilities of shape (rows, V); returns (rows,)."""
@@ -167,7 +151,7 @@ def alpha_kl_symmetry(p_base: Any, p_teacher: Any, alpha_min: float = 0.0, alpha
     KL(p_teacher‖p_base) at 1, so the root in [0, 1] exists and bisection finds it;
     outside [alpha_min, alpha_max] the nearer end is returned.
     """
-    out = kl_symmetry_alpha_logp(_to_logp(p_base), _to_logp(p_teacher), alpha_min, alpha_max, tol)
+    out = choose_alpha_logp("kl_symmetry", _to_logp(p_base), _to_logp(p_teacher), alpha_min, alpha_max, tol=tol)
     return _shape_out(out, p_base)
 
 
@@ -181,7 +165,7 @@ def alpha_ess_balance(p_base: Any, p_teacher: Any, alpha_min: float = 0.0, alpha
     A(2−α) − A(−α) with A the (convex) log-partition of the mixture family, so it
     decreases in α, from ≥ 0 at α=0 to ≤ 0 at α=1: bisection, clamped like the KL rule.
     """
-    out = ess_balance_alpha_logp(_to_logp(p_base), _to_logp(p_teacher), alpha_min, alpha_max, tol)
+    out = choose_alpha_logp("ess_balance", _to_logp(p_base), _to_logp(p_teacher), alpha_min, alpha_max, tol=tol)
     return _shape_out(out, p_base)
 
 
@@ -209,15 +193,15 @@ def geometric_mixture(p_base: Any, p_teacher: Any, alpha: float) -> np.ndarray:
     return q[0] if np.ndim(p_base) == 1 else q
 
 
-def choose_alpha_logp(method: str, logp_base: np.ndarray, logp_teacher: np.ndarray,
-                      alpha_min: float, alpha_max: float, fixed_alpha: float | None = None) -> np.ndarray:
+def choose_alpha_logp(method: str, logp_base: np.ndarray, logp_teacher: np.ndarray, alpha_min: float,
+                      alpha_max: float, fixed_alpha: float | None = None, tol: float = ALPHA_TOL) -> np.ndarray:
     """α per row for ``method`` (one of ``ALPHA_METHODS``) from log-probabilities (rows, V)."""
     pair = None if method in ("fixed", "entropy") else LogPair.from_logp(logp_base, logp_teacher)
-    return choose_alpha(method, pair, logp_base, logp_teacher, alpha_min, alpha_max, fixed_alpha)
+    return choose_alpha(method, pair, logp_base, logp_teacher, alpha_min, alpha_max, fixed_alpha, tol)
 
 
 def choose_alpha(method: str, pair: LogPair | None, logp_base: np.ndarray, logp_teacher: np.ndarray,
-                 alpha_min: float, alpha_max: float, fixed_alpha: float | None) -> np.ndarray:
+                 alpha_min: float, alpha_max: float, fixed_alpha: float | None, tol: float = ALPHA_TOL) -> np.ndarray:
     """``choose_alpha_logp`` given the pair already built (None for "fixed" and "entropy")."""
     rows = np.atleast_2d(logp_base).shape[0]
     if method == "fixed":
@@ -228,7 +212,7 @@ def choose_alpha(method: str, pair: LogPair | None, logp_base: np.ndarray, logp_
         return entropy_alpha_logp(logp_base, logp_teacher, alpha_min, alpha_max)
     check_alpha_range(alpha_min, alpha_max)
     if method == "kl_symmetry":
-        return _bisect(pair.kl_gap, rows, alpha_min, alpha_max, True, ALPHA_TOL)
+        return _bisect(pair.kl_gap, rows, alpha_min, alpha_max, True, tol)
     if method == "ess_balance":
-        return _bisect(pair.ess_gap, rows, alpha_min, alpha_max, False, ALPHA_TOL)
+        return _bisect(pair.ess_gap, rows, alpha_min, alpha_max, False, tol)
     raise ValueError(f"unknown alpha_method {method!r} (use one of {', '.join(ALPHA_METHODS)})")

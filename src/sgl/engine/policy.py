@@ -1,21 +1,12 @@
-"""Per-request logits policies: what a request changes in the engine's step.
+"""Per-request logits policies: what a request changes in the engine's one step.
 
-A `LogitsPolicy` may replace the distribution a token is sampled from, switch off the
-engine's lazy masks and jump-forward for its request, and end the request on a
-condition of its own (`StopWhen`: the decoders' "stop once this holds").
-
-A `Pairing` joins a *leader* and a *partner* sequence. Both are ordinary requests in an
-engine's continuous batch (the partner may run in another engine, on another model).
-After each forward pass both leave their row of logits here; once the rows of the same
-position are in, the leader takes one step (`step.SeqState.step`: bans, constraint
-mask, every end condition) in which the token is sampled from
-``combine(leader row, partner row)`` (the constraint's mask applied to both first), and
-the token is appended to the partner too, so both feed it at the next forward pass.
-The partner never samples; it ends when the leader does.
-
-`sgl.decode.optimal.OptimalSampler` is the user: its ``combine`` is the two-model
-mixture (the teacher's prompt is the partner). The step always runs on the leader's
-engine thread; the partner's engine only deposits rows and retires the partner.
+A `LogitsPolicy` may replace the distribution sampled from, switch off lazy masks and
+jump-forward for its request, and end it on a condition of its own (`StopWhen`).
+A `Pairing` makes two requests one (`sgl.decode.optimal.OptimalSampler`): after each
+forward pass the *leader* and the *partner* (which may run in another engine, on another
+model) leave their rows of logits; once both rows of a position are in, the leader steps
+(bans, mask, every end) sampling from ``combine(leader row, partner row)``, and the token
+is appended to the partner too. The step runs on the leader's engine thread.
 """
 
 from __future__ import annotations

@@ -505,7 +505,7 @@ class Engine:
         self.running.remove(seq)
         self._release(seq)
         seq.cached = 0
-        seq.drafts = []
+        self._drop_drafts(seq)
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
         seq.out.meta["preemptions"] = seq.out.meta.get("preemptions", 0) + 1

@@ -40,7 +40,7 @@ import torch
 from sgl.constrain.torch_utils import apply_bitmask
 
 from .sampler import Sampler
-from .step import SeqState, plain_params
+from .step import SeqState
 
 if TYPE_CHECKING:
     import numpy as np
@@ -379,18 +379,20 @@ def _verify(state: SeqState, logits: torch.Tensor, draft: Draft) -> int:
     ``logits[i]`` is the target's prediction after the history and ``draft.tokens[:i]``;
     the matcher advances as tokens are emitted, so each mask matches its position.
     """
-    sampler = state.sampler
+    sampler, keep_raw = state.sampler, state.out.logprobs is not None
     for i, d in enumerate(draft.tokens):
+        raw = logits[i].clone() if keep_raw else None  # logprobs: before bans, penalties and masks
         if state.constrain(logits[i]) is False:
             return i
         q = None if draft.q is None else draft.q[i]
         tok, ok = _accept_or_correct(sampler, logits[i], d, q)
-        if state.accept(tok) or not ok:
+        if state.accept(tok, raw) or not ok:
             return i + ok
     # Every draft was accepted: the last position gives a bonus token for free.
     last = logits[len(draft.tokens)]
+    raw = last.clone() if keep_raw else None
     if state.constrain(last) is not False:
-        state.accept(sampler.sample(last))
+        state.accept(sampler.sample(last), raw)
     return len(draft.tokens)
 
 
@@ -437,8 +439,10 @@ def _alone(target: Llama, acceptor: Speculation, prompt_ids: Sequence[int], max_
 
     if not prompt_ids:
         raise ValueError("the prompt has no tokens")
+    from sgl.types import SamplingParams
+
     if params is None:
-        params = plain_params(max_tokens, stop_token_ids)
+        params = SamplingParams(max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids))
     else:
         params = copy.copy(params)
         params.max_tokens = max_tokens

@@ -17,7 +17,7 @@ EOS ids, switches, counters, one mask buffer: it is used from one thread).
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -399,10 +399,3 @@ class SeqState:
             decode=lambda i: (token_bytes[i] or b"").decode("utf-8", errors="replace"),
         )
 
-
-def plain_params(max_tokens: int, stop_token_ids: Collection[int] = (), stop: str | Sequence[str] = ()) -> Any:
-    """Minimal parameters for a `SeqState` driven by an explicit `Sampler` (speculative
-    decoding, the decoders of `sgl.decode`): token ids and stop strings that end it."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids), min_tokens=0, stop=stop)
