@@ -149,8 +149,9 @@ class CachedSequence:
         return logits
 
 
-class _LlamaDrafter(Drafter):
-    """A drafter that runs a `Llama` (whole, or its first layers) with its own cache."""
+class ModelDrafter(Drafter):
+    """A second (smaller) local model with the same vocabulary drafts the tokens (or, with
+    ``n_layers``, the first layers of a model), with its own contiguous cache."""
 
     def __init__(self, model: Llama, n_layers: int | None = None) -> None:
         self.model = model
@@ -211,14 +212,7 @@ class _LlamaDrafter(Drafter):
         return True
 
 
-class ModelDrafter(_LlamaDrafter):
-    """A second (smaller) local model with the same vocabulary drafts the tokens."""
-
-    def __init__(self, model: Llama) -> None:
-        super().__init__(model)
-
-
-class EarlyExitDrafter(_LlamaDrafter):
+class EarlyExitDrafter(ModelDrafter):
     """The target's own first ``n_layers`` layers (then its final norm + lm_head) draft.
 
     It keeps a separate, smaller cache (``new_cache(n_layers=...)``): the target's
@@ -423,7 +417,7 @@ def speculative_generate(target: Llama, drafter: Drafter, prompt_ids: Sequence[i
     ends exactly as in the engine. One request in an engine of its own; a `LocalModel`
     puts `Speculation` requests in its shared engine instead.
     """
-    if isinstance(drafter, _LlamaDrafter):  # refused here, before the engine runs it
+    if isinstance(drafter, ModelDrafter):  # refused here, before the engine runs it
         check_vocab(target, drafter.model)
     return _alone(target, Speculation(drafter, k), prompt_ids, max_tokens, sampler, eos_ids, matcher,
                   stop_token_ids, params, token_bytes)

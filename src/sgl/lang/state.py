@@ -434,17 +434,15 @@ class ProgramState(RoleMethods):
             self._cond.notify_all()
 
 
-class ProgramStateGroup:
-    """The states returned by ``s.fork(n)``: ``forks[i]``, ``forks += ...``, ``forks.join()``."""
+class ForkGroup:
+    """The states of ``s.fork(n)`` as a sequence (run or traced): ``forks[i]``, ``len``, ``for``."""
 
-    def __init__(self, states: list[ProgramState], src_state: ProgramState):
-        self.states = states
-        self.src_state = src_state
+    states: list[Any]
 
-    def __getitem__(self, i: int) -> ProgramState:
+    def __getitem__(self, i: int) -> Any:
         return self.states[i]
 
-    def __setitem__(self, i: int, value: ProgramState) -> None:
+    def __setitem__(self, i: int, value: Any) -> None:
         # ``forks[i] += x`` re-assigns the same object
         if value is not self.states[i]:
             raise TypeError("cannot replace a fork; append to it with forks[i] += ...")
@@ -452,8 +450,16 @@ class ProgramStateGroup:
     def __len__(self) -> int:
         return len(self.states)
 
-    def __iter__(self) -> Iterator[ProgramState]:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.states)
+
+
+class ProgramStateGroup(ForkGroup):
+    """The states returned by ``s.fork(n)``: ``forks[i]``, ``forks += ...``, ``forks.join()``."""
+
+    def __init__(self, states: list[ProgramState], src_state: ProgramState):
+        self.states = states
+        self.src_state = src_state
 
     def __iadd__(self, other: Any) -> ProgramStateGroup:
         if isinstance(other, SglExpr | str):

@@ -25,7 +25,7 @@ from .expr import (
     VarScopeBegin,
     VarScopeEnd,
 )
-from .state import RoleMethods
+from .state import ForkGroup, RoleMethods
 
 
 class StopTracing(Exception):
@@ -161,24 +161,11 @@ class TracerState(RoleMethods):
         return f"TracerState(%{self.id})"
 
 
-class TracerStateGroup:
+class TracerStateGroup(ForkGroup):
     """``s.fork(n)`` while tracing."""
 
     def __init__(self, states: list[TracerState], src: TracerState) -> None:
         self.states, self.src = states, src
-
-    def __getitem__(self, i: int) -> TracerState:
-        return self.states[i]
-
-    def __setitem__(self, i: int, value: TracerState) -> None:
-        if value is not self.states[i]:
-            raise TypeError("cannot replace a fork; append to it with forks[i] += ...")
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def __iter__(self) -> Iterator[TracerState]:
-        return iter(self.states)
 
     def __iadd__(self, other: Any) -> TracerStateGroup:
         for i, state in enumerate(self.states):
