@@ -85,7 +85,8 @@ class CompiledGrammar:
         budget = budget or CompileBudget()
         if budget_s is not None:
             budget = replace(budget, seconds=budget_s)
-        grammar.validate()
+        if not grammar.is_trimmed():  # prune validated its output (frontends hand over pruned grammars)
+            grammar.validate()
         if len(grammar.rules) > budget.rules:
             raise budget.over("rules", len(grammar.rules), budget.rules)
         if len(grammar.terminals) > budget.lexemes:
