@@ -49,3 +49,24 @@ def test_unpruned_grammar_is_still_validated() -> None:
     g = Grammar("s", [Rule("s", ("a", "missing"))], {"a": Terminal("a", "a", True)})
     with pytest.raises(ConstraintError, match="undefined symbol"):
         CompiledGrammar(g)
+
+
+def test_json_string_lexemes_are_shared_across_compiles() -> None:
+    """An equal decoded language gives the very same lexeme node (its DFA is then found
+    by identity), the same as building it afresh; a refusal is not remembered."""
+    from sgl.constrain import json_strings
+    from sgl.constrain.derivatives import mk_and
+    from sgl.constrain.errors import CompileBudgetExceeded
+    from sgl.constrain.json_formats import format_node
+    from sgl.constrain.regex import parse_regex
+
+    a = json_strings.json_string_node(parse_regex("[a-c]+x"))
+    b = json_strings.json_string_node(parse_regex("[a-c]+x"))
+    assert a is b
+    assert a == json_strings._json_string_node(parse_regex("[a-c]+x"), 2000, 20_000)
+    uri = json_strings.json_string_node(format_node("uri"))
+    assert uri is json_strings.json_string_node(format_node("uri"))
+    hard = mk_and(parse_regex("(a|b)*a(a|b){12}"), parse_regex("(a|b)*b(a|b){11}"))
+    for _ in range(2):
+        with pytest.raises(CompileBudgetExceeded):
+            json_strings.json_string_node(hard, max_states=50)
