@@ -70,3 +70,65 @@ def test_json_string_lexemes_are_shared_across_compiles() -> None:
     for _ in range(2):
         with pytest.raises(CompileBudgetExceeded):
             json_strings.json_string_node(hard, max_states=50)
+
+
+def _canonical(table: np.ndarray, accepting: np.ndarray) -> tuple:
+    """A DFA's rows renumbered in breadth-first order from the start (bytes ascending):
+    two minimal DFAs of one language give the same result."""
+    order, seen = [0], {0: 0}
+    for s in order:
+        for t in table[s].tolist():
+            if t >= 0 and t not in seen:
+                seen[t] = len(order)
+                order.append(t)
+    rows = tuple(tuple(seen[t] if t >= 0 else -1 for t in table[s].tolist()) for s in order)
+    return rows, tuple(bool(accepting[s]) for s in order)
+
+
+def test_shipped_format_lexemes_match_a_fresh_build() -> None:
+    """format_lexemes.bin is what the code builds today: the decoded language, the
+    lexeme and (up to state numbering) the DFA of every format. On failure, write it
+    again: ``python -m sgl.constrain.format_lexemes``."""
+    import pickle
+    import zlib
+
+    from sgl.constrain import format_lexemes
+    from sgl.constrain.json_formats import FORMAT_REGEXES
+
+    stored = pickle.loads(format_lexemes.DATA.read_bytes())
+    assert stored["fingerprint"] == format_lexemes.fingerprint(FORMAT_REGEXES)
+    assert set(stored["formats"]) == set(FORMAT_REGEXES)
+    for name, blob in stored["formats"].items():
+        decoded, lexeme, table, accepting = pickle.loads(zlib.decompress(blob))
+        f_decoded, f_lexeme, f_table, f_accepting = format_lexemes.build_entry(name)
+        assert decoded == f_decoded, name
+        assert lexeme == f_lexeme, name
+        assert _canonical(table, accepting) == _canonical(f_table, f_accepting), name
+
+
+def test_shipped_formats_are_used_and_checked() -> None:
+    """A format's lexeme and DFA come from the file in a fresh process, and the compiled
+    grammar accepts and refuses what the format says."""
+    code = (
+        "from sgl.constrain import compile_json_schema, format_lexemes\n"
+        "g = compile_json_schema({'type': 'object', 'properties': {'u': {'type': 'string', 'format': 'uri'},"
+        " 'e': {'type': 'string', 'format': 'email'}}, 'required': ['u']})\n"
+        "print(len(format_lexemes._dfa_of), g.accepts_text('{\"u\": \"https://x.org/a?b=c\", \"e\": \"a@b.co\"}'),"
+        " g.accepts_text('{\"u\": \"no scheme\"}'), g.accepts_text('{\"u\": \"a:b\", \"e\": \"nope\"}'))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "True", "False", "False"]
+
+
+def test_a_stale_or_missing_file_is_ignored(tmp_path, monkeypatch) -> None:
+    """Another fingerprint (the format regexes changed) or no file: formats are built."""
+    from sgl.constrain import format_lexemes
+
+    monkeypatch.setattr(format_lexemes, "_entries", None)
+    monkeypatch.setattr(format_lexemes, "DATA", tmp_path / "missing.bin")
+    assert format_lexemes.shipped_format("uri", {"uri": "x"}) is None
+    monkeypatch.setattr(format_lexemes, "_entries", None)
+    monkeypatch.setattr(format_lexemes, "DATA", Path(format_lexemes.__file__).with_name("format_lexemes.bin"))
+    assert format_lexemes.shipped_format("uri", {"uri": "not the regex it was built from"}) is None

@@ -32,6 +32,7 @@ from functools import lru_cache
 from .automaton import LiteralAlt
 from .derivatives import ANY_STRING, _contains, materialize, mk_alt, mk_repeat, mk_seq
 from .errors import ConstraintError, check_deadline
+from .format_lexemes import LEXEME_LIMITS, lexeme_for
 from .regex_ast import EMPTY, MAX_CODEPOINT, NOTHING, Alt, Chars, Node, Repeat, Seq, chars, literal
 
 QUOTE = literal('"')
@@ -199,7 +200,9 @@ def json_string_node(decoded, max_states: int = 2000, max_size: int = 20_000) ->
         if got is not None:
             _LEXEMES.move_to_end(key)
             return got
-    got = _json_string_node(decoded, max_states, max_size)
+    got = lexeme_for(decoded) if (max_states, max_size) == LEXEME_LIMITS else None  # a format's, shipped
+    if got is None:
+        got = _json_string_node(decoded, max_states, max_size)
     with _lexemes_lock:
         _LEXEMES[key] = got
         if len(_LEXEMES) > _LEXEMES_SIZE:
