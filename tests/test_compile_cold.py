@@ -132,3 +132,31 @@ def test_a_stale_or_missing_file_is_ignored(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(format_lexemes, "_entries", None)
     monkeypatch.setattr(format_lexemes, "DATA", Path(format_lexemes.__file__).with_name("format_lexemes.bin"))
     assert format_lexemes.shipped_format("uri", {"uri": "not the regex it was built from"}) is None
+
+
+@pytest.mark.parametrize("value, message, location", [
+    ({"a": {"b/c": [1, {"~d": float("nan")}]}}, "nan is not a JSON number", "#/a/b~1c/1/~0d"),
+    ({"x": [None, "s", 3, True, {1: 2}]}, "object key 1 is not a string", "#/x/4"),
+    ({"p": ({"q": {1, 2}},)}, "a set is not a JSON value", "#/p/0/q"),
+    ({"a": {"b": {"c": {}}}}, "schema is nested more than 3 objects deep", "#/a/b/c"),
+])
+def test_check_json_value_names_the_place(value, message, location) -> None:
+    """Places are spelled as JSON pointers only for the message; they stay exact."""
+    from sgl.constrain.api import check_json_value
+
+    with pytest.raises(ConstraintError) as e:
+        check_json_value(value, 3)
+    assert (e.value.message, e.value.location) == (message, location)
+
+
+def test_check_json_value_bounds_nested_lists() -> None:
+    from sgl.constrain.api import check_json_value
+
+    v: list = []
+    for _ in range(200):
+        v = [v]
+    check_json_value(v, 100)  # pointers of 400 characters: within 64 per level
+    for _ in range(3000):
+        v = [v]
+    with pytest.raises(ConstraintError, match="nested more than 10 levels deep"):
+        check_json_value(v, 10)
