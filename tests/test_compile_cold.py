@@ -160,3 +160,29 @@ def test_check_json_value_bounds_nested_lists() -> None:
         v = [v]
     with pytest.raises(ConstraintError, match="nested more than 10 levels deep"):
         check_json_value(v, 10)
+
+
+_T = {"a": Terminal("a", "a", True), "b": Terminal("b", "b", True)}
+
+
+@pytest.mark.parametrize("g, message", [
+    (Grammar("s", [Rule("s", ("a", "x")), Rule("x", ("b",)), Rule("a", ("b",))], dict(_T)), "both a terminal and a rule"),
+    (Grammar("s", [Rule("s", ("a",), -1.0)], dict(_T)), "negative weight"),
+    (Grammar("s", [Rule("s", ("a",))], dict(_T), ["zz"]), "ignored terminal 'zz' is undefined"),
+])
+def test_prune_still_names_what_validate_refuses(g, message) -> None:
+    """prune checks its output without walking every symbol again: faults are still refused."""
+    from sgl.constrain.grammar import prune
+
+    with pytest.raises(ConstraintError, match=message):
+        prune(g)
+
+
+def test_prune_keeps_rules_bottom_up_in_their_order() -> None:
+    from sgl.constrain.grammar import prune
+
+    rules = [Rule("s", ("x", "y")), Rule("y", ("b",)), Rule("dead", ("nope",)), Rule("x", ("a",)),
+             Rule("y", ("a", "y")), Rule("s", ("u",)), Rule("lost", ("a",))]
+    out = prune(Grammar("s", rules, dict(_T)))
+    assert [(r.lhs, r.rhs) for r in out.rules] == [("y", ("b",)), ("y", ("a", "y")), ("x", ("a",)), ("s", ("x", "y"))]
+    assert set(out.terminals) == {"a", "b"} and out.is_trimmed()
