@@ -183,7 +183,7 @@ LITERAL_SET_MIN = 2  # a string set this large, all of one spelling, becomes a t
 
 
 _LEXEMES: OrderedDict = OrderedDict()  # (decoded, limits) -> lexeme node, across compiles
-_LEXEMES_SIZE = 1024
+_LEXEMES_SIZE = 256  # recurring formats and patterns; every entry is more for the full GC to walk
 _lexemes_lock = threading.Lock()
 
 
