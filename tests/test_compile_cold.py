@@ -186,18 +186,3 @@ def test_prune_keeps_rules_bottom_up_in_their_order() -> None:
     out = prune(Grammar("s", rules, dict(_T)))
     assert [(r.lhs, r.rhs) for r in out.rules] == [("y", ("b",)), ("y", ("a", "y")), ("x", ("a",)), ("s", ("x", "y"))]
     assert set(out.terminals) == {"a", "b"} and out.is_trimmed()
-
-
-def test_rule_is_still_a_frozen_value() -> None:
-    """Rule's own __init__ (faster than the generated frozen one) keeps its semantics."""
-    import dataclasses
-    import pickle
-
-    r = Rule("a", ("b", "c"), 2.0)
-    assert r == Rule(lhs="a", rhs=("b", "c"), weight=2.0) and hash(r) == hash(Rule("a", ("b", "c"), 2.0))
-    assert Rule("a", ()).weight == 1.0 and r != Rule("a", ("b", "c"))
-    assert repr(r) == "Rule(lhs='a', rhs=('b', 'c'), weight=2.0)"
-    assert dataclasses.replace(r, weight=3.0) == Rule("a", ("b", "c"), 3.0)
-    assert pickle.loads(pickle.dumps(r)) == r
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        r.lhs = "x"  # type: ignore[misc]

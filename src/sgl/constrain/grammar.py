@@ -35,14 +35,6 @@ class Rule:
     rhs: tuple[str, ...]
     weight: float = 1.0
 
-    def __init__(self, lhs: str, rhs: tuple[str, ...], weight: float = 1.0) -> None:
-        # the generated frozen __init__ sets each field through object.__setattr__: 780 ns
-        # a rule, this 390; frontends make thousands of rules per schema
-        d = self.__dict__
-        d["lhs"] = lhs
-        d["rhs"] = rhs
-        d["weight"] = weight
-
 
 @dataclass
 class Grammar:
