@@ -263,26 +263,44 @@ def _refuse_constant(name: str):
 
 def check_json_value(value: object, max_depth: int) -> None:
     """Refuse what is not plain JSON (NaN, infinities, non-string keys, bytes, sets...) and
-    objects nested more than ``max_depth`` deep, naming the JSON pointer. Iterative."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    objects nested more than ``max_depth`` deep, naming the JSON pointer. Iterative.
+
+    A node's place is kept as a link to its parent's (``(parent, key)``) with the length
+    of its pointer, spelled out only for a message: building every pointer cost ~0.1 ms
+    per schema. Strings, integers and null are checked without a trip through the stack.
+    """
+    stack: list[tuple[Any, Any, int, int]] = [(value, None, 0, 0)]
+    push, pop = stack.append, stack.pop
     while stack:
-        v, ptr, depth = stack.pop()
+        v, place, depth, plen = pop()
         if isinstance(v, dict):
             if depth >= max_depth:
-                raise ConstraintError(f"schema is nested more than {max_depth} objects deep", f"#{ptr}")
+                raise ConstraintError(f"schema is nested more than {max_depth} objects deep", f"#{_pointer(place)}")
             for k, item in v.items():
                 if not isinstance(k, str):
-                    raise ConstraintError(f"object key {k!r} is not a string", f"#{ptr}")
-                stack.append((item, f"{ptr}/{k.replace('~', '~0').replace('/', '~1')}", depth + 1))
+                    raise ConstraintError(f"object key {k!r} is not a string", f"#{_pointer(place)}")
+                if not (item is None or isinstance(item, str | int)):
+                    push((item, (place, k), depth + 1, plen + 1 + len(k) + k.count("~") + k.count("/")))
         elif isinstance(v, list | tuple):
-            if len(ptr) > 64 * max_depth:  # lists of lists: bound them the same way
-                raise ConstraintError(f"schema is nested more than {max_depth} levels deep", f"#{ptr[:200]}...")
-            stack.extend((item, f"{ptr}/{i}", depth) for i, item in enumerate(v))
+            if plen > 64 * max_depth:  # lists of lists: bound them the same way
+                raise ConstraintError(f"schema is nested more than {max_depth} levels deep", f"#{_pointer(place)[:200]}...")
+            for i, item in enumerate(v):
+                if not (item is None or isinstance(item, str | int)):
+                    push((item, (place, i), depth, plen + 1 + len(str(i))))
         elif isinstance(v, float):
             if not math.isfinite(v):
-                raise ConstraintError(f"{v} is not a JSON number", f"#{ptr}")
+                raise ConstraintError(f"{v} is not a JSON number", f"#{_pointer(place)}")
         elif not (v is None or isinstance(v, str | int)):
-            raise ConstraintError(f"a {type(v).__name__} is not a JSON value", f"#{ptr}")
+            raise ConstraintError(f"a {type(v).__name__} is not a JSON value", f"#{_pointer(place)}")
+
+
+def _pointer(place: Any) -> str:
+    """The JSON pointer of a ``check_json_value`` place (``(parent place, key)`` links)."""
+    keys = []
+    while place is not None:
+        place, key = place
+        keys.append(str(key).replace("~", "~0").replace("/", "~1"))
+    return "".join("/" + k for k in reversed(keys))
 
 
 def check_nesting(text: str, syntax: str) -> str:

@@ -53,6 +53,7 @@ from .dfa import (
     _merge_equal_columns,
     _minimize,
     _too_many_states,
+    sorted_unique,
     utf8_sequences,
 )
 from .errors import CompileBudgetExceeded
@@ -215,7 +216,7 @@ def literal_dfa(data: bytes) -> ByteDFA:
 def _literal_dfa(data: bytes) -> _Dfa:
     """The chain of one string's bytes (minimal: one word)."""
     b = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
-    bounds = np.unique(np.concatenate([_ALL_BYTES, b, b + 1]))
+    bounds = sorted_unique(np.concatenate([_ALL_BYTES, b, b + 1]))
     n = len(b)
     table = np.full((n + 1, len(bounds) - 1), -1, dtype=np.int32)
     table[np.arange(n), np.searchsorted(bounds, b)] = np.arange(1, n + 1)
@@ -581,14 +582,14 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
         if height[d] + 1 > height[s]:
             height[s] = height[d] + 1
     labels = np.frombuffer(bytes(lab), dtype=np.uint8).astype(np.int64)
-    bounds = np.unique(np.concatenate([_ALL_BYTES, labels, labels + 1]))
+    bounds = sorted_unique(np.concatenate([_ALL_BYTES, labels, labels + 1]))
     table = np.full((n, len(bounds) - 1), -1, dtype=np.int64)
     table[np.asarray(src, dtype=np.int64), np.searchsorted(bounds, labels)] = np.asarray(dst, dtype=np.int64)
     accepting = np.asarray(final, dtype=bool)
     heights = np.asarray(height)
     canon = np.full(n, -1, dtype=np.int64)
     out_rows, out_acc = [], []
-    for level in np.unique(heights):  # canonical ids, level by level from the leaves up
+    for level in sorted_unique(heights):  # canonical ids, level by level from the leaves up
         nodes = np.flatnonzero(heights == level)
         rows = table[nodes]
         rows = np.where(rows >= 0, canon[rows.clip(0)], -1)
@@ -649,7 +650,7 @@ def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATE
     order = [start] + [i for i in range(len(sigs)) if i != start]  # the start first
     new = {old: k for k, old in enumerate(order)}
     labels = sorted({b for _, moves in sigs for b, _ in moves})
-    bounds = np.unique(np.array([0, 256] + labels + [b + 1 for b in labels], dtype=np.int64))
+    bounds = sorted_unique(np.array([0, 256] + labels + [b + 1 for b in labels], dtype=np.int64))
     col = {b: int(np.searchsorted(bounds, b, side="right")) - 1 for b in labels}
     table = np.full((len(sigs), len(bounds) - 1), -1, dtype=np.int64)
     accepting = np.zeros(len(sigs), dtype=bool)

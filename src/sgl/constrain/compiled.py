@@ -15,6 +15,7 @@ from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, literal_dfa, to_dfa
 from .counters import split_counters
 from .earley import EarleyParser, EarleySet, build_tables
 from .errors import CompileBudgetExceeded, ConstraintError
+from .format_lexemes import dfa_for
 from .grammar import Grammar, Rule, Terminal, prune
 from .lexer import Lexer
 from .mask import DEFAULT_MASK_SECONDS, MaskComputer, TokenTable
@@ -85,7 +86,8 @@ class CompiledGrammar:
         budget = budget or CompileBudget()
         if budget_s is not None:
             budget = replace(budget, seconds=budget_s)
-        grammar.validate()
+        if not grammar.is_trimmed():  # prune validated its output (frontends hand over pruned grammars)
+            grammar.validate()
         if len(grammar.rules) > budget.rules:
             raise budget.over("rules", len(grammar.rules), budget.rules)
         if len(grammar.terminals) > budget.lexemes:
@@ -252,6 +254,7 @@ _dfa_cache_lock = threading.Lock()
 DFA_CACHE_SIZE = 8192
 DFA_CACHE_BYTES = 256 << 20
 _dfa_cache_bytes = 0
+_SHIPPED_LIMITS = CompileBudget()  # format_lexemes' DFAs: built with to_dfa's defaults, which these are
 
 
 def terminal_dfa(pattern: str | Node, is_literal: bool = False, budget: CompileBudget | None = None) -> ByteDFA:
@@ -263,7 +266,13 @@ def terminal_dfa(pattern: str | Node, is_literal: bool = False, budget: CompileB
         if dfa is not None:
             _dfa_cache.move_to_end(key)
             return dfa
-    if isinstance(pattern, str) and is_literal:
+    shipped = None
+    if budget is None or (budget.dfa_states >= _SHIPPED_LIMITS.dfa_states
+                          and budget.choice_states >= _SHIPPED_LIMITS.choice_states):
+        shipped = dfa_for(pattern)  # a format's lexeme, built within the default limits
+    if shipped is not None:
+        dfa = shipped
+    elif isinstance(pattern, str) and is_literal:
         dfa = literal_dfa(pattern.encode("utf-8"))
     else:
         dfa = to_dfa(parse_regex(pattern) if isinstance(pattern, str) else pattern, **limits)

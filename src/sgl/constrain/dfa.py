@@ -174,6 +174,22 @@ class _Dfa:
 _ALL_BYTES = np.array([0, 256])
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """The distinct values of a 1-D array, sorted: ``np.unique`` without its extras.
+
+    ``np.unique``'s plain path asks ``np.ma`` whether the array is masked, which imports
+    ``numpy.ma`` (~15 ms) inside the first compile of a process; the byte-class bounds
+    of every lexeme go through here, so that import would be charged to a compile.
+    """
+    out = np.sort(values)
+    if len(out) > 1:
+        keep = np.empty(len(out), dtype=bool)
+        keep[0] = True
+        np.not_equal(out[1:], out[:-1], out=keep[1:])
+        out = out[keep]
+    return out
+
+
 def _empty_language() -> _Dfa:
     return _Dfa(np.full((1, 1), -1), [False], _ALL_BYTES, minimal=True, finite=True)
 
@@ -186,7 +202,7 @@ def _edge_dfa(edges: list[list[tuple[int, int, int]]], accepting: list[bool], **
     """A DFA from per-state byte-range edges ``(lo, hi, target)``, start 0."""
     flat = [(s, lo, hi, t) for s, out in enumerate(edges) for lo, hi, t in out]
     src, lo, hi, dst = np.array(flat, dtype=np.int64).reshape(-1, 4).T
-    bounds = np.unique(np.concatenate([_ALL_BYTES, lo, hi + 1]))
+    bounds = sorted_unique(np.concatenate([_ALL_BYTES, lo, hi + 1]))
     c0, c1 = np.searchsorted(bounds, lo), np.searchsorted(bounds, hi + 1)
     # one table cell per (edge, class it covers)
     width = c1 - c0
@@ -201,7 +217,7 @@ def _common_bounds(*dfas: _Dfa) -> np.ndarray:
         len(d.bounds) == len(dfas[0].bounds) and (d.bounds == dfas[0].bounds).all() for d in dfas
     ):
         return dfas[0].bounds
-    return np.unique(np.concatenate([d.bounds for d in dfas]))
+    return sorted_unique(np.concatenate([d.bounds for d in dfas]))
 
 
 def _too_many_states(max_states: int) -> CompileBudgetExceeded:

@@ -11,6 +11,7 @@ look into the column being built.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 from . import analysis
 from .errors import ConstraintError
@@ -46,16 +47,17 @@ def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset
     nt_id = {n: i for i, n in enumerate(names)}
     sym_id = {s: ~i for s, i in lexeme_ids.items()}  # lexemes negative, nonterminals from 0
     sym_id.update(nt_id)
-    lhs = [0]
+    lhs = [0] + [nt_id[r.lhs] for r in rules]
     rhs: list[tuple[int, ...]] = [(nt_id[grammar.start],)]
-    for r in rules:
-        lhs.append(nt_id[r.lhs])
-        rhs.append(tuple(map(sym_id.__getitem__, r.rhs)))
+    rhs += [tuple([sym_id[s] for s in r.rhs]) for r in rules]
     rules_of: list[list[int]] = [[] for _ in names]
     for i, a in enumerate(lhs):
         rules_of[a].append(i)
-    # a rule with a lexeme (a negative id) never derives the empty string: left out
-    null = analysis.nullable([(a, r) for a, r in zip(lhs, rhs, strict=True) if not r or min(r) >= 0])
+    # a rule with a lexeme (a negative id) never derives the empty string: left out; with
+    # no empty rule nothing derives it (JSON Schema grammars mostly have none)
+    null: set = set()
+    if () in rhs:
+        null = analysis.nullable([(a, r) for a, r in zip(lhs, rhs, strict=True) if not r or min(r) >= 0])
     nullable = [a in null for a in range(len(names))]
     return ParserTables(lhs, rhs, rules_of, nullable, names, 0, ignore)
 
@@ -233,13 +235,14 @@ def _native_tables(t: ParserTables):
     its item packing (2^21 rules, 1,022 symbols in a rule), which the Python parser handles."""
     import numpy as np
 
-    if len(t.lhs) >= 1 << 21 or any(len(r) >= 1022 for r in t.rhs):
+    lens = list(map(len, t.rhs))
+    if len(t.lhs) >= 1 << 21 or max(lens, default=0) >= 1022:
         return None
     rhs_off = np.zeros(len(t.rhs) + 1, dtype=np.int32)
-    rhs_off[1:] = np.cumsum([len(r) for r in t.rhs])
-    rhs = np.fromiter((s for r in t.rhs for s in r), dtype=np.int32, count=int(rhs_off[-1]))
+    rhs_off[1:] = np.cumsum(lens)
+    rhs = np.fromiter(chain.from_iterable(t.rhs), dtype=np.int32, count=int(rhs_off[-1]))
     rules_off = np.zeros(len(t.rules_of) + 1, dtype=np.int32)
-    rules_off[1:] = np.cumsum([len(r) for r in t.rules_of])
-    rules = np.fromiter((r for rs in t.rules_of for r in rs), dtype=np.int32, count=int(rules_off[-1]))
+    rules_off[1:] = np.cumsum(list(map(len, t.rules_of)))
+    rules = np.fromiter(chain.from_iterable(t.rules_of), dtype=np.int32, count=int(rules_off[-1]))
     return _native.Earley(np.asarray(t.lhs, dtype=np.int32), rhs_off, rhs, rules_off, rules,
                           np.asarray(t.nullable, dtype=np.uint8), t.start_rule)

@@ -123,22 +123,47 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
     bottom-up (dependencies first), so a one-pass fixpoint downstream (the parser's
     productivity and nullability checks) converges at once.
     """
-    live_terms = g.terminals.keys() - dead
+    terminals_of = g.terminals
+    live_terms = terminals_of.keys() - dead
     pairs = analysis.pairs(g.rules)
     found = analysis.productive(pairs, live_terms)
     productive = set(found)
     if g.start not in productive:
         raise refusal or ConstraintError(f"the grammar matches no text (its start symbol {g.start!r} derives none)")
     alive = productive | live_terms
-    keep = [r for r in g.rules if r.lhs in productive and alive.issuperset(r.rhs)]
-    reach = analysis.reachable(analysis.pairs(keep), g.start)
-    rank = {sym: k for k, sym in enumerate(found)}
-    rules = [r for r in keep if r.lhs in reach]
-    rules.sort(key=lambda r: rank[r.lhs])
+    # the rules over live symbols by left-hand side, then a walk from the start that
+    # also collects the terminals used (one pass each; this ran per compile)
+    by_lhs: dict[str, list[int]] = {}
+    for i, (lhs, rhs) in enumerate(pairs):
+        if lhs in productive and alive.issuperset(rhs):
+            got = by_lhs.get(lhs)
+            if got is None:
+                by_lhs[lhs] = [i]
+            else:
+                got.append(i)
+    reach, todo, used = {g.start}, [g.start], set()
+    while todo:
+        for i in by_lhs[todo.pop()]:
+            for s in pairs[i][1]:
+                if s in by_lhs:
+                    if s not in reach:
+                        reach.add(s)
+                        todo.append(s)
+                elif s in terminals_of:
+                    used.add(s)
+    # bottom-up: each left-hand side's rules (in their order) where it was found
+    rules = [g.rules[i] for sym in found if sym in reach for i in by_lhs[sym]]
     ignore = [n for n in g.ignore if n not in dead]
-    used = {s for r in rules for s in r.rhs if s in g.terminals} | set(ignore)
-    terminals = {k: v for k, v in g.terminals.items() if k in used}
+    used.update(ignore)
+    terminals = {k: v for k, v in terminals_of.items() if k in used}
     out = Grammar(g.start, rules, terminals, ignore, g.source)
-    out.validate()
+    # every symbol used is defined (a kept rule's symbols are productive, so have kept
+    # rules, and reachable through it); what validate() checks besides, checked here,
+    # and validate() names the first fault as before
+    if (not reach.isdisjoint(terminals_of) or any(r.weight < 0 for r in rules)
+            or not terminals.keys() >= set(ignore)):
+        used |= {s for r in rules for s in r.rhs if s in terminals_of}  # a name both ways
+        out.terminals = {k: v for k, v in terminals_of.items() if k in used}
+        out.validate()
     out.mark_trimmed()
     return out

@@ -177,6 +177,7 @@ def format_node(name: str) -> Node | None:
 
     Raises ``ConstraintError`` for a known format that cannot be checked by a regex.
     """
+    from .format_lexemes import shipped_format
     from .regex import parse_regex
 
     if name in UNSUPPORTED_FORMATS:
@@ -184,4 +185,5 @@ def format_node(name: str) -> Node | None:
     text = FORMAT_REGEXES.get(name)
     if text is None:
         return None
-    return parse_regex(text)
+    shipped = shipped_format(name, FORMAT_REGEXES)  # with its lexeme and DFA (format_lexemes)
+    return shipped if shipped is not None else parse_regex(text)

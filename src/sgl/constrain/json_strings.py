@@ -25,11 +25,14 @@ patterns (``pattern``, ``patternProperties``) are translated here too.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 from .automaton import LiteralAlt
 from .derivatives import ANY_STRING, _contains, materialize, mk_alt, mk_repeat, mk_seq
 from .errors import ConstraintError, check_deadline
+from .format_lexemes import LEXEME_LIMITS, lexeme_for
 from .regex_ast import EMPTY, MAX_CODEPOINT, NOTHING, Alt, Chars, Node, Repeat, Seq, chars, literal
 
 QUOTE = literal('"')
@@ -179,8 +182,35 @@ _ONE_SPELLING = re.compile(r"[\x20\x21\x23-\x2e\x30-\x5b\x5d-\x7e]*")
 LITERAL_SET_MIN = 2  # a string set this large, all of one spelling, becomes a trie lexeme (linear, no subset construction)
 
 
+_LEXEMES: OrderedDict = OrderedDict()  # (decoded, limits) -> lexeme node, across compiles
+_LEXEMES_SIZE = 256  # recurring formats and patterns; every entry is more for the full GC to walk
+_lexemes_lock = threading.Lock()
+
+
 def json_string_node(decoded, max_states: int = 2000, max_size: int = 20_000) -> Node:
-    """The lexeme (quotes included) for the JSON strings whose decoded value is in ``decoded``."""
+    """The lexeme (quotes included) for the JSON strings whose decoded value is in ``decoded``.
+
+    Kept across compiles (bounded, least recently used out): a ``format``'s or a common
+    pattern's lexeme took ~2.5 ms (``uri``) to escape again in every schema using it, and
+    the same node object finds its DFA in ``terminal_dfa``'s cache by identity.
+    """
+    key = (decoded, max_states, max_size)
+    with _lexemes_lock:
+        got = _LEXEMES.get(key)
+        if got is not None:
+            _LEXEMES.move_to_end(key)
+            return got
+    got = lexeme_for(decoded) if (max_states, max_size) == LEXEME_LIMITS else None  # a format's, shipped
+    if got is None:
+        got = _json_string_node(decoded, max_states, max_size)
+    with _lexemes_lock:
+        _LEXEMES[key] = got
+        if len(_LEXEMES) > _LEXEMES_SIZE:
+            _LEXEMES.popitem(last=False)
+    return got
+
+
+def _json_string_node(decoded, max_states: int, max_size: int) -> Node:
     if isinstance(decoded, LiteralAlt) and all(_ONE_SPELLING.fullmatch(w) for w in decoded.words):
         # every character has one JSON spelling: the JSON texts are the quoted words
         return LiteralAlt(tuple(f'"{w}"' for w in decoded.words))
