@@ -23,9 +23,20 @@ sys.path.insert(0, str(HERE))
 
 import maskbench  # noqa: E402
 
-PHASES = ("walk", "scan", "lexer")
+PHASES = ("walk", "scan", "lexer", "gc")
 _acc = dict.fromkeys(PHASES, 0)
 _depth = dict.fromkeys(PHASES, 0)
+_gc_start = [0]
+_gc_young = [0]  # collections of generation 0 or 1 (gen 2: full), counted
+
+
+def _gc_timer(phase: str, info: dict) -> None:
+    """A gc callback: the collector's time adds to ``_acc["gc"]`` (inside other phases too)."""
+    if phase == "start":
+        _gc_start[0] = time.thread_time_ns()
+    else:
+        _acc["gc"] += time.thread_time_ns() - _gc_start[0]
+        _gc_young[0] += info["generation"] < 2
 
 
 def _timed(phase: str, fn):
@@ -44,8 +55,11 @@ def _timed(phase: str, fn):
 
 
 def instrument() -> None:
+    import gc
+
     from sgl.constrain import earley, mask
 
+    gc.callbacks.append(_gc_timer)
     mc = mask.MaskComputer
     mc._native_walk = _timed("walk", mc._native_walk)
     mc._numpy_walk_vocabulary = _timed("walk", mc._numpy_walk_vocabulary)
@@ -74,7 +88,7 @@ def main() -> None:
     if not args.no_phases:
         instrument()
     tok = Tokenizer.from_file(tok_path)
-    recs = []  # (total ns, walk, scan, lexer, schema key, position, minor page faults)
+    recs = []  # (total ns, walk, scan, lexer, gc, schema key, position, minor page faults)
     for case_ref in cases:
         path = case_ref["path"]
         with open(path, encoding="utf-8") as f:
@@ -112,20 +126,22 @@ def report(recs: list, top: int) -> None:
     print(f"masks {len(t)}  mean {t.mean():.0f} us  p50 {np.percentile(t, 50):.0f}  p90 {np.percentile(t, 90):.0f}"
           f"  p99 {np.percentile(t, 99):.0f}  max {t.max():.0f}")
     bands = [(0, 20), (20, 100), (100, 1000), (1000, 10000), (10000, 1e12)]
-    print("| band us | count | CPU ms | walk | scan | lexer | rest | page faults |")
+    print("| band us | count | CPU ms | walk | scan | lexer | gc (also inside the others) | rest | page faults |")
+    n = len(PHASES)
     for lo, hi in bands:
         sel = [r for r in recs if lo <= r[0] / 1000 < hi]
         tot = sum(r[0] for r in sel) / 1e6
-        ph = [sum(r[1 + i] for r in sel) / 1e6 for i in range(3)]
+        ph = [sum(r[1 + i] for r in sel) / 1e6 for i in range(n)]
         print(f"| {lo}-{hi:g} | {len(sel)} | {tot:.0f} | " + " | ".join(f"{x:.0f}" for x in ph)
-              + f" | {tot - sum(ph):.0f} | {sum(r[6] for r in sel)} |")
+              + f" | {tot - sum(ph[:3]):.0f} | {sum(r[n + 3] for r in sel)} |")
+    print(f"young collections (gen 0/1) during the run: {_gc_young[0]}")
     by_key = defaultdict(float)
     for r in recs:
-        by_key[r[4]] += r[0] / 1e6
+        by_key[r[n + 1]] += r[0] / 1e6
     print("slowest schemas (ms):", sorted(by_key.items(), key=lambda kv: -kv[1])[:top])
     for r in sorted(recs, key=lambda r: -r[0])[:top]:
         print(f"  {r[0] / 1000:8.0f} us walk {r[1] / 1000:.0f} scan {r[2] / 1000:.0f} lexer {r[3] / 1000:.0f}"
-              f"  {r[4]} @{r[5]}")
+              f" gc {r[4] / 1000:.0f}  {r[5]} @{r[6]}")
 
 
 if __name__ == "__main__":

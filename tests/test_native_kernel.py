@@ -69,6 +69,9 @@ SCHEMAS = [
     {"type": "string", "pattern": "^[a-z]+@[a-z]+\\.(com|org)$"},
     {"type": "object", "properties": {"s": {"type": "string", "maxLength": 40},
                                       "t": {"type": "string", "minLength": 3, "maxLength": 9}}},
+    # length bounds alone: one lexeme built directly, and chunk lexemes beyond 1,000
+    {"type": "string", "minLength": 2, "maxLength": 1000},
+    {"type": "object", "properties": {"s": {"type": "string", "minLength": 3, "maxLength": 1500}}},
 ]
 
 

@@ -86,7 +86,7 @@ def to_dfa(
     compiled Repeat items and leaves are cached across calls (results are not:
     the caller owns that).
     """
-    direct = getattr(node, "direct_byte_dfa", None)  # a node that builds its own (json_keys)
+    direct = getattr(node, "direct_byte_dfa", None)  # a node that builds its own (json_keys, json_counted)
     if direct is not None:
         return direct(max_states)
     return _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states).dfa(node).to_byte_dfa()

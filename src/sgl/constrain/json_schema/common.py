@@ -26,6 +26,7 @@ MIN_ORDER_RULES = 500  # per object once the schema's budget is spent (required 
 MAX_COUNT_STATES = 20_000  # unrolled minItems/maxItems/min/maxProperties states
 MAX_PATTERN_PROPERTIES = 4  # key regions are 2**k
 MAX_LEXEME_LENGTH = 1_000  # longer length bounds on plain strings are counted by the grammar
+STRING_CHUNK = 128  # characters per chunk lexeme of such a string (json_counted.CountedChars)
 MAX_UNION = 64  # alternatives kept when intersecting unions
 MAX_ONE_OF_EXACT = 64  # overlapping oneOf branches separated exactly (each minus all the others)
 MAX_UNIQUE_VALUES = 8  # uniqueItems over a finite element set of at most this size

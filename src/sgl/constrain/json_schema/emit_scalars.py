@@ -10,10 +10,11 @@ from ..derivatives import ANY_CHAR as _ANY_CHAR
 from ..derivatives import ANY_STRING, LAnd, has_boolean_ops, length_range, mk_and, restrict_length
 from ..errors import CompileBudgetExceeded
 from ..grammar import Terminal
-from ..json_strings import json_chars, json_string_node
+from ..json_counted import CountedChars
+from ..json_strings import json_string_node
 from ..numeric_range import number_regex, points_regex
 from ..regex_ast import NOTHING, Node, Repeat, alt, chars, literal, repeat, seq
-from .common import MAX_EXACT_NUMBER_POINTS, MAX_LEXEME_LENGTH, MAX_RULES
+from .common import MAX_EXACT_NUMBER_POINTS, MAX_LEXEME_LENGTH, MAX_RULES, STRING_CHUNK
 from .refs import Sub
 from .values import _CHUNKED
 
@@ -116,8 +117,16 @@ class ScalarEmitter:
 
     def counted_string_nt(self, expr) -> str | None:
         """A string with only a length bound too large for one lexeme's automaton
-        (``maxLength: 10**9``): quotes and one lexeme per character, the characters counted
-        in binary by the grammar (``CountedRepeat``), exact. None for other strings.
+        (``maxLength: 10**9``), exact; None for other strings.
+
+        The opening quote, then chunk lexemes (``CountedChars``, built directly): full
+        chunks of exactly ``STRING_CHUNK`` characters, counted in binary by the grammar
+        (``CountedRepeat``), and a last one of up to ``STRING_CHUNK`` characters with the
+        closing quote. A full chunk can not read on and the last one ends at the quote,
+        so the greedy lexer cuts a string one way (see ``_chunked_lengths``); no chunk
+        state accepts before its end, so a mask inside one walks the chunk's own states
+        (shared by every chunk and bound) and continues only the tokens that cross its
+        end (with one lexeme per character, ~140 boundary levels made the largest masks).
 
         The opening quote is a lexeme of its own, so another string lexeme allowed at the
         same place could make greedy lexing refuse a valid string; in a value position
@@ -129,10 +138,36 @@ class ScalarEmitter:
         got = self.value_memo.get(key)
         if got is None:
             got = self.value_memo[key] = self.b.fresh("string")
-            quote = self.b.literal('"')
-            char = self.term(json_chars(_ANY_CHAR), "char")
-            self.b.rule(got, (quote, *CountedRepeat(self.b.rule, got, (char,)).between(lo, hi), quote))
+            body = self.b.fresh("chars")
+            for rhs in self._chunked_lengths(got, lo, hi):
+                self.b.rule(body, rhs)
+            self.b.rule(got, (self.b.literal('"'), body))
         return got
+
+    def _chunked_lengths(self, prefix: str, lo: int, hi: int | None) -> list[tuple[str, ...]]:
+        """Right-hand sides deriving ``lo`` to ``hi`` characters and the closing quote as
+        ``m - 1`` full chunks and a last chunk of ``r`` characters, ``1 <= r <= STRING_CHUNK``
+        (``r = 0`` only for the empty string): a last chunk may read the quote after a full
+        chunk's worth, so it does. Only the least ``m`` bounds ``r`` from below and only
+        the most from above; elsewhere any ``r`` (one lexeme for every count)."""
+        k = STRING_CHUNK
+        chunks = CountedRepeat(self.b.rule, prefix, (self.term(_counted(k, k, closing=False), "chunk"),))
+
+        def last(a: int, b: int) -> tuple[str, ...]:
+            return (self.term(_counted(a, b, closing=True), "last"),)
+
+        m_lo = max(-(-lo // k), 1)
+        r_lo = lo - (m_lo - 1) * k  # 0 only for lo == 0 (m_lo == 1)
+        if hi is None:
+            return [chunks.exactly(m_lo - 1) + last(r_lo, k), chunks.between(m_lo, None) + last(1, k)]
+        m_hi = max(-(-hi // k), 1)
+        r_hi = hi - (m_hi - 1) * k
+        if m_lo == m_hi:
+            return [chunks.exactly(m_lo - 1) + last(r_lo, r_hi)]
+        out = [chunks.exactly(m_lo - 1) + last(r_lo, k)]
+        if m_hi - m_lo >= 2:
+            out.append(chunks.between(m_lo, m_hi - 2) + last(1, k))
+        return out + [chunks.exactly(m_hi - 1) + last(1, r_hi)]
 
     def string_node(self, expr, ptr: str) -> Node:
         """The lexeme for a string-language expression (length folded into the pattern)."""
@@ -156,6 +191,8 @@ class ScalarEmitter:
                         self.note("pattern/format combined with minLength/maxLength: long strings are restricted further", ptr)
                     length_range(node)
             elif not rest:
+                if lo or hi is not None:
+                    return _counted(lo, hi, True, True)  # the same lexeme, built directly
                 node = Repeat(_ANY_CHAR, lo, hi)
             else:
                 length = [Repeat(_ANY_CHAR, lo, hi)] if (lo or hi is not None) else []
@@ -189,6 +226,12 @@ def _length_parts(expr) -> tuple[int, int | None, list]:
 def _has_bool(e) -> bool:
 
     return has_boolean_ops(e)
+
+
+@lru_cache(maxsize=256)
+def _counted(lo: int, hi: int | None, opening: bool = False, closing: bool = False) -> CountedChars:
+    """One node per bounds: equal lexemes of later compiles find their DFA by identity."""
+    return CountedChars(lo, hi, opening, closing)
 
 
 @lru_cache(maxsize=64)
