@@ -225,14 +225,27 @@ class EarleyParser:
             if read:
                 box = (True, box[1] | read, box[2])
         nxt.keys = (box, at_key)
-        if at_key and box[1]:
-            drop = nxt.allowed & box[1]
-            if drop:
-                key = (nxt.allowed, drop)
-                got = self._filtered.get(key)
-                if got is None:
-                    got = self._filtered[key] = nxt.allowed - drop
-                nxt.allowed = got
+        if box is None or not box[0] or not box[1]:
+            return
+        if at_key:
+            self._drop(nxt, nxt.allowed & box[1])
+            return
+        # a ``,`` after which every key the grammar allows is used would be a dead end:
+        # look one lexeme ahead (the column is cached, and the next mask needs it anyway)
+        for comma in nxt.allowed & u.comma:
+            after = self.scan(nxt, frozenset((comma,)))
+            if after is None or (not after.allowed - self.t.ignore and not after.accepting):
+                self._drop(nxt, frozenset((comma,)))
+
+    def _drop(self, col: EarleySet, lexemes: frozenset[int]) -> None:
+        """Remove ``lexemes`` from ``col.allowed`` (one shared frozenset per result)."""
+        if not lexemes:
+            return
+        key = (col.allowed, lexemes)
+        got = self._filtered.get(key)
+        if got is None:
+            got = self._filtered[key] = col.allowed - lexemes
+        col.allowed = got
 
     def _prediction(self, sym: int) -> tuple[tuple[tuple[int, int], ...], frozenset[int]]:
         """What predicting ``sym`` adds to any column: its (rule, dot) items (origin: that
