@@ -4,9 +4,9 @@ rule that no object repeats a key (issue 15) checked on the same schemas.
 
 Most were keys written in another order than the schema's: ``required``'s order, or a
 few optional keys moved. Free order without repeated keys needs a set of used keys per
-object, exponential in the members as a grammar, so the frontend frees as many members as
-its budget allows (docs/json_schema_objects.md). The cases still rejected are marked
-``xfail`` with the reason; they pass by themselves once fixed (``strict``).
+object, exponential in the members as a grammar: optional members loop in the grammar and
+the parser refuses a repeated key (docs/json_schema_objects.md). Cases still rejected go
+in ``STILL_REJECTED`` (``xfail`` with the reason; they pass by themselves once fixed).
 """
 
 from __future__ import annotations
