@@ -198,7 +198,7 @@ class ObjectEmitter:
         loose: list[int] = []
         if self.opts.track_keys:  # optional ones loose: only the required ones need a plan
             loose, opt = opt, []
-        pool = req + opt
+        pool = sorted(req + opt)  # schema order
         n = len(pool)
         budget = MAX_ANY_ORDER_RULES if self.opts.any_order else MAX_DEFAULT_ORDER_RULES
         # the whole schema's budget bounds compile time: the first objects (root first)
