@@ -261,15 +261,17 @@ def test_a_declared_key_never_comes_twice(shape, any_order):
 
 @pytest.mark.parametrize("any_order", [False, True])
 def test_many_properties_never_repeat_either(any_order):
-    """Past the budget for free order the plans keep some keys in schema order; none
-    lets a key come twice."""
+    """30 members, 5 required: every order of them (optional keys loop in the grammar,
+    the parser refuses a repeated key), and no key twice."""
     props = {f"p{i:02d}": INT for i in range(30)}
     schema = {"type": "object", "properties": props, "required": ["p00", "p05", "p10", "p20", "p29"]}
     w: list = []
     cg = compile_json_schema(schema, None, any_order=any_order, warnings=w)
-    assert any("too many" in x for x in w)
+    assert not any("too many" in x for x in w)
     required = '"p00": 0, "p05": 5, "p10": 10, "p20": 20, "p29": 29'
     assert cg.accepts_text("{" + required + "}")
+    assert cg.accepts_text("{" + ", ".join(f'"p{i:02d}": {i}' for i in reversed(range(30))) + "}")
+    assert not cg.accepts_text("{" + ", ".join(f'"p{i:02d}": {i}' for i in reversed(range(30))) + ', "p07": 7}')
     assert cg.accepts_text('{"p03": 3, ' + required + ', "p04": 4}')  # optional ones late
     assert not cg.accepts_text("{" + required + ', "p03": 3, "p03": 4}')
     assert not cg.accepts_text('{"p03": 3, ' + required + ', "p03": 4}')

@@ -235,7 +235,9 @@ def compile_json_schema(schema: dict | bool | str | bytes, vocab: Vocabulary | N
     def build() -> CompiledGrammar:
         tree = _load_schema(schema)
         key = ("json", json.dumps(tree, sort_keys=True), json.dumps(options, sort_keys=True, default=str), budget, _vocab_key(vocab))
-        return _cached(key, lambda: CompiledGrammar(json_schema_grammar(tree, **options), vocab, budget=budget))
+        # the parser keeps keys from repeating (grammar.UniqueKeys): optional members in any order
+        return _cached(key, lambda: CompiledGrammar(json_schema_grammar(tree, track_keys=True, **options), vocab,
+                                                    budget=budget))
 
     return run_deep(build, "the schema", budget)
 

@@ -301,7 +301,7 @@ def _split_empty_terminals(grammar: Grammar, dfas: dict) -> Grammar:
         rules.append(Rule(f"{n}?ε", (n,)))
         rules.append(Rule(f"{n}?ε", ()))
     terminals: dict[str, Terminal] = dict(grammar.terminals)
-    out = Grammar(grammar.start, rules, terminals, list(grammar.ignore), grammar.source)
+    out = Grammar(grammar.start, rules, terminals, list(grammar.ignore), grammar.source, grammar.unique_keys)
     if grammar.is_trimmed():  # T?ε is used where T was, and derives text as T does
         out.mark_trimmed()
     return out

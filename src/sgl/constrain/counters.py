@@ -78,7 +78,7 @@ def split_counters(g: Grammar, dfa_of: DfaOf) -> Grammar:
     if not split_any:
         return g
     used = {s for r in rules for s in r.rhs}
-    out = Grammar(g.start, rules, {n: t for n, t in terminals.items() if n in used}, [], g.source)
+    out = Grammar(g.start, rules, {n: t for n, t in terminals.items() if n in used}, [], g.source, g.unique_keys)
     out.validate()
     return out
 

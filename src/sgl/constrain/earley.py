@@ -32,6 +32,33 @@ class ParserTables:
     nonterminals: list[str]
     start_rule: int
     ignore: frozenset[int]
+    unique_keys: KeyLexemes | None = None  # the duplicate-key check (grammar.UniqueKeys), as ids
+
+
+@dataclass(frozen=True)
+class KeyLexemes:
+    """``grammar.UniqueKeys`` as lexeme ids."""
+
+    open_object: frozenset[int]
+    open_array: frozenset[int]
+    close: frozenset[int]
+    comma: frozenset[int]
+    colon: frozenset[int]
+    keys: frozenset[int]
+
+
+def _key_lexemes(grammar: Grammar, lexeme_ids: dict[str, int]) -> KeyLexemes | None:
+    u = grammar.unique_keys
+    if u is None:
+        return None
+
+    def ids(names) -> frozenset[int]:
+        return frozenset(lexeme_ids[n] for n in names if n in lexeme_ids)
+
+    keys = ids(u.keys)
+    if not keys:
+        return None
+    return KeyLexemes(ids(u.open_object), ids(u.open_array), ids(u.close), ids(u.comma), ids(u.colon), keys)
 
 
 def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset[int]) -> ParserTables:
@@ -59,14 +86,14 @@ def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset
     if () in rhs:
         null = analysis.nullable([(a, r) for a, r in zip(lhs, rhs, strict=True) if not r or min(r) >= 0])
     nullable = [a in null for a in range(len(names))]
-    return ParserTables(lhs, rhs, rules_of, nullable, names, 0, ignore)
+    return ParserTables(lhs, rhs, rules_of, nullable, names, 0, ignore, _key_lexemes(grammar, lexeme_ids))
 
 
 class EarleySet:
     """One chart column: the parse state after some sequence of lexemes."""
 
     __slots__ = ("parent", "lexemes", "items", "waiting", "scannable", "allowed", "accepting",
-                 "children", "mask_cache", "depth", "uid", "__weakref__")
+                 "children", "mask_cache", "depth", "uid", "keys", "__weakref__")
 
     def __init__(self, parent: EarleySet | None, lexemes: frozenset[int] | None, depth: int, uid: int = 0):
         # Items are (rule, dot, origin uid): tuples of ints only, which the garbage
@@ -82,6 +109,9 @@ class EarleySet:
         self.children: dict[frozenset[int], EarleySet | None] = {}
         self.mask_cache: dict = {}
         self.depth = depth
+        # with the duplicate-key check: (innermost open container, at a key position);
+        # a container is (is an object, its key lexemes read so far, the one around it)
+        self.keys: tuple | None = None
 
 
 class EarleyParser:
@@ -92,6 +122,7 @@ class EarleyParser:
         # allowed-lexeme sets by content: columns share one frozenset object, whose hash is
         # then computed once (the lexer cache is keyed by it on every mask miss)
         self._allowed_sets: dict[tuple[int, ...], frozenset[int]] = {}
+        self._filtered: dict[tuple, frozenset[int]] = {}  # (allowed, used keys) -> the rest
         # the compiled closure keeps the items itself; the Python one below is its twin
         self._c = _native_tables(tables) if native_enabled() else None
 
@@ -149,6 +180,8 @@ class EarleyParser:
             found = self._c.scan(col.uid, tuple(lexemes))
             if found is not None:
                 nxt = self._native_column(col, lexemes, found)
+                if self.t.unique_keys is not None:
+                    self._track_keys(col, nxt, lexemes)
             else:
                 nxt = col if lexemes & self.t.ignore else None
             col.children[lexemes] = nxt
@@ -157,12 +190,64 @@ class EarleyParser:
         if kernel:
             nxt = self._new_column(col, lexemes)
             self._close(nxt, kernel)
+            if self.t.unique_keys is not None:
+                self._track_keys(col, nxt, lexemes)
         elif lexemes & self.t.ignore:
             nxt = col  # an ignored lexeme (e.g. whitespace) leaves the parse state as it was
         else:
             nxt = None
         col.children[lexemes] = nxt
         return nxt
+
+    def _track_keys(self, col: EarleySet, nxt: EarleySet, lexemes: frozenset[int]) -> None:
+        """The duplicate-key check (``grammar.UniqueKeys``): follow the open objects and
+        arrays through ``lexemes``, record a key lexeme of the innermost object when its
+        ``:`` is read, and at a key position drop the ones read from ``nxt.allowed``.
+
+        Exact for what the text says, whatever the grammar: a key position (after ``{``
+        or after ``,`` inside an object) and the keys of the open object are the text's,
+        so every item of the column agrees on them. Only ``allowed`` changes, which every
+        lexer, mask and walk reads, in the compiled and the Python parser alike; masks
+        stay cached per column. A value lexeme spelled like a used key (``{"a": "a"}``)
+        is not affected: values are not at key positions.
+        """
+        u = self.t.unique_keys
+        box, _ = col.keys or (None, False)
+        at_key = False
+        if lexemes & u.open_object:
+            box, at_key = (True, frozenset(), box), True
+        elif lexemes & u.open_array:
+            box = (False, frozenset(), box)
+        elif lexemes & u.close:
+            box = box[2] if box is not None else None
+        elif lexemes & u.comma:
+            at_key = box is not None and box[0]
+        elif lexemes & u.colon and box is not None and box[0] and col.lexemes:
+            read = col.lexemes & u.keys
+            if read:
+                box = (True, box[1] | read, box[2])
+        nxt.keys = (box, at_key)
+        if box is None or not box[0] or not box[1]:
+            return
+        if at_key:
+            self._drop(nxt, nxt.allowed & box[1])
+            return
+        # a ``,`` after which every key the grammar allows is used would be a dead end:
+        # look one lexeme ahead (the column is cached, and the next mask needs it anyway)
+        for comma in nxt.allowed & u.comma:
+            after = self.scan(nxt, frozenset((comma,)))
+            if after is None or (not after.allowed - self.t.ignore and not after.accepting):
+                self._drop(nxt, frozenset((comma,)))
+
+    def _drop(self, col: EarleySet, lexemes: frozenset[int]) -> None:
+        """Remove ``lexemes`` from ``col.allowed`` (one shared frozenset per result)."""
+        if not lexemes:
+            return
+        key = (col.allowed, lexemes)
+        got = self._filtered.get(key)
+        if got is None:
+            got = self._filtered[key] = col.allowed - lexemes
+        col.allowed = got
 
     def _prediction(self, sym: int) -> tuple[tuple[tuple[int, int], ...], frozenset[int]]:
         """What predicting ``sym`` adds to any column: its (rule, dot) items (origin: that

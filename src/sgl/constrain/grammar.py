@@ -36,6 +36,26 @@ class Rule:
     weight: float = 1.0
 
 
+@dataclass(frozen=True)
+class UniqueKeys:
+    """Which lexemes spell JSON structure, for the parser's duplicate-key check
+    (``EarleyParser``): a key lexeme in ``keys`` read before a ``colon`` of the innermost
+    open object cannot come again as a key of that object.
+
+    Frontends use it for members their grammar lets repeat (a grammar that forbids
+    repeats in any order needs states exponential in the members): the JSON Schema
+    frontend's optional members (docs/json_schema_objects.md). Names missing from the
+    final grammar are ignored.
+    """
+
+    open_object: tuple[str, ...]
+    open_array: tuple[str, ...]
+    close: tuple[str, ...]  # ``}`` and ``]``
+    comma: tuple[str, ...]
+    colon: tuple[str, ...]
+    keys: frozenset[str]
+
+
 @dataclass
 class Grammar:
     start: str
@@ -43,6 +63,7 @@ class Grammar:
     terminals: dict[str, Terminal]
     ignore: list[str] = field(default_factory=list)  # terminals allowed between any two lexemes
     source: str = ""  # what it was compiled from, for messages
+    unique_keys: UniqueKeys | None = None  # keys the parser keeps from repeating (see UniqueKeys)
 
     def mark_trimmed(self) -> None:
         """Record that every rule is productive and reachable (``prune`` does), so later
@@ -76,6 +97,8 @@ class Grammar:
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(repr((self.start, self.rules, sorted(self.terminals.items()), self.ignore)).encode())
+        if self.unique_keys is not None:
+            h.update(repr(self.unique_keys).encode())
         return h.hexdigest()
 
 
@@ -156,7 +179,7 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
     ignore = [n for n in g.ignore if n not in dead]
     used.update(ignore)
     terminals = {k: v for k, v in terminals_of.items() if k in used}
-    out = Grammar(g.start, rules, terminals, ignore, g.source)
+    out = Grammar(g.start, rules, terminals, ignore, g.source, g.unique_keys)
     # every symbol used is defined (a kept rule's symbols are productive, so have kept
     # rules, and reachable through it); what validate() checks besides, checked here,
     # and validate() names the first fault as before

@@ -58,6 +58,7 @@ def json_schema_grammar(
     whitespace: str = "flexible",
     max_whitespace: int = 8,
     warnings: list | None = None,
+    track_keys: bool = False,
 ) -> Grammar:
     """The grammar IR of the JSON texts valid against ``schema``.
 
@@ -80,6 +81,11 @@ def json_schema_grammar(
     kept unique by a grammar); otherwise an unsupported keyword
     raises ``ConstraintError`` with its JSON pointer. Budgets raise
     ``CompileBudgetExceeded``.
+
+    ``track_keys=True`` hands "no declared key twice" to the parser (the grammar's
+    ``unique_keys``, which ``CompiledGrammar`` honours; ``compile_json_schema`` sets it):
+    every optional member then comes in any order at any object size, required ones as
+    above. Leave it off for a grammar used by anything else (e.g. inside another grammar).
     """
     if whitespace not in ("flexible", "compact"):
         raise ConstraintError(f"whitespace must be 'flexible' or 'compact', not {whitespace!r}")
@@ -97,7 +103,7 @@ def json_schema_grammar(
     if isinstance(schema, dict) and len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
         raise CompileBudgetExceeded(f"schema is larger than {MAX_SCHEMA_BYTES} bytes")
     whitespace = _schema_whitespace(schema, whitespace)
-    opts = Options(any_order, _lenient_option(lenient), whitespace, max_whitespace, warnings)
+    opts = Options(any_order, _lenient_option(lenient), whitespace, max_whitespace, warnings, track_keys)
     # millions of small immutable nodes: the cyclic GC would rescan them over and over
     was_enabled = gc.isenabled()
     gc.disable()

@@ -124,6 +124,7 @@ class Options:
     whitespace: str = "flexible"
     max_whitespace: int = 8
     warnings: list | None = None
+    track_keys: bool = False  # the parser refuses repeated keys (grammar.UniqueKeys): optional members may loop
 
 
 class _Refused(Exception):

@@ -7,7 +7,7 @@ import warnings as _warnings
 from urllib.parse import urldefrag, urljoin
 
 from ..errors import CompileBudgetExceeded, ConstraintError, check_deadline
-from ..grammar import Grammar, GrammarBuilder, prune
+from ..grammar import Grammar, GrammarBuilder, UniqueKeys, prune
 from .common import DEFAULT_BASE, MAX_SCHEMA_ORDER_RULES, MAX_SECONDS, Options
 from .emit_arrays import ArrayEmitter
 from .emit_objects import ObjectEmitter
@@ -54,6 +54,7 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
         self._keys: dict[str, str] = {}  # property name -> key terminal
         self._extra_keys: dict = {}  # (declared, patterns...) -> key terminal for other keys
         self.order_rules_left = MAX_SCHEMA_ORDER_RULES * (3 if opts.any_order else 1)
+        self.loose_keys: set[str] = set()  # key lexemes of members the grammar lets repeat (track_keys)
 
     # -- errors ------------------------------------------------------------------
     def refuse(self, message: str, ptr: str, keyword: str | None = None) -> None:
@@ -85,6 +86,15 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
         if time.perf_counter() - self.t0 > MAX_SECONDS:
             raise CompileBudgetExceeded(f"JSON schema compilation exceeded {MAX_SECONDS:.0f} s")
 
+    def _unique_keys(self) -> UniqueKeys | None:
+        """The parser's duplicate-key check for the members the grammar lets repeat."""
+        if not self.loose_keys:
+            return None
+        p = self._punct.get
+        return UniqueKeys(tuple(filter(None, [p("{")])), tuple(filter(None, [p("[")])),
+                          tuple(filter(None, [p("}"), p("]")])), tuple(filter(None, [p(",")])),
+                          tuple(filter(None, [p(":")])), frozenset(self.loose_keys))
+
     # -- entry --------------------------------------------------------------------------
     def build(self) -> Grammar:
         meta = self.root.get("$schema") if isinstance(self.root, dict) else None
@@ -96,6 +106,6 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
             raise ConstraintError("the schema matches no JSON value", "#")
         # states of the unrolled counters may have no rules (dead ends): prune, then validate
         return prune(
-            Grammar(start, self.b.rules, self.b.terminals, [], "json_schema"),
+            Grammar(start, self.b.rules, self.b.terminals, [], "json_schema", self._unique_keys()),
             refusal=ConstraintError("the schema matches no JSON value", "#"),
         )

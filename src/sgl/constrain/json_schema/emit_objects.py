@@ -158,12 +158,16 @@ class ObjectEmitter:
         # count cap: counts beyond K behave the same
         counting = mn > 0 or mx is not None
         K = (mx if mx is not None else mn) if counting else 1
+        tracks, free, loose = self._order_plan(members, K, ptr)
+        # loose members loop like other keys; the parser refuses a repeated one (track_keys)
+        for j in loose:
+            self.loose_keys.add(self._key_lexeme(members[j][0]))
+        extras = [members[j][1] for j in loose] + extras
         extra_nt = None
         if extras:
             extra_nt = f"{name}@extra"
             for kv in extras:
                 self.b.rule(extra_nt, (kv,))
-        tracks, free = self._order_plan(members, K, ptr)
         if len(tracks) == 1 and not free and (len(members) + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
             self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
             K, mn, mx = 1, 0, None
@@ -171,10 +175,12 @@ class ObjectEmitter:
         self._check_size()
         return True
 
-    def _order_plan(self, members: list, K: int, ptr: str) -> tuple[list, list]:
+    def _order_plan(self, members: list, K: int, ptr: str) -> tuple[list, list, list]:
         """Which declared members keep their schema order (``tracks``: lists of member
-        indices, each in schema order, interleaved freely) and which may come in any
-        order (``free``). Every declared key comes at most once whatever the plan.
+        indices, each in schema order, interleaved freely), which may come in any
+        order (``free``), and which loop like other keys (``loose``: with ``track_keys``,
+        every optional member; the parser refuses a repeated key, so the grammar needs no
+        set of used keys for them). Every declared key comes at most once whatever the plan.
 
         An object has no order, and a valid instance may write its keys in any order
         (models often follow ``required``'s order, or put a discriminating key first).
@@ -187,9 +193,13 @@ class ObjectEmitter:
         hence the budget; plans that keep some order are noted in ``warnings``; see
         docs/json_schema_objects.md.
         """
-        n = len(members)
         req = [i for i, m in enumerate(members) if m[2]]
         opt = [i for i, m in enumerate(members) if not m[2]]
+        loose: list[int] = []
+        if self.opts.track_keys:  # optional ones loose: only the required ones need a plan
+            loose, opt = opt, []
+        pool = sorted(req + opt)  # schema order
+        n = len(pool)
         budget = MAX_ANY_ORDER_RULES if self.opts.any_order else MAX_DEFAULT_ORDER_RULES
         # the whole schema's budget bounds compile time: the first objects (root first)
         # get free orders, later ones the small plans used before issue 9 once it is spent
@@ -197,7 +207,7 @@ class ObjectEmitter:
             budget, plans = MIN_ORDER_RULES, [([req], opt), ([req, opt], [])]
         else:
             budget = min(budget, max(self.order_rules_left, MIN_ORDER_RULES))
-            plans = [([], list(range(n)))]
+            plans = [([], pool)]
             k = _most_free(req, opt, K, budget)
             if k is not None and len(opt) <= 2 * k + 2:  # a few free among many: not worth the rules
                 plans.append(([opt[k:]], req + opt[:k]))
@@ -212,9 +222,9 @@ class ObjectEmitter:
                 if kept:
                     self.note(f"{n} properties are too many to track in any order: {' and '.join(kept)} ones "
                               "keep their schema order among themselves", ptr)
-                return tracks, free
+                return tracks, free, loose
         self.note(f"{n} properties are too many for free order: schema order is used", ptr)
-        return ([list(range(n))] if n else []), []
+        return ([sorted(pool)] if n else []), [], loose
 
     def _order_rules(self, name, members, tracks, free, extra_nt, K, mn, mx) -> None:
         """The members of one object as a state machine over (position in each track, set of

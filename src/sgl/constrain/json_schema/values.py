@@ -175,7 +175,7 @@ class ValueSets:
             kv = f"{name}@kv{i}"
             self.b.rule(kv, (self._key_lexeme(k), colon, self.exact_nt(v)))
             members.append((k, kv, True))
-        tracks, free = self._order_plan(members, 1, "")
+        tracks, free, _ = self._order_plan(members, 1, "")  # all required: none loose
         self._order_rules(name, members, tracks, free, None, 1, 0, None)
         return name
 
