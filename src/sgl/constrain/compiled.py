@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -11,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from . import gc_policy
 from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, literal_dfa, to_dfa
 from .counters import split_counters
 from .earley import EarleyParser, EarleySet, build_tables
@@ -119,7 +118,7 @@ class CompiledGrammar:
         self.compile_seconds = time.perf_counter() - start
         if self.compile_seconds > budget.seconds:
             raise budget.over("seconds", f"{self.compile_seconds:.1f}", budget.seconds)
-        settle_garbage_collector()
+        gc_policy.after_compile()
 
     def _terminal_dfas(self, grammar: Grammar, start: float, budget: CompileBudget) -> dict:
         self._dfa_cache = {}
@@ -219,34 +218,6 @@ class CompiledGrammar:
             out.append(frozenset(self.lexeme_names[i] for i in col.lexemes))
             col = col.parent
         return out[::-1]
-
-
-GC_FULL_EVERY = 64  # compiles between full collections while frozen (see settle_garbage_collector)
-_gc_lock = threading.Lock()
-_gc_compiles = 0
-
-
-def settle_garbage_collector() -> None:
-    """After a compile: move every object alive now out of the cyclic collector's scans.
-
-    What a compile leaves (grammar IR and regex trees kept as cache keys, parser tables)
-    lives as long as its caches, but each full collection of CPython's cyclic collector
-    walks all of it again: with a few dozen grammars cached that was a pause of hundreds
-    of ms, taken by whichever call happened to allocate at that moment, often a mask.
-    ``gc.freeze()`` exempts the survivors; freed objects are still released by reference
-    counting. Cycles frozen as garbage are reclaimed every ``GC_FULL_EVERY`` compiles by
-    one full collection, here, on the compile path rather than the mask path.
-    ``SGL_GC_FREEZE=0`` leaves the collector alone.
-    """
-    global _gc_compiles
-    if os.environ.get("SGL_GC_FREEZE", "1") == "0" or not gc.isenabled():
-        return
-    with _gc_lock:
-        _gc_compiles += 1
-        if _gc_compiles % GC_FULL_EVERY == 0:
-            gc.unfreeze()
-            gc.collect()
-        gc.freeze()
 
 
 _dfa_cache: OrderedDict = OrderedDict()

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from . import gc_policy
 from .bitmask import fill_bitmask
 from .compiled import CompiledGrammar
 from .earley import EarleySet
@@ -57,7 +58,12 @@ class Matcher:
             return np.zeros(self.compiled.masks.tokens.n_words, dtype=np.uint32)
         col, s = self._stack[-1]
         with self.compiled.lock:
-            return self.compiled.masks.mask(col, s)
+            words = col.mask_cache.get(s)
+            if words is not None:
+                return words
+            words = self.compiled.masks.mask(col, s)
+        gc_policy.after_mask_miss()  # outside the grammar's lock: it may collect
+        return words
 
     def fill_bitmask(self, out, row: int = 0) -> None:
         """Write the allowed tokens into ``out[row]`` (int32 words, bit set = allowed).

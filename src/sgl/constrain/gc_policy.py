@@ -1,0 +1,81 @@
+"""Keeping CPython's cyclic garbage collector out of compiles' and masks' way.
+
+What a compile leaves (grammar IR, regex trees kept as cache keys, parser tables) and
+what masks leave (chart columns, walk results, lexers for new lexeme sets) live as long
+as their caches, but every full collection walks all of it again: pauses of tens to
+hundreds of ms, taken by whichever call happened to allocate then, often a mask (the
+largest MaskBench masks were such pauses: 65 ms inside one of detekt's masks, 2.6 ms
+with the collector off).
+
+``gc.freeze()`` moves every object alive now out of the collector's scans; objects are
+still freed by reference counting, only *cycles* that become garbage after being frozen
+wait for the next full collection. So:
+
+- after a compile, freeze; every ``GC_FULL_EVERY`` compiles, one full collection first,
+  on the compile path;
+- after a mask miss (the calls that allocate), freeze what it left; when what was frozen
+  since the last full collection outgrows the heap that collection left (and at least
+  ``FROZEN_GROWTH_FLOOR`` objects), collect in full there. The memory frozen garbage can
+  hold is then bounded (about the live heap) even in a process that never compiles
+  again, and the full collections are as rare as the heap doubling.
+
+``SGL_GC_FREEZE=0`` (or a disabled collector) leaves the collector alone.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+
+GC_FULL_EVERY = 64  # compiles between full collections while frozen
+FROZEN_GROWTH_FLOOR = 500_000  # objects frozen by masks before a full collection, at least
+
+_lock = threading.Lock()
+_compiles = 0
+_frozen_since_full = 0  # objects frozen since the last full collection (by masks)
+_heap_after_full = 0  # objects alive (frozen) right after the last full collection
+
+
+def _enabled() -> bool:
+    return gc.isenabled() and os.environ.get("SGL_GC_FREEZE", "1") != "0"
+
+
+def _full_collection() -> None:
+    global _frozen_since_full, _heap_after_full
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    _frozen_since_full = 0
+    _heap_after_full = gc.get_freeze_count()
+
+
+def after_compile() -> None:
+    """After a compile: freeze the survivors (a full collection every ``GC_FULL_EVERY``)."""
+    global _compiles
+    if not _enabled():
+        return
+    with _lock:
+        _compiles += 1
+        if _compiles % GC_FULL_EVERY == 0:
+            _full_collection()
+        else:
+            gc.freeze()
+
+
+def after_mask_miss() -> None:
+    """After a mask that was computed (not read from a cache): freeze what it left.
+
+    The objects not yet frozen are exactly those made since the last freeze that are
+    still alive (few: one miss's columns and walk results), so counting them is cheap.
+    """
+    global _frozen_since_full
+    if not _enabled():
+        return
+    with _lock:
+        young = sum(len(gc.get_objects(generation=g)) for g in range(3))
+        _frozen_since_full += young
+        if _frozen_since_full > max(FROZEN_GROWTH_FLOOR, _heap_after_full):
+            _full_collection()
+        else:
+            gc.freeze()
