@@ -156,3 +156,14 @@ def test_real_chunks_walk_and_accept_a_long_value(llama3_vocab):
     assert all(m.advance(t) for t in tail) and m.is_accepting()
     m2 = Matcher(cg)
     assert not all(m2.advance(t) for t in llama3_vocab.encode('"' + "ab" * 513 + '"'))
+
+
+def test_nested_in_a_larger_pattern_it_reads_as_its_items():
+    """Inside another node the general construction reads it as the Seq of its items."""
+    from sgl.constrain.regex_ast import Alt, Seq, literal
+
+    nested = to_dfa(Alt((CountedChars(0, 3), literal('"abcdefg"'))))
+    plain = to_dfa(Alt((Seq(CountedChars(0, 3).items), literal('"abcdefg"'))))
+    for text in [b'""', b'"ab"', b'"abc"', b'"abcd"', b'"abcdefg"', b'"\\n"', b"abc"]:
+        assert nested.matches(text) == plain.matches(text), text
+    assert nested.matches(b'"ab"') and not nested.matches(b'"abcd"') and nested.matches(b'"abcdefg"')

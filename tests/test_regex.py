@@ -28,6 +28,7 @@ from sgl.constrain.automaton import (
 )
 from sgl.constrain.dfa import ByteDFA
 from sgl.constrain.errors import CompileBudgetExceeded, ConstraintError
+from sgl.constrain.json_counted import CountedChars
 from sgl.constrain.json_keys import KeyNotIn
 from sgl.constrain.json_strings import json_string_node
 from sgl.constrain.regex import parse_regex, regex_grammar
@@ -533,11 +534,14 @@ def test_random_trees_match_re(node, data) -> None:
 def _plain(node):
     """The same language as plain regex_ast nodes, for the general path: a KeyNotIn (its
     DFA built from the key trie) as a JSON string of its decoded node
-    (tests/test_json_keys.py), a LiteralAlt (a trie of words) as an Alt of its items."""
+    (tests/test_json_keys.py), a LiteralAlt (a trie of words) as an Alt of its items, a
+    CountedChars as the Seq of its items."""
     if isinstance(node, KeyNotIn):
         return json_string_node(node.decoded)
     if isinstance(node, LiteralAlt):
         return Alt(node.items)
+    if isinstance(node, CountedChars):  # its DFA built per count (json_counted)
+        return Seq(node.items)
     return node
 
 

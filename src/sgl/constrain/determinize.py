@@ -126,6 +126,8 @@ class _Ir:
             return self.intern(kind, tuple(kids), cost)
         if t is Repeat:
             return self.repeat(node)
+        if isinstance(node, Seq):  # a subclass that builds its own DFA (json_counted), nested
+            return self._node(Seq(node.items))
         raise TypeError(f"not a regex_ast node: {node!r}")
 
     def leaf(self, node: Chars | Bytes) -> int:
