@@ -238,10 +238,15 @@ done:
 
 /* Earley (the parser's columns and closure) is in _native_earley.c */
 extern PyTypeObject EarleyType;
+/* the OR and compaction of mask words are in _native_words.c */
+PyObject *take_words(PyObject *self, PyObject *args);
+PyObject *or_parts(PyObject *self, PyObject *args);
 
 static PyMethodDef methods[] = {
     {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
     {"walk_trie", walk_trie, METH_VARARGS, "Walk token trie subtrees from lexer states."},
+    {"take_words", take_words, METH_VARARGS, "A walk's words, compact when few, and clear the scratch."},
+    {"or_parts", or_parts, METH_VARARGS, "OR dense and compact word parts into a bitmask."},
     {NULL, NULL, 0, NULL},
 };
 

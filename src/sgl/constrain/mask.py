@@ -50,12 +50,6 @@ SPARSE_WORDS = 64
 Words = np.ndarray | tuple  # dense uint32 words, or (indices, words) of the nonzero ones
 
 
-def compact(words: np.ndarray) -> Words:
-    """``words`` as (indices, values) of its nonzero words when there are few."""
-    nz = np.flatnonzero(words)
-    return words if nz.size > SPARSE_WORDS else (nz, words[nz])
-
-
 def or_into(acc: np.ndarray, part: Words) -> None:
     """``acc |= part`` in place, for dense or compact ``part``."""
     if type(part) is tuple:
@@ -63,6 +57,13 @@ def or_into(acc: np.ndarray, part: Words) -> None:
             acc[part[0]] |= part[1]
     else:
         np.bitwise_or(acc, part, out=acc)
+
+
+def or_parts(acc: np.ndarray, parts: list[Words]) -> None:
+    """``acc |= part`` for every part, in place (``_native.or_parts``'s twin): pairwise, as
+    ``np.bitwise_or.reduce`` of a list first stacks it into a new 2-D array."""
+    for part in parts:
+        or_into(acc, part)
 
 
 @dataclass
@@ -445,6 +446,9 @@ class MaskComputer:
         self._eos_words = self._pack(self.eos_ids)
         self.max_seconds = max_seconds
         self._deadline: float | None = None  # of the mask being computed (callers hold the grammar's lock)
+        self._scratch: np.ndarray | None = None  # the native walks' words (see _native_walk)
+        # one C call for all parts; numpy (one OR per part) in the pure-Python fallback
+        self._or_parts = _native.or_parts if native_enabled() else or_parts
 
     def lexer_for(self, col: EarleySet) -> LexerDFA:
         return self.lexer.for_lexemes(col.allowed)
@@ -503,14 +507,27 @@ class MaskComputer:
 
     def _native_walk(self, core, nodes: np.ndarray, states: np.ndarray) -> WalkResult:
         """Trie subtrees ``nodes`` from lexer ``states`` (the C product builds rows on the way)."""
-        words = np.zeros(self.tokens.n_words, dtype=np.uint32)
         tokens = self.tokens
+        # one zeroed scratch per computer (masks run under the grammar's lock), which
+        # take_words hands back compacted and clears: no 16 KB array per walk
+        words = self._scratch
+        if words is None:
+            words = self._scratch = np.zeros(tokens.n_words, dtype=np.uint32)
         try:
             found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4],
                                       core.product, nodes, states, words)
         except OverflowError as e:
+            words[:] = 0
             raise core._budget(e) from e
-        return WalkResult(compact(words), *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
+        except BaseException:
+            words[:] = 0
+            raise
+        taken = _native.take_words(words, SPARSE_WORDS)
+        if type(taken) is tuple:
+            inside = (np.frombuffer(taken[0], dtype=np.int64), np.frombuffer(taken[1], dtype=np.uint32))
+        else:
+            inside = np.frombuffer(taken, dtype=np.uint32)
+        return WalkResult(inside, *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
 
     def mask(self, col: EarleySet, state: int) -> np.ndarray:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
@@ -534,16 +551,8 @@ class MaskComputer:
                     extra.append(self.mask(nxt_col, 0) & res.starts_next)
             if self.eos_ids.size and self.can_end(col, lexer, state):
                 extra.append(self._eos_words)
-            # in place, pairwise: ``np.bitwise_or.reduce`` of a list first stacks it into a
-            # new 2-D array, which cost more than the walks on cache hits
-            first = extra[0]
-            if type(first) is tuple:
-                words = np.zeros(self.tokens.n_words, dtype=np.uint32)
-                or_into(words, first)
-            else:
-                words = first.copy()
-            for part in extra[1:]:
-                or_into(words, part)
+            words = np.zeros(self.tokens.n_words, dtype=np.uint32)
+            self._or_parts(words, extra)
             words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state_key] = words
         return words
