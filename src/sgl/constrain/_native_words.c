@@ -52,8 +52,35 @@ done:
     return res;
 }
 
-/* OR one part into out: a buffer of n words, or (indices i64, values u32) of nonzero words. */
+static int dense(PyObject *obj, Py_buffer *b, Py_ssize_t n) {
+    if (PyObject_GetBuffer(obj, b, PyBUF_SIMPLE)) return -1;
+    if (b->len == n * 4) return 0;
+    PyBuffer_Release(b);
+    PyErr_SetString(PyExc_ValueError, "or_parts: a dense part has another width");
+    return -1;
+}
+
+/* out |= a & b, for dense a and b (the next column's own mask, cut to the tokens that
+ * start the next lexeme): no 16 KB temporary per mask miss */
+static int or_and(uint32_t *out, Py_ssize_t n, PyObject *a, PyObject *b) {
+    Py_buffer ab, bb;
+    if (dense(a, &ab, n)) return -1;
+    if (dense(b, &bb, n)) {
+        PyBuffer_Release(&ab);
+        return -1;
+    }
+    const uint32_t *x = ab.buf, *y = bb.buf;
+    for (Py_ssize_t i = 0; i < n; i++) out[i] |= x[i] & y[i];
+    PyBuffer_Release(&ab);
+    PyBuffer_Release(&bb);
+    return 0;
+}
+
+/* OR one part into out: a buffer of n words, (indices i64, values u32) of nonzero words,
+ * or ("&", a, b): the words of a & b. */
 static int or_one(uint32_t *out, Py_ssize_t n, PyObject *part) {
+    if (PyTuple_Check(part) && PyTuple_GET_SIZE(part) == 3)
+        return or_and(out, n, PyTuple_GET_ITEM(part, 1), PyTuple_GET_ITEM(part, 2));
     if (PyTuple_Check(part)) {
         if (PyTuple_GET_SIZE(part) != 2) {
             PyErr_SetString(PyExc_ValueError, "or_parts: a compact part is (indices, values)");
@@ -78,21 +105,15 @@ static int or_one(uint32_t *out, Py_ssize_t n, PyObject *part) {
         return rc;
     }
     Py_buffer pb;
-    if (PyObject_GetBuffer(part, &pb, PyBUF_SIMPLE)) return -1;
-    int rc = 0;
-    if (pb.len != n * 4) {
-        PyErr_SetString(PyExc_ValueError, "or_parts: a dense part has another width");
-        rc = -1;
-    } else {
-        const uint32_t *src = pb.buf;
-        for (Py_ssize_t i = 0; i < n; i++) out[i] |= src[i];
-    }
+    if (dense(part, &pb, n)) return -1;
+    const uint32_t *src = pb.buf;
+    for (Py_ssize_t i = 0; i < n; i++) out[i] |= src[i];
     PyBuffer_Release(&pb);
-    return rc;
+    return 0;
 }
 
-/* or_parts(out u32[W] (writable), parts list) -> None: out |= every part (dense words or
- * compact (indices, values) pairs), in one call. */
+/* or_parts(out u32[W] (writable), parts list) -> None: out |= every part (dense words,
+ * compact (indices, values) pairs, or ("&", a, b)), in one call. */
 PyObject *or_parts(PyObject *self, PyObject *args) {
     Py_buffer ob;
     PyObject *parts;

@@ -48,11 +48,14 @@ DEFAULT_MASK_SECONDS = 20.0
 SPARSE_WORDS = 64
 
 Words = np.ndarray | tuple  # dense uint32 words, or (indices, words) of the nonzero ones
+# (a mask's parts may also be ("&", a, b): the words of a & b, see ``or_into``)
 
 
 def or_into(acc: np.ndarray, part: Words) -> None:
-    """``acc |= part`` in place, for dense or compact ``part``."""
-    if type(part) is tuple:
+    """``acc |= part`` in place, for dense or compact ``part``, or ``("&", a, b)`` (``a & b``)."""
+    if type(part) is tuple and len(part) == 3:
+        acc |= part[1] & part[2]
+    elif type(part) is tuple:
         if part[0].size:
             acc[part[0]] |= part[1]
     else:
@@ -548,7 +551,7 @@ class MaskComputer:
             if res.starts_next is not None:
                 nxt_col = self.parser.scan(col, lexer.accepts[state])
                 if nxt_col is not None:
-                    extra.append(self.mask(nxt_col, 0) & res.starts_next)
+                    extra.append(("&", self.mask(nxt_col, 0), res.starts_next))  # OR-ed without a temporary
             if self.eos_ids.size and self.can_end(col, lexer, state):
                 extra.append(self._eos_words)
             words = np.zeros(self.tokens.n_words, dtype=np.uint32)
@@ -586,8 +589,12 @@ class MaskComputer:
             groups = res.groups = _group_boundaries(lexer.core, res)
         self._check_budget()
         scan, accepts, for_lexemes, subs = self.parser.scan, lexer.accepts, self.lexer.for_lexemes, res.subs
+        children = col.children
         for group, sel in groups:
-            nxt_col = scan(col, accepts[group[0]])
+            lexemes = accepts[group[0]]
+            nxt_col = children.get(lexemes, False)  # the scan's own cache, without its call
+            if nxt_col is False:
+                nxt_col = scan(col, lexemes)
             if nxt_col is None:
                 continue
             nxt_lexer = for_lexemes(nxt_col.allowed)
