@@ -238,6 +238,8 @@ done:
 
 /* Earley (the parser's columns and closure) is in _native_earley.c */
 extern PyTypeObject EarleyType;
+/* Boundaries (the boundary recursion of mask misses) is in _native_boundary.c */
+extern PyTypeObject BoundariesType;
 /* the OR and compaction of mask words are in _native_words.c */
 PyObject *take_words(PyObject *self, PyObject *args);
 PyObject *or_parts(PyObject *self, PyObject *args);
@@ -253,7 +255,9 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "SGL's mask kernel.", -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&DfaType) < 0 || PyType_Ready(&ProductType) < 0 || PyType_Ready(&EarleyType) < 0) return NULL;
+    if (PyType_Ready(&DfaType) < 0 || PyType_Ready(&ProductType) < 0 || PyType_Ready(&EarleyType) < 0 ||
+        PyType_Ready(&BoundariesType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&ProductType);
@@ -271,6 +275,12 @@ PyMODINIT_FUNC PyInit__native(void) {
     Py_INCREF(&EarleyType);
     if (PyModule_AddObject(m, "Earley", (PyObject *)&EarleyType) < 0) {
         Py_DECREF(&EarleyType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&BoundariesType);
+    if (PyModule_AddObject(m, "Boundaries", (PyObject *)&BoundariesType) < 0) {
+        Py_DECREF(&BoundariesType);
         Py_DECREF(m);
         return NULL;
     }

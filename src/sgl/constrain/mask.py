@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .boundary import NativeBoundaries
 from .earley import EarleyParser, EarleySet
 from .errors import CompileBudgetExceeded
 from .lexer import Lexer, LexerDFA, single_live
@@ -450,6 +451,7 @@ class MaskComputer:
         self.max_seconds = max_seconds
         self._deadline: float | None = None  # of the mask being computed (callers hold the grammar's lock)
         self._scratch: np.ndarray | None = None  # the native walks' words (see _native_walk)
+        self._native: NativeBoundaries | None = None  # the C boundary recursion, made on first use
         # one C call for all parts; numpy (one OR per part) in the pure-Python fallback
         self._or_parts = _native.or_parts if native_enabled() else or_parts
 
@@ -547,18 +549,32 @@ class MaskComputer:
             lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
             extra: list[Words] = [res.inside]
-            self._boundaries(col, lexer, res, extra)
+            words = np.zeros(self.tokens.n_words, dtype=np.uint32)
+            native = self._native_boundaries(lexer)
+            if native is not None:  # the same recursion in one C call, OR-ed into words
+                native.run(col, lexer, res, words, self._deadline, self._check_budget)
+            else:
+                self._boundaries(col, lexer, res, extra)
             if res.starts_next is not None:
                 nxt_col = self.parser.scan(col, lexer.accepts[state])
                 if nxt_col is not None:
                     extra.append(("&", self.mask(nxt_col, 0), res.starts_next))  # OR-ed without a temporary
             if self.eos_ids.size and self.can_end(col, lexer, state):
                 extra.append(self._eos_words)
-            words = np.zeros(self.tokens.n_words, dtype=np.uint32)
             self._or_parts(words, extra)
             words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state_key] = words
         return words
+
+    def _native_boundaries(self, lexer: LexerDFA) -> NativeBoundaries | None:
+        """The C boundary recursion, where the parser and ``lexer`` are native (else the
+        Python ``_boundaries``; lexers of both kinds mix when ``SGL_NATIVE`` changes)."""
+        if self._native is None:
+            if not (native_enabled() and self.parser.native is not None):
+                return None
+            self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries,
+                                            self._walk_rest)
+        return self._native if _is_native(lexer.core) else None
 
     def _one_lexeme(self, lexer: LexerDFA, state: int) -> tuple[LexerDFA, int]:
         """Where only one lexeme is still alive, the same state in that lexeme's own lexer.
