@@ -350,7 +350,7 @@ static double now(void) {
  * current lexer (the one W walked) is L. */
 static void recurse(Run *x, int32_t col, int32_t L, int32_t w) {
     Boundaries *r = x->r;
-    if ((++x->steps & 255) == 0 && now() > x->deadline) x->over = 1;
+    if ((x->steps++ & 255) == 0 && now() > x->deadline) x->over = 1; /* from the first level on */
     for (int32_t g = 0; g < r->walks[w].n_groups && !x->over && !x->failed; g++) {
         int32_t st = r->walks[w].rep[g], off, nxt, L2, w2;
         if (!map_get(&r->acc, L, st, 0, &off)) {
@@ -401,7 +401,26 @@ done:
     return res;
 }
 
+/* lexer_of(allowed (ascending sequence of int)) -> the lexer set_lexer gave it, or -1 */
+static PyObject *Boundaries_lexer_of(Boundaries *r, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "allowed must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int32_t *v = malloc((n + 1) * sizeof(int32_t));
+    if (!v) { Py_DECREF(seq); return PyErr_NoMemory(); }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (x == -1 && PyErr_Occurred()) { free(v); Py_DECREF(seq); return NULL; }
+        v[i] = (int32_t)x;
+    }
+    Py_DECREF(seq);
+    int32_t L = set_lexer(r, v, n);
+    free(v);
+    return PyLong_FromLong(L);
+}
+
 static PyMethodDef Boundaries_methods[] = {
+    {"lexer_of", (PyCFunction)Boundaries_lexer_of, METH_O, "The lexer registered for an allowed set, or -1."},
     {"add_walk", (PyCFunction)Boundaries_add_walk, METH_VARARGS, "Register a walk result: its id."},
     {"set_accepts", (PyCFunction)Boundaries_set_accepts, METH_VARARGS, "The lexemes a lexer state completes."},
     {"set_lexer", (PyCFunction)Boundaries_set_lexer, METH_VARARGS, "The lexer of an allowed lexeme set."},

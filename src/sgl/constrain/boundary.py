@@ -23,12 +23,11 @@ from .native import _native
 class NativeBoundaries:
     """One grammar's registered pieces (used under the grammar's lock, as its masks are)."""
 
-    def __init__(self, parser, lexer, n_words: int, group: Callable, walk_rest: Callable):
-        """``group(core, res)``: a walk's boundary groups (``mask._group_boundaries``);
-        ``walk_rest(lexer, res, sel)``: the walk of a group's subtrees (``_walk_rest``)."""
+    def __init__(self, parser, lexer, n_words: int, group: Callable):
+        """``group(core, res)``: a walk's boundary groups (``mask._group_boundaries``)."""
         self._c = _native.Boundaries(parser.native, sorted(parser.t.ignore), n_words)
         self._parser, self._lexer = parser, lexer
-        self._group, self._walk_rest = group, walk_rest
+        self._group = group
         self._lexers: list = []  # L -> LexerDFA (kept alive: ids are by object)
         self._lexer_ids: dict[int, int] = {}
         self._walks: list = []  # W -> WalkResult
@@ -41,25 +40,33 @@ class NativeBoundaries:
             self._lexers.append(lex)
         return got
 
-    def walk_id(self, res, core) -> int:
+    def walk_id(self, res, lexer) -> int:
+        """``res`` (a walk in ``lexer``) registered; with what its groups' states complete
+        in ``lexer``, which the next run needs anyway (one round fewer)."""
         got = self._walk_ids.get(id(res))
         if got is None:
             reps: list[int] = []
             if res.boundary_ids.size:
                 if res.groups is None:
-                    res.groups = self._group(core, res)
+                    res.groups = self._group(lexer.core, res)
                 reps = [group[0] for group, _sel in res.groups]
             got = self._walk_ids[id(res)] = self._c.add_walk(res.inside, reps)
             self._walks.append(res)
+            L = self.lexer_id(lexer)
+            for st in reps:
+                self._c.set_accepts(L, st, tuple(lexer.accepts[st]))
         return got
 
-    def run(self, col, lexer, res, words: np.ndarray, deadline: float | None, check_budget: Callable) -> None:
+    def run(self, col, lexer, res, words: np.ndarray, deadline: float | None, check_budget: Callable,
+            walk_rest: Callable) -> None:
         """OR into ``words`` every token of ``res``'s boundary subtrees that goes on from
-        column ``col`` (whose current lexer, the one ``res`` walked, is ``lexer``)."""
+        column ``col`` (whose current lexer, the one ``res`` walked, is ``lexer``).
+        ``walk_rest(lexer, res, sel)``: the walk of a group's subtrees (``_walk_rest``; passed
+        per call, not kept, so that this object holds no reference to its mask computer)."""
         if not res.boundary_ids.size:
             return
         c = self._c
-        L, W = self.lexer_id(lexer), self.walk_id(res, lexer.core)
+        L, W = self.lexer_id(lexer), self.walk_id(res, lexer)
         limit = float("inf") if deadline is None else deadline
         while True:
             missing = c.run(col.uid, L, W, words, limit)
@@ -71,9 +78,9 @@ class NativeBoundaries:
                 return
             check_budget()
             for item in dict.fromkeys(missing):
-                self._fill(item, check_budget)
+                self._fill(item, check_budget, walk_rest)
 
-    def _fill(self, item: tuple, check_budget: Callable) -> None:
+    def _fill(self, item: tuple, check_budget: Callable, walk_rest: Callable) -> None:
         kind = item[0]
         if kind == "accepts":
             _, L, st = item
@@ -90,5 +97,5 @@ class NativeBoundaries:
             sub = res.subs.get(key)
             if sub is None:
                 check_budget()
-                sub = res.subs[key] = self._walk_rest(nxt, res, sel)
-            self._c.set_sub(W, g, L2, self.walk_id(sub, nxt.core))
+                sub = res.subs[key] = walk_rest(nxt, res, sel)
+            self._c.set_sub(W, g, L2, self.walk_id(sub, nxt))

@@ -552,7 +552,7 @@ class MaskComputer:
             words = np.zeros(self.tokens.n_words, dtype=np.uint32)
             native = self._native_boundaries(lexer)
             if native is not None:  # the same recursion in one C call, OR-ed into words
-                native.run(col, lexer, res, words, self._deadline, self._check_budget)
+                native.run(col, lexer, res, words, self._deadline, self._check_budget, self._walk_rest)
             else:
                 self._boundaries(col, lexer, res, extra)
             if res.starts_next is not None:
@@ -572,8 +572,7 @@ class MaskComputer:
         if self._native is None:
             if not (native_enabled() and self.parser.native is not None):
                 return None
-            self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries,
-                                            self._walk_rest)
+            self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries)
         return self._native if _is_native(lexer.core) else None
 
     def _one_lexeme(self, lexer: LexerDFA, state: int) -> tuple[LexerDFA, int]:
