@@ -197,12 +197,17 @@ def single_live(core, state: int) -> tuple[int, int] | None:
     return out
 
 
-class _NativeAccepting:
+class _NativeAccepting(dict):
+    """``accepting[state]`` of a native core: filled on first use like ``_NativeAccepts``
+    (a state's accepting flag is fixed when the state is made)."""
+
     def __init__(self, product):
+        super().__init__()
         self._product = product
 
-    def __getitem__(self, state) -> bool:
-        return self._product.accepting(int(state))
+    def __missing__(self, state) -> bool:
+        out = self[state] = self._product.accepting(int(state))
+        return out
 
 
 class _NativeAccepts(dict):
@@ -416,6 +421,8 @@ class LexerDFA:
         self.accepts = _Accepts(core, order)
         self.row = core.row
         self.table_row = core.table_row
+        # state -> (lexer, state) where only one lexeme is left alive, or None (mask._one_lexeme)
+        self.one_lexeme: dict[int, tuple] = {}
 
     @property
     def accepting(self) -> np.ndarray:

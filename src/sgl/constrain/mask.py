@@ -552,7 +552,9 @@ class MaskComputer:
             words = np.zeros(self.tokens.n_words, dtype=np.uint32)
             native = self._native_boundaries(lexer)
             if native is not None:  # the same recursion in one C call, OR-ed into words
-                native.run(col, lexer, res, words, self._deadline, self._check_budget, self._walk_rest)
+                if res.boundary_ids.size:
+                    native.run(col, lexer, res, words, self._deadline, self._check_budget,
+                               self._walk_rest)
             else:
                 self._boundaries(col, lexer, res, extra)
             if res.starts_next is not None:
@@ -584,12 +586,16 @@ class MaskComputer:
         """
         if len(lexer.order) < 2 or state == 0:
             return lexer, state
-        one = single_live(lexer.core, state)
-        if one is None:
-            return lexer, state
-        j, q = one
-        single = self.lexer.for_lexemes(frozenset((lexer.order[j],)))
-        return single, single.core.state_of_local(q)
+        known = lexer.one_lexeme.get(state, False)
+        if known is False:
+            one = single_live(lexer.core, state)
+            known = None  # (not the lexer itself: no reference cycle)
+            if one is not None:
+                j, q = one
+                single = self.lexer.for_lexemes(frozenset((lexer.order[j],)))
+                known = (single, single.core.state_of_local(q))
+            lexer.one_lexeme[state] = known
+        return (lexer, state) if known is None else known
 
     def _boundaries(self, col: EarleySet, lexer: LexerDFA, res: WalkResult, extra: list) -> None:
         """Tokens whose current lexeme ends inside them: scan it, walk the rest from there.
