@@ -98,3 +98,38 @@ def test_budget_error_leaves_no_words_behind(llama3_vocab, monkeypatch):
         m.allowed_words()
     scratch = m.compiled.masks._scratch
     assert scratch is not None and not scratch.any()
+
+
+def test_words_digest_and_equal():
+    _needs_native()
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 2**32, 4008, dtype=np.uint32)
+    b = a.copy()
+    assert _native.words_digest(a) == _native.words_digest(b) and _native.words_equal(a, b)
+    b[4007] ^= 1 << 31
+    assert _native.words_digest(a) != _native.words_digest(b) and not _native.words_equal(a, b)
+    assert not _native.words_equal(a, a[:-1])
+
+
+def test_equal_masks_are_one_array(llama3_vocab, monkeypatch):
+    """Native masks are interned per grammar: equal masks of different parser columns
+    share one read-only array (the fallback keeps its own arrays; tests compare contents)."""
+    from sgl.constrain import Matcher
+    from sgl.constrain.compiled import CompiledGrammar
+    from sgl.constrain.json_schema import json_schema_grammar
+
+    _needs_native()
+    monkeypatch.setenv("SGL_NATIVE", "1")
+    with lexer._cores_lock:
+        lexer._cores.clear()
+    m = Matcher(CompiledGrammar(json_schema_grammar({"type": "array", "items": {"type": "integer"}}), llama3_vocab))
+    tid = {b: i for i, b in enumerate(llama3_vocab.token_bytes) if b in (b"[", b"1", b",")}
+    for b in (b"[", b"1", b","):
+        m.allowed_words()
+        assert m.advance(tid[b])
+    once = m.allowed_words()
+    col_once = m._stack[-1][0]
+    for b in (b"1", b","):
+        assert m.advance(tid[b])
+    assert m._stack[-1][0] is not col_once  # another column...
+    assert m.allowed_words() is once and not once.flags.writeable  # ...the same mask

@@ -243,12 +243,16 @@ extern PyTypeObject BoundariesType;
 /* the OR and compaction of mask words are in _native_words.c */
 PyObject *take_words(PyObject *self, PyObject *args);
 PyObject *or_parts(PyObject *self, PyObject *args);
+PyObject *words_digest(PyObject *self, PyObject *arg);
+PyObject *words_equal(PyObject *self, PyObject *args);
 
 static PyMethodDef methods[] = {
     {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
     {"walk_trie", walk_trie, METH_VARARGS, "Walk token trie subtrees from lexer states."},
     {"take_words", take_words, METH_VARARGS, "A walk's words, compact when few, and clear the scratch."},
     {"or_parts", or_parts, METH_VARARGS, "OR dense and compact word parts into a bitmask."},
+    {"words_digest", words_digest, METH_O, "A 64-bit digest of a bitmask."},
+    {"words_equal", words_equal, METH_VARARGS, "Do two bitmasks hold the same bytes?"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -126,3 +126,31 @@ PyObject *or_parts(PyObject *self, PyObject *args) {
     if (rc) return NULL;
     Py_RETURN_NONE;
 }
+
+/* words_digest(words) -> int: a 64-bit digest of a bitmask, to find masks equal to one
+ * already kept (most masks of a grammar repeat: string bodies, values, separators) */
+PyObject *words_digest(PyObject *self, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE)) return NULL;
+    const unsigned char *p = b.buf;
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)b.len, x;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= b.len; i += 8) {
+        memcpy(&x, p + i, 8);
+        h = (h ^ x) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+    }
+    for (; i < b.len; i++) h = (h ^ p[i]) * 0x100000001B3ULL;
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+/* words_equal(a, b) -> bool: the same bytes */
+PyObject *words_equal(PyObject *self, PyObject *args) {
+    Py_buffer a, b;
+    if (!PyArg_ParseTuple(args, "y*y*", &a, &b)) return NULL;
+    int eq = a.len == b.len && !memcmp(a.buf, b.buf, a.len);
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return PyBool_FromLong(eq);
+}
