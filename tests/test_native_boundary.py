@@ -117,3 +117,12 @@ def test_mask_computer_is_freed_without_the_cycle_collector(llama3_vocab, monkey
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_parsers_that_filter_columns_keep_the_python_recursion(llama3_vocab, monkeypatch):
+    """A parser whose scans filter ``col.allowed`` in Python (a duplicate-key check) is
+    not bypassed by the C scans: such grammars use the Python recursion."""
+    m = _matcher(llama3_vocab, monkeypatch)
+    monkeypatch.setattr(m.compiled.parser.t, "unique_keys", object(), raising=False)
+    _walk(m, '{"name": "x"', llama3_vocab)
+    assert m.compiled.masks._native is None
