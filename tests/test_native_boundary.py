@@ -119,10 +119,29 @@ def test_mask_computer_is_freed_without_the_cycle_collector(llama3_vocab, monkey
         gc.enable()
 
 
-def test_parsers_that_filter_columns_keep_the_python_recursion(llama3_vocab, monkeypatch):
+def test_parsers_that_filter_columns_scan_in_python(llama3_vocab, monkeypatch):
     """A parser whose scans filter ``col.allowed`` in Python (a duplicate-key check) is
-    not bypassed by the C scans: such grammars use the Python recursion."""
+    not bypassed: the C loop asks Python for every new scan and column lexer."""
     m = _matcher(llama3_vocab, monkeypatch)
     monkeypatch.setattr(m.compiled.parser.t, "unique_keys", object(), raising=False)
+    calls = []
+    scan = type(m.compiled.parser).scan
+    monkeypatch.setattr(m.compiled.parser, "scan", lambda col, lex: calls.append(col.uid) or scan(
+        m.compiled.parser, col, lex))
     _walk(m, '{"name": "x"', llama3_vocab)
-    assert m.compiled.masks._native is None
+    assert m.compiled.masks._native is not None and m.compiled.masks._native._c is not None
+    assert None not in m.compiled.parser.columns  # every column was made by EarleyParser.scan
+    assert calls
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_python_scans_mode_gives_the_same_masks(i, llama3_vocab, monkeypatch):
+    """The python_scans mode (what main's duplicate-key grammars get) against the fallback."""
+    import test_native_kernel as k
+
+    from sgl.constrain import boundary
+
+    if _native is None:
+        pytest.skip("the C mask kernel is not built (no compiler at install)")
+    monkeypatch.setattr(boundary, "FORCE_PYTHON_SCANS", True)
+    k._check_identical(k._ir("json", k.SCHEMAS[i]), llama3_vocab, monkeypatch, seed=11 + i)

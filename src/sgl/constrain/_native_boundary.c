@@ -105,6 +105,7 @@ typedef struct {
     int32_t *col_lex; Py_ssize_t n_col_lex; /* per column uid: its lexer, -1 unknown */
     Pool pool;
     int32_t *scratch; Py_ssize_t n_scratch;
+    int python_scans; /* scans and column lexers come from Python (a parser that filters columns) */
 } Boundaries;
 
 static void walk_release(Walk *w) {
@@ -128,11 +129,14 @@ static int cmp_i32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Boundaries(earley, ignore lexemes (sequence of int), n_words) */
+/* Boundaries(earley, ignore lexemes (sequence of int), n_words, python_scans=0): with
+ * python_scans, a new scan or column lexer is reported (("scan", col, L, state), ("column",
+ * col)) instead of done here, for parsers whose Python scan changes what a column allows */
 static PyObject *Boundaries_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     PyObject *earley, *ignore;
     Py_ssize_t n_words;
-    if (!PyArg_ParseTuple(args, "O!On", &EarleyType, &earley, &ignore, &n_words)) return NULL;
+    int python_scans = 0;
+    if (!PyArg_ParseTuple(args, "O!On|p", &EarleyType, &earley, &ignore, &n_words, &python_scans)) return NULL;
     PyObject *seq = PySequence_Fast(ignore, "ignore must be a sequence");
     if (!seq) return NULL;
     Boundaries *r = (Boundaries *)type->tp_alloc(type, 0);
@@ -140,6 +144,7 @@ static PyObject *Boundaries_new(PyTypeObject *type, PyObject *args, PyObject *kw
     Py_INCREF(earley);
     r->earley = earley;
     r->n_words = n_words;
+    r->python_scans = python_scans;
     r->n_ignore = PySequence_Fast_GET_SIZE(seq);
     r->ignore = malloc((r->n_ignore + 1) * sizeof(int32_t));
     if (!r->ignore) { Py_DECREF(seq); Py_DECREF(r); return PyErr_NoMemory(); }
@@ -306,10 +311,27 @@ static int is_ignored(const Boundaries *r, const int32_t *lex, int32_t n) {
     return 0;
 }
 
+static int put_column_lexer(Boundaries *r, int32_t col, int32_t L) {
+    if (col >= r->n_col_lex) {
+        Py_ssize_t cap = r->n_col_lex ? r->n_col_lex : 256;
+        while (cap <= col) cap *= 2;
+        int32_t *c = realloc(r->col_lex, cap * sizeof(int32_t));
+        if (!c) return -1;
+        for (Py_ssize_t i = r->n_col_lex; i < cap; i++) c[i] = -1;
+        r->col_lex = c, r->n_col_lex = cap;
+    }
+    r->col_lex[col] = L;
+    return 0;
+}
+
 /* column uid's lexer, or -1 (reported: Python maps its allowed set to a lexer) */
 static int32_t column_lexer(Run *x, int32_t col) {
     Boundaries *r = x->r;
     if (col < r->n_col_lex && r->col_lex[col] >= 0) return r->col_lex[col];
+    if (r->python_scans) {
+        report(x, Py_BuildValue("(si)", "column", col));
+        return -1;
+    }
     Py_ssize_t n = earley_allowed_c(r->earley, col, r->scratch, r->n_scratch);
     if (n < 0) { PyErr_SetString(PyExc_IndexError, "Boundaries: unknown column"); x->failed = 1; return -1; }
     if (n > r->n_scratch) {
@@ -329,15 +351,8 @@ static int32_t column_lexer(Run *x, int32_t col) {
         report(x, t ? Py_BuildValue("(sN)", "lexer", t) : NULL);
         return -1;
     }
-    if (col >= r->n_col_lex) {
-        Py_ssize_t cap = r->n_col_lex ? r->n_col_lex : 256;
-        while (cap <= col) cap *= 2;
-        int32_t *c = realloc(r->col_lex, cap * sizeof(int32_t));
-        if (!c) { PyErr_NoMemory(); x->failed = 1; return -1; }
-        for (Py_ssize_t i = r->n_col_lex; i < cap; i++) c[i] = -1;
-        r->col_lex = c, r->n_col_lex = cap;
-    }
-    return r->col_lex[col] = L;
+    if (put_column_lexer(r, col, L)) { PyErr_NoMemory(); x->failed = 1; return -1; }
+    return L;
 }
 
 static double now(void) {
@@ -357,7 +372,10 @@ static void recurse(Run *x, int32_t col, int32_t L, int32_t w) {
             report(x, Py_BuildValue("(sii)", "accepts", L, st));
             continue;
         }
-        if (!map_get(&r->child, col, L, st, &nxt)) {
+        if (!map_get(&r->child, col, L, st, &nxt) && r->python_scans) {
+            report(x, Py_BuildValue("(siii)", "scan", col, L, st));
+            continue;
+        } else if (!map_get(&r->child, col, L, st, &nxt)) {
             const int32_t *lex = r->pool.v + off + 1; /* the pool may move: read before scanning */
             int32_t n = r->pool.v[off];
             nxt = earley_scan_c(r->earley, col, lex, n);
@@ -401,6 +419,24 @@ done:
     return res;
 }
 
+/* set_child(col, L, state, child): the column after what lexer L completes in state, from
+ * column col (-1: none); set_column_lexer(col, L). For python_scans. */
+static PyObject *Boundaries_set_child(Boundaries *r, PyObject *args) {
+    int col, L, st, child;
+    if (!PyArg_ParseTuple(args, "iiii", &col, &L, &st, &child)) return NULL;
+    if (col < 0 || child < -1) { PyErr_SetString(PyExc_ValueError, "set_child: bad column"); return NULL; }
+    if (map_put(&r->child, col, L, st, child < 0 ? -1 : child)) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *Boundaries_set_column_lexer(Boundaries *r, PyObject *args) {
+    int col, L;
+    if (!PyArg_ParseTuple(args, "ii", &col, &L)) return NULL;
+    if (col < 0 || L < 0) { PyErr_SetString(PyExc_ValueError, "set_column_lexer: bad column or lexer"); return NULL; }
+    if (put_column_lexer(r, col, L)) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* lexer_of(allowed (ascending sequence of int)) -> the lexer set_lexer gave it, or -1 */
 static PyObject *Boundaries_lexer_of(Boundaries *r, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "allowed must be a sequence");
@@ -420,6 +456,8 @@ static PyObject *Boundaries_lexer_of(Boundaries *r, PyObject *arg) {
 }
 
 static PyMethodDef Boundaries_methods[] = {
+    {"set_child", (PyCFunction)Boundaries_set_child, METH_VARARGS, "The column a scan leads to (python_scans)."},
+    {"set_column_lexer", (PyCFunction)Boundaries_set_column_lexer, METH_VARARGS, "A column's lexer (python_scans)."},
     {"lexer_of", (PyCFunction)Boundaries_lexer_of, METH_O, "The lexer registered for an allowed set, or -1."},
     {"add_walk", (PyCFunction)Boundaries_add_walk, METH_VARARGS, "Register a walk result: its id."},
     {"set_accepts", (PyCFunction)Boundaries_set_accepts, METH_VARARGS, "The lexemes a lexer state completes."},

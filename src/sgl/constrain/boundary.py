@@ -19,13 +19,20 @@ import numpy as np
 
 from .native import _native
 
+# tests: run the python_scans mode for every grammar (it is what a parser that filters
+# columns gets; this branch's parser has no such filter, so the masks must not change)
+FORCE_PYTHON_SCANS = False
+
 
 class NativeBoundaries:
     """One grammar's registered pieces (used under the grammar's lock, as its masks are)."""
 
-    def __init__(self, parser, lexer, n_words: int, group: Callable):
-        """``group(core, res)``: a walk's boundary groups (``mask._group_boundaries``)."""
-        self._c = _native.Boundaries(parser.native, sorted(parser.t.ignore), n_words)
+    def __init__(self, parser, lexer, n_words: int, group: Callable, python_scans: bool = False):
+        """``group(core, res)``: a walk's boundary groups (``mask._group_boundaries``).
+        ``python_scans``: new scans go through ``parser.scan`` (for a parser whose scans
+        filter what a column allows, e.g. a duplicate-key check), each column's lexer from
+        its Python ``allowed``; the C loop still runs everything met before."""
+        self._c = _native.Boundaries(parser.native, sorted(parser.t.ignore), n_words, python_scans)
         self._parser, self._lexer = parser, lexer
         self._group = group
         self._lexers: list = []  # L -> LexerDFA (kept alive: ids are by object)
@@ -85,6 +92,15 @@ class NativeBoundaries:
         if kind == "accepts":
             _, L, st = item
             self._c.set_accepts(L, st, tuple(self._lexers[L].accepts[st]))
+        elif kind == "scan":
+            _, col, L, st = item
+            nxt = self._parser.scan(self._parser.columns[col], self._lexers[L].accepts[st])
+            if nxt is not None:
+                self._c.set_column_lexer(nxt.uid, self.lexer_id(self._lexer.for_lexemes(nxt.allowed)))
+            self._c.set_child(col, L, st, -1 if nxt is None else nxt.uid)
+        elif kind == "column":
+            col = self._parser.columns[item[1]]
+            self._c.set_column_lexer(col.uid, self.lexer_id(self._lexer.for_lexemes(col.allowed)))
         elif kind == "lexer":
             allowed = item[1]
             lex = self._lexer.for_lexemes(self._parser.allowed_set(allowed))

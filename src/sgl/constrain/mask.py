@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import boundary
 from .boundary import NativeBoundaries
 from .earley import EarleyParser, EarleySet
 from .errors import CompileBudgetExceeded
@@ -599,13 +600,14 @@ class MaskComputer:
         """The C boundary recursion, where the parser and ``lexer`` are native (else the
         Python ``_boundaries``; lexers of both kinds mix when ``SGL_NATIVE`` changes)."""
         if self._native is None:
+            if not (native_enabled() and self.parser.native is not None):
+                return None
             # a parser that keeps per-column state in Python and filters ``col.allowed``
             # (main's duplicate-key check, ``ParserTables.unique_keys``) must scan through
-            # ``EarleyParser.scan``: the C loop's scans would skip that filter
-            if not (native_enabled() and self.parser.native is not None
-                    and getattr(self.parser.t, "unique_keys", None) is None):
-                return None
-            self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries)
+            # ``EarleyParser.scan``: the C loop's own scans would skip that filter
+            python_scans = getattr(self.parser.t, "unique_keys", None) is not None or boundary.FORCE_PYTHON_SCANS
+            self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries,
+                                            python_scans)
         return self._native if _is_native(lexer.core) else None
 
     def _one_lexeme(self, lexer: LexerDFA, state: int) -> tuple[LexerDFA, int]:
