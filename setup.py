@@ -11,7 +11,8 @@ setup(
         Extension(
             "sgl.constrain._native",
             ["src/sgl/constrain/_native.c", "src/sgl/constrain/_native_product.c",
-             "src/sgl/constrain/_native_earley.c"],
+             "src/sgl/constrain/_native_earley.c", "src/sgl/constrain/_native_words.c",
+             "src/sgl/constrain/_native_boundary.c"],
             depends=["src/sgl/constrain/_native_product.h"],
             extra_compile_args=["-O3"],
             optional=True,

@@ -238,17 +238,30 @@ done:
 
 /* Earley (the parser's columns and closure) is in _native_earley.c */
 extern PyTypeObject EarleyType;
+/* Boundaries (the boundary recursion of mask misses) is in _native_boundary.c */
+extern PyTypeObject BoundariesType;
+/* the OR and compaction of mask words are in _native_words.c */
+PyObject *take_words(PyObject *self, PyObject *args);
+PyObject *or_parts(PyObject *self, PyObject *args);
+PyObject *words_digest(PyObject *self, PyObject *arg);
+PyObject *words_equal(PyObject *self, PyObject *args);
 
 static PyMethodDef methods[] = {
     {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
     {"walk_trie", walk_trie, METH_VARARGS, "Walk token trie subtrees from lexer states."},
+    {"take_words", take_words, METH_VARARGS, "A walk's words, compact when few, and clear the scratch."},
+    {"or_parts", or_parts, METH_VARARGS, "OR dense and compact word parts into a bitmask."},
+    {"words_digest", words_digest, METH_O, "A 64-bit digest of a bitmask."},
+    {"words_equal", words_equal, METH_VARARGS, "Do two bitmasks hold the same bytes?"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "SGL's mask kernel.", -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&DfaType) < 0 || PyType_Ready(&ProductType) < 0 || PyType_Ready(&EarleyType) < 0) return NULL;
+    if (PyType_Ready(&DfaType) < 0 || PyType_Ready(&ProductType) < 0 || PyType_Ready(&EarleyType) < 0 ||
+        PyType_Ready(&BoundariesType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&ProductType);
@@ -266,6 +279,12 @@ PyMODINIT_FUNC PyInit__native(void) {
     Py_INCREF(&EarleyType);
     if (PyModule_AddObject(m, "Earley", (PyObject *)&EarleyType) < 0) {
         Py_DECREF(&EarleyType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&BoundariesType);
+    if (PyModule_AddObject(m, "Boundaries", (PyObject *)&BoundariesType) < 0) {
+        Py_DECREF(&BoundariesType);
         Py_DECREF(m);
         return NULL;
     }

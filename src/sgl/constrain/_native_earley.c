@@ -234,12 +234,12 @@ static void sym_range(const SymItem *v, Py_ssize_t n, int32_t sym, Py_ssize_t *l
     *hi = a;
 }
 
-/* Close a new column over its kernel items; appends it. Returns (uid, allowed lexemes, accepting). */
-static PyObject *earley_close(Earley *e, U64Vec *agenda) {
+/* Close a new column over its kernel items and append it: 0, or -1 (memory; no error set). */
+static int earley_close_col(Earley *e, U64Vec *agenda, int *accepting_out) {
     if (e->n_cols == e->cap_cols) {
         Py_ssize_t cap = e->cap_cols ? 2 * e->cap_cols : 64;
         Column *cols = realloc(e->cols, cap * sizeof(Column));
-        if (!cols) return PyErr_NoMemory();
+        if (!cols) return -1;
         e->cols = cols, e->cap_cols = cap;
     }
     int32_t uid = (int32_t)e->n_cols;
@@ -291,17 +291,27 @@ static PyObject *earley_close(Earley *e, U64Vec *agenda) {
     free(predicted);
     if (rc) {
         free(waiting.v); free(scannable.v);
-        return PyErr_NoMemory();
+        return -1;
     }
     qsort(waiting.v, waiting.n, sizeof(SymItem), cmp_symitem);
     qsort(scannable.v, scannable.n, sizeof(SymItem), cmp_symitem);
     Column *c = e->cols + e->n_cols++;
     c->waiting = waiting.v, c->n_waiting = waiting.n;
     c->scannable = scannable.v, c->n_scannable = scannable.n;
+    *accepting_out = accepting;
+    return 0;
+}
+
+/* Close a new column over its kernel items; appends it. Returns (uid, allowed lexemes, accepting). */
+static PyObject *earley_close(Earley *e, U64Vec *agenda) {
+    int32_t uid = (int32_t)e->n_cols;
+    int accepting = 0;
+    if (earley_close_col(e, agenda, &accepting)) return PyErr_NoMemory();
+    const Column *c = e->cols + uid;
     PyObject *allowed = PyList_New(0);
-    for (Py_ssize_t i = 0; allowed && i < scannable.n; i++) {
-        if (i && scannable.v[i].sym == scannable.v[i - 1].sym) continue;
-        PyObject *x = PyLong_FromLong(scannable.v[i].sym);
+    for (Py_ssize_t i = 0; allowed && i < c->n_scannable; i++) {
+        if (i && c->scannable[i].sym == c->scannable[i - 1].sym) continue;
+        PyObject *x = PyLong_FromLong(c->scannable[i].sym);
         if (!x || PyList_Append(allowed, x)) { Py_XDECREF(x); Py_CLEAR(allowed); break; }
         Py_DECREF(x);
     }
@@ -351,6 +361,44 @@ static PyObject *earley_scan(Earley *e, PyObject *args) {
     else res = earley_close(e, &agenda);
     free(agenda.v);
     return res;
+}
+
+/* For the boundary recursion (_native_boundary.c), with the GIL held: the column after
+ * one span read as any of lex[0..n), as earley_scan: its uid, -1 when no item scans them,
+ * -2 on memory (no error set). */
+int32_t earley_scan_c(PyObject *obj, int32_t uid, const int32_t *lex, Py_ssize_t n) {
+    Earley *e = (Earley *)obj;
+    if (uid < 0 || uid >= e->n_cols) return -1;
+    U64Vec agenda = {0};
+    for (Py_ssize_t j = 0; j < n; j++) {
+        const Column *c = e->cols + uid;
+        Py_ssize_t lo, hi;
+        sym_range(c->scannable, c->n_scannable, lex[j], &lo, &hi);
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            uint64_t it = c->scannable[i].item;
+            if (u64_push(&agenda, ITEM(I_RULE(it), I_DOT(it) + 1, I_ORIGIN(it)))) { free(agenda.v); return -2; }
+        }
+    }
+    int32_t out = -1;
+    int accepting;
+    if (agenda.n) out = earley_close_col(e, &agenda, &accepting) ? -2 : (int32_t)(e->n_cols - 1);
+    free(agenda.v);
+    return out;
+}
+
+/* The lexemes column uid allows (its scannable symbols, ascending, once each) into out
+ * (room for n_out); returns how many there are (maybe more than n_out), -1 for a bad uid. */
+Py_ssize_t earley_allowed_c(PyObject *obj, int32_t uid, int32_t *out, Py_ssize_t n_out) {
+    Earley *e = (Earley *)obj;
+    if (uid < 0 || uid >= e->n_cols) return -1;
+    const Column *c = e->cols + uid;
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < c->n_scannable; i++) {
+        if (i && c->scannable[i].sym == c->scannable[i - 1].sym) continue;
+        if (k < n_out) out[k] = c->scannable[i].sym;
+        k++;
+    }
+    return k;
 }
 
 static PyMethodDef Earley_methods[] = {

@@ -118,7 +118,7 @@ class EarleyParser:
     def __init__(self, tables: ParserTables):
         self.t = tables
         self._predictions: dict[int, tuple[tuple[tuple[int, int], ...], frozenset[int]]] = {}
-        self.columns: list[EarleySet] = []  # by uid; an item's origin is an index here
+        self.columns: list[EarleySet | None] = []  # by uid; an item's origin is an index here
         # allowed-lexeme sets by content: columns share one frozenset object, whose hash is
         # then computed once (the lexer cache is keyed by it on every mask miss)
         self._allowed_sets: dict[tuple[int, ...], frozenset[int]] = {}
@@ -129,15 +129,27 @@ class EarleyParser:
     def _native_column(self, parent: EarleySet | None, lexemes, found) -> EarleySet:
         uid, allowed, accepting = found
         col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, uid)
-        key = tuple(allowed)
-        got = self._allowed_sets.get(key)
-        if got is None:
-            got = self._allowed_sets[key] = frozenset(allowed) | self.t.ignore
-        col.allowed = got
+        col.allowed = self.allowed_set(tuple(allowed))
         col.accepting = accepting
-        assert uid == len(self.columns)
+        # columns the boundary recursion scanned in C (mask.py, _native.Boundaries) have no
+        # Python object: their places stay None
+        assert uid >= len(self.columns)
+        self.columns.extend([None] * (uid - len(self.columns)))
         self.columns.append(col)
         return col
+
+    @property
+    def native(self):
+        """The compiled ``Earley`` (the columns' items live there), or None."""
+        return self._c
+
+    def allowed_set(self, allowed: tuple[int, ...]) -> frozenset[int]:
+        """The ``allowed`` of a native column whose scannable lexemes are ``allowed``
+        (ascending), with the ignored ones: one frozenset object per content."""
+        got = self._allowed_sets.get(allowed)
+        if got is None:
+            got = self._allowed_sets[allowed] = frozenset(allowed) | self.t.ignore
+        return got
 
     def _new_column(self, parent: EarleySet | None, lexemes: frozenset[int] | None) -> EarleySet:
         col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, len(self.columns))

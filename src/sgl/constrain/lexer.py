@@ -197,25 +197,31 @@ def single_live(core, state: int) -> tuple[int, int] | None:
     return out
 
 
-class _NativeAccepting:
+class _NativeAccepting(dict):
+    """``accepting[state]`` of a native core: filled on first use like ``_NativeAccepts``
+    (a state's accepting flag is fixed when the state is made)."""
+
     def __init__(self, product):
+        super().__init__()
         self._product = product
 
-    def __getitem__(self, state) -> bool:
-        return self._product.accepting(int(state))
+    def __missing__(self, state) -> bool:
+        out = self[state] = self._product.accepting(int(state))
+        return out
 
 
-class _NativeAccepts:
+class _NativeAccepts(dict):
+    """``accepts[state]``: a dict filled on first use (``__missing__``), so that a hit is
+    a plain dict lookup with no Python frame (the boundary recursion reads it per group)."""
+
     def __init__(self, core: NativeLexerCore):
+        super().__init__()
         self._core = core
-        self._cache: dict[int, tuple[int, ...]] = {}
 
-    def __getitem__(self, state: int) -> tuple[int, ...]:
-        out = self._cache.get(state)
-        if out is None:
-            comp = np.frombuffer(self._core.product.comp(int(state)), dtype=np.int32)
-            core = self._core
-            out = self._cache[state] = tuple(j for j, q in enumerate(comp.tolist()) if q >= 0 and core._acc[j][q])
+    def __missing__(self, state: int) -> tuple[int, ...]:
+        comp = np.frombuffer(self._core.product.comp(int(state)), dtype=np.int32)
+        core = self._core
+        out = self[state] = tuple(j for j, q in enumerate(comp.tolist()) if q >= 0 and core._acc[j][q])
         return out
 
 
@@ -391,17 +397,16 @@ class LexerCore:
             return self._flat
 
 
-class _Accepts:
-    """``accepts[state]`` of a ``LexerDFA``: a core's lexeme positions as grammar lexeme ids."""
+class _Accepts(dict):
+    """``accepts[state]`` of a ``LexerDFA``: a core's lexeme positions as grammar lexeme
+    ids (a dict filled on first use, like ``_NativeAccepts``)."""
 
     def __init__(self, core: LexerCore, order: list[int]):
+        super().__init__()
         self._core, self._order = core, order
-        self._cache: dict[int, frozenset[int]] = {}
 
-    def __getitem__(self, state: int) -> frozenset[int]:
-        out = self._cache.get(state)
-        if out is None:
-            out = self._cache[state] = frozenset(self._order[k] for k in self._core.accepts[state])
+    def __missing__(self, state: int) -> frozenset[int]:
+        out = self[state] = frozenset(self._order[k] for k in self._core.accepts[state])
         return out
 
 
@@ -416,6 +421,8 @@ class LexerDFA:
         self.accepts = _Accepts(core, order)
         self.row = core.row
         self.table_row = core.table_row
+        # state -> (lexer, state) where only one lexeme is left alive, or None (mask._one_lexeme)
+        self.one_lexeme: dict[int, tuple] = {}
 
     @property
     def accepting(self) -> np.ndarray:
@@ -472,13 +479,26 @@ class Lexer:
         prepared = [_prepared(d) for d in dfas]
         self.dfas = [p[0] for p in prepared]
         self.keys = [p[1] for p in prepared]
-        self._cache: dict[frozenset[int], LexerDFA] = {}
+        self._cache = _LexerCache(self.dfas, self.keys)
+        # a hit is a plain dict lookup (the boundary recursion makes one per group)
+        self.for_lexemes = self._cache.__getitem__
 
     def for_lexemes(self, lexemes: frozenset[int]) -> LexerDFA:
-        lex = self._cache.get(lexemes)
-        if lex is None:
-            order = sorted(lexemes, key=lambda i: (self.keys[i], i))
-            key = tuple(self.keys[i] for i in order)
-            core = _shared_core(key, [self.dfas[i] for i in order])
-            lex = self._cache[lexemes] = LexerDFA(lexemes, core, order)
+        """The lexer of the lexeme set ``lexemes`` (built on first use, then cached)."""
+        return self._cache[lexemes]
+
+
+class _LexerCache(dict):
+    """``Lexer``'s lexers by lexeme set, built on first use (``__missing__``). It holds
+    the lexeme tables, not the ``Lexer``: no reference cycle through ``for_lexemes``."""
+
+    def __init__(self, dfas: list[ByteDFA], keys: list[bytes]):
+        super().__init__()
+        self._dfas, self._keys = dfas, keys
+
+    def __missing__(self, lexemes: frozenset[int]) -> LexerDFA:
+        keys = self._keys
+        order = sorted(lexemes, key=lambda i: (keys[i], i))
+        core = _shared_core(tuple(keys[i] for i in order), [self._dfas[i] for i in order])
+        lex = self[lexemes] = LexerDFA(lexemes, core, order)
         return lex

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import boundary
+from .boundary import NativeBoundaries
 from .earley import EarleyParser, EarleySet
 from .errors import CompileBudgetExceeded
 from .lexer import Lexer, LexerDFA, single_live
@@ -48,21 +50,25 @@ DEFAULT_MASK_SECONDS = 20.0
 SPARSE_WORDS = 64
 
 Words = np.ndarray | tuple  # dense uint32 words, or (indices, words) of the nonzero ones
-
-
-def compact(words: np.ndarray) -> Words:
-    """``words`` as (indices, values) of its nonzero words when there are few."""
-    nz = np.flatnonzero(words)
-    return words if nz.size > SPARSE_WORDS else (nz, words[nz])
+# (a mask's parts may also be ("&", a, b): the words of a & b, see ``or_into``)
 
 
 def or_into(acc: np.ndarray, part: Words) -> None:
-    """``acc |= part`` in place, for dense or compact ``part``."""
-    if type(part) is tuple:
+    """``acc |= part`` in place, for dense or compact ``part``, or ``("&", a, b)`` (``a & b``)."""
+    if type(part) is tuple and len(part) == 3:
+        acc |= part[1] & part[2]
+    elif type(part) is tuple:
         if part[0].size:
             acc[part[0]] |= part[1]
     else:
         np.bitwise_or(acc, part, out=acc)
+
+
+def or_parts(acc: np.ndarray, parts: list[Words]) -> None:
+    """``acc |= part`` for every part, in place (``_native.or_parts``'s twin): pairwise, as
+    ``np.bitwise_or.reduce`` of a list first stacks it into a new 2-D array."""
+    for part in parts:
+        or_into(acc, part)
 
 
 @dataclass
@@ -445,6 +451,12 @@ class MaskComputer:
         self._eos_words = self._pack(self.eos_ids)
         self.max_seconds = max_seconds
         self._deadline: float | None = None  # of the mask being computed (callers hold the grammar's lock)
+        self._scratch: np.ndarray | None = None  # the native walks' words (see _native_walk)
+        self._native: NativeBoundaries | None = None  # the C boundary recursion, made on first use
+        self._mask_scratch: np.ndarray | None = None  # a native mask is built here, then interned
+        self._interned: dict[int, np.ndarray] = {}  # kept masks by digest (native path)
+        # one C call for all parts; numpy (one OR per part) in the pure-Python fallback
+        self._or_parts = _native.or_parts if native_enabled() else or_parts
 
     def lexer_for(self, col: EarleySet) -> LexerDFA:
         return self.lexer.for_lexemes(col.allowed)
@@ -503,14 +515,27 @@ class MaskComputer:
 
     def _native_walk(self, core, nodes: np.ndarray, states: np.ndarray) -> WalkResult:
         """Trie subtrees ``nodes`` from lexer ``states`` (the C product builds rows on the way)."""
-        words = np.zeros(self.tokens.n_words, dtype=np.uint32)
         tokens = self.tokens
+        # one zeroed scratch per computer (masks run under the grammar's lock), which
+        # take_words hands back compacted and clears: no 16 KB array per walk
+        words = self._scratch
+        if words is None:
+            words = self._scratch = np.zeros(tokens.n_words, dtype=np.uint32)
         try:
             found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4],
                                       core.product, nodes, states, words)
         except OverflowError as e:
+            words[:] = 0
             raise core._budget(e) from e
-        return WalkResult(compact(words), *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
+        except BaseException:
+            words[:] = 0
+            raise
+        taken = _native.take_words(words, SPARSE_WORDS)
+        if type(taken) is tuple:
+            inside = (np.frombuffer(taken[0], dtype=np.int64), np.frombuffer(taken[1], dtype=np.uint32))
+        else:
+            inside = np.frombuffer(taken, dtype=np.uint32)
+        return WalkResult(inside, *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
 
     def mask(self, col: EarleySet, state: int) -> np.ndarray:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
@@ -527,26 +552,63 @@ class MaskComputer:
             lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
             extra: list[Words] = [res.inside]
-            self._boundaries(col, lexer, res, extra)
+            # first the parts that recurse into mask(): the words below may be a scratch
             if res.starts_next is not None:
                 nxt_col = self.parser.scan(col, lexer.accepts[state])
                 if nxt_col is not None:
-                    extra.append(self.mask(nxt_col, 0) & res.starts_next)
+                    extra.append(("&", self.mask(nxt_col, 0), res.starts_next))  # OR-ed without a temporary
             if self.eos_ids.size and self.can_end(col, lexer, state):
                 extra.append(self._eos_words)
-            # in place, pairwise: ``np.bitwise_or.reduce`` of a list first stacks it into a
-            # new 2-D array, which cost more than the walks on cache hits
-            first = extra[0]
-            if type(first) is tuple:
+            native = self._native_boundaries(lexer)
+            if native is None:
                 words = np.zeros(self.tokens.n_words, dtype=np.uint32)
-                or_into(words, first)
-            else:
-                words = first.copy()
-            for part in extra[1:]:
-                or_into(words, part)
+                self._boundaries(col, lexer, res, extra)
+                self._or_parts(words, extra)
+            else:  # the same recursion in one C call, OR-ed into the scratch
+                words = self._mask_words()
+                if res.boundary_ids.size:
+                    native.run(col, lexer, res, words, self._deadline, self._check_budget, self._walk_rest)
+                self._or_parts(words, extra)
+                words = self._intern(words)
             words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state_key] = words
         return words
+
+    def _mask_words(self) -> np.ndarray:
+        """The native path's zeroed scratch for one mask (see ``_intern``)."""
+        words = self._mask_scratch
+        if words is None:
+            words = self._mask_scratch = np.zeros(self.tokens.n_words, dtype=np.uint32)
+        else:
+            words.fill(0)
+        return words
+
+    def _intern(self, scratch: np.ndarray) -> np.ndarray:
+        """The kept mask equal to ``scratch``, or a new copy of it: most masks of a grammar
+        repeat (~1 distinct in 8 on MaskBench), and a fresh 16 KB array per mask miss cost
+        its page faults (and the memory) each time."""
+        key = _native.words_digest(scratch)
+        kept = self._interned.get(key)
+        if kept is not None and _native.words_equal(kept, scratch):
+            return kept
+        words = scratch.copy()
+        if kept is None:  # (a digest collision keeps the first: the copy is still right)
+            self._interned[key] = words
+        return words
+
+    def _native_boundaries(self, lexer: LexerDFA) -> NativeBoundaries | None:
+        """The C boundary recursion, where the parser and ``lexer`` are native (else the
+        Python ``_boundaries``; lexers of both kinds mix when ``SGL_NATIVE`` changes)."""
+        if self._native is None:
+            if not (native_enabled() and self.parser.native is not None):
+                return None
+            # a parser that keeps per-column state in Python and filters ``col.allowed``
+            # (main's duplicate-key check, ``ParserTables.unique_keys``) must scan through
+            # ``EarleyParser.scan``: the C loop's own scans would skip that filter
+            python_scans = getattr(self.parser.t, "unique_keys", None) is not None or boundary.FORCE_PYTHON_SCANS
+            self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries,
+                                            python_scans)
+        return self._native if _is_native(lexer.core) else None
 
     def _one_lexeme(self, lexer: LexerDFA, state: int) -> tuple[LexerDFA, int]:
         """Where only one lexeme is still alive, the same state in that lexeme's own lexer.
@@ -557,12 +619,16 @@ class MaskComputer:
         """
         if len(lexer.order) < 2 or state == 0:
             return lexer, state
-        one = single_live(lexer.core, state)
-        if one is None:
-            return lexer, state
-        j, q = one
-        single = self.lexer.for_lexemes(frozenset((lexer.order[j],)))
-        return single, single.core.state_of_local(q)
+        known = lexer.one_lexeme.get(state, False)
+        if known is False:
+            one = single_live(lexer.core, state)
+            known = None  # (not the lexer itself: no reference cycle)
+            if one is not None:
+                j, q = one
+                single = self.lexer.for_lexemes(frozenset((lexer.order[j],)))
+                known = (single, single.core.state_of_local(q))
+            lexer.one_lexeme[state] = known
+        return (lexer, state) if known is None else known
 
     def _boundaries(self, col: EarleySet, lexer: LexerDFA, res: WalkResult, extra: list) -> None:
         """Tokens whose current lexeme ends inside them: scan it, walk the rest from there.
@@ -577,8 +643,12 @@ class MaskComputer:
             groups = res.groups = _group_boundaries(lexer.core, res)
         self._check_budget()
         scan, accepts, for_lexemes, subs = self.parser.scan, lexer.accepts, self.lexer.for_lexemes, res.subs
+        children = col.children
         for group, sel in groups:
-            nxt_col = scan(col, accepts[group[0]])
+            lexemes = accepts[group[0]]
+            nxt_col = children.get(lexemes, False)  # the scan's own cache, without its call
+            if nxt_col is False:
+                nxt_col = scan(col, lexemes)
             if nxt_col is None:
                 continue
             nxt_lexer = for_lexemes(nxt_col.allowed)

@@ -1,0 +1,156 @@
+/* Part of the _native extension (see _native.c): the bitmask words of a mask miss.
+ *
+ * A mask is the OR of many walk results (most of them a few nonzero words, kept as
+ * (indices, values) pairs; see mask.py's ``compact``). In numpy each OR of a compact part
+ * is a fancy-indexing round trip of several microseconds, and compacting a walk's words
+ * was a flatnonzero over the whole bitmask: both were a large part of the Python time of
+ * mask misses. These two functions do them in one C call each.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* take_words(scratch u32[W] (writable), limit) -> (indices i64 bytes, values u32 bytes) when
+ * at most `limit` words are nonzero, else the W words as bytes. Either way the scratch is
+ * left all zero, ready for the next walk. */
+PyObject *take_words(PyObject *self, PyObject *args) {
+    Py_buffer sb;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "w*n", &sb, &limit)) return NULL;
+    PyObject *res = NULL;
+    if (sb.len % 4) {
+        PyErr_SetString(PyExc_ValueError, "take_words: scratch is not uint32 words");
+        goto done;
+    }
+    uint32_t *w = sb.buf;
+    Py_ssize_t n = sb.len / 4, nz = 0;
+    for (Py_ssize_t i = 0; i < n && nz <= limit; i++) nz += w[i] != 0;
+    if (nz > limit) {
+        res = PyBytes_FromStringAndSize((const char *)w, sb.len);
+        if (res) memset(w, 0, sb.len);
+        goto done;
+    }
+    PyObject *idx = PyBytes_FromStringAndSize(NULL, nz * 8), *val = PyBytes_FromStringAndSize(NULL, nz * 4);
+    if (!idx || !val) {
+        Py_XDECREF(idx);
+        Py_XDECREF(val);
+        goto done;
+    }
+    int64_t *pi = (int64_t *)PyBytes_AS_STRING(idx);
+    uint32_t *pv = (uint32_t *)PyBytes_AS_STRING(val);
+    for (Py_ssize_t i = 0, j = 0; j < nz; i++) {
+        if (!w[i]) continue;
+        pi[j] = i, pv[j++] = w[i];
+        w[i] = 0;
+    }
+    res = PyTuple_Pack(2, idx, val);
+    Py_DECREF(idx);
+    Py_DECREF(val);
+done:
+    PyBuffer_Release(&sb);
+    return res;
+}
+
+static int dense(PyObject *obj, Py_buffer *b, Py_ssize_t n) {
+    if (PyObject_GetBuffer(obj, b, PyBUF_SIMPLE)) return -1;
+    if (b->len == n * 4) return 0;
+    PyBuffer_Release(b);
+    PyErr_SetString(PyExc_ValueError, "or_parts: a dense part has another width");
+    return -1;
+}
+
+/* out |= a & b, for dense a and b (the next column's own mask, cut to the tokens that
+ * start the next lexeme): no 16 KB temporary per mask miss */
+static int or_and(uint32_t *out, Py_ssize_t n, PyObject *a, PyObject *b) {
+    Py_buffer ab, bb;
+    if (dense(a, &ab, n)) return -1;
+    if (dense(b, &bb, n)) {
+        PyBuffer_Release(&ab);
+        return -1;
+    }
+    const uint32_t *x = ab.buf, *y = bb.buf;
+    for (Py_ssize_t i = 0; i < n; i++) out[i] |= x[i] & y[i];
+    PyBuffer_Release(&ab);
+    PyBuffer_Release(&bb);
+    return 0;
+}
+
+/* OR one part into out: a buffer of n words, (indices i64, values u32) of nonzero words,
+ * or ("&", a, b): the words of a & b. */
+static int or_one(uint32_t *out, Py_ssize_t n, PyObject *part) {
+    if (PyTuple_Check(part) && PyTuple_GET_SIZE(part) == 3)
+        return or_and(out, n, PyTuple_GET_ITEM(part, 1), PyTuple_GET_ITEM(part, 2));
+    if (PyTuple_Check(part)) {
+        if (PyTuple_GET_SIZE(part) != 2) {
+            PyErr_SetString(PyExc_ValueError, "or_parts: a compact part is (indices, values)");
+            return -1;
+        }
+        Py_buffer ib, vb;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(part, 0), &ib, PyBUF_SIMPLE)) return -1;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(part, 1), &vb, PyBUF_SIMPLE)) {
+            PyBuffer_Release(&ib);
+            return -1;
+        }
+        int rc = 0;
+        Py_ssize_t m = ib.len / 8;
+        if (ib.len % 8 || vb.len != m * 4) rc = -1;
+        const int64_t *idx = ib.buf;
+        const uint32_t *val = vb.buf;
+        for (Py_ssize_t j = 0; !rc && j < m; j++) rc = idx[j] < 0 || idx[j] >= n ? -1 : 0;
+        if (rc) PyErr_SetString(PyExc_ValueError, "or_parts: compact part out of range");
+        else for (Py_ssize_t j = 0; j < m; j++) out[idx[j]] |= val[j];
+        PyBuffer_Release(&ib);
+        PyBuffer_Release(&vb);
+        return rc;
+    }
+    Py_buffer pb;
+    if (dense(part, &pb, n)) return -1;
+    const uint32_t *src = pb.buf;
+    for (Py_ssize_t i = 0; i < n; i++) out[i] |= src[i];
+    PyBuffer_Release(&pb);
+    return 0;
+}
+
+/* or_parts(out u32[W] (writable), parts list) -> None: out |= every part (dense words,
+ * compact (indices, values) pairs, or ("&", a, b)), in one call. */
+PyObject *or_parts(PyObject *self, PyObject *args) {
+    Py_buffer ob;
+    PyObject *parts;
+    if (!PyArg_ParseTuple(args, "w*O!", &ob, &PyList_Type, &parts)) return NULL;
+    int rc = ob.len % 4 ? -1 : 0;
+    if (rc) PyErr_SetString(PyExc_ValueError, "or_parts: out is not uint32 words");
+    for (Py_ssize_t i = 0; !rc && i < PyList_GET_SIZE(parts); i++)
+        rc = or_one(ob.buf, ob.len / 4, PyList_GET_ITEM(parts, i));
+    PyBuffer_Release(&ob);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* words_digest(words) -> int: a 64-bit digest of a bitmask, to find masks equal to one
+ * already kept (most masks of a grammar repeat: string bodies, values, separators) */
+PyObject *words_digest(PyObject *self, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE)) return NULL;
+    const unsigned char *p = b.buf;
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)b.len, x;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= b.len; i += 8) {
+        memcpy(&x, p + i, 8);
+        h = (h ^ x) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+    }
+    for (; i < b.len; i++) h = (h ^ p[i]) * 0x100000001B3ULL;
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+/* words_equal(a, b) -> bool: the same bytes */
+PyObject *words_equal(PyObject *self, PyObject *args) {
+    Py_buffer a, b;
+    if (!PyArg_ParseTuple(args, "y*y*", &a, &b)) return NULL;
+    int eq = a.len == b.len && !memcmp(a.buf, b.buf, a.len);
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return PyBool_FromLong(eq);
+}

@@ -1,0 +1,150 @@
+"""The boundary recursion in C (``_native.Boundaries``, ``boundary.NativeBoundaries``).
+
+Its masks are compared with the pure-Python fallback by every case of
+``test_native_kernel.py`` (the native side now runs this recursion); here: that the C
+path is really the one taken, that it stops at the mask budget, and that it refuses
+malformed registrations instead of reading out of bounds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from sgl.constrain import Matcher, lexer
+from sgl.constrain.compiled import CompiledGrammar
+from sgl.constrain.errors import CompileBudgetExceeded
+from sgl.constrain.json_schema import json_schema_grammar
+from sgl.constrain.mask import _native
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "tags": {"type": "array", "items": {
+    "enum": ["a", "bc"]}}, "n": {"type": "integer"}}, "required": ["name"]}
+
+
+def _matcher(vocab, monkeypatch) -> Matcher:
+    if _native is None:
+        pytest.skip("the C mask kernel is not built (no compiler at install)")
+    monkeypatch.setenv("SGL_NATIVE", "1")
+    with lexer._cores_lock:
+        lexer._cores.clear()
+    return Matcher(CompiledGrammar(json_schema_grammar(SCHEMA), vocab))
+
+
+def _walk(m: Matcher, text: str, vocab) -> None:
+    """Advance ``m`` over ``text`` one byte-level token at a time (computing each mask)."""
+    by_bytes = {b: i for i, b in enumerate(vocab.token_bytes) if b}
+    for ch in text.encode():
+        m.allowed_words()
+        assert m.advance(by_bytes[bytes([ch])])
+
+
+def test_the_c_recursion_is_used(llama3_vocab, monkeypatch):
+    m = _matcher(llama3_vocab, monkeypatch)
+    _walk(m, '{"name": "x", "tags": ["a"', llama3_vocab)
+    native = m.compiled.masks._native
+    assert native is not None
+    assert len(native._walks) > 1 and len(native._lexers) > 1  # sub-walks and lexers were registered
+
+
+def test_deadline_inside_the_c_loop_is_the_mask_budget(llama3_vocab, monkeypatch):
+    m = _matcher(llama3_vocab, monkeypatch)
+    _walk(m, '{"name": "x"', llama3_vocab)
+    masks = m.compiled.masks
+    native = masks._native
+    # a registered walk with boundary groups, run again with a deadline already past
+    w = next(i for i, r in enumerate(native._walks) if r.boundary_ids.size)
+    res = native._walks[w]
+    col = m._stack[-1][0]
+    words = np.zeros(masks.tokens.n_words, dtype=np.uint32)
+    lex = next(lx for lx in native._lexers if lx.core is not None)
+    assert native._c.run(col.uid, native.lexer_id(lex), w, words, time.monotonic() - 1.0) is None
+    masks._deadline = time.monotonic() - 1.0
+    try:
+        with pytest.raises(CompileBudgetExceeded, match="mask_seconds"):
+            native.run(col, lex, res, words, masks._deadline, masks._check_budget, masks._walk_rest)
+    finally:
+        masks._deadline = None
+
+
+def test_boundaries_rejects_bad_registrations(llama3_vocab, monkeypatch):
+    m = _matcher(llama3_vocab, monkeypatch)
+    b = _native.Boundaries(m.compiled.parser.native, [], 8)
+    with pytest.raises(ValueError, match="another width"):
+        b.add_walk(np.zeros(9, dtype=np.uint32), [])
+    with pytest.raises(ValueError, match="out of range"):
+        b.add_walk((np.array([8], dtype=np.int64), np.array([1], dtype=np.uint32)), [])
+    w = b.add_walk(np.zeros(8, dtype=np.uint32), [0])
+    with pytest.raises(IndexError):
+        b.set_sub(w, 1, 0, w)
+    with pytest.raises(IndexError):
+        b.set_sub(w, 0, 0, w + 1)
+    with pytest.raises(ValueError, match="ascending"):
+        b.set_lexer((3, 2), 0)
+    with pytest.raises(ValueError, match="bad words"):
+        b.run(0, 0, w, np.zeros(7, dtype=np.uint32), 1e300)
+    with pytest.raises(ValueError, match="bad words"):
+        b.run(0, 0, w + 5, np.zeros(8, dtype=np.uint32), 1e300)
+
+
+def test_allowed_sets_are_told_apart(llama3_vocab, monkeypatch):
+    """Lexer lookups by allowed set compare contents (not only a hash)."""
+    m = _matcher(llama3_vocab, monkeypatch)
+    b = _native.Boundaries(m.compiled.parser.native, [], 8)
+    b.set_lexer((1, 2, 3), 7)
+    b.set_lexer((1, 2, 4), 9)
+    b.set_lexer((1, 2, 3), 7)  # again: no second entry
+    b.set_lexer((), 4)
+    assert [b.lexer_of(s) for s in [(1, 2, 3), (1, 2, 4), (1, 2), (1, 2, 3, 4), (), (3, 2, 1)]] == [7, 9, -1, -1, 4, -1]
+    w = b.add_walk(np.zeros(8, dtype=np.uint32), [])
+    assert b.run(0, 0, w, np.zeros(8, dtype=np.uint32), 1e300) == []  # no groups: nothing missing
+
+
+def test_mask_computer_is_freed_without_the_cycle_collector(llama3_vocab, monkeypatch):
+    """The C recursion's state holds no reference back to its mask computer: a grammar's
+    masks are freed when it is dropped (frozen by gc.freeze, a cycle would never be)."""
+    import gc
+    import weakref
+
+    m = _matcher(llama3_vocab, monkeypatch)
+    _walk(m, '{"name": "x"', llama3_vocab)
+    assert m.compiled.masks._native is not None
+    ref = weakref.ref(m.compiled.masks._native)
+    gc.disable()
+    try:
+        del m
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_parsers_that_filter_columns_scan_in_python(llama3_vocab, monkeypatch):
+    """A parser whose scans filter ``col.allowed`` in Python (a duplicate-key check) is
+    not bypassed: the C loop asks Python for every new scan and column lexer."""
+    from sgl.constrain import boundary
+
+    m = _matcher(llama3_vocab, monkeypatch)
+    if getattr(m.compiled.parser.t, "unique_keys", None) is None:  # no duplicate-key check here
+        monkeypatch.setattr(boundary, "FORCE_PYTHON_SCANS", True)
+    calls = []
+    scan = type(m.compiled.parser).scan
+    monkeypatch.setattr(m.compiled.parser, "scan", lambda col, lex: calls.append(col.uid) or scan(
+        m.compiled.parser, col, lex))
+    _walk(m, '{"name": "x"', llama3_vocab)
+    assert m.compiled.masks._native is not None and m.compiled.masks._native._c is not None
+    assert None not in m.compiled.parser.columns  # every column was made by EarleyParser.scan
+    assert calls
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_python_scans_mode_gives_the_same_masks(i, llama3_vocab, monkeypatch):
+    """The python_scans mode (what main's duplicate-key grammars get) against the fallback."""
+    import test_native_kernel as k
+
+    from sgl.constrain import boundary
+
+    if _native is None:
+        pytest.skip("the C mask kernel is not built (no compiler at install)")
+    monkeypatch.setattr(boundary, "FORCE_PYTHON_SCANS", True)
+    k._check_identical(k._ir("json", k.SCHEMAS[i]), llama3_vocab, monkeypatch, seed=11 + i)

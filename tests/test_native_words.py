@@ -1,0 +1,135 @@
+"""The mask words' C helpers (``_native_words.c``) against their numpy twins.
+
+``take_words`` compacts a walk's words out of the reused scratch (and must leave it
+clear); ``or_parts`` ORs a mask's parts in one call. Both are on every mask miss of the
+native path, so a wrong word here is a wrong mask; the pure-Python fallback uses
+``mask.or_parts`` / ``mask.or_into``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sgl.constrain import lexer
+from sgl.constrain.mask import SPARSE_WORDS, _native, or_parts
+
+
+def _needs_native():
+    if _native is None:
+        pytest.skip("the C mask kernel is not built (no compiler at install)")
+
+
+def _random_parts(rng: np.random.Generator, n: int) -> list:
+    parts = []
+    for _ in range(int(rng.integers(0, 7))):
+        kind = int(rng.integers(3))
+        if kind == 0:
+            parts.append(rng.integers(0, 2**32, n, dtype=np.uint32) & rng.integers(0, 2**32, n, dtype=np.uint32))
+        elif kind == 1:
+            idx = np.unique(rng.integers(0, n, int(rng.integers(0, n + 1)))).astype(np.int64)
+            parts.append((idx, rng.integers(0, 2**32, idx.size, dtype=np.uint32)))
+        else:
+            parts.append(("&", rng.integers(0, 2**32, n, dtype=np.uint32), rng.integers(0, 2**32, n, dtype=np.uint32)))
+    return parts
+
+
+def test_or_parts_equals_numpy():
+    _needs_native()
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n = int(rng.integers(1, 400))
+        parts = _random_parts(rng, n)
+        start = rng.integers(0, 2**32, n, dtype=np.uint32) * rng.integers(0, 2, n, dtype=np.uint32)
+        want, got = start.copy(), start.copy()
+        or_parts(want, parts)
+        _native.or_parts(got, parts)
+        assert np.array_equal(want, got)
+
+
+def test_or_parts_rejects_bad_parts():
+    _needs_native()
+    out = np.zeros(8, dtype=np.uint32)
+    with pytest.raises(ValueError, match="out of range"):
+        _native.or_parts(out, [(np.array([8], dtype=np.int64), np.array([1], dtype=np.uint32))])
+    with pytest.raises(ValueError, match="out of range"):
+        _native.or_parts(out, [(np.array([-1], dtype=np.int64), np.array([1], dtype=np.uint32))])
+    with pytest.raises(ValueError, match="another width"):
+        _native.or_parts(out, [np.zeros(9, dtype=np.uint32)])
+    with pytest.raises(ValueError, match="another width"):
+        _native.or_parts(out, [("&", np.zeros(8, dtype=np.uint32), np.zeros(7, dtype=np.uint32))])
+    with pytest.raises(ValueError, match="indices, values"):
+        _native.or_parts(out, [(np.zeros(1, dtype=np.int64),)])
+    assert not out.any()  # nothing written before the bad part was found
+
+
+@pytest.mark.parametrize("nonzero", [0, 1, SPARSE_WORDS, SPARSE_WORDS + 1, 500])
+def test_take_words_compacts_and_clears(nonzero):
+    _needs_native()
+    rng = np.random.default_rng(nonzero)
+    scratch = np.zeros(4008, dtype=np.uint32)
+    at = rng.choice(scratch.size, nonzero, replace=False)
+    scratch[at] = rng.integers(1, 2**32, nonzero, dtype=np.uint32)
+    want = scratch.copy()
+    taken = _native.take_words(scratch, SPARSE_WORDS)
+    assert not scratch.any()
+    if nonzero <= SPARSE_WORDS:
+        idx, vals = np.frombuffer(taken[0], dtype=np.int64), np.frombuffer(taken[1], dtype=np.uint32)
+        assert np.array_equal(idx, np.flatnonzero(want)) and np.array_equal(vals, want[idx])
+    else:
+        assert np.array_equal(np.frombuffer(taken, dtype=np.uint32), want)
+
+
+def test_budget_error_leaves_no_words_behind(llama3_vocab, monkeypatch):
+    """A walk stopped by the lexer budget must not leave its half-written words in the
+    reused scratch, where the next walk would pick them up as allowed tokens."""
+    from sgl.constrain import Matcher
+    from sgl.constrain.compiled import CompiledGrammar
+    from sgl.constrain.errors import CompileBudgetExceeded
+    from sgl.constrain.regex import regex_grammar
+
+    _needs_native()
+    monkeypatch.setenv("SGL_NATIVE", "1")
+    monkeypatch.setattr(lexer, "MAX_LEXER_STATES", 20)
+    with lexer._cores_lock:
+        lexer._cores.clear()
+    m = Matcher(CompiledGrammar(regex_grammar(r"[a-z]{0,40}"), llama3_vocab))
+    with pytest.raises(CompileBudgetExceeded):
+        m.allowed_words()
+    scratch = m.compiled.masks._scratch
+    assert scratch is not None and not scratch.any()
+
+
+def test_words_digest_and_equal():
+    _needs_native()
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 2**32, 4008, dtype=np.uint32)
+    b = a.copy()
+    assert _native.words_digest(a) == _native.words_digest(b) and _native.words_equal(a, b)
+    b[4007] ^= 1 << 31
+    assert _native.words_digest(a) != _native.words_digest(b) and not _native.words_equal(a, b)
+    assert not _native.words_equal(a, a[:-1])
+
+
+def test_equal_masks_are_one_array(llama3_vocab, monkeypatch):
+    """Native masks are interned per grammar: equal masks of different parser columns
+    share one read-only array (the fallback keeps its own arrays; tests compare contents)."""
+    from sgl.constrain import Matcher
+    from sgl.constrain.compiled import CompiledGrammar
+    from sgl.constrain.json_schema import json_schema_grammar
+
+    _needs_native()
+    monkeypatch.setenv("SGL_NATIVE", "1")
+    with lexer._cores_lock:
+        lexer._cores.clear()
+    m = Matcher(CompiledGrammar(json_schema_grammar({"type": "array", "items": {"type": "integer"}}), llama3_vocab))
+    tid = {b: i for i, b in enumerate(llama3_vocab.token_bytes) if b in (b"[", b"1", b",")}
+    for b in (b"[", b"1", b","):
+        m.allowed_words()
+        assert m.advance(tid[b])
+    once = m.allowed_words()
+    col_once = m._stack[-1][0]
+    for b in (b"1", b","):
+        assert m.advance(tid[b])
+    assert m._stack[-1][0] is not col_once  # another column...
+    assert m.allowed_words() is once and not once.flags.writeable  # ...the same mask
