@@ -304,3 +304,20 @@ def test_a_teacher_in_another_engine_gives_the_same_tokens(model) -> None:
     assert two.generated_ids == same.generated_ids
     assert two.finish_reasons == same.finish_reasons
     other.engine.close()
+
+
+def test_a_pair_runs_in_an_engine_of_one_running_slot(model) -> None:
+    """A leader holding the only slot admits its partner past ``max_running`` (else it
+    would wait for the partner's row forever)."""
+    from sgl.engine.scheduler import Engine, EngineConfig
+
+    engine = Engine(model.llama, model.vocab.token_bytes, model.vocab.eos_token_ids,
+                    EngineConfig(kv_budget_mb=64.0, max_running=1), vocab=model.vocab)
+    try:
+        sampler = OptimalSampler(model, model, teacher_prompt=SYSTEM)
+        (pair,) = sampler.requests(USER, max_tokens=4, temperature=0.0)
+        handles = [engine.submit(pair.base), engine.submit(pair.teacher)]
+        base, _ = [h.result(timeout=120) for h in handles]
+        assert base.finish_reason in ("length", "stop") and len(base.token_ids) >= 1
+    finally:
+        engine.close()

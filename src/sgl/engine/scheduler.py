@@ -415,7 +415,8 @@ class Engine:
             batch.append((seq, n))
             budget -= n + len(seq.drafts)
         batch = [(s, n) for s, n in batch if s in self.running]
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_running:
+        while self.waiting and budget > 0 and (len(self.running) < self.config.max_running
+                                               or self._other_half_running(self.waiting[0])):
             seq = self.waiting[0]
             if len(seq.tokens) > self.pool.capacity_tokens:
                 self.waiting.popleft()
@@ -535,6 +536,16 @@ class Engine:
         self.cache.unpin(seq.nodes)
         self.pool.release(seq.blocks[len(seq.nodes):])
         seq.nodes, seq.blocks = [], []
+
+    def _other_half_running(self, seq: EngineSeq) -> bool:
+        """Is ``seq`` one half of a pair whose other half runs here? It is then admitted
+        past ``max_running``: a leader holding the last slot would otherwise wait forever
+        for a partner that never gets one (``max_running=1`` could run no pair at all)."""
+        if not seq.paired:
+            return False
+        policy = seq.req.policy
+        other = policy.leader if seq.req.follows else policy.partner
+        return other is not None and any(s.state is other for s in self.running)
 
     # --------------------------------------------------------- per sequence
 
