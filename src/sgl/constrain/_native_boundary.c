@@ -200,22 +200,32 @@ static PyObject *Boundaries_add_walk(Boundaries *r, PyObject *args) {
     return PyLong_FromSsize_t(r->n_walks++);
 }
 
+/* Push ``seq`` (a sequence of int) onto the pool as its count then its items; the
+ * offset of the count, or -1 with an exception set. ``max_n``: most items allowed. */
+static Py_ssize_t pool_push_ints(Pool *p, PyObject *obj, const char *what, Py_ssize_t max_n) {
+    PyObject *seq = PySequence_Fast(obj, what);
+    if (!seq) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), off = p->n;
+    if (n > max_n) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "too many lexemes"); return -1; }
+    int rc = pool_push(p, (int32_t)n);
+    for (Py_ssize_t i = 0; !rc && i < n; i++) {
+        long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (x == -1 && PyErr_Occurred()) { Py_DECREF(seq); return -1; }
+        rc = pool_push(p, (int32_t)x);
+    }
+    Py_DECREF(seq);
+    if (rc) { PyErr_NoMemory(); return -1; }
+    return off;
+}
+
 /* set_accepts(L, state, lexemes (sequence of int)): the lexemes lexer L completes in state */
 static PyObject *Boundaries_set_accepts(Boundaries *r, PyObject *args) {
     int L, st;
     PyObject *lex;
     if (!PyArg_ParseTuple(args, "iiO", &L, &st, &lex)) return NULL;
-    PyObject *seq = PySequence_Fast(lex, "lexemes must be a sequence");
-    if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), off = r->pool.n;
-    int rc = pool_push(&r->pool, (int32_t)n);
-    for (Py_ssize_t i = 0; !rc && i < n; i++) {
-        long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (x == -1 && PyErr_Occurred()) { Py_DECREF(seq); return NULL; }
-        rc = pool_push(&r->pool, (int32_t)x);
-    }
-    Py_DECREF(seq);
-    if (rc || map_put(&r->acc, L, st, 0, (int32_t)off)) return PyErr_NoMemory();
+    Py_ssize_t off = pool_push_ints(&r->pool, lex, "lexemes must be a sequence", INT32_MAX);
+    if (off < 0) return NULL;
+    if (map_put(&r->acc, L, st, 0, (int32_t)off)) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -242,19 +252,11 @@ static PyObject *Boundaries_set_lexer(Boundaries *r, PyObject *args) {
     PyObject *lex;
     int L;
     if (!PyArg_ParseTuple(args, "Oi", &lex, &L)) return NULL;
-    PyObject *seq = PySequence_Fast(lex, "allowed must be a sequence");
-    if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), off = r->pool.n;
-    if (n >= 1 << 24) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "set_lexer: too many lexemes"); return NULL; }
-    int rc = pool_push(&r->pool, (int32_t)n);
-    for (Py_ssize_t i = 0; !rc && i < n; i++) {
-        long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (x == -1 && PyErr_Occurred()) { Py_DECREF(seq); return NULL; }
-        rc = pool_push(&r->pool, (int32_t)x);
-    }
-    Py_DECREF(seq);
-    if (!rc) rc = pool_push(&r->pool, L);
-    if (rc) return PyErr_NoMemory();
+    /* the count shares a key field with the collision counter (set_lexer) */
+    Py_ssize_t off = pool_push_ints(&r->pool, lex, "allowed must be a sequence", (1 << 24) - 1);
+    if (off < 0) return NULL;
+    Py_ssize_t n = r->pool.n - off - 1;
+    if (pool_push(&r->pool, L)) return PyErr_NoMemory();
     const int32_t *v = r->pool.v + off + 1;
     for (Py_ssize_t i = 1; i < n; i++)
         if (v[i] <= v[i - 1]) { r->pool.n = off; PyErr_SetString(PyExc_ValueError, "set_lexer: not ascending"); return NULL; }
