@@ -142,7 +142,7 @@ class CompiledGrammar:
     def advance_bytes(self, state: tuple[EarleySet, int], data: bytes) -> tuple[EarleySet, int] | None:
         """The (column, lexer state) after ``data``, or None if ``data`` cannot be read."""
         col, s = state
-        lex = self.lexer.for_lexemes(col.allowed)
+        lex = self.lexer.for_lexemes(col.lexing)
         for b in data:
             nxt = lex.row(s)[b]
             if nxt < 0:
@@ -151,7 +151,7 @@ class CompiledGrammar:
                 col = self.parser.scan(col, lex.accepts[s])
                 if col is None:
                     return None
-                lex = self.lexer.for_lexemes(col.allowed)
+                lex = self.lexer.for_lexemes(col.lexing)
                 nxt = lex.row(0)[b]
                 if nxt < 0:
                     return None
@@ -167,7 +167,7 @@ class CompiledGrammar:
         is a valid prefix.
         """
         col, s = state or (self.initial, 0)
-        lex = self.lexer.for_lexemes(col.allowed)
+        lex = self.lexer.for_lexemes(col.lexing)
         start, ends = 0, []
         for i, b in enumerate(data):
             nxt = lex.row(s)[b]
@@ -177,7 +177,7 @@ class CompiledGrammar:
                 ncol = self.parser.scan(col, lex.accepts[s])
                 if ncol is None:
                     return Walk(i, (col, s), start, ends)
-                nlex = self.lexer.for_lexemes(ncol.allowed)
+                nlex = self.lexer.for_lexemes(ncol.lexing)
                 nxt = nlex.row(0)[b]
                 if nxt < 0:
                     return Walk(i, (col, s), start, ends)
@@ -189,23 +189,23 @@ class CompiledGrammar:
     def lexeme_complete(self, state: tuple[EarleySet, int]) -> bool:
         """Whether the lexeme in progress at ``state`` could end here (True between lexemes)."""
         col, s = state
-        return s == 0 or bool(self.lexer.for_lexemes(col.allowed).accepting[s])
+        return s == 0 or bool(self.lexer.for_lexemes(col.lexing).accepting[s])
 
     def lexeme_maximal(self, state: tuple[EarleySet, int]) -> bool:
         """Whether the lexeme in progress at ``state`` is complete and no byte extends it."""
         col, s = state
-        lex = self.lexer.for_lexemes(col.allowed)
+        lex = self.lexer.for_lexemes(col.lexing)
         return s != 0 and bool(lex.accepting[s]) and max(lex.row(s)) < 0
 
     def lexeme_ids(self, state: tuple[EarleySet, int]) -> frozenset[int]:
         """The lexemes the text in progress at ``state`` would end as (empty if none)."""
         col, s = state
-        return frozenset(self.lexer.for_lexemes(col.allowed).accepts[s]) if s else frozenset()
+        return frozenset(self.lexer.for_lexemes(col.lexing).accepts[s]) if s else frozenset()
 
     def can_end(self, col: EarleySet, s: int) -> bool:
         if s == 0:
             return col.accepting
-        lex = self.lexer.for_lexemes(col.allowed)
+        lex = self.lexer.for_lexemes(col.lexing)
         if not lex.accepting[s]:
             return False
         nxt = self.parser.scan(col, lex.accepts[s])

@@ -93,7 +93,7 @@ class EarleySet:
     """One chart column: the parse state after some sequence of lexemes."""
 
     __slots__ = ("parent", "lexemes", "items", "waiting", "scannable", "allowed", "accepting",
-                 "children", "mask_cache", "depth", "uid", "keys", "__weakref__")
+                 "children", "mask_cache", "depth", "uid", "keys", "wide", "__weakref__")
 
     def __init__(self, parent: EarleySet | None, lexemes: frozenset[int] | None, depth: int, uid: int = 0):
         # Items are (rule, dot, origin uid): tuples of ints only, which the garbage
@@ -112,6 +112,22 @@ class EarleySet:
         # with the duplicate-key check: (innermost open container, at a key position);
         # a container is (is an object, its key lexemes read so far, the one around it)
         self.keys: tuple | None = None
+        # at a key position with used keys: ``allowed`` before they were dropped. The
+        # column's text is lexed with this wider set (one lexer for every set of used
+        # keys, see ``lexing``); scans refuse the used ones, masks drop tokens ending
+        # inside them only (``MaskComputer._used_key_tokens``)
+        self.wide: frozenset[int] | None = None
+
+    @property
+    def lexing(self) -> frozenset[int]:
+        """The lexemes whose lexer reads this column's text (``wide`` where set)."""
+        return self.allowed if self.wide is None else self.wide
+
+
+# key positions lex their text with the used keys too (``EarleySet.wide``: one lexer and
+# one walk cache for every set of used keys); False lexes with the filtered ``allowed``
+# (a lexer per set of used keys), the reference the tests compare masks with
+WIDE_KEYS = True
 
 
 class EarleyParser:
@@ -188,6 +204,10 @@ class EarleyParser:
         hit = col.children.get(lexemes, False)
         if hit is not False:
             return hit
+        if col.wide is not None and not lexemes <= col.allowed:  # a used key read again
+            kept = lexemes & col.allowed
+            nxt = col.children[lexemes] = self.scan(col, kept) if kept else None
+            return nxt
         if self._c is not None:
             found = self._c.scan(col.uid, tuple(lexemes))
             if found is not None:
@@ -242,7 +262,10 @@ class EarleyParser:
         if box is None or not box[0] or not box[1]:
             return
         if at_key:
-            self._drop(nxt, nxt.allowed & box[1])
+            wide = nxt.allowed
+            self._drop(nxt, wide & box[1])
+            if nxt.allowed is not wide and WIDE_KEYS:
+                nxt.wide = wide
             return
         # a ``,`` after which every key the grammar allows is used would be a dead end:
         # look one lexeme ahead (the column is cached, and the next mask needs it anyway)

@@ -423,6 +423,9 @@ class LexerDFA:
         self.table_row = core.table_row
         # state -> (lexer, state) where only one lexeme is left alive, or None (mask._one_lexeme)
         self.one_lexeme: dict[int, tuple] = {}
+        # (state, position) -> (token, lexemes alive at its end) for the tokens inside
+        # that lexeme from that state (mask.MaskComputer._key_candidates)
+        self.key_tokens: dict[tuple[int, int], list] = {}
 
     @property
     def accepting(self) -> np.ndarray:

@@ -430,6 +430,24 @@ def walk_from_start(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.nda
     return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int64), cat(b_state, np.int64))
 
 
+def _word_ids(words) -> np.ndarray:
+    """The token ids set in ``words`` (dense uint32 words, or compact (indices, values)),
+    ascending; only the nonzero words are unpacked."""
+    if type(words) is tuple:
+        idx, vals = words
+    else:
+        idx = np.flatnonzero(words)
+        vals = words[idx]
+    bits = np.unpackbits(np.ascontiguousarray(vals, dtype="<u4").view(np.uint8), bitorder="little")
+    row, col = np.nonzero(bits.reshape(-1, 32))
+    return idx.astype(np.int64)[row] * 32 + col
+
+
+def _clear_bits(words: np.ndarray, ids: np.ndarray | None) -> None:
+    if ids is not None:
+        np.bitwise_and.at(words, ids >> 5, ~np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
+
+
 def _is_native(core) -> bool:
     """Is ``core`` the C product (walked by the C kernel)?"""
     return hasattr(core, "product")
@@ -459,7 +477,7 @@ class MaskComputer:
         self._or_parts = _native.or_parts if native_enabled() else or_parts
 
     def lexer_for(self, col: EarleySet) -> LexerDFA:
-        return self.lexer.for_lexemes(col.allowed)
+        return self.lexer.for_lexemes(col.lexing)
 
     def full_walk(self, lexer: LexerDFA, state: int) -> WalkResult:
         """The walk of the whole vocabulary from ``state``, cached on the shared lexer core."""
@@ -549,6 +567,7 @@ class MaskComputer:
                     self._deadline = None
             self._check_budget()
             lexer, state_key = self.lexer_for(col), state
+            dead = None if col.wide is None else self._used_key_tokens(col, lexer, state)
             lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
             extra: list[Words] = [res.inside]
@@ -564,11 +583,13 @@ class MaskComputer:
                 words = np.zeros(self.tokens.n_words, dtype=np.uint32)
                 self._boundaries(col, lexer, res, extra)
                 self._or_parts(words, extra)
+                _clear_bits(words, dead)
             else:  # the same recursion in one C call, OR-ed into the scratch
                 words = self._mask_words()
                 if res.boundary_ids.size:
                     native.run(col, lexer, res, words, self._deadline, self._check_budget, self._walk_rest)
                 self._or_parts(words, extra)
+                _clear_bits(words, dead)
                 words = self._intern(words)
             words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state_key] = words
@@ -609,6 +630,47 @@ class MaskComputer:
             self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries,
                                             python_scans)
         return self._native if _is_native(lexer.core) else None
+
+    def _used_key_tokens(self, col: EarleySet, lexer: LexerDFA, state: int) -> np.ndarray | None:
+        """At a key position whose column lexes its ``wide`` set (used keys included, so
+        that one lexer serves every set of used keys): the tokens read from ``state`` that
+        end where only used keys are still alive. The rest of the mask is already exact:
+        a token that completes a used key is refused by the scan, and key lexemes (JSON
+        strings: prefix-free, read greedily) end at the same byte with or without the
+        used ones. The candidates are the tokens inside each used key that is alive in
+        ``state`` (that key's own walk, shared by every grammar); each is checked by its
+        end state in ``lexer``, once per (state, key)."""
+        used = col.wide - col.allowed
+        core, order = lexer.core, lexer.order
+        comp = core.components(state)
+        alive = np.nonzero(comp != core._dead)[0].tolist()
+        used_alive = [j for j in alive if order[j] in used]
+        if not used_alive:
+            return None
+        cache = lexer.key_tokens
+        dead: list[int] = []
+        for j in used_alive:
+            cands = cache.get((state, j))
+            if cands is None:
+                cands = cache[(state, j)] = self._key_candidates(lexer, state, j, int(comp[j]))
+            dead.extend(t for t, ends_in in cands if ends_in <= used)
+        return np.array(dead, dtype=np.int64) if dead else None
+
+    def _key_candidates(self, lexer: LexerDFA, state: int, j: int, q: int) -> list[tuple[int, frozenset[int]]]:
+        """(token, lexemes alive where it ends) for the tokens that stay inside lexeme
+        ``order[j]`` (component state ``q``) when read from ``state`` of ``lexer``."""
+        core, order, tokens = lexer.core, lexer.order, self.tokens
+        single = self.lexer.for_lexemes(frozenset((order[j],)))
+        res = self.full_walk(single, single.core.state_of_local(q - int(core._offsets[j])))
+        out = []
+        for t in _word_ids(res.inside).tolist():
+            off = int(tokens.tok_off[t])
+            s = state
+            for b in tokens.tok_bytes[off:off + int(tokens.lengths[t])].tolist():
+                s = core.row(s)[b]
+            comp = core.components(s)
+            out.append((t, frozenset(order[k] for k in np.nonzero(comp != core._dead)[0].tolist())))
+        return out
 
     def _one_lexeme(self, lexer: LexerDFA, state: int) -> tuple[LexerDFA, int]:
         """Where only one lexeme is still alive, the same state in that lexeme's own lexer.

@@ -178,10 +178,10 @@ class Matcher:
         """Bytes that may come next (greedy lexing: continue the lexeme, or start the next)."""
         cg = self.compiled
         col, s = state
-        lex = cg.lexer.for_lexemes(col.allowed)
+        lex = cg.lexer.for_lexemes(col.lexing)
         live = lex.table_row(s) >= 0
         if lex.accepting[s] and (nxt := cg.parser.scan(col, lex.accepts[s])) is not None:
-            live = live | (cg.lexer.for_lexemes(nxt.allowed).table_row(0) >= 0)
+            live = live | (cg.lexer.for_lexemes(nxt.lexing).table_row(0) >= 0)
         return np.nonzero(live)[0][:2].tolist()
 
     def forced_tokens(self) -> list[int]:
@@ -230,7 +230,7 @@ class Matcher:
         col, s = self._stack[-1]
         with cg.lock:
             if s != 0:
-                lex = cg.lexer.for_lexemes(col.allowed)
+                lex = cg.lexer.for_lexemes(col.lexing)
                 if lex.accepting[s] and (nxt := cg.parser.scan(col, lex.accepts[s])) is not None:
                     col = nxt
             seq = [frozenset(x) - set(cg.grammar.ignore) for x in cg.scanned_lexemes(col)]
