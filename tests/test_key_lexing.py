@@ -45,6 +45,7 @@ TEXTS = [
 def _matcher(schema, vocab, monkeypatch, native: bool, wide: bool) -> Matcher:
     monkeypatch.setenv("SGL_NATIVE", "1" if native else "0")
     monkeypatch.setattr(earley, "WIDE_KEYS", wide)
+    monkeypatch.setattr(earley, "WIDE_MIN_KEYS", 0)  # every object, however small
     with lexer._cores_lock:
         lexer._cores.clear()
     return Matcher(CompiledGrammar(json_schema_grammar(schema, track_keys=True), vocab))

@@ -45,6 +45,7 @@ class KeyLexemes:
     comma: frozenset[int]
     colon: frozenset[int]
     keys: frozenset[int]
+    strings: frozenset[int]  # keys and every other key lexeme (JSON strings, see UniqueKeys)
 
 
 def _key_lexemes(grammar: Grammar, lexeme_ids: dict[str, int]) -> KeyLexemes | None:
@@ -58,7 +59,8 @@ def _key_lexemes(grammar: Grammar, lexeme_ids: dict[str, int]) -> KeyLexemes | N
     keys = ids(u.keys)
     if not keys:
         return None
-    return KeyLexemes(ids(u.open_object), ids(u.open_array), ids(u.close), ids(u.comma), ids(u.colon), keys)
+    return KeyLexemes(ids(u.open_object), ids(u.open_array), ids(u.close), ids(u.comma), ids(u.colon), keys,
+                      keys | ids(u.strings))
 
 
 def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset[int]) -> ParserTables:
@@ -128,6 +130,9 @@ class EarleySet:
 # one walk cache for every set of used keys); False lexes with the filtered ``allowed``
 # (a lexer per set of used keys), the reference the tests compare masks with
 WIDE_KEYS = True
+# ... for objects of at least this many such keys: a small object has few sets of used
+# keys, whose filtered lexers cost less than the used-key filter of the masks
+WIDE_MIN_KEYS = 8
 
 
 class EarleyParser:
@@ -264,7 +269,7 @@ class EarleyParser:
         if at_key:
             wide = nxt.allowed
             self._drop(nxt, wide & box[1])
-            if nxt.allowed is not wide and WIDE_KEYS:
+            if nxt.allowed is not wide and WIDE_KEYS and len(wide & u.keys) >= WIDE_MIN_KEYS:
                 nxt.wide = wide
             return
         # a ``,`` after which every key the grammar allows is used would be a dead end:

@@ -54,6 +54,10 @@ class UniqueKeys:
     comma: tuple[str, ...]
     colon: tuple[str, ...]
     keys: frozenset[str]
+    # every key lexeme of the objects (declared, other keys, pattern keys): JSON strings,
+    # so no two read the same text and none is a prefix of another (masks inside a key
+    # are the union of the alive keys', mask.MaskComputer._key_parts)
+    strings: frozenset[str] = frozenset()
 
 
 @dataclass

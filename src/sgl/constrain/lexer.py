@@ -426,6 +426,8 @@ class LexerDFA:
         # (state, position) -> (token, lexemes alive at its end) for the tokens inside
         # that lexeme from that state (mask.MaskComputer._key_candidates)
         self.key_tokens: dict[tuple[int, int], list] = {}
+        # state -> (lexeme, its lexer, its state) of each alive key, or None (mask._key_parts)
+        self.key_parts: dict[int, list | None] = {}
 
     @property
     def accepting(self) -> np.ndarray:

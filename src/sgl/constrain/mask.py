@@ -567,6 +567,10 @@ class MaskComputer:
                     self._deadline = None
             self._check_budget()
             lexer, state_key = self.lexer_for(col), state
+            parts = self._key_parts(col, lexer, state)
+            if parts is not None:
+                words = col.mask_cache[state_key] = self._keys_mask(col, parts)
+                return words
             dead = None if col.wide is None else self._used_key_tokens(col, lexer, state)
             lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
@@ -630,6 +634,62 @@ class MaskComputer:
             self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries,
                                             python_scans)
         return self._native if _is_native(lexer.core) else None
+
+    def _key_parts(self, col: EarleySet, lexer: LexerDFA, state: int) -> list[tuple[LexerDFA, int]] | None:
+        """Inside a key where every lexeme still alive is a key of the duplicate-key check
+        (JSON strings: no two read the same text, none is a prefix of another), the
+        (lexer, state) of each alive key not used yet, in that key's own lexer: the
+        mask is then the union of theirs (a token stays inside the product iff it stays
+        inside one key, and ends a key where that key alone ends it). Their walks are
+        shared by every object and grammar with those keys, whatever the keys beside
+        them or used before. None elsewhere."""
+        u = self.parser.t.unique_keys
+        if u is None or state == 0:
+            return None
+        known = lexer.key_parts.get(state, False)
+        if known is False:
+            known = lexer.key_parts[state] = self._alive_keys(lexer, state, u.strings)
+        if known is None:
+            return None
+        if col.wide is None:
+            return [(single, q) for _lex, single, q in known]
+        used = col.wide - col.allowed
+        return [(single, q) for lex, single, q in known if lex not in used]
+
+    def _alive_keys(self, lexer: LexerDFA, state: int, keys: frozenset[int]) -> list | None:
+        if lexer.accepting[state]:
+            return None  # a complete key: the one-lexeme path (it may end the lexeme here)
+        core, order = lexer.core, lexer.order
+        comp = core.components(state)
+        alive = np.nonzero(comp != core._dead)[0].tolist()
+        if len(alive) < 2 or not all(order[j] in keys for j in alive):
+            return None
+        out = []
+        for j in alive:
+            single = self.lexer.for_lexemes(frozenset((order[j],)))
+            out.append((order[j], single, single.core.state_of_local(int(comp[j]) - int(core._offsets[j]))))
+        return out
+
+    def _keys_mask(self, col: EarleySet, parts: list[tuple[LexerDFA, int]]) -> np.ndarray:
+        """The mask of ``col`` inside keys: the union of each key's (see ``_key_parts``);
+        none of the states accepts, so no lexeme ends here and nothing starts."""
+        native = self._native_boundaries(parts[0][0]) if parts else None
+        if native is not None and not all(_is_native(single.core) for single, _q in parts):
+            native = None
+        extra: list[Words] = []
+        words = self._mask_words() if native is not None else np.zeros(self.tokens.n_words, dtype=np.uint32)
+        for single, q in parts:
+            res = self.full_walk(single, q)
+            extra.append(res.inside)
+            if native is None:
+                self._boundaries(col, single, res, extra)
+            elif res.boundary_ids.size:
+                native.run(col, single, res, words, self._deadline, self._check_budget, self._walk_rest)
+        self._or_parts(words, extra)
+        if native is not None:
+            words = self._intern(words)
+        words.flags.writeable = False
+        return words
 
     def _used_key_tokens(self, col: EarleySet, lexer: LexerDFA, state: int) -> np.ndarray | None:
         """At a key position whose column lexes its ``wide`` set (used keys included, so

@@ -55,6 +55,7 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
         self._extra_keys: dict = {}  # (declared, patterns...) -> key terminal for other keys
         self.order_rules_left = MAX_SCHEMA_ORDER_RULES * (3 if opts.any_order else 1)
         self.loose_keys: set[str] = set()  # key lexemes of members the grammar lets repeat (track_keys)
+        self.string_keys: set[str] = set()  # every key lexeme (UniqueKeys.strings)
 
     # -- errors ------------------------------------------------------------------
     def refuse(self, message: str, ptr: str, keyword: str | None = None) -> None:
@@ -93,7 +94,7 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
         p = self._punct.get
         return UniqueKeys(tuple(filter(None, [p("{")])), tuple(filter(None, [p("[")])),
                           tuple(filter(None, [p("}"), p("]")])), tuple(filter(None, [p(",")])),
-                          tuple(filter(None, [p(":")])), frozenset(self.loose_keys))
+                          tuple(filter(None, [p(":")])), frozenset(self.loose_keys), frozenset(self.string_keys))
 
     # -- entry --------------------------------------------------------------------------
     def build(self) -> Grammar:

@@ -41,10 +41,13 @@ class ObjectEmitter:
 
     def _key_lexeme(self, name: str) -> str:
         if all(0x20 <= ord(ch) < 0x7F and ch not in '"\\/' for ch in name):
-            return self.b.literal(json.dumps(name))
+            got = self.b.literal(json.dumps(name))
+            self.string_keys.add(got)
+            return got
         got = self._keys.get(name)
         if got is None:
             got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")
+            self.string_keys.add(got)
         return got
 
     def _object_rules(self, name: str, spec: ObjectSpec, ptr: str) -> bool:
@@ -136,6 +139,7 @@ class ObjectEmitter:
                 key_term = self._extra_keys[cache_key] = "" if key_node == NOTHING else self.term(key_node, "key")
             if not key_term:
                 continue
+            self.string_keys.add(key_term)
             v = self.value_nt(ref)
             if v is None:
                 continue
