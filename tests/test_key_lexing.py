@@ -1,11 +1,12 @@
-"""Key positions lexed with the used keys too (``EarleySet.wide``, ``earley.WIDE_KEYS``).
+"""Key positions lexed with the used keys too (``EarleySet.wide``, ``earley.WIDE_KEYS``),
+masks inside keys composed from each key's own walk (``mask.KEY_PARTS``).
 
 With the duplicate-key check, every set of used keys used to give its key positions a
 lexer of their own (the allowed lexemes minus the used keys), and so fresh vocabulary
 walks. Now a key position is lexed with every key of its object; scans refuse a used
 key and masks drop the tokens that end where only used keys are alive. The masks must
-be exactly those of the filtered lexers, with the compiled kernel and the fallback, and
-repeated keys still refused.
+be exactly those of the filtered lexers walking the product of the keys, with the
+compiled kernel and the fallback, and repeated keys still refused.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import random
 import numpy as np
 import pytest
 
-from sgl.constrain import Matcher, earley, lexer
+from sgl.constrain import Matcher, earley, lexer, mask
 from sgl.constrain.compiled import CompiledGrammar
 from sgl.constrain.json_schema import json_schema_grammar
 from sgl.constrain.native import native_enabled
@@ -46,6 +47,7 @@ def _matcher(schema, vocab, monkeypatch, native: bool, wide: bool) -> Matcher:
     monkeypatch.setenv("SGL_NATIVE", "1" if native else "0")
     monkeypatch.setattr(earley, "WIDE_KEYS", wide)
     monkeypatch.setattr(earley, "WIDE_MIN_KEYS", 0)  # every object, however small
+    monkeypatch.setattr(mask, "KEY_PARTS", wide)
     with lexer._cores_lock:
         lexer._cores.clear()
     return Matcher(CompiledGrammar(json_schema_grammar(schema, track_keys=True), vocab))

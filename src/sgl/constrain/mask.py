@@ -457,6 +457,11 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
 
+# masks inside keys composed from each key's own walk (``MaskComputer._key_parts``);
+# False walks the product of the alive keys instead (the reference of the tests)
+KEY_PARTS = True
+
+
 class MaskComputer:
     """Computes (and caches) the allowed-token bitmask for a parser column and lexer state."""
 
@@ -644,7 +649,7 @@ class MaskComputer:
         shared by every object and grammar with those keys, whatever the keys beside
         them or used before. None elsewhere."""
         u = self.parser.t.unique_keys
-        if u is None or state == 0:
+        if u is None or state == 0 or not KEY_PARTS:
             return None
         known = lexer.key_parts.get(state, False)
         if known is False:
