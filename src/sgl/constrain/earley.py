@@ -117,7 +117,7 @@ class EarleySet:
         # at a key position with used keys: ``allowed`` before they were dropped. The
         # column's text is lexed with this wider set (one lexer for every set of used
         # keys, see ``lexing``); scans refuse the used ones, masks drop tokens ending
-        # inside them only (``MaskComputer._used_key_tokens``)
+        # inside them only (``key_masks.used_key_tokens``)
         self.wide: frozenset[int] | None = None
 
     @property

@@ -424,7 +424,7 @@ class LexerDFA:
         # state -> (lexer, state) where only one lexeme is left alive, or None (mask._one_lexeme)
         self.one_lexeme: dict[int, tuple] = {}
         # (state, position) -> (token, lexemes alive at its end) for the tokens inside
-        # that lexeme from that state (mask.MaskComputer._key_candidates)
+        # that lexeme from that state (key_masks.key_candidates)
         self.key_tokens: dict[tuple[int, int], list] = {}
         # state -> (lexeme, its lexer, its state) of each alive key, or None (mask._key_parts)
         self.key_parts: dict[int, list | None] = {}

@@ -31,6 +31,7 @@ from . import boundary
 from .boundary import NativeBoundaries
 from .earley import EarleyParser, EarleySet
 from .errors import CompileBudgetExceeded
+from .key_masks import alive_keys, clear_bits, used_key_tokens
 from .lexer import Lexer, LexerDFA, single_live
 from .native import _native, native_enabled
 
@@ -430,24 +431,6 @@ def walk_from_start(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.nda
     return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int64), cat(b_state, np.int64))
 
 
-def _word_ids(words) -> np.ndarray:
-    """The token ids set in ``words`` (dense uint32 words, or compact (indices, values)),
-    ascending; only the nonzero words are unpacked."""
-    if type(words) is tuple:
-        idx, vals = words
-    else:
-        idx = np.flatnonzero(words)
-        vals = words[idx]
-    bits = np.unpackbits(np.ascontiguousarray(vals, dtype="<u4").view(np.uint8), bitorder="little")
-    row, col = np.nonzero(bits.reshape(-1, 32))
-    return idx.astype(np.int64)[row] * 32 + col
-
-
-def _clear_bits(words: np.ndarray, ids: np.ndarray | None) -> None:
-    if ids is not None:
-        np.bitwise_and.at(words, ids >> 5, ~np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
-
-
 def _is_native(core) -> bool:
     """Is ``core`` the C product (walked by the C kernel)?"""
     return hasattr(core, "product")
@@ -576,7 +559,7 @@ class MaskComputer:
             if parts is not None:
                 words = col.mask_cache[state_key] = self._keys_mask(col, parts)
                 return words
-            dead = None if col.wide is None else self._used_key_tokens(col, lexer, state)
+            dead = None if col.wide is None else used_key_tokens(self, col, lexer, state)
             lexer, state = self._one_lexeme(lexer, state)
             res = self.full_walk(lexer, state)
             extra: list[Words] = [res.inside]
@@ -592,13 +575,13 @@ class MaskComputer:
                 words = np.zeros(self.tokens.n_words, dtype=np.uint32)
                 self._boundaries(col, lexer, res, extra)
                 self._or_parts(words, extra)
-                _clear_bits(words, dead)
+                clear_bits(words, dead)
             else:  # the same recursion in one C call, OR-ed into the scratch
                 words = self._mask_words()
                 if res.boundary_ids.size:
                     native.run(col, lexer, res, words, self._deadline, self._check_budget, self._walk_rest)
                 self._or_parts(words, extra)
-                _clear_bits(words, dead)
+                clear_bits(words, dead)
                 words = self._intern(words)
             words.flags.writeable = False  # shared by every matcher in this state
             col.mask_cache[state_key] = words
@@ -653,27 +636,13 @@ class MaskComputer:
             return None
         known = lexer.key_parts.get(state, False)
         if known is False:
-            known = lexer.key_parts[state] = self._alive_keys(lexer, state, u.strings)
+            known = lexer.key_parts[state] = alive_keys(self, lexer, state, u.strings)
         if known is None:
             return None
         if col.wide is None:
             return [(single, q) for _lex, single, q in known]
         used = col.wide - col.allowed
         return [(single, q) for lex, single, q in known if lex not in used]
-
-    def _alive_keys(self, lexer: LexerDFA, state: int, keys: frozenset[int]) -> list | None:
-        if lexer.accepting[state]:
-            return None  # a complete key: the one-lexeme path (it may end the lexeme here)
-        core, order = lexer.core, lexer.order
-        comp = core.components(state)
-        alive = np.nonzero(comp != core._dead)[0].tolist()
-        if len(alive) < 2 or not all(order[j] in keys for j in alive):
-            return None
-        out = []
-        for j in alive:
-            single = self.lexer.for_lexemes(frozenset((order[j],)))
-            out.append((order[j], single, single.core.state_of_local(int(comp[j]) - int(core._offsets[j]))))
-        return out
 
     def _keys_mask(self, col: EarleySet, parts: list[tuple[LexerDFA, int]]) -> np.ndarray:
         """The mask of ``col`` inside keys: the union of each key's (see ``_key_parts``);
@@ -695,47 +664,6 @@ class MaskComputer:
             words = self._intern(words)
         words.flags.writeable = False
         return words
-
-    def _used_key_tokens(self, col: EarleySet, lexer: LexerDFA, state: int) -> np.ndarray | None:
-        """At a key position whose column lexes its ``wide`` set (used keys included, so
-        that one lexer serves every set of used keys): the tokens read from ``state`` that
-        end where only used keys are still alive. The rest of the mask is already exact:
-        a token that completes a used key is refused by the scan, and key lexemes (JSON
-        strings: prefix-free, read greedily) end at the same byte with or without the
-        used ones. The candidates are the tokens inside each used key that is alive in
-        ``state`` (that key's own walk, shared by every grammar); each is checked by its
-        end state in ``lexer``, once per (state, key)."""
-        used = col.wide - col.allowed
-        core, order = lexer.core, lexer.order
-        comp = core.components(state)
-        alive = np.nonzero(comp != core._dead)[0].tolist()
-        used_alive = [j for j in alive if order[j] in used]
-        if not used_alive:
-            return None
-        cache = lexer.key_tokens
-        dead: list[int] = []
-        for j in used_alive:
-            cands = cache.get((state, j))
-            if cands is None:
-                cands = cache[(state, j)] = self._key_candidates(lexer, state, j, int(comp[j]))
-            dead.extend(t for t, ends_in in cands if ends_in <= used)
-        return np.array(dead, dtype=np.int64) if dead else None
-
-    def _key_candidates(self, lexer: LexerDFA, state: int, j: int, q: int) -> list[tuple[int, frozenset[int]]]:
-        """(token, lexemes alive where it ends) for the tokens that stay inside lexeme
-        ``order[j]`` (component state ``q``) when read from ``state`` of ``lexer``."""
-        core, order, tokens = lexer.core, lexer.order, self.tokens
-        single = self.lexer.for_lexemes(frozenset((order[j],)))
-        res = self.full_walk(single, single.core.state_of_local(q - int(core._offsets[j])))
-        out = []
-        for t in _word_ids(res.inside).tolist():
-            off = int(tokens.tok_off[t])
-            s = state
-            for b in tokens.tok_bytes[off:off + int(tokens.lengths[t])].tolist():
-                s = core.row(s)[b]
-            comp = core.components(s)
-            out.append((t, frozenset(order[k] for k in np.nonzero(comp != core._dead)[0].tolist())))
-        return out
 
     def _one_lexeme(self, lexer: LexerDFA, state: int) -> tuple[LexerDFA, int]:
         """Where only one lexeme is still alive, the same state in that lexeme's own lexer.

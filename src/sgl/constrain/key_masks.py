@@ -1,0 +1,97 @@
+"""Masks at the keys of objects with the duplicate-key check (``grammar.UniqueKeys``).
+
+Helpers of ``MaskComputer`` (mask.py): which alive lexemes of a product state are key
+lexemes (``alive_keys``, for masks composed from each key's own walk), and at a key
+position lexed with its used keys too (``EarleySet.wide``) the tokens that end where only
+used keys are alive (``used_key_tokens``), which the mask drops.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .earley import EarleySet
+    from .lexer import LexerDFA
+    from .mask import MaskComputer
+
+
+def word_ids(words) -> np.ndarray:
+    """The token ids set in ``words`` (dense uint32 words, or compact (indices, values)),
+    ascending; only the nonzero words are unpacked."""
+    if type(words) is tuple:
+        idx, vals = words
+    else:
+        idx = np.flatnonzero(words)
+        vals = words[idx]
+    bits = np.unpackbits(np.ascontiguousarray(vals, dtype="<u4").view(np.uint8), bitorder="little")
+    row, col = np.nonzero(bits.reshape(-1, 32))
+    return idx.astype(np.int64)[row] * 32 + col
+
+
+def clear_bits(words: np.ndarray, ids: np.ndarray | None) -> None:
+    """Clear the bits of token ``ids`` (if any) in ``words``."""
+    if ids is not None:
+        np.bitwise_and.at(words, ids >> 5, ~np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
+
+
+def alive_keys(mc: MaskComputer, lexer: LexerDFA, state: int, keys: frozenset[int]) -> list | None:
+    """(lexeme, its own lexer, its state there) of each lexeme alive in ``state``, when
+    at least two are and all are in ``keys`` and the state does not accept; else None."""
+    if lexer.accepting[state]:
+        return None  # a complete key: the one-lexeme path (it may end the lexeme here)
+    core, order = lexer.core, lexer.order
+    comp = core.components(state)
+    alive = np.nonzero(comp != core._dead)[0].tolist()
+    if len(alive) < 2 or not all(order[j] in keys for j in alive):
+        return None
+    out = []
+    for j in alive:
+        single = mc.lexer.for_lexemes(frozenset((order[j],)))
+        out.append((order[j], single, single.core.state_of_local(int(comp[j]) - int(core._offsets[j]))))
+    return out
+
+
+def used_key_tokens(mc: MaskComputer, col: EarleySet, lexer: LexerDFA, state: int) -> np.ndarray | None:
+    """At a key position whose column lexes its ``wide`` set (used keys included, so
+    that one lexer serves every set of used keys): the tokens read from ``state`` that
+    end where only used keys are still alive. The rest of the mask is already exact:
+    a token that completes a used key is refused by the scan, and key lexemes (JSON
+    strings: prefix-free, read greedily) end at the same byte with or without the
+    used ones. The candidates are the tokens inside each used key that is alive in
+    ``state`` (that key's own walk, shared by every grammar); each is checked by its
+    end state in ``lexer``, once per (state, key)."""
+    used = col.wide - col.allowed
+    core, order = lexer.core, lexer.order
+    comp = core.components(state)
+    alive = np.nonzero(comp != core._dead)[0].tolist()
+    used_alive = [j for j in alive if order[j] in used]
+    if not used_alive:
+        return None
+    cache = lexer.key_tokens
+    dead: list[int] = []
+    for j in used_alive:
+        cands = cache.get((state, j))
+        if cands is None:
+            cands = cache[(state, j)] = key_candidates(mc, lexer, state, j, int(comp[j]))
+        dead.extend(t for t, ends_in in cands if ends_in <= used)
+    return np.array(dead, dtype=np.int64) if dead else None
+
+
+def key_candidates(mc: MaskComputer, lexer: LexerDFA, state: int, j: int, q: int) -> list[tuple[int, frozenset[int]]]:
+    """(token, lexemes alive where it ends) for the tokens that stay inside lexeme
+    ``order[j]`` (component state ``q``) when read from ``state`` of ``lexer``."""
+    core, order, tokens = lexer.core, lexer.order, mc.tokens
+    single = mc.lexer.for_lexemes(frozenset((order[j],)))
+    res = mc.full_walk(single, single.core.state_of_local(q - int(core._offsets[j])))
+    out = []
+    for t in word_ids(res.inside).tolist():
+        off = int(tokens.tok_off[t])
+        s = state
+        for b in tokens.tok_bytes[off:off + int(tokens.lengths[t])].tolist():
+            s = core.row(s)[b]
+        comp = core.components(s)
+        out.append((t, frozenset(order[k] for k in np.nonzero(comp != core._dead)[0].tolist())))
+    return out
