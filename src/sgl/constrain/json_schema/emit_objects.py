@@ -40,11 +40,12 @@ class ObjectEmitter:
         return name
 
     def _key_lexeme(self, name: str) -> str:
-        if all(0x20 <= ord(ch) < 0x7F and ch not in '"\\/' for ch in name):
-            return self.b.literal(json.dumps(name))
-        got = self._keys.get(name)
+        got = self._keys.get(name)  # every name once (members, then their loose keys)
         if got is None:
-            got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")
+            if all(0x20 <= ord(ch) < 0x7F and ch not in '"\\/' for ch in name):
+                got = self._keys[name] = self.b.literal(json.dumps(name))
+            else:
+                got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")
         return got
 
     def _object_rules(self, name: str, spec: ObjectSpec, ptr: str) -> bool:
