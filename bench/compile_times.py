@@ -62,7 +62,8 @@ def main() -> None:
             else:
                 prof.enable()
                 try:
-                    CompiledGrammar(json_schema_grammar(api._load_schema(schema)), eng.vocab)
+                    # as compile_json_schema does (its track_keys grammar), in this thread
+                    CompiledGrammar(json_schema_grammar(api._load_schema(schema), track_keys=True), eng.vocab)
                 finally:
                     prof.disable()
         except Exception as e:  # noqa: BLE001 - a refusal is reported, not fatal

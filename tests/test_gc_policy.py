@@ -48,19 +48,22 @@ def test_a_mask_miss_leaves_nothing_for_the_collector_to_scan(llama3_vocab, poli
         assert m.advance(int(allowed[0]))
 
 
-def test_frozen_cycles_are_collected_once_they_outgrow_the_bound(monkeypatch, policy_enabled):
+@pytest.mark.parametrize("after", ["after_mask_miss", "after_compile"])
+def test_frozen_cycles_are_collected_once_they_outgrow_the_bound(monkeypatch, policy_enabled, after):
+    """Compiles and mask misses share the bound (compiles collected in full every 64 before)."""
     monkeypatch.setattr(gc_policy, "FROZEN_GROWTH_FLOOR", 1_000)
     monkeypatch.setattr(gc_policy, "_heap_after_full", 0)
     monkeypatch.setattr(gc_policy, "_frozen_since_full", 0)
+    freeze = getattr(gc_policy, after)
     first = _cycle()
-    gc_policy.after_mask_miss()  # frozen: the cycle survives ...
+    freeze()  # frozen: the cycle survives ...
     assert first() is not None
     gc.collect()  # ... even a full collection does not see frozen objects
     assert first() is not None
     keep = []
     for _ in range(20):  # ... until enough has been frozen: then a full collection
         keep.append([_Node() for _ in range(200)])
-        gc_policy.after_mask_miss()
+        freeze()
         if first() is None:
             break
     assert first() is None

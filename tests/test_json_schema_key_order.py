@@ -276,3 +276,48 @@ def test_no_comma_once_every_key_is_used(llama3_vocab, prefix):
     assert all(m.advance(t) for t in llama3_vocab.encode("}"))  # the outer object: "x" is used, "y" too
     offered = {llama3_vocab.decode([t]) for t in _allowed(m, llama3_vocab.n_vocab).tolist()}
     assert b"}" in offered and not any(b"," in t for t in offered), offered
+
+
+REQUIRED_MIX = {
+    "type": "object",
+    "properties": {"a": INT, "b": STR, "c": BOOL, "d": INT, "e": STR},
+    "required": ["d", "a", "c"],
+    "minProperties": 4,
+}
+
+
+def test_counted_required_members_give_the_masks_of_the_set_of_used_keys(llama3_vocab):
+    """With ``track_keys`` the grammar counts the required members read (the parser
+    refuses a repeat); without it the grammar tracks the set of used keys. Same
+    language, so the same masks at every step of random walks."""
+    tracked = CompiledGrammar(json_schema_grammar(REQUIRED_MIX, track_keys=True, whitespace="compact"),
+                              llama3_vocab)
+    plain = CompiledGrammar(json_schema_grammar(REQUIRED_MIX, whitespace="compact"), llama3_vocab)
+    eos = set(llama3_vocab.eos_token_ids)
+    rng = random.Random(7)
+    for _ in range(6):
+        mt, mp = Matcher(tracked), Matcher(plain)
+        for _step in range(60):
+            a, b = _allowed(mt, llama3_vocab.n_vocab), _allowed(mp, llama3_vocab.n_vocab)
+            assert np.array_equal(a, b)
+            choices = [t for t in a.tolist() if t not in eos]
+            if not choices or (mt.is_accepting() and rng.random() < 0.2):
+                break
+            t = rng.choice(choices)
+            assert mt.advance(t) and mp.advance(t)
+
+
+def test_many_required_members_any_order_linear_rules():
+    """30 required members: any order accepted (a set of used keys would need 2^30
+    states; schema order was the fallback), rules linear in the members."""
+    names = [f"r{i:02d}" for i in range(30)]
+    schema = {"type": "object", "properties": {n: INT for n in names}, "required": names,
+              "additionalProperties": False}
+    cg = _compile(schema)
+    assert len(cg.grammar.rules) < 10 * len(names)
+    rng = random.Random(3)
+    order = names[:]
+    rng.shuffle(order)
+    assert cg.accepts_text(json.dumps(_obj(order)))
+    assert not cg.accepts_text(json.dumps(_obj(order[:-1])))
+    assert not cg.accepts_text(json.dumps(_obj(order))[:-1] + ', "r00": 1}')

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..derivatives import derivative, nullable
+from ..derivatives import MAX_CODEPOINT, derivative, nullable
 from ..errors import ConstraintError
 from ..json_strings import _translate_ecma
 from ..numeric_range import to_decimal
-from ..regex_ast import NOTHING
+from ..regex_ast import NOTHING, Chars, Repeat
 
 TYPES = ("null", "boolean", "object", "array", "number", "integer", "string")
 DEFAULT_BASE = "https://sgl.invalid/schema.json"
@@ -109,6 +109,15 @@ def _ptr_escape(s: str) -> str:
 
 def _expr_matches(expr, text: str) -> bool:
     """Is the decoded string ``text`` in a string-language expression?"""
+    if isinstance(expr, Repeat) and isinstance(expr.item, Chars):
+        # a character class repeated (any string, a length bound): one char per item, so
+        # no derivatives (enum values checked against a plain string type, one by one)
+        if len(text) < expr.min or (expr.max is not None and len(text) > expr.max):
+            return False
+        ranges = expr.item.ranges
+        if ranges == ((0, MAX_CODEPOINT),):
+            return True
+        return all(any(lo <= ord(ch) <= hi for lo, hi in ranges) for ch in text)
     e = expr
     for ch in text:
         e = derivative(e, ord(ch))

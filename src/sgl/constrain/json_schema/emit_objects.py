@@ -40,13 +40,12 @@ class ObjectEmitter:
         return name
 
     def _key_lexeme(self, name: str) -> str:
-        if all(0x20 <= ord(ch) < 0x7F and ch not in '"\\/' for ch in name):
-            got = self.b.literal(json.dumps(name))
-            self.string_keys.add(got)
-            return got
-        got = self._keys.get(name)
+        got = self._keys.get(name)  # every name once (members, then their loose keys)
         if got is None:
-            got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")
+            if all(0x20 <= ord(ch) < 0x7F and ch not in '"\\/' for ch in name):
+                got = self._keys[name] = self.b.literal(json.dumps(name))
+            else:
+                got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")
             self.string_keys.add(got)
         return got
 
@@ -162,6 +161,8 @@ class ObjectEmitter:
         # count cap: counts beyond K behave the same
         counting = mn > 0 or mx is not None
         K = (mx if mx is not None else mn) if counting else 1
+        if self.opts.track_keys:
+            return self._tracked_member_rules(name, members, extras, n_req, K, mn, mx, ptr)
         tracks, free, loose = self._order_plan(members, K, ptr)
         # loose members loop like other keys; the parser refuses a repeated one (track_keys)
         for j in loose:
@@ -176,6 +177,52 @@ class ObjectEmitter:
             self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
             K, mn, mx = 1, 0, None
         self._order_rules(name, members, tracks, free, extra_nt, K, mn, mx)
+        self._check_size()
+        return True
+
+    def _tracked_member_rules(
+        self, name: str, members: list, extras: list, n_req: int, K: int, mn: int, mx: int | None, ptr: str
+    ) -> bool:
+        """Members with ``track_keys``: the parser refuses a repeated declared key, so every
+        member loops like other keys and the grammar only counts the *required* ones read
+        (``r``, no key twice: ``r == n_req`` is all of them) and the members so far (``c``
+        capped at ``K``). States ``(r, c)`` grow like ``n_req * K`` where a set of used
+        required keys grew like ``2 ** n_req``; the language is the any-order one, which
+        the set spelled within its budget and which plans past it narrowed to schema order.
+
+        S(r, c): other keys or optional members (``@extra``) keep ``r``; a required one
+        (``@req``) takes ``r + 1``; ``}`` once ``r == n_req`` and ``c >= mn``.
+        """
+        lbrace, rbrace, comma = self.punct("{"), self.punct("}"), self.punct(",")
+        for n, _, _ in members:
+            self.loose_keys.add(self._key_lexeme(n))
+        extras = [kv for _, kv, req in members if not req] + extras
+        extra_nt = f"{name}@extra" if extras else None
+        for kv in extras:
+            self.b.rule(extra_nt, (kv,))
+        req_nt = f"{name}@req"
+        for _, kv, req in members:
+            if req:
+                self.b.rule(req_nt, (kv,))
+        if (n_req + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
+            self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
+            K, mn, mx = 1, 0, None
+        for r in range(n_req + 1):
+            for c in range(K + 1):
+                if r > c and c < K:
+                    continue  # unreachable: fewer members than required ones read
+                s = f"{name}@S{r}c{c}"
+                if r == n_req and c >= mn:
+                    self.b.rule(s, (rbrace,))
+                if mx is not None and c >= mx:
+                    continue
+                sep = (comma,) if c > 0 else ()
+                nc = min(c + 1, K)
+                if extra_nt is not None:
+                    self.b.rule(s, sep + (extra_nt, f"{name}@S{r}c{nc}"))
+                if r < n_req:
+                    self.b.rule(s, sep + (req_nt, f"{name}@S{r + 1}c{nc}"))
+        self.b.rule(name, (lbrace, f"{name}@S0c0"))
         self._check_size()
         return True
 

@@ -14,20 +14,19 @@ from .common import _ptr_escape
 class Sub:
     """A schema of the document: the JSON node, its base URI and its JSON pointer."""
 
-    __slots__ = ("node", "base", "ptr", "uri")
+    __slots__ = ("node", "base", "ptr", "uri", "key", "_hash")
 
     def __init__(self, node, base: str, ptr: str, uri: str = ""):
         self.node, self.base, self.ptr, self.uri = node, base, ptr, uri
-
-    @property
-    def key(self):
-        return ("b", self.node) if isinstance(self.node, bool) else ("s", id(self.node))
+        # identity of the node, computed once: subschemas are memo keys everywhere
+        self.key = ("b", node) if isinstance(node, bool) else ("s", id(node))
+        self._hash = hash(self.key)
 
     def __eq__(self, other):
         return isinstance(other, Sub) and self.key == other.key
 
     def __hash__(self):
-        return hash(self.key)
+        return self._hash
 
     def __repr__(self):
         return f"Sub({self.ptr or '#'})"
