@@ -100,6 +100,28 @@ def test_budget_error_leaves_no_words_behind(llama3_vocab, monkeypatch):
     assert scratch is not None and not scratch.any()
 
 
+@pytest.mark.parametrize("width", [1, 7, 8, 255, 256, 257, 4008, 4011])
+def test_take_words_at_block_edges(width):
+    """take_words counts in blocks of 256 words and skips zero runs 8 words at a time:
+    words at the edges of those blocks, widths that are not multiples of either, and a
+    count that passes the limit inside a block are compacted (or not) exactly."""
+    _needs_native()
+    rng = np.random.default_rng(width)
+    edges = [k for k in (0, 6, 7, 8, 9, 254, 255, 256, 257, 511, 512, width - 2, width - 1) if 0 <= k < width]
+    clustered = list(range(max(0, width - SPARSE_WORDS - 1), width))  # the limit passed in the last block
+    for at in (edges, clustered, clustered[1:]):
+        scratch = np.zeros(width, dtype=np.uint32)
+        scratch[at] = rng.integers(1, 2**32, len(at), dtype=np.uint32)
+        want = scratch.copy()
+        taken = _native.take_words(scratch, SPARSE_WORDS)
+        assert not scratch.any()
+        if np.count_nonzero(want) <= SPARSE_WORDS:
+            idx, vals = np.frombuffer(taken[0], dtype=np.int64), np.frombuffer(taken[1], dtype=np.uint32)
+            assert np.array_equal(idx, np.flatnonzero(want)) and np.array_equal(vals, want[idx])
+        else:
+            assert np.array_equal(np.frombuffer(taken, dtype=np.uint32), want)
+
+
 def test_words_digest_and_equal():
     _needs_native()
     rng = np.random.default_rng(5)
@@ -108,6 +130,11 @@ def test_words_digest_and_equal():
     assert _native.words_digest(a) == _native.words_digest(b) and _native.words_equal(a, b)
     b[4007] ^= 1 << 31
     assert _native.words_digest(a) != _native.words_digest(b) and not _native.words_equal(a, b)
+    for k in (0, 1, 2, 3, 4, 5, 6, 7, 4006):  # a bit in each lane of the digest, and its tail
+        c = a.copy()
+        c[k] ^= 1
+        assert _native.words_digest(c) != _native.words_digest(a)
+    assert _native.words_digest(a[:7]) != _native.words_digest(a[:6])  # odd lengths: the tail
     assert not _native.words_equal(a, a[:-1])
 
 

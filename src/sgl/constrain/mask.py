@@ -91,6 +91,11 @@ def _group_boundaries(core, res: WalkResult) -> list[tuple[tuple[int, ...], np.n
     """Boundary states that complete the same lexemes lead to the same column: one group
     each, with the selection of its tokens (computed once per walk, then cached)."""
     bs = res.boundary_state
+    if len(core._offsets) == 1:
+        # one lexeme: every boundary state is one of its accepting states and completes it,
+        # so there is one group, keyed by any member (the key only tells a walk's groups
+        # apart); most walks are in one-lexeme lexers (keys, punctuation, string bodies)
+        return [((int(bs[0]),), slice(None))]
     states = np.flatnonzero(np.bincount(bs))  # states are small ints: cheaper than np.unique
     by_lexemes: dict[tuple[int, ...], list[int]] = {}
     for st in states.tolist():
@@ -430,6 +435,10 @@ def walk_from_start(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.nda
     return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int64), cat(b_state, np.int64))
 
 
+_NO_IDS = np.zeros(0, dtype=np.int64)  # the boundaries of a walk with none (shared: read-only)
+_NO_IDS.flags.writeable = False
+
+
 def _is_native(core) -> bool:
     """Is ``core`` the C product (walked by the C kernel)?"""
     return hasattr(core, "product")
@@ -535,7 +544,12 @@ class MaskComputer:
             inside = (np.frombuffer(taken[0], dtype=np.int64), np.frombuffer(taken[1], dtype=np.uint32))
         else:
             inside = np.frombuffer(taken, dtype=np.uint32)
-        return WalkResult(inside, *(np.frombuffer(b, dtype=np.int64) for b in found), by_node=True)
+        if not found[0]:  # no boundaries (most walks): no arrays to make
+            return WalkResult(inside, _NO_IDS, _NO_IDS, _NO_IDS, by_node=True)
+        ids, pos, st = found
+        frombuffer = np.frombuffer
+        return WalkResult(inside, frombuffer(ids, dtype=np.int64), frombuffer(pos, dtype=np.int64),
+                          frombuffer(st, dtype=np.int64), by_node=True)
 
     def mask(self, col: EarleySet, state: int) -> np.ndarray:
         """The allowed tokens as uint32 words (bit i of word i//32 = token i)."""
