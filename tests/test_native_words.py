@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import sgl.constrain as sc
 from sgl.constrain import lexer
 from sgl.constrain.mask import SPARSE_WORDS, _native, or_parts
 
@@ -160,3 +161,17 @@ def test_equal_masks_are_one_array(llama3_vocab, monkeypatch):
         assert m.advance(tid[b])
     assert m._stack[-1][0] is not col_once  # another column...
     assert m.allowed_words() is once and not once.flags.writeable  # ...the same mask
+
+
+def test_first_byte_words_equal_the_tokens_selected_one_by_one(llama3_vocab):
+    """``starts_next`` (tokens whose first byte is dead): taken as all tokens less the
+    live bytes' runs when most bytes are dead, else packed directly; both equal packing
+    the selected ids, for every share of dead bytes (numpy only: no native needed)."""
+    g = sc.compile_json_schema({"type": "object", "properties": {"a": {"type": "string"}}}, llama3_vocab)
+    mc, tokens = g.masks, g.masks.tokens
+    rng = np.random.default_rng(9)
+    for k in (0, 1, 5, 100, 127, 128, 129, 200, 250, 255, 256):
+        dead = np.zeros(256, dtype=bool)
+        dead[rng.choice(256, k, replace=False)] = True
+        want = mc._pack(tokens.with_first_byte(np.flatnonzero(dead)))
+        assert np.array_equal(mc._first_byte_words(dead), want), k

@@ -464,6 +464,7 @@ class MaskComputer:
         self._native: NativeBoundaries | None = None  # the C boundary recursion, made on first use
         self._mask_scratch: np.ndarray | None = None  # a native mask is built here, then interned
         self._interned: dict[int, np.ndarray] = {}  # kept masks by digest (native path)
+        self._all_words: np.ndarray | None = None  # every real token (see _first_byte_words)
         # one C call for all parts; numpy (one OR per part) in the pure-Python fallback
         self._or_parts = _native.or_parts if native_enabled() else or_parts
 
@@ -491,8 +492,22 @@ class MaskComputer:
         if lexer.accepting[state]:
             # The current lexeme may end right here; tokens starting with a dead byte then
             # start the next lexeme, which is exactly the next column's own mask.
-            res.starts_next = self._pack(tokens.with_first_byte(np.nonzero(row < 0)[0]))
+            res.starts_next = self._first_byte_words(row < 0)
         return res
+
+    def _first_byte_words(self, dead: np.ndarray) -> np.ndarray:
+        """The real tokens whose first byte is ``dead`` (bool per byte), as words.
+
+        Usually most bytes are dead (the state ends a lexeme and little continues it):
+        then all real tokens less those of the few live first bytes, which are contiguous
+        runs (``with_first_byte``), instead of selecting ~120k ids one by one (~1 ms)."""
+        tokens = self.tokens
+        dead_bytes, live_bytes = np.flatnonzero(dead), np.flatnonzero(~dead)
+        if live_bytes.size >= dead_bytes.size:
+            return self._pack(tokens.with_first_byte(dead_bytes))
+        if self._all_words is None:
+            self._all_words = self._pack(tokens.real_ids)
+        return self._all_words & ~self._pack(tokens.with_first_byte(live_bytes))
 
     def _numpy_walk_vocabulary(self, lexer: LexerDFA, state: int, row: np.ndarray) -> WalkResult:
         tokens = self.tokens
