@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import sgl.constrain as sc
 from sgl.constrain import lexer
 from sgl.constrain.mask import SPARSE_WORDS, _native, or_parts
 
@@ -100,6 +101,28 @@ def test_budget_error_leaves_no_words_behind(llama3_vocab, monkeypatch):
     assert scratch is not None and not scratch.any()
 
 
+@pytest.mark.parametrize("width", [1, 7, 8, 255, 256, 257, 4008, 4011])
+def test_take_words_at_block_edges(width):
+    """take_words counts in blocks of 256 words and skips zero runs 8 words at a time:
+    words at the edges of those blocks, widths that are not multiples of either, and a
+    count that passes the limit inside a block are compacted (or not) exactly."""
+    _needs_native()
+    rng = np.random.default_rng(width)
+    edges = [k for k in (0, 6, 7, 8, 9, 254, 255, 256, 257, 511, 512, width - 2, width - 1) if 0 <= k < width]
+    clustered = list(range(max(0, width - SPARSE_WORDS - 1), width))  # the limit passed in the last block
+    for at in (edges, clustered, clustered[1:]):
+        scratch = np.zeros(width, dtype=np.uint32)
+        scratch[at] = rng.integers(1, 2**32, len(at), dtype=np.uint32)
+        want = scratch.copy()
+        taken = _native.take_words(scratch, SPARSE_WORDS)
+        assert not scratch.any()
+        if np.count_nonzero(want) <= SPARSE_WORDS:
+            idx, vals = np.frombuffer(taken[0], dtype=np.int64), np.frombuffer(taken[1], dtype=np.uint32)
+            assert np.array_equal(idx, np.flatnonzero(want)) and np.array_equal(vals, want[idx])
+        else:
+            assert np.array_equal(np.frombuffer(taken, dtype=np.uint32), want)
+
+
 def test_words_digest_and_equal():
     _needs_native()
     rng = np.random.default_rng(5)
@@ -108,6 +131,11 @@ def test_words_digest_and_equal():
     assert _native.words_digest(a) == _native.words_digest(b) and _native.words_equal(a, b)
     b[4007] ^= 1 << 31
     assert _native.words_digest(a) != _native.words_digest(b) and not _native.words_equal(a, b)
+    for k in (0, 1, 2, 3, 4, 5, 6, 7, 4006):  # a bit in each lane of the digest, and its tail
+        c = a.copy()
+        c[k] ^= 1
+        assert _native.words_digest(c) != _native.words_digest(a)
+    assert _native.words_digest(a[:7]) != _native.words_digest(a[:6])  # odd lengths: the tail
     assert not _native.words_equal(a, a[:-1])
 
 
@@ -133,3 +161,17 @@ def test_equal_masks_are_one_array(llama3_vocab, monkeypatch):
         assert m.advance(tid[b])
     assert m._stack[-1][0] is not col_once  # another column...
     assert m.allowed_words() is once and not once.flags.writeable  # ...the same mask
+
+
+def test_first_byte_words_equal_the_tokens_selected_one_by_one(llama3_vocab):
+    """``starts_next`` (tokens whose first byte is dead): taken as all tokens less the
+    live bytes' runs when most bytes are dead, else packed directly; both equal packing
+    the selected ids, for every share of dead bytes (numpy only: no native needed)."""
+    g = sc.compile_json_schema({"type": "object", "properties": {"a": {"type": "string"}}}, llama3_vocab)
+    mc, tokens = g.masks, g.masks.tokens
+    rng = np.random.default_rng(9)
+    for k in (0, 1, 5, 100, 127, 128, 129, 200, 250, 255, 256):
+        dead = np.zeros(256, dtype=bool)
+        dead[rng.choice(256, k, replace=False)] = True
+        want = mc._pack(tokens.with_first_byte(np.flatnonzero(dead)))
+        assert np.array_equal(mc._first_byte_words(dead), want), k

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#define TAKE_BLOCK 256
+
 /* take_words(scratch u32[W] (writable), limit) -> (indices i64 bytes, values u32 bytes) when
  * at most `limit` words are nonzero, else the W words as bytes. Either way the scratch is
  * left all zero, ready for the next walk. */
@@ -25,7 +27,13 @@ PyObject *take_words(PyObject *self, PyObject *args) {
     }
     uint32_t *w = sb.buf;
     Py_ssize_t n = sb.len / 4, nz = 0;
-    for (Py_ssize_t i = 0; i < n && nz <= limit; i++) nz += w[i] != 0;
+    /* counted in blocks whose inner loop vectorises (a check of the limit per word kept the
+     * loop scalar: ~3 us over Llama-3's 4,008 words, more than most walks it follows) */
+    for (Py_ssize_t i = 0; i < n && nz <= limit; i += TAKE_BLOCK) {
+        Py_ssize_t e = i + TAKE_BLOCK < n ? i + TAKE_BLOCK : n, c = 0;
+        for (Py_ssize_t k = i; k < e; k++) c += w[k] != 0;
+        nz += c;
+    }
     if (nz > limit) {
         res = PyBytes_FromStringAndSize((const char *)w, sb.len);
         if (res) memset(w, 0, sb.len);
@@ -40,6 +48,11 @@ PyObject *take_words(PyObject *self, PyObject *args) {
     int64_t *pi = (int64_t *)PyBytes_AS_STRING(idx);
     uint32_t *pv = (uint32_t *)PyBytes_AS_STRING(val);
     for (Py_ssize_t i = 0, j = 0; j < nz; i++) {
+        if ((i & 7) == 0 && i + 8 <= n) { /* a block of 8 zero words at once */
+            uint32_t any = 0;
+            for (int k = 0; k < 8; k++) any |= w[i + k];
+            if (!any) { i += 7; continue; }
+        }
         if (!w[i]) continue;
         pi[j] = i, pv[j++] = w[i];
         w[i] = 0;
@@ -133,13 +146,20 @@ PyObject *words_digest(PyObject *self, PyObject *arg) {
     Py_buffer b;
     if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE)) return NULL;
     const unsigned char *p = b.buf;
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)b.len, x;
+    /* four independent lanes (one multiply chain was ~4 us over Llama-3's 16 KB, the
+     * multiplies' latency end to end), folded at the end */
+    uint64_t l[4] = {0x9E3779B97F4A7C15ULL ^ (uint64_t)b.len, 0xD6E8FEB86659FD93ULL, 0xA0761D6478BD642FULL,
+                     0xE7037ED1A0B428DBULL}, x;
     Py_ssize_t i = 0;
-    for (; i + 8 <= b.len; i += 8) {
-        memcpy(&x, p + i, 8);
-        h = (h ^ x) * 0xBF58476D1CE4E5B9ULL;
-        h ^= h >> 31;
+    for (; i + 32 <= b.len; i += 32) {
+        for (int k = 0; k < 4; k++) {
+            memcpy(&x, p + i + 8 * k, 8);
+            l[k] = (l[k] ^ x) * 0xBF58476D1CE4E5B9ULL;
+            l[k] ^= l[k] >> 31;
+        }
     }
+    uint64_t h = l[0];
+    for (int k = 1; k < 4; k++) h = (h ^ l[k]) * 0x94D049BB133111EBULL, h ^= h >> 29;
     for (; i < b.len; i++) h = (h ^ p[i]) * 0x100000001B3ULL;
     PyBuffer_Release(&b);
     return PyLong_FromUnsignedLongLong(h);
