@@ -226,3 +226,24 @@ def test_best_allowed_skips_masked_tokens():
     assert best_allowed(row, 1) == [7]
     assert best_allowed(row, 3) == [7, 2]
     assert best_allowed(np.full(4, -np.inf, dtype=np.float32), 1) == []
+
+
+def test_caps_mask_like_apply_bitmask():
+    """The processor's cached float caps give the logits apply_bitmask gives (also for
+    logits wider than the mask, and float16), and leave None rows alone."""
+    import numpy as np
+
+    from sgl.constrain import apply_bitmask
+    from sgl.integrations._caps import apply_caps
+
+    rng = np.random.default_rng(3)
+    words = rng.integers(-2**31, 2**31, size=(2, 3), dtype=np.int64).astype(np.int32).view(np.uint32)
+    for dtype in (torch.float32, torch.float16):
+        logits = torch.from_numpy(rng.standard_normal((3, 100)).astype(np.float32)).to(dtype)
+        logits[0, 5] = float("inf")
+        want = logits.clone()
+        apply_bitmask(want[:2], torch.from_numpy(words.view(np.int32).copy()))
+        got = logits.clone()
+        apply_caps(got.numpy(), [words[0], words[1], None])
+        apply_caps(got.numpy(), [words[0], words[1], None])  # a cached cap again: no change
+        assert torch.equal(got[:2], want[:2]) and torch.equal(got[2], logits[2])

@@ -42,8 +42,17 @@ from sgl.constrain import (  # noqa: E402
     apply_bitmask,
     fill_next_token_bitmasks,
 )
+from sgl.integrations._caps import apply_caps  # noqa: E402
 from sgl.integrations._common import compile_constraint  # noqa: E402
 from sgl.integrations._prefetch import lookahead_job, shared_prefetcher  # noqa: E402
+
+_CAP_DTYPES = (torch.float32, torch.float16, torch.float64)
+
+
+def _caps_apply(scores: torch.Tensor) -> bool:
+    """Can ``scores`` be masked in place through numpy (CPU, contiguous, a numpy dtype)?"""
+    return (scores.device.type == "cpu" and scores.dtype in _CAP_DTYPES and scores.is_contiguous()
+            and not scores.requires_grad)
 
 
 def _ids(value: int | Iterable[int] | None) -> tuple[int, ...]:
@@ -132,13 +141,17 @@ class SGLLogitsProcessor(LogitsProcessor):
             raise ValueError(f"expected input_ids (batch, len) and scores (batch, vocab), got "
                              f"{tuple(input_ids.shape)} and {tuple(scores.shape)}")
         self._follow(input_ids)
-        batch, width = scores.shape
-        if self._bitmask is None or self._bitmask.shape != (batch, (width + 31) // 32):
-            # sized by the logits, which may be wider than the tokenizer: the extra ids stay masked
-            self._bitmask = allocate_bitmask(batch, width)
         rows = [None if done else m for m, done in zip(self.matchers, self.finished, strict=True)]
-        fill_next_token_bitmasks(rows, self._bitmask)
-        apply_bitmask(scores, self._bitmask)
+        if _caps_apply(scores):
+            # one np.minimum per row with a cached cap of the row's (shared) mask words
+            apply_caps(scores.numpy(), [None if m is None else m.allowed_words() for m in rows])
+        else:
+            batch, width = scores.shape
+            if self._bitmask is None or self._bitmask.shape != (batch, (width + 31) // 32):
+                # sized by the logits, which may be wider than the tokenizer: the extra ids stay masked
+                self._bitmask = allocate_bitmask(batch, width)
+            fill_next_token_bitmasks(rows, self._bitmask)
+            apply_bitmask(scores, self._bitmask)
         if self.prefetch and scores.device.type == "cpu":
             ahead = [None if m is None else m.copy(history=False) for m in rows]
             shared_prefetcher().submit(lookahead_job(ahead, scores, self.prefetch))
