@@ -5,13 +5,22 @@ greedy decoding, interleaved prompt by prompt (the engine order rotates) so a ch
 load on the machine hits every engine alike. Per engine it reports:
 
 * compile: median time to compile a schema for the tokenizer (not part of the rest);
-* processor per token: p50 / p99 of the time one ``__call__`` of the processor takes
-  (batch 1, so one call per generated token), i.e. the overhead the constraint adds to
-  a decoding step (advance the matcher, fill the mask, apply it to the logits);
+* processor per token: mean / p50 / p99 of the time one ``__call__`` of the processor
+  takes (batch 1, so one call per generated token), i.e. the overhead the constraint
+  adds to a decoding step (advance the matcher, fill the mask, apply it to the logits);
+  the mean is total processor time / tokens, what throughput feels. ``--clock`` picks
+  the clock (this thread's CPU time by default); the wall-clock p99 is shown as well
+  (it includes waiting, e.g. for a mask SGL's helper thread is still computing);
+* helper CPU per token: SGL computes the masks one token ahead on a helper thread
+  while the model runs (``prefetch``); that thread's CPU time / tokens, which the
+  per-call times above do not include. ``sgl-noprefetch`` is SGL with it off;
 * tokens/s: generated tokens / wall time of ``model.generate`` (model included), and
   the same for unconstrained generation ("none") as the reference;
-* valid: outputs that parse as JSON and validate against the schema (jsonschema), out of
-  all prompts; "finished" counts the ones that ended with EOS before ``--max-new-tokens``.
+* finished: outputs that ended with EOS before ``--max-new-tokens``; valid: finished
+  outputs that parse as JSON and validate against the schema (jsonschema), out of the
+  finished; prefix ok: unfinished outputs that are a prefix of some valid document, as
+  judged by the grammars of both SGL and XGrammar (token by token; an engine cannot be
+  judged by its own grammar alone), out of the unfinished.
 
 Engines: ``sgl`` (`sgl.integrations.transformers.SGLLogitsProcessor`), ``xgrammar``
 (``xgrammar.contrib.hf.LogitsProcessor``), ``outlines`` (Outlines' outlines-core
@@ -44,7 +53,8 @@ sys.path.insert(0, str(HERE))
 
 from maskbench import list_cases, load_schema, shared_data_dir  # noqa: E402
 
-ENGINES = ("sgl", "xgrammar", "outlines")
+ENGINES = ("sgl", "sgl-noprefetch", "xgrammar", "outlines")
+DEFAULT_ENGINES = "sgl,xgrammar,outlines"
 DEFAULT_SUBSETS = "Github_easy,Github_medium,Glaiveai2K,Kubernetes"
 TASKS = (
     "a typical example",
@@ -79,6 +89,7 @@ class Engine:
 
 class SGL(Engine):
     name = "sgl"
+    prefetch = 2
 
     def __init__(self, tok: Any, model: Any) -> None:
         from sgl.constrain import Vocabulary, compile_json_schema
@@ -94,7 +105,12 @@ class SGL(Engine):
         return self._compile(schema_text, self._vocab)
 
     def processor(self, compiled: Any) -> Callable:
-        return self._proc.from_compiled(compiled, pad_token_id=self._pad)
+        return self._proc.from_compiled(compiled, pad_token_id=self._pad, prefetch=self.prefetch)
+
+
+class SGLNoPrefetch(SGL):
+    name = "sgl-noprefetch"
+    prefetch = 0
 
 
 class XGrammar(Engine):
@@ -143,19 +159,51 @@ class Outlines(Engine):
         return self._proc(compiled, "torch")
 
 
-ENGINE_CLASSES: dict[str, type[Engine]] = {"sgl": SGL, "xgrammar": XGrammar, "outlines": Outlines}
+ENGINE_CLASSES: dict[str, type[Engine]] = {"sgl": SGL, "sgl-noprefetch": SGLNoPrefetch, "xgrammar": XGrammar,
+                                           "outlines": Outlines}
+
+
+class PrefixJudge:
+    """Is an unfinished output a prefix of some valid document? Asked of SGL's grammar
+    and XGrammar's (when installed), token by token; both must say yes."""
+
+    def __init__(self, tok: Any, model: Any) -> None:
+        self.sgl = SGL(tok, model)
+        try:
+            self.xgr: XGrammar | None = XGrammar(tok, model)
+        except Unavailable:
+            self.xgr = None
+
+    def compile(self, schema_text: str) -> tuple[Any, Any]:
+        return self.sgl.compile(schema_text), self.xgr.compile(schema_text) if self.xgr else None
+
+    @staticmethod
+    def ok(compiled: tuple[Any, Any], tokens: list[int]) -> bool:
+        from sgl.constrain import Matcher
+
+        m = Matcher(compiled[0])
+        if m.consume_tokens(tokens) != len(tokens):
+            return False
+        if compiled[1] is None:
+            return True
+        import xgrammar as xgr
+
+        xm = xgr.GrammarMatcher(compiled[1])
+        return all(xm.accept_token(t) for t in tokens)
 
 
 class Timed:
     """Wraps a logits processor and records how long each call takes."""
 
-    def __init__(self, inner: Callable, clock: Callable[[], int], sink: list[int]) -> None:
-        self.inner, self.clock, self.sink = inner, clock, sink
+    def __init__(self, inner: Callable, clock: Callable[[], int], sink: list[int], wall: list[int]) -> None:
+        self.inner, self.clock, self.sink, self.wall = inner, clock, sink, wall
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
+        w0 = time.perf_counter_ns()
         t0 = self.clock()
         out = self.inner(input_ids, scores)
         self.sink.append(self.clock() - t0)
+        self.wall.append(time.perf_counter_ns() - w0)
         return out
 
 
@@ -166,11 +214,14 @@ class Timed:
 class Stats:
     compile_s: list[float] = field(default_factory=list)
     call_ns: list[int] = field(default_factory=list)
+    wall_ns: list[int] = field(default_factory=list)
+    helper_ns: int = 0  # SGL's prefetch thread, CPU time
     tokens: int = 0
     wall_s: float = 0.0
     runs: int = 0
     finished: int = 0
     valid: int = 0
+    prefix_ok: int = 0
     refused: list[str] = field(default_factory=list)
 
 
@@ -264,7 +315,11 @@ def run(args: argparse.Namespace) -> dict[str, Stats]:
         except Unavailable as e:
             print(f"skipping {name}: {e}", flush=True)
     stats = {name: Stats() for name in ["none", *engines]}
+    judge = PrefixJudge(tok, model)
     warm_up(model, tok, engines, args.max_new_tokens)
+    from sgl.integrations._prefetch import shared_prefetcher
+
+    helper = shared_prefetcher()
     order = list(engines)
     used = 0
     for label, schema in candidate_schemas(args.subsets, args.seed):
@@ -285,20 +340,31 @@ def run(args: argparse.Namespace) -> dict[str, Stats]:
             print(f"  {label}: skipped (not every engine compiles it)", flush=True)
             continue
         used += 1
+        judged = None
         for i in range(args.prompts):
             inputs = prompt_ids(tok, schema, i)
             random.Random(f"{label}:{i}").shuffle(order)
             for name in (["none"] if i == 0 else []) + order:  # the reference: once per schema
                 st = stats[name]
-                proc = None if name == "none" else Timed(engines[name].processor(compiled[name]), clock, st.call_ns)
+                proc = None if name == "none" else Timed(engines[name].processor(compiled[name]), clock,
+                                                         st.call_ns, st.wall_ns)
+                helper.wait_idle()
+                before = helper.cpu_ns
                 new, wall = generate(model, tok, inputs, proc, args.max_new_tokens)
+                helper.wait_idle()
+                st.helper_ns += helper.cpu_ns - before
                 st.runs += 1
                 st.wall_s += wall
                 st.tokens += len(new)
                 done = bool(new) and new[-1] in eos_ids
                 st.finished += done
                 body = new[:-1] if done else new
-                st.valid += name != "none" and done and is_valid(tok.decode(body), schema)
+                if name == "none":
+                    continue
+                st.valid += done and is_valid(tok.decode(body), schema)
+                if not done:
+                    judged = judged if judged is not None else judge.compile(text)
+                    st.prefix_ok += judge.ok(judged, body)
         print(f"  {label}: done ({used} of {args.schemas} schemas); so far:\n{report(stats, args)}\n", flush=True)
     return stats
 
@@ -311,17 +377,22 @@ def pct(values: list[int], q: float) -> float:
 
 def report(stats: dict[str, Stats], args: argparse.Namespace) -> str:
     lines = [
-        "| engine | compile median (ms) | processor per token p50 (µs) | p99 (µs) | tokens/s | "
-        "finished | valid |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| engine | compile median (ms) | per token mean (µs) | p50 | p99 | wall p99 | helper CPU per token | "
+        "tokens/s | finished | valid (of finished) | prefix ok (of unfinished) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, st in stats.items():
         comp = f"{statistics.median(st.compile_s) * 1e3:.1f}" if st.compile_s else "-"
+        mean = f"{sum(st.call_ns) / len(st.call_ns) / 1000:.0f}" if st.call_ns else "-"
         p50 = f"{pct(st.call_ns, 0.5):.0f}" if st.call_ns else "-"
         p99 = f"{pct(st.call_ns, 0.99):.0f}" if st.call_ns else "-"
+        wp99 = f"{pct(st.wall_ns, 0.99):.0f}" if st.wall_ns else "-"
+        helper = f"{st.helper_ns / st.tokens / 1000:.0f}" if st.tokens and name.startswith("sgl") else "-"
         tps = st.tokens / st.wall_s if st.wall_s else float("nan")
-        valid = "-" if name == "none" else f"{st.valid}/{st.runs}"
-        lines.append(f"| {name} | {comp} | {p50} | {p99} | {tps:.1f} | {st.finished}/{st.runs} | {valid} |")
+        valid = "-" if name == "none" else f"{st.valid}/{st.finished}"
+        prefix = "-" if name == "none" else f"{st.prefix_ok}/{st.runs - st.finished}"
+        lines.append(f"| {name} | {comp} | {mean} | {p50} | {p99} | {wp99} | {helper} | {tps:.1f} | "
+                     f"{st.finished}/{st.runs} | {valid} | {prefix} |")
     for name, st in stats.items():
         for r in st.refused:
             lines.append(f"\n{name} refused {r}")
@@ -330,7 +401,9 @@ def report(stats: dict[str, Stats], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--engines", default=DEFAULT_ENGINES,
+                    help=f"of {', '.join(ENGINES)}; sgl and sgl-noprefetch not in one run (they would share "
+                         "compiled grammars and their cached masks)")
     ap.add_argument("--schemas", type=int, default=4, help="MaskBench schemas (round-robin over --subsets)")
     ap.add_argument("--subsets", default=DEFAULT_SUBSETS)
     ap.add_argument("--prompts", type=int, default=5, help="prompts per schema")
@@ -345,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(args.engines.split(",")) - set(ENGINES)
     if unknown:
         ap.error(f"unknown engine(s) {sorted(unknown)}; have {', '.join(ENGINES)}")
+    if {"sgl", "sgl-noprefetch"} <= set(args.engines.split(",")):
+        ap.error("run sgl and sgl-noprefetch in separate runs (one process shares compiled grammars)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     stats = run(args)
     print(f"\n{args.schemas} schemas x {args.prompts} prompts, greedy, max {args.max_new_tokens} new tokens, "

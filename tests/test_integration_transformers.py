@@ -179,3 +179,71 @@ def test_bad_constraints_are_constraint_errors(hf):
         SGLLogitsProcessor(tok, regex="(unclosed")
     with pytest.raises(ConstraintError):
         SGLLogitsProcessor(tok, json_schema='{"type": "object",')
+
+
+def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
+    """The helper thread computes the masks one token ahead; greedy outputs are the same
+    with it on or off, and (waiting for the helper before each step) every step after the
+    first finds its mask cached: greedy takes the best allowed token, which was prefetched."""
+    from sgl.integrations._prefetch import shared_prefetcher
+
+    model, tok = hf
+    schema = {**SCHEMA, "properties": {"ship": {"type": "string", "maxLength": 12},
+                                       "crew": {"type": "integer", "minimum": 1, "maximum": 99}},
+              "required": ["ship", "crew"]}  # a schema of its own: no masks cached by other tests
+    helper = shared_prefetcher()
+    proc = SGLLogitsProcessor(tok, json_schema=schema, json_options=COMPACT, prefetch=1)
+    ready: list[bool] = []
+
+    def watched(input_ids, scores):
+        assert helper.wait_idle()
+        if proc.matchers and input_ids.shape[1] > proc._prompt_len:
+            proc._follow(input_ids)
+            ready.append(proc.matchers[0].mask_is_cached())
+        return proc(input_ids, scores)
+
+    inputs = chat_batch(tok, ASKS[:1])
+    before = helper.masks
+    out = model.generate(**inputs, logits_processor=[watched], max_new_tokens=30, do_sample=False)
+    assert helper.wait_idle() and helper.masks > before
+    assert ready and all(ready)
+    off = SGLLogitsProcessor(tok, json_schema=schema, json_options=COMPACT, prefetch=0)
+    again = model.generate(**inputs, logits_processor=[off], max_new_tokens=30, do_sample=False)
+    assert torch.equal(out, again)
+    value = json.loads(completions(tok, inputs, out)[0])
+    jsonschema.validate(value, schema)
+    with pytest.raises(ValueError, match="prefetch"):
+        SGLLogitsProcessor(tok, regex="[0-9]+", prefetch=-1)
+
+
+def test_best_allowed_skips_masked_tokens():
+    import numpy as np
+
+    from sgl.integrations._prefetch import best_allowed
+
+    row = np.full(10, -np.inf, dtype=np.float32)
+    row[[2, 7]] = [1.0, 3.0]
+    assert best_allowed(row, 1) == [7]
+    assert best_allowed(row, 3) == [7, 2]
+    assert best_allowed(np.full(4, -np.inf, dtype=np.float32), 1) == []
+
+
+def test_caps_mask_like_apply_bitmask():
+    """The processor's cached float caps give the logits apply_bitmask gives (also for
+    logits wider than the mask, and float16), and leave None rows alone."""
+    import numpy as np
+
+    from sgl.constrain import apply_bitmask
+    from sgl.integrations._caps import apply_caps
+
+    rng = np.random.default_rng(3)
+    words = rng.integers(-2**31, 2**31, size=(2, 3), dtype=np.int64).astype(np.int32).view(np.uint32)
+    for dtype in (torch.float32, torch.float16):
+        logits = torch.from_numpy(rng.standard_normal((3, 100)).astype(np.float32)).to(dtype)
+        logits[0, 5] = float("inf")
+        want = logits.clone()
+        apply_bitmask(want[:2], torch.from_numpy(words.view(np.int32).copy()))
+        got = logits.clone()
+        apply_caps(got.numpy(), [words[0], words[1], None])
+        apply_caps(got.numpy(), [words[0], words[1], None])  # a cached cap again: no change
+        assert torch.equal(got[:2], want[:2]) and torch.equal(got[2], logits[2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from . import gc_policy
 from .bitmask import fill_bitmask
 from .compiled import CompiledGrammar
 from .earley import EarleySet
+from .errors import ConstraintError
 
 MAX_FORCED_BYTES = 256
 
@@ -43,11 +45,13 @@ class Matcher:
         self._tokens: list[int] = []
         self._terminated = False
 
-    def copy(self) -> Matcher:
+    def copy(self, history: bool = True) -> Matcher:
+        """An independent matcher in the same state; ``history=False`` keeps only the
+        current state (O(1) however long the text; the copy cannot roll back)."""
         other = Matcher.__new__(Matcher)
         other.compiled, other.vocab, other._eos = self.compiled, self.vocab, self._eos
-        other._stack = list(self._stack)
-        other._tokens = list(self._tokens)
+        other._stack = list(self._stack) if history else self._stack[-1:]
+        other._tokens = list(self._tokens) if history else []
         other._terminated = self._terminated
         return other
 
@@ -78,6 +82,35 @@ class Matcher:
             return True
         col, s = self._stack[-1]
         return s in col.mask_cache
+
+    def prefetch(self, token_ids: Iterable[int]) -> int:
+        """Compute and cache the masks of the states one token ahead, after each of
+        ``token_ids`` (those the constraint allows and whose mask is not cached yet), so
+        that a matcher reaching one of them finds its mask ready. Changes nothing else.
+
+        For a helper thread while the model computes the next logits (masks are made under
+        the grammar's lock, which is released inside the native walks). Returns how many
+        masks it computed. A state whose mask fails (budget) is skipped: the matcher
+        that reaches it raises then, as without prefetching.
+        """
+        made = 0
+        for t in token_ids:
+            nxt = self._next_state(int(t))
+            if nxt is None or int(t) in self._eos:
+                continue
+            col, s = nxt
+            if s in col.mask_cache:
+                continue
+            try:
+                with self.compiled.lock:
+                    if s in col.mask_cache:
+                        continue
+                    self.compiled.masks.mask(col, s)
+            except ConstraintError:
+                continue
+            gc_policy.after_mask_miss()
+            made += 1
+        return made
 
     def is_allowed(self, token_id: int) -> bool:
         words = self.allowed_words()

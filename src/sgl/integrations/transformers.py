@@ -42,7 +42,17 @@ from sgl.constrain import (  # noqa: E402
     apply_bitmask,
     fill_next_token_bitmasks,
 )
+from sgl.integrations._caps import apply_caps  # noqa: E402
 from sgl.integrations._common import compile_constraint  # noqa: E402
+from sgl.integrations._prefetch import lookahead_job, shared_prefetcher  # noqa: E402
+
+_CAP_DTYPES = (torch.float32, torch.float16, torch.float64)
+
+
+def _caps_apply(scores: torch.Tensor) -> bool:
+    """Can ``scores`` be masked in place through numpy (CPU, contiguous, a numpy dtype)?"""
+    return (scores.device.type == "cpu" and scores.dtype in _CAP_DTYPES and scores.is_contiguous()
+            and not scores.requires_grad)
 
 
 def _ids(value: int | Iterable[int] | None) -> tuple[int, ...]:
@@ -62,6 +72,10 @@ class SGLLogitsProcessor(LogitsProcessor):
     ``json_options`` go to `compile_json_schema` (e.g. ``{"whitespace": "compact"}``).
     ``eos_token_id``: the ids that end generation, when the model's
     ``generation_config`` uses others than the tokenizer's ``eos_token_id``.
+    ``prefetch``: after each step, a helper thread computes the masks of the states
+    that each row's ``prefetch`` best allowed tokens lead to, while the model computes
+    the next logits (CPU scores; 0 turns it off): the first visit of a state then
+    rarely costs a decoding step its mask. See ``sgl.integrations._prefetch``.
     Raises `ConstraintError` for a constraint that does not compile.
     """
 
@@ -76,25 +90,30 @@ class SGLLogitsProcessor(LogitsProcessor):
         choices: Sequence[str] | None = None,
         json_options: Mapping[str, Any] | None = None,
         eos_token_id: int | Iterable[int] | None = None,
+        prefetch: int = 2,
     ) -> None:
         eos = _ids(eos_token_id) or None
         vocab = Vocabulary.from_tokenizer(tokenizer, eos_token_ids=eos)
         compiled = compile_constraint(vocab, json_schema=json_schema, regex=regex, grammar=grammar,
                                       grammar_syntax=grammar_syntax, choices=choices,
                                       json_options=json_options)
-        self._init(compiled, pad_token_id=getattr(tokenizer, "pad_token_id", None))
+        self._init(compiled, pad_token_id=getattr(tokenizer, "pad_token_id", None), prefetch=prefetch)
 
     @classmethod
-    def from_compiled(cls, compiled: CompiledGrammar, pad_token_id: int | None = None) -> SGLLogitsProcessor:
+    def from_compiled(cls, compiled: CompiledGrammar, pad_token_id: int | None = None,
+                      prefetch: int = 2) -> SGLLogitsProcessor:
         """A processor for a constraint already compiled with a vocabulary."""
         self = cls.__new__(cls)
-        self._init(compiled, pad_token_id=pad_token_id)
+        self._init(compiled, pad_token_id=pad_token_id, prefetch=prefetch)
         return self
 
-    def _init(self, compiled: CompiledGrammar, pad_token_id: int | None) -> None:
+    def _init(self, compiled: CompiledGrammar, pad_token_id: int | None, prefetch: int) -> None:
         if compiled.vocab is None:
             raise ConstraintError("the constraint was compiled without a vocabulary")
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         self.compiled = compiled
+        self.prefetch = prefetch
         # tokens a row may take past the constraint's end: generate pads finished rows
         self._end_ids = frozenset(compiled.vocab.eos_token_ids) | frozenset(_ids(pad_token_id))
         self.reset()
@@ -122,13 +141,20 @@ class SGLLogitsProcessor(LogitsProcessor):
             raise ValueError(f"expected input_ids (batch, len) and scores (batch, vocab), got "
                              f"{tuple(input_ids.shape)} and {tuple(scores.shape)}")
         self._follow(input_ids)
-        batch, width = scores.shape
-        if self._bitmask is None or self._bitmask.shape != (batch, (width + 31) // 32):
-            # sized by the logits, which may be wider than the tokenizer: the extra ids stay masked
-            self._bitmask = allocate_bitmask(batch, width)
         rows = [None if done else m for m, done in zip(self.matchers, self.finished, strict=True)]
-        fill_next_token_bitmasks(rows, self._bitmask)
-        apply_bitmask(scores, self._bitmask)
+        if _caps_apply(scores):
+            # one np.minimum per row with a cached cap of the row's (shared) mask words
+            apply_caps(scores.numpy(), [None if m is None else m.allowed_words() for m in rows])
+        else:
+            batch, width = scores.shape
+            if self._bitmask is None or self._bitmask.shape != (batch, (width + 31) // 32):
+                # sized by the logits, which may be wider than the tokenizer: the extra ids stay masked
+                self._bitmask = allocate_bitmask(batch, width)
+            fill_next_token_bitmasks(rows, self._bitmask)
+            apply_bitmask(scores, self._bitmask)
+        if self.prefetch and scores.device.type == "cpu":
+            ahead = [None if m is None else m.copy(history=False) for m in rows]
+            shared_prefetcher().submit(lookahead_job(ahead, scores, self.prefetch))
         return scores
 
     # -- following the batch ------------------------------------------------------------
