@@ -248,7 +248,8 @@ class LocalModel(Backend):
             "steps": st.steps, "forward_tokens": st.forward_tokens, "prompt_tokens": st.prompt_tokens,
             "cached_prompt_tokens": st.cached_prompt_tokens, "prefix_hit_rate": st.prefix_hit_rate,
             "generated_tokens": st.generated_tokens, "forced_tokens": st.forced_tokens,
-            "preemptions": st.preemptions, "mask_time_s": st.mask_time_s, "masks": st.masks,
+            "preemptions": st.preemptions, "draft_steps": st.draft_steps, "mask_time_s": st.mask_time_s,
+            "masks": st.masks,
             "lazy_mask_hits": st.lazy_hits, "kv_blocks_free": self.engine.pool.n_free,
             "kv_blocks": self.engine.pool.n_blocks,
         }

@@ -126,10 +126,11 @@ def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
     return plan
 
 
-def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tensor:
+def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput], n_layers: int | None = None) -> torch.Tensor:
     """Run every row's new tokens, write their KV into the pool, return float32 logits
     ``[len(rows), vocab]`` at each row's last new token (and every token's, in
-    ``row.logits``, for rows with ``logits_tail``)."""
+    ``row.logits``, for rows with ``logits_tail``). ``n_layers``: only the first layers
+    run (an early-exit drafter; its pool holds that many layers)."""
     c = model.config
     plan = plan_step(model, pool, rows)
     n = plan.ids.shape[0]
@@ -159,7 +160,7 @@ def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tens
         return attn
 
     h = model.embed_tokens(plan.ids)  # [N, hidden]
-    for i in range(len(model.layers)):
+    for i in range(len(model.layers[:n_layers])):
         h = model.layer(i, h, plan.ropes, attend)
     end = 0
     for row in rows:
