@@ -466,6 +466,13 @@ class Llama:
 
     # -- rotary
 
+    def rotary(self, positions: torch.Tensor | slice, end: int) -> list[torch.Tensor]:
+        """Rotary factors at ``positions`` (all below ``end``), one ``[N, head_dim/2]``
+        complex tensor per rotary table: what `layer` takes as ``ropes`` (reshaped to
+        broadcast), for the contiguous and the paged attention paths alike."""
+        self._extend_rope(end)
+        return [r[positions] for r in self._ropes]
+
     def _extend_rope(self, n: int) -> None:
         """Make the rotary tables cover positions ``0..n-1`` (cos + i sin, complex64).
 
@@ -558,8 +565,7 @@ class Llama:
         start = cache.length
         end = start + t
         cache.ensure_capacity(end)
-        self._extend_rope(end)
-        ropes = [r[start:end].view(1, t, 1, -1) for r in self._ropes]
+        ropes = [r.view(1, t, 1, -1) for r in self.rotary(slice(start, end), end)]
         masks = {False: self._attention_mask(start, t)}
         if c.sliding_window is not None:
             masks[True] = self._attention_mask(start, t, c.sliding_window)

@@ -95,11 +95,11 @@ def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
             extends.append((offset, t, slots, _extend_masks(row, window, device)))
         offset += t
         last.append(offset - 1)
-    model._extend_rope(max(r.end for r in rows))
     positions = torch.cat(pos).to(device)
     plan = _Plan(
         ids=torch.tensor(ids, device=device), write=torch.cat(write).to(device),
-        ropes=[r[positions].unsqueeze(1) for r in model._ropes], last=torch.tensor(last, device=device),
+        ropes=[f.unsqueeze(1) for f in model.rotary(positions, max(row.end for row in rows))],
+        last=torch.tensor(last, device=device),
         decode_idx=None, decode_slots=None, decode_mask={False: None, True: None}, extends=extends,
     )
     if not decode_rows:
