@@ -16,10 +16,10 @@ cost shows the ceiling of a draft model as expensive as the target).
     python bench/speculative.py --only plain,ngram-k4 --tokens 64
     python bench/speculative.py --concurrent 4       # 4 requests in one engine's batch
 
-With ``--concurrent N`` each run is N copies of the request in one engine (prefix cache
-off); "target passes" are then the engine's steps, and "draft fwd" counts the draft
-model's forward passes (each over every sequence drafting from it; "-" where the
-engine does not count them).
+"CPU s" is the process CPU time of a run (every thread). With ``--concurrent N`` each
+run is N copies of the request in one engine (prefix cache off); "target passes" are
+then the engine's steps. "draft fwd" counts the draft model's forward passes (each over
+every sequence drafting from it; "-" where the engine does not count them).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -58,6 +58,7 @@ SCHEMA = {
 class Row:
     name: str
     wall_s: list[float]
+    cpu_s: list[float] = field(default_factory=list)
     tokens: int = 0
     passes: int = 0
     acceptance: float = 0.0
@@ -128,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     run(None)  # warm-up (allocator, rotary table, first-call overheads)
     for _ in range(args.repeats):
         for name, entry in table.items():
+            cpu = time.process_time()
             wall, out = run(entry)
             row = rows[name]
             row.wall_s.append(wall)
+            row.cpu_s.append(time.process_time() - cpu)
             row.tokens, row.passes, row.acceptance = getattr(out, "tokens", len(out.token_ids)), out.forward_passes, \
                 out.acceptance_rate
             row.draft_forwards = getattr(out, "draft_forwards", None)
@@ -188,16 +191,17 @@ def print_table(rows, args, n_prompt: int, threads: int) -> None:
           f"median of {args.repeats}, torch {torch.__version__}, {threads} threads"
           f"{f', {args.concurrent} requests together' if args.concurrent > 1 else ''}"
           f"{', JSON Schema constraint' if args.json_schema else ''}\n")
-    print("| config | wall s | tokens/s | speedup | target passes | tokens/pass | acceptance | draft fwd "
+    print("| config | wall s | CPU s | tokens/s | speedup | target passes | tokens/pass | acceptance | draft fwd "
           "| same output |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     base = None
     for r in rows:
         wall = statistics.median(r.wall_s)
         tps = r.tokens / wall
         base = base or tps
         per_pass = r.tokens / r.passes if r.passes else 0.0
-        print(f"| {r.name} | {wall:.2f} | {tps:.1f} | {tps / base:.2f}x | {r.passes} | {per_pass:.2f} "
+        print(f"| {r.name} | {wall:.2f} | {statistics.median(r.cpu_s):.2f} | {tps:.1f} | {tps / base:.2f}x "
+              f"| {r.passes} | {per_pass:.2f} "
               f"| {r.acceptance:.0%} | {'-' if r.draft_forwards is None else r.draft_forwards} "
               f"| {'yes' if r.same_output else 'NO'} |")
 
