@@ -54,7 +54,10 @@ class LocalModel(Backend):
             activations in those matmuls); ``"float"`` dequantizes everything to ``dtype``.
         speculative: speculative decoding, in the engine's batch: ``"ngram"`` (prompt
             lookup), ``"early_exit:N"`` (the first N layers draft), or the path of a
-            smaller model sharing the vocabulary. ``speculative_k`` drafts per step.
+            smaller model sharing the vocabulary. ``speculative_k`` drafts per step. A
+            draft model's requests draft together (one batched forward per draft
+            position); its KV pool holds as many tokens as the engine's (``kv_budget_mb``
+            scaled by the draft model's size per token), allocated at the first draft.
 
     All methods are thread-safe. Generation goes through one engine thread that batches
     every concurrent request (from `run_batch` threads, forks, server clients).
