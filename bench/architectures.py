@@ -72,7 +72,7 @@ def check(name: str, device: str) -> bool:
         params = SamplingParams(max_tokens=ENGINE_NEW_TOKENS, temperature=0.0)
         engine_ok = all([r.token_ids for r in lm.generate_batch([GenerateRequest(p, params) for p in prompts])]
                         == expected for _ in range(2))
-        hits = lm.engine.cache.stats.hit_tokens
+        hits = lm.engine.stats.cached_prompt_tokens
     finally:
         lm.engine.close()
     hf_b = hf.to(torch.bfloat16)

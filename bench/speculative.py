@@ -14,6 +14,12 @@ cost shows the ceiling of a draft model as expensive as the target).
     python bench/speculative.py                      # 128 tokens, 3 repeats, ~3 minutes
     python bench/speculative.py --json-schema        # the same under a JSON Schema constraint
     python bench/speculative.py --only plain,ngram-k4 --tokens 64
+    python bench/speculative.py --concurrent 4       # 4 requests in one engine's batch
+
+"CPU s" is the process CPU time of a run (every thread). With ``--concurrent N`` each
+run is N copies of the request in one engine (prefix cache off); "target passes" are
+then the engine's steps. "draft fwd" counts the draft model's forward passes (each over
+every sequence drafting from it; "-" where the engine does not count them).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,10 +58,12 @@ SCHEMA = {
 class Row:
     name: str
     wall_s: list[float]
+    cpu_s: list[float] = field(default_factory=list)
     tokens: int = 0
     passes: int = 0
     acceptance: float = 0.0
     same_output: bool = True
+    draft_forwards: int | None = None
 
 
 def configs(model) -> dict[str, Callable[[], object] | None]:
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--json-schema", action="store_true", help="constrain the output with a JSON Schema")
     ap.add_argument("--only", default="", help="comma-separated configuration names")
+    ap.add_argument("--concurrent", type=int, default=1, help="requests decoded together in one engine")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         table = {k: v for k, v in table.items() if k in args.only.split(",")}
 
     def run(entry):
+        if args.concurrent > 1:
+            return run_together(lm, prompt, entry, args, compiled)
         matcher = Matcher(compiled) if compiled is not None else None
         common = dict(max_tokens=args.tokens, sampler=Sampler(temperature=0.0),
                       eos_ids=lm.eos_token_ids, matcher=matcher)
@@ -118,33 +129,81 @@ def main(argv: list[str] | None = None) -> int:
     run(None)  # warm-up (allocator, rotary table, first-call overheads)
     for _ in range(args.repeats):
         for name, entry in table.items():
+            cpu = time.process_time()
             wall, out = run(entry)
             row = rows[name]
             row.wall_s.append(wall)
-            row.tokens, row.passes, row.acceptance = len(out.token_ids), out.forward_passes, out.acceptance_rate
+            row.cpu_s.append(time.process_time() - cpu)
+            row.tokens, row.passes, row.acceptance = getattr(out, "tokens", len(out.token_ids)), out.forward_passes, \
+                out.acceptance_rate
+            row.draft_forwards = getattr(out, "draft_forwards", None)
             if reference is None:
                 reference = out.token_ids
                 print(f"output ({len(out.token_ids)} tokens): {lm.decode(out.token_ids)!r}", file=sys.stderr)
-            row.same_output &= out.token_ids == reference
+            row.same_output &= out.token_ids == reference and getattr(out, "same", True)
     print_table(rows.values(), args, len(prompt), torch.get_num_threads())
     return 0
+
+
+@dataclass
+class Together:
+    """What ``--concurrent`` runs report: the first request's tokens, totals of the rest."""
+
+    token_ids: list[int]
+    tokens: int
+    forward_passes: int
+    acceptance_rate: float
+    draft_forwards: int | None
+    same: bool
+
+
+def run_together(lm, prompt, entry, args, compiled) -> tuple[float, Together]:
+    """``args.concurrent`` copies of the request in one engine; (wall s, totals)."""
+    from sgl.constrain import Matcher
+    from sgl.engine.request import SeqRequest
+    from sgl.engine.sampler import Sampler
+    from sgl.engine.scheduler import Engine, EngineConfig
+    from sgl.engine.speculative import Speculation
+    from sgl.types import SamplingParams
+
+    config = EngineConfig(kv_budget_mb=256, max_running=args.concurrent, prefix_cache=False, jump_forward=False,
+                          lazy_masks=False)
+    engine = Engine(lm.model, lm.vocab.token_bytes, lm.eos_token_ids, config)
+    accs = [None if entry is None else Speculation(entry[0](), entry[1]) for _ in range(args.concurrent)]
+    reqs = [SeqRequest(list(prompt), SamplingParams(max_tokens=args.tokens), None if compiled is None
+                       else Matcher(compiled), sampler=Sampler(temperature=0.0), acceptor=acc) for acc in accs]
+    start = time.perf_counter()
+    try:
+        outs = engine.generate(reqs)
+    finally:
+        engine.close()
+    wall = time.perf_counter() - start
+    proposed = sum(a.proposed for a in accs if a is not None)
+    accepted = sum(a.accepted for a in accs if a is not None)
+    return wall, Together(outs[0].token_ids, sum(len(o.token_ids) for o in outs), engine.stats.steps,
+                          accepted / proposed if proposed else 0.0, getattr(engine.stats, "draft_steps", None),
+                          all(o.token_ids == outs[0].token_ids for o in outs))
 
 
 def print_table(rows, args, n_prompt: int, threads: int) -> None:
     cmd = "python bench/speculative.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"\n`{cmd.strip()}`: {n_prompt}-token prompt, greedy, <= {args.tokens} new tokens, "
           f"median of {args.repeats}, torch {torch.__version__}, {threads} threads"
+          f"{f', {args.concurrent} requests together' if args.concurrent > 1 else ''}"
           f"{', JSON Schema constraint' if args.json_schema else ''}\n")
-    print("| config | wall s | tokens/s | speedup | target passes | tokens/pass | acceptance | same output |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| config | wall s | CPU s | tokens/s | speedup | target passes | tokens/pass | acceptance | draft fwd "
+          "| same output |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     base = None
     for r in rows:
         wall = statistics.median(r.wall_s)
         tps = r.tokens / wall
         base = base or tps
         per_pass = r.tokens / r.passes if r.passes else 0.0
-        print(f"| {r.name} | {wall:.2f} | {tps:.1f} | {tps / base:.2f}x | {r.passes} | {per_pass:.2f} "
-              f"| {r.acceptance:.0%} | {'yes' if r.same_output else 'NO'} |")
+        print(f"| {r.name} | {wall:.2f} | {statistics.median(r.cpu_s):.2f} | {tps:.1f} | {tps / base:.2f}x "
+              f"| {r.passes} | {per_pass:.2f} "
+              f"| {r.acceptance:.0%} | {'-' if r.draft_forwards is None else r.draft_forwards} "
+              f"| {'yes' if r.same_output else 'NO'} |")
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def test_batching_engine_matches_transformers(arch):
         for _ in range(2):  # the second round finds the first one's prompts in the prefix cache
             results = lm.generate_batch([GenerateRequest(p, params) for p in prompts])
             assert [r.token_ids for r in results] == expected
-        assert lm.engine.cache.stats.hit_tokens > 0
+        assert lm.engine.stats.cached_prompt_tokens > 0
     finally:
         lm.engine.close()
 

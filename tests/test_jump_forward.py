@@ -14,7 +14,14 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from sgl.constrain import Matcher, Vocabulary, compile_choices, compile_json_schema, compile_regex
+from sgl.constrain import (
+    Matcher,
+    Vocabulary,
+    allocate_bitmask,
+    compile_choices,
+    compile_json_schema,
+    compile_regex,
+)
 from sgl.engine.jump_forward import JumpForward, canonical_split_ok, jump_forward
 
 CHARACTER = {
@@ -96,7 +103,11 @@ def assert_state_is(m: Matcher, tokens: list[int]) -> None:
     """``m`` is where a fresh matcher gets by consuming ``tokens``."""
     fresh = Matcher(m.compiled)
     assert fresh.consume_tokens(tokens) == len(tokens)
-    assert m._tokens == fresh._tokens
+    assert m.num_tokens == fresh.num_tokens
+    masks = allocate_bitmask(2, m.compiled.vocab.n_vocab)
+    m.fill_bitmask(masks, 0)
+    fresh.fill_bitmask(masks, 1)
+    assert (masks[0] == masks[1]).all()  # the same tokens allowed next
     assert m.forced_bytes() == fresh.forced_bytes()
     assert m.is_accepting() == fresh.is_accepting()
     assert m.is_terminated() == fresh.is_terminated()

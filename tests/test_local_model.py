@@ -84,17 +84,6 @@ def test_incremental_decode_matches_full_forward(tiny):
     assert cache.length == 8
 
 
-def test_truncate_rolls_back_exactly(tiny):
-    cache = tiny.new_cache(16)
-    tiny.forward(torch.tensor([[1, 2, 3, 4]]), cache)
-    a = tiny.forward(torch.tensor([[7]]), cache)
-    cache.truncate(4)
-    b = tiny.forward(torch.tensor([[7]]), cache)
-    torch.testing.assert_close(a, b, atol=0, rtol=0)
-    with pytest.raises(ValueError):
-        cache.truncate(99)
-
-
 def test_rotary_permutation_roundtrip():
     w = torch.arange(4 * 8 * 3, dtype=torch.float32).reshape(32, 3)
     inter = interleave_rotary(w, n_heads=4)

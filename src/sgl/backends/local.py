@@ -54,7 +54,10 @@ class LocalModel(Backend):
             activations in those matmuls); ``"float"`` dequantizes everything to ``dtype``.
         speculative: speculative decoding, in the engine's batch: ``"ngram"`` (prompt
             lookup), ``"early_exit:N"`` (the first N layers draft), or the path of a
-            smaller model sharing the vocabulary. ``speculative_k`` drafts per step.
+            smaller model sharing the vocabulary. ``speculative_k`` drafts per step. A
+            draft model's requests draft together (one batched forward per draft
+            position); its KV pool holds as many tokens as the engine's (``kv_budget_mb``
+            scaled by the draft model's size per token), allocated at the first draft.
 
     All methods are thread-safe. Generation goes through one engine thread that batches
     every concurrent request (from `run_batch` threads, forks, server clients).
@@ -248,7 +251,8 @@ class LocalModel(Backend):
             "steps": st.steps, "forward_tokens": st.forward_tokens, "prompt_tokens": st.prompt_tokens,
             "cached_prompt_tokens": st.cached_prompt_tokens, "prefix_hit_rate": st.prefix_hit_rate,
             "generated_tokens": st.generated_tokens, "forced_tokens": st.forced_tokens,
-            "preemptions": st.preemptions, "mask_time_s": st.mask_time_s, "masks": st.masks,
+            "preemptions": st.preemptions, "draft_steps": st.draft_steps, "mask_time_s": st.mask_time_s,
+            "masks": st.masks,
             "lazy_mask_hits": st.lazy_hits, "kv_blocks_free": self.engine.pool.n_free,
             "kv_blocks": self.engine.pool.n_blocks,
         }

@@ -20,7 +20,6 @@ same permutation.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -239,10 +238,10 @@ def _sliding_settings(d: dict[str, Any], model_type: str, layers: int) -> tuple[
 @dataclass
 class KVCache:
     """Keys and values of one sequence, preallocated, contiguous (the engine's batch uses
-    the paged `KVPool`; this cache serves drafters and reference forward passes).
+    the paged `KVPool`; this cache serves reference forward passes).
 
     ``k`` and ``v`` have shape ``[layers, 1, kv_heads, capacity, head_dim]``; the first
-    ``length`` positions are filled. ``truncate(n)`` rolls back (a drafter's rejected drafts).
+    ``length`` positions are filled.
     """
 
     k: torch.Tensor
@@ -271,11 +270,6 @@ class KVCache:
             new[:, :, :, : self.length] = old[:, :, :, : self.length]
             setattr(self, name, new)
 
-    def truncate(self, n: int) -> None:
-        """Forget every position from ``n`` on (the data stays, it is overwritten later)."""
-        if not 0 <= n <= self.length:
-            raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
-        self.length = n
 
 
 
@@ -472,6 +466,13 @@ class Llama:
 
     # -- rotary
 
+    def rotary(self, positions: torch.Tensor | slice, end: int) -> list[torch.Tensor]:
+        """Rotary factors at ``positions`` (all below ``end``), one ``[N, head_dim/2]``
+        complex tensor per rotary table: what `layer` takes as ``ropes`` (reshaped to
+        broadcast), for the contiguous and the paged attention paths alike."""
+        self._extend_rope(end)
+        return [r[positions] for r in self._ropes]
+
     def _extend_rope(self, n: int) -> None:
         """Make the rotary tables cover positions ``0..n-1`` (cos + i sin, complex64).
 
@@ -494,12 +495,9 @@ class Llama:
 
     # -- forward
 
-    def new_cache(self, capacity: int, n_layers: int | None = None) -> KVCache:
-        """An empty `KVCache` for this model (for its first ``n_layers`` layers only, if given)."""
-        config = self.config
-        if n_layers is not None:
-            config = dataclasses.replace(config, num_hidden_layers=n_layers)
-        return KVCache.allocate(config, capacity, device=self.device, dtype=self.dtype)
+    def new_cache(self, capacity: int) -> KVCache:
+        """An empty `KVCache` for this model."""
+        return KVCache.allocate(self.config, capacity, device=self.device, dtype=self.dtype)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """The input embeddings of token ids (Gemma's scaled by sqrt(hidden_size))."""
@@ -556,22 +554,18 @@ class Llama:
             out = _rms_norm(out, lw.norm_mlp_out, eps)
         return h + out
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache, all_logits: bool = False,
-                n_layers: int | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: KVCache, all_logits: bool = False) -> torch.Tensor:
         """Run ``input_ids`` ([batch, T]) after the cache's content and append their KV.
 
         Returns float32 logits ``[batch, T, vocab]`` if ``all_logits`` else ``[batch, vocab]``
         for the last position only (the output projection is the costliest matmul).
-        ``n_layers``: run only the first layers, then the final norm and output
-        projection (an early-exit draft model; its cache needs only that many layers).
         """
         c = self.config
         bsz, t = input_ids.shape
         start = cache.length
         end = start + t
         cache.ensure_capacity(end)
-        self._extend_rope(end)
-        ropes = [r[start:end].view(1, t, 1, -1) for r in self._ropes]
+        ropes = [r.view(1, t, 1, -1) for r in self.rotary(slice(start, end), end)]
         masks = {False: self._attention_mask(start, t)}
         if c.sliding_window is not None:
             masks[True] = self._attention_mask(start, t, c.sliding_window)
@@ -592,7 +586,7 @@ class Llama:
             return attention(qk[:, :, :nh].transpose(1, 2), keys, values, mask, c).transpose(1, 2)
 
         h = self.embed_tokens(input_ids)
-        for i in range(len(self.layers[:n_layers])):
+        for i in range(len(self.layers)):
             h = self.layer(i, h, ropes, attend)
         cache.length = end
         if not all_logits:

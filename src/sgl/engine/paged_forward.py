@@ -95,11 +95,11 @@ def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
             extends.append((offset, t, slots, _extend_masks(row, window, device)))
         offset += t
         last.append(offset - 1)
-    model._extend_rope(max(r.end for r in rows))
     positions = torch.cat(pos).to(device)
     plan = _Plan(
         ids=torch.tensor(ids, device=device), write=torch.cat(write).to(device),
-        ropes=[r[positions].unsqueeze(1) for r in model._ropes], last=torch.tensor(last, device=device),
+        ropes=[f.unsqueeze(1) for f in model.rotary(positions, max(row.end for row in rows))],
+        last=torch.tensor(last, device=device),
         decode_idx=None, decode_slots=None, decode_mask={False: None, True: None}, extends=extends,
     )
     if not decode_rows:
@@ -126,10 +126,11 @@ def plan_step(model: Llama, pool: KVPool, rows: list[RowInput]) -> _Plan:
     return plan
 
 
-def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tensor:
+def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput], n_layers: int | None = None) -> torch.Tensor:
     """Run every row's new tokens, write their KV into the pool, return float32 logits
     ``[len(rows), vocab]`` at each row's last new token (and every token's, in
-    ``row.logits``, for rows with ``logits_tail``)."""
+    ``row.logits``, for rows with ``logits_tail``). ``n_layers``: only the first layers
+    run (an early-exit drafter; its pool holds that many layers)."""
     c = model.config
     plan = plan_step(model, pool, rows)
     n = plan.ids.shape[0]
@@ -159,7 +160,7 @@ def forward_rows(model: Llama, pool: KVPool, rows: list[RowInput]) -> torch.Tens
         return attn
 
     h = model.embed_tokens(plan.ids)  # [N, hidden]
-    for i in range(len(model.layers)):
+    for i in range(len(model.layers[:n_layers])):
         h = model.layer(i, h, plan.ropes, attend)
     end = 0
     for row in rows:

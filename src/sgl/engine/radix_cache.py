@@ -31,15 +31,6 @@ class Node:
     last_used: int = 0
 
 
-@dataclass
-class CacheStats:
-    """Prompt tokens looked up and found in the cache; blocks evicted."""
-
-    queried_tokens: int = 0
-    hit_tokens: int = 0
-    evicted_blocks: int = 0
-
-
 class RadixCache:
     """Longest-prefix lookup of cached KV blocks, with pinning and LRU eviction.
 
@@ -51,17 +42,13 @@ class RadixCache:
         self.root = Node(key=(), block=-1, parent=None)
         self._release_block = release_block
         self._clock = itertools.count(1)
-        self.n_nodes = 0
-        self.stats = CacheStats()
 
     def match(self, tokens: Sequence[int]) -> list[Node]:
         """The nodes of the longest cached prefix of ``tokens`` (whole blocks), root excluded.
 
-        Counts toward the hit rate and marks the nodes as recently used; does not pin them.
+        Marks the nodes as recently used; does not pin them (the engine counts the hits).
         """
         path = self._walk(tokens)
-        self.stats.queried_tokens += len(tokens)
-        self.stats.hit_tokens += len(path) * self.block_size
         now = next(self._clock)
         for node in path:
             node.last_used = now
@@ -91,7 +78,6 @@ class RadixCache:
             return None
         node = Node(key=key, block=block, parent=parent, last_used=next(self._clock))
         parent.children[key] = node
-        self.n_nodes += 1
         return node
 
     @staticmethod
@@ -107,10 +93,6 @@ class RadixCache:
             node.refs -= 1
             node.last_used = now
 
-    def evictable(self) -> int:
-        """How many blocks eviction could free now (unpinned subtrees)."""
-        return sum(1 for n in self._nodes() if n.refs == 0)
-
     def evict(self, n_blocks: int) -> int:
         """Free up to ``n_blocks`` blocks, least recently used unpinned leaves first."""
         leaves = [(n.last_used, id(n), n) for n in self._nodes() if not n.children and n.refs == 0]
@@ -121,11 +103,9 @@ class RadixCache:
             parent = node.parent
             del parent.children[node.key]
             self._release_block(node.block)
-            self.n_nodes -= 1
             freed += 1
             if parent is not self.root and not parent.children and parent.refs == 0:
                 heapq.heappush(leaves, (parent.last_used, id(parent), parent))
-        self.stats.evicted_blocks += freed
         return freed
 
     def _nodes(self):

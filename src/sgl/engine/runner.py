@@ -17,7 +17,7 @@ from .llama import Llama
 from .paged_forward import RowInput, forward_rows
 from .policy import Pairing
 from .sampler import apply_penalties_batch
-from .speculative import Speculation
+from .speculative import DraftPools, Speculation, propose_drafts
 from .step import SeqState
 
 SMALL_STEP_TOKENS = 8  # steps with fewer new tokens run torch on one thread (see pick_threads)
@@ -30,6 +30,7 @@ class ModelRunner:
     def __init__(self, model: Llama, pool: KVPool) -> None:
         self.model, self.pool = model, pool
         self.threads = _PROCESS_THREADS
+        self.draft_pools = DraftPools(pool.capacity_tokens, pool.block_size)  # a draft model's KV, made on use
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -58,6 +59,11 @@ class ModelRunner:
                 state.step(row, penalized=True, raw=raws.get(i))
             else:
                 state.step(row)
+
+    def draft(self, requests: Sequence[tuple[Speculation, SeqState]]) -> int:
+        """The drafts of a step's speculative rows, each draft model's for all its rows in
+        one batched forward per draft position; how many draft-model forwards ran."""
+        return propose_drafts(self.model, requests, self.draft_pools, self.pick_threads)
 
     def verify(self, acceptor: Speculation, state: SeqState, logits: torch.Tensor) -> int:
         """A speculative sequence's step: its drafts checked against ``logits`` (one row per

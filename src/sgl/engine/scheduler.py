@@ -87,6 +87,7 @@ class EngineStats(StepCounters):
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     preemptions: int = 0
+    draft_steps: int = 0  # forward passes of draft models (each over every row drafting from it)
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -105,6 +106,7 @@ class EngineSeq:
     nodes: list[Node] = field(default_factory=list)  # pinned prefix-cache nodes (blocks[:len])
     published_all: bool = True  # False once a block could not go to the prefix cache
     drafts: list[int] = field(default_factory=list)  # fed after the pending token this step (speculative)
+    draft_room: int = 0  # drafts reserved for this step (the KV and the token budget hold them)
     emitted: int = 0
     cancelled: bool = False
     submitted: float = 0.0
@@ -405,15 +407,11 @@ class Engine:
             n = min(seq.unfed, max(budget, 1 if seq.unfed == 1 else 0))
             if n == 0:
                 continue
-            if not self._draft(seq, n):
-                self._finish(seq, "error")
-                self._retire(seq)
-                continue
-            if not self._reserve(seq, seq.cached + n + len(seq.drafts)):
-                self._drop_drafts(seq)
+            room = self._draft_room(seq, n)
+            if not self._reserve(seq, seq.cached + n + room):
                 continue
             batch.append((seq, n))
-            budget -= n + len(seq.drafts)
+            budget -= n + room
         batch = [(s, n) for s, n in batch if s in self.running]
         while self.waiting and budget > 0 and (len(self.running) < self.config.max_running
                                                or self._other_half_running(self.waiting[0])):
@@ -426,35 +424,40 @@ class Engine:
                 continue
             self._match_prefix(seq)
             n = min(seq.unfed, budget)
-            if not self._draft(seq, n):
-                self.waiting.popleft()
-                self._release(seq)
-                self._finish(seq, "error")
-                continue
-            if not self._reserve(seq, seq.cached + n + len(seq.drafts), preempt=False):
-                self._drop_drafts(seq)
+            room = self._draft_room(seq, n)
+            if not self._reserve(seq, seq.cached + n + room, preempt=False):
+                seq.draft_room = 0
                 self._release(seq)
                 seq.cached = 0
                 break
             self.waiting.popleft()
             self.running.append(seq)
             batch.append((seq, n))
-            budget -= n + len(seq.drafts)
-        return batch
+            budget -= n + room
+        return self._propose_drafts(batch)
 
-    def _draft(self, seq: EngineSeq, n: int) -> bool:
-        """Set the drafts ``seq`` feeds after its pending token this step (speculative
-        requests whose row reaches the pending token); False when drafting failed."""
+    def _draft_room(self, seq: EngineSeq, n: int) -> int:
+        """How many drafts ``seq`` may feed after its pending token this step (speculative
+        requests whose row reaches the pending token), remembered in ``seq.draft_room``."""
         acceptor = seq.req.acceptor
         drafting = acceptor is not None and n == seq.unfed and not seq.state.wants_logits(seq.cached, n)
-        seq.drafts = acceptor.propose(seq.state, self.model) if drafting else []
-        return not seq.done
+        seq.draft_room = acceptor.room(seq.state) if drafting else 0
+        return seq.draft_room
 
-    def _drop_drafts(self, seq: EngineSeq) -> None:
-        """The row was not scheduled: its drafts are forgotten."""
-        if seq.drafts:
-            seq.req.acceptor.cancel(seq.state)
-            seq.drafts = []
+    def _propose_drafts(self, batch: list[tuple[EngineSeq, int]]) -> list[tuple[EngineSeq, int]]:
+        """Draft for every speculative row of the batch at once (the runner batches each
+        draft model's forwards over its rows); a row whose drafting failed leaves it."""
+        drafting = [seq for seq, _ in batch if seq.draft_room]
+        if not drafting:
+            return batch
+        self.stats.draft_steps += self.runner.draft([(seq.req.acceptor, seq.state) for seq in drafting])
+        for seq in drafting:
+            seq.draft_room = 0
+            seq.drafts = seq.req.acceptor.draft.tokens
+            if seq.done:  # drafting failed
+                self._finish(seq, "error")
+                self._retire(seq)
+        return [(seq, n) for seq, n in batch if not seq.done]
 
     def _match_prefix(self, seq: EngineSeq) -> None:
         """Start ``seq`` from the longest cached prefix of its tokens (one token stays to feed)."""
@@ -506,7 +509,6 @@ class Engine:
         self.running.remove(seq)
         self._release(seq)
         seq.cached = 0
-        self._drop_drafts(seq)
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
         seq.out.meta["preemptions"] = seq.out.meta.get("preemptions", 0) + 1
@@ -532,7 +534,9 @@ class Engine:
         self._release(seq)
 
     def _release(self, seq: EngineSeq) -> None:
-        """Unpin ``seq``'s cached prefix and free the blocks it owns."""
+        """Unpin ``seq``'s cached prefix and free the blocks it owns (its draft model's too)."""
+        if seq.req.acceptor is not None:
+            seq.req.acceptor.release()
         self.cache.unpin(seq.nodes)
         self.pool.release(seq.blocks[len(seq.nodes):])
         seq.nodes, seq.blocks = [], []

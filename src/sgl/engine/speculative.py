@@ -1,4 +1,4 @@
-"""Speculative decoding for one sequence: a cheap drafter proposes, the target verifies.
+"""Speculative decoding: a cheap drafter proposes, the target verifies, in the engine's batch.
 
 Each step a `Drafter` proposes up to ``k`` tokens; the target model scores the pending
 token plus all drafts in ONE forward pass (``all_logits=True``), keeps the longest
@@ -22,7 +22,10 @@ Masking, end checks (EOS, stop tokens, stop strings, constraint complete, length
 the recording of tokens are the engine's own `step.SeqState`, and a speculative request
 is a request in the engine's continuous batch (`Speculation`, its acceptor: the row of
 a step feeds the pending token and the drafts, and the engine keeps the KV of what was
-accepted). This module adds only drafting and the acceptance rule. `plain_generate` and
+accepted). Drafts from a draft model (or the target's first layers) are produced in the
+batch too: every sequence drafting from one draft model feeds it together, one batched
+paged forward per draft position (`DraftPool`, the engine's own `forward_rows`), not one
+sequence at a time. This module adds only drafting and the acceptance rule. `plain_generate` and
 `speculative_generate` run one request in an engine of their own (tests and
 ``bench/speculative.py`` compare the two).
 """
@@ -30,8 +33,9 @@ accepted). This module adds only drafting and the acceptance rule. `plain_genera
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +81,7 @@ class SpecResult:
     proposed: int = 0
     accepted: int = 0
     error: str | None = None
+    draft_forwards: int = 0  # forward passes of a draft model (0 for n-gram lookup)
 
     @property
     def acceptance_rate(self) -> float:
@@ -93,11 +98,12 @@ class SpecResult:
 
 
 class Drafter(ABC):
-    """Proposes draft tokens for one sequence at a time.
+    """Proposes draft tokens for one sequence.
 
     The decode loop calls `start` once, then per step `propose` with the whole token
     history (prompt + generated), then `rollback` with how many leading history tokens
-    are confirmed, so stateful drafters can drop what the target rejected.
+    are confirmed, so stateful drafters can drop what the target rejected; `release`
+    when the sequence leaves the engine's batch (it ended or was preempted).
     """
 
     end_ids: frozenset[int] = frozenset()
@@ -118,84 +124,165 @@ class Drafter(ABC):
     def rollback(self, n_tokens: int) -> None:  # noqa: B027 - stateless drafters keep nothing
         """Only the first ``n_tokens`` tokens of the history are confirmed; forget the rest."""
 
-
-class CachedSequence:
-    """One sequence's contiguous KV cache, kept between calls: a new history runs only
-    what follows its longest common prefix with the tokens the cache already holds."""
-
-    def __init__(self, model: Llama, capacity: int, n_layers: int | None = None) -> None:
-        self.model, self.n_layers = model, n_layers
-        self.cache = model.new_cache(capacity, n_layers=n_layers)
-        self.ids: list[int] = []  # the tokens whose keys/values are in the cache
-
-    def rollback(self, n_tokens: int) -> None:
-        """Keep only the first ``n_tokens`` tokens in the cache."""
-        n = min(n_tokens, len(self.ids))
-        del self.ids[n:]
-        self.cache.truncate(n)
-
-    def catch_up(self, history: Sequence[int]) -> torch.Tensor:
-        """Logits ``[V]`` after ``history``: keep the cached common prefix, feed the rest."""
-        keep = min(_common_prefix(self.ids, history), len(history) - 1)  # at least one token must run to get logits
-        self.rollback(keep)
-        return self.feed(list(history[keep:]))
-
-    def feed(self, ids: list[int]) -> torch.Tensor:
-        """Run ``ids`` through the model; return the last position's logits ``[V]``."""
-        with torch.inference_mode():
-            logits = self.model.forward(torch.tensor([ids], device=self.model.device), self.cache,
-                                        n_layers=self.n_layers)[0]
-        self.ids.extend(ids)
-        return logits
+    def release(self) -> None:  # noqa: B027 - stateless drafters hold nothing
+        """Give back what the sequence holds (a draft model's KV blocks)."""
 
 
 class ModelDrafter(Drafter):
     """A second (smaller) local model with the same vocabulary drafts the tokens (or, with
-    ``n_layers``, the first layers of a model), with its own contiguous cache."""
+    ``n_layers``, the first layers of a model).
+
+    Its keys and values live in a `DraftPool`. In an engine that is the pool every
+    sequence drafting from this model shares, and their drafts come from one batched
+    forward of the draft model per draft position (`propose_drafts`); `propose` alone
+    drafts for this one sequence, in a pool of its own.
+    """
 
     def __init__(self, model: Llama, n_layers: int | None = None) -> None:
         self.model = model
         self.n_layers = n_layers
-        self.seq: CachedSequence | None = None
-        self._bitmask: np.ndarray | None = None
+        self.pool: DraftPool | None = None
+        self.ids: list[int] = []  # the tokens whose keys/values are in the pool
+        self.blocks: list[int] = []
+        self._capacity = 0
 
     def start(self, target: Llama, prompt_ids: Sequence[int], end_ids: Collection[int] = (),
               capacity: int = 0) -> None:
         super().start(target, prompt_ids, end_ids, capacity)
         check_vocab(target, self.model)
-        self.seq = CachedSequence(self.model, max(capacity, len(prompt_ids) + 1), self.n_layers)
-        if len(prompt_ids) > 1:  # the last prompt token is fed by the first propose
-            self.seq.feed(list(prompt_ids[:-1]))
+        self.release()
+        self._capacity = max(capacity, len(prompt_ids) + 1)
 
     def rollback(self, n_tokens: int) -> None:
-        self.seq.rollback(n_tokens)
+        del self.ids[n_tokens:]  # the blocks stay: the next drafts overwrite those slots
+
+    def release(self) -> None:
+        if self.pool is not None:
+            self.pool.kv.release(self.blocks)
+        self.ids, self.blocks = [], []
 
     def propose(self, history: Sequence[int], k: int, sampler: Sampler,
                 matcher: Matcher | None = None) -> Draft:
-        if self.seq is None:
-            raise RuntimeError("call start() before propose()")
-        logits = self.seq.catch_up(history)
-        probe = matcher.copy() if matcher is not None else None
-        draft = Draft()
-        qs: list[torch.Tensor] = []
-        for step in range(k):
-            if probe is not None and not self._mask(logits, probe):
-                break
-            if sampler.greedy:
-                tok = int(torch.argmax(logits))
-            else:
-                q = sampling_probs(sampler, logits)
-                tok = int(torch.multinomial(q, 1, generator=sampler.generator))
-                qs.append(q)
-            if probe is not None and not probe.advance(tok):
-                qs = qs[: len(draft.tokens)]
-                break
-            draft.tokens.append(tok)
-            if tok in self.end_ids or step == k - 1:
-                break  # the last draft is never fed: the target may reject it anyway
-            logits = self.seq.feed([tok])
-        draft.q = torch.stack(qs) if qs else None
-        return draft
+        need = len(history) + k
+        if self.pool is None or self.pool.kv.capacity_tokens < need:
+            self.release()
+            self.pool = DraftPool(self.model, self.n_layers, 2 * max(need, self._capacity))
+        return self.pool.propose([DraftJob(self, history, k, sampler, matcher)])[0]
+
+
+class EarlyExitDrafter(ModelDrafter):
+    """The target's own first ``n_layers`` layers (then its final norm + lm_head) draft.
+
+    They keep a separate, smaller KV pool (``n_layers`` layers): the target's holds the
+    full model's keys, which differ from the truncated model's only in the later
+    layers, but sharing it would tie the two rollbacks together.
+    """
+
+    def __init__(self, target: Llama, n_layers: int) -> None:
+        total = target.config.num_hidden_layers
+        if not 1 <= n_layers < total:
+            raise ValueError(f"n_layers must be in [1, {total - 1}] for a {total}-layer model, got {n_layers}")
+        super().__init__(target, n_layers)
+
+
+@dataclass
+class DraftJob:
+    """One sequence's request for drafts from a `DraftPool`."""
+
+    drafter: ModelDrafter
+    history: Sequence[int]  # prompt + generated tokens
+    k: int  # drafts at most
+    sampler: Sampler
+    matcher: Matcher | None = None  # in the state after ``history`` (probed on a copy)
+
+
+class DraftPool:
+    """The paged KV of one draft model (its first ``n_layers`` layers for early exit),
+    shared by the sequences that draft from it: `propose` drafts for all of them with
+    one batched forward per draft position, as the engine's step does for the target.
+
+    ``forwards`` counts the draft model's forward passes.
+    """
+
+    def __init__(self, model: Llama, n_layers: int | None, capacity_tokens: int, block_size: int = 16) -> None:
+        from .kv_pool import KVPool, bytes_per_token
+
+        config = model.config if n_layers is None else dataclasses.replace(model.config, num_hidden_layers=n_layers)
+        blocks = max(2, -(-capacity_tokens // block_size))
+        self.kv = KVPool(config, blocks * block_size * bytes_per_token(config, model.dtype), block_size,
+                         device=model.device, dtype=model.dtype)
+        self.model, self.n_layers = model, n_layers
+        self.forwards = 0
+        self._bitmask: np.ndarray | None = None
+
+    def propose(self, jobs: Sequence[DraftJob], before_forward: Callable[[int], None] | None = None) -> list[Draft]:
+        """Each job's drafts. Every job first feeds what its pool KV lacks of its history
+        (after a rollback or a preemption, or the prompt the first time); then the jobs
+        still drafting feed their newest draft together, until each has ``k`` drafts, an
+        end token, or a token its matcher refuses. The last draft is never fed (the
+        target may reject it anyway). ``before_forward(n_tokens)`` runs before each forward."""
+        from .paged_forward import RowInput, forward_rows
+
+        drafts = [Draft() for _ in jobs]
+        qs: list[list[torch.Tensor]] = [[] for _ in jobs]
+        probes = [None if job.matcher is None else job.matcher.copy() for job in jobs]
+        feed: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            d = job.drafter
+            keep = min(_common_prefix(d.ids, job.history), len(job.history) - 1)  # one token must run for logits
+            d.rollback(keep)
+            if job.k > 0 and self._reserve(d, len(job.history) + job.k - 1):
+                feed[i] = list(job.history[keep:])
+        with torch.inference_mode():
+            while feed:
+                active = list(feed)
+                rows = [RowInput(feed[i], len(jobs[i].drafter.ids), jobs[i].drafter.blocks) for i in active]
+                if before_forward is not None:
+                    before_forward(sum(len(row.tokens) for row in rows))
+                logits = forward_rows(self.model, self.kv, rows, self.n_layers)
+                self.forwards += 1
+                for i, row_logits in zip(active, logits, strict=True):
+                    job = jobs[i]
+                    job.drafter.ids.extend(feed.pop(i))
+                    tok = self._pick(job, row_logits, probes[i], qs[i])
+                    if tok is None:
+                        continue
+                    drafts[i].tokens.append(tok)
+                    if tok not in job.drafter.end_ids and len(drafts[i].tokens) < job.k:
+                        feed[i] = [tok]
+        for draft, q in zip(drafts, qs, strict=True):
+            draft.q = torch.stack(q) if q else None
+        return drafts
+
+    def _reserve(self, drafter: ModelDrafter, n_tokens: int) -> bool:
+        """Make ``drafter``'s blocks hold ``n_tokens``; False (no drafts this step) when the pool is full."""
+        need = self.kv.blocks_for(n_tokens) - len(drafter.blocks)
+        if need <= 0:
+            return True
+        got = self.kv.alloc(need)
+        if got is None:
+            return False
+        drafter.blocks.extend(got)
+        return True
+
+    def _pick(self, job: DraftJob, logits: torch.Tensor, probe: Matcher | None,
+              qs: list[torch.Tensor]) -> int | None:
+        """The next draft from the draft model's ``logits`` (its ``q`` appended to ``qs``
+        when sampled), or None when the matcher allows nothing or refuses it."""
+        if probe is not None and not self._mask(logits, probe):
+            return None
+        sampler = job.sampler
+        if sampler.greedy:
+            tok = int(torch.argmax(logits))
+        else:
+            q = sampling_probs(sampler, logits)
+            tok = int(torch.multinomial(q, 1, generator=sampler.generator))
+            qs.append(q)
+        if probe is not None and not probe.advance(tok):
+            if not sampler.greedy:
+                qs.pop()
+            return None
+        return tok
 
     def _mask(self, logits: torch.Tensor, matcher: Matcher) -> bool:
         """Apply ``matcher``'s mask in place; False when it allows nothing (stop drafting)."""
@@ -212,19 +299,25 @@ class ModelDrafter(Drafter):
         return True
 
 
-class EarlyExitDrafter(ModelDrafter):
-    """The target's own first ``n_layers`` layers (then its final norm + lm_head) draft.
+class DraftPools:
+    """An engine's `DraftPool`s, one per draft model, each holding as many tokens as the
+    engine's own KV pool (a sequence the engine holds never lacks draft KV for long)."""
 
-    It keeps a separate, smaller cache (``new_cache(n_layers=...)``): the target's
-    cache holds the full model's keys, which differ from the truncated model's only
-    in the later layers, but sharing it would tie the two rollbacks together.
-    """
+    def __init__(self, capacity_tokens: int, block_size: int) -> None:
+        self.capacity_tokens, self.block_size = capacity_tokens, block_size
+        self.pools: dict[tuple[int, int | None], DraftPool] = {}
 
-    def __init__(self, target: Llama, n_layers: int) -> None:
-        total = target.config.num_hidden_layers
-        if not 1 <= n_layers < total:
-            raise ValueError(f"n_layers must be in [1, {total - 1}] for a {total}-layer model, got {n_layers}")
-        super().__init__(target, n_layers)
+    def pool_for(self, drafter: ModelDrafter) -> DraftPool:
+        """The pool of ``drafter``'s model, made ``drafter``'s own (made on first use)."""
+        key = (id(drafter.model), drafter.n_layers)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = DraftPool(drafter.model, drafter.n_layers, self.capacity_tokens,
+                                               self.block_size)
+        if drafter.pool is not pool:
+            drafter.release()
+            drafter.pool = pool
+        return pool
 
 
 class NgramDrafter(Drafter):
@@ -305,12 +398,13 @@ def check_vocab(target: Llama, draft: Llama) -> None:
 class Speculation:
     """A request's acceptor in the engine's batch: drafts, then verification.
 
-    Before the sequence's row is scheduled (one pending token, the prompt fed), the
-    drafter proposes up to ``k`` tokens (`propose`); the row feeds the pending token and
-    the drafts, with the logits of every position; `verify` then keeps the longest
-    acceptable prefix and adds one token of the target's own, and the engine keeps the
-    KV of what was accepted. Every token of the request goes through `verify`
-    (``drafter=None``: plain decoding, one token per pass, counted the same way).
+    When the sequence's row is scheduled (one pending token, the prompt fed), the engine
+    reserves `room` drafts and, once the batch is known, `propose_drafts` proposes them
+    for every speculative row together; the row feeds the pending token and the drafts,
+    with the logits of every position; `verify` then keeps the longest acceptable prefix
+    and adds one token of the target's own, and the engine keeps the KV of what was
+    accepted. Every token of the request goes through `verify` (``drafter=None``: plain
+    decoding, one token per pass, counted the same way).
     """
 
     def __init__(self, drafter: Drafter | None, k: int = 4) -> None:
@@ -318,34 +412,41 @@ class Speculation:
             raise ValueError(f"k must be >= 1, got {k}")
         self.drafter, self.k = drafter, k
         self.draft = Draft()
+        self.n = 0  # drafts this step at most (`room`)
         self._started = False
         self.forward_passes = self.proposed = self.accepted = 0
 
-    def propose(self, state: SeqState, target: Llama) -> list[int]:
-        """The drafts to feed after ``state``'s pending token."""
+    def room(self, state: SeqState) -> int:
+        """How many drafts ``state`` may feed after its pending token this step (0: none)."""
         self.draft = Draft()
         n = min(self.k, state.remaining - 1)  # the target adds one token of its own
-        if self.drafter is None or n <= 0 or state.done or (state.matcher and state.matcher.is_terminated()):
-            return []
-        try:
-            if not self._started:
-                self._started = True
-                self.drafter.start(target, state.tokens[:state.prompt_len], state.ctx.eos_ids | state.stop_token_ids,
-                                   capacity=len(state.tokens) + state.remaining + self.k + 1)
-            with torch.inference_mode():
-                self.draft = self.drafter.propose(state.tokens, n, state.sampler, state.matcher)
-        except Exception as e:  # noqa: BLE001 - this request fails, not the engine's whole batch
-            state.out.meta["error"] = f"drafting failed: {type(e).__name__}: {e}"
-            state.finish("error")
-            return []
-        del self.draft.tokens[n:]
-        return self.draft.tokens
+        if self.drafter is None or state.done or (state.matcher and state.matcher.is_terminated()):
+            n = 0
+        self.n = max(n, 0)
+        return self.n
 
-    def cancel(self, state: SeqState) -> None:
-        """The row was not scheduled: forget the drafts."""
-        if self.draft.tokens:
-            self.drafter.rollback(len(state.tokens))
+    def begin(self, state: SeqState, target: Llama) -> None:
+        """Start the drafter on the sequence's prompt (the first time it drafts)."""
+        if not self._started:
+            self._started = True
+            self.drafter.start(target, state.tokens[:state.prompt_len], state.ctx.eos_ids | state.stop_token_ids,
+                               capacity=len(state.tokens) + state.remaining + self.k + 1)
+
+    def take(self, draft: Draft) -> None:
+        """The drafts this step feeds (at most `room`)."""
+        del draft.tokens[self.n:]
+        self.draft = draft
+
+    def fail(self, state: SeqState, error: Exception) -> None:
+        """Drafting failed: this request ends with the error, not the engine's whole batch."""
+        state.out.meta["error"] = f"drafting failed: {type(error).__name__}: {error}"
+        state.finish("error")
         self.draft = Draft()
+
+    def release(self) -> None:
+        """The sequence left the batch (ended or preempted): the drafter gives back its KV."""
+        if self.drafter is not None:
+            self.drafter.release()
 
     def verify(self, state: SeqState, logits: torch.Tensor) -> int:
         """Emit the accepted drafts and one token of the target's own from ``logits``
@@ -365,6 +466,39 @@ class Speculation:
             state.out.meta.update(forward_passes=self.forward_passes, draft_tokens=self.proposed,
                                   accepted_draft_tokens=self.accepted)
         return accepted
+
+
+def propose_drafts(target: Llama, requests: Sequence[tuple[Speculation, SeqState]], pools: DraftPools,
+                   before_forward: Callable[[int], None] | None = None) -> int:
+    """Set the drafts of each ``(acceptor, state)`` (its `Speculation.room` taken): the
+    sequences drafting from one draft model together, one batched forward of that model
+    per draft position (`DraftPool.propose`), the others (n-gram lookup, no forward) one
+    by one. How many draft-model forwards ran."""
+    groups: dict[DraftPool, list[tuple[Speculation, SeqState]]] = {}
+    for spec, state in requests:
+        try:
+            spec.begin(state, target)
+            if isinstance(spec.drafter, ModelDrafter):
+                groups.setdefault(pools.pool_for(spec.drafter), []).append((spec, state))
+            else:
+                spec.take(spec.drafter.propose(state.tokens, spec.n, state.sampler, state.matcher))
+        except Exception as e:  # noqa: BLE001 - this request fails, not the engine's whole batch
+            spec.fail(state, e)
+    forwards = 0
+    for pool, group in groups.items():
+        before = pool.forwards
+        try:
+            drafts = pool.propose([DraftJob(spec.drafter, state.tokens, spec.n, state.sampler, state.matcher)
+                                   for spec, state in group], before_forward)
+        except Exception as e:  # noqa: BLE001 - these requests fail, not the engine's whole batch
+            for spec, state in group:
+                spec.fail(state, e)
+            continue
+        finally:
+            forwards += pool.forwards - before
+        for (spec, _), draft in zip(group, drafts, strict=True):
+            spec.take(draft)
+    return forwards
 
 
 def _verify(state: SeqState, logits: torch.Tensor, draft: Draft) -> int:
@@ -453,7 +587,7 @@ def _alone(target: Llama, acceptor: Speculation, prompt_ids: Sequence[int], max_
     finally:
         engine.close()
     return SpecResult(list(out.token_ids), out.finish_reason, out.text, acceptor.forward_passes, acceptor.proposed,
-                      acceptor.accepted, out.meta.get("error"))
+                      acceptor.accepted, out.meta.get("error"), engine.stats.draft_steps)
 
 
 def _accept_or_correct(sampler: Sampler, p_logits: torch.Tensor, d: int,
