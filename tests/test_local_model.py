@@ -219,7 +219,8 @@ def test_min_tokens_delays_eos(local_model):
     assert not set(longer.token_ids[: len(short.token_ids) + 2]) & set(local_model.eos_token_ids)
 
 
-def test_stream_and_batch_agree_with_generate(local_model):
+def test_stream_and_batch_agree_with_generate(local_model_float):
+    local_model = local_model_float  # token for token: bfloat16 rounding differs between batch shapes
     prompts = [chat(local_model, "What is the capital of France?"), "The sky is"]
     deltas = list(local_model.generate_stream(GenerateRequest(prompts[0], greedy(8))))
     singles = [local_model.generate(GenerateRequest(p, greedy(8))) for p in prompts]
