@@ -6,65 +6,34 @@ from __future__ import annotations
 
 import ast
 import difflib
-import importlib
+import inspect
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import api
 from .choices import METHOD_NAMES
 from .diagnostics import Diagnostic
 from .dtypes import DTYPE_REGEX
 from .expr import GRAMMAR_SYNTAXES
 from .source import ApiNames, Source, literal_position
 
-GEN_POSITIONAL = (
-    "name",
-    "max_tokens",
-    "min_tokens",
-    "stop",
-    "stop_token_ids",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-)
-GEN_KEYWORD = (
-    "seed",
-    "regex",
-    "json_schema",
-    "grammar",
-    "grammar_syntax",
-    "choices",
-    "choices_method",
-    "dtype",
-    "timeout",
-    "sampler",
-    # SGLang's later gen arguments: keyword-only in SGL
-    "n",
-    "frequency_penalty",
-    "presence_penalty",
-    "ignore_eos",
-    "repetition_penalty",
-    "stop_regex",
-    "return_logprob",
-    "logprob_start_len",
-    "top_logprobs_num",
-    "return_text_in_logprobs",
-)
-SELECT_POSITIONAL = ("name", "choices", "temperature", "choices_method")
-SELECT_KEYWORD = ("seed", "timeout")
+
+def _signature(fn: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``fn``'s (positional, keyword-only) parameter names: the checks follow the API itself."""
+    params = inspect.signature(fn).parameters.values()
+    return (tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD),
+            tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY))
+
+
+GEN_POSITIONAL, GEN_KEYWORD = _signature(api.gen)
+_GEN_TYPED = (GEN_POSITIONAL[:3], tuple(k for k in GEN_POSITIONAL[3:] + GEN_KEYWORD if k != "dtype"))
 SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "gen": (GEN_POSITIONAL, GEN_KEYWORD),
-    "gen_int": (
-        GEN_POSITIONAL[:3],
-        tuple(k for k in GEN_POSITIONAL[3:] + GEN_KEYWORD if k != "dtype"),
-    ),
-    "gen_string": (
-        GEN_POSITIONAL[:3],
-        tuple(k for k in GEN_POSITIONAL[3:] + GEN_KEYWORD if k != "dtype"),
-    ),
-    "select": (SELECT_POSITIONAL, SELECT_KEYWORD),
+    "gen_int": _GEN_TYPED,  # gen(..., dtype=int)
+    "gen_string": _GEN_TYPED,
+    "select": _signature(api.select),
 }
 REFUSED_API = {
     "image": "sgl.image is not supported: SGL runs text-only models",
@@ -72,6 +41,22 @@ REFUSED_API = {
 }
 CONSTRAINT_ARGS = ("regex", "json_schema", "grammar", "dtype", "choices")
 DTYPE_NAMES = set(DTYPE_REGEX) | {"string", "integer", "boolean"}
+
+
+# literal number arguments: (what a valid one satisfies, how the error says it)
+NUMBER_RULES: dict[str, tuple[Any, str]] = {
+    "max_tokens": (lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+    "n": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+    "frequency_penalty": (lambda v: isinstance(v, int | float) and -2 <= v <= 2, "a number in [-2, 2]"),
+    "presence_penalty": (lambda v: isinstance(v, int | float) and -2 <= v <= 2, "a number in [-2, 2]"),
+    "repetition_penalty": (lambda v: isinstance(v, int | float) and 0 < v <= 2, "a number in (0, 2]"),
+    "top_logprobs_num": (lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+    "min_tokens": (lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+    "temperature": (lambda v: isinstance(v, int | float) and v >= 0, "a number >= 0"),
+    "top_p": (lambda v: isinstance(v, int | float) and 0 < v <= 1, "a number in (0, 1]"),
+    "min_p": (lambda v: isinstance(v, int | float) and 0 <= v <= 1, "a number in [0, 1]"),
+    "timeout": (lambda v: isinstance(v, int | float) and v > 0, "a positive number of seconds"),
+}
 
 
 @dataclass
@@ -353,36 +338,10 @@ class FunctionChecker(ast.NodeVisitor):
                 )
 
     def check_numbers(self, call: BoundCall) -> None:
-        rules = {
-            "max_tokens": lambda v: isinstance(v, int) and v >= 0,
-            "n": lambda v: isinstance(v, int) and v >= 1,
-            "frequency_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
-            "presence_penalty": lambda v: isinstance(v, int | float) and -2 <= v <= 2,
-            "repetition_penalty": lambda v: isinstance(v, int | float) and 0 < v <= 2,
-            "top_logprobs_num": lambda v: isinstance(v, int) and v >= 0,
-            "min_tokens": lambda v: isinstance(v, int) and v >= 0,
-            "temperature": lambda v: isinstance(v, int | float) and v >= 0,
-            "top_p": lambda v: isinstance(v, int | float) and 0 < v <= 1,
-            "min_p": lambda v: isinstance(v, int | float) and 0 <= v <= 1,
-            "timeout": lambda v: isinstance(v, int | float) and v > 0,
-        }
-        wants = {
-            "max_tokens": "a non-negative integer",
-            "n": "a positive integer",
-            "frequency_penalty": "a number in [-2, 2]",
-            "presence_penalty": "a number in [-2, 2]",
-            "repetition_penalty": "a number in (0, 2]",
-            "top_logprobs_num": "a non-negative integer",
-            "min_tokens": "a non-negative integer",
-            "temperature": "a number >= 0",
-            "top_p": "a number in (0, 1]",
-            "min_p": "a number in [0, 1]",
-            "timeout": "a positive number of seconds",
-        }
-        for arg, rule in rules.items():
+        for arg, (rule, want) in NUMBER_RULES.items():
             ok, value = self.names.literal(call.args.get(arg))
             if ok and value is not None and (isinstance(value, bool) or not rule(value)):
-                self.error(f"{arg} must be {wants[arg]}, got {value!r}", call.args[arg])
+                self.error(f"{arg} must be {want}, got {value!r}", call.args[arg])
 
     def check_gen(self, call: BoundCall) -> None:
         given = [a for a in CONSTRAINT_ARGS if a in call.args and not _is_none(call.args[a])]
@@ -419,17 +378,10 @@ class FunctionChecker(ast.NodeVisitor):
         ok, value = self.names.literal(node)
         if ok and value is not None and value not in DTYPE_NAMES:
             self.error(f"unsupported dtype {value!r} (expected int, float, str or bool)", node)
-        elif isinstance(node, ast.Name) and node.id in (
-            "list",
-            "dict",
-            "tuple",
-            "bytes",
-            "complex",
-            "set",
-        ):
+        elif isinstance(node, ast.Name) and node.id in ("list", "dict", "tuple", "bytes", "complex", "set"):
             self.error(f"unsupported dtype {node.id} (expected int, float, str or bool)", node)
 
-    # --- constraints (checked with the constraint engine when it is installed) ---
+    # --- constraints (checked with the constraint engine) ---
     def check_regex(self, node: ast.expr) -> None:
         ok, pattern = self.names.literal(node)
         if not ok or pattern is None:
@@ -437,17 +389,12 @@ class FunctionChecker(ast.NodeVisitor):
         if not isinstance(pattern, str):
             self.error(f"regex must be a string, not {type(pattern).__name__}", node)
             return
-        parse_regex = _optional("sgl.constrain.regex", "parse_regex")
-        if parse_regex is None:
-            return
-        err = _constraint_error(parse_regex, pattern)
-        if err is None:
-            return
-        if isinstance(err, str):
-            self.warning(f"could not check regex: {err}", node)
-            return
-        offset = _int_location(err.location)
-        self.error_in_literal(_prefixed("invalid regex", err.message), node, offset)
+        from sgl.constrain.regex import parse_regex
+
+        err = self._engine_error(parse_regex, pattern, "regex", node)
+        if err is not None:
+            offset = _int_location(err.location)
+            self.error_in_literal(_prefixed("invalid regex", err.message), node, offset)
 
     def check_schema(self, node: ast.expr) -> None:
         ok, schema = self.names.literal(node)
@@ -462,18 +409,13 @@ class FunctionChecker(ast.NodeVisitor):
         if not isinstance(schema, dict | bool):
             self.error(f"json_schema must be an object, not {type(schema).__name__}", node)
             return
-        to_grammar = _optional("sgl.constrain.json_schema", "json_schema_grammar")
-        if to_grammar is None:
-            return
-        err = _constraint_error(to_grammar, schema)
-        if err is None:
-            return
-        if isinstance(err, str):
-            self.warning(f"could not check json_schema: {err}", node)
-            return
-        target = _pointer_node(node, err.location) or node
-        where = f" at {err.location}" if err.location else ""
-        self.error(_prefixed(f"invalid json_schema{where}", err.message), target)
+        from sgl.constrain.json_schema import json_schema_grammar
+
+        err = self._engine_error(json_schema_grammar, schema, "json_schema", node)
+        if err is not None:
+            target = _pointer_node(node, err.location) or node
+            where = f" at {err.location}" if err.location else ""
+            self.error(_prefixed(f"invalid json_schema{where}", err.message), target)
 
     def check_grammar(self, node: ast.expr, syntax: str) -> None:
         ok, text = self.names.literal(node)
@@ -482,22 +424,29 @@ class FunctionChecker(ast.NodeVisitor):
         if not isinstance(text, str):
             self.error(f"grammar must be a string, not {type(text).__name__}", node)
             return
-        module, func = {
-            "lark": ("sgl.constrain.lark_grammar", "lark_grammar"),
-            "gbnf": ("sgl.constrain.gbnf", "gbnf_grammar"),
-            "ebnf": ("sgl.constrain.gbnf", "ebnf_grammar"),
-        }[syntax]
-        to_grammar = _optional(module, func)
-        if to_grammar is None:
-            return
-        err = _constraint_error(to_grammar, text)
-        if err is None:
-            return
-        if isinstance(err, str):
-            self.warning(f"could not check {syntax} grammar: {err}", node)
-            return
-        offset = _text_location(text, err.location)
-        self.error_in_literal(_prefixed(f"invalid {syntax} grammar", err.message), node, offset)
+        from sgl.constrain.gbnf import ebnf_grammar, gbnf_grammar
+        from sgl.constrain.lark_grammar import lark_grammar
+
+        to_grammar = {"lark": lark_grammar, "gbnf": gbnf_grammar, "ebnf": ebnf_grammar}[syntax]
+        err = self._engine_error(to_grammar, text, f"{syntax} grammar", node)
+        if err is not None:
+            offset = _text_location(text, err.location)
+            self.error_in_literal(_prefixed(f"invalid {syntax} grammar", err.message), node, offset)
+
+    def _engine_error(self, fn: Any, value: Any, what: str, node: ast.expr) -> Any:
+        """The ConstraintError of ``fn(value)``, or None; a checker's own failure is a
+        warning (it must not break compiling)."""
+        from sgl.constrain.errors import ConstraintError
+
+        try:
+            fn(value)
+        except ConstraintError as e:
+            return e
+        except RecursionError:
+            self.warning(f"could not check {what}: recursion too deep", node)
+        except Exception as e:  # noqa: BLE001 - a checker bug must not break compiling
+            self.warning(f"could not check {what}: {type(e).__name__}: {e}", node)
+        return None
 
     def error_in_literal(self, message: str, node: ast.expr, offset: int | None) -> None:
         """Point inside the string literal when the offset maps onto its source."""
@@ -527,29 +476,6 @@ def _matches(pattern: str | re.Pattern | None, name: str) -> bool:
 
 def _is_none(node: ast.expr) -> bool:
     return isinstance(node, ast.Constant) and node.value is None
-
-
-def _optional(module: str, attr: str) -> Any:
-    """A checker from the constraint engine, or None while it is not there."""
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
-
-
-def _constraint_error(fn: Any, value: Any) -> Any:
-    """None if ``fn(value)`` works, the ConstraintError if it rejects, else a string."""
-    from sgl.constrain.errors import ConstraintError
-
-    try:
-        fn(value)
-    except ConstraintError as e:
-        return e
-    except RecursionError:
-        return "recursion too deep"
-    except Exception as e:  # noqa: BLE001 - a checker bug must not break compiling
-        return f"{type(e).__name__}: {e}"
-    return None
 
 
 def _int_location(location: Any) -> int | None:
