@@ -75,6 +75,7 @@ def gen(
     variable's meta info, as SGLang's ``meta_info``). ``max_tokens=0`` only reads the
     prompt (its logprobs, the prefix cache).
     """
+    fields = dict(locals())  # every parameter but the two of select is a GenExpr field
     if choices is not None:
         return select(
             name,
@@ -84,35 +85,8 @@ def gen(
             seed=seed,
             timeout=timeout,
         )
-    return GenExpr(
-        name=name,
-        max_tokens=max_tokens,
-        min_tokens=min_tokens,
-        stop=stop,
-        stop_token_ids=stop_token_ids,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        min_p=min_p,
-        seed=seed,
-        regex=regex,
-        json_schema=json_schema,
-        grammar=grammar,
-        grammar_syntax=grammar_syntax,
-        dtype=dtype,
-        timeout=timeout,
-        sampler=sampler,
-        n=n,
-        frequency_penalty=frequency_penalty,
-        presence_penalty=presence_penalty,
-        ignore_eos=ignore_eos,
-        repetition_penalty=repetition_penalty,
-        stop_regex=stop_regex,
-        return_logprob=return_logprob,
-        logprob_start_len=logprob_start_len,
-        top_logprobs_num=top_logprobs_num,
-        return_text_in_logprobs=return_text_in_logprobs,
-    )
+    del fields["choices"], fields["choices_method"]
+    return GenExpr(**fields)
 
 
 def gen_int(

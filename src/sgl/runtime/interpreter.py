@@ -121,6 +121,11 @@ def split_run_options(
     return RunDefaults(**options), kwargs
 
 
+def _pick(value: Any, default: Any) -> Any:
+    """A gen's own setting, or the run's default where the gen left it None."""
+    return default if value is None else value
+
+
 # --- the interpreter ----------------------------------------------------------
 class Interpreter:
     """Executes appended expressions for the states of one run."""
@@ -165,28 +170,25 @@ class Interpreter:
     def request_for(self, state: ProgramState, g: GenExpr) -> GenerateRequest:
         d = self.defaults
 
-        def pick(value: Any, default: Any) -> Any:
-            return default if value is None else value
-
-        top_k = pick(g.top_k, d.top_k)
+        top_k = _pick(g.top_k, d.top_k)
         params = SamplingParams(
-            max_tokens=pick(g.max_tokens, d.max_new_tokens),
-            min_tokens=pick(g.min_tokens, d.min_tokens),
-            stop=pick(g.stop, d.stop),
-            stop_token_ids=pick(g.stop_token_ids, d.stop_token_ids),
-            temperature=pick(g.temperature, d.temperature),
-            top_p=pick(g.top_p, d.top_p),
+            max_tokens=_pick(g.max_tokens, d.max_new_tokens),
+            min_tokens=_pick(g.min_tokens, d.min_tokens),
+            stop=_pick(g.stop, d.stop),
+            stop_token_ids=_pick(g.stop_token_ids, d.stop_token_ids),
+            temperature=_pick(g.temperature, d.temperature),
+            top_p=_pick(g.top_p, d.top_p),
             top_k=max(0, top_k),  # SGLang spells "off" as -1
-            min_p=pick(g.min_p, d.min_p),
-            seed=pick(g.seed, d.seed),
-            frequency_penalty=pick(g.frequency_penalty, d.frequency_penalty),
-            presence_penalty=pick(g.presence_penalty, d.presence_penalty),
-            ignore_eos=bool(pick(g.ignore_eos, d.ignore_eos)),
-            repetition_penalty=pick(g.repetition_penalty, d.repetition_penalty),
-            stop_regex=pick(g.stop_regex, d.stop_regex),
-            logprobs=bool(pick(g.return_logprob, d.return_logprob)),
-            top_logprobs=int(pick(g.top_logprobs_num, d.top_logprobs_num) or 0),
-            logprob_start_len=pick(g.logprob_start_len, d.logprob_start_len),
+            min_p=_pick(g.min_p, d.min_p),
+            seed=_pick(g.seed, d.seed),
+            frequency_penalty=_pick(g.frequency_penalty, d.frequency_penalty),
+            presence_penalty=_pick(g.presence_penalty, d.presence_penalty),
+            ignore_eos=bool(_pick(g.ignore_eos, d.ignore_eos)),
+            repetition_penalty=_pick(g.repetition_penalty, d.repetition_penalty),
+            stop_regex=_pick(g.stop_regex, d.stop_regex),
+            logprobs=bool(_pick(g.return_logprob, d.return_logprob)),
+            top_logprobs=int(_pick(g.top_logprobs_num, d.top_logprobs_num) or 0),
+            logprob_start_len=_pick(g.logprob_start_len, d.logprob_start_len),
         )
         regex = DTYPE_REGEX[g.dtype] if g.dtype else g.regex
         constraint = ConstraintSpec(
@@ -257,12 +259,9 @@ class Interpreter:
         """SGLang's logprob fields, from the backend (token text, prompt logprobs) where it can."""
         d = self.defaults
 
-        def pick(value: Any, default: Any) -> Any:
-            return default if value is None else value
-
-        start = pick(g.logprob_start_len, d.logprob_start_len)
+        start = _pick(g.logprob_start_len, d.logprob_start_len)
         top_n = request.params.top_logprobs
-        with_text = bool(pick(g.return_text_in_logprobs, d.return_text_in_logprobs))
+        with_text = bool(_pick(g.return_text_in_logprobs, d.return_text_in_logprobs))
         if result.logprobs is None:
             raise ProgramError(f"{type(self.backend).__name__} does not return logprobs")
         if self.backend.capabilities.prompt_logprobs and g.sampler is None:
