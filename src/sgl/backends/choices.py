@@ -40,7 +40,7 @@ def _logprob_or_zero(entry: Any) -> float:
     return _logprob(entry)
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
@@ -118,7 +118,7 @@ class TokenLengthNormalized(ChoicesSamplingMethod):
     name = "token_length_normalized"
 
     def scores(self, token_logprobs, unconditional_logprobs=None) -> list[float]:
-        return [_mean(lp) for lp in token_logprobs]
+        return [mean(lp) for lp in token_logprobs]
 
     def _decision_scores(self, normalized, lps, unc) -> list[float]:
         return normalized  # SGLang decides on the normalized prompt logprobs it is given
@@ -155,7 +155,7 @@ class GreedyTokenSelection(ChoicesSamplingMethod):
 
 def _greedy_matrix(token_logprobs: Sequence[Sequence[float]]) -> list[list[float]]:
     width = max((len(lp) for lp in token_logprobs), default=0)
-    return [list(lp) + [_mean(lp)] * (width - len(lp)) for lp in token_logprobs]
+    return [list(lp) + [mean(lp)] * (width - len(lp)) for lp in token_logprobs]
 
 
 class UnconditionalLikelihoodNormalized(ChoicesSamplingMethod):
@@ -174,7 +174,7 @@ class UnconditionalLikelihoodNormalized(ChoicesSamplingMethod):
         for lp, unc in zip(token_logprobs, unconditional_logprobs, strict=True):
             if len(lp) != len(unc):
                 raise ValueError("input and unconditional token logprobs must have the same length")
-            out.append(_mean([a - b for a, b in zip(lp, unc, strict=True)]))
+            out.append(mean([a - b for a, b in zip(lp, unc, strict=True)]))
         return out
 
     def _extra_meta(self, lps, unc, scores) -> dict[str, Any]:

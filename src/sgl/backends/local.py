@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,12 @@ except ModuleNotFoundError as e:  # the core install has no torch: say which ext
 
 from sgl.backends.base import Backend, Capabilities, GenerateRequest, GenerateResult, SelectResult
 from sgl.backends.chat_template import ChatTemplate, role_affixes, special_tokens
+from sgl.backends.choices import METHOD_NAMES, get_method, mean
 from sgl.engine.llama import Llama
 from sgl.engine.model_loader import resolve_checkpoint
-from sgl.engine.request import SeqOutput, SeqRequest
+from sgl.engine.request import SeqOutput, SeqRequest, common_prefix
 from sgl.engine.scheduler import Engine, EngineConfig
 from sgl.types import ConstraintSpec, SamplingParams
-
-SELECT_METHODS = ("token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized")
 
 
 class LocalModel(Backend):
@@ -305,12 +304,11 @@ class LocalModel(Backend):
         """
         if result.logprobs is None:
             raise ValueError("the request did not ask for logprobs (SamplingParams.logprobs)")
-        entries = self._logprob_entries
-        text = return_text_in_logprobs
-        meta: dict[str, Any] = {"output_token_logprobs": entries(result.token_ids, result.logprobs, text)}
+        entries, text = self._logprob_entries, return_text_in_logprobs
+        meta: dict[str, Any] = {"output_token_logprobs": entries(zip(result.token_ids, result.logprobs, strict=True), text)}
         if top_logprobs_num:
             tops = result.top_logprobs or [[] for _ in result.token_ids]
-            meta["output_top_logprobs"] = [self._top_entries(top[:top_logprobs_num], text) for top in tops]
+            meta["output_top_logprobs"] = [entries(top[:top_logprobs_num], text) for top in tops]
         inputs: list[Any] = []
         input_tops: list[Any] = []
         if logprob_start_len is not None and logprob_start_len >= 0:
@@ -321,17 +319,14 @@ class LocalModel(Backend):
                 # not scored with the generation (another start, or the request did not ask)
                 out = self.score_prompts([(ids, start)], top_logprobs_num)[0]
                 lps, tops = out.prompt_logprobs, out.prompt_top_logprobs
-            inputs = [(lp, t, self.token_text(t) if text else None) for t, lp in zip(ids[start:], lps, strict=True)]
-            input_tops = [self._top_entries(top[:top_logprobs_num], text) for top in tops]
+            inputs = entries(zip(ids[start:], lps, strict=True), text)
+            input_tops = [entries(top[:top_logprobs_num], text) for top in tops]
             scored = [lp for lp, _, _ in inputs if lp is not None]
-            meta["normalized_prompt_logprob"] = _mean(scored)
+            meta["normalized_prompt_logprob"] = mean(scored)
         meta["input_token_logprobs"] = inputs
         if top_logprobs_num:
             meta["input_top_logprobs"] = input_tops
         return meta
-
-    def _top_entries(self, top: Sequence[tuple[int, float]], with_text: bool) -> list[tuple[float, int, str | None]]:
-        return [(float(lp), int(t), self.token_text(t) if with_text else None) for t, lp in top]
 
     def score_prompts(self, prompts: Sequence[tuple[Sequence[int], int]], top_n: int = 0,
                       shared_prefix: Sequence[int] = ()) -> list[SeqOutput]:
@@ -397,26 +392,23 @@ class LocalModel(Backend):
         ``(logprob, token_id, text)`` per token), ``normalized_prompt_logprobs``,
         ``output_token_logprobs`` (empty: nothing is generated).
         """
-        from sgl.backends.choices import get_method
-
         if not choices:
             raise ValueError("select needs at least one choice")
-        if method not in SELECT_METHODS:
-            raise ValueError(f"unknown choices method {method!r}; use one of {', '.join(SELECT_METHODS)}")
+        if method not in METHOD_NAMES:
+            raise ValueError(f"unknown choices method {method!r}; use one of {', '.join(METHOD_NAMES)}")
         scorer = get_method(method)
         cond, uncond = self._choice_logprobs(prompt, choices, scorer.requires_unconditional_logprobs)
         lps = [lp for _, lp in cond]
         scores = scorer.scores(lps, None if uncond is None else [lp for _, lp in uncond])
         best = max(range(len(scores)), key=lambda i: scores[i])
         meta = {
-            "input_token_logprobs": [self._logprob_entries(ids, lp) for ids, lp in cond],
+            "input_token_logprobs": [self._logprob_entries(zip(ids, lp, strict=True)) for ids, lp in cond],
             "output_token_logprobs": [[] for _ in choices],
-            "normalized_prompt_logprobs": [_mean(lp) for lp in lps],
+            "normalized_prompt_logprobs": [mean(lp) for lp in lps],
         }
         if uncond is not None:
-            meta["unconditional_token_logprobs"] = [
-                [(None if i == 0 else v, t, self.token_text(t)) for i, (t, v) in enumerate(zip(ids, lp, strict=True))]
-                for ids, lp in uncond]
+            meta["unconditional_token_logprobs"] = [  # the first token has no unconditional logprob
+                self._logprob_entries(zip(ids, [None, *lp[1:]], strict=True)) for ids, lp in uncond]
         return SelectResult(index=best, scores=scores, meta=meta)
 
     def token_text(self, token_id: int) -> str:
@@ -426,11 +418,11 @@ class LocalModel(Backend):
             return self.tokenizer.id_to_token(token_id) or ""
         return data.decode("utf-8", errors="replace")
 
-    def _logprob_entries(self, ids: Sequence[int], logprobs: Sequence[float],
-                         with_text: bool = True) -> list[tuple[float, int, str | None]]:
-        """SGLang's ``(logprob, token_id, text)`` entries."""
-        return [(float(lp), int(t), self.token_text(t) if with_text else None)
-                for t, lp in zip(ids, logprobs, strict=True)]
+    def _logprob_entries(self, pairs: Iterable[tuple[int, float | None]],
+                         with_text: bool = True) -> list[tuple[float | None, int, str | None]]:
+        """SGLang's ``(logprob, token_id, text)`` entries of ``(token_id, logprob)`` pairs."""
+        return [(None if lp is None else float(lp), int(t), self.token_text(t) if with_text else None)
+                for t, lp in pairs]
 
     def _choice_tokens(self, prompt: str, choice: str) -> tuple[list[int], int]:
         """Ids of ``prompt + choice`` and where the choice's tokens start.
@@ -439,11 +431,7 @@ class LocalModel(Backend):
         spans the boundary counts as the choice's.
         """
         full = self.encode(prompt + choice)
-        prompt_ids = self.encode(prompt)
-        k = 0
-        while k < min(len(prompt_ids), len(full)) and prompt_ids[k] == full[k]:
-            k += 1
-        return full, k
+        return full, common_prefix(self.encode(prompt), full)
 
     def _start_token(self) -> int:
         start = self.config.bos_token_id
@@ -547,10 +535,6 @@ def sglang_finish_reason(result: GenerateResult, stop_token_ids: Sequence[int] =
         matched = last if reason == "eos" or last in stop_token_ids else None
         return {"type": "stop", "matched": matched}
     return {"type": "abort", "message": result.meta.get("error", reason)}
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
 
 
 def _generation_config_eos(folder: Path) -> set[int]:

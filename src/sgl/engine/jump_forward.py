@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from sgl.constrain.matcher import Matcher
 from sgl.constrain.vocab import Vocabulary
 
+from .request import common_prefix
+
 
 @dataclass(frozen=True)
 class JumpForward:
@@ -82,7 +84,7 @@ def _retokenize(
     # or pending text would be lost (or nothing forced would be added)
     if len(vocab.decode(ids)) <= len(tail_bytes):
         return None
-    keep = _common_prefix(ids, tail)  # unchanged pending tokens stay, already correct
+    keep = common_prefix(ids, tail)  # unchanged pending tokens stay, already correct
     return JumpForward(replace=len(tail) - keep, tokens=ids[keep:])
 
 
@@ -94,13 +96,6 @@ def _apply(matcher: Matcher, jump: JumpForward, replaced: list[int]) -> None:
         matcher.rollback(accepted)
         matcher.consume_tokens(replaced)
         raise RuntimeError("the matcher refused tokens that a copy of it accepted")
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def canonical_split_ok(vocab: Vocabulary, ids: Sequence[int]) -> bool:

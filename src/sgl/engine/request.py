@@ -21,6 +21,14 @@ if TYPE_CHECKING:
     from .speculative import Speculation
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the longest common prefix of two token-id sequences."""
+    n = min(len(a), len(b))
+    if list(a[:n]) == list(b[:n]):  # the usual case, checked in one C-level comparison
+        return n
+    return next(i for i in range(n) if a[i] != b[i])
+
+
 
 @dataclass(frozen=True)
 class PromptLogprobs:

@@ -43,6 +43,7 @@ import torch
 
 from sgl.constrain.torch_utils import apply_bitmask
 
+from .request import common_prefix
 from .sampler import Sampler
 from .step import SeqState
 
@@ -229,7 +230,7 @@ class DraftPool:
         feed: dict[int, list[int]] = {}
         for i, job in enumerate(jobs):
             d = job.drafter
-            keep = min(_common_prefix(d.ids, job.history), len(job.history) - 1)  # one token must run for logits
+            keep = min(common_prefix(d.ids, job.history), len(job.history) - 1)  # one token must run for logits
             d.rollback(keep)
             if job.k > 0 and self._reserve(d, len(job.history) + job.k - 1):
                 feed[i] = list(job.history[keep:])
@@ -356,14 +357,6 @@ class NgramDrafter(Drafter):
             if start >= 0:
                 return h[start + m : start + m + k]
         return []
-
-
-def _common_prefix(a: list[int], b: Sequence[int]) -> int:
-    """The length of the longest common prefix of ``a`` and ``b``."""
-    n = min(len(a), len(b))
-    if a[:n] == list(b[:n]):  # the usual case, checked in one C-level comparison
-        return n
-    return next(i for i in range(n) if a[i] != b[i])
 
 
 def _last_occurrence(h: list[int], pattern: list[int], last_start: int) -> int:
