@@ -79,35 +79,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not isinstance(fn, SglFunction):
         return 2
     backend = make_backend(args)
-    options: dict[str, Any] = {}
-    if args.temperature is not None:
-        options["temperature"] = args.temperature
-    if args.max_new_tokens is not None:
-        options["max_new_tokens"] = args.max_new_tokens
-    if args.seed is not None:
-        options["seed"] = args.seed
+    given = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     try:
         fn.check()
-        if args.batch:
-            items = read_jsonl(Path(args.batch))
-            threads = args.threads if args.threads == "auto" else int(args.threads)
-            start = time.perf_counter()
-            states = fn.run_batch(
-                items,
-                backend=backend,
-                num_threads=threads,
-                progress_bar=not args.no_progress,
-                timeout=args.timeout,
-                **options,
-            )
-            elapsed = time.perf_counter() - start
-        else:
-            items = [parse_args(args.arg)]
-            start = time.perf_counter()
-            states = fn.run_batch(
-                items, backend=backend, num_threads=1, timeout=args.timeout, **options
-            )
-            elapsed = time.perf_counter() - start
+        items = read_jsonl(Path(args.batch)) if args.batch else [parse_args(args.arg)]
+        threads = 1 if not args.batch else args.threads if args.threads == "auto" else int(args.threads)
+        start = time.perf_counter()
+        states = fn.run_batch(items, backend=backend, num_threads=threads, timeout=args.timeout,
+                              progress_bar=bool(args.batch) and not args.no_progress, **options)
+        elapsed = time.perf_counter() - start
     except SglError as e:
         print(f"sgl run: {e}", file=sys.stderr)
         return 1

@@ -161,9 +161,7 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
-        if model_id != settings.model_name:
-            raise APIError(404, f"model {model_id!r} is not served here; this server serves {settings.model_name!r}",
-                           param="model", code="model_not_found")
+        server.check_model(model_id)
         return ModelCard(id=settings.model_name).model_dump()
 
     @app.get("/metrics")
@@ -291,10 +289,14 @@ class _Server:
                           logprobs=logprobs)
 
     # --- validation ---
-    def _check_common(self, body: SamplingFields) -> None:
-        if body.model is not None and body.model != self.settings.model_name:
-            raise APIError(404, f"model {body.model!r} is not served here; this server serves {self.settings.model_name!r}",
+    def check_model(self, name: str | None) -> None:
+        """A 404 unless ``name`` is None or the model this server serves."""
+        if name is not None and name != self.settings.model_name:
+            raise APIError(404, f"model {name!r} is not served here; this server serves {self.settings.model_name!r}",
                            param="model", code="model_not_found")
+
+    def _check_common(self, body: SamplingFields) -> None:
+        self.check_model(body.model)
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(body, name) not in (None, 0, 0.0):
                 raise APIError(400, f"{name} is not supported", param=name)
