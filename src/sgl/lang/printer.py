@@ -48,9 +48,7 @@ def _stmt(node: Any, depth: int) -> list[str]:
     if isinstance(node, ir.Role):
         return [f"{pad}role {node.role} on {node.target}:"] + _block(node.body, depth + 1)
     if isinstance(node, ir.VarScope):
-        return [f"{pad}var_scope {_name(node.name)} on {node.target}:"] + _block(
-            node.body, depth + 1
-        )
+        return [f"{pad}var_scope {_name(node.name)} on {node.target}:"] + _block(node.body, depth + 1)
     if isinstance(node, ir.With):
         return [f"{pad}with {_value(node.header)}:"] + _block(node.body, depth + 1)
     if isinstance(node, ir.Fork):
@@ -61,21 +59,11 @@ def _stmt(node: Any, depth: int) -> list[str]:
         return [f"{pad}{node.state}[{_name(node.name)}] = {_value(node.value)}"]
     if isinstance(node, ir.Assign):
         return [f"{pad}{node.target} = {_value(node.value)}"]
-    if isinstance(node, ir.If):
-        out = [f"{pad}if {_value(node.test)}:"] + _block(node.body, depth + 1)
-        if node.orelse:
-            out += [f"{pad}else:"] + _block(node.orelse, depth + 1)
-        return out
-    if isinstance(node, ir.For):
-        out = [f"{pad}for {node.target} in {_value(node.iter)}:"] + _block(node.body, depth + 1)
-        if node.orelse:
-            out += [f"{pad}else:"] + _block(node.orelse, depth + 1)
-        return out
-    if isinstance(node, ir.While):
-        out = [f"{pad}while {_value(node.test)}:"] + _block(node.body, depth + 1)
-        if node.orelse:
-            out += [f"{pad}else:"] + _block(node.orelse, depth + 1)
-        return out
+    if isinstance(node, ir.If | ir.For | ir.While):
+        head = (f"for {node.target} in {_value(node.iter)}" if isinstance(node, ir.For)
+                else f"{type(node).__name__.lower()} {_value(node.test)}")  # if / while
+        out = [f"{pad}{head}:"] + _block(node.body, depth + 1)
+        return out + ([f"{pad}else:"] + _block(node.orelse, depth + 1) if node.orelse else [])
     if isinstance(node, ir.Return):
         return [f"{pad}return" + ("" if node.value is None else f" {_value(node.value)}")]
     if isinstance(node, ir.Expr):
