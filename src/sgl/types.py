@@ -64,3 +64,13 @@ class ConstraintSpec:
 
     def is_empty(self) -> bool:
         return all(v is None for v in (self.regex, self.json_schema, self.grammar, self.choices))
+
+
+def guess_grammar_syntax(text: str) -> str:
+    """The ``grammar_syntax`` of grammar text that does not say (vLLM's rule for
+    ``guided_grammar``): ``"gbnf"`` with ``::=`` outside comments (GBNF/EBNF rules), else ``"lark"``."""
+    for line in text.splitlines():
+        code = line.split("#", 1)[0] if not line.lstrip().startswith("//") else ""
+        if "::=" in code:
+            return "gbnf"
+    return "lark"

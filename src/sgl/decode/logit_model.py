@@ -192,7 +192,7 @@ def compile_for(constraint: Any, vocab: Any, grammar_syntax: str | None = None) 
     again when its vocabulary is another). Through `constrain.compile_spec` and its cache.
     """
     from sgl.constrain import CompiledGrammar, compile_spec
-    from sgl.types import ConstraintSpec
+    from sgl.types import ConstraintSpec, guess_grammar_syntax
 
     if isinstance(constraint, CompiledGrammar):
         if vocab is None or (constraint.vocab is not None and constraint.vocab.fingerprint == vocab.fingerprint):
@@ -201,8 +201,7 @@ def compile_for(constraint: Any, vocab: Any, grammar_syntax: str | None = None) 
     if isinstance(constraint, Mapping):
         constraint = ConstraintSpec(json_schema=dict(constraint))
     elif isinstance(constraint, str):
-        syntax = grammar_syntax or ("gbnf" if "::=" in constraint else "lark")
-        constraint = ConstraintSpec(grammar=constraint, grammar_syntax=syntax)
+        constraint = ConstraintSpec(grammar=constraint, grammar_syntax=grammar_syntax or guess_grammar_syntax(constraint))
     elif constraint is not None and not isinstance(constraint, ConstraintSpec):
         raise TypeError(f"a constraint must be a ConstraintSpec, Lark/GBNF text, a JSON Schema dict or a "
                         f"CompiledGrammar, not {type(constraint).__name__}")

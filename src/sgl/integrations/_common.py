@@ -44,11 +44,6 @@ def compile_constraint(
     return compile_spec(spec, vocab, json_options=dict(json_options or {}))
 
 
-def guess_grammar_syntax(text: str) -> str:
-    """``"gbnf"`` for GBNF/EBNF text (``name ::= ...`` rules), else ``"lark"``."""
-    return "gbnf" if "::=" in text else "lark"
-
-
 def text_of(data: bytes) -> str | None:
     """``data`` up to its last whole UTF-8 character, as text; None when that is empty."""
     from sgl.constrain.matcher import utf8_prefix

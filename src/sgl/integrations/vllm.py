@@ -38,7 +38,8 @@ from sgl.constrain import (
     apply_bitmask,
     fill_next_token_bitmasks,
 )
-from sgl.integrations._common import compile_constraint, guess_grammar_syntax, text_of
+from sgl.integrations._common import compile_constraint, text_of
+from sgl.types import guess_grammar_syntax
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sgl.types import ConstraintSpec
+from sgl.types import ConstraintSpec, guess_grammar_syntax
 
 from .api_errors import APIError
 from .protocol import SamplingFields
@@ -136,16 +136,6 @@ def _strict_schema_in(holder: Any, key: str, strict_default: bool) -> Any:
     if isinstance(holder, dict) and isinstance(holder.get(key), dict | bool):
         return holder | {key: resolve_strict(holder[key], None, strict_default)}
     return holder
-
-
-def guess_grammar_syntax(text: str) -> str:
-    """vLLM's rule for ``guided_grammar``: a grammar with ``::=`` outside comments is
-    GBNF/EBNF, any other is Lark."""
-    for line in text.splitlines():
-        code = line.split("#", 1)[0] if not line.lstrip().startswith("//") else ""
-        if "::=" in code:
-            return "gbnf"
-    return "lark"
 
 
 GUIDED_BACKENDS = ("auto", "sgl")
