@@ -17,7 +17,7 @@ from .choices import METHOD_NAMES
 from .diagnostics import Diagnostic
 from .dtypes import DTYPE_REGEX
 from .expr import GRAMMAR_SYNTAXES
-from .source import ApiNames, Source, literal_position
+from .source import ApiNames, Source, first_arg, literal_position
 
 
 def _signature(fn: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -202,9 +202,7 @@ class FunctionChecker(ast.NodeVisitor):
                 continue
             if self.names.api_name(inner.func) not in ("gen", "gen_int", "gen_string", "select"):
                 continue
-            name_node = inner.args[0] if inner.args else next(
-                (kw.value for kw in inner.keywords if kw.arg == "name"), None)
-            ok, name = self.names.literal(name_node) if name_node is not None else (False, None)
+            ok, name = self.names.literal(first_arg(inner, "name"))
             if ok and isinstance(name, str):
                 self.defs.append(VarEvent(name + REASONING_SUFFIX, end))
 

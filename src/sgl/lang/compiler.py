@@ -17,6 +17,7 @@ from .source import (
     ApiNames,
     Source,
     find_function_at,
+    first_arg,
     load_function,
     load_path,
     parse,
@@ -248,16 +249,8 @@ class Lowerer(ast.NodeVisitor):
         return self.opaque(node)
 
     def join(self, forks: str, call: ast.Call, node: ast.AST) -> ir.Join:
-        mode = "gather_variable"
-        mode_node = (
-            call.args[0]
-            if call.args
-            else next((k.value for k in call.keywords if k.arg == "mode"), None)
-        )
-        ok, value = self.names.literal(mode_node)
-        if ok and isinstance(value, str):
-            mode = value
-        return ir.Join(forks, mode, self.loc(node))
+        ok, mode = self.names.literal(first_arg(call, "mode"))
+        return ir.Join(forks, mode if ok and isinstance(mode, str) else "gather_variable", self.loc(node))
 
     def visit_Assign(self, node: ast.Assign) -> Any:
         if len(node.targets) != 1:
@@ -267,11 +260,7 @@ class Lowerer(ast.NodeVisitor):
         if isinstance(target, ast.Name) and method is not None and method[1] == "fork":
             self.fork_groups.add(target.id)
             call = node.value
-            n_node = (
-                call.args[0]
-                if call.args
-                else next((k.value for k in call.keywords if k.arg == "size"), None)
-            )
+            n_node = first_arg(call, "size")
             ok, n = self.names.literal(n_node)
             n_value = n if ok else (self.opaque(n_node) if n_node is not None else 1)
             return ir.Fork(target.id, method[0], n_value, self.loc(node))

@@ -256,3 +256,8 @@ def _value_to_source(body: str, raw: bool) -> list[int] | None:
         i = m.end()
     index.append(len(body))
     return index
+
+
+def first_arg(call: ast.Call, keyword: str) -> ast.expr | None:
+    """The call's first positional argument, else its ``keyword`` argument, else None."""
+    return call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == keyword), None)
