@@ -38,9 +38,24 @@ class Parsed:
     error: str | None = None
 
 
-class RoleMethods:
-    """``system`` / ``user`` / ``assistant`` (an expression, or ``with`` a block) and
-    ``var_scope``, built on ``self += expr``: shared by running and tracing states."""
+class StateMethods:
+    """``system`` / ``user`` / ``assistant`` (an expression, or ``with`` a block),
+    ``var_scope``, ``gen`` and ``select``, built on ``self += expr`` and ``get_var``:
+    shared by running and tracing states."""
+
+    def gen(self, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``s += sgl.gen(name, ...)``; returns the variable's value."""
+        from .api import gen
+
+        self += gen(name, *args, **kwargs)
+        return self.get_var(name) if name is not None else None
+
+    def select(self, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``s += sgl.select(name, ...)``; returns the chosen string."""
+        from .api import select
+
+        self += select(name, *args, **kwargs)
+        return self.get_var(name) if name is not None else None
 
     def _role_common(self, role: str, expr: Any = None) -> Any:
         if expr is not None:
@@ -74,7 +89,7 @@ class RoleMethods:
         self += VarScopeEnd(name)
 
 
-class ProgramState(RoleMethods):
+class ProgramState(StateMethods):
     """The state of one program run (SGLang's ``ProgramState``)."""
 
     def __init__(self, interpreter: Any, *, stream: bool = False):
@@ -109,20 +124,6 @@ class ProgramState(RoleMethods):
         else:
             self._interp.execute(self, other)
         return self
-
-    def gen(self, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
-        """``s += sgl.gen(name, ...)``; returns the variable's value."""
-        from .api import gen
-
-        self += gen(name, *args, **kwargs)
-        return self.get_var(name) if name is not None else None
-
-    def select(self, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
-        """``s += sgl.select(name, ...)``; returns the chosen string."""
-        from .api import select
-
-        self += select(name, *args, **kwargs)
-        return self.get_var(name) if name is not None else None
 
     # --- forks ---------------------------------------------------------------
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> ProgramStateGroup:

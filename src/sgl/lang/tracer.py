@@ -25,7 +25,7 @@ from .expr import (
     VarScopeBegin,
     VarScopeEnd,
 )
-from .state import ForkGroup, RoleMethods
+from .state import ForkGroup, StateMethods
 
 
 class StopTracing(Exception):
@@ -94,7 +94,7 @@ class Call(SglExpr):
         return f"Call({self.name})"
 
 
-class TracerState(RoleMethods):
+class TracerState(StateMethods):
     """What a traced program appends to (the ``s`` of a trace)."""
 
     def __init__(self, trace: ProgramTrace) -> None:
@@ -118,18 +118,6 @@ class TracerState(RoleMethods):
             raise ValueError("tried to append None to the state")
         self._record(other)
         return self
-
-    def gen(self, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
-        from .api import gen
-
-        self += gen(name, *args, **kwargs)
-        return None if name is None else TracedVariable(name, self.id)
-
-    def select(self, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
-        from .api import select
-
-        self += select(name, *args, **kwargs)
-        return None if name is None else TracedVariable(name, self.id)
 
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> TracerStateGroup:
         children = [TracerState(self._trace) for _ in range(int(size))]
