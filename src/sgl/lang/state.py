@@ -454,15 +454,9 @@ class ForkGroup:
     def __iter__(self) -> Iterator[Any]:
         return iter(self.states)
 
-
-class ProgramStateGroup(ForkGroup):
-    """The states returned by ``s.fork(n)``: ``forks[i]``, ``forks += ...``, ``forks.join()``."""
-
-    def __init__(self, states: list[ProgramState], src_state: ProgramState):
-        self.states = states
-        self.src_state = src_state
-
-    def __iadd__(self, other: Any) -> ProgramStateGroup:
+    def __iadd__(self, other: Any) -> Any:
+        """``forks += x``: the same expression to every fork, a list of one per fork, or
+        ``fn(i)`` for fork ``i``."""
         if isinstance(other, SglExpr | str):
             for state in self.states:
                 state += other
@@ -477,6 +471,14 @@ class ProgramStateGroup(ForkGroup):
         else:
             raise TypeError(f"cannot append {type(other).__name__} to forks")
         return self
+
+
+class ProgramStateGroup(ForkGroup):
+    """The states returned by ``s.fork(n)``: ``forks[i]``, ``forks += ...``, ``forks.join()``."""
+
+    def __init__(self, states: list[ProgramState], src_state: ProgramState):
+        self.states = states
+        self.src_state = src_state
 
     def join(self, mode: str = "gather_variable") -> None:
         """Wait for all forks; then gather their new variables into lists on the source

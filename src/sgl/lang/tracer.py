@@ -155,16 +155,6 @@ class TracerStateGroup(ForkGroup):
     def __init__(self, states: list[TracerState], src: TracerState) -> None:
         self.states, self.src = states, src
 
-    def __iadd__(self, other: Any) -> TracerStateGroup:
-        for i, state in enumerate(self.states):
-            if callable(other) and not isinstance(other, SglExpr):
-                state += other(i)
-            elif isinstance(other, list | tuple):
-                state += other[i]
-            else:
-                state += other
-        return self
-
     def join(self, mode: str = "gather_variable") -> None:
         self.src._record(Join(mode, [s.id for s in self.states]))
 
