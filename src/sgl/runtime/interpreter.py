@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from sgl.backends.base import Backend, GenerateRequest, GenerateResult
@@ -103,14 +103,13 @@ class RunDefaults:
     logprob_start_len: int | None = None
     top_logprobs_num: int | None = None
     return_text_in_logprobs: bool | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         self.stop_token_ids = tuple(self.stop_token_ids or ())
 
 
-RUN_OPTIONS = tuple(f.name for f in fields(RunDefaults) if f.name != "extra")
+RUN_OPTIONS = tuple(f.name for f in fields(RunDefaults))
 
 def split_run_options(
     kwargs: dict[str, Any], program_args: Sequence[str] = ()
