@@ -429,12 +429,9 @@ class Interpreter:
 
     @staticmethod
     def _raise_typed(error: BaseException, state: ProgramState, what: str) -> None:
-        if isinstance(error, SglError):
+        if isinstance(error, SglError):  # ConstraintError included: the text so far is never lost
             if error.state is None:
                 error.state = state
-            raise error
-        if isinstance(error, ConstraintError):
-            error.state = state  # the text so far is never lost
             raise error
         raise BackendError(
             f"backend failed during {what}: {type(error).__name__}: {error}", state
