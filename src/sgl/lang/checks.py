@@ -17,7 +17,7 @@ from .choices import METHOD_NAMES
 from .diagnostics import Diagnostic
 from .dtypes import DTYPE_REGEX
 from .expr import GRAMMAR_SYNTAXES
-from .source import ApiNames, Source, first_arg, literal_position
+from .source import ApiNames, FunctionPass, Source, first_arg, literal_position
 
 
 def _signature(fn: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -76,17 +76,12 @@ class VarEvent:
     node: ast.AST | None = None
 
 
-class FunctionChecker(ast.NodeVisitor):
+class FunctionChecker(FunctionPass):
     """Collects diagnostics for one ``@sgl.function``."""
 
     def __init__(self, src: Source, names: ApiNames, fn: ast.FunctionDef):
-        self.src = src
-        self.names = names
-        self.fn = fn
+        super().__init__(src, names, fn)
         self.diagnostics: list[Diagnostic] = []
-        params = fn.args.posonlyargs + fn.args.args
-        self.state = params[0].arg if params else None
-        self.fork_groups: set[str] = set()
         self.stmt_stack: list[ast.stmt] = []
         self.defs: list[VarEvent] = []
         self.reads: list[VarEvent] = []
@@ -223,15 +218,6 @@ class FunctionChecker(ast.NodeVisitor):
             and self.is_state_target(node.func.value)
             and (method is None or node.func.attr == method)
         )
-
-    def state_subscript(self, node: ast.expr) -> ast.expr | None:
-        if (
-            isinstance(node, ast.Subscript)
-            and isinstance(node.value, ast.Name)
-            and node.value.id == self.state
-        ):
-            return node.slice
-        return None
 
     # --- variables ---
     def name_pattern(self, node: ast.expr | None) -> str | re.Pattern | None:

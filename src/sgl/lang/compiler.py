@@ -15,6 +15,7 @@ from .checks import SIGNATURES, FunctionChecker
 from .diagnostics import Diagnostic, format_all
 from .source import (
     ApiNames,
+    FunctionPass,
     Source,
     find_function_at,
     first_arg,
@@ -158,16 +159,8 @@ def _compile_one(
     return Lowerer(src, names, node).lower(), diagnostics
 
 
-class Lowerer(ast.NodeVisitor):
+class Lowerer(FunctionPass):
     """Lowers one function body to IR statements; Python it does not model stays ``Expr``."""
-
-    def __init__(self, src: Source, names: ApiNames, fn: ast.FunctionDef):
-        self.src = src
-        self.names = names
-        self.fn = fn
-        params = fn.args.posonlyargs + fn.args.args
-        self.state = params[0].arg if params else None
-        self.fork_groups: set[str] = set()
 
     def lower(self) -> ir.FunctionDef:
         params = [
@@ -264,14 +257,9 @@ class Lowerer(ast.NodeVisitor):
             ok, n = self.names.literal(n_node)
             n_value = n if ok else (self.opaque(n_node) if n_node is not None else 1)
             return ir.Fork(target.id, method[0], n_value, self.loc(node))
-        if (
-            isinstance(target, ast.Subscript)
-            and isinstance(target.value, ast.Name)
-            and target.value.id == self.state
-        ):
-            return ir.SetVar(
-                self.var_name(target.slice), self.value(node.value), self.state, self.loc(node)
-            )
+        key = self.state_subscript(target)
+        if key is not None:
+            return ir.SetVar(self.var_name(key), self.value(node.value), self.state, self.loc(node))
         return ir.Assign(self.text_of(target), self.value(node.value), self.loc(node))
 
     def visit_With(self, node: ast.With) -> Any:
@@ -324,12 +312,9 @@ class Lowerer(ast.NodeVisitor):
             return self.parts(node.left) + self.parts(node.right)
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             return [ir.Text(node.value, self.loc(node))]
-        if (
-            isinstance(node, ast.Subscript)
-            and isinstance(node.value, ast.Name)
-            and node.value.id == self.state
-        ):
-            return [ir.VarRef(self.var_name(node.slice), self.state, self.loc(node))]
+        key = self.state_subscript(node)
+        if key is not None:
+            return [ir.VarRef(self.var_name(key), self.state, self.loc(node))]
         if isinstance(node, ast.Call):
             api = self.names.api_name(node.func)
             if api in SIGNATURES:

@@ -261,3 +261,22 @@ def _value_to_source(body: str, raw: bool) -> list[int] | None:
 def first_arg(call: ast.Call, keyword: str) -> ast.expr | None:
     """The call's first positional argument, else its ``keyword`` argument, else None."""
     return call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == keyword), None)
+
+
+class FunctionPass(ast.NodeVisitor):
+    """A pass over one ``@sgl.function`` (the checks, the lowering to IR): its source, the
+    module's SGL names, its state parameter and the fork groups made from that state."""
+
+    def __init__(self, src: Source, names: ApiNames, fn: ast.FunctionDef):
+        self.src = src
+        self.names = names
+        self.fn = fn
+        params = fn.args.posonlyargs + fn.args.args
+        self.state = params[0].arg if params else None
+        self.fork_groups: set[str] = set()
+
+    def state_subscript(self, node: ast.expr) -> ast.expr | None:
+        """``key`` when ``node`` is ``s[key]`` on the state, else None."""
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == self.state:
+            return node.slice
+        return None
