@@ -12,7 +12,7 @@ from typing import Any
 from sgl.backends.base import Backend, GenerateRequest, GenerateResult, SelectResult
 from sgl.lang.state import ProgramState
 
-from .interpreter import RunDefaults, get_default_backend, resolve_backend, run_program
+from .interpreter import RunDefaults, resolve_backend, run_program
 
 
 class RequestBatcher(Backend):
@@ -128,7 +128,7 @@ def run_batch(
     if not batch_kwargs:
         return []
     # once, before the threads race for it
-    backend = resolve_backend(backend) if backend is not None else get_default_backend()
+    backend = resolve_backend(backend)
     threads = resolve_threads(num_threads, len(batch_kwargs))
     batcher = None
     if threads > 1 and batches(backend):

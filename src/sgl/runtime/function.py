@@ -19,7 +19,7 @@ from sgl.lang.global_config import global_config
 from sgl.lang.tracer import Call, StopTracing, TracerState, current_trace, trace_program
 
 from .batch import run_batch
-from .interpreter import get_default_backend, resolve_backend, run_program, split_run_options
+from .interpreter import resolve_backend, run_program, split_run_options
 
 
 def function(func: Callable | None = None, *, num_api_spec_tokens: int | None = None) -> Any:
@@ -93,7 +93,7 @@ class SglFunction:
     def cache(self, backend: Any = None) -> str:
         """Prefill the program's constant prefix into the backend's prefix cache (no
         effect on backends without one); returns the prefix."""
-        backend = _backend(backend)
+        backend = resolve_backend(backend)
         prefix = self.prefix(backend)
         if prefix:
             backend.cache_prefix(prefix)
@@ -101,7 +101,7 @@ class SglFunction:
 
     def pin(self, backend: Any = None) -> Any:
         """Like `cache`, and keep the prefix from eviction until `unpin`."""
-        backend = _backend(backend)
+        backend = resolve_backend(backend)
         if not hasattr(backend, "pin_prefix"):
             raise BackendError(f"{type(backend).__name__} cannot pin prefixes")
         self.unpin()
@@ -196,7 +196,7 @@ class SglFunction:
         start together all find it cached (``global_config.enable_precache_with_tracing``)."""
         if n_runs < 2 or not global_config.enable_precache_with_tracing:
             return
-        resolved = _backend(backend)
+        resolved = resolve_backend(backend)
         if not resolved.capabilities.prefix_cache:
             return  # nothing to warm: skip tracing the program
         self.cache(resolved)
@@ -209,7 +209,3 @@ class SglFunction:
             state = TracerState(sub)
             return state
         return self.run(*args, **kwargs)
-
-
-def _backend(backend: Any) -> Any:
-    return resolve_backend(backend) if backend is not None else get_default_backend()

@@ -57,8 +57,10 @@ def get_default_backend() -> Backend:
 
 
 def resolve_backend(backend: Any) -> Backend:
-    """``backend`` itself, or the backend behind an ``sgl.Runtime``/``sgl.Engine``
-    (SGLang's ``.endpoint``)."""
+    """``backend`` itself, the backend behind an ``sgl.Runtime``/``sgl.Engine``
+    (SGLang's ``.endpoint``), or for None the default backend."""
+    if backend is None:
+        return get_default_backend()
     endpoint = getattr(backend, "endpoint", None)
     return endpoint if isinstance(endpoint, Backend) else backend
 
@@ -545,7 +547,7 @@ def run_program(
 ) -> ProgramState:
     """Run ``func(state, *args, **kwargs)``; a streamed run returns at once."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    backend = resolve_backend(backend) if backend is not None else get_default_backend()
+    backend = resolve_backend(backend)
     interp = Interpreter(backend, defaults, deadline)
     state = ProgramState(interp, stream=stream)
     if stream:
