@@ -25,13 +25,7 @@ def constraint_of(body: SamplingFields, strict_default: bool = True) -> tuple[Co
     ``strict: true``, or says nothing and ``strict_default`` is on (see ``schemas``)."""
 
     def schema(value: Any, name: str, strict: bool | None = None) -> ConstraintSpec:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise APIError(400, f"{name}: the schema is not valid JSON: {e.msg}", param=name, code="invalid_constraint",
-                               location=f"line {e.lineno}, column {e.colno}") from None
-        return ConstraintSpec(json_schema=resolve_strict(value, strict, strict_default))
+        return ConstraintSpec(json_schema=resolve_strict(_parsed(value, name, "the schema"), strict, strict_default))
 
     found: list[tuple[str, ConstraintSpec]] = []
     rf = body.response_format
@@ -102,12 +96,7 @@ def structural_tag_spec(value: Any, param: str, strict_default: bool) -> Constra
     """A structural tag (SGLang's / vLLM's, a dict or JSON text) as a constraint: its JSON
     text in ``grammar_syntax="structural_tag"`` (compiled by ``sgl.constrain.structural_tag``);
     each tag's JSON Schema made strict as a ``response_format`` schema would be."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise APIError(400, f"{param}: the structural tag is not valid JSON: {e.msg}", param=param,
-                           code="invalid_constraint", location=f"line {e.lineno}, column {e.colno}") from None
+    value = _parsed(value, param, "the structural tag")
     if not isinstance(value, dict):
         raise APIError(400, f"{param}: a structural tag must be an object", param=param, code="invalid_constraint")
     value = dict(value)
@@ -122,6 +111,17 @@ def structural_tag_spec(value: Any, param: str, strict_default: bool) -> Constra
             fmt = _strict_content(fmt, strict_default)
         value["format"] = fmt
     return ConstraintSpec(grammar=json.dumps(value, ensure_ascii=False, sort_keys=True), grammar_syntax="structural_tag")
+
+
+def _parsed(value: Any, param: str, what: str) -> Any:
+    """``value``, parsed when it is JSON text; a 400 naming ``param`` when it does not parse."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise APIError(400, f"{param}: {what} is not valid JSON: {e.msg}", param=param, code="invalid_constraint",
+                       location=f"line {e.lineno}, column {e.colno}") from None
 
 
 def _strict_content(tag: Any, strict_default: bool) -> Any:
