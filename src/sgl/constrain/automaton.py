@@ -42,7 +42,7 @@ import numpy as np
 from .determinize import _Determinizer, _Ir, _repeat_cost
 from .dfa import (
     _ALL_BYTES,
-    _HASH_WEIGHTS,
+    HASH_WEIGHTS,
     _SURROGATES,
     ByteDFA,
     _common_bounds,
@@ -665,8 +665,8 @@ def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATE
 def _unique_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(index of each distinct row's first copy, row -> its distinct row) by a random
     linear hash, checked; exact sorting if two rows ever collide."""
-    if sig.shape[1] <= len(_HASH_WEIGHTS):
-        _, first, inv = np.unique(sig @ _HASH_WEIGHTS[: sig.shape[1]], return_index=True, return_inverse=True)
+    if sig.shape[1] <= len(HASH_WEIGHTS):
+        _, first, inv = np.unique(sig @ HASH_WEIGHTS[: sig.shape[1]], return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
         if (sig == sig[first[inv]]).all():
             return first, inv
