@@ -42,8 +42,8 @@ import numpy as np
 from .determinize import _Determinizer, _Ir, _repeat_cost
 from .dfa import (
     _ALL_BYTES,
-    HASH_WEIGHTS,
     _SURROGATES,
+    HASH_WEIGHTS,
     ByteDFA,
     _common_bounds,
     _Dfa,
