@@ -92,6 +92,26 @@ def to_dfa(
     return _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states).dfa(node).to_byte_dfa()
 
 
+def general_dfa(node: Node, max_states: int = 50_000, *, fast: bool = True) -> ByteDFA:
+    """``to_dfa`` by the construction itself, for tests of its shortcuts.
+
+    A node's own ``direct_byte_dfa`` is not used; with ``fast=False`` neither are the
+    literal and counter chains, the gluing of sequences nor the cross-call cache
+    (Hopcroft minimises every step). Default budgets otherwise.
+    """
+    compiler = _Compiler(max_states, DEFAULT_MAX_NFA, DEFAULT_MAX_WORK, fast=fast)
+    return compiler.dfa(node).to_byte_dfa()
+
+
+def words_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> ByteDFA:
+    """The minimal ``ByteDFA`` of a finite set of byte strings (see ``_trie_dfa``).
+
+    Small sets (``SMALL_TRIE_BYTES`` bytes in all) take the plain-Python construction,
+    larger ones numpy's; both give the same automaton.
+    """
+    return _trie_dfa(words, max_states).to_byte_dfa()
+
+
 class _Leaves:
     """One acyclic automaton holding every leaf (code-point or byte set) compiled.
 
