@@ -30,7 +30,7 @@ from collections import OrderedDict
 from functools import lru_cache
 
 from .automaton import LiteralAlt
-from .derivatives import ANY_STRING, _contains, materialize, mk_alt, mk_repeat, mk_seq
+from .derivatives import ANY_STRING, in_chars, materialize, mk_alt, mk_repeat, mk_seq
 from .errors import ConstraintError, check_deadline
 from .format_lexemes import LEXEME_LIMITS, lexeme_for
 from .regex_ast import EMPTY, MAX_CODEPOINT, NOTHING, Alt, Chars, Node, Repeat, Seq, chars, literal
@@ -99,7 +99,7 @@ def json_chars(cs: Chars) -> Node:
     """
     raw = _intersect(cs.ranges, _RAW)
     after_backslash: list = []
-    short = [ord(esc[1]) for c, esc in _SHORT.items() if _contains(cs, c)]
+    short = [ord(esc[1]) for c, esc in _SHORT.items() if in_chars(cs, c)]
     if short:
         after_backslash.append(chars(*((c, c) for c in short)))
     # a set with every printable ASCII character takes all its \u spellings: same
