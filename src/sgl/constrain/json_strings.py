@@ -202,7 +202,7 @@ def json_string_node(decoded, max_states: int = 2000, max_size: int = 20_000) ->
             return got
     got = lexeme_for(decoded) if (max_states, max_size) == LEXEME_LIMITS else None  # a format's, shipped
     if got is None:
-        got = _json_string_node(decoded, max_states, max_size)
+        got = build_json_string_node(decoded, max_states, max_size)
     with _lexemes_lock:
         _LEXEMES[key] = got
         if len(_LEXEMES) > _LEXEMES_SIZE:
@@ -210,7 +210,8 @@ def json_string_node(decoded, max_states: int = 2000, max_size: int = 20_000) ->
     return got
 
 
-def _json_string_node(decoded, max_states: int, max_size: int) -> Node:
+def build_json_string_node(decoded, max_states: int, max_size: int) -> Node:
+    """``json_string_node`` built afresh: no cache, no shipped format lexeme."""
     if isinstance(decoded, LiteralAlt) and all(_ONE_SPELLING.fullmatch(w) for w in decoded.words):
         # every character has one JSON spelling: the JSON texts are the quoted words
         return LiteralAlt(tuple(f'"{w}"' for w in decoded.words))
