@@ -333,7 +333,9 @@ class SGLEngine(Engine):
         import sgl.constrain.json_schema  # noqa: F401
         # compile_json_schema keeps a small content-keyed cache; MaskBench has a few
         # duplicate schemas, and a cache hit would report a lookup as a compile.
-        self._cache = getattr(sys.modules.get("sgl.constrain.api"), "_cache", None)
+        api = sys.modules.get("sgl.constrain.api")
+        # clear_cache, or on an older tree the cache dict's own clear
+        self._clear_cache = getattr(api, "clear_cache", None) or getattr(getattr(api, "_cache", None), "clear", None)
         super().__init__(tokenizer_path, eos_id)
         # Use the engine's own allocator so its layout is the one it expects.
         self.mask = sc.allocate_bitmask(1, self.vocab.n_vocab)
@@ -357,8 +359,8 @@ class SGLEngine(Engine):
         return {"any_order": False, "lenient": False}
 
     def compile(self, schema: Any) -> Any:
-        if self._cache is not None:
-            self._cache.clear()
+        if self._clear_cache is not None:
+            self._clear_cache()
         try:
             return self._sc.compile_json_schema(schema, self.vocab)
         except self._sc.ConstraintError as e:
