@@ -27,8 +27,7 @@ def _matcher(vocab, monkeypatch) -> Matcher:
     if _native is None:
         pytest.skip("the C mask kernel is not built (no compiler at install)")
     monkeypatch.setenv("SGL_NATIVE", "1")
-    with lexer._cores_lock:
-        lexer._cores.clear()
+    lexer.clear_shared_cores()
     return Matcher(CompiledGrammar(json_schema_grammar(SCHEMA), vocab))
 
 

@@ -127,8 +127,7 @@ def _fresh(ir, vocab, native: bool, monkeypatch) -> Matcher:
     from sgl.constrain.errors import ConstraintError
 
     monkeypatch.setenv("SGL_NATIVE", "1" if native else "0")
-    with lexer._cores_lock:
-        lexer._cores.clear()
+    lexer.clear_shared_cores()
     try:
         return Matcher(CompiledGrammar(ir, vocab))
     except ConstraintError as e:
@@ -398,7 +397,7 @@ def test_lexers_of_both_kinds_mixed_give_the_same_masks(llama3_vocab, monkeypatc
     monkeypatch.setenv("SGL_NATIVE", "0")
     mixed = Matcher(CompiledGrammar(ir, llama3_vocab))  # shares the cached native lexers
     tokens, mixed_masks = _random_walk(mixed, 11, 24, eos)
-    kinds = {type(c).__name__ for c in lexer._cores.values()}
+    kinds = {type(c).__name__ for c in lexer.shared_cores()}
     assert kinds == {"NativeLexerCore", "LexerCore"}, kinds  # the walk did cross both kinds
     pure = _fresh(ir, llama3_vocab, False, monkeypatch)
     for i, want in enumerate(mixed_masks):

@@ -92,8 +92,7 @@ def test_budget_error_leaves_no_words_behind(llama3_vocab, monkeypatch):
     _needs_native()
     monkeypatch.setenv("SGL_NATIVE", "1")
     monkeypatch.setattr(lexer, "MAX_LEXER_STATES", 20)
-    with lexer._cores_lock:
-        lexer._cores.clear()
+    lexer.clear_shared_cores()
     m = Matcher(CompiledGrammar(regex_grammar(r"[a-z]{0,40}"), llama3_vocab))
     with pytest.raises(CompileBudgetExceeded):
         m.allowed_words()
@@ -148,8 +147,7 @@ def test_equal_masks_are_one_array(llama3_vocab, monkeypatch):
 
     _needs_native()
     monkeypatch.setenv("SGL_NATIVE", "1")
-    with lexer._cores_lock:
-        lexer._cores.clear()
+    lexer.clear_shared_cores()
     m = Matcher(CompiledGrammar(json_schema_grammar({"type": "array", "items": {"type": "integer"}}), llama3_vocab))
     tid = {b: i for i, b in enumerate(llama3_vocab.token_bytes) if b in (b"[", b"1", b",")}
     for b in (b"[", b"1", b","):
