@@ -321,9 +321,12 @@ class SGLEngine(Engine):
         self.vocab = sc.Vocabulary.from_tokenizer(tokenizer_path)
         # per-vocabulary tables (byte matrix, token trie) belong to loading the tokenizer,
         # as llguidance's token trie does, not to the first schema's compile
-        from sgl.constrain.compiled import _token_table
+        try:
+            from sgl.constrain.compiled import token_table
+        except ImportError:  # an older tree
+            from sgl.constrain.compiled import _token_table as token_table
 
-        _token_table(self.vocab)
+        token_table(self.vocab)
         # the JSON Schema frontend is imported on first use, and so is the validator
         # library it checks enum/const values against subschemas with (~55 ms): importing
         # them is a per-process cost, not a compile
