@@ -91,7 +91,14 @@ def _code_in_string(value: str) -> ast.AST | None:
         return None
 
 
-def uses(tree: ast.AST, private: frozenset[str], line0: int = 0) -> Iterator[tuple[int, str]]:
+def _text(node: ast.Constant | ast.JoinedStr) -> str:
+    """A string's text; an f-string's replacement fields read as a plain name."""
+    if isinstance(node, ast.Constant):
+        return node.value if isinstance(node.value, str) else ""
+    return "".join(_text(v) if isinstance(v, ast.Constant) else "x" for v in node.values)
+
+
+def uses(tree: ast.AST, private: frozenset[str]) -> Iterator[tuple[int, str]]:
     """``(line, name)`` for each use of a package-private name in a parsed test file."""
     own = _own_attrs(tree)
     self_ok: set[int] = set()
@@ -99,7 +106,7 @@ def uses(tree: ast.AST, private: frozenset[str], line0: int = 0) -> Iterator[tup
         self_ok.update(id(n) for n in ast.walk(cls) if isinstance(n, ast.Attribute)
                        and isinstance(n.value, ast.Name) and n.value.id == "self" and n.attr in attrs)
     for node in ast.walk(tree):
-        line = line0 + getattr(node, "lineno", 1)
+        line = getattr(node, "lineno", 1)
         if isinstance(node, ast.ImportFrom) and node.module and _sgl_module(node.module):
             yield from ((line, p) for p in node.module.split(".") if _private(p))
             yield from ((line, a.name) for a in node.names if _private(a.name))
@@ -110,10 +117,10 @@ def uses(tree: ast.AST, private: frozenset[str], line0: int = 0) -> Iterator[tup
             yield line, node.attr
         elif isinstance(node, ast.Call):
             yield from _attr_call(node, private, line)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            inner = _code_in_string(node.value)
-            if inner is not None:
-                yield from uses(inner, private, line - 1)
+        elif isinstance(node, (ast.Constant, ast.JoinedStr)):
+            inner = _code_in_string(_text(node))
+            if inner is not None:  # reported at the string's own (first) line
+                yield from ((line, name) for _, name in uses(inner, private))
 
 
 def _attr_call(node: ast.Call, private: frozenset[str], line: int) -> Iterator[tuple[int, str]]:
@@ -166,6 +173,7 @@ def test_the_checker_catches_each_form():
         "monkeypatch.setattr(mod, '_y', 1)\n"
         "monkeypatch.setattr('sgl.m._x', 1)\n"
         "run('import sgl; sgl.m._y')\n"
+        "run('from sgl.m import ' f'{name}\\nsgl.m._native')\n"
         "LAYER = {'sgl._version'}\n"
         "class T:\n"
         "    def __init__(self):\n"
@@ -174,4 +182,4 @@ def test_the_checker_catches_each_form():
         "        return self._x, other._q, self.__dict__\n"
     )
     got = sorted(uses(ast.parse(src), private))
-    assert got == [(1, "_native"), (2, "_native"), (3, "_x"), (4, "_y"), (5, "_x"), (6, "_y")]
+    assert got == [(1, "_native"), (2, "_native"), (3, "_x"), (4, "_y"), (5, "_x"), (6, "_y"), (7, "_native")]
