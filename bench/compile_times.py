@@ -52,7 +52,7 @@ def main() -> None:
             case = json.load(f)
         key = f"{c['subset']}/{os.path.basename(case.get('source_file', c['path']))}"
         schema = maskbench.load_schema(c["path"], case)
-        api._cache.clear()
+        api.clear_cache()
         prof = cProfile.Profile() if any(p in key for p in a.profile) else None
         err = ""
         t = time.process_time_ns()

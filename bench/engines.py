@@ -321,9 +321,12 @@ class SGLEngine(Engine):
         self.vocab = sc.Vocabulary.from_tokenizer(tokenizer_path)
         # per-vocabulary tables (byte matrix, token trie) belong to loading the tokenizer,
         # as llguidance's token trie does, not to the first schema's compile
-        from sgl.constrain.compiled import _token_table
+        try:
+            from sgl.constrain.compiled import token_table
+        except ImportError:  # an older tree
+            from sgl.constrain.compiled import _token_table as token_table
 
-        _token_table(self.vocab)
+        token_table(self.vocab)
         # the JSON Schema frontend is imported on first use, and so is the validator
         # library it checks enum/const values against subschemas with (~55 ms): importing
         # them is a per-process cost, not a compile
@@ -333,7 +336,9 @@ class SGLEngine(Engine):
         import sgl.constrain.json_schema  # noqa: F401
         # compile_json_schema keeps a small content-keyed cache; MaskBench has a few
         # duplicate schemas, and a cache hit would report a lookup as a compile.
-        self._cache = getattr(sys.modules.get("sgl.constrain.api"), "_cache", None)
+        api = sys.modules.get("sgl.constrain.api")
+        # clear_cache, or on an older tree the cache dict's own clear
+        self._clear_cache = getattr(api, "clear_cache", None) or getattr(getattr(api, "_cache", None), "clear", None)
         super().__init__(tokenizer_path, eos_id)
         # Use the engine's own allocator so its layout is the one it expects.
         self.mask = sc.allocate_bitmask(1, self.vocab.n_vocab)
@@ -357,8 +362,8 @@ class SGLEngine(Engine):
         return {"any_order": False, "lenient": False}
 
     def compile(self, schema: Any) -> Any:
-        if self._cache is not None:
-            self._cache.clear()
+        if self._clear_cache is not None:
+            self._clear_cache()
         try:
             return self._sc.compile_json_schema(schema, self.vocab)
         except self._sc.ConstraintError as e:

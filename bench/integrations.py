@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Stats]:
     stats = {name: Stats() for name in ["none", *engines]}
     judge = PrefixJudge(tok, model)
     warm_up(model, tok, engines, args.max_new_tokens)
-    from sgl.integrations._prefetch import shared_prefetcher
+    from sgl.integrations.prefetch import shared_prefetcher
 
     helper = shared_prefetcher()
     order = list(engines)

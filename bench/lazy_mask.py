@@ -68,7 +68,7 @@ def clear_shared_caches() -> None:
     """Forget the lexer cores (with their vocabulary walks) and terminal DFAs of earlier grammars."""
     from sgl.constrain import compiled, lexer
 
-    lexer._cores.clear()
+    lexer.clear_shared_cores()
     compiled._dfa_cache.clear()
 
 

@@ -231,7 +231,7 @@ def test_unknown_tensors_are_refused_not_dropped(tmp_path):
 
 
 def test_gguf_architecture_is_checked():
-    from sgl.engine.model_loader import _gguf_config
+    from sgl.engine.model_loader import gguf_config
 
     with pytest.raises(ValueError, match="GGUF architecture 'falcon' is not supported.*llama, qwen2, qwen3"):
-        _gguf_config({"general.architecture": "falcon"})
+        gguf_config({"general.architecture": "falcon"})

@@ -63,7 +63,7 @@ def test_json_string_lexemes_are_shared_across_compiles() -> None:
     a = json_strings.json_string_node(parse_regex("[a-c]+x"))
     b = json_strings.json_string_node(parse_regex("[a-c]+x"))
     assert a is b
-    assert a == json_strings._json_string_node(parse_regex("[a-c]+x"), 2000, 20_000)
+    assert a == json_strings.build_json_string_node(parse_regex("[a-c]+x"), 2000, 20_000)
     uri = json_strings.json_string_node(format_node("uri"))
     assert uri is json_strings.json_string_node(format_node("uri"))
     hard = mk_and(parse_regex("(a|b)*a(a|b){12}"), parse_regex("(a|b)*b(a|b){11}"))
@@ -113,7 +113,7 @@ def test_shipped_formats_are_used_and_checked() -> None:
         "from sgl.constrain import compile_json_schema, format_lexemes\n"
         "g = compile_json_schema({'type': 'object', 'properties': {'u': {'type': 'string', 'format': 'uri'},"
         " 'e': {'type': 'string', 'format': 'email'}}, 'required': ['u']})\n"
-        "print(len(format_lexemes._dfa_of), g.accepts_text('{\"u\": \"https://x.org/a?b=c\", \"e\": \"a@b.co\"}'),"
+        "print(format_lexemes.loaded_count(), g.accepts_text('{\"u\": \"https://x.org/a?b=c\", \"e\": \"a@b.co\"}'),"
         " g.accepts_text('{\"u\": \"no scheme\"}'), g.accepts_text('{\"u\": \"a:b\", \"e\": \"nope\"}'))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(SRC))
@@ -126,12 +126,15 @@ def test_a_stale_or_missing_file_is_ignored(tmp_path, monkeypatch) -> None:
     """Another fingerprint (the format regexes changed) or no file: formats are built."""
     from sgl.constrain import format_lexemes
 
-    monkeypatch.setattr(format_lexemes, "_entries", None)
     monkeypatch.setattr(format_lexemes, "DATA", tmp_path / "missing.bin")
-    assert format_lexemes.shipped_format("uri", {"uri": "x"}) is None
-    monkeypatch.setattr(format_lexemes, "_entries", None)
-    monkeypatch.setattr(format_lexemes, "DATA", Path(format_lexemes.__file__).with_name("format_lexemes.bin"))
-    assert format_lexemes.shipped_format("uri", {"uri": "not the regex it was built from"}) is None
+    try:
+        format_lexemes.forget_file()
+        assert format_lexemes.shipped_format("uri", {"uri": "x"}) is None
+        format_lexemes.forget_file()
+        monkeypatch.setattr(format_lexemes, "DATA", Path(format_lexemes.__file__).with_name("format_lexemes.bin"))
+        assert format_lexemes.shipped_format("uri", {"uri": "not the regex it was built from"}) is None
+    finally:
+        format_lexemes.forget_file()  # read again, with the real regexes, by the next test
 
 
 @pytest.mark.parametrize("value, message, location", [

@@ -12,7 +12,7 @@ def test_compile_thread_keeps_no_result_alive() -> None:
     from sgl.constrain import api, compile_json_schema
 
     cg = compile_json_schema({"type": "array", "items": {"type": "boolean"}})
-    api._cache.clear()
+    api.clear_cache()
     ref = weakref.ref(cg)
     was_enabled = gc.isenabled()
     gc.disable()

@@ -147,11 +147,11 @@ def test_counted_repeat_has_one_derivation_per_count_in_range(lo, hi, unit):
 @pytest.mark.parametrize("lo, hi", [(0, 3 * CHUNK), (CHUNK, CHUNK), (2 * CHUNK + 5, None), (7, 4 * CHUNK + 3),
                                     (CHUNK - 1, 2 * CHUNK + 1), (3 * CHUNK, 5 * CHUNK - 1)])
 def test_chunk_lowering_derives_each_length_once(lo, hi):
-    from sgl.constrain.counters import _Lowering
+    from sgl.constrain.counters import lower_counter
     from sgl.constrain.regex_ast import Chars, Repeat
 
     rules, terminals = [], {}
-    sym = _Lowering("T", rules, terminals).counter(Repeat(Chars(((97, 97),)), lo, hi))
+    sym = lower_counter("T", Repeat(Chars(((97, 97),)), lo, hi), rules, terminals)
     n_max = 6 * CHUNK
     lengths = {n: range(t.pattern.min, min(t.pattern.max or n_max, n_max) + 1) for n, t in terminals.items()}
     got = _derivations(rules, sym, lengths, n_max)

@@ -1,4 +1,4 @@
-"""Minimisation's block partition (``dfa._hopcroft``): the vectorised Moore rounds, the
+"""Minimisation's block partition (``dfa.equivalence_blocks``): the vectorised Moore rounds, the
 Hopcroft worklist they hand over to, and any mix of the two give the same blocks."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_blocks_equal_moore_fixpoint_whatever_the_handover(case, rounds) -> None
     saved = dfa.MOORE_ROUNDS
     dfa.MOORE_ROUNDS = rounds
     try:
-        got = dfa._hopcroft(table, accepting)
+        got = dfa.equivalence_blocks(table, accepting)
     finally:
         dfa.MOORE_ROUNDS = saved
     assert _canonical(got) == _oracle(table, accepting)
@@ -65,13 +65,13 @@ def test_long_chain_goes_past_the_moore_rounds(n: int) -> None:
     table[:-1, 0] = np.arange(1, n)
     accepting = np.zeros(n, dtype=bool)
     accepting[-1] = True
-    assert not dfa._moore_blocks(table, accepting, dfa.MOORE_ROUNDS)[1]
-    assert len(set(np.asarray(dfa._hopcroft(table, accepting)).tolist())) == n
+    assert not dfa.moore_blocks(table, accepting, dfa.MOORE_ROUNDS)[1]
+    assert len(set(np.asarray(dfa.equivalence_blocks(table, accepting)).tolist())) == n
 
 
 def test_equal_rows_falls_back_to_exact_sorting_on_wide_rows() -> None:
     """Rows wider than the hash weights are grouped by exact sorting."""
-    rows = np.zeros((3, len(dfa._HASH_WEIGHTS) + 1), dtype=np.int64)
+    rows = np.zeros((3, len(dfa.HASH_WEIGHTS) + 1), dtype=np.int64)
     rows[1, -1] = 1
-    first, inv = dfa._equal_rows(rows)
+    first, inv = dfa.equal_rows(rows)
     assert len(first) == 2 and inv[0] == inv[2] != inv[1]

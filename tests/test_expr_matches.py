@@ -1,10 +1,10 @@
-"""``_expr_matches`` (enum/const values against a string facet) answers a repeated
+"""``expr_matches`` (enum/const values against a string facet) answers a repeated
 character class by length and membership; it must agree with the derivative walk."""
 
 import random
 
 from sgl.constrain.derivatives import ANY_STRING, derivative, nullable
-from sgl.constrain.json_schema.common import _expr_matches
+from sgl.constrain.json_schema.common import expr_matches
 from sgl.constrain.regex_ast import NOTHING, Chars, Repeat
 
 
@@ -29,4 +29,4 @@ def test_repeated_classes_agree_with_derivatives():
     for e in exprs:
         for _ in range(1500):
             text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 7)))
-            assert _expr_matches(e, text) == _by_derivatives(e, text), (e, text)
+            assert expr_matches(e, text) == _by_derivatives(e, text), (e, text)

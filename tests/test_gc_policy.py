@@ -52,8 +52,8 @@ def test_a_mask_miss_leaves_nothing_for_the_collector_to_scan(llama3_vocab, poli
 def test_frozen_cycles_are_collected_once_they_outgrow_the_bound(monkeypatch, policy_enabled, after):
     """Compiles and mask misses share the bound (compiles collected in full every 64 before)."""
     monkeypatch.setattr(gc_policy, "FROZEN_GROWTH_FLOOR", 1_000)
-    monkeypatch.setattr(gc_policy, "_heap_after_full", 0)
-    monkeypatch.setattr(gc_policy, "_frozen_since_full", 0)
+    monkeypatch.setattr(gc_policy, "heap_after_full", 0)
+    monkeypatch.setattr(gc_policy, "frozen_since_full", 0)
     freeze = getattr(gc_policy, after)
     first = _cycle()
     freeze()  # frozen: the cycle survives ...
@@ -67,22 +67,21 @@ def test_frozen_cycles_are_collected_once_they_outgrow_the_bound(monkeypatch, po
         if first() is None:
             break
     assert first() is None
-    assert gc_policy._frozen_since_full < 1_000
+    assert gc_policy.frozen_since_full < 1_000
 
 
 def test_young_objects_are_counted_without_listing_them(policy_enabled):
     """Between a freeze and the next collection, the collector's own count is the
     number of young objects (what after_mask_miss adds to the frozen total); after a
     collection they are listed instead."""
-    gc.freeze()
-    gc_policy._collected[0] = False
+    gc_policy.freeze()
     junk = [[i] for i in range(300)]  # < 700 allocations: no collection runs
-    if gc_policy._collected[0]:
+    if gc_policy.collected_since_freeze():
         pytest.skip("a collection ran anyway")
-    assert abs(gc_policy._young() - _young()) <= 20  # net: frozen objects that die count against it
+    assert abs(gc_policy.young_objects() - _young()) <= 20  # net: frozen objects that die count against it
     gc.collect(0)
-    assert gc_policy._collected[0]
-    assert gc_policy._young() == _young()
+    assert gc_policy.collected_since_freeze()
+    assert gc_policy.young_objects() == _young()
     del junk
 
 

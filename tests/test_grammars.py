@@ -21,8 +21,17 @@ import pytest
 from conftest import require_shared
 
 from sgl.constrain.errors import ConstraintError
-from sgl.constrain.gbnf import GAlt, GChars, GRef, GRep, GSeq, _Parser, ebnf_grammar, gbnf_grammar
-from sgl.constrain.lark_grammar import _LAZY_IDIOMS, lark_grammar
+from sgl.constrain.gbnf import (
+    GAlt,
+    GChars,
+    GRef,
+    GRep,
+    GSeq,
+    ebnf_grammar,
+    gbnf_grammar,
+    parse_rules,
+)
+from sgl.constrain.lark_grammar import LAZY_IDIOMS, lark_grammar
 
 # ---------------------------------------------------------------------------
 # Every real grammar file converts, or is refused for a stated reason
@@ -88,12 +97,10 @@ def test_grammar_file_count():
 
 
 def test_gbnf_escapes_classes_and_repetition():
-    rules = _Parser(
+    rules = parse_rules(
         r"""root ::= "\x41\u00e9\U0001F600\t\"\\" [^a-z\n\]] x{2,3} x{2,} x{4} .
 x ::= "x" # comment
-""",
-        "gbnf",
-    ).parse()
+""")
     seq = rules["root"]
     assert isinstance(seq, GSeq)
     lit = seq.items[0]
@@ -208,9 +215,9 @@ def _longest_viable_match(regex: str, text: str) -> int | None:
 )
 def test_lazy_idiom_rewrites_cut_the_same_lexemes(original, opening):
     """Lark's lexer runs ``re.match`` (shortest for lazy); we lex greedily (longest)."""
-    from sgl.constrain.lark_grammar import _rewrite_lazy_idioms
+    from sgl.constrain.lark_grammar import rewrite_lazy_idioms
 
-    rewritten = _rewrite_lazy_idioms(original, dotall=False)
+    rewritten = rewrite_lazy_idioms(original, dotall=False)
     assert rewritten != original
     assert "*?" not in rewritten and "(?<" not in rewritten
     rng = random.Random(7)
@@ -232,7 +239,7 @@ def test_lazy_idiom_rewrites_cut_the_same_lexemes(original, opening):
                 rewritten,
             )
     assert checked > 50
-    assert len(_LAZY_IDIOMS) >= 4
+    assert len(LAZY_IDIOMS) >= 4
 
 
 # ---------------------------------------------------------------------------
@@ -444,7 +451,7 @@ def test_gbnf_language_matches_char_level_oracle(rel, n):
     text = (require_shared("grammars") / rel).read_text(encoding="utf-8")
     dialect = "gbnf" if rel.endswith(".gbnf") else "ebnf"
     cg = _compile((gbnf_grammar if dialect == "gbnf" else ebnf_grammar)(text))
-    rules = _Parser(text, dialect).parse()
+    rules = parse_rules(text, dialect)
     bnf = _char_bnf(rules)
     # A stable seed: hash() of a str changes from one process to the next.
     rng = random.Random(zlib.crc32(rel.encode()))
@@ -467,7 +474,7 @@ def test_gbnf_language_matches_char_level_oracle(rel, n):
 def test_gbnf_json_accepts_only_json():
     text = (require_shared("grammars") / "llama.cpp/json.gbnf").read_text()
     cg = _compile(gbnf_grammar(text))
-    rules = _Parser(text, "gbnf").parse()
+    rules = parse_rules(text)
     rng = random.Random(3)
     n_ok = 0
     for _ in range(150):
@@ -705,7 +712,7 @@ def test_gbnf_random_grammars_match_char_level_oracle():
             cg = compile_ir(gbnf_grammar(text))
         except ConstraintError:  # e.g. a start rule that derives no text
             continue
-        bnf = _char_bnf(_Parser(text, "gbnf").parse())
+        bnf = _char_bnf(parse_rules(text))
         for s in strings:
             assert cg.accepts_text(s) == _earley_accepts(bnf, "root", s), (text, s)
         tested += 1

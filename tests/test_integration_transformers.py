@@ -185,7 +185,7 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
     """The helper thread computes the masks one token ahead; greedy outputs are the same
     with it on or off, and (waiting for the helper before each step) every step after the
     first finds its mask cached: greedy takes the best allowed token, which was prefetched."""
-    from sgl.integrations._prefetch import shared_prefetcher
+    from sgl.integrations.prefetch import shared_prefetcher
 
     model, tok = hf
     schema = {**SCHEMA, "properties": {"ship": {"type": "string", "maxLength": 12},
@@ -197,8 +197,8 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
 
     def watched(input_ids, scores):
         assert helper.wait_idle()
-        if proc.matchers and input_ids.shape[1] > proc._prompt_len:
-            proc._follow(input_ids)
+        if proc.matchers:  # past the prompt: the matchers follow the ids (again in proc: a no-op)
+            proc.follow(input_ids)
             ready.append(proc.matchers[0].mask_is_cached())
         return proc(input_ids, scores)
 
@@ -219,7 +219,7 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
 def test_best_allowed_skips_masked_tokens():
     import numpy as np
 
-    from sgl.integrations._prefetch import best_allowed
+    from sgl.integrations.prefetch import best_allowed
 
     row = np.full(10, -np.inf, dtype=np.float32)
     row[[2, 7]] = [1.0, 3.0]
@@ -234,7 +234,7 @@ def test_caps_mask_like_apply_bitmask():
     import numpy as np
 
     from sgl.constrain import apply_bitmask
-    from sgl.integrations._caps import apply_caps
+    from sgl.integrations.caps import apply_caps
 
     rng = np.random.default_rng(3)
     words = rng.integers(-2**31, 2**31, size=(2, 3), dtype=np.int64).astype(np.int32).view(np.uint32)

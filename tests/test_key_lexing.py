@@ -48,8 +48,7 @@ def _matcher(schema, vocab, monkeypatch, native: bool, wide: bool) -> Matcher:
     monkeypatch.setattr(earley, "WIDE_KEYS", wide)
     monkeypatch.setattr(earley, "WIDE_MIN_KEYS", 0)  # every object, however small
     monkeypatch.setattr(mask, "KEY_PARTS", wide)
-    with lexer._cores_lock:
-        lexer._cores.clear()
+    lexer.clear_shared_cores()
     return Matcher(CompiledGrammar(json_schema_grammar(schema, track_keys=True), vocab))
 
 

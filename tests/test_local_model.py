@@ -270,7 +270,7 @@ def test_int4_blocks_are_the_gguf_weights_exactly():
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from sgl.engine.int4 import _blocks
+    from sgl.engine.int4 import q4_blocks
     from sgl.engine.model_loader import default_gguf_path
 
     try:
@@ -280,7 +280,7 @@ def test_int4_blocks_are_the_gguf_weights_exactly():
     tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
     for name in ("blk.0.attn_q.weight", "blk.5.ffn_down.weight"):
         t = tensors[name]
-        q, scale, zero = _blocks(t)
+        q, scale, zero = q4_blocks(t)
         rows, cols = q.shape
         ours = ((q.reshape(rows, -1, 32).astype(np.float32) - 8) * scale[..., None] + zero[..., None]).reshape(rows, cols)
         np.testing.assert_allclose(ours, dequantize(t.data, t.tensor_type), rtol=1e-5, atol=1e-6)

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from sgl.constrain import derivatives as D
-from sgl.constrain.numeric_range import _positive_multiples
+from sgl.constrain.numeric_range import positive_multiples
 from sgl.constrain.regex import parse_regex
 
 PATTERNS = [r"[a-z]+", r"(ab|a)*b", r"\d{2,5}", r"[^x]*x[^x]*", r"(a|b)*a(a|b){3}", r"foo|bar|baz",
@@ -28,7 +28,7 @@ def _exprs():
 
 
 def _step(dfa: D.CharDFA, s: int, c: int) -> int:
-    return next((t for cs, t in dfa.edges[s] if D._contains(cs, c)), -1)
+    return next((t for cs, t in dfa.edges[s] if D.in_chars(cs, c)), -1)
 
 
 def _accepts(dfa: D.CharDFA, text: str) -> bool:
@@ -90,7 +90,7 @@ def test_minimized_derivative_dfa_keeps_the_language_and_is_minimal(name, e):
 
 def test_dead_states_are_dropped_before_minimising():
     # "t" states with no non-zero digit never accept: a DFA with dead states
-    node = _positive_multiples(3, 1)
+    node = positive_multiples(3, 1)
     for text in ["3", "0.3", "1.2", "12", "0.30", "4", "0.0", "0.1"]:
         want = "." in text and int(text.replace(".", "")) % 3 == 0 and int(text.replace(".", "")) > 0 \
             or "." not in text and int(text) % 3 == 0 and int(text) > 0

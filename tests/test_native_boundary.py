@@ -1,4 +1,4 @@
-"""The boundary recursion in C (``_native.Boundaries``, ``boundary.NativeBoundaries``).
+"""The boundary recursion in C (``extension.Boundaries``, ``boundary.NativeBoundaries``).
 
 Its masks are compared with the pure-Python fallback by every case of
 ``test_native_kernel.py`` (the native side now runs this recursion); here: that the C
@@ -17,18 +17,17 @@ from sgl.constrain import Matcher, lexer
 from sgl.constrain.compiled import CompiledGrammar
 from sgl.constrain.errors import CompileBudgetExceeded
 from sgl.constrain.json_schema import json_schema_grammar
-from sgl.constrain.mask import _native
+from sgl.constrain.native import extension
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "tags": {"type": "array", "items": {
     "enum": ["a", "bc"]}}, "n": {"type": "integer"}}, "required": ["name"]}
 
 
 def _matcher(vocab, monkeypatch) -> Matcher:
-    if _native is None:
+    if extension is None:
         pytest.skip("the C mask kernel is not built (no compiler at install)")
     monkeypatch.setenv("SGL_NATIVE", "1")
-    with lexer._cores_lock:
-        lexer._cores.clear()
+    lexer.clear_shared_cores()
     return Matcher(CompiledGrammar(json_schema_grammar(SCHEMA), vocab))
 
 
@@ -56,7 +55,7 @@ def test_deadline_inside_the_c_loop_is_the_mask_budget(llama3_vocab, monkeypatch
     # a registered walk with boundary groups, run again with a deadline already past
     w = next(i for i, r in enumerate(native._walks) if r.boundary_ids.size)
     res = native._walks[w]
-    col = m._stack[-1][0]
+    col = m.column
     words = np.zeros(masks.tokens.n_words, dtype=np.uint32)
     lex = next(lx for lx in native._lexers if lx.core is not None)
     assert native._c.run(col.uid, native.lexer_id(lex), w, words, time.monotonic() - 1.0) is None
@@ -70,7 +69,7 @@ def test_deadline_inside_the_c_loop_is_the_mask_budget(llama3_vocab, monkeypatch
 
 def test_boundaries_rejects_bad_registrations(llama3_vocab, monkeypatch):
     m = _matcher(llama3_vocab, monkeypatch)
-    b = _native.Boundaries(m.compiled.parser.native, [], 8)
+    b = extension.Boundaries(m.compiled.parser.native, [], 8)
     with pytest.raises(ValueError, match="another width"):
         b.add_walk(np.zeros(9, dtype=np.uint32), [])
     with pytest.raises(ValueError, match="out of range"):
@@ -91,7 +90,7 @@ def test_boundaries_rejects_bad_registrations(llama3_vocab, monkeypatch):
 def test_allowed_sets_are_told_apart(llama3_vocab, monkeypatch):
     """Lexer lookups by allowed set compare contents (not only a hash)."""
     m = _matcher(llama3_vocab, monkeypatch)
-    b = _native.Boundaries(m.compiled.parser.native, [], 8)
+    b = extension.Boundaries(m.compiled.parser.native, [], 8)
     b.set_lexer((1, 2, 3), 7)
     b.set_lexer((1, 2, 4), 9)
     b.set_lexer((1, 2, 3), 7)  # again: no second entry
@@ -144,7 +143,7 @@ def test_python_scans_mode_gives_the_same_masks(i, llama3_vocab, monkeypatch):
 
     from sgl.constrain import boundary
 
-    if _native is None:
+    if extension is None:
         pytest.skip("the C mask kernel is not built (no compiler at install)")
     monkeypatch.setattr(boundary, "FORCE_PYTHON_SCANS", True)
     k._check_identical(k._ir("json", k.SCHEMAS[i]), llama3_vocab, monkeypatch, seed=11 + i)

@@ -1,6 +1,6 @@
 """The native mask kernel against its numpy fallback, and random walks through every frontend.
 
-The C kernel (``sgl/constrain/_native.c``: trie walk, token walks, lazy product lexer)
+The C kernel (``sgl/constrain/extension.c``: trie walk, token walks, lazy product lexer)
 and the numpy walks with the pure-Python lexer must give bit-identical masks. Each case
 walks a seeded random path of allowed tokens with the native kernel, then replays it
 with ``SGL_NATIVE=0`` on fresh lexers, comparing the mask at every step.
@@ -24,12 +24,13 @@ from sgl.constrain.compiled import CompiledGrammar, choices_grammar
 from sgl.constrain.gbnf import ebnf_grammar, gbnf_grammar
 from sgl.constrain.json_schema import json_schema_grammar
 from sgl.constrain.lark_grammar import lark_grammar
-from sgl.constrain.mask import _native, build_trie, native_enabled
+from sgl.constrain.mask import build_trie, native_enabled
+from sgl.constrain.native import extension
 from sgl.constrain.regex import regex_grammar
 
 
 def test_ci_builds_the_extension():
-    if _native is None:
+    if extension is None:
         if os.environ.get("CI"):
             pytest.fail("the C mask kernel was not built in CI (setup.py ext_modules)")
         pytest.skip("the C mask kernel is not built here (no compiler at install): numpy fallback in use")
@@ -37,7 +38,7 @@ def test_ci_builds_the_extension():
 
 
 def _needs_native():
-    if _native is None:
+    if extension is None:
         pytest.skip("the C mask kernel is not built (no compiler at install)")
 
 
@@ -127,8 +128,7 @@ def _fresh(ir, vocab, native: bool, monkeypatch) -> Matcher:
     from sgl.constrain.errors import ConstraintError
 
     monkeypatch.setenv("SGL_NATIVE", "1" if native else "0")
-    with lexer._cores_lock:
-        lexer._cores.clear()
+    lexer.clear_shared_cores()
     try:
         return Matcher(CompiledGrammar(ir, vocab))
     except ConstraintError as e:
@@ -200,9 +200,9 @@ def test_native_equals_numpy_choices(llama3_vocab, monkeypatch):
 
 def test_trie_matches_sorted_tokens(llama3_vocab):
     """Every token is found at the end of its bytes' path in the trie, subtrees nest."""
-    from sgl.constrain.compiled import _token_table
+    from sgl.constrain.compiled import token_table
 
-    table = _token_table(llama3_vocab)
+    table = token_table(llama3_vocab)
     node_byte, depth, end, tok, ids = build_trie(table.tok_bytes, table.tok_off, table.real_ids)
     assert sorted(ids.tolist()) == sorted(table.real_ids.tolist())
     rng = random.Random(0)
@@ -236,17 +236,28 @@ def _utf8_prefix_ok(data: bytes) -> bool:
     return True
 
 
+def _parents(depth: np.ndarray) -> np.ndarray:
+    """Each preorder trie node's parent (-1 at depth 1), by walking the path down."""
+    path: list[int] = []
+    parent = []
+    for i, d in enumerate(depth.tolist()):
+        del path[d - 1 :]
+        parent.append(path[-1] if path else -1)
+        path.append(i)
+    return np.array(parent, dtype=np.int64)
+
+
 def test_utf8_subtree_flags_match_a_decoder():
     """The per-node UTF-8 flag (the walk's shortcut for string bodies) says exactly whether
     every token below the node, from the node's byte on, is (cut-short) well-formed UTF-8."""
-    from sgl.constrain.mask import _trie_parents, utf8_subtrees
+    from sgl.constrain.mask import utf8_subtrees
 
     toks = [b"a", b"ab", "é".encode(), "é".encode()[:1], "€x".encode(), b"\xed\xa0\x80", b"\xc0\xaf",
             "𝄞".encode(), "𝄞".encode()[:2], b"\x80a", b"a\xff", "ü!".encode(), b"\xf4\x90\x80\x80", b"\xe0\x80"]
     raw = b"".join(toks)
     off = np.concatenate([[0], np.cumsum([len(t) for t in toks])]).astype(np.int64)
     node_byte, depth, end, tok, ids = build_trie(np.frombuffer(raw, dtype=np.uint8), off, np.arange(len(toks)))
-    flags = utf8_subtrees(node_byte, depth, _trie_parents(depth))
+    flags = utf8_subtrees(node_byte, depth, _parents(depth))
     for i in range(node_byte.size):
         below = [toks[int(t)] for t in ids[tok[i] : tok[end[i]]]]
         assert bool(flags[i]) == all(_utf8_prefix_ok(b[depth[i] - 1 :]) for b in below), i
@@ -255,13 +266,13 @@ def test_utf8_subtree_flags_match_a_decoder():
 def test_max_chars_below_counts_characters():
     """The per-node character count (the counting shortcut's bound) is the most
     characters (UTF-8 lead or ASCII bytes) of any token below the node, from its byte on."""
-    from sgl.constrain.mask import MAX_CHARS, _trie_parents, max_chars_below
+    from sgl.constrain.mask import MAX_CHARS, max_chars_below
 
     toks = [b"a", b"abc", "é".encode(), "éa".encode(), "€€x".encode(), b"\x80\x80", "ab日本".encode(), b"z" * 300]
     raw = b"".join(toks)
     off = np.concatenate([[0], np.cumsum([len(t) for t in toks])]).astype(np.int64)
     node_byte, depth, end, tok, ids = build_trie(np.frombuffer(raw, dtype=np.uint8), off, np.arange(len(toks)))
-    counts = max_chars_below(node_byte, depth, _trie_parents(depth))
+    counts = max_chars_below(node_byte, depth, _parents(depth))
     for i in range(node_byte.size):
         below = [toks[int(t)][depth[i] - 1 :] for t in ids[tok[i] : tok[end[i]]]]
         want = max(sum((c & 0xC0) != 0x80 for c in b) for b in below)
@@ -278,29 +289,29 @@ def test_native_dfa_and_product_reject_bad_input():
     with pytest.raises(ValueError, match="bad target"):
         bad = table.copy()
         bad[1, 0] = 2
-        _native.Dfa(bad, acc)
+        extension.Dfa(bad, acc)
     with pytest.raises(ValueError, match="bad target"):
         bad.flags.writeable = False  # a read-only table is used in place: checked the same
-        _native.Dfa(bad, acc)
+        extension.Dfa(bad, acc)
     with pytest.raises(ValueError, match="bad target"):
         bad = table.copy()
         bad[0, 5] = -3
         bad.flags.writeable = False
-        _native.Dfa(bad, acc)
+        extension.Dfa(bad, acc)
     with pytest.raises(ValueError, match="inconsistent"):
-        _native.Dfa(table[:1], acc)
+        extension.Dfa(table[:1], acc)
     frozen = table.copy()
     frozen.flags.writeable = False
-    held = _native.Dfa(frozen, acc)
+    held = extension.Dfa(frozen, acc)
     del frozen  # the Dfa keeps the buffer alive
-    assert np.frombuffer(_native.Product((held,), 4).row(0), dtype=np.int32)[ord("a")] == 1
+    assert np.frombuffer(extension.Product((held,), 4).row(0), dtype=np.int32)[ord("a")] == 1
     with pytest.raises(TypeError):
-        _native.Product((table,), 10)
+        extension.Product((table,), 10)
     with pytest.raises(ValueError):
-        _native.Product((), 10)
-    dfa = _native.Dfa(table, acc)
+        extension.Product((), 10)
+    dfa = extension.Dfa(table, acc)
     assert dfa.n_states == 2
-    prod = _native.Product((dfa, dfa), 10)
+    prod = extension.Product((dfa, dfa), 10)
     row = np.frombuffer(prod.row(0), dtype=np.int32)
     assert row[ord("a")] == 1 and (np.delete(row, ord("a")) == -1).all()
     assert prod.accepting(1) and not prod.accepting(0)
@@ -398,7 +409,7 @@ def test_lexers_of_both_kinds_mixed_give_the_same_masks(llama3_vocab, monkeypatc
     monkeypatch.setenv("SGL_NATIVE", "0")
     mixed = Matcher(CompiledGrammar(ir, llama3_vocab))  # shares the cached native lexers
     tokens, mixed_masks = _random_walk(mixed, 11, 24, eos)
-    kinds = {type(c).__name__ for c in lexer._cores.values()}
+    kinds = {type(c).__name__ for c in lexer.shared_cores()}
     assert kinds == {"NativeLexerCore", "LexerCore"}, kinds  # the walk did cross both kinds
     pure = _fresh(ir, llama3_vocab, False, monkeypatch)
     for i, want in enumerate(mixed_masks):

@@ -13,11 +13,13 @@ import pytest
 
 import sgl.constrain as sc
 from sgl.constrain import lexer
-from sgl.constrain.mask import SPARSE_WORDS, _native, or_parts
+from sgl.constrain.bitmask import pack_bools
+from sgl.constrain.mask import SPARSE_WORDS, or_parts
+from sgl.constrain.native import extension
 
 
 def _needs_native():
-    if _native is None:
+    if extension is None:
         pytest.skip("the C mask kernel is not built (no compiler at install)")
 
 
@@ -44,7 +46,7 @@ def test_or_parts_equals_numpy():
         start = rng.integers(0, 2**32, n, dtype=np.uint32) * rng.integers(0, 2, n, dtype=np.uint32)
         want, got = start.copy(), start.copy()
         or_parts(want, parts)
-        _native.or_parts(got, parts)
+        extension.or_parts(got, parts)
         assert np.array_equal(want, got)
 
 
@@ -52,15 +54,15 @@ def test_or_parts_rejects_bad_parts():
     _needs_native()
     out = np.zeros(8, dtype=np.uint32)
     with pytest.raises(ValueError, match="out of range"):
-        _native.or_parts(out, [(np.array([8], dtype=np.int64), np.array([1], dtype=np.uint32))])
+        extension.or_parts(out, [(np.array([8], dtype=np.int64), np.array([1], dtype=np.uint32))])
     with pytest.raises(ValueError, match="out of range"):
-        _native.or_parts(out, [(np.array([-1], dtype=np.int64), np.array([1], dtype=np.uint32))])
+        extension.or_parts(out, [(np.array([-1], dtype=np.int64), np.array([1], dtype=np.uint32))])
     with pytest.raises(ValueError, match="another width"):
-        _native.or_parts(out, [np.zeros(9, dtype=np.uint32)])
+        extension.or_parts(out, [np.zeros(9, dtype=np.uint32)])
     with pytest.raises(ValueError, match="another width"):
-        _native.or_parts(out, [("&", np.zeros(8, dtype=np.uint32), np.zeros(7, dtype=np.uint32))])
+        extension.or_parts(out, [("&", np.zeros(8, dtype=np.uint32), np.zeros(7, dtype=np.uint32))])
     with pytest.raises(ValueError, match="indices, values"):
-        _native.or_parts(out, [(np.zeros(1, dtype=np.int64),)])
+        extension.or_parts(out, [(np.zeros(1, dtype=np.int64),)])
     assert not out.any()  # nothing written before the bad part was found
 
 
@@ -72,7 +74,7 @@ def test_take_words_compacts_and_clears(nonzero):
     at = rng.choice(scratch.size, nonzero, replace=False)
     scratch[at] = rng.integers(1, 2**32, nonzero, dtype=np.uint32)
     want = scratch.copy()
-    taken = _native.take_words(scratch, SPARSE_WORDS)
+    taken = extension.take_words(scratch, SPARSE_WORDS)
     assert not scratch.any()
     if nonzero <= SPARSE_WORDS:
         idx, vals = np.frombuffer(taken[0], dtype=np.int64), np.frombuffer(taken[1], dtype=np.uint32)
@@ -83,22 +85,26 @@ def test_take_words_compacts_and_clears(nonzero):
 
 def test_budget_error_leaves_no_words_behind(llama3_vocab, monkeypatch):
     """A walk stopped by the lexer budget must not leave its half-written words in the
-    reused scratch, where the next walk would pick them up as allowed tokens."""
+    reused scratch, where the next walk would pick them up as allowed tokens: after
+    ``y`` the letters' lexer runs over the budget mid-walk; the grammar's next mask
+    (after ``x``, a small lexer of its own) allows ``q`` alone."""
     from sgl.constrain import Matcher
     from sgl.constrain.compiled import CompiledGrammar
     from sgl.constrain.errors import CompileBudgetExceeded
-    from sgl.constrain.regex import regex_grammar
+    from sgl.constrain.lark_grammar import lark_grammar
 
     _needs_native()
     monkeypatch.setenv("SGL_NATIVE", "1")
     monkeypatch.setattr(lexer, "MAX_LEXER_STATES", 20)
-    with lexer._cores_lock:
-        lexer._cores.clear()
-    m = Matcher(CompiledGrammar(regex_grammar(r"[a-z]{0,40}"), llama3_vocab))
+    lexer.clear_shared_cores()
+    m = Matcher(CompiledGrammar(lark_grammar('start: "x" A | "y" B\nA: "q"\nB: /[a-z]{0,40}/\n'), llama3_vocab))
+    tid = {b: i for i, b in enumerate(llama3_vocab.token_bytes) if b in (b"x", b"y", b"q")}
+    after_y, after_x = m.copy(), m.copy()
+    assert after_y.advance(tid[b"y"]) and after_x.advance(tid[b"x"])
     with pytest.raises(CompileBudgetExceeded):
-        m.allowed_words()
-    scratch = m.compiled.masks._scratch
-    assert scratch is not None and not scratch.any()
+        after_y.allowed_words()
+    got = after_x.allowed_words()  # the same grammar's mask computer, the same scratch
+    assert np.flatnonzero(np.unpackbits(got.view(np.uint8), bitorder="little")).tolist() == [tid[b"q"]]
 
 
 @pytest.mark.parametrize("width", [1, 7, 8, 255, 256, 257, 4008, 4011])
@@ -114,7 +120,7 @@ def test_take_words_at_block_edges(width):
         scratch = np.zeros(width, dtype=np.uint32)
         scratch[at] = rng.integers(1, 2**32, len(at), dtype=np.uint32)
         want = scratch.copy()
-        taken = _native.take_words(scratch, SPARSE_WORDS)
+        taken = extension.take_words(scratch, SPARSE_WORDS)
         assert not scratch.any()
         if np.count_nonzero(want) <= SPARSE_WORDS:
             idx, vals = np.frombuffer(taken[0], dtype=np.int64), np.frombuffer(taken[1], dtype=np.uint32)
@@ -128,15 +134,15 @@ def test_words_digest_and_equal():
     rng = np.random.default_rng(5)
     a = rng.integers(0, 2**32, 4008, dtype=np.uint32)
     b = a.copy()
-    assert _native.words_digest(a) == _native.words_digest(b) and _native.words_equal(a, b)
+    assert extension.words_digest(a) == extension.words_digest(b) and extension.words_equal(a, b)
     b[4007] ^= 1 << 31
-    assert _native.words_digest(a) != _native.words_digest(b) and not _native.words_equal(a, b)
+    assert extension.words_digest(a) != extension.words_digest(b) and not extension.words_equal(a, b)
     for k in (0, 1, 2, 3, 4, 5, 6, 7, 4006):  # a bit in each lane of the digest, and its tail
         c = a.copy()
         c[k] ^= 1
-        assert _native.words_digest(c) != _native.words_digest(a)
-    assert _native.words_digest(a[:7]) != _native.words_digest(a[:6])  # odd lengths: the tail
-    assert not _native.words_equal(a, a[:-1])
+        assert extension.words_digest(c) != extension.words_digest(a)
+    assert extension.words_digest(a[:7]) != extension.words_digest(a[:6])  # odd lengths: the tail
+    assert not extension.words_equal(a, a[:-1])
 
 
 def test_equal_masks_are_one_array(llama3_vocab, monkeypatch):
@@ -148,18 +154,17 @@ def test_equal_masks_are_one_array(llama3_vocab, monkeypatch):
 
     _needs_native()
     monkeypatch.setenv("SGL_NATIVE", "1")
-    with lexer._cores_lock:
-        lexer._cores.clear()
+    lexer.clear_shared_cores()
     m = Matcher(CompiledGrammar(json_schema_grammar({"type": "array", "items": {"type": "integer"}}), llama3_vocab))
     tid = {b: i for i, b in enumerate(llama3_vocab.token_bytes) if b in (b"[", b"1", b",")}
     for b in (b"[", b"1", b","):
         m.allowed_words()
         assert m.advance(tid[b])
     once = m.allowed_words()
-    col_once = m._stack[-1][0]
+    col_once = m.column
     for b in (b"1", b","):
         assert m.advance(tid[b])
-    assert m._stack[-1][0] is not col_once  # another column...
+    assert m.column is not col_once  # another column...
     assert m.allowed_words() is once and not once.flags.writeable  # ...the same mask
 
 
@@ -173,5 +178,6 @@ def test_first_byte_words_equal_the_tokens_selected_one_by_one(llama3_vocab):
     for k in (0, 1, 5, 100, 127, 128, 129, 200, 250, 255, 256):
         dead = np.zeros(256, dtype=bool)
         dead[rng.choice(256, k, replace=False)] = True
-        want = mc._pack(tokens.with_first_byte(np.flatnonzero(dead)))
-        assert np.array_equal(mc._first_byte_words(dead), want), k
+        selected = np.zeros(tokens.n_words * 32, dtype=bool)
+        selected[tokens.with_first_byte(np.flatnonzero(dead))] = True
+        assert np.array_equal(mc.first_byte_words(dead), pack_bools(selected)), k

@@ -81,7 +81,7 @@ def test_core_imports_without_torch_or_server_packages():
 ])
 def test_missing_extra_names_the_pip_command(code, extra):
     r = run_without({"torch", "fastapi", "uvicorn", "safetensors", "gguf", "transformers"},
-                    "from sgl._extras import MissingExtraError\n"
+                    "from sgl import MissingExtraError\n"
                     f"try:\n    {code}\nexcept MissingExtraError as e:\n    print(e)\n")
     assert r.returncode == 0, r.stderr
     assert f"pip install '{extra}'" in r.stdout

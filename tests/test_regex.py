@@ -19,10 +19,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from sgl.constrain.automaton import (
-    DEFAULT_MAX_NFA,
-    DEFAULT_MAX_WORK,
     LiteralAlt,
-    _Compiler,
+    general_dfa,
     to_dfa,
     utf8_sequences,
 )
@@ -457,8 +455,7 @@ def _canonical(d: ByteDFA) -> tuple:
 def _general(node, max_states: int = 50_000) -> ByteDFA:
     """``to_dfa`` without the fast paths: no literal/counter chains, no gluing of
     sequences, Hopcroft for every minimisation, no cross-call cache."""
-    compiler = _Compiler(max_states, DEFAULT_MAX_NFA, DEFAULT_MAX_WORK, fast=False)
-    return compiler.dfa(node).to_byte_dfa()
+    return general_dfa(node, max_states, fast=False)
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)

@@ -1,4 +1,4 @@
-"""automaton._small_trie_dfa (small word sets in plain Python) against the numpy
+"""automaton.words_dfa on small word sets (built in plain Python) against the numpy
 construction: same minimal DFA size, same language."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ def _numpy_trie(words):
     old = A.SMALL_TRIE_BYTES
     A.SMALL_TRIE_BYTES = -1
     try:
-        return A._trie_dfa(words).to_byte_dfa()
+        return A.words_dfa(words)
     finally:
         A.SMALL_TRIE_BYTES = old
 
@@ -22,7 +22,7 @@ def test_small_word_sets_give_the_same_minimal_dfa():
     for _ in range(200):
         words = [bytes(rng.choice(b"ab\x00\xff\xc3\x22") for _ in range(rng.randint(0, 6)))
                  for _ in range(rng.randint(1, 12))]
-        small = A._trie_dfa(words).to_byte_dfa()
+        small = A.words_dfa(words)
         big = _numpy_trie(words)
         assert small.n_states == big.n_states, words
         probes = set(words) | {w + b"a" for w in words} | {w[:-1] for w in words} | {b"", b"zz"}
@@ -31,6 +31,6 @@ def test_small_word_sets_give_the_same_minimal_dfa():
 
 
 def test_edge_sets():
-    assert A._trie_dfa([]).to_byte_dfa().n_states == 1
-    eps = A._trie_dfa([b""]).to_byte_dfa()
+    assert A.words_dfa([]).n_states == 1
+    eps = A.words_dfa([b""])
     assert eps.n_states == 1 and eps.matches(b"") and not eps.matches(b"a")

@@ -23,7 +23,7 @@ import pytest
 
 from sgl.constrain.errors import ConstraintError
 from sgl.constrain.grammar import Grammar, Rule, Terminal
-from sgl.constrain.stolcke import StolckeParser, _closure
+from sgl.constrain.stolcke import StolckeParser, probability_closure
 
 Spec = list[tuple[str, str, float]]  # (lhs, space-separated rhs, weight)
 
@@ -427,10 +427,10 @@ def test_bad_weights_and_divergent_closures_raise():
     with pytest.raises(ConstraintError):
         StolckeParser(make_grammar([("S", "a", math.inf)]))
     with pytest.raises(ConstraintError, match="improper"):
-        _closure([{0: 0.5, 1: 0.5}, {0: 1.0}], ["A", "B"], "left-corner")
+        probability_closure([{0: 0.5, 1: 0.5}, {0: 1.0}], ["A", "B"], "left-corner")
     with pytest.raises(ConstraintError):
-        _closure([{0: 1.0}], ["A"], "unit-production")
-    rows = _closure([{0: 0.5, 1: 0.25}, {0: 0.5}, {}], ["A", "B", "C"], "left-corner")
+        probability_closure([{0: 1.0}], ["A"], "unit-production")
+    rows = probability_closure([{0: 0.5, 1: 0.25}, {0: 0.5}, {}], ["A", "B", "C"], "left-corner")
     want = np.linalg.inv(np.eye(2) - np.array([[0.5, 0.25], [0.5, 0.0]]))
     assert rows[0][1] == pytest.approx(want[0, 1]) and rows[1][0] == pytest.approx(want[1, 0])
     assert rows[2] == {2: 1.0}

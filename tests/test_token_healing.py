@@ -90,16 +90,17 @@ def test_index_is_cached_per_vocabulary(vocab):
 
 def test_index_cache_forgets_dead_vocabularies():
     from sgl.constrain.vocab import Vocabulary
+    from sgl.engine import token_healing
 
+    gc.collect()
+    before = token_healing.cached_indexes()
     v = Vocabulary([b"a", b"ab", None], (2,), frozenset({2}))
     index = HealingIndex.for_vocab(v)
     assert index.n_vocab == 3 and HealingIndex.for_vocab(v) is index
-    from sgl.engine import token_healing
-
-    key = id(v)
+    assert token_healing.cached_indexes() == before + 1
     del v, index
     gc.collect()
-    assert key not in token_healing._CACHE
+    assert token_healing.cached_indexes() == before
 
 
 # ------------------------------------------------------------------------- the URL case

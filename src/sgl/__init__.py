@@ -6,6 +6,7 @@ SGLang's frontend language: ``import sgl`` where SGLang programs say
 
 from typing import Any
 
+from sgl._extras import MissingExtraError
 from sgl._version import __version__
 from sgl.errors import BackendError, ConstraintError, GenerationTimeout, ProgramError, SglError
 from sgl.lang.api import (
@@ -76,6 +77,7 @@ __all__ = [
     "ConstraintError",
     "Diagnostic",
     "GenerationTimeout",
+    "MissingExtraError",
     "ProgramError",
     "ProgramState",
     "ProgramStateGroup",

@@ -53,11 +53,11 @@ class SGLAdapter:
 
     def __init__(self, tokenizer_path: str) -> None:
         import sgl.constrain as sc
-        from sgl.constrain.compiled import _token_table
+        from sgl.constrain.compiled import token_table
 
         self.sc = sc
         self.vocab = sc.Vocabulary.from_tokenizer(tokenizer_path)
-        _token_table(self.vocab)  # per-vocabulary work, not any one case's
+        token_table(self.vocab)  # per-vocabulary work, not any one case's
         self.n_vocab = self.vocab.n_vocab
         self.eos = sorted(self.vocab.eos_token_ids)
         self.mask = sc.allocate_bitmask(1, self.n_vocab)

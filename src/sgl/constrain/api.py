@@ -41,6 +41,12 @@ _SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root", "structural_tag": 
 T = TypeVar("T")
 
 
+def clear_cache() -> None:
+    """Forget every compiled grammar kept by content (the next compile builds afresh)."""
+    with _cache_lock:
+        _cache.clear()
+
+
 def _cached(key: tuple, build: Callable[[], CompiledGrammar]) -> CompiledGrammar:
     with _cache_lock:
         hit = _cache.get(key)

@@ -42,8 +42,8 @@ import numpy as np
 from .determinize import _Determinizer, _Ir, _repeat_cost
 from .dfa import (
     _ALL_BYTES,
-    _HASH_WEIGHTS,
     _SURROGATES,
+    HASH_WEIGHTS,
     ByteDFA,
     _common_bounds,
     _Dfa,
@@ -90,6 +90,26 @@ def to_dfa(
     if direct is not None:
         return direct(max_states)
     return _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states).dfa(node).to_byte_dfa()
+
+
+def general_dfa(node: Node, max_states: int = 50_000, *, fast: bool = True) -> ByteDFA:
+    """``to_dfa`` by the construction itself, for tests of its shortcuts.
+
+    A node's own ``direct_byte_dfa`` is not used; with ``fast=False`` neither are the
+    literal and counter chains, the gluing of sequences nor the cross-call cache
+    (Hopcroft minimises every step). Default budgets otherwise.
+    """
+    compiler = _Compiler(max_states, DEFAULT_MAX_NFA, DEFAULT_MAX_WORK, fast=fast)
+    return compiler.dfa(node).to_byte_dfa()
+
+
+def words_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> ByteDFA:
+    """The minimal ``ByteDFA`` of a finite set of byte strings (see ``_trie_dfa``).
+
+    Small sets (``SMALL_TRIE_BYTES`` bytes in all) take the plain-Python construction,
+    larger ones numpy's; both give the same automaton.
+    """
+    return _trie_dfa(words, max_states).to_byte_dfa()
 
 
 class _Leaves:
@@ -665,8 +685,8 @@ def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATE
 def _unique_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(index of each distinct row's first copy, row -> its distinct row) by a random
     linear hash, checked; exact sorting if two rows ever collide."""
-    if sig.shape[1] <= len(_HASH_WEIGHTS):
-        _, first, inv = np.unique(sig @ _HASH_WEIGHTS[: sig.shape[1]], return_index=True, return_inverse=True)
+    if sig.shape[1] <= len(HASH_WEIGHTS):
+        _, first, inv = np.unique(sig @ HASH_WEIGHTS[: sig.shape[1]], return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
         if (sig == sig[first[inv]]).all():
             return first, inv

@@ -113,7 +113,7 @@ class CompiledGrammar:
         self.lock = threading.RLock()  # caches are shared across matchers and threads
         self.masks = None
         if vocab is not None:
-            self.masks = MaskComputer(_token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids),
+            self.masks = MaskComputer(token_table(vocab), self.lexer, self.parser, tuple(vocab.eos_token_ids),
                                       budget.mask_seconds)
         self.compile_seconds = time.perf_counter() - start
         if self.compile_seconds > budget.seconds:
@@ -278,7 +278,9 @@ def _split_empty_terminals(grammar: Grammar, dfas: dict) -> Grammar:
     return out
 
 
-def _token_table(vocab: Vocabulary) -> TokenTable:
+def token_table(vocab: Vocabulary) -> TokenTable:
+    """The ``TokenTable`` (tokens' bytes, their trie) of ``vocab``, built once per
+    vocabulary object and kept on it."""
     cached = getattr(vocab, "_sgl_token_table", None)
     if cached is None:
         if hasattr(vocab, "byte_matrix"):

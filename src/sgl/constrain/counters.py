@@ -257,6 +257,12 @@ class CountedRepeat:
         return self.exactly(lo) + (tail,)
 
 
+def lower_counter(name: str, rep: Repeat, rules: list[Rule], terminals: dict[str, Terminal]) -> str:
+    """The nonterminal (named after terminal ``name``) that derives ``rep`` as counted
+    chunks, its rules and lexemes added to ``rules``/``terminals`` in place."""
+    return _Lowering(name, rules, terminals).counter(rep)
+
+
 class _Lowering:
     """Rules for one terminal ``name``, added to ``rules``/``terminals`` in place."""
 

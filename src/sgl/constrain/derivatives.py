@@ -198,7 +198,8 @@ def has_boolean_ops(e, memo: dict | None = None) -> bool:
 # Derivatives
 
 
-def _contains(cs: Chars, c: int) -> bool:
+def in_chars(cs: Chars, c: int) -> bool:
+    """Whether code point ``c`` is in the set ``cs`` (binary search of its ranges)."""
     i = bisect_right(cs.ranges, (c, MAX_CODEPOINT + 1)) - 1
     return i >= 0 and cs.ranges[i][0] <= c <= cs.ranges[i][1]
 
@@ -206,7 +207,7 @@ def _contains(cs: Chars, c: int) -> bool:
 def derivative(e, c: int):
     """The strings ``w`` such that ``chr(c) + w`` is in ``e``."""
     if isinstance(e, Chars):
-        return EMPTY if _contains(e, c) else NOTHING
+        return EMPTY if in_chars(e, c) else NOTHING
     if isinstance(e, Seq):
         if not e.items:
             return NOTHING
@@ -228,7 +229,7 @@ def derivative(e, c: int):
         return mk_not(derivative(e.item, c))
     if isinstance(e, LDfa):
         for cs, t in e.spec.edges[e.state]:
-            if _contains(cs, c):
+            if in_chars(cs, c):
                 return LDfa(e.spec, t)
         return NOTHING
     if isinstance(e, Bytes):

@@ -250,7 +250,7 @@ def _minimize(d: _Dfa, *, by_shape: bool = True) -> _Dfa:
         if not merge_only:
             break
     if not merge_only and len(accepting) > 1:
-        block_of = np.array(_hopcroft(table, accepting))
+        block_of = np.array(equivalence_blocks(table, accepting))
         reps = np.unique(block_of, return_index=True)[1]
         table = np.where(table >= 0, block_of[table.clip(0)], -1)[reps]
         accepting = accepting[reps]
@@ -263,18 +263,19 @@ def _minimize(d: _Dfa, *, by_shape: bool = True) -> _Dfa:
     return _merge_equal_columns(_Dfa(table, accepting, d.bounds, minimal=True, finite=d.finite))
 
 
-_HASH_WEIGHTS = np.random.default_rng(0).integers(1, 2**62, size=4096, dtype=np.int64)
+# weights of the random linear row hash of `equal_rows` (seeded: every run groups alike)
+HASH_WEIGHTS = np.random.default_rng(0).integers(1, 2**62, size=4096, dtype=np.int64)
 
 
-def _equal_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def equal_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(first, inv)``: the first row of each distinct row of ``sig``, and each row's
     group, numbered in the order of the groups' hash (or rows).
 
     Rows are grouped by a random linear hash, then checked against their group's first
     row; a collision (never seen, but possible) falls back to exact sorting.
     """
-    if sig.shape[1] <= len(_HASH_WEIGHTS):
-        _, first, inv = np.unique(sig @ _HASH_WEIGHTS[: sig.shape[1]], return_index=True, return_inverse=True)
+    if sig.shape[1] <= len(HASH_WEIGHTS):
+        _, first, inv = np.unique(sig @ HASH_WEIGHTS[: sig.shape[1]], return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
         if len(first) == len(sig) or (sig == sig[first[inv]]).all():  # distinct hashes: distinct rows
             return first, inv
@@ -287,7 +288,7 @@ def _merge_equal_rows(table: np.ndarray, accepting: np.ndarray, start: int):
 
     Returns the merged (table, accepting, start).
     """
-    first, inv = _equal_rows(np.column_stack([accepting, table]))
+    first, inv = equal_rows(np.column_stack([accepting, table]))
     if len(first) == len(accepting):
         return None
     rows = table[first]
@@ -297,7 +298,7 @@ def _merge_equal_rows(table: np.ndarray, accepting: np.ndarray, start: int):
 MOORE_ROUNDS = 48  # vectorised refinement rounds before Hopcroft's worklist takes over
 
 
-def _hopcroft(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+def equivalence_blocks(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
     """Block id of every state of a trim DFA (equivalent states share one).
 
     Runs on the partial transition function, with no sink state (a trim DFA has no
@@ -309,14 +310,14 @@ def _hopcroft(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
     stable refinement.
     """
     # classes that behave identically in every state are one label
-    table = table[:, np.sort(_equal_rows(table.T)[0])]
-    block, stable = _moore_blocks(table, accepting, MOORE_ROUNDS)
+    table = table[:, np.sort(equal_rows(table.T)[0])]
+    block, stable = moore_blocks(table, accepting, MOORE_ROUNDS)
     if stable:
         return block
     return np.array(_hopcroft_from(table, block.tolist()))
 
 
-def _moore_blocks(table: np.ndarray, accepting: np.ndarray, rounds: int) -> tuple[np.ndarray, bool]:
+def moore_blocks(table: np.ndarray, accepting: np.ndarray, rounds: int) -> tuple[np.ndarray, bool]:
     """Block ids after at most ``rounds`` refinements, and whether they are stable.
 
     Every round refines the last (a state's own block is part of its signature), so an
@@ -327,7 +328,7 @@ def _moore_blocks(table: np.ndarray, accepting: np.ndarray, rounds: int) -> tupl
     count = int(block.max()) + 1
     for _ in range(rounds):
         succ = np.where(table >= 0, block[table.clip(0)], -1)
-        _, block = _equal_rows(np.column_stack([block, succ]))
+        _, block = equal_rows(np.column_stack([block, succ]))
         new_count = int(block.max()) + 1
         if new_count == count:
             return block, True

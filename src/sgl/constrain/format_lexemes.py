@@ -80,15 +80,27 @@ def dfa_for(lexeme: Node) -> ByteDFA | None:
     return _dfa_of.get(lexeme)
 
 
+def loaded_count() -> int:
+    """How many shipped DFAs this process has loaded (one per format used so far)."""
+    return len(_dfa_of)
+
+
+def forget_file() -> None:
+    """Drop what was read from the file, so the next use reads ``DATA`` again."""
+    global _entries
+    with _lock:
+        _entries = None
+
+
 def build_entry(name: str) -> tuple[Node, Node, np.ndarray, np.ndarray]:
     """Format ``name``'s (decoded language, lexeme, DFA table, accepting), built afresh."""
     from .automaton import to_dfa
     from .json_formats import FORMAT_REGEXES
-    from .json_strings import _json_string_node
+    from .json_strings import build_json_string_node
     from .regex import parse_regex
 
     decoded = parse_regex(FORMAT_REGEXES[name])
-    lexeme = _json_string_node(decoded, *LEXEME_LIMITS)
+    lexeme = build_json_string_node(decoded, *LEXEME_LIMITS)
     dfa = to_dfa(lexeme)
     return decoded, lexeme, dfa.table, dfa.accepting
 

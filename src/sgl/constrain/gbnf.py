@@ -53,8 +53,14 @@ def ebnf_grammar(text: str, start: str = "root") -> Grammar:
     return _compile(text, start, "ebnf")
 
 
+def parse_rules(text: str, dialect: str = "gbnf") -> dict[str, GExpr]:
+    """The rules of a GBNF (``dialect="gbnf"``) or EBNF (``"ebnf"``) text by name, as
+    parsed, before lowering; syntax errors raise ``ConstraintError`` with the line."""
+    return _Parser(text, dialect).parse()
+
+
 def _compile(text: str, start: str, dialect: str) -> Grammar:
-    rules = _Parser(text, dialect).parse()
+    rules = parse_rules(text, dialect)
     if start not in rules:
         raise ConstraintError(f"{dialect.upper()} grammar has no {start!r} rule")
     return _Lowering(rules, start, dialect).run()

@@ -37,8 +37,8 @@ FROZEN_GROWTH_FLOOR = 500_000  # objects frozen before a full collection, at lea
 COMPILE_SHARE = 0.5  # compiles collect in full at this share of that bound
 
 _lock = threading.Lock()
-_frozen_since_full = 0  # objects frozen since the last full collection
-_heap_after_full = 0  # objects alive (frozen) right after the last full collection
+frozen_since_full = 0  # objects frozen since the last full collection
+heap_after_full = 0  # objects alive (frozen) right after the last full collection
 
 
 def _enabled() -> bool:
@@ -46,12 +46,12 @@ def _enabled() -> bool:
 
 
 def _full_collection() -> None:
-    global _frozen_since_full, _heap_after_full
+    global frozen_since_full, heap_after_full
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-    _frozen_since_full = 0
-    _heap_after_full = gc.get_freeze_count()
+    frozen_since_full = 0
+    heap_after_full = gc.get_freeze_count()
 
 
 def after_compile() -> None:
@@ -72,7 +72,20 @@ def _on_collection(phase: str, info: dict) -> None:
 gc.callbacks.append(_on_collection)
 
 
-def _young() -> int:
+def collected_since_freeze() -> bool:
+    """Whether the collector ran since the last freeze (``young_objects`` then lists)."""
+    return _collected[0]
+
+
+def freeze() -> None:
+    """``gc.freeze()``, then count young objects by the collector's own count (the state
+    a mask miss leaves), until the next collection."""
+    with _lock:
+        gc.freeze()
+        _collected[0] = False
+
+
+def young_objects() -> int:
     """Tracked objects made since the last freeze and still alive, net.
 
     ``gc.freeze()`` zeroes the collector's generation-0 count, which then counts tracked
@@ -99,14 +112,14 @@ def _freeze_young(share: float) -> None:
     still alive (few: one miss's columns and walk results, one compile's grammar), so
     counting them is cheap.
     """
-    global _frozen_since_full
+    global frozen_since_full
     if not _enabled():
         return
     with _lock:
-        young = _young()
+        young = young_objects()
         _collected[0] = False  # (a collection from here on sets it again)
-        _frozen_since_full += young
-        if _frozen_since_full > share * max(FROZEN_GROWTH_FLOOR, 2 * _heap_after_full):
+        frozen_since_full += young
+        if frozen_since_full > share * max(FROZEN_GROWTH_FLOOR, 2 * heap_after_full):
             _full_collection()
         else:
             gc.freeze()

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from functools import lru_cache
 
 from .automaton import LiteralAlt
-from .derivatives import ANY_STRING, _contains, materialize, mk_alt, mk_repeat, mk_seq
+from .derivatives import ANY_STRING, in_chars, materialize, mk_alt, mk_repeat, mk_seq
 from .errors import ConstraintError, check_deadline
 from .format_lexemes import LEXEME_LIMITS, lexeme_for
 from .regex_ast import EMPTY, MAX_CODEPOINT, NOTHING, Alt, Chars, Node, Repeat, Seq, chars, literal
@@ -99,7 +99,7 @@ def json_chars(cs: Chars) -> Node:
     """
     raw = _intersect(cs.ranges, _RAW)
     after_backslash: list = []
-    short = [ord(esc[1]) for c, esc in _SHORT.items() if _contains(cs, c)]
+    short = [ord(esc[1]) for c, esc in _SHORT.items() if in_chars(cs, c)]
     if short:
         after_backslash.append(chars(*((c, c) for c in short)))
     # a set with every printable ASCII character takes all its \u spellings: same
@@ -202,7 +202,7 @@ def json_string_node(decoded, max_states: int = 2000, max_size: int = 20_000) ->
             return got
     got = lexeme_for(decoded) if (max_states, max_size) == LEXEME_LIMITS else None  # a format's, shipped
     if got is None:
-        got = _json_string_node(decoded, max_states, max_size)
+        got = build_json_string_node(decoded, max_states, max_size)
     with _lexemes_lock:
         _LEXEMES[key] = got
         if len(_LEXEMES) > _LEXEMES_SIZE:
@@ -210,7 +210,8 @@ def json_string_node(decoded, max_states: int = 2000, max_size: int = 20_000) ->
     return got
 
 
-def _json_string_node(decoded, max_states: int, max_size: int) -> Node:
+def build_json_string_node(decoded, max_states: int, max_size: int) -> Node:
+    """``json_string_node`` built afresh: no cache, no shipped format lexeme."""
     if isinstance(decoded, LiteralAlt) and all(_ONE_SPELLING.fullmatch(w) for w in decoded.words):
         # every character has one JSON spelling: the JSON texts are the quoted words
         return LiteralAlt(tuple(f'"{w}"' for w in decoded.words))

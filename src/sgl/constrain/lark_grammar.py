@@ -45,7 +45,8 @@ def _delimited(m: re.Match, dotall: bool) -> str:
     return f"{q}[^{q}]*{q}" if dotall else f"{q}[^{q}\\n]*{q}"
 
 
-_LAZY_IDIOMS: list[tuple[re.Pattern, object]] = [
+# (lazy idiom, rewrite) pairs applied by rewrite_lazy_idioms
+LAZY_IDIOMS: list[tuple[re.Pattern, object]] = [
     # common.lark ESCAPED_STRING: ".*?(?<!\\)(\\\\)*?" (closing quote not escaped)
     (re.compile(r'(?<!")"\.\*\?\(\?<!\\\\\)\(\\\\\\\\\)\*\?"' + _AT_END), _escaped_string),
     # "(?:[^"\\]|\\.)*?" : the body cannot hold an unescaped quote, so lazy == greedy
@@ -154,14 +155,16 @@ def _terminal(td: TerminalDef) -> Terminal:
     p = td.pattern
     if isinstance(p, PatternStr) and not p.flags:
         return Terminal(td.name, p.value, literal=True)
-    regexp = _rewrite_lazy_idioms(p.to_regexp(), dotall="s" in p.flags)
+    regexp = rewrite_lazy_idioms(p.to_regexp(), dotall="s" in p.flags)
     _check_regex(td.name, regexp)
     return Terminal(td.name, regexp)
 
 
-def _rewrite_lazy_idioms(regexp: str, dotall: bool) -> str:
+def rewrite_lazy_idioms(regexp: str, dotall: bool) -> str:
+    """``regexp`` with each lazy idiom of ``LAZY_IDIOMS`` (Lark's shortest match) spelled
+    as a greedy pattern that cuts the same lexemes (we lex longest-match)."""
     dotall = dotall or "(?s" in regexp
-    for pattern, rewrite in _LAZY_IDIOMS:
+    for pattern, rewrite in LAZY_IDIOMS:
         regexp = pattern.sub(lambda m, f=rewrite: f(m, dotall), regexp)
     return regexp
 

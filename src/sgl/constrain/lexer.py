@@ -456,6 +456,19 @@ def _shared_core(key: tuple, dfas: list[ByteDFA]) -> LexerCore:
     return core
 
 
+def shared_cores() -> list[LexerCore]:
+    """The lexer cores shared across grammars now (least recently used first)."""
+    with _cores_lock:
+        return list(_cores.values())
+
+
+def clear_shared_cores() -> None:
+    """Forget the shared lexer cores: the next lexers are built afresh (with the native
+    kernel or not, as ``SGL_NATIVE`` says then)."""
+    with _cores_lock:
+        _cores.clear()
+
+
 _prepared_dfas: OrderedDict[int, tuple] = OrderedDict()
 
 

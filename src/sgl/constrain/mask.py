@@ -470,7 +470,7 @@ class MaskComputer:
         self._native: NativeBoundaries | None = None  # the C boundary recursion, made on first use
         self._mask_scratch: np.ndarray | None = None  # a native mask is built here, then interned
         self._interned: dict[int, np.ndarray] = {}  # kept masks by digest (native path)
-        self._all_words: np.ndarray | None = None  # every real token (see _first_byte_words)
+        self._all_words: np.ndarray | None = None  # every real token (see first_byte_words)
         # one C call for all parts; numpy (one OR per part) in the pure-Python fallback
         self._or_parts = _native.or_parts if native_enabled() else or_parts
 
@@ -498,10 +498,10 @@ class MaskComputer:
         if lexer.accepting[state]:
             # The current lexeme may end right here; tokens starting with a dead byte then
             # start the next lexeme, which is exactly the next column's own mask.
-            res.starts_next = self._first_byte_words(row < 0)
+            res.starts_next = self.first_byte_words(row < 0)
         return res
 
-    def _first_byte_words(self, dead: np.ndarray) -> np.ndarray:
+    def first_byte_words(self, dead: np.ndarray) -> np.ndarray:
         """The real tokens whose first byte is ``dead`` (bool per byte), as words.
 
         Usually most bytes are dead (the state ends a lexeme and little continues it):

@@ -188,6 +188,12 @@ class Matcher:
     def num_tokens(self) -> int:
         return len(self._tokens)
 
+    @property
+    def column(self) -> EarleySet:
+        """The parser column the matcher is at (its masks are cached there, per lexer
+        state: matchers and texts that reach the same parse share it)."""
+        return self._stack[-1][0]
+
     # -- forced text -------------------------------------------------------------------
     def forced_bytes(self) -> bytes:
         """The bytes the constraint forces next (only one possible byte at each step)."""

@@ -12,6 +12,8 @@ try:
 except ImportError:  # no C compiler at install time: the Python implementations do the work
     _native = None
 
+extension = _native  # the compiled module itself, or None (tests call its functions directly)
+
 
 def native_enabled() -> bool:
     """Is the compiled kernel in use? (built, and not disabled by ``SGL_NATIVE=0``)"""

@@ -653,7 +653,7 @@ def _multiples_regex(piece: NumPiece) -> Node:
     parts = []
     if piece.contains(Decimal(0)):
         parts.append(_zero_forms("scale"))
-    positive = _positive_multiples(piece.mult, piece.scale)
+    positive = positive_multiples(piece.mult, piece.scale)
     if piece.hi is None:
         parts.append(positive)
     if piece.lo is None:
@@ -662,7 +662,7 @@ def _multiples_regex(piece: NumPiece) -> Node:
 
 
 @lru_cache(maxsize=64)
-def _positive_multiples(c: int, s: int) -> Node:
+def positive_multiples(c: int, s: int) -> Node:
     r"""Plain unsigned spellings ``(0|[1-9][0-9]*)(\.[0-9]+)?`` of the positive multiples
     of ``c * 10**-s``, via a remainder automaton turned into a regex.
 

@@ -132,8 +132,8 @@ class StolckeParser:
                     continue
             nonunit_of[x].append(r)
         self._nonunit_of = nonunit_of
-        r_left = _closure(p_left, names, "left-corner")
-        r_unit = _closure(p_unit, names, "unit-production")
+        r_left = probability_closure(p_left, names, "left-corner")
+        r_unit = probability_closure(p_unit, names, "unit-production")
         self._r_left = r_left
         # Completion needs R_U by its second index: completed Y -> [(Z, R_U(Z, Y))].
         self._ru_by_y: list[list[tuple[int, float]]] = [[] for _ in range(n)]
@@ -527,7 +527,7 @@ def _sccs(n: int, succ: list[list[int]]) -> list[list[int]]:
     return out
 
 
-def _closure(p: list[dict[int, float]], names: Sequence[str], what: str) -> list[dict[int, float]]:
+def probability_closure(p: list[dict[int, float]], names: Sequence[str], what: str) -> list[dict[int, float]]:
     """Sparse rows of R = (I - P)^-1 = sum_k P^k, inverting one SCC block at a time.
 
     Raises ``ConstraintError`` when a block's spectral radius is >= 1 (the series diverges).

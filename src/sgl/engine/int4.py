@@ -54,7 +54,7 @@ def int4_available() -> bool:
     return hasattr(ops, "_weight_int4pack_mm_for_cpu") and hasattr(ops, "_convert_weight_to_int4pack_for_cpu")
 
 
-def _blocks(tensor: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def q4_blocks(tensor: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(q [rows, cols] uint8, scale [rows, cols/32], zero [rows, cols/32]) of a Q4_0 / Q4_1 tensor,
     in the kernel's ``(q - 8) * scale + zero`` form (float32)."""
     kind = tensor.tensor_type.name
@@ -104,7 +104,7 @@ def gguf_int4_layers(gguf_path: str | Path, n_layers: int) -> list[dict[str, Int
             parts = [tensors.get(f"blk.{i}.{n}.weight") for n in names]
             if any(t is None or t.tensor_type.name not in _BLOCK_BYTES for t in parts):
                 return None
-            layer[fused] = _pack([_blocks(t) for t in parts])
+            layer[fused] = _pack([q4_blocks(t) for t in parts])
         layers.append(layer)
     return layers
 

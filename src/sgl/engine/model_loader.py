@@ -133,7 +133,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out: Path | None = None, progress
     print(f"sgl: converting {gguf_path.name} to safetensors in {out} (once) ...", file=sys.stderr, flush=True)
     reader = GGUFReader(str(gguf_path))
     meta = _gguf_metadata(reader)
-    config = _gguf_config(meta, _rope_factors(reader))
+    config = gguf_config(meta, _rope_factors(reader))
     tokenizer_model = meta.get("tokenizer.ggml.model")
     if tokenizer_model != "gpt2":  # refuse before the long part, not after it
         raise ValueError(
@@ -196,7 +196,7 @@ def _gguf_metadata(reader: Any) -> dict[str, Any]:
     return meta
 
 
-def _gguf_config(meta: dict[str, Any], rope_factors: dict[str, list[float]] | None = None) -> dict[str, Any]:
+def gguf_config(meta: dict[str, Any], rope_factors: dict[str, list[float]] | None = None) -> dict[str, Any]:
     """An HF ``config.json`` from GGUF metadata, read the way llama.cpp reads each
     architecture (`GGUF_ARCHITECTURES`); ``rope_factors``: Phi-3's longrope factor tensors."""
     arch = meta["general.architecture"]

@@ -209,6 +209,13 @@ _CACHE: dict[int, tuple[weakref.ref, HealingIndex]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def cached_indexes() -> int:
+    """How many vocabularies' indexes ``HealingIndex.for_vocab`` holds (one per live
+    vocabulary asked for: an entry goes with its vocabulary)."""
+    with _CACHE_LOCK:
+        return len(_CACHE)
+
+
 def _forget(key: int, ref: weakref.ref) -> None:
     with _CACHE_LOCK:
         entry = _CACHE.get(key)

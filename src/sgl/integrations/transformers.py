@@ -42,9 +42,9 @@ from sgl.constrain import (  # noqa: E402
     apply_bitmask,
     fill_next_token_bitmasks,
 )
-from sgl.integrations._caps import apply_caps  # noqa: E402
 from sgl.integrations._common import compile_constraint  # noqa: E402
-from sgl.integrations._prefetch import lookahead_job, shared_prefetcher  # noqa: E402
+from sgl.integrations.caps import apply_caps  # noqa: E402
+from sgl.integrations.prefetch import lookahead_job, shared_prefetcher  # noqa: E402
 
 _CAP_DTYPES = (torch.float32, torch.float16, torch.float64)
 
@@ -75,7 +75,7 @@ class SGLLogitsProcessor(LogitsProcessor):
     ``prefetch``: after each step, a helper thread computes the masks of the states
     that each row's ``prefetch`` best allowed tokens lead to, while the model computes
     the next logits (CPU scores; 0 turns it off): the first visit of a state then
-    rarely costs a decoding step its mask. See ``sgl.integrations._prefetch``.
+    rarely costs a decoding step its mask. See ``sgl.integrations.prefetch``.
     Raises `ConstraintError` for a constraint that does not compile.
     """
 
@@ -140,7 +140,7 @@ class SGLLogitsProcessor(LogitsProcessor):
         if input_ids.dim() != 2 or scores.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
             raise ValueError(f"expected input_ids (batch, len) and scores (batch, vocab), got "
                              f"{tuple(input_ids.shape)} and {tuple(scores.shape)}")
-        self._follow(input_ids)
+        self.follow(input_ids)
         rows = [None if done else m for m, done in zip(self.matchers, self.finished, strict=True)]
         if _caps_apply(scores):
             # one np.minimum per row with a cached cap of the row's (shared) mask words
@@ -158,8 +158,9 @@ class SGLLogitsProcessor(LogitsProcessor):
         return scores
 
     # -- following the batch ------------------------------------------------------------
-    def _follow(self, input_ids: torch.Tensor) -> None:
-        """Bring one matcher per row up to ``input_ids``.
+    def follow(self, input_ids: torch.Tensor) -> None:
+        """Bring one matcher per row up to ``input_ids`` (what a call does first; the
+        same ids again change nothing).
 
         Usually each row gained one token. Beam search reorders rows (each follows the
         row it came from); assisted generation goes back to the last accepted candidate

@@ -107,7 +107,7 @@ def _ptr_escape(s: str) -> str:
     return s.replace("~", "~0").replace("/", "~1")
 
 
-def _expr_matches(expr, text: str) -> bool:
+def expr_matches(expr, text: str) -> bool:
     """Is the decoded string ``text`` in a string-language expression?"""
     if isinstance(expr, Repeat) and isinstance(expr.item, Chars):
         # a character class repeated (any string, a length bound): one char per item, so

@@ -7,7 +7,7 @@ import re
 from functools import lru_cache
 from itertools import combinations
 
-from ..derivatives import ANY_STRING, _contains, mk_and, mk_not
+from ..derivatives import ANY_STRING, in_chars, mk_and, mk_not
 from ..errors import CompileBudgetExceeded, ConstraintError
 from ..json_keys import KeyNotIn, key_trie, not_in_set
 from ..json_strings import json_string_node, literal_string, pattern_node
@@ -395,7 +395,7 @@ def _prefix_regions(patterns: list[str]) -> list | None:
     prefixes = []
     for p in patterns:
         m = _LITERAL_PREFIX.fullmatch(p)
-        if m is None or not all(_contains(ONE_SPELLING, ord(ch)) for ch in m.group(1)):
+        if m is None or not all(in_chars(ONE_SPELLING, ord(ch)) for ch in m.group(1)):
             return None
         prefixes.append(m.group(1))
     if sum(map(len, prefixes)) > MAX_EXACT_KEY_TRIE_NODES:

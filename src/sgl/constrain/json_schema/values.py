@@ -15,8 +15,8 @@ from .common import (
     ANNOTATIONS,
     DEFAULT_BASE,
     SCALAR_KEYWORDS,
-    _expr_matches,
     _json_type,
+    expr_matches,
     json_equal,
 )
 from .facets import ArraySpec, Facets, ObjectSpec
@@ -66,7 +66,7 @@ class ValueSets:
             d = to_decimal(value)
             return any(p.contains(d) for p in f.nums)
         if t == "string":
-            return f.strs is not None and _expr_matches(f.strs, value)
+            return f.strs is not None and expr_matches(f.strs, value)
         if any(json_equal(value, v) for v in f.values):
             return True
         if t == "array":
