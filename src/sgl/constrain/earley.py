@@ -112,7 +112,8 @@ class EarleySet:
         self.mask_cache: dict = {}
         self.depth = depth
         # with the duplicate-key check: (innermost open container, at a key position);
-        # a container is (is an object, its key lexemes read so far, the one around it)
+        # a container is (is an object, its key lexemes read so far, the one around it).
+        # Python parser only (a native column's check state lives in C: Earley.keys_of)
         self.keys: tuple | None = None
         # at a key position with used keys: ``allowed`` before they were dropped. The
         # column's text is lexed with this wider set (one lexer for every set of used
@@ -259,6 +260,10 @@ class EarleyParser:
         """The duplicate-key check (``grammar.UniqueKeys``): follow the open objects and
         arrays through ``lexemes``, record a key lexeme of the innermost object when its
         ``:`` is read, and at a key position drop the ones read from ``nxt.allowed``.
+
+        The pure-Python twin: a native parser runs the same check inside the compiled scan
+        (``_native.Earley.set_keys``, _native_earley.c's ``earley_track``), and its columns
+        take ``allowed``/``wide`` from there.
 
         Exact for what the text says, whatever the grammar: a key position (after ``{``
         or after ``,`` inside an object) and the keys of the open object are the text's,
