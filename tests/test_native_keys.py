@@ -169,3 +169,20 @@ def test_c_recursion_scans_tracking_grammars_itself(llama3_vocab, monkeypatch):
         m2.allowed_words()
         m2.advance(t)
     assert "scan" not in fills and "column" not in fills
+
+
+def test_set_keys_refuses_bad_registrations(monkeypatch):
+    """Bad lexeme ids and a late registration are errors, not reads out of bounds or
+    columns tracked from half a text."""
+    _native_or_skip()
+    cg = _compiled(SCHEMAS[0], True, monkeypatch)
+    c = cg.parser.native
+    with pytest.raises(ValueError, match="bad lexeme id"):
+        c.set_keys([-1], [], [], [], [], [], [], 8)
+    with pytest.raises(ValueError, match="bad lexeme id"):
+        c.set_keys([], [], [], [], [], [1 << 30], [], 8)
+    assert cg.advance_bytes((cg.initial, 0), b'{"a": 1, "') is not None
+    with pytest.raises(ValueError, match="scanned already"):
+        c.set_keys([], [], [], [], [], [], [], 8)
+    with pytest.raises(IndexError):
+        c.keys_of(10**6)
