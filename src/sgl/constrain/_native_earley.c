@@ -44,6 +44,9 @@ enum { K_OPEN_OBJECT = 1, K_OPEN_ARRAY = 2, K_CLOSE = 4, K_COMMA = 8, K_COLON = 
 /* a map from (column, lexeme) to the column a one-lexeme scan gives: open addressing over
  * packed keys + 1 (0 empty) */
 typedef struct { uint64_t *k; int32_t *v; Py_ssize_t n, cap; } ChildMap;
+/* a scan of several lexemes made: the set (a kpool set), the column, the next entry with
+ * the same (column, hash) */
+typedef struct { int32_t set, child, next; } MultiEnt;
 
 typedef struct {
     PyObject_HEAD
@@ -64,6 +67,8 @@ typedef struct {
     int32_t *kpool; Py_ssize_t n_kpool, cap_kpool; /* key sets: count, then ascending ids */
     ChildMap child; /* one-lexeme scans made (shared by Python's scans, the look-ahead and
                      * the boundary recursion: one column each) */
+    ChildMap multi; /* scans of several lexemes: (column, hash of the set) -> a chain in ments */
+    MultiEnt *ments; Py_ssize_t n_ments, cap_ments;
 } Earley;
 
 
@@ -76,6 +81,7 @@ static void earley_dealloc(Earley *e) {
     }
     free(e->cols);
     free(e->lex_class); free(e->boxes); free(e->kpool); free(e->child.k); free(e->child.v);
+    free(e->multi.k); free(e->multi.v); free(e->ments);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -471,6 +477,30 @@ static Py_ssize_t column_allowed(const Earley *e, int32_t uid, int32_t **out, in
 
 static int32_t earley_step(Earley *e, int32_t uid, const int32_t *lex, Py_ssize_t n);
 
+static int32_t set_hash32(const int32_t *v, Py_ssize_t n) {
+    uint64_t h = 0x243F6A8885A308D3ULL;
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ (uint32_t)v[i]) * 0x100000001B3ULL + (h >> 29);
+    return (int32_t)(uint32_t)(h ^ (h >> 32));
+}
+
+/* Record the scan of set v[0..n) (ascending) from uid: child; head: the chain of entries
+ * with the same (uid, hash), -1 none. 0, or -1 (memory). */
+static int multi_put(Earley *e, int32_t uid, int32_t h, int32_t head, const int32_t *v, Py_ssize_t n, int32_t child) {
+    if (e->n_ments == e->cap_ments) {
+        Py_ssize_t cap = e->cap_ments ? 2 * e->cap_ments : 256;
+        if (cap > INT32_MAX) return -1;
+        MultiEnt *m = realloc(e->ments, cap * sizeof(MultiEnt));
+        if (!m) return -1;
+        e->ments = m, e->cap_ments = cap;
+    }
+    int32_t set = kpool_add(e, v, n);
+    if (set < 0) return -1;
+    e->ments[e->n_ments] = (MultiEnt){set, child, head};
+    if (child_put(&e->multi, uid, h, (int32_t)e->n_ments)) return -1;
+    e->n_ments++;
+    return 0;
+}
+
 /* Column nx's `,` look-ahead (the non-key positions of an object with used keys): is
  * the column after `comma` a dead end (no column, or one that allows nothing but ignored
  * lexemes and does not accept: every key the grammar allows there is used)? 1 dead,
@@ -559,6 +589,20 @@ static int32_t earley_step(Earley *e, int32_t uid, const int32_t *lex, Py_ssize_
     for (Py_ssize_t j = 0; j < n; j++)
         if (used < 0 || !kpool_has(e, used, lex[j])) kept[nk++] = lex[j];
     if (nk == 1 && child_get(&e->child, uid, kept[0], &out)) goto done;
+    int32_t h = 0, head = -1;
+    if (nk > 1) { /* the same set from this column (another lexer state, Python) is one column */
+        qsort(kept, nk, sizeof(int32_t), cmp_i32);
+        Py_ssize_t m = 1;
+        for (Py_ssize_t j = 1; j < nk; j++) if (kept[j] != kept[m - 1]) kept[m++] = kept[j];
+        nk = m;
+        h = set_hash32(kept, nk);
+        if (child_get(&e->multi, uid, h, &head)) {
+            for (int32_t i = head; i >= 0; i = e->ments[i].next) {
+                const int32_t *v = e->kpool + e->ments[i].set;
+                if (v[0] == nk && !memcmp(v + 1, kept, nk * sizeof(int32_t))) { out = e->ments[i].child; goto done; }
+            }
+        } else head = -1;
+    }
     U64Vec agenda = {0};
     for (Py_ssize_t j = 0; j < nk; j++) {
         const Column *c = e->cols + uid;
@@ -575,6 +619,7 @@ static int32_t earley_step(Earley *e, int32_t uid, const int32_t *lex, Py_ssize_
     free(agenda.v);
     if (out >= 0 && e->tracking && earley_track(e, uid, out, kept, nk)) out = -2;
     if (out != -2 && nk == 1 && child_put(&e->child, uid, kept[0], out)) out = -2;
+    if (out != -2 && nk > 1 && multi_put(e, uid, h, head, kept, nk, out)) out = -2;
 done:
     if (kept != small) free(kept);
     return out;
