@@ -25,13 +25,13 @@ typedef struct { int32_t sym; uint64_t item; } SymItem;
 
 typedef struct {
     SymItem *waiting, *scannable; /* sorted by sym */
-    Py_ssize_t n_waiting, n_scannable;
+    int32_t n_waiting, n_scannable; /* (int32: a column costs 40 bytes here, not 56) */
     /* the duplicate-key check (earley.py's EarleyParser._track_keys), once set_keys ran: */
     int32_t box;      /* the innermost open container (Earley.boxes), -1 none */
     int32_t read;     /* key lexemes scanned into this column (a kpool set), -1 none */
-    int32_t *allowed; /* the allowed lexemes after the check's filter, ascending; NULL: the
-                       * scannable symbols as they are */
-    int32_t n_allowed;
+    int32_t allowed;  /* the allowed lexemes after the check's filter (a kpool set, one per
+                       * content: columns share it, as Python's _drop shares frozensets);
+                       * -1: the scannable symbols as they are */
     uint8_t at_key, accepting, wide; /* wide: lexed with the used keys too (EarleySet.wide) */
 } Column;
 
@@ -77,7 +77,7 @@ static void earley_dealloc(Earley *e) {
     if (e->pred) for (int32_t a = 0; a < e->n_nt; a++) { free(e->pred[a]); free(e->pred_syms[a]); }
     free(e->pred); free(e->pred_len); free(e->pred_syms); free(e->pred_syms_len);
     for (Py_ssize_t c = 0; c < e->n_cols; c++) {
-        free(e->cols[c].waiting); free(e->cols[c].scannable); free(e->cols[c].allowed);
+        free(e->cols[c].waiting); free(e->cols[c].scannable);
     }
     free(e->cols);
     free(e->lex_class); free(e->boxes); free(e->kpool); free(e->child.k); free(e->child.v);
@@ -334,11 +334,15 @@ static int earley_close_col(Earley *e, U64Vec *agenda, int *accepting_out) {
     }
     qsort(waiting.v, waiting.n, sizeof(SymItem), cmp_symitem);
     qsort(scannable.v, scannable.n, sizeof(SymItem), cmp_symitem);
+    if (waiting.n > INT32_MAX || scannable.n > INT32_MAX) {
+        free(waiting.v); free(scannable.v);
+        return -1;
+    }
     Column *c = e->cols + e->n_cols++;
-    c->waiting = waiting.v, c->n_waiting = waiting.n;
-    c->scannable = scannable.v, c->n_scannable = scannable.n;
+    c->waiting = waiting.v, c->n_waiting = (int32_t)waiting.n;
+    c->scannable = scannable.v, c->n_scannable = (int32_t)scannable.n;
     c->box = c->read = -1;
-    c->allowed = NULL, c->n_allowed = 0;
+    c->allowed = -1;
     c->at_key = c->wide = 0;
     c->accepting = (uint8_t)accepting;
     *accepting_out = accepting;
@@ -372,8 +376,8 @@ static int child_get(const ChildMap *m, int32_t uid, int32_t lex, int32_t *out) 
 }
 
 static int child_put(ChildMap *m, int32_t uid, int32_t lex, int32_t v) { /* 0, or -1 memory */
-    if (2 * (m->n + 1) > m->cap) {
-        Py_ssize_t cap = m->cap ? 2 * m->cap : 1024;
+    if (4 * (m->n + 1) > 3 * m->cap) { /* at most 3/4 full: one entry per scan made */
+        Py_ssize_t cap = m->cap ? 2 * m->cap : 64;
         uint64_t *k = calloc(cap, sizeof(uint64_t));
         int32_t *vv = malloc(cap * sizeof(int32_t));
         if (!k || !vv) { free(k); free(vv); return -1; }
@@ -401,7 +405,7 @@ static inline int lex_class(const Earley *e, int32_t lex) {
 /* a key set (ascending ids[0..n)) onto kpool: its offset, or -1 (memory) */
 static int32_t kpool_add(Earley *e, const int32_t *ids, Py_ssize_t n) {
     if (e->n_kpool + n + 1 > e->cap_kpool) {
-        Py_ssize_t cap = e->cap_kpool ? 2 * e->cap_kpool : 1024;
+        Py_ssize_t cap = e->cap_kpool ? 2 * e->cap_kpool : 64;
         while (cap < e->n_kpool + n + 1) cap *= 2;
         if (cap > INT32_MAX) return -1;
         int32_t *v = realloc(e->kpool, cap * sizeof(int32_t));
@@ -446,7 +450,7 @@ static int32_t kpool_union(Earley *e, int32_t a, int32_t b) {
 /* a new container: its index, or -2 (memory) */
 static int32_t new_box(Earley *e, int is_object, int32_t keys, int32_t parent) {
     if (e->n_boxes == e->cap_boxes) {
-        Py_ssize_t cap = e->cap_boxes ? 2 * e->cap_boxes : 256;
+        Py_ssize_t cap = e->cap_boxes ? 2 * e->cap_boxes : 16;
         if (cap > INT32_MAX) return -2;
         Box *b = realloc(e->boxes, cap * sizeof(Box));
         if (!b) return -2;
@@ -461,11 +465,12 @@ static int32_t new_box(Earley *e, int is_object, int32_t keys, int32_t parent) {
  * -1 on memory. */
 static Py_ssize_t column_allowed(const Earley *e, int32_t uid, int32_t **out, int filtered) {
     const Column *c = e->cols + uid;
-    if (filtered && c->allowed) {
-        *out = malloc((c->n_allowed + 1) * sizeof(int32_t));
+    if (filtered && c->allowed >= 0) {
+        int32_t n = e->kpool[c->allowed];
+        *out = malloc((n + 1) * sizeof(int32_t));
         if (!*out) return -1;
-        memcpy(*out, c->allowed, c->n_allowed * sizeof(int32_t));
-        return c->n_allowed;
+        memcpy(*out, e->kpool + c->allowed + 1, n * sizeof(int32_t));
+        return n;
     }
     *out = malloc((c->n_scannable + 1) * sizeof(int32_t));
     if (!*out) return -1;
@@ -476,6 +481,23 @@ static Py_ssize_t column_allowed(const Earley *e, int32_t uid, int32_t **out, in
 }
 
 static int32_t earley_step(Earley *e, int32_t uid, const int32_t *lex, Py_ssize_t n);
+static int32_t set_hash32(const int32_t *v, Py_ssize_t n);
+static int multi_put(Earley *e, int32_t uid, int32_t h, int32_t head, const int32_t *v, Py_ssize_t n, int32_t child);
+
+/* The kpool set equal to v[0..n) (ascending), added when new: its offset, or -2
+ * (memory). Filtered allowed lists are kept once per content (the `multi` map under
+ * column INT32_MAX, which no scan reaches). */
+static int32_t intern_set(Earley *e, const int32_t *v, Py_ssize_t n) {
+    int32_t h = set_hash32(v, n), head = -1;
+    if (child_get(&e->multi, INT32_MAX, h, &head))
+        for (int32_t i = head; i >= 0; i = e->ments[i].next) {
+            const int32_t *w = e->kpool + e->ments[i].set;
+            if (w[0] == n && !memcmp(w + 1, v, n * sizeof(int32_t))) return e->ments[i].set;
+        }
+    else head = -1;
+    if (multi_put(e, INT32_MAX, h, head, v, n, -1)) return -2;
+    return e->ments[e->n_ments - 1].set;
+}
 
 static int32_t set_hash32(const int32_t *v, Py_ssize_t n) {
     uint64_t h = 0x243F6A8885A308D3ULL;
@@ -487,7 +509,7 @@ static int32_t set_hash32(const int32_t *v, Py_ssize_t n) {
  * with the same (uid, hash), -1 none. 0, or -1 (memory). */
 static int multi_put(Earley *e, int32_t uid, int32_t h, int32_t head, const int32_t *v, Py_ssize_t n, int32_t child) {
     if (e->n_ments == e->cap_ments) {
-        Py_ssize_t cap = e->cap_ments ? 2 * e->cap_ments : 256;
+        Py_ssize_t cap = e->cap_ments ? 2 * e->cap_ments : 16;
         if (cap > INT32_MAX) return -1;
         MultiEnt *m = realloc(e->ments, cap * sizeof(MultiEnt));
         if (!m) return -1;
@@ -572,8 +594,10 @@ static int earley_track(Earley *e, int32_t p, int32_t nx, const int32_t *kept, P
             if (!dead) v[k++] = v[i];
         }
     }
-    if (k == n) { free(v); return 0; }
-    e->cols[nx].allowed = v, e->cols[nx].n_allowed = (int32_t)k;
+    int32_t off = k == n ? -1 : intern_set(e, v, k);
+    free(v);
+    if (off == -2) return -1;
+    e->cols[nx].allowed = off;
     return 0;
 }
 
@@ -782,9 +806,10 @@ Py_ssize_t earley_allowed_c(PyObject *obj, int32_t uid, int32_t *out, Py_ssize_t
     Earley *e = (Earley *)obj;
     if (uid < 0 || uid >= e->n_cols) return -1;
     const Column *c = e->cols + uid;
-    if (c->allowed) {
-        for (Py_ssize_t i = 0; i < c->n_allowed && i < n_out; i++) out[i] = c->allowed[i];
-        return c->n_allowed;
+    if (c->allowed >= 0) {
+        const int32_t *v = e->kpool + c->allowed + 1;
+        for (Py_ssize_t i = 0; i < v[-1] && i < n_out; i++) out[i] = v[i];
+        return v[-1];
     }
     Py_ssize_t k = 0;
     for (Py_ssize_t i = 0; i < c->n_scannable; i++) {
