@@ -167,7 +167,7 @@ class EarleyParser:
         # (mask.py, _native.Boundaries) have no Python object until Python scans them:
         # their places stay None
         if uid < len(self.columns) and self.columns[uid] is not None:
-            return self.columns[uid]  # a one-lexeme scan the compiled side made once
+            return self.columns[uid]  # a scan the compiled side made once (its map by set)
         col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, uid)
         col.allowed = self.allowed_set(tuple(allowed))
         col.accepting = accepting
