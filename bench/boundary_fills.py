@@ -2,8 +2,10 @@
 
 Runs ``bench/mask_phases.py`` (an in-process MaskBench walk) with ``NativeBoundaries``
 instrumented: the C runs (count, CPU time, what each reported missing), the Python fills
-by kind, and the fills of new scans (``python_scans`` mode: a parser with the
-duplicate-key check) split into the parser's scan and the lexer of the new column.
+by kind, and the fills of new scans (``python_scans`` mode: what the duplicate-key
+grammars ran in before the check moved into the compiled scan, now only with
+``boundary.FORCE_PYTHON_SCANS``) split into the parser's scan and the lexer of the new
+column.
 Thread CPU time; the timers add ~0.5 µs per fill. Prints after the phase table.
 
     SGL_SHARED_DATA=... PYTHONPATH=$PWD/src python bench/boundary_fills.py --limit 5

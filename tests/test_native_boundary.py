@@ -119,13 +119,13 @@ def test_mask_computer_is_freed_without_the_cycle_collector(llama3_vocab, monkey
 
 
 def test_parsers_that_filter_columns_scan_in_python(llama3_vocab, monkeypatch):
-    """A parser whose scans filter ``col.allowed`` in Python (a duplicate-key check) is
-    not bypassed: the C loop asks Python for every new scan and column lexer."""
+    """In python_scans mode (``FORCE_PYTHON_SCANS``; what the duplicate-key grammars got
+    before the check moved into the compiled scan, test_native_keys.py) the C loop asks
+    Python for every new scan and column lexer."""
     from sgl.constrain import boundary
 
     m = _matcher(llama3_vocab, monkeypatch)
-    if getattr(m.compiled.parser.t, "unique_keys", None) is None:  # no duplicate-key check here
-        monkeypatch.setattr(boundary, "FORCE_PYTHON_SCANS", True)
+    monkeypatch.setattr(boundary, "FORCE_PYTHON_SCANS", True)
     calls = []
     scan = type(m.compiled.parser).scan
     monkeypatch.setattr(m.compiled.parser, "scan", lambda col, lex: calls.append(col.uid) or scan(
@@ -138,7 +138,7 @@ def test_parsers_that_filter_columns_scan_in_python(llama3_vocab, monkeypatch):
 
 @pytest.mark.parametrize("i", range(3))
 def test_python_scans_mode_gives_the_same_masks(i, llama3_vocab, monkeypatch):
-    """The python_scans mode (what main's duplicate-key grammars get) against the fallback."""
+    """The python_scans mode (``FORCE_PYTHON_SCANS``) against the fallback."""
     import test_native_kernel as k
 
     from sgl.constrain import boundary

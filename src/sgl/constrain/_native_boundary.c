@@ -131,7 +131,9 @@ static int cmp_i32(const void *a, const void *b) {
 
 /* Boundaries(earley, ignore lexemes (sequence of int), n_words, python_scans=0): with
  * python_scans, a new scan or column lexer is reported (("scan", col, L, state), ("column",
- * col)) instead of done here, for parsers whose Python scan changes what a column allows */
+ * col)) instead of done here (tests; no parser needs it since the duplicate-key check,
+ * which filters columns, runs inside the Earley scan: earley_scan_c and earley_allowed_c
+ * give the filtered columns) */
 static PyObject *Boundaries_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     PyObject *earley, *ignore;
     Py_ssize_t n_words;

@@ -19,8 +19,9 @@ import numpy as np
 
 from .native import _native
 
-# tests: run the python_scans mode for every grammar (it is what a parser that filters
-# columns gets; this branch's parser has no such filter, so the masks must not change)
+# tests: run the python_scans mode (every new scan and column lexer made through
+# ``EarleyParser.scan``) for every grammar; the masks must not change. No grammar needs it
+# now: the duplicate-key check, which filters columns, runs in the compiled scan too
 FORCE_PYTHON_SCANS = False
 
 
@@ -29,9 +30,10 @@ class NativeBoundaries:
 
     def __init__(self, parser, lexer, n_words: int, group: Callable, python_scans: bool = False):
         """``group(core, res)``: a walk's boundary groups (``mask._group_boundaries``).
-        ``python_scans``: new scans go through ``parser.scan`` (for a parser whose scans
-        filter what a column allows, e.g. a duplicate-key check), each column's lexer from
-        its Python ``allowed``; the C loop still runs everything met before."""
+        ``python_scans``: new scans go through ``parser.scan``, each column's lexer from
+        its Python ``allowed`` (the C loop still runs everything met before): the mode a
+        parser whose Python scans filter columns needed before the duplicate-key check
+        moved into the compiled scan; kept for tests (``FORCE_PYTHON_SCANS``)."""
         self._c = _native.Boundaries(parser.native, sorted(parser.t.ignore), n_words, python_scans)
         self._parser, self._lexer = parser, lexer
         self._group = group

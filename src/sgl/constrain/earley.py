@@ -112,7 +112,8 @@ class EarleySet:
         self.mask_cache: dict = {}
         self.depth = depth
         # with the duplicate-key check: (innermost open container, at a key position);
-        # a container is (is an object, its key lexemes read so far, the one around it)
+        # a container is (is an object, its key lexemes read so far, the one around it).
+        # Python parser only (a native column's check state lives in C: Earley.keys_of)
         self.keys: tuple | None = None
         # at a key position with used keys: ``allowed`` before they were dropped. The
         # column's text is lexed with this wider set (one lexer for every set of used
@@ -135,6 +136,11 @@ WIDE_KEYS = True
 WIDE_MIN_KEYS = 8
 
 
+def _wide_min() -> int:
+    """The compiled key check's threshold for wide key positions (-1: none)."""
+    return WIDE_MIN_KEYS if WIDE_KEYS else -1
+
+
 class EarleyParser:
     def __init__(self, tables: ParserTables):
         self.t = tables
@@ -146,17 +152,30 @@ class EarleyParser:
         self._filtered: dict[tuple, frozenset[int]] = {}  # (allowed, used keys) -> the rest
         # the compiled closure keeps the items itself; the Python one below is its twin
         self._c = _native_tables(tables) if native_enabled() else None
+        self._wide_min = _wide_min()
+        u = tables.unique_keys
+        if self._c is not None and u is not None:
+            # the duplicate-key check runs in the compiled scan (its twin of _track_keys):
+            # the boundary recursion then scans by itself, and native columns take their
+            # allowed/wide from there
+            self._c.set_keys(sorted(u.open_object), sorted(u.open_array), sorted(u.close), sorted(u.comma),
+                             sorted(u.colon), sorted(u.keys), sorted(tables.ignore), self._wide_min)
 
     def _native_column(self, parent: EarleySet | None, lexemes, found) -> EarleySet:
-        uid, allowed, accepting = found
+        uid, allowed, accepting, wide = found
+        # columns the boundary recursion (or the key check's look-ahead) scanned in C
+        # (mask.py, _native.Boundaries) have no Python object until Python scans them:
+        # their places stay None
+        if uid < len(self.columns) and self.columns[uid] is not None:
+            return self.columns[uid]  # a scan the compiled side made once (its map by set)
         col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, uid)
         col.allowed = self.allowed_set(tuple(allowed))
         col.accepting = accepting
-        # columns the boundary recursion scanned in C (mask.py, _native.Boundaries) have no
-        # Python object: their places stay None
-        assert uid >= len(self.columns)
-        self.columns.extend([None] * (uid - len(self.columns)))
-        self.columns.append(col)
+        if wide is not None:
+            col.wide = self.allowed_set(tuple(wide))
+        if uid >= len(self.columns):
+            self.columns.extend([None] * (uid + 1 - len(self.columns)))
+        self.columns[uid] = col
         return col
 
     @property
@@ -214,11 +233,12 @@ class EarleyParser:
             nxt = col.children[lexemes] = self.scan(col, kept) if kept else None
             return nxt
         if self._c is not None:
-            found = self._c.scan(col.uid, tuple(lexemes))
+            if self.t.unique_keys is not None and self._wide_min != _wide_min():  # (tests switch it)
+                self._wide_min = _wide_min()
+                self._c.set_wide_min(self._wide_min)
+            found = self._c.scan(col.uid, tuple(lexemes))  # the key check included
             if found is not None:
                 nxt = self._native_column(col, lexemes, found)
-                if self.t.unique_keys is not None:
-                    self._track_keys(col, nxt, lexemes)
             else:
                 nxt = col if lexemes & self.t.ignore else None
             col.children[lexemes] = nxt
@@ -240,6 +260,10 @@ class EarleyParser:
         """The duplicate-key check (``grammar.UniqueKeys``): follow the open objects and
         arrays through ``lexemes``, record a key lexeme of the innermost object when its
         ``:`` is read, and at a key position drop the ones read from ``nxt.allowed``.
+
+        The pure-Python twin: a native parser runs the same check inside the compiled scan
+        (``_native.Earley.set_keys``, _native_earley.c's ``earley_track``), and its columns
+        take ``allowed``/``wide`` from there.
 
         Exact for what the text says, whatever the grammar: a key position (after ``{``
         or after ``,`` inside an object) and the keys of the open object are the text's,

@@ -644,10 +644,10 @@ class MaskComputer:
         if self._native is None:
             if not (native_enabled() and self.parser.native is not None):
                 return None
-            # a parser that keeps per-column state in Python and filters ``col.allowed``
-            # (main's duplicate-key check, ``ParserTables.unique_keys``) must scan through
-            # ``EarleyParser.scan``: the C loop's own scans would skip that filter
-            python_scans = getattr(self.parser.t, "unique_keys", None) is not None or boundary.FORCE_PYTHON_SCANS
+            # the duplicate-key check (``ParserTables.unique_keys``) filters columns inside
+            # the compiled scan, so the C loop scans by itself on those grammars too; the
+            # python_scans mode (every new scan through ``EarleyParser.scan``) stays for tests
+            python_scans = boundary.FORCE_PYTHON_SCANS
             self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries,
                                             python_scans)
         return self._native if _is_native(lexer.core) else None
