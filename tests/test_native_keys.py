@@ -49,8 +49,7 @@ TEXTS = [
 
 def _compiled(schema, native: bool, monkeypatch, vocab=None) -> CompiledGrammar:
     monkeypatch.setenv("SGL_NATIVE", "1" if native else "0")
-    with lexer._cores_lock:
-        lexer._cores.clear()
+    lexer.clear_shared_cores()
     return CompiledGrammar(json_schema_grammar(schema, track_keys=True), vocab)
 
 
