@@ -94,8 +94,10 @@ def counted_dfa(lo: int, hi: int | None, opening: bool, closing: bool, max_state
     offsets = first + k * np.arange(full, dtype=np.int32)
     table = np.empty((n, 256), dtype=np.int32)
     body = table[first : first + full * k].reshape(full, k, 256)
-    np.add(block[None], offsets[:, None, None], out=body)
-    body[np.broadcast_to(block[None] < 0, body.shape)] = -1
+    # dead everywhere, then the live entries offset: ~3x faster than adding everywhere
+    # and writing -1 back through a broadcast mask (tables of 255 characters: ~5 MB)
+    body[...] = -1
+    np.add(block[None], offsets[:, None, None], out=body, where=block[None] >= 0)
     end = first + full * k  # the lone row: B_hi, or B_lo without hi (lo > 0)
     if hi is not None:
         table[end] = -1
