@@ -34,9 +34,17 @@ def _table(rows: list[dict[int, int]], n: int) -> np.ndarray:
     return t
 
 
-def test_no_lexeme_is_prepared_at_compile():
+def test_only_large_lexemes_are_prepared_at_compile():
+    """Small lexemes wait for a lexer that needs them; a table over LAZY_PREPARE_BYTES
+    (a long maxLength string) is hashed at compile, not inside the first mask."""
     g = CompiledGrammar(json_schema_grammar(SCHEMA, track_keys=True))
     assert all(p is None for p in g.lexer._cache._prep)
+    big = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 200}, "t": {"type": "boolean"}}}
+    g = CompiledGrammar(json_schema_grammar(big, track_keys=True))
+    cache = g.lexer._cache
+    large = [d.table.nbytes > lexer.LAZY_PREPARE_BYTES for d in cache.raw]
+    assert any(large) and not all(large)
+    assert [p is not None for p in cache._prep] == large
 
 
 def test_lazy_lexers_are_the_eager_ones(llama3_vocab):

@@ -489,6 +489,9 @@ def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
     return fresh, key
 
 
+LAZY_PREPARE_BYTES = 256 << 10  # larger lexeme tables are prepared at compile (see Lexer)
+
+
 class Lexer:
     """Builds and caches one ``LexerDFA`` per set of allowed lexemes.
 
@@ -496,11 +499,17 @@ class Lexer:
     a lexer of a set holding it is built, not here: a schema's grammar has lexemes no
     text ever reaches (most of a large schema's), and for a new lexeme the content hash
     is most of the setup (an "other keys" lexeme: ~0.1-0.3 ms, a big object's most
-    costly part of the lexer setup). The lexers built are the same.
+    costly part of the lexer setup). The lexers built are the same. Lexemes whose table
+    is over ``LAZY_PREPARE_BYTES`` are prepared here all the same: hashing a
+    ``maxLength`` string's 5-20 MB table takes 4-30 ms, which the first mask reaching
+    it would pay (one MaskBench mask went from 7 to 27 ms that way).
     """
 
     def __init__(self, dfas: list[ByteDFA]):
         self._cache = _LexerCache(list(dfas))
+        for i, d in enumerate(dfas):
+            if d.table.nbytes > LAZY_PREPARE_BYTES:
+                self._cache.prepared(i)
         # a hit is a plain dict lookup (the boundary recursion makes one per group)
         self.for_lexemes = self._cache.__getitem__
 
