@@ -15,7 +15,7 @@ from sgl.constrain import Matcher, lexer
 from sgl.constrain.compiled import CompiledGrammar
 from sgl.constrain.dfa import ByteDFA
 from sgl.constrain.json_schema import json_schema_grammar
-from sgl.constrain.lexer import _prepared, dfa_key
+from sgl.constrain.lexer import _prepared, dfa_key, with_fresh_start
 
 SCHEMA = {
     "type": "object",
@@ -110,3 +110,22 @@ def test_dfa_key_spellings_do_not_collide():
     acc = np.array([False, True])
     assert dfa_key(ByteDFA(sparse, acc)) != dfa_key(ByteDFA(dense, acc))
     assert lexer.dfa_key is dfa_key
+
+
+@pytest.mark.parametrize("bounds", [(0, 255, True), (3, 40, False), (0, None, True), (2, None, False), (1, 1, True)])
+def test_counted_strings_are_keyed_by_their_bounds(bounds):
+    """A long maxLength string's DFA carries its content key (from the bounds) and is its
+    own fresh-start form: what hashing and scanning its table would give, without that."""
+    from sgl.constrain.json_counted import counted_dfa
+
+    lo, hi, closing = bounds
+    d = counted_dfa(lo, hi, True, closing)
+    fresh, key = _prepared(d)
+    assert fresh is d and key == d.content_key
+    plain = ByteDFA(d.table.copy(), d.accepting.copy())  # the same table, no key
+    assert with_fresh_start(plain) is plain  # nothing to shift: state 0 is fresh
+    assert counted_dfa(lo, hi, True, closing).content_key == key  # equal bounds, equal key
+    others = {counted_dfa(lo + 1, None if hi is None else hi + 1, True, closing).content_key,
+              counted_dfa(lo, hi, True, not closing).content_key, dfa_key(plain)}
+    assert key not in others
+    assert not hasattr(counted_dfa(lo, hi, False, closing), "content_key")  # no opening quote: hashed

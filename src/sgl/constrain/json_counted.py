@@ -27,6 +27,7 @@ same language), with ``direct_byte_dfa`` for ``to_dfa``.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 
 import numpy as np
@@ -116,7 +117,14 @@ def counted_dfa(lo: int, hi: int | None, opening: bool, closing: bool, max_state
         accepting[n - 1] = True
     else:
         accepting[done] = True
-    return ByteDFA(table, accepting)
+    dfa = ByteDFA(table, accepting)
+    if opening:
+        # the lexer's content key, from the bounds (the table follows from them): hashing
+        # a 255-character string's 5 MB table and scanning it for a way back to the
+        # start cost ~15 ms of its compile. With the opening quote nothing leads back to
+        # state 0 and it does not accept, so the table is its own fresh-start form.
+        dfa.content_key = hashlib.sha256(repr(("counted", lo, hi, closing)).encode()).digest()[:16]
+    return dfa
 
 
 @lru_cache(maxsize=1)

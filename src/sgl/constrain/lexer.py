@@ -472,7 +472,10 @@ _prepared_dfas: OrderedDict[int, tuple] = OrderedDict()
 
 
 def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
-    """``with_fresh_start(dfa)`` and its ``dfa_key``, remembered per DFA object: the
+    """``with_fresh_start(dfa)`` and its ``dfa_key``, remembered per DFA object (a DFA
+    with a ``content_key`` attribute is already fresh-start and keyed by it: its
+    construction guarantees that equal keys mean equal tables, and keys of that kind
+    are digests of another text than tables, so they never meet a ``dfa_key``): the
     compile cache hands out the same objects for repeated lexemes, and hashing a large
     table again on every compile cost more than the rest of the lexer's setup."""
     with _cores_lock:
@@ -480,8 +483,12 @@ def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
         if hit is not None and hit[0]() is dfa:
             _prepared_dfas.move_to_end(id(dfa))
             return hit[1], hit[2]
-    fresh = with_fresh_start(dfa)
-    key = dfa_key(fresh)
+    key = getattr(dfa, "content_key", None)
+    if key is not None:  # a construction that vouches for both (json_counted: a long maxLength)
+        fresh = dfa
+    else:
+        fresh = with_fresh_start(dfa)
+        key = dfa_key(fresh)
     with _cores_lock:
         _prepared_dfas[id(dfa)] = (weakref.ref(dfa), fresh, key)
         while len(_prepared_dfas) > MAX_SHARED_CORES:
