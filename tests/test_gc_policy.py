@@ -93,3 +93,49 @@ def test_off_switch_leaves_the_collector_alone(monkeypatch):
     gc_policy.after_compile()
     assert gc.get_freeze_count() == before
     del junk
+
+
+def test_no_collection_runs_inside_a_compile(policy_enabled, monkeypatch):
+    """A compile runs with the collector paused (gc_policy.compiling): no young
+    collection scans its allocations, and what it leaves is counted in O(1) and frozen;
+    the collector is on again afterwards, and a cycle it dropped is still reclaimed by
+    a full collection."""
+    collections = []
+
+    def count(phase, info):
+        if phase == "start":
+            collections.append(info["generation"])
+
+    seen_inside = []
+    real = gc_policy.after_compile
+
+    def after_compile():
+        seen_inside.append((gc.isenabled(), gc_policy.collected_since_freeze()))
+        real()
+
+    monkeypatch.setattr(gc_policy, "after_compile", after_compile)
+    gc.callbacks.append(count)
+    try:
+        props = {f"p{i}": {"type": "string", "maxLength": i + 1} for i in range(60)}
+        sc.compile_json_schema({"type": "object", "properties": props, "additionalProperties": False})
+    finally:
+        gc.callbacks.remove(count)
+    assert gc.isenabled()
+    assert seen_inside == [(False, False)], seen_inside  # paused, and nothing collected
+    assert collections == [], collections
+
+
+def test_compiling_pauses_nest_and_respect_a_disabled_collector(policy_enabled):
+    with gc_policy.compiling():
+        assert not gc.isenabled()
+        with gc_policy.compiling():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer compile still runs
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_policy.compiling():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()

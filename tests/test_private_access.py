@@ -31,6 +31,11 @@ ALLOWED: dict[str, tuple[frozenset[str], str]] = {
         "the C boundary recursion is the path taken and stops at the mask deadline inside its loop: "
         "it reads MaskComputer's and NativeBoundaries' registrations and budget state",
     ),
+    "test_lexer_setup.py": (
+        frozenset({"_prepared", "_cache", "_prep"}),
+        "the lazy per-lexeme preparation is the test's subject: which lexemes the lexer's "
+        "cache has prepared, against the eager preparation",
+    ),
     "test_native_keys.py": (
         frozenset({"_native", "_fill"}),
         "the C recursion scans tracking grammars by itself: it watches NativeBoundaries' "

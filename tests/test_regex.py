@@ -618,3 +618,27 @@ def test_concurrent_calls_agree() -> None:
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda p: _canonical(to_dfa(parse_regex(p))), patterns))
     assert got == [expected[p] for p in patterns]
+
+
+# Sequences whose items are mostly single code points (a constant JSON string whose
+# "/" may also be spelled "\/" is one): runs of them are glued as one literal chain
+# (``_Compiler._glue_pieces``). Code points of 1-4 UTF-8 bytes, the surrogate edge,
+# and the pieces that break a run (a class, an alternative, a repeat, an empty item).
+_POINTS = [Chars(((cp, cp),)) for cp in (0x22, 0x2F, 0x5C, ord("a"), 0xE9, 0x4E2D, 0x1F600, 0xD7FF, 0xE000)]
+_BREAKS = [
+    Alt((literal("/"), literal("\\/"))),
+    Chars(((ord("a"), ord("c")),)),
+    Repeat(literal("é"), 0, 2),
+    Repeat(Chars(((ord("0"), ord("9")),)), 1, None),
+    Chars(((0xD800, 0xD800),)),  # a lone surrogate: no text, so the whole Seq is empty
+    EMPTY,
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.sampled_from(_POINTS + _POINTS + _BREAKS), min_size=2, max_size=12))
+def test_runs_of_code_points_glue_as_literals(items) -> None:
+    node = Seq(tuple(items))
+    d = to_dfa(node)
+    assert _canonical(d) == _canonical(_general(node))
+    assert _n_equivalence_classes(d) == d.n_states

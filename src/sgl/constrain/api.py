@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import gc_policy
 from .compiled import CompileBudget, CompiledGrammar, choices_grammar
 from .errors import CompileBudgetExceeded, ConstraintError, set_deadline
 
@@ -130,7 +131,8 @@ def run_deep(fn: Callable[[], T], what: str, budget: CompileBudget | None = None
     def target() -> None:
         set_deadline(time.monotonic() + seconds)
         try:
-            out["value"] = fn()
+            with gc_policy.compiling():
+                out["value"] = fn()
         except BaseException as e:  # re-raised in the caller's thread below
             out["error"] = e
         finally:

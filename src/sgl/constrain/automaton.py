@@ -433,10 +433,11 @@ class _Compiler:
         parts = [self.minimal(it) for it in node.items]
         cost = 3 + sum(c + 1 for _, c in parts)
         self.check_cost(cost)
-        out = _epsilon()
         for d, _ in parts:
             if d.is_empty:
                 return d, cost
+        out = _epsilon()
+        for d in self._glue_pieces(node.items, parts):
             out = _glue(out, d)
             if out is None:
                 return None
@@ -445,6 +446,36 @@ class _Compiler:
             if not out.minimal:
                 out = _minimize(out)
         return out, cost
+
+    @staticmethod
+    def _glue_pieces(items: tuple[Node, ...], parts: list[tuple[_Dfa, int]]) -> list[_Dfa]:
+        """The DFAs to glue for ``items``: each run of two or more single code points
+        as one literal chain (a constant string with a ``/``, which JSON may also spell
+        ``\\/``, is a Seq of characters and small Alts: gluing it one character at a
+        time cost ~80 us a character, 3.6 ms for a 44-character Kubernetes constant)."""
+        pieces: list[_Dfa] = []
+        run: list[int] = []  # code points of the current run
+        single: list[_Dfa] = []  # the DFA of a run of one, used as it is
+
+        def flush() -> None:
+            if len(run) > 1:
+                pieces.append(_literal_dfa("".join(map(chr, run)).encode("utf-8")))
+            else:
+                pieces.extend(single)
+            run.clear()
+            single.clear()
+
+        for it, (d, _) in zip(items, parts, strict=True):
+            cp = _single_code_point(it)
+            if cp is not None:
+                run.append(cp)
+                if len(run) == 1:
+                    single.append(d)
+                continue
+            flush()
+            pieces.append(d)
+        flush()
+        return pieces
 
     def chain(self, x: _Dfa, lo: int, hi: int | None) -> _Dfa:
         key = (id(x), lo, hi)
@@ -692,6 +723,16 @@ def _unique_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return first, inv
     _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
     return first, inv.reshape(-1)
+
+
+def _single_code_point(node: Node) -> int | None:
+    """The code point of a Chars of exactly one (non-surrogate) code point, else None."""
+    if type(node) is not Chars or len(node.ranges) != 1:
+        return None
+    lo, hi = node.ranges[0]
+    if lo != hi or _SURROGATES[0] <= lo <= _SURROGATES[1]:
+        return None
+    return lo
 
 
 def _literal_bytes(node: Node) -> bytes | None:

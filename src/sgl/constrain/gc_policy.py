@@ -32,6 +32,8 @@ from __future__ import annotations
 import gc
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 FROZEN_GROWTH_FLOOR = 500_000  # objects frozen before a full collection, at least
 COMPILE_SHARE = 0.5  # compiles collect in full at this share of that bound
@@ -42,7 +44,50 @@ heap_after_full = 0  # objects alive (frozen) right after the last full collecti
 
 
 def _enabled() -> bool:
-    return gc.isenabled() and os.environ.get("SGL_GC_FREEZE", "1") != "0"
+    return (gc.isenabled() or _paused_enabled) and os.environ.get("SGL_GC_FREEZE", "1") != "0"
+
+
+_pauses = 0  # compiles running with the collector paused (see compiling)
+_paused_enabled = False  # was the collector enabled when the first of them paused it?
+
+
+@contextmanager
+def compiling() -> Iterator[None]:
+    """No automatic collections while a compile runs (``api.run_deep`` wraps each).
+
+    A compile allocates tens of thousands of objects that live on (its grammar, DFAs,
+    cache entries) and makes almost no cyclic garbage, so the young collections it
+    triggered were wasted scans; and after one, ``after_compile`` had to list every
+    young object to count them (``gc.get_objects``: ~1-9 ms on a p90 compile, as
+    much as the rest of its lexer setup). Paused, the count stays the O(1) generation-0
+    counter. What the compile leaves is frozen at its end as before, and cyclic garbage
+    it made waits for the next full collection like frozen garbage does (bounded by
+    the same growth rule). Paused for the whole process while any compile runs (the
+    collector is process-wide), resumed when the last one ends, and only if it was
+    enabled when the first began; ``SGL_GC_FREEZE=0`` leaves it alone.
+    """
+    global _pauses, _paused_enabled
+    if os.environ.get("SGL_GC_FREEZE", "1") == "0":
+        yield
+        return
+    with _lock:
+        if _pauses == 0:
+            _paused_enabled = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    if _collected[0]:
+        # a collection ran since the last freeze: freeze what came before the compile
+        # (few objects, listed) so that the compile's own are counted in O(1) at its end
+        _freeze_young(COMPILE_SHARE)
+    try:
+        yield
+    finally:
+        with _lock:
+            _pauses -= 1
+            if _pauses == 0:
+                if _paused_enabled:
+                    gc.enable()
+                _paused_enabled = False
 
 
 def _full_collection() -> None:

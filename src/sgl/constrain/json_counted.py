@@ -27,6 +27,7 @@ same language), with ``direct_byte_dfa`` for ``to_dfa``.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 
 import numpy as np
@@ -94,8 +95,10 @@ def counted_dfa(lo: int, hi: int | None, opening: bool, closing: bool, max_state
     offsets = first + k * np.arange(full, dtype=np.int32)
     table = np.empty((n, 256), dtype=np.int32)
     body = table[first : first + full * k].reshape(full, k, 256)
-    np.add(block[None], offsets[:, None, None], out=body)
-    body[np.broadcast_to(block[None] < 0, body.shape)] = -1
+    # dead everywhere, then the live entries offset: ~3x faster than adding everywhere
+    # and writing -1 back through a broadcast mask (tables of 255 characters: ~5 MB)
+    body[...] = -1
+    np.add(block[None], offsets[:, None, None], out=body, where=block[None] >= 0)
     end = first + full * k  # the lone row: B_hi, or B_lo without hi (lo > 0)
     if hi is not None:
         table[end] = -1
@@ -114,7 +117,14 @@ def counted_dfa(lo: int, hi: int | None, opening: bool, closing: bool, max_state
         accepting[n - 1] = True
     else:
         accepting[done] = True
-    return ByteDFA(table, accepting)
+    dfa = ByteDFA(table, accepting)
+    if opening:
+        # the lexer's content key, from the bounds (the table follows from them): hashing
+        # a 255-character string's 5 MB table and scanning it for a way back to the
+        # start cost ~15 ms of its compile. With the opening quote nothing leads back to
+        # state 0 and it does not accept, so the table is its own fresh-start form.
+        dfa.content_key = hashlib.sha256(repr(("counted", lo, hi, closing)).encode()).digest()[:16]
+    return dfa
 
 
 @lru_cache(maxsize=1)

@@ -249,6 +249,8 @@ class _Bottom:
                            True: to_id[rid[res.table[0]]]}
         self.start_rows[False][_QUOTE] = -1  # the closing quote: decided per state
         self.start_rows[True][_QUOTE] = -1
+        self.live = (self.table >= 0).any(axis=1).tolist()  # rows with a way on
+        self.start_live = {r: bool((row >= 0).any()) for r, row in self.start_rows.items()}
 
 
 def _full_to_any(full: _Reader, g: np.ndarray, body: int) -> dict:
@@ -393,11 +395,23 @@ class _Builder:
         """The state at a trie node (-1 below the cut: nothing goes on from there)."""
         if self.cut is not None and depth >= self.cut:
             return -1
-        kids = sorted(ch for ch in trie if ch != "" and _SPELLINGS.of_char(ord(ch)) is not None)
         body = self.bottom.body
-        # a child from which any string goes on is what the reader does anyway: left out
-        live = _group((t, _SPELLINGS.of_char(ord(ch))) for ch in kids if (t := self.node(trie[ch], depth + 1)) != body)
-        restricted = any(_PRINTABLE[0] <= ord(ch) <= _PRINTABLE[1] for ch in kids)
+        of_char = _SPELLINGS.of_char
+        pairs = []
+        restricted = False  # a printable-ASCII child: the others read without \u spellings
+        for ch in sorted(trie):  # children in order ("" sorts first: a name ends here)
+            if ch == "":
+                continue
+            cp = ord(ch)
+            rest = of_char(cp)
+            if rest is None:  # a lone surrogate: no JSON text spells it
+                continue
+            if _PRINTABLE[0] <= cp <= _PRINTABLE[1]:
+                restricted = True
+            t = self.node(trie[ch], depth + 1)
+            if t != body:  # a child from which any string goes on is what the reader does anyway
+                pairs.append((t, rest))
+        live = ((pairs[0],) if len(pairs) == 1 else _group(pairs))
         if not live and not restricted and "" not in trie:  # nothing excluded: any string
             return body
         return self.state((restricted,), live, "" not in trie)
@@ -411,20 +425,38 @@ class _Builder:
         if got is not None:
             return got
         bot = self.bottom
-        base = bot.start_rows[at[0]] if isinstance(at, tuple) else bot.table[at]
+        boundary = isinstance(at, tuple)
+        base = bot.start_rows[at[0]] if boundary else bot.table[at]
         row = base.copy()
-        if isinstance(at, tuple) and closable:
+        # whether the row has a way on, kept as we go (a numpy test per state was a
+        # fifth of the construction): the base row's or a target written; tested on
+        # the row only where a dead target (-1: below a cut) overwrote an entry
+        alive = bot.start_live[at[0]] if boundary else bot.live[at]
+        killed = False
+        if boundary and closable:
             row[_QUOTE] = bot.end
+            alive = True
         by_byte: dict[int, list] = {}  # bytes that go on in a child's spelling
+        edges = _SPELLINGS.edges
         for target, rest in live:
-            for b, nxt in _SPELLINGS.edges[rest]:
+            for b, nxt in edges[rest]:
                 if nxt == _Spellings.DONE:  # a child's character read: on to the child
                     row[b] = target
+                    if target >= 0:
+                        alive = True
+                    else:
+                        killed = True
                 else:
                     by_byte.setdefault(b, []).append((target, nxt))
         for b, moved in by_byte.items():
-            row[b] = self.state(int(base[b]), _group(moved), True)
-        got = self.memo[key] = self._add(row) if (row >= 0).any() else -1
+            t = row[b] = self.state(int(base[b]), _group(moved), True)
+            if t >= 0:
+                alive = True
+            else:
+                killed = True
+        if killed:
+            alive = bool((row >= 0).any())
+        got = self.memo[key] = self._add(row) if alive else -1
         return got
 
 

@@ -40,16 +40,28 @@ def with_fresh_start(dfa: ByteDFA) -> ByteDFA:
 
 
 def dfa_key(dfa: ByteDFA) -> bytes:
-    """A content hash of a DFA: equal DFAs share lexers (and their token walks) across grammars."""
-    h = hashlib.blake2b(digest_size=16)
-    # the live entries only: most of a table is dead, and grammars have thousands of lexemes
-    flat = dfa.table.reshape(-1)
+    """A content hash of a DFA: equal DFAs share lexers (and their token walks) across grammars.
+
+    The table goes in as whichever spelling of it is shorter, decided by its content
+    alone (so equal tables hash alike): its live entries as (index, target) pairs when
+    most of it is dead (key literals, punctuation), else the whole table (an "other
+    keys" lexeme is ~90% live: the pairs were 3x its bytes, and hashing them most of its
+    lexer's setup). SHA-256 (hardware-assisted on x86 and ARM) hashes ~2x faster than
+    BLAKE2b here; 16 bytes of it are kept.
+    """
+    h = hashlib.sha256()
+    flat = np.ascontiguousarray(dfa.table, dtype=np.int32).reshape(-1)
     live = np.flatnonzero(flat >= 0)
     h.update(np.int64(dfa.table.shape[0]).tobytes())
-    h.update(live.tobytes())
-    h.update(np.ascontiguousarray(flat[live]).tobytes())
-    h.update(np.ascontiguousarray(dfa.accepting).tobytes())
-    return h.digest()
+    if 2 * len(live) < len(flat):  # pairs: 8 bytes a live entry, against 4 an entry
+        h.update(b"L")
+        h.update(live.astype(np.int32).tobytes())
+        h.update(flat[live].tobytes())
+    else:
+        h.update(b"T")
+        h.update(np.maximum(flat, -1).tobytes())  # any dead entry reads as -1
+    h.update(np.ascontiguousarray(dfa.accepting, dtype=bool).tobytes())
+    return h.digest()[:16]
 
 
 EXPAND_AHEAD = 256  # rows built per expansion, beyond the ones asked for (see LexerCore.expand)
@@ -473,7 +485,10 @@ _prepared_dfas: OrderedDict[int, tuple] = OrderedDict()
 
 
 def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
-    """``with_fresh_start(dfa)`` and its ``dfa_key``, remembered per DFA object: the
+    """``with_fresh_start(dfa)`` and its ``dfa_key``, remembered per DFA object (a DFA
+    with a ``content_key`` attribute is already fresh-start and keyed by it: its
+    construction guarantees that equal keys mean equal tables, and keys of that kind
+    are digests of another text than tables, so they never meet a ``dfa_key``): the
     compile cache hands out the same objects for repeated lexemes, and hashing a large
     table again on every compile cost more than the rest of the lexer's setup."""
     with _cores_lock:
@@ -481,8 +496,12 @@ def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
         if hit is not None and hit[0]() is dfa:
             _prepared_dfas.move_to_end(id(dfa))
             return hit[1], hit[2]
-    fresh = with_fresh_start(dfa)
-    key = dfa_key(fresh)
+    key = getattr(dfa, "content_key", None)
+    if key is not None:  # a construction that vouches for both (json_counted: a long maxLength)
+        fresh = dfa
+    else:
+        fresh = with_fresh_start(dfa)
+        key = dfa_key(fresh)
     with _cores_lock:
         _prepared_dfas[id(dfa)] = (weakref.ref(dfa), fresh, key)
         while len(_prepared_dfas) > MAX_SHARED_CORES:
@@ -490,16 +509,39 @@ def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
     return fresh, key
 
 
+LAZY_PREPARE_BYTES = 256 << 10  # larger lexeme tables are prepared at compile (see Lexer)
+
+
 class Lexer:
-    """Builds and caches one ``LexerDFA`` per set of allowed lexemes."""
+    """Builds and caches one ``LexerDFA`` per set of allowed lexemes.
+
+    A lexeme's fresh-start DFA and content key (``_prepared``) are made the first time
+    a lexer of a set holding it is built, not here: a schema's grammar has lexemes no
+    text ever reaches (most of a large schema's), and for a new lexeme the content hash
+    is most of the setup (an "other keys" lexeme: ~0.1-0.3 ms, a big object's most
+    costly part of the lexer setup). The lexers built are the same. Lexemes whose table
+    is over ``LAZY_PREPARE_BYTES`` are prepared here all the same: hashing a
+    ``maxLength`` string's 5-20 MB table takes 4-30 ms, which the first mask reaching
+    it would pay (one MaskBench mask went from 7 to 27 ms that way).
+    """
 
     def __init__(self, dfas: list[ByteDFA]):
-        prepared = [_prepared(d) for d in dfas]
-        self.dfas = [p[0] for p in prepared]
-        self.keys = [p[1] for p in prepared]
-        self._cache = _LexerCache(self.dfas, self.keys)
+        self._cache = _LexerCache(list(dfas))
+        for i, d in enumerate(dfas):
+            if d.table.nbytes > LAZY_PREPARE_BYTES:
+                self._cache.prepared(i)
         # a hit is a plain dict lookup (the boundary recursion makes one per group)
         self.for_lexemes = self._cache.__getitem__
+
+    @property
+    def dfas(self) -> list[ByteDFA]:
+        """Every lexeme's DFA with a fresh start (all prepared now)."""
+        return [self._cache.prepared(i)[0] for i in range(len(self._cache.raw))]
+
+    @property
+    def keys(self) -> list[bytes]:
+        """Every lexeme's content key (all prepared now)."""
+        return [self._cache.prepared(i)[1] for i in range(len(self._cache.raw))]
 
     def for_lexemes(self, lexemes: frozenset[int]) -> LexerDFA:
         """The lexer of the lexeme set ``lexemes`` (built on first use, then cached)."""
@@ -510,13 +552,20 @@ class _LexerCache(dict):
     """``Lexer``'s lexers by lexeme set, built on first use (``__missing__``). It holds
     the lexeme tables, not the ``Lexer``: no reference cycle through ``for_lexemes``."""
 
-    def __init__(self, dfas: list[ByteDFA], keys: list[bytes]):
+    def __init__(self, raw: list[ByteDFA]):
         super().__init__()
-        self._dfas, self._keys = dfas, keys
+        self.raw = raw
+        self._prep: list[tuple[ByteDFA, bytes] | None] = [None] * len(raw)
+
+    def prepared(self, i: int) -> tuple[ByteDFA, bytes]:
+        got = self._prep[i]
+        if got is None:
+            got = self._prep[i] = _prepared(self.raw[i])
+        return got
 
     def __missing__(self, lexemes: frozenset[int]) -> LexerDFA:
-        keys = self._keys
-        order = sorted(lexemes, key=lambda i: (keys[i], i))
-        core = _shared_core(tuple(keys[i] for i in order), [self._dfas[i] for i in order])
+        prep = {i: self.prepared(i) for i in lexemes}
+        order = sorted(lexemes, key=lambda i: (prep[i][1], i))
+        core = _shared_core(tuple(prep[i][1] for i in order), [prep[i][0] for i in order])
         lex = self[lexemes] = LexerDFA(lexemes, core, order)
         return lex

@@ -50,6 +50,14 @@ class SNot:
         return ("not", self.item.key)
 
 
+# keywords whose value holds subschemas: by name, in a list, or itself one
+_MAP_KEYWORDS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+_LIST_KEYWORDS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_SCHEMA_KEYWORDS = frozenset({
+    "not", "if", "then", "else", "items", "additionalItems", "contains", "additionalProperties",
+    "propertyNames", "unevaluatedItems", "unevaluatedProperties",
+})
+
 TRUE = Sub(True, "", "")
 FALSE = Sub(False, "", "")
 
@@ -66,10 +74,9 @@ def mk_sand(*refs):
             return FALSE
         else:
             flat[r.key] = r
-    items = [flat[k] for k in sorted(flat, key=repr)]
-    if not items:
-        return TRUE
-    return items[0] if len(items) == 1 else SAnd(tuple(items))
+    if len(flat) < 2:  # (most calls: no sort, no repr of a key)
+        return next(iter(flat.values())) if flat else TRUE
+    return SAnd(tuple(flat[k] for k in sorted(flat, key=repr)))
 
 
 def mk_snot(ref):
@@ -129,23 +136,21 @@ class RefResolver:
                 if key == "$dynamicAnchor":
                     self.dynamic_anchors[a] = self.dynamic_anchors.get(a, 0) + 1
         for kw, val in node.items():
-            p = f"{ptr}/{_ptr_escape(kw)}"
-            if kw in ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas"):
+            # the pointer is spelled only for keywords that hold subschemas
+            if kw in _MAP_KEYWORDS or (kw == "dependencies" and isinstance(val, dict)):
                 if isinstance(val, dict):
+                    p = f"{ptr}/{_ptr_escape(kw)}"
                     for k, v in val.items():
-                        self._scan(v, base, f"{p}/{_ptr_escape(k)}")
-            elif kw == "dependencies" and isinstance(val, dict):
-                for k, v in val.items():
-                    self._scan(v, base, f"{p}/{_ptr_escape(k)}")
-            elif kw in ("allOf", "anyOf", "oneOf", "prefixItems") or (kw == "items" and isinstance(val, list)):
+                        if isinstance(v, dict):
+                            self._scan(v, base, f"{p}/{_ptr_escape(k)}")
+            elif kw in _LIST_KEYWORDS or (kw == "items" and isinstance(val, list)):
                 if isinstance(val, list):
+                    p = f"{ptr}/{_ptr_escape(kw)}"
                     for i, v in enumerate(val):
-                        self._scan(v, base, f"{p}/{i}")
-            elif kw in (
-                "not", "if", "then", "else", "items", "additionalItems", "contains", "additionalProperties",
-                "propertyNames", "unevaluatedItems", "unevaluatedProperties",
-            ):
-                self._scan(val, base, p)
+                        if isinstance(v, dict):
+                            self._scan(v, base, f"{p}/{i}")
+            elif kw in _SCHEMA_KEYWORDS and isinstance(val, dict):
+                self._scan(val, base, f"{ptr}/{_ptr_escape(kw)}")
 
     def sub(self, node, parent: Sub | None, ptr: str) -> Sub:
         """A handle for a child schema (its base is known from the scan)."""
