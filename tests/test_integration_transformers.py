@@ -192,14 +192,15 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
                                        "crew": {"type": "integer", "minimum": 1, "maximum": 99}},
               "required": ["ship", "crew"]}  # a schema of its own: no masks cached by other tests
     helper = shared_prefetcher()
-    proc = SGLLogitsProcessor(tok, json_schema=schema, json_options=COMPACT, prefetch=1)
+    proc = SGLLogitsProcessor(tok, json_schema=schema, json_options=COMPACT)  # prefetch="auto"
     ready: list[bool] = []
 
     def watched(input_ids, scores):
         assert helper.wait_idle()
         if proc.matchers and input_ids.shape[1] > proc._prompt_len:
-            proc._follow(input_ids)
-            ready.append(proc.matchers[0].mask_is_cached())
+            probe = proc.matchers[0].copy()  # the state the call is about to reach
+            assert probe.advance(int(input_ids[0, -1]))
+            ready.append(probe.mask_is_cached())
         return proc(input_ids, scores)
 
     inputs = chat_batch(tok, ASKS[:1])
@@ -212,8 +213,75 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
     assert torch.equal(out, again)
     value = json.loads(completions(tok, inputs, out)[0])
     jsonschema.validate(value, schema)
-    with pytest.raises(ValueError, match="prefetch"):
-        SGLLogitsProcessor(tok, regex="[0-9]+", prefetch=-1)
+    # greedy: the helper saw the best token taken at every step and never the second
+    stats = proc.prefetch_stats
+    assert stats["steps"] >= len(ready) - 1 and stats["took_best"] == stats["steps"]
+    assert stats["took_second"] == 0 and stats["ranks"] == [0]
+    for bad in (-1, "sometimes", True):
+        with pytest.raises(ValueError, match="prefetch"):
+            SGLLogitsProcessor(tok, regex="[0-9]+", prefetch=bad)
+
+
+def test_auto_prefetch_asks_for_the_second_best_only_while_rows_take_it(hf, monkeypatch):
+    """prefetch="auto": under greedy picks the helper prefetches one token per row; when
+    rows take their second-best token (sampling), it adds the second-best, and drops it
+    again once greedy picks return. The processor is called directly, with seeded
+    random logits, and the picks are made from its masked scores."""
+    from sgl.constrain import Matcher
+    from sgl.integrations import _prefetch
+
+    _, tok = hf
+    helper = _prefetch.shared_prefetcher()
+    asked: list[int] = []  # per prefetch call: how many tokens the helper was asked for
+    real = Matcher.prefetch
+
+    def spy(self, token_ids):
+        token_ids = list(token_ids)
+        asked.append(len(token_ids))
+        return real(self, token_ids)
+
+    monkeypatch.setattr(Matcher, "prefetch", spy)
+    proc = SGLLogitsProcessor(tok, regex="[a-z]+")
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[5, 6, 7]])
+
+    def steps(n: int, rank: int) -> list[int]:
+        nonlocal ids
+        asked.clear()
+        for _ in range(n):
+            scores = proc(ids, torch.randn(1, len(tok), generator=gen))
+            assert helper.wait_idle()
+            pick = _prefetch.top_two(scores[0].numpy())[rank]
+            ids = torch.cat([ids, torch.tensor([[pick]])], dim=1)
+        return list(asked)
+
+    assert set(steps(30, 0)) == {1}  # greedy: the best token only
+    assert proc.prefetch_stats["took_second"] == 0 and proc.prefetch_stats["ranks"] == [0]
+    sampled = steps(40, 1)  # rows take their second-best: it is learnt within a few steps
+    assert sampled[-1] == 2 and sampled.index(2) <= 5
+    assert proc.prefetch_stats["ranks"] == [0, 1]
+    back = steps(90, 0)  # greedy again: the second rank is dropped
+    assert back[-1] == 1 and proc.prefetch_stats["ranks"] == [0]
+    fixed = SGLLogitsProcessor(tok, regex="[a-z]+", prefetch=2)  # an int: always that many
+    asked.clear()
+    fixed(torch.tensor([[5, 6, 7]]), torch.randn(1, len(tok), generator=gen))
+    assert helper.wait_idle() and asked == [2]
+
+
+def test_top_two_matches_best_allowed():
+    import numpy as np
+
+    from sgl.integrations._prefetch import best_allowed, top_two
+
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 50):
+        for _ in range(50):
+            row = rng.integers(0, 4, size=n).astype(np.float32)  # ties on purpose
+            row[rng.random(n) < 0.4] = -np.inf
+            want = best_allowed(row, 2)
+            got = [t for t in top_two(row) if t is not None]
+            assert [row[t] for t in got] == [row[t] for t in want], (row, got, want)
+            assert len(set(got)) == len(got)
 
 
 def test_best_allowed_skips_masked_tokens():
