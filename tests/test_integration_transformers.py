@@ -255,13 +255,17 @@ def test_auto_prefetch_asks_for_the_second_best_only_while_rows_take_it(hf, monk
             ids = torch.cat([ids, torch.tensor([[pick]])], dim=1)
         return list(asked)
 
-    assert set(steps(30, 0)) == {1}  # greedy: the best token only
-    assert proc.prefetch_stats["took_second"] == 0 and proc.prefetch_stats["ranks"] == [0]
+    # greedy: the best token only, and only when its state has no mask yet (the state
+    # after one letter is the same every step: one prefetch at most)
+    greedy = steps(30, 0)
+    assert set(greedy) <= {1} and len(greedy) <= 2
+    stats = proc.prefetch_stats
+    assert stats["steps"] == 29 and stats["took_best"] == 29 and stats["ranks"] == [0]
     sampled = steps(40, 1)  # rows take their second-best: it is learnt within a few steps
-    assert sampled[-1] == 2 and sampled.index(2) <= 5
+    assert len(sampled) >= 30 and sampled[-1] == 2 and sampled.index(2) <= 12
     assert proc.prefetch_stats["ranks"] == [0, 1]
-    back = steps(90, 0)  # greedy again: the second rank is dropped
-    assert back[-1] == 1 and proc.prefetch_stats["ranks"] == [0]
+    steps(90, 0)  # greedy again: back to the best token only, predicted by the caller
+    assert proc.prefetch_stats["ranks"] == [0] and set(steps(20, 0)) <= {1}
     fixed = SGLLogitsProcessor(tok, regex="[a-z]+", prefetch=2)  # an int: always that many
     asked.clear()
     fixed(torch.tensor([[5, 6, 7]]), torch.randn(1, len(tok), generator=gen))

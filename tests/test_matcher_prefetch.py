@@ -32,7 +32,10 @@ def test_prefetch_caches_the_next_states_masks(vocab):
     total = 0
     for t in path:
         allowed = [i for i in range(len(PIECES)) if m.accepts_token(i)]
+        missing = [i for i in allowed if not m.mask_ahead_is_cached(i)]
         made = m.prefetch(allowed + [EOS, 99, -1])  # EOS, unknown ids and refused ones are skipped
+        assert made <= len(missing) and (made > 0) == bool(missing)  # tokens may share a state
+        assert all(m.mask_ahead_is_cached(i) for i in [*allowed, EOS, 99, -1])
         assert made <= len(allowed)
         total += made
         assert m.prefetch(allowed) == 0  # all cached now

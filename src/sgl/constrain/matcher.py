@@ -112,6 +112,17 @@ class Matcher:
             made += 1
         return made
 
+    def mask_ahead_is_cached(self, token_id: int) -> bool:
+        """Would ``prefetch([token_id])`` have nothing to do: is the mask of the state after
+        ``token_id`` cached, or is there none to make (the token is refused, or EOS)?
+        Cheap (one token through the lexer): lets a caller skip waking a helper thread."""
+        t = int(token_id)
+        nxt = self._next_state(t)
+        if nxt is None or t in self._eos:
+            return True
+        col, s = nxt
+        return s in col.mask_cache
+
     def is_allowed(self, token_id: int) -> bool:
         words = self.allowed_words()
         return bool((int(words[token_id >> 5]) >> (token_id & 31)) & 1)

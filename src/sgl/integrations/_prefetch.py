@@ -20,7 +20,9 @@ helper's CPU time in the h4 benchmark); sampling takes the second-best often eno
 its mask to pay. The processor cannot see how ``generate`` picks tokens, so the default
 policy ("auto") watches: the helper records each row's two best allowed tokens, the next
 call says which one the row took, and a rank is prefetched only while it is recently
-taken often enough.
+taken often enough. While rows take their best token (greedy), the calling thread
+predicts it itself (one argmax) and wakes the helper only when that token leads to a
+state whose mask is not cached yet: most steps then cost the helper nothing.
 """
 
 from __future__ import annotations
@@ -77,9 +79,12 @@ class LookaheadPolicy:
     row-steps, kept across ``generate`` calls (they describe how the caller decodes).
     They start at "greedy" (best always taken, second never): the common case costs
     nothing to learn, and sampling turns the second rank on within a few steps.
+    While the best token's rate is at least `GREEDY_RATE` (`greedy`), only the best is
+    predicted (by the caller: the second rank's rate is not measured then).
     """
 
     MIN_RATE = 0.1  # below this a rank's masks are mostly wasted helper CPU
+    GREEDY_RATE = 0.9
     WINDOW = 32
 
     def __init__(self, setting: int | str) -> None:
@@ -94,10 +99,17 @@ class LookaheadPolicy:
     def enabled(self) -> bool:
         return self.setting != 0
 
+    @property
+    def greedy(self) -> bool:
+        """"auto", and rows recently took their best token (nearly) every time."""
+        return self.setting == AUTO and self.rates[0] >= self.GREEDY_RATE
+
     def ranks(self) -> int | list[int]:
         """A fixed ``k`` (prefetch the k best), or the ranks (0: best, 1: second) to prefetch."""
         if self.setting != AUTO:
             return int(self.setting)
+        if self.greedy:
+            return [0]
         return [r for r, rate in enumerate(self.rates) if rate >= self.MIN_RATE]
 
     def observe(self, predicted: list[tuple[int | None, int | None] | None], taken: list[int]) -> None:
@@ -111,7 +123,8 @@ class LookaheadPolicy:
             for rank in (0, 1):
                 hit = guess[rank] == token
                 self.took[rank] += hit
-                self.rates[rank] += a * (hit - self.rates[rank])
+                if rank == 0 or guess[1] is not None:  # (greedy: the second is not predicted)
+                    self.rates[rank] += a * (hit - self.rates[rank])
 
     def stats(self) -> dict[str, Any]:
         """Counts for benchmarks and tests."""
@@ -170,6 +183,16 @@ class Prefetcher:
                 self.masks += made
                 self._busy = False
                 self._cv.notify_all()
+
+
+def best_only_job(todo: list[tuple[Matcher, int]]) -> Callable[[], int]:
+    """The job for a greedy step: prefetch the state after each given (matcher copy,
+    token), which the caller found uncached (`Matcher.mask_ahead_is_cached`)."""
+
+    def job() -> int:
+        return sum(m.prefetch((t,)) for m, t in todo)
+
+    return job
 
 
 def lookahead_job(matchers: list[Matcher | None], scores: Any, ranks: int | list[int],

@@ -44,7 +44,13 @@ from sgl.constrain import (  # noqa: E402
 )
 from sgl.integrations._caps import apply_caps  # noqa: E402
 from sgl.integrations._common import compile_constraint  # noqa: E402
-from sgl.integrations._prefetch import AUTO, LookaheadPolicy, lookahead_job, shared_prefetcher  # noqa: E402
+from sgl.integrations._prefetch import (  # noqa: E402
+    AUTO,
+    LookaheadPolicy,
+    best_only_job,
+    lookahead_job,
+    shared_prefetcher,
+)
 
 _CAP_DTYPES = (torch.float32, torch.float16, torch.float64)
 
@@ -170,10 +176,28 @@ class SGLLogitsProcessor(LogitsProcessor):
             apply_bitmask(scores, self._bitmask)
         self._predicted = None
         if self._policy.enabled and scores.device.type == "cpu":
-            ahead = [None if m is None else m.copy(history=False) for m in rows]
-            self._predicted = [None] * len(rows)
-            shared_prefetcher().submit(lookahead_job(ahead, scores, self._policy.ranks(), self._predicted))
+            self._look_ahead(rows, scores)
         return scores
+
+    def _look_ahead(self, rows: list[Matcher | None], scores: torch.Tensor) -> None:
+        """Hand the helper thread the masks of the next step (see `LookaheadPolicy`).
+
+        Greedy (as observed): the best token is predicted here, and the helper is woken
+        only for rows whose next state has no mask yet; otherwise the helper ranks the
+        tokens itself and records its guesses in ``_predicted``."""
+        if self._policy.greedy:
+            # numpy's argmax is several times faster than torch's on CPU (~15 vs ~140 µs
+            # over 49k logits, one thread)
+            best = (scores.numpy().argmax(axis=-1) if _caps_apply(scores) else scores.argmax(dim=-1)).tolist()
+            self._predicted = [None if m is None else (b, None) for m, b in zip(rows, best, strict=True)]
+            todo = [(m.copy(history=False), b) for m, b in zip(rows, best, strict=True)
+                    if m is not None and not m.mask_ahead_is_cached(b)]
+            if todo:
+                shared_prefetcher().submit(best_only_job(todo))
+            return
+        ahead = [None if m is None else m.copy(history=False) for m in rows]
+        self._predicted = [None] * len(rows)
+        shared_prefetcher().submit(lookahead_job(ahead, scores, self._policy.ranks(), self._predicted))
 
     # -- following the batch ------------------------------------------------------------
     def _follow(self, input_ids: torch.Tensor) -> None:
