@@ -15,7 +15,8 @@ load on the machine hits every engine alike. Per engine it reports:
   while the model runs (``prefetch``); that thread's CPU time / tokens, which the
   per-call times above do not include; total CPU per token: both together.
   ``sgl`` is the processor's default (``prefetch="auto"``), ``sgl-noprefetch`` has it
-  off, ``sgl-prefetch2`` always prefetches the two best tokens (the h4 default);
+  off, ``sgl-prefetch2`` always prefetches the two best tokens (the h4 default),
+  ``sgl-frac6`` is ``sgl`` with the opt-in JSON option ``max_fraction_digits=6``;
 * tokens/s: generated tokens / wall time of ``model.generate`` (model included), and
   the same for unconstrained generation ("none") as the reference;
 * finished: outputs that ended with EOS before ``--max-new-tokens``; valid: finished
@@ -57,7 +58,7 @@ sys.path.insert(0, str(HERE))
 
 from maskbench import list_cases, load_schema, shared_data_dir  # noqa: E402
 
-ENGINES = ("sgl", "sgl-noprefetch", "sgl-prefetch2", "xgrammar", "outlines", "llguidance")
+ENGINES = ("sgl", "sgl-noprefetch", "sgl-prefetch2", "sgl-frac6", "xgrammar", "outlines", "llguidance")
 DEFAULT_ENGINES = "sgl,xgrammar,outlines,llguidance"
 DEFAULT_SUBSETS = "Github_easy,Github_medium,Glaiveai2K,Kubernetes"
 TASKS = (
@@ -111,8 +112,10 @@ class SGL(Engine):
         variant = list(ENGINES).index(self.name)
         self._budget = CompileBudget(seconds=DEFAULT_COMPILE_BUDGET_S + variant / 1000) if variant else None
 
+    json_options: dict[str, Any] = {}
+
     def compile(self, schema_text: str) -> Any:
-        return self._compile(schema_text, self._vocab, budget=self._budget)
+        return self._compile(schema_text, self._vocab, budget=self._budget, **self.json_options)
 
     def processor(self, compiled: Any) -> Callable:
         return self._proc.from_compiled(compiled, pad_token_id=self._pad, prefetch=self.prefetch)
@@ -128,6 +131,14 @@ class SGLPrefetch2(SGL):
 
     name = "sgl-prefetch2"
     prefetch = 2
+
+
+class SGLFraction6(SGL):
+    """SGL with the opt-in ``max_fraction_digits=6`` (numbers with at most 6 digits after
+    the point; the default grammar keeps JSON's unbounded digits)."""
+
+    name = "sgl-frac6"
+    json_options = {"max_fraction_digits": 6}
 
 
 class XGrammar(Engine):
@@ -229,7 +240,8 @@ class LLGuidance(Engine):
 
 
 ENGINE_CLASSES: dict[str, type[Engine]] = {"sgl": SGL, "sgl-noprefetch": SGLNoPrefetch,
-                                           "sgl-prefetch2": SGLPrefetch2, "xgrammar": XGrammar,
+                                           "sgl-prefetch2": SGLPrefetch2, "sgl-frac6": SGLFraction6,
+                                           "xgrammar": XGrammar,
                                            "outlines": Outlines, "llguidance": LLGuidance}
 
 
