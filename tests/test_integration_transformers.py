@@ -319,3 +319,30 @@ def test_caps_mask_like_apply_bitmask():
         apply_caps(got.numpy(), [words[0], words[1], None])
         apply_caps(got.numpy(), [words[0], words[1], None])  # a cached cap again: no change
         assert torch.equal(got[:2], want[:2]) and torch.equal(got[2], logits[2])
+
+
+def test_max_fraction_digits_lets_greedy_end_a_number(hf):
+    """MaskBench Github_easy/o17460 (closed): greedy SmolLM2 writes ``10.000000…`` (a valid
+    JSON number and multiple of 0.01) until the token limit under the default grammar;
+    the opt-in ``max_fraction_digits=6`` makes it stop at six digits, valid."""
+    from sgl.constrain import Matcher
+
+    model, tok = hf
+    schema = {"$schema": "http://json-schema.org/draft-04/schema#", "title": "Expense", "type": "object",
+              "properties": {"amount": {"title": "Amount", "type": "number", "multipleOf": 0.01, "minimum": 0,
+                                        "description": "Expenses associated with the running of the business"}},
+              "required": ["amount"], "additionalProperties": False}
+    ask = ("Reply with only a JSON value, a typical example, that satisfies this JSON Schema:\n"
+           + json.dumps(schema))
+    inputs = chat_batch(tok, [ask])
+    n = inputs["input_ids"].shape[1]
+    default = SGLLogitsProcessor(tok, json_schema=schema)
+    out = model.generate(**inputs, logits_processor=[default], max_new_tokens=30, do_sample=False)
+    body = [t for t in out[0, n:].tolist() if t != tok.eos_token_id]
+    assert Matcher(default.compiled).consume_tokens(body) == len(body)  # valid, finished or not
+    capped = SGLLogitsProcessor(tok, json_schema=schema, json_options={"max_fraction_digits": 6})
+    out = model.generate(**inputs, logits_processor=[capped], max_new_tokens=30, do_sample=False)
+    assert tok.eos_token_id in out[0, n:].tolist()
+    (text,) = completions(tok, inputs, out)
+    jsonschema.validate(json.loads(text), schema)
+    assert re.fullmatch(r'\{"amount": ?[0-9]+(\.[0-9]{1,6})?\}', text), text
