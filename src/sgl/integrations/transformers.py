@@ -61,6 +61,16 @@ def _caps_apply(scores: torch.Tensor) -> bool:
             and not scores.requires_grad)
 
 
+def _ahead_is_cached(m: Matcher, token: int) -> bool:
+    """`Matcher.mask_ahead_is_cached`, a hint: a token whose walk fails (a budget) is not
+    prefetched; the step that takes it raises as usual. The matcher remembers the walk,
+    so the next step's advance by that token reuses it."""
+    try:
+        return m.mask_ahead_is_cached(token)
+    except ConstraintError:
+        return True
+
+
 def _ids(value: int | Iterable[int] | None) -> tuple[int, ...]:
     if value is None:
         return ()
@@ -191,7 +201,7 @@ class SGLLogitsProcessor(LogitsProcessor):
             best = (scores.numpy().argmax(axis=-1) if _caps_apply(scores) else scores.argmax(dim=-1)).tolist()
             self._predicted = [None if m is None else (b, None) for m, b in zip(rows, best, strict=True)]
             todo = [(m.copy(history=False), b) for m, b in zip(rows, best, strict=True)
-                    if m is not None and not m.mask_ahead_is_cached(b)]
+                    if m is not None and not _ahead_is_cached(m, b)]
             if todo:
                 shared_prefetcher().submit(best_only_job(todo))
             return
