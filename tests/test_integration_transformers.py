@@ -192,7 +192,8 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
                                        "crew": {"type": "integer", "minimum": 1, "maximum": 99}},
               "required": ["ship", "crew"]}  # a schema of its own: no masks cached by other tests
     helper = shared_prefetcher()
-    proc = SGLLogitsProcessor(tok, json_schema=schema, json_options=COMPACT)  # prefetch="auto"
+    # prefetch=1: every step (the default "auto" backs off on steps whose state is known)
+    proc = SGLLogitsProcessor(tok, json_schema=schema, json_options=COMPACT, prefetch=1)
     ready: list[bool] = []
 
     def watched(input_ids, scores):
@@ -216,7 +217,7 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
     # greedy: the helper saw the best token taken at every step and never the second
     stats = proc.prefetch_stats
     assert stats["steps"] >= len(ready) - 1 and stats["took_best"] == stats["steps"]
-    assert stats["took_second"] == 0 and stats["ranks"] == [0]
+    assert stats["took_second"] == 0
     for bad in (-1, "sometimes", True):
         with pytest.raises(ValueError, match="prefetch"):
             SGLLogitsProcessor(tok, regex="[0-9]+", prefetch=bad)
@@ -260,9 +261,11 @@ def test_auto_prefetch_asks_for_the_second_best_only_while_rows_take_it(hf, monk
     greedy = steps(30, 0)
     assert set(greedy) <= {1} and len(greedy) <= 2
     stats = proc.prefetch_stats
-    assert stats["steps"] == 29 and stats["took_best"] == 29 and stats["ranks"] == [0]
+    assert stats["steps"] == stats["took_best"] and stats["ranks"] == [0]
+    # the state is known: look-aheads back off (1, 2, 4, 8, 8 ... steps apart)
+    assert stats["steps"] + stats["skipped"] == 30 and stats["skipped"] >= 20
     sampled = steps(40, 1)  # rows take their second-best: it is learnt within a few steps
-    assert len(sampled) >= 30 and sampled[-1] == 2 and sampled.index(2) <= 12
+    assert len(sampled) >= 20 and sampled[-1] == 2 and sampled.index(2) <= 20
     assert proc.prefetch_stats["ranks"] == [0, 1]
     steps(90, 0)  # greedy again: back to the best token only, predicted by the caller
     assert proc.prefetch_stats["ranks"] == [0] and set(steps(20, 0)) <= {1}

@@ -81,11 +81,20 @@ class LookaheadPolicy:
     nothing to learn, and sampling turns the second rank on within a few steps.
     While the best token's rate is at least `GREEDY_RATE` (`greedy`), only the best is
     predicted (by the caller: the second rank's rate is not measured then).
+
+    Greedy look-aheads back off: a step whose next state already had its mask doubles
+    the number of steps until the next look-ahead (up to `MAX_INTERVAL`); a look-ahead
+    that finds a state without one, or a row that did not take the predicted token,
+    resets it to every step. Once a generation's states are known the per-step check
+    (an argmax and one token's walk, ~15-60 µs) is then mostly skipped, while bursts
+    of new states (a new key, a new string) are still prefetched after at most
+    `MAX_INTERVAL` - 1 steps on the calling thread.
     """
 
     MIN_RATE = 0.1  # below this a rank's masks are mostly wasted helper CPU
     GREEDY_RATE = 0.9
     WINDOW = 32
+    MAX_INTERVAL = 8
 
     def __init__(self, setting: int | str) -> None:
         if setting != AUTO and (not isinstance(setting, int) or isinstance(setting, bool) or setting < 0):
@@ -94,6 +103,9 @@ class LookaheadPolicy:
         self.rates = [1.0, 0.0]  # per rank: how often rows took their best / second-best
         self.steps = 0  # row-steps observed
         self.took = [0, 0]  # row-steps that took the best / second-best
+        self._interval = 1  # greedy: steps from one look-ahead to the next
+        self._wait = 0  # greedy: look-aheads still to skip
+        self.skipped = 0  # greedy steps without a look-ahead
 
     @property
     def enabled(self) -> bool:
@@ -103,6 +115,19 @@ class LookaheadPolicy:
     def greedy(self) -> bool:
         """"auto", and rows recently took their best token (nearly) every time."""
         return self.setting == AUTO and self.rates[0] >= self.GREEDY_RATE
+
+    def look_now(self) -> bool:
+        """Greedy: should this step look ahead (False: skip it, backing off)?"""
+        if self._wait > 0:
+            self._wait -= 1
+            self.skipped += 1
+            return False
+        return True
+
+    def looked(self, found_missing: bool) -> None:
+        """Greedy: a look-ahead found a state without its mask (or none did)."""
+        self._interval = 1 if found_missing else min(2 * self._interval, self.MAX_INTERVAL)
+        self._wait = self._interval - 1
 
     def ranks(self) -> int | list[int]:
         """A fixed ``k`` (prefetch the k best), or the ranks (0: best, 1: second) to prefetch."""
@@ -120,6 +145,8 @@ class LookaheadPolicy:
             if guess is None or guess[0] is None:
                 continue
             self.steps += 1
+            if guess[0] != token:  # not greedy after all: look ahead at every step again
+                self._interval, self._wait = 1, 0
             for rank in (0, 1):
                 hit = guess[rank] == token
                 self.took[rank] += hit
@@ -129,7 +156,7 @@ class LookaheadPolicy:
     def stats(self) -> dict[str, Any]:
         """Counts for benchmarks and tests."""
         return {"steps": self.steps, "took_best": self.took[0], "took_second": self.took[1],
-                "rates": [round(r, 3) for r in self.rates], "ranks": self.ranks()}
+                "rates": [round(r, 3) for r in self.rates], "ranks": self.ranks(), "skipped": self.skipped}
 
 
 class Prefetcher:
