@@ -14,8 +14,9 @@ load on the machine hits every engine alike. Per engine it reports:
 * helper CPU per token: SGL computes the masks one token ahead on a helper thread
   while the model runs (``prefetch``); that thread's CPU time / tokens, which the
   per-call times above do not include; total CPU per token: both together.
-  ``sgl`` is the processor's default (``prefetch="auto"``), ``sgl-noprefetch`` has it
-  off, ``sgl-prefetch2`` always prefetches the two best tokens (the h4 default),
+  ``sgl`` is the processor's default (prefetch off since h5), ``sgl-noprefetch`` has it
+  off explicitly, ``sgl-auto`` uses ``prefetch="auto"``, ``sgl-prefetch2`` always
+  prefetches the two best tokens (the h4 default),
   ``sgl-frac6`` is ``sgl`` with the opt-in JSON option ``max_fraction_digits=6``;
 * tokens/s: generated tokens / wall time of ``model.generate`` (model included), and
   the same for unconstrained generation ("none") as the reference;
@@ -58,7 +59,7 @@ sys.path.insert(0, str(HERE))
 
 from maskbench import list_cases, load_schema, shared_data_dir  # noqa: E402
 
-ENGINES = ("sgl", "sgl-noprefetch", "sgl-prefetch2", "sgl-frac6", "xgrammar", "outlines", "llguidance")
+ENGINES = ("sgl", "sgl-noprefetch", "sgl-auto", "sgl-prefetch2", "sgl-frac6", "xgrammar", "outlines", "llguidance")
 DEFAULT_ENGINES = "sgl,xgrammar,outlines,llguidance"
 DEFAULT_SUBSETS = "Github_easy,Github_medium,Glaiveai2K,Kubernetes"
 TASKS = (
@@ -94,7 +95,7 @@ class Engine:
 
 class SGL(Engine):
     name = "sgl"
-    prefetch: int | str = "auto"  # the processor's default
+    prefetch: int | str | None = None  # None: the processor's default
 
     def __init__(self, tok: Any, model: Any) -> None:
         from sgl.constrain import CompileBudget, Vocabulary, compile_json_schema
@@ -118,12 +119,20 @@ class SGL(Engine):
         return self._compile(schema_text, self._vocab, budget=self._budget, **self.json_options)
 
     def processor(self, compiled: Any) -> Callable:
-        return self._proc.from_compiled(compiled, pad_token_id=self._pad, prefetch=self.prefetch)
+        extra = {} if self.prefetch is None else {"prefetch": self.prefetch}
+        return self._proc.from_compiled(compiled, pad_token_id=self._pad, **extra)
 
 
 class SGLNoPrefetch(SGL):
     name = "sgl-noprefetch"
     prefetch = 0
+
+
+class SGLAuto(SGL):
+    """Masks one token ahead with ``prefetch="auto"`` (greedy: the best token only)."""
+
+    name = "sgl-auto"
+    prefetch = "auto"
 
 
 class SGLPrefetch2(SGL):
@@ -239,7 +248,7 @@ class LLGuidance(Engine):
         return LLGuidanceProcessor(compiled.deep_copy(), self._vocab_size)
 
 
-ENGINE_CLASSES: dict[str, type[Engine]] = {"sgl": SGL, "sgl-noprefetch": SGLNoPrefetch,
+ENGINE_CLASSES: dict[str, type[Engine]] = {"sgl": SGL, "sgl-noprefetch": SGLNoPrefetch, "sgl-auto": SGLAuto,
                                            "sgl-prefetch2": SGLPrefetch2, "sgl-frac6": SGLFraction6,
                                            "xgrammar": XGrammar,
                                            "outlines": Outlines, "llguidance": LLGuidance}

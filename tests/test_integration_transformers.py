@@ -192,7 +192,7 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
                                        "crew": {"type": "integer", "minimum": 1, "maximum": 99}},
               "required": ["ship", "crew"]}  # a schema of its own: no masks cached by other tests
     helper = shared_prefetcher()
-    # prefetch=1: every step (the default "auto" backs off on steps whose state is known)
+    # prefetch=1: every step ("auto" backs off on steps whose state is known; off by default)
     proc = SGLLogitsProcessor(tok, json_schema=schema, json_options=COMPACT, prefetch=1)
     ready: list[bool] = []
 
@@ -242,7 +242,12 @@ def test_auto_prefetch_asks_for_the_second_best_only_while_rows_take_it(hf, monk
         return real(self, token_ids)
 
     monkeypatch.setattr(Matcher, "prefetch", spy)
-    proc = SGLLogitsProcessor(tok, regex="[a-z]+")
+    jobs = helper.jobs
+    default = SGLLogitsProcessor(tok, regex="[a-z]+")  # prefetch is off by default
+    default(torch.tensor([[5, 6, 7]]), torch.randn(1, len(tok)))
+    default(torch.tensor([[5, 6, 7, tok.encode("ab")[0]]]), torch.randn(1, len(tok)))
+    assert helper.wait_idle() and helper.jobs == jobs and not asked and default.prefetch_stats["steps"] == 0
+    proc = SGLLogitsProcessor(tok, regex="[a-z]+", prefetch="auto")
     gen = torch.Generator().manual_seed(0)
     ids = torch.tensor([[5, 6, 7]])
 

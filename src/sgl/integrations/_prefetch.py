@@ -14,11 +14,14 @@ dropped (the step that needs the mask computes it and raises as usual). Only the
 job is kept: a step that arrives before the helper started on the previous job replaces
 it. The helper's CPU time is counted (``cpu_ns``) so that benchmarks can report it.
 
+Prefetching is off by default (``SGLLogitsProcessor(prefetch=0)``): it moves first
+visits off the critical path but costs CPU time in all (the look-ahead itself, and a
+mask made on a helper running beside the model costs more than on the calling thread).
 Which tokens to prefetch is a `LookaheadPolicy`. Greedy search only ever takes the best
 token, so masks made for the second-best are pure waste there (they were ~3/4 of the
 helper's CPU time in the h4 benchmark); sampling takes the second-best often enough for
-its mask to pay. The processor cannot see how ``generate`` picks tokens, so the default
-policy ("auto") watches: the helper records each row's two best allowed tokens, the next
+its mask to pay. The processor cannot see how ``generate`` picks tokens, so the
+policy "auto" watches: the helper records each row's two best allowed tokens, the next
 call says which one the row took, and a rank is prefetched only while it is recently
 taken often enough. While rows take their best token (greedy), the calling thread
 predicts it itself (one argmax) and wakes the helper only when that token leads to a
