@@ -13,7 +13,11 @@ load on the machine hits every engine alike. Per engine it reports:
   (it includes waiting, e.g. for a mask SGL's helper thread is still computing);
 * helper CPU per token: SGL computes the masks one token ahead on a helper thread
   while the model runs (``prefetch``); that thread's CPU time / tokens, which the
-  per-call times above do not include. ``sgl-noprefetch`` is SGL with it off;
+  per-call times above do not include; total CPU per token: both together.
+  ``sgl`` is the processor's default (prefetch off since h5), ``sgl-noprefetch`` has it
+  off explicitly, ``sgl-auto`` uses ``prefetch="auto"``, ``sgl-prefetch2`` always
+  prefetches the two best tokens (the h4 default),
+  ``sgl-frac6`` is ``sgl`` with the opt-in JSON option ``max_fraction_digits=6``;
 * tokens/s: generated tokens / wall time of ``model.generate`` (model included), and
   the same for unconstrained generation ("none") as the reference;
 * finished: outputs that ended with EOS before ``--max-new-tokens``; valid: finished
@@ -24,8 +28,10 @@ load on the machine hits every engine alike. Per engine it reports:
 
 Engines: ``sgl`` (`sgl.integrations.transformers.SGLLogitsProcessor`), ``xgrammar``
 (``xgrammar.contrib.hf.LogitsProcessor``), ``outlines`` (Outlines' outlines-core
-processor, ``outlines.backends.outlines_core``); an engine whose package is missing is
-skipped with the reason printed. Each engine uses its own default JSON whitespace.
+processor, ``outlines.backends.outlines_core``), ``llguidance`` (``LLMatcher`` with
+``llguidance.hf`` and ``llguidance.numpy``, composed here: llguidance ships no
+transformers processor); an engine whose package is missing is skipped with the reason
+printed. Each engine uses its own default JSON whitespace.
 
     PYTHONPATH=src SGL_SHARED_DATA=/work/shared/data python bench/integrations.py \\
         [--schemas 4] [--prompts 5] [--max-new-tokens 128] [--clock cpu] [--threads 1]
@@ -53,8 +59,8 @@ sys.path.insert(0, str(HERE))
 
 from maskbench import list_cases, load_schema, shared_data_dir  # noqa: E402
 
-ENGINES = ("sgl", "sgl-noprefetch", "xgrammar", "outlines")
-DEFAULT_ENGINES = "sgl,xgrammar,outlines"
+ENGINES = ("sgl", "sgl-noprefetch", "sgl-auto", "sgl-prefetch2", "sgl-frac6", "xgrammar", "outlines", "llguidance")
+DEFAULT_ENGINES = "sgl,xgrammar,outlines,llguidance"
 DEFAULT_SUBSETS = "Github_easy,Github_medium,Glaiveai2K,Kubernetes"
 TASKS = (
     "a typical example",
@@ -89,10 +95,11 @@ class Engine:
 
 class SGL(Engine):
     name = "sgl"
-    prefetch = 2
+    prefetch: int | str | None = None  # None: the processor's default
 
     def __init__(self, tok: Any, model: Any) -> None:
-        from sgl.constrain import Vocabulary, compile_json_schema
+        from sgl.constrain import CompileBudget, Vocabulary, compile_json_schema
+        from sgl.constrain.compiled import DEFAULT_COMPILE_BUDGET_S
         from sgl.integrations.transformers import SGLLogitsProcessor
 
         eos = model.generation_config.eos_token_id
@@ -100,17 +107,47 @@ class SGL(Engine):
         self._compile = compile_json_schema
         self._proc = SGLLogitsProcessor
         self._pad = tok.pad_token_id
+        # SGL's compile cache is keyed by the budget too: a budget a millisecond apart per
+        # variant gives each its own compiled grammars (and mask caches), so that several
+        # sgl* engines can run in one process without warming each other's masks
+        variant = list(ENGINES).index(self.name)
+        self._budget = CompileBudget(seconds=DEFAULT_COMPILE_BUDGET_S + variant / 1000) if variant else None
+
+    json_options: dict[str, Any] = {}
 
     def compile(self, schema_text: str) -> Any:
-        return self._compile(schema_text, self._vocab)
+        return self._compile(schema_text, self._vocab, budget=self._budget, **self.json_options)
 
     def processor(self, compiled: Any) -> Callable:
-        return self._proc.from_compiled(compiled, pad_token_id=self._pad, prefetch=self.prefetch)
+        extra = {} if self.prefetch is None else {"prefetch": self.prefetch}
+        return self._proc.from_compiled(compiled, pad_token_id=self._pad, **extra)
 
 
 class SGLNoPrefetch(SGL):
     name = "sgl-noprefetch"
     prefetch = 0
+
+
+class SGLAuto(SGL):
+    """Masks one token ahead with ``prefetch="auto"`` (greedy: the best token only)."""
+
+    name = "sgl-auto"
+    prefetch = "auto"
+
+
+class SGLPrefetch2(SGL):
+    """The h4 default: masks after the two best tokens at every step, greedy or not."""
+
+    name = "sgl-prefetch2"
+    prefetch = 2
+
+
+class SGLFraction6(SGL):
+    """SGL with the opt-in ``max_fraction_digits=6`` (numbers with at most 6 digits after
+    the point; the default grammar keeps JSON's unbounded digits)."""
+
+    name = "sgl-frac6"
+    json_options = {"max_fraction_digits": 6}
 
 
 class XGrammar(Engine):
@@ -159,8 +196,62 @@ class Outlines(Engine):
         return self._proc(compiled, "torch")
 
 
-ENGINE_CLASSES: dict[str, type[Engine]] = {"sgl": SGL, "sgl-noprefetch": SGLNoPrefetch, "xgrammar": XGrammar,
-                                           "outlines": Outlines}
+class LLGuidanceProcessor:
+    """llguidance has no transformers processor of its own (1.9.1: ``llguidance.hf``
+    wraps the tokenizer, ``llguidance.numpy`` / ``llguidance.torch`` fill and apply
+    bitmasks); this is the usual composition for batch 1: consume the token taken since
+    the last call, fill the mask, apply it with ``llguidance.numpy`` (its torch apply is
+    a ``torch.compile`` kernel, not a CPU path one can count on here)."""
+
+    def __init__(self, matcher: Any, vocab_size: int) -> None:
+        import llguidance.numpy as lln
+
+        self._m, self._lln = matcher, lln
+        self._mask = lln.allocate_token_bitmask(1, vocab_size)
+        self._len: int | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        n = input_ids.shape[1]
+        if self._len is not None:
+            for t in input_ids[0, self._len:].tolist():
+                if not self._m.consume_token(t):
+                    raise RuntimeError(f"llguidance refused token {t}: {self._m.get_error()}")
+        self._len = n
+        self._lln.fill_next_token_bitmask(self._m, self._mask, 0)
+        self._lln.apply_token_bitmask_inplace(scores.numpy(), self._mask)
+        return scores
+
+
+class LLGuidance(Engine):
+    name = "llguidance"
+
+    def __init__(self, tok: Any, model: Any) -> None:
+        try:
+            import llguidance
+            import llguidance.hf
+            import llguidance.numpy  # noqa: F401
+        except ImportError as e:
+            raise Unavailable(f"llguidance: {e}") from e
+        self._llg = llguidance
+        self._tok = llguidance.hf.from_tokenizer(tok, n_vocab=model.config.vocab_size,
+                                                 eos_token=model.generation_config.eos_token_id)
+        self._vocab_size = model.config.vocab_size
+
+    def compile(self, schema_text: str) -> Any:
+        grammar = self._llg.LLMatcher.grammar_from_json_schema(schema_text)
+        matcher = self._llg.LLMatcher(self._tok, grammar, log_level=0)
+        if matcher.is_error():
+            raise ValueError(matcher.get_error())
+        return matcher
+
+    def processor(self, compiled: Any) -> Callable:
+        return LLGuidanceProcessor(compiled.deep_copy(), self._vocab_size)
+
+
+ENGINE_CLASSES: dict[str, type[Engine]] = {"sgl": SGL, "sgl-noprefetch": SGLNoPrefetch, "sgl-auto": SGLAuto,
+                                           "sgl-prefetch2": SGLPrefetch2, "sgl-frac6": SGLFraction6,
+                                           "xgrammar": XGrammar,
+                                           "outlines": Outlines, "llguidance": LLGuidance}
 
 
 class PrefixJudge:
@@ -216,6 +307,7 @@ class Stats:
     call_ns: list[int] = field(default_factory=list)
     wall_ns: list[int] = field(default_factory=list)
     helper_ns: int = 0  # SGL's prefetch thread, CPU time
+    taken: list[int] = field(default_factory=lambda: [0, 0, 0])  # SGL: steps, took best, took 2nd
     tokens: int = 0
     wall_s: float = 0.0
     runs: int = 0
@@ -353,6 +445,10 @@ def run(args: argparse.Namespace) -> dict[str, Stats]:
                 new, wall = generate(model, tok, inputs, proc, args.max_new_tokens)
                 helper.wait_idle()
                 st.helper_ns += helper.cpu_ns - before
+                pf = getattr(proc.inner, "prefetch_stats", None) if proc else None
+                if pf:
+                    st.taken = [st.taken[0] + pf["steps"], st.taken[1] + pf["took_best"],
+                                st.taken[2] + pf["took_second"]]
                 st.runs += 1
                 st.wall_s += wall
                 st.tokens += len(new)
@@ -378,8 +474,8 @@ def pct(values: list[int], q: float) -> float:
 def report(stats: dict[str, Stats], args: argparse.Namespace) -> str:
     lines = [
         "| engine | compile median (ms) | per token mean (µs) | p50 | p99 | wall p99 | helper CPU per token | "
-        "tokens/s | finished | valid (of finished) | prefix ok (of unfinished) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "total CPU per token | tokens/s | finished | valid (of finished) | prefix ok (of unfinished) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, st in stats.items():
         comp = f"{statistics.median(st.compile_s) * 1e3:.1f}" if st.compile_s else "-"
@@ -388,11 +484,17 @@ def report(stats: dict[str, Stats], args: argparse.Namespace) -> str:
         p99 = f"{pct(st.call_ns, 0.99):.0f}" if st.call_ns else "-"
         wp99 = f"{pct(st.wall_ns, 0.99):.0f}" if st.wall_ns else "-"
         helper = f"{st.helper_ns / st.tokens / 1000:.0f}" if st.tokens and name.startswith("sgl") else "-"
+        # the calling thread's CPU per call (one call per token) plus the helper's
+        total = f"{(sum(st.call_ns) + st.helper_ns) / len(st.call_ns) / 1000:.0f}" if st.call_ns else "-"
         tps = st.tokens / st.wall_s if st.wall_s else float("nan")
         valid = "-" if name == "none" else f"{st.valid}/{st.finished}"
         prefix = "-" if name == "none" else f"{st.prefix_ok}/{st.runs - st.finished}"
-        lines.append(f"| {name} | {comp} | {mean} | {p50} | {p99} | {wp99} | {helper} | {tps:.1f} | "
+        lines.append(f"| {name} | {comp} | {mean} | {p50} | {p99} | {wp99} | {helper} | {total} | {tps:.1f} | "
                      f"{st.finished}/{st.runs} | {valid} | {prefix} |")
+    for name, st in stats.items():
+        if st.taken[0]:
+            lines.append(f"\n{name} prefetch: of {st.taken[0]} steps the row took the helper's best token "
+                         f"{st.taken[1]} times, its second-best {st.taken[2]}")
     for name, st in stats.items():
         for r in st.refused:
             lines.append(f"\n{name} refused {r}")
@@ -402,8 +504,8 @@ def report(stats: dict[str, Stats], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--engines", default=DEFAULT_ENGINES,
-                    help=f"of {', '.join(ENGINES)}; sgl and sgl-noprefetch not in one run (they would share "
-                         "compiled grammars and their cached masks)")
+                    help=f"of {', '.join(ENGINES)} (sgl* variants each compile their own grammars, so they "
+                         "can run together)")
     ap.add_argument("--schemas", type=int, default=4, help="MaskBench schemas (round-robin over --subsets)")
     ap.add_argument("--subsets", default=DEFAULT_SUBSETS)
     ap.add_argument("--prompts", type=int, default=5, help="prompts per schema")
@@ -418,8 +520,6 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(args.engines.split(",")) - set(ENGINES)
     if unknown:
         ap.error(f"unknown engine(s) {sorted(unknown)}; have {', '.join(ENGINES)}")
-    if {"sgl", "sgl-noprefetch"} <= set(args.engines.split(",")):
-        ap.error("run sgl and sgl-noprefetch in separate runs (one process shares compiled grammars)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     stats = run(args)
     print(f"\n{args.schemas} schemas x {args.prompts} prompts, greedy, max {args.max_new_tokens} new tokens, "

@@ -192,17 +192,20 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
                                        "crew": {"type": "integer", "minimum": 1, "maximum": 99}},
               "required": ["ship", "crew"]}  # a schema of its own: no masks cached by other tests
     helper = shared_prefetcher()
+    # prefetch=1: every step ("auto" backs off on steps whose state is known; off by default)
     proc = SGLLogitsProcessor(tok, json_schema=schema, json_options=COMPACT, prefetch=1)
     ready: list[bool] = []
 
     def watched(input_ids, scores):
         assert helper.wait_idle()
-        if proc.matchers:  # past the prompt: the matchers follow the ids (again in proc: a no-op)
-            proc.follow(input_ids)
-            ready.append(proc.matchers[0].mask_is_cached())
+        if proc.matchers and input_ids.shape[1] > prompt_len:
+            probe = proc.matchers[0].copy()  # the state the call is about to reach
+            assert probe.advance(int(input_ids[0, -1]))
+            ready.append(probe.mask_is_cached())
         return proc(input_ids, scores)
 
     inputs = chat_batch(tok, ASKS[:1])
+    prompt_len = inputs["input_ids"].shape[1]
     before = helper.masks
     out = model.generate(**inputs, logits_processor=[watched], max_new_tokens=30, do_sample=False)
     assert helper.wait_idle() and helper.masks > before
@@ -212,8 +215,86 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
     assert torch.equal(out, again)
     value = json.loads(completions(tok, inputs, out)[0])
     jsonschema.validate(value, schema)
-    with pytest.raises(ValueError, match="prefetch"):
-        SGLLogitsProcessor(tok, regex="[0-9]+", prefetch=-1)
+    # greedy: the helper saw the best token taken at every step and never the second
+    stats = proc.prefetch_stats
+    assert stats["steps"] >= len(ready) - 1 and stats["took_best"] == stats["steps"]
+    assert stats["took_second"] == 0
+    for bad in (-1, "sometimes", True):
+        with pytest.raises(ValueError, match="prefetch"):
+            SGLLogitsProcessor(tok, regex="[0-9]+", prefetch=bad)
+
+
+def test_auto_prefetch_asks_for_the_second_best_only_while_rows_take_it(hf, monkeypatch):
+    """prefetch="auto": under greedy picks the helper prefetches one token per row; when
+    rows take their second-best token (sampling), it adds the second-best, and drops it
+    again once greedy picks return. The processor is called directly, with seeded
+    random logits, and the picks are made from its masked scores."""
+    from sgl.constrain import Matcher
+    from sgl.integrations import prefetch as prefetch_mod
+
+    _, tok = hf
+    helper = prefetch_mod.shared_prefetcher()
+    asked: list[int] = []  # per prefetch call: how many tokens the helper was asked for
+    real = Matcher.prefetch
+
+    def spy(self, token_ids):
+        token_ids = list(token_ids)
+        asked.append(len(token_ids))
+        return real(self, token_ids)
+
+    monkeypatch.setattr(Matcher, "prefetch", spy)
+    jobs = helper.jobs
+    default = SGLLogitsProcessor(tok, regex="[a-z]+")  # prefetch is off by default
+    default(torch.tensor([[5, 6, 7]]), torch.randn(1, len(tok)))
+    default(torch.tensor([[5, 6, 7, tok.encode("ab")[0]]]), torch.randn(1, len(tok)))
+    assert helper.wait_idle() and helper.jobs == jobs and not asked and default.prefetch_stats["steps"] == 0
+    proc = SGLLogitsProcessor(tok, regex="[a-z]+", prefetch="auto")
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[5, 6, 7]])
+
+    def steps(n: int, rank: int) -> list[int]:
+        nonlocal ids
+        asked.clear()
+        for _ in range(n):
+            scores = proc(ids, torch.randn(1, len(tok), generator=gen))
+            assert helper.wait_idle()
+            pick = prefetch_mod.top_two(scores[0].numpy())[rank]
+            ids = torch.cat([ids, torch.tensor([[pick]])], dim=1)
+        return list(asked)
+
+    # greedy: the best token only, and only when its state has no mask yet (the state
+    # after one letter is the same every step: one prefetch at most)
+    greedy = steps(30, 0)
+    assert set(greedy) <= {1} and len(greedy) <= 2
+    stats = proc.prefetch_stats
+    assert stats["steps"] == stats["took_best"] and stats["ranks"] == [0]
+    # the state is known: look-aheads back off (1, 2, 4, 8, 8 ... steps apart)
+    assert stats["steps"] + stats["skipped"] == 30 and stats["skipped"] >= 20
+    sampled = steps(40, 1)  # rows take their second-best: it is learnt within a few steps
+    assert len(sampled) >= 20 and sampled[-1] == 2 and sampled.index(2) <= 20
+    assert proc.prefetch_stats["ranks"] == [0, 1]
+    steps(90, 0)  # greedy again: back to the best token only, predicted by the caller
+    assert proc.prefetch_stats["ranks"] == [0] and set(steps(20, 0)) <= {1}
+    fixed = SGLLogitsProcessor(tok, regex="[a-z]+", prefetch=2)  # an int: always that many
+    asked.clear()
+    fixed(torch.tensor([[5, 6, 7]]), torch.randn(1, len(tok), generator=gen))
+    assert helper.wait_idle() and asked == [2]
+
+
+def test_top_two_matches_best_allowed():
+    import numpy as np
+
+    from sgl.integrations.prefetch import best_allowed, top_two
+
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 50):
+        for _ in range(50):
+            row = rng.integers(0, 4, size=n).astype(np.float32)  # ties on purpose
+            row[rng.random(n) < 0.4] = -np.inf
+            want = best_allowed(row, 2)
+            got = [t for t in top_two(row) if t is not None]
+            assert [row[t] for t in got] == [row[t] for t in want], (row, got, want)
+            assert len(set(got)) == len(got)
 
 
 def test_best_allowed_skips_masked_tokens():
@@ -247,3 +328,30 @@ def test_caps_mask_like_apply_bitmask():
         apply_caps(got.numpy(), [words[0], words[1], None])
         apply_caps(got.numpy(), [words[0], words[1], None])  # a cached cap again: no change
         assert torch.equal(got[:2], want[:2]) and torch.equal(got[2], logits[2])
+
+
+def test_max_fraction_digits_lets_greedy_end_a_number(hf):
+    """MaskBench Github_easy/o17460 (closed): greedy SmolLM2 writes ``10.000000…`` (a valid
+    JSON number and multiple of 0.01) until the token limit under the default grammar;
+    the opt-in ``max_fraction_digits=6`` makes it stop at six digits, valid."""
+    from sgl.constrain import Matcher
+
+    model, tok = hf
+    schema = {"$schema": "http://json-schema.org/draft-04/schema#", "title": "Expense", "type": "object",
+              "properties": {"amount": {"title": "Amount", "type": "number", "multipleOf": 0.01, "minimum": 0,
+                                        "description": "Expenses associated with the running of the business"}},
+              "required": ["amount"], "additionalProperties": False}
+    ask = ("Reply with only a JSON value, a typical example, that satisfies this JSON Schema:\n"
+           + json.dumps(schema))
+    inputs = chat_batch(tok, [ask])
+    n = inputs["input_ids"].shape[1]
+    default = SGLLogitsProcessor(tok, json_schema=schema)
+    out = model.generate(**inputs, logits_processor=[default], max_new_tokens=30, do_sample=False)
+    body = [t for t in out[0, n:].tolist() if t != tok.eos_token_id]
+    assert Matcher(default.compiled).consume_tokens(body) == len(body)  # valid, finished or not
+    capped = SGLLogitsProcessor(tok, json_schema=schema, json_options={"max_fraction_digits": 6})
+    out = model.generate(**inputs, logits_processor=[capped], max_new_tokens=30, do_sample=False)
+    assert tok.eos_token_id in out[0, n:].tolist()
+    (text,) = completions(tok, inputs, out)
+    jsonschema.validate(json.loads(text), schema)
+    assert re.fullmatch(r'\{"amount": ?[0-9]+(\.[0-9]{1,6})?\}', text), text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 from sgl.constrain import Matcher, Vocabulary, compile_json_schema, compile_regex
@@ -32,7 +33,10 @@ def test_prefetch_caches_the_next_states_masks(vocab):
     total = 0
     for t in path:
         allowed = [i for i in range(len(PIECES)) if m.accepts_token(i)]
+        missing = [i for i in allowed if not m.mask_ahead_is_cached(i)]
         made = m.prefetch(allowed + [EOS, 99, -1])  # EOS, unknown ids and refused ones are skipped
+        assert made <= len(missing) and (made > 0) == bool(missing)  # tokens may share a state
+        assert all(m.mask_ahead_is_cached(i) for i in [*allowed, EOS, 99, -1])
         assert made <= len(allowed)
         total += made
         assert m.prefetch(allowed) == 0  # all cached now
@@ -70,3 +74,23 @@ def test_copy_without_history(vocab):
         light.rollback(1)
     assert light.advance(1) and light.is_accepting()
     assert m.accepts_token(0)  # the original is untouched
+
+
+def test_a_look_ahead_is_reused_only_for_its_token_and_state(vocab):
+    """mask_ahead_is_cached remembers the state after the token; an advance by that token
+    from that state reuses it, any other advance walks as usual: the same masks."""
+    compiled = compile_regex("(ab|c)+x(yz|w)c*", vocab)
+    peeked, plain = Matcher(compiled), Matcher(compiled)
+    path = [7, 2, 0, 1, 3, 9, 2, EOS]
+    for i, t in enumerate(path):
+        peeked.mask_ahead_is_cached(path[i - 1] if i % 3 == 2 else t)  # sometimes another token
+        peeked.mask_ahead_is_cached(4)  # refused: remembered as None, never reused for t
+        if i % 2:
+            peeked.mask_ahead_is_cached(t)
+        assert peeked.advance(t) and plain.advance(t)
+        assert np.array_equal(peeked.allowed_words(), plain.allowed_words())
+        assert peeked.is_accepting() == plain.is_accepting()
+    assert peeked.is_terminated() and not peeked.advance(2)
+    peeked.rollback(2)
+    plain.rollback(2)
+    assert peeked.accepts_token(2) == plain.accepts_token(2) and peeked.accepts_token(3) == plain.accepts_token(3)

@@ -36,7 +36,8 @@ MAX_NESTING = 1000  # schema objects inside schema objects (a JSON pointer names
 MAX_TEXT_NESTING = 500  # parenthesised groups inside each other in grammar or regex text
 _DEEP_STACK_BYTES = 256 << 20  # the compile thread's stack: deep grammars recurse in C too
 _DEEP_RECURSION_LIMIT = 20_000
-_JSON_OPTIONS = {"any_order": bool, "lenient": object, "whitespace": str, "max_whitespace": int, "warnings": list}
+_JSON_OPTIONS = {"any_order": bool, "lenient": object, "whitespace": str, "max_whitespace": int, "warnings": list,
+                 "max_fraction_digits": int}
 _SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root", "structural_tag": "start"}
 
 T = TypeVar("T")
@@ -227,7 +228,8 @@ def compile_json_schema(schema: dict | bool | str | bytes, vocab: Vocabulary | N
                         budget: CompileBudget | None = None, **options: Any) -> CompiledGrammar:
     """Compile a JSON Schema (dict, JSON text or bool). See ``json_schema.json_schema_grammar``.
 
-    ``options``: ``any_order``, ``lenient``, ``whitespace``, ``max_whitespace``, ``warnings``;
+    ``options``: ``any_order``, ``lenient``, ``whitespace``, ``max_whitespace``, ``warnings``,
+    ``max_fraction_digits`` (opt-in: numbers spelt with at most that many digits after the point);
     ``budget`` (a ``CompileBudget``) overrides the default compile limits.
     """
     from .json_schema import json_schema_grammar

@@ -44,6 +44,9 @@ class Matcher:
         self._stack: list[tuple[EarleySet, int]] = [(self.compiled.initial, 0)]
         self._tokens: list[int] = []
         self._terminated = False
+        # (state, token, state after it) of the last mask_ahead_is_cached: the caller that
+        # looked one token ahead usually advances by that token next (see _next_state)
+        self._peek: tuple | None = None
 
     def copy(self, history: bool = True) -> Matcher:
         """An independent matcher in the same state; ``history=False`` keeps only the
@@ -53,6 +56,7 @@ class Matcher:
         other._stack = list(self._stack) if history else self._stack[-1:]
         other._tokens = list(self._tokens) if history else []
         other._terminated = self._terminated
+        other._peek = self._peek
         return other
 
     # -- masks ---------------------------------------------------------------------
@@ -112,6 +116,19 @@ class Matcher:
             made += 1
         return made
 
+    def mask_ahead_is_cached(self, token_id: int) -> bool:
+        """Would ``prefetch([token_id])`` have nothing to do: is the mask of the state after
+        ``token_id`` cached, or is there none to make (the token is refused, or EOS)?
+        Cheap (one token through the lexer): lets a caller skip waking a helper thread."""
+        t = int(token_id)
+        nxt = self._next_state(t)
+        if not self._terminated:
+            self._peek = (self._stack[-1], t, nxt)
+        if nxt is None or t in self._eos:
+            return True
+        col, s = nxt
+        return s in col.mask_cache
+
     def is_allowed(self, token_id: int) -> bool:
         words = self.allowed_words()
         return bool((int(words[token_id >> 5]) >> (token_id & 31)) & 1)
@@ -128,7 +145,13 @@ class Matcher:
         """The state after ``token_id`` (unchanged for an accepted EOS), None if forbidden."""
         if self._terminated:
             return None
-        col, s = self._stack[-1]
+        top = self._stack[-1]
+        peek = self._peek
+        if peek is not None and peek[0] is top and peek[1] == token_id:
+            # the same token from the same state (the tuple, kept alive by the memo): the
+            # result is the same; saves the walk, e.g. a step's advance after a look-ahead
+            return peek[2]
+        col, s = top
         if token_id in self._eos:
             with self.compiled.lock:
                 return (col, s) if self.compiled.can_end(col, s) else None

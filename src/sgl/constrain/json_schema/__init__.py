@@ -59,6 +59,7 @@ def json_schema_grammar(
     max_whitespace: int = 8,
     warnings: list | None = None,
     track_keys: bool = False,
+    max_fraction_digits: int | None = None,
 ) -> Grammar:
     """The grammar IR of the JSON texts valid against ``schema``.
 
@@ -82,6 +83,14 @@ def json_schema_grammar(
     raises ``ConstraintError`` with its JSON pointer. Budgets raise
     ``CompileBudgetExceeded``.
 
+    ``max_fraction_digits=N`` (opt-in; default None, JSON's unbounded digits) accepts only
+    number spellings with at most ``N`` digits after the decimal point (the exponent
+    form stays): a small model that keeps appending zeros (``10.000000000…``, valid JSON
+    and, with ``multipleOf: 0.01``, a valid multiple) then has to stop. Values that need
+    more digits (``multipleOf: 1e-9``, an ``enum`` of ``0.1234567``) can then be written
+    only in exponent form or not at all, so it changes which JSON is accepted and is off
+    unless asked for.
+
     ``track_keys=True`` hands "no declared key twice" to the parser (the grammar's
     ``unique_keys``, which ``CompiledGrammar`` honours; ``compile_json_schema`` sets it):
     every optional member then comes in any order at any object size, required ones as
@@ -91,6 +100,9 @@ def json_schema_grammar(
         raise ConstraintError(f"whitespace must be 'flexible' or 'compact', not {whitespace!r}")
     if not isinstance(max_whitespace, int) or max_whitespace < 0:
         raise ConstraintError("max_whitespace must be a non-negative integer")
+    if max_fraction_digits is not None and (not isinstance(max_fraction_digits, int)
+                                            or isinstance(max_fraction_digits, bool) or max_fraction_digits < 0):
+        raise ConstraintError(f"max_fraction_digits must be a non-negative integer, not {max_fraction_digits!r}")
     if isinstance(schema, str):
         if len(schema) > MAX_SCHEMA_BYTES:
             raise CompileBudgetExceeded(f"schema text is larger than {MAX_SCHEMA_BYTES} bytes")
@@ -103,7 +115,8 @@ def json_schema_grammar(
     if isinstance(schema, dict) and len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
         raise CompileBudgetExceeded(f"schema is larger than {MAX_SCHEMA_BYTES} bytes")
     whitespace = _schema_whitespace(schema, whitespace)
-    opts = Options(any_order, _lenient_option(lenient), whitespace, max_whitespace, warnings, track_keys)
+    opts = Options(any_order, _lenient_option(lenient), whitespace, max_whitespace, warnings, track_keys,
+                   max_fraction_digits)
     # millions of small immutable nodes: the cyclic GC would rescan them over and over
     was_enabled = gc.isenabled()
     gc.disable()

@@ -134,6 +134,7 @@ class Options:
     max_whitespace: int = 8
     warnings: list | None = None
     track_keys: bool = False  # the parser refuses repeated keys (grammar.UniqueKeys): optional members may loop
+    max_fraction_digits: int | None = None  # opt-in cap on digits after a number's point
 
 
 class _Refused(Exception):

@@ -7,7 +7,15 @@ from functools import lru_cache
 
 from ..counters import CountedRepeat
 from ..derivatives import ANY_CHAR as _ANY_CHAR
-from ..derivatives import ANY_STRING, LAnd, has_boolean_ops, length_range, mk_and, restrict_length
+from ..derivatives import (
+    ANY_STRING,
+    LAnd,
+    has_boolean_ops,
+    length_range,
+    materialize,
+    mk_and,
+    restrict_length,
+)
 from ..errors import CompileBudgetExceeded
 from ..grammar import Terminal
 from ..json_counted import CountedChars
@@ -17,6 +25,17 @@ from ..regex_ast import NOTHING, Node, Repeat, alt, chars, literal, repeat, seq
 from .common import MAX_EXACT_NUMBER_POINTS, MAX_LEXEME_LENGTH, MAX_RULES, STRING_CHUNK
 from .refs import Sub
 from .values import _CHUNKED
+
+
+@lru_cache(maxsize=64)
+def _fraction_cap(n: int) -> Node:
+    """Number-like spellings with at most ``n`` digits between the point and the exponent
+    (intersected with a number's exact regex; it need not be a number syntax itself)."""
+    digit = chars((0x30, 0x39))
+    sign_digits = repeat(chars((0x2B, 0x2B), (0x2D, 0x2D), (0x30, 0x39)), 0, None)
+    return seq(repeat(chars((0x2D, 0x2D), (0x30, 0x39)), 0, None),
+               alt(literal(""), seq(literal("."), repeat(digit, 0, n))),
+               alt(literal(""), seq(chars((0x45, 0x45), (0x65, 0x65)), sign_digits)))
 
 
 class ScalarEmitter:
@@ -113,7 +132,11 @@ class ScalarEmitter:
             except (ValueError, CompileBudgetExceeded) as e:
                 self.refuse(f"multipleOf: {e}", ptr, "multipleOf")
                 parts.append(number_regex(replace(p, kind="any") if p.scale else replace(p, mult=1)))
-        return alt(*parts) if parts else NOTHING
+        node = alt(*parts) if parts else NOTHING
+        cap = self.opts.max_fraction_digits
+        if cap is not None and node != NOTHING:
+            node = materialize(mk_and(node, _fraction_cap(cap)))
+        return node
 
     def counted_string_nt(self, expr) -> str | None:
         """A string with only a length bound too large for one lexeme's automaton
