@@ -34,7 +34,19 @@ def _table(rows: list[dict[int, int]], n: int) -> np.ndarray:
     return t
 
 
-def test_only_large_lexemes_are_prepared_at_compile():
+def test_every_lexeme_is_prepared_at_compile_by_default():
+    g = CompiledGrammar(json_schema_grammar(SCHEMA, track_keys=True))
+    assert lexer.LAZY_PREPARE_BYTES == 0
+    assert all(p is not None for p in g.lexer._cache._prep)
+
+
+@pytest.fixture
+def lazy(monkeypatch):
+    """Lazy preparation on (the knob's tested setting; off by default)."""
+    monkeypatch.setattr(lexer, "LAZY_PREPARE_BYTES", 256 << 10)
+
+
+def test_only_large_lexemes_are_prepared_at_compile(lazy):
     """Small lexemes wait for a lexer that needs them; a table over LAZY_PREPARE_BYTES
     (a long maxLength string) is hashed at compile, not inside the first mask."""
     g = CompiledGrammar(json_schema_grammar(SCHEMA, track_keys=True))
@@ -47,7 +59,7 @@ def test_only_large_lexemes_are_prepared_at_compile():
     assert [p is not None for p in cache._prep] == large
 
 
-def test_lazy_lexers_are_the_eager_ones(llama3_vocab):
+def test_lazy_lexers_are_the_eager_ones(lazy, llama3_vocab):
     """Walk a text; every lexer built on the way has the shared core the eager setup
     (every lexeme prepared at once, then sorted by key) gives its lexeme set."""
     g = CompiledGrammar(json_schema_grammar(SCHEMA, track_keys=True), llama3_vocab)
@@ -63,7 +75,7 @@ def test_lazy_lexers_are_the_eager_ones(llama3_vocab):
     assert all((cache._prep[i] is None) == (i not in used) for i in range(len(cache.raw)))
 
 
-def test_masks_of_a_fresh_grammar_equal_those_of_an_eagerly_prepared_one(llama3_vocab):
+def test_masks_of_a_fresh_grammar_equal_those_of_an_eagerly_prepared_one(lazy, llama3_vocab):
     g1 = CompiledGrammar(json_schema_grammar(SCHEMA, track_keys=True), llama3_vocab)
     g2 = CompiledGrammar(json_schema_grammar(SCHEMA, track_keys=True), llama3_vocab)
     _ = g2.lexer.keys  # every lexeme prepared up front, as before h5-compile

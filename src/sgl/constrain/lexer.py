@@ -509,18 +509,23 @@ def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
     return fresh, key
 
 
-LAZY_PREPARE_BYTES = 256 << 10  # larger lexeme tables are prepared at compile (see Lexer)
+# Lexeme tables larger than this are prepared at compile, smaller ones when a lexer first
+# needs them. Default 0: all at compile. Lazy preparation (256 KiB here) cut MaskBench's
+# compile p90 by ~13% but moved the hashing into first masks: mask mean +4% and p99 +6%
+# in the same runs (docs/benchmarks.md, "stop 23"), and masks come first in issue 9.
+LAZY_PREPARE_BYTES = 0
 
 
 class Lexer:
     """Builds and caches one ``LexerDFA`` per set of allowed lexemes.
 
-    A lexeme's fresh-start DFA and content key (``_prepared``) are made the first time
-    a lexer of a set holding it is built, not here: a schema's grammar has lexemes no
+    A lexeme's fresh-start DFA and content key (``_prepared``) can be made the first
+    time a lexer of a set holding it is built instead of here (``LAZY_PREPARE_BYTES``;
+    off by default, as it costs the masks more than it saves the compile): a schema's grammar has lexemes no
     text ever reaches (most of a large schema's), and for a new lexeme the content hash
     is most of the setup (an "other keys" lexeme: ~0.1-0.3 ms, a big object's most
     costly part of the lexer setup). The lexers built are the same. Lexemes whose table
-    is over ``LAZY_PREPARE_BYTES`` are prepared here all the same: hashing a
+    is over ``LAZY_PREPARE_BYTES`` (by default: all) are prepared here all the same: hashing a
     ``maxLength`` string's 5-20 MB table takes 4-30 ms, which the first mask reaching
     it would pay (one MaskBench mask went from 7 to 27 ms that way).
     """
