@@ -91,7 +91,8 @@ class SGLLogitsProcessor(LogitsProcessor):
     the states that each row's best allowed tokens lead to, while the model computes the
     next logits (CPU scores): the first visit of a state then rarely costs a decoding
     step its mask, which cuts the processor's tail latency, for more CPU time in all
-    (docs/benchmarks.md, h5-hf: +14% per token with ``"auto"``, +55% with ``2``).
+    (docs/benchmarks.md, h5-hf: total CPU per token +2-28% with ``"auto"`` and
+    +49-57% with ``2``, against prefetch off).
     ``"auto"`` prefetches the best token's state, and the second-best's only while rows
     recently took their second-best token often (sampling; never under greedy search,
     where those masks would be wasted); an int ``k`` always prefetches the ``k`` best.
