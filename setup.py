@@ -13,7 +13,7 @@ setup(
             ["src/sgl/constrain/_native.c", "src/sgl/constrain/_native_product.c",
              "src/sgl/constrain/_native_earley.c", "src/sgl/constrain/_native_words.c",
              "src/sgl/constrain/_native_boundary.c"],
-            depends=["src/sgl/constrain/_native_product.h"],
+            depends=["src/sgl/constrain/_native_product.h", "src/sgl/constrain/_native_walk.h"],
             extra_compile_args=["-O3"],
             optional=True,
         )

@@ -15,17 +15,11 @@
  * _native_product.c; Earley, the parser's columns and closure (twin of
  * earley.EarleyParser), in _native_earley.c.
  */
-#include "_native_product.h" /* first: it includes Python.h */
+#include "_native_walk.h" /* first: it includes Python.h */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct {
-    int64_t *ids, *pos, *state;
-    Py_ssize_t n, cap;
-    int failed;
-} Bounds;
 
 static void bounds_push(Bounds *b, int64_t id, int64_t pos, int64_t state) {
     if (b->failed) return;
@@ -46,7 +40,7 @@ static void bounds_push(Bounds *b, int64_t id, int64_t pos, int64_t state) {
     b->n++;
 }
 
-static void bounds_free(Bounds *b) {
+void bounds_free(Bounds *b) {
     free(b->ids);
     free(b->pos);
     free(b->state);
@@ -68,16 +62,6 @@ static int check_buf(Py_buffer *buf, Py_ssize_t itemsize, Py_ssize_t min_items, 
     }
     return 0;
 }
-
-/* One trie node, packed (12 bytes): its subtree ends before node `end`; tokens
- * tok .. next node's tok end here; `depth` 1 = a token's first byte. */
-typedef struct {
-    int32_t end;
-    int32_t tok;
-    uint16_t depth;
-    uint8_t byte;
-    uint8_t utf8; /* the subtree from this byte on is well-formed UTF-8 (see mask.py) */
-} Node;
 
 /* check_trie(nodes Node[N+1], ids i64[T], n_words) -> None: validates a trie once, so
  * that walks can trust it (every index in range, subtrees nested, depths consistent,
@@ -105,6 +89,99 @@ static PyObject *check_trie(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The walk (see _native_walk.h): depth first with a stack of lexer states by depth. */
+int trie_walk(const Trie *t, Product *P, const int32_t *start_nodes, const int32_t *start_states,
+              Py_ssize_t n_points, uint32_t *words, Bounds *b) {
+    const Node *nd = t->nd;
+    const uint64_t *sub = t->sub;
+    const uint8_t *max_chars = t->max_chars;
+    const int64_t *ids = t->ids;
+    Py_ssize_t n_nodes = t->n_nodes;
+    int32_t stk[1024];
+    int bad = 0, code = 0;
+    product_lock(P);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t pt = 0; pt < n_points && !bad && !code; pt++) {
+        Py_ssize_t i = start_nodes[pt];
+        int32_t p0 = start_states[pt];
+        if (i < 0 || i >= n_nodes || p0 < 0 || p0 >= P->n) { bad = 1; break; }
+        if ((code = product_build(P, p0))) break;
+        const int32_t *tbl = P->table;
+        const uint8_t *acc = P->accepting, *built = P->built;
+        const uint64_t *loops = P->loops;
+        const Count *cnt = P->cnt;
+        Py_ssize_t stop = nd[i].end;
+        stk[nd[i].depth - 1] = p0;
+        while (i < stop) {
+            const Node *x = nd + i;
+            int32_t d = x->depth;
+            int32_t p = stk[d - 1];
+            const uint64_t *sp = sub + i * 4;
+            int take = 0;
+            if (built[p] >= 2 && x->end > i + 1) {
+                /* every byte of the subtree loops on p, or (a UTF-8 loopy p) its ASCII
+                 * bytes loop on p and the rest is well-formed UTF-8, every character
+                 * of which leads back to p: all its tokens end inside. (Not for a
+                 * leaf: its one byte is read as cheaply, without loading its byte set,
+                 * a cache miss in most walks.) */
+                const uint64_t *lp = loops + (Py_ssize_t)p * 4;
+                take = !(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) &&
+                       ((built[p] == 3 && x->utf8) || (!(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])));
+            }
+            /* a counting state (each character moves one state on): a subtree of its
+             * characters, no token longer than the chain, is all inside. A chain known
+             * too short (ASCII's is the longest; below 2 chars nothing worth taking) is
+             * rejected before reading the node's counts and byte set: cache misses,
+             * where walks start at scattered nodes (a one-char lexeme's boundaries). */
+            if (!take && cnt[p].step_kind != 1 && x->end > i + 1 &&
+                !(cnt[p].chain[0].done == 1 && cnt[p].chain[0].len < 2) && max_chars[i] < MAX_CHARS &&
+                !(cnt[p].chain[0].done == 1 && cnt[p].chain[0].len < max_chars[i])) {
+                if (!cnt[p].step_kind) {
+                    if ((code = product_step_info(P, p))) break;
+                    tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt;
+                }
+                const Count *c = cnt + p;
+                int utf = (sp[2] | sp[3]) != 0; /* non-ASCII bytes: well-formed UTF-8 only */
+                if (c->step_kind == 2 && !(sp[0] & ~c->set[0]) && !(sp[1] & ~c->set[1]) && (!utf || x->utf8)) {
+                    int r = product_count(P, p, max_chars[i], utf);
+                    if (r < 0) { code = r; break; }
+                    tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt;
+                    take = r;
+                }
+            }
+            if (take) {
+                for (int32_t t = x->tok, e = nd[x->end].tok; t < e; t++) {
+                    int64_t id = ids[t];
+                    words[id >> 5] |= (uint32_t)1 << (id & 31);
+                }
+                i = x->end;
+                continue;
+            }
+            int32_t nx = tbl[(Py_ssize_t)p * 256 + x->byte];
+            if (nx < 0) {
+                /* the lexeme ends before this byte: the whole subtree's tokens go on
+                 * in the next lexeme, which the caller walks from this node */
+                if (d > 1 && acc[p] && nd[x->end].tok > x->tok) bounds_push(b, i, d - 1, p);
+                i = x->end;
+                continue;
+            }
+            if (!built[nx] && x->end > i + 1) { /* the children read nx's row */
+                if ((code = product_build(P, nx))) break;
+                tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt; /* may have moved */
+            }
+            stk[d] = nx;
+            for (int32_t t = x->tok, e = x[1].tok; t < e; t++) {
+                int64_t id = ids[t];
+                words[id >> 5] |= (uint32_t)1 << (id & 31);
+            }
+            i++;
+        }
+    }
+    PyThread_release_lock(P->lock);
+    Py_END_ALLOW_THREADS
+    return code ? code : bad;
+}
+
 /* walk_trie(nodes Node[N+1] (checked), subtree_bytes u64[N*4], max_chars u8[N], tok_ids i64[T], product,
  *           start_nodes i32[P], start_states i32[P], words u32[W]) -> (boundary nodes, pos, state) as int64 bytes.
  * max_chars: per node, the most characters (UTF-8 lead or ASCII bytes) any token below it
@@ -119,7 +196,7 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*y*y*O!y*y*w*", &nb, &sb, &mb, &ti, &ProductType, &P, &sn, &ss, &wo))
         return NULL;
     PyObject *res = NULL;
-    Py_ssize_t n_nodes = nb.len / (Py_ssize_t)sizeof(Node) - 1, n_words = wo.len / 4, n_points = sn.len / 4;
+    Py_ssize_t n_nodes = nb.len / (Py_ssize_t)sizeof(Node) - 1, n_points = sn.len / 4;
     Py_ssize_t n_tok = ti.len / 8;
     Bounds b = {0};
     if (check_buf(&sn, 4, 0, "start_nodes") || check_buf(&ss, 4, n_points, "start_states") ||
@@ -129,104 +206,16 @@ static PyObject *walk_trie(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "walk_trie: trie and token ids disagree");
         goto done;
     }
-    {
-        const Node *nd = nb.buf;
-        const uint64_t *sub = sb.buf;
-        const uint8_t *max_chars = mb.buf;
-        const int64_t *ids = ti.buf;
-        const int32_t *start_nodes = sn.buf, *start_states = ss.buf;
-        uint32_t *words = wo.buf;
-        int32_t stk[1024];
-        int bad = 0, code = 0;
-        (void)n_words; /* ids were checked against the bitmask width by check_trie */
-        product_lock(P);
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t pt = 0; pt < n_points && !bad && !code; pt++) {
-            Py_ssize_t i = start_nodes[pt];
-            int32_t p0 = start_states[pt];
-            if (i < 0 || i >= n_nodes || p0 < 0 || p0 >= P->n) { bad = 1; break; }
-            if ((code = product_build(P, p0))) break;
-            const int32_t *tbl = P->table;
-            const uint8_t *acc = P->accepting, *built = P->built;
-            const uint64_t *loops = P->loops;
-            const Count *cnt = P->cnt;
-            Py_ssize_t stop = nd[i].end;
-            stk[nd[i].depth - 1] = p0;
-            while (i < stop) {
-                const Node *x = nd + i;
-                int32_t d = x->depth;
-                int32_t p = stk[d - 1];
-                const uint64_t *sp = sub + i * 4;
-                int take = 0;
-                if (built[p] >= 2 && x->end > i + 1) {
-                    /* every byte of the subtree loops on p, or (a UTF-8 loopy p) its ASCII
-                     * bytes loop on p and the rest is well-formed UTF-8, every character
-                     * of which leads back to p: all its tokens end inside. (Not for a
-                     * leaf: its one byte is read as cheaply, without loading its byte set,
-                     * a cache miss in most walks.) */
-                    const uint64_t *lp = loops + (Py_ssize_t)p * 4;
-                    take = !(sp[0] & ~lp[0]) && !(sp[1] & ~lp[1]) &&
-                           ((built[p] == 3 && x->utf8) || (!(sp[2] & ~lp[2]) && !(sp[3] & ~lp[3])));
-                }
-                /* a counting state (each character moves one state on): a subtree of its
-                 * characters, no token longer than the chain, is all inside. A chain known
-                 * too short (ASCII's is the longest; below 2 chars nothing worth taking) is
-                 * rejected before reading the node's counts and byte set: cache misses,
-                 * where walks start at scattered nodes (a one-char lexeme's boundaries). */
-                if (!take && cnt[p].step_kind != 1 && x->end > i + 1 &&
-                    !(cnt[p].chain[0].done == 1 && cnt[p].chain[0].len < 2) && max_chars[i] < MAX_CHARS &&
-                    !(cnt[p].chain[0].done == 1 && cnt[p].chain[0].len < max_chars[i])) {
-                    if (!cnt[p].step_kind) {
-                        if ((code = product_step_info(P, p))) break;
-                        tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt;
-                    }
-                    const Count *c = cnt + p;
-                    int utf = (sp[2] | sp[3]) != 0; /* non-ASCII bytes: well-formed UTF-8 only */
-                    if (c->step_kind == 2 && !(sp[0] & ~c->set[0]) && !(sp[1] & ~c->set[1]) && (!utf || x->utf8)) {
-                        int r = product_count(P, p, max_chars[i], utf);
-                        if (r < 0) { code = r; break; }
-                        tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt;
-                        take = r;
-                    }
-                }
-                if (take) {
-                    for (int32_t t = x->tok, e = nd[x->end].tok; t < e; t++) {
-                        int64_t id = ids[t];
-                        words[id >> 5] |= (uint32_t)1 << (id & 31);
-                    }
-                    i = x->end;
-                    continue;
-                }
-                int32_t nx = tbl[(Py_ssize_t)p * 256 + x->byte];
-                if (nx < 0) {
-                    /* the lexeme ends before this byte: the whole subtree's tokens go on
-                     * in the next lexeme, which the caller walks from this node */
-                    if (d > 1 && acc[p] && nd[x->end].tok > x->tok) bounds_push(&b, i, d - 1, p);
-                    i = x->end;
-                    continue;
-                }
-                if (!built[nx] && x->end > i + 1) { /* the children read nx's row */
-                    if ((code = product_build(P, nx))) break;
-                    tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt; /* may have moved */
-                }
-                stk[d] = nx;
-                for (int32_t t = x->tok, e = x[1].tok; t < e; t++) {
-                    int64_t id = ids[t];
-                    words[id >> 5] |= (uint32_t)1 << (id & 31);
-                }
-                i++;
-            }
-        }
-        PyThread_release_lock(P->lock);
-        Py_END_ALLOW_THREADS
-        if (code) {
-            product_error(code);
-            goto done;
-        }
-        if (bad) {
-            PyErr_SetString(PyExc_ValueError, "walk_trie: start point out of range");
-            goto done;
-        }
+    /* ids were checked against the bitmask width by check_trie */
+    Trie t = {nb.buf, sb.buf, mb.buf, ti.buf, n_nodes};
+    int code = trie_walk(&t, P, sn.buf, ss.buf, n_points, wo.buf, &b);
+    if (code < 0) {
+        product_error(code);
+        goto done;
+    }
+    if (code) {
+        PyErr_SetString(PyExc_ValueError, "walk_trie: start point out of range");
+        goto done;
     }
     res = result3(&b);
 done:

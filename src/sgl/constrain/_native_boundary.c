@@ -13,9 +13,17 @@
  *
  * Ids: a lexer L is Python's index of a LexerDFA of this grammar, a walk W its index of
  * a WalkResult (inside words, and per boundary group the state that represents it).
+ *
+ * Sub-walks in C: with the trie (set_trie) and the C product of each lexer (set_product:
+ * the Product and its lexemes' grammar ids), a walk registered with its boundary nodes
+ * (add_walk_nodes) is grouped here, by the lexemes each boundary state completes, and the
+ * walk of a group's subtrees in the next lexer is made here too (trie_walk from the start
+ * state, as mask.py's _walk_rest) and registered as a walk of its own, with no Python
+ * object and no report. Python still makes what needs a lexer without a C product (the
+ * pure-Python core of an empty lexeme set) and a sub-walk over the lexer's state budget
+ * (its error is Python's).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_native_walk.h" /* first: it includes Python.h */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,13 +92,28 @@ static int pool_push(Pool *p, int32_t x) {
     return 0;
 }
 
-/* a registered walk result: its inside words (held buffers) and its boundary groups */
+/* a registered walk result: its inside words and its boundary groups */
 typedef struct {
-    Py_buffer a, b;  /* dense: a = the words; compact: a = indices (i64), b = values (u32) */
+    Py_buffer a, b;  /* from Python: dense a = the words; compact: a = indices (i64), b = values (u32) */
     int dense, held;
+    const void *wa;  /* the words (dense, n_words u32) or the indices (i64)... */
+    const uint32_t *wb; /* ...and values (u32) of the m nonzero ones (compact) */
+    Py_ssize_t m;
+    void *own;       /* made here: one block holding wa (and wb) */
     int32_t n_groups;
     int32_t *rep;    /* per group: a boundary state of it (they all complete the same lexemes) */
+    int32_t *gstart; /* grouped here: group g's trie nodes are gnodes[gstart[g] .. gstart[g + 1]) */
+    int32_t *gnodes; /* (NULL: grouped by Python, whose sub-walks Python makes) */
 } Walk;
+
+/* a lexer's C product and the grammar lexeme id of each of its lexemes (P NULL: none) */
+typedef struct {
+    Product *P;
+    int32_t *order;
+} LexInfo;
+
+/* words of a walk made here with at most this many nonzero kept compact (mask.py's SPARSE_WORDS) */
+#define SPARSE_WORDS 64
 
 typedef struct {
     PyObject_HEAD
@@ -106,6 +129,11 @@ typedef struct {
     Pool pool;
     int32_t *scratch; Py_ssize_t n_scratch;
     int python_scans; /* scans and column lexers come from Python (a parser that filters columns) */
+    Trie trie; Py_buffer tb[4]; int has_trie; /* set_trie: the held buffers of the trie */
+    LexInfo *lex; Py_ssize_t n_lex;
+    uint32_t *wscratch;  /* n_words, all zero between sub-walks */
+    int32_t *zeros; Py_ssize_t n_zeros; /* start states of a sub-walk */
+    Py_ssize_t n_made;   /* sub-walks made here */
 } Boundaries;
 
 static void walk_release(Walk *w) {
@@ -113,7 +141,7 @@ static void walk_release(Walk *w) {
         PyBuffer_Release(&w->a);
         if (!w->dense) PyBuffer_Release(&w->b);
     }
-    free(w->rep);
+    free(w->own); free(w->rep); free(w->gstart); free(w->gnodes);
 }
 
 static void Boundaries_dealloc(Boundaries *r) {
@@ -121,6 +149,10 @@ static void Boundaries_dealloc(Boundaries *r) {
     for (Py_ssize_t i = 0; i < r->n_walks; i++) walk_release(r->walks + i);
     free(r->walks); free(r->ignore); free(r->acc.e); free(r->child.e); free(r->sub.e); free(r->sets.e);
     free(r->col_lex); free(r->pool.v); free(r->scratch);
+    if (r->has_trie)
+        for (int i = 0; i < 4; i++) PyBuffer_Release(r->tb + i);
+    for (Py_ssize_t L = 0; L < r->n_lex; L++) { Py_XDECREF(r->lex[L].P); free(r->lex[L].order); }
+    free(r->lex); free(r->wscratch); free(r->zeros);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
@@ -160,34 +192,50 @@ static PyObject *Boundaries_new(PyTypeObject *type, PyObject *args, PyObject *kw
     return (PyObject *)r;
 }
 
-/* add_walk(inside: dense u32 words or (indices i64, values u32), rep_states (sequence)) -> W */
-static PyObject *Boundaries_add_walk(Boundaries *r, PyObject *args) {
-    PyObject *inside, *reps;
-    if (!PyArg_ParseTuple(args, "OO", &inside, &reps)) return NULL;
-    if (r->n_walks == r->cap_walks) {
-        Py_ssize_t cap = r->cap_walks ? 2 * r->cap_walks : 256;
-        Walk *w = realloc(r->walks, cap * sizeof(Walk));
-        if (!w) return PyErr_NoMemory();
-        r->walks = w, r->cap_walks = cap;
-    }
-    Walk w = {0};
+static int walks_room(Boundaries *r) {
+    if (r->n_walks < r->cap_walks) return 0;
+    Py_ssize_t cap = r->cap_walks ? 2 * r->cap_walks : 256;
+    Walk *w = realloc(r->walks, cap * sizeof(Walk));
+    if (!w) return -1;
+    r->walks = w, r->cap_walks = cap;
+    return 0;
+}
+
+/* w's inside words from Python: dense u32 words or (indices i64, values u32); 0 or -1 */
+static int inside_from_py(Boundaries *r, PyObject *inside, Walk *w) {
     int tuple = PyTuple_Check(inside);
     if (tuple && PyTuple_GET_SIZE(inside) != 2) {
         PyErr_SetString(PyExc_ValueError, "add_walk: a compact part is (indices, values)");
-        return NULL;
+        return -1;
     }
-    if (PyObject_GetBuffer(tuple ? PyTuple_GET_ITEM(inside, 0) : inside, &w.a, PyBUF_SIMPLE)) return NULL;
-    w.dense = !tuple;
-    if (tuple && PyObject_GetBuffer(PyTuple_GET_ITEM(inside, 1), &w.b, PyBUF_SIMPLE)) {
-        PyBuffer_Release(&w.a);
-        return NULL;
+    if (PyObject_GetBuffer(tuple ? PyTuple_GET_ITEM(inside, 0) : inside, &w->a, PyBUF_SIMPLE)) return -1;
+    w->dense = !tuple;
+    if (tuple && PyObject_GetBuffer(PyTuple_GET_ITEM(inside, 1), &w->b, PyBUF_SIMPLE)) {
+        PyBuffer_Release(&w->a);
+        return -1;
     }
-    w.held = 1;
-    int bad = w.dense ? w.a.len != r->n_words * 4 : (w.a.len % 8 || w.b.len != w.a.len / 2);
-    const int64_t *idx = w.a.buf;
-    for (Py_ssize_t j = 0; !bad && !w.dense && j < w.a.len / 8; j++) bad = idx[j] < 0 || idx[j] >= r->n_words;
-    PyObject *seq = bad ? NULL : PySequence_Fast(reps, "rep_states must be a sequence");
-    if (bad) PyErr_SetString(PyExc_ValueError, "add_walk: words of another width or out of range");
+    w->held = 1;
+    int bad = w->dense ? w->a.len != r->n_words * 4 : (w->a.len % 8 || w->b.len != w->a.len / 2);
+    const int64_t *idx = w->a.buf;
+    for (Py_ssize_t j = 0; !bad && !w->dense && j < w->a.len / 8; j++) bad = idx[j] < 0 || idx[j] >= r->n_words;
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "add_walk: words of another width or out of range");
+        walk_release(w);
+        return -1;
+    }
+    w->wa = w->a.buf, w->wb = w->dense ? NULL : w->b.buf, w->m = w->dense ? 0 : w->a.len / 8;
+    return 0;
+}
+
+/* add_walk(inside: dense u32 words or (indices i64, values u32), rep_states (sequence)) -> W:
+ * a walk grouped by Python (its sub-walks are reported, made by Python) */
+static PyObject *Boundaries_add_walk(Boundaries *r, PyObject *args) {
+    PyObject *inside, *reps;
+    if (!PyArg_ParseTuple(args, "OO", &inside, &reps)) return NULL;
+    if (walks_room(r)) return PyErr_NoMemory();
+    Walk w = {0};
+    if (inside_from_py(r, inside, &w)) return NULL;
+    PyObject *seq = PySequence_Fast(reps, "rep_states must be a sequence");
     if (!seq) { walk_release(&w); return NULL; }
     w.n_groups = (int32_t)PySequence_Fast_GET_SIZE(seq);
     w.rep = malloc((w.n_groups + 1) * sizeof(int32_t));
@@ -283,6 +331,197 @@ static PyObject *Boundaries_set_sub(Boundaries *r, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* set_trie(nodes Node[N+1] (checked by check_trie), subtree_bytes u64[N*4], max_chars u8[N],
+ * tok_ids i64[T]): the trie the sub-walks made here read (held until this object goes) */
+static PyObject *Boundaries_set_trie(Boundaries *r, PyObject *args) {
+    if (r->has_trie) { PyErr_SetString(PyExc_ValueError, "set_trie: the trie is set already"); return NULL; }
+    Py_buffer *tb = r->tb;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*", tb, tb + 1, tb + 2, tb + 3)) return NULL;
+    Py_ssize_t n = tb[0].len / (Py_ssize_t)sizeof(Node) - 1, n_tok = tb[3].len / 8;
+    const Node *nd = tb[0].buf;
+    const int64_t *ids = tb[3].buf;
+    int bad = tb[0].len % sizeof(Node) || n < 0 || tb[1].len < n * 32 || tb[2].len < n || tb[3].len % 8 ||
+              nd[n].tok != n_tok;
+    for (Py_ssize_t t = 0; t < n_tok && !bad; t++) bad = ids[t] < 0 || (ids[t] >> 5) >= r->n_words;
+    r->wscratch = bad ? NULL : calloc(r->n_words + 1, sizeof(uint32_t));
+    if (bad || !r->wscratch) {
+        for (int i = 0; i < 4; i++) PyBuffer_Release(tb + i);
+        if (bad) PyErr_SetString(PyExc_ValueError, "set_trie: a trie of another size or bitmask width");
+        return bad ? NULL : PyErr_NoMemory();
+    }
+    r->trie = (Trie){nd, tb[1].buf, tb[2].buf, ids, n};
+    r->has_trie = 1;
+    Py_RETURN_NONE;
+}
+
+/* set_product(L, product, lexemes (sequence of int: the grammar id of each of its lexemes)):
+ * lexer L's C product, so that what its states complete and the sub-walks into it are
+ * computed here */
+static PyObject *Boundaries_set_product(Boundaries *r, PyObject *args) {
+    int L;
+    Product *P;
+    PyObject *order;
+    if (!PyArg_ParseTuple(args, "iO!O", &L, &ProductType, &P, &order)) return NULL;
+    if (L < 0) { PyErr_SetString(PyExc_ValueError, "set_product: bad lexer"); return NULL; }
+    if (L < r->n_lex && r->lex[L].P) { PyErr_SetString(PyExc_ValueError, "set_product: lexer set already"); return NULL; }
+    PyObject *seq = PySequence_Fast(order, "lexemes must be a sequence");
+    if (!seq) return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != P->k) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "set_product: one lexeme id per lexeme of the product");
+        return NULL;
+    }
+    int32_t *o = malloc((P->k + 1) * sizeof(int32_t));
+    for (int32_t j = 0; o && j < P->k; j++) {
+        long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, j));
+        if (x == -1 && PyErr_Occurred()) { free(o); Py_DECREF(seq); return NULL; }
+        o[j] = (int32_t)x;
+    }
+    Py_DECREF(seq);
+    if (!o) return PyErr_NoMemory();
+    if (L >= r->n_lex) {
+        Py_ssize_t cap = r->n_lex ? r->n_lex : 64;
+        while (cap <= L) cap *= 2;
+        LexInfo *x = realloc(r->lex, cap * sizeof(LexInfo));
+        if (!x) { free(o); return PyErr_NoMemory(); }
+        memset(x + r->n_lex, 0, (cap - r->n_lex) * sizeof(LexInfo));
+        r->lex = x, r->n_lex = cap;
+    }
+    Py_INCREF(P);
+    r->lex[L] = (LexInfo){P, o};
+    Py_RETURN_NONE;
+}
+
+static Product *product_of(const Boundaries *r, int32_t L) {
+    return L >= 0 && L < r->n_lex ? r->lex[L].P : NULL;
+}
+
+/* The pool offset of the lexemes lexer L completes in state st (ascending grammar ids),
+ * computed from its product when not known yet (mask.py: LexerDFA.accepts); -1 memory
+ * (error set), -2 no product */
+static int32_t accepts_of(Boundaries *r, int32_t L, int32_t st) {
+    int32_t off;
+    if (map_get(&r->acc, L, st, 0, &off)) return off;
+    Product *P = product_of(r, L);
+    if (!P) return -2;
+    const int32_t *order = r->lex[L].order;
+    off = (int32_t)r->pool.n;
+    int rc = pool_push(&r->pool, 0);
+    product_lock(P); /* a walk on another thread may be growing its arrays */
+    const int32_t *comp = P->comps + (Py_ssize_t)st * P->k;
+    for (int32_t j = 0; !rc && j < P->k; j++)
+        if (comp[j] >= 0 && P->dfas[j]->accepting[comp[j]]) rc = pool_push(&r->pool, order[j]);
+    PyThread_release_lock(P->lock);
+    if (rc || map_put(&r->acc, L, st, 0, off)) { PyErr_NoMemory(); return -1; }
+    int32_t *v = r->pool.v + off;
+    v[0] = (int32_t)(r->pool.n - off - 1);
+    qsort(v + 1, v[0], sizeof(int32_t), cmp_i32);
+    return off;
+}
+
+/* Group w's n boundary subtrees (trie nodes, states of lexer L) by the lexemes their state
+ * completes (mask.py's _group_boundaries): w's groups, each with a representative state
+ * and its nodes in walk order. 0, or -1 with an error set. */
+static int group_walk(Boundaries *r, Walk *w, int32_t L, const int64_t *nodes, const int64_t *states, Py_ssize_t n) {
+    int32_t *gi = malloc((n + 1) * sizeof(int32_t)), *seen = NULL, *seen_g = NULL, *g_off = NULL;
+    Py_ssize_t n_seen = 0, cap = 0;
+    int rc = gi ? 0 : -1;
+    w->n_groups = 0;
+    for (Py_ssize_t i = 0; !rc && i < n; i++) {
+        int32_t st = (int32_t)states[i], g = -1;
+        for (Py_ssize_t k = n_seen; k-- > 0;) /* few distinct states per walk */
+            if (seen[k] == st) { g = seen_g[k]; break; }
+        if (g < 0) {
+            int32_t off = accepts_of(r, L, st);
+            if (off < 0) { rc = -2; break; }
+            const int32_t *v = r->pool.v + off;
+            for (int32_t h = 0; h < w->n_groups && g < 0; h++) {
+                const int32_t *u = r->pool.v + g_off[h];
+                if (u[0] == v[0] && !memcmp(u + 1, v + 1, v[0] * sizeof(int32_t))) g = h;
+            }
+            if (n_seen == cap) {
+                cap = cap ? 2 * cap : 16;
+                int32_t *a = realloc(seen, cap * sizeof(int32_t)), *b = a ? realloc(seen_g, cap * sizeof(int32_t)) : NULL;
+                int32_t *c = b ? realloc(g_off, cap * sizeof(int32_t)) : NULL, *d = c ? realloc(w->rep, cap * sizeof(int32_t)) : NULL;
+                if (a) seen = a;
+                if (b) seen_g = b;
+                if (c) g_off = c;
+                if (d) w->rep = d;
+                if (!d) { rc = -1; break; }
+            }
+            if (g < 0) g = w->n_groups, g_off[g] = off, w->rep[g] = st, w->n_groups++;
+            seen[n_seen] = st, seen_g[n_seen++] = g;
+        }
+        gi[i] = g;
+    }
+    if (!rc) {
+        w->gstart = calloc(w->n_groups + 1, sizeof(int32_t));
+        w->gnodes = malloc((n + 1) * sizeof(int32_t));
+        if (!w->gstart || !w->gnodes) rc = -1;
+    }
+    if (!rc) { /* a counting sort by group, stable: each group's nodes in walk order */
+        for (Py_ssize_t i = 0; i < n; i++) w->gstart[gi[i] + 1]++;
+        for (int32_t g = 0; g < w->n_groups; g++) w->gstart[g + 1] += w->gstart[g];
+        int32_t *at = seen; /* reused: the next free slot of each group (n_groups <= n_seen) */
+        if (w->n_groups) memcpy(at, w->gstart, w->n_groups * sizeof(int32_t));
+        for (Py_ssize_t i = 0; i < n; i++) w->gnodes[at[gi[i]]++] = (int32_t)nodes[i];
+    }
+    if (rc == -1) PyErr_NoMemory();
+    else if (rc == -2 && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "add_walk_nodes: a lexer without a product");
+    free(gi); free(seen); free(seen_g); free(g_off);
+    return rc ? -1 : 0;
+}
+
+/* add_walk_nodes(inside (as add_walk), boundary nodes (i64 bytes), their states (i64 bytes), L) -> W:
+ * a walk of lexer L (set_product) whose boundary subtrees are grouped here; the sub-walks
+ * of its groups are made here as the recursion meets them */
+static PyObject *Boundaries_add_walk_nodes(Boundaries *r, PyObject *args) {
+    PyObject *inside;
+    Py_buffer nb, sb;
+    int L;
+    if (!PyArg_ParseTuple(args, "Oy*y*i", &inside, &nb, &sb, &L)) return NULL;
+    PyObject *res = NULL;
+    Product *P = product_of(r, L);
+    Py_ssize_t n = nb.len / 8;
+    const int64_t *nodes = nb.buf, *states = sb.buf;
+    int bad = !r->has_trie || !P || nb.len % 8 || sb.len != nb.len;
+    for (Py_ssize_t i = 0; !bad && i < n; i++)
+        bad = nodes[i] < 0 || nodes[i] >= r->trie.n_nodes || states[i] < 0 || states[i] >= P->n;
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "add_walk_nodes: no trie or product, or nodes or states out of range");
+        goto done;
+    }
+    if (walks_room(r)) { PyErr_NoMemory(); goto done; }
+    Walk w = {0};
+    if (inside_from_py(r, inside, &w)) goto done;
+    if (group_walk(r, &w, L, nodes, states, n)) { walk_release(&w); goto done; }
+    r->walks[r->n_walks] = w;
+    res = PyLong_FromSsize_t(r->n_walks++);
+done:
+    PyBuffer_Release(&nb);
+    PyBuffer_Release(&sb);
+    return res;
+}
+
+/* group_nodes(W, g) -> the trie nodes of a group of a walk grouped here (int32 bytes), for
+ * the sub-walks Python makes (a lexer without a C product, a state budget error) */
+static PyObject *Boundaries_group_nodes(Boundaries *r, PyObject *args) {
+    int w, g;
+    if (!PyArg_ParseTuple(args, "ii", &w, &g)) return NULL;
+    if (w < 0 || w >= r->n_walks || !r->walks[w].gnodes || g < 0 || g >= r->walks[w].n_groups) {
+        PyErr_SetString(PyExc_IndexError, "group_nodes: unknown walk or group, or one grouped by Python");
+        return NULL;
+    }
+    const Walk *x = r->walks + w;
+    return PyBytes_FromStringAndSize((const char *)(x->gnodes + x->gstart[g]),
+                                     (x->gstart[g + 1] - x->gstart[g]) * (Py_ssize_t)sizeof(int32_t));
+}
+
+/* counts() -> (walks registered, walks made here) */
+static PyObject *Boundaries_counts(Boundaries *r, PyObject *unused) {
+    return Py_BuildValue("(nn)", r->n_walks, r->n_made);
+}
+
 /* one run: the output words, what is missing (a list of report tuples), the budget */
 typedef struct {
     Boundaries *r;
@@ -295,13 +534,13 @@ typedef struct {
 
 static void or_walk(const Walk *w, uint32_t *out, Py_ssize_t n_words) {
     if (w->dense) {
-        const uint32_t *src = w->a.buf;
+        const uint32_t *src = w->wa;
         for (Py_ssize_t i = 0; i < n_words; i++) out[i] |= src[i];
         return;
     }
-    const int64_t *idx = w->a.buf;
-    const uint32_t *val = w->b.buf;
-    for (Py_ssize_t j = 0, m = w->a.len / 8; j < m; j++) out[idx[j]] |= val[j];
+    const int64_t *idx = w->wa;
+    const uint32_t *val = w->wb;
+    for (Py_ssize_t j = 0; j < w->m; j++) out[idx[j]] |= val[j];
 }
 
 static void report(Run *x, PyObject *item) {
@@ -359,6 +598,60 @@ static int32_t column_lexer(Run *x, int32_t col) {
     return L;
 }
 
+/* The walk of group g of walk w (grouped here) in lexer L2 from its start state, made and
+ * registered here: its id, or -1 when Python must make it (no trie or product; the product
+ * ran over its state budget: Python's walk raises the budget error), -2 on a Python error. */
+static int32_t make_sub(Run *x, int32_t w, int32_t g, int32_t L2) {
+    Boundaries *r = x->r;
+    Product *P = product_of(r, L2);
+    if (!r->has_trie || !P || !r->walks[w].gnodes) return -1;
+    const int32_t *nodes = r->walks[w].gnodes + r->walks[w].gstart[g];
+    Py_ssize_t n = r->walks[w].gstart[g + 1] - r->walks[w].gstart[g];
+    if (n > r->n_zeros) {
+        int32_t *z = calloc(n, sizeof(int32_t));
+        if (!z) { PyErr_NoMemory(); return -2; }
+        free(r->zeros);
+        r->zeros = z, r->n_zeros = n;
+    }
+    if (walks_room(r)) { PyErr_NoMemory(); return -2; }
+    Bounds b = {0};
+    uint32_t *s = r->wscratch;
+    int code = trie_walk(&r->trie, P, nodes, r->zeros, n, s, &b);
+    if (code || b.failed) {
+        memset(s, 0, r->n_words * sizeof(uint32_t));
+        bounds_free(&b);
+        if (!b.failed) return -1;
+        PyErr_NoMemory();
+        return -2;
+    }
+    /* the words: compact when few are nonzero (as take_words), the scratch left zero */
+    Py_ssize_t nz = 0;
+    for (Py_ssize_t i = 0; i < r->n_words; i++) nz += s[i] != 0;
+    Walk nw = {0};
+    nw.dense = nz > SPARSE_WORDS;
+    nw.own = malloc(nw.dense ? r->n_words * sizeof(uint32_t) : nz * (sizeof(int64_t) + sizeof(uint32_t)) + 1);
+    if (!nw.own) { memset(s, 0, r->n_words * sizeof(uint32_t)); bounds_free(&b); PyErr_NoMemory(); return -2; }
+    nw.wa = nw.own;
+    if (nw.dense) {
+        memcpy(nw.own, s, r->n_words * sizeof(uint32_t));
+        memset(s, 0, r->n_words * sizeof(uint32_t));
+    } else {
+        int64_t *idx = nw.own;
+        uint32_t *val = (uint32_t *)(idx + nz);
+        for (Py_ssize_t i = 0, j = 0; j < nz; i++)
+            if (s[i]) idx[j] = i, val[j++] = s[i], s[i] = 0;
+        nw.wb = val, nw.m = nz;
+    }
+    int rc = group_walk(r, &nw, L2, b.ids, b.state, b.n);
+    bounds_free(&b);
+    if (rc) { walk_release(&nw); return -2; }
+    int32_t w2 = (int32_t)r->n_walks;
+    r->walks[r->n_walks++] = nw;
+    r->n_made++;
+    if (map_put(&r->sub, w, g, L2, w2)) { PyErr_NoMemory(); return -2; }
+    return w2;
+}
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -390,8 +683,13 @@ static void recurse(Run *x, int32_t col, int32_t L, int32_t w) {
         if (nxt < 0) continue;
         if ((L2 = column_lexer(x, nxt)) < 0) continue;
         if (!map_get(&r->sub, w, g, L2, &w2)) {
-            report(x, Py_BuildValue("(siii)", "walk", w, g, L2));
-            continue;
+            w2 = make_sub(x, w, g, L2);
+            if (w2 == -2) { x->failed = 1; return; }
+            if (w2 < 0) {
+                report(x, Py_BuildValue("(siii)", "walk", w, g, L2));
+                continue;
+            }
+            if (now() > x->deadline) x->over = 1; /* a sub-walk may take a millisecond */
         }
         or_walk(r->walks + w2, x->out, r->n_words);
         if (r->walks[w2].n_groups) recurse(x, nxt, L2, w2);
@@ -464,6 +762,11 @@ static PyMethodDef Boundaries_methods[] = {
     {"set_column_lexer", (PyCFunction)Boundaries_set_column_lexer, METH_VARARGS, "A column's lexer (python_scans)."},
     {"lexer_of", (PyCFunction)Boundaries_lexer_of, METH_O, "The lexer registered for an allowed set, or -1."},
     {"add_walk", (PyCFunction)Boundaries_add_walk, METH_VARARGS, "Register a walk result: its id."},
+    {"add_walk_nodes", (PyCFunction)Boundaries_add_walk_nodes, METH_VARARGS, "Register a walk grouped here: its id."},
+    {"set_trie", (PyCFunction)Boundaries_set_trie, METH_VARARGS, "The token trie sub-walks read."},
+    {"set_product", (PyCFunction)Boundaries_set_product, METH_VARARGS, "A lexer's C product and lexeme ids."},
+    {"group_nodes", (PyCFunction)Boundaries_group_nodes, METH_VARARGS, "The trie nodes of a group grouped here."},
+    {"counts", (PyCFunction)Boundaries_counts, METH_NOARGS, "(walks registered, walks made here)."},
     {"set_accepts", (PyCFunction)Boundaries_set_accepts, METH_VARARGS, "The lexemes a lexer state completes."},
     {"set_lexer", (PyCFunction)Boundaries_set_lexer, METH_VARARGS, "The lexer of an allowed lexeme set."},
     {"set_sub", (PyCFunction)Boundaries_set_sub, METH_VARARGS, "The walk of a group's subtrees in a lexer."},

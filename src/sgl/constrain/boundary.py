@@ -9,6 +9,14 @@ it meets for the first time it reports instead of descending; Python builds thos
 with the same functions the Python path uses, registers them and runs it again (OR-ing
 the same words twice is harmless), until nothing is missing. After the first masks of a
 grammar almost every run completes in one call.
+
+With the token trie (``trie``) and lexers over C products, the sub-walks are made in C
+too: a walk is registered with its boundary nodes (``add_walk_nodes``), the C side groups
+them by the lexemes each state completes, walks each group's subtrees in the next lexer
+and registers the result itself, with no report and no Python object. (It was ~30 µs of
+Python per sub-walk: the walk's result arrays, the grouping, the registration.) Python
+still makes the sub-walks the C side cannot (a lexer without a C product, a product
+over its state budget) from the group's nodes (``group_nodes``).
 """
 
 from __future__ import annotations
@@ -28,8 +36,12 @@ FORCE_PYTHON_SCANS = False
 class NativeBoundaries:
     """One grammar's registered pieces (used under the grammar's lock, as its masks are)."""
 
-    def __init__(self, parser, lexer, n_words: int, group: Callable, python_scans: bool = False):
+    def __init__(self, parser, lexer, n_words: int, group: Callable, python_scans: bool = False,
+                 trie: tuple | None = None, stub: Callable | None = None):
         """``group(core, res)``: a walk's boundary groups (``mask._group_boundaries``).
+        ``trie``: (packed nodes, subtree byte sets, max chars, token ids) of the vocabulary's
+        trie, for the sub-walks made in C; ``stub(nodes)``: a walk result whose boundaries
+        are these trie nodes (what ``walk_rest`` continues), for the ones Python makes.
         ``python_scans``: new scans go through ``parser.scan``, each column's lexer from
         its Python ``allowed`` (the C loop still runs everything met before): the mode a
         parser whose Python scans filter columns needed before the duplicate-key check
@@ -39,28 +51,44 @@ class NativeBoundaries:
         self._group = group
         self._lexers: list = []  # L -> LexerDFA (kept alive: ids are by object)
         self._lexer_ids: dict[int, int] = {}
-        self._walks: list = []  # W -> WalkResult
+        self._walks: dict[int, object] = {}  # W -> WalkResult (walks made in C have none)
         self._walk_ids: dict[int, int] = {}
+        self._py_groups: set[int] = set()  # W grouped by Python (its res.groups), not in C
+        self._stub = stub
+        if trie is not None and stub is not None:
+            self._c.set_trie(*trie)
+        self._sub_walks = trie is not None and stub is not None
 
     def lexer_id(self, lex) -> int:
         got = self._lexer_ids.get(id(lex))
         if got is None:
             got = self._lexer_ids[id(lex)] = len(self._lexers)
             self._lexers.append(lex)
+            if self._sub_walks and hasattr(lex.core, "product"):  # a C product: sub-walks into it in C
+                self._c.set_product(got, lex.core.product, lex.order)
         return got
 
     def walk_id(self, res, lexer) -> int:
         """``res`` (a walk in ``lexer``) registered; with what its groups' states complete
         in ``lexer``, which the next run needs anyway (one round fewer)."""
         got = self._walk_ids.get(id(res))
-        if got is None:
+        if got is None and self._sub_walks and res.by_node and hasattr(lexer.core, "product"):
+            L = self.lexer_id(lexer)
+            if res.boundary_ids.size:  # grouped in C, what its states complete included
+                got = self._c.add_walk_nodes(res.inside, res.boundary_ids, res.boundary_state, L)
+            else:
+                got = self._c.add_walk(res.inside, ())
+            self._walk_ids[id(res)] = got
+            self._walks[got] = res
+        elif got is None:
             reps: list[int] = []
             if res.boundary_ids.size:
                 if res.groups is None:
                     res.groups = self._group(lexer.core, res)
                 reps = [group[0] for group, _sel in res.groups]
             got = self._walk_ids[id(res)] = self._c.add_walk(res.inside, reps)
-            self._walks.append(res)
+            self._walks[got] = res
+            self._py_groups.add(got)
             L = self.lexer_id(lexer)
             for st in reps:
                 self._c.set_accepts(L, st, tuple(lexer.accepts[st]))
@@ -107,6 +135,12 @@ class NativeBoundaries:
             allowed = item[1]
             lex = self._lexer.for_lexemes(self._parser.allowed_set(allowed))
             self._c.set_lexer(allowed, self.lexer_id(lex))
+        elif item[1] not in self._py_groups:  # grouped in C: the group's nodes
+            _, W, g, L2 = item
+            nxt = self._lexers[L2]
+            nodes = np.frombuffer(self._c.group_nodes(W, g), dtype=np.int32).astype(np.int64)
+            check_budget()
+            self._c.set_sub(W, g, L2, self.walk_id(walk_rest(nxt, self._stub(nodes), slice(None)), nxt))
         else:
             _, W, g, L2 = item
             res, nxt = self._walks[W], self._lexers[L2]

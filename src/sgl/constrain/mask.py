@@ -449,6 +449,16 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
 
+def _node_walk(nodes: np.ndarray) -> WalkResult:
+    """A walk result whose boundaries are trie ``nodes`` (all of one group): what
+    ``_walk_rest`` continues, for the sub-walks of C groups that Python makes."""
+    return WalkResult(_NO_IDS, nodes, nodes, nodes, by_node=True)
+
+
+# the boundary recursion makes its sub-walks in C (``NativeBoundaries``' ``trie``); False
+# makes them in Python as before (tests compare the two)
+C_SUB_WALKS = True
+
 # masks inside keys composed from each key's own walk (``MaskComputer._key_parts``);
 # False walks the product of the alive keys instead (the reference of the tests)
 KEY_PARTS = True
@@ -648,8 +658,11 @@ class MaskComputer:
             # the compiled scan, so the C loop scans by itself on those grammars too; the
             # python_scans mode (every new scan through ``EarleyParser.scan``) stays for tests
             python_scans = boundary.FORCE_PYTHON_SCANS
-            self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries,
-                                            python_scans)
+            tokens, trie = self.tokens, None
+            if tokens.max_len < 1024 and C_SUB_WALKS:  # the C walk's trie: sub-walks made in C
+                trie = (tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4])
+            self._native = NativeBoundaries(self.parser, self.lexer, tokens.n_words, _group_boundaries,
+                                            python_scans, trie, _node_walk)
         return self._native if _is_native(lexer.core) else None
 
     def _key_parts(self, col: EarleySet, lexer: LexerDFA, state: int) -> list[tuple[LexerDFA, int]] | None:
