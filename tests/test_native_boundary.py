@@ -149,3 +149,57 @@ def test_python_scans_mode_gives_the_same_masks(i, llama3_vocab, monkeypatch):
         pytest.skip("the C mask kernel is not built (no compiler at install)")
     monkeypatch.setattr(boundary, "FORCE_PYTHON_SCANS", True)
     k._check_identical(k._ir("json", k.SCHEMAS[i]), llama3_vocab, monkeypatch, seed=11 + i)
+
+
+SUB_WALK_CASES = [
+    ("json", SCHEMA),
+    ("json", {"type": "array", "items": {"type": "object", "properties": {"k": {"enum": ["x", "y z"]},
+              "v": {"type": ["number", "null"]}}}, "maxItems": 3}),
+    # the text ends inside tokens (".\n"): sub-walks into the lexer of no lexemes
+    ("lark", 'start: WORD ("," WORD)* "."\nWORD: /[a-z]+/\n'),
+    ("lark", 'start: item+ ";"\nitem: NUM | NAME "=" NUM\nNUM: /[0-9]+/\nNAME: /[a-z_]+/\n'),  # (no
+    # Llama-3 token reads a digit then ";": the empty lexer is met only by a root walk there)
+]
+
+
+@pytest.mark.parametrize("i", range(len(SUB_WALK_CASES)))
+def test_sub_walks_made_in_c_give_the_fallback_masks(i, llama3_vocab, monkeypatch):
+    """The sub-walks the C recursion groups, walks and registers by itself: every mask of a
+    random walk equals the pure-Python fallback's and the native path's with the sub-walks
+    made in Python (``mask.C_SUB_WALKS`` off), and Python made none of them."""
+    import test_native_kernel as k
+
+    from sgl.constrain import boundary, mask
+
+    if extension is None:
+        pytest.skip("the C mask kernel is not built (no compiler at install)")
+    from sgl.constrain.lark_grammar import lark_grammar
+
+    kind, spec = SUB_WALK_CASES[i]
+    ir = lark_grammar(spec) if kind == "lark" else k._ir(kind, spec)
+    eos = set(llama3_vocab.eos_token_ids)
+    fills: list[str] = []
+    fill = boundary.NativeBoundaries._fill
+    monkeypatch.setattr(boundary.NativeBoundaries, "_fill", lambda self, item, *a: (fills.append(item[0]), fill(
+        self, item, *a)))
+    m = k._fresh(ir, llama3_vocab, True, monkeypatch)
+    tokens, c_masks = k._random_walk(m, 5 + i, 24, eos)
+    native = m.compiled.masks._native
+    walks, made = native._c.counts()
+    assert made > 0 and "walk" not in fills and "accepts" not in fills, (made, fills)
+    if i == 2:  # the empty lexer (after the last lexeme) was met, in C
+        assert any(not lx.order for lx in native._lexers)
+    monkeypatch.setattr(mask, "C_SUB_WALKS", False)
+    py_walks = k._fresh(ir, llama3_vocab, True, monkeypatch)
+    _replay(py_walks, tokens, c_masks)
+    assert py_walks.compiled.masks._native._c.counts()[1] == 0  # the switch really made them in Python
+    _replay(k._fresh(ir, llama3_vocab, False, monkeypatch), tokens, c_masks)  # (SGL_NATIVE=0 from here)
+
+
+def _replay(m: Matcher, tokens: list[int], masks: list[np.ndarray]) -> None:
+    for step, want in enumerate(masks):
+        got = m.allowed_words()
+        diff = np.nonzero(np.unpackbits((got ^ want).view(np.uint8), bitorder="little"))[0]
+        assert not diff.size, f"step {step}: masks differ on tokens {diff[:5].tolist()}"
+        if step < len(tokens):
+            assert m.advance(tokens[step])

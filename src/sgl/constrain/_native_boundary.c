@@ -110,6 +110,7 @@ typedef struct {
 typedef struct {
     Product *P;
     int32_t *order;
+    int empty; /* no lexemes (the text must end): every walk in it is empty */
 } LexInfo;
 
 /* words of a walk made here with at most this many nonzero kept compact (mask.py's SPARSE_WORDS) */
@@ -134,6 +135,7 @@ typedef struct {
     uint32_t *wscratch;  /* n_words, all zero between sub-walks */
     int32_t *zeros; Py_ssize_t n_zeros; /* start states of a sub-walk */
     Py_ssize_t n_made;   /* sub-walks made here */
+    int32_t empty_walk;  /* the walk with nothing (into an empty lexer), -1 not made yet */
 } Boundaries;
 
 static void walk_release(Walk *w) {
@@ -179,6 +181,7 @@ static PyObject *Boundaries_new(PyTypeObject *type, PyObject *args, PyObject *kw
     r->earley = earley;
     r->n_words = n_words;
     r->python_scans = python_scans;
+    r->empty_walk = -1;
     r->n_ignore = PySequence_Fast_GET_SIZE(seq);
     r->ignore = malloc((r->n_ignore + 1) * sizeof(int32_t));
     if (!r->ignore) { Py_DECREF(seq); Py_DECREF(r); return PyErr_NoMemory(); }
@@ -354,25 +357,29 @@ static PyObject *Boundaries_set_trie(Boundaries *r, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* set_product(L, product, lexemes (sequence of int: the grammar id of each of its lexemes)):
- * lexer L's C product, so that what its states complete and the sub-walks into it are
- * computed here */
+/* set_product(L, product or None, lexemes (sequence of int: the grammar id of each of its
+ * lexemes)): lexer L's C product, so that what its states complete and the sub-walks into
+ * it are computed here; None with no lexemes: L is empty (reads nothing) */
 static PyObject *Boundaries_set_product(Boundaries *r, PyObject *args) {
     int L;
-    Product *P;
-    PyObject *order;
-    if (!PyArg_ParseTuple(args, "iO!O", &L, &ProductType, &P, &order)) return NULL;
+    PyObject *prod, *order;
+    if (!PyArg_ParseTuple(args, "iOO", &L, &prod, &order)) return NULL;
+    Product *P = prod == Py_None ? NULL : (Product *)prod;
+    if (P && !PyObject_TypeCheck(prod, &ProductType)) { PyErr_SetString(PyExc_TypeError, "set_product: not a Product"); return NULL; }
     if (L < 0) { PyErr_SetString(PyExc_ValueError, "set_product: bad lexer"); return NULL; }
-    if (L < r->n_lex && r->lex[L].P) { PyErr_SetString(PyExc_ValueError, "set_product: lexer set already"); return NULL; }
+    if (L < r->n_lex && (r->lex[L].P || r->lex[L].empty)) {
+        PyErr_SetString(PyExc_ValueError, "set_product: lexer set already");
+        return NULL;
+    }
     PyObject *seq = PySequence_Fast(order, "lexemes must be a sequence");
     if (!seq) return NULL;
-    if (PySequence_Fast_GET_SIZE(seq) != P->k) {
+    if (PySequence_Fast_GET_SIZE(seq) != (P ? P->k : 0)) {
         Py_DECREF(seq);
         PyErr_SetString(PyExc_ValueError, "set_product: one lexeme id per lexeme of the product");
         return NULL;
     }
-    int32_t *o = malloc((P->k + 1) * sizeof(int32_t));
-    for (int32_t j = 0; o && j < P->k; j++) {
+    int32_t k = P ? P->k : 0, *o = malloc((k + 1) * sizeof(int32_t));
+    for (int32_t j = 0; o && j < k; j++) {
         long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, j));
         if (x == -1 && PyErr_Occurred()) { free(o); Py_DECREF(seq); return NULL; }
         o[j] = (int32_t)x;
@@ -387,8 +394,8 @@ static PyObject *Boundaries_set_product(Boundaries *r, PyObject *args) {
         memset(x + r->n_lex, 0, (cap - r->n_lex) * sizeof(LexInfo));
         r->lex = x, r->n_lex = cap;
     }
-    Py_INCREF(P);
-    r->lex[L] = (LexInfo){P, o};
+    Py_XINCREF(P);
+    r->lex[L] = (LexInfo){P, o, !P};
     Py_RETURN_NONE;
 }
 
@@ -604,6 +611,15 @@ static int32_t column_lexer(Run *x, int32_t col) {
 static int32_t make_sub(Run *x, int32_t w, int32_t g, int32_t L2) {
     Boundaries *r = x->r;
     Product *P = product_of(r, L2);
+    if (r->walks[w].gnodes && L2 < r->n_lex && r->lex[L2].empty) { /* nothing to read */
+        if (r->empty_walk < 0) {
+            if (walks_room(r)) { PyErr_NoMemory(); return -2; }
+            r->walks[r->n_walks] = (Walk){0};
+            r->empty_walk = (int32_t)r->n_walks++;
+        }
+        if (map_put(&r->sub, w, g, L2, r->empty_walk)) { PyErr_NoMemory(); return -2; }
+        return r->empty_walk;
+    }
     if (!r->has_trie || !P || !r->walks[w].gnodes) return -1;
     const int32_t *nodes = r->walks[w].gnodes + r->walks[w].gstart[g];
     Py_ssize_t n = r->walks[w].gstart[g + 1] - r->walks[w].gstart[g];
@@ -665,7 +681,8 @@ static void recurse(Run *x, int32_t col, int32_t L, int32_t w) {
     if ((x->steps++ & 255) == 0 && now() > x->deadline) x->over = 1; /* from the first level on */
     for (int32_t g = 0; g < r->walks[w].n_groups && !x->over && !x->failed; g++) {
         int32_t st = r->walks[w].rep[g], off, nxt, L2, w2;
-        if (!map_get(&r->acc, L, st, 0, &off)) {
+        if ((off = accepts_of(r, L, st)) == -1) { x->failed = 1; return; }
+        if (off < 0) { /* a lexer without a C product: Python's accepts */
             report(x, Py_BuildValue("(sii)", "accepts", L, st));
             continue;
         }

@@ -66,6 +66,8 @@ class NativeBoundaries:
             self._lexers.append(lex)
             if self._sub_walks and hasattr(lex.core, "product"):  # a C product: sub-walks into it in C
                 self._c.set_product(got, lex.core.product, lex.order)
+            elif self._sub_walks and not lex.order:  # no lexemes: reads nothing (Python's core)
+                self._c.set_product(got, None, ())
         return got
 
     def walk_id(self, res, lexer) -> int:
