@@ -654,8 +654,14 @@ static int32_t make_sub(Run *x, int32_t w, int32_t g, int32_t L2) {
     } else {
         int64_t *idx = nw.own;
         uint32_t *val = (uint32_t *)(idx + nz);
-        for (Py_ssize_t i = 0, j = 0; j < nz; i++)
+        for (Py_ssize_t i = 0, j = 0; j < nz; i++) {
+            if ((i & 7) == 0 && i + 8 <= r->n_words) { /* a block of 8 zero words at once */
+                uint32_t any = 0;
+                for (int k = 0; k < 8; k++) any |= s[i + k];
+                if (!any) { i += 7; continue; }
+            }
             if (s[i]) idx[j] = i, val[j++] = s[i], s[i] = 0;
+        }
         nw.wb = val, nw.m = nz;
     }
     int rc = group_walk(r, &nw, L2, b.ids, b.state, b.n);
