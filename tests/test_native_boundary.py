@@ -203,3 +203,32 @@ def _replay(m: Matcher, tokens: list[int], masks: list[np.ndarray]) -> None:
         assert not diff.size, f"step {step}: masks differ on tokens {diff[:5].tolist()}"
         if step < len(tokens):
             assert m.advance(tokens[step])
+
+
+def test_python_makes_the_sub_walks_of_c_groups_it_is_asked_for(llama3_vocab, monkeypatch):
+    """A lexer the C side has no product of (``boundary.c_lexer``: here every lexer of
+    several lexemes; in use, a lexer past its state budget or of the other kind): the
+    sub-walks into it of groups made in C are reported and made by Python from the
+    group's trie nodes (``group_nodes``); the masks stay the fallback's."""
+    import test_native_kernel as k
+
+    from sgl.constrain import boundary
+
+    if extension is None:
+        pytest.skip("the C mask kernel is not built (no compiler at install)")
+    monkeypatch.setattr(boundary, "c_lexer", lambda lex: hasattr(lex.core, "product") and len(lex.order) == 1)
+    fills: list[tuple] = []
+    fill = boundary.NativeBoundaries._fill
+    monkeypatch.setattr(boundary.NativeBoundaries, "_fill", lambda self, item, *a: (fills.append(item), fill(
+        self, item, *a)))
+    ir = k._ir("json", SCHEMA)
+    m = k._fresh(ir, llama3_vocab, True, monkeypatch)
+    tokens, masks = k._random_walk(m, 3, 24, set(llama3_vocab.eos_token_ids))
+    native = m.compiled.masks._native
+
+    def grouped_in_c(w: int) -> bool:  # made in C, or registered with its nodes (add_walk_nodes)
+        res = native._walks.get(w)
+        return res is None or res.groups is None
+
+    assert native._c.counts()[1] > 0 and any(i[0] == "walk" and grouped_in_c(i[1]) for i in fills)
+    _replay(k._fresh(ir, llama3_vocab, False, monkeypatch), tokens, masks)

@@ -33,6 +33,12 @@ from .native import _native
 FORCE_PYTHON_SCANS = False
 
 
+def c_lexer(lex) -> bool:
+    """Are the groups of walks in ``lex`` and the sub-walks into it made in C? Lexers over a
+    C product; tests narrow it to reach the sub-walks Python makes for C groups."""
+    return hasattr(lex.core, "product")
+
+
 class NativeBoundaries:
     """One grammar's registered pieces (used under the grammar's lock, as its masks are)."""
 
@@ -54,6 +60,7 @@ class NativeBoundaries:
         self._walks: dict[int, object] = {}  # W -> WalkResult (walks made in C have none)
         self._walk_ids: dict[int, int] = {}
         self._py_groups: set[int] = set()  # W grouped by Python (its res.groups), not in C
+        self._c_lexers: set[int] = set()  # L whose C product the C side has (c_lexer)
         self._stub = stub
         if trie is not None and stub is not None:
             self._c.set_trie(*trie)
@@ -64,8 +71,9 @@ class NativeBoundaries:
         if got is None:
             got = self._lexer_ids[id(lex)] = len(self._lexers)
             self._lexers.append(lex)
-            if self._sub_walks and hasattr(lex.core, "product"):  # a C product: sub-walks into it in C
+            if self._sub_walks and c_lexer(lex):  # a C product: sub-walks into it in C
                 self._c.set_product(got, lex.core.product, lex.order)
+                self._c_lexers.add(got)
             elif self._sub_walks and not lex.order:  # no lexemes: reads nothing (Python's core)
                 self._c.set_product(got, None, ())
         return got
@@ -74,7 +82,7 @@ class NativeBoundaries:
         """``res`` (a walk in ``lexer``) registered; with what its groups' states complete
         in ``lexer``, which the next run needs anyway (one round fewer)."""
         got = self._walk_ids.get(id(res))
-        if got is None and self._sub_walks and res.by_node and hasattr(lexer.core, "product"):
+        if got is None and res.by_node and self.lexer_id(lexer) in self._c_lexers:
             L = self.lexer_id(lexer)
             if res.boundary_ids.size:  # grouped in C, what its states complete included
                 got = self._c.add_walk_nodes(res.inside, res.boundary_ids, res.boundary_state, L)
