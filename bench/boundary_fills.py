@@ -5,7 +5,8 @@ instrumented: the C runs (count, CPU time, what each reported missing), the Pyth
 by kind, and the fills of new scans (``python_scans`` mode: what the duplicate-key
 grammars ran in before the check moved into the compiled scan, now only with
 ``boundary.FORCE_PYTHON_SCANS``) split into the parser's scan and the lexer of the new
-column.
+column. Since h6-subwalk the sub-walks are made inside the C runs (their time is in "C
+run"); a "walk" fill is one the C side could not make (a lexer without a C product).
 Thread CPU time; the timers add ~0.5 µs per fill. Prints after the phase table.
 
     SGL_SHARED_DATA=... PYTHONPATH=$PWD/src python bench/boundary_fills.py --limit 5
