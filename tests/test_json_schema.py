@@ -29,7 +29,6 @@ from sgl.constrain.json_formats import FORMAT_REGEXES, format_node
 from sgl.constrain.json_schema import json_schema_grammar
 from sgl.constrain.json_strings import json_string_node, literal_string, pattern_node
 from sgl.constrain.numeric_range import (
-    EXP_INTEGRAL_FROM,
     MAX_EXP_DIGITS,
     NumPiece,
     number_regex,
