@@ -139,6 +139,8 @@ class _NotAscii(Exception):
 def position_dfa(node: Node, max_states: int = 50_000) -> ByteDFA | None:
     """The minimal ``ByteDFA`` of an ASCII regex, or None when it is not one (see the
     module). Raises ``CompileBudgetExceeded`` past ``max_states`` subset states."""
+    if _count_positions(node, {}) > MAX_POSITIONS:
+        return None  # counted first: linking thousands of positions before giving up is slow
     pos = _Positions()
     try:
         nullable, first, last = pos.walk(node)
@@ -180,6 +182,30 @@ def position_dfa(node: Node, max_states: int = 50_000) -> ByteDFA | None:
     accepting[0] = nullable
     table, accepting_arr = _trim(np.array(rows, dtype=np.int64), np.array(accepting, dtype=bool))
     return _minimize(_Dfa(table, accepting_arr, bounds, minimal=False, finite=False)).to_byte_dfa()
+
+
+def _count_positions(node: Node, memo: dict[int, int]) -> int:
+    """How many positions ``walk`` would make (bounded repeats unrolled), capped just
+    above ``MAX_POSITIONS``; shared subtrees counted once per object."""
+    got = memo.get(id(node))
+    if got is not None:
+        return got
+    if isinstance(node, Chars | Bytes):
+        n = 1
+    elif isinstance(node, Seq | Alt):
+        n = 0
+        for it in node.items:
+            n += _count_positions(it, memo)
+            if n > MAX_POSITIONS:
+                break
+    elif isinstance(node, Repeat):
+        copies = node.min + 1 if node.max is None else node.max
+        n = _count_positions(node.item, memo) * copies
+    else:
+        n = MAX_POSITIONS + 1  # not a regex_ast node the walk knows
+    n = min(n, MAX_POSITIONS + 1)
+    memo[id(node)] = n
+    return n
 
 
 def _classes(ranges: list[tuple[tuple[int, int], ...]]) -> tuple[np.ndarray, list[int]]:

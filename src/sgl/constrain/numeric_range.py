@@ -18,7 +18,11 @@ What is matched, exactly:
 * with a scale (integers, ``multipleOf: 10**-k``) an exponent form ``m e E`` (normalised
   ``m``) is accepted when its value is a multiple, i.e. ``m`` has at most ``E + scale``
   significant fraction digits, for mantissas of up to 16 of them (``1e5``, ``1.5e+16``,
-  ``1E-2`` under ``0.01`` yes; ``1e-3`` under ``0.01`` and a 40-digit mantissa no);
+  ``1E-2`` under ``0.01`` yes; ``1e-3`` under ``0.01`` and a 40-digit mantissa no).
+  Below exponent ``16 - scale`` the fraction as written (trailing zeros included) must
+  fit in ``E + scale`` digits, except at the exponent of a bound (``1.50e1`` is refused
+  for an integer): allowing trailing zeros there would make the DFA of every unbounded
+  integer remember two digit counts (204 states instead of 84);
 * non-integers accept exponent forms only with negative exponents (``1.5e-05``).
 
 Numbers are compared exactly as decimals (``decimal.Decimal``), never as floats.
@@ -51,9 +55,9 @@ def alt(*items: Node) -> Node:
 # Significant fraction digits of a mantissa checked for integrality in exponent form
 # (json.dumps writes at most 17 significant digits).
 # Multiples of 10**-scale (integers: scale 0) accept an exponent spelling with exponent
-# e when its mantissa has at most e + scale significant fraction digits (one branch per
-# exponent below 16 - scale), and at most 16 from there on: every multiple json.dumps
-# writes in exponent form (1e+16, 1.2345e+20, 1e-05 under multipleOf 1e-5).
+# e when its mantissa has at most e + scale fraction digits (one branch per exponent
+# below 16 - scale), and at most 16 significant ones from there on: every multiple
+# json.dumps writes in exponent form (1e+16, 1.2345e+20, 1e-05 under multipleOf 1e-5).
 EXP_INTEGRAL_FROM = 16
 MAX_EXP_DIGITS = EXP_INTEGRAL_FROM
 
@@ -502,6 +506,12 @@ def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool,
     return alt(*parts) if parts else NOTHING
 
 
+@lru_cache(maxsize=64)
+def _short_mantissa(k: int) -> Node:
+    """Normalised mantissas with at most ``k`` fraction digits, trailing zeros included."""
+    return NONZERO if k == 0 else seq(NONZERO, optional(seq(DOT, repeat(DIGIT, 1, k))))
+
+
 @lru_cache(maxsize=4096)
 def _interior_exp(ilo: int | None, ihi: int | None, kind: str, scale: int) -> Node:
     """Exponent spellings with exponent in ``[ilo, ihi]`` and any normalised mantissa."""
@@ -516,7 +526,7 @@ def _interior_exp(ilo: int | None, ihi: int | None, kind: str, scale: int) -> No
     low = -scale if ilo is None else max(ilo, -scale)
     first = EXP_INTEGRAL_FROM - scale if ilo is None else max(ilo, EXP_INTEGRAL_FROM - scale)
     for e in range(low, first if ihi is None else min(first, ihi + 1)):
-        parts.append(seq(_mantissa(None, False, None, False, e + scale), EXP_MARK, exponent_range(e, e)))
+        parts.append(seq(_short_mantissa(e + scale), EXP_MARK, exponent_range(e, e)))
     if ihi is None or first <= ihi:
         parts.append(seq(_mantissa(None, False, None, False, MAX_EXP_DIGITS), EXP_MARK, exponent_range(first, ihi)))
     return alt(*parts) if parts else NOTHING
