@@ -60,8 +60,9 @@ def test_uint_range_is_exact_on_small_numbers():
 _NUM = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
 
 
-def _spelling_accepted(p: NumPiece, text: str) -> bool:
-    """The documented spelling rules of ``numeric_range`` (exponent forms)."""
+def _spelling_accepted(p: NumPiece, text: str) -> bool | None:
+    """The documented spelling rules of ``numeric_range`` (exponent forms); None where
+    either answer is allowed."""
     m = _NUM.match(text)
     if not m.group(3):
         return True
@@ -81,8 +82,13 @@ def _spelling_accepted(p: NumPiece, text: str) -> bool:
     if p.kind == "nonint":
         return e < 0
     if p.kind == "scale":
-        frac = mant.split(".")[1].rstrip("0") if "." in mant else ""
-        return e + p.scale >= EXP_INTEGRAL_FROM and len(frac) <= MAX_EXP_DIGITS
+        written = mant.split(".")[1] if "." in mant else ""
+        frac = written.rstrip("0")
+        if len(frac) > min(e + p.scale, MAX_EXP_DIGITS):
+            return False
+        if e + p.scale < EXP_INTEGRAL_FROM and len(written) > e + p.scale:
+            return None  # trailing zeros past e + scale digits: refused except at a bound's exponent
+        return True
     return True
 
 
@@ -97,7 +103,7 @@ _NUMBER_TEXT = st.one_of(
     st.tuples(st.integers(1, 9), st.integers(0, 99), st.sampled_from(["e", "E"]), st.sampled_from(["", "+", "-"]), st.integers(0, 4)).map(
         lambda t: f"{t[0]}.{t[1]}{t[2]}{t[3]}{t[4]}"
     ),
-    st.sampled_from(["0.0", "-0", "0e5", "12e3", "0.5e1", "5.000", "1e+16", "1.5e+16"]),
+    st.sampled_from(["0.0", "-0", "0e5", "12e3", "0.5e1", "5.000", "1e+16", "1.5e+16", "1.50e1", "2.50e-1", "1e5", "1.2e1"]),
 )
 
 
@@ -107,22 +113,31 @@ def test_number_regex_agrees_with_decimal_comparisons(lo, hi, lo_open, hi_open, 
     piece = NumPiece(lo, hi, lo_open, hi_open, kind, scale if kind == "scale" else 0)
     dfa = to_dfa(number_regex(piece))
     for text in texts:
-        want = piece.contains(Decimal(text)) and _spelling_accepted(piece, text)
-        assert dfa.matches(text.encode()) == want, (piece, text)
+        spelling = _spelling_accepted(piece, text)
+        if not piece.contains(Decimal(text)) or spelling is not None:
+            want = piece.contains(Decimal(text)) and spelling
+            assert dfa.matches(text.encode()) == want, (piece, text)
 
 
 def test_integer_bounds_and_spellings():
     s = {"type": "integer", "minimum": 3, "exclusiveMaximum": 120}
     assert all(accepts(s, v) for v in (3, 119, 50))
     assert not any(accepts(s, v) for v in (2, 120, 3.5, "3"))
-    assert accepts_raw(s, "50.0") and not accepts_raw(s, "050") and not accepts_raw(s, "5e1")  # integers in exponent form only from 1e16
+    assert accepts_raw(s, "50.0") and not accepts_raw(s, "050") and accepts_raw(s, "5e1") and accepts_raw(s, "1.1E+2")
+    assert not accepts_raw(s, "1.25e1") and not accepts_raw(s, "5e2") and not accepts_raw(s, "50e0")  # 12.5; 500; not normalised
     big = {"type": "integer", "minimum": 0}
     assert accepts_raw(big, "1e+16") and accepts_raw(big, "1.5e+16") and not accepts_raw(big, "1.5e+0")
+    assert accepts_raw(big, "1.5e+1") and accepts_raw(big, "1e0") and not accepts_raw(big, "1e-1")
 
 
 def test_multiple_of():
     cents = {"type": "number", "multipleOf": 0.01, "minimum": 0}
     assert accepts(cents, 12.34) and accepts(cents, 5) and not accepts(cents, 12.345)
+    # exponent forms whose value is a multiple (1e5 = 100000, 1E-2 = 0.01, 1.25e-1 = 0.125 is not)
+    for schema in (cents, {"type": "number", "multipleOf": 0.01}):
+        assert all(accepts_raw(schema, t) for t in ("1e5", "1E-2", "1.5e-1", "1.23e+0", "1e-0", "1.2345e3", "0e-9"))
+        assert not any(accepts_raw(schema, t) for t in ("1e-3", "1.25e-1", "1.234e0", "1.5E-2", "12e3"))
+    assert accepts_raw({"type": "number", "multipleOf": 0.01}, "-1e5") and not accepts_raw(cents, "-1e5")
     even = {"type": "integer", "multipleOf": 2}
     assert accepts(even, 10) and accepts(even, -4) and accepts(even, 0) and not accepts(even, 7)
     halves = {"multipleOf": 1.5}

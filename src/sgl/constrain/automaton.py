@@ -86,9 +86,12 @@ def to_dfa(
     compiled Repeat items and leaves are cached across calls (results are not:
     the caller owns that).
     """
-    direct = getattr(node, "direct_byte_dfa", None)  # a node that builds its own (json_keys, json_counted)
+    direct = getattr(node, "direct_byte_dfa", None)  # a node that builds its own (json_keys, json_counted, number_dfa)
     if direct is not None:
-        return direct(max_states)
+        got = direct(max_states)
+        if got is not None:
+            return got
+        node = node.regex  # a number lexeme the position automaton does not take
     return _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states).dfa(node).to_byte_dfa()
 
 

@@ -128,6 +128,8 @@ class _Ir:
             return self.repeat(node)
         if isinstance(node, Seq):  # a subclass that builds its own DFA (json_counted), nested
             return self._node(Seq(node.items))
+        if isinstance(node, Alt):  # a subclass (a word list, a number lexeme), nested
+            return self._node(Alt(node.items))
         raise TypeError(f"not a regex_ast node: {node!r}")
 
     def leaf(self, node: Chars | Bytes) -> int:

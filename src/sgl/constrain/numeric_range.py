@@ -15,10 +15,14 @@ What is matched, exactly:
   (what ``json.dumps``/``repr`` write, e.g. ``1e-05``, ``1.5e+16``) plus zero mantissas,
   each exactly when its value is in the set. ``12e3`` (non-normalised) is refused when
   a non-zero bound is present;
-* with a scale (integers, ``multipleOf: 10**-k``) an exponent form is accepted when its
-  value is provably a multiple: from exponent ``16 - scale`` on, for mantissas of up to
-  16 significant fraction digits (``1e+16``, ``1.5e+16`` yes; ``1e5`` and a 40-digit
-  mantissa no) -- what ``json.dumps`` writes for integral floats;
+* with a scale (integers, ``multipleOf: 10**-k``) an exponent form ``m e E`` (normalised
+  ``m``) is accepted when its value is a multiple, i.e. ``m`` has at most ``E + scale``
+  significant fraction digits, for mantissas of up to 16 of them (``1e5``, ``1.5e+16``,
+  ``1E-2`` under ``0.01`` yes; ``1e-3`` under ``0.01`` and a 40-digit mantissa no).
+  Below exponent ``16 - scale`` the fraction as written (trailing zeros included) must
+  fit in ``E + scale`` digits, except at the exponent of a bound (``1.50e1`` is refused
+  for an integer): allowing trailing zeros there would make the DFA of every unbounded
+  integer remember two digit counts (204 states instead of 84);
 * non-integers accept exponent forms only with negative exponents (``1.5e-05``).
 
 Numbers are compared exactly as decimals (``decimal.Decimal``), never as floats.
@@ -50,10 +54,10 @@ def alt(*items: Node) -> Node:
 
 # Significant fraction digits of a mantissa checked for integrality in exponent form
 # (json.dumps writes at most 17 significant digits).
-# Multiples of 10**-scale (integers: scale 0) accept exponent spellings only from
-# exponent 16 - scale on, with at most 16 significant fraction digits: exactly the
-# integral floats json.dumps writes in exponent form (1e+16, 1.2345e+20). Smaller
-# integers in exponent form ("1e5") are refused; a per-exponent regex would be big.
+# Multiples of 10**-scale (integers: scale 0) accept an exponent spelling with exponent
+# e when its mantissa has at most e + scale fraction digits (one branch per exponent
+# below 16 - scale), and at most 16 significant ones from there on: every multiple
+# json.dumps writes in exponent form (1e+16, 1.2345e+20, 1e-05 under multipleOf 1e-5).
 EXP_INTEGRAL_FROM = 16
 MAX_EXP_DIGITS = EXP_INTEGRAL_FROM
 
@@ -472,7 +476,7 @@ def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool,
             return None
         if kind == "nonint":
             return None if e < 0 else -1
-        return MAX_EXP_DIGITS if e + scale >= EXP_INTEGRAL_FROM else -1
+        return min(e + scale, MAX_EXP_DIGITS) if e + scale >= 0 else -1
 
     parts = []
 
@@ -502,6 +506,12 @@ def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool,
     return alt(*parts) if parts else NOTHING
 
 
+@lru_cache(maxsize=64)
+def _short_mantissa(k: int) -> Node:
+    """Normalised mantissas with at most ``k`` fraction digits, trailing zeros included."""
+    return NONZERO if k == 0 else seq(NONZERO, optional(seq(DOT, repeat(DIGIT, 1, k))))
+
+
 @lru_cache(maxsize=4096)
 def _interior_exp(ilo: int | None, ihi: int | None, kind: str, scale: int) -> Node:
     """Exponent spellings with exponent in ``[ilo, ihi]`` and any normalised mantissa."""
@@ -510,10 +520,16 @@ def _interior_exp(ilo: int | None, ihi: int | None, kind: str, scale: int) -> No
     if kind == "nonint":
         top = -1 if ihi is None else min(ihi, -1)
         return seq(_mantissa(None, False, None, False, None), EXP_MARK, exponent_range(ilo, top))
+    # below EXP_INTEGRAL_FROM - scale, one branch per exponent e: a mantissa with at most
+    # e + scale significant fraction digits (1e5, 1.25e1 under multipleOf 0.01)
+    parts = []
+    low = -scale if ilo is None else max(ilo, -scale)
     first = EXP_INTEGRAL_FROM - scale if ilo is None else max(ilo, EXP_INTEGRAL_FROM - scale)
-    if ihi is not None and first > ihi:
-        return NOTHING
-    return seq(_mantissa(None, False, None, False, MAX_EXP_DIGITS), EXP_MARK, exponent_range(first, ihi))
+    for e in range(low, first if ihi is None else min(first, ihi + 1)):
+        parts.append(seq(_short_mantissa(e + scale), EXP_MARK, exponent_range(e, e)))
+    if ihi is None or first <= ihi:
+        parts.append(seq(_mantissa(None, False, None, False, MAX_EXP_DIGITS), EXP_MARK, exponent_range(first, ihi)))
+    return alt(*parts) if parts else NOTHING
 
 
 # ---------------------------------------------------------------------------
@@ -645,7 +661,9 @@ def _multiples_regex(piece: NumPiece) -> Node:
         if count <= MAX_ENUMERATED_MULTIPLES:
             vals = [first + i * q for i in range(count)]
             vals = [v for v in vals if piece.contains(v)]
-            return points_regex(vals)
+            if len(vals) <= 64:
+                return points_regex(vals)  # every spelling, exponent forms included
+            return alt(points_regex(vals), _exponent_multiples(piece))
     if piece.lo not in (None, Decimal(0)) or piece.hi not in (None, Decimal(0)):
         raise ValueError("multipleOf (other than 10**-k) together with bounds other than 0 is not supported")
     if piece.mult * (piece.scale + 3) > MAX_DIVISIBILITY_STATES:
@@ -658,6 +676,33 @@ def _multiples_regex(piece: NumPiece) -> Node:
         parts.append(positive)
     if piece.lo is None:
         parts.append(seq(literal("-"), positive))
+    parts.append(_exponent_multiples(piece))
+    return alt(*parts) if parts else NOTHING
+
+
+def _exponent_multiples(piece: NumPiece) -> Node:
+    """Normalised exponent spellings of some multiples in ``piece``: with ``mult`` a
+    product of 2s and 5s (``multipleOf: 0.5, 0.25, 2, 20``), which divides
+    ``10**k``, those whose value is a multiple of ``10**(k - scale)`` (``1.5e2`` under
+    ``0.5``, ``2e16`` under ``2``); ``5e-1`` under ``0.5`` and every exponent form under
+    other ``mult`` (``3``, ``1.5``) are not accepted."""
+    m, k = piece.mult, 0
+    while m % 10 == 0 or m % 2 == 0 or m % 5 == 0:
+        m //= 10 if m % 10 == 0 else (2 if m % 2 == 0 else 5)
+        k += 1  # ends as max(a, b) for mult = 2**a * 5**b: the least k with mult | 10**k
+    if m != 1:
+        return NOTHING
+    scale = piece.scale - k
+    parts = []
+    lo, hi = piece.lo, piece.hi
+    if hi is None or hi > 0:
+        plo, plo_open = (lo, piece.lo_open) if lo is not None and lo > 0 else (Decimal(0), True)
+        parts.append(_positive_exp(plo, plo_open, hi, piece.hi_open, "scale", scale))
+    if lo is None or lo < 0:
+        nlo, nlo_open = (-hi, piece.hi_open) if hi is not None and hi < 0 else (Decimal(0), True)
+        nhi = None if lo is None else -lo
+        parts.append(seq(literal("-"), _positive_exp(nlo, nlo_open, nhi, piece.lo_open, "scale", scale)))
+    parts = [p for p in parts if not _is_nothing(p)]
     return alt(*parts) if parts else NOTHING
 
 

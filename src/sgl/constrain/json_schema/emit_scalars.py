@@ -20,6 +20,7 @@ from ..errors import CompileBudgetExceeded
 from ..grammar import Terminal
 from ..json_counted import CountedChars
 from ..json_strings import json_string_node
+from ..number_dfa import number_lexeme
 from ..numeric_range import number_regex, points_regex
 from ..regex_ast import NOTHING, Node, Repeat, alt, chars, literal, repeat, seq
 from .common import MAX_EXACT_NUMBER_POINTS, MAX_LEXEME_LENGTH, MAX_RULES, STRING_CHUNK
@@ -136,7 +137,7 @@ class ScalarEmitter:
         cap = self.opts.max_fraction_digits
         if cap is not None and node != NOTHING:
             node = materialize(mk_and(node, _fraction_cap(cap)))
-        return node
+        return number_lexeme(node)  # the same language, its DFA built by number_dfa
 
     def counted_string_nt(self, expr) -> str | None:
         """A string with only a length bound too large for one lexeme's automaton
