@@ -533,3 +533,16 @@ def test_optional_declared_keys_may_come_out_of_schema_order_but_never_twice():
     for g in (cg, closed):
         assert not g.accepts_text('{"a": 1, "b": "x", "a": 2}')
         assert not g.accepts_text('{"a": 1, "a": 2, "b": "x"}')
+
+
+def test_text_size_stands_in_for_the_schema_texts_length():
+    """``compile_json_schema`` hands the length of the text it spelled for its cache key
+    (h6-front); the size budget reads it instead of spelling the schema again."""
+    from sgl.constrain.json_schema import MAX_SCHEMA_BYTES
+
+    with pytest.raises(CompileBudgetExceeded):
+        json_schema_grammar({"type": "string"}, text_size=MAX_SCHEMA_BYTES + 1)
+    assert json_schema_grammar({"type": "string"}, text_size=MAX_SCHEMA_BYTES).start
+    big = {"enum": ["x" * 1000] * (MAX_SCHEMA_BYTES // 1000 + 1)}
+    with pytest.raises(CompileBudgetExceeded):
+        compile_json_schema(big)

@@ -141,3 +141,29 @@ def test_counted_strings_are_keyed_by_their_bounds(bounds):
               counted_dfa(lo, hi, True, not closing).content_key, dfa_key(plain)}
     assert key not in others
     assert not hasattr(counted_dfa(lo, hi, False, closing), "content_key")  # no opening quote: hashed
+
+
+def test_literal_and_key_set_dfas_carry_content_keys_of_their_own_tables():
+    """h6-front: literal and "other keys" DFAs come with their lexer key (no table scan
+    or hash); that is only sound where the table is its own fresh-start form, and where
+    equal keys mean equal tables."""
+    from sgl.constrain.automaton import literal_dfa
+    from sgl.constrain.json_keys import KeyNotIn
+
+    for data in (b'"a"', b'"name"', b"xyz", "\"\u00e9\"".encode()):
+        d = literal_dfa(data)
+        assert with_fresh_start(d) is d and not d.accepting[0]
+        assert d.content_key == literal_dfa(data).content_key
+        assert lexer.Lexer([d]).keys == [d.content_key]
+    assert literal_dfa(b'"a"').content_key != literal_dfa(b'"b"').content_key
+    assert getattr(literal_dfa(b""), "content_key", None) is None  # accepts at its start
+    sets = [("a",), ("name", "id"), ("x\u00e9", 'q"', "a/b", ""), tuple(f"k{i}" for i in range(40))]
+    keys = set()
+    for names in sets:
+        for max_nodes in (300, 3, 1):
+            d = KeyNotIn(names, max_nodes).direct_byte_dfa()
+            assert with_fresh_start(d) is d and not d.accepting[0]
+            again = KeyNotIn(names, max_nodes).direct_byte_dfa()
+            assert again.content_key == d.content_key and np.array_equal(again.table, d.table)
+            keys.add(d.content_key)
+    assert len(keys) == 3 * len(sets)

@@ -244,10 +244,11 @@ def compile_json_schema(schema: dict | bool | str | bytes, vocab: Vocabulary | N
 
     def build() -> CompiledGrammar:
         tree = _load_schema(schema)
-        key = ("json", json.dumps(tree, sort_keys=True), json.dumps(options, sort_keys=True, default=str), budget, _vocab_key(vocab))
+        text = json.dumps(tree, sort_keys=True)  # as long as json.dumps(tree): the size budget's measure
+        key = ("json", text, json.dumps(options, sort_keys=True, default=str), budget, _vocab_key(vocab))
         # the parser keeps keys from repeating (grammar.UniqueKeys): optional members in any order
-        return _cached(key, lambda: CompiledGrammar(json_schema_grammar(tree, track_keys=True, **options), vocab,
-                                                    budget=budget))
+        return _cached(key, lambda: CompiledGrammar(
+            json_schema_grammar(tree, track_keys=True, text_size=len(text), **options), vocab, budget=budget))
 
     return run_deep(build, "the schema", budget)
 

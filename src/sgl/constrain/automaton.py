@@ -34,6 +34,7 @@ subset constructions (sizes of the state sets and closures built).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 
@@ -233,7 +234,13 @@ def literal_dfa(data: bytes) -> ByteDFA:
     table[np.arange(n), np.frombuffer(data, dtype=np.uint8)] = np.arange(1, n + 1, dtype=np.int32)
     accepting = np.zeros(n + 1, dtype=bool)
     accepting[n] = True
-    return ByteDFA(table, accepting)
+    dfa = ByteDFA(table, accepting)
+    if n:
+        # a chain is its own fresh-start form (nothing enters state 0, which does not
+        # accept), and its content is its bytes: the lexer takes this key instead of
+        # scanning and hashing the table (most new lexemes of a median schema are keys)
+        dfa.content_key = hashlib.sha256(b"literal\0" + data).digest()[:16]
+    return dfa
 
 
 def _literal_dfa(data: bytes) -> _Dfa:

@@ -31,6 +31,7 @@ are built here from ``json_chars`` once. ``KeyNotIn.items`` is the regex path's 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from functools import lru_cache
 
@@ -84,7 +85,12 @@ class KeyNotIn(Seq):
     def direct_byte_dfa(self, max_states: int = 50_000) -> ByteDFA:
         """The minimal ``ByteDFA`` of this lexeme, built from the trie (see the module)."""
         trie, cut = key_trie(self.names, self.max_nodes)
-        return _Builder(trie, cut, max_states).run()
+        dfa = _Builder(trie, cut, max_states).run()
+        # the lexer's content key, from what the table follows from: nothing leads back
+        # to state 0 (the bottom's ids start at 1) and it does not accept, so the table
+        # is its own fresh-start form; scanning and hashing its ~60 KB was ~70 us a set
+        dfa.content_key = hashlib.sha256(repr(("KeyNotIn", self.names, self.max_nodes)).encode()).digest()[:16]
+        return dfa
 
 
 @lru_cache(maxsize=1024)

@@ -60,6 +60,7 @@ def json_schema_grammar(
     warnings: list | None = None,
     track_keys: bool = False,
     max_fraction_digits: int | None = None,
+    text_size: int | None = None,
 ) -> Grammar:
     """The grammar IR of the JSON texts valid against ``schema``.
 
@@ -95,6 +96,10 @@ def json_schema_grammar(
     ``unique_keys``, which ``CompiledGrammar`` honours; ``compile_json_schema`` sets it):
     every optional member then comes in any order at any object size, required ones as
     above. Leave it off for a grammar used by anything else (e.g. inside another grammar).
+
+    ``text_size``: the length of ``json.dumps(schema)`` where the caller has it already
+    (``compile_json_schema`` spells the schema for its cache key), for the size budget;
+    otherwise the schema is spelled again here to measure it.
     """
     if whitespace not in ("flexible", "compact"):
         raise ConstraintError(f"whitespace must be 'flexible' or 'compact', not {whitespace!r}")
@@ -112,7 +117,7 @@ def json_schema_grammar(
             raise ConstraintError(f"schema is not valid JSON: {e.msg}", f"line {e.lineno}, column {e.colno}") from None
     if not isinstance(schema, dict | bool):
         raise ConstraintError(f"a schema must be an object or a boolean, not {type(schema).__name__}", "#")
-    if isinstance(schema, dict) and len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+    if isinstance(schema, dict) and (len(json.dumps(schema)) if text_size is None else text_size) > MAX_SCHEMA_BYTES:
         raise CompileBudgetExceeded(f"schema is larger than {MAX_SCHEMA_BYTES} bytes")
     whitespace = _schema_whitespace(schema, whitespace)
     opts = Options(any_order, _lenient_option(lenient), whitespace, max_whitespace, warnings, track_keys,

@@ -42,7 +42,8 @@ class ObjectEmitter:
     def _key_lexeme(self, name: str) -> str:
         got = self._keys.get(name)  # every name once (members, then their loose keys)
         if got is None:
-            if all(0x20 <= ord(ch) < 0x7F and ch not in '"\\/' for ch in name):
+            # printable ASCII but for the quote, backslash and slash (one JSON spelling): a literal
+            if name.isascii() and name.isprintable() and not ('"' in name or "\\" in name or "/" in name):
                 got = self._keys[name] = self.b.literal(json.dumps(name))
             else:
                 got = self._keys[name] = self.term(json_string_node(literal_string(name)), "key")

@@ -44,6 +44,10 @@ def _at(ptr: str, kw: str) -> str:
     return f"{ptr}/{_ptr_escape(kw)}"
 
 
+# the keywords ``sub_facets`` reads inside ``negated()`` (oneOf, not, if, dependencies)
+_NEGATING = frozenset(("oneOf", "not", "if", "dependentRequired", "dependentSchemas", "dependencies"))
+
+
 class KeywordFacets:
     """The facets of a schema from its keywords (a mixin of ``JsonSchemaCompiler``)."""
 
@@ -137,6 +141,8 @@ class KeywordFacets:
         if "anyOf" in node:
             branches = [self.any_of_branch(self.sub(sch, s, f"{p}/anyOf/{i}")) for i, sch in enumerate(node["anyOf"])]
             f = self.intersect(f, self.union(branches), p)
+        if _NEGATING.isdisjoint(node):
+            return f  # most subschemas: no keyword below, and no context to enter
         with self.negated():
             if "oneOf" in node:
                 subs = [self.sub(sch, s, f"{p}/oneOf/{i}") for i, sch in enumerate(node["oneOf"])]
