@@ -344,6 +344,32 @@ def test_row_path_masks_like_the_general_path():
             assert torch.equal(got[1].nan_to_num(0.5), logits[1].nan_to_num(0.5))  # left alone
 
 
+def test_one_step_check_sees_changed_history():
+    """The one-token step compares the CPU ids' bytes with the last call's; rows that
+    were swapped (beam search), a token changed in the middle (assisted generation) or
+    ids of another dtype are not taken as one step: each row follows its own history."""
+    from sgl.constrain import Vocabulary, compile_regex
+
+    vocab = Vocabulary([b"a", b"b", b"1", b"2", None], (4,), frozenset({4}))
+    compiled = compile_regex("a1a|a2b|b(1|2)b", vocab)
+    proc = SGLLogitsProcessor.from_compiled(compiled)
+    scores = torch.zeros(2, 5)
+    inf = float("-inf")
+    proc(torch.tensor([[9], [9]]), scores.clone())
+    proc(torch.tensor([[9, 0], [9, 1]]), scores.clone())  # row 0 "a", row 1 "b"
+    # swapped rows plus one token each: row 0 continues "b" ("b1": only "b" next), row 1
+    # "a" ("a2": only "b" next); taken as one step, row 0 would be "a1" (only "a")
+    out = proc(torch.tensor([[9, 1, 2], [9, 0, 3]]), scores.clone())
+    assert out[:, 1].tolist() == [0, 0] and out[:, 0].tolist() == [inf, inf]
+    # row 1's middle token replaced ("a2" -> "a1") and "a" appended: rewound to "a1a",
+    # complete; a one-token step would have read "a2a", which the constraint refuses
+    out = proc(torch.tensor([[9, 1, 2, 1], [9, 0, 2, 0]]), scores.clone())
+    assert out[:, 4].tolist() == [0, 0] and bool((out[:, :4] == inf).all())
+    # int32 ids of the same values: the same history, read through the general check
+    proc(torch.tensor([[9, 1, 2, 1, 4], [9, 0, 2, 0, 4]], dtype=torch.int32), scores.clone())
+    assert proc.finished == [True, True]
+
+
 def test_mask_logits_row_native_and_numpy_agree(monkeypatch):
     """`mask_logits_row`'s C pass and its numpy twin give the same logits, for masks with
     all-clear, all-set and mixed words, shorter or longer than the row."""

@@ -148,6 +148,7 @@ class SGLLogitsProcessor(LogitsProcessor):
         self._done_at: list[int | None] = []
         self._prompt_len = 0
         self._prev: torch.Tensor | None = None
+        self._prev_bytes: bytes | None = None  # _prev's bytes, when on the CPU
         self._bitmask: Any = None
         # the helper's guesses (two best tokens per row) at the last step, and the tokens
         # the rows then took (set by the usual one-token step only)
@@ -245,23 +246,48 @@ class SGLLogitsProcessor(LogitsProcessor):
             self._rewind(row, pos - self._prompt_len)
             start = self._prompt_len + len(self._taken[row])
             self._advance(row, input_ids[row, start:].tolist())
-        self._prev = input_ids
+        self._remember(input_ids)
 
     def _one_step(self, input_ids: torch.Tensor) -> bool:
         """The usual step (greedy or sampling): every row gained one token and nothing
         before it changed. Then each row takes its new token, with one comparison instead
         of the general reorder/rewind checks. Returns False, doing nothing, otherwise."""
         prev = self._prev
-        if (prev is None or input_ids.shape[0] != prev.shape[0] or input_ids.shape[1] != prev.shape[1] + 1
-                or prev.device != input_ids.device
-                or not torch.equal(input_ids[:, :-1], prev)):
+        if prev is None or input_ids.shape[0] != prev.shape[0] or input_ids.shape[1] != prev.shape[1] + 1:
             return False
-        tokens = input_ids[:, -1].tolist()
+        ids = self._host_ids(input_ids)
+        if ids is not None and self._prev_bytes is not None:
+            # CPU ids: the old ids' bytes against the new ids less their last column;
+            # numpy slicing and a memcmp cost a few µs where each torch op costs 5-15 (its
+            # dispatcher, cold after the model's forward pass)
+            if ids[:, :-1].tobytes() != self._prev_bytes:
+                return False
+            tokens = ids[:, -1].tolist()
+        elif prev.device != input_ids.device or not torch.equal(input_ids[:, :-1], prev):
+            return False
+        else:
+            tokens = input_ids[:, -1].tolist()
         for row, token in enumerate(tokens):
             self._advance(row, [token])
-        self._prev = input_ids
+        self._remember(input_ids, ids)
         self._stepped = tokens
         return True
+
+    @staticmethod
+    def _host_ids(input_ids: torch.Tensor) -> Any:
+        """``input_ids`` as an int64 numpy array when it is on the CPU (shared memory, no
+        copy), else None."""
+        if input_ids.device.type != "cpu" or input_ids.dtype != torch.int64 or input_ids.requires_grad:
+            return None
+        return input_ids.numpy()
+
+    def _remember(self, input_ids: torch.Tensor, ids: Any = False) -> None:
+        """Keep ``input_ids`` for the next call's comparison (``ids``: its `_host_ids`,
+        when the caller has it)."""
+        self._prev = input_ids
+        if ids is False:
+            ids = self._host_ids(input_ids)
+        self._prev_bytes = None if ids is None else ids.tobytes()
 
     def _same_prompts(self, input_ids: torch.Tensor) -> bool:
         """Is ``input_ids`` a step of the generation seen so far (same batch, same prompts)?"""
@@ -278,7 +304,7 @@ class SGLLogitsProcessor(LogitsProcessor):
         self._taken = [[] for _ in range(batch)]
         self._done_at = [None] * batch
         self._prompt_len = input_ids.shape[1]
-        self._prev = input_ids
+        self._remember(input_ids)
 
     def _reorder(self, now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
         """Beam search permutes and duplicates rows: when every row equals an earlier
