@@ -309,25 +309,94 @@ def test_best_allowed_skips_masked_tokens():
     assert best_allowed(np.full(4, -np.inf, dtype=np.float32), 1) == []
 
 
-def test_caps_mask_like_apply_bitmask():
-    """The processor's cached float caps give the logits apply_bitmask gives (also for
-    logits wider than the mask, and float16), and leave None rows alone."""
+def test_row_path_masks_like_the_general_path():
+    """The processor's CPU path (mask words applied row by row in C) gives the logits of
+    its general path (a bitmask filled, then `apply_bitmask`, which other devices and
+    dtypes take) at every step: float32/16/64, NaN and inf logits, logits wider than the
+    vocabulary, and a row that finished (EOS taken) is left alone."""
     import numpy as np
 
-    from sgl.constrain import apply_bitmask
-    from sgl.integrations.caps import apply_caps
+    from sgl.constrain import Vocabulary, compile_regex
 
-    rng = np.random.default_rng(3)
-    words = rng.integers(-2**31, 2**31, size=(2, 3), dtype=np.int64).astype(np.int32).view(np.uint32)
-    for dtype in (torch.float32, torch.float16):
-        logits = torch.from_numpy(rng.standard_normal((3, 100)).astype(np.float32)).to(dtype)
-        logits[0, 5] = float("inf")
-        want = logits.clone()
-        apply_bitmask(want[:2], torch.from_numpy(words.view(np.int32).copy()))
-        got = logits.clone()
-        apply_caps(got.numpy(), [words[0], words[1], None])
-        apply_caps(got.numpy(), [words[0], words[1], None])  # a cached cap again: no change
-        assert torch.equal(got[:2], want[:2]) and torch.equal(got[2], logits[2])
+    vocab = Vocabulary([b"a", b"b", b"{", b"}", b"ab", b"ba", b"1", None], (7,), frozenset({7}))
+    compiled = compile_regex("a+b|1", vocab)
+    # three rows: "a" "b"; "1" EOS (finished at the last step); "a" "ab"
+    steps = [[[2], [2], [2]], [[2, 0], [2, 6], [2, 0]], [[2, 0, 1], [2, 6, 7], [2, 0, 4]]]
+    rng = np.random.default_rng(5)
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        for width in (8, 40):  # 40: wider than the vocabulary (the extra ids stay masked)
+            fast = SGLLogitsProcessor.from_compiled(compiled)
+            general = SGLLogitsProcessor.from_compiled(compiled)
+            for n, ids in enumerate(steps):
+                logits = torch.from_numpy(rng.standard_normal((3, width))).to(dtype)
+                logits[0, 0], logits[1, 6], logits[2, 3] = float("nan"), float("inf"), float("nan")
+                got = fast(torch.tensor(ids), logits.clone())
+                wide = torch.stack([logits.clone(), logits.clone()], dim=-1)
+                assert not wide[..., 0].is_contiguous()  # so the general path runs
+                want = general(torch.tensor(ids), wide[..., 0])
+                assert torch.equal(got.isnan(), want.isnan()), (dtype, width, n)
+                assert torch.equal(got.nan_to_num(0.5), want.nan_to_num(0.5)), (dtype, width, n)
+                live = [0, 2] if n == 2 else [0, 1, 2]  # row 1 took EOS at the last step
+                assert bool((got[live, 8:] == float("-inf")).all())
+                if n == 0:  # "a" and "1" allowed, "{" and EOS not
+                    assert got[1, 6] == float("inf") and bool((got[:, [2, 3, 7]] == float("-inf")).all())
+            assert fast.finished == [False, True, False]
+            assert torch.equal(got[1].nan_to_num(0.5), logits[1].nan_to_num(0.5))  # left alone
+
+
+def test_one_step_check_sees_changed_history():
+    """The one-token step compares the CPU ids' bytes with the last call's; rows that
+    were swapped (beam search), a token changed in the middle (assisted generation) or
+    ids of another dtype are not taken as one step: each row follows its own history."""
+    from sgl.constrain import Vocabulary, compile_regex
+
+    vocab = Vocabulary([b"a", b"b", b"1", b"2", None], (4,), frozenset({4}))
+    compiled = compile_regex("a1a|a2b|b(1|2)b", vocab)
+    proc = SGLLogitsProcessor.from_compiled(compiled)
+    scores = torch.zeros(2, 5)
+    inf = float("-inf")
+    proc(torch.tensor([[9], [9]]), scores.clone())
+    proc(torch.tensor([[9, 0], [9, 1]]), scores.clone())  # row 0 "a", row 1 "b"
+    # swapped rows plus one token each: row 0 continues "b" ("b1": only "b" next), row 1
+    # "a" ("a2": only "b" next); taken as one step, row 0 would be "a1" (only "a")
+    out = proc(torch.tensor([[9, 1, 2], [9, 0, 3]]), scores.clone())
+    assert out[:, 1].tolist() == [0, 0] and out[:, 0].tolist() == [inf, inf]
+    # row 1's middle token replaced ("a2" -> "a1") and "a" appended: rewound to "a1a",
+    # complete; a one-token step would have read "a2a", which the constraint refuses
+    out = proc(torch.tensor([[9, 1, 2, 1], [9, 0, 2, 0]]), scores.clone())
+    assert out[:, 4].tolist() == [0, 0] and bool((out[:, :4] == inf).all())
+    # int32 ids of the same values: the same history, read through the general check
+    proc(torch.tensor([[9, 1, 2, 1, 4], [9, 0, 2, 0, 4]], dtype=torch.int32), scores.clone())
+    assert proc.finished == [True, True]
+
+
+def test_mask_logits_row_native_and_numpy_agree(monkeypatch):
+    """`mask_logits_row`'s C pass and its numpy twin give the same logits, for masks with
+    all-clear, all-set and mixed words, shorter or longer than the row."""
+    import numpy as np
+
+    from sgl.constrain import native
+    from sgl.constrain.bitmask import mask_logits_row, unpack_bitmask
+
+    if not hasattr(native.extension, "mask_logits"):
+        pytest.skip("the C extension is not built")
+    rng = np.random.default_rng(11)
+    for dtype in (np.float16, np.float32, np.float64):
+        for width, n_words in ((100, 4), (100, 2), (96, 5), (33, 1), (49152, 1536)):
+            words = rng.integers(0, 2**32, size=n_words, dtype=np.uint64).astype(np.uint32)
+            words[::3], words[1::4] = 0, 0xFFFFFFFF
+            row = rng.standard_normal(width).astype(dtype)
+            row[3], row[7] = np.nan, np.inf
+            native_row, numpy_row, want = row.copy(), row.copy(), row.copy()
+            mask_logits_row(native_row, words)
+            monkeypatch.setenv("SGL_NATIVE", "0")
+            mask_logits_row(numpy_row, words.view(np.int32))
+            monkeypatch.delenv("SGL_NATIVE")
+            want[~unpack_bitmask(words, width)] = -np.inf
+            assert np.array_equal(native_row, want, equal_nan=True), (dtype, width, n_words)
+            assert np.array_equal(numpy_row, want, equal_nan=True), (dtype, width, n_words)
+    with pytest.raises(ValueError):
+        mask_logits_row(np.zeros(4, dtype=np.int32), np.zeros(1, dtype=np.uint32))
 
 
 def test_max_fraction_digits_lets_greedy_end_a_number(hf):

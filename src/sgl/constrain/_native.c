@@ -234,6 +234,7 @@ PyObject *take_words(PyObject *self, PyObject *args);
 PyObject *or_parts(PyObject *self, PyObject *args);
 PyObject *words_digest(PyObject *self, PyObject *arg);
 PyObject *words_equal(PyObject *self, PyObject *args);
+PyObject *mask_logits(PyObject *self, PyObject *args);
 
 static PyMethodDef methods[] = {
     {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
@@ -242,6 +243,7 @@ static PyMethodDef methods[] = {
     {"or_parts", or_parts, METH_VARARGS, "OR dense and compact word parts into a bitmask."},
     {"words_digest", words_digest, METH_O, "A 64-bit digest of a bitmask."},
     {"words_equal", words_equal, METH_VARARGS, "Do two bitmasks hold the same bytes?"},
+    {"mask_logits", mask_logits, METH_VARARGS, "Set the logits of a row's masked tokens to -inf."},
     {NULL, NULL, 0, NULL},
 };
 

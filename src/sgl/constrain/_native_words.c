@@ -174,3 +174,48 @@ PyObject *words_equal(PyObject *self, PyObject *args) {
     PyBuffer_Release(&b);
     return PyBool_FromLong(eq);
 }
+
+/* mask_logits(row (writable, contiguous floats of `itemsize` bytes), words u32) -> None:
+ * every logit whose token's bit is clear, or past the words' end, becomes -inf; the
+ * others are left as they are. What ``logits[~unpack(words)] = -inf`` does, without the
+ * unpacked bools: it reads the mask's words (6 KB for 49k tokens) and writes only the
+ * logits it masks, so the logits are the only large memory a decoding step's apply
+ * touches. Half, single and double precision (-inf by bit pattern). */
+#define MASK_LOOP(T, NEG)                                                             \
+    do {                                                                              \
+        T *x = (T *)rb.buf, neg = (T)(NEG);                                           \
+        for (Py_ssize_t k = 0; k < nw && 32 * k < n; k++) {                           \
+            uint32_t w = mw[k];                                                       \
+            Py_ssize_t base = 32 * k, end = base + 32 < n ? base + 32 : n;            \
+            if (w == 0xFFFFFFFFu) continue;                                           \
+            if (w == 0) {                                                             \
+                for (Py_ssize_t i = base; i < end; i++) x[i] = neg;                   \
+                continue;                                                             \
+            }                                                                         \
+            for (Py_ssize_t i = base; i < end; i++)                                   \
+                if (!((w >> (i - base)) & 1u)) x[i] = neg;                            \
+        }                                                                             \
+        for (Py_ssize_t i = 32 * nw; i < n; i++) x[i] = neg;                          \
+    } while (0)
+
+PyObject *mask_logits(PyObject *self, PyObject *args) {
+    Py_buffer rb, wb;
+    Py_ssize_t itemsize;
+    if (!PyArg_ParseTuple(args, "w*y*n", &rb, &wb, &itemsize)) return NULL;
+    PyObject *res = NULL;
+    if ((itemsize != 2 && itemsize != 4 && itemsize != 8) || rb.len % itemsize || wb.len % 4) {
+        PyErr_SetString(PyExc_ValueError, "mask_logits: logits of 2, 4 or 8 bytes and uint32 words");
+        goto done;
+    }
+    const uint32_t *mw = wb.buf;
+    Py_ssize_t n = rb.len / itemsize, nw = wb.len / 4;
+    if (itemsize == 2) MASK_LOOP(uint16_t, 0xFC00u);                 /* float16 -inf */
+    else if (itemsize == 4) MASK_LOOP(uint32_t, 0xFF800000u);        /* float32 -inf */
+    else MASK_LOOP(uint64_t, 0xFFF0000000000000ull);                 /* float64 -inf */
+    res = Py_None;
+    Py_INCREF(res);
+done:
+    PyBuffer_Release(&rb);
+    PyBuffer_Release(&wb);
+    return res;
+}

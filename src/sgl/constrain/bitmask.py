@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .native import extension, native_enabled
+
 
 def allocate_bitmask(batch: int, n_vocab: int) -> np.ndarray:
     """An int32 bitmask of shape ``(batch, (n_vocab + 31) // 32)``; bit set = allowed."""
@@ -45,6 +47,29 @@ def count_allowed(words: Any) -> int:
     """How many tokens a bitmask (any shape) allows."""
     arr = words.numpy() if is_torch_tensor(words) else np.asarray(words)
     return int(np.unpackbits(np.ascontiguousarray(arr, dtype="<i4").view(np.uint8)).sum())
+
+
+_MASKABLE = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def mask_logits_row(row: np.ndarray, words: np.ndarray) -> None:
+    """Set ``row``'s logits (1-D, contiguous float16/32/64) to -inf in place where
+    ``words`` (uint32 or int32 bitmask words) has the token's bit clear; tokens past the
+    mask's end are not allowed. The others are left as they are (NaN included), as
+    `apply_bitmask` does.
+
+    With the C extension it is one pass over the words that writes only the masked
+    logits (no unpacked bools, no temporaries); the numpy twin gives the same logits."""
+    if row.ndim != 1 or row.dtype not in _MASKABLE or not row.flags.c_contiguous or not row.flags.writeable:
+        raise ValueError(f"mask_logits_row: a writable contiguous 1-D float16/32/64 row, got "
+                         f"{row.dtype} {row.shape}")
+    words = np.ascontiguousarray(words)
+    if words.dtype.itemsize != 4 or words.ndim != 1:
+        raise ValueError(f"mask_logits_row: 1-D 32-bit words, got {words.dtype} {words.shape}")
+    if native_enabled() and hasattr(extension, "mask_logits"):
+        extension.mask_logits(row, words, row.dtype.itemsize)
+        return
+    np.copyto(row, -np.inf, where=~unpack_bitmask(words, row.shape[0]))
 
 
 def is_torch_tensor(x: Any) -> bool:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .bitmask import unpack_bitmask
+from .bitmask import mask_logits_row
 
 if TYPE_CHECKING:
     import torch
@@ -26,9 +26,13 @@ def apply_bitmask(logits: torch.Tensor, bitmask: np.ndarray | torch.Tensor) -> N
         bm = bm[None, :]
     numpy_ok = view.dtype in (torch.float32, torch.float64, torch.float16)
     if numpy_ok and view.device.type == "cpu" and view.is_contiguous() and not view.requires_grad:
-        # numpy, single-threaded: torch's parallel masked_fill_ stalls badly on a busy CPU
+        # numpy, single-threaded: torch's parallel masked_fill_ stalls badly on a busy CPU;
+        # one C pass per row over the words (logits wider than the mask: not allowed)
         arr = view.numpy()
-        arr[~unpack_bitmask(bm, arr.shape[-1])] = -np.inf  # logits wider than the mask: not allowed
+        if bm.shape[0] != arr.shape[0]:
+            raise ValueError(f"a bitmask of {bm.shape[0]} rows for {arr.shape[0]} rows of logits")
+        for i in range(arr.shape[0]):
+            mask_logits_row(arr[i], bm[i])
         return
     _apply_on_device(view, torch.from_numpy(np.ascontiguousarray(bm, dtype=np.int32)))
 

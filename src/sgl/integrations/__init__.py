@@ -4,8 +4,8 @@
   (``pip install 'sgl[transformers]'``).
 * `sgl.integrations.vllm`: a vLLM structured-output backend and a logits processor.
 * `sgl.integrations.sglang`: a grammar backend for SGLang.
-* `sgl.integrations.prefetch`, `sgl.integrations.caps`: helpers of the processors
-  (masks computed one token ahead; masks applied as cached float caps).
+* `sgl.integrations.prefetch`: a helper of the processors
+  (masks computed one token ahead).
 
 Each module imports its framework (and torch) only when imported itself: ``import sgl``
 and this package stay torch-free.

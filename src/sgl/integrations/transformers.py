@@ -42,8 +42,8 @@ from sgl.constrain import (  # noqa: E402
     apply_bitmask,
     fill_next_token_bitmasks,
 )
+from sgl.constrain.bitmask import mask_logits_row  # noqa: E402
 from sgl.integrations._common import compile_constraint  # noqa: E402
-from sgl.integrations.caps import apply_caps  # noqa: E402
 from sgl.integrations.prefetch import (  # noqa: E402
     LookaheadPolicy,
     best_only_job,
@@ -51,12 +51,13 @@ from sgl.integrations.prefetch import (  # noqa: E402
     shared_prefetcher,
 )
 
-_CAP_DTYPES = (torch.float32, torch.float16, torch.float64)
+_ROW_DTYPES = (torch.float32, torch.float16, torch.float64)
 
 
-def _caps_apply(scores: torch.Tensor) -> bool:
-    """Can ``scores`` be masked in place through numpy (CPU, contiguous, a numpy dtype)?"""
-    return (scores.device.type == "cpu" and scores.dtype in _CAP_DTYPES and scores.is_contiguous()
+def _rows_apply(scores: torch.Tensor) -> bool:
+    """Can ``scores`` be masked in place row by row through numpy (CPU, contiguous, a
+    numpy float dtype)?"""
+    return (scores.device.type == "cpu" and scores.dtype in _ROW_DTYPES and scores.is_contiguous()
             and not scores.requires_grad)
 
 
@@ -147,6 +148,7 @@ class SGLLogitsProcessor(LogitsProcessor):
         self._done_at: list[int | None] = []
         self._prompt_len = 0
         self._prev: torch.Tensor | None = None
+        self._prev_bytes: bytes | None = None  # _prev's bytes, when on the CPU
         self._bitmask: Any = None
         # the helper's guesses (two best tokens per row) at the last step, and the tokens
         # the rows then took (set by the usual one-token step only)
@@ -174,10 +176,15 @@ class SGLLogitsProcessor(LogitsProcessor):
         self.follow(input_ids)
         if self._stepped is not None and self._predicted is not None:
             self._policy.observe(self._predicted, self._stepped)
-        rows = [None if done else m for m, done in zip(self.matchers, self.finished, strict=True)]
-        if _caps_apply(scores):
-            # one np.minimum per row with a cached cap of the row's (shared) mask words
-            apply_caps(scores.numpy(), [None if m is None else m.allowed_words() for m in rows])
+        rows = [None if done is not None else m for m, done in zip(self.matchers, self._done_at, strict=True)]
+        if _rows_apply(scores):
+            # the row's cached mask words straight onto its logits: one C pass per row that
+            # reads the words and writes only the masked logits (no bitmask copy, no
+            # unpacked bools, nothing allocated)
+            arr = scores.numpy()
+            for i, m in enumerate(rows):
+                if m is not None:
+                    mask_logits_row(arr[i], m.allowed_words())
         else:
             batch, width = scores.shape
             if self._bitmask is None or self._bitmask.shape != (batch, (width + 31) // 32):
@@ -201,7 +208,7 @@ class SGLLogitsProcessor(LogitsProcessor):
                 return
             # numpy's argmax is several times faster than torch's on CPU (~15 vs ~140 µs
             # over 49k logits, one thread)
-            best = (scores.numpy().argmax(axis=-1) if _caps_apply(scores) else scores.argmax(dim=-1)).tolist()
+            best = (scores.numpy().argmax(axis=-1) if _rows_apply(scores) else scores.argmax(dim=-1)).tolist()
             self._predicted = [None if m is None else (b, None) for m, b in zip(rows, best, strict=True)]
             todo = [(m.copy(history=False), b) for m, b in zip(rows, best, strict=True)
                     if m is not None and not _ahead_is_cached(m, b)]
@@ -239,23 +246,48 @@ class SGLLogitsProcessor(LogitsProcessor):
             self._rewind(row, pos - self._prompt_len)
             start = self._prompt_len + len(self._taken[row])
             self._advance(row, input_ids[row, start:].tolist())
-        self._prev = input_ids
+        self._remember(input_ids)
 
     def _one_step(self, input_ids: torch.Tensor) -> bool:
         """The usual step (greedy or sampling): every row gained one token and nothing
         before it changed. Then each row takes its new token, with one comparison instead
         of the general reorder/rewind checks. Returns False, doing nothing, otherwise."""
         prev = self._prev
-        if (prev is None or input_ids.shape[0] != prev.shape[0] or input_ids.shape[1] != prev.shape[1] + 1
-                or prev.device != input_ids.device
-                or not torch.equal(input_ids[:, :-1], prev)):
+        if prev is None or input_ids.shape[0] != prev.shape[0] or input_ids.shape[1] != prev.shape[1] + 1:
             return False
-        tokens = input_ids[:, -1].tolist()
+        ids = self._host_ids(input_ids)
+        if ids is not None and self._prev_bytes is not None:
+            # CPU ids: the old ids' bytes against the new ids less their last column;
+            # numpy slicing and a memcmp cost a few µs where each torch op costs 5-15 (its
+            # dispatcher, cold after the model's forward pass)
+            if ids[:, :-1].tobytes() != self._prev_bytes:
+                return False
+            tokens = ids[:, -1].tolist()
+        elif prev.device != input_ids.device or not torch.equal(input_ids[:, :-1], prev):
+            return False
+        else:
+            tokens = input_ids[:, -1].tolist()
         for row, token in enumerate(tokens):
             self._advance(row, [token])
-        self._prev = input_ids
+        self._remember(input_ids, ids)
         self._stepped = tokens
         return True
+
+    @staticmethod
+    def _host_ids(input_ids: torch.Tensor) -> Any:
+        """``input_ids`` as an int64 numpy array when it is on the CPU (shared memory, no
+        copy), else None."""
+        if input_ids.device.type != "cpu" or input_ids.dtype != torch.int64 or input_ids.requires_grad:
+            return None
+        return input_ids.numpy()
+
+    def _remember(self, input_ids: torch.Tensor, ids: Any = False) -> None:
+        """Keep ``input_ids`` for the next call's comparison (``ids``: its `_host_ids`,
+        when the caller has it)."""
+        self._prev = input_ids
+        if ids is False:
+            ids = self._host_ids(input_ids)
+        self._prev_bytes = None if ids is None else ids.tobytes()
 
     def _same_prompts(self, input_ids: torch.Tensor) -> bool:
         """Is ``input_ids`` a step of the generation seen so far (same batch, same prompts)?"""
@@ -272,7 +304,7 @@ class SGLLogitsProcessor(LogitsProcessor):
         self._taken = [[] for _ in range(batch)]
         self._done_at = [None] * batch
         self._prompt_len = input_ids.shape[1]
-        self._prev = input_ids
+        self._remember(input_ids)
 
     def _reorder(self, now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
         """Beam search permutes and duplicates rows: when every row equals an earlier
