@@ -352,7 +352,7 @@ static int32_t column_lexer(Run *x, int32_t col) {
             if (!v) { Py_CLEAR(t); break; }
             PyTuple_SET_ITEM(t, i, v);
         }
-        report(x, t ? Py_BuildValue("(sNi)", "lexer", t, col) : NULL); /* col: for its unfiltered set */
+        report(x, t ? Py_BuildValue("(sN)", "lexer", t) : NULL);
         return -1;
     }
     if (put_column_lexer(r, col, L)) { PyErr_NoMemory(); x->failed = 1; return -1; }
@@ -399,7 +399,7 @@ static void recurse(Run *x, int32_t col, int32_t L, int32_t w) {
 }
 
 /* run(column, L, W, out u32[n_words] (writable), deadline (time.monotonic)) -> list of what is
- * missing: ("accepts", L, state), ("lexer", allowed lexemes, column), ("walk", W, group, L'); empty
+ * missing: ("accepts", L, state), ("lexer", allowed lexemes), ("walk", W, group, L'); empty
  * when the recursion is complete (then out holds every boundary continuation), None when the
  * deadline passed. */
 static PyObject *Boundaries_run(Boundaries *r, PyObject *args) {

@@ -775,25 +775,6 @@ static PyObject *earley_set_wide_min(Earley *e, PyObject *arg) {
 
 /* keys_of(uid) -> None outside containers, else (is an object, its keys read (ascending),
  * at a key position): the check's state of a column (for tests) */
-/* scannable(uid) -> the lexemes column uid's items can scan (ascending), before the key
- * check's filter, or None where the check filtered nothing (key_masks.sub_walk_lexer:
- * a filtered column's sub-walks go through the lexer of this wider set) */
-static PyObject *earley_scannable(Earley *e, PyObject *arg) {
-    Py_ssize_t uid = PyLong_AsSsize_t(arg);
-    if (uid == -1 && PyErr_Occurred()) return NULL;
-    if (uid < 0 || uid >= e->n_cols) {
-        PyErr_SetString(PyExc_IndexError, "Earley.scannable: unknown column");
-        return NULL;
-    }
-    if (e->cols[uid].allowed < 0) Py_RETURN_NONE;
-    int32_t *v;
-    Py_ssize_t n = column_allowed(e, (int32_t)uid, &v, 0);
-    if (n < 0) return PyErr_NoMemory();
-    PyObject *out = int_list(v, n);
-    free(v);
-    return out;
-}
-
 static PyObject *earley_keys_of(Earley *e, PyObject *arg) {
     long uid = PyLong_AsLong(arg);
     if (uid == -1 && PyErr_Occurred()) return NULL;
@@ -845,7 +826,6 @@ static PyMethodDef Earley_methods[] = {
     {"set_keys", (PyCFunction)earley_set_keys, METH_VARARGS, "Turn the duplicate-key check on."},
     {"set_wide_min", (PyCFunction)earley_set_wide_min, METH_O, "Objects of this many keys get wide key positions."},
     {"keys_of", (PyCFunction)earley_keys_of, METH_O, "A column's duplicate-key state (for tests)."},
-    {"scannable", (PyCFunction)earley_scannable, METH_O, "A filtered column's lexemes before the filter, or None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .key_masks import FilteredLexer
 from .native import _native
 
 # tests: run the python_scans mode (every new scan and column lexer made through
@@ -29,20 +28,15 @@ FORCE_PYTHON_SCANS = False
 class NativeBoundaries:
     """One grammar's registered pieces (used under the grammar's lock, as its masks are)."""
 
-    def __init__(self, parser, lexer, n_words: int, group: Callable, python_scans: bool = False,
-                 column_lexer: Callable | None = None):
+    def __init__(self, parser, lexer, n_words: int, group: Callable, python_scans: bool = False):
         """``group(core, res)``: a walk's boundary groups (``mask._group_boundaries``).
         ``python_scans``: new scans go through ``parser.scan``, each column's lexer from
         its Python ``allowed`` (the C loop still runs everything met before): the mode a
         parser whose Python scans filter columns needed before the duplicate-key check
-        moved into the compiled scan; kept for tests (``FORCE_PYTHON_SCANS``).
-        ``column_lexer(allowed lexemes, column uid)``: the lexer a column is walked in
-        (``key_masks.sub_walk_lexer``: a filtered column's may be a
-        ``FilteredLexer``, whose sub-walks are filtered walks of a wider lexer)."""
+        moved into the compiled scan; kept for tests (``FORCE_PYTHON_SCANS``)."""
         self._c = _native.Boundaries(parser.native, sorted(parser.t.ignore), n_words, python_scans)
         self._parser, self._lexer = parser, lexer
         self._group = group
-        self._column_lexer = column_lexer
         self._lexers: list = []  # L -> LexerDFA (kept alive: ids are by object)
         self._lexer_ids: dict[int, int] = {}
         self._walks: list = []  # W -> WalkResult
@@ -111,20 +105,15 @@ class NativeBoundaries:
             self._c.set_column_lexer(col.uid, self.lexer_id(self._lexer.for_lexemes(col.allowed)))
         elif kind == "lexer":
             allowed = item[1]
-            lexemes = self._parser.allowed_set(allowed)
-            if self._column_lexer is not None:
-                lex = self._column_lexer(lexemes, item[2])
-            else:
-                lex = self._lexer.for_lexemes(lexemes)
+            lex = self._lexer.for_lexemes(self._parser.allowed_set(allowed))
             self._c.set_lexer(allowed, self.lexer_id(lex))
         else:
             _, W, g, L2 = item
             res, nxt = self._walks[W], self._lexers[L2]
             group, sel = res.groups[g]
             key = (group, nxt.core.uid)  # the same cache as the Python path's
-            if type(nxt) is FilteredLexer:  # its own key (its core is the wider lexer's)
-                sub = nxt.sub_walk(res, group, sel, walk_rest, check_budget)
-            elif (sub := res.subs.get(key)) is None:
+            sub = res.subs.get(key)
+            if sub is None:
                 check_budget()
                 sub = res.subs[key] = walk_rest(nxt, res, sel)
             self._c.set_sub(W, g, L2, self.walk_id(sub, nxt))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
@@ -32,7 +31,7 @@ from . import boundary
 from .boundary import NativeBoundaries
 from .earley import EarleyParser, EarleySet
 from .errors import CompileBudgetExceeded
-from .key_masks import alive_keys, clear_bits, sub_walk_lexer, used_key_tokens
+from .key_masks import alive_keys, clear_bits, used_key_tokens
 from .lexer import Lexer, LexerDFA, single_live
 from .native import _native, native_enabled
 
@@ -147,7 +146,6 @@ class TokenTable:
         self.tok_bytes = np.ascontiguousarray(mat[in_token])
         self.tok_off = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)]).astype(np.int64)
         self._trie = None
-        self._rank = None
         self._roots = None
         self._packed = None
         self._subtree_bytes = None
@@ -186,17 +184,6 @@ class TokenTable:
             node_byte, depth = self.trie[:2]
             self._max_chars = max_chars_below(node_byte, depth, _trie_parents(depth))
         return self._max_chars
-
-    @property
-    def token_rank(self) -> np.ndarray:
-        """Each token's position among the tokens sorted by bytes (``trie``'s ``ids``; -1
-        for the empty ones), made once."""
-        if self._rank is None:
-            ids = self.trie[4]
-            rank = np.full(self.lengths.shape, -1, dtype=np.int64)
-            rank[ids] = np.arange(ids.size, dtype=np.int64)
-            self._rank = rank
-        return self._rank
 
     def subtree_tokens(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tokens below trie ``nodes`` and the byte offset of each node in them."""
@@ -662,9 +649,7 @@ class MaskComputer:
             # python_scans mode (every new scan through ``EarleyParser.scan``) stays for tests
             python_scans = boundary.FORCE_PYTHON_SCANS
             self._native = NativeBoundaries(self.parser, self.lexer, self.tokens.n_words, _group_boundaries,
-                                            python_scans,
-                                            partial(sub_walk_lexer, self.tokens, self.parser, self.lexer,
-                                                    _group_boundaries))
+                                            python_scans)
         return self._native if _is_native(lexer.core) else None
 
     def _key_parts(self, col: EarleySet, lexer: LexerDFA, state: int) -> list[tuple[LexerDFA, int]] | None:
