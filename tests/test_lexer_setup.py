@@ -167,3 +167,43 @@ def test_literal_and_key_set_dfas_carry_content_keys_of_their_own_tables():
             assert again.content_key == d.content_key and np.array_equal(again.table, d.table)
             keys.add(d.content_key)
     assert len(keys) == 3 * len(sets)
+
+def _subset_lexers(n_lexemes: int, sets: list[tuple[int, ...]]):
+    """A ``Lexer`` over small keyword DFAs (``"k<i>"``, like keys), and its lexers of ``sets``."""
+    dfas = []
+    for i in range(n_lexemes):
+        word = f'"k{i}"'.encode()
+        rows = [{b: s + 1} for s, b in enumerate(word)] + [{}]
+        acc = np.zeros(len(rows), dtype=bool)
+        acc[-1] = True
+        dfas.append(ByteDFA(_table(rows, len(rows)), acc))
+    lex = lexer.Lexer(dfas)
+    return dfas, [lex.for_lexemes(frozenset(s)) for s in sets]
+
+
+@pytest.mark.skipif(not lexer.native_enabled(), reason="the C product lexer")
+def test_new_lexeme_sets_reuse_each_lexemes_c_dfa(monkeypatch):
+    """A new lexeme set (a filtered key position) is built from its lexemes' kept C
+    ``Dfa``s: ``native_dfa`` runs once per lexeme, not once per (set, lexeme); and the
+    product is the one built from scratch, row for row."""
+    calls = []
+    real = lexer.native_dfa
+    monkeypatch.setattr(lexer, "native_dfa", lambda d, k=None: calls.append(k) or real(d, k))
+    lexer.clear_shared_cores()
+    sets = [(0, 1, 2, 3), (0, 2, 3), (1, 3), (0, 1, 2), (2,)]
+    dfas, lexers = _subset_lexers(4, sets)
+    assert len(calls) == 4 and len(set(calls)) == 4  # one per lexeme, all sets together
+    for lexemes, lex in zip(sets, lexers, strict=True):
+        fresh = lexer.make_core([with_fresh_start(dfas[i]) for i in lex.order])
+        assert fresh.product is not lex.core.product
+        todo, seen = [0], {0}
+        while todo:  # every reachable state: the same row, the same accepting lexemes
+            s = todo.pop()
+            row = lex.core.row(s)
+            assert row == fresh.row(s)
+            assert lex.core.accepts[s] == fresh.accepts[s]
+            for t in set(row) - seen - {-1}:
+                seen.add(t)
+                todo.append(t)
+        assert len(seen) > len(lexemes)  # the keys' bytes were walked
+    lexer.clear_shared_cores()

@@ -9,17 +9,19 @@ byte of the current lexeme read yet".
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 
 from .dfa import DEAD, ByteDFA
 from .errors import CompileBudgetExceeded
-from .native import native_enabled
+from .native import _native, native_enabled
 
 MAX_LEXER_STATES = 200_000
 
@@ -90,11 +92,13 @@ def _global_states(dfas: list[ByteDFA]):
     return big, acc_global, owner, offsets, sizes
 
 
-def make_core(dfas: list[ByteDFA], keys: tuple = ()) -> LexerCore | NativeLexerCore:
+def make_core(dfas: list[ByteDFA], keys: tuple = (), parts: Callable[[], list] | None = None
+              ) -> LexerCore | NativeLexerCore:
     """The product lexer of ``dfas`` (``keys``: their ``dfa_key``s, if known): compiled
-    when the native kernel is in use."""
+    when the native kernel is in use. ``parts()``: their C ``Dfa``s, where the caller
+    keeps them (``_LexerCache.native_parts``)."""
     # no lexemes (the text must end here): one state, nothing to walk natively
-    return NativeLexerCore(dfas, keys) if native_enabled() and dfas else LexerCore(dfas)
+    return NativeLexerCore(dfas, keys, parts) if native_enabled() and dfas else LexerCore(dfas)
 
 
 _native_dfas: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -104,8 +108,6 @@ _native_dfas_lock = threading.Lock()
 def native_dfa(dfa: ByteDFA, key: bytes | None = None):
     """``dfa`` as a checked C ``Dfa``; one per content while any product holds it, so a
     new lexeme set shares its lexemes' tables instead of copying them."""
-    from .native import _native
-
     if key is not None:
         with _native_dfas_lock:
             hit = _native_dfas.get(key)
@@ -128,16 +130,19 @@ class NativeLexerCore:
     The C walks build rows as they reach them, with no round trip to Python.
     """
 
-    def __init__(self, dfas: list[ByteDFA], keys: tuple = ()):
-        from .native import _native
-
-        keys = keys if len(keys) == len(dfas) else (None,) * len(dfas)
-        self._acc = [np.asarray(d.accepting, dtype=bool) for d in dfas]
+    def __init__(self, dfas: list[ByteDFA], keys: tuple = (), parts: Callable[[], list] | None = None):
+        # the accepting flags as given; as bool arrays on first use (``_acc``): a lexer of a
+        # new lexeme set is made on a mask miss, and most never read a component's flags
+        self._acc_src = [d.accepting for d in dfas]
         # components are local states, -1 dead (``single_live`` reads them like global
         # states at offset 0 with a dead state of -1)
         self._offsets, self._dead = np.zeros(len(dfas), dtype=np.int64), -1
-        parts = tuple(native_dfa(d, k) for d, k in zip(dfas, keys, strict=True))
-        self.product = _native.Product(parts, MAX_LEXER_STATES)
+        if parts is None:
+            keys = keys if len(keys) == len(dfas) else (None,) * len(dfas)
+            got = [native_dfa(d, k) for d, k in zip(dfas, keys, strict=True)]
+        else:
+            got = parts()
+        self.product = _native.Product(tuple(got), MAX_LEXER_STATES)
         self._rows: dict[int, list[int]] = {}
         self.accepts = _NativeAccepts(self)
         self.accepting = _NativeAccepting(self.product)
@@ -145,6 +150,11 @@ class NativeLexerCore:
         self.key: tuple = ()
         self.uid = -1
         self._k = len(dfas)
+
+    @functools.cached_property
+    def _acc(self) -> list[np.ndarray]:
+        """Each component's accepting flags (bool, by local state)."""
+        return [np.asarray(a, dtype=bool) for a in self._acc_src]
 
     def components(self, state: int) -> np.ndarray:
         """The product state's component (global) states."""
@@ -452,13 +462,13 @@ _core_uids = itertools.count()
 MAX_SHARED_CORES = 4096
 
 
-def _shared_core(key: tuple, dfas: list[ByteDFA]) -> LexerCore:
+def _shared_core(key: tuple, dfas: list[ByteDFA], parts: Callable[[], list] | None = None) -> LexerCore:
     with _cores_lock:
         core = _cores.get(key)
         if core is not None:
             _cores.move_to_end(key)
             return core
-    core = make_core(dfas, key)
+    core = make_core(dfas, key, parts)
     core.key = key
     core.uid = next(_core_uids)  # never reused, unlike id(): names the core in walk caches
     with _cores_lock:
@@ -561,16 +571,35 @@ class _LexerCache(dict):
         super().__init__()
         self.raw = raw
         self._prep: list[tuple[ByteDFA, bytes] | None] = [None] * len(raw)
+        self._native: list = [None] * len(raw)
+        self._order_key: list[tuple[bytes, int] | None] = [None] * len(raw)
 
     def prepared(self, i: int) -> tuple[ByteDFA, bytes]:
         got = self._prep[i]
         if got is None:
             got = self._prep[i] = _prepared(self.raw[i])
+            self._order_key[i] = (got[1], i)
+        return got
+
+    def native_parts(self, order: list[int]) -> list:
+        """The C ``Dfa``s (``native_dfa``) of lexemes ``order``, each kept here once made:
+        a new lexeme set (a filtered key position's, on a mask miss) then costs no
+        lookup per lexeme in the shared dictionary (most of building its product)."""
+        got = [self._native[i] for i in order]
+        for k, d in enumerate(got):
+            if d is None:
+                fresh, key = self.prepared(order[k])
+                d = got[k] = self._native[order[k]] = native_dfa(fresh, key)
         return got
 
     def __missing__(self, lexemes: frozenset[int]) -> LexerDFA:
-        prep = {i: self.prepared(i) for i in lexemes}
-        order = sorted(lexemes, key=lambda i: (prep[i][1], i))
-        core = _shared_core(tuple(prep[i][1] for i in order), [prep[i][0] for i in order])
+        prep = self._prep
+        for i in lexemes:
+            if prep[i] is None:
+                self.prepared(i)
+        # a product's lexemes in content order (shared by every grammar with that content)
+        order = sorted(lexemes, key=self._order_key.__getitem__)
+        core = _shared_core(tuple([prep[i][1] for i in order]), [prep[i][0] for i in order],
+                            lambda: self.native_parts(order))
         lex = self[lexemes] = LexerDFA(lexemes, core, order)
         return lex
