@@ -92,20 +92,15 @@ class _Positions:
 
     def seq(self, items: tuple[Node, ...]) -> tuple[bool, int, int]:
         """The concatenation of ``items``."""
-        nullable, first, last = True, 0, 0
+        acc = (True, 0, 0)
         for it in items:
-            n, f, la = self.walk(it)
-            self.link(last, f)
-            if nullable:
-                first |= f
-            last = la | last if n else la
-            nullable = nullable and n
-        return nullable, first, last
+            acc = self.then(acc, self.walk(it))
+        return acc
 
     def repeat(self, node: Repeat) -> tuple[bool, int, int]:
         """``X{m,n}`` as ``m`` copies and ``n - m`` optional ones; ``X{m,}`` ends with ``X*``."""
         lo, hi = node.min, node.max
-        nullable, first, last = True, 0, 0
+        acc = (True, 0, 0)
         copies = lo if hi is None else hi
         for i in range(copies + (hi is None)):
             n, f, la = self.walk(node.item)
@@ -114,12 +109,15 @@ class _Positions:
                 n = True
             elif i >= lo:
                 n = True  # an optional copy
-            self.link(last, f)
-            if nullable:
-                first |= f
-            last = la | last if n else la
-            nullable = nullable and n
-        return nullable, first, last
+            acc = self.then(acc, (n, f, la))
+        return acc
+
+    def then(self, acc: tuple[bool, int, int], part: tuple[bool, int, int]) -> tuple[bool, int, int]:
+        """(nullable, first, last) of ``acc`` followed by ``part``, linking the two."""
+        nullable, first, last = acc
+        n, f, la = part
+        self.link(last, f)
+        return nullable and n, first | f if nullable else first, la | last if n else la
 
     def link(self, sources: int, targets: int) -> None:
         """Every position of ``sources`` may be followed by every one of ``targets``."""
