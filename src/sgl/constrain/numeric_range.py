@@ -19,10 +19,12 @@ What is matched, exactly:
   ``m``) is accepted when its value is a multiple, i.e. ``m`` has at most ``E + scale``
   significant fraction digits, for mantissas of up to 16 of them (``1e5``, ``1.5e+16``,
   ``1E-2`` under ``0.01`` yes; ``1e-3`` under ``0.01`` and a 40-digit mantissa no).
-  Below exponent ``16 - scale`` the fraction as written (trailing zeros included) must
-  fit in ``E + scale`` digits, except at the exponent of a bound (``1.50e1`` is refused
-  for an integer): allowing trailing zeros there would make the DFA of every unbounded
-  integer remember two digit counts (204 states instead of 84);
+  The fraction as written (trailing zeros included) must fit in ``E + scale`` digits
+  (``1.50e1`` is refused for an integer): allowing trailing zeros would make the DFA of
+  every unbounded integer remember two digit counts (204 states instead of 84);
+* every exponent-form mantissa has at most 16 fraction digits as written (what
+  ``json.dumps`` writes): unbounded trailing zeros would trap a sampler that wrote
+  ``1.75`` for an integer in ``[50, 250]`` (only ``0`` or ``e2`` may follow);
 * non-integers accept exponent forms only with negative exponents (``1.5e-05``).
 
 Numbers are compared exactly as decimals (``decimal.Decimal``), never as floats.
@@ -275,37 +277,40 @@ def uint_range(lo: int, hi: int | None) -> Node:
 
 @lru_cache(maxsize=4096)
 def frac_range(
-    lo: str | None, lo_open: bool, hi: str | None, hi_open: bool, max_sig: int | None
+    lo: str | None, lo_open: bool, hi: str | None, hi_open: bool, max_sig: int | None,
+    strict: bool = False,
 ) -> tuple[Node, bool]:
     """Digit strings ``s`` with ``lo <= 0.s <= hi`` (``<`` where open).
 
     ``lo``/``hi`` are fraction digit strings without trailing zeros ("" = 0) or None
     (unbounded). ``max_sig`` (or None) requires every digit after position ``max_sig``
-    to be 0. Returns ``(node for the non-empty strings, whether "" is in the set)``.
+    to be 0; with ``strict`` there is no digit after it at all (trailing zeros count).
+    Returns ``(node for the non-empty strings, whether "" is in the set)``.
     """
     if lo == "" and not lo_open:
         lo = None
+    zeros = repeat(literal("0"), 0, 0 if strict else None)  # the tail after max_sig
     if max_sig == 0:
         # only zeros: the value is 0
         ok = (lo is None) and not (hi == "" and hi_open)
-        return (repeat(literal("0"), 1, None) if ok else NOTHING), ok
+        return (repeat(literal("0"), 1, None) if ok and not strict else NOTHING), ok
     if lo is None and hi is None:
         if max_sig is None:
             return repeat(DIGIT, 1, None), True
-        return alt(seq(repeat(DIGIT, 1, max_sig), repeat(literal("0"), 0, None))), True
+        return alt(seq(repeat(DIGIT, 1, max_sig), zeros)), True
     if lo == "" and hi is None:
         # strictly positive: some digit within the first max_sig positions is non-zero
         if max_sig is None:
             return seq(repeat(literal("0"), 0, None), NONZERO, repeat(DIGIT, 0, None)), False
         opts = [
-            seq(repeat(literal("0"), k, k), NONZERO, repeat(DIGIT, 0, max_sig - k - 1), repeat(literal("0"), 0, None))
+            seq(repeat(literal("0"), k, k), NONZERO, repeat(DIGIT, 0, max_sig - k - 1), zeros)
             for k in range(max_sig)
         ]
         return alt(*opts), False
     if hi == "":
         if hi_open or lo is not None:
             return NOTHING, False  # 0 <= 0.s < 0, or 0 < 0.s <= 0
-        return repeat(literal("0"), 1, None), True
+        return repeat(literal("0"), 1, max_sig if strict else None), True
     empty_ok = lo is None  # "" is 0: fits iff 0 >= lo; hi is non-empty here so 0 < hi
     groups: dict[tuple, list[int]] = {}
     for c in range(10):
@@ -331,7 +336,7 @@ def frac_range(
     nxt = None if max_sig is None else max_sig - 1
     parts = []
     for (nlo, nlo_open, nhi, nhi_open), cs in groups.items():
-        node, empty = frac_range(nlo, nlo_open, nhi, nhi_open, nxt)
+        node, empty = frac_range(nlo, nlo_open, nhi, nhi_open, nxt, strict)
         rest = alt(node, EMPTY) if empty else node
         if rest == NOTHING:
             continue
@@ -373,10 +378,14 @@ def _split(x: Decimal) -> tuple[int, str]:
 
 
 @lru_cache(maxsize=8192)
-def _positive_plain(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, max_sig: int | None, nonint: bool) -> Node:
+def _positive_plain(
+    lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, max_sig: int | None, nonint: bool,
+    strict: bool = False,
+) -> Node:
     """Plain spellings of the numbers in the interval, where ``lo >= 0``.
 
-    With ``nonint`` the fraction must contain a non-zero digit.
+    With ``nonint`` the fraction must contain a non-zero digit; with ``strict`` it has
+    at most ``max_sig`` digits as written (``frac_range``).
     """
     ia, fa = _split(lo)
     if nonint and fa == "":
@@ -387,21 +396,21 @@ def _positive_plain(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: boo
     if hi is not None:
         ib, fb = _split(hi)
         if ia == ib:
-            node, empty = frac_range(fa, fa_open, fb, hi_open, max_sig)
+            node, empty = frac_range(fa, fa_open, fb, hi_open, max_sig, strict)
             return seq(literal(str(ia)), _fraction(node, empty))
         if fb == "" and not hi_open and not nonint:
             # x <= ib: the ib part is ib with an all-zero fraction
-            top = seq(literal(str(ib)), _fraction(*frac_range(None, False, "", False, max_sig)))
+            top = seq(literal(str(ib)), _fraction(*frac_range(None, False, "", False, max_sig, strict)))
         else:
-            top = seq(literal(str(ib)), _fraction(*frac_range("" if nonint else None, nonint, fb, hi_open, max_sig)))
+            top = seq(literal(str(ib)), _fraction(*frac_range("" if nonint else None, nonint, fb, hi_open, max_sig, strict)))
         mid = uint_range(ia + 1, ib - 1) if ib - 1 >= ia + 1 else NOTHING
     else:
         top = NOTHING
         mid = uint_range(ia + 1, None)
-    bottom = seq(literal(str(ia)), _fraction(*frac_range(fa, fa_open, None, False, max_sig)))
+    bottom = seq(literal(str(ia)), _fraction(*frac_range(fa, fa_open, None, False, max_sig, strict)))
     parts = [bottom]
     if mid != NOTHING:
-        parts.append(seq(mid, _fraction(*frac_range("" if zero_open else None, zero_open, None, False, max_sig))))
+        parts.append(seq(mid, _fraction(*frac_range("" if zero_open else None, zero_open, None, False, max_sig, strict))))
     if top != NOTHING:
         parts.append(top)
     return alt(*(p for p in parts if not _is_nothing(p)))
@@ -449,10 +458,15 @@ def _norm(x: Decimal) -> tuple[Decimal, int]:
 
 @lru_cache(maxsize=8192)
 def _mantissa(lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bool, max_sig: int | None) -> Node:
-    """Normalised mantissas ``[1-9](\\.[0-9]+)?`` in the given bounds."""
+    """Normalised mantissas ``[1-9](\\.[0-9]+)?`` in the given bounds, with at most
+    ``max_sig`` (else ``MAX_EXP_DIGITS``) fraction digits as written, trailing zeros
+    included: what ``json.dumps`` writes. An unbounded run of trailing zeros would be a
+    trap for a sampler: after ``1.75`` under ``minimum: 50, maximum: 250`` a model that
+    does not pick ``e2`` could write zeros forever (seen with SmolLM2 on the example)."""
     lo_ = Decimal(1) if lo is None else lo
     hi_ = Decimal(10) if hi is None else hi
-    return _positive_plain(lo_, lo_open if lo is not None else False, hi_, hi_open if hi is not None else True, max_sig, False)
+    sig = MAX_EXP_DIGITS if max_sig is None else min(max_sig, MAX_EXP_DIGITS)
+    return _positive_plain(lo_, lo_open if lo is not None else False, hi_, hi_open if hi is not None else True, sig, False, True)
 
 
 @lru_cache(maxsize=8192)
