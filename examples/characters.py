@@ -49,6 +49,9 @@ CHARACTER_SCHEMA = {
     # at temperature 0.9 can otherwise wander into long whitespace runs, and the keys
     # become longer forced runs that the engine appends without sampling (jump-forward).
     "x-guidance": {"whitespace_flexible": False},
+    # numbers in their shortest plain spelling: an age comes out as 25, not 25.0 or 2.5e1
+    # (JSON Schema counts both as integers; a reader of the output would not).
+    "x-sgl": {"numbers": "canonical"},
 }
 
 # A nudge per character; the seed does the rest.

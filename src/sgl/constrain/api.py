@@ -37,7 +37,7 @@ MAX_TEXT_NESTING = 500  # parenthesised groups inside each other in grammar or r
 _DEEP_STACK_BYTES = 256 << 20  # the compile thread's stack: deep grammars recurse in C too
 _DEEP_RECURSION_LIMIT = 20_000
 _JSON_OPTIONS = {"any_order": bool, "lenient": object, "whitespace": str, "max_whitespace": int, "warnings": list,
-                 "max_fraction_digits": int}
+                 "max_fraction_digits": int, "numbers": str}
 _SYNTAXES = {"lark": "start", "gbnf": "root", "ebnf": "root", "structural_tag": "start"}
 
 T = TypeVar("T")
@@ -229,7 +229,8 @@ def compile_json_schema(schema: dict | bool | str | bytes, vocab: Vocabulary | N
     """Compile a JSON Schema (dict, JSON text or bool). See ``json_schema.json_schema_grammar``.
 
     ``options``: ``any_order``, ``lenient``, ``whitespace``, ``max_whitespace``, ``warnings``,
-    ``max_fraction_digits`` (opt-in: numbers spelt with at most that many digits after the point);
+    ``max_fraction_digits`` (opt-in: numbers spelt with at most that many digits after the point),
+    ``numbers`` (``"canonical"``, opt-in: each number in its shortest plain spelling);
     ``budget`` (a ``CompileBudget``) overrides the default compile limits.
     """
     from .json_schema import json_schema_grammar

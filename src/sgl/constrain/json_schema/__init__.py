@@ -60,6 +60,7 @@ def json_schema_grammar(
     warnings: list | None = None,
     track_keys: bool = False,
     max_fraction_digits: int | None = None,
+    numbers: str = "json",
     text_size: int | None = None,
 ) -> Grammar:
     """The grammar IR of the JSON texts valid against ``schema``.
@@ -92,6 +93,14 @@ def json_schema_grammar(
     only in exponent form or not at all, so it changes which JSON is accepted and is off
     unless asked for.
 
+    ``numbers="canonical"`` (opt-in; default ``"json"``, every spelling JSON has) accepts
+    each number only in its shortest plain spelling: ``25``, ``175``, ``-0.5``, not
+    ``25.0``, ``1.75e2`` or ``-0`` (every value keeps one spelling, so no value is lost).
+    For generation: ``type: integer`` then comes out as an integer literal, as from
+    llguidance or XGrammar, and a small model cannot wander into ``1.75`` (only ``e2``
+    would end it) or ``25.000…``. A root ``"x-sgl": {"numbers": "canonical"}`` asks for it
+    from inside the schema.
+
     ``track_keys=True`` hands "no declared key twice" to the parser (the grammar's
     ``unique_keys``, which ``CompiledGrammar`` honours; ``compile_json_schema`` sets it):
     every optional member then comes in any order at any object size, required ones as
@@ -120,8 +129,9 @@ def json_schema_grammar(
     if isinstance(schema, dict) and (len(json.dumps(schema)) if text_size is None else text_size) > MAX_SCHEMA_BYTES:
         raise CompileBudgetExceeded(f"schema is larger than {MAX_SCHEMA_BYTES} bytes")
     whitespace = _schema_whitespace(schema, whitespace)
+    numbers = _schema_numbers(schema, numbers)
     opts = Options(any_order, _lenient_option(lenient), whitespace, max_whitespace, warnings, track_keys,
-                   max_fraction_digits)
+                   max_fraction_digits, numbers)
     # millions of small immutable nodes: the cyclic GC would rescan them over and over
     was_enabled = gc.isenabled()
     gc.disable()
@@ -139,6 +149,18 @@ def _lenient_option(lenient) -> bool | frozenset:
     if isinstance(lenient, str) or not isinstance(lenient, Iterable) or not all(isinstance(k, str) for k in lenient):
         raise ConstraintError("lenient must be true/false or a list of keyword names, e.g. ['uniqueItems']")
     return frozenset(lenient)
+
+
+def _schema_numbers(schema: dict | bool, default: str) -> str:
+    """The number spelling asked for: ``"x-sgl": {"numbers": ...}`` at the schema's
+    root, else ``default``; either must be ``"json"`` or ``"canonical"``."""
+    ext = schema.get("x-sgl") if isinstance(schema, dict) else None
+    where = "numbers"
+    if isinstance(ext, dict) and "numbers" in ext:
+        default, where = ext["numbers"], "#/x-sgl/numbers"
+    if default not in ("json", "canonical"):
+        raise ConstraintError(f"numbers must be 'json' or 'canonical', not {default!r}", where)
+    return default
 
 
 def _schema_whitespace(schema: dict | bool, default: str) -> str:

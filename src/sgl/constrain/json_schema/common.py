@@ -135,6 +135,7 @@ class Options:
     warnings: list | None = None
     track_keys: bool = False  # the parser refuses repeated keys (grammar.UniqueKeys): optional members may loop
     max_fraction_digits: int | None = None  # opt-in cap on digits after a number's point
+    numbers: str = "json"  # "canonical": numbers only in their shortest plain spelling (opt-in)
 
 
 class _Refused(Exception):

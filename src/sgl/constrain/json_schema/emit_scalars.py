@@ -22,7 +22,7 @@ from ..json_counted import CountedChars
 from ..json_strings import json_string_node
 from ..number_dfa import number_lexeme
 from ..numeric_range import number_regex, points_regex
-from ..regex_ast import NOTHING, Node, Repeat, alt, chars, literal, repeat, seq
+from ..regex_ast import NOTHING, Node, Repeat, alt, chars, literal, optional, repeat, seq
 from .common import MAX_EXACT_NUMBER_POINTS, MAX_LEXEME_LENGTH, MAX_RULES, STRING_CHUNK
 from .refs import Sub
 from .values import _CHUNKED
@@ -37,6 +37,18 @@ def _fraction_cap(n: int) -> Node:
     return seq(repeat(chars((0x2D, 0x2D), (0x30, 0x39)), 0, None),
                alt(literal(""), seq(literal("."), repeat(digit, 0, n))),
                alt(literal(""), seq(chars((0x45, 0x45), (0x65, 0x65)), sign_digits)))
+
+
+def _canonical_numbers() -> Node:
+    """The shortest plain spelling of each number: ``0``, or an optional ``-``, no
+    leading zero, no exponent and a fraction that ends in a non-zero digit (``25``,
+    ``-0.5``, ``175``; not ``25.0``, ``1.75e2``, ``-0``). Every decimal value has exactly
+    one, so intersecting a number's exact regex with it keeps every value."""
+    digit, nonzero = chars((0x30, 0x39)), chars((0x31, 0x39))
+    fraction = optional(seq(literal("."), repeat(digit, 0, None), nonzero))
+    positive = alt(seq(nonzero, repeat(digit, 0, None), fraction),
+                   seq(literal("0."), repeat(digit, 0, None), nonzero))
+    return alt(literal("0"), seq(optional(literal("-")), positive))
 
 
 class ScalarEmitter:
@@ -137,6 +149,8 @@ class ScalarEmitter:
         cap = self.opts.max_fraction_digits
         if cap is not None and node != NOTHING:
             node = materialize(mk_and(node, _fraction_cap(cap)))
+        if self.opts.numbers == "canonical" and node != NOTHING:
+            node = materialize(mk_and(node, _canonical_numbers()))
         return number_lexeme(node)  # the same language, its DFA built by number_dfa
 
     def counted_string_nt(self, expr) -> str | None:
