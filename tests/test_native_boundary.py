@@ -232,3 +232,32 @@ def test_python_makes_the_sub_walks_of_c_groups_it_is_asked_for(llama3_vocab, mo
 
     assert native._c.counts()[1] > 0 and any(i[0] == "walk" and grouped_in_c(i[1]) for i in fills)
     _replay(k._fresh(ir, llama3_vocab, False, monkeypatch), tokens, masks)
+
+
+def test_a_c_sub_walk_over_the_state_budget_is_the_budget_error(llama3_vocab, monkeypatch):
+    """A sub-walk the C recursion starts into a lexer whose product runs over its state
+    budget (here ``WORD`` after the tokens ``a…`` that cross into it) is dropped and
+    reported; Python's walk then raises the budget error, as the fallback does. With the
+    default budget the same mask is made in C, with no walk reported."""
+    import test_native_kernel as k
+
+    from sgl.constrain import boundary
+    from sgl.constrain.lark_grammar import lark_grammar
+
+    if extension is None:
+        pytest.skip("the C mask kernel is not built (no compiler at install)")
+    fills: list[str] = []
+    fill = boundary.NativeBoundaries._fill
+    monkeypatch.setattr(boundary.NativeBoundaries, "_fill", lambda self, item, *a: (fills.append(item[0]), fill(
+        self, item, *a)))
+    ir = lark_grammar('start: "a" WORD\nWORD: /[a-z]{0,40}/\n')
+    want = k._fresh(ir, llama3_vocab, True, monkeypatch).allowed_words()
+    assert "walk" not in fills
+    assert np.array_equal(want, k._fresh(ir, llama3_vocab, False, monkeypatch).allowed_words())
+    monkeypatch.setattr(lexer, "MAX_LEXER_STATES", 20)
+    for native in (True, False):
+        fills.clear()
+        m = k._fresh(ir, llama3_vocab, native, monkeypatch)
+        with pytest.raises(CompileBudgetExceeded, match="exceeds 20 states"):
+            m.allowed_words()
+        assert ("walk" in fills) == native
