@@ -324,6 +324,51 @@ def test_native_dfa_and_product_reject_bad_input():
         prod.row(99)
 
 
+def test_walk_roots_equals_walk_trie_from_every_root(llama3_vocab, monkeypatch):
+    """``walk_roots`` (a whole-vocabulary walk that leaves out the roots whose byte is dead
+    in the state's row before reading their nodes) gives the same words and the same
+    boundaries, in the same order, as ``walk_trie`` from every depth-1 node; states of
+    several lexers (keys, strings, numbers, a product of all), each reachable one up to
+    a bound. Bad input is a Python exception."""
+    _needs_native()
+    ir = _ir("json", {"type": "object", "properties": {"name": {"type": "string"}, "n": {"type": "number"},
+                                                       "tags": {"type": "array", "items": {"enum": ["ab", "ac"]}}},
+                      "additionalProperties": {"type": "integer"}})
+    m = _fresh(ir, llama3_vocab, True, monkeypatch)
+    masks = m.compiled.masks
+    tokens = masks.tokens
+    trie = (tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4])
+    roots = tokens.trie_roots
+    lexers = [masks.lexer.for_lexemes(frozenset((i,))) for i in range(len(masks.lexer.dfas))]
+    lexers.append(masks.lexer.for_lexemes(frozenset(range(len(masks.lexer.dfas)))))
+    n_states = 0
+    for lex in lexers:
+        core = lex.core
+        todo, seen = [0], {0}
+        while todo and len(seen) < 40:
+            s = todo.pop()
+            want_words = np.zeros(tokens.n_words, dtype=np.uint32)
+            want = extension.walk_trie(*trie, core.product, roots, np.full(roots.shape, s, dtype=np.int32), want_words)
+            got_words = np.zeros(tokens.n_words, dtype=np.uint32)
+            got = extension.walk_roots(*trie, core.product, tokens.root_of_byte, s, got_words)
+            assert got == want and np.array_equal(got_words, want_words), (lex.order, s)
+            n_states += 1
+            for t in set(core.row(s)) - seen - {-1}:
+                seen.add(t)
+                todo.append(t)
+    assert n_states > 60
+    words = np.zeros(tokens.n_words, dtype=np.uint32)
+    product = lexers[-1].core.product
+    with pytest.raises(ValueError, match="state out of range"):
+        extension.walk_roots(*trie, product, tokens.root_of_byte, product.n_states + 5, words)
+    bad = tokens.root_of_byte.copy()
+    bad[7] = tokens.packed_trie.size
+    with pytest.raises(ValueError, match="out of range"):
+        extension.walk_roots(*trie, product, bad, 0, words)
+    with pytest.raises(ValueError, match="root_of_byte"):
+        extension.walk_roots(*trie, product, tokens.root_of_byte[:255], 0, words)
+
+
 # ---------------------------------------------------------------------------- soundness
 
 

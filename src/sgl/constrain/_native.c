@@ -225,6 +225,74 @@ done:
     return res;
 }
 
+/* walk_roots(nodes, subtree_bytes, max_chars, tok_ids, product, root_of_byte i32[256], state, words)
+ * -> as walk_trie: the whole vocabulary from one lexer state, i.e. walk_trie from every
+ * depth-1 node (root_of_byte[b]: the node of first byte b, -1 none) in byte order, with
+ * the roots whose byte is dead in the state's row left out before their nodes are read.
+ * (A dead root reads nothing and pushes no boundary in walk_trie either; its node, one
+ * cache line at a scattered address, was most of a small walk's time: a key's state has
+ * one or two live bytes of 256.) */
+static PyObject *walk_roots(PyObject *self, PyObject *args) {
+    Py_buffer nb, sb, mb, ti, rb, wo;
+    Product *P;
+    int state;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*O!y*iw*", &nb, &sb, &mb, &ti, &ProductType, &P, &rb, &state, &wo))
+        return NULL;
+    PyObject *res = NULL;
+    Py_ssize_t n_nodes = nb.len / (Py_ssize_t)sizeof(Node) - 1;
+    Py_ssize_t n_tok = ti.len / 8;
+    Bounds b = {0};
+    int32_t pts[256], sts[256];
+    Py_ssize_t n_points = 0;
+    if (check_buf(&rb, 4, 256, "root_of_byte") || check_buf(&sb, 32, n_nodes, "subtree_bytes") ||
+        check_buf(&mb, 1, n_nodes, "max_chars"))
+        goto done;
+    if (n_nodes < 0 || ((const Node *)nb.buf)[n_nodes].tok != n_tok) {
+        PyErr_SetString(PyExc_ValueError, "walk_roots: trie and token ids disagree");
+        goto done;
+    }
+    /* in range only (reading the 256 nodes here would undo the point): which node is
+     * each byte's root is the caller's (TokenTable.root_of_byte, checked when made) */
+    const int32_t *root_of_byte = rb.buf;
+    for (int c = 0; c < 256; c++) {
+        if (root_of_byte[c] >= n_nodes) {
+            PyErr_SetString(PyExc_ValueError, "walk_roots: root_of_byte out of range");
+            goto done;
+        }
+    }
+    int code = 0;
+    product_lock(P);
+    if (state < 0 || state >= P->n) code = 1;
+    else if (!(code = product_build(P, state))) {
+        const int32_t *row = P->table + (Py_ssize_t)state * 256;
+        for (int c = 0; c < 256; c++) {
+            if (root_of_byte[c] >= 0 && row[c] >= 0) {
+                pts[n_points] = root_of_byte[c];
+                sts[n_points++] = state;
+            }
+        }
+    }
+    PyThread_release_lock(P->lock);
+    if (!code && n_points) {
+        Trie t = {nb.buf, sb.buf, mb.buf, ti.buf, n_nodes};
+        code = trie_walk(&t, P, pts, sts, n_points, wo.buf, &b);
+    }
+    if (code < 0) {
+        product_error(code);
+        goto done;
+    }
+    if (code) {
+        PyErr_SetString(PyExc_ValueError, "walk_roots: state out of range");
+        goto done;
+    }
+    res = result3(&b);
+done:
+    bounds_free(&b);
+    PyBuffer_Release(&nb); PyBuffer_Release(&sb); PyBuffer_Release(&mb); PyBuffer_Release(&ti); PyBuffer_Release(&rb);
+    PyBuffer_Release(&wo);
+    return res;
+}
+
 /* Earley (the parser's columns and closure) is in _native_earley.c */
 extern PyTypeObject EarleyType;
 /* Boundaries (the boundary recursion of mask misses) is in _native_boundary.c */
@@ -239,6 +307,7 @@ PyObject *mask_logits(PyObject *self, PyObject *args);
 static PyMethodDef methods[] = {
     {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
     {"walk_trie", walk_trie, METH_VARARGS, "Walk token trie subtrees from lexer states."},
+    {"walk_roots", walk_roots, METH_VARARGS, "Walk the whole token trie from one lexer state."},
     {"take_words", take_words, METH_VARARGS, "A walk's words, compact when few, and clear the scratch."},
     {"or_parts", or_parts, METH_VARARGS, "OR dense and compact word parts into a bitmask."},
     {"words_digest", words_digest, METH_O, "A 64-bit digest of a bitmask."},

@@ -147,6 +147,7 @@ class TokenTable:
         self.tok_off = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)]).astype(np.int64)
         self._trie = None
         self._roots = None
+        self._root_of_byte = None
         self._packed = None
         self._subtree_bytes = None
         self._max_chars = None
@@ -200,6 +201,17 @@ class TokenTable:
         if self._roots is None:
             self._roots = np.ascontiguousarray(np.nonzero(self.trie[1] == 1)[0], dtype=np.int32)
         return self._roots
+
+    @property
+    def root_of_byte(self) -> np.ndarray:
+        """int32 per byte value: the trie's depth-1 node of that first byte, -1 if no token
+        starts with it (``walk_roots`` starts a whole-vocabulary walk from the live ones)."""
+        if self._root_of_byte is None:
+            roots = self.trie_roots
+            table = np.full(256, -1, dtype=np.int32)
+            table[self.trie[0][roots]] = roots
+            self._root_of_byte = table
+        return self._root_of_byte
 
     @property
     def trie(self) -> tuple[np.ndarray, ...]:
@@ -499,15 +511,17 @@ class MaskComputer:
 
     def _walk_vocabulary(self, lexer: LexerDFA, state: int) -> WalkResult:
         tokens = self.tokens
-        row = lexer.table_row(state)
         if _is_native(lexer.core) and tokens.max_len < 1024:
-            roots = tokens.trie_roots
-            res = self._native_walk(lexer.core, roots, np.full(roots.shape, state, dtype=np.int32))
+            res = self._native_walk(lexer.core, None, state)  # from the trie's roots
+            row = None
         else:
+            row = lexer.table_row(state)
             res = self._numpy_walk_vocabulary(lexer, state, row)
         if lexer.accepting[state]:
             # The current lexeme may end right here; tokens starting with a dead byte then
             # start the next lexeme, which is exactly the next column's own mask.
+            if row is None:
+                row = lexer.table_row(state)
             res.starts_next = self.first_byte_words(row < 0)
         return res
 
@@ -553,8 +567,10 @@ class MaskComputer:
         sub.inside = self._pack(sub.inside)
         return sub
 
-    def _native_walk(self, core, nodes: np.ndarray, states: np.ndarray) -> WalkResult:
-        """Trie subtrees ``nodes`` from lexer ``states`` (the C product builds rows on the way)."""
+    def _native_walk(self, core, nodes: np.ndarray | None, states: np.ndarray | int) -> WalkResult:
+        """Trie subtrees ``nodes`` from lexer ``states`` (the C product builds rows on the way);
+        ``nodes`` None: the whole vocabulary from state ``states`` (the trie's roots whose
+        byte is live there, ``walk_roots``)."""
         tokens = self.tokens
         # one zeroed scratch per computer (masks run under the grammar's lock), which
         # take_words hands back compacted and clears: no 16 KB array per walk
@@ -562,8 +578,12 @@ class MaskComputer:
         if words is None:
             words = self._scratch = np.zeros(tokens.n_words, dtype=np.uint32)
         try:
-            found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4],
-                                      core.product, nodes, states, words)
+            if nodes is None:
+                found = _native.walk_roots(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4],
+                                           core.product, tokens.root_of_byte, states, words)
+            else:
+                found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars,
+                                          tokens.trie[4], core.product, nodes, states, words)
         except OverflowError as e:
             words[:] = 0
             raise core._budget(e) from e
