@@ -476,6 +476,16 @@ C_SUB_WALKS = True
 KEY_PARTS = True
 
 
+@dataclass
+class KeyParts:
+    """The walks a mask inside keys is the union of (``MaskComputer._key_parts``)."""
+
+    insides: list  # each alive unused key's tokens read inside it (Words)
+    bounded: list  # (key lexer, walk) of the keys whose walk has boundary subtrees
+    native: bool  # every key lexer is a C product (the C boundary recursion runs them)
+    first: LexerDFA | None  # a key lexer (None: every alive key is used)
+
+
 class MaskComputer:
     """Computes (and caches) the allowed-token bitmask for a parser column and lexer state."""
 
@@ -685,14 +695,18 @@ class MaskComputer:
                                             python_scans, trie, _node_walk)
         return self._native if _is_native(lexer.core) else None
 
-    def _key_parts(self, col: EarleySet, lexer: LexerDFA, state: int) -> list[tuple[LexerDFA, int]] | None:
+    def _key_parts(self, col: EarleySet, lexer: LexerDFA, state: int) -> KeyParts | None:
         """Inside a key where every lexeme still alive is a key of the duplicate-key check
-        (JSON strings: no two read the same text, none is a prefix of another), the
-        (lexer, state) of each alive key not used yet, in that key's own lexer: the
+        (JSON strings: no two read the same text, none is a prefix of another), the walks
+        of each alive key not used yet, each from its state in that key's own lexer: the
         mask is then the union of theirs (a token stays inside the product iff it stays
         inside one key, and ends a key where that key alone ends it). Their walks are
         shared by every object and grammar with those keys, whatever the keys beside
-        them or used before. None elsewhere."""
+        them or used before. None elsewhere.
+
+        Kept per (state, used keys) on ``lexer`` (``LexerDFA.key_walks``): another object
+        at the same key state (the next item of an array, the same rule object in another
+        place) finds its parts without a walk lookup per key."""
         u = self.parser.t.unique_keys
         if u is None or state == 0 or not KEY_PARTS:
             return None
@@ -701,25 +715,31 @@ class MaskComputer:
             known = lexer.key_parts[state] = alive_keys(self, lexer, state, u.strings)
         if known is None:
             return None
-        if col.wide is None:
-            return [(single, q) for _lex, single, q in known]
-        used = col.wide - col.allowed
-        return [(single, q) for lex, single, q in known if lex not in used]
+        used = None if col.wide is None else col.wide - col.allowed
+        key = (self.tokens, state, used)
+        got = lexer.key_walks.get(key)
+        if got is None:
+            singles = [(single, q) for lex, single, q in known if used is None or lex not in used]
+            got = KeyParts([], [], all(_is_native(single.core) for single, _q in singles),
+                           singles[0][0] if singles else None)
+            for single, q in singles:
+                res = self.full_walk(single, q)
+                got.insides.append(res.inside)
+                if res.boundary_ids.size:
+                    got.bounded.append((single, res))
+            lexer.key_walks[key] = got
+        return got
 
-    def _keys_mask(self, col: EarleySet, parts: list[tuple[LexerDFA, int]]) -> np.ndarray:
+    def _keys_mask(self, col: EarleySet, parts: KeyParts) -> np.ndarray:
         """The mask of ``col`` inside keys: the union of each key's (see ``_key_parts``);
         none of the states accepts, so no lexeme ends here and nothing starts."""
-        native = self._native_boundaries(parts[0][0]) if parts else None
-        if native is not None and not all(_is_native(single.core) for single, _q in parts):
-            native = None
-        extra: list[Words] = []
+        native = self._native_boundaries(parts.first) if parts.first is not None and parts.native else None
+        extra: list[Words] = list(parts.insides)
         words = self._mask_words() if native is not None else np.zeros(self.tokens.n_words, dtype=np.uint32)
-        for single, q in parts:
-            res = self.full_walk(single, q)
-            extra.append(res.inside)
+        for single, res in parts.bounded:
             if native is None:
                 self._boundaries(col, single, res, extra)
-            elif res.boundary_ids.size:
+            else:
                 native.run(col, single, res, words, self._deadline, self._check_budget, self._walk_rest)
         self._or_parts(words, extra)
         if native is not None:
