@@ -48,9 +48,10 @@ def alive_keys(mc: MaskComputer, lexer: LexerDFA, state: int, keys: frozenset[in
     if len(alive) < 2 or not all(order[j] in keys for j in alive):
         return None
     out = []
+    local, offsets, for_lexemes = comp.tolist(), core._offsets.tolist(), mc.lexer.for_lexemes
     for j in alive:
-        single = mc.lexer.for_lexemes(frozenset((order[j],)))
-        out.append((order[j], single, single.core.state_of_local(int(comp[j]) - int(core._offsets[j]))))
+        single = for_lexemes(frozenset((order[j],)))
+        out.append((order[j], single, single.core.state_of_local(local[j] - offsets[j])))
     return out
 
 

@@ -163,7 +163,7 @@ class NativeLexerCore:
     def state_of_local(self, q: int) -> int:
         """For a one-lexeme core: the state id of its DFA's state ``q``."""
         try:
-            return self.product.intern(np.array([q], dtype=np.int32).tobytes())
+            return self.product.intern(int(q).to_bytes(4, "little", signed=True))  # one int32
         except OverflowError as e:
             raise self._budget(e) from e
 
