@@ -22,6 +22,7 @@ the tests compare it with. ``SGL_NATIVE=0`` forces the fallback.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -148,6 +149,10 @@ class TokenTable:
         self._trie = None
         self._roots = None
         self._root_of_byte = None
+        # loopy-state signature -> its loop memo (``_native.loop_frontier``), made when a
+        # whole-vocabulary walk first enters a root in such a state (``add_loop_memo``)
+        self.loop_memos: dict[bytes, tuple] = {}
+        self.loop_memo_args: tuple = ()  # (signature, *memo) each, as walk_roots takes them
         self._packed = None
         self._subtree_bytes = None
         self._max_chars = None
@@ -212,6 +217,16 @@ class TokenTable:
             table[self.trie[0][roots]] = roots
             self._root_of_byte = table
         return self._root_of_byte
+
+    def add_loop_memo(self, signature: bytes) -> None:
+        """Make the loop memo of ``signature`` (a loopy lexer state's loop bytes and UTF-8
+        flag, as ``walk_roots`` reports it), for the walks after this one."""
+        with _memo_lock:  # token tables are shared by grammars, whose masks run on several threads
+            if signature in self.loop_memos or len(self.loop_memos) >= MAX_LOOP_MEMOS:
+                return
+            self.loop_memos[signature] = _native.loop_frontier(
+                self.packed_trie, self.subtree_bytes, self.root_of_byte, signature, self.trie[4], self.n_words)
+            self.loop_memo_args = tuple((sig, *memo) for sig, memo in self.loop_memos.items())
 
     @property
     def trie(self) -> tuple[np.ndarray, ...]:
@@ -471,6 +486,14 @@ def _node_walk(nodes: np.ndarray) -> WalkResult:
 # makes them in Python as before (tests compare the two)
 C_SUB_WALKS = True
 
+# whole-vocabulary walks use loop memos (``TokenTable.add_loop_memo``): below a root entered
+# in a loopy state (a string body), the tokens read inside come from the memo of the state's
+# loop bytes, shared by every lexer, and only the memo's exits are walked; False walks every
+# node (tests compare the two)
+LOOP_MEMOS = True
+MAX_LOOP_MEMOS = 16  # _native.c's MAX_MEMOS
+_memo_lock = threading.Lock()
+
 # masks inside keys composed from each key's own walk (``MaskComputer._key_parts``);
 # False walks the product of the alive keys instead (the reference of the tests)
 KEY_PARTS = True
@@ -590,7 +613,10 @@ class MaskComputer:
         try:
             if nodes is None:
                 found = _native.walk_roots(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4],
-                                           core.product, tokens.root_of_byte, states, words)
+                                           core.product, tokens.root_of_byte, states, words,
+                                           tokens.loop_memo_args if LOOP_MEMOS else ())
+                if found[3] is not None and LOOP_MEMOS:
+                    tokens.add_loop_memo(found[3])
             else:
                 found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars,
                                           tokens.trie[4], core.product, nodes, states, words)
@@ -607,7 +633,7 @@ class MaskComputer:
             inside = np.frombuffer(taken, dtype=np.uint32)
         if not found[0]:  # no boundaries (most walks): no arrays to make
             return WalkResult(inside, _NO_IDS, _NO_IDS, _NO_IDS, by_node=True)
-        ids, pos, st = found
+        ids, pos, st = found[:3]
         frombuffer = np.frombuffer
         return WalkResult(inside, frombuffer(ids, dtype=np.int64), frombuffer(pos, dtype=np.int64),
                           frombuffer(st, dtype=np.int64), by_node=True)
