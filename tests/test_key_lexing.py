@@ -118,3 +118,29 @@ def test_one_lexer_for_every_set_of_used_keys(llama3_vocab, monkeypatch):
         assert col.wide is not None and col.allowed < col.wide
         lexers.add(id(cg.lexer.for_lexemes(col.lexing)))
     assert len(lexers) == 1
+
+
+def test_key_walks_composed_once_per_used_keys(llama3_vocab, monkeypatch):
+    """The walks a mask inside keys is the union of are composed once per (lexer, state,
+    used keys) (``LexerDFA.key_walks``): the second object of an array, with the same keys
+    in the same order, composes none, and its masks are still the filtered lexers'."""
+    made = []
+
+    class Counted(mask.KeyParts):
+        def __init__(self, *a):
+            made.append(1)
+            super().__init__(*a)
+
+    monkeypatch.setattr(mask, "KeyParts", Counted)
+    schema = {"type": "array", "items": SCHEMAS[1]}
+    one, two = '[{"names": 1, "kind": 2}]', '[{"names": 1, "kind": 2}, {"names": 3, "kind": 4}]'
+    natives = (True, False) if native_enabled() else (False,)
+    for native in natives:
+        counts = []
+        for text in one, two:
+            tokens = llama3_vocab.encode(text)
+            made.clear()
+            got = _masks(_matcher(schema, llama3_vocab, monkeypatch, native, True), tokens)
+            counts.append(len(made))
+            _same(got, _masks(_matcher(schema, llama3_vocab, monkeypatch, False, False), tokens), llama3_vocab)
+        assert counts[0] > 0 and counts[1] == counts[0], counts

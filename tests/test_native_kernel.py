@@ -324,6 +324,72 @@ def test_native_dfa_and_product_reject_bad_input():
         prod.row(99)
 
 
+def test_walk_roots_equals_walk_trie_from_every_root(llama3_vocab, monkeypatch):
+    """``walk_roots`` (a whole-vocabulary walk that leaves out the roots whose byte is dead
+    in the state's row before reading their nodes) gives the same words and the same
+    boundaries, in the same order, as ``walk_trie`` from every depth-1 node; and so with
+    loop memos (``loop_frontier``: below a root entered in a loopy state, the memo's
+    tokens and a walk of its exits only). States of several lexers (keys, strings with
+    and without excluded keys, a pattern, numbers, a product of all), each reachable one
+    up to a bound. Bad input is a Python exception."""
+    _needs_native()
+    ir = _ir("json", {"type": "object", "properties": {"name": {"type": "string"}, "n": {"type": "number"},
+                                                       "p": {"type": "string", "pattern": "^[a-z ]+(x|\\\\)?$"},
+                                                       "tags": {"type": "array", "items": {"enum": ["ab", "ac"]}}},
+                      "additionalProperties": {"type": "integer"}})
+    m = _fresh(ir, llama3_vocab, True, monkeypatch)
+    masks = m.compiled.masks
+    tokens = masks.tokens
+    trie = (tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4])
+    roots = tokens.trie_roots
+    lexers = [masks.lexer.for_lexemes(frozenset((i,))) for i in range(len(masks.lexer.dfas))]
+    lexers.append(masks.lexer.for_lexemes(frozenset(range(len(masks.lexer.dfas)))))
+    states = []
+    for lex in lexers:
+        todo, seen = [0], {0}
+        while todo and len(seen) < 40:
+            s = todo.pop()
+            states.append((lex.core, s))
+            for t in set(lex.core.row(s)) - seen - {-1}:
+                seen.add(t)
+                todo.append(t)
+    memos: dict[bytes, tuple] = {}
+    for core, s in states:  # the signatures the walks report, then their memos
+        got = extension.walk_roots(*trie, core.product, tokens.root_of_byte, s,
+                                   np.zeros(tokens.n_words, dtype=np.uint32))
+        if got[3] is not None and got[3] not in memos:
+            memos[got[3]] = extension.loop_frontier(tokens.packed_trie, tokens.subtree_bytes, tokens.root_of_byte,
+                                                    got[3], tokens.trie[4], tokens.n_words)
+    assert memos  # string bodies met
+    args = tuple((sig, *memo) for sig, memo in memos.items())
+    used = 0
+    for core, s in states:
+        want_words = np.zeros(tokens.n_words, dtype=np.uint32)
+        want = extension.walk_trie(*trie, core.product, roots, np.full(roots.shape, s, dtype=np.int32), want_words)
+        for memo_args in (), args:
+            got_words = np.zeros(tokens.n_words, dtype=np.uint32)
+            got = extension.walk_roots(*trie, core.product, tokens.root_of_byte, s, got_words, memo_args)
+            assert got[:3] == want and np.array_equal(got_words, want_words), (core, s, len(memo_args))
+            used += bool(memo_args) and got[3] is None and want_words.any()
+    assert len(states) > 100 and used > 20
+    words = np.zeros(tokens.n_words, dtype=np.uint32)
+    product = lexers[-1].core.product
+    with pytest.raises(ValueError, match="state out of range"):
+        extension.walk_roots(*trie, product, tokens.root_of_byte, product.n_states + 5, words)
+    bad = tokens.root_of_byte.copy()
+    bad[7] = tokens.packed_trie.size
+    with pytest.raises(ValueError, match="out of range"):
+        extension.walk_roots(*trie, product, bad, 0, words)
+    with pytest.raises(ValueError, match="root_of_byte"):
+        extension.walk_roots(*trie, product, tokens.root_of_byte[:255], 0, words)
+    sig, bits, exits, off, dense = args[0]
+    for broken in ((sig[:32], bits, exits, off, dense), (sig, bits[:8], exits, off, dense),
+                   (sig, bits, exits[:-4], off, dense), (sig, bits, exits, off, dense[:-4])):
+        with pytest.raises(ValueError, match="malformed memos"):
+            for core, s in states:  # (checked where a walk first meets a loopy root)
+                extension.walk_roots(*trie, core.product, tokens.root_of_byte, s, words, (broken,))
+
+
 # ---------------------------------------------------------------------------- soundness
 
 

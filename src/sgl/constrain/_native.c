@@ -225,6 +225,341 @@ done:
     return res;
 }
 
+/* A loop memo (loop_frontier): what a walk does below each root whose children it enters
+ * in a loopy state of signature sig (the bytes on which the state loops to itself, and
+ * whether it is UTF-8 loopy, built 3), read from the signature alone: the tokens read
+ * inside (bits, by position in the trie's token order) and the nodes where the walk
+ * leaves the state (exits, in preorder; those of the root of byte b are exits[off[b] ..
+ * off[b + 1]]). At a node whose parent is in such a state, walk_trie takes the subtree
+ * when its bytes loop (or, UTF-8 loopy, its ASCII bytes loop and it is well-formed
+ * UTF-8), descends in the same state when the node's byte loops, and otherwise reads
+ * the state's own row: so everything but the exits depends on the signature only (when
+ * the state has no counting step, step_kind 1: checked before a memo is used). */
+#define SIG_BYTES 33 /* 4 x 64 loop bits, then the UTF-8 flag */
+
+static PyObject *loop_frontier(PyObject *self, PyObject *args) {
+    Py_buffer nb, sb, rb, gb, ib;
+    Py_ssize_t n_words;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*n", &nb, &sb, &rb, &gb, &ib, &n_words)) return NULL;
+    PyObject *res = NULL;
+    uint64_t *bits = NULL;
+    uint32_t *dense = NULL;
+    int32_t *exits = NULL, off[257];
+    Py_ssize_t n_exits = 0, cap = 0;
+    Py_ssize_t n_nodes = nb.len / (Py_ssize_t)sizeof(Node) - 1;
+    if (check_buf(&sb, 32, n_nodes, "subtree_bytes") || check_buf(&rb, 4, 256, "root_of_byte") ||
+        check_buf(&gb, SIG_BYTES, 1, "signature") || n_nodes < 0)
+        goto done;
+    if (ib.len % 8 || ib.len / 8 != ((const Node *)nb.buf)[n_nodes].tok || n_words < 1) {
+        PyErr_SetString(PyExc_ValueError, "loop_frontier: trie and token ids disagree");
+        goto done;
+    }
+    const int64_t *ids = ib.buf; /* checked against n_words by check_trie */
+    const Node *nd = nb.buf;
+    const uint64_t *sub = sb.buf;
+    const int32_t *root_of_byte = rb.buf;
+    uint64_t L[4];
+    memcpy(L, gb.buf, 32);
+    int utf8 = ((const uint8_t *)gb.buf)[32] != 0;
+    Py_ssize_t n_tok = nd[n_nodes].tok, n_bits = (n_tok + 63) / 64;
+    bits = calloc(n_bits ? n_bits : 1, sizeof(uint64_t));
+    if (!bits) { PyErr_NoMemory(); goto done; }
+    for (int c = 0; c < 256; c++) {
+        off[c] = (int32_t)n_exits;
+        Py_ssize_t r = root_of_byte[c];
+        if (r < 0) continue;
+        if (r >= n_nodes) {
+            PyErr_SetString(PyExc_ValueError, "loop_frontier: root_of_byte out of range");
+            goto done;
+        }
+        Py_ssize_t i = r + 1, stop = nd[r].end;
+        while (i < stop) { /* every node reached here has its parent in the loopy state */
+            const Node *x = nd + i;
+            const uint64_t *sp = sub + i * 4;
+            if (x->end > i + 1 && !(sp[0] & ~L[0]) && !(sp[1] & ~L[1]) &&
+                ((utf8 && x->utf8) || (!(sp[2] & ~L[2]) && !(sp[3] & ~L[3])))) {
+                for (int32_t t = x->tok, e = nd[x->end].tok; t < e; t++) bits[t >> 6] |= (uint64_t)1 << (t & 63);
+                i = x->end;
+                continue;
+            }
+            if ((L[x->byte >> 6] >> (x->byte & 63)) & 1) {
+                for (int32_t t = x->tok, e = x[1].tok; t < e; t++) bits[t >> 6] |= (uint64_t)1 << (t & 63);
+                i++;
+                continue;
+            }
+            if (n_exits == cap) {
+                cap = cap ? cap * 2 : 1024;
+                int32_t *grown = realloc(exits, cap * sizeof(int32_t));
+                if (!grown) { PyErr_NoMemory(); goto done; }
+                exits = grown;
+            }
+            exits[n_exits++] = (int32_t)i;
+            i = x->end;
+        }
+    }
+    off[256] = (int32_t)n_exits;
+    /* the same tokens by id, for walks that enter most roots in this state */
+    dense = calloc(n_words, sizeof(uint32_t));
+    if (!dense) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t t = 0; t < n_tok; t++) {
+        if ((bits[t >> 6] >> (t & 63)) & 1) {
+            int64_t id = ids[t];
+            if ((id >> 5) >= n_words) {
+                PyErr_SetString(PyExc_ValueError, "loop_frontier: token id beyond n_words");
+                goto done;
+            }
+            dense[id >> 5] |= (uint32_t)1 << (id & 31);
+        }
+    }
+    res = Py_BuildValue("(y#y#y#y#)", (char *)bits, n_bits * (Py_ssize_t)sizeof(uint64_t),
+                        n_exits ? (char *)exits : empty, n_exits * (Py_ssize_t)sizeof(int32_t),
+                        (char *)off, (Py_ssize_t)sizeof(off), (char *)dense, n_words * (Py_ssize_t)sizeof(uint32_t));
+done:
+    free(bits);
+    free(exits);
+    free(dense);
+    PyBuffer_Release(&nb); PyBuffer_Release(&sb); PyBuffer_Release(&rb); PyBuffer_Release(&gb); PyBuffer_Release(&ib);
+    return res;
+}
+
+#define MAX_MEMOS 16
+#define MEMO_MIN_TOKENS 256 /* a root entered loopy with fewer tokens below: walked as before */
+
+typedef struct {
+    Py_buffer sig, bits, exits, off, dense;
+} Memo;
+
+/* The memos of walk_roots' argument, checked against the trie (0, or -1 with an error
+ * set); parsed only when a walk first meets a loopy root (most walks never do). */
+static int parse_memos(PyObject *seq, Memo *memos, int *n_memos, Py_ssize_t n_tok, Py_ssize_t n_nodes,
+                       Py_ssize_t words_len) {
+    PyObject *fast = PySequence_Fast(seq, "walk_roots: memos must be a sequence");
+    if (!fast) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    int bad = n > MAX_MEMOS;
+    for (Py_ssize_t m = 0; m < n && !bad; m++) {
+        Memo *me = memos + *n_memos;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, m), "y*y*y*y*y*", &me->sig, &me->bits, &me->exits,
+                              &me->off, &me->dense)) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        (*n_memos)++;
+        const int32_t *off = me->off.buf;
+        Py_ssize_t n_ex = me->exits.len / 4;
+        bad = me->sig.len != SIG_BYTES || me->bits.len < ((n_tok + 63) / 64) * 8 || me->exits.len % 4 ||
+              me->off.len != 257 * 4 || off[0] != 0 || off[256] != n_ex || me->dense.len != words_len;
+        for (int c = 0; c < 256 && !bad; c++) bad = off[c + 1] < off[c];
+        for (Py_ssize_t e = 0; e < n_ex && !bad; e++) bad = ((const int32_t *)me->exits.buf)[e] >= n_nodes;
+    }
+    Py_DECREF(fast);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "walk_roots: malformed memos");
+        return -1;
+    }
+    return 0;
+}
+
+/* walk_roots(nodes, subtree_bytes, max_chars, tok_ids, product, root_of_byte i32[256], state, words,
+ *            memos=()) -> (boundary nodes, pos, state, missing signature or None)
+ * As walk_trie from every depth-1 node (root_of_byte[b]: the node of first byte b, -1
+ * none), in byte order: the whole vocabulary from one lexer state. The roots whose byte
+ * is dead in the state's row are left out before their nodes are read (a dead root reads
+ * nothing and pushes no boundary in walk_trie either; its node, one cache line at a
+ * scattered address, was most of a small walk's time: a key's state has one or two live
+ * bytes of 256). memos: (signature, bits, exits, off) each (loop_frontier's, with its
+ * signature): a root entered in a loopy state of a memo's signature gets its tokens and
+ * the memo's bits below it, and only the memo's exits are walked, from that state
+ * (their boundaries come in the same preorder). missing: the signature of a loopy state
+ * that entered a root of MEMO_MIN_TOKENS+ tokens with no memo, for the caller to make. */
+static PyObject *walk_roots(PyObject *self, PyObject *args) {
+    Py_buffer nb, sb, mb, ti, rb, wo;
+    Product *P;
+    int state;
+    PyObject *memo_seq = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*O!y*iw*|O", &nb, &sb, &mb, &ti, &ProductType, &P, &rb, &state, &wo,
+                          &memo_seq))
+        return NULL;
+    PyObject *res = NULL;
+    Py_ssize_t n_nodes = nb.len / (Py_ssize_t)sizeof(Node) - 1;
+    Py_ssize_t n_tok = ti.len / 8;
+    Bounds b = {0};
+    Memo memos[MAX_MEMOS];
+    int n_memos = 0;
+    int32_t *pts = NULL, *sts = NULL;
+    Py_ssize_t n_points = 0, cap = 0;
+    int have_missing = 0, memos_parsed = 0;
+    int8_t root_memo[256]; /* the memo each root was entered with, -1 none */
+    memset(root_memo, -1, sizeof(root_memo));
+    uint32_t *tmp = NULL;
+    uint8_t missing[SIG_BYTES];
+    if (check_buf(&rb, 4, 256, "root_of_byte") || check_buf(&sb, 32, n_nodes, "subtree_bytes") ||
+        check_buf(&mb, 1, n_nodes, "max_chars"))
+        goto done;
+    if (n_nodes < 0 || ((const Node *)nb.buf)[n_nodes].tok != n_tok) {
+        PyErr_SetString(PyExc_ValueError, "walk_roots: trie and token ids disagree");
+        goto done;
+    }
+    /* in range only (reading the 256 nodes here would undo the point): which node is
+     * each byte's root is the caller's (TokenTable.root_of_byte, checked when made) */
+    const int32_t *root_of_byte = rb.buf;
+    for (int c = 0; c < 256; c++) {
+        if (root_of_byte[c] >= n_nodes) {
+            PyErr_SetString(PyExc_ValueError, "walk_roots: root_of_byte out of range");
+            goto done;
+        }
+    }
+    const Node *nd = nb.buf;
+    const int64_t *ids = ti.buf;
+    uint32_t *words = wo.buf;
+    int code = 0;
+    product_lock(P);
+    if (state < 0 || state >= P->n) code = 1;
+    else code = product_build(P, state);
+    for (int c = 0; c < 256 && !code; c++) {
+        int32_t r = root_of_byte[c];
+        if (r < 0) continue;
+        int32_t nx = P->table[(Py_ssize_t)state * 256 + c];
+        if (nx < 0) continue;
+        const Memo *use = NULL;
+        if (!memos_parsed || n_memos || !have_missing) {
+            int32_t below = nd[nd[r].end].tok - nd[r + 1 < n_nodes ? r + 1 : r].tok;
+            if (nd[r].end > r + 1 && below >= MEMO_MIN_TOKENS) {
+                if ((code = product_build(P, nx))) break;
+                if (P->built[nx] >= 2 && (code = product_step_info(P, nx))) break;
+                if (P->built[nx] >= 2 && P->cnt[nx].step_kind == 1) {
+                    if (!memos_parsed) {
+                        memos_parsed = 1;
+                        if (memo_seq && memo_seq != Py_None &&
+                            parse_memos(memo_seq, memos, &n_memos, n_tok, n_nodes, wo.len) < 0) {
+                            code = 2;
+                            break;
+                        }
+                    }
+                    uint8_t sig[SIG_BYTES];
+                    memcpy(sig, P->loops + (Py_ssize_t)nx * 4, 32);
+                    sig[32] = P->built[nx] == 3;
+                    for (int m = 0; m < n_memos && !use; m++)
+                        if (!memcmp(memos[m].sig.buf, sig, SIG_BYTES)) use = memos + m;
+                    if (!use && !have_missing) {
+                        memcpy(missing, sig, SIG_BYTES);
+                        have_missing = 1;
+                    }
+                }
+            }
+        }
+        const int32_t *off = use ? use->off.buf : NULL;
+        Py_ssize_t need = n_points + (use ? off[c + 1] - off[c] : 1);
+        if (need > cap) {
+            Py_ssize_t ncap = cap ? cap : 256;
+            while (ncap < need) ncap *= 2;
+            int32_t *np_ = realloc(pts, ncap * sizeof(int32_t)), *ns_ = np_ ? realloc(sts, ncap * sizeof(int32_t)) : NULL;
+            if (np_) pts = np_;
+            if (!np_ || !ns_) { code = -3; break; }
+            sts = ns_, cap = ncap;
+        }
+        if (!use) {
+            pts[n_points] = r;
+            sts[n_points++] = state;
+            continue;
+        }
+        /* the root's own tokens (its byte is live), the memo's below it, its exits from nx */
+        for (int32_t t = nd[r].tok, e = nd[r + 1].tok; t < e; t++) {
+            int64_t id = ids[t];
+            words[id >> 5] |= (uint32_t)1 << (id & 31);
+        }
+        root_memo[c] = (int8_t)(use - memos);
+        const int32_t *ex = use->exits.buf;
+        for (int32_t e = off[c]; e < off[c + 1]; e++) {
+            pts[n_points] = ex[e];
+            sts[n_points++] = nx;
+        }
+    }
+    PyThread_release_lock(P->lock);
+    /* the memos' tokens below their roots: read by trie position under each such root, or,
+     * where that is more tokens than the other roots hold, the memo's words less the
+     * other roots' tokens (roots hold disjoint tokens: their first bytes differ) */
+    Py_ssize_t n_words = wo.len / 4;
+    for (int m = 0; m < n_memos && !code; m++) {
+        Py_ssize_t scan = 0, clear = n_words / 2;
+        for (int c = 0; c < 256; c++) {
+            int32_t r = root_of_byte[c];
+            if (r < 0) continue;
+            if (root_memo[c] == m) scan += nd[nd[r].end].tok - nd[r + 1].tok;
+            else clear += nd[nd[r].end].tok - nd[r].tok;
+        }
+        if (scan == 0) continue;
+        const uint64_t *bits = memos[m].bits.buf;
+        if (clear < scan) {
+            if (!tmp && !(tmp = malloc(n_words * sizeof(uint32_t)))) { code = -3; break; }
+            memcpy(tmp, memos[m].dense.buf, n_words * sizeof(uint32_t));
+            for (int c = 0; c < 256; c++) {
+                int32_t r = root_of_byte[c];
+                if (r < 0 || root_memo[c] == m) continue;
+                for (int32_t t = nd[r].tok, e = nd[nd[r].end].tok; t < e; t++) {
+                    int64_t id = ids[t];
+                    tmp[id >> 5] &= ~((uint32_t)1 << (id & 31));
+                }
+            }
+            for (Py_ssize_t w = 0; w < n_words; w++) words[w] |= tmp[w];
+            continue;
+        }
+        for (int c = 0; c < 256; c++) {
+            int32_t r = root_of_byte[c];
+            if (r < 0 || root_memo[c] != m) continue;
+            for (int32_t t = nd[r + 1].tok, e = nd[nd[r].end].tok; t < e;) {
+                if (!(t & 63) && e - t >= 64) { /* a whole 64-bit word of positions */
+                    for (uint64_t w = bits[t >> 6]; w; w &= w - 1) {
+                        int64_t id = ids[t + __builtin_ctzll(w)];
+                        words[id >> 5] |= (uint32_t)1 << (id & 31);
+                    }
+                    t += 64;
+                    continue;
+                }
+                if ((bits[t >> 6] >> (t & 63)) & 1) {
+                    int64_t id = ids[t];
+                    words[id >> 5] |= (uint32_t)1 << (id & 31);
+                }
+                t++;
+            }
+        }
+    }
+    if (!code && n_points) {
+        Trie t = {nb.buf, sb.buf, mb.buf, ti.buf, n_nodes};
+        code = trie_walk(&t, P, pts, sts, n_points, wo.buf, &b);
+    }
+    if (code < 0) {
+        product_error(code);
+        goto done;
+    }
+    if (code == 2) goto done; /* parse_memos set the error */
+    if (code) {
+        PyErr_SetString(PyExc_ValueError, "walk_roots: state out of range");
+        goto done;
+    }
+    if (b.failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (have_missing)
+        res = Py_BuildValue("(y#y#y#y#)", VEC(ids, &b), VEC(pos, &b), VEC(state, &b), (char *)missing,
+                            (Py_ssize_t)SIG_BYTES);
+    else
+        res = Py_BuildValue("(y#y#y#O)", VEC(ids, &b), VEC(pos, &b), VEC(state, &b), Py_None);
+done:
+    bounds_free(&b);
+    free(pts);
+    free(sts);
+    free(tmp);
+    for (int m = 0; m < n_memos; m++) {
+        PyBuffer_Release(&memos[m].sig); PyBuffer_Release(&memos[m].bits);
+        PyBuffer_Release(&memos[m].exits); PyBuffer_Release(&memos[m].off); PyBuffer_Release(&memos[m].dense);
+    }
+    PyBuffer_Release(&nb); PyBuffer_Release(&sb); PyBuffer_Release(&mb); PyBuffer_Release(&ti); PyBuffer_Release(&rb);
+    PyBuffer_Release(&wo);
+    return res;
+}
+
 /* Earley (the parser's columns and closure) is in _native_earley.c */
 extern PyTypeObject EarleyType;
 /* Boundaries (the boundary recursion of mask misses) is in _native_boundary.c */
@@ -239,6 +574,8 @@ PyObject *mask_logits(PyObject *self, PyObject *args);
 static PyMethodDef methods[] = {
     {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
     {"walk_trie", walk_trie, METH_VARARGS, "Walk token trie subtrees from lexer states."},
+    {"walk_roots", walk_roots, METH_VARARGS, "Walk the whole token trie from one lexer state."},
+    {"loop_frontier", loop_frontier, METH_VARARGS, "What a walk does below the roots in a loopy state."},
     {"take_words", take_words, METH_VARARGS, "A walk's words, compact when few, and clear the scratch."},
     {"or_parts", or_parts, METH_VARARGS, "OR dense and compact word parts into a bitmask."},
     {"words_digest", words_digest, METH_O, "A 64-bit digest of a bitmask."},

@@ -48,9 +48,10 @@ def alive_keys(mc: MaskComputer, lexer: LexerDFA, state: int, keys: frozenset[in
     if len(alive) < 2 or not all(order[j] in keys for j in alive):
         return None
     out = []
+    local, offsets, for_lexemes = comp.tolist(), core._offsets.tolist(), mc.lexer.for_lexemes
     for j in alive:
-        single = mc.lexer.for_lexemes(frozenset((order[j],)))
-        out.append((order[j], single, single.core.state_of_local(int(comp[j]) - int(core._offsets[j]))))
+        single = for_lexemes(frozenset((order[j],)))
+        out.append((order[j], single, single.core.state_of_local(local[j] - offsets[j])))
     return out
 
 
@@ -62,22 +63,30 @@ def used_key_tokens(mc: MaskComputer, col: EarleySet, lexer: LexerDFA, state: in
     strings: prefix-free, read greedily) end at the same byte with or without the
     used ones. The candidates are the tokens inside each used key that is alive in
     ``state`` (that key's own walk, shared by every grammar); each is checked by its
-    end state in ``lexer``, once per (state, key)."""
+    end state in ``lexer``, once per (state, key); the result once per (state, used
+    keys), for the next object at this state with the same keys used."""
     used = col.wide - col.allowed
+    got = lexer.used_dead.get((state, used), False)  # (another object with these keys used)
+    if got is not False:
+        return got
     core, order = lexer.core, lexer.order
     comp = core.components(state)
     alive = np.nonzero(comp != core._dead)[0].tolist()
     used_alive = [j for j in alive if order[j] in used]
-    if not used_alive:
-        return None
-    cache = lexer.key_tokens
-    dead: list[int] = []
-    for j in used_alive:
-        cands = cache.get((state, j))
-        if cands is None:
-            cands = cache[(state, j)] = key_candidates(mc, lexer, state, j, int(comp[j]))
-        dead.extend(t for t, ends_in in cands if ends_in <= used)
-    return np.array(dead, dtype=np.int64) if dead else None
+    got = None
+    if used_alive:
+        cache = lexer.key_tokens
+        dead: list[int] = []
+        for j in used_alive:
+            cands = cache.get((state, j))
+            if cands is None:
+                cands = cache[(state, j)] = key_candidates(mc, lexer, state, j, int(comp[j]))
+            dead.extend(t for t, ends_in in cands if ends_in <= used)
+        if dead:
+            got = np.array(dead, dtype=np.int64)
+            got.flags.writeable = False
+    lexer.used_dead[(state, used)] = got
+    return got
 
 
 def key_candidates(mc: MaskComputer, lexer: LexerDFA, state: int, j: int, q: int) -> list[tuple[int, frozenset[int]]]:

@@ -163,7 +163,7 @@ class NativeLexerCore:
     def state_of_local(self, q: int) -> int:
         """For a one-lexeme core: the state id of its DFA's state ``q``."""
         try:
-            return self.product.intern(np.array([q], dtype=np.int32).tobytes())
+            return self.product.intern(int(q).to_bytes(4, "little", signed=True))  # one int32
         except OverflowError as e:
             raise self._budget(e) from e
 
@@ -450,6 +450,11 @@ class LexerDFA:
         self.key_tokens: dict[tuple[int, int], list] = {}
         # state -> (lexeme, its lexer, its state) of each alive key, or None (mask._key_parts)
         self.key_parts: dict[int, list | None] = {}
+        # (token table, state, used keys or None) -> the walks of the alive unused keys
+        # there (mask.KeyParts), composed once per used set (mask._key_parts)
+        self.key_walks: dict[tuple, object] = {}
+        # (state, used keys) -> the tokens dropped there (key_masks.used_key_tokens)
+        self.used_dead: dict[tuple, object] = {}
 
     @property
     def accepting(self) -> np.ndarray:

@@ -22,6 +22,7 @@ the tests compare it with. ``SGL_NATIVE=0`` forces the fallback.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -147,6 +148,11 @@ class TokenTable:
         self.tok_off = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)]).astype(np.int64)
         self._trie = None
         self._roots = None
+        self._root_of_byte = None
+        # loopy-state signature -> its loop memo (``_native.loop_frontier``), made when a
+        # whole-vocabulary walk first enters a root in such a state (``add_loop_memo``)
+        self.loop_memos: dict[bytes, tuple] = {}
+        self.loop_memo_args: tuple = ()  # (signature, *memo) each, as walk_roots takes them
         self._packed = None
         self._subtree_bytes = None
         self._max_chars = None
@@ -200,6 +206,27 @@ class TokenTable:
         if self._roots is None:
             self._roots = np.ascontiguousarray(np.nonzero(self.trie[1] == 1)[0], dtype=np.int32)
         return self._roots
+
+    @property
+    def root_of_byte(self) -> np.ndarray:
+        """int32 per byte value: the trie's depth-1 node of that first byte, -1 if no token
+        starts with it (``walk_roots`` starts a whole-vocabulary walk from the live ones)."""
+        if self._root_of_byte is None:
+            roots = self.trie_roots
+            table = np.full(256, -1, dtype=np.int32)
+            table[self.trie[0][roots]] = roots
+            self._root_of_byte = table
+        return self._root_of_byte
+
+    def add_loop_memo(self, signature: bytes) -> None:
+        """Make the loop memo of ``signature`` (a loopy lexer state's loop bytes and UTF-8
+        flag, as ``walk_roots`` reports it), for the walks after this one."""
+        with _memo_lock:  # token tables are shared by grammars, whose masks run on several threads
+            if signature in self.loop_memos or len(self.loop_memos) >= MAX_LOOP_MEMOS:
+                return
+            self.loop_memos[signature] = _native.loop_frontier(
+                self.packed_trie, self.subtree_bytes, self.root_of_byte, signature, self.trie[4], self.n_words)
+            self.loop_memo_args = tuple((sig, *memo) for sig, memo in self.loop_memos.items())
 
     @property
     def trie(self) -> tuple[np.ndarray, ...]:
@@ -459,9 +486,27 @@ def _node_walk(nodes: np.ndarray) -> WalkResult:
 # makes them in Python as before (tests compare the two)
 C_SUB_WALKS = True
 
+# whole-vocabulary walks use loop memos (``TokenTable.add_loop_memo``): below a root entered
+# in a loopy state (a string body), the tokens read inside come from the memo of the state's
+# loop bytes, shared by every lexer, and only the memo's exits are walked; False walks every
+# node (tests compare the two)
+LOOP_MEMOS = True
+MAX_LOOP_MEMOS = 16  # _native.c's MAX_MEMOS
+_memo_lock = threading.Lock()
+
 # masks inside keys composed from each key's own walk (``MaskComputer._key_parts``);
 # False walks the product of the alive keys instead (the reference of the tests)
 KEY_PARTS = True
+
+
+@dataclass
+class KeyParts:
+    """The walks a mask inside keys is the union of (``MaskComputer._key_parts``)."""
+
+    insides: list  # each alive unused key's tokens read inside it (Words)
+    bounded: list  # (key lexer, walk) of the keys whose walk has boundary subtrees
+    native: bool  # every key lexer is a C product (the C boundary recursion runs them)
+    first: LexerDFA | None  # a key lexer (None: every alive key is used)
 
 
 class MaskComputer:
@@ -499,15 +544,17 @@ class MaskComputer:
 
     def _walk_vocabulary(self, lexer: LexerDFA, state: int) -> WalkResult:
         tokens = self.tokens
-        row = lexer.table_row(state)
         if _is_native(lexer.core) and tokens.max_len < 1024:
-            roots = tokens.trie_roots
-            res = self._native_walk(lexer.core, roots, np.full(roots.shape, state, dtype=np.int32))
+            res = self._native_walk(lexer.core, None, state)  # from the trie's roots
+            row = None
         else:
+            row = lexer.table_row(state)
             res = self._numpy_walk_vocabulary(lexer, state, row)
         if lexer.accepting[state]:
             # The current lexeme may end right here; tokens starting with a dead byte then
             # start the next lexeme, which is exactly the next column's own mask.
+            if row is None:
+                row = lexer.table_row(state)
             res.starts_next = self.first_byte_words(row < 0)
         return res
 
@@ -553,8 +600,10 @@ class MaskComputer:
         sub.inside = self._pack(sub.inside)
         return sub
 
-    def _native_walk(self, core, nodes: np.ndarray, states: np.ndarray) -> WalkResult:
-        """Trie subtrees ``nodes`` from lexer ``states`` (the C product builds rows on the way)."""
+    def _native_walk(self, core, nodes: np.ndarray | None, states: np.ndarray | int) -> WalkResult:
+        """Trie subtrees ``nodes`` from lexer ``states`` (the C product builds rows on the way);
+        ``nodes`` None: the whole vocabulary from state ``states`` (the trie's roots whose
+        byte is live there, ``walk_roots``)."""
         tokens = self.tokens
         # one zeroed scratch per computer (masks run under the grammar's lock), which
         # take_words hands back compacted and clears: no 16 KB array per walk
@@ -562,8 +611,15 @@ class MaskComputer:
         if words is None:
             words = self._scratch = np.zeros(tokens.n_words, dtype=np.uint32)
         try:
-            found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4],
-                                      core.product, nodes, states, words)
+            if nodes is None:
+                found = _native.walk_roots(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4],
+                                           core.product, tokens.root_of_byte, states, words,
+                                           tokens.loop_memo_args if LOOP_MEMOS else ())
+                if found[3] is not None and LOOP_MEMOS:
+                    tokens.add_loop_memo(found[3])
+            else:
+                found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars,
+                                          tokens.trie[4], core.product, nodes, states, words)
         except OverflowError as e:
             words[:] = 0
             raise core._budget(e) from e
@@ -577,7 +633,7 @@ class MaskComputer:
             inside = np.frombuffer(taken, dtype=np.uint32)
         if not found[0]:  # no boundaries (most walks): no arrays to make
             return WalkResult(inside, _NO_IDS, _NO_IDS, _NO_IDS, by_node=True)
-        ids, pos, st = found
+        ids, pos, st = found[:3]
         frombuffer = np.frombuffer
         return WalkResult(inside, frombuffer(ids, dtype=np.int64), frombuffer(pos, dtype=np.int64),
                           frombuffer(st, dtype=np.int64), by_node=True)
@@ -665,14 +721,18 @@ class MaskComputer:
                                             python_scans, trie, _node_walk)
         return self._native if _is_native(lexer.core) else None
 
-    def _key_parts(self, col: EarleySet, lexer: LexerDFA, state: int) -> list[tuple[LexerDFA, int]] | None:
+    def _key_parts(self, col: EarleySet, lexer: LexerDFA, state: int) -> KeyParts | None:
         """Inside a key where every lexeme still alive is a key of the duplicate-key check
-        (JSON strings: no two read the same text, none is a prefix of another), the
-        (lexer, state) of each alive key not used yet, in that key's own lexer: the
+        (JSON strings: no two read the same text, none is a prefix of another), the walks
+        of each alive key not used yet, each from its state in that key's own lexer: the
         mask is then the union of theirs (a token stays inside the product iff it stays
         inside one key, and ends a key where that key alone ends it). Their walks are
         shared by every object and grammar with those keys, whatever the keys beside
-        them or used before. None elsewhere."""
+        them or used before. None elsewhere.
+
+        Kept per (state, used keys) on ``lexer`` (``LexerDFA.key_walks``): another object
+        at the same key state (the next item of an array, the same rule object in another
+        place) finds its parts without a walk lookup per key."""
         u = self.parser.t.unique_keys
         if u is None or state == 0 or not KEY_PARTS:
             return None
@@ -681,25 +741,31 @@ class MaskComputer:
             known = lexer.key_parts[state] = alive_keys(self, lexer, state, u.strings)
         if known is None:
             return None
-        if col.wide is None:
-            return [(single, q) for _lex, single, q in known]
-        used = col.wide - col.allowed
-        return [(single, q) for lex, single, q in known if lex not in used]
+        used = None if col.wide is None else col.wide - col.allowed
+        key = (self.tokens, state, used)
+        got = lexer.key_walks.get(key)
+        if got is None:
+            singles = [(single, q) for lex, single, q in known if used is None or lex not in used]
+            got = KeyParts([], [], all(_is_native(single.core) for single, _q in singles),
+                           singles[0][0] if singles else None)
+            for single, q in singles:
+                res = self.full_walk(single, q)
+                got.insides.append(res.inside)
+                if res.boundary_ids.size:
+                    got.bounded.append((single, res))
+            lexer.key_walks[key] = got
+        return got
 
-    def _keys_mask(self, col: EarleySet, parts: list[tuple[LexerDFA, int]]) -> np.ndarray:
+    def _keys_mask(self, col: EarleySet, parts: KeyParts) -> np.ndarray:
         """The mask of ``col`` inside keys: the union of each key's (see ``_key_parts``);
         none of the states accepts, so no lexeme ends here and nothing starts."""
-        native = self._native_boundaries(parts[0][0]) if parts else None
-        if native is not None and not all(_is_native(single.core) for single, _q in parts):
-            native = None
-        extra: list[Words] = []
+        native = self._native_boundaries(parts.first) if parts.first is not None and parts.native else None
+        extra: list[Words] = list(parts.insides)
         words = self._mask_words() if native is not None else np.zeros(self.tokens.n_words, dtype=np.uint32)
-        for single, q in parts:
-            res = self.full_walk(single, q)
-            extra.append(res.inside)
+        for single, res in parts.bounded:
             if native is None:
                 self._boundaries(col, single, res, extra)
-            elif res.boundary_ids.size:
+            else:
                 native.run(col, single, res, words, self._deadline, self._check_budget, self._walk_rest)
         self._or_parts(words, extra)
         if native is not None:
