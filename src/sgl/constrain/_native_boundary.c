@@ -909,8 +909,8 @@ static PyObject *Boundaries_set_filtered(Boundaries *r, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* filtered_lexer(L) -> (allowed set, number of filtered lexers made): L's allowed set
- * where L is a filtered lexer made here, else None */
+/* filtered_lexer(L) -> (allowed set, filtered lexers made, bytes of their state flags):
+ * L's allowed set where L is a filtered lexer made here, else None */
 static PyObject *Boundaries_filtered_lexer(Boundaries *r, PyObject *arg) {
     long L = PyLong_AsLong(arg);
     if (L == -1 && PyErr_Occurred()) return NULL;
@@ -922,7 +922,9 @@ static PyObject *Boundaries_filtered_lexer(Boundaries *r, PyObject *arg) {
         set = Py_None;
         Py_INCREF(set);
     }
-    return Py_BuildValue("(Nn)", set, r->n_flex);
+    Py_ssize_t flag_bytes = 0;
+    for (Py_ssize_t i = 0; i < r->n_flex; i++) flag_bytes += r->flex[i].filt.cap;
+    return Py_BuildValue("(Nnn)", set, r->n_flex, flag_bytes);
 }
 
 static PyMethodDef Boundaries_methods[] = {

@@ -183,7 +183,7 @@ class NativeBoundaries:
         lexer, for a sub-walk Python makes: the C walk ran over its state budget)."""
         if L < FILTERED_BASE:
             return self._lexers[L]
-        allowed, _n = self._c.filtered_lexer(L)
+        allowed = self._c.filtered_lexer(L)[0]
         return self._lexer.for_lexemes(self._parser.allowed_set(allowed))
 
     def lexers(self) -> list:
