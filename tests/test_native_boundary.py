@@ -187,9 +187,8 @@ def test_sub_walks_made_in_c_give_the_fallback_masks(i, llama3_vocab, monkeypatc
     native = m.compiled.masks._native
     walks, made = native._c.counts()
     assert made > 0 and "walk" not in fills and "accepts" not in fills, (made, fills)
-    if i == 2:  # the empty lexer (after the last lexeme) was met, in C (made by Python, or since h7-filt in C)
-        made_in_c = [native._c.filtered_lexer(boundary.FILTERED_BASE + j)[0] for j in range(native.filtered_lexers())]
-        assert any(not lx.order for lx in native._lexers) or () in made_in_c
+    if i == 2:  # the empty lexer (after the last lexeme) was met, in C
+        assert any(not lx.order for lx in native._lexers)
     monkeypatch.setattr(mask, "C_SUB_WALKS", False)
     py_walks = k._fresh(ir, llama3_vocab, True, monkeypatch)
     _replay(py_walks, tokens, c_masks)

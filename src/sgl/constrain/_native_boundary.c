@@ -684,47 +684,6 @@ static int32_t filtered_lexer(Run *x, int32_t col, Py_ssize_t n) {
     return L;
 }
 
-/* A lexer made here for an allowed set of at most one lexeme (r->scratch[0..n)) with no
- * lexer yet, in a grammar with no ignored lexemes (EarleyParser.allowed_set adds them):
- * the set's own lexer, as Python's would be: the lexer of no lexemes (the text must
- * end), or the product of the one lexeme's Dfa (found in a registered product: the same
- * table Python's lexer would use; a product of one lexeme reads its DFA's table, so there
- * are no rows to share). Its id, -1 none made (no product holds the lexeme), -2 error. */
-static int32_t small_lexer(Run *x, Py_ssize_t n) {
-    Boundaries *r = x->r;
-    Product *P = NULL;
-    int32_t *order = NULL;
-    if (n == 1) {
-        Dfa *d = NULL;
-        Py_ssize_t max_states = 0;
-        for (Py_ssize_t L = 0; L < r->n_lex && !d; L++) {
-            const LexInfo *li = r->lex + L;
-            for (int32_t j = 0; li->P && j < li->P->k && !d; j++)
-                if (li->order[j] == r->scratch[0]) d = li->P->dfas[j], max_states = li->P->max_states;
-        }
-        if (!d) return -1;
-        P = (Product *)PyObject_CallFunction((PyObject *)&ProductType, "((O)n)", (PyObject *)d, max_states);
-        order = malloc(sizeof(int32_t));
-        if (!P || !order) {
-            Py_XDECREF(P); free(order);
-            if (!PyErr_Occurred()) PyErr_NoMemory();
-            x->failed = 1;
-            return -2;
-        }
-        order[0] = r->scratch[0];
-    }
-    if (r->n_flex == r->cap_flex) {
-        Py_ssize_t cap = r->cap_flex ? 2 * r->cap_flex : 64;
-        LexInfo *f = realloc(r->flex, cap * sizeof(LexInfo));
-        if (!f) { Py_XDECREF(P); free(order); PyErr_NoMemory(); x->failed = 1; return -2; }
-        r->flex = f, r->cap_flex = cap;
-    }
-    int32_t L = (int32_t)(FILTERED_BASE + r->n_flex), set = (int32_t)r->pool.n;
-    if (sets_add(r, r->scratch, n, L)) { Py_XDECREF(P); free(order); PyErr_NoMemory(); x->failed = 1; return -2; }
-    r->flex[r->n_flex++] = (LexInfo){P, order, !P, NULL, {NULL, NULL, 0}, set};
-    return L;
-}
-
 /* column uid's lexer, or -1 (reported: Python maps its allowed set to a lexer) */
 static int32_t column_lexer(Run *x, int32_t col) {
     Boundaries *r = x->r;
@@ -743,7 +702,6 @@ static int32_t column_lexer(Run *x, int32_t col) {
     }
     int32_t L = set_lexer(r, r->scratch, n);
     if (L < 0 && r->filtered && n > 0 && (L = filtered_lexer(x, col, n)) == -2) return -1;
-    if (L < 0 && r->filtered && n <= 1 && !r->n_ignore && r->has_trie && (L = small_lexer(x, n)) == -2) return -1;
     if (L < 0) {
         PyObject *t = PyTuple_New(n);
         for (Py_ssize_t i = 0; t && i < n; i++) {
@@ -775,7 +733,7 @@ static int32_t make_sub(Run *x, int32_t w, int32_t g, int32_t L2) {
         if (map_put(&r->sub, w, g, L2, r->empty_walk)) { PyErr_NoMemory(); return -2; }
         return r->empty_walk;
     }
-    if (!r->has_trie || !P || !r->walks[w].gnodes || (L2 >= FILTERED_BASE && r->filtered == 2)) return -1;
+    if (!r->has_trie || !P || !r->walks[w].gnodes || (li->keep && r->filtered == 2)) return -1;
     const int32_t *nodes = r->walks[w].gnodes + r->walks[w].gstart[g];
     Py_ssize_t n = r->walks[w].gstart[g + 1] - r->walks[w].gstart[g];
     if (n > r->n_zeros) {
