@@ -8,6 +8,13 @@ A crafted vocabulary (Llama-3 has no token that reads past the ``"`` of a key af
 alike, with equal masks; and Llama-3's masks along texts and random walks that favour
 ``,`` and ``"`` equal the fallback's. (Written for h6-keylex's filtered sub-walks, which
 were measured slower and not kept: docs/constraint_kernel.md, "h6-keylex".)
+
+Since h7-filt these columns are walked in filtered lexers made in the C recursion
+(``boundary.FILTERED_LEXERS``: the product of the column's unfiltered set seen through
+the kept lexemes, no Python lexer per set of used keys). The last tests compare, token by
+token, the C path with them (their sub-walks made in C, or by Python in the kept set's
+own lexer: mode 2, the path of a product over its state budget), without them (mode 0)
+and the fallback.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import random
 import numpy as np
 import pytest
 
-from sgl.constrain import Matcher, lexer
+from sgl.constrain import Matcher, boundary, lexer
 from sgl.constrain.compiled import CompiledGrammar
 from sgl.constrain.json_schema import json_schema_grammar
 from sgl.constrain.native import native_enabled
@@ -139,3 +146,83 @@ def test_masks_equal_the_fallback(k, llama3_vocab, monkeypatch):
         got = _masks(_compiled(schema, llama3_vocab, monkeypatch, "native"), tokens)
         for i, (a, b) in enumerate(zip(got, want, strict=True)):
             assert np.array_equal(a, b), f"step {i}"
+
+def _instances(monkeypatch) -> list:
+    """The ``NativeBoundaries`` made from now on."""
+    made: list = []
+    init = boundary.NativeBoundaries.__init__
+
+    def keep(self, *a, **kw):
+        init(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(boundary.NativeBoundaries, "__init__", keep)
+    return made
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_filtered_lexers_refuse_used_keys_and_dead_commas(case, monkeypatch):
+    _native_or_skip()
+    schema, text, yes, no = CASES[case]
+    vocab = _vocab()
+    made = _instances(monkeypatch)
+    got = {}
+    for mode in (1, 2, 0):
+        monkeypatch.setattr(boundary, "FILTERED_LEXERS", mode)
+        del made[:]
+        words, allowed = _allowed(_compiled(schema, vocab, monkeypatch, "native"), vocab, text)
+        assert yes <= allowed, (mode, yes - allowed)
+        assert not no & allowed, (mode, no & allowed)
+        assert len(made) == 1
+        n = made[0].filtered_lexers()
+        assert (n > 0) == (mode > 0), (mode, n)  # every case crosses into a filtered column
+        got[mode] = words
+    words, allowed = _allowed(_compiled(schema, vocab, monkeypatch, "python"), vocab, text)
+    for mode, w in got.items():
+        assert np.array_equal(w, words), mode
+
+
+@pytest.mark.parametrize("k", range(len(SCHEMAS)))
+def test_sub_walks_python_makes_into_filtered_lexers(k, llama3_vocab, monkeypatch):
+    """Mode 2: every sub-walk into a filtered lexer is reported and made by Python in the
+    kept set's own lexer (its groups are that lexer's states); Llama-3 masks along random
+    walks equal the fallback's and the default mode's."""
+    _native_or_skip()
+    schema = SCHEMAS[k]
+    made = _instances(monkeypatch)
+    text = ['{"a": 1, "ab": 2, "b": 3}', '{"b": 1, "alpha": 2, "a": 3, "ab": 4}',
+            '[{"b": {"a": 1, "c": "x"}, "a": 2, "s": "y", "x1": 3}, {"s": "", "a": 1}]'][k]
+    runs = [llama3_vocab.encode(text)]
+    runs += [_random_walk(_compiled(schema, llama3_vocab, monkeypatch, "native"), llama3_vocab, seed)
+             for seed in range(2)]
+    _masks(_compiled(schema, llama3_vocab, monkeypatch, "native"), runs[0])
+    assert sum(b.filtered_lexers() for b in made) > 0
+    for tokens in runs:
+        want = _masks(_compiled(schema, llama3_vocab, monkeypatch, "python"), tokens)
+        monkeypatch.setenv("SGL_NATIVE", "1")
+        monkeypatch.setattr(boundary, "FILTERED_LEXERS", 2)
+        got = _masks(_compiled(schema, llama3_vocab, monkeypatch, "native"), tokens)
+        monkeypatch.setattr(boundary, "FILTERED_LEXERS", 1)
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert np.array_equal(a, b), f"step {i}"
+
+
+def test_no_python_lexer_per_set_of_used_keys(llama3_vocab, monkeypatch):
+    """Along an object of many keys, each key position has its own set of used keys: with
+    filtered lexers the recursion registers no Python lexer for them (one for the
+    unfiltered set), without them one per set."""
+    _native_or_skip()
+    text = '{"alpha": 1, "beta": 2, "gamma": 3, "delta": 4, "eps": 5, "zeta": 6}'
+    tokens = llama3_vocab.encode(text)
+    made = _instances(monkeypatch)
+    lexers, masks, filtered = {}, {}, {}
+    for mode in (1, 0):
+        monkeypatch.setattr(boundary, "FILTERED_LEXERS", mode)
+        del made[:]
+        masks[mode] = _masks(_compiled(WIDE, llama3_vocab, monkeypatch, "native"), tokens)
+        lexers[mode] = len(made[0].lexers())
+        filtered[mode] = made[0].filtered_lexers()
+    assert filtered[0] == 0 and filtered[1] >= 3, filtered
+    assert lexers[1] + 3 <= lexers[0], lexers
+    for a, b in zip(masks[1], masks[0], strict=True):
+        assert np.array_equal(a, b)

@@ -89,9 +89,32 @@ static PyObject *check_trie(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* The walk (see _native_walk.h): depth first with a stack of lexer states by depth. */
-int trie_walk(const Trie *t, Product *P, const int32_t *start_nodes, const int32_t *start_states,
-              Py_ssize_t n_points, uint32_t *words, Bounds *b) {
+uint8_t filter_flags(WalkFilter *f, const Product *P, int32_t s) {
+    if (s >= f->cap) {
+        Py_ssize_t cap = P->cap > s ? P->cap : (Py_ssize_t)s + 1;
+        uint8_t *fl = realloc(f->flags, cap);
+        if (!fl) return 0;
+        memset(fl + f->cap, 0, cap - f->cap);
+        f->flags = fl, f->cap = cap;
+    }
+    if (f->flags[s]) return f->flags[s];
+    const int32_t *comp = P->comps + (Py_ssize_t)s * P->k;
+    uint8_t fl = FILTER_KNOWN | FILTER_PURE;
+    for (int32_t j = 0; j < P->k; j++) {
+        if (comp[j] < 0) continue;
+        if (!f->keep[j]) { fl &= (uint8_t)~FILTER_PURE; continue; }
+        fl |= FILTER_ALIVE;
+        if (P->dfas[j]->accepting[comp[j]]) fl |= FILTER_ACC;
+    }
+    return f->flags[s] = fl;
+}
+
+/* The walk (see _native_walk.h): depth first with a stack of lexer states by depth;
+ * through filter f where not NULL (trie_walk_filtered; inlined twice, so that the plain
+ * walk tests nothing of it). */
+static inline __attribute__((always_inline)) int walk_impl(const Trie *t, Product *P, const int32_t *start_nodes,
+                                                           const int32_t *start_states, Py_ssize_t n_points,
+                                                           uint32_t *words, Bounds *b, WalkFilter *f) {
     const Node *nd = t->nd;
     const uint64_t *sub = t->sub;
     const uint8_t *max_chars = t->max_chars;
@@ -106,6 +129,11 @@ int trie_walk(const Trie *t, Product *P, const int32_t *start_nodes, const int32
         int32_t p0 = start_states[pt];
         if (i < 0 || i >= n_nodes || p0 < 0 || p0 >= P->n) { bad = 1; break; }
         if ((code = product_build(P, p0))) break;
+        if (f) { /* a start no kept lexeme is alive in reads nothing and ends nothing */
+            uint8_t fl = filter_flags(f, P, p0);
+            if (!fl) { code = -3; break; }
+            if (!(fl & FILTER_ALIVE)) continue;
+        }
         const int32_t *tbl = P->table;
         const uint8_t *acc = P->accepting, *built = P->built;
         const uint64_t *loops = P->loops;
@@ -133,7 +161,7 @@ int trie_walk(const Trie *t, Product *P, const int32_t *start_nodes, const int32
              * too short (ASCII's is the longest; below 2 chars nothing worth taking) is
              * rejected before reading the node's counts and byte set: cache misses,
              * where walks start at scattered nodes (a one-char lexeme's boundaries). */
-            if (!take && cnt[p].step_kind != 1 && x->end > i + 1 &&
+            if (!take && cnt[p].step_kind != 1 && x->end > i + 1 && (!f || (f->flags[p] & FILTER_PURE)) &&
                 !(cnt[p].chain[0].done == 1 && cnt[p].chain[0].len < 2) && max_chars[i] < MAX_CHARS &&
                 !(cnt[p].chain[0].done == 1 && cnt[p].chain[0].len < max_chars[i])) {
                 if (!cnt[p].step_kind) {
@@ -158,10 +186,16 @@ int trie_walk(const Trie *t, Product *P, const int32_t *start_nodes, const int32
                 continue;
             }
             int32_t nx = tbl[(Py_ssize_t)p * 256 + x->byte];
+            if (f && nx >= 0) { /* dead unless a kept lexeme is alive */
+                uint8_t fl = nx < f->cap ? f->flags[nx] : 0;
+                if (!fl && !(fl = filter_flags(f, P, nx))) { code = -3; break; }
+                if (!(fl & FILTER_ALIVE)) nx = -1;
+            }
             if (nx < 0) {
                 /* the lexeme ends before this byte: the whole subtree's tokens go on
                  * in the next lexeme, which the caller walks from this node */
-                if (d > 1 && acc[p] && nd[x->end].tok > x->tok) bounds_push(b, i, d - 1, p);
+                if (d > 1 && (f ? (f->flags[p] & FILTER_ACC) != 0 : acc[p] != 0) && nd[x->end].tok > x->tok)
+                    bounds_push(b, i, d - 1, p);
                 i = x->end;
                 continue;
             }
@@ -180,6 +214,16 @@ int trie_walk(const Trie *t, Product *P, const int32_t *start_nodes, const int32
     PyThread_release_lock(P->lock);
     Py_END_ALLOW_THREADS
     return code ? code : bad;
+}
+
+int trie_walk(const Trie *t, Product *P, const int32_t *start_nodes, const int32_t *start_states,
+              Py_ssize_t n_points, uint32_t *words, Bounds *b) {
+    return walk_impl(t, P, start_nodes, start_states, n_points, words, b, NULL);
+}
+
+int trie_walk_filtered(const Trie *t, Product *P, const int32_t *start_nodes, const int32_t *start_states,
+                       Py_ssize_t n_points, uint32_t *words, Bounds *b, WalkFilter *f) {
+    return walk_impl(t, P, start_nodes, start_states, n_points, words, b, f);
 }
 
 /* walk_trie(nodes Node[N+1] (checked), subtree_bytes u64[N*4], max_chars u8[N], tok_ids i64[T], product,

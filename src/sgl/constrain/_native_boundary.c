@@ -31,6 +31,7 @@
 
 int32_t earley_scan_c(PyObject *obj, int32_t uid, const int32_t *lex, Py_ssize_t n);
 Py_ssize_t earley_allowed_c(PyObject *obj, int32_t uid, int32_t *out, Py_ssize_t n_out);
+Py_ssize_t earley_scannable_c(PyObject *obj, int32_t uid, int32_t *out, Py_ssize_t n_out);
 extern PyTypeObject EarleyType;
 
 /* a map from three int32 keys to an int32 value: open addressing, a = INT32_MIN empty */
@@ -104,6 +105,7 @@ typedef struct {
     int32_t *rep;    /* per group: a boundary state of it (they all complete the same lexemes) */
     int32_t *gstart; /* grouped here: group g's trie nodes are gnodes[gstart[g] .. gstart[g + 1]) */
     int32_t *gnodes; /* (NULL: grouped by Python, whose sub-walks Python makes) */
+    int32_t L;       /* the lexer of rep's states, -1 not said (add_walk without it) */
 } Walk;
 
 /* a lexer's C product and the grammar lexeme id of each of its lexemes (P NULL: none) */
@@ -111,7 +113,20 @@ typedef struct {
     Product *P;
     int32_t *order;
     int empty; /* no lexemes (the text must end): every walk in it is empty */
+    /* a filtered lexer (id FILTERED_BASE + i, made here): the product of the column's
+     * unfiltered set, walked through filt (the lexemes the check kept) */
+    uint8_t *keep;
+    WalkFilter filt;
+    int32_t set; /* pool offset of its allowed set (count, ids) */
 } LexInfo;
+
+/* Filtered lexers: a column the duplicate-key check filtered (a key position without its
+ * used keys, a value's end without a dead `,`) whose allowed set has no lexer yet gets one
+ * made here, over the product of the column's unfiltered set (the set Python registered,
+ * once per object), seen through the kept lexemes (WalkFilter): no Python lexer, product
+ * or report per set of used keys, and the rows are the wider set's, built once. Their ids
+ * start here, above every id Python gives (boundary.FILTERED_BASE). */
+#define FILTERED_BASE (1 << 28)
 
 /* words of a walk made here with at most this many nonzero kept compact (mask.py's SPARSE_WORDS) */
 #define SPARSE_WORDS 64
@@ -136,6 +151,9 @@ typedef struct {
     int32_t *zeros; Py_ssize_t n_zeros; /* start states of a sub-walk */
     Py_ssize_t n_made;   /* sub-walks made here */
     int32_t empty_walk;  /* the walk with nothing (into an empty lexer), -1 not made yet */
+    int filtered;        /* make filtered lexers (set_filtered; on by default; 2: their sub-walks by Python) */
+    LexInfo *flex; Py_ssize_t n_flex, cap_flex; /* filtered lexer FILTERED_BASE + i */
+    int32_t *scratch2; Py_ssize_t n_scratch2;   /* a column's unfiltered set */
 } Boundaries;
 
 static void walk_release(Walk *w) {
@@ -154,7 +172,11 @@ static void Boundaries_dealloc(Boundaries *r) {
     if (r->has_trie)
         for (int i = 0; i < 4; i++) PyBuffer_Release(r->tb + i);
     for (Py_ssize_t L = 0; L < r->n_lex; L++) { Py_XDECREF(r->lex[L].P); free(r->lex[L].order); }
-    free(r->lex); free(r->wscratch); free(r->zeros);
+    for (Py_ssize_t i = 0; i < r->n_flex; i++) {
+        LexInfo *f = r->flex + i;
+        Py_XDECREF(f->P); free(f->order); free(f->keep); free(f->filt.flags);
+    }
+    free(r->lex); free(r->wscratch); free(r->zeros); free(r->flex); free(r->scratch2);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
@@ -182,6 +204,7 @@ static PyObject *Boundaries_new(PyTypeObject *type, PyObject *args, PyObject *kw
     r->n_words = n_words;
     r->python_scans = python_scans;
     r->empty_walk = -1;
+    r->filtered = 1;
     r->n_ignore = PySequence_Fast_GET_SIZE(seq);
     r->ignore = malloc((r->n_ignore + 1) * sizeof(int32_t));
     if (!r->ignore) { Py_DECREF(seq); Py_DECREF(r); return PyErr_NoMemory(); }
@@ -230,13 +253,16 @@ static int inside_from_py(Boundaries *r, PyObject *inside, Walk *w) {
     return 0;
 }
 
-/* add_walk(inside: dense u32 words or (indices i64, values u32), rep_states (sequence)) -> W:
- * a walk grouped by Python (its sub-walks are reported, made by Python) */
+/* add_walk(inside: dense u32 words or (indices i64, values u32), rep_states (sequence),
+ * L=-1 (the lexer of those states)) -> W: a walk grouped by Python (its sub-walks are
+ * reported, made by Python) */
 static PyObject *Boundaries_add_walk(Boundaries *r, PyObject *args) {
     PyObject *inside, *reps;
-    if (!PyArg_ParseTuple(args, "OO", &inside, &reps)) return NULL;
+    int L = -1;
+    if (!PyArg_ParseTuple(args, "OO|i", &inside, &reps, &L)) return NULL;
     if (walks_room(r)) return PyErr_NoMemory();
     Walk w = {0};
+    w.L = L < 0 ? -1 : L;
     if (inside_from_py(r, inside, &w)) return NULL;
     PyObject *seq = PySequence_Fast(reps, "rep_states must be a sequence");
     if (!seq) { walk_release(&w); return NULL; }
@@ -298,6 +324,20 @@ static int32_t set_lexer(const Boundaries *r, const int32_t *v, Py_ssize_t n) {
         if (!map_get(&r->sets, lo, hi, k, &off)) return -1;
         if (r->pool.v[off] == n && !memcmp(r->pool.v + off + 1, v, n * sizeof(int32_t))) return r->pool.v[off + 1 + n];
     }
+}
+
+/* Register allowed set v[0..n) (ascending, not known yet: set_lexer is -1) as lexer L's:
+ * 0, or -1 (memory). v must not point into the pool. */
+static int sets_add(Boundaries *r, const int32_t *v, Py_ssize_t n, int32_t L) {
+    Py_ssize_t off = r->pool.n;
+    int rc = pool_push(&r->pool, (int32_t)n);
+    for (Py_ssize_t i = 0; !rc && i < n; i++) rc = pool_push(&r->pool, v[i]);
+    if (rc || pool_push(&r->pool, L)) return -1;
+    int32_t lo, hi, dummy;
+    set_hash(v, n, &lo, &hi);
+    int32_t k = (int32_t)n;
+    while (map_get(&r->sets, lo, hi, k, &dummy)) k += 1 << 24;
+    return map_put(&r->sets, lo, hi, k, (int32_t)off);
 }
 
 /* set_lexer(allowed (ascending sequence of int), L): the lexer of columns that allow these */
@@ -399,8 +439,14 @@ static PyObject *Boundaries_set_product(Boundaries *r, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static LexInfo *lex_info(const Boundaries *r, int32_t L) {
+    if (L >= FILTERED_BASE) return L - FILTERED_BASE < r->n_flex ? r->flex + (L - FILTERED_BASE) : NULL;
+    return L >= 0 && L < r->n_lex ? r->lex + L : NULL;
+}
+
 static Product *product_of(const Boundaries *r, int32_t L) {
-    return L >= 0 && L < r->n_lex ? r->lex[L].P : NULL;
+    const LexInfo *li = lex_info(r, L);
+    return li ? li->P : NULL;
 }
 
 /* The pool offset of the lexemes lexer L completes in state st (ascending grammar ids),
@@ -409,15 +455,17 @@ static Product *product_of(const Boundaries *r, int32_t L) {
 static int32_t accepts_of(Boundaries *r, int32_t L, int32_t st) {
     int32_t off;
     if (map_get(&r->acc, L, st, 0, &off)) return off;
-    Product *P = product_of(r, L);
+    const LexInfo *li = lex_info(r, L);
+    Product *P = li ? li->P : NULL;
     if (!P) return -2;
-    const int32_t *order = r->lex[L].order;
+    const int32_t *order = li->order;
+    const uint8_t *keep = li->keep; /* a filtered lexer: its kept lexemes only */
     off = (int32_t)r->pool.n;
     int rc = pool_push(&r->pool, 0);
     product_lock(P); /* a walk on another thread may be growing its arrays */
     const int32_t *comp = P->comps + (Py_ssize_t)st * P->k;
     for (int32_t j = 0; !rc && j < P->k; j++)
-        if (comp[j] >= 0 && P->dfas[j]->accepting[comp[j]]) rc = pool_push(&r->pool, order[j]);
+        if (comp[j] >= 0 && (!keep || keep[j]) && P->dfas[j]->accepting[comp[j]]) rc = pool_push(&r->pool, order[j]);
     PyThread_release_lock(P->lock);
     if (rc || map_put(&r->acc, L, st, 0, off)) { PyErr_NoMemory(); return -1; }
     int32_t *v = r->pool.v + off;
@@ -501,6 +549,7 @@ static PyObject *Boundaries_add_walk_nodes(Boundaries *r, PyObject *args) {
     if (walks_room(r)) { PyErr_NoMemory(); goto done; }
     Walk w = {0};
     if (inside_from_py(r, inside, &w)) goto done;
+    w.L = L;
     if (group_walk(r, &w, L, nodes, states, n)) { walk_release(&w); goto done; }
     r->walks[r->n_walks] = w;
     res = PyLong_FromSsize_t(r->n_walks++);
@@ -574,6 +623,67 @@ static int put_column_lexer(Boundaries *r, int32_t col, int32_t L) {
     return 0;
 }
 
+static PyObject *int_tuple(const int32_t *v, Py_ssize_t n) {
+    PyObject *t = PyTuple_New(n);
+    for (Py_ssize_t i = 0; t && i < n; i++) {
+        PyObject *x = PyLong_FromLong(v[i]);
+        if (!x) { Py_CLEAR(t); break; }
+        PyTuple_SET_ITEM(t, i, x);
+    }
+    return t;
+}
+
+/* A filtered lexer for column col, whose allowed set (r->scratch[0..n)) has no lexer:
+ * its id (registered for the set); -1 none can be made here (the column is not filtered,
+ * the unfiltered set's lexer has no C product); -2 the unfiltered set's lexer is reported
+ * (Python makes it, once per object) or an error is set. */
+static int32_t filtered_lexer(Run *x, int32_t col, Py_ssize_t n) {
+    Boundaries *r = x->r;
+    Py_ssize_t m = earley_scannable_c(r->earley, col, r->scratch2, r->n_scratch2);
+    if (m < 0) return -1;
+    if (m > r->n_scratch2) {
+        int32_t *s = realloc(r->scratch2, m * sizeof(int32_t));
+        if (!s) { PyErr_NoMemory(); x->failed = 1; return -2; }
+        r->scratch2 = s, r->n_scratch2 = m;
+        earley_scannable_c(r->earley, col, r->scratch2, m);
+    }
+    if (m <= n) return -1;
+    int32_t LW = set_lexer(r, r->scratch2, m);
+    if (LW < 0) {
+        report(x, Py_BuildValue("(sNs)", "lexer", int_tuple(r->scratch2, m), "unfiltered"));
+        return -2;
+    }
+    const LexInfo *wi = lex_info(r, LW);
+    if (LW >= FILTERED_BASE || !wi || !wi->P || wi->P->direct) return -1;
+    Product *P = wi->P;
+    int32_t k = P->k, kept = 0;
+    uint8_t *keep = calloc(k + 1, 1);
+    int32_t *order = malloc((k + 1) * sizeof(int32_t));
+    if (!keep || !order || (r->n_flex == r->cap_flex && r->n_flex >= FILTERED_BASE - 1)) {
+        free(keep); free(order);
+        PyErr_NoMemory(); x->failed = 1; return -2;
+    }
+    memcpy(order, wi->order, k * sizeof(int32_t));
+    for (int32_t j = 0; j < k; j++) { /* kept: the column's lexemes, and the ignored ones (EarleyParser.allowed_set) */
+        int in_set = bsearch(order + j, r->scratch, n, sizeof(int32_t), cmp_i32) != NULL;
+        kept += in_set;
+        keep[j] = in_set || bsearch(order + j, r->ignore, r->n_ignore, sizeof(int32_t), cmp_i32) != NULL;
+    }
+    if (kept != n) { free(keep); free(order); return -1; } /* (a lexeme the wider set lacks) */
+    if (r->n_flex == r->cap_flex) {
+        Py_ssize_t cap = r->cap_flex ? 2 * r->cap_flex : 64;
+        LexInfo *f = realloc(r->flex, cap * sizeof(LexInfo));
+        if (!f) { free(keep); free(order); PyErr_NoMemory(); x->failed = 1; return -2; }
+        r->flex = f, r->cap_flex = cap;
+    }
+    int32_t L = (int32_t)(FILTERED_BASE + r->n_flex);
+    int32_t set = (int32_t)r->pool.n;
+    if (sets_add(r, r->scratch, n, L)) { free(keep); free(order); PyErr_NoMemory(); x->failed = 1; return -2; }
+    Py_INCREF(P);
+    r->flex[r->n_flex++] = (LexInfo){P, order, 0, keep, {keep, NULL, 0}, set};
+    return L;
+}
+
 /* column uid's lexer, or -1 (reported: Python maps its allowed set to a lexer) */
 static int32_t column_lexer(Run *x, int32_t col) {
     Boundaries *r = x->r;
@@ -591,6 +701,7 @@ static int32_t column_lexer(Run *x, int32_t col) {
         earley_allowed_c(r->earley, col, r->scratch, n);
     }
     int32_t L = set_lexer(r, r->scratch, n);
+    if (L < 0 && r->filtered && n > 0 && (L = filtered_lexer(x, col, n)) == -2) return -1;
     if (L < 0) {
         PyObject *t = PyTuple_New(n);
         for (Py_ssize_t i = 0; t && i < n; i++) {
@@ -610,17 +721,19 @@ static int32_t column_lexer(Run *x, int32_t col) {
  * ran over its state budget: Python's walk raises the budget error), -2 on a Python error. */
 static int32_t make_sub(Run *x, int32_t w, int32_t g, int32_t L2) {
     Boundaries *r = x->r;
-    Product *P = product_of(r, L2);
-    if (r->walks[w].gnodes && L2 < r->n_lex && r->lex[L2].empty) { /* nothing to read */
+    LexInfo *li = lex_info(r, L2);
+    Product *P = li ? li->P : NULL;
+    if (r->walks[w].gnodes && li && li->empty) { /* nothing to read */
         if (r->empty_walk < 0) {
             if (walks_room(r)) { PyErr_NoMemory(); return -2; }
             r->walks[r->n_walks] = (Walk){0};
+            r->walks[r->n_walks].L = -1;
             r->empty_walk = (int32_t)r->n_walks++;
         }
         if (map_put(&r->sub, w, g, L2, r->empty_walk)) { PyErr_NoMemory(); return -2; }
         return r->empty_walk;
     }
-    if (!r->has_trie || !P || !r->walks[w].gnodes) return -1;
+    if (!r->has_trie || !P || !r->walks[w].gnodes || (li->keep && r->filtered == 2)) return -1;
     const int32_t *nodes = r->walks[w].gnodes + r->walks[w].gstart[g];
     Py_ssize_t n = r->walks[w].gstart[g + 1] - r->walks[w].gstart[g];
     if (n > r->n_zeros) {
@@ -632,7 +745,8 @@ static int32_t make_sub(Run *x, int32_t w, int32_t g, int32_t L2) {
     if (walks_room(r)) { PyErr_NoMemory(); return -2; }
     Bounds b = {0};
     uint32_t *s = r->wscratch;
-    int code = trie_walk(&r->trie, P, nodes, r->zeros, n, s, &b);
+    int code = li->keep ? trie_walk_filtered(&r->trie, P, nodes, r->zeros, n, s, &b, &li->filt)
+                        : trie_walk(&r->trie, P, nodes, r->zeros, n, s, &b);
     if (code || b.failed) {
         memset(s, 0, r->n_words * sizeof(uint32_t));
         bounds_free(&b);
@@ -664,6 +778,7 @@ static int32_t make_sub(Run *x, int32_t w, int32_t g, int32_t L2) {
         }
         nw.wb = val, nw.m = nz;
     }
+    nw.L = L2;
     int rc = group_walk(r, &nw, L2, b.ids, b.state, b.n);
     bounds_free(&b);
     if (rc) { walk_release(&nw); return -2; }
@@ -715,12 +830,15 @@ static void recurse(Run *x, int32_t col, int32_t L, int32_t w) {
             if (now() > x->deadline) x->over = 1; /* a sub-walk may take a millisecond */
         }
         or_walk(r->walks + w2, x->out, r->n_words);
+        /* (a walk into a filtered lexer Python made, over its own lexer: that lexer's states) */
+        if (L2 >= FILTERED_BASE && r->walks[w2].L >= 0) L2 = r->walks[w2].L;
         if (r->walks[w2].n_groups) recurse(x, nxt, L2, w2);
     }
 }
 
 /* run(column, L, W, out u32[n_words] (writable), deadline (time.monotonic)) -> list of what is
- * missing: ("accepts", L, state), ("lexer", allowed lexemes), ("walk", W, group, L'); empty
+ * missing: ("accepts", L, state), ("lexer", allowed lexemes[, "unfiltered": a filtered column's
+ * set before the filter, for its filtered lexer]), ("walk", W, group, L'); empty
  * when the recursion is complete (then out holds every boundary continuation), None when the
  * deadline passed. */
 static PyObject *Boundaries_run(Boundaries *r, PyObject *args) {
@@ -780,7 +898,38 @@ static PyObject *Boundaries_lexer_of(Boundaries *r, PyObject *arg) {
     return PyLong_FromLong(L);
 }
 
+/* set_filtered(mode): make filtered lexers (see FILTERED_BASE) for new filtered columns
+ * (1) or not (0); 2: make them, but report their sub-walks to Python (tests: the path a
+ * product over its state budget takes) */
+static PyObject *Boundaries_set_filtered(Boundaries *r, PyObject *arg) {
+    long mode = PyLong_AsLong(arg);
+    if (mode == -1 && PyErr_Occurred()) return NULL;
+    if (mode < 0 || mode > 2) { PyErr_SetString(PyExc_ValueError, "set_filtered: 0, 1 or 2"); return NULL; }
+    r->filtered = (int)mode;
+    Py_RETURN_NONE;
+}
+
+/* filtered_lexer(L) -> (allowed set, filtered lexers made, bytes of their state flags):
+ * L's allowed set where L is a filtered lexer made here, else None */
+static PyObject *Boundaries_filtered_lexer(Boundaries *r, PyObject *arg) {
+    long L = PyLong_AsLong(arg);
+    if (L == -1 && PyErr_Occurred()) return NULL;
+    PyObject *set;
+    if (L >= FILTERED_BASE && L - FILTERED_BASE < r->n_flex) {
+        const int32_t *v = r->pool.v + r->flex[L - FILTERED_BASE].set;
+        if (!(set = int_tuple(v + 1, v[0]))) return NULL;
+    } else {
+        set = Py_None;
+        Py_INCREF(set);
+    }
+    Py_ssize_t flag_bytes = 0;
+    for (Py_ssize_t i = 0; i < r->n_flex; i++) flag_bytes += r->flex[i].filt.cap;
+    return Py_BuildValue("(Nnn)", set, r->n_flex, flag_bytes);
+}
+
 static PyMethodDef Boundaries_methods[] = {
+    {"set_filtered", (PyCFunction)Boundaries_set_filtered, METH_O, "Make filtered lexers here, or not."},
+    {"filtered_lexer", (PyCFunction)Boundaries_filtered_lexer, METH_O, "A filtered lexer's set; how many."},
     {"set_child", (PyCFunction)Boundaries_set_child, METH_VARARGS, "The column a scan leads to (python_scans)."},
     {"set_column_lexer", (PyCFunction)Boundaries_set_column_lexer, METH_VARARGS, "A column's lexer (python_scans)."},
     {"lexer_of", (PyCFunction)Boundaries_lexer_of, METH_O, "The lexer registered for an allowed set, or -1."},

@@ -820,6 +820,23 @@ Py_ssize_t earley_allowed_c(PyObject *obj, int32_t uid, int32_t *out, Py_ssize_t
     return k;
 }
 
+/* The lexemes column uid's items scan (ascending, once each) before the key check's
+ * filter, into out (room for n_out): how many (maybe more than n_out); -2 where the check
+ * filtered nothing there (earley_allowed_c gives the same set), -1 for a bad uid. */
+Py_ssize_t earley_scannable_c(PyObject *obj, int32_t uid, int32_t *out, Py_ssize_t n_out) {
+    Earley *e = (Earley *)obj;
+    if (uid < 0 || uid >= e->n_cols) return -1;
+    const Column *c = e->cols + uid;
+    if (c->allowed < 0) return -2;
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < c->n_scannable; i++) {
+        if (i && c->scannable[i].sym == c->scannable[i - 1].sym) continue;
+        if (k < n_out) out[k] = c->scannable[i].sym;
+        k++;
+    }
+    return k;
+}
+
 static PyMethodDef Earley_methods[] = {
     {"initial", (PyCFunction)earley_initial, METH_NOARGS, "The first column: (uid, allowed, accepting)."},
     {"scan", (PyCFunction)earley_scan, METH_VARARGS, "The column after lexemes, or None."},

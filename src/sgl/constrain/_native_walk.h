@@ -39,4 +39,28 @@ void bounds_free(Bounds *b);
 int trie_walk(const Trie *t, Product *P, const int32_t *start_nodes, const int32_t *start_states,
               Py_ssize_t n_points, uint32_t *words, Bounds *b);
 
+/* A walk of a product seen as the product of a subset of its lexemes (a filtered allowed
+ * set: the lexemes kept): a state is alive where a kept lexeme is alive, accepting where a
+ * kept lexeme accepts. Transitions are componentwise, so this is the walk the product of
+ * the kept lexemes alone makes (its states are the projections of these), over rows that
+ * are built once for the wider set. flags: per state, FILTER_* bits computed on first use
+ * (owned by the caller, grown here; free it with free()). */
+typedef struct {
+    const uint8_t *keep; /* per component of the product: 1 kept */
+    uint8_t *flags;      /* per state: 0 unknown, else FILTER_KNOWN | ... */
+    Py_ssize_t cap;
+} WalkFilter;
+
+#define FILTER_KNOWN 1
+#define FILTER_ALIVE 2  /* a kept lexeme is alive */
+#define FILTER_ACC 4    /* a kept lexeme accepts */
+#define FILTER_PURE 8   /* every alive lexeme is kept (below it the walks agree) */
+
+/* The flags of state s of P under f (P locked); 0 on memory. */
+uint8_t filter_flags(WalkFilter *f, const Product *P, int32_t s);
+
+/* trie_walk through f (see WalkFilter); -3 also when f's flags cannot grow. */
+int trie_walk_filtered(const Trie *t, Product *P, const int32_t *start_nodes, const int32_t *start_states,
+                       Py_ssize_t n_points, uint32_t *words, Bounds *b, WalkFilter *f);
+
 #endif

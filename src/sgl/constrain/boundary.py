@@ -17,6 +17,15 @@ and registers the result itself, with no report and no Python object. (It was ~3
 Python per sub-walk: the walk's result arrays, the grouping, the registration.) Python
 still makes the sub-walks the C side cannot (a lexer without a C product, a product
 over its state budget) from the group's nodes (``group_nodes``).
+
+A column the duplicate-key check filtered (a key position without its used keys, a
+value's end without a dead ``,``) is walked in a *filtered lexer* the C side makes by
+itself: the product of the column's unfiltered set (one Python lexer per object, reported
+once as a "lexer" fill) seen through the lexemes the check kept. It is the walk the
+product of the kept lexemes alone makes (transitions are componentwise: a state is alive
+where a kept lexeme is, accepting where a kept lexeme accepts), with no Python lexer,
+product or fill per set of used keys. Their ids start at ``FILTERED_BASE``; Python sees
+one only where it must make a sub-walk into it (then in the kept set's own lexer).
 """
 
 from __future__ import annotations
@@ -31,6 +40,12 @@ from .native import _native
 # ``EarleyParser.scan``) for every grammar; the masks must not change. No grammar needs it
 # now: the duplicate-key check, which filters columns, runs in the compiled scan too
 FORCE_PYTHON_SCANS = False
+
+# filtered columns walked in filtered lexers made in C (see above); 0 gives each filtered
+# set its own Python lexer, reported as a "lexer" fill; 2 makes them but has Python make
+# their sub-walks (the path of a product over its state budget). Tests compare the three
+FILTERED_LEXERS = 1
+FILTERED_BASE = 1 << 28  # the first filtered lexer's id (_native_boundary.c)
 
 
 def c_lexer(lex) -> bool:
@@ -53,6 +68,7 @@ class NativeBoundaries:
         parser whose Python scans filter columns needed before the duplicate-key check
         moved into the compiled scan; kept for tests (``FORCE_PYTHON_SCANS``)."""
         self._c = _native.Boundaries(parser.native, sorted(parser.t.ignore), n_words, python_scans)
+        self._c.set_filtered(int(FILTERED_LEXERS))
         self._parser, self._lexer = parser, lexer
         self._group = group
         self._lexers: list = []  # L -> LexerDFA (kept alive: ids are by object)
@@ -96,10 +112,10 @@ class NativeBoundaries:
                 if res.groups is None:
                     res.groups = self._group(lexer.core, res)
                 reps = [group[0] for group, _sel in res.groups]
-            got = self._walk_ids[id(res)] = self._c.add_walk(res.inside, reps)
+            L = self.lexer_id(lexer)
+            got = self._walk_ids[id(res)] = self._c.add_walk(res.inside, reps, L)
             self._walks[got] = res
             self._py_groups.add(got)
-            L = self.lexer_id(lexer)
             for st in reps:
                 self._c.set_accepts(L, st, tuple(lexer.accepts[st]))
         return got
@@ -147,13 +163,13 @@ class NativeBoundaries:
             self._c.set_lexer(allowed, self.lexer_id(lex))
         elif item[1] not in self._py_groups:  # grouped in C: the group's nodes
             _, W, g, L2 = item
-            nxt = self._lexers[L2]
+            nxt = self._lexer_at(L2)
             nodes = np.frombuffer(self._c.group_nodes(W, g), dtype=np.int32).astype(np.int64)
             check_budget()
             self._c.set_sub(W, g, L2, self.walk_id(walk_rest(nxt, self._stub(nodes), slice(None)), nxt))
         else:
             _, W, g, L2 = item
-            res, nxt = self._walks[W], self._lexers[L2]
+            res, nxt = self._walks[W], self._lexer_at(L2)
             group, sel = res.groups[g]
             key = (group, nxt.core.uid)  # the same cache as the Python path's
             sub = res.subs.get(key)
@@ -161,3 +177,19 @@ class NativeBoundaries:
                 check_budget()
                 sub = res.subs[key] = walk_rest(nxt, res, sel)
             self._c.set_sub(W, g, L2, self.walk_id(sub, nxt))
+
+    def _lexer_at(self, L: int):
+        """Lexer ``L``: registered by Python, or a filtered lexer made in C (its set's own
+        lexer, for a sub-walk Python makes: the C walk ran over its state budget)."""
+        if L < FILTERED_BASE:
+            return self._lexers[L]
+        allowed = self._c.filtered_lexer(L)[0]
+        return self._lexer.for_lexemes(self._parser.allowed_set(allowed))
+
+    def lexers(self) -> list:
+        """The lexers Python registered (by id, in order)."""
+        return list(self._lexers)
+
+    def filtered_lexers(self) -> int:
+        """How many filtered lexers the C side has made (see the module's docstring)."""
+        return self._c.filtered_lexer(-1)[1]
