@@ -15,8 +15,8 @@ load on the machine hits every engine alike. Per engine it reports:
   while the model runs (``prefetch``); that thread's CPU time / tokens, which the
   per-call times above do not include; total CPU per token: both together.
   ``sgl`` is the processor's default (prefetch off since h5), ``sgl-noprefetch`` has it
-  off explicitly, ``sgl-auto`` uses ``prefetch="auto"``, ``sgl-prefetch2`` always
-  prefetches the two best tokens (the h4 default),
+  off explicitly, ``sgl-auto`` uses ``prefetch="auto"``, ``sgl-prefetch1`` always
+  prefetches the best token, ``sgl-prefetch2`` the two best (the h4 default),
   ``sgl-frac6`` is ``sgl`` with the opt-in JSON option ``max_fraction_digits=6``;
 * tokens/s: generated tokens / wall time of ``model.generate`` (model included), and
   the same for unconstrained generation ("none") as the reference;
@@ -59,7 +59,7 @@ sys.path.insert(0, str(HERE))
 
 from maskbench import list_cases, load_schema, shared_data_dir  # noqa: E402
 
-ENGINES = ("sgl", "sgl-noprefetch", "sgl-auto", "sgl-prefetch2", "sgl-frac6", "xgrammar", "outlines", "llguidance")
+ENGINES = ("sgl", "sgl-noprefetch", "sgl-auto", "sgl-prefetch1", "sgl-prefetch2", "sgl-frac6", "xgrammar", "outlines", "llguidance")
 DEFAULT_ENGINES = "sgl,xgrammar,outlines,llguidance"
 DEFAULT_SUBSETS = "Github_easy,Github_medium,Glaiveai2K,Kubernetes"
 TASKS = (
@@ -133,6 +133,13 @@ class SGLAuto(SGL):
 
     name = "sgl-auto"
     prefetch = "auto"
+
+
+class SGLPrefetch1(SGL):
+    """Masks after the best token at every step (what greedy search takes)."""
+
+    name = "sgl-prefetch1"
+    prefetch = 1
 
 
 class SGLPrefetch2(SGL):
@@ -249,7 +256,7 @@ class LLGuidance(Engine):
 
 
 ENGINE_CLASSES: dict[str, type[Engine]] = {"sgl": SGL, "sgl-noprefetch": SGLNoPrefetch, "sgl-auto": SGLAuto,
-                                           "sgl-prefetch2": SGLPrefetch2, "sgl-frac6": SGLFraction6,
+                                           "sgl-prefetch1": SGLPrefetch1, "sgl-prefetch2": SGLPrefetch2, "sgl-frac6": SGLFraction6,
                                            "xgrammar": XGrammar,
                                            "outlines": Outlines, "llguidance": LLGuidance}
 
@@ -414,6 +421,7 @@ def run(args: argparse.Namespace) -> dict[str, Stats]:
     helper = shared_prefetcher()
     order = list(engines)
     used = 0
+    dump = open(args.dump, "w", encoding="utf-8") if args.dump else None  # noqa: SIM115 - closed below
     for label, schema in candidate_schemas(args.subsets, args.seed):
         if used == args.schemas:
             break
@@ -457,11 +465,21 @@ def run(args: argparse.Namespace) -> dict[str, Stats]:
                 body = new[:-1] if done else new
                 if name == "none":
                     continue
-                st.valid += done and is_valid(tok.decode(body), schema)
+                ok = done and is_valid(tok.decode(body), schema)
+                st.valid += ok
+                prefix = None
                 if not done:
                     judged = judged if judged is not None else judge.compile(text)
-                    st.prefix_ok += judge.ok(judged, body)
+                    prefix = judge.ok(judged, body)
+                    st.prefix_ok += prefix
+                if dump is not None:
+                    dump.write(json.dumps({"engine": name, "schema": label, "prompt": i, "tokens": len(new),
+                                           "finished": done, "valid": ok, "prefix_ok": prefix,
+                                           "text": tok.decode(body)}) + "\n")
+                    dump.flush()
         print(f"  {label}: done ({used} of {args.schemas} schemas); so far:\n{report(stats, args)}\n", flush=True)
+    if dump is not None:
+        dump.close()
     return stats
 
 
@@ -516,6 +534,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--open-objects", action="store_true",
                     help="keep the schemas as they are (default: additionalProperties false where unset)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dump", metavar="FILE",
+                    help="write every output (engine, schema, prompt, tokens, finished, valid, text) as JSON lines")
     args = ap.parse_args(argv)
     unknown = set(args.engines.split(",")) - set(ENGINES)
     if unknown:
