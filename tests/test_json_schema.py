@@ -388,6 +388,28 @@ def test_lenient_records_warnings_and_drops_the_keyword():
         assert accepts(schema, [{}, {}], lenient=True)
 
 
+def test_the_same_ref_text_resolves_by_its_base_and_each_refusal_names_its_place():
+    # resolved $ref targets are memoised per compile by (base, ref): "#/$defs/v" is the
+    # root's definition at the root and the embedded resource's inside it
+    s = {
+        "$id": "http://example.com/root.json",
+        "$defs": {
+            "v": {"type": "integer"},
+            "inner": {"$id": "http://example.com/inner.json", "$defs": {"v": {"type": "string"}}, "type": "object",
+                      "properties": {"b": {"$ref": "#/$defs/v"}, "c": {"$ref": "#/$defs/v"}}},
+        },
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/v"}, "a2": {"$ref": "#/$defs/v"}, "in": {"$ref": "#/$defs/inner"}},
+    }
+    assert accepts(s, {"a": 1, "a2": 2, "in": {"b": "x", "c": "y"}})
+    assert not accepts(s, {"a2": "x"}) and not accepts(s, {"in": {"b": 1}}) and not accepts(s, {"in": {"c": 1}})
+    got: list = []
+    with pytest.warns(UserWarning, match="does not resolve"):
+        json_schema_grammar({"properties": {"p": {"$ref": "#/$defs/missing"}, "q": {"$ref": "#/$defs/missing"}}},
+                            lenient=True, warnings=got)
+    assert any("/properties/p" in w for w in got) and any("/properties/q" in w for w in got), got
+
+
 def test_false_schema_and_cycles_are_refused():
     with pytest.raises(ConstraintError):
         json_schema_grammar(False)
