@@ -170,6 +170,20 @@ class RefResolver:
             base = parent.base if parent is not None else self.root_base
         return Sub(node, base, self.ptr_of.get(id(node), ptr))
 
+    def member_sub(self, node, parent: Sub, keyword: str, name: str) -> Sub:
+        """``sub`` for the schema ``parent.node[keyword][name]`` (``properties``...): its
+        pointer is spelled only if the scan did not record one (it records every object
+        schema under those keywords), not for every member of every object."""
+        if isinstance(node, bool):
+            return TRUE if node else FALSE
+        base = self.base_of.get(id(node))
+        if base is None:
+            base = parent.base
+        ptr = self.ptr_of.get(id(node))
+        if ptr is None:
+            ptr = f"{parent.ptr}/{keyword}/{_ptr_escape(name)}"
+        return Sub(node, base, ptr)
+
     def root_sub(self) -> Sub:
         return self.sub(self.root, None, "")
 
