@@ -388,6 +388,28 @@ def test_lenient_records_warnings_and_drops_the_keyword():
         assert accepts(schema, [{}, {}], lenient=True)
 
 
+def test_the_same_ref_text_resolves_by_its_base_and_each_refusal_names_its_place():
+    # resolved $ref targets are memoised per compile by (base, ref): "#/$defs/v" is the
+    # root's definition at the root and the embedded resource's inside it
+    s = {
+        "$id": "http://example.com/root.json",
+        "$defs": {
+            "v": {"type": "integer"},
+            "inner": {"$id": "http://example.com/inner.json", "$defs": {"v": {"type": "string"}}, "type": "object",
+                      "properties": {"b": {"$ref": "#/$defs/v"}, "c": {"$ref": "#/$defs/v"}}},
+        },
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/v"}, "a2": {"$ref": "#/$defs/v"}, "in": {"$ref": "#/$defs/inner"}},
+    }
+    assert accepts(s, {"a": 1, "a2": 2, "in": {"b": "x", "c": "y"}})
+    assert not accepts(s, {"a2": "x"}) and not accepts(s, {"in": {"b": 1}}) and not accepts(s, {"in": {"c": 1}})
+    got: list = []
+    with pytest.warns(UserWarning, match="does not resolve"):
+        json_schema_grammar({"properties": {"p": {"$ref": "#/$defs/missing"}, "q": {"$ref": "#/$defs/missing"}}},
+                            lenient=True, warnings=got)
+    assert any("/properties/p" in w for w in got) and any("/properties/q" in w for w in got), got
+
+
 def test_false_schema_and_cycles_are_refused():
     with pytest.raises(ConstraintError):
         json_schema_grammar(False)
@@ -546,3 +568,28 @@ def test_text_size_stands_in_for_the_schema_texts_length():
     big = {"enum": ["x" * 1000] * (MAX_SCHEMA_BYTES // 1000 + 1)}
     with pytest.raises(CompileBudgetExceeded):
         compile_json_schema(big)
+
+
+def test_check_keywords_skips_only_keywords_it_does_not_check():
+    # check_keywords skips a keyword outside CHECKED_KEYWORDS at once: the set must be
+    # exactly the keywords its branches compare with, and each is still checked
+    import ast
+    import inspect
+    import textwrap
+
+    from sgl.constrain.json_schema import keywords
+
+    fn = ast.parse(textwrap.dedent(inspect.getsource(keywords.KeywordFacets.check_keywords)))
+    compared = set()
+    for n in ast.walk(fn):
+        if isinstance(n, ast.Compare) and isinstance(n.left, ast.Name) and n.left.id == "kw":
+            for c in n.comparators:
+                if isinstance(c, ast.Constant):
+                    compared.add(c.value)
+                elif isinstance(c, ast.Tuple):
+                    compared |= {e.value for e in c.elts}
+    assert compared == keywords.CHECKED_KEYWORDS
+    for kw in compared:
+        with pytest.raises(ConstraintError) as e:
+            json_schema_grammar({kw: "x" if kw == "enum" else [1]})
+        assert e.value.keyword == kw, (kw, e.value)

@@ -642,3 +642,16 @@ def test_runs_of_code_points_glue_as_literals(items) -> None:
     d = to_dfa(node)
     assert _canonical(d) == _canonical(_general(node))
     assert _n_equivalence_classes(d) == d.n_states
+
+
+@given(st.lists(st.text(alphabet="ab\u00e9", max_size=3), max_size=4), st.lists(st.text(alphabet="ab\u00e9", max_size=3), max_size=4))
+def test_word_lists_compare_with_alternatives_by_their_items(words, others):
+    # a LiteralAlt equals an Alt of the same items (its length checked first, so a
+    # comparison with NOTHING builds no items) and has no boolean operators
+    from sgl.constrain.derivatives import has_boolean_ops
+
+    w = LiteralAlt(tuple(words))
+    o = Alt(LiteralAlt(tuple(others)).items)
+    assert (w == o) == (tuple(dict.fromkeys(words)) == tuple(dict.fromkeys(others)))
+    assert (w == NOTHING) == (not words) and (w != NOTHING) == bool(words)
+    assert w == Alt(LiteralAlt(tuple(words)).items) and not has_boolean_ops(w)

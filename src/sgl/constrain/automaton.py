@@ -570,7 +570,9 @@ class LiteralAlt(Alt):
     def __eq__(self, other) -> bool:
         if isinstance(other, LiteralAlt):
             return self.words == other.words
-        return isinstance(other, Alt) and self.items == other.items
+        # one item per word: an Alt of another length (``NOTHING``, which the emitters
+        # compare every lexeme with) differs without building the items
+        return isinstance(other, Alt) and len(other.items) == len(self.words) and self.items == other.items
 
     def __repr__(self) -> str:
         return f"LiteralAlt({len(self.words)} strings)"

@@ -97,7 +97,7 @@ class CompiledGrammar:
         self.vocab = vocab
         dfas = self._terminal_dfas(grammar, start, budget)
         # a terminal with an empty language (``[]``, a lone surrogate) kills its rules
-        dead = frozenset(n for n, d in dfas.items() if not d.accepting.any())
+        dead = frozenset(n for n, d in dfas.items() if _accepts_nothing(d.accepting))
         if dead or not grammar.is_trimmed():  # frontends hand over pruned grammars
             grammar = prune(grammar, dead)
         grammar = _split_empty_terminals(grammar, dfas)
@@ -258,6 +258,14 @@ def terminal_dfa(pattern: str | Node, is_literal: bool = False, budget: CompileB
             _, old = _dfa_cache.popitem(last=False)
             _dfa_cache_bytes -= old.table.nbytes
     return dfa
+
+
+def _accepts_nothing(accepting) -> bool:
+    """``not accepting.any()``; for a bool array, its bytes searched for a 1 (~20x faster
+    than numpy's reduction on these short arrays: once per lexeme per compile)."""
+    if accepting.dtype == bool:
+        return 1 not in accepting.tobytes()
+    return not accepting.any()
 
 
 def _split_empty_terminals(grammar: Grammar, dfas: dict) -> Grammar:

@@ -182,6 +182,8 @@ def has_boolean_ops(e, memo: dict | None = None) -> bool:
         return True
     if isinstance(e, Chars | Bytes):
         return False
+    if type(e) is not Alt and isinstance(e, Alt) and getattr(e, "words", None) is not None:
+        return False  # a word list (automaton.LiteralAlt): literal strings, items not built
     memo = {} if memo is None else memo
     got = memo.get(id(e))
     if got is not None:

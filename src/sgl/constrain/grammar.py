@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from . import analysis
 from .errors import ConstraintError
@@ -140,6 +141,10 @@ class GrammarBuilder:
         return g
 
 
+_weight = attrgetter("weight")
+_NEGATIVE = (0.0).__gt__  # w < 0 (a weight of another type may answer NotImplemented: validated then)
+
+
 def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintError | None = None) -> Grammar:
     """Drop rules that cannot derive text (e.g. ``false`` subschemas, or a terminal in
     ``dead``: one whose language is empty) and unreachable ones.
@@ -187,7 +192,7 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
     # every symbol used is defined (a kept rule's symbols are productive, so have kept
     # rules, and reachable through it); what validate() checks besides, checked here,
     # and validate() names the first fault as before
-    if (not reach.isdisjoint(terminals_of) or any(r.weight < 0 for r in rules)
+    if (not reach.isdisjoint(terminals_of) or any(map(_NEGATIVE, map(_weight, rules)))
             or not terminals.keys() >= set(ignore)):
         used |= {s for r in rules for s in r.rhs if s in terminals_of}  # a name both ways
         out.terminals = {k: v for k, v in terminals_of.items() if k in used}

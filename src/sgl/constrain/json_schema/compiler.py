@@ -35,6 +35,7 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
         self.dynamic_anchors: dict[str, int] = {}
         self.base_of: dict[int, str] = {}
         self.ptr_of: dict[int, str] = {}
+        self.resolved: dict[tuple[str, str], tuple] = {}  # (base, $ref) -> (node, base, ptr)
         root_base = DEFAULT_BASE
         if isinstance(schema, dict) and isinstance(schema.get("$id"), str):
             root_base = urldefrag(urljoin(DEFAULT_BASE, schema["$id"]))[0]

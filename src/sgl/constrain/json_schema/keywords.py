@@ -46,6 +46,16 @@ def _at(ptr: str, kw: str) -> str:
 
 # the keywords ``sub_facets`` reads inside ``negated()`` (oneOf, not, if, dependencies)
 _NEGATING = frozenset(("oneOf", "not", "if", "dependentRequired", "dependentSchemas", "dependencies"))
+# every keyword check_keywords checks (the others pass unchecked: skipped at once)
+CHECKED_KEYWORDS = frozenset((
+    "type", "properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "required",
+    "allOf", "anyOf", "oneOf", "prefixItems", "items", "not", "if", "then", "else", "contains",
+    "additionalProperties", "additionalItems", "propertyNames", "unevaluatedItems", "unevaluatedProperties",
+    "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
+    "maxContains", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "pattern",
+    "format", "$ref", "$dynamicRef", "$id", "$anchor", "enum", "dependentRequired", "dependencies",
+    "uniqueItems", "nullable",
+))
 
 
 class KeywordFacets:
@@ -165,6 +175,8 @@ class KeywordFacets:
     def check_keywords(self, s: Sub) -> None:
         node, p = s.node, s.ptr
         for kw, val in node.items():
+            if kw not in CHECKED_KEYWORDS:
+                continue  # (annotations: description, title, default, examples, ...)
             if kw == "type":
                 names = val if isinstance(val, list) else [val]
                 if not names and isinstance(val, list) or any(t not in TYPES for t in names):
@@ -346,13 +358,9 @@ class KeywordFacets:
 
     def object_spec(self, s: Sub) -> ObjectSpec | None:
         node, p = s.node, s.ptr
-        props = tuple(
-            (k, self.sub(v, s, f"{p}/properties/{_ptr_escape(k)}")) for k, v in node.get("properties", {}).items()
-        )
-        patterns = tuple(
-            (k, self.sub(v, s, f"{p}/patternProperties/{_ptr_escape(k)}"))
-            for k, v in node.get("patternProperties", {}).items()
-        )
+        member = self.member_sub
+        props = tuple((k, member(v, s, "properties", k)) for k, v in node.get("properties", {}).items())
+        patterns = tuple((k, member(v, s, "patternProperties", k)) for k, v in node.get("patternProperties", {}).items())
         additional = TRUE
         if "additionalProperties" in node:
             additional = self.sub(node["additionalProperties"], s, f"{p}/additionalProperties")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote, urldefrag, urljoin
 
 from .common import _ptr_escape
@@ -95,6 +96,14 @@ def is_false(ref) -> bool:
     return isinstance(ref, Sub) and ref.node is False
 
 
+@lru_cache(maxsize=4096)
+def _split_ref(base: str, ref: str) -> tuple[str, str]:
+    """``urldefrag(urljoin(base, ref))``, memoised: a pure function of two strings, and
+    the same few references are resolved from many places (and schemas)."""
+    uri, frag = urldefrag(urljoin(base, ref))
+    return uri, frag
+
+
 class RefResolver:
     """Documents, ``$id`` resources, anchors and ``$ref`` resolution (a mixin of ``JsonSchemaCompiler``)."""
 
@@ -161,13 +170,43 @@ class RefResolver:
             base = parent.base if parent is not None else self.root_base
         return Sub(node, base, self.ptr_of.get(id(node), ptr))
 
+    def member_sub(self, node, parent: Sub, keyword: str, name: str) -> Sub:
+        """``sub`` for the schema ``parent.node[keyword][name]`` (``properties``...): its
+        pointer is spelled only if the scan did not record one (it records every object
+        schema under those keywords), not for every member of every object."""
+        if isinstance(node, bool):
+            return TRUE if node else FALSE
+        base = self.base_of.get(id(node))
+        if base is None:
+            base = parent.base
+        ptr = self.ptr_of.get(id(node))
+        if ptr is None:
+            ptr = f"{parent.ptr}/{keyword}/{_ptr_escape(name)}"
+        return Sub(node, base, ptr)
+
     def root_sub(self) -> Sub:
         return self.sub(self.root, None, "")
 
     def resolve(self, ref: str, at: Sub, keyword: str = "$ref") -> Sub | None:
         """The schema a ``$ref`` points to; None (after ``refuse``) when unresolvable."""
-        target = urljoin(at.base, ref)
-        uri, frag = urldefrag(target)
+        # resolved targets by (base, ref): a definition is referenced from many places
+        # (the URL parsing and the pointer walk were ~9% of a large schema's frontend);
+        # a refusal is not kept (its message names the place of each reference)
+        memo = self.resolved
+        got = memo.get((at.base, ref))
+        if got is None:
+            got = self._resolve(ref, at, keyword)
+            if got is None:
+                return None
+            memo[(at.base, ref)] = got
+        node, base, ptr = got
+        if isinstance(node, bool):
+            return TRUE if node else FALSE
+        return Sub(node, base, ptr)
+
+    def _resolve(self, ref: str, at: Sub, keyword: str) -> tuple | None:
+        """``resolve``'s target as (node, base, ptr); None after ``refuse``."""
+        uri, frag = _split_ref(at.base, ref)
         if not uri:
             uri = at.base
         if frag and not frag.startswith("/"):
@@ -175,8 +214,7 @@ class RefResolver:
             if got is None:
                 self.refuse(f"$ref {ref!r}: anchor not found", at.ptr, keyword)
                 return None
-            node, base, ptr = got
-            return Sub(node, base, ptr) if not isinstance(node, bool) else (TRUE if node else FALSE)
+            return got
         res = self.resources.get(uri)
         if res is None:
             self.refuse(f"remote $ref {ref!r} is not supported (only references inside the schema)", at.ptr, keyword)
@@ -197,11 +235,11 @@ class RefResolver:
                 if isinstance(node, dict) and id(node) in self.base_of:
                     base = self.base_of[id(node)]
         if isinstance(node, bool):
-            return TRUE if node else FALSE
+            return node, "", ""
         if not isinstance(node, dict):
             self.refuse(f"$ref {ref!r} does not point to a schema", at.ptr, keyword)
             return None
-        return Sub(node, self.base_of.get(id(node), base), self.ptr_of.get(id(node), ptr))
+        return node, self.base_of.get(id(node), base), self.ptr_of.get(id(node), ptr)
 
     def _static_dynamic_ref(self, ref: str) -> bool:
         frag = urldefrag(ref)[1]
