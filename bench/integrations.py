@@ -59,7 +59,7 @@ sys.path.insert(0, str(HERE))
 
 from maskbench import list_cases, load_schema, shared_data_dir  # noqa: E402
 
-ENGINES = ("sgl", "sgl-noprefetch", "sgl-auto", "sgl-prefetch1", "sgl-prefetch2", "sgl-frac6", "xgrammar", "outlines", "llguidance")
+ENGINES = ("sgl", "sgl-noprefetch", "sgl-auto", "sgl-prefetch1", "sgl-prefetch2", "sgl-frac6", "sgl-canonical", "xgrammar", "outlines", "llguidance")
 DEFAULT_ENGINES = "sgl,xgrammar,outlines,llguidance"
 DEFAULT_SUBSETS = "Github_easy,Github_medium,Glaiveai2K,Kubernetes"
 TASKS = (
@@ -155,6 +155,14 @@ class SGLFraction6(SGL):
 
     name = "sgl-frac6"
     json_options = {"max_fraction_digits": 6}
+
+
+class SGLCanonical(SGL):
+    """SGL with the opt-in ``numbers="canonical"`` (each number in its shortest plain
+    spelling: ``10``, never ``10.00`` or ``1e1``)."""
+
+    name = "sgl-canonical"
+    json_options = {"numbers": "canonical"}
 
 
 class XGrammar(Engine):
@@ -257,6 +265,7 @@ class LLGuidance(Engine):
 
 ENGINE_CLASSES: dict[str, type[Engine]] = {"sgl": SGL, "sgl-noprefetch": SGLNoPrefetch, "sgl-auto": SGLAuto,
                                            "sgl-prefetch1": SGLPrefetch1, "sgl-prefetch2": SGLPrefetch2, "sgl-frac6": SGLFraction6,
+                                           "sgl-canonical": SGLCanonical,
                                            "xgrammar": XGrammar,
                                            "outlines": Outlines, "llguidance": LLGuidance}
 
