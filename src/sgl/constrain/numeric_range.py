@@ -568,6 +568,11 @@ FULL_NUMBER = seq(
     optional(seq(DOT, repeat(DIGIT, 1, None))),
     optional(seq(EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))),
 )
+PLAIN_NUMBER = seq(
+    optional(literal("-")),
+    alt(literal("0"), seq(NONZERO, repeat(DIGIT, 0, None))),
+    optional(seq(DOT, repeat(DIGIT, 1, None))),
+)
 
 
 def _positive_any_exponent() -> Node:
@@ -580,7 +585,8 @@ def _positive_any_exponent() -> Node:
 
 
 @lru_cache(maxsize=8192)
-def _positive(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kind: str, scale: int) -> Node:
+def _positive(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kind: str, scale: int,
+              no_exponent: bool = False) -> Node:
     """Spellings of the positive (> 0) numbers of a piece; ``lo >= 0``."""
     if lo == 0:
         lo_open = True
@@ -588,7 +594,9 @@ def _positive(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kin
     if kind == "scale" and scale < 0:
         raise ValueError("multipleOf above 1 is not supported here")
     plain = _positive_plain(lo, lo_open, hi, hi_open, max_sig, kind == "nonint")
-    if kind == "any" and lo == 0 and hi is None:
+    if no_exponent:
+        exp = NOTHING
+    elif kind == "any" and lo == 0 and hi is None:
         exp = _positive_any_exponent()  # only the sign matters: every spelling works
     else:
         exp = _positive_exp(lo, lo_open, hi, hi_open, kind, scale)
@@ -596,19 +604,21 @@ def _positive(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kin
 
 
 @lru_cache(maxsize=4096)
-def number_regex(piece: NumPiece) -> Node:
+def number_regex(piece: NumPiece, no_exponent: bool = False) -> Node:
     """A regex for the JSON spellings of exactly the numbers in ``piece``.
 
     Multiples of an integer other than a power of ten (``multipleOf: 5``, ``1.5``)
     accept plain spellings only (no exponent form); raises ``CompileBudgetExceeded``
-    when the divisibility automaton makes the regex too large.
+    when the divisibility automaton makes the regex too large. ``no_exponent`` leaves
+    out the exponent spellings of non-zero numbers (every value keeps its plain ones):
+    the base of ``numbers="canonical"``, cheap to intersect.
     """
     if piece.is_empty():
         return NOTHING
     if piece.kind == "scale" and piece.mult > 1:
-        return _multiples_regex(piece)
+        return _multiples_regex(piece, no_exponent)
     if piece.kind == "any" and piece.lo is None and piece.hi is None:
-        return FULL_NUMBER
+        return PLAIN_NUMBER if no_exponent else FULL_NUMBER
     parts = []
     lo, hi = piece.lo, piece.hi
     # zero
@@ -617,12 +627,13 @@ def number_regex(piece: NumPiece) -> Node:
     # positive numbers
     if hi is None or hi > 0:
         plo, plo_open = (lo, piece.lo_open) if lo is not None and lo > 0 else (Decimal(0), True)
-        parts.append(_positive(plo, plo_open, hi, piece.hi_open, piece.kind, piece.scale))
+        parts.append(_positive(plo, plo_open, hi, piece.hi_open, piece.kind, piece.scale, no_exponent))
     # negative numbers: -x with x in the mirrored interval
     if lo is None or lo < 0:
         nlo, nlo_open = (-hi, piece.hi_open) if hi is not None and hi < 0 else (Decimal(0), True)
         nhi = None if lo is None else -lo
-        parts.append(seq(literal("-"), _positive(nlo, nlo_open, nhi, piece.lo_open, piece.kind, piece.scale)))
+        parts.append(seq(literal("-"), _positive(nlo, nlo_open, nhi, piece.lo_open, piece.kind, piece.scale,
+                                                 no_exponent)))
     parts = [p for p in parts if not _is_nothing(p)]
     return alt(*parts) if parts else NOTHING
 
@@ -635,7 +646,7 @@ MAX_DIVISIBILITY_REGEX = 6000
 MAX_DIVISIBILITY_STATES = 400
 
 
-def points_regex(values: list[Decimal], exact_limit: int = 64) -> Node:
+def points_regex(values: list[Decimal], exact_limit: int = 64, no_exponent: bool = False) -> Node:
     """The spellings of a finite set of numbers.
 
     Up to ``exact_limit`` values every spelling (``number_regex``); beyond, a trie of the
@@ -643,7 +654,7 @@ def points_regex(values: list[Decimal], exact_limit: int = 64) -> Node:
     """
     values = sorted(set(values))
     if len(values) <= exact_limit:
-        return alt(*(number_regex(NumPiece(v, v)) for v in values)) if values else NOTHING
+        return alt(*(number_regex(NumPiece(v, v), no_exponent) for v in values)) if values else NOTHING
     from .json_strings import string_set
 
     spell = []
@@ -665,7 +676,7 @@ def points_regex(values: list[Decimal], exact_limit: int = 64) -> Node:
     return alt(*parts) if parts else plain
 
 
-def _multiples_regex(piece: NumPiece) -> Node:
+def _multiples_regex(piece: NumPiece, no_exponent: bool = False) -> Node:
     """Multiples of ``mult * 10**-scale``: enumerated when the interval is small, else
     plain spellings through a divisibility automaton (sign bounds only)."""
     q = Decimal(piece.mult).scaleb(-piece.scale)
@@ -675,8 +686,8 @@ def _multiples_regex(piece: NumPiece) -> Node:
         if count <= MAX_ENUMERATED_MULTIPLES:
             vals = [first + i * q for i in range(count)]
             vals = [v for v in vals if piece.contains(v)]
-            if len(vals) <= 64:
-                return points_regex(vals)  # every spelling, exponent forms included
+            if len(vals) <= 64 or no_exponent:
+                return points_regex(vals, no_exponent=no_exponent)  # every spelling, exponent forms included
             return alt(points_regex(vals), _exponent_multiples(piece))
     if piece.lo not in (None, Decimal(0)) or piece.hi not in (None, Decimal(0)):
         raise ValueError("multipleOf (other than 10**-k) together with bounds other than 0 is not supported")
@@ -690,7 +701,8 @@ def _multiples_regex(piece: NumPiece) -> Node:
         parts.append(positive)
     if piece.lo is None:
         parts.append(seq(literal("-"), positive))
-    parts.append(_exponent_multiples(piece))
+    if not no_exponent:
+        parts.append(_exponent_multiples(piece))
     return alt(*parts) if parts else NOTHING
 
 

@@ -136,12 +136,13 @@ class ScalarEmitter:
         return out
 
     def number_node(self, pieces: tuple, ptr: str) -> Node:
+        canonical = self.opts.numbers == "canonical"  # plain spellings, intersected below
         points = [p.lo for p in pieces if p.lo is not None and p.lo == p.hi and p.kind == "any"]
         others = [p for p in pieces if not (p.lo is not None and p.lo == p.hi and p.kind == "any")]
-        parts = [points_regex(points, MAX_EXACT_NUMBER_POINTS)] if points else []
+        parts = [points_regex(points, MAX_EXACT_NUMBER_POINTS, canonical)] if points else []
         for p in others:
             try:
-                parts.append(number_regex(p))
+                parts.append(number_regex(p, canonical))
             except (ValueError, CompileBudgetExceeded) as e:
                 self.refuse(f"multipleOf: {e}", ptr, "multipleOf")
                 parts.append(number_regex(replace(p, kind="any") if p.scale else replace(p, mult=1)))
@@ -149,7 +150,7 @@ class ScalarEmitter:
         cap = self.opts.max_fraction_digits
         if cap is not None and node != NOTHING:
             node = materialize(mk_and(node, _fraction_cap(cap)))
-        if self.opts.numbers == "canonical" and node != NOTHING:
+        if canonical and node != NOTHING:
             node = materialize(mk_and(node, _canonical_numbers()))
         return number_lexeme(node)  # the same language, its DFA built by number_dfa
 
