@@ -27,6 +27,12 @@ are read without ``\\u`` spellings for printable ASCII (the regex path's ``other
 class then lacks some of printable ASCII); elsewhere with all of them. Both readers
 are built here from ``json_chars`` once. ``KeyNotIn.items`` is the regex path's node
 (built only if someone walks it), so every other consumer sees the same language.
+
+Where every name is spelled in one byte a character (printable ASCII but ``"``, ``\\``
+and ``/``: all 725 key sets of the MaskBench sample), ``_one_byte_dfa`` builds the same
+table in one pass over the trie (each node hash-consed by (is a name, its children's
+states), the rows written together by numpy), about 2.5x faster than the per-state
+construction; elsewhere ``_Builder`` batches the rows of such nodes the same way.
 """
 
 from __future__ import annotations
@@ -306,27 +312,9 @@ def _one_byte_dfa(names: tuple[str, ...], trie: dict, cut: int | None, max_state
     ``_Builder``'s); None where it does not apply."""
     if cut == 0 or len(trie) <= ("" in trie) or not _ONE_BYTE_SET.issuperset("".join(names)):
         return None
-    limit = 1 << 30 if cut is None else cut
     memo: dict = {}
     order: list = []
-
-    def build(node: dict, depth: int) -> int:
-        if depth >= limit:
-            return -1
-        d = depth + 1
-        if len(node) == 1:  # a chain's node, or a leaf (a name's end)
-            (ch,) = node
-            moves = ((ch, build(node[ch], d)),) if ch else ()
-        else:
-            moves = tuple([(ch, build(node[ch], d)) for ch in sorted(node) if ch])
-        key = ("" in node, moves)
-        got = memo.get(key)
-        if got is None:
-            got = memo[key] = len(order)
-            order.append(key)
-        return got
-
-    root = build(trie, 0)
+    root = _hash_cons(trie, 0, 1 << 30 if cut is None else cut, memo, order)
     has_plain = memo.get((True, ())) is not None  # a name's end without children
     table_b, accepting_b, start, end = _bottom().pruned[has_plain]
     off, n = len(table_b), len(order)
@@ -343,6 +331,27 @@ def _one_byte_dfa(names: tuple[str, ...], trie: dict, cut: int | None, max_state
     table[0, _QUOTE] = root + off
     accepting = np.concatenate([accepting_b, np.zeros(n, dtype=bool)])
     return ByteDFA(table, accepting)
+
+
+def _hash_cons(node: dict, depth: int, limit: int, memo: dict, order: list) -> int:
+    """The state of a trie node in ``_one_byte_dfa`` (-1 at the cut), numbered in
+    ``order`` as ``_Builder`` numbers it (children first, in character order). A module
+    function, not a closure: a recursive closure is a reference cycle, which keeps its
+    memo alive as frozen garbage until a full collection (see ``gc_policy``)."""
+    if depth >= limit:
+        return -1
+    d = depth + 1
+    if len(node) == 1:  # a chain's node, or a leaf (a name's end)
+        (ch,) = node
+        moves = ((ch, _hash_cons(node[ch], d, limit, memo, order)),) if ch else ()
+    else:
+        moves = tuple([(ch, _hash_cons(node[ch], d, limit, memo, order)) for ch in sorted(node) if ch])
+    key = ("" in node, moves)
+    got = memo.get(key)
+    if got is None:
+        got = memo[key] = len(order)
+        order.append(key)
+    return got
 
 
 def _full_to_any(full: _Reader, g: np.ndarray, body: int) -> dict:
