@@ -14,6 +14,7 @@ from sgl.constrain.automaton import general_dfa, to_dfa
 from sgl.constrain.dfa import ByteDFA
 from sgl.constrain.json_keys import KeyNotIn
 from sgl.constrain.json_strings import json_string_node
+from sgl.constrain.regex_ast import Chars
 
 ALPHABET = ["a", "b", "c", "A", "_", "-", " ", "/", '"', "\\", "\n", "\x00", "\x7f", "é", "ü", "\u2028", "😀", "\udfff"]
 
@@ -135,3 +136,38 @@ def test_key_lexeme_pickles():
     back = pickle.loads(pickle.dumps(key))
     assert back == key and hash(back) == hash(key)
     assert _same_language(to_dfa(back), to_dfa(key))
+
+
+def test_one_byte_construction_is_the_per_state_one():
+    """Names spelled one byte a character take a one-pass construction: the same table
+    (states, order, pruning) as every row built on its own, on random sets (prefixes of
+    each other, the empty name, cuts) and on sets it must leave to the general one."""
+    rng = random.Random(11)
+    one_byte = ["a", "b", "c", "A", "_", "-", " ", "~", "0"]
+    for i in range(300):
+        alphabet = one_byte if i % 3 else one_byte + ["/", '"', "\\", "\n", "é", "😀", "\x7f"]
+        names = {"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 12))}
+        names |= {n[: rng.randint(0, len(n))] for n in list(names)[:2]}  # prefixes of names
+        names = tuple(sorted(names))
+        for max_nodes in (300, rng.choice([1, 2, 3, 5, 8, 20])):
+            key = KeyNotIn(names, max_nodes)
+            fast, slow = key.direct_byte_dfa(), key.direct_byte_dfa(batched=False)
+            assert np.array_equal(fast.table, slow.table), (names, max_nodes)
+            assert np.array_equal(fast.accepting, slow.accepting), (names, max_nodes)
+    _check(("a", "ab", "abc", "b", ""))
+    _check(tuple("".join(rng.choice(one_byte) for _ in range(rng.randint(1, 9))) for _ in range(40)))
+
+
+def test_one_byte_characters_are_spelled_as_themselves_only():
+    from sgl.constrain.json_keys import ONE_BYTE_KEY_CHARS
+
+    for ch in map(chr, range(0x20, 0x7F)):
+        d = to_dfa(json_string_node(Chars(((ord(ch), ord(ch)),))))
+        words, todo = set(), [(0, b"")]
+        while todo:
+            s, w = todo.pop()
+            if d.accepting[s]:
+                words.add(w)
+            for b in np.flatnonzero(d.table[s] >= 0).tolist():
+                todo.append((int(d.table[s, b]), w + bytes([b])))
+        assert (words == {b'"' + ch.encode() + b'"'}) == (ch in ONE_BYTE_KEY_CHARS), (ch, words)
