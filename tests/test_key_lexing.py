@@ -144,3 +144,27 @@ def test_key_walks_composed_once_per_used_keys(llama3_vocab, monkeypatch):
             counts.append(len(made))
             _same(got, _masks(_matcher(schema, llama3_vocab, monkeypatch, False, False), tokens), llama3_vocab)
         assert counts[0] > 0 and counts[1] == counts[0], counts
+
+
+def test_key_caches_are_bounded(llama3_vocab, monkeypatch):
+    """``LexerDFA.key_walks`` and ``used_dead`` hold one entry per (state, used keys) met,
+    which a wide object makes combinatorially many: past ``lexer.MAX_KEY_SETS`` each starts
+    over, and the masks stay the filtered lexers'."""
+    made: list = []
+
+    class Recorded(lexer.LexerDFA):
+        def __init__(self, *a):
+            super().__init__(*a)
+            made.append(self)
+
+    monkeypatch.setattr(lexer, "LexerDFA", Recorded)
+    monkeypatch.setattr(lexer, "MAX_KEY_SETS", 2)
+    schema = {"type": "array", "items": SCHEMAS[1]}
+    tokens = llama3_vocab.encode('[{"names": 1, "kind": 2}, {"kind": 3, "names": 4}, {"names": 5}]')
+    natives = (True, False) if native_enabled() else (False,)
+    for native in natives:
+        made.clear()
+        got = _masks(_matcher(schema, llama3_vocab, monkeypatch, native, True), tokens)
+        assert max(len(lx.key_walks) for lx in made) == 2  # used, and bounded
+        assert all(len(lx.key_walks) <= 2 and len(lx.used_dead) <= 2 for lx in made)
+        _same(got, _masks(_matcher(schema, llama3_vocab, monkeypatch, False, False), tokens), llama3_vocab)

@@ -32,7 +32,7 @@ Where every name is spelled in one byte a character (printable ASCII but ``"``, 
 and ``/``: all 725 key sets of the MaskBench sample), ``_one_byte_dfa`` builds the same
 table in one pass over the trie (each node hash-consed by (is a name, its children's
 states), the rows written together by numpy), about 2.5x faster than the per-state
-construction; elsewhere ``_Builder`` batches the rows of such nodes the same way.
+construction (``_Builder``, used elsewhere).
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ _PRINTABLE = (0x20, 0x7E)
 # the characters a key spells in one byte only, as itself: printable ASCII but " \\ and /
 # (JSON spells / also as \/); checked against ``json_chars`` by tests/test_json_keys.py
 _ONE_BYTES = [b for b in range(_PRINTABLE[0], _PRINTABLE[1] + 1) if b not in (_QUOTE, 0x5C, 0x2F)]
-_ONE_BYTE = {chr(b): b for b in _ONE_BYTES}
-_ONE_BYTE_SET = ONE_BYTE_KEY_CHARS = frozenset(_ONE_BYTE)
+ONE_BYTE_KEY_CHARS = frozenset(map(chr, _ONE_BYTES))
 
 
 class KeyNotIn(Seq):
@@ -95,12 +94,12 @@ class KeyNotIn(Seq):
 
     def direct_byte_dfa(self, max_states: int = 50_000, batched: bool = True) -> ByteDFA:
         """The minimal ``ByteDFA`` of this lexeme, built from the trie (see the module).
-        ``batched=False``: every state's row built on its own, as before the one-byte
-        states' rows were written together (the same table; for tests)."""
+        ``batched=False``: by the general construction (``_Builder``) even where every
+        name is spelled in one byte a character (the same table; for tests)."""
         trie, cut = key_trie(self.names, self.max_nodes)
         dfa = _one_byte_dfa(self.names, trie, cut, max_states) if batched else None
         if dfa is None:
-            dfa = _Builder(trie, cut, max_states, batched).run()
+            dfa = _Builder(trie, cut, max_states).run()
         # the lexer's content key, from what the table follows from: nothing leads back
         # to state 0 (the bottom's ids start at 1) and it does not accept, so the table
         # is its own fresh-start form; scanning and hashing its ~60 KB was ~70 us a set
@@ -278,7 +277,6 @@ class _Bottom:
         self.live = (self.table >= 0).any(axis=1).tolist()  # rows with a way on
         self.start_live = {r: bool((row >= 0).any()) for r, row in self.start_rows.items()}
 
-
     def _pruned(self, has_plain: bool) -> tuple:
         """The bottom as a construction of one-byte rows leaves it (``_one_byte_dfa``):
         its restricted reader's states that no row reaches dropped, as ``_Builder.run``
@@ -310,7 +308,7 @@ def _one_byte_dfa(names: tuple[str, ...], trie: dict, cut: int | None, max_state
     its row the boundary's with the children's bytes (and the closing quote) written, all
     rows at once. The same table (the states, their order and the bottom's pruning are
     ``_Builder``'s); None where it does not apply."""
-    if cut == 0 or len(trie) <= ("" in trie) or not _ONE_BYTE_SET.issuperset("".join(names)):
+    if cut == 0 or len(trie) <= ("" in trie) or not ONE_BYTE_KEY_CHARS.issuperset("".join(names)):
         return None
     memo: dict = {}
     order: list = []
@@ -451,18 +449,11 @@ class _Builder:
     by what the state still reads (so the result is minimal by construction: equal
     subtries are one state, and a state's key decides its language)."""
 
-    def __init__(self, trie: dict, cut: int | None, max_states: int, batched: bool = True):
+    def __init__(self, trie: dict, cut: int | None, max_states: int):
         self.trie, self.cut, self.max_states = trie, cut, max_states
-        self.one_byte = _ONE_BYTE if batched else {}
         self.bottom = _bottom()
-        self.rows: list[np.ndarray | None] = []  # None: a simple state's row, filled in run
+        self.rows: list[np.ndarray] = []
         self.memo: dict = {}
-        # simple states: boundaries whose children (but those leading to the body) are all
-        # spelled as one byte; hash-consed by (restricted, closable, ((byte, target), ...)),
-        # their rows written together in ``run``
-        self.simple_memo: dict = {}
-        self.simple: list[tuple] = []  # (id, restricted, closable)
-        self.scatter: list[int] = []  # id, byte, target, id, byte, target, ...
 
     def _add(self, row: np.ndarray) -> int:
         if len(self.bottom.accepting) + len(self.rows) >= self.max_states:
@@ -475,23 +466,12 @@ class _Builder:
         root = self.node(self.trie, 0)
         if root < 0:  # cut at the root: no string at all
             return ByteDFA(np.full((1, 256), -1, dtype=np.int32), np.zeros(1, dtype=bool))
-        n_bot = len(bot.accepting)
-        table = np.empty((n_bot + len(self.rows), 256), dtype=np.int64)
-        table[:n_bot] = bot.table
-        for i, row in enumerate(self.rows):
-            if row is not None:
-                table[n_bot + i] = row
-        if self.simple:
-            ids, restricted, closable = np.array(self.simple, dtype=np.int64).T
-            table[ids] = bot.start_stack[restricted]
-            table[ids, _QUOTE] = np.where(closable != 0, bot.end, -1)
-            if self.scatter:
-                sc = np.array(self.scatter, dtype=np.int64)
-                table[sc[0::3], sc[1::3]] = sc[2::3]
+        table = np.concatenate([bot.table] + ([np.stack(self.rows)] if self.rows else []))
         table[0] = -1
         table[0, _QUOTE] = root
         accepting = np.concatenate([bot.accepting, np.zeros(len(self.rows), dtype=bool)])
         # the restricted reader's own states where no key reaches them: dropped
+        n_bot = len(bot.accepting)
         used = np.zeros(len(accepting), dtype=bool)
         used[table[n_bot:].ravel()] = True  # (index -1: the last row, kept anyway)
         used[root] = True
@@ -516,58 +496,24 @@ class _Builder:
             return -1
         body = self.bottom.body
         of_char = _SPELLINGS.of_char
-        pairs = []  # (target, spelling rest, byte or None: the one byte spelling it)
+        pairs = []
         restricted = False  # a printable-ASCII child: the others read without \u spellings
-        simple = True
-        one_byte = self.one_byte
         for ch in sorted(trie):  # children in order ("" sorts first: a name ends here)
             if ch == "":
                 continue
-            byte = one_byte.get(ch)
-            if byte is not None:  # spelled as itself only (_ONE_BYTES)
+            cp = ord(ch)
+            rest = of_char(cp)
+            if rest is None:  # a lone surrogate: no JSON text spells it
+                continue
+            if _PRINTABLE[0] <= cp <= _PRINTABLE[1]:
                 restricted = True
-                rest = -1  # (looked up only if another child is not simple)
-            else:
-                cp = ord(ch)
-                rest = of_char(cp)
-                if rest is None:  # a lone surrogate: no JSON text spells it
-                    continue
-                if _PRINTABLE[0] <= cp <= _PRINTABLE[1]:
-                    restricted = True
             t = self.node(trie[ch], depth + 1)
             if t != body:  # a child from which any string goes on is what the reader does anyway
-                pairs.append((t, rest, byte))
-                if byte is None:
-                    simple = False
-        if simple:
-            if not pairs and not restricted and "" not in trie:  # nothing excluded: any string
-                return body
-            return self.simple_state(restricted, "" not in trie, tuple((b, t) for t, _, b in pairs))
-        pairs = [(t, of_char(b) if r < 0 else r) for t, r, b in pairs]
+                pairs.append((t, rest))
         live = ((pairs[0],) if len(pairs) == 1 else _group(pairs))
         if not live and not restricted and "" not in trie:  # nothing excluded: any string
             return body
         return self.state((restricted,), live, "" not in trie)
-
-    def simple_state(self, restricted: bool, closable: bool, moves: tuple) -> int:
-        """A boundary state whose children are spelled in one byte each (``moves``:
-        (byte, target) pairs, in byte order): its row is the boundary's with those bytes
-        and the closing quote written, which ``run`` does for all of them at once. Such a
-        row always has a way on (the reader's other bytes), and equals no row of
-        ``state`` (those lead somewhere new on a byte of a longer spelling)."""
-        key = (restricted, closable, moves)
-        got = self.simple_memo.get(key)
-        if got is None:
-            self.rows.append(None)
-            n = len(self.bottom.accepting) + len(self.rows)
-            if n > self.max_states:
-                raise _too_many_states(self.max_states)
-            got = self.simple_memo[key] = n - 1
-            self.simple.append((got, restricted, closable))
-            sc = self.scatter
-            for b, t in moves:
-                sc += (got, b, t)
-        return got
 
     def state(self, at: tuple | int, live: tuple, closable: bool) -> int:
         """The state reading one character from ``at`` (a bottom id, or ``(restricted,)``

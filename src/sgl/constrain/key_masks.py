@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import lexer as lexer_module
+
 if TYPE_CHECKING:
     from .earley import EarleySet
     from .lexer import LexerDFA
@@ -85,6 +87,8 @@ def used_key_tokens(mc: MaskComputer, col: EarleySet, lexer: LexerDFA, state: in
         if dead:
             got = np.array(dead, dtype=np.int64)
             got.flags.writeable = False
+    if len(lexer.used_dead) >= lexer_module.MAX_KEY_SETS:
+        lexer.used_dead.clear()  # a cache: bounded, whatever the objects generated
     lexer.used_dead[(state, used)] = got
     return got
 

@@ -461,6 +461,10 @@ class LexerDFA:
         return self.core.accepting
 
 
+# entries of ``LexerDFA.key_walks`` / ``used_dead`` kept per lexer before each starts over:
+# one per (state, set of used keys) met, which a wide object can make combinatorially many
+MAX_KEY_SETS = 1024
+
 _cores: OrderedDict[tuple, LexerCore] = OrderedDict()
 _cores_lock = threading.Lock()
 _core_uids = itertools.count()

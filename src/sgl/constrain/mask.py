@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import boundary
+from . import lexer as lexer_module
 from .boundary import NativeBoundaries
 from .earley import EarleyParser, EarleySet
 from .errors import CompileBudgetExceeded
@@ -753,6 +754,8 @@ class MaskComputer:
                 got.insides.append(res.inside)
                 if res.boundary_ids.size:
                     got.bounded.append((single, res))
+            if len(lexer.key_walks) >= lexer_module.MAX_KEY_SETS:
+                lexer.key_walks.clear()  # a cache: bounded, whatever the objects generated
             lexer.key_walks[key] = got
         return got
 
