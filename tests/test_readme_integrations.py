@@ -21,7 +21,7 @@ def readme_snippet(marker: str) -> str:
     return found[0]
 
 
-def test_transformers_snippet_runs_and_prints_valid_json():
+def test_transformers_snippet_runs_and_prints_valid_json(model_package):
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     import importlib.util

@@ -103,7 +103,7 @@ def test_serve_flags_take_vllm_and_sglang_spellings():
 
 
 @pytest.mark.parametrize("command", ["serve", "run"])
-def test_model_flags_reach_the_engine(command):
+def test_model_flags_reach_the_engine(command, model_package):
     """Issue 10: `sgl serve --model PATH --max-running 4` (and `sgl run`) build the
     LocalModel through one factory that passes every engine flag on."""
     pytest.importorskip("torch")
