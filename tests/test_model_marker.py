@@ -18,7 +18,8 @@ LOADS_THE_MODEL = {
     "test_server_hardening.py": {"test_huge_number_bound_is_refused_at_the_budget_or_followed",
                                  "test_schema_with_1000_properties_is_fine"},
     "test_server.py": {"test_model_flags_reach_the_engine"},
-    "test_readme_integrations.py": {"test_transformers_snippet_runs_and_prints_valid_json"},
+    "test_readme_integrations.py": {"test_transformers_snippet_runs_and_prints_valid_json",
+                                    "test_transformers_example_prints_valid_characters"},
 }
 MODEL_FREE = {"test_server_hardening.py": {"test_sampling_params_tiny_temperature_is_greedy"},
               "test_readme_integrations.py": {"test_vllm_and_sglang_snippets_name_real_entry_points"}}

@@ -1,4 +1,5 @@
-"""The README's "Use SGL inside transformers" snippet runs as written."""
+"""The README's "Use SGL inside transformers" snippet, and `examples/transformers_json.py`
+it points to, run as written."""
 
 from __future__ import annotations
 
@@ -52,3 +53,20 @@ def test_vllm_and_sglang_snippets_name_real_entry_points():
     assert callable(vllm.SGLLogitsProcessor) and callable(vllm.install)
     assert "from sgl.integrations.sglang import register" in readme_snippet("register()")
     assert callable(sglang.register)
+
+
+def test_transformers_example_prints_valid_characters(model_package):
+    """`examples/transformers_json.py` (issue 11): a batch of 4 prompts through
+    `model.generate` under a pydantic model; the example parses every row back itself."""
+    pytest.importorskip("transformers")
+    import os
+    import subprocess
+    import sys
+
+    example = README.parent / "examples" / "transformers_json.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1",  # the CPU is shared
+               PYTHONPATH=os.pathsep.join([str(README.parent / "src"), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if ": {" in line]
+    assert len(rows) == 4 and "4 characters in" in out.stdout
