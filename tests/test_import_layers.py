@@ -1,7 +1,8 @@
 """The package's import graph follows the layer order in docs/architecture.md.
 
 Every import in ``src/sgl`` counts, function-local ones included (a lazy import hides a
-cycle from Python, not from the design). A unit is a subpackage (``sgl.engine``) or a
+cycle from Python, not from the design), and so does a string that names a module of the
+package (``importlib.import_module("sgl.server.main")``, a table of lazy imports). A unit is a subpackage (``sgl.engine``) or a
 top-level module (``sgl.cli``); a unit may import only units of a lower layer, or the
 same-layer units listed in ``SAME_LAYER``, and the unit graph has no cycle.
 """
@@ -9,6 +10,7 @@ same-layer units listed in ``SAME_LAYER``, and the unit graph has no cycle.
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,7 +30,8 @@ LAYERS: list[set[str]] = [
     {"sgl", "sgl.__main__", "sgl.backtrack"},
 ]
 # same-layer imports the design allows (each one direction only; a cycle still fails)
-SAME_LAYER: set[tuple[str, str]] = {("sgl.runtime", "sgl.lang"), ("sgl.server", "sgl.cli")}
+SAME_LAYER: set[tuple[str, str]] = {("sgl.runtime", "sgl.lang"), ("sgl.cli", "sgl.server"),
+                                    ("sgl.cli", "sgl.viz")}
 
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 
@@ -71,7 +74,17 @@ def imports_in(source: str, package: str) -> set[str]:
                 found.update(f"sgl.{a.name}" for a in node.names)
             else:
                 found.add(target)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _names_a_module(node.value):
+            found.add(node.value)  # imported by name at run time
     return {t for t in found if t == "sgl" or t.startswith("sgl.")}
+
+
+def _names_a_module(text: str) -> bool:
+    """Is ``text`` exactly the dotted name of a module or subpackage under ``src/sgl``?"""
+    if not re.fullmatch(r"sgl(\.\w+)+", text):
+        return False
+    path = SRC.joinpath(*text.split(".")[1:])
+    return path.is_dir() or path.with_suffix(".py").is_file()
 
 
 def unit_graph() -> dict[str, set[str]]:
@@ -132,3 +145,12 @@ def test_the_checker_sees_function_local_and_relative_imports():
     """A lazy import inside a function counts as an edge (it can hide a cycle)."""
     source = "def f():\n    from ..lang import state\n    import sgl.server.app\n\nfrom . import sampler\n"
     assert imports_in(source, "sgl.engine") == {"sgl.lang", "sgl.server.app", "sgl.engine"}
+
+
+def test_the_checker_sees_modules_imported_by_name():
+    """``importlib.import_module("sgl.x")`` and lazy-import tables are edges too; other
+    strings (a logger's name, a message) are not."""
+    source = ('import importlib\n_LAZY = {"LocalModel": "sgl.backends.local"}\n'
+              'def f():\n    return importlib.import_module("sgl.server.main")\n'
+              'MESSAGE = "sgl.LocalModel needs torch"\n')
+    assert imports_in(source, "sgl") == {"sgl.backends.local", "sgl.server.main"}

@@ -6,6 +6,8 @@ one vocab mask per batch allocated by the first grammar and filled per row (rows
 without a grammar stay all-allowed), moved and applied by the grammar class, each
 sampled token accepted, ``finished`` set, and jump-forward by re-tokenizing the output
 with the forced text appended. The packaged model's real logits pick the tokens.
+Speculative decoding: the masks over a draft tree, with each draft rolled back after
+its subtree, as SGLang's ``traverse_tree`` does, then the verified tokens accepted.
 """
 
 from __future__ import annotations
@@ -166,3 +168,71 @@ def test_invalid_constraints_are_reported_not_raised(hf):
     assert backend.dispatch_json("{not json") is None
     assert backend.dispatch_ebnf("root ::= missing") is None
     assert backend.dispatch_structural_tag("{}") is None
+
+
+def traverse_draft_tree(grammar, draft, next_token, next_sibling, mask):
+    """SGLang's grammar walk over a speculative draft tree (``spec_utils.traverse_tree``,
+    EAGLE): depth first from node 0 (the token the target model already emitted, so
+    already accepted); a node whose token its parent's row allows is accepted, its own row
+    filled unless the grammar has terminated, its first child visited, then it is rolled
+    back; siblings follow. A rejected node's subtree is never visited."""
+
+    def visit(node, parent):
+        token = draft[node]
+        if node == 0 or (int(mask[parent, token // 32]) >> (token % 32)) & 1:
+            if node:
+                grammar.accept_token(token)
+            if not grammar.is_terminated():
+                grammar.fill_vocab_mask(mask, node)
+                if next_token[node] != -1:
+                    visit(next_token[node], node)
+            if node:
+                grammar.rollback(1)
+        if next_sibling[node] != -1:
+            visit(next_sibling[node], parent)
+
+    visit(0, -1)
+
+
+def test_speculative_draft_tree_then_verify(hf):
+    """SGLang's speculative decoding with a grammar: masks over a draft tree with a valid
+    branch ending in EOS and a rejected sibling (its subtree skipped), every draft rolled
+    back after its subtree, the rows written into the request's slice of the batch mask;
+    then the verified tokens are accepted."""
+    backend = SGLGrammarBackend(hf.tok, hf.vocab_size, {hf.tok.eos_token_id})
+    regex = r"(cat|dog) [0-9]{2}"
+    grammar = backend.dispatch_regex(regex).copy()
+    ids = hf.tok("dog 42", add_special_tokens=False)["input_ids"]
+    eos, bad = hf.tok.eos_token_id, hf.tok("x", add_special_tokens=False)["input_ids"][0]
+    grammar.accept_token(ids[0])  # node 0: the target's last token, accepted last step
+    chain = [*ids[1:], eos]
+    # nodes: 0 root, 1..len(chain) the chain, then a rejected sibling of node 1 with a child
+    draft = [ids[0], *chain, bad, chain[0]]
+    n = len(draft)
+    next_token = [1, *range(2, len(chain) + 1), -1, -1, -1]
+    next_token[len(chain) + 1] = len(chain) + 2  # the rejected node's child
+    next_sibling = [-1] * n
+    next_sibling[1] = len(chain) + 1
+    batch = grammar.allocate_vocab_mask(hf.vocab_size, 2 * n, "cpu")  # two requests' trees
+    traverse_draft_tree(grammar, draft, next_token, next_sibling, batch[n:2 * n])  # the second one's slice
+
+    assert (batch[:n] == -1).all()  # the other request's rows are untouched
+    rows = batch[n:2 * n]
+    expect = grammar.copy()
+    expect.accept_token(ids[0])
+    for node, token in enumerate([None, *chain[:-1]]):  # the chain's rows: its grammar states
+        if token is not None:
+            expect.accept_token(token)
+        want = expect.allocate_vocab_mask(hf.vocab_size, 1, "cpu")
+        expect.fill_vocab_mask(want, 0)
+        assert torch.equal(rows[node], want[0]), node
+    for node in (len(chain), len(chain) + 1, len(chain) + 2):  # after EOS; rejected; its child
+        assert (rows[node] == -1).all(), node
+    assert not grammar.is_terminated()  # every draft rolled back: node 0's state again
+    again = grammar.allocate_vocab_mask(hf.vocab_size, 1, "cpu")
+    grammar.fill_vocab_mask(again, 0)
+    assert torch.equal(again[0], rows[0])
+    for token in chain:  # verify accepted the whole chain (process_batch_result: accept_token each)
+        grammar.accept_token(token)
+    assert grammar.is_terminated()
+    assert re.fullmatch(regex, hf.tok.decode([ids[0], *chain], skip_special_tokens=True))

@@ -64,6 +64,25 @@ def test_py_typed_is_shipped():
     assert (SRC / "sgl" / "py.typed").is_file()
 
 
+def test_public_names_have_types_for_type_checkers():
+    """With py.typed a type checker reads the package's annotations: the names `sgl`
+    imports lazily (`sgl.OpenAI`, `sgl.LocalModel`, ...) are imported under
+    ``TYPE_CHECKING`` too, else they would be ``Any``; ``@sgl.function`` says it gives an
+    `SglFunction`."""
+    import ast
+    import inspect
+
+    import sgl
+
+    tree = ast.parse((SRC / "sgl" / "__init__.py").read_text())
+    typed = {alias.asname or alias.name for node in ast.walk(tree)
+             if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+             for inner in node.body if isinstance(inner, ast.ImportFrom) for alias in inner.names}
+    lazy = {name for name in sgl.__all__ if name not in vars(sgl)}
+    assert lazy and lazy <= typed, lazy - typed
+    assert "SglFunction" in str(inspect.signature(sgl.function).return_annotation)
+
+
 def test_core_imports_without_torch_or_server_packages():
     r = run_without({"torch", "fastapi", "uvicorn", "safetensors", "gguf", "transformers"},
                     "import sgl, sgl.constrain, sgl.integrations, sys\n"

@@ -103,7 +103,7 @@ def test_serve_flags_take_vllm_and_sglang_spellings():
 
 
 @pytest.mark.parametrize("command", ["serve", "run"])
-def test_model_flags_reach_the_engine(command):
+def test_model_flags_reach_the_engine(command, model_package):
     """Issue 10: `sgl serve --model PATH --max-running 4` (and `sgl run`) build the
     LocalModel through one factory that passes every engine flag on."""
     pytest.importorskip("torch")
@@ -550,3 +550,68 @@ def test_trace_log_has_one_line_per_request(tmp_path):
     assert first["type"] == "request" and first["outputs"] == ["Hello there, world"]
     assert first["constraint"] == {"kind": "regex", "value": "Hello.*"} and first["constraint_outcomes"] == ["satisfied"]
     assert first["latency_s"] > 0 and records[1]["ttft_s"] is not None
+
+
+class ToApp:
+    """An httpx transport that hands each request to the in-process app (a TestClient)."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    def handle_request(self, request):
+        import httpx
+
+        r = self.client.request(request.method, request.url.path, content=request.read(),
+                                headers=dict(request.headers))
+        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["sgl", "sglang", "vllm", "vllm-legacy", "openai"])
+def test_openai_backend_spellings_reach_sgl_serve(scripted, kind):
+    """Issue 11: `sgl.OpenAI` in each server's spelling against `sgl serve`: every
+    constraint arrives as the one it was; a hosted-API regex goes as an anchored JSON
+    Schema pattern (whole text, not a substring), and the wrapper's tokens come on top of
+    the user's max_tokens."""
+    from sgl.backends.openai import WRAPPER_TOKENS, OpenAI
+    from sgl.constrain import compile_spec
+    from sgl.types import ConstraintSpec, SamplingParams
+
+    client, backend, _ = scripted
+    answers = {"regex": "123", "choices": "no (maybe)", "grammar": "b"}
+    current: list[str] = []  # the answer to the constraint being sent
+    backend.respond = lambda r: (json.dumps({"value": current[-1]}) if r.constraint.json_schema is not None
+                                 else current[-1])
+    http = OpenAI(model="scripted", base_url="http://testserver/v1", api_key=KEY, server_kind=kind,
+                  transport=ToApp(client), max_retries=0)
+    specs = [ConstraintSpec(regex=r"\d{3}"), ConstraintSpec(choices=["yes", "no (maybe)"])]
+    if kind != "openai":  # hosted APIs take JSON Schema only
+        specs.append(ConstraintSpec(grammar='root ::= "a" | "b"', grammar_syntax="gbnf"))
+    for spec in specs:
+        current.append(answers[_kind(spec)])
+        result = http.generate(GenerateRequest("Hi!", SamplingParams(max_tokens=5), spec))
+        got = backend.requests[-1]
+        assert result.text == answers[_kind(spec)]
+        if kind == "openai":
+            assert got.params.max_tokens == 5 + WRAPPER_TOKENS
+            compiled = compile_spec(got.constraint)
+            assert compiled.accepts_text(json.dumps({"value": answers[_kind(spec)]}))
+            if spec.regex is not None:  # anchored: the pattern must match the whole value
+                assert not compiled.accepts_text(json.dumps({"value": "x123"}))
+                assert not compiled.accepts_text(json.dumps({"value": "1234"}))
+            continue
+        assert got.params.max_tokens == 5
+        c = got.constraint
+        if spec.regex is not None:
+            assert c.regex == spec.regex
+        elif spec.choices is not None:  # SGLang has no choice field: an alternation regex
+            assert (list(c.choices) == spec.choices if kind != "sglang"
+                    else c.regex == "|".join(re.escape(x) for x in spec.choices))
+        else:
+            assert (c.grammar, c.grammar_syntax) == (spec.grammar, "gbnf")
+
+
+def _kind(spec) -> str:
+    return "regex" if spec.regex is not None else "choices" if spec.choices is not None else "grammar"

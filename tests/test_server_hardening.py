@@ -34,7 +34,7 @@ SECRET = "TOPSECRETVALUE"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, model_package):
     """A server whose working directory holds ``evil.lark`` (for the %import test)."""
     folder = tmp_path_factory.mktemp("hardening")
     (folder / "evil.lark").write_text(f'SECRET: "{SECRET}"\n')

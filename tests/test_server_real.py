@@ -26,7 +26,7 @@ KEY = "sk-test-key"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, model_package):
     """``python -m sgl.server`` with the default model (SmolLM2-135M) on a free port."""
     if importlib.util.find_spec("sgl.backends.local") is None:
         pytest.skip("sgl.backends.local is not available")

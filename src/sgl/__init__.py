@@ -4,7 +4,7 @@ SGLang's frontend language: ``import sgl`` where SGLang programs say
 ``import sglang as sgl``. ``sgl.LocalModel`` (torch) is imported on first use.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sgl._extras import MissingExtraError
 from sgl._version import __version__
@@ -53,6 +53,13 @@ _LAZY = {
     "get_stats": "sgl.telemetry.metrics",
     "OptimalSampler": "sgl.decode.optimal",
 }
+
+if TYPE_CHECKING:  # the lazy names' real types, for type checkers (py.typed)
+    from sgl.backends.local import LocalModel
+    from sgl.backends.openai import OpenAI, RuntimeEndpoint
+    from sgl.backends.runtime import Engine, Runtime
+    from sgl.decode.optimal import OptimalSampler
+    from sgl.telemetry.metrics import get_stats
 
 
 def __getattr__(name: str) -> Any:

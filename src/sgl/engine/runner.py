@@ -43,8 +43,11 @@ class ModelRunner:
         self.pick_threads(sum(len(r.tokens) for r in rows))
         return forward_rows(self.model, self.pool, rows)
 
-    def sample(self, states: Sequence[SeqState], logits: torch.Tensor) -> None:
-        """Step every sequence in ``states`` on its row of ``logits`` (penalties batched)."""
+    def sample(self, states: Sequence[SeqState], logits: torch.Tensor, rows: list[int] | None = None) -> None:
+        """Step every sequence in ``states`` on its row of ``logits`` (the batch's rows
+        ``rows``, default all of them; penalties batched)."""
+        if rows is not None:
+            logits = logits[rows]
         penalized = [i for i, s in enumerate(states) if s.sampler.penalized]
         if penalized:
             idx = torch.tensor(penalized, device=logits.device)
@@ -65,14 +68,17 @@ class ModelRunner:
         one batched forward per draft position; how many draft-model forwards ran."""
         return propose_drafts(self.model, requests, self.draft_pools, self.pick_threads)
 
-    def verify(self, acceptor: Speculation, state: SeqState, logits: torch.Tensor) -> int:
-        """A speculative sequence's step: its drafts checked against ``logits`` (one row per
-        fed position from the pending token on); how many were accepted."""
-        return acceptor.verify(state, logits)
+    def verify(self, acceptor: Speculation, state: SeqState, logits: torch.Tensor, i: int,
+               row_logits: torch.Tensor | None) -> int:
+        """A speculative sequence's step: its drafts checked against ``row_logits`` (one row
+        per fed position from the pending token on), or, with none drafted, the batch's row
+        ``i`` of ``logits``; how many were accepted."""
+        return acceptor.verify(state, logits[i][None] if row_logits is None else row_logits)
 
-    def deposit(self, pairing: Pairing, state: SeqState, logits: torch.Tensor) -> None:
-        """Leave a paired sequence's row of logits with its `Pairing` (the step waits for both)."""
-        pairing.deposit(state, logits)
+    def deposit(self, pairing: Pairing, state: SeqState, logits: torch.Tensor, i: int) -> None:
+        """Leave a paired sequence's row ``i`` of the batch's logits with its `Pairing` (the
+        step waits for both)."""
+        pairing.deposit(state, logits[i])
 
     def pick_threads(self, n_tokens: int) -> None:
         """One intra-op thread for small steps, all of them for big ones.

@@ -350,17 +350,17 @@ class Engine:
                 self._retire(seq)
                 continue
             if seq.paired:  # its step waits for the partner's row (`_advance_pairs`)
-                self.runner.deposit(seq.req.policy, seq.state, logits[i])
+                self.runner.deposit(seq.req.policy, seq.state, logits, i)
                 continue
             if seq.req.acceptor is not None:
-                self._verify(seq, logits[i][None] if row.logits is None else row.logits)
+                self._verify(seq, logits, i, row.logits)
                 verified.append(seq)
                 continue
             sampling.append(seq)
             rows_idx.append(i)
         if sampling:
-            self.runner.sample([seq.state for seq in sampling], logits[rows_idx] if len(rows_idx) < len(batch)
-                               else logits)
+            self.runner.sample([seq.state for seq in sampling], logits,
+                               rows_idx if len(rows_idx) < len(batch) else None)
         for seq in [*verified, *sampling]:
             self._after_step(seq)
         return True
@@ -372,10 +372,10 @@ class Engine:
             return 1 + len(seq.drafts)
         return n if seq.state.wants_logits(seq.cached, n) else 0
 
-    def _verify(self, seq: EngineSeq, logits: Any) -> None:
+    def _verify(self, seq: EngineSeq, logits: Any, i: int, row_logits: Any) -> None:
         """A speculative sequence's step: keep the accepted drafts' KV, not the rejected ones'."""
         fed = seq.cached  # the pending token is fed; the drafts' KV follows it
-        accepted = self.runner.verify(seq.req.acceptor, seq.state, logits)
+        accepted = self.runner.verify(seq.req.acceptor, seq.state, logits, i, row_logits)
         seq.drafts = []
         seq.cached = min(fed + accepted, len(seq.tokens) - 1)  # the newest token is the next pending one
         self._publish(seq)

@@ -11,7 +11,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 from sgl.errors import BackendError, ProgramError
 from sgl.lang.compiler import compile as compile_program
@@ -22,7 +22,17 @@ from .batch import run_batch
 from .interpreter import resolve_backend, run_program, split_run_options
 
 
-def function(func: Callable | None = None, *, num_api_spec_tokens: int | None = None) -> Any:
+@overload
+def function(func: Callable[..., Any], *, num_api_spec_tokens: int | None = None) -> SglFunction: ...
+
+
+@overload
+def function(func: None = None, *, num_api_spec_tokens: int | None = None
+             ) -> Callable[[Callable[..., Any]], SglFunction]: ...
+
+
+def function(func: Callable[..., Any] | None = None, *, num_api_spec_tokens: int | None = None
+             ) -> SglFunction | Callable[[Callable[..., Any]], SglFunction]:
     """Decorate ``def prog(s, ...)`` as an SGL program (``@sgl.function`` or ``@sgl.function()``).
 
     ``num_api_spec_tokens`` is accepted for SGLang compatibility and ignored.

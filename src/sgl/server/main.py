@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sgl.cli import add_backend_arguments, make_backend
+from sgl.backends.factory import add_backend_arguments, make_backend
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 30000
@@ -44,7 +44,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_backend(args: argparse.Namespace) -> Any:
-    """The served backend, from ``sgl.cli.make_backend`` (the factory ``sgl run`` uses):
+    """The served backend, from ``sgl.backends.factory.make_backend`` (the factory ``sgl run`` uses):
     ``--backend`` > ``--model`` (or the positional MODEL) > the packaged default model."""
     if getattr(args, "model_pos", None):
         if args.model and args.model != args.model_pos:
