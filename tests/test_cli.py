@@ -177,3 +177,13 @@ def test_version_and_help():
     assert out.returncode == 0 and out.stdout.startswith("sgl ")
     out = sgl_cli("--help")
     assert "run" in out.stdout and "check" in out.stdout
+
+
+def test_python_dash_m_sgl_is_the_sgl_command(tmp_path):
+    prog = write(tmp_path, "prog.py", PROGRAM)
+    out = subprocess.run([sys.executable, "-m", "sgl", "check", str(prog)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    bad = subprocess.run([sys.executable, "-m", "sgl", "no-such-command"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "no-such-command" in bad.stderr
