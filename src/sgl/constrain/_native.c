@@ -109,39 +109,19 @@ uint8_t filter_flags(WalkFilter *f, const Product *P, int32_t s) {
     return f->flags[s] = fl;
 }
 
-#define SIG_BYTES 33 /* 4 x 64 loop bits, then the UTF-8 flag */
-#define MAX_MEMOS 16
-#define MEMO_MIN_TOKENS 256 /* a root entered loopy with fewer tokens below: walked as before */
-#define DEEP_MIN_TOKENS 32 /* a deep memo: fewer tokens below the node's children, walked as before */
-
-typedef struct {
-    Py_buffer sig, bits, exits, off, dense;
-} Memo;
-
-/* deep loop memos in walk_roots (walk_impl; set_deep_memos: tests compare both) */
-static int deep_memos = 1;
-static Py_ssize_t deep_uses = 0; /* deep memos applied (relaxed atomics: walks run without the GIL) */
-
 /* The walk (see _native_walk.h): depth first with a stack of lexer states by depth;
  * through filter f where not NULL (trie_walk_filtered; inlined twice, so that the plain
  * walk tests nothing of it). */
 static inline __attribute__((always_inline)) int walk_impl(const Trie *t, Product *P, const int32_t *start_nodes,
                                                            const int32_t *start_states, Py_ssize_t n_points,
-                                                           uint32_t *words, Bounds *b, WalkFilter *f,
-                                                           const Memo *memos, int n_memos) {
+                                                           uint32_t *words, Bounds *b, WalkFilter *f) {
     const Node *nd = t->nd;
     const uint64_t *sub = t->sub;
     const uint8_t *max_chars = t->max_chars;
     const int64_t *ids = t->ids;
     Py_ssize_t n_nodes = t->n_nodes;
     int32_t stk[1024];
-    uint8_t bstk[1024]; /* the node bytes of the path (memos only) */
     int bad = 0, code = 0;
-    /* inside a deep memo's subtree (memos only): its exits walked one after another */
-    const Memo *mm = NULL;
-    const int32_t *mex = NULL;
-    Py_ssize_t mk = 0, mk_end = 0, m_stop = 0, m_cur = 0;
-    int32_t m_state = 0;
     product_lock(P);
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t pt = 0; pt < n_points && !bad && !code; pt++) {
@@ -160,24 +140,10 @@ static inline __attribute__((always_inline)) int walk_impl(const Trie *t, Produc
         const Count *cnt = P->cnt;
         Py_ssize_t stop = nd[i].end;
         stk[nd[i].depth - 1] = p0;
-        int deep_ok = memos && nd[i].depth == 1; /* the whole path seen: deep memos allowed */
         while (i < stop) {
-            if (memos && mm && i >= m_cur) { /* the next exit of the memo's subtree, or past it */
-                int32_t e = mk < mk_end ? mex[mk] : -1;
-                if (e >= 0 && e < m_stop) {
-                    if (e < i || e >= n_nodes) { code = 3; break; } /* exits out of order */
-                    mk++;
-                    i = e, m_cur = nd[e].end;
-                    stk[nd[e].depth - 1] = m_state;
-                } else {
-                    i = m_stop, mm = NULL;
-                    continue;
-                }
-            }
             const Node *x = nd + i;
             int32_t d = x->depth;
             int32_t p = stk[d - 1];
-            if (memos) bstk[d - 1] = x->byte;
             const uint64_t *sp = sub + i * 4;
             int take = 0;
             if (built[p] >= 2 && x->end > i + 1) {
@@ -242,54 +208,8 @@ static inline __attribute__((always_inline)) int walk_impl(const Trie *t, Produc
                 int64_t id = ids[t];
                 words[id >> 5] |= (uint32_t)1 << (id & 31);
             }
-            /* a deep loop memo: the children are entered in a loopy state nx (no counting
-             * step) whose signature has a memo, and every byte of the path below the root
-             * loops on nx (ASCII where nx is UTF-8 loopy): then the memo went down this
-             * same path in nx, and below this node it read what this walk would, by
-             * position (its tokens) and in preorder (its exits, walked here from nx). */
-            if (memos && deep_ok && !mm && d >= 2 && x->end > i + 1 && built[nx] >= 2 &&
-                nd[x->end].tok - x[1].tok >= DEEP_MIN_TOKENS) {
-                if (!cnt[nx].step_kind) {
-                    if ((code = product_step_info(P, nx))) break;
-                    tbl = P->table, acc = P->accepting, built = P->built, loops = P->loops, cnt = P->cnt;
-                }
-                const Memo *use = NULL;
-                if (cnt[nx].step_kind == 1) {
-                    const uint64_t *lp = loops + (Py_ssize_t)nx * 4;
-                    int u8 = built[nx] == 3, path = 1;
-                    for (int32_t k = 1; k < d && path; k++)
-                        path = ((lp[bstk[k] >> 6] >> (bstk[k] & 63)) & 1) && (!u8 || bstk[k] < 128);
-                    for (int m = 0; m < n_memos && path && !use; m++) {
-                        const uint8_t *sg = memos[m].sig.buf;
-                        if (!memcmp(sg, lp, 32) && sg[32] == u8) use = memos + m;
-                    }
-                }
-                if (use) {
-                    const int32_t *off = use->off.buf;
-                    int c = bstk[0];
-                    Py_ssize_t lo = off[c], hi = off[c + 1];
-                    if (!(lo >= 0 && lo <= hi && hi <= use->exits.len / 4)) { code = 3; break; }
-                    mex = use->exits.buf;
-                    while (lo < hi) { /* the first exit past this node */
-                        Py_ssize_t mid = lo + (hi - lo) / 2;
-                        if (mex[mid] <= i) lo = mid + 1;
-                        else hi = mid;
-                    }
-                    const uint64_t *bits = use->bits.buf;
-                    for (int32_t t = x[1].tok, e = nd[x->end].tok; t < e; t++) {
-                        if ((bits[t >> 6] >> (t & 63)) & 1) {
-                            int64_t id = ids[t];
-                            words[id >> 5] |= (uint32_t)1 << (id & 31);
-                        }
-                    }
-                    mm = use, mk = lo, mk_end = off[c + 1], m_stop = x->end, m_cur = i + 1, m_state = nx;
-                    __atomic_fetch_add(&deep_uses, 1, __ATOMIC_RELAXED);
-                }
-            }
             i++;
         }
-        if (code || bad) break;
-        mm = NULL;
     }
     PyThread_release_lock(P->lock);
     Py_END_ALLOW_THREADS
@@ -298,12 +218,12 @@ static inline __attribute__((always_inline)) int walk_impl(const Trie *t, Produc
 
 int trie_walk(const Trie *t, Product *P, const int32_t *start_nodes, const int32_t *start_states,
               Py_ssize_t n_points, uint32_t *words, Bounds *b) {
-    return walk_impl(t, P, start_nodes, start_states, n_points, words, b, NULL, NULL, 0);
+    return walk_impl(t, P, start_nodes, start_states, n_points, words, b, NULL);
 }
 
 int trie_walk_filtered(const Trie *t, Product *P, const int32_t *start_nodes, const int32_t *start_states,
                        Py_ssize_t n_points, uint32_t *words, Bounds *b, WalkFilter *f) {
-    return walk_impl(t, P, start_nodes, start_states, n_points, words, b, f, NULL, 0);
+    return walk_impl(t, P, start_nodes, start_states, n_points, words, b, f);
 }
 
 /* walk_trie(nodes Node[N+1] (checked), subtree_bytes u64[N*4], max_chars u8[N], tok_ids i64[T], product,
@@ -359,6 +279,8 @@ done:
  * UTF-8), descends in the same state when the node's byte loops, and otherwise reads
  * the state's own row: so everything but the exits depends on the signature only (when
  * the state has no counting step, step_kind 1: checked before a memo is used). */
+#define SIG_BYTES 33 /* 4 x 64 loop bits, then the UTF-8 flag */
+
 static PyObject *loop_frontier(PyObject *self, PyObject *args) {
     Py_buffer nb, sb, rb, gb, ib;
     Py_ssize_t n_words;
@@ -444,6 +366,12 @@ done:
     return res;
 }
 
+#define MAX_MEMOS 16
+#define MEMO_MIN_TOKENS 256 /* a root entered loopy with fewer tokens below: walked as before */
+
+typedef struct {
+    Py_buffer sig, bits, exits, off, dense;
+} Memo;
 
 /* The memos of walk_roots' argument, checked against the trie (0, or -1 with an error
  * set); parsed only when a walk first meets a loopy root (most walks never do). */
@@ -646,18 +574,9 @@ static PyObject *walk_roots(PyObject *self, PyObject *args) {
             }
         }
     }
-    /* deep memos (walk_impl) need the memos where a root walked from the state itself
-     * holds enough tokens below its children for one */
-    for (Py_ssize_t k = 0; k < n_points && !code && !memos_parsed && deep_memos && memo_seq && memo_seq != Py_None; k++) {
-        int32_t r = pts[k];
-        if (nd[r].depth == 1 && nd[nd[r].end].tok - nd[r + 1 < n_nodes ? r + 1 : r].tok >= MEMO_MIN_TOKENS) {
-            memos_parsed = 1;
-            if (parse_memos(memo_seq, memos, &n_memos, n_tok, n_nodes, wo.len) < 0) code = 2;
-        }
-    }
     if (!code && n_points) {
         Trie t = {nb.buf, sb.buf, mb.buf, ti.buf, n_nodes};
-        code = walk_impl(&t, P, pts, sts, n_points, wo.buf, &b, NULL, deep_memos && n_memos ? memos : NULL, n_memos);
+        code = trie_walk(&t, P, pts, sts, n_points, wo.buf, &b);
     }
     if (code < 0) {
         product_error(code);
@@ -706,18 +625,7 @@ PyObject *words_digest(PyObject *self, PyObject *arg);
 PyObject *words_equal(PyObject *self, PyObject *args);
 PyObject *mask_logits(PyObject *self, PyObject *args);
 
-/* set_deep_memos(on) -> (the previous setting, deep memos applied so far): deep loop
- * memos in walk_roots on or off (tests compare both). */
-static PyObject *set_deep_memos(PyObject *self, PyObject *arg) {
-    int prev = deep_memos;
-    int on = PyObject_IsTrue(arg);
-    if (on < 0) return NULL;
-    deep_memos = on;
-    return Py_BuildValue("(On)", prev ? Py_True : Py_False, __atomic_load_n(&deep_uses, __ATOMIC_RELAXED));
-}
-
 static PyMethodDef methods[] = {
-    {"set_deep_memos", set_deep_memos, METH_O, "Deep loop memos in walk_roots on or off; (the previous setting, deep memos applied so far)."},
     {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
     {"walk_trie", walk_trie, METH_VARARGS, "Walk token trie subtrees from lexer states."},
     {"walk_roots", walk_roots, METH_VARARGS, "Walk the whole token trie from one lexer state."},
