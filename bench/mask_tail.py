@@ -21,6 +21,7 @@ _stack: list[str] = ["rest"]
 _last = [0]
 _cur: Counter = Counter()  # this mask's ns by phase
 _masks: list[tuple[int, Counter]] = []
+_calls: Counter = Counter()  # timed calls by phase, all masks
 
 
 def _switch(to: str | None) -> None:
@@ -31,6 +32,7 @@ def _switch(to: str | None) -> None:
         _stack.pop()
     else:
         _stack.append(to)
+        _calls[to] += 1
 
 
 def _timed(name, fn):
@@ -91,19 +93,21 @@ def report() -> None:
     order = np.argsort(-t)
     phases = sorted({k for _, c in _masks for k in c}, key=lambda k: -sum(c[k] for _, c in _masks))
     print(f"\nmasks {len(t)}, mask CPU {t.sum() / 1e6:.0f} ms (timed here, with the timers' own cost)")
-    cols = [("all", len(t)), ("top 10%", len(t) // 10), ("top 2%", len(t) // 50), ("top 1%", len(t) // 100)]
-    print("| phase | " + " | ".join(f"{c} ({n:,}) ms" for c, n in cols) + " |")
-    print("|---|" + "--:|" * len(cols))
+    n = len(t)
+    cols = [("all", 0, n), ("top 10%", 0, n // 10), ("top 1%", 0, n // 100),
+            ("p90-p98.5", n * 15 // 1000, n // 10), ("p98.5-p99.5", n * 5 // 1000, n * 15 // 1000)]
+    print("| phase | calls | " + " | ".join(f"{c} ({hi - lo:,}) ms" for c, lo, hi in cols) + " |")
+    print("|---|--:|" + "--:|" * len(cols))
     sums = []
-    for _, n in cols:
+    for _, lo, hi in cols:
         s = Counter()
-        for i in order[:n]:
+        for i in order[lo:hi]:
             s.update(_masks[i][1])
         sums.append(s)
     for p in phases:
-        print(f"| {p} | " + " | ".join(f"{s[p] / 1e6:.0f} ({100 * s[p] / max(1, sum(s.values())):.0f}%)"
+        print(f"| {p} | {_calls[p]:,} | " + " | ".join(f"{s[p] / 1e6:.0f} ({100 * s[p] / max(1, sum(s.values())):.0f}%)"
                                       for s in sums) + " |")
-    print("| total | " + " | ".join(f"{sum(s.values()) / 1e6:.0f}" for s in sums) + " |")
+    print("| total | | " + " | ".join(f"{sum(s.values()) / 1e6:.0f}" for s in sums) + " |")
 
 
 def main() -> None:
