@@ -383,8 +383,17 @@ def test_walk_roots_equals_walk_trie_from_every_root(llama3_vocab, monkeypatch):
     with pytest.raises(ValueError, match="root_of_byte"):
         extension.walk_roots(*trie, product, tokens.root_of_byte[:255], 0, words)
     sig, bits, exits, off, dense = args[0]
+    n_ex = len(exits) // 4
+    far = np.full(n_ex, tokens.packed_trie.size, dtype=np.int32).tobytes()  # every exit out of the trie
+    neg = np.full(n_ex, -1, dtype=np.int32).tobytes()
+    past = np.frombuffer(off, dtype=np.int32).copy()
+    past[1:256] = n_ex + 5  # offsets past the exits (their ends stay right)
+    back = np.frombuffer(off, dtype=np.int32).copy()
+    back[1:256] = -1  # and before them
     for broken in ((sig[:32], bits, exits, off, dense), (sig, bits[:8], exits, off, dense),
-                   (sig, bits, exits[:-4], off, dense), (sig, bits, exits, off, dense[:-4])):
+                   (sig, bits, exits[:-4], off, dense), (sig, bits, exits, off, dense[:-4]),
+                   (sig, bits, far, off, dense), (sig, bits, neg, off, dense),
+                   (sig, bits, exits, past.tobytes(), dense), (sig, bits, exits, back.tobytes(), dense)):
         with pytest.raises(ValueError, match="malformed memos"):
             for core, s in states:  # (checked where a walk first meets a loopy root)
                 extension.walk_roots(*trie, core.product, tokens.root_of_byte, s, words, (broken,))
