@@ -15,7 +15,6 @@ from sgl.decode.alpha import (
     alpha_ess_balance,
     alpha_kl_symmetry,
     choose_alpha_logp,
-    geometric_mixture,
 )
 from sgl.decode.optimal import OptimalSampler
 
@@ -109,8 +108,6 @@ def test_rules_on_batches_and_edge_cases() -> None:
     # zeros in one distribution: the rules work on the common support
     pz = np.array([0.5, 0.5, 0.0])
     assert 0.0 <= alpha_ess_balance(pz, np.array([0.2, 0.3, 0.5])) <= 1.0
-    q = geometric_mixture(pb, pt, 0.3)
-    assert q == pytest.approx(_mixture_direct(pb, pt, [0.3])[0])
     assert choose_alpha_logp("fixed", np.log(rows_b), np.log(rows_t), 0.5, 1.0, 0.25).tolist() == [0.25] * 3
 
 

@@ -132,7 +132,6 @@ def test_self_drafting_accepts_everything(target):
     out = speculative_generate(target, ModelDrafter(target), [1, 2, 3], 21, greedy(), eos_ids=(), k=4)
     assert out.acceptance_rate == 1.0
     assert out.forward_passes == 5  # 4 drafts + 1 bonus token per pass, 21 tokens
-    assert out.tokens_per_pass == pytest.approx(21 / 5)
 
 
 def test_tiny_greedy_stops_at_eos_and_stop_tokens(target, draft_model):

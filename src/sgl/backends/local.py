@@ -7,7 +7,6 @@ package, converted once to safetensors) on the CPU: no GPU, no server, no downlo
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,6 @@ class LocalModel(Backend):
 
         from sgl.constrain import Vocabulary
 
-        t0 = time.perf_counter()
         device = torch.device(device)
         dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
         ckpt = resolve_checkpoint(path)
@@ -125,7 +123,6 @@ class LocalModel(Backend):
         if speculative is not None:
             self._make_drafter()  # fail now on a bad spec, not at the first request
         self._roles: dict[str, tuple[str, str]] = {}
-        self.load_time_s = time.perf_counter() - t0
 
     def __repr__(self) -> str:
         return (f"LocalModel({self.source!r}, device={self.model.device}, dtype={self.model.dtype}, "

@@ -181,18 +181,6 @@ def alpha_entropy(p_base: Any, p_teacher: Any, alpha_min: float = 0.0,
     return _shape_out(out, p_base)
 
 
-def geometric_mixture(p_base: Any, p_teacher: Any, alpha: float) -> np.ndarray:
-    """q_α ∝ p_base^(1−α) · p_teacher^α on the common support (α = 0 or 1: that model alone)."""
-    lb, lt = _to_logp(p_base), _to_logp(p_teacher)
-    if alpha <= 0.0:
-        return np.asarray(p_base, dtype=np.float64) / np.sum(p_base, axis=-1, keepdims=True)
-    if alpha >= 1.0:
-        return np.asarray(p_teacher, dtype=np.float64) / np.sum(p_teacher, axis=-1, keepdims=True)
-    pair = LogPair.from_logp(lb, lt)
-    q = np.exp(pair.log_mixture(np.full(pair.lb.shape[0], alpha)))
-    return q[0] if np.ndim(p_base) == 1 else q
-
-
 def choose_alpha_logp(method: str, logp_base: np.ndarray, logp_teacher: np.ndarray, alpha_min: float,
                       alpha_max: float, fixed_alpha: float | None = None, tol: float = ALPHA_TOL) -> np.ndarray:
     """α per row for ``method`` (one of ``ALPHA_METHODS``) from log-probabilities (rows, V)."""

@@ -19,8 +19,7 @@ class Correction:
     healing backed over, then the model's invalid text). ``repair``: what the draft model
     wrote instead. ``candidates``: the lexemes the grammar allowed at the error, each
     "NAME example". ``kind``: "syntax" (the model wrote invalid text) or "incomplete"
-    (it stopped before the text was complete). ``error_offset``: where in ``rejected``
-    the grammar failed (``len(healed)``).
+    (it stopped before the text was complete).
     """
 
     index: int
@@ -33,10 +32,6 @@ class Correction:
     context: str = ""
     draft_tokens: int = 0
     seconds: float = 0.0
-
-    @property
-    def error_offset(self) -> int:
-        return len(self.healed)
 
     def summary(self) -> str:
         """One line: where, what was dropped, what replaced it."""

@@ -89,11 +89,6 @@ class SpecResult:
         """Accepted / proposed draft tokens (0 when nothing was proposed)."""
         return self.accepted / self.proposed if self.proposed else 0.0
 
-    @property
-    def tokens_per_pass(self) -> float:
-        """Emitted tokens per target forward pass (1.0 for plain decoding)."""
-        return len(self.token_ids) / self.forward_passes if self.forward_passes else 0.0
-
 
 # ------------------------------------------------------------------------- drafters
 

@@ -255,7 +255,7 @@ class _Server:
         job = await self._job(body, prompts, max_tokens, "completions", bool(body.logprobs is not None), body.logprobs or 0)
         echoes = [prompts[i // body.n] if body.echo else "" for i in range(len(job.requests))]
         if job.stream:
-            return self._sse(self._guarded(job, self._stream_completion(job, request, echoes)))
+            return self._sse(self._guarded(self._stream_completion(job, request, echoes)))
         results = await self._generate(job, request)
         choices = [CompletionChoice(index=i, text=echoes[i] + r.text, finish_reason=openai_finish(r),
                                     logprobs=self.lp.completion_logprobs(self.lp.result_tokens(r)) if job.want_logprobs else None)
@@ -275,7 +275,7 @@ class _Server:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         job = await self._job(body, [prompt], max_tokens, "chat", body.logprobs, body.top_logprobs or 0, plan)
         if job.stream:
-            return self._sse(self._guarded(job, self._stream_chat(job, request)))
+            return self._sse(self._guarded(self._stream_chat(job, request)))
         results = await self._generate(job, request)
         choices = [self._chat_choice(i, r, job) for i, r in enumerate(results)]
         return ChatCompletionResponse(model=self.settings.model_name, choices=choices, usage=_usage(results)).model_dump()
@@ -543,7 +543,7 @@ class _Server:
         return "truncated" if finish_reason == "length" else "violated"
 
     # --- streaming ---
-    async def _guarded(self, job: _Job, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    async def _guarded(self, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
         """``chunks``, with a client that leaves counted as cancelled and a failure
         reported in-stream as an error event."""
         try:

@@ -4,10 +4,10 @@ logprobs and most likely alternatives, as chat ``logprobs.content`` or completio
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 from sgl.backends.base import GenerateResult
+from sgl.telemetry.trace import finite
 
 from .protocol import ChoiceLogprobs, CompletionLogprobs, TokenLogprob
 
@@ -106,9 +106,4 @@ class TokenLogprobs:
             for t in tokens])
 
 
-def finite(x: float | None) -> float | None:
-    """``x`` as a float, or None when it is missing, NaN or infinite (not JSON)."""
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-__all__ = ["Tok", "TokenLogprobs", "finite"]
+__all__ = ["Tok", "TokenLogprobs"]

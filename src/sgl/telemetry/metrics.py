@@ -136,17 +136,14 @@ class Metrics:
         ttft_s: float | None = None,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
-        status: str = "ok",
         constraint: str | None = None,
     ) -> None:
         """Record one finished request. ``constraint`` is ``"satisfied"``, ``"violated"``,
         ``"truncated"`` (stopped by max_tokens before the grammar could finish) or None
         (unconstrained, or not checked)."""
         with self._lock:
-            self.requests[status] = self.requests.get(status, 0) + 1
-            self._requests.labels(status).inc()
-            if status != "ok":
-                return
+            self.requests["ok"] = self.requests.get("ok", 0) + 1
+            self._requests.labels("ok").inc()
             self.latency.add(latency_s)
             self._e2e.observe(latency_s)
             self._prompt.inc(prompt_tokens)

@@ -220,7 +220,7 @@ def record_token(
         text=text,
         id=None if token_id is None else int(token_id),
         kind=kind,
-        logprob=_finite_or_none(logprob),
+        logprob=finite(logprob),
         top=[(str(t), float(lp)) for t, lp in (top or ()) if math.isfinite(lp)],
         masked_mass=None if masked_mass is None else min(1.0, max(0.0, float(masked_mass))),
     )
@@ -330,11 +330,9 @@ def _to_numpy(x: Any) -> Any:
     return np.asarray(x)
 
 
-def _finite_or_none(x: float | None) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
+def finite(x: float | None) -> float | None:
+    """``x`` as a float, or None when it is missing, NaN or infinite (not JSON)."""
+    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def _json_default(o: Any) -> Any:
@@ -359,6 +357,7 @@ __all__ = [
     "configure_trace",
     "current_request_id",
     "end_trace",
+    "finite",
     "get_trace_log",
     "read_trace",
     "record_token",
