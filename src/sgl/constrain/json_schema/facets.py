@@ -44,6 +44,10 @@ class Layer:
         return _cached_hash(self, (self.props, self.patterns, self.additional))
 
     def schema_for(self, name: str):
+        """The schema of member ``name`` (``mk_sand`` of what applies, else ``additional``)."""
+        if not self.patterns:  # (most layers)
+            got = self._by_name.get(name)
+            return self.additional if got is None else mk_sand(*got)
         refs = list(self._by_name.get(name, ()))
         refs += [r for p, r in self.patterns if _pattern_search(p, name)]
         return mk_sand(*refs) if refs else self.additional
