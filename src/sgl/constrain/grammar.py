@@ -106,9 +106,6 @@ class Grammar:
         return h.hexdigest()
 
 
-_new_object = object.__new__
-
-
 class GrammarBuilder:
     """Small helper for frontends: fresh names, literal terminals shared by text."""
 
@@ -123,13 +120,7 @@ class GrammarBuilder:
         return f"{hint}#{self._counter}"
 
     def rule(self, lhs: str, rhs: tuple[str, ...] | list[str], weight: float = 1.0) -> None:
-        # Rule(lhs, tuple(rhs), weight), filled in directly: a frozen dataclass's
-        # __init__ sets each field through object.__setattr__, and frontends make a
-        # rule per state and member (~500 in a p90 schema, ~5% of its frontend)
-        r = _new_object(Rule)
-        fields = r.__dict__
-        fields["lhs"], fields["rhs"], fields["weight"] = lhs, tuple(rhs), weight
-        self.rules.append(r)
+        self.rules.append(Rule(lhs, tuple(rhs), weight))
 
     def terminal(self, pattern: str | Node, hint: str = "T", literal: bool = False) -> str:
         key = (literal, pattern)  # nodes are hashable; repr() of a big node would be slow
