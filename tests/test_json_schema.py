@@ -410,6 +410,24 @@ def test_the_same_ref_text_resolves_by_its_base_and_each_refusal_names_its_place
     assert any("/properties/p" in w for w in got) and any("/properties/q" in w for w in got), got
 
 
+def test_fragment_references_split_as_urljoin_does():
+    """split_ref answers a fragment-only $ref from the base's resource worked out once
+    per base: the same (resource, fragment) as urldefrag(urljoin(base, ref)), odd bases
+    (no hierarchy, empty query, upper-case scheme, a fragment) included."""
+    from urllib.parse import urldefrag, urljoin
+
+    from sgl.constrain.json_schema.refs import split_ref
+
+    bases = ["https://sgl.invalid/schema.json", "http://x/a/b.json", "urn:foo:bar", "tag:x", "", "http://a/b?",
+             "http://a/b?q=1", "http://a/b;p", "file:///x.json", "http://a", "relative/p.json", "http://a/b#f",
+             "HTTP://A/B", "http://a/b/../c/./d.json", "mailto:x@y", "//host/p"]
+    refs = ["#", "#/definitions/x", "#foo", "#/a%20b", "#/$defs/a~1b", "##", "#/x#y", "#/x?y", "other.json#/a",
+            "/abs#/b", "?q#c", "http://z/w.json", ""]
+    for base in bases:
+        for ref in refs:
+            assert split_ref(base, ref) == tuple(urldefrag(urljoin(base, ref))), (base, ref)
+
+
 def test_false_schema_and_cycles_are_refused():
     with pytest.raises(ConstraintError):
         json_schema_grammar(False)

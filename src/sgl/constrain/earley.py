@@ -71,14 +71,16 @@ def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset
         keep = analysis.trim(analysis.pairs(grammar.rules), grammar.start, lexeme_ids.__contains__)
     if not keep:
         raise ConstraintError(f"the grammar's start symbol {grammar.start!r} derives no text")
-    rules = [grammar.rules[i] for i in keep]
-    names = [START] + sorted({r.lhs for r in rules})
+    rules = grammar.rules if len(keep) == len(grammar.rules) else [grammar.rules[i] for i in keep]
+    lhs_names = [r.lhs for r in rules]
+    names = [START] + sorted(set(lhs_names))
     nt_id = {n: i for i, n in enumerate(names)}
     sym_id = {s: ~i for s, i in lexeme_ids.items()}  # lexemes negative, nonterminals from 0
     sym_id.update(nt_id)
-    lhs = [0] + [nt_id[r.lhs] for r in rules]
+    lhs = [0, *map(nt_id.__getitem__, lhs_names)]
     rhs: list[tuple[int, ...]] = [(nt_id[grammar.start],)]
-    rhs += [tuple([sym_id[s] for s in r.rhs]) for r in rules]
+    ids = sym_id.__getitem__
+    rhs += [tuple(map(ids, r.rhs)) for r in rules]  # (map: no comprehension frame per rule)
     rules_of: list[list[int]] = [[] for _ in names]
     for i, a in enumerate(lhs):
         rules_of[a].append(i)

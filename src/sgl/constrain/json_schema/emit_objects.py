@@ -62,10 +62,16 @@ class ObjectEmitter:
             if n not in declared:
                 declared.append(n)
         members = []  # (name, kv_nonterminal, required)
+        layers, names = spec.layers, spec.names
+        # one layer (most objects): its schema_for is already what mk_sand makes of it
+        one = layers[0] if len(layers) == 1 else None
         for n in declared:
             req = n in spec.required
-            ok_name = all(self.ref_contains(r, n) for r in spec.names)
-            ref = mk_sand(*(la.schema_for(n) for la in spec.layers)) if spec.layers else TRUE
+            ok_name = not names or all(self.ref_contains(r, n) for r in names)
+            if one is not None:
+                ref = one.schema_for(n)
+            else:
+                ref = mk_sand(*(la.schema_for(n) for la in layers)) if layers else TRUE
             v = self.value_nt(ref) if ok_name else None
             if v is None:
                 if req:

@@ -15,6 +15,17 @@ from .refs import FALSE, TRUE, is_false, is_true, mk_sand, mk_snot
 # Facets: the value set of a schema, by JSON type
 
 
+def _cached_hash(spec, fields: tuple) -> int:
+    """The hash the frozen dataclass would compute (of its fields' tuple), kept on the
+    object: specs are memo keys (``value_memo``: ``("object", spec)``), hashed on every
+    lookup, and each hash walked every member's ``Sub`` (a Python ``__hash__`` call each)."""
+    got = spec.__dict__.get("_hash")
+    if got is None:
+        got = hash(fields)
+        object.__setattr__(spec, "_hash", got)
+    return got
+
+
 @dataclass(frozen=True)
 class Layer:
     """``properties`` + ``patternProperties`` + ``additionalProperties`` of one schema."""
@@ -29,7 +40,14 @@ class Layer:
             by_name.setdefault(n, []).append(r)
         object.__setattr__(self, "_by_name", by_name)
 
+    def __hash__(self) -> int:
+        return _cached_hash(self, (self.props, self.patterns, self.additional))
+
     def schema_for(self, name: str):
+        """The schema of member ``name`` (``mk_sand`` of what applies, else ``additional``)."""
+        if not self.patterns:  # (most layers)
+            got = self._by_name.get(name)
+            return self.additional if got is None else mk_sand(*got)
         refs = list(self._by_name.get(name, ()))
         refs += [r for p, r in self.patterns if _pattern_search(p, name)]
         return mk_sand(*refs) if refs else self.additional
@@ -50,6 +68,9 @@ class ObjectSpec:
     max_props: int | None = None
     names: tuple = ()  # propertyNames schemas (all must hold)
 
+    def __hash__(self) -> int:
+        return _cached_hash(self, (self.layers, self.required, self.min_props, self.max_props, self.names))
+
     def trivial(self) -> bool:
         return (
             all(la.trivial() for la in self.layers)
@@ -68,6 +89,9 @@ class ArraySpec:
     max_items: int | None = None
     contains: tuple = ()  # ((ref, min, max|None), ...)
     unique: bool = False
+
+    def __hash__(self) -> int:
+        return _cached_hash(self, (self.prefix, self.items, self.min_items, self.max_items, self.contains, self.unique))
 
     def elem(self, i: int):
         return self.prefix[i] if i < len(self.prefix) else self.items
@@ -107,6 +131,13 @@ class Facets:
 
 def any_facets() -> Facets:
     return Facets(True, frozenset({True, False}), (NumPiece(),), ANY_STRING, (ArraySpec(),), (ObjectSpec(),))
+
+
+# _strings_disjoint's answers by the intersection (a pure function of it, automaton
+# built within fixed budgets): oneOf/anyOf branches and required members ask about the
+# same few string languages again and again, within a schema and across schemas
+_DISJOINT: dict = {}
+_DISJOINT_SIZE = 4096
 
 
 class FacetAlgebra:
@@ -213,11 +244,19 @@ class FacetAlgebra:
         return True
 
     def _strings_disjoint(self, x, y) -> bool:
-
-        try:
-            return materialize(mk_and(x, y), max_states=500, max_size=5000) == NOTHING
-        except CompileBudgetExceeded:
-            return False
+        both = mk_and(x, y)
+        got = _DISJOINT.get(both)
+        if got is None:
+            try:
+                got = materialize(both, max_states=500, max_size=5000) == NOTHING
+            except CompileBudgetExceeded as e:
+                if isinstance(e.__context__, RecursionError):
+                    return False  # depends on the stack here: not kept
+                got = False
+            if len(_DISJOINT) >= _DISJOINT_SIZE:
+                _DISJOINT.clear()
+            _DISJOINT[both] = got
+        return got
 
     def _array_impossible(self, s: ArraySpec) -> bool:
         for i in range(min(s.min_items, len(s.prefix) + 1)):

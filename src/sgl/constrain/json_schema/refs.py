@@ -96,8 +96,25 @@ def is_false(ref) -> bool:
     return isinstance(ref, Sub) and ref.node is False
 
 
+def split_ref(base: str, ref: str) -> tuple[str, str]:
+    """``urldefrag(urljoin(base, ref))``. A fragment-only reference (``#/$defs/x``, most
+    of them) keeps the base's resource whatever its fragment (RFC 3986 5.2.2): that part
+    is worked out once per base, and the fragment is the text after the ``#``; the
+    URL parsing per reference was ~3% of a p90 schema's frontend."""
+    if len(ref) > 1 and ref[0] == "#":
+        return _fragment_base(base), ref[1:]
+    return _split_any(base, ref)
+
+
+@lru_cache(maxsize=1024)
+def _fragment_base(base: str) -> str:
+    """The resource a fragment-only reference from ``base`` names (a non-empty fragment:
+    ``urldefrag`` answers an empty one without normalising the URL)."""
+    return urldefrag(urljoin(base, "#x"))[0]
+
+
 @lru_cache(maxsize=4096)
-def _split_ref(base: str, ref: str) -> tuple[str, str]:
+def _split_any(base: str, ref: str) -> tuple[str, str]:
     """``urldefrag(urljoin(base, ref))``, memoised: a pure function of two strings, and
     the same few references are resolved from many places (and schemas)."""
     uri, frag = urldefrag(urljoin(base, ref))
@@ -206,7 +223,7 @@ class RefResolver:
 
     def _resolve(self, ref: str, at: Sub, keyword: str) -> tuple | None:
         """``resolve``'s target as (node, base, ptr); None after ``refuse``."""
-        uri, frag = _split_ref(at.base, ref)
+        uri, frag = split_ref(at.base, ref)
         if not uri:
             uri = at.base
         if frag and not frag.startswith("/"):
