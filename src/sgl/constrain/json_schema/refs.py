@@ -77,7 +77,20 @@ def mk_sand(*refs):
             flat[r.key] = r
     if len(flat) < 2:  # (most calls: no sort, no repr of a key)
         return next(iter(flat.values())) if flat else TRUE
-    return SAnd(tuple(flat[k] for k in sorted(flat, key=repr)))
+    # ordered by where the pieces are in the document, not by the nodes' ids: the same
+    # schema gives the same grammar in every process (ids only break ties)
+    return SAnd(tuple(sorted(flat.values(), key=lambda r: (_place(r), repr(r.key)))))
+
+
+def _place(ref) -> tuple:
+    """Where ``ref`` is in the document (its base URI and pointer), the same in every run."""
+    if isinstance(ref, SNot):
+        return ("not", _place(ref.item))
+    if isinstance(ref, SAnd):
+        return ("and", *map(_place, ref.items))
+    if isinstance(ref.node, bool):
+        return ("b", str(ref.node))
+    return ("s", ref.base or "", ref.ptr or "")
 
 
 def mk_snot(ref):
