@@ -67,14 +67,14 @@ def test_shared_key_walks_are_each_lexemes_own(seed, llama3_vocab, monkeypatch):
     results = []
     for shared in (False, True):
         cg = _compiled(schema, llama3_vocab, monkeypatch, shared)
-        cg.masks.tokens.key_body_walk = None
+        cg.masks.tokens.key_body_walks.clear()
         (lex, dfa), = _key_lexers(cg)
         walks = []
         for q in range(1, dfa.n_states):
             if not dfa.accepting[q]:
                 walks.append(_walk(cg.masks, lex, lex.core.state_of_local(q)))
         results.append(walks)
-    assert cg.masks.tokens.key_body_walk is not None  # the shared walk was used
+    assert cg.masks.tokens.key_body_walks  # the shared walk was used
     for q, (a, b) in enumerate(zip(*results, strict=True)):
         assert np.array_equal(a[0], b[0]), f"inside, state {q}"
         assert a[1] == b[1], f"boundaries, state {q}"
