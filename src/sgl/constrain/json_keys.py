@@ -329,9 +329,9 @@ def _one_byte_dfa(names: tuple[str, ...], trie: dict, cut: int | None, max_state
     table[0, _QUOTE] = root + off
     accepting = np.concatenate([accepting_b, np.zeros(n, dtype=bool)])
     dfa = ByteDFA(table, accepting)
-    # the any-string body and the end after the closing quote, as every one-byte table
-    # numbers them: a walk from a trie state is the body's less where the key dies
-    # (``mask.MaskComputer._key_body_walk``), whatever the names
+    # this table's any-string body state and the end after the closing quote: a walk
+    # from a trie state is the body's walk (the same in every such table, but for the
+    # end's id) less where the key dies (``mask.MaskComputer._key_body_walk``)
     dfa.string_body = (body, end)
     return dfa
 

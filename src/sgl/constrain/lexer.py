@@ -150,9 +150,9 @@ class NativeLexerCore:
         self.key: tuple = ()
         self.uid = -1
         self._k = len(dfas)
-        # (body, end, table, accepting) of a one-lexeme core whose table holds the any-string
-        # body and end local states as ``json_keys._one_byte_dfa`` numbers them
-        # (``MaskComputer._key_body_walk``)
+        # (body, end, table, accepting) of a one-lexeme "other keys" core: its table's
+        # any-string body and end states (``json_keys._one_byte_dfa``), for
+        # ``MaskComputer._key_body_walk``
         self.string_body: tuple | None = None
 
     @functools.cached_property
