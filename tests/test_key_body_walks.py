@@ -64,10 +64,18 @@ def test_shared_key_walks_are_each_lexemes_own(seed, llama3_vocab, monkeypatch):
     rng = random.Random(seed)
     names = _random_names(rng) + ["name", "names", "id", "type"][: seed % 5]
     schema = {"type": "object", "properties": {k: INT for k in names}, "additionalProperties": INT}
+    other = {**schema, "properties": {k + "e": INT for k in names}}
     results = []
     for shared in (False, True):
+        if shared:  # walks kept from another object's lexeme first (shared across cores)
+            cg = _compiled(other, llama3_vocab, monkeypatch, shared)
+            cg.masks.tokens.key_body_walks.clear()
+            (lex, dfa), = _key_lexers(cg)
+            for q in range(1, dfa.n_states):
+                if not dfa.accepting[q]:
+                    cg.masks.full_walk(lex, lex.core.state_of_local(q))
+            assert cg.masks.tokens.key_body_walks
         cg = _compiled(schema, llama3_vocab, monkeypatch, shared)
-        cg.masks.tokens.key_body_walks.clear()
         (lex, dfa), = _key_lexers(cg)
         walks = []
         for q in range(1, dfa.n_states):
