@@ -59,6 +59,14 @@ def instrument() -> None:
 
     mc._native_walk = _timed(walk_kind, mc._native_walk)
     mc._key_parts = _timed("key parts", mc._key_parts)
+    if hasattr(mc, "_key_body_walk"):  # "other keys" walks from the shared body walk (h9-keyshare)
+        body_walk = mc._key_body_walk
+
+        def counted(*a, **kw):
+            res = body_walk(*a, **kw)
+            _calls["key body walk fell back (calls)"] += res is None
+            return res
+        mc._key_body_walk = _timed("key body walk", counted)
     mc._intern = _timed("intern", mc._intern)
     mc.first_byte_words = _timed("starts_next", mc.first_byte_words)
     mask.alive_keys = _timed("alive_keys", key_masks.alive_keys)
@@ -108,6 +116,8 @@ def report() -> None:
         print(f"| {p} | {_calls[p]:,} | " + " | ".join(f"{s[p] / 1e6:.0f} ({100 * s[p] / max(1, sum(s.values())):.0f}%)"
                                       for s in sums) + " |")
     print("| total | | " + " | ".join(f"{sum(s.values()) / 1e6:.0f}" for s in sums) + " |")
+    for k in sorted(k for k in _calls if k.endswith("(calls)")):
+        print(f"{k}: {_calls[k]:,}")
 
 
 def main() -> None:

@@ -614,6 +614,79 @@ done:
     return res;
 }
 
+/* trie_kills(nodes Node[N+1], table i32[n x 256], accepting u8[n], x, y) -> bytes | None.
+ * Two states x, y of one DFA where every token read from x is read from y alike but where
+ * x dies (x's language is y's less some words): the trie nodes (preorder, int32) at whose
+ * byte x dies while y reads on. Then the walk from x is the walk from y less those nodes'
+ * subtrees (mask.py, _key_not_in_walk). Descends the token trie while the two states
+ * differ (equal states: the subtree is walked alike); None where the pair is not of that
+ * kind (y dies where x does not, or an accepting state is met while they differ). */
+typedef struct {
+    const Node *nd;
+    const int32_t *T;
+    const uint8_t *acc;
+    int32_t n;
+    int32_t *out;
+    Py_ssize_t len, cap;
+} Kills;
+
+static int kills_rec(Kills *k, int32_t lo, int32_t hi, int32_t x, int32_t y) {
+    for (int32_t c = lo; c < hi; c = k->nd[c].end) {
+        uint8_t b = k->nd[c].byte;
+        int32_t xs = k->T[(Py_ssize_t)x * 256 + b], ys = k->T[(Py_ssize_t)y * 256 + b];
+        if (xs == ys) continue;
+        if (xs < 0) {
+            if (k->len == k->cap) {
+                Py_ssize_t cap = k->cap ? 2 * k->cap : 64;
+                int32_t *o = realloc(k->out, cap * sizeof(int32_t));
+                if (!o) return -1;
+                k->out = o, k->cap = cap;
+            }
+            k->out[k->len++] = c;
+            continue;
+        }
+        if (ys < 0 || xs >= k->n || ys >= k->n || k->acc[xs] || k->acc[ys]) return 1;
+        if (k->nd[c].end > c + 1) {
+            int r = kills_rec(k, c + 1, k->nd[c].end, xs, ys);
+            if (r) return r;
+        }
+    }
+    return 0;
+}
+
+static PyObject *trie_kills(PyObject *self, PyObject *args) {
+    Py_buffer nb, tb, ab;
+    int x, y;
+    if (!PyArg_ParseTuple(args, "y*y*y*ii", &nb, &tb, &ab, &x, &y)) return NULL;
+    PyObject *res = NULL;
+    Py_ssize_t n_nodes = nb.len / (Py_ssize_t)sizeof(Node) - 1, n = ab.len;
+    Kills k = {nb.buf, tb.buf, ab.buf, (int32_t)n, NULL, 0, 0};
+    if (nb.len % sizeof(Node) || n_nodes < 0 || tb.len != n * 256 * 4 || n >= INT32_MAX || x < 0 || y < 0 ||
+        x >= n || y >= n) {
+        PyErr_SetString(PyExc_ValueError, "trie_kills: bad arguments");
+        goto done;
+    }
+    /* the trie was checked by check_trie: ends nested and in range */
+    int r;
+    if (k.acc[x] || k.acc[y])
+        r = 1;
+    else {
+        Py_BEGIN_ALLOW_THREADS
+        r = x == y ? 0 : kills_rec(&k, 0, (int32_t)n_nodes, x, y);
+        Py_END_ALLOW_THREADS
+    }
+    if (r < 0)
+        PyErr_NoMemory();
+    else if (r)
+        res = Py_NewRef(Py_None);
+    else
+        res = PyBytes_FromStringAndSize(k.len ? (char *)k.out : empty, k.len * (Py_ssize_t)sizeof(int32_t));
+done:
+    free(k.out);
+    PyBuffer_Release(&nb); PyBuffer_Release(&tb); PyBuffer_Release(&ab);
+    return res;
+}
+
 /* Earley (the parser's columns and closure) is in _native_earley.c */
 extern PyTypeObject EarleyType;
 /* Boundaries (the boundary recursion of mask misses) is in _native_boundary.c */
@@ -629,6 +702,7 @@ static PyMethodDef methods[] = {
     {"check_trie", check_trie, METH_VARARGS, "Validate a packed trie once."},
     {"walk_trie", walk_trie, METH_VARARGS, "Walk token trie subtrees from lexer states."},
     {"walk_roots", walk_roots, METH_VARARGS, "Walk the whole token trie from one lexer state."},
+    {"trie_kills", trie_kills, METH_VARARGS, "Trie nodes where one DFA state dies and another reads on."},
     {"loop_frontier", loop_frontier, METH_VARARGS, "What a walk does below the roots in a loopy state."},
     {"take_words", take_words, METH_VARARGS, "A walk's words, compact when few, and clear the scratch."},
     {"or_parts", or_parts, METH_VARARGS, "OR dense and compact word parts into a bitmask."},

@@ -298,7 +298,7 @@ class _Bottom:
         renum = np.full(n + 1, -1, dtype=np.int64)
         renum[keep] = np.arange(len(keep))
         return (renum[self.table[keep]].astype(np.int32), self.accepting[keep],
-                renum[self.start_stack].astype(np.int32), int(renum[self.end]))
+                renum[self.start_stack].astype(np.int32), int(renum[self.end]), int(renum[self.body]))
 
 
 def _one_byte_dfa(names: tuple[str, ...], trie: dict, cut: int | None, max_states: int) -> ByteDFA | None:
@@ -314,7 +314,7 @@ def _one_byte_dfa(names: tuple[str, ...], trie: dict, cut: int | None, max_state
     order: list = []
     root = _hash_cons(trie, 0, 1 << 30 if cut is None else cut, memo, order)
     has_plain = memo.get((True, ())) is not None  # a name's end without children
-    table_b, accepting_b, start, end = _bottom().pruned[has_plain]
+    table_b, accepting_b, start, end, body = _bottom().pruned[has_plain]
     off, n = len(table_b), len(order)
     if off + n > max_states:
         raise _too_many_states(max_states)
@@ -328,7 +328,12 @@ def _one_byte_dfa(names: tuple[str, ...], trie: dict, cut: int | None, max_state
     table[0] = -1
     table[0, _QUOTE] = root + off
     accepting = np.concatenate([accepting_b, np.zeros(n, dtype=bool)])
-    return ByteDFA(table, accepting)
+    dfa = ByteDFA(table, accepting)
+    # this table's any-string body state and the end after the closing quote: a walk
+    # from a trie state is the body's walk (the same in every such table, but for the
+    # end's id) less where the key dies (``mask.MaskComputer._key_body_walk``)
+    dfa.string_body = (body, end)
+    return dfa
 
 
 def _hash_cons(node: dict, depth: int, limit: int, memo: dict, order: list) -> int:

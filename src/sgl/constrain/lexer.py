@@ -150,6 +150,10 @@ class NativeLexerCore:
         self.key: tuple = ()
         self.uid = -1
         self._k = len(dfas)
+        # (body, end, table, accepting) of a one-lexeme "other keys" core: its table's
+        # any-string body and end states (``json_keys._one_byte_dfa``), for
+        # ``MaskComputer._key_body_walk``
+        self.string_body: tuple | None = None
 
     @functools.cached_property
     def _acc(self) -> list[np.ndarray]:
@@ -298,6 +302,7 @@ class LexerCore:
             start_key = int((local_plus1[offsets] * self._mult).sum())
         self._register(start_key, offsets.copy())
         self.walk_cache: dict = {}
+        self.string_body: tuple | None = None  # (see NativeLexerCore; only the C walks use it)
         self.key: tuple = ()
         self.uid = -1
 
@@ -610,5 +615,11 @@ class _LexerCache(dict):
         order = sorted(lexemes, key=self._order_key.__getitem__)
         core = _shared_core(tuple([prep[i][1] for i in order]), [prep[i][0] for i in order],
                             lambda: self.native_parts(order))
+        if len(order) == 1 and core.string_body is None:
+            dfa = prep[order[0]][0]
+            body = getattr(dfa, "string_body", None)  # an "other keys" lexeme
+            if body is not None:
+                core.string_body = (*body, np.ascontiguousarray(dfa.table, dtype=np.int32),
+                                    np.asarray(dfa.accepting, dtype=np.uint8))
         lex = self[lexemes] = LexerDFA(lexemes, core, order)
         return lex

@@ -148,6 +148,9 @@ class TokenTable:
         self.tok_bytes = np.ascontiguousarray(mat[in_token])
         self.tok_off = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)]).astype(np.int64)
         self._trie = None
+        # "other keys" walks from the any-string body's, by the trie subtrees they lack
+        # (``MaskComputer._key_body_walk``): (inside, boundary nodes, their offsets)
+        self.key_body_walks: dict[bytes, tuple] = {}
         self._roots = None
         self._root_of_byte = None
         # loopy-state signature -> its loop memo (``_native.loop_frontier``), made when a
@@ -495,6 +498,12 @@ LOOP_MEMOS = True
 MAX_LOOP_MEMOS = 16  # _native.c's MAX_MEMOS
 _memo_lock = threading.Lock()
 
+# walks of "other keys" lexemes from the key's trie states as the shared walk of the
+# string body less where the key dies (``MaskComputer._key_body_walk``); False walks each
+# (tests compare the two)
+KEY_BODY_WALKS = True
+MAX_KEY_BODY_WALKS = 256  # kept per token table (16 KB each at most)
+
 # masks inside keys composed from each key's own walk (``MaskComputer._key_parts``);
 # False walks the product of the alive keys instead (the reference of the tests)
 KEY_PARTS = True
@@ -546,7 +555,11 @@ class MaskComputer:
     def _walk_vocabulary(self, lexer: LexerDFA, state: int) -> WalkResult:
         tokens = self.tokens
         if _is_native(lexer.core) and tokens.max_len < 1024:
-            res = self._native_walk(lexer.core, None, state)  # from the trie's roots
+            res = None
+            if lexer.core.string_body is not None and KEY_BODY_WALKS:
+                res = self._key_body_walk(lexer.core, state)
+            if res is None:
+                res = self._native_walk(lexer.core, None, state)  # from the trie's roots
             row = None
         else:
             row = lexer.table_row(state)
@@ -558,6 +571,63 @@ class MaskComputer:
                 row = lexer.table_row(state)
             res.starts_next = self.first_byte_words(row < 0)
         return res
+
+    def _key_body_walk(self, core, state: int) -> WalkResult | None:
+        """The walk from ``state`` of an "other keys" lexeme (``core.string_body``) as the
+        any-string body's walk less the token subtrees where the key dies (None: not
+        that case). Every such table reads like the body from its trie states but for
+        those (``_native.trie_kills`` finds them), and the body's walk is the same in all
+        of them but for the id of the end state in their boundaries: so the walks are kept
+        per token table by their killed subtrees (``TokenTable.key_body_walks``; few
+        differ: e.g. every name's node kills the tokens from its closing quote alike),
+        not once per object and state."""
+        body, end, table, acc = core.string_body
+        q = int(core.components(state)[0])
+        tokens = self.tokens
+        if q < 0:
+            return None
+        kills = _native.trie_kills(tokens.packed_trie, table, acc, q, body)
+        if kills is None:
+            return None
+        end_state = core.state_of_local(end)
+        walks = tokens.key_body_walks
+        got = walks.get(kills)
+        if got is None:
+            base = walks.get(b"")
+            if base is None:
+                res = self._native_walk(core, None, core.state_of_local(body))
+                if res.boundary_ids.size and (res.boundary_state != end_state).any():
+                    return None  # (not a table of that kind)
+                base = walks[b""] = (res.inside, res.boundary_ids, res.boundary_pos)
+            got = self._less_subtrees(base, np.frombuffer(kills, dtype=np.int32)) if kills else base
+            if len(walks) >= MAX_KEY_BODY_WALKS:
+                walks.clear()
+                walks[b""] = base
+            walks[kills] = got
+        inside, ids, pos = got
+        if not ids.size:
+            return WalkResult(inside, _NO_IDS, _NO_IDS, _NO_IDS, by_node=True)
+        return WalkResult(inside, ids, pos, np.full(ids.size, end_state, dtype=np.int64), by_node=True)
+
+    def _less_subtrees(self, base: tuple, kills: np.ndarray) -> tuple:
+        """``base`` (inside, boundary nodes, offsets) less the trie subtrees ``kills``
+        (in preorder, disjoint)."""
+        inside, ids, pos = base
+        _, _, node_end, tok, tok_ids = self.tokens.trie
+        ends = node_end[kills]
+        dead = np.concatenate([tok_ids[a:b] for a, b in zip(tok[kills].tolist(), tok[ends].tolist(), strict=True)])
+        if dead.size:
+            words = np.zeros(self.tokens.n_words, dtype=np.uint32)
+            or_into(words, inside)
+            clear_bits(words, dead)
+            words.flags.writeable = False
+            inside = words
+        if ids.size:
+            j = np.searchsorted(kills, ids, side="right") - 1
+            hit = (j >= 0) & (ids < ends[np.maximum(j, 0)])
+            if hit.any():
+                ids, pos = ids[~hit], pos[~hit]
+        return inside, ids, pos
 
     def first_byte_words(self, dead: np.ndarray) -> np.ndarray:
         """The real tokens whose first byte is ``dead`` (bool per byte), as words.
