@@ -520,6 +520,9 @@ class KeyParts:
     bounded: list  # (key lexer, walk) of the keys whose walk has boundary subtrees
     native: bool  # every key lexer is a C product (the C boundary recursion runs them)
     first: LexerDFA | None  # a key lexer (None: every alive key is used)
+    # without boundaries, the mask is the union of ``insides`` whatever the column: kept
+    # here once made (shared like the walks; read-only)
+    words: np.ndarray | None = None
 
 
 class MaskComputer:
@@ -864,8 +867,15 @@ class MaskComputer:
         """The mask of ``col`` inside keys: the union of each key's (see ``_key_parts``);
         none of the states accepts, so no lexeme ends here and nothing starts."""
         native = self._native_boundaries(parts.first) if parts.first is not None and parts.native else None
-        if native is not None and not parts.bounded and len(parts.insides) == 1:
-            return self._alone_mask(parts.insides[0])  # one key alive (or left), no boundaries
+        if native is not None and not parts.bounded:  # the same mask in every column
+            if len(parts.insides) == 1:
+                return self._alone_mask(parts.insides[0])  # one key alive (or left)
+            words = parts.words
+            if words is None:
+                words = self._mask_words()
+                self._or_parts(words, parts.insides)
+                words = parts.words = self._intern(words)
+            return words
         extra: list[Words] = list(parts.insides)
         words = self._mask_words() if native is not None else np.zeros(self.tokens.n_words, dtype=np.uint32)
         for single, res in parts.bounded:
