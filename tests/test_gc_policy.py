@@ -32,6 +32,10 @@ def policy_enabled(monkeypatch):
     if not gc.isenabled():
         pytest.skip("the collector is disabled in this process")
     monkeypatch.delenv("SGL_GC_FREEZE", raising=False)
+    gc_policy.read_environment()
+    yield
+    monkeypatch.undo()
+    gc_policy.read_environment()
 
 
 def test_a_mask_miss_leaves_nothing_for_the_collector_to_scan(llama3_vocab, policy_enabled):
@@ -85,8 +89,18 @@ def test_young_objects_are_counted_without_listing_them(policy_enabled):
     del junk
 
 
-def test_off_switch_leaves_the_collector_alone(monkeypatch):
-    monkeypatch.setenv("SGL_GC_FREEZE", "0")
+@pytest.fixture
+def environment(monkeypatch):
+    """``monkeypatch`` for ``SGL_GC_FREEZE``: read again after the test's changes, and
+    after they are undone."""
+    yield monkeypatch
+    monkeypatch.undo()
+    gc_policy.read_environment()
+
+
+def test_off_switch_leaves_the_collector_alone(environment):
+    environment.setenv("SGL_GC_FREEZE", "0")
+    gc_policy.read_environment()
     before = gc.get_freeze_count()
     junk = [_Node() for _ in range(100)]
     gc_policy.after_mask_miss()

@@ -224,3 +224,29 @@ def test_two_vocabularies_share_lexers_safely(llama3_vocab):
         assert m.fill_bitmask(allocate_bitmask(1, vocab.n_vocab)) is None
         ids = vocab.encode("beta")
         assert m.consume_tokens(ids) == len(ids) and m.is_accepting()
+
+
+def test_fill_bitmask_into_any_numpy_shape_equals_allowed_words(llama3_vocab):
+    """``fill_bitmask``'s fast path (a 2-D numpy bitmask of the mask's width, cache hit
+    or miss) and the general one (wider rows, one row, a terminated matcher) write the
+    same words as ``allowed_words``."""
+    m = Matcher(compile_regex(r"[0-9]{1,3}", llama3_vocab))
+    n_words = (llama3_vocab.n_vocab + 31) // 32
+    for step in range(2):
+        words = m.allowed_words().view(np.int32)
+        for shape, row in (((2, n_words), 1), ((1, n_words + 3), 0), ((n_words,), 0)):
+            out = np.full(shape, -1, dtype=np.int32)
+            m.fill_bitmask(out, row)
+            got = out[row] if out.ndim == 2 else out
+            assert np.array_equal(got[:n_words], words), (step, shape)
+            assert not got[n_words:].any()
+            if shape[0] == 2:
+                assert (out[0] == -1).all()  # the other row is left alone
+        if step == 0:
+            assert m.advance(llama3_vocab.encode("12")[0])
+        else:
+            assert m.advance(sorted(llama3_vocab.eos_token_ids)[0])
+    assert m.is_terminated()
+    out = np.full((1, n_words), -1, dtype=np.int32)
+    m.fill_bitmask(out, 0)
+    assert not out.any()

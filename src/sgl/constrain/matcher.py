@@ -14,6 +14,7 @@ from .earley import EarleySet
 from .errors import ConstraintError
 
 MAX_FORCED_BYTES = 256
+_INT32 = np.dtype(np.int32)
 
 
 def utf8_prefix(data: bytes) -> bytes:
@@ -65,10 +66,12 @@ class Matcher:
         if self._terminated:
             return np.zeros(self.compiled.masks.tokens.n_words, dtype=np.uint32)
         col, s = self._stack[-1]
+        # a hit reads the cache without the lock: a dict lookup is atomic, and an entry,
+        # once written (under the lock, complete and read-only), never changes
+        words = col.mask_cache.get(s)
+        if words is not None:
+            return words
         with self.compiled.lock:
-            words = col.mask_cache.get(s)
-            if words is not None:
-                return words
             words = self.compiled.masks.mask(col, s)
         gc_policy.after_mask_miss()  # outside the grammar's lock: it may collect
         return words
@@ -78,6 +81,16 @@ class Matcher:
 
         ``out``: a numpy array or a torch tensor (CPU, or CUDA through a pinned buffer).
         """
+        if type(out) is np.ndarray and not self._terminated:
+            # the usual case (a 2-D numpy bitmask, a step's mask), ``write_row``'s first
+            # branch inlined; everything else goes through ``bitmask.fill_bitmask``
+            col, s = self._stack[-1]
+            words = col.mask_cache.get(s)
+            if words is None:
+                words = self.allowed_words()
+            if out.ndim == 2 and out.shape[1] == words.shape[0]:
+                out[row] = words.view(_INT32)
+                return
         fill_bitmask(self, out, row)
 
     def mask_is_cached(self) -> bool:
