@@ -298,6 +298,24 @@ def _chain(x: _Dfa, lo: int, hi: int | None, max_states: int) -> _Dfa:
     )
 
 
+def _optional(x: _Dfa, max_states: int) -> _Dfa:
+    """``X?`` for a minimal X: its start made accepting, on a copy of the start when
+    some move comes back to it (those must not accept ""). Not minimal in general
+    (the new start may equal another state)."""
+    if x.accepting[0]:
+        return x
+    back = bool((x.table == 0).any())
+    if x.n + back > max_states:
+        raise _too_many_states(max_states)
+    accepting = x.accepting.copy()
+    if not back:
+        accepting[0] = True
+        return _Dfa(x.table, accepting, x.bounds, minimal=False, finite=x.finite)
+    table = np.vstack([x.table[:1], x.table])
+    table = np.where(table >= 0, table + 1, -1)
+    return _Dfa(table, np.concatenate([[True], accepting]), x.bounds, minimal=False, finite=x.finite)
+
+
 def _glue(a: _Dfa, b: _Dfa) -> _Dfa | None:
     """``a`` then ``b`` as one DFA, or None when that needs a subset construction.
 
@@ -426,6 +444,12 @@ class _Compiler:
                     cost = _repeat_cost(item_cost, node.min, node.max)
                     self.check_cost(cost)
                     return self.chain(x, node.min, node.max), cost
+                if node.max == 1:
+                    # X? (or X{1}) from X's minimal DFA: determinising X's tree again
+                    # cost ~10 us per state (8,751 states for one date-time lexeme)
+                    cost = _repeat_cost(item_cost, node.min, node.max)
+                    self.check_cost(cost)
+                    return (x if node.min == 1 else _optional(x, self.max_states)), cost
         ir = _Ir(self)
         root = ir.node(node)
         table, accepting = _Determinizer(ir, self).run(root)
