@@ -464,7 +464,7 @@ class _Compiler:
 
     def glued(self, node: Seq) -> tuple[_Dfa, int] | None:
         """The items' minimal DFAs glued end to start, or None if one glue is impossible."""
-        parts = [self.minimal(it) for it in node.items]
+        parts = [self.minimal(it) if type(it) is Chars else self.item(it) for it in node.items]
         cost = 3 + sum(c + 1 for _, c in parts)
         self.check_cost(cost)
         for d, _ in parts:
