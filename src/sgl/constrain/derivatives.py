@@ -184,6 +184,10 @@ def has_boolean_ops(e, memo: dict | None = None) -> bool:
         return False
     if type(e) is not Alt and isinstance(e, Alt) and getattr(e, "words", None) is not None:
         return False  # a word list (automaton.LiteralAlt): literal strings, items not built
+    kept = getattr(e, "__dict__", None)  # nodes are immutable: the answer is kept on them
+    got = kept.get("_bool_ops") if kept is not None else None
+    if got is not None:
+        return got
     memo = {} if memo is None else memo
     got = memo.get(id(e))
     if got is not None:
@@ -193,6 +197,8 @@ def has_boolean_ops(e, memo: dict | None = None) -> bool:
     else:
         r = has_boolean_ops(e.item, memo)
     memo[id(e)] = r
+    if kept is not None:
+        kept["_bool_ops"] = r
     return r
 
 
