@@ -91,7 +91,16 @@ def _key(e) -> str:
 def mk_seq(*items) -> Expr:
     flat: list = []
     for it in items:
-        if isinstance(it, Seq):
+        t = type(it)  # the common classes first, without a dataclass __eq__ call each
+        if t is Seq:
+            flat.extend(it.items)
+        elif t is Chars or t is Repeat:
+            flat.append(it)
+        elif t is Alt:
+            if not it.items:  # NOTHING
+                return NOTHING
+            flat.append(it)
+        elif isinstance(it, Seq):
             flat.extend(it.items)
         elif it == NOTHING:
             return NOTHING
