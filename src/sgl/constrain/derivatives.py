@@ -156,10 +156,14 @@ def mk_not(item) -> Expr:
 def mk_repeat(item, lo: int, hi: int | None) -> Expr:
     if hi is not None and (hi < lo or hi == 0):
         return EMPTY if hi == 0 and lo == 0 else NOTHING
-    if item == NOTHING:
-        return EMPTY if lo == 0 else NOTHING
-    if item == EMPTY:
-        return EMPTY
+    t = type(item)
+    if t is Chars:  # neither NOTHING nor EMPTY, never nullable
+        return item if lo == 1 and hi == 1 else Repeat(item, lo, hi)
+    if t is not Repeat:  # a Repeat is neither NOTHING nor EMPTY: no dataclass __eq__ call
+        if item == NOTHING:
+            return EMPTY if lo == 0 else NOTHING
+        if item == EMPTY:
+            return EMPTY
     if nullable(item):
         lo = 0
     if lo == 1 and hi == 1:

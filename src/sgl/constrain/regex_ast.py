@@ -44,6 +44,15 @@ def _hash_items(self) -> int:
     return got
 
 
+def _hash_repeat(self) -> int:
+    """``_hash_once`` of ``Repeat`` (fields ``item``, ``min``, ``max``)."""
+    d = self.__dict__
+    got = d.get("_hash_once")
+    if got is None:
+        got = d["_hash_once"] = hash((type(self).__name__, self.item, self.min, self.max))
+    return got
+
+
 def _state_without_hash(self) -> dict:
     """Pickled state without the cached hash: str hashes differ between processes."""
     state = dict(self.__dict__)
@@ -89,7 +98,7 @@ class Repeat:
     item: Node
     min: int
     max: int | None  # None = unbounded
-    __hash__ = _hash_once
+    __hash__ = _hash_repeat
     __getstate__ = _state_without_hash
 
 
