@@ -111,6 +111,10 @@ def mk_seq(*items) -> Expr:
     return flat[0] if len(flat) == 1 else Seq(tuple(flat))
 
 
+# classes none of whose instances equals NOTHING (an Alt): dataclasses of another class
+_NEVER_NOTHING = frozenset({Seq, Repeat, LAnd, LNot, LDfa})
+
+
 def mk_alt(*items) -> Expr:
     flat: list = []
     char_ranges: list = []
@@ -120,7 +124,7 @@ def mk_alt(*items) -> Expr:
                 (char_ranges.extend(sub.ranges) if isinstance(sub, Chars) else flat.append(sub))
         elif isinstance(it, Chars):
             char_ranges.extend(it.ranges)
-        elif it != NOTHING:
+        elif type(it) in _NEVER_NOTHING or it != NOTHING:  # no dataclass __eq__ call for those
             flat.append(it)
     if char_ranges:
         flat.append(Chars(normalize_ranges(char_ranges)))
