@@ -298,6 +298,24 @@ def _chain(x: _Dfa, lo: int, hi: int | None, max_states: int) -> _Dfa:
     )
 
 
+def _optional(x: _Dfa, max_states: int) -> _Dfa:
+    """``X?`` for a minimal X: its start made accepting, on a copy of the start when
+    some move comes back to it (those must not accept ""). Not minimal in general
+    (the new start may equal another state)."""
+    if x.accepting[0]:
+        return x
+    back = bool((x.table == 0).any())
+    if x.n + back > max_states:
+        raise _too_many_states(max_states)
+    accepting = x.accepting.copy()
+    if not back:
+        accepting[0] = True
+        return _Dfa(x.table, accepting, x.bounds, minimal=False, finite=x.finite)
+    table = np.vstack([x.table[:1], x.table])
+    table = np.where(table >= 0, table + 1, -1)
+    return _Dfa(table, np.concatenate([[True], accepting]), x.bounds, minimal=False, finite=x.finite)
+
+
 def _glue(a: _Dfa, b: _Dfa) -> _Dfa | None:
     """``a`` then ``b`` as one DFA, or None when that needs a subset construction.
 
@@ -426,6 +444,12 @@ class _Compiler:
                     cost = _repeat_cost(item_cost, node.min, node.max)
                     self.check_cost(cost)
                     return self.chain(x, node.min, node.max), cost
+                if node.max == 1:
+                    # X? (or X{1}) from X's minimal DFA: determinising X's tree again
+                    # cost ~10 us per state (8,751 states for one date-time lexeme)
+                    cost = _repeat_cost(item_cost, node.min, node.max)
+                    self.check_cost(cost)
+                    return (x if node.min == 1 else _optional(x, self.max_states)), cost
         ir = _Ir(self)
         root = ir.node(node)
         table, accepting = _Determinizer(ir, self).run(root)
@@ -440,7 +464,7 @@ class _Compiler:
 
     def glued(self, node: Seq) -> tuple[_Dfa, int] | None:
         """The items' minimal DFAs glued end to start, or None if one glue is impossible."""
-        parts = [self.minimal(it) for it in node.items]
+        parts = [self.minimal(it) if type(it) is Chars else self.item(it) for it in node.items]
         cost = 3 + sum(c + 1 for _, c in parts)
         self.check_cost(cost)
         for d, _ in parts:
@@ -675,19 +699,30 @@ SMALL_TRIE_BYTES = 2048
 
 
 def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> _Dfa:
-    """``_trie_dfa`` for a small sorted set: states hash-consed bottom-up by (accepting,
-    moves to already-consed states), which is the minimal DFA of a finite language."""
-    trie: dict = {}
-    n = 1
+    """``_trie_dfa`` for a small sorted set of distinct words: states hash-consed
+    bottom-up by (accepting, moves to already-consed states), which is the minimal DFA
+    of a finite language.
+
+    The trie's nodes are numbered as the sorted words create them (pre-order, children
+    by byte), so their children come after them, already in byte order: consing them
+    from the last one back needs no stack and no sort (a post-order, last child first)."""
+    final = [False]
+    kids: list[list] = [[]]  # per trie node: [(byte, child)] in byte order
+    path, prev = [0], b""
     for w in words:
-        at = trie
-        for b in w:
-            nxt = at.get(b)
-            if nxt is None:
-                nxt = at[b] = {}
-                n += 1
-            at = nxt
-        at[-1] = True
+        k, m = 0, min(len(w), len(prev))
+        while k < m and w[k] == prev[k]:
+            k += 1
+        del path[k + 1:]
+        for byte in w[k:]:
+            node = len(final)
+            kids[path[-1]].append((byte, node))
+            final.append(False)
+            kids.append([])
+            path.append(node)
+        final[path[-1]] = True
+        prev = w
+    n = len(final)
     if n > max_states:
         raise CompileBudgetExceeded(
             f"the {len(words)} alternative strings need a trie of more than {max_states} "
@@ -695,34 +730,33 @@ def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATE
         )
     ids: dict[tuple, int] = {}
     sigs: list[tuple] = []
-    canon: dict[int, int] = {}  # id(trie node) -> state
-    stack = [(trie, False)]
-    while stack:  # post-order without recursion (words may be long)
-        node, ready = stack.pop()
-        if not ready:
-            stack.append((node, True))
-            stack.extend((sub, False) for b, sub in node.items() if b >= 0)
-            continue
-        sig = (-1 in node, tuple(sorted((b, canon[id(sub)]) for b, sub in node.items() if b >= 0)))
+    canon = [0] * n  # trie node -> state
+    for node in range(n - 1, -1, -1):
+        sig = (final[node], tuple([(byte, canon[sub]) for byte, sub in kids[node]]))
         got = ids.get(sig)
         if got is None:
             got = ids[sig] = len(sigs)
             sigs.append(sig)
-        canon[id(node)] = got
-    start = canon[id(trie)]
+        canon[node] = got
+    start = canon[0]
     order = [start] + [i for i in range(len(sigs)) if i != start]  # the start first
     new = {old: k for k, old in enumerate(order)}
     labels = sorted({b for _, moves in sigs for b, _ in moves})
-    bounds = sorted_unique(np.array([0, 256] + labels + [b + 1 for b in labels], dtype=np.int64))
-    col = {b: int(np.searchsorted(bounds, b, side="right")) - 1 for b in labels}
+    bounds = sorted({0, 256, *labels, *(b + 1 for b in labels)})
+    col = {b: i for i, b in enumerate(bounds)}  # each label starts its own class
     table = np.full((len(sigs), len(bounds) - 1), -1, dtype=np.int64)
     accepting = np.zeros(len(sigs), dtype=bool)
+    rows, cols, targets = [], [], []
     for k, old in enumerate(order):
-        final, moves = sigs[old]
-        accepting[k] = final
+        is_final, moves = sigs[old]
+        accepting[k] = is_final
         for b, t in moves:
-            table[k, col[b]] = new[t]
-    return _merge_equal_columns(_Dfa(table, accepting, bounds, minimal=True, finite=True))
+            rows.append(k)
+            cols.append(col[b])
+            targets.append(new[t])
+    if rows:
+        table[rows, cols] = targets
+    return _merge_equal_columns(_Dfa(table, accepting, np.array(bounds, dtype=np.int64), minimal=True, finite=True))
 
 
 def _unique_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

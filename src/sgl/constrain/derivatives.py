@@ -91,7 +91,16 @@ def _key(e) -> str:
 def mk_seq(*items) -> Expr:
     flat: list = []
     for it in items:
-        if isinstance(it, Seq):
+        t = type(it)  # the common classes first, without a dataclass __eq__ call each
+        if t is Seq:
+            flat.extend(it.items)
+        elif t is Chars or t is Repeat:
+            flat.append(it)
+        elif t is Alt:
+            if not it.items:  # NOTHING
+                return NOTHING
+            flat.append(it)
+        elif isinstance(it, Seq):
             flat.extend(it.items)
         elif it == NOTHING:
             return NOTHING
@@ -100,6 +109,10 @@ def mk_seq(*items) -> Expr:
     if not flat:
         return EMPTY
     return flat[0] if len(flat) == 1 else Seq(tuple(flat))
+
+
+# classes none of whose instances equals NOTHING (an Alt): dataclasses of another class
+_NEVER_NOTHING = frozenset({Seq, Repeat, LAnd, LNot, LDfa})
 
 
 def mk_alt(*items) -> Expr:
@@ -111,7 +124,7 @@ def mk_alt(*items) -> Expr:
                 (char_ranges.extend(sub.ranges) if isinstance(sub, Chars) else flat.append(sub))
         elif isinstance(it, Chars):
             char_ranges.extend(it.ranges)
-        elif it != NOTHING:
+        elif type(it) in _NEVER_NOTHING or it != NOTHING:  # no dataclass __eq__ call for those
             flat.append(it)
     if char_ranges:
         flat.append(Chars(normalize_ranges(char_ranges)))
@@ -147,10 +160,14 @@ def mk_not(item) -> Expr:
 def mk_repeat(item, lo: int, hi: int | None) -> Expr:
     if hi is not None and (hi < lo or hi == 0):
         return EMPTY if hi == 0 and lo == 0 else NOTHING
-    if item == NOTHING:
-        return EMPTY if lo == 0 else NOTHING
-    if item == EMPTY:
-        return EMPTY
+    t = type(item)
+    if t is Chars:  # neither NOTHING nor EMPTY, never nullable
+        return item if lo == 1 and hi == 1 else Repeat(item, lo, hi)
+    if t is not Repeat:  # a Repeat is neither NOTHING nor EMPTY: no dataclass __eq__ call
+        if item == NOTHING:
+            return EMPTY if lo == 0 else NOTHING
+        if item == EMPTY:
+            return EMPTY
     if nullable(item):
         lo = 0
     if lo == 1 and hi == 1:
@@ -184,6 +201,10 @@ def has_boolean_ops(e, memo: dict | None = None) -> bool:
         return False
     if type(e) is not Alt and isinstance(e, Alt) and getattr(e, "words", None) is not None:
         return False  # a word list (automaton.LiteralAlt): literal strings, items not built
+    kept = getattr(e, "__dict__", None)  # nodes are immutable: the answer is kept on them
+    got = kept.get("_bool_ops") if kept is not None else None
+    if got is not None:
+        return got
     memo = {} if memo is None else memo
     got = memo.get(id(e))
     if got is not None:
@@ -193,6 +214,8 @@ def has_boolean_ops(e, memo: dict | None = None) -> bool:
     else:
         r = has_boolean_ops(e.item, memo)
     memo[id(e)] = r
+    if kept is not None:
+        kept["_bool_ops"] = r
     return r
 
 

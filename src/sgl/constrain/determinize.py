@@ -155,6 +155,10 @@ class _Ir:
         _check_epsilon_chain(x, lo, hi, self.c.max_work)
         if hi is None:
             self.finite = False
+        if hi == 1 and self.c.fast:
+            # one copy at most: the item's minimal DFA (built just above) is the coarsest
+            # form of it, and its tree would be determinised again here
+            return self.intern(_REP, (self.automaton(x, item_cost), lo, hi), cost)
         # the item stays a tree here, not its DFA: the union of the item's
         # positions in several copies is coarser than the tuple of its DFA states
         return self.intern(_REP, (self.node(node.item), lo, hi), cost)
@@ -219,7 +223,8 @@ class _Determinizer:
         self.k = len(self.bounds) - 1
         self.tables = [None] + [a.on_classes(self.bounds) for a in ir.automata[1:]]
         self.leaves = compiler.leaves
-        self.segments: dict[int, list[tuple[int, int, int]]] = {}  # leaf state -> class ranges
+        self.segments: dict[int, tuple[list[int], np.ndarray]] = {}  # leaf state -> its moves
+        self.moves: dict[tuple[int, int], tuple[list[int], np.ndarray]] = {}  # automaton state -> its moves
         self.has_out: list = [None]  # per automaton, per state (leaves: state != 0)
         self.acc: list = [None]  # per automaton, per state (leaves: state == 0)
         for a in ir.automata[1:]:
@@ -324,15 +329,30 @@ class _Determinizer:
             got = self.arrivals[key] = self.set_id(frozenset(inside))
         return got
 
-    def leaf_segments(self, state: int) -> list[tuple[int, int, int]]:
-        """A leaf state's edges as (first class, last class + 1, next state)."""
+    def leaf_segments(self, state: int) -> tuple[list[int], np.ndarray]:
+        """A leaf state's moves: (next states, per byte class the index of the one taken
+        there, ``len(next states)`` where none is)."""
         got = self.segments.get(state)
         if got is None:
             edges = self.leaves.edges[state]
             cuts = np.searchsorted(self.bounds, [(lo, hi + 1) for lo, hi, _ in edges]).tolist()
-            got = self.segments[state] = [
-                (c0, c1, nxt) for (c0, c1), (_, _, nxt) in zip(cuts, edges, strict=True)
-            ]
+            inv = np.full(self.k, len(edges), dtype=np.intp)
+            for i, (c0, c1) in enumerate(cuts):
+                inv[c0:c1] = i
+            got = self.segments[state] = ([nxt for _, _, nxt in edges], inv)
+        return got
+
+    def automaton_moves(self, automaton: int, state: int) -> tuple[list[int], np.ndarray]:
+        """A compiled automaton's state's moves: (its distinct next states ascending, -1
+        first where some class has none; per byte class the index of the one taken).
+        Shared by the state's terms; no table-sized lookup array per term (a term of a
+        20,000-state automaton filled one: quadratic in big lexemes)."""
+        key = (automaton, state)
+        got = self.moves.get(key)
+        if got is None:
+            row = self.tables[automaton][state]
+            targets = sorted(set(row.tolist()))  # a few distinct ones in a short row: no np.unique
+            got = self.moves[key] = (targets, np.searchsorted(np.array(targets), row))
         return got
 
     def term_row(self, t: int) -> np.ndarray:
@@ -341,18 +361,15 @@ class _Determinizer:
         if got is not None:
             return got
         automaton, state, cont = self.term_args[t]
+        arrive = self.arrive
         if automaton == _LEAVES:
-            got = np.full(self.k, -1, dtype=np.int64)
-            for c0, c1, nxt in self.leaf_segments(state):
-                got[c0:c1] = self.arrive(automaton, nxt, cont)
+            targets, inv = self.leaf_segments(state)
+            ids = [arrive(automaton, nxt, cont) for nxt in targets]
+            ids.append(-1)
         else:
-            row = self.tables[automaton][state]
-            targets = set(row.tolist())  # a few distinct ones in a short row: no np.unique
-            targets.discard(-1)
-            lut = np.full(len(self.acc[automaton]) + 1, -1, dtype=np.int64)  # lut[-1] = -1
-            for nxt in targets:
-                lut[nxt] = self.arrive(automaton, nxt, cont)
-            got = lut[row]
+            targets, inv = self.automaton_moves(automaton, state)
+            ids = [-1 if nxt < 0 else arrive(automaton, nxt, cont) for nxt in targets]
+        got = np.array(ids, dtype=np.int64)[inv]
         self.term_rows[t] = got
         return got
 

@@ -16,11 +16,40 @@ MAX_CODEPOINT = 0x10FFFF
 def _hash_once(self) -> int:
     """A node's hash, computed once: nodes are immutable and serve as cache keys all
     over the compiler (a lexeme's DFA, compiled items, derivatives), and the generated
-    dataclass hash walked the whole tree at every lookup."""
+    dataclass hash walked the whole tree at every lookup. The value is
+    ``hash((class name, *fields))``; the one-field classes below spell it out (no
+    generator, no getattr: fresh nodes are hashed by the thousand in derivatives)."""
     got = self.__dict__.get("_hash_once")
     if got is None:
         got = hash((type(self).__name__, *(getattr(self, f) for f in self.__dataclass_fields__)))
-        object.__setattr__(self, "_hash_once", got)
+        self.__dict__["_hash_once"] = got
+    return got
+
+
+def _hash_ranges(self) -> int:
+    """``_hash_once`` of ``Chars`` and ``Bytes`` (one field: ``ranges``)."""
+    d = self.__dict__
+    got = d.get("_hash_once")
+    if got is None:
+        got = d["_hash_once"] = hash((type(self).__name__, self.ranges))
+    return got
+
+
+def _hash_items(self) -> int:
+    """``_hash_once`` of ``Seq`` and ``Alt`` (one field: ``items``)."""
+    d = self.__dict__
+    got = d.get("_hash_once")
+    if got is None:
+        got = d["_hash_once"] = hash((type(self).__name__, self.items))
+    return got
+
+
+def _hash_repeat(self) -> int:
+    """``_hash_once`` of ``Repeat`` (fields ``item``, ``min``, ``max``)."""
+    d = self.__dict__
+    got = d.get("_hash_once")
+    if got is None:
+        got = d["_hash_once"] = hash((type(self).__name__, self.item, self.min, self.max))
     return got
 
 
@@ -28,6 +57,7 @@ def _state_without_hash(self) -> dict:
     """Pickled state without the cached hash: str hashes differ between processes."""
     state = dict(self.__dict__)
     state.pop("_hash_once", None)
+    state.pop("_bool_ops", None)  # derivatives.has_boolean_ops's answer, kept on the node
     return state
 
 
@@ -36,7 +66,7 @@ class Chars:
     """A set of code points as sorted, disjoint, non-adjacent inclusive ranges."""
 
     ranges: tuple[tuple[int, int], ...]
-    __hash__ = _hash_once
+    __hash__ = _hash_ranges
     __getstate__ = _state_without_hash
 
 
@@ -45,21 +75,21 @@ class Bytes:
     """A set of raw byte values (0..255) as sorted, disjoint inclusive ranges."""
 
     ranges: tuple[tuple[int, int], ...]
-    __hash__ = _hash_once
+    __hash__ = _hash_ranges
     __getstate__ = _state_without_hash
 
 
 @dataclass(frozen=True)
 class Seq:
     items: tuple[Node, ...]
-    __hash__ = _hash_once
+    __hash__ = _hash_items
     __getstate__ = _state_without_hash
 
 
 @dataclass(frozen=True)
 class Alt:
     items: tuple[Node, ...]
-    __hash__ = _hash_once
+    __hash__ = _hash_items
     __getstate__ = _state_without_hash
 
 
@@ -68,7 +98,7 @@ class Repeat:
     item: Node
     min: int
     max: int | None  # None = unbounded
-    __hash__ = _hash_once
+    __hash__ = _hash_repeat
     __getstate__ = _state_without_hash
 
 
