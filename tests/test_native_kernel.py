@@ -24,9 +24,10 @@ from sgl.constrain.compiled import CompiledGrammar, choices_grammar
 from sgl.constrain.gbnf import ebnf_grammar, gbnf_grammar
 from sgl.constrain.json_schema import json_schema_grammar
 from sgl.constrain.lark_grammar import lark_grammar
-from sgl.constrain.mask import build_trie, native_enabled
+from sgl.constrain.mask import native_enabled
 from sgl.constrain.native import extension
 from sgl.constrain.regex import regex_grammar
+from sgl.constrain.token_trie import build_trie
 
 
 def test_ci_builds_the_extension():
@@ -250,7 +251,7 @@ def _parents(depth: np.ndarray) -> np.ndarray:
 def test_utf8_subtree_flags_match_a_decoder():
     """The per-node UTF-8 flag (the walk's shortcut for string bodies) says exactly whether
     every token below the node, from the node's byte on, is (cut-short) well-formed UTF-8."""
-    from sgl.constrain.mask import utf8_subtrees
+    from sgl.constrain.token_trie import utf8_subtrees
 
     toks = [b"a", b"ab", "é".encode(), "é".encode()[:1], "€x".encode(), b"\xed\xa0\x80", b"\xc0\xaf",
             "𝄞".encode(), "𝄞".encode()[:2], b"\x80a", b"a\xff", "ü!".encode(), b"\xf4\x90\x80\x80", b"\xe0\x80"]
@@ -266,7 +267,7 @@ def test_utf8_subtree_flags_match_a_decoder():
 def test_max_chars_below_counts_characters():
     """The per-node character count (the counting shortcut's bound) is the most
     characters (UTF-8 lead or ASCII bytes) of any token below the node, from its byte on."""
-    from sgl.constrain.mask import MAX_CHARS, max_chars_below
+    from sgl.constrain.token_trie import MAX_CHARS, max_chars_below
 
     toks = [b"a", b"abc", "é".encode(), "éa".encode(), "€€x".encode(), b"\x80\x80", "ab日本".encode(), b"z" * 300]
     raw = b"".join(toks)

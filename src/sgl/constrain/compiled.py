@@ -17,8 +17,9 @@ from .errors import CompileBudgetExceeded, ConstraintError
 from .format_lexemes import dfa_for
 from .grammar import Grammar, Rule, Terminal, prune
 from .lexer import Lexer
-from .mask import DEFAULT_MASK_SECONDS, MaskComputer, TokenTable
+from .mask import DEFAULT_MASK_SECONDS, MaskComputer
 from .regex import parse_regex
+from .token_trie import TokenTable
 
 if TYPE_CHECKING:
     from .dfa import ByteDFA
