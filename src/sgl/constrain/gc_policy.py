@@ -161,8 +161,7 @@ def young_objects() -> int:
 
 def after_mask_miss() -> None:
     """After a mask that was computed (not read from a cache): freeze what it left."""
-    if _switched_on and (gc.isenabled() or _paused_enabled):  # (_enabled, inlined: every miss)
-        _freeze_or_collect(1.0)
+    _freeze_young(1.0)
 
 
 def _freeze_young(share: float) -> None:
@@ -173,13 +172,9 @@ def _freeze_young(share: float) -> None:
     still alive (few: one miss's columns and walk results, one compile's grammar), so
     counting them is cheap.
     """
-    if _enabled():
-        _freeze_or_collect(share)
-
-
-def _freeze_or_collect(share: float) -> None:
-    """``_freeze_young`` once the policy is known to be on."""
     global frozen_since_full
+    if not _enabled():
+        return
     with _lock:
         young = young_objects()
         _collected[0] = False  # (a collection from here on sets it again)

@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 from operator import attrgetter
 
+from . import analysis
 from .errors import ConstraintError
 from .regex_ast import Node
 
@@ -156,67 +157,26 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
     """
     terminals_of = g.terminals
     live_terms = terminals_of.keys() - dead
-    # productive nonterminals as analysis.derivable finds them (the same worklist and
-    # order, inlined: the same pass groups the rules by left-hand side and keeps each
-    # right-hand side, which the walk below needs; this ran per compile, ~1 µs a rule)
-    missing: list[int] = []
-    users: dict[str, list[int]] = {}
-    users_of = users.get
-    found: list[str] = []
-    productive: set[str] = set()
-    groups: dict[str, list[int]] = {}
-    group_of = groups.get
-    rhs_of: list[tuple[str, ...]] = []
-    rules_in = g.rules
-    for i, r in enumerate(rules_in):
-        lhs, rhs = r.lhs, r.rhs
-        rhs_of.append(rhs)
-        got = group_of(lhs)
-        if got is None:
-            groups[lhs] = [i]
-        else:
-            got.append(i)
-        need = 0
-        for s in rhs:
-            if s not in live_terms:
-                need += 1
-                got = users_of(s)
-                if got is None:
-                    users[s] = [i]
-                else:
-                    got.append(i)
-        missing.append(need)
-        if not need and lhs not in productive:
-            productive.add(lhs)
-            found.append(lhs)
-    k = 0
-    while k < len(found):
-        sym = found[k]
-        k += 1
-        for i in users_of(sym, ()):
-            missing[i] -= 1
-            if missing[i] == 0:
-                lhs = rules_in[i].lhs
-                if lhs not in productive:
-                    productive.add(lhs)
-                    found.append(lhs)
+    pairs = analysis.pairs(g.rules)
+    found = analysis.productive(pairs, live_terms)
+    productive = set(found)
     if g.start not in productive:
         raise refusal or ConstraintError(f"the grammar matches no text (its start symbol {g.start!r} derives none)")
-    # the rules over live symbols (every symbol productive or a live terminal: none
-    # missing) by left-hand side; mostly all of them, grouped already
-    if any(missing):
-        by_lhs: dict[str, list[int]] = {}
-        for lhs, idx in groups.items():
-            kept = [i for i in idx if not missing[i]]
-            if kept:
-                by_lhs[lhs] = kept
-    else:
-        by_lhs = groups
-    # a walk from the start that also collects the terminals used
+    alive = productive | live_terms
+    # the rules over live symbols by left-hand side, then a walk from the start that
+    # also collects the terminals used (one pass each; this ran per compile)
+    by_lhs: dict[str, list[int]] = {}
+    for i, (lhs, rhs) in enumerate(pairs):
+        if lhs in productive and alive.issuperset(rhs):
+            got = by_lhs.get(lhs)
+            if got is None:
+                by_lhs[lhs] = [i]
+            else:
+                got.append(i)
     reach, todo, used = {g.start}, [g.start], set()
     while todo:
         for i in by_lhs[todo.pop()]:
-            for s in rhs_of[i]:
+            for s in pairs[i][1]:
                 if s in by_lhs:
                     if s not in reach:
                         reach.add(s)
@@ -224,7 +184,7 @@ def prune(g: Grammar, dead: frozenset[str] = frozenset(), refusal: ConstraintErr
                 elif s in terminals_of:
                     used.add(s)
     # bottom-up: each left-hand side's rules (in their order) where it was found
-    rules = [rules_in[i] for sym in found if sym in reach for i in by_lhs[sym]]
+    rules = [g.rules[i] for sym in found if sym in reach for i in by_lhs[sym]]
     ignore = [n for n in g.ignore if n not in dead]
     used.update(ignore)
     terminals = {k: v for k, v in terminals_of.items() if k in used}

@@ -14,7 +14,6 @@ from .earley import EarleySet
 from .errors import ConstraintError
 
 MAX_FORCED_BYTES = 256
-_INT32 = np.dtype(np.int32)
 
 
 def utf8_prefix(data: bytes) -> bytes:
@@ -81,16 +80,6 @@ class Matcher:
 
         ``out``: a numpy array or a torch tensor (CPU, or CUDA through a pinned buffer).
         """
-        if type(out) is np.ndarray and not self._terminated:
-            # the usual case (a 2-D numpy bitmask, a step's mask), ``write_row``'s first
-            # branch inlined; everything else goes through ``bitmask.fill_bitmask``
-            col, s = self._stack[-1]
-            words = col.mask_cache.get(s)
-            if words is None:
-                words = self.allowed_words()
-            if out.ndim == 2 and out.shape[1] == words.shape[0]:
-                out[row] = words.view(_INT32)
-                return
         fill_bitmask(self, out, row)
 
     def mask_is_cached(self) -> bool:
