@@ -198,15 +198,18 @@ def test_record_token_from_logits_computes_logprob_top_and_masked_mass(trace_fil
     assert tok["masked_mass"] == pytest.approx(p[2] + p[3] + p[4])
 
 
-def test_packed_bitmask_matches_bool_mask():
+def test_unpacked_bitmask_row_matches_bool_mask():
+    # the engine hands token_stats its bitmask row unpacked (telemetry imports no constrain)
+    from sgl.constrain.bitmask import unpack_bitmask
+
     rng = np.random.default_rng(1)
     allowed = rng.random(70) < 0.3
     packed = np.zeros((70 + 31) // 32, dtype=np.int32)
     for i in np.flatnonzero(allowed):  # the matcher's layout: bit i % 32 of word i // 32
         packed[i // 32] |= np.int32(np.uint32(1 << (i % 32)).astype(np.int32))
-    assert np.array_equal(trace.unpack_allowed(packed, 70), allowed)
+    assert np.array_equal(unpack_bitmask(packed, 70), allowed)
     logits = rng.normal(size=70)
-    _, _, from_packed = trace.token_stats(logits, 0, allowed=packed)
+    _, _, from_packed = trace.token_stats(logits, 0, allowed=unpack_bitmask(packed, 70))
     _, _, from_bool = trace.token_stats(logits, 0, allowed=allowed)
     assert from_packed == pytest.approx(from_bool)
 

@@ -41,6 +41,7 @@ def traced(tmp_path_factory) -> dict:
     engine would: forced when the grammar leaves one choice, with the mask's removed
     mass measured on (seeded random) logits; plus one token of each rarer kind."""
     from sgl.constrain import Matcher, Vocabulary, allocate_bitmask, compile_json_schema
+    from sgl.constrain.bitmask import unpack_bitmask
 
     vocab = Vocabulary.from_gguf(smollm2_gguf())
     matcher = Matcher(compile_json_schema(SCHEMA, vocab))
@@ -54,14 +55,14 @@ def traced(tmp_path_factory) -> dict:
         kinds = []
         for token_id in vocab.encode(OUTPUT):
             matcher.fill_bitmask(bitmask, 0)
-            allowed = trace.unpack_allowed(bitmask[0], vocab.n_vocab)
+            allowed = unpack_bitmask(bitmask[0], vocab.n_vocab)
             assert allowed[token_id], "the matcher must allow the text's own tokens"
             forced = allowed.sum() == 1 or matcher.forced_tokens()[:1] == [token_id]
             kind = trace.FORCED if forced else trace.SAMPLED
             logits = rng.normal(size=vocab.n_vocab)
             logits[token_id] += 6.0
             text = vocab.decode([token_id]).decode("utf-8", "replace")
-            trace.record_token_from_logits(tr, logits, token_id, text, kind, allowed=bitmask[0],
+            trace.record_token_from_logits(tr, logits, token_id, text, kind, allowed=allowed,
                                            decode=lambda i: vocab.decode([i]).decode("utf-8", "replace"))
             kinds.append(kind)
             assert matcher.advance(token_id)

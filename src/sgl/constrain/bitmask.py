@@ -35,8 +35,7 @@ def pack_bools(allowed: np.ndarray) -> np.ndarray:
 def unpack_bitmask(words: Any, n_vocab: int) -> np.ndarray:
     """Bitmask words (numpy or CPU torch, ``[..., W]``) -> bools ``[..., n_vocab]``;
     tokens past the mask's end are not allowed."""
-    arr = words.numpy() if is_torch_tensor(words) else np.asarray(words)
-    bits = np.unpackbits(np.ascontiguousarray(arr, dtype="<i4").view(np.uint8), axis=-1, bitorder="little")
+    bits = np.unpackbits(_words_as_bytes(words), axis=-1, bitorder="little")
     out = bits[..., :n_vocab].astype(bool)
     if out.shape[-1] < n_vocab:
         out = np.concatenate([out, np.zeros(out.shape[:-1] + (n_vocab - out.shape[-1],), dtype=bool)], axis=-1)
@@ -45,8 +44,42 @@ def unpack_bitmask(words: Any, n_vocab: int) -> np.ndarray:
 
 def count_allowed(words: Any) -> int:
     """How many tokens a bitmask (any shape) allows."""
+    return int(np.unpackbits(_words_as_bytes(words)).sum())
+
+
+def _words_as_bytes(words: Any) -> np.ndarray:
     arr = words.numpy() if is_torch_tensor(words) else np.asarray(words)
-    return int(np.unpackbits(np.ascontiguousarray(arr, dtype="<i4").view(np.uint8)).sum())
+    return np.ascontiguousarray(arr, dtype="<i4").view(np.uint8)
+
+
+def pack_ids(ids: np.ndarray, n_words: int) -> np.ndarray:
+    """Token ``ids`` (int64) as ``n_words`` uint32 bitmask words."""
+    if ids.size < 2048:
+        words = np.zeros(n_words, dtype=np.uint32)
+        np.bitwise_or.at(words, ids >> 5, np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
+        return words
+    allowed = np.zeros(n_words * 32, dtype=bool)
+    allowed[ids] = True
+    return np.packbits(allowed, bitorder="little").view(np.uint32)
+
+
+def word_ids(words) -> np.ndarray:
+    """The token ids set in ``words`` (dense uint32 words, or compact (indices, values)),
+    ascending; only the nonzero words are unpacked."""
+    if type(words) is tuple:
+        idx, vals = words
+    else:
+        idx = np.flatnonzero(words)
+        vals = words[idx]
+    bits = np.unpackbits(np.ascontiguousarray(vals, dtype="<u4").view(np.uint8), bitorder="little")
+    row, col = np.nonzero(bits.reshape(-1, 32))
+    return idx.astype(np.int64)[row] * 32 + col
+
+
+def clear_bits(words: np.ndarray, ids: np.ndarray | None) -> None:
+    """Clear the bits of token ``ids`` (if any) in ``words``."""
+    if ids is not None:
+        np.bitwise_and.at(words, ids >> 5, ~np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
 
 
 _MASKABLE = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))

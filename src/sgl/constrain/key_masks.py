@@ -13,30 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import lexer as lexer_module
+from .bitmask import word_ids
 
 if TYPE_CHECKING:
     from .earley import EarleySet
     from .lexer import LexerDFA
     from .mask import MaskComputer
-
-
-def word_ids(words) -> np.ndarray:
-    """The token ids set in ``words`` (dense uint32 words, or compact (indices, values)),
-    ascending; only the nonzero words are unpacked."""
-    if type(words) is tuple:
-        idx, vals = words
-    else:
-        idx = np.flatnonzero(words)
-        vals = words[idx]
-    bits = np.unpackbits(np.ascontiguousarray(vals, dtype="<u4").view(np.uint8), bitorder="little")
-    row, col = np.nonzero(bits.reshape(-1, 32))
-    return idx.astype(np.int64)[row] * 32 + col
-
-
-def clear_bits(words: np.ndarray, ids: np.ndarray | None) -> None:
-    """Clear the bits of token ``ids`` (if any) in ``words``."""
-    if ids is not None:
-        np.bitwise_and.at(words, ids >> 5, ~np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
 
 
 def alive_keys(mc: MaskComputer, lexer: LexerDFA, state: int, keys: frozenset[int]) -> list | None:

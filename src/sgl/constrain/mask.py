@@ -29,10 +29,11 @@ import numpy as np
 
 from . import boundary
 from . import lexer as lexer_module
+from .bitmask import clear_bits, pack_ids
 from .boundary import NativeBoundaries
 from .earley import EarleyParser, EarleySet
 from .errors import CompileBudgetExceeded
-from .key_masks import alive_keys, clear_bits, used_key_tokens
+from .key_masks import alive_keys, used_key_tokens
 from .lexer import Lexer, LexerDFA, single_live
 from .native import _native, native_enabled
 from .token_trie import TokenTable
@@ -237,7 +238,7 @@ class MaskComputer:
         self.lexer = lexer
         self.parser = parser
         self.eos_ids = np.array([i for i in eos_ids if i < tokens.n_vocab], dtype=np.int64)
-        self._eos_words = self._pack(self.eos_ids)
+        self._eos_words = pack_ids(self.eos_ids, self.tokens.n_words)
         self.max_seconds = max_seconds
         self._deadline: float | None = None  # of the mask being computed (callers hold the grammar's lock)
         self._scratch: np.ndarray | None = None  # the native walks' words (see _native_walk)
@@ -349,10 +350,10 @@ class MaskComputer:
         tokens = self.tokens
         dead_bytes, live_bytes = np.flatnonzero(dead), np.flatnonzero(~dead)
         if live_bytes.size >= dead_bytes.size:
-            return self._pack(tokens.with_first_byte(dead_bytes))
+            return pack_ids(tokens.with_first_byte(dead_bytes), tokens.n_words)
         if self._all_words is None:
-            self._all_words = self._pack(tokens.real_ids)
-        return self._all_words & ~self._pack(tokens.with_first_byte(live_bytes))
+            self._all_words = pack_ids(tokens.real_ids, tokens.n_words)
+        return self._all_words & ~pack_ids(tokens.with_first_byte(live_bytes), tokens.n_words)
 
     def _numpy_walk_vocabulary(self, lexer: LexerDFA, state: int, row: np.ndarray) -> WalkResult:
         tokens = self.tokens
@@ -366,7 +367,7 @@ class MaskComputer:
             inside.append(ids[stays])
             ids = ids[~stays]
         res = walk_from_start(tokens, lexer, state, ids)
-        res.inside = self._pack(np.concatenate([res.inside, *inside]))
+        res.inside = pack_ids(np.concatenate([res.inside, *inside]), self.tokens.n_words)
         return res
 
     def _walk_rest(self, lexer: LexerDFA, res: WalkResult, sel) -> WalkResult:
@@ -379,7 +380,7 @@ class MaskComputer:
         # token ids: a numpy walk's result, or a lexer of the other kind (SGL_NATIVE changed)
         ids, pos = self.tokens.subtree_tokens(where) if res.by_node else (where, res.boundary_pos[sel])
         sub = walk(self.tokens, lexer, 0, ids, pos)
-        sub.inside = self._pack(sub.inside)
+        sub.inside = pack_ids(sub.inside, self.tokens.n_words)
         return sub
 
     def _native_walk(self, core, nodes: np.ndarray | None, states: np.ndarray | int) -> WalkResult:
@@ -653,16 +654,6 @@ class MaskComputer:
         if self._deadline is not None and time.monotonic() > self._deadline:
             raise CompileBudgetExceeded(
                 f"computing one token mask ran over its time budget of {self.max_seconds:g} s (budget: mask_seconds)", budget="mask_seconds")
-
-    def _pack(self, ids: np.ndarray) -> np.ndarray:
-        """Token ids as uint32 bitmask words."""
-        if ids.size < 2048:
-            words = np.zeros(self.tokens.n_words, dtype=np.uint32)
-            np.bitwise_or.at(words, ids >> 5, np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
-            return words
-        allowed = np.zeros(self.tokens.n_words * 32, dtype=bool)
-        allowed[ids] = True
-        return np.packbits(allowed, bitorder="little").view(np.uint32)
 
     def can_end(self, col: EarleySet, lexer: LexerDFA, state: int) -> bool:
         """May the text end here (EOS)?"""

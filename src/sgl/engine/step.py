@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sgl.constrain.bitmask import count_allowed
+from sgl.constrain.bitmask import count_allowed, unpack_bitmask
 from sgl.constrain.torch_utils import apply_bitmask
 
 from .request import PromptLogprobs, SeqOutput, TextTracker
@@ -395,7 +395,7 @@ class SeqState:
         kind = tracing.HEALED if healed else tracing.FORCED if forced else tracing.SAMPLED
         tracing.record_token_from_logits(
             self.trace, raw, tok, text, kind,
-            allowed=None if bitmask is None else bitmask[0],
+            allowed=None if bitmask is None else unpack_bitmask(bitmask[0], raw.shape[-1]),
             decode=lambda i: (token_bytes[i] or b"").decode("utf-8", errors="replace"),
         )
 

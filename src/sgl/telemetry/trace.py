@@ -19,7 +19,7 @@ Engine side, per request::
     tr = begin_trace(prompt, constraint={"kind": "regex", "value": r"\\d+"})
     ...                                  # for each token appended to the output:
     record_token(tr, token_id, text, "forced")                  # cheap fields only, or
-    record_token_from_logits(tr, logits, token_id, text, "sampled", allowed=bitmask_row,
+    record_token_from_logits(tr, logits, token_id, text, "sampled", allowed=allowed_bools,
                              decode=lambda i: tokenizer.decode([i]))
     end_trace(tr, finish_reason="stop")
 
@@ -243,7 +243,8 @@ def record_token_from_logits(
     from the raw logits (torch or numpy, shape ``[n_vocab]``).
 
     ``allowed`` is the grammar's mask for this step: a bool array over the vocabulary
-    or a packed int32 bitmask row (bit set = allowed); None = unconstrained.
+    (unpack a bitmask row with ``sgl.constrain.bitmask.unpack_bitmask``); None =
+    unconstrained.
     Only runs when tracing is on, so its cost does not touch untraced decoding.
     """
     if trace is None:
@@ -267,21 +268,9 @@ def token_stats(logits: Any, token_id: int, *, allowed: Any = None, k: int = 5) 
     top = [(int(i), float(logp[i])) for i in top_ids]
     masked = None
     if allowed is not None:
-        ok = unpack_allowed(allowed, x.shape[0])
+        ok = _to_numpy(allowed).reshape(-1)[: x.shape[0]]
         masked = float(np.sum(np.exp(logp[~ok])))
     return float(logp[int(token_id)]), top, masked
-
-
-def unpack_allowed(allowed: Any, n_vocab: int) -> Any:
-    """A bool array of length ``n_vocab`` from a bool array or a packed int32 bitmask."""
-    import numpy as np
-
-    a = _to_numpy(allowed).reshape(-1)
-    if a.dtype == np.bool_:
-        return a[:n_vocab]
-    # packed: word w, bit b -> token 32*w + b (little-endian words, as the matcher writes)
-    bits = np.unpackbits(np.ascontiguousarray(a.astype("<i4")).view(np.uint8), bitorder="little")
-    return bits[:n_vocab].astype(bool)
 
 
 def end_trace(trace: RequestTrace | None, finish_reason: str | None = None, **meta: Any) -> None:
