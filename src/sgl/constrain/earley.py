@@ -29,7 +29,6 @@ class ParserTables:
     rhs: list[tuple[int, ...]]  # rule -> symbols; a symbol >= 0 is a nonterminal, ~lexeme otherwise
     rules_of: list[list[int]]  # nonterminal -> its rules
     nullable: list[bool]
-    nonterminals: list[str]
     start_rule: int
     ignore: frozenset[int]
     unique_keys: KeyLexemes | None = None  # the duplicate-key check (grammar.UniqueKeys), as ids
@@ -90,7 +89,7 @@ def build_tables(grammar: Grammar, lexeme_ids: dict[str, int], ignore: frozenset
     if () in rhs:
         null = analysis.nullable([(a, r) for a, r in zip(lhs, rhs, strict=True) if not r or min(r) >= 0])
     nullable = [a in null for a in range(len(names))]
-    return ParserTables(lhs, rhs, rules_of, nullable, names, 0, ignore, _key_lexemes(grammar, lexeme_ids))
+    return ParserTables(lhs, rhs, rules_of, nullable, 0, ignore, _key_lexemes(grammar, lexeme_ids))
 
 
 class EarleySet:

@@ -13,21 +13,13 @@ from dataclasses import dataclass
 MAX_CODEPOINT = 0x10FFFF
 
 
-def _hash_once(self) -> int:
-    """A node's hash, computed once: nodes are immutable and serve as cache keys all
-    over the compiler (a lexeme's DFA, compiled items, derivatives), and the generated
-    dataclass hash walked the whole tree at every lookup. The value is
-    ``hash((class name, *fields))``; the one-field classes below spell it out (no
-    generator, no getattr: fresh nodes are hashed by the thousand in derivatives)."""
-    got = self.__dict__.get("_hash_once")
-    if got is None:
-        got = hash((type(self).__name__, *(getattr(self, f) for f in self.__dataclass_fields__)))
-        self.__dict__["_hash_once"] = got
-    return got
-
-
 def _hash_ranges(self) -> int:
-    """``_hash_once`` of ``Chars`` and ``Bytes`` (one field: ``ranges``)."""
+    """A node's hash, computed once and kept as ``_hash_once``: nodes are immutable and
+    serve as cache keys all over the compiler (a lexeme's DFA, compiled items,
+    derivatives), and the generated dataclass hash walked the whole tree at every lookup.
+    The value is ``hash((class name, *fields))``, spelled out per shape (no generator, no
+    getattr: fresh nodes are hashed by the thousand in derivatives); this one for
+    ``Chars`` and ``Bytes`` (one field: ``ranges``)."""
     d = self.__dict__
     got = d.get("_hash_once")
     if got is None:

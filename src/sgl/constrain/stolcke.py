@@ -109,7 +109,6 @@ class StolckeParser:
         names = sorted({lhs for lhs, _, _ in rules})
         ids = {name: i for i, name in enumerate(names)}
         n = len(names)
-        self._names = names
         self._rhs: list[tuple[int | str, ...]] = []
         self._lhs: list[int] = []
         self._prob: list[float] = []
