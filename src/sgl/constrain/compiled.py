@@ -17,7 +17,7 @@ from .errors import CompileBudgetExceeded, ConstraintError
 from .format_lexemes import dfa_for
 from .grammar import Grammar, Rule, Terminal, prune
 from .lexer import Lexer
-from .mask import DEFAULT_MASK_SECONDS, MaskComputer
+from .mask import DEFAULT_MASK_SECONDS, MaskComputer, can_end
 from .regex import parse_regex
 from .token_trie import TokenTable
 
@@ -204,13 +204,7 @@ class CompiledGrammar:
         return frozenset(self.lexer.for_lexemes(col.lexing).accepts[s]) if s else frozenset()
 
     def can_end(self, col: EarleySet, s: int) -> bool:
-        if s == 0:
-            return col.accepting
-        lex = self.lexer.for_lexemes(col.lexing)
-        if not lex.accepting[s]:
-            return False
-        nxt = self.parser.scan(col, lex.accepts[s])
-        return nxt is not None and nxt.accepting
+        return can_end(self.parser, col, self.lexer.for_lexemes(col.lexing), s)
 
     def scanned_lexemes(self, col: EarleySet) -> list[frozenset[str]]:
         """The lexemes read to reach ``col``, as sets of terminal names (for probabilities)."""

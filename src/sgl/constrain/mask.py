@@ -446,7 +446,7 @@ class MaskComputer:
                 nxt_col = self.parser.scan(col, lexer.accepts[state])
                 if nxt_col is not None:
                     extra.append(("&", self.mask(nxt_col, 0), res.starts_next))  # OR-ed without a temporary
-            if self.eos_ids.size and self.can_end(col, lexer, state):
+            if self.eos_ids.size and can_end(self.parser, col, lexer, state):
                 extra.append(self._eos_words)
             native = self._native_boundaries(lexer)
             if native is None:
@@ -655,11 +655,12 @@ class MaskComputer:
             raise CompileBudgetExceeded(
                 f"computing one token mask ran over its time budget of {self.max_seconds:g} s (budget: mask_seconds)", budget="mask_seconds")
 
-    def can_end(self, col: EarleySet, lexer: LexerDFA, state: int) -> bool:
-        """May the text end here (EOS)?"""
-        if state == 0:
-            return col.accepting
-        if not lexer.accepting[state]:
-            return False
-        nxt = self.parser.scan(col, lexer.accepts[state])
-        return nxt is not None and nxt.accepting
+
+def can_end(parser: EarleyParser, col: EarleySet, lexer: LexerDFA, state: int) -> bool:
+    """May the text end here (EOS)? ``lexer`` reads the lexeme in progress."""
+    if state == 0:
+        return col.accepting
+    if not lexer.accepting[state]:
+        return False
+    nxt = parser.scan(col, lexer.accepts[state])
+    return nxt is not None and nxt.accepting
