@@ -9,13 +9,7 @@ Usable on its own (it imports nothing else from ``sgl``)::
     m.advance(token_id)
 """
 
-from .api import (
-    compile_choices,
-    compile_grammar,
-    compile_json_schema,
-    compile_regex,
-    compile_spec,
-)
+from .api import compile_choices, compile_grammar, compile_json_schema, compile_regex, compile_spec
 from .bitmask import allocate_bitmask, fill_next_token_bitmasks
 from .compiled import CompileBudget, CompiledGrammar, compile_ir
 from .errors import CompileBudgetExceeded, ConstraintError

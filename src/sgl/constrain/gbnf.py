@@ -27,15 +27,7 @@ from __future__ import annotations
 
 from .errors import ConstraintError
 from .gbnf_lower import MAX_CHECKED_LEXEMES, MAX_NESTED_COPIES, _Lowering  # noqa: F401 (limits, documented here)
-from .gbnf_parse import (  # noqa: F401 (the AST and parser, for callers of this module)
-    GAlt,
-    GChars,
-    GExpr,
-    GRef,
-    GRep,
-    GSeq,
-    _Parser,
-)
+from .gbnf_parse import GAlt, GChars, GExpr, GRef, GRep, GSeq, _Parser  # noqa: F401 (re-exported)
 from .grammar import Grammar
 
 

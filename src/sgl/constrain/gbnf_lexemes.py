@@ -9,15 +9,7 @@ from dataclasses import dataclass
 from . import analysis
 from .errors import ConstraintError
 from .grammar import Grammar
-from .regex_ast import (
-    MAX_CODEPOINT,
-    Alt,
-    Chars,
-    Node,
-    Repeat,
-    Seq,
-    normalize_ranges,
-)
+from .regex_ast import MAX_CODEPOINT, Alt, Chars, Node, Repeat, Seq, normalize_ranges
 
 # ---------------------------------------------------------------------------
 # Lexeme automata: first characters, and which bytes can extend a complete match

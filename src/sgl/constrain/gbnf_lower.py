@@ -6,25 +6,9 @@ from __future__ import annotations
 from .counters import LARGE_COUNT
 from .errors import CompileBudgetExceeded, check_deadline
 from .gbnf_lexemes import _Candidate, _co_allowed, _cross_extension, _Glushkov, _Lexeme, _TooBig
-from .gbnf_parse import (
-    GAlt,
-    GChars,
-    GExpr,
-    GRef,
-    GRep,
-    GSeq,
-    _refs,
-)
+from .gbnf_parse import GAlt, GChars, GExpr, GRef, GRep, GSeq, _refs
 from .grammar import Grammar, GrammarBuilder, Terminal
-from .regex_ast import (
-    NOTHING,
-    Alt,
-    Chars,
-    Node,
-    Repeat,
-    Seq,
-    nullable,
-)
+from .regex_ast import NOTHING, Alt, Chars, Node, Repeat, Seq, nullable
 
 MAX_NESTED_COPIES = 2_000  # a repetition lowered to rules, times the ones nested in it
 MAX_CHECKED_LEXEMES = 3_000  # lexemes of one grammar checked pairwise for safe merging

@@ -7,10 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ConstraintError
-from .regex_ast import (
-    MAX_CODEPOINT,
-    normalize_ranges,
-)
+from .regex_ast import MAX_CODEPOINT, normalize_ranges
 
 # ---------------------------------------------------------------------------
 # The grammar text's own AST
