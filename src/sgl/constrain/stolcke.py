@@ -92,9 +92,9 @@ class StolckeParser:
         rules = _rule_probs(grammar)
         terminals = set(grammar.terminals)
         rules = _prune(rules, grammar.start, terminals)
-        nullable = _structural_nullable(rules, terminals)
+        nullable = analysis.nullable([r[:2] for r in rules])
         rules = _binarize(rules, nullable, terminals)
-        nullable = _structural_nullable(rules, terminals)
+        nullable = analysis.nullable([r[:2] for r in rules])
         e = _nullable_probs(rules, nullable)
         e_start = e.get(grammar.start, 0.0)
         self._log_empty = math.log(e_start) if e_start > 0 else _NEG_INF
@@ -308,11 +308,8 @@ class StolckeParser:
 
     def next_terminals(self, state: ParseState) -> frozenset[str]:
         """The terminal names that can be scanned next."""
-        return frozenset(self._used_next(state._cols[state.pos]))
-
-    @staticmethod
-    def _used_next(col: _Column) -> Iterable[str]:
-        return (t for t, entries in col.scan.items() if any(e[3] > 0.0 for e in entries))
+        col = state._cols[state.pos]
+        return frozenset(t for t, entries in col.scan.items() if any(e[3] > 0.0 for e in entries))
 
     def parse(self, terminals_seq: Sequence[Iterable[str] | str]) -> ParseState | None:
         """Advance from the start through all lexemes; ``None`` if impossible."""
@@ -349,11 +346,7 @@ def _rule_probs(grammar: Grammar) -> list[_PRule]:
 
 def _prune(rules: list[_PRule], start: str, terminals: set[str]) -> list[_PRule]:
     """Keep rules that use only productive symbols and are reachable from ``start``."""
-    return [rules[i] for i in analysis.trim([(r[0], r[1]) for r in rules], start, terminals.__contains__)]
-
-
-def _structural_nullable(rules: list[_PRule], terminals: set[str]) -> set[str]:
-    return analysis.nullable([(r[0], r[1]) for r in rules])
+    return [rules[i] for i in analysis.trim([r[:2] for r in rules], start, terminals.__contains__)]
 
 
 def _binarize(rules: list[_PRule], nullable: set[str], terminals: set[str]) -> list[_PRule]:
@@ -444,14 +437,8 @@ def _epsilon_free(
     rules: list[_PRule], nullable: set[str], e: dict[str, float], terminals: set[str]
 ) -> list[_PRule]:
     """Replace each X by X+ (non-empty yields), renormalized so the grammar stays proper."""
-    plus: set[str] = set()  # nonterminals deriving some non-empty string
-    changed = True
-    while changed:
-        changed = False
-        for lhs, rhs, _ in rules:
-            if lhs not in plus and any(s in terminals or s in plus for s in rhs):
-                plus.add(lhs)
-                changed = True
+    # nonterminals deriving some non-empty string: one rule symbol that does suffices
+    plus = set(analysis.derivable([(lhs, (s,)) for lhs, rhs, _ in rules for s in rhs], terminals))
     merged: dict[tuple[str, tuple[str, ...]], float] = {}
     for lhs, rhs, p in rules:
         norm = 1.0 - e.get(lhs, 0.0)
