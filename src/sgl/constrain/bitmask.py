@@ -141,6 +141,7 @@ class _Staging:
         self._lock = threading.Lock()
 
     def get(self, like: Any):
+        """The buffer for ``like``, holding a copy of it (rows not written stay as they were)."""
         import torch
 
         key = (tuple(like.shape), str(like.device))
@@ -152,6 +153,7 @@ class _Staging:
         buf, event = entry
         if event is not None:
             event.synchronize()
+        buf.copy_(like)
         return buf
 
     def copy_to(self, dest: Any, buf: Any) -> None:
@@ -171,7 +173,6 @@ def fill_bitmask(matcher: Any, out: Any, row: int = 0) -> None:
     """``matcher``'s mask into ``out[row]``: numpy, CPU tensor, or CUDA tensor (staged)."""
     if type(out) is not np.ndarray and is_torch_tensor(out) and out.device.type != "cpu":
         buf = _staging.get(out)
-        buf.copy_(out)  # keep the other rows as the caller left them
         write_row(buf, row, matcher.allowed_words())
         _staging.copy_to(out, buf)
         return
@@ -204,8 +205,6 @@ def fill_next_token_bitmasks(matchers: list, bitmask: Any, *, indices: list[int]
         raise ValueError(f"{len(matchers)} matchers but {len(rows)} row indices")
     on_gpu = is_torch_tensor(bitmask) and bitmask.device.type != "cpu"
     host = _staging.get(bitmask) if on_gpu else bitmask
-    if on_gpu:
-        host.copy_(bitmask)
     dest = host.numpy() if is_torch_tensor(host) else host
 
     def one(i: int) -> None:
