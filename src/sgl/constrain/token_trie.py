@@ -160,12 +160,7 @@ class TokenTable:
 
     @classmethod
     def from_token_bytes(cls, token_bytes: list[bytes | None], n_vocab: int) -> TokenTable:
-        lengths = np.array([len(b) if b else 0 for b in token_bytes], dtype=np.int32)
-        mat = np.zeros((len(token_bytes), max(1, int(lengths.max(initial=0)))), dtype=np.uint8)
-        for i, b in enumerate(token_bytes):
-            if b:
-                mat[i, : len(b)] = np.frombuffer(b, dtype=np.uint8)
-        return cls(mat, lengths, n_vocab)
+        return cls(*byte_matrix(token_bytes), n_vocab)
 
     def byte_row(self, k: int) -> np.ndarray:
         """Byte ``k`` of every token (0 past a token's end)."""
@@ -189,6 +184,18 @@ class TokenTable:
         outside = (sets[0] & ~allowed[0]) | (sets[1] & ~allowed[1])
         outside |= (sets[2] & ~allowed[2]) | (sets[3] & ~allowed[3])
         return outside.take(ids) == 0
+
+
+def byte_matrix(token_bytes: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    """``(bytes uint8[n, max_len], lengths int32[n])`` of ``token_bytes``, zero-padded
+    (length 0 for None)."""
+    n = len(token_bytes)
+    lengths = np.fromiter((len(b) if b else 0 for b in token_bytes), dtype=np.int32, count=n)
+    width = max(int(lengths.max(initial=0)), 1)
+    mat = np.zeros((n, width), dtype=np.uint8)
+    flat = np.frombuffer(b"".join(b for b in token_bytes if b), dtype=np.uint8)
+    mat[np.arange(width)[None, :] < lengths[:, None]] = flat  # row-major: the concatenation's order
+    return mat, lengths
 
 
 def build_trie(tok_bytes: np.ndarray, tok_off: np.ndarray, real_ids: np.ndarray) -> tuple[np.ndarray, ...]:

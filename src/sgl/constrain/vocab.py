@@ -46,6 +46,7 @@ from .token_formats import (
     _tiktoken_tokenizer,
     bytes_to_unicode,
 )
+from .token_trie import byte_matrix
 from .vocab_cache import _atomic_savez, _load_npz, _pack, _pack_lengths, _unpack, cache_dir
 
 __all__ = ["Vocabulary", "WELL_KNOWN_EOS", "bytes_to_unicode", "cache_dir"]
@@ -205,7 +206,7 @@ class Vocabulary:
         if data is not None and self._matrix_ok(data):
             mat, lengths = data["bytes"], data["lengths"]
         else:
-            mat, lengths = self._build_matrix()
+            mat, lengths = byte_matrix(self.token_bytes)
             _atomic_savez(path, bytes=mat, lengths=lengths)
         mat.flags.writeable = False
         lengths.flags.writeable = False
@@ -220,15 +221,6 @@ class Vocabulary:
             # cheap content check: a valid npz from an interrupted or foreign writer
             and np.array_equal(lengths, np.maximum(_pack_lengths(self.token_bytes), 0))
         )
-
-    def _build_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        signed, flat = _pack(self.token_bytes)
-        lengths = np.maximum(signed, 0).astype(np.int32)
-        width = max(int(lengths.max(initial=0)), 1)
-        mat = np.zeros((self.n_vocab, width), dtype=np.uint8)
-        # Row-major order of the mask is exactly the order of the concatenation.
-        mat[np.arange(width)[None, :] < lengths[:, None]] = np.frombuffer(flat, dtype=np.uint8)
-        return mat, lengths
 
     # ----------------------------------------------------------------- constructors
     @classmethod
