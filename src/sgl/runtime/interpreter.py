@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from sgl.backends.base import Backend, GenerateRequest, GenerateResult
-from sgl.errors import BackendError, ConstraintError, GenerationTimeout, ProgramError, SglError
+from sgl.errors import BackendError, GenerationTimeout, ProgramError, SglError
 from sgl.lang.dtypes import DTYPE_REGEX, parse_value
 from sgl.lang.expr import (
     ConcatAndAppend,
@@ -570,9 +570,6 @@ def _run_body(
     except SglError as e:
         if e.state is None:
             e.state = state
-        error = e
-    except ConstraintError as e:
-        e.state = state
         error = e
     except Exception as e:  # noqa: BLE001 - the program's own bug, typed with its state
         wrapped = ProgramError(f"{type(e).__name__} in program: {e}", state)
