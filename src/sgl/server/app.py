@@ -75,7 +75,6 @@ from .protocol import (
     ChatCompletionResponse,
     ChoiceLogprobs,
     CompletionChoice,
-    CompletionChunk,
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
@@ -645,7 +644,7 @@ class _Server:
         cid, created, model = new_id("cmpl"), now(), self.settings.model_name
 
         def chunk(index: int, text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None) -> dict:
-            return CompletionChunk(id=cid, created=created, model=model, choices=[
+            return CompletionResponse(id=cid, created=created, model=model, choices=[
                 CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)]).model_dump()
 
         choices = [StreamChoice(i) for i in range(len(job.requests))]
@@ -662,7 +661,7 @@ class _Server:
                 yield chunk(c.index, "", openai_finish(value), self.lp.stream_logprobs(job, tokens, False) if tokens else None)
         usage = await self._end_stream(job, choices)
         if job.include_usage:
-            yield CompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage).model_dump()
+            yield CompletionResponse(id=cid, created=created, model=model, choices=[], usage=usage).model_dump()
 
     async def _end_stream(self, job: _Job, choices: list[StreamChoice]) -> Usage:
         """Record a finished stream (metrics, trace); its usage."""
