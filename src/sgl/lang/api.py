@@ -13,15 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .choices import ChoicesSamplingMethod, token_length_normalized
-from .expr import (
-    ExprList,
-    GenExpr,
-    RoleBegin,
-    RoleEnd,
-    SelectExpr,
-    SeparateReasoning,
-    SglExpr,
-)
+from .expr import ExprList, GenExpr, RoleBegin, RoleEnd, SelectExpr, SeparateReasoning, SglExpr
 
 
 def gen(

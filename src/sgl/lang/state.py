@@ -19,14 +19,7 @@ from typing import Any
 
 from sgl.errors import ProgramError
 
-from .expr import (
-    ConcatAndAppend,
-    RoleBegin,
-    RoleEnd,
-    SglExpr,
-    VarScopeBegin,
-    VarScopeEnd,
-)
+from .expr import ConcatAndAppend, RoleBegin, RoleEnd, SglExpr, VarScopeBegin, VarScopeEnd
 
 
 @dataclass(frozen=True)
