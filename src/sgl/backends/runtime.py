@@ -31,6 +31,7 @@ IGNORED_SERVER_ARGS = frozenset({
     "attention_backend", "sampling_backend", "grammar_backend", "chunked_prefill_size",
     "enable_torch_compile", "tokenizer_mode", "revision", "served_model_name", "chat_template",
     "skip_server_warmup", "watchdog_timeout", "download_dir", "base_gpu_id", "kv_cache_dtype",
+    "launch_timeout",
 })
 # What LocalModel itself takes, passed through unchanged.
 LOCAL_MODEL_ARGS = frozenset({
@@ -84,8 +85,7 @@ class Runtime:
     ``runtime.endpoint``; ``runtime.shutdown()`` stops its engine thread.
     """
 
-    def __init__(self, model_path: str | None = None, *, log_level: str = "error",
-                 launch_timeout: float = 300.0, **kwargs: Any) -> None:
+    def __init__(self, model_path: str | None = None, **kwargs: Any) -> None:
         self.endpoint = LocalModel(**local_model_kwargs({"model_path": model_path, **kwargs}))
         self.model_path = model_path
 
