@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sgl.backends.base import GenerateRequest
+from sgl.backends.factory import torch_dtype
 from sgl.backends.local import LocalModel
 from sgl.types import ConstraintSpec, SamplingParams
 
@@ -62,20 +63,8 @@ def local_model_kwargs(server_args: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"unsupported Runtime/Engine argument(s): {', '.join(sorted(unknown))}")
     if isinstance(out.get("dtype"), str):
-        out["dtype"] = _torch_dtype(out["dtype"])
+        out["dtype"] = torch_dtype(out["dtype"])
     return out
-
-
-def _torch_dtype(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return None
-    table = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
-             "float16": torch.float16, "half": torch.float16}
-    if name not in table:
-        raise ValueError(f"unsupported dtype {name!r}; use auto, float32, bfloat16 or float16")
-    return table[name]
 
 
 class Runtime:
