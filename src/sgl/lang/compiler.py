@@ -231,14 +231,6 @@ class Lowerer(FunctionPass):
                 )
             if name == "join" and target in self.fork_groups:
                 return self.join(target, call, node)
-        if (
-            isinstance(call, ast.Call)
-            and isinstance(call.func, ast.Attribute)
-            and call.func.attr == "join"
-            and isinstance(call.func.value, ast.Name)
-            and call.func.value.id in self.fork_groups
-        ):
-            return self.join(call.func.value.id, call, node)
         return self.opaque(node)
 
     def join(self, forks: str, call: ast.Call, node: ast.AST) -> ir.Join:
