@@ -74,12 +74,9 @@ def parse(file: str, text: str, **kwargs: Any) -> Source:
     src = Source(file=file, text=text, lines=text.splitlines(), **kwargs)
     try:
         src.tree = ast.parse(text, filename=file)
-    except SyntaxError as e:
-        line = (e.lineno or 1) + src.line_offset
-        col = (e.offset or 1) + src.col_offset
-        src.syntax_error = Diagnostic(
-            "error", f"syntax error: {e.msg}", file, line, col, src.line_text(line)
-        )
+    except SyntaxError as e:  # e.offset is 1-based
+        src.syntax_error = src.diagnostic_at("error", f"syntax error: {e.msg}", e.lineno or 1,
+                                             (e.offset or 1) - 1)
     return src
 
 
