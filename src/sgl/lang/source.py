@@ -41,14 +41,14 @@ class Source:
             return " " * self.col_offset + self.lines[i] if self.col_offset else self.lines[i]
         return ""
 
+    def char_col(self, lineno: int, col_offset: int) -> int:
+        """The 0-based character column of an ast position (ast counts bytes)."""
+        raw = self.lines[lineno - 1] if 0 < lineno <= len(self.lines) else ""
+        return len(raw.encode("utf-8")[:col_offset].decode("utf-8", errors="replace"))
+
     def position(self, lineno: int, col_offset: int) -> tuple[int, int]:
         """The real (line, 1-based character column) of an ast position."""
-        i = lineno - 1
-        raw = self.lines[i] if 0 <= i < len(self.lines) else ""
-        col = len(
-            raw.encode("utf-8")[:col_offset].decode("utf-8", errors="replace")
-        )  # ast counts bytes
-        return lineno + self.line_offset, col + 1 + self.col_offset
+        return lineno + self.line_offset, self.char_col(lineno, col_offset) + 1 + self.col_offset
 
     def diagnostic(self, severity: str, message: str, node: Any, end: bool = True) -> Diagnostic:
         line, col = self.position(node.lineno, node.col_offset)
@@ -221,12 +221,7 @@ def literal_position(src: Source, node: ast.expr, offset: int) -> tuple[int, int
     newlines = before.count("\n")
     if newlines:
         return node.lineno + newlines, at - before.rfind("\n") - 1
-    start_col = len(
-        src.lines[node.lineno - 1]
-        .encode("utf-8")[: node.col_offset]
-        .decode("utf-8", errors="replace")
-    )
-    return node.lineno, start_col + at
+    return node.lineno, src.char_col(node.lineno, node.col_offset) + at
 
 
 def _value_to_source(body: str, raw: bool) -> list[int] | None:
