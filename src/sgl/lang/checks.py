@@ -499,17 +499,12 @@ def _pointer_node(node: ast.expr, pointer: Any) -> ast.AST | None:
     for token in pointer.split("/")[1:]:
         token = token.replace("~1", "/").replace("~0", "~")
         if isinstance(current, ast.Dict):
-            pair = next(
-                (
-                    (k, v)
-                    for k, v in zip(current.keys, current.values, strict=True)
-                    if isinstance(k, ast.Constant) and k.value == token
-                ),
-                None,
-            )
-            if pair is None:
+            for k, v in zip(current.keys, current.values, strict=True):
+                if isinstance(k, ast.Constant) and k.value == token:
+                    found, current = k, v
+                    break
+            else:
                 break
-            found, current = pair[0], pair[1]
         elif (
             isinstance(current, ast.List | ast.Tuple)
             and token.isdigit()
