@@ -518,7 +518,7 @@ class _Server:
 
     def _observe(self, job: _Job, results: list[GenerateResult], outcomes: list[str | None], latency: float,
                  ttft: float | None) -> None:
-        """Metrics and the trace line of a finished request."""
+        """Metrics and the trace line (when tracing) of a finished request."""
         usage = _usage(results)
         self.metrics.observe_request(latency_s=latency, ttft_s=ttft, prompt_tokens=usage.prompt_tokens,
                                      completion_tokens=usage.completion_tokens, constraint=_worst(outcomes))
@@ -526,8 +526,26 @@ class _Server:
             mask_time = r.meta.get("mask_time_s")
             if isinstance(mask_time, (int, float)) and r.meta.get("masks"):
                 self.metrics.observe_mask_time(mask_time / max(1, int(r.meta["masks"])))
-        self._log_request(job, [r.text for r in results], [openai_finish(r) for r in results], latency, ttft,
-                          usage.prompt_tokens, usage.completion_tokens, outcomes)
+        if not trace.trace_enabled():
+            return
+        first = job.requests[0]
+        trace.write_record({
+            "type": "request",
+            "request_id": job.rid,
+            "endpoint": job.endpoint,
+            "time": time.time(),
+            "prompt": first.prompt,
+            "constraint": describe_constraint(first.constraint),
+            "outputs": [r.text for r in results],
+            "finish_reasons": [openai_finish(r) for r in results],
+            "latency_s": latency,
+            "ttft_s": ttft,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "constraint_outcomes": outcomes,
+            "max_tokens": first.params.max_tokens,
+            "temperature": first.params.temperature,
+        })
 
     async def _check_output(self, job: _Job, result: GenerateResult, finish_reason: str) -> str | None:
         """Does the output satisfy its constraint? (the server's own check, for metrics)"""
@@ -691,30 +709,6 @@ class _Server:
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    # --- observability ---
-    def _log_request(self, job: _Job, texts: list[str], finishes: list[str], latency: float, ttft: float | None,
-                     prompt_tokens: int, completion_tokens: int, outcomes: list[str | None]) -> None:
-        if not trace.trace_enabled():
-            return
-        first = job.requests[0]
-        trace.write_record({
-            "type": "request",
-            "request_id": job.rid,
-            "endpoint": job.endpoint,
-            "time": time.time(),
-            "prompt": first.prompt,
-            "constraint": describe_constraint(first.constraint),
-            "outputs": texts,
-            "finish_reasons": finishes,
-            "latency_s": latency,
-            "ttft_s": ttft,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "constraint_outcomes": outcomes,
-            "max_tokens": first.params.max_tokens,
-            "temperature": first.params.temperature,
-        })
 
 
 def _second_pass(first: GenerateResult, second: GenerateResult) -> GenerateResult:
