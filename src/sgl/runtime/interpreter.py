@@ -374,7 +374,10 @@ class Interpreter:
         """``fn()`` with backend errors typed; with a deadline, run it on a helper thread
         and give up waiting at the deadline (the text so far stays in ``state``)."""
         if deadline is None:
-            return self._typed(fn, state, what)
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - re-raised typed
+                self._raise_typed(e, state, what)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GenerationTimeout(f"timed out before {what}", state)
@@ -397,12 +400,6 @@ class Interpreter:
         if "error" in box:
             self._raise_typed(box["error"], state, what)
         return box["value"]
-
-    def _typed(self, fn: Callable[[], Any], state: ProgramState, what: str) -> Any:
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - re-raised typed
-            self._raise_typed(e, state, what)
 
     @staticmethod
     def _raise_typed(error: BaseException, state: ProgramState, what: str) -> None:
