@@ -747,10 +747,7 @@ def _usage(results: list[GenerateResult]) -> Usage:
 
 
 def _worst(outcomes: list[str | None]) -> str | None:
-    for outcome in ("violated", "truncated", "satisfied"):
-        if outcome in outcomes:
-            return outcome
-    return None
+    return next((o for o in ("violated", "truncated", "satisfied") if o in outcomes), None)
 
 
 __all__ = ["APIError", "GuardMiddleware", "ServerSettings", "compile_constraint", "constraint_of", "create_app"]
