@@ -8,16 +8,11 @@ log-probabilities into one score per choice (`ChoicesSamplingMethod.scores`).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-METHOD_NAMES = (
-    "token_length_normalized",
-    "greedy_token_selection",
-    "unconditional_likelihood_normalized",
-)
 
 
 @dataclass
@@ -57,11 +52,8 @@ class ChoicesSamplingMethod(ABC):
     requires_unconditional_logprobs = False
 
     @abstractmethod
-    def scores(
-        self,
-        token_logprobs: Sequence[Sequence[float]],
-        unconditional_logprobs: Sequence[Sequence[float]] | None = None,
-    ) -> list[float]:
+    def scores(self, token_logprobs: Sequence[Sequence[float]],
+               unconditional_logprobs: Sequence[Sequence[float]] | None = None) -> list[float]:
         """One score per choice (higher is better) from each choice's token log-probabilities."""
 
     def __call__(
@@ -186,6 +178,7 @@ greedy_token_selection = GreedyTokenSelection()
 unconditional_likelihood_normalized = UnconditionalLikelihoodNormalized()
 METHODS = {m.name: m for m in (token_length_normalized, greedy_token_selection,
                                 unconditional_likelihood_normalized)}
+METHOD_NAMES = tuple(METHODS)
 
 
 def method_name(method: ChoicesSamplingMethod | str | None) -> str:
@@ -214,7 +207,4 @@ def _camel_to_snake(name: str) -> str:
     # SGLang's classes are TokenLengthNormalized etc.; accept those spellings too
     if "_" in name or name.islower():
         return name
-    out = [name[0].lower()]
-    for ch in name[1:]:
-        out.append("_" + ch.lower() if ch.isupper() else ch)
-    return "".join(out)
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -33,6 +33,15 @@ def load_program(path: Path) -> Any:
 DTYPES = {"auto": None, "float32": "float32", "float": "float32", "bfloat16": "bfloat16", "float16": "float16", "half": "float16"}
 
 
+def torch_dtype(name: str) -> Any:
+    """The torch dtype a ``--dtype`` (or SGLang ``dtype``) name means; None for auto."""
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {name!r}; use auto, float32, bfloat16 or float16")
+    import torch
+
+    return getattr(torch, DTYPES[name]) if DTYPES[name] else None
+
+
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     """The options that choose and configure the backend, shared by ``sgl run`` and
     ``sgl serve`` (vLLM's and SGLang's spellings are aliases); ``make_backend`` reads them."""
@@ -64,23 +73,17 @@ def make_backend(args: argparse.Namespace, default_model: bool = False) -> Any:
         target, _, attr = args.backend.rpartition(":")
         if not target:
             raise SystemExit("sgl run: --backend wants MODULE:ATTR or FILE.py:ATTR")
-        module = (
-            load_program(Path(target))
-            if target.endswith(".py")
-            else importlib.import_module(target)
-        )
+        module = (load_program(Path(target)) if target.endswith(".py")
+                  else importlib.import_module(target))
         obj = getattr(module, attr)
         from sgl.backends.base import Backend
 
         return obj if isinstance(obj, Backend) else obj()
     if not args.model and not default_model:
         return None
-    import torch
-
     from sgl.backends.local import LocalModel
 
-    dtype = DTYPES[args.dtype]
-    backend = LocalModel(args.model, device=args.device, dtype=getattr(torch, dtype) if dtype else None,
+    backend = LocalModel(args.model, device=args.device, dtype=torch_dtype(args.dtype),
                          max_context=args.max_context, max_batch=args.max_running, kv_budget_mb=args.kv_budget_mb)
     if args.chat_template:
         try:

@@ -205,13 +205,11 @@ class OpenAI(Backend):
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
         stream = self._stream(request)
-        pieces: list[str] = []
-        try:
-            while True:
-                pieces.append(next(stream))
-        except StopIteration as stop:
-            outcome: _Outcome = stop.value
-        return self._result(request, outcome)
+        while True:
+            try:
+                next(stream)
+            except StopIteration as stop:  # the stream's return value is its _Outcome
+                return self._result(request, stop.value)
 
     def generate_stream(self, request: GenerateRequest) -> Iterator[str]:
         """Text deltas as the server sends them; returns the ``GenerateResult``."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sgl.backends.base import GenerateRequest
+from sgl.backends.factory import torch_dtype
 from sgl.backends.local import LocalModel
 from sgl.types import ConstraintSpec, SamplingParams
 
@@ -31,6 +32,7 @@ IGNORED_SERVER_ARGS = frozenset({
     "attention_backend", "sampling_backend", "grammar_backend", "chunked_prefill_size",
     "enable_torch_compile", "tokenizer_mode", "revision", "served_model_name", "chat_template",
     "skip_server_warmup", "watchdog_timeout", "download_dir", "base_gpu_id", "kv_cache_dtype",
+    "launch_timeout",
 })
 # What LocalModel itself takes, passed through unchanged.
 LOCAL_MODEL_ARGS = frozenset({
@@ -61,20 +63,8 @@ def local_model_kwargs(server_args: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"unsupported Runtime/Engine argument(s): {', '.join(sorted(unknown))}")
     if isinstance(out.get("dtype"), str):
-        out["dtype"] = _torch_dtype(out["dtype"])
+        out["dtype"] = torch_dtype(out["dtype"])
     return out
-
-
-def _torch_dtype(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return None
-    table = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
-             "float16": torch.float16, "half": torch.float16}
-    if name not in table:
-        raise ValueError(f"unsupported dtype {name!r}; use auto, float32, bfloat16 or float16")
-    return table[name]
 
 
 class Runtime:
@@ -84,8 +74,7 @@ class Runtime:
     ``runtime.endpoint``; ``runtime.shutdown()`` stops its engine thread.
     """
 
-    def __init__(self, model_path: str | None = None, *, log_level: str = "error",
-                 launch_timeout: float = 300.0, **kwargs: Any) -> None:
+    def __init__(self, model_path: str | None = None, **kwargs: Any) -> None:
         self.endpoint = LocalModel(**local_model_kwargs({"model_path": model_path, **kwargs}))
         self.model_path = model_path
 

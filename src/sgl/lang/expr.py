@@ -101,10 +101,8 @@ class GenExpr(SglExpr):
             raise ValueError(f"n must be a positive integer, got {self.n!r}")
         if self.max_tokens is not None and self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
-        if isinstance(self.stop, str):
-            self.stop = (self.stop,)
-        elif self.stop is not None:
-            self.stop = tuple(self.stop)
+        if self.stop is not None:
+            self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         if self.stop_token_ids is not None:
             self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
         if is_model_class(self.dtype):  # dtype=Model: JSON under the model's schema, stored parsed

@@ -20,16 +20,12 @@ MAX_LITERAL = 100  # long literals (schemas) are cut so each IR line stays reada
 
 def format_module(module: ir.Module) -> str:
     """Every function of ``module``, separated by blank lines."""
-    return "\n\n".join(format_function(fn) for fn in module.functions) + (
-        "\n" if module.functions else ""
-    )
+    return "\n".join(format_function(fn) + "\n" for fn in module.functions)
 
 
 def format_function(fn: ir.FunctionDef) -> str:
     where = f"  # {fn.loc.file}:{fn.loc.line}" if fn.loc else ""
-    lines = [f"function {fn.name}({', '.join(fn.params)}){where}"]
-    lines += _block(fn.body, 1)
-    return "\n".join(lines)
+    return "\n".join([f"function {fn.name}({', '.join(fn.params)}){where}", *_block(fn.body, 1)])
 
 
 def _block(stmts: list[Any], depth: int) -> list[str]:
@@ -67,8 +63,7 @@ def _stmt(node: Any, depth: int) -> list[str]:
     if isinstance(node, ir.Return):
         return [f"{pad}return" + ("" if node.value is None else f" {_value(node.value)}")]
     if isinstance(node, ir.Expr):
-        first, *rest = node.source.splitlines() or [""]
-        return [f"{pad}`{first}`"] + [f"{pad}`{line}`" for line in rest]
+        return [f"{pad}`{line}`" for line in node.source.splitlines() or [""]]
     return [f"{pad}{_value(node)}"]
 
 

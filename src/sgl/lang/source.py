@@ -41,14 +41,14 @@ class Source:
             return " " * self.col_offset + self.lines[i] if self.col_offset else self.lines[i]
         return ""
 
+    def char_col(self, lineno: int, col_offset: int) -> int:
+        """The 0-based character column of an ast position (ast counts bytes)."""
+        raw = self.lines[lineno - 1] if 0 < lineno <= len(self.lines) else ""
+        return len(raw.encode("utf-8")[:col_offset].decode("utf-8", errors="replace"))
+
     def position(self, lineno: int, col_offset: int) -> tuple[int, int]:
         """The real (line, 1-based character column) of an ast position."""
-        i = lineno - 1
-        raw = self.lines[i] if 0 <= i < len(self.lines) else ""
-        col = len(
-            raw.encode("utf-8")[:col_offset].decode("utf-8", errors="replace")
-        )  # ast counts bytes
-        return lineno + self.line_offset, col + 1 + self.col_offset
+        return lineno + self.line_offset, self.char_col(lineno, col_offset) + 1 + self.col_offset
 
     def diagnostic(self, severity: str, message: str, node: Any, end: bool = True) -> Diagnostic:
         line, col = self.position(node.lineno, node.col_offset)
@@ -60,26 +60,17 @@ class Source:
     def diagnostic_at(self, severity: str, message: str, line: int, col: int) -> Diagnostic:
         """A diagnostic at an ast-relative (line, 0-based character column)."""
         real_line = line + self.line_offset
-        return Diagnostic(
-            severity,
-            message,
-            self.file,
-            real_line,
-            col + 1 + self.col_offset,
-            self.line_text(real_line),
-        )
+        return Diagnostic(severity, message, self.file, real_line, col + 1 + self.col_offset,
+                          self.line_text(real_line))
 
 
 def parse(file: str, text: str, **kwargs: Any) -> Source:
     src = Source(file=file, text=text, lines=text.splitlines(), **kwargs)
     try:
         src.tree = ast.parse(text, filename=file)
-    except SyntaxError as e:
-        line = (e.lineno or 1) + src.line_offset
-        col = (e.offset or 1) + src.col_offset
-        src.syntax_error = Diagnostic(
-            "error", f"syntax error: {e.msg}", file, line, col, src.line_text(line)
-        )
+    except SyntaxError as e:  # e.offset is 1-based
+        src.syntax_error = src.diagnostic_at("error", f"syntax error: {e.msg}", e.lineno or 1,
+                                             (e.offset or 1) - 1)
     return src
 
 
@@ -135,18 +126,13 @@ class ApiNames:
                 for alias in node.names:
                     if alias.name.split(".")[0] in SGL_MODULES:
                         self.modules.add(alias.asname or alias.name.split(".")[0])
-            elif (
-                isinstance(node, ast.ImportFrom)
-                and (node.module or "").split(".")[0] in SGL_MODULES
-            ):
+            elif (isinstance(node, ast.ImportFrom)
+                  and (node.module or "").split(".")[0] in SGL_MODULES):
                 for alias in node.names:
                     self.imported[alias.asname or alias.name] = alias.name
         for node in tree.body:  # module-level constants only: NAME = literal, assigned once
-            if (
-                isinstance(node, ast.Assign)
-                and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name)
-            ):
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and isinstance(node.targets[0], ast.Name)):
                 name = node.targets[0].id
                 assigned[name] = assigned.get(name, 0) + 1
                 try:
@@ -159,11 +145,8 @@ class ApiNames:
 
     def api_name(self, func: ast.expr) -> str | None:
         """``sgl.gen`` / ``gen`` (imported from sgl) → ``"gen"``; otherwise None."""
-        if (
-            isinstance(func, ast.Attribute)
-            and isinstance(func.value, ast.Name)
-            and func.value.id in self.modules
-        ):
+        if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                and func.value.id in self.modules):
             return func.attr
         if isinstance(func, ast.Name) and func.id in self.imported:
             return self.imported[func.id]
@@ -224,12 +207,7 @@ def literal_position(src: Source, node: ast.expr, offset: int) -> tuple[int, int
     newlines = before.count("\n")
     if newlines:
         return node.lineno + newlines, at - before.rfind("\n") - 1
-    start_col = len(
-        src.lines[node.lineno - 1]
-        .encode("utf-8")[: node.col_offset]
-        .decode("utf-8", errors="replace")
-    )
-    return node.lineno, start_col + at
+    return node.lineno, src.char_col(node.lineno, node.col_offset) + at
 
 
 def _value_to_source(body: str, raw: bool) -> list[int] | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from sgl.backends.base import Backend, GenerateRequest, GenerateResult
-from sgl.errors import BackendError, ConstraintError, GenerationTimeout, ProgramError, SglError
+from sgl.errors import BackendError, GenerationTimeout, ProgramError, SglError
 from sgl.lang.dtypes import DTYPE_REGEX, parse_value
 from sgl.lang.expr import (
     ConcatAndAppend,
@@ -192,17 +192,10 @@ class Interpreter:
             logprob_start_len=_pick(g.logprob_start_len, d.logprob_start_len),
         )
         regex = DTYPE_REGEX[g.dtype] if g.dtype else g.regex
-        constraint = ConstraintSpec(
-            regex=regex,
-            json_schema=g.json_schema,
-            grammar=g.grammar,
-            grammar_syntax=g.grammar_syntax,
-        )
-        return GenerateRequest(
-            prompt=state.current_text(),
-            params=params,
-            constraint=None if constraint.is_empty() else constraint,
-        )
+        constraint = ConstraintSpec(regex=regex, json_schema=g.json_schema, grammar=g.grammar,
+                                    grammar_syntax=g.grammar_syntax)
+        return GenerateRequest(prompt=state.current_text(), params=params,
+                               constraint=None if constraint.is_empty() else constraint)
 
     def _gen(self, state: ProgramState, g: GenExpr) -> None:
         request = self.request_for(state, g)
@@ -290,14 +283,8 @@ class Interpreter:
             meta["dtype_error"] = str(e)  # keep the raw text (e.g. cut by max_tokens)
             return text
 
-    def _gen_streaming(
-        self,
-        state: ProgramState,
-        name: str | None,
-        request: GenerateRequest,
-        deadline: float | None,
-        what: str,
-    ) -> dict:
+    def _gen_streaming(self, state: ProgramState, name: str | None, request: GenerateRequest,
+                       deadline: float | None, what: str) -> dict:
         """Stream deltas into the state as they come; stop reading at the deadline."""
         cancelled = threading.Event()
         collected: list[str] = []
@@ -324,19 +311,13 @@ class Interpreter:
     # --- select ---
     def _select(self, state: ProgramState, sel: SelectExpr) -> None:
         prompt = state.current_text()
-        result = self._call(
-            lambda: self.backend.select(prompt, sel.choices, sel.method),
-            state,
-            f"select {sel.name!r}" if sel.name else "select",
-            self._deadline(sel.timeout),
-        )
+        result = self._call(lambda: self.backend.select(prompt, sel.choices, sel.method), state,
+                            f"select {sel.name!r}" if sel.name else "select",
+                            self._deadline(sel.timeout))
         index = result.index
         if sel.temperature > 0 and result.scores:
-            index = _sample_index(
-                result.scores,
-                sel.temperature,
-                sel.seed if sel.seed is not None else self.defaults.seed,
-            )
+            index = _sample_index(result.scores, sel.temperature,
+                                  sel.seed if sel.seed is not None else self.defaults.seed)
         choice = sel.choices[index]
         start = len(state.current_text())
         state.append(choice)
@@ -388,18 +369,15 @@ class Interpreter:
         call_deadline = time.monotonic() + call_timeout
         return call_deadline if self.deadline is None else min(call_deadline, self.deadline)
 
-    def _call(
-        self,
-        fn: Callable[[], Any],
-        state: ProgramState,
-        what: str,
-        deadline: float | None,
-        on_timeout: Callable[[], None] | None = None,
-    ) -> Any:
+    def _call(self, fn: Callable[[], Any], state: ProgramState, what: str, deadline: float | None,
+              on_timeout: Callable[[], None] | None = None) -> Any:
         """``fn()`` with backend errors typed; with a deadline, run it on a helper thread
         and give up waiting at the deadline (the text so far stays in ``state``)."""
         if deadline is None:
-            return self._typed(fn, state, what)
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - re-raised typed
+                self._raise_typed(e, state, what)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GenerationTimeout(f"timed out before {what}", state)
@@ -422,12 +400,6 @@ class Interpreter:
         if "error" in box:
             self._raise_typed(box["error"], state, what)
         return box["value"]
-
-    def _typed(self, fn: Callable[[], Any], state: ProgramState, what: str) -> Any:
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - re-raised typed
-            self._raise_typed(e, state, what)
 
     @staticmethod
     def _raise_typed(error: BaseException, state: ProgramState, what: str) -> None:
@@ -551,9 +523,8 @@ def run_program(
     interp = Interpreter(backend, defaults, deadline)
     state = ProgramState(interp, stream=stream)
     if stream:
-        threading.Thread(
-            target=_run_body, args=(func, state, args, kwargs), name="sgl-stream", daemon=True
-        ).start()
+        threading.Thread(target=_run_body, args=(func, state, args, kwargs), name="sgl-stream",
+                         daemon=True).start()
         return state
     error = _run_body(func, state, args, kwargs)
     if error is not None and raise_errors:
@@ -570,9 +541,6 @@ def _run_body(
     except SglError as e:
         if e.state is None:
             e.state = state
-        error = e
-    except ConstraintError as e:
-        e.state = state
         error = e
     except Exception as e:  # noqa: BLE001 - the program's own bug, typed with its state
         wrapped = ProgramError(f"{type(e).__name__} in program: {e}", state)

@@ -75,7 +75,6 @@ from .protocol import (
     ChatCompletionResponse,
     ChoiceLogprobs,
     CompletionChoice,
-    CompletionChunk,
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
@@ -519,7 +518,7 @@ class _Server:
 
     def _observe(self, job: _Job, results: list[GenerateResult], outcomes: list[str | None], latency: float,
                  ttft: float | None) -> None:
-        """Metrics and the trace line of a finished request."""
+        """Metrics and the trace line (when tracing) of a finished request."""
         usage = _usage(results)
         self.metrics.observe_request(latency_s=latency, ttft_s=ttft, prompt_tokens=usage.prompt_tokens,
                                      completion_tokens=usage.completion_tokens, constraint=_worst(outcomes))
@@ -527,8 +526,26 @@ class _Server:
             mask_time = r.meta.get("mask_time_s")
             if isinstance(mask_time, (int, float)) and r.meta.get("masks"):
                 self.metrics.observe_mask_time(mask_time / max(1, int(r.meta["masks"])))
-        self._log_request(job, [r.text for r in results], [openai_finish(r) for r in results], latency, ttft,
-                          usage.prompt_tokens, usage.completion_tokens, outcomes)
+        if not trace.trace_enabled():
+            return
+        first = job.requests[0]
+        trace.write_record({
+            "type": "request",
+            "request_id": job.rid,
+            "endpoint": job.endpoint,
+            "time": time.time(),
+            "prompt": first.prompt,
+            "constraint": describe_constraint(first.constraint),
+            "outputs": [r.text for r in results],
+            "finish_reasons": [openai_finish(r) for r in results],
+            "latency_s": latency,
+            "ttft_s": ttft,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "constraint_outcomes": outcomes,
+            "max_tokens": first.params.max_tokens,
+            "temperature": first.params.temperature,
+        })
 
     async def _check_output(self, job: _Job, result: GenerateResult, finish_reason: str) -> str | None:
         """Does the output satisfy its constraint? (the server's own check, for metrics)"""
@@ -645,7 +662,7 @@ class _Server:
         cid, created, model = new_id("cmpl"), now(), self.settings.model_name
 
         def chunk(index: int, text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None) -> dict:
-            return CompletionChunk(id=cid, created=created, model=model, choices=[
+            return CompletionResponse(id=cid, created=created, model=model, choices=[
                 CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)]).model_dump()
 
         choices = [StreamChoice(i) for i in range(len(job.requests))]
@@ -662,7 +679,7 @@ class _Server:
                 yield chunk(c.index, "", openai_finish(value), self.lp.stream_logprobs(job, tokens, False) if tokens else None)
         usage = await self._end_stream(job, choices)
         if job.include_usage:
-            yield CompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage).model_dump()
+            yield CompletionResponse(id=cid, created=created, model=model, choices=[], usage=usage).model_dump()
 
     async def _end_stream(self, job: _Job, choices: list[StreamChoice]) -> Usage:
         """Record a finished stream (metrics, trace); its usage."""
@@ -692,30 +709,6 @@ class _Server:
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    # --- observability ---
-    def _log_request(self, job: _Job, texts: list[str], finishes: list[str], latency: float, ttft: float | None,
-                     prompt_tokens: int, completion_tokens: int, outcomes: list[str | None]) -> None:
-        if not trace.trace_enabled():
-            return
-        first = job.requests[0]
-        trace.write_record({
-            "type": "request",
-            "request_id": job.rid,
-            "endpoint": job.endpoint,
-            "time": time.time(),
-            "prompt": first.prompt,
-            "constraint": describe_constraint(first.constraint),
-            "outputs": texts,
-            "finish_reasons": finishes,
-            "latency_s": latency,
-            "ttft_s": ttft,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "constraint_outcomes": outcomes,
-            "max_tokens": first.params.max_tokens,
-            "temperature": first.params.temperature,
-        })
 
 
 def _second_pass(first: GenerateResult, second: GenerateResult) -> GenerateResult:
@@ -754,10 +747,7 @@ def _usage(results: list[GenerateResult]) -> Usage:
 
 
 def _worst(outcomes: list[str | None]) -> str | None:
-    for outcome in ("violated", "truncated", "satisfied"):
-        if outcome in outcomes:
-            return outcome
-    return None
+    return next((o for o in ("violated", "truncated", "satisfied") if o in outcomes), None)
 
 
 __all__ = ["APIError", "GuardMiddleware", "ServerSettings", "compile_constraint", "constraint_of", "create_app"]

@@ -87,9 +87,6 @@ class _Worker:
         self.kill()
         return None
 
-    def alive(self) -> bool:
-        return self.process.is_alive()
-
     def kill(self) -> None:
         self.process.kill()
         self.process.join(5)
@@ -110,7 +107,6 @@ class CompilePool:
             self._idle.put(None)  # a slot; its process starts on first use
         self._lock = threading.Lock()
         self._all: set[_Worker] = set()
-        self.killed = 0  # compiles stopped at their deadline
 
     def call(self, message: tuple, timeout_s: float) -> Outcome | None:
         """Send ``message`` to an idle worker; None if it ran past ``timeout_s`` (waiting
@@ -121,13 +117,14 @@ class CompilePool:
         except queue.Empty:
             return None
         try:
-            if worker is None or not worker.alive():
-                worker = self._start()
+            if worker is None or not worker.process.is_alive():
+                worker = _Worker(self._ctx)
+                with self._lock:
+                    self._all.add(worker)
             answer = worker.call(message, max(0.0, deadline - time.monotonic()))
             if answer is None:
                 with self._lock:
                     self._all.discard(worker)
-                    self.killed += 1
                 worker = None
             return answer
         except (OSError, EOFError):  # the worker died (e.g. killed by the OS): replaced next time
@@ -143,12 +140,6 @@ class CompilePool:
         """Does ``text`` match ``spec``? None if that could not be decided in time."""
         answer = self.call(("accepts", spec, text), timeout_s)
         return answer[1] if answer is not None and answer[0] == "ok" else None
-
-    def _start(self) -> _Worker:
-        worker = _Worker(self._ctx)
-        with self._lock:
-            self._all.add(worker)
-        return worker
 
     def close(self) -> None:
         """Stop every worker."""

@@ -199,6 +199,8 @@ class CompletionChoice(BaseModel):
 
 
 class CompletionResponse(BaseModel):
+    """A completion; also each chunk of a streamed one (given the stream's id and time)."""
+
     id: str = Field(default_factory=lambda: new_id("cmpl"))
     object: str = "text_completion"
     created: int = Field(default_factory=now)
@@ -271,22 +273,11 @@ class ChatChunkChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(ChatCompletionResponse):
+    """One chunk of a streamed chat completion (given the stream's id and time)."""
+
     object: str = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-
-
-class CompletionChunk(BaseModel):
-    id: str
-    object: str = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
 
 
 class ModelCard(BaseModel):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -136,9 +137,7 @@ def _section(rid: str, group: dict[str, Any]) -> str:
     if request.get("ttft_s") is not None:
         meta.append(f"TTFT {request['ttft_s'] * 1000:.0f} ms")
     if tokens:
-        by_kind: dict[str, int] = {}
-        for t in tokens:
-            by_kind[t.kind] = by_kind.get(t.kind, 0) + 1
+        by_kind = Counter(t.kind for t in tokens)  # in order of first appearance
         meta.append(f"{len(tokens)} tokens (" + ", ".join(f"{n} {k}" for k, n in by_kind.items()) + ")")
     prompt = generation.get("prompt") or request.get("prompt") or ""
     details = ""
