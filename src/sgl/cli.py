@@ -44,10 +44,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("program", help="an SGL program (.py or .sgl)")
     p.add_argument("--fn", help="the @sgl.function to run (needed if the file has several)")
-    p.add_argument("--arg", action="append", default=[], metavar="K=V",
-                   help="a program argument; V is JSON if it parses, else a string")
-    p.add_argument("--batch", metavar="ARGS.jsonl",
-                   help="one JSON object of arguments per line; runs them all with run_batch")
+    p.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a program argument; V is JSON if it parses, else a string",
+    )
+    p.add_argument(
+        "--batch",
+        metavar="ARGS.jsonl",
+        help="one JSON object of arguments per line; runs them all with run_batch",
+    )
     p.add_argument("--out", metavar="RESULTS.jsonl", help="write results here (default: stdout)")
     add_backend_arguments(p)
     p.add_argument("--threads", default="auto", help="run_batch threads (default: auto)")
@@ -86,8 +94,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     failed = write_results(states, items, args.out)
     if args.batch or failed:
-        print(f"sgl run: {len(states) - failed}/{len(states)} runs ok in {elapsed:.1f} s",
-              file=sys.stderr)
+        print(
+            f"sgl run: {len(states) - failed}/{len(states)} runs ok in {elapsed:.1f} s",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 
@@ -104,8 +114,11 @@ def pick_function(module: Any, name: str | None, path: Path) -> Any:
             return None
         return found[name]
     if len(found) != 1:
-        what = ("no @sgl.function" if not found
-                else f"several SGL functions ({', '.join(found)}); pick one with --fn")
+        what = (
+            "no @sgl.function"
+            if not found
+            else f"several SGL functions ({', '.join(found)}); pick one with --fn"
+        )
         print(f"sgl run: {what} in {path}", file=sys.stderr)
         return None
     return next(iter(found.values()))

@@ -52,8 +52,11 @@ class ChoicesSamplingMethod(ABC):
     requires_unconditional_logprobs = False
 
     @abstractmethod
-    def scores(self, token_logprobs: Sequence[Sequence[float]],
-               unconditional_logprobs: Sequence[Sequence[float]] | None = None) -> list[float]:
+    def scores(
+        self,
+        token_logprobs: Sequence[Sequence[float]],
+        unconditional_logprobs: Sequence[Sequence[float]] | None = None,
+    ) -> list[float]:
         """One score per choice (higher is better) from each choice's token log-probabilities."""
 
     def __call__(

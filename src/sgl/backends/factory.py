@@ -73,8 +73,11 @@ def make_backend(args: argparse.Namespace, default_model: bool = False) -> Any:
         target, _, attr = args.backend.rpartition(":")
         if not target:
             raise SystemExit("sgl run: --backend wants MODULE:ATTR or FILE.py:ATTR")
-        module = (load_program(Path(target)) if target.endswith(".py")
-                  else importlib.import_module(target))
+        module = (
+            load_program(Path(target))
+            if target.endswith(".py")
+            else importlib.import_module(target)
+        )
         obj = getattr(module, attr)
         from sgl.backends.base import Backend
 

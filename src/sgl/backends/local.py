@@ -102,8 +102,9 @@ class LocalModel(Backend):
         tokenizer_file = ckpt.folder / "tokenizer.json"
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         eos = set(self.config.eos_token_ids) | _generation_config_eos(ckpt.folder)
-        self.vocab = Vocabulary.from_tokenizer(str(tokenizer_file), n_vocab=self.config.vocab_size,
-                                               eos_token_ids=sorted(eos) or None)
+        self.vocab = Vocabulary.from_tokenizer(
+            str(tokenizer_file), n_vocab=self.config.vocab_size, eos_token_ids=sorted(eos) or None
+        )
         self.eos_token_ids = tuple(self.vocab.eos_token_ids)
         self.chat_template = ckpt.chat_template
         self._template_tokens = special_tokens(ckpt.folder)
@@ -514,10 +515,11 @@ class LocalHandle:
 
 
 def _result(out: SeqOutput) -> GenerateResult:
-    return GenerateResult(text=out.text, token_ids=out.token_ids, finish_reason=out.finish_reason,
-                          logprobs=out.logprobs, top_logprobs=out.top_logprobs,
-                          prompt_logprobs=out.prompt_logprobs,
-                          prompt_top_logprobs=out.prompt_top_logprobs, meta=out.meta)
+    return GenerateResult(
+        text=out.text, token_ids=out.token_ids, finish_reason=out.finish_reason,
+        logprobs=out.logprobs, top_logprobs=out.top_logprobs, prompt_logprobs=out.prompt_logprobs,
+        prompt_top_logprobs=out.prompt_top_logprobs, meta=out.meta,
+    )
 
 
 def sglang_finish_reason(result: GenerateResult, stop_token_ids: Sequence[int] = ()) -> dict[str, Any] | None:

@@ -69,27 +69,47 @@ def gen(
     """
     fields = dict(locals())  # every parameter but the two of select is a GenExpr field
     if choices is not None:
-        return select(name, choices, 0.0 if temperature is None else temperature,
-                      choices_method or token_length_normalized, seed=seed, timeout=timeout)
+        return select(
+            name,
+            choices,
+            0.0 if temperature is None else temperature,
+            choices_method or token_length_normalized,
+            seed=seed,
+            timeout=timeout,
+        )
     del fields["choices"], fields["choices_method"]
     return GenExpr(**fields)
 
 
-def gen_int(name: str | None = None, max_tokens: int | None = None, min_tokens: int | None = None,
-            **kwargs: Any) -> SglExpr:
+def gen_int(
+    name: str | None = None,
+    max_tokens: int | None = None,
+    min_tokens: int | None = None,
+    **kwargs: Any,
+) -> SglExpr:
     """``gen(..., dtype=int)``: an integer, stored as ``int``."""
     return gen(name, max_tokens, min_tokens, dtype=int, **kwargs)
 
 
-def gen_string(name: str | None = None, max_tokens: int | None = None,
-               min_tokens: int | None = None, **kwargs: Any) -> SglExpr:
+def gen_string(
+    name: str | None = None,
+    max_tokens: int | None = None,
+    min_tokens: int | None = None,
+    **kwargs: Any,
+) -> SglExpr:
     """``gen(..., dtype=str)``: a double-quoted string; the unquoted value is stored."""
     return gen(name, max_tokens, min_tokens, dtype=str, **kwargs)
 
 
-def select(name: str | None = None, choices: Sequence[str] | None = None, temperature: float = 0.0,
-           choices_method: ChoicesSamplingMethod | str = token_length_normalized, *,
-           seed: int | None = None, timeout: float | None = None) -> SglExpr:
+def select(
+    name: str | None = None,
+    choices: Sequence[str] | None = None,
+    temperature: float = 0.0,
+    choices_method: ChoicesSamplingMethod | str = token_length_normalized,
+    *,
+    seed: int | None = None,
+    timeout: float | None = None,
+) -> SglExpr:
     """Choose one of ``choices`` (scored by ``choices_method``) into variable ``name``.
 
     ``temperature`` 0 takes the best-scoring choice; above 0 samples with

@@ -113,8 +113,9 @@ class FunctionChecker(FunctionPass):
             line = self.src.lines[node.lineno - 1] if node.lineno - 1 < len(self.src.lines) else ""
             m = re.compile(rf"def\s+({re.escape(node.name)})\b").search(line, node.col_offset)
             self.diagnostics.append(
-                self.src.diagnostic_at(severity, message, node.lineno,
-                                       m.start(1) if m else node.col_offset)
+                self.src.diagnostic_at(
+                    severity, message, node.lineno, m.start(1) if m else node.col_offset
+                )
             )
             return
         self.diagnostics.append(self.src.diagnostic(severity, message, node))
@@ -204,13 +205,19 @@ class FunctionChecker(FunctionPass):
     def is_state_target(self, node: ast.expr) -> bool:
         if isinstance(node, ast.Name):
             return node.id == self.state
-        return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
-                and node.value.id in self.fork_groups)
+        return (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in self.fork_groups
+        )
 
     def is_state_call(self, node: ast.expr, method: str | None = None) -> bool:
-        return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and self.is_state_target(node.func.value)
-                and (method is None or node.func.attr == method))
+        return (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and self.is_state_target(node.func.value)
+            and (method is None or node.func.attr == method)
+        )
 
     # --- variables ---
     def name_pattern(self, node: ast.expr | None) -> str | re.Pattern | None:
@@ -239,8 +246,11 @@ class FunctionChecker(FunctionPass):
         for r in self.reads:
             if not any(d.pos <= r.pos and _matches(d.name, r.name) for d in self.defs):
                 later = any(_matches(d.name, r.name) for d in self.defs)
-                why = ("before it is generated" if later
-                       else "but no gen, select or var_scope defines it")
+                why = (
+                    "before it is generated"
+                    if later
+                    else "but no gen, select or var_scope defines it"
+                )
                 self.error(f"variable '{r.name}' is read {why}", r.node)
 
     # --- gen / select ---
@@ -433,8 +443,11 @@ class FunctionChecker(FunctionPass):
 
 def _prefixed(prefix: str, message: str) -> str:
     # engines often start their messages with "invalid regex: ..." already
-    return (message if message.lower().startswith(prefix.split(" at ")[0].lower())
-            else f"{prefix}: {message}")
+    return (
+        message
+        if message.lower().startswith(prefix.split(" at ")[0].lower())
+        else f"{prefix}: {message}"
+    )
 
 
 def _matches(pattern: str | re.Pattern | None, name: str) -> bool:
@@ -475,8 +488,11 @@ def _text_location(text: str, location: Any) -> int | None:
 def _pointer_node(node: ast.expr, pointer: Any) -> ast.AST | None:
     """The key (or item) a JSON pointer such as ``/properties/age/minimum`` names in a
     dict literal; the deepest one found."""
-    if (not isinstance(pointer, str) or not pointer.startswith("/")
-            or not isinstance(node, ast.Dict)):
+    if (
+        not isinstance(pointer, str)
+        or not pointer.startswith("/")
+        or not isinstance(node, ast.Dict)
+    ):
         return None
     found: ast.AST | None = None
     current: ast.AST = node
@@ -489,8 +505,11 @@ def _pointer_node(node: ast.expr, pointer: Any) -> ast.AST | None:
                     break
             else:
                 break
-        elif (isinstance(current, ast.List | ast.Tuple) and token.isdigit()
-              and int(token) < len(current.elts)):
+        elif (
+            isinstance(current, ast.List | ast.Tuple)
+            and token.isdigit()
+            and int(token) < len(current.elts)
+        ):
             found = current = current.elts[int(token)]
         else:
             break

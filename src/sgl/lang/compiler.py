@@ -121,9 +121,12 @@ def _compile_function(func: Any, decorated: bool) -> CompiledProgram:
     diagnostics = []
     if not decorated and not any(names.is_sgl_decorator(d) for d in node.decorator_list):
         diagnostics.append(
-            src.diagnostic("error",
-                           f"'{node.name}' is not an SGL function (decorate it with @sgl.function)",
-                           node, end=False)
+            src.diagnostic(
+                "error",
+                f"'{node.name}' is not an SGL function (decorate it with @sgl.function)",
+                node,
+                end=False,
+            )
         )
     fn_ir, found = _compile_one(src, names, node)
     return CompiledProgram(ir.Module(src.file, [fn_ir]), diagnostics + found)
@@ -163,8 +166,9 @@ class Lowerer(FunctionPass):
         params = [
             a.arg for a in self.fn.args.posonlyargs + self.fn.args.args + self.fn.args.kwonlyargs
         ]
-        return ir.FunctionDef(self.fn.name, params, self.state, self.block(self.fn.body),
-                              self.loc(self.fn))
+        return ir.FunctionDef(
+            self.fn.name, params, self.state, self.block(self.fn.body), self.loc(self.fn)
+        )
 
     # --- helpers ---
     def loc(self, node: ast.AST) -> ir.Loc:
@@ -187,13 +191,19 @@ class Lowerer(FunctionPass):
     def is_target(self, node: ast.expr) -> bool:
         if isinstance(node, ast.Name):
             return node.id == self.state or node.id in self.fork_groups
-        return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
-                and node.value.id in self.fork_groups)
+        return (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in self.fork_groups
+        )
 
     def state_method(self, node: ast.expr) -> tuple[str, str] | None:
         """(target source, method) for ``s.method(...)`` / ``forks[i].method(...)``."""
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and self.is_target(node.func.value)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and self.is_target(node.func.value)
+        ):
             return self.text_of(node.func.value), node.func.attr
         return None
 
@@ -214,9 +224,11 @@ class Lowerer(FunctionPass):
             if name in ("gen", "select"):
                 return ir.Append(target, [self.api_call(name, call)], self.loc(node))
             if name in ROLES and call.args:
-                return ir.Append(target,
-                                 [ir.RoleText(name, self.parts(call.args[0]), self.loc(call))],
-                                 self.loc(node))
+                return ir.Append(
+                    target,
+                    [ir.RoleText(name, self.parts(call.args[0]), self.loc(call))],
+                    self.loc(node),
+                )
             if name == "join" and target in self.fork_groups:
                 return self.join(target, call, node)
         return self.opaque(node)
@@ -249,22 +261,30 @@ class Lowerer(FunctionPass):
             if method is not None and method[1] in ROLES and not call.args:
                 return ir.Role(method[1], method[0], self.block(node.body), self.loc(node))
             if method is not None and method[1] == "var_scope" and call.args:
-                return ir.VarScope(self.var_name(call.args[0]), method[0], self.block(node.body),
-                                   self.loc(node))
+                return ir.VarScope(
+                    self.var_name(call.args[0]), method[0], self.block(node.body), self.loc(node)
+                )
         header = ", ".join(self.text_of(item) for item in node.items)
         return ir.With(ir.Expr(header, self.loc(node)), self.block(node.body), self.loc(node))
 
     def visit_If(self, node: ast.If) -> Any:
-        return ir.If(self.opaque(node.test), self.block(node.body), self.block(node.orelse),
-                     self.loc(node))
+        return ir.If(
+            self.opaque(node.test), self.block(node.body), self.block(node.orelse), self.loc(node)
+        )
 
     def visit_For(self, node: ast.For) -> Any:
-        return ir.For(self.text_of(node.target), self.opaque(node.iter), self.block(node.body),
-                      self.block(node.orelse), self.loc(node))
+        return ir.For(
+            self.text_of(node.target),
+            self.opaque(node.iter),
+            self.block(node.body),
+            self.block(node.orelse),
+            self.loc(node),
+        )
 
     def visit_While(self, node: ast.While) -> Any:
-        return ir.While(self.opaque(node.test), self.block(node.body), self.block(node.orelse),
-                        self.loc(node))
+        return ir.While(
+            self.opaque(node.test), self.block(node.body), self.block(node.orelse), self.loc(node)
+        )
 
     def visit_Return(self, node: ast.Return) -> Any:
         return ir.Return(self.value(node.value) if node.value is not None else None, self.loc(node))

@@ -60,8 +60,14 @@ class Source:
     def diagnostic_at(self, severity: str, message: str, line: int, col: int) -> Diagnostic:
         """A diagnostic at an ast-relative (line, 0-based character column)."""
         real_line = line + self.line_offset
-        return Diagnostic(severity, message, self.file, real_line, col + 1 + self.col_offset,
-                          self.line_text(real_line))
+        return Diagnostic(
+            severity,
+            message,
+            self.file,
+            real_line,
+            col + 1 + self.col_offset,
+            self.line_text(real_line),
+        )
 
 
 def parse(file: str, text: str, **kwargs: Any) -> Source:
@@ -126,13 +132,18 @@ class ApiNames:
                 for alias in node.names:
                     if alias.name.split(".")[0] in SGL_MODULES:
                         self.modules.add(alias.asname or alias.name.split(".")[0])
-            elif (isinstance(node, ast.ImportFrom)
-                  and (node.module or "").split(".")[0] in SGL_MODULES):
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").split(".")[0] in SGL_MODULES
+            ):
                 for alias in node.names:
                     self.imported[alias.asname or alias.name] = alias.name
         for node in tree.body:  # module-level constants only: NAME = literal, assigned once
-            if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                    and isinstance(node.targets[0], ast.Name)):
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+            ):
                 name = node.targets[0].id
                 assigned[name] = assigned.get(name, 0) + 1
                 try:
@@ -145,8 +156,11 @@ class ApiNames:
 
     def api_name(self, func: ast.expr) -> str | None:
         """``sgl.gen`` / ``gen`` (imported from sgl) → ``"gen"``; otherwise None."""
-        if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
-                and func.value.id in self.modules):
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in self.modules
+        ):
             return func.attr
         if isinstance(func, ast.Name) and func.id in self.imported:
             return self.imported[func.id]

@@ -287,8 +287,9 @@ class ProgramState(StateMethods):
     def _stream_done(self, var_name: str | None) -> bool:
         if self._finished:
             return True
-        return (var_name is not None and var_name in self._vars
-                and var_name not in self._streaming_vars)
+        return (
+            var_name is not None and var_name in self._vars and var_name not in self._streaming_vars
+        )
 
     def _current(self, var_name: str | None) -> str:
         if var_name is None:

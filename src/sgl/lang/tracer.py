@@ -260,9 +260,15 @@ def current_trace() -> ProgramTrace | None:
     return getattr(_local, "trace", None)
 
 
-def trace_program(func: Callable[..., Any], arg_names: list[str], args: tuple,
-                  kwargs: dict[str, Any], *, name: str = "program",
-                  stop_on: tuple[type[BaseException], ...] = (StopTracing,)) -> ProgramTrace:
+def trace_program(
+    func: Callable[..., Any],
+    arg_names: list[str],
+    args: tuple,
+    kwargs: dict[str, Any],
+    *,
+    name: str = "program",
+    stop_on: tuple[type[BaseException], ...] = (StopTracing,),
+) -> ProgramTrace:
     """Run ``func`` against a `TracerState`; arguments not given are placeholders."""
     trace = ProgramTrace(name)
     given = dict(zip(arg_names, args, strict=False))

@@ -113,9 +113,16 @@ def resolve_threads(num_threads: int | str, n_items: int) -> int:
     return max(1, min(num_threads, n_items))
 
 
-def run_batch(func: Callable[..., Any], batch_kwargs: Sequence[dict[str, Any]], *,
-              backend: Backend | None, defaults: RunDefaults, num_threads: int | str = "auto",
-              progress_bar: bool = False, timeout: float | None = None) -> list[ProgramState]:
+def run_batch(
+    func: Callable[..., Any],
+    batch_kwargs: Sequence[dict[str, Any]],
+    *,
+    backend: Backend | None,
+    defaults: RunDefaults,
+    num_threads: int | str = "auto",
+    progress_bar: bool = False,
+    timeout: float | None = None,
+) -> list[ProgramState]:
     """One state per kwargs dict, in order. A failing run keeps its partial state and
     its error (``state.error()``); the others go on. ``timeout`` is per run."""
     if not batch_kwargs:
@@ -128,8 +135,15 @@ def run_batch(func: Callable[..., Any], batch_kwargs: Sequence[dict[str, Any]], 
         batcher = backend = RequestBatcher(backend, backend.capabilities.max_batch)
 
     def one(kwargs: dict[str, Any]) -> ProgramState:
-        return run_program(func, (), dict(kwargs), backend=backend, defaults=defaults,
-                           timeout=timeout, raise_errors=False)
+        return run_program(
+            func,
+            (),
+            dict(kwargs),
+            backend=backend,
+            defaults=defaults,
+            timeout=timeout,
+            raise_errors=False,
+        )
 
     bar = None
     if progress_bar:

@@ -45,8 +45,12 @@ def function(func: Callable[..., Any] | None = None, *, num_api_spec_tokens: int
 class SglFunction:
     """An SGL program. Call it (or ``.run``) to execute it once; ``.run_batch`` for many."""
 
-    def __init__(self, func: Callable[..., Any], num_api_spec_tokens: int | None = None,
-                 bind_arguments: dict | None = None):
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        num_api_spec_tokens: int | None = None,
+        bind_arguments: dict | None = None,
+    ):
         self.func = func
         self.num_api_spec_tokens = num_api_spec_tokens  # SGLang compatibility; unused
         self.bind_arguments = dict(bind_arguments or {})
@@ -125,11 +129,19 @@ class SglFunction:
         """Raise ProgramError if the compiler found errors."""
         compiled = self.compile()
         if not compiled.ok:
-            raise ProgramError(f"{self.__name__} does not compile:\n{compiled.format()}",
-                               diagnostics=compiled.errors)
+            raise ProgramError(
+                f"{self.__name__} does not compile:\n{compiled.format()}",
+                diagnostics=compiled.errors,
+            )
 
-    def run(self, *args: Any, backend: Any = None, stream: bool = False,
-            timeout: float | None = None, **kwargs: Any) -> Any:
+    def run(
+        self,
+        *args: Any,
+        backend: Any = None,
+        stream: bool = False,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run once. Sampling options (``max_new_tokens``, ``temperature``, ``top_p``,
         ``top_k``, ``min_p``, ``stop``, ``stop_token_ids``, ``min_tokens``, ``seed``) set
         defaults for every gen; other kwargs are the program's arguments. ``timeout``
@@ -139,12 +151,26 @@ class SglFunction:
         self.check()
         defaults, program_kwargs = split_run_options(dict(kwargs), self.arg_names)
         program_kwargs.update(self.bind_arguments)
-        return run_program(self.func, args, program_kwargs, backend=backend, defaults=defaults,
-                           stream=stream, timeout=timeout)
+        return run_program(
+            self.func,
+            args,
+            program_kwargs,
+            backend=backend,
+            defaults=defaults,
+            stream=stream,
+            timeout=timeout,
+        )
 
-    def run_batch(self, batch_kwargs: Sequence[dict[str, Any] | Sequence[Any]], *,
-                  backend: Any = None, num_threads: int | str = "auto", progress_bar: bool = False,
-                  timeout: float | None = None, **options: Any) -> list[Any]:
+    def run_batch(
+        self,
+        batch_kwargs: Sequence[dict[str, Any] | Sequence[Any]],
+        *,
+        backend: Any = None,
+        num_threads: int | str = "auto",
+        progress_bar: bool = False,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> list[Any]:
         """Run once per kwargs dict (or tuple of positional values) on a thread pool.
         Results come back in order; a failed run keeps its partial state and its error
         (``state.error()``) while the others go on. ``timeout`` is per run."""
@@ -154,8 +180,15 @@ class SglFunction:
             raise TypeError(f"run_batch got unexpected options: {', '.join(rest)}")
         items = [self._as_kwargs(item) for item in batch_kwargs]
         self._precache(backend, len(items))
-        return run_batch(self.func, items, backend=backend, defaults=defaults,
-                         num_threads=num_threads, progress_bar=progress_bar, timeout=timeout)
+        return run_batch(
+            self.func,
+            items,
+            backend=backend,
+            defaults=defaults,
+            num_threads=num_threads,
+            progress_bar=progress_bar,
+            timeout=timeout,
+        )
 
     def _as_kwargs(self, item: dict[str, Any] | Sequence[Any]) -> dict[str, Any]:
         if isinstance(item, dict):

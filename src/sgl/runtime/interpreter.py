@@ -192,10 +192,17 @@ class Interpreter:
             logprob_start_len=_pick(g.logprob_start_len, d.logprob_start_len),
         )
         regex = DTYPE_REGEX[g.dtype] if g.dtype else g.regex
-        constraint = ConstraintSpec(regex=regex, json_schema=g.json_schema, grammar=g.grammar,
-                                    grammar_syntax=g.grammar_syntax)
-        return GenerateRequest(prompt=state.current_text(), params=params,
-                               constraint=None if constraint.is_empty() else constraint)
+        constraint = ConstraintSpec(
+            regex=regex,
+            json_schema=g.json_schema,
+            grammar=g.grammar,
+            grammar_syntax=g.grammar_syntax,
+        )
+        return GenerateRequest(
+            prompt=state.current_text(),
+            params=params,
+            constraint=None if constraint.is_empty() else constraint,
+        )
 
     def _gen(self, state: ProgramState, g: GenExpr) -> None:
         request = self.request_for(state, g)
@@ -283,8 +290,14 @@ class Interpreter:
             meta["dtype_error"] = str(e)  # keep the raw text (e.g. cut by max_tokens)
             return text
 
-    def _gen_streaming(self, state: ProgramState, name: str | None, request: GenerateRequest,
-                       deadline: float | None, what: str) -> dict:
+    def _gen_streaming(
+        self,
+        state: ProgramState,
+        name: str | None,
+        request: GenerateRequest,
+        deadline: float | None,
+        what: str,
+    ) -> dict:
         """Stream deltas into the state as they come; stop reading at the deadline."""
         cancelled = threading.Event()
         collected: list[str] = []
@@ -311,13 +324,19 @@ class Interpreter:
     # --- select ---
     def _select(self, state: ProgramState, sel: SelectExpr) -> None:
         prompt = state.current_text()
-        result = self._call(lambda: self.backend.select(prompt, sel.choices, sel.method), state,
-                            f"select {sel.name!r}" if sel.name else "select",
-                            self._deadline(sel.timeout))
+        result = self._call(
+            lambda: self.backend.select(prompt, sel.choices, sel.method),
+            state,
+            f"select {sel.name!r}" if sel.name else "select",
+            self._deadline(sel.timeout),
+        )
         index = result.index
         if sel.temperature > 0 and result.scores:
-            index = _sample_index(result.scores, sel.temperature,
-                                  sel.seed if sel.seed is not None else self.defaults.seed)
+            index = _sample_index(
+                result.scores,
+                sel.temperature,
+                sel.seed if sel.seed is not None else self.defaults.seed,
+            )
         choice = sel.choices[index]
         start = len(state.current_text())
         state.append(choice)
@@ -369,8 +388,14 @@ class Interpreter:
         call_deadline = time.monotonic() + call_timeout
         return call_deadline if self.deadline is None else min(call_deadline, self.deadline)
 
-    def _call(self, fn: Callable[[], Any], state: ProgramState, what: str, deadline: float | None,
-              on_timeout: Callable[[], None] | None = None) -> Any:
+    def _call(
+        self,
+        fn: Callable[[], Any],
+        state: ProgramState,
+        what: str,
+        deadline: float | None,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> Any:
         """``fn()`` with backend errors typed; with a deadline, run it on a helper thread
         and give up waiting at the deadline (the text so far stays in ``state``)."""
         if deadline is None:
@@ -523,8 +548,9 @@ def run_program(
     interp = Interpreter(backend, defaults, deadline)
     state = ProgramState(interp, stream=stream)
     if stream:
-        threading.Thread(target=_run_body, args=(func, state, args, kwargs), name="sgl-stream",
-                         daemon=True).start()
+        threading.Thread(
+            target=_run_body, args=(func, state, args, kwargs), name="sgl-stream", daemon=True
+        ).start()
         return state
     error = _run_body(func, state, args, kwargs)
     if error is not None and raise_errors:

@@ -129,9 +129,15 @@ class Metrics:
             self._make_prometheus()
 
     # --- recording ---
-    def observe_request(self, *, latency_s: float, ttft_s: float | None = None,
-                        prompt_tokens: int = 0, completion_tokens: int = 0,
-                        constraint: str | None = None) -> None:
+    def observe_request(
+        self,
+        *,
+        latency_s: float,
+        ttft_s: float | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        constraint: str | None = None,
+    ) -> None:
         """Record one finished request. ``constraint`` is ``"satisfied"``, ``"violated"``,
         ``"truncated"`` (stopped by max_tokens before the grammar could finish) or None
         (unconstrained, or not checked)."""
