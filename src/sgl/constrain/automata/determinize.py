@@ -1,4 +1,4 @@
-"""Subset construction of the regex compiler (``automaton``) over *terms*.
+"""Subset construction of the regex compiler (``compiler``) over *terms*.
 
 The tree above the compiled automata is hash-consed into an IR (``_Ir``); a term is
 (automaton, state, continuation), the continuation being the interned list of IR
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import CompileBudgetExceeded, check_deadline
+from ..regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 from .dfa import _Dfa, _too_many_states
-from .errors import CompileBudgetExceeded, check_deadline
-from .regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 
 if TYPE_CHECKING:
-    from .automaton import _Compiler
+    from .compiler import _Compiler
 
 _ATOM, _SEQ, _ALT, _REP = range(4)
 _LEAVES = 0  # automaton 0 of every IR: the shared leaves

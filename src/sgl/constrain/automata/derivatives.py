@@ -18,9 +18,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .dfa import _Dfa, _minimize
-from .errors import CompileBudgetExceeded, ConstraintError
-from .regex_ast import (
+from ..errors import CompileBudgetExceeded, ConstraintError
+from ..regex_ast import (
     EMPTY,
     MAX_CODEPOINT,
     NOTHING,
@@ -32,6 +31,7 @@ from .regex_ast import (
     Seq,
     normalize_ranges,
 )
+from .dfa import _Dfa, _minimize
 
 ANY_CHAR = Chars(((0, MAX_CODEPOINT),))
 ANY_STRING = Repeat(ANY_CHAR, 0, None)
@@ -200,7 +200,7 @@ def has_boolean_ops(e, memo: dict | None = None) -> bool:
     if isinstance(e, Chars | Bytes):
         return False
     if type(e) is not Alt and isinstance(e, Alt) and getattr(e, "words", None) is not None:
-        return False  # a word list (automaton.LiteralAlt): literal strings, items not built
+        return False  # a word list (compiler.LiteralAlt): literal strings, items not built
     kept = getattr(e, "__dict__", None)  # nodes are immutable: the answer is kept on them
     got = kept.get("_bool_ops") if kept is not None else None
     if got is not None:

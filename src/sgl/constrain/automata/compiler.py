@@ -40,6 +40,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..errors import CompileBudgetExceeded
+from ..regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 from .determinize import _Determinizer, _Ir, _repeat_cost
 from .dfa import (
     _ALL_BYTES,
@@ -57,8 +59,6 @@ from .dfa import (
     sorted_unique,
     utf8_sequences,
 )
-from .errors import CompileBudgetExceeded
-from .regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 
 # Pattern size we are willing to compile, in Thompson-NFA states+edges.
 DEFAULT_MAX_NFA = 400_000

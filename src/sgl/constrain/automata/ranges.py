@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 
-from .regex_ast import EMPTY, NOTHING, Alt, Node, chars, literal, optional, repeat, seq
+from ..regex_ast import EMPTY, NOTHING, Alt, Node, chars, literal, optional, repeat, seq
 
 
 def alt(*items: Node) -> Node:
@@ -655,7 +655,7 @@ def points_regex(values: list[Decimal], exact_limit: int = 64, no_exponent: bool
     values = sorted(set(values))
     if len(values) <= exact_limit:
         return alt(*(number_regex(NumPiece(v, v), no_exponent) for v in values)) if values else NOTHING
-    from .json_strings import string_set
+    from ..json_strings import string_set
 
     spell = []
     for v in values:

@@ -1,9 +1,9 @@
-"""Number lexemes (``numeric_range`` regexes) compiled by a position automaton.
+"""Number lexemes (``ranges`` regexes) compiled by a position automaton.
 
 A JSON number with bounds (``minimum: 0, maximum: 100``, ``type: integer``,
 ``multipleOf: 0.01``) is a regex of a few hundred ASCII character classes: digit
 ranges, bounded repeats of digits, alternatives per integer length and exponent.
-Through ``automaton.to_dfa`` each becomes a subset construction over terms with its
+Through ``compiler.to_dfa`` each becomes a subset construction over terms with its
 own Repeat items minimised on the way: 1.5-6 ms for a 12-45 state result, most of it
 per-term bookkeeping made for Unicode-sized alphabets.
 
@@ -29,8 +29,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 from .dfa import ByteDFA, _Dfa, _minimize, _too_many_states
-from .regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 
 # Positions (unrolled character classes) past which the general construction is used:
 # its budgets then decide, and a regex that big is not a number range anyone writes.

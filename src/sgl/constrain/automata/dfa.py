@@ -10,7 +10,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .errors import CompileBudgetExceeded
+from ..errors import CompileBudgetExceeded
 
 DEAD = -1
 
@@ -22,7 +22,7 @@ class ByteDFA:
     """``table[state, byte]`` is the next state or ``DEAD`` (-1); state 0 is the start.
 
     ``table`` is int32 of shape ``(n_states, 256)``; ``accepting`` is bool of shape
-    ``(n_states,)``. DFAs produced by ``automaton.to_dfa`` are minimal and have no
+    ``(n_states,)``. DFAs produced by ``compiler.to_dfa`` are minimal and have no
     dead states (every state can still reach an accepting state).
     """
 
