@@ -46,7 +46,6 @@ from .determinize import _Determinizer, _Ir, _repeat_cost
 from .dfa import (
     _ALL_BYTES,
     _SURROGATES,
-    HASH_WEIGHTS,
     ByteDFA,
     _common_bounds,
     _Dfa,
@@ -56,6 +55,7 @@ from .dfa import (
     _merge_equal_columns,
     _minimize,
     _too_many_states,
+    equal_rows,
     sorted_unique,
     utf8_sequences,
 )
@@ -630,19 +630,15 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> _Dfa:
-    """The minimal DFA of a finite set of strings: a trie, then states with the same
-    right language merged height by height (children are always merged first).
+def _trie(words: list[bytes], max_states: int) -> tuple[list[bool], list[int], bytearray]:
+    """The trie of sorted distinct ``words``: per node whether a word ends there and, per
+    node but the root, its parent and byte (``parent[i - 1]`` and ``label[i - 1]`` for
+    node ``i``). Nodes are numbered as the words create them (pre-order, children by
+    byte), so children come after their parent, in byte order.
 
     Raises ``CompileBudgetExceeded`` when the trie needs more than ``max_states``
     states (one per byte not shared as a prefix with another string)."""
-    words = sorted(set(words))
-    if sum(map(len, words)) <= SMALL_TRIE_BYTES:
-        return _small_trie_dfa(words, max_states)
-    src: list[int] = []
-    dst: list[int] = []
-    lab = bytearray()
-    final = [False]
+    final, parent, label = [False], [], bytearray()
     path, prev = [0], b""
     for w in words:
         k, m = 0, min(len(w), len(prev))
@@ -654,24 +650,34 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
                 f"the {len(words)} alternative strings need a trie of more than {max_states} "
                 "states (budget: choice_states)", budget="choice_states"
             )
-        for b in w[k:]:
-            n = len(final)
-            src.append(path[-1])
-            dst.append(n)
-            lab.append(b)
+        for _ in range(k, len(w)):
+            parent.append(path[-1])
+            path.append(len(final))
             final.append(False)
-            path.append(n)
+        label += w[k:]
         final[path[-1]] = True
         prev = w
+    return final, parent, label
+
+
+def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> _Dfa:
+    """The minimal DFA of a finite set of strings: a trie (see ``_trie``, which raises
+    past ``max_states``), then states with the same right language merged height by
+    height (children are always merged first)."""
+    words = sorted(set(words))
+    if sum(map(len, words)) <= SMALL_TRIE_BYTES:
+        return _small_trie_dfa(words, max_states)
+    final, parent, lab = _trie(words, max_states)
     n = len(final)
     height = [0] * n
-    for s, d in zip(reversed(src), reversed(dst), strict=True):  # children have larger ids
+    for d in range(n - 1, 0, -1):  # children have larger ids
+        s = parent[d - 1]
         if height[d] + 1 > height[s]:
             height[s] = height[d] + 1
     labels = np.frombuffer(bytes(lab), dtype=np.uint8).astype(np.int64)
     bounds = sorted_unique(np.concatenate([_ALL_BYTES, labels, labels + 1]))
     table = np.full((n, len(bounds) - 1), -1, dtype=np.int64)
-    table[np.asarray(src, dtype=np.int64), np.searchsorted(bounds, labels)] = np.asarray(dst, dtype=np.int64)
+    table[np.asarray(parent, dtype=np.int64), np.searchsorted(bounds, labels)] = np.arange(1, n, dtype=np.int64)
     accepting = np.asarray(final, dtype=bool)
     heights = np.asarray(height)
     canon = np.full(n, -1, dtype=np.int64)
@@ -680,7 +686,7 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
         nodes = np.flatnonzero(heights == level)
         rows = table[nodes]
         rows = np.where(rows >= 0, canon[rows.clip(0)], -1)
-        first, inv = _unique_rows(np.column_stack([accepting[nodes], rows]))
+        first, inv = equal_rows(np.column_stack([accepting[nodes], rows]))
         canon[nodes] = len(out_acc) + inv.reshape(-1)
         out_rows.append(rows[first])
         out_acc.extend(accepting[nodes[first]])
@@ -703,42 +709,22 @@ def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATE
     bottom-up by (accepting, moves to already-consed states), which is the minimal DFA
     of a finite language.
 
-    The trie's nodes are numbered as the sorted words create them (pre-order, children
-    by byte), so their children come after them, already in byte order: consing them
-    from the last one back needs no stack and no sort (a post-order, last child first)."""
-    final = [False]
-    kids: list[list] = [[]]  # per trie node: [(byte, child)] in byte order
-    path, prev = [0], b""
-    for w in words:
-        k, m = 0, min(len(w), len(prev))
-        while k < m and w[k] == prev[k]:
-            k += 1
-        del path[k + 1:]
-        for byte in w[k:]:
-            node = len(final)
-            kids[path[-1]].append((byte, node))
-            final.append(False)
-            kids.append([])
-            path.append(node)
-        final[path[-1]] = True
-        prev = w
-    n = len(final)
-    if n > max_states:
-        raise CompileBudgetExceeded(
-            f"the {len(words)} alternative strings need a trie of more than {max_states} "
-            "states (budget: choice_states)", budget="choice_states"
-        )
+    The trie's children come after their parent, in byte order (``_trie``): consing the
+    nodes from the last one back needs no stack and no sort (a post-order, last child
+    first: a node's moves are gathered from its children, so in reverse)."""
+    final, parent, label = _trie(words, max_states)
     ids: dict[tuple, int] = {}
     sigs: list[tuple] = []
-    canon = [0] * n  # trie node -> state
-    for node in range(n - 1, -1, -1):
-        sig = (final[node], tuple([(byte, canon[sub]) for byte, sub in kids[node]]))
+    moves: list[list] = [[] for _ in final]  # per trie node: (byte, state), last child first
+    for node in range(len(final) - 1, -1, -1):
+        sig = (final[node], tuple(moves[node][::-1]))
         got = ids.get(sig)
         if got is None:
             got = ids[sig] = len(sigs)
             sigs.append(sig)
-        canon[node] = got
-    start = canon[0]
+        if node:
+            moves[parent[node - 1]].append((label[node - 1], got))
+    start = got  # the root is consed last
     order = [start] + [i for i in range(len(sigs)) if i != start]  # the start first
     new = {old: k for k, old in enumerate(order)}
     labels = sorted({b for _, moves in sigs for b, _ in moves})
@@ -757,18 +743,6 @@ def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATE
     if rows:
         table[rows, cols] = targets
     return _merge_equal_columns(_Dfa(table, accepting, np.array(bounds, dtype=np.int64), minimal=True, finite=True))
-
-
-def _unique_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index of each distinct row's first copy, row -> its distinct row) by a random
-    linear hash, checked; exact sorting if two rows ever collide."""
-    if sig.shape[1] <= len(HASH_WEIGHTS):
-        _, first, inv = np.unique(sig @ HASH_WEIGHTS[: sig.shape[1]], return_index=True, return_inverse=True)
-        inv = inv.reshape(-1)
-        if (sig == sig[first[inv]]).all():
-            return first, inv
-    _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
-    return first, inv.reshape(-1)
 
 
 def _single_code_point(node: Node) -> int | None:
