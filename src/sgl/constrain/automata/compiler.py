@@ -609,10 +609,8 @@ def _alternative_words(node: Alt) -> list[bytes] | None:
         return [w.encode("utf-8") for w in node.words if not _has_surrogate(w)]
     words = []
     for it in node.items:
-        if isinstance(it, Chars) and len(it.ranges) == 1 and it.ranges[0][0] == it.ranges[0][1]:
-            cp = it.ranges[0][0]
-            if _SURROGATES[0] <= cp <= _SURROGATES[1]:
-                return None
+        cp = _single_code_point(it)
+        if cp is not None:
             words.append(chr(cp).encode("utf-8"))
             continue
         data = b"" if isinstance(it, Seq) and not it.items else _literal_bytes(it)
@@ -761,10 +759,8 @@ def _literal_bytes(node: Node) -> bytes | None:
         return None
     cps = []
     for it in node.items:
-        if not isinstance(it, Chars) or len(it.ranges) != 1 or it.ranges[0][0] != it.ranges[0][1]:
-            return None
-        cp = it.ranges[0][0]
-        if _SURROGATES[0] <= cp <= _SURROGATES[1]:
+        cp = _single_code_point(it)
+        if cp is None:
             return None
         cps.append(cp)
     return "".join(map(chr, cps)).encode("utf-8")

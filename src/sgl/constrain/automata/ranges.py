@@ -33,6 +33,7 @@ Numbers are compared exactly as decimals (``decimal.Decimal``), never as floats.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -67,6 +68,7 @@ DIGIT = chars((0x30, 0x39))
 NONZERO = chars((0x31, 0x39))
 DOT = literal(".")
 EXP_MARK = chars((0x45, 0x45), (0x65, 0x65))  # e | E
+EXPONENT = seq(EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))
 
 
 def digits(lo: int, hi: int) -> Node:
@@ -130,8 +132,8 @@ def _ceil_to(x: Decimal, q: Decimal, strict: bool) -> Decimal:
 
 def intersect_pieces(a: NumPiece, b: NumPiece) -> NumPiece | None:
     """The intersection of two pieces, or None when it is empty or not representable."""
-    lo, lo_open = _max_bound(a.lo, a.lo_open, b.lo, b.lo_open)
-    hi, hi_open = _min_bound(a.hi, a.hi_open, b.hi, b.hi_open)
+    lo, lo_open = _tighter(a.lo, a.lo_open, b.lo, b.lo_open, lower=True)
+    hi, hi_open = _tighter(a.hi, a.hi_open, b.hi, b.hi_open, lower=False)
     kinds = {a.kind, b.kind}
     if kinds == {"any"}:
         kind, scale = "any", 0
@@ -160,23 +162,15 @@ def intersect_pieces(a: NumPiece, b: NumPiece) -> NumPiece | None:
     return None if p.is_empty() else p
 
 
-def _max_bound(x, xo, y, yo):
+def _tighter(x, xo, y, yo, lower: bool):
+    """The tighter of the bounds ``(x, xo)`` and ``(y, yo)`` (value or None, open): the
+    larger of two ``lower`` bounds, else the smaller."""
     if x is None:
         return y, yo
     if y is None:
         return x, xo
     if x != y:
-        return (x, xo) if x > y else (y, yo)
-    return x, xo or yo
-
-
-def _min_bound(x, xo, y, yo):
-    if x is None:
-        return y, yo
-    if y is None:
-        return x, xo
-    if x != y:
-        return (x, xo) if x < y else (y, yo)
+        return (x, xo) if (x > y) == lower else (y, yo)
     return x, xo or yo
 
 
@@ -342,7 +336,7 @@ def frac_range(
             continue
         for a, b in _runs(cs):
             parts.append(seq(digits(a, b), rest))
-    return alt(*parts) if parts else NOTHING, empty_ok
+    return alt(*parts), empty_ok
 
 
 def _runs(values: list[int]) -> list[tuple[int, int]]:
@@ -413,11 +407,7 @@ def _positive_plain(
         parts.append(seq(mid, _fraction(*frac_range("" if zero_open else None, zero_open, None, False, max_sig, strict))))
     if top != NOTHING:
         parts.append(top)
-    return alt(*(p for p in parts if not _is_nothing(p)))
-
-
-def _is_nothing(node: Node) -> bool:
-    return isinstance(node, Alt) and not node.items
+    return alt(*parts)
 
 
 # ---------------------------------------------------------------------------
@@ -447,7 +437,7 @@ def exponent_range(lo: int | None, hi: int | None) -> Node:
         parts.append(seq(literal("-"), zeros, uint_range(klo, khi)))
     if (lo is None or lo <= 0) and (hi is None or hi >= 0):
         parts.append(seq(literal("-"), repeat(literal("0"), 1, None)))
-    return alt(*parts) if parts else NOTHING
+    return alt(*parts)
 
 
 def _norm(x: Decimal) -> tuple[Decimal, int]:
@@ -507,7 +497,7 @@ def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool,
     # boundary exponents, with bounded mantissas
     if ea is not None and eb is not None and ea == eb:
         add(ea, ma, lo_open, mb, hi_open)
-        return alt(*parts) if parts else NOTHING
+        return alt(*parts)
     if ea is not None:
         add(ea, ma, lo_open, None, False)
     if eb is not None:
@@ -516,8 +506,7 @@ def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool,
     ilo = None if ea is None else ea + 1
     ihi = None if eb is None else eb - 1
     parts.append(_interior_exp(ilo, ihi, kind, scale))
-    parts = [p for p in parts if not _is_nothing(p)]
-    return alt(*parts) if parts else NOTHING
+    return alt(*parts)
 
 
 @lru_cache(maxsize=64)
@@ -543,7 +532,7 @@ def _interior_exp(ilo: int | None, ihi: int | None, kind: str, scale: int) -> No
         parts.append(seq(_short_mantissa(e + scale), EXP_MARK, exponent_range(e, e)))
     if ihi is None or first <= ihi:
         parts.append(seq(_mantissa(None, False, None, False, MAX_EXP_DIGITS), EXP_MARK, exponent_range(first, ihi)))
-    return alt(*parts) if parts else NOTHING
+    return alt(*parts)
 
 
 # ---------------------------------------------------------------------------
@@ -558,21 +547,16 @@ def _zero_forms(kind: str) -> Node:
         optional(literal("-")),
         literal("0"),
         optional(seq(DOT, repeat(literal("0"), 1, None))),
-        optional(seq(EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))),
+        optional(EXPONENT),
     )
 
 
-FULL_NUMBER = seq(
-    optional(literal("-")),
-    alt(literal("0"), seq(NONZERO, repeat(DIGIT, 0, None))),
-    optional(seq(DOT, repeat(DIGIT, 1, None))),
-    optional(seq(EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))),
-)
 PLAIN_NUMBER = seq(
     optional(literal("-")),
     alt(literal("0"), seq(NONZERO, repeat(DIGIT, 0, None))),
     optional(seq(DOT, repeat(DIGIT, 1, None))),
 )
+FULL_NUMBER = seq(PLAIN_NUMBER, optional(EXPONENT))
 
 
 def _positive_any_exponent() -> Node:
@@ -581,7 +565,7 @@ def _positive_any_exponent() -> Node:
         seq(NONZERO, repeat(DIGIT, 0, None), optional(seq(DOT, repeat(DIGIT, 1, None)))),
         seq(literal("0"), DOT, repeat(literal("0"), 0, None), NONZERO, repeat(DIGIT, 0, None)),
     )
-    return seq(mant, EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))
+    return seq(mant, EXPONENT)
 
 
 @lru_cache(maxsize=8192)
@@ -600,7 +584,7 @@ def _positive(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kin
         exp = _positive_any_exponent()  # only the sign matters: every spelling works
     else:
         exp = _positive_exp(lo, lo_open, hi, hi_open, kind, scale)
-    return alt(*(p for p in (plain, exp) if not _is_nothing(p))) if not (_is_nothing(plain) and _is_nothing(exp)) else NOTHING
+    return alt(plain, exp)
 
 
 @lru_cache(maxsize=4096)
@@ -619,23 +603,23 @@ def number_regex(piece: NumPiece, no_exponent: bool = False) -> Node:
         return _multiples_regex(piece, no_exponent)
     if piece.kind == "any" and piece.lo is None and piece.hi is None:
         return PLAIN_NUMBER if no_exponent else FULL_NUMBER
+    zero = _zero_forms(piece.kind) if piece.contains(Decimal(0)) else NOTHING
+    return alt(zero, _signed(piece, lambda *bounds: _positive(*bounds, piece.kind, piece.scale, no_exponent)))
+
+
+def _signed(piece: NumPiece, positive: Callable[..., Node]) -> Node:
+    """The spellings of the non-zero numbers of ``piece``: ``positive(lo, lo_open, hi,
+    hi_open)`` for the positive ones (``lo >= 0``), and for the negative ones ``-x`` with
+    ``x`` from it over the mirrored interval."""
     parts = []
     lo, hi = piece.lo, piece.hi
-    # zero
-    if piece.contains(Decimal(0)):
-        parts.append(_zero_forms(piece.kind))
-    # positive numbers
     if hi is None or hi > 0:
         plo, plo_open = (lo, piece.lo_open) if lo is not None and lo > 0 else (Decimal(0), True)
-        parts.append(_positive(plo, plo_open, hi, piece.hi_open, piece.kind, piece.scale, no_exponent))
-    # negative numbers: -x with x in the mirrored interval
+        parts.append(positive(plo, plo_open, hi, piece.hi_open))
     if lo is None or lo < 0:
         nlo, nlo_open = (-hi, piece.hi_open) if hi is not None and hi < 0 else (Decimal(0), True)
-        nhi = None if lo is None else -lo
-        parts.append(seq(literal("-"), _positive(nlo, nlo_open, nhi, piece.lo_open, piece.kind, piece.scale,
-                                                 no_exponent)))
-    parts = [p for p in parts if not _is_nothing(p)]
-    return alt(*parts) if parts else NOTHING
+        parts.append(seq(literal("-"), positive(nlo, nlo_open, None if lo is None else -lo, piece.lo_open)))
+    return alt(*parts)
 
 
 # ---------------------------------------------------------------------------
@@ -703,7 +687,7 @@ def _multiples_regex(piece: NumPiece, no_exponent: bool = False) -> Node:
         parts.append(seq(literal("-"), positive))
     if not no_exponent:
         parts.append(_exponent_multiples(piece))
-    return alt(*parts) if parts else NOTHING
+    return alt(*parts)
 
 
 def _exponent_multiples(piece: NumPiece) -> Node:
@@ -718,18 +702,7 @@ def _exponent_multiples(piece: NumPiece) -> Node:
         k += 1  # ends as max(a, b) for mult = 2**a * 5**b: the least k with mult | 10**k
     if m != 1:
         return NOTHING
-    scale = piece.scale - k
-    parts = []
-    lo, hi = piece.lo, piece.hi
-    if hi is None or hi > 0:
-        plo, plo_open = (lo, piece.lo_open) if lo is not None and lo > 0 else (Decimal(0), True)
-        parts.append(_positive_exp(plo, plo_open, hi, piece.hi_open, "scale", scale))
-    if lo is None or lo < 0:
-        nlo, nlo_open = (-hi, piece.hi_open) if hi is not None and hi < 0 else (Decimal(0), True)
-        nhi = None if lo is None else -lo
-        parts.append(seq(literal("-"), _positive_exp(nlo, nlo_open, nhi, piece.lo_open, "scale", scale)))
-    parts = [p for p in parts if not _is_nothing(p)]
-    return alt(*parts) if parts else NOTHING
+    return _signed(piece, lambda *bounds: _positive_exp(*bounds, "scale", piece.scale - k))
 
 
 @lru_cache(maxsize=64)
