@@ -93,7 +93,8 @@ def to_dfa(
         if got is not None:
             return got
         node = node.regex  # a number lexeme the position automaton does not take
-    return _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states).dfa(node).to_byte_dfa()
+    compiler = _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states)
+    return compiler.minimal(node)[0].to_byte_dfa()
 
 
 def general_dfa(node: Node, max_states: int = 50_000, *, fast: bool = True) -> ByteDFA:
@@ -104,7 +105,7 @@ def general_dfa(node: Node, max_states: int = 50_000, *, fast: bool = True) -> B
     (Hopcroft minimises every step). Default budgets otherwise.
     """
     compiler = _Compiler(max_states, DEFAULT_MAX_NFA, DEFAULT_MAX_WORK, fast=fast)
-    return compiler.dfa(node).to_byte_dfa()
+    return compiler.minimal(node)[0].to_byte_dfa()
 
 
 def words_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> ByteDFA:
@@ -383,9 +384,6 @@ class _Compiler:
         self.chains: dict = {}  # (id(item DFA), lo, hi) -> chain
         self.keep: list = []  # nodes memoised by id() stay alive
 
-    def dfa(self, node: Node) -> _Dfa:
-        return self.minimal(node)[0]
-
     def minimal(self, node: Node) -> tuple[_Dfa, int]:
         """The minimal DFA of ``node`` and the pattern's size estimate."""
         got = self.memo.get(id(node))
@@ -427,8 +425,9 @@ class _Compiler:
         if self.fast:
             if isinstance(node, LiteralAlt) or (isinstance(node, Alt) and len(node.items) > 8):
                 words = _alternative_words(node)
-                if words is not None:
-                    return self.trie(words)
+                if words is not None:  # a trie: linear in their size, the general path quadratic
+                    d = _trie_dfa(words, self.max_trie_states)
+                    return d, d.n
             data = _literal_bytes(node)
             if data is not None:
                 cost = 3 + 2 * len(data) + 2 * len(node.items)  # Seq of one-character leaves
@@ -455,12 +454,6 @@ class _Compiler:
         table, accepting = _Determinizer(ir, self).run(root)
         d = _Dfa(table, accepting, ir.bounds, minimal=False, finite=ir.finite)
         return d, ir.cost[root]
-
-    def trie(self, words: list[bytes]) -> tuple[_Dfa, int]:
-        """Alternatives that are all literal strings (choices, enums): a trie, minimised
-        bottom-up. Linear in their total size, where the general path is quadratic."""
-        d = _trie_dfa(words, self.max_trie_states)
-        return d, d.n
 
     def glued(self, node: Seq) -> tuple[_Dfa, int] | None:
         """The items' minimal DFAs glued end to start, or None if one glue is impossible."""
@@ -675,7 +668,7 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
     labels = np.frombuffer(bytes(lab), dtype=np.uint8).astype(np.int64)
     bounds = sorted_unique(np.concatenate([_ALL_BYTES, labels, labels + 1]))
     table = np.full((n, len(bounds) - 1), -1, dtype=np.int64)
-    table[np.asarray(parent, dtype=np.int64), np.searchsorted(bounds, labels)] = np.arange(1, n, dtype=np.int64)
+    table[np.asarray(parent, dtype=np.int64), np.searchsorted(bounds, labels)] = np.arange(1, n)
     accepting = np.asarray(final, dtype=bool)
     heights = np.asarray(height)
     canon = np.full(n, -1, dtype=np.int64)

@@ -163,17 +163,6 @@ class _Ir:
         # positions in several copies is coarser than the tuple of its DFA states
         return self.intern(_REP, (self.node(node.item), lo, hi), cost)
 
-    def rep(self, item: int, lo: int, hi: int | None) -> int:
-        """The REP node of a counter after one more item (no size check: it shrinks)."""
-        key = (_REP, (item, lo, hi))
-        got = self.ids.get(key)
-        if got is None:
-            got = self.ids[key] = len(self.kind)
-            self.kind.append(_REP)
-            self.arg.append((item, lo, hi))
-            self.cost.append(0)
-        return got
-
     def cons(self, node: int, rest: int) -> int:
         key = (node, rest)
         got = self.conts.get(key)
@@ -291,11 +280,9 @@ class _Determinizer:
             else:  # REP: one more item then the smaller counter, or stop here
                 item, lo, hi = arg
                 if hi is None or hi > 1:
-                    again = (
-                        node
-                        if (hi is None and lo == 0)
-                        else ir.rep(item, max(lo - 1, 0), None if hi is None else hi - 1)
-                    )
+                    # the counter after one more item (cost 0: it shrinks, no size check)
+                    smaller = (item, max(lo - 1, 0), None if hi is None else hi - 1)
+                    again = node if (hi is None and lo == 0) else ir.intern(_REP, smaller, 0)
                     nxt.append(ir.cons(item, ir.cons(again, rest)))
                 else:
                     nxt.append(ir.cons(item, rest))

@@ -604,7 +604,7 @@ def number_regex(piece: NumPiece, no_exponent: bool = False) -> Node:
     if piece.kind == "any" and piece.lo is None and piece.hi is None:
         return PLAIN_NUMBER if no_exponent else FULL_NUMBER
     zero = _zero_forms(piece.kind) if piece.contains(Decimal(0)) else NOTHING
-    return alt(zero, _signed(piece, lambda *bounds: _positive(*bounds, piece.kind, piece.scale, no_exponent)))
+    return alt(zero, _signed(piece, lambda *b: _positive(*b, piece.kind, piece.scale, no_exponent)))
 
 
 def _signed(piece: NumPiece, positive: Callable[..., Node]) -> Node:
@@ -618,7 +618,8 @@ def _signed(piece: NumPiece, positive: Callable[..., Node]) -> Node:
         parts.append(positive(plo, plo_open, hi, piece.hi_open))
     if lo is None or lo < 0:
         nlo, nlo_open = (-hi, piece.hi_open) if hi is not None and hi < 0 else (Decimal(0), True)
-        parts.append(seq(literal("-"), positive(nlo, nlo_open, None if lo is None else -lo, piece.lo_open)))
+        nhi = None if lo is None else -lo
+        parts.append(seq(literal("-"), positive(nlo, nlo_open, nhi, piece.lo_open)))
     return alt(*parts)
 
 
