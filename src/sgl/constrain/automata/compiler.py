@@ -50,10 +50,9 @@ from .dfa import (
     _common_bounds,
     _Dfa,
     _edge_dfa,
-    _empty_language,
-    _epsilon,
     _merge_equal_columns,
     _minimize,
+    _one_state,
     _too_many_states,
     equal_rows,
     sorted_unique,
@@ -420,7 +419,7 @@ class _Compiler:
         if isinstance(node, Chars | Bytes):
             start = self.leaves.start(node)
             if start < 0:
-                return _empty_language(), 2
+                return _one_state(False), 2
             return self.leaves.dfa(start), self.leaves.cost(start)
         if self.fast:
             if isinstance(node, LiteralAlt) or (isinstance(node, Alt) and len(node.items) > 8):
@@ -463,7 +462,7 @@ class _Compiler:
         for d, _ in parts:
             if d.is_empty:
                 return d, cost
-        out = _epsilon()
+        out = _one_state(True)
         for d in self._glue_pieces(node.items, parts):
             out = _glue(out, d)
             if out is None:

@@ -365,13 +365,8 @@ def minimize(dfa: CharDFA) -> CharDFA:
     states that cannot reach acceptance are dropped (the minimiser wants a trim DFA),
     then ``dfa.py``'s minimiser runs over the elementary code-point intervals."""
     dfa = _trim(dfa)
-    cuts = {0, MAX_CODEPOINT + 1}
-    for es in dfa.edges:
-        for cs, _ in es:
-            for lo, hi in cs.ranges:
-                cuts.add(lo)
-                cuts.add(hi + 1)
-    bounds = np.array(sorted(cuts))
+    cuts = {x for es in dfa.edges for cs, _ in es for lo, hi in cs.ranges for x in (lo, hi + 1)}
+    bounds = np.array(sorted(cuts | {0, MAX_CODEPOINT + 1}))
     table = np.full((len(dfa.edges), len(bounds) - 1), -1, dtype=np.int32)
     for s, es in enumerate(dfa.edges):
         for cs, t in es:

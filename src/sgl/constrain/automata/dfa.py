@@ -190,12 +190,9 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _empty_language() -> _Dfa:
-    return _Dfa(np.full((1, 1), -1), [False], _ALL_BYTES, minimal=True, finite=True)
-
-
-def _epsilon() -> _Dfa:
-    return _Dfa(np.full((1, 1), -1), [True], _ALL_BYTES, minimal=True, finite=True)
+def _one_state(accepting: bool) -> _Dfa:
+    """The empty language (``accepting`` False) or the empty string's."""
+    return _Dfa(np.full((1, 1), -1), [accepting], _ALL_BYTES, minimal=True, finite=True)
 
 
 def _edge_dfa(edges: list[list[tuple[int, int, int]]], accepting: list[bool], **flags) -> _Dfa:
@@ -242,11 +239,12 @@ def _minimize(d: _Dfa, *, by_shape: bool = True) -> _Dfa:
     """
     merge_only = d.acyclic_top and by_shape
     table, accepting, start = d.table.astype(np.int64), d.accepting, 0
-    while True:
-        merged = _merge_equal_rows(table, accepting, start)
-        if merged is None:
+    while True:  # a round of merging states with equal acceptance and rows
+        first, inv = equal_rows(np.column_stack([accepting, table]))
+        if len(first) == len(accepting):
             break
-        table, accepting, start = merged
+        rows, accepting, start = table[first], accepting[first], int(inv[start])
+        table = np.where(rows >= 0, inv[rows.clip(0)], -1)
         if not merge_only:
             break
     if not merge_only and len(accepting) > 1:
@@ -281,18 +279,6 @@ def equal_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return first, inv
     _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
     return first, inv.reshape(-1)
-
-
-def _merge_equal_rows(table: np.ndarray, accepting: np.ndarray, start: int):
-    """One round of merging states with equal acceptance and rows, or None if all differ.
-
-    Returns the merged (table, accepting, start).
-    """
-    first, inv = equal_rows(np.column_stack([accepting, table]))
-    if len(first) == len(accepting):
-        return None
-    rows = table[first]
-    return np.where(rows >= 0, inv[rows.clip(0)], -1), accepting[first], int(inv[start])
 
 
 MOORE_ROUNDS = 48  # vectorised refinement rounds before Hopcroft's worklist takes over
