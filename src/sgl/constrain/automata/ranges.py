@@ -402,12 +402,8 @@ def _positive_plain(
         top = NOTHING
         mid = uint_range(ia + 1, None)
     bottom = seq(literal(str(ia)), _fraction(*frac_range(fa, fa_open, None, False, max_sig, strict)))
-    parts = [bottom]
-    if mid != NOTHING:
-        parts.append(seq(mid, _fraction(*frac_range("" if zero_open else None, zero_open, None, False, max_sig, strict))))
-    if top != NOTHING:
-        parts.append(top)
-    return alt(*parts)
+    middle = _fraction(*frac_range("" if zero_open else None, zero_open, None, False, max_sig, strict))
+    return alt(bottom, seq(mid, middle), top)  # seq and alt drop NOTHING
 
 
 # ---------------------------------------------------------------------------
@@ -462,17 +458,10 @@ def _mantissa(lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bo
 @lru_cache(maxsize=8192)
 def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kind: str, scale: int) -> Node:
     """Normalised exponent spellings of the numbers in the interval, ``lo >= 0``."""
-    if lo == 0:
-        ea = None
-        ma = None
-    else:
-        ma, ea = _norm(lo)
-    if hi is None:
-        eb, mb = None, None
-    else:
-        if hi == 0:
-            return NOTHING
-        mb, eb = _norm(hi)
+    if hi == 0:
+        return NOTHING
+    ma, ea = (None, None) if lo == 0 else _norm(lo)
+    mb, eb = (None, None) if hi is None else _norm(hi)
 
     def sig(e: int) -> int | None:
         """max significant fraction digits for exponent e, or -1 when impossible."""
@@ -486,16 +475,12 @@ def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool,
 
     def add(e: int, mlo, mlo_open, mhi, mhi_open):
         s = sig(e)
-        if s is not None and s < 0:
-            return
-        if s is not None and s > MAX_EXP_DIGITS:
-            s = MAX_EXP_DIGITS
-        m = _mantissa(mlo, mlo_open, mhi, mhi_open, s)
-        if m != NOTHING:
+        if s is None or s >= 0:  # seq and alt drop an empty mantissa set
+            m = _mantissa(mlo, mlo_open, mhi, mhi_open, s)
             parts.append(seq(m, EXP_MARK, exponent_range(e, e)))
 
     # boundary exponents, with bounded mantissas
-    if ea is not None and eb is not None and ea == eb:
+    if ea is not None and ea == eb:
         add(ea, ma, lo_open, mb, hi_open)
         return alt(*parts)
     if ea is not None:
@@ -639,26 +624,16 @@ def points_regex(values: list[Decimal], exact_limit: int = 64, no_exponent: bool
     """
     values = sorted(set(values))
     if len(values) <= exact_limit:
-        return alt(*(number_regex(NumPiece(v, v), no_exponent) for v in values)) if values else NOTHING
+        return alt(*(number_regex(NumPiece(v, v), no_exponent) for v in values))
     from ..json_strings import string_set
 
-    spell = []
-    for v in values:
-        text = format(v.normalize(), "f")
-        if text in ("-0", "0"):
-            text = "0"
-        spell.append(text)
-    plain = string_set(sorted(set(spell)))
-    zeros = repeat(literal("0"), 0, None)
-    # integers may be followed by ".0*", decimals by more zeros
-    ints = [t for t in spell if "." not in t]
-    decs = [t for t in spell if "." in t]
-    parts = []
-    if ints:
-        parts.append(seq(string_set(sorted(set(ints))), optional(seq(DOT, repeat(literal("0"), 1, None)))))
-    if decs:
-        parts.append(seq(string_set(sorted(set(decs))), zeros))
-    return alt(*parts) if parts else plain
+    texts = (format(v.normalize(), "f") for v in values)
+    spell = {"0" if text == "-0" else text for text in texts}
+    ints = sorted(t for t in spell if "." not in t)
+    decs = sorted(t for t in spell if "." in t)
+    # integers may be followed by ".0*", decimals by more zeros (string_set([]) is NOTHING)
+    return alt(seq(string_set(ints), optional(seq(DOT, repeat(literal("0"), 1, None)))),
+               seq(string_set(decs), repeat(literal("0"), 0, None)))
 
 
 def _multiples_regex(piece: NumPiece, no_exponent: bool = False) -> Node:
@@ -678,17 +653,10 @@ def _multiples_regex(piece: NumPiece, no_exponent: bool = False) -> Node:
         raise ValueError("multipleOf (other than 10**-k) together with bounds other than 0 is not supported")
     if piece.mult * (piece.scale + 3) > MAX_DIVISIBILITY_STATES:
         raise ValueError(f"multipleOf {q} needs too large a divisibility automaton")
-    parts = []
-    if piece.contains(Decimal(0)):
-        parts.append(_zero_forms("scale"))
-    positive = positive_multiples(piece.mult, piece.scale)
-    if piece.hi is None:
-        parts.append(positive)
-    if piece.lo is None:
-        parts.append(seq(literal("-"), positive))
-    if not no_exponent:
-        parts.append(_exponent_multiples(piece))
-    return alt(*parts)
+    zero = _zero_forms("scale") if piece.contains(Decimal(0)) else NOTHING
+    positive = positive_multiples(piece.mult, piece.scale)  # bounds are 0 or None here
+    exponent = NOTHING if no_exponent else _exponent_multiples(piece)
+    return alt(zero, _signed(piece, lambda *_: positive), exponent)
 
 
 def _exponent_multiples(piece: NumPiece) -> Node:
