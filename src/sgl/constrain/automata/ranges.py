@@ -216,24 +216,13 @@ def _same_length_range(s: str, t: str) -> Node:
         return seq(digits(int(s[0]), int(t[0])), repeat(DIGIT, n - 1, n - 1))
     if s[0] == t[0]:
         return seq(literal(s[0]), _same_length_range(s[1:], t[1:]))
-    parts = []
-    lo_first, hi_first = int(s[0]), int(t[0])
-    if s[1:] == "0" * (n - 1):
-        lo_mid = lo_first
-    else:
-        parts.append(seq(literal(s[0]), _same_length_range(s[1:], "9" * (n - 1))))
-        lo_mid = lo_first + 1
-    if t[1:] == "9" * (n - 1):
-        hi_mid = hi_first
-        tail = None
-    else:
-        hi_mid = hi_first - 1
-        tail = seq(literal(t[0]), _same_length_range("0" * (n - 1), t[1:]))
-    if lo_mid <= hi_mid:
-        parts.append(seq(digits(lo_mid, hi_mid), repeat(DIGIT, n - 1, n - 1)))
-    if tail is not None:
-        parts.append(tail)
-    return alt(*parts)
+    # s's first digit then at least s[1:], whole first digits between, t's first then at most t[1:]
+    low_all, high_all = s[1:] == "0" * (n - 1), t[1:] == "9" * (n - 1)  # no bound on the rest
+    head = NOTHING if low_all else seq(literal(s[0]), _same_length_range(s[1:], "9" * (n - 1)))
+    tail = NOTHING if high_all else seq(literal(t[0]), _same_length_range("0" * (n - 1), t[1:]))
+    lo_mid, hi_mid = int(s[0]) + (not low_all), int(t[0]) - (not high_all)
+    mid = seq(digits(lo_mid, hi_mid), repeat(DIGIT, n - 1, n - 1)) if lo_mid <= hi_mid else NOTHING
+    return alt(head, mid, tail)
 
 
 @lru_cache(maxsize=4096)
