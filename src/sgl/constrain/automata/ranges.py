@@ -375,7 +375,6 @@ def _positive_plain(
         fa_open = True  # > ia.0 : fraction non-zero
     else:
         fa_open = lo_open
-    zero_open = nonint  # fraction > 0 in the middle part when non-integers only
     if hi is not None:
         ib, fb = _split(hi)
         if ia == ib:
@@ -391,7 +390,8 @@ def _positive_plain(
         top = NOTHING
         mid = uint_range(ia + 1, None)
     bottom = seq(literal(str(ia)), _fraction(*frac_range(fa, fa_open, None, False, max_sig, strict)))
-    middle = _fraction(*frac_range("" if zero_open else None, zero_open, None, False, max_sig, strict))
+    # the middle part: a fraction > 0 when non-integers only
+    middle = _fraction(*frac_range("" if nonint else None, nonint, None, False, max_sig, strict))
     return alt(bottom, seq(mid, middle), top)  # seq and alt drop NOTHING
 
 
