@@ -152,9 +152,7 @@ def mk_and(*items) -> Expr:
 
 
 def mk_not(item) -> Expr:
-    if isinstance(item, LNot):
-        return item.item
-    return LNot(item)
+    return item.item if isinstance(item, LNot) else LNot(item)
 
 
 def mk_repeat(item, lo: int, hi: int | None) -> Expr:
@@ -179,14 +177,12 @@ def mk_repeat(item, lo: int, hi: int | None) -> Expr:
 def nullable(e) -> bool:
     if isinstance(e, Chars | Bytes):
         return False
-    if isinstance(e, Seq):
+    if isinstance(e, Seq | LAnd):
         return all(nullable(i) for i in e.items)
     if isinstance(e, Alt):
         return any(nullable(i) for i in e.items)
     if isinstance(e, Repeat):
         return e.min == 0 or nullable(e.item)
-    if isinstance(e, LAnd):
-        return all(nullable(i) for i in e.items)
     if isinstance(e, LNot):
         return not nullable(e.item)
     if isinstance(e, LDfa):
@@ -274,9 +270,7 @@ def _firsts(e, out: list) -> None:
     elif isinstance(e, Alt | LAnd):
         for it in e.items:
             _firsts(it, out)
-    elif isinstance(e, Repeat):
-        _firsts(e.item, out)
-    elif isinstance(e, LNot):
+    elif isinstance(e, Repeat | LNot):
         _firsts(e.item, out)
     elif isinstance(e, LDfa):
         out.extend(cs for cs, _ in e.spec.edges[e.state])
