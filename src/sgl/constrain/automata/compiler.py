@@ -41,7 +41,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import CompileBudgetExceeded
-from ..regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
+from ..regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq, literal
 from .determinize import _Determinizer, _Ir, _repeat_cost
 from .dfa import (
     _ALL_BYTES,
@@ -575,8 +575,7 @@ class LiteralAlt(Alt):
     def items(self) -> tuple[Node, ...]:  # type: ignore[override]
         got = self.__dict__.get("_items")
         if got is None:
-            got = tuple(Seq(tuple(Chars(((ord(c), ord(c)),)) for c in w)) if len(w) != 1
-                        else Chars(((ord(w), ord(w)),)) for w in self.words)
+            got = tuple(map(literal, self.words))
             object.__setattr__(self, "_items", got)
         return got
 
