@@ -209,12 +209,10 @@ def _edge_dfa(edges: list[list[tuple[int, int, int]]], accepting: list[bool], **
     return _Dfa(table, accepting, bounds, **flags)
 
 
-def _common_bounds(*dfas: _Dfa) -> np.ndarray:
-    if all(
-        len(d.bounds) == len(dfas[0].bounds) and (d.bounds == dfas[0].bounds).all() for d in dfas
-    ):
-        return dfas[0].bounds
-    return sorted_unique(np.concatenate([d.bounds for d in dfas]))
+def _common_bounds(a: _Dfa, b: _Dfa) -> np.ndarray:
+    if len(a.bounds) == len(b.bounds) and (a.bounds == b.bounds).all():
+        return a.bounds
+    return sorted_unique(np.concatenate([a.bounds, b.bounds]))
 
 
 def _too_many_states(max_states: int) -> CompileBudgetExceeded:
