@@ -595,10 +595,14 @@ class LiteralAlt(Alt):
 
 def _alternative_words(node: Alt) -> list[bytes] | None:
     """The UTF-8 strings of an Alt whose items are all literal strings, else None."""
-    if isinstance(node, LiteralAlt):
-        # a word with a lone surrogate has no UTF-8 form: it matches nothing
-        return [w.encode("utf-8") for w in node.words if not _has_surrogate(w)]
     words = []
+    if isinstance(node, LiteralAlt):
+        for w in node.words:
+            try:
+                words.append(w.encode("utf-8"))
+            except UnicodeEncodeError:
+                pass  # a word with a lone surrogate has no UTF-8 form: it matches nothing
+        return words
     for it in node.items:
         cp = _single_code_point(it)
         if cp is not None:
@@ -609,14 +613,6 @@ def _alternative_words(node: Alt) -> list[bytes] | None:
             return None
         words.append(data)
     return words
-
-
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _trie(words: list[bytes], max_states: int) -> tuple[list[bool], list[int], bytearray]:
