@@ -1,4 +1,4 @@
-"""How long ``automaton.to_dfa`` takes on the lexemes real JSON Schemas produce.
+"""How long ``automata.compiler.to_dfa`` takes on the lexemes real JSON Schemas produce.
 
 Collects the terminals of ``json_schema_grammar(schema)`` over a seeded sample of
 JSONSchemaBench schemas (schemas the frontend refuses are skipped), then times
@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sgl.constrain.automaton import to_dfa  # noqa: E402
+from sgl.constrain.automata.compiler import to_dfa  # noqa: E402
 from sgl.constrain.errors import ConstraintError  # noqa: E402
 from sgl.constrain.json_schema import json_schema_grammar  # noqa: E402
 from sgl.constrain.regex import parse_regex  # noqa: E402

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sgl.constrain.automata.dfa import sorted_unique
 from sgl.constrain.compiled import CompiledGrammar
-from sgl.constrain.dfa import sorted_unique
 from sgl.constrain.errors import ConstraintError
 from sgl.constrain.grammar import Grammar, Rule, Terminal
 
@@ -55,7 +55,7 @@ def test_json_string_lexemes_are_shared_across_compiles() -> None:
     """An equal decoded language gives the very same lexeme node (its DFA is then found
     by identity), the same as building it afresh; a refusal is not remembered."""
     from sgl.constrain import json_strings
-    from sgl.constrain.derivatives import mk_and
+    from sgl.constrain.automata.derivatives import mk_and
     from sgl.constrain.errors import CompileBudgetExceeded
     from sgl.constrain.json_formats import format_node
     from sgl.constrain.regex import parse_regex

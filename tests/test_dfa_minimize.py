@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgl.constrain import dfa
+from sgl.constrain.automata import dfa
 
 
 def _canonical(blocks) -> list[int]:

@@ -3,7 +3,7 @@ character class by length and membership; it must agree with the derivative walk
 
 import random
 
-from sgl.constrain.derivatives import ANY_STRING, derivative, nullable
+from sgl.constrain.automata.derivatives import ANY_STRING, derivative, nullable
 from sgl.constrain.json_schema.common import expr_matches
 from sgl.constrain.regex_ast import NOTHING, Chars, Repeat
 

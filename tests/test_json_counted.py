@@ -9,10 +9,10 @@ import random
 import numpy as np
 import pytest
 
-from sgl.constrain.automaton import to_dfa
+from sgl.constrain.automata.compiler import to_dfa
+from sgl.constrain.automata.derivatives import ANY_CHAR
+from sgl.constrain.automata.dfa import ByteDFA
 from sgl.constrain.compiled import compile_ir
-from sgl.constrain.derivatives import ANY_CHAR
-from sgl.constrain.dfa import ByteDFA
 from sgl.constrain.errors import CompileBudgetExceeded
 from sgl.constrain.json_counted import CountedChars, counted_dfa, counted_states
 from sgl.constrain.json_schema import emit_scalars, json_schema_grammar

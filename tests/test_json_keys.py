@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from sgl.constrain import compile_json_schema
-from sgl.constrain.automaton import general_dfa, to_dfa
-from sgl.constrain.dfa import ByteDFA
+from sgl.constrain.automata.compiler import general_dfa, to_dfa
+from sgl.constrain.automata.dfa import ByteDFA
 from sgl.constrain.json_keys import KeyNotIn
 from sgl.constrain.json_strings import json_string_node
 from sgl.constrain.regex_ast import Chars

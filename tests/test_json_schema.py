@@ -23,18 +23,18 @@ from sgl.constrain import (
     allocate_bitmask,
     compile_json_schema,
 )
-from sgl.constrain.automaton import to_dfa
-from sgl.constrain.derivatives import ANY_STRING, restrict_length
-from sgl.constrain.json_formats import FORMAT_REGEXES, format_node
-from sgl.constrain.json_schema import json_schema_grammar
-from sgl.constrain.json_strings import json_string_node, literal_string, pattern_node
-from sgl.constrain.numeric_range import (
+from sgl.constrain.automata.compiler import to_dfa
+from sgl.constrain.automata.derivatives import ANY_STRING, restrict_length
+from sgl.constrain.automata.ranges import (
     EXP_INTEGRAL_FROM,
     MAX_EXP_DIGITS,
     NumPiece,
     number_regex,
     uint_range,
 )
+from sgl.constrain.json_formats import FORMAT_REGEXES, format_node
+from sgl.constrain.json_schema import json_schema_grammar
+from sgl.constrain.json_strings import json_string_node, literal_string, pattern_node
 
 
 def accepts(schema, value, **options) -> bool:
@@ -61,7 +61,7 @@ _NUM = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
 
 
 def _spelling_accepted(p: NumPiece, text: str) -> bool | None:
-    """The documented spelling rules of ``numeric_range`` (exponent forms); None where
+    """The documented spelling rules of ``automata.ranges`` (exponent forms); None where
     either answer is allowed."""
     m = _NUM.match(text)
     if not m.group(3):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from sgl.constrain import Matcher, lexer
+from sgl.constrain.automata.dfa import ByteDFA
 from sgl.constrain.compiled import CompiledGrammar
-from sgl.constrain.dfa import ByteDFA
 from sgl.constrain.json_schema import json_schema_grammar
 from sgl.constrain.lexer import _prepared, dfa_key, with_fresh_start
 
@@ -147,7 +147,7 @@ def test_literal_and_key_set_dfas_carry_content_keys_of_their_own_tables():
     """h6-front: literal and "other keys" DFAs come with their lexer key (no table scan
     or hash); that is only sound where the table is its own fresh-start form, and where
     equal keys mean equal tables."""
-    from sgl.constrain.automaton import literal_dfa
+    from sgl.constrain.automata.compiler import literal_dfa
     from sgl.constrain.json_keys import KeyNotIn
 
     for data in (b'"a"', b'"name"', b"xyz", "\"\u00e9\"".encode()):

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from sgl.constrain import derivatives as D
-from sgl.constrain.numeric_range import positive_multiples
+from sgl.constrain.automata import derivatives as D
+from sgl.constrain.automata.ranges import positive_multiples
 from sgl.constrain.regex import parse_regex
 
 PATTERNS = [r"[a-z]+", r"(ab|a)*b", r"\d{2,5}", r"[^x]*x[^x]*", r"(a|b)*a(a|b){3}", r"foo|bar|baz",

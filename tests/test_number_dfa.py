@@ -1,4 +1,4 @@
-"""Number lexemes compiled by the position automaton (``number_dfa``): the same minimal
+"""Number lexemes compiled by the position automaton (``automata.numbers``): the same minimal
 DFA as the general construction, and exponent forms under ``multipleOf``."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sgl.constrain import ConstraintError, compile_json_schema
-from sgl.constrain.automaton import general_dfa, to_dfa
-from sgl.constrain.number_dfa import MAX_POSITIONS, NumberLexeme, number_lexeme, position_dfa
-from sgl.constrain.numeric_range import NumPiece, number_regex
+from sgl.constrain.automata.compiler import general_dfa, to_dfa
+from sgl.constrain.automata.numbers import MAX_POSITIONS, NumberLexeme, number_lexeme, position_dfa
+from sgl.constrain.automata.ranges import NumPiece, number_regex
 from sgl.constrain.regex_ast import Alt, chars, literal, repeat, seq
 
 

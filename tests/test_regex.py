@@ -18,13 +18,13 @@ from conftest import require_shared
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from sgl.constrain.automaton import (
+from sgl.constrain.automata.compiler import (
     LiteralAlt,
     general_dfa,
     to_dfa,
     utf8_sequences,
 )
-from sgl.constrain.dfa import ByteDFA
+from sgl.constrain.automata.dfa import ByteDFA
 from sgl.constrain.errors import CompileBudgetExceeded, ConstraintError
 from sgl.constrain.json_counted import CountedChars
 from sgl.constrain.json_keys import KeyNotIn
@@ -648,7 +648,7 @@ def test_runs_of_code_points_glue_as_literals(items) -> None:
 def test_word_lists_compare_with_alternatives_by_their_items(words, others):
     # a LiteralAlt equals an Alt of the same items (its length checked first, so a
     # comparison with NOTHING builds no items) and has no boolean operators
-    from sgl.constrain.derivatives import has_boolean_ops
+    from sgl.constrain.automata.derivatives import has_boolean_ops
 
     w = LiteralAlt(tuple(words))
     o = Alt(LiteralAlt(tuple(others)).items)

@@ -1,11 +1,11 @@
-"""automaton.words_dfa on small word sets (built in plain Python) against the numpy
+"""automata.compiler.words_dfa on small word sets (built in plain Python) against the numpy
 construction: same minimal DFA size, same language."""
 
 from __future__ import annotations
 
 import random
 
-from sgl.constrain import automaton as A
+from sgl.constrain.automata import compiler as A
 
 
 def _numpy_trie(words):

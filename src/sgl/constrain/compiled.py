@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import gc_policy
-from .automaton import DEFAULT_MAX_TRIE_STATES, LiteralAlt, literal_dfa, to_dfa
+from .automata.compiler import DEFAULT_MAX_TRIE_STATES, LiteralAlt, literal_dfa, to_dfa
 from .counters import split_counters
 from .earley import EarleyParser, EarleySet, build_tables
 from .errors import CompileBudgetExceeded, ConstraintError
@@ -22,7 +22,7 @@ from .regex import parse_regex
 from .token_trie import TokenTable
 
 if TYPE_CHECKING:
-    from .dfa import ByteDFA
+    from .automata.dfa import ByteDFA
     from .regex_ast import Node
     from .vocab import Vocabulary
 

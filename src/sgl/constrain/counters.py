@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import analysis
-from .dfa import ByteDFA
+from .automata.dfa import ByteDFA
 from .grammar import Grammar, GrammarBuilder, Rule, Terminal
 from .regex import parse_regex
 from .regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq, literal

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dfa import ByteDFA
+from .automata.dfa import ByteDFA
 from .regex_ast import Node
 
 DATA = Path(__file__).with_name("format_lexemes.bin")
@@ -103,7 +103,7 @@ def forget_file() -> None:
 
 def build_entry(name: str) -> tuple[Node, Node, np.ndarray, np.ndarray]:
     """Format ``name``'s (decoded language, lexeme, DFA table, accepting), built afresh."""
-    from .automaton import to_dfa
+    from .automata.compiler import to_dfa
     from .json_formats import FORMAT_REGEXES
     from .json_strings import build_json_string_node
     from .regex import parse_regex

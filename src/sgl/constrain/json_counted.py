@@ -3,7 +3,7 @@
 The language is ``json_chars(ANY_CHAR){lo,hi}``, with or without either quote: ``lo`` to
 ``hi`` encoded characters, each spelled as ``json_strings`` says (the whole string of a
 length bound up to ``MAX_LEXEME_LENGTH``, and the chunk lexemes of longer ones in
-``json_schema.emit_scalars``). Through ``automaton.to_dfa`` that is a Thompson NFA and a
+``json_schema.emit_scalars``). Through ``automata.compiler.to_dfa`` that is a Thompson NFA and a
 subset construction of ~20 states per character (~45 ms for ``maxLength: 1000``, ~6 ms
 here); here it is a copy, per count, of the automaton of one encoded
 character (the "reader": a start, 19 inner states and a sink), laid out as numpy blocks:
@@ -32,8 +32,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .derivatives import ANY_CHAR
-from .dfa import ByteDFA, _too_many_states
+from .automata.derivatives import ANY_CHAR
+from .automata.dfa import ByteDFA, _too_many_states
 from .regex_ast import Node, Repeat, Seq, literal
 
 _QUOTE = 0x22
@@ -131,7 +131,7 @@ def counted_dfa(lo: int, hi: int | None, opening: bool, closing: bool, max_state
 def _reader() -> tuple[np.ndarray, int]:
     """One block in local ids: row 0 the reader's start, rows 1.. its inner states, target
     ``k`` (one past the block) a completed character; and the reader's state count."""
-    from .automaton import to_dfa
+    from .automata.compiler import to_dfa
     from .json_strings import json_chars
 
     d = to_dfa(json_chars(ANY_CHAR))

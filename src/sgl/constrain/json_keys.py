@@ -4,7 +4,7 @@
 strings whose decoded value is none of the declared property names. The frontend
 describes that language over decoded characters as a complemented trie (see
 ``json_schema.emit_objects._not_in_set``); escaping it for JSON and determinising
-it through ``automaton.to_dfa`` took 5-65 ms per object, a different one per schema,
+it through ``automata.compiler.to_dfa`` took 5-65 ms per object, a different one per schema,
 most of a typical compile. ``KeyNotIn`` is the same lexeme as a regex node that
 ``to_dfa`` builds in one pass over the trie instead:
 
@@ -43,9 +43,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from .automaton import to_dfa
-from .derivatives import ANY_CHAR, ANY_STRING
-from .dfa import ByteDFA, _too_many_states
+from .automata.compiler import to_dfa
+from .automata.derivatives import ANY_CHAR, ANY_STRING
+from .automata.dfa import ByteDFA, _too_many_states
 from .regex_ast import NOTHING, Alt, Chars, Node, Seq, alt, literal, negate, normalize_ranges, seq
 
 _QUOTE = 0x22

@@ -29,8 +29,8 @@ import threading
 from collections import OrderedDict
 from functools import lru_cache
 
-from .automaton import LiteralAlt
-from .derivatives import ANY_STRING, in_chars, materialize, mk_alt, mk_repeat, mk_seq
+from .automata.compiler import LiteralAlt
+from .automata.derivatives import ANY_STRING, in_chars, materialize, mk_alt, mk_repeat, mk_seq
 from .errors import ConstraintError, check_deadline
 from .format_lexemes import LEXEME_LIMITS, lexeme_for
 from .regex_ast import EMPTY, MAX_CODEPOINT, NOTHING, Alt, Chars, Node, Repeat, Seq, chars, literal

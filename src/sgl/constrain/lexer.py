@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .dfa import DEAD, ByteDFA
+from .automata.dfa import DEAD, ByteDFA
 from .errors import CompileBudgetExceeded
 from .native import _native, native_enabled
 

@@ -30,7 +30,7 @@ from collections import defaultdict
 from re import _constants as _c
 from re import _parser as _sre_parse
 
-from .automaton import LiteralAlt
+from .automata.compiler import LiteralAlt
 from .errors import ConstraintError
 from .grammar import Grammar, Rule, Terminal
 from .regex_ast import (

@@ -1,7 +1,7 @@
 """The character-level regex AST every frontend lowers lexemes into.
 
 Nodes are immutable and hashable. ``Chars`` holds Unicode code points (matched as
-UTF-8 bytes by ``automaton.to_dfa``); ``Bytes`` holds raw byte values for the rare
+UTF-8 bytes by ``automata.compiler.to_dfa``); ``Bytes`` holds raw byte values for the rare
 terminal that is defined on bytes. Anchors and lookarounds do not exist here: a
 terminal always matches its whole text.
 """
@@ -102,7 +102,7 @@ NOTHING = Alt(())  # matches no string at all
 
 def nullable(node: Node) -> bool:
     """Does ``node`` match the empty string?"""
-    words = getattr(node, "words", None)  # automaton.LiteralAlt: don't expand its items
+    words = getattr(node, "words", None)  # automata.compiler.LiteralAlt: don't expand its items
     if words is not None:
         return "" in words
     if isinstance(node, Seq):

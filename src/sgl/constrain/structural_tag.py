@@ -36,7 +36,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .derivatives import ANY_CHAR, ANY_STRING, materialize, mk_and, mk_not, mk_seq
+from .automata.derivatives import ANY_CHAR, ANY_STRING, materialize, mk_and, mk_not, mk_seq
 from .errors import ConstraintError
 from .grammar import Grammar, GrammarBuilder, Terminal
 from .regex_ast import Node, alt, literal

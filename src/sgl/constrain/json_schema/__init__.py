@@ -13,7 +13,7 @@ texts valid against the schema (with a bounded-whitespace layout). How:
    ``A∧¬B ∨ ¬A∧B``), ``if``/``then``/``else`` is ``(if∧then) ∨ (¬if∧else)``.
 2. Facets become rules: one lexeme per scalar set (a whole JSON string, quotes
    included, with pattern/format/length/enum folded in; a number with its bounds
-   encoded exactly, see ``numeric_range``), literal lexemes for keys, and punctuation
+   encoded exactly, see ``automata.ranges``), literal lexemes for keys, and punctuation
    lexemes with the bounded whitespace merged in.
 
 Greedy lexing is exact by construction: a number is never followed by a lexeme that
@@ -33,7 +33,7 @@ their algebra), ``keywords`` (keywords to facets), ``values`` (``enum``/``const`
 ``emit_scalars``/``emit_arrays``/``emit_objects`` (grammar rules), ``compiler``
 (the class that joins them). String languages live in ``constrain/json_strings.py``,
 formats in ``constrain/json_formats.py``, the derivative automaton construction in
-``constrain/derivatives.py``.
+``constrain/automata/derivatives.py``.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..derivatives import MAX_CODEPOINT, derivative, nullable
+from ..automata.derivatives import MAX_CODEPOINT, derivative, nullable
+from ..automata.ranges import to_decimal
 from ..errors import ConstraintError
 from ..json_strings import _translate_ecma
-from ..numeric_range import to_decimal
 from ..regex_ast import NOTHING, Chars, Repeat
 
 TYPES = ("null", "boolean", "object", "array", "number", "integer", "string")

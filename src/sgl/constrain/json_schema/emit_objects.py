@@ -7,7 +7,7 @@ import re
 from functools import lru_cache
 from itertools import combinations
 
-from ..derivatives import ANY_STRING, in_chars, mk_and, mk_not
+from ..automata.derivatives import ANY_STRING, in_chars, mk_and, mk_not
 from ..errors import CompileBudgetExceeded, ConstraintError
 from ..json_keys import KeyNotIn, key_trie, not_in_set
 from ..json_strings import json_string_node, literal_string, pattern_node

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 
-from ..counters import CountedRepeat
-from ..derivatives import ANY_CHAR as _ANY_CHAR
-from ..derivatives import (
+from ..automata.derivatives import ANY_CHAR as _ANY_CHAR
+from ..automata.derivatives import (
     ANY_STRING,
     LAnd,
     has_boolean_ops,
@@ -16,12 +15,13 @@ from ..derivatives import (
     mk_and,
     restrict_length,
 )
+from ..automata.numbers import number_lexeme
+from ..automata.ranges import number_regex, points_regex
+from ..counters import CountedRepeat
 from ..errors import CompileBudgetExceeded
 from ..grammar import Terminal
 from ..json_counted import CountedChars
 from ..json_strings import json_string_node
-from ..number_dfa import number_lexeme
-from ..numeric_range import number_regex, points_regex
 from ..regex_ast import NOTHING, Node, Repeat, alt, chars, literal, optional, repeat, seq
 from .common import MAX_EXACT_NUMBER_POINTS, MAX_LEXEME_LENGTH, MAX_RULES, STRING_CHUNK
 from .refs import Sub

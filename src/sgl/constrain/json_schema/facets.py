@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..derivatives import ANY_STRING, materialize, mk_alt, mk_and, mk_not
+from ..automata.derivatives import ANY_STRING, materialize, mk_alt, mk_and, mk_not
+from ..automata.ranges import NumPiece, complement_piece, intersect_pieces
 from ..errors import CompileBudgetExceeded, ConstraintError
-from ..numeric_range import NumPiece, complement_piece, intersect_pieces
 from ..regex_ast import NOTHING
 from .common import MAX_UNION, _pattern_search, _Refused, json_equal
 from .refs import FALSE, TRUE, is_false, is_true, mk_sand, mk_snot

@@ -6,12 +6,12 @@ import re
 from contextlib import contextmanager
 from decimal import Decimal
 
-from ..derivatives import ANY_CHAR as _ANY_CHAR
-from ..derivatives import ANY_STRING, mk_and
+from ..automata.derivatives import ANY_CHAR as _ANY_CHAR
+from ..automata.derivatives import ANY_STRING, mk_and
+from ..automata.ranges import NumPiece, intersect_pieces, to_decimal
 from ..errors import ConstraintError
 from ..json_formats import APPROXIMATE_FORMATS, format_node
 from ..json_strings import pattern_node
-from ..numeric_range import NumPiece, intersect_pieces, to_decimal
 from ..regex_ast import Repeat
 from .common import (
     MAX_ONE_OF_EXACT,

@@ -6,9 +6,9 @@ import json
 from functools import lru_cache
 from urllib.parse import quote
 
-from ..automaton import LiteralAlt
+from ..automata.compiler import LiteralAlt
+from ..automata.ranges import NumPiece, number_regex, to_decimal
 from ..json_strings import literal_string, string_set
-from ..numeric_range import NumPiece, number_regex, to_decimal
 from ..regex_ast import Alt, Node
 from .common import (
     _PTR_SAFE,

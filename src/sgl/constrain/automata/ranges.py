@@ -33,11 +33,12 @@ Numbers are compared exactly as decimals (``decimal.Decimal``), never as floats.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 
-from .regex_ast import EMPTY, NOTHING, Alt, Node, chars, literal, optional, repeat, seq
+from ..regex_ast import EMPTY, NOTHING, Alt, Node, chars, literal, optional, repeat, seq
 
 
 def alt(*items: Node) -> Node:
@@ -67,6 +68,7 @@ DIGIT = chars((0x30, 0x39))
 NONZERO = chars((0x31, 0x39))
 DOT = literal(".")
 EXP_MARK = chars((0x45, 0x45), (0x65, 0x65))  # e | E
+EXPONENT = seq(EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))
 
 
 def digits(lo: int, hi: int) -> Node:
@@ -130,8 +132,8 @@ def _ceil_to(x: Decimal, q: Decimal, strict: bool) -> Decimal:
 
 def intersect_pieces(a: NumPiece, b: NumPiece) -> NumPiece | None:
     """The intersection of two pieces, or None when it is empty or not representable."""
-    lo, lo_open = _max_bound(a.lo, a.lo_open, b.lo, b.lo_open)
-    hi, hi_open = _min_bound(a.hi, a.hi_open, b.hi, b.hi_open)
+    lo, lo_open = _tighter(a.lo, a.lo_open, b.lo, b.lo_open, lower=True)
+    hi, hi_open = _tighter(a.hi, a.hi_open, b.hi, b.hi_open, lower=False)
     kinds = {a.kind, b.kind}
     if kinds == {"any"}:
         kind, scale = "any", 0
@@ -160,23 +162,15 @@ def intersect_pieces(a: NumPiece, b: NumPiece) -> NumPiece | None:
     return None if p.is_empty() else p
 
 
-def _max_bound(x, xo, y, yo):
+def _tighter(x, xo, y, yo, lower: bool):
+    """The tighter of the bounds ``(x, xo)`` and ``(y, yo)`` (value or None, open): the
+    larger of two ``lower`` bounds, else the smaller."""
     if x is None:
         return y, yo
     if y is None:
         return x, xo
     if x != y:
-        return (x, xo) if x > y else (y, yo)
-    return x, xo or yo
-
-
-def _min_bound(x, xo, y, yo):
-    if x is None:
-        return y, yo
-    if y is None:
-        return x, xo
-    if x != y:
-        return (x, xo) if x < y else (y, yo)
+        return (x, xo) if (x > y) == lower else (y, yo)
     return x, xo or yo
 
 
@@ -222,24 +216,13 @@ def _same_length_range(s: str, t: str) -> Node:
         return seq(digits(int(s[0]), int(t[0])), repeat(DIGIT, n - 1, n - 1))
     if s[0] == t[0]:
         return seq(literal(s[0]), _same_length_range(s[1:], t[1:]))
-    parts = []
-    lo_first, hi_first = int(s[0]), int(t[0])
-    if s[1:] == "0" * (n - 1):
-        lo_mid = lo_first
-    else:
-        parts.append(seq(literal(s[0]), _same_length_range(s[1:], "9" * (n - 1))))
-        lo_mid = lo_first + 1
-    if t[1:] == "9" * (n - 1):
-        hi_mid = hi_first
-        tail = None
-    else:
-        hi_mid = hi_first - 1
-        tail = seq(literal(t[0]), _same_length_range("0" * (n - 1), t[1:]))
-    if lo_mid <= hi_mid:
-        parts.append(seq(digits(lo_mid, hi_mid), repeat(DIGIT, n - 1, n - 1)))
-    if tail is not None:
-        parts.append(tail)
-    return alt(*parts)
+    # s's first digit then at least s[1:], whole first digits between, t's first then at most t[1:]
+    low_all, high_all = s[1:] == "0" * (n - 1), t[1:] == "9" * (n - 1)  # no bound on the rest
+    head = NOTHING if low_all else seq(literal(s[0]), _same_length_range(s[1:], "9" * (n - 1)))
+    tail = NOTHING if high_all else seq(literal(t[0]), _same_length_range("0" * (n - 1), t[1:]))
+    lo_mid, hi_mid = int(s[0]) + (not low_all), int(t[0]) - (not high_all)
+    mid = seq(digits(lo_mid, hi_mid), repeat(DIGIT, n - 1, n - 1)) if lo_mid <= hi_mid else NOTHING
+    return alt(head, mid, tail)
 
 
 @lru_cache(maxsize=4096)
@@ -342,7 +325,7 @@ def frac_range(
             continue
         for a, b in _runs(cs):
             parts.append(seq(digits(a, b), rest))
-    return alt(*parts) if parts else NOTHING, empty_ok
+    return alt(*parts), empty_ok
 
 
 def _runs(values: list[int]) -> list[tuple[int, int]]:
@@ -392,7 +375,6 @@ def _positive_plain(
         fa_open = True  # > ia.0 : fraction non-zero
     else:
         fa_open = lo_open
-    zero_open = nonint  # fraction > 0 in the middle part when non-integers only
     if hi is not None:
         ib, fb = _split(hi)
         if ia == ib:
@@ -408,16 +390,9 @@ def _positive_plain(
         top = NOTHING
         mid = uint_range(ia + 1, None)
     bottom = seq(literal(str(ia)), _fraction(*frac_range(fa, fa_open, None, False, max_sig, strict)))
-    parts = [bottom]
-    if mid != NOTHING:
-        parts.append(seq(mid, _fraction(*frac_range("" if zero_open else None, zero_open, None, False, max_sig, strict))))
-    if top != NOTHING:
-        parts.append(top)
-    return alt(*(p for p in parts if not _is_nothing(p)))
-
-
-def _is_nothing(node: Node) -> bool:
-    return isinstance(node, Alt) and not node.items
+    # the middle part: a fraction > 0 when non-integers only
+    middle = _fraction(*frac_range("" if nonint else None, nonint, None, False, max_sig, strict))
+    return alt(bottom, seq(mid, middle), top)  # seq and alt drop NOTHING
 
 
 # ---------------------------------------------------------------------------
@@ -447,7 +422,7 @@ def exponent_range(lo: int | None, hi: int | None) -> Node:
         parts.append(seq(literal("-"), zeros, uint_range(klo, khi)))
     if (lo is None or lo <= 0) and (hi is None or hi >= 0):
         parts.append(seq(literal("-"), repeat(literal("0"), 1, None)))
-    return alt(*parts) if parts else NOTHING
+    return alt(*parts)
 
 
 def _norm(x: Decimal) -> tuple[Decimal, int]:
@@ -472,17 +447,10 @@ def _mantissa(lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bo
 @lru_cache(maxsize=8192)
 def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kind: str, scale: int) -> Node:
     """Normalised exponent spellings of the numbers in the interval, ``lo >= 0``."""
-    if lo == 0:
-        ea = None
-        ma = None
-    else:
-        ma, ea = _norm(lo)
-    if hi is None:
-        eb, mb = None, None
-    else:
-        if hi == 0:
-            return NOTHING
-        mb, eb = _norm(hi)
+    if hi == 0:
+        return NOTHING
+    ma, ea = (None, None) if lo == 0 else _norm(lo)
+    mb, eb = (None, None) if hi is None else _norm(hi)
 
     def sig(e: int) -> int | None:
         """max significant fraction digits for exponent e, or -1 when impossible."""
@@ -496,18 +464,14 @@ def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool,
 
     def add(e: int, mlo, mlo_open, mhi, mhi_open):
         s = sig(e)
-        if s is not None and s < 0:
-            return
-        if s is not None and s > MAX_EXP_DIGITS:
-            s = MAX_EXP_DIGITS
-        m = _mantissa(mlo, mlo_open, mhi, mhi_open, s)
-        if m != NOTHING:
+        if s is None or s >= 0:  # seq and alt drop an empty mantissa set
+            m = _mantissa(mlo, mlo_open, mhi, mhi_open, s)
             parts.append(seq(m, EXP_MARK, exponent_range(e, e)))
 
     # boundary exponents, with bounded mantissas
-    if ea is not None and eb is not None and ea == eb:
+    if ea is not None and ea == eb:
         add(ea, ma, lo_open, mb, hi_open)
-        return alt(*parts) if parts else NOTHING
+        return alt(*parts)
     if ea is not None:
         add(ea, ma, lo_open, None, False)
     if eb is not None:
@@ -516,8 +480,7 @@ def _positive_exp(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool,
     ilo = None if ea is None else ea + 1
     ihi = None if eb is None else eb - 1
     parts.append(_interior_exp(ilo, ihi, kind, scale))
-    parts = [p for p in parts if not _is_nothing(p)]
-    return alt(*parts) if parts else NOTHING
+    return alt(*parts)
 
 
 @lru_cache(maxsize=64)
@@ -543,7 +506,7 @@ def _interior_exp(ilo: int | None, ihi: int | None, kind: str, scale: int) -> No
         parts.append(seq(_short_mantissa(e + scale), EXP_MARK, exponent_range(e, e)))
     if ihi is None or first <= ihi:
         parts.append(seq(_mantissa(None, False, None, False, MAX_EXP_DIGITS), EXP_MARK, exponent_range(first, ihi)))
-    return alt(*parts) if parts else NOTHING
+    return alt(*parts)
 
 
 # ---------------------------------------------------------------------------
@@ -558,21 +521,16 @@ def _zero_forms(kind: str) -> Node:
         optional(literal("-")),
         literal("0"),
         optional(seq(DOT, repeat(literal("0"), 1, None))),
-        optional(seq(EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))),
+        optional(EXPONENT),
     )
 
 
-FULL_NUMBER = seq(
-    optional(literal("-")),
-    alt(literal("0"), seq(NONZERO, repeat(DIGIT, 0, None))),
-    optional(seq(DOT, repeat(DIGIT, 1, None))),
-    optional(seq(EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))),
-)
 PLAIN_NUMBER = seq(
     optional(literal("-")),
     alt(literal("0"), seq(NONZERO, repeat(DIGIT, 0, None))),
     optional(seq(DOT, repeat(DIGIT, 1, None))),
 )
+FULL_NUMBER = seq(PLAIN_NUMBER, optional(EXPONENT))
 
 
 def _positive_any_exponent() -> Node:
@@ -581,7 +539,7 @@ def _positive_any_exponent() -> Node:
         seq(NONZERO, repeat(DIGIT, 0, None), optional(seq(DOT, repeat(DIGIT, 1, None)))),
         seq(literal("0"), DOT, repeat(literal("0"), 0, None), NONZERO, repeat(DIGIT, 0, None)),
     )
-    return seq(mant, EXP_MARK, optional(chars((0x2B, 0x2B), (0x2D, 0x2D))), repeat(DIGIT, 1, None))
+    return seq(mant, EXPONENT)
 
 
 @lru_cache(maxsize=8192)
@@ -600,7 +558,7 @@ def _positive(lo: Decimal, lo_open: bool, hi: Decimal | None, hi_open: bool, kin
         exp = _positive_any_exponent()  # only the sign matters: every spelling works
     else:
         exp = _positive_exp(lo, lo_open, hi, hi_open, kind, scale)
-    return alt(*(p for p in (plain, exp) if not _is_nothing(p))) if not (_is_nothing(plain) and _is_nothing(exp)) else NOTHING
+    return alt(plain, exp)
 
 
 @lru_cache(maxsize=4096)
@@ -619,23 +577,24 @@ def number_regex(piece: NumPiece, no_exponent: bool = False) -> Node:
         return _multiples_regex(piece, no_exponent)
     if piece.kind == "any" and piece.lo is None and piece.hi is None:
         return PLAIN_NUMBER if no_exponent else FULL_NUMBER
+    zero = _zero_forms(piece.kind) if piece.contains(Decimal(0)) else NOTHING
+    return alt(zero, _signed(piece, lambda *b: _positive(*b, piece.kind, piece.scale, no_exponent)))
+
+
+def _signed(piece: NumPiece, positive: Callable[..., Node]) -> Node:
+    """The spellings of the non-zero numbers of ``piece``: ``positive(lo, lo_open, hi,
+    hi_open)`` for the positive ones (``lo >= 0``), and for the negative ones ``-x`` with
+    ``x`` from it over the mirrored interval."""
     parts = []
     lo, hi = piece.lo, piece.hi
-    # zero
-    if piece.contains(Decimal(0)):
-        parts.append(_zero_forms(piece.kind))
-    # positive numbers
     if hi is None or hi > 0:
         plo, plo_open = (lo, piece.lo_open) if lo is not None and lo > 0 else (Decimal(0), True)
-        parts.append(_positive(plo, plo_open, hi, piece.hi_open, piece.kind, piece.scale, no_exponent))
-    # negative numbers: -x with x in the mirrored interval
+        parts.append(positive(plo, plo_open, hi, piece.hi_open))
     if lo is None or lo < 0:
         nlo, nlo_open = (-hi, piece.hi_open) if hi is not None and hi < 0 else (Decimal(0), True)
         nhi = None if lo is None else -lo
-        parts.append(seq(literal("-"), _positive(nlo, nlo_open, nhi, piece.lo_open, piece.kind, piece.scale,
-                                                 no_exponent)))
-    parts = [p for p in parts if not _is_nothing(p)]
-    return alt(*parts) if parts else NOTHING
+        parts.append(seq(literal("-"), positive(nlo, nlo_open, nhi, piece.lo_open)))
+    return alt(*parts)
 
 
 # ---------------------------------------------------------------------------
@@ -654,26 +613,16 @@ def points_regex(values: list[Decimal], exact_limit: int = 64, no_exponent: bool
     """
     values = sorted(set(values))
     if len(values) <= exact_limit:
-        return alt(*(number_regex(NumPiece(v, v), no_exponent) for v in values)) if values else NOTHING
-    from .json_strings import string_set
+        return alt(*(number_regex(NumPiece(v, v), no_exponent) for v in values))
+    from ..json_strings import string_set
 
-    spell = []
-    for v in values:
-        text = format(v.normalize(), "f")
-        if text in ("-0", "0"):
-            text = "0"
-        spell.append(text)
-    plain = string_set(sorted(set(spell)))
-    zeros = repeat(literal("0"), 0, None)
-    # integers may be followed by ".0*", decimals by more zeros
-    ints = [t for t in spell if "." not in t]
-    decs = [t for t in spell if "." in t]
-    parts = []
-    if ints:
-        parts.append(seq(string_set(sorted(set(ints))), optional(seq(DOT, repeat(literal("0"), 1, None)))))
-    if decs:
-        parts.append(seq(string_set(sorted(set(decs))), zeros))
-    return alt(*parts) if parts else plain
+    texts = (format(v.normalize(), "f") for v in values)
+    spell = {"0" if text == "-0" else text for text in texts}
+    ints = sorted(t for t in spell if "." not in t)
+    decs = sorted(t for t in spell if "." in t)
+    # integers may be followed by ".0*", decimals by more zeros (string_set([]) is NOTHING)
+    return alt(seq(string_set(ints), optional(seq(DOT, repeat(literal("0"), 1, None)))),
+               seq(string_set(decs), repeat(literal("0"), 0, None)))
 
 
 def _multiples_regex(piece: NumPiece, no_exponent: bool = False) -> Node:
@@ -693,17 +642,10 @@ def _multiples_regex(piece: NumPiece, no_exponent: bool = False) -> Node:
         raise ValueError("multipleOf (other than 10**-k) together with bounds other than 0 is not supported")
     if piece.mult * (piece.scale + 3) > MAX_DIVISIBILITY_STATES:
         raise ValueError(f"multipleOf {q} needs too large a divisibility automaton")
-    parts = []
-    if piece.contains(Decimal(0)):
-        parts.append(_zero_forms("scale"))
-    positive = positive_multiples(piece.mult, piece.scale)
-    if piece.hi is None:
-        parts.append(positive)
-    if piece.lo is None:
-        parts.append(seq(literal("-"), positive))
-    if not no_exponent:
-        parts.append(_exponent_multiples(piece))
-    return alt(*parts) if parts else NOTHING
+    zero = _zero_forms("scale") if piece.contains(Decimal(0)) else NOTHING
+    positive = positive_multiples(piece.mult, piece.scale)  # bounds are 0 or None here
+    exponent = NOTHING if no_exponent else _exponent_multiples(piece)
+    return alt(zero, _signed(piece, lambda *_: positive), exponent)
 
 
 def _exponent_multiples(piece: NumPiece) -> Node:
@@ -718,18 +660,7 @@ def _exponent_multiples(piece: NumPiece) -> Node:
         k += 1  # ends as max(a, b) for mult = 2**a * 5**b: the least k with mult | 10**k
     if m != 1:
         return NOTHING
-    scale = piece.scale - k
-    parts = []
-    lo, hi = piece.lo, piece.hi
-    if hi is None or hi > 0:
-        plo, plo_open = (lo, piece.lo_open) if lo is not None and lo > 0 else (Decimal(0), True)
-        parts.append(_positive_exp(plo, plo_open, hi, piece.hi_open, "scale", scale))
-    if lo is None or lo < 0:
-        nlo, nlo_open = (-hi, piece.hi_open) if hi is not None and hi < 0 else (Decimal(0), True)
-        nhi = None if lo is None else -lo
-        parts.append(seq(literal("-"), _positive_exp(nlo, nlo_open, nhi, piece.lo_open, "scale", scale)))
-    parts = [p for p in parts if not _is_nothing(p)]
-    return alt(*parts) if parts else NOTHING
+    return _signed(piece, lambda *bounds: _positive_exp(*bounds, "scale", piece.scale - k))
 
 
 @lru_cache(maxsize=64)

@@ -18,9 +18,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .dfa import _Dfa, _minimize
-from .errors import CompileBudgetExceeded, ConstraintError
-from .regex_ast import (
+from ..errors import CompileBudgetExceeded, ConstraintError
+from ..regex_ast import (
     EMPTY,
     MAX_CODEPOINT,
     NOTHING,
@@ -32,6 +31,7 @@ from .regex_ast import (
     Seq,
     normalize_ranges,
 )
+from .dfa import _Dfa, _minimize
 
 ANY_CHAR = Chars(((0, MAX_CODEPOINT),))
 ANY_STRING = Repeat(ANY_CHAR, 0, None)
@@ -152,9 +152,7 @@ def mk_and(*items) -> Expr:
 
 
 def mk_not(item) -> Expr:
-    if isinstance(item, LNot):
-        return item.item
-    return LNot(item)
+    return item.item if isinstance(item, LNot) else LNot(item)
 
 
 def mk_repeat(item, lo: int, hi: int | None) -> Expr:
@@ -179,14 +177,12 @@ def mk_repeat(item, lo: int, hi: int | None) -> Expr:
 def nullable(e) -> bool:
     if isinstance(e, Chars | Bytes):
         return False
-    if isinstance(e, Seq):
+    if isinstance(e, Seq | LAnd):
         return all(nullable(i) for i in e.items)
     if isinstance(e, Alt):
         return any(nullable(i) for i in e.items)
     if isinstance(e, Repeat):
         return e.min == 0 or nullable(e.item)
-    if isinstance(e, LAnd):
-        return all(nullable(i) for i in e.items)
     if isinstance(e, LNot):
         return not nullable(e.item)
     if isinstance(e, LDfa):
@@ -200,7 +196,7 @@ def has_boolean_ops(e, memo: dict | None = None) -> bool:
     if isinstance(e, Chars | Bytes):
         return False
     if type(e) is not Alt and isinstance(e, Alt) and getattr(e, "words", None) is not None:
-        return False  # a word list (automaton.LiteralAlt): literal strings, items not built
+        return False  # a word list (compiler.LiteralAlt): literal strings, items not built
     kept = getattr(e, "__dict__", None)  # nodes are immutable: the answer is kept on them
     got = kept.get("_bool_ops") if kept is not None else None
     if got is not None:
@@ -274,9 +270,7 @@ def _firsts(e, out: list) -> None:
     elif isinstance(e, Alt | LAnd):
         for it in e.items:
             _firsts(it, out)
-    elif isinstance(e, Repeat):
-        _firsts(e.item, out)
-    elif isinstance(e, LNot):
+    elif isinstance(e, Repeat | LNot):
         _firsts(e.item, out)
     elif isinstance(e, LDfa):
         out.extend(cs for cs, _ in e.spec.edges[e.state])
@@ -365,13 +359,8 @@ def minimize(dfa: CharDFA) -> CharDFA:
     states that cannot reach acceptance are dropped (the minimiser wants a trim DFA),
     then ``dfa.py``'s minimiser runs over the elementary code-point intervals."""
     dfa = _trim(dfa)
-    cuts = {0, MAX_CODEPOINT + 1}
-    for es in dfa.edges:
-        for cs, _ in es:
-            for lo, hi in cs.ranges:
-                cuts.add(lo)
-                cuts.add(hi + 1)
-    bounds = np.array(sorted(cuts))
+    cuts = {x for es in dfa.edges for cs, _ in es for lo, hi in cs.ranges for x in (lo, hi + 1)}
+    bounds = np.array(sorted(cuts | {0, MAX_CODEPOINT + 1}))
     table = np.full((len(dfa.edges), len(bounds) - 1), -1, dtype=np.int32)
     for s, es in enumerate(dfa.edges):
         for cs, t in es:

@@ -1,4 +1,4 @@
-"""Subset construction of the regex compiler (``automaton``) over *terms*.
+"""Subset construction of the regex compiler (``compiler``) over *terms*.
 
 The tree above the compiled automata is hash-consed into an IR (``_Ir``); a term is
 (automaton, state, continuation), the continuation being the interned list of IR
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import CompileBudgetExceeded, check_deadline
+from ..regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 from .dfa import _Dfa, _too_many_states
-from .errors import CompileBudgetExceeded, check_deadline
-from .regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 
 if TYPE_CHECKING:
-    from .automaton import _Compiler
+    from .compiler import _Compiler
 
 _ATOM, _SEQ, _ALT, _REP = range(4)
 _LEAVES = 0  # automaton 0 of every IR: the shared leaves
@@ -163,17 +163,6 @@ class _Ir:
         # positions in several copies is coarser than the tuple of its DFA states
         return self.intern(_REP, (self.node(node.item), lo, hi), cost)
 
-    def rep(self, item: int, lo: int, hi: int | None) -> int:
-        """The REP node of a counter after one more item (no size check: it shrinks)."""
-        key = (_REP, (item, lo, hi))
-        got = self.ids.get(key)
-        if got is None:
-            got = self.ids[key] = len(self.kind)
-            self.kind.append(_REP)
-            self.arg.append((item, lo, hi))
-            self.cost.append(0)
-        return got
-
     def cons(self, node: int, rest: int) -> int:
         key = (node, rest)
         got = self.conts.get(key)
@@ -291,11 +280,9 @@ class _Determinizer:
             else:  # REP: one more item then the smaller counter, or stop here
                 item, lo, hi = arg
                 if hi is None or hi > 1:
-                    again = (
-                        node
-                        if (hi is None and lo == 0)
-                        else ir.rep(item, max(lo - 1, 0), None if hi is None else hi - 1)
-                    )
+                    # the counter after one more item (cost 0: it shrinks, no size check)
+                    smaller = (item, max(lo - 1, 0), None if hi is None else hi - 1)
+                    again = node if (hi is None and lo == 0) else ir.intern(_REP, smaller, 0)
                     nxt.append(ir.cons(item, ir.cons(again, rest)))
                 else:
                     nxt.append(ir.cons(item, rest))

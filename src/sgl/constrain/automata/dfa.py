@@ -10,7 +10,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .errors import CompileBudgetExceeded
+from ..errors import CompileBudgetExceeded
 
 DEAD = -1
 
@@ -22,7 +22,7 @@ class ByteDFA:
     """``table[state, byte]`` is the next state or ``DEAD`` (-1); state 0 is the start.
 
     ``table`` is int32 of shape ``(n_states, 256)``; ``accepting`` is bool of shape
-    ``(n_states,)``. DFAs produced by ``automaton.to_dfa`` are minimal and have no
+    ``(n_states,)``. DFAs produced by ``compiler.to_dfa`` are minimal and have no
     dead states (every state can still reach an accepting state).
     """
 
@@ -190,12 +190,9 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _empty_language() -> _Dfa:
-    return _Dfa(np.full((1, 1), -1), [False], _ALL_BYTES, minimal=True, finite=True)
-
-
-def _epsilon() -> _Dfa:
-    return _Dfa(np.full((1, 1), -1), [True], _ALL_BYTES, minimal=True, finite=True)
+def _one_state(accepting: bool) -> _Dfa:
+    """The empty language (``accepting`` False) or the empty string's."""
+    return _Dfa(np.full((1, 1), -1), [accepting], _ALL_BYTES, minimal=True, finite=True)
 
 
 def _edge_dfa(edges: list[list[tuple[int, int, int]]], accepting: list[bool], **flags) -> _Dfa:
@@ -212,12 +209,10 @@ def _edge_dfa(edges: list[list[tuple[int, int, int]]], accepting: list[bool], **
     return _Dfa(table, accepting, bounds, **flags)
 
 
-def _common_bounds(*dfas: _Dfa) -> np.ndarray:
-    if all(
-        len(d.bounds) == len(dfas[0].bounds) and (d.bounds == dfas[0].bounds).all() for d in dfas
-    ):
-        return dfas[0].bounds
-    return sorted_unique(np.concatenate([d.bounds for d in dfas]))
+def _common_bounds(a: _Dfa, b: _Dfa) -> np.ndarray:
+    if len(a.bounds) == len(b.bounds) and (a.bounds == b.bounds).all():
+        return a.bounds
+    return sorted_unique(np.concatenate([a.bounds, b.bounds]))
 
 
 def _too_many_states(max_states: int) -> CompileBudgetExceeded:
@@ -242,11 +237,12 @@ def _minimize(d: _Dfa, *, by_shape: bool = True) -> _Dfa:
     """
     merge_only = d.acyclic_top and by_shape
     table, accepting, start = d.table.astype(np.int64), d.accepting, 0
-    while True:
-        merged = _merge_equal_rows(table, accepting, start)
-        if merged is None:
+    while True:  # a round of merging states with equal acceptance and rows
+        first, inv = equal_rows(np.column_stack([accepting, table]))
+        if len(first) == len(accepting):
             break
-        table, accepting, start = merged
+        rows, accepting, start = table[first], accepting[first], int(inv[start])
+        table = np.where(rows >= 0, inv[rows.clip(0)], -1)
         if not merge_only:
             break
     if not merge_only and len(accepting) > 1:
@@ -281,18 +277,6 @@ def equal_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return first, inv
     _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
     return first, inv.reshape(-1)
-
-
-def _merge_equal_rows(table: np.ndarray, accepting: np.ndarray, start: int):
-    """One round of merging states with equal acceptance and rows, or None if all differ.
-
-    Returns the merged (table, accepting, start).
-    """
-    first, inv = equal_rows(np.column_stack([accepting, table]))
-    if len(first) == len(accepting):
-        return None
-    rows = table[first]
-    return np.where(rows >= 0, inv[rows.clip(0)], -1), accepting[first], int(inv[start])
 
 
 MOORE_ROUNDS = 48  # vectorised refinement rounds before Hopcroft's worklist takes over

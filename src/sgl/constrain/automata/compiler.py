@@ -40,25 +40,24 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..errors import CompileBudgetExceeded
+from ..regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq, literal
 from .determinize import _Determinizer, _Ir, _repeat_cost
 from .dfa import (
     _ALL_BYTES,
     _SURROGATES,
-    HASH_WEIGHTS,
     ByteDFA,
     _common_bounds,
     _Dfa,
     _edge_dfa,
-    _empty_language,
-    _epsilon,
     _merge_equal_columns,
     _minimize,
+    _one_state,
     _too_many_states,
+    equal_rows,
     sorted_unique,
     utf8_sequences,
 )
-from .errors import CompileBudgetExceeded
-from .regex_ast import Alt, Bytes, Chars, Node, Repeat, Seq
 
 # Pattern size we are willing to compile, in Thompson-NFA states+edges.
 DEFAULT_MAX_NFA = 400_000
@@ -93,7 +92,8 @@ def to_dfa(
         if got is not None:
             return got
         node = node.regex  # a number lexeme the position automaton does not take
-    return _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states).dfa(node).to_byte_dfa()
+    compiler = _Compiler(max_states, max_nfa, max_work, max_trie_states=max_trie_states)
+    return compiler.minimal(node)[0].to_byte_dfa()
 
 
 def general_dfa(node: Node, max_states: int = 50_000, *, fast: bool = True) -> ByteDFA:
@@ -104,7 +104,7 @@ def general_dfa(node: Node, max_states: int = 50_000, *, fast: bool = True) -> B
     (Hopcroft minimises every step). Default budgets otherwise.
     """
     compiler = _Compiler(max_states, DEFAULT_MAX_NFA, DEFAULT_MAX_WORK, fast=fast)
-    return compiler.dfa(node).to_byte_dfa()
+    return compiler.minimal(node)[0].to_byte_dfa()
 
 
 def words_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> ByteDFA:
@@ -383,9 +383,6 @@ class _Compiler:
         self.chains: dict = {}  # (id(item DFA), lo, hi) -> chain
         self.keep: list = []  # nodes memoised by id() stay alive
 
-    def dfa(self, node: Node) -> _Dfa:
-        return self.minimal(node)[0]
-
     def minimal(self, node: Node) -> tuple[_Dfa, int]:
         """The minimal DFA of ``node`` and the pattern's size estimate."""
         got = self.memo.get(id(node))
@@ -422,13 +419,14 @@ class _Compiler:
         if isinstance(node, Chars | Bytes):
             start = self.leaves.start(node)
             if start < 0:
-                return _empty_language(), 2
+                return _one_state(False), 2
             return self.leaves.dfa(start), self.leaves.cost(start)
         if self.fast:
             if isinstance(node, LiteralAlt) or (isinstance(node, Alt) and len(node.items) > 8):
                 words = _alternative_words(node)
-                if words is not None:
-                    return self.trie(words)
+                if words is not None:  # a trie: linear in their size, the general path quadratic
+                    d = _trie_dfa(words, self.max_trie_states)
+                    return d, d.n
             data = _literal_bytes(node)
             if data is not None:
                 cost = 3 + 2 * len(data) + 2 * len(node.items)  # Seq of one-character leaves
@@ -456,12 +454,6 @@ class _Compiler:
         d = _Dfa(table, accepting, ir.bounds, minimal=False, finite=ir.finite)
         return d, ir.cost[root]
 
-    def trie(self, words: list[bytes]) -> tuple[_Dfa, int]:
-        """Alternatives that are all literal strings (choices, enums): a trie, minimised
-        bottom-up. Linear in their total size, where the general path is quadratic."""
-        d = _trie_dfa(words, self.max_trie_states)
-        return d, d.n
-
     def glued(self, node: Seq) -> tuple[_Dfa, int] | None:
         """The items' minimal DFAs glued end to start, or None if one glue is impossible."""
         parts = [self.minimal(it) if type(it) is Chars else self.item(it) for it in node.items]
@@ -470,7 +462,7 @@ class _Compiler:
         for d, _ in parts:
             if d.is_empty:
                 return d, cost
-        out = _epsilon()
+        out = _one_state(True)
         for d in self._glue_pieces(node.items, parts):
             out = _glue(out, d)
             if out is None:
@@ -583,8 +575,7 @@ class LiteralAlt(Alt):
     def items(self) -> tuple[Node, ...]:  # type: ignore[override]
         got = self.__dict__.get("_items")
         if got is None:
-            got = tuple(Seq(tuple(Chars(((ord(c), ord(c)),)) for c in w)) if len(w) != 1
-                        else Chars(((ord(w), ord(w)),)) for w in self.words)
+            got = tuple(map(literal, self.words))
             object.__setattr__(self, "_items", got)
         return got
 
@@ -604,15 +595,17 @@ class LiteralAlt(Alt):
 
 def _alternative_words(node: Alt) -> list[bytes] | None:
     """The UTF-8 strings of an Alt whose items are all literal strings, else None."""
-    if isinstance(node, LiteralAlt):
-        # a word with a lone surrogate has no UTF-8 form: it matches nothing
-        return [w.encode("utf-8") for w in node.words if not _has_surrogate(w)]
     words = []
+    if isinstance(node, LiteralAlt):
+        for w in node.words:
+            try:
+                words.append(w.encode("utf-8"))
+            except UnicodeEncodeError:
+                pass  # a word with a lone surrogate has no UTF-8 form: it matches nothing
+        return words
     for it in node.items:
-        if isinstance(it, Chars) and len(it.ranges) == 1 and it.ranges[0][0] == it.ranges[0][1]:
-            cp = it.ranges[0][0]
-            if _SURROGATES[0] <= cp <= _SURROGATES[1]:
-                return None
+        cp = _single_code_point(it)
+        if cp is not None:
             words.append(chr(cp).encode("utf-8"))
             continue
         data = b"" if isinstance(it, Seq) and not it.items else _literal_bytes(it)
@@ -622,27 +615,15 @@ def _alternative_words(node: Alt) -> list[bytes] | None:
     return words
 
 
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> _Dfa:
-    """The minimal DFA of a finite set of strings: a trie, then states with the same
-    right language merged height by height (children are always merged first).
+def _trie(words: list[bytes], max_states: int) -> tuple[list[bool], list[int], bytearray]:
+    """The trie of sorted distinct ``words``: per node whether a word ends there and, per
+    node but the root, its parent and byte (``parent[i - 1]`` and ``label[i - 1]`` for
+    node ``i``). Nodes are numbered as the words create them (pre-order, children by
+    byte), so children come after their parent, in byte order.
 
     Raises ``CompileBudgetExceeded`` when the trie needs more than ``max_states``
     states (one per byte not shared as a prefix with another string)."""
-    words = sorted(set(words))
-    if sum(map(len, words)) <= SMALL_TRIE_BYTES:
-        return _small_trie_dfa(words, max_states)
-    src: list[int] = []
-    dst: list[int] = []
-    lab = bytearray()
-    final = [False]
+    final, parent, label = [False], [], bytearray()
     path, prev = [0], b""
     for w in words:
         k, m = 0, min(len(w), len(prev))
@@ -654,24 +635,34 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
                 f"the {len(words)} alternative strings need a trie of more than {max_states} "
                 "states (budget: choice_states)", budget="choice_states"
             )
-        for b in w[k:]:
-            n = len(final)
-            src.append(path[-1])
-            dst.append(n)
-            lab.append(b)
+        for _ in range(k, len(w)):
+            parent.append(path[-1])
+            path.append(len(final))
             final.append(False)
-            path.append(n)
+        label += w[k:]
         final[path[-1]] = True
         prev = w
+    return final, parent, label
+
+
+def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> _Dfa:
+    """The minimal DFA of a finite set of strings: a trie (see ``_trie``, which raises
+    past ``max_states``), then states with the same right language merged height by
+    height (children are always merged first)."""
+    words = sorted(set(words))
+    if sum(map(len, words)) <= SMALL_TRIE_BYTES:
+        return _small_trie_dfa(words, max_states)
+    final, parent, lab = _trie(words, max_states)
     n = len(final)
     height = [0] * n
-    for s, d in zip(reversed(src), reversed(dst), strict=True):  # children have larger ids
+    for d in range(n - 1, 0, -1):  # children have larger ids
+        s = parent[d - 1]
         if height[d] + 1 > height[s]:
             height[s] = height[d] + 1
     labels = np.frombuffer(bytes(lab), dtype=np.uint8).astype(np.int64)
     bounds = sorted_unique(np.concatenate([_ALL_BYTES, labels, labels + 1]))
     table = np.full((n, len(bounds) - 1), -1, dtype=np.int64)
-    table[np.asarray(src, dtype=np.int64), np.searchsorted(bounds, labels)] = np.asarray(dst, dtype=np.int64)
+    table[np.asarray(parent, dtype=np.int64), np.searchsorted(bounds, labels)] = np.arange(1, n)
     accepting = np.asarray(final, dtype=bool)
     heights = np.asarray(height)
     canon = np.full(n, -1, dtype=np.int64)
@@ -680,7 +671,7 @@ def _trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATES) -> 
         nodes = np.flatnonzero(heights == level)
         rows = table[nodes]
         rows = np.where(rows >= 0, canon[rows.clip(0)], -1)
-        first, inv = _unique_rows(np.column_stack([accepting[nodes], rows]))
+        first, inv = equal_rows(np.column_stack([accepting[nodes], rows]))
         canon[nodes] = len(out_acc) + inv.reshape(-1)
         out_rows.append(rows[first])
         out_acc.extend(accepting[nodes[first]])
@@ -703,42 +694,22 @@ def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATE
     bottom-up by (accepting, moves to already-consed states), which is the minimal DFA
     of a finite language.
 
-    The trie's nodes are numbered as the sorted words create them (pre-order, children
-    by byte), so their children come after them, already in byte order: consing them
-    from the last one back needs no stack and no sort (a post-order, last child first)."""
-    final = [False]
-    kids: list[list] = [[]]  # per trie node: [(byte, child)] in byte order
-    path, prev = [0], b""
-    for w in words:
-        k, m = 0, min(len(w), len(prev))
-        while k < m and w[k] == prev[k]:
-            k += 1
-        del path[k + 1:]
-        for byte in w[k:]:
-            node = len(final)
-            kids[path[-1]].append((byte, node))
-            final.append(False)
-            kids.append([])
-            path.append(node)
-        final[path[-1]] = True
-        prev = w
-    n = len(final)
-    if n > max_states:
-        raise CompileBudgetExceeded(
-            f"the {len(words)} alternative strings need a trie of more than {max_states} "
-            "states (budget: choice_states)", budget="choice_states"
-        )
+    The trie's children come after their parent, in byte order (``_trie``): consing the
+    nodes from the last one back needs no stack and no sort (a post-order, last child
+    first: a node's moves are gathered from its children, so in reverse)."""
+    final, parent, label = _trie(words, max_states)
     ids: dict[tuple, int] = {}
     sigs: list[tuple] = []
-    canon = [0] * n  # trie node -> state
-    for node in range(n - 1, -1, -1):
-        sig = (final[node], tuple([(byte, canon[sub]) for byte, sub in kids[node]]))
+    moves: list[list] = [[] for _ in final]  # per trie node: (byte, state), last child first
+    for node in range(len(final) - 1, -1, -1):
+        sig = (final[node], tuple(moves[node][::-1]))
         got = ids.get(sig)
         if got is None:
             got = ids[sig] = len(sigs)
             sigs.append(sig)
-        canon[node] = got
-    start = canon[0]
+        if node:
+            moves[parent[node - 1]].append((label[node - 1], got))
+    start = got  # the root is consed last
     order = [start] + [i for i in range(len(sigs)) if i != start]  # the start first
     new = {old: k for k, old in enumerate(order)}
     labels = sorted({b for _, moves in sigs for b, _ in moves})
@@ -759,18 +730,6 @@ def _small_trie_dfa(words: list[bytes], max_states: int = DEFAULT_MAX_TRIE_STATE
     return _merge_equal_columns(_Dfa(table, accepting, np.array(bounds, dtype=np.int64), minimal=True, finite=True))
 
 
-def _unique_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index of each distinct row's first copy, row -> its distinct row) by a random
-    linear hash, checked; exact sorting if two rows ever collide."""
-    if sig.shape[1] <= len(HASH_WEIGHTS):
-        _, first, inv = np.unique(sig @ HASH_WEIGHTS[: sig.shape[1]], return_index=True, return_inverse=True)
-        inv = inv.reshape(-1)
-        if (sig == sig[first[inv]]).all():
-            return first, inv
-    _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
-    return first, inv.reshape(-1)
-
-
 def _single_code_point(node: Node) -> int | None:
     """The code point of a Chars of exactly one (non-surrogate) code point, else None."""
     if type(node) is not Chars or len(node.ranges) != 1:
@@ -787,10 +746,8 @@ def _literal_bytes(node: Node) -> bytes | None:
         return None
     cps = []
     for it in node.items:
-        if not isinstance(it, Chars) or len(it.ranges) != 1 or it.ranges[0][0] != it.ranges[0][1]:
-            return None
-        cp = it.ranges[0][0]
-        if _SURROGATES[0] <= cp <= _SURROGATES[1]:
+        cp = _single_code_point(it)
+        if cp is None:
             return None
         cps.append(cp)
     return "".join(map(chr, cps)).encode("utf-8")
