@@ -86,7 +86,7 @@ def to_dfa(
     compiled Repeat items and leaves are cached across calls (results are not:
     the caller owns that).
     """
-    direct = getattr(node, "direct_byte_dfa", None)  # a node that builds its own (json_keys, json_counted, number_dfa)
+    direct = getattr(node, "direct_byte_dfa", None)  # a node that builds its own (json_keys, json_counted, automata.numbers)
     if direct is not None:
         got = direct(max_states)
         if got is not None:
