@@ -14,10 +14,10 @@ from ..json_strings import pattern_node
 from ..numeric_range import NumPiece, intersect_pieces, to_decimal
 from ..regex_ast import Repeat
 from .common import (
+    KEYWORD_SHAPES,
     MAX_ONE_OF_EXACT,
     TYPES,
     _compiled_pattern,
-    _is_int,
     _is_num,
     _ptr_escape,
     _Refused,
@@ -46,16 +46,10 @@ def _at(ptr: str, kw: str) -> str:
 
 # the keywords ``sub_facets`` reads inside ``negated()`` (oneOf, not, if, dependencies)
 _NEGATING = frozenset(("oneOf", "not", "if", "dependentRequired", "dependentSchemas", "dependencies"))
+
+
 # every keyword check_keywords checks (the others pass unchecked: skipped at once)
-CHECKED_KEYWORDS = frozenset((
-    "type", "properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "required",
-    "allOf", "anyOf", "oneOf", "prefixItems", "items", "not", "if", "then", "else", "contains",
-    "additionalProperties", "additionalItems", "propertyNames", "unevaluatedItems", "unevaluatedProperties",
-    "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
-    "maxContains", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "pattern",
-    "format", "$ref", "$dynamicRef", "$id", "$anchor", "enum", "dependentRequired", "dependencies",
-    "uniqueItems", "nullable",
-))
+CHECKED_KEYWORDS = frozenset(KEYWORD_SHAPES)
 
 
 class KeywordFacets:
@@ -175,71 +169,20 @@ class KeywordFacets:
     def check_keywords(self, s: Sub) -> None:
         node, p = s.node, s.ptr
         for kw, val in node.items():
-            if kw not in CHECKED_KEYWORDS:
+            shape = KEYWORD_SHAPES.get(kw)
+            if shape is None:
                 continue  # (annotations: description, title, default, examples, ...)
-            if kw == "type":
-                names = val if isinstance(val, list) else [val]
-                if not names and isinstance(val, list) or any(t not in TYPES for t in names):
-                    raise self.malformed(f"type must be one of {', '.join(TYPES)} or a list of them", _at(p, kw), kw)
-            elif kw in ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas"):
-                if not isinstance(val, dict) or not all(isinstance(v, dict | bool) for v in val.values()):
-                    raise self.malformed(f"{kw} must be an object of schemas", _at(p, kw), kw)
-                if kw == "patternProperties":
-                    for pat in val:
-                        try:
-                            _compiled_pattern(pat)
-                        except re.error as e:
-                            raise ConstraintError(f"invalid regex {pat!r}: {e}", _at(p, kw), keyword=kw) from None
-            elif kw == "required":
-                if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
-                    raise self.malformed("required must be an array of strings", _at(p, kw), kw)
-            elif kw in ("allOf", "anyOf", "oneOf", "prefixItems"):
-                if not isinstance(val, list) or not val or not all(isinstance(v, dict | bool) for v in val):
-                    raise self.malformed(f"{kw} must be a non-empty array of schemas", _at(p, kw), kw)
-            elif kw == "items":
-                if isinstance(val, list):
-                    if not all(isinstance(v, dict | bool) for v in val):
-                        raise self.malformed("items must be a schema or an array of schemas", _at(p, kw), kw)
-                elif not isinstance(val, dict | bool):
-                    raise self.malformed("items must be a schema", _at(p, kw), kw)
-            elif kw in (
-                "not", "if", "then", "else", "contains", "additionalProperties", "additionalItems",
-                "propertyNames", "unevaluatedItems", "unevaluatedProperties",
-            ):
-                if not isinstance(val, dict | bool):
-                    raise self.malformed(f"{kw} must be a schema", _at(p, kw), kw)
-            elif kw in ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains", "maxContains"):
-                if not _is_int(val) or val < 0:
-                    raise self.malformed(f"{kw} must be a non-negative integer", _at(p, kw), kw)
-            elif kw in ("minimum", "maximum"):
-                if not _is_num(val):
-                    raise self.malformed(f"{kw} must be a number", _at(p, kw), kw)
-            elif kw in ("exclusiveMinimum", "exclusiveMaximum"):
-                if not (_is_num(val) or (isinstance(val, bool) and self.draft <= 4)):
-                    raise self.malformed(f"{kw} must be a number", _at(p, kw), kw)
-            elif kw == "multipleOf":
-                if not _is_num(val) or val <= 0:
-                    raise self.malformed("multipleOf must be a number > 0", _at(p, kw), kw)
-            elif kw in ("pattern", "format", "$ref", "$dynamicRef", "$id", "$anchor"):
-                if not isinstance(val, str):
-                    raise self.malformed(f"{kw} must be a string", _at(p, kw), kw)
-            elif kw == "enum":
-                if not isinstance(val, list):
-                    raise self.malformed("enum must be an array", _at(p, kw), kw)
-            elif kw == "dependentRequired":
-                if not isinstance(val, dict) or not all(
-                    isinstance(v, list) and all(isinstance(x, str) for x in v) for v in val.values()
-                ):
-                    raise self.malformed("dependentRequired must map names to arrays of strings", _at(p, kw), kw)
-            elif kw == "dependencies":
-                if not isinstance(val, dict) or not all(
-                    isinstance(v, dict | bool) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
-                    for v in val.values()
-                ):
-                    raise self.malformed("dependencies must map names to schemas or arrays of strings", _at(p, kw), kw)
-            elif kw in ("uniqueItems", "nullable"):
-                if not isinstance(val, bool):
-                    raise self.malformed(f"{kw} must be a boolean", _at(p, kw), kw)
+            if not shape[0](val, self.draft):
+                must = shape[1]
+                if kw == "items" and isinstance(val, list):
+                    must = "be a schema or an array of schemas"
+                raise self.malformed(f"{kw} must {must}", _at(p, kw), kw)
+            if kw == "patternProperties":
+                for pat in val:
+                    try:
+                        _compiled_pattern(pat)
+                    except re.error as e:
+                        raise ConstraintError(f"invalid regex {pat!r}: {e}", _at(p, kw), keyword=kw) from None
 
     # -- own (type-specific) keywords ---------------------------------------------------
     def own_facets(self, s: Sub) -> Facets:

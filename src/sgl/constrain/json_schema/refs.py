@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote, urldefrag, urljoin
 
-from .common import _ptr_escape
+from .common import LIST_KEYWORDS, MAP_KEYWORDS, SCHEMA_KEYWORDS, _ptr_escape
 
 # ---------------------------------------------------------------------------
 # Schema references
@@ -50,14 +50,6 @@ class SNot:
     def key(self):
         return ("not", self.item.key)
 
-
-# keywords whose value holds subschemas: by name, in a list, or itself one
-_MAP_KEYWORDS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
-_LIST_KEYWORDS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
-_SCHEMA_KEYWORDS = frozenset({
-    "not", "if", "then", "else", "items", "additionalItems", "contains", "additionalProperties",
-    "propertyNames", "unevaluatedItems", "unevaluatedProperties",
-})
 
 TRUE = Sub(True, "", "")
 FALSE = Sub(False, "", "")
@@ -176,19 +168,19 @@ class RefResolver:
                     self.dynamic_anchors[a] = self.dynamic_anchors.get(a, 0) + 1
         for kw, val in node.items():
             # the pointer is spelled only for keywords that hold subschemas
-            if kw in _MAP_KEYWORDS or (kw == "dependencies" and isinstance(val, dict)):
+            if kw in MAP_KEYWORDS or (kw == "dependencies" and isinstance(val, dict)):
                 if isinstance(val, dict):
                     p = f"{ptr}/{_ptr_escape(kw)}"
                     for k, v in val.items():
                         if isinstance(v, dict):
                             self._scan(v, base, f"{p}/{_ptr_escape(k)}")
-            elif kw in _LIST_KEYWORDS or (kw == "items" and isinstance(val, list)):
+            elif kw in LIST_KEYWORDS or (kw == "items" and isinstance(val, list)):
                 if isinstance(val, list):
                     p = f"{ptr}/{_ptr_escape(kw)}"
                     for i, v in enumerate(val):
                         if isinstance(v, dict):
                             self._scan(v, base, f"{p}/{i}")
-            elif kw in _SCHEMA_KEYWORDS and isinstance(val, dict):
+            elif kw in SCHEMA_KEYWORDS and isinstance(val, dict):
                 self._scan(val, base, f"{ptr}/{_ptr_escape(kw)}")
 
     def sub(self, node, parent: Sub | None, ptr: str) -> Sub:
