@@ -17,20 +17,7 @@ class ArrayEmitter:
     """Array rules (a mixin of ``JsonSchemaCompiler``)."""
 
     # -- arrays -------------------------------------------------------------------------
-    def array_nt(self, spec: ArraySpec, ptr: str) -> str | None:
-        key = ("array", spec)
-        if key in self.value_memo:
-            return self.value_memo[key]
-        name = self.b.fresh("array")
-        self.value_memo[key] = name
-        ok = self._array_rules(name, spec, ptr)
-        if not ok:
-            self.value_memo[key] = None
-            self.b.rules = [r for r in self.b.rules if r.lhs != name]
-            return None
-        return name
-
-    def _array_rules(self, name: str, spec: ArraySpec, ptr: str) -> bool:
+    def array_rules(self, name: str, spec: ArraySpec, ptr: str) -> bool:
         if spec.unique and (spec.max_items is None or spec.max_items > 1):
             got = self._unique_array(name, spec, ptr)
             if got is not None:

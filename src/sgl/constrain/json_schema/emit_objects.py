@@ -27,18 +27,6 @@ class ObjectEmitter:
     """Object rules (a mixin of ``JsonSchemaCompiler``)."""
 
     # -- objects --------------------------------------------------------------------------
-    def object_nt(self, spec: ObjectSpec, ptr: str) -> str | None:
-        key = ("object", spec)
-        if key in self.value_memo:
-            return self.value_memo[key]
-        name = self.b.fresh("object")
-        self.value_memo[key] = name
-        if not self._object_rules(name, spec, ptr):
-            self.value_memo[key] = None
-            self.b.rules = [r for r in self.b.rules if r.lhs != name and not r.lhs.startswith(name + "@")]
-            return None
-        return name
-
     def _key_lexeme(self, name: str) -> str:
         got = self._keys.get(name)  # every name once (members, then their loose keys)
         if got is None:
@@ -50,17 +38,10 @@ class ObjectEmitter:
             self.string_keys.add(got)
         return got
 
-    def _object_rules(self, name: str, spec: ObjectSpec, ptr: str) -> bool:
+    def object_rules(self, name: str, spec: ObjectSpec, ptr: str) -> bool:
         colon = self.punct(":")
         # declared names: properties of every layer, then required-only names
-        declared: list[str] = []
-        for la in spec.layers:
-            for n, _ in la.props:
-                if n not in declared:
-                    declared.append(n)
-        for n in spec.required:
-            if n not in declared:
-                declared.append(n)
+        declared = list(dict.fromkeys([n for la in spec.layers for n, _ in la.props] + list(spec.required)))
         members = []  # (name, kv_nonterminal, required)
         layers, names = spec.layers, spec.names
         # one layer (most objects): its schema_for is already what mk_sand makes of it
@@ -86,11 +67,7 @@ class ObjectEmitter:
     def _extra_members(self, name: str, spec: ObjectSpec, declared: list[str], ptr: str) -> list[str]:
         """kv nonterminals for keys other than the declared ones, one per key region."""
         colon = self.punct(":")
-        patterns: list[str] = []
-        for la in spec.layers:
-            for p, _ in la.patterns:
-                if p not in patterns:
-                    patterns.append(p)
+        patterns = list(dict.fromkeys(p for la in spec.layers for p, _ in la.patterns))
         regions = _prefix_regions(patterns) if len(patterns) > MAX_PATTERN_PROPERTIES else None
         if len(patterns) > MAX_PATTERN_PROPERTIES and regions is None:
             self.refuse(f"more than {MAX_PATTERN_PROPERTIES} patternProperties on one object "

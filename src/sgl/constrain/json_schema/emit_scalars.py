@@ -95,6 +95,19 @@ class ScalarEmitter:
         self._check_size()
         return name
 
+    def spec_nt(self, kind: str, spec, ptr: str, rules) -> str | None:
+        """The nonterminal of an ``ArraySpec``/``ObjectSpec`` (``kind`` "array"/"object"),
+        its rules written by ``rules(name, spec, ptr)``; None when that finds no value."""
+        key = (kind, spec)
+        if key in self.value_memo:
+            return self.value_memo[key]
+        name = self.value_memo[key] = self.b.fresh(kind)
+        if not rules(name, spec, ptr):
+            self.value_memo[key] = None
+            self.b.rules = [r for r in self.b.rules if r.lhs != name and not r.lhs.startswith(name + "@")]
+            return None
+        return name
+
     def _check_size(self) -> None:
         if len(self.b.rules) > MAX_RULES:
             raise CompileBudgetExceeded(f"the grammar for this schema exceeds {MAX_RULES} rules")
@@ -124,11 +137,11 @@ class ScalarEmitter:
                 if node != NOTHING:
                     out.append((self.term(node, "string"),))
         for spec in f.arrays:
-            nt = self.array_nt(spec, ptr)
+            nt = self.spec_nt("array", spec, ptr, self.array_rules)
             if nt is not None:
                 out.append((nt,))
         for spec in f.objects:
-            nt = self.object_nt(spec, ptr)
+            nt = self.spec_nt("object", spec, ptr, self.object_rules)
             if nt is not None:
                 out.append((nt,))
         for v in f.values:
