@@ -53,11 +53,7 @@ class Layer:
         return mk_sand(*refs) if refs else self.additional
 
     def trivial(self) -> bool:
-        return (
-            all(is_true(r) for _, r in self.props)
-            and all(is_true(r) for _, r in self.patterns)
-            and is_true(self.additional)
-        )
+        return all(is_true(r) for _, r in self.props + self.patterns) and is_true(self.additional)
 
 
 @dataclass(frozen=True)
@@ -72,13 +68,8 @@ class ObjectSpec:
         return _cached_hash(self, (self.layers, self.required, self.min_props, self.max_props, self.names))
 
     def trivial(self) -> bool:
-        return (
-            all(la.trivial() for la in self.layers)
-            and not self.required
-            and self.min_props == 0
-            and self.max_props is None
-            and all(is_true(n) for n in self.names)
-        )
+        return (all(la.trivial() for la in self.layers) and not self.required and self.min_props == 0
+                and self.max_props is None and all(map(is_true, self.names)))
 
 
 @dataclass(frozen=True)
@@ -97,14 +88,8 @@ class ArraySpec:
         return self.prefix[i] if i < len(self.prefix) else self.items
 
     def trivial(self) -> bool:
-        return (
-            all(is_true(p) for p in self.prefix)
-            and is_true(self.items)
-            and self.min_items == 0
-            and self.max_items is None
-            and not self.contains
-            and not self.unique
-        )
+        return (all(map(is_true, self.prefix)) and is_true(self.items) and self.min_items == 0
+                and self.max_items is None and not self.contains and not self.unique)
 
 
 @dataclass
@@ -118,15 +103,8 @@ class Facets:
     values: tuple = ()  # concrete arrays/objects (from enum/const)
 
     def is_empty(self) -> bool:
-        return (
-            not self.null
-            and not self.bools
-            and not self.nums
-            and (self.strs is None or self.strs == NOTHING)
-            and not self.arrays
-            and not self.objects
-            and not self.values
-        )
+        return (not (self.null or self.bools or self.nums or self.arrays or self.objects or self.values)
+                and (self.strs is None or self.strs == NOTHING))
 
 
 def any_facets() -> Facets:
@@ -225,23 +203,13 @@ class FacetAlgebra:
                     return False
         if a.strs is not None and b.strs is not None and not self._strings_disjoint(a.strs, b.strs):
             return False
-        for x in a.values:
-            if self.facets_contains(b, x):
-                return False
-        for y in b.values:
-            if self.facets_contains(a, y):
-                return False
-        for x in a.arrays:
-            for y in b.arrays:
-                m = self.merge_arrays(x, y)
-                if m is not None and not self._array_impossible(m):
-                    return False
-        for x in a.objects:
-            for y in b.objects:
-                m = self.merge_objects(x, y)
-                if m is not None and not self._object_impossible(m):
-                    return False
-        return True
+        if any(self.facets_contains(b, x) for x in a.values) or any(self.facets_contains(a, y) for y in b.values):
+            return False
+        if any((m := self.merge_arrays(x, y)) is not None and not self._array_impossible(m)
+               for x in a.arrays for y in b.arrays):
+            return False
+        return not any((m := self.merge_objects(x, y)) is not None and not self._object_impossible(m)
+                       for x in a.objects for y in b.objects)
 
     def _strings_disjoint(self, x, y) -> bool:
         both = mk_and(x, y)
@@ -259,17 +227,10 @@ class FacetAlgebra:
         return got
 
     def _array_impossible(self, s: ArraySpec) -> bool:
-        for i in range(min(s.min_items, len(s.prefix) + 1)):
-            if self._ref_empty(s.elem(i)):
-                return True
-        return False
+        return any(self._ref_empty(s.elem(i)) for i in range(min(s.min_items, len(s.prefix) + 1)))
 
     def _object_impossible(self, s: ObjectSpec) -> bool:
-        for name in s.required:
-            ref = mk_sand(*(la.schema_for(name) for la in s.layers))
-            if self._ref_empty(ref):
-                return True
-        return False
+        return any(self._ref_empty(mk_sand(*(la.schema_for(name) for la in s.layers))) for name in s.required)
 
     def _ref_empty(self, ref) -> bool:
         if is_false(ref):
@@ -278,10 +239,8 @@ class FacetAlgebra:
             f = self.facets(ref)
         except ConstraintError:
             return False
-        if f.strs is not None and f.strs != NOTHING and (f.null or f.bools or f.nums or f.values):
-            return False
         if f.strs is not None and f.strs != NOTHING:
-            return self._strings_disjoint(f.strs, ANY_STRING)
+            return not (f.null or f.bools or f.nums or f.values) and self._strings_disjoint(f.strs, ANY_STRING)
         return f.is_empty()
 
     def complement(self, f: Facets, ptr: str) -> Facets:
