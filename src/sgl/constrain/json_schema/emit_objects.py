@@ -147,16 +147,8 @@ class ObjectEmitter:
         K = (mx if mx is not None else mn) if counting else 1
         if self.opts.track_keys:
             return self._tracked_member_rules(name, members, extras, n_req, K, mn, mx, ptr)
-        tracks, free, loose = self._order_plan(members, K, ptr)
-        # loose members loop like other keys; the parser refuses a repeated one (track_keys)
-        for j in loose:
-            self.loose_keys.add(self._key_lexeme(members[j][0]))
-        extras = [members[j][1] for j in loose] + extras
-        extra_nt = None
-        if extras:
-            extra_nt = f"{name}@extra"
-            for kv in extras:
-                self.b.rule(extra_nt, (kv,))
+        tracks, free = self._order_plan(members, K, ptr)
+        extra_nt = self._either(f"{name}@extra", extras)
         if len(tracks) == 1 and not free and (len(members) + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
             self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
             K, mn, mx = 1, 0, None
@@ -180,14 +172,8 @@ class ObjectEmitter:
         lbrace, rbrace, comma = self.punct("{"), self.punct("}"), self.punct(",")
         for n, _, _ in members:
             self.loose_keys.add(self._key_lexeme(n))
-        extras = [kv for _, kv, req in members if not req] + extras
-        extra_nt = f"{name}@extra" if extras else None
-        for kv in extras:
-            self.b.rule(extra_nt, (kv,))
-        req_nt = f"{name}@req"
-        for _, kv, req in members:
-            if req:
-                self.b.rule(req_nt, (kv,))
+        extra_nt = self._either(f"{name}@extra", [kv for _, kv, req in members if not req] + extras)
+        req_nt = self._either(f"{name}@req", [kv for _, kv, req in members if req])
         if (n_req + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
             self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
             K, mn, mx = 1, 0, None
@@ -210,12 +196,18 @@ class ObjectEmitter:
         self._check_size()
         return True
 
-    def _order_plan(self, members: list, K: int, ptr: str) -> tuple[list, list, list]:
+    def _either(self, name: str, kvs: list) -> str | None:
+        """``name`` deriving any one of ``kvs`` (None when there are none)."""
+        for kv in kvs:
+            self.b.rule(name, (kv,))
+        return name if kvs else None
+
+    def _order_plan(self, members: list, K: int, ptr: str) -> tuple[list, list]:
         """Which declared members keep their schema order (``tracks``: lists of member
-        indices, each in schema order, interleaved freely), which may come in any
-        order (``free``), and which loop like other keys (``loose``: with ``track_keys``,
-        every optional member; the parser refuses a repeated key, so the grammar needs no
-        set of used keys for them). Every declared key comes at most once whatever the plan.
+        indices, each in schema order, interleaved freely) and which may come in any
+        order (``free``), for grammars without ``track_keys`` (with it, optional members
+        loop like other keys: ``_tracked_member_rules``). Every declared key comes at
+        most once whatever the plan.
 
         An object has no order, and a valid instance may write its keys in any order
         (models often follow ``required``'s order, or put a discriminating key first).
@@ -230,9 +222,6 @@ class ObjectEmitter:
         """
         req = [i for i, m in enumerate(members) if m[2]]
         opt = [i for i, m in enumerate(members) if not m[2]]
-        loose: list[int] = []
-        if self.opts.track_keys:  # optional ones loose: only the required ones need a plan
-            loose, opt = opt, []
         pool = sorted(req + opt)  # schema order
         n = len(pool)
         budget = MAX_ANY_ORDER_RULES if self.opts.any_order else MAX_DEFAULT_ORDER_RULES
@@ -257,9 +246,9 @@ class ObjectEmitter:
                 if kept:
                     self.note(f"{n} properties are too many to track in any order: {' and '.join(kept)} ones "
                               "keep their schema order among themselves", ptr)
-                return tracks, free, loose
+                return tracks, free
         self.note(f"{n} properties are too many for free order: schema order is used", ptr)
-        return ([sorted(pool)] if n else []), [], loose
+        return ([sorted(pool)] if n else []), []
 
     def _order_rules(self, name, members, tracks, free, extra_nt, K, mn, mx) -> None:
         """The members of one object as a state machine over (position in each track, set of
