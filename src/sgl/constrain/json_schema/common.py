@@ -67,7 +67,6 @@ _PATTERN_CACHE: dict[str, re.Pattern] = {}
 def _compiled_pattern(pattern: str) -> re.Pattern:
     got = _PATTERN_CACHE.get(pattern)
     if got is None:
-
         got = _PATTERN_CACHE[pattern] = re.compile(_translate_ecma(pattern))
     return got
 

@@ -48,7 +48,6 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
         self.cut_at = 1 << 30  # a cycle was cut at this depth of in_progress (keywords.any_of_branch)
         self.b = GrammarBuilder()
         self.value_memo: dict = {}
-        self.pending: list = []
         self.validators: dict = {}
         self._punct: dict[str, str] = {}
         self._terms: dict[int, tuple] = {}

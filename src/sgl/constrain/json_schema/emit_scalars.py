@@ -229,12 +229,11 @@ class ScalarEmitter:
         return got
 
     def _string_node(self, expr, ptr: str) -> Node:
-
         lo, hi, rest = _length_parts(expr)
         if hi is not None and lo > hi:
             return NOTHING
         try:
-            if len(rest) == 1 and not _has_bool(rest[0]):
+            if len(rest) == 1 and not has_boolean_ops(rest[0]):
                 if lo == 0 and hi is None:
                     node = rest[0]
                 else:
@@ -273,11 +272,6 @@ def _length_parts(expr) -> tuple[int, int | None, list]:
         else:
             rest.append(it)
     return lo, hi, rest
-
-
-def _has_bool(e) -> bool:
-
-    return has_boolean_ops(e)
 
 
 @lru_cache(maxsize=256)

@@ -217,18 +217,16 @@ class KeywordFacets:
         if "maximum" in node:
             hi = to_decimal(node["maximum"])
             hi_open = node.get("exclusiveMaximum") is True
-        for kw in ("exclusiveMinimum", "exclusiveMaximum"):
-            v = node.get(kw)
-            if _is_num(v):
-                d = to_decimal(v)
-                if kw == "exclusiveMinimum" and (lo is None or d >= lo):
-                    lo, lo_open = d, True
-                if kw == "exclusiveMaximum" and (hi is None or d <= hi):
-                    hi, hi_open = d, True
+        v = node.get("exclusiveMinimum")
+        if _is_num(v) and (lo is None or to_decimal(v) >= lo):
+            lo, lo_open = to_decimal(v), True
+        v = node.get("exclusiveMaximum")
+        if _is_num(v) and (hi is None or to_decimal(v) <= hi):
+            hi, hi_open = to_decimal(v), True
         piece = NumPiece(lo, hi, lo_open, hi_open, "scale" if integer else "any", 0)
         if "multipleOf" in node:
             m = to_decimal(node["multipleOf"]).normalize()
-            sign, digs, exp = m.as_tuple()
+            _, digs, exp = m.as_tuple()
             c = int("".join(map(str, digs)))
             mult = NumPiece(kind="scale", scale=max(-exp, 0), mult=c * 10 ** max(exp, 0))
             piece = intersect_pieces(piece, mult) or NumPiece(Decimal(1), Decimal(0))

@@ -122,8 +122,7 @@ def _fragment_base(base: str) -> str:
 def _split_any(base: str, ref: str) -> tuple[str, str]:
     """``urldefrag(urljoin(base, ref))``, memoised: a pure function of two strings, and
     the same few references are resolved from many places (and schemas)."""
-    uri, frag = urldefrag(urljoin(base, ref))
-    return uri, frag
+    return tuple(urldefrag(urljoin(base, ref)))
 
 
 class RefResolver:
@@ -198,9 +197,7 @@ class RefResolver:
         schema under those keywords), not for every member of every object."""
         if isinstance(node, bool):
             return TRUE if node else FALSE
-        base = self.base_of.get(id(node))
-        if base is None:
-            base = parent.base
+        base = self.base_of.get(id(node), parent.base)
         ptr = self.ptr_of.get(id(node))
         if ptr is None:
             ptr = f"{parent.ptr}/{keyword}/{_ptr_escape(name)}"
