@@ -379,16 +379,13 @@ class KeywordFacets:
     def dependency_facets(self, s: Sub) -> list[Facets]:
         node, p = s.node, s.ptr
         out = []
-        deps: list = []
-        for k, v in node.get("dependentRequired", {}).items():
-            deps.append((k, list(v), None, f"{p}/dependentRequired"))
-        for k, v in node.get("dependentSchemas", {}).items():
-            deps.append((k, [], self.sub(v, s, f"{p}/dependentSchemas/{_ptr_escape(k)}"), f"{p}/dependentSchemas"))
-        for k, v in node.get("dependencies", {}).items():
-            if isinstance(v, list):
-                deps.append((k, list(v), None, f"{p}/dependencies"))
-            else:
-                deps.append((k, [], self.sub(v, s, f"{p}/dependencies/{_ptr_escape(k)}"), f"{p}/dependencies"))
+        deps = []  # (name, names it requires, schema it applies or None, pointer)
+        for kw in ("dependentRequired", "dependentSchemas", "dependencies"):
+            for k, v in node.get(kw, {}).items():
+                if isinstance(v, list):  # (every value of dependentRequired; schemas in dependentSchemas)
+                    deps.append((k, list(v), None, f"{p}/{kw}"))
+                else:
+                    deps.append((k, [], self.sub(v, s, f"{p}/{kw}/{_ptr_escape(k)}"), f"{p}/{kw}"))
         for name, req, schema, at in deps:
             if schema is not None and is_true(schema) and not req:
                 continue
