@@ -89,7 +89,7 @@ class ObjectEmitter:
                 max_nodes = MAX_EXACT_KEY_TRIE_NODES  # exact: its DFA grows like the trie, not faster
             not_declared, exact = None, key_trie(tuple(declared), max_nodes)[1] is None
         else:
-            not_declared, exact = _not_in_set(declared)
+            not_declared, exact = not_in_set(tuple(declared), MAX_KEY_TRIE_NODES)  # (see json_keys)
         if not exact:
             self.note("many declared properties: other keys sharing a long prefix with them are not allowed", ptr)
         if regions is None:
@@ -411,8 +411,3 @@ def _not_starting_with(prefixes: tuple[str, ...]) -> Node:
         return alt(*parts)
 
     return seq(build(trie), alt(seq(), seq(other_char, ANY_STRING)))
-
-
-def _not_in_set(names) -> tuple[Node, bool]:
-    """Decoded strings other than ``names`` and whether that is exact (see ``json_keys``)."""
-    return not_in_set(tuple(names), MAX_KEY_TRIE_NODES)

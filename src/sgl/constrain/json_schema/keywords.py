@@ -276,13 +276,8 @@ class KeywordFacets:
                 items = self.sub(node["items"], s, f"{p}/items")
         uneval = None
         if "unevaluatedItems" in node and not is_true(self.sub(node["unevaluatedItems"], s, p)):
-            seen = self._evaluated(s, "items")
-            if seen is None:
-                self.refuse(
-                    "unevaluatedItems is only supported next to allOf/$ref (not anyOf/oneOf/not/if/contains)",
-                    f"{p}/unevaluatedItems", "unevaluatedItems",
-                )
-            elif seen is not True:
+            seen = self._evaluated_here(s, "items", "contains")
+            if seen is not None:
                 uneval = ArraySpec(prefix=(TRUE,) * seen, items=self.sub(node["unevaluatedItems"], s, f"{p}/unevaluatedItems"))
         mn = int(node.get("minItems", 0))
         mx = int(node["maxItems"]) if "maxItems" in node else None
@@ -308,16 +303,10 @@ class KeywordFacets:
         layers = [Layer(props, patterns, additional)]
         if "unevaluatedProperties" in node and "additionalProperties" not in node:
             un = self.sub(node["unevaluatedProperties"], s, f"{p}/unevaluatedProperties")
-            if not is_true(un):
-                seen = self._evaluated(s, "properties")
-                if seen is None:
-                    self.refuse(
-                        "unevaluatedProperties is only supported next to allOf/$ref (not anyOf/oneOf/not/if/dependentSchemas)",
-                        f"{p}/unevaluatedProperties", "unevaluatedProperties",
-                    )
-                elif seen is not True:
-                    names, pats = seen
-                    layers.append(Layer(tuple((n, TRUE) for n in names), tuple((q, TRUE) for q in pats), un))
+            seen = None if is_true(un) else self._evaluated_here(s, "properties", "dependentSchemas")
+            if seen is not None:
+                names, pats = seen
+                layers.append(Layer(tuple((n, TRUE) for n in names), tuple((q, TRUE) for q in pats), un))
         required = tuple(dict.fromkeys(node.get("required", [])))
         names = ()
         if "propertyNames" in node:
@@ -327,6 +316,16 @@ class KeywordFacets:
         if mx is not None and (mn > mx or len(required) > mx):
             return None
         return ObjectSpec(tuple(layers), required, mn, mx, names)
+
+    def _evaluated_here(self, s: Sub, what: str, also: str):
+        """``_evaluated`` for ``unevaluatedItems``/``unevaluatedProperties`` (``what``:
+        "items"/"properties") next to it; None when all is evaluated or after ``refuse``
+        (``also``: the other applicator named in the message)."""
+        seen = self._evaluated(s, what)
+        kw = f"unevaluated{what.capitalize()}"
+        if seen is None:
+            self.refuse(f"{kw} is only supported next to allOf/$ref (not anyOf/oneOf/not/if/{also})", f"{s.ptr}/{kw}", kw)
+        return None if seen is True else seen
 
     def _evaluated(self, s: Sub, what: str, depth: int = 0):
         """What the in-place applicators of ``s`` evaluate, for unevaluated*.

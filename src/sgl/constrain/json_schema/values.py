@@ -162,11 +162,8 @@ class ValueSets:
             lb, rb, comma = self.punct("["), self.punct("]"), self.punct(",")
             rhs = [lb]
             for i, v in enumerate(value):
-                if i:
-                    rhs.append(comma)
-                rhs.append(self.exact_nt(v))
-            rhs.append(rb)
-            self.b.rule(name, tuple(rhs))
+                rhs += [comma, self.exact_nt(v)] if i else [self.exact_nt(v)]
+            self.b.rule(name, (*rhs, rb))
             return name
         colon = self.punct(":")
         members = []
