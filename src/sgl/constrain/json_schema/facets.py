@@ -15,13 +15,13 @@ from .refs import FALSE, TRUE, is_false, is_true, mk_sand, mk_snot
 # Facets: the value set of a schema, by JSON type
 
 
-def _cached_hash(spec, fields: tuple) -> int:
+def _cached_hash(spec) -> int:
     """The hash the frozen dataclass would compute (of its fields' tuple), kept on the
     object: specs are memo keys (``value_memo``: ``("object", spec)``), hashed on every
     lookup, and each hash walked every member's ``Sub`` (a Python ``__hash__`` call each)."""
     got = spec.__dict__.get("_hash")
     if got is None:
-        got = hash(fields)
+        got = hash(tuple(map(spec.__dict__.__getitem__, spec.__dataclass_fields__)))
         object.__setattr__(spec, "_hash", got)
     return got
 
@@ -40,8 +40,7 @@ class Layer:
             by_name.setdefault(n, []).append(r)
         object.__setattr__(self, "_by_name", by_name)
 
-    def __hash__(self) -> int:
-        return _cached_hash(self, (self.props, self.patterns, self.additional))
+    __hash__ = _cached_hash
 
     def schema_for(self, name: str):
         """The schema of member ``name`` (``mk_sand`` of what applies, else ``additional``)."""
@@ -63,9 +62,7 @@ class ObjectSpec:
     min_props: int = 0
     max_props: int | None = None
     names: tuple = ()  # propertyNames schemas (all must hold)
-
-    def __hash__(self) -> int:
-        return _cached_hash(self, (self.layers, self.required, self.min_props, self.max_props, self.names))
+    __hash__ = _cached_hash
 
     def trivial(self) -> bool:
         return (all(la.trivial() for la in self.layers) and not self.required and self.min_props == 0
@@ -80,9 +77,7 @@ class ArraySpec:
     max_items: int | None = None
     contains: tuple = ()  # ((ref, min, max|None), ...)
     unique: bool = False
-
-    def __hash__(self) -> int:
-        return _cached_hash(self, (self.prefix, self.items, self.min_items, self.max_items, self.contains, self.unique))
+    __hash__ = _cached_hash
 
     def elem(self, i: int):
         return self.prefix[i] if i < len(self.prefix) else self.items
