@@ -73,10 +73,7 @@ class ObjectEmitter:
             self.refuse(f"more than {MAX_PATTERN_PROPERTIES} patternProperties on one object "
                         "(other than literal prefixes ^abc)", ptr, "patternProperties")
             patterns = patterns[:MAX_PATTERN_PROPERTIES]
-        name_langs = []
-        for r in spec.names:
-            f = self.facets(r)
-            name_langs.append(f.strs if f.strs is not None else NOTHING)
+        name_langs = [NOTHING if (f := self.facets(r)).strs is None else f.strs for r in spec.names]
         out = []
         # the common case, "any key but the declared": its lexeme is a KeyNotIn, whose DFA
         # is built from the key trie (json_keys), exactly unless the trie is huge; the

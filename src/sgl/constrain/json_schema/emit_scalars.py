@@ -61,8 +61,7 @@ class ScalarEmitter:
         if got is not None:
             return got
         if self.opts.whitespace == "compact":
-            text = {"{": "{", "}": "}", "[": "[", "]": "]", ",": ", ", ":": ": "}[which]
-            name = self.b.literal(text)
+            name = self.b.literal(which + " " if which in ",:" else which)  # json.dumps' separators
         else:
             name = self.b.terminal(_punct_node(which, self.opts.max_whitespace), hint=f"'{which}'")
         self._punct[which] = name
@@ -136,14 +135,11 @@ class ScalarEmitter:
                 node = self.string_node(piece, ptr)
                 if node != NOTHING:
                     out.append((self.term(node, "string"),))
-        for spec in f.arrays:
-            nt = self.spec_nt("array", spec, ptr, self.array_rules)
-            if nt is not None:
-                out.append((nt,))
-        for spec in f.objects:
-            nt = self.spec_nt("object", spec, ptr, self.object_rules)
-            if nt is not None:
-                out.append((nt,))
+        for kind, specs, rules in (("array", f.arrays, self.array_rules), ("object", f.objects, self.object_rules)):
+            for spec in specs:
+                nt = self.spec_nt(kind, spec, ptr, rules)
+                if nt is not None:
+                    out.append((nt,))
         for v in f.values:
             out.append((self.exact_nt(v),))
         return out

@@ -199,12 +199,10 @@ class KeywordFacets:
             f.nums = self.number_facet(s, integer="number" not in types)
         if "string" in types:
             f.strs = self.string_facet(s)
-        if "array" in types:
-            spec = self.array_spec(s)
-            f.arrays = () if spec is None else (spec,)
-        if "object" in types:
-            spec = self.object_spec(s)
-            f.objects = () if spec is None else (spec,)
+        if "array" in types and (spec := self.array_spec(s)) is not None:
+            f.arrays = (spec,)
+        if "object" in types and (spec := self.object_spec(s)) is not None:
+            f.objects = (spec,)
         return f
 
     def number_facet(self, s: Sub, integer: bool) -> tuple:
