@@ -163,7 +163,7 @@ def _shapes(keywords, ok, must: str) -> dict:
 # keyword -> (is its value well-formed? (value, draft), what it must be), for
 # keywords.check_keywords
 KEYWORD_SHAPES = {
-    "type": (lambda v, d: v != [] and all(t in TYPES for t in (v if isinstance(v, list) else [v])),
+    "type": (lambda v, d: v != [] and all(t in TYPES for t in v) if isinstance(v, list) else v in TYPES,
              f"be one of {', '.join(TYPES)} or a list of them"),
     **_shapes(MAP_KEYWORDS, lambda v, d: isinstance(v, dict) and all(map(_is_schema, v.values())),
               "be an object of schemas"),
