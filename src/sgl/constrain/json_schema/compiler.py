@@ -36,12 +36,11 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
         self.base_of: dict[int, str] = {}
         self.ptr_of: dict[int, str] = {}
         self.resolved: dict[tuple[str, str], tuple] = {}  # (base, $ref) -> (node, base, ptr)
-        root_base = DEFAULT_BASE
+        self.root_base = DEFAULT_BASE
         if isinstance(schema, dict) and isinstance(schema.get("$id"), str):
-            root_base = urldefrag(urljoin(DEFAULT_BASE, schema["$id"]))[0]
-        self.root_base = root_base
+            self.root_base = urldefrag(urljoin(DEFAULT_BASE, schema["$id"]))[0]
         self.resources[DEFAULT_BASE] = (schema, "")
-        self._scan(schema, root_base, "", root=True)
+        self._scan(schema, self.root_base, "", root=True)
         self.facets_memo: dict = {}
         self.in_progress: dict = {}  # schema key -> negations around it when entered
         self.negations = 0  # not / oneOf / if around the schema being computed

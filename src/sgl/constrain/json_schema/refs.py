@@ -186,9 +186,7 @@ class RefResolver:
         """A handle for a child schema (its base is known from the scan)."""
         if isinstance(node, bool):
             return TRUE if node else FALSE
-        base = self.base_of.get(id(node))
-        if base is None:
-            base = parent.base if parent is not None else self.root_base
+        base = self.base_of.get(id(node), parent.base if parent is not None else self.root_base)
         return Sub(node, base, self.ptr_of.get(id(node), ptr))
 
     def member_sub(self, node, parent: Sub, keyword: str, name: str) -> Sub:
