@@ -3,7 +3,7 @@
 ``additionalProperties`` (and the other "keys not declared" members) need the JSON
 strings whose decoded value is none of the declared property names. The frontend
 describes that language over decoded characters as a complemented trie (see
-``json_schema.emit_objects._not_in_set``); escaping it for JSON and determinising
+``not_in_set`` below); escaping it for JSON and determinising
 it through ``automata.compiler.to_dfa`` took 5-65 ms per object, a different one per schema,
 most of a typical compile. ``KeyNotIn`` is the same lexeme as a regex node that
 ``to_dfa`` builds in one pass over the trie instead:

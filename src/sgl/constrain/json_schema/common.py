@@ -42,6 +42,13 @@ ANNOTATIONS = frozenset(
     "contentSchema format".split()
 )
 
+# keywords whose value holds subschemas: by name, in a list, or itself one
+MAP_KEYWORDS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+LIST_KEYWORDS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+SCHEMA_KEYWORDS = frozenset({
+    "not", "if", "then", "else", "items", "additionalItems", "contains", "additionalProperties",
+    "propertyNames", "unevaluatedItems", "unevaluatedProperties",
+})
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -60,7 +67,6 @@ _PATTERN_CACHE: dict[str, re.Pattern] = {}
 def _compiled_pattern(pattern: str) -> re.Pattern:
     got = _PATTERN_CACHE.get(pattern)
     if got is None:
-
         got = _PATTERN_CACHE[pattern] = re.compile(_translate_ecma(pattern))
     return got
 
@@ -140,3 +146,48 @@ class Options:
 
 class _Refused(Exception):
     """Internal: a construct is refused; converted to ConstraintError or a warning."""
+
+
+def _is_schema(v) -> bool:
+    return isinstance(v, dict | bool)
+
+
+def _is_names(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _shapes(keywords, ok, must: str) -> dict:
+    return dict.fromkeys(keywords, (ok, must))
+
+
+# keyword -> (is its value well-formed? (value, draft), what it must be), for
+# keywords.check_keywords
+KEYWORD_SHAPES = {
+    "type": (lambda v, d: v != [] and all(t in TYPES for t in v) if isinstance(v, list) else v in TYPES,
+             f"be one of {', '.join(TYPES)} or a list of them"),
+    **_shapes(MAP_KEYWORDS, lambda v, d: isinstance(v, dict) and all(map(_is_schema, v.values())),
+              "be an object of schemas"),
+    "required": (lambda v, d: _is_names(v), "be an array of strings"),
+    **_shapes(LIST_KEYWORDS, lambda v, d: isinstance(v, list) and v and all(map(_is_schema, v)),
+              "be a non-empty array of schemas"),
+    # (an array of items that are not all schemas: "a schema or an array of schemas")
+    "items": (lambda v, d: all(map(_is_schema, v)) if isinstance(v, list) else _is_schema(v),
+              "be a schema"),
+    **_shapes(SCHEMA_KEYWORDS - {"items"}, lambda v, d: _is_schema(v), "be a schema"),
+    **_shapes(("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
+               "minContains", "maxContains"), lambda v, d: _is_int(v) and v >= 0,
+              "be a non-negative integer"),
+    **_shapes(("minimum", "maximum"), lambda v, d: _is_num(v), "be a number"),
+    **_shapes(("exclusiveMinimum", "exclusiveMaximum"),
+              lambda v, d: _is_num(v) or (isinstance(v, bool) and d <= 4), "be a number"),
+    "multipleOf": (lambda v, d: _is_num(v) and v > 0, "be a number > 0"),
+    **_shapes(("pattern", "format", "$ref", "$dynamicRef", "$id", "$anchor"),
+              lambda v, d: isinstance(v, str), "be a string"),
+    "enum": (lambda v, d: isinstance(v, list), "be an array"),
+    "dependentRequired": (lambda v, d: isinstance(v, dict) and all(map(_is_names, v.values())),
+                          "map names to arrays of strings"),
+    "dependencies": (lambda v, d: isinstance(v, dict)
+                     and all(_is_schema(x) or _is_names(x) for x in v.values()),
+                     "map names to schemas or arrays of strings"),
+    **_shapes(("uniqueItems", "nullable"), lambda v, d: isinstance(v, bool), "be a boolean"),
+}

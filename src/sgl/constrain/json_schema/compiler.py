@@ -36,19 +36,17 @@ class JsonSchemaCompiler(RefResolver, KeywordFacets, ValueSets, FacetAlgebra, Sc
         self.base_of: dict[int, str] = {}
         self.ptr_of: dict[int, str] = {}
         self.resolved: dict[tuple[str, str], tuple] = {}  # (base, $ref) -> (node, base, ptr)
-        root_base = DEFAULT_BASE
+        self.root_base = DEFAULT_BASE
         if isinstance(schema, dict) and isinstance(schema.get("$id"), str):
-            root_base = urldefrag(urljoin(DEFAULT_BASE, schema["$id"]))[0]
-        self.root_base = root_base
+            self.root_base = urldefrag(urljoin(DEFAULT_BASE, schema["$id"]))[0]
         self.resources[DEFAULT_BASE] = (schema, "")
-        self._scan(schema, root_base, "", root=True)
+        self._scan(schema, self.root_base, "", root=True)
         self.facets_memo: dict = {}
         self.in_progress: dict = {}  # schema key -> negations around it when entered
         self.negations = 0  # not / oneOf / if around the schema being computed
         self.cut_at = 1 << 30  # a cycle was cut at this depth of in_progress (keywords.any_of_branch)
         self.b = GrammarBuilder()
         self.value_memo: dict = {}
-        self.pending: list = []
         self.validators: dict = {}
         self._punct: dict[str, str] = {}
         self._terms: dict[int, tuple] = {}

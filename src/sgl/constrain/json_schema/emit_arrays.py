@@ -17,20 +17,7 @@ class ArrayEmitter:
     """Array rules (a mixin of ``JsonSchemaCompiler``)."""
 
     # -- arrays -------------------------------------------------------------------------
-    def array_nt(self, spec: ArraySpec, ptr: str) -> str | None:
-        key = ("array", spec)
-        if key in self.value_memo:
-            return self.value_memo[key]
-        name = self.b.fresh("array")
-        self.value_memo[key] = name
-        ok = self._array_rules(name, spec, ptr)
-        if not ok:
-            self.value_memo[key] = None
-            self.b.rules = [r for r in self.b.rules if r.lhs != name]
-            return None
-        return name
-
-    def _array_rules(self, name: str, spec: ArraySpec, ptr: str) -> bool:
+    def array_rules(self, name: str, spec: ArraySpec, ptr: str) -> bool:
         if spec.unique and (spec.max_items is None or spec.max_items > 1):
             got = self._unique_array(name, spec, ptr)
             if got is not None:
@@ -68,13 +55,9 @@ class ArrayEmitter:
             k = (min(i, L if mx is None else i), counted)
             if k in elems:
                 return elems[k]
-            base = spec.elem(i)
-            if counted is True:
-                ref = mk_sand(base, c_ref)
-            elif counted is False:
-                ref = mk_sand(base, mk_snot(c_ref))
-            else:
-                ref = base
+            ref = spec.elem(i)
+            if counted is not None:
+                ref = mk_sand(ref, c_ref if counted else mk_snot(c_ref))
             elems[k] = self.value_nt(ref)
             return elems[k]
 
@@ -96,16 +79,10 @@ class ArrayEmitter:
             if mx is not None and i >= mx:
                 continue
             ni = i + 1 if (mx is not None or i < L) else i  # past L all positions are alike
-            options = []
-            if c_ref is None:
-                options.append((elem(i, None), c))
+            if c_ref is None or (c_max is None and c >= c_min):  # no contains, or satisfied for good
+                options = [(elem(i, None), c)]
             else:
-                sat = c_max is None and c >= c_min
-                if sat:
-                    options.append((elem(i, None), c))
-                else:
-                    options.append((elem(i, True), min(c + 1, K)))
-                    options.append((elem(i, False) if c_max is not None else elem(i, None), c))
+                options = [(elem(i, True), min(c + 1, K)), (elem(i, False if c_max is not None else None), c)]
             for nt, nc in options:
                 if nt is None or (c_max is not None and nc > c_max):
                     continue
@@ -140,17 +117,15 @@ class ArrayEmitter:
                 self.b.rule(here, (() if i == 0 else (comma,)) + (nt, f"{name}@{i + 1}"))
         tail = f"{name}@{P}"
         lo, hi = max(mn - P, 0), None if mx is None else mx - P
-        if item is None or hi == 0:
-            if lo == 0:
-                self.b.rule(tail, (rb,))
-        elif P == 0:  # the first item has no comma before it
-            if lo == 0:
-                self.b.rule(tail, (rb,))
+        some = item is not None and hi != 0  # items after the prefix
+        if lo == 0 and (not some or P == 0):
+            self.b.rule(tail, (rb,))
+        if some:
             rest = CountedRepeat(self.b.rule, name, (comma, item))
-            self.b.rule(tail, (item, *rest.between(max(lo - 1, 0), None if hi is None else hi - 1), rb))
-        else:
-            rest = CountedRepeat(self.b.rule, name, (comma, item))
-            self.b.rule(tail, (*rest.between(lo, hi), rb))
+            if P == 0:  # the first item has no comma before it
+                self.b.rule(tail, (item, *rest.between(max(lo - 1, 0), None if hi is None else hi - 1), rb))
+            else:
+                self.b.rule(tail, (*rest.between(lo, hi), rb))
         self.b.rule(name, (lb, f"{name}@0"))
         self._check_size()
         return True

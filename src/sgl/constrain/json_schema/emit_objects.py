@@ -27,18 +27,6 @@ class ObjectEmitter:
     """Object rules (a mixin of ``JsonSchemaCompiler``)."""
 
     # -- objects --------------------------------------------------------------------------
-    def object_nt(self, spec: ObjectSpec, ptr: str) -> str | None:
-        key = ("object", spec)
-        if key in self.value_memo:
-            return self.value_memo[key]
-        name = self.b.fresh("object")
-        self.value_memo[key] = name
-        if not self._object_rules(name, spec, ptr):
-            self.value_memo[key] = None
-            self.b.rules = [r for r in self.b.rules if r.lhs != name and not r.lhs.startswith(name + "@")]
-            return None
-        return name
-
     def _key_lexeme(self, name: str) -> str:
         got = self._keys.get(name)  # every name once (members, then their loose keys)
         if got is None:
@@ -50,17 +38,10 @@ class ObjectEmitter:
             self.string_keys.add(got)
         return got
 
-    def _object_rules(self, name: str, spec: ObjectSpec, ptr: str) -> bool:
+    def object_rules(self, name: str, spec: ObjectSpec, ptr: str) -> bool:
         colon = self.punct(":")
         # declared names: properties of every layer, then required-only names
-        declared: list[str] = []
-        for la in spec.layers:
-            for n, _ in la.props:
-                if n not in declared:
-                    declared.append(n)
-        for n in spec.required:
-            if n not in declared:
-                declared.append(n)
+        declared = list(dict.fromkeys([n for la in spec.layers for n, _ in la.props] + list(spec.required)))
         members = []  # (name, kv_nonterminal, required)
         layers, names = spec.layers, spec.names
         # one layer (most objects): its schema_for is already what mk_sand makes of it
@@ -86,20 +67,13 @@ class ObjectEmitter:
     def _extra_members(self, name: str, spec: ObjectSpec, declared: list[str], ptr: str) -> list[str]:
         """kv nonterminals for keys other than the declared ones, one per key region."""
         colon = self.punct(":")
-        patterns: list[str] = []
-        for la in spec.layers:
-            for p, _ in la.patterns:
-                if p not in patterns:
-                    patterns.append(p)
+        patterns = list(dict.fromkeys(p for la in spec.layers for p, _ in la.patterns))
         regions = _prefix_regions(patterns) if len(patterns) > MAX_PATTERN_PROPERTIES else None
         if len(patterns) > MAX_PATTERN_PROPERTIES and regions is None:
             self.refuse(f"more than {MAX_PATTERN_PROPERTIES} patternProperties on one object "
                         "(other than literal prefixes ^abc)", ptr, "patternProperties")
             patterns = patterns[:MAX_PATTERN_PROPERTIES]
-        name_langs = []
-        for r in spec.names:
-            f = self.facets(r)
-            name_langs.append(f.strs if f.strs is not None else NOTHING)
+        name_langs = [NOTHING if (f := self.facets(r)).strs is None else f.strs for r in spec.names]
         out = []
         # the common case, "any key but the declared": its lexeme is a KeyNotIn, whose DFA
         # is built from the key trie (json_keys), exactly unless the trie is huge; the
@@ -112,7 +86,7 @@ class ObjectEmitter:
                 max_nodes = MAX_EXACT_KEY_TRIE_NODES  # exact: its DFA grows like the trie, not faster
             not_declared, exact = None, key_trie(tuple(declared), max_nodes)[1] is None
         else:
-            not_declared, exact = _not_in_set(declared)
+            not_declared, exact = not_in_set(tuple(declared), MAX_KEY_TRIE_NODES)  # (see json_keys)
         if not exact:
             self.note("many declared properties: other keys sharing a long prefix with them are not allowed", ptr)
         if regions is None:
@@ -170,16 +144,8 @@ class ObjectEmitter:
         K = (mx if mx is not None else mn) if counting else 1
         if self.opts.track_keys:
             return self._tracked_member_rules(name, members, extras, n_req, K, mn, mx, ptr)
-        tracks, free, loose = self._order_plan(members, K, ptr)
-        # loose members loop like other keys; the parser refuses a repeated one (track_keys)
-        for j in loose:
-            self.loose_keys.add(self._key_lexeme(members[j][0]))
-        extras = [members[j][1] for j in loose] + extras
-        extra_nt = None
-        if extras:
-            extra_nt = f"{name}@extra"
-            for kv in extras:
-                self.b.rule(extra_nt, (kv,))
+        tracks, free = self._order_plan(members, K, ptr)
+        extra_nt = self._either(f"{name}@extra", extras)
         if len(tracks) == 1 and not free and (len(members) + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
             self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
             K, mn, mx = 1, 0, None
@@ -203,14 +169,8 @@ class ObjectEmitter:
         lbrace, rbrace, comma = self.punct("{"), self.punct("}"), self.punct(",")
         for n, _, _ in members:
             self.loose_keys.add(self._key_lexeme(n))
-        extras = [kv for _, kv, req in members if not req] + extras
-        extra_nt = f"{name}@extra" if extras else None
-        for kv in extras:
-            self.b.rule(extra_nt, (kv,))
-        req_nt = f"{name}@req"
-        for _, kv, req in members:
-            if req:
-                self.b.rule(req_nt, (kv,))
+        extra_nt = self._either(f"{name}@extra", [kv for _, kv, req in members if not req] + extras)
+        req_nt = self._either(f"{name}@req", [kv for _, kv, req in members if req])
         if (n_req + 1) * (K + 1) * 2 > MAX_COUNT_STATES:
             self.refuse("minProperties/maxProperties too large to unroll", ptr, "maxProperties")
             K, mn, mx = 1, 0, None
@@ -233,12 +193,18 @@ class ObjectEmitter:
         self._check_size()
         return True
 
-    def _order_plan(self, members: list, K: int, ptr: str) -> tuple[list, list, list]:
+    def _either(self, name: str, kvs: list) -> str | None:
+        """``name`` deriving any one of ``kvs`` (None when there are none)."""
+        for kv in kvs:
+            self.b.rule(name, (kv,))
+        return name if kvs else None
+
+    def _order_plan(self, members: list, K: int, ptr: str) -> tuple[list, list]:
         """Which declared members keep their schema order (``tracks``: lists of member
-        indices, each in schema order, interleaved freely), which may come in any
-        order (``free``), and which loop like other keys (``loose``: with ``track_keys``,
-        every optional member; the parser refuses a repeated key, so the grammar needs no
-        set of used keys for them). Every declared key comes at most once whatever the plan.
+        indices, each in schema order, interleaved freely) and which may come in any
+        order (``free``), for grammars without ``track_keys`` (with it, optional members
+        loop like other keys: ``_tracked_member_rules``). Every declared key comes at
+        most once whatever the plan.
 
         An object has no order, and a valid instance may write its keys in any order
         (models often follow ``required``'s order, or put a discriminating key first).
@@ -253,9 +219,6 @@ class ObjectEmitter:
         """
         req = [i for i, m in enumerate(members) if m[2]]
         opt = [i for i, m in enumerate(members) if not m[2]]
-        loose: list[int] = []
-        if self.opts.track_keys:  # optional ones loose: only the required ones need a plan
-            loose, opt = opt, []
         pool = sorted(req + opt)  # schema order
         n = len(pool)
         budget = MAX_ANY_ORDER_RULES if self.opts.any_order else MAX_DEFAULT_ORDER_RULES
@@ -280,9 +243,9 @@ class ObjectEmitter:
                 if kept:
                     self.note(f"{n} properties are too many to track in any order: {' and '.join(kept)} ones "
                               "keep their schema order among themselves", ptr)
-                return tracks, free, loose
+                return tracks, free
         self.note(f"{n} properties are too many for free order: schema order is used", ptr)
-        return ([sorted(pool)] if n else []), [], loose
+        return ([sorted(pool)] if n else []), []
 
     def _order_rules(self, name, members, tracks, free, extra_nt, K, mn, mx) -> None:
         """The members of one object as a state machine over (position in each track, set of
@@ -445,8 +408,3 @@ def _not_starting_with(prefixes: tuple[str, ...]) -> Node:
         return alt(*parts)
 
     return seq(build(trie), alt(seq(), seq(other_char, ANY_STRING)))
-
-
-def _not_in_set(names) -> tuple[Node, bool]:
-    """Decoded strings other than ``names`` and whether that is exact (see ``json_keys``)."""
-    return not_in_set(tuple(names), MAX_KEY_TRIE_NODES)

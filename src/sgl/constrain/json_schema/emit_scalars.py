@@ -61,8 +61,7 @@ class ScalarEmitter:
         if got is not None:
             return got
         if self.opts.whitespace == "compact":
-            text = {"{": "{", "}": "}", "[": "[", "]": "]", ",": ", ", ":": ": "}[which]
-            name = self.b.literal(text)
+            name = self.b.literal(which + " " if which in ",:" else which)  # json.dumps' separators
         else:
             name = self.b.terminal(_punct_node(which, self.opts.max_whitespace), hint=f"'{which}'")
         self._punct[which] = name
@@ -95,6 +94,19 @@ class ScalarEmitter:
         self._check_size()
         return name
 
+    def spec_nt(self, kind: str, spec, ptr: str, rules) -> str | None:
+        """The nonterminal of an ``ArraySpec``/``ObjectSpec`` (``kind`` "array"/"object"),
+        its rules written by ``rules(name, spec, ptr)``; None when that finds no value."""
+        key = (kind, spec)
+        if key in self.value_memo:
+            return self.value_memo[key]
+        name = self.value_memo[key] = self.b.fresh(kind)
+        if not rules(name, spec, ptr):
+            self.value_memo[key] = None
+            self.b.rules = [r for r in self.b.rules if r.lhs != name and not r.lhs.startswith(name + "@")]
+            return None
+        return name
+
     def _check_size(self) -> None:
         if len(self.b.rules) > MAX_RULES:
             raise CompileBudgetExceeded(f"the grammar for this schema exceeds {MAX_RULES} rules")
@@ -123,14 +135,11 @@ class ScalarEmitter:
                 node = self.string_node(piece, ptr)
                 if node != NOTHING:
                     out.append((self.term(node, "string"),))
-        for spec in f.arrays:
-            nt = self.array_nt(spec, ptr)
-            if nt is not None:
-                out.append((nt,))
-        for spec in f.objects:
-            nt = self.object_nt(spec, ptr)
-            if nt is not None:
-                out.append((nt,))
+        for kind, specs, rules in (("array", f.arrays, self.array_rules), ("object", f.objects, self.object_rules)):
+            for spec in specs:
+                nt = self.spec_nt(kind, spec, ptr, rules)
+                if nt is not None:
+                    out.append((nt,))
         for v in f.values:
             out.append((self.exact_nt(v),))
         return out
@@ -216,12 +225,11 @@ class ScalarEmitter:
         return got
 
     def _string_node(self, expr, ptr: str) -> Node:
-
         lo, hi, rest = _length_parts(expr)
         if hi is not None and lo > hi:
             return NOTHING
         try:
-            if len(rest) == 1 and not _has_bool(rest[0]):
+            if len(rest) == 1 and not has_boolean_ops(rest[0]):
                 if lo == 0 and hi is None:
                     node = rest[0]
                 else:
@@ -260,11 +268,6 @@ def _length_parts(expr) -> tuple[int, int | None, list]:
         else:
             rest.append(it)
     return lo, hi, rest
-
-
-def _has_bool(e) -> bool:
-
-    return has_boolean_ops(e)
 
 
 @lru_cache(maxsize=256)

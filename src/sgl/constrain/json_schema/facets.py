@@ -15,13 +15,13 @@ from .refs import FALSE, TRUE, is_false, is_true, mk_sand, mk_snot
 # Facets: the value set of a schema, by JSON type
 
 
-def _cached_hash(spec, fields: tuple) -> int:
+def _cached_hash(spec) -> int:
     """The hash the frozen dataclass would compute (of its fields' tuple), kept on the
     object: specs are memo keys (``value_memo``: ``("object", spec)``), hashed on every
     lookup, and each hash walked every member's ``Sub`` (a Python ``__hash__`` call each)."""
     got = spec.__dict__.get("_hash")
     if got is None:
-        got = hash(fields)
+        got = hash(tuple(map(spec.__dict__.__getitem__, spec.__dataclass_fields__)))
         object.__setattr__(spec, "_hash", got)
     return got
 
@@ -40,8 +40,7 @@ class Layer:
             by_name.setdefault(n, []).append(r)
         object.__setattr__(self, "_by_name", by_name)
 
-    def __hash__(self) -> int:
-        return _cached_hash(self, (self.props, self.patterns, self.additional))
+    __hash__ = _cached_hash
 
     def schema_for(self, name: str):
         """The schema of member ``name`` (``mk_sand`` of what applies, else ``additional``)."""
@@ -53,11 +52,7 @@ class Layer:
         return mk_sand(*refs) if refs else self.additional
 
     def trivial(self) -> bool:
-        return (
-            all(is_true(r) for _, r in self.props)
-            and all(is_true(r) for _, r in self.patterns)
-            and is_true(self.additional)
-        )
+        return all(is_true(r) for _, r in self.props + self.patterns) and is_true(self.additional)
 
 
 @dataclass(frozen=True)
@@ -67,18 +62,11 @@ class ObjectSpec:
     min_props: int = 0
     max_props: int | None = None
     names: tuple = ()  # propertyNames schemas (all must hold)
-
-    def __hash__(self) -> int:
-        return _cached_hash(self, (self.layers, self.required, self.min_props, self.max_props, self.names))
+    __hash__ = _cached_hash
 
     def trivial(self) -> bool:
-        return (
-            all(la.trivial() for la in self.layers)
-            and not self.required
-            and self.min_props == 0
-            and self.max_props is None
-            and all(is_true(n) for n in self.names)
-        )
+        return (all(la.trivial() for la in self.layers) and not self.required and self.min_props == 0
+                and self.max_props is None and all(map(is_true, self.names)))
 
 
 @dataclass(frozen=True)
@@ -89,22 +77,14 @@ class ArraySpec:
     max_items: int | None = None
     contains: tuple = ()  # ((ref, min, max|None), ...)
     unique: bool = False
-
-    def __hash__(self) -> int:
-        return _cached_hash(self, (self.prefix, self.items, self.min_items, self.max_items, self.contains, self.unique))
+    __hash__ = _cached_hash
 
     def elem(self, i: int):
         return self.prefix[i] if i < len(self.prefix) else self.items
 
     def trivial(self) -> bool:
-        return (
-            all(is_true(p) for p in self.prefix)
-            and is_true(self.items)
-            and self.min_items == 0
-            and self.max_items is None
-            and not self.contains
-            and not self.unique
-        )
+        return (all(map(is_true, self.prefix)) and is_true(self.items) and self.min_items == 0
+                and self.max_items is None and not self.contains and not self.unique)
 
 
 @dataclass
@@ -118,15 +98,8 @@ class Facets:
     values: tuple = ()  # concrete arrays/objects (from enum/const)
 
     def is_empty(self) -> bool:
-        return (
-            not self.null
-            and not self.bools
-            and not self.nums
-            and (self.strs is None or self.strs == NOTHING)
-            and not self.arrays
-            and not self.objects
-            and not self.values
-        )
+        return (not (self.null or self.bools or self.nums or self.arrays or self.objects or self.values)
+                and (self.strs is None or self.strs == NOTHING))
 
 
 def any_facets() -> Facets:
@@ -225,23 +198,13 @@ class FacetAlgebra:
                     return False
         if a.strs is not None and b.strs is not None and not self._strings_disjoint(a.strs, b.strs):
             return False
-        for x in a.values:
-            if self.facets_contains(b, x):
-                return False
-        for y in b.values:
-            if self.facets_contains(a, y):
-                return False
-        for x in a.arrays:
-            for y in b.arrays:
-                m = self.merge_arrays(x, y)
-                if m is not None and not self._array_impossible(m):
-                    return False
-        for x in a.objects:
-            for y in b.objects:
-                m = self.merge_objects(x, y)
-                if m is not None and not self._object_impossible(m):
-                    return False
-        return True
+        if any(self.facets_contains(b, x) for x in a.values) or any(self.facets_contains(a, y) for y in b.values):
+            return False
+        if any((m := self.merge_arrays(x, y)) is not None and not self._array_impossible(m)
+               for x in a.arrays for y in b.arrays):
+            return False
+        return not any((m := self.merge_objects(x, y)) is not None and not self._object_impossible(m)
+                       for x in a.objects for y in b.objects)
 
     def _strings_disjoint(self, x, y) -> bool:
         both = mk_and(x, y)
@@ -259,17 +222,10 @@ class FacetAlgebra:
         return got
 
     def _array_impossible(self, s: ArraySpec) -> bool:
-        for i in range(min(s.min_items, len(s.prefix) + 1)):
-            if self._ref_empty(s.elem(i)):
-                return True
-        return False
+        return any(self._ref_empty(s.elem(i)) for i in range(min(s.min_items, len(s.prefix) + 1)))
 
     def _object_impossible(self, s: ObjectSpec) -> bool:
-        for name in s.required:
-            ref = mk_sand(*(la.schema_for(name) for la in s.layers))
-            if self._ref_empty(ref):
-                return True
-        return False
+        return any(self._ref_empty(mk_sand(*(la.schema_for(name) for la in s.layers))) for name in s.required)
 
     def _ref_empty(self, ref) -> bool:
         if is_false(ref):
@@ -278,10 +234,8 @@ class FacetAlgebra:
             f = self.facets(ref)
         except ConstraintError:
             return False
-        if f.strs is not None and f.strs != NOTHING and (f.null or f.bools or f.nums or f.values):
-            return False
         if f.strs is not None and f.strs != NOTHING:
-            return self._strings_disjoint(f.strs, ANY_STRING)
+            return not (f.null or f.bools or f.nums or f.values) and self._strings_disjoint(f.strs, ANY_STRING)
         return f.is_empty()
 
     def complement(self, f: Facets, ptr: str) -> Facets:

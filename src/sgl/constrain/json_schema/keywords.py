@@ -14,10 +14,10 @@ from ..json_formats import APPROXIMATE_FORMATS, format_node
 from ..json_strings import pattern_node
 from ..regex_ast import Repeat
 from .common import (
+    KEYWORD_SHAPES,
     MAX_ONE_OF_EXACT,
     TYPES,
     _compiled_pattern,
-    _is_int,
     _is_num,
     _ptr_escape,
     _Refused,
@@ -46,16 +46,10 @@ def _at(ptr: str, kw: str) -> str:
 
 # the keywords ``sub_facets`` reads inside ``negated()`` (oneOf, not, if, dependencies)
 _NEGATING = frozenset(("oneOf", "not", "if", "dependentRequired", "dependentSchemas", "dependencies"))
+
+
 # every keyword check_keywords checks (the others pass unchecked: skipped at once)
-CHECKED_KEYWORDS = frozenset((
-    "type", "properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "required",
-    "allOf", "anyOf", "oneOf", "prefixItems", "items", "not", "if", "then", "else", "contains",
-    "additionalProperties", "additionalItems", "propertyNames", "unevaluatedItems", "unevaluatedProperties",
-    "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
-    "maxContains", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "pattern",
-    "format", "$ref", "$dynamicRef", "$id", "$anchor", "enum", "dependentRequired", "dependencies",
-    "uniqueItems", "nullable",
-))
+CHECKED_KEYWORDS = frozenset(KEYWORD_SHAPES)
 
 
 class KeywordFacets:
@@ -175,71 +169,20 @@ class KeywordFacets:
     def check_keywords(self, s: Sub) -> None:
         node, p = s.node, s.ptr
         for kw, val in node.items():
-            if kw not in CHECKED_KEYWORDS:
+            shape = KEYWORD_SHAPES.get(kw)
+            if shape is None:
                 continue  # (annotations: description, title, default, examples, ...)
-            if kw == "type":
-                names = val if isinstance(val, list) else [val]
-                if not names and isinstance(val, list) or any(t not in TYPES for t in names):
-                    raise self.malformed(f"type must be one of {', '.join(TYPES)} or a list of them", _at(p, kw), kw)
-            elif kw in ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas"):
-                if not isinstance(val, dict) or not all(isinstance(v, dict | bool) for v in val.values()):
-                    raise self.malformed(f"{kw} must be an object of schemas", _at(p, kw), kw)
-                if kw == "patternProperties":
-                    for pat in val:
-                        try:
-                            _compiled_pattern(pat)
-                        except re.error as e:
-                            raise ConstraintError(f"invalid regex {pat!r}: {e}", _at(p, kw), keyword=kw) from None
-            elif kw == "required":
-                if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
-                    raise self.malformed("required must be an array of strings", _at(p, kw), kw)
-            elif kw in ("allOf", "anyOf", "oneOf", "prefixItems"):
-                if not isinstance(val, list) or not val or not all(isinstance(v, dict | bool) for v in val):
-                    raise self.malformed(f"{kw} must be a non-empty array of schemas", _at(p, kw), kw)
-            elif kw == "items":
-                if isinstance(val, list):
-                    if not all(isinstance(v, dict | bool) for v in val):
-                        raise self.malformed("items must be a schema or an array of schemas", _at(p, kw), kw)
-                elif not isinstance(val, dict | bool):
-                    raise self.malformed("items must be a schema", _at(p, kw), kw)
-            elif kw in (
-                "not", "if", "then", "else", "contains", "additionalProperties", "additionalItems",
-                "propertyNames", "unevaluatedItems", "unevaluatedProperties",
-            ):
-                if not isinstance(val, dict | bool):
-                    raise self.malformed(f"{kw} must be a schema", _at(p, kw), kw)
-            elif kw in ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains", "maxContains"):
-                if not _is_int(val) or val < 0:
-                    raise self.malformed(f"{kw} must be a non-negative integer", _at(p, kw), kw)
-            elif kw in ("minimum", "maximum"):
-                if not _is_num(val):
-                    raise self.malformed(f"{kw} must be a number", _at(p, kw), kw)
-            elif kw in ("exclusiveMinimum", "exclusiveMaximum"):
-                if not (_is_num(val) or (isinstance(val, bool) and self.draft <= 4)):
-                    raise self.malformed(f"{kw} must be a number", _at(p, kw), kw)
-            elif kw == "multipleOf":
-                if not _is_num(val) or val <= 0:
-                    raise self.malformed("multipleOf must be a number > 0", _at(p, kw), kw)
-            elif kw in ("pattern", "format", "$ref", "$dynamicRef", "$id", "$anchor"):
-                if not isinstance(val, str):
-                    raise self.malformed(f"{kw} must be a string", _at(p, kw), kw)
-            elif kw == "enum":
-                if not isinstance(val, list):
-                    raise self.malformed("enum must be an array", _at(p, kw), kw)
-            elif kw == "dependentRequired":
-                if not isinstance(val, dict) or not all(
-                    isinstance(v, list) and all(isinstance(x, str) for x in v) for v in val.values()
-                ):
-                    raise self.malformed("dependentRequired must map names to arrays of strings", _at(p, kw), kw)
-            elif kw == "dependencies":
-                if not isinstance(val, dict) or not all(
-                    isinstance(v, dict | bool) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
-                    for v in val.values()
-                ):
-                    raise self.malformed("dependencies must map names to schemas or arrays of strings", _at(p, kw), kw)
-            elif kw in ("uniqueItems", "nullable"):
-                if not isinstance(val, bool):
-                    raise self.malformed(f"{kw} must be a boolean", _at(p, kw), kw)
+            if not shape[0](val, self.draft):
+                must = shape[1]
+                if kw == "items" and isinstance(val, list):
+                    must = "be a schema or an array of schemas"
+                raise self.malformed(f"{kw} must {must}", _at(p, kw), kw)
+            if kw == "patternProperties":
+                for pat in val:
+                    try:
+                        _compiled_pattern(pat)
+                    except re.error as e:
+                        raise ConstraintError(f"invalid regex {pat!r}: {e}", _at(p, kw), keyword=kw) from None
 
     # -- own (type-specific) keywords ---------------------------------------------------
     def own_facets(self, s: Sub) -> Facets:
@@ -256,12 +199,10 @@ class KeywordFacets:
             f.nums = self.number_facet(s, integer="number" not in types)
         if "string" in types:
             f.strs = self.string_facet(s)
-        if "array" in types:
-            spec = self.array_spec(s)
-            f.arrays = () if spec is None else (spec,)
-        if "object" in types:
-            spec = self.object_spec(s)
-            f.objects = () if spec is None else (spec,)
+        if "array" in types and (spec := self.array_spec(s)) is not None:
+            f.arrays = (spec,)
+        if "object" in types and (spec := self.object_spec(s)) is not None:
+            f.objects = (spec,)
         return f
 
     def number_facet(self, s: Sub, integer: bool) -> tuple:
@@ -274,18 +215,16 @@ class KeywordFacets:
         if "maximum" in node:
             hi = to_decimal(node["maximum"])
             hi_open = node.get("exclusiveMaximum") is True
-        for kw in ("exclusiveMinimum", "exclusiveMaximum"):
-            v = node.get(kw)
-            if _is_num(v):
-                d = to_decimal(v)
-                if kw == "exclusiveMinimum" and (lo is None or d >= lo):
-                    lo, lo_open = d, True
-                if kw == "exclusiveMaximum" and (hi is None or d <= hi):
-                    hi, hi_open = d, True
+        v = node.get("exclusiveMinimum")
+        if _is_num(v) and (lo is None or to_decimal(v) >= lo):
+            lo, lo_open = to_decimal(v), True
+        v = node.get("exclusiveMaximum")
+        if _is_num(v) and (hi is None or to_decimal(v) <= hi):
+            hi, hi_open = to_decimal(v), True
         piece = NumPiece(lo, hi, lo_open, hi_open, "scale" if integer else "any", 0)
         if "multipleOf" in node:
             m = to_decimal(node["multipleOf"]).normalize()
-            sign, digs, exp = m.as_tuple()
+            _, digs, exp = m.as_tuple()
             c = int("".join(map(str, digs)))
             mult = NumPiece(kind="scale", scale=max(-exp, 0), mult=c * 10 ** max(exp, 0))
             piece = intersect_pieces(piece, mult) or NumPiece(Decimal(1), Decimal(0))
@@ -335,13 +274,8 @@ class KeywordFacets:
                 items = self.sub(node["items"], s, f"{p}/items")
         uneval = None
         if "unevaluatedItems" in node and not is_true(self.sub(node["unevaluatedItems"], s, p)):
-            seen = self._evaluated(s, "items")
-            if seen is None:
-                self.refuse(
-                    "unevaluatedItems is only supported next to allOf/$ref (not anyOf/oneOf/not/if/contains)",
-                    f"{p}/unevaluatedItems", "unevaluatedItems",
-                )
-            elif seen is not True:
+            seen = self._evaluated_here(s, "items", "contains")
+            if seen is not None:
                 uneval = ArraySpec(prefix=(TRUE,) * seen, items=self.sub(node["unevaluatedItems"], s, f"{p}/unevaluatedItems"))
         mn = int(node.get("minItems", 0))
         mx = int(node["maxItems"]) if "maxItems" in node else None
@@ -367,16 +301,10 @@ class KeywordFacets:
         layers = [Layer(props, patterns, additional)]
         if "unevaluatedProperties" in node and "additionalProperties" not in node:
             un = self.sub(node["unevaluatedProperties"], s, f"{p}/unevaluatedProperties")
-            if not is_true(un):
-                seen = self._evaluated(s, "properties")
-                if seen is None:
-                    self.refuse(
-                        "unevaluatedProperties is only supported next to allOf/$ref (not anyOf/oneOf/not/if/dependentSchemas)",
-                        f"{p}/unevaluatedProperties", "unevaluatedProperties",
-                    )
-                elif seen is not True:
-                    names, pats = seen
-                    layers.append(Layer(tuple((n, TRUE) for n in names), tuple((q, TRUE) for q in pats), un))
+            seen = None if is_true(un) else self._evaluated_here(s, "properties", "dependentSchemas")
+            if seen is not None:
+                names, pats = seen
+                layers.append(Layer(tuple((n, TRUE) for n in names), tuple((q, TRUE) for q in pats), un))
         required = tuple(dict.fromkeys(node.get("required", [])))
         names = ()
         if "propertyNames" in node:
@@ -386,6 +314,16 @@ class KeywordFacets:
         if mx is not None and (mn > mx or len(required) > mx):
             return None
         return ObjectSpec(tuple(layers), required, mn, mx, names)
+
+    def _evaluated_here(self, s: Sub, what: str, also: str):
+        """``_evaluated`` for ``unevaluatedItems``/``unevaluatedProperties`` (``what``:
+        "items"/"properties") next to it; None when all is evaluated or after ``refuse``
+        (``also``: the other applicator named in the message)."""
+        seen = self._evaluated(s, what)
+        kw = f"unevaluated{what.capitalize()}"
+        if seen is None:
+            self.refuse(f"{kw} is only supported next to allOf/$ref (not anyOf/oneOf/not/if/{also})", f"{s.ptr}/{kw}", kw)
+        return None if seen is True else seen
 
     def _evaluated(self, s: Sub, what: str, depth: int = 0):
         """What the in-place applicators of ``s`` evaluate, for unevaluated*.
@@ -438,16 +376,13 @@ class KeywordFacets:
     def dependency_facets(self, s: Sub) -> list[Facets]:
         node, p = s.node, s.ptr
         out = []
-        deps: list = []
-        for k, v in node.get("dependentRequired", {}).items():
-            deps.append((k, list(v), None, f"{p}/dependentRequired"))
-        for k, v in node.get("dependentSchemas", {}).items():
-            deps.append((k, [], self.sub(v, s, f"{p}/dependentSchemas/{_ptr_escape(k)}"), f"{p}/dependentSchemas"))
-        for k, v in node.get("dependencies", {}).items():
-            if isinstance(v, list):
-                deps.append((k, list(v), None, f"{p}/dependencies"))
-            else:
-                deps.append((k, [], self.sub(v, s, f"{p}/dependencies/{_ptr_escape(k)}"), f"{p}/dependencies"))
+        deps = []  # (name, names it requires, schema it applies or None, pointer)
+        for kw in ("dependentRequired", "dependentSchemas", "dependencies"):
+            for k, v in node.get(kw, {}).items():
+                if isinstance(v, list):  # (every value of dependentRequired; schemas in dependentSchemas)
+                    deps.append((k, list(v), None, f"{p}/{kw}"))
+                else:
+                    deps.append((k, [], self.sub(v, s, f"{p}/{kw}/{_ptr_escape(k)}"), f"{p}/{kw}"))
         for name, req, schema, at in deps:
             if schema is not None and is_true(schema) and not req:
                 continue

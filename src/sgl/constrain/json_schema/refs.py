@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote, urldefrag, urljoin
 
-from .common import _ptr_escape
+from .common import LIST_KEYWORDS, MAP_KEYWORDS, SCHEMA_KEYWORDS, _ptr_escape
 
 # ---------------------------------------------------------------------------
 # Schema references
@@ -50,14 +50,6 @@ class SNot:
     def key(self):
         return ("not", self.item.key)
 
-
-# keywords whose value holds subschemas: by name, in a list, or itself one
-_MAP_KEYWORDS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
-_LIST_KEYWORDS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
-_SCHEMA_KEYWORDS = frozenset({
-    "not", "if", "then", "else", "items", "additionalItems", "contains", "additionalProperties",
-    "propertyNames", "unevaluatedItems", "unevaluatedProperties",
-})
 
 TRUE = Sub(True, "", "")
 FALSE = Sub(False, "", "")
@@ -130,8 +122,7 @@ def _fragment_base(base: str) -> str:
 def _split_any(base: str, ref: str) -> tuple[str, str]:
     """``urldefrag(urljoin(base, ref))``, memoised: a pure function of two strings, and
     the same few references are resolved from many places (and schemas)."""
-    uri, frag = urldefrag(urljoin(base, ref))
-    return uri, frag
+    return tuple(urldefrag(urljoin(base, ref)))
 
 
 class RefResolver:
@@ -176,28 +167,26 @@ class RefResolver:
                     self.dynamic_anchors[a] = self.dynamic_anchors.get(a, 0) + 1
         for kw, val in node.items():
             # the pointer is spelled only for keywords that hold subschemas
-            if kw in _MAP_KEYWORDS or (kw == "dependencies" and isinstance(val, dict)):
+            if kw in MAP_KEYWORDS or (kw == "dependencies" and isinstance(val, dict)):
                 if isinstance(val, dict):
                     p = f"{ptr}/{_ptr_escape(kw)}"
                     for k, v in val.items():
                         if isinstance(v, dict):
                             self._scan(v, base, f"{p}/{_ptr_escape(k)}")
-            elif kw in _LIST_KEYWORDS or (kw == "items" and isinstance(val, list)):
+            elif kw in LIST_KEYWORDS or (kw == "items" and isinstance(val, list)):
                 if isinstance(val, list):
                     p = f"{ptr}/{_ptr_escape(kw)}"
                     for i, v in enumerate(val):
                         if isinstance(v, dict):
                             self._scan(v, base, f"{p}/{i}")
-            elif kw in _SCHEMA_KEYWORDS and isinstance(val, dict):
+            elif kw in SCHEMA_KEYWORDS and isinstance(val, dict):
                 self._scan(val, base, f"{ptr}/{_ptr_escape(kw)}")
 
     def sub(self, node, parent: Sub | None, ptr: str) -> Sub:
         """A handle for a child schema (its base is known from the scan)."""
         if isinstance(node, bool):
             return TRUE if node else FALSE
-        base = self.base_of.get(id(node))
-        if base is None:
-            base = parent.base if parent is not None else self.root_base
+        base = self.base_of.get(id(node), parent.base if parent is not None else self.root_base)
         return Sub(node, base, self.ptr_of.get(id(node), ptr))
 
     def member_sub(self, node, parent: Sub, keyword: str, name: str) -> Sub:
@@ -206,9 +195,7 @@ class RefResolver:
         schema under those keywords), not for every member of every object."""
         if isinstance(node, bool):
             return TRUE if node else FALSE
-        base = self.base_of.get(id(node))
-        if base is None:
-            base = parent.base
+        base = self.base_of.get(id(node), parent.base)
         ptr = self.ptr_of.get(id(node))
         if ptr is None:
             ptr = f"{parent.ptr}/{keyword}/{_ptr_escape(name)}"

@@ -137,8 +137,7 @@ class ValueSets:
         f.bools = frozenset(bools)
         if strings:
             f.strs = _string_set(tuple(sorted(set(strings))))
-        uniq = sorted(set(numbers))
-        f.nums = tuple(NumPiece(d, d) for d in uniq)
+        f.nums = tuple(NumPiece(d, d) for d in sorted(set(numbers)))
         f.values = tuple(others)
         return f
 
@@ -163,11 +162,8 @@ class ValueSets:
             lb, rb, comma = self.punct("["), self.punct("]"), self.punct(",")
             rhs = [lb]
             for i, v in enumerate(value):
-                if i:
-                    rhs.append(comma)
-                rhs.append(self.exact_nt(v))
-            rhs.append(rb)
-            self.b.rule(name, tuple(rhs))
+                rhs += [comma, self.exact_nt(v)] if i else [self.exact_nt(v)]
+            self.b.rule(name, (*rhs, rb))
             return name
         colon = self.punct(":")
         members = []
@@ -175,7 +171,7 @@ class ValueSets:
             kv = f"{name}@kv{i}"
             self.b.rule(kv, (self._key_lexeme(k), colon, self.exact_nt(v)))
             members.append((k, kv, True))
-        tracks, free, _ = self._order_plan(members, 1, "")  # all required: none loose
+        tracks, free = self._order_plan(members, 1, "")
         self._order_rules(name, members, tracks, free, None, 1, 0, None)
         return name
 
