@@ -38,7 +38,7 @@ from sgl.constrain import (
     apply_bitmask,
     fill_next_token_bitmasks,
 )
-from sgl.integrations._common import compile_constraint, text_of
+from sgl.integrations._common import EndTracking, compile_constraint
 from sgl.types import guess_grammar_syntax
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,11 @@ except ImportError:  # vLLM is not installed (or too old for V1)
 
 
 # --------------------------------------------------------------------------- backend
-class SGLGrammar(_VllmGrammar):  # type: ignore[misc,valid-type]
-    """One request's constraint state, driven by vLLM's scheduler.
-
-    ``is_terminated`` is true only once EOS has been accepted: before that the mask
-    still matters (it may allow only EOS).
-    """
+class SGLGrammar(EndTracking, _VllmGrammar):  # type: ignore[misc,valid-type]
+    """One request's constraint state, driven by vLLM's scheduler (see `EndTracking`)."""
 
     def __init__(self, compiled: CompiledGrammar) -> None:
-        self.matcher = Matcher(compiled)
-        self._eos = frozenset(compiled.vocab.eos_token_ids)
-        self._ended: list[bool] = [False]  # per accepted token: did the text end there?
+        super().__init__(compiled)
         self.num_processed_tokens = 0
 
     def accept_tokens(self, request_id: str, tokens: Sequence[int]) -> bool:
@@ -77,10 +71,9 @@ class SGLGrammar(_VllmGrammar):  # type: ignore[misc,valid-type]
         for t in tokens:
             if self.is_terminated():
                 return True
-            if not self.matcher.advance(int(t)):
+            if not self._take(int(t)):
                 log.error("sgl: request %s: token %s refused by its constraint", request_id, t)
                 return False
-            self._ended.append(int(t) in self._eos)
             self.num_processed_tokens += 1
         return True
 
@@ -100,28 +93,20 @@ class SGLGrammar(_VllmGrammar):  # type: ignore[misc,valid-type]
 
     def rollback(self, num_tokens: int) -> None:
         """Undo the last ``num_tokens`` accepted tokens."""
-        self.matcher.rollback(num_tokens)
-        if num_tokens:
-            del self._ended[-num_tokens:]
+        super().rollback(num_tokens)
         self.num_processed_tokens -= num_tokens
 
     def fill_bitmask(self, bitmask: Any, idx: int) -> None:
         """Write the allowed tokens into row ``idx`` of ``bitmask`` (int32 words)."""
         self.matcher.fill_bitmask(bitmask, idx)
 
-    def is_terminated(self) -> bool:
-        return self._ended[-1]
-
     def reset(self) -> None:
         self.matcher.reset()
         self._ended = [False]
         self.num_processed_tokens = 0
 
-    def find_jump_string(self) -> str | None:
-        """The text the constraint forces next (jump-forward), or None."""
-        return None if self.is_terminated() else text_of(self.matcher.forced_bytes())
-
-    jump_forward_string = find_jump_string  # the name older vLLM versions used
+    # the text the constraint forces next (jump-forward), or None; older vLLM versions' name too
+    find_jump_string = jump_forward_string = EndTracking.forced_text
 
 
 def _setting(config: Any, *path: str, default: Any = None) -> Any:
