@@ -29,7 +29,6 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return next(i for i in range(n) if a[i] != b[i])
 
 
-
 @dataclass(frozen=True)
 class PromptLogprobs:
     """Score the prompt: log p(token | the tokens before) of prompt tokens ``start ..``.

@@ -49,6 +49,7 @@ class ModelRunner:
         if rows is not None:
             logits = logits[rows]
         penalized = [i for i, s in enumerate(states) if s.sampler.penalized]
+        raws = {}  # a penalized row's logits before its penalties, when it records logprobs
         if penalized:
             idx = torch.tensor(penalized, device=logits.device)
             rows = logits[idx]
@@ -58,10 +59,7 @@ class ModelRunner:
                     if states[i].out.logprobs is not None or states[i].trace is not None}
             logits[idx] = rows
         for i, (state, row) in enumerate(zip(states, logits, strict=True)):
-            if penalized and i in penalized:
-                state.step(row, penalized=True, raw=raws.get(i))
-            else:
-                state.step(row)
+            state.step(row, raws.get(i), penalized=i in penalized)
 
     def draft(self, requests: Sequence[tuple[Speculation, SeqState]]) -> int:
         """The drafts of a step's speculative rows, each draft model's for all its rows in
