@@ -268,16 +268,12 @@ class DraftPool:
         if probe is not None and not self._mask(logits, probe):
             return None
         sampler = job.sampler
-        if sampler.greedy:
-            tok = int(torch.argmax(logits))
-        else:
-            q = sampling_probs(sampler, logits)
-            tok = int(torch.multinomial(q, 1, generator=sampler.generator))
-            qs.append(q)
+        q = None if sampler.greedy else sampling_probs(sampler, logits)
+        tok = sampler.sample(logits) if q is None else int(torch.multinomial(q, 1, generator=sampler.generator))
         if probe is not None and not probe.advance(tok):
-            if not sampler.greedy:
-                qs.pop()
             return None
+        if q is not None:
+            qs.append(q)
         return tok
 
     def _mask(self, logits: torch.Tensor, matcher: Matcher) -> bool:

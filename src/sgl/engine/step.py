@@ -27,6 +27,7 @@ import torch
 from sgl.constrain.bitmask import count_allowed
 from sgl.constrain.torch_utils import apply_bitmask
 
+from .lazy_mask import sample_with_lazy_mask
 from .request import PromptLogprobs, SeqOutput, TextTracker
 from .sampler import Sampler, token_logprob, top_logprobs
 
@@ -166,7 +167,11 @@ class SeqState:
         t0 = time.perf_counter()
         tok, bitmask, raw = self._choose(logits, raw, penalized)
         if matcher is not None:  # what the constraint costs: mask (or lazy checks) + sampling
-            self._count_mask(time.perf_counter() - t0)
+            seconds, meta, counters = time.perf_counter() - t0, self.out.meta, self.ctx.counters
+            meta["mask_time_s"] = meta.get("mask_time_s", 0.0) + seconds
+            meta["masks"] = meta.get("masks", 0) + 1
+            counters.mask_time_s += seconds
+            counters.masks += 1
         if tok is None:
             return
         self.accept(tok, raw, bitmask)
@@ -255,8 +260,10 @@ class SeqState:
             return None, None
         # A cached mask is cheaper to apply than even a few candidate checks.
         if lazy and ctx.lazy_masks and self.trace is None and not matcher.mask_is_cached():
-            tok = self._lazy_token(logits)
+            tok = sample_with_lazy_mask(logits, self.sampler, matcher).token
             if tok is not None:
+                ctx.counters.lazy_hits += 1
+                out.meta["lazy_masks"] = out.meta.get("lazy_masks", 0) + 1
                 return tok, None
         bitmask = ctx.mask_buffer(logits.shape[-1])
         matcher.fill_bitmask(bitmask, 0)
@@ -286,22 +293,6 @@ class SeqState:
         if tok is None:
             tok = self.sampler.sample(logits if policy is None else policy.logits(logits, bitmask))
         return tok, bitmask, raw
-
-    def _lazy_token(self, logits: torch.Tensor) -> int | None:
-        from .lazy_mask import sample_with_lazy_mask
-
-        res = sample_with_lazy_mask(logits, self.sampler, self.matcher)
-        if res.token is not None:
-            self.ctx.counters.lazy_hits += 1
-            self.out.meta["lazy_masks"] = self.out.meta.get("lazy_masks", 0) + 1
-        return res.token
-
-    def _count_mask(self, seconds: float) -> None:
-        meta, counters = self.out.meta, self.ctx.counters
-        meta["mask_time_s"] = meta.get("mask_time_s", 0.0) + seconds
-        meta["masks"] = meta.get("masks", 0) + 1
-        counters.mask_time_s += seconds
-        counters.masks += 1
 
     # ----------------------------------------------------------- recording
 
