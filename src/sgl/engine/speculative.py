@@ -515,10 +515,11 @@ def plain_generate(target: Llama, prompt_ids: Sequence[int], max_tokens: int, sa
 
     ``matcher`` (optional) is advanced over the generated tokens.
     """
-    return _alone(target, Speculation(None), prompt_ids, max_tokens, sampler, eos_ids, matcher, stop_token_ids)
+    return speculative_generate(target, None, prompt_ids, max_tokens, sampler, eos_ids, matcher=matcher,
+                                stop_token_ids=stop_token_ids)
 
 
-def speculative_generate(target: Llama, drafter: Drafter, prompt_ids: Sequence[int], max_tokens: int,
+def speculative_generate(target: Llama, drafter: Drafter | None, prompt_ids: Sequence[int], max_tokens: int,
                          sampler: Sampler, eos_ids: Collection[int], k: int = 4,
                          matcher: Matcher | None = None, stop_token_ids: Collection[int] = (),
                          params: Any = None, token_bytes: Sequence[bytes | None] | None = None) -> SpecResult:
@@ -532,27 +533,21 @@ def speculative_generate(target: Llama, drafter: Drafter, prompt_ids: Sequence[i
     ``stop_token_ids`` token (included in the output), when the constraint is complete,
     or after ``max_tokens`` tokens. With ``params`` (a `SamplingParams`: stop strings,
     ``stop_regex``, ``min_tokens``) and ``token_bytes`` (the vocabulary's), the text
-    ends exactly as in the engine. One request in an engine of its own; a `LocalModel`
-    puts `Speculation` requests in its shared engine instead.
+    ends exactly as in the engine. One request in an engine of its own (every token
+    sampled, nothing cached; ``drafter=None``: plain decoding); a `LocalModel` puts
+    `Speculation` requests in its shared engine instead.
     """
-    if isinstance(drafter, ModelDrafter):  # refused here, before the engine runs it
-        check_vocab(target, drafter.model)
-    return _alone(target, Speculation(drafter, k), prompt_ids, max_tokens, sampler, eos_ids, matcher,
-                  stop_token_ids, params, token_bytes)
+    from sgl.types import SamplingParams
 
-
-def _alone(target: Llama, acceptor: Speculation, prompt_ids: Sequence[int], max_tokens: int, sampler: Sampler,
-           eos_ids: Collection[int], matcher: Matcher | None, stop_token_ids: Collection[int],
-           params: Any = None, token_bytes: Sequence[bytes | None] | None = None) -> SpecResult:
-    """``acceptor``'s request in an engine of its own (every token sampled, nothing cached)."""
     from .kv_pool import bytes_per_token
     from .request import SeqRequest
     from .scheduler import Engine, EngineConfig
 
+    if isinstance(drafter, ModelDrafter):  # refused here, before the engine runs it
+        check_vocab(target, drafter.model)
+    acceptor = Speculation(drafter, k)
     if not prompt_ids:
         raise ValueError("the prompt has no tokens")
-    from sgl.types import SamplingParams
-
     if params is None:
         params = SamplingParams(max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids))
     else:
