@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from sgl.constrain import (
-    CompiledGrammar,
     ConstraintError,
     Matcher,
     Vocabulary,
@@ -59,9 +58,10 @@ except ImportError:  # vLLM is not installed (or too old for V1)
 class SGLGrammar(EndTracking, _VllmGrammar):  # type: ignore[misc,valid-type]
     """One request's constraint state, driven by vLLM's scheduler (see `EndTracking`)."""
 
-    def __init__(self, compiled: CompiledGrammar) -> None:
-        super().__init__(compiled)
-        self.num_processed_tokens = 0
+    @property
+    def num_processed_tokens(self) -> int:
+        """Tokens accepted (and not rolled back)."""
+        return len(self._ended) - 1
 
     def accept_tokens(self, request_id: str, tokens: Sequence[int]) -> bool:
         """Advance over ``tokens``; False at the first refused one (earlier ones stay).
@@ -74,7 +74,6 @@ class SGLGrammar(EndTracking, _VllmGrammar):  # type: ignore[misc,valid-type]
             if not self._take(int(t)):
                 log.error("sgl: request %s: token %s refused by its constraint", request_id, t)
                 return False
-            self.num_processed_tokens += 1
         return True
 
     def validate_tokens(self, tokens: Sequence[int]) -> list[int]:
@@ -91,11 +90,6 @@ class SGLGrammar(EndTracking, _VllmGrammar):  # type: ignore[misc,valid-type]
                 break
         return accepted
 
-    def rollback(self, num_tokens: int) -> None:
-        """Undo the last ``num_tokens`` accepted tokens."""
-        super().rollback(num_tokens)
-        self.num_processed_tokens -= num_tokens
-
     def fill_bitmask(self, bitmask: Any, idx: int) -> None:
         """Write the allowed tokens into row ``idx`` of ``bitmask`` (int32 words)."""
         self.matcher.fill_bitmask(bitmask, idx)
@@ -103,7 +97,6 @@ class SGLGrammar(EndTracking, _VllmGrammar):  # type: ignore[misc,valid-type]
     def reset(self) -> None:
         self.matcher.reset()
         self._ended = [False]
-        self.num_processed_tokens = 0
 
     # the text the constraint forces next (jump-forward), or None; older vLLM versions' name too
     find_jump_string = jump_forward_string = EndTracking.forced_text
