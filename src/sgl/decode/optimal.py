@@ -273,7 +273,7 @@ class OptimalSampler:
             if out.finish_reason == "error":
                 raise RuntimeError(out.meta.get("error", "generation failed"))
             own = out.token_ids[:-1] if out.finish_reason == "eos" else list(out.token_ids)
-            reason = "eos" if st.ended_itself else out.finish_reason
+            reason = "eos" if st.completed else out.finish_reason  # a complete constraint counts as EOS
             ids.append(own)
             texts.append(out.text if reason == "stop" else self.base.decode(own))  # cut at the stop string
             reasons.append(reason)

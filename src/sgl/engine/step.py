@@ -212,12 +212,6 @@ class SeqState:
         self.finish("stop")
         return True
 
-    @property
-    def ended_itself(self) -> bool:
-        """Whether the text ended on its own (an EOS token or a complete constraint),
-        not at a stop string, a stop token, the length limit or an error."""
-        return self.out.finish_reason == "eos" or self.completed
-
     def finish(self, reason: str, text: str | None = None) -> None:
         """End the sequence (once): finish reason, final text, token count, trace."""
         if self.done:
