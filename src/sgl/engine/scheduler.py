@@ -334,7 +334,7 @@ class Engine:
                 self._retire(seq)
                 continue
             if seq.paired:  # its step waits for the partner's row (`_advance_pairs`)
-                self.runner.deposit(seq.req.policy, seq.state, logits, i)
+                seq.req.policy.deposit(seq.state, logits, i)
                 continue
             if seq.req.acceptor is not None:
                 self._verify(seq, logits, i, row.logits)
@@ -359,7 +359,7 @@ class Engine:
     def _verify(self, seq: EngineSeq, logits: Any, i: int, row_logits: Any) -> None:
         """A speculative sequence's step: keep the accepted drafts' KV, not the rejected ones'."""
         fed = seq.cached  # the pending token is fed; the drafts' KV follows it
-        accepted = self.runner.verify(seq.req.acceptor, seq.state, logits, i, row_logits)
+        accepted = seq.req.acceptor.verify(seq.state, logits, i, row_logits)
         seq.drafts = []
         seq.cached = min(fed + accepted, len(seq.state.tokens) - 1)  # the newest token is the next pending one
         self._publish(seq)

@@ -432,17 +432,18 @@ class Speculation:
         if self.drafter is not None:
             self.drafter.release()
 
-    def verify(self, state: SeqState, logits: torch.Tensor) -> int:
-        """Emit the accepted drafts and one token of the target's own from ``logits``
-        (``[1 + len(drafts), V]``: after the pending token, then after each draft);
-        how many drafts were accepted."""
+    def verify(self, state: SeqState, logits: torch.Tensor, i: int, rows: torch.Tensor | None) -> int:
+        """Emit the accepted drafts and one token of the target's own from ``rows`` (one
+        row per fed position: after the pending token, then after each draft; None when
+        nothing was drafted: the step's row ``i`` of ``logits``); how many drafts were
+        accepted."""
         if state.finish_if_complete():
             return 0
         confirmed = len(state.tokens)
         draft, self.draft = self.draft, Draft()
         self.forward_passes += 1
         self.proposed += len(draft.tokens)
-        accepted = _verify(state, logits, draft)
+        accepted = _verify(state, logits[i][None] if rows is None else rows, draft)
         self.accepted += accepted
         if self._started:
             self.drafter.rollback(confirmed + accepted)
