@@ -70,11 +70,6 @@ class StepContext:
         return self._bitmask
 
 
-def _stops(params: Any) -> tuple[str, ...]:
-    stop = getattr(params, "stop", None)
-    return (stop,) if isinstance(stop, str) else tuple(stop or ())
-
-
 class SeqState:
     """The decoding state of one sequence: tokens, sampler, matcher, output, end checks.
 
@@ -101,7 +96,7 @@ class SeqState:
         self.ban = torch.tensor(sorted(ctx.eos_ids | self.stop_token_ids), dtype=torch.long, device=device)
         self.eos_ban = (torch.tensor(sorted(ctx.eos_ids), dtype=torch.long, device=device)
                         if getattr(params, "ignore_eos", False) and ctx.eos_ids else None)
-        self.tracker = TextTracker(_stops(params), getattr(params, "stop_regex", None))
+        self.tracker = TextTracker(getattr(params, "stop", None), getattr(params, "stop_regex", None))
         want_lp = bool(getattr(params, "logprobs", False))
         want_top = want_lp and getattr(params, "top_logprobs", 0) > 0
         self.out = SeqOutput(logprobs=[] if want_lp else None, top_logprobs=[] if want_top else None,
