@@ -217,12 +217,6 @@ def _forget(key: int, ref: weakref.ref) -> None:
             del _CACHE[key]
 
 
-def _as_index(index_or_vocab: Any) -> HealingIndex:
-    if isinstance(index_or_vocab, HealingIndex):
-        return index_or_vocab
-    return HealingIndex.for_vocab(index_or_vocab)
-
-
 # ---------------------------------------------------------------------- the prompt side
 @dataclass
 class Healing:
@@ -272,7 +266,7 @@ def heal_prompt(
     well want a blank line there. If no ``k`` qualifies, the prompt is kept as is
     (``prefix == b""``).
     """
-    index = _as_index(index_or_vocab)
+    index = index_or_vocab if isinstance(index_or_vocab, HealingIndex) else HealingIndex.for_vocab(index_or_vocab)
     ids = list(prompt_ids)
     tail = _removable_tail(ids, index, max_tokens_back, min_keep)
     for k in range(len(tail), 0, -1):
