@@ -473,7 +473,8 @@ class Engine:
             short = need - self.pool.n_free
             if self.cache.evict(short) >= short:
                 continue
-            victim = self._preemption_victim(seq) if preempt else None
+            later = [s for s in self.running if s is not seq and s.order > seq.order] if preempt else []
+            victim = max(later, key=lambda s: s.order) if later else None  # the newest
             if victim is None:
                 if preempt and len(self.running) == 1:
                     seq.state.out.meta["error"] = (f"the request needs {n_tokens} tokens of KV cache; "
@@ -483,10 +484,6 @@ class Engine:
                 return False
             self._preempt(victim)
         return True
-
-    def _preemption_victim(self, seq: EngineSeq) -> EngineSeq | None:
-        later = [s for s in self.running if s is not seq and s.order > seq.order]
-        return max(later, key=lambda s: s.order) if later else None
 
     def _preempt(self, seq: EngineSeq) -> None:
         """Free ``seq``'s KV and queue it again, first, with what it generated."""
