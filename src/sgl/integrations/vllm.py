@@ -155,20 +155,12 @@ class SGLBackend(_VllmBackend):  # type: ignore[misc,valid-type]
         and for structural tags, which SGL does not support.
         """
         kind = getattr(request_type, "name", str(request_type)).upper()
-        vocab = self._vocab_for(stop_token_ids)
-        if kind == "JSON":
-            args: dict[str, Any] = {"json_schema": grammar_spec}
-        elif kind == "JSON_OBJECT":
-            args = {"json_schema": {"type": "object"}}
-        elif kind == "REGEX":
-            args = {"regex": grammar_spec}
-        elif kind == "GRAMMAR":
-            args = {"grammar": grammar_spec, "grammar_syntax": guess_grammar_syntax(grammar_spec)}
-        elif kind == "CHOICE":
-            args = {"choices": _choices(grammar_spec)}
-        else:
+        name = {"JSON": "json_schema", "JSON_OBJECT": "json_schema", "REGEX": "regex", "GRAMMAR": "grammar",
+                "CHOICE": "choices"}.get(kind)
+        if name is None:
             raise ConstraintError(f"the SGL backend does not support {kind} requests")
-        return SGLGrammar(compile_constraint(vocab, json_options=self.json_options, **args))
+        args = _args(name, {"type": "object"} if kind == "JSON_OBJECT" else grammar_spec)
+        return SGLGrammar(compile_constraint(self._vocab_for(stop_token_ids), json_options=self.json_options, **args))
 
     def allocate_token_bitmask(self, max_num_seqs: int) -> Any:
         """A CPU int32 tensor ``(max_num_seqs, ceil(vocab_size / 32))``, all allowed."""
@@ -178,6 +170,15 @@ class SGLBackend(_VllmBackend):  # type: ignore[misc,valid-type]
 
     def destroy(self) -> None:
         self._vocabs.clear()
+
+
+def _args(name: str, spec: Any, grammar_syntax: str | None = None) -> dict[str, Any]:
+    """The `compile_constraint` arguments of ``spec`` given as its keyword ``name``: a
+    grammar's syntax guessed (Lark, or GBNF with ``::=`` rules) unless said, choices
+    read from JSON text."""
+    if name == "grammar":
+        return {"grammar": spec, "grammar_syntax": grammar_syntax or guess_grammar_syntax(spec)}
+    return {name: _choices(spec) if name == "choices" else spec}
 
 
 def _choices(spec: Any) -> list[str]:
@@ -230,14 +231,7 @@ def constraint_args(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
     if len(given) > 1:
         raise ConstraintError(f"give one of {', '.join(EXTRA_ARG_KEYS)}, not {', '.join(given)}")
     key, value = next(iter(given.items()))
-    if key == "sgl_json_schema":
-        return {"json_schema": value}
-    if key == "sgl_regex":
-        return {"regex": value}
-    if key == "sgl_grammar":
-        syntax = extra_args.get("sgl_grammar_syntax") or guess_grammar_syntax(value)
-        return {"grammar": value, "grammar_syntax": syntax}
-    return {"choices": _choices(value)}
+    return _args(key.removeprefix("sgl_"), value, extra_args.get("sgl_grammar_syntax"))
 
 
 @dataclass
