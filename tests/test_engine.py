@@ -397,7 +397,7 @@ def test_the_scheduler_is_bookkeeping_only():
                 for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not imported & {"torch", "numpy"}
-    # nor indexing of the step's logits: the runner takes the batch's logits and the row
+    # nor indexing of the step's logits: the runner, the acceptor or the pairing take the batch's logits and the row
     indexed = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Subscript)
                and isinstance(node.value, ast.Name) and node.value.id == "logits"]
     assert indexed == [], f"logits indexed in the scheduler at lines {indexed}"

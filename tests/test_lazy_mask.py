@@ -89,14 +89,21 @@ def allowed_of(m: Matcher, n_vocab: int) -> np.ndarray:
     return np.unpackbits(bm[0].view(np.uint8), bitorder="little")[:n_vocab].astype(bool)
 
 
-def full_masked(logits: torch.Tensor, m: Matcher, banned: torch.Tensor | None = None) -> torch.Tensor:
-    """The full path's logits: mask applied, banned ids -inf."""
+def full_masked(logits: torch.Tensor, m: Matcher) -> torch.Tensor:
+    """The full path's logits: mask applied."""
     out = logits.clone()
     bm = allocate_bitmask(1, out.shape[-1])
     m.fill_bitmask(bm)
     apply_bitmask(out, bm)
-    if banned is not None:
-        out[banned] = float("-inf")
+    return out
+
+
+def ban(logits: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
+    """``logits`` with the ``banned`` ids at -inf, as the step bans them before the lazy check."""
+    if banned is None:
+        return logits
+    out = logits.clone()
+    out[banned] = float("-inf")
     return out
 
 
@@ -153,16 +160,16 @@ def test_greedy_picks_the_masked_argmax(vocab, states):
             logits = torch.randn(vocab.n_vocab, generator=g) * 3
             if i % 2:
                 logits = shaped_logits(allowed, g)
-            banned = eos if i % 3 == 0 else None
+            logits = ban(logits, eos if i % 3 == 0 else None)
             before = logits.clone()
-            res = sample_with_lazy_mask(logits, sampler, m, banned=banned)
+            res = sample_with_lazy_mask(logits, sampler, m)
             assert torch.equal(logits, before)
             assert res.candidates_checked <= 32
             if res.token is None:
                 assert res.fell_back
                 continue
             lazy_hits += 1
-            assert res.token == int(torch.argmax(full_masked(logits, m, banned))), (name, i)
+            assert res.token == int(torch.argmax(full_masked(logits, m))), (name, i)
     assert lazy_hits >= len(states) * 5  # shaped logits always find a token within the budget
 
 
@@ -186,10 +193,10 @@ def test_greedy_skips_a_banned_eos(vocab, states):
     logits[eos] = 10.0
     logits[vocab.token_id("3")] = 5.0
     assert sample_with_lazy_mask(logits, Sampler(temperature=0.0), m).token == eos
-    banned = torch.tensor([eos])
-    res = sample_with_lazy_mask(logits, Sampler(temperature=0.0), m, banned=banned)
+    logits = ban(logits, torch.tensor([eos]))
+    res = sample_with_lazy_mask(logits, Sampler(temperature=0.0), m)
     assert res.token is not None and res.token != eos
-    assert res.token == int(torch.argmax(full_masked(logits, m, banned))) == vocab.token_id("3")
+    assert res.token == int(torch.argmax(full_masked(logits, m))) == vocab.token_id("3")
 
 
 # ------------------------------------------------------------------------- distributions
@@ -213,15 +220,15 @@ def chi_square(counts: np.ndarray, probs: np.ndarray, n: int) -> tuple[float, in
 
 
 def check_distribution(vocab, m: Matcher, sampler_args: dict, logits: torch.Tensor,
-                       banned: torch.Tensor | None = None, n: int = 3000) -> LazyResult:
-    expected = Sampler(**sampler_args, seed=0).probs(full_masked(logits, m, banned)).double().numpy()
+                       n: int = 3000) -> LazyResult:
+    expected = Sampler(**sampler_args, seed=0).probs(full_masked(logits, m)).double().numpy()
     expected /= expected.sum()  # min-p zeroes tokens without renormalising; multinomial does
     sampler = Sampler(**sampler_args, seed=1234)
     counts = np.zeros(vocab.n_vocab)
     checked = 0
     res = None
     for _ in range(n):
-        res = sample_with_lazy_mask(logits, sampler, m, banned=banned)
+        res = sample_with_lazy_mask(logits, sampler, m)
         assert res.token is not None and not res.fell_back
         counts[res.token] += 1
         checked = max(checked, res.candidates_checked)
@@ -250,7 +257,7 @@ def test_temperature_with_banned_ids(vocab, states):
     logits = shaped_logits(allowed_of(m, vocab.n_vocab), g)
     eos = vocab.eos_token_ids[0]
     logits[eos] = 4.5
-    check_distribution(vocab, m, {"temperature": 1.3}, logits, banned=torch.tensor([eos]))
+    check_distribution(vocab, m, {"temperature": 1.3}, ban(logits, torch.tensor([eos])))
 
 
 def test_top_k_takes_the_k_best_allowed_tokens(vocab, age_state):

@@ -60,7 +60,6 @@ def expected_allowed(vocab, remaining: bytes) -> set[int]:
 def check_step_exhaustively(vocab, hc: HealingConstraint) -> set[int]:
     """Every representation of the step's mask equals the brute-force set; returns it."""
     want = expected_allowed(vocab, hc.remaining)
-    assert set(hc.allowed_ids().tolist()) == want
     bm = allocate_bitmask(1, vocab.n_vocab)
     bm[:] = -1  # fill_bitmask must overwrite everything
     hc.fill_bitmask(bm, 0)
@@ -124,28 +123,24 @@ def test_url_prompt_heals_the_colon(vocab):
     assert not set(vocab.eos_token_ids) & allowed
 
 
-def test_url_constraint_advance_and_strip(vocab):
+def test_url_constraint_advance(vocab):
     hc = heal_prompt(vocab.encode("url: https:"), vocab).constraint()
     assert not hc.advance(tid(vocab, b"/"))  # rejected, nothing changes
-    assert hc.remaining == b":" and hc.token_ids == []
+    assert hc.remaining == b":"
     for eos in vocab.eos_token_ids:
         assert not hc.advance(eos)
     assert hc.advance(tid(vocab, b"://"))
-    assert hc.done and hc.visible == b"//"
-    # Once done it constrains nothing (EOS included) and passes bytes through.
+    assert hc.done
+    # Once done it constrains nothing (EOS included) and accepts anything.
     assert unpack_bitmask(hc.allowed_words(), vocab.n_vocab).all()
     assert all(hc.is_allowed(e) for e in vocab.eos_token_ids)
-    assert hc.advance(tid(vocab, b"www")) and hc.visible == b"www"
-    assert hc.strip(b"://www") == b"//www"
-    assert hc.strip(b"") == b""
-    with pytest.raises(ValueError):
-        hc.strip(b"//www")
+    assert hc.advance(tid(vocab, b"www")) and hc.done
 
 
 def test_original_token_alone_completes_healing(vocab):
     hc = heal_prompt(vocab.encode("url: https:"), vocab).constraint()
     assert hc.advance(tid(vocab, b":"))
-    assert hc.done and hc.visible == b""
+    assert hc.done
 
 
 def test_bitmask_applies_to_logits(smol_vocab):
@@ -155,7 +150,7 @@ def test_bitmask_applies_to_logits(smol_vocab):
     logits = torch.zeros(1, smol_vocab.n_vocab)
     apply_bitmask(logits, bm)
     finite = set(torch.isfinite(logits[0]).nonzero().flatten().tolist())
-    assert finite == set(hc.allowed_ids().tolist())
+    assert finite == expected_allowed(smol_vocab, hc.remaining)
 
 
 # ------------------------------------------------------------------------- multi-token
@@ -172,7 +167,7 @@ def test_two_tokens_back_smollm2(smol_vocab):
     hc = two.constraint()
     allowed = check_step_exhaustively(v, hc)
     assert {tid(v, b" https"), tid(v, b" h"), ids[-2]} <= allowed
-    assert hc.advance(tid(v, b" https")) and hc.done and hc.visible == b"ps"
+    assert hc.advance(tid(v, b" https")) and hc.done
 
 
 def test_walk_through_prefix_in_two_tokens_smollm2(smol_vocab):
@@ -184,10 +179,9 @@ def test_walk_through_prefix_in_two_tokens_smollm2(smol_vocab):
     first = check_step_exhaustively(v, hc)
     assert tid(v, b" https") in first
     assert all(len(v.token_bytes[i]) < len(b" https:") for i in first)  # proper prefixes only
-    assert hc.advance(tid(v, b" https")) and not hc.done and hc.remaining == b":" and hc.visible == b""
+    assert hc.advance(tid(v, b" https")) and not hc.done and hc.remaining == b":"
     assert not set(v.eos_token_ids) & check_step_exhaustively(v, hc)
-    assert hc.advance(tid(v, b"://")) and hc.done and hc.visible == b"//"
-    assert hc.strip(b" https://x") == b"//x"
+    assert hc.advance(tid(v, b"://")) and hc.done
 
 
 def test_llama3_walk_across_the_cut(llama3_vocab):
@@ -207,9 +201,8 @@ def test_llama3_walk_across_the_cut(llama3_vocab):
     assert ids[-2] in first and tid(v, b"(") in first
     assert hc.advance(tid(v, b"(")) and hc.remaining == b'"hello'
     assert tid(v, b'"h') in check_step_exhaustively(v, hc)
-    assert hc.advance(tid(v, b'"h')) and hc.remaining == b"ello" and hc.visible == b""
-    assert hc.advance(tid(v, b"ello")) and hc.done and hc.token_ids == [tid(v, x) for x in (b"(", b'"h', b"ello")]
-    assert hc.strip(b'("hello world') == b" world"
+    assert hc.advance(tid(v, b'"h')) and hc.remaining == b"ello"
+    assert hc.advance(tid(v, b"ello")) and hc.done
 
 
 # ------------------------------------------------------------------------- when not to heal
@@ -258,7 +251,7 @@ def test_newline_is_healed(smol_vocab):
     ids = v.encode("Question?\n")
     healing = heal_prompt(ids, v)
     assert healing.prefix == b"\n"
-    assert tid(v, b"\n\n") in set(healing.constraint().allowed_ids().tolist())
+    assert unpack_bitmask(healing.constraint().allowed_words(), v.n_vocab)[tid(v, b"\n\n")]
 
 
 # ------------------------------------------------------------------------- end to end
@@ -299,8 +292,7 @@ def test_end_to_end_greedy_healing(local_model):
     generated = lm.vocab.decode(healed)
     # The invariant: shortened prompt + generated text re-creates the prompt, then goes on.
     assert (short_text + generated).startswith(prompt.encode())
-    shown = prompt.encode() + hc.strip(generated)
-    assert shown == short_text + generated
+    shown = short_text + generated
     first = lm.vocab.token_bytes[healed[0]]
     print(f"\nhealed first token {first!r}; healed: {shown!r}")
     print(f"unhealed: {prompt.encode() + lm.vocab.decode(plain)!r}")

@@ -24,7 +24,7 @@ import inspect
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .correction_log import CorrectionLog
@@ -80,7 +80,6 @@ class GuideResult:
     seconds: float = 0.0
     model_seconds: float = 0.0
     draft_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def corrections(self) -> int:

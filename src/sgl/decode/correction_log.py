@@ -64,9 +64,6 @@ class CorrectionLog:
     def __getitem__(self, i: int) -> Correction:
         return self.corrections[i]
 
-    def __bool__(self) -> bool:
-        return bool(self.corrections)
-
     # -- terminal -----------------------------------------------------------------
     def format(self, color: bool = False) -> str:
         """The log as text; ``color`` adds ANSI colours (red rejected, green repair)."""

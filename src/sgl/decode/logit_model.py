@@ -112,11 +112,7 @@ class LogitModel:
     def as_black_box(self, max_tokens: int = 64, temperature: float = 0.0,
                      stop: Sequence[str] = ()) -> Callable[[str], str]:
         """``fn(text) -> continuation`` over this model."""
-
-        def fn(text: str) -> str:
-            return self.complete(text, max_tokens, temperature, stop)
-
-        return fn
+        return lambda text: self.complete(text, max_tokens, temperature, stop)
 
 
 class Generated(NamedTuple):

@@ -145,33 +145,24 @@ class OptimalSampler:
         return self.base.vocab
 
     # -- one step ---------------------------------------------------------------
-    def mix(self, logits_base: Any, logits_teacher: Any, bitmask: np.ndarray | None = None) -> StepMix:
-        """The mixture for one step from raw logits ([B, V] tensors or arrays)."""
+    def mix(self, logits_base: Any, logits_teacher: Any) -> StepMix:
+        """The mixture for one step from the two models' logits ([B, V] tensors or arrays;
+        under a constraint the engine's step masks both rows first)."""
         import torch
 
         lb_logits = torch.as_tensor(logits_base).double() / self.base_temperature
         lt_logits = torch.as_tensor(logits_teacher).double() / self.teacher_temperature
-        lb_logits, lt_logits = lb_logits.reshape(-1, lb_logits.shape[-1]), lt_logits.reshape(-1, lt_logits.shape[-1])
-        if bitmask is not None:
-            from sgl.constrain import apply_bitmask
-
-            apply_bitmask(lb_logits, bitmask)
-            apply_bitmask(lt_logits, bitmask)
-        lb = torch.log_softmax(lb_logits, dim=-1).numpy()
-        lt = torch.log_softmax(lt_logits, dim=-1).numpy()
+        lb = torch.log_softmax(lb_logits.reshape(-1, lb_logits.shape[-1]), dim=-1).numpy()
+        lt = torch.log_softmax(lt_logits.reshape(-1, lt_logits.shape[-1]), dim=-1).numpy()
         pair = LogPair.from_logp(lb, lt)
         alpha = choose_alpha(self.alpha_method, pair, lb, lt, self.alpha_min, self.alpha_max, self.fixed_alpha)
-        logq = self._log_mixture(pair, lb, lt, alpha)
-        if self.restrict:
-            logq = self._restrict_to_target(logq, lt)
-        return StepMix(logq, alpha, *self._diagnostics(logq, lb, lt))
-
-    @staticmethod
-    def _log_mixture(pair: LogPair, lb: np.ndarray, lt: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         logq = pair.log_mixture(np.clip(alpha, 0.0, 1.0))
         # the ends are exactly one model, on its own support (not the common one)
         logq = np.where((alpha <= 0.0)[:, None], lb, logq)
-        return np.where((alpha >= 1.0)[:, None], lt, logq)
+        logq = np.where((alpha >= 1.0)[:, None], lt, logq)
+        if self.restrict:
+            logq = self._restrict_to_target(logq, lt)
+        return StepMix(logq, alpha, *self._diagnostics(logq, lb, lt))
 
     def _restrict_to_target(self, logq: np.ndarray, lt: np.ndarray) -> np.ndarray:
         """Keep q only on the teacher's top-k / top-p tokens (the engine's truncation), renormalised."""
@@ -282,7 +273,7 @@ class OptimalSampler:
             if out.finish_reason == "error":
                 raise RuntimeError(out.meta.get("error", "generation failed"))
             own = out.token_ids[:-1] if out.finish_reason == "eos" else list(out.token_ids)
-            reason = "eos" if st.ended_itself else out.finish_reason
+            reason = "eos" if st.completed else out.finish_reason  # a complete constraint counts as EOS
             ids.append(own)
             texts.append(out.text if reason == "stop" else self.base.decode(own))  # cut at the stop string
             reasons.append(reason)

@@ -60,17 +60,16 @@ def sample_with_lazy_mask(
     logits: torch.Tensor,
     sampler: Sampler,
     matcher: Matcher,
-    banned: torch.Tensor | None = None,
     max_candidates: int = 32,
 ) -> LazyResult:
     """Sample one token from ``logits`` (``[V]``) under ``matcher``'s constraint, lazily.
 
-    The distribution is the full path's: disallowed and ``banned`` ids set to -inf, then
-    ``sampler.sample``. At most ``max_candidates`` distinct tokens are checked with
+    The distribution is the full path's: disallowed ids set to -inf, then
+    ``sampler.sample`` (banned ids are -inf in ``logits`` already: the step bans them). At most ``max_candidates`` distinct tokens are checked with
     `Matcher.accepts_token`; ``token=None`` means the caller must build the full mask.
     ``logits`` is not modified; the matcher does not advance.
     """
-    check = _Checker(matcher, max_candidates, _banned_set(banned))
+    check = _Checker(matcher, max_candidates)
     if sampler.greedy:
         token = _greedy(logits, check)
     elif 0 < sampler.top_k < logits.shape[-1]:
@@ -83,12 +82,11 @@ def sample_with_lazy_mask(
 
 
 class _Checker:
-    """Asks the matcher about tokens, remembering answers; banned ids count as refused."""
+    """Asks the matcher about tokens, remembering answers."""
 
-    def __init__(self, matcher: Matcher, budget: int, banned: frozenset[int]) -> None:
+    def __init__(self, matcher: Matcher, budget: int) -> None:
         self.matcher = matcher
         self.budget = budget
-        self.banned = banned
         self.answers: dict[int, bool] = {}
 
     @property
@@ -96,9 +94,7 @@ class _Checker:
         return len(self.answers)
 
     def __call__(self, token: int) -> bool | None:
-        """Is ``token`` allowed (and not banned)? None once the budget is spent."""
-        if token in self.banned:
-            return False
+        """Is ``token`` allowed? None once the budget is spent."""
         known = self.answers.get(token)
         if known is not None:
             return known
@@ -106,12 +102,6 @@ class _Checker:
             return None
         ok = self.answers[token] = self.matcher.accepts_token(token)
         return ok
-
-
-def _banned_set(banned: torch.Tensor | None) -> frozenset[int]:
-    if banned is None or banned.numel() == 0:
-        return frozenset()
-    return frozenset(banned.flatten().tolist())
 
 
 def _descending(
@@ -206,7 +196,7 @@ def _rejection(logits: torch.Tensor, sampler: Sampler, check: _Checker) -> int |
 
 
 def _unmasked_weights(logits: torch.Tensor, sampler: Sampler, check: _Checker) -> np.ndarray | None:
-    """Unnormalised probabilities before the mask: banned ids 0, min-p applied; None if unsure."""
+    """Unnormalised probabilities before the mask, min-p applied; None if unsure."""
     x = logits.detach().to("cpu", torch.float32).numpy()
     # numpy, single-threaded: torch's parallel elementwise ops stall badly on a busy CPU
     z = x / np.float32(sampler.temperature)
@@ -214,8 +204,6 @@ def _unmasked_weights(logits: torch.Tensor, sampler: Sampler, check: _Checker) -
     if not np.isfinite(top):  # all -inf, or a NaN somewhere (max propagates it)
         return None
     weights = np.exp(z - top)
-    if check.banned:
-        weights[list(check.banned)] = 0.0
     if sampler.min_p > 0.0:
         best = _best_allowed(_descending(logits), check, 1)
         if best is None:

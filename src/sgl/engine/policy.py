@@ -86,10 +86,10 @@ class Pairing(LogitsPolicy):
             self.partner = state
         self._wake[id(state)] = wake
 
-    def deposit(self, state: SeqState, logits: torch.Tensor) -> None:
-        """``state``'s logits for its next token (a row of this step's forward pass)."""
+    def deposit(self, state: SeqState, logits: torch.Tensor, i: int) -> None:
+        """``state``'s logits for its next token: row ``i`` of this step's forward pass."""
         with self._lock:
-            self._rows[id(state)] = (len(state.tokens), logits.clone())
+            self._rows[id(state)] = (len(state.tokens), logits[i].clone())
         if state is self.partner and self.leader is not None:
             self._wake[id(self.leader)]()
 

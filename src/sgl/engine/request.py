@@ -29,7 +29,6 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return next(i for i in range(n) if a[i] != b[i])
 
 
-
 @dataclass(frozen=True)
 class PromptLogprobs:
     """Score the prompt: log p(token | the tokens before) of prompt tokens ``start ..``.
@@ -90,11 +89,12 @@ class TextTracker:
     Bytes are decoded incrementally: an incomplete UTF-8 sequence at the end stays in
     the decoder, so the text (and any cut at a stop string) never splits a character.
     ``stop_regex`` (a pattern or several, Python `re` syntax, SGLang's argument) ends
-    generation at the first match in the text, cut where the match starts.
+    generation at the first match in the text, cut where the match starts. ``stops``:
+    a string or several.
     """
 
-    def __init__(self, stops: Sequence[str] = (), stop_regex: str | Sequence[str] | None = None) -> None:
-        self.stops = tuple(s for s in stops if s)
+    def __init__(self, stops: str | Sequence[str] | None = (), stop_regex: str | Sequence[str] | None = None) -> None:
+        self.stops = tuple(s for s in ((stops,) if isinstance(stops, str) else stops or ()) if s)
         self._max_stop = max((len(s) for s in self.stops), default=0)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text = ""

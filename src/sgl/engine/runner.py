@@ -15,7 +15,6 @@ import torch
 from .kv_pool import KVPool
 from .llama import Llama
 from .paged_forward import RowInput, forward_rows
-from .policy import Pairing
 from .sampler import apply_penalties_batch
 from .speculative import DraftPools, Speculation, propose_drafts
 from .step import SeqState
@@ -49,6 +48,7 @@ class ModelRunner:
         if rows is not None:
             logits = logits[rows]
         penalized = [i for i, s in enumerate(states) if s.sampler.penalized]
+        raws = {}  # a penalized row's logits before its penalties, when it records logprobs
         if penalized:
             idx = torch.tensor(penalized, device=logits.device)
             rows = logits[idx]
@@ -58,27 +58,12 @@ class ModelRunner:
                     if states[i].out.logprobs is not None or states[i].trace is not None}
             logits[idx] = rows
         for i, (state, row) in enumerate(zip(states, logits, strict=True)):
-            if penalized and i in penalized:
-                state.step(row, penalized=True, raw=raws.get(i))
-            else:
-                state.step(row)
+            state.step(row, raws.get(i), penalized=i in penalized)
 
     def draft(self, requests: Sequence[tuple[Speculation, SeqState]]) -> int:
         """The drafts of a step's speculative rows, each draft model's for all its rows in
         one batched forward per draft position; how many draft-model forwards ran."""
         return propose_drafts(self.model, requests, self.draft_pools, self.pick_threads)
-
-    def verify(self, acceptor: Speculation, state: SeqState, logits: torch.Tensor, i: int,
-               row_logits: torch.Tensor | None) -> int:
-        """A speculative sequence's step: its drafts checked against ``row_logits`` (one row
-        per fed position from the pending token on), or, with none drafted, the batch's row
-        ``i`` of ``logits``; how many were accepted."""
-        return acceptor.verify(state, logits[i][None] if row_logits is None else row_logits)
-
-    def deposit(self, pairing: Pairing, state: SeqState, logits: torch.Tensor, i: int) -> None:
-        """Leave a paired sequence's row ``i`` of the batch's logits with its `Pairing` (the
-        step waits for both)."""
-        pairing.deposit(state, logits[i])
 
     def pick_threads(self, n_tokens: int) -> None:
         """One intra-op thread for small steps, all of them for big ones.

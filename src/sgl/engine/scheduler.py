@@ -122,22 +122,6 @@ class EngineSeq:
     def unfed(self) -> int:
         return len(self.state.tokens) - self.cached
 
-    @property
-    def tokens(self) -> list[int]:
-        return self.state.tokens
-
-    @property
-    def out(self) -> SeqOutput:
-        return self.state.out
-
-    @property
-    def done(self) -> bool:
-        return self.state.done
-
-    @property
-    def max_tokens(self) -> int:
-        return self.state.max_tokens
-
 
 class RequestHandle:
     """A submitted request: wait for its output, stream its text, or cancel it."""
@@ -149,7 +133,7 @@ class RequestHandle:
         """Block until the request ends; its `SeqOutput` (``finish_reason`` "error" on failure)."""
         if not self._seq.finished.wait(timeout):
             raise TimeoutError("the request did not finish in time")
-        return self._seq.out
+        return self._seq.state.out
 
     def stream(self) -> Iterator[str]:
         """Text deltas as they become final, until the request ends."""
@@ -165,7 +149,7 @@ class RequestHandle:
 
     @property
     def output(self) -> SeqOutput:
-        return self._seq.out
+        return self._seq.state.out
 
 
 class Engine:
@@ -295,7 +279,7 @@ class Engine:
 
     def _fail_all(self, message: str) -> None:
         for seq in [*self.running, *self.waiting, *self._inbox]:
-            seq.out.meta["error"] = message
+            seq.state.out.meta["error"] = message
             self._finish(seq, "error")
             self._release(seq)
         self.running.clear()
@@ -303,7 +287,7 @@ class Engine:
         self._inbox.clear()
 
     def _cancel(self, seq: EngineSeq) -> None:
-        if seq.done:
+        if seq.state.done:
             return
         seq.cancelled = True
         if seq in self.waiting:
@@ -321,13 +305,13 @@ class Engine:
         if not batch:
             if self.waiting and not self.running:  # nothing fits even in an empty pool
                 seq = self.waiting.popleft()
-                need = len(seq.tokens) + seq.max_tokens
-                seq.out.meta["error"] = (f"the request needs {need} tokens of KV cache; the budget "
+                need = len(seq.state.tokens) + seq.state.max_tokens
+                seq.state.out.meta["error"] = (f"the request needs {need} tokens of KV cache; the budget "
                                          f"holds {self.pool.capacity_tokens}")
                 self._finish(seq, "error")
                 return True
             return paired
-        rows = [RowInput(seq.tokens[seq.cached:seq.cached + n] + seq.drafts, seq.cached, seq.blocks,
+        rows = [RowInput(seq.state.tokens[seq.cached:seq.cached + n] + seq.drafts, seq.cached, seq.blocks,
                          logits_tail=self._logits_tail(seq, n)) for seq, n in batch]
         logits = self.runner.forward(rows)
         for (seq, _), row in zip(batch, rows, strict=True):
@@ -345,12 +329,12 @@ class Engine:
                 continue  # a prompt chunk: more to feed before sampling
             if seq.first_token is None:
                 seq.first_token = now
-            if seq.max_tokens == 0:  # prefill only (it warms the prefix cache)
+            if seq.state.max_tokens == 0:  # prefill only (it warms the prefix cache)
                 self._finish(seq, "length")
                 self._retire(seq)
                 continue
             if seq.paired:  # its step waits for the partner's row (`_advance_pairs`)
-                self.runner.deposit(seq.req.policy, seq.state, logits, i)
+                seq.req.policy.deposit(seq.state, logits, i)
                 continue
             if seq.req.acceptor is not None:
                 self._verify(seq, logits, i, row.logits)
@@ -375,9 +359,9 @@ class Engine:
     def _verify(self, seq: EngineSeq, logits: Any, i: int, row_logits: Any) -> None:
         """A speculative sequence's step: keep the accepted drafts' KV, not the rejected ones'."""
         fed = seq.cached  # the pending token is fed; the drafts' KV follows it
-        accepted = self.runner.verify(seq.req.acceptor, seq.state, logits, i, row_logits)
+        accepted = seq.req.acceptor.verify(seq.state, logits, i, row_logits)
         seq.drafts = []
-        seq.cached = min(fed + accepted, len(seq.tokens) - 1)  # the newest token is the next pending one
+        seq.cached = min(fed + accepted, len(seq.state.tokens) - 1)  # the newest token is the next pending one
         self._publish(seq)
 
     def _advance_pairs(self) -> bool:
@@ -391,8 +375,8 @@ class Engine:
         return changed
 
     def _after_step(self, seq: EngineSeq) -> None:
-        if seq.done:
-            self._finish(seq, seq.out.finish_reason)
+        if seq.state.done:
+            self._finish(seq, seq.state.out.finish_reason)
             self._retire(seq)
         else:
             self._emit(seq)
@@ -416,9 +400,9 @@ class Engine:
         while self.waiting and budget > 0 and (len(self.running) < self.config.max_running
                                                or self._other_half_running(self.waiting[0])):
             seq = self.waiting[0]
-            if len(seq.tokens) > self.pool.capacity_tokens:
+            if len(seq.state.tokens) > self.pool.capacity_tokens:
                 self.waiting.popleft()
-                seq.out.meta["error"] = (f"the prompt has {len(seq.tokens)} tokens; the KV budget "
+                seq.state.out.meta["error"] = (f"the prompt has {len(seq.state.tokens)} tokens; the KV budget "
                                          f"holds {self.pool.capacity_tokens}")
                 self._finish(seq, "error")
                 continue
@@ -454,16 +438,16 @@ class Engine:
         for seq in drafting:
             seq.draft_room = 0
             seq.drafts = seq.req.acceptor.draft.tokens
-            if seq.done:  # drafting failed
+            if seq.state.done:  # drafting failed
                 self._finish(seq, "error")
                 self._retire(seq)
-        return [(seq, n) for seq, n in batch if not seq.done]
+        return [(seq, n) for seq, n in batch if not seq.state.done]
 
     def _match_prefix(self, seq: EngineSeq) -> None:
         """Start ``seq`` from the longest cached prefix of its tokens (one token stays to feed)."""
-        first_time = seq.out.meta.get("cached_tokens") is None
+        first_time = seq.state.out.meta.get("cached_tokens") is None
         if self.config.prefix_cache:
-            nodes = self.cache.match(seq.tokens[:seq.state.cacheable_prefix()])
+            nodes = self.cache.match(seq.state.tokens[:seq.state.cacheable_prefix()])
             RadixCache.pin(nodes)
             seq.nodes = nodes
             seq.blocks = [node.block for node in nodes]
@@ -471,7 +455,7 @@ class Engine:
         seq.published_all = True
         if first_time:
             n_prompt = len(seq.req.prompt_ids)
-            seq.out.meta["cached_tokens"] = min(seq.cached, n_prompt)
+            seq.state.out.meta["cached_tokens"] = min(seq.cached, n_prompt)
             self.stats.prompt_tokens += n_prompt
             self.stats.cached_prompt_tokens += min(seq.cached, n_prompt)
             from sgl.telemetry.metrics import get_metrics
@@ -489,20 +473,17 @@ class Engine:
             short = need - self.pool.n_free
             if self.cache.evict(short) >= short:
                 continue
-            victim = self._preemption_victim(seq) if preempt else None
+            later = [s for s in self.running if s is not seq and s.order > seq.order] if preempt else []
+            victim = max(later, key=lambda s: s.order) if later else None  # the newest
             if victim is None:
                 if preempt and len(self.running) == 1:
-                    seq.out.meta["error"] = (f"the request needs {n_tokens} tokens of KV cache; "
+                    seq.state.out.meta["error"] = (f"the request needs {n_tokens} tokens of KV cache; "
                                              f"the budget holds {self.pool.capacity_tokens}")
                     self._finish(seq, "error")
                     self._retire(seq)
                 return False
             self._preempt(victim)
         return True
-
-    def _preemption_victim(self, seq: EngineSeq) -> EngineSeq | None:
-        later = [s for s in self.running if s is not seq and s.order > seq.order]
-        return max(later, key=lambda s: s.order) if later else None
 
     def _preempt(self, seq: EngineSeq) -> None:
         """Free ``seq``'s KV and queue it again, first, with what it generated."""
@@ -511,7 +492,7 @@ class Engine:
         seq.cached = 0
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
-        seq.out.meta["preemptions"] = seq.out.meta.get("preemptions", 0) + 1
+        seq.state.out.meta["preemptions"] = seq.state.out.meta.get("preemptions", 0) + 1
 
     def _publish(self, seq: EngineSeq) -> None:
         """Hand ``seq``'s newly completed full blocks to the prefix cache."""
@@ -520,7 +501,7 @@ class Engine:
         bs = self.pool.block_size
         for i in range(len(seq.nodes), seq.cached // bs):
             parent = seq.nodes[-1] if seq.nodes else None
-            node = self.cache.extend(parent, seq.tokens[i * bs:(i + 1) * bs], seq.blocks[i])
+            node = self.cache.extend(parent, seq.state.tokens[i * bs:(i + 1) * bs], seq.blocks[i])
             if node is None:  # the same tokens were cached by another sequence meanwhile
                 seq.published_all = False
                 return
@@ -573,8 +554,8 @@ class Engine:
 
     def _emit(self, seq: EngineSeq) -> None:
         """Queue the text of ``seq`` that is final and not yet streamed."""
-        end = len(seq.out.text) if seq.done else seq.state.tracker.stable_len()
-        text = seq.out.text if seq.done else seq.state.tracker.text
+        end = len(seq.state.out.text) if seq.state.done else seq.state.tracker.stable_len()
+        text = seq.state.out.text if seq.state.done else seq.state.tracker.text
         if end > seq.emitted:
             seq.deltas.put(text[seq.emitted:end])
             seq.emitted = end
@@ -584,7 +565,7 @@ class Engine:
         if seq.finished.is_set():
             return
         seq.state.finish(reason)
-        out = seq.out
+        out = seq.state.out
         out.meta["latency_s"] = time.perf_counter() - seq.submitted
         if seq.first_token is not None:
             out.meta["ttft_s"] = seq.first_token - seq.submitted

@@ -268,16 +268,12 @@ class DraftPool:
         if probe is not None and not self._mask(logits, probe):
             return None
         sampler = job.sampler
-        if sampler.greedy:
-            tok = int(torch.argmax(logits))
-        else:
-            q = sampling_probs(sampler, logits)
-            tok = int(torch.multinomial(q, 1, generator=sampler.generator))
-            qs.append(q)
+        q = None if sampler.greedy else sampling_probs(sampler, logits)
+        tok = sampler.sample(logits) if q is None else int(torch.multinomial(q, 1, generator=sampler.generator))
         if probe is not None and not probe.advance(tok):
-            if not sampler.greedy:
-                qs.pop()
             return None
+        if q is not None:
+            qs.append(q)
         return tok
 
     def _mask(self, logits: torch.Tensor, matcher: Matcher) -> bool:
@@ -436,17 +432,18 @@ class Speculation:
         if self.drafter is not None:
             self.drafter.release()
 
-    def verify(self, state: SeqState, logits: torch.Tensor) -> int:
-        """Emit the accepted drafts and one token of the target's own from ``logits``
-        (``[1 + len(drafts), V]``: after the pending token, then after each draft);
-        how many drafts were accepted."""
+    def verify(self, state: SeqState, logits: torch.Tensor, i: int, rows: torch.Tensor | None) -> int:
+        """Emit the accepted drafts and one token of the target's own from ``rows`` (one
+        row per fed position: after the pending token, then after each draft; None when
+        nothing was drafted: the step's row ``i`` of ``logits``); how many drafts were
+        accepted."""
         if state.finish_if_complete():
             return 0
         confirmed = len(state.tokens)
         draft, self.draft = self.draft, Draft()
         self.forward_passes += 1
         self.proposed += len(draft.tokens)
-        accepted = _verify(state, logits, draft)
+        accepted = _verify(state, logits[i][None] if rows is None else rows, draft)
         self.accepted += accepted
         if self._started:
             self.drafter.rollback(confirmed + accepted)
@@ -519,10 +516,11 @@ def plain_generate(target: Llama, prompt_ids: Sequence[int], max_tokens: int, sa
 
     ``matcher`` (optional) is advanced over the generated tokens.
     """
-    return _alone(target, Speculation(None), prompt_ids, max_tokens, sampler, eos_ids, matcher, stop_token_ids)
+    return speculative_generate(target, None, prompt_ids, max_tokens, sampler, eos_ids, matcher=matcher,
+                                stop_token_ids=stop_token_ids)
 
 
-def speculative_generate(target: Llama, drafter: Drafter, prompt_ids: Sequence[int], max_tokens: int,
+def speculative_generate(target: Llama, drafter: Drafter | None, prompt_ids: Sequence[int], max_tokens: int,
                          sampler: Sampler, eos_ids: Collection[int], k: int = 4,
                          matcher: Matcher | None = None, stop_token_ids: Collection[int] = (),
                          params: Any = None, token_bytes: Sequence[bytes | None] | None = None) -> SpecResult:
@@ -536,27 +534,21 @@ def speculative_generate(target: Llama, drafter: Drafter, prompt_ids: Sequence[i
     ``stop_token_ids`` token (included in the output), when the constraint is complete,
     or after ``max_tokens`` tokens. With ``params`` (a `SamplingParams`: stop strings,
     ``stop_regex``, ``min_tokens``) and ``token_bytes`` (the vocabulary's), the text
-    ends exactly as in the engine. One request in an engine of its own; a `LocalModel`
-    puts `Speculation` requests in its shared engine instead.
+    ends exactly as in the engine. One request in an engine of its own (every token
+    sampled, nothing cached; ``drafter=None``: plain decoding); a `LocalModel` puts
+    `Speculation` requests in its shared engine instead.
     """
-    if isinstance(drafter, ModelDrafter):  # refused here, before the engine runs it
-        check_vocab(target, drafter.model)
-    return _alone(target, Speculation(drafter, k), prompt_ids, max_tokens, sampler, eos_ids, matcher,
-                  stop_token_ids, params, token_bytes)
+    from sgl.types import SamplingParams
 
-
-def _alone(target: Llama, acceptor: Speculation, prompt_ids: Sequence[int], max_tokens: int, sampler: Sampler,
-           eos_ids: Collection[int], matcher: Matcher | None, stop_token_ids: Collection[int],
-           params: Any = None, token_bytes: Sequence[bytes | None] | None = None) -> SpecResult:
-    """``acceptor``'s request in an engine of its own (every token sampled, nothing cached)."""
     from .kv_pool import bytes_per_token
     from .request import SeqRequest
     from .scheduler import Engine, EngineConfig
 
+    if isinstance(drafter, ModelDrafter):  # refused here, before the engine runs it
+        check_vocab(target, drafter.model)
+    acceptor = Speculation(drafter, k)
     if not prompt_ids:
         raise ValueError("the prompt has no tokens")
-    from sgl.types import SamplingParams
-
     if params is None:
         params = SamplingParams(max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids))
     else:

@@ -27,6 +27,7 @@ import torch
 from sgl.constrain.bitmask import count_allowed, unpack_bitmask
 from sgl.constrain.torch_utils import apply_bitmask
 
+from .lazy_mask import sample_with_lazy_mask
 from .request import PromptLogprobs, SeqOutput, TextTracker
 from .sampler import Sampler, token_logprob, top_logprobs
 
@@ -69,11 +70,6 @@ class StepContext:
         return self._bitmask
 
 
-def _stops(params: Any) -> tuple[str, ...]:
-    stop = getattr(params, "stop", None)
-    return (stop,) if isinstance(stop, str) else tuple(stop or ())
-
-
 class SeqState:
     """The decoding state of one sequence: tokens, sampler, matcher, output, end checks.
 
@@ -100,7 +96,7 @@ class SeqState:
         self.ban = torch.tensor(sorted(ctx.eos_ids | self.stop_token_ids), dtype=torch.long, device=device)
         self.eos_ban = (torch.tensor(sorted(ctx.eos_ids), dtype=torch.long, device=device)
                         if getattr(params, "ignore_eos", False) and ctx.eos_ids else None)
-        self.tracker = TextTracker(_stops(params), getattr(params, "stop_regex", None))
+        self.tracker = TextTracker(getattr(params, "stop", None), getattr(params, "stop_regex", None))
         want_lp = bool(getattr(params, "logprobs", False))
         want_top = want_lp and getattr(params, "top_logprobs", 0) > 0
         self.out = SeqOutput(logprobs=[] if want_lp else None, top_logprobs=[] if want_top else None,
@@ -166,7 +162,11 @@ class SeqState:
         t0 = time.perf_counter()
         tok, bitmask, raw = self._choose(logits, raw, penalized)
         if matcher is not None:  # what the constraint costs: mask (or lazy checks) + sampling
-            self._count_mask(time.perf_counter() - t0)
+            seconds, meta, counters = time.perf_counter() - t0, self.out.meta, self.ctx.counters
+            meta["mask_time_s"] = meta.get("mask_time_s", 0.0) + seconds
+            meta["masks"] = meta.get("masks", 0) + 1
+            counters.mask_time_s += seconds
+            counters.masks += 1
         if tok is None:
             return
         self.accept(tok, raw, bitmask)
@@ -206,12 +206,6 @@ class SeqState:
         self.completed = True
         self.finish("stop")
         return True
-
-    @property
-    def ended_itself(self) -> bool:
-        """Whether the text ended on its own (an EOS token or a complete constraint),
-        not at a stop string, a stop token, the length limit or an error."""
-        return self.out.finish_reason == "eos" or self.completed
 
     def finish(self, reason: str, text: str | None = None) -> None:
         """End the sequence (once): finish reason, final text, token count, trace."""
@@ -255,8 +249,10 @@ class SeqState:
             return None, None
         # A cached mask is cheaper to apply than even a few candidate checks.
         if lazy and ctx.lazy_masks and self.trace is None and not matcher.mask_is_cached():
-            tok = self._lazy_token(logits)
+            tok = sample_with_lazy_mask(logits, self.sampler, matcher).token
             if tok is not None:
+                ctx.counters.lazy_hits += 1
+                out.meta["lazy_masks"] = out.meta.get("lazy_masks", 0) + 1
                 return tok, None
         bitmask = ctx.mask_buffer(logits.shape[-1])
         matcher.fill_bitmask(bitmask, 0)
@@ -286,22 +282,6 @@ class SeqState:
         if tok is None:
             tok = self.sampler.sample(logits if policy is None else policy.logits(logits, bitmask))
         return tok, bitmask, raw
-
-    def _lazy_token(self, logits: torch.Tensor) -> int | None:
-        from .lazy_mask import sample_with_lazy_mask
-
-        res = sample_with_lazy_mask(logits, self.sampler, self.matcher)
-        if res.token is not None:
-            self.ctx.counters.lazy_hits += 1
-            self.out.meta["lazy_masks"] = self.out.meta.get("lazy_masks", 0) + 1
-        return res.token
-
-    def _count_mask(self, seconds: float) -> None:
-        meta, counters = self.out.meta, self.ctx.counters
-        meta["mask_time_s"] = meta.get("mask_time_s", 0.0) + seconds
-        meta["masks"] = meta.get("masks", 0) + 1
-        counters.mask_time_s += seconds
-        counters.masks += 1
 
     # ----------------------------------------------------------- recording
 

@@ -1,4 +1,5 @@
-"""What the integrations share: one constraint argument set, compiled for a vocabulary."""
+"""What the integrations share: one constraint argument set, compiled for a vocabulary,
+and the state of one request's constraint as SGLang's and vLLM's grammar objects keep it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from sgl.constrain import (
     CompiledGrammar,
     ConstraintError,
+    Matcher,
     Vocabulary,
     compile_spec,
 )
@@ -50,3 +52,39 @@ def text_of(data: bytes) -> str | None:
 
     text = utf8_prefix(data).decode("utf-8")
     return text or None
+
+
+class EndTracking:
+    """A request's `Matcher`, and whether the text ended (EOS accepted) after each token.
+
+    The part of SGLang's and vLLM's grammar objects that is the same: ``is_terminated``
+    is true only once EOS has been accepted (before that the mask still matters: it may
+    allow only EOS).
+    """
+
+    def __init__(self, compiled: CompiledGrammar) -> None:
+        super().__init__()  # SGLang's / vLLM's base class, when installed
+        self.matcher = Matcher(compiled)
+        self._eos = frozenset(compiled.vocab.eos_token_ids)
+        self._ended: list[bool] = [False]  # per accepted token: did the text end there?
+
+    def _take(self, token: int) -> bool:
+        """Advance over ``token``; False (nothing changed) when the constraint refuses it."""
+        if not self.matcher.advance(token):
+            return False
+        self._ended.append(token in self._eos)
+        return True
+
+    def rollback(self, num_tokens: int) -> None:
+        """Undo the last ``num_tokens`` accepted tokens."""
+        self.matcher.rollback(num_tokens)
+        if num_tokens:
+            del self._ended[-num_tokens:]
+
+    def is_terminated(self) -> bool:
+        """Has EOS been accepted?"""
+        return self._ended[-1]
+
+    def forced_text(self) -> str | None:
+        """The text the constraint forces next (jump-forward), or None."""
+        return None if self.is_terminated() else text_of(self.matcher.forced_bytes())

@@ -61,10 +61,7 @@ def top_two(scores: np.ndarray) -> tuple[int | None, int | None]:
         return None, None
     left = int(scores[:best].argmax()) if best > 0 else None
     right = best + 1 + int(scores[best + 1:].argmax()) if best + 1 < n else None
-    if left is None or (right is not None and scores[right] > scores[left]):
-        second = right
-    else:
-        second = left
+    second = right if left is None or (right is not None and scores[right] > scores[left]) else left
     if second is None or not scores[second] > -np.inf:
         return best, None
     return best, second
@@ -218,11 +215,7 @@ class Prefetcher:
 def best_only_job(todo: list[tuple[Matcher, int]]) -> Callable[[], int]:
     """The job for a greedy step: prefetch the state after each given (matcher copy,
     token), which the caller found uncached (`Matcher.mask_ahead_is_cached`)."""
-
-    def job() -> int:
-        return sum(m.prefetch((t,)) for m, t in todo)
-
-    return job
+    return lambda: sum(m.prefetch((t,)) for m, t in todo)
 
 
 def lookahead_job(matchers: list[Matcher | None], scores: Any, ranks: int | list[int],

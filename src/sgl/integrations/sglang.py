@@ -20,14 +20,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sgl.constrain import (
-    CompiledGrammar,
-    ConstraintError,
-    Matcher,
-    Vocabulary,
-    apply_bitmask,
-)
-from sgl.integrations._common import compile_constraint, text_of
+from sgl.constrain import CompiledGrammar, ConstraintError, Vocabulary, apply_bitmask
+from sgl.integrations._common import EndTracking, compile_constraint
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +36,19 @@ _BaseBackend: Any = _sglang.BaseGrammarBackend if _sglang else object
 ANY_JSON = "$$ANY$$"  # SGLang's key for "any JSON value" (response_format json_object)
 
 
-class SGLGrammarObject(_BaseObject):
+class SGLGrammarObject(EndTracking, _BaseObject):
     """One request's constraint state, as SGLang's scheduler and sampler use it."""
 
     def __init__(self, compiled: CompiledGrammar) -> None:
-        if _sglang is not None:
-            super().__init__()
+        super().__init__(compiled)
         self.compiled = compiled
-        self.matcher = Matcher(compiled)
-        self._eos = frozenset(compiled.vocab.eos_token_ids)
-        self._ended: list[bool] = [False]  # per accepted token: did the text end there?
         self.finished = False
 
     # -- state ---------------------------------------------------------------------
     def accept_token(self, token: int) -> None:
         """Advance over ``token``; `ConstraintError` if the constraint forbids it."""
-        if not self.matcher.advance(int(token)):
+        if not self._take(int(token)):
             raise ConstraintError(f"token {token} is not allowed by the constraint here")
-        self._ended.append(int(token) in self._eos)
-
-    def rollback(self, k: int) -> None:
-        """Undo the last ``k`` accepted tokens."""
-        self.matcher.rollback(k)
-        if k:
-            del self._ended[-k:]
-
-    def is_terminated(self) -> bool:
-        """Has EOS been accepted?"""
-        return self._ended[-1]
 
     def copy(self) -> SGLGrammarObject:
         """A fresh object for the same constraint, at its start (SGLang caches compiled
@@ -101,9 +80,7 @@ class SGLGrammarObject(_BaseObject):
     # -- jump-forward ------------------------------------------------------------------
     def try_jump_forward(self, tokenizer: Any) -> tuple[list[int], str] | None:
         """``([], text)`` when the constraint forces ``text`` next, else None."""
-        if self.is_terminated():
-            return None
-        text = text_of(self.matcher.forced_bytes())
+        text = self.forced_text()
         return ([], text) if text else None
 
     def jump_forward_str_state(self, helper: tuple[list[int], str]) -> tuple[str, int]:

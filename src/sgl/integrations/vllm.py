@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from sgl.constrain import (
-    CompiledGrammar,
     ConstraintError,
     Matcher,
     Vocabulary,
     apply_bitmask,
     fill_next_token_bitmasks,
 )
-from sgl.integrations._common import compile_constraint, text_of
+from sgl.integrations._common import EndTracking, compile_constraint
 from sgl.types import guess_grammar_syntax
 
 log = logging.getLogger(__name__)
@@ -56,18 +55,13 @@ except ImportError:  # vLLM is not installed (or too old for V1)
 
 
 # --------------------------------------------------------------------------- backend
-class SGLGrammar(_VllmGrammar):  # type: ignore[misc,valid-type]
-    """One request's constraint state, driven by vLLM's scheduler.
+class SGLGrammar(EndTracking, _VllmGrammar):  # type: ignore[misc,valid-type]
+    """One request's constraint state, driven by vLLM's scheduler (see `EndTracking`)."""
 
-    ``is_terminated`` is true only once EOS has been accepted: before that the mask
-    still matters (it may allow only EOS).
-    """
-
-    def __init__(self, compiled: CompiledGrammar) -> None:
-        self.matcher = Matcher(compiled)
-        self._eos = frozenset(compiled.vocab.eos_token_ids)
-        self._ended: list[bool] = [False]  # per accepted token: did the text end there?
-        self.num_processed_tokens = 0
+    @property
+    def num_processed_tokens(self) -> int:
+        """Tokens accepted (and not rolled back)."""
+        return len(self._ended) - 1
 
     def accept_tokens(self, request_id: str, tokens: Sequence[int]) -> bool:
         """Advance over ``tokens``; False at the first refused one (earlier ones stay).
@@ -77,11 +71,9 @@ class SGLGrammar(_VllmGrammar):  # type: ignore[misc,valid-type]
         for t in tokens:
             if self.is_terminated():
                 return True
-            if not self.matcher.advance(int(t)):
+            if not self._take(int(t)):
                 log.error("sgl: request %s: token %s refused by its constraint", request_id, t)
                 return False
-            self._ended.append(int(t) in self._eos)
-            self.num_processed_tokens += 1
         return True
 
     def validate_tokens(self, tokens: Sequence[int]) -> list[int]:
@@ -98,30 +90,16 @@ class SGLGrammar(_VllmGrammar):  # type: ignore[misc,valid-type]
                 break
         return accepted
 
-    def rollback(self, num_tokens: int) -> None:
-        """Undo the last ``num_tokens`` accepted tokens."""
-        self.matcher.rollback(num_tokens)
-        if num_tokens:
-            del self._ended[-num_tokens:]
-        self.num_processed_tokens -= num_tokens
-
     def fill_bitmask(self, bitmask: Any, idx: int) -> None:
         """Write the allowed tokens into row ``idx`` of ``bitmask`` (int32 words)."""
         self.matcher.fill_bitmask(bitmask, idx)
 
-    def is_terminated(self) -> bool:
-        return self._ended[-1]
-
     def reset(self) -> None:
         self.matcher.reset()
         self._ended = [False]
-        self.num_processed_tokens = 0
 
-    def find_jump_string(self) -> str | None:
-        """The text the constraint forces next (jump-forward), or None."""
-        return None if self.is_terminated() else text_of(self.matcher.forced_bytes())
-
-    jump_forward_string = find_jump_string  # the name older vLLM versions used
+    # the text the constraint forces next (jump-forward), or None; older vLLM versions' name too
+    find_jump_string = jump_forward_string = EndTracking.forced_text
 
 
 def _setting(config: Any, *path: str, default: Any = None) -> Any:
@@ -177,20 +155,12 @@ class SGLBackend(_VllmBackend):  # type: ignore[misc,valid-type]
         and for structural tags, which SGL does not support.
         """
         kind = getattr(request_type, "name", str(request_type)).upper()
-        vocab = self._vocab_for(stop_token_ids)
-        if kind == "JSON":
-            args: dict[str, Any] = {"json_schema": grammar_spec}
-        elif kind == "JSON_OBJECT":
-            args = {"json_schema": {"type": "object"}}
-        elif kind == "REGEX":
-            args = {"regex": grammar_spec}
-        elif kind == "GRAMMAR":
-            args = {"grammar": grammar_spec, "grammar_syntax": guess_grammar_syntax(grammar_spec)}
-        elif kind == "CHOICE":
-            args = {"choices": _choices(grammar_spec)}
-        else:
+        name = {"JSON": "json_schema", "JSON_OBJECT": "json_schema", "REGEX": "regex", "GRAMMAR": "grammar",
+                "CHOICE": "choices"}.get(kind)
+        if name is None:
             raise ConstraintError(f"the SGL backend does not support {kind} requests")
-        return SGLGrammar(compile_constraint(vocab, json_options=self.json_options, **args))
+        args = _args(name, {"type": "object"} if kind == "JSON_OBJECT" else grammar_spec)
+        return SGLGrammar(compile_constraint(self._vocab_for(stop_token_ids), json_options=self.json_options, **args))
 
     def allocate_token_bitmask(self, max_num_seqs: int) -> Any:
         """A CPU int32 tensor ``(max_num_seqs, ceil(vocab_size / 32))``, all allowed."""
@@ -200,6 +170,15 @@ class SGLBackend(_VllmBackend):  # type: ignore[misc,valid-type]
 
     def destroy(self) -> None:
         self._vocabs.clear()
+
+
+def _args(name: str, spec: Any, grammar_syntax: str | None = None) -> dict[str, Any]:
+    """The `compile_constraint` arguments of ``spec`` given as its keyword ``name``: a
+    grammar's syntax guessed (Lark, or GBNF with ``::=`` rules) unless said, choices
+    read from JSON text."""
+    if name == "grammar":
+        return {"grammar": spec, "grammar_syntax": grammar_syntax or guess_grammar_syntax(spec)}
+    return {name: _choices(spec) if name == "choices" else spec}
 
 
 def _choices(spec: Any) -> list[str]:
@@ -252,14 +231,7 @@ def constraint_args(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
     if len(given) > 1:
         raise ConstraintError(f"give one of {', '.join(EXTRA_ARG_KEYS)}, not {', '.join(given)}")
     key, value = next(iter(given.items()))
-    if key == "sgl_json_schema":
-        return {"json_schema": value}
-    if key == "sgl_regex":
-        return {"regex": value}
-    if key == "sgl_grammar":
-        syntax = extra_args.get("sgl_grammar_syntax") or guess_grammar_syntax(value)
-        return {"grammar": value, "grammar_syntax": syntax}
-    return {"choices": _choices(value)}
+    return _args(key.removeprefix("sgl_"), value, extra_args.get("sgl_grammar_syntax"))
 
 
 @dataclass
