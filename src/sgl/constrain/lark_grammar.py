@@ -24,7 +24,7 @@ from lark.exceptions import GrammarError, LarkError, UnexpectedInput
 from lark.lexer import PatternStr, TerminalDef
 from lark.load_grammar import GrammarBuilder
 
-from .errors import ConstraintError
+from .errors import ConstraintError, line_col
 from .grammar import Grammar, Rule, Terminal
 
 # Lazy-quantifier idioms, rewritten into the longest-match regex that matches the same
@@ -135,9 +135,7 @@ def _locate(name: str, text: str) -> str | None:
     m = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text)
     if not m:
         return None
-    line = text.count("\n", 0, m.start()) + 1
-    col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-    return f"line {line}, column {col}"
+    return line_col(text, m.start())
 
 
 def _check_declared(rules, ignore, term_defs: dict[str, TerminalDef], text: str) -> None:
