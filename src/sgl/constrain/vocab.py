@@ -73,23 +73,31 @@ WELL_KNOWN_EOS = (
 
 # --------------------------------------------------------------------------- encoders
 class _LazyEncoder:
-    """Builds its tokenizer on first use: encoding is rare next to mask computation."""
+    """Encodes with a ``tokenizers.Tokenizer`` that ``build()`` makes on first use:
+    encoding is rare next to mask computation."""
 
-    def __init__(self, build: Callable[[], Callable[[str], list[int]]]) -> None:
+    def __init__(self, build: Callable[[], Any]) -> None:
         self._build = build
-        self._fn: Callable[[str], list[int]] | None = None
+        self._tok: Any = None
         self._lock = threading.Lock()
 
     def __call__(self, text: str) -> list[int]:
-        if self._fn is None:
+        if self._tok is None:
             with self._lock:
-                if self._fn is None:
-                    self._fn = self._build()
-        return self._fn(text)
+                if self._tok is None:
+                    self._tok = self._build()
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+
+def _specials_as_text(tok: Any) -> Any:
+    """``tok``, set to read "<|eot_id|>" in a text as text, not as the special token."""
+    if hasattr(tok, "encode_special_tokens"):
+        tok.encode_special_tokens = True
+    return tok
 
 
 def _tokenizers_encoder(text: Callable[[], str], patch: dict[str, Any]) -> _LazyEncoder:
-    def build() -> Callable[[str], list[int]]:
+    def build() -> Any:
         from tokenizers import Tokenizer
 
         source = text()
@@ -97,10 +105,7 @@ def _tokenizers_encoder(text: Callable[[], str], patch: dict[str, Any]) -> _Lazy
             config = json.loads(source)
             config.update(patch)
             source = json.dumps(config)
-        tok = Tokenizer.from_str(source)
-        if hasattr(tok, "encode_special_tokens"):
-            tok.encode_special_tokens = True  # "<|eot_id|>" in the text is text, not EOS
-        return lambda t: tok.encode(t, add_special_tokens=False).ids
+        return _specials_as_text(Tokenizer.from_str(source))
 
     return _LazyEncoder(build)
 
@@ -305,14 +310,7 @@ class Vocabulary:
             eos = tuple(int(i) for i in eos_token_ids)
         else:
             eos = gv.eos_token_ids or _well_known_eos(specials)
-        encoder: Callable[[str], list[int]] = _no_encoder
-        if byte_level:
-            def build() -> Callable[[str], list[int]]:
-                tok = load_gguf_tokenizer(path)
-                tok.encode_special_tokens = True
-                return lambda text: tok.encode(text, add_special_tokens=False).ids
-
-            encoder = _LazyEncoder(build)
+        encoder = _LazyEncoder(lambda: _specials_as_text(load_gguf_tokenizer(path))) if byte_level else _no_encoder
         return _finish(base, specials, eos, n_vocab, encoder)
 
 
@@ -513,12 +511,7 @@ def _from_source(
 def _source_encoder(spec: dict[str, Any], data: bytes, ranks: Mapping[bytes, int] | None) -> _LazyEncoder:
     if spec["kind"] == "json":
         return _tokenizers_encoder(lambda: data.decode("utf-8"), spec.get("patch") or {})
-
-    def build() -> Callable[[str], list[int]]:
-        tok = _tiktoken_tokenizer(ranks or _read_tiktoken(data), spec["pattern"], spec["nfc"])
-        return lambda t: tok.encode(t, add_special_tokens=False).ids
-
-    return _LazyEncoder(build)
+    return _LazyEncoder(lambda: _tiktoken_tokenizer(ranks or _read_tiktoken(data), spec["pattern"], spec["nfc"]))
 
 
 def _save_source_cache(key: str, vocab: Vocabulary, spec: dict[str, Any]) -> None:
