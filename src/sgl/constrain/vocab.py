@@ -538,12 +538,6 @@ def _load_source_cache(key: str, data: bytes) -> Vocabulary | None:
         encoder = _source_encoder(meta["spec"], data, None)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    vocab = Vocabulary(
-        token_bytes=base,
-        eos_token_ids=eos,
-        special_token_ids=frozenset(specials.values()) | frozenset(eos),
-        special_tokens=specials,
-        _encode_fn=encoder,
-    )
+    vocab = _finish(base, specials, eos, None, encoder)
     vocab._fingerprint = meta.get("fingerprint")
     return vocab
