@@ -126,16 +126,12 @@ def _first_line(e: Exception) -> str:
 def _guess_location(msg: str, text: str) -> str | None:
     """Lark names the symbol in some errors but not its place: find its first use."""
     m = re.search(r"'([A-Za-z_][A-Za-z_0-9]*)'|: ([A-Za-z_][A-Za-z_0-9]*)\s*$", msg)
-    if not m:
-        return None
-    return _locate(m.group(1) or m.group(2), text)
+    return _locate(m.group(1) or m.group(2), text) if m else None
 
 
 def _locate(name: str, text: str) -> str | None:
     m = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text)
-    if not m:
-        return None
-    return line_col(text, m.start())
+    return line_col(text, m.start()) if m else None
 
 
 def _check_declared(rules, ignore, term_defs: dict[str, TerminalDef], text: str) -> None:
