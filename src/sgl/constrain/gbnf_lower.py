@@ -138,7 +138,7 @@ class _Lowering:
             automaton = _Glushkov(pattern)
         except _TooBig:
             return None
-        return _Candidate(node, pattern, nullable(node), repr(pattern), automaton)
+        return _Candidate(pattern, nullable(node), repr(pattern), automaton)
 
     # -- generation ------------------------------------------------------
     def generate(self) -> tuple[Grammar, dict[str, _Lexeme]]:
