@@ -299,8 +299,7 @@ class Vocabulary:
                 base.append(piece.encode("utf-8"))  # stored as plain text by llama.cpp
             elif ttype in (TOKEN_TYPE_NORMAL, TOKEN_TYPE_BYTE):
                 if byte_level:
-                    b = _bytelevel_decode(piece)
-                    base.append(b if b is not None else piece.encode("utf-8"))
+                    base.append(_bytelevel_decode(piece))
                 else:
                     base.append(_sentencepiece_decode(piece, "\u2581", True))
             else:  # control, unknown, unused
@@ -419,8 +418,7 @@ def _from_slow_transformers(tok: Any, n_vocab: int | None, eos: tuple[int, ...] 
         elif i in added:
             base.append(str(added[i]).encode("utf-8"))
         elif decoder is not None:
-            b = _bytelevel_decode(piece)
-            base.append(b if b is not None else piece.encode("utf-8"))
+            base.append(_bytelevel_decode(piece))
         elif is_sp:
             base.append(_sentencepiece_decode(piece, "\u2581", True))
         else:
