@@ -245,9 +245,9 @@ class _NativeAccepts(dict):
         self._core = core
 
     def __missing__(self, state: int) -> tuple[int, ...]:
-        comp = np.frombuffer(self._core.product.comp(int(state)), dtype=np.int32)
         core = self._core
-        out = self[state] = tuple(j for j, q in enumerate(comp.tolist()) if q >= 0 and core._acc[j][q])
+        comp = core.components(state).tolist()
+        out = self[state] = tuple(j for j, q in enumerate(comp) if q >= 0 and core._acc[j][q])
         return out
 
 
