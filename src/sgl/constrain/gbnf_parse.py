@@ -53,6 +53,7 @@ _MAX_REPEAT = 10_000_000  # a {m,n} bound beyond this is surely a mistake; large
 
 _ESCAPES = {"t": "\t", "r": "\r", "n": "\n", "f": "\f", "v": "\v", "0": "\0", "a": "\a", "b": "\b"}
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+_QUANTIFIERS = {"*": (0, None), "+": (1, None), "?": (0, 1)}  # (min, max) of each
 
 
 def _is_name_char(c: str) -> bool:
@@ -177,19 +178,13 @@ class _Parser:
             else:
                 break
             self.skip_space(newline_ok=nested)
-        if len(items) == 1:
-            return items[0]
-        return GSeq(tuple(items))
+        return items[0] if len(items) == 1 else GSeq(tuple(items))
 
     def parse_repetition(self, item: GExpr) -> GExpr:
         c = self.peek()
         self.pos += 1
-        if c == "*":
-            return GRep(item, 0, None)
-        if c == "+":
-            return GRep(item, 1, None)
-        if c == "?":
-            return GRep(item, 0, 1)
+        if c in _QUANTIFIERS:
+            return GRep(item, *_QUANTIFIERS[c])
         open_pos = self.pos - 1
         self.skip_space(newline_ok=False)
         lo = self.parse_int()
@@ -254,9 +249,7 @@ class _Parser:
             cp = self.parse_char()
             items.append(GChars(((cp, cp),)))
         self.pos += 1
-        if len(items) == 1:
-            return items[0]
-        return GSeq(tuple(items))
+        return items[0] if len(items) == 1 else GSeq(tuple(items))
 
     def parse_class(self) -> GExpr:
         open_pos = self.pos
@@ -274,9 +267,7 @@ class _Parser:
                 self.pos += 1
                 hi = self.parse_char()
                 if hi < lo:
-                    raise self.error(
-                        f"bad range {chr(lo)!r}-{chr(hi)!r} in character class", open_pos
-                    )
+                    raise self.error(f"bad range {chr(lo)!r}-{chr(hi)!r} in character class", open_pos)
             ranges.append((lo, hi))
         self.pos += 1
         norm = normalize_ranges(ranges)
