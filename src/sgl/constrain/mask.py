@@ -266,16 +266,12 @@ class MaskComputer:
                 res = self._key_body_walk(lexer.core, state)
             if res is None:
                 res = self._native_walk(lexer.core, None, state)  # from the trie's roots
-            row = None
         else:
-            row = lexer.table_row(state)
-            res = self._numpy_walk_vocabulary(lexer, state, row)
+            res = self._numpy_walk_vocabulary(lexer, state)
         if lexer.accepting[state]:
             # The current lexeme may end right here; tokens starting with a dead byte then
             # start the next lexeme, which is exactly the next column's own mask.
-            if row is None:
-                row = lexer.table_row(state)
-            res.starts_next = self.first_byte_words(row < 0)
+            res.starts_next = self.first_byte_words(lexer.table_row(state) < 0)
         return res
 
     def _key_body_walk(self, core, state: int) -> WalkResult | None:
@@ -349,8 +345,8 @@ class MaskComputer:
             self._all_words = pack_ids(tokens.real_ids, tokens.n_words)
         return self._all_words & ~pack_ids(tokens.with_first_byte(live_bytes), tokens.n_words)
 
-    def _numpy_walk_vocabulary(self, lexer: LexerDFA, state: int, row: np.ndarray) -> WalkResult:
-        tokens = self.tokens
+    def _numpy_walk_vocabulary(self, lexer: LexerDFA, state: int) -> WalkResult:
+        tokens, row = self.tokens, lexer.table_row(state)
         ids = tokens.by_length
         ids = ids[(row >= 0).take(tokens.first_byte.take(ids))]
         inside = []
