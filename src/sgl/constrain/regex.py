@@ -305,9 +305,7 @@ def _combine_flags(flags: int, add_flags: int, del_flags: int) -> int:
 
 
 def _is_cased(code: int, flags: int) -> bool:
-    if flags & _ASCII:
-        return bool(_sre.ascii_iscased(code))
-    return bool(_sre.unicode_iscased(code))
+    return bool((_sre.ascii_iscased if flags & _ASCII else _sre.unicode_iscased)(code))
 
 
 def _engine_flags(flags: int) -> int:
