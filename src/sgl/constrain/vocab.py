@@ -202,20 +202,17 @@ class Vocabulary:
         Treat the arrays as read-only: they are shared.
         """
         if self._matrix is None:
-            self._matrix = self._load_or_build_matrix()
+            path = cache_dir() / f"{self.fingerprint}.npz"
+            data = _load_npz(path)
+            if data is not None and self._matrix_ok(data):
+                mat, lengths = data["bytes"], data["lengths"]
+            else:
+                mat, lengths = byte_matrix(self.token_bytes)
+                _atomic_savez(path, bytes=mat, lengths=lengths)
+            mat.flags.writeable = False
+            lengths.flags.writeable = False
+            self._matrix = mat, lengths
         return self._matrix
-
-    def _load_or_build_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        path = cache_dir() / f"{self.fingerprint}.npz"
-        data = _load_npz(path)
-        if data is not None and self._matrix_ok(data):
-            mat, lengths = data["bytes"], data["lengths"]
-        else:
-            mat, lengths = byte_matrix(self.token_bytes)
-            _atomic_savez(path, bytes=mat, lengths=lengths)
-        mat.flags.writeable = False
-        lengths.flags.writeable = False
-        return mat, lengths
 
     def _matrix_ok(self, data: dict[str, np.ndarray]) -> bool:
         mat, lengths = data.get("bytes"), data.get("lengths")
