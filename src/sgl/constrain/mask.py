@@ -438,31 +438,23 @@ class MaskComputer:
             if self.eos_ids.size and can_end(self.parser, col, lexer, state):
                 extra.append(self._eos_words)
             native = self._native_boundaries(lexer)
-            if native is not None and dead is None and len(extra) == 1 and not res.boundary_ids.size:
-                words = self._alone_mask(extra[0])  # one walk's tokens (a string body, a key)
-            else:
-                words = self._compose(col, native, [(lexer, res)], extra, dead)
-            col.mask_cache[state_key] = words
-        return words
-
-    def _compose(self, col: EarleySet, native: NativeBoundaries | None, walks: list, extra: list[Words],
-                 dead: np.ndarray | None = None) -> np.ndarray:
-        """The read-only mask of ``col``: the parts ``extra``, the tokens of the boundary
-        recursion of each (lexer, walk) of ``walks`` (``_boundaries``, or the same recursion
-        in one C call per walk where ``native``, OR-ed into the scratch), less ``dead``."""
-        if native is None:
-            words = np.zeros(self.tokens.n_words, dtype=np.uint32)
-            for lexer, res in walks:
+            if native is None:
+                words = np.zeros(self.tokens.n_words, dtype=np.uint32)
                 self._boundaries(col, lexer, res, extra)
-        else:
-            words = self._mask_words()
-            for lexer, res in walks:
-                native.run(col, lexer, res, words, self._deadline, self._check_budget, self._walk_rest)
-        self._or_parts(words, extra)
-        clear_bits(words, dead)
-        if native is not None:
-            words = self._intern(words)
-        words.flags.writeable = False  # shared by every matcher in this state
+                self._or_parts(words, extra)
+                clear_bits(words, dead)
+            elif dead is None and len(extra) == 1 and not res.boundary_ids.size:
+                words = self._alone_mask(extra[0])  # one walk's tokens (a string body, a key)
+            else:  # the same recursion in one C call, OR-ed into the scratch
+                words = self._mask_words()
+                if res.boundary_ids.size:
+                    native.run(col, lexer, res, words, self._deadline, self._check_budget, self._walk_rest)
+                self._or_parts(words, extra)
+                clear_bits(words, dead)
+                words = self._intern(words)
+            if words.flags.writeable:
+                words.flags.writeable = False  # shared by every matcher in this state
+            col.mask_cache[state_key] = words
         return words
 
     def _mask_words(self) -> np.ndarray:
@@ -577,7 +569,19 @@ class MaskComputer:
                 self._or_parts(words, parts.insides)
                 words = parts.words = self._intern(words)
             return words
-        return self._compose(col, native, parts.bounded, list(parts.insides))
+        extra: list[Words] = list(parts.insides)
+        words = self._mask_words() if native is not None else np.zeros(self.tokens.n_words, dtype=np.uint32)
+        for single, res in parts.bounded:
+            if native is None:
+                self._boundaries(col, single, res, extra)
+            else:
+                native.run(col, single, res, words, self._deadline, self._check_budget, self._walk_rest)
+        self._or_parts(words, extra)
+        if native is not None:
+            words = self._intern(words)
+        if words.flags.writeable:
+            words.flags.writeable = False
+        return words
 
     def _one_lexeme(self, lexer: LexerDFA, state: int) -> tuple[LexerDFA, int]:
         """Where only one lexeme is still alive, the same state in that lexeme's own lexer.
