@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import gc_policy
 from .compiled import CompileBudget, CompiledGrammar, choices_grammar
-from .errors import CompileBudgetExceeded, ConstraintError, set_deadline
+from .errors import CompileBudgetExceeded, ConstraintError, line_col, set_deadline
 
 if TYPE_CHECKING:
     from .grammar import Grammar
@@ -348,11 +348,7 @@ def check_nesting(text: str, syntax: str) -> str:
         if c == "(":
             depth += 1
             if depth > MAX_TEXT_NESTING:
-                line = text.count("\n", 0, i) + 1
-                col = i - (text.rfind("\n", 0, i) + 1) + 1
-                raise ConstraintError(
-                    f"groups nest more than {MAX_TEXT_NESTING} deep", f"line {line}, column {col}"
-                )
+                raise ConstraintError(f"groups nest more than {MAX_TEXT_NESTING} deep", line_col(text, i))
         elif c == ")":
             depth = max(0, depth - 1)
         i += 1

@@ -96,9 +96,9 @@ class EarleySet:
     """One chart column: the parse state after some sequence of lexemes."""
 
     __slots__ = ("parent", "lexemes", "items", "waiting", "scannable", "allowed", "accepting",
-                 "children", "mask_cache", "depth", "uid", "keys", "wide", "__weakref__")
+                 "children", "mask_cache", "uid", "keys", "wide", "__weakref__")
 
-    def __init__(self, parent: EarleySet | None, lexemes: frozenset[int] | None, depth: int, uid: int = 0):
+    def __init__(self, parent: EarleySet | None, lexemes: frozenset[int] | None, uid: int = 0):
         # Items are (rule, dot, origin uid): tuples of ints only, which the garbage
         # collector stops tracking, so millions of cached items cost no GC pauses.
         self.uid = uid  # index in the parser's ``columns``
@@ -111,7 +111,6 @@ class EarleySet:
         self.accepting = False  # the lexemes so far form a complete sentence
         self.children: dict[frozenset[int], EarleySet | None] = {}
         self.mask_cache: dict = {}
-        self.depth = depth
         # with the duplicate-key check: (innermost open container, at a key position);
         # a container is (is an object, its key lexemes read so far, the one around it).
         # Python parser only (a native column's check state lives in C: Earley.keys_of)
@@ -169,7 +168,7 @@ class EarleyParser:
         # their places stay None
         if uid < len(self.columns) and self.columns[uid] is not None:
             return self.columns[uid]  # a scan the compiled side made once (its map by set)
-        col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, uid)
+        col = EarleySet(parent, lexemes, uid)
         col.allowed = self.allowed_set(tuple(allowed))
         col.accepting = accepting
         if wide is not None:
@@ -193,7 +192,7 @@ class EarleyParser:
         return got
 
     def _new_column(self, parent: EarleySet | None, lexemes: frozenset[int] | None) -> EarleySet:
-        col = EarleySet(parent, lexemes, 0 if parent is None else parent.depth + 1, len(self.columns))
+        col = EarleySet(parent, lexemes, len(self.columns))
         self.columns.append(col)
         return col
 

@@ -7,7 +7,7 @@ import time
 
 from sgl.errors import CompileBudgetExceeded, ConstraintError
 
-__all__ = ["CompileBudgetExceeded", "ConstraintError", "check_deadline", "set_deadline"]
+__all__ = ["CompileBudgetExceeded", "ConstraintError", "check_deadline", "line_col", "set_deadline"]
 
 
 _local = threading.local()
@@ -27,3 +27,10 @@ def check_deadline(what: str = "compiling the constraint") -> None:
     deadline = getattr(_local, "deadline", None)
     if deadline is not None and time.monotonic() > deadline:
         raise CompileBudgetExceeded(f"{what} ran over its time budget (budget: seconds)", budget="seconds")
+
+
+def line_col(text: str, pos: int) -> str:
+    """Where offset ``pos`` of ``text`` is, as error locations say it: ``line L, column C``
+    (both from 1)."""
+    line, line_start = text.count("\n", 0, pos) + 1, text.rfind("\n", 0, pos) + 1
+    return f"line {line}, column {pos - line_start + 1}"

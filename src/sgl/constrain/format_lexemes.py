@@ -118,10 +118,7 @@ def write(path: Path = DATA) -> None:
     """Build every format's entry and write the file."""
     from .json_formats import FORMAT_REGEXES
 
-    formats = {}
-    for name in FORMAT_REGEXES:
-        decoded, lexeme, table, accepting = build_entry(name)
-        formats[name] = zlib.compress(pickle.dumps((decoded, lexeme, table, accepting), protocol=5), 9)
+    formats = {name: zlib.compress(pickle.dumps(build_entry(name), protocol=5), 9) for name in FORMAT_REGEXES}
     path.write_bytes(pickle.dumps({"fingerprint": fingerprint(FORMAT_REGEXES), "formats": formats}, protocol=5))
 
 

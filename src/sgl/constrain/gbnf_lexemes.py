@@ -120,15 +120,18 @@ class _Glushkov:
             out |= self.follow[p]
         return frozenset(out)
 
-    def accepts(self, text: str) -> bool:
+    def read(self, text: str) -> frozenset[int] | None:
+        """The state after ``text`` (None: no match starts with it)."""
         state = _START
         for c in map(ord, text):
-            state = frozenset(
-                p for p in self.step(state) if any(lo <= c <= hi for lo, hi in self.chars[p])
-            )
+            state = frozenset(p for p in self.step(state) if any(lo <= c <= hi for lo, hi in self.chars[p]))
             if not state:
-                return False
-        return self.accepting(state)
+                return None
+        return state
+
+    def accepts(self, text: str) -> bool:
+        state = self.read(text)
+        return state is not None and self.accepting(state)
 
     def accepting(self, state: frozenset[int]) -> bool:
         return self.nullable if state is _START else not self.last.isdisjoint(state)
@@ -169,12 +172,8 @@ def _cross_extension(t: _Glushkov, s: _Glushkov) -> int:
 
 
 def _literal_extension(text: str, s: _Glushkov) -> int:
-    state = _START
-    for c in map(ord, text):
-        state = frozenset(p for p in s.step(state) if any(lo <= c <= hi for lo, hi in s.chars[p]))
-        if not state:
-            return 0
-    return _lead_bytes(normalize_ranges(r for p in s.step(state) for r in s.chars[p]))
+    state = s.read(text)
+    return 0 if state is None else _lead_bytes(normalize_ranges(r for p in s.step(state) for r in s.chars[p]))
 
 
 def _literal_text(n: Node) -> str | None:
@@ -243,9 +242,8 @@ def _overlap(a, b) -> bool:
 class _Candidate:
     """A regular part of the grammar that may become one lexeme."""
 
-    node: Node  # its language
-    pattern: Node  # the language minus the empty string: the lexeme
-    nullable: bool
+    pattern: Node  # its language minus the empty string: the lexeme
+    nullable: bool  # whether its language holds the empty string
     ident: str  # repr(pattern): candidates with equal patterns share one terminal
     automaton: _Glushkov
 

@@ -138,7 +138,7 @@ class _Lowering:
             automaton = _Glushkov(pattern)
         except _TooBig:
             return None
-        return _Candidate(node, pattern, nullable(node), repr(pattern), automaton)
+        return _Candidate(pattern, nullable(node), repr(pattern), automaton)
 
     # -- generation ------------------------------------------------------
     def generate(self) -> tuple[Grammar, dict[str, _Lexeme]]:
@@ -208,10 +208,8 @@ class _Lowering:
         return out
 
     def lower_run(self, run: list[GExpr]) -> list[str]:
-        if len(run) < 2:
-            return [s for it in run for s in self.lower_item(it)]
         key = ("run",) + tuple(id(it) for it in run)
-        cand = self.candidate(key, GSeq(tuple(run)))
+        cand = self.candidate(key, GSeq(tuple(run))) if len(run) > 1 else None
         if cand is None:
             return [s for it in run for s in self.lower_item(it)]
         return [self.merged_symbol(key, cand)]

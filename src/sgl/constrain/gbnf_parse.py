@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConstraintError
-from .regex_ast import MAX_CODEPOINT, normalize_ranges
+from .errors import ConstraintError, line_col
+from .regex_ast import MAX_CODEPOINT, Chars, negate, normalize_ranges
 
 # ---------------------------------------------------------------------------
 # The grammar text's own AST
@@ -53,6 +53,7 @@ _MAX_REPEAT = 10_000_000  # a {m,n} bound beyond this is surely a mistake; large
 
 _ESCAPES = {"t": "\t", "r": "\r", "n": "\n", "f": "\f", "v": "\v", "0": "\0", "a": "\a", "b": "\b"}
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+_QUANTIFIERS = {"*": (0, None), "+": (1, None), "?": (0, 1)}  # (min, max) of each
 
 
 def _is_name_char(c: str) -> bool:
@@ -71,7 +72,7 @@ class _Parser:
     def error(self, message: str, pos: int | None = None) -> ConstraintError:
         return ConstraintError(
             f"{self.dialect.upper()}: {message}",
-            _line_col(self.text, self.pos if pos is None else pos),
+            line_col(self.text, self.pos if pos is None else pos),
         )
 
     def peek(self, k: int = 0) -> str:
@@ -127,7 +128,7 @@ class _Parser:
         self.skip_space(newline_ok=True)
         body = self.parse_alternates(nested=False)
         if name in self.rules:
-            first = _line_col(self.text, self.defined_at[name])
+            first = line_col(self.text, self.defined_at[name])
             raise self.error(f"rule {name!r} is defined twice (first at {first})", name_pos)
         self.rules[name] = body
         self.defined_at[name] = name_pos
@@ -161,7 +162,7 @@ class _Parser:
                 inner = self.parse_alternates(nested=True)
                 if self.peek() != ")":
                     raise self.error(
-                        f"expected ')' to close the '(' at {_line_col(self.text, open_pos)}, got {self.describe()}"
+                        f"expected ')' to close the '(' at {line_col(self.text, open_pos)}, got {self.describe()}"
                     )
                 self.pos += 1
                 items.append(inner)
@@ -177,19 +178,13 @@ class _Parser:
             else:
                 break
             self.skip_space(newline_ok=nested)
-        if len(items) == 1:
-            return items[0]
-        return GSeq(tuple(items))
+        return items[0] if len(items) == 1 else GSeq(tuple(items))
 
     def parse_repetition(self, item: GExpr) -> GExpr:
         c = self.peek()
         self.pos += 1
-        if c == "*":
-            return GRep(item, 0, None)
-        if c == "+":
-            return GRep(item, 1, None)
-        if c == "?":
-            return GRep(item, 0, 1)
+        if c in _QUANTIFIERS:
+            return GRep(item, *_QUANTIFIERS[c])
         open_pos = self.pos - 1
         self.skip_space(newline_ok=False)
         lo = self.parse_int()
@@ -254,9 +249,7 @@ class _Parser:
             cp = self.parse_char()
             items.append(GChars(((cp, cp),)))
         self.pos += 1
-        if len(items) == 1:
-            return items[0]
-        return GSeq(tuple(items))
+        return items[0] if len(items) == 1 else GSeq(tuple(items))
 
     def parse_class(self) -> GExpr:
         open_pos = self.pos
@@ -274,14 +267,12 @@ class _Parser:
                 self.pos += 1
                 hi = self.parse_char()
                 if hi < lo:
-                    raise self.error(
-                        f"bad range {chr(lo)!r}-{chr(hi)!r} in character class", open_pos
-                    )
+                    raise self.error(f"bad range {chr(lo)!r}-{chr(hi)!r} in character class", open_pos)
             ranges.append((lo, hi))
         self.pos += 1
         norm = normalize_ranges(ranges)
         if negated:
-            norm = _negate(norm)
+            norm = negate(Chars(norm)).ranges
         return GChars(norm)
 
     def check_references(self) -> None:
@@ -289,23 +280,6 @@ class _Parser:
             for ref in _refs(body):
                 if ref.name not in self.rules:
                     raise self.error(f"undefined rule {ref.name!r}", ref.pos)
-
-
-def _line_col(text: str, pos: int) -> str:
-    line = text.count("\n", 0, pos) + 1
-    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
-    return f"line {line}, column {col}"
-
-
-def _negate(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
-    out, lo = [], 0
-    for a, b in ranges:
-        if a > lo:
-            out.append((lo, a - 1))
-        lo = b + 1
-    if lo <= MAX_CODEPOINT:
-        out.append((lo, MAX_CODEPOINT))
-    return tuple(out)
 
 
 def _refs(e: GExpr):

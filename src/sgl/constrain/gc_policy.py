@@ -58,10 +58,6 @@ def read_environment() -> None:
     _switched_on = _env_on()
 
 
-def _enabled() -> bool:
-    return _switched_on and (gc.isenabled() or _paused_enabled)
-
-
 _pauses = 0  # compiles running with the collector paused (see compiling)
 _paused_enabled = False  # was the collector enabled when the first of them paused it?
 
@@ -103,15 +99,6 @@ def compiling() -> Iterator[None]:
                 if _paused_enabled:
                     gc.enable()
                 _paused_enabled = False
-
-
-def _full_collection() -> None:
-    global frozen_since_full, heap_after_full
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    frozen_since_full = 0
-    heap_after_full = gc.get_freeze_count()
 
 
 def after_compile() -> None:
@@ -172,14 +159,18 @@ def _freeze_young(share: float) -> None:
     still alive (few: one miss's columns and walk results, one compile's grammar), so
     counting them is cheap.
     """
-    global frozen_since_full
-    if not _enabled():
+    global frozen_since_full, heap_after_full
+    if not (_switched_on and (gc.isenabled() or _paused_enabled)):
         return
     with _lock:
         young = young_objects()
         _collected[0] = False  # (a collection from here on sets it again)
         frozen_since_full += young
         if frozen_since_full > share * max(FROZEN_GROWTH_FLOOR, 2 * heap_after_full):
-            _full_collection()
+            gc.unfreeze()  # a full collection
+            gc.collect()
+            gc.freeze()
+            frozen_since_full = 0
+            heap_after_full = gc.get_freeze_count()
         else:
             gc.freeze()

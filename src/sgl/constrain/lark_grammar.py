@@ -24,7 +24,7 @@ from lark.exceptions import GrammarError, LarkError, UnexpectedInput
 from lark.lexer import PatternStr, TerminalDef
 from lark.load_grammar import GrammarBuilder
 
-from .errors import ConstraintError
+from .errors import ConstraintError, line_col
 from .grammar import Grammar, Rule, Terminal
 
 # Lazy-quantifier idioms, rewritten into the longest-match regex that matches the same
@@ -126,18 +126,12 @@ def _first_line(e: Exception) -> str:
 def _guess_location(msg: str, text: str) -> str | None:
     """Lark names the symbol in some errors but not its place: find its first use."""
     m = re.search(r"'([A-Za-z_][A-Za-z_0-9]*)'|: ([A-Za-z_][A-Za-z_0-9]*)\s*$", msg)
-    if not m:
-        return None
-    return _locate(m.group(1) or m.group(2), text)
+    return _locate(m.group(1) or m.group(2), text) if m else None
 
 
 def _locate(name: str, text: str) -> str | None:
     m = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text)
-    if not m:
-        return None
-    line = text.count("\n", 0, m.start()) + 1
-    col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-    return f"line {line}, column {col}"
+    return line_col(text, m.start()) if m else None
 
 
 def _check_declared(rules, ignore, term_defs: dict[str, TerminalDef], text: str) -> None:

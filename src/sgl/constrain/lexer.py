@@ -245,9 +245,9 @@ class _NativeAccepts(dict):
         self._core = core
 
     def __missing__(self, state: int) -> tuple[int, ...]:
-        comp = np.frombuffer(self._core.product.comp(int(state)), dtype=np.int32)
         core = self._core
-        out = self[state] = tuple(j for j, q in enumerate(comp.tolist()) if q >= 0 and core._acc[j][q])
+        comp = core.components(state).tolist()
+        out = self[state] = tuple(j for j, q in enumerate(comp) if q >= 0 and core._acc[j][q])
         return out
 
 
@@ -559,8 +559,9 @@ class Lexer:
         for i, d in enumerate(dfas):
             if d.table.nbytes > LAZY_PREPARE_BYTES:
                 self._cache.prepared(i)
-        # a hit is a plain dict lookup (the boundary recursion makes one per group)
-        self.for_lexemes = self._cache.__getitem__
+        # ``for_lexemes(lexemes)``: the lexer of the lexeme set ``lexemes`` (built on first use,
+        # then cached); a hit is a plain dict lookup (the boundary recursion makes one per group)
+        self.for_lexemes: Callable[[frozenset[int]], LexerDFA] = self._cache.__getitem__
 
     @property
     def dfas(self) -> list[ByteDFA]:
@@ -571,10 +572,6 @@ class Lexer:
     def keys(self) -> list[bytes]:
         """Every lexeme's content key (all prepared now)."""
         return [self._cache.prepared(i)[1] for i in range(len(self._cache.raw))]
-
-    def for_lexemes(self, lexemes: frozenset[int]) -> LexerDFA:
-        """The lexer of the lexeme set ``lexemes`` (built on first use, then cached)."""
-        return self._cache[lexemes]
 
 
 class _LexerCache(dict):

@@ -137,8 +137,7 @@ def walk(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.ndarray, pos: 
             ids, pos, nxt = ids[live], pos[live], nxt[live]
         cur = nxt
         pos += 1
-    cat = _concat
-    return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int64), cat(b_state, np.int64))
+    return _walk_result(inside, b_ids, b_pos, b_state)
 
 
 def walk_from_start(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.ndarray) -> WalkResult:
@@ -169,8 +168,7 @@ def walk_from_start(tokens: TokenTable, lexer: LexerDFA, state: int, ids: np.nda
             live = ~dead
             ids, nxt, neg_len = ids[live], nxt[live], neg_len[live]
         cur = nxt
-    cat = _concat
-    return WalkResult(cat(inside, np.int64), cat(b_ids, np.int64), cat(b_pos, np.int64), cat(b_state, np.int64))
+    return _walk_result(inside, b_ids, b_pos, b_state)
 
 
 _NO_IDS = np.zeros(0, dtype=np.int64)  # the boundaries of a walk with none (shared: read-only)
@@ -182,8 +180,10 @@ def _is_native(core) -> bool:
     return hasattr(core, "product")
 
 
-def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+def _walk_result(*found: list[np.ndarray]) -> WalkResult:
+    """A numpy walk's result from the pieces of its (inside, boundary ids, offsets, states)."""
+    return WalkResult(*(np.concatenate(p).astype(np.int64, copy=False) if p else np.zeros(0, dtype=np.int64)
+                        for p in found))
 
 
 def _node_walk(nodes: np.ndarray) -> WalkResult:
@@ -195,12 +195,6 @@ def _node_walk(nodes: np.ndarray) -> WalkResult:
 # the boundary recursion makes its sub-walks in C (``NativeBoundaries``' ``trie``); False
 # makes them in Python as before (tests compare the two)
 C_SUB_WALKS = True
-
-# whole-vocabulary walks use loop memos (``TokenTable.add_loop_memo``): below a root entered
-# in a loopy state (a string body), the tokens read inside come from the memo of the state's
-# loop bytes, shared by every lexer, and only the memo's exits are walked; False walks every
-# node (tests compare the two)
-LOOP_MEMOS = True
 
 # walks of "other keys" lexemes from the key's trie states as the shared walk of the
 # string body less where the key dies (``MaskComputer._key_body_walk``); False walks each
@@ -272,16 +266,12 @@ class MaskComputer:
                 res = self._key_body_walk(lexer.core, state)
             if res is None:
                 res = self._native_walk(lexer.core, None, state)  # from the trie's roots
-            row = None
         else:
-            row = lexer.table_row(state)
-            res = self._numpy_walk_vocabulary(lexer, state, row)
+            res = self._numpy_walk_vocabulary(lexer, state)
         if lexer.accepting[state]:
             # The current lexeme may end right here; tokens starting with a dead byte then
             # start the next lexeme, which is exactly the next column's own mask.
-            if row is None:
-                row = lexer.table_row(state)
-            res.starts_next = self.first_byte_words(row < 0)
+            res.starts_next = self.first_byte_words(lexer.table_row(state) < 0)
         return res
 
     def _key_body_walk(self, core, state: int) -> WalkResult | None:
@@ -355,8 +345,8 @@ class MaskComputer:
             self._all_words = pack_ids(tokens.real_ids, tokens.n_words)
         return self._all_words & ~pack_ids(tokens.with_first_byte(live_bytes), tokens.n_words)
 
-    def _numpy_walk_vocabulary(self, lexer: LexerDFA, state: int, row: np.ndarray) -> WalkResult:
-        tokens = self.tokens
+    def _numpy_walk_vocabulary(self, lexer: LexerDFA, state: int) -> WalkResult:
+        tokens, row = self.tokens, lexer.table_row(state)
         ids = tokens.by_length
         ids = ids[(row >= 0).take(tokens.first_byte.take(ids))]
         inside = []
@@ -396,9 +386,8 @@ class MaskComputer:
         try:
             if nodes is None:
                 found = _native.walk_roots(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars, tokens.trie[4],
-                                           core.product, tokens.root_of_byte, states, words,
-                                           tokens.loop_memo_args if LOOP_MEMOS else ())
-                if found[3] is not None and LOOP_MEMOS:
+                                           core.product, tokens.root_of_byte, states, words, tokens.loop_memo_args)
+                if found[3] is not None:  # a loopy state's signature without a memo yet
                     tokens.add_loop_memo(found[3])
             else:
                 found = _native.walk_trie(tokens.packed_trie, tokens.subtree_bytes, tokens.max_chars,

@@ -298,12 +298,9 @@ class Matcher:
                 if lex.accepting[s] and (nxt := cg.parser.scan(col, lex.accepts[s])) is not None:
                     col = nxt
             seq = [frozenset(x) - set(cg.grammar.ignore) for x in cg.scanned_lexemes(col)]
-        seq = [x for x in seq if x]
-        st = parser.start()
-        for lexemes in seq:
-            st = parser.advance(st, lexemes)
-            if st is None:
-                return -math.inf
+        st = parser.parse([x for x in seq if x])
+        if st is None:
+            return -math.inf
         if self.is_accepting():
             return parser.sentence_logprob(st)
         return parser.prefix_logprob(st)

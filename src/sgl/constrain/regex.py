@@ -103,9 +103,7 @@ def parse_regex(pattern: str, flags: int = 0) -> Node:
         raise ConstraintError(f"invalid regex: {e.msg}", _offset(e.pos)) from None
     except (ValueError, OverflowError, RecursionError) as e:
         raise ConstraintError(f"invalid regex: {e}") from None
-    lowering = _Lowering(pattern, parsed.state.flags)
-    lowering.counts = counts
-    return lowering.lower(parsed)
+    return _Lowering(pattern, parsed.state.flags, counts).lower(parsed)
 
 
 _COUNT_OR_SKIP = re.compile(r"\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|\{(\d*)(,?)(\d*)\}", re.S)
@@ -162,11 +160,11 @@ def _offset(pos: int | None) -> str | None:
 
 
 class _Lowering:
-    def __init__(self, pattern: str, flags: int) -> None:
+    def __init__(self, pattern: str, flags: int, counts: dict[int, int]) -> None:
         self.pattern = pattern
         self.global_flags = flags
         self.anchors_seen = 0
-        self.counts: dict[int, int] = {}  # stand-in -> the count it means (``_big_counts``)
+        self.counts = counts  # stand-in -> the count it means (``_big_counts``)
         self._positions: dict[str, list[int]] | None = None
 
     def lower(self, parsed) -> Node:
@@ -307,9 +305,7 @@ def _combine_flags(flags: int, add_flags: int, del_flags: int) -> int:
 
 
 def _is_cased(code: int, flags: int) -> bool:
-    if flags & _ASCII:
-        return bool(_sre.ascii_iscased(code))
-    return bool(_sre.unicode_iscased(code))
+    return bool((_sre.ascii_iscased if flags & _ASCII else _sre.unicode_iscased)(code))
 
 
 def _engine_flags(flags: int) -> int:

@@ -130,12 +130,13 @@ _CHAR_TO_BYTE.update({b: 0x100 for b in range(256) if b not in _CHAR_TO_BYTE})
 _TO_BYTELEVEL = {b: ord(c) for b, c in _BYTE_TO_CHAR.items()}
 
 
-def _bytelevel_decode(piece: str) -> bytes | None:
-    """Bytes of a byte-level BPE token string, or None if it is not one."""
+def _bytelevel_decode(piece: str) -> bytes:
+    """Bytes of a byte-level BPE token string; a piece that is not one (a token kept as
+    plain text) as its UTF-8."""
     try:
         return piece.translate(_CHAR_TO_BYTE).encode("latin-1")
     except UnicodeEncodeError:
-        return None
+        return piece.encode("utf-8")
 
 
 def _bytelevel_encode(data: bytes) -> str:
@@ -251,11 +252,8 @@ def _detect_style(config: dict[str, Any]) -> tuple[str, str, bool]:
         if kind == "Metaspace":
             return "sentencepiece", c.get("replacement", "\u2581"), byte_fallback
         if kind == "Replace":
-            pattern = (c.get("pattern") or {}).get("String")
-            content = c.get("content")
-            if pattern == "\u2581" and content == " ":
-                return "sentencepiece", "\u2581", byte_fallback
-            if pattern == " " and content == "\u2581":
+            replaced = ((c.get("pattern") or {}).get("String"), c.get("content"))
+            if replaced in (("\u2581", " "), (" ", "\u2581")):  # either way round
                 return "sentencepiece", "\u2581", byte_fallback
     if any(c.get("type") == "ByteLevel" for c in others):
         return "bytelevel", "", byte_fallback
@@ -285,8 +283,7 @@ def _json_token_bytes(config: dict[str, Any]) -> tuple[list[bytes | None], dict[
     for piece, i in pieces:
         model_piece[i] = piece
         if style == "bytelevel":
-            b = _bytelevel_decode(piece)
-            base[i] = b if b is not None else piece.encode("utf-8")
+            base[i] = _bytelevel_decode(piece)
         elif style == "sentencepiece":
             base[i] = _sentencepiece_decode(piece, space, byte_fallback)
         else:

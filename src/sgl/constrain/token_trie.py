@@ -9,6 +9,7 @@ characters below it, the bytes below it) computed once here in numpy. The loop m
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -59,53 +60,42 @@ class TokenTable:
         # token-major bytes for the native kernel: token i is tok_bytes[tok_off[i]:tok_off[i+1]]
         self.tok_bytes = np.ascontiguousarray(mat[in_token])
         self.tok_off = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)]).astype(np.int64)
-        self._trie = None
         # "other keys" walks from the any-string body's, by the trie subtrees they lack
         # (``MaskComputer._key_body_walk``): (inside, boundary nodes, their offsets)
         self.key_body_walks: dict[bytes, tuple] = {}
-        self._roots = None
-        self._root_of_byte = None
         # loopy-state signature -> its loop memo (``_native.loop_frontier``), made when a
         # whole-vocabulary walk first enters a root in such a state (``add_loop_memo``)
         self.loop_memos: dict[bytes, tuple] = {}
         self.loop_memo_args: tuple = ()  # (signature, *memo) each, as walk_roots takes them
-        self._packed = None
-        self._subtree_bytes = None
-        self._max_chars = None
         if native_enabled() and self.max_len < 1024:
             # built with the vocabulary (as a token trie is), not on the first mask
             self.packed_trie  # noqa: B018
             self.subtree_bytes  # noqa: B018
             self.max_chars  # noqa: B018
 
-    @property
+    # (cached properties: built on first use, then plain attributes that the walks read)
+    @functools.cached_property
     def packed_trie(self) -> np.ndarray:
         """The trie as the native kernel's packed node records, checked once."""
-        if self._packed is None:
-            node_byte, depth, end, tok, ids = self.trie
-            n = node_byte.size
-            packed = np.zeros(n + 1, dtype=NODE_DTYPE)  # a sentinel last: its tok ends the last node
-            packed["end"][:n], packed["tok"], packed["depth"][:n], packed["byte"][:n] = end, tok, depth, node_byte
-            packed["utf8"][:n] = utf8_subtrees(node_byte, depth, _trie_parents(depth))
-            _native.check_trie(packed, ids, self.n_words)
-            self._packed = packed
-        return self._packed
+        node_byte, depth, end, tok, ids = self.trie
+        n = node_byte.size
+        packed = np.zeros(n + 1, dtype=NODE_DTYPE)  # a sentinel last: its tok ends the last node
+        packed["end"][:n], packed["tok"], packed["depth"][:n], packed["byte"][:n] = end, tok, depth, node_byte
+        packed["utf8"][:n] = utf8_subtrees(node_byte, depth, _trie_parents(depth))
+        _native.check_trie(packed, ids, self.n_words)
+        return packed
 
-    @property
+    @functools.cached_property
     def subtree_bytes(self) -> np.ndarray:
         """Per trie node, the byte values in its subtree, as 4 x 64 bits (uint64 (n, 4))."""
-        if self._subtree_bytes is None:
-            self._subtree_bytes = subtree_byte_sets(*self.trie[:3])
-        return self._subtree_bytes
+        return subtree_byte_sets(*self.trie[:3])
 
-    @property
+    @functools.cached_property
     def max_chars(self) -> np.ndarray:
         """Per trie node, the most characters any token below it holds from the node's byte
         on (uint8, saturated at ``MAX_CHARS``; see ``max_chars_below``)."""
-        if self._max_chars is None:
-            node_byte, depth = self.trie[:2]
-            self._max_chars = max_chars_below(node_byte, depth, _trie_parents(depth))
-        return self._max_chars
+        node_byte, depth = self.trie[:2]
+        return max_chars_below(node_byte, depth, _trie_parents(depth))
 
     def subtree_tokens(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tokens below trie ``nodes`` and the byte offset of each node in them."""
@@ -116,23 +106,19 @@ class TokenTable:
         picks = np.arange(int(counts.sum()), dtype=np.int64) + offsets
         return ids[picks], np.repeat(depth[nodes].astype(np.int64) - 1, counts)
 
-    @property
+    @functools.cached_property
     def trie_roots(self) -> np.ndarray:
         """The trie's depth-1 nodes (one per first byte), where a whole-vocabulary walk starts."""
-        if self._roots is None:
-            self._roots = np.ascontiguousarray(np.nonzero(self.trie[1] == 1)[0], dtype=np.int32)
-        return self._roots
+        return np.ascontiguousarray(np.nonzero(self.trie[1] == 1)[0], dtype=np.int32)
 
-    @property
+    @functools.cached_property
     def root_of_byte(self) -> np.ndarray:
         """int32 per byte value: the trie's depth-1 node of that first byte, -1 if no token
         starts with it (``walk_roots`` starts a whole-vocabulary walk from the live ones)."""
-        if self._root_of_byte is None:
-            roots = self.trie_roots
-            table = np.full(256, -1, dtype=np.int32)
-            table[self.trie[0][roots]] = roots
-            self._root_of_byte = table
-        return self._root_of_byte
+        roots = self.trie_roots
+        table = np.full(256, -1, dtype=np.int32)
+        table[self.trie[0][roots]] = roots
+        return table
 
     def add_loop_memo(self, signature: bytes) -> None:
         """Make the loop memo of ``signature`` (a loopy lexer state's loop bytes and UTF-8
@@ -144,7 +130,7 @@ class TokenTable:
                 self.packed_trie, self.subtree_bytes, self.root_of_byte, signature, self.trie[4], self.n_words)
             self.loop_memo_args = tuple((sig, *memo) for sig, memo in self.loop_memos.items())
 
-    @property
+    @functools.cached_property
     def trie(self) -> tuple[np.ndarray, ...]:
         """The real tokens as a byte trie in preorder, for the native kernel (built once).
 
@@ -153,10 +139,7 @@ class TokenTable:
         tok[i+1]`` the positions in ``ids`` (tokens sorted by bytes) of the tokens that end
         at node i; ``tok[i] .. tok[end[i]]`` are all the tokens of its subtree.
         """
-        if self._trie is None:
-            self._trie = build_trie(self.tok_bytes, self.tok_off, self.real_ids)
-        return self._trie
-
+        return build_trie(self.tok_bytes, self.tok_off, self.real_ids)
 
     @classmethod
     def from_token_bytes(cls, token_bytes: list[bytes | None], n_vocab: int) -> TokenTable:

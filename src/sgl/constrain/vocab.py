@@ -73,23 +73,31 @@ WELL_KNOWN_EOS = (
 
 # --------------------------------------------------------------------------- encoders
 class _LazyEncoder:
-    """Builds its tokenizer on first use: encoding is rare next to mask computation."""
+    """Encodes with a ``tokenizers.Tokenizer`` that ``build()`` makes on first use:
+    encoding is rare next to mask computation."""
 
-    def __init__(self, build: Callable[[], Callable[[str], list[int]]]) -> None:
+    def __init__(self, build: Callable[[], Any]) -> None:
         self._build = build
-        self._fn: Callable[[str], list[int]] | None = None
+        self._tok: Any = None
         self._lock = threading.Lock()
 
     def __call__(self, text: str) -> list[int]:
-        if self._fn is None:
+        if self._tok is None:
             with self._lock:
-                if self._fn is None:
-                    self._fn = self._build()
-        return self._fn(text)
+                if self._tok is None:
+                    self._tok = self._build()
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+
+def _specials_as_text(tok: Any) -> Any:
+    """``tok``, set to read "<|eot_id|>" in a text as text, not as the special token."""
+    if hasattr(tok, "encode_special_tokens"):
+        tok.encode_special_tokens = True
+    return tok
 
 
 def _tokenizers_encoder(text: Callable[[], str], patch: dict[str, Any]) -> _LazyEncoder:
-    def build() -> Callable[[str], list[int]]:
+    def build() -> Any:
         from tokenizers import Tokenizer
 
         source = text()
@@ -97,10 +105,7 @@ def _tokenizers_encoder(text: Callable[[], str], patch: dict[str, Any]) -> _Lazy
             config = json.loads(source)
             config.update(patch)
             source = json.dumps(config)
-        tok = Tokenizer.from_str(source)
-        if hasattr(tok, "encode_special_tokens"):
-            tok.encode_special_tokens = True  # "<|eot_id|>" in the text is text, not EOS
-        return lambda t: tok.encode(t, add_special_tokens=False).ids
+        return _specials_as_text(Tokenizer.from_str(source))
 
     return _LazyEncoder(build)
 
@@ -197,20 +202,17 @@ class Vocabulary:
         Treat the arrays as read-only: they are shared.
         """
         if self._matrix is None:
-            self._matrix = self._load_or_build_matrix()
+            path = cache_dir() / f"{self.fingerprint}.npz"
+            data = _load_npz(path)
+            if data is not None and self._matrix_ok(data):
+                mat, lengths = data["bytes"], data["lengths"]
+            else:
+                mat, lengths = byte_matrix(self.token_bytes)
+                _atomic_savez(path, bytes=mat, lengths=lengths)
+            mat.flags.writeable = False
+            lengths.flags.writeable = False
+            self._matrix = mat, lengths
         return self._matrix
-
-    def _load_or_build_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        path = cache_dir() / f"{self.fingerprint}.npz"
-        data = _load_npz(path)
-        if data is not None and self._matrix_ok(data):
-            mat, lengths = data["bytes"], data["lengths"]
-        else:
-            mat, lengths = byte_matrix(self.token_bytes)
-            _atomic_savez(path, bytes=mat, lengths=lengths)
-        mat.flags.writeable = False
-        lengths.flags.writeable = False
-        return mat, lengths
 
     def _matrix_ok(self, data: dict[str, np.ndarray]) -> bool:
         mat, lengths = data.get("bytes"), data.get("lengths")
@@ -294,8 +296,7 @@ class Vocabulary:
                 base.append(piece.encode("utf-8"))  # stored as plain text by llama.cpp
             elif ttype in (TOKEN_TYPE_NORMAL, TOKEN_TYPE_BYTE):
                 if byte_level:
-                    b = _bytelevel_decode(piece)
-                    base.append(b if b is not None else piece.encode("utf-8"))
+                    base.append(_bytelevel_decode(piece))
                 else:
                     base.append(_sentencepiece_decode(piece, "\u2581", True))
             else:  # control, unknown, unused
@@ -305,14 +306,7 @@ class Vocabulary:
             eos = tuple(int(i) for i in eos_token_ids)
         else:
             eos = gv.eos_token_ids or _well_known_eos(specials)
-        encoder: Callable[[str], list[int]] = _no_encoder
-        if byte_level:
-            def build() -> Callable[[str], list[int]]:
-                tok = load_gguf_tokenizer(path)
-                tok.encode_special_tokens = True
-                return lambda text: tok.encode(text, add_special_tokens=False).ids
-
-            encoder = _LazyEncoder(build)
+        encoder = _LazyEncoder(lambda: _specials_as_text(load_gguf_tokenizer(path))) if byte_level else _no_encoder
         return _finish(base, specials, eos, n_vocab, encoder)
 
 
@@ -421,8 +415,7 @@ def _from_slow_transformers(tok: Any, n_vocab: int | None, eos: tuple[int, ...] 
         elif i in added:
             base.append(str(added[i]).encode("utf-8"))
         elif decoder is not None:
-            b = _bytelevel_decode(piece)
-            base.append(b if b is not None else piece.encode("utf-8"))
+            base.append(_bytelevel_decode(piece))
         elif is_sp:
             base.append(_sentencepiece_decode(piece, "\u2581", True))
         else:
@@ -513,12 +506,7 @@ def _from_source(
 def _source_encoder(spec: dict[str, Any], data: bytes, ranks: Mapping[bytes, int] | None) -> _LazyEncoder:
     if spec["kind"] == "json":
         return _tokenizers_encoder(lambda: data.decode("utf-8"), spec.get("patch") or {})
-
-    def build() -> Callable[[str], list[int]]:
-        tok = _tiktoken_tokenizer(ranks or _read_tiktoken(data), spec["pattern"], spec["nfc"])
-        return lambda t: tok.encode(t, add_special_tokens=False).ids
-
-    return _LazyEncoder(build)
+    return _LazyEncoder(lambda: _tiktoken_tokenizer(ranks or _read_tiktoken(data), spec["pattern"], spec["nfc"]))
 
 
 def _save_source_cache(key: str, vocab: Vocabulary, spec: dict[str, Any]) -> None:
@@ -545,12 +533,6 @@ def _load_source_cache(key: str, data: bytes) -> Vocabulary | None:
         encoder = _source_encoder(meta["spec"], data, None)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    vocab = Vocabulary(
-        token_bytes=base,
-        eos_token_ids=eos,
-        special_token_ids=frozenset(specials.values()) | frozenset(eos),
-        special_tokens=specials,
-        _encode_fn=encoder,
-    )
+    vocab = _finish(base, specials, eos, None, encoder)
     vocab._fingerprint = meta.get("fingerprint")
     return vocab

@@ -62,9 +62,4 @@ def _pack(token_bytes: Sequence[bytes | None]) -> tuple[np.ndarray, bytes]:
 
 def _unpack(lengths: np.ndarray, flat: bytes) -> list[bytes | None]:
     ends = np.cumsum(np.maximum(lengths, 0)).tolist()
-    out: list[bytes | None] = []
-    start = 0
-    for n, end in zip(lengths.tolist(), ends, strict=True):
-        out.append(None if n < 0 else flat[start:end])
-        start = end
-    return out
+    return [None if n < 0 else flat[end - n:end] for n, end in zip(lengths.tolist(), ends, strict=True)]
