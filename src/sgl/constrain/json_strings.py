@@ -47,27 +47,33 @@ def _hex_digits(lo: int, hi: int) -> Node:
     return mk_alt(*(HEX_CLASS[v] for v in range(lo, hi + 1)))
 
 
+def _split_span(a: int, la: int, b: int, lb: int, lmin: int, lmax: int, edge, middle) -> Node:
+    """The numbers from ``(a, la)`` to ``(b, lb)`` (high part, low part in ``[lmin, lmax]``):
+    ``edge(h, l_lo, l_hi)`` for a high part with only some low parts (the first, then the
+    last), ``middle(h_lo, h_hi)`` for the high parts in between, with all of them."""
+    if a == b:
+        return edge(a, la, lb)
+    parts = []
+    if la != lmin:
+        parts.append(edge(a, la, lmax))
+        a += 1
+    if lb != lmax:
+        parts.append(edge(b, lmin, lb))
+        b -= 1
+    if a <= b:
+        parts.append(middle(a, b))
+    return mk_alt(*parts)
+
+
 def _hex_same_width(lo: int, hi: int, width: int) -> Node:
     """Hex spellings (either case) of the ``width``-digit numbers in ``[lo, hi]``."""
     if width == 0:
         return EMPTY
     base = 16 ** (width - 1)
-    a, b = lo // base, hi // base
-    if a == b:
-        return mk_seq(_hex_digits(a, a), _hex_same_width(lo % base, hi % base, width - 1))
-    if lo % base == 0 and hi % base == base - 1:
-        return mk_seq(_hex_digits(a, b), mk_repeat(_hex_digits(0, 15), width - 1, width - 1))
-    parts = []
-    first, last = a, b
-    if lo % base != 0:
-        parts.append(mk_seq(_hex_digits(a, a), _hex_same_width(lo % base, base - 1, width - 1)))
-        first = a + 1
-    if hi % base != base - 1:
-        parts.append(mk_seq(_hex_digits(b, b), _hex_same_width(0, hi % base, width - 1)))
-        last = b - 1
-    if first <= last:
-        parts.append(mk_seq(_hex_digits(first, last), mk_repeat(_hex_digits(0, 15), width - 1, width - 1)))
-    return mk_alt(*parts)
+    return _split_span(
+        lo // base, lo % base, hi // base, hi % base, 0, base - 1,
+        lambda h, l_lo, l_hi: mk_seq(_hex_digits(h, h), _hex_same_width(l_lo, l_hi, width - 1)),
+        lambda h_lo, h_hi: mk_seq(_hex_digits(h_lo, h_hi), mk_repeat(_hex_digits(0, 15), width - 1, width - 1)))
 
 
 _U = literal("\\u")
@@ -119,28 +125,13 @@ def json_chars(cs: Chars) -> Node:
 def _surrogate_pairs(lo: int, hi: int) -> Node:
     """Surrogate-pair spellings of ``[lo, hi]`` (astral), without the leading ``\\u``."""
 
-    def split(c):
-        v = c - 0x10000
-        return 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF)
-
-    (h1, l1), (h2, l2) = split(lo), split(hi)
-
     def pair(h_lo, h_hi, l_lo, l_hi):
         return mk_seq(_hex_same_width(h_lo, h_hi, 4), _U, _hex_same_width(l_lo, l_hi, 4))
 
-    if h1 == h2:
-        return pair(h1, h1, l1, l2)
-    parts = []
-    first, last = h1, h2
-    if l1 != 0xDC00:
-        parts.append(pair(h1, h1, l1, 0xDFFF))
-        first = h1 + 1
-    if l2 != 0xDFFF:
-        parts.append(pair(h2, h2, 0xDC00, l2))
-        last = h2 - 1
-    if first <= last:
-        parts.append(pair(first, last, 0xDC00, 0xDFFF))
-    return mk_alt(*parts)
+    v, w = lo - 0x10000, hi - 0x10000
+    return _split_span(0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF), 0xD800 + (w >> 10), 0xDC00 + (w & 0x3FF),
+                       0xDC00, 0xDFFF, lambda h, l_lo, l_hi: pair(h, h, l_lo, l_hi),
+                       lambda h_lo, h_hi: pair(h_lo, h_hi, 0xDC00, 0xDFFF))
 
 
 def jsonify(node: Node) -> Node:
