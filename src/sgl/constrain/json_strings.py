@@ -150,7 +150,8 @@ def jsonify(node: Node) -> Node:
             items = tuple(go(i) for i in n.items)  # structure kept: flattening is quadratic
             r = NOTHING if any(i == NOTHING for i in items) else Seq(items)
         elif isinstance(n, Alt):
-            r = _alt_keep_order(go(i) for i in n.items)
+            out = [i for i in map(go, n.items) if i != NOTHING]  # order kept
+            r = NOTHING if not out else out[0] if len(out) == 1 else Alt(tuple(out))
         elif isinstance(n, Repeat):
             r = mk_repeat(go(n.item), n.min, n.max)
         else:
@@ -159,13 +160,6 @@ def jsonify(node: Node) -> Node:
         return r
 
     return go(node)
-
-
-def _alt_keep_order(items) -> Node:
-    out = [i for i in items if i != NOTHING]
-    if not out:
-        return NOTHING
-    return out[0] if len(out) == 1 else Alt(tuple(out))
 
 
 # printable ASCII but for " \ and / (each of which has a second, escaped spelling)
@@ -212,14 +206,9 @@ def build_json_string_node(decoded, max_states: int, max_size: int) -> Node:
     return mk_seq(QUOTE, jsonify(inner), QUOTE)
 
 
-ANY_JSON_STRING = None  # filled lazily by any_string_lexeme()
-
-
+@lru_cache(maxsize=1)
 def any_string_lexeme() -> Node:
-    global ANY_JSON_STRING
-    if ANY_JSON_STRING is None:
-        ANY_JSON_STRING = json_string_node(ANY_STRING)
-    return ANY_JSON_STRING
+    return json_string_node(ANY_STRING)
 
 
 def literal_string(text: str) -> Node:
@@ -439,14 +428,8 @@ def _split_top_alternatives(pattern: str) -> list[str]:
 
 
 def _ends_with_anchor(p: str) -> bool:
-    if not p.endswith("$"):
-        return False
-    k = len(p) - 2
-    slashes = 0
-    while k >= 0 and p[k] == "\\":
-        slashes += 1
-        k -= 1
-    return slashes % 2 == 0
+    """``p`` ends with a ``$`` that is not escaped (an even run of backslashes before it)."""
+    return p.endswith("$") and (len(p) - 1 - len(p[:-1].rstrip("\\"))) % 2 == 0
 
 
 @lru_cache(maxsize=1024)
