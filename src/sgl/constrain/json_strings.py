@@ -321,21 +321,17 @@ def _translate_ecma(pattern: str) -> str:
                 out.append("\\x%02x" % (ord(pattern[i + 2]) % 32))
                 i += 3
                 continue
-            elif d in "pP" and i + 2 < n and pattern[i + 2] == "{":
+            elif d in "pPu" and pattern.startswith("{", i + 2):
                 end = pattern.find("}", i)
                 if end < 0:
-                    raise ConstraintError("bad \\p{...} escape in pattern", str(i))
-                body = _category_class(pattern[i + 3 : end])
-                if d == "P" and in_class:
-                    raise ConstraintError("\\P{...} inside a character class is not supported", str(i))
-                out.append(body if in_class else ("[^" if d == "P" else "[") + body + "]")
-                i = end + 1
-                continue
-            elif d == "u" and i + 2 < n and pattern[i + 2] == "{":
-                end = pattern.find("}", i)
-                if end < 0:
-                    raise ConstraintError("bad \\u{...} escape in pattern", str(i))
-                out.append(f"\\U{int(pattern[i + 3 : end], 16):08x}")
+                    raise ConstraintError(f"bad \\{d.lower()}{{...}} escape in pattern", str(i))
+                if d == "u":
+                    out.append(f"\\U{int(pattern[i + 3 : end], 16):08x}")
+                else:
+                    body = _category_class(pattern[i + 3 : end])
+                    if d == "P" and in_class:
+                        raise ConstraintError("\\P{...} inside a character class is not supported", str(i))
+                    out.append(body if in_class else ("[^" if d == "P" else "[") + body + "]")
                 i = end + 1
                 continue
             else:
