@@ -73,7 +73,8 @@ def _hex_same_width(lo: int, hi: int, width: int) -> Node:
     return _split_span(
         lo // base, lo % base, hi // base, hi % base, 0, base - 1,
         lambda h, l_lo, l_hi: mk_seq(_hex_digits(h, h), _hex_same_width(l_lo, l_hi, width - 1)),
-        lambda h_lo, h_hi: mk_seq(_hex_digits(h_lo, h_hi), mk_repeat(_hex_digits(0, 15), width - 1, width - 1)))
+        lambda h_lo, h_hi: mk_seq(_hex_digits(h_lo, h_hi),
+                                  mk_repeat(_hex_digits(0, 15), width - 1, width - 1)))
 
 
 _U = literal("\\u")
@@ -129,8 +130,9 @@ def _surrogate_pairs(lo: int, hi: int) -> Node:
         return mk_seq(_hex_same_width(h_lo, h_hi, 4), _U, _hex_same_width(l_lo, l_hi, 4))
 
     v, w = lo - 0x10000, hi - 0x10000
-    return _split_span(0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF), 0xD800 + (w >> 10), 0xDC00 + (w & 0x3FF),
-                       0xDC00, 0xDFFF, lambda h, l_lo, l_hi: pair(h, h, l_lo, l_hi),
+    return _split_span(0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF),
+                       0xD800 + (w >> 10), 0xDC00 + (w & 0x3FF), 0xDC00, 0xDFFF,
+                       lambda h, l_lo, l_hi: pair(h, h, l_lo, l_hi),
                        lambda h_lo, h_hi: pair(h_lo, h_hi, 0xDC00, 0xDFFF))
 
 
@@ -381,9 +383,7 @@ def _category_class(name: str) -> str:
     """``\\p{name}`` (a Unicode general category) as the body of a Python class."""
     import unicodedata
 
-    for prefix in ("General_Category=", "gc="):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
+    name = name.removeprefix("General_Category=").removeprefix("gc=")
     cat = _CATEGORY_NAMES.get(name, name)
     valid = {v for v in _CATEGORY_NAMES.values()} | {c[0] for c in _CATEGORY_NAMES.values()}
     if cat not in valid:
