@@ -165,11 +165,10 @@ def _follow_bytes(g: Grammar, names, starts: dict[str, np.ndarray]) -> dict[str,
     _first, follow = analysis.first_follow(analysis.pairs(g.rules), g.start, g.terminals.__contains__)
     out = {}
     for name in names:
-        acc = np.zeros(256, dtype=bool)
+        acc = out[name] = np.zeros(256, dtype=bool)
         for t in follow.get(name, ()):
             if t != analysis.END:
                 acc |= starts[t]
-        out[name] = acc
     return out
 
 
