@@ -49,11 +49,8 @@ def split_counters(g: Grammar, dfa_of: DfaOf) -> Grammar:
     split exactly, see the module) replaced by a nonterminal over chunk lexemes."""
     if g.ignore:
         return g
-    candidates = {}
-    for name, t in g.terminals.items():
-        node = _pattern_node(t)
-        if node is not None and _has_large_count(node):
-            candidates[name] = node
+    candidates = {name: node for name, t in g.terminals.items()
+                  if (node := _pattern_node(t)) is not None and _has_large_count(node)}
     if not candidates:
         return g
     pieces = {name: _pieces(node, dfa_of) for name, node in candidates.items()}
@@ -100,9 +97,7 @@ def _is_large(node: Node) -> bool:
 
 
 def _has_large_count(node: Node) -> bool:
-    if isinstance(node, Seq):
-        return any(_is_large(i) for i in node.items)
-    return _is_large(node)
+    return any(map(_is_large, node.items if isinstance(node, Seq) else (node,)))
 
 
 def _pattern_node(t: Terminal, always: bool = False) -> Node | None:
@@ -131,10 +126,8 @@ def _first_bytes(d: ByteDFA) -> np.ndarray:
 def _pieces(pattern: Node, dfa_of: DfaOf) -> list[_Piece] | None:
     items = pattern.items if isinstance(pattern, Seq) else (pattern,)
     runs: list[list[Node]] = []
-    for item in items:
-        if _is_large(item):
-            runs.append([item])
-        elif runs and not _is_large(runs[-1][0]):
+    for item in items:  # large repeats alone, the items between them in one run
+        if runs and not _is_large(item) and not _is_large(runs[-1][0]):
             runs[-1].append(item)
         else:
             runs.append([item])
@@ -172,11 +165,10 @@ def _follow_bytes(g: Grammar, names, starts: dict[str, np.ndarray]) -> dict[str,
     _first, follow = analysis.first_follow(analysis.pairs(g.rules), g.start, g.terminals.__contains__)
     out = {}
     for name in names:
-        acc = np.zeros(256, dtype=bool)
+        acc = out[name] = np.zeros(256, dtype=bool)
         for t in follow.get(name, ()):
             if t != analysis.END:
                 acc |= starts[t]
-        out[name] = acc
     return out
 
 

@@ -69,7 +69,7 @@ class CountedChars(Seq):
 
 def counted_states(lo: int, hi: int | None, opening: bool, closing: bool) -> int:
     """How many states ``counted_dfa`` makes (to check a budget before building)."""
-    k = _reader()[0].shape[0]  # rows per full block
+    k = len(_reader())  # rows per full block
     return _full_blocks(lo, hi) * k + (hi is not None or lo > 0) + opening + closing
 
 
@@ -88,7 +88,7 @@ def counted_dfa(lo: int, hi: int | None, opening: bool, closing: bool, max_state
     n = counted_states(lo, hi, opening, closing)
     if n > max_states:
         raise _too_many_states(max_states)
-    block, _ = _reader()
+    block = _reader()
     k = block.shape[0]  # B_c and the inner states; local id k is the next block's B
     full = _full_blocks(lo, hi)
     first = int(opening)  # the opening quote's state comes first
@@ -128,9 +128,9 @@ def counted_dfa(lo: int, hi: int | None, opening: bool, closing: bool, max_state
 
 
 @lru_cache(maxsize=1)
-def _reader() -> tuple[np.ndarray, int]:
+def _reader() -> np.ndarray:
     """One block in local ids: row 0 the reader's start, rows 1.. its inner states, target
-    ``k`` (one past the block) a completed character; and the reader's state count."""
+    ``k`` (one past the block) a completed character."""
     from .automata.compiler import to_dfa
     from .json_strings import json_chars
 
@@ -146,4 +146,4 @@ def _reader() -> tuple[np.ndarray, int]:
     local[sink] = k
     block = local[table[[0, *inner]]].astype(np.int32)
     block.setflags(write=False)
-    return block, len(table)
+    return block

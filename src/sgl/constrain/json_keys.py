@@ -277,6 +277,16 @@ class _Bottom:
         self.live = (self.table >= 0).any(axis=1).tolist()  # rows with a way on
         self.start_live = {r: bool((row >= 0).any()) for r, row in self.start_rows.items()}
 
+    def reach(self, used: np.ndarray) -> np.ndarray:
+        """``used`` (a flag per row, from id 0; index -1 for "dead") with the restricted
+        reader's own states reached from those flagged added, in place."""
+        extra = np.flatnonzero(self.extra)
+        count = -1
+        while count != used[extra].sum():  # a few states deep: \\ u hex hex ...
+            count = used[extra].sum()
+            used[self.table[extra[used[extra]]].ravel()] = True
+        return used
+
     def _pruned(self, has_plain: bool) -> tuple:
         """The bottom as a construction of one-byte rows leaves it (``_one_byte_dfa``):
         its restricted reader's states that no row reaches dropped, as ``_Builder.run``
@@ -289,12 +299,7 @@ class _Bottom:
         if has_plain:
             used[self.start_stack[0]] = True
         used[self.end] = True
-        extra = np.flatnonzero(self.extra)
-        count = -1
-        while count != used[extra].sum():
-            count = used[extra].sum()
-            used[self.table[extra[used[extra]]].ravel()] = True
-        keep = np.flatnonzero(~(self.extra & ~used[:n]))
+        keep = np.flatnonzero(~(self.extra & ~self.reach(used)[:n]))
         renum = np.full(n + 1, -1, dtype=np.int64)
         renum[keep] = np.arange(len(keep))
         return (renum[self.table[keep]].astype(np.int32), self.accepting[keep],
@@ -480,13 +485,7 @@ class _Builder:
         used = np.zeros(len(accepting), dtype=bool)
         used[table[n_bot:].ravel()] = True  # (index -1: the last row, kept anyway)
         used[root] = True
-        extra = np.flatnonzero(bot.extra)
-        count = -1
-        while count != used[extra].sum():  # a few states deep: \ u hex hex ...
-            count = used[extra].sum()
-            used[table[extra[used[extra]]].ravel()] = True
-        drop = bot.extra.copy()
-        drop[extra] = ~used[extra]
+        drop = bot.extra & ~bot.reach(used)[:n_bot]
         if drop.any():
             keep = np.flatnonzero(~np.concatenate([drop, np.zeros(len(self.rows), dtype=bool)]))
             renum = np.full(len(accepting) + 1, -1, dtype=np.int64)

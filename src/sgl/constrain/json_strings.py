@@ -47,27 +47,34 @@ def _hex_digits(lo: int, hi: int) -> Node:
     return mk_alt(*(HEX_CLASS[v] for v in range(lo, hi + 1)))
 
 
+def _split_span(a: int, la: int, b: int, lb: int, lmin: int, lmax: int, edge, middle) -> Node:
+    """The numbers from ``(a, la)`` to ``(b, lb)`` (high part, low part in ``[lmin, lmax]``):
+    ``edge(h, l_lo, l_hi)`` for a high part with only some low parts (the first, then the
+    last), ``middle(h_lo, h_hi)`` for the high parts in between, with all of them."""
+    if a == b:
+        return edge(a, la, lb)
+    parts = []
+    if la != lmin:
+        parts.append(edge(a, la, lmax))
+        a += 1
+    if lb != lmax:
+        parts.append(edge(b, lmin, lb))
+        b -= 1
+    if a <= b:
+        parts.append(middle(a, b))
+    return mk_alt(*parts)
+
+
 def _hex_same_width(lo: int, hi: int, width: int) -> Node:
     """Hex spellings (either case) of the ``width``-digit numbers in ``[lo, hi]``."""
     if width == 0:
         return EMPTY
     base = 16 ** (width - 1)
-    a, b = lo // base, hi // base
-    if a == b:
-        return mk_seq(_hex_digits(a, a), _hex_same_width(lo % base, hi % base, width - 1))
-    if lo % base == 0 and hi % base == base - 1:
-        return mk_seq(_hex_digits(a, b), mk_repeat(_hex_digits(0, 15), width - 1, width - 1))
-    parts = []
-    first, last = a, b
-    if lo % base != 0:
-        parts.append(mk_seq(_hex_digits(a, a), _hex_same_width(lo % base, base - 1, width - 1)))
-        first = a + 1
-    if hi % base != base - 1:
-        parts.append(mk_seq(_hex_digits(b, b), _hex_same_width(0, hi % base, width - 1)))
-        last = b - 1
-    if first <= last:
-        parts.append(mk_seq(_hex_digits(first, last), mk_repeat(_hex_digits(0, 15), width - 1, width - 1)))
-    return mk_alt(*parts)
+    return _split_span(
+        lo // base, lo % base, hi // base, hi % base, 0, base - 1,
+        lambda h, l_lo, l_hi: mk_seq(_hex_digits(h, h), _hex_same_width(l_lo, l_hi, width - 1)),
+        lambda h_lo, h_hi: mk_seq(_hex_digits(h_lo, h_hi),
+                                  mk_repeat(_hex_digits(0, 15), width - 1, width - 1)))
 
 
 _U = literal("\\u")
@@ -119,28 +126,14 @@ def json_chars(cs: Chars) -> Node:
 def _surrogate_pairs(lo: int, hi: int) -> Node:
     """Surrogate-pair spellings of ``[lo, hi]`` (astral), without the leading ``\\u``."""
 
-    def split(c):
-        v = c - 0x10000
-        return 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF)
-
-    (h1, l1), (h2, l2) = split(lo), split(hi)
-
     def pair(h_lo, h_hi, l_lo, l_hi):
         return mk_seq(_hex_same_width(h_lo, h_hi, 4), _U, _hex_same_width(l_lo, l_hi, 4))
 
-    if h1 == h2:
-        return pair(h1, h1, l1, l2)
-    parts = []
-    first, last = h1, h2
-    if l1 != 0xDC00:
-        parts.append(pair(h1, h1, l1, 0xDFFF))
-        first = h1 + 1
-    if l2 != 0xDFFF:
-        parts.append(pair(h2, h2, 0xDC00, l2))
-        last = h2 - 1
-    if first <= last:
-        parts.append(pair(first, last, 0xDC00, 0xDFFF))
-    return mk_alt(*parts)
+    v, w = lo - 0x10000, hi - 0x10000
+    return _split_span(0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF),
+                       0xD800 + (w >> 10), 0xDC00 + (w & 0x3FF), 0xDC00, 0xDFFF,
+                       lambda h, l_lo, l_hi: pair(h, h, l_lo, l_hi),
+                       lambda h_lo, h_hi: pair(h_lo, h_hi, 0xDC00, 0xDFFF))
 
 
 def jsonify(node: Node) -> Node:
@@ -159,7 +152,8 @@ def jsonify(node: Node) -> Node:
             items = tuple(go(i) for i in n.items)  # structure kept: flattening is quadratic
             r = NOTHING if any(i == NOTHING for i in items) else Seq(items)
         elif isinstance(n, Alt):
-            r = _alt_keep_order(go(i) for i in n.items)
+            out = [i for i in map(go, n.items) if i != NOTHING]  # order kept
+            r = NOTHING if not out else out[0] if len(out) == 1 else Alt(tuple(out))
         elif isinstance(n, Repeat):
             r = mk_repeat(go(n.item), n.min, n.max)
         else:
@@ -168,13 +162,6 @@ def jsonify(node: Node) -> Node:
         return r
 
     return go(node)
-
-
-def _alt_keep_order(items) -> Node:
-    out = [i for i in items if i != NOTHING]
-    if not out:
-        return NOTHING
-    return out[0] if len(out) == 1 else Alt(tuple(out))
 
 
 # printable ASCII but for " \ and / (each of which has a second, escaped spelling)
@@ -221,14 +208,9 @@ def build_json_string_node(decoded, max_states: int, max_size: int) -> Node:
     return mk_seq(QUOTE, jsonify(inner), QUOTE)
 
 
-ANY_JSON_STRING = None  # filled lazily by any_string_lexeme()
-
-
+@lru_cache(maxsize=1)
 def any_string_lexeme() -> Node:
-    global ANY_JSON_STRING
-    if ANY_JSON_STRING is None:
-        ANY_JSON_STRING = json_string_node(ANY_STRING)
-    return ANY_JSON_STRING
+    return json_string_node(ANY_STRING)
 
 
 def literal_string(text: str) -> Node:
@@ -341,21 +323,17 @@ def _translate_ecma(pattern: str) -> str:
                 out.append("\\x%02x" % (ord(pattern[i + 2]) % 32))
                 i += 3
                 continue
-            elif d in "pP" and i + 2 < n and pattern[i + 2] == "{":
+            elif d in "pPu" and pattern.startswith("{", i + 2):
                 end = pattern.find("}", i)
                 if end < 0:
-                    raise ConstraintError("bad \\p{...} escape in pattern", str(i))
-                body = _category_class(pattern[i + 3 : end])
-                if d == "P" and in_class:
-                    raise ConstraintError("\\P{...} inside a character class is not supported", str(i))
-                out.append(body if in_class else ("[^" if d == "P" else "[") + body + "]")
-                i = end + 1
-                continue
-            elif d == "u" and i + 2 < n and pattern[i + 2] == "{":
-                end = pattern.find("}", i)
-                if end < 0:
-                    raise ConstraintError("bad \\u{...} escape in pattern", str(i))
-                out.append(f"\\U{int(pattern[i + 3 : end], 16):08x}")
+                    raise ConstraintError(f"bad \\{d.lower()}{{...}} escape in pattern", str(i))
+                if d == "u":
+                    out.append(f"\\U{int(pattern[i + 3 : end], 16):08x}")
+                else:
+                    body = _category_class(pattern[i + 3 : end])
+                    if d == "P" and in_class:
+                        raise ConstraintError("\\P{...} inside a character class is not supported", str(i))
+                    out.append(body if in_class else ("[^" if d == "P" else "[") + body + "]")
                 i = end + 1
                 continue
             else:
@@ -405,9 +383,7 @@ def _category_class(name: str) -> str:
     """``\\p{name}`` (a Unicode general category) as the body of a Python class."""
     import unicodedata
 
-    for prefix in ("General_Category=", "gc="):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
+    name = name.removeprefix("General_Category=").removeprefix("gc=")
     cat = _CATEGORY_NAMES.get(name, name)
     valid = {v for v in _CATEGORY_NAMES.values()} | {c[0] for c in _CATEGORY_NAMES.values()}
     if cat not in valid:
@@ -448,14 +424,8 @@ def _split_top_alternatives(pattern: str) -> list[str]:
 
 
 def _ends_with_anchor(p: str) -> bool:
-    if not p.endswith("$"):
-        return False
-    k = len(p) - 2
-    slashes = 0
-    while k >= 0 and p[k] == "\\":
-        slashes += 1
-        k -= 1
-    return slashes % 2 == 0
+    """``p`` ends with a ``$`` that is not escaped (an even run of backslashes before it)."""
+    return p.endswith("$") and (len(p) - 1 - len(p[:-1].rstrip("\\"))) % 2 == 0
 
 
 @lru_cache(maxsize=1024)
