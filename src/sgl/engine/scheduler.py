@@ -108,7 +108,6 @@ class EngineSeq:
     drafts: list[int] = field(default_factory=list)  # fed after the pending token this step (speculative)
     draft_room: int = 0  # drafts reserved for this step (the KV and the token budget hold them)
     emitted: int = 0
-    cancelled: bool = False
     submitted: float = 0.0
     first_token: float | None = None
     deltas: queue.Queue = field(default_factory=queue.Queue)
@@ -289,7 +288,6 @@ class Engine:
     def _cancel(self, seq: EngineSeq) -> None:
         if seq.state.done:
             return
-        seq.cancelled = True
         if seq in self.waiting:
             self.waiting.remove(seq)
         self._finish(seq, "cancelled")
