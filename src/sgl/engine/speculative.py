@@ -403,10 +403,8 @@ class Speculation:
     def room(self, state: SeqState) -> int:
         """How many drafts ``state`` may feed after its pending token this step (0: none)."""
         self.draft = Draft()
-        n = min(self.k, state.remaining - 1)  # the target adds one token of its own
-        if self.drafter is None or state.done or (state.matcher and state.matcher.is_terminated()):
-            n = 0
-        self.n = max(n, 0)
+        stop = self.drafter is None or state.done or (state.matcher and state.matcher.is_terminated())
+        self.n = 0 if stop else max(0, min(self.k, state.remaining - 1))  # the target adds one token of its own
         return self.n
 
     def begin(self, state: SeqState, target: Llama) -> None:
