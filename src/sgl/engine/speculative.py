@@ -344,19 +344,11 @@ class NgramDrafter(Drafter):
         """Up to ``k`` tokens after the latest earlier match of the longest suffix found."""
         h = list(history)
         for m in range(min(self.n, len(h) - 1), self.min_n - 1, -1):
-            start = _last_occurrence(h, h[-m:], len(h) - m - 1)
-            if start >= 0:
-                return h[start + m : start + m + k]
+            pattern, first = h[-m:], h[-m]
+            for i in range(len(h) - m - 1, -1, -1):  # the latest earlier start first
+                if h[i] == first and h[i : i + m] == pattern:
+                    return h[i + m : i + m + k]
         return []
-
-
-def _last_occurrence(h: list[int], pattern: list[int], last_start: int) -> int:
-    """The largest ``i <= last_start`` with ``h[i:i+len(pattern)] == pattern``, or -1."""
-    first, m = pattern[0], len(pattern)
-    for i in range(last_start, -1, -1):
-        if h[i] == first and h[i : i + m] == pattern:
-            return i
-    return -1
 
 
 def sampling_probs(sampler: Sampler, logits: torch.Tensor) -> torch.Tensor:
