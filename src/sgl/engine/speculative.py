@@ -252,14 +252,10 @@ class DraftPool:
 
     def _reserve(self, drafter: ModelDrafter, n_tokens: int) -> bool:
         """Make ``drafter``'s blocks hold ``n_tokens``; False (no drafts this step) when the pool is full."""
-        need = self.kv.blocks_for(n_tokens) - len(drafter.blocks)
-        if need <= 0:
-            return True
-        got = self.kv.alloc(need)
-        if got is None:
-            return False
-        drafter.blocks.extend(got)
-        return True
+        got = self.kv.alloc(max(0, self.kv.blocks_for(n_tokens) - len(drafter.blocks)))
+        if got is not None:
+            drafter.blocks.extend(got)
+        return got is not None
 
     def _pick(self, job: DraftJob, logits: torch.Tensor, probe: Matcher | None,
               qs: list[torch.Tensor]) -> int | None:
