@@ -110,9 +110,7 @@ class HealingIndex:
     # ------------------------------------------------------------------ look-ups
     def token(self, token_id: int) -> bytes:
         """The bytes of ``token_id``; ``b""`` for special tokens and ids past the table."""
-        if 0 <= token_id < len(self.token_bytes):
-            return self.token_bytes[token_id] or b""
-        return b""
+        return (self.token_bytes[token_id] or b"") if 0 <= token_id < len(self.token_bytes) else b""
 
     def extending(self, data: bytes) -> np.ndarray:
         """Ids (int32, in byte order) of the tokens whose bytes start with ``data``.
