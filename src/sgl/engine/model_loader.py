@@ -99,18 +99,14 @@ def read_chat_template(folder: Path) -> str | None:
 # --------------------------------------------------------------------------- GGUF
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256(CONVERTER_VERSION.encode())
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
 def converted_folder(gguf_path: Path) -> Path:
     """The cache folder the GGUF file converts into (content-addressed)."""
+    h = hashlib.sha256(CONVERTER_VERSION.encode())
+    with open(gguf_path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
     name = gguf_path.name.removesuffix(".gguf").replace(".", "-")
-    return cache_root() / f"{name}-{_file_hash(gguf_path)}"
+    return cache_root() / f"{name}-{h.hexdigest()[:12]}"
 
 
 def convert_gguf(gguf_path: str | os.PathLike, out: Path | None = None, progress: bool = True) -> Path:
