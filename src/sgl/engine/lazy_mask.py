@@ -150,9 +150,7 @@ def _best_allowed(
 
 def _greedy(logits: torch.Tensor, check: _Checker) -> int | None:
     found = _best_allowed(_descending(logits), check, 1)
-    if found is None:
-        return None
-    return min(tok for tok, _ in found)  # torch.argmax returns the first of tied maxima
+    return None if found is None else min(tok for tok, _ in found)  # torch.argmax: the first of tied maxima
 
 
 def _top_k(logits: torch.Tensor, sampler: Sampler, check: _Checker) -> int | None:
