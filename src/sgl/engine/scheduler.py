@@ -360,12 +360,10 @@ class Engine:
     def _advance_pairs(self) -> bool:
         """Step the paired leaders whose partner's row is in; end a half whose other half
         ended (`policy.Pairing.advance`). Whether any changed."""
-        changed = False
-        for seq in [s for s in self.running if s.paired]:
-            if seq.req.policy.advance(seq.state):
-                changed = True
-                self._after_step(seq)
-        return changed
+        advanced = [s for s in self.running if s.paired and s.req.policy.advance(s.state)]
+        for seq in advanced:
+            self._after_step(seq)
+        return bool(advanced)
 
     def _after_step(self, seq: EngineSeq) -> None:
         if seq.state.done:
