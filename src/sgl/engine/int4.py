@@ -75,9 +75,7 @@ def q4_blocks(tensor: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _pack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Int4Weight:
-    q = np.concatenate([p[0] for p in parts])
-    scale = np.concatenate([p[1] for p in parts])
-    zero = np.concatenate([p[2] for p in parts])
+    q, scale, zero = (np.concatenate(column) for column in zip(*parts, strict=True))
     n_out, n_in = q.shape
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.from_numpy(q.astype(np.int32)), 1)
     sz = torch.from_numpy(np.stack([scale.T, zero.T], axis=-1)).to(torch.bfloat16).contiguous()

@@ -78,7 +78,7 @@ def sample_with_lazy_mask(
         token = None  # see the module docstring: needs the allowed mass
     else:
         token = _rejection(logits, sampler, check)
-    return LazyResult(token, check.count, token is None)
+    return LazyResult(token, len(check.answers), token is None)
 
 
 class _Checker:
@@ -88,10 +88,6 @@ class _Checker:
         self.matcher = matcher
         self.budget = budget
         self.answers: dict[int, bool] = {}
-
-    @property
-    def count(self) -> int:
-        return len(self.answers)
 
     def __call__(self, token: int) -> bool | None:
         """Is ``token`` allowed? None once the budget is spent."""
@@ -154,9 +150,7 @@ def _best_allowed(
 
 def _greedy(logits: torch.Tensor, check: _Checker) -> int | None:
     found = _best_allowed(_descending(logits), check, 1)
-    if found is None:
-        return None
-    return min(tok for tok, _ in found)  # torch.argmax returns the first of tied maxima
+    return None if found is None else min(tok for tok, _ in found)  # torch.argmax: the first of tied maxima
 
 
 def _top_k(logits: torch.Tensor, sampler: Sampler, check: _Checker) -> int | None:

@@ -99,18 +99,14 @@ def read_chat_template(folder: Path) -> str | None:
 # --------------------------------------------------------------------------- GGUF
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256(CONVERTER_VERSION.encode())
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
 def converted_folder(gguf_path: Path) -> Path:
     """The cache folder the GGUF file converts into (content-addressed)."""
+    h = hashlib.sha256(CONVERTER_VERSION.encode())
+    with open(gguf_path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
     name = gguf_path.name.removesuffix(".gguf").replace(".", "-")
-    return cache_root() / f"{name}-{_file_hash(gguf_path)}"
+    return cache_root() / f"{name}-{h.hexdigest()[:12]}"
 
 
 def convert_gguf(gguf_path: str | os.PathLike, out: Path | None = None, progress: bool = True) -> Path:
@@ -161,10 +157,11 @@ def convert_gguf(gguf_path: str | os.PathLike, out: Path | None = None, progress
 def _write_folder(folder: Path, gguf_path: Path, meta: dict, config: dict, tensors: dict) -> None:
     from safetensors.numpy import save_file
 
+    from sgl.constrain.gguf_tokenizer import load_gguf_tokenizer
+
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer = gguf_tokenizer(gguf_path)
-    tokenizer.save(str(folder / "tokenizer.json"))
+    load_gguf_tokenizer(str(gguf_path)).save(str(folder / "tokenizer.json"))
     tokens = meta.get("tokenizer.ggml.tokens") or []
 
     def tok(key: str) -> str | None:
@@ -363,13 +360,3 @@ def _gguf_tensors(reader: Any, config: dict, arch: str, progress: bool = True) -
         out[name] = w
     config["tie_word_embeddings"] = "lm_head.weight" not in out
     return out
-
-
-# ---------------------------------------------------------------------- tokenizer
-
-
-def gguf_tokenizer(gguf_path: Path) -> Any:
-    """The ``tokenizers.Tokenizer`` stored in a GGUF file (byte-level BPE models)."""
-    from sgl.constrain.gguf_tokenizer import load_gguf_tokenizer
-
-    return load_gguf_tokenizer(str(gguf_path))

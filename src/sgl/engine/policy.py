@@ -107,8 +107,7 @@ class Pairing(LogitsPolicy):
         if state is partner:
             if leader.done:
                 state.finish(leader.out.finish_reason)
-                return True
-            return False
+            return leader.done
         if partner.done:
             state.out.meta["error"] = f"the paired sequence ended ({partner.out.finish_reason})"
             state.finish("error")

@@ -48,18 +48,12 @@ class RadixCache:
 
         Marks the nodes as recently used; does not pin them (the engine counts the hits).
         """
-        path = self._walk(tokens)
-        now = next(self._clock)
-        for node in path:
-            node.last_used = now
-        return path
-
-    def _walk(self, tokens: Sequence[int]) -> list[Node]:
-        bs, node, path = self.block_size, self.root, []
+        bs, node, path, now = self.block_size, self.root, [], next(self._clock)
         for i in range(len(tokens) // bs):
             node = node.children.get(tuple(tokens[i * bs:(i + 1) * bs]))
             if node is None:
                 break
+            node.last_used = now
             path.append(node)
         return path
 

@@ -108,7 +108,6 @@ class EngineSeq:
     drafts: list[int] = field(default_factory=list)  # fed after the pending token this step (speculative)
     draft_room: int = 0  # drafts reserved for this step (the KV and the token budget hold them)
     emitted: int = 0
-    cancelled: bool = False
     submitted: float = 0.0
     first_token: float | None = None
     deltas: queue.Queue = field(default_factory=queue.Queue)
@@ -279,9 +278,7 @@ class Engine:
 
     def _fail_all(self, message: str) -> None:
         for seq in [*self.running, *self.waiting, *self._inbox]:
-            seq.state.out.meta["error"] = message
-            self._finish(seq, "error")
-            self._release(seq)
+            self._finish(seq, "error", message)
         self.running.clear()
         self.waiting.clear()
         self._inbox.clear()
@@ -289,11 +286,9 @@ class Engine:
     def _cancel(self, seq: EngineSeq) -> None:
         if seq.state.done:
             return
-        seq.cancelled = True
         if seq in self.waiting:
             self.waiting.remove(seq)
         self._finish(seq, "cancelled")
-        self._retire(seq)
 
     # --------------------------------------------------------------- one step
 
@@ -306,9 +301,8 @@ class Engine:
             if self.waiting and not self.running:  # nothing fits even in an empty pool
                 seq = self.waiting.popleft()
                 need = len(seq.state.tokens) + seq.state.max_tokens
-                seq.state.out.meta["error"] = (f"the request needs {need} tokens of KV cache; the budget "
-                                         f"holds {self.pool.capacity_tokens}")
-                self._finish(seq, "error")
+                self._finish(seq, "error", f"the request needs {need} tokens of KV cache; the budget "
+                                           f"holds {self.pool.capacity_tokens}")
                 return True
             return paired
         rows = [RowInput(seq.state.tokens[seq.cached:seq.cached + n] + seq.drafts, seq.cached, seq.blocks,
@@ -331,7 +325,6 @@ class Engine:
                 seq.first_token = now
             if seq.state.max_tokens == 0:  # prefill only (it warms the prefix cache)
                 self._finish(seq, "length")
-                self._retire(seq)
                 continue
             if seq.paired:  # its step waits for the partner's row (`_advance_pairs`)
                 seq.req.policy.deposit(seq.state, logits, i)
@@ -367,17 +360,14 @@ class Engine:
     def _advance_pairs(self) -> bool:
         """Step the paired leaders whose partner's row is in; end a half whose other half
         ended (`policy.Pairing.advance`). Whether any changed."""
-        changed = False
-        for seq in [s for s in self.running if s.paired]:
-            if seq.req.policy.advance(seq.state):
-                changed = True
-                self._after_step(seq)
-        return changed
+        advanced = [s for s in self.running if s.paired and s.req.policy.advance(s.state)]
+        for seq in advanced:
+            self._after_step(seq)
+        return bool(advanced)
 
     def _after_step(self, seq: EngineSeq) -> None:
         if seq.state.done:
             self._finish(seq, seq.state.out.finish_reason)
-            self._retire(seq)
         else:
             self._emit(seq)
 
@@ -402,9 +392,8 @@ class Engine:
             seq = self.waiting[0]
             if len(seq.state.tokens) > self.pool.capacity_tokens:
                 self.waiting.popleft()
-                seq.state.out.meta["error"] = (f"the prompt has {len(seq.state.tokens)} tokens; the KV budget "
-                                         f"holds {self.pool.capacity_tokens}")
-                self._finish(seq, "error")
+                self._finish(seq, "error", f"the prompt has {len(seq.state.tokens)} tokens; the KV budget "
+                                           f"holds {self.pool.capacity_tokens}")
                 continue
             self._match_prefix(seq)
             n = min(seq.unfed, budget)
@@ -440,7 +429,6 @@ class Engine:
             seq.drafts = seq.req.acceptor.draft.tokens
             if seq.state.done:  # drafting failed
                 self._finish(seq, "error")
-                self._retire(seq)
         return [(seq, n) for seq, n in batch if not seq.state.done]
 
     def _match_prefix(self, seq: EngineSeq) -> None:
@@ -477,10 +465,8 @@ class Engine:
             victim = max(later, key=lambda s: s.order) if later else None  # the newest
             if victim is None:
                 if preempt and len(self.running) == 1:
-                    seq.state.out.meta["error"] = (f"the request needs {n_tokens} tokens of KV cache; "
-                                             f"the budget holds {self.pool.capacity_tokens}")
-                    self._finish(seq, "error")
-                    self._retire(seq)
+                    self._finish(seq, "error", f"the request needs {n_tokens} tokens of KV cache; "
+                                               f"the budget holds {self.pool.capacity_tokens}")
                 return False
             self._preempt(victim)
         return True
@@ -507,12 +493,6 @@ class Engine:
                 return
             RadixCache.pin([node])
             seq.nodes.append(node)
-
-    def _retire(self, seq: EngineSeq) -> None:
-        """Take a finished ``seq`` out of the batch and free what it holds."""
-        if seq in self.running:
-            self.running.remove(seq)
-        self._release(seq)
 
     def _release(self, seq: EngineSeq) -> None:
         """Unpin ``seq``'s cached prefix and free the blocks it owns (its draft model's too)."""
@@ -560,10 +540,16 @@ class Engine:
             seq.deltas.put(text[seq.emitted:end])
             seq.emitted = end
 
-    def _finish(self, seq: EngineSeq, reason: str) -> None:
-        """End ``seq`` (if its step did not already) and hand its output to the waiter."""
+    def _finish(self, seq: EngineSeq, reason: str, error: str | None = None) -> None:
+        """End ``seq`` (if its step did not already; ``error`` goes to its meta), take it
+        out of the batch, free what it holds and hand its output to the waiter."""
+        if seq in self.running:
+            self.running.remove(seq)
+        self._release(seq)
         if seq.finished.is_set():
             return
+        if error is not None:
+            seq.state.out.meta["error"] = error
         seq.state.finish(reason)
         out = seq.state.out
         out.meta["latency_s"] = time.perf_counter() - seq.submitted

@@ -252,14 +252,10 @@ class DraftPool:
 
     def _reserve(self, drafter: ModelDrafter, n_tokens: int) -> bool:
         """Make ``drafter``'s blocks hold ``n_tokens``; False (no drafts this step) when the pool is full."""
-        need = self.kv.blocks_for(n_tokens) - len(drafter.blocks)
-        if need <= 0:
-            return True
-        got = self.kv.alloc(need)
-        if got is None:
-            return False
-        drafter.blocks.extend(got)
-        return True
+        got = self.kv.alloc(max(0, self.kv.blocks_for(n_tokens) - len(drafter.blocks)))
+        if got is not None:
+            drafter.blocks.extend(got)
+        return got is not None
 
     def _pick(self, job: DraftJob, logits: torch.Tensor, probe: Matcher | None,
               qs: list[torch.Tensor]) -> int | None:
@@ -344,19 +340,11 @@ class NgramDrafter(Drafter):
         """Up to ``k`` tokens after the latest earlier match of the longest suffix found."""
         h = list(history)
         for m in range(min(self.n, len(h) - 1), self.min_n - 1, -1):
-            start = _last_occurrence(h, h[-m:], len(h) - m - 1)
-            if start >= 0:
-                return h[start + m : start + m + k]
+            pattern, first = h[-m:], h[-m]
+            for i in range(len(h) - m - 1, -1, -1):  # the latest earlier start first
+                if h[i] == first and h[i : i + m] == pattern:
+                    return h[i + m : i + m + k]
         return []
-
-
-def _last_occurrence(h: list[int], pattern: list[int], last_start: int) -> int:
-    """The largest ``i <= last_start`` with ``h[i:i+len(pattern)] == pattern``, or -1."""
-    first, m = pattern[0], len(pattern)
-    for i in range(last_start, -1, -1):
-        if h[i] == first and h[i : i + m] == pattern:
-            return i
-    return -1
 
 
 def sampling_probs(sampler: Sampler, logits: torch.Tensor) -> torch.Tensor:
@@ -403,10 +391,8 @@ class Speculation:
     def room(self, state: SeqState) -> int:
         """How many drafts ``state`` may feed after its pending token this step (0: none)."""
         self.draft = Draft()
-        n = min(self.k, state.remaining - 1)  # the target adds one token of its own
-        if self.drafter is None or state.done or (state.matcher and state.matcher.is_terminated()):
-            n = 0
-        self.n = max(n, 0)
+        stop = self.drafter is None or state.done or (state.matcher and state.matcher.is_terminated())
+        self.n = 0 if stop else max(0, min(self.k, state.remaining - 1))  # the target adds one token of its own
         return self.n
 
     def begin(self, state: SeqState, target: Llama) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from sgl.constrain.bitmask import pack_bools
+from sgl.constrain.bitmask import pack_bools, write_row
 
 __all__ = ["Healing", "HealingConstraint", "HealingIndex", "heal_prompt"]
 
@@ -110,9 +110,7 @@ class HealingIndex:
     # ------------------------------------------------------------------ look-ups
     def token(self, token_id: int) -> bytes:
         """The bytes of ``token_id``; ``b""`` for special tokens and ids past the table."""
-        if 0 <= token_id < len(self.token_bytes):
-            return self.token_bytes[token_id] or b""
-        return b""
+        return (self.token_bytes[token_id] or b"") if 0 <= token_id < len(self.token_bytes) else b""
 
     def extending(self, data: bytes) -> np.ndarray:
         """Ids (int32, in byte order) of the tokens whose bytes start with ``data``.
@@ -330,10 +328,7 @@ class HealingConstraint:
     def fill_bitmask(self, out: np.ndarray, row: int = 0) -> None:
         """Write the allowed tokens into ``out[row]`` (int32 words, bit set = allowed),
         the layout of `sgl.constrain.allocate_bitmask` and `sgl.constrain.apply_bitmask`."""
-        words = self.allowed_words()
-        n = min(out.shape[1], words.shape[0])
-        out[row, :n] = words[:n].view(np.int32)
-        out[row, n:] = 0
+        write_row(out, row, self.allowed_words())
 
     def advance(self, token_id: int) -> bool:
         """Consume one generated token; False (and no change) if the step forbids it."""
