@@ -185,22 +185,26 @@ class Engine:
 
     def submit(self, req: SeqRequest) -> RequestHandle:
         """Queue a request; the engine thread starts on first use."""
-        seq = self._sequence(req)
+        return self._submit([req])[0]
+
+    def generate(self, requests: Sequence[SeqRequest]) -> list[SeqOutput]:
+        """Submit ``requests`` together and wait for all of them."""
+        return [h.result() for h in self._submit(requests)]
+
+    def _submit(self, requests: Sequence[SeqRequest]) -> list[RequestHandle]:
+        # one lock for the whole list: the engine thread sees the requests together, so
+        # none of them is stepped alone before the others arrive
+        seqs = [self._sequence(r) for r in requests]
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine is closed")
-            self._inbox.append(seq)
+            self._inbox.extend(seqs)
             self._cv.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="sgl-engine", daemon=True)
                 self._thread.start()
                 _LIVE_ENGINES.add(self)
-        return RequestHandle(self, seq)
-
-    def generate(self, requests: Sequence[SeqRequest]) -> list[SeqOutput]:
-        """Submit ``requests`` together and wait for all of them."""
-        handles = [self.submit(r) for r in requests]
-        return [h.result() for h in handles]
+        return [RequestHandle(self, seq) for seq in seqs]
 
     def call(self, fn: Any) -> Any:
         """Run ``fn()`` on the engine thread between two steps and return its result.
