@@ -22,39 +22,13 @@
  * object and no report. Python still makes what needs a lexer without a C product (the
  * pure-Python core of an empty lexeme set) and a sub-walk over the lexer's state budget
  * (its error is Python's).
+ *
+ * Here: the Boundaries type and the tables Python registers; the recursion (run) and the
+ * sub-walks it makes are in _native_boundary_run.c, both over _native_boundary.h.
  */
-#include "_native_walk.h" /* first: it includes Python.h */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
+#include "_native_boundary.h" /* first: it includes Python.h */
 
-int32_t earley_scan_c(PyObject *obj, int32_t uid, const int32_t *lex, Py_ssize_t n);
-Py_ssize_t earley_allowed_c(PyObject *obj, int32_t uid, int32_t *out, Py_ssize_t n_out);
-Py_ssize_t earley_scannable_c(PyObject *obj, int32_t uid, int32_t *out, Py_ssize_t n_out);
-extern PyTypeObject EarleyType;
-
-/* a map from three int32 keys to an int32 value: open addressing, a = INT32_MIN empty */
-typedef struct { int32_t a, b, c, v; } Ent;
-typedef struct { Ent *e; Py_ssize_t n, cap; } Map3;
-
-static inline Py_ssize_t map_slot(int32_t a, int32_t b, int32_t c, Py_ssize_t cap) {
-    uint64_t h = (uint64_t)(uint32_t)a * 0x9E3779B97F4A7C15ULL;
-    h = (h ^ (uint32_t)b) * 0xBF58476D1CE4E5B9ULL;
-    h = (h ^ (uint32_t)c) * 0x94D049BB133111EBULL;
-    return (Py_ssize_t)(h >> 17) & (cap - 1);
-}
-
-static int map_get(const Map3 *m, int32_t a, int32_t b, int32_t c, int32_t *v) {
-    if (!m->cap) return 0;
-    for (Py_ssize_t i = map_slot(a, b, c, m->cap);; i = (i + 1) & (m->cap - 1)) {
-        const Ent *x = m->e + i;
-        if (x->a == INT32_MIN) return 0;
-        if (x->a == a && x->b == b && x->c == c) { *v = x->v; return 1; }
-    }
-}
-
-static int map_put(Map3 *m, int32_t a, int32_t b, int32_t c, int32_t v) {
+int map_put(Map3 *m, int32_t a, int32_t b, int32_t c, int32_t v) {
     if (2 * (m->n + 1) > m->cap) {
         Py_ssize_t cap = m->cap ? 2 * m->cap : 1024;
         Ent *e = malloc(cap * sizeof(Ent));
@@ -80,9 +54,8 @@ static int map_put(Map3 *m, int32_t a, int32_t b, int32_t c, int32_t v) {
     return 0;
 }
 
-typedef struct { int32_t *v; Py_ssize_t n, cap; } Pool;
 
-static int pool_push(Pool *p, int32_t x) {
+int pool_push(Pool *p, int32_t x) {
     if (p->n == p->cap) {
         Py_ssize_t cap = p->cap ? 2 * p->cap : 1024;
         int32_t *v = realloc(p->v, cap * sizeof(int32_t));
@@ -93,70 +66,7 @@ static int pool_push(Pool *p, int32_t x) {
     return 0;
 }
 
-/* a registered walk result: its inside words and its boundary groups */
-typedef struct {
-    Py_buffer a, b;  /* from Python: dense a = the words; compact: a = indices (i64), b = values (u32) */
-    int dense, held;
-    const void *wa;  /* the words (dense, n_words u32) or the indices (i64)... */
-    const uint32_t *wb; /* ...and values (u32) of the m nonzero ones (compact) */
-    Py_ssize_t m;
-    void *own;       /* made here: one block holding wa (and wb) */
-    int32_t n_groups;
-    int32_t *rep;    /* per group: a boundary state of it (they all complete the same lexemes) */
-    int32_t *gstart; /* grouped here: group g's trie nodes are gnodes[gstart[g] .. gstart[g + 1]) */
-    int32_t *gnodes; /* (NULL: grouped by Python, whose sub-walks Python makes) */
-    int32_t L;       /* the lexer of rep's states, -1 not said (add_walk without it) */
-} Walk;
-
-/* a lexer's C product and the grammar lexeme id of each of its lexemes (P NULL: none) */
-typedef struct {
-    Product *P;
-    int32_t *order;
-    int empty; /* no lexemes (the text must end): every walk in it is empty */
-    /* a filtered lexer (id FILTERED_BASE + i, made here): the product of the column's
-     * unfiltered set, walked through filt (the lexemes the check kept) */
-    uint8_t *keep;
-    WalkFilter filt;
-    int32_t set; /* pool offset of its allowed set (count, ids) */
-} LexInfo;
-
-/* Filtered lexers: a column the duplicate-key check filtered (a key position without its
- * used keys, a value's end without a dead `,`) whose allowed set has no lexer yet gets one
- * made here, over the product of the column's unfiltered set (the set Python registered,
- * once per object), seen through the kept lexemes (WalkFilter): no Python lexer, product
- * or report per set of used keys, and the rows are the wider set's, built once. Their ids
- * start here, above every id Python gives (boundary.FILTERED_BASE). */
-#define FILTERED_BASE (1 << 28)
-
-/* words of a walk made here with at most this many nonzero kept compact (mask.py's SPARSE_WORDS) */
-#define SPARSE_WORDS 64
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *earley;
-    int32_t *ignore; Py_ssize_t n_ignore; /* sorted */
-    Py_ssize_t n_words;
-    Walk *walks; Py_ssize_t n_walks, cap_walks;
-    Map3 acc;      /* (L, state, 0) -> offset in pool: count, then the lexeme ids it completes */
-    Map3 child;    /* (column, L, state) -> column after those lexemes, or -1 */
-    Map3 sub;      /* (W, group, L') -> W' */
-    Map3 sets;     /* (hash lo, hash hi, count) -> offset in pool of an allowed set: count, ids, L */
-    int32_t *col_lex; Py_ssize_t n_col_lex; /* per column uid: its lexer, -1 unknown */
-    Pool pool;
-    int32_t *scratch; Py_ssize_t n_scratch;
-    int python_scans; /* scans and column lexers come from Python (a parser that filters columns) */
-    Trie trie; Py_buffer tb[4]; int has_trie; /* set_trie: the held buffers of the trie */
-    LexInfo *lex; Py_ssize_t n_lex;
-    uint32_t *wscratch;  /* n_words, all zero between sub-walks */
-    int32_t *zeros; Py_ssize_t n_zeros; /* start states of a sub-walk */
-    Py_ssize_t n_made;   /* sub-walks made here */
-    int32_t empty_walk;  /* the walk with nothing (into an empty lexer), -1 not made yet */
-    int filtered;        /* make filtered lexers (set_filtered; on by default; 2: their sub-walks by Python) */
-    LexInfo *flex; Py_ssize_t n_flex, cap_flex; /* filtered lexer FILTERED_BASE + i */
-    int32_t *scratch2; Py_ssize_t n_scratch2;   /* a column's unfiltered set */
-} Boundaries;
-
-static void walk_release(Walk *w) {
+void walk_release(Walk *w) {
     if (w->held) {
         PyBuffer_Release(&w->a);
         if (!w->dense) PyBuffer_Release(&w->b);
@@ -178,11 +88,6 @@ static void Boundaries_dealloc(Boundaries *r) {
     }
     free(r->lex); free(r->wscratch); free(r->zeros); free(r->flex); free(r->scratch2);
     Py_TYPE(r)->tp_free((PyObject *)r);
-}
-
-static int cmp_i32(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
 }
 
 /* Boundaries(earley, ignore lexemes (sequence of int), n_words, python_scans=0): with
@@ -218,7 +123,7 @@ static PyObject *Boundaries_new(PyTypeObject *type, PyObject *args, PyObject *kw
     return (PyObject *)r;
 }
 
-static int walks_room(Boundaries *r) {
+int walks_room(Boundaries *r) {
     if (r->n_walks < r->cap_walks) return 0;
     Py_ssize_t cap = r->cap_walks ? 2 * r->cap_walks : 256;
     Walk *w = realloc(r->walks, cap * sizeof(Walk));
@@ -317,7 +222,7 @@ static void set_hash(const int32_t *v, Py_ssize_t n, int32_t *lo, int32_t *hi) {
 
 /* The lexer of an allowed set (ascending ids), -1 unknown. Sets with the same hash and
  * count are told apart by content: their key's third field counts up past the count. */
-static int32_t set_lexer(const Boundaries *r, const int32_t *v, Py_ssize_t n) {
+int32_t set_lexer(const Boundaries *r, const int32_t *v, Py_ssize_t n) {
     int32_t lo, hi, off;
     set_hash(v, n, &lo, &hi);
     for (int32_t k = (int32_t)n;; k += 1 << 24) { /* colliding sets: the next key along */
@@ -328,7 +233,7 @@ static int32_t set_lexer(const Boundaries *r, const int32_t *v, Py_ssize_t n) {
 
 /* Register allowed set v[0..n) (ascending, not known yet: set_lexer is -1) as lexer L's:
  * 0, or -1 (memory). v must not point into the pool. */
-static int sets_add(Boundaries *r, const int32_t *v, Py_ssize_t n, int32_t L) {
+int sets_add(Boundaries *r, const int32_t *v, Py_ssize_t n, int32_t L) {
     Py_ssize_t off = r->pool.n;
     int rc = pool_push(&r->pool, (int32_t)n);
     for (Py_ssize_t i = 0; !rc && i < n; i++) rc = pool_push(&r->pool, v[i]);
@@ -439,92 +344,9 @@ static PyObject *Boundaries_set_product(Boundaries *r, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static LexInfo *lex_info(const Boundaries *r, int32_t L) {
-    if (L >= FILTERED_BASE) return L - FILTERED_BASE < r->n_flex ? r->flex + (L - FILTERED_BASE) : NULL;
-    return L >= 0 && L < r->n_lex ? r->lex + L : NULL;
-}
-
 static Product *product_of(const Boundaries *r, int32_t L) {
     const LexInfo *li = lex_info(r, L);
     return li ? li->P : NULL;
-}
-
-/* The pool offset of the lexemes lexer L completes in state st (ascending grammar ids),
- * computed from its product when not known yet (mask.py: LexerDFA.accepts); -1 memory
- * (error set), -2 no product */
-static int32_t accepts_of(Boundaries *r, int32_t L, int32_t st) {
-    int32_t off;
-    if (map_get(&r->acc, L, st, 0, &off)) return off;
-    const LexInfo *li = lex_info(r, L);
-    Product *P = li ? li->P : NULL;
-    if (!P) return -2;
-    const int32_t *order = li->order;
-    const uint8_t *keep = li->keep; /* a filtered lexer: its kept lexemes only */
-    off = (int32_t)r->pool.n;
-    int rc = pool_push(&r->pool, 0);
-    product_lock(P); /* a walk on another thread may be growing its arrays */
-    const int32_t *comp = P->comps + (Py_ssize_t)st * P->k;
-    for (int32_t j = 0; !rc && j < P->k; j++)
-        if (comp[j] >= 0 && (!keep || keep[j]) && P->dfas[j]->accepting[comp[j]]) rc = pool_push(&r->pool, order[j]);
-    PyThread_release_lock(P->lock);
-    if (rc || map_put(&r->acc, L, st, 0, off)) { PyErr_NoMemory(); return -1; }
-    int32_t *v = r->pool.v + off;
-    v[0] = (int32_t)(r->pool.n - off - 1);
-    qsort(v + 1, v[0], sizeof(int32_t), cmp_i32);
-    return off;
-}
-
-/* Group w's n boundary subtrees (trie nodes, states of lexer L) by the lexemes their state
- * completes (mask.py's _group_boundaries): w's groups, each with a representative state
- * and its nodes in walk order. 0, or -1 with an error set. */
-static int group_walk(Boundaries *r, Walk *w, int32_t L, const int64_t *nodes, const int64_t *states, Py_ssize_t n) {
-    int32_t *gi = malloc((n + 1) * sizeof(int32_t)), *seen = NULL, *seen_g = NULL, *g_off = NULL;
-    Py_ssize_t n_seen = 0, cap = 0;
-    int rc = gi ? 0 : -1;
-    w->n_groups = 0;
-    for (Py_ssize_t i = 0; !rc && i < n; i++) {
-        int32_t st = (int32_t)states[i], g = -1;
-        for (Py_ssize_t k = n_seen; k-- > 0;) /* few distinct states per walk */
-            if (seen[k] == st) { g = seen_g[k]; break; }
-        if (g < 0) {
-            int32_t off = accepts_of(r, L, st);
-            if (off < 0) { rc = -2; break; }
-            const int32_t *v = r->pool.v + off;
-            for (int32_t h = 0; h < w->n_groups && g < 0; h++) {
-                const int32_t *u = r->pool.v + g_off[h];
-                if (u[0] == v[0] && !memcmp(u + 1, v + 1, v[0] * sizeof(int32_t))) g = h;
-            }
-            if (n_seen == cap) {
-                cap = cap ? 2 * cap : 16;
-                int32_t *a = realloc(seen, cap * sizeof(int32_t)), *b = a ? realloc(seen_g, cap * sizeof(int32_t)) : NULL;
-                int32_t *c = b ? realloc(g_off, cap * sizeof(int32_t)) : NULL, *d = c ? realloc(w->rep, cap * sizeof(int32_t)) : NULL;
-                if (a) seen = a;
-                if (b) seen_g = b;
-                if (c) g_off = c;
-                if (d) w->rep = d;
-                if (!d) { rc = -1; break; }
-            }
-            if (g < 0) g = w->n_groups, g_off[g] = off, w->rep[g] = st, w->n_groups++;
-            seen[n_seen] = st, seen_g[n_seen++] = g;
-        }
-        gi[i] = g;
-    }
-    if (!rc) {
-        w->gstart = calloc(w->n_groups + 1, sizeof(int32_t));
-        w->gnodes = malloc((n + 1) * sizeof(int32_t));
-        if (!w->gstart || !w->gnodes) rc = -1;
-    }
-    if (!rc) { /* a counting sort by group, stable: each group's nodes in walk order */
-        for (Py_ssize_t i = 0; i < n; i++) w->gstart[gi[i] + 1]++;
-        for (int32_t g = 0; g < w->n_groups; g++) w->gstart[g + 1] += w->gstart[g];
-        int32_t *at = seen; /* reused: the next free slot of each group (n_groups <= n_seen) */
-        if (w->n_groups) memcpy(at, w->gstart, w->n_groups * sizeof(int32_t));
-        for (Py_ssize_t i = 0; i < n; i++) w->gnodes[at[gi[i]]++] = (int32_t)nodes[i];
-    }
-    if (rc == -1) PyErr_NoMemory();
-    else if (rc == -2 && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "add_walk_nodes: a lexer without a product");
-    free(gi); free(seen); free(seen_g); free(g_off);
-    return rc ? -1 : 0;
 }
 
 /* add_walk_nodes(inside (as add_walk), boundary nodes (i64 bytes), their states (i64 bytes), L) -> W:
@@ -576,290 +398,6 @@ static PyObject *Boundaries_group_nodes(Boundaries *r, PyObject *args) {
 /* counts() -> (walks registered, walks made here) */
 static PyObject *Boundaries_counts(Boundaries *r, PyObject *unused) {
     return Py_BuildValue("(nn)", r->n_walks, r->n_made);
-}
-
-/* one run: the output words, what is missing (a list of report tuples), the budget */
-typedef struct {
-    Boundaries *r;
-    uint32_t *out;
-    PyObject *missing;
-    double deadline;
-    long steps;
-    int over, failed; /* over: the deadline passed; failed: a Python error is set */
-} Run;
-
-static void or_walk(const Walk *w, uint32_t *out, Py_ssize_t n_words) {
-    if (w->dense) {
-        const uint32_t *src = w->wa;
-        for (Py_ssize_t i = 0; i < n_words; i++) out[i] |= src[i];
-        return;
-    }
-    const int64_t *idx = w->wa;
-    const uint32_t *val = w->wb;
-    for (Py_ssize_t j = 0; j < w->m; j++) out[idx[j]] |= val[j];
-}
-
-static void report(Run *x, PyObject *item) {
-    if (!item || PyList_Append(x->missing, item)) x->failed = 1;
-    Py_XDECREF(item);
-}
-
-static int is_ignored(const Boundaries *r, const int32_t *lex, int32_t n) {
-    for (int32_t i = 0; i < n; i++)
-        if (bsearch(lex + i, r->ignore, r->n_ignore, sizeof(int32_t), cmp_i32)) return 1;
-    return 0;
-}
-
-static int put_column_lexer(Boundaries *r, int32_t col, int32_t L) {
-    if (col >= r->n_col_lex) {
-        Py_ssize_t cap = r->n_col_lex ? r->n_col_lex : 256;
-        while (cap <= col) cap *= 2;
-        int32_t *c = realloc(r->col_lex, cap * sizeof(int32_t));
-        if (!c) return -1;
-        for (Py_ssize_t i = r->n_col_lex; i < cap; i++) c[i] = -1;
-        r->col_lex = c, r->n_col_lex = cap;
-    }
-    r->col_lex[col] = L;
-    return 0;
-}
-
-static PyObject *int_tuple(const int32_t *v, Py_ssize_t n) {
-    PyObject *t = PyTuple_New(n);
-    for (Py_ssize_t i = 0; t && i < n; i++) {
-        PyObject *x = PyLong_FromLong(v[i]);
-        if (!x) { Py_CLEAR(t); break; }
-        PyTuple_SET_ITEM(t, i, x);
-    }
-    return t;
-}
-
-/* A filtered lexer for column col, whose allowed set (r->scratch[0..n)) has no lexer:
- * its id (registered for the set); -1 none can be made here (the column is not filtered,
- * the unfiltered set's lexer has no C product); -2 the unfiltered set's lexer is reported
- * (Python makes it, once per object) or an error is set. */
-static int32_t filtered_lexer(Run *x, int32_t col, Py_ssize_t n) {
-    Boundaries *r = x->r;
-    Py_ssize_t m = earley_scannable_c(r->earley, col, r->scratch2, r->n_scratch2);
-    if (m < 0) return -1;
-    if (m > r->n_scratch2) {
-        int32_t *s = realloc(r->scratch2, m * sizeof(int32_t));
-        if (!s) { PyErr_NoMemory(); x->failed = 1; return -2; }
-        r->scratch2 = s, r->n_scratch2 = m;
-        earley_scannable_c(r->earley, col, r->scratch2, m);
-    }
-    if (m <= n) return -1;
-    int32_t LW = set_lexer(r, r->scratch2, m);
-    if (LW < 0) {
-        report(x, Py_BuildValue("(sNs)", "lexer", int_tuple(r->scratch2, m), "unfiltered"));
-        return -2;
-    }
-    const LexInfo *wi = lex_info(r, LW);
-    if (LW >= FILTERED_BASE || !wi || !wi->P || wi->P->direct) return -1;
-    Product *P = wi->P;
-    int32_t k = P->k, kept = 0;
-    uint8_t *keep = calloc(k + 1, 1);
-    int32_t *order = malloc((k + 1) * sizeof(int32_t));
-    if (!keep || !order || (r->n_flex == r->cap_flex && r->n_flex >= FILTERED_BASE - 1)) {
-        free(keep); free(order);
-        PyErr_NoMemory(); x->failed = 1; return -2;
-    }
-    memcpy(order, wi->order, k * sizeof(int32_t));
-    for (int32_t j = 0; j < k; j++) { /* kept: the column's lexemes, and the ignored ones (EarleyParser.allowed_set) */
-        int in_set = bsearch(order + j, r->scratch, n, sizeof(int32_t), cmp_i32) != NULL;
-        kept += in_set;
-        keep[j] = in_set || bsearch(order + j, r->ignore, r->n_ignore, sizeof(int32_t), cmp_i32) != NULL;
-    }
-    if (kept != n) { free(keep); free(order); return -1; } /* (a lexeme the wider set lacks) */
-    if (r->n_flex == r->cap_flex) {
-        Py_ssize_t cap = r->cap_flex ? 2 * r->cap_flex : 64;
-        LexInfo *f = realloc(r->flex, cap * sizeof(LexInfo));
-        if (!f) { free(keep); free(order); PyErr_NoMemory(); x->failed = 1; return -2; }
-        r->flex = f, r->cap_flex = cap;
-    }
-    int32_t L = (int32_t)(FILTERED_BASE + r->n_flex);
-    int32_t set = (int32_t)r->pool.n;
-    if (sets_add(r, r->scratch, n, L)) { free(keep); free(order); PyErr_NoMemory(); x->failed = 1; return -2; }
-    Py_INCREF(P);
-    r->flex[r->n_flex++] = (LexInfo){P, order, 0, keep, {keep, NULL, 0}, set};
-    return L;
-}
-
-/* column uid's lexer, or -1 (reported: Python maps its allowed set to a lexer) */
-static int32_t column_lexer(Run *x, int32_t col) {
-    Boundaries *r = x->r;
-    if (col < r->n_col_lex && r->col_lex[col] >= 0) return r->col_lex[col];
-    if (r->python_scans) {
-        report(x, Py_BuildValue("(si)", "column", col));
-        return -1;
-    }
-    Py_ssize_t n = earley_allowed_c(r->earley, col, r->scratch, r->n_scratch);
-    if (n < 0) { PyErr_SetString(PyExc_IndexError, "Boundaries: unknown column"); x->failed = 1; return -1; }
-    if (n > r->n_scratch) {
-        int32_t *s = realloc(r->scratch, n * sizeof(int32_t));
-        if (!s) { PyErr_NoMemory(); x->failed = 1; return -1; }
-        r->scratch = s, r->n_scratch = n;
-        earley_allowed_c(r->earley, col, r->scratch, n);
-    }
-    int32_t L = set_lexer(r, r->scratch, n);
-    if (L < 0 && r->filtered && n > 0 && (L = filtered_lexer(x, col, n)) == -2) return -1;
-    if (L < 0) {
-        PyObject *t = PyTuple_New(n);
-        for (Py_ssize_t i = 0; t && i < n; i++) {
-            PyObject *v = PyLong_FromLong(r->scratch[i]);
-            if (!v) { Py_CLEAR(t); break; }
-            PyTuple_SET_ITEM(t, i, v);
-        }
-        report(x, t ? Py_BuildValue("(sN)", "lexer", t) : NULL);
-        return -1;
-    }
-    if (put_column_lexer(r, col, L)) { PyErr_NoMemory(); x->failed = 1; return -1; }
-    return L;
-}
-
-/* The walk of group g of walk w (grouped here) in lexer L2 from its start state, made and
- * registered here: its id, or -1 when Python must make it (no trie or product; the product
- * ran over its state budget: Python's walk raises the budget error), -2 on a Python error. */
-static int32_t make_sub(Run *x, int32_t w, int32_t g, int32_t L2) {
-    Boundaries *r = x->r;
-    LexInfo *li = lex_info(r, L2);
-    Product *P = li ? li->P : NULL;
-    if (r->walks[w].gnodes && li && li->empty) { /* nothing to read */
-        if (r->empty_walk < 0) {
-            if (walks_room(r)) { PyErr_NoMemory(); return -2; }
-            r->walks[r->n_walks] = (Walk){0};
-            r->walks[r->n_walks].L = -1;
-            r->empty_walk = (int32_t)r->n_walks++;
-        }
-        if (map_put(&r->sub, w, g, L2, r->empty_walk)) { PyErr_NoMemory(); return -2; }
-        return r->empty_walk;
-    }
-    if (!r->has_trie || !P || !r->walks[w].gnodes || (li->keep && r->filtered == 2)) return -1;
-    const int32_t *nodes = r->walks[w].gnodes + r->walks[w].gstart[g];
-    Py_ssize_t n = r->walks[w].gstart[g + 1] - r->walks[w].gstart[g];
-    if (n > r->n_zeros) {
-        int32_t *z = calloc(n, sizeof(int32_t));
-        if (!z) { PyErr_NoMemory(); return -2; }
-        free(r->zeros);
-        r->zeros = z, r->n_zeros = n;
-    }
-    if (walks_room(r)) { PyErr_NoMemory(); return -2; }
-    Bounds b = {0};
-    uint32_t *s = r->wscratch;
-    int code = li->keep ? trie_walk_filtered(&r->trie, P, nodes, r->zeros, n, s, &b, &li->filt)
-                        : trie_walk(&r->trie, P, nodes, r->zeros, n, s, &b);
-    if (code || b.failed) {
-        memset(s, 0, r->n_words * sizeof(uint32_t));
-        bounds_free(&b);
-        if (!b.failed) return -1;
-        PyErr_NoMemory();
-        return -2;
-    }
-    /* the words: compact when few are nonzero (as take_words), the scratch left zero */
-    Py_ssize_t nz = 0;
-    for (Py_ssize_t i = 0; i < r->n_words; i++) nz += s[i] != 0;
-    Walk nw = {0};
-    nw.dense = nz > SPARSE_WORDS;
-    nw.own = malloc(nw.dense ? r->n_words * sizeof(uint32_t) : nz * (sizeof(int64_t) + sizeof(uint32_t)) + 1);
-    if (!nw.own) { memset(s, 0, r->n_words * sizeof(uint32_t)); bounds_free(&b); PyErr_NoMemory(); return -2; }
-    nw.wa = nw.own;
-    if (nw.dense) {
-        memcpy(nw.own, s, r->n_words * sizeof(uint32_t));
-        memset(s, 0, r->n_words * sizeof(uint32_t));
-    } else {
-        int64_t *idx = nw.own;
-        uint32_t *val = (uint32_t *)(idx + nz);
-        for (Py_ssize_t i = 0, j = 0; j < nz; i++) {
-            if ((i & 7) == 0 && i + 8 <= r->n_words) { /* a block of 8 zero words at once */
-                uint32_t any = 0;
-                for (int k = 0; k < 8; k++) any |= s[i + k];
-                if (!any) { i += 7; continue; }
-            }
-            if (s[i]) idx[j] = i, val[j++] = s[i], s[i] = 0;
-        }
-        nw.wb = val, nw.m = nz;
-    }
-    nw.L = L2;
-    int rc = group_walk(r, &nw, L2, b.ids, b.state, b.n);
-    bounds_free(&b);
-    if (rc) { walk_release(&nw); return -2; }
-    int32_t w2 = (int32_t)r->n_walks;
-    r->walks[r->n_walks++] = nw;
-    r->n_made++;
-    if (map_put(&r->sub, w, g, L2, w2)) { PyErr_NoMemory(); return -2; }
-    return w2;
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* The twin of MaskComputer._boundaries: walk W's boundary groups from column col, whose
- * current lexer (the one W walked) is L. */
-static void recurse(Run *x, int32_t col, int32_t L, int32_t w) {
-    Boundaries *r = x->r;
-    if ((x->steps++ & 255) == 0 && now() > x->deadline) x->over = 1; /* from the first level on */
-    for (int32_t g = 0; g < r->walks[w].n_groups && !x->over && !x->failed; g++) {
-        int32_t st = r->walks[w].rep[g], off, nxt, L2, w2;
-        if ((off = accepts_of(r, L, st)) == -1) { x->failed = 1; return; }
-        if (off < 0) { /* a lexer without a C product: Python's accepts */
-            report(x, Py_BuildValue("(sii)", "accepts", L, st));
-            continue;
-        }
-        if (!map_get(&r->child, col, L, st, &nxt) && r->python_scans) {
-            report(x, Py_BuildValue("(siii)", "scan", col, L, st));
-            continue;
-        } else if (!map_get(&r->child, col, L, st, &nxt)) {
-            const int32_t *lex = r->pool.v + off + 1; /* the pool may move: read before scanning */
-            int32_t n = r->pool.v[off];
-            nxt = earley_scan_c(r->earley, col, lex, n);
-            if (nxt == -2) { PyErr_NoMemory(); x->failed = 1; return; }
-            if (nxt == -1 && is_ignored(r, r->pool.v + off + 1, n)) nxt = col; /* the parse state stays */
-            if (map_put(&r->child, col, L, st, nxt)) { PyErr_NoMemory(); x->failed = 1; return; }
-        }
-        if (nxt < 0) continue;
-        if ((L2 = column_lexer(x, nxt)) < 0) continue;
-        if (!map_get(&r->sub, w, g, L2, &w2)) {
-            w2 = make_sub(x, w, g, L2);
-            if (w2 == -2) { x->failed = 1; return; }
-            if (w2 < 0) {
-                report(x, Py_BuildValue("(siii)", "walk", w, g, L2));
-                continue;
-            }
-            if (now() > x->deadline) x->over = 1; /* a sub-walk may take a millisecond */
-        }
-        or_walk(r->walks + w2, x->out, r->n_words);
-        /* (a walk into a filtered lexer Python made, over its own lexer: that lexer's states) */
-        if (L2 >= FILTERED_BASE && r->walks[w2].L >= 0) L2 = r->walks[w2].L;
-        if (r->walks[w2].n_groups) recurse(x, nxt, L2, w2);
-    }
-}
-
-/* run(column, L, W, out u32[n_words] (writable), deadline (time.monotonic)) -> list of what is
- * missing: ("accepts", L, state), ("lexer", allowed lexemes[, "unfiltered": a filtered column's
- * set before the filter, for its filtered lexer]), ("walk", W, group, L'); empty
- * when the recursion is complete (then out holds every boundary continuation), None when the
- * deadline passed. */
-static PyObject *Boundaries_run(Boundaries *r, PyObject *args) {
-    int col, L, w;
-    Py_buffer ob;
-    double deadline;
-    if (!PyArg_ParseTuple(args, "iiiw*d", &col, &L, &w, &ob, &deadline)) return NULL;
-    PyObject *res = NULL;
-    if (ob.len != r->n_words * 4 || w < 0 || w >= r->n_walks) {
-        PyErr_SetString(PyExc_ValueError, "Boundaries.run: bad words or walk");
-        goto done;
-    }
-    Run x = {r, ob.buf, PyList_New(0), deadline, 0, 0, 0};
-    if (!x.missing) goto done;
-    recurse(&x, col, L, w);
-    if (x.failed) Py_CLEAR(x.missing);
-    else if (x.over) { Py_DECREF(x.missing); Py_INCREF(Py_None); x.missing = Py_None; }
-    res = x.missing;
-done:
-    PyBuffer_Release(&ob);
-    return res;
 }
 
 /* set_child(col, L, state, child): the column after what lexer L completes in state, from
