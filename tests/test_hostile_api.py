@@ -265,3 +265,31 @@ def test_long_choices_masks_are_the_prefix_tokens(llama3_vocab):
         assert m.advance(pick)
         text += vocab.token_bytes[pick]
     assert len(text) > 3 * 64  # past several chunks of a long choice
+
+
+def _out_of_time(*args, **kwargs):
+    raise CompileBudgetExceeded("a step ran over its time budget (budget: seconds)", budget="seconds")
+
+
+@pytest.mark.parametrize("module, name, schema", [
+    # a string's pattern with length bounds (emit_scalars, then restrict_length's materialize)
+    ("sgl.constrain.json_schema.emit_scalars", "json_string_node",
+     {"type": "object", "properties": {"t1": {"type": "string", "pattern": "^[a-c]+$"}}}),
+    ("sgl.constrain.automata.derivatives", "materialize",
+     {"type": "string", "pattern": "^(ab|c)+d$", "minLength": 3, "maxLength": 7}),
+    # keys matched by patterns, the rest refused (emit_objects' key regions)
+    ("sgl.constrain.json_schema.emit_objects", "json_string_node",
+     {"type": "object", "patternProperties": {"^x[0-9]": {"type": "integer"}}, "additionalProperties": False}),
+    # two string branches tested for overlap (facets' _strings_disjoint)
+    ("sgl.constrain.json_schema.facets", "materialize",
+     {"oneOf": [{"type": "string", "pattern": "^t2a"}, {"type": "string", "pattern": "^t2b"}]}),
+])
+def test_running_out_of_time_inside_the_frontend_is_a_time_budget_error(monkeypatch, module, name, schema):
+    """A compile that runs out of time says so (``budget == "seconds"``): the frontend's
+    "too complex" refusals and approximations are for size budgets, not for the clock."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(module), name, _out_of_time)
+    with pytest.raises(CompileBudgetExceeded) as e:
+        compile_json_schema(schema)
+    assert e.value.budget == "seconds"

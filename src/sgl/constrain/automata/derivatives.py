@@ -483,8 +483,9 @@ def restrict_length(e: Node, lo: int, hi: int | None) -> tuple[Node, bool]:
         return got, True
     try:
         return materialize(mk_and(e, Repeat(ANY_CHAR, lo, hi)), max_states=1500, max_size=20_000), True
-    except CompileBudgetExceeded:
-        pass
+    except CompileBudgetExceeded as exc:
+        if exc.budget == "seconds":
+            raise  # out of time: not a reason to restrict the language further
     approx = _restrict_sound(e, lo, hi)
     if approx is None:
         raise CompileBudgetExceeded("cannot combine this pattern with minLength/maxLength")

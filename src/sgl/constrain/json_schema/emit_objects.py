@@ -111,6 +111,8 @@ class ObjectEmitter:
                         key_node = json_string_node(mk_and(not_declared, *name_langs, *region()),
                                                     max_states=600, max_size=8000)
                 except CompileBudgetExceeded as e:
+                    if e.budget == "seconds":
+                        raise  # the compile's time ran out: not these keys' complexity
                     self.refuse(f"key constraints too complex: {e.message}", ptr, "patternProperties")
                     continue
                 except ConstraintError as e:

@@ -246,6 +246,8 @@ class ScalarEmitter:
                 node = mk_and(*rest, *length)
             return json_string_node(node)
         except CompileBudgetExceeded as e:
+            if e.budget == "seconds":
+                raise  # the compile's time ran out: not this subschema's complexity
             self.refuse(f"string constraints too complex to combine: {e.message}", ptr, "pattern")
             return json_string_node(ANY_STRING)
 
