@@ -212,6 +212,8 @@ def test_unpacked_bitmask_row_matches_bool_mask():
     _, _, from_packed = trace.token_stats(logits, 0, allowed=unpack_bitmask(packed, 70))
     _, _, from_bool = trace.token_stats(logits, 0, allowed=allowed)
     assert from_packed == pytest.approx(from_bool)
+    with pytest.raises(TypeError, match="unpack_bitmask"):  # packed words are refused, not misread
+        trace.token_stats(logits, 0, allowed=packed)
 
 
 def test_unknown_kind_is_refused(trace_file):

@@ -269,6 +269,9 @@ def token_stats(logits: Any, token_id: int, *, allowed: Any = None, k: int = 5) 
     masked = None
     if allowed is not None:
         ok = _to_numpy(allowed).reshape(-1)[: x.shape[0]]
+        if ok.dtype != np.bool_:  # packed words would index as token ids: silently wrong
+            raise TypeError(f"allowed must be a bool array (got {ok.dtype}); unpack a bitmask row "
+                            "with sgl.constrain.bitmask.unpack_bitmask")
         masked = float(np.sum(np.exp(logp[~ok])))
     return float(logp[int(token_id)]), top, masked
 
