@@ -65,8 +65,9 @@ def sample_with_lazy_mask(
     """Sample one token from ``logits`` (``[V]``) under ``matcher``'s constraint, lazily.
 
     The distribution is the full path's: disallowed ids set to -inf, then
-    ``sampler.sample`` (banned ids are -inf in ``logits`` already: the step bans them). At most ``max_candidates`` distinct tokens are checked with
-    `Matcher.accepts_token`; ``token=None`` means the caller must build the full mask.
+    ``sampler.sample`` (banned ids are -inf in ``logits`` already: the step bans them).
+    At most ``max_candidates`` distinct tokens are checked with `Matcher.accepts_token`;
+    ``token=None`` means the caller must build the full mask.
     ``logits`` is not modified; the matcher does not advance.
     """
     check = _Checker(matcher, max_candidates)
