@@ -161,7 +161,7 @@ class ScalarEmitter:
             node = materialize(mk_and(node, _fraction_cap(cap)))
         if canonical and node != NOTHING:
             node = materialize(mk_and(node, _canonical_numbers()))
-        return number_lexeme(node)  # the same language, its DFA built by number_dfa
+        return number_lexeme(node)  # the same language, its DFA built by automata.numbers
 
     def counted_string_nt(self, expr) -> str | None:
         """A string with only a length bound too large for one lexeme's automaton
