@@ -89,31 +89,22 @@ def main() -> None:
         instrument()
     tok = Tokenizer.from_file(tok_path)
     recs = []  # (total ns, walk, scan, lexer, gc, schema key, position, minor page faults)
-    for case_ref in cases:
-        path = case_ref["path"]
-        with open(path, encoding="utf-8") as f:
-            case = json.load(f)
-        key = f"{case_ref['subset']}/{os.path.basename(path)}"
-        try:
-            compiled = eng.compile(maskbench.load_schema(path, case))
-        except Exception:  # noqa: BLE001 - refusals are not this harness's business
-            continue
-        for test in case.get("tests", []):
-            ids = tok.encode(json.dumps(test["data"]), add_special_tokens=False).ids
-            state = eng.start(compiled)
-            for pos in range(len(ids) + 1):
-                before = dict(_acc)
-                faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-                t = time.thread_time_ns()
-                try:
-                    eng.fill(state)
-                except Exception:  # noqa: BLE001
-                    break
-                total = time.thread_time_ns() - t
-                faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults
-                recs.append((total, *(_acc[p] - before[p] for p in PHASES), key, pos, faults))
-                if pos == len(ids) or not maskbench._bit(eng.mask, ids[pos]) or not eng.advance(state, ids[pos]):
-                    break
+    for case_ref, compiled, ids in maskbench.compiled_instances(eng, tok, cases):
+        key = f"{case_ref['subset']}/{os.path.basename(case_ref['path'])}"
+        state = eng.start(compiled)
+        for pos in range(len(ids) + 1):
+            before = dict(_acc)
+            faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+            t = time.thread_time_ns()
+            try:
+                eng.fill(state)
+            except Exception:  # noqa: BLE001
+                break
+            total = time.thread_time_ns() - t
+            faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults
+            recs.append((total, *(_acc[p] - before[p] for p in PHASES), key, pos, faults))
+            if pos == len(ids) or not maskbench._bit(eng.mask, ids[pos]) or not eng.advance(state, ids[pos]):
+                break
     report(recs, args.top)
     if args.dump:
         args.dump.write_text(json.dumps(recs))

@@ -15,7 +15,6 @@ against the first pass.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,30 +41,21 @@ def main() -> None:
     eng = engines.ENGINES["sgl"](tok_path, maskbench.DEFAULT_EOS)
     tok = Tokenizer.from_file(tok_path)
     steps, first = [], []  # (matcher at the step, its column, lexer state)
-    for case_ref in cases:
-        path = case_ref["path"]
-        with open(path, encoding="utf-8") as f:
-            case = json.load(f)
-        try:
-            compiled = eng.compile(maskbench.load_schema(path, case))
-        except Exception:  # noqa: BLE001 - refusals are not this harness's business
-            continue
-        for test in case.get("tests", []):
-            ids = tok.encode(json.dumps(test["data"]), add_special_tokens=False).ids
-            m = eng.start(compiled)
-            for pos in range(len(ids) + 1):
-                if m.is_terminated():
-                    break
-                col, s = m.column, m.copy(history=False)
-                t = time.thread_time_ns()
-                try:
-                    eng.fill(m)
-                except Exception:  # noqa: BLE001
-                    break
-                first.append(time.thread_time_ns() - t)
-                steps.append((s, col, eng.mask[0].copy()))
-                if pos == len(ids) or not maskbench._bit(eng.mask, ids[pos]) or not eng.advance(m, ids[pos]):
-                    break
+    for _case, compiled, ids in maskbench.compiled_instances(eng, tok, cases):
+        m = eng.start(compiled)
+        for pos in range(len(ids) + 1):
+            if m.is_terminated():
+                break
+            col, s = m.column, m.copy(history=False)
+            t = time.thread_time_ns()
+            try:
+                eng.fill(m)
+            except Exception:  # noqa: BLE001
+                break
+            first.append(time.thread_time_ns() - t)
+            steps.append((s, col, eng.mask[0].copy()))
+            if pos == len(ids) or not maskbench._bit(eng.mask, ids[pos]) or not eng.advance(m, ids[pos]):
+                break
     f = np.array(first) / 1000
     import hashlib
 

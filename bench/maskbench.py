@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,22 @@ def load_schema(case_path: str, case: dict) -> Any:
 
 
 # --------------------------------------------------------------------------- worker
+
+
+def compiled_instances(eng: Any, tok: Any, cases: list[dict]) -> Iterator[tuple[dict, Any, list[int]]]:
+    """(case, compiled schema, token ids of one test instance) for every instance of the
+    cases ``eng`` compiles, in order; refused schemas are skipped (the in-process harnesses
+    that walk MaskBench's steps: mask_phases, mask_replay)."""
+    for case_ref in cases:
+        path = case_ref["path"]
+        with open(path, encoding="utf-8") as f:
+            case = json.load(f)
+        try:
+            compiled = eng.compile(load_schema(path, case))
+        except Exception:  # noqa: BLE001 - refusals are not these harnesses' business
+            continue
+        for test in case.get("tests", []):
+            yield case_ref, compiled, tok.encode(json.dumps(test["data"]), add_special_tokens=False).ids
 
 
 def _rss_kb() -> int:
