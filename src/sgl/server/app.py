@@ -384,6 +384,21 @@ class _Server:
                     trace.new_request_id(endpoint), endpoint, tools, call_spec, call_checker, param=param,
                     with_format=with_format)
 
+    async def _pool_compile(self, pool: CompilePool, spec: ConstraintSpec, budget: float) -> Any:
+        """The pool's outcome, or None past the budget. Waiting for a compile slot counts
+        against the budget; from then on the pool keeps the deadline (a worker it has to
+        start first does not count, so no outer timeout here)."""
+        asked = time.monotonic()
+        try:
+            with anyio.fail_after(budget):
+                await self.compile_limiter.acquire()
+        except TimeoutError:
+            return None
+        try:
+            return await anyio.to_thread.run_sync(pool.compile, spec, budget - (time.monotonic() - asked))
+        finally:
+            self.compile_limiter.release()
+
     async def _compile(self, spec: ConstraintSpec, param: str) -> Any:
         size = constraint_size(spec)
         if size > self.settings.max_constraint_bytes:
@@ -391,17 +406,12 @@ class _Server:
                            param=param, code="constraint_too_large")
         budget = self.settings.compile_timeout_s
         if self.compile_pool is not None:
-            pool, asked = self.compile_pool, time.monotonic()
+            pool = self.compile_pool
             key = json.dumps(describe_constraint(spec), sort_keys=True)
             if key in self.known_ok:
                 self.known_ok.move_to_end(key)
                 return PoolChecker(pool, spec, budget)
-            try:
-                with anyio.fail_after(budget):  # waiting for a free worker counts against the budget
-                    outcome = await anyio.to_thread.run_sync(
-                        lambda: pool.compile(spec, budget - (time.monotonic() - asked)), limiter=self.compile_limiter)
-            except TimeoutError:
-                outcome = None
+            outcome = await self._pool_compile(pool, spec, budget)
             compiled = PoolChecker(pool, spec, budget) if outcome is not None else None
             if outcome is not None and outcome[0] == "ok":
                 self.known_ok[key] = None

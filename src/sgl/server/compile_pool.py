@@ -27,6 +27,9 @@ from sgl.types import ConstraintSpec
 log = logging.getLogger("sgl.server")
 
 ACCEPTS_TIMEOUT_S = 2.0  # at most this long to check an output against its constraint
+# A new worker (spawned, importing the compiler) is the server's cost, not the client's:
+# its start does not count against a compile's deadline, but is bounded by this.
+STARTUP_TIMEOUT_S = 60.0
 Outcome = tuple  # ("ok", value) | ("invalid", message, location) | ("complex", message) | ("unsupported", message)
 
 
@@ -56,7 +59,10 @@ def try_compile(spec: ConstraintSpec) -> tuple[Any, Outcome]:
 
 
 def _worker_main(conn: Any) -> None:
-    """A worker process: answers ``("compile", spec)`` and ``("accepts", spec, text)``."""
+    """A worker process: says ``"ready"`` once the compiler is loaded, then answers
+    ``("compile", spec)`` and ``("accepts", spec, text)``."""
+    try_compile(ConstraintSpec(regex="a"))  # imports the compiler and what it loads lazily
+    conn.send("ready")
     while True:
         try:
             message = conn.recv()
@@ -78,6 +84,19 @@ class _Worker:
         self.process = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="sgl-compile")
         self.process.start()
         child.close()
+        self.ready = False
+
+    def wait_ready(self) -> bool:
+        """Wait (at most ``STARTUP_TIMEOUT_S``) for the worker's "ready"; False if it
+        did not come (the worker is then dead)."""
+        try:
+            if not self.ready and self.conn.poll(STARTUP_TIMEOUT_S) and self.conn.recv() == "ready":
+                self.ready = True
+        except (OSError, EOFError):
+            pass
+        if not self.ready:
+            self.kill()
+        return self.ready
 
     def call(self, message: tuple, timeout_s: float) -> Outcome | None:
         """The worker's answer, or None when the deadline passed (the worker is then dead)."""
@@ -110,7 +129,7 @@ class CompilePool:
 
     def call(self, message: tuple, timeout_s: float) -> Outcome | None:
         """Send ``message`` to an idle worker; None if it ran past ``timeout_s`` (waiting
-        for a free worker counts against the deadline too)."""
+        for a free worker counts against the deadline too; starting a new one does not)."""
         deadline = time.monotonic() + timeout_s
         try:
             worker = self._idle.get(timeout=max(0.0, timeout_s))
@@ -121,6 +140,12 @@ class CompilePool:
                 worker = _Worker(self._ctx)
                 with self._lock:
                     self._all.add(worker)
+            if not worker.ready:
+                started = time.monotonic()
+                if not worker.wait_ready():
+                    worker = None
+                    return ("unsupported", "the compile worker did not start")
+                deadline += time.monotonic() - started
             answer = worker.call(message, max(0.0, deadline - time.monotonic()))
             if answer is None:
                 with self._lock:
