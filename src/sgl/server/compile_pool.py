@@ -130,6 +130,8 @@ class CompilePool:
     def call(self, message: tuple, timeout_s: float) -> Outcome | None:
         """Send ``message`` to an idle worker; None if it ran past ``timeout_s`` (waiting
         for a free worker counts against the deadline too; starting a new one does not)."""
+        if timeout_s <= 0:  # spent waiting for a compile slot: start no worker for it
+            return None
         deadline = time.monotonic() + timeout_s
         try:
             worker = self._idle.get(timeout=max(0.0, timeout_s))
