@@ -101,9 +101,13 @@ class ScalarEmitter:
         if key in self.value_memo:
             return self.value_memo[key]
         name = self.value_memo[key] = self.b.fresh(kind)
+        first = len(self.b.rules)
         if not rules(name, spec, ptr):
             self.value_memo[key] = None
-            self.b.rules = [r for r in self.b.rules if r.lhs != name and not r.lhs.startswith(name + "@")]
+            # ``name`` is fresh, so its rules (and its ``name@...`` parts) all come after
+            # ``first``: only that tail is filtered (the whole list was, per failed spec)
+            part = name + "@"
+            self.b.rules[first:] = [r for r in self.b.rules[first:] if r.lhs != name and not r.lhs.startswith(part)]
             return None
         return name
 
