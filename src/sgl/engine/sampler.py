@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -72,10 +73,15 @@ class Sampler:
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
 
-    def sample(self, logits: torch.Tensor) -> int:
-        """Pick a token id from one row of logits (``[V]``, float32; may hold -inf)."""
+    def sample(self, logits: torch.Tensor, host: np.ndarray | None = None) -> int:
+        """Pick a token id from one row of logits (``[V]``, float32; may hold -inf).
+
+        ``host``: a numpy view of the same row, if the caller has one: greedy decoding
+        then takes numpy's argmax (the same id: the first maximum), whose short code path
+        is cheaper than torch's right after a forward pass has flushed the CPU caches
+        (docs/benchmarks.md, h11-stall)."""
         if self.greedy:
-            return int(torch.argmax(logits))
+            return int(torch.argmax(logits) if host is None else host.argmax())
         return int(torch.multinomial(self.probs(logits), 1, generator=self.generator))
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sgl.constrain.bitmask import count_allowed, unpack_bitmask
+from sgl.constrain.bitmask import count_allowed, mask_logits_row, unpack_bitmask
 from sgl.constrain.torch_utils import apply_bitmask
 
 from .lazy_mask import sample_with_lazy_mask
@@ -149,18 +149,21 @@ class SeqState:
 
     # ------------------------------------------------------------------ the step
 
-    def step(self, logits: torch.Tensor, raw: torch.Tensor | None = None, penalized: bool = False) -> None:
+    def step(self, logits: torch.Tensor, raw: torch.Tensor | None = None, penalized: bool = False,
+             host: np.ndarray | None = None) -> None:
         """Choose, record and check the next token from ``logits`` (``[V]``, changed in
         place), then jump forward over forced text. Sets ``done`` when the sequence ends.
 
         ``penalized``: the caller already applied this sequence's penalties (batched,
         `sampler.apply_penalties_batch`); ``raw`` then holds the logits before them.
+        ``host``: a numpy view of ``logits`` (CPU), if the caller has one: the mask and a
+        greedy choice then go through numpy (`_apply`), the same result, cheaper.
         """
         if self.finish_if_complete():
             return
         matcher = self.matcher
         t0 = time.perf_counter()
-        tok, bitmask, raw = self._choose(logits, raw, penalized)
+        tok, bitmask, raw = self._choose(logits, raw, penalized, host)
         if matcher is not None:  # what the constraint costs: mask (or lazy checks) + sampling
             seconds, meta, counters = time.perf_counter() - t0, self.out.meta, self.ctx.counters
             meta["mask_time_s"] = meta.get("mask_time_s", 0.0) + seconds
@@ -228,7 +231,8 @@ class SeqState:
 
     # ---------------------------------------------------------------- choosing
 
-    def _prepare(self, logits: torch.Tensor, lazy: bool, penalized: bool) -> tuple[int | None, Any]:
+    def _prepare(self, logits: torch.Tensor, lazy: bool, penalized: bool,
+                 host: np.ndarray | None = None) -> tuple[int | None, Any]:
         """Bans, penalties, healing, then the constraint: a lazily chosen token (the
         logits left unmasked) or the full mask applied. ``(token, bitmask)``; bitmask
         False when nothing is allowed."""
@@ -244,7 +248,7 @@ class SeqState:
         if healing is not None:  # no EOS either until the backed-over text is written again
             buf = ctx.mask_buffer(logits.shape[-1])
             healing.fill_bitmask(buf, 0)
-            apply_bitmask(logits, buf)
+            _apply(logits, host, buf)
         if matcher is None:
             return None, None
         # A cached mask is cheaper to apply than even a few candidate checks.
@@ -260,14 +264,14 @@ class SeqState:
             out.meta["error"] = "the constraint allows no token"
             self.finish("error")
             return None, False
-        apply_bitmask(logits, bitmask)
+        _apply(logits, host, bitmask)
         if ban is not None and bool(torch.isneginf(logits).all()):
             logits[ban] = saved  # the constraint can only end here: it wins over min_tokens/ignore_eos
-            apply_bitmask(logits, bitmask)
+            _apply(logits, host, bitmask)
         return None, bitmask
 
-    def _choose(self, logits: torch.Tensor, raw: torch.Tensor | None, penalized: bool
-                ) -> tuple[int | None, Any, Any]:
+    def _choose(self, logits: torch.Tensor, raw: torch.Tensor | None, penalized: bool,
+                host: np.ndarray | None = None) -> tuple[int | None, Any, Any]:
         """The next token (None if the sequence ended), its mask (if built) and the raw logits."""
         out = self.out
         if raw is None:
@@ -276,11 +280,15 @@ class SeqState:
             keep_raw = self.trace is not None or (out.logprobs is not None and changes)
             raw = logits.clone() if keep_raw else logits
         policy = self.policy
-        tok, bitmask = self._prepare(logits, lazy=policy is None or policy.lazy_masks, penalized=penalized)
+        lazy = policy is None or policy.lazy_masks
+        tok, bitmask = self._prepare(logits, lazy=lazy, penalized=penalized, host=host)
         if bitmask is False:
             return None, None, raw
         if tok is None:
-            tok = self.sampler.sample(logits if policy is None else policy.logits(logits, bitmask))
+            if policy is None:
+                tok = self.sampler.sample(logits, host)
+            else:
+                tok = self.sampler.sample(policy.logits(logits, bitmask))
         return tok, bitmask, raw
 
     # ----------------------------------------------------------- recording
@@ -379,3 +387,15 @@ class SeqState:
             decode=lambda i: (token_bytes[i] or b"").decode("utf-8", errors="replace"),
         )
 
+
+
+def _apply(logits: torch.Tensor, host: np.ndarray | None, bitmask: np.ndarray) -> None:
+    """Mask ``logits`` (one row) with ``bitmask`` (one row): through ``host``, the row's numpy
+    view, when the caller has one. The same logits either way; the numpy path skips torch's
+    dispatch, whose code a forward pass has pushed out of the CPU caches by the time the
+    step runs (~100 µs for `apply_bitmask`'s first call after a forward, ~35 µs this way:
+    docs/benchmarks.md, h11-stall)."""
+    if host is None:
+        apply_bitmask(logits, bitmask)
+    else:
+        mask_logits_row(host, bitmask[0])
