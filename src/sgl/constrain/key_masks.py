@@ -84,9 +84,7 @@ def key_candidates(mc: MaskComputer, lexer: LexerDFA, state: int, j: int, q: int
     out = []
     for t in word_ids(res.inside).tolist():
         off = int(tokens.tok_off[t])
-        s = state
-        for b in tokens.tok_bytes[off:off + int(tokens.lengths[t])].tolist():
-            s = core.row(s)[b]
+        _, s = core.run(state, tokens.tok_bytes[off:off + int(tokens.lengths[t])], 0)  # it stays inside
         comp = core.components(s)
         out.append((t, frozenset(order[k] for k in np.nonzero(comp != core._dead)[0].tolist())))
     return out

@@ -180,6 +180,15 @@ class NativeLexerCore:
             row = self._rows[state] = self.table_row(state).tolist()
         return row
 
+    def run(self, state: int, data, start: int) -> tuple[int, int]:
+        """``data[start:]`` read from ``state`` until a byte has no way on: ``(index of
+        that byte or len(data), the state before it)``. In C, with no row kept here
+        (``row``'s lists of 256 ints, ~2.7 KB each, were most of what masks left)."""
+        try:
+            return self.product.run(state, data, start)
+        except OverflowError as e:
+            raise self._budget(e) from e
+
     def table_row(self, state: int) -> np.ndarray:
         try:
             return np.frombuffer(self.product.row(state), dtype=np.int32)
@@ -404,6 +413,17 @@ class LexerCore:
             row = self._rows[state]
         return row
 
+    def run(self, state: int, data, start: int) -> tuple[int, int]:
+        """``data[start:]`` read from ``state`` until a byte has no way on: ``(index of
+        that byte or len(data), the state before it)`` (``NativeLexerCore.run``'s twin)."""
+        row, i, n = self.row, start, len(data)
+        while i < n:
+            nxt = row(state)[data[i]]
+            if nxt < 0:
+                break
+            state, i = nxt, i + 1
+        return i, state
+
     def table_row(self, state: int) -> np.ndarray:
         """The row of ``state`` as a numpy array, built if needed."""
         self.row(state)
@@ -447,6 +467,7 @@ class LexerDFA:
         self.walk_cache = core.walk_cache
         self.accepts = _Accepts(core, order)
         self.row = core.row
+        self.run = core.run
         self.table_row = core.table_row
         # state -> (lexer, state) where only one lexeme is left alive, or None (mask._one_lexeme)
         self.one_lexeme: dict[int, tuple] = {}
@@ -505,31 +526,28 @@ def clear_shared_cores() -> None:
         _cores.clear()
 
 
-_prepared_dfas: OrderedDict[int, tuple] = OrderedDict()
-
-
 def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
-    """``with_fresh_start(dfa)`` and its ``dfa_key``, remembered per DFA object (a DFA
+    """``with_fresh_start(dfa)`` and its ``dfa_key``, remembered on the DFA object (a DFA
     with a ``content_key`` attribute is already fresh-start and keyed by it: its
     construction guarantees that equal keys mean equal tables, and keys of that kind
     are digests of another text than tables, so they never meet a ``dfa_key``): the
     compile cache hands out the same objects for repeated lexemes, and hashing a large
-    table again on every compile cost more than the rest of the lexer's setup."""
-    with _cores_lock:
-        hit = _prepared_dfas.get(id(dfa))
-        if hit is not None and hit[0]() is dfa:
-            _prepared_dfas.move_to_end(id(dfa))
-            return hit[1], hit[2]
+    table again on every compile cost more than the rest of the lexer's setup.
+
+    Kept on the DFA (``_fresh_key``: the fresh copy, None when the DFA is its own fresh
+    form, and the key), so it lives exactly as long as the DFA: a process-wide table of
+    them held the last 4,096 DFAs alive whatever the compile cache's byte bound dropped
+    (~190 MB of lexeme tables after MaskBench's 382 schemas)."""
+    hit = dfa.__dict__.get("_fresh_key")
+    if hit is not None:
+        return dfa if hit[0] is None else hit[0], hit[1]
     key = getattr(dfa, "content_key", None)
     if key is not None:  # a construction that vouches for both (json_counted: a long maxLength)
         fresh = dfa
     else:
         fresh = with_fresh_start(dfa)
         key = dfa_key(fresh)
-    with _cores_lock:
-        _prepared_dfas[id(dfa)] = (weakref.ref(dfa), fresh, key)
-        while len(_prepared_dfas) > MAX_SHARED_CORES:
-            _prepared_dfas.popitem(last=False)
+    dfa._fresh_key = (None if fresh is dfa else fresh, key)  # (not the DFA itself: no cycle)
     return fresh, key
 
 
