@@ -42,24 +42,24 @@ def vm() -> tuple[float, float]:
     return rss, hwm
 
 
-def nbytes(obj: Any, seen: set[int] | None = None) -> int:
+def nbytes(obj: Any, seen: dict[int, Any] | None = None) -> int:
     """Bytes held by numpy arrays (and the bytes objects) reachable through tuples,
     lists, dicts and dataclass-like objects (``__dict__``/slots) below ``obj``, counted once each."""
     import numpy as np
 
-    seen = set() if seen is None else seen
+    seen = {} if seen is None else seen  # id -> object: kept alive, so no id is reused
     stack, total = [obj], 0
     while stack:
         o = stack.pop()
         if id(o) in seen or o is None or isinstance(o, int | float | str | bool):
             continue
-        seen.add(id(o))
+        seen[id(o)] = o
         if isinstance(o, np.ndarray):
             base = o
             while isinstance(base.base, np.ndarray):
                 base = base.base
             if id(base) not in seen or base is o:
-                seen.add(id(base))
+                seen[id(base)] = base
                 total += base.nbytes if isinstance(base, np.ndarray) else o.nbytes
         elif isinstance(o, bytes | bytearray):
             total += len(o)
@@ -87,7 +87,7 @@ def inventory(vocab) -> list[tuple[str, int, float]]:
     from sgl.constrain import compiled as compiled_mod
     from sgl.constrain import lexer as lexer_mod
 
-    seen: set[int] = set()
+    seen: dict[int, Any] = {}
     out = []
     tokens = compiled_mod.token_table(vocab)
     out.append(("token table arrays", 1, nbytes(vars(tokens), seen)))
@@ -96,7 +96,8 @@ def inventory(vocab) -> list[tuple[str, int, float]]:
     dfas = list(compiled_mod._dfa_cache.values())
     out.append(("lexeme DFA cache (compiled._dfa_cache)", len(dfas), nbytes([(d.table, d.accepting) for d in dfas], seen)))
     cores = lexer_mod.shared_cores()
-    out.append(("shared lexer cores (lexer._cores)", len(cores), 0))
+    out.append(("shared lexer cores: their estimate (lexer.shared_cores_nbytes)", len(cores),
+                lexer_mod.shared_cores_nbytes() if hasattr(lexer_mod, "shared_cores_nbytes") else 0))
     walks = [c.walk_cache for c in cores]
     out.append(("  vocabulary walks (core.walk_cache)", sum(map(len, walks)), nbytes(walks, seen)))
     rows = [getattr(c, "_rows", {}) for c in cores]
@@ -126,6 +127,8 @@ def count_builds(args: argparse.Namespace) -> dict[str, list]:
 
     if args.max_cores is not None:
         lexer_mod.MAX_SHARED_CORES = args.max_cores
+    if args.cores_mb is not None:
+        lexer_mod.MAX_SHARED_CORE_BYTES = args.cores_mb << 20
     if args.dfa_cache_mb is not None:
         compiled_mod.DFA_CACHE_BYTES = args.dfa_cache_mb << 20
     out: dict[str, list] = {"lexer cores": [0, 0.0], "lexeme DFAs built": [0, 0.0], "shipped DFA lookups": [0, 0.0]}
@@ -160,6 +163,7 @@ def main() -> None:
     ap.add_argument("--json", help="write the per-schema figures here")
     ap.add_argument("--max-cores", type=int, help="set lexer.MAX_SHARED_CORES (what a smaller bound costs)")
     ap.add_argument("--dfa-cache-mb", type=int, help="set compiled.DFA_CACHE_BYTES")
+    ap.add_argument("--cores-mb", type=int, help="set lexer.MAX_SHARED_CORE_BYTES")
     args = ap.parse_args()
     if args.trace:
         tracemalloc.start(8)
@@ -179,9 +183,12 @@ def main() -> None:
     token_table(vocab)
     phases.append(("token table", *vm()))
     misses = count_builds(args)
-    eng = engines.ENGINES["sgl"](tok_path, maskbench.DEFAULT_EOS)
-    eng.vocab = vocab  # the one loaded above (the engine loaded its own: dropped)
-    gc.collect()
+    load = sc.Vocabulary.from_tokenizer
+    sc.Vocabulary.from_tokenizer = lambda *a, **kw: vocab  # the engine takes the one loaded above
+    try:
+        eng = engines.ENGINES["sgl"](tok_path, maskbench.DEFAULT_EOS)
+    finally:
+        sc.Vocabulary.from_tokenizer = load
     phases.append(("engine + frontend imports", *vm()))
     tok = Tokenizer.from_file(tok_path)
     phases.append(("HF tokenizer (harness)", *vm()))
@@ -218,7 +225,7 @@ def main() -> None:
     before = vm()[0]
     t = time.perf_counter()
     gc.unfreeze()  # gc_policy freezes what compiles and masks leave: cycles among it wait
-    gc.collect()
+    garbage = gc.collect()
     phases.append((f"gc.unfreeze(); gc.collect() ({time.perf_counter() - t:.2f} s)", *vm()))
     print("\n| phase | RSS MB after | delta MB | peak MB |\n|---|--:|--:|--:|")
     last = phases[0][1]
@@ -226,7 +233,7 @@ def main() -> None:
         print(f"| {name} | {rss:.0f} | {rss - last:+.0f} | {hwm:.0f} |")
         last = rss
     print(f"\nper schema: compile {compile_mb:+.0f} MB in all, masks {mask_mb:+.0f} MB in all; "
-          f"frozen cyclic garbage freed by a full collection: {before - vm()[0]:.0f} MB")
+          f"a full collection found {garbage:,} objects of cyclic garbage ({before - vm()[0]:.0f} MB of RSS back)")
     big = sorted(per, key=lambda p: -(p["compile_mb"] + p["masks_mb"]))[:8]
     print("largest growth:", ", ".join(f"{Path(p['case']).parent.name}/{Path(p['case']).stem[:24]} "
                                        f"+{p['compile_mb']:.0f}/+{p['masks_mb']:.0f}" for p in big))

@@ -93,3 +93,27 @@ def test_matcher_masks_after_the_change_still_follow_text():
     for t in (0, 1, 2, 3, 4):
         assert m.is_allowed(t) and m.advance(t)
     assert m.is_accepting()
+
+
+def test_shared_cores_stay_under_their_byte_bound(monkeypatch):
+    """The shared lexer cores are bounded in bytes, not only in number: a server that
+    compiles new schemas all day keeps at most ``MAX_SHARED_CORE_BYTES`` of them (checked
+    every ``WEIGH_EVERY`` new cores), least recently used out first."""
+    lexer.clear_shared_cores()
+    dfas = [to_dfa(parse_regex(f"k{i:03d}[a-z]{{2,{3 + i % 7}}}")) for i in range(2 * lexer.WEIGH_EVERY)]
+    one = lexer.core_nbytes(lexer.Lexer(dfas[:1]).for_lexemes(frozenset({0})).core)
+    assert one > 0
+    monkeypatch.setattr(lexer, "MAX_SHARED_CORE_BYTES", 10 * one)
+    lexer.clear_shared_cores()
+    last = None
+    for d in dfas:
+        last = lexer.Lexer([d]).for_lexemes(frozenset({0})).core
+    cores = lexer.shared_cores()
+    assert lexer.shared_cores_nbytes() <= 10 * one and 1 <= len(cores) <= 12
+    assert cores[-1] is last  # the newest stays
+    monkeypatch.setattr(lexer, "MAX_SHARED_CORE_BYTES", 1 << 40)
+    lexer.clear_shared_cores()
+    for d in dfas:
+        lexer.Lexer([d]).for_lexemes(frozenset({0}))
+    assert len(lexer.shared_cores()) == len(dfas)  # (the count bound is far)
+    lexer.clear_shared_cores()

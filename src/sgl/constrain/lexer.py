@@ -149,6 +149,7 @@ class NativeLexerCore:
         self.walk_cache: dict = {}
         self.key: tuple = ()
         self.uid = -1
+        self.table_bytes = 0  # its lexemes' tables (set when shared: ``core_nbytes``)
         self._k = len(dfas)
         # (body, end, table, accepting) of a one-lexeme "other keys" core: its table's
         # any-string body and end states (``json_keys._one_byte_dfa``), for
@@ -314,6 +315,7 @@ class LexerCore:
         self.string_body: tuple | None = None  # (see NativeLexerCore; only the C walks use it)
         self.key: tuple = ()
         self.uid = -1
+        self.table_bytes = 0  # its lexemes' tables (set when shared: ``core_nbytes``)
 
     def _identity(self, key: int, comp: np.ndarray):
         return key if self._exact else comp.tobytes()
@@ -495,6 +497,26 @@ _cores: OrderedDict[tuple, LexerCore] = OrderedDict()
 _cores_lock = threading.Lock()
 _core_uids = itertools.count()
 MAX_SHARED_CORES = 4096
+# The shared cores' estimated bytes (``core_nbytes``), at most: the count bound alone let
+# a core's product rows, walks and lexeme tables add up without limit (a long maxLength
+# string's table is megabytes, and a core keeps it alive past the DFA cache's own bound).
+# Checked every ``WEIGH_EVERY`` new cores (weighing them all is ~1 us a core), evicting
+# the least recently used.
+MAX_SHARED_CORE_BYTES = 128 << 20
+WEIGH_EVERY = 64
+_new_cores = [0]  # cores made since the last weighing
+# a vocabulary walk's bytes, on average (MaskBench, Llama-3: 12,303 walks, 48 MB); the
+# walks are weighed by count (their arrays are not summed on every check)
+WALK_BYTES = 4096
+
+
+def core_nbytes(core: LexerCore | NativeLexerCore) -> int:
+    """What a shared core holds, estimated: its product states (a 1 KB row, the component
+    vector and per-state facts; only the facts where the product is its one lexeme's DFA),
+    its lexemes' tables (``table_bytes``, set when shared) and its vocabulary walks."""
+    k = core._k
+    per_state = 96 + (4 * k + 1024 if k > 1 or not hasattr(core, "product") else 0)
+    return core.n_states * per_state + core.table_bytes + len(core.walk_cache) * WALK_BYTES
 
 
 def _shared_core(key: tuple, dfas: list[ByteDFA], parts: Callable[[], list] | None = None) -> LexerCore:
@@ -506,11 +528,31 @@ def _shared_core(key: tuple, dfas: list[ByteDFA], parts: Callable[[], list] | No
     core = make_core(dfas, key, parts)
     core.key = key
     core.uid = next(_core_uids)  # never reused, unlike id(): names the core in walk caches
+    core.table_bytes = sum(d.table.nbytes for d in dfas)
     with _cores_lock:
         _cores[key] = core
         while len(_cores) > MAX_SHARED_CORES:
             _cores.popitem(last=False)
+        _new_cores[0] += 1
+        if _new_cores[0] >= WEIGH_EVERY:
+            _new_cores[0] = 0
+            _evict_over_bytes()
     return core
+
+
+def _evict_over_bytes() -> None:
+    """Drop the least recently used cores while all of them weigh more than
+    ``MAX_SHARED_CORE_BYTES`` (the newest always stays). Call with ``_cores_lock`` held."""
+    total = sum(map(core_nbytes, _cores.values()))
+    while total > MAX_SHARED_CORE_BYTES and len(_cores) > 1:
+        _, old = _cores.popitem(last=False)
+        total -= core_nbytes(old)
+
+
+def shared_cores_nbytes() -> int:
+    """The shared cores' estimated bytes (``core_nbytes``), all together."""
+    with _cores_lock:
+        return sum(map(core_nbytes, _cores.values()))
 
 
 def shared_cores() -> list[LexerCore]:
@@ -524,6 +566,7 @@ def clear_shared_cores() -> None:
     kernel or not, as ``SGL_NATIVE`` says then)."""
     with _cores_lock:
         _cores.clear()
+        _new_cores[0] = 0
 
 
 def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
