@@ -219,6 +219,8 @@ def main() -> None:
             mask_mb += r2 - r1
             per.append({"case": ref["path"], "compile_mb": r1 - r0, "masks_mb": r2 - r1, "freed_mb": r2 - r3,
                         "rss_mb": r3, "hwm_mb": hwm})
+            if len(per) % 100 == 0:
+                print(f"  {len(per)} schemas: RSS {r3:.0f} MB, peak {hwm:.0f} MB", flush=True)
         rss, hwm = vm()
         print(f"pass {rep + 1}: {len(per)} schemas, RSS {rss:.0f} MB, peak {hwm:.0f} MB", flush=True)
     phases.append(("schemas (compiles + masks)", *vm()))
