@@ -215,10 +215,11 @@ class CompiledGrammar:
 _dfa_cache: OrderedDict = OrderedDict()
 _dfa_cache_lock = threading.Lock()
 DFA_CACHE_SIZE = 8192
-# lexeme tables kept, in all. 256 MB filled up on MaskBench's 382 schemas (long maxLength
-# strings: megabytes each, rarely met twice); at 64 MB the same run rebuilt 5% more
-# lexeme DFAs (6,965 against 6,594: the same CPU time within noise; docs/benchmarks.md, h11-rss)
-DFA_CACHE_BYTES = 64 << 20
+# lexeme tables kept, in all (full after MaskBench's 382 schemas). 64 MB was tried: compiling
+# the same schemas again (bench/mask_memory.py --repeat) then rebuilt the largest schemas'
+# tables every time (3.9 s of DFA builds against 1.4 s) and its peak RSS was higher, not
+# lower (docs/benchmarks.md, h11-rss)
+DFA_CACHE_BYTES = 256 << 20
 _dfa_cache_bytes = 0
 _SHIPPED_LIMITS = CompileBudget()  # format_lexemes' DFAs: built with to_dfa's defaults, which these are
 

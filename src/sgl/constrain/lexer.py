@@ -502,7 +502,7 @@ MAX_SHARED_CORES = 4096
 # string's table is megabytes, and a core keeps it alive past the DFA cache's own bound).
 # Checked every ``WEIGH_EVERY`` new cores (weighing them all is ~1 us a core), evicting
 # the least recently used.
-MAX_SHARED_CORE_BYTES = 128 << 20
+MAX_SHARED_CORE_BYTES = 256 << 20
 WEIGH_EVERY = 64
 _new_cores = [0]  # cores made since the last weighing
 # a vocabulary walk's bytes, on average (MaskBench, Llama-3: 12,303 walks, 48 MB); the
