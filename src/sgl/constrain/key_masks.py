@@ -82,9 +82,15 @@ def key_candidates(mc: MaskComputer, lexer: LexerDFA, state: int, j: int, q: int
     single = mc.lexer.for_lexemes(frozenset((order[j],)))
     res = mc.full_walk(single, single.core.state_of_local(q - int(core._offsets[j])))
     out = []
+    rows: dict[int, list[int]] = {}  # this call's rows as lists (not kept on the shared core)
     for t in word_ids(res.inside).tolist():
         off = int(tokens.tok_off[t])
-        _, s = core.run(state, tokens.tok_bytes[off:off + int(tokens.lengths[t])], 0)  # it stays inside
+        s = state
+        for b in tokens.tok_bytes[off:off + int(tokens.lengths[t])].tolist():  # it stays inside
+            row = rows.get(s)
+            if row is None:
+                row = rows[s] = core.table_row(s).tolist()
+            s = row[b]
         comp = core.components(s)
         out.append((t, frozenset(order[k] for k in np.nonzero(comp != core._dead)[0].tolist())))
     return out

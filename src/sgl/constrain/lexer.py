@@ -501,7 +501,10 @@ MAX_SHARED_CORES = 4096
 # a core's product rows, walks and lexeme tables add up without limit (a long maxLength
 # string's table is megabytes, and a core keeps it alive past the DFA cache's own bound).
 # Checked every ``WEIGH_EVERY`` new cores (weighing them all is ~1 us a core), evicting
-# the least recently used.
+# the least recently used. The estimate counts a table once per core holding it (most are
+# also in the DFA cache), so it runs high: compiling MaskBench's --limit 10 schemas four
+# times over, 256 MB built 5,180 cores (unbounded 3,673, 128 MB 8,876) at 710 MB RSS
+# (unbounded 756, 128 MB 703; bench/mask_memory.py --repeat 4).
 MAX_SHARED_CORE_BYTES = 256 << 20
 WEIGH_EVERY = 64
 _new_cores = [0]  # cores made since the last weighing
