@@ -97,10 +97,10 @@ def test_matcher_masks_after_the_change_still_follow_text():
 
 def test_shared_cores_stay_under_their_byte_bound(monkeypatch):
     """The shared lexer cores are bounded in bytes, not only in number: a server that
-    compiles new schemas all day keeps at most ``MAX_SHARED_CORE_BYTES`` of them (checked
-    every ``WEIGH_EVERY`` new cores), least recently used out first."""
+    compiles new schemas all day keeps at most ``MAX_SHARED_CORE_BYTES`` of them (weighed
+    as they come), least recently used out first."""
     lexer.clear_shared_cores()
-    dfas = [to_dfa(parse_regex(f"k{i:03d}[a-z]{{2,{3 + i % 7}}}")) for i in range(2 * lexer.WEIGH_EVERY)]
+    dfas = [to_dfa(parse_regex(f"k{i:03d}[a-z]{{2,{3 + i % 7}}}")) for i in range(128)]
     one = lexer.core_nbytes(lexer.Lexer(dfas[:1]).for_lexemes(frozenset({0})).core)
     assert one > 0
     monkeypatch.setattr(lexer, "MAX_SHARED_CORE_BYTES", 10 * one)

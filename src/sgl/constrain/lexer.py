@@ -500,14 +500,17 @@ MAX_SHARED_CORES = 4096
 # The shared cores' estimated bytes (``core_nbytes``), at most: the count bound alone let
 # a core's product rows, walks and lexeme tables add up without limit (a long maxLength
 # string's table is megabytes, and a core keeps it alive past the DFA cache's own bound).
-# Checked every ``WEIGH_EVERY`` new cores (weighing them all is ~1 us a core), evicting
-# the least recently used. The estimate counts a table once per core holding it (most are
-# also in the DFA cache), so it runs high: compiling MaskBench's --limit 10 schemas four
-# times over, 256 MB built 5,180 cores (unbounded 3,673, 128 MB 8,876) at 710 MB RSS
-# (unbounded 756, 128 MB 703; bench/mask_memory.py --repeat 4).
+# Kept as a running total: a new core is weighed with the ``REWEIGH`` most recently used
+# ones (the ones whose walks and states grow), least recently used out while over. (Weighing
+# every core every 64 new ones cost ~4 ms per weighing at 4,096 cores, inside the first
+# masks of large schemas, which make hundreds of cores.) The estimate counts a table once per
+# core holding it (most are also in the DFA cache), so it runs high: compiling MaskBench's
+# --limit 10 schemas four times over, 256 MB built 5,180 cores (unbounded 3,673, 128 MB
+# 8,876) at 710 MB RSS (unbounded 756, 128 MB 703; bench/mask_memory.py --repeat 4).
 MAX_SHARED_CORE_BYTES = 256 << 20
-WEIGH_EVERY = 64
-_new_cores = [0]  # cores made since the last weighing
+REWEIGH = 8
+_weights: dict[tuple, int] = {}  # core key -> its weight when last weighed
+_weight_total = [0]
 # a vocabulary walk's bytes, on average (MaskBench, Llama-3: 12,303 walks, 48 MB); the
 # walks are weighed by count (their arrays are not summed on every check)
 WALK_BYTES = 4096
@@ -534,22 +537,20 @@ def _shared_core(key: tuple, dfas: list[ByteDFA], parts: Callable[[], list] | No
     core.table_bytes = sum(d.table.nbytes for d in dfas)
     with _cores_lock:
         _cores[key] = core
-        while len(_cores) > MAX_SHARED_CORES:
-            _cores.popitem(last=False)
-        _new_cores[0] += 1
-        if _new_cores[0] >= WEIGH_EVERY:
-            _new_cores[0] = 0
-            _evict_over_bytes()
+        _reweigh(key, core)
+        for k in itertools.islice(reversed(_cores), 1, 1 + REWEIGH):
+            _reweigh(k, _cores[k])
+        while len(_cores) > MAX_SHARED_CORES or (_weight_total[0] > MAX_SHARED_CORE_BYTES and len(_cores) > 1):
+            k, _ = _cores.popitem(last=False)
+            _weight_total[0] -= _weights.pop(k, 0)
     return core
 
 
-def _evict_over_bytes() -> None:
-    """Drop the least recently used cores while all of them weigh more than
-    ``MAX_SHARED_CORE_BYTES`` (the newest always stays). Call with ``_cores_lock`` held."""
-    total = sum(map(core_nbytes, _cores.values()))
-    while total > MAX_SHARED_CORE_BYTES and len(_cores) > 1:
-        _, old = _cores.popitem(last=False)
-        total -= core_nbytes(old)
+def _reweigh(key: tuple, core) -> None:
+    """Weigh ``core`` again into the running total. Call with ``_cores_lock`` held."""
+    w = core_nbytes(core)
+    _weight_total[0] += w - _weights.get(key, 0)
+    _weights[key] = w
 
 
 def shared_cores_nbytes() -> int:
@@ -569,7 +570,8 @@ def clear_shared_cores() -> None:
     kernel or not, as ``SGL_NATIVE`` says then)."""
     with _cores_lock:
         _cores.clear()
-        _new_cores[0] = 0
+        _weights.clear()
+        _weight_total[0] = 0
 
 
 def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
