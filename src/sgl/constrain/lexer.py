@@ -503,12 +503,13 @@ MAX_SHARED_CORES = 4096
 # Kept as a running total: a new core is weighed with the ``REWEIGH`` most recently used
 # ones (the ones whose walks and states grow), least recently used out while over. (Weighing
 # every core every 64 new ones cost ~4 ms per weighing at 4,096 cores, inside the first
-# masks of large schemas, which make hundreds of cores.) The estimate counts a table once per
+# masks of large schemas, which make hundreds of cores; 8 reweighed per new core still cost
+# ~1 us of MaskBench's mean mask, 2 nothing measurable.) The estimate counts a table once per
 # core holding it (most are also in the DFA cache), so it runs high: compiling MaskBench's
 # --limit 10 schemas four times over, 256 MB built 5,180 cores (unbounded 3,673, 128 MB
 # 8,876) at 710 MB RSS (unbounded 756, 128 MB 703; bench/mask_memory.py --repeat 4).
 MAX_SHARED_CORE_BYTES = 256 << 20
-REWEIGH = 8
+REWEIGH = 2
 _weights: dict[tuple, int] = {}  # core key -> its weight when last weighed
 _weight_total = [0]
 # a vocabulary walk's bytes, on average (MaskBench, Llama-3: 12,303 walks, 48 MB); the
