@@ -517,6 +517,42 @@ static PyObject *Product_row(Product *p, PyObject *arg) {
     return res;
 }
 
+/* run(state, data, start) -> (i, s): data[start:] read from `state` (rows built as
+ * needed), stopping before the first byte with no way on: `i` is that byte's index
+ * (len(data) if every byte was read) and `s` the state before it. The byte loop of
+ * advancing a matcher by a token, without a Python row per state (each row kept as a
+ * list of 256 ints was ~2.7 KB, the largest item of a long-running process's memory). */
+static PyObject *Product_run(Product *p, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "run(state, data, start)");
+        return NULL;
+    }
+    Py_ssize_t s = PyLong_AsSsize_t(args[0]);
+    if (s == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t i = PyLong_AsSsize_t(args[2]);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE)) return NULL;
+    const uint8_t *bytes = data.buf;
+    int code = 0;
+    if (i < 0) i = 0;
+    product_lock(p);
+    if (product_check_state(p, s)) code = 1;
+    for (; !code && i < data.len; i++) {
+        int32_t t = product_step(p, (int32_t)s, bytes[i]);
+        if (t < -1) code = t;
+        else if (t == -1) break;
+        else s = t;
+    }
+    PyThread_release_lock(p->lock);
+    PyBuffer_Release(&data);
+    if (code) {
+        if (code < 0) product_error(code);
+        return NULL;
+    }
+    return Py_BuildValue("(nn)", i, s);
+}
+
 /* expand_all() -> builds every reachable row (for the numpy walks) */
 static PyObject *Product_expand_all(Product *p, PyObject *unused) {
     int code = 0;
@@ -588,6 +624,8 @@ static PyObject *Product_n_states(Product *p, void *unused) { return PyLong_From
 
 static PyMethodDef Product_methods[] = {
     {"row", (PyCFunction)Product_row, METH_O, "The row of a state (built if needed), int32 bytes."},
+    {"run", (PyCFunction)(void (*)(void))Product_run, METH_FASTCALL,
+     "run(state, data, start) -> (i, s): bytes read from state until one has no way on."},
     {"expand_all", (PyCFunction)Product_expand_all, METH_NOARGS, "Build every reachable row."},
     {"arrays", (PyCFunction)Product_arrays, METH_NOARGS, "(table, accepting) as bytes."},
     {"comp", (PyCFunction)Product_comp, METH_O, "A state's component states, int32 bytes."},

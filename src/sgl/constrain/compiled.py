@@ -144,19 +144,18 @@ class CompiledGrammar:
         """The (column, lexer state) after ``data``, or None if ``data`` cannot be read."""
         col, s = state
         lex = self.lexer.for_lexemes(col.lexing)
-        for b in data:
-            nxt = lex.row(s)[b]
-            if nxt < 0:
-                if not lex.accepting[s]:
-                    return None
-                col = self.parser.scan(col, lex.accepts[s])
-                if col is None:
-                    return None
-                lex = self.lexer.for_lexemes(col.lexing)
-                nxt = lex.row(0)[b]
-                if nxt < 0:
-                    return None
-            s = nxt
+        i, s = lex.run(s, data, 0)  # as far as the lexeme in progress goes
+        while i < len(data):  # byte i cannot extend it: it ends here, or nothing reads on
+            if not lex.accepting[s]:
+                return None
+            col = self.parser.scan(col, lex.accepts[s])
+            if col is None:
+                return None
+            lex = self.lexer.for_lexemes(col.lexing)
+            j, s = lex.run(0, data, i)
+            if j == i:
+                return None
+            i = j
         return col, s
 
     def walk(self, data: bytes, state: tuple[EarleySet, int] | None = None) -> Walk:
@@ -170,21 +169,19 @@ class CompiledGrammar:
         col, s = state or (self.initial, 0)
         lex = self.lexer.for_lexemes(col.lexing)
         start, ends = 0, []
-        for i, b in enumerate(data):
-            nxt = lex.row(s)[b]
-            if nxt < 0:
-                if not lex.accepting[s]:
-                    return Walk(i, (col, s), start, ends)
-                ncol = self.parser.scan(col, lex.accepts[s])
-                if ncol is None:
-                    return Walk(i, (col, s), start, ends)
-                nlex = self.lexer.for_lexemes(ncol.lexing)
-                nxt = nlex.row(0)[b]
-                if nxt < 0:
-                    return Walk(i, (col, s), start, ends)
-                ends.append((i, frozenset(lex.accepts[s])))
-                col, lex, start = ncol, nlex, i
-            s = nxt
+        i, s = lex.run(s, data, 0)
+        while i < len(data):  # byte i cannot extend the lexeme in progress
+            if not lex.accepting[s]:
+                return Walk(i, (col, s), start, ends)
+            ncol = self.parser.scan(col, lex.accepts[s])
+            if ncol is None:
+                return Walk(i, (col, s), start, ends)
+            nlex = self.lexer.for_lexemes(ncol.lexing)
+            j, ns = nlex.run(0, data, i)
+            if j == i:
+                return Walk(i, (col, s), start, ends)
+            ends.append((i, frozenset(lex.accepts[s])))
+            col, lex, start, s, i = ncol, nlex, i, ns, j
         return Walk(len(data), (col, s), start, ends)
 
     def lexeme_complete(self, state: tuple[EarleySet, int]) -> bool:
@@ -196,7 +193,7 @@ class CompiledGrammar:
         """Whether the lexeme in progress at ``state`` is complete and no byte extends it."""
         col, s = state
         lex = self.lexer.for_lexemes(col.lexing)
-        return s != 0 and bool(lex.accepting[s]) and max(lex.row(s)) < 0
+        return s != 0 and bool(lex.accepting[s]) and bool((lex.table_row(s) < 0).all())
 
     def lexeme_ids(self, state: tuple[EarleySet, int]) -> frozenset[int]:
         """The lexemes the text in progress at ``state`` would end as (empty if none)."""
@@ -218,6 +215,10 @@ class CompiledGrammar:
 _dfa_cache: OrderedDict = OrderedDict()
 _dfa_cache_lock = threading.Lock()
 DFA_CACHE_SIZE = 8192
+# lexeme tables kept, in all (full after MaskBench's 382 schemas). 64 MB was tried: compiling
+# the same schemas again (bench/mask_memory.py --repeat) then rebuilt the largest schemas'
+# tables every time (3.9 s of DFA builds against 1.4 s) and its peak RSS was higher, not
+# lower (docs/benchmarks.md, h11-rss)
 DFA_CACHE_BYTES = 256 << 20
 _dfa_cache_bytes = 0
 _SHIPPED_LIMITS = CompileBudget()  # format_lexemes' DFAs: built with to_dfa's defaults, which these are

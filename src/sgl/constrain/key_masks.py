@@ -85,13 +85,17 @@ def key_candidates(mc: MaskComputer, lexer: LexerDFA, state: int, j: int, q: int
     core, order, tokens = lexer.core, lexer.order, mc.tokens
     single = mc.lexer.for_lexemes(frozenset((order[j],)))
     res = mc.full_walk(single, single.core.state_of_local(q - int(core._offsets[j])))
-    raw, off, row = tokens.tok_bytes, tokens.tok_off, core.row
+    raw, off = tokens.tok_bytes, tokens.tok_off
+    rows: dict[int, list[int]] = {}  # this call's rows as lists (not kept on the shared core)
     alive_at: dict[int, frozenset[int]] = {}
     out = []
     for t in _ids(res.inside):
         s = state
-        for b in raw[int(off[t]):int(off[t + 1])].tolist():
-            s = row(s)[b]
+        for b in raw[int(off[t]):int(off[t + 1])].tolist():  # it stays inside
+            row = rows.get(s)
+            if row is None:
+                row = rows[s] = core.table_row(s).tolist()
+            s = row[b]
         ends_in = alive_at.get(s)
         if ends_in is None:
             ends_in = alive_at[s] = frozenset([order[k] for k in _alive(core, core.components(s))])

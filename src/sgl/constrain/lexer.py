@@ -149,6 +149,7 @@ class NativeLexerCore:
         self.walk_cache: dict = {}
         self.key: tuple = ()
         self.uid = -1
+        self.table_bytes = 0  # its lexemes' tables (set when shared: ``core_nbytes``)
         self._k = len(dfas)
         # (body, end, table, accepting) of a one-lexeme "other keys" core: its table's
         # any-string body and end states (``json_keys._one_byte_dfa``), for
@@ -179,6 +180,15 @@ class NativeLexerCore:
         if row is None:
             row = self._rows[state] = self.table_row(state).tolist()
         return row
+
+    def run(self, state: int, data, start: int) -> tuple[int, int]:
+        """``data[start:]`` read from ``state`` until a byte has no way on: ``(index of
+        that byte or len(data), the state before it)``. In C, with no row kept here
+        (``row``'s lists of 256 ints, ~2.7 KB each, were most of what masks left)."""
+        try:
+            return self.product.run(state, data, start)
+        except OverflowError as e:
+            raise self._budget(e) from e
 
     def table_row(self, state: int) -> np.ndarray:
         try:
@@ -305,6 +315,7 @@ class LexerCore:
         self.string_body: tuple | None = None  # (see NativeLexerCore; only the C walks use it)
         self.key: tuple = ()
         self.uid = -1
+        self.table_bytes = 0  # its lexemes' tables (set when shared: ``core_nbytes``)
 
     def _identity(self, key: int, comp: np.ndarray):
         return key if self._exact else comp.tobytes()
@@ -404,6 +415,17 @@ class LexerCore:
             row = self._rows[state]
         return row
 
+    def run(self, state: int, data, start: int) -> tuple[int, int]:
+        """``data[start:]`` read from ``state`` until a byte has no way on: ``(index of
+        that byte or len(data), the state before it)`` (``NativeLexerCore.run``'s twin)."""
+        row, i, n = self.row, start, len(data)
+        while i < n:
+            nxt = row(state)[data[i]]
+            if nxt < 0:
+                break
+            state, i = nxt, i + 1
+        return i, state
+
     def table_row(self, state: int) -> np.ndarray:
         """The row of ``state`` as a numpy array, built if needed."""
         self.row(state)
@@ -447,6 +469,7 @@ class LexerDFA:
         self.walk_cache = core.walk_cache
         self.accepts = _Accepts(core, order)
         self.row = core.row
+        self.run = core.run
         self.table_row = core.table_row
         # state -> (lexer, state) where only one lexeme is left alive, or None (mask._one_lexeme)
         self.one_lexeme: dict[int, tuple] = {}
@@ -474,6 +497,33 @@ _cores: OrderedDict[tuple, LexerCore] = OrderedDict()
 _cores_lock = threading.Lock()
 _core_uids = itertools.count()
 MAX_SHARED_CORES = 4096
+# The shared cores' estimated bytes (``core_nbytes``), at most: the count bound alone let
+# a core's product rows, walks and lexeme tables add up without limit (a long maxLength
+# string's table is megabytes, and a core keeps it alive past the DFA cache's own bound).
+# Kept as a running total: a new core is weighed with the ``REWEIGH`` most recently used
+# ones (the ones whose walks and states grow), least recently used out while over. (Weighing
+# every core every 64 new ones cost ~4 ms per weighing at 4,096 cores, inside the first
+# masks of large schemas, which make hundreds of cores; 8 reweighed per new core still cost
+# ~1 us of MaskBench's mean mask, 2 nothing measurable.) The estimate counts a table once per
+# core holding it (most are also in the DFA cache), so it runs high: compiling MaskBench's
+# --limit 10 schemas four times over, 256 MB built 5,180 cores (unbounded 3,673, 128 MB
+# 8,876) at 710 MB RSS (unbounded 756, 128 MB 703; bench/mask_memory.py --repeat 4).
+MAX_SHARED_CORE_BYTES = 256 << 20
+REWEIGH = 2
+_weights: dict[tuple, int] = {}  # core key -> its weight when last weighed
+_weight_total = [0]
+# a vocabulary walk's bytes, on average (MaskBench, Llama-3: 12,303 walks, 48 MB); the
+# walks are weighed by count (their arrays are not summed on every check)
+WALK_BYTES = 4096
+
+
+def core_nbytes(core: LexerCore | NativeLexerCore) -> int:
+    """What a shared core holds, estimated: its product states (a 1 KB row, the component
+    vector and per-state facts; only the facts where the product is its one lexeme's DFA),
+    its lexemes' tables (``table_bytes``, set when shared) and its vocabulary walks."""
+    k = core._k
+    per_state = 96 + (4 * k + 1024 if k > 1 or not hasattr(core, "product") else 0)
+    return core.n_states * per_state + core.table_bytes + len(core.walk_cache) * WALK_BYTES
 
 
 def _shared_core(key: tuple, dfas: list[ByteDFA], parts: Callable[[], list] | None = None) -> LexerCore:
@@ -485,11 +535,29 @@ def _shared_core(key: tuple, dfas: list[ByteDFA], parts: Callable[[], list] | No
     core = make_core(dfas, key, parts)
     core.key = key
     core.uid = next(_core_uids)  # never reused, unlike id(): names the core in walk caches
+    core.table_bytes = sum(d.table.nbytes for d in dfas)
     with _cores_lock:
         _cores[key] = core
-        while len(_cores) > MAX_SHARED_CORES:
-            _cores.popitem(last=False)
+        _reweigh(key, core)
+        for k in itertools.islice(reversed(_cores), 1, 1 + REWEIGH):
+            _reweigh(k, _cores[k])
+        while len(_cores) > MAX_SHARED_CORES or (_weight_total[0] > MAX_SHARED_CORE_BYTES and len(_cores) > 1):
+            k, _ = _cores.popitem(last=False)
+            _weight_total[0] -= _weights.pop(k, 0)
     return core
+
+
+def _reweigh(key: tuple, core) -> None:
+    """Weigh ``core`` again into the running total. Call with ``_cores_lock`` held."""
+    w = core_nbytes(core)
+    _weight_total[0] += w - _weights.get(key, 0)
+    _weights[key] = w
+
+
+def shared_cores_nbytes() -> int:
+    """The shared cores' estimated bytes (``core_nbytes``), all together."""
+    with _cores_lock:
+        return sum(map(core_nbytes, _cores.values()))
 
 
 def shared_cores() -> list[LexerCore]:
@@ -503,33 +571,32 @@ def clear_shared_cores() -> None:
     kernel or not, as ``SGL_NATIVE`` says then)."""
     with _cores_lock:
         _cores.clear()
-
-
-_prepared_dfas: OrderedDict[int, tuple] = OrderedDict()
+        _weights.clear()
+        _weight_total[0] = 0
 
 
 def _prepared(dfa: ByteDFA) -> tuple[ByteDFA, bytes]:
-    """``with_fresh_start(dfa)`` and its ``dfa_key``, remembered per DFA object (a DFA
+    """``with_fresh_start(dfa)`` and its ``dfa_key``, remembered on the DFA object (a DFA
     with a ``content_key`` attribute is already fresh-start and keyed by it: its
     construction guarantees that equal keys mean equal tables, and keys of that kind
     are digests of another text than tables, so they never meet a ``dfa_key``): the
     compile cache hands out the same objects for repeated lexemes, and hashing a large
-    table again on every compile cost more than the rest of the lexer's setup."""
-    with _cores_lock:
-        hit = _prepared_dfas.get(id(dfa))
-        if hit is not None and hit[0]() is dfa:
-            _prepared_dfas.move_to_end(id(dfa))
-            return hit[1], hit[2]
+    table again on every compile cost more than the rest of the lexer's setup.
+
+    Kept on the DFA (``_fresh_key``: the fresh copy, None when the DFA is its own fresh
+    form, and the key), so it lives exactly as long as the DFA: a process-wide table of
+    them held the last 4,096 DFAs alive whatever the compile cache's byte bound dropped
+    (~190 MB of lexeme tables after MaskBench's 382 schemas)."""
+    hit = dfa.__dict__.get("_fresh_key")
+    if hit is not None:
+        return dfa if hit[0] is None else hit[0], hit[1]
     key = getattr(dfa, "content_key", None)
     if key is not None:  # a construction that vouches for both (json_counted: a long maxLength)
         fresh = dfa
     else:
         fresh = with_fresh_start(dfa)
         key = dfa_key(fresh)
-    with _cores_lock:
-        _prepared_dfas[id(dfa)] = (weakref.ref(dfa), fresh, key)
-        while len(_prepared_dfas) > MAX_SHARED_CORES:
-            _prepared_dfas.popitem(last=False)
+    dfa._fresh_key = (None if fresh is dfa else fresh, key)  # (not the DFA itself: no cycle)
     return fresh, key
 
 

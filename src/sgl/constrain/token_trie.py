@@ -50,12 +50,17 @@ class TokenTable:
         order = np.argsort(first, kind="stable")
         self.by_first = self.real_ids[order]
         self.first_starts = np.searchsorted(first[order], np.arange(257))
-        # which byte values occur in each token, as 4 x 64-bit sets
-        present = np.zeros((n, 256), dtype=bool)
+        # which byte values occur in each token, as 4 x 64-bit sets (a block of tokens at
+        # a time: an (n, 256) bool matrix was 33 MB of the vocabulary load's peak)
         in_token = np.arange(mat.shape[1])[None, :] < self.lengths[:, None]
-        rows = np.broadcast_to(np.arange(n)[:, None], mat.shape)
-        present[rows[in_token], mat[in_token]] = True
-        bits = np.packbits(present, axis=1, bitorder="little").view(np.uint64)
+        bits = np.empty((n, 32), dtype=np.uint8)
+        for a in range(0, n, _LCP_BLOCK):
+            b = min(n, a + _LCP_BLOCK)
+            present = np.zeros((b - a, 256), dtype=bool)
+            inside = in_token[a:b]
+            present[np.broadcast_to(np.arange(b - a)[:, None], inside.shape)[inside], mat[a:b][inside]] = True
+            bits[a:b] = np.packbits(present, axis=1, bitorder="little")
+        bits = bits.view(np.uint64)
         self.byte_sets = [np.ascontiguousarray(bits[:, i]) for i in range(4)]
         # token-major bytes for the native kernel: token i is tok_bytes[tok_off[i]:tok_off[i+1]]
         self.tok_bytes = np.ascontiguousarray(mat[in_token])
@@ -192,24 +197,26 @@ def build_trie(tok_bytes: np.ndarray, tok_off: np.ndarray, real_ids: np.ndarray)
     off = tok_off.tolist()
     pairs = sorted((raw[off[i] : off[i + 1]], i) for i in real_ids.tolist())
     ids = np.array([i for _, i in pairs], dtype=np.int64)
+    del pairs
     n = ids.size
-    lengths = (tok_off[ids + 1] - tok_off[ids]).astype(np.int64)
+    offs = tok_off[ids]
+    lengths = (tok_off[ids + 1] - offs).astype(np.int64)
     width = int(lengths.max(initial=0))
-    mat = np.zeros((n, width + 1), dtype=np.int16)  # -1 past the end: never equal to a byte
-    mat[:] = -1
-    cols = np.arange(width)
-    inside = cols[None, :] < lengths[:, None]
-    mat[:, :width][inside] = tok_bytes[(tok_off[ids][:, None] + cols[None, :])[inside]]
     lcp = np.zeros(n, dtype=np.int64)
-    if n > 1:
-        differ = mat[1:] != mat[:-1]  # the -1 column guarantees a difference
-        lcp[1:] = np.minimum(differ.argmax(axis=1), np.minimum(lengths[1:], lengths[:-1]))
+    # the common prefix of each token with the one before it, over padded rows built a
+    # block at a time (the whole (n, width) matrix and its comparison were ~100 MB of
+    # the vocabulary load's peak RSS for Llama-3, for a result of n integers)
+    for a in range(1, n, _LCP_BLOCK):
+        b = min(n, a + _LCP_BLOCK)
+        rows = _padded_rows(tok_bytes, offs[a - 1 : b], lengths[a - 1 : b], width)
+        differ = rows[1:] != rows[:-1]  # the -1 column guarantees a difference
+        lcp[a:b] = np.minimum(differ.argmax(axis=1), np.minimum(lengths[a:b], lengths[a - 1 : b - 1]))
     added = lengths - lcp  # nodes each token adds
     start = np.concatenate([[0], np.cumsum(added)])  # first node each token adds
     n_nodes = int(start[-1])
     owner = np.repeat(np.arange(n), added)  # the token that added each node
     depth = (np.arange(n_nodes) - start[owner] + lcp[owner] + 1).astype(np.int32)
-    node_byte = mat[owner, depth - 1].astype(np.uint8)
+    node_byte = tok_bytes[offs[owner] + depth - 1].astype(np.uint8)
     node_end = np.empty(n_nodes, dtype=np.int32)
     for d in range(1, width + 1):
         at = np.nonzero(depth == d)[0]
@@ -224,6 +231,19 @@ def build_trie(tok_bytes: np.ndarray, tok_off: np.ndarray, real_ids: np.ndarray)
     term = np.maximum.accumulate(term)
     tok = np.searchsorted(term, np.arange(n_nodes + 1), side="left").astype(np.int32)
     return node_byte, depth, node_end, tok, ids.astype(np.int64)
+
+
+_LCP_BLOCK = 8192  # tokens per block of the per-token passes over padded rows (bounds their scratch)
+
+
+def _padded_rows(tok_bytes: np.ndarray, offs: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """int16 ``(len(offs), width + 1)``: each token's bytes, -1 past its end (never equal
+    to a byte), gathered in row-major order straight from their offsets."""
+    rows = np.full((offs.size, width + 1), -1, dtype=np.int16)
+    inside = np.arange(width)[None, :] < lengths[:, None]
+    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    rows[:, :width][inside] = tok_bytes[np.repeat(offs, lengths) + within]
+    return rows
 
 
 def _trie_parents(depth: np.ndarray) -> np.ndarray:
