@@ -494,14 +494,16 @@ def test_per_call_timeout_and_batch_timeout():
     def prog(s, slow):
         s += "p:" + sgl.gen("a", timeout=0.2 if slow else None)
 
-    backend = ScriptedBackend(respond=lambda r: "ok", delay=0.5)
+    # answers take 2 s against the 0.2 s timeout: a waiter that wakes late on a loaded
+    # machine would find the answer already there, and see no timeout (it was 0.3 s)
+    backend = ScriptedBackend(respond=lambda r: "ok", delay=2.0)
     with pytest.raises(sgl.GenerationTimeout) as info:
         prog.run(slow=True, backend=backend)
     assert info.value.state.text() == "p:"
     states = prog.run_batch(
         [{"slow": False}, {"slow": True}],
-        backend=ScriptedBackend(respond=lambda r: "ok", delay=0.3),
-        timeout=5,
+        backend=ScriptedBackend(respond=lambda r: "ok", delay=2.0),
+        timeout=30,
     )
     assert states[0]["a"] == "ok" and isinstance(states[1].error(), sgl.GenerationTimeout)
 
