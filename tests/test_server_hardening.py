@@ -390,3 +390,33 @@ def test_schema_with_1000_properties_is_fine(server):
     assert r.status_code == 200, r.text
     assert rss_mb() - before < 300  # the lexer used to allocate 2 GB for this schema
     assert_alive(server)
+
+
+def test_a_slow_worker_start_is_not_the_constraints_time(tmp_path, monkeypatch):
+    """A compile worker's start (a fresh interpreter importing the compilers) does not count
+    against the compile budget: on a loaded machine it took 4-6 s, and with it counted
+    every constraint after a kill was refused at the test server's 2 s budget (and each
+    replacement killed before it had started). An output check (``accepts``, kept short)
+    leaves a starting worker to finish instead of killing it. Here every worker process
+    sleeps 3 s before it starts (``sitecustomize``), against budgets of 1 s."""
+    from sgl.server.compile_pool import CompilePool
+    from sgl.types import ConstraintSpec
+
+    (tmp_path / "sitecustomize.py").write_text("import time\ntime.sleep(3)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    pool = CompilePool(1)
+    try:
+        started = time.monotonic()
+        outcome = pool.compile(ConstraintSpec(regex="a[^\\s\\S]"), 1.0)
+        assert time.monotonic() - started > 3  # the worker did start slowly
+        assert outcome is not None and outcome[0] == "invalid", outcome  # its own answer, not the budget's
+        assert pool.compile(ConstraintSpec(regex="b+"), 1.0) == ("ok", None)
+        assert pool.accepts(ConstraintSpec(regex="b+"), "bbb", 1.0) is True
+    finally:
+        pool.close()
+    pool = CompilePool(1)
+    try:
+        assert pool.accepts(ConstraintSpec(regex="c+"), "cc", 0.5) is None  # undecided while starting
+        assert pool.compile(ConstraintSpec(regex="c+"), 1.0) == ("ok", None)  # that worker, not killed
+    finally:
+        pool.close()

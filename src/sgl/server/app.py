@@ -63,7 +63,7 @@ from .api_errors import (
     openai_finish,
     refusing,
 )
-from .compile_pool import CompilePool, PoolChecker, compile_constraint, try_compile
+from .compile_pool import STARTUP_S, CompilePool, PoolChecker, compile_constraint, try_compile
 from .constraints import answer_schema, constraint_of, constraint_size, describe_constraint
 from .guard import GuardMiddleware, read_body
 from .logprobs import TokenLogprobs
@@ -397,7 +397,8 @@ class _Server:
                 self.known_ok.move_to_end(key)
                 return PoolChecker(pool, spec, budget)
             try:
-                with anyio.fail_after(budget):  # waiting for a free worker counts against the budget
+                # waiting for a free worker counts against the budget, a worker's start does not
+                with anyio.fail_after(budget + STARTUP_S):
                     outcome = await anyio.to_thread.run_sync(
                         lambda: pool.compile(spec, budget - (time.monotonic() - asked)), limiter=self.compile_limiter)
             except TimeoutError:
