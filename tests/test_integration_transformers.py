@@ -28,6 +28,9 @@ SCHEMA = {
     "additionalProperties": False,
 }
 COMPACT = {"whitespace": "compact"}
+# how long a test waits for the prefetch helper: a job is a few masks (tens of ms of CPU),
+# but a starved 2-core machine can stretch that past the helper's default 10 s
+IDLE_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +200,7 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
     ready: list[bool] = []
 
     def watched(input_ids, scores):
-        assert helper.wait_idle()
+        assert helper.wait_idle(IDLE_S)
         if proc.matchers and input_ids.shape[1] > prompt_len:
             probe = proc.matchers[0].copy()  # the state the call is about to reach
             assert probe.advance(int(input_ids[0, -1]))
@@ -208,7 +211,7 @@ def test_prefetch_has_the_next_mask_ready_and_changes_no_output(hf):
     prompt_len = inputs["input_ids"].shape[1]
     before = helper.masks
     out = model.generate(**inputs, logits_processor=[watched], max_new_tokens=30, do_sample=False)
-    assert helper.wait_idle() and helper.masks > before
+    assert helper.wait_idle(IDLE_S) and helper.masks > before
     assert ready and all(ready)
     off = SGLLogitsProcessor(tok, json_schema=schema, json_options=COMPACT, prefetch=0)
     again = model.generate(**inputs, logits_processor=[off], max_new_tokens=30, do_sample=False)
@@ -242,12 +245,13 @@ def test_auto_prefetch_asks_for_the_second_best_only_while_rows_take_it(hf, monk
         asked.append(len(token_ids))
         return real(self, token_ids)
 
+    assert helper.wait_idle(IDLE_S)  # no job of an earlier test still running (or counted)
     monkeypatch.setattr(Matcher, "prefetch", spy)
     jobs = helper.jobs
     default = SGLLogitsProcessor(tok, regex="[a-z]+")  # prefetch is off by default
     default(torch.tensor([[5, 6, 7]]), torch.randn(1, len(tok)))
     default(torch.tensor([[5, 6, 7, tok.encode("ab")[0]]]), torch.randn(1, len(tok)))
-    assert helper.wait_idle() and helper.jobs == jobs and not asked and default.prefetch_stats["steps"] == 0
+    assert helper.wait_idle(IDLE_S) and helper.jobs == jobs and not asked and default.prefetch_stats["steps"] == 0
     proc = SGLLogitsProcessor(tok, regex="[a-z]+", prefetch="auto")
     gen = torch.Generator().manual_seed(0)
     ids = torch.tensor([[5, 6, 7]])
@@ -257,7 +261,7 @@ def test_auto_prefetch_asks_for_the_second_best_only_while_rows_take_it(hf, monk
         asked.clear()
         for _ in range(n):
             scores = proc(ids, torch.randn(1, len(tok), generator=gen))
-            assert helper.wait_idle()
+            assert helper.wait_idle(IDLE_S)
             pick = prefetch_mod.top_two(scores[0].numpy())[rank]
             ids = torch.cat([ids, torch.tensor([[pick]])], dim=1)
         return list(asked)
@@ -278,7 +282,7 @@ def test_auto_prefetch_asks_for_the_second_best_only_while_rows_take_it(hf, monk
     fixed = SGLLogitsProcessor(tok, regex="[a-z]+", prefetch=2)  # an int: always that many
     asked.clear()
     fixed(torch.tensor([[5, 6, 7]]), torch.randn(1, len(tok), generator=gen))
-    assert helper.wait_idle() and asked == [2]
+    assert helper.wait_idle(IDLE_S) and asked == [2]
 
 
 def test_top_two_matches_best_allowed():

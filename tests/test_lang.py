@@ -476,11 +476,14 @@ def test_run_timeout_keeps_text_so_far():
         s += "start " + sgl.gen("a")
         s += " then " + sgl.gen("b")
 
-    backend = ScriptedBackend(respond=lambda r: "xxxxxxxxxxxxxxxxxxxx", delay=0.05, chunk=4)
+    # the first answer streams in 0.25 s, the second would take 10 s: the 2 s timeout
+    # falls inside the second on any machine (it was 0.4 s, 0.15 s after the first)
+    backend = ScriptedBackend(respond=lambda r: "y" * 800 if r.prompt.endswith(" then ") else "x" * 20,
+                              delay=0.05, chunk=4)
     start = time.monotonic()
     with pytest.raises(sgl.GenerationTimeout) as info:
-        prog.run(backend=backend, timeout=0.4)
-    assert time.monotonic() - start < 2.0
+        prog.run(backend=backend, timeout=2.0)
+    assert time.monotonic() - start < 6.0  # stopped at the timeout, not at the second answer's end
     text = info.value.state.text()
     assert text.startswith("start xxxxxxxxxxxxxxxxxxxx then ")  # first gen done, second partly
     assert isinstance(info.value, TimeoutError)
@@ -491,14 +494,16 @@ def test_per_call_timeout_and_batch_timeout():
     def prog(s, slow):
         s += "p:" + sgl.gen("a", timeout=0.2 if slow else None)
 
-    backend = ScriptedBackend(respond=lambda r: "ok", delay=0.5)
+    # answers take 2 s against the 0.2 s timeout: a waiter that wakes late on a loaded
+    # machine would find the answer already there, and see no timeout (it was 0.3 s)
+    backend = ScriptedBackend(respond=lambda r: "ok", delay=2.0)
     with pytest.raises(sgl.GenerationTimeout) as info:
         prog.run(slow=True, backend=backend)
     assert info.value.state.text() == "p:"
     states = prog.run_batch(
         [{"slow": False}, {"slow": True}],
-        backend=ScriptedBackend(respond=lambda r: "ok", delay=0.3),
-        timeout=5,
+        backend=ScriptedBackend(respond=lambda r: "ok", delay=2.0),
+        timeout=30,
     )
     assert states[0]["a"] == "ok" and isinstance(states[1].error(), sgl.GenerationTimeout)
 

@@ -122,6 +122,16 @@ def sleep_then(seconds: float, reply: Reply) -> Reply:
     return slow
 
 
+def held_until(release: threading.Event, reply: Reply, at_most_s: float = 30.0) -> Reply:
+    """``reply`` once ``release`` is set (the test sets it when done): an answer that
+    comes far later than any client timeout, however slow the machine is."""
+    def held(h: BaseHTTPRequestHandler) -> None:
+        release.wait(at_most_s)
+        reply(h)
+
+    return held
+
+
 def cut_mid_body(texts: list[str]) -> Reply:
     """Promise a long body, send a few chunks, then drop the connection."""
 
@@ -195,13 +205,19 @@ def test_constraint_rejected_by_server_is_a_constraint_error_with_location():
 
 
 def test_per_call_timeout_then_retry():
-    with FakeServer([sleep_then(1.5, sse(["late"])), sse(["fast"])]) as server:
+    release = threading.Event()
+    with FakeServer([held_until(release, sse(["late"])), sse(["fast"])]) as server:
         start = time.perf_counter()
-        result = backend(server, timeout=0.4).generate(req())
+        try:
+            result = backend(server, timeout=0.4).generate(req())
+        finally:
+            release.set()
         elapsed = time.perf_counter() - start
     assert result.text == "fast"
     assert len(server.posts) == 2
-    assert elapsed < 1.4  # the first attempt was abandoned at its timeout
+    # the first attempt was abandoned at its timeout: waiting for its answer takes 30 s
+    # (10 s leaves a loaded machine room for 0.4 s and a retry; it was 1.4 s)
+    assert elapsed < 10
 
 
 def test_timeouts_exhausted_raise():
@@ -412,19 +428,39 @@ def test_select_uses_the_choices_constraint():
 
 
 def test_generate_batch_runs_requests_concurrently():
-    with FakeServer([sleep_then(0.3, sse(["x"]))]) as server:
-        start = time.perf_counter()
-        results = backend(server, max_concurrency=4).generate_batch([req(f"p{i}") for i in range(4)])
-        elapsed = time.perf_counter() - start
+    # each answer waits until all 4 requests are in flight at once: requests sent one
+    # after another would break the barrier (after its timeout), not just run slower
+    barrier = threading.Barrier(4, timeout=20)
+    broken: list[bool] = []
+
+    def together(h: BaseHTTPRequestHandler) -> None:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            broken.append(True)
+        sse(["x"])(h)
+
+    with FakeServer([together]) as server:
+        results = backend(server, max_concurrency=4, timeout=60.0, max_retries=0).generate_batch(
+            [req(f"p{i}") for i in range(4)])
     assert [r.text for r in results] == ["x"] * 4
-    assert elapsed < 1.0  # 4 x 0.3 s in sequence would be 1.2 s
+    assert not broken and len(server.posts) == 4
 
 
 def test_run_batch_over_http_is_not_convoyed():
     """32 runs, 8 of them slow: the fast ones finish while the slow ones are still
-    decoding (the server batches concurrent requests), so the batch takes about one slow
-    request, not one per wave of 8 (issue 10: 5.0 s instead of 1.0 s)."""
-    slow_s = 0.8
+    decoding (the server batches concurrent requests), not one wave of 8 after another
+    (issue 10: 5.0 s instead of 1.0 s).
+
+    The slow answers are held until all 24 fast ones were answered: in waves of 8, the
+    first wave's slow requests would hold the later waves' fast ones back, and the slow
+    answers would give up waiting (``fast_done`` never set). No wall clock is read: a
+    loaded machine is slower, not wrong (the timed version allowed 1.6 s for 0.8 s)."""
+    n_fast = 24
+    fast_done = threading.Event()
+    answered = []  # fast requests answered
+    waited = []  # per slow request: did all the fast ones finish while it was held?
+    lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
@@ -432,8 +468,14 @@ def test_run_batch_over_http_is_not_convoyed():
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            time.sleep(slow_s if b"slow" in body else 0.02)
+            if b"slow" in body:
+                waited.append(fast_done.wait(30))
             sse(["done"])(self)
+            if b"fast" in body:
+                with lock:
+                    answered.append(True)
+                    if len(answered) == n_fast:
+                        fast_done.set()
 
     class Server(ThreadingHTTPServer):
         request_queue_size = 64  # the default backlog of 5 would delay connections by 1 s
@@ -446,22 +488,21 @@ def test_run_batch_over_http_is_not_convoyed():
         s += kind + ": " + sgl.gen("answer", max_tokens=4)
 
     kinds = ["slow" if i % 4 == 0 else "fast" for i in range(32)]  # 2 slow in every 8
+    assert kinds.count("fast") == n_fast
     httpd = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         http = OpenAI(model="fake-model", base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
-                      api_key="sk-test", server_kind="sgl", timeout=10.0)
+                      api_key="sk-test", server_kind="sgl", timeout=60.0, max_retries=0)
         assert not http.capabilities.gathers_batches
-        start = time.perf_counter()
         states = prog.run_batch([{"kind": k} for k in kinds], backend=http)
-        elapsed = time.perf_counter() - start
     finally:
+        fast_done.set()
         httpd.shutdown()
         httpd.server_close()
     assert [st.error() for st in states] == [None] * 32
     assert [st["answer"] for st in states] == ["done"] * 32
-    # in waves of 8 it takes 4 x 0.8 = 3.2 s; concurrently about 0.8 s (+ loopback overhead)
-    assert elapsed < 2 * slow_s, elapsed
+    assert waited == [True] * 8  # every slow request was still in flight when the fast ones ended
 
 
 # --- SGLang's repetition_penalty and stop_regex -------------------------------------------------

@@ -390,3 +390,4 @@ def test_schema_with_1000_properties_is_fine(server):
     assert r.status_code == 200, r.text
     assert rss_mb() - before < 300  # the lexer used to allocate 2 GB for this schema
     assert_alive(server)
+

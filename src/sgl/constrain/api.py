@@ -156,12 +156,15 @@ def run_deep(fn: Callable[[], T], what: str, budget: CompileBudget | None = None
             _deep_active -= 1
             if _deep_active == 0:
                 sys.setrecursionlimit(_saved_limit)
-    err = out.get("error")
+    # taken out of ``out``, which the job's closure shares: the worker drops the closure
+    # only after ``done`` wakes this thread, so a result left there could outlive the
+    # caller's last reference to it (a race the compile-thread test lost under load)
+    err = out.pop("error", None)
     if isinstance(err, RecursionError):
         raise ConstraintError(f"{what} is nested too deeply to compile") from None
     if err is not None:
         raise err
-    return out["value"]
+    return out.pop("value")
 
 
 def _vocab_key(vocab: Vocabulary | None) -> str:

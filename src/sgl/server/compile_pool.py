@@ -11,6 +11,11 @@ past its deadline has its process killed (and replaced on the next use), so one 
 can hold at most ``workers`` cores, for at most the deadline each. The compiled grammar
 stays in the worker (its compile cache); the server asks the worker whether an output
 matches it (``accepts``), so a valid constraint is compiled once, not twice.
+
+A worker's start (a fresh interpreter importing the compilers: ~1 s of CPU, 4-6 s of
+wall time on a loaded 2-core machine) is not the constraint's time: a compile's deadline
+runs from when its worker is ready. Counted, it refused every constraint after a kill
+while the machine was loaded, and killed each replacement before it could start.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from sgl.types import ConstraintSpec
 log = logging.getLogger("sgl.server")
 
 ACCEPTS_TIMEOUT_S = 2.0  # at most this long to check an output against its constraint
-# A new worker (spawned, importing the compiler) is the server's cost, not the client's:
-# its start does not count against a compile's deadline, but is bounded by this.
-STARTUP_TIMEOUT_S = 60.0
+STARTUP_S = 120.0  # a worker still starting after this long is killed (and replaced)
+READY = ("ready",)  # what a worker sends once it has imported the compilers
+# one small constraint of each kind, compiled by a worker before it says it is ready
+WARM_UP = (ConstraintSpec(regex="a"), ConstraintSpec(json_schema={"type": "integer"}), ConstraintSpec(choices=["a"]),
+           ConstraintSpec(grammar='start: "a"'), ConstraintSpec(grammar='root ::= "a"', grammar_syntax="gbnf"))
 Outcome = tuple  # ("ok", value) | ("invalid", message, location) | ("complex", message) | ("unsupported", message)
 
 
@@ -59,10 +66,11 @@ def try_compile(spec: ConstraintSpec) -> tuple[Any, Outcome]:
 
 
 def _worker_main(conn: Any) -> None:
-    """A worker process: says ``"ready"`` once the compiler is loaded, then answers
-    ``("compile", spec)`` and ``("accepts", spec, text)``."""
-    try_compile(ConstraintSpec(regex="a"))  # imports the compiler and what it loads lazily
-    conn.send("ready")
+    """A worker process: answers ``("compile", spec)`` and ``("accepts", spec, text)``
+    (after ``READY``, once the compilers are imported)."""
+    for spec in WARM_UP:
+        try_compile(spec)
+    conn.send(READY)
     while True:
         try:
             message = conn.recv()
@@ -84,17 +92,16 @@ class _Worker:
         self.process = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="sgl-compile")
         self.process.start()
         child.close()
+        self.started = time.monotonic()
         self.ready = False
 
-    def wait_ready(self) -> bool:
-        """Wait (at most ``STARTUP_TIMEOUT_S``) for the worker's "ready"; False if it
-        did not come (the worker is then dead)."""
-        try:
-            if not self.ready and self.conn.poll(STARTUP_TIMEOUT_S) and self.conn.recv() == "ready":
-                self.ready = True
-        except (OSError, EOFError):
-            pass
-        if not self.ready:
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Has the worker started (``READY`` received)? Waits up to ``timeout_s``. One
+        still starting is left to finish (a later call finds it ready), unless it has
+        been starting for ``STARTUP_S``: then it is killed."""
+        if not self.ready and self.conn.poll(max(0.0, timeout_s)):
+            self.ready = self.conn.recv() == READY
+        if not self.ready and time.monotonic() - self.started > STARTUP_S:
             self.kill()
         return self.ready
 
@@ -127,27 +134,29 @@ class CompilePool:
         self._lock = threading.Lock()
         self._all: set[_Worker] = set()
 
-    def call(self, message: tuple, timeout_s: float) -> Outcome | None:
+    def call(self, message: tuple, timeout_s: float, start_counts: bool = False) -> Outcome | None:
         """Send ``message`` to an idle worker; None if it ran past ``timeout_s`` (waiting
-        for a free worker counts against the deadline too; starting a new one does not)."""
-        if timeout_s <= 0:  # spent waiting for a compile slot: start no worker for it
-            return None
+        for a free worker counts against the deadline too; a worker's start does not,
+        unless ``start_counts``: then a worker not started by the deadline is left to
+        start, and the answer is None)."""
         deadline = time.monotonic() + timeout_s
         try:
             worker = self._idle.get(timeout=max(0.0, timeout_s))
         except queue.Empty:
             return None
         try:
+            if time.monotonic() >= deadline:  # spent waiting: no worker is started (or killed) for it
+                return None
             if worker is None or not worker.process.is_alive():
                 worker = _Worker(self._ctx)
                 with self._lock:
                     self._all.add(worker)
             if not worker.ready:
-                started = time.monotonic()
-                if not worker.wait_ready():
-                    worker = None
-                    return ("unsupported", "the compile worker did not start")
-                deadline += time.monotonic() - started
+                asked = time.monotonic()
+                if not worker.wait_ready(deadline - asked if start_counts else STARTUP_S):
+                    return None
+                if not start_counts:
+                    deadline += time.monotonic() - asked
             answer = worker.call(message, max(0.0, deadline - time.monotonic()))
             if answer is None:
                 with self._lock:
@@ -165,7 +174,7 @@ class CompilePool:
 
     def accepts(self, spec: ConstraintSpec, text: str, timeout_s: float) -> bool | None:
         """Does ``text`` match ``spec``? None if that could not be decided in time."""
-        answer = self.call(("accepts", spec, text), timeout_s)
+        answer = self.call(("accepts", spec, text), timeout_s, start_counts=True)
         return answer[1] if answer is not None and answer[0] == "ok" else None
 
     def close(self) -> None:
