@@ -103,6 +103,7 @@ def report() -> None:
     print(f"\nmasks {len(t)}, mask CPU {t.sum() / 1e6:.0f} ms (timed here, with the timers' own cost)")
     n = len(t)
     cols = [("all", 0, n), ("top 10%", 0, n // 10), ("top 1%", 0, n // 100),
+            ("p85-p95", n * 5 // 100, n * 15 // 100),  # the band around p90 (h11-p90)
             ("p90-p98.5", n * 15 // 1000, n // 10), ("p98.5-p99.5", n * 5 // 1000, n * 15 // 1000)]
     print("| phase | calls | " + " | ".join(f"{c} ({hi - lo:,}) ms" for c, lo, hi in cols) + " |")
     print("|---|--:|" + "--:|" * len(cols))
