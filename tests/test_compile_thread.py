@@ -6,22 +6,28 @@ import gc
 import weakref
 
 
+def _assert_freed_by_refcount(holder: list) -> None:
+    """The object in ``holder`` (its only reference) is freed when that reference goes,
+    with the cyclic collector off: nothing else keeps it alive."""
+    ref = weakref.ref(holder[0])
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        holder.clear()
+        assert ref() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def test_compile_thread_keeps_no_result_alive() -> None:
     """The reused compile thread drops its last job: a grammar the caller (and the
     compile cache) let go of is freed then, not inside the next compile."""
     from sgl.constrain import api, compile_json_schema
 
-    cg = compile_json_schema({"type": "array", "items": {"type": "boolean"}})
+    holder = [compile_json_schema({"type": "array", "items": {"type": "boolean"}})]
     api.clear_cache()
-    ref = weakref.ref(cg)
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        del cg
-        assert ref() is None
-    finally:
-        if was_enabled:
-            gc.enable()
+    _assert_freed_by_refcount(holder)
 
 
 def test_a_worker_slow_to_drop_its_job_keeps_no_result_alive(monkeypatch) -> None:
@@ -41,15 +47,7 @@ def test_a_worker_slow_to_drop_its_job_keeps_no_result_alive(monkeypatch) -> Non
             time.sleep(0.5)  # the caller runs on while the worker still holds the job
 
     monkeypatch.setattr(threading, "Event", LateEvent)
-    cg = compile_json_schema({"type": "array", "items": {"type": "integer"}, "maxItems": 7})
+    holder = [compile_json_schema({"type": "array", "items": {"type": "integer"}, "maxItems": 7})]
     monkeypatch.undo()
     api.clear_cache()
-    ref = weakref.ref(cg)
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        del cg
-        assert ref() is None
-    finally:
-        if was_enabled:
-            gc.enable()
+    _assert_freed_by_refcount(holder)
