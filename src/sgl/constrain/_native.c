@@ -21,6 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The interface version the Python side checks (constrain/native.py ``ABI``): bump both
+ * with every change of a function, method or type the Python side calls. */
+#define SGL_NATIVE_ABI 2
+
 static void bounds_push(Bounds *b, int64_t id, int64_t pos, int64_t state) {
     if (b->failed) return;
     if (b->n == b->cap) {
@@ -741,6 +745,10 @@ PyMODINIT_FUNC PyInit__native(void) {
     Py_INCREF(&BoundariesType);
     if (PyModule_AddObject(m, "Boundaries", (PyObject *)&BoundariesType) < 0) {
         Py_DECREF(&BoundariesType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "ABI", SGL_NATIVE_ABI) < 0) {
         Py_DECREF(m);
         return NULL;
     }

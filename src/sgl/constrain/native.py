@@ -6,10 +6,27 @@ says whether the compiled one is in use (built at install, and not disabled by
 from __future__ import annotations
 
 import os
+import warnings
+
+# The compiled module's interface this package calls (``SGL_NATIVE_ABI`` in _native.c).
+ABI = 2
+
+
+def compatible(module: object) -> bool:
+    """Was ``module`` (the compiled kernel) built from sources with this package's
+    interface? One left from an older checkout (an editable install not rebuilt after a
+    pull) lacks what the Python side calls, and would fail in the middle of a mask."""
+    return getattr(module, "ABI", None) == ABI
+
 
 try:
     from . import _native
 except ImportError:  # no C compiler at install time: the Python implementations do the work
+    _native = None
+if _native is not None and not compatible(_native):
+    warnings.warn(f"sgl's compiled kernel {_native.__file__} is older than its sources; the Python "
+                  "implementation is used. Rebuild it: pip install -e . (or python setup.py build_ext "
+                  "--inplace)", RuntimeWarning, stacklevel=2)
     _native = None
 
 extension = _native  # the compiled module itself, or None (tests call its functions directly)
